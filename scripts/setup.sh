@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond the Rust toolchain, only when it is missing:
+# Python's boto3 (the real AWS SDK the simulator is checked against).
+# Safe to run repeatedly; on Debian it may call apt-get (as root) for packages the tests use.
+set -euo pipefail
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+
+if ! have python3; then need_apt+=(python3 python3-pip); fi
+
+if ((${#need_apt[@]})); then
+  if have apt-get; then
+    echo "setup: installing ${need_apt[*]} with apt-get"
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: please install: ${need_apt[*]}" >&2
+    exit 1
+  fi
+fi
+
+if ! python3 -c 'import boto3' 2>/dev/null; then
+  echo "setup: installing boto3 with pip"
+  python3 -m pip install --quiet --disable-pip-version-check boto3 \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages boto3
+fi

@@ -1,0 +1,195 @@
+//! The `embedgate` binary: parse the command line, load settings, run until a shutdown signal.
+//! Everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use embedgate::sim::{SimServer, SimSettings};
+use embedgate::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "embedgate",
+    version,
+    about = "A gateway in front of Amazon QuickSight's embed-URL APIs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the QuickSight simulator (for tests and local development; never talks to AWS).
+    Sim(SimArgs),
+}
+
+#[derive(Args)]
+struct SimArgs {
+    /// Address to listen on [default: 127.0.0.1:4599].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// TOML settings file (see config/sim.example.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// AWS region the simulator signs for [default: us-east-1].
+    #[arg(long)]
+    region: Option<String>,
+    /// Test access key id to accept (replaces the configured credentials, with --secret-access-key).
+    #[arg(long, requires = "secret_access_key")]
+    access_key_id: Option<String>,
+    /// Test secret access key for --access-key-id.
+    #[arg(long, requires = "access_key_id")]
+    secret_access_key: Option<String>,
+    /// Base URL of issued embed URLs [default: http://<listen address>].
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Median latency added to every API call, in milliseconds.
+    #[arg(long)]
+    latency_ms: Option<f64>,
+    /// 99th-percentile latency; with it, latency is log-normal.
+    #[arg(long)]
+    latency_p99_ms: Option<f64>,
+    /// Throttle each account above this many calls per second.
+    #[arg(long)]
+    throttle_rps: Option<u32>,
+    /// Fraction (0-1) of calls answered with InternalFailureException.
+    #[arg(long)]
+    error_rate: Option<f64>,
+    /// Fraction (0-1) of calls that hang.
+    #[arg(long)]
+    hang_rate: Option<f64>,
+    /// Seconds added to the simulator's clock.
+    #[arg(long, allow_negative_numbers = true)]
+    clock_offset_secs: Option<f64>,
+    /// Accept unsigned and wrongly signed requests.
+    #[arg(long)]
+    no_verify_signatures: bool,
+    /// HTTP worker threads [default: one per core].
+    #[arg(long)]
+    workers: Option<usize>,
+}
+
+impl SimArgs {
+    fn settings(&self) -> anyhow::Result<SimSettings> {
+        let mut s: SimSettings =
+            embedgate::settings::load(self.config.as_deref(), "EMBEDGATE_SIM_")?;
+        if let Some(v) = self.listen {
+            s.listen = v;
+        }
+        if let Some(v) = &self.region {
+            s.region.clone_from(v);
+        }
+        if let (Some(id), Some(secret)) = (&self.access_key_id, &self.secret_access_key) {
+            s.credentials = vec![embedgate::sim::TestCredential {
+                access_key_id: id.clone(),
+                secret_access_key: secret.clone(),
+                accounts: vec![],
+            }];
+        }
+        if let Some(v) = &self.public_url {
+            s.public_url = Some(v.clone());
+        }
+        let k = &mut s.knobs;
+        if let Some(v) = self.latency_ms {
+            k.latency_ms = v;
+        }
+        if let Some(v) = self.latency_p99_ms {
+            k.latency_p99_ms = Some(v);
+        }
+        if let Some(v) = self.throttle_rps {
+            k.throttle_rps = Some(v);
+        }
+        if let Some(v) = self.error_rate {
+            k.error_rate = v;
+        }
+        if let Some(v) = self.hang_rate {
+            k.hang_rate = v;
+        }
+        if let Some(v) = self.clock_offset_secs {
+            k.clock_offset_secs = v;
+        }
+        if self.no_verify_signatures {
+            s.verify_signatures = false;
+        }
+        if self.workers.is_some() {
+            s.workers = self.workers;
+        }
+        s.validate()
+            .map_err(|e| anyhow::anyhow!("invalid simulator settings: {e}"))?;
+        Ok(s)
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Sim(args) => run_sim(args).await,
+        }
+    })
+}
+
+async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
+    telemetry::init(LogFormat::Pretty, "info");
+    let settings = args.settings()?;
+    let server = SimServer::start(settings)?;
+    let s = server.sim.settings();
+    let cred = &s.credentials[0];
+    println!(
+        "embedgate QuickSight simulator listening on {}",
+        server.endpoint
+    );
+    println!("  region:            {}", s.region);
+    println!("  access key id:     {}", cred.access_key_id);
+    println!("  secret access key: {}", cred.secret_access_key);
+    println!(
+        "  accounts:          {}",
+        s.accounts
+            .iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "  ledger:            {}/_sim/ledger   knobs: {}/_sim/knobs",
+        server.endpoint, server.endpoint
+    );
+    println!("Try:  AWS_ACCESS_KEY_ID={} AWS_SECRET_ACCESS_KEY={} aws quicksight get-dashboard-embed-url --endpoint-url {} --region {} --aws-account-id {} --dashboard-id sales-2024 --identity-type ANONYMOUS",
+        cred.access_key_id, cred.secret_access_key, server.endpoint, s.region, embedgate::sim::DEFAULT_ACCOUNT_ID);
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        handle.stop(true).await;
+    });
+    server.wait().await?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,165 @@
+//! Fault and timing knobs, settable from flags, config and at run time (`POST /_sim/knobs`).
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a test can turn. A partial JSON object updates only the members it names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Knobs {
+    /// Median added latency of an API call, in milliseconds.
+    pub latency_ms: f64,
+    /// 99th percentile of the latency. Unset (or ≤ median): every call takes exactly `latency_ms`;
+    /// set: latency is log-normal with that median and p99.
+    pub latency_p99_ms: Option<f64>,
+    /// Throttle each account above this many calls per second (ThrottlingException, HTTP 429).
+    pub throttle_rps: Option<u32>,
+    /// Burst allowed above `throttle_rps`; defaults to one second's worth.
+    pub throttle_burst: Option<u32>,
+    /// Answer the next N calls with ThrottlingException, whatever the rate.
+    pub throttle_next: u32,
+    /// Send `x-amz-retry-after: <ms>` with throttling errors.
+    pub retry_after_ms: Option<u64>,
+    /// Fraction (0–1) of calls answered with InternalFailureException (HTTP 500).
+    pub error_rate: f64,
+    /// Answer the next N calls with InternalFailureException.
+    pub fail_next: u32,
+    /// Fraction (0–1) of calls held for `hang_ms` before a 500 (a hung upstream).
+    pub hang_rate: f64,
+    /// How long a hung call is held.
+    pub hang_ms: u64,
+    /// Seconds added to the simulator's clock (negative: behind). Moving it forward past 300 s
+    /// makes issued URLs late; it also shifts the signature clock-skew check.
+    pub clock_offset_secs: f64,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            latency_ms: 0.0,
+            latency_p99_ms: None,
+            throttle_rps: None,
+            throttle_burst: None,
+            throttle_next: 0,
+            retry_after_ms: None,
+            error_rate: 0.0,
+            fail_next: 0,
+            hang_rate: 0.0,
+            hang_ms: 3_600_000,
+            clock_offset_secs: 0.0,
+        }
+    }
+}
+
+impl Knobs {
+    /// Applies a partial update given as a JSON object, validating the result.
+    ///
+    /// # Errors
+    /// A message naming the member that is unknown, mistyped or out of range.
+    pub fn merged(&self, patch: &serde_json::Value) -> Result<Knobs, String> {
+        let serde_json::Value::Object(patch) = patch else {
+            return Err("knobs must be a JSON object".into());
+        };
+        let mut current = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        if let serde_json::Value::Object(map) = &mut current {
+            for (k, v) in patch {
+                map.insert(k.clone(), v.clone());
+            }
+        }
+        let knobs: Knobs = serde_json::from_value(current).map_err(|e| e.to_string())?;
+        knobs.validate()?;
+        Ok(knobs)
+    }
+
+    /// # Errors
+    /// The first member outside its range.
+    pub fn validate(&self) -> Result<(), String> {
+        let frac = |name: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} must be between 0 and 1"))
+            }
+        };
+        frac("error_rate", self.error_rate)?;
+        frac("hang_rate", self.hang_rate)?;
+        if !(self.latency_ms >= 0.0 && self.latency_ms.is_finite()) {
+            return Err("latency_ms must be a non-negative number".into());
+        }
+        if self
+            .latency_p99_ms
+            .is_some_and(|p| !(p >= 0.0 && p.is_finite()))
+        {
+            return Err("latency_p99_ms must be a non-negative number".into());
+        }
+        if self.throttle_rps == Some(0) {
+            return Err("throttle_rps must be at least 1 (omit it to disable throttling)".into());
+        }
+        if !self.clock_offset_secs.is_finite() {
+            return Err("clock_offset_secs must be a number".into());
+        }
+        Ok(())
+    }
+
+    /// One latency sample.
+    pub fn sample_latency(&self, rng: &mut impl rand::Rng) -> std::time::Duration {
+        use rand_distr::Distribution;
+        let median = self.latency_ms;
+        let ms = match self.latency_p99_ms {
+            Some(p99) if p99 > median && median > 0.0 => {
+                // log-normal: median = e^mu, p99 = e^(mu + 2.326 sigma)
+                let sigma = (p99 / median).ln() / 2.326_348;
+                rand_distr::LogNormal::new(median.ln(), sigma)
+                    .map(|d| d.sample(rng))
+                    .unwrap_or(median)
+            }
+            _ => median,
+        };
+        std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_update_changes_only_what_it_names() {
+        let k = Knobs::default()
+            .merged(&serde_json::json!({"throttle_rps": 10, "error_rate": 0.5}))
+            .unwrap();
+        assert_eq!(k.throttle_rps, Some(10));
+        assert_eq!(k.error_rate, 0.5);
+        assert_eq!(k.hang_ms, Knobs::default().hang_ms);
+    }
+
+    #[test]
+    fn out_of_range_or_unknown_knobs_are_refused() {
+        assert!(Knobs::default()
+            .merged(&serde_json::json!({"error_rate": 2}))
+            .is_err());
+        assert!(Knobs::default()
+            .merged(&serde_json::json!({"nope": 1}))
+            .is_err());
+        assert!(Knobs::default()
+            .merged(&serde_json::json!({"throttle_rps": 0}))
+            .is_err());
+    }
+
+    #[test]
+    fn log_normal_latency_has_the_requested_median_and_tail() {
+        let k = Knobs {
+            latency_ms: 50.0,
+            latency_p99_ms: Some(400.0),
+            ..Knobs::default()
+        };
+        let mut rng = rand::rng();
+        let mut v: Vec<f64> = (0..20_000)
+            .map(|_| k.sample_latency(&mut rng).as_secs_f64() * 1e3)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let median = v[v.len() / 2];
+        let p99 = v[v.len() * 99 / 100];
+        assert!((40.0..60.0).contains(&median), "median {median}");
+        assert!((300.0..530.0).contains(&p99), "p99 {p99}");
+    }
+}

@@ -1,0 +1,451 @@
+//! The QuickSight simulator: a stand-in for the three embed-URL operations that speaks the real wire
+//! protocol (restJson1, SigV4), so unmodified AWS SDKs work against it through an endpoint override.
+//!
+//! It owns: parameter validation with QuickSight's error codes (rules from [`crate::model`]), a
+//! registry of known accounts/namespaces/users/dashboards, single-use embed URLs that point back at
+//! itself, a ledger proving what happened to each URL, and fault knobs (latency, throttling, errors,
+//! hangs, clock offset). It does not own anything of the gateway.
+
+pub mod http;
+pub mod knobs;
+pub mod ledger;
+pub mod registry;
+pub mod sigv4;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use parking_lot::{Mutex, RwLock};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Experience, Operation, URL_VALIDITY_SECS};
+pub use knobs::Knobs;
+pub use ledger::{LedgerSnapshot, Redemption};
+pub use registry::{AccountSettings, Edition, NamespaceSettings};
+
+/// Access key id the simulator accepts by default (printed at start, documented in the README).
+pub const DEFAULT_ACCESS_KEY_ID: &str = "AKIDEMBEDGATESIM0001";
+/// Secret access key for [`DEFAULT_ACCESS_KEY_ID`]. A test credential, not a secret.
+pub const DEFAULT_SECRET_ACCESS_KEY: &str = "embedgate-simulator-test-secret";
+pub const DEFAULT_REGION: &str = "us-east-1";
+pub const DEFAULT_ACCOUNT_ID: &str = "111122223333";
+
+/// A test credential pair the simulator accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCredential {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Accounts this key may call; empty means all. Calls for other accounts get
+    /// AccessDeniedException (HTTP 401), as an IAM policy denial does.
+    #[serde(default)]
+    pub accounts: Vec<String>,
+}
+
+/// The simulator's settings (`embedgate sim --config FILE`, or `[sim]` in the gateway's dev mode).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimSettings {
+    pub listen: SocketAddr,
+    /// Base of the embed URLs it issues. Default: `http://<the bound address>`.
+    pub public_url: Option<String>,
+    pub region: String,
+    pub credentials: Vec<TestCredential>,
+    /// Refuse requests whose SigV4 signature does not verify (as AWS does). On by default.
+    pub verify_signatures: bool,
+    pub max_clock_skew_secs: u64,
+    /// Refuse a second redemption of a URL (AWS documents single use). On by default.
+    pub single_use: bool,
+    /// GenerateEmbedUrlForRegisteredUser answers 404 for an unknown dashboard. QuickSight's own
+    /// behaviour is unconfirmed (its docs say the error shows at render time); on by default so
+    /// that tests see a not-found error.
+    pub strict_registered_dashboards: bool,
+    /// IAM callers (IdentityType=IAM) count as registered QuickSight users unless listed in
+    /// `unregistered_iam_access_keys`.
+    pub unregistered_iam_access_keys: Vec<String>,
+    /// How many issued URLs the simulator remembers for redemption (oldest forgotten first).
+    pub max_tracked_urls: usize,
+    /// HTTP worker threads (default: one per core).
+    pub workers: Option<usize>,
+    pub accounts: Vec<AccountSettings>,
+    pub knobs: Knobs,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        SimSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 4599)),
+            public_url: None,
+            region: DEFAULT_REGION.into(),
+            credentials: vec![TestCredential {
+                access_key_id: DEFAULT_ACCESS_KEY_ID.into(),
+                secret_access_key: DEFAULT_SECRET_ACCESS_KEY.into(),
+                accounts: vec![],
+            }],
+            verify_signatures: true,
+            max_clock_skew_secs: 900,
+            single_use: true,
+            strict_registered_dashboards: true,
+            unregistered_iam_access_keys: vec![],
+            max_tracked_urls: 2_000_000,
+            workers: None,
+            accounts: registry::default_accounts(),
+            knobs: Knobs::default(),
+        }
+    }
+}
+
+impl SimSettings {
+    /// # Errors
+    /// The first setting that cannot work, named by its key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.credentials.is_empty() {
+            return Err("credentials: at least one test credential is required".into());
+        }
+        if self.region.is_empty() {
+            return Err("region: must not be empty".into());
+        }
+        if self.max_tracked_urls == 0 {
+            return Err("max_tracked_urls: must be at least 1".into());
+        }
+        for (i, a) in self.accounts.iter().enumerate() {
+            if a.id.len() != 12 || !a.id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(format!("accounts[{i}].id: must be exactly 12 digits"));
+            }
+        }
+        self.knobs.validate().map_err(|e| format!("knobs.{e}"))
+    }
+}
+
+/// One issued URL, remembered for redemption.
+#[derive(Debug)]
+struct IssuedUrl {
+    /// The URL path it was issued with (`/embed/<sid>/dashboards/<id>`): a code only redeems there.
+    path: String,
+    issued_at: SystemTime,
+    redeemed: bool,
+    /// What the redemption page names.
+    title: String,
+    session_minutes: i64,
+}
+
+#[derive(Default)]
+struct UrlBook {
+    by_code: HashMap<String, IssuedUrl>,
+    /// Codes in issue order, so the oldest are forgotten first.
+    order: VecDeque<String>,
+}
+
+/// Throttle state: one GCRA bucket per account, rebuilt when the knob changes.
+type AccountLimiter = governor::DefaultKeyedRateLimiter<String>;
+
+/// The simulator's shared state. Cheap to share (`Arc`); every method takes `&self`.
+pub struct Simulator {
+    settings: SimSettings,
+    keys: HashMap<String, String>,
+    /// access key id → accounts it may call (absent: all)
+    key_accounts: HashMap<String, Vec<String>>,
+    registry: registry::Registry,
+    ledger: ledger::Ledger,
+    knobs: RwLock<Knobs>,
+    limiter: RwLock<Option<Arc<AccountLimiter>>>,
+    urls: Mutex<UrlBook>,
+    base_url: RwLock<String>,
+}
+
+/// What a successful issue returns.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub url: String,
+}
+
+impl Simulator {
+    pub fn new(settings: SimSettings) -> Self {
+        let keys = settings
+            .credentials
+            .iter()
+            .map(|c| (c.access_key_id.clone(), c.secret_access_key.clone()))
+            .collect();
+        let key_accounts = settings
+            .credentials
+            .iter()
+            .filter(|c| !c.accounts.is_empty())
+            .map(|c| (c.access_key_id.clone(), c.accounts.clone()))
+            .collect();
+        let registry = registry::Registry::new(&settings.accounts);
+        let base_url = settings
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", settings.listen));
+        let sim = Simulator {
+            keys,
+            key_accounts,
+            registry,
+            ledger: ledger::Ledger::default(),
+            knobs: RwLock::new(Knobs::default()),
+            limiter: RwLock::new(None),
+            urls: Mutex::new(UrlBook::default()),
+            base_url: RwLock::new(base_url.trim_end_matches('/').to_string()),
+            settings,
+        };
+        sim.set_knobs(sim.settings.knobs.clone());
+        sim
+    }
+
+    pub fn settings(&self) -> &SimSettings {
+        &self.settings
+    }
+
+    pub fn registry(&self) -> &registry::Registry {
+        &self.registry
+    }
+
+    /// The simulator's clock: real time shifted by the `clock_offset_secs` knob.
+    pub fn now(&self) -> SystemTime {
+        let offset = self.knobs.read().clock_offset_secs;
+        let shift = Duration::from_secs_f64(offset.abs());
+        if offset >= 0.0 {
+            SystemTime::now() + shift
+        } else {
+            SystemTime::now() - shift
+        }
+    }
+
+    pub fn ledger(&self) -> LedgerSnapshot {
+        self.ledger.snapshot()
+    }
+
+    pub(crate) fn ledger_mut(&self) -> &ledger::Ledger {
+        &self.ledger
+    }
+
+    pub fn knobs(&self) -> Knobs {
+        self.knobs.read().clone()
+    }
+
+    /// Replaces every knob. Invalid values are the caller's problem: see [`Knobs::validate`].
+    pub fn set_knobs(&self, knobs: Knobs) {
+        let limiter = knobs.throttle_rps.and_then(|rps| {
+            let rps = std::num::NonZeroU32::new(rps)?;
+            let burst = knobs
+                .throttle_burst
+                .and_then(std::num::NonZeroU32::new)
+                .unwrap_or(rps);
+            let quota = governor::Quota::per_second(rps).allow_burst(burst);
+            Some(Arc::new(governor::RateLimiter::keyed(quota)))
+        });
+        *self.limiter.write() = limiter;
+        *self.knobs.write() = knobs;
+    }
+
+    /// Applies a partial update (JSON object), as `POST /_sim/knobs` does.
+    ///
+    /// # Errors
+    /// The member that is unknown, mistyped or out of range; nothing changes then.
+    pub fn update_knobs(&self, patch: &serde_json::Value) -> Result<Knobs, String> {
+        let knobs = self.knobs.read().merged(patch)?;
+        self.set_knobs(knobs.clone());
+        Ok(knobs)
+    }
+
+    /// Decides whether this call is throttled: `throttle_next` first, then the per-account rate.
+    pub(crate) fn throttle(&self, account: &str) -> bool {
+        if self.knobs.read().throttle_next > 0 {
+            let mut k = self.knobs.write();
+            if k.throttle_next > 0 {
+                k.throttle_next -= 1;
+                return true;
+            }
+        }
+        let limiter = self.limiter.read().clone();
+        limiter.is_some_and(|l| l.check_key(&account.to_string()).is_err())
+    }
+
+    /// Decides whether this call fails with an injected 500: `fail_next` first, then `error_rate`.
+    pub(crate) fn inject_failure(&self) -> bool {
+        let error_rate = {
+            let k = self.knobs.read();
+            if k.fail_next == 0 {
+                return k.error_rate > 0.0 && rand::random::<f64>() < k.error_rate;
+            }
+            k.error_rate
+        };
+        let mut k = self.knobs.write();
+        if k.fail_next > 0 {
+            k.fail_next -= 1;
+            return true;
+        }
+        error_rate > 0.0 && rand::random::<f64>() < error_rate
+    }
+
+    /// Sets the base of issued URLs once the listener's real port is known.
+    pub(crate) fn set_base_url(&self, base: String) {
+        *self.base_url.write() = base.trim_end_matches('/').to_string();
+    }
+
+    /// Mints a single-use embed URL for `experience` and remembers it for redemption.
+    pub fn issue(&self, op: Operation, experience: &Experience, session_minutes: i64) -> Issued {
+        let mut rng = rand::rng();
+        let mut sid = [0u8; 16];
+        rng.fill_bytes(&mut sid);
+        // 192 random bytes: far beyond the 128 bits an unguessable code needs, and about as long
+        // as real codes (several hundred characters).
+        let mut code_bytes = [0u8; 192];
+        rng.fill_bytes(&mut code_bytes);
+        let code = format!(
+            "AYABe{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(code_bytes)
+        );
+        let sid = hex::encode(sid);
+        let (path, title) = match experience {
+            Experience::Dashboard(d) => (
+                format!("/embed/{sid}/dashboards/{d}"),
+                format!("dashboard {d}"),
+            ),
+            Experience::Visual {
+                dashboard,
+                sheet,
+                visual,
+            } => (
+                format!("/embed/{sid}/dashboards/{dashboard}/sheets/{sheet}/visuals/{visual}"),
+                format!("visual {visual} of dashboard {dashboard}"),
+            ),
+            Experience::Console(p) => (format!("/embedding/{sid}{p}"), format!("console {p}")),
+            Experience::QSearch => (format!("/embedding/{sid}/q/search"), "Q search bar".into()),
+            Experience::GenerativeQnA => (
+                format!("/embedding/{sid}/q/search"),
+                "generative Q&A".into(),
+            ),
+        };
+        let url = format!(
+            "{}{path}?code={code}&identityprovider=quicksight&isauthcode=true",
+            self.base_url.read()
+        );
+        let entry = IssuedUrl {
+            path,
+            issued_at: self.now(),
+            redeemed: false,
+            title,
+            session_minutes,
+        };
+        {
+            let mut book = self.urls.lock();
+            while book.order.len() >= self.settings.max_tracked_urls {
+                if let Some(old) = book.order.pop_front() {
+                    book.by_code.remove(&old);
+                }
+            }
+            book.order.push_back(code.clone());
+            book.by_code.insert(code, entry);
+        }
+        self.ledger.issued(op);
+        Issued { url }
+    }
+
+    /// Opens an embed URL: the first use within 300 s succeeds, every other use is refused.
+    /// Returns the outcome and, on success, what the page names and the session length.
+    pub fn redeem(&self, path: &str, code: &str) -> (Redemption, Option<(String, i64)>) {
+        let now = self.now();
+        let mut book = self.urls.lock();
+        let outcome = match book.by_code.get_mut(code) {
+            Some(e) if e.path == path => {
+                let age = now.duration_since(e.issued_at).unwrap_or_default();
+                if e.redeemed && self.settings.single_use {
+                    (Redemption::Double, None)
+                } else if age > Duration::from_secs(URL_VALIDITY_SECS) {
+                    (Redemption::Late, None)
+                } else {
+                    let double = e.redeemed;
+                    e.redeemed = true;
+                    let r = if double {
+                        Redemption::Double
+                    } else {
+                        Redemption::Ok
+                    };
+                    (r, Some((e.title.clone(), e.session_minutes)))
+                }
+            }
+            _ => (Redemption::Unknown, None),
+        };
+        drop(book);
+        self.ledger.redemption(outcome.0);
+        outcome
+    }
+
+    /// Whether `access_key` may call `account` (keys without an account list may call any).
+    pub(crate) fn key_may_call(&self, access_key: &str, account: &str) -> bool {
+        self.key_accounts
+            .get(access_key)
+            .is_none_or(|accounts| accounts.iter().any(|a| a == account))
+    }
+
+    pub(crate) fn verifier(&self) -> sigv4::Verifier<'_> {
+        sigv4::Verifier {
+            keys: &self.keys,
+            region: &self.settings.region,
+            max_skew: Duration::from_secs(self.settings.max_clock_skew_secs),
+        }
+    }
+}
+
+/// A running simulator, started in-process.
+pub struct SimServer {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`: the endpoint override for the SDKs.
+    pub endpoint: String,
+    pub sim: Arc<Simulator>,
+    handle: actix_web::dev::ServerHandle,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl SimServer {
+    /// Binds `settings.listen` (port 0 allowed: the real port is read back) and starts serving on
+    /// the current Tokio runtime.
+    ///
+    /// # Errors
+    /// Invalid settings, or the address cannot be bound.
+    pub fn start(settings: SimSettings) -> anyhow::Result<SimServer> {
+        settings
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid simulator settings: {e}"))?;
+        let listener = TcpListener::bind(settings.listen)
+            .map_err(|e| anyhow::anyhow!("cannot bind simulator to {}: {e}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        let explicit_base = settings.public_url.is_some();
+        let workers = settings.workers;
+        let sim = Arc::new(Simulator::new(settings));
+        let endpoint = format!("http://{addr}");
+        if !explicit_base {
+            sim.set_base_url(endpoint.clone());
+        }
+        let server = http::server(sim.clone(), listener, workers)?;
+        let handle = server.handle();
+        let task = tokio::spawn(server);
+        Ok(SimServer {
+            addr,
+            endpoint,
+            sim,
+            handle,
+            task,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (bounded), and waits for the server to end.
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server ends (e.g. on a signal handled by the caller via [`Self::handle`]).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.task.await.unwrap_or(Ok(()))
+    }
+
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.handle.clone()
+    }
+}
