@@ -1,12 +1,36 @@
 //! embedgate: a gateway in front of Amazon QuickSight's embed-URL APIs.
 //!
 //! Crate map:
-//! - [`model`]    QuickSight's request shapes and the constraints QuickSight enforces on them.
-//! - [`sim`]      the QuickSight simulator (`embedgate sim`): wire protocol, ledger, fault knobs.
-//! - [`settings`] loading typed settings from TOML plus `EMBEDGATE_…` environment overrides.
+//! - [`model`]     QuickSight's request shapes and the constraints QuickSight enforces on them.
+//! - [`config`]    the gateway's settings tree (process settings and the tenant table).
+//! - [`settings`]  loading typed settings from TOML plus `EMBEDGATE_…` environment overrides.
+//! - [`tenant`]    tenants: API-key authentication and policy.
+//! - [`pool`]      pre-fetched URLs, each handed out at most once while fresh.
+//! - [`refill`]    demand tracking and the refill planner.
+//! - [`limiter`]   the inbound limit per tenant and the upstream budget per account.
+//! - [`upstream`]  QuickSight through aws-sdk-quicksight; SDK errors classified once.
+//! - [`gateway`]   the request path below HTTP: pool, miss path, refiller task.
+//! - [`api`]       the native HTTP API and the admin listener.
+//! - [`startup`]   the composition root: builds everything and binds the listeners.
+//! - [`metrics`]   every Prometheus metric, registered once.
+//! - [`clock`]     injectable wall clock.
+//! - [`sim`]       the QuickSight simulator (`embedgate sim`).
+//! - [`dev`]       `embedgate dev`: simulator + gateway + demo tenant, zero configuration.
 //! - [`telemetry`] tracing/log setup.
 
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod dev;
+pub mod gateway;
+pub mod limiter;
+pub mod metrics;
 pub mod model;
+pub mod pool;
+pub mod refill;
 pub mod settings;
 pub mod sim;
+pub mod startup;
 pub mod telemetry;
+pub mod tenant;
+pub mod upstream;

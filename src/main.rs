@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use embedgate::clock::Clock;
+use embedgate::config::Settings;
 use embedgate::sim::{SimServer, SimSettings};
+use embedgate::startup::Application;
 use embedgate::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -21,8 +24,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway with the in-process simulator and a demo tenant (no AWS account needed).
+    Dev(DevArgs),
+    /// Run the gateway in front of QuickSight.
+    Serve(ServeArgs),
     /// Run the QuickSight simulator (for tests and local development; never talks to AWS).
     Sim(SimArgs),
+    /// Print the SHA-256 of an API key (for `api_key_sha256` in the tenant table); generates a new
+    /// key when none is given.
+    HashKey {
+        /// The key to hash (default: generate one and print both).
+        key: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Gateway address [default: 127.0.0.1:8080].
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Admin address (/metrics) [default: 127.0.0.1:9090].
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
+    /// Simulator address [default: 127.0.0.1:4599].
+    #[arg(long, default_value = "127.0.0.1:4599")]
+    sim_listen: SocketAddr,
+    /// Demo tenant API key [default: a new random key each start].
+    #[arg(long, env = "EMBEDGATE_DEV_API_KEY")]
+    api_key: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML settings file (see config/embedgate.example.toml).
+    #[arg(long)]
+    config: PathBuf,
 }
 
 #[derive(Args)]
@@ -130,8 +166,66 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Sim(args) => run_sim(args).await,
+            Command::Serve(args) => run_serve(args).await,
+            Command::Dev(args) => run_dev(args).await,
+            Command::HashKey { key } => {
+                let generated = key.is_none();
+                let key = key.unwrap_or_else(embedgate::dev::new_api_key);
+                if generated {
+                    println!("api key:        {key}");
+                    println!(
+                        "api_key_sha256: {}",
+                        hex::encode(embedgate::tenant::hash_key(&key))
+                    );
+                } else {
+                    println!("{}", hex::encode(embedgate::tenant::hash_key(&key)));
+                }
+                Ok(())
+            }
         }
     })
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings: Settings = embedgate::settings::load(Some(&args.config), "EMBEDGATE_")?;
+    let format = match settings.log_format.as_deref() {
+        Some("pretty") => LogFormat::Pretty,
+        _ => LogFormat::Json,
+    };
+    telemetry::init(format, "info");
+    let app = Application::start(settings, Clock::System).await?;
+    tracing::info!(listen = %app.addr, admin = %app.admin_addr, "embedgate serving");
+    app.run_until(shutdown_signal()).await;
+    tracing::info!("embedgate stopped");
+    Ok(())
+}
+
+async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    telemetry::init(LogFormat::Pretty, "info,actix_server=warn");
+    let sim = SimServer::start(embedgate::dev::sim_settings(args.sim_listen))?;
+    let key = args.api_key.unwrap_or_else(embedgate::dev::new_api_key);
+    let settings = embedgate::dev::settings(args.listen, args.admin_listen, &sim.endpoint, &key);
+    let app = Application::start(settings, Clock::System).await?;
+    let base = format!("http://{}", app.addr);
+    println!(
+        "embedgate dev: gateway {base}, admin http://{}/metrics, QuickSight simulator {}",
+        app.admin_addr, sim.endpoint
+    );
+    println!(
+        "demo tenant:   {}  (account {}, any dashboard, namespace default)",
+        embedgate::dev::DEMO_TENANT,
+        embedgate::sim::DEFAULT_ACCOUNT_ID
+    );
+    println!("demo API key:  {key}");
+    println!();
+    println!("Try it:");
+    println!("  curl -s -X POST {base}/v1/embed-url/dashboard \\");
+    println!("       -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\");
+    println!("       -d '{{\"DashboardId\":\"sales-2024\",\"IdentityType\":\"QUICKSIGHT\",\"UserArn\":\"arn:aws:quicksight:us-east-1:{}:user/default/alice\"}}'", embedgate::sim::DEFAULT_ACCOUNT_ID);
+    println!("Open the EmbedUrl it returns once (a second use is refused); Ctrl-C stops.");
+    app.run_until(shutdown_signal()).await;
+    sim.stop().await;
+    Ok(())
 }
 
 async fn run_sim(args: SimArgs) -> anyhow::Result<()> {

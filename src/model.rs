@@ -147,9 +147,51 @@ pub struct AnonymousDashboard {
     pub enabled_features: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_features: Option<Vec<String>>,
-    /// Passed through as given: QuickSight keeps adding members here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub feature_configurations: Option<serde_json::Value>,
+    pub feature_configurations: Option<AnonymousFeatures>,
+}
+
+/// `{ "Enabled": bool }`, the shape of every feature switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Toggle {
+    pub enabled: bool,
+}
+
+/// `AnonymousUserDashboardFeatureConfigurations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct AnonymousFeatures {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_view: Option<Toggle>,
+}
+
+/// `RegisteredUserDashboardFeatureConfigurations` (the switches embedgate passes on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct DashboardFeatures {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_persistence: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bookmarks: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_view: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedules: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent_snapshots: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_alerts: Option<Toggle>,
+}
+
+/// `RegisteredUserConsoleFeatureConfigurations` (the switches embedgate passes on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConsoleFeatures {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_persistence: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_view: Option<Toggle>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,7 +263,7 @@ pub struct RegisteredExperience {
 pub struct RegisteredDashboard {
     pub initial_dashboard_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub feature_configurations: Option<serde_json::Value>,
+    pub feature_configurations: Option<DashboardFeatures>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,7 +271,7 @@ pub struct RegisteredDashboard {
 pub struct Console {
     pub initial_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub feature_configurations: Option<serde_json::Value>,
+    pub feature_configurations: Option<ConsoleFeatures>,
 }
 
 /// GenerateEmbedUrlForRegisteredUser's input.

@@ -1,0 +1,535 @@
+//! The native HTTP API and the admin listener: routes, authentication headers, problem documents
+//! and rate-limit headers. The only place HTTP status codes are chosen.
+//!
+//! Request path: authenticate → read the body (bounded) → parse strictly → validate → tenant policy
+//! → inbound limiter → pool / miss path. Every refusal before the limiter changes nothing (no
+//! limiter token, no demand, no upstream call).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::gateway::{parse_request, parse_value, BadInput, Gateway, Refusal, ServeError, Source};
+use crate::limiter::Inbound;
+use crate::model::Operation;
+use crate::tenant::Tenant;
+use crate::upstream::UpstreamError;
+
+/// Routes of the native API.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/embed-url/dashboard", web::post().to(dashboard))
+        .route("/v1/embed-url/anonymous-user", web::post().to(anonymous))
+        .route("/v1/embed-url/registered-user", web::post().to(registered))
+        .route("/v1/hints", web::post().to(hints))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .default_service(web::to(not_found));
+}
+
+/// Routes of the admin listener.
+pub fn admin_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(metrics))
+        .route("/state", web::get().to(state))
+        .route("/healthz", web::get().to(healthz));
+}
+
+/// An `application/problem+json` error (RFC 9457) with a stable `code` and the offending `field`.
+pub struct Problem {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    field: Option<String>,
+    headers: Vec<(header::HeaderName, String)>,
+    extra: Option<serde_json::Value>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            status,
+            code,
+            detail: detail.into(),
+            field: None,
+            headers: vec![],
+            extra: None,
+        }
+    }
+
+    fn field(mut self, field: Option<String>) -> Self {
+        self.field = field;
+        self
+    }
+
+    fn header(mut self, name: header::HeaderName, value: String) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    fn response(self, request_id: &str) -> HttpResponse {
+        let mut body = json!({
+            "type": format!("urn:embedgate:problem:{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+            "requestId": request_id,
+        });
+        if let Some(f) = self.field {
+            body["field"] = json!(f);
+        }
+        if let Some(serde_json::Value::Object(extra)) = self.extra {
+            for (k, v) in extra {
+                body[k] = v;
+            }
+        }
+        let mut resp = HttpResponse::build(self.status);
+        resp.insert_header((header::CONTENT_TYPE, "application/problem+json"))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header(("X-Request-Id", request_id));
+        for (k, v) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                resp.insert_header((k, v));
+            }
+        }
+        resp.body(body.to_string())
+    }
+}
+
+fn bad_input(b: BadInput) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, b.code, b.detail).field(b.field)
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The tenant the `Authorization: Bearer` key belongs to.
+fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a Tenant, Problem> {
+    let realm = "Bearer realm=\"embedgate\"";
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_api_key",
+            "send the tenant API key as Authorization: Bearer <key>",
+        )
+        .field(Some("Authorization".into()))
+        .header(header::WWW_AUTHENTICATE, realm.into()));
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .unwrap_or_default();
+    gw.tenants.authenticate(key).ok_or_else(|| {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "the API key is not valid",
+        )
+        .field(Some("Authorization".into()))
+        .header(
+            header::WWW_AUTHENTICATE,
+            format!("{realm}, error=\"invalid_token\""),
+        )
+    })
+}
+
+/// Reads the body, refusing more than `max` bytes and non-JSON content types.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    max: usize,
+) -> Result<web::BytesMut, Problem> {
+    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
+        if !ct.starts_with("application/json") {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the body must be application/json",
+            )
+            .field(Some("Content-Type".into())));
+        }
+    }
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body must not exceed {max} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "unreadable_body", e.to_string()))?;
+        if body.len() + chunk.len() > max {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn rate_limit_headers(
+    gw: &Gateway,
+    tenant: &Tenant,
+    remaining: u32,
+    reset_secs: u64,
+) -> [(header::HeaderName, String); 2] {
+    let (quota, window) = gw.inbound.policy(tenant.index);
+    [
+        (
+            header::HeaderName::from_static("ratelimit-policy"),
+            format!("\"tenant\";q={quota};w={window}"),
+        ),
+        (
+            header::HeaderName::from_static("ratelimit"),
+            format!("\"tenant\";r={remaining};t={reset_secs}"),
+        ),
+    ]
+}
+
+async fn dashboard(req: HttpRequest, body: web::Payload, gw: web::Data<Gateway>) -> HttpResponse {
+    embed(req, body, gw, Operation::GetDashboardEmbedUrl).await
+}
+
+async fn anonymous(req: HttpRequest, body: web::Payload, gw: web::Data<Gateway>) -> HttpResponse {
+    embed(req, body, gw, Operation::GenerateEmbedUrlForAnonymousUser).await
+}
+
+async fn registered(req: HttpRequest, body: web::Payload, gw: web::Data<Gateway>) -> HttpResponse {
+    embed(req, body, gw, Operation::GenerateEmbedUrlForRegisteredUser).await
+}
+
+/// Records one request's outcome in the metrics.
+fn observe(gw: &Gateway, tenant: &str, outcome: &str, started: Instant) {
+    gw.metrics
+        .requests
+        .with_label_values(&[tenant, outcome])
+        .inc();
+    gw.metrics
+        .request_duration
+        .with_label_values(&[outcome])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+async fn embed(
+    req: HttpRequest,
+    body: web::Payload,
+    gw: web::Data<Gateway>,
+    op: Operation,
+) -> HttpResponse {
+    let started = Instant::now();
+    let request_id = new_request_id();
+    let tenant = match authenticate(&gw, &req) {
+        Ok(t) => t,
+        Err(p) => {
+            observe(&gw, "-", "unauthenticated", started);
+            return p.response(&request_id);
+        }
+    };
+    let tid = tenant.id.as_str();
+    let admitted = match read_body(&req, body, gw.settings.api.max_body_bytes).await {
+        Err(p) => Err(p),
+        Ok(bytes) => parse_request(op, &bytes)
+            .map_err(bad_input)
+            .and_then(|r| gw.admit(tenant, r).map_err(refusal)),
+    };
+    let request = match admitted {
+        Ok(r) => r,
+        Err(p) => {
+            let outcome = if p.status == StatusCode::FORBIDDEN {
+                "denied"
+            } else {
+                "invalid"
+            };
+            observe(&gw, tid, outcome, started);
+            return p.response(&request_id);
+        }
+    };
+    let remaining = match gw.inbound.check(tenant.index) {
+        Inbound::Allowed { remaining } => remaining,
+        Inbound::Limited { retry_after } => {
+            observe(&gw, tid, "throttled", started);
+            gw.metrics
+                .inbound_rejections
+                .with_label_values(&[tid])
+                .inc();
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            let mut p = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "this tenant is over its rate of {} requests/s",
+                    tenant.rate_per_sec
+                ),
+            )
+            .header(header::RETRY_AFTER, secs.to_string());
+            for (k, v) in rate_limit_headers(&gw, tenant, 0, secs) {
+                p = p.header(k, v);
+            }
+            return p.response(&request_id);
+        }
+    };
+    match gw.serve(tenant, request).await {
+        Ok(served) => {
+            let outcome = match served.source {
+                Source::Pool => "hit",
+                Source::Upstream => "miss",
+            };
+            observe(&gw, tid, outcome, started);
+            let expires = time::OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(served.expires_at_ms) * 1_000_000,
+            )
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+            let reset = ((f64::from(tenant.burst) - f64::from(remaining)) / tenant.rate_per_sec)
+                .ceil() as u64;
+            let mut resp = HttpResponse::Ok();
+            resp.insert_header((header::CACHE_CONTROL, "no-store"))
+                .insert_header(("X-Request-Id", request_id.as_str()));
+            for (k, v) in rate_limit_headers(&gw, tenant, remaining, reset) {
+                resp.insert_header((k, v));
+            }
+            resp.json(json!({
+                "EmbedUrl": served.url,
+                "ExpiresAt": expires,
+                "Source": served.source,
+                "RequestId": request_id,
+            }))
+        }
+        Err(e) => {
+            observe(&gw, tid, "error", started);
+            serve_error(e).response(&request_id)
+        }
+    }
+}
+
+fn refusal(r: Refusal) -> Problem {
+    match r {
+        Refusal::Invalid(b) => bad_input(b),
+        Refusal::Denied { field, rule } => Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_by_policy",
+            format!("{field} {rule}"),
+        )
+        .field(Some(field)),
+    }
+}
+
+fn serve_error(e: ServeError) -> Problem {
+    match e {
+        ServeError::BudgetExhausted { retry_after } => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_budget_exhausted",
+            "the QuickSight call budget for this account is exhausted; retry later",
+        )
+        .header(
+            header::RETRY_AFTER,
+            (retry_after.as_secs_f64().ceil().max(1.0) as u64).to_string(),
+        ),
+        ServeError::Busy => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_busy",
+            "too many QuickSight calls in flight",
+        )
+        .header(header::RETRY_AFTER, "1".into()),
+        ServeError::Upstream(UpstreamError::Throttled) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_throttled",
+            "QuickSight is throttling this account",
+        )
+        .header(header::RETRY_AFTER, "1".into()),
+        ServeError::Upstream(UpstreamError::Unavailable(why)) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+            format!("QuickSight is unavailable: {why}"),
+        )
+        .header(header::RETRY_AFTER, "1".into()),
+        ServeError::Upstream(UpstreamError::Timeout) => Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "QuickSight did not answer in time",
+        ),
+        ServeError::Upstream(UpstreamError::Rejected {
+            status,
+            code,
+            message,
+        }) => {
+            // The caller's request was refused by QuickSight: keep its meaning. A refusal of the
+            // gateway's own credentials (401) is the operator's problem, not the caller's.
+            let (status, our_code) = match status {
+                400 => (StatusCode::BAD_REQUEST, "upstream_invalid_parameter"),
+                403 => (StatusCode::FORBIDDEN, "upstream_forbidden"),
+                404 => (StatusCode::NOT_FOUND, "upstream_not_found"),
+                409 => (StatusCode::CONFLICT, "upstream_conflict"),
+                _ => (StatusCode::BAD_GATEWAY, "upstream_refused"),
+            };
+            let mut p = Problem::new(status, our_code, format!("QuickSight: {code}: {message}"));
+            p.extra = Some(json!({"upstreamCode": code}));
+            p
+        }
+    }
+}
+
+/// `POST /v1/hints`: `{"Requests": [{"Operation": "...", ...body}, ...]}`. All requests are
+/// checked first; only if every one is valid and allowed is any hint recorded.
+async fn hints(req: HttpRequest, body: web::Payload, gw: web::Data<Gateway>) -> HttpResponse {
+    let request_id = new_request_id();
+    let tenant = match authenticate(&gw, &req) {
+        Ok(t) => t,
+        Err(p) => return p.response(&request_id),
+    };
+    let bytes = match read_body(&req, body, gw.settings.api.max_body_bytes).await {
+        Ok(b) => b,
+        Err(p) => return p.response(&request_id),
+    };
+    let parsed: Result<Vec<_>, Problem> = (|| {
+        let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not JSON: {e}"),
+            )
+        })?;
+        let list = doc
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .and_then(|o| o.get("Requests"))
+            .and_then(|r| r.as_array())
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_hints",
+                    "the body must be {\"Requests\": [...]}",
+                )
+                .field(Some("Requests".into()))
+            })?;
+        let max = gw.settings.api.max_hints_per_call;
+        if list.is_empty() || list.len() > max {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_hints",
+                format!("Requests must list 1-{max} requests"),
+            )
+            .field(Some("Requests".into())));
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let at = |f: Option<String>| Some(format!("Requests[{i}]{}", f.map(|f| format!(".{f}")).unwrap_or_default()));
+                let mut obj = item.as_object().cloned().ok_or_else(|| {
+                    Problem::new(StatusCode::BAD_REQUEST, "invalid_hints", "each request must be a JSON object").field(at(None))
+                })?;
+                let op = obj
+                    .remove("Operation")
+                    .and_then(|o| serde_json::from_value::<Operation>(o).ok())
+                    .ok_or_else(|| {
+                        Problem::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_parameter",
+                            "Operation must be GetDashboardEmbedUrl, GenerateEmbedUrlForAnonymousUser or GenerateEmbedUrlForRegisteredUser",
+                        )
+                        .field(at(Some("Operation".into())))
+                    })?;
+                let parsed = parse_value(op, serde_json::Value::Object(obj)).map_err(|b| {
+                    let field = at(b.field.clone());
+                    bad_input(b).field(field)
+                })?;
+                gw.admit(tenant, parsed).map_err(|r| {
+                    let mut p = refusal(r);
+                    p.field = at(p.field.take());
+                    p
+                })
+            })
+            .collect()
+    })();
+    let requests = match parsed {
+        Ok(r) => r,
+        Err(p) => return p.response(&request_id),
+    };
+    if let Inbound::Limited { retry_after } = gw.inbound.check(tenant.index) {
+        let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        return Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this tenant is over its rate",
+        )
+        .header(header::RETRY_AFTER, secs.to_string())
+        .response(&request_id);
+    }
+    let now = gw.clock.now_ms();
+    let mut accepted = 0;
+    for r in &requests {
+        let key = gw.key_for(tenant, r);
+        if gw.demand.hint(&key, tenant.index, r, now).is_ok() {
+            accepted += 1;
+        }
+    }
+    HttpResponse::Accepted()
+        .insert_header(("X-Request-Id", request_id.as_str()))
+        .json(json!({"Accepted": accepted, "Dropped": requests.len() - accepted, "RequestId": request_id}))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok")
+}
+
+async fn readyz(gw: web::Data<Gateway>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ready", "pool": {"urls": gw.pool.total()}}))
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {} {}", req.method(), req.path()),
+    )
+    .response(&new_request_id())
+}
+
+async fn metrics(gw: web::Data<Gateway>) -> HttpResponse {
+    gw.metrics.pool_urls.set(gw.pool.total() as i64);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(gw.metrics.render())
+}
+
+async fn state(gw: web::Data<Gateway>) -> HttpResponse {
+    let budgets: Vec<_> = gw
+        .budgets
+        .all()
+        .iter()
+        .map(|b| json!({"account": b.account(), "region": b.region(), "rate_per_sec": b.rate(), "tokens": b.tokens()}))
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "pool": {"urls": gw.pool.total()},
+        "demand": {"tracked_keys": gw.demand.len(), "lead_secs": gw.lead_secs()},
+        "budgets": budgets,
+        "tenants": gw.tenants.all().iter().map(|t| json!({"id": t.id, "rate_per_sec": t.rate_per_sec, "burst": t.burst})).collect::<Vec<_>>(),
+    }))
+}
+
+/// Shared handle type for handlers.
+pub type Shared = Arc<Gateway>;

@@ -1,0 +1,76 @@
+//! `embedgate dev`: the simulator in-process, a gateway pointed at it and a demo tenant, with zero
+//! configuration. What a new user runs first.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use rand::RngCore;
+
+use crate::config::{PolicySettings, Settings, TenantSettings};
+use crate::model::IdentityType;
+use crate::sim::{self, SimSettings};
+use crate::tenant::{hash_key, Secret};
+
+/// The demo tenant's id.
+pub const DEMO_TENANT: &str = "demo";
+
+/// A fresh random API key (`eg_` + 32 hex digits).
+pub fn new_api_key() -> String {
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    format!("eg_{}", hex::encode(b))
+}
+
+/// Settings for a gateway in front of the simulator at `sim_endpoint`, with one demo tenant whose
+/// key is `api_key`. The demo tenant may embed every dashboard of the simulator's demo account
+/// for the `default` namespace's users and anonymously (not as IAM).
+pub fn settings(
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+    sim_endpoint: &str,
+    api_key: &str,
+) -> Settings {
+    let mut s = Settings {
+        listen,
+        admin_listen,
+        ..Settings::default()
+    };
+    s.upstream.endpoint_url = Some(sim_endpoint.to_string());
+    s.upstream.region = sim::DEFAULT_REGION.into();
+    s.upstream.access_key_id = Some(sim::DEFAULT_ACCESS_KEY_ID.into());
+    s.upstream.secret_access_key = Some(Secret::new(sim::DEFAULT_SECRET_ACCESS_KEY));
+    s.tenants = vec![TenantSettings {
+        id: DEMO_TENANT.into(),
+        api_key_sha256: vec![hex::encode(hash_key(api_key))],
+        default_account: Some(sim::DEFAULT_ACCOUNT_ID.into()),
+        rate_per_sec: 50.0,
+        burst: 100,
+        upstream_weight: 1.0,
+        max_pooled_urls: 10_000,
+        max_hints: 1_000,
+        policy: PolicySettings {
+            accounts: vec![],
+            dashboards: vec!["*".into()],
+            namespaces: vec!["default".into()],
+            identity_types: vec![IdentityType::Quicksight, IdentityType::Anonymous],
+            user_arns: vec![format!(
+                "arn:aws:quicksight:*:{}:user/default/*",
+                sim::DEFAULT_ACCOUNT_ID
+            )],
+            session_tags: BTreeMap::from([("tenant".to_string(), vec!["demo".to_string()])]),
+            required_session_tags: vec![],
+            experiences: vec!["Dashboard".into(), "DashboardVisual".into()],
+        },
+        warm: vec![],
+    }];
+    s
+}
+
+/// Simulator settings for dev mode.
+pub fn sim_settings(listen: SocketAddr) -> SimSettings {
+    SimSettings {
+        listen,
+        workers: Some(2),
+        ..SimSettings::default()
+    }
+}

@@ -1,0 +1,504 @@
+//! The gateway's request path, below HTTP: turn a tenant's validated request into one embed URL,
+//! from the pool when possible, otherwise through the bounded miss path; and the refiller task
+//! that keeps the pool ahead of demand.
+//!
+//! Owns the order of the hot path and the miss path's bounds. HTTP concerns (status codes,
+//! headers, problem documents) live in `api`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::limiter::{Budgets, InboundLimiter, Priority};
+use crate::metrics::Metrics;
+use crate::model::{EmbedRequest, Operation, URL_VALIDITY_SECS};
+use crate::pool::{pool_key, Pool, PoolKey};
+use crate::refill::{reclaim, Demand, Tracked};
+use crate::tenant::{Tenant, Tenants};
+use crate::upstream::{Fetched, Upstream, UpstreamError};
+
+/// Where a handed-out URL came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Source {
+    /// Pre-fetched: taken from the pool, or from a prefetch that was in flight.
+    #[serde(rename = "pool")]
+    Pool,
+    /// Fetched from QuickSight for this request.
+    #[serde(rename = "upstream")]
+    Upstream,
+}
+
+/// A URL handed out. The URL is a bearer credential: never log it.
+pub struct Served {
+    pub url: String,
+    pub expires_at_ms: u64,
+    pub source: Source,
+}
+
+/// Why no URL could be handed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServeError {
+    /// The upstream budget for this account has no room within the miss timeout.
+    #[error("the QuickSight budget for this account is exhausted")]
+    BudgetExhausted { retry_after: Duration },
+    /// Every upstream slot is busy within the miss timeout.
+    #[error("too many QuickSight calls in flight")]
+    Busy,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// A request body that is not a valid request: which member, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadInput {
+    pub code: &'static str,
+    pub field: Option<String>,
+    pub detail: String,
+}
+
+/// Parses a native API body (QuickSight's member names) strictly: unknown members, wrong types
+/// and missing required members are refused, naming the member.
+///
+/// # Errors
+/// The first problem found.
+pub fn parse_strict<
+    'de,
+    T: DeserializeOwned,
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+>(
+    de: D,
+) -> Result<T, BadInput> {
+    let mut unknown = Vec::new();
+    let mut record = |path: serde_ignored::Path<'_>| unknown.push(member_path(&path));
+    let ignoring = serde_ignored::Deserializer::new(de, &mut record);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(ignoring);
+    match parsed {
+        Ok(v) => match unknown.into_iter().next() {
+            Some(field) => Err(BadInput {
+                code: "unknown_field",
+                detail: format!("{field} is not a member of this request"),
+                field: Some(field),
+            }),
+            None => Ok(v),
+        },
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let syntax = !matches!(inner.classify(), serde_json::error::Category::Data);
+            let text = inner.to_string();
+            if syntax {
+                Err(BadInput {
+                    code: "invalid_json",
+                    detail: format!("the body is not valid JSON: {text}"),
+                    field: None,
+                })
+            } else if let Some(rest) = text.strip_prefix("missing field `") {
+                let member = rest.split('`').next().unwrap_or_default();
+                let field = if path == "." {
+                    member.to_string()
+                } else {
+                    format!("{path}.{member}")
+                };
+                Err(BadInput {
+                    code: "missing_field",
+                    detail: format!("{field} is required"),
+                    field: Some(field),
+                })
+            } else if path == "." {
+                Err(BadInput {
+                    code: "invalid_json",
+                    detail: format!("the body is not a JSON object of this request: {text}"),
+                    field: None,
+                })
+            } else {
+                let detail = format!("{path}: {}", text.split(" at line").next().unwrap_or(&text));
+                Err(BadInput {
+                    code: "invalid_type",
+                    detail,
+                    field: Some(path),
+                })
+            }
+        }
+    }
+}
+
+/// `A.B[2].C`: a member path as the API documents it (Option and newtype layers left out).
+fn member_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", member_path(parent)),
+        Path::Map { parent, key } => {
+            let p = member_path(parent);
+            if p.is_empty() {
+                key.to_string()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => member_path(parent),
+    }
+}
+
+/// Parses a body for `op` from JSON bytes.
+///
+/// # Errors
+/// See [`parse_strict`].
+pub fn parse_request(op: Operation, body: &[u8]) -> Result<EmbedRequest, BadInput> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let req = match op {
+        Operation::GetDashboardEmbedUrl => EmbedRequest::Dashboard(parse_strict(&mut *de)?),
+        Operation::GenerateEmbedUrlForAnonymousUser => {
+            EmbedRequest::Anonymous(parse_strict(&mut *de)?)
+        }
+        Operation::GenerateEmbedUrlForRegisteredUser => {
+            EmbedRequest::Registered(parse_strict(&mut *de)?)
+        }
+    };
+    de.end().map_err(|e| BadInput {
+        code: "invalid_json",
+        detail: format!("trailing data after the JSON object: {e}"),
+        field: None,
+    })?;
+    Ok(req)
+}
+
+/// Parses a request for `op` from a JSON value (hints, warm keys).
+///
+/// # Errors
+/// See [`parse_strict`].
+pub fn parse_value(op: Operation, value: serde_json::Value) -> Result<EmbedRequest, BadInput> {
+    Ok(match op {
+        Operation::GetDashboardEmbedUrl => EmbedRequest::Dashboard(parse_strict(value)?),
+        Operation::GenerateEmbedUrlForAnonymousUser => {
+            EmbedRequest::Anonymous(parse_strict(value)?)
+        }
+        Operation::GenerateEmbedUrlForRegisteredUser => {
+            EmbedRequest::Registered(parse_strict(value)?)
+        }
+    })
+}
+
+/// Why a request is refused before anything is touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Invalid(BadInput),
+    Denied { field: String, rule: String },
+}
+
+/// The gateway's shared state, built once by `startup`.
+pub struct Gateway {
+    pub settings: Settings,
+    pub tenants: Tenants,
+    pub pool: Pool,
+    pub inbound: InboundLimiter,
+    pub budgets: Budgets,
+    pub upstream: Upstream,
+    pub demand: Demand,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    upstream_slots: Semaphore,
+    prefetch_slots: Arc<Semaphore>,
+    /// EWMA of upstream latency in seconds (the refill lead time), as f64 bits.
+    lead_secs: std::sync::atomic::AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(
+        settings: Settings,
+        upstream: Upstream,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let tenants = Tenants::new(&settings.tenants);
+        let caps = tenants.all().iter().map(|t| t.max_pooled_urls).collect();
+        let hint_caps = tenants.all().iter().map(|t| t.max_hints).collect();
+        Gateway {
+            pool: Pool::new(&settings.pool, caps, clock.clone(), metrics.clone()),
+            inbound: InboundLimiter::new(&tenants),
+            budgets: Budgets::new(&settings.upstream, &tenants, metrics.clone()),
+            demand: Demand::new(&settings.refill, hint_caps),
+            upstream_slots: Semaphore::new(settings.upstream.max_concurrency),
+            prefetch_slots: Arc::new(Semaphore::new(settings.refill.concurrency)),
+            lead_secs: std::sync::atomic::AtomicU64::new(0.1f64.to_bits()),
+            tenants,
+            upstream,
+            metrics,
+            clock,
+            settings,
+        }
+    }
+
+    /// Completes, validates and authorizes a parsed request for `tenant`: nothing is touched
+    /// unless this succeeds.
+    ///
+    /// # Errors
+    /// The invalid or forbidden member.
+    pub fn admit(&self, tenant: &Tenant, mut req: EmbedRequest) -> Result<EmbedRequest, Refusal> {
+        if req.aws_account_id().is_empty() {
+            match &tenant.default_account {
+                Some(a) => req.set_aws_account_id(a.clone()),
+                None => {
+                    return Err(Refusal::Invalid(BadInput {
+                        code: "missing_field",
+                        field: Some("AwsAccountId".into()),
+                        detail: "AwsAccountId is required: this tenant has no default account"
+                            .into(),
+                    }))
+                }
+            }
+        }
+        req.validate().map_err(|v| {
+            Refusal::Invalid(BadInput {
+                code: match v.kind {
+                    crate::model::ViolationKind::SessionLifetime => "invalid_session_lifetime",
+                    crate::model::ViolationKind::InvalidParameter => "invalid_parameter",
+                },
+                detail: format!("{} {}", v.field, v.rule),
+                field: Some(v.field),
+            })
+        })?;
+        tenant.authorize(&req).map_err(|d| Refusal::Denied {
+            field: d.field,
+            rule: d.rule,
+        })?;
+        Ok(req)
+    }
+
+    pub fn key_for(&self, tenant: &Tenant, req: &EmbedRequest) -> PoolKey {
+        pool_key(&tenant.id, self.upstream.region(), req)
+    }
+
+    /// Hands out one URL for an admitted request: from the pool, else through the miss path.
+    ///
+    /// # Errors
+    /// No URL within the miss timeout; see [`ServeError`].
+    pub async fn serve(&self, tenant: &Tenant, req: EmbedRequest) -> Result<Served, ServeError> {
+        let key = self.key_for(tenant, &req);
+        let now = self.clock.now_ms();
+        let tracked = if self.settings.refill.enabled {
+            Some(self.demand.record(&key, tenant.index, &req, now))
+        } else {
+            None
+        };
+        if let Some(u) = self.pool.take(&key) {
+            return Ok(Served {
+                expires_at_ms: u.expires_at_ms(),
+                url: u.url,
+                source: Source::Pool,
+            });
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.settings.api.miss_timeout_ms);
+        self.miss(tenant, &req, tracked.as_deref(), deadline).await
+    }
+
+    async fn miss(
+        &self,
+        tenant: &Tenant,
+        req: &EmbedRequest,
+        tracked: Option<&Tracked>,
+        deadline: Instant,
+    ) -> Result<Served, ServeError> {
+        // 1. Claim a prefetch already in flight for this key, if an unclaimed one exists.
+        if let Some(t) = tracked {
+            if let Some(mut rx) = t.try_join() {
+                let until = deadline
+                    .min(Instant::now() + Duration::from_millis(self.settings.upstream.timeout_ms));
+                match tokio::time::timeout_at(until, &mut rx).await {
+                    Ok(Ok(f)) => return Ok(self.served(f, Source::Pool)),
+                    _ => reclaim(rx, t, &self.pool),
+                }
+                // The prefetch may have landed in the pool while we waited.
+                if let Some(u) = self.pool.take(&t.key) {
+                    return Ok(Served {
+                        expires_at_ms: u.expires_at_ms(),
+                        url: u.url,
+                        source: Source::Pool,
+                    });
+                }
+            }
+        }
+        // 2. Fetch now, within the account's budget and the concurrency bound.
+        let budget = self
+            .budgets
+            .get(req.aws_account_id(), self.upstream.region());
+        loop {
+            match budget.try_acquire(tenant.index, Priority::Miss) {
+                Ok(()) => break,
+                Err(wait) if Instant::now() + wait < deadline => tokio::time::sleep(wait).await,
+                Err(wait) => return Err(ServeError::BudgetExhausted { retry_after: wait }),
+            }
+        }
+        let _permit = match tokio::time::timeout_at(deadline, self.upstream_slots.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => return Err(ServeError::Busy),
+        };
+        let fetched = match tokio::time::timeout_at(deadline, self.fetch(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout),
+        };
+        match fetched {
+            Ok(f) => {
+                self.metrics.fetched.with_label_values(&["miss"]).inc();
+                Ok(self.served(f, Source::Upstream))
+            }
+            Err(UpstreamError::Throttled) => {
+                budget.on_throttle();
+                Err(UpstreamError::Throttled.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn served(&self, f: Fetched, source: Source) -> Served {
+        Served {
+            expires_at_ms: f.sent_at_ms + URL_VALIDITY_SECS * 1000,
+            url: f.url,
+            source,
+        }
+    }
+
+    /// One upstream call, feeding the measured lead time.
+    async fn fetch(&self, req: &EmbedRequest) -> Result<Fetched, UpstreamError> {
+        let started = Instant::now();
+        let r = self.upstream.fetch(req, &self.clock).await;
+        if r.is_ok() {
+            let sample = started.elapsed().as_secs_f64();
+            let old = f64::from_bits(self.lead_secs.load(Ordering::Relaxed));
+            self.lead_secs
+                .store((old * 0.9 + sample * 0.1).to_bits(), Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Measured refill lead time: upstream latency plus one planner tick.
+    pub fn lead_secs(&self) -> f64 {
+        f64::from_bits(self.lead_secs.load(Ordering::Relaxed))
+            + self.settings.refill.tick_ms as f64 / 1000.0
+    }
+
+    /// One planner pass: purge, then start prefetches for every key below its target depth, as
+    /// far as the prefetch concurrency and the upstream budgets allow.
+    pub fn plan(self: &Arc<Self>) {
+        let now = self.clock.now_ms();
+        self.pool.purge();
+        let tracked = self.demand.sweep(now);
+        self.metrics.tracked_keys.set(tracked.len() as i64);
+        let lead = self.lead_secs();
+        for t in tracked {
+            let (target, reason) = self.demand.target(
+                &t,
+                now,
+                lead,
+                self.settings.pool.min_remaining_secs,
+                self.settings.pool.max_urls_per_key,
+            );
+            let have = self.pool.len(&t.key) + t.in_flight.load(Ordering::SeqCst);
+            if have >= target {
+                continue;
+            }
+            let budget = self
+                .budgets
+                .get(t.request.aws_account_id(), self.upstream.region());
+            for _ in have..target {
+                let Ok(permit) = self.prefetch_slots.clone().try_acquire_owned() else {
+                    return;
+                };
+                if budget.try_acquire(t.tenant, Priority::Prefetch).is_err() {
+                    break;
+                }
+                t.in_flight.fetch_add(1, Ordering::SeqCst);
+                self.metrics
+                    .fetched
+                    .with_label_values(&[reason.as_str()])
+                    .inc();
+                let gw = self.clone();
+                let t = t.clone();
+                let budget = budget.clone();
+                tokio::spawn(async move {
+                    let result = gw.fetch(&t.request).await;
+                    t.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    drop(permit);
+                    match result {
+                        Ok(f) => t.deliver(f, &gw.pool),
+                        Err(UpstreamError::Throttled) => budget.on_throttle(),
+                        Err(e) => tracing::debug!(key = %t.key, error = %e, "prefetch failed"),
+                    }
+                });
+            }
+        }
+    }
+
+    /// Runs the planner every `refill.tick_ms` until `shutdown` resolves.
+    pub async fn run_refiller(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.settings.refill.tick_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {
+                    if self.settings.refill.enabled {
+                        self.plan();
+                    } else {
+                        self.pool.purge();
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_parsing_names_unknown_missing_and_mistyped_members() {
+        let op = Operation::GetDashboardEmbedUrl;
+        let e = parse_request(
+            op,
+            br#"{"DashboardId":"d","IdentityType":"IAM","Colour":1}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("unknown_field", Some("Colour"))
+        );
+        let e = parse_request(op, br#"{"IdentityType":"IAM"}"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("missing_field", Some("DashboardId"))
+        );
+        let e = parse_request(
+            op,
+            br#"{"DashboardId":"d","IdentityType":"IAM","SessionLifetimeInMinutes":"60"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("invalid_type", Some("SessionLifetimeInMinutes"))
+        );
+        let e = parse_request(op, br#"{"DashboardId":"d","IdentityType":"ROOT"}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("IdentityType"));
+        let e = parse_request(op, b"{not json").unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        let e = parse_request(
+            Operation::GenerateEmbedUrlForRegisteredUser,
+            br#"{"UserArn":"a","ExperienceConfiguration":{"Dashboard":{"InitialDashboardId":"d","Nope":true}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("ExperienceConfiguration.Dashboard.Nope")
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! Every metric embedgate exports, registered once in its own registry. Labels are bounded:
+//! tenant ids come from config (unauthenticated requests use `-`), operations and outcomes are
+//! closed sets, accounts come from the tenants' policies. No URL, code or key ever becomes a label.
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Buckets from 100 µs (a pool hit) to 10 s (a slow upstream call).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+/// Remaining validity at hand-out, 0–300 s.
+const VALIDITY_BUCKETS: &[f64] = &[
+    30.0, 60.0, 90.0, 120.0, 150.0, 180.0, 210.0, 240.0, 270.0, 285.0, 300.0,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub pool_urls: IntGauge,
+    pub pool_keys: IntGauge,
+    pub fetched: IntCounterVec,
+    pub wasted: IntCounterVec,
+    pub remaining_validity: Histogram,
+    pub upstream_calls: IntCounterVec,
+    pub upstream_duration: HistogramVec,
+    pub budget_rate: GaugeVec,
+    pub throttle_events: IntCounter,
+    pub inbound_rejections: IntCounterVec,
+    pub tracked_keys: IntGauge,
+    pub upstream_in_flight: Gauge,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Names are fixed and unique, so registration cannot fail.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        Metrics {
+            requests: counter_vec(
+                "embedgate_requests_total",
+                "Embed-URL requests by tenant and outcome (hit, miss, throttled, denied, invalid, unauthenticated, error).",
+                &["tenant", "outcome"],
+            ),
+            request_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("embedgate_request_duration_seconds", "Embed-URL request latency by outcome.")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["outcome"],
+                )
+                .expect("valid metric"),
+            ),
+            pool_urls: reg(&r, IntGauge::new("embedgate_pool_urls", "URLs in the pool.").expect("valid metric")),
+            pool_keys: reg(&r, IntGauge::new("embedgate_pool_keys", "Keys in the pool.").expect("valid metric")),
+            fetched: counter_vec(
+                "embedgate_urls_fetched_total",
+                "URLs fetched from QuickSight, by reason (miss, prefetch, hint, warm).",
+                &["reason"],
+            ),
+            wasted: counter_vec(
+                "embedgate_urls_wasted_total",
+                "URLs fetched but never handed out, by reason (expired, evicted, overflow, abandoned).",
+                &["reason"],
+            ),
+            remaining_validity: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "embedgate_handout_remaining_validity_seconds",
+                        "Validity left on a URL when it is handed out.",
+                    )
+                    .buckets(VALIDITY_BUCKETS.to_vec()),
+                )
+                .expect("valid metric"),
+            ),
+            upstream_calls: counter_vec(
+                "embedgate_upstream_calls_total",
+                "QuickSight calls by operation and result (ok, throttled, rejected, error, timeout).",
+                &["operation", "result"],
+            ),
+            upstream_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("embedgate_upstream_duration_seconds", "QuickSight call latency by operation.")
+                        .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["operation"],
+                )
+                .expect("valid metric"),
+            ),
+            budget_rate: reg(
+                &r,
+                GaugeVec::new(
+                    Opts::new("embedgate_upstream_budget_rate", "Current upstream budget, calls per second, per AWS account and region."),
+                    &["account", "region"],
+                )
+                .expect("valid metric"),
+            ),
+            throttle_events: reg(
+                &r,
+                IntCounter::new("embedgate_upstream_throttle_events_total", "ThrottlingExceptions received from QuickSight.")
+                    .expect("valid metric"),
+            ),
+            inbound_rejections: counter_vec(
+                "embedgate_inbound_rejections_total",
+                "Requests refused by a tenant's inbound rate limit.",
+                &["tenant"],
+            ),
+            tracked_keys: reg(
+                &r,
+                IntGauge::new("embedgate_demand_tracked_keys", "Keys whose demand the refiller tracks.").expect("valid metric"),
+            ),
+            upstream_in_flight: reg(
+                &r,
+                Gauge::new("embedgate_upstream_in_flight", "QuickSight calls in flight.").expect("valid metric"),
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,141 @@
+//! Pool keys: tenant + region + the canonical form of every parameter that changes the URL.
+//!
+//! Canonical means order-insensitive lists sorted and de-duplicated, so equal requests map to one
+//! key. The key is a SHA-256 over a versioned, deterministic serialisation, so it is stable across
+//! processes and releases (it is a Redis key in cluster mode) and carries no readable parameter
+//! (session tag values are sensitive).
+
+use std::fmt;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::model::EmbedRequest;
+
+/// A pool key: 32 hex digits (128 bits of a SHA-256).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey(pub(crate) Arc<str>);
+
+impl PoolKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PoolKey({})", self.0)
+    }
+}
+
+impl fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn sort_dedup<T: Ord>(v: &mut Option<Vec<T>>) {
+    if let Some(v) = v {
+        v.sort();
+        v.dedup();
+    }
+}
+
+/// The request with every order-insensitive list sorted and de-duplicated.
+pub fn canonical(req: &EmbedRequest) -> EmbedRequest {
+    let mut r = req.clone();
+    match &mut r {
+        EmbedRequest::Dashboard(d) => sort_dedup(&mut d.additional_dashboard_ids),
+        EmbedRequest::Anonymous(a) => {
+            sort_dedup(&mut a.session_tags);
+            a.authorized_resource_arns.sort();
+            a.authorized_resource_arns.dedup();
+            sort_dedup(&mut a.allowed_domains);
+            if let Some(d) = &mut a.experience_configuration.dashboard {
+                sort_dedup(&mut d.enabled_features);
+                sort_dedup(&mut d.disabled_features);
+            }
+        }
+        EmbedRequest::Registered(g) => sort_dedup(&mut g.allowed_domains),
+    }
+    r
+}
+
+/// The key for `tenant` asking `req` in `region`.
+pub fn pool_key(tenant: &str, region: &str, req: &EmbedRequest) -> PoolKey {
+    let canon = canonical(req);
+    let body = match &canon {
+        EmbedRequest::Dashboard(d) => serde_json::to_vec(d),
+        EmbedRequest::Anonymous(a) => serde_json::to_vec(a),
+        EmbedRequest::Registered(g) => serde_json::to_vec(g),
+    }
+    .unwrap_or_default();
+    let mut h = Sha256::new();
+    // v1: bump if the serialisation ever changes, so old Redis keys are not reused.
+    h.update(b"embedgate-pool-key-v1\0");
+    h.update(tenant.as_bytes());
+    h.update(b"\0");
+    h.update(region.as_bytes());
+    h.update(b"\0");
+    h.update(canon.operation().as_str().as_bytes());
+    h.update(b"\0");
+    h.update(&body);
+    let digest = h.finalize();
+    PoolKey(hex::encode(&digest[..16]).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::AnonymousEmbedRequest;
+    use proptest::prelude::*;
+
+    fn anon(tags: Vec<(String, String)>, arns: Vec<String>) -> EmbedRequest {
+        let body = serde_json::json!({
+            "AwsAccountId": "111122223333",
+            "Namespace": "default",
+            "SessionTags": tags.iter().map(|(k, v)| serde_json::json!({"Key": k, "Value": v})).collect::<Vec<_>>(),
+            "AuthorizedResourceArns": arns,
+            "ExperienceConfiguration": {"Dashboard": {"InitialDashboardId": "d"}}
+        });
+        EmbedRequest::Anonymous(serde_json::from_value::<AnonymousEmbedRequest>(body).unwrap())
+    }
+
+    proptest! {
+        #[test]
+        fn list_order_and_duplicates_do_not_change_the_key(
+            tags in proptest::collection::vec(("[a-c]{1,2}", "[x-z]{1,2}"), 1..6),
+            arns in proptest::collection::vec("arn:aws:quicksight:us-east-1:111122223333:dashboard/[a-d]", 1..5),
+            seed in any::<u64>(),
+        ) {
+            let a = anon(tags.clone(), arns.clone());
+            let mut tags2 = tags.clone();
+            let mut arns2 = arns.clone();
+            tags2.push(tags[0].clone());
+            arns2.push(arns[0].clone());
+            let n = tags2.len();
+            tags2.rotate_left((seed as usize) % n);
+            arns2.reverse();
+            let b = anon(tags2, arns2);
+            prop_assert_eq!(pool_key("t", "us-east-1", &a), pool_key("t", "us-east-1", &b));
+        }
+    }
+
+    #[test]
+    fn tenant_region_and_parameters_all_change_the_key() {
+        let a = anon(
+            vec![("tenant".into(), "acme".into())],
+            vec!["arn:aws:quicksight:us-east-1:111122223333:dashboard/d".into()],
+        );
+        let b = anon(
+            vec![("tenant".into(), "other".into())],
+            vec!["arn:aws:quicksight:us-east-1:111122223333:dashboard/d".into()],
+        );
+        let k = pool_key("t1", "us-east-1", &a);
+        assert_ne!(k, pool_key("t2", "us-east-1", &a));
+        assert_ne!(k, pool_key("t1", "eu-west-1", &a));
+        assert_ne!(k, pool_key("t1", "us-east-1", &b));
+        assert_eq!(k.as_str().len(), 32);
+        assert!(!k.as_str().contains("acme"));
+    }
+}

@@ -1,0 +1,362 @@
+//! Demand tracking and the refill planner.
+//!
+//! Per pool key we keep a decaying estimate of the request rate λ. By Little's law the pool must
+//! hold about λ × (refill lead time + safety) URLs to absorb arrivals while a refill is in flight;
+//! a URL only lives `300 s − min_remaining`, so holding more than λ × that lifetime is waste. A key
+//! is worth pre-fetching only if a request is likely (≥ `min_probability`) to arrive within a URL's
+//! usable life: P = 1 − e^(−λ·life) for Poisson arrivals. Hinted and warm keys are kept at least
+//! one (or their configured depth) deep regardless. Keys idle for long are forgotten (bounded).
+//!
+//! A prefetch in flight can be claimed by a caller that missed: its URL then goes to exactly that
+//! one waiter instead of the pool (see [`Tracked::deliver`]).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::config::RefillSettings;
+use crate::model::{EmbedRequest, URL_VALIDITY_SECS};
+use crate::pool::{Pool, PoolKey, PooledUrl};
+use crate::tenant::TenantId;
+use crate::upstream::Fetched;
+
+/// Why a key is pre-fetched (the `reason` label of fetched URLs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Prefetch,
+    Hint,
+    Warm,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Prefetch => "prefetch",
+            Reason::Hint => "hint",
+            Reason::Warm => "warm",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct DemandState {
+    /// Σ e^(−(now − tᵢ)/τ) over arrivals, as of `last_ms`.
+    decayed: f64,
+    last_ms: u64,
+    first_ms: u64,
+    hinted_until_ms: u64,
+    warm_depth: usize,
+}
+
+/// One tracked key: what to fetch for it, how much it is asked for, and who waits on it.
+pub struct Tracked {
+    pub key: PoolKey,
+    pub tenant: TenantId,
+    pub request: EmbedRequest,
+    state: Mutex<DemandState>,
+    pub in_flight: AtomicUsize,
+    waiters: Mutex<VecDeque<oneshot::Sender<Fetched>>>,
+}
+
+impl Tracked {
+    fn new(key: PoolKey, tenant: TenantId, request: EmbedRequest, now_ms: u64) -> Self {
+        Tracked {
+            key,
+            tenant,
+            request,
+            state: Mutex::new(DemandState {
+                decayed: 0.0,
+                last_ms: now_ms,
+                first_ms: now_ms,
+                hinted_until_ms: 0,
+                warm_depth: 0,
+            }),
+            in_flight: AtomicUsize::new(0),
+            waiters: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn record(&self, now_ms: u64, tau_secs: f64) {
+        let mut s = self.state.lock();
+        let dt = now_ms.saturating_sub(s.last_ms) as f64 / 1000.0;
+        s.decayed = s.decayed * (-dt / tau_secs).exp() + 1.0;
+        s.last_ms = now_ms;
+    }
+
+    /// Estimated arrivals per second. Bias-corrected for keys younger than τ, and never computed
+    /// over less than one second, so a single request does not read as a flood.
+    pub fn rate(&self, now_ms: u64, tau_secs: f64) -> f64 {
+        let s = self.state.lock();
+        let dt = now_ms.saturating_sub(s.last_ms) as f64 / 1000.0;
+        let decayed = s.decayed * (-dt / tau_secs).exp();
+        let age = (now_ms.saturating_sub(s.first_ms) as f64 / 1000.0).max(1.0);
+        decayed / (tau_secs * (1.0 - (-age / tau_secs).exp()))
+    }
+
+    /// Claims the URL of a prefetch in flight, if one is not already claimed by another waiter.
+    pub fn try_join(&self) -> Option<oneshot::Receiver<Fetched>> {
+        let mut waiters = self.waiters.lock();
+        waiters.retain(|w| !w.is_closed());
+        if waiters.len() >= self.in_flight.load(Ordering::SeqCst) {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        waiters.push_back(tx);
+        Some(rx)
+    }
+
+    /// Hands a fetched URL to exactly one live waiter, or to the pool when nobody waits.
+    ///
+    /// # Guarantees
+    /// A oneshot sender delivers at most once, and a waiter that gives up reclaims anything sent
+    /// to it (see [`reclaim`]), so the URL ends in exactly one place: a waiter, the pool, or the
+    /// waste counter.
+    pub fn deliver(&self, mut fetched: Fetched, pool: &Pool) {
+        loop {
+            let next = self.waiters.lock().pop_front();
+            let Some(tx) = next else { break };
+            match tx.send(fetched) {
+                Ok(()) => return,
+                Err(back) => fetched = back,
+            }
+        }
+        let _ = pool.put(
+            &self.key,
+            self.tenant,
+            PooledUrl {
+                url: fetched.url,
+                issued_at_ms: fetched.sent_at_ms,
+            },
+        );
+    }
+}
+
+/// A waiter giving up: close its receiver and put back anything delivered meanwhile.
+pub fn reclaim(mut rx: oneshot::Receiver<Fetched>, tracked: &Tracked, pool: &Pool) {
+    rx.close();
+    if let Ok(fetched) = rx.try_recv() {
+        tracked.deliver(fetched, pool);
+    }
+}
+
+/// Every tracked key, bounded and forgetting idle ones.
+pub struct Demand {
+    keys: moka::sync::Cache<PoolKey, Arc<Tracked>>,
+    settings: RefillSettings,
+    tau_secs: f64,
+    hints: Vec<AtomicUsize>,
+    hint_caps: Vec<usize>,
+}
+
+impl Demand {
+    pub fn new(settings: &RefillSettings, hint_caps: Vec<usize>) -> Self {
+        let keys = moka::sync::Cache::builder()
+            .max_capacity(settings.max_tracked_keys)
+            .time_to_idle(Duration::from_secs(settings.idle_forget_secs))
+            .build();
+        Demand {
+            keys,
+            tau_secs: settings.demand_half_life_secs / std::f64::consts::LN_2,
+            settings: settings.clone(),
+            hints: hint_caps.iter().map(|_| AtomicUsize::new(0)).collect(),
+            hint_caps,
+        }
+    }
+
+    fn tracked(
+        &self,
+        key: &PoolKey,
+        tenant: TenantId,
+        req: &EmbedRequest,
+        now_ms: u64,
+    ) -> Arc<Tracked> {
+        self.keys.get_with(key.clone(), || {
+            Arc::new(Tracked::new(key.clone(), tenant, req.clone(), now_ms))
+        })
+    }
+
+    /// Counts one request for `key`.
+    pub fn record(
+        &self,
+        key: &PoolKey,
+        tenant: TenantId,
+        req: &EmbedRequest,
+        now_ms: u64,
+    ) -> Arc<Tracked> {
+        let t = self.tracked(key, tenant, req, now_ms);
+        t.record(now_ms, self.tau_secs);
+        t
+    }
+
+    /// Announces likely demand for `key` until `hint_ttl` from now.
+    ///
+    /// # Errors
+    /// The tenant already has `max_hints` keys hinted.
+    pub fn hint(
+        &self,
+        key: &PoolKey,
+        tenant: TenantId,
+        req: &EmbedRequest,
+        now_ms: u64,
+    ) -> Result<(), ()> {
+        let t = self.tracked(key, tenant, req, now_ms);
+        let mut s = t.state.lock();
+        if s.hinted_until_ms <= now_ms {
+            let count = &self.hints[tenant];
+            if count.fetch_add(1, Ordering::SeqCst) >= self.hint_caps[tenant] {
+                count.fetch_sub(1, Ordering::SeqCst);
+                return Err(());
+            }
+        }
+        s.hinted_until_ms = now_ms + self.settings.hint_ttl_secs * 1000;
+        Ok(())
+    }
+
+    /// Keeps `key` at least `depth` deep for as long as the process runs.
+    pub fn pin(
+        &self,
+        key: &PoolKey,
+        tenant: TenantId,
+        req: &EmbedRequest,
+        depth: usize,
+        now_ms: u64,
+    ) {
+        let t = self.tracked(key, tenant, req, now_ms);
+        t.state.lock().warm_depth = depth;
+    }
+
+    /// How many URLs `t` should hold now, and why; `lead_secs` is the measured refill lead time.
+    pub fn target(
+        &self,
+        t: &Tracked,
+        now_ms: u64,
+        lead_secs: f64,
+        min_remaining_secs: u64,
+        max_per_key: usize,
+    ) -> (usize, Reason) {
+        let lambda = t.rate(now_ms, self.tau_secs);
+        let life = (URL_VALIDITY_SECS.saturating_sub(min_remaining_secs)) as f64 - lead_secs;
+        let likely = 1.0 - (-lambda * life.max(0.0)).exp() >= self.settings.min_probability;
+        let mut depth = 0usize;
+        let mut reason = Reason::Prefetch;
+        if likely {
+            let needed = (lambda * (lead_secs + self.settings.safety_secs)).ceil();
+            let useful = (lambda * life).floor().max(1.0);
+            depth = needed.min(useful).max(1.0) as usize;
+        }
+        let s = t.state.lock();
+        if s.hinted_until_ms > now_ms && depth < 1 {
+            depth = 1;
+            reason = Reason::Hint;
+        }
+        if s.warm_depth > depth {
+            depth = s.warm_depth;
+            reason = Reason::Warm;
+        }
+        (depth.min(max_per_key), reason)
+    }
+
+    /// Releases expired hints (so the per-tenant hint bound frees up) and returns every key.
+    pub fn sweep(&self, now_ms: u64) -> Vec<Arc<Tracked>> {
+        let all: Vec<Arc<Tracked>> = self.keys.iter().map(|(_, v)| v).collect();
+        for t in &all {
+            let mut s = t.state.lock();
+            if s.hinted_until_ms != 0 && s.hinted_until_ms <= now_ms {
+                s.hinted_until_ms = 0;
+                self.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        all
+    }
+
+    pub fn len(&self) -> u64 {
+        self.keys.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DashboardEmbedRequest, IdentityType};
+
+    fn req() -> EmbedRequest {
+        EmbedRequest::Dashboard(DashboardEmbedRequest {
+            aws_account_id: "111122223333".into(),
+            dashboard_id: "d".into(),
+            identity_type: IdentityType::Anonymous,
+            session_lifetime_in_minutes: None,
+            undo_redo_disabled: None,
+            reset_disabled: None,
+            state_persistence_enabled: None,
+            user_arn: None,
+            namespace: None,
+            additional_dashboard_ids: None,
+        })
+    }
+
+    fn key() -> PoolKey {
+        crate::pool::pool_key("t", "us-east-1", &req())
+    }
+
+    #[test]
+    fn the_rate_estimate_converges_on_a_steady_stream() {
+        let d = Demand::new(&RefillSettings::default(), vec![10]);
+        let mut now = 1_000_000;
+        let mut t = None;
+        for _ in 0..200 {
+            t = Some(d.record(&key(), 0, &req(), now));
+            now += 20; // 50 requests per second
+        }
+        let rate = t.unwrap().rate(now, d.tau_secs);
+        assert!((40.0..60.0).contains(&rate), "{rate}");
+    }
+
+    #[test]
+    fn depth_follows_littles_law_within_the_usable_life() {
+        let d = Demand::new(&RefillSettings::default(), vec![10]);
+        let mut now = 1_000_000;
+        let mut t = None;
+        for _ in 0..400 {
+            t = Some(d.record(&key(), 0, &req(), now));
+            now += 10; // 100 requests per second
+        }
+        let t = t.unwrap();
+        let (depth, reason) = d.target(&t, now, 0.1, 60, 1000);
+        // λ ≈ 100/s × (0.1 s lead + 1 s safety) ≈ 110
+        assert!((90..=135).contains(&depth), "{depth}");
+        assert_eq!(reason, Reason::Prefetch);
+        assert_eq!(d.target(&t, now, 0.1, 60, 16).0, 16, "capped per key");
+    }
+
+    #[test]
+    fn a_rarely_requested_key_is_not_prefetched_unless_hinted() {
+        let settings = RefillSettings {
+            min_probability: 0.9,
+            ..RefillSettings::default()
+        };
+        let d = Demand::new(&settings, vec![1]);
+        let now = 1_000_000;
+        let t = d.record(&key(), 0, &req(), now);
+        // One request, then an hour of silence: λ ≈ 0.
+        let later = now + 3_600_000;
+        assert_eq!(d.target(&t, later, 0.1, 60, 10).0, 0);
+        d.hint(&key(), 0, &req(), later).unwrap();
+        assert_eq!(d.target(&t, later, 0.1, 60, 10), (1, Reason::Hint));
+        // The tenant may hold one hint at a time; a second key is refused until the first expires.
+        let mut other = req();
+        other.set_aws_account_id("444455556666".into());
+        let k2 = crate::pool::pool_key("t", "us-east-1", &other);
+        assert!(d.hint(&k2, 0, &other, later).is_err());
+        let expired = later + settings.hint_ttl_secs * 1000 + 1;
+        d.sweep(expired);
+        assert!(d.hint(&k2, 0, &other, expired).is_ok());
+    }
+}

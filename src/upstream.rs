@@ -1,0 +1,415 @@
+//! QuickSight, reached with `aws-sdk-quicksight` (credentials from the standard AWS chain, or static
+//! test keys), with an endpoint override so the same code talks to the simulator.
+//!
+//! Every SDK error is classified once, here: throttled, retryable (5xx, connection), timed out,
+//! or rejected (a permanent 4xx whose meaning goes back to the caller). The SDK's own retries are
+//! off: the upstream budget decides when to call again, so every attempt is counted against it.
+
+use std::time::{Duration, Instant};
+
+use aws_config::BehaviorVersion;
+use aws_sdk_quicksight::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_quicksight::types as qs;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+
+use crate::config::UpstreamSettings;
+use crate::metrics::Metrics;
+use crate::model::{self, EmbedRequest, Toggle};
+
+/// How an upstream call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// ThrottlingException: the account's QuickSight budget is exhausted. Retry later.
+    #[error("QuickSight throttled the call")]
+    Throttled,
+    /// 5xx or a connection failure. Retry later.
+    #[error("QuickSight is unavailable: {0}")]
+    Unavailable(String),
+    /// No answer within the configured timeout.
+    #[error("QuickSight did not answer in time")]
+    Timeout,
+    /// A permanent refusal (4xx), with QuickSight's status, code and message. Not retryable.
+    #[error("QuickSight refused the call: {code} ({status})")]
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+impl UpstreamError {
+    fn label(&self) -> &'static str {
+        match self {
+            UpstreamError::Throttled => "throttled",
+            UpstreamError::Unavailable(_) => "error",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+/// A fetched URL and when its request was sent (the conservative start of its validity).
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub url: String,
+    pub sent_at_ms: u64,
+}
+
+/// The QuickSight client.
+pub struct Upstream {
+    client: aws_sdk_quicksight::Client,
+    region: String,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl Upstream {
+    /// Builds the SDK client from `aws-config`'s standard chain, overridden by settings.
+    pub async fn new(settings: &UpstreamSettings, metrics: std::sync::Arc<Metrics>) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::Region::new(settings.region.clone()))
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_millis(settings.timeout_ms))
+                    .connect_timeout(Duration::from_millis(settings.timeout_ms.min(2_000)))
+                    .build(),
+            );
+        if let Some(endpoint) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
+            loader = loader.credentials_provider(aws_sdk_quicksight::config::Credentials::new(
+                id,
+                secret.expose(),
+                None,
+                None,
+                "embedgate-config",
+            ));
+        }
+        let config = loader.load().await;
+        Upstream {
+            client: aws_sdk_quicksight::Client::new(&config),
+            region: settings.region.clone(),
+            metrics,
+        }
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Asks QuickSight for one embed URL.
+    ///
+    /// # Errors
+    /// The classified failure; see [`UpstreamError`].
+    pub async fn fetch(
+        &self,
+        req: &EmbedRequest,
+        clock: &crate::clock::Clock,
+    ) -> Result<Fetched, UpstreamError> {
+        let op = req.operation().as_str();
+        let sent_at_ms = clock.now_ms();
+        let started = Instant::now();
+        self.metrics.upstream_in_flight.inc();
+        let result = self.call(req).await;
+        self.metrics.upstream_in_flight.dec();
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        let result = result.and_then(|url| {
+            // The SDK fills a missing required EmbedUrl with "" rather than failing.
+            if url.starts_with("https://") || url.starts_with("http://") {
+                Ok(Fetched { url, sent_at_ms })
+            } else {
+                Err(UpstreamError::Unavailable(
+                    "QuickSight returned no usable EmbedUrl".into(),
+                ))
+            }
+        });
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        self.metrics
+            .upstream_calls
+            .with_label_values(&[op, label])
+            .inc();
+        result
+    }
+
+    async fn call(&self, req: &EmbedRequest) -> Result<String, UpstreamError> {
+        match req {
+            EmbedRequest::Dashboard(r) => self
+                .client
+                .get_dashboard_embed_url()
+                .aws_account_id(&r.aws_account_id)
+                .dashboard_id(&r.dashboard_id)
+                .identity_type(qs::EmbeddingIdentityType::from(r.identity_type.as_str()))
+                .set_session_lifetime_in_minutes(r.session_lifetime_in_minutes)
+                .set_undo_redo_disabled(r.undo_redo_disabled)
+                .set_reset_disabled(r.reset_disabled)
+                .set_state_persistence_enabled(r.state_persistence_enabled)
+                .set_user_arn(r.user_arn.clone())
+                .set_namespace(r.namespace.clone())
+                .set_additional_dashboard_ids(r.additional_dashboard_ids.clone())
+                .send()
+                .await
+                .map(|o| o.embed_url.unwrap_or_default())
+                .map_err(classify),
+            EmbedRequest::Anonymous(r) => self
+                .client
+                .generate_embed_url_for_anonymous_user()
+                .aws_account_id(&r.aws_account_id)
+                .set_session_lifetime_in_minutes(r.session_lifetime_in_minutes)
+                .namespace(&r.namespace)
+                .set_session_tags(r.session_tags.as_ref().map(|tags| {
+                    tags.iter()
+                        .filter_map(|t| {
+                            qs::SessionTag::builder()
+                                .key(&t.key)
+                                .value(&t.value)
+                                .build()
+                                .ok()
+                        })
+                        .collect()
+                }))
+                .set_authorized_resource_arns(Some(r.authorized_resource_arns.clone()))
+                .experience_configuration(anonymous_experience(&r.experience_configuration)?)
+                .set_allowed_domains(r.allowed_domains.clone())
+                .send()
+                .await
+                .map(|o| o.embed_url)
+                .map_err(classify),
+            EmbedRequest::Registered(r) => self
+                .client
+                .generate_embed_url_for_registered_user()
+                .aws_account_id(&r.aws_account_id)
+                .set_session_lifetime_in_minutes(r.session_lifetime_in_minutes)
+                .user_arn(&r.user_arn)
+                .experience_configuration(registered_experience(&r.experience_configuration)?)
+                .set_allowed_domains(r.allowed_domains.clone())
+                .send()
+                .await
+                .map(|o| o.embed_url)
+                .map_err(classify),
+        }
+    }
+}
+
+/// Our model → SDK builders. Requests are validated before this, so a build error here is a bug
+/// in the mapping, reported as a rejection rather than a panic.
+fn build_err(e: impl std::fmt::Display) -> UpstreamError {
+    UpstreamError::Rejected {
+        status: 400,
+        code: "InvalidParameterValueException".into(),
+        message: format!("request could not be built: {e}"),
+    }
+}
+
+fn visual_id(v: &model::DashboardVisualId) -> Result<qs::DashboardVisualId, UpstreamError> {
+    qs::DashboardVisualId::builder()
+        .dashboard_id(&v.dashboard_id)
+        .sheet_id(&v.sheet_id)
+        .visual_id(&v.visual_id)
+        .build()
+        .map_err(build_err)
+}
+
+fn shared_view(t: Option<Toggle>) -> Option<qs::SharedViewConfigurations> {
+    t.map(|t| {
+        qs::SharedViewConfigurations::builder()
+            .enabled(t.enabled)
+            .build()
+    })
+}
+
+fn state_persistence(t: Option<Toggle>) -> Option<qs::StatePersistenceConfigurations> {
+    t.map(|t| {
+        qs::StatePersistenceConfigurations::builder()
+            .enabled(t.enabled)
+            .build()
+    })
+}
+
+fn anonymous_experience(
+    x: &model::AnonymousExperience,
+) -> Result<qs::AnonymousUserEmbeddingExperienceConfiguration, UpstreamError> {
+    let mut b = qs::AnonymousUserEmbeddingExperienceConfiguration::builder();
+    if let Some(d) = &x.dashboard {
+        let features = |list: &Option<Vec<String>>| {
+            list.as_ref().map(|l| {
+                l.iter()
+                    .map(|f| {
+                        qs::AnonymousUserDashboardEmbeddingConfigurationEnabledFeature::from(
+                            f.as_str(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let disabled = d.disabled_features.as_ref().map(|l| {
+            l.iter()
+                .map(|f| {
+                    qs::AnonymousUserDashboardEmbeddingConfigurationDisabledFeature::from(
+                        f.as_str(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        });
+        let fc = d.feature_configurations.as_ref().map(|f| {
+            qs::AnonymousUserDashboardFeatureConfigurations::builder()
+                .set_shared_view(shared_view(f.shared_view))
+                .build()
+        });
+        b = b.dashboard(
+            qs::AnonymousUserDashboardEmbeddingConfiguration::builder()
+                .initial_dashboard_id(&d.initial_dashboard_id)
+                .set_enabled_features(features(&d.enabled_features))
+                .set_disabled_features(disabled)
+                .set_feature_configurations(fc)
+                .build()
+                .map_err(build_err)?,
+        );
+    }
+    if let Some(v) = &x.dashboard_visual {
+        b = b.dashboard_visual(
+            qs::AnonymousUserDashboardVisualEmbeddingConfiguration::builder()
+                .initial_dashboard_visual_id(visual_id(&v.initial_dashboard_visual_id)?)
+                .build(),
+        );
+    }
+    if let Some(q) = &x.q_search_bar {
+        b = b.q_search_bar(
+            qs::AnonymousUserQSearchBarEmbeddingConfiguration::builder()
+                .initial_topic_id(&q.initial_topic_id)
+                .build()
+                .map_err(build_err)?,
+        );
+    }
+    if let Some(q) = &x.generative_qna {
+        b = b.generative_qn_a(
+            qs::AnonymousUserGenerativeQnAEmbeddingConfiguration::builder()
+                .initial_topic_id(&q.initial_topic_id)
+                .build()
+                .map_err(build_err)?,
+        );
+    }
+    Ok(b.build())
+}
+
+fn toggle<T>(t: Option<Toggle>, f: impl Fn(bool) -> T) -> Option<T> {
+    t.map(|t| f(t.enabled))
+}
+
+fn registered_experience(
+    x: &model::RegisteredExperience,
+) -> Result<qs::RegisteredUserEmbeddingExperienceConfiguration, UpstreamError> {
+    let mut b = qs::RegisteredUserEmbeddingExperienceConfiguration::builder();
+    if let Some(d) = &x.dashboard {
+        let fc = d.feature_configurations.as_ref().map(|f| {
+            qs::RegisteredUserDashboardFeatureConfigurations::builder()
+                .set_state_persistence(state_persistence(f.state_persistence))
+                .set_bookmarks(toggle(f.bookmarks, |e| {
+                    qs::BookmarksConfigurations::builder().enabled(e).build()
+                }))
+                .set_shared_view(shared_view(f.shared_view))
+                .set_schedules(toggle(f.schedules, |e| {
+                    qs::SchedulesConfigurations::builder().enabled(e).build()
+                }))
+                .set_recent_snapshots(toggle(f.recent_snapshots, |e| {
+                    qs::RecentSnapshotsConfigurations::builder()
+                        .enabled(e)
+                        .build()
+                }))
+                .set_threshold_alerts(toggle(f.threshold_alerts, |e| {
+                    qs::ThresholdAlertsConfigurations::builder()
+                        .enabled(e)
+                        .build()
+                }))
+                .build()
+        });
+        b = b.dashboard(
+            qs::RegisteredUserDashboardEmbeddingConfiguration::builder()
+                .initial_dashboard_id(&d.initial_dashboard_id)
+                .set_feature_configurations(fc)
+                .build()
+                .map_err(build_err)?,
+        );
+    }
+    if let Some(c) = &x.quicksight_console {
+        let fc = c.feature_configurations.as_ref().map(|f| {
+            qs::RegisteredUserConsoleFeatureConfigurations::builder()
+                .set_state_persistence(state_persistence(f.state_persistence))
+                .set_shared_view(shared_view(f.shared_view))
+                .build()
+        });
+        b = b.quick_sight_console(
+            qs::RegisteredUserQuickSightConsoleEmbeddingConfiguration::builder()
+                .initial_path(&c.initial_path)
+                .set_feature_configurations(fc)
+                .build(),
+        );
+    }
+    if let Some(q) = &x.q_search_bar {
+        b = b.q_search_bar(
+            qs::RegisteredUserQSearchBarEmbeddingConfiguration::builder()
+                .set_initial_topic_id(q.initial_topic_id.clone())
+                .build(),
+        );
+    }
+    if let Some(v) = &x.dashboard_visual {
+        b = b.dashboard_visual(
+            qs::RegisteredUserDashboardVisualEmbeddingConfiguration::builder()
+                .initial_dashboard_visual_id(visual_id(&v.initial_dashboard_visual_id)?)
+                .build(),
+        );
+    }
+    if let Some(q) = &x.generative_qna {
+        b = b.generative_qn_a(
+            qs::RegisteredUserGenerativeQnAEmbeddingConfiguration::builder()
+                .set_initial_topic_id(q.initial_topic_id.clone())
+                .build(),
+        );
+    }
+    Ok(b.build())
+}
+
+/// The one place SDK errors are classified.
+fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+    err: SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+) -> UpstreamError {
+    match err {
+        SdkError::TimeoutError(_) => UpstreamError::Timeout,
+        SdkError::DispatchFailure(e) => {
+            if e.is_timeout() {
+                UpstreamError::Timeout
+            } else {
+                UpstreamError::Unavailable(format!(
+                    "connection failed: {:?}",
+                    e.as_connector_error().map(|c| c.to_string())
+                ))
+            }
+        }
+        SdkError::ServiceError(e) => {
+            let status = e.raw().status().as_u16();
+            let err = e.into_err();
+            let code = err.code().unwrap_or("Unknown").to_string();
+            let message = err.message().unwrap_or_default().to_string();
+            if code == "ThrottlingException" || status == 429 {
+                UpstreamError::Throttled
+            } else if status >= 500 {
+                UpstreamError::Unavailable(format!("{code} ({status})"))
+            } else {
+                UpstreamError::Rejected {
+                    status,
+                    code,
+                    message,
+                }
+            }
+        }
+        SdkError::ResponseError(_) => UpstreamError::Unavailable("unreadable response".into()),
+        other => UpstreamError::Unavailable(format!("{other:?}").chars().take(200).collect()),
+    }
+}
