@@ -90,12 +90,13 @@ pub fn parse_strict<
         Err(e) => {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            let syntax = !matches!(inner.classify(), serde_json::error::Category::Data);
+            let syntax =
+                !matches!(inner.classify(), serde_json::error::Category::Data) || path == ".";
             let text = inner.to_string();
-            if syntax {
+            if syntax && !text.starts_with("missing field") {
                 Err(BadInput {
                     code: "invalid_json",
-                    detail: format!("the body is not valid JSON: {text}"),
+                    detail: format!("the body is not a JSON object of this request: {text}"),
                     field: None,
                 })
             } else if let Some(rest) = text.strip_prefix("missing field `") {
@@ -109,12 +110,6 @@ pub fn parse_strict<
                     code: "missing_field",
                     detail: format!("{field} is required"),
                     field: Some(field),
-                })
-            } else if path == "." {
-                Err(BadInput {
-                    code: "invalid_json",
-                    detail: format!("the body is not a JSON object of this request: {text}"),
-                    field: None,
                 })
             } else {
                 let detail = format!("{path}: {}", text.split(" at line").next().unwrap_or(&text));
@@ -330,10 +325,17 @@ impl Gateway {
         let budget = self
             .budgets
             .get(req.aws_account_id(), self.upstream.region());
+        // Waiting for the budget is worth it only if a typical upstream call still fits after the
+        // wait; otherwise the caller is better served by an immediate 503 and Retry-After.
+        let call_time = Duration::from_secs_f64(
+            (3.0 * f64::from_bits(self.lead_secs.load(Ordering::Relaxed))).max(0.05),
+        );
         loop {
             match budget.try_acquire(tenant.index, Priority::Miss) {
                 Ok(()) => break,
-                Err(wait) if Instant::now() + wait < deadline => tokio::time::sleep(wait).await,
+                Err(wait) if Instant::now() + wait + call_time < deadline => {
+                    tokio::time::sleep(wait).await
+                }
                 Err(wait) => return Err(ServeError::BudgetExhausted { retry_after: wait }),
             }
         }
@@ -385,6 +387,17 @@ impl Gateway {
             + self.settings.refill.tick_ms as f64 / 1000.0
     }
 
+    /// How many URLs `t` should hold now, and why.
+    fn target(&self, t: &Tracked) -> (usize, crate::refill::Reason) {
+        self.demand.target(
+            t,
+            self.clock.now_ms(),
+            self.lead_secs(),
+            self.settings.pool.min_remaining_secs,
+            self.settings.pool.max_urls_per_key,
+        )
+    }
+
     /// One planner pass: purge, then start prefetches for every key below its target depth, as
     /// far as the prefetch concurrency and the upstream budgets allow.
     pub fn plan(self: &Arc<Self>) {
@@ -392,15 +405,8 @@ impl Gateway {
         self.pool.purge();
         let tracked = self.demand.sweep(now);
         self.metrics.tracked_keys.set(tracked.len() as i64);
-        let lead = self.lead_secs();
         for t in tracked {
-            let (target, reason) = self.demand.target(
-                &t,
-                now,
-                lead,
-                self.settings.pool.min_remaining_secs,
-                self.settings.pool.max_urls_per_key,
-            );
+            let (target, reason) = self.target(&t);
             let have = self.pool.len(&t.key) + t.in_flight.load(Ordering::SeqCst);
             if have >= target {
                 continue;
@@ -424,14 +430,36 @@ impl Gateway {
                 let t = t.clone();
                 let budget = budget.clone();
                 tokio::spawn(async move {
-                    let result = gw.fetch(&t.request).await;
-                    t.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    drop(permit);
-                    match result {
-                        Ok(f) => t.deliver(f, &gw.pool),
-                        Err(UpstreamError::Throttled) => budget.on_throttle(),
-                        Err(e) => tracing::debug!(key = %t.key, error = %e, "prefetch failed"),
+                    // Keep topping this key up while it is below target, so prefetch throughput is
+                    // bounded by upstream latency and the budget, not by the planner's tick.
+                    loop {
+                        let result = gw.fetch(&t.request).await;
+                        t.in_flight.fetch_sub(1, Ordering::SeqCst);
+                        match result {
+                            Ok(f) => t.deliver(f, &gw.pool),
+                            Err(UpstreamError::Throttled) => {
+                                budget.on_throttle();
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::debug!(key = %t.key, error = %e, "prefetch failed");
+                                break;
+                            }
+                        }
+                        let (target, reason) = gw.target(&t);
+                        let have = gw.pool.len(&t.key) + t.in_flight.load(Ordering::SeqCst);
+                        if have >= target
+                            || budget.try_acquire(t.tenant, Priority::Prefetch).is_err()
+                        {
+                            break;
+                        }
+                        t.in_flight.fetch_add(1, Ordering::SeqCst);
+                        gw.metrics
+                            .fetched
+                            .with_label_values(&[reason.as_str()])
+                            .inc();
                     }
+                    drop(permit);
                 });
             }
         }

@@ -192,28 +192,20 @@ impl Demand {
         t
     }
 
-    /// Announces likely demand for `key` until `hint_ttl` from now.
-    ///
-    /// # Errors
-    /// The tenant already has `max_hints` keys hinted.
-    pub fn hint(
-        &self,
-        key: &PoolKey,
-        tenant: TenantId,
-        req: &EmbedRequest,
-        now_ms: u64,
-    ) -> Result<(), ()> {
+    /// Announces likely demand for `key` until `hint_ttl` from now. False when the tenant
+    /// already has `max_hints` keys hinted (the hint is dropped).
+    pub fn hint(&self, key: &PoolKey, tenant: TenantId, req: &EmbedRequest, now_ms: u64) -> bool {
         let t = self.tracked(key, tenant, req, now_ms);
         let mut s = t.state.lock();
         if s.hinted_until_ms <= now_ms {
             let count = &self.hints[tenant];
             if count.fetch_add(1, Ordering::SeqCst) >= self.hint_caps[tenant] {
                 count.fetch_sub(1, Ordering::SeqCst);
-                return Err(());
+                return false;
             }
         }
         s.hinted_until_ms = now_ms + self.settings.hint_ttl_secs * 1000;
-        Ok(())
+        true
     }
 
     /// Keeps `key` at least `depth` deep for as long as the process runs.
@@ -348,15 +340,15 @@ mod tests {
         // One request, then an hour of silence: λ ≈ 0.
         let later = now + 3_600_000;
         assert_eq!(d.target(&t, later, 0.1, 60, 10).0, 0);
-        d.hint(&key(), 0, &req(), later).unwrap();
+        assert!(d.hint(&key(), 0, &req(), later));
         assert_eq!(d.target(&t, later, 0.1, 60, 10), (1, Reason::Hint));
         // The tenant may hold one hint at a time; a second key is refused until the first expires.
         let mut other = req();
         other.set_aws_account_id("444455556666".into());
         let k2 = crate::pool::pool_key("t", "us-east-1", &other);
-        assert!(d.hint(&k2, 0, &other, later).is_err());
+        assert!(!d.hint(&k2, 0, &other, later));
         let expired = later + settings.hint_ttl_secs * 1000 + 1;
         d.sweep(expired);
-        assert!(d.hint(&k2, 0, &other, expired).is_ok());
+        assert!(d.hint(&k2, 0, &other, expired));
     }
 }

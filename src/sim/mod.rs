@@ -91,7 +91,7 @@ impl Default for SimSettings {
             single_use: true,
             strict_registered_dashboards: true,
             unregistered_iam_access_keys: vec![],
-            max_tracked_urls: 2_000_000,
+            max_tracked_urls: 1_000_000,
             workers: None,
             accounts: registry::default_accounts(),
             knobs: Knobs::default(),

@@ -77,3 +77,141 @@ pub fn user_arn(user: &str) -> String {
 pub fn dashboard_arn(id: &str) -> String {
     format!("arn:aws:quicksight:us-east-1:{ACCOUNT}:dashboard/{id}")
 }
+
+use embedgate::clock::Clock;
+use embedgate::config::{PolicySettings, Settings, TenantSettings};
+use embedgate::startup::Application;
+use std::collections::HashMap;
+
+/// A gateway and its simulator, both in-process on port 0.
+pub struct TestApp {
+    pub sim: SimServer,
+    pub app: Application,
+    pub base: String,
+    pub admin: String,
+    /// tenant id → API key
+    pub keys: HashMap<String, String>,
+    pub http: reqwest::Client,
+}
+
+/// A tenant that may embed any dashboard of the demo account for users of `default`.
+pub fn tenant(id: &str, key: &str) -> TenantSettings {
+    TenantSettings {
+        id: id.into(),
+        api_key_sha256: vec![hex::encode(embedgate::tenant::hash_key(key))],
+        default_account: Some(ACCOUNT.into()),
+        rate_per_sec: 100_000.0,
+        burst: 100_000,
+        upstream_weight: 1.0,
+        max_pooled_urls: 100_000,
+        max_hints: 100,
+        policy: PolicySettings {
+            dashboards: vec!["*".into()],
+            namespaces: vec!["default".into()],
+            user_arns: vec![format!("arn:aws:quicksight:*:{ACCOUNT}:user/default/*")],
+            session_tags: [("tenant".to_string(), vec![id.to_string()])].into(),
+            ..PolicySettings::default()
+        },
+        warm: vec![],
+    }
+}
+
+/// Starts a simulator and a gateway in front of it with tenants `alpha` and `beta` (keys
+/// `alpha-key`, `beta-key`); `customize` adjusts the settings first.
+pub async fn spawn_app_with(clock: Clock, customize: impl FnOnce(&mut Settings)) -> TestApp {
+    let sim = spawn_sim();
+    let mut s = embedgate::dev::settings(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        &sim.endpoint,
+        "unused",
+    );
+    s.workers = Some(2);
+    s.upstream.rate_per_sec = 1000.0;
+    s.upstream.burst = 100;
+    s.tenants = vec![tenant("alpha", "alpha-key"), tenant("beta", "beta-key")];
+    customize(&mut s);
+    let keys = s
+        .tenants
+        .iter()
+        .map(|t| (t.id.clone(), format!("{}-key", t.id)))
+        .collect();
+    let app = Application::start(s, clock).await.expect("gateway starts");
+    TestApp {
+        base: format!("http://{}", app.addr),
+        admin: format!("http://{}", app.admin_addr),
+        sim,
+        app,
+        keys,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(128)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    }
+}
+
+pub async fn spawn_app(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_with(Clock::System, customize).await
+}
+
+impl TestApp {
+    /// POSTs `body` to `/v1/embed-url/<kind>` as `tenant`.
+    pub async fn embed(
+        &self,
+        tenant: &str,
+        kind: &str,
+        body: &serde_json::Value,
+    ) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/embed-url/{kind}", self.base))
+            .bearer_auth(&self.keys[tenant])
+            .json(body)
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Polls `cond` every 10 ms for up to `secs` seconds; false if it never held.
+    pub async fn eventually(&self, secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+        let until = std::time::Instant::now() + Duration::from_secs(secs);
+        while std::time::Instant::now() < until {
+            if cond() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cond()
+    }
+
+    pub async fn stop(self) {
+        self.app.stop().await;
+        self.sim.stop().await;
+    }
+}
+
+/// A GetDashboardEmbedUrl body for a registered user.
+pub fn dash(dashboard: &str, user: &str) -> serde_json::Value {
+    serde_json::json!({"DashboardId": dashboard, "IdentityType": "QUICKSIGHT", "UserArn": user_arn(user)})
+}
+
+/// The value of a metric sample line (`name{labels} value`), 0 when absent.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}

@@ -1,4 +1,7 @@
 //! Integration tests: one binary, in-process servers on port 0, real clients.
 
+mod bad_input;
+mod dev;
+mod gateway;
 mod helpers;
 mod simulator;

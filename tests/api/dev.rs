@@ -1,0 +1,86 @@
+//! `embedgate dev` from the binary: it starts, and the curl it prints returns a URL that redeems.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::http;
+
+/// Kills the child when the test ends, pass or fail.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn embedgate_dev_prints_a_curl_that_returns_a_redeemable_url() {
+    let mut child = Child(
+        Command::new(env!("CARGO_BIN_EXE_embedgate"))
+            .args([
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--sim-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("embedgate dev starts"),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut lines = vec![];
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.starts_with("Open the EmbedUrl");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(60), lines)
+        .await
+        .expect("dev prints its banner")
+        .unwrap();
+    // The printed command, continuation lines joined, parsed as a shell would.
+    let start = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("curl "))
+        .expect("a curl line");
+    let command: String = lines[start..start + 3]
+        .iter()
+        .map(|l| l.trim().trim_end_matches('\\'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let words = shlex::split(&command).expect("shell words");
+    let url = words.iter().find(|w| w.starts_with("http://")).unwrap();
+    let mut req = http().post(url);
+    for pair in words.windows(2) {
+        match pair[0].as_str() {
+            "-H" => {
+                let (k, v) = pair[1].split_once(": ").unwrap();
+                req = req.header(k, v);
+            }
+            "-d" => req = req.body(pair[1].clone()),
+            _ => {}
+        }
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    let embed = body["EmbedUrl"].as_str().unwrap();
+    let page = http().get(embed).send().await.unwrap();
+    assert_eq!(page.status(), 200, "the URL redeems at the simulator");
+    assert!(page.text().await.unwrap().contains("dashboard sales-2024"));
+    drop(child);
+}

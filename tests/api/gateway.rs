@@ -1,0 +1,564 @@
+//! The gateway end to end: through its HTTP API, against the in-process simulator.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use embedgate::clock::Clock;
+use embedgate::pool::PooledUrl;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exactly_once_64_clients_20000_requests_with_prefetch_active() {
+    let app = spawn_app(|s| {
+        s.upstream.rate_per_sec = 5000.0;
+        s.upstream.burst = 500;
+        s.upstream.max_concurrency = 128;
+        s.refill.concurrency = 64;
+    })
+    .await;
+    let keys = [
+        ("sales-2024", "alice"),
+        ("sales-2024", "bob"),
+        ("finance", "alice"),
+        ("ops-overview", "carol"),
+    ];
+    let app = Arc::new(app);
+    let results = futures::stream::iter(0..20_000)
+        .map(|i| {
+            let app = app.clone();
+            let (d, u) = keys[i % keys.len()];
+            async move {
+                let r = app.embed("alpha", "dashboard", &dash(d, u)).await;
+                assert_eq!(r.headers()["cache-control"], "no-store");
+                let status = r.status();
+                let body: Value = r.json().await.unwrap();
+                (status, body)
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    let mut urls = Vec::new();
+    let mut pooled = 0;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+        urls.push(body["EmbedUrl"].as_str().unwrap().to_string());
+        pooled += usize::from(body["Source"] == "pool");
+    }
+    let distinct: HashSet<&String> = urls.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        urls.len(),
+        "every URL in a 2xx response is distinct"
+    );
+    assert!(
+        pooled > urls.len() / 2,
+        "prefetch served most requests: {pooled}"
+    );
+
+    // Redeem every URL at the simulator: no double and no late redemption.
+    let http = http();
+    let statuses = futures::stream::iter(urls.clone())
+        .map(|u| {
+            let http = http.clone();
+            async move { http.get(&u).send().await.unwrap().status() }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 200));
+    let ledger = app.sim.sim.ledger();
+    assert_eq!(ledger.redeemed, 20_000);
+    assert_eq!((ledger.double_redemptions, ledger.late_redemptions), (0, 0));
+    Arc::try_unwrap(app).ok().unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn a_url_below_min_remaining_is_never_handed_out_and_counts_as_waste() {
+    let clock = Clock::manual();
+    let app = spawn_app_with(clock.clone(), |s| s.refill.enabled = false).await;
+    let gw = &app.app.gateway;
+    let tenant = gw.tenants.get(0);
+    let req = gw
+        .admit(
+            tenant,
+            embedgate::gateway::parse_request(
+                embedgate::model::Operation::GetDashboardEmbedUrl,
+                dash("sales-2024", "alice").to_string().as_bytes(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let key = gw.key_for(tenant, &req);
+    // Two real URLs from the simulator: one issued 241 s ago by our clock, one just now.
+    let now = clock.now_ms();
+    let mut real = vec![];
+    for _ in 0..2 {
+        let r = gw.upstream.fetch(&req, &clock).await.unwrap();
+        real.push(r.url);
+    }
+    gw.pool
+        .put(
+            &key,
+            0,
+            PooledUrl {
+                url: real[0].clone(),
+                issued_at_ms: now,
+            },
+        )
+        .unwrap();
+    clock.advance(1_000);
+    gw.pool
+        .put(
+            &key,
+            0,
+            PooledUrl {
+                url: real[1].clone(),
+                issued_at_ms: now + 1_000,
+            },
+        )
+        .unwrap();
+    clock.advance(240_000 - 1_000 + 1); // first URL: 59.999 s left; second: 60.999 s
+
+    let body: Value = app
+        .embed("alpha", "dashboard", &dash("sales-2024", "alice"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["Source"], "pool");
+    assert_eq!(
+        body["EmbedUrl"],
+        real[1].as_str(),
+        "the stale URL is skipped"
+    );
+    let body: Value = app
+        .embed("alpha", "dashboard", &dash("sales-2024", "alice"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        body["Source"], "upstream",
+        "the stale URL is never handed out"
+    );
+    assert_ne!(body["EmbedUrl"], real[0].as_str());
+    assert_eq!(
+        metric(
+            &app.metrics().await,
+            "embedgate_urls_wasted_total{reason=\"expired\"}"
+        ),
+        1.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_steady_stream_on_a_hot_key_is_served_from_the_pool() {
+    let app = spawn_app(|_| {}).await;
+    let mut sources = vec![];
+    for _ in 0..300 {
+        let body: Value = app
+            .embed("alpha", "dashboard", &dash("sales-2024", "alice"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        sources.push(body["Source"].as_str().unwrap().to_string());
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    let late = &sources[100..];
+    let hits = late.iter().filter(|s| *s == "pool").count();
+    assert!(
+        hits * 100 >= late.len() * 90,
+        "after warm-up {hits}/{} from the pool",
+        late.len()
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_hinted_key_is_served_from_the_pool_on_its_first_request() {
+    let app = spawn_app(|_| {}).await;
+    let mut hint = dash("finance", "bob");
+    hint["Operation"] = json!("GetDashboardEmbedUrl");
+    let r = app
+        .http
+        .post(format!("{}/v1/hints", app.base))
+        .bearer_auth("alpha-key")
+        .json(&json!({"Requests": [hint]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let gw = app.app.gateway.clone();
+    let tenant = gw.tenants.get(0);
+    let req = gw
+        .admit(
+            tenant,
+            embedgate::gateway::parse_request(
+                embedgate::model::Operation::GetDashboardEmbedUrl,
+                dash("finance", "bob").to_string().as_bytes(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let key = gw.key_for(tenant, &req);
+    assert!(
+        app.eventually(10, || gw.pool.len(&key) >= 1).await,
+        "the hint was pre-fetched"
+    );
+    let body: Value = app
+        .embed("alpha", "dashboard", &dash("finance", "bob"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["Source"], "pool");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_reach_outside_its_policy_and_quicksight_is_never_called() {
+    let app = spawn_app(|s| {
+        s.tenants[0].policy.dashboards = vec!["sales-*".into()];
+        s.tenants[0].policy.user_arns =
+            vec![format!("arn:aws:quicksight:*:{ACCOUNT}:user/default/a*")];
+        s.refill.enabled = false;
+    })
+    .await;
+    let anon = |tags: Value| {
+        json!({
+            "Namespace": "default",
+            "AuthorizedResourceArns": [dashboard_arn("sales-2024")],
+            "ExperienceConfiguration": {"Dashboard": {"InitialDashboardId": "sales-2024"}},
+            "SessionTags": tags,
+        })
+    };
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("dashboard", dash("finance", "alice"), "DashboardId"),
+        (
+            "dashboard",
+            json!({"DashboardId": "sales-2024", "IdentityType": "ANONYMOUS", "AdditionalDashboardIds": ["finance"]}),
+            "DashboardId",
+        ),
+        (
+            "dashboard",
+            json!({"DashboardId": "sales-2024", "IdentityType": "QUICKSIGHT", "UserArn": user_arn("bob")}),
+            "UserArn",
+        ),
+        (
+            "dashboard",
+            json!({"DashboardId": "sales-2024", "IdentityType": "IAM"}),
+            "IdentityType",
+        ),
+        (
+            "dashboard",
+            json!({"DashboardId": "sales-2024", "IdentityType": "ANONYMOUS", "Namespace": "acme"}),
+            "Namespace",
+        ),
+        (
+            "dashboard",
+            json!({"AwsAccountId": "444455556666", "DashboardId": "sales-2024", "IdentityType": "ANONYMOUS"}),
+            "AwsAccountId",
+        ),
+        (
+            "anonymous-user",
+            anon(json!([{"Key": "tenant", "Value": "beta"}])),
+            "SessionTags[0]",
+        ),
+        (
+            "anonymous-user",
+            anon(json!([{"Key": "role", "Value": "admin"}])),
+            "SessionTags[0]",
+        ),
+        (
+            "registered-user",
+            json!({"UserArn": user_arn("alice"), "ExperienceConfiguration": {"QuickSightConsole": {"InitialPath": "/start"}}}),
+            "ExperienceConfiguration.QuickSightConsole",
+        ),
+    ];
+    for (kind, body, field) in cases {
+        let r = app.embed("alpha", kind, &body).await;
+        assert_eq!(r.status(), 403, "{body}");
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(
+            (p["code"].as_str(), p["field"].as_str()),
+            (Some("forbidden_by_policy"), Some(field)),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        app.sim.sim.ledger().calls,
+        0,
+        "no upstream call for any denied request"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_tenants_asking_for_the_same_key_never_receive_each_others_pooled_urls() {
+    let app = spawn_app(|s| {
+        let mut warm = dash("sales-2024", "alice");
+        warm["Operation"] = json!("GetDashboardEmbedUrl");
+        warm["Depth"] = json!(5);
+        s.tenants[0].warm = vec![warm];
+    })
+    .await;
+    let gw = app.app.gateway.clone();
+    let req = gw
+        .admit(
+            gw.tenants.get(0),
+            embedgate::gateway::parse_request(
+                embedgate::model::Operation::GetDashboardEmbedUrl,
+                dash("sales-2024", "alice").to_string().as_bytes(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let alpha_key = gw.key_for(gw.tenants.get(0), &req);
+    assert_ne!(alpha_key, gw.key_for(gw.tenants.get(1), &req));
+    assert!(app.eventually(10, || gw.pool.len(&alpha_key) >= 5).await);
+    for _ in 0..5 {
+        let body: Value = app
+            .embed("beta", "dashboard", &dash("sales-2024", "alice"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            body["Source"], "upstream",
+            "beta never gets alpha's pooled URL"
+        );
+    }
+    assert!(gw.pool.len(&alpha_key) >= 5, "alpha's pool is untouched");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_rate_gets_429_with_headers_while_another_is_unaffected() {
+    let app = spawn_app(|s| {
+        s.tenants[0].rate_per_sec = 1.0;
+        s.tenants[0].burst = 5;
+    })
+    .await;
+    let mut limited = 0;
+    for i in 0..10 {
+        let r = app
+            .embed("alpha", "dashboard", &dash("sales-2024", "alice"))
+            .await;
+        if i < 5 {
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["ratelimit-policy"], "\"tenant\";q=5;w=5");
+        } else {
+            assert_eq!(r.status(), 429);
+            let retry: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=2).contains(&retry));
+            assert!(r.headers()["ratelimit"]
+                .to_str()
+                .unwrap()
+                .starts_with("\"tenant\";r=0;t="));
+            assert_eq!(r.headers()["ratelimit-policy"], "\"tenant\";q=5;w=5");
+            let p: Value = r.json().await.unwrap();
+            assert_eq!(p["code"], "rate_limited");
+            limited += 1;
+        }
+        let other = app
+            .embed("beta", "dashboard", &dash("sales-2024", "alice"))
+            .await;
+        assert_eq!(other.status(), 200, "beta is unaffected");
+    }
+    assert_eq!(limited, 5);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_upstream_throttling_the_gateway_settles_below_the_throttle_and_recovers() {
+    let app = spawn_app(|s| {
+        s.upstream.rate_per_sec = 40.0;
+        s.upstream.burst = 10;
+        s.upstream.min_rate_per_sec = 2.0;
+        s.upstream.recovery_per_sec = 1.0;
+        s.api.miss_timeout_ms = 1_000;
+        s.refill.enabled = false;
+    })
+    .await;
+    app.sim
+        .sim
+        .update_knobs(&json!({"throttle_rps": 10, "throttle_burst": 10}))
+        .unwrap();
+    let app = Arc::new(app);
+    // Heavy miss load: every request is for a distinct user, so nothing can be pooled.
+    let run = |from: usize, n: usize| {
+        let app = app.clone();
+        async move {
+            futures::stream::iter(from..from + n)
+                .map(|i| {
+                    let app = app.clone();
+                    async move {
+                        let started = Instant::now();
+                        let r = app
+                            .embed(
+                                "alpha",
+                                "dashboard",
+                                &dash("sales-2024", &format!("user-{:04}", i % 1000)),
+                            )
+                            .await;
+                        (r.status().as_u16(), started.elapsed())
+                    }
+                })
+                .buffer_unordered(32)
+                .collect::<Vec<_>>()
+                .await
+        }
+    };
+    let first = run(0, 400).await;
+    let before = app.sim.sim.ledger();
+    let window = Instant::now();
+    let second = run(400, 600).await;
+    let after = app.sim.sim.ledger();
+    let secs = window.elapsed().as_secs_f64();
+    let calls = (after.calls - before.calls) as f64;
+    let throttled = (after.throttled - before.throttled) as f64;
+    assert!(
+        calls / secs <= 10.0 * 1.5,
+        "upstream call rate settled near the throttle: {:.1}/s",
+        calls / secs
+    );
+    assert!(
+        throttled <= calls * 0.25,
+        "few calls are throttled once settled: {throttled}/{calls}"
+    );
+    for (status, elapsed) in first.iter().chain(&second) {
+        // 503: budget exhausted or throttled; 504: a call that outlived the miss bound.
+        assert!([200, 503, 504].contains(status), "{status}");
+        assert!(
+            *elapsed < Duration::from_millis(2_500),
+            "answered within the miss bound: {elapsed:?}"
+        );
+    }
+    assert!(
+        second.iter().any(|(s, _)| *s == 503),
+        "callers got 503s rather than hangs"
+    );
+
+    app.sim
+        .sim
+        .update_knobs(&json!({"throttle_rps": null}))
+        .unwrap();
+    let recovered = {
+        let mut ok = false;
+        for _ in 0..100 {
+            let statuses = run(0, 10).await;
+            if statuses.iter().all(|(s, _)| *s == 200) {
+                ok = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        ok
+    };
+    assert!(recovered, "service recovers when the throttle lifts");
+    Arc::try_unwrap(app).ok().unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn with_quicksight_hanging_or_failing_pool_hits_continue_and_misses_fail_within_the_bound() {
+    let app = spawn_app(|s| {
+        let mut warm = dash("sales-2024", "alice");
+        warm["Operation"] = json!("GetDashboardEmbedUrl");
+        warm["Depth"] = json!(5);
+        s.tenants[0].warm = vec![warm];
+        s.api.miss_timeout_ms = 800;
+        s.upstream.timeout_ms = 500;
+    })
+    .await;
+    let gw = app.app.gateway.clone();
+    let req = gw
+        .admit(
+            gw.tenants.get(0),
+            embedgate::gateway::parse_request(
+                embedgate::model::Operation::GetDashboardEmbedUrl,
+                dash("sales-2024", "alice").to_string().as_bytes(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let key = gw.key_for(gw.tenants.get(0), &req);
+    assert!(app.eventually(10, || gw.pool.len(&key) >= 5).await);
+    app.sim
+        .sim
+        .update_knobs(&json!({"hang_rate": 1.0}))
+        .unwrap();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let body: Value = app
+            .embed("alpha", "dashboard", &dash("sales-2024", "alice"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            body["Source"], "pool",
+            "hits are served while QuickSight hangs"
+        );
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+    let started = Instant::now();
+    let r = app
+        .embed("alpha", "dashboard", &dash("finance", "bob"))
+        .await;
+    assert_eq!(r.status(), 504);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["code"], "upstream_timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    app.sim
+        .sim
+        .update_knobs(&json!({"hang_rate": 0.0, "error_rate": 1.0}))
+        .unwrap();
+    let r = app
+        .embed("alpha", "dashboard", &dash("finance", "carol"))
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["code"], "upstream_unavailable");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_permanent_errors_keep_their_meaning() {
+    let app = spawn_app(|s| s.refill.enabled = false).await;
+    let r = app
+        .embed("alpha", "dashboard", &dash("no-such-dashboard", "alice"))
+        .await;
+    assert_eq!(r.status(), 404);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(
+        (p["code"].as_str(), p["upstreamCode"].as_str()),
+        (
+            Some("upstream_not_found"),
+            Some("ResourceNotFoundException")
+        )
+    );
+    let r = app
+        .embed("alpha", "dashboard", &dash("sales-2024", "nobody"))
+        .await;
+    assert_eq!(r.status(), 404);
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["upstreamCode"], "QuickSightUserNotFoundException");
+    app.stop().await;
+}
