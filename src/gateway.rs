@@ -408,7 +408,7 @@ impl Gateway {
         for t in tracked {
             let (target, reason) = self.target(&t);
             let have = self.pool.len(&t.key) + t.in_flight.load(Ordering::SeqCst);
-            if have >= target {
+            if have >= target || t.backing_off(now) {
                 continue;
             }
             let budget = self
@@ -436,13 +436,17 @@ impl Gateway {
                         let result = gw.fetch(&t.request).await;
                         t.in_flight.fetch_sub(1, Ordering::SeqCst);
                         match result {
-                            Ok(f) => t.deliver(f, &gw.pool),
+                            Ok(f) => {
+                                t.prefetch_succeeded();
+                                t.deliver(f, &gw.pool);
+                            }
                             Err(UpstreamError::Throttled) => {
                                 budget.on_throttle();
                                 break;
                             }
                             Err(e) => {
-                                tracing::debug!(key = %t.key, error = %e, "prefetch failed");
+                                t.prefetch_failed(gw.clock.now_ms());
+                                tracing::warn!(key = %t.key, tenant = %gw.tenants.get(t.tenant).id, error = %e, "prefetch failed; backing off");
                                 break;
                             }
                         }

@@ -60,6 +60,8 @@ pub struct Tracked {
     state: Mutex<DemandState>,
     pub in_flight: AtomicUsize,
     waiters: Mutex<VecDeque<oneshot::Sender<Fetched>>>,
+    /// (consecutive prefetch failures, no prefetch before this instant in ms)
+    backoff: Mutex<(u32, u64)>,
 }
 
 impl Tracked {
@@ -77,6 +79,7 @@ impl Tracked {
             }),
             in_flight: AtomicUsize::new(0),
             waiters: Mutex::new(VecDeque::new()),
+            backoff: Mutex::new((0, 0)),
         }
     }
 
@@ -95,6 +98,24 @@ impl Tracked {
         let decayed = s.decayed * (-dt / tau_secs).exp();
         let age = (now_ms.saturating_sub(s.first_ms) as f64 / 1000.0).max(1.0);
         decayed / (tau_secs * (1.0 - (-age / tau_secs).exp()))
+    }
+
+    /// Whether prefetching this key is paused after failures.
+    pub fn backing_off(&self, now_ms: u64) -> bool {
+        self.backoff.lock().1 > now_ms
+    }
+
+    /// A prefetch failed for a reason other than throttling (which the budget handles): pause
+    /// this key's prefetches, 1 s after the first failure, doubling up to 60 s.
+    pub fn prefetch_failed(&self, now_ms: u64) {
+        let mut b = self.backoff.lock();
+        b.0 = b.0.saturating_add(1);
+        let pause = 1000u64.saturating_mul(1 << (b.0 - 1).min(6)).min(60_000);
+        b.1 = now_ms + pause;
+    }
+
+    pub fn prefetch_succeeded(&self) {
+        *self.backoff.lock() = (0, 0);
     }
 
     /// Claims the URL of a prefetch in flight, if one is not already claimed by another waiter.
@@ -326,6 +347,24 @@ mod tests {
         assert!((90..=135).contains(&depth), "{depth}");
         assert_eq!(reason, Reason::Prefetch);
         assert_eq!(d.target(&t, now, 0.1, 60, 16).0, 16, "capped per key");
+    }
+
+    #[test]
+    fn a_failing_key_backs_off_exponentially_up_to_a_minute() {
+        let d = Demand::new(&RefillSettings::default(), vec![1]);
+        let t = d.record(&key(), 0, &req(), 0);
+        let mut pauses = vec![];
+        for _ in 0..9 {
+            t.prefetch_failed(0);
+            pauses.push(t.backoff.lock().1);
+        }
+        assert_eq!(
+            pauses,
+            [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
+        );
+        assert!(t.backing_off(59_999) && !t.backing_off(60_000));
+        t.prefetch_succeeded();
+        assert!(!t.backing_off(0));
     }
 
     #[test]

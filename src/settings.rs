@@ -24,7 +24,18 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(
         }
         figment = figment.merge(Toml::file(path));
     }
-    figment = figment.merge(Env::prefixed(env_prefix).split("__"));
+    // Only variables naming one of T's top-level keys are settings: other EMBEDGATE_… variables
+    // (EMBEDGATE_LOG, the simulator's EMBEDGATE_SIM_…) must not read as unknown keys.
+    let top_level: Vec<String> = match serde_json::to_value(T::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => vec![],
+    };
+    let env = Env::prefixed(env_prefix).split("__").filter(move |key| {
+        let first = key.as_str().split('.').next().unwrap_or_default();
+        let first = first.split("__").next().unwrap_or_default();
+        top_level.iter().any(|k| k.eq_ignore_ascii_case(first))
+    });
+    figment = figment.merge(env);
     figment.extract().map_err(|e| {
         let mut msgs = Vec::new();
         for err in e {
@@ -37,4 +48,46 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(
         }
         anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("embedgate-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_the_environment_overrides_the_file() {
+        let path = write(
+            "layers",
+            "[upstream]\nregion = \"eu-west-1\"\ntimeout_ms = 1234\n",
+        );
+        // A prefix of its own, so parallel tests cannot see it.
+        std::env::set_var("EGTEST_LAYERS_UPSTREAM__TIMEOUT_MS", "999");
+        std::env::set_var("EGTEST_LAYERS_NOT_A_SETTING", "ignored");
+        let s: Settings = load(Some(&path), "EGTEST_LAYERS_").unwrap();
+        assert_eq!(s.upstream.region, "eu-west-1");
+        assert_eq!(s.upstream.timeout_ms, 999);
+        assert_eq!(s.pool.min_remaining_secs, 60, "untouched defaults stay");
+    }
+
+    #[test]
+    fn an_unknown_or_mistyped_key_is_named_in_the_error() {
+        let path = write("unknown", "[pool]\nmax_urlz = 5\n");
+        let err = load::<Settings>(Some(&path), "EGTEST_UNKNOWN_")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_urlz"), "{err}");
+        let path = write("mistyped", "[upstream]\ntimeout_ms = \"soon\"\n");
+        let err = load::<Settings>(Some(&path), "EGTEST_MISTYPED_")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream.timeout_ms"), "{err}");
+    }
 }

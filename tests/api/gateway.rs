@@ -562,3 +562,39 @@ async fn upstream_permanent_errors_keep_their_meaning() {
     assert_eq!(p["upstreamCode"], "QuickSightUserNotFoundException");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish() {
+    let app = spawn_app(|s| s.refill.enabled = false).await;
+    app.sim
+        .sim
+        .update_knobs(&json!({"latency_ms": 400}))
+        .unwrap();
+    let http = app.http.clone();
+    let url = format!("{}/v1/embed-url/dashboard", app.base);
+    let request = tokio::spawn(async move {
+        http.post(url)
+            .bearer_auth("alpha-key")
+            .json(&dash("sales-2024", "alice"))
+            .send()
+            .await
+    });
+    let gw = app.app.gateway.clone();
+    assert!(
+        app.eventually(10, || gw.metrics.upstream_in_flight.get() >= 1.0)
+            .await,
+        "the request reached QuickSight"
+    );
+    let TestApp {
+        app: gateway, sim, ..
+    } = app;
+    gateway.stop().await;
+    let resp = request
+        .await
+        .unwrap()
+        .expect("the in-flight request was answered");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["Source"], "upstream");
+    sim.stop().await;
+}
