@@ -100,6 +100,28 @@ pub struct DashboardEmbedRequest {
     pub additional_dashboard_ids: Option<Vec<String>>,
 }
 
+impl DashboardEmbedRequest {
+    /// A request with only the required members set.
+    pub fn new(
+        aws_account_id: impl Into<String>,
+        dashboard_id: impl Into<String>,
+        identity_type: IdentityType,
+    ) -> Self {
+        DashboardEmbedRequest {
+            aws_account_id: aws_account_id.into(),
+            dashboard_id: dashboard_id.into(),
+            identity_type,
+            session_lifetime_in_minutes: None,
+            undo_redo_disabled: None,
+            reset_disabled: None,
+            state_persistence_enabled: None,
+            user_arn: None,
+            namespace: None,
+            additional_dashboard_ids: None,
+        }
+    }
+}
+
 /// `SessionTag`: row-level-security tag for anonymous embedding. The value is sensitive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "PascalCase")]
@@ -897,18 +919,7 @@ mod tests {
     use super::*;
 
     fn dash(identity: IdentityType) -> DashboardEmbedRequest {
-        DashboardEmbedRequest {
-            aws_account_id: "111122223333".into(),
-            dashboard_id: "sales-2024".into(),
-            identity_type: identity,
-            session_lifetime_in_minutes: None,
-            undo_redo_disabled: None,
-            reset_disabled: None,
-            state_persistence_enabled: None,
-            user_arn: None,
-            namespace: None,
-            additional_dashboard_ids: None,
-        }
+        DashboardEmbedRequest::new("111122223333", "sales-2024", identity)
     }
 
     #[test]

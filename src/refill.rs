@@ -301,18 +301,11 @@ mod tests {
     use crate::model::{DashboardEmbedRequest, IdentityType};
 
     fn req() -> EmbedRequest {
-        EmbedRequest::Dashboard(DashboardEmbedRequest {
-            aws_account_id: "111122223333".into(),
-            dashboard_id: "d".into(),
-            identity_type: IdentityType::Anonymous,
-            session_lifetime_in_minutes: None,
-            undo_redo_disabled: None,
-            reset_disabled: None,
-            state_persistence_enabled: None,
-            user_arn: None,
-            namespace: None,
-            additional_dashboard_ids: None,
-        })
+        EmbedRequest::Dashboard(DashboardEmbedRequest::new(
+            "111122223333",
+            "d",
+            IdentityType::Anonymous,
+        ))
     }
 
     fn key() -> PoolKey {

@@ -273,16 +273,9 @@ mod tests {
 
     fn req(identity: IdentityType, user: Option<&str>) -> EmbedRequest {
         EmbedRequest::Dashboard(DashboardEmbedRequest {
-            aws_account_id: "111122223333".into(),
-            dashboard_id: "sales-2024".into(),
-            identity_type: identity,
-            session_lifetime_in_minutes: None,
-            undo_redo_disabled: None,
-            reset_disabled: None,
-            state_persistence_enabled: None,
             user_arn: user.map(String::from),
             namespace: Some("default".into()),
-            additional_dashboard_ids: None,
+            ..DashboardEmbedRequest::new("111122223333", "sales-2024", identity)
         })
     }
 

@@ -164,15 +164,7 @@ impl Pool {
         let slot = self.slots.get(key)?;
         let now = self.clock.now_ms();
         let mut inner = slot.inner.lock();
-        let mut stale = 0;
-        while inner
-            .urls
-            .front()
-            .is_some_and(|u| u.remaining_ms(now) < self.min_remaining_ms)
-        {
-            inner.urls.pop_front();
-            stale += 1;
-        }
+        let stale = self.drop_stale(&mut inner, now);
         let taken = inner.urls.pop_front();
         drop(inner);
         let n = stale + usize::from(taken.is_some());
@@ -191,6 +183,21 @@ impl Pool {
                 .observe(u.remaining_ms(now) as f64 / 1000.0);
         }
         taken
+    }
+
+    /// Drops URLs below `min_remaining` from the front (oldest first) of a locked slot; returns
+    /// how many. The caller accounts for them.
+    fn drop_stale(&self, inner: &mut SlotInner, now: u64) -> usize {
+        let mut stale = 0;
+        while inner
+            .urls
+            .front()
+            .is_some_and(|u| u.remaining_ms(now) < self.min_remaining_ms)
+        {
+            inner.urls.pop_front();
+            stale += 1;
+        }
+        stale
     }
 
     /// Adds a freshly fetched URL for `key`.
@@ -263,17 +270,7 @@ impl Pool {
         let now = self.clock.now_ms();
         let mut stale_total = 0u64;
         for (_, slot) in self.slots.iter() {
-            let mut inner = slot.inner.lock();
-            let mut stale = 0;
-            while inner
-                .urls
-                .front()
-                .is_some_and(|u| u.remaining_ms(now) < self.min_remaining_ms)
-            {
-                inner.urls.pop_front();
-                stale += 1;
-            }
-            drop(inner);
+            let stale = self.drop_stale(&mut slot.inner.lock(), now);
             if stale > 0 {
                 self.counts.sub(slot.tenant, stale);
                 stale_total += stale as u64;

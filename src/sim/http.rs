@@ -317,18 +317,8 @@ fn parse_dashboard_query(
     dashboard: String,
     query: &str,
 ) -> Result<EmbedRequest, AwsError> {
-    let mut r = DashboardEmbedRequest {
-        aws_account_id: account,
-        dashboard_id: dashboard,
-        identity_type: IdentityType::Iam,
-        session_lifetime_in_minutes: None,
-        undo_redo_disabled: None,
-        reset_disabled: None,
-        state_persistence_enabled: None,
-        user_arn: None,
-        namespace: None,
-        additional_dashboard_ids: None,
-    };
+    // IdentityType is a placeholder until `creds-type` is read; a missing one is refused below.
+    let mut r = DashboardEmbedRequest::new(account, dashboard, IdentityType::Iam);
     let mut identity = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

@@ -196,18 +196,7 @@ async fn a_hinted_key_is_served_from_the_pool_on_its_first_request() {
         .unwrap();
     assert_eq!(r.status(), 202);
     let gw = app.app.gateway.clone();
-    let tenant = gw.tenants.get(0);
-    let req = gw
-        .admit(
-            tenant,
-            embedgate::gateway::parse_request(
-                embedgate::model::Operation::GetDashboardEmbedUrl,
-                dash("finance", "bob").to_string().as_bytes(),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-    let key = gw.key_for(tenant, &req);
+    let key = app.key_of(0, &dash("finance", "bob"));
     assert!(
         app.eventually(10, || gw.pool.len(&key) >= 1).await,
         "the hint was pre-fetched"
@@ -310,18 +299,8 @@ async fn two_tenants_asking_for_the_same_key_never_receive_each_others_pooled_ur
     })
     .await;
     let gw = app.app.gateway.clone();
-    let req = gw
-        .admit(
-            gw.tenants.get(0),
-            embedgate::gateway::parse_request(
-                embedgate::model::Operation::GetDashboardEmbedUrl,
-                dash("sales-2024", "alice").to_string().as_bytes(),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-    let alpha_key = gw.key_for(gw.tenants.get(0), &req);
-    assert_ne!(alpha_key, gw.key_for(gw.tenants.get(1), &req));
+    let alpha_key = app.key_of(0, &dash("sales-2024", "alice"));
+    assert_ne!(alpha_key, app.key_of(1, &dash("sales-2024", "alice")));
     assert!(app.eventually(10, || gw.pool.len(&alpha_key) >= 5).await);
     for _ in 0..5 {
         let body: Value = app
@@ -482,17 +461,7 @@ async fn with_quicksight_hanging_or_failing_pool_hits_continue_and_misses_fail_w
     })
     .await;
     let gw = app.app.gateway.clone();
-    let req = gw
-        .admit(
-            gw.tenants.get(0),
-            embedgate::gateway::parse_request(
-                embedgate::model::Operation::GetDashboardEmbedUrl,
-                dash("sales-2024", "alice").to_string().as_bytes(),
-            )
-            .unwrap(),
-        )
-        .unwrap();
-    let key = gw.key_for(gw.tenants.get(0), &req);
+    let key = app.key_of(0, &dash("sales-2024", "alice"));
     assert!(app.eventually(10, || gw.pool.len(&key) >= 5).await);
     app.sim
         .sim
