@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, only when it is missing:
-# Python's boto3 (the real AWS SDK the simulator is checked against).
+# Python's boto3 (the real AWS SDK the simulator is checked against) and Debian's prometheus
+# package (promtool, and the Prometheus server the tests scrape the gateway with).
 # Safe to run repeatedly; on Debian it may call apt-get (as root) for packages the tests use.
 set -euo pipefail
 
@@ -8,6 +9,7 @@ need_apt=()
 have() { command -v "$1" >/dev/null 2>&1; }
 
 if ! have python3; then need_apt+=(python3 python3-pip); fi
+if ! have promtool || ! have prometheus; then need_apt+=(prometheus); fi
 
 if ((${#need_apt[@]})); then
   if have apt-get; then

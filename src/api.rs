@@ -222,8 +222,24 @@ async fn registered(req: HttpRequest, body: web::Payload, gw: web::Data<Gateway>
     embed(req, body, gw, Operation::GenerateEmbedUrlForRegisteredUser).await
 }
 
-/// Records one request's outcome in the metrics.
+/// The id of this request: the one `TracingLogger` put on the request span (so every log line of
+/// the request carries it), or a fresh one where no logger runs.
+fn request_id(req: &HttpRequest) -> String {
+    use actix_web::HttpMessage;
+    req.extensions()
+        .get::<tracing_actix_web::RequestId>()
+        .map(ToString::to_string)
+        .unwrap_or_else(new_request_id)
+}
+
+/// Records one request's outcome in the metrics and the log (never the URL).
 fn observe(gw: &Gateway, tenant: &str, outcome: &str, started: Instant) {
+    tracing::info!(
+        tenant,
+        outcome,
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "embed-url request"
+    );
     gw.metrics
         .requests
         .with_label_values(&[tenant, outcome])
@@ -241,7 +257,7 @@ async fn embed(
     op: Operation,
 ) -> HttpResponse {
     let started = Instant::now();
-    let request_id = new_request_id();
+    let request_id = request_id(&req);
     let tenant = match authenticate(&gw, &req) {
         Ok(t) => t,
         Err(p) => {
@@ -400,7 +416,7 @@ fn serve_error(e: ServeError) -> Problem {
 /// `POST /v1/hints`: `{"Requests": [{"Operation": "...", ...body}, ...]}`. All requests are
 /// checked first; only if every one is valid and allowed is any hint recorded.
 async fn hints(req: HttpRequest, body: web::Payload, gw: web::Data<Gateway>) -> HttpResponse {
-    let request_id = new_request_id();
+    let request_id = request_id(&req);
     let tenant = match authenticate(&gw, &req) {
         Ok(t) => t,
         Err(p) => return p.response(&request_id),

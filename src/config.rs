@@ -21,6 +21,8 @@ pub struct Settings {
     pub workers: Option<usize>,
     /// `json` (default for `serve`) or `pretty`.
     pub log_format: Option<String>,
+    /// Log filter, e.g. `info` or `info,embedgate=debug` (`EMBEDGATE_LOG`/`RUST_LOG` win).
+    pub log_level: Option<String>,
     pub api: ApiSettings,
     pub upstream: UpstreamSettings,
     pub pool: PoolSettings,
@@ -35,6 +37,7 @@ impl Default for Settings {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             workers: None,
             log_format: None,
+            log_level: None,
             api: ApiSettings::default(),
             upstream: UpstreamSettings::default(),
             pool: PoolSettings::default(),
@@ -323,6 +326,11 @@ impl Settings {
         positive("refill.demand_half_life_secs", r.demand_half_life_secs)?;
         if r.tick_ms == 0 || r.concurrency == 0 {
             return Err("refill.tick_ms and refill.concurrency: must be at least 1".into());
+        }
+        if let Some(f) = &self.log_format {
+            if f != "json" && f != "pretty" {
+                return Err(format!("log_format: {f:?} is not \"json\" or \"pretty\""));
+            }
         }
         if self.api.miss_timeout_ms == 0 || self.api.max_body_bytes == 0 {
             return Err("api.miss_timeout_ms and api.max_body_bytes: must be at least 1".into());

@@ -216,10 +216,16 @@ impl Gateway {
         let tenants = Tenants::new(&settings.tenants);
         let caps = tenants.all().iter().map(|t| t.max_pooled_urls).collect();
         let hint_caps = tenants.all().iter().map(|t| t.max_hints).collect();
+        let ids: Vec<&str> = tenants.all().iter().map(|t| t.id.as_str()).collect();
+        metrics.init_labels(&ids);
+        let budgets = Budgets::new(&settings.upstream, &tenants, metrics.clone());
+        for account in tenants.all().iter().flat_map(|t| t.accounts()) {
+            budgets.get(account, upstream.region());
+        }
         Gateway {
             pool: Pool::new(&settings.pool, caps, clock.clone(), metrics.clone()),
             inbound: InboundLimiter::new(&tenants),
-            budgets: Budgets::new(&settings.upstream, &tenants, metrics.clone()),
+            budgets,
             demand: Demand::new(&settings.refill, hint_caps),
             upstream_slots: Semaphore::new(settings.upstream.max_concurrency),
             prefetch_slots: Arc::new(Semaphore::new(settings.refill.concurrency)),

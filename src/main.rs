@@ -192,7 +192,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         Some("pretty") => LogFormat::Pretty,
         _ => LogFormat::Json,
     };
-    telemetry::init(format, "info");
+    telemetry::init(format, settings.log_level.as_deref().unwrap_or("info"));
     let app = Application::start(settings, Clock::System).await?;
     tracing::info!(listen = %app.addr, admin = %app.admin_addr, "embedgate serving");
     app.run_until(shutdown_signal()).await;

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub inbound_rejections: IntCounterVec,
     pub tracked_keys: IntGauge,
     pub upstream_in_flight: Gauge,
+    pub redis_degraded: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -128,7 +129,51 @@ impl Metrics {
                 &r,
                 Gauge::new("embedgate_upstream_in_flight", "QuickSight calls in flight.").expect("valid metric"),
             ),
+            redis_degraded: reg(
+                &r,
+                IntGauge::new(
+                    "embedgate_redis_degraded",
+                    "1 while this replica runs on its local pool and limits because Redis is unreachable (cluster mode); 0 otherwise.",
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
+        }
+    }
+
+    /// Creates every bounded label set at zero, so each series exists from the start (dashboards
+    /// and `rate()` then work before the first event).
+    pub fn init_labels(&self, tenants: &[&str]) {
+        const OUTCOMES: [&str; 7] = [
+            "hit",
+            "miss",
+            "throttled",
+            "denied",
+            "invalid",
+            "unauthenticated",
+            "error",
+        ];
+        for outcome in OUTCOMES {
+            self.request_duration.with_label_values(&[outcome]);
+            for tenant in tenants.iter().chain(std::iter::once(&"-")) {
+                self.requests.with_label_values(&[tenant, outcome]);
+            }
+        }
+        for tenant in tenants {
+            self.inbound_rejections.with_label_values(&[tenant]);
+        }
+        for reason in ["miss", "prefetch", "hint", "warm"] {
+            self.fetched.with_label_values(&[reason]);
+        }
+        for reason in ["expired", "evicted", "overflow"] {
+            self.wasted.with_label_values(&[reason]);
+        }
+        for op in crate::model::Operation::ALL {
+            self.upstream_duration.with_label_values(&[op.as_str()]);
+            for result in ["ok", "throttled", "rejected", "error", "timeout"] {
+                self.upstream_calls
+                    .with_label_values(&[op.as_str(), result]);
+            }
         }
     }
 

@@ -107,6 +107,11 @@ impl Policy {
 }
 
 impl Tenant {
+    /// The AWS accounts this tenant may use.
+    pub fn accounts(&self) -> &[String] {
+        &self.policy.accounts
+    }
+
     /// Checks a (validated) request against the tenant's policy.
     ///
     /// # Errors

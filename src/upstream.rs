@@ -410,6 +410,7 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
             }
         }
         SdkError::ResponseError(_) => UpstreamError::Unavailable("unreadable response".into()),
-        other => UpstreamError::Unavailable(format!("{other:?}").chars().take(200).collect()),
+        // Never format the whole error: a raw response inside it may carry an embed URL.
+        _ => UpstreamError::Unavailable("the request could not be constructed or sent".into()),
     }
 }

@@ -5,4 +5,5 @@ mod config;
 mod dev;
 mod gateway;
 mod helpers;
+mod observability;
 mod simulator;

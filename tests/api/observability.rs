@@ -1,0 +1,336 @@
+//! Metrics end to end: exact counter movements, promtool on a real scrape and on the shipped
+//! rules, the shipped dashboard and rules referring only to real metrics, and a real Prometheus
+//! server scraping the gateway with the shipped scrape config.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use embedgate::pool::PooledUrl;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn promtool() -> Command {
+    let found = Command::new("promtool").arg("--version").output().is_ok();
+    assert!(
+        found,
+        "promtool is missing: run scripts/setup.sh (Debian package prometheus)"
+    );
+    Command::new("promtool")
+}
+
+/// Puts `n` real simulator URLs into the pool for `body` of tenant 0, so hits are deterministic.
+async fn fill(app: &TestApp, body: &Value, n: usize) {
+    let gw = &app.app.gateway;
+    let key = app.key_of(0, body);
+    let op = embedgate::model::Operation::GetDashboardEmbedUrl;
+    let req = gw
+        .admit(
+            gw.tenants.get(0),
+            embedgate::gateway::parse_request(op, body.to_string().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    for _ in 0..n {
+        let f = gw.upstream.fetch(&req, &gw.clock).await.unwrap();
+        gw.pool
+            .put(
+                &key,
+                0,
+                PooledUrl {
+                    url: f.url,
+                    issued_at_ms: f.sent_at_ms,
+                },
+            )
+            .unwrap();
+    }
+}
+
+/// Mixed traffic with known outcomes; returns the app for scraping.
+async fn mixed_traffic() -> TestApp {
+    let app = spawn_app(|s| {
+        s.refill.enabled = false;
+        s.tenants[1].rate_per_sec = 0.001;
+        s.tenants[1].burst = 1;
+    })
+    .await;
+    let hot = dash("sales-2024", "alice");
+    fill(&app, &hot, 3).await;
+    for _ in 0..3 {
+        assert_eq!(app.embed("alpha", "dashboard", &hot).await.status(), 200); // hits
+    }
+    for _ in 0..2 {
+        assert_eq!(app.embed("alpha", "dashboard", &hot).await.status(), 200); // misses
+    }
+    assert_eq!(
+        app.embed(
+            "alpha",
+            "dashboard",
+            &json!({"DashboardId": "x", "IdentityType": "IAM"})
+        )
+        .await
+        .status(),
+        403
+    );
+    assert_eq!(
+        app.embed(
+            "alpha",
+            "dashboard",
+            &json!({"DashboardId": "a b", "IdentityType": "ANONYMOUS"})
+        )
+        .await
+        .status(),
+        400
+    );
+    assert_eq!(
+        app.embed("alpha", "dashboard", &json!({"IdentityType": "ANONYMOUS"}))
+            .await
+            .status(),
+        400
+    );
+    let anonymous = app
+        .http
+        .post(format!("{}/v1/embed-url/dashboard", app.base))
+        .json(&hot)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(app.embed("beta", "dashboard", &hot).await.status(), 200); // beta: miss
+    assert_eq!(app.embed("beta", "dashboard", &hot).await.status(), 429); // beta: throttled
+    app.sim.sim.update_knobs(&json!({"fail_next": 1})).unwrap();
+    assert_eq!(app.embed("alpha", "dashboard", &hot).await.status(), 503); // upstream error
+    app.sim
+        .sim
+        .update_knobs(&json!({"throttle_next": 1}))
+        .unwrap();
+    assert_eq!(app.embed("alpha", "dashboard", &hot).await.status(), 503); // upstream throttled
+    assert_eq!(
+        app.embed("alpha", "dashboard", &dash("no-such", "alice"))
+            .await
+            .status(),
+        404
+    ); // rejected
+    app
+}
+
+#[tokio::test]
+async fn counters_move_by_exactly_the_expected_amounts() {
+    let app = mixed_traffic().await;
+    let m = app.metrics().await;
+    let expect = [
+        ("embedgate_requests_total{outcome=\"hit\",tenant=\"alpha\"}", 3.0),
+        ("embedgate_requests_total{outcome=\"miss\",tenant=\"alpha\"}", 2.0),
+        ("embedgate_requests_total{outcome=\"denied\",tenant=\"alpha\"}", 1.0),
+        ("embedgate_requests_total{outcome=\"invalid\",tenant=\"alpha\"}", 2.0),
+        ("embedgate_requests_total{outcome=\"error\",tenant=\"alpha\"}", 3.0),
+        ("embedgate_requests_total{outcome=\"unauthenticated\",tenant=\"-\"}", 1.0),
+        ("embedgate_requests_total{outcome=\"miss\",tenant=\"beta\"}", 1.0),
+        ("embedgate_requests_total{outcome=\"throttled\",tenant=\"beta\"}", 1.0),
+        ("embedgate_inbound_rejections_total{tenant=\"beta\"}", 1.0),
+        ("embedgate_urls_fetched_total{reason=\"miss\"}", 3.0),
+        // 3 filled by the test + 3 misses = 6 ok; one injected failure, one throttled, one 404.
+        ("embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"ok\"}", 6.0),
+        ("embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"error\"}", 1.0),
+        ("embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"throttled\"}", 1.0),
+        ("embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"rejected\"}", 1.0),
+        ("embedgate_upstream_throttle_events_total", 1.0),
+        ("embedgate_handout_remaining_validity_seconds_count", 3.0),
+        ("embedgate_request_duration_seconds_count{outcome=\"hit\"}", 3.0),
+        ("embedgate_redis_degraded", 0.0),
+    ];
+    for (sample, value) in expect {
+        assert_eq!(metric(&m, sample), value, "{sample}");
+    }
+    assert_eq!(
+        app.sim.sim.ledger().issued_total,
+        6,
+        "the gateway's count matches the simulator's"
+    );
+    assert!(
+        !m.contains("AYABe") && !m.contains("/embed/"),
+        "no URL material in metrics"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn promtool_accepts_a_real_scrape_and_the_shipped_rules() {
+    let app = mixed_traffic().await;
+    let scrape = app.metrics().await;
+    let mut check = promtool()
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = promtool()
+        .args([
+            "check",
+            "rules",
+            &format!("{root}/deploy/prometheus/alerts.yml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = promtool()
+        .args([
+            "check",
+            "config",
+            &format!("{root}/deploy/prometheus/prometheus.yml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check config: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    app.stop().await;
+}
+
+/// Metric names (`embedgate_…`) referred to in a text.
+fn referenced(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for (i, _) in text.match_indices("embedgate_") {
+        let before = text[..i].chars().last();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        let name: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .fold(name.clone(), |n, s| {
+                n.strip_suffix(s).map(String::from).unwrap_or(n)
+            });
+        names.insert(base);
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_dashboard_and_rules_refer_only_to_metrics_the_gateway_exports() {
+    let app = spawn_app(|_| {}).await;
+    let scrape = app.metrics().await;
+    let exported: BTreeSet<String> = scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dashboard =
+        std::fs::read_to_string(format!("{root}/deploy/grafana/embedgate.json")).unwrap();
+    let parsed: Value = serde_json::from_str(&dashboard).expect("the dashboard is valid JSON");
+    assert!(parsed["panels"].as_array().unwrap().len() >= 6);
+    let rules = std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yml")).unwrap();
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    for (what, text) in [("dashboard", &dashboard), ("rules", &rules)] {
+        for name in referenced(text) {
+            assert!(
+                exported.contains(&name),
+                "{what} refers to {name}, which the gateway does not export"
+            );
+        }
+    }
+    for name in &exported {
+        assert!(readme.contains(name.as_str()), "README documents {name}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_gateway_and_answers_the_hit_ratio() {
+    let found = Command::new("prometheus").arg("--version").output().is_ok();
+    assert!(
+        found,
+        "prometheus is missing: run scripts/setup.sh (Debian package prometheus)"
+    );
+    let app = mixed_traffic().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = std::env::temp_dir().join(format!(
+        "embedgate-prom-{}-{}",
+        std::process::id(),
+        app.app.admin_addr.port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The shipped scrape config, pointed at this gateway and scraping every second.
+    let config = std::fs::read_to_string(format!("{root}/deploy/prometheus/prometheus.yml"))
+        .unwrap()
+        .replace("127.0.0.1:9090", &app.app.admin_addr.to_string())
+        .replace("15s", "1s");
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    std::fs::copy(
+        format!("{root}/deploy/prometheus/alerts.yml"),
+        dir.join("alerts.yml"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut prom = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let query = "sum(embedgate_requests_total{outcome=\"hit\"}) / sum(embedgate_requests_total{outcome=~\"hit|miss\"})";
+    let mut ratio = None;
+    for _ in 0..300 {
+        let resp = app
+            .http
+            .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+            .query(&[("query", query)])
+            .send()
+            .await;
+        if let Ok(r) = resp {
+            if let Ok(body) = r.json::<Value>().await {
+                if let Some(v) = body["data"]["result"][0]["value"][1].as_str() {
+                    ratio = v.parse::<f64>().ok();
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = prom.kill();
+    let _ = prom.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    // 3 hits of alpha; 2 misses of alpha and 1 of beta.
+    assert_eq!(ratio, Some(0.5), "Prometheus answered the hit ratio");
+    app.stop().await;
+}
