@@ -11,7 +11,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
-cargo build --quiet --bin embedgate
+# Builds target/debug/embedgate too (the integration and Python tests run it); a separate
+# `cargo build` would compile everything again without the dev-dependency features.
 cargo test --all-targets
 echo "== python: boto3 against the simulator"
 EMBEDGATE_BIN="$PWD/target/debug/embedgate" python3 tests/python/test_sim_boto3.py
