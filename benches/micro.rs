@@ -59,7 +59,11 @@ impl Naive {
 }
 
 /// Runs `iters` put+take pairs split over `threads` threads; returns the wall time.
-fn contended(threads: usize, iters: u64, op: impl Fn(usize, u64) + Send + Sync + 'static) -> Duration {
+fn contended(
+    threads: usize,
+    iters: u64,
+    op: impl Fn(usize, u64) + Send + Sync + 'static,
+) -> Duration {
     let op = Arc::new(op);
     let per = iters.div_ceil(threads as u64);
     let start = Instant::now();
@@ -83,34 +87,54 @@ fn pool_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("pool put+take");
     g.throughput(Throughput::Elements(1));
     for threads in [1usize, 2, 8, 64] {
-        g.bench_with_input(BenchmarkId::new("embedgate", threads), &threads, |b, &threads| {
-            b.iter_custom(|iters| {
-                let settings = PoolSettings {
-                    max_urls_per_key: usize::MAX,
-                    max_urls: usize::MAX,
-                    ..PoolSettings::default()
-                };
-                let pool = Arc::new(Pool::new(&settings, vec![usize::MAX], Clock::System, Arc::new(Metrics::new())));
-                let keys = Arc::new(keys());
-                let now = Clock::System.now_ms();
-                contended(threads, iters, move |t, i| {
-                    let k = &keys[(t + i as usize) % KEYS];
-                    let _ = pool.put(k, 0, PooledUrl { url: url(i as usize), issued_at_ms: now });
-                    std::hint::black_box(pool.take(k));
+        g.bench_with_input(
+            BenchmarkId::new("embedgate", threads),
+            &threads,
+            |b, &threads| {
+                b.iter_custom(|iters| {
+                    let settings = PoolSettings {
+                        max_urls_per_key: usize::MAX,
+                        max_urls: usize::MAX,
+                        ..PoolSettings::default()
+                    };
+                    let pool = Arc::new(Pool::new(
+                        &settings,
+                        vec![usize::MAX],
+                        Clock::System,
+                        Arc::new(Metrics::new()),
+                    ));
+                    let keys = Arc::new(keys());
+                    let now = Clock::System.now_ms();
+                    contended(threads, iters, move |t, i| {
+                        let k = &keys[(t + i as usize) % KEYS];
+                        let _ = pool.put(
+                            k,
+                            0,
+                            PooledUrl {
+                                url: url(i as usize),
+                                issued_at_ms: now,
+                            },
+                        );
+                        std::hint::black_box(pool.take(k));
+                    })
                 })
-            })
-        });
-        g.bench_with_input(BenchmarkId::new("naive Mutex<HashMap>", threads), &threads, |b, &threads| {
-            b.iter_custom(|iters| {
-                let pool = Arc::new(Naive::default());
-                let keys = Arc::new(keys());
-                contended(threads, iters, move |t, i| {
-                    let k = &keys[(t + i as usize) % KEYS];
-                    pool.put(k, url(i as usize));
-                    std::hint::black_box(pool.take(k));
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("naive Mutex<HashMap>", threads),
+            &threads,
+            |b, &threads| {
+                b.iter_custom(|iters| {
+                    let pool = Arc::new(Naive::default());
+                    let keys = Arc::new(keys());
+                    contended(threads, iters, move |t, i| {
+                        let k = &keys[(t + i as usize) % KEYS];
+                        pool.put(k, url(i as usize));
+                        std::hint::black_box(pool.take(k));
+                    })
                 })
-            })
-        });
+            },
+        );
     }
     g.finish();
 }

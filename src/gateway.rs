@@ -447,10 +447,12 @@ impl Gateway {
                                 t.deliver(f, &gw.pool);
                             }
                             Err(UpstreamError::Throttled) => {
+                                t.release_unserved_waiters();
                                 budget.on_throttle();
                                 break;
                             }
                             Err(e) => {
+                                t.release_unserved_waiters();
                                 t.prefetch_failed(gw.clock.now_ms());
                                 tracing::warn!(key = %t.key, tenant = %gw.tenants.get(t.tenant).id, error = %e, "prefetch failed; backing off");
                                 break;

@@ -130,6 +130,17 @@ impl Tracked {
         Some(rx)
     }
 
+    /// After a prefetch failed: release the waiters no prefetch in flight can serve any more, so
+    /// they fetch for themselves now instead of waiting out their join timeout.
+    pub fn release_unserved_waiters(&self) {
+        let in_flight = self.in_flight.load(Ordering::SeqCst);
+        let mut waiters = self.waiters.lock();
+        while waiters.len() > in_flight {
+            // Dropping the sender wakes its receiver with an error.
+            waiters.pop_back();
+        }
+    }
+
     /// Hands a fetched URL to exactly one live waiter, or to the pool when nobody waits.
     ///
     /// # Guarantees
@@ -340,6 +351,21 @@ mod tests {
         assert!((90..=135).contains(&depth), "{depth}");
         assert_eq!(reason, Reason::Prefetch);
         assert_eq!(d.target(&t, now, 0.1, 60, 16).0, 16, "capped per key");
+    }
+
+    #[test]
+    fn a_waiter_on_a_failed_prefetch_is_released_at_once() {
+        let d = Demand::new(&RefillSettings::default(), vec![1]);
+        let t = d.record(&key(), 0, &req(), 0);
+        t.in_flight.fetch_add(1, Ordering::SeqCst);
+        let mut rx = t.try_join().expect("one prefetch in flight to claim");
+        assert!(t.try_join().is_none(), "only one waiter per prefetch");
+        t.in_flight.fetch_sub(1, Ordering::SeqCst); // the prefetch failed
+        t.release_unserved_waiters();
+        assert!(matches!(
+            rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
     }
 
     #[test]
