@@ -34,7 +34,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             workers: None,
             log_format: None,
             log_level: None,

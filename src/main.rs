@@ -43,8 +43,8 @@ struct DevArgs {
     /// Gateway address [default: 127.0.0.1:8080].
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Admin address (/metrics) [default: 127.0.0.1:9090].
-    #[arg(long, default_value = "127.0.0.1:9090")]
+    /// Admin address (/metrics) [default: 127.0.0.1:9464].
+    #[arg(long, default_value = "127.0.0.1:9464")]
     admin_listen: SocketAddr,
     /// Simulator address [default: 127.0.0.1:4599].
     #[arg(long, default_value = "127.0.0.1:4599")]

@@ -280,7 +280,7 @@ async fn a_real_prometheus_scrapes_the_gateway_and_answers_the_hit_ratio() {
     // The shipped scrape config, pointed at this gateway and scraping every second.
     let config = std::fs::read_to_string(format!("{root}/deploy/prometheus/prometheus.yml"))
         .unwrap()
-        .replace("127.0.0.1:9090", &app.app.admin_addr.to_string())
+        .replace("127.0.0.1:9464", &app.app.admin_addr.to_string())
         .replace("15s", "1s");
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     std::fs::copy(
