@@ -39,10 +39,7 @@ async fn no_log_line_ever_contains_an_embed_url_and_every_request_line_has_its_r
     telemetry::init_with_writer(LogFormat::Json, "trace", capture.clone());
 
     let app = spawn_app(|s| {
-        let mut warm = dash("sales-2024", "alice");
-        warm["Operation"] = json!("GetDashboardEmbedUrl");
-        warm["Depth"] = json!(3);
-        s.tenants[0].warm = vec![warm];
+        s.tenants[0].warm = vec![warm(dash("sales-2024", "alice"), 3)];
     })
     .await;
     let key = app.key_of(0, &dash("sales-2024", "alice"));

@@ -292,10 +292,7 @@ async fn a_tenant_cannot_reach_outside_its_policy_and_quicksight_is_never_called
 #[tokio::test]
 async fn two_tenants_asking_for_the_same_key_never_receive_each_others_pooled_urls() {
     let app = spawn_app(|s| {
-        let mut warm = dash("sales-2024", "alice");
-        warm["Operation"] = json!("GetDashboardEmbedUrl");
-        warm["Depth"] = json!(5);
-        s.tenants[0].warm = vec![warm];
+        s.tenants[0].warm = vec![warm(dash("sales-2024", "alice"), 5)];
     })
     .await;
     let gw = app.app.gateway.clone();
@@ -452,10 +449,7 @@ async fn under_upstream_throttling_the_gateway_settles_below_the_throttle_and_re
 #[tokio::test]
 async fn with_quicksight_hanging_or_failing_pool_hits_continue_and_misses_fail_within_the_bound() {
     let app = spawn_app(|s| {
-        let mut warm = dash("sales-2024", "alice");
-        warm["Operation"] = json!("GetDashboardEmbedUrl");
-        warm["Depth"] = json!(5);
-        s.tenants[0].warm = vec![warm];
+        s.tenants[0].warm = vec![warm(dash("sales-2024", "alice"), 5)];
         s.api.miss_timeout_ms = 800;
         s.upstream.timeout_ms = 500;
     })

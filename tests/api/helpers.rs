@@ -217,6 +217,13 @@ pub fn dash(dashboard: &str, user: &str) -> serde_json::Value {
     serde_json::json!({"DashboardId": dashboard, "IdentityType": "QUICKSIGHT", "UserArn": user_arn(user)})
 }
 
+/// A warm-key entry for a tenant's `warm` list: a GetDashboardEmbedUrl body kept `depth` deep.
+pub fn warm(mut body: serde_json::Value, depth: u32) -> serde_json::Value {
+    body["Operation"] = serde_json::json!("GetDashboardEmbedUrl");
+    body["Depth"] = serde_json::json!(depth);
+    body
+}
+
 /// The value of a metric sample line (`name{labels} value`), 0 when absent.
 pub fn metric(text: &str, sample: &str) -> f64 {
     text.lines()
