@@ -323,29 +323,29 @@ mod tests {
         crate::pool::pool_key("t", "us-east-1", &req())
     }
 
+    /// Records `n` requests `gap_ms` apart; returns the tracked key and the time after the last.
+    fn steady(d: &Demand, n: usize, gap_ms: u64) -> (Arc<Tracked>, u64) {
+        let mut now = 1_000_000;
+        let mut t = None;
+        for _ in 0..n {
+            t = Some(d.record(&key(), 0, &req(), now));
+            now += gap_ms;
+        }
+        (t.expect("n > 0"), now)
+    }
+
     #[test]
     fn the_rate_estimate_converges_on_a_steady_stream() {
         let d = Demand::new(&RefillSettings::default(), vec![10]);
-        let mut now = 1_000_000;
-        let mut t = None;
-        for _ in 0..200 {
-            t = Some(d.record(&key(), 0, &req(), now));
-            now += 20; // 50 requests per second
-        }
-        let rate = t.unwrap().rate(now, d.tau_secs);
+        let (t, now) = steady(&d, 200, 20); // 50 requests per second
+        let rate = t.rate(now, d.tau_secs);
         assert!((40.0..60.0).contains(&rate), "{rate}");
     }
 
     #[test]
     fn depth_follows_littles_law_within_the_usable_life() {
         let d = Demand::new(&RefillSettings::default(), vec![10]);
-        let mut now = 1_000_000;
-        let mut t = None;
-        for _ in 0..400 {
-            t = Some(d.record(&key(), 0, &req(), now));
-            now += 10; // 100 requests per second
-        }
-        let t = t.unwrap();
+        let (t, now) = steady(&d, 400, 10); // 100 requests per second
         let (depth, reason) = d.target(&t, now, 0.1, 60, 1000);
         // λ ≈ 100/s × (0.1 s lead + 1 s safety) ≈ 110
         assert!((90..=135).contains(&depth), "{depth}");

@@ -53,12 +53,7 @@ async fn no_log_line_ever_contains_an_embed_url_and_every_request_line_has_its_r
         dash("finance", "bob"),
         dash("sales-2024", "alice"),
     ] {
-        let r: Value = app
-            .embed("alpha", "dashboard", &body)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let r: Value = app.embed_json("alpha", "dashboard", &body).await;
         urls.push(r["EmbedUrl"].as_str().unwrap().to_string());
         ids.push(r["RequestId"].as_str().unwrap().to_string());
     }
@@ -68,22 +63,9 @@ async fn no_log_line_ever_contains_an_embed_url_and_every_request_line_has_its_r
         "ExperienceConfiguration": {"Dashboard": {"InitialDashboardId": "demo"}},
         "SessionTags": [{"Key": "tenant", "Value": "alpha"}],
     });
-    let r: Value = app
-        .embed("alpha", "anonymous-user", &anon)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let r: Value = app.embed_json("alpha", "anonymous-user", &anon).await;
     urls.push(r["EmbedUrl"].as_str().unwrap().to_string());
-    let mut hint = dash("ops-overview", "carol");
-    hint["Operation"] = json!("GetDashboardEmbedUrl");
-    app.http
-        .post(format!("{}/v1/hints", app.base))
-        .bearer_auth("alpha-key")
-        .json(&json!({"Requests": [hint]}))
-        .send()
-        .await
-        .unwrap();
+    app.hint("alpha", &dash("ops-overview", "carol")).await;
     app.sim.sim.update_knobs(&json!({"fail_next": 1})).unwrap();
     app.embed("alpha", "dashboard", &dash("finance", "carol"))
         .await;

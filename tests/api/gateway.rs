@@ -125,11 +125,8 @@ async fn a_url_below_min_remaining_is_never_handed_out_and_counts_as_waste() {
     clock.advance(240_000 - 1_000 + 1); // first URL: 59.999 s left; second: 60.999 s
 
     let body: Value = app
-        .embed("alpha", "dashboard", &dash("sales-2024", "alice"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .embed_json("alpha", "dashboard", &dash("sales-2024", "alice"))
+        .await;
     assert_eq!(body["Source"], "pool");
     assert_eq!(
         body["EmbedUrl"],
@@ -137,11 +134,8 @@ async fn a_url_below_min_remaining_is_never_handed_out_and_counts_as_waste() {
         "the stale URL is skipped"
     );
     let body: Value = app
-        .embed("alpha", "dashboard", &dash("sales-2024", "alice"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .embed_json("alpha", "dashboard", &dash("sales-2024", "alice"))
+        .await;
     assert_eq!(
         body["Source"], "upstream",
         "the stale URL is never handed out"
@@ -163,11 +157,8 @@ async fn a_steady_stream_on_a_hot_key_is_served_from_the_pool() {
     let mut sources = vec![];
     for _ in 0..300 {
         let body: Value = app
-            .embed("alpha", "dashboard", &dash("sales-2024", "alice"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .embed_json("alpha", "dashboard", &dash("sales-2024", "alice"))
+            .await;
         sources.push(body["Source"].as_str().unwrap().to_string());
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
@@ -184,16 +175,7 @@ async fn a_steady_stream_on_a_hot_key_is_served_from_the_pool() {
 #[tokio::test]
 async fn a_hinted_key_is_served_from_the_pool_on_its_first_request() {
     let app = spawn_app(|_| {}).await;
-    let mut hint = dash("finance", "bob");
-    hint["Operation"] = json!("GetDashboardEmbedUrl");
-    let r = app
-        .http
-        .post(format!("{}/v1/hints", app.base))
-        .bearer_auth("alpha-key")
-        .json(&json!({"Requests": [hint]}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.hint("alpha", &dash("finance", "bob")).await;
     assert_eq!(r.status(), 202);
     let gw = app.app.gateway.clone();
     let key = app.key_of(0, &dash("finance", "bob"));
@@ -202,11 +184,8 @@ async fn a_hinted_key_is_served_from_the_pool_on_its_first_request() {
         "the hint was pre-fetched"
     );
     let body: Value = app
-        .embed("alpha", "dashboard", &dash("finance", "bob"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .embed_json("alpha", "dashboard", &dash("finance", "bob"))
+        .await;
     assert_eq!(body["Source"], "pool");
     app.stop().await;
 }
@@ -301,11 +280,8 @@ async fn two_tenants_asking_for_the_same_key_never_receive_each_others_pooled_ur
     assert!(app.eventually(10, || gw.pool.len(&alpha_key) >= 5).await);
     for _ in 0..5 {
         let body: Value = app
-            .embed("beta", "dashboard", &dash("sales-2024", "alice"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .embed_json("beta", "dashboard", &dash("sales-2024", "alice"))
+            .await;
         assert_eq!(
             body["Source"], "upstream",
             "beta never gets alpha's pooled URL"
@@ -464,11 +440,8 @@ async fn with_quicksight_hanging_or_failing_pool_hits_continue_and_misses_fail_w
     for _ in 0..3 {
         let started = Instant::now();
         let body: Value = app
-            .embed("alpha", "dashboard", &dash("sales-2024", "alice"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .embed_json("alpha", "dashboard", &dash("sales-2024", "alice"))
+            .await;
         assert_eq!(
             body["Source"], "pool",
             "hits are served while QuickSight hangs"

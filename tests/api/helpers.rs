@@ -172,6 +172,33 @@ impl TestApp {
             .expect("gateway answers")
     }
 
+    /// POSTs `body` as `tenant` and returns the parsed JSON answer (success or problem).
+    pub async fn embed_json(
+        &self,
+        tenant: &str,
+        kind: &str,
+        body: &serde_json::Value,
+    ) -> serde_json::Value {
+        self.embed(tenant, kind, body)
+            .await
+            .json()
+            .await
+            .expect("a JSON answer")
+    }
+
+    /// POSTs one GetDashboardEmbedUrl hint as `tenant`.
+    pub async fn hint(&self, tenant: &str, body: &serde_json::Value) -> reqwest::Response {
+        let mut hint = body.clone();
+        hint["Operation"] = serde_json::json!("GetDashboardEmbedUrl");
+        self.http
+            .post(format!("{}/v1/hints", self.base))
+            .bearer_auth(&self.keys[tenant])
+            .json(&serde_json::json!({"Requests": [hint]}))
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
     pub async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.admin))
