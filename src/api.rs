@@ -284,7 +284,7 @@ async fn embed(
             return p.response(&request_id);
         }
     };
-    let remaining = match gw.inbound.check(tenant.index) {
+    let remaining = match gw.check_inbound(tenant).await {
         Inbound::Allowed { remaining } => remaining,
         Inbound::Limited { retry_after } => {
             observe(&gw, tid, "throttled", started);
@@ -489,7 +489,7 @@ async fn hints(req: HttpRequest, body: web::Payload, gw: web::Data<Gateway>) -> 
         Ok(r) => r,
         Err(p) => return p.response(&request_id),
     };
-    if let Inbound::Limited { retry_after } = gw.inbound.check(tenant.index) {
+    if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {
         let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
         return Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -516,8 +516,23 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok")
 }
 
+/// Ready while the process serves. In cluster mode a replica that lost Redis still serves (from
+/// its local pool and limits), so it stays in rotation and says `degraded`.
 async fn readyz(gw: web::Data<Gateway>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ready", "pool": {"urls": gw.pool.total()}}))
+    HttpResponse::Ok().json(json!({
+        "status": if gw.fleet.is_some() && !gw.fleet_in_use() { "degraded" } else { "ready" },
+        "mode": fleet_mode(&gw),
+        "pool": {"urls": gw.pool.total()},
+    }))
+}
+
+/// `single`, `fleet` (sharing through Redis) or `degraded` (a fleet replica without Redis).
+fn fleet_mode(gw: &Gateway) -> &'static str {
+    match &gw.fleet {
+        None => "single",
+        Some(f) if f.healthy() => "fleet",
+        Some(_) => "degraded",
+    }
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
@@ -544,6 +559,8 @@ async fn state(gw: web::Data<Gateway>) -> HttpResponse {
         .map(|b| json!({"account": b.account(), "region": b.region(), "rate_per_sec": b.rate(), "tokens": b.tokens()}))
         .collect();
     HttpResponse::Ok().json(json!({
+        "mode": fleet_mode(&gw),
+        "replicas": gw.fleet.as_ref().map_or(1, |f| f.replicas()),
         "pool": {"urls": gw.pool.total()},
         "demand": {"tracked_keys": gw.demand.len(), "lead_secs": gw.lead_secs()},
         "budgets": budgets,

@@ -27,6 +27,8 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub pool: PoolSettings,
     pub refill: RefillSettings,
+    /// Cluster mode: share pool, limits and upstream budget with other replicas through Redis.
+    pub redis: RedisSettings,
     pub tenants: Vec<TenantSettings>,
 }
 
@@ -42,6 +44,7 @@ impl Default for Settings {
             upstream: UpstreamSettings::default(),
             pool: PoolSettings::default(),
             refill: RefillSettings::default(),
+            redis: RedisSettings::default(),
             tenants: vec![],
         }
     }
@@ -178,6 +181,42 @@ impl Default for RefillSettings {
             max_tracked_keys: 100_000,
             hint_ttl_secs: 300,
         }
+    }
+}
+
+/// Cluster mode. With neither `url` nor `cluster_urls` set the gateway runs on its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// A standalone Redis (or a primary behind a failover endpoint): `redis://[user:pass@]host:port[/db]`,
+    /// or `rediss://…` for TLS.
+    pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster (same URL forms); the rest of the cluster is discovered.
+    pub cluster_urls: Vec<String>,
+    /// Prefix of every key the gateway writes, so several fleets can share one Redis.
+    pub prefix: String,
+    /// Longest any Redis command may take before this replica stops using Redis and serves from
+    /// its local pool and limits (degraded mode).
+    pub timeout_ms: u64,
+    /// How often a replica announces itself and, while degraded, tries Redis again.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: None,
+            cluster_urls: vec![],
+            prefix: "embedgate:".into(),
+            timeout_ms: 50,
+            heartbeat_ms: 500,
+        }
+    }
+}
+
+impl RedisSettings {
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || !self.cluster_urls.is_empty()
     }
 }
 
@@ -326,6 +365,36 @@ impl Settings {
         positive("refill.demand_half_life_secs", r.demand_half_life_secs)?;
         if r.tick_ms == 0 || r.concurrency == 0 {
             return Err("refill.tick_ms and refill.concurrency: must be at least 1".into());
+        }
+        let redis = &self.redis;
+        if redis.url.is_some() && !redis.cluster_urls.is_empty() {
+            return Err("redis.url and redis.cluster_urls: set one or the other, not both".into());
+        }
+        for (key, u) in redis
+            .url
+            .iter()
+            .map(|u| ("redis.url".to_string(), u))
+            .chain(
+                redis
+                    .cluster_urls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (format!("redis.cluster_urls[{i}]"), u)),
+            )
+        {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return Err(format!(
+                    "{key}: must start with redis:// or rediss:// (TLS)"
+                ));
+            }
+        }
+        if redis.timeout_ms == 0 || redis.heartbeat_ms == 0 {
+            return Err("redis.timeout_ms and redis.heartbeat_ms: must be at least 1".into());
+        }
+        if redis.prefix.contains(['{', '}']) {
+            return Err(
+                "redis.prefix: must not contain '{' or '}' (Redis Cluster hash tags)".into(),
+            );
         }
         if let Some(f) = &self.log_format {
             if f != "json" && f != "pretty" {

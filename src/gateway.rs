@@ -15,12 +15,13 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::limiter::{Budgets, InboundLimiter, Priority};
+use crate::fleet::{Down, Fleet, KeyView, Stored};
+use crate::limiter::{Budget, Budgets, Inbound, InboundLimiter, Priority};
 use crate::metrics::Metrics;
 use crate::model::{EmbedRequest, Operation, URL_VALIDITY_SECS};
-use crate::pool::{pool_key, Pool, PoolKey};
-use crate::refill::{reclaim, Demand, Tracked};
-use crate::tenant::{Tenant, Tenants};
+use crate::pool::{pool_key, Pool, PoolKey, PooledUrl};
+use crate::refill::{reclaim, Demand, Reason, Tracked};
+use crate::tenant::{Tenant, TenantId, Tenants};
 use crate::upstream::{Fetched, Upstream, UpstreamError};
 
 /// Where a handed-out URL came from.
@@ -198,6 +199,8 @@ pub struct Gateway {
     pub budgets: Budgets,
     pub upstream: Upstream,
     pub demand: Demand,
+    /// Cluster mode: the state shared with other replicas through Redis.
+    pub fleet: Option<Arc<Fleet>>,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     upstream_slots: Semaphore,
@@ -212,6 +215,7 @@ impl Gateway {
         upstream: Upstream,
         clock: Clock,
         metrics: Arc<Metrics>,
+        fleet: Option<Arc<Fleet>>,
     ) -> Self {
         let tenants = Tenants::new(&settings.tenants);
         let caps = tenants.all().iter().map(|t| t.max_pooled_urls).collect();
@@ -232,9 +236,121 @@ impl Gateway {
             lead_secs: std::sync::atomic::AtomicU64::new(0.1f64.to_bits()),
             tenants,
             upstream,
+            fleet,
             metrics,
             clock,
             settings,
+        }
+    }
+
+    fn min_remaining_ms(&self) -> u64 {
+        self.settings.pool.min_remaining_secs * 1000
+    }
+
+    /// Whether the shared (Redis) state is in use right now.
+    pub fn fleet_in_use(&self) -> bool {
+        self.fleet.as_ref().is_some_and(|f| f.healthy())
+    }
+
+    /// Counts one request of `tenant` against its limit: fleet-wide while Redis is usable, this
+    /// replica's own limiter otherwise.
+    pub async fn check_inbound(&self, tenant: &Tenant) -> Inbound {
+        if let Some(fleet) = self.fleet.as_ref().filter(|f| f.healthy()) {
+            if let Ok(verdict) = fleet.inbound(tenant, self.clock.now_ms()).await {
+                return verdict;
+            }
+        }
+        self.inbound.check(tenant.index)
+    }
+
+    /// Takes a pooled URL for `key`: from this replica's local pool first (it holds what was
+    /// fetched while degraded, or everything on a single node), then from the shared pool.
+    async fn take(&self, tenant: &Tenant, key: &PoolKey) -> Option<PooledUrl> {
+        if let Some(u) = self.pool.take(key) {
+            return Some(u);
+        }
+        let fleet = self.fleet.as_ref()?;
+        let now = self.clock.now_ms();
+        let u = fleet
+            .take(tenant, key, now, self.min_remaining_ms())
+            .await
+            .ok()??;
+        self.metrics
+            .remaining_validity
+            .observe(u.expires_at_ms().saturating_sub(now) as f64 / 1000.0);
+        Some(u)
+    }
+
+    /// Pools a fetched URL that nobody waits for: in the shared pool while Redis is usable,
+    /// locally otherwise. A URL whose shared put has an unknown outcome is dropped as waste: it
+    /// may be in Redis already, and keeping a local copy too could hand it out twice.
+    async fn store(&self, tenant: TenantId, key: &PoolKey, f: Fetched) {
+        let url = PooledUrl {
+            url: f.url,
+            issued_at_ms: f.sent_at_ms,
+        };
+        if let Some(fleet) = &self.fleet {
+            let now = self.clock.now_ms();
+            if url.expires_at_ms().saturating_sub(now) < self.min_remaining_ms() {
+                self.metrics.wasted.with_label_values(&["expired"]).inc();
+                return;
+            }
+            let put = fleet
+                .put(
+                    self.tenants.get(tenant),
+                    key,
+                    &url,
+                    now,
+                    self.min_remaining_ms(),
+                    self.settings.pool.max_urls_per_key,
+                )
+                .await;
+            let wasted = match put {
+                Ok(Stored::Yes) => return,
+                Ok(Stored::Full) => "overflow",
+                Err(Down::Unknown) => "unconfirmed",
+                Err(Down::NotSent) => "",
+            };
+            if !wasted.is_empty() {
+                self.metrics.wasted.with_label_values(&[wasted]).inc();
+                return;
+            }
+        }
+        let _ = self.pool.put(key, tenant, url);
+    }
+
+    /// The fleet-wide half of an upstream budget check, after the local `try_acquire` succeeded:
+    /// gives the local call back when the fleet has no room. Without Redis, the local budget is
+    /// the whole budget.
+    async fn fleet_budget(
+        &self,
+        budget: &Budget,
+        tenant: TenantId,
+        priority: Priority,
+    ) -> Result<(), Duration> {
+        let Some(fleet) = self.fleet.as_ref().filter(|f| f.healthy()) else {
+            return Ok(());
+        };
+        let reserve = match priority {
+            Priority::Miss => 0.0,
+            Priority::Prefetch => budget.miss_reserve(),
+        };
+        let verdict = fleet
+            .budget(
+                budget.account(),
+                budget.region(),
+                budget.rate(),
+                budget.burst(),
+                reserve,
+                self.clock.now_ms(),
+            )
+            .await;
+        match verdict {
+            Ok(Err(wait)) => {
+                budget.refund(tenant);
+                Err(wait)
+            }
+            Ok(Ok(())) | Err(_) => Ok(()),
         }
     }
 
@@ -290,7 +406,7 @@ impl Gateway {
         } else {
             None
         };
-        if let Some(u) = self.pool.take(&key) {
+        if let Some(u) = self.take(tenant, &key).await {
             return Ok(Served {
                 expires_at_ms: u.expires_at_ms(),
                 url: u.url,
@@ -315,10 +431,14 @@ impl Gateway {
                     .min(Instant::now() + Duration::from_millis(self.settings.upstream.timeout_ms));
                 match tokio::time::timeout_at(until, &mut rx).await {
                     Ok(Ok(f)) => return Ok(self.served(f, Source::Pool)),
-                    _ => reclaim(rx, t, &self.pool),
+                    _ => {
+                        if let Some(f) = reclaim(rx, t) {
+                            self.store(t.tenant, &t.key, f).await;
+                        }
+                    }
                 }
                 // The prefetch may have landed in the pool while we waited.
-                if let Some(u) = self.pool.take(&t.key) {
+                if let Some(u) = self.take(tenant, &t.key).await {
                     return Ok(Served {
                         expires_at_ms: u.expires_at_ms(),
                         url: u.url,
@@ -337,7 +457,14 @@ impl Gateway {
             (3.0 * f64::from_bits(self.lead_secs.load(Ordering::Relaxed))).max(0.05),
         );
         loop {
-            match budget.try_acquire(tenant.index, Priority::Miss) {
+            let verdict = match budget.try_acquire(tenant.index, Priority::Miss) {
+                Ok(()) => {
+                    self.fleet_budget(&budget, tenant.index, Priority::Miss)
+                        .await
+                }
+                Err(wait) => Err(wait),
+            };
+            match verdict {
                 Ok(()) => break,
                 Err(wait) if Instant::now() + wait + call_time < deadline => {
                     tokio::time::sleep(wait).await
@@ -393,10 +520,11 @@ impl Gateway {
             + self.settings.refill.tick_ms as f64 / 1000.0
     }
 
-    /// How many URLs `t` should hold now, and why.
-    fn target(&self, t: &Tracked) -> (usize, crate::refill::Reason) {
+    /// How many URLs `t` should hold now, and why, for `lambda` requests per second.
+    fn target(&self, t: &Tracked, lambda: f64) -> (usize, Reason) {
         self.demand.target(
             t,
+            lambda,
             self.clock.now_ms(),
             self.lead_secs(),
             self.settings.pool.min_remaining_secs,
@@ -404,23 +532,94 @@ impl Gateway {
         )
     }
 
+    /// Publishes this replica's demand for every tracked key and reads the fleet's (demand
+    /// summed over replicas, URLs in the shared pool). `None` if Redis failed meanwhile.
+    async fn sync_fleet(
+        &self,
+        fleet: &Fleet,
+        tracked: &[Arc<Tracked>],
+        published: &[f64],
+        now: u64,
+    ) -> Option<Vec<KeyView>> {
+        use futures::StreamExt;
+        // A replica's estimate counts for a few ticks after it stops refreshing it.
+        let keep_ms = (5 * self.settings.refill.tick_ms).max(2_000);
+        let min_remaining = self.min_remaining_ms();
+        let mut syncs = Vec::with_capacity(tracked.len());
+        for (t, &rate) in tracked.iter().zip(published) {
+            let tenant = self.tenants.get(t.tenant);
+            syncs.push(fleet.sync(tenant, &t.key, rate, now, min_remaining, keep_ms));
+        }
+        let views: Vec<Result<KeyView, Down>> =
+            futures::stream::iter(syncs).buffered(256).collect().await;
+        views.into_iter().collect::<Result<Vec<_>, _>>().ok()
+    }
+
+    /// This replica's part of the fleet's deficit for `t`: the fleet's target (from the summed
+    /// demand) minus the shared pool, times this replica's fraction of the demand. Rounded at
+    /// random, so that over the fleet the expected number of fetches is the deficit itself: no
+    /// N-fold over-fetching, and no key starved by rounding down on every replica.
+    fn fleet_want(&self, t: &Tracked, published: f64, view: KeyView) -> (usize, Reason) {
+        let fleet_rate = view.fleet_rate.max(published);
+        let (target, reason) = self.target(t, fleet_rate);
+        let deficit = target.saturating_sub(view.pooled) as f64;
+        if deficit == 0.0 {
+            return (0, reason);
+        }
+        let share = if fleet_rate > 0.0 {
+            published / fleet_rate
+        } else {
+            1.0 / view.replicas.max(1) as f64
+        };
+        let exact = deficit * share;
+        let mut n = exact.floor();
+        if rand::random::<f64>() < exact - n {
+            n += 1.0;
+        }
+        (n as usize, reason)
+    }
+
     /// One planner pass: purge, then start prefetches for every key below its target depth, as
-    /// far as the prefetch concurrency and the upstream budgets allow.
-    pub fn plan(self: &Arc<Self>) {
+    /// far as the prefetch concurrency and the upstream budgets allow. In cluster mode the
+    /// target and the pool level are the fleet's, and this replica fetches its share.
+    pub async fn plan(self: &Arc<Self>) {
         let now = self.clock.now_ms();
         self.pool.purge();
         let tracked = self.demand.sweep(now);
         self.metrics.tracked_keys.set(tracked.len() as i64);
-        for t in tracked {
-            let (target, reason) = self.target(&t);
-            let have = self.pool.len(&t.key) + t.in_flight.load(Ordering::SeqCst);
-            if have >= target || t.backing_off(now) {
+        let own: Vec<f64> = tracked.iter().map(|t| self.demand.rate(t, now)).collect();
+        let views = match self.fleet.as_ref().filter(|f| f.healthy()) {
+            None => None,
+            Some(fleet) => {
+                // A pinned (hinted or warm) key with no traffic still needs someone to fill it:
+                // a token rate makes every pinning replica take a share.
+                let published: Vec<f64> = tracked
+                    .iter()
+                    .zip(&own)
+                    .map(|(t, r)| r + if t.pinned(now) { 1e-3 } else { 0.0 })
+                    .collect();
+                self.sync_fleet(fleet, &tracked, &published, now)
+                    .await
+                    .map(|v| (published, v))
+            }
+        };
+        for (i, t) in tracked.into_iter().enumerate() {
+            let in_flight = t.in_flight.load(Ordering::SeqCst);
+            let (want, reason) = match &views {
+                None => {
+                    let (target, reason) = self.target(&t, own[i]);
+                    (target.saturating_sub(self.pool.len(&t.key)), reason)
+                }
+                Some((published, views)) => self.fleet_want(&t, published[i], views[i]),
+            };
+            let want = want.saturating_sub(in_flight);
+            if want == 0 || t.backing_off(now) {
                 continue;
             }
             let budget = self
                 .budgets
                 .get(t.request.aws_account_id(), self.upstream.region());
-            for _ in have..target {
+            for _ in 0..want {
                 let Ok(permit) = self.prefetch_slots.clone().try_acquire_owned() else {
                     return;
                 };
@@ -428,52 +627,67 @@ impl Gateway {
                     break;
                 }
                 t.in_flight.fetch_add(1, Ordering::SeqCst);
-                self.metrics
-                    .fetched
-                    .with_label_values(&[reason.as_str()])
-                    .inc();
                 let gw = self.clone();
                 let t = t.clone();
                 let budget = budget.clone();
                 tokio::spawn(async move {
-                    // Keep topping this key up while it is below target, so prefetch throughput is
-                    // bounded by upstream latency and the budget, not by the planner's tick.
-                    loop {
-                        let result = gw.fetch(&t.request).await;
-                        t.in_flight.fetch_sub(1, Ordering::SeqCst);
-                        match result {
-                            Ok(f) => {
-                                t.prefetch_succeeded();
-                                t.deliver(f, &gw.pool);
-                            }
-                            Err(UpstreamError::Throttled) => {
-                                t.release_unserved_waiters();
-                                budget.on_throttle();
-                                break;
-                            }
-                            Err(e) => {
-                                t.release_unserved_waiters();
-                                t.prefetch_failed(gw.clock.now_ms());
-                                tracing::warn!(key = %t.key, tenant = %gw.tenants.get(t.tenant).id, error = %e, "prefetch failed; backing off");
-                                break;
-                            }
-                        }
-                        let (target, reason) = gw.target(&t);
-                        let have = gw.pool.len(&t.key) + t.in_flight.load(Ordering::SeqCst);
-                        if have >= target
-                            || budget.try_acquire(t.tenant, Priority::Prefetch).is_err()
-                        {
-                            break;
-                        }
-                        t.in_flight.fetch_add(1, Ordering::SeqCst);
-                        gw.metrics
-                            .fetched
-                            .with_label_values(&[reason.as_str()])
-                            .inc();
-                    }
+                    gw.prefetch(&t, &budget, reason).await;
                     drop(permit);
                 });
             }
+        }
+    }
+
+    /// One prefetch started by the planner (its call already taken from the local budget). On a
+    /// single node it keeps topping the key up while it is below target, so prefetch throughput
+    /// is bounded by upstream latency and the budget, not by the planner's tick; in a fleet the
+    /// planner sizes each replica's share every tick instead.
+    async fn prefetch(&self, t: &Tracked, budget: &Budget, mut reason: Reason) {
+        loop {
+            if self
+                .fleet_budget(budget, t.tenant, Priority::Prefetch)
+                .await
+                .is_err()
+            {
+                t.in_flight.fetch_sub(1, Ordering::SeqCst);
+                t.release_unserved_waiters();
+                return;
+            }
+            self.metrics
+                .fetched
+                .with_label_values(&[reason.as_str()])
+                .inc();
+            let result = self.fetch(&t.request).await;
+            t.in_flight.fetch_sub(1, Ordering::SeqCst);
+            match result {
+                Ok(f) => {
+                    t.prefetch_succeeded();
+                    if let Some(f) = t.deliver(f) {
+                        self.store(t.tenant, &t.key, f).await;
+                    }
+                }
+                Err(UpstreamError::Throttled) => {
+                    t.release_unserved_waiters();
+                    budget.on_throttle();
+                    return;
+                }
+                Err(e) => {
+                    t.release_unserved_waiters();
+                    t.prefetch_failed(self.clock.now_ms());
+                    tracing::warn!(key = %t.key, tenant = %self.tenants.get(t.tenant).id, error = %e, "prefetch failed; backing off");
+                    return;
+                }
+            }
+            if self.fleet_in_use() {
+                return;
+            }
+            let (target, next) = self.target(t, self.demand.rate(t, self.clock.now_ms()));
+            let have = self.pool.len(&t.key) + t.in_flight.load(Ordering::SeqCst);
+            if have >= target || budget.try_acquire(t.tenant, Priority::Prefetch).is_err() {
+                return;
+            }
+            t.in_flight.fetch_add(1, Ordering::SeqCst);
+            reason = next;
         }
     }
 
@@ -487,7 +701,7 @@ impl Gateway {
                 _ = &mut shutdown => break,
                 _ = tick.tick() => {
                     if self.settings.refill.enabled {
-                        self.plan();
+                        self.plan().await;
                     } else {
                         self.pool.purge();
                     }

@@ -22,6 +22,7 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod dev;
+pub mod fleet;
 pub mod gateway;
 pub mod limiter;
 pub mod metrics;

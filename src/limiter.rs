@@ -205,6 +205,25 @@ impl Budget {
         Err(Duration::from_secs_f64(wait.clamp(0.001, 60.0)))
     }
 
+    /// Gives back a call taken by [`Budget::try_acquire`] that was not made after all (the
+    /// fleet-wide budget refused it).
+    pub fn refund(&self, tenant: TenantId) {
+        let mut s = self.state.lock();
+        s.tokens = (s.tokens + 1.0).min(self.burst);
+        if let Some((t, w)) = s.shares.get_mut(tenant).zip(self.weights.get(tenant)) {
+            *t = (*t + 1.0).min((self.burst * w).max(1.0));
+        }
+    }
+
+    /// Calls of the burst that prefetches leave for misses.
+    pub fn miss_reserve(&self) -> f64 {
+        self.settings.miss_reserve * self.burst
+    }
+
+    pub fn burst(&self) -> u32 {
+        self.burst as u32
+    }
+
     /// QuickSight answered ThrottlingException: cut the rate (at most once a second) and drain.
     pub fn on_throttle(&self) {
         let now = Instant::now();

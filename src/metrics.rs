@@ -34,6 +34,8 @@ pub struct Metrics {
     pub tracked_keys: IntGauge,
     pub upstream_in_flight: Gauge,
     pub redis_degraded: IntGauge,
+    pub redis_errors: IntCounterVec,
+    pub fleet_replicas: IntGauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -75,7 +77,7 @@ impl Metrics {
             ),
             wasted: counter_vec(
                 "embedgate_urls_wasted_total",
-                "URLs fetched but never handed out, by reason (expired, evicted, overflow, abandoned).",
+                "URLs fetched but never handed out, by reason (expired, evicted, overflow, unconfirmed: a Redis write whose outcome is unknown, dropped so it can never be handed out twice).",
                 &["reason"],
             ),
             remaining_validity: reg(
@@ -137,6 +139,19 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            redis_errors: counter_vec(
+                "embedgate_redis_errors_total",
+                "Redis commands that failed or exceeded redis.timeout_ms, by operation (cluster mode).",
+                &["op"],
+            ),
+            fleet_replicas: reg(
+                &r,
+                IntGauge::new(
+                    "embedgate_fleet_replicas",
+                    "Replicas that announced themselves to Redis recently, this one included (cluster mode; 1 on its own).",
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
     }
@@ -165,8 +180,12 @@ impl Metrics {
         for reason in ["miss", "prefetch", "hint", "warm"] {
             self.fetched.with_label_values(&[reason]);
         }
-        for reason in ["expired", "evicted", "overflow"] {
+        for reason in ["expired", "evicted", "overflow", "unconfirmed"] {
             self.wasted.with_label_values(&[reason]);
+        }
+        self.fleet_replicas.set(1);
+        for op in crate::fleet::OPERATIONS {
+            self.redis_errors.with_label_values(&[op]);
         }
         for op in crate::model::Operation::ALL {
             self.upstream_duration.with_label_values(&[op.as_str()]);

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::config::RefillSettings;
 use crate::model::{EmbedRequest, URL_VALIDITY_SECS};
-use crate::pool::{Pool, PoolKey, PooledUrl};
+use crate::pool::PoolKey;
 use crate::tenant::TenantId;
 use crate::upstream::Fetched;
 
@@ -141,38 +141,39 @@ impl Tracked {
         }
     }
 
-    /// Hands a fetched URL to exactly one live waiter, or to the pool when nobody waits.
+    /// Hands a fetched URL to exactly one live waiter; returns it when nobody waits (the caller
+    /// then pools it).
     ///
     /// # Guarantees
     /// A oneshot sender delivers at most once, and a waiter that gives up reclaims anything sent
     /// to it (see [`reclaim`]), so the URL ends in exactly one place: a waiter, the pool, or the
     /// waste counter.
-    pub fn deliver(&self, mut fetched: Fetched, pool: &Pool) {
+    #[must_use = "a URL nobody waits for must be pooled"]
+    pub fn deliver(&self, mut fetched: Fetched) -> Option<Fetched> {
         loop {
             let next = self.waiters.lock().pop_front();
             let Some(tx) = next else { break };
             match tx.send(fetched) {
-                Ok(()) => return,
+                Ok(()) => return None,
                 Err(back) => fetched = back,
             }
         }
-        let _ = pool.put(
-            &self.key,
-            self.tenant,
-            PooledUrl {
-                url: fetched.url,
-                issued_at_ms: fetched.sent_at_ms,
-            },
-        );
+        Some(fetched)
+    }
+
+    /// Whether a hint or a warm pin keeps this key alive regardless of its request rate.
+    pub fn pinned(&self, now_ms: u64) -> bool {
+        let s = self.state.lock();
+        s.hinted_until_ms > now_ms || s.warm_depth > 0
     }
 }
 
-/// A waiter giving up: close its receiver and put back anything delivered meanwhile.
-pub fn reclaim(mut rx: oneshot::Receiver<Fetched>, tracked: &Tracked, pool: &Pool) {
+/// A waiter giving up: close its receiver and pass on anything delivered meanwhile (to another
+/// waiter, or back to the caller to pool).
+#[must_use = "a URL nobody waits for must be pooled"]
+pub fn reclaim(mut rx: oneshot::Receiver<Fetched>, tracked: &Tracked) -> Option<Fetched> {
     rx.close();
-    if let Ok(fetched) = rx.try_recv() {
-        tracked.deliver(fetched, pool);
-    }
+    rx.try_recv().ok().and_then(|f| tracked.deliver(f))
 }
 
 /// Every tracked key, bounded and forgetting idle ones.
@@ -253,16 +254,22 @@ impl Demand {
         t.state.lock().warm_depth = depth;
     }
 
-    /// How many URLs `t` should hold now, and why; `lead_secs` is the measured refill lead time.
+    /// This replica's estimate of `t`'s request rate, per second.
+    pub fn rate(&self, t: &Tracked, now_ms: u64) -> f64 {
+        t.rate(now_ms, self.tau_secs)
+    }
+
+    /// How many URLs `t` should hold now, and why, for requests arriving at `lambda` per second
+    /// (this replica's estimate, or the fleet's); `lead_secs` is the measured refill lead time.
     pub fn target(
         &self,
         t: &Tracked,
+        lambda: f64,
         now_ms: u64,
         lead_secs: f64,
         min_remaining_secs: u64,
         max_per_key: usize,
     ) -> (usize, Reason) {
-        let lambda = t.rate(now_ms, self.tau_secs);
         let life = (URL_VALIDITY_SECS.saturating_sub(min_remaining_secs)) as f64 - lead_secs;
         let likely = 1.0 - (-lambda * life.max(0.0)).exp() >= self.settings.min_probability;
         let mut depth = 0usize;
@@ -346,11 +353,15 @@ mod tests {
     fn depth_follows_littles_law_within_the_usable_life() {
         let d = Demand::new(&RefillSettings::default(), vec![10]);
         let (t, now) = steady(&d, 400, 10); // 100 requests per second
-        let (depth, reason) = d.target(&t, now, 0.1, 60, 1000);
+        let (depth, reason) = d.target(&t, d.rate(&t, now), now, 0.1, 60, 1000);
         // λ ≈ 100/s × (0.1 s lead + 1 s safety) ≈ 110
         assert!((90..=135).contains(&depth), "{depth}");
         assert_eq!(reason, Reason::Prefetch);
-        assert_eq!(d.target(&t, now, 0.1, 60, 16).0, 16, "capped per key");
+        assert_eq!(
+            d.target(&t, d.rate(&t, now), now, 0.1, 60, 16).0,
+            16,
+            "capped per key"
+        );
     }
 
     #[test]
@@ -397,9 +408,12 @@ mod tests {
         let t = d.record(&key(), 0, &req(), now);
         // One request, then an hour of silence: λ ≈ 0.
         let later = now + 3_600_000;
-        assert_eq!(d.target(&t, later, 0.1, 60, 10).0, 0);
+        assert_eq!(d.target(&t, d.rate(&t, later), later, 0.1, 60, 10).0, 0);
         assert!(d.hint(&key(), 0, &req(), later));
-        assert_eq!(d.target(&t, later, 0.1, 60, 10), (1, Reason::Hint));
+        assert_eq!(
+            d.target(&t, d.rate(&t, later), later, 0.1, 60, 10),
+            (1, Reason::Hint)
+        );
         // The tenant may hold one hint at a time; a second key is refused until the first expires.
         let mut other = req();
         other.set_aws_account_id("444455556666".into());

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::fleet::Fleet;
 use crate::gateway::{parse_value, Gateway};
 use crate::metrics::Metrics;
 use crate::model::Operation;
@@ -38,7 +39,18 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let metrics = Arc::new(Metrics::new());
         let upstream = Upstream::new(&settings.upstream, metrics.clone()).await;
-        let gateway = Arc::new(Gateway::new(settings.clone(), upstream, clock, metrics));
+        let fleet = if settings.redis.enabled() {
+            Some(Fleet::connect(&settings.redis, settings.tenants.len(), metrics.clone()).await?)
+        } else {
+            None
+        };
+        let gateway = Arc::new(Gateway::new(
+            settings.clone(),
+            upstream,
+            clock,
+            metrics,
+            fleet.clone(),
+        ));
         pin_warm_keys(&gateway)?;
 
         let listener = TcpListener::bind(settings.listen)
@@ -95,6 +107,16 @@ impl Application {
                 })
                 .await;
         }));
+        if let Some(fleet) = fleet {
+            let mut rx = stopped.clone();
+            tasks.push(tokio::spawn(async move {
+                fleet
+                    .run(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await;
+            }));
+        }
         Ok(Application {
             addr,
             admin_addr,

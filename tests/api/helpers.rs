@@ -120,16 +120,7 @@ pub fn tenant(id: &str, key: &str) -> TenantSettings {
 /// `alpha-key`, `beta-key`); `customize` adjusts the settings first.
 pub async fn spawn_app_with(clock: Clock, customize: impl FnOnce(&mut Settings)) -> TestApp {
     let sim = spawn_sim();
-    let mut s = embedgate::dev::settings(
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-        &sim.endpoint,
-        "unused",
-    );
-    s.workers = Some(2);
-    s.upstream.rate_per_sec = 1000.0;
-    s.upstream.burst = 100;
-    s.tenants = vec![tenant("alpha", "alpha-key"), tenant("beta", "beta-key")];
+    let mut s = gateway_settings(&sim.endpoint);
     customize(&mut s);
     let keys = s
         .tenants
@@ -143,12 +134,33 @@ pub async fn spawn_app_with(clock: Clock, customize: impl FnOnce(&mut Settings))
         sim,
         app,
         keys,
-        http: reqwest::Client::builder()
-            .pool_max_idle_per_host(128)
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap(),
+        http: test_http(),
     }
+}
+
+/// Gateway settings for tests: both listeners on port 0, two workers, the simulator at
+/// `endpoint`, tenants `alpha` and `beta` (keys `alpha-key`, `beta-key`).
+pub fn gateway_settings(endpoint: &str) -> Settings {
+    let mut s = embedgate::dev::settings(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+        endpoint,
+        "unused",
+    );
+    s.workers = Some(2);
+    s.upstream.rate_per_sec = 1000.0;
+    s.upstream.burst = 100;
+    s.tenants = vec![tenant("alpha", "alpha-key"), tenant("beta", "beta-key")];
+    s
+}
+
+/// An HTTP client with room for many concurrent connections per host.
+pub fn test_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(128)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
 }
 
 pub async fn spawn_app(customize: impl FnOnce(&mut Settings)) -> TestApp {

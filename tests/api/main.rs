@@ -3,7 +3,9 @@
 mod bad_input;
 mod config;
 mod dev;
+mod fleet;
 mod gateway;
 mod helpers;
 mod observability;
+mod redis_server;
 mod simulator;

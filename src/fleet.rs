@@ -1,0 +1,550 @@
+//! Cluster mode: the pool, the inbound limits, the upstream budgets and the demand estimates that
+//! replicas share through Redis (standalone or Cluster).
+//!
+//! Owns: the Redis connection, the Lua scripts, the key layout, and the degraded/rejoin state.
+//! Does not own: what to do with a URL or a verdict (see `gateway`).
+//!
+//! # Guarantees
+//! - **Exactly once across replicas.** A URL enters Redis by one `ZADD` and leaves by one
+//!   `ZPOPMIN` (or a purge), each inside a Lua script, so two replicas can never pop the same
+//!   member. A put whose outcome is unknown (timeout, broken connection) is *dropped* and counted
+//!   as waste (`unconfirmed`), never kept locally: it may be in Redis already.
+//! - **Bounded degradation.** Every command is bounded by `redis.timeout_ms`. The first failure
+//!   puts the replica in degraded mode: it stops calling Redis and serves from its local pool and
+//!   limits. The heartbeat keeps probing and rejoins when Redis answers again.
+//! - **Managed-Redis friendly.** Plain commands and Lua only; scripts never read `TIME` (the
+//!   replica passes its clock in); every key of one script shares a hash tag (the tenant, or the
+//!   account and region), so scripts run on Redis Cluster.
+//!
+//! # Layout (prefix `P`, default `embedgate:`)
+//! - `P{t:<tenant>}:p:<key>`: sorted set of pooled URLs, scored by the ms their request was sent.
+//! - `P{t:<tenant>}:n`: URLs the tenant has pooled (its fleet-wide bound).
+//! - `P{t:<tenant>}:d:<key>`: each replica's demand estimate for the key (`ms,rate`).
+//! - `P{t:<tenant>}:rl`: the tenant's inbound GCRA state (theoretical arrival time, ms).
+//! - `P{a:<account>:<region>}:budget`: the account's upstream GCRA state.
+//! - `P{replicas}`: replica ids scored by their last heartbeat.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{FromRedisValue, Script, ScriptInvocation};
+
+use crate::config::RedisSettings;
+use crate::limiter::Inbound;
+use crate::metrics::Metrics;
+use crate::model::URL_VALIDITY_SECS;
+use crate::pool::{PoolKey, PooledUrl};
+use crate::tenant::Tenant;
+
+const VALIDITY_MS: u64 = URL_VALIDITY_SECS * 1000;
+
+/// The `op` label values of `embedgate_redis_errors_total`.
+pub const OPERATIONS: [&str; 6] = ["take", "put", "sync", "inbound", "budget", "heartbeat"];
+
+/// Removes the stale URLs of a key, pops the one with the least remaining validity, and keeps
+/// the tenant's count in step. Returns `{stale, url, issued_ms}` (url `""` when empty).
+const TAKE: &str = r"
+local stale = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+local got = redis.call('ZPOPMIN', KEYS[1])
+local gone = stale + (#got > 0 and 1 or 0)
+if gone > 0 and redis.call('DECRBY', KEYS[2], gone) < 0 then
+  redis.call('SET', KEYS[2], 0, 'KEEPTTL')
+end
+if #got > 0 then return {stale, got[1], tonumber(got[2])} end
+return {stale, '', 0}
+";
+
+/// Adds one URL unless the key or the tenant is full. ARGV: issued_ms, url, cutoff_ms,
+/// max_per_key, tenant_cap, ttl_ms. Returns `{stale, stored}`.
+const PUT: &str = r"
+local stale = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+local count = tonumber(redis.call('GET', KEYS[2]) or '0')
+if stale > 0 then
+  count = redis.call('DECRBY', KEYS[2], stale)
+  if count < 0 then redis.call('SET', KEYS[2], 0, 'KEEPTTL'); count = 0 end
+end
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) or count >= tonumber(ARGV[5]) then
+  return {stale, 0}
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+local ttl = tonumber(ARGV[6])
+for i = 1, 2 do
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return {stale, 1}
+";
+
+/// Records this replica's demand for a key, purges stale URLs, and returns the fleet's view:
+/// `{stale, pooled, total_rate (string), replicas}`. ARGV: cutoff_ms, replica, rate, now_ms,
+/// keep_ms (how long a replica's estimate counts without being refreshed).
+const SYNC: &str = r"
+local stale = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+if stale > 0 and redis.call('DECRBY', KEYS[2], stale) < 0 then
+  redis.call('SET', KEYS[2], 0, 'KEEPTTL')
+end
+local now, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[4] .. ',' .. ARGV[3])
+local total, replicas = 0, 0
+local all = redis.call('HGETALL', KEYS[3])
+for i = 1, #all, 2 do
+  local at, rate = string.match(all[i + 1], '^([^,]+),(.+)$')
+  if at and tonumber(at) >= now - keep then
+    total = total + tonumber(rate)
+    replicas = replicas + 1
+  else
+    redis.call('HDEL', KEYS[3], all[i])
+  end
+end
+redis.call('PEXPIRE', KEYS[3], keep)
+return {stale, redis.call('ZCARD', KEYS[1]), tostring(total), replicas}
+";
+
+/// GCRA. ARGV: now_ms, interval_ms, burst, reserve (tokens that must stay for others).
+/// Returns `{allowed, retry_after_ms, remaining}`.
+const GCRA: &str = r"
+local now, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
+local burst, reserve = tonumber(ARGV[3]), tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+if tat < now then tat = now end
+local new_tat = tat + interval
+local limit = interval * (burst - reserve)
+if new_tat - now > limit then
+  return {0, math.ceil(new_tat - now - limit), 0}
+end
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+return {1, 0, math.floor((interval * burst - (new_tat - now)) / interval)}
+";
+
+/// Announces a replica and counts the live ones. ARGV: replica, now_ms, dead_after_ms.
+const HEARTBEAT: &str = r"
+local now, dead = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - dead))
+redis.call('PEXPIRE', KEYS[1], dead * 2)
+return redis.call('ZCARD', KEYS[1])
+";
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Redis could not be used for this operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    /// Degraded already: nothing was sent.
+    NotSent,
+    /// The command failed or timed out: it may or may not have run.
+    Unknown,
+}
+
+/// The outcome of a put into the shared pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Yes,
+    /// The key or the tenant is at its bound; the URL is waste.
+    Full,
+}
+
+/// The fleet's view of one key after a sync.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyView {
+    /// URLs in the shared pool for the key.
+    pub pooled: usize,
+    /// Sum of every live replica's demand estimate, requests per second.
+    pub fleet_rate: f64,
+    /// Replicas that reported demand for the key.
+    pub replicas: usize,
+}
+
+struct Scripts {
+    take: Script,
+    put: Script,
+    sync: Script,
+    gcra: Script,
+    heartbeat: Script,
+}
+
+/// This replica's handle on the shared state.
+pub struct Fleet {
+    settings: RedisSettings,
+    /// Identifies this replica in demand estimates and heartbeats.
+    replica: String,
+    conn: RwLock<Option<Conn>>,
+    degraded: AtomicBool,
+    live_replicas: AtomicUsize,
+    /// Per tenant: the instant (ms) before which the tenant is known to be over its limit, so
+    /// rejections need no Redis round trip (the local fast path).
+    over_until: Vec<AtomicU64>,
+    scripts: Scripts,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+impl Fleet {
+    /// Connects (lazily for a standalone Redis; a Cluster is tried once now and again on every
+    /// heartbeat). A replica that cannot reach Redis starts degraded and rejoins later.
+    ///
+    /// # Errors
+    /// A URL that cannot be parsed.
+    pub async fn connect(
+        settings: &RedisSettings,
+        tenants: usize,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Fleet>> {
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let fleet = Arc::new(Fleet {
+            replica: uuid::Uuid::new_v4().simple().to_string(),
+            conn: RwLock::new(None),
+            degraded: AtomicBool::new(false),
+            live_replicas: AtomicUsize::new(1),
+            over_until: (0..tenants).map(|_| AtomicU64::new(0)).collect(),
+            scripts: Scripts {
+                take: Script::new(TAKE),
+                put: Script::new(PUT),
+                sync: Script::new(SYNC),
+                gcra: Script::new(GCRA),
+                heartbeat: Script::new(HEARTBEAT),
+            },
+            metrics,
+            timeout,
+            settings: settings.clone(),
+        });
+        if let Some(url) = &settings.url {
+            let client =
+                redis::Client::open(url.as_str()).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(settings.heartbeat_ms));
+            let manager = ConnectionManager::new_lazy_with_config(client, config)
+                .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+            *fleet.conn.write() = Some(Conn::Single(manager));
+        } else {
+            // Validate the seed URLs now, so a typo fails start-up rather than degrading.
+            fleet.cluster_client()?;
+            fleet.connect_cluster().await;
+        }
+        if fleet.heartbeat().await.is_err() {
+            tracing::warn!("Redis is unreachable at start-up: serving from the local pool and limits until it answers");
+        }
+        Ok(fleet)
+    }
+
+    fn cluster_client(&self) -> anyhow::Result<redis::cluster::ClusterClient> {
+        redis::cluster::ClusterClientBuilder::new(self.settings.cluster_urls.clone())
+            .connection_timeout(self.timeout.max(Duration::from_millis(200)))
+            .response_timeout(self.timeout)
+            .retries(1)
+            .build()
+            .map_err(|e| anyhow::anyhow!("redis.cluster_urls: {e}"))
+    }
+
+    async fn connect_cluster(&self) {
+        let Ok(client) = self.cluster_client() else {
+            return;
+        };
+        let bound = self.timeout.max(Duration::from_millis(500));
+        match tokio::time::timeout(bound, client.get_async_connection()).await {
+            Ok(Ok(c)) => *self.conn.write() = Some(Conn::Cluster(c)),
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot connect to the Redis Cluster"),
+            Err(_) => tracing::debug!("connecting to the Redis Cluster timed out"),
+        }
+    }
+
+    /// Whether this replica currently uses Redis.
+    pub fn healthy(&self) -> bool {
+        !self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// Live replicas at the last heartbeat (this one included).
+    pub fn replicas(&self) -> usize {
+        self.live_replicas.load(Ordering::Relaxed)
+    }
+
+    fn key(&self, tag: &str, rest: &str) -> String {
+        format!("{}{{{tag}}}{rest}", self.settings.prefix)
+    }
+
+    /// Runs a script with the timeout, tripping degraded mode on failure.
+    async fn script<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: ScriptInvocation<'_>,
+    ) -> Result<T, Down> {
+        if !self.healthy() {
+            return Err(Down::NotSent);
+        }
+        self.script_anyway(op, invocation).await
+    }
+
+    async fn script_anyway<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        invocation: ScriptInvocation<'_>,
+    ) -> Result<T, Down> {
+        let conn = self.conn.read().clone();
+        let result = match conn {
+            None => Err(None),
+            Some(Conn::Single(mut c)) => invoke(&invocation, &mut c, self.timeout).await,
+            Some(Conn::Cluster(mut c)) => invoke(&invocation, &mut c, self.timeout).await,
+        };
+        result.map_err(|e| {
+            self.metrics.redis_errors.with_label_values(&[op]).inc();
+            if !self.degraded.swap(true, Ordering::SeqCst) {
+                self.metrics.redis_degraded.set(1);
+                match e {
+                    Some(e) => tracing::warn!(op, error = %e, "Redis failed: serving from the local pool and limits until it answers"),
+                    None => tracing::warn!(op, timeout_ms = self.timeout.as_millis() as u64, "Redis did not answer in time: serving from the local pool and limits until it answers"),
+                }
+            }
+            Down::Unknown
+        })
+    }
+
+    /// Pops the URL for `key` with the least remaining validity that still has `min_remaining_ms`
+    /// left; stale ones met on the way are purged and counted as waste.
+    ///
+    /// # Errors
+    /// Redis is not usable; a URL popped by a command that then timed out is lost (never twice).
+    pub async fn take(
+        &self,
+        tenant: &Tenant,
+        key: &PoolKey,
+        now_ms: u64,
+        min_remaining_ms: u64,
+    ) -> Result<Option<PooledUrl>, Down> {
+        let mut inv = self.scripts.take.prepare_invoke();
+        inv.key(self.key(&tenant_tag(tenant), &format!(":p:{key}")))
+            .key(self.key(&tenant_tag(tenant), ":n"))
+            .arg(cutoff(now_ms, min_remaining_ms));
+        let (stale, url, issued): (u64, String, u64) = self.script("take", inv).await?;
+        self.count_stale(stale);
+        Ok((!url.is_empty()).then_some(PooledUrl {
+            url,
+            issued_at_ms: issued,
+        }))
+    }
+
+    /// Adds a URL to the shared pool within the per-key and per-tenant bounds.
+    ///
+    /// # Errors
+    /// `Down::Unknown`: the URL may be in Redis already, so the caller must drop it.
+    pub async fn put(
+        &self,
+        tenant: &Tenant,
+        key: &PoolKey,
+        url: &PooledUrl,
+        now_ms: u64,
+        min_remaining_ms: u64,
+        max_per_key: usize,
+    ) -> Result<Stored, Down> {
+        let ttl = (url.expires_at_ms() + 1000).saturating_sub(now_ms).max(1);
+        let mut inv = self.scripts.put.prepare_invoke();
+        inv.key(self.key(&tenant_tag(tenant), &format!(":p:{key}")))
+            .key(self.key(&tenant_tag(tenant), ":n"))
+            .arg(url.issued_at_ms)
+            .arg(&url.url)
+            .arg(cutoff(now_ms, min_remaining_ms))
+            .arg(max_per_key)
+            .arg(tenant.max_pooled_urls)
+            .arg(ttl);
+        let (stale, stored): (u64, u8) = self.script("put", inv).await?;
+        self.count_stale(stale);
+        Ok(if stored == 1 {
+            Stored::Yes
+        } else {
+            Stored::Full
+        })
+    }
+
+    /// Publishes this replica's demand estimate for `key` and reads the fleet's.
+    ///
+    /// # Errors
+    /// Redis is not usable.
+    pub async fn sync(
+        &self,
+        tenant: &Tenant,
+        key: &PoolKey,
+        own_rate: f64,
+        now_ms: u64,
+        min_remaining_ms: u64,
+        keep_ms: u64,
+    ) -> Result<KeyView, Down> {
+        let mut inv = self.scripts.sync.prepare_invoke();
+        inv.key(self.key(&tenant_tag(tenant), &format!(":p:{key}")))
+            .key(self.key(&tenant_tag(tenant), ":n"))
+            .key(self.key(&tenant_tag(tenant), &format!(":d:{key}")))
+            .arg(cutoff(now_ms, min_remaining_ms))
+            .arg(&self.replica)
+            .arg(format!("{own_rate:.6}"))
+            .arg(now_ms)
+            .arg(keep_ms);
+        let (stale, pooled, total, replicas): (u64, usize, String, usize) =
+            self.script("sync", inv).await?;
+        self.count_stale(stale);
+        Ok(KeyView {
+            pooled,
+            fleet_rate: total.parse().unwrap_or(0.0),
+            replicas,
+        })
+    }
+
+    /// Counts one request of `tenant` against its fleet-wide limit. A tenant known to be over
+    /// its limit is refused locally, without a round trip.
+    ///
+    /// # Errors
+    /// Redis is not usable.
+    pub async fn inbound(&self, tenant: &Tenant, now_ms: u64) -> Result<Inbound, Down> {
+        let over = self.over_until[tenant.index].load(Ordering::Relaxed);
+        if over > now_ms {
+            return Ok(Inbound::Limited {
+                retry_after: Duration::from_millis(over - now_ms),
+            });
+        }
+        let key = self.key(&tenant_tag(tenant), ":rl");
+        let verdict = self
+            .gcra(
+                "inbound",
+                key,
+                now_ms,
+                1000.0 / tenant.rate_per_sec,
+                tenant.burst,
+                0.0,
+            )
+            .await?;
+        if let Inbound::Limited { retry_after } = verdict {
+            self.over_until[tenant.index]
+                .store(now_ms + retry_after.as_millis() as u64, Ordering::Relaxed);
+        }
+        Ok(verdict)
+    }
+
+    /// Takes one call from the account's fleet-wide upstream budget at `rate` per second,
+    /// leaving `reserve` calls of the burst for callers waiting on a miss.
+    ///
+    /// # Errors
+    /// Redis is not usable.
+    pub async fn budget(
+        &self,
+        account: &str,
+        region: &str,
+        rate: f64,
+        burst: u32,
+        reserve: f64,
+        now_ms: u64,
+    ) -> Result<Result<(), Duration>, Down> {
+        let key = self.key(&format!("a:{account}:{region}"), ":budget");
+        let verdict = self
+            .gcra("budget", key, now_ms, 1000.0 / rate, burst, reserve)
+            .await?;
+        Ok(match verdict {
+            Inbound::Allowed { .. } => Ok(()),
+            Inbound::Limited { retry_after } => Err(retry_after),
+        })
+    }
+
+    async fn gcra(
+        &self,
+        op: &'static str,
+        key: String,
+        now_ms: u64,
+        interval_ms: f64,
+        burst: u32,
+        reserve: f64,
+    ) -> Result<Inbound, Down> {
+        let mut inv = self.scripts.gcra.prepare_invoke();
+        inv.key(key)
+            .arg(now_ms)
+            .arg(format!("{interval_ms:.6}"))
+            .arg(burst)
+            .arg(format!("{reserve:.6}"));
+        let (allowed, retry_ms, remaining): (u8, u64, u32) = self.script(op, inv).await?;
+        Ok(if allowed == 1 {
+            Inbound::Allowed { remaining }
+        } else {
+            Inbound::Limited {
+                retry_after: Duration::from_millis(retry_ms.max(1)),
+            }
+        })
+    }
+
+    /// Announces this replica and counts the live ones; rejoins after a degraded spell when
+    /// Redis answers.
+    ///
+    /// # Errors
+    /// Redis is not usable.
+    pub async fn heartbeat(&self) -> Result<usize, Down> {
+        if self.conn.read().is_none() {
+            self.connect_cluster().await;
+        }
+        let now_ms = crate::clock::Clock::System.now_ms();
+        let dead_after = 3 * self.settings.heartbeat_ms.max(1000);
+        let mut inv = self.scripts.heartbeat.prepare_invoke();
+        inv.key(self.key("replicas", ""))
+            .arg(&self.replica)
+            .arg(now_ms)
+            .arg(dead_after);
+        let live: usize = self.script_anyway("heartbeat", inv).await?;
+        self.live_replicas.store(live.max(1), Ordering::Relaxed);
+        self.metrics.fleet_replicas.set(live.max(1) as i64);
+        if self.degraded.swap(false, Ordering::SeqCst) {
+            self.metrics.redis_degraded.set(0);
+            for t in &self.over_until {
+                t.store(0, Ordering::Relaxed);
+            }
+            tracing::info!(replicas = live, "Redis answers again: rejoined the fleet");
+        }
+        Ok(live)
+    }
+
+    /// Heartbeats every `redis.heartbeat_ms` until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.settings.heartbeat_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => { let _ = self.heartbeat().await; }
+            }
+        }
+    }
+
+    fn count_stale(&self, stale: u64) {
+        if stale > 0 {
+            self.metrics
+                .wasted
+                .with_label_values(&["expired"])
+                .inc_by(stale);
+        }
+    }
+}
+
+fn tenant_tag(tenant: &Tenant) -> String {
+    format!("t:{}", tenant.id)
+}
+
+/// URLs issued before this instant have less than `min_remaining_ms` left at `now_ms`.
+fn cutoff(now_ms: u64, min_remaining_ms: u64) -> u64 {
+    (now_ms + min_remaining_ms).saturating_sub(VALIDITY_MS)
+}
+
+async fn invoke<T: FromRedisValue, C: ConnectionLike + Send>(
+    invocation: &ScriptInvocation<'_>,
+    conn: &mut C,
+    timeout: Duration,
+) -> Result<T, Option<redis::RedisError>> {
+    match tokio::time::timeout(timeout, invocation.invoke_async(conn)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Some(e)),
+        Err(_) => Err(None),
+    }
+}

@@ -1,0 +1,502 @@
+//! Cluster mode: several gateway replicas sharing pool, limits and budget through a real Redis
+//! (standalone and a three-master Cluster) that the tests start, kill and restart.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::Value;
+
+use embedgate::clock::Clock;
+use embedgate::config::Settings;
+use embedgate::sim::SimServer;
+use embedgate::startup::Application;
+
+use crate::helpers::*;
+use crate::redis_server::{RedisCluster, RedisServer};
+
+/// Replicas in front of one simulator, all with the same settings.
+struct TestFleet {
+    sim: SimServer,
+    replicas: Vec<Application>,
+    http: reqwest::Client,
+}
+
+/// One request's outcome as a client saw it.
+struct Outcome {
+    status: u16,
+    body: Value,
+    elapsed: Duration,
+    at: Instant,
+}
+
+async fn spawn_fleet(n: usize, customize: impl Fn(&mut Settings)) -> TestFleet {
+    let sim = spawn_sim();
+    let mut replicas = vec![];
+    for _ in 0..n {
+        let mut s = gateway_settings(&sim.endpoint);
+        customize(&mut s);
+        replicas.push(
+            Application::start(s, Clock::System)
+                .await
+                .expect("replica starts"),
+        );
+    }
+    TestFleet {
+        sim,
+        replicas,
+        http: test_http(),
+    }
+}
+
+fn on_redis(url: String) -> impl Fn(&mut Settings) {
+    move |s: &mut Settings| s.redis.url = Some(url.clone())
+}
+
+impl TestFleet {
+    fn base(&self, i: usize) -> String {
+        format!("http://{}", self.replicas[i % self.replicas.len()].addr)
+    }
+
+    fn admin(&self, i: usize) -> String {
+        format!("http://{}", self.replicas[i].admin_addr)
+    }
+
+    /// One GetDashboardEmbedUrl request as `tenant` to replica `i` (mod the fleet size).
+    async fn embed(&self, i: usize, tenant: &str, body: &Value) -> Outcome {
+        let started = Instant::now();
+        let r = self
+            .http
+            .post(format!("{}/v1/embed-url/dashboard", self.base(i)))
+            .bearer_auth(format!("{tenant}-key"))
+            .json(body)
+            .send()
+            .await
+            .expect("replica answers");
+        let status = r.status().as_u16();
+        let body = r.json().await.expect("a JSON answer");
+        Outcome {
+            status,
+            body,
+            elapsed: started.elapsed(),
+            at: Instant::now(),
+        }
+    }
+
+    /// `total` requests over `keys`, `clients` at a time, spread round-robin over the replicas.
+    async fn drive(self: &Arc<Self>, total: usize, clients: usize, keys: &[Value]) -> Vec<Outcome> {
+        futures::stream::iter(0..total)
+            .map(|i| {
+                let fleet = self.clone();
+                let body = keys[i % keys.len()].clone();
+                async move { fleet.embed(i, "alpha", &body).await }
+            })
+            .buffer_unordered(clients)
+            .collect()
+            .await
+    }
+
+    async fn get_json(&self, url: String) -> Value {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn readiness(&self, i: usize) -> String {
+        let v = self.get_json(format!("{}/readyz", self.base(i))).await;
+        v["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    async fn metric_sum(&self, sample: &str) -> f64 {
+        let mut sum = 0.0;
+        for i in 0..self.replicas.len() {
+            let text = self
+                .http
+                .get(format!("{}/metrics", self.admin(i)))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            sum += metric(&text, sample);
+        }
+        sum
+    }
+
+    /// Opens every URL at the simulator once; returns the statuses.
+    async fn redeem(&self, urls: &[String]) -> Vec<u16> {
+        futures::stream::iter(urls.to_vec())
+            .map(|u| {
+                let http = self.http.clone();
+                async move { http.get(&u).send().await.unwrap().status().as_u16() }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await
+    }
+
+    async fn stop(self) {
+        for r in self.replicas {
+            r.stop().await;
+        }
+        self.sim.stop().await;
+    }
+}
+
+fn keys() -> Vec<Value> {
+    vec![
+        dash("sales-2024", "alice"),
+        dash("sales-2024", "bob"),
+        dash("finance", "alice"),
+        dash("ops-overview", "carol"),
+    ]
+}
+
+/// Settings that let the exactly-once runs go fast: a generous budget and prefetch concurrency.
+fn roomy(s: &mut Settings) {
+    s.upstream.rate_per_sec = 5000.0;
+    s.upstream.burst = 500;
+    s.upstream.max_concurrency = 128;
+    s.refill.concurrency = 64;
+}
+
+/// Every answer is a 200 with a distinct URL, and each URL opens exactly once at the simulator.
+async fn assert_exactly_once(fleet: &TestFleet, outcomes: &[Outcome]) -> Vec<String> {
+    let mut urls = vec![];
+    for o in outcomes {
+        assert_eq!(o.status, 200, "{}", o.body);
+        urls.push(o.body["EmbedUrl"].as_str().unwrap().to_string());
+    }
+    let distinct: HashSet<&String> = urls.iter().collect();
+    assert_eq!(distinct.len(), urls.len(), "every returned URL is distinct");
+    let statuses = fleet.redeem(&urls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "every URL opens once");
+    let ledger = fleet.sim.sim.ledger();
+    assert_eq!(ledger.redeemed, urls.len() as u64);
+    assert_eq!(
+        (ledger.double_redemptions, ledger.late_redemptions),
+        (0, 0),
+        "no URL opened twice or late"
+    );
+    urls
+}
+
+async fn exactly_once_across_three_replicas(redis: impl Fn(&mut Settings)) {
+    let fleet = Arc::new(
+        spawn_fleet(3, |s| {
+            roomy(s);
+            redis(s);
+        })
+        .await,
+    );
+    for i in 0..3 {
+        assert_eq!(fleet.readiness(i).await, "ready");
+    }
+    let outcomes = fleet.drive(30_000, 96, &keys()).await;
+    assert_exactly_once(&fleet, &outcomes).await;
+    let pooled = outcomes
+        .iter()
+        .filter(|o| o.body["Source"] == "pool")
+        .count();
+    assert!(pooled > 15_000, "the shared pool served most: {pooled}");
+    assert_eq!(
+        fleet.metric_sum("embedgate_redis_degraded").await,
+        0.0,
+        "no replica fell back to local state"
+    );
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_on_one_redis_hand_out_30000_urls_exactly_once() {
+    let redis = RedisServer::start();
+    exactly_once_across_three_replicas(on_redis(redis.url())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_three_master_redis_cluster_hands_out_30000_urls_exactly_once() {
+    let cluster = RedisCluster::start(3);
+    let urls = cluster.urls();
+    exactly_once_across_three_replicas(move |s| s.redis.cluster_urls = urls.clone()).await;
+    // The keys really are spread over the masters, not all on one.
+    let used = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.cli(&["DBSIZE"]).is_some_and(|d| d != "0"))
+        .count();
+    assert!(used >= 2, "keys on {used} of 3 masters");
+}
+
+/// Open-loop traffic: each key's requests at fixed intervals (the same schedule every run),
+/// spread round-robin over the replicas. Returns the outcomes.
+async fn scheduled(
+    fleet: &Arc<TestFleet>,
+    plan: &[(Value, f64, Duration, Duration)],
+) -> Vec<Outcome> {
+    let start = tokio::time::Instant::now();
+    let mut tasks = vec![];
+    let mut n = 0usize;
+    for (body, rate, from, until) in plan {
+        let gap = Duration::from_secs_f64(1.0 / rate);
+        let mut at = *from;
+        while at < *until {
+            let fleet = fleet.clone();
+            let body = body.clone();
+            let i = n;
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep_until(start + at).await;
+                fleet.embed(i, "alpha", &body).await
+            }));
+            n += 1;
+            at += gap;
+        }
+    }
+    let mut out = vec![];
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// (upstream calls, URLs fetched but not handed out) for one run of the shared scenario.
+async fn efficiency_run(replicas: usize, redis: Option<String>) -> (u64, u64) {
+    let fleet = Arc::new(
+        spawn_fleet(replicas, |s| {
+            // A usable life of 15 s, so URLs expire (and waste shows) within the test.
+            s.pool.min_remaining_secs = 285;
+            s.redis.url = redis.clone();
+        })
+        .await,
+    );
+    // Realistic upstream latency: prefetches spend time in flight, where other replicas
+    // cannot see them.
+    fleet
+        .sim
+        .sim
+        .update_knobs(&serde_json::json!({"latency_ms": 150, "latency_p99_ms": 600}))
+        .unwrap();
+    let s = Duration::from_secs;
+    let plan = [
+        (dash("sales-2024", "alice"), 40.0, s(0), s(20)),
+        (dash("sales-2024", "bob"), 10.0, s(0), s(20)),
+        (dash("finance", "alice"), 3.0, s(0), s(20)),
+        // A burst that stops: what it left in the pool expires unused.
+        (dash("ops-overview", "carol"), 30.0, s(1), s(4)),
+    ];
+    let outcomes = scheduled(&fleet, &plan).await;
+    let served = outcomes.iter().filter(|o| o.status == 200).count() as u64;
+    assert_eq!(served, outcomes.len() as u64, "every request served");
+    let ledger = fleet.sim.sim.ledger();
+    let pooled = outcomes.iter().filter(|o| o.body["Source"] == "pool").count();
+    eprintln!("{replicas} replica(s): {served} served, {pooled} from the pool, ready: {}, wasted metric {}", fleet.readiness(0).await, fleet.metric_sum("embedgate_urls_wasted_total{reason=\"expired\"}").await);
+    let result = (ledger.calls, ledger.issued_total - served);
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_fetch_and_waste_what_one_gateway_does_for_the_same_traffic() {
+    let redis = RedisServer::start();
+    let (one_calls, one_waste) = efficiency_run(1, None).await;
+    let (three_calls, three_waste) = efficiency_run(3, Some(redis.url())).await;
+    eprintln!("one gateway: {one_calls} calls, {one_waste} wasted; three replicas: {three_calls} calls, {three_waste} wasted");
+    let within = |a: u64, b: u64| a.abs_diff(b) as f64 <= 0.2 * a.max(b) as f64;
+    assert!(
+        within(one_calls, three_calls),
+        "upstream calls: {one_calls} vs {three_calls}"
+    );
+    assert!(
+        within(one_waste, three_waste),
+        "waste: {one_waste} vs {three_waste}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_limit_holds_across_the_fleet() {
+    let redis = RedisServer::start();
+    const RATE: f64 = 100.0;
+    let fleet = Arc::new(
+        spawn_fleet(3, |s| {
+            s.redis.url = Some(redis.url());
+            s.tenants[0].rate_per_sec = RATE;
+            s.tenants[0].burst = 10;
+        })
+        .await,
+    );
+    // Warm up the limiter, then count what is accepted in a measured window.
+    let window = Duration::from_secs(6);
+    let started = Instant::now();
+    let body = dash("sales-2024", "alice");
+    let outcomes: Vec<Outcome> = futures::stream::iter(0..)
+        .take_while(|_| futures::future::ready(started.elapsed() < window + Duration::from_secs(1)))
+        .map(|i| {
+            let fleet = fleet.clone();
+            let body = body.clone();
+            async move { fleet.embed(i, "alpha", &body).await }
+        })
+        .buffer_unordered(48)
+        .collect()
+        .await;
+    let from = started + Duration::from_secs(1);
+    let in_window = |o: &&Outcome| o.at >= from && o.at < from + window;
+    let accepted = outcomes
+        .iter()
+        .filter(in_window)
+        .filter(|o| o.status == 200)
+        .count();
+    let refused = outcomes
+        .iter()
+        .filter(in_window)
+        .filter(|o| o.status == 429)
+        .count();
+    let rate = accepted as f64 / window.as_secs_f64();
+    eprintln!("accepted {rate:.1}/s fleet-wide (limit {RATE}/s), {refused} refused");
+    assert!(refused > accepted, "the tenant really was over its limit");
+    assert!(
+        (rate - RATE).abs() <= 0.1 * RATE,
+        "accepted {rate:.1}/s across 3 replicas for a limit of {RATE}/s"
+    );
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_killed_replicas_serve_on_their_own_and_rejoin_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let fleet = Arc::new(
+        spawn_fleet(3, |s| {
+            roomy(s);
+            s.redis.url = Some(redis.url());
+            s.redis.timeout_ms = 50;
+            s.api.miss_timeout_ms = 2_000;
+        })
+        .await,
+    );
+    let bound = Duration::from_millis(2_000 + 50 + 500);
+    let k = keys();
+    let phase = |n| {
+        let fleet = fleet.clone();
+        let k = k.clone();
+        async move { fleet.drive(n, 32, &k).await }
+    };
+    let mut outcomes = phase(3_000).await;
+
+    redis.kill();
+    let during = phase(3_000).await;
+    for i in 0..3 {
+        assert_eq!(fleet.readiness(i).await, "degraded", "replica {i}");
+    }
+    assert_eq!(fleet.metric_sum("embedgate_redis_degraded").await, 3.0);
+    let slowest = during.iter().map(|o| o.elapsed).max().unwrap();
+    assert!(
+        slowest <= bound,
+        "answers within the bound while Redis is down: {slowest:?}"
+    );
+    outcomes.extend(during);
+
+    redis.restart();
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut ready = 0;
+        for i in 0..3 {
+            ready += usize::from(fleet.readiness(i).await == "ready");
+        }
+        if ready == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "replicas rejoined without a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fleet.metric_sum("embedgate_redis_degraded").await, 0.0);
+    outcomes.extend(phase(3_000).await);
+    // After rejoining, the shared pool is in use again.
+    assert!(
+        redis.cli(&["DBSIZE"]).is_some_and(|n| n != "0"),
+        "replicas write to Redis again"
+    );
+    assert_exactly_once(&fleet, &outcomes).await;
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_started_while_redis_is_down_serves_and_joins_later() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.kill();
+    let fleet = Arc::new(spawn_fleet(1, on_redis(url)).await);
+    assert_eq!(fleet.readiness(0).await, "degraded");
+    let first = fleet.embed(0, "alpha", &dash("finance", "alice")).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    redis.restart();
+    let until = Instant::now() + Duration::from_secs(10);
+    while fleet.readiness(0).await != "ready" {
+        assert!(
+            Instant::now() < until,
+            "the replica joined once Redis answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_shared_pool_keeps_each_tenants_bound() {
+    let redis = RedisServer::start();
+    let fleet = Arc::new(
+        spawn_fleet(2, |s| {
+            s.redis.url = Some(redis.url());
+            s.tenants[1].max_pooled_urls = 5;
+            s.tenants[1].warm = vec![warm(dash("sales-2024", "alice"), 20)];
+            s.tenants[0].warm = vec![warm(dash("sales-2024", "alice"), 8)];
+        })
+        .await,
+    );
+    let zcards = |tenant: &str| {
+        let keys = redis
+            .cli(&[
+                "--scan",
+                "--pattern",
+                &format!("embedgate:{{t:{tenant}}}:p:*"),
+            ])
+            .unwrap_or_default();
+        keys.lines()
+            .map(|k| {
+                redis
+                    .cli(&["ZCARD", k])
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(0)
+            })
+            .sum::<usize>()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while zcards("alpha") < 8 || zcards("beta") < 5 {
+        assert!(
+            Instant::now() < until,
+            "warm keys filled: alpha {} beta {}",
+            zcards("alpha"),
+            zcards("beta")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        zcards("beta"),
+        5,
+        "beta holds its bound of 5 across both replicas"
+    );
+    assert!(
+        zcards("alpha") <= 10,
+        "alpha's warm depth 8 is not doubled by two replicas: {}",
+        zcards("alpha")
+    );
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
