@@ -294,7 +294,10 @@ async fn efficiency_run(replicas: usize, redis: Option<String>) -> (u64, u64) {
     let served = outcomes.iter().filter(|o| o.status == 200).count() as u64;
     assert_eq!(served, outcomes.len() as u64, "every request served");
     let ledger = fleet.sim.sim.ledger();
-    let pooled = outcomes.iter().filter(|o| o.body["Source"] == "pool").count();
+    let pooled = outcomes
+        .iter()
+        .filter(|o| o.body["Source"] == "pool")
+        .count();
     eprintln!("{replicas} replica(s): {served} served, {pooled} from the pool, ready: {}, wasted metric {}", fleet.readiness(0).await, fleet.metric_sum("embedgate_urls_wasted_total{reason=\"expired\"}").await);
     let result = (ledger.calls, ledger.issued_total - served);
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
