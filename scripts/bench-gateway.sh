@@ -5,31 +5,24 @@
 # The pool is pre-filled through warm keys (KEYS keys x DEPTH URLs) from the simulator, which is
 # then stopped, so the measured window contains pool hits only and no upstream work competes for
 # the CPU. Writes bench-results/gateway.md and bench-results/gateway.json.
-# Needs wrk (apt-get install wrk). Knobs: KEYS, DEPTH, RUNS, DURATION, CONNECTIONS.
+# Then the latency of pool hits at half the measured maximum rate (open loop, examples/load.rs).
+# Needs wrk (apt-get install wrk). Knobs: KEYS, DEPTH, RUNS, DURATION, CONNECTIONS, LOAD_SECS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KEYS=${KEYS:-300}
+KEYS=${KEYS:-400}
 DEPTH=${DEPTH:-1000}
 RUNS=${RUNS:-3}
-DURATION=${DURATION:-3s}
+DURATION=${DURATION:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
+LOAD_SECS=${LOAD_SECS:-10}
 command -v wrk >/dev/null || { echo "bench-gateway: wrk is required (apt-get install wrk)" >&2; exit 1; }
-cargo build --release --quiet --bin embedgate --example bare
-bin=target/release/embedgate
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_for() { for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timeout waiting for $2 in $1" >&2; cat "$1" >&2; exit 1; }
-
-"$bin" sim --listen 127.0.0.1:0 >"$work/sim.out" 2>/dev/null &
-sim=$!; pids+=("$sim")
-wait_for "$work/sim.out" "listening on"
-sim_url=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$work/sim.out" | head -1)
+cargo build --release --quiet --bin embedgate --example bare --example load
+source scripts/bench-lib.sh
 gw_port=$(free_port); admin_port=$(free_port); bare_port=$(free_port)
 
-python3 - "$work/gateway.toml" "$sim_url" "$gw_port" "$admin_port" "$KEYS" "$DEPTH" <<'PY'
+# gateway_config SIM_URL: the gateway's config, KEYS warm keys of DEPTH URLs each.
+gateway_config() {
+python3 - "$work/gateway.toml" "$1" "$gw_port" "$admin_port" "$KEYS" "$DEPTH" <<'PY'
 import hashlib, sys
 path, sim, gw, admin, keys, depth = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 h = lambda k: hashlib.sha256(k.encode()).hexdigest()
@@ -51,17 +44,25 @@ out += ['[[tenants]]', 'id = "abuser"', f'api_key_sha256 = ["{h("abuser-key")}"]
         'user_arns = ["arn:aws:quicksight:*:111122223333:user/default/*"]']
 open(path, "w").write("\n".join(out) + "\n")
 PY
-EMBEDGATE_LOG=warn "$bin" serve --config "$work/gateway.toml" 2>"$work/gw.err" &
-gw=$!; pids+=("$gw")
-target=$((KEYS * DEPTH))
-echo "filling the pool with $target URLs..."
-for _ in $(seq 1200); do
-  urls=$(curl -s "http://127.0.0.1:$admin_port/state" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pool"]["urls"])' 2>/dev/null || echo 0)
-  [ "$urls" -ge "$target" ] && break
-  sleep 0.25
-done
-echo "pool holds $urls URLs; stopping the simulator so only hits are measured"
-kill "$sim"; wait "$sim" 2>/dev/null || true
+}
+
+# filled_gateway: starts a simulator and a gateway, waits until the gateway's pool holds
+# KEYS x DEPTH URLs, then stops the simulator so only pool hits are measured.
+filled_gateway() {
+  start_sim sim
+  gateway_config "$sim_url"
+  start_gateway "$work/gateway.toml"
+  local target=$((KEYS * DEPTH)) urls=0
+  echo "filling the pool with $target URLs..."
+  for _ in $(seq 1200); do
+    urls=$(admin_json "$admin_port" /state 'j["pool"]["urls"]' 2>/dev/null || echo 0)
+    [ "$urls" -ge "$target" ] && break
+    sleep 0.25
+  done
+  echo "pool holds $urls URLs; stopping the simulator"
+  stop "$sim_pid"
+}
+filled_gateway
 
 cat >"$work/hit.lua" <<LUA
 local i = 0
@@ -73,6 +74,9 @@ request = function()
   i = (i % keys) + 1
   local body = string.format('{"DashboardId":"d-%04d","IdentityType":"QUICKSIGHT","UserArn":"arn:aws:quicksight:us-east-1:111122223333:user/default/user-%04d"}', i - 1, i - 1)
   return wrk.format(nil, "/v1/embed-url/dashboard", nil, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("p99.9 %.3f ms\n", latency:percentile(99.9) / 1000))
 end
 LUA
 sed 's/bench-key/abuser-key/' "$work/hit.lua" >"$work/reject.lua"
@@ -98,49 +102,73 @@ def lat(p):
     return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
 m = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-print(rps, lat(50), lat(99), int(m.group(1)) if m else 0)
+p999 = re.search(r"^p99.9 ([\d.]+) ms", t, re.M)
+print(rps, lat(50), lat(99), p999.group(1) if p999 else "nan", int(m.group(1)) if m else 0)
 PY
   done | sort -g | sed -n "$(( (RUNS + 1) / 2 ))p"
 }
-read -r hit_rps hit_p50 hit_p99 hit_bad <<<"$(run hit "http://127.0.0.1:$gw_port" "$work/hit.lua")"
-read -r rej_rps rej_p50 rej_p99 _ <<<"$(run reject "http://127.0.0.1:$gw_port" "$work/reject.lua")"
-kill "$gw"; wait "$gw" 2>/dev/null || true
+read -r hit_rps hit_p50 hit_p99 hit_p999 hit_bad <<<"$(run hit "http://127.0.0.1:$gw_port" "$work/hit.lua")"
+read -r rej_rps rej_p50 rej_p99 rej_p999 _ <<<"$(run reject "http://127.0.0.1:$gw_port" "$work/reject.lua")"
+stop "$gw_pid"
 
 target/release/examples/bare "127.0.0.1:$bare_port" "$hit_size" >"$work/bare.out" &
 bare=$!; pids+=("$bare"); wait_for "$work/bare.out" "listening on"
-read -r bare_rps bare_p50 bare_p99 _ <<<"$(run bare "http://127.0.0.1:$bare_port" "$work/hit.lua")"
-kill "$bare"; wait "$bare" 2>/dev/null || true
+read -r bare_rps bare_p50 bare_p99 bare_p999 _ <<<"$(run bare "http://127.0.0.1:$bare_port" "$work/hit.lua")"
+stop "$bare"
 target/release/examples/bare "127.0.0.1:$bare_port" "$reject_size" 429 >"$work/bare429.out" &
 bare=$!; pids+=("$bare"); wait_for "$work/bare429.out" "listening on"
-read -r bare429_rps bare429_p50 bare429_p99 _ <<<"$(run bare429 "http://127.0.0.1:$bare_port" "$work/hit.lua")"
+read -r bare429_rps bare429_p50 bare429_p99 bare429_p999 _ <<<"$(run bare429 "http://127.0.0.1:$bare_port" "$work/hit.lua")"
+stop "$bare"
+
+# Latency at load: a fresh, filled gateway; open-loop constant rate at half the measured maximum.
+filled_gateway
+at_load_rate=$(python3 -c "print(round($hit_rps / 2))")
+echo "latency at load: $at_load_rate requests/s for ${LOAD_SECS}s"
+target/release/examples/load fixed-rate "http://127.0.0.1:$gw_port" bench-key "$KEYS" "$at_load_rate" "$LOAD_SECS" >"$work/at_load.json"
+stop "$gw_pid"
 
 mkdir -p bench-results
-python3 - "$hit_rps" "$hit_p50" "$hit_p99" "$hit_bad" "$bare_rps" "$bare_p50" "$bare_p99" "$rej_rps" "$rej_p50" "$rej_p99" "$bare429_rps" "$bare429_p50" "$bare429_p99" "$hit_size" "$reject_size" "$RUNS" "$DURATION" "$CONNECTIONS" <<'PY'
+export hit_rps hit_p50 hit_p99 hit_p999 hit_bad bare_rps bare_p50 bare_p99 bare_p999 rej_rps rej_p50 rej_p99 rej_p999 \
+  bare429_rps bare429_p50 bare429_p99 bare429_p999 hit_size reject_size RUNS DURATION CONNECTIONS LOAD_SECS
+python3 - "$work/at_load.json" <<'PY'
 import json, platform, os, sys
-a = sys.argv[1:]
-f = lambda i: float(a[i])
+e = os.environ
+f = lambda k: float(e[k])
+path = lambda p: {"rps": f(p + "_rps"), "p50_ms": f(p + "_p50"), "p99_ms": f(p + "_p99"), "p999_ms": f(p + "_p999")}
 r = {
-  "hit": {"rps": f(0), "p50_ms": f(1), "p99_ms": f(2), "non_2xx": int(a[3]), "body_bytes": int(a[13])},
-  "bare_same_body": {"rps": f(4), "p50_ms": f(5), "p99_ms": f(6)},
-  "reject_429": {"rps": f(7), "p50_ms": f(8), "p99_ms": f(9), "body_bytes": int(a[14])},
-  "bare_429_same_body": {"rps": f(10), "p50_ms": f(11), "p99_ms": f(12)},
-  "settings": {"runs": int(a[15]), "duration": a[16], "connections": int(a[17]), "wrk_threads": 1, "cores": os.cpu_count(), "machine": platform.processor() or platform.machine()},
+  "hit": {**path("hit"), "non_2xx": int(e["hit_bad"]), "body_bytes": int(e["hit_size"])},
+  "bare_same_body": path("bare"),
+  "reject_429": {**path("rej"), "body_bytes": int(e["reject_size"])},
+  "bare_429_same_body": path("bare429"),
+  "at_half_max": json.load(open(sys.argv[1])),
+  "settings": {"runs": int(e["RUNS"]), "duration": e["DURATION"], "connections": int(e["CONNECTIONS"]), "wrk_threads": 1,
+               "at_load_secs": int(e["LOAD_SECS"]), "cores": os.cpu_count(), "machine": platform.processor() or platform.machine()},
 }
 r["hit_ratio_vs_bare"] = r["hit"]["rps"] / r["bare_same_body"]["rps"]
 r["reject_ratio_vs_bare"] = r["reject_429"]["rps"] / r["bare_429_same_body"]["rps"]
 json.dump(r, open("bench-results/gateway.json", "w"), indent=2)
-md = f"""# embedgate hit-path ceiling
+row = lambda name, x, ratio: f"| {name} | {x['rps']:,.0f} | {x['p50_ms']:.2f} ms | {x['p99_ms']:.2f} ms | {x['p999_ms']:.2f} ms | {ratio} |"
+a = r["at_half_max"]
+st = r["settings"]
+md = f"""## Hit-path ceiling
 
-wrk, 1 thread, {r['settings']['connections']} connections, median of {r['settings']['runs']} runs of {r['settings']['duration']}, {r['settings']['cores']} cores (wrk and server share them).
+wrk, 1 thread, {st['connections']} connections, median of {st['runs']} runs of {st['duration']}, {st['cores']} cores (wrk and server share them).
 
-| Path | requests/s | p50 | p99 | vs bare actix-web |
-| --- | --- | --- | --- | --- |
-| gateway pool hit ({r['hit']['body_bytes']} B body) | {r['hit']['rps']:,.0f} | {r['hit']['p50_ms']:.2f} ms | {r['hit']['p99_ms']:.2f} ms | **{r['hit_ratio_vs_bare']:.2f}x** |
-| bare actix-web, same body | {r['bare_same_body']['rps']:,.0f} | {r['bare_same_body']['p50_ms']:.2f} ms | {r['bare_same_body']['p99_ms']:.2f} ms | 1.00x |
-| gateway 429 rejection ({r['reject_429']['body_bytes']} B body) | {r['reject_429']['rps']:,.0f} | {r['reject_429']['p50_ms']:.2f} ms | {r['reject_429']['p99_ms']:.2f} ms | **{r['reject_ratio_vs_bare']:.2f}x** |
-| bare actix-web 429, same body | {r['bare_429_same_body']['rps']:,.0f} | {r['bare_429_same_body']['p50_ms']:.2f} ms | {r['bare_429_same_body']['p99_ms']:.2f} ms | 1.00x |
+| Path | requests/s | p50 | p99 | p99.9 | vs bare actix-web |
+| --- | --- | --- | --- | --- | --- |
+{row(f"gateway pool hit ({r['hit']['body_bytes']} B body)", r['hit'], f"**{r['hit_ratio_vs_bare']:.2f}x**")}
+{row("bare actix-web, same body", r['bare_same_body'], "1.00x")}
+{row(f"gateway 429 rejection ({r['reject_429']['body_bytes']} B body)", r['reject_429'], f"**{r['reject_ratio_vs_bare']:.2f}x**")}
+{row("bare actix-web 429, same body", r['bare_429_same_body'], "1.00x")}
 
 Non-2xx during the hit runs (pool ran dry): {r['hit']['non_2xx']}.
+
+## Latency at load
+
+Pool hits at a constant {a['target_rps']:,.0f} requests/s (half the maximum above) for {st['at_load_secs']} s, open loop
+(latency from each request's scheduled instant; examples/load.rs, one thread): achieved
+{a['achieved_rps']:,.0f}/s, p50 {a['p50_ms']:.2f} ms, **p99 {a['p99_ms']:.2f} ms**, p99.9 {a['p999_ms']:.2f} ms,
+{a['requests'] - a['ok']} errors.
 """
 open("bench-results/gateway.md", "w").write(md)
 print(md)

@@ -1,0 +1,29 @@
+# Helpers shared by the benchmark scripts (sourced, not run).
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_for() { for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timeout waiting for $2 in $1" >&2; cat "$1" >&2; exit 1; }
+bin=target/release/embedgate
+
+# start_sim NAME [sim flags...]: starts a simulator on an ephemeral port; sets sim_pid, sim_url.
+start_sim() {
+  local name=$1; shift
+  "$bin" sim --listen 127.0.0.1:0 "$@" >"$work/$name.out" 2>/dev/null &
+  sim_pid=$!; pids+=("$sim_pid")
+  wait_for "$work/$name.out" "listening on"
+  sim_url=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$work/$name.out" | head -1)
+}
+
+# start_gateway CONFIG: starts `embedgate serve`; sets gw_pid.
+start_gateway() {
+  EMBEDGATE_LOG=warn "$bin" serve --config "$1" 2>"$1.err" &
+  gw_pid=$!; pids+=("$gw_pid")
+}
+
+# stop PID: stops a process started here and waits for it.
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+# admin_json PORT PATH EXPR: evaluates a Python expression over the admin endpoint's JSON (as j).
+admin_json() { curl -s "http://127.0.0.1:$1$2" | python3 -c "import json,sys; j=json.load(sys.stdin); print($3)"; }
