@@ -155,6 +155,10 @@ pub struct RefillSettings {
     pub concurrency: usize,
     /// Extra seconds of demand to hold beyond the measured refill lead time.
     pub safety_secs: f64,
+    /// While the upstream budget has room to spare, stock up to this many seconds of each key's
+    /// demand (never beyond what a URL's usable life can absorb), so a burst above the budget is
+    /// served from the pool. 0 turns it off.
+    pub surplus_secs: f64,
     /// Pre-fetch a key only if a request is at least this likely to arrive within a URL's usable
     /// life (0–1). Hinted and warm keys are pre-fetched regardless.
     pub min_probability: f64,
@@ -173,8 +177,9 @@ impl Default for RefillSettings {
         RefillSettings {
             enabled: true,
             tick_ms: 100,
-            concurrency: 16,
+            concurrency: 64,
             safety_secs: 1.0,
+            surplus_secs: 10.0,
             min_probability: 0.9,
             demand_half_life_secs: 30.0,
             idle_forget_secs: 600,
@@ -363,6 +368,9 @@ impl Settings {
             return Err("refill.min_probability: must be between 0 and 1".into());
         }
         positive("refill.demand_half_life_secs", r.demand_half_life_secs)?;
+        if !(r.surplus_secs >= 0.0 && r.surplus_secs.is_finite()) {
+            return Err("refill.surplus_secs: must be a number of seconds, 0 or more".into());
+        }
         if r.tick_ms == 0 || r.concurrency == 0 {
             return Err("refill.tick_ms and refill.concurrency: must be at least 1".into());
         }

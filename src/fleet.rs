@@ -58,9 +58,17 @@ if #got > 0 then return {stale, got[1], tonumber(got[2])} end
 return {stale, '', 0}
 ";
 
-/// Adds one URL unless the key or the tenant is full. ARGV: issued_ms, url, cutoff_ms,
-/// max_per_key, tenant_cap, ttl_ms. Returns `{stale, stored}`.
+/// Adds one URL unless the key or the tenant is full, and counts one prefetch of this replica
+/// as landed. KEYS: pool, count, demand. ARGV: issued_ms, url, cutoff_ms, max_per_key,
+/// tenant_cap, ttl_ms, replica. Returns `{stale, stored}`.
 const PUT: &str = r"
+local entry = redis.call('HGET', KEYS[3], ARGV[7])
+if entry then
+  local at, rate, n = string.match(entry, '^([^,]+),([^,]+),(.+)$')
+  if at and tonumber(n) > 0 then
+    redis.call('HSET', KEYS[3], ARGV[7], at .. ',' .. rate .. ',' .. (tonumber(n) - 1))
+  end
+end
 local stale = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
 local count = tonumber(redis.call('GET', KEYS[2]) or '0')
 if stale > 0 then
@@ -79,29 +87,55 @@ end
 return {stale, 1}
 ";
 
-/// Records this replica's demand for a key, purges stale URLs, and returns the fleet's view:
-/// `{stale, pooled, total_rate (string), replicas}`. ARGV: cutoff_ms, replica, rate, now_ms,
-/// keep_ms (how long a replica's estimate counts without being refreshed).
+/// Records this replica's demand and prefetches in flight for a key, purges stale URLs, and
+/// returns the fleet's view: `{stale, pooled, total_rate (string), replicas, total_in_flight}`.
+/// ARGV: cutoff_ms, replica, rate, now_ms, keep_ms (how long a replica's entry counts without
+/// being refreshed), in_flight.
 const SYNC: &str = r"
 local stale = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
 if stale > 0 and redis.call('DECRBY', KEYS[2], stale) < 0 then
   redis.call('SET', KEYS[2], 0, 'KEEPTTL')
 end
 local now, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[4] .. ',' .. ARGV[3])
-local total, replicas = 0, 0
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[4] .. ',' .. ARGV[3] .. ',' .. ARGV[6])
+local total, replicas, flying = 0, 0, 0
 local all = redis.call('HGETALL', KEYS[3])
 for i = 1, #all, 2 do
-  local at, rate = string.match(all[i + 1], '^([^,]+),(.+)$')
+  local at, rate, n = string.match(all[i + 1], '^([^,]+),([^,]+),(.+)$')
   if at and tonumber(at) >= now - keep then
     total = total + tonumber(rate)
+    flying = flying + tonumber(n)
     replicas = replicas + 1
   else
     redis.call('HDEL', KEYS[3], all[i])
   end
 end
 redis.call('PEXPIRE', KEYS[3], keep)
-return {stale, redis.call('ZCARD', KEYS[1]), tostring(total), replicas}
+return {stale, redis.call('ZCARD', KEYS[1]), tostring(total), replicas, flying}
+";
+
+/// Claims up to `want` prefetches for this replica so that the shared pool plus every
+/// replica's prefetches in flight stays within `limit`; records the claim as this replica's in
+/// flight and returns how many were granted. KEYS: pool, demand. ARGV: replica, now_ms, keep_ms,
+/// want, limit.
+const CLAIM: &str = r"
+local now, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
+local want, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+local have = redis.call('ZCARD', KEYS[1])
+local mine
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  local at, rate, n = string.match(all[i + 1], '^([^,]+),([^,]+),(.+)$')
+  if at and tonumber(at) >= now - keep then
+    have = have + tonumber(n)
+    if all[i] == ARGV[1] then mine = {at, rate, tonumber(n)} end
+  end
+end
+local grant = math.max(0, math.min(want, limit - have))
+if grant > 0 and mine then
+  redis.call('HSET', KEYS[2], ARGV[1], mine[1] .. ',' .. mine[2] .. ',' .. (mine[3] + grant))
+end
+return grant
 ";
 
 /// GCRA. ARGV: now_ms, interval_ms, burst, reserve (tokens that must stay for others).
@@ -152,6 +186,15 @@ pub enum Stored {
     Full,
 }
 
+/// What this replica reports for one key at a sync.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Report {
+    /// Its demand estimate, requests per second.
+    pub rate: f64,
+    /// Its prefetches in flight.
+    pub in_flight: usize,
+}
+
 /// The fleet's view of one key after a sync.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KeyView {
@@ -161,11 +204,14 @@ pub struct KeyView {
     pub fleet_rate: f64,
     /// Replicas that reported demand for the key.
     pub replicas: usize,
+    /// Prefetches in flight for the key over the fleet, as each replica last reported.
+    pub in_flight: usize,
 }
 
 struct Scripts {
     take: Script,
     put: Script,
+    claim: Script,
     sync: Script,
     gcra: Script,
     heartbeat: Script,
@@ -208,6 +254,7 @@ impl Fleet {
             scripts: Scripts {
                 take: Script::new(TAKE),
                 put: Script::new(PUT),
+                claim: Script::new(CLAIM),
                 sync: Script::new(SYNC),
                 gcra: Script::new(GCRA),
                 heartbeat: Script::new(HEARTBEAT),
@@ -350,12 +397,14 @@ impl Fleet {
         let mut inv = self.scripts.put.prepare_invoke();
         inv.key(self.key(&tenant_tag(tenant), &format!(":p:{key}")))
             .key(self.key(&tenant_tag(tenant), ":n"))
+            .key(self.key(&tenant_tag(tenant), &format!(":d:{key}")))
             .arg(url.issued_at_ms)
             .arg(&url.url)
             .arg(cutoff(now_ms, min_remaining_ms))
             .arg(max_per_key)
             .arg(tenant.max_pooled_urls)
-            .arg(ttl);
+            .arg(ttl)
+            .arg(&self.replica);
         let (stale, stored): (u64, u8) = self.script("put", inv).await?;
         self.count_stale(stale);
         Ok(if stored == 1 {
@@ -365,7 +414,8 @@ impl Fleet {
         })
     }
 
-    /// Publishes this replica's demand estimate for `key` and reads the fleet's.
+    /// Publishes this replica's demand estimate and prefetches in flight for `key` and reads the
+    /// fleet's.
     ///
     /// # Errors
     /// Redis is not usable.
@@ -373,7 +423,7 @@ impl Fleet {
         &self,
         tenant: &Tenant,
         key: &PoolKey,
-        own_rate: f64,
+        own: Report,
         now_ms: u64,
         min_remaining_ms: u64,
         keep_ms: u64,
@@ -384,17 +434,44 @@ impl Fleet {
             .key(self.key(&tenant_tag(tenant), &format!(":d:{key}")))
             .arg(cutoff(now_ms, min_remaining_ms))
             .arg(&self.replica)
-            .arg(format!("{own_rate:.6}"))
+            .arg(format!("{:.6}", own.rate))
             .arg(now_ms)
-            .arg(keep_ms);
-        let (stale, pooled, total, replicas): (u64, usize, String, usize) =
+            .arg(keep_ms)
+            .arg(own.in_flight);
+        let (stale, pooled, total, replicas, in_flight): (u64, usize, String, usize, usize) =
             self.script("sync", inv).await?;
         self.count_stale(stale);
         Ok(KeyView {
             pooled,
             fleet_rate: total.parse().unwrap_or(0.0),
             replicas,
+            in_flight,
         })
+    }
+
+    /// Claims up to `want` prefetches for `key` such that the shared pool plus the fleet's
+    /// prefetches in flight stays within `limit`; returns how many this replica may start.
+    ///
+    /// # Errors
+    /// Redis is not usable.
+    pub async fn claim(
+        &self,
+        tenant: &Tenant,
+        key: &PoolKey,
+        want: usize,
+        limit: usize,
+        now_ms: u64,
+        keep_ms: u64,
+    ) -> Result<usize, Down> {
+        let mut inv = self.scripts.claim.prepare_invoke();
+        inv.key(self.key(&tenant_tag(tenant), &format!(":p:{key}")))
+            .key(self.key(&tenant_tag(tenant), &format!(":d:{key}")))
+            .arg(&self.replica)
+            .arg(now_ms)
+            .arg(keep_ms)
+            .arg(want)
+            .arg(limit);
+        self.script("sync", inv).await
     }
 
     /// Counts one request of `tenant` against its fleet-wide limit. A tenant known to be over

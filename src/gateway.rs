@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::fleet::{Down, Fleet, KeyView, Stored};
+use crate::fleet::{Down, Fleet, KeyView, Report, Stored};
 use crate::limiter::{Budget, Budgets, Inbound, InboundLimiter, Priority};
 use crate::metrics::Metrics;
 use crate::model::{EmbedRequest, Operation, URL_VALIDITY_SECS};
@@ -40,6 +40,17 @@ pub struct Served {
     pub url: String,
     pub expires_at_ms: u64,
     pub source: Source,
+}
+
+/// What the planner starts for one key this tick.
+struct Want {
+    /// Prefetches up to the needed depth (Little's law, hints, warm).
+    needed: usize,
+    /// Prefetches beyond it, up to the surplus stock, with idle budget only.
+    extra: usize,
+    reason: Reason,
+    /// In a fleet: the stock the shared pool plus all prefetches in flight may reach.
+    fleet_limit: Option<usize>,
 }
 
 /// Why no URL could be handed out.
@@ -331,10 +342,7 @@ impl Gateway {
         let Some(fleet) = self.fleet.as_ref().filter(|f| f.healthy()) else {
             return Ok(());
         };
-        let reserve = match priority {
-            Priority::Miss => 0.0,
-            Priority::Prefetch => budget.miss_reserve(),
-        };
+        let reserve = budget.floor(priority);
         let verdict = fleet
             .budget(
                 budget.account(),
@@ -542,46 +550,82 @@ impl Gateway {
         now: u64,
     ) -> Option<Vec<KeyView>> {
         use futures::StreamExt;
-        // A replica's estimate counts for a few ticks after it stops refreshing it.
-        let keep_ms = (5 * self.settings.refill.tick_ms).max(2_000);
+        let keep_ms = self.fleet_keep_ms();
         let min_remaining = self.min_remaining_ms();
         let mut syncs = Vec::with_capacity(tracked.len());
         for (t, &rate) in tracked.iter().zip(published) {
             let tenant = self.tenants.get(t.tenant);
-            syncs.push(fleet.sync(tenant, &t.key, rate, now, min_remaining, keep_ms));
+            let in_flight = t.in_flight.load(Ordering::SeqCst);
+            let own = Report { rate, in_flight };
+            syncs.push(fleet.sync(tenant, &t.key, own, now, min_remaining, keep_ms));
         }
         let views: Vec<Result<KeyView, Down>> =
             futures::stream::iter(syncs).buffered(256).collect().await;
         views.into_iter().collect::<Result<Vec<_>, _>>().ok()
     }
 
-    /// This replica's part of the fleet's deficit for `t`: the fleet's target (from the summed
-    /// demand) minus the shared pool, times this replica's fraction of the demand. Rounded at
+    /// The surplus depth for `needed` at `lambda` requests per second (see `Demand::surplus`).
+    fn surplus(&self, lambda: f64, needed: usize) -> usize {
+        self.demand.surplus(
+            lambda,
+            needed,
+            self.lead_secs(),
+            self.settings.pool.min_remaining_secs,
+            self.settings.pool.max_urls_per_key,
+        )
+    }
+
+    /// What this replica should start for `t` now: (needed, surplus, reason). Single node: the
+    /// target and surplus depth against the local pool. Fleet: this replica's part of the
+    /// fleet's deficits, i.e. the targets for the summed demand minus the shared pool and every
+    /// replica's prefetches in flight, times this replica's fraction of the demand, rounded at
     /// random, so that over the fleet the expected number of fetches is the deficit itself: no
-    /// N-fold over-fetching, and no key starved by rounding down on every replica.
-    fn fleet_want(&self, t: &Tracked, published: f64, view: KeyView) -> (usize, Reason) {
-        let fleet_rate = view.fleet_rate.max(published);
-        let (target, reason) = self.target(t, fleet_rate);
-        let deficit = target.saturating_sub(view.pooled) as f64;
-        if deficit == 0.0 {
-            return (0, reason);
+    /// N-fold over-fetching, and no key starved by rounding down on every replica. Prefetches in
+    /// flight count against the needed part first.
+    fn want(&self, t: &Tracked, own: f64, fleet: Option<(f64, KeyView)>) -> Want {
+        let in_flight = t.in_flight.load(Ordering::SeqCst);
+        match fleet {
+            None => {
+                let (target, reason) = self.target(t, own);
+                let stock = self.surplus(own, target);
+                let have = self.pool.len(&t.key) + in_flight;
+                Want {
+                    needed: target.saturating_sub(have),
+                    extra: stock.saturating_sub(have.max(target)),
+                    reason,
+                    fleet_limit: None,
+                }
+            }
+            Some((published, view)) => {
+                let fleet_rate = view.fleet_rate.max(published);
+                let (target, reason) = self.target(t, fleet_rate);
+                let stock = self.surplus(fleet_rate, target);
+                let share = if fleet_rate > 0.0 {
+                    published / fleet_rate
+                } else {
+                    1.0 / view.replicas.max(1) as f64
+                };
+                let part = |deficit: usize| {
+                    let exact = deficit as f64 * share;
+                    let n = exact.floor();
+                    (n + f64::from(u8::from(rand::random::<f64>() < exact - n))) as usize
+                };
+                // This replica's own prefetches are in the fleet's count as of the sync.
+                let have = view.pooled + view.in_flight;
+                Want {
+                    needed: part(target.saturating_sub(have)),
+                    extra: part(stock.saturating_sub(have.max(target))),
+                    reason,
+                    fleet_limit: Some(stock),
+                }
+            }
         }
-        let share = if fleet_rate > 0.0 {
-            published / fleet_rate
-        } else {
-            1.0 / view.replicas.max(1) as f64
-        };
-        let exact = deficit * share;
-        let mut n = exact.floor();
-        if rand::random::<f64>() < exact - n {
-            n += 1.0;
-        }
-        (n as usize, reason)
     }
 
     /// One planner pass: purge, then start prefetches for every key below its target depth, as
-    /// far as the prefetch concurrency and the upstream budgets allow. In cluster mode the
-    /// target and the pool level are the fleet's, and this replica fetches its share.
+    /// far as the prefetch concurrency and the upstream budgets allow, then stock surplus with
+    /// idle budget. In cluster mode the targets and the pool level are the fleet's, and this
+    /// replica fetches its share.
     pub async fn plan(self: &Arc<Self>) {
         let now = self.clock.now_ms();
         self.pool.purge();
@@ -603,52 +647,106 @@ impl Gateway {
                     .map(|v| (published, v))
             }
         };
-        for (i, t) in tracked.into_iter().enumerate() {
-            let in_flight = t.in_flight.load(Ordering::SeqCst);
-            let (want, reason) = match &views {
-                None => {
-                    let (target, reason) = self.target(&t, own[i]);
-                    (target.saturating_sub(self.pool.len(&t.key)), reason)
-                }
-                Some((published, views)) => self.fleet_want(&t, published[i], views[i]),
-            };
-            let want = want.saturating_sub(in_flight);
-            if want == 0 || t.backing_off(now) {
-                continue;
+        let mut wants: Vec<(Arc<Tracked>, Want)> = tracked
+            .into_iter()
+            .enumerate()
+            .filter(|(_, t)| !t.backing_off(now))
+            .map(|(i, t)| {
+                let fleet = views.as_ref().map(|(p, v)| (p[i], v[i]));
+                let w = self.want(&t, own[i], fleet);
+                (t, w)
+            })
+            .filter(|(_, w)| w.needed + w.extra > 0)
+            .collect();
+        if let Some(fleet) = self.fleet.as_ref().filter(|_| views.is_some()) {
+            self.claim_fleet(fleet, &mut wants, now).await;
+        }
+        let mut surplus = vec![];
+        for (t, w) in wants {
+            if !self.start_prefetches(&t, w.needed, Priority::Prefetch, w.reason) {
+                return;
             }
-            let budget = self
-                .budgets
-                .get(t.request.aws_account_id(), self.upstream.region());
-            for _ in 0..want {
-                let Ok(permit) = self.prefetch_slots.clone().try_acquire_owned() else {
-                    return;
-                };
-                if budget.try_acquire(t.tenant, Priority::Prefetch).is_err() {
-                    break;
-                }
-                t.in_flight.fetch_add(1, Ordering::SeqCst);
-                let gw = self.clone();
-                let t = t.clone();
-                let budget = budget.clone();
-                tokio::spawn(async move {
-                    gw.prefetch(&t, &budget, reason).await;
-                    drop(permit);
-                });
+            if w.extra > 0 {
+                surplus.push((t, w.extra, w.reason));
             }
         }
+        // Surplus only after every key's needed depth had its chance at the budget.
+        for (t, extra, reason) in surplus {
+            if !self.start_prefetches(&t, extra, Priority::Surplus, reason) {
+                return;
+            }
+        }
+    }
+
+    /// Turns each replica's share into a claim the fleet agrees to: the claim script grants only
+    /// what keeps the shared pool plus every replica's prefetches in flight within the key's
+    /// stock, so replicas planning at the same instant cannot over-fetch together. A key whose
+    /// claim fails (Redis gone meanwhile) starts nothing this tick.
+    async fn claim_fleet(&self, fleet: &Fleet, wants: &mut [(Arc<Tracked>, Want)], now: u64) {
+        use futures::StreamExt;
+        let keep_ms = self.fleet_keep_ms();
+        let mut claims = Vec::with_capacity(wants.len());
+        for (t, w) in wants.iter() {
+            let tenant = self.tenants.get(t.tenant);
+            let limit = w.fleet_limit.unwrap_or(0);
+            claims.push(fleet.claim(tenant, &t.key, w.needed + w.extra, limit, now, keep_ms));
+        }
+        let granted: Vec<Result<usize, Down>> =
+            futures::stream::iter(claims).buffered(256).collect().await;
+        for ((_, w), g) in wants.iter_mut().zip(granted) {
+            let g = g.unwrap_or(0);
+            let needed = w.needed.min(g);
+            w.extra = g - needed;
+            w.needed = needed;
+        }
+    }
+
+    /// How long a replica's demand entry counts without being refreshed.
+    fn fleet_keep_ms(&self) -> u64 {
+        (5 * self.settings.refill.tick_ms).max(2_000)
+    }
+
+    /// Starts up to `n` prefetches for `t`, as far as the local budget allows; false when the
+    /// prefetch concurrency is used up (nothing more can start this tick).
+    fn start_prefetches(
+        self: &Arc<Self>,
+        t: &Arc<Tracked>,
+        n: usize,
+        priority: Priority,
+        reason: Reason,
+    ) -> bool {
+        if n == 0 {
+            return true;
+        }
+        let budget = self
+            .budgets
+            .get(t.request.aws_account_id(), self.upstream.region());
+        for _ in 0..n {
+            let Ok(permit) = self.prefetch_slots.clone().try_acquire_owned() else {
+                return false;
+            };
+            if budget.try_acquire(t.tenant, priority).is_err() {
+                break;
+            }
+            t.in_flight.fetch_add(1, Ordering::SeqCst);
+            let gw = self.clone();
+            let t = t.clone();
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                gw.prefetch(&t, &budget, priority, reason).await;
+                drop(permit);
+            });
+        }
+        true
     }
 
     /// One prefetch started by the planner (its call already taken from the local budget). On a
     /// single node it keeps topping the key up while it is below target, so prefetch throughput
     /// is bounded by upstream latency and the budget, not by the planner's tick; in a fleet the
     /// planner sizes each replica's share every tick instead.
-    async fn prefetch(&self, t: &Tracked, budget: &Budget, mut reason: Reason) {
+    async fn prefetch(&self, t: &Tracked, budget: &Budget, priority: Priority, mut reason: Reason) {
         loop {
-            if self
-                .fleet_budget(budget, t.tenant, Priority::Prefetch)
-                .await
-                .is_err()
-            {
+            if self.fleet_budget(budget, t.tenant, priority).await.is_err() {
                 t.in_flight.fetch_sub(1, Ordering::SeqCst);
                 t.release_unserved_waiters();
                 return;
@@ -678,7 +776,7 @@ impl Gateway {
                     return;
                 }
             }
-            if self.fleet_in_use() {
+            if self.fleet_in_use() || priority == Priority::Surplus {
                 return;
             }
             let (target, next) = self.target(t, self.demand.rate(t, self.clock.now_ms()));

@@ -86,6 +86,8 @@ impl InboundLimiter {
 pub enum Priority {
     Miss,
     Prefetch,
+    /// Stocking beyond the needed depth: only budget that is idle (over half the burst unused).
+    Surplus,
 }
 
 struct BucketState {
@@ -176,10 +178,7 @@ impl Budget {
         let within_share = s.shares.get(tenant).is_some_and(|t| *t >= 1.0);
         // Tokens that must stay in the bucket for this request to go: prefetch leaves the miss
         // reserve alone; a tenant over its fair share may only use an uncontended budget.
-        let mut floor = 0.0;
-        if priority == Priority::Prefetch {
-            floor = self.settings.miss_reserve * self.burst;
-        }
+        let mut floor = self.floor(priority);
         if !within_share {
             floor = f64::max(floor, 0.5 * self.burst);
         }
@@ -215,9 +214,14 @@ impl Budget {
         }
     }
 
-    /// Calls of the burst that prefetches leave for misses.
-    pub fn miss_reserve(&self) -> f64 {
-        self.settings.miss_reserve * self.burst
+    /// Calls of the burst that a request of `priority` must leave in the bucket: prefetch leaves
+    /// the miss reserve, surplus stocking at least half the burst.
+    pub fn floor(&self, priority: Priority) -> f64 {
+        match priority {
+            Priority::Miss => 0.0,
+            Priority::Prefetch => self.settings.miss_reserve * self.burst,
+            Priority::Surplus => self.settings.miss_reserve.max(0.5) * self.burst,
+        }
     }
 
     pub fn burst(&self) -> u32 {
@@ -359,6 +363,22 @@ mod tests {
         for _ in 0..3 {
             assert!(b.try_acquire(0, Priority::Miss).is_ok());
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn surplus_stocking_uses_only_idle_budget() {
+        let b = budget(vec![1.0]);
+        let mut stocked = 0;
+        while b.try_acquire(0, Priority::Surplus).is_ok() {
+            stocked += 1;
+        }
+        assert_eq!(stocked, 5, "surplus leaves half the burst of 10");
+        assert!(
+            b.try_acquire(0, Priority::Prefetch).is_ok(),
+            "needed depth still has room"
+        );
+        assert!(b.try_acquire(0, Priority::Prefetch).is_ok());
+        assert!(b.try_acquire(0, Priority::Surplus).is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -291,6 +291,27 @@ impl Demand {
         (depth.min(max_per_key), reason)
     }
 
+    /// How many URLs `t` may hold when the upstream budget has room to spare: `surplus_secs` of
+    /// demand at `lambda`, for keys likely to be asked within a URL's usable life, never more
+    /// than that life absorbs. At least the needed depth `needed`.
+    pub fn surplus(
+        &self,
+        lambda: f64,
+        needed: usize,
+        lead_secs: f64,
+        min_remaining_secs: u64,
+        max_per_key: usize,
+    ) -> usize {
+        let life = (URL_VALIDITY_SECS.saturating_sub(min_remaining_secs)) as f64 - lead_secs;
+        if life <= 0.0 || 1.0 - (-lambda * life).exp() < self.settings.min_probability {
+            return needed;
+        }
+        let stock = (lambda * self.settings.surplus_secs)
+            .min(lambda * life)
+            .floor() as usize;
+        stock.max(needed).min(max_per_key)
+    }
+
     /// Releases expired hints (so the per-tenant hint bound frees up) and returns every key.
     pub fn sweep(&self, now_ms: u64) -> Vec<Arc<Tracked>> {
         let all: Vec<Arc<Tracked>> = self.keys.iter().map(|(_, v)| v).collect();
@@ -362,6 +383,18 @@ mod tests {
             16,
             "capped per key"
         );
+    }
+
+    #[test]
+    fn surplus_stocks_seconds_of_demand_within_the_usable_life() {
+        let d = Demand::new(&RefillSettings::default(), vec![10]);
+        // 10 s of demand at 20/s, above the needed depth of 22.
+        assert_eq!(d.surplus(20.0, 22, 0.1, 60, 1000), 200);
+        assert_eq!(d.surplus(20.0, 22, 0.1, 60, 64), 64, "capped per key");
+        // Never more than the usable life absorbs: with 5 s of life left, 5 s of demand.
+        assert_eq!(d.surplus(20.0, 22, 0.0, 295, 1000), 100);
+        // A key unlikely to be asked within the life gets no stock beyond what it needs.
+        assert_eq!(d.surplus(0.001, 1, 0.1, 60, 1000), 1);
     }
 
     #[test]
