@@ -166,7 +166,7 @@ Non-2xx during the hit runs (pool ran dry): {r['hit']['non_2xx']}.
 ## Latency at load
 
 Pool hits at a constant {a['target_rps']:,.0f} requests/s (half the maximum above) for {st['at_load_secs']} s, open loop
-(latency from each request's scheduled instant; examples/load.rs, one thread): achieved
+(latency from each request's scheduled instant; examples/load.rs, two threads): achieved
 {a['achieved_rps']:,.0f}/s, p50 {a['p50_ms']:.2f} ms, **p99 {a['p99_ms']:.2f} ms**, p99.9 {a['p999_ms']:.2f} ms,
 {a['requests'] - a['ok']} errors.
 """
