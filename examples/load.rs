@@ -110,7 +110,19 @@ fn summarize(done: &[Done], elapsed: Duration, burst_phase: Option<usize>) -> se
             *burst_errors.entry(d.outcome.clone()).or_default() += 1;
         }
     }
+    let phases = done.iter().map(|d| d.phase).max().map_or(0, |p| p + 1);
+    let by_phase: Vec<serde_json::Value> = (0..phases)
+        .map(|p| {
+            let of: Vec<&Done> = done.iter().filter(|d| d.phase == p).collect();
+            json!({
+                "requests": of.len(),
+                "ok": of.iter().filter(|d| d.outcome == "ok").count(),
+                "from_pool": of.iter().filter(|d| d.pooled).count(),
+            })
+        })
+        .collect();
     json!({
+        "phases": by_phase,
         "requests": done.len(),
         "ok": lat.len(),
         "from_pool": done.iter().filter(|d| d.pooled).count(),
@@ -273,6 +285,12 @@ async fn scenario(args: &[String]) -> serde_json::Value {
     };
     let mut v = summarize(&done, elapsed, Some(s.burst_phase));
     v["mode"] = json!(mode);
+    // Each key's first request cannot be a pool hit: the floor of the miss count.
+    v["distinct_keys"] = json!(plan
+        .iter()
+        .map(|a| a.key)
+        .collect::<std::collections::HashSet<_>>()
+        .len());
     v
 }
 

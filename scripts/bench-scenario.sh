@@ -120,6 +120,9 @@ median {s['latency_ms']} ms, p99 {s['latency_p99_ms']} ms; it throttles the acco
 | latency p50 / p99 | {G['p50_ms']:.1f} ms / {G['p99_ms']:.1f} ms | {D['p50_ms']:.1f} ms / {D['p99_ms']:.1f} ms |
 | errors (all phases) | {errs(G['errors'])} | {errs(D['errors'])} |
 | throttling errors reaching callers in the burst | **{G['burst_throttling_errors']}** | {D['burst_throttling_errors']} |
+
+Served from the pool by phase: {" / ".join(f"{p['from_pool'] / max(1, p['requests']):.1%}" for p in G['phases'])} (base / burst / base).
+{G['distinct_keys']} distinct keys were asked for; each one's first request cannot be a pool hit.
 """
 open("bench-results/scenario.md", "w").write(md)
 print(md)

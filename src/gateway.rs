@@ -582,12 +582,14 @@ impl Gateway {
     /// random, so that over the fleet the expected number of fetches is the deficit itself: no
     /// N-fold over-fetching, and no key starved by rounding down on every replica. Prefetches in
     /// flight count against the needed part first.
-    fn want(&self, t: &Tracked, own: f64, fleet: Option<(f64, KeyView)>) -> Want {
+    /// `own` is this replica's rate estimate, `shown` its demonstrated rate, which alone sizes
+    /// the surplus stock.
+    fn want(&self, t: &Tracked, own: f64, shown: f64, fleet: Option<(f64, KeyView)>) -> Want {
         let in_flight = t.in_flight.load(Ordering::SeqCst);
         match fleet {
             None => {
                 let (target, reason) = self.target(t, own);
-                let stock = self.surplus(own, target);
+                let stock = self.surplus(shown, target);
                 let have = self.pool.len(&t.key) + in_flight;
                 Want {
                     needed: target.saturating_sub(have),
@@ -599,7 +601,13 @@ impl Gateway {
             Some((published, view)) => {
                 let fleet_rate = view.fleet_rate.max(published);
                 let (target, reason) = self.target(t, fleet_rate);
-                let stock = self.surplus(fleet_rate, target);
+                // The fleet's demonstrated rate, assuming other replicas show the same fraction.
+                let fleet_shown = if published > 0.0 {
+                    fleet_rate * (shown / published).min(1.0)
+                } else {
+                    0.0
+                };
+                let stock = self.surplus(fleet_shown, target);
                 let share = if fleet_rate > 0.0 {
                     published / fleet_rate
                 } else {
@@ -632,6 +640,10 @@ impl Gateway {
         let tracked = self.demand.sweep(now);
         self.metrics.tracked_keys.set(tracked.len() as i64);
         let own: Vec<f64> = tracked.iter().map(|t| self.demand.rate(t, now)).collect();
+        let shown: Vec<f64> = tracked
+            .iter()
+            .map(|t| self.demand.demonstrated_rate(t, now))
+            .collect();
         let views = match self.fleet.as_ref().filter(|f| f.healthy()) {
             None => None,
             Some(fleet) => {
@@ -653,7 +665,7 @@ impl Gateway {
             .filter(|(_, t)| !t.backing_off(now))
             .map(|(i, t)| {
                 let fleet = views.as_ref().map(|(p, v)| (p[i], v[i]));
-                let w = self.want(&t, own[i], fleet);
+                let w = self.want(&t, own[i], shown[i], fleet);
                 (t, w)
             })
             .filter(|(_, w)| w.needed + w.extra > 0)

@@ -48,6 +48,8 @@ struct DemandState {
     decayed: f64,
     last_ms: u64,
     first_ms: u64,
+    /// The arrival that started tracking the key (none for a key only hinted or pinned).
+    first_arrival_ms: Option<u64>,
     hinted_until_ms: u64,
     warm_depth: usize,
 }
@@ -74,6 +76,7 @@ impl Tracked {
                 decayed: 0.0,
                 last_ms: now_ms,
                 first_ms: now_ms,
+                first_arrival_ms: None,
                 hinted_until_ms: 0,
                 warm_depth: 0,
             }),
@@ -88,6 +91,7 @@ impl Tracked {
         let dt = now_ms.saturating_sub(s.last_ms) as f64 / 1000.0;
         s.decayed = s.decayed * (-dt / tau_secs).exp() + 1.0;
         s.last_ms = now_ms;
+        s.first_arrival_ms.get_or_insert(now_ms);
     }
 
     /// Estimated arrivals per second. Bias-corrected for keys younger than τ, and never computed
@@ -98,6 +102,24 @@ impl Tracked {
         let decayed = s.decayed * (-dt / tau_secs).exp();
         let age = (now_ms.saturating_sub(s.first_ms) as f64 / 1000.0).max(1.0);
         decayed / (tau_secs * (1.0 - (-age / tau_secs).exp()))
+    }
+
+    /// The rate shown by arrivals *after* the one that started tracking the key. That first
+    /// arrival is why the key is observed at all, so counting it reads a single request as a
+    /// rate of 1/s for a while; stocking surplus on that would waste budget on one-off keys.
+    pub fn demonstrated_rate(&self, now_ms: u64, tau_secs: f64) -> f64 {
+        let rate = self.rate(now_ms, tau_secs);
+        let s = self.state.lock();
+        let Some(first) = s.first_arrival_ms else {
+            return 0.0;
+        };
+        let dt = now_ms.saturating_sub(s.last_ms) as f64 / 1000.0;
+        let decayed = s.decayed * (-dt / tau_secs).exp();
+        let trigger = (-(now_ms.saturating_sub(first) as f64 / 1000.0) / tau_secs).exp();
+        if decayed <= 0.0 {
+            return 0.0;
+        }
+        rate * ((decayed - trigger).max(0.0) / decayed)
     }
 
     /// Whether prefetching this key is paused after failures.
@@ -259,6 +281,11 @@ impl Demand {
         t.rate(now_ms, self.tau_secs)
     }
 
+    /// This replica's estimate of `t`'s demonstrated rate (see [`Tracked::demonstrated_rate`]).
+    pub fn demonstrated_rate(&self, t: &Tracked, now_ms: u64) -> f64 {
+        t.demonstrated_rate(now_ms, self.tau_secs)
+    }
+
     /// How many URLs `t` should hold now, and why, for requests arriving at `lambda` per second
     /// (this replica's estimate, or the fleet's); `lead_secs` is the measured refill lead time.
     pub fn target(
@@ -383,6 +410,24 @@ mod tests {
             16,
             "capped per key"
         );
+    }
+
+    #[test]
+    fn a_single_request_shows_no_demonstrated_rate_but_a_stream_does() {
+        let d = Demand::new(&RefillSettings::default(), vec![10]);
+        let t = d.record(&key(), 0, &req(), 1_000_000);
+        assert!(
+            d.rate(&t, 1_000_500) > 0.5,
+            "the planner's estimate reacts at once"
+        );
+        assert_eq!(
+            d.demonstrated_rate(&t, 1_000_500),
+            0.0,
+            "one request is no stream"
+        );
+        let (t, now) = steady(&d, 200, 20); // 50 requests per second
+        let shown = d.demonstrated_rate(&t, now);
+        assert!((40.0..60.0).contains(&shown), "{shown}");
     }
 
     #[test]
