@@ -1,10 +1,8 @@
-//! Open-loop load generator for `scripts/bench.sh`. Requests are sent at their scheduled instants
+//! Open-loop load generator for `scripts/bench-scenario.sh`. Requests are sent at their scheduled instants
 //! whatever the previous ones are doing, and latency is measured from the scheduled instant, so a
 //! stalled server shows up in the percentiles instead of slowing the generator down.
 //!
 //! ```text
-//! load fixed-rate <gateway-url> <api-key> <keys> <rate> <secs>
-//!     pool hits over `keys` keys at a constant rate
 //! load scenario gateway <gateway-url> <scenario.json>
 //! load scenario direct <simulator-url> <scenario.json>
 //!     the pool-efficiency scenario through the gateway, or straight to QuickSight (the simulator)
@@ -191,31 +189,6 @@ where
     (done, start.elapsed())
 }
 
-async fn fixed_rate(args: &[String]) -> serde_json::Value {
-    let [url, key, keys, rate, secs] = args else {
-        panic!("fixed-rate <gateway-url> <api-key> <keys> <rate> <secs>");
-    };
-    let keys: usize = keys.parse().expect("keys");
-    let rate: f64 = rate.parse().expect("rate");
-    let secs: f64 = secs.parse().expect("secs");
-    let n = (rate * secs) as usize;
-    let arrivals: Vec<(Duration, usize)> = (0..n)
-        .map(|i| (Duration::from_secs_f64(i as f64 / rate), 0))
-        .collect();
-    let bodies: Arc<Vec<serde_json::Value>> = Arc::new((0..keys).map(body).collect());
-    let http = http_client();
-    let url = Arc::new(format!("{url}/v1/embed-url/dashboard"));
-    let key = Arc::new(key.clone());
-    let (done, elapsed) = run_open_loop(&arrivals, |i| {
-        let (http, url, key, bodies) = (http.clone(), url.clone(), key.clone(), bodies.clone());
-        async move { gateway_call(&http, &url, &key, &bodies[i % bodies.len()]).await }
-    })
-    .await;
-    let mut v = summarize(&done, elapsed, None);
-    v["target_rps"] = json!(rate);
-    v
-}
-
 async fn scenario(args: &[String]) -> serde_json::Value {
     let [mode, url, file] = args else {
         panic!("scenario gateway|direct <url> <scenario.json>");
@@ -296,17 +269,15 @@ async fn scenario(args: &[String]) -> serde_json::Value {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    // Two threads: one cannot keep a constant rate above ~30,000 requests/s.
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
     let out = runtime.block_on(async {
         match args.first().map(String::as_str) {
-            Some("fixed-rate") => fixed_rate(&args[1..]).await,
             Some("scenario") => scenario(&args[1..]).await,
-            _ => panic!("usage: load fixed-rate ... | load scenario ..."),
+            _ => panic!("usage: load scenario gateway|direct <url> <scenario.json>"),
         }
     });
     println!("{out}");

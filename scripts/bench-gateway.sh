@@ -5,7 +5,8 @@
 # The pool is pre-filled through warm keys (KEYS keys x DEPTH URLs) from the simulator, which is
 # then stopped, so the measured window contains pool hits only and no upstream work competes for
 # the CPU. Writes bench-results/gateway.md and bench-results/gateway.json.
-# Then the latency of pool hits at half the measured maximum rate (open loop, examples/load.rs).
+# Then the latency of pool hits at half the measured maximum rate: wrk again, each connection
+# pausing PACE_MS after every answer, with as many connections as make half the maximum.
 # Needs wrk (apt-get install wrk). Knobs: KEYS, DEPTH, RUNS, DURATION, CONNECTIONS, LOAD_SECS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +16,9 @@ RUNS=${RUNS:-3}
 DURATION=${DURATION:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 LOAD_SECS=${LOAD_SECS:-10}
+PACE_MS=${PACE_MS:-2}
 command -v wrk >/dev/null || { echo "bench-gateway: wrk is required (apt-get install wrk)" >&2; exit 1; }
-cargo build --release --quiet --bin embedgate --example bare --example load
+cargo build --release --quiet --bin embedgate --example bare
 source scripts/bench-lib.sh
 gw_port=$(free_port); admin_port=$(free_port); bare_port=$(free_port)
 
@@ -123,13 +125,29 @@ stop "$bare"
 # Latency at load: a fresh, filled gateway; open-loop constant rate at half the measured maximum.
 filled_gateway
 at_load_rate=$(python3 -c "print(round($hit_rps / 2))")
-echo "latency at load: $at_load_rate requests/s for ${LOAD_SECS}s"
-target/release/examples/load fixed-rate "http://127.0.0.1:$gw_port" bench-key "$KEYS" "$at_load_rate" "$LOAD_SECS" >"$work/at_load.json"
+# Each connection sends one request per (pause + latency): connections = rate x that period.
+at_load_conns=$(python3 -c "print(max(1, round($at_load_rate * ($PACE_MS + $hit_p50) / 1000)))")
+sed "s/^done = function/delay = function() return $PACE_MS end\ndone = function/" "$work/hit.lua" >"$work/paced.lua"
+echo "latency at load: aiming at $at_load_rate requests/s with $at_load_conns paced connections for ${LOAD_SECS}s"
+wrk -t1 -c"$at_load_conns" -d"${LOAD_SECS}s" --latency -s "$work/paced.lua" "http://127.0.0.1:$gw_port" >"$work/at_load.txt" 2>&1
+python3 - "$work/at_load.txt" "$at_load_rate" "$at_load_conns" >"$work/at_load.json" <<'PY'
+import json, re, sys
+t = open(sys.argv[1]).read()
+unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+def lat(p):
+    m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", t, re.M)
+    return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+print(json.dumps({"target_rps": float(sys.argv[2]), "connections": int(sys.argv[3]),
+                  "achieved_rps": float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)),
+                  "p50_ms": lat(50), "p99_ms": lat(99), "p999_ms": float(re.search(r"^p99.9 ([\d.]+) ms", t, re.M).group(1)),
+                  "non_2xx": int(bad.group(1)) if bad else 0}))
+PY
 stop "$gw_pid"
 
 mkdir -p bench-results
 export hit_rps hit_p50 hit_p99 hit_p999 hit_bad bare_rps bare_p50 bare_p99 bare_p999 rej_rps rej_p50 rej_p99 rej_p999 \
-  bare429_rps bare429_p50 bare429_p99 bare429_p999 hit_size reject_size RUNS DURATION CONNECTIONS LOAD_SECS
+  bare429_rps bare429_p50 bare429_p99 bare429_p999 hit_size reject_size RUNS DURATION CONNECTIONS LOAD_SECS PACE_MS
 python3 - "$work/at_load.json" <<'PY'
 import json, platform, os, sys
 e = os.environ
@@ -142,7 +160,7 @@ r = {
   "bare_429_same_body": path("bare429"),
   "at_half_max": json.load(open(sys.argv[1])),
   "settings": {"runs": int(e["RUNS"]), "duration": e["DURATION"], "connections": int(e["CONNECTIONS"]), "wrk_threads": 1,
-               "at_load_secs": int(e["LOAD_SECS"]), "cores": os.cpu_count(), "machine": platform.processor() or platform.machine()},
+               "at_load_secs": int(e["LOAD_SECS"]), "pace_ms": int(e["PACE_MS"]), "cores": os.cpu_count(), "machine": platform.processor() or platform.machine()},
 }
 r["hit_ratio_vs_bare"] = r["hit"]["rps"] / r["bare_same_body"]["rps"]
 r["reject_ratio_vs_bare"] = r["reject_429"]["rps"] / r["bare_429_same_body"]["rps"]
@@ -165,10 +183,9 @@ Non-2xx during the hit runs (pool ran dry): {r['hit']['non_2xx']}.
 
 ## Latency at load
 
-Pool hits at a constant {a['target_rps']:,.0f} requests/s (half the maximum above) for {st['at_load_secs']} s, open loop
-(latency from each request's scheduled instant; examples/load.rs, two threads): achieved
-{a['achieved_rps']:,.0f}/s, p50 {a['p50_ms']:.2f} ms, **p99 {a['p99_ms']:.2f} ms**, p99.9 {a['p999_ms']:.2f} ms,
-{a['requests'] - a['ok']} errors.
+Pool hits aiming at {a['target_rps']:,.0f} requests/s (half the maximum above) for {st['at_load_secs']} s: wrk with
+{a['connections']} connections, each pausing {st['pace_ms']} ms after every answer. Achieved {a['achieved_rps']:,.0f}/s:
+p50 {a['p50_ms']:.2f} ms, **p99 {a['p99_ms']:.2f} ms**, p99.9 {a['p999_ms']:.2f} ms, {a['non_2xx']} non-2xx.
 """
 open("bench-results/gateway.md", "w").write(md)
 print(md)
