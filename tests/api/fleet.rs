@@ -323,7 +323,16 @@ async fn three_replicas_fetch_and_waste_what_one_gateway_does_for_the_same_traff
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenant_limit_holds_across_the_fleet() {
-    let redis = RedisServer::start();
+    // AUTH as managed Redis requires it: the password travels in the URL.
+    let redis = RedisServer::start_with_password("fleet-secret");
+    let anonymous = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "PING"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&anonymous.stdout).contains("NOAUTH"),
+        "the server really demands AUTH"
+    );
     const RATE: f64 = 100.0;
     let fleet = Arc::new(
         spawn_fleet(3, |s| {

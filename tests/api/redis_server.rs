@@ -11,6 +11,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     cluster: bool,
+    /// `requirepass`, when the server demands AUTH.
+    password: Option<String>,
     child: Option<Child>,
 }
 
@@ -31,10 +33,15 @@ fn free_port(with_bus: bool) -> u16 {
 impl RedisServer {
     /// A standalone server without persistence.
     pub fn start() -> RedisServer {
-        Self::spawn(free_port(false), false)
+        Self::spawn(free_port(false), false, None)
     }
 
-    fn spawn(port: u16, cluster: bool) -> RedisServer {
+    /// A standalone server that refuses clients without AUTH `password`.
+    pub fn start_with_password(password: &str) -> RedisServer {
+        Self::spawn(free_port(false), false, Some(password.to_string()))
+    }
+
+    fn spawn(port: u16, cluster: bool, password: Option<String>) -> RedisServer {
         let dir =
             std::env::temp_dir().join(format!("embedgate-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -42,14 +49,19 @@ impl RedisServer {
             port,
             dir,
             cluster,
+            password,
             child: None,
         };
         s.restart();
         s
     }
 
+    /// The URL a client uses, with the password when there is one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Kills the server (SIGKILL: no goodbye to clients).
@@ -85,6 +97,9 @@ impl RedisServer {
                 "nodes.conf",
             ]);
         }
+        if let Some(p) = &self.password {
+            args.extend(["--requirepass", p.as_str()]);
+        }
         let child = Command::new("redis-server")
             .args(&args)
             .current_dir(&self.dir)
@@ -108,11 +123,12 @@ impl RedisServer {
         if TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             return None;
         }
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .ok()?;
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]);
+        if let Some(p) = &self.password {
+            cmd.args(["--no-auth-warning", "-a", p]);
+        }
+        let out = cmd.args(args).output().ok()?;
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
@@ -134,7 +150,7 @@ pub struct RedisCluster {
 impl RedisCluster {
     pub fn start(masters: usize) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..masters)
-            .map(|_| RedisServer::spawn(free_port(true), true))
+            .map(|_| RedisServer::spawn(free_port(true), true, None))
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
