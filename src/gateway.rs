@@ -753,10 +753,16 @@ impl Gateway {
     }
 
     /// One prefetch started by the planner (its call already taken from the local budget). On a
-    /// single node it keeps topping the key up while it is below target, so prefetch throughput
-    /// is bounded by upstream latency and the budget, not by the planner's tick; in a fleet the
-    /// planner sizes each replica's share every tick instead.
-    async fn prefetch(&self, t: &Tracked, budget: &Budget, priority: Priority, mut reason: Reason) {
+    /// single node it keeps topping the key up while it is below its target (and then its surplus
+    /// stock), so prefetch throughput is bounded by upstream latency and the budget, not by the
+    /// planner's tick; in a fleet the planner sizes each replica's share every tick instead.
+    async fn prefetch(
+        &self,
+        t: &Tracked,
+        budget: &Budget,
+        mut priority: Priority,
+        mut reason: Reason,
+    ) {
         loop {
             if self.fleet_budget(budget, t.tenant, priority).await.is_err() {
                 t.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -788,15 +794,27 @@ impl Gateway {
                     return;
                 }
             }
-            if self.fleet_in_use() || priority == Priority::Surplus {
+            if self.fleet_in_use() {
                 return;
             }
-            let (target, next) = self.target(t, self.demand.rate(t, self.clock.now_ms()));
+            // Below the needed depth: top up at Prefetch priority. Between it and the surplus
+            // stock: keep stocking at Surplus priority, taking idle budget as it accrues rather
+            // than once per tick (a small bucket would otherwise cap stocking at a few calls a
+            // tick).
+            let now = self.clock.now_ms();
+            let (target, next) = self.target(t, self.demand.rate(t, now));
             let have = self.pool.len(&t.key) + t.in_flight.load(Ordering::SeqCst);
-            if have >= target || budget.try_acquire(t.tenant, Priority::Prefetch).is_err() {
+            let (limit, next_priority) = if have < target {
+                (target, Priority::Prefetch)
+            } else {
+                let shown = self.demand.demonstrated_rate(t, now);
+                (self.surplus(shown, target), Priority::Surplus)
+            };
+            if have >= limit || budget.try_acquire(t.tenant, next_priority).is_err() {
                 return;
             }
             t.in_flight.fetch_add(1, Ordering::SeqCst);
+            priority = next_priority;
             reason = next;
         }
     }
