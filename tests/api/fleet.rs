@@ -225,13 +225,14 @@ async fn a_three_master_redis_cluster_hands_out_30000_urls_exactly_once() {
     let cluster = RedisCluster::start(3);
     let urls = cluster.urls();
     exactly_once_across_three_replicas(move |s| s.redis.cluster_urls = urls.clone()).await;
-    // The keys really are spread over the masters, not all on one.
-    let used = cluster
+    // The shared state really lives in the cluster. (All of one tenant's keys share a hash tag,
+    // so they sit on one master by design; which one depends on the tag.)
+    let keys: usize = cluster
         .nodes
         .iter()
-        .filter(|n| n.cli(&["DBSIZE"]).is_some_and(|d| d != "0"))
-        .count();
-    assert!(used >= 2, "keys on {used} of 3 masters");
+        .filter_map(|n| n.cli(&["DBSIZE"]).and_then(|d| d.parse::<usize>().ok()))
+        .sum();
+    assert!(keys > 0, "the replicas wrote to the cluster");
 }
 
 /// Open-loop traffic: each key's requests at fixed intervals (the same schedule every run),
