@@ -1,15 +1,17 @@
 //! QuickSight, reached with `aws-sdk-quicksight` (credentials from the standard AWS chain, or static
 //! test keys), with an endpoint override so the same code talks to the simulator.
 //!
-//! Every SDK error is classified once, here: throttled, retryable (5xx, connection), timed out,
-//! or rejected (a permanent 4xx whose meaning goes back to the caller). The SDK's own retries are
-//! off: the upstream budget decides when to call again, so every attempt is counted against it.
+//! Every SDK error is classified once, here: throttled, retryable (5xx, 408, connection), timed
+//! out, or rejected (a permanent 4xx whose meaning goes back to the caller). The SDK's own retries
+//! are off: the upstream budget decides when to call again, so every attempt is counted against
+//! it. The one resend is a call the server answered with 408 without reading it.
 
 use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
 use aws_sdk_quicksight::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_quicksight::types as qs;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
@@ -23,7 +25,7 @@ pub enum UpstreamError {
     /// ThrottlingException: the account's QuickSight budget is exhausted. Retry later.
     #[error("QuickSight throttled the call")]
     Throttled,
-    /// 5xx or a connection failure. Retry later.
+    /// 5xx, a 408 that persisted after one resend, or a connection failure. Retry later.
     #[error("QuickSight is unavailable: {0}")]
     Unavailable(String),
     /// No answer within the configured timeout.
@@ -141,59 +143,62 @@ impl Upstream {
 
     async fn call(&self, req: &EmbedRequest) -> Result<String, UpstreamError> {
         match req {
-            EmbedRequest::Dashboard(r) => self
-                .client
-                .get_dashboard_embed_url()
-                .aws_account_id(&r.aws_account_id)
-                .dashboard_id(&r.dashboard_id)
-                .identity_type(qs::EmbeddingIdentityType::from(r.identity_type.as_str()))
-                .set_session_lifetime_in_minutes(r.session_lifetime_in_minutes)
-                .set_undo_redo_disabled(r.undo_redo_disabled)
-                .set_reset_disabled(r.reset_disabled)
-                .set_state_persistence_enabled(r.state_persistence_enabled)
-                .set_user_arn(r.user_arn.clone())
-                .set_namespace(r.namespace.clone())
-                .set_additional_dashboard_ids(r.additional_dashboard_ids.clone())
-                .send()
-                .await
-                .map(|o| o.embed_url.unwrap_or_default())
-                .map_err(classify),
-            EmbedRequest::Anonymous(r) => self
-                .client
-                .generate_embed_url_for_anonymous_user()
-                .aws_account_id(&r.aws_account_id)
-                .set_session_lifetime_in_minutes(r.session_lifetime_in_minutes)
-                .namespace(&r.namespace)
-                .set_session_tags(r.session_tags.as_ref().map(|tags| {
-                    tags.iter()
-                        .filter_map(|t| {
-                            qs::SessionTag::builder()
-                                .key(&t.key)
-                                .value(&t.value)
-                                .build()
-                                .ok()
-                        })
-                        .collect()
-                }))
-                .set_authorized_resource_arns(Some(r.authorized_resource_arns.clone()))
-                .experience_configuration(anonymous_experience(&r.experience_configuration)?)
-                .set_allowed_domains(r.allowed_domains.clone())
-                .send()
-                .await
-                .map(|o| o.embed_url)
-                .map_err(classify),
-            EmbedRequest::Registered(r) => self
-                .client
-                .generate_embed_url_for_registered_user()
-                .aws_account_id(&r.aws_account_id)
-                .set_session_lifetime_in_minutes(r.session_lifetime_in_minutes)
-                .user_arn(&r.user_arn)
-                .experience_configuration(registered_experience(&r.experience_configuration)?)
-                .set_allowed_domains(r.allowed_domains.clone())
-                .send()
-                .await
-                .map(|o| o.embed_url)
-                .map_err(classify),
+            EmbedRequest::Dashboard(r) => {
+                let call = self
+                    .client
+                    .get_dashboard_embed_url()
+                    .aws_account_id(&r.aws_account_id)
+                    .dashboard_id(&r.dashboard_id)
+                    .identity_type(qs::EmbeddingIdentityType::from(r.identity_type.as_str()))
+                    .set_session_lifetime_in_minutes(r.session_lifetime_in_minutes)
+                    .set_undo_redo_disabled(r.undo_redo_disabled)
+                    .set_reset_disabled(r.reset_disabled)
+                    .set_state_persistence_enabled(r.state_persistence_enabled)
+                    .set_user_arn(r.user_arn.clone())
+                    .set_namespace(r.namespace.clone())
+                    .set_additional_dashboard_ids(r.additional_dashboard_ids.clone());
+                send_resending_unread(call, |c| c.send())
+                    .await
+                    .map(|o| o.embed_url.unwrap_or_default())
+            }
+            EmbedRequest::Anonymous(r) => {
+                let call = self
+                    .client
+                    .generate_embed_url_for_anonymous_user()
+                    .aws_account_id(&r.aws_account_id)
+                    .set_session_lifetime_in_minutes(r.session_lifetime_in_minutes)
+                    .namespace(&r.namespace)
+                    .set_session_tags(r.session_tags.as_ref().map(|tags| {
+                        tags.iter()
+                            .filter_map(|t| {
+                                qs::SessionTag::builder()
+                                    .key(&t.key)
+                                    .value(&t.value)
+                                    .build()
+                                    .ok()
+                            })
+                            .collect()
+                    }))
+                    .set_authorized_resource_arns(Some(r.authorized_resource_arns.clone()))
+                    .experience_configuration(anonymous_experience(&r.experience_configuration)?)
+                    .set_allowed_domains(r.allowed_domains.clone());
+                send_resending_unread(call, |c| c.send())
+                    .await
+                    .map(|o| o.embed_url)
+            }
+            EmbedRequest::Registered(r) => {
+                let call = self
+                    .client
+                    .generate_embed_url_for_registered_user()
+                    .aws_account_id(&r.aws_account_id)
+                    .set_session_lifetime_in_minutes(r.session_lifetime_in_minutes)
+                    .user_arn(&r.user_arn)
+                    .experience_configuration(registered_experience(&r.experience_configuration)?)
+                    .set_allowed_domains(r.allowed_domains.clone());
+                send_resending_unread(call, |c| c.send())
+                    .await
+                    .map(|o| o.embed_url)
+            }
         }
     }
 }
@@ -376,9 +381,32 @@ fn registered_experience(
     Ok(b.build())
 }
 
+/// Sending a call, and sending it once more when the first answer says it was never read.
+///
+/// An HTTP front end that times out a keep-alive connection before a request arrives answers
+/// `408 Request Timeout` on it; a client that picks that connection from its pool at that moment
+/// reads the 408 as the answer to its request. The server never read the request, so sending it
+/// again on a fresh connection is safe and costs QuickSight nothing, as browsers do. A second
+/// 408 is classified like any other failure.
+async fn send_resending_unread<B, T, E, F, Fut>(builder: B, send: F) -> Result<T, UpstreamError>
+where
+    B: Clone,
+    F: Fn(B) -> Fut,
+    Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    E: ProvideErrorMetadata + std::fmt::Debug,
+{
+    match send(builder.clone()).await {
+        Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 408 => {
+            tracing::debug!("QuickSight answered 408 without reading the call; sending it again");
+            send(builder).await.map_err(classify)
+        }
+        other => other.map_err(classify),
+    }
+}
+
 /// The one place SDK errors are classified.
 fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
-    err: SdkError<E, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+    err: SdkError<E, HttpResponse>,
 ) -> UpstreamError {
     match err {
         SdkError::TimeoutError(_) => UpstreamError::Timeout,
@@ -399,7 +427,7 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
             let message = err.message().unwrap_or_default().to_string();
             if code == "ThrottlingException" || status == 429 {
                 UpstreamError::Throttled
-            } else if status >= 500 {
+            } else if status >= 500 || status == 408 {
                 UpstreamError::Unavailable(format!("{code} ({status})"))
             } else {
                 UpstreamError::Rejected {

@@ -192,6 +192,9 @@ async fn api_call(
     op: Operation,
     parse: impl FnOnce() -> Result<EmbedRequest, AwsError>,
 ) -> HttpResponse {
+    if sim.idle_timeout() {
+        return HttpResponse::RequestTimeout().force_close().finish();
+    }
     let request_id = new_request_id();
     if sim.settings().verify_signatures {
         let headers: Vec<(&str, &str)> = req

@@ -23,6 +23,10 @@ pub struct Knobs {
     pub error_rate: f64,
     /// Answer the next N calls with InternalFailureException.
     pub fail_next: u32,
+    /// Answer the next N calls with a bare `408 Request Timeout` and close the connection, as an
+    /// HTTP front end does on a keep-alive connection it timed out just as a request arrived. The
+    /// call is not read: no signature check, not counted as a call.
+    pub idle_timeout_next: u32,
     /// Fraction (0–1) of calls held for `hang_ms` before a 500 (a hung upstream).
     pub hang_rate: f64,
     /// How long a hung call is held.
@@ -43,6 +47,7 @@ impl Default for Knobs {
             retry_after_ms: None,
             error_rate: 0.0,
             fail_next: 0,
+            idle_timeout_next: 0,
             hang_rate: 0.0,
             hang_ms: 3_600_000,
             clock_offset_secs: 0.0,

@@ -265,6 +265,17 @@ impl Simulator {
         limiter.is_some_and(|l| l.check_key(&account.to_string()).is_err())
     }
 
+    /// Decides whether this call meets a timed-out connection (`idle_timeout_next`).
+    pub(crate) fn idle_timeout(&self) -> bool {
+        if self.knobs.read().idle_timeout_next == 0 {
+            return false;
+        }
+        let mut k = self.knobs.write();
+        let hit = k.idle_timeout_next > 0;
+        k.idle_timeout_next = k.idle_timeout_next.saturating_sub(1);
+        hit
+    }
+
     /// Decides whether this call fails with an injected 500: `fail_next` first, then `error_rate`.
     pub(crate) fn inject_failure(&self) -> bool {
         let error_rate = {

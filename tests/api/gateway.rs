@@ -500,6 +500,41 @@ async fn upstream_permanent_errors_keep_their_meaning() {
 }
 
 #[tokio::test]
+async fn a_408_on_a_timed_out_upstream_connection_is_sent_once_more_and_the_caller_gets_its_url() {
+    let app = spawn_app(|s| s.refill.enabled = false).await;
+    let sim = &app.sim.sim;
+    sim.update_knobs(&json!({"idle_timeout_next": 1})).unwrap();
+    let r = app
+        .embed("alpha", "dashboard", &dash("sales-2024", "alice"))
+        .await;
+    assert_eq!(r.status(), 200, "the caller never sees the 408");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["Source"], "upstream");
+    assert_eq!(
+        sim.knobs().idle_timeout_next,
+        0,
+        "the first attempt met a 408"
+    );
+    assert_eq!(
+        sim.ledger().issued_total,
+        1,
+        "the second attempt was served"
+    );
+
+    // A front end that keeps answering 408 is unavailable, retryable: not a refusal.
+    sim.update_knobs(&json!({"idle_timeout_next": 2})).unwrap();
+    let r = app
+        .embed("alpha", "dashboard", &dash("sales-2024", "bob"))
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["code"], "upstream_unavailable");
+    assert_eq!(sim.ledger().issued_total, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish() {
     let app = spawn_app(|s| s.refill.enabled = false).await;
     app.sim
