@@ -43,7 +43,15 @@ use crate::tenant::Tenant;
 const VALIDITY_MS: u64 = URL_VALIDITY_SECS * 1000;
 
 /// The `op` label values of `embedgate_redis_errors_total`.
-pub const OPERATIONS: [&str; 6] = ["take", "put", "sync", "inbound", "budget", "heartbeat"];
+pub const OPERATIONS: [&str; 7] = [
+    "take",
+    "put",
+    "sync",
+    "claim",
+    "inbound",
+    "budget",
+    "heartbeat",
+];
 
 /// Removes the stale URLs of a key, pops the one with the least remaining validity, and keeps
 /// the tenant's count in step. Returns `{stale, url, issued_ms}` (url `""` when empty).
@@ -320,6 +328,23 @@ impl Fleet {
         format!("{}{{{tag}}}{rest}", self.settings.prefix)
     }
 
+    // A tenant's keys share its hash tag, so one script can touch them all on Redis Cluster.
+
+    /// The sorted set of `key`'s pooled URLs.
+    fn pool_key(&self, tenant: &Tenant, key: &PoolKey) -> String {
+        self.key(&tenant_tag(tenant), &format!(":p:{key}"))
+    }
+
+    /// The tenant's count of pooled URLs.
+    fn count_key(&self, tenant: &Tenant) -> String {
+        self.key(&tenant_tag(tenant), ":n")
+    }
+
+    /// The replicas' demand reports and prefetches in flight for `key`.
+    fn demand_key(&self, tenant: &Tenant, key: &PoolKey) -> String {
+        self.key(&tenant_tag(tenant), &format!(":d:{key}"))
+    }
+
     /// Runs a script with the timeout, tripping degraded mode on failure.
     async fn script<T: FromRedisValue>(
         &self,
@@ -369,8 +394,8 @@ impl Fleet {
         min_remaining_ms: u64,
     ) -> Result<Option<PooledUrl>, Down> {
         let mut inv = self.scripts.take.prepare_invoke();
-        inv.key(self.key(&tenant_tag(tenant), &format!(":p:{key}")))
-            .key(self.key(&tenant_tag(tenant), ":n"))
+        inv.key(self.pool_key(tenant, key))
+            .key(self.count_key(tenant))
             .arg(cutoff(now_ms, min_remaining_ms));
         let (stale, url, issued): (u64, String, u64) = self.script("take", inv).await?;
         self.count_stale(stale);
@@ -395,9 +420,9 @@ impl Fleet {
     ) -> Result<Stored, Down> {
         let ttl = (url.expires_at_ms() + 1000).saturating_sub(now_ms).max(1);
         let mut inv = self.scripts.put.prepare_invoke();
-        inv.key(self.key(&tenant_tag(tenant), &format!(":p:{key}")))
-            .key(self.key(&tenant_tag(tenant), ":n"))
-            .key(self.key(&tenant_tag(tenant), &format!(":d:{key}")))
+        inv.key(self.pool_key(tenant, key))
+            .key(self.count_key(tenant))
+            .key(self.demand_key(tenant, key))
             .arg(url.issued_at_ms)
             .arg(&url.url)
             .arg(cutoff(now_ms, min_remaining_ms))
@@ -429,9 +454,9 @@ impl Fleet {
         keep_ms: u64,
     ) -> Result<KeyView, Down> {
         let mut inv = self.scripts.sync.prepare_invoke();
-        inv.key(self.key(&tenant_tag(tenant), &format!(":p:{key}")))
-            .key(self.key(&tenant_tag(tenant), ":n"))
-            .key(self.key(&tenant_tag(tenant), &format!(":d:{key}")))
+        inv.key(self.pool_key(tenant, key))
+            .key(self.count_key(tenant))
+            .key(self.demand_key(tenant, key))
             .arg(cutoff(now_ms, min_remaining_ms))
             .arg(&self.replica)
             .arg(format!("{:.6}", own.rate))
@@ -464,14 +489,14 @@ impl Fleet {
         keep_ms: u64,
     ) -> Result<usize, Down> {
         let mut inv = self.scripts.claim.prepare_invoke();
-        inv.key(self.key(&tenant_tag(tenant), &format!(":p:{key}")))
-            .key(self.key(&tenant_tag(tenant), &format!(":d:{key}")))
+        inv.key(self.pool_key(tenant, key))
+            .key(self.demand_key(tenant, key))
             .arg(&self.replica)
             .arg(now_ms)
             .arg(keep_ms)
             .arg(want)
             .arg(limit);
-        self.script("sync", inv).await
+        self.script("claim", inv).await
     }
 
     /// Counts one request of `tenant` against its fleet-wide limit. A tenant known to be over
