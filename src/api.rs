@@ -1,9 +1,10 @@
 //! The native HTTP API and the admin listener: routes, authentication headers, problem documents
 //! and rate-limit headers. The only place HTTP status codes are chosen.
 //!
-//! Request path: authenticate → read the body (bounded) → parse strictly → validate → tenant policy
-//! → inbound limiter → pool / miss path. Every refusal before the limiter changes nothing (no
-//! limiter token, no demand, no upstream call).
+//! Request path: authenticate (bad keys share one global limit) → inbound limiter → read the body
+//! (bounded, `application/json` only) → parse strictly → resolve defaults, validate → tenant policy
+//! → pool / miss path. A refused request spends a limiter token and changes nothing else (no
+//! demand, no pool entry, no upstream call).
 
 // `Problem` is built only on refusal paths, once per refused request; boxing it would only add
 // an allocation to them.
@@ -153,16 +154,24 @@ async fn read_body(
     mut payload: web::Payload,
     max: usize,
 ) -> Result<web::BytesMut, Problem> {
-    if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-        let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
-        if !ct.starts_with("application/json") {
-            return Err(Problem::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "the body must be application/json",
-            )
-            .field(Some("Content-Type".into())));
-        }
+    // `application/json`, with or without parameters (`; charset=utf-8`); nothing else, and not
+    // a missing type either: a body the client did not declare as JSON is not parsed as JSON.
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|ct| ct.to_str().ok())
+        .is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be sent as Content-Type: application/json",
+        )
+        .field(Some("Content-Type".into())));
     }
     let too_large = || {
         Problem::new(
@@ -261,11 +270,31 @@ async fn embed(
     let tenant = match authenticate(&gw, &req) {
         Ok(t) => t,
         Err(p) => {
-            observe(&gw, "-", "unauthenticated", started);
+            let p = limit_unauthenticated(&gw, p);
+            let outcome = if p.status == StatusCode::TOO_MANY_REQUESTS {
+                "throttled"
+            } else {
+                "unauthenticated"
+            };
+            observe(&gw, "-", outcome, started);
             return p.response(&request_id);
         }
     };
     let tid = tenant.id.as_str();
+    // The limit comes before the body is read or checked: every authenticated request counts,
+    // so a tenant cannot make the gateway parse and validate for free. Nothing else is touched
+    // before the request is admitted.
+    let remaining = match gw.check_inbound(tenant).await {
+        Inbound::Allowed { remaining } => remaining,
+        Inbound::Limited { retry_after } => {
+            observe(&gw, tid, "throttled", started);
+            gw.metrics
+                .inbound_rejections
+                .with_label_values(&[tid])
+                .inc();
+            return tenant_limited(&gw, tenant, retry_after).response(&request_id);
+        }
+    };
     let admitted = match read_body(&req, body, gw.settings.api.max_body_bytes).await {
         Err(p) => Err(p),
         Ok(bytes) => parse_request(op, &bytes)
@@ -281,30 +310,6 @@ async fn embed(
                 "invalid"
             };
             observe(&gw, tid, outcome, started);
-            return p.response(&request_id);
-        }
-    };
-    let remaining = match gw.check_inbound(tenant).await {
-        Inbound::Allowed { remaining } => remaining,
-        Inbound::Limited { retry_after } => {
-            observe(&gw, tid, "throttled", started);
-            gw.metrics
-                .inbound_rejections
-                .with_label_values(&[tid])
-                .inc();
-            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            let mut p = Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!(
-                    "this tenant is over its rate of {} requests/s",
-                    tenant.rate_per_sec
-                ),
-            )
-            .header(header::RETRY_AFTER, secs.to_string());
-            for (k, v) in rate_limit_headers(&gw, tenant, 0, secs) {
-                p = p.header(k, v);
-            }
             return p.response(&request_id);
         }
     };
@@ -346,6 +351,48 @@ async fn embed(
     }
 }
 
+/// 429 for a tenant over its inbound rate, with `Retry-After` and the RateLimit headers.
+fn tenant_limited(gw: &Gateway, tenant: &Tenant, retry_after: std::time::Duration) -> Problem {
+    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let mut p = Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!(
+            "this tenant is over its rate of {} requests/s",
+            tenant.rate_per_sec
+        ),
+    )
+    .header(header::RETRY_AFTER, secs.to_string());
+    for (k, v) in rate_limit_headers(gw, tenant, 0, secs) {
+        p = p.header(k, v);
+    }
+    p
+}
+
+/// A request without a valid API key counts against one limit shared by all such requests
+/// (`api.unauthenticated_rate_per_sec`): key guessing and floods of bad keys get 429 instead of
+/// an answer per try.
+fn limit_unauthenticated(gw: &Gateway, refused: Problem) -> Problem {
+    match gw.check_unauthenticated() {
+        None => refused,
+        Some(retry_after) => {
+            gw.metrics
+                .inbound_rejections
+                .with_label_values(&["-"])
+                .inc();
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests without a valid API key",
+            )
+            .header(
+                header::RETRY_AFTER,
+                (retry_after.as_secs_f64().ceil().max(1.0) as u64).to_string(),
+            )
+        }
+    }
+}
+
 fn refusal(r: Refusal) -> Problem {
     match r {
         Refusal::Invalid(b) => bad_input(b),
@@ -381,12 +428,15 @@ fn serve_error(e: ServeError) -> Problem {
             "QuickSight is throttling this account",
         )
         .header(header::RETRY_AFTER, "1".into()),
-        ServeError::Upstream(UpstreamError::Unavailable(why)) => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "upstream_unavailable",
-            format!("QuickSight is unavailable: {why}"),
-        )
-        .header(header::RETRY_AFTER, "1".into()),
+        ServeError::Upstream(UpstreamError::Unavailable(why)) => {
+            tracing::warn!(reason = %why, "QuickSight is unavailable");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_unavailable",
+                "QuickSight is unavailable; retry later",
+            )
+            .header(header::RETRY_AFTER, "1".into())
+        }
         ServeError::Upstream(UpstreamError::Timeout) => Problem::new(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream_timeout",
@@ -397,8 +447,18 @@ fn serve_error(e: ServeError) -> Problem {
             code,
             message,
         }) => {
-            // The caller's request was refused by QuickSight: keep its meaning. A refusal of the
-            // gateway's own credentials (401) is the operator's problem, not the caller's.
+            // QuickSight's message never reaches the tenant: it can name the gateway's IAM
+            // principal, role or access key. The log (with this request's id on the span) has it.
+            tracing::warn!(upstream_status = status, upstream_code = %code, upstream_message = %message, "QuickSight refused the call");
+            if crate::upstream::is_own_credentials_failure(status, &code) {
+                // The gateway's own identity was refused: the operator's problem, not the
+                // caller's, and nothing about it is the caller's to know.
+                return Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_refused",
+                    "QuickSight refused the gateway's credentials; the operator has been told (see the gateway's log)",
+                );
+            }
             let (status, our_code) = match status {
                 400 => (StatusCode::BAD_REQUEST, "upstream_invalid_parameter"),
                 403 => (StatusCode::FORBIDDEN, "upstream_forbidden"),
@@ -406,7 +466,11 @@ fn serve_error(e: ServeError) -> Problem {
                 409 => (StatusCode::CONFLICT, "upstream_conflict"),
                 _ => (StatusCode::BAD_GATEWAY, "upstream_refused"),
             };
-            let mut p = Problem::new(status, our_code, format!("QuickSight: {code}: {message}"));
+            let mut p = Problem::new(
+                status,
+                our_code,
+                format!("QuickSight refused the request with {code}"),
+            );
             p.extra = Some(json!({"upstreamCode": code}));
             p
         }
@@ -419,8 +483,11 @@ async fn hints(req: HttpRequest, body: web::Payload, gw: web::Data<Gateway>) -> 
     let request_id = request_id(&req);
     let tenant = match authenticate(&gw, &req) {
         Ok(t) => t,
-        Err(p) => return p.response(&request_id),
+        Err(p) => return limit_unauthenticated(&gw, p).response(&request_id),
     };
+    if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {
+        return tenant_limited(&gw, tenant, retry_after).response(&request_id);
+    }
     let bytes = match read_body(&req, body, gw.settings.api.max_body_bytes).await {
         Ok(b) => b,
         Err(p) => return p.response(&request_id),
@@ -489,16 +556,6 @@ async fn hints(req: HttpRequest, body: web::Payload, gw: web::Data<Gateway>) -> 
         Ok(r) => r,
         Err(p) => return p.response(&request_id),
     };
-    if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {
-        let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-        return Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "this tenant is over its rate",
-        )
-        .header(header::RETRY_AFTER, secs.to_string())
-        .response(&request_id);
-    }
     let now = gw.clock.now_ms();
     let mut accepted = 0;
     for r in &requests {

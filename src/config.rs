@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::domain::Origin;
 use crate::model::IdentityType;
+use crate::policy::{ExperienceKind, Feature};
 
 /// Everything `embedgate serve` needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +62,11 @@ pub struct ApiSettings {
     pub miss_timeout_ms: u64,
     /// Most requests one `POST /v1/hints` may carry.
     pub max_hints_per_call: usize,
+    /// Requests per second, across all clients, that may arrive without a valid API key before
+    /// they are answered 429 instead of 401.
+    pub unauthenticated_rate_per_sec: f64,
+    /// Burst above that rate.
+    pub unauthenticated_burst: u32,
 }
 
 impl Default for ApiSettings {
@@ -68,6 +75,8 @@ impl Default for ApiSettings {
             max_body_bytes: 64 * 1024,
             miss_timeout_ms: 5_000,
             max_hints_per_call: 50,
+            unauthenticated_rate_per_sec: 20.0,
+            unauthenticated_burst: 100,
         }
     }
 }
@@ -275,28 +284,42 @@ fn default_hints() -> usize {
 }
 
 /// What a tenant may ask for. Deny by default: an empty list allows nothing (except where noted);
-/// patterns take `*` wildcards.
+/// patterns take `*` wildcards. The policy is checked on the request as QuickSight will read it
+/// (defaults resolved), on every operation; see the README's policy reference.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PolicySettings {
     /// AWS accounts. Empty: only `default_account`.
     pub accounts: Vec<String>,
-    /// Dashboard id patterns (`["*"]` for all).
+    /// Dashboard id patterns (`["*"]` for all): every dashboard a URL opens or authorizes.
     pub dashboards: Vec<String>,
-    /// Namespaces.
+    /// Q topic id patterns: initial topics and topic ARNs. Empty: none.
+    pub topics: Vec<String>,
+    /// Theme id patterns for theme ARNs in `AuthorizedResourceArns`. Empty: none.
+    pub themes: Vec<String>,
+    /// Namespaces: the `Namespace` member (omitted: `default`) and every user ARN's namespace.
     pub namespaces: Vec<String>,
     /// Identity types. Default QUICKSIGHT and ANONYMOUS: IAM embeds as the gateway's own role, so
     /// a tenant gets it only when named here.
     pub identity_types: Vec<IdentityType>,
-    /// User ARN patterns (registered users).
+    /// User ARN patterns (registered users), matched against the whole ARN.
     pub user_arns: Vec<String>,
     /// Session tag key → allowed value patterns. A tag whose key is not listed is refused.
     pub session_tags: BTreeMap<String, Vec<String>>,
     /// Session tag keys every anonymous request must carry (row-level security).
     pub required_session_tags: Vec<String>,
-    /// Experiences: `Dashboard`, `DashboardVisual`, `QuickSightConsole`, `QSearchBar`,
-    /// `GenerativeQnA`. Default: dashboards and visuals.
+    /// Experiences: `Dashboard` (also GetDashboardEmbedUrl), `DashboardVisual`,
+    /// `QuickSightConsole`, `QSearchBar`, `GenerativeQnA`, `QuickChat`. Default: dashboards and
+    /// visuals.
     pub experiences: Vec<String>,
+    /// Features a request may not enable: `SharedView`, `StatePersistence`, `Bookmarks`,
+    /// `Schedules`, `RecentSnapshots`, `ThresholdAlerts`, `DashboardCustomizationSummary`,
+    /// `ExecutiveSummary`, `DataQnA`, `GenerativeAuthoring`, `DataStories`.
+    pub denied_features: Vec<String>,
+    /// Origin patterns (`https://app.example.com`, `https://*.example.com`, `http://localhost`).
+    /// Set: every request must send `AllowedDomains`, each entry within a pattern (so
+    /// GetDashboardEmbedUrl, which cannot restrict domains, is refused). Empty: no restriction.
+    pub allowed_domains: Vec<String>,
 }
 
 impl Default for PolicySettings {
@@ -304,23 +327,19 @@ impl Default for PolicySettings {
         PolicySettings {
             accounts: vec![],
             dashboards: vec![],
+            topics: vec![],
+            themes: vec![],
             namespaces: vec![],
             identity_types: vec![IdentityType::Quicksight, IdentityType::Anonymous],
             user_arns: vec![],
             session_tags: BTreeMap::new(),
             required_session_tags: vec![],
             experiences: vec!["Dashboard".into(), "DashboardVisual".into()],
+            denied_features: vec![],
+            allowed_domains: vec![],
         }
     }
 }
-
-pub const EXPERIENCES: [&str; 5] = [
-    "Dashboard",
-    "DashboardVisual",
-    "QuickSightConsole",
-    "QSearchBar",
-    "GenerativeQnA",
-];
 
 impl Settings {
     /// Checks what serde cannot: ranges, cross-field rules, unique tenant ids.
@@ -409,10 +428,18 @@ impl Settings {
                 return Err(format!("log_format: {f:?} is not \"json\" or \"pretty\""));
             }
         }
+        positive(
+            "api.unauthenticated_rate_per_sec",
+            self.api.unauthenticated_rate_per_sec,
+        )?;
+        if self.api.unauthenticated_burst == 0 {
+            return Err("api.unauthenticated_burst: must be at least 1".into());
+        }
         if self.api.miss_timeout_ms == 0 || self.api.max_body_bytes == 0 {
             return Err("api.miss_timeout_ms and api.max_body_bytes: must be at least 1".into());
         }
         let mut seen = std::collections::HashSet::new();
+        let mut key_owner = std::collections::HashMap::new();
         for (i, t) in self.tenants.iter().enumerate() {
             let k = |f: &str| format!("tenants[{i}].{f}");
             if t.id.is_empty()
@@ -457,12 +484,39 @@ impl Settings {
                     ));
                 }
             }
-            for e in &t.policy.experiences {
-                if !EXPERIENCES.contains(&e.as_str()) {
+            let p = &t.policy;
+            for e in &p.experiences {
+                if ExperienceKind::parse(e).is_none() {
+                    let all: Vec<_> = ExperienceKind::ALL.iter().map(|e| e.as_str()).collect();
                     return Err(format!(
                         "{}: {e:?} is not one of {}",
                         k("policy.experiences"),
-                        EXPERIENCES.join(", ")
+                        all.join(", ")
+                    ));
+                }
+            }
+            for f in &p.denied_features {
+                if Feature::parse(f).is_none() {
+                    let all: Vec<_> = Feature::ALL.iter().map(|f| f.as_str()).collect();
+                    return Err(format!(
+                        "{}: {f:?} is not one of {}",
+                        k("policy.denied_features"),
+                        all.join(", ")
+                    ));
+                }
+            }
+            for d in &p.allowed_domains {
+                if let Err(rule) = Origin::parse(d) {
+                    return Err(format!("{}: {d:?} {rule}", k("policy.allowed_domains")));
+                }
+            }
+            for h in &t.api_key_sha256 {
+                let owner = key_owner.entry(h.to_ascii_lowercase()).or_insert(&t.id);
+                if let Some(other) = Some(*owner).filter(|o| *o != &t.id) {
+                    return Err(format!(
+                        "{}: the same API key hash is configured for tenants {other:?} and {:?}; each key must identify one tenant",
+                        k("api_key_sha256"),
+                        t.id
                     ));
                 }
             }

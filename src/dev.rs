@@ -60,6 +60,7 @@ pub fn settings(
             session_tags: BTreeMap::from([("tenant".to_string(), vec!["demo".to_string()])]),
             required_session_tags: vec![],
             experiences: vec!["Dashboard".into(), "DashboardVisual".into()],
+            ..PolicySettings::default()
         },
         warm: vec![],
     }];

@@ -239,7 +239,13 @@ impl Gateway {
         }
         Gateway {
             pool: Pool::new(&settings.pool, caps, clock.clone(), metrics.clone()),
-            inbound: InboundLimiter::new(&tenants),
+            inbound: InboundLimiter::new(
+                &tenants,
+                (
+                    settings.api.unauthenticated_rate_per_sec,
+                    settings.api.unauthenticated_burst,
+                ),
+            ),
             budgets,
             demand: Demand::new(&settings.refill, hint_caps),
             upstream_slots: Semaphore::new(settings.upstream.max_concurrency),
@@ -272,6 +278,12 @@ impl Gateway {
             }
         }
         self.inbound.check(tenant.index)
+    }
+
+    /// Counts one request without a valid API key against the shared limit for such requests
+    /// (this replica's; bad keys need no fleet-wide precision). `Some(wait)` when over it.
+    pub fn check_unauthenticated(&self) -> Option<Duration> {
+        self.inbound.check_unauthenticated()
     }
 
     /// Takes a pooled URL for `key`: from this replica's local pool first (it holds what was
@@ -381,7 +393,9 @@ impl Gateway {
                 }
             }
         }
-        req.validate().map_err(|v| {
+        // Check what QuickSight will act on: its implicit defaults made explicit first.
+        req.resolve_defaults();
+        let invalid = |v: crate::model::Violation| {
             Refusal::Invalid(BadInput {
                 code: match v.kind {
                     crate::model::ViolationKind::SessionLifetime => "invalid_session_lifetime",
@@ -390,7 +404,9 @@ impl Gateway {
                 detail: format!("{} {}", v.field, v.rule),
                 field: Some(v.field),
             })
-        })?;
+        };
+        req.validate().map_err(invalid)?;
+        req.check_region(self.upstream.region()).map_err(invalid)?;
         tenant.authorize(&req).map_err(|d| Refusal::Denied {
             field: d.field,
             rule: d.rule,

@@ -1,10 +1,11 @@
 //! embedgate: a gateway in front of Amazon QuickSight's embed-URL APIs.
 //!
 //! Crate map:
-//! - [`model`]     QuickSight's request shapes and the constraints QuickSight enforces on them.
+//! - [`model`]     QuickSight's request shapes, their constraints, ARNs and allowed domains.
 //! - [`config`]    the gateway's settings tree (process settings and the tenant table).
 //! - [`settings`]  loading typed settings from TOML plus `EMBEDGATE_…` environment overrides.
-//! - [`tenant`]    tenants: API-key authentication and policy.
+//! - [`tenant`]    tenants: API-key authentication and quotas.
+//! - [`policy`]    what a tenant's URLs may grant, checked on the resolved request.
 //! - [`pool`]      pre-fetched URLs, each handed out at most once while fresh.
 //! - [`refill`]    demand tracking and the refill planner.
 //! - [`limiter`]   the inbound limit per tenant and the upstream budget per account.
@@ -27,6 +28,7 @@ pub mod gateway;
 pub mod limiter;
 pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod pool;
 pub mod refill;
 pub mod settings;

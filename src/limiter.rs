@@ -36,31 +36,47 @@ pub enum Inbound {
 /// One GCRA limiter per tenant.
 pub struct InboundLimiter {
     limiters: Vec<Gcra>,
+    /// One limit shared by every request without a valid API key.
+    unauthenticated: Gcra,
     clock: DefaultClock,
     /// (quota, window seconds) per tenant, for `RateLimit-Policy`.
     policies: Vec<(u32, u64)>,
 }
 
+fn gcra(rate_per_sec: f64, burst: u32) -> Gcra {
+    let period = Duration::from_secs_f64(1.0 / rate_per_sec);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst);
+    RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>()
+}
+
 impl InboundLimiter {
-    pub fn new(tenants: &Tenants) -> Self {
+    /// Per-tenant limits from the table, and the shared limit for requests without a valid key
+    /// (`unauthenticated` = (rate per second, burst)).
+    pub fn new(tenants: &Tenants, unauthenticated: (f64, u32)) -> Self {
         let mut limiters = Vec::new();
         let mut policies = Vec::new();
         for t in tenants.all() {
-            let period = Duration::from_secs_f64(1.0 / t.rate_per_sec);
-            let burst = NonZeroU32::new(t.burst).unwrap_or(NonZeroU32::MIN);
-            let quota = Quota::with_period(period)
-                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-                .allow_burst(burst);
-            limiters
-                .push(RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>());
+            limiters.push(gcra(t.rate_per_sec, t.burst));
             let window = (f64::from(t.burst) / t.rate_per_sec).ceil().max(1.0) as u64;
             policies.push((t.burst, window));
         }
         InboundLimiter {
             limiters,
+            unauthenticated: gcra(unauthenticated.0, unauthenticated.1),
             clock: DefaultClock::default(),
             policies,
         }
+    }
+
+    /// Counts one request without a valid API key; `Some(wait)` when over the shared limit.
+    pub fn check_unauthenticated(&self) -> Option<Duration> {
+        self.unauthenticated
+            .check()
+            .err()
+            .map(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
     /// Counts one request of `tenant` against its limit.

@@ -1,5 +1,5 @@
-//! Tenants: authentication by API key and the policy every request is checked against before the
-//! pool or QuickSight is touched (the gateway must not become a confused deputy).
+//! Tenants: authentication by API key, quotas, and the policy (see `policy`) every request is
+//! checked against before the pool or QuickSight is touched.
 //!
 //! API keys are stored only as SHA-256 hashes. A presented key is hashed, looked up by hash (which
 //! reveals nothing useful about any key), and the stored hash is compared again in constant time.
@@ -10,10 +10,11 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use wildmatch::WildMatch;
 
-use crate::config::{PolicySettings, TenantSettings};
-use crate::model::{EmbedRequest, Experience, IdentityType};
+use crate::config::TenantSettings;
+use crate::model::EmbedRequest;
+pub use crate::policy::Denied;
+use crate::policy::Policy;
 
 /// A string that never prints (secret access keys in settings).
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -57,145 +58,18 @@ pub struct Tenant {
     policy: Policy,
 }
 
-#[derive(Debug)]
-struct Policy {
-    accounts: Vec<String>,
-    dashboards: Vec<WildMatch>,
-    namespaces: Vec<String>,
-    identity_types: Vec<IdentityType>,
-    user_arns: Vec<WildMatch>,
-    session_tags: Vec<(String, Vec<WildMatch>)>,
-    required_session_tags: Vec<String>,
-    experiences: Vec<String>,
-}
-
-/// Why a request is outside its tenant's policy: which member, and the rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denied {
-    pub field: String,
-    pub rule: String,
-}
-
-fn denied(field: impl Into<String>, rule: impl Into<String>) -> Result<(), Denied> {
-    Err(Denied {
-        field: field.into(),
-        rule: rule.into(),
-    })
-}
-
-impl Policy {
-    fn new(p: &PolicySettings, default_account: Option<&String>) -> Self {
-        let mut accounts = p.accounts.clone();
-        if accounts.is_empty() {
-            accounts.extend(default_account.cloned());
-        }
-        Policy {
-            accounts,
-            dashboards: p.dashboards.iter().map(|d| WildMatch::new(d)).collect(),
-            namespaces: p.namespaces.clone(),
-            identity_types: p.identity_types.clone(),
-            user_arns: p.user_arns.iter().map(|d| WildMatch::new(d)).collect(),
-            session_tags: p
-                .session_tags
-                .iter()
-                .map(|(k, vs)| (k.clone(), vs.iter().map(|v| WildMatch::new(v)).collect()))
-                .collect(),
-            required_session_tags: p.required_session_tags.clone(),
-            experiences: p.experiences.clone(),
-        }
-    }
-}
-
 impl Tenant {
     /// The AWS accounts this tenant may use.
     pub fn accounts(&self) -> &[String] {
-        &self.policy.accounts
+        self.policy.accounts()
     }
 
-    /// Checks a (validated) request against the tenant's policy.
+    /// Checks a resolved, validated request against the tenant's policy.
     ///
     /// # Errors
     /// The first member the policy does not allow.
     pub fn authorize(&self, req: &EmbedRequest) -> Result<(), Denied> {
-        let p = &self.policy;
-        if !p.accounts.iter().any(|a| a == req.aws_account_id()) {
-            return denied("AwsAccountId", "is not an account this tenant may use");
-        }
-        let identity = req.identity_type();
-        if !p.identity_types.contains(&identity) {
-            let field = match req {
-                EmbedRequest::Dashboard(_) => "IdentityType",
-                EmbedRequest::Anonymous(_) | EmbedRequest::Registered(_) => "Operation",
-            };
-            return denied(
-                field,
-                format!(
-                    "identity type {} is not allowed for this tenant",
-                    identity.as_str()
-                ),
-            );
-        }
-        let experience = match req.experience() {
-            Experience::Dashboard(_) => "Dashboard",
-            Experience::Visual { .. } => "DashboardVisual",
-            Experience::Console(_) => "QuickSightConsole",
-            Experience::QSearch => "QSearchBar",
-            Experience::GenerativeQnA => "GenerativeQnA",
-        };
-        if !matches!(req, EmbedRequest::Dashboard(_))
-            && !p.experiences.iter().any(|e| e == experience)
-        {
-            return denied(
-                format!("ExperienceConfiguration.{experience}"),
-                "is not an experience this tenant may embed",
-            );
-        }
-        for id in req.dashboard_ids() {
-            if !p.dashboards.iter().any(|m| m.matches(id)) {
-                return denied(
-                    "DashboardId",
-                    format!("dashboard {id:?} is not allowed for this tenant"),
-                );
-            }
-        }
-        if let Some(ns) = req.namespace() {
-            if !p.namespaces.iter().any(|n| n == ns) {
-                return denied(
-                    "Namespace",
-                    format!("namespace {ns:?} is not allowed for this tenant"),
-                );
-            }
-        }
-        if let Some(arn) = req.user_arn() {
-            if !p.user_arns.iter().any(|m| m.matches(arn)) {
-                return denied("UserArn", "is not a user this tenant may embed as");
-            }
-        }
-        let tags = req.session_tags();
-        for (i, tag) in tags.iter().enumerate() {
-            let allowed = p
-                .session_tags
-                .iter()
-                .find(|(k, _)| *k == tag.key)
-                .is_some_and(|(_, values)| values.iter().any(|m| m.matches(&tag.value)));
-            if !allowed {
-                return denied(
-                    format!("SessionTags[{i}]"),
-                    format!(
-                        "tag {:?} with this value is not allowed for this tenant",
-                        tag.key
-                    ),
-                );
-            }
-        }
-        if identity == IdentityType::Anonymous {
-            for key in &p.required_session_tags {
-                if !tags.iter().any(|t| &t.key == key) {
-                    return denied("SessionTags", format!("must include the tag {key:?}"));
-                }
-            }
-        }
-        Ok(())
+        self.policy.authorize(req)
     }
 }
 
@@ -259,7 +133,8 @@ impl Tenants {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::DashboardEmbedRequest;
+    use crate::config::PolicySettings;
+    use crate::model::{DashboardEmbedRequest, IdentityType};
 
     fn tenant(policy: PolicySettings) -> Tenants {
         Tenants::new(&[TenantSettings {

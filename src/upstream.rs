@@ -141,60 +141,86 @@ impl Upstream {
         result
     }
 
+    /// Every member of the request onto the SDK's builder. Each struct is destructured
+    /// without `..`, so a member added to the model does not compile until it is forwarded.
     async fn call(&self, req: &EmbedRequest) -> Result<String, UpstreamError> {
         match req {
             EmbedRequest::Dashboard(r) => {
+                let model::DashboardEmbedRequest {
+                    aws_account_id,
+                    dashboard_id,
+                    identity_type,
+                    session_lifetime_in_minutes,
+                    undo_redo_disabled,
+                    reset_disabled,
+                    state_persistence_enabled,
+                    user_arn,
+                    namespace,
+                    additional_dashboard_ids,
+                } = r;
                 let call = self
                     .client
                     .get_dashboard_embed_url()
-                    .aws_account_id(&r.aws_account_id)
-                    .dashboard_id(&r.dashboard_id)
-                    .identity_type(qs::EmbeddingIdentityType::from(r.identity_type.as_str()))
-                    .set_session_lifetime_in_minutes(r.session_lifetime_in_minutes)
-                    .set_undo_redo_disabled(r.undo_redo_disabled)
-                    .set_reset_disabled(r.reset_disabled)
-                    .set_state_persistence_enabled(r.state_persistence_enabled)
-                    .set_user_arn(r.user_arn.clone())
-                    .set_namespace(r.namespace.clone())
-                    .set_additional_dashboard_ids(r.additional_dashboard_ids.clone());
+                    .aws_account_id(aws_account_id)
+                    .dashboard_id(dashboard_id)
+                    .identity_type(qs::EmbeddingIdentityType::from(identity_type.as_str()))
+                    .set_session_lifetime_in_minutes(*session_lifetime_in_minutes)
+                    .set_undo_redo_disabled(*undo_redo_disabled)
+                    .set_reset_disabled(*reset_disabled)
+                    .set_state_persistence_enabled(*state_persistence_enabled)
+                    .set_user_arn(user_arn.clone())
+                    .set_namespace(namespace.clone())
+                    .set_additional_dashboard_ids(additional_dashboard_ids.clone());
                 send_resending_unread(call, |c| c.send())
                     .await
                     .map(|o| o.embed_url.unwrap_or_default())
             }
             EmbedRequest::Anonymous(r) => {
+                let model::AnonymousEmbedRequest {
+                    aws_account_id,
+                    session_lifetime_in_minutes,
+                    namespace,
+                    session_tags,
+                    authorized_resource_arns,
+                    experience_configuration,
+                    allowed_domains,
+                } = r;
                 let call = self
                     .client
                     .generate_embed_url_for_anonymous_user()
-                    .aws_account_id(&r.aws_account_id)
-                    .set_session_lifetime_in_minutes(r.session_lifetime_in_minutes)
-                    .namespace(&r.namespace)
-                    .set_session_tags(r.session_tags.as_ref().map(|tags| {
+                    .aws_account_id(aws_account_id)
+                    .set_session_lifetime_in_minutes(*session_lifetime_in_minutes)
+                    .namespace(namespace)
+                    .set_session_tags(session_tags.as_ref().map(|tags| {
                         tags.iter()
-                            .filter_map(|t| {
-                                qs::SessionTag::builder()
-                                    .key(&t.key)
-                                    .value(&t.value)
-                                    .build()
-                                    .ok()
+                            .filter_map(|model::SessionTag { key, value }| {
+                                qs::SessionTag::builder().key(key).value(value).build().ok()
                             })
                             .collect()
                     }))
-                    .set_authorized_resource_arns(Some(r.authorized_resource_arns.clone()))
-                    .experience_configuration(anonymous_experience(&r.experience_configuration)?)
-                    .set_allowed_domains(r.allowed_domains.clone());
+                    .set_authorized_resource_arns(Some(authorized_resource_arns.clone()))
+                    .experience_configuration(anonymous_experience(experience_configuration)?)
+                    .set_allowed_domains(allowed_domains.clone());
                 send_resending_unread(call, |c| c.send())
                     .await
                     .map(|o| o.embed_url)
             }
             EmbedRequest::Registered(r) => {
+                let model::RegisteredEmbedRequest {
+                    aws_account_id,
+                    session_lifetime_in_minutes,
+                    user_arn,
+                    experience_configuration,
+                    allowed_domains,
+                } = r;
                 let call = self
                     .client
                     .generate_embed_url_for_registered_user()
-                    .aws_account_id(&r.aws_account_id)
-                    .set_session_lifetime_in_minutes(r.session_lifetime_in_minutes)
-                    .user_arn(&r.user_arn)
-                    .experience_configuration(registered_experience(&r.experience_configuration)?)
-                    .set_allowed_domains(r.allowed_domains.clone());
+                    .aws_account_id(aws_account_id)
+                    .set_session_lifetime_in_minutes(*session_lifetime_in_minutes)
+                    .user_arn(user_arn)
+                    .experience_configuration(registered_experience(experience_configuration)?)
+                    .set_allowed_domains(allowed_domains.clone());
                 send_resending_unread(call, |c| c.send())
                     .await
                     .map(|o| o.embed_url)
@@ -222,7 +248,7 @@ fn visual_id(v: &model::DashboardVisualId) -> Result<qs::DashboardVisualId, Upst
         .map_err(build_err)
 }
 
-fn shared_view(t: Option<Toggle>) -> Option<qs::SharedViewConfigurations> {
+fn shared_view_switch(t: Option<Toggle>) -> Option<qs::SharedViewConfigurations> {
     t.map(|t| {
         qs::SharedViewConfigurations::builder()
             .enabled(t.enabled)
@@ -230,7 +256,7 @@ fn shared_view(t: Option<Toggle>) -> Option<qs::SharedViewConfigurations> {
     })
 }
 
-fn state_persistence(t: Option<Toggle>) -> Option<qs::StatePersistenceConfigurations> {
+fn state_persistence_switch(t: Option<Toggle>) -> Option<qs::StatePersistenceConfigurations> {
     t.map(|t| {
         qs::StatePersistenceConfigurations::builder()
             .enabled(t.enabled)
@@ -241,8 +267,14 @@ fn state_persistence(t: Option<Toggle>) -> Option<qs::StatePersistenceConfigurat
 fn anonymous_experience(
     x: &model::AnonymousExperience,
 ) -> Result<qs::AnonymousUserEmbeddingExperienceConfiguration, UpstreamError> {
+    let model::AnonymousExperience {
+        dashboard,
+        dashboard_visual,
+        q_search_bar,
+        generative_qna,
+    } = x;
     let mut b = qs::AnonymousUserEmbeddingExperienceConfiguration::builder();
-    if let Some(d) = &x.dashboard {
+    if let Some(d) = dashboard {
         let features = |list: &Option<Vec<String>>| {
             list.as_ref().map(|l| {
                 l.iter()
@@ -265,7 +297,7 @@ fn anonymous_experience(
         });
         let fc = d.feature_configurations.as_ref().map(|f| {
             qs::AnonymousUserDashboardFeatureConfigurations::builder()
-                .set_shared_view(shared_view(f.shared_view))
+                .set_shared_view(shared_view_switch(f.shared_view))
                 .build()
         });
         b = b.dashboard(
@@ -278,14 +310,14 @@ fn anonymous_experience(
                 .map_err(build_err)?,
         );
     }
-    if let Some(v) = &x.dashboard_visual {
+    if let Some(v) = dashboard_visual {
         b = b.dashboard_visual(
             qs::AnonymousUserDashboardVisualEmbeddingConfiguration::builder()
                 .initial_dashboard_visual_id(visual_id(&v.initial_dashboard_visual_id)?)
                 .build(),
         );
     }
-    if let Some(q) = &x.q_search_bar {
+    if let Some(q) = q_search_bar {
         b = b.q_search_bar(
             qs::AnonymousUserQSearchBarEmbeddingConfiguration::builder()
                 .initial_topic_id(&q.initial_topic_id)
@@ -293,7 +325,7 @@ fn anonymous_experience(
                 .map_err(build_err)?,
         );
     }
-    if let Some(q) = &x.generative_qna {
+    if let Some(q) = generative_qna {
         b = b.generative_qn_a(
             qs::AnonymousUserGenerativeQnAEmbeddingConfiguration::builder()
                 .initial_topic_id(&q.initial_topic_id)
@@ -308,75 +340,140 @@ fn toggle<T>(t: Option<Toggle>, f: impl Fn(bool) -> T) -> Option<T> {
     t.map(|t| f(t.enabled))
 }
 
+/// Each `{ "Enabled": bool }` switch as its SDK type.
+macro_rules! switch {
+    ($t:expr, $ty:ident) => {
+        toggle($t, |e| qs::$ty::builder().enabled(e).build())
+    };
+}
+
+fn dashboard_features(
+    f: &model::DashboardFeatures,
+) -> qs::RegisteredUserDashboardFeatureConfigurations {
+    let model::DashboardFeatures {
+        state_persistence,
+        bookmarks,
+        shared_view,
+        amazon_q,
+        schedules,
+        recent_snapshots,
+        threshold_alerts,
+        dashboard_customization_summary,
+    } = f;
+    qs::RegisteredUserDashboardFeatureConfigurations::builder()
+        .set_state_persistence(state_persistence_switch(*state_persistence))
+        .set_bookmarks(switch!(*bookmarks, BookmarksConfigurations))
+        .set_shared_view(shared_view_switch(*shared_view))
+        .set_amazon_q_in_quick_sight(amazon_q.as_ref().map(|q| {
+            let model::DashboardAmazonQ { executive_summary } = q;
+            qs::AmazonQInQuickSightDashboardConfigurations::builder()
+                .set_executive_summary(switch!(*executive_summary, ExecutiveSummaryConfigurations))
+                .build()
+        }))
+        .set_schedules(switch!(*schedules, SchedulesConfigurations))
+        .set_recent_snapshots(switch!(*recent_snapshots, RecentSnapshotsConfigurations))
+        .set_threshold_alerts(switch!(*threshold_alerts, ThresholdAlertsConfigurations))
+        .set_dashboard_customization_summary(switch!(
+            *dashboard_customization_summary,
+            DashboardCustomizationSummaryConfigurations
+        ))
+        .build()
+}
+
+fn console_features(f: &model::ConsoleFeatures) -> qs::RegisteredUserConsoleFeatureConfigurations {
+    let model::ConsoleFeatures {
+        state_persistence,
+        shared_view,
+        amazon_q,
+        schedules,
+        recent_snapshots,
+        threshold_alerts,
+        dashboard_customization_summary,
+    } = f;
+    qs::RegisteredUserConsoleFeatureConfigurations::builder()
+        .set_state_persistence(state_persistence_switch(*state_persistence))
+        .set_shared_view(shared_view_switch(*shared_view))
+        .set_amazon_q_in_quick_sight(amazon_q.as_ref().map(|q| {
+            let model::ConsoleAmazonQ {
+                data_qna,
+                generative_authoring,
+                executive_summary,
+                data_stories,
+            } = q;
+            qs::AmazonQInQuickSightConsoleConfigurations::builder()
+                .set_data_qn_a(switch!(*data_qna, DataQnAConfigurations))
+                .set_generative_authoring(switch!(
+                    *generative_authoring,
+                    GenerativeAuthoringConfigurations
+                ))
+                .set_executive_summary(switch!(*executive_summary, ExecutiveSummaryConfigurations))
+                .set_data_stories(switch!(*data_stories, DataStoriesConfigurations))
+                .build()
+        }))
+        .set_schedules(switch!(*schedules, SchedulesConfigurations))
+        .set_recent_snapshots(switch!(*recent_snapshots, RecentSnapshotsConfigurations))
+        .set_threshold_alerts(switch!(*threshold_alerts, ThresholdAlertsConfigurations))
+        .set_dashboard_customization_summary(switch!(
+            *dashboard_customization_summary,
+            DashboardCustomizationSummaryConfigurations
+        ))
+        .build()
+}
+
 fn registered_experience(
     x: &model::RegisteredExperience,
 ) -> Result<qs::RegisteredUserEmbeddingExperienceConfiguration, UpstreamError> {
+    let model::RegisteredExperience {
+        dashboard,
+        quicksight_console,
+        q_search_bar,
+        dashboard_visual,
+        generative_qna,
+        quick_chat,
+    } = x;
     let mut b = qs::RegisteredUserEmbeddingExperienceConfiguration::builder();
-    if let Some(d) = &x.dashboard {
-        let fc = d.feature_configurations.as_ref().map(|f| {
-            qs::RegisteredUserDashboardFeatureConfigurations::builder()
-                .set_state_persistence(state_persistence(f.state_persistence))
-                .set_bookmarks(toggle(f.bookmarks, |e| {
-                    qs::BookmarksConfigurations::builder().enabled(e).build()
-                }))
-                .set_shared_view(shared_view(f.shared_view))
-                .set_schedules(toggle(f.schedules, |e| {
-                    qs::SchedulesConfigurations::builder().enabled(e).build()
-                }))
-                .set_recent_snapshots(toggle(f.recent_snapshots, |e| {
-                    qs::RecentSnapshotsConfigurations::builder()
-                        .enabled(e)
-                        .build()
-                }))
-                .set_threshold_alerts(toggle(f.threshold_alerts, |e| {
-                    qs::ThresholdAlertsConfigurations::builder()
-                        .enabled(e)
-                        .build()
-                }))
-                .build()
-        });
+    if let Some(d) = dashboard {
         b = b.dashboard(
             qs::RegisteredUserDashboardEmbeddingConfiguration::builder()
                 .initial_dashboard_id(&d.initial_dashboard_id)
-                .set_feature_configurations(fc)
+                .set_feature_configurations(
+                    d.feature_configurations.as_ref().map(dashboard_features),
+                )
                 .build()
                 .map_err(build_err)?,
         );
     }
-    if let Some(c) = &x.quicksight_console {
-        let fc = c.feature_configurations.as_ref().map(|f| {
-            qs::RegisteredUserConsoleFeatureConfigurations::builder()
-                .set_state_persistence(state_persistence(f.state_persistence))
-                .set_shared_view(shared_view(f.shared_view))
-                .build()
-        });
+    if let Some(c) = quicksight_console {
         b = b.quick_sight_console(
             qs::RegisteredUserQuickSightConsoleEmbeddingConfiguration::builder()
-                .initial_path(&c.initial_path)
-                .set_feature_configurations(fc)
+                .set_initial_path(c.initial_path.clone())
+                .set_feature_configurations(c.feature_configurations.as_ref().map(console_features))
                 .build(),
         );
     }
-    if let Some(q) = &x.q_search_bar {
+    if let Some(q) = q_search_bar {
         b = b.q_search_bar(
             qs::RegisteredUserQSearchBarEmbeddingConfiguration::builder()
                 .set_initial_topic_id(q.initial_topic_id.clone())
                 .build(),
         );
     }
-    if let Some(v) = &x.dashboard_visual {
+    if let Some(v) = dashboard_visual {
         b = b.dashboard_visual(
             qs::RegisteredUserDashboardVisualEmbeddingConfiguration::builder()
                 .initial_dashboard_visual_id(visual_id(&v.initial_dashboard_visual_id)?)
                 .build(),
         );
     }
-    if let Some(q) = &x.generative_qna {
+    if let Some(q) = generative_qna {
         b = b.generative_qn_a(
             qs::RegisteredUserGenerativeQnAEmbeddingConfiguration::builder()
                 .set_initial_topic_id(q.initial_topic_id.clone())
                 .build(),
         );
+    }
+    if let Some(model::QuickChat {}) = quick_chat {
+        b = b.quick_chat(qs::RegisteredUserQuickChatEmbeddingConfiguration::builder().build());
     }
     Ok(b.build())
 }
@@ -402,6 +499,25 @@ where
         }
         other => other.map_err(classify),
     }
+}
+
+/// Whether a refusal is of the gateway's own identity rather than of the caller's request: AWS's
+/// authentication errors (unknown or expired keys, bad signatures) and QuickSight's
+/// `AccessDeniedException`, which says the gateway's principal lacks a permission.
+pub fn is_own_credentials_failure(status: u16, code: &str) -> bool {
+    const CODES: [&str; 10] = [
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "IncompleteSignatureException",
+        "MissingAuthenticationTokenException",
+        "InvalidClientTokenId",
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+    ];
+    status == 401 || CODES.contains(&code)
 }
 
 /// The one place SDK errors are classified.

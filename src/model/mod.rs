@@ -1,4 +1,5 @@
-//! QuickSight's embed-URL request shapes and the constraints QuickSight enforces on them.
+//! QuickSight's embed-URL request shapes: every input member of the three operations in
+//! `aws-sdk-quicksight` 1.166 (the version in Cargo.lock), with QuickSight's member names.
 //!
 //! Both sides of embedgate use this module: the simulator parses the wire into these types and
 //! answers violations with QuickSight's error codes; the gateway parses its native API bodies (which
@@ -6,15 +7,33 @@
 //! is touched. Keeping one copy of the rules is what makes "the gateway rejects exactly what
 //! QuickSight would" true by construction.
 //!
-//! What this module does not own: tenant policy (see `tenant`), registry lookups such as "does this
-//! dashboard exist" (the simulator's registry, or QuickSight itself), and the HTTP encoding.
+//! - [`validate`]: the constraints QuickSight enforces on these shapes.
+//! - [`arn`]: QuickSight ARNs (users, dashboards, topics, …).
+//! - [`domain`]: `AllowedDomains` entries, by AWS's rules for allow listing at runtime.
+//!
+//! What this module does not own: tenant policy (see `policy`), registry lookups such as "does
+//! this dashboard exist" (the simulator's registry, or QuickSight itself), and the HTTP encoding.
+//!
+//! Adding a member: add it to its struct here; the compiler then points at every place that must
+//! decide about it (the policy walk, the upstream mapping, the simulator's query parser for
+//! GetDashboardEmbedUrl), because those destructure each struct without `..`.
+
+pub mod arn;
+pub mod domain;
+pub mod validate;
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use validate::{Violation, ViolationKind};
+
 /// Shortest and longest session QuickSight accepts, in minutes.
 pub const SESSION_LIFETIME_MINUTES: std::ops::RangeInclusive<i64> = 15..=600;
+/// The session lifetime QuickSight documents for an omitted `SessionLifetimeInMinutes`.
+pub const DEFAULT_SESSION_LIFETIME_MINUTES: i64 = 600;
+/// The namespace QuickSight uses when none is named.
+pub const DEFAULT_NAMESPACE: &str = "default";
 /// An embed URL must be redeemed within this many seconds of being issued.
 pub const URL_VALIDITY_SECS: u64 = 300;
 
@@ -139,6 +158,13 @@ pub struct DashboardVisualId {
     pub visual_id: String,
 }
 
+/// `{ "Enabled": bool }`, the shape of every feature switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Toggle {
+    pub enabled: bool,
+}
+
 /// `AnonymousUserEmbeddingExperienceConfiguration`: exactly one member is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
@@ -161,23 +187,19 @@ pub struct AnonymousExperience {
     pub generative_qna: Option<TopicRequired>,
 }
 
+/// `AnonymousUserDashboardEmbeddingConfiguration`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AnonymousDashboard {
     pub initial_dashboard_id: String,
+    /// `SHARED_VIEW` is the only value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled_features: Option<Vec<String>>,
+    /// `SHARED_VIEW` is the only value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled_features: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feature_configurations: Option<AnonymousFeatures>,
-}
-
-/// `{ "Enabled": bool }`, the shape of every feature switch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct Toggle {
-    pub enabled: bool,
 }
 
 /// `AnonymousUserDashboardFeatureConfigurations`.
@@ -188,7 +210,7 @@ pub struct AnonymousFeatures {
     pub shared_view: Option<Toggle>,
 }
 
-/// `RegisteredUserDashboardFeatureConfigurations` (the switches embedgate passes on).
+/// `RegisteredUserDashboardFeatureConfigurations`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct DashboardFeatures {
@@ -198,15 +220,31 @@ pub struct DashboardFeatures {
     pub bookmarks: Option<Toggle>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_view: Option<Toggle>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "AmazonQInQuickSight"
+    )]
+    pub amazon_q: Option<DashboardAmazonQ>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedules: Option<Toggle>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recent_snapshots: Option<Toggle>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold_alerts: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard_customization_summary: Option<Toggle>,
 }
 
-/// `RegisteredUserConsoleFeatureConfigurations` (the switches embedgate passes on).
+/// `AmazonQInQuickSightDashboardConfigurations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct DashboardAmazonQ {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executive_summary: Option<Toggle>,
+}
+
+/// `RegisteredUserConsoleFeatureConfigurations`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct ConsoleFeatures {
@@ -214,26 +252,61 @@ pub struct ConsoleFeatures {
     pub state_persistence: Option<Toggle>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_view: Option<Toggle>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "AmazonQInQuickSight"
+    )]
+    pub amazon_q: Option<ConsoleAmazonQ>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedules: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recent_snapshots: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_alerts: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard_customization_summary: Option<Toggle>,
 }
 
+/// `AmazonQInQuickSightConsoleConfigurations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConsoleAmazonQ {
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "DataQnA")]
+    pub data_qna: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generative_authoring: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executive_summary: Option<Toggle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_stories: Option<Toggle>,
+}
+
+/// `…DashboardVisualEmbeddingConfiguration` (anonymous and registered alike).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct DashboardVisual {
     pub initial_dashboard_visual_id: DashboardVisualId,
 }
 
+/// An experience whose topic is required (anonymous Q bar and generative Q&A).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct TopicRequired {
     pub initial_topic_id: String,
 }
 
+/// An experience whose topic is optional (registered Q bar and generative Q&A).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct TopicOptional {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_topic_id: Option<String>,
 }
+
+/// `RegisteredUserQuickChatEmbeddingConfiguration`: an empty structure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct QuickChat {}
 
 /// GenerateEmbedUrlForAnonymousUser's input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -278,8 +351,11 @@ pub struct RegisteredExperience {
         rename = "GenerativeQnA"
     )]
     pub generative_qna: Option<TopicOptional>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quick_chat: Option<QuickChat>,
 }
 
+/// `RegisteredUserDashboardEmbeddingConfiguration`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct RegisteredDashboard {
@@ -288,10 +364,13 @@ pub struct RegisteredDashboard {
     pub feature_configurations: Option<DashboardFeatures>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `RegisteredUserQuickSightConsoleEmbeddingConfiguration`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "PascalCase")]
 pub struct Console {
-    pub initial_path: String,
+    /// Optional in the model: the console opens at `/start` without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feature_configurations: Option<ConsoleFeatures>,
 }
@@ -318,7 +397,7 @@ pub enum EmbedRequest {
     Registered(RegisteredEmbedRequest),
 }
 
-/// What the embed URL opens, as far as the simulator's URL path and a tenant policy care.
+/// What the embed URL opens, as far as the simulator's URL path cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Experience {
     Dashboard(String),
@@ -330,6 +409,7 @@ pub enum Experience {
     Console(String),
     QSearch,
     GenerativeQnA,
+    QuickChat,
 }
 
 impl EmbedRequest {
@@ -349,11 +429,46 @@ impl EmbedRequest {
         }
     }
 
-    pub fn set_aws_account_id(&mut self, account: String) {
+    fn aws_account_id_mut(&mut self) -> &mut String {
         match self {
-            EmbedRequest::Dashboard(r) => r.aws_account_id = account,
-            EmbedRequest::Anonymous(r) => r.aws_account_id = account,
-            EmbedRequest::Registered(r) => r.aws_account_id = account,
+            EmbedRequest::Dashboard(r) => &mut r.aws_account_id,
+            EmbedRequest::Anonymous(r) => &mut r.aws_account_id,
+            EmbedRequest::Registered(r) => &mut r.aws_account_id,
+        }
+    }
+
+    pub fn set_aws_account_id(&mut self, account: String) {
+        *self.aws_account_id_mut() = account;
+    }
+
+    fn session_lifetime_mut(&mut self) -> &mut Option<i64> {
+        match self {
+            EmbedRequest::Dashboard(r) => &mut r.session_lifetime_in_minutes,
+            EmbedRequest::Anonymous(r) => &mut r.session_lifetime_in_minutes,
+            EmbedRequest::Registered(r) => &mut r.session_lifetime_in_minutes,
+        }
+    }
+
+    /// The session lifetime QuickSight will give the URL's session.
+    pub fn session_lifetime(&self) -> i64 {
+        match self {
+            EmbedRequest::Dashboard(r) => r.session_lifetime_in_minutes,
+            EmbedRequest::Anonymous(r) => r.session_lifetime_in_minutes,
+            EmbedRequest::Registered(r) => r.session_lifetime_in_minutes,
+        }
+        .unwrap_or(DEFAULT_SESSION_LIFETIME_MINUTES)
+    }
+
+    /// Makes QuickSight's implicit defaults explicit, so that what is checked, keyed and sent is
+    /// what QuickSight acts on: an omitted `SessionLifetimeInMinutes` becomes 600 (the documented
+    /// default; the legacy operation's model text also says 15, so sending it removes the doubt),
+    /// and GetDashboardEmbedUrl's omitted `Namespace` becomes `default`. The account default is
+    /// the tenant's and is filled in by the gateway.
+    pub fn resolve_defaults(&mut self) {
+        self.session_lifetime_mut()
+            .get_or_insert(DEFAULT_SESSION_LIFETIME_MINUTES);
+        if let EmbedRequest::Dashboard(r) = self {
+            r.namespace.get_or_insert_with(|| DEFAULT_NAMESPACE.into());
         }
     }
 
@@ -374,69 +489,59 @@ impl EmbedRequest {
         }
     }
 
-    /// The namespace named by the request: explicitly, or through the user ARN.
+    /// The namespace the URL embeds in: the `Namespace` member (`default` when omitted), or the
+    /// user ARN's for GenerateEmbedUrlForRegisteredUser.
     pub fn namespace(&self) -> Option<&str> {
         match self {
-            EmbedRequest::Dashboard(r) => r.namespace.as_deref().or_else(|| {
-                r.user_arn
-                    .as_deref()
-                    .and_then(|a| UserArn::parse(a).map(|u| u.namespace))
-            }),
+            EmbedRequest::Dashboard(r) => Some(r.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)),
             EmbedRequest::Anonymous(r) => Some(&r.namespace),
-            EmbedRequest::Registered(r) => UserArn::parse(&r.user_arn).map(|u| u.namespace),
+            EmbedRequest::Registered(r) => arn::UserArn::parse(&r.user_arn).map(|u| u.namespace),
         }
     }
 
-    pub fn session_tags(&self) -> &[SessionTag] {
-        match self {
-            EmbedRequest::Anonymous(r) => r.session_tags.as_deref().unwrap_or(&[]),
-            _ => &[],
-        }
-    }
-
-    /// Every dashboard the URL gives access to (initial, additional, authorized).
+    /// Every dashboard the URL opens or authorizes (initial, additional, visual's, console
+    /// path's, and dashboard ARNs).
     pub fn dashboard_ids(&self) -> Vec<&str> {
         match self {
-            EmbedRequest::Dashboard(r) => {
-                let mut ids = vec![r.dashboard_id.as_str()];
-                ids.extend(
+            EmbedRequest::Dashboard(r) => std::iter::once(r.dashboard_id.as_str())
+                .chain(
                     r.additional_dashboard_ids
                         .iter()
                         .flatten()
                         .map(String::as_str),
-                );
-                ids
-            }
+                )
+                .collect(),
             EmbedRequest::Anonymous(r) => {
-                let mut ids: Vec<&str> = vec![];
-                ids.extend(
-                    r.authorized_resource_arns
-                        .iter()
-                        .filter_map(|a| dashboard_id_of_arn(a)),
-                );
-                if let Some(d) = &r.experience_configuration.dashboard {
-                    ids.push(&d.initial_dashboard_id);
-                }
-                if let Some(v) = &r.experience_configuration.dashboard_visual {
-                    ids.push(&v.initial_dashboard_visual_id.dashboard_id);
-                }
-                ids
+                let x = &r.experience_configuration;
+                r.authorized_resource_arns
+                    .iter()
+                    .filter_map(|a| arn::Arn::parse(a))
+                    .filter(|a| a.resource_type == "dashboard")
+                    .map(|a| a.resource)
+                    .chain(x.dashboard.iter().map(|d| d.initial_dashboard_id.as_str()))
+                    .chain(
+                        x.dashboard_visual
+                            .iter()
+                            .map(|v| v.initial_dashboard_visual_id.dashboard_id.as_str()),
+                    )
+                    .collect()
             }
             EmbedRequest::Registered(r) => {
                 let x = &r.experience_configuration;
-                let mut ids = vec![];
-                if let Some(d) = &x.dashboard {
-                    ids.push(d.initial_dashboard_id.as_str());
-                }
-                if let Some(v) = &x.dashboard_visual {
-                    ids.push(v.initial_dashboard_visual_id.dashboard_id.as_str());
-                }
-                if let Some(c) = &x.quicksight_console {
-                    if let Some(id) = c.initial_path.strip_prefix("/dashboards/") {
-                        ids.push(id);
-                    }
-                }
-                ids
+                x.dashboard
+                    .iter()
+                    .map(|d| d.initial_dashboard_id.as_str())
+                    .chain(
+                        x.dashboard_visual
+                            .iter()
+                            .map(|v| v.initial_dashboard_visual_id.dashboard_id.as_str()),
+                    )
+                    .chain(
+                        x.quicksight_console.iter().filter_map(|c| {
+                            c.initial_path.as_deref()?.strip_prefix("/dashboards/")
+                        }),
+                    )
+                    .collect()
             }
         }
     }
@@ -465,11 +570,13 @@ impl EmbedRequest {
                 } else if let Some(v) = &x.dashboard_visual {
                     visual(&v.initial_dashboard_visual_id)
                 } else if let Some(c) = &x.quicksight_console {
-                    Experience::Console(c.initial_path.clone())
+                    Experience::Console(c.initial_path.clone().unwrap_or_else(|| "/start".into()))
                 } else if x.q_search_bar.is_some() {
                     Experience::QSearch
                 } else if x.generative_qna.is_some() {
                     Experience::GenerativeQnA
+                } else if x.quick_chat.is_some() {
+                    Experience::QuickChat
                 } else {
                     Experience::Console("/start".into())
                 }
@@ -477,17 +584,15 @@ impl EmbedRequest {
         }
     }
 
-    /// Checks every constraint QuickSight enforces on the input, in member order.
-    ///
-    /// # Errors
-    /// The first violated constraint, naming the member by its QuickSight path.
-    pub fn validate(&self) -> Result<(), Violation> {
-        check_account(self.aws_account_id())?;
+    /// The request as QuickSight's JSON (the native API's body shape), for tests and the
+    /// simulator's record of what it parsed.
+    pub fn to_json(&self) -> serde_json::Value {
         match self {
-            EmbedRequest::Dashboard(r) => validate_dashboard(r),
-            EmbedRequest::Anonymous(r) => validate_anonymous(r),
-            EmbedRequest::Registered(r) => validate_registered(r),
+            EmbedRequest::Dashboard(r) => serde_json::to_value(r),
+            EmbedRequest::Anonymous(r) => serde_json::to_value(r),
+            EmbedRequest::Registered(r) => serde_json::to_value(r),
         }
+        .unwrap_or_default()
     }
 }
 
@@ -496,556 +601,5 @@ fn visual(v: &DashboardVisualId) -> Experience {
         dashboard: v.dashboard_id.clone(),
         sheet: v.sheet_id.clone(),
         visual: v.visual_id.clone(),
-    }
-}
-
-/// Which QuickSight error a violation maps to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ViolationKind {
-    /// `InvalidParameterValueException`
-    InvalidParameter,
-    /// `SessionLifetimeInMinutesInvalidException`
-    SessionLifetime,
-}
-
-/// A violated input constraint: which member, and which rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    pub kind: ViolationKind,
-    /// QuickSight member path, e.g. `ExperienceConfiguration.Dashboard.InitialDashboardId`.
-    pub field: String,
-    /// The rule, in words, e.g. `must match [\w-]+ and be 1-512 characters`.
-    pub rule: String,
-}
-
-impl Violation {
-    pub fn invalid(field: impl Into<String>, rule: impl Into<String>) -> Self {
-        Violation {
-            kind: ViolationKind::InvalidParameter,
-            field: field.into(),
-            rule: rule.into(),
-        }
-    }
-}
-
-impl fmt::Display for Violation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.field, self.rule)
-    }
-}
-
-fn is_word_or_dash(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// `ShortRestrictiveResourceId`: 1–512 characters of `[\w\-]`.
-fn check_resource_id(field: &str, id: &str, max: usize) -> Result<(), Violation> {
-    if id.is_empty() || id.len() > max || !is_word_or_dash(id) {
-        return Err(Violation::invalid(
-            field,
-            format!("must be 1-{max} characters of letters, digits, '_' and '-'"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_account(id: &str) -> Result<(), Violation> {
-    if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Violation::invalid(
-            "AwsAccountId",
-            "must be exactly 12 digits",
-        ));
-    }
-    Ok(())
-}
-
-fn check_lifetime(minutes: Option<i64>) -> Result<(), Violation> {
-    match minutes {
-        Some(m) if !SESSION_LIFETIME_MINUTES.contains(&m) => Err(Violation {
-            kind: ViolationKind::SessionLifetime,
-            field: "SessionLifetimeInMinutes".into(),
-            rule: "must be between 15 and 600".into(),
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Namespace: at most 64 characters of `[a-zA-Z0-9._-]`; we also refuse the empty string, which
-/// can never name a namespace.
-fn check_namespace(field: &str, ns: &str) -> Result<(), Violation> {
-    let ok = !ns.is_empty()
-        && ns.len() <= 64
-        && ns
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Violation::invalid(
-            field,
-            "must be 1-64 characters of letters, digits, '.', '_' and '-'",
-        ))
-    }
-}
-
-/// A parsed QuickSight user ARN: `arn:<partition>:quicksight:<region>:<account>:user/<ns>/<name>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UserArn<'a> {
-    pub partition: &'a str,
-    pub region: &'a str,
-    pub account: &'a str,
-    pub namespace: &'a str,
-    pub user_name: &'a str,
-}
-
-impl<'a> UserArn<'a> {
-    pub fn parse(arn: &'a str) -> Option<Self> {
-        let mut parts = arn.splitn(6, ':');
-        let (arn_lit, partition, service, region, account, resource) = (
-            parts.next()?,
-            parts.next()?,
-            parts.next()?,
-            parts.next()?,
-            parts.next()?,
-            parts.next()?,
-        );
-        if arn_lit != "arn" || service != "quicksight" || partition.is_empty() || region.is_empty()
-        {
-            return None;
-        }
-        check_account(account).ok()?;
-        let rest = resource.strip_prefix("user/")?;
-        let (namespace, user_name) = rest.split_once('/')?;
-        check_namespace("", namespace).ok()?;
-        // IAM role-session users are named `Role/Session`, so the name may itself contain '/'.
-        let name_ok = !user_name.is_empty()
-            && user_name
-                .chars()
-                .all(|c| ('\u{20}'..='\u{ff}').contains(&c));
-        name_ok.then_some(UserArn {
-            partition,
-            region,
-            account,
-            namespace,
-            user_name,
-        })
-    }
-}
-
-fn check_user_arn<'a>(field: &str, arn: &'a str, account: &str) -> Result<UserArn<'a>, Violation> {
-    let parsed = UserArn::parse(arn).ok_or_else(|| {
-        Violation::invalid(
-            field,
-            "must be a QuickSight user ARN: arn:aws:quicksight:<region>:<account>:user/<namespace>/<user>",
-        )
-    })?;
-    if parsed.account != account {
-        return Err(Violation::invalid(field, "must belong to AwsAccountId"));
-    }
-    Ok(parsed)
-}
-
-/// The dashboard id of `arn:<partition>:quicksight:<region>:<account>:dashboard/<id>`.
-pub fn dashboard_id_of_arn(arn: &str) -> Option<&str> {
-    let mut parts = arn.splitn(6, ':');
-    if parts.next()? != "arn" {
-        return None;
-    }
-    let _partition = parts.next()?;
-    if parts.next()? != "quicksight" {
-        return None;
-    }
-    let _region = parts.next()?;
-    let _account = parts.next()?;
-    parts.next()?.strip_prefix("dashboard/")
-}
-
-fn check_allowed_domains(domains: Option<&[String]>) -> Result<(), Violation> {
-    let Some(domains) = domains else {
-        return Ok(());
-    };
-    if domains.len() > 3 {
-        return Err(Violation::invalid(
-            "AllowedDomains",
-            "must list at most 3 domains",
-        ));
-    }
-    for (i, d) in domains.iter().enumerate() {
-        let host = d
-            .strip_prefix("https://")
-            .or_else(|| d.strip_prefix("http://localhost").map(|_| "localhost"));
-        let host = host.map(|h| h.strip_prefix("*.").unwrap_or(h));
-        let ok = host.is_some_and(|h| {
-            !h.is_empty()
-                && h.len() <= 253
-                && h.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
-        });
-        if !ok {
-            return Err(Violation::invalid(
-                format!("AllowedDomains[{i}]"),
-                "must be an https:// origin (optionally https://*.domain) or http://localhost",
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn validate_dashboard(r: &DashboardEmbedRequest) -> Result<(), Violation> {
-    check_resource_id("DashboardId", &r.dashboard_id, 512)?;
-    check_lifetime(r.session_lifetime_in_minutes)?;
-    if let Some(ns) = &r.namespace {
-        check_namespace("Namespace", ns)?;
-    }
-    match (r.identity_type, &r.user_arn) {
-        (IdentityType::Quicksight, None) => {
-            return Err(Violation::invalid(
-                "UserArn",
-                "is required when IdentityType is QUICKSIGHT",
-            ))
-        }
-        (IdentityType::Quicksight, Some(arn)) => {
-            check_user_arn("UserArn", arn, &r.aws_account_id)?;
-        }
-        (_, Some(_)) => {
-            return Err(Violation::invalid(
-                "UserArn",
-                "is allowed only when IdentityType is QUICKSIGHT",
-            ))
-        }
-        (_, None) => {}
-    }
-    if let Some(ids) = &r.additional_dashboard_ids {
-        if r.identity_type != IdentityType::Anonymous {
-            return Err(Violation::invalid(
-                "AdditionalDashboardIds",
-                "is allowed only when IdentityType is ANONYMOUS",
-            ));
-        }
-        if ids.is_empty() || ids.len() > 20 {
-            return Err(Violation::invalid(
-                "AdditionalDashboardIds",
-                "must list 1-20 dashboard ids",
-            ));
-        }
-        for (i, id) in ids.iter().enumerate() {
-            check_resource_id(&format!("AdditionalDashboardIds[{i}]"), id, 512)?;
-        }
-    }
-    Ok(())
-}
-
-fn check_visual(prefix: &str, v: &DashboardVisualId) -> Result<(), Violation> {
-    let p = format!("{prefix}.InitialDashboardVisualId");
-    check_resource_id(&format!("{p}.DashboardId"), &v.dashboard_id, 512)?;
-    check_resource_id(&format!("{p}.SheetId"), &v.sheet_id, 512)?;
-    check_resource_id(&format!("{p}.VisualId"), &v.visual_id, 512)
-}
-
-fn exactly_one(set: usize) -> Result<(), Violation> {
-    if set == 1 {
-        Ok(())
-    } else {
-        Err(Violation::invalid(
-            "ExperienceConfiguration",
-            "must set exactly one experience",
-        ))
-    }
-}
-
-fn validate_anonymous(r: &AnonymousEmbedRequest) -> Result<(), Violation> {
-    check_lifetime(r.session_lifetime_in_minutes)?;
-    check_namespace("Namespace", &r.namespace)?;
-    if let Some(tags) = &r.session_tags {
-        if tags.is_empty() || tags.len() > 50 {
-            return Err(Violation::invalid("SessionTags", "must list 1-50 tags"));
-        }
-        for (i, t) in tags.iter().enumerate() {
-            if t.key.is_empty() || t.key.chars().count() > 128 {
-                return Err(Violation::invalid(
-                    format!("SessionTags[{i}].Key"),
-                    "must be 1-128 characters",
-                ));
-            }
-            if t.value.is_empty() || t.value.chars().count() > 256 {
-                return Err(Violation::invalid(
-                    format!("SessionTags[{i}].Value"),
-                    "must be 1-256 characters",
-                ));
-            }
-        }
-    }
-    let x = &r.experience_configuration;
-    exactly_one(
-        usize::from(x.dashboard.is_some())
-            + usize::from(x.dashboard_visual.is_some())
-            + usize::from(x.q_search_bar.is_some())
-            + usize::from(x.generative_qna.is_some()),
-    )?;
-    let initial_dashboard = if let Some(d) = &x.dashboard {
-        check_resource_id(
-            "ExperienceConfiguration.Dashboard.InitialDashboardId",
-            &d.initial_dashboard_id,
-            512,
-        )?;
-        for (field, list) in [
-            ("EnabledFeatures", &d.enabled_features),
-            ("DisabledFeatures", &d.disabled_features),
-        ] {
-            for (i, f) in list.iter().flatten().enumerate() {
-                if f != "SHARED_VIEW" {
-                    return Err(Violation::invalid(
-                        format!("ExperienceConfiguration.Dashboard.{field}[{i}]"),
-                        "must be SHARED_VIEW",
-                    ));
-                }
-            }
-        }
-        Some(d.initial_dashboard_id.as_str())
-    } else if let Some(v) = &x.dashboard_visual {
-        check_visual(
-            "ExperienceConfiguration.DashboardVisual",
-            &v.initial_dashboard_visual_id,
-        )?;
-        Some(v.initial_dashboard_visual_id.dashboard_id.as_str())
-    } else {
-        for (name, t) in [
-            ("QSearchBar", &x.q_search_bar),
-            ("GenerativeQnA", &x.generative_qna),
-        ] {
-            if let Some(t) = t {
-                check_resource_id(
-                    &format!("ExperienceConfiguration.{name}.InitialTopicId"),
-                    &t.initial_topic_id,
-                    2048,
-                )?;
-            }
-        }
-        None
-    };
-    if r.authorized_resource_arns.is_empty() {
-        return Err(Violation::invalid(
-            "AuthorizedResourceArns",
-            "must list at least one ARN",
-        ));
-    }
-    for (i, arn) in r.authorized_resource_arns.iter().enumerate() {
-        if !arn.starts_with("arn:") || arn.len() > 2048 {
-            return Err(Violation::invalid(
-                format!("AuthorizedResourceArns[{i}]"),
-                "must be an ARN",
-            ));
-        }
-    }
-    if let Some(initial) = initial_dashboard {
-        if !r
-            .authorized_resource_arns
-            .iter()
-            .any(|a| dashboard_id_of_arn(a) == Some(initial))
-        {
-            return Err(Violation::invalid(
-                "AuthorizedResourceArns",
-                "must include the ARN of the initial dashboard",
-            ));
-        }
-    }
-    check_allowed_domains(r.allowed_domains.as_deref())
-}
-
-const CONSOLE_START_PATHS: [&str; 4] = [
-    "/start",
-    "/start/analyses",
-    "/start/dashboards",
-    "/start/favorites",
-];
-
-fn validate_registered(r: &RegisteredEmbedRequest) -> Result<(), Violation> {
-    check_lifetime(r.session_lifetime_in_minutes)?;
-    check_user_arn("UserArn", &r.user_arn, &r.aws_account_id)?;
-    let x = &r.experience_configuration;
-    exactly_one(
-        usize::from(x.dashboard.is_some())
-            + usize::from(x.quicksight_console.is_some())
-            + usize::from(x.q_search_bar.is_some())
-            + usize::from(x.dashboard_visual.is_some())
-            + usize::from(x.generative_qna.is_some()),
-    )?;
-    if let Some(d) = &x.dashboard {
-        check_resource_id(
-            "ExperienceConfiguration.Dashboard.InitialDashboardId",
-            &d.initial_dashboard_id,
-            512,
-        )?;
-    }
-    if let Some(v) = &x.dashboard_visual {
-        check_visual(
-            "ExperienceConfiguration.DashboardVisual",
-            &v.initial_dashboard_visual_id,
-        )?;
-    }
-    if let Some(c) = &x.quicksight_console {
-        let p = c.initial_path.as_str();
-        let ok = p.len() <= 1000
-            && (CONSOLE_START_PATHS.contains(&p)
-                || p.strip_prefix("/dashboards/")
-                    .is_some_and(|id| !id.is_empty() && is_word_or_dash(id))
-                || p.strip_prefix("/analyses/")
-                    .is_some_and(|id| !id.is_empty() && is_word_or_dash(id)));
-        if !ok {
-            return Err(Violation::invalid(
-                "ExperienceConfiguration.QuickSightConsole.InitialPath",
-                "must be /start, /start/analyses, /start/dashboards, /start/favorites, /dashboards/<id> or /analyses/<id>",
-            ));
-        }
-    }
-    for (name, t) in [
-        ("QSearchBar", &x.q_search_bar),
-        ("GenerativeQnA", &x.generative_qna),
-    ] {
-        if let Some(id) = t.as_ref().and_then(|t| t.initial_topic_id.as_deref()) {
-            check_resource_id(
-                &format!("ExperienceConfiguration.{name}.InitialTopicId"),
-                id,
-                2048,
-            )?;
-        }
-    }
-    check_allowed_domains(r.allowed_domains.as_deref())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn dash(identity: IdentityType) -> DashboardEmbedRequest {
-        DashboardEmbedRequest::new("111122223333", "sales-2024", identity)
-    }
-
-    #[test]
-    fn quicksight_identity_requires_a_user_arn_of_the_same_account() {
-        let mut r = dash(IdentityType::Quicksight);
-        assert_eq!(
-            EmbedRequest::Dashboard(r.clone())
-                .validate()
-                .unwrap_err()
-                .field,
-            "UserArn"
-        );
-        r.user_arn = Some("arn:aws:quicksight:us-east-1:999999999999:user/default/alice".into());
-        let err = EmbedRequest::Dashboard(r.clone()).validate().unwrap_err();
-        assert_eq!(err.rule, "must belong to AwsAccountId");
-        r.user_arn = Some("arn:aws:quicksight:us-east-1:111122223333:user/default/alice".into());
-        assert_eq!(EmbedRequest::Dashboard(r).validate(), Ok(()));
-    }
-
-    #[test]
-    fn lifetime_outside_15_to_600_is_its_own_error() {
-        for (m, ok) in [(14, false), (15, true), (600, true), (601, false)] {
-            let mut r = dash(IdentityType::Iam);
-            r.session_lifetime_in_minutes = Some(m);
-            let res = EmbedRequest::Dashboard(r).validate();
-            assert_eq!(res.is_ok(), ok, "{m}");
-            if let Err(v) = res {
-                assert_eq!(v.kind, ViolationKind::SessionLifetime);
-            }
-        }
-    }
-
-    #[test]
-    fn additional_dashboards_only_with_anonymous_and_at_most_twenty() {
-        let mut r = dash(IdentityType::Iam);
-        r.additional_dashboard_ids = Some(vec!["a".into()]);
-        assert_eq!(
-            EmbedRequest::Dashboard(r.clone())
-                .validate()
-                .unwrap_err()
-                .field,
-            "AdditionalDashboardIds"
-        );
-        r.identity_type = IdentityType::Anonymous;
-        assert!(EmbedRequest::Dashboard(r.clone()).validate().is_ok());
-        r.additional_dashboard_ids = Some((0..21).map(|i| format!("d{i}")).collect());
-        assert!(EmbedRequest::Dashboard(r).validate().is_err());
-    }
-
-    #[test]
-    fn dashboard_ids_are_ascii_word_characters_only() {
-        for (id, ok) in [
-            ("sales_2024-x", true),
-            ("", false),
-            ("a/b", false),
-            ("é", false),
-            ("a b", false),
-        ] {
-            let mut r = dash(IdentityType::Iam);
-            r.dashboard_id = id.into();
-            assert_eq!(EmbedRequest::Dashboard(r).validate().is_ok(), ok, "{id:?}");
-        }
-        let mut r = dash(IdentityType::Iam);
-        r.dashboard_id = "x".repeat(513);
-        assert!(EmbedRequest::Dashboard(r).validate().is_err());
-    }
-
-    #[test]
-    fn anonymous_request_must_authorize_its_initial_dashboard() {
-        let body = serde_json::json!({
-            "AwsAccountId": "111122223333",
-            "Namespace": "default",
-            "AuthorizedResourceArns": ["arn:aws:quicksight:us-east-1:111122223333:dashboard/other"],
-            "ExperienceConfiguration": {"Dashboard": {"InitialDashboardId": "sales-2024"}}
-        });
-        let mut r: AnonymousEmbedRequest = serde_json::from_value(body).unwrap();
-        let err = EmbedRequest::Anonymous(r.clone()).validate().unwrap_err();
-        assert_eq!(err.field, "AuthorizedResourceArns");
-        r.authorized_resource_arns
-            .push("arn:aws:quicksight:us-east-1:111122223333:dashboard/sales-2024".into());
-        assert!(EmbedRequest::Anonymous(r).validate().is_ok());
-    }
-
-    #[test]
-    fn experience_configuration_needs_exactly_one_member() {
-        let r = RegisteredEmbedRequest {
-            aws_account_id: "111122223333".into(),
-            session_lifetime_in_minutes: None,
-            user_arn: "arn:aws:quicksight:us-east-1:111122223333:user/default/alice".into(),
-            experience_configuration: RegisteredExperience::default(),
-            allowed_domains: None,
-        };
-        assert_eq!(
-            EmbedRequest::Registered(r).validate().unwrap_err().field,
-            "ExperienceConfiguration"
-        );
-    }
-
-    #[test]
-    fn allowed_domains_must_be_https_or_localhost_and_at_most_three() {
-        for (d, ok) in [
-            ("https://app.example.com", true),
-            ("https://*.example.com", true),
-            ("http://localhost:3000", true),
-            ("http://app.example.com", false),
-            ("app.example.com", false),
-        ] {
-            assert_eq!(
-                check_allowed_domains(Some(&[d.to_string()])).is_ok(),
-                ok,
-                "{d}"
-            );
-        }
-        let four: Vec<String> = (0..4)
-            .map(|i| format!("https://a{i}.example.com"))
-            .collect();
-        assert!(check_allowed_domains(Some(&four)).is_err());
-    }
-
-    #[test]
-    fn user_arns_with_role_session_names_parse() {
-        let a =
-            UserArn::parse("arn:aws:quicksight:us-east-1:111122223333:user/default/Role/Session")
-                .unwrap();
-        assert_eq!(a.user_name, "Role/Session");
-        assert_eq!(a.namespace, "default");
-        assert!(UserArn::parse("arn:aws:iam::111122223333:user/alice").is_none());
     }
 }

@@ -138,4 +138,70 @@ mod tests {
         assert_eq!(k.as_str().len(), 32);
         assert!(!k.as_str().contains("acme"));
     }
+
+    /// Every leaf of `v` changed in place (bools flipped, numbers and strings altered) and every
+    /// object member removed, each as its own copy, with the path it changed.
+    fn variants(v: &serde_json::Value, path: String, out: &mut Vec<(String, serde_json::Value)>) {
+        use serde_json::Value;
+        let mut push = |p: String, changed: Value| out.push((p, changed));
+        match v {
+            Value::Bool(b) => push(path, Value::Bool(!b)),
+            Value::Number(n) => push(path, serde_json::json!(n.as_i64().unwrap_or(0) + 1)),
+            Value::String(s) => push(path, Value::String(format!("{s}x"))),
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let mut inner = vec![];
+                    variants(item, format!("{path}[{i}]"), &mut inner);
+                    for (p, changed) in inner {
+                        let mut copy = items.clone();
+                        copy[i] = changed;
+                        out.push((p, Value::Array(copy)));
+                    }
+                }
+            }
+            Value::Object(members) => {
+                for (k, item) in members {
+                    let mut inner = vec![];
+                    variants(item, format!("{path}.{k}"), &mut inner);
+                    for (p, changed) in inner {
+                        let mut copy = members.clone();
+                        copy.insert(k.clone(), changed);
+                        out.push((p, Value::Object(copy)));
+                    }
+                    let mut without = members.clone();
+                    without.remove(k);
+                    out.push((format!("{path}.{k} removed"), Value::Object(without)));
+                }
+            }
+            Value::Null => {}
+        }
+    }
+
+    #[test]
+    fn every_member_of_every_operation_changes_the_key() {
+        let cases: Vec<serde_json::Value> =
+            serde_json::from_str(include_str!("../../tests/fixtures/kitchen-sink.json")).unwrap();
+        let mut checked = 0;
+        for case in cases {
+            let op: crate::model::Operation =
+                serde_json::from_value(case["Operation"].clone()).unwrap();
+            let parse = |v: &serde_json::Value| crate::gateway::parse_value(op, v.clone()).ok();
+            let base = pool_key("t", "us-east-1", &parse(&case["Body"]).unwrap());
+            let mut all = vec![];
+            variants(&case["Body"], String::new(), &mut all);
+            for (path, changed) in all {
+                // A change that leaves a required member out, or one the parser refuses, is
+                // not a request at all.
+                let Some(req) = parse(&changed) else { continue };
+                assert_ne!(
+                    pool_key("t", "us-east-1", &req),
+                    base,
+                    "{}: changing {path} must change the key",
+                    case["Name"]
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 180, "only {checked} variants checked");
+    }
 }

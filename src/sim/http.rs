@@ -13,9 +13,10 @@ use percent_encoding::percent_decode_str;
 use serde_json::json;
 
 use super::{ledger::Redemption, registry::Edition, Simulator};
+use crate::model::arn::{Arn, UserArn};
 use crate::model::{
-    self, AnonymousEmbedRequest, DashboardEmbedRequest, EmbedRequest, IdentityType, Operation,
-    RegisteredEmbedRequest, UserArn, Violation, ViolationKind,
+    AnonymousEmbedRequest, DashboardEmbedRequest, EmbedRequest, IdentityType, Operation,
+    RegisteredEmbedRequest, Violation, ViolationKind,
 };
 
 /// Largest request body the simulator reads (QuickSight bodies here are a few KiB).
@@ -115,6 +116,7 @@ async fn dispatch(req: HttpRequest, body: web::Bytes, sim: web::Data<Simulator>)
     match (method, segments.as_slice()) {
         ("GET", ["_sim", "ledger"]) => HttpResponse::Ok().json(sim.ledger()),
         ("GET", ["_sim", "knobs"]) => HttpResponse::Ok().json(sim.knobs()),
+        ("GET", ["_sim", "inputs"]) => HttpResponse::Ok().json(sim.last_inputs()),
         ("POST", ["_sim", "knobs"]) => post_knobs(&sim, &body),
         ("GET", ["embed" | "embedding", ..]) => redeem(&sim, &req),
         ("GET", ["accounts", account, "dashboards", dashboard, "embed-url"]) => {
@@ -218,6 +220,9 @@ async fn api_call(
     sim.ledger_mut().call();
 
     let parsed = parse();
+    if let Ok(r) = &parsed {
+        sim.record_input(r);
+    }
     let account = match &parsed {
         Ok(r) => r.aws_account_id().to_string(),
         Err(_) => String::new(),
@@ -458,8 +463,9 @@ fn check_registry(sim: &Simulator, req: &HttpRequest, r: &EmbedRequest) -> Resul
             ids = a
                 .authorized_resource_arns
                 .iter()
-                .filter(|arn| arn.split(':').nth(4) == Some(account_id))
-                .filter_map(|arn| model::dashboard_id_of_arn(arn))
+                .filter_map(|arn| Arn::parse(arn))
+                .filter(|a| a.account == account_id && a.resource_type == "dashboard")
+                .map(|a| a.resource)
                 .collect();
         }
         if let Some(missing) = ids.into_iter().find(|id| !account.has_dashboard(id)) {

@@ -148,13 +148,15 @@ pub struct Simulator {
     settings: SimSettings,
     keys: HashMap<String, String>,
     /// access key id → accounts it may call (absent: all)
-    key_accounts: HashMap<String, Vec<String>>,
+    key_accounts: RwLock<HashMap<String, Vec<String>>>,
     registry: registry::Registry,
     ledger: ledger::Ledger,
     knobs: RwLock<Knobs>,
     limiter: RwLock<Option<Arc<AccountLimiter>>>,
     urls: Mutex<UrlBook>,
     base_url: RwLock<String>,
+    /// The last input each operation parsed, as QuickSight's JSON (`GET /_sim/inputs`).
+    last_inputs: Mutex<std::collections::BTreeMap<Operation, serde_json::Value>>,
 }
 
 /// What a successful issue returns.
@@ -183,13 +185,14 @@ impl Simulator {
             .unwrap_or_else(|| format!("http://{}", settings.listen));
         let sim = Simulator {
             keys,
-            key_accounts,
+            key_accounts: RwLock::new(key_accounts),
             registry,
             ledger: ledger::Ledger::default(),
             knobs: RwLock::new(Knobs::default()),
             limiter: RwLock::new(None),
             urls: Mutex::new(UrlBook::default()),
             base_url: RwLock::new(base_url.trim_end_matches('/').to_string()),
+            last_inputs: Mutex::new(Default::default()),
             settings,
         };
         sim.set_knobs(sim.settings.knobs.clone());
@@ -213,6 +216,28 @@ impl Simulator {
         } else {
             SystemTime::now() - shift
         }
+    }
+
+    /// Lets `access_key_id` call only `accounts` from now on (as the credential's `accounts`
+    /// setting does at start): other accounts answer AccessDeniedException.
+    pub fn restrict_key(&self, access_key_id: &str, accounts: &[&str]) {
+        self.key_accounts.write().insert(
+            access_key_id.to_string(),
+            accounts.iter().map(|a| a.to_string()).collect(),
+        );
+    }
+
+    /// Records what an operation parsed (before validation), so tests can check that every
+    /// member arrived intact.
+    pub(crate) fn record_input(&self, req: &crate::model::EmbedRequest) {
+        self.last_inputs
+            .lock()
+            .insert(req.operation(), req.to_json());
+    }
+
+    /// The last input each operation parsed, as QuickSight's JSON members.
+    pub fn last_inputs(&self) -> std::collections::BTreeMap<Operation, serde_json::Value> {
+        self.last_inputs.lock().clone()
     }
 
     pub fn ledger(&self) -> LedgerSnapshot {
@@ -331,6 +356,7 @@ impl Simulator {
                 format!("/embedding/{sid}/q/search"),
                 "generative Q&A".into(),
             ),
+            Experience::QuickChat => (format!("/embedding/{sid}/quick-chat"), "Quick chat".into()),
         };
         let url = format!(
             "{}{path}?code={code}&identityprovider=quicksight&isauthcode=true",
@@ -390,6 +416,7 @@ impl Simulator {
     /// Whether `access_key` may call `account` (keys without an account list may call any).
     pub(crate) fn key_may_call(&self, access_key: &str, account: &str) -> bool {
         self.key_accounts
+            .read()
             .get(access_key)
             .is_none_or(|accounts| accounts.iter().any(|a| a == account))
     }

@@ -212,7 +212,7 @@ async fn a_tenant_cannot_reach_outside_its_policy_and_quicksight_is_never_called
         (
             "dashboard",
             json!({"DashboardId": "sales-2024", "IdentityType": "ANONYMOUS", "AdditionalDashboardIds": ["finance"]}),
-            "DashboardId",
+            "AdditionalDashboardIds[0]",
         ),
         (
             "dashboard",

@@ -7,5 +7,7 @@ mod fleet;
 mod gateway;
 mod helpers;
 mod observability;
+mod policy;
+mod policy_oracle;
 mod redis_server;
 mod simulator;

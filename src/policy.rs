@@ -1,0 +1,796 @@
+//! Tenant policy: what a tenant's URLs may grant. The gateway holds credentials that can mint a
+//! URL for any user and dashboard of its accounts, so this is the product's security boundary.
+//!
+//! A request is checked *as QuickSight will read it*: the gateway resolves implicit defaults first
+//! (see `EmbedRequest::resolve_defaults` and the tenant's default account) and validates it, then
+//! [`Policy::authorize`] walks every member of the request. The walk destructures each request
+//! struct without `..`, so a member added to the model does not compile until it is given a
+//! decision here; each member either yields [`Grant`]s that the policy must allow, or is marked as
+//! granting nothing, with the reason next to it. Anything a grant names that the policy has no rule
+//! for is refused (deny by default).
+
+use wildmatch::WildMatch;
+
+use crate::config::PolicySettings;
+use crate::model::arn::{Arn, UserArn};
+use crate::model::domain::Origin;
+use crate::model::*;
+
+/// The experiences a policy can allow. GetDashboardEmbedUrl embeds the `Dashboard` experience.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExperienceKind {
+    Dashboard,
+    DashboardVisual,
+    QuickSightConsole,
+    QSearchBar,
+    GenerativeQnA,
+    QuickChat,
+}
+
+impl ExperienceKind {
+    pub const ALL: [ExperienceKind; 6] = [
+        ExperienceKind::Dashboard,
+        ExperienceKind::DashboardVisual,
+        ExperienceKind::QuickSightConsole,
+        ExperienceKind::QSearchBar,
+        ExperienceKind::GenerativeQnA,
+        ExperienceKind::QuickChat,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExperienceKind::Dashboard => "Dashboard",
+            ExperienceKind::DashboardVisual => "DashboardVisual",
+            ExperienceKind::QuickSightConsole => "QuickSightConsole",
+            ExperienceKind::QSearchBar => "QSearchBar",
+            ExperienceKind::GenerativeQnA => "GenerativeQnA",
+            ExperienceKind::QuickChat => "QuickChat",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// The feature switches a policy can deny. A denied feature may not be *enabled* by a request;
+/// requests that leave it out or disable it pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feature {
+    SharedView,
+    StatePersistence,
+    Bookmarks,
+    Schedules,
+    RecentSnapshots,
+    ThresholdAlerts,
+    DashboardCustomizationSummary,
+    ExecutiveSummary,
+    DataQnA,
+    GenerativeAuthoring,
+    DataStories,
+}
+
+impl Feature {
+    pub const ALL: [Feature; 11] = [
+        Feature::SharedView,
+        Feature::StatePersistence,
+        Feature::Bookmarks,
+        Feature::Schedules,
+        Feature::RecentSnapshots,
+        Feature::ThresholdAlerts,
+        Feature::DashboardCustomizationSummary,
+        Feature::ExecutiveSummary,
+        Feature::DataQnA,
+        Feature::GenerativeAuthoring,
+        Feature::DataStories,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Feature::SharedView => "SharedView",
+            Feature::StatePersistence => "StatePersistence",
+            Feature::Bookmarks => "Bookmarks",
+            Feature::Schedules => "Schedules",
+            Feature::RecentSnapshots => "RecentSnapshots",
+            Feature::ThresholdAlerts => "ThresholdAlerts",
+            Feature::DashboardCustomizationSummary => "DashboardCustomizationSummary",
+            Feature::ExecutiveSummary => "ExecutiveSummary",
+            Feature::DataQnA => "DataQnA",
+            Feature::GenerativeAuthoring => "GenerativeAuthoring",
+            Feature::DataStories => "DataStories",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+/// Something a URL would grant, named by one member of the request.
+#[derive(Debug, Clone, Copy)]
+pub enum Grant<'a> {
+    Account(&'a str),
+    Identity(IdentityType),
+    Experience(ExperienceKind),
+    Dashboard(&'a str),
+    Topic(&'a str),
+    Theme(&'a str),
+    Namespace(&'a str),
+    User(&'a str),
+    Tag(&'a SessionTag),
+    Domain(&'a str),
+    Feature(Feature),
+    /// An `AuthorizedResourceArns` entry of a type no policy rule covers.
+    Resource(&'a str),
+}
+
+/// Where in the request a grant comes from: a member path, with `[]` standing for `index`.
+#[derive(Debug, Clone, Copy)]
+pub struct At(pub &'static str, pub Option<usize>);
+
+impl At {
+    fn render(self) -> String {
+        match self.1 {
+            Some(i) => self.0.replacen("[]", &format!("[{i}]"), 1),
+            None => self.0.to_string(),
+        }
+    }
+}
+
+/// Why a request is outside its tenant's policy: which member, and the rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub field: String,
+    pub rule: String,
+}
+
+/// A tenant's policy, compiled from its settings.
+#[derive(Debug)]
+pub struct Policy {
+    accounts: Vec<String>,
+    dashboards: Vec<WildMatch>,
+    topics: Vec<WildMatch>,
+    themes: Vec<WildMatch>,
+    namespaces: Vec<String>,
+    identity_types: Vec<IdentityType>,
+    user_arns: Vec<WildMatch>,
+    session_tags: Vec<(String, Vec<WildMatch>)>,
+    required_session_tags: Vec<String>,
+    experiences: Vec<ExperienceKind>,
+    denied_features: Vec<Feature>,
+    /// `None`: no restriction beyond QuickSight's own rules and the account's static list.
+    allowed_domains: Option<Vec<Origin>>,
+}
+
+fn patterns(list: &[String]) -> Vec<WildMatch> {
+    list.iter().map(|p| WildMatch::new(p)).collect()
+}
+
+impl Policy {
+    /// Compiles validated settings (see `Settings::validate`); entries that do not parse are
+    /// dropped, which only narrows what is allowed.
+    pub fn new(p: &PolicySettings, default_account: Option<&String>) -> Self {
+        let mut accounts = p.accounts.clone();
+        if accounts.is_empty() {
+            accounts.extend(default_account.cloned());
+        }
+        Policy {
+            accounts,
+            dashboards: patterns(&p.dashboards),
+            topics: patterns(&p.topics),
+            themes: patterns(&p.themes),
+            namespaces: p.namespaces.clone(),
+            identity_types: p.identity_types.clone(),
+            user_arns: patterns(&p.user_arns),
+            session_tags: p
+                .session_tags
+                .iter()
+                .map(|(k, vs)| (k.clone(), patterns(vs)))
+                .collect(),
+            required_session_tags: p.required_session_tags.clone(),
+            experiences: p
+                .experiences
+                .iter()
+                .filter_map(|e| ExperienceKind::parse(e))
+                .collect(),
+            denied_features: p
+                .denied_features
+                .iter()
+                .filter_map(|f| Feature::parse(f))
+                .collect(),
+            allowed_domains: (!p.allowed_domains.is_empty()).then(|| {
+                p.allowed_domains
+                    .iter()
+                    .filter_map(|d| Origin::parse(d).ok())
+                    .collect()
+            }),
+        }
+    }
+
+    /// The AWS accounts this policy allows.
+    pub fn accounts(&self) -> &[String] {
+        &self.accounts
+    }
+
+    /// Checks a resolved, validated request against the policy.
+    ///
+    /// # Errors
+    /// The first member whose grant the policy does not allow.
+    pub fn authorize(&self, req: &EmbedRequest) -> Result<(), Denied> {
+        walk(req, &mut |grant, at| self.allows(grant, at))?;
+        let domains_sent = match req {
+            EmbedRequest::Dashboard(_) => None,
+            EmbedRequest::Anonymous(r) => Some(r.allowed_domains.is_some()),
+            EmbedRequest::Registered(r) => Some(r.allowed_domains.is_some()),
+        };
+        if self.allowed_domains.is_some() && domains_sent != Some(true) {
+            // Without AllowedDomains the URL opens on any domain of the account's static allow
+            // list, which this tenant's list does not bound.
+            let (field, rule) = match domains_sent {
+                None => ("Operation", "GetDashboardEmbedUrl cannot restrict the embedding domain, and this tenant's policy lists allowed domains"),
+                Some(_) => ("AllowedDomains", "is required: this tenant's policy lists the domains its URLs may be embedded on"),
+            };
+            return deny(At(field, None), rule.to_string());
+        }
+        if let EmbedRequest::Anonymous(r) = req {
+            let tags = r.session_tags.as_deref().unwrap_or(&[]);
+            for key in &self.required_session_tags {
+                if !tags.iter().any(|t| &t.key == key) {
+                    return deny(
+                        At("SessionTags", None),
+                        format!("must include the tag {key:?}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn allows(&self, grant: Grant<'_>, at: At) -> Result<(), Denied> {
+        let matches = |list: &[WildMatch], s: &str| list.iter().any(|m| m.matches(s));
+        match grant {
+            Grant::Account(a) if !self.accounts.iter().any(|x| x == a) => {
+                deny(at, "is not an account this tenant may use".into())
+            }
+            Grant::Identity(i) if !self.identity_types.contains(&i) => deny(
+                at,
+                format!(
+                    "identity type {} is not allowed for this tenant",
+                    i.as_str()
+                ),
+            ),
+            Grant::Experience(e) if !self.experiences.contains(&e) => deny(
+                at,
+                format!(
+                    "the {} experience is not allowed for this tenant",
+                    e.as_str()
+                ),
+            ),
+            Grant::Dashboard(id) if !matches(&self.dashboards, id) => deny(
+                at,
+                format!("dashboard {id:?} is not allowed for this tenant"),
+            ),
+            Grant::Topic(id) if !matches(&self.topics, id) => {
+                deny(at, format!("topic {id:?} is not allowed for this tenant"))
+            }
+            Grant::Theme(id) if !matches(&self.themes, id) => {
+                deny(at, format!("theme {id:?} is not allowed for this tenant"))
+            }
+            Grant::Namespace(ns) if !self.namespaces.iter().any(|n| n == ns) => deny(
+                at,
+                format!("namespace {ns:?} is not allowed for this tenant"),
+            ),
+            Grant::User(arn) if !matches(&self.user_arns, arn) => {
+                deny(at, "is not a user this tenant may embed as".into())
+            }
+            Grant::Tag(tag) => {
+                let allowed = self
+                    .session_tags
+                    .iter()
+                    .find(|(k, _)| *k == tag.key)
+                    .is_some_and(|(_, values)| values.iter().any(|m| m.matches(&tag.value)));
+                if allowed {
+                    Ok(())
+                } else {
+                    deny(
+                        at,
+                        format!(
+                            "tag {:?} with this value is not allowed for this tenant",
+                            tag.key
+                        ),
+                    )
+                }
+            }
+            Grant::Domain(d) => match &self.allowed_domains {
+                None => Ok(()),
+                Some(allowed) => {
+                    let ok = Origin::parse(d)
+                        .is_ok_and(|requested| allowed.iter().any(|p| p.allows(&requested)));
+                    if ok {
+                        Ok(())
+                    } else {
+                        deny(at, format!("domain {d:?} is not allowed for this tenant"))
+                    }
+                }
+            },
+            Grant::Feature(f) if self.denied_features.contains(&f) => deny(
+                at,
+                format!(
+                    "the {} feature may not be enabled by this tenant",
+                    f.as_str()
+                ),
+            ),
+            Grant::Resource(t) => deny(
+                at,
+                format!("resources of type {t:?} are not allowed for this tenant"),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn deny(at: At, rule: String) -> Result<(), Denied> {
+    Err(Denied {
+        field: at.render(),
+        rule,
+    })
+}
+
+type See<'s, 'a> = dyn FnMut(Grant<'a>, At) -> Result<(), Denied> + 's;
+
+fn enabled(t: &Option<Toggle>) -> bool {
+    t.is_some_and(|t| t.enabled)
+}
+
+fn feature(see: &mut See<'_, '_>, t: &Option<Toggle>, f: Feature, at: At) -> Result<(), Denied> {
+    if enabled(t) {
+        see(Grant::Feature(f), at)?;
+    }
+    Ok(())
+}
+
+/// Calls `see` for everything `req` would grant. Every struct is destructured without `..`: a
+/// new model member is a compile error here until it has a decision.
+pub fn walk<'a>(req: &'a EmbedRequest, see: &mut See<'_, 'a>) -> Result<(), Denied> {
+    match req {
+        EmbedRequest::Dashboard(r) => walk_dashboard(r, see),
+        EmbedRequest::Anonymous(r) => walk_anonymous(r, see),
+        EmbedRequest::Registered(r) => walk_registered(r, see),
+    }
+}
+
+fn walk_user<'a>(see: &mut See<'_, 'a>, arn: &'a str) -> Result<(), Denied> {
+    see(Grant::User(arn), At("UserArn", None))?;
+    // Validation guarantees the ARN parses; an unparsable one grants nothing we could allow.
+    match UserArn::parse(arn) {
+        Some(u) => see(Grant::Namespace(u.namespace), At("UserArn", None)),
+        None => deny(At("UserArn", None), "is not a QuickSight user ARN".into()),
+    }
+}
+
+fn walk_dashboard<'a>(r: &'a DashboardEmbedRequest, see: &mut See<'_, 'a>) -> Result<(), Denied> {
+    let DashboardEmbedRequest {
+        aws_account_id,
+        dashboard_id,
+        identity_type,
+        // The session's length is bounded by QuickSight's 15-600 range; it grants no resource.
+        session_lifetime_in_minutes: _,
+        // Switching UI off grants nothing.
+        undo_redo_disabled: _,
+        reset_disabled: _,
+        state_persistence_enabled,
+        user_arn,
+        namespace,
+        additional_dashboard_ids,
+    } = r;
+    see(Grant::Account(aws_account_id), At("AwsAccountId", None))?;
+    see(Grant::Identity(*identity_type), At("IdentityType", None))?;
+    see(
+        Grant::Experience(ExperienceKind::Dashboard),
+        At("Operation", None),
+    )?;
+    see(Grant::Dashboard(dashboard_id), At("DashboardId", None))?;
+    for (i, id) in additional_dashboard_ids.iter().flatten().enumerate() {
+        see(
+            Grant::Dashboard(id),
+            At("AdditionalDashboardIds[]", Some(i)),
+        )?;
+    }
+    // Resolved before the walk; `None` only if a caller skipped resolution, and QuickSight would
+    // then use `default`.
+    let ns = namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+    see(Grant::Namespace(ns), At("Namespace", None))?;
+    if let Some(arn) = user_arn {
+        walk_user(see, arn)?;
+    }
+    if *state_persistence_enabled == Some(true) {
+        see(
+            Grant::Feature(Feature::StatePersistence),
+            At("StatePersistenceEnabled", None),
+        )?;
+    }
+    Ok(())
+}
+
+fn walk_domains<'a>(see: &mut See<'_, 'a>, domains: &'a Option<Vec<String>>) -> Result<(), Denied> {
+    for (i, d) in domains.iter().flatten().enumerate() {
+        see(Grant::Domain(d), At("AllowedDomains[]", Some(i)))?;
+    }
+    Ok(())
+}
+
+fn walk_anonymous<'a>(r: &'a AnonymousEmbedRequest, see: &mut See<'_, 'a>) -> Result<(), Denied> {
+    let AnonymousEmbedRequest {
+        aws_account_id,
+        session_lifetime_in_minutes: _,
+        namespace,
+        session_tags,
+        authorized_resource_arns,
+        experience_configuration,
+        allowed_domains,
+    } = r;
+    see(Grant::Account(aws_account_id), At("AwsAccountId", None))?;
+    see(
+        Grant::Identity(IdentityType::Anonymous),
+        At("Operation", None),
+    )?;
+    see(Grant::Namespace(namespace), At("Namespace", None))?;
+    for (i, tag) in session_tags.iter().flatten().enumerate() {
+        see(Grant::Tag(tag), At("SessionTags[]", Some(i)))?;
+    }
+    for (i, arn) in authorized_resource_arns.iter().enumerate() {
+        let at = At("AuthorizedResourceArns[]", Some(i));
+        // Validation checked account, type and id; region and partition are the gateway's
+        // (`check_region`). What the ARN grants is its resource.
+        match Arn::parse(arn) {
+            Some(a) if a.resource_type == "dashboard" => see(Grant::Dashboard(a.resource), at)?,
+            Some(a) if a.resource_type == "topic" => see(Grant::Topic(a.resource), at)?,
+            Some(a) if a.resource_type == "theme" => see(Grant::Theme(a.resource), at)?,
+            Some(a) => see(Grant::Resource(a.resource_type), at)?,
+            None => see(Grant::Resource(arn), at)?,
+        }
+    }
+    let AnonymousExperience {
+        dashboard,
+        dashboard_visual,
+        q_search_bar,
+        generative_qna,
+    } = experience_configuration;
+    if let Some(d) = dashboard {
+        let AnonymousDashboard {
+            initial_dashboard_id,
+            enabled_features,
+            // Switching a feature off grants nothing.
+            disabled_features: _,
+            feature_configurations,
+        } = d;
+        see(
+            Grant::Experience(ExperienceKind::Dashboard),
+            At("ExperienceConfiguration.Dashboard", None),
+        )?;
+        see(
+            Grant::Dashboard(initial_dashboard_id),
+            At("ExperienceConfiguration.Dashboard.InitialDashboardId", None),
+        )?;
+        // SHARED_VIEW is the only value validation lets through.
+        for (i, _) in enabled_features.iter().flatten().enumerate() {
+            see(
+                Grant::Feature(Feature::SharedView),
+                At(
+                    "ExperienceConfiguration.Dashboard.EnabledFeatures[]",
+                    Some(i),
+                ),
+            )?;
+        }
+        if let Some(AnonymousFeatures { shared_view }) = feature_configurations {
+            feature(
+                see,
+                shared_view,
+                Feature::SharedView,
+                At(
+                    "ExperienceConfiguration.Dashboard.FeatureConfigurations.SharedView",
+                    None,
+                ),
+            )?;
+        }
+    }
+    if let Some(DashboardVisual {
+        initial_dashboard_visual_id,
+    }) = dashboard_visual
+    {
+        see(
+            Grant::Experience(ExperienceKind::DashboardVisual),
+            At("ExperienceConfiguration.DashboardVisual", None),
+        )?;
+        walk_visual(see, initial_dashboard_visual_id)?;
+    }
+    if let Some(TopicRequired { initial_topic_id }) = q_search_bar {
+        see(
+            Grant::Experience(ExperienceKind::QSearchBar),
+            At("ExperienceConfiguration.QSearchBar", None),
+        )?;
+        see(
+            Grant::Topic(initial_topic_id),
+            At("ExperienceConfiguration.QSearchBar.InitialTopicId", None),
+        )?;
+    }
+    if let Some(TopicRequired { initial_topic_id }) = generative_qna {
+        see(
+            Grant::Experience(ExperienceKind::GenerativeQnA),
+            At("ExperienceConfiguration.GenerativeQnA", None),
+        )?;
+        see(
+            Grant::Topic(initial_topic_id),
+            At("ExperienceConfiguration.GenerativeQnA.InitialTopicId", None),
+        )?;
+    }
+    walk_domains(see, allowed_domains)
+}
+
+fn walk_visual<'a>(see: &mut See<'_, 'a>, v: &'a DashboardVisualId) -> Result<(), Denied> {
+    let DashboardVisualId {
+        dashboard_id,
+        // A sheet and a visual are parts of the dashboard: allowing it allows them.
+        sheet_id: _,
+        visual_id: _,
+    } = v;
+    see(
+        Grant::Dashboard(dashboard_id),
+        At(
+            "ExperienceConfiguration.DashboardVisual.InitialDashboardVisualId.DashboardId",
+            None,
+        ),
+    )
+}
+
+fn walk_registered<'a>(r: &'a RegisteredEmbedRequest, see: &mut See<'_, 'a>) -> Result<(), Denied> {
+    let RegisteredEmbedRequest {
+        aws_account_id,
+        session_lifetime_in_minutes: _,
+        user_arn,
+        experience_configuration,
+        allowed_domains,
+    } = r;
+    see(Grant::Account(aws_account_id), At("AwsAccountId", None))?;
+    see(
+        Grant::Identity(IdentityType::Quicksight),
+        At("Operation", None),
+    )?;
+    walk_user(see, user_arn)?;
+    let RegisteredExperience {
+        dashboard,
+        quicksight_console,
+        q_search_bar,
+        dashboard_visual,
+        generative_qna,
+        quick_chat,
+    } = experience_configuration;
+    if let Some(RegisteredDashboard {
+        initial_dashboard_id,
+        feature_configurations,
+    }) = dashboard
+    {
+        see(
+            Grant::Experience(ExperienceKind::Dashboard),
+            At("ExperienceConfiguration.Dashboard", None),
+        )?;
+        see(
+            Grant::Dashboard(initial_dashboard_id),
+            At("ExperienceConfiguration.Dashboard.InitialDashboardId", None),
+        )?;
+        if let Some(f) = feature_configurations {
+            walk_dashboard_features(see, f)?;
+        }
+    }
+    if let Some(Console {
+        initial_path,
+        feature_configurations,
+    }) = quicksight_console
+    {
+        see(
+            Grant::Experience(ExperienceKind::QuickSightConsole),
+            At("ExperienceConfiguration.QuickSightConsole", None),
+        )?;
+        // `/dashboards/<id>` opens that dashboard. The console itself lets the user reach
+        // whatever their QuickSight permissions allow, so `/analyses/<id>` and the start pages
+        // grant nothing beyond the console experience.
+        if let Some(id) = initial_path
+            .as_deref()
+            .and_then(|p| p.strip_prefix("/dashboards/"))
+        {
+            see(
+                Grant::Dashboard(id),
+                At(
+                    "ExperienceConfiguration.QuickSightConsole.InitialPath",
+                    None,
+                ),
+            )?;
+        }
+        if let Some(f) = feature_configurations {
+            walk_console_features(see, f)?;
+        }
+    }
+    if let Some(TopicOptional { initial_topic_id }) = q_search_bar {
+        see(
+            Grant::Experience(ExperienceKind::QSearchBar),
+            At("ExperienceConfiguration.QSearchBar", None),
+        )?;
+        if let Some(t) = initial_topic_id {
+            see(
+                Grant::Topic(t),
+                At("ExperienceConfiguration.QSearchBar.InitialTopicId", None),
+            )?;
+        }
+    }
+    if let Some(DashboardVisual {
+        initial_dashboard_visual_id,
+    }) = dashboard_visual
+    {
+        see(
+            Grant::Experience(ExperienceKind::DashboardVisual),
+            At("ExperienceConfiguration.DashboardVisual", None),
+        )?;
+        walk_visual(see, initial_dashboard_visual_id)?;
+    }
+    if let Some(TopicOptional { initial_topic_id }) = generative_qna {
+        see(
+            Grant::Experience(ExperienceKind::GenerativeQnA),
+            At("ExperienceConfiguration.GenerativeQnA", None),
+        )?;
+        if let Some(t) = initial_topic_id {
+            see(
+                Grant::Topic(t),
+                At("ExperienceConfiguration.GenerativeQnA.InitialTopicId", None),
+            )?;
+        }
+    }
+    if let Some(QuickChat {}) = quick_chat {
+        see(
+            Grant::Experience(ExperienceKind::QuickChat),
+            At("ExperienceConfiguration.QuickChat", None),
+        )?;
+    }
+    walk_domains(see, allowed_domains)
+}
+
+fn walk_dashboard_features(see: &mut See<'_, '_>, f: &DashboardFeatures) -> Result<(), Denied> {
+    macro_rules! at {
+        ($m:literal) => {
+            At(
+                concat!(
+                    "ExperienceConfiguration.Dashboard.FeatureConfigurations.",
+                    $m
+                ),
+                None,
+            )
+        };
+    }
+    let DashboardFeatures {
+        state_persistence,
+        bookmarks,
+        shared_view,
+        amazon_q,
+        schedules,
+        recent_snapshots,
+        threshold_alerts,
+        dashboard_customization_summary,
+    } = f;
+    for (t, feat, at) in [
+        (
+            state_persistence,
+            Feature::StatePersistence,
+            at!("StatePersistence"),
+        ),
+        (bookmarks, Feature::Bookmarks, at!("Bookmarks")),
+        (shared_view, Feature::SharedView, at!("SharedView")),
+        (schedules, Feature::Schedules, at!("Schedules")),
+        (
+            recent_snapshots,
+            Feature::RecentSnapshots,
+            at!("RecentSnapshots"),
+        ),
+        (
+            threshold_alerts,
+            Feature::ThresholdAlerts,
+            at!("ThresholdAlerts"),
+        ),
+        (
+            dashboard_customization_summary,
+            Feature::DashboardCustomizationSummary,
+            at!("DashboardCustomizationSummary"),
+        ),
+    ] {
+        feature(see, t, feat, at)?;
+    }
+    if let Some(DashboardAmazonQ { executive_summary }) = amazon_q {
+        feature(
+            see,
+            executive_summary,
+            Feature::ExecutiveSummary,
+            at!("AmazonQInQuickSight.ExecutiveSummary"),
+        )?;
+    }
+    Ok(())
+}
+
+fn walk_console_features(see: &mut See<'_, '_>, f: &ConsoleFeatures) -> Result<(), Denied> {
+    macro_rules! at {
+        ($m:literal) => {
+            At(
+                concat!(
+                    "ExperienceConfiguration.QuickSightConsole.FeatureConfigurations.",
+                    $m
+                ),
+                None,
+            )
+        };
+    }
+    let ConsoleFeatures {
+        state_persistence,
+        shared_view,
+        amazon_q,
+        schedules,
+        recent_snapshots,
+        threshold_alerts,
+        dashboard_customization_summary,
+    } = f;
+    for (t, feat, at) in [
+        (
+            state_persistence,
+            Feature::StatePersistence,
+            at!("StatePersistence"),
+        ),
+        (shared_view, Feature::SharedView, at!("SharedView")),
+        (schedules, Feature::Schedules, at!("Schedules")),
+        (
+            recent_snapshots,
+            Feature::RecentSnapshots,
+            at!("RecentSnapshots"),
+        ),
+        (
+            threshold_alerts,
+            Feature::ThresholdAlerts,
+            at!("ThresholdAlerts"),
+        ),
+        (
+            dashboard_customization_summary,
+            Feature::DashboardCustomizationSummary,
+            at!("DashboardCustomizationSummary"),
+        ),
+    ] {
+        feature(see, t, feat, at)?;
+    }
+    if let Some(ConsoleAmazonQ {
+        data_qna,
+        generative_authoring,
+        executive_summary,
+        data_stories,
+    }) = amazon_q
+    {
+        for (t, feat, at) in [
+            (
+                data_qna,
+                Feature::DataQnA,
+                at!("AmazonQInQuickSight.DataQnA"),
+            ),
+            (
+                generative_authoring,
+                Feature::GenerativeAuthoring,
+                at!("AmazonQInQuickSight.GenerativeAuthoring"),
+            ),
+            (
+                executive_summary,
+                Feature::ExecutiveSummary,
+                at!("AmazonQInQuickSight.ExecutiveSummary"),
+            ),
+            (
+                data_stories,
+                Feature::DataStories,
+                at!("AmazonQInQuickSight.DataStories"),
+            ),
+        ] {
+            feature(see, t, feat, at)?;
+        }
+    }
+    Ok(())
+}
