@@ -9,6 +9,19 @@
 //!   `ZPOPMIN` (or a purge), each inside a Lua script, so two replicas can never pop the same
 //!   member. A put whose outcome is unknown (timeout, broken connection) is *dropped* and counted
 //!   as waste (`unconfirmed`), never kept locally: it may be in Redis already.
+//! - **Exactly once when Redis comes back older.** A restart from a snapshot, a failover to a
+//!   replica that lagged, or a restored backup brings back URLs that were popped (and handed out)
+//!   after the data set was copied. Persistence settings cannot rule that out, so every pooled
+//!   URL lives under a *fencing epoch*: each tenant's fence key holds `<run_id>:<epoch>`, where
+//!   `run_id` is the Redis server process that started the epoch. Every script that reads or
+//!   writes the pool first compares the fence with the server's own `run_id` (`INFO server`, in
+//!   the same script, so atomically with the pop) and with the epoch the replica expects. A data
+//!   set loaded or promoted by another process carries a foreign `run_id`: the script starts a
+//!   new epoch, and the pool keys of the old one (their names carry the epoch) are never read
+//!   again and expire. A replica whose epoch is out of date is told the current one and retries
+//!   once. No extra round trip on the hit path; the cost is one `INFO server` inside Redis
+//!   (about 2.5 µs). Not covered: an operator loading an older dump into the *same* running
+//!   process (`DEBUG RELOAD` of an old file), which no restart, failover or managed restore does.
 //! - **Bounded degradation.** Every command is bounded by `redis.timeout_ms`. The first failure
 //!   puts the replica in degraded mode: it stops calling Redis and serves from its local pool and
 //!   limits. The heartbeat keeps probing and rejoins when Redis answers again.
@@ -17,8 +30,10 @@
 //!   account and region), so scripts run on Redis Cluster.
 //!
 //! # Layout (prefix `P`, default `embedgate:`)
-//! - `P{t:<tenant>}:p:<key>`: sorted set of pooled URLs, scored by the ms their request was sent.
-//! - `P{t:<tenant>}:n`: URLs the tenant has pooled (its fleet-wide bound).
+//! - `P{t:<tenant>}:f`: the tenant's fence, `<run_id>:<epoch>` (see above).
+//! - `P{t:<tenant>}:p:<epoch>:<key>`: sorted set of pooled URLs, scored by the ms their request
+//!   was sent.
+//! - `P{t:<tenant>}:n:<epoch>`: URLs the tenant has pooled (its fleet-wide bound).
 //! - `P{t:<tenant>}:d:<key>`: each replica's demand estimate for the key (`ms,rate`).
 //! - `P{t:<tenant>}:rl`: the tenant's inbound GCRA state (theoretical arrival time, ms).
 //! - `P{a:<account>:<region>}:budget`: the account's upstream GCRA state.
@@ -52,6 +67,27 @@ pub const OPERATIONS: [&str; 7] = [
     "budget",
     "heartbeat",
 ];
+
+/// The fence every pool script runs first. KEYS[1]: the tenant's fence; ARGV[1]: the epoch the
+/// replica expects; ARGV[2]: a fresh epoch to start if the data set is not this server's. When the
+/// caller's epoch is not current, the script returns `{current_epoch}` and does nothing else;
+/// otherwise the body's result comes back as `{'', result}`. The body sees its own keys from
+/// KEYS[2] and its own arguments from ARGV[3].
+const FENCE: &str = r"
+redis.replicate_commands()
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local fence = redis.call('GET', KEYS[1])
+local epoch
+if fence then
+  local r, e = string.match(fence, '^(%x+):(.+)$')
+  if r == run then epoch = e end
+end
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[1], run .. ':' .. epoch)
+end
+if epoch ~= ARGV[1] then return {epoch} end
+";
 
 /// Removes the stale URLs of a key, pops the one with the least remaining validity, and keeps
 /// the tenant's count in step. Returns `{stale, url, issued_ms}` (url `""` when empty).
@@ -216,6 +252,14 @@ pub struct KeyView {
     pub in_flight: usize,
 }
 
+/// A pool script: [`FENCE`] first, then `body` with its keys and arguments shifted past the
+/// fence's, its result wrapped as `{'', result}`.
+fn fenced(body: &str) -> Script {
+    Script::new(&format!(
+        "{FENCE}\nlocal KEYS, ARGV = {{unpack(KEYS, 2)}}, {{unpack(ARGV, 3)}}\nreturn {{'', (function()\n{body}\nend)()}}\n"
+    ))
+}
+
 struct Scripts {
     take: Script,
     put: Script,
@@ -236,6 +280,8 @@ pub struct Fleet {
     /// Per tenant: the instant (ms) before which the tenant is known to be over its limit, so
     /// rejections need no Redis round trip (the local fast path).
     over_until: Vec<AtomicU64>,
+    /// Per tenant: the fencing epoch this replica last saw (empty: none yet).
+    epochs: Vec<RwLock<String>>,
     scripts: Scripts,
     metrics: Arc<Metrics>,
     timeout: Duration,
@@ -259,11 +305,12 @@ impl Fleet {
             degraded: AtomicBool::new(false),
             live_replicas: AtomicUsize::new(1),
             over_until: (0..tenants).map(|_| AtomicU64::new(0)).collect(),
+            epochs: (0..tenants).map(|_| RwLock::new(String::new())).collect(),
             scripts: Scripts {
-                take: Script::new(TAKE),
-                put: Script::new(PUT),
-                claim: Script::new(CLAIM),
-                sync: Script::new(SYNC),
+                take: fenced(TAKE),
+                put: fenced(PUT),
+                claim: fenced(CLAIM),
+                sync: fenced(SYNC),
                 gcra: Script::new(GCRA),
                 heartbeat: Script::new(HEARTBEAT),
             },
@@ -330,14 +377,71 @@ impl Fleet {
 
     // A tenant's keys share its hash tag, so one script can touch them all on Redis Cluster.
 
-    /// The sorted set of `key`'s pooled URLs.
-    fn pool_key(&self, tenant: &Tenant, key: &PoolKey) -> String {
-        self.key(&tenant_tag(tenant), &format!(":p:{key}"))
+    /// The tenant's fence: `<run_id>:<epoch>`.
+    fn fence_key(&self, tenant: &Tenant) -> String {
+        self.key(&tenant_tag(tenant), ":f")
     }
 
-    /// The tenant's count of pooled URLs.
-    fn count_key(&self, tenant: &Tenant) -> String {
-        self.key(&tenant_tag(tenant), ":n")
+    /// The sorted set of `key`'s pooled URLs in `epoch`.
+    fn pool_key(&self, tenant: &Tenant, epoch: &str, key: &PoolKey) -> String {
+        self.key(&tenant_tag(tenant), &format!(":p:{epoch}:{key}"))
+    }
+
+    /// The tenant's count of pooled URLs in `epoch`.
+    fn count_key(&self, tenant: &Tenant, epoch: &str) -> String {
+        self.key(&tenant_tag(tenant), &format!(":n:{epoch}"))
+    }
+
+    /// Runs a pool script behind the tenant's fence: with the epoch this replica knows, and once
+    /// more with the current one if Redis says it has changed (a new data set, or another
+    /// replica started the epoch first). `build` adds the body's keys and arguments for an epoch.
+    async fn pool_script<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        tenant: &Tenant,
+        script: &Script,
+        build: impl Fn(&mut ScriptInvocation<'_>, &str),
+    ) -> Result<T, Down> {
+        for _ in 0..2 {
+            let epoch = self.epochs[tenant.index].read().clone();
+            let mut inv = script.prepare_invoke();
+            inv.key(self.fence_key(tenant))
+                .arg(&epoch)
+                .arg(format!("{:016x}", rand::random::<u64>()));
+            build(&mut inv, &epoch);
+            let reply: Vec<redis::Value> = self.script(op, inv).await?;
+            match <[redis::Value; 2]>::try_from(reply) {
+                Ok([_, result]) => return T::from_redis_value(result).map_err(|_| Down::Unknown),
+                Err(reply) => {
+                    let current = reply
+                        .into_iter()
+                        .next()
+                        .and_then(|v| String::from_redis_value(v).ok())
+                        .ok_or(Down::Unknown)?;
+                    self.new_epoch(tenant, &epoch, current);
+                }
+            }
+        }
+        // The epoch changed again between two calls: Redis is being switched right now.
+        Err(Down::Unknown)
+    }
+
+    /// Records the tenant's current epoch. A change from a known one means Redis came back with
+    /// another data set (restart, failover, restore, flush or eviction of the fence): everything
+    /// pooled before stays in the old epoch's keys, never read again.
+    fn new_epoch(&self, tenant: &Tenant, seen: &str, current: String) {
+        let mut known = self.epochs[tenant.index].write();
+        if *known == current {
+            return;
+        }
+        if !seen.is_empty() && *known == seen {
+            self.metrics.redis_fences.inc();
+            tracing::warn!(
+                tenant = %tenant.id,
+                "the shared pool's data set changed (Redis restarted, failed over, was restored or flushed): URLs pooled before are discarded"
+            );
+        }
+        *known = current;
     }
 
     /// The replicas' demand reports and prefetches in flight for `key`.
@@ -393,11 +497,14 @@ impl Fleet {
         now_ms: u64,
         min_remaining_ms: u64,
     ) -> Result<Option<PooledUrl>, Down> {
-        let mut inv = self.scripts.take.prepare_invoke();
-        inv.key(self.pool_key(tenant, key))
-            .key(self.count_key(tenant))
-            .arg(cutoff(now_ms, min_remaining_ms));
-        let (stale, url, issued): (u64, String, u64) = self.script("take", inv).await?;
+        let cutoff = cutoff(now_ms, min_remaining_ms);
+        let (stale, url, issued): (u64, String, u64) = self
+            .pool_script("take", tenant, &self.scripts.take, |inv, epoch| {
+                inv.key(self.pool_key(tenant, epoch, key))
+                    .key(self.count_key(tenant, epoch))
+                    .arg(cutoff);
+            })
+            .await?;
         self.count_stale(stale);
         Ok((!url.is_empty()).then_some(PooledUrl {
             url,
@@ -419,18 +526,21 @@ impl Fleet {
         max_per_key: usize,
     ) -> Result<Stored, Down> {
         let ttl = (url.expires_at_ms() + 1000).saturating_sub(now_ms).max(1);
-        let mut inv = self.scripts.put.prepare_invoke();
-        inv.key(self.pool_key(tenant, key))
-            .key(self.count_key(tenant))
-            .key(self.demand_key(tenant, key))
-            .arg(url.issued_at_ms)
-            .arg(&url.url)
-            .arg(cutoff(now_ms, min_remaining_ms))
-            .arg(max_per_key)
-            .arg(tenant.max_pooled_urls)
-            .arg(ttl)
-            .arg(&self.replica);
-        let (stale, stored): (u64, u8) = self.script("put", inv).await?;
+        let cutoff = cutoff(now_ms, min_remaining_ms);
+        let (stale, stored): (u64, u8) = self
+            .pool_script("put", tenant, &self.scripts.put, |inv, epoch| {
+                inv.key(self.pool_key(tenant, epoch, key))
+                    .key(self.count_key(tenant, epoch))
+                    .key(self.demand_key(tenant, key))
+                    .arg(url.issued_at_ms)
+                    .arg(&url.url)
+                    .arg(cutoff)
+                    .arg(max_per_key)
+                    .arg(tenant.max_pooled_urls)
+                    .arg(ttl)
+                    .arg(&self.replica);
+            })
+            .await?;
         self.count_stale(stale);
         Ok(if stored == 1 {
             Stored::Yes
@@ -453,18 +563,20 @@ impl Fleet {
         min_remaining_ms: u64,
         keep_ms: u64,
     ) -> Result<KeyView, Down> {
-        let mut inv = self.scripts.sync.prepare_invoke();
-        inv.key(self.pool_key(tenant, key))
-            .key(self.count_key(tenant))
-            .key(self.demand_key(tenant, key))
-            .arg(cutoff(now_ms, min_remaining_ms))
-            .arg(&self.replica)
-            .arg(format!("{:.6}", own.rate))
-            .arg(now_ms)
-            .arg(keep_ms)
-            .arg(own.in_flight);
-        let (stale, pooled, total, replicas, in_flight): (u64, usize, String, usize, usize) =
-            self.script("sync", inv).await?;
+        let cutoff = cutoff(now_ms, min_remaining_ms);
+        let (stale, pooled, total, replicas, in_flight): (u64, usize, String, usize, usize) = self
+            .pool_script("sync", tenant, &self.scripts.sync, |inv, epoch| {
+                inv.key(self.pool_key(tenant, epoch, key))
+                    .key(self.count_key(tenant, epoch))
+                    .key(self.demand_key(tenant, key))
+                    .arg(cutoff)
+                    .arg(&self.replica)
+                    .arg(format!("{:.6}", own.rate))
+                    .arg(now_ms)
+                    .arg(keep_ms)
+                    .arg(own.in_flight);
+            })
+            .await?;
         self.count_stale(stale);
         Ok(KeyView {
             pooled,
@@ -488,15 +600,16 @@ impl Fleet {
         now_ms: u64,
         keep_ms: u64,
     ) -> Result<usize, Down> {
-        let mut inv = self.scripts.claim.prepare_invoke();
-        inv.key(self.pool_key(tenant, key))
-            .key(self.demand_key(tenant, key))
-            .arg(&self.replica)
-            .arg(now_ms)
-            .arg(keep_ms)
-            .arg(want)
-            .arg(limit);
-        self.script("claim", inv).await
+        self.pool_script("claim", tenant, &self.scripts.claim, |inv, epoch| {
+            inv.key(self.pool_key(tenant, epoch, key))
+                .key(self.demand_key(tenant, key))
+                .arg(&self.replica)
+                .arg(now_ms)
+                .arg(keep_ms)
+                .arg(want)
+                .arg(limit);
+        })
+        .await
     }
 
     /// Counts one request of `tenant` against its fleet-wide limit. A tenant known to be over

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub redis_degraded: IntGauge,
     pub redis_errors: IntCounterVec,
     pub fleet_replicas: IntGauge,
+    pub redis_fences: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -149,6 +150,14 @@ impl Metrics {
                 IntGauge::new(
                     "embedgate_fleet_replicas",
                     "Replicas that announced themselves to Redis recently, this one included (cluster mode; 1 on its own).",
+                )
+                .expect("valid metric"),
+            ),
+            redis_fences: reg(
+                &r,
+                IntCounter::new(
+                    "embedgate_redis_fences_total",
+                    "Times this replica found that a tenant's shared pool came back as another data set (Redis restarted, failed over, was restored or flushed) and moved to a new fencing epoch, discarding what was pooled before.",
                 )
                 .expect("valid metric"),
             ),

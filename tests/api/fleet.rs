@@ -17,20 +17,20 @@ use crate::helpers::*;
 use crate::redis_server::{RedisCluster, RedisServer};
 
 /// Replicas in front of one simulator, all with the same settings.
-struct TestFleet {
-    sim: SimServer,
-    replicas: Vec<Application>,
+pub struct TestFleet {
+    pub sim: SimServer,
+    pub replicas: Vec<Application>,
     http: reqwest::Client,
 }
 
 /// One request's outcome as a client saw it.
-struct Outcome {
-    status: u16,
-    body: Value,
-    elapsed: Duration,
+pub struct Outcome {
+    pub status: u16,
+    pub body: Value,
+    pub elapsed: Duration,
 }
 
-async fn spawn_fleet(n: usize, customize: impl Fn(&mut Settings)) -> TestFleet {
+pub async fn spawn_fleet(n: usize, customize: impl Fn(&mut Settings)) -> TestFleet {
     let sim = spawn_sim();
     let mut replicas = vec![];
     for _ in 0..n {
@@ -83,7 +83,12 @@ impl TestFleet {
     }
 
     /// `total` requests over `keys`, `clients` at a time, spread round-robin over the replicas.
-    async fn drive(self: &Arc<Self>, total: usize, clients: usize, keys: &[Value]) -> Vec<Outcome> {
+    pub async fn drive(
+        self: &Arc<Self>,
+        total: usize,
+        clients: usize,
+        keys: &[Value],
+    ) -> Vec<Outcome> {
         futures::stream::iter(0..total)
             .map(|i| {
                 let fleet = self.clone();
@@ -106,12 +111,12 @@ impl TestFleet {
             .unwrap()
     }
 
-    async fn readiness(&self, i: usize) -> String {
+    pub async fn readiness(&self, i: usize) -> String {
         let v = self.get_json(format!("{}/readyz", self.base(i))).await;
         v["status"].as_str().unwrap_or_default().to_string()
     }
 
-    async fn metric_sum(&self, sample: &str) -> f64 {
+    pub async fn metric_sum(&self, sample: &str) -> f64 {
         let mut sum = 0.0;
         for i in 0..self.replicas.len() {
             let text = self
@@ -140,7 +145,7 @@ impl TestFleet {
             .await
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         for r in self.replicas {
             r.stop().await;
         }
@@ -148,7 +153,7 @@ impl TestFleet {
     }
 }
 
-fn keys() -> Vec<Value> {
+pub fn keys() -> Vec<Value> {
     vec![
         dash("sales-2024", "alice"),
         dash("sales-2024", "bob"),
@@ -159,7 +164,7 @@ fn keys() -> Vec<Value> {
 
 /// Settings that let the exactly-once runs go fast: a generous budget and prefetch concurrency,
 /// and a Redis timeout no busy test machine reaches (these tests are not about degraded mode).
-fn roomy(s: &mut Settings) {
+pub fn roomy(s: &mut Settings) {
     s.redis.timeout_ms = 2_000;
     s.upstream.rate_per_sec = 5000.0;
     s.upstream.burst = 500;
@@ -168,7 +173,7 @@ fn roomy(s: &mut Settings) {
 }
 
 /// Every answer is a 200 with a distinct URL, and each URL opens exactly once at the simulator.
-async fn assert_exactly_once(fleet: &TestFleet, outcomes: &[Outcome]) -> Vec<String> {
+pub async fn assert_exactly_once(fleet: &TestFleet, outcomes: &[Outcome]) -> Vec<String> {
     let mut urls = vec![];
     for o in outcomes {
         assert_eq!(o.status, 200, "{}", o.body);

@@ -10,4 +10,5 @@ mod observability;
 mod policy;
 mod policy_oracle;
 mod redis_server;
+mod rollback;
 mod simulator;

@@ -13,6 +13,8 @@ pub struct RedisServer {
     cluster: bool,
     /// `requirepass`, when the server demands AUTH.
     password: Option<String>,
+    /// Further `redis-server` arguments (memory limits, replication).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -41,19 +43,33 @@ impl RedisServer {
         Self::spawn(free_port(false), false, Some(password.to_string()))
     }
 
+    /// A standalone server started with further `redis-server` arguments, e.g.
+    /// `["--maxmemory", "2mb"]` or `["--replicaof", "127.0.0.1", "6379"]`.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let mut s = Self::spawn_stopped(free_port(false), false, None);
+        s.extra = extra.iter().map(|a| a.to_string()).collect();
+        s.restart();
+        s
+    }
+
     fn spawn(port: u16, cluster: bool, password: Option<String>) -> RedisServer {
+        let mut s = Self::spawn_stopped(port, cluster, password);
+        s.restart();
+        s
+    }
+
+    fn spawn_stopped(port: u16, cluster: bool, password: Option<String>) -> RedisServer {
         let dir =
             std::env::temp_dir().join(format!("embedgate-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut s = RedisServer {
+        RedisServer {
             port,
             dir,
             cluster,
             password,
+            extra: vec![],
             child: None,
-        };
-        s.restart();
-        s
+        }
     }
 
     /// The URL a client uses, with the password when there is one.
@@ -72,8 +88,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port (empty: no persistence) and waits until it
-    /// answers.
+    /// Starts the server again on the same port and waits until it answers. It saves nothing on
+    /// its own, but loads the snapshot a `SAVE` left in its directory, as a restart does.
     pub fn restart(&mut self) {
         self.kill();
         let port = self.port.to_string();
@@ -100,6 +116,7 @@ impl RedisServer {
         if let Some(p) = &self.password {
             args.extend(["--requirepass", p.as_str()]);
         }
+        args.extend(self.extra.iter().map(String::as_str));
         let child = Command::new("redis-server")
             .args(&args)
             .current_dir(&self.dir)

@@ -1,0 +1,278 @@
+//! Exactly once when Redis comes back with an older data set: a restart from a snapshot taken
+//! mid-run, a failover to a replica that had stopped replicating, a flush, and eviction under a
+//! memory limit. Each test drives three replicas, checks that the old data set really held URLs
+//! that were handed out after it was copied (so a gateway that trusted it would hand them out
+//! twice), and then opens every URL handed out at the simulator: each opens exactly once.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::fleet::{assert_exactly_once, keys, roomy, spawn_fleet, Outcome, TestFleet};
+use crate::helpers::*;
+use crate::redis_server::RedisServer;
+
+/// Every URL in the shared pool of this Redis, whatever its epoch.
+fn pooled_urls(redis: &RedisServer) -> HashSet<String> {
+    let keys = redis
+        .cli(&["--scan", "--pattern", "embedgate:{t:*}:p:*"])
+        .unwrap_or_default();
+    keys.lines()
+        .flat_map(|k| {
+            redis
+                .cli(&["ZRANGE", k, "0", "-1"])
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .filter(|u| u.starts_with("http"))
+        .collect()
+}
+
+fn urls(outcomes: &[Outcome]) -> HashSet<String> {
+    outcomes
+        .iter()
+        .filter_map(|o| o.body["EmbedUrl"].as_str().map(String::from))
+        .collect()
+}
+
+/// Three replicas on `url`, each tenant key kept 16 deep, so the pool always holds URLs.
+async fn fleet_on(url: String) -> Arc<TestFleet> {
+    Arc::new(
+        spawn_fleet(3, move |s| {
+            roomy(s);
+            s.redis.url = Some(url.clone());
+            s.tenants[0].warm = keys().into_iter().map(|k| warm(k, 16)).collect();
+        })
+        .await,
+    )
+}
+
+/// Waits until `cond` holds, for up to 20 s.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn all_ready(fleet: &TestFleet) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut ready = 0;
+        for i in 0..3 {
+            ready += usize::from(fleet.readiness(i).await == "ready");
+        }
+        if ready == 3 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the replicas rejoined Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The shared checks: the old data set held URLs handed out after it was copied, every URL
+/// opens exactly once, and the replicas noticed the new data set.
+async fn assert_no_resurrection(
+    fleet: Arc<TestFleet>,
+    old_set: &HashSet<String>,
+    after_copy: &[Outcome],
+    all: &[Outcome],
+) {
+    let resurrectable = old_set.intersection(&urls(after_copy)).count();
+    assert!(
+        resurrectable > 0,
+        "the old data set held URLs handed out after it was copied ({} pooled then)",
+        old_set.len()
+    );
+    assert_exactly_once(&fleet, all).await;
+    assert!(
+        fleet.metric_sum("embedgate_redis_fences_total").await >= 1.0,
+        "the replicas moved to a new fencing epoch"
+    );
+    eprintln!(
+        "{} URLs handed out; {resurrectable} of them were in the data set Redis came back with",
+        all.len()
+    );
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_from_a_snapshot_taken_mid_run_hands_nothing_out_twice() {
+    let mut redis = RedisServer::start();
+    let fleet = fleet_on(redis.url()).await;
+    let k = keys();
+    let mut all = fleet.drive(1_500, 48, &k).await;
+    until("the pool is stocked", || pooled_urls(&redis).len() >= 32).await;
+    let snapshot = pooled_urls(&redis);
+    assert_eq!(redis.cli(&["SAVE"]).as_deref(), Some("OK"));
+    let after = fleet.drive(1_500, 48, &k).await;
+    // SIGKILL, then a restart that loads the snapshot: the URLs popped since come back.
+    redis.kill();
+    redis.restart();
+    all_ready(&fleet).await;
+    all.extend(fleet.drive(1_500, 48, &k).await);
+    all.extend(after_clone(&after));
+    assert_no_resurrection(fleet, &snapshot, &after, &all).await;
+}
+
+/// Outcomes are not `Clone`; the checks need the phase twice.
+fn after_clone(o: &[Outcome]) -> Vec<Outcome> {
+    o.iter()
+        .map(|o| Outcome {
+            status: o.status,
+            body: o.body.clone(),
+            elapsed: o.elapsed,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flushall_mid_run_hands_nothing_out_twice() {
+    let redis = RedisServer::start();
+    let fleet = fleet_on(redis.url()).await;
+    let k = keys();
+    let mut all = fleet.drive(1_500, 48, &k).await;
+    until("the pool is stocked", || pooled_urls(&redis).len() >= 32).await;
+    assert_eq!(redis.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
+    all.extend(fleet.drive(1_500, 48, &k).await);
+    assert_exactly_once(&fleet, &all).await;
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eviction_under_a_memory_limit_hands_nothing_out_twice() {
+    let redis =
+        RedisServer::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"]);
+    let fleet = fleet_on(redis.url()).await;
+    let k = keys();
+    let mut all = fleet.drive(1_000, 48, &k).await;
+    // Pressure: 12 MB of other keys into a 4 MB Redis, while the fleet keeps going.
+    let pressure =
+        "for i = 1, 12000 do redis.call('SET', 'junk:' .. i, string.rep('x', 1000)) end return 1";
+    let driving = {
+        let fleet = fleet.clone();
+        let k = k.clone();
+        tokio::spawn(async move { fleet.drive(2_000, 48, &k).await })
+    };
+    for _ in 0..4 {
+        redis.cli(&["EVAL", pressure, "0"]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    all.extend(driving.await.unwrap());
+    all.extend(fleet.drive(1_000, 48, &k).await);
+    let evicted: u64 = redis
+        .cli(&["INFO", "stats"])
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("evicted_keys:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(evicted > 0, "Redis really evicted keys");
+    assert_exactly_once(&fleet, &all).await;
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
+/// A TCP forwarder standing in for a failover endpoint (DNS name, Sentinel, managed primary
+/// endpoint): clients keep one address while the server behind it changes.
+struct Endpoint {
+    port: u16,
+    backend: Arc<AtomicU16>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Endpoint {
+    async fn start(backend: u16) -> Endpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let backend = Arc::new(AtomicU16::new(backend));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept = {
+            let (backend, connections) = (backend.clone(), connections.clone());
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    let to = backend.load(Ordering::SeqCst);
+                    connections.lock().push(tokio::spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(("127.0.0.1", to)).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    }));
+                }
+            })
+        };
+        Endpoint {
+            port,
+            backend,
+            connections,
+            accept,
+        }
+    }
+
+    /// Points the endpoint at another server and drops every connection to the old one.
+    fn switch(&self, backend: u16) {
+        self.backend.store(backend, Ordering::SeqCst);
+        for c in self.connections.lock().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.switch(0);
+    }
+}
+
+fn info_field(redis: &RedisServer, section: &str, field: &str) -> Option<String> {
+    redis.cli(&["INFO", section])?.lines().find_map(|l| {
+        l.strip_prefix(&format!("{field}:"))
+            .map(|v| v.trim().to_string())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_to_a_replica_that_stopped_replicating_hands_nothing_out_twice() {
+    let mut primary = RedisServer::start();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let endpoint = Endpoint::start(primary.port).await;
+    let fleet = fleet_on(format!("redis://127.0.0.1:{}", endpoint.port)).await;
+    let k = keys();
+    let mut all = fleet.drive(1_500, 48, &k).await;
+    until("the pool is stocked", || pooled_urls(&primary).len() >= 32).await;
+    until("the replica caught up", || {
+        let done = info_field(&primary, "replication", "master_repl_offset");
+        done.is_some() && done == info_field(&replica, "replication", "slave_repl_offset")
+    })
+    .await;
+    // The replica loses its primary (it keeps its data set, which stops moving)…
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    replica.cli(&["REPLICAOF", "127.0.0.1", &nowhere.to_string()]);
+    let stale = pooled_urls(&replica);
+    // …while the fleet goes on handing out URLs from the primary…
+    let after = fleet.drive(1_500, 48, &k).await;
+    // …until the primary dies and the replica is promoted behind the same endpoint.
+    primary.kill();
+    assert_eq!(
+        replica.cli(&["REPLICAOF", "NO", "ONE"]).as_deref(),
+        Some("OK")
+    );
+    endpoint.switch(replica.port);
+    all_ready(&fleet).await;
+    all.extend(fleet.drive(1_500, 48, &k).await);
+    all.extend(after_clone(&after));
+    assert_no_resurrection(fleet, &stale, &after, &all).await;
+    drop(endpoint);
+}
