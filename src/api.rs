@@ -576,8 +576,10 @@ async fn healthz() -> HttpResponse {
 /// Ready while the process serves. In cluster mode a replica that lost Redis still serves (from
 /// its local pool and limits), so it stays in rotation and says `degraded`.
 async fn readyz(gw: web::Data<Gateway>) -> HttpResponse {
+    let reason = gw.fleet.as_ref().and_then(|f| f.degraded_reason());
     HttpResponse::Ok().json(json!({
-        "status": if gw.fleet.is_some() && !gw.fleet_in_use() { "degraded" } else { "ready" },
+        "status": if reason.is_some() { "degraded" } else { "ready" },
+        "reason": reason,
         "mode": fleet_mode(&gw),
         "pool": {"urls": gw.pool.total()},
     }))

@@ -214,6 +214,10 @@ pub struct RedisSettings {
     pub timeout_ms: u64,
     /// How often a replica announces itself and, while degraded, tries Redis again.
     pub heartbeat_ms: u64,
+    /// Largest difference between a replica's clock and Redis's at which the replica still
+    /// shares the pool. Shared URLs are handed out only with twice this much validity left on top
+    /// of `pool.min_remaining_secs`.
+    pub max_clock_offset_ms: u64,
 }
 
 impl Default for RedisSettings {
@@ -224,6 +228,7 @@ impl Default for RedisSettings {
             prefix: "embedgate:".into(),
             timeout_ms: 50,
             heartbeat_ms: 500,
+            max_clock_offset_ms: 1_000,
         }
     }
 }
@@ -376,6 +381,24 @@ impl Settings {
         }
         if self.pool.min_remaining_secs >= crate::model::URL_VALIDITY_SECS {
             return Err("pool.min_remaining_secs: must be below 300 (a URL's validity)".into());
+        }
+        // A URL handed out on a miss or from a joined prefetch was fetched at most this long
+        // ago; neither wait may eat the validity `min_remaining_secs` promises.
+        let usable_ms = (crate::model::URL_VALIDITY_SECS - self.pool.min_remaining_secs) * 1000;
+        for (key, ms) in [
+            ("upstream.timeout_ms", u.timeout_ms),
+            ("api.miss_timeout_ms", self.api.miss_timeout_ms),
+        ] {
+            if ms >= usable_ms {
+                return Err(format!(
+                    "{key}: must be below {usable_ms} (300 s minus pool.min_remaining_secs): a URL that took longer would be handed out with less than min_remaining_secs left"
+                ));
+            }
+        }
+        if self.redis.enabled() && 2 * self.redis.max_clock_offset_ms >= usable_ms {
+            return Err(format!(
+                "redis.max_clock_offset_ms: twice it must be below {usable_ms} (300 s minus pool.min_remaining_secs), or no shared URL could ever be handed out"
+            ));
         }
         if self.pool.max_keys == 0 || self.pool.max_urls == 0 || self.pool.max_urls_per_key == 0 {
             return Err(

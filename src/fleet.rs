@@ -22,6 +22,13 @@
 //!   once. No extra round trip on the hit path; the cost is one `INFO server` inside Redis
 //!   (about 2.5 µs). Not covered: an operator loading an older dump into the *same* running
 //!   process (`DEBUG RELOAD` of an old file), which no restart, failover or managed restore does.
+//! - **Clocks that cannot make a URL look fresher.** URLs in the shared pool are dated by the
+//!   replica that fetched them and judged by the one that takes them. Every heartbeat measures
+//!   this replica's clock against Redis's `TIME` (compensating half the round trip); a replica off
+//!   by more than `redis.max_clock_offset_ms` stops using the shared state (degraded, reason
+//!   `clock`) until it is back within the bound. So any two sharing replicas disagree by at most
+//!   twice the bound, and a shared URL is handed out only with `min_remaining` plus that much left
+//!   by the taker's clock: its true validity left is at least `min_remaining`.
 //! - **Bounded degradation.** Every command is bounded by `redis.timeout_ms`. The first failure
 //!   puts the replica in degraded mode: it stops calling Redis and serves from its local pool and
 //!   limits. The heartbeat keeps probing and rejoins when Redis answers again.
@@ -198,13 +205,16 @@ redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_t
 return {1, 0, math.floor((interval * burst - (new_tat - now)) / interval)}
 ";
 
-/// Announces a replica and counts the live ones. ARGV: replica, now_ms, dead_after_ms.
+/// Announces a replica and counts the live ones; returns `{live, redis_secs, redis_micros}` (the
+/// server's clock, to measure this replica's offset). ARGV: replica, now_ms, dead_after_ms.
 const HEARTBEAT: &str = r"
+redis.replicate_commands()
 local now, dead = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - dead))
 redis.call('PEXPIRE', KEYS[1], dead * 2)
-return redis.call('ZCARD', KEYS[1])
+local t = redis.call('TIME')
+return {redis.call('ZCARD', KEYS[1]), tonumber(t[1]), tonumber(t[2])}
 ";
 
 #[derive(Clone)]
@@ -275,7 +285,11 @@ pub struct Fleet {
     /// Identifies this replica in demand estimates and heartbeats.
     replica: String,
     conn: RwLock<Option<Conn>>,
+    /// Redis failed or timed out; the heartbeat clears it.
     degraded: AtomicBool,
+    /// This replica's clock is off Redis's by more than the bound; the heartbeat re-measures.
+    clock_off: AtomicBool,
+    clock: crate::clock::Clock,
     live_replicas: AtomicUsize,
     /// Per tenant: the instant (ms) before which the tenant is known to be over its limit, so
     /// rejections need no Redis round trip (the local fast path).
@@ -296,6 +310,7 @@ impl Fleet {
     pub async fn connect(
         settings: &RedisSettings,
         tenants: usize,
+        clock: crate::clock::Clock,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Fleet>> {
         let timeout = Duration::from_millis(settings.timeout_ms);
@@ -303,6 +318,8 @@ impl Fleet {
             replica: uuid::Uuid::new_v4().simple().to_string(),
             conn: RwLock::new(None),
             degraded: AtomicBool::new(false),
+            clock_off: AtomicBool::new(false),
+            clock,
             live_replicas: AtomicUsize::new(1),
             over_until: (0..tenants).map(|_| AtomicU64::new(0)).collect(),
             epochs: (0..tenants).map(|_| RwLock::new(String::new())).collect(),
@@ -363,7 +380,25 @@ impl Fleet {
 
     /// Whether this replica currently uses Redis.
     pub fn healthy(&self) -> bool {
-        !self.degraded.load(Ordering::Relaxed)
+        !self.degraded.load(Ordering::Relaxed) && !self.clock_off.load(Ordering::Relaxed)
+    }
+
+    /// Why this replica is not using Redis: `redis` (unreachable, failing or slow) or `clock`
+    /// (its clock is off Redis's by more than `redis.max_clock_offset_ms`).
+    pub fn degraded_reason(&self) -> Option<&'static str> {
+        if self.degraded.load(Ordering::Relaxed) {
+            Some("redis")
+        } else if self.clock_off.load(Ordering::Relaxed) {
+            Some("clock")
+        } else {
+            None
+        }
+    }
+
+    /// What a shared URL must have left, by this replica's clock, for `min_remaining_ms` to be
+    /// left by any clock: two sharing replicas disagree by at most twice the offset bound.
+    fn shared_min_remaining(&self, min_remaining_ms: u64) -> u64 {
+        min_remaining_ms + 2 * self.settings.max_clock_offset_ms
     }
 
     /// Live replicas at the last heartbeat (this one included).
@@ -497,7 +532,7 @@ impl Fleet {
         now_ms: u64,
         min_remaining_ms: u64,
     ) -> Result<Option<PooledUrl>, Down> {
-        let cutoff = cutoff(now_ms, min_remaining_ms);
+        let cutoff = cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
         let (stale, url, issued): (u64, String, u64) = self
             .pool_script("take", tenant, &self.scripts.take, |inv, epoch| {
                 inv.key(self.pool_key(tenant, epoch, key))
@@ -700,24 +735,52 @@ impl Fleet {
         if self.conn.read().is_none() {
             self.connect_cluster().await;
         }
-        let now_ms = crate::clock::Clock::System.now_ms();
+        let sent = std::time::Instant::now();
+        let now_ms = self.clock.now_ms();
         let dead_after = 3 * self.settings.heartbeat_ms.max(1000);
         let mut inv = self.scripts.heartbeat.prepare_invoke();
         inv.key(self.key("replicas", ""))
             .arg(&self.replica)
             .arg(now_ms)
             .arg(dead_after);
-        let live: usize = self.script_anyway("heartbeat", inv).await?;
+        let (live, secs, micros): (usize, i64, i64) = self.script_anyway("heartbeat", inv).await?;
+        // Redis read its clock about half-way through the round trip.
+        let midway = now_ms as i64 + (sent.elapsed().as_millis() / 2) as i64;
+        let offset = secs * 1000 + micros / 1000 - midway;
+        self.check_clock(offset);
         self.live_replicas.store(live.max(1), Ordering::Relaxed);
         self.metrics.fleet_replicas.set(live.max(1) as i64);
         if self.degraded.swap(false, Ordering::SeqCst) {
-            self.metrics.redis_degraded.set(0);
             for t in &self.over_until {
                 t.store(0, Ordering::Relaxed);
             }
             tracing::info!(replicas = live, "Redis answers again: rejoined the fleet");
         }
+        self.metrics.redis_degraded.set(i64::from(!self.healthy()));
         Ok(live)
+    }
+
+    /// Records Redis's clock minus this replica's, and stops (or resumes) sharing when it crosses
+    /// the bound.
+    fn check_clock(&self, offset_ms: i64) {
+        self.metrics
+            .redis_clock_offset
+            .set(offset_ms as f64 / 1000.0);
+        let off = offset_ms.unsigned_abs() > self.settings.max_clock_offset_ms;
+        if self.clock_off.swap(off, Ordering::SeqCst) != off {
+            if off {
+                tracing::warn!(
+                    offset_ms,
+                    bound_ms = self.settings.max_clock_offset_ms,
+                    "this replica's clock is off Redis's by more than redis.max_clock_offset_ms: serving from the local pool and limits until it is back within the bound"
+                );
+            } else {
+                tracing::info!(
+                    offset_ms,
+                    "this replica's clock agrees with Redis's again: rejoined the fleet"
+                );
+            }
+        }
     }
 
     /// Heartbeats every `redis.heartbeat_ms` until `shutdown` resolves.

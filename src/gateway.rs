@@ -454,7 +454,8 @@ impl Gateway {
                 let until = deadline
                     .min(Instant::now() + Duration::from_millis(self.settings.upstream.timeout_ms));
                 match tokio::time::timeout_at(until, &mut rx).await {
-                    Ok(Ok(f)) => return Ok(self.served(f, Source::Pool)),
+                    Ok(Ok(f)) if self.fresh(&f) => return Ok(self.served(f, Source::Pool)),
+                    Ok(Ok(_)) => self.metrics.wasted.with_label_values(&["expired"]).inc(),
                     _ => {
                         if let Some(f) = reclaim(rx, t) {
                             self.store(t.tenant, &t.key, f).await;
@@ -505,9 +506,16 @@ impl Gateway {
             Err(_) => Err(UpstreamError::Timeout),
         };
         match fetched {
-            Ok(f) => {
+            Ok(f) if self.fresh(&f) => {
                 self.metrics.fetched.with_label_values(&["miss"]).inc();
                 Ok(self.served(f, Source::Upstream))
+            }
+            Ok(_) => {
+                // Settings keep the miss timeout below the usable life, so only a call that
+                // outlived it lands here; its URL would be handed out with too little left.
+                self.metrics.fetched.with_label_values(&["miss"]).inc();
+                self.metrics.wasted.with_label_values(&["expired"]).inc();
+                Err(UpstreamError::Timeout.into())
             }
             Err(UpstreamError::Throttled) => {
                 budget.on_throttle();
@@ -515,6 +523,12 @@ impl Gateway {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether a fetched URL still has `min_remaining` left: the same rule as the pool's, on
+    /// every hand-out path.
+    fn fresh(&self, f: &Fetched) -> bool {
+        f.sent_at_ms + URL_VALIDITY_SECS * 1000 >= self.clock.now_ms() + self.min_remaining_ms()
     }
 
     fn served(&self, f: Fetched, source: Source) -> Served {

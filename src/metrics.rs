@@ -37,6 +37,7 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     pub fleet_replicas: IntGauge,
     pub redis_fences: IntCounter,
+    pub redis_clock_offset: Gauge,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -158,6 +159,14 @@ impl Metrics {
                 IntCounter::new(
                     "embedgate_redis_fences_total",
                     "Times this replica found that a tenant's shared pool came back as another data set (Redis restarted, failed over, was restored or flushed) and moved to a new fencing epoch, discarding what was pooled before.",
+                )
+                .expect("valid metric"),
+            ),
+            redis_clock_offset: reg(
+                &r,
+                Gauge::new(
+                    "embedgate_redis_clock_offset_seconds",
+                    "Redis's clock minus this replica's, measured at the last heartbeat (cluster mode). Past redis.max_clock_offset_ms the replica stops sharing.",
                 )
                 .expect("valid metric"),
             ),

@@ -40,7 +40,15 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let upstream = Upstream::new(&settings.upstream, metrics.clone()).await;
         let fleet = if settings.redis.enabled() {
-            Some(Fleet::connect(&settings.redis, settings.tenants.len(), metrics.clone()).await?)
+            Some(
+                Fleet::connect(
+                    &settings.redis,
+                    settings.tenants.len(),
+                    clock.clone(),
+                    metrics.clone(),
+                )
+                .await?,
+            )
         } else {
             None
         };

@@ -244,7 +244,7 @@ async fn api_call(
         .response(&request_id, None);
     }
     let latency = knobs.sample_latency(&mut rand::rng());
-    if !latency.is_zero() {
+    if !latency.is_zero() && !knobs.latency_after_mint {
         tokio::time::sleep(latency).await;
     }
     if sim.inject_failure() {
@@ -277,6 +277,9 @@ async fn api_call(
     }
     .unwrap_or(600);
     let issued = sim.issue(op, &request.experience(), minutes);
+    if !latency.is_zero() && knobs.latency_after_mint {
+        tokio::time::sleep(latency).await;
+    }
     let mut body = json!({"EmbedUrl": issued.url, "Status": 200, "RequestId": request_id});
     if let EmbedRequest::Anonymous(r) = &request {
         body["AnonymousUserArn"] = json!(format!(

@@ -11,6 +11,10 @@ pub struct Knobs {
     /// 99th percentile of the latency. Unset (or ≤ median): every call takes exactly `latency_ms`;
     /// set: latency is log-normal with that median and p99.
     pub latency_p99_ms: Option<f64>,
+    /// Spend the latency *after* the URL is minted rather than before: the URL is dated
+    /// earlier than the answer arrives, the worst case for a gateway that dates URLs from when
+    /// it sent the request.
+    pub latency_after_mint: bool,
     /// Throttle each account above this many calls per second (ThrottlingException, HTTP 429).
     pub throttle_rps: Option<u32>,
     /// Burst allowed above `throttle_rps`; defaults to one second's worth.
@@ -41,6 +45,7 @@ impl Default for Knobs {
         Knobs {
             latency_ms: 0.0,
             latency_p99_ms: None,
+            latency_after_mint: false,
             throttle_rps: None,
             throttle_burst: None,
             throttle_next: 0,

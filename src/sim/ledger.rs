@@ -20,7 +20,21 @@ pub struct Ledger {
     hung: AtomicU64,
     rejected: AtomicU64,
     unauthenticated: AtomicU64,
+    /// Least validity left at a timely redemption, in ms, plus one (0: none yet).
+    min_left_ms_plus_one: AtomicU64,
+    /// Timely redemptions by validity left, in the buckets of [`VALIDITY_BUCKETS`].
+    left: [AtomicU64; 6],
 }
+
+/// Upper bounds (seconds) of the validity-left buckets, and their names in the snapshot.
+pub const VALIDITY_BUCKETS: [(u64, &str); 6] = [
+    (30, "0-30s"),
+    (60, "30-60s"),
+    (120, "60-120s"),
+    (180, "120-180s"),
+    (240, "180-240s"),
+    (300, "240-300s"),
+];
 
 /// A point-in-time copy of the ledger, as `GET /_sim/ledger` returns it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +62,12 @@ pub struct LedgerSnapshot {
     pub rejected: u64,
     /// Calls refused by signature verification.
     pub unauthenticated: u64,
+    /// The least validity a URL had left, by the simulator's clock, when it was first opened
+    /// (ms; none before the first redemption). A gateway that keeps its promise never lets this
+    /// fall below its `min_remaining` minus the time the client took to open the URL.
+    pub min_validity_left_ms: Option<u64>,
+    /// First redemptions by validity left (`0-30s` … `240-300s`).
+    pub validity_left: std::collections::BTreeMap<String, u64>,
 }
 
 fn op_index(op: Operation) -> usize {
@@ -83,6 +103,20 @@ impl Ledger {
         };
         c.fetch_add(1, Relaxed);
     }
+    /// A first, timely redemption with `left_ms` of the URL's validity left.
+    pub fn validity_left(&self, left_ms: u64) {
+        let _ = self
+            .min_left_ms_plus_one
+            .fetch_update(Relaxed, Relaxed, |m| {
+                (m == 0 || left_ms + 1 < m).then_some(left_ms + 1)
+            });
+        let i = VALIDITY_BUCKETS
+            .iter()
+            .position(|(bound, _)| left_ms < bound * 1000)
+            .unwrap_or(VALIDITY_BUCKETS.len() - 1);
+        self.left[i].fetch_add(1, Relaxed);
+    }
+
     pub fn throttled(&self) {
         self.throttled.fetch_add(1, Relaxed);
     }
@@ -122,6 +156,15 @@ impl Ledger {
             hung: self.hung.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             unauthenticated: self.unauthenticated.load(Relaxed),
+            min_validity_left_ms: match self.min_left_ms_plus_one.load(Relaxed) {
+                0 => None,
+                m => Some(m - 1),
+            },
+            validity_left: VALIDITY_BUCKETS
+                .iter()
+                .zip(&self.left)
+                .map(|((_, name), n)| (name.to_string(), n.load(Relaxed)))
+                .collect(),
         }
     }
 }

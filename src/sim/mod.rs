@@ -401,6 +401,9 @@ impl Simulator {
                     let r = if double {
                         Redemption::Double
                     } else {
+                        let validity = Duration::from_secs(URL_VALIDITY_SECS);
+                        self.ledger
+                            .validity_left((validity - age).as_millis() as u64);
                         Redemption::Ok
                     };
                     (r, Some((e.title.clone(), e.session_minutes)))

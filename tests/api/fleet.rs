@@ -21,6 +21,8 @@ pub struct TestFleet {
     pub sim: SimServer,
     pub replicas: Vec<Application>,
     http: reqwest::Client,
+    /// When the replicas started: no URL handed out since is older than this.
+    started: Instant,
 }
 
 /// One request's outcome as a client saw it.
@@ -31,21 +33,26 @@ pub struct Outcome {
 }
 
 pub async fn spawn_fleet(n: usize, customize: impl Fn(&mut Settings)) -> TestFleet {
+    spawn_fleet_with_clocks(vec![Clock::System; n], customize).await
+}
+
+/// One replica per clock (a replica whose clock is off gets a skewed one).
+pub async fn spawn_fleet_with_clocks(
+    clocks: Vec<Clock>,
+    customize: impl Fn(&mut Settings),
+) -> TestFleet {
     let sim = spawn_sim();
     let mut replicas = vec![];
-    for _ in 0..n {
+    for clock in clocks {
         let mut s = gateway_settings(&sim.endpoint);
         customize(&mut s);
-        replicas.push(
-            Application::start(s, Clock::System)
-                .await
-                .expect("replica starts"),
-        );
+        replicas.push(Application::start(s, clock).await.expect("replica starts"));
     }
     TestFleet {
         sim,
         replicas,
         http: test_http(),
+        started: Instant::now(),
     }
 }
 
@@ -63,7 +70,7 @@ impl TestFleet {
     }
 
     /// One GetDashboardEmbedUrl request as `tenant` to replica `i` (mod the fleet size).
-    async fn embed(&self, i: usize, tenant: &str, body: &Value) -> Outcome {
+    pub async fn embed(&self, i: usize, tenant: &str, body: &Value) -> Outcome {
         let started = Instant::now();
         let r = self
             .http
@@ -109,6 +116,10 @@ impl TestFleet {
             .json()
             .await
             .unwrap()
+    }
+
+    pub async fn readiness_json(&self, i: usize) -> Value {
+        self.get_json(format!("{}/readyz", self.base(i))).await
     }
 
     pub async fn readiness(&self, i: usize) -> String {
@@ -189,6 +200,14 @@ pub async fn assert_exactly_once(fleet: &TestFleet, outcomes: &[Outcome]) -> Vec
         (ledger.double_redemptions, ledger.late_redemptions),
         (0, 0),
         "no URL opened twice or late"
+    );
+    // Each URL had min_remaining_secs left when it was handed out, at most this long ago.
+    let promised = fleet.replicas[0].gateway.settings.pool.min_remaining_secs * 1000;
+    let since = fleet.started.elapsed().as_millis() as u64;
+    let least = ledger.min_validity_left_ms.unwrap_or(u64::MAX);
+    assert!(
+        least.saturating_add(since) >= promised,
+        "a URL was handed out with less than min_remaining_secs left: {least} ms left at opening, {since} ms into the run"
     );
     urls
 }
