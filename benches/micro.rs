@@ -150,6 +150,7 @@ fn tenants(n: usize) -> Tenants {
             upstream_weight: 1.0,
             max_pooled_urls: 100,
             max_hints: 10,
+            max_tracked_keys: 10,
             policy: PolicySettings::default(),
             warm: vec![],
         })

@@ -96,7 +96,7 @@ fn main() {
             max_tracked_keys: tracked as u64,
             ..RefillSettings::default()
         },
-        vec![0],
+        vec![(0, tracked)],
     );
     let before_demand = rss_bytes();
     for (k, r) in &requests {

@@ -265,6 +265,10 @@ pub struct TenantSettings {
     /// Most keys this tenant may keep hinted at once.
     #[serde(default = "default_hints")]
     pub max_hints: usize,
+    /// Most keys whose demand is tracked for this tenant (per replica); requests for further new
+    /// keys are served but not tracked or pre-fetched. Warm keys do not count.
+    #[serde(default = "default_tracked")]
+    pub max_tracked_keys: usize,
     #[serde(default)]
     pub policy: PolicySettings,
     /// Requests to keep warm always: each a native API body plus its `Operation` and `Depth`.
@@ -286,6 +290,9 @@ fn default_tenant_urls() -> usize {
 }
 fn default_hints() -> usize {
     1_000
+}
+fn default_tracked() -> usize {
+    10_000
 }
 
 /// What a tenant may ask for. Deny by default: an empty list allows nothing (except where noted);

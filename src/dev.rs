@@ -48,6 +48,7 @@ pub fn settings(
         upstream_weight: 1.0,
         max_pooled_urls: 10_000,
         max_hints: 1_000,
+        max_tracked_keys: 10_000,
         policy: PolicySettings {
             accounts: vec![],
             dashboards: vec!["*".into()],

@@ -138,31 +138,38 @@ end
 return {stale, 1}
 ";
 
-/// Records this replica's demand and prefetches in flight for a key, purges stale URLs, and
-/// returns the fleet's view: `{stale, pooled, total_rate (string), replicas, total_in_flight}`.
-/// ARGV: cutoff_ms, replica, rate, now_ms, keep_ms (how long a replica's entry counts without
-/// being refreshed), in_flight.
+/// For each of a tenant's keys: records this replica's demand and prefetches in flight, purges
+/// stale URLs, and reads the fleet's view. One call per tenant (and per chunk of keys) each tick,
+/// not one per key. KEYS: count, then pool and demand per key. ARGV: cutoff_ms, replica, now_ms,
+/// keep_ms (how long a replica's entry counts without being refreshed), then rate and in_flight
+/// per key. Returns `{stale, {{pooled, total_rate (string), replicas, total_in_flight}, ...}}`.
 const SYNC: &str = r"
-local stale = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-if stale > 0 and redis.call('DECRBY', KEYS[2], stale) < 0 then
-  redis.call('SET', KEYS[2], 0, 'KEEPTTL')
-end
-local now, keep = tonumber(ARGV[4]), tonumber(ARGV[5])
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[4] .. ',' .. ARGV[3] .. ',' .. ARGV[6])
-local total, replicas, flying = 0, 0, 0
-local all = redis.call('HGETALL', KEYS[3])
-for i = 1, #all, 2 do
-  local at, rate, n = string.match(all[i + 1], '^([^,]+),([^,]+),(.+)$')
-  if at and tonumber(at) >= now - keep then
-    total = total + tonumber(rate)
-    flying = flying + tonumber(n)
-    replicas = replicas + 1
-  else
-    redis.call('HDEL', KEYS[3], all[i])
+local cutoff, replica = ARGV[1], ARGV[2]
+local now, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
+local stale_total, out = 0, {}
+for k = 1, (#KEYS - 1) / 2 do
+  local pool, demand = KEYS[2 * k], KEYS[2 * k + 1]
+  stale_total = stale_total + redis.call('ZREMRANGEBYSCORE', pool, '-inf', '(' .. cutoff)
+  redis.call('HSET', demand, replica, ARGV[3] .. ',' .. ARGV[3 + 2 * k] .. ',' .. ARGV[4 + 2 * k])
+  local total, replicas, flying = 0, 0, 0
+  local all = redis.call('HGETALL', demand)
+  for i = 1, #all, 2 do
+    local at, rate, n = string.match(all[i + 1], '^([^,]+),([^,]+),(.+)$')
+    if at and tonumber(at) >= now - keep then
+      total = total + tonumber(rate)
+      flying = flying + tonumber(n)
+      replicas = replicas + 1
+    else
+      redis.call('HDEL', demand, all[i])
+    end
   end
+  redis.call('PEXPIRE', demand, keep)
+  out[k] = {redis.call('ZCARD', pool), tostring(total), replicas, flying}
 end
-redis.call('PEXPIRE', KEYS[3], keep)
-return {stale, redis.call('ZCARD', KEYS[1]), tostring(total), replicas, flying}
+if stale_total > 0 and redis.call('DECRBY', KEYS[1], stale_total) < 0 then
+  redis.call('SET', KEYS[1], 0, 'KEEPTTL')
+end
+return {stale_total, out}
 ";
 
 /// Claims up to `want` prefetches for this replica so that the shared pool plus every
@@ -584,41 +591,43 @@ impl Fleet {
         })
     }
 
-    /// Publishes this replica's demand estimate and prefetches in flight for `key` and reads the
-    /// fleet's.
+    /// Publishes this replica's demand estimate and prefetches in flight for some of a tenant's
+    /// keys and reads the fleet's view of each, in one call.
     ///
     /// # Errors
     /// Redis is not usable.
     pub async fn sync(
         &self,
         tenant: &Tenant,
-        key: &PoolKey,
-        own: Report,
+        keys: &[(&PoolKey, Report)],
         now_ms: u64,
         min_remaining_ms: u64,
         keep_ms: u64,
-    ) -> Result<KeyView, Down> {
+    ) -> Result<Vec<KeyView>, Down> {
         let cutoff = cutoff(now_ms, min_remaining_ms);
-        let (stale, pooled, total, replicas, in_flight): (u64, usize, String, usize, usize) = self
+        let (stale, views): (u64, Vec<(usize, String, usize, usize)>) = self
             .pool_script("sync", tenant, &self.scripts.sync, |inv, epoch| {
-                inv.key(self.pool_key(tenant, epoch, key))
-                    .key(self.count_key(tenant, epoch))
-                    .key(self.demand_key(tenant, key))
-                    .arg(cutoff)
-                    .arg(&self.replica)
-                    .arg(format!("{:.6}", own.rate))
-                    .arg(now_ms)
-                    .arg(keep_ms)
-                    .arg(own.in_flight);
+                inv.key(self.count_key(tenant, epoch));
+                for (key, _) in keys {
+                    inv.key(self.pool_key(tenant, epoch, key))
+                        .key(self.demand_key(tenant, key));
+                }
+                inv.arg(cutoff).arg(&self.replica).arg(now_ms).arg(keep_ms);
+                for (_, own) in keys {
+                    inv.arg(format!("{:.6}", own.rate)).arg(own.in_flight);
+                }
             })
             .await?;
         self.count_stale(stale);
-        Ok(KeyView {
-            pooled,
-            fleet_rate: total.parse().unwrap_or(0.0),
-            replicas,
-            in_flight,
-        })
+        Ok(views
+            .into_iter()
+            .map(|(pooled, total, replicas, in_flight)| KeyView {
+                pooled,
+                fleet_rate: total.parse().unwrap_or(0.0),
+                replicas,
+                in_flight,
+            })
+            .collect())
     }
 
     /// Claims up to `want` prefetches for `key` such that the shared pool plus the fleet's

@@ -230,7 +230,11 @@ impl Gateway {
     ) -> Self {
         let tenants = Tenants::new(&settings.tenants);
         let caps = tenants.all().iter().map(|t| t.max_pooled_urls).collect();
-        let hint_caps = tenants.all().iter().map(|t| t.max_hints).collect();
+        let demand_caps = tenants
+            .all()
+            .iter()
+            .map(|t| (t.max_hints, t.max_tracked_keys))
+            .collect();
         let ids: Vec<&str> = tenants.all().iter().map(|t| t.id.as_str()).collect();
         metrics.init_labels(&ids);
         let budgets = Budgets::new(&settings.upstream, &tenants, metrics.clone());
@@ -247,7 +251,7 @@ impl Gateway {
                 ),
             ),
             budgets,
-            demand: Demand::new(&settings.refill, hint_caps),
+            demand: Demand::new(&settings.refill, demand_caps),
             upstream_slots: Semaphore::new(settings.upstream.max_concurrency),
             prefetch_slots: Arc::new(Semaphore::new(settings.refill.concurrency)),
             lead_secs: std::sync::atomic::AtomicU64::new(0.1f64.to_bits()),
@@ -426,7 +430,7 @@ impl Gateway {
         let key = self.key_for(tenant, &req);
         let now = self.clock.now_ms();
         let tracked = if self.settings.refill.enabled {
-            Some(self.demand.record(&key, tenant.index, &req, now))
+            self.demand.record(&key, tenant.index, &req, now)
         } else {
             None
         };
@@ -570,28 +574,70 @@ impl Gateway {
         )
     }
 
-    /// Publishes this replica's demand for every tracked key and reads the fleet's (demand
-    /// summed over replicas, URLs in the shared pool). `None` if Redis failed meanwhile.
+    /// Publishes this replica's demand for the tracked keys that have any and reads the fleet's
+    /// (demand summed over replicas, URLs in the shared pool): one Redis call per tenant and
+    /// chunk of keys. A key with no demand here, no pin and nothing in flight is skipped (`None`):
+    /// this replica would fetch nothing for it whatever the fleet says. `None` overall if Redis
+    /// failed meanwhile.
     async fn sync_fleet(
         &self,
         fleet: &Fleet,
         tracked: &[Arc<Tracked>],
         published: &[f64],
         now: u64,
-    ) -> Option<Vec<KeyView>> {
+    ) -> Option<Vec<Option<KeyView>>> {
         use futures::StreamExt;
+        /// Keys per call: bounds how long one script holds Redis.
+        const CHUNK: usize = 256;
         let keep_ms = self.fleet_keep_ms();
-        let min_remaining = self.min_remaining_ms();
-        let mut syncs = Vec::with_capacity(tracked.len());
-        for (t, &rate) in tracked.iter().zip(published) {
-            let tenant = self.tenants.get(t.tenant);
+        let mut by_tenant: std::collections::BTreeMap<TenantId, Vec<(usize, Report)>> =
+            Default::default();
+        for (i, (t, &rate)) in tracked.iter().zip(published).enumerate() {
             let in_flight = t.in_flight.load(Ordering::SeqCst);
-            let own = Report { rate, in_flight };
-            syncs.push(fleet.sync(tenant, &t.key, own, now, min_remaining, keep_ms));
+            if rate < 1e-3 && in_flight == 0 && !t.pinned(now) {
+                continue;
+            }
+            by_tenant
+                .entry(t.tenant)
+                .or_default()
+                .push((i, Report { rate, in_flight }));
         }
-        let views: Vec<Result<KeyView, Down>> =
-            futures::stream::iter(syncs).buffered(256).collect().await;
-        views.into_iter().collect::<Result<Vec<_>, _>>().ok()
+        let mut calls = Vec::new();
+        for (&tenant, keys) in &by_tenant {
+            for chunk in keys.chunks(CHUNK) {
+                calls.push(self.sync_chunk(fleet, tenant, chunk, tracked, now, keep_ms));
+            }
+        }
+        let results: Vec<Result<Vec<(usize, KeyView)>, Down>> = futures::stream::iter(calls)
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut views = vec![None; tracked.len()];
+        for r in results {
+            for (i, v) in r.ok()? {
+                views[i] = Some(v);
+            }
+        }
+        Some(views)
+    }
+
+    /// One sync call for some of one tenant's keys (`chunk` indexes `tracked`).
+    async fn sync_chunk(
+        &self,
+        fleet: &Fleet,
+        tenant: TenantId,
+        chunk: &[(usize, Report)],
+        tracked: &[Arc<Tracked>],
+        now: u64,
+        keep_ms: u64,
+    ) -> Result<Vec<(usize, KeyView)>, Down> {
+        let args: Vec<(&PoolKey, Report)> =
+            chunk.iter().map(|(i, r)| (&tracked[*i].key, *r)).collect();
+        let tenant = self.tenants.get(tenant);
+        let views = fleet
+            .sync(tenant, &args, now, self.min_remaining_ms(), keep_ms)
+            .await?;
+        Ok(chunk.iter().map(|(i, _)| *i).zip(views).collect())
     }
 
     /// The surplus depth for `needed` at `lambda` requests per second (see `Demand::surplus`).
@@ -694,7 +740,7 @@ impl Gateway {
             .enumerate()
             .filter(|(_, t)| !t.backing_off(now))
             .map(|(i, t)| {
-                let fleet = views.as_ref().map(|(p, v)| (p[i], v[i]));
+                let fleet = views.as_ref().and_then(|(p, v)| Some((p[i], v[i]?)));
                 let w = self.want(&t, own[i], shown[i], fleet);
                 (t, w)
             })
@@ -861,7 +907,9 @@ impl Gateway {
                     if self.settings.refill.enabled {
                         self.plan().await;
                     } else {
+                        // Nothing is prefetched, but expired hints still give their slots back.
                         self.pool.purge();
+                        self.demand.sweep(self.clock.now_ms());
                     }
                 }
             }

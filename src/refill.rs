@@ -51,6 +51,9 @@ struct DemandState {
     /// The arrival that started tracking the key (none for a key only hinted or pinned).
     first_arrival_ms: Option<u64>,
     hinted_until_ms: u64,
+    /// This key holds one of its tenant's `max_hints` slots (released when the hint expires or
+    /// the key is forgotten).
+    hint_counted: bool,
     warm_depth: usize,
 }
 
@@ -78,6 +81,7 @@ impl Tracked {
                 first_ms: now_ms,
                 first_arrival_ms: None,
                 hinted_until_ms: 0,
+                hint_counted: false,
                 warm_depth: 0,
             }),
             in_flight: AtomicUsize::new(0),
@@ -198,72 +202,144 @@ pub fn reclaim(mut rx: oneshot::Receiver<Fetched>, tracked: &Tracked) -> Option<
     rx.try_recv().ok().and_then(|f| tracked.deliver(f))
 }
 
-/// Every tracked key, bounded and forgetting idle ones.
+/// Per-tenant counters shared with the cache's eviction listener.
+struct Counts {
+    /// Keys tracked per tenant (warm keys not included).
+    tracked: Vec<AtomicUsize>,
+    /// Hint slots held per tenant.
+    hints: Vec<AtomicUsize>,
+}
+
+impl Counts {
+    /// A key leaves: give back its tracked slot and, if it holds one, its hint slot.
+    fn forget(&self, t: &Tracked) {
+        self.tracked[t.tenant].fetch_sub(1, Ordering::SeqCst);
+        let mut s = t.state.lock();
+        if std::mem::take(&mut s.hint_counted) {
+            self.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Every tracked key, bounded per tenant and in total, forgetting idle ones; warm keys are
+/// pinned for the life of the process.
+///
+/// # Bounds
+/// A tenant tracks at most its `max_tracked_keys` keys: a request for a new key beyond that is
+/// served but not tracked (no prefetch, no demand published to the fleet), so one tenant minting
+/// keys cannot grow this table, the per-tick planning or the fleet's Redis traffic at the others'
+/// expense. A hint beyond the tenant's `max_hints` is dropped and creates nothing.
 pub struct Demand {
     keys: moka::sync::Cache<PoolKey, Arc<Tracked>>,
+    warm: parking_lot::RwLock<std::collections::HashMap<PoolKey, Arc<Tracked>>>,
     settings: RefillSettings,
     tau_secs: f64,
-    hints: Vec<AtomicUsize>,
+    counts: Arc<Counts>,
     hint_caps: Vec<usize>,
+    tracked_caps: Vec<usize>,
 }
 
 impl Demand {
-    pub fn new(settings: &RefillSettings, hint_caps: Vec<usize>) -> Self {
+    /// `caps` holds each tenant's (max_hints, max_tracked_keys).
+    pub fn new(settings: &RefillSettings, caps: Vec<(usize, usize)>) -> Self {
+        let counts = Arc::new(Counts {
+            tracked: caps.iter().map(|_| AtomicUsize::new(0)).collect(),
+            hints: caps.iter().map(|_| AtomicUsize::new(0)).collect(),
+        });
+        let listener = counts.clone();
         let keys = moka::sync::Cache::builder()
             .max_capacity(settings.max_tracked_keys)
             .time_to_idle(Duration::from_secs(settings.idle_forget_secs))
+            .eviction_listener(move |_key, t: Arc<Tracked>, _cause| listener.forget(&t))
             .build();
         Demand {
             keys,
+            warm: Default::default(),
             tau_secs: settings.demand_half_life_secs / std::f64::consts::LN_2,
             settings: settings.clone(),
-            hints: hint_caps.iter().map(|_| AtomicUsize::new(0)).collect(),
-            hint_caps,
+            counts,
+            hint_caps: caps.iter().map(|c| c.0).collect(),
+            tracked_caps: caps.iter().map(|c| c.1).collect(),
         }
     }
 
+    fn find(&self, key: &PoolKey) -> Option<Arc<Tracked>> {
+        if let Some(t) = self.warm.read().get(key) {
+            return Some(t.clone());
+        }
+        self.keys.get(key)
+    }
+
+    /// The tracked entry for `key`, created if the tenant is within its bound.
     fn tracked(
         &self,
         key: &PoolKey,
         tenant: TenantId,
         req: &EmbedRequest,
         now_ms: u64,
-    ) -> Arc<Tracked> {
-        self.keys.get_with(key.clone(), || {
+    ) -> Option<Arc<Tracked>> {
+        if let Some(t) = self.find(key) {
+            return Some(t);
+        }
+        let n = &self.counts.tracked[tenant];
+        if n.fetch_add(1, Ordering::SeqCst) >= self.tracked_caps[tenant] {
+            n.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        let mut created = false;
+        let t = self.keys.get_with(key.clone(), || {
+            created = true;
             Arc::new(Tracked::new(key.clone(), tenant, req.clone(), now_ms))
-        })
+        });
+        if !created {
+            // Another request created it first; it holds the slot.
+            n.fetch_sub(1, Ordering::SeqCst);
+        }
+        Some(t)
     }
 
-    /// Counts one request for `key`.
+    /// Counts one request for `key`; `None` when the key is new and its tenant already tracks
+    /// `max_tracked_keys` keys (the request is served, the key is not tracked).
     pub fn record(
         &self,
         key: &PoolKey,
         tenant: TenantId,
         req: &EmbedRequest,
         now_ms: u64,
-    ) -> Arc<Tracked> {
-        let t = self.tracked(key, tenant, req, now_ms);
+    ) -> Option<Arc<Tracked>> {
+        let t = self.tracked(key, tenant, req, now_ms)?;
         t.record(now_ms, self.tau_secs);
-        t
+        Some(t)
     }
 
     /// Announces likely demand for `key` until `hint_ttl` from now. False when the tenant
-    /// already has `max_hints` keys hinted (the hint is dropped).
+    /// already has `max_hints` keys hinted or tracks `max_tracked_keys` keys: the hint is
+    /// dropped and creates nothing.
     pub fn hint(&self, key: &PoolKey, tenant: TenantId, req: &EmbedRequest, now_ms: u64) -> bool {
-        let t = self.tracked(key, tenant, req, now_ms);
+        let slots = &self.counts.hints[tenant];
+        let t = match self.find(key) {
+            Some(t) => t,
+            // Refuse before creating anything: a refused hint must not cost a tracked key.
+            None if slots.load(Ordering::SeqCst) >= self.hint_caps[tenant] => return false,
+            None => match self.tracked(key, tenant, req, now_ms) {
+                Some(t) => t,
+                None => return false,
+            },
+        };
         let mut s = t.state.lock();
-        if s.hinted_until_ms <= now_ms {
-            let count = &self.hints[tenant];
-            if count.fetch_add(1, Ordering::SeqCst) >= self.hint_caps[tenant] {
-                count.fetch_sub(1, Ordering::SeqCst);
+        if !s.hint_counted {
+            if slots.fetch_add(1, Ordering::SeqCst) >= self.hint_caps[tenant] {
+                slots.fetch_sub(1, Ordering::SeqCst);
                 return false;
             }
+            s.hint_counted = true;
         }
         s.hinted_until_ms = now_ms + self.settings.hint_ttl_secs * 1000;
         true
     }
 
-    /// Keeps `key` at least `depth` deep for as long as the process runs.
+    /// Keeps `key` at least `depth` deep for as long as the process runs (never forgotten or
+    /// evicted, and not counted against the tenant's `max_tracked_keys`).
     pub fn pin(
         &self,
         key: &PoolKey,
@@ -272,8 +348,10 @@ impl Demand {
         depth: usize,
         now_ms: u64,
     ) {
-        let t = self.tracked(key, tenant, req, now_ms);
+        let t = Arc::new(Tracked::new(key.clone(), tenant, req.clone(), now_ms));
         t.state.lock().warm_depth = depth;
+        self.warm.write().insert(key.clone(), t);
+        self.keys.invalidate(key);
     }
 
     /// This replica's estimate of `t`'s request rate, per second.
@@ -339,25 +417,38 @@ impl Demand {
         stock.max(needed).min(max_per_key)
     }
 
-    /// Releases expired hints (so the per-tenant hint bound frees up) and returns every key.
+    /// Releases expired hints (so the per-tenant hint bound frees up) and returns every key,
+    /// warm keys first.
     pub fn sweep(&self, now_ms: u64) -> Vec<Arc<Tracked>> {
-        let all: Vec<Arc<Tracked>> = self.keys.iter().map(|(_, v)| v).collect();
+        self.keys.run_pending_tasks();
+        let mut all: Vec<Arc<Tracked>> = self.warm.read().values().cloned().collect();
+        all.extend(self.keys.iter().map(|(_, v)| v));
         for t in &all {
             let mut s = t.state.lock();
-            if s.hinted_until_ms != 0 && s.hinted_until_ms <= now_ms {
-                s.hinted_until_ms = 0;
-                self.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
+            if s.hint_counted && s.hinted_until_ms <= now_ms {
+                s.hint_counted = false;
+                self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
             }
         }
         all
     }
 
     pub fn len(&self) -> u64 {
-        self.keys.entry_count()
+        self.keys.entry_count() + self.warm.read().len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Keys `tenant` tracks now (warm keys not included).
+    pub fn tracked_by(&self, tenant: TenantId) -> usize {
+        self.counts.tracked[tenant].load(Ordering::SeqCst)
+    }
+
+    /// Hint slots `tenant` holds now.
+    pub fn hints_held_by(&self, tenant: TenantId) -> usize {
+        self.counts.hints[tenant].load(Ordering::SeqCst)
     }
 }
 
@@ -383,7 +474,7 @@ mod tests {
         let mut now = 1_000_000;
         let mut t = None;
         for _ in 0..n {
-            t = Some(d.record(&key(), 0, &req(), now));
+            t = d.record(&key(), 0, &req(), now);
             now += gap_ms;
         }
         (t.expect("n > 0"), now)
@@ -391,7 +482,7 @@ mod tests {
 
     #[test]
     fn the_rate_estimate_converges_on_a_steady_stream() {
-        let d = Demand::new(&RefillSettings::default(), vec![10]);
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
         let (t, now) = steady(&d, 200, 20); // 50 requests per second
         let rate = t.rate(now, d.tau_secs);
         assert!((40.0..60.0).contains(&rate), "{rate}");
@@ -399,7 +490,7 @@ mod tests {
 
     #[test]
     fn depth_follows_littles_law_within_the_usable_life() {
-        let d = Demand::new(&RefillSettings::default(), vec![10]);
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
         let (t, now) = steady(&d, 400, 10); // 100 requests per second
         let (depth, reason) = d.target(&t, d.rate(&t, now), now, 0.1, 60, 1000);
         // λ ≈ 100/s × (0.1 s lead + 1 s safety) ≈ 110
@@ -414,8 +505,8 @@ mod tests {
 
     #[test]
     fn a_single_request_shows_no_demonstrated_rate_but_a_stream_does() {
-        let d = Demand::new(&RefillSettings::default(), vec![10]);
-        let t = d.record(&key(), 0, &req(), 1_000_000);
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
+        let t = d.record(&key(), 0, &req(), 1_000_000).unwrap();
         assert!(
             d.rate(&t, 1_000_500) > 0.5,
             "the planner's estimate reacts at once"
@@ -432,7 +523,7 @@ mod tests {
 
     #[test]
     fn surplus_stocks_seconds_of_demand_within_the_usable_life() {
-        let d = Demand::new(&RefillSettings::default(), vec![10]);
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
         // 10 s of demand at 20/s, above the needed depth of 22.
         assert_eq!(d.surplus(20.0, 22, 0.1, 60, 1000), 200);
         assert_eq!(d.surplus(20.0, 22, 0.1, 60, 64), 64, "capped per key");
@@ -444,8 +535,8 @@ mod tests {
 
     #[test]
     fn a_waiter_on_a_failed_prefetch_is_released_at_once() {
-        let d = Demand::new(&RefillSettings::default(), vec![1]);
-        let t = d.record(&key(), 0, &req(), 0);
+        let d = Demand::new(&RefillSettings::default(), vec![(1, 100)]);
+        let t = d.record(&key(), 0, &req(), 0).unwrap();
         t.in_flight.fetch_add(1, Ordering::SeqCst);
         let mut rx = t.try_join().expect("one prefetch in flight to claim");
         assert!(t.try_join().is_none(), "only one waiter per prefetch");
@@ -459,8 +550,8 @@ mod tests {
 
     #[test]
     fn a_failing_key_backs_off_exponentially_up_to_a_minute() {
-        let d = Demand::new(&RefillSettings::default(), vec![1]);
-        let t = d.record(&key(), 0, &req(), 0);
+        let d = Demand::new(&RefillSettings::default(), vec![(1, 100)]);
+        let t = d.record(&key(), 0, &req(), 0).unwrap();
         let mut pauses = vec![];
         for _ in 0..9 {
             t.prefetch_failed(0);
@@ -481,9 +572,9 @@ mod tests {
             min_probability: 0.9,
             ..RefillSettings::default()
         };
-        let d = Demand::new(&settings, vec![1]);
+        let d = Demand::new(&settings, vec![(1, 100)]);
         let now = 1_000_000;
-        let t = d.record(&key(), 0, &req(), now);
+        let t = d.record(&key(), 0, &req(), now).unwrap();
         // One request, then an hour of silence: λ ≈ 0.
         let later = now + 3_600_000;
         assert_eq!(d.target(&t, d.rate(&t, later), later, 0.1, 60, 10).0, 0);
@@ -500,5 +591,80 @@ mod tests {
         let expired = later + settings.hint_ttl_secs * 1000 + 1;
         d.sweep(expired);
         assert!(d.hint(&k2, 0, &other, expired));
+    }
+
+    fn key_n(i: usize) -> PoolKey {
+        crate::pool::pool_key("t", "us-east-1", &request_n(i))
+    }
+
+    fn request_n(i: usize) -> EmbedRequest {
+        EmbedRequest::Dashboard(DashboardEmbedRequest::new(
+            "111122223333",
+            format!("d-{i}"),
+            IdentityType::Anonymous,
+        ))
+    }
+
+    #[test]
+    fn a_tenant_tracks_at_most_its_bound_of_keys_and_the_others_are_unaffected() {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 5), (10, 5)]);
+        let tracked = (0..50)
+            .filter(|i| d.record(&key_n(*i), 0, &request_n(*i), 0).is_some())
+            .count();
+        assert_eq!(tracked, 5);
+        assert_eq!(d.tracked_by(0), 5);
+        assert!(d.record(&key_n(1000), 1, &request_n(1000), 0).is_some());
+        // A key already tracked keeps being counted.
+        assert!(d.record(&key_n(0), 0, &request_n(0), 1).is_some());
+    }
+
+    #[test]
+    fn refused_hints_create_nothing_and_slots_come_back_on_expiry_and_eviction() {
+        let settings = RefillSettings {
+            hint_ttl_secs: 10,
+            ..RefillSettings::default()
+        };
+        let d = Demand::new(&settings, vec![(3, 100)]);
+        for i in 0..3 {
+            assert!(d.hint(&key_n(i), 0, &request_n(i), 0));
+        }
+        assert!(!d.hint(&key_n(3), 0, &request_n(3), 0), "over max_hints");
+        d.keys.run_pending_tasks();
+        assert_eq!(
+            (d.len(), d.hints_held_by(0)),
+            (3, 3),
+            "the refused hint tracked nothing"
+        );
+        // Renewing a hinted key takes no new slot.
+        assert!(d.hint(&key_n(0), 0, &request_n(0), 5_000));
+        assert_eq!(d.hints_held_by(0), 3);
+        // Keys 1 and 2 expire at 10 s, key 0 at 15 s.
+        d.sweep(12_000);
+        assert_eq!(d.hints_held_by(0), 1);
+        assert!(d.hint(&key_n(3), 0, &request_n(3), 12_000));
+        // A forgotten key gives its slot back too.
+        d.keys.invalidate(&key_n(3));
+        d.keys.run_pending_tasks();
+        assert_eq!(d.hints_held_by(0), 1);
+    }
+
+    #[test]
+    fn warm_keys_stay_pinned_and_do_not_count_against_the_tenant() {
+        let settings = RefillSettings {
+            max_tracked_keys: 2,
+            ..RefillSettings::default()
+        };
+        let d = Demand::new(&settings, vec![(10, 1)]);
+        d.pin(&key_n(0), 0, &request_n(0), 4, 0);
+        for i in 1..100 {
+            let _ = d.record(&key_n(i), 0, &request_n(i), 0);
+        }
+        let all = d.sweep(10_000_000);
+        let warm = all
+            .iter()
+            .find(|t| t.key == key_n(0))
+            .expect("still tracked");
+        assert!(warm.pinned(10_000_000));
+        assert_eq!(d.tracked_by(0), 1);
     }
 }

@@ -53,6 +53,7 @@ pub struct Tenant {
     pub upstream_weight: f64,
     pub max_pooled_urls: usize,
     pub max_hints: usize,
+    pub max_tracked_keys: usize,
     pub rate_per_sec: f64,
     pub burst: u32,
     policy: Policy,
@@ -102,6 +103,7 @@ impl Tenants {
                     upstream_weight: t.upstream_weight,
                     max_pooled_urls: t.max_pooled_urls,
                     max_hints: t.max_hints,
+                    max_tracked_keys: t.max_tracked_keys,
                     rate_per_sec: t.rate_per_sec,
                     burst: t.burst,
                     policy: Policy::new(&t.policy, t.default_account.as_ref()),
@@ -146,6 +148,7 @@ mod tests {
             upstream_weight: 1.0,
             max_pooled_urls: 10,
             max_hints: 10,
+            max_tracked_keys: 100,
             policy,
             warm: vec![],
         }])

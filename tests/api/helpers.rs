@@ -105,6 +105,7 @@ pub fn tenant(id: &str, key: &str) -> TenantSettings {
         upstream_weight: 1.0,
         max_pooled_urls: 100_000,
         max_hints: 100,
+        max_tracked_keys: 10_000,
         policy: PolicySettings {
             dashboards: vec!["*".into()],
             namespaces: vec!["default".into()],

@@ -7,6 +7,7 @@ mod dev;
 mod fleet;
 mod gateway;
 mod helpers;
+mod noisy;
 mod observability;
 mod policy;
 mod policy_oracle;

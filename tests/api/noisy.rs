@@ -1,0 +1,131 @@
+//! One tenant cannot degrade the fleet: a tenant minting new keys as fast as it can (hints of 50
+//! requests each, every one a new user and session lifetime, from four clients over three
+//! replicas) stays within its tracked-key bound on every replica, Redis keeps answering in time
+//! (no replica degrades), and another tenant's steady traffic keeps coming from the pool.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::fleet::{spawn_fleet, TestFleet};
+use crate::helpers::*;
+use crate::redis_server::RedisServer;
+
+const MINTER_TRACKED_KEYS: usize = 200;
+
+async fn mint_keys_for(fleet: &Arc<TestFleet>, run: Duration) -> usize {
+    let started = Instant::now();
+    let http = test_http();
+    let sent = futures::stream::iter(0..)
+        .take_while(|_| futures::future::ready(started.elapsed() < run))
+        .map(|call: usize| {
+            let fleet = fleet.clone();
+            let http = http.clone();
+            async move {
+                let requests: Vec<_> = (0..50)
+                    .map(|j| {
+                        let n = call * 50 + j;
+                        let mut r = dash("sales-2024", &format!("user-{:04}", n % 1000));
+                        r["SessionLifetimeInMinutes"] = json!(15 + (n / 1000) % 586);
+                        r["Operation"] = json!("GetDashboardEmbedUrl");
+                        r
+                    })
+                    .collect();
+                let base = format!("http://{}", fleet.replicas[call % 3].addr);
+                let _ = http
+                    .post(format!("{base}/v1/hints"))
+                    .bearer_auth("beta-key")
+                    .json(&json!({"Requests": requests}))
+                    .send()
+                    .await;
+                // And a request for a key nobody asked for before.
+                let mut r = dash("finance", &format!("user-{:04}", call % 1000));
+                r["SessionLifetimeInMinutes"] = json!(15 + call % 586);
+                fleet.embed(call, "beta", &r).await;
+            }
+        })
+        .buffer_unordered(4)
+        .count()
+        .await;
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_minting_keys_cannot_degrade_the_fleet() {
+    let redis = RedisServer::start();
+    let fleet = Arc::new(
+        spawn_fleet(3, |s| {
+            s.redis.url = Some(redis.url());
+            s.tenants[0].warm = vec![warm(dash("ops-overview", "carol"), 8)];
+            s.tenants[1].max_tracked_keys = MINTER_TRACKED_KEYS;
+        })
+        .await,
+    );
+    let steady = {
+        let fleet = fleet.clone();
+        tokio::spawn(async move {
+            let mut outcomes = vec![];
+            let started = Instant::now();
+            for i in 0..120u32 {
+                tokio::time::sleep_until((started + Duration::from_millis(50) * i).into()).await;
+                outcomes.push(
+                    fleet
+                        .embed(i as usize, "alpha", &dash("ops-overview", "carol"))
+                        .await,
+                );
+            }
+            outcomes
+        })
+    };
+    let calls = mint_keys_for(&fleet, Duration::from_secs(6)).await;
+    let steady = steady.await.unwrap();
+    assert!(
+        calls > 20,
+        "the minting tenant really sent many keys: {calls} calls"
+    );
+    for (i, r) in fleet.replicas.iter().enumerate() {
+        let tracked = r.app_tracked_by(1);
+        assert!(
+            tracked <= MINTER_TRACKED_KEYS,
+            "replica {i} tracks {tracked} keys of the minting tenant (bound {MINTER_TRACKED_KEYS})"
+        );
+    }
+    assert_eq!(
+        fleet
+            .metric_sum("embedgate_redis_errors_total{op=\"sync\"}")
+            .await
+            + fleet
+                .metric_sum("embedgate_redis_errors_total{op=\"take\"}")
+                .await
+            + fleet
+                .metric_sum("embedgate_redis_errors_total{op=\"claim\"}")
+                .await,
+        0.0,
+        "Redis kept answering in time"
+    );
+    assert_eq!(fleet.metric_sum("embedgate_redis_degraded").await, 0.0);
+    assert!(steady.iter().all(|o| o.status == 200));
+    let pooled = steady.iter().filter(|o| o.body["Source"] == "pool").count();
+    eprintln!(
+        "{calls} minting calls; the steady tenant got {pooled} of {} from the pool",
+        steady.len()
+    );
+    assert!(
+        pooled * 2 > steady.len(),
+        "the steady tenant kept being served from the pool: {pooled} of {}",
+        steady.len()
+    );
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
+trait TrackedBy {
+    fn app_tracked_by(&self, tenant: usize) -> usize;
+}
+
+impl TrackedBy for embedgate::startup::Application {
+    fn app_tracked_by(&self, tenant: usize) -> usize {
+        self.gateway.demand.tracked_by(tenant)
+    }
+}
