@@ -40,7 +40,8 @@
 //! - `P{t:<tenant>}:f`: the tenant's fence, `<run_id>:<epoch>` (see above).
 //! - `P{t:<tenant>}:p:<epoch>:<key>`: sorted set of pooled URLs, scored by the ms their request
 //!   was sent.
-//! - `P{t:<tenant>}:n:<epoch>`: URLs the tenant has pooled (its fleet-wide bound).
+//! - `P{t:<tenant>}:n:<epoch>`: the tenant's pooled URLs (its fleet-wide bound), as a sorted set
+//!   of URL digests scored like the pool, so expiry and retries cannot make it drift.
 //! - `P{t:<tenant>}:d:<key>`: each replica's demand estimate for the key (`ms,rate`).
 //! - `P{t:<tenant>}:rl`: the tenant's inbound GCRA state (theoretical arrival time, ms).
 //! - `P{a:<account>:<region>}:budget`: the account's upstream GCRA state.
@@ -96,16 +97,34 @@ end
 if epoch ~= ARGV[1] then return {epoch} end
 ";
 
-/// Removes the stale URLs of a key, pops the one with the least remaining validity, and keeps
-/// the tenant's count in step. Returns `{stale, url, issued_ms}` (url `""` when empty).
-const TAKE: &str = r"
-local stale = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-local got = redis.call('ZPOPMIN', KEYS[1])
-local gone = stale + (#got > 0 and 1 or 0)
-if gone > 0 and redis.call('DECRBY', KEYS[2], gone) < 0 then
-  redis.call('SET', KEYS[2], 0, 'KEEPTTL')
+/// Lua helpers shared by the pool scripts. The tenant's count is a sorted set of 16-hex-digit
+/// URL digests scored like the pool, so it is trimmed by time like the URLs themselves (a key that
+/// expires with URLs inside leaves no drift behind) and adding the same URL twice counts once (a
+/// retried put cannot double-count).
+const POOL_LIB: &str = r"
+local function digest(url) return string.sub(redis.sha1hex(url), 1, 16) end
+-- Removes a key's URLs issued before the cutoff from it and from the tenant's count.
+local function purge(pool, count, cutoff)
+  local stale = redis.call('ZRANGEBYSCORE', pool, '-inf', '(' .. cutoff)
+  if #stale > 0 then
+    for _, url in ipairs(stale) do redis.call('ZREM', count, digest(url)) end
+    redis.call('ZREMRANGEBYSCORE', pool, '-inf', '(' .. cutoff)
+  end
+  return #stale
 end
-if #got > 0 then return {stale, got[1], tonumber(got[2])} end
+";
+
+/// Removes the stale URLs of a key, pops the one with the least remaining validity, and keeps
+/// the tenant's count in step. KEYS: pool, count. ARGV: cutoff_ms. Returns
+/// `{stale, url, issued_ms}` (url `""` when empty).
+const TAKE: &str = r"
+local stale = purge(KEYS[1], KEYS[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+local got = redis.call('ZPOPMIN', KEYS[1])
+if #got > 0 then
+  redis.call('ZREM', KEYS[2], digest(got[1]))
+  return {stale, got[1], tonumber(got[2])}
+end
 return {stale, '', 0}
 ";
 
@@ -120,17 +139,14 @@ if entry then
     redis.call('HSET', KEYS[3], ARGV[7], at .. ',' .. rate .. ',' .. (tonumber(n) - 1))
   end
 end
-local stale = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
-local count = tonumber(redis.call('GET', KEYS[2]) or '0')
-if stale > 0 then
-  count = redis.call('DECRBY', KEYS[2], stale)
-  if count < 0 then redis.call('SET', KEYS[2], 0, 'KEEPTTL'); count = 0 end
-end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) or count >= tonumber(ARGV[5]) then
+local stale = purge(KEYS[1], KEYS[2], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4])
+    or redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
   return {stale, 0}
 end
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[2], ARGV[1], digest(ARGV[2]))
 local ttl = tonumber(ARGV[6])
 for i = 1, 2 do
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
@@ -149,7 +165,7 @@ local now, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
 local stale_total, out = 0, {}
 for k = 1, (#KEYS - 1) / 2 do
   local pool, demand = KEYS[2 * k], KEYS[2 * k + 1]
-  stale_total = stale_total + redis.call('ZREMRANGEBYSCORE', pool, '-inf', '(' .. cutoff)
+  stale_total = stale_total + purge(pool, KEYS[1], cutoff)
   redis.call('HSET', demand, replica, ARGV[3] .. ',' .. ARGV[3 + 2 * k] .. ',' .. ARGV[4 + 2 * k])
   local total, replicas, flying = 0, 0, 0
   local all = redis.call('HGETALL', demand)
@@ -166,9 +182,7 @@ for k = 1, (#KEYS - 1) / 2 do
   redis.call('PEXPIRE', demand, keep)
   out[k] = {redis.call('ZCARD', pool), tostring(total), replicas, flying}
 end
-if stale_total > 0 and redis.call('DECRBY', KEYS[1], stale_total) < 0 then
-  redis.call('SET', KEYS[1], 0, 'KEEPTTL')
-end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff)
 return {stale_total, out}
 ";
 
@@ -273,7 +287,7 @@ pub struct KeyView {
 /// fence's, its result wrapped as `{'', result}`.
 fn fenced(body: &str) -> Script {
     Script::new(&format!(
-        "{FENCE}\nlocal KEYS, ARGV = {{unpack(KEYS, 2)}}, {{unpack(ARGV, 3)}}\nreturn {{'', (function()\n{body}\nend)()}}\n"
+        "{FENCE}\n{POOL_LIB}\nlocal KEYS, ARGV = {{unpack(KEYS, 2)}}, {{unpack(ARGV, 3)}}\nreturn {{'', (function()\n{body}\nend)()}}\n"
     ))
 }
 

@@ -5,6 +5,7 @@ mod clocks;
 mod config;
 mod dev;
 mod fleet;
+mod fleet_scripts;
 mod gateway;
 mod helpers;
 mod noisy;

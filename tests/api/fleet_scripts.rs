@@ -1,0 +1,164 @@
+//! The cluster-mode Lua scripts on their own, against a real `redis-server`, through `Fleet` with
+//! a clock the test moves: the tenant's count cannot drift, a retried put counts once, and the
+//! fence moves to a new epoch when the data set changes under it. (The clock offset check runs
+//! only in heartbeats, which these tests call only before moving the clock.)
+
+use std::sync::Arc;
+
+use embedgate::clock::Clock;
+use embedgate::config::RedisSettings;
+use embedgate::fleet::{Fleet, Stored};
+use embedgate::metrics::Metrics;
+use embedgate::pool::{pool_key, PoolKey, PooledUrl};
+use embedgate::tenant::Tenants;
+
+use crate::helpers::*;
+use crate::redis_server::RedisServer;
+
+const MIN_REMAINING_MS: u64 = 60_000;
+
+async fn fleet(redis: &RedisServer, clock: &Clock) -> (Arc<Fleet>, Tenants, Arc<Metrics>) {
+    let settings = RedisSettings {
+        url: Some(redis.url()),
+        timeout_ms: 2_000,
+        ..RedisSettings::default()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let mut t = tenant("t", "t-key");
+    t.max_pooled_urls = 3;
+    let tenants = Tenants::new(&[t]);
+    let fleet = Fleet::connect(&settings, 1, clock.clone(), metrics.clone())
+        .await
+        .unwrap();
+    (fleet, tenants, metrics)
+}
+
+fn key(i: usize) -> PoolKey {
+    let body = dash(&format!("d-{i:04}"), "alice");
+    let req = embedgate::gateway::parse_request(
+        embedgate::model::Operation::GetDashboardEmbedUrl,
+        body.to_string().as_bytes(),
+    )
+    .unwrap();
+    pool_key("t", "us-east-1", &req)
+}
+
+fn url(i: usize, issued_at_ms: u64) -> PooledUrl {
+    PooledUrl {
+        url: format!("https://example.test/embed/{i:032x}/dashboards/d?code=c{i}"),
+        issued_at_ms,
+    }
+}
+
+async fn put(f: &Fleet, tenants: &Tenants, k: &PoolKey, u: &PooledUrl, now: u64) -> Stored {
+    f.put(tenants.get(0), k, u, now, MIN_REMAINING_MS, 10)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_tenant_count_follows_its_urls_out_by_time_whatever_happens_to_their_keys() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let now = clock.now_ms();
+    for i in 0..3 {
+        assert_eq!(
+            put(&f, &tenants, &key(i), &url(i, now), now).await,
+            Stored::Yes
+        );
+    }
+    assert_eq!(
+        put(&f, &tenants, &key(3), &url(3, now), now).await,
+        Stored::Full,
+        "the tenant's bound of 3 holds across keys"
+    );
+    // One key disappears with its URL inside (as a key does when Redis expires or evicts it).
+    let pool_keys = redis
+        .cli(&["--scan", "--pattern", "embedgate:{t:t}:p:*"])
+        .unwrap();
+    let first = pool_keys.lines().next().unwrap();
+    redis.cli(&["DEL", first]);
+    // Nothing touches the other keys; once their URLs are past their usable life the tenant
+    // has room again. (A counter that only a take or a purge decrements never gets there.)
+    clock.advance(300_000 - MIN_REMAINING_MS + 1);
+    let later = clock.now_ms();
+    assert_eq!(
+        put(&f, &tenants, &key(4), &url(4, later), later).await,
+        Stored::Yes
+    );
+}
+
+#[tokio::test]
+async fn a_put_sent_twice_counts_once_and_its_url_is_taken_once() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let now = clock.now_ms();
+    let u = url(7, now);
+    assert_eq!(put(&f, &tenants, &key(7), &u, now).await, Stored::Yes);
+    assert_eq!(put(&f, &tenants, &key(7), &u, now).await, Stored::Yes);
+    let t = tenants.get(0);
+    let got = f.take(t, &key(7), now, MIN_REMAINING_MS).await.unwrap();
+    assert_eq!(got.map(|g| g.url), Some(u.url));
+    assert!(f
+        .take(t, &key(7), now, MIN_REMAINING_MS)
+        .await
+        .unwrap()
+        .is_none());
+    // The count is empty again: three more fit under the bound of 3.
+    for i in 10..13 {
+        assert_eq!(
+            put(&f, &tenants, &key(i), &url(i, now), now).await,
+            Stored::Yes
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_restart_from_a_snapshot_moves_the_fence_and_nothing_pooled_before_comes_back() {
+    let mut redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, metrics) = fleet(&redis, &clock).await;
+    let now = clock.now_ms();
+    let t = tenants.get(0);
+    assert_eq!(
+        put(&f, &tenants, &key(1), &url(1, now), now).await,
+        Stored::Yes
+    );
+    assert_eq!(redis.cli(&["SAVE"]).as_deref(), Some("OK"));
+    let taken = f.take(t, &key(1), now, MIN_REMAINING_MS).await.unwrap();
+    assert!(taken.is_some(), "handed out after the snapshot");
+    redis.kill();
+    redis.restart();
+    // The first command after the restart fails on the dropped connection; the heartbeat
+    // rejoins.
+    let _ = f.take(t, &key(1), now, MIN_REMAINING_MS).await;
+    f.heartbeat().await.unwrap();
+    assert_eq!(
+        redis
+            .cli(&["EXISTS", &redis_key_like(&redis, ":p:")])
+            .as_deref(),
+        Some("1"),
+        "the snapshot brought the URL back"
+    );
+    assert!(
+        f.take(t, &key(1), now, MIN_REMAINING_MS)
+            .await
+            .unwrap()
+            .is_none(),
+        "a URL from before the restart is never handed out again"
+    );
+    assert_eq!(metrics.redis_fences.get(), 1);
+}
+
+/// The first key whose name contains `part`.
+fn redis_key_like(redis: &RedisServer, part: &str) -> String {
+    redis
+        .cli(&["--scan", "--pattern", &format!("embedgate:*{part}*")])
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
