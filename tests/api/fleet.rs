@@ -145,7 +145,7 @@ impl TestFleet {
     }
 
     /// Opens every URL at the simulator once; returns the statuses.
-    async fn redeem(&self, urls: &[String]) -> Vec<u16> {
+    pub async fn redeem(&self, urls: &[String]) -> Vec<u16> {
         futures::stream::iter(urls.to_vec())
             .map(|u| {
                 let http = self.http.clone();

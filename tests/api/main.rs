@@ -1,6 +1,7 @@
 //! Integration tests: one binary, in-process servers on port 0, real clients.
 
 mod bad_input;
+mod chaos;
 mod clocks;
 mod config;
 mod dev;

@@ -80,6 +80,11 @@ impl RedisServer {
         }
     }
 
+    /// Deletes the snapshot a `SAVE` left, so the next restart comes up empty.
+    pub fn forget_snapshot(&self) {
+        let _ = std::fs::remove_file(self.dir.join("dump.rdb"));
+    }
+
     /// Kills the server (SIGKILL: no goodbye to clients).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -1,0 +1,167 @@
+//! The chaos run (`scripts/chaos.sh`, not part of the suite): at least a million hand-outs over
+//! three replicas while Redis is killed and restarted empty, snapshotted and later restarted from
+//! the snapshot (a rollback), paused past the replicas' timeout, and flushed, on a fixed schedule.
+//! Every URL is opened at the simulator right after its phase. The report (duplicates, late
+//! openings, least validity left, answers by code, hand-out latency) goes to
+//! `bench-results/chaos.{json,md}`; the run fails on any duplicate or late opening.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::fleet::{keys, roomy, spawn_fleet, Outcome};
+use crate::helpers::*;
+use crate::redis_server::RedisServer;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What is done to Redis before each phase, in turn.
+const SCHEDULE: [&str; 6] = ["none", "kill", "snapshot", "rollback", "pause", "flush"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: load-sized, run by scripts/chaos.sh"]
+async fn soak_chaos_hands_out_every_url_exactly_once_while_redis_misbehaves() {
+    let total = env_usize("EMBEDGATE_CHAOS_HANDOUTS", 1_000_000);
+    let phase_size = env_usize("EMBEDGATE_CHAOS_PHASE", 25_000);
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let fleet = Arc::new(
+        spawn_fleet(3, move |s| {
+            roomy(s);
+            s.redis.url = Some(url.clone());
+            // Production's timeout: a pause or a kill really sends replicas into degraded mode.
+            s.redis.timeout_ms = 50;
+            s.tenants[0].warm = keys().into_iter().map(|k| warm(k, 16)).collect();
+        })
+        .await,
+    );
+    let min_remaining_ms = fleet.replicas[0].gateway.settings.pool.min_remaining_secs * 1000;
+    let k = keys();
+    let started = Instant::now();
+    let mut seen: HashSet<String> = HashSet::with_capacity(total);
+    let (mut duplicates, mut not_opened, mut done, mut phase) = (0u64, 0u64, 0usize, 0usize);
+    let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
+    let mut latencies_us: Vec<u64> = Vec::with_capacity(total);
+    let mut longest_phase = Duration::ZERO;
+    while done < total {
+        let fault = SCHEDULE[phase % SCHEDULE.len()];
+        match fault {
+            "kill" => {
+                redis.forget_snapshot();
+                redis.kill();
+                redis.restart();
+            }
+            "snapshot" => assert_eq!(redis.cli(&["SAVE"]).as_deref(), Some("OK")),
+            "rollback" => {
+                redis.kill();
+                redis.restart();
+            }
+            "pause" => {
+                redis.cli(&["CLIENT", "PAUSE", "300"]);
+            }
+            "flush" => {
+                redis.cli(&["FLUSHALL"]);
+            }
+            _ => {}
+        }
+        let phase_started = Instant::now();
+        let outcomes: Vec<Outcome> = fleet.drive(phase_size.min(total - done), 64, &k).await;
+        let mut fresh = vec![];
+        for o in &outcomes {
+            latencies_us.push(o.elapsed.as_micros() as u64);
+            let code = match o.body["EmbedUrl"].as_str() {
+                Some(u) if o.status == 200 => {
+                    if seen.insert(u.to_string()) {
+                        fresh.push(u.to_string());
+                    } else {
+                        duplicates += 1;
+                    }
+                    "200".to_string()
+                }
+                _ => format!(
+                    "{} {}",
+                    o.status,
+                    o.body["code"].as_str().unwrap_or_default()
+                ),
+            };
+            *by_code.entry(code).or_default() += 1;
+        }
+        let statuses = fleet.redeem(&fresh).await;
+        not_opened += statuses.iter().filter(|s| **s != 200).count() as u64;
+        longest_phase = longest_phase.max(phase_started.elapsed());
+        done += outcomes.len();
+        phase += 1;
+        eprintln!(
+            "phase {phase} after {fault}: {done} of {total} handed out, {duplicates} duplicates"
+        );
+    }
+    let ledger = fleet.sim.sim.ledger();
+    latencies_us.sort_unstable();
+    let p = |q: f64| latencies_us[((latencies_us.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    let report = serde_json::json!({
+        "handouts": done,
+        "phases": phase,
+        "schedule": SCHEDULE,
+        "seconds": started.elapsed().as_secs_f64(),
+        "duplicates_seen_by_client": duplicates,
+        "double_redemptions": ledger.double_redemptions,
+        "late_redemptions": ledger.late_redemptions,
+        "not_opened": not_opened,
+        "min_validity_left_ms": ledger.min_validity_left_ms,
+        "longest_phase_ms": longest_phase.as_millis() as u64,
+        "answers_by_code": by_code,
+        "handout_latency_ms": {"p50": p(0.5), "p99": p(0.99), "max": p(1.0)},
+        "fences": fleet.metric_sum("embedgate_redis_fences_total").await,
+        "upstream_calls": ledger.calls,
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("chaos.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("chaos.md"),
+        format!(
+            "# Chaos run\n\n{done} hand-outs over 3 replicas in {phase} phases of {phase_size} \
+             (faults in turn: {}), {:.0} s.\n\n| figure | value |\n| --- | --- |\n\
+             | URLs handed out twice (client) | {duplicates} |\n| double openings (simulator) | {} |\n\
+             | late openings | {} |\n| URLs that did not open | {not_opened} |\n\
+             | least validity left at opening | {} ms (promised {min_remaining_ms} ms at hand-out; \
+             opened within {} ms) |\n| hand-out latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |\n\
+             | answers by code | {by_code:?} |\n| fencing epochs started | {} |\n",
+            SCHEDULE.join(", "),
+            started.elapsed().as_secs_f64(),
+            ledger.double_redemptions,
+            ledger.late_redemptions,
+            ledger.min_validity_left_ms.unwrap_or(0),
+            longest_phase.as_millis(),
+            p(0.5),
+            p(0.99),
+            p(1.0),
+            report["fences"],
+        ),
+    )
+    .unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&report).unwrap());
+    assert_eq!(
+        (
+            duplicates,
+            ledger.double_redemptions,
+            ledger.late_redemptions
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(not_opened, 0);
+    assert!(
+        ledger.min_validity_left_ms.unwrap_or(u64::MAX) + longest_phase.as_millis() as u64
+            >= min_remaining_ms
+    );
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
