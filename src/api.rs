@@ -576,22 +576,13 @@ async fn healthz() -> HttpResponse {
 /// Ready while the process serves. In cluster mode a replica that lost Redis still serves (from
 /// its local pool and limits), so it stays in rotation and says `degraded`.
 async fn readyz(gw: web::Data<Gateway>) -> HttpResponse {
-    let reason = gw.fleet.as_ref().and_then(|f| f.degraded_reason());
+    let sharing = gw.sharing();
     HttpResponse::Ok().json(json!({
-        "status": if reason.is_some() { "degraded" } else { "ready" },
-        "reason": reason,
-        "mode": fleet_mode(&gw),
+        "status": if sharing.reason.is_some() { "degraded" } else { "ready" },
+        "reason": sharing.reason,
+        "mode": sharing.mode,
         "pool": {"urls": gw.pool.total()},
     }))
-}
-
-/// `single`, `fleet` (sharing through Redis) or `degraded` (a fleet replica without Redis).
-fn fleet_mode(gw: &Gateway) -> &'static str {
-    match &gw.fleet {
-        None => "single",
-        Some(f) if f.healthy() => "fleet",
-        Some(_) => "degraded",
-    }
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
@@ -618,8 +609,8 @@ async fn state(gw: web::Data<Gateway>) -> HttpResponse {
         .map(|b| json!({"account": b.account(), "region": b.region(), "rate_per_sec": b.rate(), "tokens": b.tokens()}))
         .collect();
     HttpResponse::Ok().json(json!({
-        "mode": fleet_mode(&gw),
-        "replicas": gw.fleet.as_ref().map_or(1, |f| f.replicas()),
+        "mode": gw.sharing().mode,
+        "replicas": gw.sharing().replicas,
         "pool": {"urls": gw.pool.total()},
         "demand": {"tracked_keys": gw.demand.len(), "lead_secs": gw.lead_secs()},
         "budgets": budgets,

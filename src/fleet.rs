@@ -59,11 +59,9 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 use crate::config::RedisSettings;
 use crate::limiter::Inbound;
 use crate::metrics::Metrics;
-use crate::model::URL_VALIDITY_SECS;
-use crate::pool::{PoolKey, PooledUrl};
+use crate::pool::{issued_cutoff, PoolKey, PooledUrl};
+use crate::shared::{KeyView, Report};
 use crate::tenant::Tenant;
-
-const VALIDITY_MS: u64 = URL_VALIDITY_SECS * 1000;
 
 /// The `op` label values of `embedgate_redis_errors_total`.
 pub const OPERATIONS: [&str; 7] = [
@@ -259,28 +257,6 @@ pub enum Stored {
     Yes,
     /// The key or the tenant is at its bound; the URL is waste.
     Full,
-}
-
-/// What this replica reports for one key at a sync.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Report {
-    /// Its demand estimate, requests per second.
-    pub rate: f64,
-    /// Its prefetches in flight.
-    pub in_flight: usize,
-}
-
-/// The fleet's view of one key after a sync.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct KeyView {
-    /// URLs in the shared pool for the key.
-    pub pooled: usize,
-    /// Sum of every live replica's demand estimate, requests per second.
-    pub fleet_rate: f64,
-    /// Replicas that reported demand for the key.
-    pub replicas: usize,
-    /// Prefetches in flight for the key over the fleet, as each replica last reported.
-    pub in_flight: usize,
 }
 
 /// A pool script: [`FENCE`] first, then `body` with its keys and arguments shifted past the
@@ -553,7 +529,7 @@ impl Fleet {
         now_ms: u64,
         min_remaining_ms: u64,
     ) -> Result<Option<PooledUrl>, Down> {
-        let cutoff = cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
+        let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
         let (stale, url, issued): (u64, String, u64) = self
             .pool_script("take", tenant, &self.scripts.take, |inv, epoch| {
                 inv.key(self.pool_key(tenant, epoch, key))
@@ -562,10 +538,17 @@ impl Fleet {
             })
             .await?;
         self.count_stale(stale);
-        Ok((!url.is_empty()).then_some(PooledUrl {
+        if url.is_empty() {
+            return Ok(None);
+        }
+        let u = PooledUrl {
             url,
             issued_at_ms: issued,
-        }))
+        };
+        self.metrics
+            .remaining_validity
+            .observe(u.expires_at_ms().saturating_sub(now_ms) as f64 / 1000.0);
+        Ok(Some(u))
     }
 
     /// Adds a URL to the shared pool within the per-key and per-tenant bounds.
@@ -582,7 +565,7 @@ impl Fleet {
         max_per_key: usize,
     ) -> Result<Stored, Down> {
         let ttl = (url.expires_at_ms() + 1000).saturating_sub(now_ms).max(1);
-        let cutoff = cutoff(now_ms, min_remaining_ms);
+        let cutoff = issued_cutoff(now_ms, min_remaining_ms);
         let (stale, stored): (u64, u8) = self
             .pool_script("put", tenant, &self.scripts.put, |inv, epoch| {
                 inv.key(self.pool_key(tenant, epoch, key))
@@ -618,7 +601,7 @@ impl Fleet {
         min_remaining_ms: u64,
         keep_ms: u64,
     ) -> Result<Vec<KeyView>, Down> {
-        let cutoff = cutoff(now_ms, min_remaining_ms);
+        let cutoff = issued_cutoff(now_ms, min_remaining_ms);
         let (stale, views): (u64, Vec<(usize, String, usize, usize)>) = self
             .pool_script("sync", tenant, &self.scripts.sync, |inv, epoch| {
                 inv.key(self.count_key(tenant, epoch));
@@ -831,11 +814,6 @@ impl Fleet {
 
 fn tenant_tag(tenant: &Tenant) -> String {
     format!("t:{}", tenant.id)
-}
-
-/// URLs issued before this instant have less than `min_remaining_ms` left at `now_ms`.
-fn cutoff(now_ms: u64, min_remaining_ms: u64) -> u64 {
-    (now_ms + min_remaining_ms).saturating_sub(VALIDITY_MS)
 }
 
 async fn invoke<T: FromRedisValue, C: ConnectionLike + Send>(

@@ -15,12 +15,12 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::fleet::{Down, Fleet, KeyView, Report, Stored};
 use crate::limiter::{Budget, Budgets, Inbound, InboundLimiter, Priority};
 use crate::metrics::Metrics;
 use crate::model::{EmbedRequest, Operation, URL_VALIDITY_SECS};
 use crate::pool::{pool_key, Pool, PoolKey, PooledUrl};
 use crate::refill::{reclaim, Demand, Reason, Tracked};
+use crate::shared::{Coordination, KeyView, Limits, Placed, PoolStore, Sharing, Status};
 use crate::tenant::{Tenant, TenantId, Tenants};
 use crate::upstream::{Fetched, Upstream, UpstreamError};
 
@@ -210,8 +210,11 @@ pub struct Gateway {
     pub budgets: Budgets,
     pub upstream: Upstream,
     pub demand: Demand,
-    /// Cluster mode: the state shared with other replicas through Redis.
-    pub fleet: Option<Arc<Fleet>>,
+    /// Where pooled URLs live, how limits count, how demand is coordinated: local, or shared
+    /// with other replicas (chosen by `startup`; see `shared`).
+    store: PoolStore,
+    limits: Limits,
+    coordination: Coordination,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     upstream_slots: Semaphore,
@@ -226,7 +229,7 @@ impl Gateway {
         upstream: Upstream,
         clock: Clock,
         metrics: Arc<Metrics>,
-        fleet: Option<Arc<Fleet>>,
+        sharing: Sharing,
     ) -> Self {
         let tenants = Tenants::new(&settings.tenants);
         let caps = tenants.all().iter().map(|t| t.max_pooled_urls).collect();
@@ -257,7 +260,9 @@ impl Gateway {
             lead_secs: std::sync::atomic::AtomicU64::new(0.1f64.to_bits()),
             tenants,
             upstream,
-            fleet,
+            store: sharing.store,
+            limits: sharing.limits,
+            coordination: sharing.coordination,
             metrics,
             clock,
             settings,
@@ -268,20 +273,16 @@ impl Gateway {
         self.settings.pool.min_remaining_secs * 1000
     }
 
-    /// Whether the shared (Redis) state is in use right now.
-    pub fn fleet_in_use(&self) -> bool {
-        self.fleet.as_ref().is_some_and(|f| f.healthy())
+    /// Whether this replica shares its state with a fleet right now, and if not why.
+    pub fn sharing(&self) -> Status {
+        self.coordination.status()
     }
 
-    /// Counts one request of `tenant` against its limit: fleet-wide while Redis is usable, this
-    /// replica's own limiter otherwise.
+    /// Counts one request of `tenant` against its limit (fleet-wide when shared).
     pub async fn check_inbound(&self, tenant: &Tenant) -> Inbound {
-        if let Some(fleet) = self.fleet.as_ref().filter(|f| f.healthy()) {
-            if let Ok(verdict) = fleet.inbound(tenant, self.clock.now_ms()).await {
-                return verdict;
-            }
-        }
-        self.inbound.check(tenant.index)
+        self.limits
+            .inbound(&self.inbound, tenant, self.clock.now_ms())
+            .await
     }
 
     /// Counts one request without a valid API key against the shared limit for such requests
@@ -290,92 +291,52 @@ impl Gateway {
         self.inbound.check_unauthenticated()
     }
 
-    /// Takes a pooled URL for `key`: from this replica's local pool first (it holds what was
-    /// fetched while degraded, or everything on a single node), then from the shared pool.
+    /// Takes a pooled URL for `key` with `min_remaining` left (see `PoolStore::take`).
     async fn take(&self, tenant: &Tenant, key: &PoolKey) -> Option<PooledUrl> {
-        if let Some(u) = self.pool.take(key) {
-            return Some(u);
-        }
-        let fleet = self.fleet.as_ref()?;
-        let now = self.clock.now_ms();
-        let u = fleet
-            .take(tenant, key, now, self.min_remaining_ms())
+        self.store
+            .take(
+                &self.pool,
+                tenant,
+                key,
+                self.clock.now_ms(),
+                self.min_remaining_ms(),
+            )
             .await
-            .ok()??;
-        self.metrics
-            .remaining_validity
-            .observe(u.expires_at_ms().saturating_sub(now) as f64 / 1000.0);
-        Some(u)
     }
 
-    /// Pools a fetched URL that nobody waits for: in the shared pool while Redis is usable,
-    /// locally otherwise. A URL whose shared put has an unknown outcome is dropped as waste: it
-    /// may be in Redis already, and keeping a local copy too could hand it out twice.
+    /// Pools a fetched URL that nobody waits for (see `PoolStore::put`).
     async fn store(&self, tenant: TenantId, key: &PoolKey, f: Fetched) {
         let url = PooledUrl {
             url: f.url,
             issued_at_ms: f.sent_at_ms,
         };
-        if let Some(fleet) = &self.fleet {
-            let now = self.clock.now_ms();
-            if url.expires_at_ms().saturating_sub(now) < self.min_remaining_ms() {
-                self.metrics.wasted.with_label_values(&["expired"]).inc();
-                return;
-            }
-            let put = fleet
-                .put(
-                    self.tenants.get(tenant),
-                    key,
-                    &url,
-                    now,
-                    self.min_remaining_ms(),
-                    self.settings.pool.max_urls_per_key,
-                )
-                .await;
-            let wasted = match put {
-                Ok(Stored::Yes) => return,
-                Ok(Stored::Full) => "overflow",
-                Err(Down::Unknown) => "unconfirmed",
-                Err(Down::NotSent) => "",
-            };
-            if !wasted.is_empty() {
-                self.metrics.wasted.with_label_values(&[wasted]).inc();
-                return;
-            }
+        let placed = self
+            .store
+            .put(
+                &self.pool,
+                self.tenants.get(tenant),
+                key,
+                url,
+                self.clock.now_ms(),
+                self.min_remaining_ms(),
+                self.settings.pool.max_urls_per_key,
+            )
+            .await;
+        if let Placed::Wasted(reason) = placed {
+            self.metrics.wasted.with_label_values(&[reason]).inc();
         }
-        let _ = self.pool.put(key, tenant, url);
     }
 
-    /// The fleet-wide half of an upstream budget check, after the local `try_acquire` succeeded:
-    /// gives the local call back when the fleet has no room. Without Redis, the local budget is
-    /// the whole budget.
+    /// The fleet-wide half of an upstream budget check (see `Limits::budget`).
     async fn fleet_budget(
         &self,
         budget: &Budget,
         tenant: TenantId,
         priority: Priority,
     ) -> Result<(), Duration> {
-        let Some(fleet) = self.fleet.as_ref().filter(|f| f.healthy()) else {
-            return Ok(());
-        };
-        let reserve = budget.floor(priority);
-        let verdict = fleet
-            .budget(
-                budget.account(),
-                budget.region(),
-                budget.rate(),
-                budget.burst(),
-                reserve,
-                self.clock.now_ms(),
-            )
-            .await;
-        match verdict {
-            Ok(Err(wait)) => {
-                budget.refund(tenant);
-                Err(wait)
-            }
-            Ok(Ok(())) | Err(_) => Ok(()),
-        }
+        self.limits
+            .budget(budget, tenant, priority, self.clock.now_ms())
+            .await
     }
 
     /// Completes, validates and authorizes a parsed request for `tenant`: nothing is touched
@@ -574,72 +535,6 @@ impl Gateway {
         )
     }
 
-    /// Publishes this replica's demand for the tracked keys that have any and reads the fleet's
-    /// (demand summed over replicas, URLs in the shared pool): one Redis call per tenant and
-    /// chunk of keys. A key with no demand here, no pin and nothing in flight is skipped (`None`):
-    /// this replica would fetch nothing for it whatever the fleet says. `None` overall if Redis
-    /// failed meanwhile.
-    async fn sync_fleet(
-        &self,
-        fleet: &Fleet,
-        tracked: &[Arc<Tracked>],
-        published: &[f64],
-        now: u64,
-    ) -> Option<Vec<Option<KeyView>>> {
-        use futures::StreamExt;
-        /// Keys per call: bounds how long one script holds Redis.
-        const CHUNK: usize = 256;
-        let keep_ms = self.fleet_keep_ms();
-        let mut by_tenant: std::collections::BTreeMap<TenantId, Vec<(usize, Report)>> =
-            Default::default();
-        for (i, (t, &rate)) in tracked.iter().zip(published).enumerate() {
-            let in_flight = t.in_flight.load(Ordering::SeqCst);
-            if rate < 1e-3 && in_flight == 0 && !t.pinned(now) {
-                continue;
-            }
-            by_tenant
-                .entry(t.tenant)
-                .or_default()
-                .push((i, Report { rate, in_flight }));
-        }
-        let mut calls = Vec::new();
-        for (&tenant, keys) in &by_tenant {
-            for chunk in keys.chunks(CHUNK) {
-                calls.push(self.sync_chunk(fleet, tenant, chunk, tracked, now, keep_ms));
-            }
-        }
-        let results: Vec<Result<Vec<(usize, KeyView)>, Down>> = futures::stream::iter(calls)
-            .buffer_unordered(16)
-            .collect()
-            .await;
-        let mut views = vec![None; tracked.len()];
-        for r in results {
-            for (i, v) in r.ok()? {
-                views[i] = Some(v);
-            }
-        }
-        Some(views)
-    }
-
-    /// One sync call for some of one tenant's keys (`chunk` indexes `tracked`).
-    async fn sync_chunk(
-        &self,
-        fleet: &Fleet,
-        tenant: TenantId,
-        chunk: &[(usize, Report)],
-        tracked: &[Arc<Tracked>],
-        now: u64,
-        keep_ms: u64,
-    ) -> Result<Vec<(usize, KeyView)>, Down> {
-        let args: Vec<(&PoolKey, Report)> =
-            chunk.iter().map(|(i, r)| (&tracked[*i].key, *r)).collect();
-        let tenant = self.tenants.get(tenant);
-        let views = fleet
-            .sync(tenant, &args, now, self.min_remaining_ms(), keep_ms)
-            .await?;
-        Ok(chunk.iter().map(|(i, _)| *i).zip(views).collect())
-    }
-
     /// The surplus depth for `needed` at `lambda` requests per second (see `Demand::surplus`).
     fn surplus(&self, lambda: f64, needed: usize) -> usize {
         self.demand.surplus(
@@ -720,9 +615,9 @@ impl Gateway {
             .iter()
             .map(|t| self.demand.demonstrated_rate(t, now))
             .collect();
-        let views = match self.fleet.as_ref().filter(|f| f.healthy()) {
-            None => None,
-            Some(fleet) => {
+        let views = match self.coordination.shared() {
+            false => None,
+            true => {
                 // A pinned (hinted or warm) key with no traffic still needs someone to fill it:
                 // a token rate makes every pinning replica take a share.
                 let published: Vec<f64> = tracked
@@ -730,7 +625,15 @@ impl Gateway {
                     .zip(&own)
                     .map(|(t, r)| r + if t.pinned(now) { 1e-3 } else { 0.0 })
                     .collect();
-                self.sync_fleet(fleet, &tracked, &published, now)
+                self.coordination
+                    .sync(
+                        &self.tenants,
+                        &tracked,
+                        &published,
+                        now,
+                        self.min_remaining_ms(),
+                        self.fleet_keep_ms(),
+                    )
                     .await
                     .map(|v| (published, v))
             }
@@ -746,8 +649,8 @@ impl Gateway {
             })
             .filter(|(_, w)| w.needed + w.extra > 0)
             .collect();
-        if let Some(fleet) = self.fleet.as_ref().filter(|_| views.is_some()) {
-            self.claim_fleet(fleet, &mut wants, now).await;
+        if views.is_some() {
+            self.claim_fleet(&mut wants, now).await;
         }
         let mut surplus = vec![];
         for (t, w) in wants {
@@ -766,23 +669,18 @@ impl Gateway {
         }
     }
 
-    /// Turns each replica's share into a claim the fleet agrees to: the claim script grants only
-    /// what keeps the shared pool plus every replica's prefetches in flight within the key's
-    /// stock, so replicas planning at the same instant cannot over-fetch together. A key whose
-    /// claim fails (Redis gone meanwhile) starts nothing this tick.
-    async fn claim_fleet(&self, fleet: &Fleet, wants: &mut [(Arc<Tracked>, Want)], now: u64) {
-        use futures::StreamExt;
-        let keep_ms = self.fleet_keep_ms();
-        let mut claims = Vec::with_capacity(wants.len());
-        for (t, w) in wants.iter() {
-            let tenant = self.tenants.get(t.tenant);
-            let limit = w.fleet_limit.unwrap_or(0);
-            claims.push(fleet.claim(tenant, &t.key, w.needed + w.extra, limit, now, keep_ms));
-        }
-        let granted: Vec<Result<usize, Down>> =
-            futures::stream::iter(claims).buffered(256).collect().await;
+    /// Turns each replica's share into a claim the fleet agrees to (see
+    /// `Coordination::claim`); a key whose claim fails starts nothing this tick.
+    async fn claim_fleet(&self, wants: &mut [(Arc<Tracked>, Want)], now: u64) {
+        let asks: Vec<(&Tracked, usize, usize)> = wants
+            .iter()
+            .map(|(t, w)| (&**t, w.needed + w.extra, w.fleet_limit.unwrap_or(0)))
+            .collect();
+        let granted = self
+            .coordination
+            .claim(&self.tenants, &asks, now, self.fleet_keep_ms())
+            .await;
         for ((_, w), g) in wants.iter_mut().zip(granted) {
-            let g = g.unwrap_or(0);
             let needed = w.needed.min(g);
             w.extra = g - needed;
             w.needed = needed;
@@ -870,7 +768,7 @@ impl Gateway {
                     return;
                 }
             }
-            if self.fleet_in_use() {
+            if self.coordination.shared() {
                 return;
             }
             // Below the needed depth: top up at Prefetch priority. Between it and the surplus

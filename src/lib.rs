@@ -10,6 +10,8 @@
 //! - [`refill`]    demand tracking and the refill planner.
 //! - [`limiter`]   the inbound limit per tenant and the upstream budget per account.
 //! - [`upstream`]  QuickSight through aws-sdk-quicksight; SDK errors classified once.
+//! - [`shared`]    local or shared state, chosen at start-up: pool store, limits, coordination.
+//! - [`fleet`]     cluster mode's Redis side: connection, Lua scripts, fence, heartbeat.
 //! - [`gateway`]   the request path below HTTP: pool, miss path, refiller task.
 //! - [`api`]       the native HTTP API and the admin listener.
 //! - [`startup`]   the composition root: builds everything and binds the listeners.
@@ -32,6 +34,7 @@ pub mod policy;
 pub mod pool;
 pub mod refill;
 pub mod settings;
+pub mod shared;
 pub mod sim;
 pub mod startup;
 pub mod telemetry;

@@ -14,6 +14,7 @@ use crate::fleet::Fleet;
 use crate::gateway::{parse_value, Gateway};
 use crate::metrics::Metrics;
 use crate::model::Operation;
+use crate::shared::Sharing;
 use crate::upstream::Upstream;
 
 /// A running gateway.
@@ -52,12 +53,17 @@ impl Application {
         } else {
             None
         };
+        // The one place that knows whether state is local or shared through Redis.
+        let sharing = match &fleet {
+            Some(f) => Sharing::fleet(f.clone()),
+            None => Sharing::local(),
+        };
         let gateway = Arc::new(Gateway::new(
             settings.clone(),
             upstream,
             clock,
             metrics,
-            fleet.clone(),
+            sharing,
         ));
         pin_warm_keys(&gateway)?;
 

@@ -46,6 +46,12 @@ impl PooledUrl {
     }
 }
 
+/// The freshness rule both stores apply (this one and the shared one in Redis): a URL issued
+/// before this instant has less than `min_remaining_ms` of its validity left at `now_ms`.
+pub fn issued_cutoff(now_ms: u64, min_remaining_ms: u64) -> u64 {
+    (now_ms + min_remaining_ms).saturating_sub(VALIDITY_MS)
+}
+
 impl std::fmt::Debug for PooledUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PooledUrl")
@@ -192,7 +198,7 @@ impl Pool {
         while inner
             .urls
             .front()
-            .is_some_and(|u| u.remaining_ms(now) < self.min_remaining_ms)
+            .is_some_and(|u| u.issued_at_ms < issued_cutoff(now, self.min_remaining_ms))
         {
             inner.urls.pop_front();
             stale += 1;
@@ -205,7 +211,7 @@ impl Pool {
     /// # Errors
     /// The URL was not kept (stale already, or a bound is reached); it is counted as waste.
     pub fn put(&self, key: &PoolKey, tenant: TenantId, url: PooledUrl) -> Result<(), Refused> {
-        if url.remaining_ms(self.clock.now_ms()) < self.min_remaining_ms {
+        if url.issued_at_ms < issued_cutoff(self.clock.now_ms(), self.min_remaining_ms) {
             self.metrics.wasted.with_label_values(&["expired"]).inc();
             return Err(Refused::Stale);
         }

@@ -440,13 +440,9 @@ async fn every_malformed_request_gets_a_precise_4xx_and_changes_nothing() {
         assert_eq!(p["status"], c.status, "{}", c.what);
         assert!(!p["detail"].as_str().unwrap().is_empty(), "{}", c.what);
     }
-    // Nothing changed: no upstream call, no tracked demand, no limiter token spent.
+    // Nothing changed: no upstream call, no tracked demand. (Each authenticated request did
+    // spend a limiter token: see policy::refused_requests_count_against_the_tenants_rate.)
     assert_eq!(app.sim.sim.ledger().calls, 0);
     assert_eq!(app.app.gateway.demand.len(), 0);
-    let gw = &app.app.gateway;
-    match gw.inbound.check(0) {
-        embedgate::limiter::Inbound::Allowed { remaining } => assert_eq!(remaining, 100_000 - 1),
-        other => panic!("{other:?}"),
-    }
     app.stop().await;
 }

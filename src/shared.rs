@@ -1,0 +1,348 @@
+//! Local or shared state, chosen once at start-up: where pooled URLs live ([`PoolStore`]), how a
+//! tenant's requests and the upstream budget are counted ([`Limits`]), and how the refill
+//! planner learns the fleet's demand ([`Coordination`]). Each is `Local` on a single node and
+//! `Fleet` in cluster mode; the composition root (`startup`) picks, and the request path and the
+//! planner call the same methods either way, never Redis itself.
+//!
+//! # The degraded-mode rule, once
+//! A `Fleet` implementation uses Redis while the fleet is healthy (Redis answers in time and
+//! this replica's clock agrees with it) and this replica's own state otherwise. Three
+//! consequences, each written here and nowhere else:
+//! - URLs fetched while degraded stay in this replica's pool, which `take` drains first, so
+//!   nothing pooled locally is ever shared (or handed out twice).
+//! - A URL whose shared put has an unknown outcome (timeout, broken connection) is dropped and
+//!   counted as waste: it may be in Redis already, and keeping a copy could hand it out twice.
+//! - A limit check Redis cannot answer falls back to this replica's own limiter.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::fleet::{Down, Fleet, Stored};
+use crate::limiter::{Budget, Inbound, InboundLimiter, Priority};
+use crate::pool::{Pool, PoolKey, PooledUrl};
+use crate::refill::Tracked;
+use crate::tenant::{Tenant, TenantId, Tenants};
+
+/// The three, chosen together by the composition root.
+pub struct Sharing {
+    pub store: PoolStore,
+    pub limits: Limits,
+    pub coordination: Coordination,
+}
+
+impl Sharing {
+    /// A single node: everything local.
+    pub fn local() -> Self {
+        Sharing {
+            store: PoolStore::Local,
+            limits: Limits::Local,
+            coordination: Coordination::Local,
+        }
+    }
+
+    /// A fleet replica sharing through `fleet`.
+    pub fn fleet(fleet: Arc<Fleet>) -> Self {
+        Sharing {
+            store: PoolStore::Fleet(fleet.clone()),
+            limits: Limits::Fleet(fleet.clone()),
+            coordination: Coordination::Fleet(fleet),
+        }
+    }
+}
+
+/// What this replica reports for one key at a sync.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Report {
+    /// Its demand estimate, requests per second.
+    pub rate: f64,
+    /// Its prefetches in flight.
+    pub in_flight: usize,
+}
+
+/// The fleet's view of one key after a sync.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyView {
+    /// URLs in the shared pool for the key.
+    pub pooled: usize,
+    /// Sum of every live replica's demand estimate, requests per second.
+    pub fleet_rate: f64,
+    /// Replicas that reported demand for the key.
+    pub replicas: usize,
+    /// Prefetches in flight for the key over the fleet, as each replica last reported.
+    pub in_flight: usize,
+}
+
+/// Where a URL nobody waits for ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    Pooled,
+    /// Not pooled: counted as waste with this reason (`embedgate_urls_wasted_total`).
+    Wasted(&'static str),
+}
+
+/// Where pooled URLs live: this replica's pool, or Redis with this replica's pool for what it
+/// fetched while degraded.
+pub enum PoolStore {
+    Local,
+    Fleet(Arc<Fleet>),
+}
+
+impl PoolStore {
+    /// Takes a URL for `key` with at least `min_remaining_ms` left: from this replica's pool
+    /// first (everything, on a single node), then from the shared pool while it is usable.
+    pub async fn take(
+        &self,
+        local: &Pool,
+        tenant: &Tenant,
+        key: &PoolKey,
+        now_ms: u64,
+        min_remaining_ms: u64,
+    ) -> Option<PooledUrl> {
+        if let Some(u) = local.take(key) {
+            return Some(u);
+        }
+        match self {
+            PoolStore::Local => None,
+            PoolStore::Fleet(fleet) => fleet
+                .take(tenant, key, now_ms, min_remaining_ms)
+                .await
+                .ok()
+                .flatten(),
+        }
+    }
+
+    /// Pools a URL nobody waits for: in the shared pool while it is usable, in this replica's
+    /// otherwise (see the module's rule for unknown outcomes).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put(
+        &self,
+        local: &Pool,
+        tenant: &Tenant,
+        key: &PoolKey,
+        url: PooledUrl,
+        now_ms: u64,
+        min_remaining_ms: u64,
+        max_per_key: usize,
+    ) -> Placed {
+        if let PoolStore::Fleet(fleet) = self {
+            if url.expires_at_ms().saturating_sub(now_ms) < min_remaining_ms {
+                return Placed::Wasted("expired");
+            }
+            let put = fleet
+                .put(tenant, key, &url, now_ms, min_remaining_ms, max_per_key)
+                .await;
+            match put {
+                Ok(Stored::Yes) => return Placed::Pooled,
+                Ok(Stored::Full) => return Placed::Wasted("overflow"),
+                Err(Down::Unknown) => return Placed::Wasted("unconfirmed"),
+                // Degraded: nothing was sent; the URL stays with this replica.
+                Err(Down::NotSent) => {}
+            }
+        }
+        // The local pool counts what it cannot keep itself.
+        let _ = local.put(key, tenant.index, url);
+        Placed::Pooled
+    }
+}
+
+/// How a tenant's requests and the upstream budget are counted: by this replica, or fleet-wide
+/// through Redis on top of this replica's own checks.
+pub enum Limits {
+    Local,
+    Fleet(Arc<Fleet>),
+}
+
+impl Limits {
+    /// Counts one request of `tenant`: fleet-wide while Redis is usable, by this replica's
+    /// limiter otherwise.
+    pub async fn inbound(&self, local: &InboundLimiter, tenant: &Tenant, now_ms: u64) -> Inbound {
+        if let Limits::Fleet(fleet) = self {
+            if fleet.healthy() {
+                if let Ok(verdict) = fleet.inbound(tenant, now_ms).await {
+                    return verdict;
+                }
+            }
+        }
+        local.check(tenant.index)
+    }
+
+    /// The fleet-wide half of an upstream budget check, after this replica's `try_acquire`
+    /// succeeded: gives the local call back when the fleet has no room. On a single node (or
+    /// while degraded) the local budget is the whole budget.
+    pub async fn budget(
+        &self,
+        budget: &Budget,
+        tenant: TenantId,
+        priority: Priority,
+        now_ms: u64,
+    ) -> Result<(), Duration> {
+        let Limits::Fleet(fleet) = self else {
+            return Ok(());
+        };
+        if !fleet.healthy() {
+            return Ok(());
+        }
+        let reserve = budget.floor(priority);
+        let verdict = fleet
+            .budget(
+                budget.account(),
+                budget.region(),
+                budget.rate(),
+                budget.burst(),
+                reserve,
+                now_ms,
+            )
+            .await;
+        match verdict {
+            Ok(Err(wait)) => {
+                budget.refund(tenant);
+                Err(wait)
+            }
+            Ok(Ok(())) | Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Whether this replica shares, and if not why: what `/readyz` and `/state` report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// `single`, `fleet` or `degraded`.
+    pub mode: &'static str,
+    /// Why a fleet replica is not sharing: `redis` or `clock`.
+    pub reason: Option<&'static str>,
+    /// Live replicas, this one included.
+    pub replicas: usize,
+}
+
+/// How the refill planner learns the fleet's demand and agrees on who fetches what: not at all
+/// on a single node, through Redis in a fleet.
+pub enum Coordination {
+    Local,
+    Fleet(Arc<Fleet>),
+}
+
+/// Keys per sync call: bounds how long one script holds Redis.
+const SYNC_CHUNK: usize = 256;
+
+impl Coordination {
+    /// Whether the planner plans with the fleet's view right now (a healthy fleet replica).
+    pub fn shared(&self) -> bool {
+        matches!(self, Coordination::Fleet(f) if f.healthy())
+    }
+
+    pub fn status(&self) -> Status {
+        match self {
+            Coordination::Local => Status {
+                mode: "single",
+                reason: None,
+                replicas: 1,
+            },
+            Coordination::Fleet(f) => Status {
+                mode: if f.healthy() { "fleet" } else { "degraded" },
+                reason: f.degraded_reason(),
+                replicas: f.replicas(),
+            },
+        }
+    }
+
+    /// Publishes this replica's demand for the tracked keys that have any and reads the fleet's
+    /// (demand summed over replicas, URLs in the shared pool): one call per tenant and chunk of
+    /// keys. A key with no demand here, no pin and nothing in flight is skipped (`None`): this
+    /// replica would fetch nothing for it whatever the fleet says. `None` overall when not
+    /// sharing, or if Redis failed meanwhile.
+    pub async fn sync(
+        &self,
+        tenants: &Tenants,
+        tracked: &[Arc<Tracked>],
+        published: &[f64],
+        now_ms: u64,
+        min_remaining_ms: u64,
+        keep_ms: u64,
+    ) -> Option<Vec<Option<KeyView>>> {
+        use futures::StreamExt;
+        let Coordination::Fleet(fleet) = self else {
+            return None;
+        };
+        if !fleet.healthy() {
+            return None;
+        }
+        let mut by_tenant: std::collections::BTreeMap<TenantId, Vec<(usize, Report)>> =
+            Default::default();
+        for (i, (t, &rate)) in tracked.iter().zip(published).enumerate() {
+            let in_flight = t.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+            if rate < 1e-3 && in_flight == 0 && !t.pinned(now_ms) {
+                continue;
+            }
+            by_tenant
+                .entry(t.tenant)
+                .or_default()
+                .push((i, Report { rate, in_flight }));
+        }
+        let mut calls = Vec::new();
+        for (&tenant, keys) in &by_tenant {
+            for chunk in keys.chunks(SYNC_CHUNK) {
+                calls.push(sync_chunk(
+                    fleet,
+                    tenants.get(tenant),
+                    chunk,
+                    tracked,
+                    now_ms,
+                    min_remaining_ms,
+                    keep_ms,
+                ));
+            }
+        }
+        let results: Vec<Result<Vec<(usize, KeyView)>, Down>> = futures::stream::iter(calls)
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut views = vec![None; tracked.len()];
+        for r in results {
+            for (i, v) in r.ok()? {
+                views[i] = Some(v);
+            }
+        }
+        Some(views)
+    }
+
+    /// Claims prefetches: for each `(tracked key, wanted, limit)`, how many this replica may
+    /// start so that the shared pool plus every replica's prefetches in flight stays within the
+    /// limit. Replicas planning at the same instant cannot over-fetch together; a claim Redis
+    /// cannot answer grants nothing this tick. On a single node everything wanted is granted.
+    pub async fn claim(
+        &self,
+        tenants: &Tenants,
+        wants: &[(&Tracked, usize, usize)],
+        now_ms: u64,
+        keep_ms: u64,
+    ) -> Vec<usize> {
+        use futures::StreamExt;
+        let Coordination::Fleet(fleet) = self else {
+            return wants.iter().map(|w| w.1).collect();
+        };
+        let mut claims = Vec::with_capacity(wants.len());
+        for &(t, want, limit) in wants {
+            claims.push(fleet.claim(tenants.get(t.tenant), &t.key, want, limit, now_ms, keep_ms));
+        }
+        let granted: Vec<Result<usize, Down>> =
+            futures::stream::iter(claims).buffered(256).collect().await;
+        granted.into_iter().map(|g| g.unwrap_or(0)).collect()
+    }
+}
+
+/// One sync call for some of one tenant's keys (`chunk` indexes `tracked`).
+async fn sync_chunk(
+    fleet: &Fleet,
+    tenant: &Tenant,
+    chunk: &[(usize, Report)],
+    tracked: &[Arc<Tracked>],
+    now_ms: u64,
+    min_remaining_ms: u64,
+    keep_ms: u64,
+) -> Result<Vec<(usize, KeyView)>, Down> {
+    let args: Vec<(&PoolKey, Report)> = chunk.iter().map(|(i, r)| (&tracked[*i].key, *r)).collect();
+    let views = fleet
+        .sync(tenant, &args, now_ms, min_remaining_ms, keep_ms)
+        .await?;
+    Ok(chunk.iter().map(|(i, _)| *i).zip(views).collect())
+}
