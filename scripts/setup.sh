@@ -2,7 +2,8 @@
 # Installs what the test suite needs beyond the Rust toolchain, only when it is missing:
 # Python's boto3 (the real AWS SDK the simulator is checked against), Debian's prometheus
 # package (promtool, and the Prometheus server the tests scrape the gateway with) and
-# redis-server/redis-cli (the cluster-mode tests start their own servers and a Redis Cluster).
+# redis-server/redis-cli (the cluster-mode tests start their own servers and a Redis Cluster) and
+# Debian's faketime (libfaketime: the clock-step test fakes the gateway process's wall clock).
 # Safe to run repeatedly; on Debian it may call apt-get (as root) for packages the tests use.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 if ! have python3; then need_apt+=(python3 python3-pip); fi
 if ! have promtool || ! have prometheus; then need_apt+=(prometheus); fi
 if ! have redis-server || ! have redis-cli; then need_apt+=(redis-server); fi
+if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]; then need_apt+=(faketime); fi
 
 if ((${#need_apt[@]})); then
   if have apt-get; then

@@ -31,7 +31,18 @@ pub struct Settings {
     pub refill: RefillSettings,
     /// Cluster mode: share pool, limits and upstream budget with other replicas through Redis.
     pub redis: RedisSettings,
+    /// Settings that make the process misbehave on purpose, for tests; `serve` refuses them
+    /// without `--unsafe-test`.
+    pub debug: DebugSettings,
     pub tenants: Vec<TenantSettings>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugSettings {
+    /// Seconds added to this replica's clock (negative: behind), to run replicas whose clocks
+    /// differ.
+    pub clock_offset_secs: f64,
 }
 
 impl Default for Settings {
@@ -47,6 +58,7 @@ impl Default for Settings {
             pool: PoolSettings::default(),
             refill: RefillSettings::default(),
             redis: RedisSettings::default(),
+            debug: DebugSettings::default(),
             tenants: vec![],
         }
     }
@@ -452,6 +464,9 @@ impl Settings {
             return Err(
                 "redis.prefix: must not contain '{' or '}' (Redis Cluster hash tags)".into(),
             );
+        }
+        if !self.debug.clock_offset_secs.is_finite() {
+            return Err("debug.clock_offset_secs: must be a number of seconds".into());
         }
         if let Some(f) = &self.log_format {
             if f != "json" && f != "pretty" {

@@ -59,6 +59,9 @@ struct ServeArgs {
     /// TOML settings file (see config/embedgate.example.toml).
     #[arg(long)]
     config: PathBuf,
+    /// Allow `[debug]` settings that make this process misbehave on purpose (tests only).
+    #[arg(long)]
+    unsafe_test: bool,
 }
 
 #[derive(Args)]
@@ -193,7 +196,21 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => LogFormat::Json,
     };
     telemetry::init(format, settings.log_level.as_deref().unwrap_or("info"));
-    let app = Application::start(settings, Clock::System).await?;
+    let offset = settings.debug.clock_offset_secs;
+    let clock = if offset == 0.0 {
+        Clock::System
+    } else if args.unsafe_test {
+        tracing::warn!(
+            clock_offset_secs = offset,
+            "debug.clock_offset_secs: this replica's clock is wrong on purpose (--unsafe-test)"
+        );
+        Clock::skewed((offset * 1000.0) as i64)
+    } else {
+        anyhow::bail!(
+            "invalid configuration: debug.clock_offset_secs: refused without --unsafe-test (it makes this replica's clock wrong on purpose, for tests)"
+        );
+    };
+    let app = Application::start(settings, clock).await?;
     tracing::info!(listen = %app.addr, admin = %app.admin_addr, "embedgate serving");
     app.run_until(shutdown_signal()).await;
     tracing::info!("embedgate stopped");

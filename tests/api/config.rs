@@ -46,6 +46,22 @@ fn invalid_configs_refuse_to_start_naming_the_key() {
         "[knobs]\nerror_rate = 2.0\n",
         "error_rate",
     );
+    // A clock that is wrong on purpose is for tests only.
+    refuses(
+        &["serve", "--config"],
+        "[debug]\nclock_offset_secs = 30\n",
+        "--unsafe-test",
+    );
+}
+
+#[test]
+fn a_replica_with_a_wrong_clock_on_purpose_starts_only_with_unsafe_test() {
+    let path = std::env::temp_dir().join(format!("embedgate-skew-{}.toml", std::process::id()));
+    std::fs::write(&path, "[debug]\nclock_offset_secs = -120\n").unwrap();
+    starts(
+        &["serve", "--unsafe-test", "--config", path.to_str().unwrap()],
+        "wrong on purpose",
+    );
 }
 
 /// Starts the binary, waits (at most 30 s) for a line containing `ready` on stdout or stderr,

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod chaos;
+mod clock_step;
 mod clocks;
 mod config;
 mod dev;
