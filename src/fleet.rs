@@ -45,6 +45,7 @@
 //! - `P{t:<tenant>}:d:<key>`: each replica's demand estimate for the key (`ms,rate`).
 //! - `P{t:<tenant>}:rl`: the tenant's inbound GCRA state (theoretical arrival time, ms).
 //! - `P{a:<account>:<region>}:budget`: the account's upstream GCRA state.
+//! - `P{a:<account>:<region>}:share:<tenant>`: the tenant's share of it (GCRA at its weight).
 //! - `P{replicas}`: replica ids scored by their last heartbeat.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -224,6 +225,36 @@ redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_t
 return {1, 0, math.floor((interval * burst - (new_tat - now)) / interval)}
 ";
 
+/// The fleet-wide upstream budget of an account, shared between tenants by weight as each
+/// replica's own budget shares it: every tenant has a share bucket filling at its weight of the
+/// rate. Within its share a call may take the account's budget down to the priority's reserve;
+/// beyond it, only while the budget is uncontended (more than half the burst left), and then
+/// without touching the share. KEYS: account GCRA, tenant share GCRA. ARGV: now_ms, interval_ms,
+/// burst, reserve, share_interval_ms, share_burst. Returns `{allowed, retry_after_ms}`.
+const BUDGET: &str = r"
+local now, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
+local burst, reserve = tonumber(ARGV[3]), tonumber(ARGV[4])
+local sint, sburst = tonumber(ARGV[5]), tonumber(ARGV[6])
+local stat = tonumber(redis.call('GET', KEYS[2]) or ARGV[1])
+if stat < now then stat = now end
+local within = stat + sint - now <= sint * sburst
+if not within then reserve = math.max(reserve, 0.5 * burst) end
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+if tat < now then tat = now end
+local new_tat = tat + interval
+local limit = interval * (burst - reserve)
+if new_tat - now > limit then
+  local wait = new_tat - now - limit
+  if not within then wait = math.min(wait, stat + sint - now - sint * sburst) end
+  return {0, math.max(1, math.ceil(wait))}
+end
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+if within then
+  redis.call('SET', KEYS[2], string.format('%.3f', stat + sint), 'PX', math.ceil(stat + sint - now) + 1000)
+end
+return {1, 0}
+";
+
 /// Announces a replica and counts the live ones; returns `{live, redis_secs, redis_micros}` (the
 /// server's clock, to measure this replica's offset). ARGV: replica, now_ms, dead_after_ms.
 const HEARTBEAT: &str = r"
@@ -273,6 +304,7 @@ struct Scripts {
     claim: Script,
     sync: Script,
     gcra: Script,
+    budget: Script,
     heartbeat: Script,
 }
 
@@ -326,6 +358,7 @@ impl Fleet {
                 claim: fenced(CLAIM),
                 sync: fenced(SYNC),
                 gcra: Script::new(GCRA),
+                budget: Script::new(BUDGET),
                 heartbeat: Script::new(HEARTBEAT),
             },
             metrics,
@@ -683,27 +716,42 @@ impl Fleet {
         Ok(verdict)
     }
 
-    /// Takes one call from the account's fleet-wide upstream budget at `rate` per second,
-    /// leaving `reserve` calls of the burst for callers waiting on a miss.
+    /// Takes one call for `tenant` from the account's fleet-wide upstream budget at `rate` per
+    /// second: leaving `reserve` calls of the burst for callers waiting on a miss, and sharing
+    /// contended capacity by `weight` (the tenant's normalised weight) as each replica's own
+    /// budget does.
     ///
     /// # Errors
     /// Redis is not usable.
+    #[allow(clippy::too_many_arguments)]
     pub async fn budget(
         &self,
         account: &str,
         region: &str,
+        tenant: &Tenant,
+        weight: f64,
         rate: f64,
         burst: u32,
         reserve: f64,
         now_ms: u64,
     ) -> Result<Result<(), Duration>, Down> {
-        let key = self.key(&format!("a:{account}:{region}"), ":budget");
-        let verdict = self
-            .gcra("budget", key, now_ms, 1000.0 / rate, burst, reserve)
-            .await?;
-        Ok(match verdict {
-            Inbound::Allowed { .. } => Ok(()),
-            Inbound::Limited { retry_after } => Err(retry_after),
+        let tag = format!("a:{account}:{region}");
+        let interval = 1000.0 / rate;
+        let weight = weight.max(1e-6);
+        let mut inv = self.scripts.budget.prepare_invoke();
+        inv.key(self.key(&tag, ":budget"))
+            .key(self.key(&tag, &format!(":share:{}", tenant.id)))
+            .arg(now_ms)
+            .arg(format!("{interval:.6}"))
+            .arg(burst)
+            .arg(format!("{reserve:.6}"))
+            .arg(format!("{:.6}", interval / weight))
+            .arg(format!("{:.6}", (f64::from(burst) * weight).max(1.0)));
+        let (allowed, retry_ms): (u8, u64) = self.script("budget", inv).await?;
+        Ok(if allowed == 1 {
+            Ok(())
+        } else {
+            Err(Duration::from_millis(retry_ms.max(1)))
         })
     }
 

@@ -335,7 +335,12 @@ impl Gateway {
         priority: Priority,
     ) -> Result<(), Duration> {
         self.limits
-            .budget(budget, tenant, priority, self.clock.now_ms())
+            .budget(
+                budget,
+                self.tenants.get(tenant),
+                priority,
+                self.clock.now_ms(),
+            )
             .await
     }
 

@@ -244,6 +244,11 @@ impl Budget {
         self.burst as u32
     }
 
+    /// `tenant`'s fraction of the budget under contention (its weight, normalised).
+    pub fn weight(&self, tenant: TenantId) -> f64 {
+        self.weights.get(tenant).copied().unwrap_or(0.0)
+    }
+
     /// QuickSight answered ThrottlingException: cut the rate (at most once a second) and drain.
     pub fn on_throttle(&self) {
         let now = Instant::now();

@@ -172,7 +172,7 @@ impl Limits {
     pub async fn budget(
         &self,
         budget: &Budget,
-        tenant: TenantId,
+        tenant: &Tenant,
         priority: Priority,
         now_ms: u64,
     ) -> Result<(), Duration> {
@@ -187,6 +187,8 @@ impl Limits {
             .budget(
                 budget.account(),
                 budget.region(),
+                tenant,
+                budget.weight(tenant.index),
                 budget.rate(),
                 budget.burst(),
                 reserve,
@@ -195,7 +197,7 @@ impl Limits {
             .await;
         match verdict {
             Ok(Err(wait)) => {
-                budget.refund(tenant);
+                budget.refund(tenant.index);
                 Err(wait)
             }
             Ok(Ok(())) | Err(_) => Ok(()),

@@ -129,3 +129,55 @@ impl TrackedBy for embedgate::startup::Application {
         self.gateway.demand.tracked_by(tenant)
     }
 }
+
+/// Contended upstream capacity goes by weight across the fleet: two tenants weighted 3:1, both
+/// flooding misses through three replicas, over a fleet-wide budget of 20 calls/s. First come
+/// first served would split it about evenly; by weight the heavier tenant gets about three
+/// times as much, and the lighter one is not starved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contended_upstream_capacity_is_shared_by_tenant_weight_across_the_fleet() {
+    let redis = RedisServer::start();
+    let fleet = Arc::new(
+        spawn_fleet(3, |s| {
+            s.redis.url = Some(redis.url());
+            s.redis.timeout_ms = 2_000;
+            s.refill.enabled = false;
+            s.upstream.rate_per_sec = 20.0;
+            s.upstream.burst = 10;
+            s.api.miss_timeout_ms = 1_000;
+            s.tenants[0].upstream_weight = 3.0;
+            s.tenants[1].upstream_weight = 1.0;
+        })
+        .await,
+    );
+    let run = Duration::from_secs(6);
+    let started = Instant::now();
+    let flood = |tenant: &'static str| {
+        let fleet = fleet.clone();
+        async move {
+            futures::stream::iter(0..)
+                .take_while(|_| futures::future::ready(started.elapsed() < run))
+                .map(|i: usize| {
+                    let fleet = fleet.clone();
+                    async move {
+                        fleet
+                            .embed(i, tenant, &dash("sales-2024", "alice"))
+                            .await
+                            .status
+                    }
+                })
+                .buffer_unordered(16)
+                .filter(|s| futures::future::ready(*s == 200))
+                .count()
+                .await
+        }
+    };
+    let (heavy, light) = tokio::join!(flood("alpha"), flood("beta"));
+    eprintln!("weights 3:1 over a fleet budget of 20/s: {heavy} and {light} calls in {run:?}");
+    assert!(light > 0, "the lighter tenant is not starved");
+    assert!(
+        heavy >= 2 * light,
+        "the heavier tenant got {heavy} calls to the lighter one's {light}"
+    );
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
