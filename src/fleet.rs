@@ -42,6 +42,7 @@
 //!   was sent.
 //! - `P{t:<tenant>}:n:<epoch>`: the tenant's pooled URLs (its fleet-wide bound), as a sorted set
 //!   of URL digests scored like the pool, so expiry and retries cannot make it drift.
+//! - `P{t:<tenant>}:tk:<id>`: the answer to one take, kept a second so a re-sent take repeats it.
 //! - `P{t:<tenant>}:d:<key>`: each replica's demand estimate for the key (`ms,rate`).
 //! - `P{t:<tenant>}:rl`: the tenant's inbound GCRA state (theoretical arrival time, ms).
 //! - `P{a:<account>:<region>}:budget`: the account's upstream GCRA state.
@@ -114,15 +115,24 @@ end
 ";
 
 /// Removes the stale URLs of a key, pops the one with the least remaining validity, and keeps
-/// the tenant's count in step. KEYS: pool, count. ARGV: cutoff_ms. Returns
-/// `{stale, url, issued_ms}` (url `""` when empty).
+/// the tenant's count in step. Idempotent per take: the answer is remembered under the take's id
+/// for `remember_ms`, so the same call sent again (a client retry after a lost reply) returns the
+/// same URL instead of popping, and losing, another. KEYS: pool, count, take id. ARGV: cutoff_ms,
+/// remember_ms. Returns `{stale, url, issued_ms}` (url `""` when empty).
 const TAKE: &str = r"
+local prior = redis.call('GET', KEYS[3])
+if prior then
+  local issued, url = string.match(prior, '^(%d+):(.*)$')
+  return {0, url, tonumber(issued)}
+end
 local stale = purge(KEYS[1], KEYS[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
 local got = redis.call('ZPOPMIN', KEYS[1])
 if #got > 0 then
   redis.call('ZREM', KEYS[2], digest(got[1]))
-  return {stale, got[1], tonumber(got[2])}
+  local issued = string.format('%.0f', tonumber(got[2]))
+  redis.call('SET', KEYS[3], issued .. ':' .. got[1], 'PX', ARGV[2])
+  return {stale, got[1], tonumber(issued)}
 end
 return {stale, '', 0}
 ";
@@ -551,10 +561,11 @@ impl Fleet {
     }
 
     /// Pops the URL for `key` with the least remaining validity that still has `min_remaining_ms`
-    /// left; stale ones met on the way are purged and counted as waste.
+    /// (plus the clock margin) left; stale ones met on the way are purged and counted as waste.
     ///
     /// # Errors
-    /// Redis is not usable; a URL popped by a command that then timed out is lost (never twice).
+    /// Redis is not usable; a URL popped by a command whose reply never came is lost (never
+    /// handed out twice).
     pub async fn take(
         &self,
         tenant: &Tenant,
@@ -562,12 +573,33 @@ impl Fleet {
         now_ms: u64,
         min_remaining_ms: u64,
     ) -> Result<Option<PooledUrl>, Down> {
+        let id = format!("{:016x}", rand::random::<u64>());
+        self.take_once(tenant, key, now_ms, min_remaining_ms, &id)
+            .await
+    }
+
+    /// [`Fleet::take`] with the take's id given: the same id within a second gets the same
+    /// answer, however often the call is sent.
+    ///
+    /// # Errors
+    /// See [`Fleet::take`].
+    pub async fn take_once(
+        &self,
+        tenant: &Tenant,
+        key: &PoolKey,
+        now_ms: u64,
+        min_remaining_ms: u64,
+        id: &str,
+    ) -> Result<Option<PooledUrl>, Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
+        let remember_ms = (2 * self.timeout.as_millis() as u64).max(1_000);
         let (stale, url, issued): (u64, String, u64) = self
             .pool_script("take", tenant, &self.scripts.take, |inv, epoch| {
                 inv.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
-                    .arg(cutoff);
+                    .key(self.key(&tenant_tag(tenant), &format!(":tk:{id}")))
+                    .arg(cutoff)
+                    .arg(remember_ms);
             })
             .await?;
         self.count_stale(stale);

@@ -162,3 +162,33 @@ fn redis_key_like(redis: &RedisServer, part: &str) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+#[tokio::test]
+async fn a_take_sent_twice_returns_the_same_url_instead_of_losing_one() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let now = clock.now_ms();
+    let t = tenants.get(0);
+    for i in 0..2 {
+        assert_eq!(
+            put(&f, &tenants, &key(5), &url(i, now + i as u64), now).await,
+            Stored::Yes
+        );
+    }
+    let k = key(5);
+    let take = |id: &'static str| f.take_once(t, &k, now, MIN_REMAINING_MS, id);
+    let first = take("a1").await.unwrap().map(|u| u.url);
+    // The same take again, as a client retry after a lost reply sends it: the same URL, not
+    // the next one (which the lost reply would otherwise have cost).
+    assert_eq!(take("a1").await.unwrap().map(|u| u.url), first);
+    let second = take("b2").await.unwrap().map(|u| u.url);
+    assert!(
+        second.is_some() && second != first,
+        "the next take gets the other URL"
+    );
+    assert!(
+        take("c3").await.unwrap().is_none(),
+        "and then the key is empty"
+    );
+}
