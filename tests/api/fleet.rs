@@ -118,6 +118,25 @@ impl TestFleet {
             .unwrap()
     }
 
+    /// Waits until every replica reports `ready` (rejoined the fleet), for at most `within`.
+    pub async fn all_ready(&self, within: Duration) {
+        let until = Instant::now() + within;
+        loop {
+            let mut ready = 0;
+            for i in 0..self.replicas.len() {
+                ready += usize::from(self.readiness(i).await == "ready");
+            }
+            if ready == self.replicas.len() {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "the replicas rejoined without a restart"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     pub async fn readiness_json(&self, i: usize) -> Value {
         self.get_json(format!("{}/readyz", self.base(i))).await
     }
@@ -450,21 +469,7 @@ async fn with_redis_killed_replicas_serve_on_their_own_and_rejoin_when_it_return
     outcomes.extend(during);
 
     redis.restart();
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut ready = 0;
-        for i in 0..3 {
-            ready += usize::from(fleet.readiness(i).await == "ready");
-        }
-        if ready == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < until,
-            "replicas rejoined without a restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    fleet.all_ready(Duration::from_secs(10)).await;
     assert_eq!(fleet.metric_sum("embedgate_redis_degraded").await, 0.0);
     outcomes.extend(phase(1_500).await);
     // After rejoining, the shared pool is in use again.

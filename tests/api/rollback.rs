@@ -63,21 +63,6 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-async fn all_ready(fleet: &TestFleet) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut ready = 0;
-        for i in 0..3 {
-            ready += usize::from(fleet.readiness(i).await == "ready");
-        }
-        if ready == 3 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the replicas rejoined Redis");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The shared checks: the old data set held URLs handed out after it was copied, every URL
 /// opens exactly once, and the replicas noticed the new data set.
 async fn assert_no_resurrection(
@@ -117,7 +102,7 @@ async fn a_restart_from_a_snapshot_taken_mid_run_hands_nothing_out_twice() {
     // SIGKILL, then a restart that loads the snapshot: the URLs popped since come back.
     redis.kill();
     redis.restart();
-    all_ready(&fleet).await;
+    fleet.all_ready(Duration::from_secs(20)).await;
     all.extend(fleet.drive(1_500, 48, &k).await);
     all.extend(after_clone(&after));
     assert_no_resurrection(fleet, &snapshot, &after, &all).await;
@@ -270,7 +255,7 @@ async fn a_failover_to_a_replica_that_stopped_replicating_hands_nothing_out_twic
         Some("OK")
     );
     endpoint.switch(replica.port);
-    all_ready(&fleet).await;
+    fleet.all_ready(Duration::from_secs(20)).await;
     all.extend(fleet.drive(1_500, 48, &k).await);
     all.extend(after_clone(&after));
     assert_no_resurrection(fleet, &stale, &after, &all).await;
