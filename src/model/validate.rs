@@ -125,30 +125,31 @@ fn check_user_arn<'a>(field: &str, arn: &'a str, account: &str) -> Result<UserAr
 /// Resource types an `AuthorizedResourceArns` entry may name, with their id's maximum length.
 const AUTHORIZABLE: [(&str, usize); 3] = [("dashboard", 512), ("topic", 2048), ("theme", 512)];
 
-/// One `AuthorizedResourceArns` entry: a QuickSight ARN of the request's account naming a
-/// dashboard, topic or theme with a well-formed id.
-fn check_resource_arn<'a>(field: &str, arn: &'a str, account: &str) -> Result<Arn<'a>, Violation> {
+/// Entry `i` of `AuthorizedResourceArns`: a QuickSight ARN of the request's account naming a
+/// dashboard, topic or theme with a well-formed id. (The member path is built only on refusal.)
+fn check_resource_arn<'a>(i: usize, arn: &'a str, account: &str) -> Result<Arn<'a>, Violation> {
+    let field = || format!("AuthorizedResourceArns[{i}]");
     let parsed = Arn::parse(arn).ok_or_else(|| {
         Violation::invalid(
-            field,
+            field(),
             "must be a QuickSight ARN: arn:<partition>:quicksight:<region>:<account>:<type>/<id>",
         )
     })?;
     if parsed.account != account {
-        return Err(Violation::invalid(field, "must belong to AwsAccountId"));
+        return Err(Violation::invalid(field(), "must belong to AwsAccountId"));
     }
     let Some((_, max)) = AUTHORIZABLE
         .iter()
         .find(|(t, _)| *t == parsed.resource_type)
     else {
         return Err(Violation::invalid(
-            field,
+            field(),
             "must name a dashboard, topic or theme",
         ));
     };
     if !is_resource_id(parsed.resource, *max) {
         return Err(Violation::invalid(
-            field,
+            field(),
             format!("must end in an id of 1-{max} characters of letters, digits, '_' and '-'"),
         ));
     }
@@ -335,11 +336,7 @@ fn validate_anonymous(r: &AnonymousEmbedRequest) -> Result<(), Violation> {
     }
     let mut authorized = Vec::with_capacity(r.authorized_resource_arns.len());
     for (i, arn) in r.authorized_resource_arns.iter().enumerate() {
-        authorized.push(check_resource_arn(
-            &format!("AuthorizedResourceArns[{i}]"),
-            arn,
-            &r.aws_account_id,
-        )?);
+        authorized.push(check_resource_arn(i, arn, &r.aws_account_id)?);
     }
     if let Some(initial) = initial_dashboard {
         if !authorized
@@ -626,7 +623,7 @@ mod tests {
     #[test]
     fn authorized_arns_are_checked_in_full() {
         let acct = "111122223333";
-        let ok = |arn: &str| check_resource_arn("A", arn, acct).is_ok();
+        let ok = |arn: &str| check_resource_arn(0, arn, acct).is_ok();
         assert!(ok(
             "arn:aws:quicksight:us-east-1:111122223333:dashboard/sales"
         ));
