@@ -3,13 +3,34 @@
 //! (see [`crate::settings::load`]) and validated before anything starts.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::domain::Origin;
+use crate::model::names::{ExperienceKind, Feature};
 use crate::model::IdentityType;
-use crate::policy::{ExperienceKind, Feature};
+
+/// A string that never prints (secret access keys in settings).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
 
 /// Everything `embedgate serve` needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,7 +123,7 @@ pub struct UpstreamSettings {
     pub region: String,
     /// Static credentials (simulator and tests only). Unset: the standard AWS credential chain.
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<crate::tenant::Secret>,
+    pub secret_access_key: Option<Secret>,
     /// Timeout of one upstream call.
     pub timeout_ms: u64,
     /// Most upstream calls in flight at once, across all accounts.
@@ -567,5 +588,15 @@ impl Settings {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
     }
 }

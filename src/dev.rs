@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 
 use rand::RngCore;
 
+use crate::config::Secret;
 use crate::config::{PolicySettings, Settings, TenantSettings};
 use crate::model::IdentityType;
 use crate::sim::{self, SimSettings};
-use crate::tenant::{hash_key, Secret};
+use crate::tenant::hash_key;
 
 /// The demo tenant's id.
 pub const DEMO_TENANT: &str = "demo";

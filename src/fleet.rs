@@ -62,19 +62,8 @@ use crate::config::RedisSettings;
 use crate::limiter::Inbound;
 use crate::metrics::Metrics;
 use crate::pool::{issued_cutoff, PoolKey, PooledUrl};
-use crate::shared::{KeyView, Report};
+use crate::refill::{KeyView, Report};
 use crate::tenant::Tenant;
-
-/// The `op` label values of `embedgate_redis_errors_total`.
-pub const OPERATIONS: [&str; 7] = [
-    "take",
-    "put",
-    "sync",
-    "claim",
-    "inbound",
-    "budget",
-    "heartbeat",
-];
 
 /// The fence every pool script runs first. KEYS[1]: the tenant's fence; ARGV[1]: the epoch the
 /// replica expects; ARGV[2]: a fresh epoch to start if the data set is not this server's. When the

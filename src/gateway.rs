@@ -19,8 +19,8 @@ use crate::limiter::{Budget, Budgets, Inbound, InboundLimiter, Priority};
 use crate::metrics::Metrics;
 use crate::model::{EmbedRequest, Operation, URL_VALIDITY_SECS};
 use crate::pool::{pool_key, Pool, PoolKey, PooledUrl};
-use crate::refill::{reclaim, Demand, Reason, Tracked};
-use crate::shared::{Coordination, KeyView, Limits, Placed, PoolStore, Sharing, Status};
+use crate::refill::{reclaim, Demand, KeyView, Reason, Tracked};
+use crate::shared::{Coordination, Limits, Placed, PoolStore, Sharing, Status};
 use crate::tenant::{Tenant, TenantId, Tenants};
 use crate::upstream::{Fetched, Upstream, UpstreamError};
 

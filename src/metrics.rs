@@ -17,6 +17,17 @@ const VALIDITY_BUCKETS: &[f64] = &[
     30.0, 60.0, 90.0, 120.0, 150.0, 180.0, 210.0, 240.0, 270.0, 285.0, 300.0,
 ];
 
+/// The `op` label values of `embedgate_redis_errors_total`.
+pub const REDIS_OPERATIONS: [&str; 7] = [
+    "take",
+    "put",
+    "sync",
+    "claim",
+    "inbound",
+    "budget",
+    "heartbeat",
+];
+
 pub struct Metrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
@@ -202,7 +213,7 @@ impl Metrics {
             self.wasted.with_label_values(&[reason]);
         }
         self.fleet_replicas.set(1);
-        for op in crate::fleet::OPERATIONS {
+        for op in REDIS_OPERATIONS {
             self.redis_errors.with_label_values(&[op]);
         }
         for op in crate::model::Operation::ALL {

@@ -24,6 +24,28 @@ use crate::pool::PoolKey;
 use crate::tenant::TenantId;
 use crate::upstream::Fetched;
 
+/// What this replica reports for one key at a sync.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Report {
+    /// Its demand estimate, requests per second.
+    pub rate: f64,
+    /// Its prefetches in flight.
+    pub in_flight: usize,
+}
+
+/// The fleet's view of one key after a sync.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyView {
+    /// URLs in the shared pool for the key.
+    pub pooled: usize,
+    /// Sum of every live replica's demand estimate, requests per second.
+    pub fleet_rate: f64,
+    /// Replicas that reported demand for the key.
+    pub replicas: usize,
+    /// Prefetches in flight for the key over the fleet, as each replica last reported.
+    pub in_flight: usize,
+}
+
 /// Why a key is pre-fetched (the `reason` label of fetched URLs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::fleet::{Down, Fleet, Stored};
 use crate::limiter::{Budget, Inbound, InboundLimiter, Priority};
 use crate::pool::{Pool, PoolKey, PooledUrl};
-use crate::refill::Tracked;
+use crate::refill::{KeyView, Report, Tracked};
 use crate::tenant::{Tenant, TenantId, Tenants};
 
 /// The three, chosen together by the composition root.
@@ -48,28 +48,6 @@ impl Sharing {
             coordination: Coordination::Fleet(fleet),
         }
     }
-}
-
-/// What this replica reports for one key at a sync.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Report {
-    /// Its demand estimate, requests per second.
-    pub rate: f64,
-    /// Its prefetches in flight.
-    pub in_flight: usize,
-}
-
-/// The fleet's view of one key after a sync.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct KeyView {
-    /// URLs in the shared pool for the key.
-    pub pooled: usize,
-    /// Sum of every live replica's demand estimate, requests per second.
-    pub fleet_rate: f64,
-    /// Replicas that reported demand for the key.
-    pub replicas: usize,
-    /// Prefetches in flight for the key over the fleet, as each replica last reported.
-    pub in_flight: usize,
 }
 
 /// Where a URL nobody waits for ended up.

@@ -4,37 +4,14 @@
 //! API keys are stored only as SHA-256 hashes. A presented key is hashed, looked up by hash (which
 //! reveals nothing useful about any key), and the stored hash is compared again in constant time.
 
-use std::collections::HashMap;
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use subtle::ConstantTimeEq;
 
 use crate::config::TenantSettings;
 use crate::model::EmbedRequest;
 pub use crate::policy::Denied;
 use crate::policy::Policy;
-
-/// A string that never prints (secret access keys in settings).
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
 
 /// SHA-256 of an API key, as stored in config.
 pub fn hash_key(key: &str) -> [u8; 32] {
@@ -229,10 +206,5 @@ mod tests {
             t.get(0).authorize(&other).unwrap_err().field,
             "AwsAccountId"
         );
-    }
-
-    #[test]
-    fn secrets_do_not_print() {
-        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
     }
 }

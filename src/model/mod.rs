@@ -10,6 +10,7 @@
 //! - [`validate`]: the constraints QuickSight enforces on these shapes.
 //! - [`arn`]: QuickSight ARNs (users, dashboards, topics, …).
 //! - [`domain`]: `AllowedDomains` entries, by AWS's rules for allow listing at runtime.
+//! - [`names`]: the experience and feature names tenant policies use.
 //!
 //! What this module does not own: tenant policy (see `policy`), registry lookups such as "does
 //! this dashboard exist" (the simulator's registry, or QuickSight itself), and the HTTP encoding.
@@ -20,6 +21,7 @@
 
 pub mod arn;
 pub mod domain;
+pub mod names;
 pub mod validate;
 
 use std::fmt;

@@ -496,7 +496,7 @@ async fn a_refusal_of_the_gateways_own_credentials_is_a_502_that_names_nothing()
             "wrong secret",
             Box::new(|s: &mut Settings| {
                 s.upstream.secret_access_key =
-                    Some(embedgate::tenant::Secret::new("not-the-secret"))
+                    Some(embedgate::config::Secret::new("not-the-secret"))
             }) as Box<dyn FnOnce(&mut Settings)>,
         ),
         (
