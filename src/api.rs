@@ -21,6 +21,7 @@ use serde_json::json;
 
 use crate::gateway::{parse_request, parse_value, BadInput, Gateway, Refusal, ServeError, Source};
 use crate::limiter::Inbound;
+use crate::metrics::Outcome;
 use crate::model::Operation;
 use crate::tenant::Tenant;
 use crate::upstream::UpstreamError;
@@ -242,21 +243,15 @@ fn request_id(req: &HttpRequest) -> String {
 }
 
 /// Records one request's outcome in the metrics and the log (never the URL).
-fn observe(gw: &Gateway, tenant: &str, outcome: &str, started: Instant) {
+fn observe(gw: &Gateway, tenant: &str, outcome: Outcome, started: Instant) {
+    let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         tenant,
-        outcome,
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        outcome = outcome.as_str(),
+        elapsed_ms = seconds * 1000.0,
         "embed-url request"
     );
-    gw.metrics
-        .requests
-        .with_label_values(&[tenant, outcome])
-        .inc();
-    gw.metrics
-        .request_duration
-        .with_label_values(&[outcome])
-        .observe(started.elapsed().as_secs_f64());
+    gw.metrics.request(tenant, outcome, seconds);
 }
 
 async fn embed(
@@ -272,9 +267,9 @@ async fn embed(
         Err(p) => {
             let p = limit_unauthenticated(&gw, p);
             let outcome = if p.status == StatusCode::TOO_MANY_REQUESTS {
-                "throttled"
+                Outcome::Throttled
             } else {
-                "unauthenticated"
+                Outcome::Unauthenticated
             };
             observe(&gw, "-", outcome, started);
             return p.response(&request_id);
@@ -287,7 +282,7 @@ async fn embed(
     let remaining = match gw.check_inbound(tenant).await {
         Inbound::Allowed { remaining } => remaining,
         Inbound::Limited { retry_after } => {
-            observe(&gw, tid, "throttled", started);
+            observe(&gw, tid, Outcome::Throttled, started);
             gw.metrics
                 .inbound_rejections
                 .with_label_values(&[tid])
@@ -305,9 +300,9 @@ async fn embed(
         Ok(r) => r,
         Err(p) => {
             let outcome = if p.status == StatusCode::FORBIDDEN {
-                "denied"
+                Outcome::Denied
             } else {
-                "invalid"
+                Outcome::Invalid
             };
             observe(&gw, tid, outcome, started);
             return p.response(&request_id);
@@ -316,8 +311,8 @@ async fn embed(
     match gw.serve(tenant, request).await {
         Ok(served) => {
             let outcome = match served.source {
-                Source::Pool => "hit",
-                Source::Upstream => "miss",
+                Source::Pool => Outcome::Hit,
+                Source::Upstream => Outcome::Miss,
             };
             observe(&gw, tid, outcome, started);
             let expires = time::OffsetDateTime::from_unix_timestamp_nanos(
@@ -345,7 +340,7 @@ async fn embed(
             }))
         }
         Err(e) => {
-            observe(&gw, tid, "error", started);
+            observe(&gw, tid, Outcome::Error, started);
             serve_error(e).response(&request_id)
         }
     }

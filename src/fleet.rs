@@ -60,7 +60,7 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use crate::config::RedisSettings;
 use crate::limiter::Inbound;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Waste};
 use crate::pool::{issued_cutoff, PoolKey, PooledUrl};
 use crate::refill::{KeyView, Report};
 use crate::tenant::Tenant;
@@ -872,12 +872,7 @@ impl Fleet {
     }
 
     fn count_stale(&self, stale: u64) {
-        if stale > 0 {
-            self.metrics
-                .wasted
-                .with_label_values(&["expired"])
-                .inc_by(stale);
-        }
+        self.metrics.wasted(Waste::Expired, stale);
     }
 }
 

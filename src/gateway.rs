@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::limiter::{Budget, Budgets, Inbound, InboundLimiter, Priority};
-use crate::metrics::Metrics;
+use crate::metrics::{Fetch, Metrics, Waste};
 use crate::model::{EmbedRequest, Operation, URL_VALIDITY_SECS};
 use crate::pool::{pool_key, Pool, PoolKey, PooledUrl};
 use crate::refill::{reclaim, Demand, KeyView, Reason, Tracked};
@@ -322,8 +322,8 @@ impl Gateway {
                 self.settings.pool.max_urls_per_key,
             )
             .await;
-        if let Placed::Wasted(reason) = placed {
-            self.metrics.wasted.with_label_values(&[reason]).inc();
+        if let Placed::Wasted(why) = placed {
+            self.metrics.wasted(why, 1);
         }
     }
 
@@ -425,7 +425,7 @@ impl Gateway {
                     .min(Instant::now() + Duration::from_millis(self.settings.upstream.timeout_ms));
                 match tokio::time::timeout_at(until, &mut rx).await {
                     Ok(Ok(f)) if self.fresh(&f) => return Ok(self.served(f, Source::Pool)),
-                    Ok(Ok(_)) => self.metrics.wasted.with_label_values(&["expired"]).inc(),
+                    Ok(Ok(_)) => self.metrics.wasted(Waste::Expired, 1),
                     _ => {
                         if let Some(f) = reclaim(rx, t) {
                             self.store(t.tenant, &t.key, f).await;
@@ -477,14 +477,14 @@ impl Gateway {
         };
         match fetched {
             Ok(f) if self.fresh(&f) => {
-                self.metrics.fetched.with_label_values(&["miss"]).inc();
+                self.metrics.fetched(Fetch::Miss);
                 Ok(self.served(f, Source::Upstream))
             }
             Ok(_) => {
                 // Settings keep the miss timeout below the usable life, so only a call that
                 // outlived it lands here; its URL would be handed out with too little left.
-                self.metrics.fetched.with_label_values(&["miss"]).inc();
-                self.metrics.wasted.with_label_values(&["expired"]).inc();
+                self.metrics.fetched(Fetch::Miss);
+                self.metrics.wasted(Waste::Expired, 1);
                 Err(UpstreamError::Timeout.into())
             }
             Err(UpstreamError::Throttled) => {
@@ -748,10 +748,7 @@ impl Gateway {
                 t.release_unserved_waiters();
                 return;
             }
-            self.metrics
-                .fetched
-                .with_label_values(&[reason.as_str()])
-                .inc();
+            self.metrics.fetched(reason.fetch());
             let result = self.fetch(&t.request).await;
             t.in_flight.fetch_sub(1, Ordering::SeqCst);
             match result {

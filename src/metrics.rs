@@ -28,6 +28,99 @@ pub const REDIS_OPERATIONS: [&str; 7] = [
     "heartbeat",
 ];
 
+/// Why a fetched URL was never handed out (`embedgate_urls_wasted_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waste {
+    /// Its usable life ran out in a pool.
+    Expired,
+    /// Its key was evicted from the local pool.
+    Evicted,
+    /// A pool bound (per key, per tenant, in total) had no room for it.
+    Overflow,
+    /// A shared put whose outcome is unknown: dropped, since it may be in Redis already.
+    Unconfirmed,
+}
+
+impl Waste {
+    pub const ALL: [Waste; 4] = [
+        Waste::Expired,
+        Waste::Evicted,
+        Waste::Overflow,
+        Waste::Unconfirmed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Waste::Expired => "expired",
+            Waste::Evicted => "evicted",
+            Waste::Overflow => "overflow",
+            Waste::Unconfirmed => "unconfirmed",
+        }
+    }
+}
+
+/// Why a URL was fetched (`embedgate_urls_fetched_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// For a caller that missed the pool.
+    Miss,
+    /// Ahead of measured demand.
+    Prefetch,
+    /// For a hinted key.
+    Hint,
+    /// For a warm key.
+    Warm,
+}
+
+impl Fetch {
+    pub const ALL: [Fetch; 4] = [Fetch::Miss, Fetch::Prefetch, Fetch::Hint, Fetch::Warm];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fetch::Miss => "miss",
+            Fetch::Prefetch => "prefetch",
+            Fetch::Hint => "hint",
+            Fetch::Warm => "warm",
+        }
+    }
+}
+
+/// How an embed-URL request ended (`embedgate_requests_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Hit,
+    Miss,
+    Throttled,
+    Denied,
+    Invalid,
+    Unauthenticated,
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Hit,
+        Outcome::Miss,
+        Outcome::Throttled,
+        Outcome::Denied,
+        Outcome::Invalid,
+        Outcome::Unauthenticated,
+        Outcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Throttled => "throttled",
+            Outcome::Denied => "denied",
+            Outcome::Invalid => "invalid",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Error => "error",
+        }
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
@@ -187,17 +280,30 @@ impl Metrics {
 
     /// Creates every bounded label set at zero, so each series exists from the start (dashboards
     /// and `rate()` then work before the first event).
+    /// Counts `n` URLs that will never be handed out.
+    pub fn wasted(&self, why: Waste, n: u64) {
+        if n > 0 {
+            self.wasted.with_label_values(&[why.as_str()]).inc_by(n);
+        }
+    }
+
+    /// Counts one URL fetched from QuickSight.
+    pub fn fetched(&self, why: Fetch) {
+        self.fetched.with_label_values(&[why.as_str()]).inc();
+    }
+
+    /// Counts one embed-URL request of `tenant` (`-`: unauthenticated) and its latency.
+    pub fn request(&self, tenant: &str, outcome: Outcome, seconds: f64) {
+        self.requests
+            .with_label_values(&[tenant, outcome.as_str()])
+            .inc();
+        self.request_duration
+            .with_label_values(&[outcome.as_str()])
+            .observe(seconds);
+    }
+
     pub fn init_labels(&self, tenants: &[&str]) {
-        const OUTCOMES: [&str; 7] = [
-            "hit",
-            "miss",
-            "throttled",
-            "denied",
-            "invalid",
-            "unauthenticated",
-            "error",
-        ];
-        for outcome in OUTCOMES {
+        for outcome in Outcome::ALL.map(Outcome::as_str) {
             self.request_duration.with_label_values(&[outcome]);
             for tenant in tenants.iter().chain(std::iter::once(&"-")) {
                 self.requests.with_label_values(&[tenant, outcome]);
@@ -206,11 +312,11 @@ impl Metrics {
         for tenant in tenants {
             self.inbound_rejections.with_label_values(&[tenant]);
         }
-        for reason in ["miss", "prefetch", "hint", "warm"] {
-            self.fetched.with_label_values(&[reason]);
+        for reason in Fetch::ALL {
+            self.fetched.with_label_values(&[reason.as_str()]);
         }
-        for reason in ["expired", "evicted", "overflow", "unconfirmed"] {
-            self.wasted.with_label_values(&[reason]);
+        for reason in Waste::ALL {
+            self.wasted.with_label_values(&[reason.as_str()]);
         }
         self.fleet_replicas.set(1);
         for op in REDIS_OPERATIONS {

@@ -19,6 +19,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::config::RefillSettings;
+use crate::metrics::Fetch;
 use crate::model::{EmbedRequest, URL_VALIDITY_SECS};
 use crate::pool::PoolKey;
 use crate::tenant::TenantId;
@@ -55,11 +56,12 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub fn as_str(self) -> &'static str {
+    /// The `reason` label its fetches count under.
+    pub fn fetch(self) -> Fetch {
         match self {
-            Reason::Prefetch => "prefetch",
-            Reason::Hint => "hint",
-            Reason::Warm => "warm",
+            Reason::Prefetch => Fetch::Prefetch,
+            Reason::Hint => Fetch::Hint,
+            Reason::Warm => Fetch::Warm,
         }
     }
 }

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::fleet::{Down, Fleet, Stored};
 use crate::limiter::{Budget, Inbound, InboundLimiter, Priority};
+use crate::metrics::Waste;
 use crate::pool::{Pool, PoolKey, PooledUrl};
 use crate::refill::{KeyView, Report, Tracked};
 use crate::tenant::{Tenant, TenantId, Tenants};
@@ -54,8 +55,8 @@ impl Sharing {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Placed {
     Pooled,
-    /// Not pooled: counted as waste with this reason (`embedgate_urls_wasted_total`).
-    Wasted(&'static str),
+    /// Not pooled: counted as waste for this reason.
+    Wasted(Waste),
 }
 
 /// Where pooled URLs live: this replica's pool, or Redis with this replica's pool for what it
@@ -104,15 +105,15 @@ impl PoolStore {
     ) -> Placed {
         if let PoolStore::Fleet(fleet) = self {
             if url.expires_at_ms().saturating_sub(now_ms) < min_remaining_ms {
-                return Placed::Wasted("expired");
+                return Placed::Wasted(Waste::Expired);
             }
             let put = fleet
                 .put(tenant, key, &url, now_ms, min_remaining_ms, max_per_key)
                 .await;
             match put {
                 Ok(Stored::Yes) => return Placed::Pooled,
-                Ok(Stored::Full) => return Placed::Wasted("overflow"),
-                Err(Down::Unknown) => return Placed::Wasted("unconfirmed"),
+                Ok(Stored::Full) => return Placed::Wasted(Waste::Overflow),
+                Err(Down::Unknown) => return Placed::Wasted(Waste::Unconfirmed),
                 // Degraded: nothing was sent; the URL stays with this replica.
                 Err(Down::NotSent) => {}
             }

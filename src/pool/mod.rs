@@ -23,7 +23,7 @@ pub use key::{pool_key, PoolKey};
 
 use crate::clock::Clock;
 use crate::config::PoolSettings;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Waste};
 use crate::model::URL_VALIDITY_SECS;
 use crate::tenant::TenantId;
 
@@ -138,10 +138,7 @@ impl Pool {
                 drop(inner);
                 if n > 0 {
                     listener_counts.sub(slot.tenant, n);
-                    listener_metrics
-                        .wasted
-                        .with_label_values(&["evicted"])
-                        .inc_by(n as u64);
+                    listener_metrics.wasted(Waste::Evicted, n as u64);
                 }
             })
             .build();
@@ -178,10 +175,7 @@ impl Pool {
             self.counts.sub(slot.tenant, n);
         }
         if stale > 0 {
-            self.metrics
-                .wasted
-                .with_label_values(&["expired"])
-                .inc_by(stale as u64);
+            self.metrics.wasted(Waste::Expired, stale as u64);
         }
         if let Some(u) = &taken {
             self.metrics
@@ -212,7 +206,7 @@ impl Pool {
     /// The URL was not kept (stale already, or a bound is reached); it is counted as waste.
     pub fn put(&self, key: &PoolKey, tenant: TenantId, url: PooledUrl) -> Result<(), Refused> {
         if url.issued_at_ms < issued_cutoff(self.clock.now_ms(), self.min_remaining_ms) {
-            self.metrics.wasted.with_label_values(&["expired"]).inc();
+            self.metrics.wasted(Waste::Expired, 1);
             return Err(Refused::Stale);
         }
         let tenant_count = self.counts.per_tenant.get(tenant);
@@ -220,7 +214,7 @@ impl Pool {
             .zip(self.tenant_caps.get(tenant))
             .is_some_and(|(c, cap)| c.load(Ordering::Relaxed) >= *cap);
         if over_tenant || self.counts.total.load(Ordering::Relaxed) >= self.max_urls {
-            self.metrics.wasted.with_label_values(&["overflow"]).inc();
+            self.metrics.wasted(Waste::Overflow, 1);
             return Err(Refused::Full);
         }
         for _ in 0..2 {
@@ -239,7 +233,7 @@ impl Pool {
             }
             if inner.urls.len() >= self.max_per_key {
                 drop(inner);
-                self.metrics.wasted.with_label_values(&["overflow"]).inc();
+                self.metrics.wasted(Waste::Overflow, 1);
                 return Err(Refused::Full);
             }
             let pos = inner
@@ -253,7 +247,7 @@ impl Pool {
             }
             return Ok(());
         }
-        self.metrics.wasted.with_label_values(&["overflow"]).inc();
+        self.metrics.wasted(Waste::Overflow, 1);
         Err(Refused::Full)
     }
 
@@ -283,10 +277,7 @@ impl Pool {
             }
         }
         if stale_total > 0 {
-            self.metrics
-                .wasted
-                .with_label_values(&["expired"])
-                .inc_by(stale_total);
+            self.metrics.wasted(Waste::Expired, stale_total);
         }
         self.slots.run_pending_tasks();
         self.metrics.pool_urls.set(self.total() as i64);
@@ -342,7 +333,10 @@ mod tests {
         clock.advance(1);
         // URL 1 now has 59.999 s left: dropped as waste; URL 2 is handed out instead.
         assert_eq!(p.take(&key("k")).unwrap().url, "https://sim/embed/2");
-        assert_eq!(m.wasted.with_label_values(&["expired"]).get(), 1);
+        assert_eq!(
+            m.wasted.with_label_values(&[Waste::Expired.as_str()]).get(),
+            1
+        );
         assert_eq!(p.total(), 0);
     }
 
@@ -357,7 +351,10 @@ mod tests {
         p.purge();
         assert_eq!(p.total(), 0);
         assert_eq!(p.put(&key("a"), 1, url(3, now)), Err(Refused::Stale));
-        assert_eq!(m.wasted.with_label_values(&["expired"]).get(), 3);
+        assert_eq!(
+            m.wasted.with_label_values(&[Waste::Expired.as_str()]).get(),
+            3
+        );
     }
 
     #[test]
