@@ -161,7 +161,8 @@ fn tenants(n: usize) -> Tenants {
 fn limiter_bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("inbound limiter check");
     for n in [10usize, 1_000, 100_000] {
-        let limiter = InboundLimiter::new(&tenants(n), (20.0, 100));
+        let limiter =
+            InboundLimiter::new(&tenants(n), (20.0, 100), &embedgate::clock::Clock::System);
         let mut i = 0usize;
         g.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {

@@ -7,6 +7,13 @@
 //! The price: if the wall clock was wrong when the process started, this clock stays as wrong
 //! (it still measures ages correctly). Across replicas, `fleet` compares each replica's clock
 //! with Redis's and stops sharing when they disagree by more than `redis.max_clock_offset_ms`.
+//!
+//! Every decision that depends on time reads this clock: URL validity, pool expiry, demand
+//! rates, the inbound limiters (governor runs on it, see the `governor::clock::Clock` impl) and
+//! the upstream budgets, so a manual clock in a test moves all of them. Two kinds of time do not
+//! come from here, by design: *timers* (timeouts, sleeps, the planner's tick), which are tokio's
+//! and which tests drive with `tokio::time::pause`; and *latency measurements* (request
+//! durations, upstream latency, Redis round trips), which must be real elapsed time.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -27,7 +34,7 @@ pub enum Clock {
 impl Clock {
     /// A manual clock starting at the current system time.
     pub fn manual() -> Self {
-        Clock::Manual(Arc::new(AtomicU64::new(system_ms())))
+        Clock::Manual(Arc::new(AtomicU64::new(system_us() / 1000)))
     }
 
     /// The system clock, `offset_ms` ahead (or behind, if negative).
@@ -36,11 +43,16 @@ impl Clock {
     }
 
     pub fn now_ms(&self) -> u64 {
+        self.now_us() / 1000
+    }
+
+    /// Microseconds since the Unix epoch (the limiters' resolution).
+    pub fn now_us(&self) -> u64 {
         match self {
-            Clock::System => system_ms(),
-            Clock::Manual(ms) => ms.load(Ordering::SeqCst),
+            Clock::System => system_us(),
+            Clock::Manual(ms) => ms.load(Ordering::SeqCst) * 1000,
             Clock::Skewed(offset) => {
-                system_ms().saturating_add_signed(offset.load(Ordering::SeqCst))
+                system_us().saturating_add_signed(offset.load(Ordering::SeqCst) * 1000)
             }
         }
     }
@@ -60,11 +72,20 @@ impl Clock {
     }
 }
 
-/// The wall clock at first use plus the monotonic time since.
-fn system_ms() -> u64 {
+/// governor's limiters read the same clock (at microsecond resolution).
+impl governor::clock::Clock for Clock {
+    type Instant = governor::nanos::Nanos;
+
+    fn now(&self) -> Self::Instant {
+        governor::nanos::Nanos::from(self.now_us() * 1000)
+    }
+}
+
+/// The wall clock at first use plus the monotonic time since, in microseconds.
+fn system_us() -> u64 {
     static ANCHOR: OnceLock<(Instant, u64)> = OnceLock::new();
-    let (at, wall) = ANCHOR.get_or_init(|| (Instant::now(), wall_ms()));
-    wall + at.elapsed().as_millis() as u64
+    let (at, wall) = ANCHOR.get_or_init(|| (Instant::now(), wall_ms() * 1000));
+    wall + at.elapsed().as_micros() as u64
 }
 
 fn wall_ms() -> u64 {

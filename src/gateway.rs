@@ -240,7 +240,7 @@ impl Gateway {
             .collect();
         let ids: Vec<&str> = tenants.all().iter().map(|t| t.id.as_str()).collect();
         metrics.init_labels(&ids);
-        let budgets = Budgets::new(&settings.upstream, &tenants, metrics.clone());
+        let budgets = Budgets::new(&settings.upstream, &tenants, metrics.clone(), clock.clone());
         for account in tenants.all().iter().flat_map(|t| t.accounts()) {
             budgets.get(account, upstream.region());
         }
@@ -252,6 +252,7 @@ impl Gateway {
                     settings.api.unauthenticated_rate_per_sec,
                     settings.api.unauthenticated_burst,
                 ),
+                &clock,
             ),
             budgets,
             demand: Demand::new(&settings.refill, demand_caps),

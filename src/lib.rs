@@ -33,7 +33,6 @@ pub mod model;
 pub mod policy;
 pub mod pool;
 pub mod refill;
-pub mod settings;
 pub mod shared;
 pub mod sim;
 pub mod startup;

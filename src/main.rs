@@ -113,7 +113,7 @@ struct SimArgs {
 impl SimArgs {
     fn settings(&self) -> anyhow::Result<SimSettings> {
         let mut s: SimSettings =
-            embedgate::settings::load(self.config.as_deref(), "EMBEDGATE_SIM_")?;
+            embedgate::config::loader::load(self.config.as_deref(), "EMBEDGATE_SIM_")?;
         if let Some(v) = self.listen {
             s.listen = v;
         }
@@ -190,7 +190,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    let settings: Settings = embedgate::settings::load(Some(&args.config), "EMBEDGATE_")?;
+    let settings: Settings = embedgate::config::loader::load(Some(&args.config), "EMBEDGATE_")?;
     let format = match settings.log_format.as_deref() {
         Some("pretty") => LogFormat::Pretty,
         _ => LogFormat::Json,

@@ -1,118 +1,26 @@
-//! Limiters: the inbound limit per tenant, and the upstream budget per AWS account and region.
-//!
-//! - **Inbound** is GCRA (governor), one limiter per tenant with its own rate and burst. A
-//!   rejection carries the wait until the next request would be allowed.
-//! - **Upstream budget** is a token bucket whose rate adapts: a ThrottlingException cuts it
-//!   (multiplicatively, at most once a second), calm seconds restore it (additively). Tenants share
-//!   a contended budget by weight, and callers waiting on a miss go before prefetch. governor's
-//!   quotas are fixed at construction, so this bucket is our own: a few lines of arithmetic
-//!   under one lock per account.
+//! The upstream budget of one AWS account and region: a token bucket whose rate adapts to
+//! QuickSight's throttling (AIMD), shared between tenants by weight, with a reserve for misses.
 
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock as _, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
 use parking_lot::Mutex;
-use tokio::time::Instant;
 
+use super::Priority;
+use crate::clock::Clock;
 use crate::config::UpstreamSettings;
 use crate::metrics::Metrics;
 use crate::tenant::{TenantId, Tenants};
-
-type Gcra = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
-
-/// The outcome of an inbound check, with what the IETF RateLimit headers need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inbound {
-    Allowed { remaining: u32 },
-    Limited { retry_after: Duration },
-}
-
-/// One GCRA limiter per tenant.
-pub struct InboundLimiter {
-    limiters: Vec<Gcra>,
-    /// One limit shared by every request without a valid API key.
-    unauthenticated: Gcra,
-    clock: DefaultClock,
-    /// (quota, window seconds) per tenant, for `RateLimit-Policy`.
-    policies: Vec<(u32, u64)>,
-}
-
-fn gcra(rate_per_sec: f64, burst: u32) -> Gcra {
-    let period = Duration::from_secs_f64(1.0 / rate_per_sec);
-    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
-    let quota = Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(burst);
-    RateLimiter::direct(quota).with_middleware::<StateInformationMiddleware>()
-}
-
-impl InboundLimiter {
-    /// Per-tenant limits from the table, and the shared limit for requests without a valid key
-    /// (`unauthenticated` = (rate per second, burst)).
-    pub fn new(tenants: &Tenants, unauthenticated: (f64, u32)) -> Self {
-        let mut limiters = Vec::new();
-        let mut policies = Vec::new();
-        for t in tenants.all() {
-            limiters.push(gcra(t.rate_per_sec, t.burst));
-            let window = (f64::from(t.burst) / t.rate_per_sec).ceil().max(1.0) as u64;
-            policies.push((t.burst, window));
-        }
-        InboundLimiter {
-            limiters,
-            unauthenticated: gcra(unauthenticated.0, unauthenticated.1),
-            clock: DefaultClock::default(),
-            policies,
-        }
-    }
-
-    /// Counts one request without a valid API key; `Some(wait)` when over the shared limit.
-    pub fn check_unauthenticated(&self) -> Option<Duration> {
-        self.unauthenticated
-            .check()
-            .err()
-            .map(|not_until| not_until.wait_time_from(self.clock.now()))
-    }
-
-    /// Counts one request of `tenant` against its limit.
-    pub fn check(&self, tenant: TenantId) -> Inbound {
-        match self.limiters[tenant].check() {
-            Ok(snapshot) => Inbound::Allowed {
-                remaining: snapshot.remaining_burst_capacity(),
-            },
-            Err(not_until) => Inbound::Limited {
-                retry_after: not_until.wait_time_from(self.clock.now()),
-            },
-        }
-    }
-
-    /// `(quota, window seconds)` of the tenant's policy.
-    pub fn policy(&self, tenant: TenantId) -> (u32, u64) {
-        self.policies[tenant]
-    }
-}
-
-/// Who asks for an upstream call: a caller waiting on a miss goes first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Priority {
-    Miss,
-    Prefetch,
-    /// Stocking beyond the needed depth: only budget that is idle (over half the burst unused).
-    Surplus,
-}
 
 struct BucketState {
     rate: f64,
     tokens: f64,
     /// Per-tenant fair-share buckets.
     shares: Vec<f64>,
-    last: Instant,
-    last_cut: Option<Instant>,
+    /// Clock readings (ms).
+    last: u64,
+    last_cut: Option<u64>,
 }
 
 /// The upstream budget of one AWS account and region.
@@ -126,6 +34,7 @@ pub struct Budget {
     weights: Vec<f64>,
     state: Mutex<BucketState>,
     metrics: Arc<Metrics>,
+    clock: Clock,
 }
 
 impl Budget {
@@ -135,6 +44,7 @@ impl Budget {
         settings: &UpstreamSettings,
         weights: Vec<f64>,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Self {
         let burst = f64::from(settings.burst);
         metrics
@@ -150,25 +60,23 @@ impl Budget {
                 rate: settings.rate_per_sec,
                 tokens: burst,
                 shares: weights.iter().map(|w| (burst * w).max(1.0)).collect(),
-                last: Instant::now(),
+                last: clock.now_ms(),
                 last_cut: None,
             }),
             weights,
             settings: settings.clone(),
             metrics,
+            clock,
         }
     }
 
-    fn refill(&self, s: &mut BucketState, now: Instant) {
-        let dt = now.saturating_duration_since(s.last).as_secs_f64();
-        s.last = now;
+    fn refill(&self, s: &mut BucketState, now: u64) {
+        let dt = now.saturating_sub(s.last) as f64 / 1000.0;
+        s.last = s.last.max(now);
         // Recovery starts one calm second after the last cut.
         let calm_secs = match s.last_cut {
             None => dt,
-            Some(c) => {
-                let calm_since = c + Duration::from_secs(1);
-                dt.min(now.saturating_duration_since(calm_since).as_secs_f64())
-            }
+            Some(c) => dt.min(now.saturating_sub(c + 1000) as f64 / 1000.0),
         };
         if calm_secs > 0.0 && s.rate < self.max_rate {
             s.rate = (s.rate + self.settings.recovery_per_sec * calm_secs).min(self.max_rate);
@@ -188,7 +96,7 @@ impl Budget {
     /// # Errors
     /// How long until a call would be allowed for this tenant and priority.
     pub fn try_acquire(&self, tenant: TenantId, priority: Priority) -> Result<(), Duration> {
-        let now = Instant::now();
+        let now = self.clock.now_ms();
         let mut s = self.state.lock();
         self.refill(&mut s, now);
         let within_share = s.shares.get(tenant).is_some_and(|t| *t >= 1.0);
@@ -251,13 +159,11 @@ impl Budget {
 
     /// QuickSight answered ThrottlingException: cut the rate (at most once a second) and drain.
     pub fn on_throttle(&self) {
-        let now = Instant::now();
+        let now = self.clock.now_ms();
         let mut s = self.state.lock();
         self.refill(&mut s, now);
         self.metrics.throttle_events.inc();
-        if s.last_cut
-            .is_some_and(|c| now.saturating_duration_since(c) < Duration::from_secs(1))
-        {
+        if s.last_cut.is_some_and(|c| now.saturating_sub(c) < 1000) {
             return;
         }
         s.rate = (s.rate * self.settings.throttle_backoff).max(self.settings.min_rate_per_sec);
@@ -277,7 +183,7 @@ impl Budget {
     /// Current tokens (for the admin state view).
     pub fn tokens(&self) -> f64 {
         let mut s = self.state.lock();
-        self.refill(&mut s, Instant::now());
+        self.refill(&mut s, self.clock.now_ms());
         s.tokens
     }
 }
@@ -288,10 +194,16 @@ pub struct Budgets {
     weights: Vec<f64>,
     map: Mutex<HashMap<(String, String), Arc<Budget>>>,
     metrics: Arc<Metrics>,
+    clock: Clock,
 }
 
 impl Budgets {
-    pub fn new(settings: &UpstreamSettings, tenants: &Tenants, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        settings: &UpstreamSettings,
+        tenants: &Tenants,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Self {
         let total: f64 = tenants.all().iter().map(|t| t.upstream_weight).sum();
         let weights = tenants
             .all()
@@ -309,6 +221,7 @@ impl Budgets {
             weights,
             map: Mutex::new(HashMap::new()),
             metrics,
+            clock,
         }
     }
 
@@ -322,6 +235,7 @@ impl Budgets {
                     &self.settings,
                     self.weights.clone(),
                     self.metrics.clone(),
+                    self.clock.clone(),
                 ))
             })
             .clone()
@@ -346,36 +260,39 @@ impl Budget {
 mod tests {
     use super::*;
 
-    fn budget(weights: Vec<f64>) -> Budget {
+    fn budget(weights: Vec<f64>) -> (Budget, Clock) {
         let settings = UpstreamSettings {
             rate_per_sec: 10.0,
             burst: 10,
             ..UpstreamSettings::default()
         };
-        Budget::new(
+        let clock = Clock::manual();
+        let b = Budget::new(
             "111122223333",
             "us-east-1",
             &settings,
             weights,
             Arc::new(Metrics::new()),
-        )
+            clock.clone(),
+        );
+        (b, clock)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_budget_allows_its_burst_then_its_rate() {
-        let b = budget(vec![1.0]);
+    #[test]
+    fn the_budget_allows_its_burst_then_its_rate() {
+        let (b, clock) = budget(vec![1.0]);
         for _ in 0..10 {
             assert!(b.try_acquire(0, Priority::Miss).is_ok());
         }
         let wait = b.try_acquire(0, Priority::Miss).unwrap_err();
         assert!(wait <= Duration::from_millis(101), "{wait:?}");
-        tokio::time::advance(Duration::from_millis(100)).await;
+        clock.advance(100);
         assert!(b.try_acquire(0, Priority::Miss).is_ok());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn prefetch_leaves_the_miss_reserve_alone() {
-        let b = budget(vec![1.0]);
+    #[test]
+    fn prefetch_leaves_the_miss_reserve_alone() {
+        let (b, _) = budget(vec![1.0]);
         let mut prefetched = 0;
         while b.try_acquire(0, Priority::Prefetch).is_ok() {
             prefetched += 1;
@@ -386,9 +303,9 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn surplus_stocking_uses_only_idle_budget() {
-        let b = budget(vec![1.0]);
+    #[test]
+    fn surplus_stocking_uses_only_idle_budget() {
+        let (b, _) = budget(vec![1.0]);
         let mut stocked = 0;
         while b.try_acquire(0, Priority::Surplus).is_ok() {
             stocked += 1;
@@ -402,30 +319,30 @@ mod tests {
         assert!(b.try_acquire(0, Priority::Surplus).is_err());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn throttling_halves_the_rate_and_calm_restores_it() {
-        let b = budget(vec![1.0]);
+    #[test]
+    fn throttling_halves_the_rate_and_calm_restores_it() {
+        let (b, clock) = budget(vec![1.0]);
         b.on_throttle();
         assert_eq!(b.rate(), 5.0);
         b.on_throttle(); // within a second of the last cut: no second cut
         assert_eq!(b.rate(), 5.0);
-        tokio::time::advance(Duration::from_secs(1)).await;
+        clock.advance(1000);
         b.tokens();
-        tokio::time::advance(Duration::from_secs(4)).await;
+        clock.advance(4000);
         b.tokens();
         assert!(
             b.rate() > 6.9 && b.rate() <= 7.0,
             "recovers 0.5/s: {}",
             b.rate()
         );
-        tokio::time::advance(Duration::from_secs(60)).await;
+        clock.advance(60000);
         b.tokens();
         assert_eq!(b.rate(), 10.0);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_tenant_over_its_share_cannot_starve_another_under_contention() {
-        let b = budget(vec![0.5, 0.5]);
+    #[test]
+    fn a_tenant_over_its_share_cannot_starve_another_under_contention() {
+        let (b, clock) = budget(vec![0.5, 0.5]);
         // Tenant 0 hammers the budget for ten seconds; tenant 1 asks once every 200 ms.
         let mut got = [0u32; 2];
         for step in 0..1000 {
@@ -435,7 +352,7 @@ mod tests {
             if step % 20 == 0 && b.try_acquire(1, Priority::Miss).is_ok() {
                 got[1] += 1;
             }
-            tokio::time::advance(Duration::from_millis(10)).await;
+            clock.advance(10);
         }
         assert_eq!(got[1], 50, "every request of the light tenant got through");
         assert!(got[0] >= 40, "the heavy tenant used the rest: {}", got[0]);

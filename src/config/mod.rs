@@ -1,0 +1,260 @@
+//! The gateway's settings tree: process settings (listeners, upstream, pool, refill) and the tenant
+//! table (keys, policies, quotas). Loaded once from TOML plus `EMBEDGATE_…` environment overrides
+//! (see [`loader::load`]) and validated before anything starts.
+//!
+//! - [`loader`]: defaults, then TOML, then environment variables.
+//! - [`tenants`]: the tenant table (keys, quotas, warm keys, policy).
+//! - [`validate`]: ranges and cross-field rules.
+//! - [`secret`]: strings that never print.
+
+pub mod loader;
+mod secret;
+mod tenants;
+mod validate;
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub use secret::Secret;
+pub use tenants::{PolicySettings, TenantSettings};
+
+/// Everything `embedgate serve` needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The native API listener.
+    pub listen: SocketAddr,
+    /// The admin listener (`/metrics`, pool and limiter state). Keep it private.
+    pub admin_listen: SocketAddr,
+    /// HTTP worker threads per listener (default: one per core).
+    pub workers: Option<usize>,
+    /// `json` (default for `serve`) or `pretty`.
+    pub log_format: Option<String>,
+    /// Log filter, e.g. `info` or `info,embedgate=debug` (`EMBEDGATE_LOG`/`RUST_LOG` win).
+    pub log_level: Option<String>,
+    pub api: ApiSettings,
+    pub upstream: UpstreamSettings,
+    pub pool: PoolSettings,
+    pub refill: RefillSettings,
+    /// Cluster mode: share pool, limits and upstream budget with other replicas through Redis.
+    pub redis: RedisSettings,
+    /// Settings that make the process misbehave on purpose, for tests; `serve` refuses them
+    /// without `--unsafe-test`.
+    pub debug: DebugSettings,
+    pub tenants: Vec<TenantSettings>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugSettings {
+    /// Seconds added to this replica's clock (negative: behind), to run replicas whose clocks
+    /// differ.
+    pub clock_offset_secs: f64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            workers: None,
+            log_format: None,
+            log_level: None,
+            api: ApiSettings::default(),
+            upstream: UpstreamSettings::default(),
+            pool: PoolSettings::default(),
+            refill: RefillSettings::default(),
+            redis: RedisSettings::default(),
+            debug: DebugSettings::default(),
+            tenants: vec![],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Longest a pool miss may wait (for a prefetch in flight, the upstream budget and the
+    /// upstream call together) before it is answered 503/504.
+    pub miss_timeout_ms: u64,
+    /// Most requests one `POST /v1/hints` may carry.
+    pub max_hints_per_call: usize,
+    /// Requests per second, across all clients, that may arrive without a valid API key before
+    /// they are answered 429 instead of 401.
+    pub unauthenticated_rate_per_sec: f64,
+    /// Burst above that rate.
+    pub unauthenticated_burst: u32,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            max_body_bytes: 64 * 1024,
+            miss_timeout_ms: 5_000,
+            max_hints_per_call: 50,
+            unauthenticated_rate_per_sec: 20.0,
+            unauthenticated_burst: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// Endpoint override (the simulator's URL). Unset: QuickSight's regional endpoint.
+    pub endpoint_url: Option<String>,
+    /// Region of the QuickSight endpoint and of the accounts' dashboards.
+    pub region: String,
+    /// Static credentials (simulator and tests only). Unset: the standard AWS credential chain.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    /// Timeout of one upstream call.
+    pub timeout_ms: u64,
+    /// Most upstream calls in flight at once, across all accounts.
+    pub max_concurrency: usize,
+    /// Calls per second the fleet may make per AWS account and region (QuickSight's throttle is
+    /// per account; about 10/s is the only public signal).
+    pub rate_per_sec: f64,
+    /// Burst above the rate.
+    pub burst: u32,
+    /// The budget never adapts below this rate.
+    pub min_rate_per_sec: f64,
+    /// After a ThrottlingException the rate is multiplied by this factor…
+    pub throttle_backoff: f64,
+    /// …and recovers by this many calls/s every second without throttling.
+    pub recovery_per_sec: f64,
+    /// Fraction of the burst kept for callers waiting on a miss; prefetch cannot use it.
+    pub miss_reserve: f64,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            endpoint_url: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            timeout_ms: 3_000,
+            max_concurrency: 64,
+            rate_per_sec: 10.0,
+            burst: 10,
+            min_rate_per_sec: 1.0,
+            throttle_backoff: 0.5,
+            recovery_per_sec: 0.5,
+            miss_reserve: 0.3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolSettings {
+    /// A URL is handed out only while at least this much of its 300 s validity is left.
+    pub min_remaining_secs: u64,
+    /// Most pool keys (tenant × parameter set) held at once; the least used are evicted.
+    pub max_keys: u64,
+    /// Most URLs held at once, across all keys.
+    pub max_urls: usize,
+    /// Most URLs held for one key.
+    pub max_urls_per_key: usize,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            min_remaining_secs: 60,
+            max_keys: 100_000,
+            max_urls: 1_000_000,
+            max_urls_per_key: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefillSettings {
+    /// Pre-fetch at all (off: every request is a miss).
+    pub enabled: bool,
+    /// How often the planner looks at demand.
+    pub tick_ms: u64,
+    /// Most prefetches in flight at once.
+    pub concurrency: usize,
+    /// Extra seconds of demand to hold beyond the measured refill lead time.
+    pub safety_secs: f64,
+    /// While the upstream budget has room to spare, stock up to this many seconds of each key's
+    /// demand (never beyond what a URL's usable life can absorb), so a burst above the budget is
+    /// served from the pool. 0 turns it off.
+    pub surplus_secs: f64,
+    /// Pre-fetch a key only if a request is at least this likely to arrive within a URL's usable
+    /// life (0–1). Hinted and warm keys are pre-fetched regardless.
+    pub min_probability: f64,
+    /// Half-life of the demand estimate.
+    pub demand_half_life_secs: f64,
+    /// Keys with no request for this long are forgotten.
+    pub idle_forget_secs: u64,
+    /// Most keys whose demand is tracked.
+    pub max_tracked_keys: u64,
+    /// How long a hint keeps its key warm.
+    pub hint_ttl_secs: u64,
+}
+
+impl Default for RefillSettings {
+    fn default() -> Self {
+        RefillSettings {
+            enabled: true,
+            tick_ms: 100,
+            concurrency: 64,
+            safety_secs: 1.0,
+            surplus_secs: 10.0,
+            min_probability: 0.9,
+            demand_half_life_secs: 30.0,
+            idle_forget_secs: 600,
+            max_tracked_keys: 100_000,
+            hint_ttl_secs: 300,
+        }
+    }
+}
+
+/// Cluster mode. With neither `url` nor `cluster_urls` set the gateway runs on its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// A standalone Redis (or a primary behind a failover endpoint): `redis://[user:pass@]host:port[/db]`,
+    /// or `rediss://…` for TLS.
+    pub url: Option<String>,
+    /// Seed nodes of a Redis Cluster (same URL forms); the rest of the cluster is discovered.
+    pub cluster_urls: Vec<String>,
+    /// Prefix of every key the gateway writes, so several fleets can share one Redis.
+    pub prefix: String,
+    /// Longest any Redis command may take before this replica stops using Redis and serves from
+    /// its local pool and limits (degraded mode).
+    pub timeout_ms: u64,
+    /// How often a replica announces itself and, while degraded, tries Redis again.
+    pub heartbeat_ms: u64,
+    /// Largest difference between a replica's clock and Redis's at which the replica still
+    /// shares the pool. Shared URLs are handed out only with twice this much validity left on top
+    /// of `pool.min_remaining_secs`.
+    pub max_clock_offset_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            url: None,
+            cluster_urls: vec![],
+            prefix: "embedgate:".into(),
+            timeout_ms: 50,
+            heartbeat_ms: 500,
+            max_clock_offset_ms: 1_000,
+        }
+    }
+}
+
+impl RedisSettings {
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || !self.cluster_urls.is_empty()
+    }
+}

@@ -1,0 +1,121 @@
+//! The tenant table's settings: each tenant's keys, quotas, warm keys and policy.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::IdentityType;
+
+/// One tenant: who it is, how it authenticates, what it may ask for and how much.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettings {
+    /// Short stable id (letters, digits, `-`, `_`); used in metrics labels and logs.
+    pub id: String,
+    /// SHA-256 (hex) of each API key the tenant may use. `embedgate hash-key` prints one.
+    pub api_key_sha256: Vec<String>,
+    /// Account used when a request omits `AwsAccountId`.
+    #[serde(default)]
+    pub default_account: Option<String>,
+    /// Inbound requests per second, sustained.
+    #[serde(default = "default_rate")]
+    pub rate_per_sec: f64,
+    /// Inbound burst.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Share of a contended upstream budget, relative to other tenants' weights.
+    #[serde(default = "one")]
+    pub upstream_weight: f64,
+    /// Most URLs pooled for this tenant.
+    #[serde(default = "default_tenant_urls")]
+    pub max_pooled_urls: usize,
+    /// Most keys this tenant may keep hinted at once.
+    #[serde(default = "default_hints")]
+    pub max_hints: usize,
+    /// Most keys whose demand is tracked for this tenant (per replica); requests for further new
+    /// keys are served but not tracked or pre-fetched. Warm keys do not count.
+    #[serde(default = "default_tracked")]
+    pub max_tracked_keys: usize,
+    #[serde(default)]
+    pub policy: PolicySettings,
+    /// Requests to keep warm always: each a native API body plus its `Operation` and `Depth`.
+    #[serde(default)]
+    pub warm: Vec<serde_json::Value>,
+}
+
+fn default_rate() -> f64 {
+    50.0
+}
+fn default_burst() -> u32 {
+    100
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_tenant_urls() -> usize {
+    100_000
+}
+fn default_hints() -> usize {
+    1_000
+}
+fn default_tracked() -> usize {
+    10_000
+}
+
+/// What a tenant may ask for. Deny by default: an empty list allows nothing (except where noted);
+/// patterns take `*` wildcards. The policy is checked on the request as QuickSight will read it
+/// (defaults resolved), on every operation; see the README's policy reference.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySettings {
+    /// AWS accounts. Empty: only `default_account`.
+    pub accounts: Vec<String>,
+    /// Dashboard id patterns (`["*"]` for all): every dashboard a URL opens or authorizes.
+    pub dashboards: Vec<String>,
+    /// Q topic id patterns: initial topics and topic ARNs. Empty: none.
+    pub topics: Vec<String>,
+    /// Theme id patterns for theme ARNs in `AuthorizedResourceArns`. Empty: none.
+    pub themes: Vec<String>,
+    /// Namespaces: the `Namespace` member (omitted: `default`) and every user ARN's namespace.
+    pub namespaces: Vec<String>,
+    /// Identity types. Default QUICKSIGHT and ANONYMOUS: IAM embeds as the gateway's own role, so
+    /// a tenant gets it only when named here.
+    pub identity_types: Vec<IdentityType>,
+    /// User ARN patterns (registered users), matched against the whole ARN.
+    pub user_arns: Vec<String>,
+    /// Session tag key → allowed value patterns. A tag whose key is not listed is refused.
+    pub session_tags: BTreeMap<String, Vec<String>>,
+    /// Session tag keys every anonymous request must carry (row-level security).
+    pub required_session_tags: Vec<String>,
+    /// Experiences: `Dashboard` (also GetDashboardEmbedUrl), `DashboardVisual`,
+    /// `QuickSightConsole`, `QSearchBar`, `GenerativeQnA`, `QuickChat`. Default: dashboards and
+    /// visuals.
+    pub experiences: Vec<String>,
+    /// Features a request may not enable: `SharedView`, `StatePersistence`, `Bookmarks`,
+    /// `Schedules`, `RecentSnapshots`, `ThresholdAlerts`, `DashboardCustomizationSummary`,
+    /// `ExecutiveSummary`, `DataQnA`, `GenerativeAuthoring`, `DataStories`.
+    pub denied_features: Vec<String>,
+    /// Origin patterns (`https://app.example.com`, `https://*.example.com`, `http://localhost`).
+    /// Set: every request must send `AllowedDomains`, each entry within a pattern (so
+    /// GetDashboardEmbedUrl, which cannot restrict domains, is refused). Empty: no restriction.
+    pub allowed_domains: Vec<String>,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            accounts: vec![],
+            dashboards: vec![],
+            topics: vec![],
+            themes: vec![],
+            namespaces: vec![],
+            identity_types: vec![IdentityType::Quicksight, IdentityType::Anonymous],
+            user_arns: vec![],
+            session_tags: BTreeMap::new(),
+            required_session_tags: vec![],
+            experiences: vec!["Dashboard".into(), "DashboardVisual".into()],
+            denied_features: vec![],
+            allowed_domains: vec![],
+        }
+    }
+}

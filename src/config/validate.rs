@@ -1,0 +1,210 @@
+//! Checks on loaded settings that serde cannot make: ranges, cross-field rules, unique ids.
+
+use super::Settings;
+use crate::model::domain::Origin;
+use crate::model::names::{ExperienceKind, Feature};
+
+impl Settings {
+    /// Checks what serde cannot: ranges, cross-field rules, unique tenant ids.
+    ///
+    /// # Errors
+    /// The first offending key and what is wrong with it.
+    pub fn validate(&self) -> Result<(), String> {
+        let u = &self.upstream;
+        let positive = |key: &str, v: f64| {
+            if v > 0.0 && v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("{key}: must be a positive number"))
+            }
+        };
+        positive("upstream.rate_per_sec", u.rate_per_sec)?;
+        positive("upstream.min_rate_per_sec", u.min_rate_per_sec)?;
+        if u.min_rate_per_sec > u.rate_per_sec {
+            return Err("upstream.min_rate_per_sec: must not exceed upstream.rate_per_sec".into());
+        }
+        if !(0.0 < u.throttle_backoff && u.throttle_backoff < 1.0) {
+            return Err("upstream.throttle_backoff: must be between 0 and 1 (exclusive)".into());
+        }
+        if !(0.0..1.0).contains(&u.miss_reserve) {
+            return Err("upstream.miss_reserve: must be in [0, 1)".into());
+        }
+        if u.burst == 0 || u.max_concurrency == 0 || u.timeout_ms == 0 {
+            return Err("upstream.burst, upstream.max_concurrency and upstream.timeout_ms: must be at least 1".into());
+        }
+        if u.access_key_id.is_some() != u.secret_access_key.is_some() {
+            return Err(
+                "upstream.access_key_id and upstream.secret_access_key: set both or neither".into(),
+            );
+        }
+        if self.pool.min_remaining_secs >= crate::model::URL_VALIDITY_SECS {
+            return Err("pool.min_remaining_secs: must be below 300 (a URL's validity)".into());
+        }
+        // A URL handed out on a miss or from a joined prefetch was fetched at most this long
+        // ago; neither wait may eat the validity `min_remaining_secs` promises.
+        let usable_ms = (crate::model::URL_VALIDITY_SECS - self.pool.min_remaining_secs) * 1000;
+        for (key, ms) in [
+            ("upstream.timeout_ms", u.timeout_ms),
+            ("api.miss_timeout_ms", self.api.miss_timeout_ms),
+        ] {
+            if ms >= usable_ms {
+                return Err(format!(
+                    "{key}: must be below {usable_ms} (300 s minus pool.min_remaining_secs): a URL that took longer would be handed out with less than min_remaining_secs left"
+                ));
+            }
+        }
+        if self.redis.enabled() && 2 * self.redis.max_clock_offset_ms >= usable_ms {
+            return Err(format!(
+                "redis.max_clock_offset_ms: twice it must be below {usable_ms} (300 s minus pool.min_remaining_secs), or no shared URL could ever be handed out"
+            ));
+        }
+        if self.pool.max_keys == 0 || self.pool.max_urls == 0 || self.pool.max_urls_per_key == 0 {
+            return Err(
+                "pool.max_keys, pool.max_urls and pool.max_urls_per_key: must be at least 1".into(),
+            );
+        }
+        let r = &self.refill;
+        if !(0.0..=1.0).contains(&r.min_probability) {
+            return Err("refill.min_probability: must be between 0 and 1".into());
+        }
+        positive("refill.demand_half_life_secs", r.demand_half_life_secs)?;
+        if !(r.surplus_secs >= 0.0 && r.surplus_secs.is_finite()) {
+            return Err("refill.surplus_secs: must be a number of seconds, 0 or more".into());
+        }
+        if r.tick_ms == 0 || r.concurrency == 0 {
+            return Err("refill.tick_ms and refill.concurrency: must be at least 1".into());
+        }
+        let redis = &self.redis;
+        if redis.url.is_some() && !redis.cluster_urls.is_empty() {
+            return Err("redis.url and redis.cluster_urls: set one or the other, not both".into());
+        }
+        for (key, u) in redis
+            .url
+            .iter()
+            .map(|u| ("redis.url".to_string(), u))
+            .chain(
+                redis
+                    .cluster_urls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (format!("redis.cluster_urls[{i}]"), u)),
+            )
+        {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return Err(format!(
+                    "{key}: must start with redis:// or rediss:// (TLS)"
+                ));
+            }
+        }
+        if redis.timeout_ms == 0 || redis.heartbeat_ms == 0 {
+            return Err("redis.timeout_ms and redis.heartbeat_ms: must be at least 1".into());
+        }
+        if redis.prefix.contains(['{', '}']) {
+            return Err(
+                "redis.prefix: must not contain '{' or '}' (Redis Cluster hash tags)".into(),
+            );
+        }
+        if !self.debug.clock_offset_secs.is_finite() {
+            return Err("debug.clock_offset_secs: must be a number of seconds".into());
+        }
+        if let Some(f) = &self.log_format {
+            if f != "json" && f != "pretty" {
+                return Err(format!("log_format: {f:?} is not \"json\" or \"pretty\""));
+            }
+        }
+        positive(
+            "api.unauthenticated_rate_per_sec",
+            self.api.unauthenticated_rate_per_sec,
+        )?;
+        if self.api.unauthenticated_burst == 0 {
+            return Err("api.unauthenticated_burst: must be at least 1".into());
+        }
+        if self.api.miss_timeout_ms == 0 || self.api.max_body_bytes == 0 {
+            return Err("api.miss_timeout_ms and api.max_body_bytes: must be at least 1".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut key_owner = std::collections::HashMap::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let k = |f: &str| format!("tenants[{i}].{f}");
+            if t.id.is_empty()
+                || t.id.len() > 64
+                || !t
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(format!(
+                    "{}: must be 1-64 letters, digits, '-' or '_'",
+                    k("id")
+                ));
+            }
+            if !seen.insert(&t.id) {
+                return Err(format!("{}: duplicate tenant id {:?}", k("id"), t.id));
+            }
+            if t.api_key_sha256.is_empty() {
+                return Err(format!(
+                    "{}: at least one key hash is required",
+                    k("api_key_sha256")
+                ));
+            }
+            for h in &t.api_key_sha256 {
+                if h.len() != 64 || hex::decode(h).is_err() {
+                    return Err(format!(
+                        "{}: {h:?} is not a hex SHA-256 (64 hex digits)",
+                        k("api_key_sha256")
+                    ));
+                }
+            }
+            positive(&k("rate_per_sec"), t.rate_per_sec)?;
+            positive(&k("upstream_weight"), t.upstream_weight)?;
+            if t.burst == 0 {
+                return Err(format!("{}: must be at least 1", k("burst")));
+            }
+            for a in t.policy.accounts.iter().chain(t.default_account.iter()) {
+                if a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!(
+                        "{}: {a:?} is not a 12-digit AWS account id",
+                        k("policy.accounts")
+                    ));
+                }
+            }
+            let p = &t.policy;
+            for e in &p.experiences {
+                if ExperienceKind::parse(e).is_none() {
+                    let all: Vec<_> = ExperienceKind::ALL.iter().map(|e| e.as_str()).collect();
+                    return Err(format!(
+                        "{}: {e:?} is not one of {}",
+                        k("policy.experiences"),
+                        all.join(", ")
+                    ));
+                }
+            }
+            for f in &p.denied_features {
+                if Feature::parse(f).is_none() {
+                    let all: Vec<_> = Feature::ALL.iter().map(|f| f.as_str()).collect();
+                    return Err(format!(
+                        "{}: {f:?} is not one of {}",
+                        k("policy.denied_features"),
+                        all.join(", ")
+                    ));
+                }
+            }
+            for d in &p.allowed_domains {
+                if let Err(rule) = Origin::parse(d) {
+                    return Err(format!("{}: {d:?} {rule}", k("policy.allowed_domains")));
+                }
+            }
+            for h in &t.api_key_sha256 {
+                let owner = key_owner.entry(h.to_ascii_lowercase()).or_insert(&t.id);
+                if let Some(other) = Some(*owner).filter(|o| *o != &t.id) {
+                    return Err(format!(
+                        "{}: the same API key hash is configured for tenants {other:?} and {:?}; each key must identify one tenant",
+                        k("api_key_sha256"),
+                        t.id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
