@@ -23,9 +23,9 @@
 
 pub mod api;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod dev;
-pub mod fleet;
 pub mod gateway;
 pub mod limiter;
 pub mod metrics;

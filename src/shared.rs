@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::fleet::{Down, Fleet, Stored};
+use crate::cluster::{Down, Fleet, Stored};
 use crate::limiter::{Budget, Inbound, InboundLimiter, Priority};
 use crate::metrics::Waste;
 use crate::pool::{Pool, PoolKey, PooledUrl};

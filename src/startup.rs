@@ -9,11 +9,11 @@ use actix_web::{web, App, HttpServer};
 use tokio::sync::watch;
 
 use crate::clock::Clock;
+use crate::cluster::Fleet;
 use crate::config::Settings;
-use crate::fleet::Fleet;
-use crate::gateway::{parse_value, Gateway};
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::model::Operation;
+use crate::model::parse_tagged;
 use crate::shared::Sharing;
 use crate::upstream::Upstream;
 
@@ -162,21 +162,14 @@ impl Application {
 
 /// Pins every tenant's configured warm keys, checking each like a request.
 fn pin_warm_keys(gw: &Gateway) -> anyhow::Result<()> {
-    let now = gw.clock.now_ms();
-    for (i, t) in gw.settings.tenants.iter().enumerate() {
-        let tenant = gw.tenants.get(i);
+    for (i, t) in gw.settings().tenants.iter().enumerate() {
+        let tenant = gw.tenants().get(i);
         for (j, entry) in t.warm.iter().enumerate() {
             let at = format!("tenants[{i}].warm[{j}]");
             let mut obj = entry
                 .as_object()
                 .cloned()
                 .ok_or_else(|| anyhow::anyhow!("{at}: must be a table"))?;
-            let op: Operation = obj
-                .remove("Operation")
-                .and_then(|o| serde_json::from_value(o).ok())
-                .ok_or_else(|| {
-                    anyhow::anyhow!("{at}.Operation: must name one of the three operations")
-                })?;
             let depth = match obj.remove("Depth") {
                 None => 1,
                 Some(d) => d
@@ -186,14 +179,13 @@ fn pin_warm_keys(gw: &Gateway) -> anyhow::Result<()> {
                         anyhow::anyhow!("{at}.Depth: must be an integer from 1 to 1000")
                     })? as usize,
             };
-            let req = parse_value(op, serde_json::Value::Object(obj)).map_err(|b| {
+            let req = parse_tagged(obj).map_err(|b| {
                 anyhow::anyhow!("{at}.{}: {}", b.field.unwrap_or_default(), b.detail)
             })?;
             let req = gw
                 .admit(tenant, req)
                 .map_err(|r| anyhow::anyhow!("{at}: {r:?}"))?;
-            let key = gw.key_for(tenant, &req);
-            gw.demand.pin(&key, tenant.index, &req, depth, now);
+            gw.pin_warm(tenant, &req, depth);
         }
     }
     Ok(())

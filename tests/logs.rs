@@ -44,7 +44,7 @@ async fn no_log_line_ever_contains_an_embed_url_and_every_request_line_has_its_r
     .await;
     let key = app.key_of(0, &dash("sales-2024", "alice"));
     let gw = app.app.gateway.clone();
-    assert!(app.eventually(10, || gw.pool.len(&key) >= 3).await);
+    assert!(app.eventually(10, || gw.pool().len(&key) >= 3).await);
 
     let mut urls = vec![];
     let mut ids = vec![];

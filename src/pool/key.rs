@@ -185,7 +185,7 @@ mod tests {
         for case in cases {
             let op: crate::model::Operation =
                 serde_json::from_value(case["Operation"].clone()).unwrap();
-            let parse = |v: &serde_json::Value| crate::gateway::parse_value(op, v.clone()).ok();
+            let parse = |v: &serde_json::Value| crate::model::parse_value(op, v.clone()).ok();
             let base = pool_key("t", "us-east-1", &parse(&case["Body"]).unwrap());
             let mut all = vec![];
             variants(&case["Body"], String::new(), &mut all);

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::{ledger::Redemption, registry::Edition, Simulator};
 use crate::model::arn::{Arn, UserArn};
+use crate::model::parse::{parse_strict, Unknown};
 use crate::model::{
     AnonymousEmbedRequest, DashboardEmbedRequest, EmbedRequest, IdentityType, Operation,
     RegisteredEmbedRequest, Violation, ViolationKind,
@@ -296,9 +297,10 @@ async fn api_call(
         .body(body.to_string())
 }
 
-/// Parses a JSON body: malformed JSON or a mistyped member is a `SerializationException`, a
-/// missing required member an `InvalidParameterValueException` naming it. Unknown members are
-/// ignored, as QuickSight's newer members are to an older server.
+/// Parses a JSON body with the gateway's parser ([`parse_strict`]): a missing required member is
+/// an `InvalidParameterValueException` naming it, malformed JSON or a mistyped member a
+/// `SerializationException`. Unknown members are ignored, as QuickSight's newer members are to an
+/// older server.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AwsError> {
     let body = if body.is_empty() {
         b"{}".as_slice()
@@ -306,19 +308,11 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AwsError
         body
     };
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let text = inner.to_string();
-        if let Some(rest) = text.strip_prefix("missing field `") {
-            let member = rest.split('`').next().unwrap_or_default();
-            let field = if path == "." { member.to_string() } else { format!("{path}.{member}") };
-            AwsError::invalid(format!(
-                "1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"
-            ))
-        } else {
-            AwsError::new(400, "SerializationException", format!("Cannot deserialize member '{path}': {text}"))
-        }
+    parse_strict(&mut *de, Unknown::Ignore).map_err(|b| match (b.code, b.field) {
+        ("missing_field", Some(field)) => AwsError::invalid(format!(
+            "1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"
+        )),
+        (_, _) => AwsError::new(400, "SerializationException", b.detail),
     })
 }
 

@@ -443,6 +443,6 @@ async fn every_malformed_request_gets_a_precise_4xx_and_changes_nothing() {
     // Nothing changed: no upstream call, no tracked demand. (Each authenticated request did
     // spend a limiter token: see policy::refused_requests_count_against_the_tenants_rate.)
     assert_eq!(app.sim.sim.ledger().calls, 0);
-    assert_eq!(app.app.gateway.demand.len(), 0);
+    assert_eq!(app.app.gateway.tracked_keys(), 0);
     app.stop().await;
 }

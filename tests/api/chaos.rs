@@ -40,7 +40,7 @@ async fn soak_chaos_hands_out_every_url_exactly_once_while_redis_misbehaves() {
         })
         .await,
     );
-    let min_remaining_ms = fleet.replicas[0].gateway.settings.pool.min_remaining_secs * 1000;
+    let min_remaining_ms = fleet.replicas[0].gateway.settings().pool.min_remaining_secs * 1000;
     let k = keys();
     let started = Instant::now();
     let mut seen: HashSet<String> = HashSet::with_capacity(total);

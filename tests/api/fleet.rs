@@ -221,7 +221,7 @@ pub async fn assert_exactly_once(fleet: &TestFleet, outcomes: &[Outcome]) -> Vec
         "no URL opened twice or late"
     );
     // Each URL had min_remaining_secs left when it was handed out, at most this long ago.
-    let promised = fleet.replicas[0].gateway.settings.pool.min_remaining_secs * 1000;
+    let promised = fleet.replicas[0].gateway.settings().pool.min_remaining_secs * 1000;
     let since = fleet.started.elapsed().as_millis() as u64;
     let least = ledger.min_validity_left_ms.unwrap_or(u64::MAX);
     assert!(

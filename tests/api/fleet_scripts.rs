@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use embedgate::clock::Clock;
+use embedgate::cluster::{Fleet, Stored};
 use embedgate::config::RedisSettings;
-use embedgate::fleet::{Fleet, Stored};
 use embedgate::metrics::Metrics;
 use embedgate::pool::{pool_key, PoolKey, PooledUrl};
 use embedgate::tenant::Tenants;
@@ -35,7 +35,7 @@ async fn fleet(redis: &RedisServer, clock: &Clock) -> (Arc<Fleet>, Tenants, Arc<
 
 fn key(i: usize) -> PoolKey {
     let body = dash(&format!("d-{i:04}"), "alice");
-    let req = embedgate::gateway::parse_request(
+    let req = embedgate::model::parse_request(
         embedgate::model::Operation::GetDashboardEmbedUrl,
         body.to_string().as_bytes(),
     )

@@ -76,7 +76,7 @@ async fn exactly_once_64_clients_with_prefetch_active() {
     assert_eq!((ledger.double_redemptions, ledger.late_redemptions), (0, 0));
     // Every URL had min_remaining_secs left at hand-out, at most this long ago.
     let since = started.elapsed().as_millis() as u64;
-    let promised = app.app.gateway.settings.pool.min_remaining_secs * 1000;
+    let promised = app.app.gateway.settings().pool.min_remaining_secs * 1000;
     let least = ledger.min_validity_left_ms.unwrap();
     assert!(
         least + since >= promised,
@@ -90,11 +90,11 @@ async fn a_url_below_min_remaining_is_never_handed_out_and_counts_as_waste() {
     let clock = Clock::manual();
     let app = spawn_app_with(clock.clone(), |s| s.refill.enabled = false).await;
     let gw = &app.app.gateway;
-    let tenant = gw.tenants.get(0);
+    let tenant = gw.tenants().get(0);
     let req = gw
         .admit(
             tenant,
-            embedgate::gateway::parse_request(
+            embedgate::model::parse_request(
                 embedgate::model::Operation::GetDashboardEmbedUrl,
                 dash("sales-2024", "alice").to_string().as_bytes(),
             )
@@ -106,10 +106,10 @@ async fn a_url_below_min_remaining_is_never_handed_out_and_counts_as_waste() {
     let now = clock.now_ms();
     let mut real = vec![];
     for _ in 0..2 {
-        let r = gw.upstream.fetch(&req, &clock).await.unwrap();
+        let r = gw.upstream().fetch(&req, &clock).await.unwrap();
         real.push(r.url);
     }
-    gw.pool
+    gw.pool()
         .put(
             &key,
             0,
@@ -120,7 +120,7 @@ async fn a_url_below_min_remaining_is_never_handed_out_and_counts_as_waste() {
         )
         .unwrap();
     clock.advance(1_000);
-    gw.pool
+    gw.pool()
         .put(
             &key,
             0,
@@ -188,7 +188,7 @@ async fn a_hinted_key_is_served_from_the_pool_on_its_first_request() {
     let gw = app.app.gateway.clone();
     let key = app.key_of(0, &dash("finance", "bob"));
     assert!(
-        app.eventually(10, || gw.pool.len(&key) >= 1).await,
+        app.eventually(10, || gw.pool().len(&key) >= 1).await,
         "the hint was pre-fetched"
     );
     let body: Value = app
@@ -285,7 +285,7 @@ async fn two_tenants_asking_for_the_same_key_never_receive_each_others_pooled_ur
     let gw = app.app.gateway.clone();
     let alpha_key = app.key_of(0, &dash("sales-2024", "alice"));
     assert_ne!(alpha_key, app.key_of(1, &dash("sales-2024", "alice")));
-    assert!(app.eventually(10, || gw.pool.len(&alpha_key) >= 5).await);
+    assert!(app.eventually(10, || gw.pool().len(&alpha_key) >= 5).await);
     for _ in 0..5 {
         let body: Value = app
             .embed_json("beta", "dashboard", &dash("sales-2024", "alice"))
@@ -295,7 +295,7 @@ async fn two_tenants_asking_for_the_same_key_never_receive_each_others_pooled_ur
             "beta never gets alpha's pooled URL"
         );
     }
-    assert!(gw.pool.len(&alpha_key) >= 5, "alpha's pool is untouched");
+    assert!(gw.pool().len(&alpha_key) >= 5, "alpha's pool is untouched");
     app.stop().await;
 }
 
@@ -440,7 +440,7 @@ async fn with_quicksight_hanging_or_failing_pool_hits_continue_and_misses_fail_w
     .await;
     let gw = app.app.gateway.clone();
     let key = app.key_of(0, &dash("sales-2024", "alice"));
-    assert!(app.eventually(10, || gw.pool.len(&key) >= 5).await);
+    assert!(app.eventually(10, || gw.pool().len(&key) >= 5).await);
     app.sim
         .sim
         .update_knobs(&json!({"hang_rate": 1.0}))
@@ -560,7 +560,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
     });
     let gw = app.app.gateway.clone();
     assert!(
-        app.eventually(10, || gw.metrics.upstream_in_flight.get() >= 1.0)
+        app.eventually(10, || gw.metrics().upstream_in_flight.get() >= 1.0)
             .await,
         "the request reached QuickSight"
     );

@@ -238,10 +238,10 @@ impl TestApp {
     /// The pool key the gateway uses for `body` (a GetDashboardEmbedUrl body) of tenant `index`.
     pub fn key_of(&self, index: usize, body: &serde_json::Value) -> embedgate::pool::PoolKey {
         let gw = &self.app.gateway;
-        let tenant = gw.tenants.get(index);
+        let tenant = gw.tenants().get(index);
         let op = embedgate::model::Operation::GetDashboardEmbedUrl;
-        let parsed = embedgate::gateway::parse_request(op, body.to_string().as_bytes())
-            .expect("a valid body");
+        let parsed =
+            embedgate::model::parse_request(op, body.to_string().as_bytes()).expect("a valid body");
         let req = gw.admit(tenant, parsed).expect("an admitted request");
         gw.key_for(tenant, &req)
     }

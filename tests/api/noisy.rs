@@ -155,7 +155,7 @@ trait TrackedBy {
 
 impl TrackedBy for embedgate::startup::Application {
     fn app_tracked_by(&self, tenant: usize) -> usize {
-        self.gateway.demand.tracked_by(tenant)
+        self.gateway.tracked_by(tenant)
     }
 }
 

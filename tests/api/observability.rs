@@ -27,13 +27,13 @@ async fn fill(app: &TestApp, body: &Value, n: usize) {
     let op = embedgate::model::Operation::GetDashboardEmbedUrl;
     let req = gw
         .admit(
-            gw.tenants.get(0),
-            embedgate::gateway::parse_request(op, body.to_string().as_bytes()).unwrap(),
+            gw.tenants().get(0),
+            embedgate::model::parse_request(op, body.to_string().as_bytes()).unwrap(),
         )
         .unwrap();
     for _ in 0..n {
-        let f = gw.upstream.fetch(&req, &gw.clock).await.unwrap();
-        gw.pool
+        let f = gw.upstream().fetch(&req, gw.clock()).await.unwrap();
+        gw.pool()
             .put(
                 &key,
                 0,

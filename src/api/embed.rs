@@ -1,0 +1,156 @@
+//! The three embed-URL endpoints: authenticate, count against the tenant's limit, read and
+//! parse the body, admit, serve, and answer with the URL and the rate-limit headers.
+
+use std::time::Instant;
+
+use actix_web::http::header;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::auth::{
+    authenticate, limit_unauthenticated, rate_limit_headers, read_body, tenant_limited,
+};
+use super::problem::{bad_input, refusal, serve_error};
+use crate::gateway::{Gateway, Source};
+use crate::limiter::Inbound;
+use crate::metrics::Outcome;
+use crate::model::{parse_request, Operation};
+
+pub(super) async fn dashboard(
+    req: HttpRequest,
+    body: web::Payload,
+    gw: web::Data<Gateway>,
+) -> HttpResponse {
+    embed(req, body, gw, Operation::GetDashboardEmbedUrl).await
+}
+
+pub(super) async fn anonymous(
+    req: HttpRequest,
+    body: web::Payload,
+    gw: web::Data<Gateway>,
+) -> HttpResponse {
+    embed(req, body, gw, Operation::GenerateEmbedUrlForAnonymousUser).await
+}
+
+pub(super) async fn registered(
+    req: HttpRequest,
+    body: web::Payload,
+    gw: web::Data<Gateway>,
+) -> HttpResponse {
+    embed(req, body, gw, Operation::GenerateEmbedUrlForRegisteredUser).await
+}
+
+/// The id of this request: the one `TracingLogger` put on the request span (so every log line of
+/// the request carries it), or a fresh one where no logger runs.
+pub(super) fn request_id(req: &HttpRequest) -> String {
+    use actix_web::HttpMessage;
+    req.extensions()
+        .get::<tracing_actix_web::RequestId>()
+        .map(ToString::to_string)
+        .unwrap_or_else(super::new_request_id)
+}
+
+/// Records one request's outcome in the metrics and the log (never the URL).
+fn observe(gw: &Gateway, tenant: &str, outcome: Outcome, started: Instant) {
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        tenant,
+        outcome = outcome.as_str(),
+        elapsed_ms = seconds * 1000.0,
+        "embed-url request"
+    );
+    gw.metrics().request(tenant, outcome, seconds);
+}
+
+async fn embed(
+    req: HttpRequest,
+    body: web::Payload,
+    gw: web::Data<Gateway>,
+    op: Operation,
+) -> HttpResponse {
+    let started = Instant::now();
+    let request_id = request_id(&req);
+    let tenant = match authenticate(&gw, &req) {
+        Ok(t) => t,
+        Err(p) => {
+            let p = limit_unauthenticated(&gw, p);
+            let outcome = if p.status == StatusCode::TOO_MANY_REQUESTS {
+                Outcome::Throttled
+            } else {
+                Outcome::Unauthenticated
+            };
+            observe(&gw, "-", outcome, started);
+            return p.response(&request_id);
+        }
+    };
+    let tid = tenant.id.as_str();
+    // The limit comes before the body is read or checked: every authenticated request counts,
+    // so a tenant cannot make the gateway parse and validate for free. Nothing else is touched
+    // before the request is admitted.
+    let remaining = match gw.check_inbound(tenant).await {
+        Inbound::Allowed { remaining } => remaining,
+        Inbound::Limited { retry_after } => {
+            observe(&gw, tid, Outcome::Throttled, started);
+            gw.metrics()
+                .inbound_rejections
+                .with_label_values(&[tid])
+                .inc();
+            return tenant_limited(&gw, tenant, retry_after).response(&request_id);
+        }
+    };
+    let admitted = match read_body(&req, body, gw.settings().api.max_body_bytes).await {
+        Err(p) => Err(p),
+        Ok(bytes) => parse_request(op, &bytes)
+            .map_err(bad_input)
+            .and_then(|r| gw.admit(tenant, r).map_err(refusal)),
+    };
+    let request = match admitted {
+        Ok(r) => r,
+        Err(p) => {
+            let outcome = if p.status == StatusCode::FORBIDDEN {
+                Outcome::Denied
+            } else {
+                Outcome::Invalid
+            };
+            observe(&gw, tid, outcome, started);
+            return p.response(&request_id);
+        }
+    };
+    match gw.serve(tenant, request).await {
+        Ok(served) => {
+            let outcome = match served.source {
+                Source::Pool => Outcome::Hit,
+                Source::Upstream => Outcome::Miss,
+            };
+            observe(&gw, tid, outcome, started);
+            let expires = time::OffsetDateTime::from_unix_timestamp_nanos(
+                i128::from(served.expires_at_ms) * 1_000_000,
+            )
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default();
+            let reset = ((f64::from(tenant.burst) - f64::from(remaining)) / tenant.rate_per_sec)
+                .ceil() as u64;
+            let mut resp = HttpResponse::Ok();
+            resp.insert_header((header::CACHE_CONTROL, "no-store"))
+                .insert_header(("X-Request-Id", request_id.as_str()));
+            for (k, v) in rate_limit_headers(&gw, tenant, remaining, reset) {
+                resp.insert_header((k, v));
+            }
+            resp.json(json!({
+                "EmbedUrl": served.url,
+                "ExpiresAt": expires,
+                "Source": served.source,
+                "RequestId": request_id,
+            }))
+        }
+        Err(e) => {
+            observe(&gw, tid, Outcome::Error, started);
+            serve_error(e).response(&request_id)
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `POST /v1/hints`: a portal says which URLs it will ask for soon, so their keys are stocked
+//! before the first request. All or nothing: one invalid or forbidden entry refuses the call.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::auth::{authenticate, limit_unauthenticated, read_body, tenant_limited};
+use super::embed::request_id;
+use super::problem::{bad_input, refusal, Problem};
+use crate::gateway::Gateway;
+use crate::limiter::Inbound;
+use crate::model::parse_tagged;
+
+/// `POST /v1/hints`: `{"Requests": [{"Operation": "...", ...body}, ...]}`. All requests are
+/// checked first; only if every one is valid and allowed is any hint recorded.
+pub(super) async fn hints(
+    req: HttpRequest,
+    body: web::Payload,
+    gw: web::Data<Gateway>,
+) -> HttpResponse {
+    let request_id = request_id(&req);
+    let tenant = match authenticate(&gw, &req) {
+        Ok(t) => t,
+        Err(p) => return limit_unauthenticated(&gw, p).response(&request_id),
+    };
+    if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {
+        return tenant_limited(&gw, tenant, retry_after).response(&request_id);
+    }
+    let bytes = match read_body(&req, body, gw.settings().api.max_body_bytes).await {
+        Ok(b) => b,
+        Err(p) => return p.response(&request_id),
+    };
+    let parsed: Result<Vec<_>, Problem> = (|| {
+        let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not JSON: {e}"),
+            )
+        })?;
+        let list = doc
+            .as_object()
+            .filter(|o| o.len() == 1)
+            .and_then(|o| o.get("Requests"))
+            .and_then(|r| r.as_array())
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_hints",
+                    "the body must be {\"Requests\": [...]}",
+                )
+                .field(Some("Requests".into()))
+            })?;
+        let max = gw.settings().api.max_hints_per_call;
+        if list.is_empty() || list.len() > max {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_hints",
+                format!("Requests must list 1-{max} requests"),
+            )
+            .field(Some("Requests".into())));
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let at = |f: Option<String>| {
+                    Some(format!(
+                        "Requests[{i}]{}",
+                        f.map(|f| format!(".{f}")).unwrap_or_default()
+                    ))
+                };
+                let obj = item.as_object().cloned().ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_hints",
+                        "each request must be a JSON object",
+                    )
+                    .field(at(None))
+                })?;
+                let parsed = parse_tagged(obj).map_err(|b| {
+                    let field = at(b.field.clone());
+                    bad_input(b).field(field)
+                })?;
+                gw.admit(tenant, parsed).map_err(|r| {
+                    let mut p = refusal(r);
+                    p.field = at(p.field.take());
+                    p
+                })
+            })
+            .collect()
+    })();
+    let requests = match parsed {
+        Ok(r) => r,
+        Err(p) => return p.response(&request_id),
+    };
+    let accepted = gw.hint(tenant, &requests);
+    HttpResponse::Accepted()
+        .insert_header(("X-Request-Id", request_id.as_str()))
+        .json(json!({"Accepted": accepted, "Dropped": requests.len() - accepted, "RequestId": request_id}))
+}

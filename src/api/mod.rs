@@ -1,0 +1,82 @@
+//! The native HTTP API and the admin listener: routes, authentication headers, problem documents
+//! and rate-limit headers. The only place HTTP status codes are chosen.
+//!
+//! Request path: authenticate (bad keys share one global limit) → inbound limiter → read the body
+//! (bounded, `application/json` only) → parse strictly → resolve defaults, validate → tenant policy
+//! → pool / miss path. A refused request spends a limiter token and changes nothing else (no
+//! demand, no pool entry, no upstream call).
+
+// `Problem` is built only on refusal paths, once per refused request; boxing it would only add
+// an allocation to them.
+#![allow(clippy::result_large_err)]
+
+mod admin;
+mod auth;
+mod embed;
+mod hints;
+mod problem;
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use crate::gateway::Gateway;
+use problem::Problem;
+
+/// Routes of the native API.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/embed-url/dashboard", web::post().to(embed::dashboard))
+        .route(
+            "/v1/embed-url/anonymous-user",
+            web::post().to(embed::anonymous),
+        )
+        .route(
+            "/v1/embed-url/registered-user",
+            web::post().to(embed::registered),
+        )
+        .route("/v1/hints", web::post().to(hints::hints))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .default_service(web::to(not_found));
+}
+
+/// Routes of the admin listener.
+pub fn admin_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/metrics", web::get().to(admin::metrics))
+        .route("/state", web::get().to(admin::state))
+        .route("/healthz", web::get().to(healthz));
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok")
+}
+
+/// Ready while the process serves. In cluster mode a replica that lost Redis still serves (from
+/// its local pool and limits), so it stays in rotation and says `degraded`.
+async fn readyz(gw: web::Data<Gateway>) -> HttpResponse {
+    let sharing = gw.sharing();
+    HttpResponse::Ok().json(json!({
+        "status": if sharing.reason.is_some() { "degraded" } else { "ready" },
+        "reason": sharing.reason,
+        "mode": sharing.mode,
+        "pool": {"urls": gw.pool().total()},
+    }))
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {} {}", req.method(), req.path()),
+    )
+    .response(&new_request_id())
+}
+
+/// Shared handle type for handlers.
+pub type Shared = Arc<Gateway>;

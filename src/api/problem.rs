@@ -1,0 +1,166 @@
+//! Problem documents (RFC 9457) and the table from every refusal and failure to its HTTP
+//! status and stable `code`: the only place the native API chooses a status.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use serde_json::json;
+
+use crate::gateway::{Refusal, ServeError};
+use crate::model::BadInput;
+use crate::upstream::{Fault, UpstreamError};
+
+/// An `application/problem+json` error (RFC 9457) with a stable `code` and the offending `field`.
+pub struct Problem {
+    pub(super) status: StatusCode,
+    code: &'static str,
+    detail: String,
+    pub(super) field: Option<String>,
+    headers: Vec<(header::HeaderName, String)>,
+    extra: Option<serde_json::Value>,
+}
+
+impl Problem {
+    pub(super) fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            status,
+            code,
+            detail: detail.into(),
+            field: None,
+            headers: vec![],
+            extra: None,
+        }
+    }
+
+    pub(super) fn field(mut self, field: Option<String>) -> Self {
+        self.field = field;
+        self
+    }
+
+    pub(super) fn header(mut self, name: header::HeaderName, value: String) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub(super) fn response(self, request_id: &str) -> HttpResponse {
+        let mut body = json!({
+            "type": format!("urn:embedgate:problem:{}", self.code),
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+            "requestId": request_id,
+        });
+        if let Some(f) = self.field {
+            body["field"] = json!(f);
+        }
+        if let Some(serde_json::Value::Object(extra)) = self.extra {
+            for (k, v) in extra {
+                body[k] = v;
+            }
+        }
+        let mut resp = HttpResponse::build(self.status);
+        resp.insert_header((header::CONTENT_TYPE, "application/problem+json"))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header(("X-Request-Id", request_id));
+        for (k, v) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                resp.insert_header((k, v));
+            }
+        }
+        resp.body(body.to_string())
+    }
+}
+
+pub(super) fn bad_input(b: BadInput) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, b.code, b.detail).field(b.field)
+}
+
+pub(super) fn refusal(r: Refusal) -> Problem {
+    match r {
+        Refusal::Invalid(b) => bad_input(b),
+        Refusal::Denied { field, rule } => Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_by_policy",
+            format!("{field} {rule}"),
+        )
+        .field(Some(field)),
+    }
+}
+
+pub(super) fn serve_error(e: ServeError) -> Problem {
+    match e {
+        ServeError::BudgetExhausted { retry_after } => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_budget_exhausted",
+            "the QuickSight call budget for this account is exhausted; retry later",
+        )
+        .header(
+            header::RETRY_AFTER,
+            (retry_after.as_secs_f64().ceil().max(1.0) as u64).to_string(),
+        ),
+        ServeError::Busy => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_busy",
+            "too many QuickSight calls in flight",
+        )
+        .header(header::RETRY_AFTER, "1".into()),
+        ServeError::Upstream(UpstreamError::Throttled) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_throttled",
+            "QuickSight is throttling this account",
+        )
+        .header(header::RETRY_AFTER, "1".into()),
+        ServeError::Upstream(UpstreamError::Unavailable(why)) => {
+            tracing::warn!(reason = %why, "QuickSight is unavailable");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_unavailable",
+                "QuickSight is unavailable; retry later",
+            )
+            .header(header::RETRY_AFTER, "1".into())
+        }
+        ServeError::Upstream(UpstreamError::Timeout) => Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "QuickSight did not answer in time",
+        ),
+        ServeError::Upstream(e @ UpstreamError::Rejected { .. }) => {
+            let own_identity = e.fault() == Fault::Gateway;
+            let UpstreamError::Rejected {
+                status,
+                code,
+                message,
+            } = e
+            else {
+                unreachable!("matched as Rejected")
+            };
+            // QuickSight's message never reaches the tenant: it can name the gateway's IAM
+            // principal, role or access key. The log (with this request's id on the span) has it.
+            tracing::warn!(upstream_status = status, upstream_code = %code, upstream_message = %message, "QuickSight refused the call");
+            if own_identity {
+                // The gateway's own identity was refused: the operator's problem, not the
+                // caller's, and nothing about it is the caller's to know.
+                return Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_refused",
+                    "QuickSight refused the gateway's credentials; the operator has been told (see the gateway's log)",
+                );
+            }
+            let (status, our_code) = match status {
+                400 => (StatusCode::BAD_REQUEST, "upstream_invalid_parameter"),
+                403 => (StatusCode::FORBIDDEN, "upstream_forbidden"),
+                404 => (StatusCode::NOT_FOUND, "upstream_not_found"),
+                409 => (StatusCode::CONFLICT, "upstream_conflict"),
+                _ => (StatusCode::BAD_GATEWAY, "upstream_refused"),
+            };
+            let mut p = Problem::new(
+                status,
+                our_code,
+                format!("QuickSight refused the request with {code}"),
+            );
+            p.extra = Some(json!({"upstreamCode": code}));
+            p
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Health: the heartbeat that counts live replicas, measures this replica's clock against
+//! Redis's, and rejoins after a degraded spell.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Down, Fleet};
+
+impl Fleet {
+    /// Announces this replica and counts the live ones; rejoins after a degraded spell when
+    /// Redis answers.
+    ///
+    /// # Errors
+    /// Redis is not usable.
+    pub async fn heartbeat(&self) -> Result<usize, Down> {
+        if self.conn.read().is_none() {
+            self.connect_cluster().await;
+        }
+        let sent = std::time::Instant::now();
+        let now_ms = self.clock.now_ms();
+        let dead_after = 3 * self.settings.heartbeat_ms.max(1000);
+        let mut inv = self.scripts.heartbeat.prepare_invoke();
+        inv.key(self.key("replicas", ""))
+            .arg(&self.replica)
+            .arg(now_ms)
+            .arg(dead_after);
+        let (live, secs, micros): (usize, i64, i64) = self.script_anyway("heartbeat", inv).await?;
+        // Redis read its clock about half-way through the round trip.
+        let midway = now_ms as i64 + (sent.elapsed().as_millis() / 2) as i64;
+        let offset = secs * 1000 + micros / 1000 - midway;
+        self.check_clock(offset);
+        self.live_replicas.store(live.max(1), Ordering::Relaxed);
+        self.metrics.fleet_replicas.set(live.max(1) as i64);
+        if self.degraded.swap(false, Ordering::SeqCst) {
+            for t in &self.over_until {
+                t.store(0, Ordering::Relaxed);
+            }
+            tracing::info!(replicas = live, "Redis answers again: rejoined the fleet");
+        }
+        self.metrics.redis_degraded.set(i64::from(!self.healthy()));
+        Ok(live)
+    }
+
+    /// Records Redis's clock minus this replica's, and stops (or resumes) sharing when it crosses
+    /// the bound.
+    pub(super) fn check_clock(&self, offset_ms: i64) {
+        self.metrics
+            .redis_clock_offset
+            .set(offset_ms as f64 / 1000.0);
+        let off = offset_ms.unsigned_abs() > self.settings.max_clock_offset_ms;
+        if self.clock_off.swap(off, Ordering::SeqCst) != off {
+            if off {
+                tracing::warn!(
+                    offset_ms,
+                    bound_ms = self.settings.max_clock_offset_ms,
+                    "this replica's clock is off Redis's by more than redis.max_clock_offset_ms: serving from the local pool and limits until it is back within the bound"
+                );
+            } else {
+                tracing::info!(
+                    offset_ms,
+                    "this replica's clock agrees with Redis's again: rejoined the fleet"
+                );
+            }
+        }
+    }
+
+    /// Heartbeats every `redis.heartbeat_ms` until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.settings.heartbeat_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => { let _ = self.heartbeat().await; }
+            }
+        }
+    }
+}

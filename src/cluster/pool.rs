@@ -1,0 +1,227 @@
+//! The shared pool: take, put, and the per-tick demand sync and prefetch claims, each one
+//! fenced script.
+
+use redis::{FromRedisValue, Script, ScriptInvocation};
+
+use super::keys::tenant_tag;
+use super::{Down, Fleet, Stored};
+use crate::metrics::Waste;
+use crate::pool::{issued_cutoff, PoolKey, PooledUrl};
+use crate::refill::{KeyView, Report};
+use crate::tenant::Tenant;
+
+impl Fleet {
+    /// Runs a pool script behind the tenant's fence: with the epoch this replica knows, and once
+    /// more with the current one if Redis says it has changed (a new data set, or another
+    /// replica started the epoch first). `build` adds the body's keys and arguments for an epoch.
+    pub(super) async fn pool_script<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        tenant: &Tenant,
+        script: &Script,
+        build: impl Fn(&mut ScriptInvocation<'_>, &str),
+    ) -> Result<T, Down> {
+        for _ in 0..2 {
+            let epoch = self.epochs[tenant.index].read().clone();
+            let mut inv = script.prepare_invoke();
+            inv.key(self.fence_key(tenant))
+                .arg(&epoch)
+                .arg(format!("{:016x}", rand::random::<u64>()));
+            build(&mut inv, &epoch);
+            let reply: Vec<redis::Value> = self.script(op, inv).await?;
+            match <[redis::Value; 2]>::try_from(reply) {
+                Ok([_, result]) => return T::from_redis_value(result).map_err(|_| Down::Unknown),
+                Err(reply) => {
+                    let current = reply
+                        .into_iter()
+                        .next()
+                        .and_then(|v| String::from_redis_value(v).ok())
+                        .ok_or(Down::Unknown)?;
+                    self.new_epoch(tenant, &epoch, current);
+                }
+            }
+        }
+        // The epoch changed again between two calls: Redis is being switched right now.
+        Err(Down::Unknown)
+    }
+
+    /// Records the tenant's current epoch. A change from a known one means Redis came back with
+    /// another data set (restart, failover, restore, flush or eviction of the fence): everything
+    /// pooled before stays in the old epoch's keys, never read again.
+    pub(super) fn new_epoch(&self, tenant: &Tenant, seen: &str, current: String) {
+        let mut known = self.epochs[tenant.index].write();
+        if *known == current {
+            return;
+        }
+        if !seen.is_empty() && *known == seen {
+            self.metrics.redis_fences.inc();
+            tracing::warn!(
+                tenant = %tenant.id,
+                "the shared pool's data set changed (Redis restarted, failed over, was restored or flushed): URLs pooled before are discarded"
+            );
+        }
+        *known = current;
+    }
+
+    /// Pops the URL for `key` with the least remaining validity that still has `min_remaining_ms`
+    /// (plus the clock margin) left; stale ones met on the way are purged and counted as waste.
+    ///
+    /// # Errors
+    /// Redis is not usable; a URL popped by a command whose reply never came is lost (never
+    /// handed out twice).
+    pub async fn take(
+        &self,
+        tenant: &Tenant,
+        key: &PoolKey,
+        now_ms: u64,
+        min_remaining_ms: u64,
+    ) -> Result<Option<PooledUrl>, Down> {
+        let id = format!("{:016x}", rand::random::<u64>());
+        self.take_once(tenant, key, now_ms, min_remaining_ms, &id)
+            .await
+    }
+
+    /// [`Fleet::take`] with the take's id given: the same id within a second gets the same
+    /// answer, however often the call is sent.
+    ///
+    /// # Errors
+    /// See [`Fleet::take`].
+    pub async fn take_once(
+        &self,
+        tenant: &Tenant,
+        key: &PoolKey,
+        now_ms: u64,
+        min_remaining_ms: u64,
+        id: &str,
+    ) -> Result<Option<PooledUrl>, Down> {
+        let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
+        let remember_ms = (2 * self.timeout.as_millis() as u64).max(1_000);
+        let (stale, url, issued): (u64, String, u64) = self
+            .pool_script("take", tenant, &self.scripts.take, |inv, epoch| {
+                inv.key(self.pool_key(tenant, epoch, key))
+                    .key(self.count_key(tenant, epoch))
+                    .key(self.key(&tenant_tag(tenant), &format!(":tk:{id}")))
+                    .arg(cutoff)
+                    .arg(remember_ms);
+            })
+            .await?;
+        self.count_stale(stale);
+        if url.is_empty() {
+            return Ok(None);
+        }
+        let u = PooledUrl {
+            url,
+            issued_at_ms: issued,
+        };
+        self.metrics
+            .remaining_validity
+            .observe(u.expires_at_ms().saturating_sub(now_ms) as f64 / 1000.0);
+        Ok(Some(u))
+    }
+
+    /// Adds a URL to the shared pool within the per-key and per-tenant bounds.
+    ///
+    /// # Errors
+    /// `Down::Unknown`: the URL may be in Redis already, so the caller must drop it.
+    pub async fn put(
+        &self,
+        tenant: &Tenant,
+        key: &PoolKey,
+        url: &PooledUrl,
+        now_ms: u64,
+        min_remaining_ms: u64,
+        max_per_key: usize,
+    ) -> Result<Stored, Down> {
+        let ttl = (url.expires_at_ms() + 1000).saturating_sub(now_ms).max(1);
+        let cutoff = issued_cutoff(now_ms, min_remaining_ms);
+        let (stale, stored): (u64, u8) = self
+            .pool_script("put", tenant, &self.scripts.put, |inv, epoch| {
+                inv.key(self.pool_key(tenant, epoch, key))
+                    .key(self.count_key(tenant, epoch))
+                    .key(self.demand_key(tenant, key))
+                    .arg(url.issued_at_ms)
+                    .arg(&url.url)
+                    .arg(cutoff)
+                    .arg(max_per_key)
+                    .arg(tenant.max_pooled_urls)
+                    .arg(ttl)
+                    .arg(&self.replica);
+            })
+            .await?;
+        self.count_stale(stale);
+        Ok(if stored == 1 {
+            Stored::Yes
+        } else {
+            Stored::Full
+        })
+    }
+
+    /// Publishes this replica's demand estimate and prefetches in flight for some of a tenant's
+    /// keys and reads the fleet's view of each, in one call.
+    ///
+    /// # Errors
+    /// Redis is not usable.
+    pub async fn sync(
+        &self,
+        tenant: &Tenant,
+        keys: &[(&PoolKey, Report)],
+        now_ms: u64,
+        min_remaining_ms: u64,
+        keep_ms: u64,
+    ) -> Result<Vec<KeyView>, Down> {
+        let cutoff = issued_cutoff(now_ms, min_remaining_ms);
+        let (stale, views): (u64, Vec<(usize, String, usize, usize)>) = self
+            .pool_script("sync", tenant, &self.scripts.sync, |inv, epoch| {
+                inv.key(self.count_key(tenant, epoch));
+                for (key, _) in keys {
+                    inv.key(self.pool_key(tenant, epoch, key))
+                        .key(self.demand_key(tenant, key));
+                }
+                inv.arg(cutoff).arg(&self.replica).arg(now_ms).arg(keep_ms);
+                for (_, own) in keys {
+                    inv.arg(format!("{:.6}", own.rate)).arg(own.in_flight);
+                }
+            })
+            .await?;
+        self.count_stale(stale);
+        Ok(views
+            .into_iter()
+            .map(|(pooled, total, replicas, in_flight)| KeyView {
+                pooled,
+                fleet_rate: total.parse().unwrap_or(0.0),
+                replicas,
+                in_flight,
+            })
+            .collect())
+    }
+
+    /// Claims up to `want` prefetches for `key` such that the shared pool plus the fleet's
+    /// prefetches in flight stays within `limit`; returns how many this replica may start.
+    ///
+    /// # Errors
+    /// Redis is not usable.
+    pub async fn claim(
+        &self,
+        tenant: &Tenant,
+        key: &PoolKey,
+        want: usize,
+        limit: usize,
+        now_ms: u64,
+        keep_ms: u64,
+    ) -> Result<usize, Down> {
+        self.pool_script("claim", tenant, &self.scripts.claim, |inv, epoch| {
+            inv.key(self.pool_key(tenant, epoch, key))
+                .key(self.demand_key(tenant, key))
+                .arg(&self.replica)
+                .arg(now_ms)
+                .arg(keep_ms)
+                .arg(want)
+                .arg(limit);
+        })
+        .await
+    }
+
+    pub(super) fn count_stale(&self, stale: u64) {
+        self.metrics.wasted(Waste::Expired, stale);
+    }
+}

@@ -1,0 +1,224 @@
+//! The Lua scripts, one per shared operation. Pool scripts run behind the fence ([`FENCE`]);
+//! every key of one script shares a hash tag, so they run on Redis Cluster; none reads `TIME`
+//! except the heartbeat (to measure clock offsets).
+
+use redis::Script;
+
+/// The fence every pool script runs first. KEYS[1]: the tenant's fence; ARGV[1]: the epoch the
+/// replica expects; ARGV[2]: a fresh epoch to start if the data set is not this server's. When the
+/// caller's epoch is not current, the script returns `{current_epoch}` and does nothing else;
+/// otherwise the body's result comes back as `{'', result}`. The body sees its own keys from
+/// KEYS[2] and its own arguments from ARGV[3].
+pub(super) const FENCE: &str = r"
+redis.replicate_commands()
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local fence = redis.call('GET', KEYS[1])
+local epoch
+if fence then
+  local r, e = string.match(fence, '^(%x+):(.+)$')
+  if r == run then epoch = e end
+end
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', KEYS[1], run .. ':' .. epoch)
+end
+if epoch ~= ARGV[1] then return {epoch} end
+";
+
+/// Lua helpers shared by the pool scripts. The tenant's count is a sorted set of 16-hex-digit
+/// URL digests scored like the pool, so it is trimmed by time like the URLs themselves (a key that
+/// expires with URLs inside leaves no drift behind) and adding the same URL twice counts once (a
+/// retried put cannot double-count).
+pub(super) const POOL_LIB: &str = r"
+local function digest(url) return string.sub(redis.sha1hex(url), 1, 16) end
+-- Removes a key's URLs issued before the cutoff from it and from the tenant's count.
+local function purge(pool, count, cutoff)
+  local stale = redis.call('ZRANGEBYSCORE', pool, '-inf', '(' .. cutoff)
+  if #stale > 0 then
+    for _, url in ipairs(stale) do redis.call('ZREM', count, digest(url)) end
+    redis.call('ZREMRANGEBYSCORE', pool, '-inf', '(' .. cutoff)
+  end
+  return #stale
+end
+";
+
+/// Removes the stale URLs of a key, pops the one with the least remaining validity, and keeps
+/// the tenant's count in step. Idempotent per take: the answer is remembered under the take's id
+/// for `remember_ms`, so the same call sent again (a client retry after a lost reply) returns the
+/// same URL instead of popping, and losing, another. KEYS: pool, count, take id. ARGV: cutoff_ms,
+/// remember_ms. Returns `{stale, url, issued_ms}` (url `""` when empty).
+pub(super) const TAKE: &str = r"
+local prior = redis.call('GET', KEYS[3])
+if prior then
+  local issued, url = string.match(prior, '^(%d+):(.*)$')
+  return {0, url, tonumber(issued)}
+end
+local stale = purge(KEYS[1], KEYS[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+local got = redis.call('ZPOPMIN', KEYS[1])
+if #got > 0 then
+  redis.call('ZREM', KEYS[2], digest(got[1]))
+  local issued = string.format('%.0f', tonumber(got[2]))
+  redis.call('SET', KEYS[3], issued .. ':' .. got[1], 'PX', ARGV[2])
+  return {stale, got[1], tonumber(issued)}
+end
+return {stale, '', 0}
+";
+
+/// Adds one URL unless the key or the tenant is full, and counts one prefetch of this replica
+/// as landed. KEYS: pool, count, demand. ARGV: issued_ms, url, cutoff_ms, max_per_key,
+/// tenant_cap, ttl_ms, replica. Returns `{stale, stored}`.
+pub(super) const PUT: &str = r"
+local entry = redis.call('HGET', KEYS[3], ARGV[7])
+if entry then
+  local at, rate, n = string.match(entry, '^([^,]+),([^,]+),(.+)$')
+  if at and tonumber(n) > 0 then
+    redis.call('HSET', KEYS[3], ARGV[7], at .. ',' .. rate .. ',' .. (tonumber(n) - 1))
+  end
+end
+local stale = purge(KEYS[1], KEYS[2], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4])
+    or redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
+  return {stale, 0}
+end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[1], digest(ARGV[2]))
+local ttl = tonumber(ARGV[6])
+for i = 1, 2 do
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+return {stale, 1}
+";
+
+/// For each of a tenant's keys: records this replica's demand and prefetches in flight, purges
+/// stale URLs, and reads the fleet's view. One call per tenant (and per chunk of keys) each tick,
+/// not one per key. KEYS: count, then pool and demand per key. ARGV: cutoff_ms, replica, now_ms,
+/// keep_ms (how long a replica's entry counts without being refreshed), then rate and in_flight
+/// per key. Returns `{stale, {{pooled, total_rate (string), replicas, total_in_flight}, ...}}`.
+pub(super) const SYNC: &str = r"
+local cutoff, replica = ARGV[1], ARGV[2]
+local now, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
+local stale_total, out = 0, {}
+for k = 1, (#KEYS - 1) / 2 do
+  local pool, demand = KEYS[2 * k], KEYS[2 * k + 1]
+  stale_total = stale_total + purge(pool, KEYS[1], cutoff)
+  redis.call('HSET', demand, replica, ARGV[3] .. ',' .. ARGV[3 + 2 * k] .. ',' .. ARGV[4 + 2 * k])
+  local total, replicas, flying = 0, 0, 0
+  local all = redis.call('HGETALL', demand)
+  for i = 1, #all, 2 do
+    local at, rate, n = string.match(all[i + 1], '^([^,]+),([^,]+),(.+)$')
+    if at and tonumber(at) >= now - keep then
+      total = total + tonumber(rate)
+      flying = flying + tonumber(n)
+      replicas = replicas + 1
+    else
+      redis.call('HDEL', demand, all[i])
+    end
+  end
+  redis.call('PEXPIRE', demand, keep)
+  out[k] = {redis.call('ZCARD', pool), tostring(total), replicas, flying}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff)
+return {stale_total, out}
+";
+
+/// Claims up to `want` prefetches for this replica so that the shared pool plus every
+/// replica's prefetches in flight stays within `limit`; records the claim as this replica's in
+/// flight and returns how many were granted. KEYS: pool, demand. ARGV: replica, now_ms, keep_ms,
+/// want, limit.
+pub(super) const CLAIM: &str = r"
+local now, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
+local want, limit = tonumber(ARGV[4]), tonumber(ARGV[5])
+local have = redis.call('ZCARD', KEYS[1])
+local mine
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  local at, rate, n = string.match(all[i + 1], '^([^,]+),([^,]+),(.+)$')
+  if at and tonumber(at) >= now - keep then
+    have = have + tonumber(n)
+    if all[i] == ARGV[1] then mine = {at, rate, tonumber(n)} end
+  end
+end
+local grant = math.max(0, math.min(want, limit - have))
+if grant > 0 and mine then
+  redis.call('HSET', KEYS[2], ARGV[1], mine[1] .. ',' .. mine[2] .. ',' .. (mine[3] + grant))
+end
+return grant
+";
+
+/// GCRA. ARGV: now_ms, interval_ms, burst, reserve (tokens that must stay for others).
+/// Returns `{allowed, retry_after_ms, remaining}`.
+pub(super) const GCRA: &str = r"
+local now, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
+local burst, reserve = tonumber(ARGV[3]), tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+if tat < now then tat = now end
+local new_tat = tat + interval
+local limit = interval * (burst - reserve)
+if new_tat - now > limit then
+  return {0, math.ceil(new_tat - now - limit), 0}
+end
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+return {1, 0, math.floor((interval * burst - (new_tat - now)) / interval)}
+";
+
+/// The fleet-wide upstream budget of an account, shared between tenants by weight as each
+/// replica's own budget shares it: every tenant has a share bucket filling at its weight of the
+/// rate. Within its share a call may take the account's budget down to the priority's reserve;
+/// beyond it, only while the budget is uncontended (more than half the burst left), and then
+/// without touching the share. KEYS: account GCRA, tenant share GCRA. ARGV: now_ms, interval_ms,
+/// burst, reserve, share_interval_ms, share_burst. Returns `{allowed, retry_after_ms}`.
+pub(super) const BUDGET: &str = r"
+local now, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
+local burst, reserve = tonumber(ARGV[3]), tonumber(ARGV[4])
+local sint, sburst = tonumber(ARGV[5]), tonumber(ARGV[6])
+local stat = tonumber(redis.call('GET', KEYS[2]) or ARGV[1])
+if stat < now then stat = now end
+local within = stat + sint - now <= sint * sburst
+if not within then reserve = math.max(reserve, 0.5 * burst) end
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+if tat < now then tat = now end
+local new_tat = tat + interval
+local limit = interval * (burst - reserve)
+if new_tat - now > limit then
+  local wait = new_tat - now - limit
+  if not within then wait = math.min(wait, stat + sint - now - sint * sburst) end
+  return {0, math.max(1, math.ceil(wait))}
+end
+redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+if within then
+  redis.call('SET', KEYS[2], string.format('%.3f', stat + sint), 'PX', math.ceil(stat + sint - now) + 1000)
+end
+return {1, 0}
+";
+
+/// Announces a replica and counts the live ones; returns `{live, redis_secs, redis_micros}` (the
+/// server's clock, to measure this replica's offset). ARGV: replica, now_ms, dead_after_ms.
+pub(super) const HEARTBEAT: &str = r"
+redis.replicate_commands()
+local now, dead = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - dead))
+redis.call('PEXPIRE', KEYS[1], dead * 2)
+local t = redis.call('TIME')
+return {redis.call('ZCARD', KEYS[1]), tonumber(t[1]), tonumber(t[2])}
+";
+
+/// A pool script: [`FENCE`] first, then `body` with its keys and arguments shifted past the
+/// fence's, its result wrapped as `{'', result}`.
+pub(super) fn fenced(body: &str) -> Script {
+    Script::new(&format!(
+        "{FENCE}\n{POOL_LIB}\nlocal KEYS, ARGV = {{unpack(KEYS, 2)}}, {{unpack(ARGV, 3)}}\nreturn {{'', (function()\n{body}\nend)()}}\n"
+    ))
+}
+
+pub(super) struct Scripts {
+    pub(super) take: Script,
+    pub(super) put: Script,
+    pub(super) claim: Script,
+    pub(super) sync: Script,
+    pub(super) gcra: Script,
+    pub(super) budget: Script,
+    pub(super) heartbeat: Script,
+}

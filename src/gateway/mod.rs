@@ -1,0 +1,454 @@
+//! The gateway's request path, below HTTP: admit a tenant's parsed request (defaults, validation,
+//! policy), then serve it: one embed URL from the pool when possible, otherwise through the
+//! bounded miss path. [`refiller`] is the task that keeps the pool ahead of demand.
+//!
+//! Owns the order of the hot path and the miss path's bounds. HTTP concerns (status codes,
+//! headers, problem documents) live in `api`; the wiring lives in `startup`.
+
+mod refiller;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::limiter::{Budget, Budgets, Inbound, InboundLimiter, Priority};
+use crate::metrics::{Fetch, Metrics, Waste};
+use crate::model::{BadInput, EmbedRequest, URL_VALIDITY_SECS};
+use crate::pool::{pool_key, Pool, PoolKey, PooledUrl};
+use crate::refill::{reclaim, Demand, Tracked};
+use crate::shared::{Coordination, Limits, Placed, PoolStore, Sharing, Status};
+use crate::tenant::{Tenant, TenantId, Tenants};
+use crate::upstream::{Fetched, Upstream, UpstreamError};
+
+/// Where a handed-out URL came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Source {
+    /// Pre-fetched: taken from the pool, or from a prefetch that was in flight.
+    #[serde(rename = "pool")]
+    Pool,
+    /// Fetched from QuickSight for this request.
+    #[serde(rename = "upstream")]
+    Upstream,
+}
+
+/// A URL handed out. The URL is a bearer credential: never log it.
+pub struct Served {
+    pub url: String,
+    pub expires_at_ms: u64,
+    pub source: Source,
+}
+
+/// Why no URL could be handed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServeError {
+    /// The upstream budget for this account has no room within the miss timeout.
+    #[error("the QuickSight budget for this account is exhausted")]
+    BudgetExhausted { retry_after: Duration },
+    /// Every upstream slot is busy within the miss timeout.
+    #[error("too many QuickSight calls in flight")]
+    Busy,
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// Why a request is refused before anything is touched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    Invalid(BadInput),
+    Denied { field: String, rule: String },
+}
+
+/// The gateway's shared state, built once by `startup`.
+pub struct Gateway {
+    settings: Settings,
+    tenants: Tenants,
+    pool: Pool,
+    inbound: InboundLimiter,
+    budgets: Budgets,
+    upstream: Upstream,
+    demand: Demand,
+    /// Where pooled URLs live, how limits count, how demand is coordinated: local, or shared
+    /// with other replicas (chosen by `startup`; see `shared`).
+    store: PoolStore,
+    limits: Limits,
+    coordination: Coordination,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    upstream_slots: Semaphore,
+    prefetch_slots: Arc<Semaphore>,
+    /// EWMA of upstream latency in seconds (the refill lead time), as f64 bits.
+    lead_secs: std::sync::atomic::AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(
+        settings: Settings,
+        upstream: Upstream,
+        clock: Clock,
+        metrics: Arc<Metrics>,
+        sharing: Sharing,
+    ) -> Self {
+        let tenants = Tenants::new(&settings.tenants);
+        let caps = tenants.all().iter().map(|t| t.max_pooled_urls).collect();
+        let demand_caps = tenants
+            .all()
+            .iter()
+            .map(|t| (t.max_hints, t.max_tracked_keys))
+            .collect();
+        let ids: Vec<&str> = tenants.all().iter().map(|t| t.id.as_str()).collect();
+        metrics.init_labels(&ids);
+        let budgets = Budgets::new(&settings.upstream, &tenants, metrics.clone(), clock.clone());
+        for account in tenants.all().iter().flat_map(|t| t.accounts()) {
+            budgets.get(account, upstream.region());
+        }
+        Gateway {
+            pool: Pool::new(&settings.pool, caps, clock.clone(), metrics.clone()),
+            inbound: InboundLimiter::new(
+                &tenants,
+                (
+                    settings.api.unauthenticated_rate_per_sec,
+                    settings.api.unauthenticated_burst,
+                ),
+                &clock,
+            ),
+            budgets,
+            demand: Demand::new(&settings.refill, demand_caps),
+            upstream_slots: Semaphore::new(settings.upstream.max_concurrency),
+            prefetch_slots: Arc::new(Semaphore::new(settings.refill.concurrency)),
+            lead_secs: std::sync::atomic::AtomicU64::new(0.1f64.to_bits()),
+            tenants,
+            upstream,
+            store: sharing.store,
+            limits: sharing.limits,
+            coordination: sharing.coordination,
+            metrics,
+            clock,
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The tenant table: authentication and quotas.
+    pub fn tenants(&self) -> &Tenants {
+        &self.tenants
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// This replica's local pool (in a fleet, URLs live in Redis and this holds none).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The QuickSight client.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// Every upstream budget in use, per account and region.
+    pub fn budgets(&self) -> Vec<Arc<Budget>> {
+        self.budgets.all()
+    }
+
+    /// Keys whose demand this replica tracks, all tenants.
+    pub fn tracked_keys(&self) -> u64 {
+        self.demand.len()
+    }
+
+    /// Keys whose demand this replica tracks for `tenant`.
+    pub fn tracked_by(&self, tenant: TenantId) -> usize {
+        self.demand.tracked_by(tenant)
+    }
+
+    /// `(quota, window seconds)` of the tenant's inbound limit, for `RateLimit-Policy`.
+    pub fn rate_policy(&self, tenant: &Tenant) -> (u32, u64) {
+        self.inbound.policy(tenant.index)
+    }
+
+    /// Records admitted requests as hints: their keys are kept stocked for a while. Returns how
+    /// many were taken (the rest are over the tenant's `max_hints`).
+    pub fn hint(&self, tenant: &Tenant, requests: &[EmbedRequest]) -> usize {
+        let now = self.clock.now_ms();
+        requests
+            .iter()
+            .filter(|r| {
+                self.demand
+                    .hint(&self.key_for(tenant, r), tenant.index, r, now)
+            })
+            .count()
+    }
+
+    /// Keeps an admitted request's key stocked `depth` deep for as long as the process runs.
+    pub fn pin_warm(&self, tenant: &Tenant, request: &EmbedRequest, depth: usize) {
+        let key = self.key_for(tenant, request);
+        self.demand
+            .pin(&key, tenant.index, request, depth, self.clock.now_ms());
+    }
+
+    fn min_remaining_ms(&self) -> u64 {
+        self.settings.pool.min_remaining_secs * 1000
+    }
+
+    /// Whether this replica shares its state with a fleet right now, and if not why.
+    pub fn sharing(&self) -> Status {
+        self.coordination.status()
+    }
+
+    /// Counts one request of `tenant` against its limit (fleet-wide when shared).
+    pub async fn check_inbound(&self, tenant: &Tenant) -> Inbound {
+        self.limits
+            .inbound(&self.inbound, tenant, self.clock.now_ms())
+            .await
+    }
+
+    /// Counts one request without a valid API key against the shared limit for such requests
+    /// (this replica's; bad keys need no fleet-wide precision). `Some(wait)` when over it.
+    pub fn check_unauthenticated(&self) -> Option<Duration> {
+        self.inbound.check_unauthenticated()
+    }
+
+    /// Takes a pooled URL for `key` with `min_remaining` left (see `PoolStore::take`).
+    async fn take(&self, tenant: &Tenant, key: &PoolKey) -> Option<PooledUrl> {
+        self.store
+            .take(
+                &self.pool,
+                tenant,
+                key,
+                self.clock.now_ms(),
+                self.min_remaining_ms(),
+            )
+            .await
+    }
+
+    /// Pools a fetched URL that nobody waits for (see `PoolStore::put`).
+    async fn store(&self, tenant: TenantId, key: &PoolKey, f: Fetched) {
+        let url = PooledUrl {
+            url: f.url,
+            issued_at_ms: f.sent_at_ms,
+        };
+        let placed = self
+            .store
+            .put(
+                &self.pool,
+                self.tenants.get(tenant),
+                key,
+                url,
+                self.clock.now_ms(),
+                self.min_remaining_ms(),
+                self.settings.pool.max_urls_per_key,
+            )
+            .await;
+        if let Placed::Wasted(why) = placed {
+            self.metrics.wasted(why, 1);
+        }
+    }
+
+    /// The fleet-wide half of an upstream budget check (see `Limits::budget`).
+    async fn fleet_budget(
+        &self,
+        budget: &Budget,
+        tenant: TenantId,
+        priority: Priority,
+    ) -> Result<(), Duration> {
+        self.limits
+            .budget(
+                budget,
+                self.tenants.get(tenant),
+                priority,
+                self.clock.now_ms(),
+            )
+            .await
+    }
+
+    /// Completes, validates and authorizes a parsed request for `tenant`: nothing is touched
+    /// unless this succeeds.
+    ///
+    /// # Errors
+    /// The invalid or forbidden member.
+    pub fn admit(&self, tenant: &Tenant, mut req: EmbedRequest) -> Result<EmbedRequest, Refusal> {
+        if req.aws_account_id().is_empty() {
+            match &tenant.default_account {
+                Some(a) => req.set_aws_account_id(a.clone()),
+                None => {
+                    return Err(Refusal::Invalid(BadInput {
+                        code: "missing_field",
+                        field: Some("AwsAccountId".into()),
+                        detail: "AwsAccountId is required: this tenant has no default account"
+                            .into(),
+                    }))
+                }
+            }
+        }
+        // Check what QuickSight will act on: its implicit defaults made explicit first.
+        req.resolve_defaults();
+        let invalid = |v: crate::model::Violation| {
+            Refusal::Invalid(BadInput {
+                code: match v.kind {
+                    crate::model::ViolationKind::SessionLifetime => "invalid_session_lifetime",
+                    crate::model::ViolationKind::InvalidParameter => "invalid_parameter",
+                },
+                detail: format!("{} {}", v.field, v.rule),
+                field: Some(v.field),
+            })
+        };
+        req.validate().map_err(invalid)?;
+        req.check_region(self.upstream.region()).map_err(invalid)?;
+        tenant.authorize(&req).map_err(|d| Refusal::Denied {
+            field: d.field,
+            rule: d.rule,
+        })?;
+        Ok(req)
+    }
+
+    pub fn key_for(&self, tenant: &Tenant, req: &EmbedRequest) -> PoolKey {
+        pool_key(&tenant.id, self.upstream.region(), req)
+    }
+
+    /// Hands out one URL for an admitted request: from the pool, else through the miss path.
+    ///
+    /// # Errors
+    /// No URL within the miss timeout; see [`ServeError`].
+    pub async fn serve(&self, tenant: &Tenant, req: EmbedRequest) -> Result<Served, ServeError> {
+        let key = self.key_for(tenant, &req);
+        let now = self.clock.now_ms();
+        let tracked = if self.settings.refill.enabled {
+            self.demand.record(&key, tenant.index, &req, now)
+        } else {
+            None
+        };
+        if let Some(u) = self.take(tenant, &key).await {
+            return Ok(Served {
+                expires_at_ms: u.expires_at_ms(),
+                url: u.url,
+                source: Source::Pool,
+            });
+        }
+        let deadline = Instant::now() + Duration::from_millis(self.settings.api.miss_timeout_ms);
+        self.miss(tenant, &req, tracked.as_deref(), deadline).await
+    }
+
+    async fn miss(
+        &self,
+        tenant: &Tenant,
+        req: &EmbedRequest,
+        tracked: Option<&Tracked>,
+        deadline: Instant,
+    ) -> Result<Served, ServeError> {
+        // 1. Claim a prefetch already in flight for this key, if an unclaimed one exists.
+        if let Some(t) = tracked {
+            if let Some(mut rx) = t.try_join() {
+                let until = deadline
+                    .min(Instant::now() + Duration::from_millis(self.settings.upstream.timeout_ms));
+                match tokio::time::timeout_at(until, &mut rx).await {
+                    Ok(Ok(f)) if self.fresh(&f) => return Ok(self.served(f, Source::Pool)),
+                    Ok(Ok(_)) => self.metrics.wasted(Waste::Expired, 1),
+                    _ => {
+                        if let Some(f) = reclaim(rx, t) {
+                            self.store(t.tenant, &t.key, f).await;
+                        }
+                    }
+                }
+                // The prefetch may have landed in the pool while we waited.
+                if let Some(u) = self.take(tenant, &t.key).await {
+                    return Ok(Served {
+                        expires_at_ms: u.expires_at_ms(),
+                        url: u.url,
+                        source: Source::Pool,
+                    });
+                }
+            }
+        }
+        // 2. Fetch now, within the account's budget and the concurrency bound.
+        let budget = self
+            .budgets
+            .get(req.aws_account_id(), self.upstream.region());
+        // Waiting for the budget is worth it only if a typical upstream call still fits after the
+        // wait; otherwise the caller is better served by an immediate 503 and Retry-After.
+        let call_time = Duration::from_secs_f64(
+            (3.0 * f64::from_bits(self.lead_secs.load(Ordering::Relaxed))).max(0.05),
+        );
+        loop {
+            let verdict = match budget.try_acquire(tenant.index, Priority::Miss) {
+                Ok(()) => {
+                    self.fleet_budget(&budget, tenant.index, Priority::Miss)
+                        .await
+                }
+                Err(wait) => Err(wait),
+            };
+            match verdict {
+                Ok(()) => break,
+                Err(wait) if Instant::now() + wait + call_time < deadline => {
+                    tokio::time::sleep(wait).await
+                }
+                Err(wait) => return Err(ServeError::BudgetExhausted { retry_after: wait }),
+            }
+        }
+        let _permit = match tokio::time::timeout_at(deadline, self.upstream_slots.acquire()).await {
+            Ok(Ok(p)) => p,
+            _ => return Err(ServeError::Busy),
+        };
+        let fetched = match tokio::time::timeout_at(deadline, self.fetch(req)).await {
+            Ok(r) => r,
+            Err(_) => Err(UpstreamError::Timeout),
+        };
+        match fetched {
+            Ok(f) if self.fresh(&f) => {
+                self.metrics.fetched(Fetch::Miss);
+                Ok(self.served(f, Source::Upstream))
+            }
+            Ok(_) => {
+                // Settings keep the miss timeout below the usable life, so only a call that
+                // outlived it lands here; its URL would be handed out with too little left.
+                self.metrics.fetched(Fetch::Miss);
+                self.metrics.wasted(Waste::Expired, 1);
+                Err(UpstreamError::Timeout.into())
+            }
+            Err(UpstreamError::Throttled) => {
+                budget.on_throttle();
+                Err(UpstreamError::Throttled.into())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether a fetched URL still has `min_remaining` left: the same rule as the pool's, on
+    /// every hand-out path.
+    fn fresh(&self, f: &Fetched) -> bool {
+        f.sent_at_ms + URL_VALIDITY_SECS * 1000 >= self.clock.now_ms() + self.min_remaining_ms()
+    }
+
+    fn served(&self, f: Fetched, source: Source) -> Served {
+        Served {
+            expires_at_ms: f.sent_at_ms + URL_VALIDITY_SECS * 1000,
+            url: f.url,
+            source,
+        }
+    }
+
+    /// One upstream call, feeding the measured lead time.
+    async fn fetch(&self, req: &EmbedRequest) -> Result<Fetched, UpstreamError> {
+        let started = Instant::now();
+        let r = self.upstream.fetch(req, &self.clock).await;
+        if r.is_ok() {
+            let sample = started.elapsed().as_secs_f64();
+            let old = f64::from_bits(self.lead_secs.load(Ordering::Relaxed));
+            self.lead_secs
+                .store((old * 0.9 + sample * 0.1).to_bits(), Ordering::Relaxed);
+        }
+        r
+    }
+}

@@ -1,0 +1,250 @@
+//! The refiller: the task that keeps the pool ahead of demand. Each tick it sweeps the demand
+//! table, asks the planner (`refill::Planner`) what each key needs (in a fleet, after syncing
+//! with the other replicas), and starts prefetches within the prefetch concurrency and the
+//! upstream budgets. It lives beside the request path because it shares its fetch path: the
+//! budget, the measured lead time, and the hand-over of a prefetch to a caller waiting on it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Gateway;
+use crate::limiter::{Budget, Priority};
+use crate::refill::{Planner, Reason, Tracked, Want};
+use crate::upstream::UpstreamError;
+
+impl Gateway {
+    /// Measured refill lead time: upstream latency plus one planner tick.
+    pub fn lead_secs(&self) -> f64 {
+        f64::from_bits(self.lead_secs.load(Ordering::Relaxed))
+            + self.settings.refill.tick_ms as f64 / 1000.0
+    }
+
+    /// The planner's arithmetic at `now`.
+    fn planner(&self, now_ms: u64) -> Planner<'_> {
+        Planner {
+            demand: &self.demand,
+            now_ms,
+            lead_secs: self.lead_secs(),
+            min_remaining_secs: self.settings.pool.min_remaining_secs,
+            max_urls_per_key: self.settings.pool.max_urls_per_key,
+        }
+    }
+
+    /// One planner pass: purge, then start prefetches for every key below its target depth, as
+    /// far as the prefetch concurrency and the upstream budgets allow, then stock surplus with
+    /// idle budget. In cluster mode the targets and the pool level are the fleet's, and this
+    /// replica fetches its share.
+    pub async fn plan(self: &Arc<Self>) {
+        let now = self.clock.now_ms();
+        self.pool.purge();
+        let tracked = self.demand.sweep(now);
+        self.metrics.tracked_keys.set(tracked.len() as i64);
+        let own: Vec<f64> = tracked.iter().map(|t| self.demand.rate(t, now)).collect();
+        let shown: Vec<f64> = tracked
+            .iter()
+            .map(|t| self.demand.demonstrated_rate(t, now))
+            .collect();
+        let views = match self.coordination.shared() {
+            false => None,
+            true => {
+                // A pinned (hinted or warm) key with no traffic still needs someone to fill it:
+                // a token rate makes every pinning replica take a share.
+                let published: Vec<f64> = tracked
+                    .iter()
+                    .zip(&own)
+                    .map(|(t, r)| r + if t.pinned(now) { 1e-3 } else { 0.0 })
+                    .collect();
+                self.coordination
+                    .sync(
+                        &self.tenants,
+                        &tracked,
+                        &published,
+                        now,
+                        self.min_remaining_ms(),
+                        self.fleet_keep_ms(),
+                    )
+                    .await
+                    .map(|v| (published, v))
+            }
+        };
+        let mut wants: Vec<(Arc<Tracked>, Want)> = {
+            // Not held across an await: the thread-local generator is not Send.
+            let planner = self.planner(now);
+            let mut rng = rand::rng();
+            tracked
+                .into_iter()
+                .enumerate()
+                .filter(|(_, t)| !t.backing_off(now))
+                .map(|(i, t)| {
+                    let fleet = views.as_ref().and_then(|(p, v)| Some((p[i], v[i]?)));
+                    let w =
+                        planner.want(&t, own[i], shown[i], self.pool.len(&t.key), fleet, &mut rng);
+                    (t, w)
+                })
+                .filter(|(_, w)| w.needed + w.extra > 0)
+                .collect()
+        };
+        if views.is_some() {
+            self.claim_fleet(&mut wants, now).await;
+        }
+        let mut surplus = vec![];
+        for (t, w) in wants {
+            if !self.start_prefetches(&t, w.needed, Priority::Prefetch, w.reason) {
+                return;
+            }
+            if w.extra > 0 {
+                surplus.push((t, w.extra, w.reason));
+            }
+        }
+        // Surplus only after every key's needed depth had its chance at the budget.
+        for (t, extra, reason) in surplus {
+            if !self.start_prefetches(&t, extra, Priority::Surplus, reason) {
+                return;
+            }
+        }
+    }
+
+    /// Turns each replica's share into a claim the fleet agrees to (see
+    /// `Coordination::claim`); a key whose claim fails starts nothing this tick.
+    async fn claim_fleet(&self, wants: &mut [(Arc<Tracked>, Want)], now: u64) {
+        let asks: Vec<(&Tracked, usize, usize)> = wants
+            .iter()
+            .map(|(t, w)| (&**t, w.needed + w.extra, w.fleet_limit.unwrap_or(0)))
+            .collect();
+        let granted = self
+            .coordination
+            .claim(&self.tenants, &asks, now, self.fleet_keep_ms())
+            .await;
+        for ((_, w), g) in wants.iter_mut().zip(granted) {
+            let needed = w.needed.min(g);
+            w.extra = g - needed;
+            w.needed = needed;
+        }
+    }
+
+    /// How long a replica's demand entry counts without being refreshed.
+    fn fleet_keep_ms(&self) -> u64 {
+        (5 * self.settings.refill.tick_ms).max(2_000)
+    }
+
+    /// Starts up to `n` prefetches for `t`, as far as the local budget allows; false when the
+    /// prefetch concurrency is used up (nothing more can start this tick).
+    fn start_prefetches(
+        self: &Arc<Self>,
+        t: &Arc<Tracked>,
+        n: usize,
+        priority: Priority,
+        reason: Reason,
+    ) -> bool {
+        if n == 0 {
+            return true;
+        }
+        let budget = self
+            .budgets
+            .get(t.request.aws_account_id(), self.upstream.region());
+        for _ in 0..n {
+            let Ok(permit) = self.prefetch_slots.clone().try_acquire_owned() else {
+                return false;
+            };
+            if budget.try_acquire(t.tenant, priority).is_err() {
+                break;
+            }
+            t.in_flight.fetch_add(1, Ordering::SeqCst);
+            let gw = self.clone();
+            let t = t.clone();
+            let budget = budget.clone();
+            tokio::spawn(async move {
+                gw.prefetch(&t, &budget, priority, reason).await;
+                drop(permit);
+            });
+        }
+        true
+    }
+
+    /// One prefetch started by the planner (its call already taken from the local budget). On a
+    /// single node it keeps topping the key up while it is below its target (and then its surplus
+    /// stock), so prefetch throughput is bounded by upstream latency and the budget, not by the
+    /// planner's tick; in a fleet the planner sizes each replica's share every tick instead.
+    async fn prefetch(
+        &self,
+        t: &Tracked,
+        budget: &Budget,
+        mut priority: Priority,
+        mut reason: Reason,
+    ) {
+        loop {
+            if self.fleet_budget(budget, t.tenant, priority).await.is_err() {
+                t.in_flight.fetch_sub(1, Ordering::SeqCst);
+                t.release_unserved_waiters();
+                return;
+            }
+            self.metrics.fetched(reason.fetch());
+            let result = self.fetch(&t.request).await;
+            t.in_flight.fetch_sub(1, Ordering::SeqCst);
+            match result {
+                Ok(f) => {
+                    t.prefetch_succeeded();
+                    if let Some(f) = t.deliver(f) {
+                        self.store(t.tenant, &t.key, f).await;
+                    }
+                }
+                Err(UpstreamError::Throttled) => {
+                    t.release_unserved_waiters();
+                    budget.on_throttle();
+                    return;
+                }
+                Err(e) => {
+                    t.release_unserved_waiters();
+                    t.prefetch_failed(self.clock.now_ms());
+                    tracing::warn!(key = %t.key, tenant = %self.tenants.get(t.tenant).id, error = %e, "prefetch failed; backing off");
+                    return;
+                }
+            }
+            if self.coordination.shared() {
+                return;
+            }
+            // Below the needed depth: top up at Prefetch priority. Between it and the surplus
+            // stock: keep stocking at Surplus priority, taking idle budget as it accrues rather
+            // than once per tick (a small bucket would otherwise cap stocking at a few calls a
+            // tick).
+            let now = self.clock.now_ms();
+            let planner = self.planner(now);
+            let (target, next) = planner.target(t, self.demand.rate(t, now));
+            let have = self.pool.len(&t.key) + t.in_flight.load(Ordering::SeqCst);
+            let (limit, next_priority) = if have < target {
+                (target, Priority::Prefetch)
+            } else {
+                let shown = self.demand.demonstrated_rate(t, now);
+                (planner.surplus(shown, target), Priority::Surplus)
+            };
+            if have >= limit || budget.try_acquire(t.tenant, next_priority).is_err() {
+                return;
+            }
+            t.in_flight.fetch_add(1, Ordering::SeqCst);
+            priority = next_priority;
+            reason = next;
+        }
+    }
+
+    /// Runs the planner every `refill.tick_ms` until `shutdown` resolves.
+    pub async fn run_refiller(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.settings.refill.tick_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {
+                    if self.settings.refill.enabled {
+                        self.plan().await;
+                    } else {
+                        // Nothing is prefetched, but expired hints still give their slots back.
+                        self.pool.purge();
+                        self.demand.sweep(self.clock.now_ms());
+                    }
+                }
+            }
+        }
+    }
+}

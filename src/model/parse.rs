@@ -1,0 +1,217 @@
+//! One strict parser for request bodies, used by the native API, hints, warm keys and the
+//! simulator: a problem names the member (`A.B[2].C`) and says what is wrong with it.
+
+use serde::de::DeserializeOwned;
+
+use super::{EmbedRequest, Operation};
+
+/// A request body that is not a valid request: which member, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadInput {
+    pub code: &'static str,
+    pub field: Option<String>,
+    pub detail: String,
+}
+
+/// What to do with a member the shape does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unknown {
+    /// Refuse it (the gateway: a member we do not know could widen what a URL grants).
+    Refuse,
+    /// Ignore it (the simulator, as QuickSight ignores members newer than itself).
+    Ignore,
+}
+
+/// Parses a body with QuickSight's member names: wrong types and missing required members are
+/// refused, and unknown ones too unless `unknown` is [`Unknown::Ignore`], naming the member.
+///
+/// # Errors
+/// The first problem found.
+pub fn parse_strict<
+    'de,
+    T: DeserializeOwned,
+    D: serde::Deserializer<'de, Error = serde_json::Error>,
+>(
+    de: D,
+    unknown: Unknown,
+) -> Result<T, BadInput> {
+    let mut found = Vec::new();
+    let mut record = |path: serde_ignored::Path<'_>| {
+        if unknown == Unknown::Refuse {
+            found.push(member_path(&path))
+        }
+    };
+    let ignoring = serde_ignored::Deserializer::new(de, &mut record);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(ignoring);
+    match parsed {
+        Ok(v) => match found.into_iter().next() {
+            Some(field) => Err(BadInput {
+                code: "unknown_field",
+                detail: format!("{field} is not a member of this request"),
+                field: Some(field),
+            }),
+            None => Ok(v),
+        },
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let syntax =
+                !matches!(inner.classify(), serde_json::error::Category::Data) || path == ".";
+            let text = inner.to_string();
+            if syntax && !text.starts_with("missing field") {
+                Err(BadInput {
+                    code: "invalid_json",
+                    detail: format!("the body is not a JSON object of this request: {text}"),
+                    field: None,
+                })
+            } else if let Some(rest) = text.strip_prefix("missing field `") {
+                let member = rest.split('`').next().unwrap_or_default();
+                let field = if path == "." {
+                    member.to_string()
+                } else {
+                    format!("{path}.{member}")
+                };
+                Err(BadInput {
+                    code: "missing_field",
+                    detail: format!("{field} is required"),
+                    field: Some(field),
+                })
+            } else {
+                let detail = format!("{path}: {}", text.split(" at line").next().unwrap_or(&text));
+                Err(BadInput {
+                    code: "invalid_type",
+                    detail,
+                    field: Some(path),
+                })
+            }
+        }
+    }
+}
+
+/// `A.B[2].C`: a member path as the API documents it (Option and newtype layers left out).
+fn member_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", member_path(parent)),
+        Path::Map { parent, key } => {
+            let p = member_path(parent);
+            if p.is_empty() {
+                key.to_string()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => member_path(parent),
+    }
+}
+
+/// Parses a body for `op` from JSON bytes.
+///
+/// # Errors
+/// See [`parse_strict`].
+pub fn parse_request(op: Operation, body: &[u8]) -> Result<EmbedRequest, BadInput> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let req = match op {
+        Operation::GetDashboardEmbedUrl => {
+            EmbedRequest::Dashboard(parse_strict(&mut *de, Unknown::Refuse)?)
+        }
+        Operation::GenerateEmbedUrlForAnonymousUser => {
+            EmbedRequest::Anonymous(parse_strict(&mut *de, Unknown::Refuse)?)
+        }
+        Operation::GenerateEmbedUrlForRegisteredUser => {
+            EmbedRequest::Registered(parse_strict(&mut *de, Unknown::Refuse)?)
+        }
+    };
+    de.end().map_err(|e| BadInput {
+        code: "invalid_json",
+        detail: format!("trailing data after the JSON object: {e}"),
+        field: None,
+    })?;
+    Ok(req)
+}
+
+/// Parses a request for `op` from a JSON value.
+///
+/// # Errors
+/// See [`parse_strict`].
+pub fn parse_value(op: Operation, value: serde_json::Value) -> Result<EmbedRequest, BadInput> {
+    Ok(match op {
+        Operation::GetDashboardEmbedUrl => {
+            EmbedRequest::Dashboard(parse_strict(value, Unknown::Refuse)?)
+        }
+        Operation::GenerateEmbedUrlForAnonymousUser => {
+            EmbedRequest::Anonymous(parse_strict(value, Unknown::Refuse)?)
+        }
+        Operation::GenerateEmbedUrlForRegisteredUser => {
+            EmbedRequest::Registered(parse_strict(value, Unknown::Refuse)?)
+        }
+    })
+}
+
+/// Parses a request named by an `Operation` member beside the body's members (hints, warm keys:
+/// `{"Operation": "GetDashboardEmbedUrl", "DashboardId": …}`).
+///
+/// # Errors
+/// A missing or unknown `Operation`, or see [`parse_strict`].
+pub fn parse_tagged(
+    mut obj: serde_json::Map<String, serde_json::Value>,
+) -> Result<EmbedRequest, BadInput> {
+    let op = obj
+        .remove("Operation")
+        .and_then(|o| serde_json::from_value::<Operation>(o).ok())
+        .ok_or_else(|| BadInput {
+            code: "invalid_parameter",
+            field: Some("Operation".into()),
+            detail: "Operation must be GetDashboardEmbedUrl, GenerateEmbedUrlForAnonymousUser or GenerateEmbedUrlForRegisteredUser".into(),
+        })?;
+    parse_value(op, serde_json::Value::Object(obj))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_parsing_names_unknown_missing_and_mistyped_members() {
+        let op = Operation::GetDashboardEmbedUrl;
+        let e = parse_request(
+            op,
+            br#"{"DashboardId":"d","IdentityType":"IAM","Colour":1}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("unknown_field", Some("Colour"))
+        );
+        let e = parse_request(op, br#"{"IdentityType":"IAM"}"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("missing_field", Some("DashboardId"))
+        );
+        let e = parse_request(
+            op,
+            br#"{"DashboardId":"d","IdentityType":"IAM","SessionLifetimeInMinutes":"60"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            ("invalid_type", Some("SessionLifetimeInMinutes"))
+        );
+        let e = parse_request(op, br#"{"DashboardId":"d","IdentityType":"ROOT"}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("IdentityType"));
+        let e = parse_request(op, b"{not json").unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        let e = parse_request(
+            Operation::GenerateEmbedUrlForRegisteredUser,
+            br#"{"UserArn":"a","ExperienceConfiguration":{"Dashboard":{"InitialDashboardId":"d","Nope":true}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.field.as_deref(),
+            Some("ExperienceConfiguration.Dashboard.Nope")
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! Demand tracking and the refill planner's arithmetic (the task that runs it is
+//! `gateway::refiller`, which owns the fetch path).
+//!
+//! - [`demand`]: per-key rate estimates, hints and warm keys, bounded per tenant.
+//! - [`tracked`]: one tracked key, its backoff and the callers waiting on its prefetch.
+//! - [`planner`]: how many prefetches a key needs now (single node, or a replica's fleet share).
+//!
+//! Per pool key we keep a decaying estimate of the request rate λ. By Little's law the pool must
+//! hold about λ × (refill lead time + safety) URLs to absorb arrivals while a refill is in flight;
+//! a URL only lives `300 s − min_remaining`, so holding more than λ × that lifetime is waste. A key
+//! is worth pre-fetching only if a request is likely (≥ `min_probability`) to arrive within a URL's
+//! usable life: P = 1 − e^(−λ·life) for Poisson arrivals. Hinted and warm keys are kept at least
+//! one (or their configured depth) deep regardless. Keys idle for long are forgotten (bounded).
+//!
+//! A prefetch in flight can be claimed by a caller that missed: its URL then goes to exactly that
+//! one waiter instead of the pool (see [`Tracked::deliver`]).
+
+mod demand;
+mod planner;
+mod tracked;
+
+use crate::metrics::Fetch;
+
+pub use demand::Demand;
+pub use planner::{KeyView, Planner, Report, Want};
+pub use tracked::{reclaim, Tracked};
+
+/// Why a key is pre-fetched (the `reason` label of fetched URLs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Prefetch,
+    Hint,
+    Warm,
+}
+
+impl Reason {
+    /// The `reason` label its fetches count under.
+    pub fn fetch(self) -> Fetch {
+        match self {
+            Reason::Prefetch => Fetch::Prefetch,
+            Reason::Hint => Fetch::Hint,
+            Reason::Warm => Fetch::Warm,
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The planner's arithmetic, pure over what it is given: how many prefetches one key needs now,
+//! single node or as this replica's share of the fleet's deficit.
+
+use std::sync::atomic::Ordering;
+
+use rand::Rng;
+
+use super::{Demand, Reason, Tracked};
+
+/// What this replica reports for one key at a sync.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Report {
+    /// Its demand estimate, requests per second.
+    pub rate: f64,
+    /// Its prefetches in flight.
+    pub in_flight: usize,
+}
+
+/// The fleet's view of one key after a sync.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KeyView {
+    /// URLs in the shared pool for the key.
+    pub pooled: usize,
+    /// Sum of every live replica's demand estimate, requests per second.
+    pub fleet_rate: f64,
+    /// Replicas that reported demand for the key.
+    pub replicas: usize,
+    /// Prefetches in flight for the key over the fleet, as each replica last reported.
+    pub in_flight: usize,
+}
+
+/// What the planner starts for one key this tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Want {
+    /// Prefetches up to the needed depth (Little's law, hints, warm).
+    pub needed: usize,
+    /// Prefetches beyond it, up to the surplus stock, with idle budget only.
+    pub extra: usize,
+    pub reason: Reason,
+    /// In a fleet: the stock the shared pool plus all prefetches in flight may reach.
+    pub fleet_limit: Option<usize>,
+}
+
+/// What one planner pass knows besides the key: the demand estimates, the time, the measured
+/// lead time and the pool's bounds.
+pub struct Planner<'a> {
+    pub demand: &'a Demand,
+    pub now_ms: u64,
+    /// Upstream latency plus one planner tick, seconds.
+    pub lead_secs: f64,
+    pub min_remaining_secs: u64,
+    pub max_urls_per_key: usize,
+}
+
+impl Planner<'_> {
+    /// How many URLs `t` should hold now, and why, for `lambda` requests per second.
+    pub fn target(&self, t: &Tracked, lambda: f64) -> (usize, Reason) {
+        self.demand.target(
+            t,
+            lambda,
+            self.now_ms,
+            self.lead_secs,
+            self.min_remaining_secs,
+            self.max_urls_per_key,
+        )
+    }
+
+    /// The surplus depth for `needed` at `lambda` requests per second (see `Demand::surplus`).
+    pub fn surplus(&self, lambda: f64, needed: usize) -> usize {
+        self.demand.surplus(
+            lambda,
+            needed,
+            self.lead_secs,
+            self.min_remaining_secs,
+            self.max_urls_per_key,
+        )
+    }
+
+    /// What this replica should start for `t` now. Single node (`fleet` is `None`): the target
+    /// and surplus depth against `local_pooled`, the URLs in this replica's pool. Fleet: this
+    /// replica's part of the fleet's deficits, i.e. the targets for the summed demand minus the
+    /// shared pool and every replica's prefetches in flight, times this replica's fraction of the
+    /// demand, rounded at random (`rng`), so that over the fleet the expected number of fetches
+    /// is the deficit itself: no N-fold over-fetching, and no key starved by rounding down on
+    /// every replica. Prefetches in flight count against the needed part first.
+    /// `own` is this replica's rate estimate, `shown` its demonstrated rate, which alone sizes
+    /// the surplus stock; in a fleet, `fleet` is the rate this replica published and the fleet's
+    /// view of the key.
+    pub fn want(
+        &self,
+        t: &Tracked,
+        own: f64,
+        shown: f64,
+        local_pooled: usize,
+        fleet: Option<(f64, KeyView)>,
+        rng: &mut impl Rng,
+    ) -> Want {
+        let in_flight = t.in_flight.load(Ordering::SeqCst);
+        match fleet {
+            None => {
+                let (target, reason) = self.target(t, own);
+                let stock = self.surplus(shown, target);
+                let have = local_pooled + in_flight;
+                Want {
+                    needed: target.saturating_sub(have),
+                    extra: stock.saturating_sub(have.max(target)),
+                    reason,
+                    fleet_limit: None,
+                }
+            }
+            Some((published, view)) => {
+                let fleet_rate = view.fleet_rate.max(published);
+                let (target, reason) = self.target(t, fleet_rate);
+                // The fleet's demonstrated rate, assuming other replicas show the same fraction.
+                let fleet_shown = if published > 0.0 {
+                    fleet_rate * (shown / published).min(1.0)
+                } else {
+                    0.0
+                };
+                let stock = self.surplus(fleet_shown, target);
+                let share = if fleet_rate > 0.0 {
+                    published / fleet_rate
+                } else {
+                    1.0 / view.replicas.max(1) as f64
+                };
+                let mut part = |deficit: usize| {
+                    let exact = deficit as f64 * share;
+                    let n = exact.floor();
+                    (n + f64::from(u8::from(rng.random::<f64>() < exact - n))) as usize
+                };
+                // This replica's own prefetches are in the fleet's count as of the sync.
+                let have = view.pooled + view.in_flight;
+                Want {
+                    needed: part(target.saturating_sub(have)),
+                    extra: part(stock.saturating_sub(have.max(target))),
+                    reason,
+                    fleet_limit: Some(stock),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::config::RefillSettings;
+    use crate::model::{DashboardEmbedRequest, EmbedRequest, IdentityType};
+
+    /// A demand table with one warm key pinned at `depth` (so its target is `depth` whatever the
+    /// rate), and that key.
+    fn pinned(depth: usize) -> (Demand, std::sync::Arc<Tracked>) {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
+        let req = EmbedRequest::Dashboard(DashboardEmbedRequest::new(
+            "111122223333",
+            "d",
+            IdentityType::Anonymous,
+        ));
+        let key = crate::pool::pool_key("t", "us-east-1", &req);
+        d.pin(&key, 0, &req, depth, 1_000);
+        let t = d.sweep(1_000).into_iter().next().expect("the warm key");
+        (d, t)
+    }
+
+    fn planner(d: &Demand) -> Planner<'_> {
+        Planner {
+            demand: d,
+            now_ms: 1_000,
+            lead_secs: 0.1,
+            min_remaining_secs: 60,
+            max_urls_per_key: 1000,
+        }
+    }
+
+    fn view(pooled: usize, fleet_rate: f64, replicas: usize, in_flight: usize) -> KeyView {
+        KeyView {
+            pooled,
+            fleet_rate,
+            replicas,
+            in_flight,
+        }
+    }
+
+    #[test]
+    fn a_single_node_fetches_its_target_less_what_it_holds_and_has_in_flight() {
+        let (d, t) = pinned(30);
+        t.in_flight.store(5, Ordering::SeqCst);
+        let w = planner(&d).want(&t, 0.0, 0.0, 10, None, &mut StdRng::seed_from_u64(1));
+        assert_eq!((w.needed, w.extra, w.reason), (15, 0, Reason::Warm));
+        assert_eq!(w.fleet_limit, None);
+        let full = planner(&d).want(&t, 0.0, 0.0, 25, None, &mut StdRng::seed_from_u64(1));
+        assert_eq!(full.needed, 0, "held plus in flight reach the target");
+    }
+
+    #[test]
+    fn replicas_split_the_fleets_deficit_by_their_share_of_the_demand() {
+        let (d, t) = pinned(30);
+        let p = planner(&d);
+        let mut rng = StdRng::seed_from_u64(7);
+        // 6 pooled and 3 in flight fleet-wide: a deficit of 21, split 1:2:4 by published rate.
+        let parts: Vec<usize> = [1.0, 2.0, 4.0]
+            .iter()
+            .map(|&rate| {
+                let w = p.want(&t, rate, 0.0, 0, Some((rate, view(6, 7.0, 3, 3))), &mut rng);
+                assert_eq!(w.fleet_limit, Some(30));
+                w.needed
+            })
+            .collect();
+        assert_eq!(parts, vec![3, 6, 12]);
+        // At the target, nobody fetches.
+        let w = p.want(&t, 1.0, 0.0, 0, Some((1.0, view(25, 3.0, 3, 5))), &mut rng);
+        assert_eq!(w.needed + w.extra, 0);
+    }
+
+    #[test]
+    fn random_rounding_makes_the_fleets_expected_fetches_equal_the_deficit() {
+        let (d, t) = pinned(10);
+        let p = planner(&d);
+        let mut rng = StdRng::seed_from_u64(42);
+        let rounds = 30_000;
+        let mut total = 0;
+        for _ in 0..rounds {
+            // Three replicas with equal demand: 10/3 each, never all rounded down or all up.
+            for _ in 0..3 {
+                let w = p.want(&t, 1.0, 0.0, 0, Some((1.0, view(0, 3.0, 3, 0))), &mut rng);
+                assert!((3..=4).contains(&w.needed), "{}", w.needed);
+                total += w.needed;
+            }
+        }
+        let mean = total as f64 / rounds as f64;
+        assert!((mean - 10.0).abs() < 0.05, "mean fetches per tick {mean}");
+    }
+
+    #[test]
+    fn a_pinned_key_nobody_asks_for_is_split_evenly_between_the_replicas_holding_it() {
+        let (d, t) = pinned(8);
+        let p = planner(&d);
+        let mut rng = StdRng::seed_from_u64(3);
+        let w = p.want(&t, 0.0, 0.0, 0, Some((0.0, view(0, 0.0, 4, 0))), &mut rng);
+        assert_eq!(w.needed, 2, "a quarter of the 8 the warm key needs");
+    }
+}

@@ -1,0 +1,220 @@
+//! One tracked key: what to fetch for it, how often it is asked for, its backoff, and the callers
+//! waiting on a prefetch in flight.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::model::EmbedRequest;
+use crate::pool::PoolKey;
+use crate::tenant::TenantId;
+use crate::upstream::Fetched;
+
+#[derive(Debug)]
+pub(super) struct DemandState {
+    /// Σ e^(−(now − tᵢ)/τ) over arrivals, as of `last_ms`.
+    pub(super) decayed: f64,
+    pub(super) last_ms: u64,
+    pub(super) first_ms: u64,
+    /// The arrival that started tracking the key (none for a key only hinted or pinned).
+    pub(super) first_arrival_ms: Option<u64>,
+    pub(super) hinted_until_ms: u64,
+    /// This key holds one of its tenant's `max_hints` slots (released when the hint expires or
+    /// the key is forgotten).
+    pub(super) hint_counted: bool,
+    pub(super) warm_depth: usize,
+}
+
+/// One tracked key: what to fetch for it, how much it is asked for, and who waits on it.
+pub struct Tracked {
+    pub key: PoolKey,
+    pub tenant: TenantId,
+    pub request: EmbedRequest,
+    pub(super) state: Mutex<DemandState>,
+    pub in_flight: AtomicUsize,
+    waiters: Mutex<VecDeque<oneshot::Sender<Fetched>>>,
+    /// (consecutive prefetch failures, no prefetch before this instant in ms)
+    backoff: Mutex<(u32, u64)>,
+}
+
+impl Tracked {
+    pub(super) fn new(key: PoolKey, tenant: TenantId, request: EmbedRequest, now_ms: u64) -> Self {
+        Tracked {
+            key,
+            tenant,
+            request,
+            state: Mutex::new(DemandState {
+                decayed: 0.0,
+                last_ms: now_ms,
+                first_ms: now_ms,
+                first_arrival_ms: None,
+                hinted_until_ms: 0,
+                hint_counted: false,
+                warm_depth: 0,
+            }),
+            in_flight: AtomicUsize::new(0),
+            waiters: Mutex::new(VecDeque::new()),
+            backoff: Mutex::new((0, 0)),
+        }
+    }
+
+    pub(super) fn record(&self, now_ms: u64, tau_secs: f64) {
+        let mut s = self.state.lock();
+        let dt = now_ms.saturating_sub(s.last_ms) as f64 / 1000.0;
+        s.decayed = s.decayed * (-dt / tau_secs).exp() + 1.0;
+        s.last_ms = now_ms;
+        s.first_arrival_ms.get_or_insert(now_ms);
+    }
+
+    /// Estimated arrivals per second. Bias-corrected for keys younger than τ, and never computed
+    /// over less than one second, so a single request does not read as a flood.
+    pub fn rate(&self, now_ms: u64, tau_secs: f64) -> f64 {
+        let s = self.state.lock();
+        let dt = now_ms.saturating_sub(s.last_ms) as f64 / 1000.0;
+        let decayed = s.decayed * (-dt / tau_secs).exp();
+        let age = (now_ms.saturating_sub(s.first_ms) as f64 / 1000.0).max(1.0);
+        decayed / (tau_secs * (1.0 - (-age / tau_secs).exp()))
+    }
+
+    /// The rate shown by arrivals *after* the one that started tracking the key. That first
+    /// arrival is why the key is observed at all, so counting it reads a single request as a
+    /// rate of 1/s for a while; stocking surplus on that would waste budget on one-off keys.
+    pub fn demonstrated_rate(&self, now_ms: u64, tau_secs: f64) -> f64 {
+        let rate = self.rate(now_ms, tau_secs);
+        let s = self.state.lock();
+        let Some(first) = s.first_arrival_ms else {
+            return 0.0;
+        };
+        let dt = now_ms.saturating_sub(s.last_ms) as f64 / 1000.0;
+        let decayed = s.decayed * (-dt / tau_secs).exp();
+        let trigger = (-(now_ms.saturating_sub(first) as f64 / 1000.0) / tau_secs).exp();
+        if decayed <= 0.0 {
+            return 0.0;
+        }
+        rate * ((decayed - trigger).max(0.0) / decayed)
+    }
+
+    /// Whether prefetching this key is paused after failures.
+    pub fn backing_off(&self, now_ms: u64) -> bool {
+        self.backoff.lock().1 > now_ms
+    }
+
+    /// A prefetch failed for a reason other than throttling (which the budget handles): pause
+    /// this key's prefetches, 1 s after the first failure, doubling up to 60 s.
+    pub fn prefetch_failed(&self, now_ms: u64) {
+        let mut b = self.backoff.lock();
+        b.0 = b.0.saturating_add(1);
+        let pause = 1000u64.saturating_mul(1 << (b.0 - 1).min(6)).min(60_000);
+        b.1 = now_ms + pause;
+    }
+
+    pub fn prefetch_succeeded(&self) {
+        *self.backoff.lock() = (0, 0);
+    }
+
+    /// Claims the URL of a prefetch in flight, if one is not already claimed by another waiter.
+    pub fn try_join(&self) -> Option<oneshot::Receiver<Fetched>> {
+        let mut waiters = self.waiters.lock();
+        waiters.retain(|w| !w.is_closed());
+        if waiters.len() >= self.in_flight.load(Ordering::SeqCst) {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        waiters.push_back(tx);
+        Some(rx)
+    }
+
+    /// After a prefetch failed: release the waiters no prefetch in flight can serve any more, so
+    /// they fetch for themselves now instead of waiting out their join timeout.
+    pub fn release_unserved_waiters(&self) {
+        let in_flight = self.in_flight.load(Ordering::SeqCst);
+        let mut waiters = self.waiters.lock();
+        while waiters.len() > in_flight {
+            // Dropping the sender wakes its receiver with an error.
+            waiters.pop_back();
+        }
+    }
+
+    /// Hands a fetched URL to exactly one live waiter; returns it when nobody waits (the caller
+    /// then pools it).
+    ///
+    /// # Guarantees
+    /// A oneshot sender delivers at most once, and a waiter that gives up reclaims anything sent
+    /// to it (see [`reclaim`]), so the URL ends in exactly one place: a waiter, the pool, or the
+    /// waste counter.
+    #[must_use = "a URL nobody waits for must be pooled"]
+    pub fn deliver(&self, mut fetched: Fetched) -> Option<Fetched> {
+        loop {
+            let next = self.waiters.lock().pop_front();
+            let Some(tx) = next else { break };
+            match tx.send(fetched) {
+                Ok(()) => return None,
+                Err(back) => fetched = back,
+            }
+        }
+        Some(fetched)
+    }
+
+    /// Whether a hint or a warm pin keeps this key alive regardless of its request rate.
+    pub fn pinned(&self, now_ms: u64) -> bool {
+        let s = self.state.lock();
+        s.hinted_until_ms > now_ms || s.warm_depth > 0
+    }
+}
+
+/// A waiter giving up: close its receiver and pass on anything delivered meanwhile (to another
+/// waiter, or back to the caller to pool).
+#[must_use = "a URL nobody waits for must be pooled"]
+pub fn reclaim(mut rx: oneshot::Receiver<Fetched>, tracked: &Tracked) -> Option<Fetched> {
+    rx.close();
+    rx.try_recv().ok().and_then(|f| tracked.deliver(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DashboardEmbedRequest, IdentityType};
+
+    fn tracked() -> Tracked {
+        let req = EmbedRequest::Dashboard(DashboardEmbedRequest::new(
+            "111122223333",
+            "d",
+            IdentityType::Anonymous,
+        ));
+        let key = crate::pool::pool_key("t", "us-east-1", &req);
+        Tracked::new(key, 0, req, 0)
+    }
+
+    #[test]
+    fn a_waiter_on_a_failed_prefetch_is_released_at_once() {
+        let t = tracked();
+        t.in_flight.fetch_add(1, Ordering::SeqCst);
+        let mut rx = t.try_join().expect("one prefetch in flight to claim");
+        assert!(t.try_join().is_none(), "only one waiter per prefetch");
+        t.in_flight.fetch_sub(1, Ordering::SeqCst); // the prefetch failed
+        t.release_unserved_waiters();
+        assert!(matches!(
+            rx.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        ));
+    }
+
+    #[test]
+    fn a_failing_key_backs_off_exponentially_up_to_a_minute() {
+        let t = tracked();
+        let mut pauses = vec![];
+        for _ in 0..9 {
+            t.prefetch_failed(0);
+            pauses.push(t.backoff.lock().1);
+        }
+        assert_eq!(
+            pauses,
+            [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000]
+        );
+        assert!(t.backing_off(59_999) && !t.backing_off(60_000));
+        t.prefetch_succeeded();
+        assert!(!t.backing_off(0));
+    }
+}

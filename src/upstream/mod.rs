@@ -1,0 +1,228 @@
+//! QuickSight, reached with `aws-sdk-quicksight` (credentials from the standard AWS chain, or static
+//! test keys), with an endpoint override so the same code talks to the simulator.
+//!
+//! Every SDK error is classified once ([`error`]): throttled, retryable (5xx, 408, connection),
+//! timed out, or rejected (a permanent 4xx whose meaning goes back to the caller). The SDK's own
+//! retries are off: the upstream budget decides when to call again, so every attempt is counted
+//! against it. The one resend is a call the server answered with 408 without reading it.
+//! [`mapping`] puts every member of our request model onto the SDK's builders.
+
+mod error;
+mod mapping;
+
+use std::time::{Duration, Instant};
+
+use aws_config::BehaviorVersion;
+use aws_sdk_quicksight::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_quicksight::types as qs;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+
+use crate::config::UpstreamSettings;
+use crate::metrics::Metrics;
+use crate::model::{self, EmbedRequest};
+use error::classify;
+pub use error::{Fault, UpstreamError};
+use mapping::{anonymous_experience, registered_experience};
+
+/// A fetched URL and when its request was sent (the conservative start of its validity).
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub url: String,
+    pub sent_at_ms: u64,
+}
+
+/// The QuickSight client.
+pub struct Upstream {
+    client: aws_sdk_quicksight::Client,
+    region: String,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl Upstream {
+    /// Builds the SDK client from `aws-config`'s standard chain, overridden by settings.
+    pub async fn new(settings: &UpstreamSettings, metrics: std::sync::Arc<Metrics>) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::Region::new(settings.region.clone()))
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_millis(settings.timeout_ms))
+                    .connect_timeout(Duration::from_millis(settings.timeout_ms.min(2_000)))
+                    .build(),
+            );
+        if let Some(endpoint) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let (Some(id), Some(secret)) = (&settings.access_key_id, &settings.secret_access_key) {
+            loader = loader.credentials_provider(aws_sdk_quicksight::config::Credentials::new(
+                id,
+                secret.expose(),
+                None,
+                None,
+                "embedgate-config",
+            ));
+        }
+        let config = loader.load().await;
+        Upstream {
+            client: aws_sdk_quicksight::Client::new(&config),
+            region: settings.region.clone(),
+            metrics,
+        }
+    }
+
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// Asks QuickSight for one embed URL.
+    ///
+    /// # Errors
+    /// The classified failure; see [`UpstreamError`].
+    pub async fn fetch(
+        &self,
+        req: &EmbedRequest,
+        clock: &crate::clock::Clock,
+    ) -> Result<Fetched, UpstreamError> {
+        let op = req.operation().as_str();
+        let sent_at_ms = clock.now_ms();
+        let started = Instant::now();
+        self.metrics.upstream_in_flight.inc();
+        let result = self.call(req).await;
+        self.metrics.upstream_in_flight.dec();
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        let result = result.and_then(|url| {
+            // The SDK fills a missing required EmbedUrl with "" rather than failing.
+            if url.starts_with("https://") || url.starts_with("http://") {
+                Ok(Fetched { url, sent_at_ms })
+            } else {
+                Err(UpstreamError::Unavailable(
+                    "QuickSight returned no usable EmbedUrl".into(),
+                ))
+            }
+        });
+        let label = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        self.metrics
+            .upstream_calls
+            .with_label_values(&[op, label])
+            .inc();
+        result
+    }
+
+    /// Every member of the request onto the SDK's builder. Each struct is destructured
+    /// without `..`, so a member added to the model does not compile until it is forwarded.
+    async fn call(&self, req: &EmbedRequest) -> Result<String, UpstreamError> {
+        match req {
+            EmbedRequest::Dashboard(r) => {
+                let model::DashboardEmbedRequest {
+                    aws_account_id,
+                    dashboard_id,
+                    identity_type,
+                    session_lifetime_in_minutes,
+                    undo_redo_disabled,
+                    reset_disabled,
+                    state_persistence_enabled,
+                    user_arn,
+                    namespace,
+                    additional_dashboard_ids,
+                } = r;
+                let call = self
+                    .client
+                    .get_dashboard_embed_url()
+                    .aws_account_id(aws_account_id)
+                    .dashboard_id(dashboard_id)
+                    .identity_type(qs::EmbeddingIdentityType::from(identity_type.as_str()))
+                    .set_session_lifetime_in_minutes(*session_lifetime_in_minutes)
+                    .set_undo_redo_disabled(*undo_redo_disabled)
+                    .set_reset_disabled(*reset_disabled)
+                    .set_state_persistence_enabled(*state_persistence_enabled)
+                    .set_user_arn(user_arn.clone())
+                    .set_namespace(namespace.clone())
+                    .set_additional_dashboard_ids(additional_dashboard_ids.clone());
+                send_resending_unread(call, |c| c.send())
+                    .await
+                    .map(|o| o.embed_url.unwrap_or_default())
+            }
+            EmbedRequest::Anonymous(r) => {
+                let model::AnonymousEmbedRequest {
+                    aws_account_id,
+                    session_lifetime_in_minutes,
+                    namespace,
+                    session_tags,
+                    authorized_resource_arns,
+                    experience_configuration,
+                    allowed_domains,
+                } = r;
+                let call = self
+                    .client
+                    .generate_embed_url_for_anonymous_user()
+                    .aws_account_id(aws_account_id)
+                    .set_session_lifetime_in_minutes(*session_lifetime_in_minutes)
+                    .namespace(namespace)
+                    .set_session_tags(session_tags.as_ref().map(|tags| {
+                        tags.iter()
+                            .filter_map(|model::SessionTag { key, value }| {
+                                qs::SessionTag::builder().key(key).value(value).build().ok()
+                            })
+                            .collect()
+                    }))
+                    .set_authorized_resource_arns(Some(authorized_resource_arns.clone()))
+                    .experience_configuration(anonymous_experience(experience_configuration)?)
+                    .set_allowed_domains(allowed_domains.clone());
+                send_resending_unread(call, |c| c.send())
+                    .await
+                    .map(|o| o.embed_url)
+            }
+            EmbedRequest::Registered(r) => {
+                let model::RegisteredEmbedRequest {
+                    aws_account_id,
+                    session_lifetime_in_minutes,
+                    user_arn,
+                    experience_configuration,
+                    allowed_domains,
+                } = r;
+                let call = self
+                    .client
+                    .generate_embed_url_for_registered_user()
+                    .aws_account_id(aws_account_id)
+                    .set_session_lifetime_in_minutes(*session_lifetime_in_minutes)
+                    .user_arn(user_arn)
+                    .experience_configuration(registered_experience(experience_configuration)?)
+                    .set_allowed_domains(allowed_domains.clone());
+                send_resending_unread(call, |c| c.send())
+                    .await
+                    .map(|o| o.embed_url)
+            }
+        }
+    }
+}
+
+/// Sending a call, and sending it once more when the first answer says it was never read.
+///
+/// An HTTP front end that times out a keep-alive connection before a request arrives answers
+/// `408 Request Timeout` on it; a client that picks that connection from its pool at that moment
+/// reads the 408 as the answer to its request. The server never read the request, so sending it
+/// again on a fresh connection is safe and costs QuickSight nothing, as browsers do. A second
+/// 408 is classified like any other failure.
+async fn send_resending_unread<B, T, E, F, Fut>(builder: B, send: F) -> Result<T, UpstreamError>
+where
+    B: Clone,
+    F: Fn(B) -> Fut,
+    Fut: std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    E: ProvideErrorMetadata + std::fmt::Debug,
+{
+    match send(builder.clone()).await {
+        Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 408 => {
+            tracing::debug!("QuickSight answered 408 without reading the call; sending it again");
+            send(builder).await.map_err(classify)
+        }
+        other => other.map_err(classify),
+    }
+}
