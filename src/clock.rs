@@ -5,7 +5,7 @@
 //! the date therefore cannot move it, so a URL's age (now minus when its request was sent, both
 //! read here) is always the real elapsed time and a step back cannot make a URL look fresher.
 //! The price: if the wall clock was wrong when the process started, this clock stays as wrong
-//! (it still measures ages correctly). Across replicas, `fleet` compares each replica's clock
+//! (it still measures ages correctly). Across replicas, `cluster` compares each replica's clock
 //! with Redis's and stops sharing when they disagree by more than `redis.max_clock_offset_ms`.
 //!
 //! Every decision that depends on time reads this clock: URL validity, pool expiry, demand

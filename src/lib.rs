@@ -1,22 +1,22 @@
 //! embedgate: a gateway in front of Amazon QuickSight's embed-URL APIs.
 //!
-//! Crate map:
-//! - [`model`]     QuickSight's request shapes, their constraints, ARNs and allowed domains.
-//! - [`config`]    the gateway's settings tree (process settings and the tenant table).
-//! - [`settings`]  loading typed settings from TOML plus `EMBEDGATE_…` environment overrides.
-//! - [`tenant`]    tenants: API-key authentication and quotas.
+//! Crate map (the README's development section has the tree with every file):
+//! - [`model`]     QuickSight's request shapes, their constraints, ARNs, allowed domains, and the
+//!   one strict body parser.
+//! - [`config`]    the settings tree (process settings, the tenant table), its loader and checks.
+//! - [`tenant`]    tenants at run time: API-key authentication, quotas, authorization.
 //! - [`policy`]    what a tenant's URLs may grant, checked on the resolved request.
 //! - [`pool`]      pre-fetched URLs, each handed out at most once while fresh.
-//! - [`refill`]    demand tracking and the refill planner.
+//! - [`refill`]    demand estimation and the planner's arithmetic.
 //! - [`limiter`]   the inbound limit per tenant and the upstream budget per account.
 //! - [`upstream`]  QuickSight through aws-sdk-quicksight; SDK errors classified once.
 //! - [`shared`]    local or shared state, chosen at start-up: pool store, limits, coordination.
-//! - [`fleet`]     cluster mode's Redis side: connection, Lua scripts, fence, heartbeat.
-//! - [`gateway`]   the request path below HTTP: pool, miss path, refiller task.
+//! - [`cluster`]   cluster mode's Redis side: connection, key layout, Lua scripts, fence, heartbeat.
+//! - [`gateway`]   the request path below HTTP (admit, serve) and the refiller task.
 //! - [`api`]       the native HTTP API and the admin listener.
 //! - [`startup`]   the composition root: builds everything and binds the listeners.
-//! - [`metrics`]   every Prometheus metric, registered once.
-//! - [`clock`]     injectable wall clock.
+//! - [`metrics`]   every Prometheus metric, registered once, with typed labels.
+//! - [`clock`]     the one clock every time-based decision reads.
 //! - [`sim`]       the QuickSight simulator (`embedgate sim`).
 //! - [`dev`]       `embedgate dev`: simulator + gateway + demo tenant, zero configuration.
 //! - [`telemetry`] tracing/log setup.

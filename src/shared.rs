@@ -41,7 +41,7 @@ impl Sharing {
         }
     }
 
-    /// A fleet replica sharing through `fleet`.
+    /// A fleet replica sharing through `cluster`.
     pub fn fleet(fleet: Arc<Fleet>) -> Self {
         Sharing {
             store: PoolStore::Fleet(fleet.clone()),

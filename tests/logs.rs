@@ -2,8 +2,8 @@
 //! and redemptions, no log line contains an embed URL or auth code, and each request's log lines
 //! carry the request id the response returned.
 
-#[allow(dead_code)]
-#[path = "api/helpers.rs"]
+#[allow(dead_code, unused_imports)]
+#[path = "api/helpers/mod.rs"]
 mod helpers;
 
 use std::io::Write;

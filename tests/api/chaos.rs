@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::fleet::{keys, roomy, spawn_fleet, Outcome};
 use crate::helpers::*;
+use crate::helpers::{keys, roomy, spawn_fleet, Outcome};
 use crate::redis_server::RedisServer;
 
 fn env_usize(name: &str, default: usize) -> usize {

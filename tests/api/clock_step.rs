@@ -72,12 +72,11 @@ async fn a_wall_clock_step_back_cannot_make_a_pooled_url_look_fresher() {
             .spawn()
             .expect("embedgate serve starts"),
     );
-    let http = test_http();
+    let http = http();
     let base = format!("http://127.0.0.1:{port}");
     let admin = format!("http://127.0.0.1:{admin_port}");
     // Stocked while the wall clock runs 60 s ahead.
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
+    let stocked = eventually(Duration::from_secs(30), || async {
         let pooled = async {
             let state: serde_json::Value = http
                 .get(format!("{admin}/state"))
@@ -90,12 +89,10 @@ async fn a_wall_clock_step_back_cannot_make_a_pooled_url_look_fresher() {
             state["pool"]["urls"].as_u64()
         }
         .await;
-        if pooled.unwrap_or(0) >= 4 {
-            break;
-        }
-        assert!(Instant::now() < until, "the warm key was stocked");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        pooled.unwrap_or(0) >= 4
+    })
+    .await;
+    assert!(stocked, "the warm key was stocked");
     // The step back. The stocked URLs now carry dates 60 s in the wall clock's future; nobody
     // asks for them until they are past their 15 s of usable life (by the true clock), so a
     // gateway that believed the wall clock would still take them for fresh.

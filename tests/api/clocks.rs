@@ -11,8 +11,8 @@ use futures::StreamExt;
 
 use embedgate::clock::Clock;
 
-use crate::fleet::{keys, spawn_fleet_with_clocks, TestFleet};
 use crate::helpers::*;
+use crate::helpers::{keys, spawn_fleet_with_clocks, TestFleet};
 use crate::redis_server::RedisServer;
 
 const MIN_REMAINING_SECS: u64 = 288;

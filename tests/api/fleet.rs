@@ -1,235 +1,16 @@
 //! Cluster mode: several gateway replicas sharing pool, limits and budget through a real Redis
 //! (standalone and a three-master Cluster) that the tests start, kill and restart.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::Value;
 
-use embedgate::clock::Clock;
 use embedgate::config::Settings;
-use embedgate::sim::SimServer;
-use embedgate::startup::Application;
 
 use crate::helpers::*;
 use crate::redis_server::{RedisCluster, RedisServer};
-
-/// Replicas in front of one simulator, all with the same settings.
-pub struct TestFleet {
-    pub sim: SimServer,
-    pub replicas: Vec<Application>,
-    http: reqwest::Client,
-    /// When the replicas started: no URL handed out since is older than this.
-    started: Instant,
-}
-
-/// One request's outcome as a client saw it.
-pub struct Outcome {
-    pub status: u16,
-    pub body: Value,
-    pub elapsed: Duration,
-}
-
-pub async fn spawn_fleet(n: usize, customize: impl Fn(&mut Settings)) -> TestFleet {
-    spawn_fleet_with_clocks(vec![Clock::System; n], customize).await
-}
-
-/// One replica per clock (a replica whose clock is off gets a skewed one).
-pub async fn spawn_fleet_with_clocks(
-    clocks: Vec<Clock>,
-    customize: impl Fn(&mut Settings),
-) -> TestFleet {
-    let sim = spawn_sim();
-    let mut replicas = vec![];
-    for clock in clocks {
-        let mut s = gateway_settings(&sim.endpoint);
-        customize(&mut s);
-        replicas.push(Application::start(s, clock).await.expect("replica starts"));
-    }
-    TestFleet {
-        sim,
-        replicas,
-        http: test_http(),
-        started: Instant::now(),
-    }
-}
-
-fn on_redis(url: String) -> impl Fn(&mut Settings) {
-    move |s: &mut Settings| s.redis.url = Some(url.clone())
-}
-
-impl TestFleet {
-    fn base(&self, i: usize) -> String {
-        format!("http://{}", self.replicas[i % self.replicas.len()].addr)
-    }
-
-    fn admin(&self, i: usize) -> String {
-        format!("http://{}", self.replicas[i].admin_addr)
-    }
-
-    /// One GetDashboardEmbedUrl request as `tenant` to replica `i` (mod the fleet size).
-    pub async fn embed(&self, i: usize, tenant: &str, body: &Value) -> Outcome {
-        let started = Instant::now();
-        let r = self
-            .http
-            .post(format!("{}/v1/embed-url/dashboard", self.base(i)))
-            .bearer_auth(format!("{tenant}-key"))
-            .json(body)
-            .send()
-            .await
-            .expect("replica answers");
-        let status = r.status().as_u16();
-        let body = r.json().await.expect("a JSON answer");
-        Outcome {
-            status,
-            body,
-            elapsed: started.elapsed(),
-        }
-    }
-
-    /// `total` requests over `keys`, `clients` at a time, spread round-robin over the replicas.
-    pub async fn drive(
-        self: &Arc<Self>,
-        total: usize,
-        clients: usize,
-        keys: &[Value],
-    ) -> Vec<Outcome> {
-        futures::stream::iter(0..total)
-            .map(|i| {
-                let fleet = self.clone();
-                let body = keys[i % keys.len()].clone();
-                async move { fleet.embed(i, "alpha", &body).await }
-            })
-            .buffer_unordered(clients)
-            .collect()
-            .await
-    }
-
-    async fn get_json(&self, url: String) -> Value {
-        self.http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// Waits until every replica reports `ready` (rejoined the fleet), for at most `within`.
-    pub async fn all_ready(&self, within: Duration) {
-        let until = Instant::now() + within;
-        loop {
-            let mut ready = 0;
-            for i in 0..self.replicas.len() {
-                ready += usize::from(self.readiness(i).await == "ready");
-            }
-            if ready == self.replicas.len() {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "the replicas rejoined without a restart"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    pub async fn readiness_json(&self, i: usize) -> Value {
-        self.get_json(format!("{}/readyz", self.base(i))).await
-    }
-
-    pub async fn readiness(&self, i: usize) -> String {
-        let v = self.get_json(format!("{}/readyz", self.base(i))).await;
-        v["status"].as_str().unwrap_or_default().to_string()
-    }
-
-    pub async fn metric_sum(&self, sample: &str) -> f64 {
-        let mut sum = 0.0;
-        for i in 0..self.replicas.len() {
-            let text = self
-                .http
-                .get(format!("{}/metrics", self.admin(i)))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            sum += metric(&text, sample);
-        }
-        sum
-    }
-
-    /// Opens every URL at the simulator once; returns the statuses.
-    pub async fn redeem(&self, urls: &[String]) -> Vec<u16> {
-        futures::stream::iter(urls.to_vec())
-            .map(|u| {
-                let http = self.http.clone();
-                async move { http.get(&u).send().await.unwrap().status().as_u16() }
-            })
-            .buffer_unordered(64)
-            .collect()
-            .await
-    }
-
-    pub async fn stop(self) {
-        for r in self.replicas {
-            r.stop().await;
-        }
-        self.sim.stop().await;
-    }
-}
-
-pub fn keys() -> Vec<Value> {
-    vec![
-        dash("sales-2024", "alice"),
-        dash("sales-2024", "bob"),
-        dash("finance", "alice"),
-        dash("ops-overview", "carol"),
-    ]
-}
-
-/// Settings that let the exactly-once runs go fast: a generous budget and prefetch concurrency,
-/// and a Redis timeout no busy test machine reaches (these tests are not about degraded mode).
-pub fn roomy(s: &mut Settings) {
-    s.redis.timeout_ms = 2_000;
-    s.upstream.rate_per_sec = 5000.0;
-    s.upstream.burst = 500;
-    s.upstream.max_concurrency = 128;
-    s.refill.concurrency = 64;
-}
-
-/// Every answer is a 200 with a distinct URL, and each URL opens exactly once at the simulator.
-pub async fn assert_exactly_once(fleet: &TestFleet, outcomes: &[Outcome]) -> Vec<String> {
-    let mut urls = vec![];
-    for o in outcomes {
-        assert_eq!(o.status, 200, "{}", o.body);
-        urls.push(o.body["EmbedUrl"].as_str().unwrap().to_string());
-    }
-    let distinct: HashSet<&String> = urls.iter().collect();
-    assert_eq!(distinct.len(), urls.len(), "every returned URL is distinct");
-    let statuses = fleet.redeem(&urls).await;
-    assert!(statuses.iter().all(|s| *s == 200), "every URL opens once");
-    let ledger = fleet.sim.sim.ledger();
-    assert_eq!(ledger.redeemed, urls.len() as u64);
-    assert_eq!(
-        (ledger.double_redemptions, ledger.late_redemptions),
-        (0, 0),
-        "no URL opened twice or late"
-    );
-    // Each URL had min_remaining_secs left when it was handed out, at most this long ago.
-    let promised = fleet.replicas[0].gateway.settings().pool.min_remaining_secs * 1000;
-    let since = fleet.started.elapsed().as_millis() as u64;
-    let least = ledger.min_validity_left_ms.unwrap_or(u64::MAX);
-    assert!(
-        least.saturating_add(since) >= promised,
-        "a URL was handed out with less than min_remaining_secs left: {least} ms left at opening, {since} ms into the run"
-    );
-    urls
-}
 
 /// `total` requests from 96 concurrent clients over three replicas: every answer is a 200 with a
 /// distinct URL that opens exactly once. How much of it the shared pool served depends on the
@@ -491,14 +272,7 @@ async fn a_replica_started_while_redis_is_down_serves_and_joins_later() {
     let first = fleet.embed(0, "alpha", &dash("finance", "alice")).await;
     assert_eq!(first.status, 200, "{}", first.body);
     redis.restart();
-    let until = Instant::now() + Duration::from_secs(10);
-    while fleet.readiness(0).await != "ready" {
-        assert!(
-            Instant::now() < until,
-            "the replica joined once Redis answered"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    fleet.all_ready(Duration::from_secs(10)).await;
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 
@@ -531,16 +305,16 @@ async fn the_shared_pool_keeps_each_tenants_bound() {
             })
             .sum::<usize>()
     };
-    let until = Instant::now() + Duration::from_secs(10);
-    while zcards("alpha") < 8 || zcards("beta") < 5 {
-        assert!(
-            Instant::now() < until,
-            "warm keys filled: alpha {} beta {}",
-            zcards("alpha"),
-            zcards("beta")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let filled = eventually(Duration::from_secs(10), || {
+        std::future::ready(zcards("alpha") >= 8 && zcards("beta") >= 5)
+    })
+    .await;
+    assert!(
+        filled,
+        "warm keys filled: alpha {} beta {}",
+        zcards("alpha"),
+        zcards("beta")
+    );
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     assert_eq!(
         zcards("beta"),

@@ -414,18 +414,10 @@ async fn under_upstream_throttling_the_gateway_settles_below_the_throttle_and_re
         .sim
         .update_knobs(&json!({"throttle_rps": null}))
         .unwrap();
-    let recovered = {
-        let mut ok = false;
-        for _ in 0..100 {
-            let statuses = run(0, 10).await;
-            if statuses.iter().all(|(s, _)| *s == 200) {
-                ok = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        ok
-    };
+    let recovered = eventually(Duration::from_secs(40), || async {
+        run(0, 10).await.iter().all(|(s, _)| *s == 200)
+    })
+    .await;
     assert!(recovered, "service recovers when the throttle lifts");
     Arc::try_unwrap(app).ok().unwrap().stop().await;
 }

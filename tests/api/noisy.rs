@@ -9,15 +9,15 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::fleet::{spawn_fleet, TestFleet};
 use crate::helpers::*;
+use crate::helpers::{spawn_fleet, TestFleet};
 use crate::redis_server::RedisServer;
 
 const MINTER_TRACKED_KEYS: usize = 200;
 
 async fn mint_keys_for(fleet: &Arc<TestFleet>, run: Duration) -> usize {
     let started = Instant::now();
-    let http = test_http();
+    let http = http();
     let sent = futures::stream::iter(0..)
         .take_while(|_| futures::future::ready(started.elapsed() < run))
         .map(|call: usize| {

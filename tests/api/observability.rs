@@ -309,8 +309,8 @@ async fn a_real_prometheus_scrapes_the_gateway_and_answers_the_hit_ratio() {
         .spawn()
         .unwrap();
     let query = "sum(embedgate_requests_total{outcome=\"hit\"}) / sum(embedgate_requests_total{outcome=~\"hit|miss\"})";
-    let mut ratio = None;
-    for _ in 0..300 {
+    let answer = std::cell::Cell::new(None);
+    eventually(Duration::from_secs(30), || async {
         let resp = app
             .http
             .get(format!("http://127.0.0.1:{port}/api/v1/query"))
@@ -320,13 +320,14 @@ async fn a_real_prometheus_scrapes_the_gateway_and_answers_the_hit_ratio() {
         if let Ok(r) = resp {
             if let Ok(body) = r.json::<Value>().await {
                 if let Some(v) = body["data"]["result"][0]["value"][1].as_str() {
-                    ratio = v.parse::<f64>().ok();
-                    break;
+                    answer.set(Some(v.parse::<f64>().ok()));
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        answer.get().is_some()
+    })
+    .await;
+    let ratio = answer.get().flatten();
     let _ = prom.kill();
     let _ = prom.wait();
     let _ = std::fs::remove_dir_all(&dir);

@@ -7,14 +7,14 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::fleet::{assert_exactly_once, keys, roomy, spawn_fleet, Outcome, TestFleet};
 use crate::helpers::*;
+use crate::helpers::{assert_exactly_once, keys, roomy, spawn_fleet, Outcome, TestFleet};
 use crate::redis_server::RedisServer;
 
 /// Every URL in the shared pool of this Redis, whatever its epoch.
@@ -56,11 +56,8 @@ async fn fleet_on(url: String) -> Arc<TestFleet> {
 
 /// Waits until `cond` holds, for up to 20 s.
 async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let held = eventually(Duration::from_secs(20), || std::future::ready(cond())).await;
+    assert!(held, "timed out waiting: {what}");
 }
 
 /// The shared checks: the old data set held URLs handed out after it was copied, every URL

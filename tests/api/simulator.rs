@@ -382,8 +382,11 @@ async fn generate_operations_report_their_modelled_errors_as_typed_variants() {
 #[tokio::test]
 async fn wrong_secrets_and_unknown_keys_are_refused_as_aws_refuses_them() {
     let sim = spawn_sim();
-    let one = RetryConfig::standard().with_max_attempts(1);
-    let wrong = sdk_client_with(&sim.endpoint, "not-the-secret", one.clone());
+    let wrong = Sdk {
+        secret: "not-the-secret",
+        ..Sdk::default()
+    }
+    .client(&sim.endpoint);
     let e = service_err(
         get(&wrong, "sales-2024", EmbeddingIdentityType::Iam)
             .send()
@@ -393,7 +396,12 @@ async fn wrong_secrets_and_unknown_keys_are_refused_as_aws_refuses_them() {
         aws_sdk_quicksight::error::ProvideErrorMetadata::code(&e),
         Some("InvalidSignatureException")
     );
-    let unknown = sdk_client_full(&sim.endpoint, "AKIDUNKNOWN", "x", one, None);
+    let unknown = Sdk {
+        access_key: "AKIDUNKNOWN",
+        secret: "x",
+        ..Sdk::default()
+    }
+    .client(&sim.endpoint);
     let e = service_err(
         get(&unknown, "sales-2024", EmbeddingIdentityType::Iam)
             .send()
@@ -531,11 +539,11 @@ async fn the_sdk_retries_throttling_and_honours_x_amz_retry_after() {
     sim.sim
         .update_knobs(&json!({"throttle_next": 2, "retry_after_ms": 10}))
         .unwrap();
-    let client = sdk_client_with(
-        &sim.endpoint,
-        sim::DEFAULT_SECRET_ACCESS_KEY,
-        RetryConfig::standard(),
-    );
+    let client = Sdk {
+        retry: RetryConfig::standard(),
+        ..Sdk::default()
+    }
+    .client(&sim.endpoint);
     let out = get(&client, "sales-2024", EmbeddingIdentityType::Iam)
         .send()
         .await;
@@ -607,13 +615,11 @@ async fn latency_and_hangs_delay_answers_as_configured() {
     sim.sim
         .update_knobs(&json!({"latency_ms": 0, "hang_rate": 1.0}))
         .unwrap();
-    let impatient = sdk_client_full(
-        &sim.endpoint,
-        sim::DEFAULT_ACCESS_KEY_ID,
-        sim::DEFAULT_SECRET_ACCESS_KEY,
-        RetryConfig::standard().with_max_attempts(1),
-        Some(Duration::from_millis(300)),
-    );
+    let impatient = Sdk {
+        timeout: Some(Duration::from_millis(300)),
+        ..Sdk::default()
+    }
+    .client(&sim.endpoint);
     let res = get(&impatient, "sales-2024", EmbeddingIdentityType::Iam)
         .send()
         .await;

@@ -1,6 +1,13 @@
-//! Shared test helpers: start servers in-process on port 0 and build real clients for them.
+//! The one test harness: every integration test starts its servers here, in-process on port 0
+//! (a simulator, and one gateway or a fleet of replicas through [`start_replicas`]), and talks
+//! to them with the clients built here: [`http`] and [`Sdk`]. Waits go through [`eventually`].
 
+mod fleet;
+
+use std::future::Future;
 use std::time::Duration;
+
+pub use fleet::*;
 
 use aws_sdk_quicksight::config::{BehaviorVersion, Credentials, Region};
 use aws_smithy_types::retry::RetryConfig;
@@ -22,52 +29,81 @@ pub fn spawn_sim() -> SimServer {
     SimServer::start(sim_settings()).expect("simulator starts")
 }
 
-/// An SDK client for the simulator with the default test credentials and one attempt per call.
-pub fn sdk_client(endpoint: &str) -> aws_sdk_quicksight::Client {
-    sdk_client_with(
-        endpoint,
-        sim::DEFAULT_SECRET_ACCESS_KEY,
-        RetryConfig::standard().with_max_attempts(1),
-    )
+/// An SDK client for the simulator: the default test credentials and one attempt per call
+/// unless changed, so a test sees every answer.
+pub struct Sdk<'a> {
+    pub access_key: &'a str,
+    pub secret: &'a str,
+    pub retry: RetryConfig,
+    /// The whole operation's timeout (none by default).
+    pub timeout: Option<Duration>,
 }
 
-pub fn sdk_client_with(
-    endpoint: &str,
-    secret: &str,
-    retry: RetryConfig,
-) -> aws_sdk_quicksight::Client {
-    sdk_client_full(endpoint, sim::DEFAULT_ACCESS_KEY_ID, secret, retry, None)
-}
-
-pub fn sdk_client_full(
-    endpoint: &str,
-    access_key: &str,
-    secret: &str,
-    retry: RetryConfig,
-    timeout: Option<Duration>,
-) -> aws_sdk_quicksight::Client {
-    let mut timeouts = TimeoutConfig::builder();
-    if let Some(t) = timeout {
-        timeouts = timeouts.operation_timeout(t);
+impl Default for Sdk<'_> {
+    fn default() -> Self {
+        Sdk {
+            access_key: sim::DEFAULT_ACCESS_KEY_ID,
+            secret: sim::DEFAULT_SECRET_ACCESS_KEY,
+            retry: RetryConfig::standard().with_max_attempts(1),
+            timeout: None,
+        }
     }
-    let conf = aws_sdk_quicksight::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(sim::DEFAULT_REGION))
-        .credentials_provider(Credentials::new(access_key, secret, None, None, "tests"))
-        .endpoint_url(endpoint)
-        .retry_config(retry)
-        .timeout_config(timeouts.build())
-        .build();
-    aws_sdk_quicksight::Client::from_conf(conf)
 }
 
-/// A plain HTTP client (no redirects, short timeout) for redemption pages and control endpoints.
+impl Sdk<'_> {
+    pub fn client(self, endpoint: &str) -> aws_sdk_quicksight::Client {
+        let mut timeouts = TimeoutConfig::builder();
+        if let Some(t) = self.timeout {
+            timeouts = timeouts.operation_timeout(t);
+        }
+        let conf = aws_sdk_quicksight::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(sim::DEFAULT_REGION))
+            .credentials_provider(Credentials::new(
+                self.access_key,
+                self.secret,
+                None,
+                None,
+                "tests",
+            ))
+            .endpoint_url(endpoint)
+            .retry_config(self.retry)
+            .timeout_config(timeouts.build())
+            .build();
+        aws_sdk_quicksight::Client::from_conf(conf)
+    }
+}
+
+/// `Sdk::default().client(endpoint)`.
+pub fn sdk_client(endpoint: &str) -> aws_sdk_quicksight::Client {
+    Sdk::default().client(endpoint)
+}
+
+/// The HTTP client of every test: room for many concurrent connections per host, no redirects
+/// followed (a test sees the redemption page's own answer), a timeout no healthy server reaches.
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(128)
+        .timeout(Duration::from_secs(60))
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
+}
+
+/// Polls `cond` every 50 ms until it holds or `within` has passed; whether it held.
+pub async fn eventually<F, Fut>(within: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + within;
+    while std::time::Instant::now() < until {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cond().await
 }
 
 pub fn user_arn(user: &str) -> String {
@@ -121,22 +157,45 @@ pub fn tenant(id: &str, key: &str) -> TenantSettings {
 /// `alpha-key`, `beta-key`); `customize` adjusts the settings first.
 pub async fn spawn_app_with(clock: Clock, customize: impl FnOnce(&mut Settings)) -> TestApp {
     let sim = spawn_sim();
-    let mut s = gateway_settings(&sim.endpoint);
-    customize(&mut s);
-    let keys = s
-        .tenants
-        .iter()
-        .map(|t| (t.id.clone(), format!("{}-key", t.id)))
-        .collect();
-    let app = Application::start(s, clock).await.expect("gateway starts");
+    let mut tenants = vec![];
+    let mut customize = Some(customize);
+    let customize = |s: &mut Settings| {
+        if let Some(c) = customize.take() {
+            c(s);
+        }
+        tenants = s.tenants.iter().map(|t| t.id.clone()).collect();
+    };
+    let app = start_replicas(&sim, vec![clock], customize)
+        .await
+        .pop()
+        .expect("one gateway");
     TestApp {
         base: format!("http://{}", app.addr),
         admin: format!("http://{}", app.admin_addr),
         sim,
         app,
-        keys,
-        http: test_http(),
+        keys: tenants
+            .into_iter()
+            .map(|id| (id.clone(), format!("{id}-key")))
+            .collect(),
+        http: http(),
     }
+}
+
+/// Starts one gateway per clock in front of `sim`, each with the test settings adjusted by
+/// `customize`: the single start path of every test's gateways.
+pub async fn start_replicas(
+    sim: &SimServer,
+    clocks: Vec<Clock>,
+    mut customize: impl FnMut(&mut Settings),
+) -> Vec<Application> {
+    let mut replicas = vec![];
+    for clock in clocks {
+        let mut s = gateway_settings(&sim.endpoint);
+        customize(&mut s);
+        replicas.push(Application::start(s, clock).await.expect("gateway starts"));
+    }
+    replicas
 }
 
 /// Gateway settings for tests: both listeners on port 0, two workers, the simulator at
@@ -153,15 +212,6 @@ pub fn gateway_settings(endpoint: &str) -> Settings {
     s.upstream.burst = 100;
     s.tenants = vec![tenant("alpha", "alpha-key"), tenant("beta", "beta-key")];
     s
-}
-
-/// An HTTP client with room for many concurrent connections per host.
-pub fn test_http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(128)
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
 }
 
 pub async fn spawn_app(customize: impl FnOnce(&mut Settings)) -> TestApp {
@@ -223,16 +273,9 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Polls `cond` every 10 ms for up to `secs` seconds; false if it never held.
+    /// [`eventually`] for a condition that needs no waiting to check, within `secs` seconds.
     pub async fn eventually(&self, secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-        let until = std::time::Instant::now() + Duration::from_secs(secs);
-        while std::time::Instant::now() < until {
-            if cond() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        cond()
+        eventually(Duration::from_secs(secs), || std::future::ready(cond())).await
     }
 
     /// The pool key the gateway uses for `body` (a GetDashboardEmbedUrl body) of tenant `index`.
