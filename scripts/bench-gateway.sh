@@ -18,35 +18,11 @@ CONNECTIONS=${CONNECTIONS:-64}
 LOAD_SECS=${LOAD_SECS:-10}
 PACE_MS=${PACE_MS:-2}
 command -v wrk >/dev/null || { echo "bench-gateway: wrk is required (apt-get install wrk)" >&2; exit 1; }
-cargo build --release --quiet --bin embedgate --example bare
 source scripts/bench-lib.sh
 gw_port=$(free_port); admin_port=$(free_port); bare_port=$(free_port)
 
 # gateway_config SIM_URL: the gateway's config, KEYS warm keys of DEPTH URLs each.
-gateway_config() {
-python3 - "$work/gateway.toml" "$1" "$gw_port" "$admin_port" "$KEYS" "$DEPTH" <<'PY'
-import hashlib, sys
-path, sim, gw, admin, keys, depth = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
-h = lambda k: hashlib.sha256(k.encode()).hexdigest()
-out = [f'listen = "127.0.0.1:{gw}"', f'admin_listen = "127.0.0.1:{admin}"', 'log_level = "warn"',
-       '[upstream]', f'endpoint_url = "{sim}"', 'access_key_id = "AKIDEMBEDGATESIM0001"',
-       'secret_access_key = "embedgate-simulator-test-secret"', 'rate_per_sec = 100000.0', 'burst = 10000',
-       'max_concurrency = 256', 'timeout_ms = 1000',
-       '[pool]', f'max_urls_per_key = {depth}', 'max_urls = 5000000',
-       '[refill]', 'concurrency = 64',
-       '[[tenants]]', 'id = "bench"', f'api_key_sha256 = ["{h("bench-key")}"]', 'default_account = "111122223333"',
-       'rate_per_sec = 1000000000.0', 'burst = 1000000000', 'max_pooled_urls = 5000000',
-       '[tenants.policy]', 'dashboards = ["*"]', 'namespaces = ["default"]',
-       'user_arns = ["arn:aws:quicksight:*:111122223333:user/default/*"]']
-for i in range(keys):
-    out += ['[[tenants.warm]]', 'Operation = "GetDashboardEmbedUrl"', f'Depth = {depth}', f'DashboardId = "d-{i:04d}"',
-            'IdentityType = "QUICKSIGHT"', f'UserArn = "arn:aws:quicksight:us-east-1:111122223333:user/default/user-{i:04d}"']
-out += ['[[tenants]]', 'id = "abuser"', f'api_key_sha256 = ["{h("abuser-key")}"]', 'default_account = "111122223333"',
-        'rate_per_sec = 1.0', 'burst = 1', '[tenants.policy]', 'dashboards = ["*"]', 'namespaces = ["default"]',
-        'user_arns = ["arn:aws:quicksight:*:111122223333:user/default/*"]']
-open(path, "w").write("\n".join(out) + "\n")
-PY
-}
+gateway_config() { lib config gateway "$bin" "$work/gateway.toml" "$1" "$gw_port" "$admin_port" "$KEYS" "$DEPTH"; }
 
 # filled_gateway: starts a simulator and a gateway, waits until the gateway's pool holds
 # KEYS x DEPTH URLs, then stops the simulator so only pool hits are measured.
@@ -88,36 +64,23 @@ hit_size=$(size_of "http://127.0.0.1:$gw_port/v1/embed-url/dashboard" bench-key)
 size_of "http://127.0.0.1:$gw_port/v1/embed-url/dashboard" abuser-key >/dev/null
 reject_size=$(size_of "http://127.0.0.1:$gw_port/v1/embed-url/dashboard" abuser-key)
 
-# run NAME URL SCRIPT: RUNS wrk runs; prints "rps p50 p99 non2xx" of the median-rps run.
+# run NAME URL SCRIPT: RUNS wrk runs; prints "rps p50 p99 p999 non2xx" of the median-rps run.
 run() {
   local name=$1 url=$2 script=$3 i
   for i in $(seq "$RUNS"); do
     wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" "$url" >"$work/$name.$i" 2>&1
   done
-  for i in $(seq "$RUNS"); do
-    python3 - "$work/$name.$i" <<'PY'
-import re, sys
-t = open(sys.argv[1]).read()
-unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-def lat(p):
-    m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", t, re.M)
-    return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-m = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-p999 = re.search(r"^p99.9 ([\d.]+) ms", t, re.M)
-print(rps, lat(50), lat(99), p999.group(1) if p999 else "nan", int(m.group(1)) if m else 0)
-PY
-  done | sort -g | sed -n "$(( (RUNS + 1) / 2 ))p"
+  lib wrk $(for i in $(seq "$RUNS"); do echo "$work/$name.$i"; done)
 }
 read -r hit_rps hit_p50 hit_p99 hit_p999 hit_bad <<<"$(run hit "http://127.0.0.1:$gw_port" "$work/hit.lua")"
 read -r rej_rps rej_p50 rej_p99 rej_p999 _ <<<"$(run reject "http://127.0.0.1:$gw_port" "$work/reject.lua")"
 stop "$gw_pid"
 
-target/release/examples/bare "127.0.0.1:$bare_port" "$hit_size" >"$work/bare.out" &
+$examples/bare "127.0.0.1:$bare_port" "$hit_size" >"$work/bare.out" &
 bare=$!; pids+=("$bare"); wait_for "$work/bare.out" "listening on"
 read -r bare_rps bare_p50 bare_p99 bare_p999 _ <<<"$(run bare "http://127.0.0.1:$bare_port" "$work/hit.lua")"
 stop "$bare"
-target/release/examples/bare "127.0.0.1:$bare_port" "$reject_size" 429 >"$work/bare429.out" &
+$examples/bare "127.0.0.1:$bare_port" "$reject_size" 429 >"$work/bare429.out" &
 bare=$!; pids+=("$bare"); wait_for "$work/bare429.out" "listening on"
 read -r bare429_rps bare429_p50 bare429_p99 bare429_p999 _ <<<"$(run bare429 "http://127.0.0.1:$bare_port" "$work/hit.lua")"
 stop "$bare"
@@ -130,19 +93,7 @@ at_load_conns=$(python3 -c "print(max(1, round($at_load_rate * ($PACE_MS + $hit_
 sed "s/^done = function/delay = function() return $PACE_MS end\ndone = function/" "$work/hit.lua" >"$work/paced.lua"
 echo "latency at load: aiming at $at_load_rate requests/s with $at_load_conns paced connections for ${LOAD_SECS}s"
 wrk -t1 -c"$at_load_conns" -d"${LOAD_SECS}s" --latency -s "$work/paced.lua" "http://127.0.0.1:$gw_port" >"$work/at_load.txt" 2>&1
-python3 - "$work/at_load.txt" "$at_load_rate" "$at_load_conns" >"$work/at_load.json" <<'PY'
-import json, re, sys
-t = open(sys.argv[1]).read()
-unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-def lat(p):
-    m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", t, re.M)
-    return float(m.group(1)) * unit[m.group(2)] if m else float("nan")
-bad = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
-print(json.dumps({"target_rps": float(sys.argv[2]), "connections": int(sys.argv[3]),
-                  "achieved_rps": float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)),
-                  "p50_ms": lat(50), "p99_ms": lat(99), "p999_ms": float(re.search(r"^p99.9 ([\d.]+) ms", t, re.M).group(1)),
-                  "non_2xx": int(bad.group(1)) if bad else 0}))
-PY
+lib wrk-json "$work/at_load.txt" "$at_load_rate" "$at_load_conns" >"$work/at_load.json"
 stop "$gw_pid"
 
 mkdir -p bench-results

@@ -5,7 +5,22 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_for() { for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timeout waiting for $2 in $1" >&2; cat "$1" >&2; exit 1; }
-bin=target/release/embedgate
+# BENCH_PROFILE=debug runs the scripts on dev builds (to check a script, not to measure).
+profile=${BENCH_PROFILE:-release}
+bin=target/$profile/embedgate
+examples=target/$profile/examples
+
+# build: one build of everything the benchmarks run, skipped when bench.sh already built.
+build() {
+  [ -n "${BENCH_BUILT:-}" ] && return 0
+  local flags=(--quiet --bin embedgate --example bare --example load --example memory)
+  [ "$profile" = release ] && flags=(--release "${flags[@]}")
+  cargo build "${flags[@]}"
+}
+build
+
+# lib ARGS...: scripts/benchlib.py (configs from `embedgate dev --print-config`, wrk parsing).
+lib() { python3 scripts/benchlib.py "$@"; }
 
 # start_sim NAME [sim flags...]: starts a simulator on an ephemeral port; sets sim_pid, sim_url.
 start_sim() {

@@ -22,7 +22,6 @@ BURST_SECS=${BURST_SECS:-10}
 TAIL_SECS=${TAIL_SECS:-30}
 LATENCY_MS=${LATENCY_MS:-150}
 LATENCY_P99_MS=${LATENCY_P99_MS:-800}
-cargo build --release --quiet --bin embedgate --example load
 source scripts/bench-lib.sh
 gw_port=$(free_port); admin_port=$(free_port)
 
@@ -34,24 +33,11 @@ sim_flags=(--latency-ms "$LATENCY_MS" --latency-p99-ms "$LATENCY_P99_MS" --throt
 
 # Through the gateway.
 start_sim sim-gw "${sim_flags[@]}"
-python3 - "$work/gateway.toml" "$sim_url" "$gw_port" "$admin_port" "$TENANTS" "$BUDGET" <<'PY'
-import hashlib, sys
-path, sim, gw, admin, tenants, budget = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), float(sys.argv[6])
-h = lambda k: hashlib.sha256(k.encode()).hexdigest()
-out = [f'listen = "127.0.0.1:{gw}"', f'admin_listen = "127.0.0.1:{admin}"', 'log_level = "warn"',
-       '[upstream]', f'endpoint_url = "{sim}"', 'access_key_id = "AKIDEMBEDGATESIM0001"',
-       'secret_access_key = "embedgate-simulator-test-secret"', f'rate_per_sec = {budget}', f'burst = {max(1, int(budget // 10))}']
-for t in range(tenants):
-    out += ['[[tenants]]', f'id = "tenant-{t}"', f'api_key_sha256 = ["{h(f"tenant-{t}-key")}"]',
-            'default_account = "111122223333"', 'rate_per_sec = 100000.0', 'burst = 100000',
-            '[tenants.policy]', 'dashboards = ["*"]', 'namespaces = ["default"]',
-            'user_arns = ["arn:aws:quicksight:*:111122223333:user/default/*"]']
-open(path, "w").write("\n".join(out) + "\n")
-PY
+lib config scenario "$bin" "$work/gateway.toml" "$sim_url" "$gw_port" "$admin_port" "$TENANTS" "$BUDGET"
 start_gateway "$work/gateway.toml"
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$gw_port/readyz" >/dev/null && break; sleep 0.1; done
 echo "scenario through the gateway..."
-target/release/examples/load scenario gateway "http://127.0.0.1:$gw_port" "$work/scenario.json" >"$work/gateway.json"
+$examples/load scenario gateway "http://127.0.0.1:$gw_port" "$work/scenario.json" >"$work/gateway.json"
 curl -s "http://127.0.0.1:$admin_port/metrics" >"$work/gateway.metrics"
 curl -s "$sim_url/_sim/ledger" >"$work/gateway.ledger"
 stop "$gw_pid"; stop "$sim_pid"
@@ -59,7 +45,7 @@ stop "$gw_pid"; stop "$sim_pid"
 # Straight to the simulator.
 start_sim sim-direct "${sim_flags[@]}"
 echo "scenario straight to the simulator..."
-target/release/examples/load scenario direct "$sim_url" "$work/scenario.json" >"$work/direct.json"
+$examples/load scenario direct "$sim_url" "$work/scenario.json" >"$work/direct.json"
 curl -s "$sim_url/_sim/ledger" >"$work/direct.ledger"
 stop "$sim_pid"
 

@@ -10,38 +10,20 @@ DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-64}
 command -v wrk >/dev/null || { echo "bench-sim: wrk is required (apt-get install wrk)" >&2; exit 1; }
 scripts/setup.sh
-cargo build --release --quiet --bin embedgate
-
-out=$(mktemp -d)
-target/release/embedgate sim --listen 127.0.0.1:0 >"$out/sim.out" 2>/dev/null &
-sim=$!
-trap 'kill $sim 2>/dev/null || true; rm -rf "$out"' EXIT
-for _ in $(seq 50); do grep -q "listening on" "$out/sim.out" 2>/dev/null && break; sleep 0.1; done
-endpoint=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$out/sim.out" | head -1)
-
-python3 - "$endpoint" >"$out/req.lua" <<'PY'
-import sys
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
-endpoint = sys.argv[1]
-path = "/accounts/111122223333/dashboards/sales-2024/embed-url?creds-type=ANONYMOUS&namespace=default"
-req = AWSRequest(method="GET", url=endpoint + path)
-SigV4Auth(Credentials("AKIDEMBEDGATESIM0001", "embedgate-simulator-test-secret"), "quicksight", "us-east-1").add_auth(req)
-print('wrk.method = "GET"')
-print(f'wrk.path = "{path}"')
-for k, v in req.headers.items():
-    print(f'wrk.headers["{k}"] = "{v}"')
-PY
+source scripts/bench-lib.sh
+start_sim sim
+endpoint=$sim_url
+path="/accounts/111122223333/dashboards/sales-2024/embed-url?creds-type=ANONYMOUS&namespace=default"
+lib sign "$bin" "$endpoint" "$path" >"$work/req.lua"
 
 rates=()
 for i in $(seq "$RUNS"); do
-  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$out/req.lua" "$endpoint" >"$out/wrk.$i" 2>&1
-  if grep -q "Non-2xx" "$out/wrk.$i"; then echo "bench-sim: run $i had errors:"; cat "$out/wrk.$i"; exit 1; fi
-  r=$(awk '/Requests\/sec/ {print $2}' "$out/wrk.$i")
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$work/req.lua" "$endpoint" >"$work/wrk.$i" 2>&1
+  if grep -q "Non-2xx" "$work/wrk.$i"; then echo "bench-sim: run $i had errors:"; cat "$work/wrk.$i"; exit 1; fi
+  read -r r _ <<<"$(lib wrk "$work/wrk.$i")"
   rates+=("$r")
   echo "run $i: $r calls/s"
 done
-median=$(printf '%s\n' "${rates[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+read -r median _ <<<"$(lib wrk "$work"/wrk.*)"
 issued=$(curl -s "$endpoint/_sim/ledger" | python3 -c 'import json,sys; print(json.load(sys.stdin)["issued_total"])')
 echo "median: $median calls/s over $RUNS runs of $DURATION, $CONNECTIONS connections ($issued URLs issued, all 200)"

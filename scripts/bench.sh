@@ -9,11 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "bench: wrk is required (apt-get install wrk)" >&2; exit 1; }
-cargo build --release --quiet --bin embedgate --example bare --example load --example memory
+source scripts/bench-lib.sh
+export BENCH_BUILT=1
 mkdir -p bench-results
 bash scripts/bench-gateway.sh
 bash scripts/bench-scenario.sh
-target/release/examples/memory >bench-results/memory.json
+"$examples/memory" >bench-results/memory.json
 python3 - <<'PY'
 import json, os, platform, subprocess, datetime
 r = {n: json.load(open(f"bench-results/{n}.json")) for n in ["gateway", "scenario", "memory"]}

@@ -52,6 +52,10 @@ struct DevArgs {
     /// Demo tenant API key [default: a new random key each start].
     #[arg(long, env = "EMBEDGATE_DEV_API_KEY")]
     api_key: Option<String>,
+    /// Print the gateway settings `dev` would run with, as TOML for `embedgate serve --config`
+    /// (the simulator's test credentials, the demo tenant), and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 #[derive(Args)]
@@ -218,6 +222,13 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    if args.print_config {
+        let key = args.api_key.unwrap_or_else(embedgate::dev::new_api_key);
+        let endpoint = format!("http://{}", args.sim_listen);
+        let settings = embedgate::dev::settings(args.listen, args.admin_listen, &endpoint, &key);
+        print!("{}", toml::to_string(&settings)?);
+        return Ok(());
+    }
     telemetry::init(LogFormat::Pretty, "info,actix_server=warn");
     let sim = SimServer::start(embedgate::dev::sim_settings(args.sim_listen))?;
     let key = args.api_key.unwrap_or_else(embedgate::dev::new_api_key);

@@ -147,111 +147,79 @@ fn service_err<E: std::fmt::Debug, R: std::fmt::Debug>(
 async fn every_modelled_get_dashboard_embed_url_error_is_a_typed_variant() {
     let sim = spawn_sim();
     let c = sdk_client(&sim.endpoint);
-    let e = service_err(get(&c, "nope", EmbeddingIdentityType::Iam).send().await);
-    assert!(matches!(e, GetErr::ResourceNotFoundException(_)), "{e:?}");
-    let e = service_err(get(&c, "bad.id", EmbeddingIdentityType::Iam).send().await);
-    assert!(
-        matches!(e, GetErr::InvalidParameterValueException(_)),
-        "{e:?}"
-    );
-    let e = service_err(
-        get(&c, "sales-2024", EmbeddingIdentityType::Iam)
-            .user_arn(user_arn("alice"))
-            .send()
-            .await,
-    );
-    assert!(
-        matches!(e, GetErr::InvalidParameterValueException(_)),
-        "UserArn with IAM: {e:?}"
-    );
-    let e = service_err(
-        get(&c, "sales-2024", EmbeddingIdentityType::Iam)
-            .additional_dashboard_ids("finance")
-            .send()
-            .await,
-    );
-    assert!(
-        matches!(e, GetErr::InvalidParameterValueException(_)),
-        "additional ids without ANONYMOUS: {e:?}"
-    );
-    let e = service_err(
-        get(&c, "sales-2024", EmbeddingIdentityType::Quicksight)
-            .user_arn(user_arn("mallory"))
-            .send()
-            .await,
-    );
-    assert!(
-        matches!(e, GetErr::QuickSightUserNotFoundException(_)),
-        "{e:?}"
-    );
-    let e = service_err(
-        get(&c, "sales-2024", EmbeddingIdentityType::Iam)
-            .session_lifetime_in_minutes(601)
-            .send()
-            .await,
-    );
-    assert!(
-        matches!(e, GetErr::SessionLifetimeInMinutesInvalidException(_)),
-        "{e:?}"
-    );
-    let e = service_err(
-        get(&c, "sales-2024", EmbeddingIdentityType::Iam)
-            .namespace("nowhere")
-            .send()
-            .await,
-    );
-    assert!(matches!(e, GetErr::ResourceNotFoundException(_)), "{e:?}");
-    let e = service_err(
+    let iam = |id: &str| get(&c, id, EmbeddingIdentityType::Iam);
+    let in_account = |account: &str, identity| {
         c.get_dashboard_embed_url()
-            .aws_account_id("444455556666")
+            .aws_account_id(account)
             .dashboard_id("sales-2024")
-            .identity_type(EmbeddingIdentityType::Iam)
-            .send()
-            .await,
-    );
-    assert!(
-        matches!(e, GetErr::UnsupportedUserEditionException(_)),
-        "{e:?}"
-    );
-    let e = service_err(
-        c.get_dashboard_embed_url()
-            .aws_account_id("777788889999")
-            .dashboard_id("sales-2024")
-            .identity_type(EmbeddingIdentityType::Anonymous)
-            .send()
-            .await,
-    );
-    assert!(
-        matches!(e, GetErr::UnsupportedPricingPlanException(_)),
-        "{e:?}"
-    );
-    let e = service_err(
-        c.get_dashboard_embed_url()
-            .aws_account_id("777788889999")
-            .dashboard_id("sales-2024")
-            .identity_type(EmbeddingIdentityType::Iam)
-            .send()
-            .await,
-    );
-    assert!(
-        matches!(e, GetErr::IdentityTypeNotSupportedException(_)),
-        "{e:?}"
-    );
-
-    sim.sim.update_knobs(&json!({"throttle_next": 1})).unwrap();
-    let e = service_err(
-        get(&c, "sales-2024", EmbeddingIdentityType::Iam)
-            .send()
-            .await,
-    );
-    assert!(matches!(e, GetErr::ThrottlingException(_)), "{e:?}");
-    sim.sim.update_knobs(&json!({"fail_next": 1})).unwrap();
-    let e = service_err(
-        get(&c, "sales-2024", EmbeddingIdentityType::Iam)
-            .send()
-            .await,
-    );
-    assert!(matches!(e, GetErr::InternalFailureException(_)), "{e:?}");
+            .identity_type(identity)
+    };
+    // (the call, a simulator knob to set first, the variant the SDK must decode it to)
+    let cases = [
+        (iam("nope"), None, "ResourceNotFoundException"),
+        (iam("bad.id"), None, "InvalidParameterValueException"),
+        (
+            iam("sales-2024").user_arn(user_arn("alice")),
+            None,
+            "InvalidParameterValueException",
+        ),
+        (
+            iam("sales-2024").additional_dashboard_ids("finance"),
+            None,
+            "InvalidParameterValueException",
+        ),
+        (
+            get(&c, "sales-2024", EmbeddingIdentityType::Quicksight).user_arn(user_arn("mallory")),
+            None,
+            "QuickSightUserNotFoundException",
+        ),
+        (
+            iam("sales-2024").session_lifetime_in_minutes(601),
+            None,
+            "SessionLifetimeInMinutesInvalidException",
+        ),
+        (
+            iam("sales-2024").namespace("nowhere"),
+            None,
+            "ResourceNotFoundException",
+        ),
+        (
+            in_account("444455556666", EmbeddingIdentityType::Iam),
+            None,
+            "UnsupportedUserEditionException",
+        ),
+        (
+            in_account("777788889999", EmbeddingIdentityType::Anonymous),
+            None,
+            "UnsupportedPricingPlanException",
+        ),
+        (
+            in_account("777788889999", EmbeddingIdentityType::Iam),
+            None,
+            "IdentityTypeNotSupportedException",
+        ),
+        (
+            iam("sales-2024"),
+            Some(json!({"throttle_next": 1})),
+            "ThrottlingException",
+        ),
+        (
+            iam("sales-2024"),
+            Some(json!({"fail_next": 1})),
+            "InternalFailureException",
+        ),
+    ];
+    for (call, knob, variant) in cases {
+        if let Some(k) = knob {
+            sim.sim.update_knobs(&k).unwrap();
+        }
+        let e = service_err(call.send().await);
+        // The modelled variant itself, not `Unhandled` carrying the code.
+        assert!(
+            format!("{e:?}").starts_with(&format!("{variant}(")),
+            "{variant}: {e:?}"
+        );
+    }
 
     let ledger = sim.sim.ledger();
     assert_eq!(ledger.issued_total, 0, "no error issues a URL");
