@@ -199,15 +199,15 @@ impl Metrics {
             ),
             upstream_calls: counter_vec(
                 "embedgate_upstream_calls_total",
-                "QuickSight calls by operation and result (ok, throttled, rejected, error, timeout).",
-                &["operation", "result"],
+                "QuickSight calls by operation, upstream and result (ok, throttled, rejected, error, timeout).",
+                &["operation", "upstream", "result"],
             ),
             upstream_duration: reg(
                 &r,
                 HistogramVec::new(
-                    HistogramOpts::new("embedgate_upstream_duration_seconds", "QuickSight call latency by operation.")
+                    HistogramOpts::new("embedgate_upstream_duration_seconds", "QuickSight call latency by operation and upstream.")
                         .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["operation"],
+                    &["operation", "upstream"],
                 )
                 .expect("valid metric"),
             ),
@@ -302,7 +302,9 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn init_labels(&self, tenants: &[&str]) {
+    /// Creates every label combination that is known up front (tenants, upstream ids), so a
+    /// series exists at 0 before its first event.
+    pub fn init_labels(&self, tenants: &[&str], upstreams: &[&str]) {
         for outcome in Outcome::ALL.map(Outcome::as_str) {
             self.request_duration.with_label_values(&[outcome]);
             for tenant in tenants.iter().chain(std::iter::once(&"-")) {
@@ -323,10 +325,13 @@ impl Metrics {
             self.redis_errors.with_label_values(&[op]);
         }
         for op in crate::model::Operation::ALL {
-            self.upstream_duration.with_label_values(&[op.as_str()]);
-            for result in ["ok", "throttled", "rejected", "error", "timeout"] {
-                self.upstream_calls
-                    .with_label_values(&[op.as_str(), result]);
+            for upstream in upstreams {
+                self.upstream_duration
+                    .with_label_values(&[op.as_str(), upstream]);
+                for result in ["ok", "throttled", "rejected", "error", "timeout"] {
+                    self.upstream_calls
+                        .with_label_values(&[op.as_str(), upstream, result]);
+                }
             }
         }
     }

@@ -15,7 +15,7 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::model::parse_tagged;
 use crate::shared::Sharing;
-use crate::upstream::Upstream;
+use crate::upstream::Upstreams;
 
 /// A running gateway.
 pub struct Application {
@@ -39,7 +39,8 @@ impl Application {
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let metrics = Arc::new(Metrics::new());
-        let upstream = Upstream::new(&settings.upstream, metrics.clone()).await;
+        let upstreams = Upstreams::new(&settings, metrics.clone()).await;
+        upstreams.check_roles().await;
         let fleet = if settings.redis.enabled() {
             Some(
                 Fleet::connect(
@@ -60,7 +61,7 @@ impl Application {
         };
         let gateway = Arc::new(Gateway::new(
             settings.clone(),
-            upstream,
+            upstreams,
             clock,
             metrics,
             sharing,

@@ -49,6 +49,11 @@ impl Tenant {
     pub fn authorize(&self, req: &EmbedRequest) -> Result<(), Denied> {
         self.policy.authorize(req)
     }
+
+    /// Whether the tenant may use the upstream named `id`.
+    pub fn may_use_upstream(&self, id: &str) -> bool {
+        self.policy.allows_upstream(id)
+    }
 }
 
 /// The tenant table.

@@ -24,6 +24,17 @@ pub(super) async fn state(gw: web::Data<Gateway>) -> HttpResponse {
         "pool": {"urls": gw.pool().total()},
         "demand": {"tracked_keys": gw.tracked_keys(), "lead_secs": gw.lead_secs()},
         "budgets": budgets,
+        "upstreams": gw.upstreams().all().iter().map(|u| json!({
+            "id": u.id(),
+            "account": u.account(),
+            "region": u.region(),
+            "credentials": match (&u.settings().role_arn, &u.settings().access_key_id) {
+                (Some(_), _) => "assumed_role",
+                (None, Some(_)) => "static",
+                (None, None) => "default_chain",
+            },
+            "role_arn": u.settings().role_arn,
+        })).collect::<Vec<_>>(),
         "tenants": gw.tenants().all().iter().map(|t| json!({"id": t.id, "rate_per_sec": t.rate_per_sec, "burst": t.burst})).collect::<Vec<_>>(),
     }))
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use super::auth::{
     authenticate, limit_unauthenticated, rate_limit_headers, read_body, tenant_limited,
 };
-use super::problem::{bad_input, refusal, serve_error};
+use super::problem::{bad_input, refusal, serve_failure};
 use crate::gateway::{Gateway, Source};
 use crate::limiter::Inbound;
 use crate::metrics::Outcome;
@@ -150,7 +150,7 @@ async fn embed(
         }
         Err(e) => {
             observe(&gw, tid, Outcome::Error, started);
-            serve_error(e).response(&request_id)
+            serve_failure(e).response(&request_id)
         }
     }
 }

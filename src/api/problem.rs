@@ -6,7 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use serde_json::json;
 
-use crate::gateway::{Refusal, ServeError};
+use crate::gateway::{Failed, Refusal, ServeError};
 use crate::model::BadInput;
 use crate::upstream::{Fault, UpstreamError};
 
@@ -88,7 +88,15 @@ pub(super) fn refusal(r: Refusal) -> Problem {
     }
 }
 
-pub(super) fn serve_error(e: ServeError) -> Problem {
+/// A failure to serve, with the upstream it concerns as `upstreamId`.
+pub(super) fn serve_failure(f: Failed) -> Problem {
+    let mut p = serve_error(f.error);
+    let extra = p.extra.get_or_insert_with(|| json!({}));
+    extra["upstreamId"] = json!(f.upstream);
+    p
+}
+
+fn serve_error(e: ServeError) -> Problem {
     match e {
         ServeError::BudgetExhausted { retry_after } => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -34,7 +34,11 @@ pub struct Settings {
     /// Log filter, e.g. `info` or `info,embedgate=debug` (`EMBEDGATE_LOG`/`RUST_LOG` win).
     pub log_level: Option<String>,
     pub api: ApiSettings,
+    /// The single upstream (one region, every account): kept for configs written before
+    /// `[[upstreams]]`. Set one or the other.
     pub upstream: UpstreamSettings,
+    /// Several upstreams: accounts and regions, each with its own credentials and budget.
+    pub upstreams: Vec<UpstreamSettings>,
     pub pool: PoolSettings,
     pub refill: RefillSettings,
     /// Cluster mode: share pool, limits and upstream budget with other replicas through Redis.
@@ -63,6 +67,7 @@ impl Default for Settings {
             log_level: None,
             api: ApiSettings::default(),
             upstream: UpstreamSettings::default(),
+            upstreams: vec![],
             pool: PoolSettings::default(),
             refill: RefillSettings::default(),
             redis: RedisSettings::default(),
@@ -101,9 +106,15 @@ impl Default for ApiSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One QuickSight upstream: an account (or, for the single `[upstream]` table, every account the
+/// tenants name) in one region, with its credentials, client bounds and call budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamSettings {
+    /// Its name in metrics (`upstream` label), `/state`, logs and errors.
+    pub id: String,
+    /// The AWS account it serves. Unset: every account (the single `[upstream]` table).
+    pub account: Option<String>,
     /// Endpoint override (the simulator's URL). Unset: QuickSight's regional endpoint.
     pub endpoint_url: Option<String>,
     /// Region of the QuickSight endpoint and of the accounts' dashboards.
@@ -111,6 +122,15 @@ pub struct UpstreamSettings {
     /// Static credentials (simulator and tests only). Unset: the standard AWS credential chain.
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<Secret>,
+    /// Assume this IAM role through STS (aws-config's assume-role provider, refreshed before
+    /// expiry), with the static keys or the standard chain as the source identity.
+    pub role_arn: Option<String>,
+    /// `ExternalId` the role's trust policy requires.
+    pub external_id: Option<String>,
+    /// `RoleSessionName` (default `embedgate`).
+    pub session_name: Option<String>,
+    /// How long each set of assumed credentials lasts (STS: 900 to 43,200 s; default 3,600).
+    pub duration_secs: Option<u64>,
     /// Timeout of one upstream call.
     pub timeout_ms: u64,
     /// Most upstream calls in flight at once, across all accounts.
@@ -133,10 +153,16 @@ pub struct UpstreamSettings {
 impl Default for UpstreamSettings {
     fn default() -> Self {
         UpstreamSettings {
+            id: "default".into(),
+            account: None,
             endpoint_url: None,
             region: "us-east-1".into(),
             access_key_id: None,
             secret_access_key: None,
+            role_arn: None,
+            external_id: None,
+            session_name: None,
+            duration_secs: None,
             timeout_ms: 3_000,
             max_concurrency: 64,
             rate_per_sec: 10.0,
@@ -249,6 +275,17 @@ impl Default for RedisSettings {
             timeout_ms: 50,
             heartbeat_ms: 500,
             max_clock_offset_ms: 1_000,
+        }
+    }
+}
+
+impl Settings {
+    /// The upstreams in effect: `[[upstreams]]`, or the single `[upstream]` table.
+    pub fn upstreams(&self) -> Vec<&UpstreamSettings> {
+        if self.upstreams.is_empty() {
+            vec![&self.upstream]
+        } else {
+            self.upstreams.iter().collect()
         }
     }
 }

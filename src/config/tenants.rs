@@ -99,6 +99,9 @@ pub struct PolicySettings {
     /// Set: every request must send `AllowedDomains`, each entry within a pattern (so
     /// GetDashboardEmbedUrl, which cannot restrict domains, is refused). Empty: no restriction.
     pub allowed_domains: Vec<String>,
+    /// Upstream ids (`[[upstreams]]`) the tenant may use. Empty: every upstream serving one of
+    /// its accounts.
+    pub upstreams: Vec<String>,
 }
 
 impl Default for PolicySettings {
@@ -116,6 +119,7 @@ impl Default for PolicySettings {
             experiences: vec!["Dashboard".into(), "DashboardVisual".into()],
             denied_features: vec![],
             allowed_domains: vec![],
+            upstreams: vec![],
         }
     }
 }

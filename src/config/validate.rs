@@ -10,7 +10,6 @@ impl Settings {
     /// # Errors
     /// The first offending key and what is wrong with it.
     pub fn validate(&self) -> Result<(), String> {
-        let u = &self.upstream;
         let positive = |key: &str, v: f64| {
             if v > 0.0 && v.is_finite() {
                 Ok(())
@@ -18,24 +17,38 @@ impl Settings {
                 Err(format!("{key}: must be a positive number"))
             }
         };
-        positive("upstream.rate_per_sec", u.rate_per_sec)?;
-        positive("upstream.min_rate_per_sec", u.min_rate_per_sec)?;
-        if u.min_rate_per_sec > u.rate_per_sec {
-            return Err("upstream.min_rate_per_sec: must not exceed upstream.rate_per_sec".into());
-        }
-        if !(0.0 < u.throttle_backoff && u.throttle_backoff < 1.0) {
-            return Err("upstream.throttle_backoff: must be between 0 and 1 (exclusive)".into());
-        }
-        if !(0.0..1.0).contains(&u.miss_reserve) {
-            return Err("upstream.miss_reserve: must be in [0, 1)".into());
-        }
-        if u.burst == 0 || u.max_concurrency == 0 || u.timeout_ms == 0 {
-            return Err("upstream.burst, upstream.max_concurrency and upstream.timeout_ms: must be at least 1".into());
-        }
-        if u.access_key_id.is_some() != u.secret_access_key.is_some() {
+        if !self.upstreams.is_empty() && self.upstream != super::UpstreamSettings::default() {
             return Err(
-                "upstream.access_key_id and upstream.secret_access_key: set both or neither".into(),
+                "upstream: set either [upstream] (one upstream) or [[upstreams]], not both".into(),
             );
+        }
+        let many = !self.upstreams.is_empty();
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, u) in self.upstreams().into_iter().enumerate() {
+            let at = if many {
+                format!("upstreams[{i}]")
+            } else {
+                "upstream".to_string()
+            };
+            check_upstream(&at, u)?;
+            if !seen.insert(u.id.as_str()) {
+                return Err(format!("{at}.id: {:?} is used twice", u.id));
+            }
+            if many && u.account.is_none() {
+                return Err(format!(
+                    "{at}.account: required in [[upstreams]] (the AWS account it serves)"
+                ));
+            }
+        }
+        let mut scopes = std::collections::BTreeSet::new();
+        for (i, u) in self.upstreams().into_iter().enumerate() {
+            if !scopes.insert((u.account.as_deref(), u.region.as_str())) {
+                return Err(format!(
+                    "upstreams[{i}]: a second upstream for account {} in {}",
+                    u.account.as_deref().unwrap_or("*"),
+                    u.region
+                ));
+            }
         }
         if self.pool.min_remaining_secs >= crate::model::URL_VALIDITY_SECS {
             return Err("pool.min_remaining_secs: must be below 300 (a URL's validity)".into());
@@ -43,8 +56,9 @@ impl Settings {
         // A URL handed out on a miss or from a joined prefetch was fetched at most this long
         // ago; neither wait may eat the validity `min_remaining_secs` promises.
         let usable_ms = (crate::model::URL_VALIDITY_SECS - self.pool.min_remaining_secs) * 1000;
+        let slowest = self.upstreams().iter().map(|u| u.timeout_ms).max();
         for (key, ms) in [
-            ("upstream.timeout_ms", u.timeout_ms),
+            ("upstream.timeout_ms", slowest.unwrap_or_default()),
             ("api.miss_timeout_ms", self.api.miss_timeout_ms),
         ] {
             if ms >= usable_ms {
@@ -207,4 +221,90 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// The checks of one upstream table, its keys prefixed with `at`.
+fn check_upstream(at: &str, u: &super::UpstreamSettings) -> Result<(), String> {
+    let positive = |key: &str, v: f64| {
+        if v > 0.0 && v.is_finite() {
+            Ok(())
+        } else {
+            Err(format!("{at}.{key}: must be a positive number"))
+        }
+    };
+    if u.id.is_empty()
+        || !u
+            .id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(format!(
+            "{at}.id: must be letters, digits, '-' or '_' (it is a metrics label)"
+        ));
+    }
+    if let Some(a) = &u.account {
+        if !crate::model::validate::is_account_id(a) {
+            return Err(format!("{at}.account: must be a 12-digit AWS account id"));
+        }
+    }
+    if u.region.is_empty() {
+        return Err(format!("{at}.region: must not be empty"));
+    }
+    positive("rate_per_sec", u.rate_per_sec)?;
+    positive("min_rate_per_sec", u.min_rate_per_sec)?;
+    if u.min_rate_per_sec > u.rate_per_sec {
+        return Err(format!(
+            "{at}.min_rate_per_sec: must not exceed {at}.rate_per_sec"
+        ));
+    }
+    if !(0.0 < u.throttle_backoff && u.throttle_backoff < 1.0) {
+        return Err(format!(
+            "{at}.throttle_backoff: must be between 0 and 1 (exclusive)"
+        ));
+    }
+    if !(0.0..1.0).contains(&u.miss_reserve) {
+        return Err(format!("{at}.miss_reserve: must be in [0, 1)"));
+    }
+    if u.burst == 0 || u.max_concurrency == 0 || u.timeout_ms == 0 {
+        return Err(format!(
+            "{at}.burst, {at}.max_concurrency and {at}.timeout_ms: must be at least 1"
+        ));
+    }
+    if u.access_key_id.is_some() != u.secret_access_key.is_some() {
+        return Err(format!(
+            "{at}.access_key_id and {at}.secret_access_key: set both or neither"
+        ));
+    }
+    let role_only = [
+        ("external_id", u.external_id.is_some()),
+        ("session_name", u.session_name.is_some()),
+        ("duration_secs", u.duration_secs.is_some()),
+    ];
+    if u.role_arn.is_none() {
+        if let Some((key, _)) = role_only.iter().find(|(_, set)| *set) {
+            return Err(format!("{at}.{key}: only with {at}.role_arn"));
+        }
+    }
+    if let Some(arn) = &u.role_arn {
+        let ok = arn
+            .strip_prefix("arn:")
+            .and_then(|r| r.split_once(":iam::"))
+            .and_then(|(_, r)| r.split_once(":role/"))
+            .is_some_and(|(acct, name)| {
+                crate::model::validate::is_account_id(acct) && !name.is_empty()
+            });
+        if !ok {
+            return Err(format!(
+                "{at}.role_arn: must be arn:<partition>:iam::<account>:role/<name>"
+            ));
+        }
+    }
+    if let Some(d) = u.duration_secs {
+        if !(900..=43_200).contains(&d) && u.endpoint_url.is_none() {
+            return Err(format!(
+                "{at}.duration_secs: STS allows 900 to 43200 seconds"
+            ));
+        }
+    }
+    Ok(())
 }

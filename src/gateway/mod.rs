@@ -23,7 +23,7 @@ use crate::pool::{pool_key, Pool, PoolKey, PooledUrl};
 use crate::refill::{reclaim, Demand, Tracked};
 use crate::shared::{Coordination, Limits, Placed, PoolStore, Sharing, Status};
 use crate::tenant::{Tenant, TenantId, Tenants};
-use crate::upstream::{Fetched, Upstream, UpstreamError};
+use crate::upstream::{Fetched, Upstream, UpstreamError, Upstreams};
 
 /// Where a handed-out URL came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -56,6 +56,14 @@ pub enum ServeError {
     Upstream(#[from] UpstreamError),
 }
 
+/// Why no URL could be handed out, and the upstream that could not provide it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    /// The upstream's id (`upstreamId` in the problem document).
+    pub upstream: String,
+    pub error: ServeError,
+}
+
 /// Why a request is refused before anything is touched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -70,7 +78,7 @@ pub struct Gateway {
     pool: Pool,
     inbound: InboundLimiter,
     budgets: Budgets,
-    upstream: Upstream,
+    upstreams: Upstreams,
     demand: Demand,
     /// Where pooled URLs live, how limits count, how demand is coordinated: local, or shared
     /// with other replicas (chosen by `startup`; see `shared`).
@@ -79,7 +87,6 @@ pub struct Gateway {
     coordination: Coordination,
     metrics: Arc<Metrics>,
     clock: Clock,
-    upstream_slots: Semaphore,
     prefetch_slots: Arc<Semaphore>,
     /// EWMA of upstream latency in seconds (the refill lead time), as f64 bits.
     lead_secs: std::sync::atomic::AtomicU64,
@@ -88,7 +95,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(
         settings: Settings,
-        upstream: Upstream,
+        upstreams: Upstreams,
         clock: Clock,
         metrics: Arc<Metrics>,
         sharing: Sharing,
@@ -101,10 +108,18 @@ impl Gateway {
             .map(|t| (t.max_hints, t.max_tracked_keys))
             .collect();
         let ids: Vec<&str> = tenants.all().iter().map(|t| t.id.as_str()).collect();
-        metrics.init_labels(&ids);
-        let budgets = Budgets::new(&settings.upstream, &tenants, metrics.clone(), clock.clone());
-        for account in tenants.all().iter().flat_map(|t| t.accounts()) {
-            budgets.get(account, upstream.region());
+        let upstream_ids: Vec<&str> = upstreams.all().iter().map(Upstream::id).collect();
+        metrics.init_labels(&ids, &upstream_ids);
+        let budgets = Budgets::new(&tenants, metrics.clone(), clock.clone());
+        for u in upstreams.all() {
+            match u.account() {
+                Some(account) => drop(budgets.get(account, u.settings())),
+                None => {
+                    for account in tenants.all().iter().flat_map(|t| t.accounts()) {
+                        budgets.get(account, u.settings());
+                    }
+                }
+            }
         }
         Gateway {
             pool: Pool::new(&settings.pool, caps, clock.clone(), metrics.clone()),
@@ -118,11 +133,10 @@ impl Gateway {
             ),
             budgets,
             demand: Demand::new(&settings.refill, demand_caps),
-            upstream_slots: Semaphore::new(settings.upstream.max_concurrency),
             prefetch_slots: Arc::new(Semaphore::new(settings.refill.concurrency)),
             lead_secs: std::sync::atomic::AtomicU64::new(0.1f64.to_bits()),
             tenants,
-            upstream,
+            upstreams,
             store: sharing.store,
             limits: sharing.limits,
             coordination: sharing.coordination,
@@ -154,9 +168,15 @@ impl Gateway {
         &self.pool
     }
 
-    /// The QuickSight client.
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
+    /// The QuickSight upstreams (clients per account and region).
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
+    /// The upstream budget an admitted request's calls count against.
+    fn budget_for(&self, req: &EmbedRequest) -> Arc<Budget> {
+        self.budgets
+            .get(req.aws_account_id(), self.upstreams.of(req).settings())
     }
 
     /// Every upstream budget in use, per account and region.
@@ -306,23 +326,56 @@ impl Gateway {
             })
         };
         req.validate().map_err(invalid)?;
-        req.check_region(self.upstream.region()).map_err(invalid)?;
+        // Route to an upstream (the account, and the Region member when the account is served
+        // in several), then make its region explicit: the pool key, the budget and every later
+        // fetch of this request follow it.
+        let upstream = self
+            .upstreams
+            .route(req.aws_account_id(), req.region())
+            .map_err(|u| {
+                Refusal::Invalid(BadInput {
+                    code: "invalid_parameter",
+                    field: Some(u.field.into()),
+                    detail: u.detail,
+                })
+            })?;
+        let region_field = if req.region().is_some() {
+            "Region"
+        } else {
+            "AwsAccountId"
+        };
+        req.set_region(upstream.region().to_string());
+        req.check_region(upstream.region()).map_err(invalid)?;
         tenant.authorize(&req).map_err(|d| Refusal::Denied {
             field: d.field,
             rule: d.rule,
         })?;
+        if !tenant.may_use_upstream(upstream.id()) {
+            return Err(Refusal::Denied {
+                field: region_field.into(),
+                rule: format!(
+                    "routes to upstream {}, which this tenant's policy does not list",
+                    upstream.id()
+                ),
+            });
+        }
         Ok(req)
     }
 
     pub fn key_for(&self, tenant: &Tenant, req: &EmbedRequest) -> PoolKey {
-        pool_key(&tenant.id, self.upstream.region(), req)
+        pool_key(
+            &tenant.id,
+            req.region()
+                .unwrap_or_else(|| self.upstreams.of(req).region()),
+            req,
+        )
     }
 
     /// Hands out one URL for an admitted request: from the pool, else through the miss path.
     ///
     /// # Errors
     /// No URL within the miss timeout; see [`ServeError`].
-    pub async fn serve(&self, tenant: &Tenant, req: EmbedRequest) -> Result<Served, ServeError> {
+    pub async fn serve(&self, tenant: &Tenant, req: EmbedRequest) -> Result<Served, Failed> {
         let key = self.key_for(tenant, &req);
         let now = self.clock.now_ms();
         let tracked = if self.settings.refill.enabled {
@@ -338,7 +391,12 @@ impl Gateway {
             });
         }
         let deadline = Instant::now() + Duration::from_millis(self.settings.api.miss_timeout_ms);
-        self.miss(tenant, &req, tracked.as_deref(), deadline).await
+        self.miss(tenant, &req, tracked.as_deref(), deadline)
+            .await
+            .map_err(|error| Failed {
+                upstream: self.upstreams.of(&req).id().to_string(),
+                error,
+            })
     }
 
     async fn miss(
@@ -351,8 +409,8 @@ impl Gateway {
         // 1. Claim a prefetch already in flight for this key, if an unclaimed one exists.
         if let Some(t) = tracked {
             if let Some(mut rx) = t.try_join() {
-                let until = deadline
-                    .min(Instant::now() + Duration::from_millis(self.settings.upstream.timeout_ms));
+                let timeout = self.upstreams.of(req).settings().timeout_ms;
+                let until = deadline.min(Instant::now() + Duration::from_millis(timeout));
                 match tokio::time::timeout_at(until, &mut rx).await {
                     Ok(Ok(f)) if self.fresh(&f) => return Ok(self.served(f, Source::Pool)),
                     Ok(Ok(_)) => self.metrics.wasted(Waste::Expired, 1),
@@ -373,9 +431,8 @@ impl Gateway {
             }
         }
         // 2. Fetch now, within the account's budget and the concurrency bound.
-        let budget = self
-            .budgets
-            .get(req.aws_account_id(), self.upstream.region());
+        let upstream = self.upstreams.of(req);
+        let budget = self.budget_for(req);
         // Waiting for the budget is worth it only if a typical upstream call still fits after the
         // wait; otherwise the caller is better served by an immediate 503 and Retry-After.
         let call_time = Duration::from_secs_f64(
@@ -397,9 +454,8 @@ impl Gateway {
                 Err(wait) => return Err(ServeError::BudgetExhausted { retry_after: wait }),
             }
         }
-        let _permit = match tokio::time::timeout_at(deadline, self.upstream_slots.acquire()).await {
-            Ok(Ok(p)) => p,
-            _ => return Err(ServeError::Busy),
+        let Some(_permit) = upstream.slot(deadline).await else {
+            return Err(ServeError::Busy);
         };
         let fetched = match tokio::time::timeout_at(deadline, self.fetch(req)).await {
             Ok(r) => r,
@@ -442,7 +498,7 @@ impl Gateway {
     /// One upstream call, feeding the measured lead time.
     async fn fetch(&self, req: &EmbedRequest) -> Result<Fetched, UpstreamError> {
         let started = Instant::now();
-        let r = self.upstream.fetch(req, &self.clock).await;
+        let r = self.upstreams.of(req).fetch(req, &self.clock).await;
         if r.is_ok() {
             let sample = started.elapsed().as_secs_f64();
             let old = f64::from_bits(self.lead_secs.load(Ordering::Relaxed));

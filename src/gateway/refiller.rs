@@ -140,9 +140,7 @@ impl Gateway {
         if n == 0 {
             return true;
         }
-        let budget = self
-            .budgets
-            .get(t.request.aws_account_id(), self.upstream.region());
+        let budget = self.budget_for(&t.request);
         for _ in 0..n {
             let Ok(permit) = self.prefetch_slots.clone().try_acquire_owned() else {
                 return false;
@@ -179,8 +177,19 @@ impl Gateway {
                 t.release_unserved_waiters();
                 return;
             }
+            // The upstream's own bound on calls in flight, shared with misses: a slow upstream
+            // fills its own slots, not the others'.
+            let upstream = self.upstreams.of(&t.request);
+            let wait = Duration::from_millis(upstream.settings().timeout_ms);
+            let Some(slot) = upstream.slot(tokio::time::Instant::now() + wait).await else {
+                t.in_flight.fetch_sub(1, Ordering::SeqCst);
+                t.release_unserved_waiters();
+                budget.refund(t.tenant);
+                return;
+            };
             self.metrics.fetched(reason.fetch());
             let result = self.fetch(&t.request).await;
+            drop(slot);
             t.in_flight.fetch_sub(1, Ordering::SeqCst);
             match result {
                 Ok(f) => {

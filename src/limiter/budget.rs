@@ -190,7 +190,6 @@ impl Budget {
 
 /// Budgets per (account, region), created on first use.
 pub struct Budgets {
-    settings: UpstreamSettings,
     weights: Vec<f64>,
     map: Mutex<HashMap<(String, String), Arc<Budget>>>,
     metrics: Arc<Metrics>,
@@ -198,12 +197,7 @@ pub struct Budgets {
 }
 
 impl Budgets {
-    pub fn new(
-        settings: &UpstreamSettings,
-        tenants: &Tenants,
-        metrics: Arc<Metrics>,
-        clock: Clock,
-    ) -> Self {
+    pub fn new(tenants: &Tenants, metrics: Arc<Metrics>, clock: Clock) -> Self {
         let total: f64 = tenants.all().iter().map(|t| t.upstream_weight).sum();
         let weights = tenants
             .all()
@@ -217,7 +211,6 @@ impl Budgets {
             })
             .collect();
         Budgets {
-            settings: settings.clone(),
             weights,
             map: Mutex::new(HashMap::new()),
             metrics,
@@ -225,14 +218,16 @@ impl Budgets {
         }
     }
 
-    pub fn get(&self, account: &str, region: &str) -> Arc<Budget> {
+    /// The budget of `account` in the upstream's region, created on first use with the
+    /// upstream's rate, burst and AIMD settings.
+    pub fn get(&self, account: &str, upstream: &UpstreamSettings) -> Arc<Budget> {
         let mut map = self.map.lock();
-        map.entry((account.to_string(), region.to_string()))
+        map.entry((account.to_string(), upstream.region.clone()))
             .or_insert_with(|| {
                 Arc::new(Budget::new(
                     account,
-                    region,
-                    &self.settings,
+                    &upstream.region,
+                    upstream,
                     self.weights.clone(),
                     self.metrics.clone(),
                     self.clock.clone(),

@@ -124,6 +124,10 @@ pub struct DashboardEmbedRequest {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub additional_dashboard_ids: Option<Vec<String>>,
+    /// Not a QuickSight member: the native API's routing hint, the region of the upstream to
+    /// use when the account is served in several (the gateway fills it in; never sent upstream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 impl DashboardEmbedRequest {
@@ -144,6 +148,7 @@ impl DashboardEmbedRequest {
             user_arn: None,
             namespace: None,
             additional_dashboard_ids: None,
+            region: None,
         }
     }
 }
@@ -330,6 +335,10 @@ pub struct AnonymousEmbedRequest {
     pub experience_configuration: AnonymousExperience,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_domains: Option<Vec<String>>,
+    /// Not a QuickSight member: the native API's routing hint, the region of the upstream to
+    /// use when the account is served in several (the gateway fills it in; never sent upstream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// `RegisteredUserEmbeddingExperienceConfiguration`: exactly one member is set.
@@ -394,4 +403,8 @@ pub struct RegisteredEmbedRequest {
     pub experience_configuration: RegisteredExperience,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_domains: Option<Vec<String>>,
+    /// Not a QuickSight member: the native API's routing hint, the region of the upstream to
+    /// use when the account is served in several (the gateway fills it in; never sent upstream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }

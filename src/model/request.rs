@@ -55,6 +55,24 @@ impl EmbedRequest {
         *self.aws_account_id_mut() = account;
     }
 
+    /// The native API's `Region` routing member (not QuickSight's).
+    pub fn region(&self) -> Option<&str> {
+        match self {
+            EmbedRequest::Dashboard(r) => r.region.as_deref(),
+            EmbedRequest::Anonymous(r) => r.region.as_deref(),
+            EmbedRequest::Registered(r) => r.region.as_deref(),
+        }
+    }
+
+    pub fn set_region(&mut self, region: String) {
+        let slot = match self {
+            EmbedRequest::Dashboard(r) => &mut r.region,
+            EmbedRequest::Anonymous(r) => &mut r.region,
+            EmbedRequest::Registered(r) => &mut r.region,
+        };
+        *slot = Some(region);
+    }
+
     fn session_lifetime_mut(&mut self) -> &mut Option<i64> {
         match self {
             EmbedRequest::Dashboard(r) => &mut r.session_lifetime_in_minutes,

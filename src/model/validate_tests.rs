@@ -95,6 +95,7 @@ fn experience_configuration_needs_exactly_one_member() {
         user_arn: "arn:aws:quicksight:us-east-1:111122223333:user/default/alice".into(),
         experience_configuration: RegisteredExperience::default(),
         allowed_domains: None,
+        region: None,
     };
     assert_eq!(
         EmbedRequest::Registered(r).validate().unwrap_err().field,

@@ -73,6 +73,8 @@ pub struct Policy {
     denied_features: Vec<Feature>,
     /// `None`: no restriction beyond QuickSight's own rules and the account's static list.
     allowed_domains: Option<Vec<Origin>>,
+    /// Upstream ids; empty: any upstream serving one of `accounts`.
+    upstreams: Vec<String>,
 }
 
 fn patterns(list: &[String]) -> Vec<WildMatch> {
@@ -117,7 +119,13 @@ impl Policy {
                     .filter_map(|d| Origin::parse(d).ok())
                     .collect()
             }),
+            upstreams: p.upstreams.clone(),
         }
+    }
+
+    /// Whether the tenant may use the upstream named `id` (its account is checked apart).
+    pub fn allows_upstream(&self, id: &str) -> bool {
+        self.upstreams.is_empty() || self.upstreams.iter().any(|u| u == id)
     }
 
     /// The AWS accounts this policy allows.

@@ -52,6 +52,9 @@ fn walk_dashboard<'a>(r: &'a DashboardEmbedRequest, see: &mut See<'_, 'a>) -> Re
         user_arn,
         namespace,
         additional_dashboard_ids,
+        // Routing, not a grant: admit checks the upstream it routes to against the policy's
+        // `upstreams` (and the account is checked here).
+        region: _,
     } = r;
     see(Grant::Account(aws_account_id), At("AwsAccountId", None))?;
     see(Grant::Identity(*identity_type), At("IdentityType", None))?;
@@ -98,6 +101,9 @@ fn walk_anonymous<'a>(r: &'a AnonymousEmbedRequest, see: &mut See<'_, 'a>) -> Re
         authorized_resource_arns,
         experience_configuration,
         allowed_domains,
+        // Routing, not a grant: admit checks the upstream it routes to against the policy's
+        // `upstreams` (and the account is checked here).
+        region: _,
     } = r;
     see(Grant::Account(aws_account_id), At("AwsAccountId", None))?;
     see(
@@ -220,6 +226,9 @@ fn walk_registered<'a>(r: &'a RegisteredEmbedRequest, see: &mut See<'_, 'a>) -> 
         user_arn,
         experience_configuration,
         allowed_domains,
+        // Routing, not a grant: admit checks the upstream it routes to against the policy's
+        // `upstreams` (and the account is checked here).
+        region: _,
     } = r;
     see(Grant::Account(aws_account_id), At("AwsAccountId", None))?;
     see(

@@ -120,6 +120,7 @@ async fn dispatch(req: HttpRequest, body: web::Bytes, sim: web::Data<Simulator>)
         ("GET", ["_sim", "inputs"]) => HttpResponse::Ok().json(sim.last_inputs()),
         ("POST", ["_sim", "knobs"]) => post_knobs(&sim, &body),
         ("GET", ["embed" | "embedding", ..]) => redeem(&sim, &req),
+        ("POST", [""]) => super::sts::handle(&sim, &req, &body),
         ("GET", ["accounts", account, "dashboards", dashboard, "embed-url"]) => {
             let (account, dashboard) =
                 (decode(account).into_owned(), decode(dashboard).into_owned());
@@ -199,6 +200,7 @@ async fn api_call(
         return HttpResponse::RequestTimeout().force_close().finish();
     }
     let request_id = new_request_id();
+    let mut region = sim.settings().region.clone();
     if sim.settings().verify_signatures {
         let headers: Vec<(&str, &str)> = req
             .headers()
@@ -212,10 +214,14 @@ async fn api_call(
             headers,
             body,
         };
-        if let Err(e) = sim.verifier().verify(&incoming, sim.now()) {
-            sim.ledger_mut().unauthenticated();
-            tracing::debug!(code = e.code(), "simulator refused a signature");
-            return AwsError::new(e.status(), e.code(), e.message()).response(&request_id, None);
+        match sim.verify("quicksight", &incoming) {
+            Ok(v) => region = v.region,
+            Err(e) => {
+                sim.ledger_mut().unauthenticated();
+                tracing::debug!(code = e.code(), "simulator refused a signature");
+                return AwsError::new(e.status(), e.code(), e.message())
+                    .response(&request_id, None);
+            }
         }
     }
     sim.ledger_mut().call();
@@ -277,7 +283,13 @@ async fn api_call(
         EmbedRequest::Registered(r) => r.session_lifetime_in_minutes,
     }
     .unwrap_or(600);
-    let issued = sim.issue(op, &request.experience(), minutes);
+    let issued = sim.issue(
+        op,
+        &request.experience(),
+        minutes,
+        request.aws_account_id(),
+        &region,
+    );
     if !latency.is_zero() && knobs.latency_after_mint {
         tokio::time::sleep(latency).await;
     }
@@ -285,7 +297,7 @@ async fn api_call(
     if let EmbedRequest::Anonymous(r) = &request {
         body["AnonymousUserArn"] = json!(format!(
             "arn:aws:quicksight:{}:{}:user/{}/{}",
-            sim.settings().region,
+            region,
             r.aws_account_id,
             r.namespace,
             uuid::Uuid::new_v4().simple()

@@ -19,6 +19,8 @@ pub struct Knobs {
     pub throttle_rps: Option<u32>,
     /// Burst allowed above `throttle_rps`; defaults to one second's worth.
     pub throttle_burst: Option<u32>,
+    /// Apply `throttle_rps` only to these accounts (empty: every account).
+    pub throttle_accounts: Vec<String>,
     /// Answer the next N calls with ThrottlingException, whatever the rate.
     pub throttle_next: u32,
     /// Send `x-amz-retry-after: <ms>` with throttling errors.
@@ -48,6 +50,7 @@ impl Default for Knobs {
             latency_after_mint: false,
             throttle_rps: None,
             throttle_burst: None,
+            throttle_accounts: vec![],
             throttle_next: 0,
             retry_after_ms: None,
             error_rate: 0.0,

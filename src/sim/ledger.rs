@@ -24,6 +24,11 @@ pub struct Ledger {
     min_left_ms_plus_one: AtomicU64,
     /// Timely redemptions by validity left, in the buckets of [`VALIDITY_BUCKETS`].
     left: [AtomicU64; 6],
+    /// URLs issued per `<account>/<region>`.
+    by_scope: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// AssumeRole calls answered with credentials, and refused.
+    assumed: AtomicU64,
+    assume_refused: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the validity-left buckets, and their names in the snapshot.
@@ -68,6 +73,16 @@ pub struct LedgerSnapshot {
     pub min_validity_left_ms: Option<u64>,
     /// First redemptions by validity left (`0-30s` … `240-300s`).
     pub validity_left: std::collections::BTreeMap<String, u64>,
+    /// URLs issued per `<account>/<region>` (the account in the call, the region it was signed
+    /// for).
+    #[serde(default)]
+    pub issued_by_scope: std::collections::BTreeMap<String, u64>,
+    /// STS AssumeRole calls answered with temporary credentials.
+    #[serde(default)]
+    pub roles_assumed: u64,
+    /// STS AssumeRole calls refused (unknown role, untrusted caller, wrong external id).
+    #[serde(default)]
+    pub assume_role_refused: u64,
 }
 
 fn op_index(op: Operation) -> usize {
@@ -91,8 +106,21 @@ impl Ledger {
     pub fn call(&self) {
         self.calls.fetch_add(1, Relaxed);
     }
-    pub fn issued(&self, op: Operation) {
+    pub fn issued(&self, op: Operation, account: &str, region: &str) {
         self.issued[op_index(op)].fetch_add(1, Relaxed);
+        *self
+            .by_scope
+            .lock()
+            .entry(format!("{account}/{region}"))
+            .or_default() += 1;
+    }
+    pub fn assumed(&self, ok: bool) {
+        if ok {
+            &self.assumed
+        } else {
+            &self.assume_refused
+        }
+        .fetch_add(1, Relaxed);
     }
     pub fn redemption(&self, r: Redemption) {
         let c = match r {
@@ -165,6 +193,9 @@ impl Ledger {
                 .zip(&self.left)
                 .map(|((_, name), n)| (name.to_string(), n.load(Relaxed)))
                 .collect(),
+            issued_by_scope: self.by_scope.lock().clone(),
+            roles_assumed: self.assumed.load(Relaxed),
+            assume_role_refused: self.assume_refused.load(Relaxed),
         }
     }
 }

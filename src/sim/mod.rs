@@ -11,6 +11,7 @@ pub mod knobs;
 pub mod ledger;
 pub mod registry;
 pub mod sigv4;
+pub mod sts;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, TcpListener};
@@ -26,6 +27,7 @@ use crate::model::{Experience, Operation, URL_VALIDITY_SECS};
 pub use knobs::Knobs;
 pub use ledger::{LedgerSnapshot, Redemption};
 pub use registry::{AccountSettings, Edition, NamespaceSettings};
+pub use sts::RoleSettings;
 
 /// Access key id the simulator accepts by default (printed at start, documented in the README).
 pub const DEFAULT_ACCESS_KEY_ID: &str = "AKIDEMBEDGATESIM0001";
@@ -53,8 +55,14 @@ pub struct SimSettings {
     pub listen: SocketAddr,
     /// Base of the embed URLs it issues. Default: `http://<the bound address>`.
     pub public_url: Option<String>,
+    /// The region signatures are scoped to (and the first of the regions served).
     pub region: String,
+    /// Further regions served: a call signed for any of them is answered as that region's
+    /// QuickSight (its URLs carry the region).
+    pub regions: Vec<String>,
     pub credentials: Vec<TestCredential>,
+    /// IAM roles the test credentials may assume through STS `AssumeRole` (same endpoint).
+    pub roles: Vec<RoleSettings>,
     /// Refuse requests whose SigV4 signature does not verify (as AWS does). On by default.
     pub verify_signatures: bool,
     pub max_clock_skew_secs: u64,
@@ -81,10 +89,16 @@ impl Default for SimSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 4599)),
             public_url: None,
             region: DEFAULT_REGION.into(),
+            regions: vec![],
             credentials: vec![TestCredential {
                 access_key_id: DEFAULT_ACCESS_KEY_ID.into(),
                 secret_access_key: DEFAULT_SECRET_ACCESS_KEY.into(),
                 accounts: vec![],
+            }],
+            roles: vec![RoleSettings {
+                arn: format!("arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/embedgate"),
+                external_id: None,
+                trusted_keys: vec![],
             }],
             verify_signatures: true,
             max_clock_skew_secs: 900,
@@ -106,8 +120,15 @@ impl SimSettings {
         if self.credentials.is_empty() {
             return Err("credentials: at least one test credential is required".into());
         }
-        if self.region.is_empty() {
-            return Err("region: must not be empty".into());
+        if self.region.is_empty() || self.regions.iter().any(String::is_empty) {
+            return Err("region, regions: must not be empty".into());
+        }
+        for (i, r) in self.roles.iter().enumerate() {
+            if sts::role_account(&r.arn).is_none() {
+                return Err(format!(
+                    "roles[{i}].arn: must be arn:aws:iam::<12-digit account>:role/<name>"
+                ));
+            }
         }
         if self.max_tracked_urls == 0 {
             return Err("max_tracked_urls: must be at least 1".into());
@@ -146,7 +167,11 @@ type AccountLimiter = governor::DefaultKeyedRateLimiter<String>;
 /// The simulator's shared state. Cheap to share (`Arc`); every method takes `&self`.
 pub struct Simulator {
     settings: SimSettings,
+    /// Every region served: `region` first, then `regions`.
+    served_regions: Vec<String>,
     keys: HashMap<String, String>,
+    /// Temporary credentials issued by AssumeRole, by access key id.
+    sessions: RwLock<HashMap<String, sts::Session>>,
     /// access key id → accounts it may call (absent: all)
     key_accounts: RwLock<HashMap<String, Vec<String>>>,
     registry: registry::Registry,
@@ -183,7 +208,11 @@ impl Simulator {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", settings.listen));
+        let mut served_regions = vec![settings.region.clone()];
+        served_regions.extend(settings.regions.iter().cloned());
         let sim = Simulator {
+            served_regions,
+            sessions: RwLock::new(HashMap::new()),
             keys,
             key_accounts: RwLock::new(key_accounts),
             registry,
@@ -287,7 +316,11 @@ impl Simulator {
             }
         }
         let limiter = self.limiter.read().clone();
-        limiter.is_some_and(|l| l.check_key(&account.to_string()).is_err())
+        let k = self.knobs.read();
+        let applies =
+            k.throttle_accounts.is_empty() || k.throttle_accounts.iter().any(|a| a == account);
+        drop(k);
+        applies && limiter.is_some_and(|l| l.check_key(&account.to_string()).is_err())
     }
 
     /// Decides whether this call meets a timed-out connection (`idle_timeout_next`).
@@ -323,8 +356,16 @@ impl Simulator {
         *self.base_url.write() = base.trim_end_matches('/').to_string();
     }
 
-    /// Mints a single-use embed URL for `experience` and remembers it for redemption.
-    pub fn issue(&self, op: Operation, experience: &Experience, session_minutes: i64) -> Issued {
+    /// Mints a single-use embed URL for `experience` in `account` and `region` and remembers it
+    /// for redemption.
+    pub fn issue(
+        &self,
+        op: Operation,
+        experience: &Experience,
+        session_minutes: i64,
+        account: &str,
+        region: &str,
+    ) -> Issued {
         let mut rng = rand::rng();
         let mut sid = [0u8; 16];
         rng.fill_bytes(&mut sid);
@@ -359,7 +400,7 @@ impl Simulator {
             Experience::QuickChat => (format!("/embedding/{sid}/quick-chat"), "Quick chat".into()),
         };
         let url = format!(
-            "{}{path}?code={code}&identityprovider=quicksight&isauthcode=true",
+            "{}{path}?code={code}&identityprovider=quicksight&isauthcode=true&region={region}",
             self.base_url.read()
         );
         let entry = IssuedUrl {
@@ -379,7 +420,7 @@ impl Simulator {
             book.order.push_back(code.clone());
             book.by_code.insert(code, entry);
         }
-        self.ledger.issued(op);
+        self.ledger.issued(op, account, region);
         Issued { url }
     }
 
@@ -424,12 +465,43 @@ impl Simulator {
             .is_none_or(|accounts| accounts.iter().any(|a| a == account))
     }
 
-    pub(crate) fn verifier(&self) -> sigv4::Verifier<'_> {
+    /// What the simulator knows of `access_key`: a configured test key, or temporary
+    /// credentials from AssumeRole.
+    pub(crate) fn key(&self, access_key: &str) -> Option<sigv4::KeyInfo> {
+        if let Some(secret) = self.keys.get(access_key) {
+            return Some(sigv4::KeyInfo {
+                secret: secret.clone(),
+                session: None,
+            });
+        }
+        self.sessions
+            .read()
+            .get(access_key)
+            .map(|s| sigv4::KeyInfo {
+                secret: s.secret.clone(),
+                session: Some((s.token.clone(), s.expires)),
+            })
+    }
+
+    /// Every region this simulator answers for.
+    pub fn regions(&self) -> &[String] {
+        &self.served_regions
+    }
+
+    /// Verifies a request signed for `service` (`quicksight`, `sts`) in a served region.
+    pub(crate) fn verify(
+        &self,
+        service: &str,
+        incoming: &sigv4::Incoming<'_>,
+    ) -> Result<sigv4::Verified, sigv4::AuthError> {
+        let lookup = |k: &str| self.key(k);
         sigv4::Verifier {
-            keys: &self.keys,
-            region: &self.settings.region,
+            lookup: &lookup,
+            regions: &self.served_regions,
+            service,
             max_skew: Duration::from_secs(self.settings.max_clock_skew_secs),
         }
+        .verify(incoming, self.now())
     }
 }
 

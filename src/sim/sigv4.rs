@@ -6,7 +6,6 @@
 //! in constant time. Both SDKs sign restJson1 requests the same way (double URI encoding, normalised
 //! path, no `x-amz-content-sha256`), so one set of signing settings verifies both.
 
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -32,6 +31,10 @@ pub enum AuthError {
     UnknownAccessKey,
     /// Scope, clock skew or signature mismatch.
     Invalid(String),
+    /// Temporary credentials past their expiry.
+    ExpiredToken,
+    /// Temporary credentials sent without their session token, or with another one.
+    BadToken,
 }
 
 impl AuthError {
@@ -48,6 +51,8 @@ impl AuthError {
             AuthError::Incomplete(_) => "IncompleteSignatureException",
             AuthError::UnknownAccessKey => "UnrecognizedClientException",
             AuthError::Invalid(_) => "InvalidSignatureException",
+            AuthError::ExpiredToken => "ExpiredTokenException",
+            AuthError::BadToken => "UnrecognizedClientException",
         }
     }
 
@@ -55,19 +60,42 @@ impl AuthError {
         match self {
             AuthError::Missing => "Missing Authentication Token".into(),
             AuthError::Incomplete(m) | AuthError::Invalid(m) => m.clone(),
-            AuthError::UnknownAccessKey => {
+            AuthError::UnknownAccessKey | AuthError::BadToken => {
                 "The security token included in the request is invalid.".into()
+            }
+            AuthError::ExpiredToken => {
+                "The security token included in the request is expired".into()
             }
         }
     }
 }
 
+/// What the simulator knows of one access key.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub secret: String,
+    /// Temporary credentials (from AssumeRole): the session token every call must carry, and
+    /// when they stop working.
+    pub session: Option<(String, SystemTime)>,
+}
+
 /// What the verifier needs to know.
 pub struct Verifier<'a> {
-    /// access key id → secret access key
-    pub keys: &'a HashMap<String, String>,
-    pub region: &'a str,
+    /// access key id → what it is
+    pub lookup: &'a (dyn Fn(&str) -> Option<KeyInfo> + Sync),
+    /// The regions served: a signature scoped to another is refused.
+    pub regions: &'a [String],
+    /// The service the signature must be scoped to (`quicksight`, `sts`).
+    pub service: &'a str,
     pub max_skew: Duration,
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub access_key: String,
+    /// The region the signature is scoped to.
+    pub region: String,
 }
 
 /// The parts of an incoming request that are signed.
@@ -145,7 +173,7 @@ impl Verifier<'_> {
     ///
     /// # Errors
     /// Why the request must be refused, as AWS would say it.
-    pub fn verify(&self, req: &Incoming<'_>, now: SystemTime) -> Result<String, AuthError> {
+    pub fn verify(&self, req: &Incoming<'_>, now: SystemTime) -> Result<Verified, AuthError> {
         let header = |name: &str| {
             req.headers
                 .iter()
@@ -161,17 +189,15 @@ impl Verifier<'_> {
         let signed_at = PrimitiveDateTime::parse(amz_date, AMZ_DATE)
             .map_err(|_| AuthError::Incomplete(format!("Invalid X-Amz-Date: {amz_date}")))?
             .assume_utc();
-        let secret = self
-            .keys
-            .get(auth.access_key)
-            .ok_or(AuthError::UnknownAccessKey)?;
+        let key = (self.lookup)(auth.access_key).ok_or(AuthError::UnknownAccessKey)?;
 
-        if auth.service != "quicksight" {
-            return Err(AuthError::Invalid(
-                "Credential should be scoped to correct service: 'quicksight'.".into(),
-            ));
+        if auth.service != self.service {
+            return Err(AuthError::Invalid(format!(
+                "Credential should be scoped to correct service: '{}'.",
+                self.service
+            )));
         }
-        if auth.region != self.region {
+        if !self.regions.iter().any(|r| r == auth.region) {
             return Err(AuthError::Invalid(format!(
                 "Credential should be scoped to a valid region, not '{}'.",
                 auth.region
@@ -191,6 +217,19 @@ impl Verifier<'_> {
         let wanted: Vec<&str> = auth.signed_headers.split(';').collect();
         let token =
             header("x-amz-security-token").filter(|_| wanted.contains(&"x-amz-security-token"));
+        if let Some((expected, expires)) = &key.session {
+            let same: bool = token
+                .unwrap_or_default()
+                .as_bytes()
+                .ct_eq(expected.as_bytes())
+                .into();
+            if !same {
+                return Err(AuthError::BadToken);
+            }
+            if *expires <= now {
+                return Err(AuthError::ExpiredToken);
+            }
+        }
         let headers = req.headers.iter().filter(|(k, _)| {
             let k = k.to_ascii_lowercase();
             k != "x-amz-date" && k != "x-amz-security-token" && wanted.contains(&k.as_str())
@@ -207,7 +246,7 @@ impl Verifier<'_> {
 
         let identity = Credentials::new(
             auth.access_key,
-            secret.as_str(),
+            key.secret.as_str(),
             token.map(String::from),
             None,
             "sim",
@@ -217,8 +256,8 @@ impl Verifier<'_> {
         settings.excluded_headers = None;
         let params = v4::SigningParams::builder()
             .identity(&identity)
-            .region(self.region)
-            .name("quicksight")
+            .region(auth.region)
+            .name(self.service)
             .time(SystemTime::from(signed_at))
             .settings(settings)
             .build()
@@ -240,7 +279,10 @@ impl Verifier<'_> {
             .ct_eq(auth.signature.as_bytes())
             .into();
         if same_headers && same_signature {
-            Ok(auth.access_key.to_string())
+            Ok(Verified {
+                access_key: auth.access_key.to_string(),
+                region: auth.region.to_string(),
+            })
         } else {
             Err(AuthError::Invalid(
                 "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.".into(),
@@ -277,8 +319,11 @@ impl Verifier<'_> {
 mod tests {
     use super::*;
 
-    fn keys() -> HashMap<String, String> {
-        HashMap::from([("AKIDTEST".to_string(), "secret".to_string())])
+    fn lookup(key: &str) -> Option<KeyInfo> {
+        (key == "AKIDTEST").then(|| KeyInfo {
+            secret: "secret".into(),
+            session: None,
+        })
     }
 
     /// Signs a request the way the SDKs do, with the given secret.
@@ -324,10 +369,11 @@ mod tests {
         path: &str,
         now: SystemTime,
     ) -> Result<String, AuthError> {
-        let keys = keys();
+        let regions = ["us-east-1".to_string()];
         let v = Verifier {
-            keys: &keys,
-            region: "us-east-1",
+            lookup: &lookup,
+            regions: &regions,
+            service: "quicksight",
             max_skew: Duration::from_secs(900),
         };
         let req = Incoming {
@@ -339,7 +385,7 @@ mod tests {
                 .collect(),
             body: b"",
         };
-        v.verify(&req, now)
+        v.verify(&req, now).map(|v| v.access_key)
     }
 
     const PATH: &str =

@@ -12,12 +12,15 @@ mod mapping;
 
 use std::time::{Duration, Instant};
 
+use aws_config::sts::AssumeRoleProvider;
 use aws_config::BehaviorVersion;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_quicksight::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_quicksight::types as qs;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::UpstreamSettings;
 use crate::metrics::Metrics;
@@ -33,15 +36,22 @@ pub struct Fetched {
     pub sent_at_ms: u64,
 }
 
-/// The QuickSight client.
+/// One QuickSight upstream: an account (or every account) in one region, its SDK client with its
+/// own credentials, and its bound on calls in flight.
 pub struct Upstream {
     client: aws_sdk_quicksight::Client,
-    region: String,
+    settings: UpstreamSettings,
+    /// Calls in flight to this upstream (misses and prefetches): one slow upstream cannot take
+    /// the others' slots.
+    slots: Semaphore,
+    /// The assumed-role provider, to check at start-up that the role can be assumed.
+    role: Option<SharedCredentialsProvider>,
     metrics: std::sync::Arc<Metrics>,
 }
 
 impl Upstream {
-    /// Builds the SDK client from `aws-config`'s standard chain, overridden by settings.
+    /// Builds the SDK client from `aws-config`'s standard chain, overridden by settings; with
+    /// `role_arn`, credentials come from STS AssumeRole with those as the source identity.
     pub async fn new(settings: &UpstreamSettings, metrics: std::sync::Arc<Metrics>) -> Self {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(settings.region.clone()))
@@ -64,16 +74,78 @@ impl Upstream {
                 "embedgate-config",
             ));
         }
-        let config = loader.load().await;
+        let mut config = loader.load().await;
+        let mut role = None;
+        if let Some(arn) = &settings.role_arn {
+            let mut builder = AssumeRoleProvider::builder(arn)
+                .session_name(settings.session_name.as_deref().unwrap_or("embedgate"))
+                .region(aws_config::Region::new(settings.region.clone()))
+                .configure(&config);
+            if let Some(id) = &settings.external_id {
+                builder = builder.external_id(id);
+            }
+            if let Some(secs) = settings.duration_secs {
+                builder = builder.session_length(Duration::from_secs(secs));
+            }
+            let provider = SharedCredentialsProvider::new(builder.build().await);
+            config = config
+                .into_builder()
+                .credentials_provider(provider.clone())
+                .build();
+            role = Some(provider);
+        }
         Upstream {
             client: aws_sdk_quicksight::Client::new(&config),
-            region: settings.region.clone(),
+            slots: Semaphore::new(settings.max_concurrency),
+            settings: settings.clone(),
+            role,
             metrics,
         }
     }
 
+    pub fn id(&self) -> &str {
+        &self.settings.id
+    }
+
     pub fn region(&self) -> &str {
-        &self.region
+        &self.settings.region
+    }
+
+    /// The account it serves (`None`: every account, the single `[upstream]` table).
+    pub fn account(&self) -> Option<&str> {
+        self.settings.account.as_deref()
+    }
+
+    pub fn settings(&self) -> &UpstreamSettings {
+        &self.settings
+    }
+
+    /// A slot for one call, waited for until `deadline`.
+    pub async fn slot(&self, deadline: tokio::time::Instant) -> Option<SemaphorePermit<'_>> {
+        tokio::time::timeout_at(deadline, self.slots.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// Assumes the role once (start-up check). `Ok` for upstreams without a role.
+    ///
+    /// # Errors
+    /// Why STS refused, or that it did not answer in time.
+    pub async fn check_role(&self) -> Result<(), String> {
+        let Some(provider) = &self.role else {
+            return Ok(());
+        };
+        let bound = Duration::from_millis(self.settings.timeout_ms.max(1_000));
+        match tokio::time::timeout(bound, provider.provide_credentials()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!(
+                "cannot assume {}: {}",
+                self.settings.role_arn.as_deref().unwrap_or_default(),
+                aws_smithy_types::error::display::DisplayErrorContext(&e)
+            )),
+            Err(_) => Err("STS did not answer in time".into()),
+        }
     }
 
     /// Asks QuickSight for one embed URL.
@@ -93,7 +165,7 @@ impl Upstream {
         self.metrics.upstream_in_flight.dec();
         self.metrics
             .upstream_duration
-            .with_label_values(&[op])
+            .with_label_values(&[op, self.id()])
             .observe(started.elapsed().as_secs_f64());
         let result = result.and_then(|url| {
             // The SDK fills a missing required EmbedUrl with "" rather than failing.
@@ -111,7 +183,7 @@ impl Upstream {
         };
         self.metrics
             .upstream_calls
-            .with_label_values(&[op, label])
+            .with_label_values(&[op, self.id(), label])
             .inc();
         result
     }
@@ -132,6 +204,8 @@ impl Upstream {
                     user_arn,
                     namespace,
                     additional_dashboard_ids,
+                    // Our routing member: it chose this client, QuickSight has no such member.
+                    region: _,
                 } = r;
                 let call = self
                     .client
@@ -159,6 +233,7 @@ impl Upstream {
                     authorized_resource_arns,
                     experience_configuration,
                     allowed_domains,
+                    region: _,
                 } = r;
                 let call = self
                     .client
@@ -187,6 +262,7 @@ impl Upstream {
                     user_arn,
                     experience_configuration,
                     allowed_domains,
+                    region: _,
                 } = r;
                 let call = self
                     .client
@@ -224,5 +300,85 @@ where
             send(builder).await.map_err(classify)
         }
         other => other.map_err(classify),
+    }
+}
+
+/// Why a request cannot be routed to an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unrouted {
+    /// The member to name: `Region` when one was asked for, else `AwsAccountId`.
+    pub field: &'static str,
+    pub detail: String,
+}
+
+/// Every configured upstream, and the routing of a request to one of them.
+pub struct Upstreams {
+    list: Vec<Upstream>,
+}
+
+impl Upstreams {
+    /// Builds every upstream's client (nothing is called yet; see [`Upstreams::check_roles`]).
+    pub async fn new(settings: &crate::config::Settings, metrics: std::sync::Arc<Metrics>) -> Self {
+        let mut list = vec![];
+        for u in settings.upstreams() {
+            list.push(Upstream::new(u, metrics.clone()).await);
+        }
+        Upstreams { list }
+    }
+
+    pub fn all(&self) -> &[Upstream] {
+        &self.list
+    }
+
+    /// The upstream for `account` in `region`; without a region, the first configured for the
+    /// account.
+    ///
+    /// # Errors
+    /// No upstream serves that account (in that region).
+    pub fn route(&self, account: &str, region: Option<&str>) -> Result<&Upstream, Unrouted> {
+        let serves = |u: &&Upstream| u.account().is_none_or(|a| a == account);
+        let found = match region {
+            None => self.list.iter().find(serves),
+            Some(r) => self.list.iter().filter(serves).find(|u| u.region() == r),
+        };
+        found.ok_or_else(|| match region {
+            Some(r) if self.list.iter().any(|u| serves(&u)) => Unrouted {
+                field: "Region",
+                detail: format!("Region: no upstream serves account {account} in {r}"),
+            },
+            _ => Unrouted {
+                field: "AwsAccountId",
+                detail: format!("AwsAccountId: no upstream serves account {account}"),
+            },
+        })
+    }
+
+    /// The upstream of an admitted request (its account and region are set by then).
+    pub fn of(&self, req: &EmbedRequest) -> &Upstream {
+        self.route(req.aws_account_id(), req.region())
+            .unwrap_or(&self.list[0])
+    }
+
+    /// Assumes every role once, concurrently: a role that cannot be assumed is logged as an
+    /// error naming its upstream, and the others go on serving (its misses fail until it can).
+    pub async fn check_roles(&self) {
+        let checks = self
+            .list
+            .iter()
+            .map(|u| async move { (u, u.check_role().await) });
+        for (u, result) in futures::future::join_all(checks).await {
+            match result {
+                Ok(()) if u.role.is_some() => {
+                    tracing::info!(upstream = u.id(), "assumed the upstream's role")
+                }
+                Ok(()) => {}
+                Err(e) => tracing::error!(
+                    upstream = u.id(),
+                    error = %e,
+                    "upstream {}: its role cannot be assumed; the other upstreams keep serving",
+                    u.id()
+                ),
+            }
+        }
     }
 }

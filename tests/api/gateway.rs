@@ -106,7 +106,7 @@ async fn a_url_below_min_remaining_is_never_handed_out_and_counts_as_waste() {
     let now = clock.now_ms();
     let mut real = vec![];
     for _ in 0..2 {
-        let r = gw.upstream().fetch(&req, &clock).await.unwrap();
+        let r = gw.upstreams().of(&req).fetch(&req, &clock).await.unwrap();
         real.push(r.url);
     }
     gw.pool()

@@ -32,7 +32,12 @@ async fn fill(app: &TestApp, body: &Value, n: usize) {
         )
         .unwrap();
     for _ in 0..n {
-        let f = gw.upstream().fetch(&req, gw.clock()).await.unwrap();
+        let f = gw
+            .upstreams()
+            .of(&req)
+            .fetch(&req, gw.clock())
+            .await
+            .unwrap();
         gw.pool()
             .put(
                 &key,
@@ -130,10 +135,10 @@ async fn counters_move_by_exactly_the_expected_amounts() {
         ("embedgate_inbound_rejections_total{tenant=\"beta\"}", 1.0),
         ("embedgate_urls_fetched_total{reason=\"miss\"}", 3.0),
         // 3 filled by the test + 3 misses = 6 ok; one injected failure, one throttled, one 404.
-        ("embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"ok\"}", 6.0),
-        ("embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"error\"}", 1.0),
-        ("embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"throttled\"}", 1.0),
-        ("embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"rejected\"}", 1.0),
+        ("embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"ok\",upstream=\"default\"}", 6.0),
+        ("embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"error\",upstream=\"default\"}", 1.0),
+        ("embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"throttled\",upstream=\"default\"}", 1.0),
+        ("embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"rejected\",upstream=\"default\"}", 1.0),
         ("embedgate_upstream_throttle_events_total", 1.0),
         ("embedgate_handout_remaining_validity_seconds_count", 3.0),
         ("embedgate_request_duration_seconds_count{outcome=\"hit\"}", 3.0),
