@@ -34,6 +34,7 @@ pub(super) async fn state(gw: web::Data<Gateway>) -> HttpResponse {
                 (None, None) => "default_chain",
             },
             "role_arn": u.settings().role_arn,
+            "role_error": u.role_error(),
         })).collect::<Vec<_>>(),
         "tenants": gw.tenants().all().iter().map(|t| json!({"id": t.id, "rate_per_sec": t.rate_per_sec, "burst": t.burst})).collect::<Vec<_>>(),
     }))

@@ -46,6 +46,8 @@ pub struct Upstream {
     slots: Semaphore,
     /// The assumed-role provider, to check at start-up that the role can be assumed.
     role: Option<SharedCredentialsProvider>,
+    /// Why the role could not be assumed at the last check (`/state`).
+    role_error: parking_lot::Mutex<Option<String>>,
     metrics: std::sync::Arc<Metrics>,
 }
 
@@ -99,6 +101,7 @@ impl Upstream {
             slots: Semaphore::new(settings.max_concurrency),
             settings: settings.clone(),
             role,
+            role_error: parking_lot::Mutex::new(None),
             metrics,
         }
     }
@@ -137,7 +140,7 @@ impl Upstream {
             return Ok(());
         };
         let bound = Duration::from_millis(self.settings.timeout_ms.max(1_000));
-        match tokio::time::timeout(bound, provider.provide_credentials()).await {
+        let result = match tokio::time::timeout(bound, provider.provide_credentials()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!(
                 "cannot assume {}: {}",
@@ -145,7 +148,14 @@ impl Upstream {
                 aws_smithy_types::error::display::DisplayErrorContext(&e)
             )),
             Err(_) => Err("STS did not answer in time".into()),
-        }
+        };
+        *self.role_error.lock() = result.as_ref().err().cloned();
+        result
+    }
+
+    /// Why the role could not be assumed at the start-up check, if it could not.
+    pub fn role_error(&self) -> Option<String> {
+        self.role_error.lock().clone()
     }
 
     /// Asks QuickSight for one embed URL.
@@ -280,13 +290,15 @@ impl Upstream {
     }
 }
 
-/// Sending a call, and sending it once more when the first answer says it was never read.
+/// Sending a call, and sending it once more when the first attempt died with its connection.
 ///
 /// An HTTP front end that times out a keep-alive connection before a request arrives answers
-/// `408 Request Timeout` on it; a client that picks that connection from its pool at that moment
-/// reads the 408 as the answer to its request. The server never read the request, so sending it
-/// again on a fresh connection is safe and costs QuickSight nothing, as browsers do. A second
-/// 408 is classified like any other failure.
+/// `408 Request Timeout` on it, or closes it; a client that picks that connection from its pool at
+/// that moment reads the 408 (or the close) as the answer to its request. The server never read
+/// the request, so sending it again on a fresh connection is safe and costs QuickSight nothing,
+/// as browsers do (the SDK's own retries, off here, would do the same). A connection that broke
+/// after the request was read could have minted a URL nobody receives: one wasted call, never a
+/// URL handed out twice. A second failure is classified like any other.
 async fn send_resending_unread<B, T, E, F, Fut>(builder: B, send: F) -> Result<T, UpstreamError>
 where
     B: Clone,
@@ -297,6 +309,10 @@ where
     match send(builder.clone()).await {
         Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 408 => {
             tracing::debug!("QuickSight answered 408 without reading the call; sending it again");
+            send(builder).await.map_err(classify)
+        }
+        Err(SdkError::DispatchFailure(e)) if e.is_io() => {
+            tracing::debug!(error = ?e, "the connection broke under the call; sending it again");
             send(builder).await.map_err(classify)
         }
         other => other.map_err(classify),

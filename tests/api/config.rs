@@ -46,6 +46,35 @@ fn invalid_configs_refuse_to_start_naming_the_key() {
         "[knobs]\nerror_rate = 2.0\n",
         "error_rate",
     );
+    // Several upstreams: each names its account, ids are unique, role settings need a role,
+    // and the single [upstream] table is not mixed in.
+    let up =
+        |extra: &str| format!("[[upstreams]]\nid = \"us\"\naccount = \"111122223333\"\n{extra}\n");
+    refuses(
+        &["serve", "--config"],
+        "[[upstreams]]\nid = \"us\"\n",
+        "upstreams[0].account",
+    );
+    refuses(
+        &["serve", "--config"],
+        &format!("{}{}", up(""), up("region = \"eu-west-1\"")),
+        "upstreams[1].id",
+    );
+    refuses(
+        &["serve", "--config"],
+        &up("external_id = \"x\""),
+        "upstreams[0].external_id",
+    );
+    refuses(
+        &["serve", "--config"],
+        &up("role_arn = \"arn:aws:iam::1:role/x\""),
+        "upstreams[0].role_arn",
+    );
+    refuses(
+        &["serve", "--config"],
+        &format!("[upstream]\nrate_per_sec = 5.0\n{}", up("")),
+        "not both",
+    );
     // A clock that is wrong on purpose is for tests only.
     refuses(
         &["serve", "--config"],

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, in-process servers on port 0, real clients.
 
+mod accounts;
 mod bad_input;
 mod chaos;
 mod clock_step;

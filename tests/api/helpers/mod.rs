@@ -80,10 +80,14 @@ pub fn sdk_client(endpoint: &str) -> aws_sdk_quicksight::Client {
 }
 
 /// The HTTP client of every test: room for many concurrent connections per host, no redirects
-/// followed (a test sees the redemption page's own answer), a timeout no healthy server reaches.
+/// followed (a test sees the redemption page's own answer), a timeout no healthy server reaches,
+/// and idle connections dropped after 2 s: before actix-web's 5 s keep-alive closes them on the
+/// server side, so a request never races a close on a reused connection (which a client cannot
+/// safely resend for a POST).
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(128)
+        .pool_idle_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(60))
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -156,7 +160,16 @@ pub fn tenant(id: &str, key: &str) -> TenantSettings {
 /// Starts a simulator and a gateway in front of it with tenants `alpha` and `beta` (keys
 /// `alpha-key`, `beta-key`); `customize` adjusts the settings first.
 pub async fn spawn_app_with(clock: Clock, customize: impl FnOnce(&mut Settings)) -> TestApp {
-    let sim = spawn_sim();
+    spawn_app_on(sim_settings(), clock, customize).await
+}
+
+/// [`spawn_app_with`] in front of a simulator with these settings.
+pub async fn spawn_app_on(
+    sim: SimSettings,
+    clock: Clock,
+    customize: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let sim = SimServer::start(sim).expect("simulator starts");
     let mut tenants = vec![];
     let mut customize = Some(customize);
     let customize = |s: &mut Settings| {
