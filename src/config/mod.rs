@@ -206,7 +206,7 @@ pub struct RefillSettings {
     pub enabled: bool,
     /// How often the planner looks at demand.
     pub tick_ms: u64,
-    /// Most prefetches in flight at once.
+    /// Most prefetches in flight at once, per upstream.
     pub concurrency: usize,
     /// Extra seconds of demand to hold beyond the measured refill lead time.
     pub safety_secs: f64,

@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
@@ -87,7 +86,6 @@ pub struct Gateway {
     coordination: Coordination,
     metrics: Arc<Metrics>,
     clock: Clock,
-    prefetch_slots: Arc<Semaphore>,
     /// EWMA of upstream latency in seconds (the refill lead time), as f64 bits.
     lead_secs: std::sync::atomic::AtomicU64,
 }
@@ -133,7 +131,6 @@ impl Gateway {
             ),
             budgets,
             demand: Demand::new(&settings.refill, demand_caps),
-            prefetch_slots: Arc::new(Semaphore::new(settings.refill.concurrency)),
             lead_secs: std::sync::atomic::AtomicU64::new(0.1f64.to_bits()),
             tenants,
             upstreams,

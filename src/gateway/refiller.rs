@@ -90,18 +90,14 @@ impl Gateway {
         }
         let mut surplus = vec![];
         for (t, w) in wants {
-            if !self.start_prefetches(&t, w.needed, Priority::Prefetch, w.reason) {
-                return;
-            }
+            self.start_prefetches(&t, w.needed, Priority::Prefetch, w.reason);
             if w.extra > 0 {
                 surplus.push((t, w.extra, w.reason));
             }
         }
         // Surplus only after every key's needed depth had its chance at the budget.
         for (t, extra, reason) in surplus {
-            if !self.start_prefetches(&t, extra, Priority::Surplus, reason) {
-                return;
-            }
+            self.start_prefetches(&t, extra, Priority::Surplus, reason);
         }
     }
 
@@ -128,22 +124,20 @@ impl Gateway {
         (5 * self.settings.refill.tick_ms).max(2_000)
     }
 
-    /// Starts up to `n` prefetches for `t`, as far as the local budget allows; false when the
-    /// prefetch concurrency is used up (nothing more can start this tick).
+    /// Starts up to `n` prefetches for `t`, as far as the local budget and its upstream's
+    /// prefetch slots allow (a full upstream skips its keys; the others go on).
     fn start_prefetches(
         self: &Arc<Self>,
         t: &Arc<Tracked>,
         n: usize,
         priority: Priority,
         reason: Reason,
-    ) -> bool {
-        if n == 0 {
-            return true;
-        }
+    ) {
         let budget = self.budget_for(&t.request);
+        let upstream = self.upstreams.of(&t.request);
         for _ in 0..n {
-            let Ok(permit) = self.prefetch_slots.clone().try_acquire_owned() else {
-                return false;
+            let Some(permit) = upstream.prefetch_slot() else {
+                return;
             };
             if budget.try_acquire(t.tenant, priority).is_err() {
                 break;
@@ -157,7 +151,6 @@ impl Gateway {
                 drop(permit);
             });
         }
-        true
     }
 
     /// One prefetch started by the planner (its call already taken from the local budget). On a

@@ -240,7 +240,10 @@ async fn api_call(
             .response(&request_id, sim.knobs().retry_after_ms);
     }
     let knobs = sim.knobs();
-    if knobs.hang_rate > 0.0 && rand::random::<f64>() < knobs.hang_rate {
+    if knobs.hang_rate > 0.0
+        && knobs.faults_apply_to(&account)
+        && rand::random::<f64>() < knobs.hang_rate
+    {
         sim.ledger_mut().hung();
         tokio::time::sleep(std::time::Duration::from_millis(knobs.hang_ms)).await;
         return AwsError::new(
@@ -254,7 +257,7 @@ async fn api_call(
     if !latency.is_zero() && !knobs.latency_after_mint {
         tokio::time::sleep(latency).await;
     }
-    if sim.inject_failure() {
+    if sim.inject_failure(&account) {
         sim.ledger_mut().failed();
         return AwsError::new(
             500,

@@ -19,8 +19,9 @@ pub struct Knobs {
     pub throttle_rps: Option<u32>,
     /// Burst allowed above `throttle_rps`; defaults to one second's worth.
     pub throttle_burst: Option<u32>,
-    /// Apply `throttle_rps` only to these accounts (empty: every account).
-    pub throttle_accounts: Vec<String>,
+    /// Apply the rate-based faults (`throttle_rps`, `error_rate`, `hang_rate`) only to calls for
+    /// these accounts (empty: every account). The `*_next` counters apply to any call.
+    pub fault_accounts: Vec<String>,
     /// Answer the next N calls with ThrottlingException, whatever the rate.
     pub throttle_next: u32,
     /// Send `x-amz-retry-after: <ms>` with throttling errors.
@@ -50,7 +51,7 @@ impl Default for Knobs {
             latency_after_mint: false,
             throttle_rps: None,
             throttle_burst: None,
-            throttle_accounts: vec![],
+            fault_accounts: vec![],
             throttle_next: 0,
             retry_after_ms: None,
             error_rate: 0.0,
@@ -64,6 +65,11 @@ impl Default for Knobs {
 }
 
 impl Knobs {
+    /// Whether the rate-based faults apply to a call for `account`.
+    pub fn faults_apply_to(&self, account: &str) -> bool {
+        self.fault_accounts.is_empty() || self.fault_accounts.iter().any(|a| a == account)
+    }
+
     /// Applies a partial update given as a JSON object, validating the result.
     ///
     /// # Errors

@@ -316,10 +316,7 @@ impl Simulator {
             }
         }
         let limiter = self.limiter.read().clone();
-        let k = self.knobs.read();
-        let applies =
-            k.throttle_accounts.is_empty() || k.throttle_accounts.iter().any(|a| a == account);
-        drop(k);
+        let applies = self.knobs.read().faults_apply_to(account);
         applies && limiter.is_some_and(|l| l.check_key(&account.to_string()).is_err())
     }
 
@@ -334,14 +331,20 @@ impl Simulator {
         hit
     }
 
-    /// Decides whether this call fails with an injected 500: `fail_next` first, then `error_rate`.
-    pub(crate) fn inject_failure(&self) -> bool {
+    /// Decides whether this call (for `account`) fails with an injected 500: `fail_next` first,
+    /// then `error_rate`.
+    pub(crate) fn inject_failure(&self, account: &str) -> bool {
         let error_rate = {
             let k = self.knobs.read();
+            let rate = if k.faults_apply_to(account) {
+                k.error_rate
+            } else {
+                0.0
+            };
             if k.fail_next == 0 {
-                return k.error_rate > 0.0 && rand::random::<f64>() < k.error_rate;
+                return rate > 0.0 && rand::random::<f64>() < rate;
             }
-            k.error_rate
+            rate
         };
         let mut k = self.knobs.write();
         if k.fail_next > 0 {

@@ -20,7 +20,9 @@ use aws_sdk_quicksight::types as qs;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 use crate::config::UpstreamSettings;
 use crate::metrics::Metrics;
@@ -44,6 +46,9 @@ pub struct Upstream {
     /// Calls in flight to this upstream (misses and prefetches): one slow upstream cannot take
     /// the others' slots.
     slots: Semaphore,
+    /// Prefetches in flight for this upstream (`refill.concurrency` each): one hanging upstream
+    /// holds only its own.
+    prefetches: Arc<Semaphore>,
     /// The assumed-role provider, to check at start-up that the role can be assumed.
     role: Option<SharedCredentialsProvider>,
     /// Why the role could not be assumed at the last check (`/state`).
@@ -54,7 +59,11 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the SDK client from `aws-config`'s standard chain, overridden by settings; with
     /// `role_arn`, credentials come from STS AssumeRole with those as the source identity.
-    pub async fn new(settings: &UpstreamSettings, metrics: std::sync::Arc<Metrics>) -> Self {
+    pub async fn new(
+        settings: &UpstreamSettings,
+        prefetch_concurrency: usize,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Self {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(settings.region.clone()))
             .retry_config(RetryConfig::disabled())
@@ -99,6 +108,7 @@ impl Upstream {
         Upstream {
             client: aws_sdk_quicksight::Client::new(&config),
             slots: Semaphore::new(settings.max_concurrency),
+            prefetches: Arc::new(Semaphore::new(prefetch_concurrency)),
             settings: settings.clone(),
             role,
             role_error: parking_lot::Mutex::new(None),
@@ -129,6 +139,11 @@ impl Upstream {
             .await
             .ok()
             .and_then(Result::ok)
+    }
+
+    /// A prefetch slot, if one is free now.
+    pub fn prefetch_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.prefetches.clone().try_acquire_owned().ok()
     }
 
     /// Assumes the role once (start-up check). `Ok` for upstreams without a role.
@@ -337,7 +352,7 @@ impl Upstreams {
     pub async fn new(settings: &crate::config::Settings, metrics: std::sync::Arc<Metrics>) -> Self {
         let mut list = vec![];
         for u in settings.upstreams() {
-            list.push(Upstream::new(u, metrics.clone()).await);
+            list.push(Upstream::new(u, settings.refill.concurrency, metrics.clone()).await);
         }
         Upstreams { list }
     }

@@ -449,7 +449,7 @@ async fn one_upstreams_throttling_leaves_the_others_pool_hits_alone() {
     // The EU account is throttled hard at QuickSight from now on.
     app.sim
         .sim
-        .update_knobs(&json!({"throttle_rps": 1, "throttle_burst": 1, "throttle_accounts": [EU]}))
+        .update_knobs(&json!({"throttle_rps": 1, "throttle_burst": 1, "fault_accounts": [EU]}))
         .unwrap();
     let mut us_sources = vec![];
     let mut eu_codes = vec![];
@@ -485,4 +485,46 @@ async fn one_upstreams_throttling_leaves_the_others_pool_hits_alone() {
         "the US budget never adapted down"
     );
     app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_upstream_holds_only_its_own_slots() {
+    let app = std::sync::Arc::new(
+        spawn_app_on(two_region_sim(), Clock::System, |s| {
+            two_upstreams(s, None);
+            s.upstreams[1].max_concurrency = 8;
+            s.refill.enabled = false;
+        })
+        .await,
+    );
+    // Establish both upstreams' credentials, then make every EU call hang.
+    for body in [dash("sales-2024", "alice"), eu_dash("alice")] {
+        assert_eq!(app.embed("alpha", "dashboard", &body).await.status(), 200);
+    }
+    app.sim
+        .sim
+        .update_knobs(&json!({"hang_rate": 1.0, "hang_ms": 20_000, "fault_accounts": [EU]}))
+        .unwrap();
+    // More EU callers than there are slots anywhere, all stuck at QuickSight or waiting...
+    let stuck: Vec<_> = (0..80)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                app.embed_json("alpha", "dashboard", &eu_dash(&format!("user-{i:04}")))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...while US misses (a new key each) go straight through.
+    for i in 0..20 {
+        let body = dash("sales-2024", &format!("user-{:04}", 100 + i));
+        let r = app.embed_json("alpha", "dashboard", &body).await;
+        assert_eq!(r["Source"], "upstream", "US miss {i} while EU hangs: {r}");
+    }
+    for s in stuck {
+        let p = s.await.unwrap();
+        assert_eq!(p["upstreamId"], "eu", "{p}");
+    }
+    std::sync::Arc::try_unwrap(app).ok().unwrap().stop().await;
 }
