@@ -3,8 +3,9 @@
 //!
 //! It owns: parameter validation with QuickSight's error codes (rules from [`crate::model`]), a
 //! registry of known accounts/namespaces/users/dashboards, single-use embed URLs that point back at
-//! itself, a ledger proving what happened to each URL, and fault knobs (latency, throttling, errors,
-//! hangs, clock offset). It does not own anything of the gateway.
+//! itself ([`urls`]), a ledger proving what happened to each URL, fault knobs (latency,
+//! throttling, errors, hangs, clock offset), several regions, and a minimal STS for assumed roles
+//! ([`sts`]). It does not own anything of the gateway.
 
 pub mod http;
 pub mod knobs;
@@ -12,18 +13,19 @@ pub mod ledger;
 pub mod registry;
 pub mod sigv4;
 pub mod sts;
+mod urls;
 
-use std::collections::{HashMap, VecDeque};
+use urls::UrlBook;
+
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine;
 use parking_lot::{Mutex, RwLock};
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Experience, Operation, URL_VALIDITY_SECS};
+use crate::model::Operation;
 pub use knobs::Knobs;
 pub use ledger::{LedgerSnapshot, Redemption};
 pub use registry::{AccountSettings, Edition, NamespaceSettings};
@@ -140,25 +142,6 @@ impl SimSettings {
         }
         self.knobs.validate().map_err(|e| format!("knobs.{e}"))
     }
-}
-
-/// One issued URL, remembered for redemption.
-#[derive(Debug)]
-struct IssuedUrl {
-    /// The URL path it was issued with (`/embed/<sid>/dashboards/<id>`): a code only redeems there.
-    path: String,
-    issued_at: SystemTime,
-    redeemed: bool,
-    /// What the redemption page names.
-    title: String,
-    session_minutes: i64,
-}
-
-#[derive(Default)]
-struct UrlBook {
-    by_code: HashMap<String, IssuedUrl>,
-    /// Codes in issue order, so the oldest are forgotten first.
-    order: VecDeque<String>,
 }
 
 /// Throttle state: one GCRA bucket per account, rebuilt when the knob changes.
@@ -352,112 +335,6 @@ impl Simulator {
             return true;
         }
         error_rate > 0.0 && rand::random::<f64>() < error_rate
-    }
-
-    /// Sets the base of issued URLs once the listener's real port is known.
-    pub(crate) fn set_base_url(&self, base: String) {
-        *self.base_url.write() = base.trim_end_matches('/').to_string();
-    }
-
-    /// Mints a single-use embed URL for `experience` in `account` and `region` and remembers it
-    /// for redemption.
-    pub fn issue(
-        &self,
-        op: Operation,
-        experience: &Experience,
-        session_minutes: i64,
-        account: &str,
-        region: &str,
-    ) -> Issued {
-        let mut rng = rand::rng();
-        let mut sid = [0u8; 16];
-        rng.fill_bytes(&mut sid);
-        // 192 random bytes: far beyond the 128 bits an unguessable code needs, and about as long
-        // as real codes (several hundred characters).
-        let mut code_bytes = [0u8; 192];
-        rng.fill_bytes(&mut code_bytes);
-        let code = format!(
-            "AYABe{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(code_bytes)
-        );
-        let sid = hex::encode(sid);
-        let (path, title) = match experience {
-            Experience::Dashboard(d) => (
-                format!("/embed/{sid}/dashboards/{d}"),
-                format!("dashboard {d}"),
-            ),
-            Experience::Visual {
-                dashboard,
-                sheet,
-                visual,
-            } => (
-                format!("/embed/{sid}/dashboards/{dashboard}/sheets/{sheet}/visuals/{visual}"),
-                format!("visual {visual} of dashboard {dashboard}"),
-            ),
-            Experience::Console(p) => (format!("/embedding/{sid}{p}"), format!("console {p}")),
-            Experience::QSearch => (format!("/embedding/{sid}/q/search"), "Q search bar".into()),
-            Experience::GenerativeQnA => (
-                format!("/embedding/{sid}/q/search"),
-                "generative Q&A".into(),
-            ),
-            Experience::QuickChat => (format!("/embedding/{sid}/quick-chat"), "Quick chat".into()),
-        };
-        let url = format!(
-            "{}{path}?code={code}&identityprovider=quicksight&isauthcode=true&region={region}",
-            self.base_url.read()
-        );
-        let entry = IssuedUrl {
-            path,
-            issued_at: self.now(),
-            redeemed: false,
-            title,
-            session_minutes,
-        };
-        {
-            let mut book = self.urls.lock();
-            while book.order.len() >= self.settings.max_tracked_urls {
-                if let Some(old) = book.order.pop_front() {
-                    book.by_code.remove(&old);
-                }
-            }
-            book.order.push_back(code.clone());
-            book.by_code.insert(code, entry);
-        }
-        self.ledger.issued(op, account, region);
-        Issued { url }
-    }
-
-    /// Opens an embed URL: the first use within 300 s succeeds, every other use is refused.
-    /// Returns the outcome and, on success, what the page names and the session length.
-    pub fn redeem(&self, path: &str, code: &str) -> (Redemption, Option<(String, i64)>) {
-        let now = self.now();
-        let mut book = self.urls.lock();
-        let outcome = match book.by_code.get_mut(code) {
-            Some(e) if e.path == path => {
-                let age = now.duration_since(e.issued_at).unwrap_or_default();
-                if e.redeemed && self.settings.single_use {
-                    (Redemption::Double, None)
-                } else if age > Duration::from_secs(URL_VALIDITY_SECS) {
-                    (Redemption::Late, None)
-                } else {
-                    let double = e.redeemed;
-                    e.redeemed = true;
-                    let r = if double {
-                        Redemption::Double
-                    } else {
-                        let validity = Duration::from_secs(URL_VALIDITY_SECS);
-                        self.ledger
-                            .validity_left((validity - age).as_millis() as u64);
-                        Redemption::Ok
-                    };
-                    (r, Some((e.title.clone(), e.session_minutes)))
-                }
-            }
-            _ => (Redemption::Unknown, None),
-        };
-        drop(book);
-        self.ledger.redemption(outcome.0);
-        outcome
     }
 
     /// Whether `access_key` may call `account` (keys without an account list may call any).
