@@ -439,7 +439,7 @@ impl EmbedRequest {
                 return Err(Violation::invalid(
                     "UserArn",
                     format!(
-                        "must be in the {partition} partition of the gateway's region {region}"
+                        "must be in the {partition} partition of the upstream's region {region}"
                     ),
                 ));
             }
@@ -451,7 +451,7 @@ impl EmbedRequest {
                         return Err(Violation::invalid(
                             format!("AuthorizedResourceArns[{i}]"),
                             format!(
-                                "must be in the gateway's region {region} (partition {partition})"
+                                "must be in the upstream's region {region} (partition {partition})"
                             ),
                         ));
                     }
