@@ -239,6 +239,17 @@ impl Simulator {
         );
     }
 
+    /// Drops the account restrictions of keys that no longer exist (expired sessions).
+    pub(crate) fn forget_keys(&self, keys: &[String]) {
+        if keys.is_empty() {
+            return;
+        }
+        let mut restricted = self.key_accounts.write();
+        for k in keys {
+            restricted.remove(k);
+        }
+    }
+
     /// Records what an operation parsed (before validation), so tests can check that every
     /// member arrived intact.
     pub(crate) fn record_input(&self, req: &crate::model::EmbedRequest) {

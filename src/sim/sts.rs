@@ -97,10 +97,19 @@ impl Simulator {
             expires: now + duration,
         };
         let mut sessions = self.sessions.write();
-        // Forget sessions expired for a minute: they can never verify again.
-        sessions.retain(|_, s| s.expires + Duration::from_secs(60) > now);
+        // Forget sessions expired for a minute (they can never verify again), and their account
+        // restrictions with them, so a long run of refreshes stays bounded.
+        let mut gone = vec![];
+        sessions.retain(|k, s| {
+            let keep = s.expires + Duration::from_secs(60) > now;
+            if !keep {
+                gone.push(k.clone());
+            }
+            keep
+        });
         sessions.insert(key.clone(), session.clone());
         drop(sessions);
+        self.forget_keys(&gone);
         self.restrict_key(&key, &[account]);
         (key, session)
     }
@@ -218,6 +227,24 @@ pub(crate) fn handle(sim: &Simulator, req: &HttpRequest, body: &[u8]) -> HttpRes
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expired_sessions_are_forgotten_with_their_account_restriction() {
+        let sim = Simulator::new(super::super::SimSettings::default());
+        let (old, _) = sim.start_session("111122223333", Duration::from_secs(1));
+        assert!(sim.key(&old).is_some());
+        assert!(
+            !sim.key_may_call(&old, "444455556666"),
+            "bound to its role's account"
+        );
+        // Two minutes later the next session sweeps the expired one out.
+        sim.update_knobs(&serde_json::json!({"clock_offset_secs": 120.0}))
+            .unwrap();
+        let (new, _) = sim.start_session("111122223333", Duration::from_secs(60));
+        assert!(sim.key(&old).is_none() && sim.key(&new).is_some());
+        assert!(!sim.key_accounts.read().contains_key(&old));
+        assert_eq!(sim.sessions.read().len(), 1);
+    }
 
     #[test]
     fn role_arns_name_their_account() {
