@@ -113,6 +113,7 @@ fn pool_bench(c: &mut Criterion) {
                             PooledUrl {
                                 url: url(i as usize),
                                 issued_at_ms: now,
+                                anonymous_user_arn: None,
                             },
                         );
                         std::hint::black_box(pool.take(k));
@@ -144,6 +145,7 @@ fn tenants(n: usize) -> Tenants {
         .map(|i| TenantSettings {
             id: format!("t{i}"),
             api_key_sha256: vec![hex::encode(hash_key(&format!("key-{i}")))],
+            access_key_ids: vec![],
             default_account: Some("111122223333".into()),
             rate_per_sec: 1e9,
             burst: 1_000_000,

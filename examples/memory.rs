@@ -78,6 +78,7 @@ fn main() {
         let url = PooledUrl {
             url: std::mem::take(url),
             issued_at_ms: now,
+            anonymous_user_arn: None,
         };
         pool.put(&pool_keys[i % keys], 0, url)
             .expect("room in the pool");

@@ -43,6 +43,7 @@ pub fn settings(
     s.tenants = vec![TenantSettings {
         id: DEMO_TENANT.into(),
         api_key_sha256: vec![hex::encode(hash_key(api_key))],
+        access_key_ids: vec![],
         default_account: Some(sim::DEFAULT_ACCOUNT_ID.into()),
         rate_per_sec: 50.0,
         burst: 100,
@@ -67,6 +68,27 @@ pub fn settings(
         warm: vec![],
     }];
     s
+}
+
+/// The master key of dev mode's compatible listener: fixed, so the demo credentials are the same
+/// on every start. Never use it anywhere else.
+pub const DEV_MASTER_KEY: &str = "embedgate-dev-master-key-for-local-use-only";
+/// The demo tenant's access key id in dev mode.
+pub const DEV_ACCESS_KEY_ID: &str = "EGDEMO0ACCESS0KEY001";
+
+/// Turns on the QuickSight-compatible listener at `listen` with dev mode's master key, and gives
+/// the demo tenant its access key ([`DEV_ACCESS_KEY_ID`], secret [`dev_secret`]).
+pub fn enable_compat(s: &mut Settings, listen: SocketAddr) {
+    s.compat_listen = Some(listen);
+    s.master_key = Some(Secret::new(DEV_MASTER_KEY));
+    if let Some(t) = s.tenants.iter_mut().find(|t| t.id == DEMO_TENANT) {
+        t.access_key_ids = vec![DEV_ACCESS_KEY_ID.into()];
+    }
+}
+
+/// The demo tenant's secret access key in dev mode.
+pub fn dev_secret() -> Secret {
+    crate::credentials::derive_secret(&Secret::new(DEV_MASTER_KEY), DEMO_TENANT, DEV_ACCESS_KEY_ID)
 }
 
 /// Simulator settings for dev mode.

@@ -13,10 +13,14 @@
 //! - [`shared`]    local or shared state, chosen at start-up: pool store, limits, coordination.
 //! - [`cluster`]   cluster mode's Redis side: connection, key layout, Lua scripts, fence, heartbeat.
 //! - [`gateway`]   the request path below HTTP (admit, serve) and the refiller task.
-//! - [`api`]       the native HTTP API and the admin listener.
+//! - [`api`]       the native HTTP API, the QuickSight-compatible listener and the admin listener.
+//! - [`credentials`] tenants' SigV4 access keys: secrets derived from the master key (HKDF).
 //! - [`startup`]   the composition root: builds everything and binds the listeners.
 //! - [`metrics`]   every Prometheus metric, registered once, with typed labels.
 //! - [`clock`]     the one clock every time-based decision reads.
+//! - [`sigv4`]     SigV4 verification (the simulator's callers, the compatible listener's tenants).
+//! - [`wire`]      QuickSight's restJson1 wire format for the embed operations: routes, request
+//!   parsing from path, query and body, errors as QuickSight sends them.
 //! - [`sim`]       the QuickSight simulator (`embedgate sim`).
 //! - [`dev`]       `embedgate dev`: simulator + gateway + demo tenant, zero configuration.
 //! - [`telemetry`] tracing/log setup.
@@ -25,6 +29,7 @@ pub mod api;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod credentials;
 pub mod dev;
 pub mod gateway;
 pub mod limiter;
@@ -34,8 +39,10 @@ pub mod policy;
 pub mod pool;
 pub mod refill;
 pub mod shared;
+pub mod sigv4;
 pub mod sim;
 pub mod startup;
 pub mod telemetry;
 pub mod tenant;
 pub mod upstream;
+pub mod wire;

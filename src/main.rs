@@ -36,6 +36,22 @@ enum Command {
         /// The key to hash (default: generate one and print both).
         key: Option<String>,
     },
+    /// Print a SigV4 access key for a tenant of the QuickSight-compatible listener: a new key id
+    /// (or the one given) and its secret, derived from the master key (EMBEDGATE_MASTER_KEY or
+    /// the config's master_key_file).
+    TenantCredentials(CredentialArgs),
+}
+
+#[derive(Args)]
+struct CredentialArgs {
+    /// The tenant's id.
+    tenant: String,
+    /// The gateway's TOML settings (the tenant must be in it).
+    #[arg(long)]
+    config: PathBuf,
+    /// Print the secret of this existing key id instead of making a new one.
+    #[arg(long)]
+    key_id: Option<String>,
 }
 
 #[derive(Args)]
@@ -49,11 +65,15 @@ struct DevArgs {
     /// Simulator address [default: 127.0.0.1:4599].
     #[arg(long, default_value = "127.0.0.1:4599")]
     sim_listen: SocketAddr,
+    /// QuickSight-compatible listener (drop-in mode) [default: 127.0.0.1:8081].
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    compat_listen: SocketAddr,
     /// Demo tenant API key [default: a new random key each start].
     #[arg(long, env = "EMBEDGATE_DEV_API_KEY")]
     api_key: Option<String>,
     /// Print the gateway settings `dev` would run with, as TOML for `embedgate serve --config`
-    /// (the simulator's test credentials, the demo tenant), and exit.
+    /// (the simulator's test credentials, the demo tenant; without the compatible listener,
+    /// whose master key `serve` reads from the environment), and exit.
     #[arg(long)]
     print_config: bool,
 }
@@ -189,12 +209,63 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Command::TenantCredentials(args) => tenant_credentials(args),
         }
     })
 }
 
-async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+fn tenant_credentials(args: CredentialArgs) -> anyhow::Result<()> {
     let settings: Settings = embedgate::config::loader::load(Some(&args.config), "EMBEDGATE_")?;
+    let master = embedgate::config::loader::load_master_key(settings.master_key_file.as_deref())?
+        .ok_or_else(|| {
+        anyhow::anyhow!(
+            "no master key: set {} or master_key_file in {}",
+            embedgate::config::loader::MASTER_KEY_ENV,
+            args.config.display()
+        )
+    })?;
+    embedgate::credentials::check_master_key(&master).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tenant = settings
+        .tenants
+        .iter()
+        .find(|t| t.id == args.tenant)
+        .ok_or_else(|| {
+            anyhow::anyhow!("no tenant {:?} in {}", args.tenant, args.config.display())
+        })?;
+    let new = args.key_id.is_none();
+    let key_id = args
+        .key_id
+        .unwrap_or_else(embedgate::credentials::new_access_key_id);
+    embedgate::credentials::check_access_key_id(&key_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secret = embedgate::credentials::derive_secret(&master, &tenant.id, &key_id);
+    println!("tenant:            {}", tenant.id);
+    println!("access key id:     {key_id}");
+    println!("secret access key: {}", secret.expose());
+    let mut ids = tenant.access_key_ids.clone();
+    if !ids.contains(&key_id) {
+        ids.push(key_id.clone());
+    }
+    let listed = ids
+        .iter()
+        .map(|i| format!("{i:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if new || !tenant.access_key_ids.contains(&key_id) {
+        println!();
+        println!(
+            "Add the key id to tenant {:?} and restart (or roll) the gateway:",
+            tenant.id
+        );
+        println!("  access_key_ids = [{listed}]");
+        println!("To rotate, hand out the new key, then remove the old id from the list.");
+    }
+    Ok(())
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut settings: Settings = embedgate::config::loader::load(Some(&args.config), "EMBEDGATE_")?;
+    settings.master_key =
+        embedgate::config::loader::load_master_key(settings.master_key_file.as_deref())?;
     let format = match settings.log_format.as_deref() {
         Some("pretty") => LogFormat::Pretty,
         _ => LogFormat::Json,
@@ -215,7 +286,12 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     };
     let app = Application::start(settings, clock).await?;
-    tracing::info!(listen = %app.addr, admin = %app.admin_addr, "embedgate serving");
+    tracing::info!(
+        listen = %app.addr,
+        admin = %app.admin_addr,
+        compat = app.compat_addr.map(|a| a.to_string()),
+        "embedgate serving"
+    );
     app.run_until(shutdown_signal()).await;
     tracing::info!("embedgate stopped");
     Ok(())
@@ -232,7 +308,9 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     telemetry::init(LogFormat::Pretty, "info,actix_server=warn");
     let sim = SimServer::start(embedgate::dev::sim_settings(args.sim_listen))?;
     let key = args.api_key.unwrap_or_else(embedgate::dev::new_api_key);
-    let settings = embedgate::dev::settings(args.listen, args.admin_listen, &sim.endpoint, &key);
+    let mut settings =
+        embedgate::dev::settings(args.listen, args.admin_listen, &sim.endpoint, &key);
+    embedgate::dev::enable_compat(&mut settings, args.compat_listen);
     let app = Application::start(settings, Clock::System).await?;
     let base = format!("http://{}", app.addr);
     println!(
@@ -250,6 +328,21 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     println!("  curl -s -X POST {base}/v1/embed-url/dashboard \\");
     println!("       -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\");
     println!("       -d '{{\"DashboardId\":\"sales-2024\",\"IdentityType\":\"QUICKSIGHT\",\"UserArn\":\"arn:aws:quicksight:us-east-1:{}:user/default/alice\"}}'", embedgate::sim::DEFAULT_ACCOUNT_ID);
+    if let Some(compat) = app.compat_addr {
+        let secret = embedgate::dev::dev_secret();
+        println!();
+        println!(
+            "Drop-in mode: QuickSight's own API at http://{compat} for any AWS SDK (region {}):",
+            embedgate::sim::DEFAULT_REGION
+        );
+        println!(
+            "  access key id {}  secret access key {}",
+            embedgate::dev::DEV_ACCESS_KEY_ID,
+            secret.expose()
+        );
+        println!("  python3 -c 'import boto3; qs = boto3.client(\"quicksight\", region_name=\"{}\", endpoint_url=\"http://{compat}\", aws_access_key_id=\"{}\", aws_secret_access_key=\"{}\"); print(qs.get_dashboard_embed_url(AwsAccountId=\"{}\", DashboardId=\"sales-2024\", IdentityType=\"ANONYMOUS\")[\"EmbedUrl\"])'",
+            embedgate::sim::DEFAULT_REGION, embedgate::dev::DEV_ACCESS_KEY_ID, secret.expose(), embedgate::sim::DEFAULT_ACCOUNT_ID);
+    }
     println!("Open the EmbedUrl it returns once (a second use is refused); Ctrl-C stops.");
     app.run_until(shutdown_signal()).await;
     sim.stop().await;

@@ -85,6 +85,26 @@ impl Fetch {
     }
 }
 
+/// Which front door a request came through (`protocol` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The native API (`/v1/…`, API keys).
+    Native,
+    /// The QuickSight-compatible listener (QuickSight's paths, SigV4).
+    Quicksight,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Native, Protocol::Quicksight];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Native => "native",
+            Protocol::Quicksight => "quicksight",
+        }
+    }
+}
+
 /// How an embed-URL request ended (`embedgate_requests_total{outcome}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -162,15 +182,15 @@ impl Metrics {
         Metrics {
             requests: counter_vec(
                 "embedgate_requests_total",
-                "Embed-URL requests by tenant and outcome (hit, miss, throttled, denied, invalid, unauthenticated, error).",
-                &["tenant", "outcome"],
+                "Embed-URL requests by tenant, outcome (hit, miss, throttled, denied, invalid, unauthenticated, error) and protocol (native, quicksight).",
+                &["tenant", "outcome", "protocol"],
             ),
             request_duration: reg(
                 &r,
                 HistogramVec::new(
-                    HistogramOpts::new("embedgate_request_duration_seconds", "Embed-URL request latency by outcome.")
+                    HistogramOpts::new("embedgate_request_duration_seconds", "Embed-URL request latency by outcome and protocol.")
                         .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["outcome"],
+                    &["outcome", "protocol"],
                 )
                 .expect("valid metric"),
             ),
@@ -293,22 +313,26 @@ impl Metrics {
     }
 
     /// Counts one embed-URL request of `tenant` (`-`: unauthenticated) and its latency.
-    pub fn request(&self, tenant: &str, outcome: Outcome, seconds: f64) {
+    pub fn request(&self, protocol: Protocol, tenant: &str, outcome: Outcome, seconds: f64) {
         self.requests
-            .with_label_values(&[tenant, outcome.as_str()])
+            .with_label_values(&[tenant, outcome.as_str(), protocol.as_str()])
             .inc();
         self.request_duration
-            .with_label_values(&[outcome.as_str()])
+            .with_label_values(&[outcome.as_str(), protocol.as_str()])
             .observe(seconds);
     }
 
     /// Creates every label combination that is known up front (tenants, upstream ids), so a
     /// series exists at 0 before its first event.
     pub fn init_labels(&self, tenants: &[&str], upstreams: &[&str]) {
-        for outcome in Outcome::ALL.map(Outcome::as_str) {
-            self.request_duration.with_label_values(&[outcome]);
-            for tenant in tenants.iter().chain(std::iter::once(&"-")) {
-                self.requests.with_label_values(&[tenant, outcome]);
+        for protocol in Protocol::ALL.map(Protocol::as_str) {
+            for outcome in Outcome::ALL.map(Outcome::as_str) {
+                self.request_duration
+                    .with_label_values(&[outcome, protocol]);
+                for tenant in tenants.iter().chain(std::iter::once(&"-")) {
+                    self.requests
+                        .with_label_values(&[tenant, outcome, protocol]);
+                }
             }
         }
         for tenant in tenants {

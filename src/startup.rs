@@ -21,9 +21,12 @@ use crate::upstream::Upstreams;
 pub struct Application {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The QuickSight-compatible listener's address, when `compat_listen` is set.
+    pub compat_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     api: actix_web::dev::ServerHandle,
     admin: actix_web::dev::ServerHandle,
+    compat: Option<actix_web::dev::ServerHandle>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stop: watch::Sender<bool>,
 }
@@ -76,11 +79,41 @@ impl Application {
                 settings.admin_listen
             )
         })?;
+        let compat_listener = match settings.compat_listen {
+            Some(a) => Some(
+                TcpListener::bind(a)
+                    .map_err(|e| anyhow::anyhow!("cannot bind compat_listen address {a}: {e}"))?,
+            ),
+            None => None,
+        };
         let addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
+        let compat_addr = match &compat_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
 
         let data = web::Data::from(gateway.clone());
         let api_data = data.clone();
+        let compat = match compat_listener {
+            Some(l) => {
+                let compat_data = data.clone();
+                let mut server = HttpServer::new(move || {
+                    App::new()
+                        .app_data(compat_data.clone())
+                        .wrap(tracing_actix_web::TracingLogger::default())
+                        .configure(crate::api::compat_routes)
+                })
+                .listen(l)?
+                .shutdown_timeout(10);
+                if let Some(w) = settings.workers {
+                    server = server.workers(w.max(1));
+                }
+                Some(server.run())
+            }
+            None => None,
+        };
+        let compat_handle = compat.as_ref().map(|s| s.handle());
         let mut api = HttpServer::new(move || {
             App::new()
                 .app_data(api_data.clone())
@@ -113,6 +146,11 @@ impl Application {
                 let _ = admin.await;
             }),
         ];
+        if let Some(compat) = compat {
+            tasks.push(tokio::spawn(async move {
+                let _ = compat.await;
+            }));
+        }
         let mut rx = stopped.clone();
         let refiller = gateway.clone();
         tasks.push(tokio::spawn(async move {
@@ -135,9 +173,11 @@ impl Application {
         Ok(Application {
             addr,
             admin_addr,
+            compat_addr,
             gateway,
             api: api_handle,
             admin: admin_handle,
+            compat: compat_handle,
             tasks,
             stop,
         })
@@ -147,6 +187,9 @@ impl Application {
     /// tasks end.
     pub async fn stop(self) {
         self.api.stop(true).await;
+        if let Some(c) = &self.compat {
+            c.stop(true).await;
+        }
         self.admin.stop(true).await;
         let _ = self.stop.send(true);
         for t in self.tasks {

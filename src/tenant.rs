@@ -124,6 +124,7 @@ mod tests {
         Tenants::new(&[TenantSettings {
             id: "acme".into(),
             api_key_sha256: vec![hex::encode(hash_key("k1"))],
+            access_key_ids: vec![],
             default_account: Some("111122223333".into()),
             rate_per_sec: 10.0,
             burst: 10,

@@ -50,7 +50,7 @@ pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a
 /// Reads the body, refusing more than `max` bytes and non-JSON content types.
 pub(super) async fn read_body(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     max: usize,
 ) -> Result<web::BytesMut, Problem> {
     // `application/json`, with or without parameters (`; charset=utf-8`); nothing else, and not
@@ -72,27 +72,41 @@ pub(super) async fn read_body(
         )
         .field(Some("Content-Type".into())));
     }
-    let too_large = || {
-        Problem::new(
+    read_bounded(req, payload, max).await.map_err(|e| match e {
+        BodyError::TooLarge => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             format!("the body must not exceed {max} bytes"),
-        )
-    };
+        ),
+        BodyError::Unreadable(why) => Problem::new(StatusCode::BAD_REQUEST, "unreadable_body", why),
+    })
+}
+
+/// Why a body could not be read.
+pub(super) enum BodyError {
+    TooLarge,
+    Unreadable(String),
+}
+
+/// Reads at most `max` bytes of body, refusing a larger declared or actual length.
+pub(super) async fn read_bounded(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    max: usize,
+) -> Result<web::BytesMut, BodyError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > max) {
-        return Err(too_large());
+        return Err(BodyError::TooLarge);
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, "unreadable_body", e.to_string()))?;
+        let chunk = chunk.map_err(|e| BodyError::Unreadable(e.to_string()))?;
         if body.len() + chunk.len() > max {
-            return Err(too_large());
+            return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }

@@ -14,7 +14,7 @@ use super::auth::{
 use super::problem::{bad_input, refusal, serve_failure};
 use crate::gateway::{Gateway, Source};
 use crate::limiter::Inbound;
-use crate::metrics::Outcome;
+use crate::metrics::{Outcome, Protocol};
 use crate::model::{parse_request, Operation};
 
 pub(super) async fn dashboard(
@@ -52,15 +52,22 @@ pub(super) fn request_id(req: &HttpRequest) -> String {
 }
 
 /// Records one request's outcome in the metrics and the log (never the URL).
-fn observe(gw: &Gateway, tenant: &str, outcome: Outcome, started: Instant) {
+pub(super) fn observe(
+    gw: &Gateway,
+    protocol: Protocol,
+    tenant: &str,
+    outcome: Outcome,
+    started: Instant,
+) {
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         tenant,
         outcome = outcome.as_str(),
+        protocol = protocol.as_str(),
         elapsed_ms = seconds * 1000.0,
         "embed-url request"
     );
-    gw.metrics().request(tenant, outcome, seconds);
+    gw.metrics().request(protocol, tenant, outcome, seconds);
 }
 
 async fn embed(
@@ -80,7 +87,7 @@ async fn embed(
             } else {
                 Outcome::Unauthenticated
             };
-            observe(&gw, "-", outcome, started);
+            observe(&gw, Protocol::Native, "-", outcome, started);
             return p.response(&request_id);
         }
     };
@@ -91,7 +98,7 @@ async fn embed(
     let remaining = match gw.check_inbound(tenant).await {
         Inbound::Allowed { remaining } => remaining,
         Inbound::Limited { retry_after } => {
-            observe(&gw, tid, Outcome::Throttled, started);
+            observe(&gw, Protocol::Native, tid, Outcome::Throttled, started);
             gw.metrics()
                 .inbound_rejections
                 .with_label_values(&[tid])
@@ -113,7 +120,7 @@ async fn embed(
             } else {
                 Outcome::Invalid
             };
-            observe(&gw, tid, outcome, started);
+            observe(&gw, Protocol::Native, tid, outcome, started);
             return p.response(&request_id);
         }
     };
@@ -123,7 +130,7 @@ async fn embed(
                 Source::Pool => Outcome::Hit,
                 Source::Upstream => Outcome::Miss,
             };
-            observe(&gw, tid, outcome, started);
+            observe(&gw, Protocol::Native, tid, outcome, started);
             let expires = time::OffsetDateTime::from_unix_timestamp_nanos(
                 i128::from(served.expires_at_ms) * 1_000_000,
             )
@@ -141,15 +148,19 @@ async fn embed(
             for (k, v) in rate_limit_headers(&gw, tenant, remaining, reset) {
                 resp.insert_header((k, v));
             }
-            resp.json(json!({
+            let mut body = json!({
                 "EmbedUrl": served.url,
                 "ExpiresAt": expires,
                 "Source": served.source,
                 "RequestId": request_id,
-            }))
+            });
+            if let Some(arn) = served.anonymous_user_arn {
+                body["AnonymousUserArn"] = json!(arn);
+            }
+            resp.json(body)
         }
         Err(e) => {
-            observe(&gw, tid, Outcome::Error, started);
+            observe(&gw, Protocol::Native, tid, Outcome::Error, started);
             serve_failure(e).response(&request_id)
         }
     }

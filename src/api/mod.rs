@@ -12,6 +12,7 @@
 
 mod admin;
 mod auth;
+mod compat;
 mod embed;
 mod hints;
 mod problem;
@@ -40,6 +41,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .default_service(web::to(not_found));
+}
+
+/// Routes of the QuickSight-compatible listener.
+pub fn compat_routes(cfg: &mut web::ServiceConfig) {
+    compat::routes(cfg);
 }
 
 /// Routes of the admin listener.

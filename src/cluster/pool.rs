@@ -109,10 +109,7 @@ impl Fleet {
         if url.is_empty() {
             return Ok(None);
         }
-        let u = PooledUrl {
-            url,
-            issued_at_ms: issued,
-        };
+        let u = PooledUrl::decode(url, issued);
         self.metrics
             .remaining_validity
             .observe(u.expires_at_ms().saturating_sub(now_ms) as f64 / 1000.0);
@@ -140,7 +137,7 @@ impl Fleet {
                     .key(self.count_key(tenant, epoch))
                     .key(self.demand_key(tenant, key))
                     .arg(url.issued_at_ms)
-                    .arg(&url.url)
+                    .arg(url.encode())
                     .arg(cutoff)
                     .arg(max_per_key)
                     .arg(tenant.max_pooled_urls)

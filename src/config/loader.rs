@@ -50,6 +50,24 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(
     })
 }
 
+/// The environment variable holding the master key (it wins over `master_key_file`).
+pub const MASTER_KEY_ENV: &str = "EMBEDGATE_MASTER_KEY";
+
+/// Reads the master key from `EMBEDGATE_MASTER_KEY`, else from `file` (surrounding whitespace
+/// trimmed), else none.
+///
+/// # Errors
+/// The file cannot be read.
+pub fn load_master_key(file: Option<&Path>) -> anyhow::Result<Option<super::Secret>> {
+    if let Ok(key) = std::env::var(MASTER_KEY_ENV) {
+        return Ok(Some(super::Secret::new(key.trim())));
+    }
+    let Some(path) = file else { return Ok(None) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("master_key_file: cannot read {}: {e}", path.display()))?;
+    Ok(Some(super::Secret::new(text.trim())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

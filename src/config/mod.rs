@@ -27,6 +27,16 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// The admin listener (`/metrics`, pool and limiter state). Keep it private.
     pub admin_listen: SocketAddr,
+    /// The QuickSight-compatible listener (drop-in mode: QuickSight's paths and wire format,
+    /// tenants sign with SigV4 access keys). Unset: off.
+    pub compat_listen: Option<SocketAddr>,
+    /// File holding the master key tenants' SigV4 secrets are derived from (or set
+    /// `EMBEDGATE_MASTER_KEY`). The key itself is never read from this file's TOML.
+    pub master_key_file: Option<std::path::PathBuf>,
+    /// The master key, read at start-up from `EMBEDGATE_MASTER_KEY` or `master_key_file` (see
+    /// [`loader::load_master_key`]); never serialized.
+    #[serde(skip)]
+    pub master_key: Option<Secret>,
     /// HTTP worker threads per listener (default: one per core).
     pub workers: Option<usize>,
     /// `json` (default for `serve`) or `pretty`.
@@ -62,6 +72,9 @@ impl Default for Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            compat_listen: None,
+            master_key_file: None,
+            master_key: None,
             workers: None,
             log_format: None,
             log_level: None,

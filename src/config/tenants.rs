@@ -14,6 +14,10 @@ pub struct TenantSettings {
     pub id: String,
     /// SHA-256 (hex) of each API key the tenant may use. `embedgate hash-key` prints one.
     pub api_key_sha256: Vec<String>,
+    /// SigV4 access key ids for the QuickSight-compatible listener (several: rotation). Their
+    /// secrets are derived from the master key; `embedgate tenant-credentials` makes one.
+    #[serde(default)]
+    pub access_key_ids: Vec<String>,
     /// Account used when a request omits `AwsAccountId`.
     #[serde(default)]
     pub default_account: Option<String>,

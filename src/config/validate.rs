@@ -138,6 +138,20 @@ impl Settings {
         }
         let mut seen = std::collections::HashSet::new();
         let mut key_owner = std::collections::HashMap::new();
+        let mut access_key_owner = std::collections::HashMap::new();
+        if let Some(key) = &self.master_key {
+            crate::credentials::check_master_key(key).map_err(|rule| {
+                format!(
+                    "master key ({} or master_key_file): {rule}",
+                    super::loader::MASTER_KEY_ENV
+                )
+            })?;
+        } else if self.compat_listen.is_some() {
+            return Err(format!(
+                "compat_listen: the QuickSight-compatible listener needs the master key tenants' secrets are derived from: set {} or master_key_file",
+                super::loader::MASTER_KEY_ENV
+            ));
+        }
         for (i, t) in self.tenants.iter().enumerate() {
             let k = |f: &str| format!("tenants[{i}].{f}");
             if t.id.is_empty()
@@ -155,11 +169,21 @@ impl Settings {
             if !seen.insert(&t.id) {
                 return Err(format!("{}: duplicate tenant id {:?}", k("id"), t.id));
             }
-            if t.api_key_sha256.is_empty() {
+            if t.api_key_sha256.is_empty() && t.access_key_ids.is_empty() {
                 return Err(format!(
-                    "{}: at least one key hash is required",
+                    "{}: at least one key hash is required (or access_key_ids, for a tenant that only uses the QuickSight-compatible listener)",
                     k("api_key_sha256")
                 ));
+            }
+            for id in &t.access_key_ids {
+                crate::credentials::check_access_key_id(id)
+                    .map_err(|rule| format!("{}: {rule}", k("access_key_ids")))?;
+                if let Some(other) = access_key_owner.insert(id.as_str(), &t.id) {
+                    return Err(format!(
+                        "{}: {id:?} is also listed for tenant {other:?}; each key id must identify one tenant",
+                        k("access_key_ids")
+                    ));
+                }
             }
             for h in &t.api_key_sha256 {
                 if h.len() != 64 || hex::decode(h).is_err() {

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::credentials::AccessKeys;
 use crate::limiter::{Budget, Budgets, Inbound, InboundLimiter, Priority};
 use crate::metrics::{Fetch, Metrics, Waste};
 use crate::model::{BadInput, EmbedRequest, URL_VALIDITY_SECS};
@@ -40,6 +41,8 @@ pub struct Served {
     pub url: String,
     pub expires_at_ms: u64,
     pub source: Source,
+    /// GenerateEmbedUrlForAnonymousUser's `AnonymousUserArn`, when QuickSight sent one.
+    pub anonymous_user_arn: Option<String>,
 }
 
 /// Why no URL could be handed out.
@@ -74,6 +77,8 @@ pub enum Refusal {
 pub struct Gateway {
     settings: Settings,
     tenants: Tenants,
+    /// Tenants' SigV4 access keys (the compatible listener).
+    access_keys: AccessKeys,
     pool: Pool,
     inbound: InboundLimiter,
     budgets: Budgets,
@@ -132,6 +137,7 @@ impl Gateway {
             budgets,
             demand: Demand::new(&settings.refill, demand_caps),
             lead_secs: std::sync::atomic::AtomicU64::new(0.1f64.to_bits()),
+            access_keys: AccessKeys::new(&settings.tenants, settings.master_key.as_ref()),
             tenants,
             upstreams,
             store: sharing.store,
@@ -150,6 +156,11 @@ impl Gateway {
     /// The tenant table: authentication and quotas.
     pub fn tenants(&self) -> &Tenants {
         &self.tenants
+    }
+
+    /// Tenants' SigV4 access keys, with their derived secrets.
+    pub fn access_keys(&self) -> &AccessKeys {
+        &self.access_keys
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -256,6 +267,7 @@ impl Gateway {
         let url = PooledUrl {
             url: f.url,
             issued_at_ms: f.sent_at_ms,
+            anonymous_user_arn: f.anonymous_user_arn,
         };
         let placed = self
             .store
@@ -385,6 +397,7 @@ impl Gateway {
                 expires_at_ms: u.expires_at_ms(),
                 url: u.url,
                 source: Source::Pool,
+                anonymous_user_arn: u.anonymous_user_arn,
             });
         }
         let deadline = Instant::now() + Duration::from_millis(self.settings.api.miss_timeout_ms);
@@ -423,6 +436,7 @@ impl Gateway {
                         expires_at_ms: u.expires_at_ms(),
                         url: u.url,
                         source: Source::Pool,
+                        anonymous_user_arn: u.anonymous_user_arn,
                     });
                 }
             }
@@ -489,6 +503,7 @@ impl Gateway {
             expires_at_ms: f.sent_at_ms + URL_VALIDITY_SECS * 1000,
             url: f.url,
             source,
+            anonymous_user_arn: f.anonymous_user_arn,
         }
     }
 

@@ -73,6 +73,15 @@ impl EmbedRequest {
         *slot = Some(region);
     }
 
+    /// Forgets the routing member (the QuickSight wire carries the region in the signature).
+    pub fn clear_region(&mut self) {
+        match self {
+            EmbedRequest::Dashboard(r) => r.region = None,
+            EmbedRequest::Anonymous(r) => r.region = None,
+            EmbedRequest::Registered(r) => r.region = None,
+        }
+    }
+
     fn session_lifetime_mut(&mut self) -> &mut Option<i64> {
         match self {
             EmbedRequest::Dashboard(r) => &mut r.session_lifetime_in_minutes,

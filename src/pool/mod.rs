@@ -35,9 +35,36 @@ pub struct PooledUrl {
     pub url: String,
     /// When the upstream request that produced it was sent (ms since the epoch).
     pub issued_at_ms: u64,
+    /// GenerateEmbedUrlForAnonymousUser's `AnonymousUserArn`, handed out with the URL.
+    pub anonymous_user_arn: Option<String>,
 }
 
 impl PooledUrl {
+    /// The form a shared store keeps: the URL, then the anonymous user's ARN after a space
+    /// (neither contains one).
+    pub fn encode(&self) -> String {
+        match &self.anonymous_user_arn {
+            Some(arn) => format!("{} {arn}", self.url),
+            None => self.url.clone(),
+        }
+    }
+
+    /// The inverse of [`PooledUrl::encode`].
+    pub fn decode(stored: String, issued_at_ms: u64) -> PooledUrl {
+        match stored.split_once(' ') {
+            Some((url, arn)) => PooledUrl {
+                url: url.to_string(),
+                issued_at_ms,
+                anonymous_user_arn: Some(arn.to_string()),
+            },
+            None => PooledUrl {
+                url: stored,
+                issued_at_ms,
+                anonymous_user_arn: None,
+            },
+        }
+    }
+
     pub fn expires_at_ms(&self) -> u64 {
         self.issued_at_ms + VALIDITY_MS
     }
@@ -306,6 +333,7 @@ mod tests {
         PooledUrl {
             url: format!("https://sim/embed/{n}"),
             issued_at_ms: at,
+            anonymous_user_arn: None,
         }
     }
 

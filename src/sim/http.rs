@@ -4,21 +4,17 @@
 //! Routing is done on the raw path: it is split on `/` first and each segment percent-decoded
 //! afterwards, as QuickSight does (SDKs encode `/` inside a label as `%2F`).
 
-use std::borrow::Cow;
 use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use percent_encoding::percent_decode_str;
 use serde_json::json;
 
 use super::{ledger::Redemption, registry::Edition, Simulator};
 use crate::model::arn::{Arn, UserArn};
-use crate::model::parse::{parse_strict, Unknown};
-use crate::model::{
-    AnonymousEmbedRequest, DashboardEmbedRequest, EmbedRequest, IdentityType, Operation,
-    RegisteredEmbedRequest, Violation, ViolationKind,
-};
+use crate::model::parse::Unknown;
+use crate::model::{EmbedRequest, IdentityType, Operation};
+use crate::wire::{decode, parse_call, route, success_body, AwsError};
 
 /// Largest request body the simulator reads (QuickSight bodies here are a few KiB).
 const MAX_BODY: usize = 256 * 1024;
@@ -43,73 +39,6 @@ pub(crate) fn server(
     Ok(server.run())
 }
 
-/// A QuickSight error: HTTP status, error code (shape name) and message.
-#[derive(Debug)]
-pub(crate) struct AwsError {
-    status: u16,
-    code: &'static str,
-    message: String,
-    resource_type: Option<&'static str>,
-}
-
-impl AwsError {
-    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        AwsError {
-            status,
-            code,
-            message: message.into(),
-            resource_type: None,
-        }
-    }
-
-    fn not_found(message: impl Into<String>, resource_type: Option<&'static str>) -> Self {
-        AwsError {
-            resource_type,
-            ..AwsError::new(404, "ResourceNotFoundException", message)
-        }
-    }
-
-    fn invalid(message: impl Into<String>) -> Self {
-        AwsError::new(400, "InvalidParameterValueException", message)
-    }
-
-    fn from_violation(v: &Violation) -> Self {
-        let message = format!(
-            "1 validation error detected: Value at '{}' failed to satisfy constraint: Member {}",
-            v.field, v.rule
-        );
-        match v.kind {
-            ViolationKind::InvalidParameter => AwsError::invalid(message),
-            ViolationKind::SessionLifetime => {
-                AwsError::new(400, "SessionLifetimeInMinutesInvalidException", message)
-            }
-        }
-    }
-
-    /// restJson1 encoding both SDKs parse into the modelled exception: the code in
-    /// `x-amzn-ErrorType`, `Message` (capital M) and `RequestId` in the body.
-    fn response(&self, request_id: &str, retry_after_ms: Option<u64>) -> HttpResponse {
-        let status = actix_web::http::StatusCode::from_u16(self.status)
-            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-        let mut body =
-            json!({"Message": self.message, "RequestId": request_id, "__type": self.code});
-        if let Some(rt) = self.resource_type {
-            body["ResourceType"] = json!(rt);
-        }
-        let mut resp = HttpResponse::build(status);
-        resp.insert_header(("x-amzn-RequestId", request_id))
-            .insert_header(("x-amzn-ErrorType", self.code));
-        if let Some(ms) = retry_after_ms {
-            resp.insert_header(("x-amz-retry-after", ms.to_string()));
-        }
-        resp.content_type("application/json").body(body.to_string())
-    }
-}
-
-fn decode(segment: &str) -> Cow<'_, str> {
-    percent_decode_str(segment).decode_utf8_lossy()
-}
-
 async fn dispatch(req: HttpRequest, body: web::Bytes, sim: web::Data<Simulator>) -> HttpResponse {
     let raw_path = req.uri().path();
     let segments: Vec<&str> = raw_path.trim_start_matches('/').split('/').collect();
@@ -121,51 +50,18 @@ async fn dispatch(req: HttpRequest, body: web::Bytes, sim: web::Data<Simulator>)
         ("POST", ["_sim", "knobs"]) => post_knobs(&sim, &body),
         ("GET", ["embed" | "embedding", ..]) => redeem(&sim, &req),
         ("POST", [""]) => super::sts::handle(&sim, &req, &body),
-        ("GET", ["accounts", account, "dashboards", dashboard, "embed-url"]) => {
-            let (account, dashboard) =
-                (decode(account).into_owned(), decode(dashboard).into_owned());
-            let query = req.uri().query().unwrap_or_default().to_string();
-            api_call(
-                &sim,
-                &req,
-                &body,
-                Operation::GetDashboardEmbedUrl,
-                move || parse_dashboard_query(account, dashboard, &query),
-            )
-            .await
-        }
-        ("POST", ["accounts", account, "embed-url", "anonymous-user"]) => {
-            let account = decode(account).into_owned();
-            api_call(
-                &sim,
-                &req,
-                &body,
-                Operation::GenerateEmbedUrlForAnonymousUser,
-                || {
-                    let mut r: AnonymousEmbedRequest = parse_body(&body)?;
-                    r.aws_account_id = account;
-                    Ok(EmbedRequest::Anonymous(r))
-                },
-            )
-            .await
-        }
-        ("POST", ["accounts", account, "embed-url", "registered-user"]) => {
-            let account = decode(account).into_owned();
-            api_call(
-                &sim,
-                &req,
-                &body,
-                Operation::GenerateEmbedUrlForRegisteredUser,
-                || {
-                    let mut r: RegisteredEmbedRequest = parse_body(&body)?;
-                    r.aws_account_id = account;
-                    Ok(EmbedRequest::Registered(r))
-                },
-            )
-            .await
-        }
-        _ => AwsError::new(404, "UnknownOperationException", "Unknown operation")
-            .response(&new_request_id(), None),
+        _ => match route(method, raw_path) {
+            Some(call) => {
+                let query = req.uri().query().unwrap_or_default();
+                let op = call.operation;
+                api_call(&sim, &req, &body, op, || {
+                    parse_call(call, query, &body, Unknown::Ignore)
+                })
+                .await
+            }
+            None => AwsError::new(404, "UnknownOperationException", "Unknown operation")
+                .response(&new_request_id()),
+        },
     }
 }
 
@@ -208,7 +104,7 @@ async fn api_call(
             .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
             .collect();
         let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        let incoming = super::sigv4::Incoming {
+        let incoming = crate::sigv4::Incoming {
             method: req.method().as_str(),
             path_and_query,
             headers,
@@ -219,8 +115,7 @@ async fn api_call(
             Err(e) => {
                 sim.ledger_mut().unauthenticated();
                 tracing::debug!(code = e.code(), "simulator refused a signature");
-                return AwsError::new(e.status(), e.code(), e.message())
-                    .response(&request_id, None);
+                return AwsError::from_auth(&e).response(&request_id);
             }
         }
     }
@@ -236,8 +131,9 @@ async fn api_call(
     };
     if sim.throttle(&account) {
         sim.ledger_mut().throttled();
-        return AwsError::new(429, "ThrottlingException", "Rate exceeded")
-            .response(&request_id, sim.knobs().retry_after_ms);
+        let mut e = AwsError::throttling("Rate exceeded");
+        e.retry_after_ms = sim.knobs().retry_after_ms;
+        return e.response(&request_id);
     }
     let knobs = sim.knobs();
     if knobs.hang_rate > 0.0
@@ -251,7 +147,7 @@ async fn api_call(
             "InternalFailureException",
             "The request timed out inside QuickSight.",
         )
-        .response(&request_id, None);
+        .response(&request_id);
     }
     let latency = knobs.sample_latency(&mut rand::rng());
     if !latency.is_zero() && !knobs.latency_after_mint {
@@ -264,7 +160,7 @@ async fn api_call(
             "InternalFailureException",
             "An internal failure occurred.",
         )
-        .response(&request_id, None);
+        .response(&request_id);
     }
 
     let outcome = parsed.and_then(|r| {
@@ -276,7 +172,7 @@ async fn api_call(
         Ok(r) => r,
         Err(e) => {
             sim.ledger_mut().rejected();
-            return e.response(&request_id, None);
+            return e.response(&request_id);
         }
     };
 
@@ -296,87 +192,24 @@ async fn api_call(
     if !latency.is_zero() && knobs.latency_after_mint {
         tokio::time::sleep(latency).await;
     }
-    let mut body = json!({"EmbedUrl": issued.url, "Status": 200, "RequestId": request_id});
-    if let EmbedRequest::Anonymous(r) = &request {
-        body["AnonymousUserArn"] = json!(format!(
+    let anonymous_user_arn = match &request {
+        EmbedRequest::Anonymous(r) => Some(format!(
             "arn:aws:quicksight:{}:{}:user/{}/{}",
             region,
             r.aws_account_id,
             r.namespace,
             uuid::Uuid::new_v4().simple()
-        ));
-    }
+        )),
+        _ => None,
+    };
     HttpResponse::Ok()
         .insert_header(("x-amzn-RequestId", request_id.as_str()))
         .content_type("application/json")
-        .body(body.to_string())
-}
-
-/// Parses a JSON body with the gateway's parser ([`parse_strict`]): a missing required member is
-/// an `InvalidParameterValueException` naming it, malformed JSON or a mistyped member a
-/// `SerializationException`. Unknown members are ignored, as QuickSight's newer members are to an
-/// older server.
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AwsError> {
-    let body = if body.is_empty() {
-        b"{}".as_slice()
-    } else {
-        body
-    };
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    parse_strict(&mut *de, Unknown::Ignore).map_err(|b| match (b.code, b.field) {
-        ("missing_field", Some(field)) => AwsError::invalid(format!(
-            "1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"
-        )),
-        (_, _) => AwsError::new(400, "SerializationException", b.detail),
-    })
-}
-
-/// Builds GetDashboardEmbedUrl's input from its path labels and query string.
-fn parse_dashboard_query(
-    account: String,
-    dashboard: String,
-    query: &str,
-) -> Result<EmbedRequest, AwsError> {
-    // IdentityType is a placeholder until `creds-type` is read; a missing one is refused below.
-    let mut r = DashboardEmbedRequest::new(account, dashboard, IdentityType::Iam);
-    let mut identity = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = decode(v).into_owned();
-        let boolean = |member: &str, v: &str| match v {
-            "true" => Ok(Some(true)),
-            "false" => Ok(Some(false)),
-            _ => Err(AwsError::invalid(format!("{member} must be true or false"))),
-        };
-        match k {
-            "creds-type" => {
-                identity = Some(IdentityType::parse(&v).ok_or_else(|| {
-                    AwsError::invalid(format!(
-                        "1 validation error detected: Value '{v}' at 'IdentityType' failed to satisfy constraint: Member must satisfy enum value set: [IAM, QUICKSIGHT, ANONYMOUS]"
-                    ))
-                })?)
-            }
-            "session-lifetime" => {
-                r.session_lifetime_in_minutes = Some(
-                    v.parse()
-                        .map_err(|_| AwsError::invalid("SessionLifetimeInMinutes must be an integer"))?,
-                )
-            }
-            "undo-redo-disabled" => r.undo_redo_disabled = boolean("UndoRedoDisabled", &v)?,
-            "reset-disabled" => r.reset_disabled = boolean("ResetDisabled", &v)?,
-            "state-persistence-enabled" => r.state_persistence_enabled = boolean("StatePersistenceEnabled", &v)?,
-            "user-arn" => r.user_arn = Some(v),
-            "namespace" => r.namespace = Some(v),
-            "additional-dashboard-ids" => r.additional_dashboard_ids.get_or_insert_with(Vec::new).push(v),
-            _ => {} // unknown query parameters are ignored
-        }
-    }
-    r.identity_type = identity.ok_or_else(|| {
-        AwsError::invalid(
-            "1 validation error detected: Value null at 'IdentityType' failed to satisfy constraint: Member must not be null",
-        )
-    })?;
-    Ok(EmbedRequest::Dashboard(r))
+        .body(success_body(
+            &issued.url,
+            &request_id,
+            anonymous_user_arn.as_deref(),
+        ))
 }
 
 /// Resource checks that need the registry: account, edition, pricing plan, namespace, user,
@@ -385,9 +218,7 @@ fn check_registry(sim: &Simulator, req: &HttpRequest, r: &EmbedRequest) -> Resul
     let account_id = r.aws_account_id();
     if let Some(key) = access_key_of(req) {
         if !sim.key_may_call(&key, account_id) {
-            return Err(AwsError::new(
-                401,
-                "AccessDeniedException",
+            return Err(AwsError::access_denied(
                 format!(
                     "User: arn:aws:iam::{account_id}:user/{key} is not authorized to perform: quicksight:{} on resource: arn:aws:quicksight:{}:{account_id}:*",
                     r.operation(),

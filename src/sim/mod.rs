@@ -11,7 +11,6 @@ pub mod http;
 pub mod knobs;
 pub mod ledger;
 pub mod registry;
-pub mod sigv4;
 pub mod sts;
 mod urls;
 
@@ -26,6 +25,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::model::Operation;
+use crate::sigv4;
 pub use knobs::Knobs;
 pub use ledger::{LedgerSnapshot, Redemption};
 pub use registry::{AccountSettings, Edition, NamespaceSettings};

@@ -124,7 +124,7 @@ pub(crate) fn handle(sim: &Simulator, req: &HttpRequest, body: &[u8]) -> HttpRes
             .iter()
             .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
             .collect();
-        let incoming = super::sigv4::Incoming {
+        let incoming = crate::sigv4::Incoming {
             method: req.method().as_str(),
             path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
             headers,

@@ -36,6 +36,8 @@ use mapping::{anonymous_experience, registered_experience};
 pub struct Fetched {
     pub url: String,
     pub sent_at_ms: u64,
+    /// GenerateEmbedUrlForAnonymousUser's `AnonymousUserArn`.
+    pub anonymous_user_arn: Option<String>,
 }
 
 /// One QuickSight upstream: an account (or every account) in one region, its SDK client with its
@@ -192,10 +194,17 @@ impl Upstream {
             .upstream_duration
             .with_label_values(&[op, self.id()])
             .observe(started.elapsed().as_secs_f64());
-        let result = result.and_then(|url| {
-            // The SDK fills a missing required EmbedUrl with "" rather than failing.
-            if url.starts_with("https://") || url.starts_with("http://") {
-                Ok(Fetched { url, sent_at_ms })
+        let result = result.and_then(|(url, anonymous_user_arn)| {
+            // The SDK fills a missing required EmbedUrl with "" rather than failing; an ARN with
+            // a space could not be pooled (nor is it an ARN).
+            let anonymous_user_arn =
+                anonymous_user_arn.filter(|a| !a.is_empty() && !a.contains(' '));
+            if (url.starts_with("https://") || url.starts_with("http://")) && !url.contains(' ') {
+                Ok(Fetched {
+                    url,
+                    sent_at_ms,
+                    anonymous_user_arn,
+                })
             } else {
                 Err(UpstreamError::Unavailable(
                     "QuickSight returned no usable EmbedUrl".into(),
@@ -215,7 +224,7 @@ impl Upstream {
 
     /// Every member of the request onto the SDK's builder. Each struct is destructured
     /// without `..`, so a member added to the model does not compile until it is forwarded.
-    async fn call(&self, req: &EmbedRequest) -> Result<String, UpstreamError> {
+    async fn call(&self, req: &EmbedRequest) -> Result<(String, Option<String>), UpstreamError> {
         match req {
             EmbedRequest::Dashboard(r) => {
                 let model::DashboardEmbedRequest {
@@ -247,7 +256,7 @@ impl Upstream {
                     .set_additional_dashboard_ids(additional_dashboard_ids.clone());
                 send_resending_unread(call, |c| c.send())
                     .await
-                    .map(|o| o.embed_url.unwrap_or_default())
+                    .map(|o| (o.embed_url.unwrap_or_default(), None))
             }
             EmbedRequest::Anonymous(r) => {
                 let model::AnonymousEmbedRequest {
@@ -278,7 +287,7 @@ impl Upstream {
                     .set_allowed_domains(allowed_domains.clone());
                 send_resending_unread(call, |c| c.send())
                     .await
-                    .map(|o| o.embed_url)
+                    .map(|o| (o.embed_url, Some(o.anonymous_user_arn)))
             }
             EmbedRequest::Registered(r) => {
                 let model::RegisteredEmbedRequest {
@@ -299,7 +308,7 @@ impl Upstream {
                     .set_allowed_domains(allowed_domains.clone());
                 send_resending_unread(call, |c| c.send())
                     .await
-                    .map(|o| o.embed_url)
+                    .map(|o| (o.embed_url, None))
             }
         }
     }
@@ -345,6 +354,8 @@ pub struct Unrouted {
 /// Every configured upstream, and the routing of a request to one of them.
 pub struct Upstreams {
     list: Vec<Upstream>,
+    /// Every region served, once each.
+    regions: Vec<String>,
 }
 
 impl Upstreams {
@@ -354,11 +365,19 @@ impl Upstreams {
         for u in settings.upstreams() {
             list.push(Upstream::new(u, settings.refill.concurrency, metrics.clone()).await);
         }
-        Upstreams { list }
+        let mut regions: Vec<String> = list.iter().map(|u| u.region().to_string()).collect();
+        regions.sort();
+        regions.dedup();
+        Upstreams { list, regions }
     }
 
     pub fn all(&self) -> &[Upstream] {
         &self.list
+    }
+
+    /// Every region an upstream serves (the regions a compatible-listener signature may name).
+    pub fn regions(&self) -> &[String] {
+        &self.regions
     }
 
     /// The upstream for `account` in `region`; without a region, the first configured for the

@@ -47,6 +47,7 @@ fn url(i: usize, issued_at_ms: u64) -> PooledUrl {
     PooledUrl {
         url: format!("https://example.test/embed/{i:032x}/dashboards/d?code=c{i}"),
         issued_at_ms,
+        anonymous_user_arn: None,
     }
 }
 

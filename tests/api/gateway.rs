@@ -116,6 +116,7 @@ async fn a_url_below_min_remaining_is_never_handed_out_and_counts_as_waste() {
             PooledUrl {
                 url: real[0].clone(),
                 issued_at_ms: now,
+                anonymous_user_arn: None,
             },
         )
         .unwrap();
@@ -127,6 +128,7 @@ async fn a_url_below_min_remaining_is_never_handed_out_and_counts_as_waste() {
             PooledUrl {
                 url: real[1].clone(),
                 issued_at_ms: now + 1_000,
+                anonymous_user_arn: None,
             },
         )
         .unwrap();

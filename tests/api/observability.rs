@@ -45,6 +45,7 @@ async fn fill(app: &TestApp, body: &Value, n: usize) {
                 PooledUrl {
                     url: f.url,
                     issued_at_ms: f.sent_at_ms,
+                    anonymous_user_arn: None,
                 },
             )
             .unwrap();
@@ -124,14 +125,14 @@ async fn counters_move_by_exactly_the_expected_amounts() {
     let app = mixed_traffic().await;
     let m = app.metrics().await;
     let expect = [
-        ("embedgate_requests_total{outcome=\"hit\",tenant=\"alpha\"}", 3.0),
-        ("embedgate_requests_total{outcome=\"miss\",tenant=\"alpha\"}", 2.0),
-        ("embedgate_requests_total{outcome=\"denied\",tenant=\"alpha\"}", 1.0),
-        ("embedgate_requests_total{outcome=\"invalid\",tenant=\"alpha\"}", 2.0),
-        ("embedgate_requests_total{outcome=\"error\",tenant=\"alpha\"}", 3.0),
-        ("embedgate_requests_total{outcome=\"unauthenticated\",tenant=\"-\"}", 1.0),
-        ("embedgate_requests_total{outcome=\"miss\",tenant=\"beta\"}", 1.0),
-        ("embedgate_requests_total{outcome=\"throttled\",tenant=\"beta\"}", 1.0),
+        ("embedgate_requests_total{outcome=\"hit\",protocol=\"native\",tenant=\"alpha\"}", 3.0),
+        ("embedgate_requests_total{outcome=\"miss\",protocol=\"native\",tenant=\"alpha\"}", 2.0),
+        ("embedgate_requests_total{outcome=\"denied\",protocol=\"native\",tenant=\"alpha\"}", 1.0),
+        ("embedgate_requests_total{outcome=\"invalid\",protocol=\"native\",tenant=\"alpha\"}", 2.0),
+        ("embedgate_requests_total{outcome=\"error\",protocol=\"native\",tenant=\"alpha\"}", 3.0),
+        ("embedgate_requests_total{outcome=\"unauthenticated\",protocol=\"native\",tenant=\"-\"}", 1.0),
+        ("embedgate_requests_total{outcome=\"miss\",protocol=\"native\",tenant=\"beta\"}", 1.0),
+        ("embedgate_requests_total{outcome=\"throttled\",protocol=\"native\",tenant=\"beta\"}", 1.0),
         ("embedgate_inbound_rejections_total{tenant=\"beta\"}", 1.0),
         ("embedgate_urls_fetched_total{reason=\"miss\"}", 3.0),
         // 3 filled by the test + 3 misses = 6 ok; one injected failure, one throttled, one 404.
@@ -141,7 +142,7 @@ async fn counters_move_by_exactly_the_expected_amounts() {
         ("embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"rejected\",upstream=\"default\"}", 1.0),
         ("embedgate_upstream_throttle_events_total", 1.0),
         ("embedgate_handout_remaining_validity_seconds_count", 3.0),
-        ("embedgate_request_duration_seconds_count{outcome=\"hit\"}", 3.0),
+        ("embedgate_request_duration_seconds_count{outcome=\"hit\",protocol=\"native\"}", 3.0),
         ("embedgate_redis_degraded", 0.0),
     ];
     for (sample, value) in expect {

@@ -139,6 +139,7 @@ pub fn tenant(id: &str, key: &str) -> TenantSettings {
     TenantSettings {
         id: id.into(),
         api_key_sha256: vec![hex::encode(embedgate::tenant::hash_key(key))],
+        access_key_ids: vec![],
         default_account: Some(ACCOUNT.into()),
         rate_per_sec: 100_000.0,
         burst: 100_000,

@@ -1,4 +1,5 @@
-//! SigV4 verification for the simulator.
+//! SigV4 verification, for the simulator (the gateway's upstream and STS calls) and for the
+//! gateway's QuickSight-compatible listener (tenants' access keys).
 //!
 //! We do not re-implement canonicalisation: the request is signed again with AWS's own signer
 //! (`aws-sigv4`, the crate the Rust SDK signs with) using the configured secret, the client's
@@ -27,7 +28,7 @@ pub enum AuthError {
     Missing,
     /// The header or the date is malformed.
     Incomplete(String),
-    /// The access key id is not one of the configured test keys.
+    /// The access key id is not one the verifier knows.
     UnknownAccessKey,
     /// Scope, clock skew or signature mismatch.
     Invalid(String),
@@ -70,7 +71,7 @@ impl AuthError {
     }
 }
 
-/// What the simulator knows of one access key.
+/// What the verifier knows of one access key.
 #[derive(Debug, Clone)]
 pub struct KeyInfo {
     pub secret: String,
@@ -169,7 +170,7 @@ fn parse_authorization(value: &str) -> Result<AuthHeader<'_>, AuthError> {
 }
 
 impl Verifier<'_> {
-    /// Verifies the request's SigV4 signature as of `now` (the simulator's clock).
+    /// Verifies the request's SigV4 signature as of `now` (the caller's clock).
     ///
     /// # Errors
     /// Why the request must be refused, as AWS would say it.

@@ -1,0 +1,274 @@
+//! The QuickSight-compatible listener (drop-in mode): QuickSight's own paths, query and body
+//! members for the three embed-URL operations, signed with a tenant's SigV4 access key, answered
+//! in QuickSight's wire format. A portal that calls QuickSight with an AWS SDK moves here by
+//! changing its endpoint URL and credentials.
+//!
+//! A second front door to the same gateway: the request is admitted and served by
+//! [`Gateway::admit`] and [`Gateway::serve`] exactly as a native one (pool, limits, budget,
+//! metrics with `protocol="quicksight"`, logs). Order: route → read the bounded body → verify the
+//! signature (failures share the unauthenticated limit) → tenant limit → parse strictly → admit
+//! → serve. Nothing but the limiter is touched before a request is admitted.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use super::auth::{read_bounded, BodyError};
+use super::embed::{observe, request_id};
+use crate::gateway::{Failed, Gateway, Refusal, ServeError, Source};
+use crate::limiter::Inbound;
+use crate::metrics::{Outcome, Protocol};
+use crate::model::parse::Unknown;
+use crate::sigv4::{AuthError, Incoming, KeyInfo, Verifier};
+use crate::tenant::Tenant;
+use crate::upstream::{Fault, UpstreamError};
+use crate::wire::{self, AwsError};
+
+/// How far a signature's time may be from the gateway's clock, as AWS allows.
+const MAX_SKEW: Duration = Duration::from_secs(15 * 60);
+
+/// The errors the three operations model; an upstream refusal with another code is reported as
+/// `InternalFailureException` (an SDK could not parse it into a typed exception).
+const MODELLED: [&str; 10] = [
+    "AccessDeniedException",
+    "InvalidParameterValueException",
+    "ResourceNotFoundException",
+    "QuickSightUserNotFoundException",
+    "SessionLifetimeInMinutesInvalidException",
+    "UnsupportedUserEditionException",
+    "UnsupportedPricingPlanException",
+    "IdentityTypeNotSupportedException",
+    "ThrottlingException",
+    "InternalFailureException",
+];
+
+/// Every path of the compatible listener.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.default_service(web::to(handle));
+}
+
+async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>) -> HttpResponse {
+    let started = Instant::now();
+    let request_id = request_id(&req);
+    let Some(call) = wire::route(req.method().as_str(), req.uri().path()) else {
+        return AwsError::new(
+            404,
+            "UnknownOperationException",
+            "embedgate serves GetDashboardEmbedUrl, GenerateEmbedUrlForAnonymousUser and GenerateEmbedUrlForRegisteredUser only",
+        )
+        .response(&request_id);
+    };
+    let body = match read_bounded(&req, payload, gw.settings().api.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            let e = match e {
+                BodyError::TooLarge => AwsError::new(
+                    413,
+                    "RequestEntityTooLargeException",
+                    format!(
+                        "the body must not exceed {} bytes",
+                        gw.settings().api.max_body_bytes
+                    ),
+                ),
+                BodyError::Unreadable(why) => AwsError::serialization(why),
+            };
+            observe(&gw, Protocol::Quicksight, "-", Outcome::Invalid, started);
+            return e.response(&request_id);
+        }
+    };
+    let (tenant, region) = match verify(&gw, &req, &body) {
+        Ok(v) => v,
+        Err(e) => {
+            let (outcome, e) = match gw.check_unauthenticated() {
+                None => (Outcome::Unauthenticated, AwsError::from_auth(&e)),
+                Some(wait) => {
+                    gw.metrics()
+                        .inbound_rejections
+                        .with_label_values(&["-"])
+                        .inc();
+                    (
+                        Outcome::Throttled,
+                        AwsError::throttling(
+                            "Rate exceeded: too many requests without valid credentials",
+                        )
+                        .retry_after_ms(wait.as_millis().max(1) as u64),
+                    )
+                }
+            };
+            tracing::debug!(code = e.code, "compatible listener refused a signature");
+            observe(&gw, Protocol::Quicksight, "-", outcome, started);
+            return e.response(&request_id);
+        }
+    };
+    let tid = tenant.id.as_str();
+    let outcome = |o| observe(&gw, Protocol::Quicksight, tid, o, started);
+    if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {
+        outcome(Outcome::Throttled);
+        gw.metrics()
+            .inbound_rejections
+            .with_label_values(&[tid])
+            .inc();
+        return AwsError::throttling(format!(
+            "Rate exceeded: this tenant is over its rate of {} requests/s",
+            tenant.rate_per_sec
+        ))
+        .retry_after_ms(retry_after.as_millis().max(1) as u64)
+        .response(&request_id);
+    }
+    let query = req.uri().query().unwrap_or_default();
+    let admitted = wire::parse_call(call, query, &body, Unknown::Refuse).and_then(|mut r| {
+        // The region the caller signed for is the region it asked for, as with QuickSight.
+        r.set_region(region);
+        gw.admit(tenant, r).map_err(refusal)
+    });
+    let request = match admitted {
+        Ok(r) => r,
+        Err(e) => {
+            outcome(if e.code == "AccessDeniedException" {
+                Outcome::Denied
+            } else {
+                Outcome::Invalid
+            });
+            return e.response(&request_id);
+        }
+    };
+    match gw.serve(tenant, request).await {
+        Ok(served) => {
+            let source = match served.source {
+                Source::Pool => "pool",
+                Source::Upstream => "upstream",
+            };
+            outcome(match served.source {
+                Source::Pool => Outcome::Hit,
+                Source::Upstream => Outcome::Miss,
+            });
+            HttpResponse::Ok()
+                .insert_header(("x-amzn-RequestId", request_id.as_str()))
+                .insert_header(("x-embedgate-source", source))
+                .insert_header((header::CACHE_CONTROL, "no-store"))
+                .content_type("application/json")
+                .body(wire::success_body(
+                    &served.url,
+                    &request_id,
+                    served.anonymous_user_arn.as_deref(),
+                ))
+        }
+        Err(f) => {
+            outcome(Outcome::Error);
+            serve_failure(f).response(&request_id)
+        }
+    }
+}
+
+/// The tenant whose access key signed the request, and the region it signed for.
+fn verify<'a>(
+    gw: &'a Gateway,
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<(&'a Tenant, String), AuthError> {
+    let keys = gw.access_keys();
+    let lookup = |id: &str| {
+        keys.get(id).map(|(_, secret)| KeyInfo {
+            secret: secret.expose().to_string(),
+            session: None,
+        })
+    };
+    let regions = gw.upstreams().regions();
+    let headers: Vec<(&str, &str)> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?)))
+        .collect();
+    let incoming = Incoming {
+        method: req.method().as_str(),
+        path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        headers,
+        body,
+    };
+    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(gw.clock().now_ms());
+    let verified = Verifier {
+        lookup: &lookup,
+        regions,
+        service: "quicksight",
+        max_skew: MAX_SKEW,
+    }
+    .verify(&incoming, now)?;
+    let (tenant, _) = keys
+        .get(&verified.access_key)
+        .ok_or(AuthError::UnknownAccessKey)?;
+    Ok((gw.tenants().get(tenant), verified.region))
+}
+
+/// A request the gateway will not send, as QuickSight would refuse it.
+fn refusal(r: Refusal) -> AwsError {
+    match r {
+        Refusal::Invalid(b) => match b.code {
+            "invalid_session_lifetime" => AwsError::new(
+                400,
+                "SessionLifetimeInMinutesInvalidException",
+                b.detail,
+            ),
+            _ => match (b.code, b.field) {
+                ("missing_field", Some(field)) => AwsError::invalid(format!(
+                    "1 validation error detected: Value null at '{field}' failed to satisfy constraint: Member must not be null"
+                )),
+                _ => AwsError::invalid(b.detail),
+            },
+        },
+        Refusal::Denied { field, rule } => {
+            AwsError::access_denied(format!("Denied by this tenant's embedgate policy: {field} {rule}"))
+        }
+    }
+}
+
+/// A failure to serve, in QuickSight's terms, with the gateway's sanitised message: QuickSight's
+/// own message can name the gateway's principal, so it goes to the log only.
+fn serve_failure(f: Failed) -> AwsError {
+    let upstream = f.upstream;
+    match f.error {
+        ServeError::BudgetExhausted { retry_after } => AwsError::throttling(format!(
+            "Rate exceeded: the QuickSight call budget of upstream {upstream} is exhausted"
+        ))
+        .retry_after_ms(retry_after.as_millis().max(1) as u64),
+        ServeError::Busy => AwsError::throttling(format!(
+            "Rate exceeded: too many QuickSight calls in flight on upstream {upstream}"
+        ))
+        .retry_after_ms(1000),
+        ServeError::Upstream(UpstreamError::Throttled) => AwsError::throttling(format!(
+            "Rate exceeded: QuickSight is throttling upstream {upstream}"
+        ))
+        .retry_after_ms(1000),
+        ServeError::Upstream(UpstreamError::Unavailable(why)) => {
+            tracing::warn!(reason = %why, upstream, "QuickSight is unavailable");
+            AwsError::internal(format!(
+                "QuickSight (upstream {upstream}) is unavailable; retry later"
+            ))
+        }
+        ServeError::Upstream(UpstreamError::Timeout) => AwsError::internal(format!(
+            "QuickSight (upstream {upstream}) did not answer in time"
+        )),
+        ServeError::Upstream(e @ UpstreamError::Rejected { .. }) => {
+            let own_identity = e.fault() == Fault::Gateway;
+            let UpstreamError::Rejected {
+                status,
+                code,
+                message,
+            } = e
+            else {
+                unreachable!("matched as Rejected")
+            };
+            tracing::warn!(upstream_status = status, upstream_code = %code, upstream_message = %message, upstream, "QuickSight refused the call");
+            match MODELLED.iter().find(|m| **m == code) {
+                Some(modelled) if !own_identity => AwsError::new(
+                    status,
+                    modelled,
+                    format!("QuickSight refused the request with {code}"),
+                ),
+                _ => AwsError::internal(format!(
+                    "QuickSight refused the gateway's request (upstream {upstream}); the operator has been told (see the gateway's log)"
+                )),
+            }
+        }
+    }
+}
