@@ -3,10 +3,12 @@
 # Python's boto3 (the real AWS SDK the simulator is checked against), Debian's prometheus
 # package (promtool, and the Prometheus server the tests scrape the gateway with) and
 # redis-server/redis-cli (the cluster-mode tests start their own servers and a Redis Cluster) and
-# Debian's faketime (libfaketime: the clock-step test fakes the gateway process's wall clock).
+# Debian's faketime (libfaketime: the clock-step test fakes the gateway process's wall clock), and
+# the AWS SDK for JavaScript v3 from npm (the drop-in test; Node.js from Debian if missing).
 # Safe to run repeatedly; on Debian it may call apt-get (as root) for packages the tests use.
 set -euo pipefail
 
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 need_apt=()
 have() { command -v "$1" >/dev/null 2>&1; }
 
@@ -14,6 +16,7 @@ if ! have python3; then need_apt+=(python3 python3-pip); fi
 if ! have promtool || ! have prometheus; then need_apt+=(prometheus); fi
 if ! have redis-server || ! have redis-cli; then need_apt+=(redis-server); fi
 if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]; then need_apt+=(faketime); fi
+if ! have node || ! have npm; then need_apt+=(nodejs npm); fi
 
 if ((${#need_apt[@]})); then
   if have apt-get; then
@@ -31,4 +34,10 @@ if ! python3 -c 'import boto3' 2>/dev/null; then
   echo "setup: installing boto3 with pip"
   python3 -m pip install --quiet --disable-pip-version-check boto3 \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages boto3
+fi
+
+# The JavaScript SDK v3 for the drop-in test (tests/node; versions pinned in package-lock.json).
+if [ ! -d "$ROOT/tests/node/node_modules/@aws-sdk/client-quicksight" ]; then
+  echo "setup: installing @aws-sdk/client-quicksight with npm ci"
+  (cd "$ROOT/tests/node" && npm ci --no-audit --no-fund --silent)
 fi

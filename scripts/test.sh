@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, Rust unit and integration tests, and the Python tests
-# that check the simulator with boto3. Installs missing tools first (scripts/setup.sh).
+# The whole test suite: formatting, lints, Rust unit and integration tests, the Python test that
+# checks the simulator with boto3, and the drop-in test (boto3 and the JavaScript SDK v3 against
+# the gateway's QuickSight-compatible listener). Installs missing tools first (scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +17,5 @@ echo "== cargo test"
 cargo test --all-targets
 echo "== python: boto3 against the simulator"
 EMBEDGATE_BIN="$PWD/target/debug/embedgate" python3 tests/python/test_sim_boto3.py
+echo "== drop-in mode: boto3 and the JavaScript SDK v3 against the compatible listener"
+EMBEDGATE_BIN="$PWD/target/debug/embedgate" python3 tests/python/test_compat_boto3.py

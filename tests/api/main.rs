@@ -5,6 +5,7 @@ mod bad_input;
 mod chaos;
 mod clock_step;
 mod clocks;
+mod compat;
 mod config;
 mod dev;
 mod fleet;

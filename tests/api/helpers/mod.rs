@@ -34,6 +34,8 @@ pub fn spawn_sim() -> SimServer {
 pub struct Sdk<'a> {
     pub access_key: &'a str,
     pub secret: &'a str,
+    /// The region the client signs for.
+    pub region: &'a str,
     pub retry: RetryConfig,
     /// The whole operation's timeout (none by default).
     pub timeout: Option<Duration>,
@@ -44,6 +46,7 @@ impl Default for Sdk<'_> {
         Sdk {
             access_key: sim::DEFAULT_ACCESS_KEY_ID,
             secret: sim::DEFAULT_SECRET_ACCESS_KEY,
+            region: sim::DEFAULT_REGION,
             retry: RetryConfig::standard().with_max_attempts(1),
             timeout: None,
         }
@@ -58,7 +61,7 @@ impl Sdk<'_> {
         }
         let conf = aws_sdk_quicksight::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(sim::DEFAULT_REGION))
+            .region(Region::new(self.region.to_string()))
             .credentials_provider(Credentials::new(
                 self.access_key,
                 self.secret,
@@ -129,6 +132,8 @@ pub struct TestApp {
     pub app: Application,
     pub base: String,
     pub admin: String,
+    /// The QuickSight-compatible listener (`http://…`), when `compat_listen` is set.
+    pub compat: Option<String>,
     /// tenant id → API key
     pub keys: HashMap<String, String>,
     pub http: reqwest::Client,
@@ -186,6 +191,7 @@ pub async fn spawn_app_on(
     TestApp {
         base: format!("http://{}", app.addr),
         admin: format!("http://{}", app.admin_addr),
+        compat: app.compat_addr.map(|a| format!("http://{a}")),
         sim,
         app,
         keys: tenants

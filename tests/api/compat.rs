@@ -1,0 +1,459 @@
+//! Drop-in mode with the official Rust SDK (`aws-sdk-quicksight`, unmodified, pointed at the
+//! compatible listener): pooled URLs on a warm key, the refusals as the SDK's typed exceptions,
+//! throttling retried by the SDK's own retry logic, and every signature AWS would refuse refused
+//! before anything upstream is touched. boto3 and the JavaScript SDK are driven by
+//! `tests/python/test_compat_boto3.py` and `tests/node/compat.test.mjs`.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_quicksight::error::ProvideErrorMetadata;
+use aws_sdk_quicksight::types::{
+    AnonymousUserDashboardEmbeddingConfiguration, AnonymousUserEmbeddingExperienceConfiguration,
+    EmbeddingIdentityType, SessionTag,
+};
+use aws_smithy_types::retry::RetryConfig;
+use embedgate::clock::Clock;
+use embedgate::config::{Secret, Settings};
+use embedgate::credentials::derive_secret;
+use serde_json::json;
+
+use crate::helpers::*;
+
+const MASTER: &str = "compat-tests-master-key-0123456789abcdef";
+const ALPHA_KEY: &str = "EGALPHA0000000000001";
+const BETA_KEY: &str = "EGBETA00000000000001";
+
+fn secret(tenant: &str, key_id: &str) -> String {
+    derive_secret(&Secret::new(MASTER), tenant, key_id)
+        .expose()
+        .to_string()
+}
+
+/// Compatible listener on port 0; alpha and beta get one access key each.
+fn with_compat(s: &mut Settings) {
+    s.compat_listen = Some("127.0.0.1:0".parse().unwrap());
+    s.master_key = Some(Secret::new(MASTER));
+    s.tenants[0].access_key_ids = vec![ALPHA_KEY.into()];
+    s.tenants[1].access_key_ids = vec![BETA_KEY.into()];
+}
+
+fn client(
+    app: &TestApp,
+    key_id: &'static str,
+    tenant: &str,
+    attempts: u32,
+) -> aws_sdk_quicksight::Client {
+    let secret: &'static str = Box::leak(secret(tenant, key_id).into_boxed_str());
+    Sdk {
+        access_key: key_id,
+        secret,
+        retry: RetryConfig::standard()
+            .with_max_attempts(attempts)
+            .with_initial_backoff(Duration::from_millis(50)),
+        ..Sdk::default()
+    }
+    .client(app.compat.as_deref().expect("compat listener"))
+}
+
+/// The anonymous request alpha keeps warm, as a warm-key entry.
+fn anonymous_warm(depth: u32) -> serde_json::Value {
+    json!({
+        "Operation": "GenerateEmbedUrlForAnonymousUser",
+        "Depth": depth,
+        "Namespace": "default",
+        "AuthorizedResourceArns": [dashboard_arn("sales-2024")],
+        "ExperienceConfiguration": {"Dashboard": {"InitialDashboardId": "sales-2024"}},
+        "SessionTags": [{"Key": "tenant", "Value": "alpha"}],
+    })
+}
+
+#[tokio::test]
+async fn the_rust_sdk_gets_a_pooled_url_and_typed_refusals_with_no_upstream_call() {
+    let app = spawn_app(|s| {
+        with_compat(s);
+        s.tenants[0].warm = vec![anonymous_warm(2)];
+    })
+    .await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            app.app.gateway.pool().total() >= 2
+        })
+        .await,
+        "the warm key is stocked"
+    );
+    let qs = client(&app, ALPHA_KEY, "alpha", 1);
+
+    let out = qs
+        .generate_embed_url_for_anonymous_user()
+        .aws_account_id(ACCOUNT)
+        .namespace("default")
+        .authorized_resource_arns(dashboard_arn("sales-2024"))
+        .experience_configuration(
+            AnonymousUserEmbeddingExperienceConfiguration::builder()
+                .dashboard(
+                    AnonymousUserDashboardEmbeddingConfiguration::builder()
+                        .initial_dashboard_id("sales-2024")
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .session_tags(
+            SessionTag::builder()
+                .key("tenant")
+                .value("alpha")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("a URL through the compatible listener");
+    assert_eq!(out.status, 200);
+    assert!(!out.request_id.is_empty());
+    let arn_prefix = format!("arn:aws:quicksight:us-east-1:{ACCOUNT}:user/default/");
+    assert!(
+        out.anonymous_user_arn.starts_with(&arn_prefix),
+        "the pooled URL's AnonymousUserArn: {:?}",
+        out.anonymous_user_arn
+    );
+    let page = http().get(&out.embed_url).send().await.unwrap();
+    assert_eq!(page.status(), 200, "the URL redeems");
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "embedgate_requests_total{outcome=\"hit\",protocol=\"quicksight\",tenant=\"alpha\"}"
+        ),
+        1.0,
+        "served from the pool"
+    );
+
+    // Refusals: each the SDK's typed exception, none reaching QuickSight. The refiller restocks
+    // the warm key first; after that nothing calls QuickSight unless a refusal does.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            app.app.gateway.pool().total() >= 2
+        })
+        .await
+    );
+    let calls_before = app.sim.sim.ledger().calls;
+    let iam = qs
+        .get_dashboard_embed_url()
+        .aws_account_id(ACCOUNT)
+        .dashboard_id("sales-2024")
+        .identity_type(EmbeddingIdentityType::Iam)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        iam.is_access_denied_exception(),
+        "IAM is outside the policy: {iam:?}"
+    );
+    assert!(
+        iam.message().unwrap_or_default().contains("IdentityType"),
+        "{iam:?}"
+    );
+
+    let foreign = qs
+        .get_dashboard_embed_url()
+        .aws_account_id("999999999999")
+        .dashboard_id("sales-2024")
+        .identity_type(EmbeddingIdentityType::Anonymous)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        foreign.is_access_denied_exception(),
+        "an account the tenant may not use: {foreign:?}"
+    );
+
+    let short = qs
+        .get_dashboard_embed_url()
+        .aws_account_id(ACCOUNT)
+        .dashboard_id("sales-2024")
+        .identity_type(EmbeddingIdentityType::Anonymous)
+        .session_lifetime_in_minutes(5)
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        short.is_session_lifetime_in_minutes_invalid_exception(),
+        "{short:?}"
+    );
+    let bad_domain = qs
+        .generate_embed_url_for_registered_user()
+        .aws_account_id(ACCOUNT)
+        .user_arn(user_arn("ann"))
+        .experience_configuration(
+            aws_sdk_quicksight::types::RegisteredUserEmbeddingExperienceConfiguration::builder()
+                .dashboard(
+                    aws_sdk_quicksight::types::RegisteredUserDashboardEmbeddingConfiguration::builder()
+                        .initial_dashboard_id("sales-2024")
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .allowed_domains("ftp://nope")
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        bad_domain.is_invalid_parameter_value_exception(),
+        "{bad_domain:?}"
+    );
+    assert_eq!(
+        app.sim.sim.ledger().calls,
+        calls_before,
+        "no refusal reached QuickSight"
+    );
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "embedgate_requests_total{outcome=\"denied\",protocol=\"quicksight\",tenant=\"alpha\"}"
+        ),
+        2.0
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_rate_is_throttled_and_the_sdk_retries_until_it_gets_a_url() {
+    let app = spawn_app(|s| {
+        with_compat(s);
+        s.tenants[1].rate_per_sec = 2.0;
+        s.tenants[1].burst = 1;
+    })
+    .await;
+    let qs = client(&app, BETA_KEY, "beta", 6);
+    for _ in 0..3 {
+        let out = qs
+            .get_dashboard_embed_url()
+            .aws_account_id(ACCOUNT)
+            .dashboard_id("sales-2024")
+            .identity_type(EmbeddingIdentityType::Quicksight)
+            .user_arn(user_arn("bob"))
+            .send()
+            .await
+            .expect("the SDK's retries get through the tenant limit");
+        assert!(out.embed_url.is_some());
+    }
+    let m = app.metrics().await;
+    assert!(
+        metric(&m, "embedgate_inbound_rejections_total{tenant=\"beta\"}") >= 1.0,
+        "the limit refused some attempts, which the SDK retried:\n{}",
+        m.lines()
+            .filter(|l| l.contains("beta"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        metric(&m, "embedgate_requests_total{outcome=\"throttled\",protocol=\"quicksight\",tenant=\"beta\"}") >= 1.0
+    );
+    app.stop().await;
+}
+
+/// Signs a GetDashboardEmbedUrl request as the SDKs do, with any key, service, region and time.
+fn signed(
+    base: &str,
+    key_id: &str,
+    secret: &str,
+    service: &str,
+    region: &str,
+    at: SystemTime,
+) -> (String, Vec<(String, String)>) {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    use aws_sigv4::sign::v4;
+    let path = format!("/accounts/{ACCOUNT}/dashboards/sales-2024/embed-url?creds-type=ANONYMOUS");
+    let url = format!("{base}{path}");
+    let host = base.trim_start_matches("http://").to_string();
+    let identity = aws_credential_types::Credentials::new(key_id, secret, None, None, "t").into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(at)
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let req = SignableRequest::new(
+        "GET",
+        url.as_str(),
+        [("host", host.as_str())].into_iter(),
+        SignableBody::Bytes(b""),
+    )
+    .unwrap();
+    let (instructions, _) = sign(req, &params).unwrap().into_parts();
+    let headers = instructions
+        .headers()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    (url, headers)
+}
+
+async fn send(url: &str, headers: &[(String, String)]) -> (u16, String, String, String) {
+    let mut req = http().get(url);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let code = resp
+        .headers()
+        .get("x-amzn-ErrorType")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let source = resp
+        .headers()
+        .get("x-embedgate-source")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = resp.text().await.unwrap();
+    (status, code, source, body)
+}
+
+#[tokio::test]
+async fn signatures_aws_would_refuse_are_refused_before_anything_upstream() {
+    let clock = Clock::manual();
+    let app = spawn_app_with(clock.clone(), with_compat).await;
+    let base = app.compat.clone().unwrap();
+    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(clock.now_ms());
+    let good = secret("alpha", ALPHA_KEY);
+
+    // Through the SDK: a wrong secret, an unknown key id, a region the gateway does not serve.
+    let wrong = Sdk {
+        access_key: ALPHA_KEY,
+        secret: "not-the-derived-secret",
+        ..Sdk::default()
+    }
+    .client(&base);
+    let unknown = Sdk {
+        access_key: "EGNOSUCHKEY000000001",
+        secret: &good,
+        ..Sdk::default()
+    }
+    .client(&base);
+    let elsewhere = Sdk {
+        access_key: ALPHA_KEY,
+        secret: &good,
+        region: "eu-central-1",
+        ..Sdk::default()
+    }
+    .client(&base);
+    // alpha's key id with the secret derived for beta: a key id belongs to one tenant.
+    let other_tenant = secret("beta", ALPHA_KEY);
+    let moved = Sdk {
+        access_key: ALPHA_KEY,
+        secret: &other_tenant,
+        ..Sdk::default()
+    }
+    .client(&base);
+    for (what, qs, code) in [
+        ("wrong secret", &wrong, "InvalidSignatureException"),
+        ("unknown key id", &unknown, "UnrecognizedClientException"),
+        ("unserved region", &elsewhere, "InvalidSignatureException"),
+        (
+            "another tenant's derivation",
+            &moved,
+            "InvalidSignatureException",
+        ),
+    ] {
+        let err = qs
+            .get_dashboard_embed_url()
+            .aws_account_id(ACCOUNT)
+            .dashboard_id("sales-2024")
+            .identity_type(EmbeddingIdentityType::Anonymous)
+            .send()
+            .await
+            .unwrap_err()
+            .into_service_error();
+        assert_eq!(err.code(), Some(code), "{what}: {err:?}");
+    }
+
+    // Signed by hand: expired, not yet valid, for another service; and unsigned.
+    let cases = [
+        (
+            "expired",
+            signed(
+                &base,
+                ALPHA_KEY,
+                &good,
+                "quicksight",
+                "us-east-1",
+                now - Duration::from_secs(16 * 60),
+            ),
+            403,
+            "InvalidSignatureException",
+            "Signature expired",
+        ),
+        (
+            "from the future",
+            signed(
+                &base,
+                ALPHA_KEY,
+                &good,
+                "quicksight",
+                "us-east-1",
+                now + Duration::from_secs(16 * 60),
+            ),
+            403,
+            "InvalidSignatureException",
+            "Signature not yet current",
+        ),
+        (
+            "another service",
+            signed(&base, ALPHA_KEY, &good, "s3", "us-east-1", now),
+            403,
+            "InvalidSignatureException",
+            "service",
+        ),
+    ];
+    for (what, (url, headers), status, code, says) in cases {
+        let (s, c, _, body) = send(&url, &headers).await;
+        assert_eq!((s, c.as_str()), (status, code), "{what}: {body}");
+        assert!(body.contains(says), "{what}: {body}");
+    }
+    let (url, _) = signed(&base, ALPHA_KEY, &good, "quicksight", "us-east-1", now);
+    let (s, c, _, _) = send(&url, &[]).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (403, "MissingAuthenticationTokenException")
+    );
+    assert_eq!(
+        app.sim.sim.ledger().calls,
+        0,
+        "no refused request reached QuickSight"
+    );
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(&m, "embedgate_requests_total{outcome=\"unauthenticated\",protocol=\"quicksight\",tenant=\"-\"}"),
+        8.0
+    );
+
+    // A captured request is good within the skew window and refused once it has passed.
+    let (url, headers) = signed(&base, ALPHA_KEY, &good, "quicksight", "us-east-1", now);
+    let (s, _, source, body) = send(&url, &headers).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(source, "upstream");
+    let calls = app.sim.sim.ledger().calls;
+    clock.advance(15 * 60 * 1000 + 1_000);
+    let (s, c, _, body) = send(&url, &headers).await;
+    assert_eq!(
+        (s, c.as_str()),
+        (403, "InvalidSignatureException"),
+        "{body}"
+    );
+    assert!(body.contains("Signature expired"), "{body}");
+    assert_eq!(
+        app.sim.sim.ledger().calls,
+        calls,
+        "the replay reached nothing upstream"
+    );
+    app.stop().await;
+}

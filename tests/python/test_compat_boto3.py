@@ -1,0 +1,309 @@
+"""Drop-in mode with boto3: a portal's unmodified boto3 code pointed at the gateway's
+QuickSight-compatible listener.
+
+Follows the operator's workflow end to end: `embedgate tenant-credentials` prints a tenant's
+access key (the master key in EMBEDGATE_MASTER_KEY), the key id goes into the config, then
+`embedgate serve` runs in front of `embedgate sim`, and boto3 talks only to the gateway.
+Binary from $EMBEDGATE_BIN (default target/debug/embedgate).
+"""
+
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("EMBEDGATE_BIN", os.path.join(ROOT, "target", "debug", "embedgate"))
+ACCOUNT = "111122223333"
+SIM_KEY_ID = "AKIDEMBEDGATESIM0001"
+SIM_SECRET = "embedgate-simulator-test-secret"
+MASTER = "python-compat-test-master-key-0123456789"
+
+
+def user_arn(name):
+    return f"arn:aws:quicksight:us-east-1:{ACCOUNT}:user/default/{name}"
+
+
+def config(sim_endpoint, acme_ids, slow_ids):
+    ids = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"
+    return f"""
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+compat_listen = "127.0.0.1:0"
+log_format = "json"
+workers = 2
+
+[upstream]
+endpoint_url = "{sim_endpoint}"
+region = "us-east-1"
+access_key_id = "{SIM_KEY_ID}"
+secret_access_key = "{SIM_SECRET}"
+rate_per_sec = 1000.0
+burst = 100
+
+[refill]
+enabled = true
+
+[[tenants]]
+id = "acme"
+api_key_sha256 = []
+access_key_ids = {ids(acme_ids)}
+default_account = "{ACCOUNT}"
+warm = [
+  {{ Operation = "GetDashboardEmbedUrl", Depth = 2, DashboardId = "sales-2024", IdentityType = "QUICKSIGHT", UserArn = "{user_arn('alice')}" }},
+  {{ Operation = "GetDashboardEmbedUrl", Depth = 1, DashboardId = "sales-2024", IdentityType = "QUICKSIGHT", UserArn = "{user_arn('carol')}" }},
+]
+
+[tenants.policy]
+dashboards = ["*"]
+topics = ["*"]
+themes = ["*"]
+namespaces = ["default"]
+identity_types = ["QUICKSIGHT", "ANONYMOUS"]
+user_arns = ["arn:aws:quicksight:*:{ACCOUNT}:user/default/*"]
+experiences = ["Dashboard", "DashboardVisual", "QuickSightConsole", "QSearchBar", "GenerativeQnA", "QuickChat"]
+
+[tenants.policy.session_tags]
+tenant = ["acme"]
+region = ["*"]
+
+[[tenants]]
+id = "slow"
+api_key_sha256 = []
+access_key_ids = {ids(slow_ids)}
+default_account = "{ACCOUNT}"
+rate_per_sec = 2.0
+burst = 1
+
+[tenants.policy]
+dashboards = ["*"]
+namespaces = ["default"]
+user_arns = ["arn:aws:quicksight:*:{ACCOUNT}:user/default/*"]
+"""
+
+
+def get_json(url):
+    with urllib.request.urlopen(url) as resp:
+        return json.load(resp)
+
+
+class DropInWithBoto3(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.sim = subprocess.Popen(
+            [BIN, "sim", "--listen", "127.0.0.1:0", "--workers", "2"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        first = cls.sim.stdout.readline()
+        if "listening on " not in first:
+            cls.sim.kill()
+            raise RuntimeError(f"simulator did not start: {first!r}")
+        cls.sim_endpoint = first.split("listening on ")[1].strip()
+        env = dict(os.environ, EMBEDGATE_MASTER_KEY=MASTER)
+        path = os.path.join(cls.tmp.name, "embedgate.toml")
+        # The operator's workflow: a config without keys, then one new key per tenant (two for
+        # acme: rotation), added to the config.
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(config(cls.sim_endpoint, ["EGPLACEHOLDER0000001"], ["EGPLACEHOLDER0000002"]))
+        cls.creds = {}
+        for tenant, n in (("acme", 2), ("slow", 1)):
+            for _ in range(n):
+                out = subprocess.run(
+                    [BIN, "tenant-credentials", "--config", path, tenant],
+                    env=env, capture_output=True, text=True, check=True,
+                ).stdout
+                fields = dict(
+                    line.split(":", 1) for line in out.splitlines() if line.startswith(("access key id", "secret access key"))
+                )
+                cls.creds.setdefault(tenant, []).append(
+                    (fields["access key id"].strip(), fields["secret access key"].strip())
+                )
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(config(
+                cls.sim_endpoint,
+                [k for k, _ in cls.creds["acme"]],
+                [k for k, _ in cls.creds["slow"]],
+            ))
+        cls.gateway = subprocess.Popen(
+            [BIN, "serve", "--config", path],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for line in cls.gateway.stderr:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            fields = event.get("fields", event)
+            if fields.get("message") == "embedgate serving":
+                cls.endpoint = "http://" + fields["compat"]
+                cls.admin = "http://" + fields["admin"]
+                break
+        else:
+            raise RuntimeError("the gateway did not start")
+        # Keep draining the log: a full pipe would block the gateway.
+        threading.Thread(target=lambda: [None for _ in cls.gateway.stderr], daemon=True).start()
+        # Both warm keys stocked (alice 2 deep for boto3, carol 1 deep for the Node test) before
+        # any test runs.
+        cls.wait_for_pool(3)
+
+    @classmethod
+    def tearDownClass(cls):
+        for p in (cls.gateway, cls.sim):
+            p.terminate()
+            p.wait(timeout=10)
+        cls.tmp.cleanup()
+
+    def client(self, tenant="acme", which=0, secret=None, **config):
+        key_id, derived = self.creds[tenant][which]
+        return boto3.client(
+            "quicksight",
+            region_name="us-east-1",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret or derived,
+            config=Config(**config),
+        )
+
+    def metric(self, sample):
+        with urllib.request.urlopen(f"{self.admin}/metrics") as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith(sample + " "):
+                    return float(line.split()[-1])
+        return 0.0
+
+    @classmethod
+    def wait_for_pool(cls, n):
+        for _ in range(300):
+            with urllib.request.urlopen(f"{cls.admin}/metrics") as resp:
+                for line in resp.read().decode().splitlines():
+                    if line.startswith("embedgate_pool_urls ") and float(line.split()[1]) >= n:
+                        return
+            time.sleep(0.1)
+        raise RuntimeError("the warm keys were not stocked")
+
+    def test_a_warm_key_is_served_from_the_pool_with_either_rotated_key(self):
+        for which in (0, 1):
+            resp = self.client(which=which).get_dashboard_embed_url(
+                AwsAccountId=ACCOUNT, DashboardId="sales-2024", IdentityType="QUICKSIGHT", UserArn=user_arn("alice")
+            )
+            self.assertEqual(resp["Status"], 200)
+            self.assertEqual(resp["ResponseMetadata"]["HTTPHeaders"]["x-embedgate-source"], "pool")
+            self.assertEqual(resp["RequestId"], resp["ResponseMetadata"]["RequestId"])
+            with urllib.request.urlopen(resp["EmbedUrl"]) as page:
+                self.assertEqual(page.status, 200)
+
+    def test_every_member_of_every_operation_reaches_quicksight_intact(self):
+        with open(os.path.join(ROOT, "tests", "fixtures", "kitchen-sink.json"), encoding="utf-8") as f:
+            cases = json.load(f)
+        qs = self.client()
+        methods = {
+            "GetDashboardEmbedUrl": qs.get_dashboard_embed_url,
+            "GenerateEmbedUrlForAnonymousUser": qs.generate_embed_url_for_anonymous_user,
+            "GenerateEmbedUrlForRegisteredUser": qs.generate_embed_url_for_registered_user,
+        }
+        checked = 0
+        for case in cases:
+            body = json.loads(json.dumps(case["Body"]).replace('"Value": "alpha"', '"Value": "acme"'))
+            with self.subTest(case["Name"]):
+                out = methods[case["Operation"]](**body)
+                self.assertTrue(out["EmbedUrl"].startswith("http"))
+                if case["Operation"] == "GenerateEmbedUrlForAnonymousUser":
+                    self.assertTrue(out["AnonymousUserArn"].startswith("arn:aws:quicksight:"))
+                # A pool hit would not reach QuickSight; a miss does, and must carry everything.
+                if out["ResponseMetadata"]["HTTPHeaders"]["x-embedgate-source"] == "upstream":
+                    seen = get_json(f"{self.sim_endpoint}/_sim/inputs")[case["Operation"]]
+                    self.assertEqual(seen, body)
+                    checked += 1
+        self.assertGreaterEqual(checked, len(cases) - 2, "most cases were misses QuickSight saw")
+
+    def test_refusals_are_the_typed_exceptions_and_reach_nothing_upstream(self):
+        # Parameter validation off: boto3 would refuse a 5-minute session itself.
+        qs = self.client(retries={"total_max_attempts": 1}, parameter_validation=False)
+        # The refiller calls QuickSight in the background, so "nothing upstream" is read from the
+        # gateway: no miss was fetched and every refusal was counted as one.
+        misses = self.metric('embedgate_urls_fetched_total{reason="miss"}')
+        counted = lambda outcome, tenant: self.metric(
+            f'embedgate_requests_total{{outcome="{outcome}",protocol="quicksight",tenant="{tenant}"}}'
+        )
+        before = [counted("denied", "acme"), counted("invalid", "acme"), counted("unauthenticated", "-")]
+        with self.assertRaises(qs.exceptions.AccessDeniedException) as cm:
+            qs.get_dashboard_embed_url(AwsAccountId=ACCOUNT, DashboardId="sales-2024", IdentityType="IAM")
+        self.assertIn("IdentityType", cm.exception.response["Error"]["Message"])
+        with self.assertRaises(qs.exceptions.AccessDeniedException):
+            qs.get_dashboard_embed_url(AwsAccountId="999999999999", DashboardId="sales-2024", IdentityType="ANONYMOUS")
+        with self.assertRaises(qs.exceptions.SessionLifetimeInMinutesInvalidException):
+            qs.get_dashboard_embed_url(
+                AwsAccountId=ACCOUNT, DashboardId="sales-2024", IdentityType="ANONYMOUS", SessionLifetimeInMinutes=5
+            )
+        with self.assertRaises(qs.exceptions.InvalidParameterValueException):
+            qs.generate_embed_url_for_anonymous_user(
+                AwsAccountId=ACCOUNT,
+                Namespace="default",
+                AuthorizedResourceArns=[f"arn:aws:quicksight:us-east-1:{ACCOUNT}:dashboard/sales-2024"],
+                ExperienceConfiguration={"Dashboard": {"InitialDashboardId": "sales-2024"}},
+                AllowedDomains=["not a domain"],
+            )
+        for secret, code in (("wrong", "InvalidSignatureException"),):
+            with self.assertRaises(ClientError) as cm:
+                self.client(secret=secret, retries={"total_max_attempts": 1}).get_dashboard_embed_url(
+                    AwsAccountId=ACCOUNT, DashboardId="sales-2024", IdentityType="ANONYMOUS"
+                )
+            self.assertEqual(cm.exception.response["Error"]["Code"], code)
+        unknown = boto3.client(
+            "quicksight", region_name="us-east-1", endpoint_url=self.endpoint,
+            aws_access_key_id="EGNOSUCHKEY000000001", aws_secret_access_key="x",
+            config=Config(retries={"total_max_attempts": 1}),
+        )
+        with self.assertRaises(ClientError) as cm:
+            unknown.get_dashboard_embed_url(AwsAccountId=ACCOUNT, DashboardId="sales-2024", IdentityType="ANONYMOUS")
+        self.assertEqual(cm.exception.response["Error"]["Code"], "UnrecognizedClientException")
+        self.assertEqual(self.metric('embedgate_urls_fetched_total{reason="miss"}'), misses)
+        after = [counted("denied", "acme"), counted("invalid", "acme"), counted("unauthenticated", "-")]
+        self.assertEqual([a - b for a, b in zip(after, before)], [2, 2, 2])
+
+    def test_a_throttled_tenant_is_retried_by_boto3_until_served(self):
+        # boto3's own retry logic (legacy mode, its default), allowed enough attempts to outlast a
+        # 2/s limit with jittered backoff.
+        qs = self.client(tenant="slow", retries={"max_attempts": 10})
+        before = self.metric('embedgate_inbound_rejections_total{tenant="slow"}')
+        for _ in range(3):
+            out = qs.get_dashboard_embed_url(AwsAccountId=ACCOUNT, DashboardId="sales-2024", IdentityType="ANONYMOUS")
+            self.assertTrue(out["EmbedUrl"].startswith("http"))
+        self.assertGreaterEqual(self.metric('embedgate_inbound_rejections_total{tenant="slow"}') - before, 1)
+
+    def test_node_sdk_v3(self):
+        """tests/node/compat.test.mjs with @aws-sdk/client-quicksight (scripts/setup.sh installs
+        it), against this gateway."""
+        node_dir = os.path.join(ROOT, "tests", "node")
+        self.assertTrue(
+            os.path.isdir(os.path.join(node_dir, "node_modules", "@aws-sdk", "client-quicksight")),
+            "run scripts/setup.sh: it installs the JavaScript SDK",
+        )
+        (key_id, secret), (slow_id, slow_secret) = self.creds["acme"][0], self.creds["slow"][0]
+        env = dict(
+            os.environ,
+            EG_ENDPOINT=self.endpoint, EG_ADMIN=self.admin, EG_ACCOUNT=ACCOUNT,
+            EG_KEY_ID=key_id, EG_SECRET=secret, EG_SLOW_KEY_ID=slow_id, EG_SLOW_SECRET=slow_secret,
+        )
+        run = subprocess.run(
+            ["node", "--test", "compat.test.mjs"], cwd=node_dir, env=env, capture_output=True, text=True, timeout=300
+        )
+        self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
