@@ -17,36 +17,10 @@ use sha2::Sha256;
 use crate::config::{Secret, TenantSettings};
 use crate::tenant::TenantId;
 
-/// Shortest master key accepted, in bytes.
-pub const MIN_MASTER_KEY_BYTES: usize = 32;
 /// Derivation salt: changing it changes every tenant secret.
 const SALT: &[u8] = b"embedgate/tenant-access-key/v1";
 /// Letters of generated key ids (RFC 4648 base32: upper case and digits, as AWS's own ids).
 const KEY_ID_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-
-/// Why a master key is not usable.
-pub fn check_master_key(key: &Secret) -> Result<(), String> {
-    if key.expose().len() < MIN_MASTER_KEY_BYTES {
-        return Err(format!(
-            "the master key must be at least {MIN_MASTER_KEY_BYTES} bytes (e.g. `openssl rand -base64 48`)"
-        ));
-    }
-    Ok(())
-}
-
-/// Why an access key id is not usable: 16 to 128 upper-case letters and digits, as AWS's.
-pub fn check_access_key_id(id: &str) -> Result<(), String> {
-    if !(16..=128).contains(&id.len())
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-    {
-        return Err(format!(
-            "{id:?} must be 16 to 128 upper-case letters and digits (`embedgate tenant-credentials` makes one)"
-        ));
-    }
-    Ok(())
-}
 
 /// A new random access key id: `EG` and 18 base32 letters (90 bits).
 pub fn new_access_key_id() -> String {
@@ -113,6 +87,7 @@ impl AccessKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{check_access_key_id, check_master_key};
 
     fn master(s: &str) -> Secret {
         Secret::new(s.repeat(40))

@@ -224,7 +224,7 @@ fn tenant_credentials(args: CredentialArgs) -> anyhow::Result<()> {
             args.config.display()
         )
     })?;
-    embedgate::credentials::check_master_key(&master).map_err(|e| anyhow::anyhow!("{e}"))?;
+    embedgate::config::check_master_key(&master).map_err(|e| anyhow::anyhow!("{e}"))?;
     let tenant = settings
         .tenants
         .iter()
@@ -236,7 +236,7 @@ fn tenant_credentials(args: CredentialArgs) -> anyhow::Result<()> {
     let key_id = args
         .key_id
         .unwrap_or_else(embedgate::credentials::new_access_key_id);
-    embedgate::credentials::check_access_key_id(&key_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    embedgate::config::check_access_key_id(&key_id).map_err(|e| anyhow::anyhow!("{e}"))?;
     let secret = embedgate::credentials::derive_secret(&master, &tenant.id, &key_id);
     println!("tenant:            {}", tenant.id);
     println!("access key id:     {key_id}");

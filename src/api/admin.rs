@@ -36,6 +36,17 @@ pub(super) async fn state(gw: web::Data<Gateway>) -> HttpResponse {
             "role_arn": u.settings().role_arn,
             "role_error": u.role_error(),
         })).collect::<Vec<_>>(),
-        "tenants": gw.tenants().all().iter().map(|t| json!({"id": t.id, "rate_per_sec": t.rate_per_sec, "burst": t.burst})).collect::<Vec<_>>(),
+        "tenants": gw.tenants().all().iter().map(|t| json!({
+            "id": t.id,
+            "rate_per_sec": t.rate_per_sec,
+            "burst": t.burst,
+            // Key ids are not secret (their secrets are derived, never shown).
+            "access_key_ids": gw.settings().tenants[t.index].access_key_ids,
+        })).collect::<Vec<_>>(),
+        "compat": {
+            "listen": gw.settings().compat_listen,
+            "regions": gw.upstreams().regions(),
+            "access_keys": gw.access_keys().len(),
+        },
     }))
 }

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use secret::Secret;
 pub use tenants::{PolicySettings, TenantSettings};
+pub use validate::{check_access_key_id, check_master_key, MIN_MASTER_KEY_BYTES};
 
 /// Everything `embedgate serve` needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -140,7 +140,7 @@ impl Settings {
         let mut key_owner = std::collections::HashMap::new();
         let mut access_key_owner = std::collections::HashMap::new();
         if let Some(key) = &self.master_key {
-            crate::credentials::check_master_key(key).map_err(|rule| {
+            check_master_key(key).map_err(|rule| {
                 format!(
                     "master key ({} or master_key_file): {rule}",
                     super::loader::MASTER_KEY_ENV
@@ -176,7 +176,7 @@ impl Settings {
                 ));
             }
             for id in &t.access_key_ids {
-                crate::credentials::check_access_key_id(id)
+                check_access_key_id(id)
                     .map_err(|rule| format!("{}: {rule}", k("access_key_ids")))?;
                 if let Some(other) = access_key_owner.insert(id.as_str(), &t.id) {
                     return Err(format!(
@@ -329,6 +329,33 @@ fn check_upstream(at: &str, u: &super::UpstreamSettings) -> Result<(), String> {
                 "{at}.duration_secs: STS allows 900 to 43200 seconds"
             ));
         }
+    }
+    Ok(())
+}
+
+/// Shortest master key accepted, in bytes.
+pub const MIN_MASTER_KEY_BYTES: usize = 32;
+
+/// Why a master key is not usable.
+pub fn check_master_key(key: &super::Secret) -> Result<(), String> {
+    if key.expose().len() < MIN_MASTER_KEY_BYTES {
+        return Err(format!(
+            "the master key must be at least {MIN_MASTER_KEY_BYTES} bytes (e.g. `openssl rand -base64 48`)"
+        ));
+    }
+    Ok(())
+}
+
+/// Why an access key id is not usable: 16 to 128 upper-case letters and digits, as AWS's.
+pub fn check_access_key_id(id: &str) -> Result<(), String> {
+    if !(16..=128).contains(&id.len())
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        return Err(format!(
+            "{id:?} must be 16 to 128 upper-case letters and digits (`embedgate tenant-credentials` makes one)"
+        ));
     }
     Ok(())
 }

@@ -17,7 +17,7 @@
 //! this dashboard exist" (the simulator's registry, or QuickSight itself), and the HTTP encoding.
 //!
 //! Adding a member: add it to its struct here; the compiler then points at every place that must
-//! decide about it (the policy walk, the upstream mapping, the simulator's query parser for
+//! decide about it (the policy walk, the upstream mapping, the wire query parser for
 //! GetDashboardEmbedUrl), because those destructure each struct without `..`.
 
 pub mod arn;

@@ -316,6 +316,21 @@ impl Pool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_shared_store_keeps_the_anonymous_user_arn_with_its_url() {
+        for arn in [
+            None,
+            Some("arn:aws:quicksight:us-east-1:111122223333:user/default/x1"),
+        ] {
+            let u = PooledUrl {
+                url: "https://qs.example/embed/a/dashboards/d?code=c".into(),
+                issued_at_ms: 42,
+                anonymous_user_arn: arn.map(String::from),
+            };
+            assert!(PooledUrl::decode(u.encode(), 42) == u, "{arn:?}");
+        }
+    }
+
     fn pool(clock: Clock) -> (Pool, Arc<Metrics>) {
         let m = Arc::new(Metrics::new());
         let settings = PoolSettings {

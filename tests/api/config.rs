@@ -152,3 +152,115 @@ fn the_shipped_example_configs_start() {
         "listening on",
     );
 }
+
+#[test]
+fn drop_in_mode_needs_a_master_key_and_key_ids_that_identify_one_tenant() {
+    let hash = "22a60ff8c666ee7f81ede927b1adfb38922412b0bbd7162b99525a22607f603b";
+    refuses(
+        &["serve", "--config"],
+        "compat_listen = \"127.0.0.1:0\"\n",
+        "compat_listen",
+    );
+    // A master key in the TOML is not a setting (it must come from the environment or a file).
+    refuses(
+        &["serve", "--config"],
+        "master_key = \"0123456789abcdef0123456789abcdef\"\n",
+        "master_key",
+    );
+    refuses(
+        &["serve", "--config"],
+        &format!("[[tenants]]\nid = \"a\"\napi_key_sha256 = [\"{hash}\"]\naccess_key_ids = [\"short\"]\n"),
+        "tenants[0].access_key_ids",
+    );
+    refuses(
+        &["serve", "--config"],
+        "[[tenants]]\nid = \"a\"\napi_key_sha256 = []\naccess_key_ids = [\"EGSAMEKEY00000000001\"]\n\
+         [[tenants]]\nid = \"b\"\napi_key_sha256 = []\naccess_key_ids = [\"EGSAMEKEY00000000001\"]\n",
+        "tenants[1].access_key_ids",
+    );
+    let path = std::env::temp_dir().join(format!(
+        "embedgate-short-master-{}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&path, "").unwrap();
+    let out = bin()
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("EMBEDGATE_MASTER_KEY", "too-short")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 32 bytes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn tenant_credentials_prints_a_key_whose_secret_is_derived_from_the_master_key() {
+    let path = std::env::temp_dir().join(format!("embedgate-creds-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[[tenants]]\nid = \"acme\"\napi_key_sha256 = []\naccess_key_ids = [\"EGOLDKEY000000000001\"]\n",
+    )
+    .unwrap();
+    let master = "a-master-key-for-this-test-0123456789";
+    let run = |extra: &[&str], key: Option<&str>| {
+        let mut c = bin();
+        c.args(["tenant-credentials", "--config"])
+            .arg(&path)
+            .arg("acme")
+            .args(extra);
+        match key {
+            Some(k) => c.env("EMBEDGATE_MASTER_KEY", k),
+            None => c.env_remove("EMBEDGATE_MASTER_KEY"),
+        };
+        c.output().unwrap()
+    };
+    let field = |out: &str, name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap()
+    };
+    let out = run(&[], Some(master));
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let id = field(&text, "access key id:");
+    let secret = field(&text, "secret access key:");
+    assert_ne!(id, "EGOLDKEY000000000001", "a new key id");
+    assert!(
+        text.contains(&format!(
+            "access_key_ids = [\"EGOLDKEY000000000001\", \"{id}\"]"
+        )),
+        "the line to paste keeps the old id for rotation: {text}"
+    );
+    let expected =
+        embedgate::credentials::derive_secret(&embedgate::config::Secret::new(master), "acme", &id);
+    assert_eq!(secret, expected.expose());
+    // The same id again gives the same secret; another master key another one.
+    let again = run(&["--key-id", &id], Some(master));
+    assert_eq!(
+        field(
+            &String::from_utf8_lossy(&again.stdout),
+            "secret access key:"
+        ),
+        secret
+    );
+    let other = run(
+        &["--key-id", &id],
+        Some("another-master-key-for-this-test-0123"),
+    );
+    assert_ne!(
+        field(
+            &String::from_utf8_lossy(&other.stdout),
+            "secret access key:"
+        ),
+        secret
+    );
+    // No master key: refused, saying where it comes from.
+    let none = run(&[], None);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("EMBEDGATE_MASTER_KEY"));
+}

@@ -29,6 +29,8 @@ async fn embedgate_dev_prints_a_curl_that_returns_a_redeemable_url() {
                 "127.0.0.1:0",
                 "--sim-listen",
                 "127.0.0.1:0",
+                "--compat-listen",
+                "127.0.0.1:0",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -82,5 +84,38 @@ async fn embedgate_dev_prints_a_curl_that_returns_a_redeemable_url() {
     let page = http().get(embed).send().await.unwrap();
     assert_eq!(page.status(), 200, "the URL redeems at the simulator");
     assert!(page.text().await.unwrap().contains("dashboard sales-2024"));
+
+    // Drop-in mode: the endpoint and demo access key it prints work with the Rust SDK.
+    let banner = lines
+        .iter()
+        .find(|l| l.starts_with("Drop-in mode:"))
+        .expect("a drop-in line");
+    let endpoint = banner
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap();
+    let creds: Vec<&str> = lines
+        .iter()
+        .find(|l| l.trim_start().starts_with("access key id"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let (key_id, secret) = (creds[3], creds[7]);
+    let qs = crate::helpers::Sdk {
+        access_key: key_id,
+        secret,
+        ..crate::helpers::Sdk::default()
+    }
+    .client(endpoint);
+    let out = qs
+        .get_dashboard_embed_url()
+        .aws_account_id(embedgate::sim::DEFAULT_ACCOUNT_ID)
+        .dashboard_id("sales-2024")
+        .identity_type(aws_sdk_quicksight::types::EmbeddingIdentityType::Anonymous)
+        .send()
+        .await
+        .expect("the printed drop-in credentials work");
+    let page = http().get(out.embed_url.unwrap()).send().await.unwrap();
+    assert_eq!(page.status(), 200);
     drop(child);
 }

@@ -193,3 +193,24 @@ async fn a_take_sent_twice_returns_the_same_url_instead_of_losing_one() {
         "and then the key is empty"
     );
 }
+
+#[tokio::test]
+async fn an_anonymous_url_keeps_its_anonymous_user_arn_through_redis() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let now = clock.now_ms();
+    let u = PooledUrl {
+        anonymous_user_arn: Some(format!(
+            "arn:aws:quicksight:us-east-1:{ACCOUNT}:user/default/anon-1"
+        )),
+        ..url(9, now)
+    };
+    assert_eq!(put(&f, &tenants, &key(9), &u, now).await, Stored::Yes);
+    let got = f
+        .take(tenants.get(0), &key(9), now, MIN_REMAINING_MS)
+        .await
+        .unwrap()
+        .expect("the URL comes back");
+    assert!(got == u, "URL, issue time and ARN intact");
+}
