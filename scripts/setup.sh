@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, only when it is missing:
-# Python's boto3 (the real AWS SDK the simulator is checked against), Debian's prometheus
+# Python's boto3 (the real AWS SDK the simulator is checked against), openapi-spec-validator and
+# schemathesis (the OpenAPI document), Debian's prometheus
 # package (promtool, and the Prometheus server the tests scrape the gateway with) and
 # redis-server/redis-cli (the cluster-mode tests start their own servers and a Redis Cluster) and
 # Debian's faketime (libfaketime: the clock-step test fakes the gateway process's wall clock), and
@@ -30,11 +31,16 @@ if ((${#need_apt[@]})); then
   fi
 fi
 
-if ! python3 -c 'import boto3' 2>/dev/null; then
-  echo "setup: installing boto3 with pip"
-  python3 -m pip install --quiet --disable-pip-version-check boto3 \
-    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages boto3
-fi
+# Python packages, each only when missing: boto3 (the AWS SDK the simulator is checked against),
+# openapi-spec-validator and schemathesis (the OpenAPI document and a fuzzer against it).
+pip_install() {
+  echo "setup: installing $* with pip"
+  python3 -m pip install --quiet --disable-pip-version-check "$@" \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+}
+python3 -c 'import boto3' 2>/dev/null || pip_install boto3
+python3 -c 'import openapi_spec_validator' 2>/dev/null || pip_install openapi-spec-validator
+have schemathesis || pip_install schemathesis
 
 # The JavaScript SDK v3 for the drop-in test (tests/node; versions pinned in package-lock.json).
 if [ ! -d "$ROOT/tests/node/node_modules/@aws-sdk/client-quicksight" ]; then

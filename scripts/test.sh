@@ -19,3 +19,5 @@ echo "== python: boto3 against the simulator"
 EMBEDGATE_BIN="$PWD/target/debug/embedgate" python3 tests/python/test_sim_boto3.py
 echo "== drop-in mode: boto3 and the JavaScript SDK v3 against the compatible listener"
 EMBEDGATE_BIN="$PWD/target/debug/embedgate" python3 tests/python/test_compat_boto3.py
+echo "== OpenAPI: openapi-spec-validator and Schemathesis against a live gateway"
+EMBEDGATE_BIN="$PWD/target/debug/embedgate" python3 tests/python/test_openapi.py

@@ -40,6 +40,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/hints", web::post().to(hints::hints))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/openapi.json", web::get().to(openapi))
         .default_service(web::to(not_found));
 }
 
@@ -57,6 +58,15 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
 
 fn new_request_id() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// The OpenAPI 3.1 document of the native and admin APIs (`docs/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
 }
 
 async fn healthz() -> HttpResponse {

@@ -11,8 +11,6 @@ import json
 import os
 import subprocess
 import tempfile
-import threading
-import time
 import unittest
 import urllib.request
 
@@ -20,16 +18,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("EMBEDGATE_BIN", os.path.join(ROOT, "target", "debug", "embedgate"))
-ACCOUNT = "111122223333"
-SIM_KEY_ID = "AKIDEMBEDGATESIM0001"
-SIM_SECRET = "embedgate-simulator-test-secret"
+from harness import ACCOUNT, BIN, ROOT, get_json, metric, start_gateway, start_sim, stop, upstream_table, user_arn, wait_for
+
 MASTER = "python-compat-test-master-key-0123456789"
-
-
-def user_arn(name):
-    return f"arn:aws:quicksight:us-east-1:{ACCOUNT}:user/default/{name}"
 
 
 def config(sim_endpoint, acme_ids, slow_ids, sink_ids):
@@ -40,15 +31,7 @@ admin_listen = "127.0.0.1:0"
 compat_listen = "127.0.0.1:0"
 log_format = "json"
 workers = 2
-
-[upstream]
-endpoint_url = "{sim_endpoint}"
-region = "us-east-1"
-access_key_id = "{SIM_KEY_ID}"
-secret_access_key = "{SIM_SECRET}"
-rate_per_sec = 1000.0
-burst = 100
-
+{upstream_table(sim_endpoint)}
 [refill]
 enabled = true
 
@@ -107,26 +90,11 @@ user_arns = ["arn:aws:quicksight:*:{ACCOUNT}:user/default/*"]
 """
 
 
-def get_json(url):
-    with urllib.request.urlopen(url) as resp:
-        return json.load(resp)
-
-
 class DropInWithBoto3(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory()
-        cls.sim = subprocess.Popen(
-            [BIN, "sim", "--listen", "127.0.0.1:0", "--workers", "2"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        first = cls.sim.stdout.readline()
-        if "listening on " not in first:
-            cls.sim.kill()
-            raise RuntimeError(f"simulator did not start: {first!r}")
-        cls.sim_endpoint = first.split("listening on ")[1].strip()
+        cls.sim, cls.sim_endpoint = start_sim()
         env = dict(os.environ, EMBEDGATE_MASTER_KEY=MASTER)
         path = os.path.join(cls.tmp.name, "embedgate.toml")
         # The operator's workflow: a config without keys, then one new key per tenant (two for
@@ -155,36 +123,16 @@ class DropInWithBoto3(unittest.TestCase):
                 [k for k, _ in cls.creds["slow"]],
                 [k for k, _ in cls.creds["sink"]],
             ))
-        cls.gateway = subprocess.Popen(
-            [BIN, "serve", "--config", path],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for line in cls.gateway.stderr:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            fields = event.get("fields", event)
-            if fields.get("message") == "embedgate serving":
-                cls.endpoint = "http://" + fields["compat"]
-                cls.admin = "http://" + fields["admin"]
-                break
-        else:
-            raise RuntimeError("the gateway did not start")
-        # Keep draining the log: a full pipe would block the gateway.
-        threading.Thread(target=lambda: [None for _ in cls.gateway.stderr], daemon=True).start()
+        cls.gateway, fields = start_gateway(path, env)
+        cls.endpoint = "http://" + fields["compat"]
+        cls.admin = "http://" + fields["admin"]
         # Both warm keys stocked (alice 2 deep for boto3, carol 1 deep for the Node test) before
         # any test runs.
-        cls.wait_for_pool(3)
+        wait_for(lambda: metric(cls.admin, "embedgate_pool_urls") >= 3, "the warm keys")
 
     @classmethod
     def tearDownClass(cls):
-        for p in (cls.gateway, cls.sim):
-            p.terminate()
-            p.wait(timeout=10)
+        stop(cls.gateway, cls.sim)
         cls.tmp.cleanup()
 
     def client(self, tenant="acme", which=0, secret=None, **config):
@@ -199,21 +147,7 @@ class DropInWithBoto3(unittest.TestCase):
         )
 
     def metric(self, sample):
-        with urllib.request.urlopen(f"{self.admin}/metrics") as resp:
-            for line in resp.read().decode().splitlines():
-                if line.startswith(sample + " "):
-                    return float(line.split()[-1])
-        return 0.0
-
-    @classmethod
-    def wait_for_pool(cls, n):
-        for _ in range(300):
-            with urllib.request.urlopen(f"{cls.admin}/metrics") as resp:
-                for line in resp.read().decode().splitlines():
-                    if line.startswith("embedgate_pool_urls ") and float(line.split()[1]) >= n:
-                        return
-            time.sleep(0.1)
-        raise RuntimeError("the warm keys were not stocked")
+        return metric(self.admin, sample)
 
     def test_a_warm_key_is_served_from_the_pool_with_either_rotated_key(self):
         for which in (0, 1):
