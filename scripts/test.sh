@@ -21,3 +21,5 @@ echo "== drop-in mode: boto3 and the JavaScript SDK v3 against the compatible li
 EMBEDGATE_BIN="$PWD/target/debug/embedgate" python3 tests/python/test_compat_boto3.py
 echo "== OpenAPI: openapi-spec-validator and Schemathesis against a live gateway"
 EMBEDGATE_BIN="$PWD/target/debug/embedgate" python3 tests/python/test_openapi.py
+echo "== deploy: hadolint, the container's file tree, compose, yamllint, kubernetes-validate"
+EMBEDGATE_BIN="$PWD/target/debug/embedgate" python3 tests/python/test_deploy.py

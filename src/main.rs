@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod commands;
+
 use clap::{Args, Parser, Subcommand};
 use embedgate::clock::Clock;
 use embedgate::config::Settings;
@@ -39,19 +41,11 @@ enum Command {
     /// Print a SigV4 access key for a tenant of the QuickSight-compatible listener: a new key id
     /// (or the one given) and its secret, derived from the master key (EMBEDGATE_MASTER_KEY or
     /// the config's master_key_file).
-    TenantCredentials(CredentialArgs),
-}
-
-#[derive(Args)]
-struct CredentialArgs {
-    /// The tenant's id.
-    tenant: String,
-    /// The gateway's TOML settings (the tenant must be in it).
-    #[arg(long)]
-    config: PathBuf,
-    /// Print the secret of this existing key id instead of making a new one.
-    #[arg(long)]
-    key_id: Option<String>,
+    TenantCredentials(commands::CredentialArgs),
+    /// Load and validate settings as `serve` would, print what they describe, and exit.
+    CheckConfig(commands::CheckArgs),
+    /// GET an http:// URL and succeed on a 2xx answer (a health check for shell-less images).
+    Probe(commands::ProbeArgs),
 }
 
 #[derive(Args)]
@@ -80,9 +74,10 @@ struct DevArgs {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// TOML settings file (see config/embedgate.example.toml).
-    #[arg(long)]
-    config: PathBuf,
+    /// TOML settings file (see config/embedgate.example.toml); repeat to merge several in order
+    /// (e.g. settings, then the tenant table from a secret).
+    #[arg(long, required = true)]
+    config: Vec<PathBuf>,
     /// Allow `[debug]` settings that make this process misbehave on purpose (tests only).
     #[arg(long)]
     unsafe_test: bool,
@@ -209,61 +204,15 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            Command::TenantCredentials(args) => tenant_credentials(args),
+            Command::TenantCredentials(args) => commands::tenant_credentials(args),
+            Command::CheckConfig(args) => commands::check_config(args),
+            Command::Probe(args) => commands::probe(args),
         }
     })
 }
 
-fn tenant_credentials(args: CredentialArgs) -> anyhow::Result<()> {
-    let settings: Settings = embedgate::config::loader::load(Some(&args.config), "EMBEDGATE_")?;
-    let master = embedgate::config::loader::load_master_key(settings.master_key_file.as_deref())?
-        .ok_or_else(|| {
-        anyhow::anyhow!(
-            "no master key: set {} or master_key_file in {}",
-            embedgate::config::loader::MASTER_KEY_ENV,
-            args.config.display()
-        )
-    })?;
-    embedgate::config::check_master_key(&master).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let tenant = settings
-        .tenants
-        .iter()
-        .find(|t| t.id == args.tenant)
-        .ok_or_else(|| {
-            anyhow::anyhow!("no tenant {:?} in {}", args.tenant, args.config.display())
-        })?;
-    let new = args.key_id.is_none();
-    let key_id = args
-        .key_id
-        .unwrap_or_else(embedgate::credentials::new_access_key_id);
-    embedgate::config::check_access_key_id(&key_id).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let secret = embedgate::credentials::derive_secret(&master, &tenant.id, &key_id);
-    println!("tenant:            {}", tenant.id);
-    println!("access key id:     {key_id}");
-    println!("secret access key: {}", secret.expose());
-    let mut ids = tenant.access_key_ids.clone();
-    if !ids.contains(&key_id) {
-        ids.push(key_id.clone());
-    }
-    let listed = ids
-        .iter()
-        .map(|i| format!("{i:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    if new || !tenant.access_key_ids.contains(&key_id) {
-        println!();
-        println!(
-            "Add the key id to tenant {:?} and restart (or roll) the gateway:",
-            tenant.id
-        );
-        println!("  access_key_ids = [{listed}]");
-        println!("To rotate, hand out the new key, then remove the old id from the list.");
-    }
-    Ok(())
-}
-
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mut settings: Settings = embedgate::config::loader::load(Some(&args.config), "EMBEDGATE_")?;
+    let mut settings: Settings = embedgate::config::loader::load_files(&args.config, "EMBEDGATE_")?;
     settings.master_key =
         embedgate::config::loader::load_master_key(settings.master_key_file.as_deref())?;
     let format = match settings.log_format.as_deref() {

@@ -17,8 +17,21 @@ pub fn load<T: Serialize + DeserializeOwned + Default>(
     file: Option<&Path>,
     env_prefix: &str,
 ) -> anyhow::Result<T> {
+    load_files(file.as_slice(), env_prefix)
+}
+
+/// [`load`] with several TOML files, merged in order (a later file's keys win; e.g. settings
+/// from a ConfigMap, then the tenant table from a Secret).
+///
+/// # Errors
+/// See [`load`].
+pub fn load_files<T: Serialize + DeserializeOwned + Default, P: AsRef<Path>>(
+    files: &[P],
+    env_prefix: &str,
+) -> anyhow::Result<T> {
     let mut figment = Figment::from(Serialized::defaults(T::default()));
-    if let Some(path) = file {
+    for path in files {
+        let path = path.as_ref();
         if !path.exists() {
             anyhow::bail!("config file {} does not exist", path.display());
         }
@@ -93,6 +106,25 @@ mod tests {
         assert_eq!(s.upstream.region, "eu-west-1");
         assert_eq!(s.upstream.timeout_ms, 999);
         assert_eq!(s.pool.min_remaining_secs, 60, "untouched defaults stay");
+    }
+
+    #[test]
+    fn later_files_win_and_tables_merge() {
+        let base = write(
+            "base",
+            "listen = \"0.0.0.0:8080\"\n[upstream]\nregion = \"eu-west-1\"\n",
+        );
+        let secret = write(
+            "secret",
+            "[upstream]\ntimeout_ms = 777\n[[tenants]]\nid = \"a\"\napi_key_sha256 = []\n",
+        );
+        let s: Settings = load_files(&[base, secret], "EGTEST_MERGE_").unwrap();
+        assert_eq!(s.listen.port(), 8080);
+        assert_eq!(
+            (s.upstream.region.as_str(), s.upstream.timeout_ms),
+            ("eu-west-1", 777)
+        );
+        assert_eq!(s.tenants.len(), 1);
     }
 
     #[test]

@@ -50,11 +50,11 @@ burst = 100
 """
 
 
-def start_gateway(config_path, env=None):
+def start_gateway(config_path, env=None, binary=BIN):
     """`embedgate serve --config config_path` (listeners on port 0 in the config): (process,
     fields of its "embedgate serving" log line: listen, admin, compat)."""
     proc = subprocess.Popen(
-        [BIN, "serve", "--config", config_path],
+        [binary, "serve", "--config", config_path],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -1,0 +1,139 @@
+//! The binary's small subcommands: `tenant-credentials`, `check-config` and `probe`.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use embedgate::config::Settings;
+
+#[derive(Args)]
+pub struct CredentialArgs {
+    /// The tenant's id.
+    pub tenant: String,
+    /// The gateway's TOML settings (the tenant must be in them); repeat to merge several files.
+    #[arg(long, required = true)]
+    pub config: Vec<PathBuf>,
+    /// Print the secret of this existing key id instead of making a new one.
+    #[arg(long)]
+    pub key_id: Option<String>,
+}
+
+pub fn tenant_credentials(args: CredentialArgs) -> anyhow::Result<()> {
+    let settings: Settings = embedgate::config::loader::load_files(&args.config, "EMBEDGATE_")?;
+    let master = embedgate::config::loader::load_master_key(settings.master_key_file.as_deref())?
+        .ok_or_else(|| {
+        anyhow::anyhow!(
+            "no master key: set {} or master_key_file in the config",
+            embedgate::config::loader::MASTER_KEY_ENV,
+        )
+    })?;
+    embedgate::config::check_master_key(&master).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tenant = settings
+        .tenants
+        .iter()
+        .find(|t| t.id == args.tenant)
+        .ok_or_else(|| anyhow::anyhow!("no tenant {:?} in the config", args.tenant))?;
+    let new = args.key_id.is_none();
+    let key_id = args
+        .key_id
+        .unwrap_or_else(embedgate::credentials::new_access_key_id);
+    embedgate::config::check_access_key_id(&key_id).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secret = embedgate::credentials::derive_secret(&master, &tenant.id, &key_id);
+    println!("tenant:            {}", tenant.id);
+    println!("access key id:     {key_id}");
+    println!("secret access key: {}", secret.expose());
+    let mut ids = tenant.access_key_ids.clone();
+    if !ids.contains(&key_id) {
+        ids.push(key_id.clone());
+    }
+    let listed = ids
+        .iter()
+        .map(|i| format!("{i:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if new || !tenant.access_key_ids.contains(&key_id) {
+        println!();
+        println!(
+            "Add the key id to tenant {:?} and restart (or roll) the gateway:",
+            tenant.id
+        );
+        println!("  access_key_ids = [{listed}]");
+        println!("To rotate, hand out the new key, then remove the old id from the list.");
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// TOML settings; repeat to merge several files in order, as `serve` does.
+    #[arg(long, required = true)]
+    pub config: Vec<PathBuf>,
+}
+
+/// Loads and validates settings as `serve` would (files, `EMBEDGATE_…` variables, the master
+/// key) and says what they describe, without binding anything.
+pub fn check_config(args: CheckArgs) -> anyhow::Result<()> {
+    let mut settings: Settings = embedgate::config::loader::load_files(&args.config, "EMBEDGATE_")?;
+    settings.master_key =
+        embedgate::config::loader::load_master_key(settings.master_key_file.as_deref())?;
+    settings
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    println!(
+        "ok: {} tenant(s), {} upstream(s), listen {}, admin {}, compatible listener {}, {}",
+        settings.tenants.len(),
+        settings.upstreams().len(),
+        settings.listen,
+        settings.admin_listen,
+        settings
+            .compat_listen
+            .map_or_else(|| "off".to_string(), |a| a.to_string()),
+        if settings.redis.enabled() {
+            "cluster mode"
+        } else {
+            "single node"
+        },
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ProbeArgs {
+    /// An `http://host:port/path` URL (a container health check: `http://127.0.0.1:8080/healthz`).
+    pub url: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub timeout_secs: f64,
+}
+
+/// GETs `url` and succeeds on a 2xx answer: a health check for images without a shell or curl.
+pub fn probe(args: ProbeArgs) -> anyhow::Result<()> {
+    let rest = args
+        .url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("probe: only http:// URLs"))?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let timeout = Duration::from_secs_f64(args.timeout_secs.max(0.1));
+    let addr = authority
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("probe: cannot resolve {authority}"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head)?;
+    let status_line = String::from_utf8_lossy(&head[..n]);
+    let status = status_line.split_whitespace().nth(1).unwrap_or_default();
+    if status.starts_with('2') {
+        Ok(())
+    } else {
+        anyhow::bail!("probe: {} answered {status:?}", args.url)
+    }
+}

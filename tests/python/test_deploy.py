@@ -1,0 +1,243 @@
+"""deploy/: the container, compose and Kubernetes files are linted, validated and consistent with
+the binary, without a container engine or a cluster (neither runs here).
+
+- Container: hadolint on the Dockerfile; rootfs.sh assembles the run-time tree from the built
+  binary, and that tree is checked (stripped binary, non-root user, default config valid, the
+  HEALTHCHECK's probe answering against the binary serving that config).
+- Compose: every mounted file exists, the gateways' merged config is valid, Prometheus scrapes
+  each gateway.
+- Kubernetes: yamllint; kubernetes-validate --strict on every built resource of the base and of
+  the fleet overlay (built here by a small subset of kustomize: resources, namespace, labels,
+  configMapGenerator, replicas, JSON 6902 patches); the security settings, probes and admin-port
+  policy; the PrometheusRule equals the shipped rules.
+"""
+
+import copy
+import os
+import re
+import subprocess
+import tempfile
+import unittest
+
+import yaml
+
+from harness import BIN, ROOT, start_gateway, stop
+
+DEPLOY = os.path.join(ROOT, "deploy")
+
+
+def run(*args, env=None, check=True):
+    return subprocess.run(args, capture_output=True, text=True, env=env, check=check)
+
+
+class Container(unittest.TestCase):
+    def test_hadolint_passes(self):
+        out = run("hadolint", os.path.join(DEPLOY, "container", "Dockerfile"), check=False)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+
+    def test_the_run_time_tree_is_stripped_non_root_and_serves_its_health_check(self):
+        with open(os.path.join(DEPLOY, "container", "Dockerfile"), encoding="utf-8") as f:
+            dockerfile = f.read()
+        with tempfile.TemporaryDirectory() as out:
+            run(os.path.join(DEPLOY, "container", "rootfs.sh"), out, BIN)
+            binary = os.path.join(out, "usr", "local", "bin", "embedgate")
+            self.assertTrue(os.access(binary, os.X_OK))
+            sections = run("readelf", "-S", "-W", binary).stdout
+            for debug in (".debug_info", ".debug_line", ".debug_str"):
+                self.assertNotIn(debug, sections)
+            self.assertNotIn(".symtab", sections)
+            self.assertLess(os.path.getsize(binary), os.path.getsize(BIN))
+            self.assertIn("embedgate", run(binary, "--version").stdout)
+
+            with open(os.path.join(out, "etc", "passwd"), encoding="utf-8") as f:
+                passwd = f.read()
+            with open(os.path.join(out, "etc", "group"), encoding="utf-8") as f:
+                group = f.read()
+            user = re.search(r"^USER (\d+):(\d+)$", dockerfile, re.M)
+            self.assertIsNotNone(user, "the image runs as a numeric non-root user")
+            self.assertNotEqual(user.group(1), "0")
+            line = next(l for l in passwd.splitlines() if l.split(":")[2] == user.group(1))
+            self.assertTrue(line.endswith(":/sbin/nologin"), line)
+            self.assertIn(f"embedgate:x:{user.group(2)}:", group)
+
+            config = os.path.join(out, "etc", "embedgate", "embedgate.toml")
+            self.assertIn('"/etc/embedgate/embedgate.toml"', dockerfile, "CMD uses the shipped config")
+            self.assertIn("ok:", run(binary, "check-config", "--config", config).stdout)
+
+            # The HEALTHCHECK's command, against the binary serving the shipped config (ports
+            # moved to ephemeral ones through the environment, as an operator can).
+            env = dict(os.environ, EMBEDGATE_LISTEN="127.0.0.1:0", EMBEDGATE_ADMIN_LISTEN="127.0.0.1:0")
+            proc, fields = start_gateway(config, env=env, binary=binary)
+            try:
+                health = re.search(r'"probe", "(http://127\.0\.0\.1:8080/healthz)"', dockerfile)
+                self.assertIsNotNone(health, "HEALTHCHECK probes /healthz")
+                url = health.group(1).replace("127.0.0.1:8080", fields["listen"])
+                self.assertEqual(run(binary, "probe", url, check=False).returncode, 0)
+                bad = run(binary, "probe", url.replace("/healthz", "/nope"), check=False)
+                self.assertNotEqual(bad.returncode, 0)
+            finally:
+                stop(proc)
+
+
+def load_all(path):
+    with open(path, encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+class Compose(unittest.TestCase):
+    def test_mounted_files_exist_the_config_is_valid_and_every_gateway_is_scraped(self):
+        compose = load_all(os.path.join(DEPLOY, "compose.yaml"))[0]
+        services = compose["services"]
+        gateways = [n for n, s in services.items() if n.startswith("gateway-")]
+        self.assertEqual(len(gateways), 3)
+        self.assertTrue({"redis", "sim", "prometheus", "grafana"} <= set(services))
+        for name, svc in services.items():
+            for volume in svc.get("volumes", []):
+                host = volume.split(":")[0]
+                self.assertTrue(os.path.exists(os.path.join(DEPLOY, host)), f"{name}: {host}")
+        gw = services["gateway-1"]
+        configs = [os.path.join(DEPLOY, "container", "embedgate.toml"), os.path.join(DEPLOY, "compose", "embedgate.toml")]
+        self.assertEqual(gw["command"][-1], "/etc/embedgate/compose.toml")
+        env = dict(os.environ, **gw["environment"])
+        out = run(BIN, "check-config", *sum((["--config", c] for c in configs), []), env=env)
+        self.assertIn("cluster mode", out.stdout)
+        prom = load_all(os.path.join(DEPLOY, "compose", "prometheus.yml"))[0]
+        targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
+        self.assertEqual(sorted(targets), sorted(f"{g}:9464" for g in gateways))
+
+
+def kustomize(directory):
+    """A subset of `kustomize build`: enough for deploy/k8s (see the module's docstring)."""
+    with open(os.path.join(directory, "kustomization.yaml"), encoding="utf-8") as f:
+        k = yaml.safe_load(f)
+    docs = []
+    for r in k.get("resources", []):
+        path = os.path.join(directory, r)
+        docs += kustomize(path) if os.path.isdir(path) else load_all(path)
+    for gen in k.get("configMapGenerator", []):
+        data = {}
+        for f in gen["files"]:
+            with open(os.path.join(directory, f), encoding="utf-8") as fh:
+                data[os.path.basename(f)] = fh.read()
+        docs.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": gen["name"]}, "data": data})
+    if "namespace" in k:
+        for d in docs:
+            if d["kind"] != "Namespace":
+                d["metadata"]["namespace"] = k["namespace"]
+    for label in k.get("labels", []):
+        for d in docs:
+            d["metadata"].setdefault("labels", {}).update(label["pairs"])
+            if label.get("includeSelectors"):
+                spec = d.get("spec", {})
+                for selector in (
+                    spec.get("selector", {}).get("matchLabels") if d["kind"] in ("Deployment", "PodDisruptionBudget") else None,
+                    spec.get("template", {}).get("metadata", {}).get("labels"),
+                    spec.get("selector") if d["kind"] == "Service" else None,
+                    spec.get("podSelector", {}).get("matchLabels") if d["kind"] == "NetworkPolicy" else None,
+                ):
+                    if selector is not None:
+                        selector.update(label["pairs"])
+    for rep in k.get("replicas", []):
+        for d in docs:
+            if d["kind"] == "Deployment" and d["metadata"]["name"] == rep["name"]:
+                d["spec"]["replicas"] = rep["count"]
+    for p in k.get("patches", []):
+        target = p["target"]
+        for d in docs:
+            if d["kind"] == target["kind"] and d["metadata"]["name"] == target["name"]:
+                for op in yaml.safe_load(p["patch"]):
+                    apply_op(d, op)
+    return docs
+
+
+def apply_op(doc, op):
+    *parents, last = op["path"].strip("/").split("/")
+    node = doc
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if op["op"] == "add" and isinstance(node, list):
+        if last == "-":
+            node.append(copy.deepcopy(op["value"]))
+        else:
+            node.insert(int(last), copy.deepcopy(op["value"]))
+    elif op["op"] in ("add", "replace"):
+        if op["op"] == "replace":
+            assert last in node, op["path"]
+        node[last] = copy.deepcopy(op["value"])
+    else:
+        raise AssertionError(f"unsupported patch op {op['op']}")
+
+
+def find(docs, kind, name=None):
+    return next(d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name))
+
+
+class Kubernetes(unittest.TestCase):
+    def test_yamllint_is_clean(self):
+        out = run("yamllint", "-s", "-c", os.path.join(ROOT, ".yamllint.yaml"), DEPLOY, check=False)
+        self.assertEqual(out.returncode, 0, out.stdout)
+
+    def validate(self, docs):
+        crds = {"ServiceMonitor", "PrometheusRule"}
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump_all([d for d in docs if d["kind"] not in crds], f)
+        out = run("kubernetes-validate", "--strict", "--quiet", f.name, check=False)
+        os.unlink(f.name)
+        self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
+        self.assertNotIn("ERROR", out.stdout)
+        for d in docs:
+            if d["kind"] in crds:
+                self.assertEqual(d["apiVersion"], "monitoring.coreos.com/v1")
+                self.assertIn("spec", d)
+
+    def test_the_base_is_valid_locked_down_and_probed(self):
+        docs = kustomize(os.path.join(DEPLOY, "k8s", "base"))
+        self.validate(docs)
+        kinds = {d["kind"] for d in docs}
+        self.assertTrue({"Deployment", "Service", "NetworkPolicy", "ConfigMap", "Secret", "PodDisruptionBudget",
+                         "HorizontalPodAutoscaler", "ServiceMonitor", "PrometheusRule", "ServiceAccount"} <= kinds)
+        pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+        self.assertTrue(pod["securityContext"]["runAsNonRoot"])
+        c = pod["containers"][0]
+        self.assertTrue(c["securityContext"]["readOnlyRootFilesystem"])
+        self.assertFalse(c["securityContext"]["allowPrivilegeEscalation"])
+        self.assertEqual(c["securityContext"]["capabilities"]["drop"], ["ALL"])
+        self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
+        self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/readyz")
+        self.assertIn("memory", c["resources"]["limits"])
+        # The admin port is not in the portals' Service and only reachable from inside.
+        api = find(docs, "Service", "embedgate")
+        self.assertNotIn(9464, [p.get("targetPort") for p in api["spec"]["ports"]])
+        self.assertNotIn("admin", [p.get("targetPort") for p in api["spec"]["ports"]])
+        policy = find(docs, "NetworkPolicy")
+        for rule in policy["spec"]["ingress"]:
+            ports = [p["port"] for p in rule["ports"]]
+            if 9464 in ports:
+                self.assertIn("from", rule, "the admin port is restricted to some peers")
+        # The rules are the shipped ones.
+        shipped = load_all(os.path.join(DEPLOY, "prometheus", "alerts.yml"))[0]
+        self.assertEqual(find(docs, "PrometheusRule")["spec"], shipped)
+        # The ConfigMap's settings plus a tenant table in the Secret's shape are valid.
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = os.path.join(tmp, "embedgate.toml")
+            tenants = os.path.join(tmp, "tenants.toml")
+            with open(settings, "w") as f:
+                f.write(find(docs, "ConfigMap")["data"]["embedgate.toml"])
+            with open(tenants, "w") as f:
+                f.write('[[tenants]]\nid = "acme"\napi_key_sha256 = ["' + "0" * 64 + '"]\n')
+            args = c["args"]
+            self.assertEqual(args[:1], ["serve"])
+            self.assertIn("ok:", run(BIN, "check-config", "--config", settings, "--config", tenants).stdout)
+
+    def test_the_fleet_overlay_runs_three_or_more_replicas_on_redis(self):
+        docs = kustomize(os.path.join(DEPLOY, "k8s", "overlays", "fleet"))
+        self.validate(docs)
+        self.assertEqual(find(docs, "Deployment")["spec"]["replicas"], 3)
+        self.assertEqual(find(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"], 3)
+        env = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+        self.assertIn("EMBEDGATE_REDIS__URL", [e["name"] for e in env])
+        self.assertIn("redis-url", find(docs, "Secret")["stringData"])
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
