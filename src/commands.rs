@@ -1,4 +1,4 @@
-//! The binary's small subcommands: `tenant-credentials`, `check-config` and `probe`.
+//! The binary's small subcommands: `tenant-credentials`, `check-config`, `probe` and `top`.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -110,30 +110,84 @@ pub struct ProbeArgs {
 
 /// GETs `url` and succeeds on a 2xx answer: a health check for images without a shell or curl.
 pub fn probe(args: ProbeArgs) -> anyhow::Result<()> {
-    let rest = args
-        .url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow::anyhow!("probe: only http:// URLs"))?;
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let timeout = Duration::from_secs_f64(args.timeout_secs.max(0.1));
+    let (status, _) = http_get(&args.url, timeout)?;
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        anyhow::bail!("probe: {} answered {status}", args.url)
+    }
+}
+
+/// A plain HTTP/1.0 GET of an `http://` URL: (status, body). Enough for the gateway's own
+/// listeners, without an HTTP client in the binary.
+fn http_get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("{url}: only http:// URLs"))?;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let addr = authority
         .to_socket_addrs()?
         .next()
-        .ok_or_else(|| anyhow::anyhow!("probe: cannot resolve {authority}"))?;
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {authority}"))?;
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head)?;
-    let status_line = String::from_utf8_lossy(&head[..n]);
-    let status = status_line.split_whitespace().nth(1).unwrap_or_default();
-    if status.starts_with('2') {
-        Ok(())
-    } else {
-        anyhow::bail!("probe: {} answered {status:?}", args.url)
+    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{url}: not an HTTP answer"))?;
+    Ok((status, body.to_string()))
+}
+
+#[derive(Args)]
+pub struct TopArgs {
+    /// The gateway's admin listener.
+    #[arg(long, default_value = "http://127.0.0.1:9464")]
+    pub admin: String,
+    /// Seconds between refreshes.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval_secs: f64,
+    /// Print one screen (two scrapes one interval apart) and exit, without clearing the terminal.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// A terminal view of one gateway, refreshed every interval, from `/metrics` and `/state`.
+pub fn top(args: TopArgs) -> anyhow::Result<()> {
+    let interval = Duration::from_secs_f64(args.interval_secs.max(0.1));
+    let admin = args.admin.trim_end_matches('/').to_string();
+    let scrape = || -> anyhow::Result<embedgate::top::Scrape> {
+        let (status, metrics) = http_get(&format!("{admin}/metrics"), Duration::from_secs(5))?;
+        anyhow::ensure!(status == 200, "{admin}/metrics answered {status}");
+        let (status, state) = http_get(&format!("{admin}/state"), Duration::from_secs(5))?;
+        anyhow::ensure!(status == 200, "{admin}/state answered {status}");
+        Ok(embedgate::top::Scrape::parse(
+            &metrics,
+            serde_json::from_str(&state)?,
+        ))
+    };
+    let mut prev = scrape()?;
+    let mut at = std::time::Instant::now();
+    loop {
+        std::thread::sleep(interval);
+        let cur = scrape()?;
+        let secs = at.elapsed().as_secs_f64();
+        at = std::time::Instant::now();
+        let screen = embedgate::top::render(&prev, &cur, secs, &admin);
+        if args.once {
+            print!("{screen}");
+            return Ok(());
+        }
+        // Clear the screen and home the cursor, then draw.
+        print!("\x1b[2J\x1b[H{screen}");
+        std::io::stdout().flush()?;
+        prev = cur;
     }
 }

@@ -24,6 +24,7 @@
 //! - [`sim`]       the QuickSight simulator (`embedgate sim`).
 //! - [`dev`]       `embedgate dev`: simulator + gateway + demo tenant, zero configuration.
 //! - [`telemetry`] tracing/log setup.
+//! - [`top`]       `embedgate top`: a terminal view of a gateway from its admin listener.
 
 pub mod api;
 pub mod clock;
@@ -44,5 +45,6 @@ pub mod sim;
 pub mod startup;
 pub mod telemetry;
 pub mod tenant;
+pub mod top;
 pub mod upstream;
 pub mod wire;

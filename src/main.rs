@@ -46,6 +46,9 @@ enum Command {
     CheckConfig(commands::CheckArgs),
     /// GET an http:// URL and succeed on a 2xx answer (a health check for shell-less images).
     Probe(commands::ProbeArgs),
+    /// A terminal view of a gateway (pool, upstream rate vs budget, throttling, per-tenant
+    /// rejections), refreshed every second, from its admin listener.
+    Top(commands::TopArgs),
 }
 
 #[derive(Args)]
@@ -207,6 +210,7 @@ fn main() -> anyhow::Result<()> {
             Command::TenantCredentials(args) => commands::tenant_credentials(args),
             Command::CheckConfig(args) => commands::check_config(args),
             Command::Probe(args) => commands::probe(args),
+            Command::Top(args) => commands::top(args),
         }
     })
 }

@@ -341,3 +341,65 @@ async fn a_real_prometheus_scrapes_the_gateway_and_answers_the_hit_ratio() {
     assert_eq!(ratio, Some(0.5), "Prometheus answered the hit ratio");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn embedgate_top_shows_the_traffic_of_the_last_interval_per_tenant() {
+    let app = spawn_app(|_| {}).await;
+    let admin = app.admin.clone();
+    let top = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_embedgate"))
+            .args(["top", "--admin", &admin, "--once", "--interval-secs", "1.5"])
+            .output()
+            .unwrap()
+    });
+    // Traffic while top measures: 12 requests for alpha, a bad key.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..12 {
+        let r = app
+            .embed(
+                "alpha",
+                "dashboard",
+                &dash("sales-2024", &format!("user-{:04}", i % 3)),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    let bad = app
+        .http
+        .post(format!("{}/v1/embed-url/dashboard", app.base))
+        .bearer_auth("not-a-key")
+        .json(&dash("sales-2024", "alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    let out = top.await.unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{screen}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(screen.contains("mode single"), "{screen}");
+    let row = |name: &str| -> Vec<f64> {
+        screen
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("a row for {name}: {screen}"))
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|w| w.trim_end_matches("/s").parse().ok())
+            .collect()
+    };
+    let alpha = row("alpha");
+    assert!(
+        alpha[0] + alpha[1] > 0.0,
+        "alpha's hits + misses per second: {screen}"
+    );
+    assert_eq!(row("beta")[..2], [0.0, 0.0], "{screen}");
+    assert!(
+        row("default")[0] > 0.0,
+        "upstream calls per second: {screen}"
+    );
+    app.stop().await;
+}
