@@ -5,10 +5,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
+/// A sample's labels.
+type Labels = BTreeMap<String, String>;
+
 /// One scrape: every sample of `/metrics` by name and labels, and `/state`.
 #[derive(Debug, Clone, Default)]
 pub struct Scrape {
-    samples: BTreeMap<String, Vec<(BTreeMap<String, String>, f64)>>,
+    samples: BTreeMap<String, Vec<(Labels, f64)>>,
     state: serde_json::Value,
 }
 
@@ -64,7 +67,7 @@ impl Scrape {
     }
 }
 
-fn parse_labels(text: &str) -> BTreeMap<String, String> {
+fn parse_labels(text: &str) -> Labels {
     let mut labels = BTreeMap::new();
     let mut rest = text;
     while let Some((key, after)) = rest.split_once("=\"") {
