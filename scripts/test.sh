@@ -23,3 +23,5 @@ echo "== OpenAPI: openapi-spec-validator and Schemathesis against a live gateway
 EMBEDGATE_BIN="$PWD/target/debug/embedgate" python3 tests/python/test_openapi.py
 echo "== deploy: hadolint, the container's file tree, compose, yamllint, kubernetes-validate"
 EMBEDGATE_BIN="$PWD/target/debug/embedgate" python3 tests/python/test_deploy.py
+echo "== demo portal in Chromium: the embedding SDK loads a pooled URL once per view"
+EMBEDGATE_BIN="$PWD/target/debug/embedgate" python3 tests/python/test_demo_browser.py

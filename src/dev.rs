@@ -8,6 +8,7 @@ use rand::RngCore;
 
 use crate::config::Secret;
 use crate::config::{PolicySettings, Settings, TenantSettings};
+use crate::demo::PortalSettings;
 use crate::model::IdentityType;
 use crate::sim::{self, SimSettings};
 use crate::tenant::hash_key;
@@ -91,11 +92,28 @@ pub fn dev_secret() -> Secret {
     crate::credentials::derive_secret(&Secret::new(DEV_MASTER_KEY), DEMO_TENANT, DEV_ACCESS_KEY_ID)
 }
 
-/// Simulator settings for dev mode.
-pub fn sim_settings(listen: SocketAddr) -> SimSettings {
+/// Simulator settings for dev mode: embed pages also over HTTPS at `tls_listen` when given.
+pub fn sim_settings(listen: SocketAddr, tls_listen: Option<SocketAddr>) -> SimSettings {
     SimSettings {
         listen,
+        embed_tls_listen: tls_listen,
         workers: Some(2),
         ..SimSettings::default()
+    }
+}
+
+/// The demo portal in front of the gateway at `gateway` (its native API), as the demo tenant.
+pub fn portal_settings(listen: SocketAddr, gateway: &str, api_key: &str) -> PortalSettings {
+    PortalSettings {
+        listen,
+        gateway: gateway.to_string(),
+        api_key: api_key.to_string(),
+        account: sim::DEFAULT_ACCOUNT_ID.into(),
+        region: sim::DEFAULT_REGION.into(),
+        tenant_tag: DEMO_TENANT.into(),
+        dashboards: ["sales-2024", "ops-overview", "finance"]
+            .map(String::from)
+            .to_vec(),
+        viewers: ["alice", "bob", "carol"].map(String::from).to_vec(),
     }
 }

@@ -23,6 +23,7 @@
 //!   parsing from path, query and body, errors as QuickSight sends them.
 //! - [`sim`]       the QuickSight simulator (`embedgate sim`).
 //! - [`dev`]       `embedgate dev`: simulator + gateway + demo tenant, zero configuration.
+//! - [`demo`]      `embedgate dev`'s demo portal: pick a dashboard, see it embedded by the official SDK.
 //! - [`telemetry`] tracing/log setup.
 //! - [`top`]       `embedgate top`: a terminal view of a gateway from its admin listener.
 
@@ -31,6 +32,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod credentials;
+pub mod demo;
 pub mod dev;
 pub mod gateway;
 pub mod limiter;

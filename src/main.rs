@@ -65,6 +65,14 @@ struct DevArgs {
     /// QuickSight-compatible listener (drop-in mode) [default: 127.0.0.1:8081].
     #[arg(long, default_value = "127.0.0.1:8081")]
     compat_listen: SocketAddr,
+    /// The demo portal (a page that embeds dashboards with the QuickSight embedding SDK)
+    /// [default: 127.0.0.1:8082].
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    demo_listen: SocketAddr,
+    /// The simulator's HTTPS listener for embed pages (self-signed certificate; the embedding
+    /// SDK needs https:// URLs) [default: 127.0.0.1:4600].
+    #[arg(long, default_value = "127.0.0.1:4600")]
+    sim_tls_listen: SocketAddr,
     /// Demo tenant API key [default: a new random key each start].
     #[arg(long, env = "EMBEDGATE_DEV_API_KEY")]
     api_key: Option<String>,
@@ -103,9 +111,14 @@ struct SimArgs {
     /// Test secret access key for --access-key-id.
     #[arg(long, requires = "access_key_id")]
     secret_access_key: Option<String>,
-    /// Base URL of issued embed URLs [default: http://<listen address>].
+    /// Base URL of issued embed URLs [default: http://<listen address>, or https://<the
+    /// --embed-tls-listen address>].
     #[arg(long)]
     public_url: Option<String>,
+    /// Also serve embed pages over HTTPS here (self-signed certificate made at start-up) and
+    /// issue https:// URLs, as the QuickSight embedding SDK requires.
+    #[arg(long)]
+    embed_tls_listen: Option<SocketAddr>,
     /// Median latency added to every API call, in milliseconds.
     #[arg(long)]
     latency_ms: Option<f64>,
@@ -151,6 +164,9 @@ impl SimArgs {
         }
         if let Some(v) = &self.public_url {
             s.public_url = Some(v.clone());
+        }
+        if self.embed_tls_listen.is_some() {
+            s.embed_tls_listen = self.embed_tls_listen;
         }
         let k = &mut s.knobs;
         if let Some(v) = self.latency_ms {
@@ -259,13 +275,21 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     telemetry::init(LogFormat::Pretty, "info,actix_server=warn");
-    let sim = SimServer::start(embedgate::dev::sim_settings(args.sim_listen))?;
+    let sim = SimServer::start(embedgate::dev::sim_settings(
+        args.sim_listen,
+        Some(args.sim_tls_listen),
+    ))?;
     let key = args.api_key.unwrap_or_else(embedgate::dev::new_api_key);
     let mut settings =
         embedgate::dev::settings(args.listen, args.admin_listen, &sim.endpoint, &key);
     embedgate::dev::enable_compat(&mut settings, args.compat_listen);
     let app = Application::start(settings, Clock::System).await?;
     let base = format!("http://{}", app.addr);
+    let portal = embedgate::demo::DemoPortal::start(embedgate::dev::portal_settings(
+        args.demo_listen,
+        &base,
+        &key,
+    ))?;
     println!(
         "embedgate dev: gateway {base}, admin http://{}/metrics, QuickSight simulator {}",
         app.admin_addr, sim.endpoint
@@ -296,8 +320,18 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         println!("  python3 -c 'import boto3; qs = boto3.client(\"quicksight\", region_name=\"{}\", endpoint_url=\"http://{compat}\", aws_access_key_id=\"{}\", aws_secret_access_key=\"{}\"); print(qs.get_dashboard_embed_url(AwsAccountId=\"{}\", DashboardId=\"sales-2024\", IdentityType=\"ANONYMOUS\")[\"EmbedUrl\"])'",
             embedgate::sim::DEFAULT_REGION, embedgate::dev::DEV_ACCESS_KEY_ID, secret.expose(), embedgate::sim::DEFAULT_ACCOUNT_ID);
     }
+    println!();
+    println!(
+        "Demo portal:  http://{}/  (pick a dashboard and a viewer; embedded with the QuickSight embedding SDK)",
+        portal.addr
+    );
+    println!(
+        "  Embed URLs are https://{} with a self-signed certificate: open that address once in your browser and accept it.",
+        sim.embed_base.trim_start_matches("https://")
+    );
     println!("Open the EmbedUrl it returns once (a second use is refused); Ctrl-C stops.");
     app.run_until(shutdown_signal()).await;
+    portal.stop().await;
     sim.stop().await;
     Ok(())
 }

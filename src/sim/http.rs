@@ -16,12 +16,19 @@ use crate::model::parse::Unknown;
 use crate::model::{EmbedRequest, IdentityType, Operation};
 use crate::wire::{decode, parse_call, route, success_body, AwsError};
 
+/// A redeemed URL's page: a stand-in dashboard that tells the embedding SDK in the parent page
+/// that it loaded, as QuickSight's frame does.
+const FRAME_PAGE: &str = include_str!("pages/frame.html");
+/// The embedding SDK's control frame (`/embed/<session>/embedControl`).
+const CONTROL_PAGE: &str = include_str!("pages/control.html");
+
 /// Largest request body the simulator reads (QuickSight bodies here are a few KiB).
 const MAX_BODY: usize = 256 * 1024;
 
 pub(crate) fn server(
     sim: Arc<Simulator>,
     listener: TcpListener,
+    tls: Option<(TcpListener, rustls::ServerConfig)>,
     workers: Option<usize>,
 ) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::from(sim);
@@ -33,6 +40,9 @@ pub(crate) fn server(
     })
     .listen(listener)?
     .shutdown_timeout(5);
+    if let Some((l, config)) = tls {
+        server = server.listen_rustls_0_23(l, config)?;
+    }
     if let Some(w) = workers {
         server = server.workers(w.max(1));
     }
@@ -48,6 +58,17 @@ async fn dispatch(req: HttpRequest, body: web::Bytes, sim: web::Data<Simulator>)
         ("GET", ["_sim", "knobs"]) => HttpResponse::Ok().json(sim.knobs()),
         ("GET", ["_sim", "inputs"]) => HttpResponse::Ok().json(sim.last_inputs()),
         ("POST", ["_sim", "knobs"]) => post_knobs(&sim, &body),
+        ("GET", [""]) => HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .body(
+                "<!doctype html><html><head><title>embedgate QuickSight simulator</title></head><body>\
+                 <h1>embedgate's QuickSight simulator</h1><p>Its embed pages open here. If you just \
+                 accepted this address's certificate, go back to the demo portal and reload it.</p>\
+                 </body></html>",
+            ),
+        ("GET", ["embed", _, "embedControl"]) => HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .body(CONTROL_PAGE),
         ("GET", ["embed" | "embedding", ..]) => redeem(&sim, &req),
         ("POST", [""]) => super::sts::handle(&sim, &req, &body),
         _ => match route(method, raw_path) {
@@ -182,9 +203,15 @@ async fn api_call(
         EmbedRequest::Registered(r) => r.session_lifetime_in_minutes,
     }
     .unwrap_or(600);
+    let viewer = match request.user_arn().and_then(UserArn::parse) {
+        Some(u) => u.user_name.to_string(),
+        None if request.identity_type() == IdentityType::Iam => "IAM caller".to_string(),
+        None => "anonymous".to_string(),
+    };
     let issued = sim.issue(
         op,
         &request.experience(),
+        &viewer,
         minutes,
         request.aws_account_id(),
         &region,
@@ -346,17 +373,16 @@ fn redeem(sim: &Simulator, req: &HttpRequest) -> HttpResponse {
         .unwrap_or_default();
     let (outcome, page) = sim.redeem(req.uri().path(), &code);
     match (outcome, page) {
-        (Redemption::Ok | Redemption::Double, Some((title, minutes))) => {
-            let title = html_escape(&title);
-            HttpResponse::Ok()
-                .content_type("text/html; charset=utf-8")
-                .insert_header(("Cache-Control", "no-store"))
-                .body(format!(
-                    "<!doctype html><html><head><title>QuickSight {title}</title></head><body>\
-                     <h1>Amazon QuickSight (simulated)</h1><p id=\"embedded\">Embedded {title}.</p>\
-                     <p>Session lifetime: {minutes} minutes.</p></body></html>"
-                ))
-        }
+        (Redemption::Ok | Redemption::Double, Some(page)) => HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .insert_header(("Cache-Control", "no-store"))
+            .body(
+                FRAME_PAGE
+                    .replace("{{TITLE}}", &html_escape(&page.title))
+                    .replace("{{VIEWER}}", &html_escape(&page.viewer))
+                    .replace("{{MINUTES}}", &page.session_minutes.to_string())
+                    .replace("{{VALIDITY}}", &page.validity_left_secs.to_string()),
+            ),
         (outcome, _) => {
             let why = match outcome {
                 Redemption::Double => "This URL has already been used.",

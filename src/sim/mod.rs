@@ -12,8 +12,10 @@ pub mod knobs;
 pub mod ledger;
 pub mod registry;
 pub mod sts;
+pub mod tls;
 mod urls;
 
+pub use urls::Page;
 use urls::UrlBook;
 
 use std::collections::HashMap;
@@ -55,8 +57,13 @@ pub struct TestCredential {
 #[serde(default, deny_unknown_fields)]
 pub struct SimSettings {
     pub listen: SocketAddr,
-    /// Base of the embed URLs it issues. Default: `http://<the bound address>`.
+    /// Base of the embed URLs it issues. Default: `http://<the bound address>`, or
+    /// `https://<embed_tls_listen's bound address>` when that is set.
     pub public_url: Option<String>,
+    /// Also serve embed pages over HTTPS here, with a self-signed certificate made at start-up,
+    /// and issue `https://` URLs pointing there (the QuickSight embedding SDK embeds only
+    /// `https://` URLs). Unset: plain HTTP only.
+    pub embed_tls_listen: Option<SocketAddr>,
     /// The region signatures are scoped to (and the first of the regions served).
     pub region: String,
     /// Further regions served: a call signed for any of them is answered as that region's
@@ -90,6 +97,7 @@ impl Default for SimSettings {
         SimSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 4599)),
             public_url: None,
+            embed_tls_listen: None,
             region: DEFAULT_REGION.into(),
             regions: vec![],
             credentials: vec![TestCredential {
@@ -401,6 +409,11 @@ pub struct SimServer {
     pub addr: SocketAddr,
     /// `http://127.0.0.1:PORT`: the endpoint override for the SDKs.
     pub endpoint: String,
+    /// Where issued embed URLs point when `public_url` is unset: the endpoint, or
+    /// `https://127.0.0.1:PORT` with `embed_tls_listen`.
+    pub embed_base: String,
+    /// The self-signed certificate of the HTTPS embed listener (PEM), to trust in clients.
+    pub tls_cert_pem: Option<String>,
     pub sim: Arc<Simulator>,
     handle: actix_web::dev::ServerHandle,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -419,19 +432,41 @@ impl SimServer {
         let listener = TcpListener::bind(settings.listen)
             .map_err(|e| anyhow::anyhow!("cannot bind simulator to {}: {e}", settings.listen))?;
         let addr = listener.local_addr()?;
+        let tls = match settings.embed_tls_listen {
+            Some(a) => {
+                let l = TcpListener::bind(a).map_err(|e| {
+                    anyhow::anyhow!("cannot bind simulator embed_tls_listen to {a}: {e}")
+                })?;
+                let tls_addr = l.local_addr()?;
+                Some((l, tls_addr, tls::self_signed(tls_addr)?))
+            }
+            None => None,
+        };
         let explicit_base = settings.public_url.is_some();
         let workers = settings.workers;
         let sim = Arc::new(Simulator::new(settings));
         let endpoint = format!("http://{addr}");
+        let embed_base = match &tls {
+            Some((_, a, _)) => format!("https://{a}"),
+            None => endpoint.clone(),
+        };
         if !explicit_base {
-            sim.set_base_url(endpoint.clone());
+            sim.set_base_url(embed_base.clone());
         }
-        let server = http::server(sim.clone(), listener, workers)?;
+        let tls_cert_pem = tls.as_ref().map(|(_, _, s)| s.cert_pem.clone());
+        let server = http::server(
+            sim.clone(),
+            listener,
+            tls.map(|(l, _, s)| (l, s.config)),
+            workers,
+        )?;
         let handle = server.handle();
         let task = tokio::spawn(server);
         Ok(SimServer {
             addr,
             endpoint,
+            embed_base,
+            tls_cert_pem,
             sim,
             handle,
             task,

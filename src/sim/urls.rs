@@ -22,6 +22,7 @@ impl Simulator {
         &self,
         op: Operation,
         experience: &Experience,
+        viewer: &str,
         session_minutes: i64,
         account: &str,
         region: &str,
@@ -68,6 +69,7 @@ impl Simulator {
             issued_at: self.now(),
             redeemed: false,
             title,
+            viewer: viewer.to_string(),
             session_minutes,
         };
         {
@@ -86,7 +88,7 @@ impl Simulator {
 
     /// Opens an embed URL: the first use within 300 s succeeds, every other use is refused.
     /// Returns the outcome and, on success, what the page names and the session length.
-    pub fn redeem(&self, path: &str, code: &str) -> (Redemption, Option<(String, i64)>) {
+    pub fn redeem(&self, path: &str, code: &str) -> (Redemption, Option<Page>) {
         let now = self.now();
         let mut book = self.urls.lock();
         let outcome = match book.by_code.get_mut(code) {
@@ -99,15 +101,20 @@ impl Simulator {
                 } else {
                     let double = e.redeemed;
                     e.redeemed = true;
+                    let validity_left = Duration::from_secs(URL_VALIDITY_SECS) - age;
                     let r = if double {
                         Redemption::Double
                     } else {
-                        let validity = Duration::from_secs(URL_VALIDITY_SECS);
-                        self.ledger
-                            .validity_left((validity - age).as_millis() as u64);
+                        self.ledger.validity_left(validity_left.as_millis() as u64);
                         Redemption::Ok
                     };
-                    (r, Some((e.title.clone(), e.session_minutes)))
+                    let page = Page {
+                        title: e.title.clone(),
+                        viewer: e.viewer.clone(),
+                        session_minutes: e.session_minutes,
+                        validity_left_secs: validity_left.as_secs(),
+                    };
+                    (r, Some(page))
                 }
             }
             _ => (Redemption::Unknown, None),
@@ -116,6 +123,16 @@ impl Simulator {
         self.ledger.redemption(outcome.0);
         outcome
     }
+}
+
+/// What a redeemed URL's page shows.
+pub struct Page {
+    pub title: String,
+    /// Who the URL is for: a user name, `anonymous`, or `IAM caller`.
+    pub viewer: String,
+    pub session_minutes: i64,
+    /// How much of the URL's 300 s it had left when redeemed.
+    pub validity_left_secs: u64,
 }
 
 /// One issued URL, remembered for redemption.
@@ -127,6 +144,7 @@ pub(super) struct IssuedUrl {
     redeemed: bool,
     /// What the redemption page names.
     title: String,
+    viewer: String,
     session_minutes: i64,
 }
 

@@ -31,6 +31,10 @@ async fn embedgate_dev_prints_a_curl_that_returns_a_redeemable_url() {
                 "127.0.0.1:0",
                 "--compat-listen",
                 "127.0.0.1:0",
+                "--demo-listen",
+                "127.0.0.1:0",
+                "--sim-tls-listen",
+                "127.0.0.1:0",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -81,7 +85,16 @@ async fn embedgate_dev_prints_a_curl_that_returns_a_redeemable_url() {
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     let embed = body["EmbedUrl"].as_str().unwrap();
-    let page = http().get(embed).send().await.unwrap();
+    assert!(
+        embed.starts_with("https://"),
+        "dev issues https URLs for the embedding SDK: {embed}"
+    );
+    // The simulator's certificate is self-signed, made at start-up.
+    let browser = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let page = browser.get(embed).send().await.unwrap();
     assert_eq!(page.status(), 200, "the URL redeems at the simulator");
     assert!(page.text().await.unwrap().contains("dashboard sales-2024"));
 
@@ -115,7 +128,7 @@ async fn embedgate_dev_prints_a_curl_that_returns_a_redeemable_url() {
         .send()
         .await
         .expect("the printed drop-in credentials work");
-    let page = http().get(out.embed_url.unwrap()).send().await.unwrap();
+    let page = browser.get(out.embed_url.unwrap()).send().await.unwrap();
     assert_eq!(page.status(), 200);
     drop(child);
 }
