@@ -1,7 +1,6 @@
 //! The binary's small subcommands: `tenant-credentials`, `check-config`, `probe` and `top`.
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -111,39 +110,12 @@ pub struct ProbeArgs {
 /// GETs `url` and succeeds on a 2xx answer: a health check for images without a shell or curl.
 pub fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     let timeout = Duration::from_secs_f64(args.timeout_secs.max(0.1));
-    let (status, _) = http_get(&args.url, timeout)?;
+    let (status, _) = embedgate::http1::get(&args.url, timeout)?;
     if (200..300).contains(&status) {
         Ok(())
     } else {
         anyhow::bail!("probe: {} answered {status}", args.url)
     }
-}
-
-/// A plain HTTP/1.0 GET of an `http://` URL: (status, body). Enough for the gateway's own
-/// listeners, without an HTTP client in the binary.
-fn http_get(url: &str, timeout: Duration) -> anyhow::Result<(u16, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow::anyhow!("{url}: only http:// URLs"))?;
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let addr = authority
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("cannot resolve {authority}"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET /{path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("{url}: not an HTTP answer"))?;
-    Ok((status, body.to_string()))
 }
 
 #[derive(Args)]
@@ -164,9 +136,11 @@ pub fn top(args: TopArgs) -> anyhow::Result<()> {
     let interval = Duration::from_secs_f64(args.interval_secs.max(0.1));
     let admin = args.admin.trim_end_matches('/').to_string();
     let scrape = || -> anyhow::Result<embedgate::top::Scrape> {
-        let (status, metrics) = http_get(&format!("{admin}/metrics"), Duration::from_secs(5))?;
+        let (status, metrics) =
+            embedgate::http1::get(&format!("{admin}/metrics"), Duration::from_secs(5))?;
         anyhow::ensure!(status == 200, "{admin}/metrics answered {status}");
-        let (status, state) = http_get(&format!("{admin}/state"), Duration::from_secs(5))?;
+        let (status, state) =
+            embedgate::http1::get(&format!("{admin}/state"), Duration::from_secs(5))?;
         anyhow::ensure!(status == 200, "{admin}/state answered {status}");
         Ok(embedgate::top::Scrape::parse(
             &metrics,

@@ -25,6 +25,7 @@
 //! - [`dev`]       `embedgate dev`: simulator + gateway + demo tenant, zero configuration.
 //! - [`demo`]      `embedgate dev`'s demo portal: pick a dashboard, see it embedded by the official SDK.
 //! - [`telemetry`] tracing/log setup.
+//! - [`http1`]     a minimal HTTP/1.0 client for the gateway's own listeners (probe, top, demo).
 //! - [`top`]       `embedgate top`: a terminal view of a gateway from its admin listener.
 
 pub mod api;
@@ -35,6 +36,7 @@ pub mod credentials;
 pub mod demo;
 pub mod dev;
 pub mod gateway;
+pub mod http1;
 pub mod limiter;
 pub mod metrics;
 pub mod model;

@@ -10,7 +10,6 @@ use std::net::{SocketAddr, TcpListener};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde::Deserialize;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The vendored SDK's version (see `vendor/README.md`).
 pub const SDK_VERSION: &str = "2.11.3";
@@ -135,7 +134,9 @@ async fn embed_url(portal: web::Data<Portal>, pick: web::Json<Pick>) -> HttpResp
             }),
         )
     };
-    match post(&s.gateway, path, &s.api_key, &body.to_string()).await {
+    let url = format!("{}{path}", s.gateway);
+    let timeout = std::time::Duration::from_secs(30);
+    match crate::http1::post(&url, &s.api_key, &body.to_string(), timeout).await {
         Ok((status, answer)) => HttpResponse::build(
             actix_web::http::StatusCode::from_u16(status)
                 .unwrap_or(actix_web::http::StatusCode::BAD_GATEWAY),
@@ -146,33 +147,6 @@ async fn embed_url(portal: web::Data<Portal>, pick: web::Json<Pick>) -> HttpResp
         Err(e) => HttpResponse::BadGateway()
             .json(json!({"detail": format!("the gateway did not answer: {e}")})),
     }
-}
-
-/// A plain HTTP/1.0 POST to the gateway: (status, body).
-async fn post(base: &str, path: &str, key: &str, body: &str) -> anyhow::Result<(u16, String)> {
-    let authority = base
-        .strip_prefix("http://")
-        .ok_or_else(|| anyhow::anyhow!("the gateway URL must be http://"))?;
-    let mut stream = tokio::net::TcpStream::connect(authority).await?;
-    let request = format!(
-        "POST {path} HTTP/1.0\r\nHost: {authority}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut answer = Vec::new();
-    tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        stream.read_to_end(&mut answer),
-    )
-    .await??;
-    let answer = String::from_utf8_lossy(&answer);
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("not an HTTP answer"))?;
-    Ok((status, body.to_string()))
 }
 
 #[cfg(test)]

@@ -16,15 +16,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("EMBEDGATE_BIN", os.path.join(ROOT, "target", "debug", "embedgate"))
-ACCOUNT = "111122223333"
-KEY_ID = "AKIDEMBEDGATESIM0001"
-SECRET = "embedgate-simulator-test-secret"
-
-
-def user_arn(name):
-    return f"arn:aws:quicksight:us-east-1:{ACCOUNT}:user/default/{name}"
+from harness import ACCOUNT, BIN, ROOT, user_arn
+from harness import SIM_KEY_ID as KEY_ID
+from harness import SIM_SECRET as SECRET
 
 
 class SimulatorWithBoto3(unittest.TestCase):
