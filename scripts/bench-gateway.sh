@@ -10,16 +10,16 @@
 # Needs wrk (apt-get install wrk). Knobs: KEYS, DEPTH, RUNS, DURATION, CONNECTIONS, LOAD_SECS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KEYS=${KEYS:-400}
+KEYS=${KEYS:-600}
 DEPTH=${DEPTH:-1000}
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 DURATION=${DURATION:-2s}
 CONNECTIONS=${CONNECTIONS:-64}
 LOAD_SECS=${LOAD_SECS:-10}
 PACE_MS=${PACE_MS:-2}
 command -v wrk >/dev/null || { echo "bench-gateway: wrk is required (apt-get install wrk)" >&2; exit 1; }
 source scripts/bench-lib.sh
-gw_port=$(free_port); admin_port=$(free_port); bare_port=$(free_port)
+gw_port=$(free_port); admin_port=$(free_port); bare_port=$(free_port); bare429_port=$(free_port)
 
 # gateway_config SIM_URL: the gateway's config, KEYS warm keys of DEPTH URLs each.
 gateway_config() { lib config gateway "$bin" "$work/gateway.toml" "$1" "$gw_port" "$admin_port" "$KEYS" "$DEPTH"; }
@@ -33,6 +33,7 @@ filled_gateway() {
   local target=$((KEYS * DEPTH)) urls=0
   echo "filling the pool with $target URLs..."
   for _ in $(seq 1200); do
+    kill -0 "$gw_pid" 2>/dev/null || { echo "bench-gateway: the gateway exited:" >&2; cat "$work/gateway.toml.err" >&2; exit 1; }
     urls=$(admin_json "$admin_port" /state 'j["pool"]["urls"]' 2>/dev/null || echo 0)
     [ "$urls" -ge "$target" ] && break
     sleep 0.25
@@ -64,26 +65,29 @@ hit_size=$(size_of "http://127.0.0.1:$gw_port/v1/embed-url/dashboard" bench-key)
 size_of "http://127.0.0.1:$gw_port/v1/embed-url/dashboard" abuser-key >/dev/null
 reject_size=$(size_of "http://127.0.0.1:$gw_port/v1/embed-url/dashboard" abuser-key)
 
-# run NAME URL SCRIPT: RUNS wrk runs; prints "rps p50 p99 p999 non2xx" of the median-rps run.
-run() {
-  local name=$1 url=$2 script=$3 i
-  for i in $(seq "$RUNS"); do
-    wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" "$url" >"$work/$name.$i" 2>&1
-  done
-  lib wrk $(for i in $(seq "$RUNS"); do echo "$work/$name.$i"; done)
-}
-read -r hit_rps hit_p50 hit_p99 hit_p999 hit_bad <<<"$(run hit "http://127.0.0.1:$gw_port" "$work/hit.lua")"
-read -r rej_rps rej_p50 rej_p99 rej_p999 _ <<<"$(run reject "http://127.0.0.1:$gw_port" "$work/reject.lua")"
-stop "$gw_pid"
-
+# Both bare endpoints run beside the filled gateway (idle servers cost nothing), so the runs can
+# interleave: every round measures the gateway's hits, bare hits, the gateway's 429s and bare 429s
+# back to back, and the machine's drift over the run touches each path alike.
 $examples/bare "127.0.0.1:$bare_port" "$hit_size" >"$work/bare.out" &
 bare=$!; pids+=("$bare"); wait_for "$work/bare.out" "listening on"
-read -r bare_rps bare_p50 bare_p99 bare_p999 _ <<<"$(run bare "http://127.0.0.1:$bare_port" "$work/hit.lua")"
-stop "$bare"
-$examples/bare "127.0.0.1:$bare_port" "$reject_size" 429 >"$work/bare429.out" &
-bare=$!; pids+=("$bare"); wait_for "$work/bare429.out" "listening on"
-read -r bare429_rps bare429_p50 bare429_p99 bare429_p999 _ <<<"$(run bare429 "http://127.0.0.1:$bare_port" "$work/hit.lua")"
-stop "$bare"
+$examples/bare "127.0.0.1:$bare429_port" "$reject_size" 429 >"$work/bare429.out" &
+bare429=$!; pids+=("$bare429"); wait_for "$work/bare429.out" "listening on"
+for i in $(seq "$RUNS"); do
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$gw_port" >"$work/hit.$i" 2>&1
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$bare_port" >"$work/bare.$i" 2>&1
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/reject.lua" "http://127.0.0.1:$gw_port" >"$work/reject.$i" 2>&1
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$bare429_port" >"$work/bare429.$i" 2>&1
+done
+# median NAME: "rps p50 p99 p999 non2xx" of the median-rps run of NAME.
+median() { lib wrk $(for i in $(seq "$RUNS"); do echo "$work/$1.$i"; done); }
+read -r hit_rps hit_p50 hit_p99 hit_p999 hit_bad <<<"$(median hit)"
+read -r rej_rps rej_p50 rej_p99 rej_p999 _ <<<"$(median reject)"
+read -r bare_rps bare_p50 bare_p99 bare_p999 _ <<<"$(median bare)"
+read -r bare429_rps bare429_p50 bare429_p99 bare429_p999 _ <<<"$(median bare429)"
+# Per-run ratios (each against the bare run of its own round), for the report.
+hit_ratios=$(for i in $(seq "$RUNS"); do lib wrk "$work/hit.$i" | cut -d' ' -f1; lib wrk "$work/bare.$i" | cut -d' ' -f1; done | paste -sd' ')
+rej_ratios=$(for i in $(seq "$RUNS"); do lib wrk "$work/reject.$i" | cut -d' ' -f1; lib wrk "$work/bare429.$i" | cut -d' ' -f1; done | paste -sd' ')
+stop "$gw_pid"; stop "$bare"; stop "$bare429"
 
 # Latency at load: a fresh, filled gateway; open-loop constant rate at half the measured maximum.
 filled_gateway
@@ -98,7 +102,7 @@ stop "$gw_pid"
 
 mkdir -p bench-results
 export hit_rps hit_p50 hit_p99 hit_p999 hit_bad bare_rps bare_p50 bare_p99 bare_p999 rej_rps rej_p50 rej_p99 rej_p999 \
-  bare429_rps bare429_p50 bare429_p99 bare429_p999 hit_size reject_size RUNS DURATION CONNECTIONS LOAD_SECS PACE_MS
+  bare429_rps bare429_p50 bare429_p99 bare429_p999 hit_ratios rej_ratios hit_size reject_size RUNS DURATION CONNECTIONS LOAD_SECS PACE_MS
 python3 - "$work/at_load.json" <<'PY'
 import json, platform, os, sys
 e = os.environ
@@ -113,15 +117,20 @@ r = {
   "settings": {"runs": int(e["RUNS"]), "duration": e["DURATION"], "connections": int(e["CONNECTIONS"]), "wrk_threads": 1,
                "at_load_secs": int(e["LOAD_SECS"]), "pace_ms": int(e["PACE_MS"]), "cores": os.cpu_count(), "machine": platform.processor() or platform.machine()},
 }
-r["hit_ratio_vs_bare"] = r["hit"]["rps"] / r["bare_same_body"]["rps"]
-r["reject_ratio_vs_bare"] = r["reject_429"]["rps"] / r["bare_429_same_body"]["rps"]
+def rounds(k):
+    v = [float(x) for x in e[k].split()]
+    return [round(v[i] / v[i + 1], 3) for i in range(0, len(v), 2)]
+r["hit_ratios_by_round"] = rounds("hit_ratios")
+r["reject_ratios_by_round"] = rounds("rej_ratios")
+r["hit_ratio_vs_bare"] = sorted(r["hit_ratios_by_round"])[len(r["hit_ratios_by_round"]) // 2]
+r["reject_ratio_vs_bare"] = sorted(r["reject_ratios_by_round"])[len(r["reject_ratios_by_round"]) // 2]
 json.dump(r, open("bench-results/gateway.json", "w"), indent=2)
 row = lambda name, x, ratio: f"| {name} | {x['rps']:,.0f} | {x['p50_ms']:.2f} ms | {x['p99_ms']:.2f} ms | {x['p999_ms']:.2f} ms | {ratio} |"
 a = r["at_half_max"]
 st = r["settings"]
 md = f"""## Hit-path ceiling
 
-wrk, 1 thread, {st['connections']} connections, median of {st['runs']} runs of {st['duration']}, {st['cores']} cores (wrk and server share them).
+wrk, 1 thread, {st['connections']} connections, {st['runs']} interleaved rounds of {st['duration']} per path (gateway hit, bare, gateway 429, bare 429), {st['cores']} cores (wrk and server share them).\nFigures are the median-throughput run of each path; the ratio is the median of the per-round ratios\n(hits: {', '.join(map(str, r['hit_ratios_by_round']))}; 429s: {', '.join(map(str, r['reject_ratios_by_round']))}).
 
 | Path | requests/s | p50 | p99 | p99.9 | vs bare actix-web |
 | --- | --- | --- | --- | --- | --- |

@@ -7,7 +7,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_for() { for _ in $(seq 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; echo "timeout waiting for $2 in $1" >&2; cat "$1" >&2; exit 1; }
 # BENCH_PROFILE=debug runs the scripts on dev builds (to check a script, not to measure).
 profile=${BENCH_PROFILE:-release}
-bin=target/$profile/embedgate
+# BENCH_BIN measures another build of the gateway (e.g. an older commit) against this tree's examples.
+bin=${BENCH_BIN:-target/$profile/embedgate}
 examples=target/$profile/examples
 
 # build: one build of everything the benchmarks run, skipped when bench.sh already built.

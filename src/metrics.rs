@@ -162,6 +162,28 @@ pub struct Metrics {
     pub fleet_replicas: IntGauge,
     pub redis_fences: IntCounter,
     pub redis_clock_offset: Gauge,
+    /// The per-request series, resolved once by `init_labels` (see [`Metrics::request`]).
+    series: std::sync::OnceLock<RequestSeries>,
+}
+
+/// `embedgate_requests_total` and `embedgate_request_duration_seconds` resolved for every label
+/// set up front, so counting a request is an index and two atomic adds instead of hashing three
+/// labels under a lock.
+struct RequestSeries {
+    /// By protocol and outcome (`protocol × Outcome::ALL.len() + outcome`).
+    durations: Vec<Histogram>,
+    /// By tenant slot (0 is `-`, 1 + the tenant's index), then as `durations`.
+    counts: Vec<IntCounter>,
+    /// `embedgate_inbound_rejections_total` by tenant slot.
+    rejections: Vec<IntCounter>,
+}
+
+impl RequestSeries {
+    const PER_SLOT: usize = Protocol::ALL.len() * Outcome::ALL.len();
+
+    fn index(protocol: Protocol, outcome: Outcome) -> usize {
+        protocol as usize * Outcome::ALL.len() + outcome as usize
+    }
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -295,11 +317,10 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             registry: r,
+            series: std::sync::OnceLock::new(),
         }
     }
 
-    /// Creates every bounded label set at zero, so each series exists from the start (dashboards
-    /// and `rate()` then work before the first event).
     /// Counts `n` URLs that will never be handed out.
     pub fn wasted(&self, why: Waste, n: u64) {
         if n > 0 {
@@ -312,32 +333,81 @@ impl Metrics {
         self.fetched.with_label_values(&[why.as_str()]).inc();
     }
 
-    /// Counts one embed-URL request of `tenant` (`-`: unauthenticated) and its latency.
-    pub fn request(&self, protocol: Protocol, tenant: &str, outcome: Outcome, seconds: f64) {
-        self.requests
-            .with_label_values(&[tenant, outcome.as_str(), protocol.as_str()])
-            .inc();
-        self.request_duration
-            .with_label_values(&[outcome.as_str(), protocol.as_str()])
-            .observe(seconds);
+    /// Counts one embed-URL request and its latency: `tenant` is the tenant's index and id, or
+    /// `None` for a request without a valid key (`tenant="-"`).
+    pub fn request(
+        &self,
+        protocol: Protocol,
+        tenant: Option<(usize, &str)>,
+        outcome: Outcome,
+        seconds: f64,
+    ) {
+        let at = RequestSeries::index(protocol, outcome);
+        let slot = tenant.map_or(0, |(index, _)| index + 1);
+        match self.series.get() {
+            Some(s) if slot * RequestSeries::PER_SLOT < s.counts.len() => {
+                s.counts[slot * RequestSeries::PER_SLOT + at].inc();
+                s.durations[at].observe(seconds);
+            }
+            // Before `init_labels`, or a tenant it was not told of: by label.
+            _ => {
+                let id = tenant.map_or("-", |(_, id)| id);
+                self.requests
+                    .with_label_values(&[id, outcome.as_str(), protocol.as_str()])
+                    .inc();
+                self.request_duration
+                    .with_label_values(&[outcome.as_str(), protocol.as_str()])
+                    .observe(seconds);
+            }
+        }
+    }
+
+    /// Counts one request refused by an inbound limit (`tenant` as in [`Metrics::request`]).
+    pub fn inbound_rejected(&self, tenant: Option<(usize, &str)>) {
+        let slot = tenant.map_or(0, |(index, _)| index + 1);
+        match self.series.get().and_then(|s| s.rejections.get(slot)) {
+            Some(c) => c.inc(),
+            None => self
+                .inbound_rejections
+                .with_label_values(&[tenant.map_or("-", |(_, id)| id)])
+                .inc(),
+        }
     }
 
     /// Creates every label combination that is known up front (tenants, upstream ids), so a
     /// series exists at 0 before its first event.
+    /// `tenants` in the order of their indexes.
     pub fn init_labels(&self, tenants: &[&str], upstreams: &[&str]) {
-        for protocol in Protocol::ALL.map(Protocol::as_str) {
-            for outcome in Outcome::ALL.map(Outcome::as_str) {
-                self.request_duration
-                    .with_label_values(&[outcome, protocol]);
-                for tenant in tenants.iter().chain(std::iter::once(&"-")) {
-                    self.requests
-                        .with_label_values(&[tenant, outcome, protocol]);
+        let slots: Vec<&str> = std::iter::once("-")
+            .chain(tenants.iter().copied())
+            .collect();
+        let mut durations = Vec::new();
+        let mut counts = vec![None; slots.len() * RequestSeries::PER_SLOT];
+        for protocol in Protocol::ALL {
+            for outcome in Outcome::ALL {
+                let at = RequestSeries::index(protocol, outcome);
+                durations.push(
+                    self.request_duration
+                        .with_label_values(&[outcome.as_str(), protocol.as_str()]),
+                );
+                for (slot, tenant) in slots.iter().enumerate() {
+                    counts[slot * RequestSeries::PER_SLOT + at] =
+                        Some(self.requests.with_label_values(&[
+                            tenant,
+                            outcome.as_str(),
+                            protocol.as_str(),
+                        ]));
                 }
             }
         }
-        for tenant in tenants {
-            self.inbound_rejections.with_label_values(&[tenant]);
-        }
+        let _ = self.series.set(RequestSeries {
+            durations,
+            counts: counts.into_iter().flatten().collect(),
+            rejections: slots
+                .iter()
+                .map(|t| self.inbound_rejections.with_label_values(&[t]))
+                .collect(),
+        });
         for reason in Fetch::ALL {
             self.fetched.with_label_values(&[reason.as_str()]);
         }
@@ -371,5 +441,42 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pre_resolved_request_series_count_under_the_right_labels() {
+        let m = Metrics::new();
+        m.init_labels(&["acme", "globex"], &[]);
+        m.request(
+            Protocol::Quicksight,
+            Some((1, "globex")),
+            Outcome::Hit,
+            0.001,
+        );
+        m.request(Protocol::Native, None, Outcome::Unauthenticated, 0.001);
+        m.inbound_rejected(Some((0, "acme")));
+        // A tenant `init_labels` was not told of still counts, by label.
+        m.request(Protocol::Native, Some((7, "late")), Outcome::Miss, 0.2);
+        let count = |labels: &[&str]| m.requests.with_label_values(labels).get();
+        assert_eq!(count(&["globex", "hit", "quicksight"]), 1);
+        assert_eq!(count(&["globex", "hit", "native"]), 0);
+        assert_eq!(count(&["acme", "hit", "quicksight"]), 0);
+        assert_eq!(count(&["-", "unauthenticated", "native"]), 1);
+        assert_eq!(count(&["late", "miss", "native"]), 1);
+        assert_eq!(m.inbound_rejections.with_label_values(&["acme"]).get(), 1);
+        assert_eq!(m.inbound_rejections.with_label_values(&["-"]).get(), 0);
+        let observed = |o: &str, p: &str| {
+            m.request_duration
+                .with_label_values(&[o, p])
+                .get_sample_count()
+        };
+        assert_eq!(observed("hit", "quicksight"), 1);
+        assert_eq!(observed("miss", "native"), 1);
+        assert_eq!(observed("hit", "native"), 0);
     }
 }

@@ -101,7 +101,7 @@ impl Application {
                 let mut server = HttpServer::new(move || {
                     App::new()
                         .app_data(compat_data.clone())
-                        .wrap(tracing_actix_web::TracingLogger::default())
+                        .wrap(tracing_actix_web::TracingLogger::<crate::api::RequestSpan>::new())
                         .configure(crate::api::compat_routes)
                 })
                 .listen(l)?
@@ -117,7 +117,7 @@ impl Application {
         let mut api = HttpServer::new(move || {
             App::new()
                 .app_data(api_data.clone())
-                .wrap(tracing_actix_web::TracingLogger::default())
+                .wrap(tracing_actix_web::TracingLogger::<crate::api::RequestSpan>::new())
                 .configure(crate::api::routes)
         })
         .listen(listener)?

@@ -65,6 +65,7 @@ pub(super) async fn read_body(
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
         });
     if !is_json {
+        discard_body(req, payload, max).await;
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -80,6 +81,15 @@ pub(super) async fn read_body(
         ),
         BodyError::Unreadable(why) => Problem::new(StatusCode::BAD_REQUEST, "unreadable_body", why),
     })
+}
+
+/// Reads and drops the body of a request refused before its body was needed (bad key, over
+/// its limit, not JSON). actix closes a connection whose request body was left unread, so
+/// without this every refusal would cost the client a new connection (and a new TLS handshake
+/// behind a terminating proxy) exactly when it is being asked to slow down. Bounded by `max`
+/// like any body: a larger one is not read and its connection closes.
+pub(super) async fn discard_body(req: &HttpRequest, payload: web::Payload, max: usize) {
+    let _ = read_bounded(req, payload, max).await;
 }
 
 /// Why a body could not be read.
@@ -157,10 +167,7 @@ pub(super) fn limit_unauthenticated(gw: &Gateway, refused: Problem) -> Problem {
     match gw.check_unauthenticated() {
         None => refused,
         Some(retry_after) => {
-            gw.metrics()
-                .inbound_rejections
-                .with_label_values(&["-"])
-                .inc();
+            gw.metrics().inbound_rejected(None);
             Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",

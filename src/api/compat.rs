@@ -73,7 +73,7 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
                 ),
                 BodyError::Unreadable(why) => AwsError::serialization(why),
             };
-            observe(&gw, Protocol::Quicksight, "-", Outcome::Invalid, started);
+            observe(&gw, Protocol::Quicksight, None, Outcome::Invalid, started);
             return e.response(&request_id);
         }
     };
@@ -83,10 +83,7 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
             let (outcome, e) = match gw.check_unauthenticated() {
                 None => (Outcome::Unauthenticated, AwsError::from_auth(&e)),
                 Some(wait) => {
-                    gw.metrics()
-                        .inbound_rejections
-                        .with_label_values(&["-"])
-                        .inc();
+                    gw.metrics().inbound_rejected(None);
                     (
                         Outcome::Throttled,
                         AwsError::throttling(
@@ -97,18 +94,15 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
                 }
             };
             tracing::debug!(code = e.code, "compatible listener refused a signature");
-            observe(&gw, Protocol::Quicksight, "-", outcome, started);
+            observe(&gw, Protocol::Quicksight, None, outcome, started);
             return e.response(&request_id);
         }
     };
-    let tid = tenant.id.as_str();
-    let outcome = |o| observe(&gw, Protocol::Quicksight, tid, o, started);
+    let outcome = |o| observe(&gw, Protocol::Quicksight, Some(tenant), o, started);
     if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {
         outcome(Outcome::Throttled);
         gw.metrics()
-            .inbound_rejections
-            .with_label_values(&[tid])
-            .inc();
+            .inbound_rejected(Some((tenant.index, tenant.id.as_str())));
         return AwsError::throttling(format!(
             "Rate exceeded: this tenant is over its rate of {} requests/s",
             tenant.rate_per_sec

@@ -6,16 +6,17 @@ use std::time::Instant;
 use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
 
 use super::auth::{
-    authenticate, limit_unauthenticated, rate_limit_headers, read_body, tenant_limited,
+    authenticate, discard_body, limit_unauthenticated, rate_limit_headers, read_body,
+    tenant_limited,
 };
 use super::problem::{bad_input, refusal, serve_failure};
 use crate::gateway::{Gateway, Source};
 use crate::limiter::Inbound;
 use crate::metrics::{Outcome, Protocol};
 use crate::model::{parse_request, Operation};
+use crate::tenant::Tenant;
 
 pub(super) async fn dashboard(
     req: HttpRequest,
@@ -55,19 +56,36 @@ pub(super) fn request_id(req: &HttpRequest) -> String {
 pub(super) fn observe(
     gw: &Gateway,
     protocol: Protocol,
-    tenant: &str,
+    tenant: Option<&Tenant>,
     outcome: Outcome,
     started: Instant,
 ) {
     let seconds = started.elapsed().as_secs_f64();
     tracing::info!(
-        tenant,
+        tenant = tenant.map_or("-", |t| t.id.as_str()),
         outcome = outcome.as_str(),
         protocol = protocol.as_str(),
         elapsed_ms = seconds * 1000.0,
         "embed-url request"
     );
-    gw.metrics().request(protocol, tenant, outcome, seconds);
+    gw.metrics().request(
+        protocol,
+        tenant.map(|t| (t.index, t.id.as_str())),
+        outcome,
+        seconds,
+    );
+}
+
+/// The answer to an embed-URL request (serialised straight from borrowed parts).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct EmbedUrlBody<'a> {
+    embed_url: &'a str,
+    expires_at: &'a str,
+    source: Source,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    anonymous_user_arn: Option<&'a str>,
 }
 
 async fn embed(
@@ -87,22 +105,27 @@ async fn embed(
             } else {
                 Outcome::Unauthenticated
             };
-            observe(&gw, Protocol::Native, "-", outcome, started);
+            observe(&gw, Protocol::Native, None, outcome, started);
+            discard_body(&req, body, gw.settings().api.max_body_bytes).await;
             return p.response(&request_id);
         }
     };
-    let tid = tenant.id.as_str();
     // The limit comes before the body is read or checked: every authenticated request counts,
     // so a tenant cannot make the gateway parse and validate for free. Nothing else is touched
     // before the request is admitted.
     let remaining = match gw.check_inbound(tenant).await {
         Inbound::Allowed { remaining } => remaining,
         Inbound::Limited { retry_after } => {
-            observe(&gw, Protocol::Native, tid, Outcome::Throttled, started);
+            observe(
+                &gw,
+                Protocol::Native,
+                Some(tenant),
+                Outcome::Throttled,
+                started,
+            );
             gw.metrics()
-                .inbound_rejections
-                .with_label_values(&[tid])
-                .inc();
+                .inbound_rejected(Some((tenant.index, tenant.id.as_str())));
+            discard_body(&req, body, gw.settings().api.max_body_bytes).await;
             return tenant_limited(&gw, tenant, retry_after).response(&request_id);
         }
     };
@@ -120,7 +143,7 @@ async fn embed(
             } else {
                 Outcome::Invalid
             };
-            observe(&gw, Protocol::Native, tid, outcome, started);
+            observe(&gw, Protocol::Native, Some(tenant), outcome, started);
             return p.response(&request_id);
         }
     };
@@ -130,7 +153,7 @@ async fn embed(
                 Source::Pool => Outcome::Hit,
                 Source::Upstream => Outcome::Miss,
             };
-            observe(&gw, Protocol::Native, tid, outcome, started);
+            observe(&gw, Protocol::Native, Some(tenant), outcome, started);
             let expires = time::OffsetDateTime::from_unix_timestamp_nanos(
                 i128::from(served.expires_at_ms) * 1_000_000,
             )
@@ -148,19 +171,16 @@ async fn embed(
             for (k, v) in rate_limit_headers(&gw, tenant, remaining, reset) {
                 resp.insert_header((k, v));
             }
-            let mut body = json!({
-                "EmbedUrl": served.url,
-                "ExpiresAt": expires,
-                "Source": served.source,
-                "RequestId": request_id,
-            });
-            if let Some(arn) = served.anonymous_user_arn {
-                body["AnonymousUserArn"] = json!(arn);
-            }
-            resp.json(body)
+            resp.json(EmbedUrlBody {
+                embed_url: &served.url,
+                expires_at: &expires,
+                source: served.source,
+                request_id: &request_id,
+                anonymous_user_arn: served.anonymous_user_arn.as_deref(),
+            })
         }
         Err(e) => {
-            observe(&gw, Protocol::Native, tid, Outcome::Error, started);
+            observe(&gw, Protocol::Native, Some(tenant), Outcome::Error, started);
             serve_failure(e).response(&request_id)
         }
     }

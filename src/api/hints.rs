@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::auth::{authenticate, limit_unauthenticated, read_body, tenant_limited};
+use super::auth::{authenticate, discard_body, limit_unauthenticated, read_body, tenant_limited};
 use super::embed::request_id;
 use super::problem::{bad_input, refusal, Problem};
 use crate::gateway::Gateway;
@@ -22,9 +22,13 @@ pub(super) async fn hints(
     let request_id = request_id(&req);
     let tenant = match authenticate(&gw, &req) {
         Ok(t) => t,
-        Err(p) => return limit_unauthenticated(&gw, p).response(&request_id),
+        Err(p) => {
+            discard_body(&req, body, gw.settings().api.max_body_bytes).await;
+            return limit_unauthenticated(&gw, p).response(&request_id);
+        }
     };
     if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {
+        discard_body(&req, body, gw.settings().api.max_body_bytes).await;
         return tenant_limited(&gw, tenant, retry_after).response(&request_id);
     }
     let bytes = match read_body(&req, body, gw.settings().api.max_body_bytes).await {

@@ -16,6 +16,7 @@ mod compat;
 mod embed;
 mod hints;
 mod problem;
+mod span;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use serde_json::json;
 
 use crate::gateway::Gateway;
 use problem::Problem;
+pub use span::RequestSpan;
 
 /// Routes of the native API.
 pub fn routes(cfg: &mut web::ServiceConfig) {

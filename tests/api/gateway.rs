@@ -571,3 +571,67 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert_eq!(body["Source"], "upstream");
     sim.stop().await;
 }
+
+/// Reads one HTTP/1.1 answer (headers and a `content-length` body) from `stream`: (status, head).
+async fn read_answer(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                buf.drain(..end + 4 + len);
+                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                return (status, head);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the gateway closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn refusals_keep_the_clients_connection_open() {
+    // A refused request's body is left unread by the handler (a bad key or a tenant over its
+    // limit is refused before the body is parsed); the connection must still serve the client's
+    // next request instead of closing, or every 429 would cost a throttled client a reconnect.
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app(|s| {
+        s.tenants[0].rate_per_sec = 0.001;
+        s.tenants[0].burst = 1;
+    })
+    .await;
+    let body = dash("sales-2024", "alice").to_string();
+    let request = |key: &str, content_type: &str| {
+        format!(
+            "POST /v1/embed-url/dashboard HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    let alpha = app.keys["alpha"].clone();
+    let beta = app.keys["beta"].clone();
+    for (key, content_type, want) in [
+        (alpha.as_str(), "application/json", 200),
+        (alpha.as_str(), "application/json", 429),
+        ("not-a-key", "application/json", 401),
+        (beta.as_str(), "text/plain", 415),
+        (beta.as_str(), "application/json", 200),
+    ] {
+        stream
+            .write_all(request(key, content_type).as_bytes())
+            .await
+            .unwrap();
+        let (status, head) = read_answer(&mut stream, &mut buf).await;
+        assert_eq!(status, want, "{head}");
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+    app.stop().await;
+}
