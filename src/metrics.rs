@@ -70,10 +70,21 @@ pub enum Fetch {
     Hint,
     /// For a warm key.
     Warm,
+    /// Predicted: it usually follows what its user just opened.
+    Follower,
+    /// Predicted: its user is likely to come back and start there.
+    Returning,
 }
 
 impl Fetch {
-    pub const ALL: [Fetch; 4] = [Fetch::Miss, Fetch::Prefetch, Fetch::Hint, Fetch::Warm];
+    pub const ALL: [Fetch; 6] = [
+        Fetch::Miss,
+        Fetch::Prefetch,
+        Fetch::Hint,
+        Fetch::Warm,
+        Fetch::Follower,
+        Fetch::Returning,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -81,6 +92,8 @@ impl Fetch {
             Fetch::Prefetch => "prefetch",
             Fetch::Hint => "hint",
             Fetch::Warm => "warm",
+            Fetch::Follower => "follower",
+            Fetch::Returning => "returning",
         }
     }
 }
@@ -220,7 +233,7 @@ impl Metrics {
             pool_keys: reg(&r, IntGauge::new("embedgate_pool_keys", "Keys in the pool.").expect("valid metric")),
             fetched: counter_vec(
                 "embedgate_urls_fetched_total",
-                "URLs fetched from QuickSight, by reason (miss, prefetch, hint, warm).",
+                "URLs fetched from QuickSight, by reason (miss; prefetch: its own rate; hint; warm; follower and returning: session predictions).",
                 &["reason"],
             ),
             wasted: counter_vec(

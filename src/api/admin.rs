@@ -12,7 +12,40 @@ pub(super) async fn metrics(gw: web::Data<Gateway>) -> HttpResponse {
         .body(gw.metrics().render())
 }
 
-pub(super) async fn state(gw: web::Data<Gateway>) -> HttpResponse {
+/// `/state`'s query: how many of the most likely keys to list (default 20, at most 1,000).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct StateQuery {
+    keys: Option<usize>,
+}
+
+pub(super) async fn state(gw: web::Data<Gateway>, q: web::Query<StateQuery>) -> HttpResponse {
+    let now = gw.clock().now_ms();
+    let keys: Vec<_> = gw
+        .planned_keys(q.keys.unwrap_or(20).min(1_000))
+        .into_iter()
+        .map(|(t, p)| {
+            let reason = if p.target == 0 && p.stock == 0 {
+                "unlikely"
+            } else {
+                p.reason.as_str()
+            };
+            json!({
+                // A hash: it carries no request parameter.
+                "key": t.key.as_str(),
+                "tenant": gw.tenants().get(t.tenant).id,
+                "operation": t.request.operation().as_str(),
+                "probability": p.probability,
+                "target": p.target,
+                "stock": p.stock,
+                "pooled_here": gw.pool().len(&t.key),
+                "in_flight": t.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                "reason": reason,
+                "planned_ms_ago": now.saturating_sub(p.at_ms),
+            })
+        })
+        .collect();
+    let (dropped, users) = gw.session_stats();
     let budgets: Vec<_> = gw
         .budgets()
         .iter()
@@ -22,7 +55,8 @@ pub(super) async fn state(gw: web::Data<Gateway>) -> HttpResponse {
         "mode": gw.sharing().mode,
         "replicas": gw.sharing().replicas,
         "pool": {"urls": gw.pool().total()},
-        "demand": {"tracked_keys": gw.tracked_keys(), "lead_secs": gw.lead_secs()},
+        "demand": {"tracked_keys": gw.tracked_keys(), "lead_secs": gw.lead_secs(), "keys": keys},
+        "sessions": {"users": users, "events_dropped": dropped},
         "budgets": budgets,
         "upstreams": gw.upstreams().all().iter().map(|u| json!({
             "id": u.id(),

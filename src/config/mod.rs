@@ -239,6 +239,14 @@ pub struct RefillSettings {
     pub max_tracked_keys: u64,
     /// How long a hint keeps its key warm.
     pub hint_ttl_secs: u64,
+    /// Learn registered users' sessions (what follows what, who comes back) and stock the keys
+    /// they predict with idle budget.
+    pub sessions: bool,
+    /// Stock a session prediction only if it is at least this likely to be asked for within a
+    /// URL's usable life (0–1): below one half a URL would more likely expire unused.
+    pub predict_min_probability: f64,
+    /// Most users whose sessions are remembered, per tenant.
+    pub max_session_users: usize,
 }
 
 impl Default for RefillSettings {
@@ -254,6 +262,9 @@ impl Default for RefillSettings {
             idle_forget_secs: 600,
             max_tracked_keys: 100_000,
             hint_ttl_secs: 300,
+            sessions: true,
+            predict_min_probability: 0.5,
+            max_session_users: 10_000,
         }
     }
 }

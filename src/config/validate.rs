@@ -81,6 +81,9 @@ impl Settings {
         if !(0.0..=1.0).contains(&r.min_probability) {
             return Err("refill.min_probability: must be between 0 and 1".into());
         }
+        if !(r.predict_min_probability > 0.0 && r.predict_min_probability <= 1.0) {
+            return Err("refill.predict_min_probability: must be above 0 and at most 1".into());
+        }
         positive("refill.demand_half_life_secs", r.demand_half_life_secs)?;
         if !(r.surplus_secs >= 0.0 && r.surplus_secs.is_finite()) {
             return Err("refill.surplus_secs: must be a number of seconds, 0 or more".into());

@@ -20,7 +20,7 @@ use crate::limiter::{Budget, Budgets, Inbound, InboundLimiter, Priority};
 use crate::metrics::{Fetch, Metrics, Waste};
 use crate::model::{BadInput, EmbedRequest, URL_VALIDITY_SECS};
 use crate::pool::{pool_key, Pool, PoolKey, PooledUrl};
-use crate::refill::{reclaim, Demand, Tracked};
+use crate::refill::{reclaim, Demand, Seen, Sessions, Tracked};
 use crate::shared::{Coordination, Limits, Placed, PoolStore, Sharing, Status};
 use crate::tenant::{Tenant, TenantId, Tenants};
 use crate::upstream::{Fetched, Upstream, UpstreamError, Upstreams};
@@ -84,6 +84,8 @@ pub struct Gateway {
     budgets: Budgets,
     upstreams: Upstreams,
     demand: Demand,
+    /// Registered users' sessions: followers and returning users (see `refill::sessions`).
+    sessions: Sessions,
     /// Where pooled URLs live, how limits count, how demand is coordinated: local, or shared
     /// with other replicas (chosen by `startup`; see `shared`).
     store: PoolStore,
@@ -136,6 +138,13 @@ impl Gateway {
             ),
             budgets,
             demand: Demand::new(&settings.refill, demand_caps),
+            sessions: Sessions::new(
+                settings.tenants.len(),
+                settings.pool.min_remaining_secs,
+                settings.refill.predict_min_probability,
+                settings.refill.max_session_users,
+                settings.refill.demand_half_life_secs,
+            ),
             lead_secs: std::sync::atomic::AtomicU64::new(0.1f64.to_bits()),
             access_keys: AccessKeys::new(&settings.tenants, settings.master_key.as_ref()),
             tenants,
@@ -197,6 +206,28 @@ impl Gateway {
         self.demand.len()
     }
 
+    /// The `limit` tracked keys the planner last found most likely to be asked for, with its
+    /// decision for each (keys it has not looked at yet are left out).
+    pub fn planned_keys(&self, limit: usize) -> Vec<(Arc<Tracked>, crate::refill::Planned)> {
+        let mut all: Vec<_> = self
+            .demand
+            .all()
+            .into_iter()
+            .filter_map(|t| t.planned().map(|p| (t, p)))
+            .collect();
+        all.sort_by(|a, b| b.1.probability.total_cmp(&a.1.probability));
+        all.truncate(limit);
+        all
+    }
+
+    /// Session events dropped because the learner's queue was full, and users it knows now.
+    pub fn session_stats(&self) -> (u64, usize) {
+        let users = (0..self.tenants.all().len())
+            .map(|i| self.sessions.users(i))
+            .sum();
+        (self.sessions.dropped(), users)
+    }
+
     /// Keys whose demand this replica tracks for `tenant`.
     pub fn tracked_by(&self, tenant: TenantId) -> usize {
         self.demand.tracked_by(tenant)
@@ -214,10 +245,21 @@ impl Gateway {
         requests
             .iter()
             .filter(|r| {
-                self.demand
-                    .hint(&self.key_for(tenant, r), tenant.index, r, now)
+                let key = self.key_for(tenant, r);
+                let taken = self.demand.hint(&key, tenant.index, r, now);
+                if taken && self.sessions_on() {
+                    if let Some(t) = self.demand.find(&key) {
+                        self.sessions.observe(&t, now, Seen::Hint);
+                    }
+                }
+                taken
             })
             .count()
+    }
+
+    /// Whether session learning and prediction run.
+    fn sessions_on(&self) -> bool {
+        self.settings.refill.enabled && self.settings.refill.sessions
     }
 
     /// Keeps an admitted request's key stocked `depth` deep for as long as the process runs.
@@ -392,6 +434,11 @@ impl Gateway {
         } else {
             None
         };
+        if let Some(t) = &tracked {
+            if self.settings.refill.sessions {
+                self.sessions.observe(t, now, Seen::View);
+            }
+        }
         if let Some(u) = self.take(tenant, &key).await {
             return Ok(Served {
                 expires_at_ms: u.expires_at_ms(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::Gateway;
 use crate::limiter::{Budget, Priority};
-use crate::refill::{Planner, Reason, Tracked, Want};
+use crate::refill::{Planned, Planner, Predicted, Reason, Tracked, Want};
 use crate::upstream::UpstreamError;
 
 impl Gateway {
@@ -38,6 +38,11 @@ impl Gateway {
     pub async fn plan(self: &Arc<Self>) {
         let now = self.clock.now_ms();
         self.pool.purge();
+        if self.sessions_on() {
+            for p in self.sessions.drain(now) {
+                self.take_prediction(p, now);
+            }
+        }
         let tracked = self.demand.sweep(now);
         self.metrics.tracked_keys.set(tracked.len() as i64);
         let own: Vec<f64> = tracked.iter().map(|t| self.demand.rate(t, now)).collect();
@@ -80,6 +85,13 @@ impl Gateway {
                     let fleet = views.as_ref().and_then(|(p, v)| Some((p[i], v[i]?)));
                     let w =
                         planner.want(&t, own[i], shown[i], self.pool.len(&t.key), fleet, &mut rng);
+                    t.note(Planned {
+                        probability: w.probability,
+                        target: w.target,
+                        stock: w.stock,
+                        reason: w.reason,
+                        at_ms: now,
+                    });
                     (t, w)
                 })
                 .filter(|(_, w)| w.needed + w.extra > 0)
@@ -92,13 +104,42 @@ impl Gateway {
         for (t, w) in wants {
             self.start_prefetches(&t, w.needed, Priority::Prefetch, w.reason);
             if w.extra > 0 {
-                surplus.push((t, w.extra, w.reason));
+                surplus.push((t, w.extra, w.reason, w.probability));
             }
         }
-        // Surplus only after every key's needed depth had its chance at the budget.
-        for (t, extra, reason) in surplus {
+        // Surplus only after every key's needed depth had its chance at the budget, the keys
+        // most likely to be asked for first (idle budget goes to the highest expected value).
+        surplus.sort_by(|a, b| b.3.total_cmp(&a.3));
+        for (t, extra, reason, _) in surplus {
             self.start_prefetches(&t, extra, Priority::Surplus, reason);
         }
+    }
+
+    /// Records one session prediction on its key, after admitting the predicted request for its
+    /// tenant exactly like a request (validation, routing, policy): a prediction re-addressed to
+    /// another user must not reach anything the tenant could not ask for itself.
+    fn take_prediction(&self, p: Predicted, now: u64) {
+        let tenant = self.tenants.get(p.tenant);
+        let request = match &p.user {
+            None => p.template.request.clone(),
+            Some(user) => match p.template.request.for_user(user) {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let Ok(request) = self.admit(tenant, request) else {
+            return;
+        };
+        let key = self.key_for(tenant, &request);
+        self.demand.predict(
+            &key,
+            p.tenant,
+            &request,
+            p.probability,
+            p.reason,
+            p.until_ms,
+            now,
+        );
     }
 
     /// Turns each replica's share into a claim the fleet agrees to (see
@@ -212,12 +253,12 @@ impl Gateway {
             // tick).
             let now = self.clock.now_ms();
             let planner = self.planner(now);
-            let (target, next) = planner.target(t, self.demand.rate(t, now));
+            let shown = self.demand.demonstrated_rate(t, now);
+            let (target, next) = planner.target(t, self.demand.rate(t, now), shown);
             let have = self.pool.len(&t.key) + t.in_flight.load(Ordering::SeqCst);
             let (limit, next_priority) = if have < target {
                 (target, Priority::Prefetch)
             } else {
-                let shown = self.demand.demonstrated_rate(t, now);
                 (planner.surplus(shown, target), Priority::Surplus)
             };
             if have >= limit || budget.try_acquire(t.tenant, next_priority).is_err() {

@@ -130,6 +130,33 @@ impl EmbedRequest {
         }
     }
 
+    /// The same request for another registered user of the same namespace: `None` unless the
+    /// request embeds as a registered user (GetDashboardEmbedUrl with a `UserArn`, or
+    /// GenerateEmbedUrlForRegisteredUser) and `user_arn` names a user of this request's account
+    /// and namespace. Everything else (what it opens, features, lifetime, domains, region) is
+    /// kept. The result still has to be admitted for the tenant (validation, policy).
+    pub fn for_user(&self, user_arn: &str) -> Option<EmbedRequest> {
+        let theirs = arn::UserArn::parse(user_arn)?;
+        let mine = arn::UserArn::parse(self.user_arn()?)?;
+        if (
+            theirs.partition,
+            theirs.region,
+            theirs.account,
+            theirs.namespace,
+        ) != (mine.partition, mine.region, mine.account, mine.namespace)
+            || Some(mine.namespace) != self.namespace()
+        {
+            return None;
+        }
+        let mut r = self.clone();
+        match &mut r {
+            EmbedRequest::Dashboard(d) => d.user_arn = Some(user_arn.to_string()),
+            EmbedRequest::Registered(g) => g.user_arn = user_arn.to_string(),
+            EmbedRequest::Anonymous(_) => return None,
+        }
+        Some(r)
+    }
+
     /// The namespace the URL embeds in: the `Namespace` member (`default` when omitted), or the
     /// user ARN's for GenerateEmbedUrlForRegisteredUser.
     pub fn namespace(&self) -> Option<&str> {

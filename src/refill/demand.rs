@@ -72,7 +72,8 @@ impl Demand {
         }
     }
 
-    fn find(&self, key: &PoolKey) -> Option<Arc<Tracked>> {
+    /// The tracked entry for `key`, if any.
+    pub fn find(&self, key: &PoolKey) -> Option<Arc<Tracked>> {
         if let Some(t) = self.warm.read().get(key) {
             return Some(t.clone());
         }
@@ -147,6 +148,33 @@ impl Demand {
         true
     }
 
+    /// Records a session prediction for `key` (see `sessions`): until `until_ms`, the key may be
+    /// stocked one deep with idle budget. False when the key is new and its tenant already tracks
+    /// `max_tracked_keys` keys (the prediction is dropped).
+    #[allow(clippy::too_many_arguments)]
+    pub fn predict(
+        &self,
+        key: &PoolKey,
+        tenant: TenantId,
+        req: &EmbedRequest,
+        probability: f64,
+        reason: Reason,
+        until_ms: u64,
+        now_ms: u64,
+    ) -> bool {
+        let Some(t) = self.tracked(key, tenant, req, now_ms) else {
+            return false;
+        };
+        let mut s = t.state.lock();
+        s.predicted = match s.predicted {
+            Some((until, p, why)) if until > now_ms && p >= probability => {
+                Some((until.max(until_ms), p, why))
+            }
+            _ => Some((until_ms, probability, reason)),
+        };
+        true
+    }
+
     /// Keeps `key` at least `depth` deep for as long as the process runs (never forgotten or
     /// evicted, and not counted against the tenant's `max_tracked_keys`).
     pub fn pin(
@@ -175,17 +203,23 @@ impl Demand {
 
     /// How many URLs `t` should hold now, and why, for requests arriving at `lambda` per second
     /// (this replica's estimate, or the fleet's); `lead_secs` is the measured refill lead time.
+    /// Whether the key is likely to be asked for again within a URL's usable life is judged on
+    /// `shown`, its demonstrated rate: a key asked for once has shown no stream yet, and a URL
+    /// stocked for it would more likely expire unused (a one-off view of a per-user key is the
+    /// common case in a portal; the session predictions cover what usually follows).
+    #[allow(clippy::too_many_arguments)]
     pub fn target(
         &self,
         t: &Tracked,
         lambda: f64,
+        shown: f64,
         now_ms: u64,
         lead_secs: f64,
         min_remaining_secs: u64,
         max_per_key: usize,
     ) -> (usize, Reason) {
         let life = (URL_VALIDITY_SECS.saturating_sub(min_remaining_secs)) as f64 - lead_secs;
-        let likely = 1.0 - (-lambda * life.max(0.0)).exp() >= self.settings.min_probability;
+        let likely = 1.0 - (-shown * life.max(0.0)).exp() >= self.settings.min_probability;
         let mut depth = 0usize;
         let mut reason = Reason::Prefetch;
         if likely {
@@ -203,6 +237,13 @@ impl Demand {
             reason = Reason::Warm;
         }
         (depth.min(max_per_key), reason)
+    }
+
+    /// The probability that a key with `lambda` requests per second is asked for within a URL's
+    /// usable life (Poisson arrivals).
+    pub fn probability(&self, lambda: f64, lead_secs: f64, min_remaining_secs: u64) -> f64 {
+        let life = (URL_VALIDITY_SECS.saturating_sub(min_remaining_secs)) as f64 - lead_secs;
+        1.0 - (-lambda * life.max(0.0)).exp()
     }
 
     /// How many URLs `t` may hold when the upstream budget has room to spare: `surplus_secs` of
@@ -239,6 +280,13 @@ impl Demand {
                 self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
             }
         }
+        all
+    }
+
+    /// Every tracked key, warm keys first (no side effects; for views such as `/state`).
+    pub fn all(&self) -> Vec<Arc<Tracked>> {
+        let mut all: Vec<Arc<Tracked>> = self.warm.read().values().cloned().collect();
+        all.extend(self.keys.iter().map(|(_, v)| v));
         all
     }
 
@@ -301,12 +349,29 @@ mod tests {
     fn depth_follows_littles_law_within_the_usable_life() {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
         let (t, now) = steady(&d, 400, 10); // 100 requests per second
-        let (depth, reason) = d.target(&t, d.rate(&t, now), now, 0.1, 60, 1000);
+        let (depth, reason) = d.target(
+            &t,
+            d.rate(&t, now),
+            d.demonstrated_rate(&t, now),
+            now,
+            0.1,
+            60,
+            1000,
+        );
         // λ ≈ 100/s × (0.1 s lead + 1 s safety) ≈ 110
         assert!((90..=135).contains(&depth), "{depth}");
         assert_eq!(reason, Reason::Prefetch);
         assert_eq!(
-            d.target(&t, d.rate(&t, now), now, 0.1, 60, 16).0,
+            d.target(
+                &t,
+                d.rate(&t, now),
+                d.demonstrated_rate(&t, now),
+                now,
+                0.1,
+                60,
+                16
+            )
+            .0,
             16,
             "capped per key"
         );
@@ -328,6 +393,32 @@ mod tests {
         let (t, now) = steady(&d, 200, 20); // 50 requests per second
         let shown = d.demonstrated_rate(&t, now);
         assert!((40.0..60.0).contains(&shown), "{shown}");
+    }
+
+    #[test]
+    fn a_key_asked_for_once_is_not_stocked_until_it_is_asked_again() {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
+        let now = 1_000_000;
+        let t = d.record(&key(), 0, &req(), now).unwrap();
+        let later = now + 2_000;
+        let target = |at| {
+            d.target(
+                &t,
+                d.rate(&t, at),
+                d.demonstrated_rate(&t, at),
+                at,
+                0.1,
+                60,
+                100,
+            )
+        };
+        assert_eq!(target(later).0, 0, "one view is no stream");
+        d.record(&key(), 0, &req(), later);
+        assert_eq!(
+            target(later + 500),
+            (1, Reason::Prefetch),
+            "a second view is"
+        );
     }
 
     #[test]
@@ -353,10 +444,30 @@ mod tests {
         let t = d.record(&key(), 0, &req(), now).unwrap();
         // One request, then an hour of silence: λ ≈ 0.
         let later = now + 3_600_000;
-        assert_eq!(d.target(&t, d.rate(&t, later), later, 0.1, 60, 10).0, 0);
+        assert_eq!(
+            d.target(
+                &t,
+                d.rate(&t, later),
+                d.demonstrated_rate(&t, later),
+                later,
+                0.1,
+                60,
+                10
+            )
+            .0,
+            0
+        );
         assert!(d.hint(&key(), 0, &req(), later));
         assert_eq!(
-            d.target(&t, d.rate(&t, later), later, 0.1, 60, 10),
+            d.target(
+                &t,
+                d.rate(&t, later),
+                d.demonstrated_rate(&t, later),
+                later,
+                0.1,
+                60,
+                10
+            ),
             (1, Reason::Hint)
         );
         // The tenant may hold one hint at a time; a second key is refused until the first expires.

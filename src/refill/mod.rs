@@ -4,6 +4,7 @@
 //! - [`demand`]: per-key rate estimates, hints and warm keys, bounded per tenant.
 //! - [`tracked`]: one tracked key, its backoff and the callers waiting on its prefetch.
 //! - [`planner`]: how many prefetches a key needs now (single node, or a replica's fleet share).
+//! - [`sessions`]: what registered users open next and which users are about to come back.
 //!
 //! Per pool key we keep a decaying estimate of the request rate λ. By Little's law the pool must
 //! hold about λ × (refill lead time + safety) URLs to absorb arrivals while a refill is in flight;
@@ -17,20 +18,27 @@
 
 mod demand;
 mod planner;
+mod sessions;
 mod tracked;
 
 use crate::metrics::Fetch;
 
 pub use demand::Demand;
 pub use planner::{KeyView, Planner, Report, Want};
-pub use tracked::{reclaim, Tracked};
+pub use sessions::{Predicted, Seen, Sessions};
+pub use tracked::{reclaim, Planned, Tracked};
 
 /// Why a key is pre-fetched (the `reason` label of fetched URLs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
+    /// Its own request rate.
     Prefetch,
     Hint,
     Warm,
+    /// A session prediction: it usually follows what its user just opened.
+    Follower,
+    /// A session prediction: its user is likely to come back and start here.
+    Returning,
 }
 
 impl Reason {
@@ -40,6 +48,12 @@ impl Reason {
             Reason::Prefetch => Fetch::Prefetch,
             Reason::Hint => Fetch::Hint,
             Reason::Warm => Fetch::Warm,
+            Reason::Follower => Fetch::Follower,
+            Reason::Returning => Fetch::Returning,
         }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.fetch().as_str()
     }
 }

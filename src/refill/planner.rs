@@ -30,7 +30,7 @@ pub struct KeyView {
 }
 
 /// What the planner starts for one key this tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Want {
     /// Prefetches up to the needed depth (Little's law, hints, warm).
     pub needed: usize,
@@ -39,6 +39,12 @@ pub struct Want {
     pub reason: Reason,
     /// In a fleet: the stock the shared pool plus all prefetches in flight may reach.
     pub fleet_limit: Option<usize>,
+    /// Probability that the key is asked for within a URL's usable life: from its rate, and
+    /// from a session prediction when it has one (the surplus is spent in this order).
+    pub probability: f64,
+    /// The depth it needs and the stock it may reach, before what it holds is subtracted.
+    pub target: usize,
+    pub stock: usize,
 }
 
 /// What one planner pass knows besides the key: the demand estimates, the time, the measured
@@ -53,11 +59,13 @@ pub struct Planner<'a> {
 }
 
 impl Planner<'_> {
-    /// How many URLs `t` should hold now, and why, for `lambda` requests per second.
-    pub fn target(&self, t: &Tracked, lambda: f64) -> (usize, Reason) {
+    /// How many URLs `t` should hold now, and why, for `lambda` requests per second of which
+    /// `shown` demonstrated (see `Demand::target`).
+    pub fn target(&self, t: &Tracked, lambda: f64, shown: f64) -> (usize, Reason) {
         self.demand.target(
             t,
             lambda,
+            shown,
             self.now_ms,
             self.lead_secs,
             self.min_remaining_secs,
@@ -74,6 +82,24 @@ impl Planner<'_> {
             self.min_remaining_secs,
             self.max_urls_per_key,
         )
+    }
+
+    /// The target and surplus depth for `t` at `lambda` (demonstrated: `shown`), with its session
+    /// prediction: a predicted key may be stocked one deep with idle budget.
+    fn depths(&self, t: &Tracked, lambda: f64, shown: f64) -> (usize, usize, Reason, f64) {
+        let (target, mut reason) = self.target(t, lambda, shown);
+        let mut stock = self.surplus(shown, target);
+        let mut probability =
+            self.demand
+                .probability(lambda, self.lead_secs, self.min_remaining_secs);
+        if let Some((p, why)) = t.predicted(self.now_ms) {
+            stock = stock.max(1).min(self.max_urls_per_key);
+            if target == 0 {
+                reason = why;
+            }
+            probability = 1.0 - (1.0 - probability) * (1.0 - p);
+        }
+        (target, stock, reason, probability)
     }
 
     /// What this replica should start for `t` now. Single node (`fleet` is `None`): the target
@@ -98,26 +124,27 @@ impl Planner<'_> {
         let in_flight = t.in_flight.load(Ordering::SeqCst);
         match fleet {
             None => {
-                let (target, reason) = self.target(t, own);
-                let stock = self.surplus(shown, target);
+                let (target, stock, reason, probability) = self.depths(t, own, shown);
                 let have = local_pooled + in_flight;
                 Want {
                     needed: target.saturating_sub(have),
                     extra: stock.saturating_sub(have.max(target)),
                     reason,
                     fleet_limit: None,
+                    probability,
+                    target,
+                    stock,
                 }
             }
             Some((published, view)) => {
                 let fleet_rate = view.fleet_rate.max(published);
-                let (target, reason) = self.target(t, fleet_rate);
                 // The fleet's demonstrated rate, assuming other replicas show the same fraction.
                 let fleet_shown = if published > 0.0 {
                     fleet_rate * (shown / published).min(1.0)
                 } else {
                     0.0
                 };
-                let stock = self.surplus(fleet_shown, target);
+                let (target, stock, reason, probability) = self.depths(t, fleet_rate, fleet_shown);
                 let share = if fleet_rate > 0.0 {
                     published / fleet_rate
                 } else {
@@ -135,6 +162,9 @@ impl Planner<'_> {
                     extra: part(stock.saturating_sub(have.max(target))),
                     reason,
                     fleet_limit: Some(stock),
+                    probability,
+                    target,
+                    stock,
                 }
             }
         }

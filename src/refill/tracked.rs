@@ -25,6 +25,24 @@ pub(super) struct DemandState {
     /// the key is forgotten).
     pub(super) hint_counted: bool,
     pub(super) warm_depth: usize,
+    /// A session prediction (see `sessions`): (until, probability, why). Cleared by the next
+    /// request for the key, which is what it predicted.
+    pub(super) predicted: Option<(u64, f64, super::Reason)>,
+    /// The planner's last decision, for `/state`.
+    pub(super) planned: Option<Planned>,
+}
+
+/// The planner's last decision for a key, as `/state` shows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Planned {
+    /// Probability that the key is asked for within a URL's usable life.
+    pub probability: f64,
+    /// The depth it needs now (Little's law, hints, warm keys).
+    pub target: usize,
+    /// The stock it may reach with idle budget.
+    pub stock: usize,
+    pub reason: super::Reason,
+    pub at_ms: u64,
 }
 
 /// One tracked key: what to fetch for it, how much it is asked for, and who waits on it.
@@ -53,6 +71,8 @@ impl Tracked {
                 hinted_until_ms: 0,
                 hint_counted: false,
                 warm_depth: 0,
+                predicted: None,
+                planned: None,
             }),
             in_flight: AtomicUsize::new(0),
             waiters: Mutex::new(VecDeque::new()),
@@ -66,6 +86,25 @@ impl Tracked {
         s.decayed = s.decayed * (-dt / tau_secs).exp() + 1.0;
         s.last_ms = now_ms;
         s.first_arrival_ms.get_or_insert(now_ms);
+        s.predicted = None;
+    }
+
+    /// Records the planner's decision for `/state`.
+    pub fn note(&self, planned: Planned) {
+        self.state.lock().planned = Some(planned);
+    }
+
+    /// The planner's last decision, if it has looked at the key.
+    pub fn planned(&self) -> Option<Planned> {
+        self.state.lock().planned
+    }
+
+    /// The active session prediction: (probability, why).
+    pub fn predicted(&self, now_ms: u64) -> Option<(f64, super::Reason)> {
+        match self.state.lock().predicted {
+            Some((until, p, why)) if until > now_ms => Some((p, why)),
+            _ => None,
+        }
     }
 
     /// Estimated arrivals per second. Bias-corrected for keys younger than τ, and never computed
@@ -157,10 +196,13 @@ impl Tracked {
         Some(fetched)
     }
 
-    /// Whether a hint or a warm pin keeps this key alive regardless of its request rate.
+    /// Whether a hint, a warm pin or a session prediction keeps this key alive regardless of
+    /// its request rate.
     pub fn pinned(&self, now_ms: u64) -> bool {
         let s = self.state.lock();
-        s.hinted_until_ms > now_ms || s.warm_depth > 0
+        s.hinted_until_ms > now_ms
+            || s.warm_depth > 0
+            || s.predicted.is_some_and(|(until, _, _)| until > now_ms)
     }
 }
 

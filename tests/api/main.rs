@@ -18,4 +18,5 @@ mod policy;
 mod policy_oracle;
 mod redis_server;
 mod rollback;
+mod sessions;
 mod simulator;

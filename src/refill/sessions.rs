@@ -1,0 +1,556 @@
+//! Portal sessions: what a registered user opens next, and which users are about to come back.
+//!
+//! A portal's requests are not independent per key. A user who logs in opens a few dashboards
+//! within minutes, mostly along the same paths as the tenant's other users, and the same users
+//! come back, mostly to the dashboard they started on last time. Per tenant this learns, from the
+//! requests it sees (never from anything else):
+//!
+//! - **followers**: for each thing a URL opens (an *object*: the operation and the experience,
+//!   e.g. one dashboard), how often each other object was opened by the same user within a URL's
+//!   usable life after it. When a user opens (or is hinted for) object A, every object B with
+//!   P(B follows A) ≥ `predict_min_probability` is predicted for that user: B's last request
+//!   from any user of the tenant, re-addressed to this user (`EmbedRequest::for_user`) and
+//!   admitted through the tenant's policy like any request.
+//! - **returning users**: the tenant's rate of session starts by users it already knows, spread
+//!   over its known users who are not in a session now, times how often a returning user starts
+//!   where they started last time. When that probability, over a URL's usable life, reaches
+//!   `predict_min_probability`, each such user's last starting request is predicted.
+//!
+//! A session starts with a user's first request after a URL's usable life of silence. Only
+//! requests that embed as a registered user (a user ARN) take part: anonymous URLs are shared by
+//! every viewer of a key, whose own rate already describes them.
+//!
+//! # Bounds
+//! Per tenant at most `max_session_users` users (the least recently seen are forgotten first),
+//! at most [`MAX_OBJECTS`] objects with at most [`MAX_FOLLOWERS`] followers each, and at most
+//! [`MAX_RECENT`] recent views per user. Requests reach the learner through one bounded queue
+//! ([`MAX_EVENTS`]; when full, new events are dropped and counted), drained once per planner
+//! tick, so the request path pays one short lock and no learning.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{Reason, Tracked};
+use crate::model::{Operation, URL_VALIDITY_SECS};
+use crate::tenant::TenantId;
+
+/// Most events waiting for the planner's next tick.
+pub const MAX_EVENTS: usize = 65_536;
+/// Most objects learned per tenant.
+pub const MAX_OBJECTS: usize = 2_000;
+/// Most followers remembered per object.
+pub const MAX_FOLLOWERS: usize = 16;
+/// Most recent views remembered per user.
+pub const MAX_RECENT: usize = 8;
+/// Fewest views of an object before its followers are trusted.
+const MIN_EVIDENCE: f64 = 5.0;
+/// Counts are halved beyond this, so old habits fade as new ones are seen.
+const MAX_COUNT: f64 = 10_000.0;
+/// How often returning users are re-evaluated, milliseconds.
+const RETURN_EVERY_MS: u64 = 1_000;
+
+/// What happened to a key a user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A request: learned from, and its followers predicted.
+    View,
+    /// A hint: its followers are predicted, nothing is learned.
+    Hint,
+}
+
+/// One prediction for the planner: `template`'s request, re-addressed to `user` when it is
+/// another user's, is likely (`probability`) to be asked for within a URL's usable life.
+pub struct Predicted {
+    pub tenant: TenantId,
+    pub template: Arc<Tracked>,
+    /// `None` when `template` is already this user's own request.
+    pub user: Option<Arc<str>>,
+    pub probability: f64,
+    pub reason: Reason,
+    /// The prediction holds until then (the planner stops stocking the key after it).
+    pub until_ms: u64,
+}
+
+struct Recent {
+    object: Arc<str>,
+    at_ms: u64,
+    /// Followers already counted for this view (each counts once per view).
+    credited: Vec<Arc<str>>,
+}
+
+struct User {
+    last_ms: u64,
+    recent: VecDeque<Recent>,
+    /// The first request of the user's last session.
+    landing: Option<Arc<Tracked>>,
+}
+
+struct Object {
+    views: f64,
+    next: Vec<(Arc<str>, f64)>,
+    /// The latest request that opened it (any user of the tenant).
+    template: Arc<Tracked>,
+    last_ms: u64,
+}
+
+/// A decaying count of events, read as a rate (the same estimator as a key's demand).
+#[derive(Default)]
+struct Rate {
+    decayed: f64,
+    last_ms: u64,
+    first_ms: Option<u64>,
+}
+
+impl Rate {
+    fn add(&mut self, now_ms: u64, tau_secs: f64) {
+        let dt = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+        self.decayed = self.decayed * (-dt / tau_secs).exp() + 1.0;
+        self.last_ms = now_ms;
+        self.first_ms.get_or_insert(now_ms);
+    }
+
+    fn per_sec(&self, now_ms: u64, tau_secs: f64) -> f64 {
+        let Some(first) = self.first_ms else {
+            return 0.0;
+        };
+        let dt = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+        let age = (now_ms.saturating_sub(first) as f64 / 1000.0).max(1.0);
+        self.decayed * (-dt / tau_secs).exp() / (tau_secs * (1.0 - (-age / tau_secs).exp()))
+    }
+}
+
+#[derive(Default)]
+struct Book {
+    users: HashMap<Arc<str>, User>,
+    objects: HashMap<Arc<str>, Object>,
+    /// Session starts by users already known when they started.
+    known_starts: Rate,
+    /// (returning starts, of which on the user's previous landing object)
+    returns: (f64, f64),
+    next_return_eval_ms: u64,
+}
+
+/// The per-tenant session learner (see the module docs).
+pub struct Sessions {
+    books: Vec<Mutex<Book>>,
+    events: Mutex<VecDeque<(Arc<Tracked>, u64, Seen)>>,
+    dropped: std::sync::atomic::AtomicU64,
+    /// A URL's usable life: the follower window, the session gap and the prediction horizon.
+    life_ms: u64,
+    min_probability: f64,
+    max_users: usize,
+    tau_secs: f64,
+}
+
+/// The object a request opens: its operation and experience.
+fn object_of(t: &Tracked) -> Arc<str> {
+    let op = match t.request.operation() {
+        Operation::GetDashboardEmbedUrl => "dashboard",
+        Operation::GenerateEmbedUrlForAnonymousUser => "anonymous",
+        Operation::GenerateEmbedUrlForRegisteredUser => "registered",
+    };
+    format!("{op} {:?}", t.request.experience()).into()
+}
+
+fn halve_if_large(count: &mut f64, others: &mut [(Arc<str>, f64)]) {
+    if *count > MAX_COUNT {
+        *count /= 2.0;
+        for (_, n) in others {
+            *n /= 2.0;
+        }
+    }
+}
+
+impl Sessions {
+    /// `tenants` learners; `min_remaining_secs` sets a URL's usable life.
+    pub fn new(
+        tenants: usize,
+        min_remaining_secs: u64,
+        min_probability: f64,
+        max_users: usize,
+        demand_half_life_secs: f64,
+    ) -> Self {
+        Sessions {
+            books: (0..tenants).map(|_| Mutex::new(Book::default())).collect(),
+            events: Mutex::new(VecDeque::new()),
+            dropped: Default::default(),
+            life_ms: URL_VALIDITY_SECS.saturating_sub(min_remaining_secs) * 1000,
+            min_probability,
+            max_users,
+            tau_secs: demand_half_life_secs / std::f64::consts::LN_2,
+        }
+    }
+
+    /// Queues a request (or hint) for `t` for the next tick; requests without a user are
+    /// ignored. Cheap: the request path calls it.
+    pub fn observe(&self, t: &Arc<Tracked>, now_ms: u64, seen: Seen) {
+        if t.request.user_arn().is_none() {
+            return;
+        }
+        let mut q = self.events.lock();
+        if q.len() >= MAX_EVENTS {
+            self.dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        q.push_back((t.clone(), now_ms, seen));
+    }
+
+    /// Events dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Users known for `tenant` now.
+    pub fn users(&self, tenant: TenantId) -> usize {
+        self.books[tenant].lock().users.len()
+    }
+
+    /// Learns from the queued events and returns what they and the returning users predict.
+    pub fn drain(&self, now_ms: u64) -> Vec<Predicted> {
+        let events: Vec<_> = std::mem::take(&mut *self.events.lock()).into();
+        let mut out = vec![];
+        for (t, at_ms, seen) in events {
+            let mut book = self.books[t.tenant].lock();
+            if seen == Seen::View {
+                self.learn(&mut book, &t, at_ms);
+            }
+            self.followers(&book, &t, at_ms, &mut out);
+        }
+        for (tenant, book) in self.books.iter().enumerate() {
+            let mut book = book.lock();
+            if book.next_return_eval_ms <= now_ms {
+                book.next_return_eval_ms = now_ms + RETURN_EVERY_MS;
+                self.returning(&book, tenant, now_ms, &mut out);
+            }
+        }
+        out
+    }
+
+    fn learn(&self, book: &mut Book, t: &Arc<Tracked>, at_ms: u64) {
+        let Some(user) = t.request.user_arn() else {
+            return;
+        };
+        let object = object_of(t);
+        let life = self.life_ms;
+        // The object's own count and template.
+        let o = book
+            .objects
+            .entry(object.clone())
+            .or_insert_with(|| Object {
+                views: 0.0,
+                next: vec![],
+                template: t.clone(),
+                last_ms: at_ms,
+            });
+        o.views += 1.0;
+        o.template = t.clone();
+        o.last_ms = at_ms;
+        halve_if_large(&mut o.views, &mut o.next);
+        // The user: a session start after a usable life of silence.
+        let known = book.users.contains_key(user);
+        let u = book.users.entry(user.into()).or_insert_with(|| User {
+            last_ms: at_ms,
+            recent: VecDeque::new(),
+            landing: None,
+        });
+        let starts = !known || at_ms.saturating_sub(u.last_ms) > life || u.recent.is_empty();
+        let mut credit: Vec<Arc<str>> = vec![];
+        if starts {
+            let previous = u.landing.replace(t.clone());
+            u.recent.clear();
+            if let Some(previous) = previous {
+                book.returns.0 += 1.0;
+                if object_of(&previous) == object {
+                    book.returns.1 += 1.0;
+                }
+                if book.returns.0 > MAX_COUNT {
+                    book.returns = (book.returns.0 / 2.0, book.returns.1 / 2.0);
+                }
+            }
+        } else {
+            // Credit this object as a follower of each recent view within the window, once.
+            for r in u.recent.iter_mut() {
+                if at_ms.saturating_sub(r.at_ms) <= life
+                    && r.object != object
+                    && !r.credited.contains(&object)
+                    && r.credited.len() < MAX_FOLLOWERS
+                {
+                    r.credited.push(object.clone());
+                    credit.push(r.object.clone());
+                }
+            }
+        }
+        u.last_ms = at_ms;
+        u.recent.push_back(Recent {
+            object: object.clone(),
+            at_ms,
+            credited: vec![],
+        });
+        while u.recent.len() > MAX_RECENT {
+            u.recent.pop_front();
+        }
+        if starts && known {
+            book.known_starts.add(at_ms, self.tau_secs);
+        }
+        for from in credit {
+            if let Some(o) = book.objects.get_mut(&from) {
+                match o.next.iter().position(|(b, _)| *b == object) {
+                    Some(i) => o.next[i].1 += 1.0,
+                    None if o.next.len() < MAX_FOLLOWERS => o.next.push((object.clone(), 1.0)),
+                    None => {
+                        // Replace the weakest follower if it is weaker than a first sighting.
+                        if let Some(w) = o.next.iter_mut().min_by(|a, b| a.1.total_cmp(&b.1)) {
+                            if w.1 <= 1.0 {
+                                *w = (object.clone(), 1.0);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.bound(book);
+    }
+
+    /// Keeps the book within its bounds: the least recently seen users and objects go first
+    /// (a tenth at a time, so the cost is amortised).
+    fn bound(&self, book: &mut Book) {
+        fn trim<V>(map: &mut HashMap<Arc<str>, V>, max: usize, last: impl Fn(&V) -> u64) {
+            if map.len() <= max {
+                return;
+            }
+            let mut ages: Vec<u64> = map.values().map(&last).collect();
+            let cut = (map.len() - max + max / 10).min(ages.len() - 1);
+            let (_, nth, _) = ages.select_nth_unstable(cut);
+            let nth = *nth;
+            map.retain(|_, v| last(v) > nth);
+        }
+        trim(&mut book.users, self.max_users, |u| u.last_ms);
+        trim(&mut book.objects, MAX_OBJECTS, |o| o.last_ms);
+    }
+
+    /// Predicts the followers of `t`'s object for `t`'s user.
+    fn followers(&self, book: &Book, t: &Arc<Tracked>, at_ms: u64, out: &mut Vec<Predicted>) {
+        let Some(user) = t.request.user_arn() else {
+            return;
+        };
+        let Some(o) = book.objects.get(&object_of(t)) else {
+            return;
+        };
+        if o.views < MIN_EVIDENCE {
+            return;
+        }
+        for (next, n) in &o.next {
+            let p = (n / o.views).min(1.0);
+            if p < self.min_probability {
+                continue;
+            }
+            let Some(b) = book.objects.get(next) else {
+                continue;
+            };
+            let own = b.template.request.user_arn() == Some(user);
+            out.push(Predicted {
+                tenant: t.tenant,
+                template: b.template.clone(),
+                user: (!own).then(|| user.into()),
+                probability: p,
+                reason: Reason::Follower,
+                until_ms: at_ms + self.life_ms,
+            });
+        }
+    }
+
+    /// The probability that one known user not in a session starts one on the same object as
+    /// last time within a URL's usable life.
+    fn return_probability(&self, book: &Book, idle: usize, now_ms: u64) -> f64 {
+        if idle == 0 {
+            return 0.0;
+        }
+        let per_user = book.known_starts.per_sec(now_ms, self.tau_secs) / idle as f64;
+        let starts = 1.0 - (-per_user * self.life_ms as f64 / 1000.0).exp();
+        // Laplace's rule: no evidence reads as one half.
+        let same = (book.returns.1 + 1.0) / (book.returns.0 + 2.0);
+        starts * same
+    }
+
+    fn returning(&self, book: &Book, tenant: TenantId, now_ms: u64, out: &mut Vec<Predicted>) {
+        let idle: Vec<&User> = book
+            .users
+            .values()
+            .filter(|u| u.landing.is_some() && now_ms.saturating_sub(u.last_ms) > self.life_ms)
+            .collect();
+        let p = self.return_probability(book, idle.len(), now_ms);
+        if p < self.min_probability {
+            return;
+        }
+        for u in idle {
+            let Some(landing) = &u.landing else { continue };
+            out.push(Predicted {
+                tenant,
+                template: landing.clone(),
+                user: None,
+                probability: p,
+                reason: Reason::Returning,
+                // Until the next evaluation, with a tick to spare.
+                until_ms: now_ms + 2 * RETURN_EVERY_MS,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DashboardEmbedRequest, EmbedRequest, IdentityType};
+
+    const ACCOUNT: &str = "111122223333";
+
+    fn view(user: &str, dashboard: &str) -> Arc<Tracked> {
+        let mut r = DashboardEmbedRequest::new(ACCOUNT, dashboard, IdentityType::Quicksight);
+        r.user_arn = Some(format!(
+            "arn:aws:quicksight:us-east-1:{ACCOUNT}:user/default/{user}"
+        ));
+        r.namespace = Some("default".into());
+        let req = EmbedRequest::Dashboard(r);
+        let key = crate::pool::pool_key("t", "us-east-1", &req);
+        Arc::new(Tracked::new(key, 0, req, 0))
+    }
+
+    fn sessions(min_probability: f64, max_users: usize) -> Sessions {
+        Sessions::new(1, 60, min_probability, max_users, 30.0)
+    }
+
+    fn dashboards(p: &[Predicted]) -> Vec<(String, Option<String>, Reason)> {
+        p.iter()
+            .map(|p| {
+                let EmbedRequest::Dashboard(d) = &p.template.request else {
+                    unreachable!()
+                };
+                (
+                    d.dashboard_id.clone(),
+                    p.user.as_deref().map(String::from),
+                    p.reason,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_learned_follower_is_predicted_for_the_next_user_who_opens_the_first() {
+        let s = sessions(0.5, 100);
+        // Ten users open "home" then "sales" 20 s later; 3 of them also open "ops".
+        for i in 0..10u64 {
+            let at = 1_000_000 + i * 1_000;
+            s.observe(&view(&format!("u{i}"), "home"), at, Seen::View);
+            s.observe(&view(&format!("u{i}"), "sales"), at + 20_000, Seen::View);
+            if i < 3 {
+                s.observe(&view(&format!("u{i}"), "ops"), at + 40_000, Seen::View);
+            }
+        }
+        s.drain(1_100_000);
+        s.observe(&view("newcomer", "home"), 1_200_000, Seen::View);
+        let p = s.drain(1_200_000);
+        let d = dashboards(&p);
+        let arn = format!("arn:aws:quicksight:us-east-1:{ACCOUNT}:user/default/newcomer");
+        assert_eq!(
+            d,
+            vec![("sales".to_string(), Some(arn), Reason::Follower)],
+            "ops follows home 3 times in 10: below one half"
+        );
+        // 10 of the 11 views of home (the newcomer's included) were followed by sales.
+        assert!((p[0].probability - 10.0 / 11.0).abs() < 1e-9);
+        assert_eq!(p[0].until_ms, 1_200_000 + 240_000);
+    }
+
+    #[test]
+    fn a_follower_counts_only_within_a_urls_usable_life_and_once_per_view() {
+        let s = sessions(0.5, 100);
+        for i in 0..10u64 {
+            let at = 1_000_000 + i * 1_000_000;
+            s.observe(&view("u", "home"), at, Seen::View);
+            // Opened twice, but 5 minutes later: past the 240 s usable life, a new session.
+            s.observe(&view("u", "sales"), at + 300_000, Seen::View);
+            s.observe(&view("u", "sales"), at + 301_000, Seen::View);
+        }
+        s.drain(20_000_000);
+        s.observe(&view("v", "home"), 30_000_000, Seen::Hint);
+        assert!(s.drain(30_000_000).is_empty());
+    }
+
+    #[test]
+    fn hints_predict_followers_but_teach_nothing() {
+        let s = sessions(0.5, 100);
+        for i in 0..20u64 {
+            s.observe(&view(&format!("u{i}"), "home"), 1_000 + i, Seen::Hint);
+        }
+        s.drain(10_000);
+        assert_eq!(s.users(0), 0);
+    }
+
+    #[test]
+    fn returning_users_are_predicted_when_the_tenants_logins_surge() {
+        let s = sessions(0.5, 1_000);
+        // Day one: 100 users each open their landing dashboard once.
+        for i in 0..100u64 {
+            s.observe(
+                &view(&format!("u{i}"), "home"),
+                1_000_000 + i * 100,
+                Seen::View,
+            );
+        }
+        let quiet = 2_000_000;
+        assert!(
+            s.drain(quiet).is_empty(),
+            "nobody has come back yet: no evidence of returns"
+        );
+        // Day two, a trickle: one returning user every 20 s is far too few to stock everyone.
+        let mut now = quiet;
+        for i in 0..5u64 {
+            now += 20_000;
+            s.observe(&view(&format!("u{i}"), "home"), now, Seen::View);
+        }
+        assert!(s.drain(now).iter().all(|p| p.reason != Reason::Returning));
+        // The storm: 30 returning users in 10 s. The other idle users' landings are predicted.
+        for i in 5..35u64 {
+            now += 333;
+            s.observe(&view(&format!("u{i}"), "home"), now, Seen::View);
+        }
+        now += RETURN_EVERY_MS;
+        let p = s.drain(now);
+        let returning: Vec<_> = p.iter().filter(|p| p.reason == Reason::Returning).collect();
+        assert_eq!(returning.len(), 65, "the 65 users not seen today");
+        assert!(returning.iter().all(|p| p.user.is_none()));
+        assert!(
+            returning[0].probability >= 0.5,
+            "{}",
+            returning[0].probability
+        );
+    }
+
+    #[test]
+    fn the_book_stays_within_its_bound_of_users() {
+        let s = sessions(0.5, 50);
+        for i in 0..1_000u64 {
+            s.observe(&view(&format!("u{i}"), "home"), 1_000 + i, Seen::View);
+        }
+        s.drain(2_000);
+        assert!(s.users(0) <= 50, "{}", s.users(0));
+        assert!(s.users(0) >= 40);
+    }
+
+    #[test]
+    fn anonymous_requests_are_not_learned() {
+        let s = sessions(0.5, 50);
+        let req = EmbedRequest::Dashboard(DashboardEmbedRequest::new(
+            ACCOUNT,
+            "d",
+            IdentityType::Anonymous,
+        ));
+        let key = crate::pool::pool_key("t", "us-east-1", &req);
+        s.observe(&Arc::new(Tracked::new(key, 0, req, 0)), 1, Seen::View);
+        s.drain(2);
+        assert_eq!(s.users(0), 0);
+    }
+}

@@ -1,0 +1,121 @@
+//! Session predictions end to end: what a tenant's users usually open next is in the pool before
+//! they ask, for the right user, counted by reason and explained in `/state`; a tenant's habits
+//! never stock anything for another tenant.
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Eight users of `tenant` open sales-2024 then finance; one of them also opens ops-overview.
+async fn teach(app: &TestApp, tenant: &str) {
+    for i in 0..8 {
+        let user = format!("user-{i:04}");
+        for d in ["sales-2024", "finance"] {
+            let body = app.embed_json(tenant, "dashboard", &dash(d, &user)).await;
+            assert!(body["EmbedUrl"].is_string(), "{body}");
+        }
+        if i == 0 {
+            app.embed_json(tenant, "dashboard", &dash("ops-overview", &user))
+                .await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_users_usual_next_dashboard_is_pooled_for_them_before_they_open_it() {
+    let app = spawn_app(|_| {}).await;
+    teach(&app, "alpha").await;
+    let newcomer = "user-0100";
+    app.embed_json("alpha", "dashboard", &dash("sales-2024", newcomer))
+        .await;
+    let gw = app.app.gateway.clone();
+    let next = app.key_of(0, &dash("finance", newcomer));
+    assert!(
+        app.eventually(10, || gw.pool().len(&next) >= 1).await,
+        "finance follows sales-2024 for 8 users in 8: stocked for the newcomer"
+    );
+    // Explained: /state lists the key with its probability and reason.
+    let state: Value = app
+        .http
+        .get(format!("{}/state?keys=1000", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys = state["demand"]["keys"].as_array().unwrap();
+    let entry = keys
+        .iter()
+        .find(|k| k["key"] == next.as_str())
+        .unwrap_or_else(|| panic!("the predicted key is listed: {state}"));
+    assert_eq!(entry["reason"], "follower", "{entry}");
+    assert_eq!(entry["tenant"], "alpha");
+    assert!(entry["probability"].as_f64().unwrap() >= 0.8, "{entry}");
+    // Rarely followed: ops-overview (1 in 9) is not stocked.
+    let rare = app.key_of(0, &dash("ops-overview", newcomer));
+    assert_eq!(gw.pool().len(&rare), 0);
+
+    let body = app
+        .embed_json("alpha", "dashboard", &dash("finance", newcomer))
+        .await;
+    assert_eq!(body["Source"], "pool", "{body}");
+    // The URL opens finance for the newcomer, not for the user the habit was learned from.
+    let page = app
+        .http
+        .get(body["EmbedUrl"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(newcomer) && page.contains("finance"),
+        "{page}"
+    );
+    assert!(!page.contains("user-0000"));
+    let fetched = metric(
+        &app.metrics().await,
+        r#"embedgate_urls_fetched_total{reason="follower"}"#,
+    );
+    assert!(fetched >= 1.0, "{fetched}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_tenants_habits_stock_nothing_for_another() {
+    let app = spawn_app(|_| {}).await;
+    teach(&app, "alpha").await;
+    // beta's user opens the same dashboard: beta has learned nothing, so nothing follows.
+    app.embed_json("beta", "dashboard", &dash("sales-2024", "user-0200"))
+        .await;
+    let gw = app.app.gateway.clone();
+    let beta_next = app.key_of(1, &dash("finance", "user-0200"));
+    // A control in alpha, asked at the same time, shows the planner has run meanwhile.
+    app.embed_json("alpha", "dashboard", &dash("sales-2024", "user-0201"))
+        .await;
+    let alpha_next = app.key_of(0, &dash("finance", "user-0201"));
+    assert!(app.eventually(10, || gw.pool().len(&alpha_next) >= 1).await);
+    assert_eq!(gw.pool().len(&beta_next), 0);
+    assert_eq!(gw.tracked_by(1), 1, "beta tracks only its own request");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_off_predicts_nothing() {
+    let app = spawn_app(|s| s.refill.sessions = false).await;
+    teach(&app, "alpha").await;
+    app.embed_json("alpha", "dashboard", &dash("sales-2024", "user-0100"))
+        .await;
+    // Give the planner a second of ticks.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let next = app.key_of(0, &dash("finance", "user-0100"));
+    assert_eq!(app.app.gateway.pool().len(&next), 0);
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(&m, r#"embedgate_urls_fetched_total{reason="follower"}"#),
+        0.0
+    );
+    app.stop().await;
+}
