@@ -111,13 +111,18 @@ impl Rate {
         self.first_ms.get_or_insert(now_ms);
     }
 
+    /// Events per second, not counting the first one ever seen: one event is no rate (read with
+    /// it, a single return would read as one a second and stock every idle user's landing).
     fn per_sec(&self, now_ms: u64, tau_secs: f64) -> f64 {
         let Some(first) = self.first_ms else {
             return 0.0;
         };
         let dt = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
-        let age = (now_ms.saturating_sub(first) as f64 / 1000.0).max(1.0);
-        self.decayed * (-dt / tau_secs).exp() / (tau_secs * (1.0 - (-age / tau_secs).exp()))
+        let age_secs = now_ms.saturating_sub(first) as f64 / 1000.0;
+        let decayed = self.decayed * (-dt / tau_secs).exp();
+        let first_weight = (-age_secs / tau_secs).exp();
+        let age = age_secs.max(1.0);
+        (decayed - first_weight).max(0.0) / (tau_secs * (1.0 - (-age / tau_secs).exp()))
     }
 }
 
@@ -505,8 +510,14 @@ mod tests {
             s.drain(quiet).is_empty(),
             "nobody has come back yet: no evidence of returns"
         );
-        // Day two, a trickle: one returning user every 20 s is far too few to stock everyone.
+        // Day two: the first returning user is one event, no rate.
         let mut now = quiet;
+        s.observe(&view("u99", "home"), now, Seen::View);
+        assert!(s
+            .drain(now + 1)
+            .iter()
+            .all(|p| p.reason != Reason::Returning));
+        // A trickle: one returning user every 20 s is far too few to stock everyone.
         for i in 0..5u64 {
             now += 20_000;
             s.observe(&view(&format!("u{i}"), "home"), now, Seen::View);
@@ -520,7 +531,7 @@ mod tests {
         now += RETURN_EVERY_MS;
         let p = s.drain(now);
         let returning: Vec<_> = p.iter().filter(|p| p.reason == Reason::Returning).collect();
-        assert_eq!(returning.len(), 65, "the 65 users not seen today");
+        assert_eq!(returning.len(), 64, "the 64 users not seen today");
         assert!(returning.iter().all(|p| p.user.is_none()));
         assert!(
             returning[0].probability >= 0.5,
