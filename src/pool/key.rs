@@ -5,6 +5,7 @@
 //! processes and releases (it is a Redis key in cluster mode) and carries no readable parameter
 //! (session tag values are sensitive).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -41,8 +42,41 @@ fn sort_dedup<T: Ord>(v: &mut Option<Vec<T>>) {
     }
 }
 
-/// The request with every order-insensitive list sorted and de-duplicated.
-pub fn canonical(req: &EmbedRequest) -> EmbedRequest {
+/// Whether an optional list is already sorted and free of duplicates.
+fn canonical_list<T: Ord>(v: &Option<Vec<T>>) -> bool {
+    v.as_deref().is_none_or(strictly_increasing)
+}
+
+fn strictly_increasing<T: Ord>(v: &[T]) -> bool {
+    v.windows(2).all(|w| w[0] < w[1])
+}
+
+/// Whether every order-insensitive list of `req` is already sorted and de-duplicated (the common
+/// case: one entry or none), so that its canonical form is itself.
+fn is_canonical(req: &EmbedRequest) -> bool {
+    match req {
+        EmbedRequest::Dashboard(d) => canonical_list(&d.additional_dashboard_ids),
+        EmbedRequest::Anonymous(a) => {
+            canonical_list(&a.session_tags)
+                && strictly_increasing(&a.authorized_resource_arns)
+                && canonical_list(&a.allowed_domains)
+                && a.experience_configuration
+                    .dashboard
+                    .as_ref()
+                    .is_none_or(|d| {
+                        canonical_list(&d.enabled_features) && canonical_list(&d.disabled_features)
+                    })
+        }
+        EmbedRequest::Registered(g) => canonical_list(&g.allowed_domains),
+    }
+}
+
+/// The request with every order-insensitive list sorted and de-duplicated (borrowed when it
+/// already is).
+pub fn canonical(req: &EmbedRequest) -> Cow<'_, EmbedRequest> {
+    if is_canonical(req) {
+        return Cow::Borrowed(req);
+    }
     let mut r = req.clone();
     match &mut r {
         EmbedRequest::Dashboard(d) => sort_dedup(&mut d.additional_dashboard_ids),
@@ -58,18 +92,26 @@ pub fn canonical(req: &EmbedRequest) -> EmbedRequest {
         }
         EmbedRequest::Registered(g) => sort_dedup(&mut g.allowed_domains),
     }
-    r
+    Cow::Owned(r)
+}
+
+/// Feeds what is written straight into the hash (no intermediate buffer).
+struct Hashing<'a>(&'a mut Sha256);
+
+impl std::io::Write for Hashing<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The key for `tenant` asking `req` in `region`.
 pub fn pool_key(tenant: &str, region: &str, req: &EmbedRequest) -> PoolKey {
     let canon = canonical(req);
-    let body = match &canon {
-        EmbedRequest::Dashboard(d) => serde_json::to_vec(d),
-        EmbedRequest::Anonymous(a) => serde_json::to_vec(a),
-        EmbedRequest::Registered(g) => serde_json::to_vec(g),
-    }
-    .unwrap_or_default();
     let mut h = Sha256::new();
     // v1: bump if the serialisation ever changes, so old Redis keys are not reused.
     h.update(b"embedgate-pool-key-v1\0");
@@ -79,7 +121,15 @@ pub fn pool_key(tenant: &str, region: &str, req: &EmbedRequest) -> PoolKey {
     h.update(b"\0");
     h.update(canon.operation().as_str().as_bytes());
     h.update(b"\0");
-    h.update(&body);
+    // The request's JSON, streamed into the hash: the same bytes `serde_json::to_vec` makes.
+    let w = Hashing(&mut h);
+    let written = match &*canon {
+        EmbedRequest::Dashboard(d) => serde_json::to_writer(w, d),
+        EmbedRequest::Anonymous(a) => serde_json::to_writer(w, a),
+        EmbedRequest::Registered(g) => serde_json::to_writer(w, g),
+    };
+    // Serialising these plain structs cannot fail (string keys, no maps of other keys).
+    debug_assert!(written.is_ok());
     let digest = h.finalize();
     PoolKey(hex::encode(&digest[..16]).into())
 }
@@ -99,6 +149,29 @@ mod tests {
             "ExperienceConfiguration": {"Dashboard": {"InitialDashboardId": "d"}}
         });
         EmbedRequest::Anonymous(serde_json::from_value::<AnonymousEmbedRequest>(body).unwrap())
+    }
+
+    /// Pool keys are Redis keys in cluster mode: a release that computed another key for the same
+    /// request would strand every shared URL. The expected value is the documented layout (SHA-256
+    /// over the version tag, tenant, region, operation and the canonical JSON, NUL-separated, the
+    /// first 16 bytes in hex), computed outside Rust.
+    #[test]
+    fn the_key_of_a_request_is_the_same_in_every_release() {
+        let mut d = crate::model::DashboardEmbedRequest::new(
+            "111122223333",
+            "sales-2024",
+            crate::model::IdentityType::Quicksight,
+        );
+        d.session_lifetime_in_minutes = Some(600);
+        d.user_arn = Some("arn:aws:quicksight:us-east-1:111122223333:user/default/alice".into());
+        d.namespace = Some("default".into());
+        d.additional_dashboard_ids = Some(vec!["b".into(), "a".into(), "b".into()]);
+        d.region = Some("us-east-1".into());
+        let req = EmbedRequest::Dashboard(d);
+        assert_eq!(
+            pool_key("acme", "us-east-1", &req).as_str(),
+            "f6181c385d0a69db67c170fa965f1a5c"
+        );
     }
 
     proptest! {
