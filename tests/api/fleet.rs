@@ -282,6 +282,10 @@ async fn the_shared_pool_keeps_each_tenants_bound() {
     let fleet = Arc::new(
         spawn_fleet(2, |s| {
             s.redis.url = Some(redis.url());
+            // Not a degraded-mode test: on a busy machine a Redis call slower than the default
+            // 50 ms would send a replica to its local pool for a moment, and its fills would not
+            // be the fleet's (seen once as alpha at 11).
+            s.redis.timeout_ms = 2_000;
             s.tenants[1].max_pooled_urls = 5;
             s.tenants[1].warm = vec![warm(dash("sales-2024", "alice"), 20)];
             s.tenants[0].warm = vec![warm(dash("sales-2024", "alice"), 8)];
