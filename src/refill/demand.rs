@@ -118,7 +118,9 @@ impl Demand {
         now_ms: u64,
     ) -> Option<Arc<Tracked>> {
         let t = self.tracked(key, tenant, req, now_ms)?;
-        t.record(now_ms, self.tau_secs);
+        if t.record(now_ms, self.tau_secs) {
+            self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
+        }
         Some(t)
     }
 
@@ -533,6 +535,32 @@ mod tests {
         d.keys.invalidate(&key_n(3));
         d.keys.run_pending_tasks();
         assert_eq!(d.hints_held_by(0), 1);
+    }
+
+    #[test]
+    fn a_hint_ends_with_the_request_it_announced() {
+        let d = Demand::new(&RefillSettings::default(), vec![(1, 100)]);
+        assert!(d.hint(&key(), 0, &req(), 1_000));
+        let t = d.find(&key()).unwrap();
+        let target = |at| {
+            d.target(
+                &t,
+                d.rate(&t, at),
+                d.demonstrated_rate(&t, at),
+                at,
+                0.1,
+                60,
+                10,
+            )
+        };
+        assert_eq!(target(2_000), (1, Reason::Hint));
+        d.record(&key(), 0, &req(), 3_000);
+        assert_eq!(target(3_500).0, 0, "served: not restocked for the hint");
+        assert_eq!(d.hints_held_by(0), 0, "and its slot is free again");
+        let mut other = req();
+        other.set_aws_account_id("444455556666".into());
+        let k2 = crate::pool::pool_key("t", "us-east-1", &other);
+        assert!(d.hint(&k2, 0, &other, 4_000));
     }
 
     #[test]
