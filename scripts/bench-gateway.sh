@@ -2,9 +2,11 @@
 # Hit-path and rejection-path ceiling: the gateway against a bare actix-web endpoint with a body
 # of the same size, same load generator (wrk), same settings, in the same run.
 #
-# The pool is pre-filled through warm keys (KEYS keys x DEPTH URLs) from the simulator, which is
-# then stopped, so the measured window contains pool hits only and no upstream work competes for
-# the CPU. Writes bench-results/gateway.md and bench-results/gateway.json.
+# The pool is pre-filled through warm keys (KEYS keys x DEPTH URLs) from the simulator, which
+# then holds every call until the gateway gives up on it (hang_rate 1), so the measured window
+# contains pool hits only and no upstream work competes for the CPU: the refiller's restocking
+# waits idle in at most `refill.concurrency` calls, then backs off. (A stopped simulator would
+# refuse each connection at once, and the refiller would spin through failed calls.) Writes bench-results/gateway.md and bench-results/gateway.json.
 # Then the latency of pool hits at half the measured maximum rate: wrk again, each connection
 # pausing PACE_MS after every answer, with as many connections as make half the maximum.
 # Needs wrk (apt-get install wrk). Knobs: KEYS, DEPTH, RUNS, DURATION, CONNECTIONS, LOAD_SECS.
@@ -25,7 +27,7 @@ gw_port=$(free_port); admin_port=$(free_port); bare_port=$(free_port); bare429_p
 gateway_config() { lib config gateway "$bin" "$work/gateway.toml" "$1" "$gw_port" "$admin_port" "$KEYS" "$DEPTH"; }
 
 # filled_gateway: starts a simulator and a gateway, waits until the gateway's pool holds
-# KEYS x DEPTH URLs, then stops the simulator so only pool hits are measured.
+# KEYS x DEPTH URLs, then makes the simulator hold every call, so only pool hits are measured.
 filled_gateway() {
   start_sim sim
   gateway_config "$sim_url"
@@ -38,8 +40,9 @@ filled_gateway() {
     [ "$urls" -ge "$target" ] && break
     sleep 0.25
   done
-  echo "pool holds $urls URLs; stopping the simulator"
-  stop "$sim_pid"
+  echo "pool holds $urls URLs; the simulator now holds every call"
+  curl -sf -X POST "$sim_url/_sim/knobs" -H 'Content-Type: application/json' \
+    -d '{"hang_rate": 1.0, "hang_ms": 3600000}' >/dev/null
 }
 filled_gateway
 
@@ -87,7 +90,7 @@ read -r bare429_rps bare429_p50 bare429_p99 bare429_p999 _ <<<"$(median bare429)
 # Per-run ratios (each against the bare run of its own round), for the report.
 hit_ratios=$(for i in $(seq "$RUNS"); do lib wrk "$work/hit.$i" | cut -d' ' -f1; lib wrk "$work/bare.$i" | cut -d' ' -f1; done | paste -sd' ')
 rej_ratios=$(for i in $(seq "$RUNS"); do lib wrk "$work/reject.$i" | cut -d' ' -f1; lib wrk "$work/bare429.$i" | cut -d' ' -f1; done | paste -sd' ')
-stop "$gw_pid"; stop "$bare"; stop "$bare429"
+stop "$gw_pid"; stop "$sim_pid"; stop "$bare"; stop "$bare429"
 
 # Latency at load: a fresh, filled gateway; open-loop constant rate at half the measured maximum.
 filled_gateway
@@ -98,7 +101,7 @@ sed "s/^done = function/delay = function() return $PACE_MS end\ndone = function/
 echo "latency at load: aiming at $at_load_rate requests/s with $at_load_conns paced connections for ${LOAD_SECS}s"
 wrk -t1 -c"$at_load_conns" -d"${LOAD_SECS}s" --latency -s "$work/paced.lua" "http://127.0.0.1:$gw_port" >"$work/at_load.txt" 2>&1
 lib wrk-json "$work/at_load.txt" "$at_load_rate" "$at_load_conns" >"$work/at_load.json"
-stop "$gw_pid"
+stop "$gw_pid"; stop "$sim_pid"
 
 mkdir -p bench-results
 export hit_rps hit_p50 hit_p99 hit_p999 hit_bad bare_rps bare_p50 bare_p99 bare_p999 rej_rps rej_p50 rej_p99 rej_p999 \

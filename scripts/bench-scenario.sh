@@ -1,17 +1,37 @@
 #!/usr/bin/env bash
-# Pool efficiency on a realistic scenario, next to the same traffic sent straight to QuickSight.
+# Pool efficiency on realistic scenarios, next to the same traffic sent straight to QuickSight.
 #
-# TENANTS tenants share KEYS keys (GetDashboardEmbedUrl for one user each) with Zipf(ZIPF_S)
-# popularity. Poisson arrivals: BASE_RATE/s for BASE_SECS, a burst at BURST_RATE/s for
-# BURST_SECS, then BASE_RATE/s for TAIL_SECS. The simulator answers with log-normal latency
-# (median LATENCY_MS, p99 LATENCY_P99_MS) and throttles the account above BUDGET calls/s; the
-# gateway's upstream budget is BUDGET too. Run 1: through the gateway. Run 2: a fresh simulator
-# called directly with the AWS SDK and its default retries (what a portal without embedgate gets).
-# Writes bench-results/scenario.md and bench-results/scenario.json.
+# SHAPE picks the scenario (default zipf):
+#   zipf      TENANTS tenants share KEYS keys (GetDashboardEmbedUrl for one user each) with
+#             Zipf(ZIPF_S) popularity. Poisson arrivals: BASE_RATE/s for BASE_SECS, a burst at
+#             BURST_RATE/s for BURST_SECS, then BASE_RATE/s for TAIL_SECS.
+#   cold      zipf over many rarely repeated keys (KEYS=20000, ZIPF_S=0.5 unless set).
+#   tight     zipf with a budget below demand (BUDGET=40 unless set).
+#   storm     a login storm with sessions (examples/load.rs, `Sessions`): TENANTS tenants (10)
+#             with USERS users (40) and DASHBOARDS dashboards (20) each. "Yesterday" (YESTERDAY_SECS,
+#             60) every user logs in once; after a quiet night (NIGHT_SECS, 250: longer than a
+#             URL's usable life) RETURN (0.85) of them come back "today" (TODAY_SECS, 150), STORM_SHARE
+#             (0.7) of those in a storm of STORM_SECS (30) starting STORM_AT (30) s into the day, with
+#             NEW_USERS (0.1) new users. Sessions open VIEWS (3) dashboards on average, THINK (15) s
+#             apart, along the tenant's usual paths with probability FOLLOW (0.8); public dashboards
+#             are viewed anonymously at ANON_RATE/s (3); HINT_TENANTS (0.3) of the tenants hint each
+#             login's landing dashboard 2 s ahead.
+# The simulator answers with log-normal latency (median LATENCY_MS, p99 LATENCY_P99_MS) and
+# throttles the account above BUDGET calls/s; the gateway's upstream budget is BUDGET too. Run 1:
+# through the gateway. Run 2 (skipped with DIRECT=0): a fresh simulator called directly with the
+# AWS SDK and its default retries (what a portal without embedgate gets).
+# Writes bench-results/scenario-<shape>.md and .json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SHAPE=${SHAPE:-zipf}
+case "$SHAPE" in
+  cold) KEYS=${KEYS:-20000}; ZIPF_S=${ZIPF_S:-0.5} ;;
+  tight) BUDGET=${BUDGET:-40} ;;
+  zipf|storm) ;;
+  *) echo "SHAPE: one of zipf, cold, tight, storm" >&2; exit 2 ;;
+esac
 SEED=${SEED:-42}
-TENANTS=${TENANTS:-20}
+TENANTS=${TENANTS:-$([ "$SHAPE" = storm ] && echo 10 || echo 20)}
 KEYS=${KEYS:-400}
 ZIPF_S=${ZIPF_S:-1.0}
 BUDGET=${BUDGET:-100}
@@ -22,13 +42,33 @@ BURST_SECS=${BURST_SECS:-10}
 TAIL_SECS=${TAIL_SECS:-30}
 LATENCY_MS=${LATENCY_MS:-150}
 LATENCY_P99_MS=${LATENCY_P99_MS:-800}
+USERS=${USERS:-40}; DASHBOARDS=${DASHBOARDS:-20}
+YESTERDAY_SECS=${YESTERDAY_SECS:-60}; NIGHT_SECS=${NIGHT_SECS:-250}; TODAY_SECS=${TODAY_SECS:-150}
+STORM_AT=${STORM_AT:-30}; STORM_SECS=${STORM_SECS:-30}; STORM_SHARE=${STORM_SHARE:-0.7}
+RETURN=${RETURN:-0.85}; NEW_USERS=${NEW_USERS:-0.1}; VIEWS=${VIEWS:-3}; THINK=${THINK:-15}
+FOLLOW=${FOLLOW:-0.8}; ANON_RATE=${ANON_RATE:-3}; HINT_TENANTS=${HINT_TENANTS:-0.3}
+DIRECT=${DIRECT:-1}
 source scripts/bench-lib.sh
 gw_port=$(free_port); admin_port=$(free_port)
 
+if [ "$SHAPE" = storm ]; then
 cat >"$work/scenario.json" <<JSON
-{"seed": $SEED, "tenants": $TENANTS, "keys": $KEYS, "zipf_s": $ZIPF_S,
+{"shape": "sessions", "seed": $SEED, "tenants": $TENANTS, "users_per_tenant": $USERS,
+ "dashboards_per_tenant": $DASHBOARDS, "yesterday_secs": $YESTERDAY_SECS, "night_secs": $NIGHT_SECS,
+ "today_secs": $TODAY_SECS, "storm_at_secs": $STORM_AT, "storm_secs": $STORM_SECS,
+ "return_fraction": $RETURN, "storm_share": $STORM_SHARE, "new_user_fraction": $NEW_USERS,
+ "views_mean": $VIEWS, "think_secs": $THINK, "follow": $FOLLOW, "same_landing": 0.9,
+ "anonymous_rate": $ANON_RATE, "public_dashboards": 5, "zipf_s": $ZIPF_S,
+ "hint_tenants": $HINT_TENANTS, "hint_lead_secs": 2.0}
+JSON
+phase_names='["yesterday and night", "today before the storm", "storm", "after the storm"]'
+else
+cat >"$work/scenario.json" <<JSON
+{"shape": "zipf", "seed": $SEED, "tenants": $TENANTS, "keys": $KEYS, "zipf_s": $ZIPF_S,
  "phases": [[$BASE_RATE, $BASE_SECS], [$BURST_RATE, $BURST_SECS], [$BASE_RATE, $TAIL_SECS]], "burst_phase": 1}
 JSON
+phase_names='["base", "burst", "base"]'
+fi
 sim_flags=(--latency-ms "$LATENCY_MS" --latency-p99-ms "$LATENCY_P99_MS" --throttle-rps "$BUDGET")
 
 # Through the gateway.
@@ -36,21 +76,29 @@ start_sim sim-gw "${sim_flags[@]}"
 lib config scenario "$bin" "$work/gateway.toml" "$sim_url" "$gw_port" "$admin_port" "$TENANTS" "$BUDGET"
 start_gateway "$work/gateway.toml"
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$gw_port/readyz" >/dev/null && break; sleep 0.1; done
-echo "scenario through the gateway..."
+echo "scenario $SHAPE through the gateway..."
 $examples/load scenario gateway "http://127.0.0.1:$gw_port" "$work/scenario.json" >"$work/gateway.json"
 curl -s "http://127.0.0.1:$admin_port/metrics" >"$work/gateway.metrics"
 curl -s "$sim_url/_sim/ledger" >"$work/gateway.ledger"
 stop "$gw_pid"; stop "$sim_pid"
 
 # Straight to the simulator.
-start_sim sim-direct "${sim_flags[@]}"
-echo "scenario straight to the simulator..."
-$examples/load scenario direct "$sim_url" "$work/scenario.json" >"$work/direct.json"
-curl -s "$sim_url/_sim/ledger" >"$work/direct.ledger"
-stop "$sim_pid"
+if [ "$DIRECT" = 1 ]; then
+  start_sim sim-direct "${sim_flags[@]}"
+  echo "scenario $SHAPE straight to the simulator..."
+  $examples/load scenario direct "$sim_url" "$work/scenario.json" >"$work/direct.json"
+  curl -s "$sim_url/_sim/ledger" >"$work/direct.ledger"
+  stop "$sim_pid"
+else
+  echo '{"skipped": true}' >"$work/direct.json"; echo '{}' >"$work/direct.ledger"
+fi
 
 mkdir -p bench-results
-export SEED TENANTS KEYS ZIPF_S BUDGET BASE_RATE BURST_RATE BASE_SECS BURST_SECS TAIL_SECS LATENCY_MS LATENCY_P99_MS
+export SHAPE PHASE_NAMES="$phase_names" SEED TENANTS KEYS ZIPF_S BUDGET BASE_RATE BURST_RATE BASE_SECS BURST_SECS TAIL_SECS LATENCY_MS LATENCY_P99_MS \
+  USERS DASHBOARDS YESTERDAY_SECS NIGHT_SECS TODAY_SECS STORM_AT STORM_SECS STORM_SHARE RETURN NEW_USERS VIEWS THINK FOLLOW ANON_RATE HINT_TENANTS
+# The raw outputs are kept (bench-results/raw-<shape>/) whatever the report step does.
+mkdir -p "bench-results/raw-$SHAPE"
+cp "$work"/gateway.json "$work"/gateway.metrics "$work"/gateway.ledger "$work"/direct.json "$work"/direct.ledger "bench-results/raw-$SHAPE/"
 python3 - "$work" <<'PY'
 import json, os, re, sys
 w = sys.argv[1]
@@ -68,48 +116,64 @@ def metric_sum(text, name, **labels):
 g = json.load(open(f"{w}/gateway.json")); d = json.load(open(f"{w}/direct.json"))
 gl = json.load(open(f"{w}/gateway.ledger")); dl = json.load(open(f"{w}/direct.ledger"))
 m = open(f"{w}/gateway.metrics").read()
+shape = e["SHAPE"]
+names = json.loads(e["PHASE_NAMES"])
 hits = metric_sum(m, "embedgate_requests_total", outcome="hit")
 misses = metric_sum(m, "embedgate_requests_total", outcome="miss")
 fetched = metric_sum(m, "embedgate_urls_fetched_total")
+by_reason = {r: metric_sum(m, "embedgate_urls_fetched_total", reason=r)
+             for r in ["miss", "prefetch", "hint", "warm", "follower", "returning"]}
 expired = metric_sum(m, "embedgate_urls_wasted_total")
 left = metric_sum(m, "embedgate_pool_urls")
 throttled_names = ("ThrottlingException", "upstream_throttled")
 def throttling(errs): return sum(v for k, v in errs.items() if k in throttled_names)
-r = {
-  "scenario": {k.lower(): e[k] for k in ["SEED", "TENANTS", "KEYS", "ZIPF_S", "BUDGET", "BASE_RATE", "BURST_RATE", "BASE_SECS", "BURST_SECS", "TAIL_SECS", "LATENCY_MS", "LATENCY_P99_MS"]},
-  "gateway": {**g, "hit_ratio": hits / max(1, hits + misses), "urls_fetched": fetched, "urls_expired_unused": expired,
-              "urls_left_in_pool": left, "waste_ratio_expired": expired / max(1, fetched),
-              "waste_ratio_incl_leftover": (expired + left) / max(1, fetched),
-              "upstream_calls": gl["calls"], "upstream_throttled": gl["throttled"],
-              "upstream_calls_per_url": gl["calls"] / max(1, g["ok"]), "throttling_errors_to_callers": throttling(g["errors"]),
-              "burst_throttling_errors": throttling(g["burst_errors"])},
-  "direct": {**d, "upstream_calls": dl["calls"], "upstream_throttled": dl["throttled"],
-             "upstream_calls_per_url": dl["calls"] / max(1, d["ok"]), "throttling_errors_to_callers": throttling(d["errors"]),
-             "burst_throttling_errors": throttling(d["burst_errors"])},
-}
-json.dump(r, open("bench-results/scenario.json", "w"), indent=2)
-s, G, D = r["scenario"], r["gateway"], r["direct"]
+knobs = ["SEED", "TENANTS", "BUDGET", "LATENCY_MS", "LATENCY_P99_MS"] + (
+    ["USERS", "DASHBOARDS", "YESTERDAY_SECS", "NIGHT_SECS", "TODAY_SECS", "STORM_AT", "STORM_SECS",
+     "STORM_SHARE", "RETURN", "NEW_USERS", "VIEWS", "THINK", "FOLLOW", "ANON_RATE", "HINT_TENANTS"]
+    if shape == "storm" else
+    ["KEYS", "ZIPF_S", "BASE_RATE", "BURST_RATE", "BASE_SECS", "BURST_SECS", "TAIL_SECS"])
+G = {**g, "hit_ratio": hits / max(1, hits + misses), "urls_fetched": fetched, "fetched_by_reason": by_reason,
+     "urls_expired_unused": expired, "urls_left_in_pool": left, "waste_ratio_expired": expired / max(1, fetched),
+     "waste_ratio_incl_leftover": (expired + left) / max(1, fetched),
+     "upstream_calls": gl["calls"], "upstream_throttled": gl["throttled"],
+     "upstream_calls_per_url": gl["calls"] / max(1, g["ok"]), "throttling_errors_to_callers": throttling(g["errors"])}
+D = None
+if not d.get("skipped"):
+    D = {**d, "upstream_calls": dl["calls"], "upstream_throttled": dl["throttled"],
+         "upstream_calls_per_url": dl["calls"] / max(1, d["ok"]), "throttling_errors_to_callers": throttling(d["errors"])}
+r = {"shape": shape, "scenario": {k.lower(): e[k] for k in knobs}, "phase_names": names, "gateway": G, "direct": D}
+os.makedirs("bench-results", exist_ok=True)
+json.dump(r, open(f"bench-results/scenario-{shape}.json", "w"), indent=2)
 errs = lambda x: ", ".join(f"{k} {v}" for k, v in x.items()) or "none"
-md = f"""## Pool efficiency (scenario)
+pct = lambda p: f"{p['from_pool'] / max(1, p['requests']):.1%}"
+rows = "\n".join(
+    f"| {names[i] if i < len(names) else i} | {p['requests']} | {pct(p)} | {p['p50_ms']:.1f} / {p['p99_ms']:.1f} ms | {errs(p['errors'])} |"
+    + (f" {D['phases'][i]['p50_ms']:.1f} / {D['phases'][i]['p99_ms']:.1f} ms | {errs(D['phases'][i]['errors'])} |" if D and i < len(D['phases']) else " — | — |")
+    for i, p in enumerate(G["phases"]))
+md = f"""## Pool efficiency: `{shape}`
 
-{s['tenants']} tenants, {s['keys']} keys with Zipf({s['zipf_s']}) popularity, Poisson arrivals: {s['base_rate']}/s for {s['base_secs']} s,
-burst {s['burst_rate']}/s for {s['burst_secs']} s, {s['base_rate']}/s for {s['tail_secs']} s (seed {s['seed']}). Simulator latency log-normal,
-median {s['latency_ms']} ms, p99 {s['latency_p99_ms']} ms; it throttles the account above {s['budget']} calls/s, and the gateway's budget is {s['budget']}/s.
+Knobs: {", ".join(f"{k.lower()}={e[k]}" for k in knobs)}.
 
 | | through embedgate | straight to QuickSight (SDK, default retries) |
 | --- | --- | --- |
-| requests / served | {G['requests']} / {G['ok']} | {D['requests']} / {D['ok']} |
+| requests / served | {G['requests']} / {G['ok']} | {f"{D['requests']} / {D['ok']}" if D else "skipped"} |
 | served from the pool | **{G['hit_ratio']:.1%}** | — |
+| URLs fetched, by reason | {G['urls_fetched']:.0f}: {", ".join(f"{k} {v:.0f}" for k, v in by_reason.items() if v)} | — |
 | waste: expired unused / fetched | **{G['waste_ratio_expired']:.1%}** ({G['urls_expired_unused']:.0f} of {G['urls_fetched']:.0f}); {G['waste_ratio_incl_leftover']:.1%} counting the {G['urls_left_in_pool']:.0f} still pooled at the end | — |
-| upstream calls per URL handed out | **{G['upstream_calls_per_url']:.2f}** | {D['upstream_calls_per_url']:.2f} |
-| upstream ThrottlingExceptions | {G['upstream_throttled']} | {D['upstream_throttled']} |
-| latency p50 / p99 | {G['p50_ms']:.1f} ms / {G['p99_ms']:.1f} ms | {D['p50_ms']:.1f} ms / {D['p99_ms']:.1f} ms |
-| errors (all phases) | {errs(G['errors'])} | {errs(D['errors'])} |
-| throttling errors reaching callers in the burst | **{G['burst_throttling_errors']}** | {D['burst_throttling_errors']} |
+| upstream calls per URL handed out | **{G['upstream_calls_per_url']:.2f}** | {f"{D['upstream_calls_per_url']:.2f}" if D else "—"} |
+| upstream ThrottlingExceptions | {G['upstream_throttled']} | {D['upstream_throttled'] if D else "—"} |
+| latency p50 / p99 / p99.9 | {G['p50_ms']:.1f} / {G['p99_ms']:.1f} / {G['p999_ms']:.1f} ms | {f"{D['p50_ms']:.1f} / {D['p99_ms']:.1f} / {D['p999_ms']:.1f} ms" if D else "—"} |
+| errors (all phases) | {errs(G['errors'])} | {errs(D['errors']) if D else "—"} |
+| hints sent (not counted as views) | {G['hints_sent']} ({G['hints_failed']} not taken) | — |
 
-Served from the pool by phase: {" / ".join(f"{p['from_pool'] / max(1, p['requests']):.1%}" for p in G['phases'])} (base / burst / base).
-{G['distinct_keys']} distinct keys were asked for; each one's first request cannot be a pool hit.
+By phase (through embedgate: requests, from the pool, p50 / p99, errors; straight: p50 / p99, errors):
+
+| phase | requests | from the pool | p50 / p99 | errors | direct p50 / p99 | direct errors |
+| --- | --- | --- | --- | --- | --- | --- |
+{rows}
+
+{G['distinct_keys']} distinct keys were asked for.
 """
-open("bench-results/scenario.md", "w").write(md)
+open(f"bench-results/scenario-{shape}.md", "w").write(md)
 print(md)
 PY

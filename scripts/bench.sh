@@ -2,7 +2,8 @@
 # The whole benchmark report in one command: builds release binaries, then runs
 #   1. the hit-path and 429-path ceilings against a bare actix-web endpoint, and the latency of
 #      hits at half the maximum rate (scripts/bench-gateway.sh; needs wrk),
-#   2. the pool-efficiency scenario against calling QuickSight directly (scripts/bench-scenario.sh),
+#   2. the pool-efficiency scenarios against calling QuickSight directly (scripts/bench-scenario.sh,
+#      once per shape in SHAPES, default "zipf storm cold tight"),
 #   3. resident memory per pooled URL and per tracked key (examples/memory.rs),
 # and writes bench-results/report.md and bench-results/report.json. Each script's knobs (see its
 # header) pass through the environment. Micro-benchmarks: cargo bench --bench micro.
@@ -13,11 +14,15 @@ source scripts/bench-lib.sh
 export BENCH_BUILT=1
 mkdir -p bench-results
 bash scripts/bench-gateway.sh
-bash scripts/bench-scenario.sh
+SHAPES=${SHAPES:-zipf storm cold tight}
+for shape in $SHAPES; do SHAPE=$shape bash scripts/bench-scenario.sh; done
+export SHAPES
 "$examples/memory" >bench-results/memory.json
 python3 - <<'PY'
 import json, os, platform, subprocess, datetime
-r = {n: json.load(open(f"bench-results/{n}.json")) for n in ["gateway", "scenario", "memory"]}
+shapes = os.environ["SHAPES"].split()
+r = {n: json.load(open(f"bench-results/{n}.json")) for n in ["gateway", "memory"]}
+r["scenarios"] = {s: json.load(open(f"bench-results/scenario-{s}.json")) for s in shapes}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 mem_gib = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))) / 2**20
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -31,7 +36,7 @@ Machine: {cpu}, {os.cpu_count()} cores, {mem_gib:.1f} GiB, Linux {platform.relea
 Load generators and servers share the cores. Reproduce with `scripts/bench.sh`.
 
 {open("bench-results/gateway.md").read()}
-{open("bench-results/scenario.md").read()}
+{"".join(open(f"bench-results/scenario-{s}.md").read() for s in shapes)}
 ## Memory
 
 {m['pooled_urls']:,} pooled URLs over 1,000 keys: **{m['rss_per_pooled_url_bytes']:.0f} bytes** of resident memory per URL beyond
