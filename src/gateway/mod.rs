@@ -137,7 +137,8 @@ impl Gateway {
                 &clock,
             ),
             budgets,
-            demand: Demand::new(&settings.refill, demand_caps),
+            demand: Demand::new(&settings.refill, demand_caps)
+                .with_min_remaining(settings.pool.min_remaining_secs),
             sessions: Sessions::new(
                 settings.tenants.len(),
                 settings.pool.min_remaining_secs,

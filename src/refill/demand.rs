@@ -17,6 +17,9 @@ struct Counts {
     tracked: Vec<AtomicUsize>,
     /// Hint slots held per tenant.
     hints: Vec<AtomicUsize>,
+    /// Per tenant, for keys without and with a registered user: (keys whose first request was
+    /// followed by another within a URL's usable life, keys whose first request was not).
+    recurrence: Vec<parking_lot::Mutex<[(f64, f64); 2]>>,
 }
 
 impl Counts {
@@ -46,6 +49,8 @@ pub struct Demand {
     counts: Arc<Counts>,
     hint_caps: Vec<usize>,
     tracked_caps: Vec<usize>,
+    /// A URL's usable life, ms (300 s less `pool.min_remaining_secs`).
+    life_ms: u64,
 }
 
 impl Demand {
@@ -54,6 +59,7 @@ impl Demand {
         let counts = Arc::new(Counts {
             tracked: caps.iter().map(|_| AtomicUsize::new(0)).collect(),
             hints: caps.iter().map(|_| AtomicUsize::new(0)).collect(),
+            recurrence: caps.iter().map(|_| Default::default()).collect(),
         });
         let listener = counts.clone();
         let keys = moka::sync::Cache::builder()
@@ -69,7 +75,39 @@ impl Demand {
             counts,
             hint_caps: caps.iter().map(|c| c.0).collect(),
             tracked_caps: caps.iter().map(|c| c.1).collect(),
+            life_ms: (URL_VALIDITY_SECS - 60) * 1000,
         }
+    }
+
+    /// Sets the usable life from `pool.min_remaining_secs` (default 60).
+    pub fn with_min_remaining(mut self, min_remaining_secs: u64) -> Self {
+        self.life_ms = URL_VALIDITY_SECS.saturating_sub(min_remaining_secs) * 1000;
+        self
+    }
+
+    /// Counts a key's first request as followed by another within the usable life (`true`), or
+    /// not, once per key.
+    fn count_recurrence(&self, t: &Tracked, recurred: bool) {
+        let mut all = self.counts.recurrence[t.tenant].lock();
+        let r = &mut all[usize::from(t.request.user_arn().is_some())];
+        if recurred {
+            r.0 += 1.0;
+        } else {
+            r.1 += 1.0;
+        }
+        if r.0 + r.1 > 10_000.0 {
+            *r = (r.0 / 2.0, r.1 / 2.0);
+        }
+    }
+
+    /// The probability, learned per tenant and separately for keys with and without a
+    /// registered user, that a key like `t` asked for once is asked for again within a URL's
+    /// usable life (Laplace's rule: one half before any evidence). A shared anonymous
+    /// dashboard's key recurs; a registered user's view of one dashboard mostly does not.
+    pub fn recurrence(&self, t: &Tracked) -> f64 {
+        let r =
+            self.counts.recurrence[t.tenant].lock()[usize::from(t.request.user_arn().is_some())];
+        (r.0 + 1.0) / (r.0 + r.1 + 2.0)
     }
 
     /// The tracked entry for `key`, if any.
@@ -120,6 +158,18 @@ impl Demand {
         let t = self.tracked(key, tenant, req, now_ms)?;
         if t.record(now_ms, self.tau_secs) {
             self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
+        }
+        let recurred = {
+            let mut s = t.state.lock();
+            let second_within_life = s.arrivals == 2
+                && !s.recurrence_counted
+                && s.first_arrival_ms
+                    .is_some_and(|first| now_ms.saturating_sub(first) <= self.life_ms);
+            s.recurrence_counted |= second_within_life;
+            second_within_life
+        };
+        if recurred {
+            self.count_recurrence(&t, true);
         }
         Some(t)
     }
@@ -221,7 +271,8 @@ impl Demand {
         max_per_key: usize,
     ) -> (usize, Reason) {
         let life = (URL_VALIDITY_SECS.saturating_sub(min_remaining_secs)) as f64 - lead_secs;
-        let likely = 1.0 - (-shown * life.max(0.0)).exp() >= self.settings.min_probability;
+        let likely = self.likelihood(t, shown, now_ms, lead_secs, min_remaining_secs)
+            >= self.settings.min_probability;
         let mut depth = 0usize;
         let mut reason = Reason::Prefetch;
         if likely {
@@ -246,6 +297,31 @@ impl Demand {
     pub fn probability(&self, lambda: f64, lead_secs: f64, min_remaining_secs: u64) -> f64 {
         let life = (URL_VALIDITY_SECS.saturating_sub(min_remaining_secs)) as f64 - lead_secs;
         1.0 - (-lambda * life.max(0.0)).exp()
+    }
+
+    /// The probability that `t` is asked for again within a URL's usable life: from its
+    /// demonstrated rate `shown`, or, while it has had a single request within that life, from
+    /// how often its tenant's keys asked once were asked again (one request shows no rate of
+    /// its own).
+    pub fn likelihood(
+        &self,
+        t: &Tracked,
+        shown: f64,
+        now_ms: u64,
+        lead_secs: f64,
+        min_remaining_secs: u64,
+    ) -> f64 {
+        let from_rate = self.probability(shown, lead_secs, min_remaining_secs);
+        let s = t.state.lock();
+        let single_and_fresh = s.arrivals == 1
+            && s.first_arrival_ms
+                .is_some_and(|first| now_ms.saturating_sub(first) <= self.life_ms);
+        drop(s);
+        if single_and_fresh {
+            from_rate.max(self.recurrence(t))
+        } else {
+            from_rate
+        }
     }
 
     /// How many URLs `t` may hold when the upstream budget has room to spare: `surplus_secs` of
@@ -280,6 +356,15 @@ impl Demand {
             if s.hint_counted && s.hinted_until_ms <= now_ms {
                 s.hint_counted = false;
                 self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
+            }
+            let lone = s.arrivals == 1
+                && !s.recurrence_counted
+                && s.first_arrival_ms
+                    .is_some_and(|first| now_ms.saturating_sub(first) > self.life_ms);
+            if lone {
+                s.recurrence_counted = true;
+                drop(s);
+                self.count_recurrence(t, false);
             }
         }
         all
@@ -398,8 +483,50 @@ mod tests {
     }
 
     #[test]
+    fn a_key_asked_for_once_is_stocked_when_its_tenants_keys_usually_recur() {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100), (10, 100)]);
+        let mut now = 1_000_000;
+        // Tenant 0's keys come back within the usable life; tenant 1's are one-off views.
+        for i in 0..20 {
+            d.record(&key_n(i), 0, &request_n(i), now);
+            d.record(&key_n(i), 0, &request_n(i), now + 1_000);
+            d.record(&key_n(100 + i), 1, &request_n(100 + i), now);
+            now += 2_000;
+        }
+        now += 241_000;
+        d.sweep(now);
+        let of = |i: usize| d.find(&key_n(i)).unwrap();
+        assert!(d.recurrence(&of(0)) > 0.9, "{}", d.recurrence(&of(0)));
+        assert!(d.recurrence(&of(100)) < 0.1, "{}", d.recurrence(&of(100)));
+        let target = |i: usize, tenant| {
+            let t = d.record(&key_n(i), tenant, &request_n(i), now).unwrap();
+            let at = now + 500;
+            d.target(
+                &t,
+                d.rate(&t, at),
+                d.demonstrated_rate(&t, at),
+                at,
+                0.1,
+                60,
+                100,
+            )
+            .0
+        };
+        assert!(
+            target(1_000, 0) >= 1,
+            "a new key of a tenant whose keys recur"
+        );
+        assert_eq!(
+            target(1_001, 1),
+            0,
+            "a new key of a tenant whose keys do not"
+        );
+    }
+
+    #[test]
     fn a_key_asked_for_once_is_not_stocked_until_it_is_asked_again() {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
+        // No evidence reads as one half, below min_probability.
         let now = 1_000_000;
         let t = d.record(&key(), 0, &req(), now).unwrap();
         let later = now + 2_000;

@@ -89,9 +89,13 @@ impl Planner<'_> {
     fn depths(&self, t: &Tracked, lambda: f64, shown: f64) -> (usize, usize, Reason, f64) {
         let (target, mut reason) = self.target(t, lambda, shown);
         let mut stock = self.surplus(shown, target);
-        let mut probability =
-            self.demand
-                .probability(lambda, self.lead_secs, self.min_remaining_secs);
+        let mut probability = self.demand.likelihood(
+            t,
+            shown,
+            self.now_ms,
+            self.lead_secs,
+            self.min_remaining_secs,
+        );
         if let Some((p, why)) = t.predicted(self.now_ms) {
             stock = stock.max(1).min(self.max_urls_per_key);
             if target == 0 {

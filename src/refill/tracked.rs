@@ -30,6 +30,11 @@ pub(super) struct DemandState {
     pub(super) predicted: Option<(u64, f64, super::Reason)>,
     /// The planner's last decision, for `/state`.
     pub(super) planned: Option<Planned>,
+    /// Requests counted (saturating).
+    pub(super) arrivals: u32,
+    /// Whether this key's first request has been counted as followed by a second within a URL's
+    /// usable life, or not (its tenant's recurrence rate).
+    pub(super) recurrence_counted: bool,
 }
 
 /// The planner's last decision for a key, as `/state` shows it.
@@ -73,6 +78,8 @@ impl Tracked {
                 warm_depth: 0,
                 predicted: None,
                 planned: None,
+                arrivals: 0,
+                recurrence_counted: false,
             }),
             in_flight: AtomicUsize::new(0),
             waiters: Mutex::new(VecDeque::new()),
@@ -89,6 +96,7 @@ impl Tracked {
         s.decayed = s.decayed * (-dt / tau_secs).exp() + 1.0;
         s.last_ms = now_ms;
         s.first_arrival_ms.get_or_insert(now_ms);
+        s.arrivals = s.arrivals.saturating_add(1);
         s.predicted = None;
         s.hinted_until_ms = s.hinted_until_ms.min(now_ms);
         std::mem::take(&mut s.hint_counted)
