@@ -123,12 +123,14 @@ fn zipf_schedule(s: &Zipf) -> Vec<Arrival> {
                 break;
             }
             let key = zipf.sample(&mut rng) as usize - 1;
+            // The simulator knows users and dashboards 0..1000: key q*1000 + r is user r on
+            // dashboard (r + q) mod 1000 (key r < 1000: user r on dashboard r).
             out.push(Arrival {
                 at: Duration::from_secs_f64(t),
                 call: Call::Registered {
                     tenant: key % s.tenants,
-                    user: key,
-                    dashboard: key,
+                    user: key % 1000,
+                    dashboard: (key % 1000 + key / 1000) % 1000,
                 },
                 phase,
             });

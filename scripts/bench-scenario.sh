@@ -5,7 +5,7 @@
 #   zipf      TENANTS tenants share KEYS keys (GetDashboardEmbedUrl for one user each) with
 #             Zipf(ZIPF_S) popularity. Poisson arrivals: BASE_RATE/s for BASE_SECS, a burst at
 #             BURST_RATE/s for BURST_SECS, then BASE_RATE/s for TAIL_SECS.
-#   cold      zipf over many rarely repeated keys (KEYS=20000, ZIPF_S=0.5 unless set).
+#   cold      zipf over many rarely repeated keys (KEYS=20000, ZIPF_S=0.5 unless set; at most 1,000,000).
 #   tight     zipf with a budget below demand (BUDGET=40 unless set).
 #   storm     a login storm with sessions (examples/load.rs, `Sessions`): TENANTS tenants (10)
 #             with USERS users (40) and DASHBOARDS dashboards (20) each. "Yesterday" (YESTERDAY_SECS,
