@@ -271,14 +271,19 @@ impl Demand {
         max_per_key: usize,
     ) -> (usize, Reason) {
         let life = (URL_VALIDITY_SECS.saturating_sub(min_remaining_secs)) as f64 - lead_secs;
-        let likely = self.likelihood(t, shown, now_ms, lead_secs, min_remaining_secs)
-            >= self.settings.min_probability;
+        let min = self.settings.min_probability;
+        let streaming = self.probability(shown, lead_secs, min_remaining_secs) >= min;
+        let likely =
+            streaming || self.likelihood(t, shown, now_ms, lead_secs, min_remaining_secs) >= min;
         let mut depth = 0usize;
         let mut reason = Reason::Prefetch;
-        if likely {
+        if streaming {
             let needed = (lambda * (lead_secs + self.settings.safety_secs)).ceil();
             let useful = (lambda * life).floor().max(1.0);
             depth = needed.min(useful).max(1.0) as usize;
+        } else if likely {
+            // Likely by its kind only (one request, no rate of its own): one URL for the next.
+            depth = 1;
         }
         let s = t.state.lock();
         if s.hinted_until_ms > now_ms && depth < 1 {
