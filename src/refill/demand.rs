@@ -159,17 +159,16 @@ impl Demand {
         if t.record(now_ms, self.tau_secs) {
             self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
         }
-        let recurred = {
+        {
+            // Counted when the key's first usable life is over (see `sweep`), whichever way it
+            // went, so that early on recurrences are not counted before the non-recurrences.
             let mut s = t.state.lock();
-            let second_within_life = s.arrivals == 2
-                && !s.recurrence_counted
+            if s.arrivals == 2
                 && s.first_arrival_ms
-                    .is_some_and(|first| now_ms.saturating_sub(first) <= self.life_ms);
-            s.recurrence_counted |= second_within_life;
-            second_within_life
-        };
-        if recurred {
-            self.count_recurrence(&t, true);
+                    .is_some_and(|first| now_ms.saturating_sub(first) <= self.life_ms)
+            {
+                s.recurred = true;
+            }
         }
         Some(t)
     }
@@ -362,14 +361,14 @@ impl Demand {
                 s.hint_counted = false;
                 self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
             }
-            let lone = s.arrivals == 1
-                && !s.recurrence_counted
+            let settled = !s.recurrence_counted
                 && s.first_arrival_ms
                     .is_some_and(|first| now_ms.saturating_sub(first) > self.life_ms);
-            if lone {
+            if settled {
                 s.recurrence_counted = true;
+                let recurred = s.recurred;
                 drop(s);
-                self.count_recurrence(t, false);
+                self.count_recurrence(t, recurred);
             }
         }
         all
@@ -498,9 +497,15 @@ mod tests {
             d.record(&key_n(100 + i), 1, &request_n(100 + i), now);
             now += 2_000;
         }
+        let of = |i: usize| d.find(&key_n(i)).unwrap();
+        d.sweep(now);
+        assert_eq!(
+            d.recurrence(&of(0)),
+            0.5,
+            "no key's first life is over: recurrences are not counted before the others could be"
+        );
         now += 241_000;
         d.sweep(now);
-        let of = |i: usize| d.find(&key_n(i)).unwrap();
         assert!(d.recurrence(&of(0)) > 0.9, "{}", d.recurrence(&of(0)));
         assert!(d.recurrence(&of(100)) < 0.1, "{}", d.recurrence(&of(100)));
         let target = |i: usize, tenant| {

@@ -32,8 +32,9 @@ pub(super) struct DemandState {
     pub(super) planned: Option<Planned>,
     /// Requests counted (saturating).
     pub(super) arrivals: u32,
-    /// Whether this key's first request has been counted as followed by a second within a URL's
-    /// usable life, or not (its tenant's recurrence rate).
+    /// A second request came within a URL's usable life of the first.
+    pub(super) recurred: bool,
+    /// Whether the key's outcome (recurred or not) has been counted in its tenant's recurrence.
     pub(super) recurrence_counted: bool,
 }
 
@@ -79,6 +80,7 @@ impl Tracked {
                 predicted: None,
                 planned: None,
                 arrivals: 0,
+                recurred: false,
                 recurrence_counted: false,
             }),
             in_flight: AtomicUsize::new(0),
