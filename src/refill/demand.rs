@@ -11,6 +11,10 @@ use crate::model::{EmbedRequest, URL_VALIDITY_SECS};
 use crate::pool::PoolKey;
 use crate::tenant::TenantId;
 
+/// Keys of a kind (per tenant, with or without a registered user) whose first usable life must
+/// be over before their recurrence is trusted.
+const MIN_SETTLED_KEYS: f64 = 20.0;
+
 /// Per-tenant counters shared with the cache's eviction listener.
 struct Counts {
     /// Keys tracked per tenant (warm keys not included).
@@ -108,6 +112,14 @@ impl Demand {
         let r =
             self.counts.recurrence[t.tenant].lock()[usize::from(t.request.user_arn().is_some())];
         (r.0 + 1.0) / (r.0 + r.1 + 2.0)
+    }
+
+    /// Whether enough keys like `t` have settled (their first usable life over) for
+    /// [`Demand::recurrence`] to be trusted.
+    fn recurrence_known(&self, t: &Tracked) -> bool {
+        let r =
+            self.counts.recurrence[t.tenant].lock()[usize::from(t.request.user_arn().is_some())];
+        r.0 + r.1 >= MIN_SETTLED_KEYS
     }
 
     /// The tracked entry for `key`, if any.
@@ -321,10 +333,14 @@ impl Demand {
             && s.first_arrival_ms
                 .is_some_and(|first| now_ms.saturating_sub(first) <= self.life_ms);
         drop(s);
-        if single_and_fresh {
+        if !single_and_fresh {
+            from_rate
+        } else if self.recurrence_known(t) {
             from_rate.max(self.recurrence(t))
         } else {
-            from_rate
+            // No evidence about keys of its kind yet: a first request is taken as the start of
+            // a stream (one URL is stocked), until the tenant's own keys say otherwise.
+            1.0
         }
     }
 
@@ -534,9 +550,33 @@ mod tests {
     }
 
     #[test]
+    fn a_key_asked_for_once_is_stocked_one_deep_until_its_kind_is_known() {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
+        let t = d.record(&key(), 0, &req(), 1_000).unwrap();
+        let at = 1_500;
+        assert_eq!(
+            d.target(
+                &t,
+                d.rate(&t, at),
+                d.demonstrated_rate(&t, at),
+                at,
+                0.1,
+                60,
+                100
+            ),
+            (1, Reason::Prefetch),
+            "no evidence yet: a first request may start a stream"
+        );
+    }
+
+    #[test]
     fn a_key_asked_for_once_is_not_stocked_until_it_is_asked_again() {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
-        // No evidence reads as one half, below min_probability.
+        // Evidence: 30 keys of this kind, each asked once, their first life over.
+        for i in 0..30 {
+            d.record(&key_n(100 + i), 0, &request_n(100 + i), 0);
+        }
+        d.sweep(241_000);
         let now = 1_000_000;
         let t = d.record(&key(), 0, &req(), now).unwrap();
         let later = now + 2_000;
@@ -677,7 +717,13 @@ mod tests {
     #[test]
     fn a_hint_ends_with_the_request_it_announced() {
         let d = Demand::new(&RefillSettings::default(), vec![(1, 100)]);
-        assert!(d.hint(&key(), 0, &req(), 1_000));
+        // Evidence that this tenant's keys of this kind are one-off views.
+        for i in 0..30 {
+            d.record(&key_n(100 + i), 0, &request_n(100 + i), 0);
+        }
+        d.sweep(241_000);
+        let t0 = 250_000;
+        assert!(d.hint(&key(), 0, &req(), t0));
         let t = d.find(&key()).unwrap();
         let target = |at| {
             d.target(
@@ -690,14 +736,18 @@ mod tests {
                 10,
             )
         };
-        assert_eq!(target(2_000), (1, Reason::Hint));
-        d.record(&key(), 0, &req(), 3_000);
-        assert_eq!(target(3_500).0, 0, "served: not restocked for the hint");
+        assert_eq!(target(t0 + 1_000), (1, Reason::Hint));
+        d.record(&key(), 0, &req(), t0 + 2_000);
+        assert_eq!(
+            target(t0 + 2_500).0,
+            0,
+            "served: not restocked for the hint"
+        );
         assert_eq!(d.hints_held_by(0), 0, "and its slot is free again");
         let mut other = req();
         other.set_aws_account_id("444455556666".into());
         let k2 = crate::pool::pool_key("t", "us-east-1", &other);
-        assert!(d.hint(&k2, 0, &other, 4_000));
+        assert!(d.hint(&k2, 0, &other, t0 + 3_000));
     }
 
     #[test]
