@@ -168,19 +168,8 @@ impl Demand {
         now_ms: u64,
     ) -> Option<Arc<Tracked>> {
         let t = self.tracked(key, tenant, req, now_ms)?;
-        if t.record(now_ms, self.tau_secs) {
+        if t.record(now_ms, self.tau_secs, self.life_ms) {
             self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
-        }
-        {
-            // Counted when the key's first usable life is over (see `sweep`), whichever way it
-            // went, so that early on recurrences are not counted before the non-recurrences.
-            let mut s = t.state.lock();
-            if s.arrivals == 2
-                && s.first_arrival_ms
-                    .is_some_and(|first| now_ms.saturating_sub(first) <= self.life_ms)
-            {
-                s.recurred = true;
-            }
         }
         Some(t)
     }

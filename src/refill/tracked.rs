@@ -90,15 +90,20 @@ impl Tracked {
     }
 
     /// Counts one request. A hint or a session prediction announced one request: this is it, so
-    /// both end here (the key keeps what its own rate earns). True when the request released a
-    /// hint slot its tenant held.
-    pub(super) fn record(&self, now_ms: u64, tau_secs: f64) -> bool {
+    /// both end here (the key keeps what its own rate earns). A second request within `life_ms`
+    /// of the first marks the key as recurring (counted in its tenant's recurrence when its first
+    /// life is over, see `Demand::sweep`). True when the request released a hint slot its
+    /// tenant held.
+    pub(super) fn record(&self, now_ms: u64, tau_secs: f64, life_ms: u64) -> bool {
         let mut s = self.state.lock();
         let dt = now_ms.saturating_sub(s.last_ms) as f64 / 1000.0;
         s.decayed = s.decayed * (-dt / tau_secs).exp() + 1.0;
         s.last_ms = now_ms;
-        s.first_arrival_ms.get_or_insert(now_ms);
+        let first = *s.first_arrival_ms.get_or_insert(now_ms);
         s.arrivals = s.arrivals.saturating_add(1);
+        if s.arrivals == 2 && now_ms.saturating_sub(first) <= life_ms {
+            s.recurred = true;
+        }
         s.predicted = None;
         s.hinted_until_ms = s.hinted_until_ms.min(now_ms);
         std::mem::take(&mut s.hint_counted)
