@@ -17,8 +17,15 @@ const VALIDITY_BUCKETS: &[f64] = &[
     30.0, 60.0, 90.0, 120.0, 150.0, 180.0, 210.0, 240.0, 270.0, 285.0, 300.0,
 ];
 
-/// The `op` label values of `embedgate_redis_errors_total`.
-pub const REDIS_OPERATIONS: [&str; 7] = [
+/// Redis round trips, 50 µs – 0.5 s.
+const REDIS_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+];
+
+/// The `op` label values of `embedgate_redis_duration_seconds` and
+/// `embedgate_redis_errors_total`.
+pub const REDIS_OPERATIONS: [&str; 8] = [
+    "hit",
     "take",
     "put",
     "sync",
@@ -172,6 +179,7 @@ pub struct Metrics {
     pub upstream_in_flight: Gauge,
     pub redis_degraded: IntGauge,
     pub redis_errors: IntCounterVec,
+    pub redis_duration: HistogramVec,
     pub fleet_replicas: IntGauge,
     pub redis_fences: IntCounter,
     pub redis_clock_offset: Gauge,
@@ -305,6 +313,18 @@ impl Metrics {
                 "Redis commands that failed or exceeded redis.timeout_ms, by operation (cluster mode).",
                 &["op"],
             ),
+            redis_duration: reg(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "embedgate_redis_duration_seconds",
+                        "Redis round trips by operation, failed ones included (cluster mode). A pool hit is one `hit`.",
+                    )
+                    .buckets(REDIS_BUCKETS.to_vec()),
+                    &["op"],
+                )
+                .expect("valid metric"),
+            ),
             fleet_replicas: reg(
                 &r,
                 IntGauge::new(
@@ -430,6 +450,7 @@ impl Metrics {
         self.fleet_replicas.set(1);
         for op in REDIS_OPERATIONS {
             self.redis_errors.with_label_values(&[op]);
+            self.redis_duration.with_label_values(&[op]);
         }
         for op in crate::model::Operation::ALL {
             for upstream in upstreams {

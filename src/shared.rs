@@ -90,6 +90,31 @@ impl PoolStore {
         }
     }
 
+    /// The hit path's one Redis round trip in a fleet: counts one request against the tenant's
+    /// fleet-wide limit and, if it is admitted, takes a shared URL for `key`. `None` where that
+    /// does not apply, and the caller counts ([`Limits::inbound`]) and takes ([`PoolStore::take`])
+    /// on its own: on a single node, while degraded, when this replica's own pool holds URLs for
+    /// `key` (they go first), or when Redis fails now (which makes the replica degraded).
+    pub async fn inbound_take(
+        &self,
+        local: &Pool,
+        tenant: &Tenant,
+        key: &PoolKey,
+        now_ms: u64,
+        min_remaining_ms: u64,
+    ) -> Option<(Inbound, Option<PooledUrl>)> {
+        let PoolStore::Fleet(fleet) = self else {
+            return None;
+        };
+        if !fleet.healthy() || (!local.is_empty() && local.len(key) > 0) {
+            return None;
+        }
+        fleet
+            .inbound_take(tenant, key, now_ms, min_remaining_ms)
+            .await
+            .ok()
+    }
+
     /// Pools a URL nobody waits for: in the shared pool while it is usable, in this replica's
     /// otherwise (see the module's rule for unknown outcomes).
     #[allow(clippy::too_many_arguments)]
@@ -143,6 +168,18 @@ impl Limits {
             }
         }
         local.check(tenant.index)
+    }
+
+    /// A request's count as far as it is decided before its body is read: `None` in a healthy
+    /// fleet, where it is counted together with the pool take (see [`PoolStore::inbound_take`]),
+    /// unless the tenant is known to be over its limit; this replica's limiter otherwise.
+    pub fn early(&self, local: &InboundLimiter, tenant: &Tenant, now_ms: u64) -> Option<Inbound> {
+        if let Limits::Fleet(fleet) = self {
+            if fleet.healthy() {
+                return fleet.known_over(tenant, now_ms);
+            }
+        }
+        Some(local.check(tenant.index))
     }
 
     /// The fleet-wide half of an upstream budget check, after this replica's `try_acquire`

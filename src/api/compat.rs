@@ -16,7 +16,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::auth::{read_bounded, BodyError};
 use super::embed::{observe, request_id};
-use crate::gateway::{Failed, Gateway, Refusal, ServeError, Source};
+use crate::gateway::{Failed, Gate, Gateway, Refusal, ServeError, Source};
 use crate::limiter::Inbound;
 use crate::metrics::{Outcome, Protocol};
 use crate::model::parse::Unknown;
@@ -99,16 +99,22 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
         }
     };
     let outcome = |o| observe(&gw, Protocol::Quicksight, Some(tenant), o, started);
-    if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {
+    let throttled = |retry_after: Duration| {
         outcome(Outcome::Throttled);
         gw.metrics()
             .inbound_rejected(Some((tenant.index, tenant.id.as_str())));
-        return AwsError::throttling(format!(
+        AwsError::throttling(format!(
             "Rate exceeded: this tenant is over its rate of {} requests/s",
             tenant.rate_per_sec
         ))
         .retry_after_ms(retry_after.as_millis().max(1) as u64)
-        .response(&request_id);
+        .response(&request_id)
+    };
+    // As on the native API: counted before parsing where that is decided locally, with the pool
+    // take (one Redis round trip) in a fleet; every authenticated request counts.
+    let gate = gw.gate(tenant);
+    if let Gate::Limited { retry_after } = gate {
+        return throttled(retry_after);
     }
     let query = req.uri().query().unwrap_or_default();
     let admitted = wire::parse_call(call, query, &body, Unknown::Refuse).and_then(|mut r| {
@@ -119,6 +125,11 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
     let request = match admitted {
         Ok(r) => r,
         Err(e) => {
+            if gate == Gate::WithTake {
+                if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {
+                    return throttled(retry_after);
+                }
+            }
             outcome(if e.code == "AccessDeniedException" {
                 Outcome::Denied
             } else {
@@ -127,7 +138,7 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
             return e.response(&request_id);
         }
     };
-    match gw.serve(tenant, request).await {
+    match gw.serve(tenant, request, gate).await {
         Ok(served) => {
             let source = match served.source {
                 Source::Pool => "pool",
@@ -148,6 +159,10 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
                     served.anonymous_user_arn.as_deref(),
                 ))
         }
+        Err(Failed {
+            error: ServeError::Limited { retry_after },
+            ..
+        }) => throttled(retry_after),
         Err(f) => {
             outcome(Outcome::Error);
             serve_failure(f).response(&request_id)
@@ -225,6 +240,10 @@ fn serve_failure(f: Failed) -> AwsError {
             "Rate exceeded: the QuickSight call budget of upstream {upstream} is exhausted"
         ))
         .retry_after_ms(retry_after.as_millis().max(1) as u64),
+        ServeError::Limited { retry_after } => {
+            AwsError::throttling("Rate exceeded: this tenant is over its rate limit")
+                .retry_after_ms(retry_after.as_millis().max(1) as u64)
+        }
         ServeError::Busy => AwsError::throttling(format!(
             "Rate exceeded: too many QuickSight calls in flight on upstream {upstream}"
         ))

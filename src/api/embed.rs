@@ -12,7 +12,7 @@ use super::auth::{
     tenant_limited,
 };
 use super::problem::{bad_input, refusal, serve_failure};
-use crate::gateway::{Gateway, Source};
+use crate::gateway::{Failed, Gate, Gateway, ServeError, Source};
 use crate::limiter::Inbound;
 use crate::metrics::{Outcome, Protocol};
 use crate::model::{parse_request, Operation};
@@ -110,25 +110,28 @@ async fn embed(
             return p.response(&request_id);
         }
     };
-    // The limit comes before the body is read or checked: every authenticated request counts,
-    // so a tenant cannot make the gateway parse and validate for free. Nothing else is touched
+    // The limit comes before the body is read or checked wherever it can be decided locally:
+    // every authenticated request counts, so a tenant cannot make the gateway parse and validate
+    // for free. In a fleet the count travels with the pool take, in one Redis round trip, and a
+    // tenant known to be over its limit is refused here without one. Nothing else is touched
     // before the request is admitted.
-    let remaining = match gw.check_inbound(tenant).await {
-        Inbound::Allowed { remaining } => remaining,
-        Inbound::Limited { retry_after } => {
-            observe(
-                &gw,
-                Protocol::Native,
-                Some(tenant),
-                Outcome::Throttled,
-                started,
-            );
-            gw.metrics()
-                .inbound_rejected(Some((tenant.index, tenant.id.as_str())));
-            discard_body(&req, body, gw.settings().api.max_body_bytes).await;
-            return tenant_limited(&gw, tenant, retry_after).response(&request_id);
-        }
+    let throttled = |retry_after| {
+        observe(
+            &gw,
+            Protocol::Native,
+            Some(tenant),
+            Outcome::Throttled,
+            started,
+        );
+        gw.metrics()
+            .inbound_rejected(Some((tenant.index, tenant.id.as_str())));
+        tenant_limited(&gw, tenant, retry_after).response(&request_id)
     };
+    let gate = gw.gate(tenant);
+    if let Gate::Limited { retry_after } = gate {
+        discard_body(&req, body, gw.settings().api.max_body_bytes).await;
+        return throttled(retry_after);
+    }
     let admitted = match read_body(&req, body, gw.settings().api.max_body_bytes).await {
         Err(p) => Err(p),
         Ok(bytes) => parse_request(op, &bytes)
@@ -138,6 +141,11 @@ async fn embed(
     let request = match admitted {
         Ok(r) => r,
         Err(p) => {
+            if gate == Gate::WithTake {
+                if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {
+                    return throttled(retry_after);
+                }
+            }
             let outcome = if p.status == StatusCode::FORBIDDEN {
                 Outcome::Denied
             } else {
@@ -147,7 +155,7 @@ async fn embed(
             return p.response(&request_id);
         }
     };
-    match gw.serve(tenant, request).await {
+    match gw.serve(tenant, request, gate).await {
         Ok(served) => {
             let outcome = match served.source {
                 Source::Pool => Outcome::Hit,
@@ -163,6 +171,7 @@ async fn embed(
                     .ok()
             })
             .unwrap_or_default();
+            let remaining = served.remaining;
             let reset = ((f64::from(tenant.burst) - f64::from(remaining)) / tenant.rate_per_sec)
                 .ceil() as u64;
             let mut resp = HttpResponse::Ok();
@@ -179,6 +188,10 @@ async fn embed(
                 anonymous_user_arn: served.anonymous_user_arn.as_deref(),
             })
         }
+        Err(Failed {
+            error: ServeError::Limited { retry_after },
+            ..
+        }) => throttled(retry_after),
         Err(e) => {
             observe(&gw, Protocol::Native, Some(tenant), Outcome::Error, started);
             serve_failure(e).response(&request_id)

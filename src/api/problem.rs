@@ -107,6 +107,15 @@ fn serve_error(e: ServeError) -> Problem {
             header::RETRY_AFTER,
             (retry_after.as_secs_f64().ceil().max(1.0) as u64).to_string(),
         ),
+        ServeError::Limited { retry_after } => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this tenant is over its inbound rate limit",
+        )
+        .header(
+            header::RETRY_AFTER,
+            (retry_after.as_secs_f64().ceil().max(1.0) as u64).to_string(),
+        ),
         ServeError::Busy => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "upstream_busy",

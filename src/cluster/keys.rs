@@ -7,7 +7,8 @@
 //!   was sent.
 //! - `P{t:<tenant>}:n:<epoch>`: the tenant's pooled URLs (its fleet-wide bound), as a sorted set
 //!   of URL digests scored like the pool, so expiry and retries cannot make it drift.
-//! - `P{t:<tenant>}:tk:<id>`: the answer to one take, kept a second so a re-sent take repeats it.
+//! - `P{t:<tenant>}:tk:<id>`: the answer to one take (or hit: limit verdict and take), kept a
+//!   second so a re-sent call repeats it.
 //! - `P{t:<tenant>}:d:<key>`: each replica's demand estimate for the key (`ms,rate`).
 //! - `P{t:<tenant>}:rl`: the tenant's inbound GCRA state (theoretical arrival time, ms).
 //! - `P{a:<account>:<region>}:budget`: the account's upstream GCRA state.

@@ -16,11 +16,8 @@ impl Fleet {
     /// # Errors
     /// Redis is not usable.
     pub async fn inbound(&self, tenant: &Tenant, now_ms: u64) -> Result<Inbound, Down> {
-        let over = self.over_until[tenant.index].load(Ordering::Relaxed);
-        if over > now_ms {
-            return Ok(Inbound::Limited {
-                retry_after: Duration::from_millis(over - now_ms),
-            });
+        if let Some(refused) = self.known_over(tenant, now_ms) {
+            return Ok(refused);
         }
         let key = self.key(&tenant_tag(tenant), ":rl");
         let verdict = self
@@ -33,11 +30,24 @@ impl Fleet {
                 0.0,
             )
             .await?;
+        self.note_verdict(tenant, now_ms, verdict);
+        Ok(verdict)
+    }
+
+    /// The refusal of a tenant known to be over its limit: the local fast path, no round trip.
+    pub fn known_over(&self, tenant: &Tenant, now_ms: u64) -> Option<Inbound> {
+        let over = self.over_until[tenant.index].load(Ordering::Relaxed);
+        (over > now_ms).then(|| Inbound::Limited {
+            retry_after: Duration::from_millis(over - now_ms),
+        })
+    }
+
+    /// Remembers a refusal until its `Retry-After`, for [`Fleet::known_over`].
+    pub(super) fn note_verdict(&self, tenant: &Tenant, now_ms: u64, verdict: Inbound) {
         if let Inbound::Limited { retry_after } = verdict {
             self.over_until[tenant.index]
                 .store(now_ms + retry_after.as_millis() as u64, Ordering::Relaxed);
         }
-        Ok(verdict)
     }
 
     /// Takes one call for `tenant` from the account's fleet-wide upstream budget at `rate` per

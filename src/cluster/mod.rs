@@ -51,13 +51,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
+use prometheus::Histogram;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use crate::config::RedisSettings;
-use crate::metrics::Metrics;
-use scripts::{fenced, Scripts, BUDGET, CLAIM, GCRA, HEARTBEAT, PUT, SYNC, TAKE};
+use crate::metrics::{Metrics, REDIS_OPERATIONS};
+use scripts::{fenced, Scripts, BUDGET, CLAIM, GCRA, HEARTBEAT, HIT, PUT, SYNC, TAKE};
 
 #[derive(Clone)]
 enum Conn {
@@ -100,6 +101,8 @@ pub struct Fleet {
     /// Per tenant: the fencing epoch this replica last saw (empty: none yet).
     epochs: Vec<RwLock<String>>,
     scripts: Scripts,
+    /// `embedgate_redis_duration_seconds` per operation, in `REDIS_OPERATIONS` order.
+    durations: Vec<Histogram>,
     metrics: Arc<Metrics>,
     timeout: Duration,
 }
@@ -128,6 +131,7 @@ impl Fleet {
             epochs: (0..tenants).map(|_| RwLock::new(String::new())).collect(),
             scripts: Scripts {
                 take: fenced(TAKE),
+                hit: fenced(HIT),
                 put: fenced(PUT),
                 claim: fenced(CLAIM),
                 sync: fenced(SYNC),
@@ -135,6 +139,10 @@ impl Fleet {
                 budget: Script::new(BUDGET),
                 heartbeat: Script::new(HEARTBEAT),
             },
+            durations: REDIS_OPERATIONS
+                .iter()
+                .map(|op| metrics.redis_duration.with_label_values(&[op]))
+                .collect(),
             metrics,
             timeout,
             settings: settings.clone(),
@@ -228,11 +236,19 @@ impl Fleet {
         invocation: ScriptInvocation<'_>,
     ) -> Result<T, Down> {
         let conn = self.conn.read().clone();
+        let started = std::time::Instant::now();
         let result = match conn {
             None => Err(None),
             Some(Conn::Single(mut c)) => invoke(&invocation, &mut c, self.timeout).await,
             Some(Conn::Cluster(mut c)) => invoke(&invocation, &mut c, self.timeout).await,
         };
+        if let Some(h) = REDIS_OPERATIONS
+            .iter()
+            .position(|o| *o == op)
+            .and_then(|i| self.durations.get(i))
+        {
+            h.observe(started.elapsed().as_secs_f64());
+        }
         result.map_err(|e| {
             self.metrics.redis_errors.with_label_values(&[op]).inc();
             if !self.degraded.swap(true, Ordering::SeqCst) {

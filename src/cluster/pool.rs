@@ -1,10 +1,13 @@
 //! The shared pool: take, put, and the per-tick demand sync and prefetch claims, each one
 //! fenced script.
 
+use std::time::Duration;
+
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use super::keys::tenant_tag;
 use super::{Down, Fleet, Stored};
+use crate::limiter::Inbound;
 use crate::metrics::Waste;
 use crate::pool::{issued_cutoff, PoolKey, PooledUrl};
 use crate::refill::{KeyView, Report};
@@ -114,6 +117,76 @@ impl Fleet {
             .remaining_validity
             .observe(u.expires_at_ms().saturating_sub(now_ms) as f64 / 1000.0);
         Ok(Some(u))
+    }
+
+    /// The hit path in one round trip: counts one request of `tenant` against its fleet-wide
+    /// limit and, only if it is admitted, takes a URL for `key` as [`Fleet::take`] does. A tenant
+    /// known to be over its limit is refused locally, without a round trip.
+    ///
+    /// # Errors
+    /// Redis is not usable. The request may have been counted, and a URL popped by a command
+    /// whose reply never came is lost (never handed out twice).
+    pub async fn inbound_take(
+        &self,
+        tenant: &Tenant,
+        key: &PoolKey,
+        now_ms: u64,
+        min_remaining_ms: u64,
+    ) -> Result<(Inbound, Option<PooledUrl>), Down> {
+        if let Some(refused) = self.known_over(tenant, now_ms) {
+            return Ok((refused, None));
+        }
+        let id = format!("{:016x}", rand::random::<u64>());
+        self.inbound_take_once(tenant, key, now_ms, min_remaining_ms, &id)
+            .await
+    }
+
+    /// [`Fleet::inbound_take`] with the call's id given, and without the local refusal: the same
+    /// id within a second gets the same answer, however often the call is sent, so a re-sent
+    /// call neither counts the request twice nor pops a second URL.
+    ///
+    /// # Errors
+    /// See [`Fleet::inbound_take`].
+    pub async fn inbound_take_once(
+        &self,
+        tenant: &Tenant,
+        key: &PoolKey,
+        now_ms: u64,
+        min_remaining_ms: u64,
+        id: &str,
+    ) -> Result<(Inbound, Option<PooledUrl>), Down> {
+        let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
+        let remember_ms = (2 * self.timeout.as_millis() as u64).max(1_000);
+        let (allowed, n, stale, url, issued): (u8, u32, u64, String, u64) = self
+            .pool_script("hit", tenant, &self.scripts.hit, |inv, epoch| {
+                inv.key(self.pool_key(tenant, epoch, key))
+                    .key(self.count_key(tenant, epoch))
+                    .key(self.key(&tenant_tag(tenant), &format!(":tk:{id}")))
+                    .key(self.key(&tenant_tag(tenant), ":rl"))
+                    .arg(cutoff)
+                    .arg(remember_ms)
+                    .arg(now_ms)
+                    .arg(format!("{:.6}", 1000.0 / tenant.rate_per_sec))
+                    .arg(tenant.burst);
+            })
+            .await?;
+        self.count_stale(stale);
+        if allowed == 0 {
+            let refused = Inbound::Limited {
+                retry_after: Duration::from_millis(u64::from(n.max(1))),
+            };
+            self.note_verdict(tenant, now_ms, refused);
+            return Ok((refused, None));
+        }
+        let admitted = Inbound::Allowed { remaining: n };
+        if url.is_empty() {
+            return Ok((admitted, None));
+        }
+        let u = PooledUrl::decode(url, issued);
+        self.metrics
+            .remaining_validity
+            .observe(u.expires_at_ms().saturating_sub(now_ms) as f64 / 1000.0);
+        Ok((admitted, Some(u)))
     }
 
     /// Adds a URL to the shared pool within the per-key and per-tenant bounds.

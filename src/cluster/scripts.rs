@@ -65,6 +65,41 @@ end
 return {stale, '', 0}
 ";
 
+/// The hit path's one round trip: counts the request against the tenant's inbound GCRA (as
+/// [`GCRA`] with no reserve) and, only when it is admitted, does [`TAKE`]. The answer, a refusal
+/// included, is remembered under the call's id like TAKE's, so the same call sent again neither
+/// counts the request twice nor pops a second URL. KEYS: pool, count, call id, the tenant's
+/// limit. ARGV: cutoff_ms, remember_ms, now_ms, interval_ms, burst. Returns `{allowed,
+/// remaining (allowed) or retry_after_ms (refused), stale, url, issued_ms}` (url `""` when empty).
+pub(super) const HIT: &str = r"
+local prior = redis.call('GET', KEYS[3])
+if prior then
+  local a, n, issued, url = string.match(prior, '^(%d),(%d+),(%d+):(.*)$')
+  return {tonumber(a), tonumber(n), 0, url, tonumber(issued)}
+end
+local now, interval, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local tat = tonumber(redis.call('GET', KEYS[4]) or ARGV[3])
+if tat < now then tat = now end
+local new_tat = tat + interval
+if new_tat - now > interval * burst then
+  local retry = math.max(1, math.ceil(new_tat - now - interval * burst))
+  redis.call('SET', KEYS[3], '0,' .. retry .. ',0:', 'PX', ARGV[2])
+  return {0, retry, 0, '', 0}
+end
+redis.call('SET', KEYS[4], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+local remaining = math.floor((interval * burst - (new_tat - now)) / interval)
+local stale = purge(KEYS[1], KEYS[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+local got = redis.call('ZPOPMIN', KEYS[1])
+local issued, url = '0', ''
+if #got > 0 then
+  redis.call('ZREM', KEYS[2], digest(got[1]))
+  issued, url = string.format('%.0f', tonumber(got[2])), got[1]
+end
+redis.call('SET', KEYS[3], '1,' .. remaining .. ',' .. issued .. ':' .. url, 'PX', ARGV[2])
+return {1, remaining, stale, url, tonumber(issued)}
+";
+
 /// Adds one URL unless the key or the tenant is full, and counts one prefetch of this replica
 /// as landed. KEYS: pool, count, demand. ARGV: issued_ms, url, cutoff_ms, max_per_key,
 /// tenant_cap, ttl_ms, replica. Returns `{stale, stored}`.
@@ -215,6 +250,7 @@ pub(super) fn fenced(body: &str) -> Script {
 
 pub(super) struct Scripts {
     pub(super) take: Script,
+    pub(super) hit: Script,
     pub(super) put: Script,
     pub(super) claim: Script,
     pub(super) sync: Script,

@@ -43,6 +43,36 @@ pub struct Served {
     pub source: Source,
     /// GenerateEmbedUrlForAnonymousUser's `AnonymousUserArn`, when QuickSight sent one.
     pub anonymous_user_arn: Option<String>,
+    /// Requests left in the tenant's burst after this one (the `RateLimit` header).
+    pub remaining: u32,
+}
+
+impl Served {
+    /// A pooled URL, handed out. `remaining` is left for [`Gateway::serve`] to fill in.
+    fn pooled(u: PooledUrl) -> Served {
+        Served {
+            expires_at_ms: u.expires_at_ms(),
+            url: u.url,
+            source: Source::Pool,
+            anonymous_user_arn: u.anonymous_user_arn,
+            remaining: 0,
+        }
+    }
+}
+
+/// A request's standing against its tenant's inbound limit, as far as it is known before the
+/// body is read ([`Gateway::gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Counted: `remaining` requests are left in the burst.
+    Counted { remaining: u32 },
+    /// Over the limit: refuse, retry after `retry_after`.
+    Limited { retry_after: Duration },
+    /// Counted by [`Gateway::serve`] together with the pool take, in one Redis round trip (a
+    /// fleet replica that shares its state). A request refused before it is served (bad input,
+    /// denied by policy) is counted with [`Gateway::check_inbound`] instead, so every
+    /// authenticated request counts either way.
+    WithTake,
 }
 
 /// Why no URL could be handed out.
@@ -51,6 +81,9 @@ pub enum ServeError {
     /// The upstream budget for this account has no room within the miss timeout.
     #[error("the QuickSight budget for this account is exhausted")]
     BudgetExhausted { retry_after: Duration },
+    /// The tenant is over its inbound limit (counted with the take, see [`Gate::WithTake`]).
+    #[error("this tenant is over its inbound rate limit")]
+    Limited { retry_after: Duration },
     /// Every upstream slot is busy within the miss timeout.
     #[error("too many QuickSight calls in flight")]
     Busy,
@@ -279,6 +312,20 @@ impl Gateway {
         self.coordination.status()
     }
 
+    /// Where a request of `tenant` stands against its limit before its body is read: counted
+    /// now (on a single node, or a fleet replica that is degraded), refused now (a tenant known
+    /// to be over its limit), or to be counted with the pool take ([`Gate::WithTake`]).
+    pub fn gate(&self, tenant: &Tenant) -> Gate {
+        let verdict = self
+            .limits
+            .early(&self.inbound, tenant, self.clock.now_ms());
+        match verdict {
+            None => Gate::WithTake,
+            Some(Inbound::Allowed { remaining }) => Gate::Counted { remaining },
+            Some(Inbound::Limited { retry_after }) => Gate::Limited { retry_after },
+        }
+    }
+
     /// Counts one request of `tenant` against its limit (fleet-wide when shared).
     pub async fn check_inbound(&self, tenant: &Tenant) -> Inbound {
         self.limits
@@ -290,6 +337,41 @@ impl Gateway {
     /// (this replica's; bad keys need no fleet-wide precision). `Some(wait)` when over it.
     pub fn check_unauthenticated(&self) -> Option<Duration> {
         self.inbound.check_unauthenticated()
+    }
+
+    /// Counts the request as `gate` says and, if it is admitted, takes a pooled URL for `key`:
+    /// `Err(retry_after)` when the tenant is over its limit.
+    async fn count_and_take(
+        &self,
+        tenant: &Tenant,
+        key: &PoolKey,
+        gate: Gate,
+    ) -> Result<(u32, Option<PooledUrl>), Duration> {
+        let verdict = match gate {
+            Gate::Counted { remaining } => Inbound::Allowed { remaining },
+            Gate::Limited { retry_after } => Inbound::Limited { retry_after },
+            Gate::WithTake => {
+                let both = self
+                    .store
+                    .inbound_take(
+                        &self.pool,
+                        tenant,
+                        key,
+                        self.clock.now_ms(),
+                        self.min_remaining_ms(),
+                    )
+                    .await;
+                match both {
+                    Some((Inbound::Allowed { remaining }, taken)) => return Ok((remaining, taken)),
+                    Some((Inbound::Limited { retry_after }, _)) => return Err(retry_after),
+                    None => self.check_inbound(tenant).await,
+                }
+            }
+        };
+        match verdict {
+            Inbound::Allowed { remaining } => Ok((remaining, self.take(tenant, key).await)),
+            Inbound::Limited { retry_after } => Err(retry_after),
+        }
     }
 
     /// Takes a pooled URL for `key` with `min_remaining` left (see `PoolStore::take`).
@@ -423,12 +505,28 @@ impl Gateway {
         )
     }
 
-    /// Hands out one URL for an admitted request: from the pool, else through the miss path.
+    /// Hands out one URL for an admitted request, counted against the tenant's limit as `gate`
+    /// says: from the pool, else through the miss path.
     ///
     /// # Errors
-    /// No URL within the miss timeout; see [`ServeError`].
-    pub async fn serve(&self, tenant: &Tenant, req: EmbedRequest) -> Result<Served, Failed> {
+    /// The tenant is over its limit ([`ServeError::Limited`], only with [`Gate::WithTake`]), or
+    /// no URL within the miss timeout; see [`ServeError`].
+    pub async fn serve(
+        &self,
+        tenant: &Tenant,
+        req: EmbedRequest,
+        gate: Gate,
+    ) -> Result<Served, Failed> {
         let key = self.key_for(tenant, &req);
+        // Counted (and, in a fleet, taken in the same round trip) before anything is learned
+        // from the request: a refused request changes no demand estimate.
+        let (remaining, taken) =
+            self.count_and_take(tenant, &key, gate)
+                .await
+                .map_err(|retry_after| Failed {
+                    upstream: self.upstreams.of(&req).id().to_string(),
+                    error: ServeError::Limited { retry_after },
+                })?;
         let now = self.clock.now_ms();
         let tracked = if self.settings.refill.enabled {
             self.demand.record(&key, tenant.index, &req, now)
@@ -440,17 +538,19 @@ impl Gateway {
                 self.sessions.observe(t, now, Seen::View);
             }
         }
-        if let Some(u) = self.take(tenant, &key).await {
+        if let Some(u) = taken {
             return Ok(Served {
-                expires_at_ms: u.expires_at_ms(),
-                url: u.url,
-                source: Source::Pool,
-                anonymous_user_arn: u.anonymous_user_arn,
+                remaining,
+                ..Served::pooled(u)
             });
         }
         let deadline = Instant::now() + Duration::from_millis(self.settings.api.miss_timeout_ms);
         self.miss(tenant, &req, tracked.as_deref(), deadline)
             .await
+            .map(|served| Served {
+                remaining,
+                ..served
+            })
             .map_err(|error| Failed {
                 upstream: self.upstreams.of(&req).id().to_string(),
                 error,
@@ -480,12 +580,7 @@ impl Gateway {
                 }
                 // The prefetch may have landed in the pool while we waited.
                 if let Some(u) = self.take(tenant, &t.key).await {
-                    return Ok(Served {
-                        expires_at_ms: u.expires_at_ms(),
-                        url: u.url,
-                        source: Source::Pool,
-                        anonymous_user_arn: u.anonymous_user_arn,
-                    });
+                    return Ok(Served::pooled(u));
                 }
             }
         }
@@ -552,6 +647,7 @@ impl Gateway {
             url: f.url,
             source,
             anonymous_user_arn: f.anonymous_user_arn,
+            remaining: 0,
         }
     }
 

@@ -332,3 +332,113 @@ async fn the_shared_pool_keeps_each_tenants_bound() {
     );
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
+
+/// URLs in the shared pool for `tenant`, read straight from Redis.
+fn shared_stock(redis: &RedisServer, tenant: &str) -> usize {
+    let keys = redis
+        .cli(&[
+            "--scan",
+            "--pattern",
+            &format!("embedgate:{{t:{tenant}}}:p:*"),
+        ])
+        .unwrap_or_default();
+    keys.lines()
+        .filter_map(|k| {
+            redis
+                .cli(&["ZCARD", k])
+                .and_then(|n| n.parse::<usize>().ok())
+        })
+        .sum()
+}
+
+/// Redis round trips of operation `op` so far, over the fleet.
+async fn round_trips(fleet: &TestFleet, op: &str) -> f64 {
+    fleet
+        .metric_sum(&format!(
+            "embedgate_redis_duration_seconds_count{{op=\"{op}\"}}"
+        ))
+        .await
+}
+
+/// In a fleet, a pool hit costs one Redis round trip: the request's count against its tenant's
+/// limit and the take travel in one script, not one call each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_hit_in_a_fleet_is_one_redis_round_trip() {
+    let redis = RedisServer::start();
+    let body = dash("sales-2024", "alice");
+    let fleet = spawn_fleet(1, |s| {
+        s.redis.url = Some(redis.url());
+        // Not a degraded-mode test: a busy machine must not send the replica to its own pool.
+        s.redis.timeout_ms = 2_000;
+        s.tenants[0].warm = vec![warm(body.clone(), 40)];
+    })
+    .await;
+    let stocked = eventually(Duration::from_secs(20), || {
+        std::future::ready(shared_stock(&redis, "alpha") >= 40)
+    })
+    .await;
+    assert!(stocked, "the warm key was stocked in Redis");
+    let ops = ["hit", "take", "inbound"];
+    let mut before = vec![];
+    for op in ops {
+        before.push(round_trips(&fleet, op).await);
+    }
+    const N: usize = 30;
+    for i in 0..N {
+        let o = fleet.embed(i, "alpha", &body).await;
+        assert_eq!(o.status, 200, "{}", o.body);
+        assert_eq!(o.body["Source"], "pool", "request {i} was a pool hit");
+    }
+    let mut delta = vec![];
+    for (op, b) in ops.iter().zip(before) {
+        delta.push(round_trips(&fleet, op).await - b);
+    }
+    assert_eq!(
+        delta,
+        vec![N as f64, 0.0, 0.0],
+        "{N} hits: one `hit` round trip each, no separate take or limit call"
+    );
+    assert_eq!(fleet.metric_sum("embedgate_redis_degraded").await, 0.0);
+    fleet.stop().await;
+}
+
+/// Counting with the take moves the count after the body is parsed, never past the limit: a bad
+/// request of a tenant over its limit is refused as over its limit, as on a single node, and
+/// once the replica has seen the refusal the tenant's next request is refused without asking
+/// Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_over_its_limit_in_a_fleet_is_refused_bad_input_or_not() {
+    let redis = RedisServer::start();
+    const BURST: u32 = 4;
+    let fleet = spawn_fleet(1, |s| {
+        s.redis.url = Some(redis.url());
+        s.redis.timeout_ms = 2_000;
+        // One request per 100 s after the burst: nothing refills within the test.
+        s.tenants[0].rate_per_sec = 0.01;
+        s.tenants[0].burst = BURST;
+    })
+    .await;
+    let body = dash("sales-2024", "alice");
+    for i in 0..BURST as usize {
+        let o = fleet.embed(i, "alpha", &body).await;
+        assert_eq!(o.status, 200, "request {i} is within the burst: {}", o.body);
+    }
+    let bad = serde_json::json!({"DashboardId": "", "IdentityType": "QUICKSIGHT"});
+    let o = fleet.embed(0, "alpha", &bad).await;
+    assert_eq!(o.status, 429, "a bad request over the limit: {}", o.body);
+    assert_eq!(o.body["code"], "rate_limited");
+    let trips = round_trips(&fleet, "hit").await + round_trips(&fleet, "inbound").await;
+    for i in 0..5 {
+        let o = fleet.embed(i, "alpha", &body).await;
+        assert_eq!(o.status, 429, "{}", o.body);
+    }
+    assert_eq!(
+        round_trips(&fleet, "hit").await + round_trips(&fleet, "inbound").await,
+        trips,
+        "a tenant known to be over its limit is refused without a round trip"
+    );
+    // Another tenant is not affected.
+    let o = fleet.embed(0, "beta", &body).await;
+    assert_eq!(o.status, 200, "{}", o.body);
+    fleet.stop().await;
+}

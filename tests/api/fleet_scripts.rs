@@ -8,6 +8,7 @@ use std::sync::Arc;
 use embedgate::clock::Clock;
 use embedgate::cluster::{Fleet, Stored};
 use embedgate::config::RedisSettings;
+use embedgate::limiter::Inbound;
 use embedgate::metrics::Metrics;
 use embedgate::pool::{pool_key, PoolKey, PooledUrl};
 use embedgate::tenant::Tenants;
@@ -213,4 +214,104 @@ async fn an_anonymous_url_keeps_its_anonymous_user_arn_through_redis() {
         .unwrap()
         .expect("the URL comes back");
     assert!(got == u, "URL, issue time and ARN intact");
+}
+
+#[tokio::test]
+async fn a_hit_sent_twice_counts_once_and_returns_the_same_url() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let now = clock.now_ms();
+    let t = tenants.get(0);
+    for i in 0..2 {
+        assert_eq!(
+            put(&f, &tenants, &key(6), &url(i, now + i as u64), now).await,
+            Stored::Yes
+        );
+    }
+    let k = key(6);
+    let hit = |id: &'static str| f.inbound_take_once(t, &k, now, MIN_REMAINING_MS, id);
+    let remaining = |v: Inbound| match v {
+        Inbound::Allowed { remaining } => remaining,
+        Inbound::Limited { .. } => panic!("within the burst"),
+    };
+    let (v1, u1) = hit("a1").await.unwrap();
+    let first = u1.map(|u| u.url);
+    assert!(first.is_some());
+    // Sent again, as after a lost reply: the same verdict and URL, nothing counted or popped.
+    let (again, u) = hit("a1").await.unwrap();
+    assert_eq!((again, u.map(|u| u.url)), (v1, first.clone()));
+    let (v2, u2) = hit("b2").await.unwrap();
+    assert_eq!(
+        remaining(v2),
+        remaining(v1) - 1,
+        "the re-sent call was not counted again"
+    );
+    let second = u2.map(|u| u.url);
+    assert!(
+        second.is_some() && second != first,
+        "the next hit gets the other URL"
+    );
+    let (v3, u3) = hit("c3").await.unwrap();
+    assert_eq!(remaining(v3), remaining(v1) - 2);
+    assert!(u3.is_none(), "and then the key is empty");
+}
+
+#[tokio::test]
+async fn a_hit_over_the_limit_takes_nothing() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let settings = RedisSettings {
+        url: Some(redis.url()),
+        timeout_ms: 2_000,
+        ..RedisSettings::default()
+    };
+    let mut tenant_settings = tenant("t", "t-key");
+    tenant_settings.rate_per_sec = 1.0;
+    tenant_settings.burst = 2;
+    let tenants = Tenants::new(&[tenant_settings]);
+    let f = Fleet::connect(&settings, 1, clock.clone(), Arc::new(Metrics::new()))
+        .await
+        .unwrap();
+    let now = clock.now_ms();
+    let t = tenants.get(0);
+    for i in 0..4 {
+        assert_eq!(
+            f.put(t, &key(7), &url(i, now), now, MIN_REMAINING_MS, 10)
+                .await
+                .unwrap(),
+            Stored::Yes
+        );
+    }
+    let k = key(7);
+    let mut taken = 0;
+    let mut refused = 0;
+    for _ in 0..4 {
+        match f.inbound_take(t, &k, now, MIN_REMAINING_MS).await.unwrap() {
+            (Inbound::Allowed { .. }, Some(_)) => taken += 1,
+            (Inbound::Limited { retry_after }, None) => {
+                assert!(retry_after.as_millis() >= 1);
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((taken, refused), (2, 2), "the burst of 2, then refusals");
+    // A second later one more is allowed, and the refused calls left their URLs in the pool.
+    clock.advance(1_000);
+    let (v, u) = f
+        .inbound_take(t, &k, clock.now_ms(), MIN_REMAINING_MS)
+        .await
+        .unwrap();
+    assert!(matches!(v, Inbound::Allowed { .. }) && u.is_some());
+    let (v, u) = f
+        .inbound_take(t, &k, clock.now_ms(), MIN_REMAINING_MS)
+        .await
+        .unwrap();
+    assert!(matches!(v, Inbound::Limited { .. }) && u.is_none());
+    let left = f
+        .take(t, &k, clock.now_ms(), MIN_REMAINING_MS)
+        .await
+        .unwrap();
+    assert!(left.is_some(), "the fourth URL is still pooled");
 }
