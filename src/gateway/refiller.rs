@@ -102,16 +102,20 @@ impl Gateway {
         }
         let mut surplus = vec![];
         for (t, w) in wants {
-            self.start_prefetches(&t, w.needed, Priority::Prefetch, w.reason);
+            let fleet = w.fleet_limit.map(|limit| TopUp {
+                limit,
+                until_ms: now + self.settings.refill.tick_ms,
+            });
+            self.start_prefetches(&t, w.needed, Priority::Prefetch, w.reason, fleet);
             if w.extra > 0 {
-                surplus.push((t, w.extra, w.reason, w.probability));
+                surplus.push((t, w.extra, w.reason, w.probability, fleet));
             }
         }
         // Surplus only after every key's needed depth had its chance at the budget, the keys
         // most likely to be asked for first (idle budget goes to the highest expected value).
         surplus.sort_by(|a, b| b.3.total_cmp(&a.3));
-        for (t, extra, reason, _) in surplus {
-            self.start_prefetches(&t, extra, Priority::Surplus, reason);
+        for (t, extra, reason, _, fleet) in surplus {
+            self.start_prefetches(&t, extra, Priority::Surplus, reason, fleet);
         }
     }
 
@@ -143,17 +147,51 @@ impl Gateway {
     }
 
     /// Turns each replica's share into a claim the fleet agrees to (see
-    /// `Coordination::claim`); a key whose claim fails starts nothing this tick.
+    /// `Coordination::claim`); a key whose claim fails starts nothing this tick. A claim counts
+    /// as in flight fleet-wide until the next sync, so each key asks only for what can start:
+    /// its upstream's free prefetch slots, handed out in the order the prefetches start (needed
+    /// depth key by key, then surplus, most likely first). Claims beyond that would hold the
+    /// fleet's limit against the prefetches that do run, and against their top-ups.
     async fn claim_fleet(&self, wants: &mut [(Arc<Tracked>, Want)], now: u64) {
-        let asks: Vec<(&Tracked, usize, usize)> = wants
+        let mut free: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut slots = |t: &Tracked, n: usize| {
+            let upstream = self.upstreams.of(&t.request);
+            let left = free
+                .entry(upstream.id())
+                .or_insert_with(|| upstream.free_prefetch_slots());
+            let n = n.min(*left);
+            *left -= n;
+            n
+        };
+        for (t, w) in wants.iter_mut() {
+            w.needed = slots(t, w.needed);
+        }
+        let mut by_probability: Vec<usize> = (0..wants.len()).collect();
+        by_probability.sort_by(|&a, &b| wants[b].1.probability.total_cmp(&wants[a].1.probability));
+        for i in by_probability {
+            let (t, w) = &mut wants[i];
+            w.extra = slots(t, w.extra);
+        }
+        // Keys left without a slot ask nothing (and cost no round trip).
+        let asking: Vec<usize> = (0..wants.len())
+            .filter(|&i| wants[i].1.needed + wants[i].1.extra > 0)
+            .collect();
+        let asks: Vec<(&Tracked, usize, usize)> = asking
             .iter()
-            .map(|(t, w)| (&**t, w.needed + w.extra, w.fleet_limit.unwrap_or(0)))
+            .map(|&i| {
+                let (t, w) = &wants[i];
+                (&**t, w.needed + w.extra, w.fleet_limit.unwrap_or(0))
+            })
             .collect();
         let granted = self
             .coordination
             .claim(&self.tenants, &asks, now, self.fleet_keep_ms())
             .await;
-        for ((_, w), g) in wants.iter_mut().zip(granted) {
+        let mut got = vec![0; wants.len()];
+        for (&i, g) in asking.iter().zip(granted) {
+            got[i] = g;
+        }
+        for ((_, w), g) in wants.iter_mut().zip(got) {
             let needed = w.needed.min(g);
             w.extra = g - needed;
             w.needed = needed;
@@ -173,6 +211,7 @@ impl Gateway {
         n: usize,
         priority: Priority,
         reason: Reason,
+        fleet: Option<TopUp>,
     ) {
         let budget = self.budget_for(&t.request);
         let upstream = self.upstreams.of(&t.request);
@@ -188,22 +227,24 @@ impl Gateway {
             let t = t.clone();
             let budget = budget.clone();
             tokio::spawn(async move {
-                gw.prefetch(&t, &budget, priority, reason).await;
+                gw.prefetch(&t, &budget, priority, reason, fleet).await;
                 drop(permit);
             });
         }
     }
 
-    /// One prefetch started by the planner (its call already taken from the local budget). On a
-    /// single node it keeps topping the key up while it is below its target (and then its surplus
-    /// stock), so prefetch throughput is bounded by upstream latency and the budget, not by the
-    /// planner's tick; in a fleet the planner sizes each replica's share every tick instead.
+    /// One prefetch started by the planner (its call already taken from the local budget). It
+    /// keeps topping the key up, so prefetch throughput is bounded by upstream latency and the
+    /// budget, not by the planner's tick: on a single node while the key is below its target
+    /// (and then its surplus stock); in a fleet within the tick it was planned in, each further
+    /// call claimed against that tick's fleet limit (`fleet`) as the planner's own claims are.
     async fn prefetch(
         &self,
         t: &Tracked,
         budget: &Budget,
         mut priority: Priority,
         mut reason: Reason,
+        fleet: Option<TopUp>,
     ) {
         loop {
             if self.fleet_budget(budget, t.tenant, priority).await.is_err() {
@@ -245,7 +286,30 @@ impl Gateway {
                 }
             }
             if self.coordination.shared() {
-                return;
+                // Until the next tick re-plans with the fleet's fresh view: one more, if the
+                // fleet's pool plus its prefetches in flight are still below the limit.
+                let now = self.clock.now_ms();
+                let Some(top) = fleet.filter(|f| now < f.until_ms) else {
+                    return;
+                };
+                if budget.try_acquire(t.tenant, priority).is_err() {
+                    return;
+                }
+                let granted = self
+                    .coordination
+                    .claim(
+                        &self.tenants,
+                        &[(t, 1, top.limit)],
+                        now,
+                        self.fleet_keep_ms(),
+                    )
+                    .await;
+                if granted.first() != Some(&1) {
+                    budget.refund(t.tenant);
+                    return;
+                }
+                t.in_flight.fetch_add(1, Ordering::SeqCst);
+                continue;
             }
             // Below the needed depth: top up at Prefetch priority. Between it and the surplus
             // stock: keep stocking at Surplus priority, taking idle budget as it accrues rather
@@ -290,4 +354,12 @@ impl Gateway {
             }
         }
     }
+}
+
+/// A fleet prefetch's licence to keep topping its key up: the fleet limit its tick planned
+/// (shared pool plus the fleet's prefetches in flight), until the next tick.
+#[derive(Debug, Clone, Copy)]
+struct TopUp {
+    limit: usize,
+    until_ms: u64,
 }

@@ -143,6 +143,11 @@ impl Upstream {
             .and_then(Result::ok)
     }
 
+    /// Prefetch slots free now.
+    pub fn free_prefetch_slots(&self) -> usize {
+        self.prefetches.available_permits()
+    }
+
     /// A prefetch slot, if one is free now.
     pub fn prefetch_slot(&self) -> Option<OwnedSemaphorePermit> {
         self.prefetches.clone().try_acquire_owned().ok()
