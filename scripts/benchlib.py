@@ -132,9 +132,13 @@ def sign(binary, endpoint, path):
 def main(argv):
     cmd, *rest = argv
     if cmd == "config":
-        kind, binary, out, sim, port, admin, a, b = rest
+        kind, binary, out, sim, port, admin, a, b, *redis = rest
         if kind == "gateway":
             s = gateway_config(binary, sim, port, admin, int(a), int(b))
+            if redis:
+                # Cluster mode on one Redis. The timeout is generous so that a busy benchmark
+                # machine measures the shared path rather than degraded mode.
+                s["redis"].update(url=redis[0], timeout_ms=1000)
         else:
             s = scenario_config(binary, sim, port, admin, int(a), float(b))
         open(out, "w").write(to_toml(s) + "\n")

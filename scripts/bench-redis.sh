@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Cluster mode against a single node, same machine, same run: how fast warm keys fill the shared
+# pool in Redis against the local pool, and how fast pool hits are served from each.
+#
+# 1. Fill: a gateway with KEYS warm keys DEPTH deep and a simulator answering at once; the time
+#    until the pool holds KEYS x DEPTH URLs gives URLs/s. Local first, then with `redis.url` on a
+#    fresh redis-server (counted in Redis, through the tenant's count key).
+# 2. Hits: both filled gateways run side by side, their simulators holding every call
+#    (hang_rate 1) so only hits are measured; wrk (1 thread, CONNECTIONS connections) measures
+#    them in RUNS interleaved rounds of DURATION. The ratio is the median of the per-round ratios.
+#    Redis round trips per hit come from the gateway's own embedgate_redis_duration_seconds.
+# Writes bench-results/redis.md and bench-results/redis.json. Needs wrk and redis-server
+# (scripts/setup.sh installs redis-server; apt-get install wrk). Knobs: KEYS, DEPTH, RUNS,
+# DURATION, CONNECTIONS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KEYS=${KEYS:-200}
+DEPTH=${DEPTH:-1000}
+RUNS=${RUNS:-5}
+DURATION=${DURATION:-2s}
+CONNECTIONS=${CONNECTIONS:-64}
+command -v wrk >/dev/null || { echo "bench-redis: wrk is required (apt-get install wrk)" >&2; exit 1; }
+command -v redis-server >/dev/null || { echo "bench-redis: redis-server is required (scripts/setup.sh installs it)" >&2; exit 1; }
+source scripts/bench-lib.sh
+target=$((KEYS * DEPTH))
+
+rport=$(free_port)
+redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.out" 2>&1 &
+redis_pid=$!; pids+=("$redis_pid"); wait_for "$work/redis.out" "Ready to accept connections"
+rcli() { redis-cli -p "$rport" "$@"; }
+
+# shared_urls: the bench tenant's URLs in the shared pool (its count key, one per epoch).
+shared_urls() {
+  local n=0 k
+  for k in $(rcli --scan --pattern 'embedgate:{t:bench}:n:*'); do n=$((n + $(rcli ZCARD "$k"))); done
+  echo "$n"
+}
+local_urls() { admin_json "$1" /state 'j["pool"]["urls"]' 2>/dev/null || echo 0; }
+
+# filled MODE: starts a simulator and a gateway (MODE local or redis), times the fill, then makes
+# the simulator hold every call. Sets <MODE>_port, <MODE>_admin, <MODE>_fill_secs.
+filled() {
+  local mode=$1 port admin urls=0 started now
+  port=$(free_port); admin=$(free_port)
+  start_sim "sim-$mode"
+  local sim=$sim_url
+  if [ "$mode" = redis ]; then
+    lib config gateway "$bin" "$work/$mode.toml" "$sim" "$port" "$admin" "$KEYS" "$DEPTH" "redis://127.0.0.1:$rport"
+  else
+    lib config gateway "$bin" "$work/$mode.toml" "$sim" "$port" "$admin" "$KEYS" "$DEPTH"
+  fi
+  started=$(date +%s.%N)
+  start_gateway "$work/$mode.toml"
+  echo "filling the $mode pool with $target URLs..."
+  for _ in $(seq 2400); do
+    kill -0 "$gw_pid" 2>/dev/null || { echo "bench-redis: the gateway exited:" >&2; cat "$work/$mode.toml.err" >&2; exit 1; }
+    if [ "$mode" = redis ]; then urls=$(shared_urls); else urls=$(local_urls "$admin"); fi
+    [ "$urls" -ge "$target" ] && break
+    sleep 0.25
+  done
+  now=$(date +%s.%N)
+  [ "$urls" -ge "$target" ] || { echo "bench-redis: the $mode pool reached only $urls of $target URLs in 10 minutes" >&2; exit 1; }
+  curl -sf -X POST "$sim/_sim/knobs" -H 'Content-Type: application/json' \
+    -d '{"hang_rate": 1.0, "hang_ms": 3600000}' >/dev/null
+  printf -v "${mode}_port" %s "$port"
+  printf -v "${mode}_pid_gw" %s "$gw_pid"
+  printf -v "${mode}_admin" %s "$admin"
+  printf -v "${mode}_fill_secs" %s "$(python3 -c "print(round($now - $started, 2))")"
+  echo "$mode: $urls URLs in $(eval echo "\$${mode}_fill_secs") s (from the gateway's start)"
+}
+filled local
+filled redis
+
+cat >"$work/hit.lua" <<LUA
+local i = 0
+local keys = $KEYS
+wrk.method = "POST"
+wrk.headers["Authorization"] = "Bearer bench-key"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = (i % keys) + 1
+  local body = string.format('{"DashboardId":"d-%04d","IdentityType":"QUICKSIGHT","UserArn":"arn:aws:quicksight:us-east-1:111122223333:user/default/user-%04d"}', i - 1, i - 1)
+  return wrk.format(nil, "/v1/embed-url/dashboard", nil, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("p99.9 %.3f ms\n", latency:percentile(99.9) / 1000))
+end
+LUA
+# metric PORT SAMPLE: one sample's value from the admin listener (0 when absent).
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v s="$2" '$1 == s { print $2; f = 1 } END { if (!f) print 0 }'; }
+hit_calls() { metric "$redis_admin" 'embedgate_redis_duration_seconds_count{op="hit"}'; }
+other_calls() {
+  local n=0 op
+  for op in take inbound; do n=$(python3 -c "print($n + $(metric "$redis_admin" "embedgate_redis_duration_seconds_count{op=\"$op\"}"))"); done
+  echo "$n"
+}
+requests() { # FILE...: requests wrk completed over the runs
+  cat "$@" | awk '/requests in/ { n += $1 } END { print n + 0 }'
+}
+# cpu PID: CPU seconds the process has used (user + system).
+cpu() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
+hits_before=$(hit_calls); others_before=$(other_calls)
+rcli CONFIG RESETSTAT >/dev/null
+gw_cpu=0; redis_cpu=0
+for i in $(seq "$RUNS"); do
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$local_port" >"$work/local.$i" 2>&1
+  g0=$(cpu "$redis_pid_gw"); r0=$(cpu "$redis_pid")
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$redis_port" >"$work/redis.$i" 2>&1
+  gw_cpu=$(python3 -c "print($gw_cpu + $(cpu "$redis_pid_gw") - $g0)"); redis_cpu=$(python3 -c "print($redis_cpu + $(cpu "$redis_pid") - $r0)")
+done
+# Redis's own time per script call, from its command statistics.
+script_usec=$(rcli INFO commandstats | awk -F'[=,]' '/^cmdstat_evalsha:/ { print $6 }')
+hits=$(python3 -c "print(int($(hit_calls) - $hits_before))")
+others=$(python3 -c "print(int($(other_calls) - $others_before))")
+redis_requests=$(requests $(for i in $(seq "$RUNS"); do echo "$work/redis.$i"; done))
+degraded=$(metric "$redis_admin" embedgate_redis_degraded)
+median() { lib wrk $(for i in $(seq "$RUNS"); do echo "$work/$1.$i"; done); }
+read -r local_rps local_p50 local_p99 local_p999 local_bad <<<"$(median local)"
+read -r redis_rps redis_p50 redis_p99 redis_p999 redis_bad <<<"$(median redis)"
+ratios=$(for i in $(seq "$RUNS"); do lib wrk "$work/redis.$i" | cut -d' ' -f1; lib wrk "$work/local.$i" | cut -d' ' -f1; done | paste -sd' ')
+
+mkdir -p bench-results/raw-redis
+# The configs, the gateways' logs and wrk's outputs, for a second look.
+cp "$work"/*.toml "$work"/*.err "$work"/local.* "$work"/redis.* bench-results/raw-redis/ 2>/dev/null || true
+export gw_cpu redis_cpu script_usec KEYS DEPTH RUNS DURATION CONNECTIONS target local_fill_secs redis_fill_secs hits others redis_requests degraded \
+  local_rps local_p50 local_p99 local_p999 local_bad redis_rps redis_p50 redis_p99 redis_p999 redis_bad ratios
+python3 - <<'PY'
+import json, os, platform
+e = os.environ
+f = lambda k: float(e[k])
+v = [float(x) for x in e["ratios"].split()]
+by_round = [round(v[i] / v[i + 1], 3) for i in range(0, len(v), 2)]
+path = lambda p: {"rps": f(p + "_rps"), "p50_ms": f(p + "_p50"), "p99_ms": f(p + "_p99"), "p999_ms": f(p + "_p999"),
+                  "non_2xx": int(e[p + "_bad"])}
+urls = int(e["target"])
+r = {
+  "fill": {"urls": urls, "local_secs": f("local_fill_secs"), "redis_secs": f("redis_fill_secs"),
+           "local_urls_per_sec": round(urls / f("local_fill_secs")), "redis_urls_per_sec": round(urls / f("redis_fill_secs")),
+           "redis_slower_by": round(f("redis_fill_secs") / f("local_fill_secs"), 2)},
+  "hit_local": path("local"), "hit_redis": path("redis"),
+  "hit_ratio_by_round": by_round, "hit_ratio_redis_vs_local": sorted(by_round)[len(by_round) // 2],
+  "redis_round_trips": {"requests": int(e["redis_requests"]), "hit": int(e["hits"]), "take_or_inbound": int(e["others"]),
+                        "per_request": round((int(e["hits"]) + int(e["others"])) / max(1, int(e["redis_requests"])), 3)},
+  "degraded_at_end": f("degraded"),
+  "shared_runs_cpu_secs": {"gateway": round(f("gw_cpu"), 2), "redis_server": round(f("redis_cpu"), 2),
+                           "redis_usec_per_script_call": float(e["script_usec"] or 0)},
+  "settings": {"keys": int(e["KEYS"]), "depth": int(e["DEPTH"]), "runs": int(e["RUNS"]), "duration": e["DURATION"],
+               "connections": int(e["CONNECTIONS"]), "cores": os.cpu_count(), "machine": platform.processor() or platform.machine()},
+}
+json.dump(r, open("bench-results/redis.json", "w"), indent=2)
+fl, rt = r["fill"], r["redis_round_trips"]
+row = lambda name, x: f"| {name} | {x['rps']:,.0f} | {x['p50_ms']:.2f} ms | {x['p99_ms']:.2f} ms | {x['p999_ms']:.2f} ms | {x['non_2xx']} |"
+md = f"""## Cluster mode against a single node
+
+Fill of {fl['urls']:,} URLs through {r['settings']['keys']} warm keys (time from the gateway's start): local pool
+{fl['local_secs']} s (**{fl['local_urls_per_sec']:,} URLs/s**), shared pool in Redis {fl['redis_secs']} s
+(**{fl['redis_urls_per_sec']:,} URLs/s**): the shared fill takes **{fl['redis_slower_by']}x** as long.
+
+Pool hits, wrk 1 thread, {r['settings']['connections']} connections, {r['settings']['runs']} interleaved rounds of {r['settings']['duration']}; median-throughput run of each:
+
+| Pool | requests/s | p50 | p99 | p99.9 | non-2xx |
+| --- | --- | --- | --- | --- | --- |
+{row("local", r['hit_local'])}
+{row("shared (Redis)", r['hit_redis'])}
+
+Shared against local: **{r['hit_ratio_redis_vs_local']:.2f}x** (median of the per-round ratios {', '.join(map(str, by_round))}).
+Redis round trips during the shared runs: {rt['hit']:,} `hit` and {rt['take_or_inbound']} `take`/`inbound` for {rt['requests']:,}
+requests ({rt['per_request']} per request). Degraded at the end: {int(r['degraded_at_end'])}.
+CPU during the shared runs: gateway {r['shared_runs_cpu_secs']['gateway']} s, redis-server {r['shared_runs_cpu_secs']['redis_server']} s
+({r['shared_runs_cpu_secs']['redis_usec_per_script_call']} µs of Redis time per script call).
+"""
+open("bench-results/redis.md", "w").write(md)
+print(md)
+PY
