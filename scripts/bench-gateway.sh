@@ -46,21 +46,7 @@ filled_gateway() {
 }
 filled_gateway
 
-cat >"$work/hit.lua" <<LUA
-local i = 0
-local keys = $KEYS
-wrk.method = "POST"
-wrk.headers["Authorization"] = "Bearer bench-key"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  i = (i % keys) + 1
-  local body = string.format('{"DashboardId":"d-%04d","IdentityType":"QUICKSIGHT","UserArn":"arn:aws:quicksight:us-east-1:111122223333:user/default/user-%04d"}', i - 1, i - 1)
-  return wrk.format(nil, "/v1/embed-url/dashboard", nil, body)
-end
-done = function(summary, latency, requests)
-  io.write(string.format("p99.9 %.3f ms\n", latency:percentile(99.9) / 1000))
-end
-LUA
+hit_script "$KEYS" "$work/hit.lua"
 sed 's/bench-key/abuser-key/' "$work/hit.lua" >"$work/reject.lua"
 size_of() { curl -s -o /dev/null -w '%{size_download}' -X POST "$1" -H "Authorization: Bearer $2" -H 'Content-Type: application/json' \
   -d '{"DashboardId":"d-0000","IdentityType":"QUICKSIGHT","UserArn":"arn:aws:quicksight:us-east-1:111122223333:user/default/user-0000"}'; }

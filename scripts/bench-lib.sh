@@ -43,3 +43,23 @@ stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 # admin_json PORT PATH EXPR: evaluates a Python expression over the admin endpoint's JSON (as j).
 admin_json() { curl -s "http://127.0.0.1:$1$2" | python3 -c "import json,sys; j=json.load(sys.stdin); print($3)"; }
+
+# hit_script KEYS FILE: a wrk script that asks the bench tenant for its KEYS warm keys in turn
+# (the keys benchlib.py's gateway config warms) and prints p99.9.
+hit_script() {
+  cat >"$2" <<LUA
+local i = 0
+local keys = $1
+wrk.method = "POST"
+wrk.headers["Authorization"] = "Bearer bench-key"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = (i % keys) + 1
+  local body = string.format('{"DashboardId":"d-%04d","IdentityType":"QUICKSIGHT","UserArn":"arn:aws:quicksight:us-east-1:111122223333:user/default/user-%04d"}', i - 1, i - 1)
+  return wrk.format(nil, "/v1/embed-url/dashboard", nil, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("p99.9 %.3f ms\n", latency:percentile(99.9) / 1000))
+end
+LUA
+}

@@ -71,21 +71,7 @@ filled() {
 filled local
 filled redis
 
-cat >"$work/hit.lua" <<LUA
-local i = 0
-local keys = $KEYS
-wrk.method = "POST"
-wrk.headers["Authorization"] = "Bearer bench-key"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  i = (i % keys) + 1
-  local body = string.format('{"DashboardId":"d-%04d","IdentityType":"QUICKSIGHT","UserArn":"arn:aws:quicksight:us-east-1:111122223333:user/default/user-%04d"}', i - 1, i - 1)
-  return wrk.format(nil, "/v1/embed-url/dashboard", nil, body)
-end
-done = function(summary, latency, requests)
-  io.write(string.format("p99.9 %.3f ms\n", latency:percentile(99.9) / 1000))
-end
-LUA
+hit_script "$KEYS" "$work/hit.lua"
 # metric PORT SAMPLE: one sample's value from the admin listener (0 when absent).
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v s="$2" '$1 == s { print $2; f = 1 } END { if (!f) print 0 }'; }
 hit_calls() { metric "$redis_admin" 'embedgate_redis_duration_seconds_count{op="hit"}'; }

@@ -79,7 +79,7 @@ impl Fleet {
         now_ms: u64,
         min_remaining_ms: u64,
     ) -> Result<Option<PooledUrl>, Down> {
-        let id = format!("{:016x}", rand::random::<u64>());
+        let id = call_id();
         self.take_once(tenant, key, now_ms, min_remaining_ms, &id)
             .await
     }
@@ -98,25 +98,20 @@ impl Fleet {
         id: &str,
     ) -> Result<Option<PooledUrl>, Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
-        let remember_ms = (2 * self.timeout.as_millis() as u64).max(1_000);
         let (stale, url, issued): (u64, String, u64) = self
             .pool_script("take", tenant, &self.scripts.take, |inv, epoch| {
                 inv.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
                     .key(self.key(&tenant_tag(tenant), &format!(":tk:{id}")))
                     .arg(cutoff)
-                    .arg(remember_ms);
+                    .arg(self.remember_ms());
             })
             .await?;
         self.count_stale(stale);
         if url.is_empty() {
             return Ok(None);
         }
-        let u = PooledUrl::decode(url, issued);
-        self.metrics
-            .remaining_validity
-            .observe(u.expires_at_ms().saturating_sub(now_ms) as f64 / 1000.0);
-        Ok(Some(u))
+        Ok(Some(self.handed_out(url, issued, now_ms)))
     }
 
     /// The hit path in one round trip: counts one request of `tenant` against its fleet-wide
@@ -136,7 +131,7 @@ impl Fleet {
         if let Some(refused) = self.known_over(tenant, now_ms) {
             return Ok((refused, None));
         }
-        let id = format!("{:016x}", rand::random::<u64>());
+        let id = call_id();
         self.inbound_take_once(tenant, key, now_ms, min_remaining_ms, &id)
             .await
     }
@@ -156,7 +151,6 @@ impl Fleet {
         id: &str,
     ) -> Result<(Inbound, Option<PooledUrl>), Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
-        let remember_ms = (2 * self.timeout.as_millis() as u64).max(1_000);
         let (allowed, n, stale, url, issued): (u8, u32, u64, String, u64) = self
             .pool_script("hit", tenant, &self.scripts.hit, |inv, epoch| {
                 inv.key(self.pool_key(tenant, epoch, key))
@@ -164,7 +158,7 @@ impl Fleet {
                     .key(self.key(&tenant_tag(tenant), &format!(":tk:{id}")))
                     .key(self.key(&tenant_tag(tenant), ":rl"))
                     .arg(cutoff)
-                    .arg(remember_ms)
+                    .arg(self.remember_ms())
                     .arg(now_ms)
                     .arg(format!("{:.6}", 1000.0 / tenant.rate_per_sec))
                     .arg(tenant.burst);
@@ -182,11 +176,21 @@ impl Fleet {
         if url.is_empty() {
             return Ok((admitted, None));
         }
-        let u = PooledUrl::decode(url, issued);
+        Ok((admitted, Some(self.handed_out(url, issued, now_ms))))
+    }
+
+    /// A URL popped from the shared pool, its remaining validity observed.
+    fn handed_out(&self, url: String, issued_ms: u64, now_ms: u64) -> PooledUrl {
+        let u = PooledUrl::decode(url, issued_ms);
         self.metrics
             .remaining_validity
             .observe(u.expires_at_ms().saturating_sub(now_ms) as f64 / 1000.0);
-        Ok((admitted, Some(u)))
+        u
+    }
+
+    /// How long a call's answer is kept under its id: long enough for any re-send of it.
+    fn remember_ms(&self) -> u64 {
+        (2 * self.timeout.as_millis() as u64).max(1_000)
     }
 
     /// Adds a URL to the shared pool within the per-key and per-tenant bounds.
@@ -294,4 +298,9 @@ impl Fleet {
     pub(super) fn count_stale(&self, stale: u64) {
         self.metrics.wasted(Waste::Expired, stale);
     }
+}
+
+/// A fresh id for one take or hit (the key its answer is remembered under).
+fn call_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
 }

@@ -19,6 +19,15 @@ use crate::redis_server::RedisServer;
 const MIN_REMAINING_MS: u64 = 60_000;
 
 async fn fleet(redis: &RedisServer, clock: &Clock) -> (Arc<Fleet>, Tenants, Arc<Metrics>) {
+    fleet_with(redis, clock, |_| {}).await
+}
+
+/// [`fleet`] with the one tenant `t` (3 pooled URLs at most) customised.
+async fn fleet_with(
+    redis: &RedisServer,
+    clock: &Clock,
+    customize: impl FnOnce(&mut embedgate::config::TenantSettings),
+) -> (Arc<Fleet>, Tenants, Arc<Metrics>) {
     let settings = RedisSettings {
         url: Some(redis.url()),
         timeout_ms: 2_000,
@@ -27,6 +36,7 @@ async fn fleet(redis: &RedisServer, clock: &Clock) -> (Arc<Fleet>, Tenants, Arc<
     let metrics = Arc::new(Metrics::new());
     let mut t = tenant("t", "t-key");
     t.max_pooled_urls = 3;
+    customize(&mut t);
     let tenants = Tenants::new(&[t]);
     let fleet = Fleet::connect(&settings, 1, clock.clone(), metrics.clone())
         .await
@@ -261,18 +271,12 @@ async fn a_hit_sent_twice_counts_once_and_returns_the_same_url() {
 async fn a_hit_over_the_limit_takes_nothing() {
     let redis = RedisServer::start();
     let clock = Clock::manual();
-    let settings = RedisSettings {
-        url: Some(redis.url()),
-        timeout_ms: 2_000,
-        ..RedisSettings::default()
-    };
-    let mut tenant_settings = tenant("t", "t-key");
-    tenant_settings.rate_per_sec = 1.0;
-    tenant_settings.burst = 2;
-    let tenants = Tenants::new(&[tenant_settings]);
-    let f = Fleet::connect(&settings, 1, clock.clone(), Arc::new(Metrics::new()))
-        .await
-        .unwrap();
+    let (f, tenants, _) = fleet_with(&redis, &clock, |t| {
+        t.rate_per_sec = 1.0;
+        t.burst = 2;
+        t.max_pooled_urls = 10;
+    })
+    .await;
     let now = clock.now_ms();
     let t = tenants.get(0);
     for i in 0..4 {
