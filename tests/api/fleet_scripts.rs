@@ -175,6 +175,16 @@ fn redis_key_like(redis: &RedisServer, part: &str) -> String {
         .to_string()
 }
 
+/// Pools two URLs for `k`, issued a millisecond apart.
+async fn pool_two(f: &Fleet, tenants: &Tenants, k: &PoolKey, now: u64) {
+    for i in 0..2 {
+        assert_eq!(
+            put(f, tenants, k, &url(i, now + i as u64), now).await,
+            Stored::Yes
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_take_sent_twice_returns_the_same_url_instead_of_losing_one() {
     let redis = RedisServer::start();
@@ -182,13 +192,8 @@ async fn a_take_sent_twice_returns_the_same_url_instead_of_losing_one() {
     let (f, tenants, _) = fleet(&redis, &clock).await;
     let now = clock.now_ms();
     let t = tenants.get(0);
-    for i in 0..2 {
-        assert_eq!(
-            put(&f, &tenants, &key(5), &url(i, now + i as u64), now).await,
-            Stored::Yes
-        );
-    }
     let k = key(5);
+    pool_two(&f, &tenants, &k, now).await;
     let take = |id: &'static str| f.take_once(t, &k, now, MIN_REMAINING_MS, id);
     let first = take("a1").await.unwrap().map(|u| u.url);
     // The same take again, as a client retry after a lost reply sends it: the same URL, not
@@ -233,13 +238,8 @@ async fn a_hit_sent_twice_counts_once_and_returns_the_same_url() {
     let (f, tenants, _) = fleet(&redis, &clock).await;
     let now = clock.now_ms();
     let t = tenants.get(0);
-    for i in 0..2 {
-        assert_eq!(
-            put(&f, &tenants, &key(6), &url(i, now + i as u64), now).await,
-            Stored::Yes
-        );
-    }
     let k = key(6);
+    pool_two(&f, &tenants, &k, now).await;
     let hit = |id: &'static str| f.inbound_take_once(t, &k, now, MIN_REMAINING_MS, id);
     let remaining = |v: Inbound| match v {
         Inbound::Allowed { remaining } => remaining,
