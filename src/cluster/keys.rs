@@ -25,28 +25,70 @@ impl Fleet {
     }
 
     // A tenant's keys share its hash tag, so one script can touch them all on Redis Cluster.
+    // They are built on every hit, so without `format!`: one allocation each.
+
+    /// `P{t:<tenant>}` followed by `parts`.
+    pub(super) fn tenant_key(&self, tenant: &Tenant, parts: &[&str]) -> String {
+        tenant_key(&self.settings.prefix, &tenant.id, parts)
+    }
 
     /// The tenant's fence: `<run_id>:<epoch>`.
     pub(super) fn fence_key(&self, tenant: &Tenant) -> String {
-        self.key(&tenant_tag(tenant), ":f")
+        self.tenant_key(tenant, &[":f"])
     }
 
     /// The sorted set of `key`'s pooled URLs in `epoch`.
     pub(super) fn pool_key(&self, tenant: &Tenant, epoch: &str, key: &PoolKey) -> String {
-        self.key(&tenant_tag(tenant), &format!(":p:{epoch}:{key}"))
+        self.tenant_key(tenant, &[":p:", epoch, ":", key.as_str()])
     }
 
     /// The tenant's count of pooled URLs in `epoch`.
     pub(super) fn count_key(&self, tenant: &Tenant, epoch: &str) -> String {
-        self.key(&tenant_tag(tenant), &format!(":n:{epoch}"))
+        self.tenant_key(tenant, &[":n:", epoch])
     }
 
     /// The replicas' demand reports and prefetches in flight for `key`.
     pub(super) fn demand_key(&self, tenant: &Tenant, key: &PoolKey) -> String {
-        self.key(&tenant_tag(tenant), &format!(":d:{key}"))
+        self.tenant_key(tenant, &[":d:", key.as_str()])
+    }
+
+    /// Where the answer to the take or hit with this `id` is remembered.
+    pub(super) fn call_key(&self, tenant: &Tenant, id: &str) -> String {
+        self.tenant_key(tenant, &[":tk:", id])
+    }
+
+    /// The tenant's inbound GCRA state.
+    pub(super) fn limit_key(&self, tenant: &Tenant) -> String {
+        self.tenant_key(tenant, &[":rl"])
     }
 }
 
-pub(super) fn tenant_tag(tenant: &Tenant) -> String {
-    format!("t:{}", tenant.id)
+/// `<prefix>{t:<tenant>}<parts...>` in one allocation.
+fn tenant_key(prefix: &str, tenant: &str, parts: &[&str]) -> String {
+    let len = prefix.len() + tenant.len() + 4 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut key = String::with_capacity(len);
+    key.push_str(prefix);
+    key.push_str("{t:");
+    key.push_str(tenant);
+    key.push('}');
+    for part in parts {
+        key.push_str(part);
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tenant_key;
+
+    /// Keys are shared with replicas of other releases: the layout above, byte for byte.
+    #[test]
+    fn a_tenant_key_is_the_prefix_the_tenants_hash_tag_and_the_parts() {
+        assert_eq!(
+            tenant_key("embedgate:", "acme", &[":p:", "5f3a", ":", "0123abcd"]),
+            "embedgate:{t:acme}:p:5f3a:0123abcd"
+        );
+        assert_eq!(tenant_key("fleet-b:", "t1", &[":rl"]), "fleet-b:{t:t1}:rl");
+        assert_eq!(tenant_key("", "t1", &[]), "{t:t1}");
+    }
 }

@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::keys::tenant_tag;
 use super::{Down, Fleet};
 use crate::limiter::Inbound;
 use crate::tenant::Tenant;
@@ -19,7 +18,7 @@ impl Fleet {
         if let Some(refused) = self.known_over(tenant, now_ms) {
             return Ok(refused);
         }
-        let key = self.key(&tenant_tag(tenant), ":rl");
+        let key = self.limit_key(tenant);
         let verdict = self
             .gcra(
                 "inbound",

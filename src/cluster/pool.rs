@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
-use super::keys::tenant_tag;
 use super::{Down, Fleet, Stored};
 use crate::limiter::Inbound;
 use crate::metrics::Waste;
@@ -27,9 +26,7 @@ impl Fleet {
         for _ in 0..2 {
             let epoch = self.epochs[tenant.index].read().clone();
             let mut inv = script.prepare_invoke();
-            inv.key(self.fence_key(tenant))
-                .arg(&epoch)
-                .arg(format!("{:016x}", rand::random::<u64>()));
+            inv.key(self.fence_key(tenant)).arg(&epoch).arg(call_id());
             build(&mut inv, &epoch);
             let reply: Vec<redis::Value> = self.script(op, inv).await?;
             match <[redis::Value; 2]>::try_from(reply) {
@@ -102,7 +99,7 @@ impl Fleet {
             .pool_script("take", tenant, &self.scripts.take, |inv, epoch| {
                 inv.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
-                    .key(self.key(&tenant_tag(tenant), &format!(":tk:{id}")))
+                    .key(self.call_key(tenant, id))
                     .arg(cutoff)
                     .arg(self.remember_ms());
             })
@@ -155,8 +152,8 @@ impl Fleet {
             .pool_script("hit", tenant, &self.scripts.hit, |inv, epoch| {
                 inv.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
-                    .key(self.key(&tenant_tag(tenant), &format!(":tk:{id}")))
-                    .key(self.key(&tenant_tag(tenant), ":rl"))
+                    .key(self.call_key(tenant, id))
+                    .key(self.limit_key(tenant))
                     .arg(cutoff)
                     .arg(self.remember_ms())
                     .arg(now_ms)
@@ -300,7 +297,13 @@ impl Fleet {
     }
 }
 
-/// A fresh id for one take or hit (the key its answer is remembered under).
+/// 16 random hex digits: the id of one take or hit (the key its answer is remembered under),
+/// or a fresh epoch. Built on every hit, so without `format!`.
 fn call_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = rand::random::<u64>();
+    (0..16)
+        .rev()
+        .map(|i| char::from(HEX[((n >> (i * 4)) & 0xf) as usize]))
+        .collect()
 }
