@@ -88,9 +88,16 @@ if new_tat - now > interval * burst then
 end
 redis.call('SET', KEYS[4], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
 local remaining = math.floor((interval * burst - (new_tat - now)) / interval)
-local stale = purge(KEYS[1], KEYS[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+-- The oldest URL first: only when it is stale are the key's stale ones purged (the common hit
+-- pays no range scan), and the next oldest popped.
+local stale = 0
 local got = redis.call('ZPOPMIN', KEYS[1])
+if #got > 0 and tonumber(got[2]) < tonumber(ARGV[1]) then
+  redis.call('ZREM', KEYS[2], digest(got[1]))
+  stale = 1 + purge(KEYS[1], KEYS[2], ARGV[1])
+  got = redis.call('ZPOPMIN', KEYS[1])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
 local issued, url = '0', ''
 if #got > 0 then
   redis.call('ZREM', KEYS[2], digest(got[1]))

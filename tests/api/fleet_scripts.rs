@@ -319,3 +319,44 @@ async fn a_hit_over_the_limit_takes_nothing() {
         .unwrap();
     assert!(left.is_some(), "the fourth URL is still pooled");
 }
+
+#[tokio::test]
+async fn a_hit_never_hands_out_a_stale_url_and_counts_the_stale_ones_as_waste() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, metrics) = fleet(&redis, &clock).await;
+    let t = tenants.get(0);
+    let k = key(8);
+    let start = clock.now_ms();
+    // Two URLs issued now and one 10 s later, in one key.
+    for (i, at) in [(0, start), (1, start + 1), (2, start + 10_000)] {
+        clock.advance(at - clock.now_ms());
+        assert_eq!(put(&f, &tenants, &k, &url(i, at), at).await, Stored::Yes);
+    }
+    // The first two are now past their usable life (the fleet's clock margin included); the
+    // third is not.
+    let usable = 300_000 - MIN_REMAINING_MS - 2 * 1_000;
+    clock.advance(start + usable + 5_000 - clock.now_ms());
+    let now = clock.now_ms();
+    let (v, got) = f.inbound_take(t, &k, now, MIN_REMAINING_MS).await.unwrap();
+    assert!(matches!(v, Inbound::Allowed { .. }));
+    assert_eq!(
+        got.map(|u| u.url),
+        Some(url(2, start + 10_000).url),
+        "the fresh URL, never a stale one"
+    );
+    let wasted = metric(
+        &metrics.render(),
+        "embedgate_urls_wasted_total{reason=\"expired\"}",
+    );
+    assert_eq!(wasted, 2.0, "both stale URLs counted as waste");
+    let (_, none) = f.inbound_take(t, &k, now, MIN_REMAINING_MS).await.unwrap();
+    assert!(none.is_none(), "and the key is empty");
+    // They left the tenant's count too: its bound of 3 has room for 3 again.
+    for i in 10..13 {
+        assert_eq!(
+            put(&f, &tenants, &key(i), &url(i, now), now).await,
+            Stored::Yes
+        );
+    }
+}
