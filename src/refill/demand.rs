@@ -433,6 +433,19 @@ mod tests {
         (t.expect("n > 0"), now)
     }
 
+    /// The key's target at `at` with its own estimates, a 0.1 s lead and 60 s kept in reserve.
+    fn target_at(d: &Demand, t: &Tracked, at: u64, max_per_key: usize) -> (usize, Reason) {
+        d.target(
+            t,
+            d.rate(t, at),
+            d.demonstrated_rate(t, at),
+            at,
+            0.1,
+            60,
+            max_per_key,
+        )
+    }
+
     #[test]
     fn the_rate_estimate_converges_on_a_steady_stream() {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
@@ -445,32 +458,11 @@ mod tests {
     fn depth_follows_littles_law_within_the_usable_life() {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
         let (t, now) = steady(&d, 400, 10); // 100 requests per second
-        let (depth, reason) = d.target(
-            &t,
-            d.rate(&t, now),
-            d.demonstrated_rate(&t, now),
-            now,
-            0.1,
-            60,
-            1000,
-        );
+        let (depth, reason) = target_at(&d, &t, now, 1000);
         // λ ≈ 100/s × (0.1 s lead + 1 s safety) ≈ 110
         assert!((90..=135).contains(&depth), "{depth}");
         assert_eq!(reason, Reason::Prefetch);
-        assert_eq!(
-            d.target(
-                &t,
-                d.rate(&t, now),
-                d.demonstrated_rate(&t, now),
-                now,
-                0.1,
-                60,
-                16
-            )
-            .0,
-            16,
-            "capped per key"
-        );
+        assert_eq!(target_at(&d, &t, now, 16).0, 16, "capped per key");
     }
 
     #[test]
@@ -516,16 +508,7 @@ mod tests {
         let target = |i: usize, tenant| {
             let t = d.record(&key_n(i), tenant, &request_n(i), now).unwrap();
             let at = now + 500;
-            d.target(
-                &t,
-                d.rate(&t, at),
-                d.demonstrated_rate(&t, at),
-                at,
-                0.1,
-                60,
-                100,
-            )
-            .0
+            target_at(&d, &t, at, 100).0
         };
         assert!(
             target(1_000, 0) >= 1,
@@ -544,15 +527,7 @@ mod tests {
         let t = d.record(&key(), 0, &req(), 1_000).unwrap();
         let at = 1_500;
         assert_eq!(
-            d.target(
-                &t,
-                d.rate(&t, at),
-                d.demonstrated_rate(&t, at),
-                at,
-                0.1,
-                60,
-                100
-            ),
+            target_at(&d, &t, at, 100),
             (1, Reason::Prefetch),
             "no evidence yet: a first request may start a stream"
         );
@@ -569,17 +544,7 @@ mod tests {
         let now = 1_000_000;
         let t = d.record(&key(), 0, &req(), now).unwrap();
         let later = now + 2_000;
-        let target = |at| {
-            d.target(
-                &t,
-                d.rate(&t, at),
-                d.demonstrated_rate(&t, at),
-                at,
-                0.1,
-                60,
-                100,
-            )
-        };
+        let target = |at| target_at(&d, &t, at, 100);
         assert_eq!(target(later).0, 0, "one view is no stream");
         d.record(&key(), 0, &req(), later);
         assert_eq!(
@@ -612,32 +577,9 @@ mod tests {
         let t = d.record(&key(), 0, &req(), now).unwrap();
         // One request, then an hour of silence: λ ≈ 0.
         let later = now + 3_600_000;
-        assert_eq!(
-            d.target(
-                &t,
-                d.rate(&t, later),
-                d.demonstrated_rate(&t, later),
-                later,
-                0.1,
-                60,
-                10
-            )
-            .0,
-            0
-        );
+        assert_eq!(target_at(&d, &t, later, 10).0, 0);
         assert!(d.hint(&key(), 0, &req(), later));
-        assert_eq!(
-            d.target(
-                &t,
-                d.rate(&t, later),
-                d.demonstrated_rate(&t, later),
-                later,
-                0.1,
-                60,
-                10
-            ),
-            (1, Reason::Hint)
-        );
+        assert_eq!(target_at(&d, &t, later, 10), (1, Reason::Hint));
         // The tenant may hold one hint at a time; a second key is refused until the first expires.
         let mut other = req();
         other.set_aws_account_id("444455556666".into());
@@ -714,17 +656,7 @@ mod tests {
         let t0 = 250_000;
         assert!(d.hint(&key(), 0, &req(), t0));
         let t = d.find(&key()).unwrap();
-        let target = |at| {
-            d.target(
-                &t,
-                d.rate(&t, at),
-                d.demonstrated_rate(&t, at),
-                at,
-                0.1,
-                60,
-                10,
-            )
-        };
+        let target = |at| target_at(&d, &t, at, 10);
         assert_eq!(target(t0 + 1_000), (1, Reason::Hint));
         d.record(&key(), 0, &req(), t0 + 2_000);
         assert_eq!(
