@@ -10,7 +10,8 @@
 //! - `P{t:<tenant>}:tk:<id>`: the answer to one take (or hit: limit verdict and take), kept a
 //!   second so a re-sent call repeats it.
 //! - `P{t:<tenant>}:d:<key>`: each replica's demand estimate for the key (`ms,rate`).
-//! - `P{t:<tenant>}:rl`: the tenant's inbound GCRA state (theoretical arrival time, ms).
+//! - `P{t:<tenant>}:rl`: the tenant's inbound GCRA state (theoretical arrival time and
+//!   latest clock seen, ms; see `scripts::LIMIT_LIB`).
 //! - `P{a:<account>:<region>}:budget`: the account's upstream GCRA state.
 //! - `P{a:<account>:<region>}:share:<tenant>`: the tenant's share of it (GCRA at its weight).
 //! - `P{replicas}`: replica ids scored by their last heartbeat.

@@ -79,7 +79,8 @@ impl Fleet {
             .arg(burst)
             .arg(format!("{reserve:.6}"))
             .arg(format!("{:.6}", interval / weight))
-            .arg(format!("{:.6}", (f64::from(burst) * weight).max(1.0)));
+            .arg(format!("{:.6}", (f64::from(burst) * weight).max(1.0)))
+            .arg(self.max_late_ms());
         let (allowed, retry_ms): (u8, u64) = self.script("budget", inv).await?;
         Ok(if allowed == 1 {
             Ok(())
@@ -102,7 +103,8 @@ impl Fleet {
             .arg(now_ms)
             .arg(format!("{interval_ms:.6}"))
             .arg(burst)
-            .arg(format!("{reserve:.6}"));
+            .arg(format!("{reserve:.6}"))
+            .arg(self.max_late_ms());
         let (allowed, retry_ms, remaining): (u8, u64, u32) = self.script(op, inv).await?;
         Ok(if allowed == 1 {
             Inbound::Allowed { remaining }

@@ -58,7 +58,7 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use crate::config::RedisSettings;
 use crate::metrics::{Metrics, REDIS_OPERATIONS};
-use scripts::{fenced, Scripts, BUDGET, CLAIM, GCRA, HEARTBEAT, HIT, PUT, SYNC, TAKE};
+use scripts::{fenced, limiter, Scripts, BUDGET, CLAIM, GCRA, HEARTBEAT, HIT, PUT, SYNC, TAKE};
 
 #[derive(Clone)]
 enum Conn {
@@ -135,8 +135,8 @@ impl Fleet {
                 put: fenced(PUT),
                 claim: fenced(CLAIM),
                 sync: fenced(SYNC),
-                gcra: Script::new(GCRA),
-                budget: Script::new(BUDGET),
+                gcra: limiter(GCRA),
+                budget: limiter(BUDGET),
                 heartbeat: Script::new(HEARTBEAT),
             },
             durations: REDIS_OPERATIONS

@@ -158,7 +158,8 @@ impl Fleet {
                     .arg(self.remember_ms())
                     .arg(now_ms)
                     .arg(format!("{:.6}", 1000.0 / tenant.rate_per_sec))
-                    .arg(tenant.burst);
+                    .arg(tenant.burst)
+                    .arg(self.max_late_ms());
             })
             .await?;
         self.count_stale(stale);
@@ -188,6 +189,13 @@ impl Fleet {
     /// How long a call's answer is kept under its id: long enough for any re-send of it.
     fn remember_ms(&self) -> u64 {
         (2 * self.timeout.as_millis() as u64).max(1_000)
+    }
+
+    /// How late a limiter call may reach Redis and still be judged at the latest clock seen
+    /// (`scripts::LIMIT_LIB`): a re-send within its remembered time, between clocks up to the
+    /// offset bound apart.
+    pub(super) fn max_late_ms(&self) -> u64 {
+        self.remember_ms() + 2 * self.settings.max_clock_offset_ms
     }
 
     /// Adds a URL to the shared pool within the per-key and per-tenant bounds.

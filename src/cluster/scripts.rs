@@ -42,6 +42,40 @@ local function purge(pool, count, cutoff)
 end
 ";
 
+/// Lua helpers shared by the limiter scripts. A limiter's state is its theoretical arrival time
+/// (TAT) and the latest clock any caller has sent (`"tat,seen"`; a bare number from an older
+/// release reads as a TAT with nothing seen).
+/// - A call that reaches Redis late (its `now` older than one already seen: a stall in the client,
+///   Redis blocked, another replica's calls served first) is judged at the latest `now` seen, so
+///   a delay on the way is never mistaken for a burst and the limiter's time never runs back.
+/// - Only up to `max_late` (ms) late, though: a `seen` further ahead than any call can be late
+///   came from a clock that was ahead (a step before the heartbeat caught it). Trusting it would
+///   stop the limiter's time, and a TAT that far ahead would refuse everyone until the real clock
+///   caught up. Such a call is judged by its own clock, and a TAT further ahead than one full
+///   burst (impossible on one clock) is forgotten: at most one burst more is admitted, once.
+pub(super) const LIMIT_LIB: &str = r"
+local function limit_read(key)
+  local v = redis.call('GET', key)
+  if not v then return nil, 0 end
+  local t, s = string.match(v, '^([^,]+),(.+)$')
+  if t then return tonumber(t), tonumber(s) end
+  return tonumber(v), 0
+end
+-- The clock to judge a call by: its own, or the latest seen if it is late by at most max_late.
+local function limit_now(now, seen, max_late)
+  if seen > now and seen - now <= max_late then return seen end
+  return now
+end
+-- The TAT to start from at `now`, for a limiter whose full burst spans `window` ms.
+local function limit_tat(tat, now, window)
+  if not tat or tat < now or tat > now + window then return now end
+  return tat
+end
+local function limit_write(key, tat, now)
+  redis.call('SET', key, string.format('%.3f,%.0f', tat, now), 'PX', math.ceil(tat - now) + 1000)
+end
+";
+
 /// Removes the stale URLs of a key, pops the one with the least remaining validity, and keeps
 /// the tenant's count in step. Idempotent per take: the answer is remembered under the take's id
 /// for `remember_ms`, so the same call sent again (a client retry after a lost reply) returns the
@@ -69,7 +103,9 @@ return {stale, '', 0}
 /// [`GCRA`] with no reserve) and, only when it is admitted, does [`TAKE`]. The answer, a refusal
 /// included, is remembered under the call's id like TAKE's, so the same call sent again neither
 /// counts the request twice nor pops a second URL. KEYS: pool, count, call id, the tenant's
-/// limit. ARGV: cutoff_ms, remember_ms, now_ms, interval_ms, burst. Returns `{allowed,
+/// limit. ARGV: cutoff_ms, remember_ms, now_ms, interval_ms, burst, max_late_ms. A call that arrives late
+/// (see [`LIMIT_LIB`]) is judged at the latest clock seen, and its cutoff moves with it, so it
+/// can hand out nothing staler than a call on time would. Returns `{allowed,
 /// remaining (allowed) or retry_after_ms (refused), stale, url, issued_ms}` (url `""` when empty).
 pub(super) const HIT: &str = r"
 local prior = redis.call('GET', KEYS[3])
@@ -78,26 +114,30 @@ if prior then
   return {tonumber(a), tonumber(n), 0, url, tonumber(issued)}
 end
 local now, interval, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local tat = tonumber(redis.call('GET', KEYS[4]) or ARGV[3])
-if tat < now then tat = now end
+local tat, seen = limit_read(KEYS[4])
+-- A late call is judged at the latest clock seen, and its cutoff moves with it.
+local late = limit_now(now, seen, tonumber(ARGV[6])) - now
+now = now + late
+local cutoff = string.format('%.0f', tonumber(ARGV[1]) + late)
+tat = limit_tat(tat, now, interval * burst)
 local new_tat = tat + interval
 if new_tat - now > interval * burst then
   local retry = math.max(1, math.ceil(new_tat - now - interval * burst))
   redis.call('SET', KEYS[3], '0,' .. retry .. ',0:', 'PX', ARGV[2])
   return {0, retry, 0, '', 0}
 end
-redis.call('SET', KEYS[4], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+limit_write(KEYS[4], new_tat, now)
 local remaining = math.floor((interval * burst - (new_tat - now)) / interval)
 -- The oldest URL first: only when it is stale are the key's stale ones purged (the common hit
 -- pays no range scan), and the next oldest popped.
 local stale = 0
 local got = redis.call('ZPOPMIN', KEYS[1])
-if #got > 0 and tonumber(got[2]) < tonumber(ARGV[1]) then
+if #got > 0 and tonumber(got[2]) < tonumber(cutoff) then
   redis.call('ZREM', KEYS[2], digest(got[1]))
-  stale = 1 + purge(KEYS[1], KEYS[2], ARGV[1])
+  stale = 1 + purge(KEYS[1], KEYS[2], cutoff)
   got = redis.call('ZPOPMIN', KEYS[1])
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. cutoff)
 local issued, url = '0', ''
 if #got > 0 then
   redis.call('ZREM', KEYS[2], digest(got[1]))
@@ -189,19 +229,21 @@ end
 return grant
 ";
 
-/// GCRA. ARGV: now_ms, interval_ms, burst, reserve (tokens that must stay for others).
+/// GCRA. ARGV: now_ms, interval_ms, burst, reserve (tokens that must stay for others),
+/// max_late_ms (see [`LIMIT_LIB`]).
 /// Returns `{allowed, retry_after_ms, remaining}`.
 pub(super) const GCRA: &str = r"
 local now, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
 local burst, reserve = tonumber(ARGV[3]), tonumber(ARGV[4])
-local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
-if tat < now then tat = now end
+local tat, seen = limit_read(KEYS[1])
+now = limit_now(now, seen, tonumber(ARGV[5]))
+tat = limit_tat(tat, now, interval * burst)
 local new_tat = tat + interval
 local limit = interval * (burst - reserve)
 if new_tat - now > limit then
   return {0, math.ceil(new_tat - now - limit), 0}
 end
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
+limit_write(KEYS[1], new_tat, now)
 return {1, 0, math.floor((interval * burst - (new_tat - now)) / interval)}
 ";
 
@@ -210,17 +252,19 @@ return {1, 0, math.floor((interval * burst - (new_tat - now)) / interval)}
 /// rate. Within its share a call may take the account's budget down to the priority's reserve;
 /// beyond it, only while the budget is uncontended (more than half the burst left), and then
 /// without touching the share. KEYS: account GCRA, tenant share GCRA. ARGV: now_ms, interval_ms,
-/// burst, reserve, share_interval_ms, share_burst. Returns `{allowed, retry_after_ms}`.
+/// burst, reserve, share_interval_ms, share_burst, max_late_ms (see [`LIMIT_LIB`]). Returns
+/// `{allowed, retry_after_ms}`.
 pub(super) const BUDGET: &str = r"
 local now, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
 local burst, reserve = tonumber(ARGV[3]), tonumber(ARGV[4])
 local sint, sburst = tonumber(ARGV[5]), tonumber(ARGV[6])
-local stat = tonumber(redis.call('GET', KEYS[2]) or ARGV[1])
-if stat < now then stat = now end
+local tat, seen = limit_read(KEYS[1])
+local stat, sseen = limit_read(KEYS[2])
+now = limit_now(now, math.max(seen, sseen), tonumber(ARGV[7]))
+tat = limit_tat(tat, now, interval * burst)
+stat = limit_tat(stat, now, sint * sburst)
 local within = stat + sint - now <= sint * sburst
 if not within then reserve = math.max(reserve, 0.5 * burst) end
-local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
-if tat < now then tat = now end
 local new_tat = tat + interval
 local limit = interval * (burst - reserve)
 if new_tat - now > limit then
@@ -228,10 +272,8 @@ if new_tat - now > limit then
   if not within then wait = math.min(wait, stat + sint - now - sint * sburst) end
   return {0, math.max(1, math.ceil(wait))}
 end
-redis.call('SET', KEYS[1], string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
-if within then
-  redis.call('SET', KEYS[2], string.format('%.3f', stat + sint), 'PX', math.ceil(stat + sint - now) + 1000)
-end
+limit_write(KEYS[1], new_tat, now)
+if within then limit_write(KEYS[2], stat + sint, now) end
 return {1, 0}
 ";
 
@@ -247,11 +289,16 @@ local t = redis.call('TIME')
 return {redis.call('ZCARD', KEYS[1]), tonumber(t[1]), tonumber(t[2])}
 ";
 
+/// A limiter script: [`LIMIT_LIB`], then `body`.
+pub(super) fn limiter(body: &str) -> Script {
+    Script::new(&format!("{LIMIT_LIB}\n{body}"))
+}
+
 /// A pool script: [`FENCE`] first, then `body` with its keys and arguments shifted past the
 /// fence's, its result wrapped as `{'', result}`.
 pub(super) fn fenced(body: &str) -> Script {
     Script::new(&format!(
-        "{FENCE}\n{POOL_LIB}\nlocal KEYS, ARGV = {{unpack(KEYS, 2)}}, {{unpack(ARGV, 3)}}\nreturn {{'', (function()\n{body}\nend)()}}\n"
+        "{FENCE}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal KEYS, ARGV = {{unpack(KEYS, 2)}}, {{unpack(ARGV, 3)}}\nreturn {{'', (function()\n{body}\nend)()}}\n"
     ))
 }
 

@@ -360,3 +360,156 @@ async fn a_hit_never_hands_out_a_stale_url_and_counts_the_stale_ones_as_waste() 
         );
     }
 }
+
+/// Tenant `t` allowed 100 requests/s with a burst of 5: a late call 2 s behind would look like
+/// 200 requests ahead of its rate.
+async fn strict_fleet(redis: &RedisServer, clock: &Clock) -> (Arc<Fleet>, Tenants, Arc<Metrics>) {
+    fleet_with(redis, clock, |t| {
+        t.rate_per_sec = 100.0;
+        t.burst = 5;
+        t.max_pooled_urls = 10;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_call_that_reaches_redis_late_is_counted_at_the_latest_clock_not_refused() {
+    // Another replica's call, sent 2 s later, ran first (Redis blocked, a stalled client): the
+    // late call is one request, not a burst of 200.
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = strict_fleet(&redis, &clock).await;
+    let t = tenants.get(0);
+    let k = key(9);
+    let late = clock.now_ms();
+    let on_time = late + 2_000;
+    let allowed = |v: Inbound| matches!(v, Inbound::Allowed { .. });
+    let (v, _) = f
+        .inbound_take_once(t, &k, on_time, MIN_REMAINING_MS, "on-time")
+        .await
+        .unwrap();
+    assert!(allowed(v));
+    let (v, _) = f
+        .inbound_take_once(t, &k, late, MIN_REMAINING_MS, "late-hit")
+        .await
+        .unwrap();
+    assert!(allowed(v), "a late hit is admitted: {v:?}");
+    let v = f.inbound(t, late).await.unwrap();
+    assert!(allowed(v), "a late count is admitted: {v:?}");
+    // The limit still holds at the latest clock: 3 used of the burst of 5, 2 more, then none.
+    for id in ["late-4", "late-5"] {
+        let (v, _) = f
+            .inbound_take_once(t, &k, late, MIN_REMAINING_MS, id)
+            .await
+            .unwrap();
+        assert!(allowed(v), "{id}: {v:?}");
+    }
+    let (v, _) = f
+        .inbound_take_once(t, &k, late, MIN_REMAINING_MS, "late-6")
+        .await
+        .unwrap();
+    assert!(
+        !allowed(v),
+        "the sixth within the same instant is over the burst"
+    );
+}
+
+#[tokio::test]
+async fn a_late_hit_never_hands_out_a_url_stale_by_the_latest_clock() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = strict_fleet(&redis, &clock).await;
+    let t = tenants.get(0);
+    let issued = clock.now_ms();
+    let k = key(10);
+    assert_eq!(
+        put(&f, &tenants, &k, &url(0, issued), issued).await,
+        Stored::Yes
+    );
+    // At `late` the URL is still usable; 2 s later it is not (the fleet's clock margin included).
+    let usable = 300_000 - MIN_REMAINING_MS - 2 * 1_000;
+    let late = issued + usable - 1_000;
+    let on_time = late + 2_000;
+    let (_, none) = f
+        .inbound_take_once(t, &key(11), on_time, MIN_REMAINING_MS, "other-key")
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    let (v, got) = f
+        .inbound_take_once(t, &k, late, MIN_REMAINING_MS, "late-hit")
+        .await
+        .unwrap();
+    assert!(matches!(v, Inbound::Allowed { .. }));
+    assert!(
+        got.is_none(),
+        "the URL is stale by the latest clock: {got:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_budget_call_that_reaches_redis_late_is_not_refused() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = strict_fleet(&redis, &clock).await;
+    let t = tenants.get(0);
+    let late = clock.now_ms();
+    let budget = |now| f.budget("111122223333", "us-east-1", t, 1.0, 100.0, 5, 0.0, now);
+    assert_eq!(budget(late + 2_000).await.unwrap(), Ok(()));
+    assert_eq!(
+        budget(late).await.unwrap(),
+        Ok(()),
+        "a late call is one call"
+    );
+    for _ in 0..3 {
+        assert_eq!(budget(late).await.unwrap(), Ok(()));
+    }
+    assert!(
+        budget(late).await.unwrap().is_err(),
+        "the burst of 5 still holds"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_clock_that_was_minutes_ahead_does_not_lock_the_tenant_out() {
+    // One call from a replica whose clock had stepped 10 minutes ahead (before its heartbeat
+    // caught it): the others must not be refused for 10 minutes.
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = strict_fleet(&redis, &clock).await;
+    let t = tenants.get(0);
+    let k = key(12);
+    let now = clock.now_ms();
+    let ahead = now + 600_000;
+    let (v, _) = f
+        .inbound_take_once(t, &k, ahead, MIN_REMAINING_MS, "ahead")
+        .await
+        .unwrap();
+    assert!(matches!(v, Inbound::Allowed { .. }));
+    assert!(matches!(
+        f.inbound(t, ahead).await.unwrap(),
+        Inbound::Allowed { .. }
+    ));
+    let budget = |now| f.budget("111122223333", "us-east-1", t, 1.0, 100.0, 5, 0.0, now);
+    assert_eq!(budget(ahead).await.unwrap(), Ok(()));
+    // Back on the true clock a second later, every limiter admits again (at most one burst more
+    // than the rate allows, once), and then holds the rate again.
+    let later = now + 1_000;
+    let (v, _) = f
+        .inbound_take_once(t, &k, later, MIN_REMAINING_MS, "on-time")
+        .await
+        .unwrap();
+    assert!(matches!(v, Inbound::Allowed { .. }), "hit: {v:?}");
+    let v = f.inbound(t, later).await.unwrap();
+    assert!(matches!(v, Inbound::Allowed { .. }), "count: {v:?}");
+    assert_eq!(budget(later).await.unwrap(), Ok(()), "budget");
+    let mut admitted = 2;
+    for i in 0..10 {
+        let id = format!("after-{i}");
+        let (v, _) = f
+            .inbound_take_once(t, &k, later, MIN_REMAINING_MS, &id)
+            .await
+            .unwrap();
+        admitted += usize::from(matches!(v, Inbound::Allowed { .. }));
+    }
+    assert_eq!(admitted, 5, "the burst of 5 holds again");
+}
