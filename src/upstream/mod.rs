@@ -67,6 +67,7 @@ impl Upstream {
         metrics: std::sync::Arc<Metrics>,
     ) -> Self {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(https_client())
             .region(aws_config::Region::new(settings.region.clone()))
             .retry_config(RetryConfig::disabled())
             .timeout_config(
@@ -317,6 +318,33 @@ impl Upstream {
             }
         }
     }
+}
+
+/// How long an idle connection to QuickSight is kept for reuse: below the shortest keep-alive a
+/// front end commonly has (5 s: actix-web, Node.js), so this side always closes an idle
+/// connection first. A connection the server closes just as a call is written on it fails that
+/// call; connections that went idle together expire together, so even the one resend below can
+/// meet a second one closing (seen once in CI as a 503 `upstream_unavailable`). Busy connections
+/// never idle this long; a quiet upstream pays one new handshake.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(4);
+
+/// The SDK's default HTTPS client (hyper 1, rustls with aws-lc, proxy from the environment),
+/// with [`IDLE_CONNECTION_TIMEOUT`].
+fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::{proxy::ProxyConfig, tls, Builder, ConnectorBuilder};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut conn = ConnectorBuilder::default()
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::AwsLc,
+            ));
+        conn.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            conn.set_sleep_impl(components.sleep_impl());
+        }
+        conn.set_proxy_config(Some(ProxyConfig::from_env()));
+        conn.build()
+    })
 }
 
 /// Sending a call, and sending it once more when the first attempt died with its connection.

@@ -642,3 +642,34 @@ async fn refusals_keep_the_clients_connection_open() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_upstream_connection_is_closed_before_the_front_end_would_close_it() {
+    // The simulator, like many front ends, closes a keep-alive connection after 5 s idle. A call
+    // written on a connection just as the server closes it fails; the gateway must give up an
+    // idle connection first and open a new one.
+    let sim = spawn_sim();
+    let endpoint = Endpoint::start(sim.addr.port()).await;
+    let mut settings = gateway_settings(&format!("http://127.0.0.1:{}", endpoint.port));
+    settings.upstream.endpoint_url = Some(format!("http://127.0.0.1:{}", endpoint.port));
+    let metrics = Arc::new(embedgate::metrics::Metrics::new());
+    let upstream = embedgate::upstream::Upstream::new(&settings.upstream, 1, metrics).await;
+    let mut body = dash("sales-2024", "alice");
+    body["AwsAccountId"] = ACCOUNT.into();
+    let req = embedgate::model::parse_request(
+        embedgate::model::Operation::GetDashboardEmbedUrl,
+        body.to_string().as_bytes(),
+    )
+    .unwrap();
+    upstream.fetch(&req, &Clock::System).await.unwrap();
+    upstream.fetch(&req, &Clock::System).await.unwrap();
+    assert_eq!(endpoint.accepted(), 1, "a busy connection is reused");
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    upstream.fetch(&req, &Clock::System).await.unwrap();
+    assert_eq!(
+        endpoint.accepted(),
+        2,
+        "after 4.5 s idle (under the server's 5 s) the call went on a new connection"
+    );
+    sim.stop().await;
+}

@@ -5,13 +5,8 @@
 //! twice), and then opens every URL handed out at the simulator: each opens exactly once.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use parking_lot::Mutex;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
 use crate::helpers::*;
 use crate::helpers::{assert_exactly_once, keys, roomy, spawn_fleet, Outcome, TestFleet};
@@ -160,58 +155,6 @@ async fn eviction_under_a_memory_limit_hands_nothing_out_twice() {
     assert!(evicted > 0, "Redis really evicted keys");
     assert_exactly_once(&fleet, &all).await;
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
-}
-
-/// A TCP forwarder standing in for a failover endpoint (DNS name, Sentinel, managed primary
-/// endpoint): clients keep one address while the server behind it changes.
-struct Endpoint {
-    port: u16,
-    backend: Arc<AtomicU16>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
-}
-
-impl Endpoint {
-    async fn start(backend: u16) -> Endpoint {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let backend = Arc::new(AtomicU16::new(backend));
-        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accept = {
-            let (backend, connections) = (backend.clone(), connections.clone());
-            tokio::spawn(async move {
-                while let Ok((mut client, _)) = listener.accept().await {
-                    let to = backend.load(Ordering::SeqCst);
-                    connections.lock().push(tokio::spawn(async move {
-                        if let Ok(mut server) = TcpStream::connect(("127.0.0.1", to)).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                    }));
-                }
-            })
-        };
-        Endpoint {
-            port,
-            backend,
-            connections,
-            accept,
-        }
-    }
-
-    /// Points the endpoint at another server and drops every connection to the old one.
-    fn switch(&self, backend: u16) {
-        self.backend.store(backend, Ordering::SeqCst);
-        for c in self.connections.lock().drain(..) {
-            c.abort();
-        }
-    }
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.switch(0);
-    }
 }
 
 fn info_field(redis: &RedisServer, section: &str, field: &str) -> Option<String> {

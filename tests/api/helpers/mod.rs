@@ -2,11 +2,13 @@
 //! (a simulator, and one gateway or a fleet of replicas through [`start_replicas`]), and talks
 //! to them with the clients built here: [`http`] and [`Sdk`]. Waits go through [`eventually`].
 
+mod endpoint;
 mod fleet;
 
 use std::future::Future;
 use std::time::Duration;
 
+pub use endpoint::Endpoint;
 pub use fleet::*;
 
 use aws_sdk_quicksight::config::{BehaviorVersion, Credentials, Region};
@@ -209,6 +211,13 @@ pub async fn start_replicas(
     clocks: Vec<Clock>,
     mut customize: impl FnMut(&mut Settings),
 ) -> Vec<Application> {
+    // Warnings and errors go to the test's captured output: a failing test shows why a call
+    // failed (an upstream error, Redis trouble), which its assertion alone cannot say.
+    embedgate::telemetry::init_with_writer(
+        embedgate::telemetry::LogFormat::Pretty,
+        "warn",
+        tracing_subscriber::fmt::TestWriter::new,
+    );
     let mut replicas = vec![];
     for clock in clocks {
         let mut s = gateway_settings(&sim.endpoint);

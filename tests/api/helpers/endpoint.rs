@@ -1,0 +1,72 @@
+//! A TCP forwarder for tests that need to see or cut the connections between a client and a
+//! server.
+
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// A TCP forwarder standing in for a failover endpoint (DNS name, Sentinel, managed primary
+/// endpoint): clients keep one address while the server behind it changes. It counts the
+/// connections clients open.
+pub struct Endpoint {
+    pub port: u16,
+    backend: Arc<AtomicU16>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Endpoint {
+    pub async fn start(backend: u16) -> Endpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let backend = Arc::new(AtomicU16::new(backend));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let accept = {
+            let (backend, connections) = (backend.clone(), connections.clone());
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    let to = backend.load(Ordering::SeqCst);
+                    connections.lock().push(tokio::spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(("127.0.0.1", to)).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    }));
+                }
+            })
+        };
+        Endpoint {
+            port,
+            backend,
+            connections,
+            accept,
+            accepted,
+        }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Points the endpoint at another server and drops every connection to the old one.
+    pub fn switch(&self, backend: u16) {
+        self.backend.store(backend, Ordering::SeqCst);
+        for c in self.connections.lock().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.switch(0);
+    }
+}
