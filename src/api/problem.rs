@@ -43,22 +43,21 @@ impl Problem {
     }
 
     pub(super) fn response(self, request_id: &str) -> HttpResponse {
-        let mut body = json!({
-            "type": format!("urn:embedgate:problem:{}", self.code),
-            "title": self.status.canonical_reason().unwrap_or("Error"),
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-            "code": self.code,
-            "requestId": request_id,
-        });
-        if let Some(f) = self.field {
-            body["field"] = json!(f);
-        }
-        if let Some(serde_json::Value::Object(extra)) = self.extra {
-            for (k, v) in extra {
-                body[k] = v;
-            }
-        }
+        let extra = match &self.extra {
+            Some(serde_json::Value::Object(extra)) => Some(extra),
+            _ => None,
+        };
+        let body = ProblemBody {
+            code: self.code,
+            detail: &self.detail,
+            field: self.field.as_deref(),
+            request_id,
+            status: self.status.as_u16(),
+            title: self.status.canonical_reason().unwrap_or("Error"),
+            kind: ProblemType(self.code),
+            extra,
+        };
+        let body = serde_json::to_vec(&body).unwrap_or_default();
         let mut resp = HttpResponse::build(self.status);
         resp.insert_header((header::CONTENT_TYPE, "application/problem+json"))
             .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -68,7 +67,34 @@ impl Problem {
                 resp.insert_header((k, v));
             }
         }
-        resp.body(body.to_string())
+        resp.body(body)
+    }
+}
+
+/// The problem document as sent: serialised straight from borrowed parts, members in
+/// alphabetical order (as they always were), extras (`upstreamCode`, `upstreamId`) last.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProblemBody<'a> {
+    code: &'a str,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    request_id: &'a str,
+    status: u16,
+    title: &'a str,
+    #[serde(rename = "type")]
+    kind: ProblemType<'a>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+/// `urn:embedgate:problem:<code>`, written without an intermediate string.
+struct ProblemType<'a>(&'a str);
+
+impl serde::Serialize for ProblemType<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("urn:embedgate:problem:{}", self.0))
     }
 }
 

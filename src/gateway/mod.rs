@@ -631,12 +631,7 @@ impl Gateway {
                 budget.on_throttle();
                 Err(UpstreamError::Throttled.into())
             }
-            Err(e) => {
-                if e.is_retryable() {
-                    tracing::warn!(tenant = %tenant.id, error = %e, "a miss's upstream call failed");
-                }
-                Err(e.into())
-            }
+            Err(e) => Err(e.into()),
         }
     }
 
