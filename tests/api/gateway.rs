@@ -663,12 +663,14 @@ async fn an_idle_upstream_connection_is_closed_before_the_front_end_would_close_
     .unwrap();
     upstream.fetch(&req, &Clock::System).await.unwrap();
     upstream.fetch(&req, &Clock::System).await.unwrap();
-    assert_eq!(endpoint.accepted(), 1, "a busy connection is reused");
+    // (Usually one connection so far; the second call may open another if the first one was not
+    // back in the pool yet.)
+    let before = endpoint.accepted();
     tokio::time::sleep(Duration::from_millis(4_500)).await;
     upstream.fetch(&req, &Clock::System).await.unwrap();
     assert_eq!(
         endpoint.accepted(),
-        2,
+        before + 1,
         "after 4.5 s idle (under the server's 5 s) the call went on a new connection"
     );
     sim.stop().await;
