@@ -83,37 +83,11 @@ pub enum Stored {
     Full,
 }
 
-/// A standalone Redis's client and connection settings, to open one connection per thread.
-struct Single {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-}
-
-/// Distinguishes the fleets of one process in [`PER_THREAD`].
-static NEXT_FLEET: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// This thread's connection to each fleet's standalone Redis (by fleet id). Each actix worker
-    /// is a single-threaded runtime: a connection opened there is driven on the same thread, so
-    /// a command needs no wake-up of another thread on the way out and none on the way back, and
-    /// the worker's concurrent commands are pipelined on its own connection.
-    static PER_THREAD: std::cell::RefCell<Vec<(u64, ConnectionManager)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// At most this many fleets' connections are kept per thread (a process has one fleet; tests
-/// start many).
-const PER_THREAD_FLEETS: usize = 8;
-
 /// This replica's handle on the shared state.
 pub struct Fleet {
     settings: RedisSettings,
     /// Identifies this replica in demand estimates and heartbeats.
     replica: String,
-    /// Identifies this fleet handle in [`PER_THREAD`].
-    id: u64,
-    /// A standalone Redis: each thread that calls it opens its own connection.
-    single: Option<Single>,
     conn: RwLock<Option<Conn>>,
     /// Redis failed or timed out; the heartbeat clears it.
     degraded: AtomicBool,
@@ -146,10 +120,8 @@ impl Fleet {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Fleet>> {
         let timeout = Duration::from_millis(settings.timeout_ms);
-        let mut fleet = Fleet {
+        let fleet = Arc::new(Fleet {
             replica: uuid::Uuid::new_v4().simple().to_string(),
-            id: NEXT_FLEET.fetch_add(1, Ordering::Relaxed),
-            single: None,
             conn: RwLock::new(None),
             degraded: AtomicBool::new(false),
             clock_off: AtomicBool::new(false),
@@ -174,7 +146,7 @@ impl Fleet {
             metrics,
             timeout,
             settings: settings.clone(),
-        };
+        });
         if let Some(url) = &settings.url {
             let client =
                 redis::Client::open(url.as_str()).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
@@ -183,13 +155,10 @@ impl Fleet {
                 .set_response_timeout(Some(timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(settings.heartbeat_ms));
-            let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+            let manager = ConnectionManager::new_lazy_with_config(client, config)
                 .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
             *fleet.conn.write() = Some(Conn::Single(manager));
-            fleet.single = Some(Single { client, config });
-        }
-        let fleet = Arc::new(fleet);
-        if settings.url.is_none() {
+        } else {
             // Validate the seed URLs now, so a typo fails start-up rather than degrading.
             fleet.cluster_client()?;
             fleet.connect_cluster().await;
@@ -266,10 +235,7 @@ impl Fleet {
         op: &'static str,
         invocation: ScriptInvocation<'_>,
     ) -> Result<T, Down> {
-        let conn = match self.thread_conn() {
-            Some(c) => Some(Conn::Single(c)),
-            None => self.conn.read().clone(),
-        };
+        let conn = self.conn.read().clone();
         let started = std::time::Instant::now();
         let result = match conn {
             None => Err(None),
@@ -293,30 +259,6 @@ impl Fleet {
                 }
             }
             Down::Unknown
-        })
-    }
-}
-
-impl Fleet {
-    /// This thread's connection to a standalone Redis, opened (lazily) on first use here; `None`
-    /// for a Redis Cluster, whose one connection routes by slot.
-    fn thread_conn(&self) -> Option<ConnectionManager> {
-        let single = self.single.as_ref()?;
-        PER_THREAD.with(|conns| {
-            let mut conns = conns.borrow_mut();
-            if let Some((_, c)) = conns.iter().find(|(id, _)| *id == self.id) {
-                return Some(c.clone());
-            }
-            let c = ConnectionManager::new_lazy_with_config(
-                single.client.clone(),
-                single.config.clone(),
-            )
-            .ok()?;
-            if conns.len() == PER_THREAD_FLEETS {
-                conns.remove(0);
-            }
-            conns.push((self.id, c.clone()));
-            Some(c)
         })
     }
 }
