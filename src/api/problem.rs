@@ -4,7 +4,7 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
-use serde_json::json;
+use serde_json::{Map, Value};
 
 use crate::gateway::{Failed, Refusal, ServeError};
 use crate::model::BadInput;
@@ -17,7 +17,8 @@ pub struct Problem {
     detail: String,
     pub(super) field: Option<String>,
     headers: Vec<(header::HeaderName, String)>,
-    extra: Option<serde_json::Value>,
+    /// Members after the standard ones (`upstreamCode`, `upstreamId`).
+    extra: Map<String, Value>,
 }
 
 impl Problem {
@@ -28,7 +29,7 @@ impl Problem {
             detail: detail.into(),
             field: None,
             headers: vec![],
-            extra: None,
+            extra: Map::new(),
         }
     }
 
@@ -43,10 +44,6 @@ impl Problem {
     }
 
     pub(super) fn response(self, request_id: &str) -> HttpResponse {
-        let extra = match &self.extra {
-            Some(serde_json::Value::Object(extra)) => Some(extra),
-            _ => None,
-        };
         let body = ProblemBody {
             code: self.code,
             detail: &self.detail,
@@ -55,7 +52,7 @@ impl Problem {
             status: self.status.as_u16(),
             title: self.status.canonical_reason().unwrap_or("Error"),
             kind: ProblemType(self.code),
-            extra,
+            extra: &self.extra,
         };
         let body = serde_json::to_vec(&body).unwrap_or_default();
         let mut resp = HttpResponse::build(self.status);
@@ -85,8 +82,8 @@ struct ProblemBody<'a> {
     title: &'a str,
     #[serde(rename = "type")]
     kind: ProblemType<'a>,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    #[serde(flatten)]
+    extra: &'a Map<String, Value>,
 }
 
 /// `urn:embedgate:problem:<code>`, written without an intermediate string.
@@ -117,8 +114,7 @@ pub(super) fn refusal(r: Refusal) -> Problem {
 /// A failure to serve, with the upstream it concerns as `upstreamId`.
 pub(super) fn serve_failure(f: Failed) -> Problem {
     let mut p = serve_error(f.error);
-    let extra = p.extra.get_or_insert_with(|| json!({}));
-    extra["upstreamId"] = json!(f.upstream);
+    p.extra.insert("upstreamId".into(), f.upstream.into());
     p
 }
 
@@ -202,7 +198,7 @@ fn serve_error(e: ServeError) -> Problem {
                 our_code,
                 format!("QuickSight refused the request with {code}"),
             );
-            p.extra = Some(json!({"upstreamCode": code}));
+            p.extra.insert("upstreamCode".into(), code.into());
             p
         }
     }

@@ -118,7 +118,7 @@ local tat, seen = limit_read(KEYS[4])
 -- A late call is judged at the latest clock seen, and its cutoff moves with it.
 local late = limit_now(now, seen, tonumber(ARGV[6])) - now
 now = now + late
-local cutoff = string.format('%.0f', tonumber(ARGV[1]) + late)
+local cutoff = late == 0 and ARGV[1] or string.format('%.0f', tonumber(ARGV[1]) + late)
 tat = limit_tat(tat, now, interval * burst)
 local new_tat = tat + interval
 if new_tat - now > interval * burst then

@@ -11,7 +11,7 @@ use embedgate::config::RedisSettings;
 use embedgate::limiter::Inbound;
 use embedgate::metrics::Metrics;
 use embedgate::pool::{pool_key, PoolKey, PooledUrl};
-use embedgate::tenant::Tenants;
+use embedgate::tenant::{Tenant, Tenants};
 
 use crate::helpers::*;
 use crate::redis_server::RedisServer;
@@ -64,6 +64,19 @@ fn url(i: usize, issued_at_ms: u64) -> PooledUrl {
 
 async fn put(f: &Fleet, tenants: &Tenants, k: &PoolKey, u: &PooledUrl, now: u64) -> Stored {
     f.put(tenants.get(0), k, u, now, MIN_REMAINING_MS, 10)
+        .await
+        .unwrap()
+}
+
+/// One fleet hit (inbound limit and take in one call) on `k` at `now`, sent once under `id`.
+async fn hit(
+    f: &Fleet,
+    t: &Tenant,
+    k: &PoolKey,
+    now: u64,
+    id: &str,
+) -> (Inbound, Option<PooledUrl>) {
+    f.inbound_take_once(t, k, now, MIN_REMAINING_MS, id)
         .await
         .unwrap()
 }
@@ -240,18 +253,17 @@ async fn a_hit_sent_twice_counts_once_and_returns_the_same_url() {
     let t = tenants.get(0);
     let k = key(6);
     pool_two(&f, &tenants, &k, now).await;
-    let hit = |id: &'static str| f.inbound_take_once(t, &k, now, MIN_REMAINING_MS, id);
     let remaining = |v: Inbound| match v {
         Inbound::Allowed { remaining } => remaining,
         Inbound::Limited { .. } => panic!("within the burst"),
     };
-    let (v1, u1) = hit("a1").await.unwrap();
+    let (v1, u1) = hit(&f, t, &k, now, "a1").await;
     let first = u1.map(|u| u.url);
     assert!(first.is_some());
     // Sent again, as after a lost reply: the same verdict and URL, nothing counted or popped.
-    let (again, u) = hit("a1").await.unwrap();
+    let (again, u) = hit(&f, t, &k, now, "a1").await;
     assert_eq!((again, u.map(|u| u.url)), (v1, first.clone()));
-    let (v2, u2) = hit("b2").await.unwrap();
+    let (v2, u2) = hit(&f, t, &k, now, "b2").await;
     assert_eq!(
         remaining(v2),
         remaining(v1) - 1,
@@ -262,7 +274,7 @@ async fn a_hit_sent_twice_counts_once_and_returns_the_same_url() {
         second.is_some() && second != first,
         "the next hit gets the other URL"
     );
-    let (v3, u3) = hit("c3").await.unwrap();
+    let (v3, u3) = hit(&f, t, &k, now, "c3").await;
     assert_eq!(remaining(v3), remaining(v1) - 2);
     assert!(u3.is_none(), "and then the key is empty");
 }
@@ -384,30 +396,18 @@ async fn a_call_that_reaches_redis_late_is_counted_at_the_latest_clock_not_refus
     let late = clock.now_ms();
     let on_time = late + 2_000;
     let allowed = |v: Inbound| matches!(v, Inbound::Allowed { .. });
-    let (v, _) = f
-        .inbound_take_once(t, &k, on_time, MIN_REMAINING_MS, "on-time")
-        .await
-        .unwrap();
+    let (v, _) = hit(&f, t, &k, on_time, "on-time").await;
     assert!(allowed(v));
-    let (v, _) = f
-        .inbound_take_once(t, &k, late, MIN_REMAINING_MS, "late-hit")
-        .await
-        .unwrap();
+    let (v, _) = hit(&f, t, &k, late, "late-hit").await;
     assert!(allowed(v), "a late hit is admitted: {v:?}");
     let v = f.inbound(t, late).await.unwrap();
     assert!(allowed(v), "a late count is admitted: {v:?}");
     // The limit still holds at the latest clock: 3 used of the burst of 5, 2 more, then none.
     for id in ["late-4", "late-5"] {
-        let (v, _) = f
-            .inbound_take_once(t, &k, late, MIN_REMAINING_MS, id)
-            .await
-            .unwrap();
+        let (v, _) = hit(&f, t, &k, late, id).await;
         assert!(allowed(v), "{id}: {v:?}");
     }
-    let (v, _) = f
-        .inbound_take_once(t, &k, late, MIN_REMAINING_MS, "late-6")
-        .await
-        .unwrap();
+    let (v, _) = hit(&f, t, &k, late, "late-6").await;
     assert!(
         !allowed(v),
         "the sixth within the same instant is over the burst"
@@ -430,15 +430,9 @@ async fn a_late_hit_never_hands_out_a_url_stale_by_the_latest_clock() {
     let usable = 300_000 - MIN_REMAINING_MS - 2 * 1_000;
     let late = issued + usable - 1_000;
     let on_time = late + 2_000;
-    let (_, none) = f
-        .inbound_take_once(t, &key(11), on_time, MIN_REMAINING_MS, "other-key")
-        .await
-        .unwrap();
+    let (_, none) = hit(&f, t, &key(11), on_time, "other-key").await;
     assert!(none.is_none());
-    let (v, got) = f
-        .inbound_take_once(t, &k, late, MIN_REMAINING_MS, "late-hit")
-        .await
-        .unwrap();
+    let (v, got) = hit(&f, t, &k, late, "late-hit").await;
     assert!(matches!(v, Inbound::Allowed { .. }));
     assert!(
         got.is_none(),
@@ -480,10 +474,7 @@ async fn a_replica_clock_that_was_minutes_ahead_does_not_lock_the_tenant_out() {
     let k = key(12);
     let now = clock.now_ms();
     let ahead = now + 600_000;
-    let (v, _) = f
-        .inbound_take_once(t, &k, ahead, MIN_REMAINING_MS, "ahead")
-        .await
-        .unwrap();
+    let (v, _) = hit(&f, t, &k, ahead, "ahead").await;
     assert!(matches!(v, Inbound::Allowed { .. }));
     assert!(matches!(
         f.inbound(t, ahead).await.unwrap(),
@@ -494,10 +485,7 @@ async fn a_replica_clock_that_was_minutes_ahead_does_not_lock_the_tenant_out() {
     // Back on the true clock a second later, every limiter admits again (at most one burst more
     // than the rate allows, once), and then holds the rate again.
     let later = now + 1_000;
-    let (v, _) = f
-        .inbound_take_once(t, &k, later, MIN_REMAINING_MS, "on-time")
-        .await
-        .unwrap();
+    let (v, _) = hit(&f, t, &k, later, "on-time").await;
     assert!(matches!(v, Inbound::Allowed { .. }), "hit: {v:?}");
     let v = f.inbound(t, later).await.unwrap();
     assert!(matches!(v, Inbound::Allowed { .. }), "count: {v:?}");
@@ -505,10 +493,7 @@ async fn a_replica_clock_that_was_minutes_ahead_does_not_lock_the_tenant_out() {
     let mut admitted = 2;
     for i in 0..10 {
         let id = format!("after-{i}");
-        let (v, _) = f
-            .inbound_take_once(t, &k, later, MIN_REMAINING_MS, &id)
-            .await
-            .unwrap();
+        let (v, _) = hit(&f, t, &k, later, &id).await;
         admitted += usize::from(matches!(v, Inbound::Allowed { .. }));
     }
     assert_eq!(admitted, 5, "the burst of 5 holds again");
