@@ -14,7 +14,7 @@ impl Fleet {
     /// # Errors
     /// Redis is not usable.
     pub async fn heartbeat(&self) -> Result<usize, Down> {
-        if self.conn.read().is_none() {
+        if self.single.is_none() && self.cluster.read().is_none() {
             self.connect_cluster().await;
         }
         let sent = std::time::Instant::now();
@@ -32,6 +32,11 @@ impl Fleet {
         self.check_clock(offset);
         self.live_replicas.store(live.max(1), Ordering::Relaxed);
         self.metrics.fleet_replicas.set(live.max(1) as i64);
+        if self.degraded.load(Ordering::SeqCst) {
+            // Before any thread sees the replica healthy again: the connections that broke with
+            // the spell are not used again.
+            self.reopen_connections();
+        }
         if self.degraded.swap(false, Ordering::SeqCst) {
             for t in &self.over_until {
                 t.store(0, Ordering::Relaxed);

@@ -60,12 +60,6 @@ use crate::config::RedisSettings;
 use crate::metrics::{Metrics, REDIS_OPERATIONS};
 use scripts::{fenced, limiter, Scripts, BUDGET, CLAIM, GCRA, HEARTBEAT, HIT, PUT, SYNC, TAKE};
 
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
 /// Redis could not be used for this operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Down {
@@ -83,12 +77,51 @@ pub enum Stored {
     Full,
 }
 
+/// A standalone Redis's client and connection settings, to open one connection per thread.
+struct Single {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+}
+
+/// Distinguishes the fleets of one process in [`PER_THREAD`].
+static NEXT_FLEET: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's connection to each fleet's standalone Redis, by fleet id, with the fleet's
+    /// connection generation it was opened in. Each actix worker is a single-threaded runtime: a
+    /// connection opened there is driven on the same thread, so a command needs no wake-up of
+    /// another thread on the way out and none on the way back, and the worker's concurrent
+    /// commands are pipelined on its own connection.
+    static PER_THREAD: std::cell::RefCell<Vec<ThreadConn>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+struct ThreadConn {
+    fleet: u64,
+    generation: u64,
+    conn: ConnectionManager,
+}
+
+/// At most this many fleets' connections are kept per thread (a process has one fleet; tests
+/// start many).
+const PER_THREAD_FLEETS: usize = 8;
+
 /// This replica's handle on the shared state.
 pub struct Fleet {
     settings: RedisSettings,
     /// Identifies this replica in demand estimates and heartbeats.
     replica: String,
-    conn: RwLock<Option<Conn>>,
+    /// Identifies this fleet handle in [`PER_THREAD`].
+    id: u64,
+    /// A standalone Redis: each thread that calls it opens its own connection.
+    single: Option<Single>,
+    /// Bumped when the replica rejoins after a degraded spell: every thread's connection opened
+    /// before is dropped and reopened on that thread's next command. (A connection that died
+    /// with Redis would otherwise fail once more on each thread, each time sending the replica
+    /// back to degraded mode.)
+    generation: AtomicU64,
+    /// A Redis Cluster's one connection, which routes by slot.
+    cluster: RwLock<Option<ClusterConnection>>,
     /// Redis failed or timed out; the heartbeat clears it.
     degraded: AtomicBool,
     /// This replica's clock is off Redis's by more than the bound; the heartbeat re-measures.
@@ -120,9 +153,12 @@ impl Fleet {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Fleet>> {
         let timeout = Duration::from_millis(settings.timeout_ms);
-        let fleet = Arc::new(Fleet {
+        let mut fleet = Fleet {
             replica: uuid::Uuid::new_v4().simple().to_string(),
-            conn: RwLock::new(None),
+            id: NEXT_FLEET.fetch_add(1, Ordering::Relaxed),
+            single: None,
+            generation: AtomicU64::new(0),
+            cluster: RwLock::new(None),
             degraded: AtomicBool::new(false),
             clock_off: AtomicBool::new(false),
             clock,
@@ -146,7 +182,7 @@ impl Fleet {
             metrics,
             timeout,
             settings: settings.clone(),
-        });
+        };
         if let Some(url) = &settings.url {
             let client =
                 redis::Client::open(url.as_str()).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
@@ -155,10 +191,10 @@ impl Fleet {
                 .set_response_timeout(Some(timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(settings.heartbeat_ms));
-            let manager = ConnectionManager::new_lazy_with_config(client, config)
-                .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
-            *fleet.conn.write() = Some(Conn::Single(manager));
-        } else {
+            fleet.single = Some(Single { client, config });
+        }
+        let fleet = Arc::new(fleet);
+        if settings.url.is_none() {
             // Validate the seed URLs now, so a typo fails start-up rather than degrading.
             fleet.cluster_client()?;
             fleet.connect_cluster().await;
@@ -184,7 +220,7 @@ impl Fleet {
         };
         let bound = self.timeout.max(Duration::from_millis(500));
         match tokio::time::timeout(bound, client.get_async_connection()).await {
-            Ok(Ok(c)) => *self.conn.write() = Some(Conn::Cluster(c)),
+            Ok(Ok(c)) => *self.cluster.write() = Some(c),
             Ok(Err(e)) => tracing::debug!(error = %e, "cannot connect to the Redis Cluster"),
             Err(_) => tracing::debug!("connecting to the Redis Cluster timed out"),
         }
@@ -235,12 +271,18 @@ impl Fleet {
         op: &'static str,
         invocation: ScriptInvocation<'_>,
     ) -> Result<T, Down> {
-        let conn = self.conn.read().clone();
         let started = std::time::Instant::now();
-        let result = match conn {
-            None => Err(None),
-            Some(Conn::Single(mut c)) => invoke(&invocation, &mut c, self.timeout).await,
-            Some(Conn::Cluster(mut c)) => invoke(&invocation, &mut c, self.timeout).await,
+        let result = if let Some(single) = &self.single {
+            match self.thread_conn(single) {
+                Ok(mut c) => invoke(&invocation, &mut c, self.timeout).await,
+                Err(e) => Err(Some(e)),
+            }
+        } else {
+            let cluster = self.cluster.read().clone();
+            match cluster {
+                Some(mut c) => invoke(&invocation, &mut c, self.timeout).await,
+                None => Err(None),
+            }
         };
         if let Some(h) = REDIS_OPERATIONS
             .iter()
@@ -260,6 +302,43 @@ impl Fleet {
             }
             Down::Unknown
         })
+    }
+}
+
+impl Fleet {
+    /// This thread's connection to the standalone Redis, opened (lazily) on its first use here
+    /// or after a rejoin.
+    fn thread_conn(&self, single: &Single) -> redis::RedisResult<ConnectionManager> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        PER_THREAD.with(|conns| {
+            let mut conns = conns.borrow_mut();
+            let at = conns.iter().position(|c| c.fleet == self.id);
+            if let Some(c) = at.and_then(|i| conns.get(i)) {
+                if c.generation == generation {
+                    return Ok(c.conn.clone());
+                }
+            }
+            let conn = ConnectionManager::new_lazy_with_config(
+                single.client.clone(),
+                single.config.clone(),
+            )?;
+            if let Some(i) = at {
+                conns.remove(i);
+            } else if conns.len() == PER_THREAD_FLEETS {
+                conns.remove(0);
+            }
+            conns.push(ThreadConn {
+                fleet: self.id,
+                generation,
+                conn: conn.clone(),
+            });
+            Ok(conn)
+        })
+    }
+
+    /// Makes every thread reopen its connection before its next command (see `generation`).
+    pub(super) fn reopen_connections(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 }
 

@@ -4,6 +4,7 @@
 //! only in heartbeats, which these tests call only before moving the clock.)
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use embedgate::clock::Clock;
 use embedgate::cluster::{Fleet, Stored};
@@ -497,4 +498,66 @@ async fn a_replica_clock_that_was_minutes_ahead_does_not_lock_the_tenant_out() {
         admitted += usize::from(matches!(v, Inbound::Allowed { .. }));
     }
     assert_eq!(admitted, 5, "the burst of 5 holds again");
+}
+
+/// Each thread that calls a standalone Redis has its own connection, as each HTTP worker does.
+/// A Redis restart breaks them all while the threads sit idle; the rejoin must reopen every one,
+/// or each thread's next command fails on its dead connection and sends the replica straight
+/// back to degraded mode.
+#[test]
+fn after_a_redis_restart_no_thread_fails_on_its_connection_from_before() {
+    const THREADS: usize = 3;
+    let mut redis = RedisServer::start();
+    let clock = Clock::System;
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let main = rt();
+    let (f, tenants, _) = main.block_on(fleet(&redis, &clock));
+    let t = tenants.get(0);
+    let count = |rt: &tokio::runtime::Runtime| rt.block_on(f.inbound(t, clock.now_ms()));
+    let before_restart = std::sync::Barrier::new(THREADS + 1);
+    let rejoined = std::sync::Barrier::new(THREADS + 1);
+    let after = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    let rt = rt();
+                    assert!(count(&rt).is_ok(), "Redis is up: the thread connects");
+                    before_restart.wait();
+                    rejoined.wait();
+                    count(&rt)
+                })
+            })
+            .collect();
+        before_restart.wait();
+        redis.kill();
+        assert!(main.block_on(f.heartbeat()).is_err());
+        assert!(!f.healthy());
+        redis.restart();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while main.block_on(f.heartbeat()).is_err() {
+            assert!(std::time::Instant::now() < deadline, "never rejoined");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(f.healthy(), "rejoined");
+        rejoined.wait();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    for (i, verdict) in after.iter().enumerate() {
+        assert!(
+            matches!(verdict, Ok(Inbound::Allowed { .. })),
+            "thread {i} after the rejoin: {verdict:?}"
+        );
+    }
+    assert!(
+        f.healthy(),
+        "no thread sent the replica back to degraded mode"
+    );
 }
