@@ -37,9 +37,11 @@
 //!   account and region), so scripts run on Redis Cluster.
 //!
 //! Files: [`keys`] (the key layout), [`scripts`] (the Lua), [`pool`] (take, put, sync, claim),
-//! [`limits`] (inbound limit, upstream budget), [`health`] (heartbeat, clock offset, rejoin);
-//! this one holds the connection and the degraded state.
+//! [`limits`] (inbound limit, upstream budget), [`health`] (heartbeat, clock offset, rejoin),
+//! [`connections`] (a standalone Redis's shared and per-thread connections); this one holds the
+//! connections and the degraded state.
 
+mod connections;
 mod health;
 mod keys;
 mod limits;
@@ -52,13 +54,23 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use prometheus::Histogram;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use crate::config::RedisSettings;
 use crate::metrics::{Metrics, REDIS_OPERATIONS};
+use connections::Connections;
 use scripts::{fenced, limiter, Scripts, BUDGET, CLAIM, GCRA, HEARTBEAT, HIT, PUT, SYNC, TAKE};
+
+/// Which connection a standalone Redis's command goes on (a Cluster has one).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Route {
+    /// The calling thread's own, or the shared one while it opens.
+    ThisThread,
+    /// The shared one: the heartbeat's, proving the connection the others fall back to.
+    Shared,
+}
 
 /// Redis could not be used for this operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,49 +89,13 @@ pub enum Stored {
     Full,
 }
 
-/// A standalone Redis's client and connection settings, to open one connection per thread.
-struct Single {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-}
-
-/// Distinguishes the fleets of one process in [`PER_THREAD`].
-static NEXT_FLEET: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// This thread's connection to each fleet's standalone Redis, by fleet id, with the fleet's
-    /// connection generation it was opened in. Each actix worker is a single-threaded runtime: a
-    /// connection opened there is driven on the same thread, so a command needs no wake-up of
-    /// another thread on the way out and none on the way back, and the worker's concurrent
-    /// commands are pipelined on its own connection.
-    static PER_THREAD: std::cell::RefCell<Vec<ThreadConn>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-struct ThreadConn {
-    fleet: u64,
-    generation: u64,
-    conn: ConnectionManager,
-}
-
-/// At most this many fleets' connections are kept per thread (a process has one fleet; tests
-/// start many).
-const PER_THREAD_FLEETS: usize = 8;
-
 /// This replica's handle on the shared state.
 pub struct Fleet {
     settings: RedisSettings,
     /// Identifies this replica in demand estimates and heartbeats.
     replica: String,
-    /// Identifies this fleet handle in [`PER_THREAD`].
-    id: u64,
-    /// A standalone Redis: each thread that calls it opens its own connection.
-    single: Option<Single>,
-    /// Bumped when the replica rejoins after a degraded spell: every thread's connection opened
-    /// before is dropped and reopened on that thread's next command. (A connection that died
-    /// with Redis would otherwise fail once more on each thread, each time sending the replica
-    /// back to degraded mode.)
-    generation: AtomicU64,
+    /// A standalone Redis's connections (shared, and one per calling thread).
+    single: Option<Connections>,
     /// A Redis Cluster's one connection, which routes by slot.
     cluster: RwLock<Option<ClusterConnection>>,
     /// Redis failed or timed out; the heartbeat clears it.
@@ -155,9 +131,7 @@ impl Fleet {
         let timeout = Duration::from_millis(settings.timeout_ms);
         let mut fleet = Fleet {
             replica: uuid::Uuid::new_v4().simple().to_string(),
-            id: NEXT_FLEET.fetch_add(1, Ordering::Relaxed),
             single: None,
-            generation: AtomicU64::new(0),
             cluster: RwLock::new(None),
             degraded: AtomicBool::new(false),
             clock_off: AtomicBool::new(false),
@@ -191,7 +165,10 @@ impl Fleet {
                 .set_response_timeout(Some(timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(settings.heartbeat_ms));
-            fleet.single = Some(Single { client, config });
+            let open_timeout = timeout.max(Duration::from_millis(500));
+            let conns = Connections::new(client, config, open_timeout)
+                .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+            fleet.single = Some(conns);
         }
         let fleet = Arc::new(fleet);
         if settings.url.is_none() {
@@ -263,20 +240,24 @@ impl Fleet {
         if !self.healthy() {
             return Err(Down::NotSent);
         }
-        self.script_anyway(op, invocation).await
+        self.send(Route::ThisThread, op, invocation).await
     }
 
-    pub(super) async fn script_anyway<T: FromRedisValue>(
+    /// Runs a script with the timeout whatever the replica's state, tripping degraded mode on
+    /// failure.
+    pub(super) async fn send<T: FromRedisValue>(
         &self,
+        route: Route,
         op: &'static str,
         invocation: ScriptInvocation<'_>,
     ) -> Result<T, Down> {
         let started = std::time::Instant::now();
-        let result = if let Some(single) = &self.single {
-            match self.thread_conn(single) {
-                Ok(mut c) => invoke(&invocation, &mut c, self.timeout).await,
-                Err(e) => Err(Some(e)),
-            }
+        let result = if let Some(conns) = &self.single {
+            let mut c = match route {
+                Route::ThisThread => conns.for_this_thread(),
+                Route::Shared => conns.shared(),
+            };
+            invoke(&invocation, &mut c, self.timeout).await
         } else {
             let cluster = self.cluster.read().clone();
             match cluster {
@@ -302,43 +283,6 @@ impl Fleet {
             }
             Down::Unknown
         })
-    }
-}
-
-impl Fleet {
-    /// This thread's connection to the standalone Redis, opened (lazily) on its first use here
-    /// or after a rejoin.
-    fn thread_conn(&self, single: &Single) -> redis::RedisResult<ConnectionManager> {
-        let generation = self.generation.load(Ordering::SeqCst);
-        PER_THREAD.with(|conns| {
-            let mut conns = conns.borrow_mut();
-            let at = conns.iter().position(|c| c.fleet == self.id);
-            if let Some(c) = at.and_then(|i| conns.get(i)) {
-                if c.generation == generation {
-                    return Ok(c.conn.clone());
-                }
-            }
-            let conn = ConnectionManager::new_lazy_with_config(
-                single.client.clone(),
-                single.config.clone(),
-            )?;
-            if let Some(i) = at {
-                conns.remove(i);
-            } else if conns.len() == PER_THREAD_FLEETS {
-                conns.remove(0);
-            }
-            conns.push(ThreadConn {
-                fleet: self.id,
-                generation,
-                conn: conn.clone(),
-            });
-            Ok(conn)
-        })
-    }
-
-    /// Makes every thread reopen its connection before its next command (see `generation`).
-    pub(super) fn reopen_connections(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 }
 

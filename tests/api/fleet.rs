@@ -20,6 +20,10 @@ async fn exactly_once_across_three_replicas(total: usize, redis: impl Fn(&mut Se
         spawn_fleet(3, |s| {
             roomy(s);
             redis(s);
+            // Not a degraded-mode test: under 96 clients on a busy 2-core machine a Redis call
+            // can exceed the default 50 ms, and a replica's spell on its local pool would fail the
+            // "no replica fell back" check with nothing wrong.
+            s.redis.timeout_ms = 2_000;
         })
         .await,
     );
@@ -251,7 +255,15 @@ async fn with_redis_killed_replicas_serve_on_their_own_and_rejoin_when_it_return
 
     redis.restart();
     fleet.all_ready(Duration::from_secs(10)).await;
-    assert_eq!(fleet.metric_sum("embedgate_redis_degraded").await, 0.0);
+    // Not sampled once: with a 50 ms timeout a busy machine can send a replica back to degraded
+    // mode for a heartbeat right after it rejoined, which the gauge then rightly shows. That no
+    // replica fails on a connection from before the restart is fleet_scripts::after_a_redis_
+    // restart_no_thread_fails_on_its_connection_from_before.
+    let gauge_clears = eventually(Duration::from_secs(10), || async {
+        fleet.metric_sum("embedgate_redis_degraded").await == 0.0
+    })
+    .await;
+    assert!(gauge_clears, "embedgate_redis_degraded returns to 0");
     outcomes.extend(phase(1_500).await);
     // After rejoining, the shared pool is in use again.
     assert!(

@@ -515,46 +515,52 @@ fn after_a_redis_restart_no_thread_fails_on_its_connection_from_before() {
             .build()
             .unwrap()
     };
-    let main = rt();
+    // The heartbeat runs on a background runtime that is always running, as in the gateway.
+    let main = tokio::runtime::Runtime::new().unwrap();
     let (f, tenants, _) = main.block_on(fleet(&redis, &clock));
     let t = tenants.get(0);
     let count = |rt: &tokio::runtime::Runtime| rt.block_on(f.inbound(t, clock.now_ms()));
     let before_restart = std::sync::Barrier::new(THREADS + 1);
     let rejoined = std::sync::Barrier::new(THREADS + 1);
-    let after = std::thread::scope(|s| {
+    // Each thread: a count before the restart, one on its own connection (opened in the
+    // background meanwhile), and one after the rejoin. Asserted after the threads end, so a
+    // failure cannot leave the others waiting at a barrier.
+    let verdicts = std::thread::scope(|s| {
         let workers: Vec<_> = (0..THREADS)
             .map(|_| {
                 s.spawn(|| {
                     let rt = rt();
-                    assert!(count(&rt).is_ok(), "Redis is up: the thread connects");
+                    let first = count(&rt);
+                    rt.block_on(async { tokio::time::sleep(Duration::from_millis(300)).await });
+                    let own = count(&rt);
                     before_restart.wait();
                     rejoined.wait();
-                    count(&rt)
+                    [first, own, count(&rt)]
                 })
             })
             .collect();
         before_restart.wait();
         redis.kill();
-        assert!(main.block_on(f.heartbeat()).is_err());
-        assert!(!f.healthy());
+        let down = main.block_on(f.heartbeat()).is_err() && !f.healthy();
         redis.restart();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while main.block_on(f.heartbeat()).is_err() {
-            assert!(std::time::Instant::now() < deadline, "never rejoined");
+        while main.block_on(f.heartbeat()).is_err() && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(f.healthy(), "rejoined");
+        let back = f.healthy();
         rejoined.wait();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap())
-            .collect::<Vec<_>>()
+        let verdicts: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+        assert!(down, "the replica saw Redis go");
+        assert!(back, "the replica rejoined");
+        verdicts
     });
-    for (i, verdict) in after.iter().enumerate() {
+    let allowed = |v: &Result<Inbound, _>| matches!(v, Ok(Inbound::Allowed { .. }));
+    for (i, [first, own, after]) in verdicts.iter().enumerate() {
         assert!(
-            matches!(verdict, Ok(Inbound::Allowed { .. })),
-            "thread {i} after the rejoin: {verdict:?}"
+            allowed(first) && allowed(own),
+            "thread {i} before: {first:?} {own:?}"
         );
+        assert!(allowed(after), "thread {i} after the rejoin: {after:?}");
     }
     assert!(
         f.healthy(),

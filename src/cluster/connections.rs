@@ -1,0 +1,150 @@
+//! Connections to a standalone Redis: one shared connection (the heartbeat's, and every thread's
+//! while its own is opening) and one per thread that calls Redis.
+//!
+//! Each actix worker is a single-threaded runtime: a connection opened there is driven on the
+//! same thread, so a command needs no wake-up of another thread on the way out and none on the
+//! way back, and the worker's concurrent commands are pipelined on its own connection.
+//!
+//! A thread's connection is opened in the background on its first command, which goes on the
+//! shared connection meanwhile: no request waits for a connect. When the replica rejoins after a
+//! degraded spell, every thread's connection is dropped and reopened the same way: one that died
+//! with Redis would otherwise fail once more on each thread, each time sending the replica back
+//! to degraded mode, and the heartbeat has just proven the shared one.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// Distinguishes the [`Connections`] of one process in [`PER_THREAD`].
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// At most this many Redis servers' connections are kept per thread (a process has one; tests
+/// start many).
+const PER_THREAD_SERVERS: usize = 8;
+
+thread_local! {
+    static PER_THREAD: RefCell<Vec<ThreadConn>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One thread's connection to one server, in the generation it was opened for.
+struct ThreadConn {
+    owner: u64,
+    generation: u64,
+    own: Arc<Mutex<Own>>,
+}
+
+enum Own {
+    /// Not open; the last attempt failed at this instant (`None`: never tried).
+    Closed(Option<Instant>),
+    Opening,
+    Open(ConnectionManager),
+}
+
+pub(super) struct Connections {
+    id: u64,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// Bounds one background open; a failed one is tried again this long after.
+    open_timeout: Duration,
+    shared: ConnectionManager,
+    /// Bumped by [`Connections::reopen_all`]; a thread's connection from an older one is dropped.
+    generation: AtomicU64,
+}
+
+impl Connections {
+    /// # Errors
+    /// The client cannot make a connection manager (not for a client that parsed).
+    pub(super) fn new(
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+        open_timeout: Duration,
+    ) -> redis::RedisResult<Connections> {
+        let shared = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(Connections {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            client,
+            config,
+            open_timeout,
+            shared,
+            generation: AtomicU64::new(0),
+        })
+    }
+
+    /// The heartbeat's connection.
+    pub(super) fn shared(&self) -> ConnectionManager {
+        self.shared.clone()
+    }
+
+    /// This thread's own connection if it is open; otherwise the shared one, while this thread's
+    /// is opened in the background (when the thread runs a Tokio runtime).
+    pub(super) fn for_this_thread(&self) -> ConnectionManager {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let own = PER_THREAD.with(|conns| {
+            let mut conns = conns.borrow_mut();
+            let at = conns.iter().position(|c| c.owner == self.id);
+            if let Some(c) = at.and_then(|i| conns.get(i)) {
+                if c.generation == generation {
+                    return c.own.clone();
+                }
+            }
+            if let Some(i) = at {
+                conns.remove(i);
+            } else if conns.len() == PER_THREAD_SERVERS {
+                conns.remove(0);
+            }
+            let own = Arc::new(Mutex::new(Own::Closed(None)));
+            conns.push(ThreadConn {
+                owner: self.id,
+                generation,
+                own: own.clone(),
+            });
+            own
+        });
+        let mut state = own.lock();
+        match &*state {
+            Own::Open(c) => return c.clone(),
+            Own::Opening => {}
+            Own::Closed(failed) => {
+                let due = failed.is_none_or(|at| at.elapsed() >= self.open_timeout);
+                if let (true, Ok(rt)) = (due, tokio::runtime::Handle::try_current()) {
+                    *state = Own::Opening;
+                    rt.spawn(open(
+                        self.client.clone(),
+                        self.config.clone(),
+                        self.open_timeout,
+                        own.clone(),
+                    ));
+                }
+            }
+        }
+        self.shared.clone()
+    }
+
+    /// Drops every thread's connection; each opens a new one after its next command.
+    pub(super) fn reopen_all(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Opens a thread's connection on the runtime it was spawned on (the thread's own, for a
+/// single-threaded one).
+async fn open(
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    bound: Duration,
+    own: Arc<Mutex<Own>>,
+) {
+    let opened = tokio::time::timeout(bound, ConnectionManager::new_with_config(client, config));
+    *own.lock() = match opened.await {
+        Ok(Ok(c)) => Own::Open(c),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "cannot open this thread's Redis connection");
+            Own::Closed(Some(Instant::now()))
+        }
+        Err(_) => Own::Closed(Some(Instant::now())),
+    };
+}
