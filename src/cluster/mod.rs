@@ -116,6 +116,18 @@ pub struct Fleet {
     timeout: Duration,
 }
 
+/// How long a TCP connect to Redis may take: the command timeout, but at least 200 ms (a
+/// connect is a round trip more than a command, and a 50 ms command timeout is common).
+fn connect_timeout(timeout: Duration) -> Duration {
+    timeout.max(Duration::from_millis(200))
+}
+
+/// How long opening a connection (connect and handshake) may take before it is given up and
+/// tried again later: the command timeout, but at least 500 ms.
+fn open_timeout(timeout: Duration) -> Duration {
+    timeout.max(Duration::from_millis(500))
+}
+
 impl Fleet {
     /// Connects (lazily for a standalone Redis; a Cluster is tried once now and again on every
     /// heartbeat). A replica that cannot reach Redis starts degraded and rejoins later.
@@ -161,12 +173,11 @@ impl Fleet {
             let client =
                 redis::Client::open(url.as_str()).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
             let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout.max(Duration::from_millis(200))))
+                .set_connection_timeout(Some(connect_timeout(timeout)))
                 .set_response_timeout(Some(timeout))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(settings.heartbeat_ms));
-            let open_timeout = timeout.max(Duration::from_millis(500));
-            let conns = Connections::new(client, config, open_timeout)
+            let conns = Connections::new(client, config, open_timeout(timeout))
                 .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
             fleet.single = Some(conns);
         }
@@ -184,7 +195,7 @@ impl Fleet {
 
     fn cluster_client(&self) -> anyhow::Result<redis::cluster::ClusterClient> {
         redis::cluster::ClusterClientBuilder::new(self.settings.cluster_urls.clone())
-            .connection_timeout(self.timeout.max(Duration::from_millis(200)))
+            .connection_timeout(connect_timeout(self.timeout))
             .response_timeout(self.timeout)
             .retries(1)
             .build()
@@ -195,7 +206,7 @@ impl Fleet {
         let Ok(client) = self.cluster_client() else {
             return;
         };
-        let bound = self.timeout.max(Duration::from_millis(500));
+        let bound = open_timeout(self.timeout);
         match tokio::time::timeout(bound, client.get_async_connection()).await {
             Ok(Ok(c)) => *self.cluster.write() = Some(c),
             Ok(Err(e)) => tracing::debug!(error = %e, "cannot connect to the Redis Cluster"),
