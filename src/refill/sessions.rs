@@ -33,7 +33,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::{Reason, Tracked};
-use crate::model::{Operation, URL_VALIDITY_SECS};
+use crate::model::{EmbedRequest, Operation, URL_VALIDITY_SECS};
 use crate::tenant::TenantId;
 
 /// Most events waiting for the planner's next tick.
@@ -150,13 +150,13 @@ pub struct Sessions {
 }
 
 /// The object a request opens: its operation and experience.
-fn object_of(t: &Tracked) -> Arc<str> {
-    let op = match t.request.operation() {
+pub(super) fn object_of(request: &EmbedRequest) -> Arc<str> {
+    let op = match request.operation() {
         Operation::GetDashboardEmbedUrl => "dashboard",
         Operation::GenerateEmbedUrlForAnonymousUser => "anonymous",
         Operation::GenerateEmbedUrlForRegisteredUser => "registered",
     };
-    format!("{op} {:?}", t.request.experience()).into()
+    format!("{op} {:?}", request.experience()).into()
 }
 
 fn halve_if_large(count: &mut f64, others: &mut [(Arc<str>, f64)]) {
@@ -238,7 +238,7 @@ impl Sessions {
         let Some(user) = t.request.user_arn() else {
             return;
         };
-        let object = object_of(t);
+        let object = t.object.clone();
         let life = self.life_ms;
         // The object's own count and template.
         let o = book
@@ -255,12 +255,19 @@ impl Sessions {
         o.last_ms = at_ms;
         halve_if_large(&mut o.views, &mut o.next);
         // The user: a session start after a usable life of silence.
+        // Looked up by `&str` first: a known user (the common case) costs no allocation.
         let known = book.users.contains_key(user);
-        let u = book.users.entry(user.into()).or_insert_with(|| User {
-            last_ms: at_ms,
-            recent: VecDeque::new(),
-            landing: None,
-        });
+        if !known {
+            let fresh = User {
+                last_ms: at_ms,
+                recent: VecDeque::new(),
+                landing: None,
+            };
+            book.users.insert(user.into(), fresh);
+        }
+        let Some(u) = book.users.get_mut(user) else {
+            return;
+        };
         let starts = !known || at_ms.saturating_sub(u.last_ms) > life || u.recent.is_empty();
         let mut credit: Vec<Arc<str>> = vec![];
         if starts {
@@ -268,7 +275,7 @@ impl Sessions {
             u.recent.clear();
             if let Some(previous) = previous {
                 book.returns.0 += 1.0;
-                if object_of(&previous) == object {
+                if previous.object == object {
                     book.returns.1 += 1.0;
                 }
                 if book.returns.0 > MAX_COUNT {
@@ -341,7 +348,7 @@ impl Sessions {
         let Some(user) = t.request.user_arn() else {
             return;
         };
-        let Some(o) = book.objects.get(&object_of(t)) else {
+        let Some(o) = book.objects.get(&t.object) else {
             return;
         };
         if o.views < MIN_EVIDENCE {
@@ -408,7 +415,7 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{DashboardEmbedRequest, EmbedRequest, IdentityType};
+    use crate::model::{DashboardEmbedRequest, IdentityType};
 
     const ACCOUNT: &str = "111122223333";
 

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -56,6 +57,9 @@ pub struct Tracked {
     pub key: PoolKey,
     pub tenant: TenantId,
     pub request: EmbedRequest,
+    /// What the request opens, as the session learner names it (see `sessions::object_of`):
+    /// computed once here, not on every request the learner sees.
+    pub(super) object: Arc<str>,
     pub(super) state: Mutex<DemandState>,
     pub in_flight: AtomicUsize,
     waiters: Mutex<VecDeque<oneshot::Sender<Fetched>>>,
@@ -68,6 +72,7 @@ impl Tracked {
         Tracked {
             key,
             tenant,
+            object: super::sessions::object_of(&request),
             request,
             state: Mutex::new(DemandState {
                 decayed: 0.0,
