@@ -113,6 +113,16 @@ fn member_path(path: &serde_ignored::Path<'_>) -> String {
 /// # Errors
 /// See [`parse_strict`].
 pub fn parse_request(op: Operation, body: &[u8]) -> Result<EmbedRequest, BadInput> {
+    // A valid body (the common case) is parsed once without tracking member paths, which only a
+    // problem needs; a body that fails is parsed again with them, to name the member.
+    match parse_valid(op, body) {
+        Some(req) => Ok(req),
+        None => parse_tracked(op, body),
+    }
+}
+
+/// [`parse_request`] tracking member paths throughout, so that a problem names its member.
+fn parse_tracked(op: Operation, body: &[u8]) -> Result<EmbedRequest, BadInput> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let req = match op {
         Operation::GetDashboardEmbedUrl => {
@@ -131,6 +141,26 @@ pub fn parse_request(op: Operation, body: &[u8]) -> Result<EmbedRequest, BadInpu
         field: None,
     })?;
     Ok(req)
+}
+
+/// `body` as a request for `op` if it is one: well-formed, of the right shape and with no
+/// member the shape does not have. `None` says only that it is not; [`parse_request`] says why.
+fn parse_valid(op: Operation, body: &[u8]) -> Option<EmbedRequest> {
+    fn plain<'de, T: serde::Deserialize<'de>>(
+        de: &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
+    ) -> Option<T> {
+        let mut unknown = false;
+        let mut record = |_: serde_ignored::Path<'_>| unknown = true;
+        let parsed = T::deserialize(serde_ignored::Deserializer::new(&mut *de, &mut record));
+        parsed.ok().filter(|_| !unknown)
+    }
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let req = match op {
+        Operation::GetDashboardEmbedUrl => EmbedRequest::Dashboard(plain(de)?),
+        Operation::GenerateEmbedUrlForAnonymousUser => EmbedRequest::Anonymous(plain(de)?),
+        Operation::GenerateEmbedUrlForRegisteredUser => EmbedRequest::Registered(plain(de)?),
+    };
+    de.end().ok().map(|()| req)
 }
 
 /// Parses a request for `op` from a JSON value.
@@ -173,6 +203,62 @@ pub fn parse_tagged(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quick_parse_accepts_exactly_what_the_strict_one_does() {
+        use Operation::*;
+        let cases: &[(Operation, &str)] = &[
+            (
+                GetDashboardEmbedUrl,
+                r#"{"DashboardId":"d","IdentityType":"QUICKSIGHT","UserArn":"arn:aws:quicksight:us-east-1:111122223333:user/default/u"}"#,
+            ),
+            (
+                GetDashboardEmbedUrl,
+                r#"{"DashboardId":"d","IdentityType":"IAM","SessionLifetimeInMinutes":60,"AdditionalDashboardIds":["b","a"]}"#,
+            ),
+            (
+                GetDashboardEmbedUrl,
+                r#"{"DashboardId":"d","IdentityType":"IAM","Colour":1}"#,
+            ),
+            (
+                GetDashboardEmbedUrl,
+                r#"{"DashboardId":"d","IdentityType":"IAM"} trailing"#,
+            ),
+            (
+                GetDashboardEmbedUrl,
+                r#"{"DashboardId":"d","IdentityType":"IAM","DashboardId":"e"}"#,
+            ),
+            (GetDashboardEmbedUrl, r#"{"IdentityType":"IAM"}"#),
+            (
+                GenerateEmbedUrlForAnonymousUser,
+                r#"{"Namespace":"default","AuthorizedResourceArns":["arn:aws:quicksight:us-east-1:111122223333:dashboard/d"],"ExperienceConfiguration":{"Dashboard":{"InitialDashboardId":"d"}},"SessionTags":[{"Key":"k","Value":"v"}]}"#,
+            ),
+            (
+                GenerateEmbedUrlForAnonymousUser,
+                r#"{"Namespace":"default","AuthorizedResourceArns":[],"ExperienceConfiguration":{"Dashboard":{"InitialDashboardId":"d"}},"SessionTags":[{"Key":"k","Value":"v","Extra":1}]}"#,
+            ),
+            (
+                GenerateEmbedUrlForRegisteredUser,
+                r#"{"UserArn":"a","ExperienceConfiguration":{"Dashboard":{"InitialDashboardId":"d"}}}"#,
+            ),
+            (
+                GenerateEmbedUrlForRegisteredUser,
+                r#"{"UserArn":"a","ExperienceConfiguration":{"Dashboard":{"InitialDashboardId":"d","Nope":true}}}"#,
+            ),
+            (
+                GenerateEmbedUrlForRegisteredUser,
+                r#"{"UserArn":"a","ExperienceConfiguration":{"QuickSightConsole":{"InitialPath":"/start"}},"AllowedDomains":["https://a.example"]}"#,
+            ),
+        ];
+        let mut valid = 0;
+        for (op, body) in cases {
+            let quick = parse_valid(*op, body.as_bytes());
+            assert_eq!(quick, parse_tracked(*op, body.as_bytes()).ok(), "{body}");
+            assert_eq!(parse_request(*op, body.as_bytes()).ok(), quick, "{body}");
+            valid += usize::from(quick.is_some());
+        }
+        assert_eq!(valid, 5, "the valid cases parse");
+    }
 
     #[test]
     fn strict_parsing_names_unknown_missing_and_mistyped_members() {
