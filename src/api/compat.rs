@@ -138,12 +138,9 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
             return e.response(&request_id);
         }
     };
-    match gw.serve(tenant, request, gate).await {
+    match gw.serve(tenant, &gw.keyed(tenant, request), gate).await {
         Ok(served) => {
-            let source = match served.source {
-                Source::Pool => "pool",
-                Source::Upstream => "upstream",
-            };
+            let source = served.source.as_str();
             outcome(match served.source {
                 Source::Pool => Outcome::Hit,
                 Source::Upstream => Outcome::Miss,

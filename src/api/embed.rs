@@ -11,12 +11,13 @@ use super::auth::{
     authenticate, discard_body, limit_unauthenticated, rate_limit_headers, read_body,
     tenant_limited,
 };
-use super::problem::{bad_input, refusal, serve_failure};
-use crate::gateway::{Failed, Gate, Gateway, ServeError, Source};
+use super::problem::{refusal, serve_failure};
+use crate::gateway::{Failed, Gate, Gateway, ServeError, Served, Source};
 use crate::limiter::Inbound;
 use crate::metrics::{Outcome, Protocol};
-use crate::model::{parse_request, Operation};
+use crate::model::Operation;
 use crate::tenant::Tenant;
+use crate::wire::json;
 
 pub(super) async fn dashboard(
     req: HttpRequest,
@@ -76,16 +77,16 @@ pub(super) fn observe(
     );
 }
 
-/// The answer to an embed-URL request (serialised straight from borrowed parts).
-#[derive(serde::Serialize)]
-#[serde(rename_all = "PascalCase")]
-struct EmbedUrlBody<'a> {
-    embed_url: &'a str,
-    expires_at: &'a str,
-    source: Source,
-    request_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    anonymous_user_arn: Option<&'a str>,
+/// The answer to an embed-URL request: `EmbedUrl`, `ExpiresAt`, `Source`, `RequestId` and, for
+/// an anonymous user, `AnonymousUserArn`.
+fn answer(served: &Served, expires_at: &str, request_id: &str) -> Vec<u8> {
+    json::Object::with_capacity(served.url.len() + 192)
+        .str("EmbedUrl", &served.url)
+        .str("ExpiresAt", expires_at)
+        .str("Source", served.source.as_str())
+        .str("RequestId", request_id)
+        .opt_str("AnonymousUserArn", served.anonymous_user_arn.as_deref())
+        .finish()
 }
 
 async fn embed(
@@ -134,9 +135,7 @@ async fn embed(
     }
     let admitted = match read_body(&req, body, gw.settings().api.max_body_bytes).await {
         Err(p) => Err(p),
-        Ok(bytes) => parse_request(op, &bytes)
-            .map_err(bad_input)
-            .and_then(|r| gw.admit(tenant, r).map_err(refusal)),
+        Ok(bytes) => gw.admit_body(tenant, op, &bytes).map_err(refusal),
     };
     let request = match admitted {
         Ok(r) => r,
@@ -155,7 +154,7 @@ async fn embed(
             return p.response(&request_id);
         }
     };
-    match gw.serve(tenant, request, gate).await {
+    match gw.serve(tenant, &request, gate).await {
         Ok(served) => {
             let outcome = match served.source {
                 Source::Pool => Outcome::Hit,
@@ -176,17 +175,15 @@ async fn embed(
                 .ceil() as u64;
             let mut resp = HttpResponse::Ok();
             resp.insert_header((header::CACHE_CONTROL, "no-store"))
-                .insert_header(("X-Request-Id", request_id.as_str()));
+                .insert_header((super::REQUEST_ID, request_id.as_str()));
             for (k, v) in rate_limit_headers(&gw, tenant, remaining, reset) {
                 resp.insert_header((k, v));
             }
-            resp.json(EmbedUrlBody {
-                embed_url: &served.url,
-                expires_at: &expires,
-                source: served.source,
-                request_id: &request_id,
-                anonymous_user_arn: served.anonymous_user_arn.as_deref(),
-            })
+            resp.insert_header(header::ContentType::json()).body(answer(
+                &served,
+                &expires,
+                &request_id,
+            ))
         }
         Err(Failed {
             error: ServeError::Limited { retry_after },

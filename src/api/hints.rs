@@ -100,6 +100,6 @@ pub(super) async fn hints(
     };
     let accepted = gw.hint(tenant, &requests);
     HttpResponse::Accepted()
-        .insert_header(("X-Request-Id", request_id.as_str()))
+        .insert_header((super::REQUEST_ID, request_id.as_str()))
         .json(json!({"Accepted": accepted, "Dropped": requests.len() - accepted, "RequestId": request_id}))
 }

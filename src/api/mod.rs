@@ -20,6 +20,7 @@ mod span;
 
 use std::sync::Arc;
 
+use actix_web::http::header::HeaderName;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -27,6 +28,9 @@ use serde_json::json;
 use crate::gateway::Gateway;
 use problem::Problem;
 pub use span::RequestSpan;
+
+/// The header every answer of the native API carries its request's id in.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Routes of the native API.
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -58,7 +58,7 @@ impl Problem {
         let mut resp = HttpResponse::build(self.status);
         resp.insert_header((header::CONTENT_TYPE, "application/problem+json"))
             .insert_header((header::CACHE_CONTROL, "no-store"))
-            .insert_header(("X-Request-Id", request_id));
+            .insert_header((super::REQUEST_ID, request_id));
         for (k, v) in self.headers {
             if let Ok(v) = HeaderValue::from_str(&v) {
                 resp.insert_header((k, v));

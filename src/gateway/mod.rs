@@ -5,6 +5,7 @@
 //! Owns the order of the hot path and the miss path's bounds. HTTP concerns (status codes,
 //! headers, problem documents) live in `api`; the wiring lives in `startup`.
 
+mod recent;
 mod refiller;
 
 use std::sync::atomic::Ordering;
@@ -18,7 +19,7 @@ use crate::config::Settings;
 use crate::credentials::AccessKeys;
 use crate::limiter::{Budget, Budgets, Inbound, InboundLimiter, Priority};
 use crate::metrics::{Fetch, Metrics, Waste};
-use crate::model::{BadInput, EmbedRequest, URL_VALIDITY_SECS};
+use crate::model::{parse_request, BadInput, EmbedRequest, Operation, URL_VALIDITY_SECS};
 use crate::pool::{pool_key, Pool, PoolKey, PooledUrl};
 use crate::refill::{reclaim, Demand, Seen, Sessions, Tracked};
 use crate::shared::{Coordination, Limits, Placed, PoolStore, Sharing, Status};
@@ -34,6 +35,16 @@ pub enum Source {
     /// Fetched from QuickSight for this request.
     #[serde(rename = "upstream")]
     Upstream,
+}
+
+impl Source {
+    /// The name the API gives it (`Source` in an answer, `x-embedgate-source` in compat).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Pool => "pool",
+            Source::Upstream => "upstream",
+        }
+    }
 }
 
 /// A URL handed out. The URL is a bearer credential: never log it.
@@ -106,6 +117,13 @@ pub enum Refusal {
     Denied { field: String, rule: String },
 }
 
+/// A request admitted for a tenant (see [`Gateway::admit`]), with the pool key it maps to.
+#[derive(Debug)]
+pub struct Admitted {
+    pub request: EmbedRequest,
+    pub key: PoolKey,
+}
+
 /// The gateway's shared state, built once by `startup`.
 pub struct Gateway {
     settings: Settings,
@@ -128,6 +146,8 @@ pub struct Gateway {
     clock: Clock,
     /// EWMA of upstream latency in seconds (the refill lead time), as f64 bits.
     lead_secs: std::sync::atomic::AtomicU64,
+    /// Native API bodies admitted recently (see `recent`).
+    recent: recent::Recent,
 }
 
 impl Gateway {
@@ -160,6 +180,7 @@ impl Gateway {
             }
         }
         Gateway {
+            recent: recent::Recent::new(),
             pool: Pool::new(&settings.pool, caps, clock.clone(), metrics.clone()),
             inbound: InboundLimiter::new(
                 &tenants,
@@ -496,6 +517,35 @@ impl Gateway {
         Ok(req)
     }
 
+    /// Parses a native API body as `op` and admits it for `tenant` (see [`Gateway::admit`]),
+    /// with its pool key. The same bytes admitted again for the same tenant and operation give
+    /// the same answer, remembered (see `recent`) rather than worked out again.
+    ///
+    /// # Errors
+    /// The invalid or forbidden member.
+    pub fn admit_body(
+        &self,
+        tenant: &Tenant,
+        op: Operation,
+        body: &[u8],
+    ) -> Result<Arc<Admitted>, Refusal> {
+        if let Some(known) = self.recent.get(tenant.index, op, body) {
+            return Ok(known);
+        }
+        let request = parse_request(op, body).map_err(Refusal::Invalid)?;
+        let admitted = Arc::new(self.keyed(tenant, self.admit(tenant, request)?));
+        self.recent.put(tenant.index, op, body, admitted.clone());
+        Ok(admitted)
+    }
+
+    /// An admitted request with its pool key.
+    pub fn keyed(&self, tenant: &Tenant, request: EmbedRequest) -> Admitted {
+        Admitted {
+            key: self.key_for(tenant, &request),
+            request,
+        }
+    }
+
     pub fn key_for(&self, tenant: &Tenant, req: &EmbedRequest) -> PoolKey {
         pool_key(
             &tenant.id,
@@ -514,22 +564,22 @@ impl Gateway {
     pub async fn serve(
         &self,
         tenant: &Tenant,
-        req: EmbedRequest,
+        admitted: &Admitted,
         gate: Gate,
     ) -> Result<Served, Failed> {
-        let key = self.key_for(tenant, &req);
+        let Admitted { request: req, key } = admitted;
         // Counted (and, in a fleet, taken in the same round trip) before anything is learned
         // from the request: a refused request changes no demand estimate.
         let (remaining, taken) =
-            self.count_and_take(tenant, &key, gate)
+            self.count_and_take(tenant, key, gate)
                 .await
                 .map_err(|retry_after| Failed {
-                    upstream: self.upstreams.of(&req).id().to_string(),
+                    upstream: self.upstreams.of(req).id().to_string(),
                     error: ServeError::Limited { retry_after },
                 })?;
         let now = self.clock.now_ms();
         let tracked = if self.settings.refill.enabled {
-            self.demand.record(&key, tenant.index, &req, now)
+            self.demand.record(key, tenant.index, req, now)
         } else {
             None
         };
@@ -545,14 +595,14 @@ impl Gateway {
             });
         }
         let deadline = Instant::now() + Duration::from_millis(self.settings.api.miss_timeout_ms);
-        self.miss(tenant, &req, tracked.as_deref(), deadline)
+        self.miss(tenant, req, tracked.as_deref(), deadline)
             .await
             .map(|served| Served {
                 remaining,
                 ..served
             })
             .map_err(|error| Failed {
-                upstream: self.upstreams.of(&req).id().to_string(),
+                upstream: self.upstreams.of(req).id().to_string(),
                 error,
             })
     }

@@ -7,11 +7,11 @@
 //! ([`crate::model::parse`]); they differ only in what they do with members they do not know.
 
 mod error;
+pub mod json;
 
 use std::borrow::Cow;
 
 use percent_encoding::percent_decode_str;
-use serde_json::json;
 
 use crate::model::parse::{parse_strict, Unknown};
 use crate::model::{DashboardEmbedRequest, EmbedRequest, IdentityType, Operation};
@@ -198,12 +198,13 @@ fn parse_dashboard_query(
 }
 
 /// The body of a successful call, as QuickSight sends it.
-pub fn success_body(url: &str, request_id: &str, anonymous_user_arn: Option<&str>) -> String {
-    let mut body = json!({"EmbedUrl": url, "Status": 200, "RequestId": request_id});
-    if let Some(arn) = anonymous_user_arn {
-        body["AnonymousUserArn"] = json!(arn);
-    }
-    body.to_string()
+pub fn success_body(url: &str, request_id: &str, anonymous_user_arn: Option<&str>) -> Vec<u8> {
+    json::Object::with_capacity(url.len() + 160)
+        .str("EmbedUrl", url)
+        .num("Status", 200)
+        .str("RequestId", request_id)
+        .opt_str("AnonymousUserArn", anonymous_user_arn)
+        .finish()
 }
 
 #[cfg(test)]

@@ -178,6 +178,52 @@ async fn an_omitted_namespace_is_default_and_a_user_arns_namespace_must_match() 
     app.stop().await;
 }
 
+/// The gateway remembers bodies it admitted (so a repeated request is not parsed and checked
+/// again), but the same bytes from another tenant are judged by that tenant's policy and
+/// defaults, however often the first tenant sent them.
+#[tokio::test]
+async fn the_same_body_from_another_tenant_is_judged_by_its_own_policy() {
+    let app = spawn_app(|s| {
+        s.refill.enabled = false;
+        s.tenants[1].policy.dashboards = vec!["finance".into()];
+        s.tenants[1].policy.accounts = vec![ACCOUNT.into()];
+        s.tenants[1].default_account = None;
+    })
+    .await;
+    let body = dash("sales-2024", "alice");
+    let mut urls = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let r = app.embed("alpha", "dashboard", &body).await;
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        urls.insert(v["EmbedUrl"].as_str().unwrap().to_string());
+    }
+    assert_eq!(urls.len(), 3, "each request its own URL");
+    let calls = app.sim.sim.ledger().calls;
+    for _ in 0..2 {
+        let r = app.embed("beta", "dashboard", &body).await;
+        assert_eq!(r.status(), 400, "beta has no default account");
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["field"], "AwsAccountId", "{p}");
+    }
+    let mut with_account = body.clone();
+    with_account["AwsAccountId"] = json!(ACCOUNT);
+    for _ in 0..2 {
+        let r = app.embed("alpha", "dashboard", &with_account).await;
+        assert_eq!(r.status(), 200);
+        let r = app.embed("beta", "dashboard", &with_account).await;
+        assert_eq!(r.status(), 403, "beta may open only finance");
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["field"], "DashboardId", "{p}");
+    }
+    assert_eq!(
+        app.sim.sim.ledger().calls,
+        calls + 2,
+        "only alpha's two requests reached QuickSight"
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn get_dashboard_embed_url_is_the_dashboard_experience() {
     let app = spawn_app(|s| {
