@@ -28,16 +28,18 @@ impl Fleet {
         self.metrics.fleet_replicas.set(live.max(1) as i64);
         if self.degraded.load(Ordering::SeqCst) {
             // Before any thread sees the replica healthy again: the threads' connections that
-            // broke with the spell are not used again.
+            // broke with the spell are not used again. (A spell that starts after this check is
+            // left for the next heartbeat, which reopens first too: the replica never reads
+            // healthy again without a reopen after its spell.)
             if let Some(conns) = &self.single {
                 conns.reopen_all();
             }
-        }
-        if self.degraded.swap(false, Ordering::SeqCst) {
-            for t in &self.over_until {
-                t.store(0, Ordering::Relaxed);
+            if self.degraded.swap(false, Ordering::SeqCst) {
+                for t in &self.over_until {
+                    t.store(0, Ordering::Relaxed);
+                }
+                tracing::info!(replicas = live, "Redis answers again: rejoined the fleet");
             }
-            tracing::info!(replicas = live, "Redis answers again: rejoined the fleet");
         }
         self.metrics.redis_degraded.set(i64::from(!self.healthy()));
         Ok(live)
