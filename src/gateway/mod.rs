@@ -27,13 +27,11 @@ use crate::tenant::{Tenant, TenantId, Tenants};
 use crate::upstream::{Fetched, Upstream, UpstreamError, Upstreams};
 
 /// Where a handed-out URL came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// Pre-fetched: taken from the pool, or from a prefetch that was in flight.
-    #[serde(rename = "pool")]
     Pool,
     /// Fetched from QuickSight for this request.
-    #[serde(rename = "upstream")]
     Upstream,
 }
 

@@ -96,18 +96,8 @@ impl Recent {
         let put = self.puts.fetch_add(1, Ordering::Relaxed);
         let [a, b] = self.candidates(tenant, op, body);
         let age = |i: usize| self.slots[i].lock().as_ref().map(|e| e.put);
-        // An empty slot first, else the one filled longer ago.
-        let at = match (age(a), age(b)) {
-            (None, _) => a,
-            (_, None) => b,
-            (Some(x), Some(y)) => {
-                if x <= y {
-                    a
-                } else {
-                    b
-                }
-            }
-        };
+        // An empty slot first (`None` orders first), else the one filled longer ago.
+        let at = if age(b) < age(a) { b } else { a };
         *self.slots[at].lock() = Some(Entry {
             tenant,
             op,
