@@ -75,9 +75,11 @@ def start_gateway(config_path, env=None, binary=BIN):
 
 
 def stop(*procs):
+    # Longer than the gateway's graceful shutdown (10 s for requests still in flight, e.g. a miss
+    # Schemathesis left waiting on the simulator): waiting exactly as long failed on a busy machine.
     for p in procs:
         p.terminate()
-        p.wait(timeout=10)
+        p.wait(timeout=30)
 
 
 def get_json(url):
