@@ -102,11 +102,56 @@ enum Call {
     },
 }
 
-/// One arrival: when (from the start), what, and the phase it counts in.
+/// How an arrival came to be asked, which says whether any planner could have foreseen it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    /// A session's first view on the user's usual landing, for a user seen on an earlier day.
+    ReturningLanding,
+    /// A session's first view of a user with no earlier session (every user "yesterday", new
+    /// users "today"), or on a landing picked at random.
+    UnknownLanding,
+    /// A landing announced by a hint.
+    HintedLanding,
+    /// The next view along the tenant's usual path.
+    UsualNext,
+    /// A next view picked at random.
+    OtherNext,
+    /// An anonymous view of a public dashboard.
+    Anonymous,
+    /// A view of an independent key with Zipf popularity.
+    Zipf,
+    /// A hint (not a view).
+    Hint,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::ReturningLanding => "returning user's usual landing",
+            Kind::UnknownLanding => "landing of a new user, or picked at random",
+            Kind::HintedLanding => "hinted landing",
+            Kind::UsualNext => "next along the usual path",
+            Kind::OtherNext => "next picked at random",
+            Kind::Anonymous => "anonymous public view",
+            Kind::Zipf => "zipf",
+            Kind::Hint => "hint",
+        }
+    }
+
+    /// Whether the evidence before the view could name it: the user's own history, the tenant's
+    /// usual paths, a hint, or a stream of requests. The rest (a user never seen, a dashboard
+    /// picked at random) no planner can stock without stocking every dashboard for every user.
+    fn foreseeable(self) -> bool {
+        !matches!(self, Kind::UnknownLanding | Kind::OtherNext | Kind::Hint)
+    }
+}
+
+/// One arrival: when (from the start), what, the phase it counts in, and how it came to be.
 struct Arrival {
     at: Duration,
     call: Call,
     phase: usize,
+    kind: Kind,
 }
 
 fn zipf_schedule(s: &Zipf) -> Vec<Arrival> {
@@ -133,6 +178,7 @@ fn zipf_schedule(s: &Zipf) -> Vec<Arrival> {
                     dashboard: (key % 1000 + key / 1000) % 1000,
                 },
                 phase,
+                kind: Kind::Zipf,
             });
         }
         start += secs;
@@ -174,14 +220,23 @@ impl Sessions {
                        out: &mut Vec<Arrival>,
                        t0: f64,
                        tenant: usize,
-                       u: usize| {
+                       u: usize,
+                       returning: bool| {
             let user = tenant * per_tenant + u;
             let mut j = if rng.random::<f64>() < self.same_landing {
                 landing[user]
             } else {
                 rng.random_range(0..d)
             };
-            if tenant < (self.hint_tenants * self.tenants as f64).round() as usize {
+            let hinted = tenant < (self.hint_tenants * self.tenants as f64).round() as usize;
+            let mut kind = if hinted {
+                Kind::HintedLanding
+            } else if returning && j == landing[user] {
+                Kind::ReturningLanding
+            } else {
+                Kind::UnknownLanding
+            };
+            if hinted {
                 let at = (t0 - self.hint_lead_secs).max(0.0);
                 out.push(Arrival {
                     at: Duration::from_secs_f64(at),
@@ -191,6 +246,7 @@ impl Sessions {
                         dashboard: tenant * d + j,
                     },
                     phase: self.phase(at),
+                    kind: Kind::Hint,
                 });
             }
             let mut t = t0;
@@ -203,15 +259,22 @@ impl Sessions {
                         dashboard: tenant * d + j,
                     },
                     phase: self.phase(t),
+                    kind,
                 });
                 if rng.random::<f64>() < 1.0 / self.views_mean {
                     break;
                 }
                 t += think.sample(rng);
+                let usual = next(j);
                 j = if rng.random::<f64>() < self.follow {
-                    next(j)
+                    usual
                 } else {
                     rng.random_range(0..d)
+                };
+                kind = if j == usual {
+                    Kind::UsualNext
+                } else {
+                    Kind::OtherNext
                 };
             }
         };
@@ -220,7 +283,7 @@ impl Sessions {
             for u in 0..per_tenant {
                 if u < self.users_per_tenant {
                     let t0 = rng.random::<f64>() * self.yesterday_secs;
-                    session(&mut rng, &mut out, t0, tenant, u);
+                    session(&mut rng, &mut out, t0, tenant, u, false);
                     if rng.random::<f64>() >= self.return_fraction {
                         continue;
                     }
@@ -230,7 +293,7 @@ impl Sessions {
                 } else {
                     today + rng.random::<f64>() * self.today_secs
                 };
-                session(&mut rng, &mut out, t0, tenant, u);
+                session(&mut rng, &mut out, t0, tenant, u, u < self.users_per_tenant);
             }
         }
         // Public dashboards, viewed anonymously all along.
@@ -256,6 +319,7 @@ impl Sessions {
                     dashboard: tenant * d + p / self.tenants,
                 },
                 phase: self.phase(t),
+                kind: Kind::Anonymous,
             });
         }
         out.sort_by_key(|a| a.at);
@@ -299,6 +363,7 @@ struct Done {
     pooled: bool,
     /// The key asked for (a hash of the call), for counting distinct keys.
     key: u64,
+    kind: Kind,
 }
 
 /// The outcome of a hint (not a view), and of a hint the gateway did not take.
@@ -321,6 +386,25 @@ fn latencies<'a>(done: impl Iterator<Item = &'a Done>) -> Vec<f64> {
         .collect();
     lat.sort_by(f64::total_cmp);
     lat
+}
+
+/// Views and how many came from the pool, by how each view came to be. A planner that stocked
+/// exactly the foreseeable views, each in time, would serve all of those and none of the rest.
+fn by_kind<'a>(done: impl Iterator<Item = &'a Done>) -> serde_json::Value {
+    let mut kinds = std::collections::BTreeMap::<Kind, (u64, u64)>::new();
+    for d in done {
+        let e = kinds.entry(d.kind).or_default();
+        e.0 += 1;
+        e.1 += u64::from(d.pooled);
+    }
+    kinds
+        .into_iter()
+        .map(|(k, (requests, from_pool))| {
+            let v = json!({"requests": requests, "from_pool": from_pool, "foreseeable": k.foreseeable()});
+            (k.name().to_string(), v)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }
 
 fn summarize(all: &[Done], elapsed: Duration, burst_phase: Option<usize>) -> serde_json::Value {
@@ -353,6 +437,8 @@ fn summarize(all: &[Done], elapsed: Duration, burst_phase: Option<usize>) -> ser
                 "requests": of.len(),
                 "ok": of.iter().filter(|d| d.outcome == "ok").count(),
                 "from_pool": of.iter().filter(|d| d.pooled).count(),
+                "by_kind": by_kind(of.iter().copied()),
+                "foreseeable": of.iter().filter(|d| d.kind.foreseeable()).count(),
                 "errors": errors,
                 "p50_ms": percentile(&lat, 50.0),
                 "p99_ms": percentile(&lat, 99.0),
@@ -361,6 +447,8 @@ fn summarize(all: &[Done], elapsed: Duration, burst_phase: Option<usize>) -> ser
         .collect();
     json!({
         "phases": by_phase,
+        "by_kind": by_kind(done.iter().copied()),
+        "foreseeable": done.iter().filter(|d| d.kind.foreseeable()).count(),
         "hints_sent": all.len() - done.len(),
         "hints_failed": hints_failed,
         "requests": done.len(),
@@ -465,7 +553,7 @@ where
         let due = start + a.at;
         tokio::time::sleep_until(due).await;
         let fut = call(a.call);
-        let (phase, key) = (a.phase, key_of(a.call));
+        let (phase, key, kind) = (a.phase, key_of(a.call), a.kind);
         tasks.push(tokio::spawn(async move {
             let (outcome, pooled) = fut.await;
             Done {
@@ -474,6 +562,7 @@ where
                 phase,
                 pooled,
                 key,
+                kind,
             }
         }));
     }

@@ -150,6 +150,23 @@ rows = "\n".join(
     f"| {names[i] if i < len(names) else i} | {p['requests']} | {pct(p)} | {p['p50_ms']:.1f} / {p['p99_ms']:.1f} ms | {errs(p['errors'])} |"
     + (f" {D['phases'][i]['p50_ms']:.1f} / {D['phases'][i]['p99_ms']:.1f} ms | {errs(D['phases'][i]['errors'])} |" if D and i < len(D['phases']) else " — | — |")
     for i, p in enumerate(G["phases"]))
+kinds = G.get("by_kind", {})
+fore_pool = sum(k["from_pool"] for k in kinds.values() if k["foreseeable"])
+kind_rows = "\n".join(
+    f"| {name} | {k['requests']} | {k['from_pool'] / max(1, k['requests']):.1%} | {'yes' if k['foreseeable'] else 'no'} |"
+    + "".join(f" {p['by_kind'].get(name, {}).get('from_pool', 0) / max(1, p['by_kind'].get(name, {}).get('requests', 0)):.1%} of {p['by_kind'].get(name, {}).get('requests', 0)} |" for p in G["phases"])
+    for name, k in kinds.items())
+kind_table = "" if len(kinds) < 2 else f"""
+By how each view came to be (the generator knows; the gateway does not). A view is foreseeable when
+the evidence before it names it: the user's own earlier days, the tenant's usual paths, a hint, a
+stream of requests. {G['foreseeable']} of {G['requests']} views (**{G['foreseeable'] / max(1, G['requests']):.1%}**) were: the most any
+planner serves from the pool without stocking every dashboard for every user. It served
+**{fore_pool / max(1, G['foreseeable']):.1%}** of those from the pool.
+
+| kind | views | from the pool | foreseeable | {" | ".join(names[i] if i < len(names) else str(i) for i in range(len(G["phases"])))} |
+| --- | --- | --- | --- |{" --- |" * len(G["phases"])}
+{kind_rows}
+"""
 md = f"""## Pool efficiency: `{shape}`
 
 Knobs: {", ".join(f"{k.lower()}={e[k]}" for k in knobs)}.
@@ -171,7 +188,7 @@ By phase (through embedgate: requests, from the pool, p50 / p99, errors; straigh
 | phase | requests | from the pool | p50 / p99 | errors | direct p50 / p99 | direct errors |
 | --- | --- | --- | --- | --- | --- | --- |
 {rows}
-
+{kind_table}
 {G['distinct_keys']} distinct keys were asked for.
 """
 open(f"bench-results/scenario-{shape}.md", "w").write(md)
