@@ -44,7 +44,7 @@ pub const MAX_OBJECTS: usize = 2_000;
 pub const MAX_FOLLOWERS: usize = 16;
 /// Most recent views remembered per user.
 pub const MAX_RECENT: usize = 8;
-/// Fewest views of an object before its followers are trusted.
+/// Fewest settled views of an object (see `Object::settled`) before its followers are trusted.
 const MIN_EVIDENCE: f64 = 5.0;
 /// Counts are halved beyond this, so old habits fade as new ones are seen.
 const MAX_COUNT: f64 = 10_000.0;
@@ -89,6 +89,10 @@ struct User {
 
 struct Object {
     views: f64,
+    /// The views whose followers may still come, weighted by the share still to come: each
+    /// view adds one, decaying as e^(-age / mean follow delay) (as of `pending_ms`).
+    pending: f64,
+    pending_ms: u64,
     next: Vec<(Arc<str>, f64)>,
     /// The latest request that opened it (any user of the tenant).
     template: Arc<Tracked>,
@@ -134,7 +138,23 @@ struct Book {
     known_starts: Rate,
     /// (returning starts, of which on the user's previous landing object)
     returns: (f64, f64),
+    /// (seconds from a view to its followers' views, summed; followers counted)
+    follow_delays: (f64, f64),
     next_return_eval_ms: u64,
+}
+
+impl Book {
+    /// The mean time from a view to a follower's view, seconds. Follow delays are taken as
+    /// exponential with that mean: memoryless think times, the usual model of a user's pauses.
+    /// (Before any follower is seen nothing is predicted, so the value then does not matter.)
+    fn follow_secs(&self) -> f64 {
+        let (secs, n) = self.follow_delays;
+        if n > 0.0 {
+            (secs / n).max(0.001)
+        } else {
+            1.0
+        }
+    }
 }
 
 /// The per-tenant session learner (see the module docs).
@@ -159,11 +179,31 @@ pub(super) fn object_of(request: &EmbedRequest) -> Arc<str> {
     format!("{op} {:?}", request.experience()).into()
 }
 
-fn halve_if_large(count: &mut f64, others: &mut [(Arc<str>, f64)]) {
-    if *count > MAX_COUNT {
-        *count /= 2.0;
-        for (_, n) in others {
-            *n /= 2.0;
+impl Object {
+    /// `pending` as of `now_ms`, with followers `follow_secs` after a view on average.
+    fn pending_at(&self, now_ms: u64, follow_secs: f64) -> f64 {
+        let age_secs = now_ms.saturating_sub(self.pending_ms) as f64 / 1000.0;
+        self.pending * (-age_secs / follow_secs).exp()
+    }
+
+    /// The views whose followers have had their chance: every view, less the share of each
+    /// view's followers that has not had time to come yet. A follower's probability is its
+    /// count over this, not over every view: counted over every view, a burst of views whose
+    /// followers are still seconds away (a login storm; a tenant's first minutes) reads as
+    /// evidence that nothing follows, and the followers stop being stocked exactly when many
+    /// users are about to ask for them.
+    fn settled(&self, now_ms: u64, follow_secs: f64) -> f64 {
+        (self.views - self.pending_at(now_ms, follow_secs)).max(0.0)
+    }
+
+    /// Halves the counts when they grow large, so old habits fade as new ones are seen.
+    fn halve_if_large(&mut self) {
+        if self.views > MAX_COUNT {
+            self.views /= 2.0;
+            self.pending /= 2.0;
+            for (_, n) in &mut self.next {
+                *n /= 2.0;
+            }
         }
     }
 }
@@ -240,20 +280,25 @@ impl Sessions {
         };
         let object = t.object.clone();
         let life = self.life_ms;
+        let follow_secs = book.follow_secs();
         // The object's own count and template.
         let o = book
             .objects
             .entry(object.clone())
             .or_insert_with(|| Object {
                 views: 0.0,
+                pending: 0.0,
+                pending_ms: at_ms,
                 next: vec![],
                 template: t.clone(),
                 last_ms: at_ms,
             });
         o.views += 1.0;
+        o.pending = o.pending_at(at_ms, follow_secs) + 1.0;
+        o.pending_ms = at_ms;
         o.template = t.clone();
         o.last_ms = at_ms;
-        halve_if_large(&mut o.views, &mut o.next);
+        o.halve_if_large();
         // The user: a session start after a usable life of silence.
         // Looked up by `&str` first: a known user (the common case) costs no allocation.
         let known = book.users.contains_key(user);
@@ -292,6 +337,8 @@ impl Sessions {
                 {
                     r.credited.push(object.clone());
                     credit.push(r.object.clone());
+                    book.follow_delays.0 += at_ms.saturating_sub(r.at_ms) as f64 / 1000.0;
+                    book.follow_delays.1 += 1.0;
                 }
             }
         }
@@ -303,6 +350,9 @@ impl Sessions {
         });
         while u.recent.len() > MAX_RECENT {
             u.recent.pop_front();
+        }
+        if book.follow_delays.1 > MAX_COUNT {
+            book.follow_delays = (book.follow_delays.0 / 2.0, book.follow_delays.1 / 2.0);
         }
         if starts && known {
             book.known_starts.add(at_ms, self.tau_secs);
@@ -351,11 +401,12 @@ impl Sessions {
         let Some(o) = book.objects.get(&t.object) else {
             return;
         };
-        if o.views < MIN_EVIDENCE {
+        let settled = o.settled(at_ms, book.follow_secs());
+        if settled < MIN_EVIDENCE {
             return;
         }
         for (next, n) in &o.next {
-            let p = (n / o.views).min(1.0);
+            let p = (n / settled).min(1.0);
             if p < self.min_probability {
                 continue;
             }
@@ -471,9 +522,44 @@ mod tests {
             vec![("sales".to_string(), Some(arn), Reason::Follower)],
             "ops follows home 3 times in 10: below one half"
         );
-        // 10 of the 11 views of home (the newcomer's included) were followed by sales.
-        assert!((p[0].probability - 10.0 / 11.0).abs() < 1e-9);
+        // All 10 settled views of home were followed by sales; the newcomer's own view, a
+        // moment old, has not had its chance yet and is not evidence that nothing follows.
+        assert!(
+            (p[0].probability - 1.0).abs() < 1e-9,
+            "{}",
+            p[0].probability
+        );
         assert_eq!(p[0].until_ms, 1_200_000 + 240_000);
+    }
+
+    #[test]
+    fn a_burst_of_views_whose_followers_are_still_to_come_does_not_hide_the_follower() {
+        let s = sessions(0.5, 1_000);
+        // Habit: 15 of 20 users open sales 20 s after home.
+        for i in 0..20u64 {
+            let at = 1_000_000 + i * 1_000;
+            s.observe(&view(&format!("u{i}"), "home"), at, Seen::View);
+            if i < 15 {
+                s.observe(&view(&format!("u{i}"), "sales"), at + 20_000, Seen::View);
+            }
+        }
+        s.drain(1_100_000);
+        // A storm: 40 users open home within 4 s. Each of them should have sales stocked,
+        // though none has had the time to open it yet.
+        let mut predicted = vec![];
+        for i in 0..40u64 {
+            let at = 2_000_000 + i * 100;
+            s.observe(&view(&format!("w{i}"), "home"), at, Seen::View);
+            let p = s.drain(at);
+            assert_eq!(dashboards(&p).len(), 1, "user w{i}: sales is predicted");
+            predicted.push(p[0].probability);
+        }
+        let last = predicted[39];
+        assert!((0.5..=0.8).contains(&last), "P(sales follows home) {last}");
+        // None of them opened sales: once their chance is over the evidence says so.
+        s.observe(&view("late", "home"), 2_500_000, Seen::View);
+        let p = s.drain(2_500_000);
+        assert!(p.is_empty(), "15 of 60 settled views: {:?}", dashboards(&p));
     }
 
     #[test]
