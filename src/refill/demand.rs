@@ -11,9 +11,77 @@ use crate::model::{EmbedRequest, URL_VALIDITY_SECS};
 use crate::pool::PoolKey;
 use crate::tenant::TenantId;
 
-/// Keys of a kind (per tenant, with or without a registered user) whose first usable life must
-/// be over before their recurrence is trusted.
+/// Keys of a kind (per tenant, with or without a registered user) whose recurrence must have
+/// had its chance (see [`Recurrence::settled`]) before the kind's recurrence is trusted.
 const MIN_SETTLED_KEYS: f64 = 20.0;
+
+/// How often a tenant's keys of one kind, asked for once, are asked for again within a URL's
+/// usable life, counted as the evidence comes in.
+///
+/// A recurrence is counted when it happens; a first request counts in the denominator for the
+/// share of recurrences that have had time to come since it (recurrence delays taken as
+/// exponential with the kind's mean). Waiting for each key's whole first life (four minutes)
+/// before counting it, as before, kept a tenant's first minutes without evidence, and a new
+/// tenant's one-off views were stocked one deep all that time; counting every first request at
+/// once would read fresh keys as keys that never recur.
+#[derive(Debug, Default, Clone, Copy)]
+struct Recurrence {
+    /// Keys whose first request was followed by another within the usable life.
+    recurred: f64,
+    /// Keys asked for a first time.
+    firsts: f64,
+    /// The first requests whose recurrence may still come, weighted by the share still to come:
+    /// each adds one, decaying as e^(-age / mean delay) (as of `pending_ms`).
+    pending: f64,
+    pending_ms: u64,
+    /// (seconds from a key's first request to its second, summed; recurrences counted)
+    delays: (f64, f64),
+}
+
+impl Recurrence {
+    /// The mean time from a first request to the second, seconds, with one pseudo-observation
+    /// at a quarter of the usable life, and at most that: a recurrence only counts within the
+    /// life, and with the mean at a quarter of it all but e^-4 (2 %) of a first request's weight
+    /// has settled when its life is over.
+    fn mean_delay_secs(&self, life_secs: f64) -> f64 {
+        let quarter = life_secs / 4.0;
+        ((self.delays.0 + quarter) / (self.delays.1 + 1.0)).clamp(0.001, quarter.max(0.001))
+    }
+
+    fn pending_at(&self, now_ms: u64, life_secs: f64) -> f64 {
+        let age_secs = now_ms.saturating_sub(self.pending_ms) as f64 / 1000.0;
+        self.pending * (-age_secs / self.mean_delay_secs(life_secs)).exp()
+    }
+
+    fn first(&mut self, now_ms: u64, life_secs: f64) {
+        self.pending = self.pending_at(now_ms, life_secs) + 1.0;
+        self.pending_ms = now_ms;
+        self.firsts += 1.0;
+        if self.firsts > 10_000.0 {
+            self.firsts /= 2.0;
+            self.recurred /= 2.0;
+            self.pending /= 2.0;
+            self.delays = (self.delays.0 / 2.0, self.delays.1 / 2.0);
+        }
+    }
+
+    fn recur(&mut self, delay_secs: f64) {
+        self.recurred += 1.0;
+        self.delays.0 += delay_secs;
+        self.delays.1 += 1.0;
+    }
+
+    /// The first requests whose recurrence has had its chance: every one, less the share of
+    /// each one's recurrence that has not had time to come yet.
+    fn settled(&self, now_ms: u64, life_secs: f64) -> f64 {
+        (self.firsts - self.pending_at(now_ms, life_secs)).max(0.0)
+    }
+
+    /// Laplace's rule over the settled first requests: one half before any evidence.
+    fn probability(&self, now_ms: u64, life_secs: f64) -> f64 {
+        ((self.recurred + 1.0) / (self.settled(now_ms, life_secs) + 2.0)).min(1.0)
+    }
+}
 
 /// Per-tenant counters shared with the cache's eviction listener.
 struct Counts {
@@ -21,9 +89,9 @@ struct Counts {
     tracked: Vec<AtomicUsize>,
     /// Hint slots held per tenant.
     hints: Vec<AtomicUsize>,
-    /// Per tenant, for keys without and with a registered user: (keys whose first request was
-    /// followed by another within a URL's usable life, keys whose first request was not).
-    recurrence: Vec<parking_lot::Mutex<[(f64, f64); 2]>>,
+    /// Per tenant, for keys without and with a registered user: how often a key asked for once
+    /// is asked for again within a URL's usable life.
+    recurrence: Vec<parking_lot::Mutex<[Recurrence; 2]>>,
 }
 
 impl Counts {
@@ -89,37 +157,26 @@ impl Demand {
         self
     }
 
-    /// Counts a key's first request as followed by another within the usable life (`true`), or
-    /// not, once per key.
-    fn count_recurrence(&self, t: &Tracked, recurred: bool) {
-        let mut all = self.counts.recurrence[t.tenant].lock();
-        let r = &mut all[usize::from(t.request.user_arn().is_some())];
-        if recurred {
-            r.0 += 1.0;
-        } else {
-            r.1 += 1.0;
-        }
-        if r.0 + r.1 > 10_000.0 {
-            *r = (r.0 / 2.0, r.1 / 2.0);
-        }
+    fn life_secs(&self) -> f64 {
+        self.life_ms as f64 / 1000.0
+    }
+
+    /// The recurrence counts of `t`'s kind.
+    fn kind_of(&self, t: &Tracked) -> Recurrence {
+        self.counts.recurrence[t.tenant].lock()[usize::from(t.request.user_arn().is_some())]
     }
 
     /// The probability, learned per tenant and separately for keys with and without a
     /// registered user, that a key like `t` asked for once is asked for again within a URL's
-    /// usable life (Laplace's rule: one half before any evidence). A shared anonymous
-    /// dashboard's key recurs; a registered user's view of one dashboard mostly does not.
-    pub fn recurrence(&self, t: &Tracked) -> f64 {
-        let r =
-            self.counts.recurrence[t.tenant].lock()[usize::from(t.request.user_arn().is_some())];
-        (r.0 + 1.0) / (r.0 + r.1 + 2.0)
+    /// usable life (see [`Recurrence`]). A shared anonymous dashboard's key recurs; a
+    /// registered user's view of one dashboard mostly does not.
+    pub fn recurrence(&self, t: &Tracked, now_ms: u64) -> f64 {
+        self.kind_of(t).probability(now_ms, self.life_secs())
     }
 
-    /// Whether enough keys like `t` have settled (their first usable life over) for
-    /// [`Demand::recurrence`] to be trusted.
-    fn recurrence_known(&self, t: &Tracked) -> bool {
-        let r =
-            self.counts.recurrence[t.tenant].lock()[usize::from(t.request.user_arn().is_some())];
-        r.0 + r.1 >= MIN_SETTLED_KEYS
+    /// Whether enough keys like `t` have settled for [`Demand::recurrence`] to be trusted.
+    fn recurrence_known(&self, t: &Tracked, now_ms: u64) -> bool {
+        self.kind_of(t).settled(now_ms, self.life_secs()) >= MIN_SETTLED_KEYS
     }
 
     /// The tracked entry for `key`, if any.
@@ -168,8 +225,17 @@ impl Demand {
         now_ms: u64,
     ) -> Option<Arc<Tracked>> {
         let t = self.tracked(key, tenant, req, now_ms)?;
-        if t.record(now_ms, self.tau_secs, self.life_ms) {
+        let recorded = t.record(now_ms, self.tau_secs, self.life_ms);
+        if recorded.released_hint {
             self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
+        }
+        if recorded.first || recorded.recurred_after_ms.is_some() {
+            let mut all = self.counts.recurrence[t.tenant].lock();
+            let r = &mut all[usize::from(t.request.user_arn().is_some())];
+            match recorded.recurred_after_ms {
+                Some(ms) => r.recur(ms as f64 / 1000.0),
+                None => r.first(now_ms, self.life_secs()),
+            }
         }
         Some(t)
     }
@@ -324,8 +390,8 @@ impl Demand {
         drop(s);
         if !single_and_fresh {
             from_rate
-        } else if self.recurrence_known(t) {
-            from_rate.max(self.recurrence(t))
+        } else if self.recurrence_known(t, now_ms) {
+            from_rate.max(self.recurrence(t, now_ms))
         } else {
             // No evidence about keys of its kind yet: a first request is taken as the start of
             // a stream (one URL is stocked), until the tenant's own keys say otherwise.
@@ -365,15 +431,6 @@ impl Demand {
             if s.hint_counted && s.hinted_until_ms <= now_ms {
                 s.hint_counted = false;
                 self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
-            }
-            let settled = !s.recurrence_counted
-                && s.first_arrival_ms
-                    .is_some_and(|first| now_ms.saturating_sub(first) > self.life_ms);
-            if settled {
-                s.recurrence_counted = true;
-                let recurred = s.recurred;
-                drop(s);
-                self.count_recurrence(t, recurred);
             }
         }
         all
@@ -488,23 +545,33 @@ mod tests {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100), (10, 100)]);
         let mut now = 1_000_000;
         // Tenant 0's keys come back within the usable life; tenant 1's are one-off views.
-        for i in 0..20 {
+        for i in 0..25 {
             d.record(&key_n(i), 0, &request_n(i), now);
             d.record(&key_n(i), 0, &request_n(i), now + 1_000);
             d.record(&key_n(100 + i), 1, &request_n(100 + i), now);
             now += 2_000;
         }
         let of = |i: usize| d.find(&key_n(i)).unwrap();
-        d.sweep(now);
-        assert_eq!(
-            d.recurrence(&of(0)),
-            0.5,
-            "no key's first life is over: recurrences are not counted before the others could be"
+        assert!(
+            d.recurrence_known(&of(0), now),
+            "keys that come back within a second have shown it"
+        );
+        assert!(
+            !d.recurrence_known(&of(100), now),
+            "one-off keys have not had their chance to come back yet"
         );
         now += 241_000;
-        d.sweep(now);
-        assert!(d.recurrence(&of(0)) > 0.9, "{}", d.recurrence(&of(0)));
-        assert!(d.recurrence(&of(100)) < 0.1, "{}", d.recurrence(&of(100)));
+        assert!(
+            d.recurrence(&of(0), now) > 0.9,
+            "{}",
+            d.recurrence(&of(0), now)
+        );
+        assert!(d.recurrence_known(&of(100), now));
+        assert!(
+            d.recurrence(&of(100), now) < 0.1,
+            "{}",
+            d.recurrence(&of(100), now)
+        );
         let target = |i: usize, tenant| {
             let t = d.record(&key_n(i), tenant, &request_n(i), now).unwrap();
             let at = now + 500;
@@ -530,6 +597,31 @@ mod tests {
             target_at(&d, &t, at, 100),
             (1, Reason::Prefetch),
             "no evidence yet: a first request may start a stream"
+        );
+    }
+
+    #[test]
+    fn one_off_keys_are_known_as_such_before_their_first_life_is_over() {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 1_000)]);
+        // A new tenant's first minute: 100 one-off views, and 5 keys asked again 2 s later.
+        let mut now = 1_000_000;
+        for i in 0..100 {
+            d.record(&key_n(100 + i), 0, &request_n(100 + i), now);
+            if i % 20 == 0 {
+                d.record(&key_n(100 + i), 0, &request_n(100 + i), now + 2_000);
+            }
+            now += 500;
+        }
+        now += 10_000;
+        // A minute in, long before the first key's four-minute life is over.
+        let t = d.record(&key(), 0, &req(), now).unwrap();
+        assert!(d.recurrence_known(&t, now));
+        let p = d.recurrence(&t, now);
+        assert!(p < 0.15, "5 of 100 came back: {p}");
+        assert_eq!(
+            target_at(&d, &t, now + 500, 100).0,
+            0,
+            "a first view of a kind that rarely comes back is not stocked"
         );
     }
 

@@ -33,10 +33,17 @@ pub(super) struct DemandState {
     pub(super) planned: Option<Planned>,
     /// Requests counted (saturating).
     pub(super) arrivals: u32,
-    /// A second request came within a URL's usable life of the first.
-    pub(super) recurred: bool,
-    /// Whether the key's outcome (recurred or not) has been counted in its tenant's recurrence.
-    pub(super) recurrence_counted: bool,
+}
+
+/// What one request told about its key (see [`Tracked::record`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Recorded {
+    /// The request released a hint slot its tenant held.
+    pub released_hint: bool,
+    /// It was the key's first request.
+    pub first: bool,
+    /// It was the key's second, this long after the first and within a URL's usable life.
+    pub recurred_after_ms: Option<u64>,
 }
 
 /// The planner's last decision for a key, as `/state` shows it.
@@ -85,8 +92,6 @@ impl Tracked {
                 predicted: None,
                 planned: None,
                 arrivals: 0,
-                recurred: false,
-                recurrence_counted: false,
             }),
             in_flight: AtomicUsize::new(0),
             waiters: Mutex::new(VecDeque::new()),
@@ -95,23 +100,25 @@ impl Tracked {
     }
 
     /// Counts one request. A hint or a session prediction announced one request: this is it, so
-    /// both end here (the key keeps what its own rate earns). A second request within `life_ms`
-    /// of the first marks the key as recurring (counted in its tenant's recurrence when its first
-    /// life is over, see `Demand::sweep`). True when the request released a hint slot its
-    /// tenant held.
-    pub(super) fn record(&self, now_ms: u64, tau_secs: f64, life_ms: u64) -> bool {
+    /// both end here (the key keeps what its own rate earns). Says whether it was the key's
+    /// first request, or its second within `life_ms` of the first (its tenant's recurrence
+    /// counts both, see `Demand::record`), and whether it released a hint slot.
+    pub(super) fn record(&self, now_ms: u64, tau_secs: f64, life_ms: u64) -> Recorded {
         let mut s = self.state.lock();
         let dt = now_ms.saturating_sub(s.last_ms) as f64 / 1000.0;
         s.decayed = s.decayed * (-dt / tau_secs).exp() + 1.0;
         s.last_ms = now_ms;
         let first = *s.first_arrival_ms.get_or_insert(now_ms);
         s.arrivals = s.arrivals.saturating_add(1);
-        if s.arrivals == 2 && now_ms.saturating_sub(first) <= life_ms {
-            s.recurred = true;
-        }
+        let since_first = now_ms.saturating_sub(first);
+        let recurred_after_ms = (s.arrivals == 2 && since_first <= life_ms).then_some(since_first);
         s.predicted = None;
         s.hinted_until_ms = s.hinted_until_ms.min(now_ms);
-        std::mem::take(&mut s.hint_counted)
+        Recorded {
+            released_hint: std::mem::take(&mut s.hint_counted),
+            first: s.arrivals == 1,
+            recurred_after_ms,
+        }
     }
 
     /// Records the planner's decision for `/state`.
