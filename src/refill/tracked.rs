@@ -42,8 +42,8 @@ pub(super) struct Recorded {
     pub released_hint: bool,
     /// It was the key's first request.
     pub first: bool,
-    /// It was the key's second, this long after the first and within a URL's usable life.
-    pub recurred_after_ms: Option<u64>,
+    /// It was the key's second, within a URL's usable life of the first.
+    pub recurred: bool,
 }
 
 /// The planner's last decision for a key, as `/state` shows it.
@@ -110,14 +110,13 @@ impl Tracked {
         s.last_ms = now_ms;
         let first = *s.first_arrival_ms.get_or_insert(now_ms);
         s.arrivals = s.arrivals.saturating_add(1);
-        let since_first = now_ms.saturating_sub(first);
-        let recurred_after_ms = (s.arrivals == 2 && since_first <= life_ms).then_some(since_first);
+        let recurred = s.arrivals == 2 && now_ms.saturating_sub(first) <= life_ms;
         s.predicted = None;
         s.hinted_until_ms = s.hinted_until_ms.min(now_ms);
         Recorded {
             released_hint: std::mem::take(&mut s.hint_counted),
             first: s.arrivals == 1,
-            recurred_after_ms,
+            recurred,
         }
     }
 
