@@ -35,7 +35,7 @@ struct Recurrence {
     /// Keys asked for a first time.
     firsts: f64,
     /// The first requests whose recurrence may still come, weighted by the share still to come:
-    /// each adds one, decaying as e^(-age / mean delay) (as of `pending_ms`).
+    /// each adds one, decaying as e^(-age / (life / 4)) (as of `pending_ms`).
     pending: f64,
     pending_ms: u64,
 }
