@@ -16,7 +16,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::auth::{read_bounded, BodyError};
 use super::embed::{observe, request_id};
-use crate::gateway::{Failed, Gate, Gateway, Refusal, ServeError, Source};
+use crate::gateway::{Failed, Gate, Gateway, Refusal, ServeError};
 use crate::limiter::Inbound;
 use crate::metrics::{Outcome, Protocol};
 use crate::model::parse::Unknown;
@@ -141,10 +141,7 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
     match gw.serve(tenant, &gw.keyed(tenant, request), gate).await {
         Ok(served) => {
             let source = served.source.as_str();
-            outcome(match served.source {
-                Source::Pool => Outcome::Hit,
-                Source::Upstream => Outcome::Miss,
-            });
+            outcome(served.source.outcome());
             HttpResponse::Ok()
                 .insert_header(("x-amzn-RequestId", request_id.as_str()))
                 .insert_header(("x-embedgate-source", source))

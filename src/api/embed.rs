@@ -12,7 +12,7 @@ use super::auth::{
     tenant_limited,
 };
 use super::problem::{refusal, serve_failure};
-use crate::gateway::{Failed, Gate, Gateway, ServeError, Served, Source};
+use crate::gateway::{Failed, Gate, Gateway, ServeError, Served};
 use crate::limiter::Inbound;
 use crate::metrics::{Outcome, Protocol};
 use crate::model::Operation;
@@ -156,11 +156,13 @@ async fn embed(
     };
     match gw.serve(tenant, &request, gate).await {
         Ok(served) => {
-            let outcome = match served.source {
-                Source::Pool => Outcome::Hit,
-                Source::Upstream => Outcome::Miss,
-            };
-            observe(&gw, Protocol::Native, Some(tenant), outcome, started);
+            observe(
+                &gw,
+                Protocol::Native,
+                Some(tenant),
+                served.source.outcome(),
+                started,
+            );
             let expires = time::OffsetDateTime::from_unix_timestamp_nanos(
                 i128::from(served.expires_at_ms) * 1_000_000,
             )

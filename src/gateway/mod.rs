@@ -43,6 +43,14 @@ impl Source {
             Source::Upstream => "upstream",
         }
     }
+
+    /// How a request it answered counts in `embedgate_requests_total`.
+    pub fn outcome(self) -> crate::metrics::Outcome {
+        match self {
+            Source::Pool => crate::metrics::Outcome::Hit,
+            Source::Upstream => crate::metrics::Outcome::Miss,
+        }
+    }
 }
 
 /// A URL handed out. The URL is a bearer credential: never log it.
