@@ -183,6 +183,9 @@ pub struct Metrics {
     pub fleet_replicas: IntGauge,
     pub redis_fences: IntCounter,
     pub redis_clock_offset: Gauge,
+    /// `embedgate_admission_memo_total{result="hit"}` and `{result="miss"}`.
+    pub memo_hits: IntCounter,
+    pub memo_misses: IntCounter,
     /// The per-request series, resolved once by `init_labels` (see [`Metrics::request`]).
     series: std::sync::OnceLock<RequestSeries>,
 }
@@ -216,6 +219,17 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
+        let memo = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "embedgate_admission_memo_total",
+                    "Native API requests admitted from memory (result=hit: the same bytes from the same tenant for the same operation were admitted recently) or worked out and remembered (result=miss).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+        );
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             reg(
                 &r,
@@ -349,6 +363,8 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            memo_hits: memo.with_label_values(&["hit"]),
+            memo_misses: memo.with_label_values(&["miss"]),
             registry: r,
             series: std::sync::OnceLock::new(),
         }

@@ -536,11 +536,13 @@ impl Gateway {
         body: &[u8],
     ) -> Result<Arc<Admitted>, Refusal> {
         if let Some(known) = self.recent.get(tenant.index, op, body) {
+            self.metrics.memo_hits.inc();
             return Ok(known);
         }
         let request = parse_request(op, body).map_err(Refusal::Invalid)?;
         let admitted = Arc::new(self.keyed(tenant, self.admit(tenant, request)?));
         self.recent.put(tenant.index, op, body, admitted.clone());
+        self.metrics.memo_misses.inc();
         Ok(admitted)
     }
 

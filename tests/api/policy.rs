@@ -221,6 +221,17 @@ async fn the_same_body_from_another_tenant_is_judged_by_its_own_policy() {
         calls + 2,
         "only alpha's two requests reached QuickSight"
     );
+    // Alpha's two bodies were each worked out once and remembered after; beta's refusals are
+    // neither remembered nor counted.
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(&m, r#"embedgate_admission_memo_total{result="miss"}"#),
+        2.0
+    );
+    assert_eq!(
+        metric(&m, r#"embedgate_admission_memo_total{result="hit"}"#),
+        3.0
+    );
     app.stop().await;
 }
 
