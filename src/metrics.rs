@@ -219,23 +219,17 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        let memo = reg(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "embedgate_admission_memo_total",
-                    "Native API requests admitted from memory (result=hit: the same bytes from the same tenant for the same operation were admitted recently) or worked out and remembered (result=miss).",
-                ),
-                &["result"],
-            )
-            .expect("valid metric"),
-        );
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
             reg(
                 &r,
                 IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
             )
         };
+        let memo = counter_vec(
+            "embedgate_admission_memo_total",
+            "Native API requests admitted from memory (result=hit: the same bytes from the same tenant for the same operation were admitted recently) or worked out and remembered (result=miss).",
+            &["result"],
+        );
         Metrics {
             requests: counter_vec(
                 "embedgate_requests_total",

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Reason, Tracked};
+use super::{Pending, Reason, Tracked};
 use crate::config::RefillSettings;
 use crate::model::{EmbedRequest, URL_VALIDITY_SECS};
 use crate::pool::PoolKey;
@@ -34,33 +34,26 @@ struct Recurrence {
     recurred: f64,
     /// Keys asked for a first time.
     firsts: f64,
-    /// The first requests whose recurrence may still come, weighted by the share still to come:
-    /// each adds one, decaying as e^(-age / (life / 4)) (as of `pending_ms`).
-    pending: f64,
-    pending_ms: u64,
+    /// The first requests whose recurrence may still come (time constant: a quarter of the
+    /// usable life).
+    pending: Pending,
 }
 
 impl Recurrence {
-    fn pending_at(&self, now_ms: u64, life_secs: f64) -> f64 {
-        let age_secs = now_ms.saturating_sub(self.pending_ms) as f64 / 1000.0;
-        self.pending * (-age_secs / (life_secs / 4.0).max(0.001)).exp()
-    }
-
     fn first(&mut self, now_ms: u64, life_secs: f64) {
-        self.pending = self.pending_at(now_ms, life_secs) + 1.0;
-        self.pending_ms = now_ms;
+        self.pending.add(now_ms, life_secs / 4.0);
         self.firsts += 1.0;
         if self.firsts > 10_000.0 {
             self.firsts /= 2.0;
             self.recurred /= 2.0;
-            self.pending /= 2.0;
+            self.pending.halve();
         }
     }
 
     /// The first requests whose recurrence has had its chance: every one, less the share of
     /// each one's recurrence that has not had time to come yet.
     fn settled(&self, now_ms: u64, life_secs: f64) -> f64 {
-        (self.firsts - self.pending_at(now_ms, life_secs)).max(0.0)
+        (self.firsts - self.pending.at(now_ms, life_secs / 4.0)).max(0.0)
     }
 
     /// Laplace's rule over the settled first requests: one half before any evidence.
@@ -160,9 +153,11 @@ impl Demand {
         self.kind_of(t).probability(now_ms, self.life_secs())
     }
 
-    /// Whether enough keys like `t` have settled for [`Demand::recurrence`] to be trusted.
-    fn recurrence_known(&self, t: &Tracked, now_ms: u64) -> bool {
-        self.kind_of(t).settled(now_ms, self.life_secs()) >= MIN_SETTLED_KEYS
+    /// [`Demand::recurrence`] when enough keys like `t` have settled to trust it.
+    fn known_recurrence(&self, t: &Tracked, now_ms: u64) -> Option<f64> {
+        let kind = self.kind_of(t);
+        (kind.settled(now_ms, self.life_secs()) >= MIN_SETTLED_KEYS)
+            .then(|| kind.probability(now_ms, self.life_secs()))
     }
 
     /// The tracked entry for `key`, if any.
@@ -377,8 +372,8 @@ impl Demand {
         drop(s);
         if !single_and_fresh {
             from_rate
-        } else if self.recurrence_known(t, now_ms) {
-            from_rate.max(self.recurrence(t, now_ms))
+        } else if let Some(p) = self.known_recurrence(t, now_ms) {
+            from_rate.max(p)
         } else {
             // No evidence about keys of its kind yet: a first request is taken as the start of
             // a stream (one URL is stocked), until the tenant's own keys say otherwise.
@@ -540,18 +535,21 @@ mod tests {
         }
         let of = |i: usize| d.find(&key_n(i)).unwrap();
         assert!(
-            !d.recurrence_known(&of(100), now),
+            d.known_recurrence(&of(100), now).is_none(),
             "the last minute's one-off keys have not had much chance to come back yet"
         );
         // Two minutes on, half the first key's life: both kinds are known.
         now += 120_000;
-        assert!(d.recurrence_known(&of(0), now) && d.recurrence_known(&of(100), now));
+        assert!(
+            d.known_recurrence(&of(0), now).is_some()
+                && d.known_recurrence(&of(100), now).is_some()
+        );
         assert!(
             d.recurrence(&of(0), now) > 0.9,
             "{}",
             d.recurrence(&of(0), now)
         );
-        assert!(d.recurrence_known(&of(100), now));
+        assert!(d.known_recurrence(&of(100), now).is_some());
         assert!(
             d.recurrence(&of(100), now) < 0.1,
             "{}",
@@ -600,7 +598,7 @@ mod tests {
         now += 10_000;
         // A minute in, long before the first key's four-minute life is over.
         let t = d.record(&key(), 0, &req(), now).unwrap();
-        assert!(d.recurrence_known(&t, now));
+        assert!(d.known_recurrence(&t, now).is_some());
         let p = d.recurrence(&t, now);
         assert!(p < 0.15, "5 of 100 came back: {p}");
         assert_eq!(

@@ -28,6 +28,32 @@ pub use planner::{KeyView, Planner, Report, Want};
 pub use sessions::{Predicted, Seen, Sessions};
 pub use tracked::{reclaim, Planned, Tracked};
 
+/// Evidence still to settle: each event adds one, decaying as e^(-age / tau) after it, so the
+/// value is the share of the events' outcomes that has not had time to show yet. The session
+/// learner's follower counts and the demand tracker's recurrence counts each keep one, and count
+/// `events − pending` as their settled evidence.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pending {
+    value: f64,
+    as_of_ms: u64,
+}
+
+impl Pending {
+    fn at(&self, now_ms: u64, tau_secs: f64) -> f64 {
+        let age_secs = now_ms.saturating_sub(self.as_of_ms) as f64 / 1000.0;
+        self.value * (-age_secs / tau_secs.max(0.001)).exp()
+    }
+
+    fn add(&mut self, now_ms: u64, tau_secs: f64) {
+        self.value = self.at(now_ms, tau_secs) + 1.0;
+        self.as_of_ms = now_ms;
+    }
+
+    fn halve(&mut self) {
+        self.value /= 2.0;
+    }
+}
+
 /// Why a key is pre-fetched (the `reason` label of fetched URLs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {

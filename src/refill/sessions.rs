@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{Reason, Tracked};
+use super::{Pending, Reason, Tracked};
 use crate::model::{EmbedRequest, Operation, URL_VALIDITY_SECS};
 use crate::tenant::TenantId;
 
@@ -89,10 +89,8 @@ struct User {
 
 struct Object {
     views: f64,
-    /// The views whose followers may still come, weighted by the share still to come: each
-    /// view adds one, decaying as e^(-age / mean follow delay) (as of `pending_ms`).
-    pending: f64,
-    pending_ms: u64,
+    /// The views whose followers may still come (time constant: the mean follow delay).
+    pending: Pending,
     next: Vec<(Arc<str>, f64)>,
     /// The latest request that opened it (any user of the tenant).
     template: Arc<Tracked>,
@@ -180,12 +178,6 @@ pub(super) fn object_of(request: &EmbedRequest) -> Arc<str> {
 }
 
 impl Object {
-    /// `pending` as of `now_ms`, with followers `follow_secs` after a view on average.
-    fn pending_at(&self, now_ms: u64, follow_secs: f64) -> f64 {
-        let age_secs = now_ms.saturating_sub(self.pending_ms) as f64 / 1000.0;
-        self.pending * (-age_secs / follow_secs).exp()
-    }
-
     /// The views whose followers have had their chance: every view, less the share of each
     /// view's followers that has not had time to come yet. A follower's probability is its
     /// count over this, not over every view: counted over every view, a burst of views whose
@@ -193,14 +185,14 @@ impl Object {
     /// evidence that nothing follows, and the followers stop being stocked exactly when many
     /// users are about to ask for them.
     fn settled(&self, now_ms: u64, follow_secs: f64) -> f64 {
-        (self.views - self.pending_at(now_ms, follow_secs)).max(0.0)
+        (self.views - self.pending.at(now_ms, follow_secs)).max(0.0)
     }
 
     /// Halves the counts when they grow large, so old habits fade as new ones are seen.
     fn halve_if_large(&mut self) {
         if self.views > MAX_COUNT {
             self.views /= 2.0;
-            self.pending /= 2.0;
+            self.pending.halve();
             for (_, n) in &mut self.next {
                 *n /= 2.0;
             }
@@ -287,15 +279,13 @@ impl Sessions {
             .entry(object.clone())
             .or_insert_with(|| Object {
                 views: 0.0,
-                pending: 0.0,
-                pending_ms: at_ms,
+                pending: Pending::default(),
                 next: vec![],
                 template: t.clone(),
                 last_ms: at_ms,
             });
         o.views += 1.0;
-        o.pending = o.pending_at(at_ms, follow_secs) + 1.0;
-        o.pending_ms = at_ms;
+        o.pending.add(at_ms, follow_secs);
         o.template = t.clone();
         o.last_ms = at_ms;
         o.halve_if_large();
