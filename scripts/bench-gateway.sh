@@ -41,9 +41,29 @@ filled_gateway() {
     sleep 0.25
   done
   echo "pool holds $urls URLs; the simulator now holds every call"
-  curl -sf -X POST "$sim_url/_sim/knobs" -H 'Content-Type: application/json' \
-    -d '{"hang_rate": 1.0, "hang_ms": 3600000}' >/dev/null
+  sim_hangs 1.0
 }
+sim_hangs() {
+  curl -sf -X POST "$sim_url/_sim/knobs" -H 'Content-Type: application/json' \
+    -d "{\"hang_rate\": $1, \"hang_ms\": 3600000}" >/dev/null
+}
+# topped_up NEED: before a round of hits, refills the pool while it holds fewer than NEED URLs
+# (on a fast machine one round can take most of it, and a dry pool would measure the
+# simulator's held calls instead of hits).
+topped_up() {
+  local urls; urls=$(admin_json "$admin_port" /state 'j["pool"]["urls"]')
+  [ "$urls" -ge "$1" ] && return 0
+  echo "the pool holds $urls URLs, fewer than a round may take ($1): refilling"
+  sim_hangs 0.0
+  for _ in $(seq 1200); do
+    urls=$(admin_json "$admin_port" /state 'j["pool"]["urls"]' 2>/dev/null || echo 0)
+    [ "$urls" -ge $((KEYS * DEPTH)) ] && break
+    sleep 0.25
+  done
+  sim_hangs 1.0
+}
+# dry_round FILE: whether a round of hits met anything but pool hits (timeouts: the pool ran dry).
+dry_round() { grep -q 'Socket errors\|Non-2xx' "$1"; }
 filled_gateway
 
 hit_script "$KEYS" "$work/hit.lua"
@@ -61,8 +81,17 @@ $examples/bare "127.0.0.1:$bare_port" "$hit_size" >"$work/bare.out" &
 bare=$!; pids+=("$bare"); wait_for "$work/bare.out" "listening on"
 $examples/bare "127.0.0.1:$bare429_port" "$reject_size" 429 >"$work/bare429.out" &
 bare429=$!; pids+=("$bare429"); wait_for "$work/bare429.out" "listening on"
+secs=${DURATION%s}
+need=$((KEYS * DEPTH / 2))
 for i in $(seq "$RUNS"); do
+  topped_up "$need"
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$gw_port" >"$work/hit.$i" 2>&1
+  if dry_round "$work/hit.$i"; then
+    echo "bench-gateway: round $i met more than pool hits (the pool ran dry?); raise KEYS or DEPTH:" >&2
+    cat "$work/hit.$i" >&2; exit 1
+  fi
+  # The next round may take as many URLs as this one did, and half again.
+  need=$(python3 -c "print(int($(lib wrk "$work/hit.$i" | cut -d' ' -f1) * $secs * 1.5))")
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$bare_port" >"$work/bare.$i" 2>&1
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/reject.lua" "http://127.0.0.1:$gw_port" >"$work/reject.$i" 2>&1
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$bare429_port" >"$work/bare429.$i" 2>&1
@@ -86,6 +115,10 @@ at_load_conns=$(python3 -c "print(max(1, round($at_load_rate * ($PACE_MS + $hit_
 sed "s/^done = function/delay = function() return $PACE_MS end\ndone = function/" "$work/hit.lua" >"$work/paced.lua"
 echo "latency at load: aiming at $at_load_rate requests/s with $at_load_conns paced connections for ${LOAD_SECS}s"
 wrk -t1 -c"$at_load_conns" -d"${LOAD_SECS}s" --latency -s "$work/paced.lua" "http://127.0.0.1:$gw_port" >"$work/at_load.txt" 2>&1
+if dry_round "$work/at_load.txt"; then
+  echo "bench-gateway: the run at half the maximum met more than pool hits (the pool ran dry?); raise KEYS or DEPTH:" >&2
+  cat "$work/at_load.txt" >&2; exit 1
+fi
 lib wrk-json "$work/at_load.txt" "$at_load_rate" "$at_load_conns" >"$work/at_load.json"
 stop "$gw_pid"; stop "$sim_pid"
 
