@@ -6,10 +6,14 @@
 # then holds every call until the gateway gives up on it (hang_rate 1), so the measured window
 # contains pool hits only and no upstream work competes for the CPU: the refiller's restocking
 # waits idle in at most `refill.concurrency` calls, then backs off. (A stopped simulator would
-# refuse each connection at once, and the refiller would spin through failed calls.) Writes bench-results/gateway.md and bench-results/gateway.json.
+# refuse each connection at once, and the refiller would spin through failed calls.)
+# Before each round of hits the pool is topped up if that round could drain it (the simulator
+# answers again until the pool is full); a round that meets anything but pool hits stops the bench.
+# Writes bench-results/gateway.md and bench-results/gateway.json.
 # Then the latency of pool hits at half the measured maximum rate: wrk again, each connection
 # pausing PACE_MS after every answer, with as many connections as make half the maximum.
-# Needs wrk (apt-get install wrk). Knobs: KEYS, DEPTH, RUNS, DURATION, CONNECTIONS, LOAD_SECS.
+# Needs wrk (apt-get install wrk). Knobs: KEYS, DEPTH, RUNS, DURATION (seconds, e.g. 2s), CONNECTIONS,
+# LOAD_SECS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS=${KEYS:-600}
