@@ -30,14 +30,17 @@ gw_port=$(free_port); admin_port=$(free_port); bare_port=$(free_port); bare429_p
 # gateway_config SIM_URL: the gateway's config, KEYS warm keys of DEPTH URLs each.
 gateway_config() { lib config gateway "$bin" "$work/gateway.toml" "$1" "$gw_port" "$admin_port" "$KEYS" "$DEPTH"; }
 
-# filled_gateway: starts a simulator and a gateway, waits until the gateway's pool holds
-# KEYS x DEPTH URLs, then makes the simulator hold every call, so only pool hits are measured.
-filled_gateway() {
-  start_sim sim
-  gateway_config "$sim_url"
-  start_gateway "$work/gateway.toml"
+# sim_hangs RATE: the share of calls the simulator holds (1.0: all of them; 0.0: none).
+sim_hangs() {
+  curl -sf -X POST "$sim_url/_sim/knobs" -H 'Content-Type: application/json' \
+    -d "{\"hang_rate\": $1, \"hang_ms\": 3600000}" >/dev/null
+}
+
+# filled: lets the simulator answer until the gateway's pool holds KEYS x DEPTH URLs (or five
+# minutes pass), then makes it hold every call again, so only pool hits are measured.
+filled() {
   local target=$((KEYS * DEPTH)) urls=0
-  echo "filling the pool with $target URLs..."
+  sim_hangs 0.0
   for _ in $(seq 1200); do
     kill -0 "$gw_pid" 2>/dev/null || { echo "bench-gateway: the gateway exited:" >&2; cat "$work/gateway.toml.err" >&2; exit 1; }
     urls=$(admin_json "$admin_port" /state 'j["pool"]["urls"]' 2>/dev/null || echo 0)
@@ -47,24 +50,24 @@ filled_gateway() {
   echo "pool holds $urls URLs; the simulator now holds every call"
   sim_hangs 1.0
 }
-sim_hangs() {
-  curl -sf -X POST "$sim_url/_sim/knobs" -H 'Content-Type: application/json' \
-    -d "{\"hang_rate\": $1, \"hang_ms\": 3600000}" >/dev/null
+
+# filled_gateway: starts a simulator and a gateway and fills the pool.
+filled_gateway() {
+  start_sim sim
+  gateway_config "$sim_url"
+  start_gateway "$work/gateway.toml"
+  echo "filling the pool with $((KEYS * DEPTH)) URLs..."
+  filled
 }
-# topped_up NEED: before a round of hits, refills the pool while it holds fewer than NEED URLs
-# (on a fast machine one round can take most of it, and a dry pool would measure the
-# simulator's held calls instead of hits).
+
+# topped_up NEED: before a round of hits, refills the pool if it holds fewer than NEED URLs (on a
+# fast machine one round can take most of it, and a dry pool would measure the simulator's held
+# calls instead of hits).
 topped_up() {
   local urls; urls=$(admin_json "$admin_port" /state 'j["pool"]["urls"]')
   [ "$urls" -ge "$1" ] && return 0
   echo "the pool holds $urls URLs, fewer than a round may take ($1): refilling"
-  sim_hangs 0.0
-  for _ in $(seq 1200); do
-    urls=$(admin_json "$admin_port" /state 'j["pool"]["urls"]' 2>/dev/null || echo 0)
-    [ "$urls" -ge $((KEYS * DEPTH)) ] && break
-    sleep 0.25
-  done
-  sim_hangs 1.0
+  filled
 }
 # dry_round FILE: whether a round of hits met anything but pool hits (timeouts: the pool ran dry).
 dry_round() { grep -q 'Socket errors\|Non-2xx' "$1"; }
