@@ -69,8 +69,13 @@ topped_up() {
   echo "the pool holds $urls URLs, fewer than a round may take ($1): refilling"
   filled
 }
-# dry_round FILE: whether a round of hits met anything but pool hits (timeouts: the pool ran dry).
-dry_round() { grep -q 'Socket errors\|Non-2xx' "$1"; }
+# only_hits FILE WHAT: stops the bench if the wrk run in FILE met anything but pool hits (socket
+# errors, timeouts or non-2xx: the pool ran dry, and the run measured the held simulator).
+only_hits() {
+  grep -q 'Socket errors\|Non-2xx' "$1" || return 0
+  echo "bench-gateway: $2 met more than pool hits (the pool ran dry?); raise KEYS or DEPTH:" >&2
+  cat "$1" >&2; exit 1
+}
 filled_gateway
 
 hit_script "$KEYS" "$work/hit.lua"
@@ -93,10 +98,7 @@ need=$((KEYS * DEPTH / 2))
 for i in $(seq "$RUNS"); do
   topped_up "$need"
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$gw_port" >"$work/hit.$i" 2>&1
-  if dry_round "$work/hit.$i"; then
-    echo "bench-gateway: round $i met more than pool hits (the pool ran dry?); raise KEYS or DEPTH:" >&2
-    cat "$work/hit.$i" >&2; exit 1
-  fi
+  only_hits "$work/hit.$i" "round $i"
   # The next round may take as many URLs as this one did, and half again.
   need=$(python3 -c "print(int($(lib wrk "$work/hit.$i" | cut -d' ' -f1) * $secs * 1.5))")
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$bare_port" >"$work/bare.$i" 2>&1
@@ -122,10 +124,7 @@ at_load_conns=$(python3 -c "print(max(1, round($at_load_rate * ($PACE_MS + $hit_
 sed "s/^done = function/delay = function() return $PACE_MS end\ndone = function/" "$work/hit.lua" >"$work/paced.lua"
 echo "latency at load: aiming at $at_load_rate requests/s with $at_load_conns paced connections for ${LOAD_SECS}s"
 wrk -t1 -c"$at_load_conns" -d"${LOAD_SECS}s" --latency -s "$work/paced.lua" "http://127.0.0.1:$gw_port" >"$work/at_load.txt" 2>&1
-if dry_round "$work/at_load.txt"; then
-  echo "bench-gateway: the run at half the maximum met more than pool hits (the pool ran dry?); raise KEYS or DEPTH:" >&2
-  cat "$work/at_load.txt" >&2; exit 1
-fi
+only_hits "$work/at_load.txt" "the run at half the maximum"
 lib wrk-json "$work/at_load.txt" "$at_load_rate" "$at_load_conns" >"$work/at_load.json"
 stop "$gw_pid"; stop "$sim_pid"
 
