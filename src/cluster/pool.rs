@@ -81,8 +81,9 @@ impl Fleet {
             .await
     }
 
-    /// [`Fleet::take`] with the take's id given: the same id within a second gets the same
-    /// answer, however often the call is sent.
+    /// [`Fleet::take`] with the take's id given: on a Redis Cluster, whose connection sends a
+    /// command again after a broken connection, the same id within the re-send window gets the
+    /// same answer, however often the call is sent (see [`Fleet::remember_ms`]).
     ///
     /// # Errors
     /// See [`Fleet::take`].
@@ -95,7 +96,7 @@ impl Fleet {
         id: &str,
     ) -> Result<Option<PooledUrl>, Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
-        let (stale, url, issued): (u64, String, u64) = self
+        let (stale, member, issued): (u64, String, u64) = self
             .pool_script("take", tenant, &self.scripts.take, |inv, epoch| {
                 inv.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
@@ -105,10 +106,10 @@ impl Fleet {
             })
             .await?;
         self.count_stale(stale);
-        if url.is_empty() {
+        if member.is_empty() {
             return Ok(None);
         }
-        Ok(Some(self.handed_out(url, issued, now_ms)))
+        self.handed_out(member, issued, now_ms).map(Some)
     }
 
     /// The hit path in one round trip: counts one request of `tenant` against its fleet-wide
@@ -133,9 +134,10 @@ impl Fleet {
             .await
     }
 
-    /// [`Fleet::inbound_take`] with the call's id given, and without the local refusal: the same
-    /// id within a second gets the same answer, however often the call is sent, so a re-sent
-    /// call neither counts the request twice nor pops a second URL.
+    /// [`Fleet::inbound_take`] with the call's id given, and without the local refusal: on a
+    /// Redis Cluster the same id within the re-send window gets the same answer, however often
+    /// the call is sent, so a re-sent call neither counts the request twice nor pops a second URL
+    /// (see [`Fleet::remember_ms`]).
     ///
     /// # Errors
     /// See [`Fleet::inbound_take`].
@@ -148,7 +150,7 @@ impl Fleet {
         id: &str,
     ) -> Result<(Inbound, Option<PooledUrl>), Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
-        let (allowed, n, stale, url, issued): (u8, u32, u64, String, u64) = self
+        let (allowed, n, stale, member, issued): (u8, u32, u64, String, u64) = self
             .pool_script("hit", tenant, &self.scripts.hit, |inv, epoch| {
                 inv.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
@@ -171,31 +173,55 @@ impl Fleet {
             return Ok((refused, None));
         }
         let admitted = Inbound::Allowed { remaining: n };
-        if url.is_empty() {
+        if member.is_empty() {
             return Ok((admitted, None));
         }
-        Ok((admitted, Some(self.handed_out(url, issued, now_ms))))
+        Ok((admitted, Some(self.handed_out(member, issued, now_ms)?)))
     }
 
-    /// A URL popped from the shared pool, its remaining validity observed.
-    fn handed_out(&self, url: String, issued_ms: u64, now_ms: u64) -> PooledUrl {
-        let u = PooledUrl::decode(url, issued_ms);
+    /// A URL popped from the shared pool (its member: the digest, then the URL), its remaining
+    /// validity observed.
+    fn handed_out(
+        &self,
+        mut member: String,
+        issued_ms: u64,
+        now_ms: u64,
+    ) -> Result<PooledUrl, Down> {
+        if !member.is_char_boundary(DIGEST_LEN) {
+            return Err(Down::Unknown);
+        }
+        member.drain(..DIGEST_LEN);
+        let u = PooledUrl::decode(member, issued_ms);
         self.metrics
             .remaining_validity
             .observe(u.expires_at_ms().saturating_sub(now_ms) as f64 / 1000.0);
-        u
+        Ok(u)
     }
 
-    /// How long a call's answer is kept under its id: long enough for any re-send of it.
-    fn remember_ms(&self) -> u64 {
+    /// How long a re-send of a call can come after the call: twice the command timeout, and
+    /// at least a second.
+    fn resend_window_ms(&self) -> u64 {
         (2 * self.timeout.as_millis() as u64).max(1_000)
     }
 
+    /// How long a take's or hit's answer is kept under its id. A Redis Cluster connection sends
+    /// a command again after a broken connection, so there the answer is kept for any re-send
+    /// of it. A standalone connection never sends a command twice (one on a broken connection
+    /// fails, and the replica turns degraded), so there nothing is kept (0): keeping it would
+    /// cost Redis two commands and a key per hit for nothing.
+    fn remember_ms(&self) -> u64 {
+        if self.single.is_some() {
+            0
+        } else {
+            self.resend_window_ms()
+        }
+    }
+
     /// How late a limiter call may reach Redis and still be judged at the latest clock seen
-    /// (`scripts::LIMIT_LIB`): a re-send within its remembered time, between clocks up to the
-    /// offset bound apart.
+    /// (`scripts::LIMIT_LIB`): a re-send within its window, between clocks up to the offset
+    /// bound apart.
     pub(super) fn max_late_ms(&self) -> u64 {
-        self.remember_ms() + 2 * self.settings.max_clock_offset_ms
+        self.resend_window_ms() + 2 * self.settings.max_clock_offset_ms
     }
 
     /// Adds a URL to the shared pool within the per-key and per-tenant bounds.
@@ -304,6 +330,9 @@ impl Fleet {
         self.metrics.wasted(Waste::Expired, stale);
     }
 }
+
+/// The length of the digest that starts every pooled member (`scripts::POOL_LIB`).
+const DIGEST_LEN: usize = 16;
 
 /// 16 random hex digits: the id of one take or hit (the key its answer is remembered under),
 /// or a fresh epoch. Built on every hit, so without `format!`.

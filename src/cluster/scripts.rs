@@ -25,17 +25,20 @@ end
 if epoch ~= ARGV[1] then return {epoch} end
 ";
 
-/// Lua helpers shared by the pool scripts. The tenant's count is a sorted set of 16-hex-digit
-/// URL digests scored like the pool, so it is trimmed by time like the URLs themselves (a key that
-/// expires with URLs inside leaves no drift behind) and adding the same URL twice counts once (a
-/// retried put cannot double-count).
+/// Lua helpers shared by the pool scripts. A pooled member is the URL's 16-hex-digit digest
+/// followed by the URL (as [`crate::pool::PooledUrl::encode`] gives it), so a take or a purge
+/// reads the digest instead of hashing the URL again. The tenant's count is a sorted set of
+/// those digests scored like the pool, so it is trimmed by time like the URLs themselves (a key
+/// that expires with URLs inside leaves no drift behind) and adding the same URL twice counts
+/// once (a retried put cannot double-count). Only [`PUT`] reads the count, and trims it first.
 pub(super) const POOL_LIB: &str = r"
 local function digest(url) return string.sub(redis.sha1hex(url), 1, 16) end
+local function counted(member) return string.sub(member, 1, 16) end
 -- Removes a key's URLs issued before the cutoff from it and from the tenant's count.
 local function purge(pool, count, cutoff)
   local stale = redis.call('ZRANGEBYSCORE', pool, '-inf', '(' .. cutoff)
   if #stale > 0 then
-    for _, url in ipairs(stale) do redis.call('ZREM', count, digest(url)) end
+    for _, member in ipairs(stale) do redis.call('ZREM', count, counted(member)) end
     redis.call('ZREMRANGEBYSCORE', pool, '-inf', '(' .. cutoff)
   end
   return #stale
@@ -77,41 +80,48 @@ end
 ";
 
 /// Removes the stale URLs of a key, pops the one with the least remaining validity, and keeps
-/// the tenant's count in step. Idempotent per take: the answer is remembered under the take's id
-/// for `remember_ms`, so the same call sent again (a client retry after a lost reply) returns the
-/// same URL instead of popping, and losing, another. KEYS: pool, count, take id. ARGV: cutoff_ms,
-/// remember_ms. Returns `{stale, url, issued_ms}` (url `""` when empty).
+/// the tenant's count in step. Idempotent per take when `remember_ms` is not 0: the answer is
+/// remembered under the take's id that long, so the same call sent again (a client retry after
+/// a lost reply) returns the same URL instead of popping, and losing, another. KEYS: pool,
+/// count, take id. ARGV: cutoff_ms, remember_ms. Returns `{stale, member, issued_ms}` (member
+/// `""` when empty).
 pub(super) const TAKE: &str = r"
-local prior = redis.call('GET', KEYS[3])
-if prior then
-  local issued, url = string.match(prior, '^(%d+):(.*)$')
-  return {0, url, tonumber(issued)}
+local remember = tonumber(ARGV[2])
+if remember > 0 then
+  local prior = redis.call('GET', KEYS[3])
+  if prior then
+    local issued, member = string.match(prior, '^(%d+):(.*)$')
+    return {0, member, tonumber(issued)}
+  end
 end
 local stale = purge(KEYS[1], KEYS[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
 local got = redis.call('ZPOPMIN', KEYS[1])
 if #got > 0 then
-  redis.call('ZREM', KEYS[2], digest(got[1]))
+  redis.call('ZREM', KEYS[2], counted(got[1]))
   local issued = string.format('%.0f', tonumber(got[2]))
-  redis.call('SET', KEYS[3], issued .. ':' .. got[1], 'PX', ARGV[2])
+  if remember > 0 then redis.call('SET', KEYS[3], issued .. ':' .. got[1], 'PX', remember) end
   return {stale, got[1], tonumber(issued)}
 end
 return {stale, '', 0}
 ";
 
 /// The hit path's one round trip: counts the request against the tenant's inbound GCRA (as
-/// [`GCRA`] with no reserve) and, only when it is admitted, does [`TAKE`]. The answer, a refusal
-/// included, is remembered under the call's id like TAKE's, so the same call sent again neither
-/// counts the request twice nor pops a second URL. KEYS: pool, count, call id, the tenant's
-/// limit. ARGV: cutoff_ms, remember_ms, now_ms, interval_ms, burst, max_late_ms. A call that arrives late
-/// (see [`LIMIT_LIB`]) is judged at the latest clock seen, and its cutoff moves with it, so it
-/// can hand out nothing staler than a call on time would. Returns `{allowed,
-/// remaining (allowed) or retry_after_ms (refused), stale, url, issued_ms}` (url `""` when empty).
+/// [`GCRA`] with no reserve) and, only when it is admitted, does [`TAKE`]. When `remember_ms`
+/// is not 0 the answer, a refusal included, is remembered under the call's id like TAKE's, so
+/// the same call sent again neither counts the request twice nor pops a second URL. KEYS: pool,
+/// count, call id, the tenant's limit. ARGV: cutoff_ms, remember_ms, now_ms, interval_ms,
+/// burst, max_late_ms. A call that arrives late (see [`LIMIT_LIB`]) is judged at the latest
+/// clock seen, and its cutoff moves with it, so it can hand out nothing staler than a call on
+/// time would. Returns `{allowed, remaining (allowed) or retry_after_ms (refused), stale,
+/// member, issued_ms}` (member `""` when empty).
 pub(super) const HIT: &str = r"
-local prior = redis.call('GET', KEYS[3])
-if prior then
-  local a, n, issued, url = string.match(prior, '^(%d),(%d+),(%d+):(.*)$')
-  return {tonumber(a), tonumber(n), 0, url, tonumber(issued)}
+local remember = tonumber(ARGV[2])
+if remember > 0 then
+  local prior = redis.call('GET', KEYS[3])
+  if prior then
+    local a, n, issued, member = string.match(prior, '^(%d),(%d+),(%d+):(.*)$')
+    return {tonumber(a), tonumber(n), 0, member, tonumber(issued)}
+  end
 end
 local now, interval, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local tat, seen = limit_read(KEYS[4])
@@ -123,7 +133,7 @@ tat = limit_tat(tat, now, interval * burst)
 local new_tat = tat + interval
 if new_tat - now > interval * burst then
   local retry = math.max(1, math.ceil(new_tat - now - interval * burst))
-  redis.call('SET', KEYS[3], '0,' .. retry .. ',0:', 'PX', ARGV[2])
+  if remember > 0 then redis.call('SET', KEYS[3], '0,' .. retry .. ',0:', 'PX', remember) end
   return {0, retry, 0, '', 0}
 end
 limit_write(KEYS[4], new_tat, now)
@@ -133,18 +143,19 @@ local remaining = math.floor((interval * burst - (new_tat - now)) / interval)
 local stale = 0
 local got = redis.call('ZPOPMIN', KEYS[1])
 if #got > 0 and tonumber(got[2]) < tonumber(cutoff) then
-  redis.call('ZREM', KEYS[2], digest(got[1]))
+  redis.call('ZREM', KEYS[2], counted(got[1]))
   stale = 1 + purge(KEYS[1], KEYS[2], cutoff)
   got = redis.call('ZPOPMIN', KEYS[1])
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. cutoff)
-local issued, url = '0', ''
+local issued, member = '0', ''
 if #got > 0 then
-  redis.call('ZREM', KEYS[2], digest(got[1]))
-  issued, url = string.format('%.0f', tonumber(got[2])), got[1]
+  redis.call('ZREM', KEYS[2], counted(got[1]))
+  issued, member = string.format('%.0f', tonumber(got[2])), got[1]
 end
-redis.call('SET', KEYS[3], '1,' .. remaining .. ',' .. issued .. ':' .. url, 'PX', ARGV[2])
-return {1, remaining, stale, url, tonumber(issued)}
+if remember > 0 then
+  redis.call('SET', KEYS[3], '1,' .. remaining .. ',' .. issued .. ':' .. member, 'PX', remember)
+end
+return {1, remaining, stale, member, tonumber(issued)}
 ";
 
 /// Adds one URL unless the key or the tenant is full, and counts one prefetch of this replica
@@ -164,8 +175,9 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4])
     or redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
   return {stale, 0}
 end
-redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[2], ARGV[1], digest(ARGV[2]))
+local d = digest(ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[1], d .. ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[1], d)
 local ttl = tonumber(ARGV[6])
 for i = 1, 2 do
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end

@@ -309,7 +309,7 @@ async fn the_shared_pool_keeps_each_tenants_bound() {
             .cli(&[
                 "--scan",
                 "--pattern",
-                &format!("embedgate:{{t:{tenant}}}:p:*"),
+                &format!("embedgate:{{t:{tenant}}}:p2:*"),
             ])
             .unwrap_or_default();
         keys.lines()
@@ -351,7 +351,7 @@ fn shared_stock(redis: &RedisServer, tenant: &str) -> usize {
         .cli(&[
             "--scan",
             "--pattern",
-            &format!("embedgate:{{t:{tenant}}}:p:*"),
+            &format!("embedgate:{{t:{tenant}}}:p2:*"),
         ])
         .unwrap_or_default();
     keys.lines()

@@ -15,7 +15,7 @@ use embedgate::pool::{pool_key, PoolKey, PooledUrl};
 use embedgate::tenant::{Tenant, Tenants};
 
 use crate::helpers::*;
-use crate::redis_server::RedisServer;
+use crate::redis_server::{RedisCluster, RedisServer};
 
 const MIN_REMAINING_MS: u64 = 60_000;
 
@@ -31,8 +31,32 @@ async fn fleet_with(
 ) -> (Arc<Fleet>, Tenants, Arc<Metrics>) {
     let settings = RedisSettings {
         url: Some(redis.url()),
-        timeout_ms: 2_000,
         ..RedisSettings::default()
+    };
+    fleet_on(settings, clock, customize).await
+}
+
+/// [`fleet`] on a Redis Cluster, whose connection sends a command again after a broken one.
+async fn fleet_on_cluster(
+    cluster: &RedisCluster,
+    clock: &Clock,
+) -> (Arc<Fleet>, Tenants, Arc<Metrics>) {
+    let settings = RedisSettings {
+        cluster_urls: cluster.urls(),
+        ..RedisSettings::default()
+    };
+    fleet_on(settings, clock, |_| {}).await
+}
+
+/// [`fleet_with`] on the Redis that `target` names.
+async fn fleet_on(
+    target: RedisSettings,
+    clock: &Clock,
+    customize: impl FnOnce(&mut embedgate::config::TenantSettings),
+) -> (Arc<Fleet>, Tenants, Arc<Metrics>) {
+    let settings = RedisSettings {
+        timeout_ms: 2_000,
+        ..target
     };
     let metrics = Arc::new(Metrics::new());
     let mut t = tenant("t", "t-key");
@@ -101,7 +125,7 @@ async fn the_tenant_count_follows_its_urls_out_by_time_whatever_happens_to_their
     );
     // One key disappears with its URL inside (as a key does when Redis expires or evicts it).
     let pool_keys = redis
-        .cli(&["--scan", "--pattern", "embedgate:{t:t}:p:*"])
+        .cli(&["--scan", "--pattern", "embedgate:{t:t}:p2:*"])
         .unwrap();
     let first = pool_keys.lines().next().unwrap();
     redis.cli(&["DEL", first]);
@@ -163,7 +187,7 @@ async fn a_restart_from_a_snapshot_moves_the_fence_and_nothing_pooled_before_com
     f.heartbeat().await.unwrap();
     assert_eq!(
         redis
-            .cli(&["EXISTS", &redis_key_like(&redis, ":p:")])
+            .cli(&["EXISTS", &redis_key_like(&redis, ":p2:")])
             .as_deref(),
         Some("1"),
         "the snapshot brought the URL back"
@@ -201,9 +225,9 @@ async fn pool_two(f: &Fleet, tenants: &Tenants, k: &PoolKey, now: u64) {
 
 #[tokio::test]
 async fn a_take_sent_twice_returns_the_same_url_instead_of_losing_one() {
-    let redis = RedisServer::start();
+    let cluster = RedisCluster::start(3);
     let clock = Clock::manual();
-    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let (f, tenants, _) = fleet_on_cluster(&cluster, &clock).await;
     let now = clock.now_ms();
     let t = tenants.get(0);
     let k = key(5);
@@ -247,9 +271,9 @@ async fn an_anonymous_url_keeps_its_anonymous_user_arn_through_redis() {
 
 #[tokio::test]
 async fn a_hit_sent_twice_counts_once_and_returns_the_same_url() {
-    let redis = RedisServer::start();
+    let cluster = RedisCluster::start(3);
     let clock = Clock::manual();
-    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let (f, tenants, _) = fleet_on_cluster(&cluster, &clock).await;
     let now = clock.now_ms();
     let t = tenants.get(0);
     let k = key(6);
@@ -278,6 +302,30 @@ async fn a_hit_sent_twice_counts_once_and_returns_the_same_url() {
     let (v3, u3) = hit(&f, t, &k, now, "c3").await;
     assert_eq!(remaining(v3), remaining(v1) - 2);
     assert!(u3.is_none(), "and then the key is empty");
+}
+
+#[tokio::test]
+async fn a_standalone_hit_keeps_no_answer_behind() {
+    // A standalone connection never sends a command twice, so a kept answer would be two
+    // commands and a key per hit for nothing.
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let now = clock.now_ms();
+    let t = tenants.get(0);
+    let k = key(6);
+    pool_two(&f, &tenants, &k, now).await;
+    let (_, first) = hit(&f, t, &k, now, "a1").await;
+    let second = f
+        .take_once(t, &k, now, MIN_REMAINING_MS, "b2")
+        .await
+        .unwrap();
+    assert!(first.is_some() && second.is_some() && first != second);
+    assert_eq!(
+        redis_key_like(&redis, ":tk:"),
+        "",
+        "no answer kept under a call's id"
+    );
 }
 
 #[tokio::test]

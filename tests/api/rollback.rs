@@ -15,7 +15,7 @@ use crate::redis_server::RedisServer;
 /// Every URL in the shared pool of this Redis, whatever its epoch.
 fn pooled_urls(redis: &RedisServer) -> HashSet<String> {
     let keys = redis
-        .cli(&["--scan", "--pattern", "embedgate:{t:*}:p:*"])
+        .cli(&["--scan", "--pattern", "embedgate:{t:*}:p2:*"])
         .unwrap_or_default();
     keys.lines()
         .flat_map(|k| {
@@ -23,7 +23,8 @@ fn pooled_urls(redis: &RedisServer) -> HashSet<String> {
                 .cli(&["ZRANGE", k, "0", "-1"])
                 .unwrap_or_default()
                 .lines()
-                .map(String::from)
+                // A member is the URL's 16-hex-digit digest, then the URL.
+                .filter_map(|m| m.get(16..).map(String::from))
                 .collect::<Vec<_>>()
         })
         .filter(|u| u.starts_with("http"))
