@@ -30,12 +30,6 @@ gw_port=$(free_port); admin_port=$(free_port); bare_port=$(free_port); bare429_p
 # gateway_config SIM_URL: the gateway's config, KEYS warm keys of DEPTH URLs each.
 gateway_config() { lib config gateway "$bin" "$work/gateway.toml" "$1" "$gw_port" "$admin_port" "$KEYS" "$DEPTH"; }
 
-# sim_hangs RATE: the share of calls the simulator holds (1.0: all of them; 0.0: none).
-sim_hangs() {
-  curl -sf -X POST "$sim_url/_sim/knobs" -H 'Content-Type: application/json' \
-    -d "{\"hang_rate\": $1, \"hang_ms\": 3600000}" >/dev/null
-}
-
 # filled: lets the simulator answer until the gateway's pool holds KEYS x DEPTH URLs (or five
 # minutes pass), then makes it hold every call again, so only pool hits are measured.
 filled() {
@@ -69,13 +63,6 @@ topped_up() {
   echo "the pool holds $urls URLs, fewer than a round may take ($1): refilling"
   filled
 }
-# only_hits FILE WHAT: stops the bench if the wrk run in FILE met anything but pool hits (socket
-# errors, timeouts or non-2xx: the pool ran dry, and the run measured the held simulator).
-only_hits() {
-  grep -q 'Socket errors\|Non-2xx' "$1" || return 0
-  echo "bench-gateway: $2 met more than pool hits (the pool ran dry?); raise KEYS or DEPTH:" >&2
-  cat "$1" >&2; exit 1
-}
 filled_gateway
 
 hit_script "$KEYS" "$work/hit.lua"
@@ -93,14 +80,12 @@ $examples/bare "127.0.0.1:$bare_port" "$hit_size" >"$work/bare.out" &
 bare=$!; pids+=("$bare"); wait_for "$work/bare.out" "listening on"
 $examples/bare "127.0.0.1:$bare429_port" "$reject_size" 429 >"$work/bare429.out" &
 bare429=$!; pids+=("$bare429"); wait_for "$work/bare429.out" "listening on"
-secs=${DURATION%s}
 need=$((KEYS * DEPTH / 2))
 for i in $(seq "$RUNS"); do
   topped_up "$need"
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$gw_port" >"$work/hit.$i" 2>&1
   only_hits "$work/hit.$i" "round $i"
-  # The next round may take as many URLs as this one did, and half again.
-  need=$(python3 -c "print(int($(lib wrk "$work/hit.$i" | cut -d' ' -f1) * $secs * 1.5))")
+  need=$(next_need "$work/hit.$i")
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$bare_port" >"$work/bare.$i" 2>&1
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/reject.lua" "http://127.0.0.1:$gw_port" >"$work/reject.$i" 2>&1
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$bare429_port" >"$work/bare429.$i" 2>&1

@@ -63,3 +63,22 @@ done = function(summary, latency, requests)
 end
 LUA
 }
+
+# sim_hangs RATE [SIM_URL]: the share of calls the simulator (default: the last one started)
+# holds (1.0: all of them; 0.0: none).
+sim_hangs() {
+  curl -sf -X POST "${2:-$sim_url}/_sim/knobs" -H 'Content-Type: application/json' \
+    -d "{\"hang_rate\": $1, \"hang_ms\": 3600000}" >/dev/null
+}
+
+# only_hits FILE WHAT: stops the bench if the wrk run in FILE met anything but pool hits (socket
+# errors, timeouts or non-2xx: the pool ran dry, and the run measured the held simulator).
+only_hits() {
+  grep -q 'Socket errors\|Non-2xx' "$1" || return 0
+  echo "$(basename "$0" .sh): $2 met more than pool hits (the pool ran dry?); raise KEYS or DEPTH:" >&2
+  cat "$1" >&2; exit 1
+}
+
+# next_need FILE: how many URLs the next round may take: as many as the wrk run in FILE served
+# in DURATION, and half again.
+next_need() { python3 -c "print(int($(lib wrk "$1" | cut -d' ' -f1) * ${DURATION%s} * 1.5))"; }

@@ -8,13 +8,15 @@
 # 2. Hits: both filled gateways run side by side, their simulators holding every call
 #    (hang_rate 1) so only hits are measured; wrk (1 thread, CONNECTIONS connections) measures
 #    them in RUNS interleaved rounds of DURATION. The ratio is the median of the per-round ratios.
+#    Before each round a pool that round could drain is topped up (its simulator answers again
+#    until it is full); a round that meets anything but pool hits stops the bench.
 #    Redis round trips per hit come from the gateway's own embedgate_redis_duration_seconds.
 # Writes bench-results/redis.md and bench-results/redis.json. Needs wrk and redis-server
 # (scripts/setup.sh installs redis-server; apt-get install wrk). Knobs: KEYS, DEPTH, RUNS,
 # DURATION, CONNECTIONS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-KEYS=${KEYS:-200}
+KEYS=${KEYS:-400}
 DEPTH=${DEPTH:-1000}
 RUNS=${RUNS:-5}
 DURATION=${DURATION:-2s}
@@ -37,39 +39,59 @@ shared_urls() {
 }
 local_urls() { admin_json "$1" /state 'j["pool"]["urls"]' 2>/dev/null || echo 0; }
 
-# filled MODE: starts a simulator and a gateway (MODE local or redis), times the fill, then makes
-# the simulator hold every call. Sets <MODE>_port, <MODE>_admin, <MODE>_fill_secs.
-filled() {
-  local mode=$1 port admin urls=0 started now
-  port=$(free_port); admin=$(free_port)
-  start_sim "sim-$mode"
-  local sim=$sim_url
-  if [ "$mode" = redis ]; then
-    lib config gateway "$bin" "$work/$mode.toml" "$sim" "$port" "$admin" "$KEYS" "$DEPTH" "redis://127.0.0.1:$rport"
-  else
-    lib config gateway "$bin" "$work/$mode.toml" "$sim" "$port" "$admin" "$KEYS" "$DEPTH"
-  fi
-  started=$(date +%s.%N)
-  start_gateway "$work/$mode.toml"
-  echo "filling the $mode pool with $target URLs..."
+# pool_urls MODE: the URLs in MODE's pool.
+pool_urls() { if [ "$1" = redis ]; then shared_urls; else local_urls "$local_admin"; fi; }
+
+# fill MODE: lets MODE's simulator answer until MODE's pool holds KEYS x DEPTH URLs, then makes
+# it hold every call again (so only hits are measured).
+fill() {
+  local mode=$1 urls=0 sim gw
+  sim=$(eval echo "\$${mode}_sim"); gw=$(eval echo "\$${mode}_pid_gw")
+  sim_hangs 0.0 "$sim"
   for _ in $(seq 2400); do
-    kill -0 "$gw_pid" 2>/dev/null || { echo "bench-redis: the gateway exited:" >&2; cat "$work/$mode.toml.err" >&2; exit 1; }
-    if [ "$mode" = redis ]; then urls=$(shared_urls); else urls=$(local_urls "$admin"); fi
+    kill -0 "$gw" 2>/dev/null || { echo "bench-redis: the gateway exited:" >&2; cat "$work/$mode.toml.err" >&2; exit 1; }
+    urls=$(pool_urls "$mode")
     [ "$urls" -ge "$target" ] && break
     sleep 0.25
   done
-  now=$(date +%s.%N)
   [ "$urls" -ge "$target" ] || { echo "bench-redis: the $mode pool reached only $urls of $target URLs in 10 minutes" >&2; exit 1; }
-  curl -sf -X POST "$sim/_sim/knobs" -H 'Content-Type: application/json' \
-    -d '{"hang_rate": 1.0, "hang_ms": 3600000}' >/dev/null
+  sim_hangs 1.0 "$sim"
+}
+
+# filled MODE: starts a simulator and a gateway (MODE local or redis) and times the first fill.
+# Sets <MODE>_port, <MODE>_pid_gw, <MODE>_admin, <MODE>_sim, <MODE>_fill_secs.
+filled() {
+  local mode=$1 port admin started now
+  port=$(free_port); admin=$(free_port)
+  start_sim "sim-$mode"
+  if [ "$mode" = redis ]; then
+    lib config gateway "$bin" "$work/$mode.toml" "$sim_url" "$port" "$admin" "$KEYS" "$DEPTH" "redis://127.0.0.1:$rport"
+  else
+    lib config gateway "$bin" "$work/$mode.toml" "$sim_url" "$port" "$admin" "$KEYS" "$DEPTH"
+  fi
+  started=$(date +%s.%N)
+  start_gateway "$work/$mode.toml"
   printf -v "${mode}_port" %s "$port"
   printf -v "${mode}_pid_gw" %s "$gw_pid"
   printf -v "${mode}_admin" %s "$admin"
+  printf -v "${mode}_sim" %s "$sim_url"
+  echo "filling the $mode pool with $target URLs..."
+  fill "$mode"
+  now=$(date +%s.%N)
   printf -v "${mode}_fill_secs" %s "$(python3 -c "print(round($now - $started, 2))")"
-  echo "$mode: $urls URLs in $(eval echo "\$${mode}_fill_secs") s (from the gateway's start)"
+  echo "$mode: $target URLs in $(eval echo "\$${mode}_fill_secs") s (from the gateway's start)"
 }
 filled local
 filled redis
+
+# topped_up MODE NEED: before a round of hits, refills MODE's pool if it holds fewer than NEED
+# URLs (a fast machine can drain it in one round, and a dry pool measures the held simulator).
+topped_up() {
+  local urls; urls=$(pool_urls "$1")
+  [ "$urls" -ge "$2" ] && return 0
+  echo "the $1 pool holds $urls URLs, fewer than a round may take ($2): refilling"
+  fill "$1"
+}
 
 hit_script "$KEYS" "$work/hit.lua"
 # metric PORT SAMPLE: one sample's value from the admin listener (0 when absent).
@@ -85,17 +107,26 @@ requests() { # FILE...: requests wrk completed over the runs
 }
 # cpu PID: CPU seconds the process has used (user + system).
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
+# evalsha: "calls usec" of Redis's script calls so far (its command statistics).
+evalsha() { rcli INFO commandstats | awk -F'[=,:]' '/^cmdstat_evalsha:/ { print $3, $5; f = 1 } END { if (!f) print 0, 0 }'; }
 hits_before=$(hit_calls); others_before=$(other_calls)
-rcli CONFIG RESETSTAT >/dev/null
-gw_cpu=0; redis_cpu=0
+gw_cpu=0; redis_cpu=0; script_calls=0; script_usec=0
+need_local=$((target / 2)); need_redis=$((target / 2))
 for i in $(seq "$RUNS"); do
+  topped_up local "$need_local"
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$local_port" >"$work/local.$i" 2>&1
-  g0=$(cpu "$redis_pid_gw"); r0=$(cpu "$redis_pid")
+  only_hits "$work/local.$i" "local round $i"
+  need_local=$(next_need "$work/local.$i")
+  topped_up redis "$need_redis"
+  g0=$(cpu "$redis_pid_gw"); r0=$(cpu "$redis_pid"); read -r c0 u0 <<<"$(evalsha)"
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$redis_port" >"$work/redis.$i" 2>&1
   gw_cpu=$(python3 -c "print($gw_cpu + $(cpu "$redis_pid_gw") - $g0)"); redis_cpu=$(python3 -c "print($redis_cpu + $(cpu "$redis_pid") - $r0)")
+  read -r c1 u1 <<<"$(evalsha)"; script_calls=$((script_calls + c1 - c0)); script_usec=$((script_usec + u1 - u0))
+  only_hits "$work/redis.$i" "shared round $i"
+  need_redis=$(next_need "$work/redis.$i")
 done
-# Redis's own time per script call, from its command statistics.
-script_usec=$(rcli INFO commandstats | awk -F'[=,]' '/^cmdstat_evalsha:/ { print $6 }')
+# Redis's own time per script call during the shared runs.
+script_usec=$(python3 -c "print(round($script_usec / max(1, $script_calls), 2))")
 hits=$(python3 -c "print(int($(hit_calls) - $hits_before))")
 others=$(python3 -c "print(int($(other_calls) - $others_before))")
 redis_requests=$(requests $(for i in $(seq "$RUNS"); do echo "$work/redis.$i"; done))
