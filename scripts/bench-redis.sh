@@ -107,8 +107,8 @@ requests() { # FILE...: requests wrk completed over the runs
 }
 # cpu PID: CPU seconds the process has used (user + system).
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"; }
-# evalsha: "calls usec" of Redis's script calls so far (its command statistics).
-evalsha() { rcli INFO commandstats | awk -F'[=,:]' '/^cmdstat_evalsha:/ { print $3, $5; f = 1 } END { if (!f) print 0, 0 }'; }
+# scripts: "calls usec" of Redis's script and function calls so far (its command statistics).
+scripts() { rcli INFO commandstats | awk -F'[=,:]' '/^cmdstat_(evalsha|fcall):/ { c += $3; u += $5 } END { print c + 0, u + 0 }'; }
 hits_before=$(hit_calls); others_before=$(other_calls)
 gw_cpu=0; redis_cpu=0; script_calls=0; script_usec=0
 need_local=$((target / 2)); need_redis=$((target / 2))
@@ -118,10 +118,10 @@ for i in $(seq "$RUNS"); do
   only_hits "$work/local.$i" "local round $i"
   need_local=$(next_need "$work/local.$i")
   topped_up redis "$need_redis"
-  g0=$(cpu "$redis_pid_gw"); r0=$(cpu "$redis_pid"); read -r c0 u0 <<<"$(evalsha)"
+  g0=$(cpu "$redis_pid_gw"); r0=$(cpu "$redis_pid"); read -r c0 u0 <<<"$(scripts)"
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$redis_port" >"$work/redis.$i" 2>&1
   gw_cpu=$(python3 -c "print($gw_cpu + $(cpu "$redis_pid_gw") - $g0)"); redis_cpu=$(python3 -c "print($redis_cpu + $(cpu "$redis_pid") - $r0)")
-  read -r c1 u1 <<<"$(evalsha)"; script_calls=$((script_calls + c1 - c0)); script_usec=$((script_usec + u1 - u0))
+  read -r c1 u1 <<<"$(scripts)"; script_calls=$((script_calls + c1 - c0)); script_usec=$((script_usec + u1 - u0))
   only_hits "$work/redis.$i" "shared round $i"
   need_redis=$(next_need "$work/redis.$i")
 done

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Down, Fleet, Route};
+use super::{Down, Fleet, Functions, Request, Route};
 
 impl Fleet {
     /// Announces this replica and counts the live ones; rejoins after a degraded spell when
@@ -34,12 +34,18 @@ impl Fleet {
             if let Some(conns) = &self.single {
                 conns.reopen_all();
             }
+            // Redis may have come back as another server or version: ask it for the
+            // library again.
+            self.reset_functions();
             if self.degraded.swap(false, Ordering::SeqCst) {
                 for t in &self.over_until {
                     t.store(0, Ordering::Relaxed);
                 }
                 tracing::info!(replicas = live, "Redis answers again: rejoined the fleet");
             }
+        }
+        if self.functions() == Functions::Unknown {
+            self.load_library(Route::Shared).await;
         }
         self.metrics.redis_degraded.set(i64::from(!self.healthy()));
         Ok(live)
@@ -55,8 +61,9 @@ impl Fleet {
             .arg(&self.replica)
             .arg(now_ms)
             .arg(dead_after);
-        let (live, secs, micros): (usize, i64, i64) =
-            self.send(Route::Shared, "heartbeat", inv).await?;
+        let (live, secs, micros): (usize, i64, i64) = self
+            .send(Route::Shared, "heartbeat", Request::Script(inv))
+            .await?;
         // Redis read its clock about half-way through the round trip.
         let midway = now_ms as i64 + (sent.elapsed().as_millis() / 2) as i64;
         Ok((live, secs * 1000 + micros / 1000 - midway))

@@ -19,9 +19,12 @@
 //!   set loaded or promoted by another process carries a foreign `run_id`: the script starts a
 //!   new epoch, and the pool keys of the old one (their names carry the epoch) are never read
 //!   again and expire. A replica whose epoch is out of date is told the current one and retries
-//!   once. No extra round trip on the hit path; the cost is one `INFO server` inside Redis
-//!   (about 2.5 µs). Not covered: an operator loading an older dump into the *same* running
-//!   process (`DEBUG RELOAD` of an old file), which no restart, failover or managed restore does.
+//!   once. No extra round trip on the hit path. As the library's functions (Redis 7) the
+//!   scripts read `INFO server` once per Redis process and keep the `run_id` in the library's
+//!   state, which cannot outlive the process; as scripts (Redis 6, or `FUNCTION` denied), on
+//!   every call (about 4.6 µs of Redis time). Not covered: an operator loading an older dump
+//!   into the *same* running process (`DEBUG RELOAD` of an old file), which no restart,
+//!   failover or managed restore does.
 //! - **Clocks that cannot make a URL look fresher.** URLs in the shared pool are dated by the
 //!   replica that fetched them and judged by the one that takes them. Every heartbeat measures
 //!   this replica's clock against Redis's `TIME` (compensating half the round trip); a replica off
@@ -48,7 +51,7 @@ mod limits;
 mod pool;
 mod scripts;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,12 +59,12 @@ use parking_lot::RwLock;
 use prometheus::Histogram;
 use redis::aio::{ConnectionLike, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{FromRedisValue, Script, ScriptInvocation};
+use redis::{Cmd, FromRedisValue, ScriptInvocation, ToRedisArgs};
 
 use crate::config::RedisSettings;
 use crate::metrics::{Metrics, REDIS_OPERATIONS};
 use connections::Connections;
-use scripts::{fenced, limiter, Scripts, BUDGET, CLAIM, GCRA, HEARTBEAT, HIT, PUT, SYNC, TAKE};
+use scripts::{Fenced, Scripts};
 
 /// Which connection a standalone Redis's command goes on (a Cluster has one).
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +92,85 @@ pub enum Stored {
     Full,
 }
 
+/// Whether this Redis runs the pool scripts as the library's functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum Functions {
+    /// Not tried yet (Redis has not answered since start-up): scripts meanwhile.
+    Unknown = 0,
+    /// Loaded: `FCALL`, the server's `run_id` read once per Redis process.
+    Loaded = 1,
+    /// Refused (Redis 6, or an ACL without `FUNCTION`): scripts, `run_id` read on every call.
+    Refused = 2,
+}
+
+/// A command for Redis: a script (`EVALSHA`, loaded when Redis lacks it), or a plain command
+/// (`FCALL` of the library's function, `FUNCTION LOAD`).
+pub(super) enum Request<'a> {
+    Script(ScriptInvocation<'a>),
+    Command(Cmd),
+}
+
+/// A pool script's keys and arguments, gathered before its form is chosen
+/// (a script, or an `FCALL` of the library's function).
+#[derive(Default)]
+pub(super) struct Call {
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call {
+    pub(super) fn key(&mut self, key: impl ToRedisArgs) -> &mut Call {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    pub(super) fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Call {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    fn request<'a>(&self, fenced: &'a Fenced, functions: Functions) -> Request<'a> {
+        if functions == Functions::Loaded {
+            let mut cmd = redis::cmd("FCALL");
+            cmd.arg(&fenced.function).arg(self.keys.len());
+            for part in self.keys.iter().chain(&self.args) {
+                cmd.arg(part.as_slice());
+            }
+            Request::Command(cmd)
+        } else {
+            let mut inv = fenced.script.prepare_invoke();
+            for key in &self.keys {
+                inv.key(key.as_slice());
+            }
+            for arg in &self.args {
+                inv.arg(arg.as_slice());
+            }
+            Request::Script(inv)
+        }
+    }
+}
+
+/// Why Redis answered a function call without running it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotRun {
+    /// The function does not exist: Redis lost the library.
+    Missing,
+    /// `FCALL` does not exist (a Redis 6 promoted under the fleet) or the ACL denies it now.
+    Refused,
+}
+
+fn not_run(e: &redis::RedisError) -> Option<NotRun> {
+    let detail = e.detail().unwrap_or_default();
+    if detail.contains("Function not found") {
+        Some(NotRun::Missing)
+    } else if e.code() == Some("NOPERM") || detail.contains("unknown command") {
+        Some(NotRun::Refused)
+    } else {
+        None
+    }
+}
+
 /// This replica's handle on the shared state.
 pub struct Fleet {
     settings: RedisSettings,
@@ -110,6 +192,12 @@ pub struct Fleet {
     /// Per tenant: the fencing epoch this replica last saw (empty: none yet).
     epochs: Vec<RwLock<String>>,
     scripts: Scripts,
+    /// Whether the pool scripts run as the library's functions (a [`Functions`]).
+    functions: AtomicU8,
+    /// Times the library was loaded again after Redis lost it; with `reload`, a burst of calls
+    /// that all found it missing loads it once.
+    reloads: AtomicU64,
+    reload: tokio::sync::Mutex<()>,
     /// `embedgate_redis_duration_seconds` per operation, in `REDIS_OPERATIONS` order.
     durations: Vec<Histogram>,
     metrics: Arc<Metrics>,
@@ -151,16 +239,10 @@ impl Fleet {
             live_replicas: AtomicUsize::new(1),
             over_until: (0..tenants).map(|_| AtomicU64::new(0)).collect(),
             epochs: (0..tenants).map(|_| RwLock::new(String::new())).collect(),
-            scripts: Scripts {
-                take: fenced(TAKE),
-                hit: fenced(HIT),
-                put: fenced(PUT),
-                claim: fenced(CLAIM),
-                sync: fenced(SYNC),
-                gcra: limiter(GCRA),
-                budget: limiter(BUDGET),
-                heartbeat: Script::new(HEARTBEAT),
-            },
+            scripts: Scripts::new(),
+            functions: AtomicU8::new(Functions::Unknown as u8),
+            reloads: AtomicU64::new(0),
+            reload: tokio::sync::Mutex::new(()),
             durations: REDIS_OPERATIONS
                 .iter()
                 .map(|op| metrics.redis_duration.with_label_values(&[op]))
@@ -251,7 +333,87 @@ impl Fleet {
         if !self.healthy() {
             return Err(Down::NotSent);
         }
-        self.send(Route::ThisThread, op, invocation).await
+        self.send(Route::ThisThread, op, Request::Script(invocation))
+            .await
+    }
+
+    /// Runs a pool script with the timeout, as the library's function when Redis has it loaded,
+    /// tripping degraded mode on failure. A function call Redis answered without running it
+    /// ([`NotRun`]) is sent once more: after the library is loaded again if Redis lost it, as a
+    /// script if Redis refuses functions now.
+    async fn fenced<T: FromRedisValue>(
+        &self,
+        op: &'static str,
+        fenced: &Fenced,
+        call: &Call,
+    ) -> Result<T, Down> {
+        if !self.healthy() {
+            return Err(Down::NotSent);
+        }
+        let reloads = self.reloads.load(Ordering::Acquire);
+        let request = call.request(fenced, self.functions());
+        let result = match self.send_raw(Route::ThisThread, op, &request).await {
+            Err(Some(e)) if matches!(request, Request::Command(_)) && not_run(&e).is_some() => {
+                if not_run(&e) == Some(NotRun::Missing) {
+                    tracing::info!(op, "Redis lost the pool scripts' library: loading it again");
+                    self.reload_library(reloads).await;
+                } else {
+                    tracing::info!(op, error = %e, "Redis refused the pool script's function: running the pool scripts as scripts");
+                    self.functions
+                        .store(Functions::Refused as u8, Ordering::Relaxed);
+                }
+                let again = call.request(fenced, self.functions());
+                self.send_raw(Route::ThisThread, op, &again).await
+            }
+            result => result,
+        };
+        self.settle(op, result)
+    }
+
+    /// Loads the library again unless another call did since `seen` reloads.
+    async fn reload_library(&self, seen: u64) {
+        let _one = self.reload.lock().await;
+        if self.reloads.load(Ordering::Acquire) == seen {
+            self.load_library(Route::ThisThread).await;
+            self.reloads.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Forgets whether Redis takes the library, so the next heartbeat asks again.
+    pub(super) fn reset_functions(&self) {
+        self.functions
+            .store(Functions::Unknown as u8, Ordering::Relaxed);
+    }
+
+    /// The library's state.
+    pub(super) fn functions(&self) -> Functions {
+        match self.functions.load(Ordering::Relaxed) {
+            1 => Functions::Loaded,
+            2 => Functions::Refused,
+            _ => Functions::Unknown,
+        }
+    }
+
+    /// Loads the pool scripts' library (`FUNCTION LOAD REPLACE`; on a Cluster, on every
+    /// primary). Redis refusing it (6.x has no functions; an ACL may deny `FUNCTION`) leaves the
+    /// scripts in use; a failure to reach Redis changes nothing.
+    pub(super) async fn load_library(&self, route: Route) {
+        let mut load = redis::cmd("FUNCTION");
+        load.arg("LOAD").arg("REPLACE").arg(&self.scripts.library);
+        let state = match self
+            .send_raw::<String>(route, "load", &Request::Command(load))
+            .await
+        {
+            Ok(_) => Functions::Loaded,
+            Err(Some(e)) if e.code().is_some() => {
+                if self.functions() != Functions::Refused {
+                    tracing::info!(error = %e, "Redis does not take the pool scripts as functions: running them as scripts (each reads INFO server)");
+                }
+                Functions::Refused
+            }
+            Err(_) => return,
+        };
+        self.functions.store(state as u8, Ordering::Relaxed);
     }
 
     /// Runs a script with the timeout whatever the replica's state, tripping degraded mode on
@@ -260,19 +422,31 @@ impl Fleet {
         &self,
         route: Route,
         op: &'static str,
-        invocation: ScriptInvocation<'_>,
+        request: Request<'_>,
     ) -> Result<T, Down> {
+        let result = self.send_raw(route, op, &request).await;
+        self.settle(op, result)
+    }
+
+    /// Sends a request with the timeout and times it; `Err(None)`: it timed out or there was no
+    /// connection.
+    async fn send_raw<T: FromRedisValue>(
+        &self,
+        route: Route,
+        op: &'static str,
+        request: &Request<'_>,
+    ) -> Result<T, Option<redis::RedisError>> {
         let started = std::time::Instant::now();
         let result = if let Some(conns) = &self.single {
             let mut c = match route {
                 Route::ThisThread => conns.for_this_thread(),
                 Route::Shared => conns.shared(),
             };
-            invoke(&invocation, &mut c, self.timeout).await
+            invoke(request, &mut c, self.timeout).await
         } else {
             let cluster = self.cluster.read().clone();
             match cluster {
-                Some(mut c) => invoke(&invocation, &mut c, self.timeout).await,
+                Some(mut c) => invoke(request, &mut c, self.timeout).await,
                 None => Err(None),
             }
         };
@@ -283,6 +457,15 @@ impl Fleet {
         {
             h.observe(started.elapsed().as_secs_f64());
         }
+        result
+    }
+
+    /// A request's result: a failure trips degraded mode.
+    fn settle<T>(
+        &self,
+        op: &'static str,
+        result: Result<T, Option<redis::RedisError>>,
+    ) -> Result<T, Down> {
         result.map_err(|e| {
             self.metrics.redis_errors.with_label_values(&[op]).inc();
             if !self.degraded.swap(true, Ordering::SeqCst) {
@@ -298,11 +481,17 @@ impl Fleet {
 }
 
 async fn invoke<T: FromRedisValue, C: ConnectionLike + Send>(
-    invocation: &ScriptInvocation<'_>,
+    request: &Request<'_>,
     conn: &mut C,
     timeout: Duration,
 ) -> Result<T, Option<redis::RedisError>> {
-    match tokio::time::timeout(timeout, invocation.invoke_async(conn)).await {
+    let sent = async {
+        match request {
+            Request::Script(invocation) => invocation.invoke_async(conn).await,
+            Request::Command(cmd) => cmd.query_async(conn).await,
+        }
+    };
+    match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Some(e)),
         Err(_) => Err(None),

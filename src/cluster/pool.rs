@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use redis::{FromRedisValue, Script, ScriptInvocation};
+use redis::FromRedisValue;
 
-use super::{Down, Fleet, Stored};
+use super::scripts::Fenced;
+use super::{Call, Down, Fleet, Stored};
 use crate::limiter::Inbound;
 use crate::metrics::Waste;
 use crate::pool::{issued_cutoff, PoolKey, PooledUrl};
@@ -20,15 +21,15 @@ impl Fleet {
         &self,
         op: &'static str,
         tenant: &Tenant,
-        script: &Script,
-        build: impl Fn(&mut ScriptInvocation<'_>, &str),
+        script: &Fenced,
+        build: impl Fn(&mut Call, &str),
     ) -> Result<T, Down> {
         for _ in 0..2 {
             let epoch = self.epochs[tenant.index].read().clone();
-            let mut inv = script.prepare_invoke();
-            inv.key(self.fence_key(tenant)).arg(&epoch).arg(call_id());
-            build(&mut inv, &epoch);
-            let reply: Vec<redis::Value> = self.script(op, inv).await?;
+            let mut call = Call::default();
+            call.key(self.fence_key(tenant)).arg(&epoch).arg(call_id());
+            build(&mut call, &epoch);
+            let reply: Vec<redis::Value> = self.fenced(op, script, &call).await?;
             match <[redis::Value; 2]>::try_from(reply) {
                 Ok([_, result]) => return T::from_redis_value(result).map_err(|_| Down::Unknown),
                 Err(reply) => {
@@ -97,8 +98,8 @@ impl Fleet {
     ) -> Result<Option<PooledUrl>, Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
         let (stale, member, issued): (u64, String, u64) = self
-            .pool_script("take", tenant, &self.scripts.take, |inv, epoch| {
-                inv.key(self.pool_key(tenant, epoch, key))
+            .pool_script("take", tenant, &self.scripts.take, |call, epoch| {
+                call.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
                     .key(self.call_key(tenant, id))
                     .arg(cutoff)
@@ -151,8 +152,8 @@ impl Fleet {
     ) -> Result<(Inbound, Option<PooledUrl>), Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
         let (allowed, n, stale, member, issued): (u8, u32, u64, String, u64) = self
-            .pool_script("hit", tenant, &self.scripts.hit, |inv, epoch| {
-                inv.key(self.pool_key(tenant, epoch, key))
+            .pool_script("hit", tenant, &self.scripts.hit, |call, epoch| {
+                call.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
                     .key(self.call_key(tenant, id))
                     .key(self.limit_key(tenant))
@@ -240,8 +241,8 @@ impl Fleet {
         let ttl = (url.expires_at_ms() + 1000).saturating_sub(now_ms).max(1);
         let cutoff = issued_cutoff(now_ms, min_remaining_ms);
         let (stale, stored): (u64, u8) = self
-            .pool_script("put", tenant, &self.scripts.put, |inv, epoch| {
-                inv.key(self.pool_key(tenant, epoch, key))
+            .pool_script("put", tenant, &self.scripts.put, |call, epoch| {
+                call.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
                     .key(self.demand_key(tenant, key))
                     .arg(url.issued_at_ms)
@@ -276,15 +277,15 @@ impl Fleet {
     ) -> Result<Vec<KeyView>, Down> {
         let cutoff = issued_cutoff(now_ms, min_remaining_ms);
         let (stale, views): (u64, Vec<(usize, String, usize, usize)>) = self
-            .pool_script("sync", tenant, &self.scripts.sync, |inv, epoch| {
-                inv.key(self.count_key(tenant, epoch));
+            .pool_script("sync", tenant, &self.scripts.sync, |call, epoch| {
+                call.key(self.count_key(tenant, epoch));
                 for (key, _) in keys {
-                    inv.key(self.pool_key(tenant, epoch, key))
+                    call.key(self.pool_key(tenant, epoch, key))
                         .key(self.demand_key(tenant, key));
                 }
-                inv.arg(cutoff).arg(&self.replica).arg(now_ms).arg(keep_ms);
+                call.arg(cutoff).arg(&self.replica).arg(now_ms).arg(keep_ms);
                 for (_, own) in keys {
-                    inv.arg(format!("{:.6}", own.rate)).arg(own.in_flight);
+                    call.arg(format!("{:.6}", own.rate)).arg(own.in_flight);
                 }
             })
             .await?;
@@ -314,8 +315,8 @@ impl Fleet {
         now_ms: u64,
         keep_ms: u64,
     ) -> Result<usize, Down> {
-        self.pool_script("claim", tenant, &self.scripts.claim, |inv, epoch| {
-            inv.key(self.pool_key(tenant, epoch, key))
+        self.pool_script("claim", tenant, &self.scripts.claim, |call, epoch| {
+            call.key(self.pool_key(tenant, epoch, key))
                 .key(self.demand_key(tenant, key))
                 .arg(&self.replica)
                 .arg(now_ms)

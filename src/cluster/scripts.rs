@@ -1,28 +1,36 @@
-//! The Lua scripts, one per shared operation. Pool scripts run behind the fence ([`FENCE`]);
+//! The Lua scripts, one per shared operation. Pool scripts run behind the fence ([`FENCE_LIB`]);
 //! every key of one script shares a hash tag, so they run on Redis Cluster; none reads `TIME`
 //! except the heartbeat (to measure clock offsets).
+//!
+//! Each pool script exists in two forms with the same keys, arguments and result: a function of
+//! one library (Redis 7 `FUNCTION LOAD`, called with `FCALL`), which reads the server's `run_id`
+//! once per Redis process and keeps it, and a script (`EVALSHA`) that reads it on every call, for
+//! a Redis without functions (6.x, or one whose ACL refuses `FUNCTION`).
 
 use redis::Script;
+use sha2::{Digest, Sha256};
 
-/// The fence every pool script runs first. KEYS[1]: the tenant's fence; ARGV[1]: the epoch the
-/// replica expects; ARGV[2]: a fresh epoch to start if the data set is not this server's. When the
-/// caller's epoch is not current, the script returns `{current_epoch}` and does nothing else;
-/// otherwise the body's result comes back as `{'', result}`. The body sees its own keys from
-/// KEYS[2] and its own arguments from ARGV[3].
-pub(super) const FENCE: &str = r"
-redis.replicate_commands()
-local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-local fence = redis.call('GET', KEYS[1])
-local epoch
-if fence then
-  local r, e = string.match(fence, '^(%x+):(.+)$')
-  if r == run then epoch = e end
+/// The fence every pool script passes first. `fence(keys, args, run)`: keys[1] is the tenant's
+/// fence, args[1] the epoch the replica expects, args[2] a fresh epoch to start if the data set
+/// is not this server process's (`run`, its `run_id`). Returns the current epoch when it is not
+/// the expected one (the script then returns `{current_epoch}` and does nothing else; otherwise
+/// the body's result comes back as `{'', result}`). The body sees its own keys from keys[2] and
+/// its own arguments from args[3].
+pub(super) const FENCE_LIB: &str = r"
+local function server_run() return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') end
+local function fence(keys, args, run)
+  local held = redis.call('GET', keys[1])
+  local epoch
+  if held then
+    local r, e = string.match(held, '^(%x+):(.+)$')
+    if r == run then epoch = e end
+  end
+  if not epoch then
+    epoch = args[2]
+    redis.call('SET', keys[1], run .. ':' .. epoch)
+  end
+  if epoch ~= args[1] then return epoch end
 end
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('SET', KEYS[1], run .. ':' .. epoch)
-end
-if epoch ~= ARGV[1] then return {epoch} end
 ";
 
 /// Lua helpers shared by the pool scripts. A pooled member is the URL's 16-hex-digit digest
@@ -302,25 +310,92 @@ return {redis.call('ZCARD', KEYS[1]), tonumber(t[1]), tonumber(t[2])}
 ";
 
 /// A limiter script: [`LIMIT_LIB`], then `body`.
-pub(super) fn limiter(body: &str) -> Script {
+fn limiter(body: &str) -> Script {
     Script::new(&format!("{LIMIT_LIB}\n{body}"))
 }
 
-/// A pool script: [`FENCE`] first, then `body` with its keys and arguments shifted past the
-/// fence's, its result wrapped as `{'', result}`.
-pub(super) fn fenced(body: &str) -> Script {
+/// A pool script in its script form: the fence with the `run_id` read now, then `body` with its
+/// keys and arguments shifted past the fence's, its result wrapped as `{'', result}`.
+fn fenced_script(body: &str) -> Script {
     Script::new(&format!(
-        "{FENCE}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal KEYS, ARGV = {{unpack(KEYS, 2)}}, {{unpack(ARGV, 3)}}\nreturn {{'', (function()\n{body}\nend)()}}\n"
+        "redis.replicate_commands()\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal current = fence(KEYS, ARGV, server_run())\nif current then return {{current}} end\nlocal KEYS, ARGV = {{unpack(KEYS, 2)}}, {{unpack(ARGV, 3)}}\nreturn {{'', (function()\n{body}\nend)()}}\n"
     ))
 }
 
+/// The pool scripts, by the operation name their function carries.
+const POOL_SCRIPTS: [(&str, &str); 5] = [
+    ("take", TAKE),
+    ("hit", HIT),
+    ("put", PUT),
+    ("claim", CLAIM),
+    ("sync", SYNC),
+];
+
+/// The library of the pool scripts' functions: `(name, code)`. The name carries a digest of the
+/// code, so replicas of two releases sharing a Redis load two libraries side by side instead of
+/// replacing each other's. The server's `run_id` is read on a function's first call after the
+/// library was loaded and kept in the library's state, which lives in the server process's Lua
+/// engine: it cannot outlive the process, so a data set loaded or promoted by another process
+/// is seen as one, as by the script form.
+fn library() -> (String, String) {
+    let mut code = format!(
+        "#!lua name=LIBRARY\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal run\nlocal function fenced(body)\n  return function(keys, args)\n    if not run then run = server_run() end\n    local current = fence(keys, args, run)\n    if current then return {{current}} end\n    return {{'', body({{unpack(keys, 2)}}, {{unpack(args, 3)}})}}\n  end\nend\n"
+    );
+    for (op, body) in POOL_SCRIPTS {
+        code.push_str(&format!(
+            "redis.register_function('LIBRARY_{op}', fenced(function(KEYS, ARGV)\n{body}\nend))\n"
+        ));
+    }
+    let digest = Sha256::digest(code.as_bytes());
+    let name = format!("embedgate_{}", &hex::encode(digest)[..12]);
+    let code = code.replace("LIBRARY", &name);
+    (name, code)
+}
+
+/// A pool script in both forms.
+pub(super) struct Fenced {
+    /// The script form (`EVALSHA`).
+    pub(super) script: Script,
+    /// The library's function (`FCALL`).
+    pub(super) function: String,
+}
+
 pub(super) struct Scripts {
-    pub(super) take: Script,
-    pub(super) hit: Script,
-    pub(super) put: Script,
-    pub(super) claim: Script,
-    pub(super) sync: Script,
+    pub(super) take: Fenced,
+    pub(super) hit: Fenced,
+    pub(super) put: Fenced,
+    pub(super) claim: Fenced,
+    pub(super) sync: Fenced,
     pub(super) gcra: Script,
     pub(super) budget: Script,
     pub(super) heartbeat: Script,
+    /// The code `FUNCTION LOAD` takes: every pool script's function.
+    pub(super) library: String,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Scripts {
+        let (name, library) = library();
+        let fenced = |op: &str| {
+            let (_, body) = POOL_SCRIPTS
+                .iter()
+                .find(|(o, _)| *o == op)
+                .expect("a pool script");
+            Fenced {
+                script: fenced_script(body),
+                function: format!("{name}_{op}"),
+            }
+        };
+        Scripts {
+            take: fenced("take"),
+            hit: fenced("hit"),
+            put: fenced("put"),
+            claim: fenced("claim"),
+            sync: fenced("sync"),
+            gcra: limiter(GCRA),
+            budget: limiter(BUDGET),
+            heartbeat: Script::new(HEARTBEAT),
+            library,
+        }
+    }
 }

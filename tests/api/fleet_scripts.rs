@@ -168,8 +168,71 @@ async fn a_put_sent_twice_counts_once_and_its_url_is_taken_once() {
 #[tokio::test]
 async fn a_restart_from_a_snapshot_moves_the_fence_and_nothing_pooled_before_comes_back() {
     let mut redis = RedisServer::start();
+    let url = redis.url();
+    restart_from_a_snapshot_hands_nothing_out_again(&mut redis, url).await;
+}
+
+#[tokio::test]
+async fn where_redis_refuses_functions_the_scripts_keep_the_fence() {
+    // A Redis whose ACL denies FUNCTION (as Redis 6 has none): the pool scripts run as scripts,
+    // which read the run_id on every call, and the fence holds the same way.
+    let mut redis = RedisServer::start_with(&[
+        "--user",
+        "scripts",
+        "on",
+        ">pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-function",
+    ]);
+    let url = format!("redis://scripts:pw@127.0.0.1:{}", redis.port);
+    restart_from_a_snapshot_hands_nothing_out_again(&mut redis, url).await;
+    assert_eq!(fcalls(&redis), 0, "no function was called");
+}
+
+#[tokio::test]
+async fn a_redis_that_stops_taking_functions_gets_the_scripts_without_degrading() {
+    let redis = RedisServer::start_with(&["--user", "app", "on", ">pw", "~*", "&*", "+@all"]);
     let clock = Clock::manual();
-    let (f, tenants, metrics) = fleet(&redis, &clock).await;
+    let settings = RedisSettings {
+        url: Some(format!("redis://app:pw@127.0.0.1:{}", redis.port)),
+        ..RedisSettings::default()
+    };
+    let (f, tenants, _) = fleet_on(settings, &clock, |_| {}).await;
+    let now = clock.now_ms();
+    let t = tenants.get(0);
+    let k = key(6);
+    pool_two(&f, &tenants, &k, now).await;
+    let (_, first) = hit(&f, t, &k, now, "a1").await;
+    let before = fcalls(&redis);
+    assert!(first.is_some() && before >= 3, "function calls at first");
+    // The operator takes FUNCTION and FCALL away (as a Redis 6 promoted under the fleet has
+    // neither): the next call is refused unrun, and sent again as a script.
+    assert_eq!(
+        redis
+            .cli(&["ACL", "SETUSER", "app", "-fcall", "-function"])
+            .as_deref(),
+        Some("OK")
+    );
+    let (_, second) = hit(&f, t, &k, now, "b2").await;
+    assert!(second.is_some() && second != first, "the hit is served");
+    assert!(
+        f.healthy(),
+        "a refused function call is not a Redis failure"
+    );
+    assert_eq!(fcalls(&redis), before, "the hit ran as a script");
+}
+
+/// URLs pooled and handed out after a snapshot (on the Redis at `at`) never come back once
+/// Redis restarts from it.
+async fn restart_from_a_snapshot_hands_nothing_out_again(redis: &mut RedisServer, at: String) {
+    let clock = Clock::manual();
+    let settings = RedisSettings {
+        url: Some(at),
+        ..RedisSettings::default()
+    };
+    let (f, tenants, metrics) = fleet_on(settings, &clock, |_| {}).await;
     let now = clock.now_ms();
     let t = tenants.get(0);
     assert_eq!(
@@ -187,7 +250,7 @@ async fn a_restart_from_a_snapshot_moves_the_fence_and_nothing_pooled_before_com
     f.heartbeat().await.unwrap();
     assert_eq!(
         redis
-            .cli(&["EXISTS", &redis_key_like(&redis, ":p2:")])
+            .cli(&["EXISTS", &redis_key_like(redis, ":p2:")])
             .as_deref(),
         Some("1"),
         "the snapshot brought the URL back"
@@ -200,6 +263,66 @@ async fn a_restart_from_a_snapshot_moves_the_fence_and_nothing_pooled_before_com
         "a URL from before the restart is never handed out again"
     );
     assert_eq!(metrics.redis_fences.get(), 1);
+}
+
+/// `FCALL`s the server has run since it started.
+fn fcalls(redis: &RedisServer) -> u64 {
+    calls(redis, "fcall")
+}
+
+/// Calls of `command` (as `INFO commandstats` names it) the server has run since it started.
+fn calls(redis: &RedisServer, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    redis
+        .cli(&["INFO", "commandstats"])
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()).map(String::from))
+        .and_then(|rest| rest.split(',').next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn the_pool_scripts_run_as_functions_and_a_lost_library_is_loaded_again() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let now = clock.now_ms();
+    let t = tenants.get(0);
+    let k = key(6);
+    pool_two(&f, &tenants, &k, now).await;
+    let (_, first) = hit(&f, t, &k, now, "a1").await;
+    assert!(first.is_some());
+    assert!(
+        fcalls(&redis) >= 3,
+        "the puts and the hit were function calls"
+    );
+    assert!(
+        redis
+            .cli(&["FUNCTION", "LIST"])
+            .unwrap_or_default()
+            .contains("embedgate_"),
+        "the library is loaded"
+    );
+    // The library disappears (FUNCTION FLUSH; the same for a new primary that never had it)
+    // under a burst of calls: the library is loaded again once, and nothing degrades.
+    assert_eq!(redis.cli(&["FUNCTION", "FLUSH"]).as_deref(), Some("OK"));
+    let loads = calls(&redis, "function|load");
+    let ids: Vec<String> = (0..32).map(|i| format!("burst-{i}")).collect();
+    let burst = futures::future::join_all(ids.iter().map(|id| hit(&f, t, &k, now, id))).await;
+    let second: Vec<_> = burst.into_iter().filter_map(|(_, u)| u).collect();
+    assert_eq!(second.len(), 1, "the other URL, handed out once");
+    assert!(Some(&second[0]) != first.as_ref());
+    assert!(f.healthy(), "a lost library is not a Redis failure");
+    assert_eq!(
+        calls(&redis, "function|load"),
+        loads + 1,
+        "loaded again once for the whole burst"
+    );
+    assert!(redis
+        .cli(&["FUNCTION", "LIST"])
+        .unwrap_or_default()
+        .contains("embedgate_"));
 }
 
 /// The first key whose name contains `part`.
