@@ -11,11 +11,23 @@
 #    Before each round a pool that round could drain is topped up (its simulator answers again
 #    until it is full); a round that meets anything but pool hits stops the bench.
 #    Redis round trips per hit come from the gateway's own embedgate_redis_duration_seconds.
-# Writes bench-results/redis.md and bench-results/redis.json. Needs wrk and redis-server
-# (scripts/setup.sh installs redis-server; apt-get install wrk). Knobs: KEYS, DEPTH, RUNS,
-# DURATION, CONNECTIONS.
+# PIN=1 runs Redis on CPU 1 and everything else (gateways, simulators, wrk) on CPU 0, as when
+# Redis has a host of its own: both pools' hits then get the same CPU, and the shared ones pay
+# what the round trip costs the gateway, not Redis's own work. (Unpinned, Redis competes with
+# the gateway and wrk for the same two cores.)
+# Writes bench-results/redis.{md,json} (redis-pinned.{md,json} with PIN=1). Needs wrk and
+# redis-server (scripts/setup.sh installs redis-server; apt-get install wrk). Knobs: KEYS,
+# DEPTH, RUNS, DURATION, CONNECTIONS, PIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PIN=${PIN:-0}
+if [ "$PIN" = 1 ] && [ -z "${BENCH_PINNED:-}" ]; then
+  command -v taskset >/dev/null || { echo "bench-redis: PIN=1 needs taskset (util-linux)" >&2; exit 1; }
+  [ "$(nproc --all)" -ge 2 ] || { echo "bench-redis: PIN=1 needs two CPUs" >&2; exit 1; }
+  exec env BENCH_PINNED=1 taskset -c 0 bash "$0" "$@"
+fi
+redis_cpu_prefix=(); out=redis
+[ "$PIN" = 1 ] && { redis_cpu_prefix=(taskset -c 1); out=redis-pinned; }
 KEYS=${KEYS:-400}
 DEPTH=${DEPTH:-1000}
 RUNS=${RUNS:-5}
@@ -27,7 +39,7 @@ source scripts/bench-lib.sh
 target=$((KEYS * DEPTH))
 
 rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.out" 2>&1 &
+"${redis_cpu_prefix[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.out" 2>&1 &
 redis_pid=$!; pids+=("$redis_pid"); wait_for "$work/redis.out" "Ready to accept connections"
 rcli() { redis-cli -p "$rport" "$@"; }
 
@@ -136,10 +148,10 @@ read -r local_rps local_p50 local_p99 local_p999 local_bad <<<"$(median local)"
 read -r redis_rps redis_p50 redis_p99 redis_p999 redis_bad <<<"$(median redis)"
 ratios=$(for i in $(seq "$RUNS"); do lib wrk "$work/redis.$i" | cut -d' ' -f1; lib wrk "$work/local.$i" | cut -d' ' -f1; done | paste -sd' ')
 
-mkdir -p bench-results/raw-redis
+mkdir -p "bench-results/raw-$out"
 # The configs, the gateways' logs and wrk's outputs, for a second look.
-cp "$work"/*.toml "$work"/*.err "$work"/local.* "$work"/redis.* bench-results/raw-redis/ 2>/dev/null || true
-export gw_cpu redis_cpu script_usec KEYS DEPTH RUNS DURATION CONNECTIONS target local_fill_secs redis_fill_secs hits others redis_requests degraded \
+cp "$work"/*.toml "$work"/*.err "$work"/local.* "$work"/redis.* "bench-results/raw-$out/" 2>/dev/null || true
+export out PIN gw_cpu redis_cpu script_usec KEYS DEPTH RUNS DURATION CONNECTIONS target local_fill_secs redis_fill_secs hits others redis_requests degraded \
   local_rps local_p50 local_p99 local_p999 local_bad redis_rps redis_p50 redis_p99 redis_p999 redis_bad ratios
 python3 - <<'PY'
 import json, os, platform
@@ -162,12 +174,16 @@ r = {
   "shared_runs_cpu_secs": {"gateway": round(f("gw_cpu"), 2), "redis_server": round(f("redis_cpu"), 2),
                            "redis_usec_per_script_call": float(e["script_usec"] or 0)},
   "settings": {"keys": int(e["KEYS"]), "depth": int(e["DEPTH"]), "runs": int(e["RUNS"]), "duration": e["DURATION"],
-               "connections": int(e["CONNECTIONS"]), "cores": os.cpu_count(), "machine": platform.processor() or platform.machine()},
+               "connections": int(e["CONNECTIONS"]), "pinned": e["PIN"] == "1", "cores": os.cpu_count(), "machine": platform.processor() or platform.machine()},
 }
-json.dump(r, open("bench-results/redis.json", "w"), indent=2)
+json.dump(r, open(f"bench-results/{e['out']}.json", "w"), indent=2)
 fl, rt = r["fill"], r["redis_round_trips"]
 row = lambda name, x: f"| {name} | {x['rps']:,.0f} | {x['p50_ms']:.2f} ms | {x['p99_ms']:.2f} ms | {x['p999_ms']:.2f} ms | {x['non_2xx']} |"
+where = ("Redis on CPU 1; the gateways, simulators and wrk on CPU 0 (`PIN=1`)." if r["settings"]["pinned"]
+         else "Redis, the gateways, the simulators and wrk share all cores.")
 md = f"""## Cluster mode against a single node
+
+{where}
 
 Fill of {fl['urls']:,} URLs through {r['settings']['keys']} warm keys (time from the gateway's start): local pool
 {fl['local_secs']} s (**{fl['local_urls_per_sec']:,} URLs/s**), shared pool in Redis {fl['redis_secs']} s
@@ -186,6 +202,6 @@ requests ({rt['per_request']} per request). Degraded at the end: {int(r['degrade
 CPU during the shared runs: gateway {r['shared_runs_cpu_secs']['gateway']} s, redis-server {r['shared_runs_cpu_secs']['redis_server']} s
 ({r['shared_runs_cpu_secs']['redis_usec_per_script_call']} µs of Redis time per script call).
 """
-open("bench-results/redis.md", "w").write(md)
+open(f"bench-results/{e['out']}.md", "w").write(md)
 print(md)
 PY

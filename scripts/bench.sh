@@ -5,7 +5,8 @@
 #   2. the pool-efficiency scenarios against calling QuickSight directly (scripts/bench-scenario.sh,
 #      once per shape in SHAPES, default "zipf storm cold tight"),
 #   3. cluster mode against a single node: shared-pool fill speed and hit rate against the local
-#      pool's (scripts/bench-redis.sh; needs redis-server; REDIS=0 skips it),
+#      pool's, with Redis sharing the cores and with Redis on a core of its own (PIN=1, on two
+#      or more cores) (scripts/bench-redis.sh; needs redis-server; REDIS=0 skips it),
 #   4. resident memory per pooled URL and per tracked key (examples/memory.rs),
 # and writes bench-results/report.md and bench-results/report.json. Each script's knobs (see its
 # header) pass through the environment. Micro-benchmarks: cargo bench --bench micro.
@@ -19,8 +20,12 @@ bash scripts/bench-gateway.sh
 SHAPES=${SHAPES:-zipf storm cold tight}
 for shape in $SHAPES; do SHAPE=$shape bash scripts/bench-scenario.sh; done
 REDIS=${REDIS:-1}
-[ "$REDIS" = 1 ] && bash scripts/bench-redis.sh
-export SHAPES REDIS
+PINNED=0
+if [ "$REDIS" = 1 ]; then
+  bash scripts/bench-redis.sh
+  if [ "$(nproc --all)" -ge 2 ] && command -v taskset >/dev/null; then PIN=1 bash scripts/bench-redis.sh; PINNED=1; fi
+fi
+export SHAPES REDIS PINNED
 "$examples/memory" >bench-results/memory.json
 python3 - <<'PY'
 import json, os, platform, subprocess, datetime
@@ -28,8 +33,11 @@ shapes = os.environ["SHAPES"].split()
 r = {n: json.load(open(f"bench-results/{n}.json")) for n in ["gateway", "memory"]}
 r["scenarios"] = {s: json.load(open(f"bench-results/scenario-{s}.json")) for s in shapes}
 redis = os.environ["REDIS"] == "1"
+pinned = os.environ["PINNED"] == "1"
 if redis:
     r["redis"] = json.load(open("bench-results/redis.json"))
+if pinned:
+    r["redis_pinned"] = json.load(open("bench-results/redis-pinned.json"))
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 mem_gib = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))) / 2**20
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -45,6 +53,7 @@ Load generators and servers share the cores. Reproduce with `scripts/bench.sh`.
 {open("bench-results/gateway.md").read()}
 {"".join(open(f"bench-results/scenario-{s}.md").read() for s in shapes)}
 {open("bench-results/redis.md").read() if redis else ""}
+{open("bench-results/redis-pinned.md").read() if pinned else ""}
 ## Memory
 
 {m['pooled_urls']:,} pooled URLs over 1,000 keys: **{m['rss_per_pooled_url_bytes']:.0f} bytes** of resident memory per URL beyond

@@ -202,9 +202,7 @@ async fn a_redis_that_stops_taking_functions_gets_the_scripts_without_degrading(
     let (f, tenants, _) = fleet_on(settings, &clock, |_| {}).await;
     let now = clock.now_ms();
     let t = tenants.get(0);
-    let k = key(6);
-    pool_two(&f, &tenants, &k, now).await;
-    let (_, first) = hit(&f, t, &k, now, "a1").await;
+    let (k, first) = two_pooled_one_hit(&f, &tenants, now).await;
     let before = fcalls(&redis);
     assert!(first.is_some() && before >= 3, "function calls at first");
     // The operator takes FUNCTION and FCALL away (as a Redis 6 promoted under the fleet has
@@ -289,9 +287,7 @@ async fn the_pool_scripts_run_as_functions_and_a_lost_library_is_loaded_again() 
     let (f, tenants, _) = fleet(&redis, &clock).await;
     let now = clock.now_ms();
     let t = tenants.get(0);
-    let k = key(6);
-    pool_two(&f, &tenants, &k, now).await;
-    let (_, first) = hit(&f, t, &k, now, "a1").await;
+    let (k, first) = two_pooled_one_hit(&f, &tenants, now).await;
     assert!(first.is_some());
     assert!(
         fcalls(&redis) >= 3,
@@ -336,6 +332,18 @@ fn redis_key_like(redis: &RedisServer, part: &str) -> String {
         .to_string()
 }
 
+/// Pools two URLs for one key and hits it once: the key and the URL the hit got.
+async fn two_pooled_one_hit(
+    f: &Fleet,
+    tenants: &Tenants,
+    now: u64,
+) -> (PoolKey, Option<PooledUrl>) {
+    let k = key(6);
+    pool_two(f, tenants, &k, now).await;
+    let (_, first) = hit(f, tenants.get(0), &k, now, "a1").await;
+    (k, first)
+}
+
 /// Pools two URLs for `k`, issued a millisecond apart.
 async fn pool_two(f: &Fleet, tenants: &Tenants, k: &PoolKey, now: u64) {
     for i in 0..2 {
@@ -368,6 +376,18 @@ async fn a_take_sent_twice_returns_the_same_url_instead_of_losing_one() {
     assert!(
         take("c3").await.unwrap().is_none(),
         "and then the key is empty"
+    );
+    for node in &cluster.nodes {
+        assert!(
+            node.cli(&["FUNCTION", "LIST"])
+                .unwrap_or_default()
+                .contains("embedgate_"),
+            "the library is on every primary"
+        );
+    }
+    assert!(
+        cluster.nodes.iter().map(fcalls).sum::<u64>() >= 5,
+        "the puts and takes were function calls"
     );
 }
 
@@ -436,9 +456,7 @@ async fn a_standalone_hit_keeps_no_answer_behind() {
     let (f, tenants, _) = fleet(&redis, &clock).await;
     let now = clock.now_ms();
     let t = tenants.get(0);
-    let k = key(6);
-    pool_two(&f, &tenants, &k, now).await;
-    let (_, first) = hit(&f, t, &k, now, "a1").await;
+    let (k, first) = two_pooled_one_hit(&f, &tenants, now).await;
     let second = f
         .take_once(t, &k, now, MIN_REMAINING_MS, "b2")
         .await
