@@ -84,7 +84,7 @@ impl Fleet {
 
     /// [`Fleet::take`] with the take's id given: on a Redis Cluster, whose connection sends a
     /// command again after a broken connection, the same id within the re-send window gets the
-    /// same answer, however often the call is sent (see [`Fleet::remember_ms`]).
+    /// same answer, however often the call is sent (see `Fleet::remember_ms`).
     ///
     /// # Errors
     /// See [`Fleet::take`].
@@ -138,7 +138,7 @@ impl Fleet {
     /// [`Fleet::inbound_take`] with the call's id given, and without the local refusal: on a
     /// Redis Cluster the same id within the re-send window gets the same answer, however often
     /// the call is sent, so a re-sent call neither counts the request twice nor pops a second URL
-    /// (see [`Fleet::remember_ms`]).
+    /// (see `Fleet::remember_ms`).
     ///
     /// # Errors
     /// See [`Fleet::inbound_take`].
