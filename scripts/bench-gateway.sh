@@ -85,6 +85,7 @@ for i in $(seq "$RUNS"); do
   topped_up "$need"
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$gw_port" >"$work/hit.$i" 2>&1
   only_hits "$work/hit.$i" "round $i"
+  stocked "$(admin_json "$admin_port" /state 'j["pool"]["urls"]')" "round $i"
   need=$(next_need "$work/hit.$i")
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$bare_port" >"$work/bare.$i" 2>&1
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/reject.lua" "http://127.0.0.1:$gw_port" >"$work/reject.$i" 2>&1
@@ -110,6 +111,7 @@ sed "s/^done = function/delay = function() return $PACE_MS end\ndone = function/
 echo "latency at load: aiming at $at_load_rate requests/s with $at_load_conns paced connections for ${LOAD_SECS}s"
 wrk -t1 -c"$at_load_conns" -d"${LOAD_SECS}s" --latency -s "$work/paced.lua" "http://127.0.0.1:$gw_port" >"$work/at_load.txt" 2>&1
 only_hits "$work/at_load.txt" "the run at half the maximum"
+stocked "$(admin_json "$admin_port" /state 'j["pool"]["urls"]')" "the run at half the maximum"
 lib wrk-json "$work/at_load.txt" "$at_load_rate" "$at_load_conns" >"$work/at_load.json"
 stop "$gw_pid"; stop "$sim_pid"
 

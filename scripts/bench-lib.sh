@@ -79,6 +79,15 @@ only_hits() {
   cat "$1" >&2; exit 1
 }
 
+# stocked URLS WHAT: stops the bench if a round left fewer than KEYS URLs in the pool: some key
+# may have run dry during it, and requests that waited on the held simulator past the end of the
+# run show in no error count, only as a lower rate.
+stocked() {
+  [ "$1" -ge "$KEYS" ] && return 0
+  echo "$(basename "$0" .sh): $2 left $1 URLs in the pool (the pool ran dry?); raise KEYS or DEPTH" >&2
+  exit 1
+}
+
 # next_need FILE: how many URLs the next round may take: as many as the wrk run in FILE served
 # in DURATION, and half again.
 next_need() { python3 -c "print(int($(lib wrk "$1" | cut -d' ' -f1) * ${DURATION%s} * 1.5))"; }

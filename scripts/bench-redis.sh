@@ -94,7 +94,14 @@ filled() {
   echo "$mode: $target URLs in $(eval echo "\$${mode}_fill_secs") s (from the gateway's start)"
 }
 filled local
+# used_memory: Redis's used_memory (bytes); member_chars: the length of one pooled member.
+used_memory() { rcli INFO memory | awk -F: '/^used_memory:/ { print $2 + 0 }'; }
+member_chars() { rcli ZRANGE "$(rcli --scan --pattern 'embedgate:{t:bench}:p2:*' | sed -n 1p)" 0 0 | awk '{ print length($0) }'; }
+empty_memory=$(used_memory)
 filled redis
+# Redis's memory per pooled URL, right after the first fill (nothing taken yet).
+redis_bytes_per_url=$(( ($(used_memory) - empty_memory) / $(shared_urls) ))
+redis_member_chars=$(member_chars)
 
 # topped_up MODE NEED: before a round of hits, refills MODE's pool if it holds fewer than NEED
 # URLs (a fast machine can drain it in one round, and a dry pool measures the held simulator).
@@ -128,6 +135,7 @@ for i in $(seq "$RUNS"); do
   topped_up local "$need_local"
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$local_port" >"$work/local.$i" 2>&1
   only_hits "$work/local.$i" "local round $i"
+  stocked "$(pool_urls local)" "local round $i"
   need_local=$(next_need "$work/local.$i")
   topped_up redis "$need_redis"
   g0=$(cpu "$redis_pid_gw"); r0=$(cpu "$redis_pid"); read -r c0 u0 <<<"$(scripts)"
@@ -135,6 +143,7 @@ for i in $(seq "$RUNS"); do
   gw_cpu=$(python3 -c "print($gw_cpu + $(cpu "$redis_pid_gw") - $g0)"); redis_cpu=$(python3 -c "print($redis_cpu + $(cpu "$redis_pid") - $r0)")
   read -r c1 u1 <<<"$(scripts)"; script_calls=$((script_calls + c1 - c0)); script_usec=$((script_usec + u1 - u0))
   only_hits "$work/redis.$i" "shared round $i"
+  stocked "$(pool_urls redis)" "shared round $i"
   need_redis=$(next_need "$work/redis.$i")
 done
 # Redis's own time per script call during the shared runs.
@@ -151,7 +160,7 @@ ratios=$(for i in $(seq "$RUNS"); do lib wrk "$work/redis.$i" | cut -d' ' -f1; l
 mkdir -p "bench-results/raw-$out"
 # The configs, the gateways' logs and wrk's outputs, for a second look.
 cp "$work"/*.toml "$work"/*.err "$work"/local.* "$work"/redis.* "bench-results/raw-$out/" 2>/dev/null || true
-export out PIN gw_cpu redis_cpu script_usec KEYS DEPTH RUNS DURATION CONNECTIONS target local_fill_secs redis_fill_secs hits others redis_requests degraded \
+export redis_bytes_per_url redis_member_chars out PIN gw_cpu redis_cpu script_usec KEYS DEPTH RUNS DURATION CONNECTIONS target local_fill_secs redis_fill_secs hits others redis_requests degraded \
   local_rps local_p50 local_p99 local_p999 local_bad redis_rps redis_p50 redis_p99 redis_p999 redis_bad ratios
 python3 - <<'PY'
 import json, os, platform
@@ -171,6 +180,7 @@ r = {
   "redis_round_trips": {"requests": int(e["redis_requests"]), "hit": int(e["hits"]), "take_or_inbound": int(e["others"]),
                         "per_request": round((int(e["hits"]) + int(e["others"])) / max(1, int(e["redis_requests"])), 3)},
   "degraded_at_end": f("degraded"),
+  "redis_memory": {"bytes_per_pooled_url": int(e["redis_bytes_per_url"]), "member_chars": int(e["redis_member_chars"])},
   "shared_runs_cpu_secs": {"gateway": round(f("gw_cpu"), 2), "redis_server": round(f("redis_cpu"), 2),
                            "redis_usec_per_script_call": float(e["script_usec"] or 0)},
   "settings": {"keys": int(e["KEYS"]), "depth": int(e["DEPTH"]), "runs": int(e["RUNS"]), "duration": e["DURATION"],
@@ -199,6 +209,8 @@ Pool hits, wrk 1 thread, {r['settings']['connections']} connections, {r['setting
 Shared against local: **{r['hit_ratio_redis_vs_local']:.2f}x** (median of the per-round ratios {', '.join(map(str, by_round))}).
 Redis round trips during the shared runs: {rt['hit']:,} `hit` and {rt['take_or_inbound']} `take`/`inbound` for {rt['requests']:,}
 requests ({rt['per_request']} per request). Degraded at the end: {int(r['degraded_at_end'])}.
+Redis memory after the first fill: {r['redis_memory']['bytes_per_pooled_url']} bytes per pooled URL (`used_memory`; members of
+{r['redis_memory']['member_chars']} characters: the URL's 16-character digest and the URL).
 CPU during the shared runs: gateway {r['shared_runs_cpu_secs']['gateway']} s, redis-server {r['shared_runs_cpu_secs']['redis_server']} s
 ({r['shared_runs_cpu_secs']['redis_usec_per_script_call']} µs of Redis time per script call).
 """
