@@ -630,6 +630,37 @@ mod tests {
     }
 
     #[test]
+    fn a_key_asked_again_after_a_usable_life_of_silence_starts_afresh() {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
+        // Evidence: 30 keys of this kind, each asked once, their first life over.
+        for i in 0..30 {
+            d.record(&key_n(100 + i), 0, &request_n(100 + i), 0);
+        }
+        let now = 1_000_000;
+        let t = d.record(&key(), 0, &req(), now).unwrap();
+        // Yesterday's view, and today's, five minutes later (a usable life is four).
+        let today = now + 300_000;
+        d.record(&key(), 0, &req(), today);
+        let at = today + 500;
+        assert_eq!(
+            d.demonstrated_rate(&t, at),
+            0.0,
+            "one request after the silence is no stream"
+        );
+        assert_eq!(target_at(&d, &t, at, 100).0, 0, "so nothing is stocked");
+        let kind = d.kind_of(&t);
+        assert_eq!(
+            (kind.firsts, kind.recurred),
+            (32.0, 0.0),
+            "it counts as a first request again, not as one that recurred"
+        );
+        // Asked again within the life: a stream, and a recurrence of the kind.
+        d.record(&key(), 0, &req(), today + 2_000);
+        assert_eq!(target_at(&d, &t, today + 2_500, 100).0, 1);
+        assert_eq!(d.kind_of(&t).recurred, 1.0);
+    }
+
+    #[test]
     fn surplus_stocks_seconds_of_demand_within_the_usable_life() {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
         // 10 s of demand at 20/s, above the needed depth of 22.

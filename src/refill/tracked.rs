@@ -19,7 +19,8 @@ pub(super) struct DemandState {
     pub(super) decayed: f64,
     pub(super) last_ms: u64,
     pub(super) first_ms: u64,
-    /// The arrival that started tracking the key (none for a key only hinted or pinned).
+    /// The arrival that started the key's current run of requests: its first, or its first after
+    /// more than a usable life of silence (none for a key only hinted or pinned).
     pub(super) first_arrival_ms: Option<u64>,
     pub(super) hinted_until_ms: u64,
     /// This key holds one of its tenant's `max_hints` slots (released when the hint expires or
@@ -31,7 +32,7 @@ pub(super) struct DemandState {
     pub(super) predicted: Option<(u64, f64, super::Reason)>,
     /// The planner's last decision, for `/state`.
     pub(super) planned: Option<Planned>,
-    /// Requests counted (saturating).
+    /// Requests counted since `first_arrival_ms` (saturating).
     pub(super) arrivals: u32,
 }
 
@@ -103,8 +104,21 @@ impl Tracked {
     /// both end here (the key keeps what its own rate earns). Says whether it was the key's
     /// first request, or its second within `life_ms` of the first (its tenant's recurrence
     /// counts both, see `Demand::record`), and whether it released a hint slot.
+    ///
+    /// A request after more than `life_ms` of silence is a first request again: the key's
+    /// earlier requests say nothing about whether this one starts a stream (a portal user's view
+    /// of yesterday's dashboard is no more a stream than their first view was), and counted as a
+    /// second arrival it read as a demonstrated rate of one per τ, enough to stock a URL that
+    /// then expired unused.
     pub(super) fn record(&self, now_ms: u64, tau_secs: f64, life_ms: u64) -> Recorded {
         let mut s = self.state.lock();
+        let silent = s.first_arrival_ms.is_some() && now_ms.saturating_sub(s.last_ms) > life_ms;
+        if silent {
+            // What is left of the earlier run's weight (under e^(-life/τ)) goes with it.
+            s.decayed = 0.0;
+            s.first_arrival_ms = None;
+            s.arrivals = 0;
+        }
         let dt = now_ms.saturating_sub(s.last_ms) as f64 / 1000.0;
         s.decayed = s.decayed * (-dt / tau_secs).exp() + 1.0;
         s.last_ms = now_ms;
@@ -148,9 +162,10 @@ impl Tracked {
         decayed / (tau_secs * (1.0 - (-age / tau_secs).exp()))
     }
 
-    /// The rate shown by arrivals *after* the one that started tracking the key. That first
-    /// arrival is why the key is observed at all, so counting it reads a single request as a
-    /// rate of 1/s for a while; stocking surplus on that would waste budget on one-off keys.
+    /// The rate shown by arrivals *after* the one that started the key's current run (see
+    /// [`Tracked::record`]). That arrival is why the key is observed at all, so counting it reads
+    /// a single request as a rate of 1/s for a while; stocking surplus on that would waste budget
+    /// on one-off keys.
     pub fn demonstrated_rate(&self, now_ms: u64, tau_secs: f64) -> f64 {
         let rate = self.rate(now_ms, tau_secs);
         let s = self.state.lock();
