@@ -228,8 +228,9 @@ pub struct RefillSettings {
     /// demand (never beyond what a URL's usable life can absorb), so a burst above the budget is
     /// served from the pool. 0 turns it off.
     pub surplus_secs: f64,
-    /// Pre-fetch a key only if a request is at least this likely to arrive within a URL's usable
-    /// life (0–1). Hinted and warm keys are pre-fetched regardless.
+    /// Stock a key for its own request rate only if a request is at least this likely to arrive
+    /// within a URL's usable life (0–1). Hinted and warm keys are pre-fetched regardless; a key
+    /// asked for once is judged by its kind against `predict_min_probability`.
     pub min_probability: f64,
     /// Half-life of the demand estimate.
     pub demand_half_life_secs: f64,
@@ -242,8 +243,9 @@ pub struct RefillSettings {
     /// Learn registered users' sessions (what follows what, who comes back) and stock the keys
     /// they predict with idle budget.
     pub sessions: bool,
-    /// Stock a session prediction only if it is at least this likely to be asked for within a
-    /// URL's usable life (0–1): below one half a URL would more likely expire unused.
+    /// Stock a prediction (a session's, or a key asked for once, judged by how often its
+    /// tenant's keys of its kind are asked again) only if it is at least this likely to be asked
+    /// for within a URL's usable life (0–1): below one half a URL would more likely expire unused.
     pub predict_min_probability: f64,
     /// Most users whose sessions are remembered, per tenant.
     pub max_session_users: usize,

@@ -71,6 +71,9 @@ struct Counts {
     /// Per tenant, for keys without and with a registered user: how often a key asked for once
     /// is asked for again within a URL's usable life.
     recurrence: Vec<parking_lot::Mutex<[Recurrence; 2]>>,
+    /// The same over every tenant: what a tenant's first keys are judged by until its own are
+    /// known (see [`Demand::known_recurrence`]).
+    all_tenants: parking_lot::Mutex<[Recurrence; 2]>,
 }
 
 impl Counts {
@@ -111,6 +114,7 @@ impl Demand {
             tracked: caps.iter().map(|_| AtomicUsize::new(0)).collect(),
             hints: caps.iter().map(|_| AtomicUsize::new(0)).collect(),
             recurrence: caps.iter().map(|_| Default::default()).collect(),
+            all_tenants: Default::default(),
         });
         let listener = counts.clone();
         let keys = moka::sync::Cache::builder()
@@ -140,9 +144,12 @@ impl Demand {
         self.life_ms as f64 / 1000.0
     }
 
-    /// The recurrence counts of `t`'s kind.
-    fn kind_of(&self, t: &Tracked) -> Recurrence {
-        self.counts.recurrence[t.tenant].lock()[usize::from(t.request.user_arn().is_some())]
+    /// The recurrence counts of `t`'s kind: its tenant's, and every tenant's.
+    fn kind_of(&self, t: &Tracked) -> (Recurrence, Recurrence) {
+        let kind = usize::from(t.request.user_arn().is_some());
+        let own = self.counts.recurrence[t.tenant].lock()[kind];
+        let all = self.counts.all_tenants.lock()[kind];
+        (own, all)
     }
 
     /// The probability, learned per tenant and separately for keys with and without a
@@ -150,14 +157,29 @@ impl Demand {
     /// usable life (see [`Recurrence`]). A shared anonymous dashboard's key recurs; a
     /// registered user's view of one dashboard mostly does not.
     pub fn recurrence(&self, t: &Tracked, now_ms: u64) -> f64 {
-        self.kind_of(t).probability(now_ms, self.life_secs())
+        self.kind_of(t).0.probability(now_ms, self.life_secs())
     }
 
-    /// [`Demand::recurrence`] when enough keys like `t` have settled to trust it.
+    /// The recurrence of `t`'s kind once there is evidence enough to trust: its tenant's own
+    /// ([`Demand::recurrence`]) when [`MIN_SETTLED_KEYS`] of its keys have settled. Before that,
+    /// the tenant's settled keys are topped up to that many with keys that recur as every
+    /// tenant's do, if those are known: a tenant's first minute is judged by what the gateway
+    /// has seen of keys of the kind, not taken as the start of a stream key by key (one URL
+    /// stocked, and mostly wasted, for each of a new portal's one-off views), and from its
+    /// [`MIN_SETTLED_KEYS`]th settled key on by its own alone, so another tenant's keys never
+    /// outweigh a tenant's own evidence. `None` while neither is known.
     fn known_recurrence(&self, t: &Tracked, now_ms: u64) -> Option<f64> {
-        let kind = self.kind_of(t);
-        (kind.settled(now_ms, self.life_secs()) >= MIN_SETTLED_KEYS)
-            .then(|| kind.probability(now_ms, self.life_secs()))
+        let life = self.life_secs();
+        let (own, all) = self.kind_of(t);
+        let settled = own.settled(now_ms, life);
+        if settled >= MIN_SETTLED_KEYS {
+            return Some(own.probability(now_ms, life));
+        }
+        if all.settled(now_ms, life) < MIN_SETTLED_KEYS {
+            return None;
+        }
+        let borrowed = (MIN_SETTLED_KEYS - settled) * all.probability(now_ms, life);
+        Some(((own.recurred + borrowed + 1.0) / (MIN_SETTLED_KEYS + 2.0)).min(1.0))
     }
 
     /// The tracked entry for `key`, if any.
@@ -211,13 +233,16 @@ impl Demand {
             self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
         }
         if recorded.first || recorded.recurred {
-            let mut all = self.counts.recurrence[t.tenant].lock();
-            let r = &mut all[usize::from(t.request.user_arn().is_some())];
-            if recorded.recurred {
-                r.recurred += 1.0;
-            } else {
-                r.first(now_ms, self.life_secs());
-            }
+            let kind = usize::from(t.request.user_arn().is_some());
+            let count = |r: &mut Recurrence| {
+                if recorded.recurred {
+                    r.recurred += 1.0;
+                } else {
+                    r.first(now_ms, self.life_secs());
+                }
+            };
+            count(&mut self.counts.recurrence[t.tenant].lock()[kind]);
+            count(&mut self.counts.all_tenants.lock()[kind]);
         }
         Some(t)
     }
@@ -319,18 +344,20 @@ impl Demand {
         max_per_key: usize,
     ) -> (usize, Reason) {
         let life = (URL_VALIDITY_SECS.saturating_sub(min_remaining_secs)) as f64 - lead_secs;
-        let min = self.settings.min_probability;
-        let streaming = self.probability(shown, lead_secs, min_remaining_secs) >= min;
-        let likely =
-            streaming || self.likelihood(t, shown, now_ms, lead_secs, min_remaining_secs) >= min;
+        let streaming =
+            self.probability(shown, lead_secs, min_remaining_secs) >= self.settings.min_probability;
         let mut depth = 0usize;
         let mut reason = Reason::Prefetch;
         if streaming {
             let needed = (lambda * (lead_secs + self.settings.safety_secs)).ceil();
             let useful = (lambda * life).floor().max(1.0);
             depth = needed.min(useful).max(1.0) as usize;
-        } else if likely {
-            // Likely by its kind only (one request, no rate of its own): one URL for the next.
+        } else if self
+            .by_kind(t, now_ms)
+            .is_some_and(|p| p >= self.settings.predict_min_probability)
+        {
+            // Likely by its kind only (one request, no rate of its own): one URL for the next,
+            // a prediction like a session's, held to the same bar.
             depth = 1;
         }
         let s = t.state.lock();
@@ -354,8 +381,7 @@ impl Demand {
 
     /// The probability that `t` is asked for again within a URL's usable life: from its
     /// demonstrated rate `shown`, or, while it has had a single request within that life, from
-    /// how often its tenant's keys asked once were asked again (one request shows no rate of
-    /// its own).
+    /// how often its tenant's keys asked once were asked again (see [`Demand::by_kind`]).
     pub fn likelihood(
         &self,
         t: &Tracked,
@@ -365,20 +391,23 @@ impl Demand {
         min_remaining_secs: u64,
     ) -> f64 {
         let from_rate = self.probability(shown, lead_secs, min_remaining_secs);
+        match self.by_kind(t, now_ms) {
+            Some(p) => from_rate.max(p),
+            None => from_rate,
+        }
+    }
+
+    /// While `t` has had a single request within a URL's usable life (one request shows no rate
+    /// of its own): the probability that it is asked again within that life, judged by its kind
+    /// ([`Demand::known_recurrence`]), or 1 while nothing is known of the kind (a first request
+    /// is taken as the start of a stream). `None` for a key its own requests describe.
+    fn by_kind(&self, t: &Tracked, now_ms: u64) -> Option<f64> {
         let s = t.state.lock();
         let single_and_fresh = s.arrivals == 1
             && s.first_arrival_ms
                 .is_some_and(|first| now_ms.saturating_sub(first) <= self.life_ms);
         drop(s);
-        if !single_and_fresh {
-            from_rate
-        } else if let Some(p) = self.known_recurrence(t, now_ms) {
-            from_rate.max(p)
-        } else {
-            // No evidence about keys of its kind yet: a first request is taken as the start of
-            // a stream (one URL is stocked), until the tenant's own keys say otherwise.
-            1.0
-        }
+        single_and_fresh.then(|| self.known_recurrence(t, now_ms).unwrap_or(1.0))
     }
 
     /// How many URLs `t` may hold when the upstream budget has room to spare: `surplus_secs` of
@@ -572,6 +601,34 @@ mod tests {
     }
 
     #[test]
+    fn a_first_request_is_stocked_when_its_kind_recurs_more_often_than_not() {
+        // Three in five of the tenant's keys are asked again: below the bar a stream must clear
+        // (`min_probability`, 0.9), above the one a prediction must (`predict_min_probability`).
+        let three_in_five = |settings: &RefillSettings| {
+            let d = Demand::new(settings, vec![(10, 100)]);
+            for i in 0..30 {
+                d.record(&key_n(100 + i), 0, &request_n(100 + i), 0);
+                if i % 5 < 3 {
+                    d.record(&key_n(100 + i), 0, &request_n(100 + i), 1_000);
+                }
+            }
+            d
+        };
+        let now = 1_000_000;
+        let d = three_in_five(&RefillSettings::default());
+        let t = d.record(&key(), 0, &req(), now).unwrap();
+        let p = d.recurrence(&t, now);
+        assert!((0.55..0.65).contains(&p), "{p}");
+        assert_eq!(target_at(&d, &t, now + 500, 100), (1, Reason::Prefetch));
+        let d = three_in_five(&RefillSettings {
+            predict_min_probability: 0.7,
+            ..RefillSettings::default()
+        });
+        let t = d.record(&key(), 0, &req(), now).unwrap();
+        assert_eq!(target_at(&d, &t, now + 500, 100).0, 0);
+    }
+
+    #[test]
     fn a_key_asked_for_once_is_stocked_one_deep_until_its_kind_is_known() {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
         let t = d.record(&key(), 0, &req(), 1_000).unwrap();
@@ -648,7 +705,7 @@ mod tests {
             "one request after the silence is no stream"
         );
         assert_eq!(target_at(&d, &t, at, 100).0, 0, "so nothing is stocked");
-        let kind = d.kind_of(&t);
+        let (kind, _) = d.kind_of(&t);
         assert_eq!(
             (kind.firsts, kind.recurred),
             (32.0, 0.0),
@@ -657,7 +714,34 @@ mod tests {
         // Asked again within the life: a stream, and a recurrence of the kind.
         d.record(&key(), 0, &req(), today + 2_000);
         assert_eq!(target_at(&d, &t, today + 2_500, 100).0, 1);
-        assert_eq!(d.kind_of(&t).recurred, 1.0);
+        assert_eq!(d.kind_of(&t).0.recurred, 1.0);
+    }
+
+    #[test]
+    fn a_new_tenants_first_keys_are_judged_by_the_other_tenants_until_its_own_are_known() {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100), (10, 100)]);
+        // Tenant 0: 30 registered users' one-off views, their first life over.
+        for i in 0..30 {
+            d.record(&key_n(100 + i), 0, &request_n(100 + i), 0);
+        }
+        let now = 1_000_000;
+        // Tenant 1's first request of the kind: not taken as the start of a stream.
+        let t = d.record(&key_n(1), 1, &request_n(1), now).unwrap();
+        let p = d.known_recurrence(&t, now).expect("known from tenant 0");
+        assert!(p < 0.1, "{p}");
+        assert_eq!(target_at(&d, &t, now + 500, 100).0, 0);
+        // Tenant 1's own keys recur; from its 20th settled key on they alone count.
+        let mut at = now;
+        for i in 0..25 {
+            d.record(&key_n(200 + i), 1, &request_n(200 + i), at);
+            d.record(&key_n(200 + i), 1, &request_n(200 + i), at + 1_000);
+            at += 2_000;
+        }
+        at += 240_000;
+        let t = d.record(&key_n(300), 1, &request_n(300), at).unwrap();
+        let p = d.known_recurrence(&t, at).unwrap();
+        assert!(p > 0.9, "{p}");
+        assert_eq!(target_at(&d, &t, at + 500, 100).0, 1);
     }
 
     #[test]
