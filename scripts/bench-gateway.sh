@@ -54,15 +54,6 @@ filled_gateway() {
   filled
 }
 
-# topped_up NEED: before a round of hits, refills the pool if it holds fewer than NEED URLs (on a
-# fast machine one round can take most of it, and a dry pool would measure the simulator's held
-# calls instead of hits).
-topped_up() {
-  local urls; urls=$(admin_json "$admin_port" /state 'j["pool"]["urls"]')
-  [ "$urls" -ge "$1" ] && return 0
-  echo "the pool holds $urls URLs, fewer than a round may take ($1): refilling"
-  filled
-}
 filled_gateway
 
 hit_script "$KEYS" "$work/hit.lua"
@@ -82,7 +73,7 @@ $examples/bare "127.0.0.1:$bare429_port" "$reject_size" 429 >"$work/bare429.out"
 bare429=$!; pids+=("$bare429"); wait_for "$work/bare429.out" "listening on"
 need=$((KEYS * DEPTH / 2))
 for i in $(seq "$RUNS"); do
-  topped_up "$need"
+  topped_up "$(admin_json "$admin_port" /state 'j["pool"]["urls"]')" "$need" "the pool" filled
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$gw_port" >"$work/hit.$i" 2>&1
   only_hits "$work/hit.$i" "round $i"
   stocked "$(admin_json "$admin_port" /state 'j["pool"]["urls"]')" "round $i"

@@ -88,6 +88,16 @@ stocked() {
   exit 1
 }
 
+# topped_up HAVE NEED WHAT REFILL...: before a round of hits, runs REFILL when WHAT holds HAVE URLs,
+# fewer than the NEED the round may take (a fast machine can drain a pool in one round, and a dry
+# pool would measure the held simulator's calls instead of hits).
+topped_up() {
+  local have=$1 need=$2 what=$3; shift 3
+  [ "$have" -ge "$need" ] && return 0
+  echo "$what holds $have URLs, fewer than a round may take ($need): refilling"
+  "$@"
+}
+
 # next_need FILE: how many URLs the next round may take: as many as the wrk run in FILE served
 # in DURATION, and half again.
 next_need() { python3 -c "print(int($(lib wrk "$1" | cut -d' ' -f1) * ${DURATION%s} * 1.5))"; }

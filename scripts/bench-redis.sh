@@ -103,15 +103,6 @@ filled redis
 redis_bytes_per_url=$(( ($(used_memory) - empty_memory) / $(shared_urls) ))
 redis_member_chars=$(member_chars)
 
-# topped_up MODE NEED: before a round of hits, refills MODE's pool if it holds fewer than NEED
-# URLs (a fast machine can drain it in one round, and a dry pool measures the held simulator).
-topped_up() {
-  local urls; urls=$(pool_urls "$1")
-  [ "$urls" -ge "$2" ] && return 0
-  echo "the $1 pool holds $urls URLs, fewer than a round may take ($2): refilling"
-  fill "$1"
-}
-
 hit_script "$KEYS" "$work/hit.lua"
 # metric PORT SAMPLE: one sample's value from the admin listener (0 when absent).
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v s="$2" '$1 == s { print $2; f = 1 } END { if (!f) print 0 }'; }
@@ -132,12 +123,12 @@ hits_before=$(hit_calls); others_before=$(other_calls)
 gw_cpu=0; redis_cpu=0; script_calls=0; script_usec=0
 need_local=$((target / 2)); need_redis=$((target / 2))
 for i in $(seq "$RUNS"); do
-  topped_up local "$need_local"
+  topped_up "$(pool_urls local)" "$need_local" "the local pool" fill local
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$local_port" >"$work/local.$i" 2>&1
   only_hits "$work/local.$i" "local round $i"
   stocked "$(pool_urls local)" "local round $i"
   need_local=$(next_need "$work/local.$i")
-  topped_up redis "$need_redis"
+  topped_up "$(pool_urls redis)" "$need_redis" "the shared pool" fill redis
   g0=$(cpu "$redis_pid_gw"); r0=$(cpu "$redis_pid"); read -r c0 u0 <<<"$(scripts)"
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$redis_port" >"$work/redis.$i" 2>&1
   gw_cpu=$(python3 -c "print($gw_cpu + $(cpu "$redis_pid_gw") - $g0)"); redis_cpu=$(python3 -c "print($redis_cpu + $(cpu "$redis_pid") - $r0)")
