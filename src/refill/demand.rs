@@ -144,12 +144,14 @@ impl Demand {
         self.life_ms as f64 / 1000.0
     }
 
-    /// The recurrence counts of `t`'s kind: its tenant's, and every tenant's.
-    fn kind_of(&self, t: &Tracked) -> (Recurrence, Recurrence) {
-        let kind = usize::from(t.request.user_arn().is_some());
-        let own = self.counts.recurrence[t.tenant].lock()[kind];
-        let all = self.counts.all_tenants.lock()[kind];
-        (own, all)
+    /// `t`'s kind: 0 without a registered user, 1 with one.
+    fn kind(t: &Tracked) -> usize {
+        usize::from(t.request.user_arn().is_some())
+    }
+
+    /// The recurrence counts of `t`'s kind for its tenant.
+    fn kind_of(&self, t: &Tracked) -> Recurrence {
+        self.counts.recurrence[t.tenant].lock()[Self::kind(t)]
     }
 
     /// The probability, learned per tenant and separately for keys with and without a
@@ -157,7 +159,7 @@ impl Demand {
     /// usable life (see [`Recurrence`]). A shared anonymous dashboard's key recurs; a
     /// registered user's view of one dashboard mostly does not.
     pub fn recurrence(&self, t: &Tracked, now_ms: u64) -> f64 {
-        self.kind_of(t).0.probability(now_ms, self.life_secs())
+        self.kind_of(t).probability(now_ms, self.life_secs())
     }
 
     /// The recurrence of `t`'s kind once there is evidence enough to trust: its tenant's own
@@ -170,11 +172,12 @@ impl Demand {
     /// outweigh a tenant's own evidence. `None` while neither is known.
     fn known_recurrence(&self, t: &Tracked, now_ms: u64) -> Option<f64> {
         let life = self.life_secs();
-        let (own, all) = self.kind_of(t);
+        let own = self.kind_of(t);
         let settled = own.settled(now_ms, life);
         if settled >= MIN_SETTLED_KEYS {
             return Some(own.probability(now_ms, life));
         }
+        let all = self.counts.all_tenants.lock()[Self::kind(t)];
         if all.settled(now_ms, life) < MIN_SETTLED_KEYS {
             return None;
         }
@@ -233,7 +236,7 @@ impl Demand {
             self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
         }
         if recorded.first || recorded.recurred {
-            let kind = usize::from(t.request.user_arn().is_some());
+            let kind = Self::kind(&t);
             let count = |r: &mut Recurrence| {
                 if recorded.recurred {
                     r.recurred += 1.0;
@@ -669,9 +672,7 @@ mod tests {
     fn a_key_asked_for_once_is_not_stocked_until_it_is_asked_again() {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
         // Evidence: 30 keys of this kind, each asked once, their first life over.
-        for i in 0..30 {
-            d.record(&key_n(100 + i), 0, &request_n(100 + i), 0);
-        }
+        asked_once(&d, 0, 30);
         d.sweep(241_000);
         let now = 1_000_000;
         let t = d.record(&key(), 0, &req(), now).unwrap();
@@ -690,9 +691,7 @@ mod tests {
     fn a_key_asked_again_after_a_usable_life_of_silence_starts_afresh() {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
         // Evidence: 30 keys of this kind, each asked once, their first life over.
-        for i in 0..30 {
-            d.record(&key_n(100 + i), 0, &request_n(100 + i), 0);
-        }
+        asked_once(&d, 0, 30);
         let now = 1_000_000;
         let t = d.record(&key(), 0, &req(), now).unwrap();
         // Yesterday's view, and today's, five minutes later (a usable life is four).
@@ -705,7 +704,7 @@ mod tests {
             "one request after the silence is no stream"
         );
         assert_eq!(target_at(&d, &t, at, 100).0, 0, "so nothing is stocked");
-        let (kind, _) = d.kind_of(&t);
+        let kind = d.kind_of(&t);
         assert_eq!(
             (kind.firsts, kind.recurred),
             (32.0, 0.0),
@@ -714,16 +713,14 @@ mod tests {
         // Asked again within the life: a stream, and a recurrence of the kind.
         d.record(&key(), 0, &req(), today + 2_000);
         assert_eq!(target_at(&d, &t, today + 2_500, 100).0, 1);
-        assert_eq!(d.kind_of(&t).0.recurred, 1.0);
+        assert_eq!(d.kind_of(&t).recurred, 1.0);
     }
 
     #[test]
     fn a_new_tenants_first_keys_are_judged_by_the_other_tenants_until_its_own_are_known() {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100), (10, 100)]);
-        // Tenant 0: 30 registered users' one-off views, their first life over.
-        for i in 0..30 {
-            d.record(&key_n(100 + i), 0, &request_n(100 + i), 0);
-        }
+        // Tenant 0: 30 one-off views, their first life over.
+        asked_once(&d, 0, 30);
         let now = 1_000_000;
         // Tenant 1's first request of the kind: not taken as the start of a stream.
         let t = d.record(&key_n(1), 1, &request_n(1), now).unwrap();
@@ -778,6 +775,14 @@ mod tests {
         let expired = later + settings.hint_ttl_secs * 1000 + 1;
         d.sweep(expired);
         assert!(d.hint(&k2, 0, &other, expired));
+    }
+
+    /// Evidence for `tenant`: `n` keys of the kind of `req()` (no registered user), each asked
+    /// for once at 0 (their first life is over by any `now` past four minutes).
+    fn asked_once(d: &Demand, tenant: TenantId, n: usize) {
+        for i in 0..n {
+            d.record(&key_n(100 + i), tenant, &request_n(100 + i), 0);
+        }
     }
 
     fn key_n(i: usize) -> PoolKey {
@@ -839,9 +844,7 @@ mod tests {
     fn a_hint_ends_with_the_request_it_announced() {
         let d = Demand::new(&RefillSettings::default(), vec![(1, 100)]);
         // Evidence that this tenant's keys of this kind are one-off views.
-        for i in 0..30 {
-            d.record(&key_n(100 + i), 0, &request_n(100 + i), 0);
-        }
+        asked_once(&d, 0, 30);
         d.sweep(241_000);
         let t0 = 250_000;
         assert!(d.hint(&key(), 0, &req(), t0));
