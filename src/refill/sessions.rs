@@ -8,7 +8,8 @@
 //! - **followers**: for each thing a URL opens (an *object*: the operation and the experience,
 //!   e.g. one dashboard), how often each other object was opened by the same user within a URL's
 //!   usable life after it. When a user opens (or is hinted for) object A, every object B with
-//!   P(B follows A) ≥ `predict_min_probability` is predicted for that user: B's last request
+//!   P(B follows A) ≥ `predict_min_probability`, seen following A at least twice, is predicted
+//!   for that user once A has two settled views (see `Object::settled`): B's last request
 //!   from any user of the tenant, re-addressed to this user (`EmbedRequest::for_user`) and
 //!   admitted through the tenant's policy like any request.
 //! - **returning users**: the tenant's rate of session starts by users it already knows, spread
@@ -45,7 +46,12 @@ pub const MAX_FOLLOWERS: usize = 16;
 /// Most recent views remembered per user.
 pub const MAX_RECENT: usize = 8;
 /// Fewest settled views of an object (see `Object::settled`) before its followers are trusted.
-const MIN_EVIDENCE: f64 = 5.0;
+const MIN_EVIDENCE: f64 = 2.0;
+/// Fewest times a follower must have followed before it is predicted: one sighting may be a
+/// user's random pick, two of the same pick rarely are. (At the default bar of one half, two
+/// settled views already need two; at a lower `predict_min_probability` this keeps a single
+/// sighting from being stocked.)
+const MIN_FOLLOWS: f64 = 2.0;
 /// Counts are halved beyond this, so old habits fade as new ones are seen.
 const MAX_COUNT: f64 = 10_000.0;
 /// How often returning users are re-evaluated, milliseconds.
@@ -397,7 +403,7 @@ impl Sessions {
         }
         for (next, n) in &o.next {
             let p = (n / settled).min(1.0);
-            if p < self.min_probability {
+            if *n < MIN_FOLLOWS || p < self.min_probability {
                 continue;
             }
             let Some(b) = book.objects.get(next) else {
@@ -520,6 +526,33 @@ mod tests {
             p[0].probability
         );
         assert_eq!(p[0].until_ms, 1_200_000 + 240_000);
+    }
+
+    #[test]
+    fn a_follower_seen_twice_is_trusted_from_an_objects_first_views_and_once_is_not() {
+        // A tenant that stocks predictions down to one in three.
+        let s = sessions(0.3, 100);
+        // A new tenant's first minute: three users open home, then sales 10 s later; one of them
+        // then picks ops.
+        for (i, user) in ["u0", "u1", "u2"].iter().enumerate() {
+            let at = 1_000_000 + i as u64 * 1_000;
+            s.observe(&view(user, "home"), at, Seen::View);
+            s.observe(&view(user, "sales"), at + 10_000, Seen::View);
+        }
+        s.observe(&view("u0", "ops"), 1_020_000, Seen::View);
+        s.drain(1_060_000);
+        s.observe(&view("newcomer", "home"), 1_060_000, Seen::View);
+        let home = dashboards(&s.drain(1_060_000));
+        assert_eq!(
+            home.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(),
+            ["sales"],
+            "sales followed every view of home; ops followed one in three, a single sighting"
+        );
+        s.observe(&view("other", "sales"), 1_060_000, Seen::View);
+        assert!(
+            s.drain(1_060_000).is_empty(),
+            "ops followed sales once in three views: a single sighting"
+        );
     }
 
     #[test]
