@@ -30,6 +30,9 @@ gw_port=$(free_port); admin_port=$(free_port); bare_port=$(free_port); bare429_p
 # gateway_config SIM_URL: the gateway's config, KEYS warm keys of DEPTH URLs each.
 gateway_config() { lib config gateway "$bin" "$work/gateway.toml" "$1" "$gw_port" "$admin_port" "$KEYS" "$DEPTH"; }
 
+# pool_urls: the URLs in the gateway's pool.
+pool_urls() { admin_json "$admin_port" /state 'j["pool"]["urls"]'; }
+
 # filled: lets the simulator answer until the gateway's pool holds KEYS x DEPTH URLs (or five
 # minutes pass), then makes it hold every call again, so only pool hits are measured.
 filled() {
@@ -37,7 +40,7 @@ filled() {
   sim_hangs 0.0
   for _ in $(seq 1200); do
     kill -0 "$gw_pid" 2>/dev/null || { echo "bench-gateway: the gateway exited:" >&2; cat "$work/gateway.toml.err" >&2; exit 1; }
-    urls=$(admin_json "$admin_port" /state 'j["pool"]["urls"]' 2>/dev/null || echo 0)
+    urls=$(pool_urls 2>/dev/null || echo 0)
     [ "$urls" -ge "$target" ] && break
     sleep 0.25
   done
@@ -73,10 +76,9 @@ $examples/bare "127.0.0.1:$bare429_port" "$reject_size" 429 >"$work/bare429.out"
 bare429=$!; pids+=("$bare429"); wait_for "$work/bare429.out" "listening on"
 need=$((KEYS * DEPTH / 2))
 for i in $(seq "$RUNS"); do
-  topped_up "$(admin_json "$admin_port" /state 'j["pool"]["urls"]')" "$need" "the pool" filled
+  topped_up "$(pool_urls)" "$need" "the pool" filled
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$gw_port" >"$work/hit.$i" 2>&1
-  only_hits "$work/hit.$i" "round $i"
-  stocked "$(admin_json "$admin_port" /state 'j["pool"]["urls"]')" "round $i"
+  only_hits "$work/hit.$i" "$(pool_urls)" "round $i"
   need=$(next_need "$work/hit.$i")
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$bare_port" >"$work/bare.$i" 2>&1
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/reject.lua" "http://127.0.0.1:$gw_port" >"$work/reject.$i" 2>&1
@@ -101,8 +103,7 @@ at_load_conns=$(python3 -c "print(max(1, round($at_load_rate * ($PACE_MS + $hit_
 sed "s/^done = function/delay = function() return $PACE_MS end\ndone = function/" "$work/hit.lua" >"$work/paced.lua"
 echo "latency at load: aiming at $at_load_rate requests/s with $at_load_conns paced connections for ${LOAD_SECS}s"
 wrk -t1 -c"$at_load_conns" -d"${LOAD_SECS}s" --latency -s "$work/paced.lua" "http://127.0.0.1:$gw_port" >"$work/at_load.txt" 2>&1
-only_hits "$work/at_load.txt" "the run at half the maximum"
-stocked "$(admin_json "$admin_port" /state 'j["pool"]["urls"]')" "the run at half the maximum"
+only_hits "$work/at_load.txt" "$(pool_urls)" "the run at half the maximum"
 lib wrk-json "$work/at_load.txt" "$at_load_rate" "$at_load_conns" >"$work/at_load.json"
 stop "$gw_pid"; stop "$sim_pid"
 

@@ -71,20 +71,18 @@ sim_hangs() {
     -d "{\"hang_rate\": $1, \"hang_ms\": 3600000}" >/dev/null
 }
 
-# only_hits FILE WHAT: stops the bench if the wrk run in FILE met anything but pool hits (socket
-# errors, timeouts or non-2xx: the pool ran dry, and the run measured the held simulator).
+# only_hits FILE URLS WHAT: stops the bench unless the wrk run in FILE met only pool hits (no
+# socket errors, timeouts or non-2xx: else the pool ran dry and the run measured the held
+# simulator) and left at least KEYS URLs (URLS) in the pool (else some key may have run dry, and
+# requests that waited on the held simulator past the end of the run show in no error count,
+# only as a lower rate).
 only_hits() {
-  grep -q 'Socket errors\|Non-2xx' "$1" || return 0
-  echo "$(basename "$0" .sh): $2 met more than pool hits (the pool ran dry?); raise KEYS or DEPTH:" >&2
-  cat "$1" >&2; exit 1
-}
-
-# stocked URLS WHAT: stops the bench if a round left fewer than KEYS URLs in the pool: some key
-# may have run dry during it, and requests that waited on the held simulator past the end of the
-# run show in no error count, only as a lower rate.
-stocked() {
-  [ "$1" -ge "$KEYS" ] && return 0
-  echo "$(basename "$0" .sh): $2 left $1 URLs in the pool (the pool ran dry?); raise KEYS or DEPTH" >&2
+  if grep -q 'Socket errors\|Non-2xx' "$1"; then
+    echo "$(basename "$0" .sh): $3 met more than pool hits (the pool ran dry?); raise KEYS or DEPTH:" >&2
+    cat "$1" >&2; exit 1
+  fi
+  [ "$2" -ge "$KEYS" ] && return 0
+  echo "$(basename "$0" .sh): $3 left $2 URLs in the pool (the pool ran dry?); raise KEYS or DEPTH" >&2
   exit 1
 }
 

@@ -125,16 +125,14 @@ need_local=$((target / 2)); need_redis=$((target / 2))
 for i in $(seq "$RUNS"); do
   topped_up "$(pool_urls local)" "$need_local" "the local pool" fill local
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$local_port" >"$work/local.$i" 2>&1
-  only_hits "$work/local.$i" "local round $i"
-  stocked "$(pool_urls local)" "local round $i"
+  only_hits "$work/local.$i" "$(pool_urls local)" "local round $i"
   need_local=$(next_need "$work/local.$i")
   topped_up "$(pool_urls redis)" "$need_redis" "the shared pool" fill redis
   g0=$(cpu "$redis_pid_gw"); r0=$(cpu "$redis_pid"); read -r c0 u0 <<<"$(scripts)"
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$redis_port" >"$work/redis.$i" 2>&1
   gw_cpu=$(python3 -c "print($gw_cpu + $(cpu "$redis_pid_gw") - $g0)"); redis_cpu=$(python3 -c "print($redis_cpu + $(cpu "$redis_pid") - $r0)")
   read -r c1 u1 <<<"$(scripts)"; script_calls=$((script_calls + c1 - c0)); script_usec=$((script_usec + u1 - u0))
-  only_hits "$work/redis.$i" "shared round $i"
-  stocked "$(pool_urls redis)" "shared round $i"
+  only_hits "$work/redis.$i" "$(pool_urls redis)" "shared round $i"
   need_redis=$(next_need "$work/redis.$i")
 done
 # Redis's own time per script call during the shared runs.
