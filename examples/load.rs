@@ -3,10 +3,12 @@
 //! stalled server shows up in the percentiles instead of slowing the generator down.
 //!
 //! ```text
-//! load scenario gateway <gateway-url> <scenario.json>
+//! load scenario gateway <gateway-url>[,<gateway-url>...] <scenario.json>
 //! load scenario direct <simulator-url> <scenario.json>
 //!     the pool-efficiency scenario through the gateway, or straight to QuickSight (the simulator)
-//!     with the AWS SDK and its default retries, as a portal without embedgate would
+//!     with the AWS SDK and its default retries, as a portal without embedgate would. Given
+//!     several gateway URLs (replicas of one fleet), the calls go to them in turn, as a load
+//!     balancer without affinity spreads a portal's requests: a user's views land on any replica
 //! ```
 //! Prints one JSON object on stdout.
 
@@ -575,7 +577,7 @@ where
 
 async fn scenario(args: &[String]) -> serde_json::Value {
     let [mode, url, file] = args else {
-        panic!("scenario gateway|direct <url> <scenario.json>");
+        panic!("scenario gateway|direct <url>[,<url>...] <scenario.json>");
     };
     let s: Scenario = serde_json::from_str(&std::fs::read_to_string(file).expect("scenario file"))
         .expect("scenario JSON");
@@ -586,9 +588,11 @@ async fn scenario(args: &[String]) -> serde_json::Value {
     let (done, elapsed) = match mode.as_str() {
         "gateway" => {
             let http = http_client();
-            let base: Arc<str> = url.as_str().into();
+            let bases: Vec<Arc<str>> = url.split(',').map(Into::into).collect();
+            let turn = std::sync::atomic::AtomicUsize::new(0);
             run_open_loop(&plan, |c| {
-                let (http, base) = (http.clone(), base.clone());
+                let i = turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (http, base) = (http.clone(), bases[i % bases.len()].clone());
                 async move { gateway_call(&http, &base, c).await }
             })
             .await

@@ -16,11 +16,15 @@
 #             apart, along the tenant's usual paths with probability FOLLOW (0.8); public dashboards
 #             are viewed anonymously at ANON_RATE/s (3); HINT_TENANTS (0.3) of the tenants hint each
 #             login's landing dashboard 2 s ahead.
+# REPLICAS (1): with more, a fleet of that many gateways sharing one Redis (cluster mode; needs
+# redis-server, which scripts/setup.sh installs), and the load goes to them in turn, as a load
+# balancer without affinity spreads a portal's requests. Its figures are the fleet's: metrics
+# summed over the replicas, the URLs left at the end counted in the shared pool.
 # The simulator answers with log-normal latency (median LATENCY_MS, p99 LATENCY_P99_MS) and
 # throttles the account above BUDGET calls/s; the gateway's upstream budget is BUDGET too. Run 1:
 # through the gateway. Run 2 (skipped with DIRECT=0): a fresh simulator called directly with the
 # AWS SDK and its default retries (what a portal without embedgate gets).
-# Writes bench-results/scenario-<shape>.md and .json.
+# Writes bench-results/scenario-<shape>.md and .json (scenario-<shape>-<N>replicas.* for a fleet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHAPE=${SHAPE:-zipf}
@@ -48,8 +52,10 @@ STORM_AT=${STORM_AT:-30}; STORM_SECS=${STORM_SECS:-30}; STORM_SHARE=${STORM_SHAR
 RETURN=${RETURN:-0.85}; NEW_USERS=${NEW_USERS:-0.1}; VIEWS=${VIEWS:-3}; THINK=${THINK:-15}
 FOLLOW=${FOLLOW:-0.8}; ANON_RATE=${ANON_RATE:-3}; HINT_TENANTS=${HINT_TENANTS:-0.3}
 DIRECT=${DIRECT:-1}
+REPLICAS=${REPLICAS:-1}
+[ "$REPLICAS" -gt 1 ] && ! command -v redis-server >/dev/null &&
+  { echo "bench-scenario: REPLICAS=$REPLICAS needs redis-server (scripts/setup.sh installs it)" >&2; exit 1; }
 source scripts/bench-lib.sh
-gw_port=$(free_port); admin_port=$(free_port)
 
 if [ "$SHAPE" = storm ]; then
 cat >"$work/scenario.json" <<JSON
@@ -73,14 +79,35 @@ sim_flags=(--latency-ms "$LATENCY_MS" --latency-p99-ms "$LATENCY_P99_MS" --throt
 
 # Through the gateway.
 start_sim sim-gw "${sim_flags[@]}"
-lib config scenario "$bin" "$work/gateway.toml" "$sim_url" "$gw_port" "$admin_port" "$TENANTS" "$BUDGET"
-start_gateway "$work/gateway.toml"
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$gw_port/readyz" >/dev/null && break; sleep 0.1; done
-echo "scenario $SHAPE through the gateway..."
-$examples/load scenario gateway "http://127.0.0.1:$gw_port" "$work/scenario.json" >"$work/gateway.json"
-curl -s "http://127.0.0.1:$admin_port/metrics" >"$work/gateway.metrics"
+redis=()
+if [ "$REPLICAS" -gt 1 ]; then
+  rport=$(free_port)
+  redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.out" 2>&1 &
+  redis_pid=$!; pids+=("$redis_pid"); wait_for "$work/redis.out" "Ready to accept connections"
+  redis=("redis://127.0.0.1:$rport")
+fi
+urls=(); admins=(); gw_pids=()
+for r in $(seq "$REPLICAS"); do
+  gw_port=$(free_port); admin_port=$(free_port)
+  lib config scenario "$bin" "$work/gateway-$r.toml" "$sim_url" "$gw_port" "$admin_port" "$TENANTS" "$BUDGET" "${redis[@]}"
+  start_gateway "$work/gateway-$r.toml"
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$gw_port/readyz" >/dev/null && break; sleep 0.1; done
+  urls+=("http://127.0.0.1:$gw_port"); admins+=("$admin_port"); gw_pids+=("$gw_pid")
+done
+echo "scenario $SHAPE through $REPLICAS gateway(s)..."
+$examples/load scenario gateway "$(IFS=,; echo "${urls[*]}")" "$work/scenario.json" >"$work/gateway.json"
+for a in "${admins[@]}"; do curl -s "http://127.0.0.1:$a/metrics"; done >"$work/gateway.metrics"
+# In a fleet the URLs left at the end are in the shared pool: every tenant's count keys.
+POOL_LEFT=
+if [ "$REPLICAS" -gt 1 ]; then
+  POOL_LEFT=0
+  for k in $(redis-cli -p "$rport" --scan --pattern 'embedgate:{t:*}:n:*'); do
+    POOL_LEFT=$((POOL_LEFT + $(redis-cli -p "$rport" ZCARD "$k")))
+  done
+fi
 curl -s "$sim_url/_sim/ledger" >"$work/gateway.ledger"
-stop "$gw_pid"; stop "$sim_pid"
+for p in "${gw_pids[@]}"; do stop "$p"; done
+stop "$sim_pid"
 
 # Straight to the simulator.
 if [ "$DIRECT" = 1 ]; then
@@ -94,11 +121,12 @@ else
 fi
 
 mkdir -p bench-results
-export SHAPE PHASE_NAMES="$phase_names" SEED TENANTS KEYS ZIPF_S BUDGET BASE_RATE BURST_RATE BASE_SECS BURST_SECS TAIL_SECS LATENCY_MS LATENCY_P99_MS \
+NAME=$SHAPE; [ "$REPLICAS" -gt 1 ] && NAME="$SHAPE-${REPLICAS}replicas"
+export SHAPE NAME PHASE_NAMES="$phase_names" POOL_LEFT REPLICAS SEED TENANTS KEYS ZIPF_S BUDGET BASE_RATE BURST_RATE BASE_SECS BURST_SECS TAIL_SECS LATENCY_MS LATENCY_P99_MS \
   USERS DASHBOARDS YESTERDAY_SECS NIGHT_SECS TODAY_SECS STORM_AT STORM_SECS STORM_SHARE RETURN NEW_USERS VIEWS THINK FOLLOW ANON_RATE HINT_TENANTS
 # The raw outputs are kept (bench-results/raw-<shape>/) whatever the report step does.
-mkdir -p "bench-results/raw-$SHAPE"
-cp "$work"/gateway.json "$work"/gateway.metrics "$work"/gateway.ledger "$work"/direct.json "$work"/direct.ledger "bench-results/raw-$SHAPE/"
+mkdir -p "bench-results/raw-$NAME"
+cp "$work"/gateway.json "$work"/gateway.metrics "$work"/gateway.ledger "$work"/direct.json "$work"/direct.ledger "bench-results/raw-$NAME/"
 python3 - "$work" <<'PY'
 import json, os, re, sys
 w = sys.argv[1]
@@ -124,10 +152,10 @@ fetched = metric_sum(m, "embedgate_urls_fetched_total")
 by_reason = {r: metric_sum(m, "embedgate_urls_fetched_total", reason=r)
              for r in ["miss", "prefetch", "hint", "warm", "follower", "returning"]}
 expired = metric_sum(m, "embedgate_urls_wasted_total")
-left = metric_sum(m, "embedgate_pool_urls")
+left = float(e["POOL_LEFT"]) if e.get("POOL_LEFT") else metric_sum(m, "embedgate_pool_urls")
 throttled_names = ("ThrottlingException", "upstream_throttled")
 def throttling(errs): return sum(v for k, v in errs.items() if k in throttled_names)
-knobs = ["SEED", "TENANTS", "BUDGET", "LATENCY_MS", "LATENCY_P99_MS"] + (
+knobs = ["REPLICAS", "SEED", "TENANTS", "BUDGET", "LATENCY_MS", "LATENCY_P99_MS"] + (
     ["USERS", "DASHBOARDS", "YESTERDAY_SECS", "NIGHT_SECS", "TODAY_SECS", "STORM_AT", "STORM_SECS",
      "STORM_SHARE", "RETURN", "NEW_USERS", "VIEWS", "THINK", "FOLLOW", "ANON_RATE", "HINT_TENANTS"]
     if shape == "storm" else
@@ -143,7 +171,7 @@ if not d.get("skipped"):
          "upstream_calls_per_url": dl["calls"] / max(1, d["ok"]), "throttling_errors_to_callers": throttling(d["errors"])}
 r = {"shape": shape, "scenario": {k.lower(): e[k] for k in knobs}, "phase_names": names, "gateway": G, "direct": D}
 os.makedirs("bench-results", exist_ok=True)
-json.dump(r, open(f"bench-results/scenario-{shape}.json", "w"), indent=2)
+json.dump(r, open(f"bench-results/scenario-{e['NAME']}.json", "w"), indent=2)
 errs = lambda x: ", ".join(f"{k} {v}" for k, v in x.items()) or "none"
 pct = lambda p: f"{p['from_pool'] / max(1, p['requests']):.1%}"
 rows = "\n".join(
@@ -191,6 +219,6 @@ By phase (through embedgate: requests, from the pool, p50 / p99, errors; straigh
 {kind_table}
 {G['distinct_keys']} distinct keys were asked for.
 """
-open(f"bench-results/scenario-{shape}.md", "w").write(md)
+open(f"bench-results/scenario-{e['NAME']}.md", "w").write(md)
 print(md)
 PY

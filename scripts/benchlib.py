@@ -138,12 +138,12 @@ def main(argv):
         kind, binary, out, sim, port, admin, a, b, *redis = rest
         if kind == "gateway":
             s = gateway_config(binary, sim, port, admin, int(a), int(b))
-            if redis:
-                # Cluster mode on one Redis. The timeout is generous so that a busy benchmark
-                # machine measures the shared path rather than degraded mode.
-                s["redis"].update(url=redis[0], timeout_ms=1000)
         else:
             s = scenario_config(binary, sim, port, admin, int(a), float(b))
+        if redis:
+            # Cluster mode on one Redis. The timeout is generous so that a busy benchmark
+            # machine measures the shared path rather than degraded mode.
+            s["redis"].update(url=redis[0], timeout_ms=1000)
         open(out, "w").write(to_toml(s) + "\n")
     elif cmd == "wrk":
         runs = sorted((parse_wrk(open(f).read()) for f in rest), key=lambda r: r["rps"])

@@ -24,7 +24,7 @@ const REDIS_BUCKETS: &[f64] = &[
 
 /// The `op` label values of `embedgate_redis_duration_seconds` and
 /// `embedgate_redis_errors_total`.
-pub const REDIS_OPERATIONS: [&str; 8] = [
+pub const REDIS_OPERATIONS: [&str; 9] = [
     "hit",
     "take",
     "put",
@@ -33,6 +33,7 @@ pub const REDIS_OPERATIONS: [&str; 8] = [
     "inbound",
     "budget",
     "heartbeat",
+    "views",
 ];
 
 /// Why a fetched URL was never handed out (`embedgate_urls_wasted_total{reason}`).

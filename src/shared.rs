@@ -323,6 +323,43 @@ impl Coordination {
         Some(views)
     }
 
+    /// Passes this replica's session views (`(key, when)` each, as the learner saw them) to the
+    /// fleet and returns the other replicas' since the last call, `(tenant, when, request)` each:
+    /// evidence for the session learner only (see `cluster::views`). Nothing on a single node,
+    /// while not sharing, or if Redis failed meanwhile; a view of a tenant this replica does not
+    /// know is left out.
+    pub async fn share_views(
+        &self,
+        tenants: &Tenants,
+        views: &[(Arc<Tracked>, u64)],
+    ) -> Vec<(TenantId, u64, crate::model::EmbedRequest)> {
+        let Coordination::Fleet(fleet) = self else {
+            return vec![];
+        };
+        let batch = if views.is_empty() {
+            String::new()
+        } else {
+            crate::cluster::views::encode(
+                views
+                    .iter()
+                    .map(|(t, at)| (tenants.get(t.tenant).id.as_str(), *at, &t.request)),
+            )
+        };
+        let Ok(batches) = fleet.exchange_views(&batch).await else {
+            return vec![];
+        };
+        let by_id: std::collections::HashMap<&str, TenantId> = tenants
+            .all()
+            .iter()
+            .map(|t| (t.id.as_str(), t.index))
+            .collect();
+        batches
+            .iter()
+            .flat_map(|b| crate::cluster::views::decode(b))
+            .filter_map(|(tenant, at, request)| Some((*by_id.get(tenant.as_str())?, at, request)))
+            .collect()
+    }
+
     /// Claims prefetches: for each `(tracked key, wanted, limit)`, how many this replica may
     /// start so that the shared pool plus every replica's prefetches in flight stays within the
     /// limit. Replicas planning at the same instant cannot over-fetch together; a claim Redis

@@ -17,6 +17,8 @@
 //! - `P{a:<account>:<region>}:budget`: the account's upstream GCRA state.
 //! - `P{a:<account>:<region>}:share:<tenant>`: the tenant's share of it (GCRA at its weight).
 //! - `P{replicas}`: replica ids scored by their last heartbeat.
+//! - `P{views}`: the fleet's stream of session views (`views`), one entry per replica and tick:
+//!   `r` the replica, `v` its batch (JSON).
 
 use super::Fleet;
 use crate::pool::PoolKey;

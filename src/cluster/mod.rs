@@ -50,6 +50,7 @@ mod keys;
 mod limits;
 mod pool;
 mod scripts;
+pub mod views;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -191,6 +192,8 @@ pub struct Fleet {
     over_until: Vec<AtomicU64>,
     /// Per tenant: the fencing epoch this replica last saw (empty: none yet).
     epochs: Vec<RwLock<String>>,
+    /// The id of the last batch of session views read from the fleet's stream.
+    views_read: tokio::sync::Mutex<String>,
     scripts: Scripts,
     /// Whether the pool scripts run as the library's functions (a [`Functions`]).
     functions: AtomicU8,
@@ -239,6 +242,7 @@ impl Fleet {
             live_replicas: AtomicUsize::new(1),
             over_until: (0..tenants).map(|_| AtomicU64::new(0)).collect(),
             epochs: (0..tenants).map(|_| RwLock::new(String::new())).collect(),
+            views_read: tokio::sync::Mutex::new("0".into()),
             scripts: Scripts::new(),
             functions: AtomicU8::new(Functions::Unknown as u8),
             reloads: AtomicU64::new(0),

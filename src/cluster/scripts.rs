@@ -309,6 +309,27 @@ local t = redis.call('TIME')
 return {redis.call('ZCARD', KEYS[1]), tonumber(t[1]), tonumber(t[2])}
 ";
 
+/// The fleet's session views (`cluster::views`): appends this replica's batch (unless empty) to
+/// the stream, then reads the batches after `after` (a stream id; `0` from the oldest kept),
+/// other replicas' only. KEYS: the stream. ARGV: replica, batch, after, max_batches (the stream's
+/// bound, approximate), count (most batches read), ttl_ms. Returns `{last id read, {batch, ...}}`.
+pub(super) const VIEWS: &str = r"
+redis.replicate_commands()
+local replica, batch, after = ARGV[1], ARGV[2], ARGV[3]
+if batch ~= '' then
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'r', replica, 'v', batch)
+end
+local last, out = after, {}
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], after, '+', 'COUNT', tonumber(ARGV[5]) + 1)) do
+  if e[1] ~= after then
+    last = e[1]
+    if e[2][2] ~= replica then out[#out + 1] = e[2][4] end
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return {last, out}
+";
+
 /// A limiter script: [`LIMIT_LIB`], then `body`.
 fn limiter(body: &str) -> Script {
     Script::new(&format!("{LIMIT_LIB}\n{body}"))
@@ -369,6 +390,7 @@ pub(super) struct Scripts {
     pub(super) gcra: Script,
     pub(super) budget: Script,
     pub(super) heartbeat: Script,
+    pub(super) views: Script,
     /// The code `FUNCTION LOAD` takes: every pool script's function.
     pub(super) library: String,
 }
@@ -395,6 +417,7 @@ impl Scripts {
             gcra: limiter(GCRA),
             budget: limiter(BUDGET),
             heartbeat: Script::new(HEARTBEAT),
+            views: Script::new(VIEWS),
             library,
         }
     }

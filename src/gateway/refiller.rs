@@ -39,8 +39,18 @@ impl Gateway {
         let now = self.clock.now_ms();
         self.pool.purge();
         if self.sessions_on() {
-            for p in self.sessions.drain(now) {
+            // In a fleet the views this replica learned from go to the others, and theirs come
+            // back: every replica learns from the fleet's traffic, and predicts for its own.
+            let sharing = self.coordination.shared();
+            let mut views = vec![];
+            for p in self
+                .sessions
+                .drain_sharing(now, sharing.then_some(&mut views))
+            {
                 self.take_prediction(p, now);
+            }
+            if sharing {
+                self.learn_shared_views(&views, now).await;
             }
         }
         let tracked = self.demand.sweep(now);
@@ -117,6 +127,23 @@ impl Gateway {
         for (t, extra, reason, _, fleet) in surplus {
             self.start_prefetches(&t, extra, Priority::Surplus, reason, fleet);
         }
+    }
+
+    /// Shares this replica's session views with the fleet and learns from the other replicas',
+    /// each admitted for its tenant first, exactly like a request: a view this replica's policy
+    /// refuses teaches it nothing.
+    async fn learn_shared_views(&self, views: &[(Arc<Tracked>, u64)], now: u64) {
+        let seen = self.coordination.share_views(&self.tenants, views).await;
+        let learned = seen
+            .into_iter()
+            .filter_map(|(tenant, at_ms, request)| {
+                let t = self.tenants.get(tenant);
+                let request = self.admit(t, request).ok()?;
+                let key = self.key_for(t, &request);
+                Some((self.demand.template(&key, tenant, request, now), at_ms))
+            })
+            .collect();
+        self.sessions.learn_shared(learned);
     }
 
     /// Records one session prediction on its key, after admitting the predicted request for its

@@ -303,6 +303,21 @@ impl Demand {
         true
     }
 
+    /// A request's key as the session learner keeps it: the tracked key when there is one,
+    /// otherwise one made for the purpose and not tracked (a view another replica saw tells this
+    /// one nothing about the key's demand here, and must not take a slot of the tenant's
+    /// `max_tracked_keys`).
+    pub fn template(
+        &self,
+        key: &PoolKey,
+        tenant: TenantId,
+        req: EmbedRequest,
+        now_ms: u64,
+    ) -> Arc<Tracked> {
+        self.find(key)
+            .unwrap_or_else(|| Arc::new(Tracked::new(key.clone(), tenant, req, now_ms)))
+    }
+
     /// Keeps `key` at least `depth` deep for as long as the process runs (never forgotten or
     /// evicted, and not counted against the tenant's `max_tracked_keys`).
     pub fn pin(

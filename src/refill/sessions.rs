@@ -253,12 +253,26 @@ impl Sessions {
 
     /// Learns from the queued events and returns what they and the returning users predict.
     pub fn drain(&self, now_ms: u64) -> Vec<Predicted> {
+        self.drain_sharing(now_ms, None)
+    }
+
+    /// [`Sessions::drain`], also handing the views it learned from to `views` (a fleet replica
+    /// passes them on to the other replicas, which learn from them with
+    /// [`Sessions::learn_shared`]).
+    pub fn drain_sharing(
+        &self,
+        now_ms: u64,
+        mut views: Option<&mut Vec<(Arc<Tracked>, u64)>>,
+    ) -> Vec<Predicted> {
         let events: Vec<_> = std::mem::take(&mut *self.events.lock()).into();
         let mut out = vec![];
         for (t, at_ms, seen) in events {
             let mut book = self.books[t.tenant].lock();
             if seen == Seen::View {
                 self.learn(&mut book, &t, at_ms);
+                if let Some(views) = views.as_deref_mut() {
+                    views.push((t.clone(), at_ms));
+                }
             }
             self.followers(&book, &t, at_ms, &mut out);
         }
@@ -270,6 +284,19 @@ impl Sessions {
             }
         }
         out
+    }
+
+    /// Learns from views other replicas of the fleet saw (each `(request, when)`), as from this
+    /// replica's own, and predicts nothing for them: the replica that saw a view predicts its
+    /// followers. Behind a load balancer a user's views land on any replica, so without them a
+    /// replica would see a follower only when two views of a session happen to reach it.
+    pub fn learn_shared(&self, mut views: Vec<(Arc<Tracked>, u64)>) {
+        views.sort_by_key(|(_, at_ms)| *at_ms);
+        for (t, at_ms) in views {
+            if t.request.user_arn().is_some() {
+                self.learn(&mut self.books[t.tenant].lock(), &t, at_ms);
+            }
+        }
     }
 
     fn learn(&self, book: &mut Book, t: &Arc<Tracked>, at_ms: u64) {
@@ -310,7 +337,9 @@ impl Sessions {
             return;
         };
         let starts = !known || at_ms.saturating_sub(u.last_ms) > life || u.recent.is_empty();
-        let mut credit: Vec<Arc<str>> = vec![];
+        // (earlier object, its follower) pairs this view makes.
+        let mut credit: Vec<(Arc<str>, Arc<str>)> = vec![];
+        let mut mine: Vec<Arc<str>> = vec![];
         if starts {
             let previous = u.landing.replace(t.clone());
             u.recent.clear();
@@ -324,25 +353,31 @@ impl Sessions {
                 }
             }
         } else {
-            // Credit this object as a follower of each recent view within the window, once.
+            // Each pair of the user's views within the window counts once per earlier view:
+            // this object follows each earlier recent view, and each later one (a view another
+            // replica saw may be learned a tick after later ones) follows this one.
             for r in u.recent.iter_mut() {
-                if at_ms.saturating_sub(r.at_ms) <= life
-                    && r.object != object
-                    && !r.credited.contains(&object)
-                    && r.credited.len() < MAX_FOLLOWERS
-                {
-                    r.credited.push(object.clone());
-                    credit.push(r.object.clone());
-                    book.follow_delays.0 += at_ms.saturating_sub(r.at_ms) as f64 / 1000.0;
+                if r.object == object || r.at_ms.abs_diff(at_ms) > life {
+                    continue;
+                }
+                let (earlier, credited, follower) = if r.at_ms <= at_ms {
+                    (&r.object, &mut r.credited, &object)
+                } else {
+                    (&object, &mut mine, &r.object)
+                };
+                if !credited.contains(follower) && credited.len() < MAX_FOLLOWERS {
+                    credited.push(follower.clone());
+                    credit.push((earlier.clone(), follower.clone()));
+                    book.follow_delays.0 += r.at_ms.abs_diff(at_ms) as f64 / 1000.0;
                     book.follow_delays.1 += 1.0;
                 }
             }
         }
-        u.last_ms = at_ms;
+        u.last_ms = u.last_ms.max(at_ms);
         u.recent.push_back(Recent {
             object: object.clone(),
             at_ms,
-            credited: vec![],
+            credited: mine,
         });
         while u.recent.len() > MAX_RECENT {
             u.recent.pop_front();
@@ -353,16 +388,16 @@ impl Sessions {
         if starts && known {
             book.known_starts.add(at_ms, self.tau_secs);
         }
-        for from in credit {
+        for (from, object) in credit {
             if let Some(o) = book.objects.get_mut(&from) {
                 match o.next.iter().position(|(b, _)| *b == object) {
                     Some(i) => o.next[i].1 += 1.0,
-                    None if o.next.len() < MAX_FOLLOWERS => o.next.push((object.clone(), 1.0)),
+                    None if o.next.len() < MAX_FOLLOWERS => o.next.push((object, 1.0)),
                     None => {
                         // Replace the weakest follower if it is weaker than a first sighting.
                         if let Some(w) = o.next.iter_mut().min_by(|a, b| a.1.total_cmp(&b.1)) {
                             if w.1 <= 1.0 {
-                                *w = (object.clone(), 1.0);
+                                *w = (object, 1.0);
                             }
                         }
                     }
@@ -494,6 +529,45 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// Views another replica saw teach the paths as this replica's own do; they predict
+    /// nothing by themselves (the replica that saw a view predicts its followers), and they
+    /// are learned in the order they happened, whichever order they arrive in.
+    #[test]
+    fn views_other_replicas_saw_teach_followers_in_the_order_they_happened() {
+        let s = sessions(0.5, 100);
+        // Ten users open "home" here; "sales" 20 s later on other replicas, whose batch lists
+        // each user's two views latest first.
+        let mut shared = vec![];
+        for i in 0..10u64 {
+            let at = 1_000_000 + i * 1_000;
+            s.observe(&view(&format!("u{i}"), "home"), at, Seen::View);
+            shared.push((view(&format!("u{i}"), "sales"), at + 20_000));
+        }
+        let mut ours = vec![];
+        assert!(s.drain_sharing(1_010_000, Some(&mut ours)).is_empty());
+        assert_eq!(ours.len(), 10, "this replica's own views, to pass on");
+        s.learn_shared(shared);
+        s.observe(&view("newcomer", "home"), 1_200_000, Seen::View);
+        let d = dashboards(&s.drain(1_200_000));
+        let arn = format!("arn:aws:quicksight:us-east-1:{ACCOUNT}:user/default/newcomer");
+        assert_eq!(d, vec![("sales".to_string(), Some(arn), Reason::Follower)]);
+
+        // Out of order across batches: "ops" is learned first, "reports" (20 s earlier) a tick
+        // later. ops follows reports, not the other way round.
+        let s = sessions(0.5, 100);
+        for i in 0..10u64 {
+            let at = 1_000_000 + i * 1_000;
+            s.learn_shared(vec![(view(&format!("u{i}"), "ops"), at + 20_000)]);
+            s.learn_shared(vec![(view(&format!("u{i}"), "reports"), at)]);
+        }
+        s.observe(&view("newcomer", "ops"), 1_200_000, Seen::View);
+        assert!(dashboards(&s.drain(1_200_000)).is_empty());
+        s.observe(&view("newcomer", "reports"), 1_210_000, Seen::View);
+        let d = dashboards(&s.drain(1_210_000));
+        assert_eq!(d.len(), 1, "ops follows reports: {d:?}");
+        assert_eq!(d[0].0, "ops");
     }
 
     #[test]

@@ -119,3 +119,67 @@ async fn sessions_off_predicts_nothing() {
     );
     app.stop().await;
 }
+
+/// Behind a load balancer a user's views land on any replica. Each replica of a fleet learns
+/// the tenant's paths from the views every replica saw, so the replica that sees a newcomer open
+/// sales-2024 stocks finance for them, though every finance view so far went to another
+/// replica, and the newcomer's finance, asked of that other replica, comes from the shared pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_learns_paths_from_the_views_every_replica_saw() {
+    use std::time::Duration;
+    let redis = crate::redis_server::RedisServer::start();
+    let fleet = spawn_fleet(2, |s| {
+        s.redis.url = Some(redis.url());
+        // Not a degraded-mode test: a busy machine must not send a replica to its own state.
+        s.redis.timeout_ms = 2_000;
+    })
+    .await;
+    fleet.all_ready(Duration::from_secs(20)).await;
+    for i in 0..8 {
+        let user = format!("user-{i:04}");
+        assert_eq!(
+            fleet
+                .embed(0, "alpha", &dash("sales-2024", &user))
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            fleet
+                .embed(1, "alpha", &dash("finance", &user))
+                .await
+                .status,
+            200
+        );
+    }
+    // Every view is shared once replica 1 has sent two batches since (its planner drains the
+    // views it saw, then sends them) and replica 0 has read twice after that.
+    let exchanges = r#"embedgate_redis_duration_seconds_count{op="views"}"#;
+    for i in [1, 0] {
+        let before = fleet.metric(i, exchanges).await;
+        let sent = eventually(Duration::from_secs(20), || async {
+            fleet.metric(i, exchanges).await >= before + 2.0
+        })
+        .await;
+        assert!(sent, "replica {i} exchanges views every tick");
+    }
+    let newcomer = "user-0100";
+    let o = fleet.embed(0, "alpha", &dash("sales-2024", newcomer)).await;
+    assert_eq!(o.status, 200, "{}", o.body);
+    let follower = r#"embedgate_urls_fetched_total{reason="follower"}"#;
+    let stocked = eventually(Duration::from_secs(20), || async {
+        fleet.metric(0, follower).await >= 1.0
+    })
+    .await;
+    assert!(stocked, "replica 0 stocked the newcomer's finance");
+    let o = fleet.embed(1, "alpha", &dash("finance", newcomer)).await;
+    assert_eq!(o.status, 200, "{}", o.body);
+    assert_eq!(o.body["Source"], "pool", "{}", o.body);
+    assert!(
+        o.body["EmbedUrl"].as_str().unwrap().contains("finance"),
+        "{}",
+        o.body
+    );
+    assert_eq!(fleet.metric_sum("embedgate_redis_degraded").await, 0.0);
+    fleet.stop().await;
+}

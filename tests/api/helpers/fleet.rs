@@ -138,18 +138,23 @@ impl TestFleet {
     pub async fn metric_sum(&self, sample: &str) -> f64 {
         let mut sum = 0.0;
         for i in 0..self.replicas.len() {
-            let text = self
-                .http
-                .get(format!("{}/metrics", self.admin(i)))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            sum += metric(&text, sample);
+            sum += self.metric(i, sample).await;
         }
         sum
+    }
+
+    /// One replica's value of `sample`.
+    pub async fn metric(&self, i: usize, sample: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.admin(i)))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric(&text, sample)
     }
 
     /// Opens every URL at the simulator once; returns the statuses.
