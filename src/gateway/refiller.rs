@@ -83,6 +83,13 @@ impl Gateway {
                     .map(|v| (published, v))
             }
         };
+        if let Some((_, views)) = &views {
+            for (t, v) in tracked.iter().zip(views) {
+                if let Some(v) = v {
+                    self.demand.settle_pin(t, v.pooled + v.in_flight, now);
+                }
+            }
+        }
         let mut wants: Vec<(Arc<Tracked>, Want)> = {
             // Not held across an await: the thread-local generator is not Send.
             let planner = self.planner(now);
@@ -298,6 +305,7 @@ impl Gateway {
                     t.prefetch_succeeded();
                     if let Some(f) = t.deliver(f) {
                         self.store(t.tenant, &t.key, f).await;
+                        t.stocked(self.clock.now_ms());
                     }
                 }
                 Err(UpstreamError::Throttled) => {

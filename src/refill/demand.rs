@@ -273,6 +273,8 @@ impl Demand {
             s.hint_counted = true;
         }
         s.hinted_until_ms = now_ms + self.settings.hint_ttl_secs * 1000;
+        // A hint announces a request still to come, whatever the key's stock did before it.
+        s.stocked_while_pinned = false;
         true
     }
 
@@ -298,7 +300,11 @@ impl Demand {
             Some((until, p, why)) if until > now_ms && p >= probability => {
                 Some((until.max(until_ms), p, why))
             }
-            _ => Some((until_ms, probability, reason)),
+            _ => {
+                // A new prediction (not one extended): nothing stocked for it yet.
+                s.stocked_while_pinned = false;
+                Some((until_ms, probability, reason))
+            }
         };
         true
     }
@@ -316,6 +322,14 @@ impl Demand {
     ) -> Arc<Tracked> {
         self.find(key)
             .unwrap_or_else(|| Arc::new(Tracked::new(key.clone(), tenant, req, now_ms)))
+    }
+
+    /// In a fleet, after this tick's sync: ends `t`'s hint and prediction if the URL they
+    /// stocked has been taken (see [`Tracked::settle_pin`]), releasing its hint slot.
+    pub fn settle_pin(&self, t: &Tracked, fleet_stock: usize, now_ms: u64) {
+        if t.settle_pin(fleet_stock, now_ms) {
+            self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// Keeps `key` at least `depth` deep for as long as the process runs (never forgotten or
@@ -530,6 +544,49 @@ mod tests {
             60,
             max_per_key,
         )
+    }
+
+    /// In a fleet the request a hint or prediction announced mostly reaches another replica.
+    /// Once the URL the pin stocked has left the shared pool, the pin ends as a request here
+    /// would end it (hint slot released, nothing stocked again); before anything was stocked an
+    /// empty pool ends nothing.
+    #[test]
+    fn a_pin_ends_when_the_fleet_takes_what_it_stocked() {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
+        let now = 1_000_000;
+        assert!(d.hint(&key(), 0, &req(), now));
+        let t = d.find(&key()).unwrap();
+        assert_eq!(d.hints_held_by(0), 1);
+        d.settle_pin(&t, 0, now + 100);
+        assert!(t.pinned(now + 100), "nothing stocked yet: the hint stands");
+        d.settle_pin(&t, 1, now + 200);
+        d.settle_pin(&t, 1, now + 300);
+        assert!(t.pinned(now + 300));
+        d.settle_pin(&t, 0, now + 400);
+        assert!(!t.pinned(now + 400), "its URL was taken: the hint is used");
+        assert_eq!(d.hints_held_by(0), 0, "and its slot is back");
+
+        // A prediction whose prefetch landed and was taken between two syncs ends too.
+        let p = now + 1_000;
+        assert!(d.predict(&key(), 0, &req(), 0.8, Reason::Follower, p + 240_000, p));
+        assert!(t.pinned(p));
+        d.settle_pin(&t, 0, p + 100);
+        assert!(t.pinned(p + 100));
+        t.stocked(p + 150);
+        d.settle_pin(&t, 0, p + 200);
+        assert!(!t.pinned(p + 200));
+        // A new prediction starts afresh: the stock taken for the last one does not end it.
+        assert!(d.predict(
+            &key(),
+            0,
+            &req(),
+            0.8,
+            Reason::Follower,
+            p + 480_000,
+            p + 300
+        ));
+        d.settle_pin(&t, 0, p + 400);
+        assert!(t.pinned(p + 400));
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub(super) struct DemandState {
     /// A session prediction (see `sessions`): (until, probability, why). Cleared by the next
     /// request for the key, which is what it predicted.
     pub(super) predicted: Option<(u64, f64, super::Reason)>,
+    /// The fleet's shared pool has held a URL for the key since its current hint or
+    /// prediction began (see [`Tracked::settle_pin`]).
+    pub(super) stocked_while_pinned: bool,
     /// The planner's last decision, for `/state`.
     pub(super) planned: Option<Planned>,
     /// Requests counted since `first_arrival_ms` (saturating).
@@ -91,6 +94,7 @@ impl Tracked {
                 hint_counted: false,
                 warm_depth: 0,
                 predicted: None,
+                stocked_while_pinned: false,
                 planned: None,
                 arrivals: 0,
             }),
@@ -127,10 +131,49 @@ impl Tracked {
         let recurred = s.arrivals == 2 && now_ms.saturating_sub(first) <= life_ms;
         s.predicted = None;
         s.hinted_until_ms = s.hinted_until_ms.min(now_ms);
+        s.stocked_while_pinned = false;
         Recorded {
             released_hint: std::mem::take(&mut s.hint_counted),
             first: s.arrivals == 1,
             recurred,
+        }
+    }
+
+    /// In a fleet, ends the key's hint and session prediction once the one URL they stocked
+    /// has left the shared pool, as this replica's own request for the key would: a URL leaves
+    /// it only when a request takes it (or it expires, long after a prediction has ended), and
+    /// behind a load balancer that request mostly reaches another replica. Without this the
+    /// replica that pinned the key would stock it again for a request already served, and that
+    /// URL would expire unused. `fleet_stock`: the shared pool's URLs for the key plus the
+    /// fleet's prefetches in flight, as this tick's sync read them. Returns true when the key
+    /// held a hint slot, now released.
+    pub(super) fn settle_pin(&self, fleet_stock: usize, now_ms: u64) -> bool {
+        let mut s = self.state.lock();
+        let hinted = s.hinted_until_ms > now_ms;
+        let predicted = s.predicted.is_some_and(|(until, _, _)| until > now_ms);
+        if !hinted && !predicted {
+            s.stocked_while_pinned = false;
+            return false;
+        }
+        if fleet_stock > 0 {
+            s.stocked_while_pinned = true;
+            return false;
+        }
+        if !std::mem::take(&mut s.stocked_while_pinned) {
+            return false;
+        }
+        s.predicted = None;
+        s.hinted_until_ms = s.hinted_until_ms.min(now_ms);
+        std::mem::take(&mut s.hint_counted)
+    }
+
+    /// A prefetch for the key has just been pooled: if the key is hinted or predicted, its
+    /// stock is there (see [`Tracked::settle_pin`]; a request may take it before the next sync
+    /// sees it).
+    pub fn stocked(&self, now_ms: u64) {
+        let mut s = self.state.lock();
+        if s.hinted_until_ms > now_ms || s.predicted.is_some_and(|(until, _, _)| until > now_ms) {
+            s.stocked_while_pinned = true;
         }
     }
 

@@ -123,7 +123,8 @@ async fn sessions_off_predicts_nothing() {
 /// Behind a load balancer a user's views land on any replica. Each replica of a fleet learns
 /// the tenant's paths from the views every replica saw, so the replica that sees a newcomer open
 /// sales-2024 stocks finance for them, though every finance view so far went to another
-/// replica, and the newcomer's finance, asked of that other replica, comes from the shared pool.
+/// replica, and the newcomer's finance, asked of that other replica, comes from the shared pool
+/// (and is not stocked again once it is taken).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_learns_paths_from_the_views_every_replica_saw() {
     use std::time::Duration;
@@ -179,6 +180,20 @@ async fn a_fleet_learns_paths_from_the_views_every_replica_saw() {
         o.body["EmbedUrl"].as_str().unwrap().contains("finance"),
         "{}",
         o.body
+    );
+    // The request the prediction announced was served (by replica 1): replica 0, which made the
+    // prediction, does not stock the key again for it once its syncs see the URL gone.
+    let syncs = r#"embedgate_redis_duration_seconds_count{op="sync"}"#;
+    let before = fleet.metric(0, syncs).await;
+    let synced = eventually(Duration::from_secs(20), || async {
+        fleet.metric(0, syncs).await >= before + 5.0
+    })
+    .await;
+    assert!(synced, "replica 0 syncs every tick");
+    assert_eq!(
+        fleet.metric(0, follower).await,
+        1.0,
+        "one URL for one predicted request"
     );
     assert_eq!(fleet.metric_sum("embedgate_redis_degraded").await, 0.0);
     fleet.stop().await;
