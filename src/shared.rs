@@ -342,6 +342,7 @@ impl Coordination {
             crate::cluster::views::encode(
                 views
                     .iter()
+                    .take(crate::cluster::views::MAX_BATCH_VIEWS)
                     .map(|(t, at)| (tenants.get(t.tenant).id.as_str(), *at, &t.request)),
             )
         };

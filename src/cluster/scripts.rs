@@ -39,17 +39,23 @@ end
 /// those digests scored like the pool, so it is trimmed by time like the URLs themselves (a key
 /// that expires with URLs inside leaves no drift behind) and adding the same URL twice counts
 /// once (a retried put cannot double-count). Only [`PUT`] reads the count, and trims it first.
+/// A stale URL is counted as waste (`embedgate_urls_wasted_total{reason="expired"}`) when its
+/// digest leaves the count, by a purge of its key or by the count's own trim (in [`PUT`] and
+/// [`SYNC`]): exactly once, also when Redis expired its key with it inside and no replica ever
+/// purged it.
 pub(super) const POOL_LIB: &str = r"
 local function digest(url) return string.sub(redis.sha1hex(url), 1, 16) end
 local function counted(member) return string.sub(member, 1, 16) end
--- Removes a key's URLs issued before the cutoff from it and from the tenant's count.
+-- Removes a key's URLs issued before the cutoff from it and from the tenant's count; returns
+-- how many left the count (the others were counted when the count was trimmed).
 local function purge(pool, count, cutoff)
   local stale = redis.call('ZRANGEBYSCORE', pool, '-inf', '(' .. cutoff)
+  local wasted = 0
   if #stale > 0 then
-    for _, member in ipairs(stale) do redis.call('ZREM', count, counted(member)) end
+    for _, member in ipairs(stale) do wasted = wasted + redis.call('ZREM', count, counted(member)) end
     redis.call('ZREMRANGEBYSCORE', pool, '-inf', '(' .. cutoff)
   end
-  return #stale
+  return wasted
 end
 ";
 
@@ -151,8 +157,7 @@ local remaining = math.floor((interval * burst - (new_tat - now)) / interval)
 local stale = 0
 local got = redis.call('ZPOPMIN', KEYS[1])
 if #got > 0 and tonumber(got[2]) < tonumber(cutoff) then
-  redis.call('ZREM', KEYS[2], counted(got[1]))
-  stale = 1 + purge(KEYS[1], KEYS[2], cutoff)
+  stale = redis.call('ZREM', KEYS[2], counted(got[1])) + purge(KEYS[1], KEYS[2], cutoff)
   got = redis.call('ZPOPMIN', KEYS[1])
 end
 local issued, member = '0', ''
@@ -178,7 +183,7 @@ if entry then
   end
 end
 local stale = purge(KEYS[1], KEYS[2], ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
+  + redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4])
     or redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
   return {stale, 0}
@@ -221,7 +226,7 @@ for k = 1, (#KEYS - 1) / 2 do
   redis.call('PEXPIRE', demand, keep)
   out[k] = {redis.call('ZCARD', pool), tostring(total), replicas, flying}
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff)
+stale_total = stale_total + redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff)
 return {stale_total, out}
 ";
 

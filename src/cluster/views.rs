@@ -6,14 +6,17 @@
 //!
 //! Nothing here can hand out a URL or reach past a tenant's policy: a view read from the stream
 //! is only evidence for the learner, and what it predicts is admitted through the tenant's
-//! policy like any request before anything is fetched. Bounded: the stream keeps about
+//! policy like any request before anything is fetched. Bounded: a batch holds at most
+//! [`MAX_BATCH_VIEWS`] views (a tick's further views are not shared), the stream keeps about
 //! [`MAX_BATCHES`] batches, and a tick reads at most [`READ_BATCHES`] of them.
 
 use super::{Down, Fleet, Request, Route};
 
-/// About how many batches the stream keeps (`XADD … MAXLEN ~`): a few minutes of a busy fleet's
-/// ticks, which a replica that joins reads first.
-pub const MAX_BATCHES: usize = 10_000;
+/// Most views one batch carries (about 300 bytes each).
+pub const MAX_BATCH_VIEWS: usize = 2_000;
+/// About how many batches the stream keeps (`XADD … MAXLEN ~`): half a minute of three
+/// replicas' ticks at the default `refill.tick_ms`, which a replica that joins reads first.
+pub const MAX_BATCHES: usize = 1_000;
 /// Most batches one tick reads.
 pub const READ_BATCHES: usize = 200;
 /// The stream outlives the last replica's last call by this long.

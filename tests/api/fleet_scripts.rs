@@ -110,7 +110,7 @@ async fn hit(
 async fn the_tenant_count_follows_its_urls_out_by_time_whatever_happens_to_their_keys() {
     let redis = RedisServer::start();
     let clock = Clock::manual();
-    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let (f, tenants, metrics) = fleet(&redis, &clock).await;
     let now = clock.now_ms();
     for i in 0..3 {
         assert_eq!(
@@ -137,6 +137,15 @@ async fn the_tenant_count_follows_its_urls_out_by_time_whatever_happens_to_their
         put(&f, &tenants, &key(4), &url(4, later), later).await,
         Stored::Yes
     );
+    // Each of the three expired unused, the one whose key vanished too, and each counts once:
+    // a later purge of a key that still holds its stale URL adds nothing.
+    let expired = || metrics.wasted.with_label_values(&["expired"]).get();
+    assert_eq!(expired(), 3);
+    for i in 0..3 {
+        let (_, got) = hit(&f, tenants.get(0), &key(i), later, &format!("h{i}")).await;
+        assert!(got.is_none(), "a stale URL is never handed out");
+    }
+    assert_eq!(expired(), 3);
 }
 
 #[tokio::test]
