@@ -138,20 +138,10 @@ async fn a_fleet_learns_paths_from_the_views_every_replica_saw() {
     fleet.all_ready(Duration::from_secs(20)).await;
     for i in 0..8 {
         let user = format!("user-{i:04}");
-        assert_eq!(
-            fleet
-                .embed(0, "alpha", &dash("sales-2024", &user))
-                .await
-                .status,
-            200
-        );
-        assert_eq!(
-            fleet
-                .embed(1, "alpha", &dash("finance", &user))
-                .await
-                .status,
-            200
-        );
+        for (replica, dashboard) in [(0, "sales-2024"), (1, "finance")] {
+            let o = fleet.embed(replica, "alpha", &dash(dashboard, &user)).await;
+            assert_eq!(o.status, 200, "{}", o.body);
+        }
     }
     // Every view is shared once replica 1 has sent two batches since (its planner drains the
     // views it saw, then sends them) and replica 0 has read twice after that.
