@@ -192,8 +192,8 @@ pub struct Fleet {
     over_until: Vec<AtomicU64>,
     /// Per tenant: the fencing epoch this replica last saw (empty: none yet).
     epochs: Vec<RwLock<String>>,
-    /// The id of the last batch of session views read from the fleet's stream.
-    views_read: tokio::sync::Mutex<String>,
+    /// Where the last read of the fleet's session views ended (`views`).
+    views_read: tokio::sync::Mutex<views::ViewsRead>,
     scripts: Scripts,
     /// Whether the pool scripts run as the library's functions (a [`Functions`]).
     functions: AtomicU8,
@@ -242,7 +242,7 @@ impl Fleet {
             live_replicas: AtomicUsize::new(1),
             over_until: (0..tenants).map(|_| AtomicU64::new(0)).collect(),
             epochs: (0..tenants).map(|_| RwLock::new(String::new())).collect(),
-            views_read: tokio::sync::Mutex::new("0".into()),
+            views_read: tokio::sync::Mutex::new(Default::default()),
             scripts: Scripts::new(),
             functions: AtomicU8::new(Functions::Unknown as u8),
             reloads: AtomicU64::new(0),

@@ -32,21 +32,74 @@ impl Fleet {
         if !self.healthy() {
             return Err(Down::NotSent);
         }
-        let mut after = self.views_read.lock().await;
+        let mut read = self.views_read.lock().await;
+        let now_ms = self.clock.now_ms();
+        if read.refused_until_ms > now_ms {
+            return Err(Down::NotSent);
+        }
         let mut inv = self.scripts.views.prepare_invoke();
         inv.key(self.key("views", ""))
             .arg(&self.replica)
             .arg(batch)
-            .arg(after.as_str())
+            .arg(read.after.as_str())
             .arg(MAX_BATCHES)
             .arg(READ_BATCHES)
             .arg(TTL_MS);
-        let (last, batches): (String, Vec<String>) = self
-            .send(Route::ThisThread, "views", Request::Script(inv))
-            .await?;
-        *after = last;
-        Ok(batches)
+        let request = Request::Script(inv);
+        match self
+            .send_raw::<(String, Vec<String>)>(Route::ThisThread, "views", &request)
+            .await
+        {
+            Ok((last, batches)) => {
+                read.after = last;
+                Ok(batches)
+            }
+            Err(Some(e)) if refused(&e) => {
+                // Redis answered, and refuses the stream (an ACL without the stream commands, a
+                // service without streams): the pool, limits and budgets are shared as before,
+                // and the views are tried again later.
+                self.metrics
+                    .redis_errors
+                    .with_label_values(&["views"])
+                    .inc();
+                if read.refused_until_ms == 0 {
+                    tracing::warn!(error = %e, retry_secs = REFUSED_RETRY_MS / 1000, "Redis refuses the session views stream: each replica learns sessions from its own views only until it is allowed");
+                }
+                read.refused_until_ms = now_ms + REFUSED_RETRY_MS;
+                Err(Down::NotSent)
+            }
+            Err(e) => self.settle("views", Err(e)),
+        }
     }
+}
+
+/// Where the last read of the stream ended, and when a refused stream is tried again.
+pub(super) struct ViewsRead {
+    after: String,
+    refused_until_ms: u64,
+}
+
+impl Default for ViewsRead {
+    fn default() -> Self {
+        ViewsRead {
+            after: "0".into(),
+            refused_until_ms: 0,
+        }
+    }
+}
+
+/// How long a replica whose views call Redis refused waits before it tries again.
+const REFUSED_RETRY_MS: u64 = 60_000;
+
+/// Redis answered the views call with a refusal of the commands themselves (ACL, unknown
+/// command), not a failure of Redis: that must not send the replica to degraded mode.
+fn refused(e: &redis::RedisError) -> bool {
+    let detail = e.detail().unwrap_or_default();
+    e.code() == Some("NOPERM")
+        || detail.contains("NOPERM")
+        // Redis 7's words for an ACL refusal inside a script.
+        || detail.contains("can't run this command")
+        || detail.contains("unknown command")
 }
 
 /// One view in a batch: the tenant's id, when (ms, the seeing replica's clock) and the request

@@ -510,3 +510,48 @@ async fn a_replica_claims_only_the_prefetches_it_can_start() {
     );
     fleet.stop().await;
 }
+
+/// A Redis that refuses the session views stream (here an ACL without `XADD`) costs the fleet
+/// its shared session learning and nothing else: the replica is not sent to degraded mode (which
+/// would hold its pool and limits local until the next heartbeat, here a minute away), its
+/// requests still go to the shared pool, and it tries the views again only a minute later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_that_refuses_the_views_stream_leaves_the_rest_shared() {
+    let redis = RedisServer::start();
+    redis.cli(&["ACL", "SETUSER", "default", "-xadd"]);
+    let fleet = spawn_fleet(1, |s| {
+        s.redis.url = Some(redis.url());
+        s.redis.timeout_ms = 2_000;
+        s.redis.heartbeat_ms = 60_000;
+    })
+    .await;
+    fleet.all_ready(Duration::from_secs(20)).await;
+    // A registered user's view gives the learner a batch to send.
+    let o = fleet
+        .embed(0, "alpha", &dash("sales-2024", "user-0001"))
+        .await;
+    assert_eq!(o.status, 200, "{}", o.body);
+    let refused = r#"embedgate_redis_errors_total{op="views"}"#;
+    let seen = eventually(Duration::from_secs(20), || async {
+        fleet.metric(0, refused).await >= 1.0
+    })
+    .await;
+    assert!(seen, "the views call was refused");
+    assert_eq!(fleet.metric(0, "embedgate_redis_degraded").await, 0.0);
+    assert_eq!(fleet.readiness(0).await, "ready");
+    let hits = r#"embedgate_redis_duration_seconds_count{op="hit"}"#;
+    let before = fleet.metric(0, hits).await;
+    let o = fleet.embed(0, "alpha", &dash("finance", "user-0001")).await;
+    assert_eq!(o.status, 200, "{}", o.body);
+    assert_eq!(
+        fleet.metric(0, hits).await,
+        before + 1.0,
+        "the request went to Redis"
+    );
+    assert_eq!(
+        fleet.metric(0, refused).await,
+        1.0,
+        "not retried every tick"
+    );
+    fleet.stop().await;
+}
