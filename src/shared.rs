@@ -346,8 +346,9 @@ impl Coordination {
                     .map(|(t, at)| (tenants.get(t.tenant).id.as_str(), *at, &t.request)),
             )
         };
-        let Ok(batches) = fleet.exchange_views(&batch).await else {
-            return vec![];
+        let batches = match fleet.exchange_views(&batch).await {
+            Ok(b) if !b.is_empty() => b,
+            _ => return vec![],
         };
         let by_id: std::collections::HashMap<&str, TenantId> = tenants
             .all()

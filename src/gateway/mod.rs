@@ -414,8 +414,9 @@ impl Gateway {
             .await
     }
 
-    /// Pools a fetched URL that nobody waits for (see `PoolStore::put`).
-    async fn store(&self, tenant: TenantId, key: &PoolKey, f: Fetched) {
+    /// Pools a fetched URL that nobody waits for (see `PoolStore::put`); false when it was
+    /// wasted instead (counted).
+    async fn store(&self, tenant: TenantId, key: &PoolKey, f: Fetched) -> bool {
         let url = PooledUrl {
             url: f.url,
             issued_at_ms: f.sent_at_ms,
@@ -433,8 +434,12 @@ impl Gateway {
                 self.settings.pool.max_urls_per_key,
             )
             .await;
-        if let Placed::Wasted(why) = placed {
-            self.metrics.wasted(why, 1);
+        match placed {
+            Placed::Pooled => true,
+            Placed::Wasted(why) => {
+                self.metrics.wasted(why, 1);
+                false
+            }
         }
     }
 

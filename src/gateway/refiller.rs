@@ -304,8 +304,9 @@ impl Gateway {
                 Ok(f) => {
                     t.prefetch_succeeded();
                     if let Some(f) = t.deliver(f) {
-                        self.store(t.tenant, &t.key, f).await;
-                        t.stocked(self.clock.now_ms());
+                        if self.store(t.tenant, &t.key, f).await {
+                            t.stocked(self.clock.now_ms());
+                        }
                     }
                 }
                 Err(UpstreamError::Throttled) => {

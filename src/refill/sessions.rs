@@ -3,7 +3,8 @@
 //! A portal's requests are not independent per key. A user who logs in opens a few dashboards
 //! within minutes, mostly along the same paths as the tenant's other users, and the same users
 //! come back, mostly to the dashboard they started on last time. Per tenant this learns, from the
-//! requests it sees (never from anything else):
+//! requests it sees (in a fleet, every replica's: [`Sessions::learn_shared`]; never from anything
+//! else):
 //!
 //! - **followers**: for each thing a URL opens (an *object*: the operation and the experience,
 //!   e.g. one dashboard), how often each other object was opened by the same user within a URL's
