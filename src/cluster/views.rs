@@ -12,11 +12,14 @@
 
 use super::{Down, Fleet, Request, Route};
 
-/// Most views one batch carries (about 300 bytes each).
-pub const MAX_BATCH_VIEWS: usize = 2_000;
-/// About how many batches the stream keeps (`XADD … MAXLEN ~`): half a minute of three
-/// replicas' ticks at the default `refill.tick_ms`, which a replica that joins reads first.
-pub const MAX_BATCHES: usize = 1_000;
+/// Most views one batch carries (about 300 bytes each): 5,000 registered users' views a second
+/// per replica at the default `refill.tick_ms`; a busier replica's further views are learned by
+/// it alone.
+pub const MAX_BATCH_VIEWS: usize = 500;
+/// About how many batches the stream keeps (`XADD … MAXLEN ~`): a few seconds of three replicas'
+/// ticks at the default `refill.tick_ms`, enough for a replica a few ticks late, and at most about
+/// 15 MB of Redis memory.
+pub const MAX_BATCHES: usize = 100;
 /// Most batches one tick reads.
 pub const READ_BATCHES: usize = 200;
 /// The stream outlives the last replica's last call by this long.
