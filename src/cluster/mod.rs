@@ -162,14 +162,21 @@ enum NotRun {
 }
 
 fn not_run(e: &redis::RedisError) -> Option<NotRun> {
-    let detail = e.detail().unwrap_or_default();
-    if detail.contains("Function not found") {
+    if e.detail()
+        .unwrap_or_default()
+        .contains("Function not found")
+    {
         Some(NotRun::Missing)
-    } else if e.code() == Some("NOPERM") || detail.contains("unknown command") {
+    } else if refuses_command(e) {
         Some(NotRun::Refused)
     } else {
         None
     }
+}
+
+/// Redis answered that it does not run the command (its ACL, or a command it does not have).
+fn refuses_command(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOPERM") || e.detail().unwrap_or_default().contains("unknown command")
 }
 
 /// This replica's handle on the shared state.

@@ -97,12 +97,12 @@ const REFUSED_RETRY_MS: u64 = 60_000;
 /// Redis answered the views call with a refusal of the commands themselves (ACL, unknown
 /// command), not a failure of Redis: that must not send the replica to degraded mode.
 fn refused(e: &redis::RedisError) -> bool {
+    // Inside a script the refusal comes wrapped in the script's error: Redis 6 keeps `NOPERM` in
+    // the text, Redis 7 words it "can't run this command".
     let detail = e.detail().unwrap_or_default();
-    e.code() == Some("NOPERM")
+    super::refuses_command(e)
         || detail.contains("NOPERM")
-        // Redis 7's words for an ACL refusal inside a script.
         || detail.contains("can't run this command")
-        || detail.contains("unknown command")
 }
 
 /// One view in a batch: the tenant's id, when (ms, the seeing replica's clock) and the request

@@ -39,6 +39,22 @@ pub(super) struct DemandState {
     pub(super) arrivals: u32,
 }
 
+impl DemandState {
+    /// A hint or a session prediction announces a request for the key that has not come yet.
+    fn announced(&self, now_ms: u64) -> bool {
+        self.hinted_until_ms > now_ms || self.predicted.is_some_and(|(until, _, _)| until > now_ms)
+    }
+
+    /// The announced request came (here, or to another replica of the fleet): the hint and the
+    /// prediction end. True when the key held a hint slot, now to be released.
+    fn end_announcement(&mut self, now_ms: u64) -> bool {
+        self.predicted = None;
+        self.hinted_until_ms = self.hinted_until_ms.min(now_ms);
+        self.stocked_while_pinned = false;
+        std::mem::take(&mut self.hint_counted)
+    }
+}
+
 /// What one request told about its key (see [`Tracked::record`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Recorded {
@@ -129,11 +145,8 @@ impl Tracked {
         let first = *s.first_arrival_ms.get_or_insert(now_ms);
         s.arrivals = s.arrivals.saturating_add(1);
         let recurred = s.arrivals == 2 && now_ms.saturating_sub(first) <= life_ms;
-        s.predicted = None;
-        s.hinted_until_ms = s.hinted_until_ms.min(now_ms);
-        s.stocked_while_pinned = false;
         Recorded {
-            released_hint: std::mem::take(&mut s.hint_counted),
+            released_hint: s.end_announcement(now_ms),
             first: s.arrivals == 1,
             recurred,
         }
@@ -149,9 +162,7 @@ impl Tracked {
     /// held a hint slot, now released.
     pub(super) fn settle_pin(&self, fleet_stock: usize, now_ms: u64) -> bool {
         let mut s = self.state.lock();
-        let hinted = s.hinted_until_ms > now_ms;
-        let predicted = s.predicted.is_some_and(|(until, _, _)| until > now_ms);
-        if !hinted && !predicted {
+        if !s.announced(now_ms) {
             s.stocked_while_pinned = false;
             return false;
         }
@@ -159,12 +170,7 @@ impl Tracked {
             s.stocked_while_pinned = true;
             return false;
         }
-        if !std::mem::take(&mut s.stocked_while_pinned) {
-            return false;
-        }
-        s.predicted = None;
-        s.hinted_until_ms = s.hinted_until_ms.min(now_ms);
-        std::mem::take(&mut s.hint_counted)
+        s.stocked_while_pinned && s.end_announcement(now_ms)
     }
 
     /// A prefetch for the key has just been pooled: if the key is hinted or predicted, its
@@ -172,7 +178,7 @@ impl Tracked {
     /// sees it).
     pub fn stocked(&self, now_ms: u64) {
         let mut s = self.state.lock();
-        if s.hinted_until_ms > now_ms || s.predicted.is_some_and(|(until, _, _)| until > now_ms) {
+        if s.announced(now_ms) {
             s.stocked_while_pinned = true;
         }
     }
@@ -289,9 +295,7 @@ impl Tracked {
     /// its request rate.
     pub fn pinned(&self, now_ms: u64) -> bool {
         let s = self.state.lock();
-        s.hinted_until_ms > now_ms
-            || s.warm_depth > 0
-            || s.predicted.is_some_and(|(until, _, _)| until > now_ms)
+        s.warm_depth > 0 || s.announced(now_ms)
     }
 }
 

@@ -61,15 +61,7 @@ async fn a_users_usual_next_dashboard_is_pooled_for_them_before_they_open_it() {
         .await;
     assert_eq!(body["Source"], "pool", "{body}");
     // The URL opens finance for the newcomer, not for the user the habit was learned from.
-    let page = app
-        .http
-        .get(body["EmbedUrl"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&app.http, body["EmbedUrl"].as_str().unwrap()).await;
     assert!(
         page.contains(newcomer) && page.contains("finance"),
         "{page}"

@@ -145,15 +145,7 @@ impl TestFleet {
 
     /// One replica's value of `sample`.
     pub async fn metric(&self, i: usize, sample: &str) -> f64 {
-        let text = self
-            .http
-            .get(format!("{}/metrics", self.admin(i)))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = get_text(&self.http, &format!("{}/metrics", self.admin(i))).await;
         metric(&text, sample)
     }
 

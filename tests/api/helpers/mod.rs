@@ -99,6 +99,11 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// The body of a GET of `url`, as text.
+pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// Polls `cond` every 50 ms until it holds or `within` has passed; whether it held.
 pub async fn eventually<F, Fut>(within: Duration, mut cond: F) -> bool
 where
@@ -292,14 +297,7 @@ impl TestApp {
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        get_text(&self.http, &format!("{}/metrics", self.admin)).await
     }
 
     /// [`eventually`] for a condition that needs no waiting to check, within `secs` seconds.
