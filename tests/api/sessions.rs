@@ -180,3 +180,89 @@ async fn a_fleet_learns_paths_from_the_views_every_replica_saw() {
     assert_eq!(fleet.metric_sum("embedgate_redis_degraded").await, 0.0);
     fleet.stop().await;
 }
+
+/// A view shared through Redis is evidence, never a licence: during a rolling change of a
+/// tenant's policy (or from anything else able to write the stream) a replica learns views of a
+/// dashboard its own policy for the tenant refuses. It predicts nothing of it: the followers it
+/// is allowed to stock still come, the refused one is never fetched or pooled for anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_view_shared_by_another_replica_never_stocks_what_this_ones_policy_refuses() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    let redis = crate::redis_server::RedisServer::start();
+    let started = AtomicUsize::new(0);
+    let fleet = spawn_fleet(2, |s| {
+        s.redis.url = Some(redis.url());
+        s.redis.timeout_ms = 2_000;
+        // Replica 1 has alpha's narrowed policy: finance is no longer alpha's.
+        if started.fetch_add(1, Ordering::SeqCst) == 1 {
+            s.tenants[0].policy.dashboards = vec!["sales-2024".into(), "ops-overview".into()];
+        }
+    })
+    .await;
+    fleet.all_ready(Duration::from_secs(20)).await;
+    // Replica 0 (the old policy) sees alpha's users go sales-2024 → finance and
+    // ops-overview → sales-2024.
+    for i in 0..8 {
+        for (user, path) in [
+            (format!("user-{i:04}"), ["sales-2024", "finance"]),
+            (
+                format!("user-{:04}", 50 + i),
+                ["ops-overview", "sales-2024"],
+            ),
+        ] {
+            for d in path {
+                let o = fleet.embed(0, "alpha", &dash(d, &user)).await;
+                assert_eq!(o.status, 200, "{}", o.body);
+            }
+        }
+    }
+    let exchanges = r#"embedgate_redis_duration_seconds_count{op="views"}"#;
+    for i in [0, 1] {
+        let before = fleet.metric(i, exchanges).await;
+        let sent = eventually(Duration::from_secs(20), || async {
+            fleet.metric(i, exchanges).await >= before + 2.0
+        })
+        .await;
+        assert!(sent, "replica {i} exchanges views every tick");
+    }
+    // On replica 1 a newcomer lands on sales-2024 (finance would follow), another on
+    // ops-overview (sales-2024 follows, and replica 1's policy allows it).
+    let (refused, allowed) = ("user-0100", "user-0101");
+    for (user, d) in [(refused, "sales-2024"), (allowed, "ops-overview")] {
+        let o = fleet.embed(1, "alpha", &dash(d, user)).await;
+        assert_eq!(o.status, 200, "{}", o.body);
+    }
+    let follower = r#"embedgate_urls_fetched_total{reason="follower"}"#;
+    let stocked = eventually(Duration::from_secs(20), || async {
+        fleet.metric(1, follower).await >= 1.0
+    })
+    .await;
+    assert!(
+        stocked,
+        "replica 1 learned the shared paths and stocks what it may"
+    );
+    let o = fleet.embed(1, "alpha", &dash("sales-2024", allowed)).await;
+    assert_eq!(o.body["Source"], "pool", "{}", o.body);
+    // A few more planner passes: still only that one follower fetched, and the newcomer's
+    // finance, asked of the replica that still allows it, was in no pool.
+    let syncs = r#"embedgate_redis_duration_seconds_count{op="sync"}"#;
+    let before = fleet.metric(1, syncs).await;
+    let synced = eventually(Duration::from_secs(20), || async {
+        fleet.metric(1, syncs).await >= before + 5.0
+    })
+    .await;
+    assert!(synced, "replica 1 syncs every tick");
+    assert_eq!(fleet.metric(1, follower).await, 1.0);
+    let o = fleet.embed(1, "alpha", &dash("finance", refused)).await;
+    assert_eq!(
+        o.status, 403,
+        "replica 1 refuses finance to alpha: {}",
+        o.body
+    );
+    let o = fleet.embed(0, "alpha", &dash("finance", refused)).await;
+    assert_eq!(o.status, 200, "{}", o.body);
+    assert_ne!(o.body["Source"], "pool", "{}", o.body);
+    assert_eq!(fleet.metric_sum("embedgate_redis_degraded").await, 0.0);
+    fleet.stop().await;
+}
