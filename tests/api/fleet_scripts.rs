@@ -765,3 +765,43 @@ fn after_a_redis_restart_no_thread_fails_on_its_connection_from_before() {
         "no thread sent the replica back to degraded mode"
     );
 }
+
+/// However long a fleet runs, the session views stream holds seconds of batches, not hours: a
+/// replica that joins reads that tail (at most `READ_BATCHES` a tick, more than the trim keeps),
+/// only other replicas' batches, in the order they were sent, and the stream goes when the fleet
+/// does.
+#[tokio::test]
+async fn the_views_stream_keeps_a_bounded_tail_that_each_replica_reads_in_order() {
+    use embedgate::cluster::views::MAX_BATCHES;
+    let redis = RedisServer::start();
+    let clock = Clock::System;
+    let (a, _, _) = fleet(&redis, &clock).await;
+    let (b, _, _) = fleet(&redis, &clock).await;
+    let sent = 10 * MAX_BATCHES;
+    for i in 0..sent {
+        let own = a.exchange_views(&format!("batch-{i:05}")).await.unwrap();
+        assert!(own.is_empty(), "a replica never reads its own views");
+    }
+    let stream = "embedgate:{views}";
+    let len: usize = redis.cli(&["XLEN", stream]).unwrap().parse().unwrap();
+    // `MAXLEN ~` trims whole stream nodes (100 entries by default): about the bound, not exactly.
+    assert!(
+        (MAX_BATCHES..=MAX_BATCHES + 100).contains(&len),
+        "{len} batches kept"
+    );
+    let ttl: i64 = redis.cli(&["PTTL", stream]).unwrap().parse().unwrap();
+    assert!(ttl > 0 && ttl <= 3_600_000, "{ttl}");
+    // b joins: the kept tail, oldest first, up to the last sent.
+    let mut read = vec![];
+    loop {
+        let batches = b.exchange_views("").await.unwrap();
+        if batches.is_empty() {
+            break;
+        }
+        read.extend(batches);
+    }
+    let expected: Vec<String> = (sent - len..sent)
+        .map(|i| format!("batch-{i:05}"))
+        .collect();
+    assert_eq!(read, expected);
+}
