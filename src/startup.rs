@@ -114,9 +114,11 @@ impl Application {
             None => None,
         };
         let compat_handle = compat.as_ref().map(|s| s.handle());
+        let canned = web::Data::new(crate::api::Canned::new(&gateway));
         let mut api = HttpServer::new(move || {
             App::new()
                 .app_data(api_data.clone())
+                .app_data(canned.clone())
                 .wrap(tracing_actix_web::TracingLogger::<crate::api::RequestSpan>::new())
                 .configure(crate::api::routes)
         })

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest};
+use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 
 use super::problem::Problem;
@@ -123,29 +123,131 @@ pub(super) async fn read_bounded(
     Ok(body)
 }
 
-pub(super) fn rate_limit_headers(
-    gw: &Gateway,
-    tenant: &Tenant,
-    remaining: u32,
-    reset_secs: u64,
-) -> [(header::HeaderName, String); 2] {
-    let (quota, window) = gw.rate_policy(tenant);
-    [
-        (
-            header::HeaderName::from_static("ratelimit-policy"),
-            format!("\"tenant\";q={quota};w={window}"),
-        ),
-        (
-            header::HeaderName::from_static("ratelimit"),
-            format!("\"tenant\";r={remaining};t={reset_secs}"),
-        ),
-    ]
+/// The parts of a tenant's answers that never change, built once per worker at start: its
+/// `RateLimit-Policy` header and its 429's problem document around the request id. A flood over
+/// a tenant's limit is the case that must cost least, and building the document and headers
+/// again for every refused request was most of the 429 handler's own work.
+pub struct Canned {
+    tenants: Vec<CannedTenant>,
 }
 
-/// 429 for a tenant over its inbound rate, with `Retry-After` and the RateLimit headers.
-pub(super) fn tenant_limited(gw: &Gateway, tenant: &Tenant, retry_after: Duration) -> Problem {
-    let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-    let mut p = Problem::new(
+struct CannedTenant {
+    policy: HeaderValue,
+    /// The 429 document before and after its request id (a JSON string, quotes included).
+    limited: (Vec<u8>, Vec<u8>),
+}
+
+/// The request id the canned documents are built with and split at: it serialises as
+/// `"\u0001"`, which nothing else in a document contains.
+const MARK: &str = "\u{1}";
+
+impl Canned {
+    pub fn new(gw: &Gateway) -> Canned {
+        let tenants = gw
+            .tenants()
+            .all()
+            .iter()
+            .map(|t| {
+                let (quota, window) = gw.rate_policy(t);
+                let policy = HeaderValue::try_from(format!("\"tenant\";q={quota};w={window}"))
+                    .expect("digits and ASCII");
+                let doc = tenant_limited(t).body(MARK);
+                let mark = br#""\u0001""#;
+                let at = doc
+                    .windows(mark.len())
+                    .position(|w| w == mark)
+                    .expect("the document carries its request id");
+                CannedTenant {
+                    policy,
+                    limited: (doc[..at].to_vec(), doc[at + mark.len()..].to_vec()),
+                }
+            })
+            .collect();
+        Canned { tenants }
+    }
+
+    /// `RateLimit-Policy` and `RateLimit` for `tenant` with `remaining` requests left, the window
+    /// full again in `reset_secs`.
+    pub(super) fn rate_limit_headers(
+        &self,
+        tenant: &Tenant,
+        remaining: u32,
+        reset_secs: u64,
+    ) -> [(header::HeaderName, HeaderValue); 2] {
+        let left = match remaining {
+            0 => seconds(reset_secs).1,
+            _ => HeaderValue::try_from(format!("\"tenant\";r={remaining};t={reset_secs}"))
+                .expect("digits and ASCII"),
+        };
+        [
+            (RATELIMIT_POLICY, self.tenants[tenant.index].policy.clone()),
+            (RATELIMIT, left),
+        ]
+    }
+
+    /// 429 for a tenant over its inbound rate (`tenant_limited`'s document), with `Retry-After`
+    /// and the RateLimit headers.
+    pub(super) fn limited(
+        &self,
+        tenant: &Tenant,
+        retry_after: Duration,
+        request_id: &str,
+    ) -> HttpResponse {
+        let secs = retry_secs(retry_after);
+        let (head, tail) = &self.tenants[tenant.index].limited;
+        let mut body = Vec::with_capacity(head.len() + request_id.len() + 2 + tail.len());
+        body.extend_from_slice(head);
+        serde_json::to_writer(&mut body, request_id).expect("a string serialises");
+        body.extend_from_slice(tail);
+        let (retry, left) = seconds(secs);
+        let mut resp = HttpResponse::build(StatusCode::TOO_MANY_REQUESTS);
+        resp.insert_header(super::problem::PROBLEM_JSON)
+            .insert_header(super::problem::NO_STORE)
+            .insert_header((header::RETRY_AFTER, retry))
+            .insert_header((RATELIMIT_POLICY, self.tenants[tenant.index].policy.clone()))
+            .insert_header((RATELIMIT, left));
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            resp.insert_header((super::REQUEST_ID, id));
+        }
+        resp.body(body)
+    }
+}
+
+const RATELIMIT_POLICY: header::HeaderName = header::HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: header::HeaderName = header::HeaderName::from_static("ratelimit");
+
+/// Whole seconds to wait, at least one: `Retry-After`'s value.
+fn retry_secs(retry_after: Duration) -> u64 {
+    retry_after.as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// `Retry-After: secs` and `RateLimit: "tenant";r=0;t=secs`. A flood over a limit asks for the
+/// same few values over and over: each worker thread keeps the last pair it built.
+fn seconds(secs: u64) -> (HeaderValue, HeaderValue) {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((s, retry, left)) if *s == secs => (retry.clone(), left.clone()),
+        _ => {
+            let (retry, left) = build_seconds(secs);
+            *last = Some((secs, retry.clone(), left.clone()));
+            (retry, left)
+        }
+    })
+}
+
+fn build_seconds(secs: u64) -> (HeaderValue, HeaderValue) {
+    (
+        HeaderValue::from(secs),
+        HeaderValue::try_from(format!("\"tenant\";r=0;t={secs}")).expect("digits and ASCII"),
+    )
+}
+
+/// The problem document of a tenant over its inbound rate (headers apart: [`Canned::limited`]).
+fn tenant_limited(tenant: &Tenant) -> Problem {
+    Problem::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
         format!(
@@ -153,11 +255,6 @@ pub(super) fn tenant_limited(gw: &Gateway, tenant: &Tenant, retry_after: Duratio
             tenant.rate_per_sec
         ),
     )
-    .header(header::RETRY_AFTER, secs.to_string());
-    for (k, v) in rate_limit_headers(gw, tenant, 0, secs) {
-        p = p.header(k, v);
-    }
-    p
 }
 
 /// A request without a valid API key counts against one limit shared by all such requests
@@ -173,10 +270,23 @@ pub(super) fn limit_unauthenticated(gw: &Gateway, refused: Problem) -> Problem {
                 "rate_limited",
                 "too many requests without a valid API key",
             )
-            .header(
-                header::RETRY_AFTER,
-                (retry_after.as_secs_f64().ceil().max(1.0) as u64).to_string(),
-            )
+            .header(header::RETRY_AFTER, retry_secs(retry_after).to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_headers_read_the_same_whether_built_or_kept() {
+        for secs in [0, 1, 1, 59, 60, 60, 61, 3_600, 1] {
+            let (retry, left) = seconds(secs);
+            assert_eq!(retry.to_str().unwrap(), secs.to_string());
+            assert_eq!(left.to_str().unwrap(), format!("\"tenant\";r=0;t={secs}"));
+        }
+        assert_eq!(retry_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_secs(Duration::from_millis(1_001)), 2);
     }
 }

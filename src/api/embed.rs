@@ -7,10 +7,7 @@ use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::auth::{
-    authenticate, discard_body, limit_unauthenticated, rate_limit_headers, read_body,
-    tenant_limited,
-};
+use super::auth::{authenticate, discard_body, limit_unauthenticated, read_body, Canned};
 use super::problem::{refusal, serve_failure};
 use crate::gateway::{Failed, Gate, Gateway, ServeError, Served};
 use crate::limiter::Inbound;
@@ -23,24 +20,41 @@ pub(super) async fn dashboard(
     req: HttpRequest,
     body: web::Payload,
     gw: web::Data<Gateway>,
+    canned: web::Data<Canned>,
 ) -> HttpResponse {
-    embed(req, body, gw, Operation::GetDashboardEmbedUrl).await
+    embed(req, body, gw, &canned, Operation::GetDashboardEmbedUrl).await
 }
 
 pub(super) async fn anonymous(
     req: HttpRequest,
     body: web::Payload,
     gw: web::Data<Gateway>,
+    canned: web::Data<Canned>,
 ) -> HttpResponse {
-    embed(req, body, gw, Operation::GenerateEmbedUrlForAnonymousUser).await
+    embed(
+        req,
+        body,
+        gw,
+        &canned,
+        Operation::GenerateEmbedUrlForAnonymousUser,
+    )
+    .await
 }
 
 pub(super) async fn registered(
     req: HttpRequest,
     body: web::Payload,
     gw: web::Data<Gateway>,
+    canned: web::Data<Canned>,
 ) -> HttpResponse {
-    embed(req, body, gw, Operation::GenerateEmbedUrlForRegisteredUser).await
+    embed(
+        req,
+        body,
+        gw,
+        &canned,
+        Operation::GenerateEmbedUrlForRegisteredUser,
+    )
+    .await
 }
 
 /// The id of this request: the one `TracingLogger` put on the request span (so every log line of
@@ -93,6 +107,7 @@ async fn embed(
     req: HttpRequest,
     body: web::Payload,
     gw: web::Data<Gateway>,
+    canned: &Canned,
     op: Operation,
 ) -> HttpResponse {
     let started = Instant::now();
@@ -126,7 +141,7 @@ async fn embed(
         );
         gw.metrics()
             .inbound_rejected(Some((tenant.index, tenant.id.as_str())));
-        tenant_limited(&gw, tenant, retry_after).response(&request_id)
+        canned.limited(tenant, retry_after, &request_id)
     };
     let gate = gw.gate(tenant);
     if let Gate::Limited { retry_after } = gate {
@@ -176,10 +191,10 @@ async fn embed(
             let reset = ((f64::from(tenant.burst) - f64::from(remaining)) / tenant.rate_per_sec)
                 .ceil() as u64;
             let mut resp = HttpResponse::Ok();
-            resp.insert_header((header::CACHE_CONTROL, "no-store"))
+            resp.insert_header(super::problem::NO_STORE)
                 .insert_header((super::REQUEST_ID, request_id.as_str()));
-            for (k, v) in rate_limit_headers(&gw, tenant, remaining, reset) {
-                resp.insert_header((k, v));
+            for pair in canned.rate_limit_headers(tenant, remaining, reset) {
+                resp.insert_header(pair);
             }
             resp.insert_header(header::ContentType::json()).body(answer(
                 &served,

@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::auth::{authenticate, discard_body, limit_unauthenticated, read_body, tenant_limited};
+use super::auth::{authenticate, discard_body, limit_unauthenticated, read_body, Canned};
 use super::embed::request_id;
 use super::problem::{bad_input, refusal, Problem};
 use crate::gateway::Gateway;
@@ -18,6 +18,7 @@ pub(super) async fn hints(
     req: HttpRequest,
     body: web::Payload,
     gw: web::Data<Gateway>,
+    canned: web::Data<Canned>,
 ) -> HttpResponse {
     let request_id = request_id(&req);
     let tenant = match authenticate(&gw, &req) {
@@ -29,7 +30,7 @@ pub(super) async fn hints(
     };
     if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {
         discard_body(&req, body, gw.settings().api.max_body_bytes).await;
-        return tenant_limited(&gw, tenant, retry_after).response(&request_id);
+        return canned.limited(tenant, retry_after, &request_id);
     }
     let bytes = match read_body(&req, body, gw.settings().api.max_body_bytes).await {
         Ok(b) => b,

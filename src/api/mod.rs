@@ -26,6 +26,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use crate::gateway::Gateway;
+pub use auth::Canned;
 use problem::Problem;
 pub use span::RequestSpan;
 

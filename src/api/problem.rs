@@ -43,7 +43,8 @@ impl Problem {
         self
     }
 
-    pub(super) fn response(self, request_id: &str) -> HttpResponse {
+    /// The document, with `request_id` as its `requestId`.
+    pub(super) fn body(&self, request_id: &str) -> Vec<u8> {
         let body = ProblemBody {
             code: self.code,
             detail: &self.detail,
@@ -54,10 +55,14 @@ impl Problem {
             kind: ProblemType(self.code),
             extra: &self.extra,
         };
-        let body = serde_json::to_vec(&body).unwrap_or_default();
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+
+    pub(super) fn response(self, request_id: &str) -> HttpResponse {
+        let body = self.body(request_id);
         let mut resp = HttpResponse::build(self.status);
-        resp.insert_header((header::CONTENT_TYPE, "application/problem+json"))
-            .insert_header((header::CACHE_CONTROL, "no-store"))
+        resp.insert_header(PROBLEM_JSON)
+            .insert_header(NO_STORE)
             .insert_header((super::REQUEST_ID, request_id));
         for (k, v) in self.headers {
             if let Ok(v) = HeaderValue::from_str(&v) {
@@ -67,6 +72,15 @@ impl Problem {
         resp.body(body)
     }
 }
+
+/// `Content-Type` of a problem document.
+pub(super) const PROBLEM_JSON: (header::HeaderName, HeaderValue) = (
+    header::CONTENT_TYPE,
+    HeaderValue::from_static("application/problem+json"),
+);
+/// No answer of the native API may be cached: each carries a one-time URL or a refusal of now.
+pub(super) const NO_STORE: (header::HeaderName, HeaderValue) =
+    (header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 
 /// The problem document as sent: serialised straight from borrowed parts, members in
 /// alphabetical order (as they always were), extras (`upstreamCode`, `upstreamId`) last.

@@ -336,8 +336,21 @@ async fn a_tenant_over_its_rate_gets_429_with_headers_while_another_is_unaffecte
                 .unwrap()
                 .starts_with("\"tenant\";r=0;t="));
             assert_eq!(r.headers()["ratelimit-policy"], "\"tenant\";q=5;w=5");
+            assert_eq!(r.headers()["content-type"], "application/problem+json");
+            assert_eq!(r.headers()["cache-control"], "no-store");
+            let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
             let p: Value = r.json().await.unwrap();
-            assert_eq!(p["code"], "rate_limited");
+            assert_eq!(
+                p,
+                serde_json::json!({
+                    "code": "rate_limited",
+                    "detail": "this tenant is over its rate of 1 requests/s",
+                    "requestId": id,
+                    "status": 429,
+                    "title": "Too Many Requests",
+                    "type": "urn:embedgate:problem:rate_limited",
+                })
+            );
             limited += 1;
         }
         let other = app
