@@ -137,14 +137,8 @@ async fn a_fleet_learns_paths_from_the_views_every_replica_saw() {
     }
     // Every view is shared once replica 1 has sent two batches since (its planner drains the
     // views it saw, then sends them) and replica 0 has read twice after that.
-    let exchanges = r#"embedgate_redis_duration_seconds_count{op="views"}"#;
     for i in [1, 0] {
-        let before = fleet.metric(i, exchanges).await;
-        let sent = eventually(Duration::from_secs(20), || async {
-            fleet.metric(i, exchanges).await >= before + 2.0
-        })
-        .await;
-        assert!(sent, "replica {i} exchanges views every tick");
+        redis_calls(&fleet, i, "views", 2).await;
     }
     let newcomer = "user-0100";
     let o = fleet.embed(0, "alpha", &dash("sales-2024", newcomer)).await;
@@ -165,13 +159,7 @@ async fn a_fleet_learns_paths_from_the_views_every_replica_saw() {
     );
     // The request the prediction announced was served (by replica 1): replica 0, which made the
     // prediction, does not stock the key again for it once its syncs see the URL gone.
-    let syncs = r#"embedgate_redis_duration_seconds_count{op="sync"}"#;
-    let before = fleet.metric(0, syncs).await;
-    let synced = eventually(Duration::from_secs(20), || async {
-        fleet.metric(0, syncs).await >= before + 5.0
-    })
-    .await;
-    assert!(synced, "replica 0 syncs every tick");
+    redis_calls(&fleet, 0, "sync", 5).await;
     assert_eq!(
         fleet.metric(0, follower).await,
         1.0,
@@ -217,14 +205,8 @@ async fn a_view_shared_by_another_replica_never_stocks_what_this_ones_policy_ref
             }
         }
     }
-    let exchanges = r#"embedgate_redis_duration_seconds_count{op="views"}"#;
     for i in [0, 1] {
-        let before = fleet.metric(i, exchanges).await;
-        let sent = eventually(Duration::from_secs(20), || async {
-            fleet.metric(i, exchanges).await >= before + 2.0
-        })
-        .await;
-        assert!(sent, "replica {i} exchanges views every tick");
+        redis_calls(&fleet, i, "views", 2).await;
     }
     // On replica 1 a newcomer lands on sales-2024 (finance would follow), another on
     // ops-overview (sales-2024 follows, and replica 1's policy allows it).
@@ -246,13 +228,7 @@ async fn a_view_shared_by_another_replica_never_stocks_what_this_ones_policy_ref
     assert_eq!(o.body["Source"], "pool", "{}", o.body);
     // A few more planner passes: still only that one follower fetched, and the newcomer's
     // finance, asked of the replica that still allows it, was in no pool.
-    let syncs = r#"embedgate_redis_duration_seconds_count{op="sync"}"#;
-    let before = fleet.metric(1, syncs).await;
-    let synced = eventually(Duration::from_secs(20), || async {
-        fleet.metric(1, syncs).await >= before + 5.0
-    })
-    .await;
-    assert!(synced, "replica 1 syncs every tick");
+    redis_calls(&fleet, 1, "sync", 5).await;
     assert_eq!(fleet.metric(1, follower).await, 1.0);
     let o = fleet.embed(1, "alpha", &dash("finance", refused)).await;
     assert_eq!(
@@ -265,4 +241,16 @@ async fn a_view_shared_by_another_replica_never_stocks_what_this_ones_policy_ref
     assert_ne!(o.body["Source"], "pool", "{}", o.body);
     assert_eq!(fleet.metric_sum("embedgate_redis_degraded").await, 0.0);
     fleet.stop().await;
+}
+
+/// Waits until replica `i` has made `n` more Redis calls of `op` (each planner tick makes one
+/// `views` and one `sync` call): what it had to send by now is sent, and read back.
+async fn redis_calls(fleet: &TestFleet, i: usize, op: &str, n: u32) {
+    let sample = format!("embedgate_redis_duration_seconds_count{{op=\"{op}\"}}");
+    let before = fleet.metric(i, &sample).await;
+    let done = eventually(std::time::Duration::from_secs(20), || async {
+        fleet.metric(i, &sample).await >= before + f64::from(n)
+    })
+    .await;
+    assert!(done, "replica {i} makes a {op} call every tick");
 }
