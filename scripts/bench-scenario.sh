@@ -24,7 +24,10 @@
 # throttles the account above BUDGET calls/s; the gateway's upstream budget is BUDGET too. Run 1:
 # through the gateway. Run 2 (skipped with DIRECT=0): a fresh simulator called directly with the
 # AWS SDK and its default retries (what a portal without embedgate gets).
-# Writes bench-results/scenario-<shape>.md and .json (scenario-<shape>-<N>replicas.* for a fleet).
+# GATEWAY_SET: gateway settings to change, space-separated section.key=value (value read as JSON),
+# e.g. GATEWAY_SET='refill.predict_min_probability=0.7'; TAG names such a run's files.
+# Writes bench-results/scenario-<shape>.md and .json (scenario-<shape>-<N>replicas.* for a fleet,
+# scenario-<shape>[-<N>replicas]-<TAG>.* with a TAG).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHAPE=${SHAPE:-zipf}
@@ -122,7 +125,9 @@ fi
 
 mkdir -p bench-results
 NAME=$SHAPE; [ "$REPLICAS" -gt 1 ] && NAME="$SHAPE-${REPLICAS}replicas"
-export SHAPE NAME PHASE_NAMES="$phase_names" POOL_LEFT REPLICAS SEED TENANTS KEYS ZIPF_S BUDGET BASE_RATE BURST_RATE BASE_SECS BURST_SECS TAIL_SECS LATENCY_MS LATENCY_P99_MS \
+[ -n "${TAG:-}" ] && NAME="$NAME-$TAG"
+GATEWAY_SET=${GATEWAY_SET:-}
+export SHAPE NAME GATEWAY_SET PHASE_NAMES="$phase_names" POOL_LEFT REPLICAS SEED TENANTS KEYS ZIPF_S BUDGET BASE_RATE BURST_RATE BASE_SECS BURST_SECS TAIL_SECS LATENCY_MS LATENCY_P99_MS \
   USERS DASHBOARDS YESTERDAY_SECS NIGHT_SECS TODAY_SECS STORM_AT STORM_SECS STORM_SHARE RETURN NEW_USERS VIEWS THINK FOLLOW ANON_RATE HINT_TENANTS
 # The raw outputs are kept (bench-results/raw-<shape>/) whatever the report step does.
 mkdir -p "bench-results/raw-$NAME"
@@ -155,7 +160,7 @@ expired = metric_sum(m, "embedgate_urls_wasted_total")
 left = float(e["POOL_LEFT"]) if e.get("POOL_LEFT") else metric_sum(m, "embedgate_pool_urls")
 throttled_names = ("ThrottlingException", "upstream_throttled")
 def throttling(errs): return sum(v for k, v in errs.items() if k in throttled_names)
-knobs = ["REPLICAS", "SEED", "TENANTS", "BUDGET", "LATENCY_MS", "LATENCY_P99_MS"] + (
+knobs = (["GATEWAY_SET"] if e["GATEWAY_SET"] else []) + ["REPLICAS", "SEED", "TENANTS", "BUDGET", "LATENCY_MS", "LATENCY_P99_MS"] + (
     ["USERS", "DASHBOARDS", "YESTERDAY_SECS", "NIGHT_SECS", "TODAY_SECS", "STORM_AT", "STORM_SECS",
      "STORM_SHARE", "RETURN", "NEW_USERS", "VIEWS", "THINK", "FOLLOW", "ANON_RATE", "HINT_TENANTS"]
     if shape == "storm" else

@@ -15,6 +15,7 @@ them.
 import copy
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -71,6 +72,28 @@ def scenario_config(binary, sim, port, admin, tenants, budget):
     s["tenants"] = [tenant(demo, f"tenant-{t}", rate_per_sec=100000.0, burst=100000)
                     for t in range(tenants)]
     return s
+
+
+def apply_overrides(settings, spec):
+    """Sets `section.key=value` pairs (space-separated; a value is read as JSON, else taken as a
+    string) on the settings, e.g. `refill.predict_min_probability=0.3 refill.sessions=false`.
+    A section or key the settings do not have is refused: a typo must not measure the defaults."""
+    for pair in spec.split():
+        path, sep, raw = pair.partition("=")
+        if not sep:
+            sys.exit(f"GATEWAY_SET: {pair!r} is not section.key=value")
+        *sections, key = path.split(".")
+        table = settings
+        for name in sections:
+            if not isinstance(table.get(name), dict):
+                sys.exit(f"GATEWAY_SET: no settings section {name!r} in {path!r}")
+            table = table[name]
+        if key not in table:
+            sys.exit(f"GATEWAY_SET: no setting {path!r}")
+        try:
+            table[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            table[key] = raw
 
 
 def to_toml(value, path=()):
@@ -144,6 +167,7 @@ def main(argv):
             # Cluster mode on one Redis. The timeout is generous so that a busy benchmark
             # machine measures the shared path rather than degraded mode.
             s["redis"].update(url=redis[0], timeout_ms=1000)
+        apply_overrides(s, os.environ.get("GATEWAY_SET", ""))
         open(out, "w").write(to_toml(s) + "\n")
     elif cmd == "wrk":
         runs = sorted((parse_wrk(open(f).read()) for f in rest), key=lambda r: r["rps"])
