@@ -123,10 +123,10 @@ pub(super) async fn read_bounded(
     Ok(body)
 }
 
-/// The parts of a tenant's answers that never change, built once per worker at start: its
-/// `RateLimit-Policy` header and its 429's problem document around the request id. A flood over
-/// a tenant's limit is the case that must cost least, and building the document and headers
-/// again for every refused request was most of the 429 handler's own work.
+/// The parts of a tenant's answers that never change, built once at start and shared by the
+/// workers: its `RateLimit-Policy` header and its 429's problem document around the request id.
+/// A flood over a tenant's limit is the case that must cost least, and building the document and
+/// headers again for every refused request was most of the 429 handler's own work.
 pub struct Canned {
     tenants: Vec<CannedTenant>,
 }
