@@ -155,7 +155,7 @@ hits = metric_sum(m, "embedgate_requests_total", outcome="hit")
 misses = metric_sum(m, "embedgate_requests_total", outcome="miss")
 fetched = metric_sum(m, "embedgate_urls_fetched_total")
 by_reason = {r: metric_sum(m, "embedgate_urls_fetched_total", reason=r)
-             for r in ["miss", "prefetch", "hint", "warm", "follower", "returning"]}
+             for r in ["miss", "prefetch", "first", "hint", "warm", "follower", "returning"]}
 expired = metric_sum(m, "embedgate_urls_wasted_total")
 left = float(e["POOL_LEFT"]) if e.get("POOL_LEFT") else metric_sum(m, "embedgate_pool_urls")
 throttled_names = ("ThrottlingException", "upstream_throttled")

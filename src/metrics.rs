@@ -74,6 +74,8 @@ pub enum Fetch {
     Miss,
     /// Ahead of measured demand.
     Prefetch,
+    /// For a key asked for once, whose kind's keys are usually asked again.
+    First,
     /// For a hinted key.
     Hint,
     /// For a warm key.
@@ -85,9 +87,10 @@ pub enum Fetch {
 }
 
 impl Fetch {
-    pub const ALL: [Fetch; 6] = [
+    pub const ALL: [Fetch; 7] = [
         Fetch::Miss,
         Fetch::Prefetch,
+        Fetch::First,
         Fetch::Hint,
         Fetch::Warm,
         Fetch::Follower,
@@ -98,6 +101,7 @@ impl Fetch {
         match self {
             Fetch::Miss => "miss",
             Fetch::Prefetch => "prefetch",
+            Fetch::First => "first",
             Fetch::Hint => "hint",
             Fetch::Warm => "warm",
             Fetch::Follower => "follower",

@@ -391,6 +391,7 @@ impl Demand {
             // Likely by its kind only (one request, no rate of its own): one URL for the next,
             // a prediction like a session's, held to the same bar.
             depth = 1;
+            reason = Reason::First;
         }
         let s = t.state.lock();
         if s.hinted_until_ms > now_ms && depth < 1 {
@@ -694,7 +695,7 @@ mod tests {
         let t = d.record(&key(), 0, &req(), now).unwrap();
         let p = d.recurrence(&t, now);
         assert!((0.55..0.65).contains(&p), "{p}");
-        assert_eq!(target_at(&d, &t, now + 500, 100), (1, Reason::Prefetch));
+        assert_eq!(target_at(&d, &t, now + 500, 100), (1, Reason::First));
         let d = three_in_five(&RefillSettings {
             predict_min_probability: 0.7,
             ..RefillSettings::default()
@@ -710,7 +711,7 @@ mod tests {
         let at = 1_500;
         assert_eq!(
             target_at(&d, &t, at, 100),
-            (1, Reason::Prefetch),
+            (1, Reason::First),
             "no evidence yet: a first request may start a stream"
         );
     }

@@ -59,6 +59,9 @@ impl Pending {
 pub enum Reason {
     /// Its own request rate.
     Prefetch,
+    /// Asked for once: one URL for the next request, which its kind's keys usually get (see
+    /// `Demand::target`).
+    First,
     Hint,
     Warm,
     /// A session prediction: it usually follows what its user just opened.
@@ -72,6 +75,7 @@ impl Reason {
     pub fn fetch(self) -> Fetch {
         match self {
             Reason::Prefetch => Fetch::Prefetch,
+            Reason::First => Fetch::First,
             Reason::Hint => Fetch::Hint,
             Reason::Warm => Fetch::Warm,
             Reason::Follower => Fetch::Follower,

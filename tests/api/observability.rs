@@ -403,3 +403,45 @@ async fn embedgate_top_shows_the_traffic_of_the_last_interval_per_tenant() {
     );
     app.stop().await;
 }
+
+/// A key asked for once, in a tenant whose keys of its kind are not known yet, is stocked one deep
+/// for its next request, and the operator can tell why: `/state` gives the key the reason `first`
+/// and `embedgate_urls_fetched_total` counts the URL under it, apart from streams (`prefetch`).
+#[tokio::test]
+async fn a_url_stocked_after_a_keys_first_request_is_explained_as_first() {
+    let app = spawn_app(|s| s.refill.sessions = false).await;
+    let body = dash("sales-2024", "alice");
+    let first = app.embed_json("alpha", "dashboard", &body).await;
+    assert_eq!(first["Source"], "upstream", "{first}");
+    let key = app.key_of(0, &body);
+    let gw = app.app.gateway.clone();
+    assert!(app.eventually(10, || gw.pool().len(&key) == 1).await);
+    let state: Value = app
+        .http
+        .get(format!("{}/state?keys=1000", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = state["demand"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key"] == key.as_str())
+        .unwrap_or_else(|| panic!("the key is listed: {state}"));
+    assert_eq!(entry["reason"], "first", "{entry}");
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(&m, r#"embedgate_urls_fetched_total{reason="first"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, r#"embedgate_urls_fetched_total{reason="prefetch"}"#),
+        0.0
+    );
+    let second = app.embed_json("alpha", "dashboard", &body).await;
+    assert_eq!(second["Source"], "pool", "{second}");
+    app.stop().await;
+}
