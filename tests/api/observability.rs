@@ -416,21 +416,7 @@ async fn a_url_stocked_after_a_keys_first_request_is_explained_as_first() {
     let key = app.key_of(0, &body);
     let gw = app.app.gateway.clone();
     assert!(app.eventually(10, || gw.pool().len(&key) == 1).await);
-    let state: Value = app
-        .http
-        .get(format!("{}/state?keys=1000", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let entry = state["demand"]["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["key"] == key.as_str())
-        .unwrap_or_else(|| panic!("the key is listed: {state}"));
+    let entry = app.planned(&key).await;
     assert_eq!(entry["reason"], "first", "{entry}");
     let m = app.metrics().await;
     assert_eq!(

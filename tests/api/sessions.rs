@@ -2,8 +2,6 @@
 //! they ask, for the right user, counted by reason and explained in `/state`; a tenant's habits
 //! never stock anything for another tenant.
 
-use serde_json::Value;
-
 use crate::helpers::*;
 
 /// Eight users of `tenant` open sales-2024 then finance; one of them also opens ops-overview.
@@ -35,20 +33,7 @@ async fn a_users_usual_next_dashboard_is_pooled_for_them_before_they_open_it() {
         "finance follows sales-2024 for 8 users in 8: stocked for the newcomer"
     );
     // Explained: /state lists the key with its probability and reason.
-    let state: Value = app
-        .http
-        .get(format!("{}/state?keys=1000", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let keys = state["demand"]["keys"].as_array().unwrap();
-    let entry = keys
-        .iter()
-        .find(|k| k["key"] == next.as_str())
-        .unwrap_or_else(|| panic!("the predicted key is listed: {state}"));
+    let entry = app.planned(&next).await;
     assert_eq!(entry["reason"], "follower", "{entry}");
     assert_eq!(entry["tenant"], "alpha");
     assert!(entry["probability"].as_f64().unwrap() >= 0.8, "{entry}");

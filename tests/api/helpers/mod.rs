@@ -300,6 +300,25 @@ impl TestApp {
         get_text(&self.http, &format!("{}/metrics", self.admin)).await
     }
 
+    /// `key`'s entry among the planner's keys in `GET /state` (probability, target, stock,
+    /// reason); panics, showing the state, when the key is not listed.
+    pub async fn planned(&self, key: &embedgate::pool::PoolKey) -> serde_json::Value {
+        let state: serde_json::Value = self
+            .http
+            .get(format!("{}/state?keys=1000", self.admin))
+            .send()
+            .await
+            .expect("admin answers")
+            .json()
+            .await
+            .expect("JSON");
+        state["demand"]["keys"]
+            .as_array()
+            .and_then(|keys| keys.iter().find(|k| k["key"] == key.as_str()))
+            .cloned()
+            .unwrap_or_else(|| panic!("{key:?} is listed in /state: {state}"))
+    }
+
     /// [`eventually`] for a condition that needs no waiting to check, within `secs` seconds.
     pub async fn eventually(&self, secs: u64, mut cond: impl FnMut() -> bool) -> bool {
         eventually(Duration::from_secs(secs), || std::future::ready(cond())).await
