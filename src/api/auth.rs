@@ -152,10 +152,10 @@ impl Canned {
                 let policy = HeaderValue::try_from(format!("\"tenant\";q={quota};w={window}"))
                     .expect("digits and ASCII");
                 let doc = tenant_limited(t).body(MARK);
-                let mark = br#""\u0001""#;
+                let mark = serde_json::to_vec(MARK).expect("a string serialises");
                 let at = doc
                     .windows(mark.len())
-                    .position(|w| w == mark)
+                    .position(|w| w == mark.as_slice())
                     .expect("the document carries its request id");
                 CannedTenant {
                     policy,

@@ -532,10 +532,7 @@ async fn a_redis_that_refuses_the_views_stream_leaves_the_rest_shared() {
         .await;
     assert_eq!(o.status, 200, "{}", o.body);
     let refused = r#"embedgate_redis_errors_total{op="views"}"#;
-    let seen = eventually(Duration::from_secs(20), || async {
-        fleet.metric(0, refused).await >= 1.0
-    })
-    .await;
+    let seen = fleet.metric_reaches(0, refused, 1.0).await;
     assert!(seen, "the views call was refused");
     assert_eq!(fleet.metric(0, "embedgate_redis_degraded").await, 0.0);
     assert_eq!(fleet.readiness(0).await, "ready");

@@ -129,10 +129,7 @@ async fn a_fleet_learns_paths_from_the_views_every_replica_saw() {
     let o = fleet.embed(0, "alpha", &dash("sales-2024", newcomer)).await;
     assert_eq!(o.status, 200, "{}", o.body);
     let follower = r#"embedgate_urls_fetched_total{reason="follower"}"#;
-    let stocked = eventually(Duration::from_secs(20), || async {
-        fleet.metric(0, follower).await >= 1.0
-    })
-    .await;
+    let stocked = fleet.metric_reaches(0, follower, 1.0).await;
     assert!(stocked, "replica 0 stocked the newcomer's finance");
     let o = fleet.embed(1, "alpha", &dash("finance", newcomer)).await;
     assert_eq!(o.status, 200, "{}", o.body);
@@ -201,10 +198,7 @@ async fn a_view_shared_by_another_replica_never_stocks_what_this_ones_policy_ref
         assert_eq!(o.status, 200, "{}", o.body);
     }
     let follower = r#"embedgate_urls_fetched_total{reason="follower"}"#;
-    let stocked = eventually(Duration::from_secs(20), || async {
-        fleet.metric(1, follower).await >= 1.0
-    })
-    .await;
+    let stocked = fleet.metric_reaches(1, follower, 1.0).await;
     assert!(
         stocked,
         "replica 1 learned the shared paths and stocks what it may"
@@ -233,9 +227,8 @@ async fn a_view_shared_by_another_replica_never_stocks_what_this_ones_policy_ref
 async fn redis_calls(fleet: &TestFleet, i: usize, op: &str, n: u32) {
     let sample = format!("embedgate_redis_duration_seconds_count{{op=\"{op}\"}}");
     let before = fleet.metric(i, &sample).await;
-    let done = eventually(std::time::Duration::from_secs(20), || async {
-        fleet.metric(i, &sample).await >= before + f64::from(n)
-    })
-    .await;
+    let done = fleet
+        .metric_reaches(i, &sample, before + f64::from(n))
+        .await;
     assert!(done, "replica {i} makes a {op} call every tick");
 }

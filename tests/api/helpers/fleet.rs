@@ -149,6 +149,14 @@ impl TestFleet {
         metric(&text, sample)
     }
 
+    /// Whether replica `i`'s `sample` reaches `at_least` within 20 s.
+    pub async fn metric_reaches(&self, i: usize, sample: &str, at_least: f64) -> bool {
+        eventually(Duration::from_secs(20), || async {
+            self.metric(i, sample).await >= at_least
+        })
+        .await
+    }
+
     /// Opens every URL at the simulator once; returns the statuses.
     pub async fn redeem(&self, urls: &[String]) -> Vec<u16> {
         futures::stream::iter(urls.to_vec())
