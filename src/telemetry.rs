@@ -6,8 +6,19 @@
 //! by embedgate; the AWS SDK and HTTP client crates are capped at `info` whatever the configured
 //! level, because at debug/trace they log raw response bodies, which carry embed URLs.
 
-use tracing_subscriber::fmt::MakeWriter;
+use std::cell::RefCell;
+use std::fmt::Write as _;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_log::NormalizeEvent;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{fmt, EnvFilter};
+
+use crate::wire::json::push_json_str;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,11 +70,10 @@ where
     let filter = filter(level);
     let _ = match format {
         LogFormat::Json => fmt()
-            .json()
+            .fmt_fields(JsonSpanFields)
+            .event_format(JsonLines)
             .with_writer(writer)
             .with_env_filter(filter)
-            .with_current_span(true)
-            .with_span_list(false)
             .try_init(),
         LogFormat::Pretty => fmt()
             .with_writer(writer)
@@ -73,9 +83,350 @@ where
     };
 }
 
+/// JSON lines shaped as `tracing-subscriber`'s `json()` format writes them with the current span
+/// and no span list: `{"timestamp","level","fields":{…},"target","span":{…,"name"}}`.
+///
+/// Written here because that format costs a pool hit more than the rest of its handler at the
+/// default level: for every line it parses the request span's stored fields back from JSON to
+/// write them again, and collects the event's fields into a map of `serde_json` values first.
+/// Here the span's fields are kept as JSON text by [`JsonSpanFields`] and copied into each line
+/// as they are, and the event's fields are written straight into the line.
+pub struct JsonLines;
+
+/// A span's fields kept as the members of a JSON object (`{"request_id":"…",…}`), for
+/// [`JsonLines`] to copy into each line logged inside the span.
+pub struct JsonSpanFields;
+
+impl<S> FormatEvent<S, JsonSpanFields> for JsonLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, JsonSpanFields>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        // Events bridged from the `log` crate carry their real target in `log.*` fields.
+        let normalized = event.normalized_metadata();
+        let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
+        let mut line = String::with_capacity(256);
+        line.push_str("{\"timestamp\":\"");
+        timestamp(&mut line);
+        line.push_str("\",\"level\":\"");
+        line.push_str(meta.level().as_str());
+        line.push_str("\",\"fields\":{");
+        event.record(&mut Members::new(&mut line, false));
+        line.push_str("},\"target\":");
+        push_json_str(&mut line, meta.target());
+        let span = event
+            .parent()
+            .and_then(|id| ctx.span(id))
+            .or_else(|| ctx.lookup_current());
+        if let Some(span) = span {
+            line.push_str(",\"span\":{");
+            if let Some(stored) = span.extensions().get::<FormattedFields<JsonSpanFields>>() {
+                let members = members_of(&stored.fields);
+                if !members.is_empty() {
+                    line.push_str(members);
+                    line.push(',');
+                }
+            }
+            line.push_str("\"name\":");
+            push_json_str(&mut line, span.name());
+            line.push('}');
+        }
+        line.push_str("}\n");
+        writer.write_str(&line)
+    }
+}
+
+impl<'w> FormatFields<'w> for JsonSpanFields {
+    fn format_fields<R: RecordFields>(
+        &self,
+        mut writer: Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut object = String::from("{");
+        fields.record(&mut Members::new(&mut object, true));
+        object.push('}');
+        writer.write_str(&object)
+    }
+
+    /// Fields recorded after the span was created join its object (a field recorded again
+    /// appears twice; a JSON reader takes the later value).
+    fn add_fields(
+        &self,
+        current: &'w mut FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        let mut added = String::new();
+        fields.record(&mut Members::new(&mut added, true));
+        if added.is_empty() {
+            return Ok(());
+        }
+        let kept = members_of(&current.fields).to_string();
+        current.fields = if kept.is_empty() {
+            format!("{{{added}}}")
+        } else {
+            format!("{{{kept},{added}}}")
+        };
+        Ok(())
+    }
+}
+
+/// The members of a stored JSON object, without its braces.
+fn members_of(object: &str) -> &str {
+    object
+        .strip_prefix('{')
+        .and_then(|o| o.strip_suffix('}'))
+        .unwrap_or("")
+}
+
+/// Writes fields as JSON object members (`"name":value`, comma-separated) as `serde_json` would
+/// write them: strings escaped, `Debug` and `Display` values as strings, numbers as numbers (a
+/// float that is not finite as `null`), bytes as an array.
+struct Members<'a> {
+    out: &'a mut String,
+    first: bool,
+    /// Leave out the `log.*` fields of events bridged from the `log` crate (a span's fields).
+    skip_log: bool,
+}
+
+impl<'a> Members<'a> {
+    fn new(out: &'a mut String, skip_log: bool) -> Members<'a> {
+        Members {
+            out,
+            first: true,
+            skip_log,
+        }
+    }
+
+    /// Starts a member; false when the field is left out.
+    fn key(&mut self, field: &Field) -> bool {
+        let name = field.name();
+        if self.skip_log && name.starts_with("log.") {
+            return false;
+        }
+        if !std::mem::take(&mut self.first) {
+            self.out.push(',');
+        }
+        push_json_str(self.out, name.strip_prefix("r#").unwrap_or(name));
+        self.out.push(':');
+        true
+    }
+}
+
+impl Visit for Members<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if self.key(field) {
+            if value.is_finite() {
+                // `{:?}` writes a float as `serde_json` does (`1.0`, `0.25`, `1e-7`).
+                let _ = write!(self.out, "{value:?}");
+            } else {
+                self.out.push_str("null");
+            }
+        }
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if self.key(field) {
+            let _ = write!(self.out, "{value}");
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.key(field) {
+            let _ = write!(self.out, "{value}");
+        }
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.key(field) {
+            self.out.push_str(if value { "true" } else { "false" });
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.key(field) {
+            push_json_str(self.out, value);
+        }
+    }
+    fn record_bytes(&mut self, field: &Field, value: &[u8]) {
+        if self.key(field) {
+            self.out
+                .push_str(&serde_json::to_string(value).unwrap_or_default());
+        }
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        if self.key(field) {
+            push_json_str(self.out, &value.to_string());
+        }
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if self.key(field) {
+            push_json_str(self.out, &format!("{value:?}"));
+        }
+    }
+}
+
+/// Appends the current UTC time as RFC 3339 with microseconds (`2026-12-03T04:35:00.123456Z`,
+/// as `tracing-subscriber` writes it). Each thread keeps the text of the current second.
+fn timestamp(out: &mut String) {
+    thread_local! {
+        static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = time::OffsetDateTime::now_utc();
+    SECOND.with_borrow_mut(|(at, text)| {
+        if *at != now.unix_timestamp() {
+            *at = now.unix_timestamp();
+            text.clear();
+            let _ = write!(
+                text,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                now.year(),
+                u8::from(now.month()),
+                now.day(),
+                now.hour(),
+                now.minute(),
+                now.second()
+            );
+        }
+        out.push_str(text);
+    });
+    let _ = write!(out, ".{:06}Z", now.microsecond());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Clone, Default)]
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Capture {
+        type Writer = Capture;
+        fn make_writer(&'a self) -> Capture {
+            self.clone()
+        }
+    }
+
+    #[derive(Debug)]
+    #[allow(dead_code)] // read through `Debug`
+    struct Thing {
+        name: &'static str,
+        n: u32,
+    }
+
+    /// Every kind of field, in and out of spans, a span field recorded late, text that needs
+    /// escaping.
+    fn events() {
+        tracing::info!("outside any span");
+        let span = tracing::info_span!(
+            "request",
+            request_id = "r-1",
+            method = "POST",
+            late = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        tracing::info!(
+            tenant = "alpha",
+            outcome = "hit",
+            elapsed_ms = 0.25,
+            whole = 1.0,
+            small = 1e-7,
+            count = 3u64,
+            delta = -4i64,
+            ok = true,
+            thing = ?Thing { name: "x\"y", n: 2 },
+            shown = %"a\nb",
+            "embed-url request"
+        );
+        span.record("late", 42u64);
+        let err = std::io::Error::other("disk \"full\"");
+        tracing::warn!(
+            error = &err as &(dyn std::error::Error + 'static),
+            r#type = "t",
+            "after {} record",
+            "a late"
+        );
+        let inner = tracing::debug_span!("inner", tenant = "beta");
+        inner.in_scope(|| tracing::error!(nan = f64::NAN, "\u{1}control"));
+        // A record of the `log` crate (actix-web logs through it), as the bridge passes it on.
+        tracing_log::format_trace(
+            &log::Record::builder()
+                .args(format_args!("from the log crate"))
+                .level(log::Level::Info)
+                .target("actix_server::builder")
+                .module_path_static(Some("actix_server::builder"))
+                .file_static(Some("builder.rs"))
+                .line(Some(7))
+                .build(),
+        )
+        .unwrap();
+    }
+
+    fn lines(capture: &Capture) -> Vec<serde_json::Value> {
+        String::from_utf8(capture.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// The lines read as `tracing-subscriber`'s own JSON format's lines do, member for member
+    /// (the timestamp apart, which is checked for its form).
+    #[test]
+    fn log_lines_read_as_the_stock_json_format_writes_them() {
+        let ours = Capture::default();
+        let theirs = Capture::default();
+        let subscriber = fmt()
+            .fmt_fields(JsonSpanFields)
+            .event_format(JsonLines)
+            .with_writer(ours.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        tracing::subscriber::with_default(subscriber, events);
+        let stock = fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(theirs.clone())
+            .with_max_level(tracing::Level::TRACE)
+            .finish();
+        tracing::subscriber::with_default(stock, events);
+
+        let (mut ours, mut theirs) = (lines(&ours), lines(&theirs));
+        assert_eq!(ours.len(), 5);
+        for line in ours.iter_mut().chain(theirs.iter_mut()) {
+            let at = line
+                .as_object_mut()
+                .unwrap()
+                .remove("timestamp")
+                .expect("a timestamp");
+            let at = at.as_str().unwrap();
+            assert_eq!(at.len(), "2026-12-03T04:35:00.123456Z".len(), "{at}");
+            time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|e| panic!("{e}: {at}"));
+        }
+        assert_eq!(ours, theirs);
+        assert_eq!(ours[1]["span"]["request_id"], "r-1");
+        assert_eq!(
+            ours[2]["span"]["late"], 42,
+            "a field recorded late joins the span"
+        );
+        assert_eq!(ours[3]["span"]["name"], "inner");
+        assert_eq!(
+            ours[4]["target"], "actix_server::builder",
+            "a log record's own target"
+        );
+    }
 
     #[test]
     fn sdk_and_http_crates_stay_at_info_even_at_trace() {

@@ -1,5 +1,5 @@
 //! The span every request runs in: its id (so each line logged while it is handled carries it),
-//! the method, the route and, at the end, the status.
+//! the method and the route.
 //!
 //! `tracing-actix-web`'s default span also records the client address, host, scheme, user agent
 //! and OpenTelemetry fields; building them parses the connection info and allocates on every
@@ -13,8 +13,7 @@ use actix_web::{Error, HttpMessage};
 use tracing::Span;
 use tracing_actix_web::{RequestId, RootSpanBuilder};
 
-/// The gateway's [`RootSpanBuilder`]: `request` span with `request_id`, `method`, `route`,
-/// `status`.
+/// The gateway's [`RootSpanBuilder`]: `request` span with `request_id`, `method`, `route`.
 pub struct RequestSpan;
 
 impl RootSpanBuilder for RequestSpan {
@@ -29,15 +28,11 @@ impl RootSpanBuilder for RequestSpan {
                 .unwrap_or_default(),
             method = %request.method(),
             route = request.match_pattern().as_deref().unwrap_or("default"),
-            status = tracing::field::Empty,
         )
     }
 
-    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
-        let status = match outcome {
-            Ok(response) => response.status(),
-            Err(error) => error.as_response_error().status_code(),
-        };
-        span.record("status", status.as_u16());
-    }
+    /// Records nothing: the span ends here and no line is logged in it after this, so a status
+    /// recorded now would never be shown (the `embed-url request` line carries the outcome),
+    /// and recording it cost every request a visit of the subscriber.
+    fn on_request_end<B: MessageBody>(_span: Span, _outcome: &Result<ServiceResponse<B>, Error>) {}
 }

@@ -70,6 +70,19 @@ fn plain(s: &str) -> bool {
     })
 }
 
+/// Appends `s` as a JSON string to text being built (the log lines of `telemetry`).
+pub fn push_json_str(out: &mut String, s: &str) {
+    if plain(s) {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // A `str` always serialises.
+        out.push_str(&serde_json::to_string(s).unwrap_or_default());
+    }
+}
+
 /// Appends `s` as a JSON string.
 fn push_str(buf: &mut Vec<u8>, s: &str) {
     if plain(s) {
@@ -121,6 +134,9 @@ mod tests {
             let ours = Object::with_capacity(0).str("k", s).finish();
             let theirs = serde_json::to_vec(&serde_json::json!({ "k": s })).unwrap();
             assert_eq!(ours, theirs, "{s:?}");
+            let mut text = String::new();
+            push_json_str(&mut text, s);
+            assert_eq!(text, serde_json::to_string(s).unwrap(), "{s:?}");
         }
     }
 
