@@ -12,8 +12,10 @@
 # Writes bench-results/gateway.md and bench-results/gateway.json.
 # Then the latency of pool hits at half the measured maximum rate: wrk again, each connection
 # pausing PACE_MS after every answer, with as many connections as make half the maximum.
+# The gateway runs at its default log level (info: a JSON line per request, into a file in the
+# run's scratch directory, about 350 bytes a request); GATEWAY_LOG=warn measures it without them.
 # Needs wrk (apt-get install wrk). Knobs: KEYS, DEPTH, RUNS, DURATION (seconds, e.g. 2s), CONNECTIONS,
-# LOAD_SECS.
+# LOAD_SECS, GATEWAY_LOG.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS=${KEYS:-600}
@@ -110,6 +112,7 @@ stop "$gw_pid"; stop "$sim_pid"
 mkdir -p bench-results
 export hit_rps hit_p50 hit_p99 hit_p999 hit_bad bare_rps bare_p50 bare_p99 bare_p999 rej_rps rej_p50 rej_p99 rej_p999 \
   bare429_rps bare429_p50 bare429_p99 bare429_p999 hit_ratios rej_ratios hit_size reject_size RUNS DURATION CONNECTIONS LOAD_SECS PACE_MS
+export log_level=${GATEWAY_LOG:-info (default)}
 python3 - "$work/at_load.json" <<'PY'
 import json, platform, os, sys
 e = os.environ
@@ -122,7 +125,8 @@ r = {
   "bare_429_same_body": path("bare429"),
   "at_half_max": json.load(open(sys.argv[1])),
   "settings": {"runs": int(e["RUNS"]), "duration": e["DURATION"], "connections": int(e["CONNECTIONS"]), "wrk_threads": 1,
-               "at_load_secs": int(e["LOAD_SECS"]), "pace_ms": int(e["PACE_MS"]), "cores": os.cpu_count(), "machine": platform.processor() or platform.machine()},
+               "at_load_secs": int(e["LOAD_SECS"]), "pace_ms": int(e["PACE_MS"]), "cores": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+               "gateway_log_level": e["log_level"]},
 }
 def rounds(k):
     v = [float(x) for x in e[k].split()]
@@ -137,7 +141,8 @@ a = r["at_half_max"]
 st = r["settings"]
 md = f"""## Hit-path ceiling
 
-wrk, 1 thread, {st['connections']} connections, {st['runs']} interleaved rounds of {st['duration']} per path (gateway hit, bare, gateway 429, bare 429), {st['cores']} cores (wrk and server share them).\nFigures are the median-throughput run of each path; the ratio is the median of the per-round ratios\n(hits: {', '.join(map(str, r['hit_ratios_by_round']))}; 429s: {', '.join(map(str, r['reject_ratios_by_round']))}).
+wrk, 1 thread, {st['connections']} connections, {st['runs']} interleaved rounds of {st['duration']} per path (gateway hit, bare, gateway 429, bare 429), {st['cores']} cores (wrk and server share them),
+the gateway logging at {st['gateway_log_level']}.\nFigures are the median-throughput run of each path; the ratio is the median of the per-round ratios\n(hits: {', '.join(map(str, r['hit_ratios_by_round']))}; 429s: {', '.join(map(str, r['reject_ratios_by_round']))}).
 
 | Path | requests/s | p50 | p99 | p99.9 | vs bare actix-web |
 | --- | --- | --- | --- | --- | --- |

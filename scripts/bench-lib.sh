@@ -32,9 +32,13 @@ start_sim() {
   sim_url=$(sed -n 's/.*listening on \(http[^ ]*\).*/\1/p' "$work/$name.out" | head -1)
 }
 
-# start_gateway CONFIG: starts `embedgate serve`; sets gw_pid.
+# start_gateway CONFIG: starts `embedgate serve`; sets gw_pid. It logs at its default level
+# (info: a JSON line per request, as it runs unless told otherwise) into CONFIG.err, or at
+# GATEWAY_LOG (e.g. `warn`, to measure without the per-request lines); EMBEDGATE_LOG and RUST_LOG
+# from the caller's shell are not passed on.
 start_gateway() {
-  EMBEDGATE_LOG=warn "$bin" serve --config "$1" 2>"$1.err" &
+  env -u EMBEDGATE_LOG -u RUST_LOG ${GATEWAY_LOG:+EMBEDGATE_LOG="$GATEWAY_LOG"} \
+    "$bin" serve --config "$1" 2>"$1.err" &
   gw_pid=$!; pids+=("$gw_pid")
 }
 

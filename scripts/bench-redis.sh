@@ -17,7 +17,8 @@
 # the gateway and wrk for the same two cores.)
 # Writes bench-results/redis.{md,json} (redis-pinned.{md,json} with PIN=1). Needs wrk and
 # redis-server (scripts/setup.sh installs redis-server; apt-get install wrk). Knobs: KEYS,
-# DEPTH, RUNS, DURATION, CONNECTIONS, PIN.
+# DEPTH, RUNS, DURATION, CONNECTIONS, PIN, GATEWAY_LOG (the gateways' log level; unset: their
+# default, info, a line per request).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIN=${PIN:-0}
@@ -147,8 +148,10 @@ read -r redis_rps redis_p50 redis_p99 redis_p999 redis_bad <<<"$(median redis)"
 ratios=$(for i in $(seq "$RUNS"); do lib wrk "$work/redis.$i" | cut -d' ' -f1; lib wrk "$work/local.$i" | cut -d' ' -f1; done | paste -sd' ')
 
 mkdir -p "bench-results/raw-$out"
-# The configs, the gateways' logs and wrk's outputs, for a second look.
-cp "$work"/*.toml "$work"/*.err "$work"/local.* "$work"/redis.* "bench-results/raw-$out/" 2>/dev/null || true
+# The configs, the last megabyte of each gateway's log (at the default level a line per request)
+# and wrk's outputs, for a second look.
+cp "$work"/*.toml "$work"/local.* "$work"/redis.* "bench-results/raw-$out/" 2>/dev/null || true
+for f in "$work"/*.err; do tail -c 1000000 "$f" >"bench-results/raw-$out/$(basename "$f")"; done
 export redis_bytes_per_url redis_member_chars out PIN gw_cpu redis_cpu script_usec KEYS DEPTH RUNS DURATION CONNECTIONS target local_fill_secs redis_fill_secs hits others redis_requests degraded \
   local_rps local_p50 local_p99 local_p999 local_bad redis_rps redis_p50 redis_p99 redis_p999 redis_bad ratios
 python3 - <<'PY'

@@ -49,7 +49,7 @@ def gateway_config(binary, sim, port, admin, keys, depth):
     s = dev_settings(binary)
     demo = s["tenants"][0]
     account = demo["default_account"]
-    s.update(listen=f"127.0.0.1:{port}", admin_listen=f"127.0.0.1:{admin}", log_level="warn")
+    s.update(listen=f"127.0.0.1:{port}", admin_listen=f"127.0.0.1:{admin}")
     s["upstream"].update(endpoint_url=sim, rate_per_sec=100000.0, burst=10000, max_concurrency=256,
                          timeout_ms=1000)
     s["pool"].update(max_urls_per_key=depth, max_urls=5_000_000)
@@ -67,7 +67,7 @@ def scenario_config(binary, sim, port, admin, tenants, budget):
     """TENANTS tenants `tenant-<n>`, unthrottled inbound, an upstream budget of BUDGET/s."""
     s = dev_settings(binary)
     demo = s["tenants"][0]
-    s.update(listen=f"127.0.0.1:{port}", admin_listen=f"127.0.0.1:{admin}", log_level="warn")
+    s.update(listen=f"127.0.0.1:{port}", admin_listen=f"127.0.0.1:{admin}")
     s["upstream"].update(endpoint_url=sim, rate_per_sec=budget, burst=max(1, int(budget // 10)))
     s["tenants"] = [tenant(demo, f"tenant-{t}", rate_per_sec=100000.0, burst=100000)
                     for t in range(tenants)]
