@@ -428,6 +428,37 @@ mod tests {
         );
     }
 
+    /// The README's way to keep `info` but leave out the line every request logs: the
+    /// request's span stays, so a warning logged while it is handled still carries its id.
+    #[test]
+    fn a_directive_drops_the_per_request_line_and_keeps_everything_else() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(filter("info,embedgate::api::embed=warn"))
+            .with(
+                fmt::layer()
+                    .fmt_fields(JsonSpanFields)
+                    .event_format(JsonLines)
+                    .with_writer(capture.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "embedgate::startup", "listening");
+            let span =
+                tracing::info_span!(target: "embedgate::api::span", "request", request_id = "r-9");
+            let _in = span.enter();
+            tracing::info!(target: "embedgate::api::embed", outcome = "hit", "embed-url request");
+            tracing::warn!(target: "embedgate::api::embed", "QuickSight refused the call");
+        });
+        let lines = lines(&capture);
+        let messages: Vec<&str> = lines
+            .iter()
+            .map(|l| l["fields"]["message"].as_str().unwrap())
+            .collect();
+        assert_eq!(messages, ["listening", "QuickSight refused the call"]);
+        assert_eq!(lines[1]["span"]["request_id"], "r-9");
+    }
+
     #[test]
     fn sdk_and_http_crates_stay_at_info_even_at_trace() {
         let f = filter("trace").to_string();
