@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use embedgate::clock::Clock;
 use embedgate::config::{PolicySettings, PoolSettings, TenantSettings};
 use embedgate::limiter::InboundLimiter;
-use embedgate::metrics::Metrics;
+use embedgate::metrics::{Fetch, Metrics};
 use embedgate::model::{AnonymousEmbedRequest, EmbedRequest};
 use embedgate::pool::{pool_key, Pool, PoolKey, PooledUrl};
 use embedgate::tenant::{hash_key, Tenants};
@@ -114,6 +114,7 @@ fn pool_bench(c: &mut Criterion) {
                                 url: url(i as usize),
                                 issued_at_ms: now,
                                 anonymous_user_arn: None,
+                                fetched_for: Fetch::Prefetch,
                             },
                         );
                         std::hint::black_box(pool.take(k));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use embedgate::clock::Clock;
 use embedgate::config::{PoolSettings, RefillSettings};
-use embedgate::metrics::Metrics;
+use embedgate::metrics::{Fetch, Metrics};
 use embedgate::model::{DashboardEmbedRequest, EmbedRequest, IdentityType};
 use embedgate::pool::{pool_key, Pool, PooledUrl};
 use embedgate::refill::Demand;
@@ -79,6 +79,7 @@ fn main() {
             url: std::mem::take(url),
             issued_at_ms: now,
             anonymous_user_arn: None,
+            fetched_for: Fetch::Prefetch,
         };
         pool.put(&pool_keys[i % keys], 0, url)
             .expect("room in the pool");

@@ -157,6 +157,7 @@ fetched = metric_sum(m, "embedgate_urls_fetched_total")
 by_reason = {r: metric_sum(m, "embedgate_urls_fetched_total", reason=r)
              for r in ["miss", "prefetch", "first", "hint", "warm", "follower", "returning"]}
 expired = metric_sum(m, "embedgate_urls_wasted_total")
+wasted_by_reason = {r: metric_sum(m, "embedgate_urls_wasted_total", fetched_for=r) for r in by_reason}
 left = float(e["POOL_LEFT"]) if e.get("POOL_LEFT") else metric_sum(m, "embedgate_pool_urls")
 throttled_names = ("ThrottlingException", "upstream_throttled")
 def throttling(errs): return sum(v for k, v in errs.items() if k in throttled_names)
@@ -166,7 +167,7 @@ knobs = (["GATEWAY_SET"] if e["GATEWAY_SET"] else []) + ["REPLICAS", "SEED", "TE
     if shape == "storm" else
     ["KEYS", "ZIPF_S", "BASE_RATE", "BURST_RATE", "BASE_SECS", "BURST_SECS", "TAIL_SECS"])
 G = {**g, "hit_ratio": hits / max(1, hits + misses), "urls_fetched": fetched, "fetched_by_reason": by_reason,
-     "urls_expired_unused": expired, "urls_left_in_pool": left, "waste_ratio_expired": expired / max(1, fetched),
+     "urls_expired_unused": expired, "wasted_by_reason": wasted_by_reason, "urls_left_in_pool": left, "waste_ratio_expired": expired / max(1, fetched),
      "waste_ratio_incl_leftover": (expired + left) / max(1, fetched),
      "upstream_calls": gl["calls"], "upstream_throttled": gl["throttled"],
      "upstream_calls_per_url": gl["calls"] / max(1, g["ok"]), "throttling_errors_to_callers": throttling(g["errors"])}
@@ -209,6 +210,7 @@ Knobs: {", ".join(f"{k.lower()}={e[k]}" for k in knobs)}.
 | requests / served | {G['requests']} / {G['ok']} | {f"{D['requests']} / {D['ok']}" if D else "skipped"} |
 | served from the pool | **{G['hit_ratio']:.1%}** | — |
 | URLs fetched, by reason | {G['urls_fetched']:.0f}: {", ".join(f"{k} {v:.0f}" for k, v in by_reason.items() if v)} | — |
+| waste by what it was fetched for (wasted / fetched) | {", ".join(f"{k} {wasted_by_reason[k]:.0f} / {v:.0f} ({wasted_by_reason[k] / v:.0%})" for k, v in by_reason.items() if v)} | — |
 | waste: expired unused / fetched | **{G['waste_ratio_expired']:.1%}** ({G['urls_expired_unused']:.0f} of {G['urls_fetched']:.0f}); {G['waste_ratio_incl_leftover']:.1%} counting the {G['urls_left_in_pool']:.0f} still pooled at the end | — |
 | upstream calls per URL handed out | **{G['upstream_calls_per_url']:.2f}** | {f"{D['upstream_calls_per_url']:.2f}" if D else "—"} |
 | upstream ThrottlingExceptions | {G['upstream_throttled']} | {D['upstream_throttled'] if D else "—"} |

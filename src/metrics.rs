@@ -36,7 +36,8 @@ pub const REDIS_OPERATIONS: [&str; 9] = [
     "views",
 ];
 
-/// Why a fetched URL was never handed out (`embedgate_urls_wasted_total{reason}`).
+/// Why a fetched URL was never handed out (`embedgate_urls_wasted_total{reason}`; its
+/// `fetched_for` label is the URL's [`Fetch`] reason).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Waste {
     /// Its usable life ran out in a pool.
@@ -107,6 +108,47 @@ impl Fetch {
             Fetch::Follower => "follower",
             Fetch::Returning => "returning",
         }
+    }
+
+    /// The reason as one character, as a URL of the shared pool carries it.
+    pub fn code(self) -> char {
+        match self {
+            Fetch::Miss => 'm',
+            Fetch::Prefetch => 'p',
+            Fetch::First => 'i',
+            Fetch::Hint => 'h',
+            Fetch::Warm => 'w',
+            Fetch::Follower => 'f',
+            Fetch::Returning => 'r',
+        }
+    }
+
+    /// The inverse of [`Fetch::code`].
+    pub fn from_code(c: char) -> Option<Fetch> {
+        Fetch::ALL.into_iter().find(|f| f.code() == c)
+    }
+}
+
+/// URLs counted by the reason they were fetched for: a pool's stale URLs of one purge.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally([u64; Fetch::ALL.len()]);
+
+impl Tally {
+    pub fn add(&mut self, fetched_for: Fetch, n: u64) {
+        self.0[fetched_for as usize] += n;
+    }
+
+    /// How many in all.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Each reason with its count, where it is not 0.
+    pub fn counts(&self) -> impl Iterator<Item = (Fetch, u64)> + '_ {
+        Fetch::ALL
+            .into_iter()
+            .map(|f| (f, self.0[f as usize]))
+            .filter(|(_, n)| *n > 0)
     }
 }
 
@@ -254,13 +296,13 @@ impl Metrics {
             pool_keys: reg(&r, IntGauge::new("embedgate_pool_keys", "Keys in the pool.").expect("valid metric")),
             fetched: counter_vec(
                 "embedgate_urls_fetched_total",
-                "URLs fetched from QuickSight, by reason (miss; prefetch: its own rate; hint; warm; follower and returning: session predictions).",
+                "URLs fetched from QuickSight, by reason (miss; prefetch: its own rate; first: a key asked for once, by its kind; hint; warm; follower and returning: session predictions).",
                 &["reason"],
             ),
             wasted: counter_vec(
                 "embedgate_urls_wasted_total",
-                "URLs fetched but never handed out, by reason (expired, evicted, overflow, unconfirmed: a Redis write whose outcome is unknown, dropped so it can never be handed out twice).",
-                &["reason"],
+                "URLs fetched but never handed out, by reason (expired, evicted, overflow, unconfirmed: a Redis write whose outcome is unknown, dropped so it can never be handed out twice) and by why each was fetched (fetched_for: the reasons of embedgate_urls_fetched_total).",
+                &["reason", "fetched_for"],
             ),
             remaining_validity: reg(
                 &r,
@@ -369,10 +411,19 @@ impl Metrics {
         }
     }
 
-    /// Counts `n` URLs that will never be handed out.
-    pub fn wasted(&self, why: Waste, n: u64) {
+    /// Counts `n` URLs fetched for `fetched_for` that will never be handed out.
+    pub fn wasted(&self, why: Waste, fetched_for: Fetch, n: u64) {
         if n > 0 {
-            self.wasted.with_label_values(&[why.as_str()]).inc_by(n);
+            self.wasted
+                .with_label_values(&[why.as_str(), fetched_for.as_str()])
+                .inc_by(n);
+        }
+    }
+
+    /// Counts the URLs of a [`Tally`] that will never be handed out.
+    pub fn wasted_tally(&self, why: Waste, tally: &Tally) {
+        for (fetched_for, n) in tally.counts() {
+            self.wasted(why, fetched_for, n);
         }
     }
 
@@ -460,7 +511,10 @@ impl Metrics {
             self.fetched.with_label_values(&[reason.as_str()]);
         }
         for reason in Waste::ALL {
-            self.wasted.with_label_values(&[reason.as_str()]);
+            for fetched_for in Fetch::ALL {
+                self.wasted
+                    .with_label_values(&[reason.as_str(), fetched_for.as_str()]);
+            }
         }
         self.fleet_replicas.set(1);
         for op in REDIS_OPERATIONS {

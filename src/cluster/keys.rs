@@ -3,12 +3,14 @@
 //!
 //! # Layout (prefix `P`, default `embedgate:`)
 //! - `P{t:<tenant>}:f`: the tenant's fence, `<run_id>:<epoch>` (see above).
-//! - `P{t:<tenant>}:p2:<epoch>:<key>`: sorted set of pooled URLs, each a 16-hex-digit digest of
-//!   the URL followed by the URL, scored by the ms their request was sent. (`p:` held bare URLs
-//!   before the digest was stored with them; the new name keeps a replica of either release
-//!   from misreading the other's members while a fleet is upgraded.)
-//! - `P{t:<tenant>}:n:<epoch>`: the tenant's pooled URLs (its fleet-wide bound), as a sorted set
-//!   of URL digests scored like the pool, so expiry and retries cannot make it drift.
+//! - `P{t:<tenant>}:p3:<epoch>:<key>`: sorted set of pooled URLs, each a 16-hex-digit digest of
+//!   the URL, a character naming why it was fetched, then the URL, scored by the ms their
+//!   request was sent. (`p:` held bare URLs, `p2:` the digest and the URL; each new name keeps
+//!   a replica of either release from misreading the other's members while a fleet is
+//!   upgraded: until the last replica is replaced, the releases pool apart.)
+//! - `P{t:<tenant>}:n3:<epoch>`: the tenant's pooled URLs (its fleet-wide bound), as a sorted
+//!   set of each member's digest and reason scored like the pool, so expiry and retries cannot
+//!   make it drift. (`n:` held the digests alone.)
 //! - `P{t:<tenant>}:tk:<id>`: on a Redis Cluster, the answer to one take (or hit: limit verdict
 //!   and take), kept for the re-send window so a re-sent call repeats it.
 //! - `P{t:<tenant>}:d:<key>`: each replica's demand estimate for the key (`ms,rate`).
@@ -44,12 +46,12 @@ impl Fleet {
 
     /// The sorted set of `key`'s pooled URLs in `epoch`.
     pub(super) fn pool_key(&self, tenant: &Tenant, epoch: &str, key: &PoolKey) -> String {
-        self.tenant_key(tenant, &[":p2:", epoch, ":", key.as_str()])
+        self.tenant_key(tenant, &[":p3:", epoch, ":", key.as_str()])
     }
 
     /// The tenant's count of pooled URLs in `epoch`.
     pub(super) fn count_key(&self, tenant: &Tenant, epoch: &str) -> String {
-        self.tenant_key(tenant, &[":n:", epoch])
+        self.tenant_key(tenant, &[":n3:", epoch])
     }
 
     /// The replicas' demand reports and prefetches in flight for `key`.
@@ -90,8 +92,8 @@ mod tests {
     #[test]
     fn a_tenant_key_is_the_prefix_the_tenants_hash_tag_and_the_parts() {
         assert_eq!(
-            tenant_key("embedgate:", "acme", &[":p2:", "5f3a", ":", "0123abcd"]),
-            "embedgate:{t:acme}:p2:5f3a:0123abcd"
+            tenant_key("embedgate:", "acme", &[":p3:", "5f3a", ":", "0123abcd"]),
+            "embedgate:{t:acme}:p3:5f3a:0123abcd"
         );
         assert_eq!(tenant_key("fleet-b:", "t1", &[":rl"]), "fleet-b:{t:t1}:rl");
         assert_eq!(tenant_key("", "t1", &[]), "{t:t1}");

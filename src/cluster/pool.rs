@@ -8,7 +8,7 @@ use redis::FromRedisValue;
 use super::scripts::Fenced;
 use super::{Call, Down, Fleet, Stored};
 use crate::limiter::Inbound;
-use crate::metrics::Waste;
+use crate::metrics::{Fetch, Tally, Waste};
 use crate::pool::{issued_cutoff, PoolKey, PooledUrl};
 use crate::refill::{KeyView, Report};
 use crate::tenant::Tenant;
@@ -97,7 +97,7 @@ impl Fleet {
         id: &str,
     ) -> Result<Option<PooledUrl>, Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
-        let (stale, member, issued): (u64, String, u64) = self
+        let (stale, member, issued): (String, String, u64) = self
             .pool_script("take", tenant, &self.scripts.take, |call, epoch| {
                 call.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
@@ -106,7 +106,7 @@ impl Fleet {
                     .arg(self.remember_ms());
             })
             .await?;
-        self.count_stale(stale);
+        self.count_stale(&stale);
         if member.is_empty() {
             return Ok(None);
         }
@@ -151,7 +151,7 @@ impl Fleet {
         id: &str,
     ) -> Result<(Inbound, Option<PooledUrl>), Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
-        let (allowed, n, stale, member, issued): (u8, u32, u64, String, u64) = self
+        let (allowed, n, stale, member, issued): (u8, u32, String, String, u64) = self
             .pool_script("hit", tenant, &self.scripts.hit, |call, epoch| {
                 call.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
@@ -165,7 +165,7 @@ impl Fleet {
                     .arg(self.max_late_ms());
             })
             .await?;
-        self.count_stale(stale);
+        self.count_stale(&stale);
         if allowed == 0 {
             let refused = Inbound::Limited {
                 retry_after: Duration::from_millis(u64::from(n.max(1))),
@@ -180,19 +180,19 @@ impl Fleet {
         Ok((admitted, Some(self.handed_out(member, issued, now_ms)?)))
     }
 
-    /// A URL popped from the shared pool (its member: the digest, then the URL), its remaining
-    /// validity observed.
+    /// A URL popped from the shared pool (its member: the digest, the reason it was fetched
+    /// for, then the URL), its remaining validity observed.
     fn handed_out(
         &self,
         mut member: String,
         issued_ms: u64,
         now_ms: u64,
     ) -> Result<PooledUrl, Down> {
-        if !member.is_char_boundary(DIGEST_LEN) {
+        let Some(fetched_for) = member.get(DIGEST_LEN..=DIGEST_LEN).and_then(reason_of) else {
             return Err(Down::Unknown);
-        }
-        member.drain(..DIGEST_LEN);
-        let u = PooledUrl::decode(member, issued_ms);
+        };
+        member.drain(..=DIGEST_LEN);
+        let u = PooledUrl::decode(member, issued_ms, fetched_for);
         self.metrics
             .remaining_validity
             .observe(u.expires_at_ms().saturating_sub(now_ms) as f64 / 1000.0);
@@ -240,7 +240,7 @@ impl Fleet {
     ) -> Result<Stored, Down> {
         let ttl = (url.expires_at_ms() + 1000).saturating_sub(now_ms).max(1);
         let cutoff = issued_cutoff(now_ms, min_remaining_ms);
-        let (stale, stored): (u64, u8) = self
+        let (stale, stored): (String, u8) = self
             .pool_script("put", tenant, &self.scripts.put, |call, epoch| {
                 call.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
@@ -251,10 +251,11 @@ impl Fleet {
                     .arg(max_per_key)
                     .arg(tenant.max_pooled_urls)
                     .arg(ttl)
-                    .arg(&self.replica);
+                    .arg(&self.replica)
+                    .arg(url.fetched_for.code().to_string());
             })
             .await?;
-        self.count_stale(stale);
+        self.count_stale(&stale);
         Ok(if stored == 1 {
             Stored::Yes
         } else {
@@ -276,7 +277,7 @@ impl Fleet {
         keep_ms: u64,
     ) -> Result<Vec<KeyView>, Down> {
         let cutoff = issued_cutoff(now_ms, min_remaining_ms);
-        let (stale, views): (u64, Vec<(usize, String, usize, usize)>) = self
+        let (stale, views): (String, Vec<(usize, String, usize, usize)>) = self
             .pool_script("sync", tenant, &self.scripts.sync, |call, epoch| {
                 call.key(self.count_key(tenant, epoch));
                 for (key, _) in keys {
@@ -289,7 +290,7 @@ impl Fleet {
                 }
             })
             .await?;
-        self.count_stale(stale);
+        self.count_stale(&stale);
         Ok(views
             .into_iter()
             .map(|(pooled, total, replicas, in_flight)| KeyView {
@@ -327,12 +328,24 @@ impl Fleet {
         .await
     }
 
-    pub(super) fn count_stale(&self, stale: u64) {
-        self.metrics.wasted(Waste::Expired, stale);
+    /// Counts the stale URLs a script removed, given as their reasons' characters.
+    pub(super) fn count_stale(&self, stale: &str) {
+        let mut tally = Tally::default();
+        for c in stale.chars() {
+            // Members carry a reason only this release writes (`scripts::POOL_LIB`).
+            tally.add(Fetch::from_code(c).unwrap_or(Fetch::Prefetch), 1);
+        }
+        self.metrics.wasted_tally(Waste::Expired, &tally);
     }
 }
 
-/// The length of the digest that starts every pooled member (`scripts::POOL_LIB`).
+/// The reason a pooled member was fetched for, from its character.
+fn reason_of(code: &str) -> Option<Fetch> {
+    code.chars().next().and_then(Fetch::from_code)
+}
+
+/// The length of the digest that starts every pooled member (`scripts::POOL_LIB`); the
+/// character after it names the reason the URL was fetched for.
 const DIGEST_LEN: usize = 16;
 
 /// 16 random hex digits: the id of one take or hit (the key its answer is remembered under),

@@ -33,29 +33,45 @@ local function fence(keys, args, run)
 end
 ";
 
-/// Lua helpers shared by the pool scripts. A pooled member is the URL's 16-hex-digit digest
-/// followed by the URL (as [`crate::pool::PooledUrl::encode`] gives it), so a take or a purge
-/// reads the digest instead of hashing the URL again. The tenant's count is a sorted set of
-/// those digests scored like the pool, so it is trimmed by time like the URLs themselves (a key
-/// that expires with URLs inside leaves no drift behind) and adding the same URL twice counts
-/// once (a retried put cannot double-count). Only [`PUT`] reads the count, and trims it first.
-/// A stale URL is counted as waste (`embedgate_urls_wasted_total{reason="expired"}`) when its
-/// digest leaves the count, by a purge of its key or by the count's own trim (in [`PUT`] and
-/// [`SYNC`]): exactly once, also when Redis expired its key with it inside and no replica ever
-/// purged it.
+/// Lua helpers shared by the pool scripts. A pooled member is the URL's 16-hex-digit digest, one
+/// character naming why it was fetched ([`crate::metrics::Fetch::code`]), then the URL (as
+/// [`crate::pool::PooledUrl::encode`] gives it), so a take or a purge reads the digest instead of
+/// hashing the URL again. The tenant's count is a sorted set of each member's digest and reason
+/// (its first 17 characters) scored like the pool, so it is trimmed by time like the URLs
+/// themselves (a key that expires with URLs inside leaves no drift behind) and adding the same
+/// URL twice counts once (a retried put cannot double-count). Only [`PUT`] reads the count, and
+/// trims it first. A stale URL is counted as waste
+/// (`embedgate_urls_wasted_total{reason="expired"}`, under its reason) when its digest leaves the
+/// count, by a purge of its key or by the count's own trim (in [`PUT`] and [`SYNC`]): exactly
+/// once, also when Redis expired its key with it inside and no replica ever purged it. Scripts
+/// return the stale URLs they counted as a string of their reasons' characters.
 pub(super) const POOL_LIB: &str = r"
 local function digest(url) return string.sub(redis.sha1hex(url), 1, 16) end
-local function counted(member) return string.sub(member, 1, 16) end
+local function counted(member) return string.sub(member, 1, 17) end
+-- Takes a member out of the tenant's count; returns its reason's character if it was counted.
+local function uncount(count, member)
+  if redis.call('ZREM', count, counted(member)) == 1 then return string.sub(member, 17, 17) end
+  return ''
+end
 -- Removes a key's URLs issued before the cutoff from it and from the tenant's count; returns
--- how many left the count (the others were counted when the count was trimmed).
+-- the reasons of those that left the count (the others were counted when the count was trimmed).
 local function purge(pool, count, cutoff)
   local stale = redis.call('ZRANGEBYSCORE', pool, '-inf', '(' .. cutoff)
-  local wasted = 0
-  if #stale > 0 then
-    for _, member in ipairs(stale) do wasted = wasted + redis.call('ZREM', count, counted(member)) end
-    redis.call('ZREMRANGEBYSCORE', pool, '-inf', '(' .. cutoff)
-  end
-  return wasted
+  if #stale == 0 then return '' end
+  local wasted = {}
+  for _, member in ipairs(stale) do wasted[#wasted + 1] = uncount(count, member) end
+  redis.call('ZREMRANGEBYSCORE', pool, '-inf', '(' .. cutoff)
+  return table.concat(wasted)
+end
+-- Trims the tenant's count of URLs issued before the cutoff whose keys Redis expired with them
+-- inside; returns their reasons.
+local function trim_count(count, cutoff)
+  local stale = redis.call('ZRANGEBYSCORE', count, '-inf', '(' .. cutoff)
+  if #stale == 0 then return '' end
+  local wasted = {}
+  for _, c in ipairs(stale) do wasted[#wasted + 1] = string.sub(c, 17, 17) end
+  redis.call('ZREMRANGEBYSCORE', count, '-inf', '(' .. cutoff)
+  return table.concat(wasted)
 end
 ";
 
@@ -105,7 +121,7 @@ if remember > 0 then
   local prior = redis.call('GET', KEYS[3])
   if prior then
     local issued, member = string.match(prior, '^(%d+):(.*)$')
-    return {0, member, tonumber(issued)}
+    return {'', member, tonumber(issued)}
   end
 end
 local stale = purge(KEYS[1], KEYS[2], ARGV[1])
@@ -134,7 +150,7 @@ if remember > 0 then
   local prior = redis.call('GET', KEYS[3])
   if prior then
     local a, n, issued, member = string.match(prior, '^(%d),(%d+),(%d+):(.*)$')
-    return {tonumber(a), tonumber(n), 0, member, tonumber(issued)}
+    return {tonumber(a), tonumber(n), '', member, tonumber(issued)}
   end
 end
 local now, interval, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -148,16 +164,16 @@ local new_tat = tat + interval
 if new_tat - now > interval * burst then
   local retry = math.max(1, math.ceil(new_tat - now - interval * burst))
   if remember > 0 then redis.call('SET', KEYS[3], '0,' .. retry .. ',0:', 'PX', remember) end
-  return {0, retry, 0, '', 0}
+  return {0, retry, '', '', 0}
 end
 limit_write(KEYS[4], new_tat, now)
 local remaining = math.floor((interval * burst - (new_tat - now)) / interval)
 -- The oldest URL first: only when it is stale are the key's stale ones purged (the common hit
 -- pays no range scan), and the next oldest popped.
-local stale = 0
+local stale = ''
 local got = redis.call('ZPOPMIN', KEYS[1])
 if #got > 0 and tonumber(got[2]) < tonumber(cutoff) then
-  stale = redis.call('ZREM', KEYS[2], counted(got[1])) + purge(KEYS[1], KEYS[2], cutoff)
+  stale = uncount(KEYS[2], got[1]) .. purge(KEYS[1], KEYS[2], cutoff)
   got = redis.call('ZPOPMIN', KEYS[1])
 end
 local issued, member = '0', ''
@@ -173,7 +189,7 @@ return {1, remaining, stale, member, tonumber(issued)}
 
 /// Adds one URL unless the key or the tenant is full, and counts one prefetch of this replica
 /// as landed. KEYS: pool, count, demand. ARGV: issued_ms, url, cutoff_ms, max_per_key,
-/// tenant_cap, ttl_ms, replica. Returns `{stale, stored}`.
+/// tenant_cap, ttl_ms, replica, reason (its character). Returns `{stale, stored}`.
 pub(super) const PUT: &str = r"
 local entry = redis.call('HGET', KEYS[3], ARGV[7])
 if entry then
@@ -182,13 +198,12 @@ if entry then
     redis.call('HSET', KEYS[3], ARGV[7], at .. ',' .. rate .. ',' .. (tonumber(n) - 1))
   end
 end
-local stale = purge(KEYS[1], KEYS[2], ARGV[3])
-  + redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
+local stale = purge(KEYS[1], KEYS[2], ARGV[3]) .. trim_count(KEYS[2], ARGV[3])
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4])
     or redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
   return {stale, 0}
 end
-local d = digest(ARGV[2])
+local d = digest(ARGV[2]) .. ARGV[8]
 redis.call('ZADD', KEYS[1], ARGV[1], d .. ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[1], d)
 local ttl = tonumber(ARGV[6])
@@ -206,10 +221,10 @@ return {stale, 1}
 pub(super) const SYNC: &str = r"
 local cutoff, replica = ARGV[1], ARGV[2]
 local now, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
-local stale_total, out = 0, {}
+local stale_total, out = {}, {}
 for k = 1, (#KEYS - 1) / 2 do
   local pool, demand = KEYS[2 * k], KEYS[2 * k + 1]
-  stale_total = stale_total + purge(pool, KEYS[1], cutoff)
+  stale_total[#stale_total + 1] = purge(pool, KEYS[1], cutoff)
   redis.call('HSET', demand, replica, ARGV[3] .. ',' .. ARGV[3 + 2 * k] .. ',' .. ARGV[4 + 2 * k])
   local total, replicas, flying = 0, 0, 0
   local all = redis.call('HGETALL', demand)
@@ -226,8 +241,8 @@ for k = 1, (#KEYS - 1) / 2 do
   redis.call('PEXPIRE', demand, keep)
   out[k] = {redis.call('ZCARD', pool), tostring(total), replicas, flying}
 end
-stale_total = stale_total + redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. cutoff)
-return {stale_total, out}
+stale_total[#stale_total + 1] = trim_count(KEYS[1], cutoff)
+return {table.concat(stale_total), out}
 ";
 
 /// Claims up to `want` prefetches for this replica so that the shared pool plus every

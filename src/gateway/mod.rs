@@ -417,10 +417,12 @@ impl Gateway {
     /// Pools a fetched URL that nobody waits for (see `PoolStore::put`); false when it was
     /// wasted instead (counted).
     async fn store(&self, tenant: TenantId, key: &PoolKey, f: Fetched) -> bool {
+        let fetched_for = f.fetched_for;
         let url = PooledUrl {
             url: f.url,
             issued_at_ms: f.sent_at_ms,
             anonymous_user_arn: f.anonymous_user_arn,
+            fetched_for,
         };
         let placed = self
             .store
@@ -437,7 +439,7 @@ impl Gateway {
         match placed {
             Placed::Pooled => true,
             Placed::Wasted(why) => {
-                self.metrics.wasted(why, 1);
+                self.metrics.wasted(why, fetched_for, 1);
                 false
             }
         }
@@ -634,7 +636,7 @@ impl Gateway {
                 let until = deadline.min(Instant::now() + Duration::from_millis(timeout));
                 match tokio::time::timeout_at(until, &mut rx).await {
                     Ok(Ok(f)) if self.fresh(&f) => return Ok(self.served(f, Source::Pool)),
-                    Ok(Ok(_)) => self.metrics.wasted(Waste::Expired, 1),
+                    Ok(Ok(f)) => self.metrics.wasted(Waste::Expired, f.fetched_for, 1),
                     _ => {
                         if let Some(f) = reclaim(rx, t) {
                             self.store(t.tenant, &t.key, f).await;
@@ -687,7 +689,7 @@ impl Gateway {
                 // Settings keep the miss timeout below the usable life, so only a call that
                 // outlived it lands here; its URL would be handed out with too little left.
                 self.metrics.fetched(Fetch::Miss);
-                self.metrics.wasted(Waste::Expired, 1);
+                self.metrics.wasted(Waste::Expired, Fetch::Miss, 1);
                 Err(UpstreamError::Timeout.into())
             }
             Err(UpstreamError::Throttled) => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::Gateway;
 use crate::limiter::{Budget, Priority};
 use crate::refill::{Planned, Planner, Predicted, Reason, Tracked, Want};
-use crate::upstream::UpstreamError;
+use crate::upstream::{Fetched, UpstreamError};
 
 impl Gateway {
     /// Measured refill lead time: upstream latency plus one planner tick.
@@ -297,7 +297,11 @@ impl Gateway {
                 return;
             };
             self.metrics.fetched(reason.fetch());
-            let result = self.fetch(&t.request).await;
+            let fetched_for = reason.fetch();
+            let result = self
+                .fetch(&t.request)
+                .await
+                .map(|f| Fetched { fetched_for, ..f });
             drop(slot);
             t.in_flight.fetch_sub(1, Ordering::SeqCst);
             match result {

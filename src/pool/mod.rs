@@ -23,7 +23,7 @@ pub use key::{pool_key, PoolKey};
 
 use crate::clock::Clock;
 use crate::config::PoolSettings;
-use crate::metrics::{Metrics, Waste};
+use crate::metrics::{Fetch, Metrics, Tally, Waste};
 use crate::model::URL_VALIDITY_SECS;
 use crate::tenant::TenantId;
 
@@ -37,6 +37,8 @@ pub struct PooledUrl {
     pub issued_at_ms: u64,
     /// GenerateEmbedUrlForAnonymousUser's `AnonymousUserArn`, handed out with the URL.
     pub anonymous_user_arn: Option<String>,
+    /// Why it was fetched: a URL never handed out is counted as waste under this reason.
+    pub fetched_for: Fetch,
 }
 
 impl PooledUrl {
@@ -50,17 +52,19 @@ impl PooledUrl {
     }
 
     /// The inverse of [`PooledUrl::encode`].
-    pub fn decode(stored: String, issued_at_ms: u64) -> PooledUrl {
+    pub fn decode(stored: String, issued_at_ms: u64, fetched_for: Fetch) -> PooledUrl {
         match stored.split_once(' ') {
             Some((url, arn)) => PooledUrl {
                 url: url.to_string(),
                 issued_at_ms,
                 anonymous_user_arn: Some(arn.to_string()),
+                fetched_for,
             },
             None => PooledUrl {
                 url: stored,
                 issued_at_ms,
                 anonymous_user_arn: None,
+                fetched_for,
             },
         }
     }
@@ -84,6 +88,7 @@ impl std::fmt::Debug for PooledUrl {
         f.debug_struct("PooledUrl")
             .field("url", &"***")
             .field("issued_at_ms", &self.issued_at_ms)
+            .field("fetched_for", &self.fetched_for)
             .finish()
     }
 }
@@ -160,12 +165,15 @@ impl Pool {
                 }
                 let mut inner = slot.inner.lock();
                 inner.evicted = true;
-                let n = inner.urls.len();
-                inner.urls.clear();
+                let mut evicted = Tally::default();
+                for u in inner.urls.drain(..) {
+                    evicted.add(u.fetched_for, 1);
+                }
                 drop(inner);
+                let n = evicted.total() as usize;
                 if n > 0 {
                     listener_counts.sub(slot.tenant, n);
-                    listener_metrics.wasted(Waste::Evicted, n as u64);
+                    listener_metrics.wasted_tally(Waste::Evicted, &evicted);
                 }
             })
             .build();
@@ -197,13 +205,11 @@ impl Pool {
         let stale = self.drop_stale(&mut inner, now);
         let taken = inner.urls.pop_front();
         drop(inner);
-        let n = stale + usize::from(taken.is_some());
+        let n = stale.total() as usize + usize::from(taken.is_some());
         if n > 0 {
             self.counts.sub(slot.tenant, n);
         }
-        if stale > 0 {
-            self.metrics.wasted(Waste::Expired, stale as u64);
-        }
+        self.metrics.wasted_tally(Waste::Expired, &stale);
         if let Some(u) = &taken {
             self.metrics
                 .remaining_validity
@@ -213,16 +219,14 @@ impl Pool {
     }
 
     /// Drops URLs below `min_remaining` from the front (oldest first) of a locked slot; returns
-    /// how many. The caller accounts for them.
-    fn drop_stale(&self, inner: &mut SlotInner, now: u64) -> usize {
-        let mut stale = 0;
-        while inner
-            .urls
-            .front()
-            .is_some_and(|u| u.issued_at_ms < issued_cutoff(now, self.min_remaining_ms))
-        {
-            inner.urls.pop_front();
-            stale += 1;
+    /// them counted by reason. The caller accounts for them.
+    fn drop_stale(&self, inner: &mut SlotInner, now: u64) -> Tally {
+        let mut stale = Tally::default();
+        let cutoff = issued_cutoff(now, self.min_remaining_ms);
+        while inner.urls.front().is_some_and(|u| u.issued_at_ms < cutoff) {
+            if let Some(u) = inner.urls.pop_front() {
+                stale.add(u.fetched_for, 1);
+            }
         }
         stale
     }
@@ -232,8 +236,9 @@ impl Pool {
     /// # Errors
     /// The URL was not kept (stale already, or a bound is reached); it is counted as waste.
     pub fn put(&self, key: &PoolKey, tenant: TenantId, url: PooledUrl) -> Result<(), Refused> {
+        let fetched_for = url.fetched_for;
         if url.issued_at_ms < issued_cutoff(self.clock.now_ms(), self.min_remaining_ms) {
-            self.metrics.wasted(Waste::Expired, 1);
+            self.metrics.wasted(Waste::Expired, fetched_for, 1);
             return Err(Refused::Stale);
         }
         let tenant_count = self.counts.per_tenant.get(tenant);
@@ -241,7 +246,7 @@ impl Pool {
             .zip(self.tenant_caps.get(tenant))
             .is_some_and(|(c, cap)| c.load(Ordering::Relaxed) >= *cap);
         if over_tenant || self.counts.total.load(Ordering::Relaxed) >= self.max_urls {
-            self.metrics.wasted(Waste::Overflow, 1);
+            self.metrics.wasted(Waste::Overflow, fetched_for, 1);
             return Err(Refused::Full);
         }
         for _ in 0..2 {
@@ -260,7 +265,7 @@ impl Pool {
             }
             if inner.urls.len() >= self.max_per_key {
                 drop(inner);
-                self.metrics.wasted(Waste::Overflow, 1);
+                self.metrics.wasted(Waste::Overflow, fetched_for, 1);
                 return Err(Refused::Full);
             }
             let pos = inner
@@ -274,7 +279,7 @@ impl Pool {
             }
             return Ok(());
         }
-        self.metrics.wasted(Waste::Overflow, 1);
+        self.metrics.wasted(Waste::Overflow, fetched_for, 1);
         Err(Refused::Full)
     }
 
@@ -295,17 +300,18 @@ impl Pool {
     /// Drops every URL below `min_remaining`, counting it as waste, and refreshes the gauges.
     pub fn purge(&self) {
         let now = self.clock.now_ms();
-        let mut stale_total = 0u64;
+        let mut stale_total = Tally::default();
         for (_, slot) in self.slots.iter() {
             let stale = self.drop_stale(&mut slot.inner.lock(), now);
-            if stale > 0 {
-                self.counts.sub(slot.tenant, stale);
-                stale_total += stale as u64;
+            let n = stale.total();
+            if n > 0 {
+                self.counts.sub(slot.tenant, n as usize);
+                for (fetched_for, n) in stale.counts() {
+                    stale_total.add(fetched_for, n);
+                }
             }
         }
-        if stale_total > 0 {
-            self.metrics.wasted(Waste::Expired, stale_total);
-        }
+        self.metrics.wasted_tally(Waste::Expired, &stale_total);
         self.slots.run_pending_tasks();
         self.metrics.pool_urls.set(self.total() as i64);
         self.metrics.pool_keys.set(self.slots.entry_count() as i64);
@@ -326,8 +332,12 @@ mod tests {
                 url: "https://qs.example/embed/a/dashboards/d?code=c".into(),
                 issued_at_ms: 42,
                 anonymous_user_arn: arn.map(String::from),
+                fetched_for: Fetch::Hint,
             };
-            assert!(PooledUrl::decode(u.encode(), 42) == u, "{arn:?}");
+            assert!(
+                PooledUrl::decode(u.encode(), 42, Fetch::Hint) == u,
+                "{arn:?}"
+            );
         }
     }
 
@@ -349,7 +359,14 @@ mod tests {
             url: format!("https://sim/embed/{n}"),
             issued_at_ms: at,
             anonymous_user_arn: None,
+            fetched_for: Fetch::Prefetch,
         }
+    }
+
+    fn wasted(m: &Metrics, why: Waste, fetched_for: Fetch) -> u64 {
+        m.wasted
+            .with_label_values(&[why.as_str(), fetched_for.as_str()])
+            .get()
     }
 
     #[test]
@@ -376,27 +393,45 @@ mod tests {
         clock.advance(1);
         // URL 1 now has 59.999 s left: dropped as waste; URL 2 is handed out instead.
         assert_eq!(p.take(&key("k")).unwrap().url, "https://sim/embed/2");
-        assert_eq!(
-            m.wasted.with_label_values(&[Waste::Expired.as_str()]).get(),
-            1
-        );
+        assert_eq!(wasted(&m, Waste::Expired, Fetch::Prefetch), 1);
         assert_eq!(p.total(), 0);
     }
 
+    /// Waste is counted under the reason each URL was fetched for, so an operator can see
+    /// which of the planner's reasons stocks URLs nobody asks for.
     #[test]
-    fn purge_drops_stale_urls_and_put_refuses_stale_ones() {
+    fn purge_drops_stale_urls_and_put_refuses_stale_ones_counted_by_why_they_were_fetched() {
         let clock = Clock::manual();
         let now = clock.now_ms();
         let (p, m) = pool(clock.clone());
-        p.put(&key("a"), 1, url(1, now)).unwrap();
-        p.put(&key("b"), 1, url(2, now)).unwrap();
+        let fetched_for = |n, f| PooledUrl {
+            fetched_for: f,
+            ..url(n, now)
+        };
+        p.put(&key("a"), 1, fetched_for(1, Fetch::Follower))
+            .unwrap();
+        p.put(&key("a"), 1, fetched_for(2, Fetch::Follower))
+            .unwrap();
+        p.put(&key("b"), 1, fetched_for(3, Fetch::Hint)).unwrap();
         clock.advance(241_000);
         p.purge();
         assert_eq!(p.total(), 0);
-        assert_eq!(p.put(&key("a"), 1, url(3, now)), Err(Refused::Stale));
         assert_eq!(
-            m.wasted.with_label_values(&[Waste::Expired.as_str()]).get(),
-            3
+            p.put(&key("a"), 1, fetched_for(4, Fetch::Returning)),
+            Err(Refused::Stale)
+        );
+        let counted: Vec<(Fetch, u64)> = Fetch::ALL
+            .into_iter()
+            .map(|f| (f, wasted(&m, Waste::Expired, f)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        assert_eq!(
+            counted,
+            [
+                (Fetch::Hint, 1),
+                (Fetch::Follower, 2),
+                (Fetch::Returning, 1)
+            ]
         );
     }
 

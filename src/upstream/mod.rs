@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 
 use crate::config::UpstreamSettings;
-use crate::metrics::Metrics;
+use crate::metrics::{Fetch, Metrics};
 use crate::model::{self, EmbedRequest};
 use error::classify;
 pub use error::{Fault, UpstreamError};
@@ -38,6 +38,8 @@ pub struct Fetched {
     pub sent_at_ms: u64,
     /// GenerateEmbedUrlForAnonymousUser's `AnonymousUserArn`.
     pub anonymous_user_arn: Option<String>,
+    /// Why it was fetched: [`Fetch::Miss`] unless the refiller fetched it ahead of demand.
+    pub fetched_for: Fetch,
 }
 
 /// One QuickSight upstream: an account (or every account) in one region, its SDK client with its
@@ -210,6 +212,7 @@ impl Upstream {
                     url,
                     sent_at_ms,
                     anonymous_user_arn,
+                    fetched_for: Fetch::Miss,
                 })
             } else {
                 Err(UpstreamError::Unavailable(

@@ -138,7 +138,7 @@ async fn efficiency_run(replicas: usize, redis: Option<String>) -> (u64, u64) {
         .iter()
         .filter(|o| o.body["Source"] == "pool")
         .count();
-    eprintln!("{replicas} replica(s): {served} served, {pooled} from the pool, ready: {}, wasted metric {}", fleet.readiness(0).await, fleet.metric_sum("embedgate_urls_wasted_total{reason=\"expired\"}").await);
+    eprintln!("{replicas} replica(s): {served} served, {pooled} from the pool, ready: {}, wasted metric {}", fleet.readiness(0).await, fleet.metric_total("embedgate_urls_wasted_total", "reason=\"expired\"").await);
     let result = (ledger.calls, ledger.issued_total - served);
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
     result
@@ -309,7 +309,7 @@ async fn the_shared_pool_keeps_each_tenants_bound() {
             .cli(&[
                 "--scan",
                 "--pattern",
-                &format!("embedgate:{{t:{tenant}}}:p2:*"),
+                &format!("embedgate:{{t:{tenant}}}:p3:*"),
             ])
             .unwrap_or_default();
         keys.lines()
@@ -351,7 +351,7 @@ fn shared_stock(redis: &RedisServer, tenant: &str) -> usize {
         .cli(&[
             "--scan",
             "--pattern",
-            &format!("embedgate:{{t:{tenant}}}:p2:*"),
+            &format!("embedgate:{{t:{tenant}}}:p3:*"),
         ])
         .unwrap_or_default();
     keys.lines()

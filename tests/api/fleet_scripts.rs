@@ -10,7 +10,7 @@ use embedgate::clock::Clock;
 use embedgate::cluster::{Fleet, Stored};
 use embedgate::config::RedisSettings;
 use embedgate::limiter::Inbound;
-use embedgate::metrics::Metrics;
+use embedgate::metrics::{Fetch, Metrics};
 use embedgate::pool::{pool_key, PoolKey, PooledUrl};
 use embedgate::tenant::{Tenant, Tenants};
 
@@ -84,6 +84,7 @@ fn url(i: usize, issued_at_ms: u64) -> PooledUrl {
         url: format!("https://example.test/embed/{i:032x}/dashboards/d?code=c{i}"),
         issued_at_ms,
         anonymous_user_arn: None,
+        fetched_for: Fetch::Prefetch,
     }
 }
 
@@ -112,11 +113,13 @@ async fn the_tenant_count_follows_its_urls_out_by_time_whatever_happens_to_their
     let clock = Clock::manual();
     let (f, tenants, metrics) = fleet(&redis, &clock).await;
     let now = clock.now_ms();
-    for i in 0..3 {
-        assert_eq!(
-            put(&f, &tenants, &key(i), &url(i, now), now).await,
-            Stored::Yes
-        );
+    let reasons = [Fetch::Follower, Fetch::Returning, Fetch::First];
+    for (i, fetched_for) in reasons.into_iter().enumerate() {
+        let u = PooledUrl {
+            fetched_for,
+            ..url(i, now)
+        };
+        assert_eq!(put(&f, &tenants, &key(i), &u, now).await, Stored::Yes);
     }
     assert_eq!(
         put(&f, &tenants, &key(3), &url(3, now), now).await,
@@ -125,7 +128,7 @@ async fn the_tenant_count_follows_its_urls_out_by_time_whatever_happens_to_their
     );
     // One key disappears with its URL inside (as a key does when Redis expires or evicts it).
     let pool_keys = redis
-        .cli(&["--scan", "--pattern", "embedgate:{t:t}:p2:*"])
+        .cli(&["--scan", "--pattern", "embedgate:{t:t}:p3:*"])
         .unwrap();
     let first = pool_keys.lines().next().unwrap();
     redis.cli(&["DEL", first]);
@@ -137,15 +140,24 @@ async fn the_tenant_count_follows_its_urls_out_by_time_whatever_happens_to_their
         put(&f, &tenants, &key(4), &url(4, later), later).await,
         Stored::Yes
     );
-    // Each of the three expired unused, the one whose key vanished too, and each counts once:
-    // a later purge of a key that still holds its stale URL adds nothing.
-    let expired = || metrics.wasted.with_label_values(&["expired"]).get();
-    assert_eq!(expired(), 3);
+    // Each of the three expired unused, the one whose key vanished too, and each counts once,
+    // under the reason it was fetched for: a later purge of a key that still holds its stale
+    // URL adds nothing.
+    let expired = || {
+        Fetch::ALL.map(|f| {
+            metrics
+                .wasted
+                .with_label_values(&["expired", f.as_str()])
+                .get()
+        })
+    };
+    let each_once = Fetch::ALL.map(|f| u64::from(reasons.contains(&f)));
+    assert_eq!(expired(), each_once);
     for i in 0..3 {
         let (_, got) = hit(&f, tenants.get(0), &key(i), later, &format!("h{i}")).await;
         assert!(got.is_none(), "a stale URL is never handed out");
     }
-    assert_eq!(expired(), 3);
+    assert_eq!(expired(), each_once);
 }
 
 #[tokio::test]
@@ -257,7 +269,7 @@ async fn restart_from_a_snapshot_hands_nothing_out_again(redis: &mut RedisServer
     f.heartbeat().await.unwrap();
     assert_eq!(
         redis
-            .cli(&["EXISTS", &redis_key_like(redis, ":p2:")])
+            .cli(&["EXISTS", &redis_key_like(redis, ":p3:")])
             .as_deref(),
         Some("1"),
         "the snapshot brought the URL back"
@@ -539,10 +551,19 @@ async fn a_hit_never_hands_out_a_stale_url_and_counts_the_stale_ones_as_waste() 
     let t = tenants.get(0);
     let k = key(8);
     let start = clock.now_ms();
-    // Two URLs issued now and one 10 s later, in one key.
-    for (i, at) in [(0, start), (1, start + 1), (2, start + 10_000)] {
+    // Two URLs issued now (one stocked as a session's follower, one for a hint) and one 10 s
+    // later, in one key.
+    for (i, at, fetched_for) in [
+        (0, start, Fetch::Follower),
+        (1, start + 1, Fetch::Hint),
+        (2, start + 10_000, Fetch::Prefetch),
+    ] {
         clock.advance(at - clock.now_ms());
-        assert_eq!(put(&f, &tenants, &k, &url(i, at), at).await, Stored::Yes);
+        let u = PooledUrl {
+            fetched_for,
+            ..url(i, at)
+        };
+        assert_eq!(put(&f, &tenants, &k, &u, at).await, Stored::Yes);
     }
     // The first two are now past their usable life (the fleet's clock margin included); the
     // third is not.
@@ -556,11 +577,16 @@ async fn a_hit_never_hands_out_a_stale_url_and_counts_the_stale_ones_as_waste() 
         Some(url(2, start + 10_000).url),
         "the fresh URL, never a stale one"
     );
-    let wasted = metric(
-        &metrics.render(),
-        "embedgate_urls_wasted_total{reason=\"expired\"}",
-    );
-    assert_eq!(wasted, 2.0, "both stale URLs counted as waste");
+    // Counted as waste under what each was fetched for.
+    let text = metrics.render();
+    for fetched_for in ["follower", "hint"] {
+        let sample = format!(
+            "embedgate_urls_wasted_total{{fetched_for=\"{fetched_for}\",reason=\"expired\"}}"
+        );
+        assert_eq!(metric(&text, &sample), 1.0, "{sample}");
+    }
+    let sample = "embedgate_urls_wasted_total{fetched_for=\"prefetch\",reason=\"expired\"}";
+    assert_eq!(metric(&text, sample), 0.0, "the fresh one was handed out");
     let (_, none) = f.inbound_take(t, &k, now, MIN_REMAINING_MS).await.unwrap();
     assert!(none.is_none(), "and the key is empty");
     // They left the tenant's count too: its bound of 3 has room for 3 again.

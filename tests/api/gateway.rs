@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use embedgate::clock::Clock;
+use embedgate::metrics::Fetch;
 use embedgate::pool::PooledUrl;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -117,6 +118,7 @@ async fn a_url_below_min_remaining_is_never_handed_out_and_counts_as_waste() {
                 url: real[0].clone(),
                 issued_at_ms: now,
                 anonymous_user_arn: None,
+                fetched_for: Fetch::Warm,
             },
         )
         .unwrap();
@@ -129,6 +131,7 @@ async fn a_url_below_min_remaining_is_never_handed_out_and_counts_as_waste() {
                 url: real[1].clone(),
                 issued_at_ms: now + 1_000,
                 anonymous_user_arn: None,
+                fetched_for: Fetch::Warm,
             },
         )
         .unwrap();
@@ -154,7 +157,7 @@ async fn a_url_below_min_remaining_is_never_handed_out_and_counts_as_waste() {
     assert_eq!(
         metric(
             &app.metrics().await,
-            "embedgate_urls_wasted_total{reason=\"expired\"}"
+            "embedgate_urls_wasted_total{fetched_for=\"warm\",reason=\"expired\"}"
         ),
         1.0
     );

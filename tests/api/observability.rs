@@ -46,6 +46,7 @@ async fn fill(app: &TestApp, body: &Value, n: usize) {
                     url: f.url,
                     issued_at_ms: f.sent_at_ms,
                     anonymous_user_arn: None,
+                    fetched_for: f.fetched_for,
                 },
             )
             .unwrap();
@@ -198,6 +199,45 @@ async fn promtool_accepts_a_real_scrape_and_the_shipped_rules() {
         out.status.success(),
         "promtool check rules: {}",
         String::from_utf8_lossy(&out.stdout)
+    );
+    // Every query of the shipped dashboard parses: checked as the recording rules of a group.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/grafana/embedgate.json")).unwrap(),
+    )
+    .unwrap();
+    let queries: Vec<Value> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].clone())
+        .collect();
+    assert!(queries.len() >= 6, "{queries:?}");
+    let rules: String = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| format!("  - record: dashboard_query_{i}\n    expr: {q}\n"))
+        .collect();
+    let file = std::env::temp_dir().join(format!(
+        "embedgate-dashboard-{}-{}.yml",
+        std::process::id(),
+        app.app.admin_addr.port()
+    ));
+    std::fs::write(
+        &file,
+        format!("groups:\n- name: dashboard\n  rules:\n{rules}"),
+    )
+    .unwrap();
+    let out = promtool()
+        .args(["check", "rules", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "promtool check rules on the dashboard's queries: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
     let out = promtool()
         .args([
@@ -429,5 +469,38 @@ async fn a_url_stocked_after_a_keys_first_request_is_explained_as_first() {
     );
     let second = app.embed_json("alpha", "dashboard", &body).await;
     assert_eq!(second["Source"], "pool", "{second}");
+    app.stop().await;
+}
+
+/// What the planner stocks and nobody asks for is counted as waste under the reason it was
+/// stocked for, so an operator can tell which prediction costs URLs: here a key asked for once,
+/// stocked for its next request (`first`), that never comes.
+#[tokio::test]
+async fn a_stocked_url_nobody_asks_for_is_wasted_under_the_reason_it_was_fetched_for() {
+    let clock = embedgate::clock::Clock::manual();
+    let app = spawn_app_with(clock.clone(), |s| s.refill.sessions = false).await;
+    let body = dash("sales-2024", "alice");
+    let first = app.embed_json("alpha", "dashboard", &body).await;
+    assert_eq!(first["Source"], "upstream", "{first}");
+    let key = app.key_of(0, &body);
+    let gw = app.app.gateway.clone();
+    assert!(app.eventually(10, || gw.pool().len(&key) == 1).await);
+    // Past the URL's usable life: the next purge drops it.
+    clock.advance(241_000);
+    let wasted = |fetched_for: &str| {
+        format!("embedgate_urls_wasted_total{{fetched_for=\"{fetched_for}\",reason=\"expired\"}}")
+    };
+    let mut m = String::new();
+    for _ in 0..100 {
+        m = app.metrics().await;
+        if metric(&m, &wasted("first")) > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&m, &wasted("first")), 1.0, "{m}");
+    for other in ["miss", "prefetch", "hint", "warm", "follower", "returning"] {
+        assert_eq!(metric(&m, &wasted(other)), 0.0, "{other}");
+    }
     app.stop().await;
 }

@@ -15,7 +15,7 @@ use crate::redis_server::RedisServer;
 /// Every URL in the shared pool of this Redis, whatever its epoch.
 fn pooled_urls(redis: &RedisServer) -> HashSet<String> {
     let keys = redis
-        .cli(&["--scan", "--pattern", "embedgate:{t:*}:p2:*"])
+        .cli(&["--scan", "--pattern", "embedgate:{t:*}:p3:*"])
         .unwrap_or_default();
     keys.lines()
         .flat_map(|k| {
@@ -23,8 +23,9 @@ fn pooled_urls(redis: &RedisServer) -> HashSet<String> {
                 .cli(&["ZRANGE", k, "0", "-1"])
                 .unwrap_or_default()
                 .lines()
-                // A member is the URL's 16-hex-digit digest, then the URL.
-                .filter_map(|m| m.get(16..).map(String::from))
+                // A member is the URL's 16-hex-digit digest, the character of the reason it was
+                // fetched for, then the URL.
+                .filter_map(|m| m.get(17..).map(String::from))
                 .collect::<Vec<_>>()
         })
         .filter(|u| u.starts_with("http"))

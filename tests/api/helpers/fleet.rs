@@ -143,6 +143,16 @@ impl TestFleet {
         sum
     }
 
+    /// The sum over the replicas of `name`'s samples carrying `label` (see [`metric_total`]).
+    pub async fn metric_total(&self, name: &str, label: &str) -> f64 {
+        let mut sum = 0.0;
+        for i in 0..self.replicas.len() {
+            let text = get_text(&self.http, &format!("{}/metrics", self.admin(i))).await;
+            sum += metric_total(&text, name, label);
+        }
+        sum
+    }
+
     /// One replica's value of `sample`.
     pub async fn metric(&self, i: usize, sample: &str) -> f64 {
         let text = get_text(&self.http, &format!("{}/metrics", self.admin(i))).await;
