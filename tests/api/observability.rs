@@ -447,15 +447,23 @@ async fn embedgate_top_shows_the_traffic_of_the_last_interval_per_tenant() {
 /// A key asked for once, in a tenant whose keys of its kind are not known yet, is stocked one deep
 /// for its next request, and the operator can tell why: `/state` gives the key the reason `first`
 /// and `embedgate_urls_fetched_total` counts the URL under it, apart from streams (`prefetch`).
-#[tokio::test]
-async fn a_url_stocked_after_a_keys_first_request_is_explained_as_first() {
-    let app = spawn_app(|s| s.refill.sessions = false).await;
+/// Asks once for alice's `sales-2024` and waits until the planner has stocked one URL for the
+/// key's next request; returns the request's body.
+async fn stocked_after_a_first_request(app: &TestApp) -> Value {
     let body = dash("sales-2024", "alice");
     let first = app.embed_json("alpha", "dashboard", &body).await;
     assert_eq!(first["Source"], "upstream", "{first}");
     let key = app.key_of(0, &body);
     let gw = app.app.gateway.clone();
     assert!(app.eventually(10, || gw.pool().len(&key) == 1).await);
+    body
+}
+
+#[tokio::test]
+async fn a_url_stocked_after_a_keys_first_request_is_explained_as_first() {
+    let app = spawn_app(|s| s.refill.sessions = false).await;
+    let body = stocked_after_a_first_request(&app).await;
+    let key = app.key_of(0, &body);
     let entry = app.planned(&key).await;
     assert_eq!(entry["reason"], "first", "{entry}");
     let m = app.metrics().await;
@@ -479,12 +487,7 @@ async fn a_url_stocked_after_a_keys_first_request_is_explained_as_first() {
 async fn a_stocked_url_nobody_asks_for_is_wasted_under_the_reason_it_was_fetched_for() {
     let clock = embedgate::clock::Clock::manual();
     let app = spawn_app_with(clock.clone(), |s| s.refill.sessions = false).await;
-    let body = dash("sales-2024", "alice");
-    let first = app.embed_json("alpha", "dashboard", &body).await;
-    assert_eq!(first["Source"], "upstream", "{first}");
-    let key = app.key_of(0, &body);
-    let gw = app.app.gateway.clone();
-    assert!(app.eventually(10, || gw.pool().len(&key) == 1).await);
+    stocked_after_a_first_request(&app).await;
     // Past the URL's usable life: the next purge drops it.
     clock.advance(241_000);
     let wasted = |fetched_for: &str| {
