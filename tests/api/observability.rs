@@ -354,31 +354,55 @@ async fn a_real_prometheus_scrapes_the_gateway_and_answers_the_hit_ratio() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let query = "sum(embedgate_requests_total{outcome=\"hit\"}) / sum(embedgate_requests_total{outcome=~\"hit|miss\"})";
-    let answer = std::cell::Cell::new(None);
-    eventually(Duration::from_secs(30), || async {
-        let resp = app
-            .http
-            .get(format!("http://127.0.0.1:{port}/api/v1/query"))
-            .query(&[("query", query)])
-            .send()
-            .await;
-        if let Ok(r) = resp {
-            if let Ok(body) = r.json::<Value>().await {
-                if let Some(v) = body["data"]["result"][0]["value"][1].as_str() {
-                    answer.set(Some(v.parse::<f64>().ok()));
+    // The first series `query` returns (its labels and value), once Prometheus has one that is
+    // a number (a ratio of rates is NaN until there is a rate to divide by).
+    let first_series = |query: &'static str| {
+        let app = &app;
+        async move {
+            let answer = std::cell::RefCell::new(None);
+            eventually(Duration::from_secs(30), || async {
+                let resp = app
+                    .http
+                    .get(format!("http://127.0.0.1:{port}/api/v1/query"))
+                    .query(&[("query", query)])
+                    .send()
+                    .await;
+                if let Ok(r) = resp {
+                    if let Ok(body) = r.json::<Value>().await {
+                        let series = &body["data"]["result"][0];
+                        let value = series["value"][1].as_str().and_then(|v| v.parse().ok());
+                        if let Some(v) = value.filter(|v: &f64| !v.is_nan()) {
+                            *answer.borrow_mut() = Some((series["metric"].clone(), v));
+                        }
+                    }
                 }
-            }
+                answer.borrow().is_some()
+            })
+            .await;
+            answer.into_inner()
         }
-        answer.get().is_some()
-    })
-    .await;
-    let ratio = answer.get().flatten();
+    };
+    let ratio = first_series("sum(embedgate_requests_total{outcome=\"hit\"}) / sum(embedgate_requests_total{outcome=~\"hit|miss\"})").await;
+    // A URL fetched while Prometheus scrapes, so the shipped rule that joins what each reason
+    // wasted to what it fetched has a rate to divide by (a miss: handed out, nothing wasted).
+    let miss = app
+        .embed("alpha", "dashboard", &dash("finance", "alice"))
+        .await;
+    assert_eq!(miss.status(), 200);
+    let by_reason =
+        first_series("embedgate:url_waste_ratio_by_reason:rate30m{fetched_for=\"miss\"}").await;
     let _ = prom.kill();
     let _ = prom.wait();
     let _ = std::fs::remove_dir_all(&dir);
     // 3 hits of alpha; 2 misses of alpha and 1 of beta.
-    assert_eq!(ratio, Some(0.5), "Prometheus answered the hit ratio");
+    assert_eq!(
+        ratio.map(|(_, v)| v),
+        Some(0.5),
+        "Prometheus answered the hit ratio"
+    );
+    let (labels, wasted) = by_reason.expect("the shipped rule records a waste ratio per reason");
+    assert_eq!(labels["fetched_for"], "miss", "{labels}");
+    assert_eq!(wasted, 0.0, "a miss's URL is handed out: {labels}");
     app.stop().await;
 }
 
