@@ -152,6 +152,24 @@ impl Tally {
     }
 }
 
+impl FromIterator<Fetch> for Tally {
+    fn from_iter<I: IntoIterator<Item = Fetch>>(reasons: I) -> Tally {
+        let mut tally = Tally::default();
+        for f in reasons {
+            tally.add(f, 1);
+        }
+        tally
+    }
+}
+
+impl std::ops::AddAssign<&Tally> for Tally {
+    fn add_assign(&mut self, other: &Tally) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
+}
+
 /// Which front door a request came through (`protocol` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

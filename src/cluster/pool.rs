@@ -188,7 +188,10 @@ impl Fleet {
         issued_ms: u64,
         now_ms: u64,
     ) -> Result<PooledUrl, Down> {
-        let Some(fetched_for) = member.get(DIGEST_LEN..=DIGEST_LEN).and_then(reason_of) else {
+        let code = member
+            .get(DIGEST_LEN..)
+            .and_then(|rest| rest.chars().next());
+        let Some(fetched_for) = code.and_then(Fetch::from_code) else {
             return Err(Down::Unknown);
         };
         member.drain(..=DIGEST_LEN);
@@ -330,18 +333,13 @@ impl Fleet {
 
     /// Counts the stale URLs a script removed, given as their reasons' characters.
     pub(super) fn count_stale(&self, stale: &str) {
-        let mut tally = Tally::default();
-        for c in stale.chars() {
-            // Members carry a reason only this release writes (`scripts::POOL_LIB`).
-            tally.add(Fetch::from_code(c).unwrap_or(Fetch::Prefetch), 1);
-        }
+        // Members carry a reason only this release writes (`scripts::POOL_LIB`).
+        let tally: Tally = stale
+            .chars()
+            .map(|c| Fetch::from_code(c).unwrap_or(Fetch::Prefetch))
+            .collect();
         self.metrics.wasted_tally(Waste::Expired, &tally);
     }
-}
-
-/// The reason a pooled member was fetched for, from its character.
-fn reason_of(code: &str) -> Option<Fetch> {
-    code.chars().next().and_then(Fetch::from_code)
 }
 
 /// The length of the digest that starts every pooled member (`scripts::POOL_LIB`); the

@@ -165,10 +165,7 @@ impl Pool {
                 }
                 let mut inner = slot.inner.lock();
                 inner.evicted = true;
-                let mut evicted = Tally::default();
-                for u in inner.urls.drain(..) {
-                    evicted.add(u.fetched_for, 1);
-                }
+                let evicted: Tally = inner.urls.drain(..).map(|u| u.fetched_for).collect();
                 drop(inner);
                 let n = evicted.total() as usize;
                 if n > 0 {
@@ -306,9 +303,7 @@ impl Pool {
             let n = stale.total();
             if n > 0 {
                 self.counts.sub(slot.tenant, n as usize);
-                for (fetched_for, n) in stale.counts() {
-                    stale_total.add(fetched_for, n);
-                }
+                stale_total += &stale;
             }
         }
         self.metrics.wasted_tally(Waste::Expired, &stale_total);
