@@ -229,10 +229,12 @@ pub struct RefillSettings {
     /// served from the pool. 0 turns it off.
     pub surplus_secs: f64,
     /// Stock a key for its own request rate only if a request is at least this likely to arrive
-    /// within a URL's usable life (0–1). Hinted and warm keys are pre-fetched regardless; a key
-    /// asked for once is judged by its kind against `predict_min_probability`.
+    /// within a URL's usable life (0–1), judged by how many requests the key has shown over how
+    /// long (see `refill::Shown`). Hinted and warm keys are pre-fetched regardless; a key asked
+    /// for once is judged by its kind against `predict_min_probability`.
     pub min_probability: f64,
-    /// Half-life of the demand estimate.
+    /// Half-life of the demand estimate (the key's longer memory, for judging slow keys, has a
+    /// fixed 600 s half-life).
     pub demand_half_life_secs: f64,
     /// Keys with no request for this long are forgotten.
     pub idle_forget_secs: u64,

@@ -56,10 +56,7 @@ impl Gateway {
         let tracked = self.demand.sweep(now);
         self.metrics.tracked_keys.set(tracked.len() as i64);
         let own: Vec<f64> = tracked.iter().map(|t| self.demand.rate(t, now)).collect();
-        let shown: Vec<f64> = tracked
-            .iter()
-            .map(|t| self.demand.demonstrated_rate(t, now))
-            .collect();
+        let shown: Vec<_> = tracked.iter().map(|t| self.demand.shown(t, now)).collect();
         let views = match self.coordination.shared() {
             false => None,
             true => {
@@ -100,8 +97,14 @@ impl Gateway {
                 .filter(|(_, t)| !t.backing_off(now))
                 .map(|(i, t)| {
                     let fleet = views.as_ref().and_then(|(p, v)| Some((p[i], v[i]?)));
-                    let w =
-                        planner.want(&t, own[i], shown[i], self.pool.len(&t.key), fleet, &mut rng);
+                    let w = planner.want(
+                        &t,
+                        own[i],
+                        &shown[i],
+                        self.pool.len(&t.key),
+                        fleet,
+                        &mut rng,
+                    );
                     t.note(Planned {
                         probability: w.probability,
                         target: w.target,
@@ -357,13 +360,13 @@ impl Gateway {
             // tick).
             let now = self.clock.now_ms();
             let planner = self.planner(now);
-            let shown = self.demand.demonstrated_rate(t, now);
-            let (target, next) = planner.target(t, self.demand.rate(t, now), shown);
+            let shown = self.demand.shown(t, now);
+            let (target, next) = planner.target(t, self.demand.rate(t, now), &shown);
             let have = self.pool.len(&t.key) + t.in_flight.load(Ordering::SeqCst);
             let (limit, next_priority) = if have < target {
                 (target, Priority::Prefetch)
             } else {
-                (planner.surplus(shown, target), Priority::Surplus)
+                (planner.surplus(&shown, target), Priority::Surplus)
             };
             if have >= limit || budget.try_acquire(t.tenant, next_priority).is_err() {
                 return;

@@ -10,8 +10,10 @@
 //! hold about λ × (refill lead time + safety) URLs to absorb arrivals while a refill is in flight;
 //! a URL only lives `300 s − min_remaining`, so holding more than λ × that lifetime is waste. A key
 //! is worth pre-fetching only if a request is likely (≥ `min_probability`) to arrive within a URL's
-//! usable life: P = 1 − e^(−λ·life) for Poisson arrivals. Hinted and warm keys are kept at least
-//! one (or their configured depth) deep regardless. Keys idle for long are forgotten (bounded).
+//! usable life: for Poisson arrivals whose rate is known from k requests over E seconds,
+//! P = 1 − (E / (E + life))^k (see [`Shown`]), which tends to 1 − e^(−λ·life) as the evidence
+//! grows. Hinted and warm keys are kept at least one (or their configured depth) deep regardless.
+//! Keys idle for long are forgotten (bounded).
 //!
 //! A prefetch in flight can be claimed by a caller that missed: its URL then goes to exactly that
 //! one waiter instead of the pool (see [`Tracked::deliver`]).
@@ -26,7 +28,7 @@ use crate::metrics::Fetch;
 pub use demand::Demand;
 pub use planner::{KeyView, Planner, Report, Want};
 pub use sessions::{Predicted, Seen, Sessions};
-pub use tracked::{reclaim, Planned, Tracked};
+pub use tracked::{reclaim, Evidence, Planned, Shown, Tracked, HISTORY_HALF_LIFE_SECS};
 
 /// Evidence still to settle: each event adds one, decaying as e^(-age / tau) after it, so the
 /// value is the share of the events' outcomes that has not had time to show yet. The session

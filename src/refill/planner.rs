@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use rand::Rng;
 
-use super::{Demand, Reason, Tracked};
+use super::{Demand, Reason, Shown, Tracked};
 
 /// What this replica reports for one key at a sync.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -59,9 +59,9 @@ pub struct Planner<'a> {
 }
 
 impl Planner<'_> {
-    /// How many URLs `t` should hold now, and why, for `lambda` requests per second of which
-    /// `shown` demonstrated (see `Demand::target`).
-    pub fn target(&self, t: &Tracked, lambda: f64, shown: f64) -> (usize, Reason) {
+    /// How many URLs `t` should hold now, and why, for `lambda` requests per second, judged on
+    /// what its requests `shown` (see `Demand::target`).
+    pub fn target(&self, t: &Tracked, lambda: f64, shown: &Shown) -> (usize, Reason) {
         self.demand.target(
             t,
             lambda,
@@ -73,10 +73,10 @@ impl Planner<'_> {
         )
     }
 
-    /// The surplus depth for `needed` at `lambda` requests per second (see `Demand::surplus`).
-    pub fn surplus(&self, lambda: f64, needed: usize) -> usize {
+    /// The surplus depth for `needed` by what `t`'s requests `shown` (see `Demand::surplus`).
+    pub fn surplus(&self, shown: &Shown, needed: usize) -> usize {
         self.demand.surplus(
-            lambda,
+            shown,
             needed,
             self.lead_secs,
             self.min_remaining_secs,
@@ -84,9 +84,9 @@ impl Planner<'_> {
         )
     }
 
-    /// The target and surplus depth for `t` at `lambda` (demonstrated: `shown`), with its session
-    /// prediction: a predicted key may be stocked one deep with idle budget.
-    fn depths(&self, t: &Tracked, lambda: f64, shown: f64) -> (usize, usize, Reason, f64) {
+    /// The target and surplus depth for `t` at `lambda` (what its requests showed: `shown`),
+    /// with its session prediction: a predicted key may be stocked one deep with idle budget.
+    fn depths(&self, t: &Tracked, lambda: f64, shown: &Shown) -> (usize, usize, Reason, f64) {
         let (target, mut reason) = self.target(t, lambda, shown);
         let mut stock = self.surplus(shown, target);
         let mut probability = self.demand.likelihood(
@@ -113,14 +113,14 @@ impl Planner<'_> {
     /// demand, rounded at random (`rng`), so that over the fleet the expected number of fetches
     /// is the deficit itself: no N-fold over-fetching, and no key starved by rounding down on
     /// every replica. Prefetches in flight count against the needed part first.
-    /// `own` is this replica's rate estimate, `shown` its demonstrated rate, which alone sizes
-    /// the surplus stock; in a fleet, `fleet` is the rate this replica published and the fleet's
-    /// view of the key.
+    /// `own` is this replica's rate estimate, `shown` what the key's requests showed it (whose
+    /// rate alone sizes the surplus stock); in a fleet, `fleet` is the rate this replica
+    /// published and the fleet's view of the key.
     pub fn want(
         &self,
         t: &Tracked,
         own: f64,
-        shown: f64,
+        shown: &Shown,
         local_pooled: usize,
         fleet: Option<(f64, KeyView)>,
         rng: &mut impl Rng,
@@ -142,13 +142,14 @@ impl Planner<'_> {
             }
             Some((published, view)) => {
                 let fleet_rate = view.fleet_rate.max(published);
-                // The fleet's demonstrated rate, assuming other replicas show the same fraction.
+                // What the fleet's requests show, assuming the other replicas saw the same as
+                // this one in proportion to their rates.
                 let fleet_shown = if published > 0.0 {
-                    fleet_rate * (shown / published).min(1.0)
+                    shown.scaled(fleet_rate / published)
                 } else {
-                    0.0
+                    Shown::default()
                 };
-                let (target, stock, reason, probability) = self.depths(t, fleet_rate, fleet_shown);
+                let (target, stock, reason, probability) = self.depths(t, fleet_rate, &fleet_shown);
                 let share = if fleet_rate > 0.0 {
                     published / fleet_rate
                 } else {
@@ -184,16 +185,21 @@ mod tests {
     use crate::config::RefillSettings;
     use crate::model::{DashboardEmbedRequest, EmbedRequest, IdentityType};
 
-    /// A demand table with one warm key pinned at `depth` (so its target is `depth` whatever the
-    /// rate), and that key.
-    fn pinned(depth: usize) -> (Demand, std::sync::Arc<Tracked>) {
-        let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
+    /// An anonymous dashboard's key and request.
+    fn anonymous() -> (crate::pool::PoolKey, EmbedRequest) {
         let req = EmbedRequest::Dashboard(DashboardEmbedRequest::new(
             "111122223333",
             "d",
             IdentityType::Anonymous,
         ));
-        let key = crate::pool::pool_key("t", "us-east-1", &req);
+        (crate::pool::pool_key("t", "us-east-1", &req), req)
+    }
+
+    /// A demand table with one warm key pinned at `depth` (so its target is `depth` whatever the
+    /// rate), and that key.
+    fn pinned(depth: usize) -> (Demand, std::sync::Arc<Tracked>) {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
+        let (key, req) = anonymous();
         d.pin(&key, 0, &req, depth, 1_000);
         let t = d.sweep(1_000).into_iter().next().expect("the warm key");
         (d, t)
@@ -209,6 +215,19 @@ mod tests {
         }
     }
 
+    /// `t`'s want for a rate `own` with no stream shown, holding `local_pooled` here (single
+    /// node) or with the fleet's view `fleet`.
+    fn want(
+        p: &Planner,
+        t: &Tracked,
+        own: f64,
+        local_pooled: usize,
+        fleet: Option<(f64, KeyView)>,
+        rng: &mut StdRng,
+    ) -> Want {
+        p.want(t, own, &Shown::default(), local_pooled, fleet, rng)
+    }
+
     fn view(pooled: usize, fleet_rate: f64, replicas: usize, in_flight: usize) -> KeyView {
         KeyView {
             pooled,
@@ -222,10 +241,24 @@ mod tests {
     fn a_single_node_fetches_its_target_less_what_it_holds_and_has_in_flight() {
         let (d, t) = pinned(30);
         t.in_flight.store(5, Ordering::SeqCst);
-        let w = planner(&d).want(&t, 0.0, 0.0, 10, None, &mut StdRng::seed_from_u64(1));
+        let w = want(
+            &planner(&d),
+            &t,
+            0.0,
+            10,
+            None,
+            &mut StdRng::seed_from_u64(1),
+        );
         assert_eq!((w.needed, w.extra, w.reason), (15, 0, Reason::Warm));
         assert_eq!(w.fleet_limit, None);
-        let full = planner(&d).want(&t, 0.0, 0.0, 25, None, &mut StdRng::seed_from_u64(1));
+        let full = want(
+            &planner(&d),
+            &t,
+            0.0,
+            25,
+            None,
+            &mut StdRng::seed_from_u64(1),
+        );
         assert_eq!(full.needed, 0, "held plus in flight reach the target");
     }
 
@@ -238,14 +271,14 @@ mod tests {
         let parts: Vec<usize> = [1.0, 2.0, 4.0]
             .iter()
             .map(|&rate| {
-                let w = p.want(&t, rate, 0.0, 0, Some((rate, view(6, 7.0, 3, 3))), &mut rng);
+                let w = want(&p, &t, rate, 0, Some((rate, view(6, 7.0, 3, 3))), &mut rng);
                 assert_eq!(w.fleet_limit, Some(30));
                 w.needed
             })
             .collect();
         assert_eq!(parts, vec![3, 6, 12]);
         // At the target, nobody fetches.
-        let w = p.want(&t, 1.0, 0.0, 0, Some((1.0, view(25, 3.0, 3, 5))), &mut rng);
+        let w = want(&p, &t, 1.0, 0, Some((1.0, view(25, 3.0, 3, 5))), &mut rng);
         assert_eq!(w.needed + w.extra, 0);
     }
 
@@ -259,7 +292,7 @@ mod tests {
         for _ in 0..rounds {
             // Three replicas with equal demand: 10/3 each, never all rounded down or all up.
             for _ in 0..3 {
-                let w = p.want(&t, 1.0, 0.0, 0, Some((1.0, view(0, 3.0, 3, 0))), &mut rng);
+                let w = want(&p, &t, 1.0, 0, Some((1.0, view(0, 3.0, 3, 0))), &mut rng);
                 assert!((3..=4).contains(&w.needed), "{}", w.needed);
                 total += w.needed;
             }
@@ -268,12 +301,42 @@ mod tests {
         assert!((mean - 10.0).abs() < 0.05, "mean fetches per tick {mean}");
     }
 
+    /// Behind a load balancer each replica sees a share of a key's requests: one that saw a
+    /// second request a minute after the first has no stream to show by itself (see
+    /// `Evidence::probability`), but when the fleet's rate says the others saw as much, the
+    /// fleet has.
+    #[test]
+    fn a_fleet_judges_a_key_by_the_requests_every_replica_saw() {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
+        let (key, req) = anonymous();
+        d.record(&key, 0, &req, 1_000_000);
+        let t = d.record(&key, 0, &req, 1_060_000).expect("tracked");
+        let p = Planner {
+            now_ms: 1_060_500,
+            ..planner(&d)
+        };
+        let (own, shown) = (d.rate(&t, p.now_ms), d.shown(&t, p.now_ms));
+        let mut rng = StdRng::seed_from_u64(5);
+        let alone = p.want(&t, own, &shown, 0, None, &mut rng);
+        assert_eq!((alone.target, alone.needed), (0, 0), "one gap is no stream");
+        let fleet = p.want(
+            &t,
+            own,
+            &shown,
+            0,
+            Some((own, view(0, 3.0 * own, 3, 0))),
+            &mut rng,
+        );
+        assert_eq!(fleet.target, 1, "three replicas that saw as much show one");
+        assert!(fleet.probability > 0.99, "{}", fleet.probability);
+    }
+
     #[test]
     fn a_pinned_key_nobody_asks_for_is_split_evenly_between_the_replicas_holding_it() {
         let (d, t) = pinned(8);
         let p = planner(&d);
         let mut rng = StdRng::seed_from_u64(3);
-        let w = p.want(&t, 0.0, 0.0, 0, Some((0.0, view(0, 0.0, 4, 0))), &mut rng);
+        let w = want(&p, &t, 0.0, 0, Some((0.0, view(0, 0.0, 4, 0))), &mut rng);
         assert_eq!(w.needed, 2, "a quarter of the 8 the warm key needs");
     }
 }

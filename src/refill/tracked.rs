@@ -37,6 +37,11 @@ pub(super) struct DemandState {
     pub(super) planned: Option<Planned>,
     /// Requests counted since `first_arrival_ms` (saturating).
     pub(super) arrivals: u32,
+    /// The key's longer memory, across runs: Σ e^(−(now − tᵢ)/τₕ) over its requests after the
+    /// first it was tracked with (τₕ: [`HISTORY_HALF_LIFE_SECS`]), as of `last_ms`, and that
+    /// first request's instant.
+    pub(super) history: f64,
+    pub(super) history_since_ms: Option<u64>,
 }
 
 impl DemandState {
@@ -52,6 +57,87 @@ impl DemandState {
         self.hinted_until_ms = self.hinted_until_ms.min(now_ms);
         self.stocked_while_pinned = false;
         std::mem::take(&mut self.hint_counted)
+    }
+}
+
+/// Half-life of a key's longer memory of its requests (see [`Shown::history`]): long enough to
+/// tell a key asked every two minutes from one asked every ten, whose short-term estimate
+/// swings between both after each request; a key idle for `refill.idle_forget_secs` is
+/// forgotten with it.
+pub const HISTORY_HALF_LIFE_SECS: f64 = 600.0;
+const HISTORY_TAU_SECS: f64 = HISTORY_HALF_LIFE_SECS / std::f64::consts::LN_2;
+
+/// Requests counted over an exposure: the evidence for a key's rate.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Evidence {
+    /// Requests counted (decayed with age).
+    pub requests: f64,
+    /// The time they were counted over (decayed alike), seconds.
+    pub exposure_secs: f64,
+}
+
+impl Evidence {
+    /// Requests per second.
+    pub fn rate(&self) -> f64 {
+        if self.exposure_secs > 0.0 {
+            self.requests / self.exposure_secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The probability of a request within `life_secs` for a Poisson key whose rate is known
+    /// only by this evidence: the posterior predictive under the prior 1/λ, 1 − (E/(E + life))^k
+    /// for k requests over E seconds. With much evidence it tends to 1 − e^(−rate·life); with
+    /// little it is lower, as it should be: a second request 60 s after the first reads as a
+    /// rate (one per 32 s, the exposure decayed with the 30 s half-life) that makes a third
+    /// within four minutes all but certain, while a key asked that way may as well be one asked
+    /// every five minutes whose second request came early; this says 0.88.
+    pub fn probability(&self, life_secs: f64) -> f64 {
+        if self.requests <= 0.0 || self.exposure_secs <= 0.0 || life_secs <= 0.0 {
+            return 0.0;
+        }
+        1.0 - (self.exposure_secs / (self.exposure_secs + life_secs)).powf(self.requests)
+    }
+
+    fn scaled(self, by: f64) -> Evidence {
+        Evidence {
+            requests: self.requests * by,
+            ..self
+        }
+    }
+}
+
+/// What a key's own requests show (see [`Tracked::shown`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Shown {
+    /// Over the demand half-life (`refill.demand_half_life_secs`), within the key's current run:
+    /// quick to see a key speed up; its rate is the demonstrated rate.
+    pub recent: Evidence,
+    /// Over [`HISTORY_HALF_LIFE_SECS`], across runs: enough requests to judge a slow key.
+    pub history: Evidence,
+}
+
+impl Shown {
+    /// The demonstrated rate, requests per second.
+    pub fn rate(&self) -> f64 {
+        self.recent.rate()
+    }
+
+    /// The probability of a request within `life_secs` by the stronger of the two memories.
+    pub fn probability(&self, life_secs: f64) -> f64 {
+        self.recent
+            .probability(life_secs)
+            .max(self.history.probability(life_secs))
+    }
+
+    /// The same evidence with `by` times the requests: in a fleet, what the fleet's requests
+    /// show when this replica saw `1 / by` of them.
+    pub fn scaled(self, by: f64) -> Shown {
+        Shown {
+            recent: self.recent.scaled(by),
+            history: self.history.scaled(by),
+        }
     }
 }
 
@@ -113,6 +199,8 @@ impl Tracked {
                 stocked_while_pinned: false,
                 planned: None,
                 arrivals: 0,
+                history: 0.0,
+                history_since_ms: None,
             }),
             in_flight: AtomicUsize::new(0),
             waiters: Mutex::new(VecDeque::new()),
@@ -141,6 +229,11 @@ impl Tracked {
         }
         let dt = now_ms.saturating_sub(s.last_ms) as f64 / 1000.0;
         s.decayed = s.decayed * (-dt / tau_secs).exp() + 1.0;
+        if s.history_since_ms.is_some() {
+            s.history = s.history * (-dt / HISTORY_TAU_SECS).exp() + 1.0;
+        } else {
+            s.history_since_ms = Some(now_ms);
+        }
         s.last_ms = now_ms;
         let first = *s.first_arrival_ms.get_or_insert(now_ms);
         s.arrivals = s.arrivals.saturating_add(1);
@@ -211,23 +304,39 @@ impl Tracked {
         decayed / (tau_secs * (1.0 - (-age / tau_secs).exp()))
     }
 
-    /// The rate shown by arrivals *after* the one that started the key's current run (see
-    /// [`Tracked::record`]). That arrival is why the key is observed at all, so counting it reads
-    /// a single request as a rate of 1/s for a while; stocking surplus on that would waste budget
-    /// on one-off keys.
-    pub fn demonstrated_rate(&self, now_ms: u64, tau_secs: f64) -> f64 {
-        let rate = self.rate(now_ms, tau_secs);
+    /// What the key's requests after the one that started its current run show (see
+    /// [`Tracked::record`]), over the demand half-life and over its longer memory. That first
+    /// request is why the key is observed at all, so counting it reads a single request as a
+    /// rate of 1/s for a while; stocking on that would waste budget on one-off keys. A key silent
+    /// for more than `life_ms` shows nothing: a URL stocked for it when its last request came
+    /// would have expired unused by now.
+    pub fn shown(&self, now_ms: u64, tau_secs: f64, life_ms: u64) -> Shown {
         let s = self.state.lock();
         let Some(first) = s.first_arrival_ms else {
-            return 0.0;
+            return Shown::default();
         };
-        let dt = now_ms.saturating_sub(s.last_ms) as f64 / 1000.0;
-        let decayed = s.decayed * (-dt / tau_secs).exp();
-        let trigger = (-(now_ms.saturating_sub(first) as f64 / 1000.0) / tau_secs).exp();
-        if decayed <= 0.0 {
-            return 0.0;
+        if now_ms.saturating_sub(s.last_ms) > life_ms {
+            return Shown::default();
         }
-        rate * ((decayed - trigger).max(0.0) / decayed)
+        let since_last = now_ms.saturating_sub(s.last_ms) as f64 / 1000.0;
+        let since = |ms: u64| (now_ms.saturating_sub(ms) as f64 / 1000.0).max(1.0);
+        // Counted over the run, since its first request (decayed alike): two requests a second
+        // apart after a long silence show a second's exposure, not the silence's.
+        let decayed = s.decayed * (-since_last / tau_secs).exp();
+        let trigger = (-(now_ms.saturating_sub(first) as f64 / 1000.0) / tau_secs).exp();
+        let recent = Evidence {
+            requests: (decayed - trigger).max(0.0),
+            exposure_secs: tau_secs * (1.0 - (-since(first) / tau_secs).exp()),
+        };
+        let history = match s.history_since_ms {
+            Some(since_ms) => Evidence {
+                requests: s.history * (-since_last / HISTORY_TAU_SECS).exp(),
+                exposure_secs: HISTORY_TAU_SECS
+                    * (1.0 - (-since(since_ms) / HISTORY_TAU_SECS).exp()),
+            },
+            None => Evidence::default(),
+        };
+        Shown { recent, history }
     }
 
     /// Whether prefetching this key is paused after failures.
