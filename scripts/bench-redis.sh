@@ -47,7 +47,7 @@ rcli() { redis-cli -p "$rport" "$@"; }
 # shared_urls: the bench tenant's URLs in the shared pool (its count key, one per epoch).
 shared_urls() {
   local n=0 k
-  for k in $(rcli --scan --pattern 'embedgate:{t:bench}:n:*'); do n=$((n + $(rcli ZCARD "$k"))); done
+  for k in $(rcli --scan --pattern 'embedgate:{t:bench}:n3:*'); do n=$((n + $(rcli ZCARD "$k"))); done
   echo "$n"
 }
 local_urls() { admin_json "$1" /state 'j["pool"]["urls"]' 2>/dev/null || echo 0; }

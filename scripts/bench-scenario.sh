@@ -104,7 +104,7 @@ for a in "${admins[@]}"; do curl -s "http://127.0.0.1:$a/metrics"; done >"$work/
 POOL_LEFT=
 if [ "$REPLICAS" -gt 1 ]; then
   POOL_LEFT=0
-  for k in $(redis-cli -p "$rport" --scan --pattern 'embedgate:{t:*}:n:*'); do
+  for k in $(redis-cli -p "$rport" --scan --pattern 'embedgate:{t:*}:n3:*'); do
     POOL_LEFT=$((POOL_LEFT + $(redis-cli -p "$rport" ZCARD "$k")))
   done
 fi

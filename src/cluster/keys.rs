@@ -26,6 +26,9 @@ use super::Fleet;
 use crate::pool::PoolKey;
 use crate::tenant::Tenant;
 
+/// The infix of a tenant's count key (see the layout above).
+const COUNT: &str = ":n3:";
+
 impl Fleet {
     pub(super) fn key(&self, tag: &str, rest: &str) -> String {
         format!("{}{{{tag}}}{rest}", self.settings.prefix)
@@ -51,7 +54,7 @@ impl Fleet {
 
     /// The tenant's count of pooled URLs in `epoch`.
     pub(super) fn count_key(&self, tenant: &Tenant, epoch: &str) -> String {
-        self.tenant_key(tenant, &[":n3:", epoch])
+        self.tenant_key(tenant, &[COUNT, epoch])
     }
 
     /// The replicas' demand reports and prefetches in flight for `key`.
@@ -97,5 +100,19 @@ mod tests {
         );
         assert_eq!(tenant_key("fleet-b:", "t1", &[":rl"]), "fleet-b:{t:t1}:rl");
         assert_eq!(tenant_key("", "t1", &[]), "{t:t1}");
+    }
+
+    /// The benchmarks count the URLs in the shared pool through the tenants' count keys; when
+    /// the count key was renamed they counted none (the Redis fill waited forever, the storm
+    /// through a fleet reported nothing left pooled).
+    #[test]
+    fn the_benchmarks_count_the_shared_pool_by_the_current_count_key() {
+        for (script, text) in [
+            ("bench-redis.sh", include_str!("../../scripts/bench-redis.sh")),
+            ("bench-scenario.sh", include_str!("../../scripts/bench-scenario.sh")),
+        ] {
+            let pattern = format!("}}{}*", super::COUNT);
+            assert!(text.contains(&pattern), "{script} scans for {pattern}");
+        }
     }
 }
