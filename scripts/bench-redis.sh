@@ -97,7 +97,7 @@ filled() {
 filled local
 # used_memory: Redis's used_memory (bytes); member_chars: the length of one pooled member.
 used_memory() { rcli INFO memory | awk -F: '/^used_memory:/ { print $2 + 0 }'; }
-member_chars() { rcli ZRANGE "$(rcli --scan --pattern 'embedgate:{t:bench}:p2:*' | sed -n 1p)" 0 0 | awk '{ print length($0) }'; }
+member_chars() { rcli ZRANGE "$(rcli --scan --pattern 'embedgate:{t:bench}:p3:*' | sed -n 1p)" 0 0 | awk '{ print length($0) }'; }
 empty_memory=$(used_memory)
 filled redis
 # Redis's memory per pooled URL, right after the first fill (nothing taken yet).

@@ -26,7 +26,8 @@ use super::Fleet;
 use crate::pool::PoolKey;
 use crate::tenant::Tenant;
 
-/// The infix of a tenant's count key (see the layout above).
+/// The infixes of a key's pool and of a tenant's count key (see the layout above).
+const POOL: &str = ":p3:";
 const COUNT: &str = ":n3:";
 
 impl Fleet {
@@ -49,7 +50,7 @@ impl Fleet {
 
     /// The sorted set of `key`'s pooled URLs in `epoch`.
     pub(super) fn pool_key(&self, tenant: &Tenant, epoch: &str, key: &PoolKey) -> String {
-        self.tenant_key(tenant, &[":p3:", epoch, ":", key.as_str()])
+        self.tenant_key(tenant, &[POOL, epoch, ":", key.as_str()])
     }
 
     /// The tenant's count of pooled URLs in `epoch`.
@@ -102,16 +103,19 @@ mod tests {
         assert_eq!(tenant_key("", "t1", &[]), "{t:t1}");
     }
 
-    /// The benchmarks count the URLs in the shared pool through the tenants' count keys; when
-    /// the count key was renamed they counted none (the Redis fill waited forever, the storm
-    /// through a fleet reported nothing left pooled).
+    /// The benchmarks read the shared pool through its key names; when the keys were renamed
+    /// they read nothing (the Redis fill counted no URL and waited forever, the storm through a
+    /// fleet reported nothing left pooled, the member length came from no member).
     #[test]
-    fn the_benchmarks_count_the_shared_pool_by_the_current_count_key() {
-        for (script, text) in [
-            ("bench-redis.sh", include_str!("../../scripts/bench-redis.sh")),
-            ("bench-scenario.sh", include_str!("../../scripts/bench-scenario.sh")),
+    fn the_benchmarks_read_the_shared_pool_by_the_current_key_names() {
+        let redis = include_str!("../../scripts/bench-redis.sh");
+        let scenario = include_str!("../../scripts/bench-scenario.sh");
+        for (script, text, infix) in [
+            ("bench-redis.sh", redis, super::COUNT),
+            ("bench-redis.sh", redis, super::POOL),
+            ("bench-scenario.sh", scenario, super::COUNT),
         ] {
-            let pattern = format!("}}{}*", super::COUNT);
+            let pattern = format!("}}{infix}*");
             assert!(text.contains(&pattern), "{script} scans for {pattern}");
         }
     }
