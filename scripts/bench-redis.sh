@@ -202,7 +202,7 @@ Shared against local: **{r['hit_ratio_redis_vs_local']:.2f}x** (median of the pe
 Redis round trips during the shared runs: {rt['hit']:,} `hit` and {rt['take_or_inbound']} `take`/`inbound` for {rt['requests']:,}
 requests ({rt['per_request']} per request). Degraded at the end: {int(r['degraded_at_end'])}.
 Redis memory after the first fill: {r['redis_memory']['bytes_per_pooled_url']} bytes per pooled URL (`used_memory`; members of
-{r['redis_memory']['member_chars']} characters: the URL's 16-character digest and the URL).
+{r['redis_memory']['member_chars']} characters: the URL's 16-character digest, a character for why it was fetched, and the URL).
 CPU during the shared runs: gateway {r['shared_runs_cpu_secs']['gateway']} s, redis-server {r['shared_runs_cpu_secs']['redis_server']} s
 ({r['shared_runs_cpu_secs']['redis_usec_per_script_call']} µs of Redis time per script call).
 """
