@@ -421,10 +421,10 @@ impl Demand {
         lead_secs: f64,
         min_remaining_secs: u64,
     ) -> f64 {
-        let from_rate = shown.probability(Self::usable_secs(lead_secs, min_remaining_secs));
+        let own = shown.probability(Self::usable_secs(lead_secs, min_remaining_secs));
         match self.by_kind(t, now_ms) {
-            Some(p) => from_rate.max(p),
-            None => from_rate,
+            Some(p) => own.max(p),
+            None => own,
         }
     }
 
@@ -508,9 +508,9 @@ impl Demand {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Evidence;
     use super::*;
     use crate::model::{DashboardEmbedRequest, IdentityType};
+    use crate::refill::Evidence;
 
     fn req() -> EmbedRequest {
         EmbedRequest::Dashboard(DashboardEmbedRequest::new(

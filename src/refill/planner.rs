@@ -73,7 +73,7 @@ impl Planner<'_> {
         )
     }
 
-    /// The surplus depth for `needed` by what `t`'s requests `shown` (see `Demand::surplus`).
+    /// The surplus depth for `needed`, by what a key's requests `shown` (see `Demand::surplus`).
     pub fn surplus(&self, shown: &Shown, needed: usize) -> usize {
         self.demand.surplus(
             shown,
