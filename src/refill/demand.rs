@@ -443,8 +443,10 @@ impl Demand {
 
     /// How many URLs `t` may hold when the upstream budget has room to spare: `surplus_secs` of
     /// its demonstrated demand, for keys likely to be asked within a URL's usable life by what
-    /// their requests show, never more than that life absorbs. At least the needed depth
-    /// `needed`.
+    /// their requests show, never more than that life absorbs, and never more than the requests
+    /// its current run has shown: three requests a second apart read as a rate of one a second,
+    /// but stocking ten seconds of it bets ten URLs on two requests' evidence. At least the
+    /// needed depth `needed`.
     pub fn surplus(
         &self,
         shown: &Shown,
@@ -460,6 +462,7 @@ impl Demand {
         let lambda = shown.rate();
         let stock = (lambda * self.settings.surplus_secs)
             .min(lambda * life)
+            .min(shown.recent.requests)
             .floor() as usize;
         stock.max(needed).min(max_per_key)
     }
@@ -951,6 +954,16 @@ mod tests {
         assert_eq!(d.surplus(&at(20.0), 22, 0.0, 295, 1000), 100);
         // A key unlikely to be asked within the life gets no stock beyond what it needs.
         assert_eq!(d.surplus(&at(0.001), 1, 0.1, 60, 1000), 1);
+        // Three requests a second apart: a rate of one a second on two requests' evidence, so
+        // two URLs of surplus, not ten seconds' worth.
+        let thin = Shown {
+            recent: Evidence {
+                requests: 2.0,
+                exposure_secs: 2.0,
+            },
+            history: Evidence::default(),
+        };
+        assert_eq!(d.surplus(&thin, 1, 0.1, 60, 1000), 2);
     }
 
     #[test]

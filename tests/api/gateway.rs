@@ -185,6 +185,31 @@ async fn a_steady_stream_on_a_hot_key_is_served_from_the_pool() {
     app.stop().await;
 }
 
+/// The quick start, tried as a new user: three requests for one dashboard a second apart. The
+/// key is a stream by then and is stocked, but for what its requests showed: two requests after
+/// the first are no evidence for ten seconds of demand at one a second (`refill.surplus_secs`),
+/// and the nine URLs stocked on that expired unused when the user stopped.
+#[tokio::test]
+async fn a_key_asked_three_times_a_second_apart_is_stocked_for_what_it_showed() {
+    let app = spawn_app(|s| s.refill.sessions = false).await;
+    let gw = app.app.gateway.clone();
+    let body = dash("sales-2024", "alice");
+    let key = app.key_of(0, &body);
+    for _ in 0..3 {
+        app.embed_json("alpha", "dashboard", &body).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        app.eventually(10, || gw.pool().len(&key) >= 1).await,
+        "a stream is stocked"
+    );
+    // Give the planner ten ticks to stock what it wants.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stocked = gw.pool().len(&key);
+    assert!(stocked <= 3, "{stocked} URLs stocked on three requests");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_hinted_key_is_served_from_the_pool_on_its_first_request() {
     let app = spawn_app(|_| {}).await;
