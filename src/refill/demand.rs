@@ -60,6 +60,15 @@ impl Recurrence {
     fn probability(&self, now_ms: u64, life_secs: f64) -> f64 {
         ((self.recurred + 1.0) / (self.settled(now_ms, life_secs) + 2.0)).min(1.0)
     }
+
+    /// [`Recurrence::probability`] leaving out one first request made at `first_ms`, the key
+    /// being judged: a key is no evidence of how often keys like it come back.
+    fn probability_without(&self, first_ms: u64, now_ms: u64, life_secs: f64) -> f64 {
+        let age_secs = now_ms.saturating_sub(first_ms) as f64 / 1000.0;
+        let its_share = 1.0 - (-age_secs / (life_secs / 4.0)).exp();
+        let settled = (self.settled(now_ms, life_secs) - its_share).max(0.0);
+        ((self.recurred + 1.0) / (settled + 2.0)).min(1.0)
+    }
 }
 
 /// Per-tenant counters shared with the cache's eviction listener.
@@ -72,7 +81,7 @@ struct Counts {
     /// is asked for again within a URL's usable life.
     recurrence: Vec<parking_lot::Mutex<[Recurrence; 2]>>,
     /// The same over every tenant: what a tenant's first keys are judged by until its own are
-    /// known (see [`Demand::known_recurrence`]).
+    /// known (see [`Demand::kind_recurrence`]).
     all_tenants: parking_lot::Mutex<[Recurrence; 2]>,
 }
 
@@ -162,27 +171,31 @@ impl Demand {
         self.kind_of(t).probability(now_ms, self.life_secs())
     }
 
-    /// The recurrence of `t`'s kind once there is evidence enough to trust: its tenant's own
-    /// ([`Demand::recurrence`]) when [`MIN_SETTLED_KEYS`] of its keys have settled. Before that,
-    /// the tenant's settled keys are topped up to that many with keys that recur as every
-    /// tenant's do, if those are known: a tenant's first minute is judged by what the gateway
-    /// has seen of keys of the kind, not taken as the start of a stream key by key (one URL
-    /// stocked, and mostly wasted, for each of a new portal's one-off views), and from its
-    /// [`MIN_SETTLED_KEYS`]th settled key on by its own alone, so another tenant's keys never
-    /// outweigh a tenant's own evidence. `None` while neither is known.
-    fn known_recurrence(&self, t: &Tracked, now_ms: u64) -> Option<f64> {
+    /// The recurrence of `t`'s kind: its tenant's own ([`Demand::recurrence`]) once
+    /// [`MIN_SETTLED_KEYS`] of its keys have settled. Before that, the tenant's settled keys are
+    /// topped up to that many with keys that recur as every tenant's do, if those are known: a
+    /// tenant's first minute is judged by what the gateway has seen of keys of the kind, not taken
+    /// as the start of a stream key by key (one URL stocked, and mostly wasted, for each of a new
+    /// portal's one-off views), and from its [`MIN_SETTLED_KEYS`]th settled key on by its own
+    /// alone, so another tenant's keys never outweigh a tenant's own evidence. While neither is
+    /// known (a fresh gateway's first seconds), Laplace's rule over what every tenant's other
+    /// keys of the kind have shown so far: one half before any evidence (the prediction bar, so
+    /// the very first request is stocked), within seconds below it if the first keys do not come
+    /// back, and near one if they come back at once.
+    fn kind_recurrence(&self, t: &Tracked, now_ms: u64) -> f64 {
         let life = self.life_secs();
         let own = self.kind_of(t);
         let settled = own.settled(now_ms, life);
         if settled >= MIN_SETTLED_KEYS {
-            return Some(own.probability(now_ms, life));
+            return own.probability(now_ms, life);
         }
         let all = self.counts.all_tenants.lock()[Self::kind(t)];
         if all.settled(now_ms, life) < MIN_SETTLED_KEYS {
-            return None;
+            let first_ms = t.state.lock().first_arrival_ms.unwrap_or(now_ms);
+            return all.probability_without(first_ms, now_ms, life);
         }
         let borrowed = (MIN_SETTLED_KEYS - settled) * all.probability(now_ms, life);
-        Some(((own.recurred + borrowed + 1.0) / (MIN_SETTLED_KEYS + 2.0)).min(1.0))
+        ((own.recurred + borrowed + 1.0) / (MIN_SETTLED_KEYS + 2.0)).min(1.0)
     }
 
     /// The tracked entry for `key`, if any.
@@ -430,15 +443,14 @@ impl Demand {
 
     /// While `t` has had a single request within a URL's usable life (one request shows no rate
     /// of its own): the probability that it is asked again within that life, judged by its kind
-    /// ([`Demand::known_recurrence`]), or 1 while nothing is known of the kind (a first request
-    /// is taken as the start of a stream). `None` for a key its own requests describe.
+    /// ([`Demand::kind_recurrence`]). `None` for a key its own requests describe.
     fn by_kind(&self, t: &Tracked, now_ms: u64) -> Option<f64> {
         let s = t.state.lock();
         let single_and_fresh = s.arrivals == 1
             && s.first_arrival_ms
                 .is_some_and(|first| now_ms.saturating_sub(first) <= self.life_ms);
         drop(s);
-        single_and_fresh.then(|| self.known_recurrence(t, now_ms).unwrap_or(1.0))
+        single_and_fresh.then(|| self.kind_recurrence(t, now_ms))
     }
 
     /// How many URLs `t` may hold when the upstream budget has room to spare: `surplus_secs` of
@@ -761,22 +773,13 @@ mod tests {
             now += 2_000;
         }
         let of = |i: usize| d.find(&key_n(i)).unwrap();
-        assert!(
-            d.known_recurrence(&of(100), now).is_none(),
-            "the last minute's one-off keys have not had much chance to come back yet"
-        );
-        // Two minutes on, half the first key's life: both kinds are known.
+        // Two minutes on, half the first key's life: both tenants' own keys are known.
         now += 120_000;
-        assert!(
-            d.known_recurrence(&of(0), now).is_some()
-                && d.known_recurrence(&of(100), now).is_some()
-        );
         assert!(
             d.recurrence(&of(0), now) > 0.9,
             "{}",
             d.recurrence(&of(0), now)
         );
-        assert!(d.known_recurrence(&of(100), now).is_some());
         assert!(
             d.recurrence(&of(100), now) < 0.1,
             "{}",
@@ -827,14 +830,45 @@ mod tests {
     }
 
     #[test]
-    fn a_key_asked_for_once_is_stocked_one_deep_until_its_kind_is_known() {
+    fn a_gateways_very_first_request_is_stocked_one_deep() {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
         let t = d.record(&key(), 0, &req(), 1_000).unwrap();
         let at = 1_500;
         assert_eq!(
             target_at(&d, &t, at, 100),
             (1, Reason::First),
-            "no evidence yet: a first request may start a stream"
+            "no evidence yet: as likely to come back as not, which meets the prediction bar"
+        );
+    }
+
+    /// A fresh gateway's first minute, before 20 keys of a kind have had their chance to come
+    /// back: each first request is judged by what the first keys have shown so far. One-off
+    /// views are not each stocked (a restarted gateway's first minute used to stock one URL for
+    /// every one of them, most of which expired unused), and keys that come back at once are.
+    #[test]
+    fn a_fresh_gateways_first_views_are_stocked_as_far_as_the_first_keys_come_back() {
+        // A minute of first views at 7 a second; `again` says whether each comes back 1 s later.
+        let first_minute = |again: bool| {
+            let d = Demand::new(&RefillSettings::default(), vec![(10, 1_000)]);
+            let mut stocked = 0;
+            for i in 0..420 {
+                let now = 1_000_000 + i as u64 * 1_000 / 7;
+                let t = d.record(&key_n(i), 0, &request_n(i), now).unwrap();
+                if target_at(&d, &t, now + 100, 100) == (1, Reason::First) {
+                    stocked += 1;
+                }
+                if again && i >= 7 {
+                    d.record(&key_n(i - 7), 0, &request_n(i - 7), now);
+                }
+            }
+            stocked
+        };
+        let one_off = first_minute(false);
+        assert!(one_off <= 3, "{one_off} of 420 one-off views stocked");
+        let coming_back = first_minute(true);
+        assert!(
+            coming_back >= 400,
+            "{coming_back} of 420 views that come back a second later stocked"
         );
     }
 
@@ -853,7 +887,6 @@ mod tests {
         now += 10_000;
         // A minute in, long before the first key's four-minute life is over.
         let t = d.record(&key(), 0, &req(), now).unwrap();
-        assert!(d.known_recurrence(&t, now).is_some());
         let p = d.recurrence(&t, now);
         assert!(p < 0.15, "5 of 100 came back: {p}");
         assert_eq!(
@@ -919,7 +952,7 @@ mod tests {
         let now = 1_000_000;
         // Tenant 1's first request of the kind: not taken as the start of a stream.
         let t = d.record(&key_n(1), 1, &request_n(1), now).unwrap();
-        let p = d.known_recurrence(&t, now).expect("known from tenant 0");
+        let p = d.kind_recurrence(&t, now);
         assert!(p < 0.1, "{p}");
         assert_eq!(target_at(&d, &t, now + 500, 100).0, 0);
         // Tenant 1's own keys recur; from its 20th settled key on they alone count.
@@ -931,7 +964,7 @@ mod tests {
         }
         at += 240_000;
         let t = d.record(&key_n(300), 1, &request_n(300), at).unwrap();
-        let p = d.known_recurrence(&t, at).unwrap();
+        let p = d.kind_recurrence(&t, at);
         assert!(p > 0.9, "{p}");
         assert_eq!(target_at(&d, &t, at + 500, 100).0, 1);
     }
