@@ -181,8 +181,8 @@ impl Demand {
     /// known (a fresh gateway's first seconds), Laplace's rule over what every tenant's other
     /// keys of the kind have shown so far: one half before any evidence (the prediction bar, so
     /// the very first request is stocked), within seconds below it if the first keys do not come
-    /// back, and near one if they come back at once.
-    fn kind_recurrence(&self, t: &Tracked, now_ms: u64) -> f64 {
+    /// back, and near one if they come back at once. `first_ms`: when `t`'s single request came.
+    fn kind_recurrence(&self, t: &Tracked, first_ms: u64, now_ms: u64) -> f64 {
         let life = self.life_secs();
         let own = self.kind_of(t);
         let settled = own.settled(now_ms, life);
@@ -191,7 +191,6 @@ impl Demand {
         }
         let all = self.counts.all_tenants.lock()[Self::kind(t)];
         if all.settled(now_ms, life) < MIN_SETTLED_KEYS {
-            let first_ms = t.state.lock().first_arrival_ms.unwrap_or(now_ms);
             return all.probability_without(first_ms, now_ms, life);
         }
         let borrowed = (MIN_SETTLED_KEYS - settled) * all.probability(now_ms, life);
@@ -446,11 +445,11 @@ impl Demand {
     /// ([`Demand::kind_recurrence`]). `None` for a key its own requests describe.
     fn by_kind(&self, t: &Tracked, now_ms: u64) -> Option<f64> {
         let s = t.state.lock();
-        let single_and_fresh = s.arrivals == 1
-            && s.first_arrival_ms
-                .is_some_and(|first| now_ms.saturating_sub(first) <= self.life_ms);
+        let single_and_fresh = s
+            .first_arrival_ms
+            .filter(|&first| s.arrivals == 1 && now_ms.saturating_sub(first) <= self.life_ms);
         drop(s);
-        single_and_fresh.then(|| self.kind_recurrence(t, now_ms))
+        single_and_fresh.map(|first_ms| self.kind_recurrence(t, first_ms, now_ms))
     }
 
     /// How many URLs `t` may hold when the upstream budget has room to spare: `surplus_secs` of
@@ -952,7 +951,7 @@ mod tests {
         let now = 1_000_000;
         // Tenant 1's first request of the kind: not taken as the start of a stream.
         let t = d.record(&key_n(1), 1, &request_n(1), now).unwrap();
-        let p = d.kind_recurrence(&t, now);
+        let p = d.kind_recurrence(&t, now, now);
         assert!(p < 0.1, "{p}");
         assert_eq!(target_at(&d, &t, now + 500, 100).0, 0);
         // Tenant 1's own keys recur; from its 20th settled key on they alone count.
@@ -964,7 +963,7 @@ mod tests {
         }
         at += 240_000;
         let t = d.record(&key_n(300), 1, &request_n(300), at).unwrap();
-        let p = d.kind_recurrence(&t, at);
+        let p = d.kind_recurrence(&t, at, at);
         assert!(p > 0.9, "{p}");
         assert_eq!(target_at(&d, &t, at + 500, 100).0, 1);
     }
