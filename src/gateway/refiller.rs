@@ -186,28 +186,42 @@ impl Gateway {
     /// Turns each replica's share into a claim the fleet agrees to (see
     /// `Coordination::claim`); a key whose claim fails starts nothing this tick. A claim counts
     /// as in flight fleet-wide until the next sync, so each key asks only for what can start:
-    /// its upstream's free prefetch slots, handed out in the order the prefetches start (needed
-    /// depth key by key, then surplus, most likely first). Claims beyond that would hold the
-    /// fleet's limit against the prefetches that do run, and against their top-ups.
+    /// its upstream's free prefetch slots and its budget's calls above the priority's floor,
+    /// handed out in the order the prefetches start (needed depth key by key, then surplus, most
+    /// likely first). Claims beyond that would hold the fleet's limit against the prefetches that
+    /// do run, and against their top-ups, and against the other replicas' needed prefetches for
+    /// the key, which find its limit taken until this replica's next sync.
     async fn claim_fleet(&self, wants: &mut [(Arc<Tracked>, Want)], now: u64) {
-        let mut free: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        let mut slots = |t: &Tracked, n: usize| {
-            let upstream = self.upstreams.of(&t.request);
-            let left = free
-                .entry(upstream.id())
-                .or_insert_with(|| upstream.free_prefetch_slots());
-            let n = n.min(*left);
-            *left -= n;
-            n
-        };
-        for (t, w) in wants.iter_mut() {
-            w.needed = slots(t, w.needed);
-        }
-        let mut by_probability: Vec<usize> = (0..wants.len()).collect();
-        by_probability.sort_by(|&a, &b| wants[b].1.probability.total_cmp(&wants[a].1.probability));
-        for i in by_probability {
-            let (t, w) = &mut wants[i];
-            w.extra = slots(t, w.extra);
+        // Dropped before the claim's await: the budgets' addresses are not `Send`.
+        {
+            let mut free: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+            let mut calls: std::collections::HashMap<*const Budget, f64> =
+                std::collections::HashMap::new();
+            let mut startable = |t: &Tracked, n: usize, priority: Priority| {
+                let upstream = self.upstreams.of(&t.request);
+                let slots = free
+                    .entry(upstream.id())
+                    .or_insert_with(|| upstream.free_prefetch_slots());
+                let budget = self.budget_for(&t.request);
+                let tokens = calls
+                    .entry(Arc::as_ptr(&budget))
+                    .or_insert_with(|| budget.tokens());
+                let affordable = (*tokens - budget.floor(priority)).max(0.0).floor() as usize;
+                let n = n.min(*slots).min(affordable);
+                *slots -= n;
+                *tokens -= n as f64;
+                n
+            };
+            for (t, w) in wants.iter_mut() {
+                w.needed = startable(t, w.needed, Priority::Prefetch);
+            }
+            let mut by_probability: Vec<usize> = (0..wants.len()).collect();
+            by_probability
+                .sort_by(|&a, &b| wants[b].1.probability.total_cmp(&wants[a].1.probability));
+            for i in by_probability {
+                let (t, w) = &mut wants[i];
+                w.extra = startable(t, w.extra, Priority::Surplus);
+            }
         }
         // Keys left without a slot ask nothing (and cost no round trip).
         let asking: Vec<usize> = (0..wants.len())
