@@ -148,6 +148,12 @@ impl Budget {
         }
     }
 
+    /// Calls a request of `priority` could take now without touching its floor (ignoring the
+    /// tenant's share under contention, which [`Budget::try_acquire`] also checks).
+    pub fn available(&self, priority: Priority) -> f64 {
+        (self.tokens() - self.floor(priority)).max(0.0)
+    }
+
     pub fn burst(&self) -> u32 {
         self.burst as u32
     }
@@ -312,6 +318,22 @@ mod tests {
         );
         assert!(b.try_acquire(0, Priority::Prefetch).is_ok());
         assert!(b.try_acquire(0, Priority::Surplus).is_err());
+    }
+
+    #[test]
+    fn available_counts_the_calls_try_acquire_grants() {
+        for priority in [Priority::Miss, Priority::Prefetch, Priority::Surplus] {
+            let (b, clock) = budget(vec![1.0]);
+            clock.advance(1_000);
+            b.try_acquire(0, Priority::Miss).unwrap();
+            let available = b.available(priority).floor() as usize;
+            let mut granted = 0;
+            while b.try_acquire(0, priority).is_ok() {
+                granted += 1;
+            }
+            assert_eq!(granted, available, "{priority:?}");
+            assert_eq!(b.available(priority), 0.0, "{priority:?}");
+        }
     }
 
     #[test]
