@@ -192,36 +192,38 @@ impl Gateway {
     /// do run, and against their top-ups, and against the other replicas' needed prefetches for
     /// the key, which find its limit taken until this replica's next sync.
     async fn claim_fleet(&self, wants: &mut [(Arc<Tracked>, Want)], now: u64) {
-        // Dropped before the claim's await: the budgets' addresses are not `Send`.
-        {
-            let mut free: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-            let mut calls: std::collections::HashMap<*const Budget, f64> =
-                std::collections::HashMap::new();
-            let mut startable = |t: &Tracked, n: usize, priority: Priority| {
-                let upstream = self.upstreams.of(&t.request);
-                let slots = free
-                    .entry(upstream.id())
-                    .or_insert_with(|| upstream.free_prefetch_slots());
-                let budget = self.budget_for(&t.request);
-                let tokens = calls
-                    .entry(Arc::as_ptr(&budget))
-                    .or_insert_with(|| budget.tokens());
-                let affordable = (*tokens - budget.floor(priority)).max(0.0).floor() as usize;
-                let n = n.min(*slots).min(affordable);
-                *slots -= n;
-                *tokens -= n as f64;
-                n
-            };
-            for (t, w) in wants.iter_mut() {
-                w.needed = startable(t, w.needed, Priority::Prefetch);
-            }
-            let mut by_probability: Vec<usize> = (0..wants.len()).collect();
-            by_probability
-                .sort_by(|&a, &b| wants[b].1.probability.total_cmp(&wants[a].1.probability));
-            for i in by_probability {
-                let (t, w) = &mut wants[i];
-                w.extra = startable(t, w.extra, Priority::Surplus);
-            }
+        let mut free: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        // Calls given to each budget's keys so far this tick (a few budgets: one per account
+        // and region).
+        let mut spent: Vec<(Arc<Budget>, usize)> = Vec::new();
+        let mut startable = |t: &Tracked, n: usize, priority: Priority| {
+            let upstream = self.upstreams.of(&t.request);
+            let slots = free
+                .entry(upstream.id())
+                .or_insert_with(|| upstream.free_prefetch_slots());
+            let budget = self.budget_for(&t.request);
+            let at = spent
+                .iter()
+                .position(|(b, _)| Arc::ptr_eq(b, &budget))
+                .unwrap_or_else(|| {
+                    spent.push((budget.clone(), 0));
+                    spent.len() - 1
+                });
+            let given = &mut spent[at].1;
+            let affordable = (budget.available(priority).floor() as usize).saturating_sub(*given);
+            let n = n.min(*slots).min(affordable);
+            *slots -= n;
+            *given += n;
+            n
+        };
+        for (t, w) in wants.iter_mut() {
+            w.needed = startable(t, w.needed, Priority::Prefetch);
+        }
+        let mut by_probability: Vec<usize> = (0..wants.len()).collect();
+        by_probability.sort_by(|&a, &b| wants[b].1.probability.total_cmp(&wants[a].1.probability));
+        for i in by_probability {
+            let (t, w) = &mut wants[i];
+            w.extra = startable(t, w.extra, Priority::Surplus);
         }
         // Keys left without a slot ask nothing (and cost no round trip).
         let asking: Vec<usize> = (0..wants.len())
