@@ -534,9 +534,19 @@ async fn a_replica_claims_no_more_prefetches_than_its_budget_allows() {
         s.redis.timeout_ms = 2_000;
         s.upstream.rate_per_sec = 2.0;
         s.upstream.burst = BURST;
+        // One tenant, so the whole budget is its share (the share's floor is a unit test's).
+        s.tenants.truncate(1);
         s.tenants[0].warm = vec![warm(dash("sales-2024", "alice"), 100)];
     })
     .await;
+    // Slow answers keep the prefetches the budget lets start in flight long enough to be seen
+    // (at 2 calls a second, with answers at once, a claim lasted a few milliseconds and a
+    // sample every 20 ms could miss them all); 300 ms of 2 calls a second stays within the burst.
+    fleet
+        .sim
+        .sim
+        .update_knobs(&serde_json::json!({"latency_ms": 300}))
+        .unwrap();
     let seen = claims_over_three_seconds(&redis).await;
     assert!(
         seen.iter().any(|&n| n > 0),
