@@ -210,7 +210,8 @@ impl Gateway {
                     spent.len() - 1
                 });
             let given = &mut spent[at].1;
-            let affordable = (budget.available(priority).floor() as usize).saturating_sub(*given);
+            let affordable =
+                (budget.available(t.tenant, priority).floor() as usize).saturating_sub(*given);
             let n = n.min(*slots).min(affordable);
             *slots -= n;
             *given += n;

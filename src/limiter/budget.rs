@@ -99,13 +99,8 @@ impl Budget {
         let now = self.clock.now_ms();
         let mut s = self.state.lock();
         self.refill(&mut s, now);
-        let within_share = s.shares.get(tenant).is_some_and(|t| *t >= 1.0);
-        // Tokens that must stay in the bucket for this request to go: prefetch leaves the miss
-        // reserve alone; a tenant over its fair share may only use an uncontended budget.
-        let mut floor = self.floor(priority);
-        if !within_share {
-            floor = f64::max(floor, 0.5 * self.burst);
-        }
+        let within_share = Self::within_share(&s, tenant);
+        let floor = self.floor_for(within_share, priority);
         if s.tokens >= 1.0 + floor {
             s.tokens -= 1.0;
             if let Some(t) = s.shares.get_mut(tenant) {
@@ -148,10 +143,28 @@ impl Budget {
         }
     }
 
-    /// Calls a request of `priority` could take now without touching its floor (ignoring the
-    /// tenant's share under contention, which [`Budget::try_acquire`] also checks).
-    pub fn available(&self, priority: Priority) -> f64 {
-        (self.tokens() - self.floor(priority)).max(0.0)
+    /// Calls `tenant` could take now at `priority` without touching the floor
+    /// [`Budget::try_acquire`] keeps for it (its share as it stands: the calls it would take
+    /// do not count against it here).
+    pub fn available(&self, tenant: TenantId, priority: Priority) -> f64 {
+        let mut s = self.state.lock();
+        self.refill(&mut s, self.clock.now_ms());
+        let floor = self.floor_for(Self::within_share(&s, tenant), priority);
+        (s.tokens - floor).max(0.0)
+    }
+
+    fn within_share(s: &BucketState, tenant: TenantId) -> bool {
+        s.shares.get(tenant).is_some_and(|t| *t >= 1.0)
+    }
+
+    /// Tokens that must stay in the bucket for a request to go: prefetch leaves the miss
+    /// reserve alone; a tenant over its fair share may only use an uncontended budget.
+    fn floor_for(&self, within_share: bool, priority: Priority) -> f64 {
+        if within_share {
+            self.floor(priority)
+        } else {
+            self.floor(priority).max(0.5 * self.burst)
+        }
     }
 
     pub fn burst(&self) -> u32 {
@@ -326,14 +339,33 @@ mod tests {
             let (b, clock) = budget(vec![1.0]);
             clock.advance(1_000);
             b.try_acquire(0, Priority::Miss).unwrap();
-            let available = b.available(priority).floor() as usize;
+            let available = b.available(0, priority).floor() as usize;
             let mut granted = 0;
             while b.try_acquire(0, priority).is_ok() {
                 granted += 1;
             }
             assert_eq!(granted, available, "{priority:?}");
-            assert_eq!(b.available(priority), 0.0, "{priority:?}");
+            assert_eq!(b.available(0, priority), 0.0, "{priority:?}");
         }
+    }
+
+    #[test]
+    fn available_leaves_out_what_a_tenant_over_its_share_may_not_take() {
+        let (b, _) = budget(vec![0.5, 0.5]);
+        // Tenant 0 spends its half of the burst of 10; 5 calls are left.
+        for _ in 0..5 {
+            b.try_acquire(0, Priority::Miss).unwrap();
+        }
+        assert_eq!(b.available(0, Priority::Prefetch), 0.0, "over its share");
+        assert!(b.try_acquire(0, Priority::Prefetch).is_err());
+        assert_eq!(
+            b.available(1, Priority::Prefetch),
+            2.0,
+            "5 less the reserve of 3"
+        );
+        assert!(b.try_acquire(1, Priority::Prefetch).is_ok());
+        assert!(b.try_acquire(1, Priority::Prefetch).is_ok());
+        assert!(b.try_acquire(1, Priority::Prefetch).is_err());
     }
 
     #[test]
