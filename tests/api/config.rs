@@ -264,3 +264,99 @@ fn tenant_credentials_prints_a_key_whose_secret_is_derived_from_the_master_key()
     assert!(!none.status.success());
     assert!(String::from_utf8_lossy(&none.stderr).contains("EMBEDGATE_MASTER_KEY"));
 }
+
+/// What the README must name: every subcommand, every flag of each, and every setting the
+/// gateway and the simulator read (their defaults serialized, so an unset optional setting is
+/// named too, and the shipped examples, which show a warm entry and the accounts' registry). A
+/// user never meets a flag or a setting the README does not explain.
+#[test]
+fn the_readme_names_every_subcommand_flag_and_setting() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    let mut missing = vec![];
+
+    let help = |args: &[&str]| {
+        let out = bin().args(args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{args:?} --help");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = help(&[]);
+    let subcommands: Vec<&str> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(subcommands.len() >= 8, "{top}");
+    let mut flags = 0;
+    for c in subcommands {
+        if !readme.contains(&format!("embedgate {c}")) {
+            missing.push(format!("subcommand `embedgate {c}`"));
+        }
+        for flag in long_flags(&help(&[c])) {
+            flags += 1;
+            if flag != "--help" && flag != "--version" && !readme.contains(&flag) {
+                missing.push(format!("`embedgate {c} {flag}`"));
+            }
+        }
+    }
+
+    assert!(flags >= 30, "the help texts' flags were read: {flags}");
+
+    let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let gateway = embedgate::dev::settings(addr, addr, "http://127.0.0.1:1", "key");
+    let sim = embedgate::dev::sim_settings(addr, Some(addr));
+    let mut settings = vec![];
+    settings_in(&serde_json::to_value(&gateway).unwrap(), &mut settings);
+    settings_in(&serde_json::to_value(&sim).unwrap(), &mut settings);
+    for example in ["config/embedgate.example.toml", "config/sim.example.toml"] {
+        let text = std::fs::read_to_string(format!("{root}/{example}")).unwrap();
+        let parsed: toml::Value = toml::from_str(&text).unwrap();
+        settings_in(&serde_json::to_value(parsed).unwrap(), &mut settings);
+    }
+    settings.sort();
+    settings.dedup();
+    for key in settings {
+        let named = [
+            format!("`{key}`"),
+            format!("`{key} "),
+            format!("`{key}="),
+            format!("[{key}]"),
+            format!(".{key}]"),
+        ];
+        if !named.iter().any(|n| readme.contains(n.as_str())) {
+            missing.push(format!("setting `{key}`"));
+        }
+    }
+    assert!(missing.is_empty(), "the README does not name: {missing:#?}");
+}
+
+/// The `--long-flags` a help text lists.
+fn long_flags(help: &str) -> Vec<String> {
+    help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(String::from)
+        .collect()
+}
+
+/// Every key of a settings tree, tables included. Members spelled as QuickSight spells them (a
+/// warm entry's request) are QuickSight's, documented by its API, and left out, as are the keys
+/// of a policy's `session_tags` (the tenant's own tag keys).
+fn settings_in(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                if !k.starts_with(|c: char| c.is_ascii_uppercase()) {
+                    out.push(k.clone());
+                    if k != "session_tags" {
+                        settings_in(v, out);
+                    }
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| settings_in(i, out)),
+        _ => {}
+    }
+}
