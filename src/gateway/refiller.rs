@@ -186,8 +186,9 @@ impl Gateway {
     /// Turns each replica's share into a claim the fleet agrees to (see
     /// `Coordination::claim`); a key whose claim fails starts nothing this tick. A claim counts
     /// as in flight fleet-wide until the next sync, so each key asks only for what can start:
-    /// its upstream's free prefetch slots and its budget's calls above the priority's floor,
-    /// handed out in the order the prefetches start (needed depth key by key, then surplus, most
+    /// its upstream's free prefetch slots and its budget's calls above the floor its tenant
+    /// meets at that priority (`Budget::available`: higher for a tenant over its share), handed
+    /// out in the order the prefetches start (needed depth key by key, then surplus, most
     /// likely first). Claims beyond that would hold the fleet's limit against the prefetches that
     /// do run, and against their top-ups, and against the other replicas' needed prefetches for
     /// the key, which find its limit taken until this replica's next sync.
