@@ -113,11 +113,19 @@ struct Rate {
 }
 
 impl Rate {
-    fn add(&mut self, now_ms: u64, tau_secs: f64) {
-        let dt = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
-        self.decayed = self.decayed * (-dt / tau_secs).exp() + 1.0;
-        self.last_ms = now_ms;
-        self.first_ms.get_or_insert(now_ms);
+    /// Adds an event at `at_ms`; one older than the last (a view another replica saw, learned a
+    /// tick later) adds what it would have decayed to by then, so the order in which events are
+    /// added does not change the rate.
+    fn add(&mut self, at_ms: u64, tau_secs: f64) {
+        if at_ms >= self.last_ms {
+            let dt = (at_ms - self.last_ms) as f64 / 1000.0;
+            self.decayed = self.decayed * (-dt / tau_secs).exp() + 1.0;
+            self.last_ms = at_ms;
+        } else {
+            let age = (self.last_ms - at_ms) as f64 / 1000.0;
+            self.decayed += (-age / tau_secs).exp();
+        }
+        self.first_ms = Some(self.first_ms.map_or(at_ms, |f| f.min(at_ms)));
     }
 
     /// Events per second, not counting the first one ever seen: one event is no rate (read with
@@ -321,7 +329,7 @@ impl Sessions {
         o.views += 1.0;
         o.pending.add(at_ms, follow_secs);
         o.template = t.clone();
-        o.last_ms = at_ms;
+        o.last_ms = o.last_ms.max(at_ms);
         o.halve_if_large();
         // The user: a session start after a usable life of silence.
         // Looked up by `&str` first: a known user (the common case) costs no allocation.
@@ -530,6 +538,29 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    proptest::proptest! {
+        /// A tenant's login rate reads the same whichever order its session starts are learned
+        /// in (other replicas' views arrive a tick after later ones of this replica's).
+        #[test]
+        fn a_rate_does_not_depend_on_the_order_events_arrive_in(
+            mut at in proptest::collection::vec(1_000u64..60_000, 1..40),
+            tau in 1.0f64..60.0,
+        ) {
+            let read_at = 61_000;
+            let mut arrived = Rate::default();
+            for &t in &at {
+                arrived.add(t, tau);
+            }
+            at.sort_unstable();
+            let mut in_order = Rate::default();
+            for &t in &at {
+                in_order.add(t, tau);
+            }
+            let (a, b) = (arrived.per_sec(read_at, tau), in_order.per_sec(read_at, tau));
+            proptest::prop_assert!((a - b).abs() <= 1e-9 * b.max(1.0), "{} against {}", a, b);
+        }
     }
 
     /// Views another replica saw teach the paths as this replica's own do; they predict
