@@ -17,7 +17,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::{Down, Fleet, Stored};
+pub use crate::cluster::views::{MAX_BATCH_VIEWS, MAX_UNSENT_VIEWS};
+pub use crate::cluster::Down;
+use crate::cluster::{Fleet, Stored};
 use crate::limiter::{Budget, Inbound, InboundLimiter, Priority};
 use crate::metrics::Waste;
 use crate::pool::{Pool, PoolKey, PooledUrl};
@@ -243,6 +245,11 @@ pub enum Coordination {
 const SYNC_CHUNK: usize = 256;
 
 impl Coordination {
+    /// A fleet replica, sharing now or degraded.
+    pub fn is_fleet(&self) -> bool {
+        matches!(self, Coordination::Fleet(_))
+    }
+
     /// Whether the planner plans with the fleet's view right now (a healthy fleet replica).
     pub fn shared(&self) -> bool {
         matches!(self, Coordination::Fleet(f) if f.healthy())
@@ -323,18 +330,22 @@ impl Coordination {
         Some(views)
     }
 
-    /// Passes this replica's session views (`(key, when)` each, as the learner saw them) to the
-    /// fleet and returns the other replicas' since the last call, `(tenant, when, request)` each:
-    /// evidence for the session learner only (see `cluster::views`). Nothing on a single node,
-    /// while not sharing, or if Redis failed meanwhile; a view of a tenant this replica does not
-    /// know is left out.
+    /// Passes this replica's session views (`(key, when)` each, as the learner saw them; at most
+    /// `cluster::views::MAX_BATCH_VIEWS`) to the fleet and returns the other replicas' since the
+    /// last call, `(tenant, when, request)` each: evidence for the session learner only (see
+    /// `cluster::views`). Nothing on a single node; a view of a tenant this replica does not know
+    /// is left out.
+    ///
+    /// # Errors
+    /// Redis is not usable: [`Down::NotSent`] when the views certainly were not appended (they
+    /// may be sent later), [`Down::Unknown`] when they may have been.
     pub async fn share_views(
         &self,
         tenants: &Tenants,
         views: &[(Arc<Tracked>, u64)],
-    ) -> Vec<(TenantId, u64, crate::model::EmbedRequest)> {
+    ) -> Result<Vec<(TenantId, u64, crate::model::EmbedRequest)>, Down> {
         let Coordination::Fleet(fleet) = self else {
-            return vec![];
+            return Ok(vec![]);
         };
         let batch = if views.is_empty() {
             String::new()
@@ -342,24 +353,21 @@ impl Coordination {
             crate::cluster::views::encode(
                 views
                     .iter()
-                    .take(crate::cluster::views::MAX_BATCH_VIEWS)
+                    .take(MAX_BATCH_VIEWS)
                     .map(|(t, at)| (tenants.get(t.tenant).id.as_str(), *at, &t.request)),
             )
         };
-        let batches = match fleet.exchange_views(&batch).await {
-            Ok(b) if !b.is_empty() => b,
-            _ => return vec![],
-        };
+        let batches = fleet.exchange_views(&batch).await?;
         let by_id: std::collections::HashMap<&str, TenantId> = tenants
             .all()
             .iter()
             .map(|t| (t.id.as_str(), t.index))
             .collect();
-        batches
+        Ok(batches
             .iter()
             .flat_map(|b| crate::cluster::views::decode(b))
             .filter_map(|(tenant, at, request)| Some((*by_id.get(tenant.as_str())?, at, request)))
-            .collect()
+            .collect())
     }
 
     /// Claims prefetches: for each `(tracked key, wanted, limit)`, how many this replica may

@@ -7,15 +7,20 @@
 //! Nothing here can hand out a URL or reach past a tenant's policy: a view read from the stream
 //! is only evidence for the learner, and what it predicts is admitted through the tenant's
 //! policy like any request before anything is fetched. Bounded: a batch holds at most
-//! [`MAX_BATCH_VIEWS`] views (a tick's further views are not shared), the stream keeps about
+//! [`MAX_BATCH_VIEWS`] views (a tick's further views wait for the next, as do views seen while
+//! Redis is unusable, up to [`MAX_UNSENT_VIEWS`]), the stream keeps about
 //! [`MAX_BATCHES`] batches, and a tick reads at most [`READ_BATCHES`] of them.
 
 use super::{Down, Fleet, Request, Route};
 
 /// Most views one batch carries (about 300 bytes each): 5,000 registered users' views a second
-/// per replica at the default `refill.tick_ms`; a busier replica's further views are learned by
-/// it alone.
+/// per replica at the default `refill.tick_ms`; a busier replica's further views wait for later
+/// ticks (up to [`MAX_UNSENT_VIEWS`]).
 pub const MAX_BATCH_VIEWS: usize = 500;
+/// Most views a replica keeps to send while it cannot (Redis unusable, or more than a batch
+/// in a tick): ten full batches, the oldest dropped first. A view older than a URL's usable life
+/// is dropped too: the learner pairs views within that window.
+pub const MAX_UNSENT_VIEWS: usize = 10 * MAX_BATCH_VIEWS;
 /// About how many batches the stream keeps (`XADD … MAXLEN ~`): a few seconds of three replicas'
 /// ticks at the default `refill.tick_ms`, enough for a replica a few ticks late, and at most about
 /// 15 MB of Redis memory.

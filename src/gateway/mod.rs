@@ -154,6 +154,9 @@ pub struct Gateway {
     lead_secs: std::sync::atomic::AtomicU64,
     /// Native API bodies admitted recently (see `recent`).
     recent: recent::Recent,
+    /// A fleet replica's session views not yet sent to the fleet (oldest first; see
+    /// `cluster::views::MAX_UNSENT_VIEWS`).
+    views_unsent: parking_lot::Mutex<std::collections::VecDeque<(Arc<Tracked>, u64)>>,
 }
 
 impl Gateway {
@@ -187,6 +190,7 @@ impl Gateway {
         }
         Gateway {
             recent: recent::Recent::new(),
+            views_unsent: parking_lot::Mutex::default(),
             pool: Pool::new(&settings.pool, caps, clock.clone(), metrics.clone()),
             inbound: InboundLimiter::new(
                 &tenants,

@@ -41,16 +41,16 @@ impl Gateway {
         if self.sessions_on() {
             // In a fleet the views this replica learned from go to the others, and theirs come
             // back: every replica learns from the fleet's traffic, and predicts for its own.
-            let sharing = self.coordination.shared();
+            let fleet = self.coordination.is_fleet();
             let mut views = vec![];
             for p in self
                 .sessions
-                .drain_sharing(now, sharing.then_some(&mut views))
+                .drain_sharing(now, fleet.then_some(&mut views))
             {
                 self.take_prediction(p, now);
             }
-            if sharing {
-                self.learn_shared_views(&views, now).await;
+            if fleet {
+                self.learn_shared_views(views, now).await;
             }
         }
         let tracked = self.demand.sweep(now);
@@ -141,9 +141,36 @@ impl Gateway {
 
     /// Shares this replica's session views with the fleet and learns from the other replicas',
     /// each admitted for its tenant first, exactly like a request: a view this replica's policy
-    /// refuses teaches it nothing.
-    async fn learn_shared_views(&self, views: &[(Arc<Tracked>, u64)], now: u64) {
-        let seen = self.coordination.share_views(&self.tenants, views).await;
+    /// refuses teaches it nothing. Views that cannot go now (Redis unusable, or more than a
+    /// batch) wait for a later tick, oldest first, as long as the learner can still pair them
+    /// (a URL's usable life) and up to `MAX_UNSENT_VIEWS`; a batch Redis may have appended
+    /// before it failed is not sent again (the others would count its views twice).
+    async fn learn_shared_views(&self, drained: Vec<(Arc<Tracked>, u64)>, now: u64) {
+        use crate::shared::{Down, MAX_BATCH_VIEWS, MAX_UNSENT_VIEWS};
+        let batch: Vec<_> = {
+            let mut unsent = self.views_unsent.lock();
+            unsent.extend(drained);
+            let life_ms = self.sessions.life_ms();
+            unsent.retain(|(_, at_ms)| now.saturating_sub(*at_ms) <= life_ms);
+            let over = unsent.len().saturating_sub(MAX_UNSENT_VIEWS);
+            unsent.drain(..over);
+            if !self.coordination.shared() {
+                return;
+            }
+            let n = unsent.len().min(MAX_BATCH_VIEWS);
+            unsent.drain(..n).collect()
+        };
+        let seen = match self.coordination.share_views(&self.tenants, &batch).await {
+            Ok(seen) => seen,
+            Err(Down::NotSent) => {
+                let mut unsent = self.views_unsent.lock();
+                for view in batch.into_iter().rev() {
+                    unsent.push_front(view);
+                }
+                return;
+            }
+            Err(Down::Unknown) => return,
+        };
         let learned = seen
             .into_iter()
             .filter_map(|(tenant, at_ms, request)| {

@@ -255,6 +255,11 @@ impl Sessions {
         self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// A URL's usable life, milliseconds: the window within which views pair as followers.
+    pub fn life_ms(&self) -> u64 {
+        self.life_ms
+    }
+
     /// Users known for `tenant` now.
     pub fn users(&self, tenant: TenantId) -> usize {
         self.books[tenant].lock().users.len()

@@ -232,3 +232,50 @@ async fn redis_calls(fleet: &TestFleet, i: usize, op: &str, n: u32) {
         .await;
     assert!(done, "replica {i} makes a {op} call every tick");
 }
+
+/// Views a replica saw while Redis was down still teach the fleet: it keeps them (for as long
+/// as the learner can pair them) and sends them once Redis answers, so the other replica,
+/// which saw none of them, stocks the learned follower for a newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn views_seen_while_redis_was_down_reach_the_fleet_when_it_returns() {
+    use std::time::Duration;
+    let mut redis = crate::redis_server::RedisServer::start();
+    let fleet = spawn_fleet(2, |s| {
+        s.redis.url = Some(redis.url());
+        s.redis.timeout_ms = 2_000;
+    })
+    .await;
+    fleet.all_ready(Duration::from_secs(20)).await;
+    redis.kill();
+    for i in 0..8 {
+        let user = format!("user-{i:04}");
+        for d in ["sales-2024", "finance"] {
+            let o = fleet.embed(1, "alpha", &dash(d, &user)).await;
+            assert_eq!(o.status, 200, "{}", o.body);
+        }
+    }
+    assert_eq!(fleet.readiness(1).await, "degraded");
+    // Replica 1's learner has taken the views in (its planner drained them) before Redis is back.
+    let learned = eventually(Duration::from_secs(20), || async {
+        fleet.replicas[1].gateway.session_stats().1 >= 8
+    })
+    .await;
+    assert!(learned, "replica 1 learned its users' views while degraded");
+    assert_eq!(fleet.readiness(1).await, "degraded", "still without Redis");
+    redis.restart();
+    fleet.all_ready(Duration::from_secs(20)).await;
+    for i in [1, 0] {
+        redis_calls(&fleet, i, "views", 2).await;
+    }
+    let o = fleet
+        .embed(0, "alpha", &dash("sales-2024", "user-0100"))
+        .await;
+    assert_eq!(o.status, 200, "{}", o.body);
+    let follower = r#"embedgate_urls_fetched_total{reason="follower"}"#;
+    let stocked = fleet.metric_reaches(0, follower, 1.0).await;
+    assert!(
+        stocked,
+        "replica 0 learned the path from views sent after the outage"
+    );
+    fleet.stop().await;
+}
