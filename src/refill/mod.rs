@@ -67,35 +67,6 @@ impl Pending {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Pending;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// Views from other replicas arrive a tick after later ones were learned: the evidence
-        /// still pending must not depend on the order events are added in.
-        #[test]
-        fn pending_evidence_does_not_depend_on_the_order_events_arrive_in(
-            mut at in proptest::collection::vec(1_000u64..60_000, 1..40),
-            tau in 1.0f64..60.0,
-        ) {
-            let read_at = 61_000;
-            let mut arrived = Pending::default();
-            for &t in &at {
-                arrived.add(t, tau);
-            }
-            at.sort_unstable();
-            let mut in_order = Pending::default();
-            for &t in &at {
-                in_order.add(t, tau);
-            }
-            let (a, b) = (arrived.at(read_at, tau), in_order.at(read_at, tau));
-            prop_assert!((a - b).abs() <= 1e-9 * b.max(1.0), "{} against {}", a, b);
-        }
-    }
-}
-
 /// Why a key is pre-fetched (the `reason` label of fetched URLs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -127,5 +98,44 @@ impl Reason {
 
     pub fn as_str(self) -> &'static str {
         self.fetch().as_str()
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::Pending;
+    use proptest::prelude::*;
+
+    /// What a decaying count reads at 61 s after the events `at` (ms) were added as they came
+    /// and after they were added in time order: (as they came, in order).
+    pub(in crate::refill) fn as_they_came_and_in_order<T: Default>(
+        mut at: Vec<u64>,
+        add: impl Fn(&mut T, u64),
+        read: impl Fn(&T, u64) -> f64,
+    ) -> (f64, f64) {
+        let read_at = 61_000;
+        let mut arrived = T::default();
+        at.iter().for_each(|&t| add(&mut arrived, t));
+        at.sort_unstable();
+        let mut in_order = T::default();
+        at.iter().for_each(|&t| add(&mut in_order, t));
+        (read(&arrived, read_at), read(&in_order, read_at))
+    }
+
+    proptest! {
+        /// Views from other replicas arrive a tick after later ones were learned: the evidence
+        /// still pending must not depend on the order events are added in.
+        #[test]
+        fn pending_evidence_does_not_depend_on_the_order_events_arrive_in(
+            at in proptest::collection::vec(1_000u64..60_000, 1..40),
+            tau in 1.0f64..60.0,
+        ) {
+            let (a, b) = as_they_came_and_in_order(
+                at,
+                |p: &mut Pending, t| p.add(t, tau),
+                |p, now| p.at(now, tau),
+            );
+            prop_assert!((a - b).abs() <= 1e-9 * b.max(1.0), "{} against {}", a, b);
+        }
     }
 }

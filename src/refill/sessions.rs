@@ -550,20 +550,14 @@ mod tests {
         /// in (other replicas' views arrive a tick after later ones of this replica's).
         #[test]
         fn a_rate_does_not_depend_on_the_order_events_arrive_in(
-            mut at in proptest::collection::vec(1_000u64..60_000, 1..40),
+            at in proptest::collection::vec(1_000u64..60_000, 1..40),
             tau in 1.0f64..60.0,
         ) {
-            let read_at = 61_000;
-            let mut arrived = Rate::default();
-            for &t in &at {
-                arrived.add(t, tau);
-            }
-            at.sort_unstable();
-            let mut in_order = Rate::default();
-            for &t in &at {
-                in_order.add(t, tau);
-            }
-            let (a, b) = (arrived.per_sec(read_at, tau), in_order.per_sec(read_at, tau));
+            let (a, b) = crate::refill::tests::as_they_came_and_in_order(
+                at,
+                |r: &mut Rate, t| r.add(t, tau),
+                |r, now| r.per_sec(now, tau),
+            );
             proptest::prop_assert!((a - b).abs() <= 1e-9 * b.max(1.0), "{} against {}", a, b);
         }
     }
