@@ -473,8 +473,16 @@ fn claimed_in_flight(redis: &RedisServer) -> Option<usize> {
         .max()
 }
 
-/// Samples [`claimed_in_flight`] every 20 ms for three seconds.
-async fn claims_over_three_seconds(redis: &RedisServer) -> Vec<usize> {
+/// With the simulator answering in 300 ms, samples [`claimed_in_flight`] every 20 ms for three
+/// seconds, and checks some prefetch was claimed. Slow answers keep the prefetches in flight
+/// across several ticks, long enough to be seen: with answers at once, a prefetch a budget of
+/// 2 calls a second let start lasted a few milliseconds, and the samples could miss them all.
+async fn claims_with_slow_answers(fleet: &TestFleet, redis: &RedisServer) -> Vec<usize> {
+    fleet
+        .sim
+        .sim
+        .update_knobs(&serde_json::json!({"latency_ms": 300}))
+        .unwrap();
     let started = Instant::now();
     let mut seen = vec![];
     while started.elapsed() < Duration::from_secs(3) {
@@ -483,6 +491,10 @@ async fn claims_over_three_seconds(redis: &RedisServer) -> Vec<usize> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(
+        seen.iter().any(|&n| n > 0),
+        "prefetches were claimed: {seen:?}"
+    );
     seen
 }
 
@@ -502,17 +514,7 @@ async fn a_replica_claims_only_the_prefetches_it_can_start() {
         s.tenants[0].warm = vec![warm(dash("sales-2024", "alice"), 100)];
     })
     .await;
-    // Slow answers keep the prefetches in flight across several ticks.
-    fleet
-        .sim
-        .sim
-        .update_knobs(&serde_json::json!({"latency_ms": 300}))
-        .unwrap();
-    let seen = claims_over_three_seconds(&redis).await;
-    assert!(
-        seen.iter().any(|&n| n > 0),
-        "prefetches were claimed: {seen:?}"
-    );
+    let seen = claims_with_slow_answers(&fleet, &redis).await;
     assert!(
         seen.iter().all(|&n| n <= SLOTS),
         "claimed in flight never above the {SLOTS} prefetch slots: {seen:?}"
@@ -539,19 +541,8 @@ async fn a_replica_claims_no_more_prefetches_than_its_budget_allows() {
         s.tenants[0].warm = vec![warm(dash("sales-2024", "alice"), 100)];
     })
     .await;
-    // Slow answers keep the prefetches the budget lets start in flight long enough to be seen
-    // (at 2 calls a second, with answers at once, a claim lasted a few milliseconds and a
-    // sample every 20 ms could miss them all); 300 ms of 2 calls a second stays within the burst.
-    fleet
-        .sim
-        .sim
-        .update_knobs(&serde_json::json!({"latency_ms": 300}))
-        .unwrap();
-    let seen = claims_over_three_seconds(&redis).await;
-    assert!(
-        seen.iter().any(|&n| n > 0),
-        "prefetches were claimed: {seen:?}"
-    );
+    // 300 ms answers at 2 calls a second stay within the burst.
+    let seen = claims_with_slow_answers(&fleet, &redis).await;
     assert!(
         seen.iter().all(|&n| n <= BURST as usize),
         "claimed in flight never above the budget's burst of {BURST}: {seen:?}"
