@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Gateway;
-use crate::limiter::{Budget, Priority};
+use crate::limiter::{Budget, Priority, Tentative};
 use crate::refill::{Planned, Planner, Predicted, Reason, Tracked, Want};
 use crate::upstream::{Fetched, UpstreamError};
 
@@ -213,36 +213,33 @@ impl Gateway {
     /// Turns each replica's share into a claim the fleet agrees to (see
     /// `Coordination::claim`); a key whose claim fails starts nothing this tick. A claim counts
     /// as in flight fleet-wide until the next sync, so each key asks only for what can start:
-    /// its upstream's free prefetch slots and its budget's calls above the floor its tenant
-    /// meets at that priority (`Budget::available`: higher for a tenant over its share), handed
-    /// out in the order the prefetches start (needed depth key by key, then surplus, most
+    /// its upstream's free prefetch slots and the calls its budget would grant (`Budget::plan`:
+    /// above the floor its tenant meets at that priority, higher once the tenant is over its
+    /// share, as the tick's earlier claims leave the bucket), handed out in the order the
+    /// prefetches start (needed depth key by key, then surplus, most
     /// likely first). Claims beyond that would hold the fleet's limit against the prefetches that
     /// do run, and against their top-ups, and against the other replicas' needed prefetches for
     /// the key, which find its limit taken until this replica's next sync.
     async fn claim_fleet(&self, wants: &mut [(Arc<Tracked>, Want)], now: u64) {
         let mut free: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        // Calls given to each budget's keys so far this tick (a few budgets: one per account
-        // and region).
-        let mut spent: Vec<(Arc<Budget>, usize)> = Vec::new();
+        // Each budget as this tick's claims leave it (a few budgets: one per account and
+        // region).
+        let mut plans: Vec<(Arc<Budget>, Tentative)> = Vec::new();
         let mut startable = |t: &Tracked, n: usize, priority: Priority| {
             let upstream = self.upstreams.of(&t.request);
             let slots = free
                 .entry(upstream.id())
                 .or_insert_with(|| upstream.free_prefetch_slots());
             let budget = self.budget_for(&t.request);
-            let at = spent
+            let at = plans
                 .iter()
                 .position(|(b, _)| Arc::ptr_eq(b, &budget))
                 .unwrap_or_else(|| {
-                    spent.push((budget.clone(), 0));
-                    spent.len() - 1
+                    plans.push((budget.clone(), budget.tentative()));
+                    plans.len() - 1
                 });
-            let given = &mut spent[at].1;
-            let affordable =
-                (budget.available(t.tenant, priority).floor() as usize).saturating_sub(*given);
-            let n = n.min(*slots).min(affordable);
+            let n = budget.plan(&mut plans[at].1, t.tenant, priority, n.min(*slots));
             *slots -= n;
-            *given += n;
             n
         };
         for (t, w) in wants.iter_mut() {

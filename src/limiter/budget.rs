@@ -13,6 +13,7 @@ use crate::config::UpstreamSettings;
 use crate::metrics::Metrics;
 use crate::tenant::{TenantId, Tenants};
 
+#[derive(Clone)]
 struct BucketState {
     rate: f64,
     tokens: f64,
@@ -22,6 +23,10 @@ struct BucketState {
     last: u64,
     last_cut: Option<u64>,
 }
+
+/// A copy of a [`Budget`]'s bucket to plan calls on (see [`Budget::plan`]); time stands still
+/// in it.
+pub struct Tentative(BucketState);
 
 /// The upstream budget of one AWS account and region.
 pub struct Budget {
@@ -99,7 +104,18 @@ impl Budget {
         let now = self.clock.now_ms();
         let mut s = self.state.lock();
         self.refill(&mut s, now);
-        let within_share = Self::within_share(&s, tenant);
+        self.take(&mut s, tenant, priority)
+    }
+
+    /// Takes one call for `tenant` at `priority` from a refilled bucket, or says how long until
+    /// one would be allowed.
+    fn take(
+        &self,
+        s: &mut BucketState,
+        tenant: TenantId,
+        priority: Priority,
+    ) -> Result<(), Duration> {
+        let within_share = Self::within_share(s, tenant);
         let floor = self.floor_for(within_share, priority);
         if s.tokens >= 1.0 + floor {
             s.tokens -= 1.0;
@@ -143,14 +159,29 @@ impl Budget {
         }
     }
 
-    /// Calls `tenant` could take now at `priority` without touching the floor
-    /// [`Budget::try_acquire`] keeps for it (its share as it stands: the calls it would take
-    /// do not count against it here).
-    pub fn available(&self, tenant: TenantId, priority: Priority) -> f64 {
+    /// The bucket as it stands now, to plan calls on without taking them (see
+    /// [`Budget::plan`]).
+    pub fn tentative(&self) -> Tentative {
         let mut s = self.state.lock();
         self.refill(&mut s, self.clock.now_ms());
-        let floor = self.floor_for(Self::within_share(&s, tenant), priority);
-        (s.tokens - floor).max(0.0)
+        Tentative(s.clone())
+    }
+
+    /// Up to `n` calls for `tenant` at `priority` from `plan`, spent one after another exactly
+    /// as [`Budget::try_acquire`] would spend them from the bucket `plan` was taken of; returns
+    /// how many it grants. Calls planned earlier on the same `plan`, for any tenant, count
+    /// against the bucket, and a tenant's own against its share: a tenant within its share
+    /// that crosses it partway meets the higher floor from there on, as it would for real.
+    pub fn plan(
+        &self,
+        plan: &mut Tentative,
+        tenant: TenantId,
+        priority: Priority,
+        n: usize,
+    ) -> usize {
+        (0..n)
+            .take_while(|_| self.take(&mut plan.0, tenant, priority).is_ok())
+            .count()
     }
 
     fn within_share(s: &BucketState, tenant: TenantId) -> bool {
@@ -333,39 +364,66 @@ mod tests {
         assert!(b.try_acquire(0, Priority::Surplus).is_err());
     }
 
+    /// What `plan` grants, for each priority, is what `try_acquire` then grants for real.
     #[test]
-    fn available_counts_the_calls_try_acquire_grants() {
+    fn a_plan_grants_the_calls_try_acquire_grants() {
         for priority in [Priority::Miss, Priority::Prefetch, Priority::Surplus] {
             let (b, clock) = budget(vec![1.0]);
             clock.advance(1_000);
             b.try_acquire(0, Priority::Miss).unwrap();
-            let available = b.available(0, priority).floor() as usize;
+            let planned = b.plan(&mut b.tentative(), 0, priority, 100);
             let mut granted = 0;
             while b.try_acquire(0, priority).is_ok() {
                 granted += 1;
             }
-            assert_eq!(granted, available, "{priority:?}");
-            assert_eq!(b.available(0, priority), 0.0, "{priority:?}");
+            assert_eq!(planned, granted, "{priority:?}");
         }
     }
 
     #[test]
-    fn available_leaves_out_what_a_tenant_over_its_share_may_not_take() {
+    fn a_plan_leaves_out_what_a_tenant_over_its_share_may_not_take() {
         let (b, _) = budget(vec![0.5, 0.5]);
         // Tenant 0 spends its half of the burst of 10; 5 calls are left.
         for _ in 0..5 {
             b.try_acquire(0, Priority::Miss).unwrap();
         }
-        assert_eq!(b.available(0, Priority::Prefetch), 0.0, "over its share");
+        assert_eq!(
+            b.plan(&mut b.tentative(), 0, Priority::Prefetch, 10),
+            0,
+            "over its share"
+        );
         assert!(b.try_acquire(0, Priority::Prefetch).is_err());
         assert_eq!(
-            b.available(1, Priority::Prefetch),
-            2.0,
+            b.plan(&mut b.tentative(), 1, Priority::Prefetch, 10),
+            2,
             "5 less the reserve of 3"
         );
         assert!(b.try_acquire(1, Priority::Prefetch).is_ok());
         assert!(b.try_acquire(1, Priority::Prefetch).is_ok());
         assert!(b.try_acquire(1, Priority::Prefetch).is_err());
+    }
+
+    /// A tenant within its share when a tick's claims are planned may cross it partway: from
+    /// there on it meets the floor of a tenant over its share (half the burst), so the plan
+    /// grants fewer calls than the bucket's tokens above the prefetch reserve, and exactly the
+    /// calls `try_acquire` grants. Calls planned for another tenant first count against the
+    /// bucket, not against this tenant's share.
+    #[test]
+    fn a_plan_follows_a_tenant_across_its_share() {
+        let (b, _) = budget(vec![0.3, 0.7]);
+        // Tenant 0's share is 3 of the burst of 10: one call leaves it 2, with 9 in the bucket.
+        b.try_acquire(0, Priority::Miss).unwrap();
+        let mut plan = b.tentative();
+        assert_eq!(b.plan(&mut plan, 1, Priority::Prefetch, 1), 1, "tenant 1's");
+        // 8 left: two calls within tenant 0's share (leaving 7, then 6), then one over it, which
+        // must leave 5.
+        assert_eq!(b.plan(&mut plan, 0, Priority::Prefetch, 10), 3);
+        b.try_acquire(1, Priority::Prefetch).unwrap();
+        let mut granted = 0;
+        while b.try_acquire(0, Priority::Prefetch).is_ok() {
+            granted += 1;
+        }
+        assert_eq!(granted, 3);
     }
 
     #[test]
