@@ -92,6 +92,10 @@ struct User {
     recent: VecDeque<Recent>,
     /// The first request of the user's last session.
     landing: Option<Arc<Tracked>>,
+    /// When that session started.
+    started_ms: u64,
+    /// The object the session before it landed on, if the user had one.
+    landed_before: Option<Arc<str>>,
 }
 
 struct Object {
@@ -344,6 +348,8 @@ impl Sessions {
                 last_ms: at_ms,
                 recent: VecDeque::new(),
                 landing: None,
+                started_ms: at_ms,
+                landed_before: None,
             };
             book.users.insert(user.into(), fresh);
         }
@@ -356,6 +362,8 @@ impl Sessions {
         let mut mine: Vec<Arc<str>> = vec![];
         if starts {
             let previous = u.landing.replace(t.clone());
+            u.started_ms = at_ms;
+            u.landed_before = previous.as_ref().map(|p| p.object.clone());
             u.recent.clear();
             if let Some(previous) = previous {
                 book.returns.0 += 1.0;
@@ -366,7 +374,20 @@ impl Sessions {
                     book.returns = (book.returns.0 / 2.0, book.returns.1 / 2.0);
                 }
             }
-        } else {
+        } else if at_ms < u.started_ms && u.started_ms - at_ms <= life {
+            // A view of this session earlier than the one it was taken to start with (another
+            // replica saw it, and it is learned late): the session landed here, and a return to
+            // the previous landing is judged by this object.
+            let taken = u.landing.replace(t.clone());
+            u.started_ms = at_ms;
+            if let Some(before) = &u.landed_before {
+                let was = taken.is_some_and(|l| l.object == *before);
+                let is = object == *before;
+                book.returns.1 =
+                    (book.returns.1 + f64::from(is) - f64::from(was)).clamp(0.0, book.returns.0);
+            }
+        }
+        if !starts {
             // Each pair of the user's views within the window counts once per earlier view:
             // this object follows each earlier recent view, and each later one (a view another
             // replica saw may be learned a tick after later ones) follows this one.
@@ -759,6 +780,37 @@ mod tests {
             "{}",
             returning[0].probability
         );
+    }
+
+    /// Behind a load balancer a session's landing may reach another replica and be learned here
+    /// after the user's next view, which this replica saw itself: the session still landed on
+    /// the earlier view, and that is the landing a returning user is predicted to open again.
+    #[test]
+    fn a_landing_learned_after_the_view_that_followed_it_is_still_the_landing() {
+        let s = sessions(0.5, 1_000);
+        // Day one: each user lands on "home" (seen by another replica) and opens "sales" 15 s
+        // later here; this replica learns "sales" first.
+        let mut landings = vec![];
+        for i in 0..100u64 {
+            let at = 1_000_000 + i * 100;
+            s.observe(&view(&format!("u{i}"), "sales"), at + 15_000, Seen::View);
+            landings.push((view(&format!("u{i}"), "home"), at));
+        }
+        s.drain(1_030_000);
+        s.learn_shared(landings);
+        // Day two: 35 of them come back to "home" in a storm.
+        let mut now = 2_000_000;
+        for i in 0..35u64 {
+            now += 333;
+            s.observe(&view(&format!("u{i}"), "home"), now, Seen::View);
+        }
+        now += RETURN_EVERY_MS;
+        let returning: Vec<_> = dashboards(&s.drain(now))
+            .into_iter()
+            .filter(|p| p.2 == Reason::Returning)
+            .collect();
+        assert_eq!(returning.len(), 65, "the users not seen today");
+        assert!(returning.iter().all(|p| p.0 == "home"), "{returning:?}");
     }
 
     #[test]
