@@ -3,12 +3,14 @@
 //! stalled server shows up in the percentiles instead of slowing the generator down.
 //!
 //! ```text
-//! load scenario gateway <gateway-url>[,<gateway-url>...] <scenario.json>
+//! load scenario gateway <gateway-url>[,<gateway-url>...] <scenario.json> [<admin-url>[,...]]
 //! load scenario direct <simulator-url> <scenario.json>
 //!     the pool-efficiency scenario through the gateway, or straight to QuickSight (the simulator)
 //!     with the AWS SDK and its default retries, as a portal without embedgate would. Given
 //!     several gateway URLs (replicas of one fleet), the calls go to them in turn, as a load
-//!     balancer without affinity spreads a portal's requests: a user's views land on any replica
+//!     balancer without affinity spreads a portal's requests: a user's views land on any replica.
+//!     Given the gateways' admin URLs, their metrics are read as each phase starts and at the
+//!     end, so each phase reports the upstream calls, URLs fetched and URLs expired within it
 //! ```
 //! Prints one JSON object on stdout.
 
@@ -544,12 +546,15 @@ fn key_of(call: Call) -> u64 {
 }
 
 /// Runs `arrivals` open-loop; `call(c)` performs one.
-async fn run_open_loop<F, Fut>(arrivals: &[Arrival], call: F) -> (Vec<Done>, Duration)
+async fn run_open_loop<F, Fut>(
+    arrivals: &[Arrival],
+    start: Instant,
+    call: F,
+) -> (Vec<Done>, Duration)
 where
     F: Fn(Call) -> Fut,
     Fut: std::future::Future<Output = (String, bool)> + Send + 'static,
 {
-    let start = Instant::now();
     let mut tasks = Vec::with_capacity(arrivals.len());
     for a in arrivals {
         let due = start + a.at;
@@ -575,9 +580,75 @@ where
     (done, start.elapsed())
 }
 
+/// The fleet's counters a phase is judged by, summed over the replicas' `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    upstream_calls: f64,
+    urls_fetched: f64,
+    urls_expired: f64,
+}
+
+/// The sum of the samples of counter `name` in Prometheus text, over the samples whose labels
+/// include `label` (`k="v"`) when given.
+fn counter(text: &str, name: &str, label: Option<&str>) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let wanted = label.is_none_or(|l| labels.split(',').any(|kv| kv == l));
+            wanted.then(|| value.trim().parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Reads every replica's metrics now.
+async fn scrape(http: &reqwest::Client, admins: &[String]) -> Counters {
+    let mut c = Counters::default();
+    for a in admins {
+        let read = async { http.get(format!("{a}/metrics")).send().await?.text().await };
+        let text = read
+            .await
+            .unwrap_or_else(|e| panic!("cannot read {a}/metrics: {e}"));
+        c.upstream_calls += counter(&text, "embedgate_upstream_calls_total", None);
+        c.urls_fetched += counter(&text, "embedgate_urls_fetched_total", None);
+        c.urls_expired += counter(
+            &text,
+            "embedgate_urls_wasted_total",
+            Some(r#"reason="expired""#),
+        );
+    }
+    c
+}
+
+/// Reads the fleet's counters as each phase after the first starts (`starts`, from `start`);
+/// the caller adds the readings at the start and the end.
+async fn scrape_at_phase_starts(
+    http: reqwest::Client,
+    admins: Vec<String>,
+    starts: Vec<Duration>,
+    start: Instant,
+) -> Vec<Counters> {
+    let mut out = vec![];
+    for at in starts {
+        tokio::time::sleep_until(start + at).await;
+        out.push(scrape(&http, &admins).await);
+    }
+    out
+}
+
 async fn scenario(args: &[String]) -> serde_json::Value {
-    let [mode, url, file] = args else {
-        panic!("scenario gateway|direct <url>[,<url>...] <scenario.json>");
+    let (mode, url, file, admins) = match args {
+        [mode, url, file] => (mode, url, file, vec![]),
+        [mode, url, file, admins] if mode == "gateway" => (
+            mode,
+            url,
+            file,
+            admins.split(',').map(String::from).collect::<Vec<_>>(),
+        ),
+        _ => panic!("scenario gateway|direct <url>[,<url>...] <scenario.json> [<admin-url>[,...]]"),
     };
     let s: Scenario = serde_json::from_str(&std::fs::read_to_string(file).expect("scenario file"))
         .expect("scenario JSON");
@@ -585,17 +656,40 @@ async fn scenario(args: &[String]) -> serde_json::Value {
         Scenario::Zipf(z) => (zipf_schedule(z), z.burst_phase),
         Scenario::Sessions(x) => (x.schedule(), 2),
     };
+    // The fleet's counters at each phase's start and at the end, when its metrics are read.
+    let mut counters: Vec<Counters> = vec![];
     let (done, elapsed) = match mode.as_str() {
         "gateway" => {
             let http = http_client();
             let bases: Vec<Arc<str>> = url.split(',').map(Into::into).collect();
             let turn = std::sync::atomic::AtomicUsize::new(0);
-            run_open_loop(&plan, |c| {
+            let first = if admins.is_empty() {
+                None
+            } else {
+                Some(scrape(&http, &admins).await)
+            };
+            let start = Instant::now();
+            let scraper = first.map(|_| {
+                tokio::spawn(scrape_at_phase_starts(
+                    http.clone(),
+                    admins.clone(),
+                    phase_starts(&plan),
+                    start,
+                ))
+            });
+            let run = run_open_loop(&plan, start, |c| {
                 let i = turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (http, base) = (http.clone(), bases[i % bases.len()].clone());
                 async move { gateway_call(&http, &base, c).await }
             })
-            .await
+            .await;
+            if let (Some(first), Some(scraper)) = (first, scraper) {
+                let mut readings = vec![first];
+                readings.extend(scraper.await.expect("metrics reader"));
+                readings.push(scrape(&http, &admins).await);
+                counters = readings;
+            }
+            run
         }
         "direct" => {
             // A portal calling QuickSight itself: the SDK with its default (standard) retries.
@@ -612,7 +706,7 @@ async fn scenario(args: &[String]) -> serde_json::Value {
                 .endpoint_url(url)
                 .build();
             let client = aws_sdk_quicksight::Client::from_conf(conf);
-            run_open_loop(&plan, |c| {
+            run_open_loop(&plan, Instant::now(), |c| {
                 let client = client.clone();
                 async move { direct_call(&client, c).await }
             })
@@ -622,7 +716,30 @@ async fn scenario(args: &[String]) -> serde_json::Value {
     };
     let mut v = summarize(&done, elapsed, Some(burst_phase));
     v["mode"] = json!(mode);
+    if let Some(phases) = v["phases"].as_array_mut() {
+        for (p, (from, to)) in phases
+            .iter_mut()
+            .zip(counters.iter().zip(counters.iter().skip(1)))
+        {
+            p["upstream_calls"] = json!(to.upstream_calls - from.upstream_calls);
+            p["urls_fetched"] = json!(to.urls_fetched - from.urls_fetched);
+            p["urls_expired"] = json!(to.urls_expired - from.urls_expired);
+        }
+    }
     v
+}
+
+/// When each phase after the first starts: its earliest arrival (phases follow one another; one
+/// without arrivals starts and ends with the one before it).
+fn phase_starts(plan: &[Arrival]) -> Vec<Duration> {
+    let phases = plan.iter().map(|a| a.phase).max().map_or(0, |p| p + 1);
+    let mut starts: Vec<Duration> = vec![];
+    for p in 1..phases {
+        let earliest = plan.iter().filter(|a| a.phase == p).map(|a| a.at).min();
+        let before = starts.last().copied().unwrap_or_default();
+        starts.push(earliest.unwrap_or(before));
+    }
+    starts
 }
 
 fn main() {

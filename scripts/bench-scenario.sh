@@ -98,7 +98,8 @@ for r in $(seq "$REPLICAS"); do
   urls+=("http://127.0.0.1:$gw_port"); admins+=("$admin_port"); gw_pids+=("$gw_pid")
 done
 echo "scenario $SHAPE through $REPLICAS gateway(s)..."
-$examples/load scenario gateway "$(IFS=,; echo "${urls[*]}")" "$work/scenario.json" >"$work/gateway.json"
+admin_urls=(); for a in "${admins[@]}"; do admin_urls+=("http://127.0.0.1:$a"); done
+$examples/load scenario gateway "$(IFS=,; echo "${urls[*]}")" "$work/scenario.json" "$(IFS=,; echo "${admin_urls[*]}")" >"$work/gateway.json"
 for a in "${admins[@]}"; do curl -s "http://127.0.0.1:$a/metrics"; done >"$work/gateway.metrics"
 # In a fleet the URLs left at the end are in the shared pool: every tenant's count keys.
 POOL_LEFT=
@@ -180,8 +181,14 @@ os.makedirs("bench-results", exist_ok=True)
 json.dump(r, open(f"bench-results/scenario-{e['NAME']}.json", "w"), indent=2)
 errs = lambda x: ", ".join(f"{k} {v}" for k, v in x.items()) or "none"
 pct = lambda p: f"{p['from_pool'] / max(1, p['requests']):.1%}"
+def fleet(p):
+    # Upstream calls per URL handed out, URLs fetched, URLs that expired unused, within the phase
+    # (read from the gateways' metrics as it started and ended).
+    if "upstream_calls" not in p:
+        return "— | — | — |"
+    return f"{p['upstream_calls'] / max(1, p['ok']):.2f} | {p['urls_fetched']:.0f} | {p['urls_expired']:.0f} |"
 rows = "\n".join(
-    f"| {names[i] if i < len(names) else i} | {p['requests']} | {pct(p)} | {p['p50_ms']:.1f} / {p['p99_ms']:.1f} ms | {errs(p['errors'])} |"
+    f"| {names[i] if i < len(names) else i} | {p['requests']} | {pct(p)} | {p['p50_ms']:.1f} / {p['p99_ms']:.1f} ms | {errs(p['errors'])} | {fleet(p)}"
     + (f" {D['phases'][i]['p50_ms']:.1f} / {D['phases'][i]['p99_ms']:.1f} ms | {errs(D['phases'][i]['errors'])} |" if D and i < len(D['phases']) else " — | — |")
     for i, p in enumerate(G["phases"]))
 kinds = G.get("by_kind", {})
@@ -218,10 +225,12 @@ Knobs: {", ".join(f"{k.lower()}={e[k]}" for k in knobs)}.
 | errors (all phases) | {errs(G['errors'])} | {errs(D['errors']) if D else "—"} |
 | hints sent (not counted as views) | {G['hints_sent']} ({G['hints_failed']} not taken) | — |
 
-By phase (through embedgate: requests, from the pool, p50 / p99, errors; straight: p50 / p99, errors):
+By phase (through embedgate: requests, from the pool, p50 / p99, errors, then within the phase:
+upstream calls per URL handed out, URLs fetched, URLs that expired unused (fetched in it or
+before); straight: p50 / p99, errors):
 
-| phase | requests | from the pool | p50 / p99 | errors | direct p50 / p99 | direct errors |
-| --- | --- | --- | --- | --- | --- | --- |
+| phase | requests | from the pool | p50 / p99 | errors | calls per URL | fetched | expired | direct p50 / p99 | direct errors |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 {kind_table}
 {G['distinct_keys']} distinct keys were asked for.
