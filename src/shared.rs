@@ -358,6 +358,9 @@ impl Coordination {
             )
         };
         let batches = fleet.exchange_views(&batch).await?;
+        if batches.is_empty() {
+            return Ok(vec![]);
+        }
         let by_id: std::collections::HashMap<&str, TenantId> = tenants
             .all()
             .iter()

@@ -111,24 +111,16 @@ struct Object {
 /// A decaying count of events, read as a rate (the same estimator as a key's demand).
 #[derive(Default)]
 struct Rate {
-    decayed: f64,
-    last_ms: u64,
+    /// The events, decayed (in any order they are added: see [`Pending::add`]).
+    events: Pending,
     first_ms: Option<u64>,
 }
 
 impl Rate {
-    /// Adds an event at `at_ms`; one older than the last (a view another replica saw, learned a
-    /// tick later) adds what it would have decayed to by then, so the order in which events are
-    /// added does not change the rate.
+    /// Adds an event at `at_ms` (one older than the last, a view another replica saw and learned
+    /// a tick later, counts as if added in its place).
     fn add(&mut self, at_ms: u64, tau_secs: f64) {
-        if at_ms >= self.last_ms {
-            let dt = (at_ms - self.last_ms) as f64 / 1000.0;
-            self.decayed = self.decayed * (-dt / tau_secs).exp() + 1.0;
-            self.last_ms = at_ms;
-        } else {
-            let age = (self.last_ms - at_ms) as f64 / 1000.0;
-            self.decayed += (-age / tau_secs).exp();
-        }
+        self.events.add(at_ms, tau_secs);
         self.first_ms = Some(self.first_ms.map_or(at_ms, |f| f.min(at_ms)));
     }
 
@@ -138,9 +130,8 @@ impl Rate {
         let Some(first) = self.first_ms else {
             return 0.0;
         };
-        let dt = now_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
         let age_secs = now_ms.saturating_sub(first) as f64 / 1000.0;
-        let decayed = self.decayed * (-dt / tau_secs).exp();
+        let decayed = self.events.at(now_ms, tau_secs);
         let first_weight = (-age_secs / tau_secs).exp();
         let age = age_secs.max(1.0);
         (decayed - first_weight).max(0.0) / (tau_secs * (1.0 - (-age / tau_secs).exp()))
