@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 mod commands;
 
@@ -210,7 +211,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         match cli.command {
             Command::Sim(args) => run_sim(args).await,
             Command::Serve(args) => run_serve(args).await,
@@ -234,7 +235,10 @@ fn main() -> anyhow::Result<()> {
             Command::Probe(args) => commands::probe(args),
             Command::Top(args) => commands::top(args),
         }
-    })
+    });
+    // Lines still in a batch (the last requests', "embedgate stopped", a start-up failure's).
+    telemetry::flush();
+    result
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -245,7 +249,14 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         Some("pretty") => LogFormat::Pretty,
         _ => LogFormat::Json,
     };
-    telemetry::init(format, settings.log_level.as_deref().unwrap_or("info"));
+    let flush = settings
+        .log_flush_ms
+        .map_or(telemetry::DEFAULT_FLUSH, Duration::from_millis);
+    telemetry::init(
+        format,
+        settings.log_level.as_deref().unwrap_or("info"),
+        flush,
+    );
     let offset = settings.debug.clock_offset_secs;
     let clock = if offset == 0.0 {
         Clock::System
@@ -280,7 +291,11 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         print!("{}", toml::to_string(&settings)?);
         return Ok(());
     }
-    telemetry::init(LogFormat::Pretty, "info,actix_server=warn");
+    telemetry::init(
+        LogFormat::Pretty,
+        "info,actix_server=warn",
+        telemetry::DEFAULT_FLUSH,
+    );
     let sim = SimServer::start(embedgate::dev::sim_settings(
         args.sim_listen,
         Some(args.sim_tls_listen),
@@ -343,7 +358,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
 }
 
 async fn run_sim(args: SimArgs) -> anyhow::Result<()> {
-    telemetry::init(LogFormat::Pretty, "info");
+    telemetry::init(LogFormat::Pretty, "info", telemetry::DEFAULT_FLUSH);
     let settings = args.settings()?;
     let server = SimServer::start(settings)?;
     let s = server.sim.settings();

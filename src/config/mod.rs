@@ -44,6 +44,9 @@ pub struct Settings {
     pub log_format: Option<String>,
     /// Log filter, e.g. `info` or `info,embedgate=debug` (`EMBEDGATE_LOG`/`RUST_LOG` win).
     pub log_level: Option<String>,
+    /// How long a log line below `warn` may wait in its thread's batch, in ms (default 100; 0
+    /// writes each line as it is logged). `warn` and `error` lines are written at once.
+    pub log_flush_ms: Option<u64>,
     pub api: ApiSettings,
     /// The single upstream (one region, every account): kept for configs written before
     /// `[[upstreams]]`. Set one or the other.
@@ -79,6 +82,7 @@ impl Default for Settings {
             workers: None,
             log_format: None,
             log_level: None,
+            log_flush_ms: None,
             api: ApiSettings::default(),
             upstream: UpstreamSettings::default(),
             upstreams: vec![],

@@ -129,6 +129,11 @@ impl Settings {
                 return Err(format!("log_format: {f:?} is not \"json\" or \"pretty\""));
             }
         }
+        if self.log_flush_ms.is_some_and(|ms| ms > MAX_LOG_FLUSH_MS) {
+            return Err(format!(
+                "log_flush_ms: must be at most {MAX_LOG_FLUSH_MS} (a crash loses up to this long of log lines)"
+            ));
+        }
         positive(
             "api.unauthenticated_rate_per_sec",
             self.api.unauthenticated_rate_per_sec,
@@ -338,6 +343,9 @@ fn check_upstream(at: &str, u: &super::UpstreamSettings) -> Result<(), String> {
 
 /// Shortest master key accepted, in bytes.
 pub const MIN_MASTER_KEY_BYTES: usize = 32;
+
+/// The longest `log_flush_ms`: the log lines a process killed outright loses.
+pub const MAX_LOG_FLUSH_MS: u64 = 10_000;
 
 /// Why a master key is not usable.
 pub fn check_master_key(key: &super::Secret) -> Result<(), String> {

@@ -75,6 +75,12 @@ fn invalid_configs_refuse_to_start_naming_the_key() {
         &format!("[upstream]\nrate_per_sec = 5.0\n{}", up("")),
         "not both",
     );
+    // Log lines may wait in their batches a bounded time: what a crash loses.
+    refuses(
+        &["serve", "--config"],
+        "log_flush_ms = 60000\n",
+        "log_flush_ms",
+    );
     // A clock that is wrong on purpose is for tests only.
     refuses(
         &["serve", "--config"],
@@ -359,4 +365,74 @@ fn settings_in(v: &serde_json::Value, out: &mut Vec<String>) {
         serde_json::Value::Array(items) => items.iter().for_each(|i| settings_in(i, out)),
         _ => {}
     }
+}
+
+/// Request lines wait in batches (`log_flush_ms`); a gateway stopped by SIGTERM writes them all
+/// before it exits, however long the interval.
+#[test]
+fn a_gateway_stopped_by_sigterm_has_written_every_request_line() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = bin()
+        .args(["serve", "--config", "config/embedgate.example.toml"])
+        .env("EMBEDGATE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("EMBEDGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("EMBEDGATE_LOG_FLUSH_MS", "10000")
+        .env("EMBEDGATE_LOG", "info")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    const REQUESTS: usize = 20;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let ask = || {
+            http.post(format!("http://127.0.0.1:{port}/v1/embed-url/dashboard"))
+                .bearer_auth("not-a-key")
+                .json(&serde_json::json!({}))
+                .send()
+        };
+        // Its lines wait in their batches, so the gateway is known to serve by its answer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut answered = loop {
+            match ask().await {
+                Ok(r) => break r,
+                Err(e) if std::time::Instant::now() > deadline => panic!("never served: {e}"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        };
+        for _ in 1..REQUESTS {
+            assert!(
+                [401, 429].contains(&answered.status().as_u16()),
+                "{}",
+                answered.status()
+            );
+            answered = ask().await.unwrap();
+        }
+    });
+    drop(rt); // its idle connections closed, so the shutdown has nothing to wait for
+    let term = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let lines: Vec<String> = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    assert!(child.wait().unwrap().success());
+    let requests = lines
+        .iter()
+        .filter(|l| l.contains("\"embed-url request\""))
+        .count();
+    assert_eq!(requests, REQUESTS, "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("embedgate stopped")),
+        "{lines:#?}"
+    );
 }

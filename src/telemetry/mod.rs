@@ -1,5 +1,6 @@
 //! Logging setup. `serve` logs JSON lines; `dev` and `sim` log human-readable lines; all to
-//! stderr. The level comes from `EMBEDGATE_LOG` (or `RUST_LOG`), default `info`.
+//! stderr. The level comes from `EMBEDGATE_LOG` (or `RUST_LOG`), default `info`. Lines below
+//! `warn` are written in batches ([`batch`]), at least every `log_flush_ms`.
 //!
 //! Every line logged while a request is handled carries that request's id (the `request_id` of
 //! the request span, also returned as `X-Request-Id` and `RequestId`). Embed URLs are never logged
@@ -8,6 +9,8 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -19,6 +22,10 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::wire::json::push_json_str;
+
+pub mod batch;
+
+use batch::Batched;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,9 +63,38 @@ fn configured_level(default_level: &str) -> String {
         .unwrap_or_else(|_| default_level.to_string())
 }
 
-/// Installs the global subscriber once, writing to stderr; later calls do nothing.
-pub fn init(format: LogFormat, default_level: &str) {
-    init_with_writer(format, &configured_level(default_level), std::io::stderr);
+/// How long a line below `warn` may wait in its batch unless the configuration says otherwise.
+pub const DEFAULT_FLUSH: Duration = Duration::from_millis(100);
+
+/// The batches of the process's stderr log, for [`flush`].
+static STDERR: OnceLock<Batched<std::io::Stderr>> = OnceLock::new();
+
+/// Installs the global subscriber once, writing to stderr: lines below `warn` in batches written
+/// at least every `flush` (each as it is logged when `flush` is zero). Later calls do nothing.
+pub fn init(format: LogFormat, default_level: &str, flush: Duration) {
+    let level = configured_level(default_level);
+    if flush.is_zero() {
+        return init_with_writer(format, &level, std::io::stderr);
+    }
+    let batched = STDERR.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // The lines before a panic come before its message.
+            if let Some(b) = STDERR.get() {
+                b.try_flush();
+            }
+            previous(info);
+        }));
+        Batched::new(std::io::stderr(), flush)
+    });
+    init_with_writer(format, &level, batched.clone());
+}
+
+/// Writes every line still waiting in a batch: call before the process ends.
+pub fn flush() {
+    if let Some(b) = STDERR.get() {
+        b.flush();
+    }
 }
 
 /// Installs the global subscriber with `level` and a writer of the caller's (tests capture logs
