@@ -78,7 +78,7 @@ impl<W: Write + Send + 'static> Batched<W> {
                     if let Ok(mut out) = self.inner.out.try_lock() {
                         let _ = out.write_all(&batch);
                         let _ = out.flush();
-                        batch.clear();
+                        emptied(&mut batch);
                     }
                 }
             }
@@ -92,7 +92,7 @@ impl<W: Write> Inner<W> {
             let mut batch = lock(shard);
             if !batch.is_empty() {
                 self.write(&batch);
-                batch.clear();
+                emptied(&mut batch);
             }
         }
     }
@@ -110,6 +110,14 @@ impl<W: Write> Drop for Inner<W> {
     /// The last handle's lines are written as it goes.
     fn drop(&mut self) {
         self.flush_all();
+    }
+}
+
+/// Empties a written batch, giving back what one outsized line made it hold.
+fn emptied(batch: &mut Vec<u8>) {
+    batch.clear();
+    if batch.capacity() > 4 * BATCH_BYTES {
+        batch.shrink_to(2 * BATCH_BYTES);
     }
 }
 
@@ -140,7 +148,7 @@ impl<W: Write> Write for Line<'_, W> {
         batch.extend_from_slice(line);
         if self.urgent || batch.len() >= BATCH_BYTES {
             self.inner.write(&batch);
-            batch.clear();
+            emptied(&mut batch);
         }
         Ok(line.len())
     }
@@ -171,26 +179,8 @@ impl<'a, W: Write + Send + 'static> MakeWriter<'a> for Batched<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::tests::Capture;
     use std::time::Instant;
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Capture {
-        fn text(&self) -> String {
-            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-        }
-    }
 
     fn logging<T>(writer: Batched<Capture>, f: impl FnOnce() -> T) -> T {
         let subscriber = tracing_subscriber::fmt()

@@ -334,7 +334,14 @@ mod tests {
     use super::*;
 
     #[derive(Clone, Default)]
-    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    pub(super) struct Capture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Capture {
+        /// Everything written so far.
+        pub(super) fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
 
     impl std::io::Write for Capture {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -409,8 +416,8 @@ mod tests {
     }
 
     fn lines(capture: &Capture) -> Vec<serde_json::Value> {
-        String::from_utf8(capture.0.lock().unwrap().clone())
-            .unwrap()
+        capture
+            .text()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
