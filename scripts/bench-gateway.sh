@@ -9,7 +9,8 @@
 # refuse each connection at once, and the refiller would spin through failed calls.)
 # Before each round of hits the pool is topped up if that round could drain it (the simulator
 # answers again until the pool is full); a round that meets anything but pool hits stops the bench.
-# Writes bench-results/gateway.md and bench-results/gateway.json.
+# Each round also reads each server's CPU time, so the report gives CPU per request beside the
+# throughput. Writes bench-results/gateway.md and bench-results/gateway.json.
 # Then the latency of pool hits at half the measured maximum rate: wrk again, each connection
 # pausing PACE_MS after every answer, with as many connections as make half the maximum.
 # The gateway runs at its default log level (info: a JSON line per request, into a file in the
@@ -76,15 +77,24 @@ $examples/bare "127.0.0.1:$bare_port" "$hit_size" >"$work/bare.out" &
 bare=$!; pids+=("$bare"); wait_for "$work/bare.out" "listening on"
 $examples/bare "127.0.0.1:$bare429_port" "$reject_size" 429 >"$work/bare429.out" &
 bare429=$!; pids+=("$bare429"); wait_for "$work/bare429.out" "listening on"
+# cpu_ticks PID: the process's user + system CPU time so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# round NAME PID SCRIPT PORT: one wrk run against PORT, its output in $work/NAME, and the CPU
+# ticks the server process PID spent during it in $work/NAME.cpu.
+round() {
+  local t0; t0=$(cpu_ticks "$2")
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$3" "http://127.0.0.1:$4" >"$work/$1" 2>&1
+  echo $(( $(cpu_ticks "$2") - t0 )) >"$work/$1.cpu"
+}
 need=$((KEYS * DEPTH / 2))
 for i in $(seq "$RUNS"); do
   topped_up "$(pool_urls)" "$need" "the pool" filled
-  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$gw_port" >"$work/hit.$i" 2>&1
+  round "hit.$i" "$gw_pid" "$work/hit.lua" "$gw_port"
   only_hits "$work/hit.$i" "$(pool_urls)" "round $i"
   need=$(next_need "$work/hit.$i")
-  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$bare_port" >"$work/bare.$i" 2>&1
-  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/reject.lua" "http://127.0.0.1:$gw_port" >"$work/reject.$i" 2>&1
-  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/hit.lua" "http://127.0.0.1:$bare429_port" >"$work/bare429.$i" 2>&1
+  round "bare.$i" "$bare" "$work/hit.lua" "$bare_port"
+  round "reject.$i" "$gw_pid" "$work/reject.lua" "$gw_port"
+  round "bare429.$i" "$bare429" "$work/hit.lua" "$bare429_port"
 done
 # median NAME: "rps p50 p99 p999 non2xx" of the median-rps run of NAME.
 median() { lib wrk $(for i in $(seq "$RUNS"); do echo "$work/$1.$i"; done); }
@@ -112,10 +122,19 @@ stop "$gw_pid"; stop "$sim_pid"
 mkdir -p bench-results
 export hit_rps hit_p50 hit_p99 hit_p999 hit_bad bare_rps bare_p50 bare_p99 bare_p999 rej_rps rej_p50 rej_p99 rej_p999 \
   bare429_rps bare429_p50 bare429_p99 bare429_p999 hit_ratios rej_ratios hit_size reject_size RUNS DURATION CONNECTIONS LOAD_SECS PACE_MS
-export log_level=${GATEWAY_LOG:-info (default)}
+export log_level=${GATEWAY_LOG:-info (default)} clk_tck=$(getconf CLK_TCK) work
 python3 - "$work/at_load.json" <<'PY'
-import json, platform, os, sys
+import json, platform, os, re, sys
 e = os.environ
+def cpu_us(name):
+    """Median over the rounds of the server's CPU time per request served, in microseconds."""
+    per = []
+    for i in range(1, int(e["RUNS"]) + 1):
+        base = os.path.join(e["work"], f"{name}.{i}")
+        served = int(re.search(r"(\d+) requests in", open(base).read()).group(1))
+        ticks = int(open(base + ".cpu").read())
+        per.append(ticks / int(e["clk_tck"]) * 1e6 / max(served, 1))
+    return round(sorted(per)[len(per) // 2], 2)
 f = lambda k: float(e[k])
 path = lambda p: {"rps": f(p + "_rps"), "p50_ms": f(p + "_p50"), "p99_ms": f(p + "_p99"), "p999_ms": f(p + "_p999")}
 r = {
@@ -135,8 +154,10 @@ r["hit_ratios_by_round"] = rounds("hit_ratios")
 r["reject_ratios_by_round"] = rounds("rej_ratios")
 r["hit_ratio_vs_bare"] = sorted(r["hit_ratios_by_round"])[len(r["hit_ratios_by_round"]) // 2]
 r["reject_ratio_vs_bare"] = sorted(r["reject_ratios_by_round"])[len(r["reject_ratios_by_round"]) // 2]
+for k, name in (("hit", "hit"), ("bare_same_body", "bare"), ("reject_429", "reject"), ("bare_429_same_body", "bare429")):
+    r[k]["cpu_us_per_request"] = cpu_us(name)
 json.dump(r, open("bench-results/gateway.json", "w"), indent=2)
-row = lambda name, x, ratio: f"| {name} | {x['rps']:,.0f} | {x['p50_ms']:.2f} ms | {x['p99_ms']:.2f} ms | {x['p999_ms']:.2f} ms | {ratio} |"
+row = lambda name, x, ratio: f"| {name} | {x['rps']:,.0f} | {x['p50_ms']:.2f} ms | {x['p99_ms']:.2f} ms | {x['p999_ms']:.2f} ms | {ratio} | {x['cpu_us_per_request']:.2f} µs |"
 a = r["at_half_max"]
 st = r["settings"]
 md = f"""## Hit-path ceiling
@@ -144,12 +165,16 @@ md = f"""## Hit-path ceiling
 wrk, 1 thread, {st['connections']} connections, {st['runs']} interleaved rounds of {st['duration']} per path (gateway hit, bare, gateway 429, bare 429), {st['cores']} cores (wrk and server share them),
 the gateway logging at {st['gateway_log_level']}.\nFigures are the median-throughput run of each path; the ratio is the median of the per-round ratios\n(hits: {', '.join(map(str, r['hit_ratios_by_round']))}; 429s: {', '.join(map(str, r['reject_ratios_by_round']))}).
 
-| Path | requests/s | p50 | p99 | p99.9 | vs bare actix-web |
-| --- | --- | --- | --- | --- | --- |
+| Path | requests/s | p50 | p99 | p99.9 | vs bare actix-web | server CPU per request |
+| --- | --- | --- | --- | --- | --- | --- |
 {row(f"gateway pool hit ({r['hit']['body_bytes']} B body)", r['hit'], f"**{r['hit_ratio_vs_bare']:.2f}x**")}
 {row("bare actix-web, same body", r['bare_same_body'], "1.00x")}
 {row(f"gateway 429 rejection ({r['reject_429']['body_bytes']} B body)", r['reject_429'], f"**{r['reject_ratio_vs_bare']:.2f}x**")}
 {row("bare actix-web 429, same body", r['bare_429_same_body'], "1.00x")}
+
+Server CPU per request is the server process's CPU time (`/proc/<pid>/stat`) over a round divided by
+the requests it served, the median of the rounds: steadier than the throughput ratios, which
+move with how wrk and the server share the cores.
 
 Non-2xx during the hit runs (pool ran dry): {r['hit']['non_2xx']}.
 
