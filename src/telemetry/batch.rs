@@ -73,14 +73,8 @@ impl<W: Write + Send + 'static> Batched<W> {
     /// whose thread may hold a batch's lock.
     pub fn try_flush(&self) {
         for shard in &self.inner.shards {
-            if let Ok(mut batch) = shard.try_lock() {
-                if !batch.is_empty() {
-                    if let Ok(mut out) = self.inner.out.try_lock() {
-                        let _ = out.write_all(&batch);
-                        let _ = out.flush();
-                        emptied(&mut batch);
-                    }
-                }
+            if let (Ok(mut batch), Ok(mut out)) = (shard.try_lock(), self.inner.out.try_lock()) {
+                write_out(&mut *out, &mut batch);
             }
         }
     }
@@ -89,20 +83,30 @@ impl<W: Write + Send + 'static> Batched<W> {
 impl<W: Write> Inner<W> {
     fn flush_all(&self) {
         for shard in &self.shards {
-            let mut batch = lock(shard);
-            if !batch.is_empty() {
-                self.write(&batch);
-                emptied(&mut batch);
-            }
+            self.write_batch(&mut lock(shard));
         }
     }
 
-    /// Writes `bytes`; a log that cannot be written is not worth failing a request over, and
-    /// there is nowhere left to report it.
-    fn write(&self, bytes: &[u8]) {
-        let mut out = lock(&self.out);
-        let _ = out.write_all(bytes);
-        let _ = out.flush();
+    /// Writes a batch out and empties it.
+    fn write_batch(&self, batch: &mut Vec<u8>) {
+        if !batch.is_empty() {
+            write_out(&mut *lock(&self.out), batch);
+        }
+    }
+}
+
+/// Writes `batch` to `out` and empties it. A log that cannot be written is not worth failing a
+/// request over, and there is nowhere left to report it.
+fn write_out(out: &mut impl Write, batch: &mut Vec<u8>) {
+    if batch.is_empty() {
+        return;
+    }
+    let _ = out.write_all(batch);
+    let _ = out.flush();
+    batch.clear();
+    // Give back what one outsized line made the batch hold.
+    if batch.capacity() > 4 * BATCH_BYTES {
+        batch.shrink_to(2 * BATCH_BYTES);
     }
 }
 
@@ -110,14 +114,6 @@ impl<W: Write> Drop for Inner<W> {
     /// The last handle's lines are written as it goes.
     fn drop(&mut self) {
         self.flush_all();
-    }
-}
-
-/// Empties a written batch, giving back what one outsized line made it hold.
-fn emptied(batch: &mut Vec<u8>) {
-    batch.clear();
-    if batch.capacity() > 4 * BATCH_BYTES {
-        batch.shrink_to(2 * BATCH_BYTES);
     }
 }
 
@@ -147,8 +143,7 @@ impl<W: Write> Write for Line<'_, W> {
         let mut batch = lock(&self.inner.shards[shard_index()]);
         batch.extend_from_slice(line);
         if self.urgent || batch.len() >= BATCH_BYTES {
-            self.inner.write(&batch);
-            emptied(&mut batch);
+            self.inner.write_batch(&mut batch);
         }
         Ok(line.len())
     }
