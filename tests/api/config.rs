@@ -17,7 +17,27 @@ fn refuses(args: &[&str], toml: &str, needle: &str) {
         needle.replace('.', "-")
     ));
     std::fs::write(&path, toml).unwrap();
-    let out = bin().args(args).arg(&path).output().unwrap();
+    let mut child = bin()
+        .args(args)
+        .arg(&path)
+        .env("EMBEDGATE_LISTEN", "127.0.0.1:0")
+        .env("EMBEDGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // An accepted config starts a server that never exits: stop it and say so, not hang.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{toml} was accepted: the process started and kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "{toml} was accepted");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(needle), "error names {needle}: {stderr}");
