@@ -131,6 +131,13 @@ async fn a_fleet_learns_paths_from_the_views_every_replica_saw() {
     let follower = r#"embedgate_urls_fetched_total{reason="follower"}"#;
     let stocked = fleet.metric_reaches(0, follower, 1.0).await;
     assert!(stocked, "replica 0 stocked the newcomer's finance");
+    // Counted as its call starts: the URL reaches the shared pool an upstream answer and a put
+    // later (the one put replica 0 makes in this test), which a busy machine can delay.
+    let put = r#"embedgate_redis_duration_seconds_count{op="put"}"#;
+    assert!(
+        fleet.metric_reaches(0, put, 1.0).await,
+        "replica 0 put the newcomer's finance into the shared pool"
+    );
     let o = fleet.embed(1, "alpha", &dash("finance", newcomer)).await;
     assert_eq!(o.status, 200, "{}", o.body);
     assert_eq!(o.body["Source"], "pool", "{}", o.body);
@@ -202,6 +209,12 @@ async fn a_view_shared_by_another_replica_never_stocks_what_this_ones_policy_ref
     assert!(
         stocked,
         "replica 1 learned the shared paths and stocks what it may"
+    );
+    // Counted as its call starts; pooled a put later.
+    let put = r#"embedgate_redis_duration_seconds_count{op="put"}"#;
+    assert!(
+        fleet.metric_reaches(1, put, 1.0).await,
+        "replica 1 put the follower into the shared pool"
     );
     let o = fleet.embed(1, "alpha", &dash("sales-2024", allowed)).await;
     assert_eq!(o.body["Source"], "pool", "{}", o.body);
