@@ -101,7 +101,7 @@ impl Application {
                 let mut server = HttpServer::new(move || {
                     App::new()
                         .app_data(compat_data.clone())
-                        .wrap(tracing_actix_web::TracingLogger::<crate::api::RequestSpan>::new())
+                        .wrap_fn(crate::api::in_request_context)
                         .configure(crate::api::compat_routes)
                 })
                 .listen(l)?
@@ -119,7 +119,7 @@ impl Application {
             App::new()
                 .app_data(api_data.clone())
                 .app_data(canned.clone())
-                .wrap(tracing_actix_web::TracingLogger::<crate::api::RequestSpan>::new())
+                .wrap_fn(crate::api::in_request_context)
                 .configure(crate::api::routes)
         })
         .listen(listener)?

@@ -50,7 +50,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>) -> HttpResponse {
     let started = Instant::now();
-    let request_id = request_id(&req);
+    let request_id = request_id();
     let Some(call) = wire::route(req.method().as_str(), req.uri().path()) else {
         return AwsError::new(
             404,

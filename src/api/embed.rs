@@ -57,14 +57,10 @@ pub(super) async fn registered(
     .await
 }
 
-/// The id of this request: the one `TracingLogger` put on the request span (so every log line of
-/// the request carries it), or a fresh one where no logger runs.
-pub(super) fn request_id(req: &HttpRequest) -> String {
-    use actix_web::HttpMessage;
-    req.extensions()
-        .get::<tracing_actix_web::RequestId>()
-        .map(ToString::to_string)
-        .unwrap_or_else(super::new_request_id)
+/// The id of this request: its context's (so every log line of the request carries it), or a
+/// fresh one where no context was set.
+pub(super) fn request_id() -> String {
+    crate::telemetry::request::id().unwrap_or_else(super::new_request_id)
 }
 
 /// Records one request's outcome in the metrics and the log (never the URL).
@@ -111,7 +107,7 @@ async fn embed(
     op: Operation,
 ) -> HttpResponse {
     let started = Instant::now();
-    let request_id = request_id(&req);
+    let request_id = request_id();
     let tenant = match authenticate(&gw, &req) {
         Ok(t) => t,
         Err(p) => {

@@ -20,7 +20,7 @@ pub(super) async fn hints(
     gw: web::Data<Gateway>,
     canned: web::Data<Canned>,
 ) -> HttpResponse {
-    let request_id = request_id(&req);
+    let request_id = request_id();
     let tenant = match authenticate(&gw, &req) {
         Ok(t) => t,
         Err(p) => {

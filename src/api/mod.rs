@@ -13,10 +13,10 @@
 mod admin;
 mod auth;
 mod compat;
+mod context;
 mod embed;
 mod hints;
 mod problem;
-mod span;
 
 use std::sync::Arc;
 
@@ -27,8 +27,8 @@ use serde_json::json;
 
 use crate::gateway::Gateway;
 pub use auth::Canned;
+pub use context::in_request_context;
 use problem::Problem;
-pub use span::RequestSpan;
 
 /// The header every answer of the native API carries its request's id in.
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -98,7 +98,7 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
         "not_found",
         format!("no route for {} {}", req.method(), req.path()),
     )
-    .response(&new_request_id())
+    .response(&embed::request_id())
 }
 
 /// Shared handle type for handlers.

@@ -2,8 +2,9 @@
 //! stderr. The level comes from `EMBEDGATE_LOG` (or `RUST_LOG`), default `info`. Lines below
 //! `warn` are written in batches ([`batch`]), at least every `log_flush_ms`.
 //!
-//! Every line logged while a request is handled carries that request's id (the `request_id` of
-//! the request span, also returned as `X-Request-Id` and `RequestId`). Embed URLs are never logged
+//! Every line logged while a request is handled carries that request's id, method and route as
+//! a `request` span (the `request_id` is also returned as `X-Request-Id` and `RequestId`): they
+//! are the task's [`request`] context, not a `tracing` span. Embed URLs are never logged
 //! by embedgate; the AWS SDK and HTTP client crates are capped at `info` whatever the configured
 //! level, because at debug/trace they log raw response bodies, which carry embed URLs.
 
@@ -24,6 +25,7 @@ use tracing_subscriber::{fmt, EnvFilter};
 use crate::wire::json::push_json_str;
 
 pub mod batch;
+pub mod request;
 
 use batch::Batched;
 
@@ -112,9 +114,9 @@ where
             .with_env_filter(filter)
             .try_init(),
         LogFormat::Pretty => fmt()
+            .event_format(PrettyLines::default())
             .with_writer(writer)
             .with_env_filter(filter)
-            .with_target(false)
             .try_init(),
     };
 }
@@ -128,6 +130,63 @@ where
 /// Here the span's fields are kept as JSON text by [`JsonSpanFields`] and copied into each line
 /// as they are, and the event's fields are written straight into the line.
 pub struct JsonLines;
+
+/// Human-readable lines as `tracing-subscriber`'s default format writes them without the target
+/// (`2026-12-04T01:12:45.123456Z  INFO request{request_id=… method=POST route=…}: message k=v`),
+/// the request being handled written as the span it was until 2026-12-04.
+pub struct PrettyLines {
+    /// The default format for the rest of the line: the caller's spans, the message and fields.
+    rest: fmt::format::Format<fmt::format::Full, ()>,
+}
+
+impl Default for PrettyLines {
+    fn default() -> Self {
+        PrettyLines {
+            rest: fmt::format()
+                .without_time()
+                .with_level(false)
+                .with_target(false),
+        }
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for PrettyLines
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let normalized = event.normalized_metadata();
+        let level = *normalized
+            .as_ref()
+            .unwrap_or_else(|| event.metadata())
+            .level();
+        let mut stamp = String::with_capacity(32);
+        timestamp(&mut stamp);
+        let colour = match level {
+            tracing::Level::TRACE => "35",
+            tracing::Level::DEBUG => "34",
+            tracing::Level::INFO => "32",
+            tracing::Level::WARN => "33",
+            tracing::Level::ERROR => "31",
+        };
+        if writer.has_ansi_escapes() {
+            write!(
+                writer,
+                "\x1b[2m{stamp}\x1b[0m \x1b[{colour}m{level:>5}\x1b[0m "
+            )?;
+        } else {
+            write!(writer, "{stamp} {level:>5} ")?;
+        }
+        request::write_prefix(&mut writer)?;
+        self.rest.format_event(ctx, writer, event)
+    }
+}
 
 /// A span's fields kept as the members of a JSON object (`{"request_id":"…",…}`), for
 /// [`JsonLines`] to copy into each line logged inside the span.
@@ -155,22 +214,25 @@ where
         event.record(&mut Members::new(&mut line, false));
         line.push_str("},\"target\":");
         push_json_str(&mut line, meta.target());
-        let span = event
-            .parent()
-            .and_then(|id| ctx.span(id))
-            .or_else(|| ctx.lookup_current());
-        if let Some(span) = span {
-            line.push_str(",\"span\":{");
-            if let Some(stored) = span.extensions().get::<FormattedFields<JsonSpanFields>>() {
-                let members = members_of(&stored.fields);
-                if !members.is_empty() {
-                    line.push_str(members);
-                    line.push(',');
+        // The request being handled; outside one, the current span (a span of a caller's own).
+        if !request::push_json(&mut line) {
+            let span = event
+                .parent()
+                .and_then(|id| ctx.span(id))
+                .or_else(|| ctx.lookup_current());
+            if let Some(span) = span {
+                line.push_str(",\"span\":{");
+                if let Some(stored) = span.extensions().get::<FormattedFields<JsonSpanFields>>() {
+                    let members = members_of(&stored.fields);
+                    if !members.is_empty() {
+                        line.push_str(members);
+                        line.push(',');
+                    }
                 }
+                line.push_str("\"name\":");
+                push_json_str(&mut line, span.name());
+                line.push('}');
             }
-            line.push_str("\"name\":");
-            push_json_str(&mut line, span.name());
-            line.push('}');
         }
         line.push_str("}\n");
         writer.write_str(&line)
@@ -471,10 +533,159 @@ mod tests {
         );
     }
 
-    /// The README's way to keep `info` but leave out the line every request logs: the
-    /// request's span stays, so a warning logged while it is handled still carries its id.
-    #[test]
-    fn a_directive_drops_the_per_request_line_and_keeps_everything_else() {
+    fn dashboard_request(id: &str) -> request::RequestFields {
+        request::RequestFields {
+            id: id.to_owned(),
+            method: "POST".to_owned(),
+            route: "/v1/embed-url/dashboard".to_owned(),
+        }
+    }
+
+    /// Lines as a request's handler logs them.
+    fn handled() {
+        tracing::info!(tenant = "alpha", outcome = "hit", "embed-url request");
+        tracing::warn!(upstream_code = "Throttling", "QuickSight refused the call");
+    }
+
+    /// `handled` inside the `request` span the gateway opened for each request until
+    /// 2026-12-04, then once outside it.
+    fn handled_in_the_old_span() {
+        tracing::info_span!(
+            "request",
+            request_id = %"r-7",
+            method = %"POST",
+            route = "/v1/embed-url/dashboard"
+        )
+        .in_scope(handled);
+        handled();
+    }
+
+    /// The request being handled is written as the stock formats write the `request` span that
+    /// carried it before: member for member in JSON, character for character (the timestamp
+    /// apart) in the human-readable format. Outside a request there is no span.
+    #[tokio::test]
+    async fn lines_logged_while_a_request_is_handled_name_it_as_its_span_did() {
+        async fn ours<S: Subscriber + Send + Sync + 'static>(subscriber: S) {
+            let _default = tracing::subscriber::set_default(subscriber);
+            request::scope(dashboard_request("r-7"), async { handled() }).await;
+            handled();
+        }
+        let (json, stock_json) = (Capture::default(), Capture::default());
+        ours(
+            fmt()
+                .fmt_fields(JsonSpanFields)
+                .event_format(JsonLines)
+                .with_writer(json.clone())
+                .finish(),
+        )
+        .await;
+        let stock = fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(stock_json.clone())
+            .finish();
+        tracing::subscriber::with_default(stock, handled_in_the_old_span);
+        let strip = |capture: &Capture| -> Vec<serde_json::Value> {
+            let mut lines = lines(capture);
+            for l in &mut lines {
+                l.as_object_mut().unwrap().remove("timestamp");
+            }
+            lines
+        };
+        let ours_json = strip(&json);
+        assert_eq!(ours_json.len(), 4);
+        assert_eq!(ours_json, strip(&stock_json));
+        assert_eq!(ours_json[0]["span"]["request_id"], "r-7");
+        assert_eq!(ours_json[1]["span"]["route"], "/v1/embed-url/dashboard");
+        assert!(ours_json[2].get("span").is_none(), "{}", ours_json[2]);
+
+        let (text, stock_text) = (Capture::default(), Capture::default());
+        ours(
+            fmt()
+                .with_ansi(false)
+                .event_format(PrettyLines::default())
+                .with_writer(text.clone())
+                .finish(),
+        )
+        .await;
+        let stock = fmt()
+            .with_target(false)
+            .with_ansi(false)
+            .with_writer(stock_text.clone())
+            .finish();
+        tracing::subscriber::with_default(stock, handled_in_the_old_span);
+        let stamp = "2026-12-04T01:12:45.123456Z".len();
+        let strip = |capture: &Capture| -> Vec<String> {
+            capture
+                .text()
+                .lines()
+                .map(|l| {
+                    let (at, rest) = l.split_at(stamp);
+                    time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                        .unwrap_or_else(|e| panic!("{e}: {l}"));
+                    rest.to_owned()
+                })
+                .collect()
+        };
+        let ours_text = strip(&text);
+        assert_eq!(ours_text, strip(&stock_text));
+        assert_eq!(
+            ours_text[0],
+            "  INFO request{request_id=r-7 method=POST route=\"/v1/embed-url/dashboard\"}: \
+             embed-url request tenant=\"alpha\" outcome=\"hit\""
+        );
+    }
+
+    /// Requests whose handling interleaves on one thread (as an actix worker's do) each log
+    /// under their own id, and a task outside any request under none.
+    #[tokio::test]
+    async fn interleaved_requests_each_log_under_their_own_id() {
+        let capture = Capture::default();
+        let _default = tracing::subscriber::set_default(
+            fmt()
+                .fmt_fields(JsonSpanFields)
+                .event_format(JsonLines)
+                .with_writer(capture.clone())
+                .finish(),
+        );
+        let handling = |id: &'static str| {
+            request::scope(dashboard_request(id), async move {
+                for step in 0..3 {
+                    tracing::info!(step, expected = id, "step");
+                    tokio::task::yield_now().await;
+                }
+                assert_eq!(request::id().as_deref(), Some(id));
+            })
+        };
+        tokio::join!(handling("r-a"), handling("r-b"), async {
+            tokio::task::yield_now().await;
+            tracing::info!(expected = "none", "outside");
+        });
+        assert_eq!(request::id(), None, "nothing is left set after a request");
+        let lines = lines(&capture);
+        assert_eq!(lines.len(), 7);
+        let order: Vec<&str> = lines
+            .iter()
+            .map(|l| l["fields"]["expected"].as_str().unwrap())
+            .collect();
+        assert_ne!(
+            order,
+            ["r-a", "r-a", "r-a", "r-b", "r-b", "r-b", "none"],
+            "the requests interleaved"
+        );
+        for l in &lines {
+            let id = l
+                .get("span")
+                .map_or("none", |s| s["request_id"].as_str().unwrap());
+            assert_eq!(id, l["fields"]["expected"], "{l}");
+        }
+    }
+
+    /// The README's way to keep `info` but leave out the line every request logs: a warning
+    /// logged while a request is handled still carries its id.
+    #[tokio::test]
+    async fn a_directive_drops_the_per_request_line_and_keeps_everything_else() {
         use tracing_subscriber::layer::SubscriberExt;
         let capture = Capture::default();
         let subscriber = tracing_subscriber::registry()
@@ -485,14 +696,13 @@ mod tests {
                     .event_format(JsonLines)
                     .with_writer(capture.clone()),
             );
-        tracing::subscriber::with_default(subscriber, || {
-            tracing::info!(target: "embedgate::startup", "listening");
-            let span =
-                tracing::info_span!(target: "embedgate::api::span", "request", request_id = "r-9");
-            let _in = span.enter();
+        let _default = tracing::subscriber::set_default(subscriber);
+        tracing::info!(target: "embedgate::startup", "listening");
+        request::scope(dashboard_request("r-9"), async {
             tracing::info!(target: "embedgate::api::embed", outcome = "hit", "embed-url request");
             tracing::warn!(target: "embedgate::api::embed", "QuickSight refused the call");
-        });
+        })
+        .await;
         let lines = lines(&capture);
         let messages: Vec<&str> = lines
             .iter()
