@@ -682,6 +682,26 @@ mod tests {
         }
     }
 
+    /// At `warn`, where the request span was never opened (so a warning carried no request
+    /// id), a warning logged while a request is handled carries its id.
+    #[tokio::test]
+    async fn at_warn_a_warning_still_names_its_request() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let capture = Capture::default();
+        let subscriber = tracing_subscriber::registry().with(filter("warn")).with(
+            fmt::layer()
+                .fmt_fields(JsonSpanFields)
+                .event_format(JsonLines)
+                .with_writer(capture.clone()),
+        );
+        let _default = tracing::subscriber::set_default(subscriber);
+        request::scope(dashboard_request("r-3"), async { handled() }).await;
+        let lines = lines(&capture);
+        assert_eq!(lines.len(), 1, "only the warning");
+        assert_eq!(lines[0]["level"], "WARN");
+        assert_eq!(lines[0]["span"]["request_id"], "r-3");
+    }
+
     /// The README's way to keep `info` but leave out the line every request logs: a warning
     /// logged while a request is handled still carries its id.
     #[tokio::test]
