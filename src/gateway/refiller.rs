@@ -348,22 +348,21 @@ impl Gateway {
                 .await
                 .map(|f| Fetched { fetched_for, ..f });
             drop(slot);
-            t.in_flight.fetch_sub(1, Ordering::SeqCst);
             match result {
                 Ok(f) => {
                     t.prefetch_succeeded();
-                    if let Some(f) = t.deliver(f) {
-                        if self.store(t.tenant, &t.key, f).await {
-                            t.stocked(self.clock.now_ms());
-                        }
+                    if t.land(f, |f| self.store(t.tenant, &t.key, f)).await {
+                        t.stocked(self.clock.now_ms());
                     }
                 }
                 Err(UpstreamError::Throttled) => {
+                    t.in_flight.fetch_sub(1, Ordering::SeqCst);
                     t.release_unserved_waiters();
                     budget.on_throttle();
                     return;
                 }
                 Err(e) => {
+                    t.in_flight.fetch_sub(1, Ordering::SeqCst);
                     t.release_unserved_waiters();
                     t.prefetch_failed(self.clock.now_ms());
                     tracing::warn!(key = %t.key, tenant = %self.tenants.get(t.tenant).id, error = %e, "prefetch failed; backing off");

@@ -2,6 +2,7 @@
 //! waiting on a prefetch in flight.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -400,6 +401,25 @@ impl Tracked {
         Some(fetched)
     }
 
+    /// A prefetch's URL landing: handed to one live waiter, else to `store` (the pool). The
+    /// prefetch counts as in flight until its URL is where a request can find it, so a request
+    /// arriving meanwhile joins it (and is released to take the URL from the pool once it is
+    /// stored) instead of missing and calling QuickSight. Returns what `store` returned; false
+    /// when a waiter took the URL.
+    pub async fn land<F: Future<Output = bool>>(
+        &self,
+        fetched: Fetched,
+        store: impl FnOnce(Fetched) -> F,
+    ) -> bool {
+        let stored = match self.deliver(fetched) {
+            Some(f) => store(f).await,
+            None => false,
+        };
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.release_unserved_waiters();
+        stored
+    }
+
     /// Whether a hint, a warm pin or a session prediction keeps this key alive regardless of
     /// its request rate.
     pub fn pinned(&self, now_ms: u64) -> bool {
@@ -443,6 +463,55 @@ mod tests {
             rx.try_recv(),
             Err(oneshot::error::TryRecvError::Closed)
         ));
+    }
+
+    fn fetched(url: &str) -> Fetched {
+        Fetched {
+            url: url.to_owned(),
+            sent_at_ms: 0,
+            anonymous_user_arn: None,
+            fetched_for: crate::metrics::Fetch::Prefetch,
+        }
+    }
+
+    /// A request arriving while a prefetch's URL is being stored joins the prefetch, and is
+    /// released once the URL is stored, to take it from the pool; it does not miss.
+    #[tokio::test]
+    async fn a_request_arriving_while_a_prefetch_is_stored_waits_for_it_instead_of_missing() {
+        let t = tracked();
+        t.in_flight.fetch_add(1, Ordering::SeqCst);
+        let mut arrived = None;
+        let stored = t
+            .land(fetched("u"), |f| {
+                assert_eq!(f.url, "u", "nobody waited: the URL goes to the pool");
+                arrived = t.try_join();
+                async { true }
+            })
+            .await;
+        assert!(stored);
+        let mut rx = arrived.expect("the prefetch still counted as in flight while stored");
+        assert!(
+            matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
+            "released once stored, to take the URL from the pool"
+        );
+        assert_eq!(t.in_flight.load(Ordering::SeqCst), 0);
+        assert!(t.try_join().is_none(), "nothing left in flight to join");
+    }
+
+    /// A waiter gets the landing URL and nothing is stored.
+    #[tokio::test]
+    async fn a_landing_url_goes_to_its_waiter_not_the_pool() {
+        let t = tracked();
+        t.in_flight.fetch_add(1, Ordering::SeqCst);
+        let mut rx = t.try_join().unwrap();
+        let stored = t
+            .land(fetched("u"), |_| async {
+                panic!("a URL with a waiter is not stored")
+            })
+            .await;
+        assert!(!stored);
+        assert_eq!(rx.try_recv().unwrap().url, "u");
+        assert_eq!(t.in_flight.load(Ordering::SeqCst), 0);
     }
 
     #[test]
