@@ -15,7 +15,8 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::auth::{read_bounded, BodyError};
-use super::embed::{observe, request_id};
+use super::context::request_id;
+use super::embed::observe;
 use crate::gateway::{Failed, Gate, Gateway, Refusal, ServeError};
 use crate::limiter::Inbound;
 use crate::metrics::{Outcome, Protocol};

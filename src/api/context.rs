@@ -23,9 +23,19 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
 {
     let fields = RequestFields {
-        id: super::new_request_id(),
+        id: new_request_id(),
         method: req.method().as_str().to_owned(),
         route: req.match_pattern().unwrap_or_else(|| "default".to_owned()),
     };
     request::scope(fields, service.call(req))
+}
+
+/// The id of the request being handled: its context's (so every log line of the request carries
+/// it), or a fresh one where no context was set.
+pub(super) fn request_id() -> String {
+    request::id().unwrap_or_else(new_request_id)
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
 }

@@ -8,6 +8,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::auth::{authenticate, discard_body, limit_unauthenticated, read_body, Canned};
+use super::context::request_id;
 use super::problem::{refusal, serve_failure};
 use crate::gateway::{Failed, Gate, Gateway, ServeError, Served};
 use crate::limiter::Inbound;
@@ -55,12 +56,6 @@ pub(super) async fn registered(
         Operation::GenerateEmbedUrlForRegisteredUser,
     )
     .await
-}
-
-/// The id of this request: its context's (so every log line of the request carries it), or a
-/// fresh one where no context was set.
-pub(super) fn request_id() -> String {
-    crate::telemetry::request::id().unwrap_or_else(super::new_request_id)
 }
 
 /// Records one request's outcome in the metrics and the log (never the URL).

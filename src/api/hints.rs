@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::auth::{authenticate, discard_body, limit_unauthenticated, read_body, Canned};
-use super::embed::request_id;
+use super::context::request_id;
 use super::problem::{bad_input, refusal, Problem};
 use crate::gateway::Gateway;
 use crate::limiter::Inbound;

@@ -63,10 +63,6 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(healthz));
 }
 
-fn new_request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 /// The OpenAPI 3.1 document of the native and admin APIs (`docs/openapi.json`).
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
@@ -98,7 +94,7 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
         "not_found",
         format!("no route for {} {}", req.method(), req.path()),
     )
-    .response(&embed::request_id())
+    .response(&context::request_id())
 }
 
 /// Shared handle type for handlers.

@@ -10,6 +10,17 @@ fn bin() -> Command {
     c
 }
 
+/// The binary with `args`, listening on ephemeral ports and never asking EC2 for credentials.
+fn sandboxed(args: &[&str]) -> Command {
+    let mut c = bin();
+    c.args(args)
+        .env("EMBEDGATE_LISTEN", "127.0.0.1:0")
+        .env("EMBEDGATE_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("EMBEDGATE_SIM_LISTEN", "127.0.0.1:0")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    c
+}
+
 fn refuses(args: &[&str], toml: &str, needle: &str) {
     let path = std::env::temp_dir().join(format!(
         "embedgate-bad-{}-{}.toml",
@@ -17,12 +28,8 @@ fn refuses(args: &[&str], toml: &str, needle: &str) {
         needle.replace('.', "-")
     ));
     std::fs::write(&path, toml).unwrap();
-    let mut child = bin()
-        .args(args)
+    let mut child = sandboxed(args)
         .arg(&path)
-        .env("EMBEDGATE_LISTEN", "127.0.0.1:0")
-        .env("EMBEDGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -122,12 +129,7 @@ fn a_replica_with_a_wrong_clock_on_purpose_starts_only_with_unsafe_test() {
 /// Starts the binary, waits (at most 30 s) for a line containing `ready` on stdout or stderr,
 /// then kills it.
 fn starts(args: &[&str], ready: &str) {
-    let mut child = bin()
-        .args(args)
-        .env("EMBEDGATE_LISTEN", "127.0.0.1:0")
-        .env("EMBEDGATE_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("EMBEDGATE_SIM_LISTEN", "127.0.0.1:0")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
+    let mut child = sandboxed(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
