@@ -162,6 +162,13 @@ impl Application {
                 })
                 .await;
         }));
+        let mut rx = stopped.clone();
+        tasks.push(tokio::spawn(crate::api::report_throttled(
+            gateway.clone(),
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        )));
         if let Some(fleet) = fleet {
             let mut rx = stopped.clone();
             tasks.push(tokio::spawn(async move {

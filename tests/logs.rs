@@ -1,14 +1,18 @@
 //! Logs over a full run: at `trace` level, after hits, misses, prefetches, hints, upstream errors
 //! and redemptions, no log line contains an embed URL or auth code, and each request's log lines
-//! carry the request id the response returned.
+//! carry the request id the response returned; and a flood of throttled requests is one line in
+//! full and a count at `info`.
 
 #[allow(dead_code, unused_imports)]
 #[path = "api/helpers/mod.rs"]
 mod helpers;
 
+use std::collections::BTreeSet;
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
+use embedgate::clock::Clock;
 use embedgate::telemetry::{self, LogFormat};
 use helpers::*;
 use serde_json::{json, Value};
@@ -33,10 +37,33 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
     }
 }
 
+/// Every line of this binary's tests, at `trace`, as JSON (the subscriber is the process's, so
+/// the tests share it; each asserts on its own requests' lines).
+fn capture() -> Capture {
+    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+    CAPTURE
+        .get_or_init(|| {
+            let capture = Capture::default();
+            telemetry::init_with_writer(LogFormat::Json, "trace", capture.clone());
+            capture
+        })
+        .clone()
+}
+
+impl Capture {
+    /// The lines so far, parsed.
+    fn lines(&self) -> Vec<Value> {
+        String::from_utf8(self.0.lock().unwrap().clone())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_log_line_ever_contains_an_embed_url_and_every_request_line_has_its_request_id() {
-    let capture = Capture::default();
-    telemetry::init_with_writer(LogFormat::Json, "trace", capture.clone());
+    let capture = capture();
 
     let app = spawn_app(|s| {
         s.tenants[0].warm = vec![warm(dash("sales-2024", "alice"), 3)];
@@ -116,5 +143,115 @@ async fn no_log_line_ever_contains_an_embed_url_and_every_request_line_has_its_r
             .unwrap_or_else(|| panic!("the request's outcome line carries request id {id}"));
         let v: Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["span"]["request_id"], id.as_str());
+    }
+}
+
+/// A tenant over its rate, and clients without a valid key over theirs, decide how many requests
+/// they send. At `info` each burst of refusals is its first request's line, then one
+/// `embed-url requests throttled` line per interval counting the rest; each refusal's own line is
+/// still written at `debug`, under its request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_throttled_requests_is_one_line_and_a_count_at_info() {
+    let capture = capture();
+    // A manual clock: the limiters never refill, and the report interval passes when the test
+    // says so.
+    let clock = Clock::manual();
+    let app = spawn_app_with(clock.clone(), |s| {
+        s.tenants[1].rate_per_sec = 0.001;
+        s.tenants[1].burst = 2;
+        s.api.unauthenticated_rate_per_sec = 0.001;
+        s.api.unauthenticated_burst = 2;
+    })
+    .await;
+    let app = Arc::new(app);
+    // Eight clients each for `beta` and without a valid key, 40 requests each, at once.
+    let senders: Vec<_> = (0..16)
+        .map(|i| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut throttled = vec![];
+                for _ in 0..40 {
+                    let mut req = app
+                        .http
+                        .post(format!("{}/v1/embed-url/dashboard", app.base))
+                        .json(&dash("sales-2024", "bob"));
+                    req = if i % 2 == 0 {
+                        req.bearer_auth("beta-key")
+                    } else {
+                        req.bearer_auth("no-such-key")
+                    };
+                    let r = req.send().await.unwrap();
+                    if r.status() == 429 {
+                        let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+                        throttled.push((i % 2 == 0, id));
+                    }
+                }
+                throttled
+            })
+        })
+        .collect();
+    let mut ids = [BTreeSet::new(), BTreeSet::new()];
+    for s in senders {
+        for (beta, id) in s.await.unwrap() {
+            ids[usize::from(!beta)].insert(id);
+        }
+    }
+    assert!(
+        ids.iter().all(|i| i.len() >= 300),
+        "over 300 of each 320 were throttled: {} and {}",
+        ids[0].len(),
+        ids[1].len()
+    );
+    let reported = |lines: &[Value], tenant: &str| -> u64 {
+        lines
+            .iter()
+            .filter(|l| {
+                l["fields"]["message"] == "embed-url requests throttled"
+                    && l["fields"]["tenant"] == tenant
+            })
+            .map(|l| {
+                assert_eq!(l["level"], "INFO", "{l}");
+                assert!(l.get("span").is_none(), "a report is no request's: {l}");
+                l["fields"]["count"].as_u64().unwrap()
+            })
+            .sum()
+    };
+    // Nothing is reported before an interval has passed since the first line.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(reported(&capture.lines(), "beta"), 0);
+    clock.advance(10_000);
+    let mut waited = 0;
+    while reported(&capture.lines(), "beta") == 0 || reported(&capture.lines(), "-") == 0 {
+        assert!(waited < 100, "a report within 10 s of the interval's end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    Arc::into_inner(app).unwrap().stop().await;
+
+    let lines = capture.lines();
+    for (tenant, ids) in [("beta", &ids[0]), ("-", &ids[1])] {
+        let throttled: Vec<&Value> = lines
+            .iter()
+            .filter(|l| {
+                l["fields"]["message"] == "embed-url request"
+                    && l["fields"]["outcome"] == "throttled"
+                    && l["fields"]["tenant"] == tenant
+            })
+            .collect();
+        let logged: BTreeSet<String> = throttled
+            .iter()
+            .map(|l| l["span"]["request_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            &logged, ids,
+            "{tenant}: each refusal has its line, under its id"
+        );
+        let at_info = throttled.iter().filter(|l| l["level"] == "INFO").count();
+        assert_eq!(at_info, 1, "{tenant}: one refusal in full at info");
+        assert_eq!(
+            reported(&lines, tenant),
+            ids.len() as u64 - 1,
+            "{tenant}: the report counts every other refusal"
+        );
     }
 }

@@ -44,6 +44,17 @@ const MODELLED: [&str; 10] = [
     "InternalFailureException",
 ];
 
+/// Counts a request without valid credentials against the limit for such requests: the
+/// `ThrottlingException` to answer when it is over.
+fn limit_unauthenticated(gw: &Gateway) -> Option<AwsError> {
+    let wait = gw.check_unauthenticated()?;
+    gw.metrics().inbound_rejected(None);
+    Some(
+        AwsError::throttling("Rate exceeded: too many requests without valid credentials")
+            .retry_after_ms(wait.as_millis().max(1) as u64),
+    )
+}
+
 /// Every path of the compatible listener.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.default_service(web::to(handle));
@@ -63,6 +74,12 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
     let body = match read_bounded(&req, payload, gw.settings().api.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => {
+            // Not signed for yet: an unauthenticated request, counted as one, so a flood of
+            // unreadable bodies is throttled like a flood of bad signatures.
+            if let Some(throttled) = limit_unauthenticated(&gw) {
+                observe(&gw, Protocol::Quicksight, None, Outcome::Throttled, started);
+                return throttled.response(&request_id);
+            }
             let e = match e {
                 BodyError::TooLarge => AwsError::new(
                     413,
@@ -81,18 +98,9 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
     let (tenant, region) = match verify(&gw, &req, &body) {
         Ok(v) => v,
         Err(e) => {
-            let (outcome, e) = match gw.check_unauthenticated() {
+            let (outcome, e) = match limit_unauthenticated(&gw) {
                 None => (Outcome::Unauthenticated, AwsError::from_auth(&e)),
-                Some(wait) => {
-                    gw.metrics().inbound_rejected(None);
-                    (
-                        Outcome::Throttled,
-                        AwsError::throttling(
-                            "Rate exceeded: too many requests without valid credentials",
-                        )
-                        .retry_after_ms(wait.as_millis().max(1) as u64),
-                    )
-                }
+                Some(throttled) => (Outcome::Throttled, throttled),
             };
             tracing::debug!(code = e.code, "compatible listener refused a signature");
             observe(&gw, Protocol::Quicksight, None, outcome, started);

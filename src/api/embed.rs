@@ -1,7 +1,9 @@
 //! The three embed-URL endpoints: authenticate, count against the tenant's limit, read and
 //! parse the body, admit, serve, and answer with the URL and the rate-limit headers.
 
-use std::time::Instant;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header;
 use actix_web::http::StatusCode;
@@ -14,6 +16,7 @@ use crate::gateway::{Failed, Gate, Gateway, ServeError, Served};
 use crate::limiter::Inbound;
 use crate::metrics::{Outcome, Protocol};
 use crate::model::Operation;
+use crate::telemetry::bursts;
 use crate::tenant::Tenant;
 use crate::wire::json;
 
@@ -59,6 +62,9 @@ pub(super) async fn registered(
 }
 
 /// Records one request's outcome in the metrics and the log (never the URL).
+/// Records a request's outcome: its `embed-url request` line and its metrics. A throttled
+/// request's line is written at `info` only when it is the first of its sender's burst, else at
+/// `debug`, and counted into the report [`report_throttled`] writes (see `telemetry::bursts`).
 pub(super) fn observe(
     gw: &Gateway,
     protocol: Protocol,
@@ -67,19 +73,65 @@ pub(super) fn observe(
     started: Instant,
 ) {
     let seconds = started.elapsed().as_secs_f64();
-    tracing::info!(
-        tenant = tenant.map_or("-", |t| t.id.as_str()),
-        outcome = outcome.as_str(),
-        protocol = protocol.as_str(),
-        elapsed_ms = seconds * 1000.0,
-        "embed-url request"
-    );
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                tenant = tenant.map_or("-", |t| t.id.as_str()),
+                outcome = outcome.as_str(),
+                protocol = protocol.as_str(),
+                elapsed_ms = seconds * 1000.0,
+                "embed-url request"
+            )
+        };
+    }
+    let in_full = outcome != Outcome::Throttled || {
+        let slot = tenant.map_or(gw.unauthenticated_slot(), |t| t.index);
+        gw.throttled_lines().note(slot, gw.clock().now_ms()) == bursts::Line::First
+    };
+    if in_full {
+        line!(info);
+    } else {
+        line!(debug);
+    }
     gw.metrics().request(
         protocol,
         tenant.map(|t| (t.index, t.id.as_str())),
         outcome,
         seconds,
     );
+}
+
+/// Writes, every second until `shutdown` resolves, one `embed-url requests throttled` line for
+/// each tenant (or `-`, clients without a valid key) whose throttled requests were counted
+/// instead of logged and whose last line is [`crate::gateway::THROTTLED_REPORT_MS`] old; at
+/// shutdown, every count left.
+pub async fn report_throttled(gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
+    let report = |all| {
+        for r in gw.throttled_lines().due(gw.clock().now_ms(), all) {
+            let tenant = if r.source == gw.unauthenticated_slot() {
+                "-"
+            } else {
+                gw.tenants().get(r.source).id.as_str()
+            };
+            tracing::info!(
+                tenant,
+                outcome = Outcome::Throttled.as_str(),
+                count = r.count,
+                over_secs = r.over_ms as f64 / 1000.0,
+                "embed-url requests throttled"
+            );
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tick.tick() => report(false),
+        }
+    }
+    report(true);
 }
 
 /// The answer to an embed-URL request: `EmbedUrl`, `ExpiresAt`, `Source`, `RequestId` and, for

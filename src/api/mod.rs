@@ -28,6 +28,7 @@ use serde_json::json;
 use crate::gateway::Gateway;
 pub use auth::Canned;
 pub use context::in_request_context;
+pub use embed::report_throttled;
 use problem::Problem;
 
 /// The header every answer of the native API carries its request's id in.

@@ -23,8 +23,13 @@ use crate::model::{parse_request, BadInput, EmbedRequest, Operation, URL_VALIDIT
 use crate::pool::{pool_key, Pool, PoolKey, PooledUrl};
 use crate::refill::{reclaim, Demand, Seen, Sessions, Tracked};
 use crate::shared::{Coordination, Limits, Placed, PoolStore, Sharing, Status};
+use crate::telemetry::bursts::Bursts;
 use crate::tenant::{Tenant, TenantId, Tenants};
 use crate::upstream::{Fetched, Upstream, UpstreamError, Upstreams};
+
+/// How often a burst of throttled requests from one tenant (or from clients without a valid key)
+/// is reported as one line, after its first request's line: 10 s.
+pub const THROTTLED_REPORT_MS: u64 = 10_000;
 
 /// Where a handed-out URL came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +159,9 @@ pub struct Gateway {
     lead_secs: std::sync::atomic::AtomicU64,
     /// Native API bodies admitted recently (see `recent`).
     recent: recent::Recent,
+    /// Requests refused for being over a limit, per tenant and (last) for clients without a
+    /// valid key: which are logged in full and which counted (see `telemetry::bursts`).
+    throttled_lines: Bursts,
     /// A fleet replica's session views not yet sent to the fleet (oldest first; see
     /// `cluster::views::MAX_UNSENT_VIEWS`).
     views_unsent: parking_lot::Mutex<std::collections::VecDeque<(Arc<Tracked>, u64)>>,
@@ -190,6 +198,7 @@ impl Gateway {
         }
         Gateway {
             recent: recent::Recent::new(),
+            throttled_lines: Bursts::new(tenants.all().len() + 1, THROTTLED_REPORT_MS),
             views_unsent: parking_lot::Mutex::default(),
             pool: Pool::new(&settings.pool, caps, clock.clone(), metrics.clone()),
             inbound: InboundLimiter::new(
@@ -243,6 +252,18 @@ impl Gateway {
 
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// Which throttled requests are logged in full and which counted into a report: one slot per
+    /// tenant (its index), then one for clients without a valid key
+    /// ([`Gateway::unauthenticated_slot`]).
+    pub fn throttled_lines(&self) -> &Bursts {
+        &self.throttled_lines
+    }
+
+    /// The slot of [`Gateway::throttled_lines`] for clients without a valid key.
+    pub fn unauthenticated_slot(&self) -> usize {
+        self.tenants.all().len()
     }
 
     /// This replica's local pool (in a fleet, URLs live in Redis and this holds none).

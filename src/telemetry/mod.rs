@@ -25,6 +25,7 @@ use tracing_subscriber::{fmt, EnvFilter};
 use crate::wire::json::push_json_str;
 
 pub mod batch;
+pub mod bursts;
 pub mod request;
 
 use batch::Batched;

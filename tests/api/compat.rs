@@ -258,6 +258,89 @@ async fn a_tenant_over_its_rate_is_throttled_and_the_sdk_retries_until_it_gets_a
     app.stop().await;
 }
 
+/// A body the listener cannot read comes before any signature is checked: such requests count
+/// against the limit for requests without valid credentials, with bad signatures, so neither
+/// kind floods the gateway unthrottled.
+#[tokio::test]
+async fn unreadable_bodies_and_bad_signatures_share_the_unauthenticated_limit() {
+    let clock = Clock::manual();
+    let app = spawn_app_with(clock.clone(), |s| {
+        with_compat(s);
+        s.api.max_body_bytes = 1024;
+        s.api.unauthenticated_rate_per_sec = 0.5;
+        s.api.unauthenticated_burst = 3;
+    })
+    .await;
+    let base = app.compat.clone().unwrap();
+    let oversized = || async {
+        let r = http()
+            .post(format!(
+                "{base}/accounts/{ACCOUNT}/embed-url/anonymous-user"
+            ))
+            .header("content-type", "application/json")
+            .body(vec![b' '; 2048])
+            .send()
+            .await
+            .unwrap();
+        let code = r.headers()["x-amzn-ErrorType"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        (r.status().as_u16(), code)
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            oversized().await,
+            (413, "RequestEntityTooLargeException".into())
+        );
+    }
+    assert_eq!(oversized().await, (429, "ThrottlingException".into()));
+    let now = SystemTime::UNIX_EPOCH + Duration::from_millis(clock.now_ms());
+    let (url, headers) = signed(
+        &base,
+        ALPHA_KEY,
+        "not-the-secret",
+        "quicksight",
+        "us-east-1",
+        now,
+    );
+    let (status, code, _, _) = send(&url, &headers).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (429, "ThrottlingException"),
+        "the bodies used up the limit bad signatures count against"
+    );
+    clock.advance(2_000);
+    assert_eq!(
+        oversized().await,
+        (413, "RequestEntityTooLargeException".into())
+    );
+    // A tenant signing correctly is not affected.
+    let out = client(&app, ALPHA_KEY, "alpha", 1)
+        .get_dashboard_embed_url()
+        .aws_account_id(ACCOUNT)
+        .dashboard_id("sales-2024")
+        .identity_type(EmbeddingIdentityType::Quicksight)
+        .user_arn(user_arn("alice"))
+        .send()
+        .await;
+    assert!(out.is_ok(), "{out:?}");
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "embedgate_requests_total{outcome=\"throttled\",protocol=\"quicksight\",tenant=\"-\"}"
+        ),
+        2.0
+    );
+    assert_eq!(
+        app.sim.sim.ledger().calls,
+        1,
+        "only the tenant's request went upstream"
+    );
+    app.stop().await;
+}
+
 /// Signs a GetDashboardEmbedUrl request as the SDKs do, with any key, service, region and time.
 fn signed(
     base: &str,
