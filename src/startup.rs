@@ -119,7 +119,7 @@ impl Application {
             App::new()
                 .app_data(api_data.clone())
                 .app_data(canned.clone())
-                .wrap_fn(crate::api::in_request_context)
+                .wrap_fn(crate::api::native_request_context)
                 .configure(crate::api::routes)
         })
         .listen(listener)?

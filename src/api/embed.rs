@@ -61,10 +61,10 @@ pub(super) async fn registered(
     .await
 }
 
-/// Records one request's outcome in the metrics and the log (never the URL).
-/// Records a request's outcome: its `embed-url request` line and its metrics. A throttled
-/// request's line is written at `info` only when it is the first of its sender's burst, else at
-/// `debug`, and counted into the report [`report_throttled`] writes (see `telemetry::bursts`).
+/// Records a request's outcome: its `embed-url request` line (never the URL) and its metrics. A
+/// throttled request's line is written at `info` only when it is the first of its sender's
+/// burst, else at `debug`, and counted into the report [`report_throttled`] writes (see
+/// `telemetry::bursts`).
 pub(super) fn observe(
     gw: &Gateway,
     protocol: Protocol,

@@ -27,7 +27,7 @@ use serde_json::json;
 
 use crate::gateway::Gateway;
 pub use auth::Canned;
-pub use context::in_request_context;
+pub use context::{in_request_context, native_request_context};
 pub use embed::report_throttled;
 use problem::Problem;
 
@@ -36,21 +36,36 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Routes of the native API.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/embed-url/dashboard", web::post().to(embed::dashboard))
-        .route(
-            "/v1/embed-url/anonymous-user",
-            web::post().to(embed::anonymous),
-        )
-        .route(
-            "/v1/embed-url/registered-user",
-            web::post().to(embed::registered),
-        )
-        .route("/v1/hints", web::post().to(hints::hints))
-        .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/openapi.json", web::get().to(openapi))
+    cfg.route(DASHBOARD, web::post().to(embed::dashboard))
+        .route(ANONYMOUS, web::post().to(embed::anonymous))
+        .route(REGISTERED, web::post().to(embed::registered))
+        .route(HINTS, web::post().to(hints::hints))
+        .route(HEALTHZ, web::get().to(healthz))
+        .route(READYZ, web::get().to(readyz))
+        .route(OPENAPI_JSON, web::get().to(openapi))
         .default_service(web::to(not_found));
 }
+
+const DASHBOARD: &str = "/v1/embed-url/dashboard";
+const ANONYMOUS: &str = "/v1/embed-url/anonymous-user";
+const REGISTERED: &str = "/v1/embed-url/registered-user";
+const HINTS: &str = "/v1/hints";
+const HEALTHZ: &str = "/healthz";
+const READYZ: &str = "/readyz";
+const OPENAPI_JSON: &str = "/openapi.json";
+
+/// The native listener's routes ([`routes`]): fixed paths, so a request's route is its path when
+/// the path is one of them, which its context reads without asking the router
+/// ([`native_request_context`]).
+const ROUTES: [&str; 7] = [
+    DASHBOARD,
+    ANONYMOUS,
+    REGISTERED,
+    HINTS,
+    HEALTHZ,
+    READYZ,
+    OPENAPI_JSON,
+];
 
 /// Routes of the QuickSight-compatible listener.
 pub fn compat_routes(cfg: &mut web::ServiceConfig) {

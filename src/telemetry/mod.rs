@@ -537,8 +537,8 @@ mod tests {
     fn dashboard_request(id: &str) -> request::RequestFields {
         request::RequestFields {
             id: id.to_owned(),
-            method: "POST".to_owned(),
-            route: "/v1/embed-url/dashboard".to_owned(),
+            method: "POST".into(),
+            route: "/v1/embed-url/dashboard".into(),
         }
     }
 
