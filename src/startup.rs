@@ -101,7 +101,7 @@ impl Application {
                 let mut server = HttpServer::new(move || {
                     App::new()
                         .app_data(compat_data.clone())
-                        .wrap_fn(crate::api::in_request_context)
+                        .wrap_fn(|req, srv| crate::api::in_request_context(req, srv, &[]))
                         .configure(crate::api::compat_routes)
                 })
                 .listen(l)?
@@ -119,7 +119,9 @@ impl Application {
             App::new()
                 .app_data(api_data.clone())
                 .app_data(canned.clone())
-                .wrap_fn(crate::api::native_request_context)
+                .wrap_fn(|req, srv| {
+                    crate::api::in_request_context(req, srv, &crate::api::NATIVE_ROUTES)
+                })
                 .configure(crate::api::routes)
         })
         .listen(listener)?

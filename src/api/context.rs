@@ -16,32 +16,11 @@ use actix_web::Error;
 
 use crate::telemetry::request::{self, RequestFields};
 
-/// Middleware (`App::wrap_fn`): handles `req` in a fresh request context.
+/// Middleware (`App::wrap_fn`): handles `req` in a fresh request context. `fixed` are the
+/// listener's routes without parameters, each its own pattern: a request for one of them is
+/// named by its path, without asking the router a second time (and allocating); any other by
+/// the router.
 pub fn in_request_context<S, B>(
-    req: ServiceRequest,
-    service: &S,
-) -> impl Future<Output = Result<ServiceResponse<B>, Error>>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
-{
-    in_context(req, service, &[])
-}
-
-/// [`in_request_context`] for the native listener, whose routes are fixed paths: a request for
-/// one of them is named by its path, without the router's second lookup and an allocation.
-pub fn native_request_context<S, B>(
-    req: ServiceRequest,
-    service: &S,
-) -> impl Future<Output = Result<ServiceResponse<B>, Error>>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
-{
-    in_context(req, service, &super::ROUTES)
-}
-
-/// Handles `req` in a fresh context; `fixed` are routes without parameters, each its own
-/// pattern.
-fn in_context<S, B>(
     req: ServiceRequest,
     service: &S,
     fixed: &[&'static str],
@@ -108,7 +87,7 @@ mod tests {
             App::new()
                 .wrap_fn(move |req, srv| {
                     record.lock().unwrap().push((
-                        route_of(&req, &super::super::ROUTES),
+                        route_of(&req, &super::super::NATIVE_ROUTES),
                         req.match_pattern().unwrap_or_else(|| "default".to_owned()),
                         method_name(req.method()),
                     ));
@@ -117,7 +96,7 @@ mod tests {
                 .configure(super::super::routes),
         )
         .await;
-        let paths = super::super::ROUTES.iter().copied().chain([
+        let paths = super::super::NATIVE_ROUTES.iter().copied().chain([
             "/",
             "/nope",
             "/v1/embed-url/dashboard/",

@@ -27,7 +27,7 @@ use serde_json::json;
 
 use crate::gateway::Gateway;
 pub use auth::Canned;
-pub use context::{in_request_context, native_request_context};
+pub use context::in_request_context;
 pub use embed::report_throttled;
 use problem::Problem;
 
@@ -56,8 +56,8 @@ const OPENAPI_JSON: &str = "/openapi.json";
 
 /// The native listener's routes ([`routes`]): fixed paths, so a request's route is its path when
 /// the path is one of them, which its context reads without asking the router
-/// ([`native_request_context`]).
-const ROUTES: [&str; 7] = [
+/// ([`in_request_context`]).
+pub const NATIVE_ROUTES: [&str; 7] = [
     DASHBOARD,
     ANONYMOUS,
     REGISTERED,
