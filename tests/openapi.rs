@@ -126,10 +126,25 @@ fn every_problem_code_the_code_answers_is_documented_with_its_status_and_no_othe
 #[test]
 fn every_route_is_documented_and_every_documented_path_is_served() {
     let routes = read("src/api/mod.rs");
-    let route = Regex::new(r#"\.route\(\s*"([^"]+)",\s*web::([a-z]+)\(\)"#).unwrap();
+    // A route's path is a literal or a constant of the file.
+    let constant = Regex::new(r#"const ([A-Z_]+): &str = "([^"]+)";"#).unwrap();
+    let paths: std::collections::BTreeMap<&str, &str> = constant
+        .captures_iter(&routes)
+        .map(|c| (c.get(1).unwrap().as_str(), c.get(2).unwrap().as_str()))
+        .collect();
+    let route = Regex::new(r#"\.route\(\s*(?:"([^"]+)"|([A-Z_]+)),\s*web::([a-z]+)\(\)"#).unwrap();
     let served: BTreeSet<(String, String)> = route
         .captures_iter(&routes)
-        .map(|c| (c[1].to_string(), c[2].to_string()))
+        .map(|c| {
+            let path = match (c.get(1), c.get(2)) {
+                (Some(literal), _) => literal.as_str(),
+                (_, Some(name)) => paths
+                    .get(name.as_str())
+                    .unwrap_or_else(|| panic!("{} is a path constant", name.as_str())),
+                _ => unreachable!("the pattern matches one of them"),
+            };
+            (path.to_string(), c[3].to_string())
+        })
         .collect();
     assert!(served.len() >= 9, "{served:?}");
     let doc = doc();
