@@ -51,7 +51,7 @@ pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a
 pub(super) async fn read_body(
     req: &HttpRequest,
     payload: web::Payload,
-    max: usize,
+    limits: BodyLimits,
 ) -> Result<web::BytesMut, Problem> {
     // `application/json`, with or without parameters (`; charset=utf-8`); nothing else, and not
     // a missing type either: a body the client did not declare as JSON is not parsed as JSON.
@@ -65,7 +65,7 @@ pub(super) async fn read_body(
                 .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
         });
     if !is_json {
-        discard_body(req, payload, max).await;
+        discard_body(req, payload, limits).await;
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
@@ -73,14 +73,26 @@ pub(super) async fn read_body(
         )
         .field(Some("Content-Type".into())));
     }
-    read_bounded(req, payload, max).await.map_err(|e| match e {
-        BodyError::TooLarge => Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the body must not exceed {max} bytes"),
-        ),
-        BodyError::Unreadable(why) => Problem::new(StatusCode::BAD_REQUEST, "unreadable_body", why),
-    })
+    read_bounded(req, payload, limits)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body must not exceed {} bytes", limits.max),
+            ),
+            BodyError::Unreadable(why) => {
+                Problem::new(StatusCode::BAD_REQUEST, "unreadable_body", why)
+            }
+            BodyError::TimedOut => Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {} ms (api.body_timeout_ms)",
+                    limits.timeout.as_millis()
+                ),
+            ),
+        })
 }
 
 /// Reads and drops the body of a request refused before its body was needed (bad key, over
@@ -88,39 +100,66 @@ pub(super) async fn read_body(
 /// without this every refusal would cost the client a new connection (and a new TLS handshake
 /// behind a terminating proxy) exactly when it is being asked to slow down. Bounded by `max`
 /// like any body: a larger one is not read and its connection closes.
-pub(super) async fn discard_body(req: &HttpRequest, payload: web::Payload, max: usize) {
-    let _ = read_bounded(req, payload, max).await;
+pub(super) async fn discard_body(req: &HttpRequest, payload: web::Payload, limits: BodyLimits) {
+    let _ = read_bounded(req, payload, limits).await;
+}
+
+/// How large a request's body may be and how long it may take to arrive (`api.max_body_bytes`,
+/// `api.body_timeout_ms`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BodyLimits {
+    pub max: usize,
+    pub timeout: Duration,
+}
+
+impl BodyLimits {
+    pub(super) fn of(gw: &Gateway) -> Self {
+        let api = &gw.settings().api;
+        BodyLimits {
+            max: api.max_body_bytes,
+            timeout: Duration::from_millis(api.body_timeout_ms),
+        }
+    }
 }
 
 /// Why a body could not be read.
 pub(super) enum BodyError {
     TooLarge,
     Unreadable(String),
+    /// Not all there within the timeout. The rest is left unread, so actix closes the
+    /// connection after the answer: a client trickling a body cannot hold it open.
+    TimedOut,
 }
 
-/// Reads at most `max` bytes of body, refusing a larger declared or actual length.
+/// Reads at most `limits.max` bytes of body, refusing a larger declared or actual length, and
+/// waits at most `limits.timeout` for all of it.
 pub(super) async fn read_bounded(
     req: &HttpRequest,
     mut payload: web::Payload,
-    max: usize,
+    limits: BodyLimits,
 ) -> Result<web::BytesMut, BodyError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
+    if declared.is_some_and(|n| n > limits.max) {
         return Err(BodyError::TooLarge);
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| BodyError::Unreadable(e.to_string()))?;
-        if body.len() + chunk.len() > max {
-            return Err(BodyError::TooLarge);
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+            if body.len() + chunk.len() > limits.max {
+                return Err(BodyError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+        Ok(body)
+    };
+    tokio::time::timeout(limits.timeout, read)
+        .await
+        .unwrap_or(Err(BodyError::TimedOut))
 }
 
 /// The parts of a tenant's answers that never change, built once at start and shared by the

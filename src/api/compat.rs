@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::auth::{read_bounded, BodyError};
+use super::auth::{read_bounded, BodyError, BodyLimits};
 use super::context::request_id;
 use super::embed::observe;
 use crate::gateway::{Failed, Gate, Gateway, Refusal, ServeError};
@@ -71,7 +71,7 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
         )
         .response(&request_id);
     };
-    let body = match read_bounded(&req, payload, gw.settings().api.max_body_bytes).await {
+    let body = match read_bounded(&req, payload, BodyLimits::of(&gw)).await {
         Ok(b) => b,
         Err(e) => {
             // Not signed for yet: an unauthenticated request, counted as one, so a flood of
@@ -90,6 +90,16 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
                     ),
                 ),
                 BodyError::Unreadable(why) => AwsError::serialization(why),
+                // The code AWS front ends answer a body that never came with, which the SDKs
+                // retry as transient.
+                BodyError::TimedOut => AwsError::new(
+                    408,
+                    "RequestTimeoutException",
+                    format!(
+                        "the body did not arrive within {} ms",
+                        gw.settings().api.body_timeout_ms
+                    ),
+                ),
             };
             observe(&gw, Protocol::Quicksight, None, Outcome::Invalid, started);
             return e.response(&request_id);

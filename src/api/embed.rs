@@ -9,7 +9,9 @@ use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::auth::{authenticate, discard_body, limit_unauthenticated, read_body, Canned};
+use super::auth::{
+    authenticate, discard_body, limit_unauthenticated, read_body, BodyLimits, Canned,
+};
 use super::context::request_id;
 use super::problem::{refusal, serve_failure};
 use crate::gateway::{Failed, Gate, Gateway, ServeError, Served};
@@ -165,7 +167,7 @@ async fn embed(
                 Outcome::Unauthenticated
             };
             observe(&gw, Protocol::Native, None, outcome, started);
-            discard_body(&req, body, gw.settings().api.max_body_bytes).await;
+            discard_body(&req, body, BodyLimits::of(&gw)).await;
             return p.response(&request_id);
         }
     };
@@ -188,10 +190,10 @@ async fn embed(
     };
     let gate = gw.gate(tenant);
     if let Gate::Limited { retry_after } = gate {
-        discard_body(&req, body, gw.settings().api.max_body_bytes).await;
+        discard_body(&req, body, BodyLimits::of(&gw)).await;
         return throttled(retry_after);
     }
-    let admitted = match read_body(&req, body, gw.settings().api.max_body_bytes).await {
+    let admitted = match read_body(&req, body, BodyLimits::of(&gw)).await {
         Err(p) => Err(p),
         Ok(bytes) => gw.admit_body(tenant, op, &bytes).map_err(refusal),
     };

@@ -5,7 +5,9 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::auth::{authenticate, discard_body, limit_unauthenticated, read_body, Canned};
+use super::auth::{
+    authenticate, discard_body, limit_unauthenticated, read_body, BodyLimits, Canned,
+};
 use super::context::request_id;
 use super::problem::{bad_input, refusal, Problem};
 use crate::gateway::Gateway;
@@ -24,15 +26,15 @@ pub(super) async fn hints(
     let tenant = match authenticate(&gw, &req) {
         Ok(t) => t,
         Err(p) => {
-            discard_body(&req, body, gw.settings().api.max_body_bytes).await;
+            discard_body(&req, body, BodyLimits::of(&gw)).await;
             return limit_unauthenticated(&gw, p).response(&request_id);
         }
     };
     if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {
-        discard_body(&req, body, gw.settings().api.max_body_bytes).await;
+        discard_body(&req, body, BodyLimits::of(&gw)).await;
         return canned.limited(tenant, retry_after, &request_id);
     }
-    let bytes = match read_body(&req, body, gw.settings().api.max_body_bytes).await {
+    let bytes = match read_body(&req, body, BodyLimits::of(&gw)).await {
         Ok(b) => b,
         Err(p) => return p.response(&request_id),
     };

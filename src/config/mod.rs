@@ -100,6 +100,9 @@ impl Default for Settings {
 pub struct ApiSettings {
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Longest a request's body may take to arrive, from when the gateway starts reading it; a
+    /// body still incomplete then is not waited for (408, and the connection closes).
+    pub body_timeout_ms: u64,
     /// Longest a pool miss may wait (for a prefetch in flight, the upstream budget and the
     /// upstream call together) before it is answered 503/504.
     pub miss_timeout_ms: u64,
@@ -116,6 +119,7 @@ impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings {
             max_body_bytes: 64 * 1024,
+            body_timeout_ms: 10_000,
             miss_timeout_ms: 5_000,
             max_hints_per_call: 50,
             unauthenticated_rate_per_sec: 20.0,

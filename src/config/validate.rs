@@ -144,6 +144,9 @@ impl Settings {
         if self.api.miss_timeout_ms == 0 || self.api.max_body_bytes == 0 {
             return Err("api.miss_timeout_ms and api.max_body_bytes: must be at least 1".into());
         }
+        if !(1..=600_000).contains(&self.api.body_timeout_ms) {
+            return Err("api.body_timeout_ms: must be from 1 to 600000 (10 minutes)".into());
+        }
         let mut seen = std::collections::HashSet::new();
         let mut key_owner = std::collections::HashMap::new();
         let mut access_key_owner = std::collections::HashMap::new();

@@ -63,6 +63,13 @@ fn invalid_configs_refuse_to_start_naming_the_key() {
         "[pool]\nmin_remaining_secs = 300\n",
         "pool.min_remaining_secs",
     );
+    for timeout in ["0", "600001"] {
+        refuses(
+            &["serve", "--config"],
+            &format!("[api]\nbody_timeout_ms = {timeout}\n"),
+            "api.body_timeout_ms: must be from 1 to 600000",
+        );
+    }
     refuses(
         &["serve", "--config"],
         "[[tenants]]\nid = \"a\"\napi_key_sha256 = [\"abc\"]\n",

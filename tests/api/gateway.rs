@@ -643,6 +643,61 @@ async fn read_answer(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (
     }
 }
 
+/// A body that has not arrived within `api.body_timeout_ms` is not waited for: a request that
+/// needs it is answered 408 `body_timeout`, one refused before its body was needed gets its
+/// refusal, and either way the connection closes. Otherwise a client trickling bodies (with a
+/// key or without one) holds a connection and a handler for as long as it likes, and enough of
+/// them take every connection the gateway has.
+#[tokio::test]
+async fn a_body_that_does_not_arrive_is_not_waited_for() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(|s| {
+        s.api.body_timeout_ms = 300;
+        s.refill.enabled = false;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    for (key, want, code) in [
+        (app.keys["alpha"].as_str(), 408, Some("body_timeout")),
+        ("not-a-key", 401, None),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // 100 bytes declared, 20 sent, and then nothing.
+        let head = format!(
+            "POST /v1/embed-url/dashboard HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"DashboardId\": \"sal"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        // The answer, then the end of the connection.
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{want}: no answer and no close within 10 s"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer).to_string();
+        let status: u16 = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(status, want, "{answer}");
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "the body was given its time"
+        );
+        if let Some(code) = code {
+            let body = answer.split("\r\n\r\n").nth(1).unwrap();
+            let problem: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(problem["code"], code, "{answer}");
+            assert!(
+                problem["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("api.body_timeout_ms"),
+                "the detail names the setting: {answer}"
+            );
+        }
+    }
+    assert_eq!(app.sim.sim.ledger().calls, 0, "nothing went upstream");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn refusals_keep_the_clients_connection_open() {
     // A refused request's body is left unread by the handler (a bad key or a tenant over its
