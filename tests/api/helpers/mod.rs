@@ -374,3 +374,25 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// Sends `request` (a head declaring a longer body than follows it) on a new connection to `addr`
+/// and then nothing: everything the server sends until it closes the connection, and how long
+/// that took. Panics if the connection is still open 10 s later.
+pub async fn send_and_stall(addr: &str, request: &str) -> (String, std::time::Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("an answer and a closed connection within 10 s of a stalled body")
+    .unwrap();
+    (
+        String::from_utf8_lossy(&answer).to_string(),
+        started.elapsed(),
+    )
+}
