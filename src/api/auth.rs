@@ -98,8 +98,9 @@ pub(super) async fn read_body(
 /// Reads and drops the body of a request refused before its body was needed (bad key, over
 /// its limit, not JSON). actix closes a connection whose request body was left unread, so
 /// without this every refusal would cost the client a new connection (and a new TLS handshake
-/// behind a terminating proxy) exactly when it is being asked to slow down. Bounded by `max`
-/// like any body: a larger one is not read and its connection closes.
+/// behind a terminating proxy) exactly when it is being asked to slow down. Bounded like any
+/// body, in size and in time: a larger one, or one not all there by `api.body_timeout_ms`, is
+/// left unread and its connection closes.
 pub(super) async fn discard_body(req: &HttpRequest, payload: web::Payload, limits: BodyLimits) {
     let _ = read_bounded(req, payload, limits).await;
 }
