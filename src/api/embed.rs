@@ -75,7 +75,7 @@ pub(super) fn observe(
     started: Instant,
 ) {
     let seconds = started.elapsed().as_secs_f64();
-    macro_rules! line {
+    macro_rules! outcome_line {
         ($level:ident) => {
             tracing::$level!(
                 tenant = tenant.map_or("-", |t| t.id.as_str()),
@@ -91,9 +91,9 @@ pub(super) fn observe(
         gw.throttled_lines().note(slot, gw.clock().now_ms()) == bursts::Line::First
     };
     if in_full {
-        line!(info);
+        outcome_line!(info);
     } else {
-        line!(debug);
+        outcome_line!(debug);
     }
     gw.metrics().request(
         protocol,
