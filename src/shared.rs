@@ -61,6 +61,14 @@ pub enum Placed {
     Wasted(Waste),
 }
 
+/// What [`PoolStore::put`] did: where the URL ended, and whether it was sent to the shared pool
+/// (an unknown outcome counts as sent: it may have arrived).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Put {
+    pub placed: Placed,
+    pub sent: bool,
+}
+
 /// Where pooled URLs live: this replica's pool, or Redis with this replica's pool for what it
 /// fetched while degraded.
 pub enum PoolStore {
@@ -118,7 +126,9 @@ impl PoolStore {
     }
 
     /// Pools a URL nobody waits for: in the shared pool while it is usable, in this replica's
-    /// otherwise (see the module's rule for unknown outcomes).
+    /// otherwise (see the module's rule for unknown outcomes). A prefetch's own URL is a
+    /// `landing`: the shared pool counts it as this replica's prefetch landed (see
+    /// `Fleet::put`).
     #[allow(clippy::too_many_arguments)]
     pub async fn put(
         &self,
@@ -129,25 +139,41 @@ impl PoolStore {
         now_ms: u64,
         min_remaining_ms: u64,
         max_per_key: usize,
-    ) -> Placed {
+        landing: bool,
+    ) -> Put {
+        let sent = |placed| Put { placed, sent: true };
         if let PoolStore::Fleet(fleet) = self {
             if url.expires_at_ms().saturating_sub(now_ms) < min_remaining_ms {
-                return Placed::Wasted(Waste::Expired);
+                return Put {
+                    placed: Placed::Wasted(Waste::Expired),
+                    sent: false,
+                };
             }
             let put = fleet
-                .put(tenant, key, &url, now_ms, min_remaining_ms, max_per_key)
+                .put(
+                    tenant,
+                    key,
+                    &url,
+                    now_ms,
+                    min_remaining_ms,
+                    max_per_key,
+                    landing,
+                )
                 .await;
             match put {
-                Ok(Stored::Yes) => return Placed::Pooled,
-                Ok(Stored::Full) => return Placed::Wasted(Waste::Overflow),
-                Err(Down::Unknown) => return Placed::Wasted(Waste::Unconfirmed),
+                Ok(Stored::Yes) => return sent(Placed::Pooled),
+                Ok(Stored::Full) => return sent(Placed::Wasted(Waste::Overflow)),
+                Err(Down::Unknown) => return sent(Placed::Wasted(Waste::Unconfirmed)),
                 // Degraded: nothing was sent; the URL stays with this replica.
                 Err(Down::NotSent) => {}
             }
         }
         // The local pool counts what it cannot keep itself.
         let _ = local.put(key, tenant.index, url);
-        Placed::Pooled
+        Put {
+            placed: Placed::Pooled,
+            sent: false,
+        }
     }
 }
 
@@ -294,14 +320,18 @@ impl Coordination {
         let mut by_tenant: std::collections::BTreeMap<TenantId, Vec<(usize, Report)>> =
             Default::default();
         for (i, (t, &rate)) in tracked.iter().zip(published).enumerate() {
-            let in_flight = t.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+            let (in_flight, landed) = t.in_flight.report();
             if rate < 1e-3 && in_flight == 0 && !t.pinned(now_ms) {
                 continue;
             }
-            by_tenant
-                .entry(t.tenant)
-                .or_default()
-                .push((i, Report { rate, in_flight }));
+            by_tenant.entry(t.tenant).or_default().push((
+                i,
+                Report {
+                    rate,
+                    in_flight,
+                    landed,
+                },
+            ));
         }
         let mut calls = Vec::new();
         for (&tenant, keys) in &by_tenant {

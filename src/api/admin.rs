@@ -39,7 +39,7 @@ pub(super) async fn state(gw: web::Data<Gateway>, q: web::Query<StateQuery>) -> 
                 "target": p.target,
                 "stock": p.stock,
                 "pooled_here": gw.pool().len(&t.key),
-                "in_flight": t.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                "in_flight": t.in_flight.get(),
                 "reason": reason,
                 "planned_ms_ago": now.saturating_sub(p.at_ms),
             })

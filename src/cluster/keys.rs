@@ -13,7 +13,10 @@
 //!   make it drift. (`n:` held the digests alone.)
 //! - `P{t:<tenant>}:tk:<id>`: on a Redis Cluster, the answer to one take (or hit: limit verdict
 //!   and take), kept for the re-send window so a re-sent call repeats it.
-//! - `P{t:<tenant>}:d:<key>`: each replica's demand estimate for the key (`ms,rate`).
+//! - `P{t:<tenant>}:d2:<key>`: each replica's demand for the key: `ms,rate,in_flight,landed`
+//!   (when it last reported, its demand estimate, its prefetches in flight, and its landings so
+//!   far; see `scripts::SYNC`). (`d:` held `ms,rate,in_flight`: releases that read either
+//!   layout do not count each other's demand while a fleet is upgraded.)
 //! - `P{t:<tenant>}:rl`: the tenant's inbound GCRA state (theoretical arrival time and
 //!   latest clock seen, ms; see `scripts::LIMIT_LIB`).
 //! - `P{a:<account>:<region>}:budget`: the account's upstream GCRA state.
@@ -29,6 +32,8 @@ use crate::tenant::Tenant;
 /// The infixes of a key's pool and of a tenant's count key (see the layout above).
 const POOL: &str = ":p3:";
 const COUNT: &str = ":n3:";
+/// The infix of a key's demand hash (see the layout above).
+const DEMAND: &str = ":d2:";
 
 impl Fleet {
     pub(super) fn key(&self, tag: &str, rest: &str) -> String {
@@ -60,7 +65,7 @@ impl Fleet {
 
     /// The replicas' demand reports and prefetches in flight for `key`.
     pub(super) fn demand_key(&self, tenant: &Tenant, key: &PoolKey) -> String {
-        self.tenant_key(tenant, &[":d:", key.as_str()])
+        self.tenant_key(tenant, &[DEMAND, key.as_str()])
     }
 
     /// Where the answer to the take or hit with this `id` is remembered.

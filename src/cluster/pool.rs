@@ -228,10 +228,13 @@ impl Fleet {
         self.resend_window_ms() + 2 * self.settings.max_clock_offset_ms
     }
 
-    /// Adds a URL to the shared pool within the per-key and per-tenant bounds.
+    /// Adds a URL to the shared pool within the per-key and per-tenant bounds. A `landing` (a
+    /// prefetch's own URL) is counted as one of this replica's prefetches landed, whether the
+    /// URL is stored or not (see `scripts::SYNC`).
     ///
     /// # Errors
     /// `Down::Unknown`: the URL may be in Redis already, so the caller must drop it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn put(
         &self,
         tenant: &Tenant,
@@ -240,6 +243,7 @@ impl Fleet {
         now_ms: u64,
         min_remaining_ms: u64,
         max_per_key: usize,
+        landing: bool,
     ) -> Result<Stored, Down> {
         let ttl = (url.expires_at_ms() + 1000).saturating_sub(now_ms).max(1);
         let cutoff = issued_cutoff(now_ms, min_remaining_ms);
@@ -255,7 +259,8 @@ impl Fleet {
                     .arg(tenant.max_pooled_urls)
                     .arg(ttl)
                     .arg(&self.replica)
-                    .arg(url.fetched_for.code().to_string());
+                    .arg(url.fetched_for.code().to_string())
+                    .arg(u8::from(landing));
             })
             .await?;
         self.count_stale(&stale);
@@ -289,7 +294,9 @@ impl Fleet {
                 }
                 call.arg(cutoff).arg(&self.replica).arg(now_ms).arg(keep_ms);
                 for (_, own) in keys {
-                    call.arg(format!("{:.6}", own.rate)).arg(own.in_flight);
+                    call.arg(format!("{:.6}", own.rate))
+                        .arg(own.in_flight)
+                        .arg(own.landed);
                 }
             })
             .await?;

@@ -187,15 +187,19 @@ end
 return {1, remaining, stale, member, tonumber(issued)}
 ";
 
-/// Adds one URL unless the key or the tenant is full, and counts one prefetch of this replica
-/// as landed. KEYS: pool, count, demand. ARGV: issued_ms, url, cutoff_ms, max_per_key,
-/// tenant_cap, ttl_ms, replica, reason (its character). Returns `{stale, stored}`.
+/// Adds one URL unless the key or the tenant is full; a landing (a prefetch's own URL) counts
+/// as one of this replica's prefetches landed: one fewer in flight, one more landed (see
+/// [`SYNC`]). KEYS: pool, count, demand. ARGV: issued_ms, url, cutoff_ms, max_per_key,
+/// tenant_cap, ttl_ms, replica, reason (its character), landing (1 or 0). Returns
+/// `{stale, stored}`.
 pub(super) const PUT: &str = r"
-local entry = redis.call('HGET', KEYS[3], ARGV[7])
+local entry = ARGV[9] == '1' and redis.call('HGET', KEYS[3], ARGV[7])
 if entry then
-  local at, rate, n = string.match(entry, '^([^,]+),([^,]+),(.+)$')
-  if at and tonumber(n) > 0 then
-    redis.call('HSET', KEYS[3], ARGV[7], at .. ',' .. rate .. ',' .. (tonumber(n) - 1))
+  local at, rate, n, landed = string.match(entry, '^([^,]+),([^,]+),([^,]+),([^,]+)$')
+  if at then
+    n = math.max(0, tonumber(n) - 1)
+    landed = (tonumber(landed) + 1) % 4294967296
+    redis.call('HSET', KEYS[3], ARGV[7], at .. ',' .. rate .. ',' .. n .. ',' .. landed)
   end
 end
 local stale = purge(KEYS[1], KEYS[2], ARGV[3]) .. trim_count(KEYS[2], ARGV[3])
@@ -216,20 +220,38 @@ return {stale, 1}
 /// For each of a tenant's keys: records this replica's demand and prefetches in flight, purges
 /// stale URLs, and reads the fleet's view. One call per tenant (and per chunk of keys) each tick,
 /// not one per key. KEYS: count, then pool and demand per key. ARGV: cutoff_ms, replica, now_ms,
-/// keep_ms (how long a replica's entry counts without being refreshed), then rate and in_flight
-/// per key. Returns `{stale, {{pooled, total_rate (string), replicas, total_in_flight}, ...}}`.
+/// keep_ms (how long a replica's entry counts without being refreshed), then rate, in_flight and
+/// landed per key. Returns `{stale, {{pooled, total_rate (string), replicas, total_in_flight},
+/// ...}}`.
+///
+/// A replica's entry is `ms,rate,in_flight,landed`. The replica reads its prefetches in flight
+/// and its landings so far at one instant; some of those in flight may have landed here since
+/// (their put came first), and are counted in the entry's landings, not yet in the replica's:
+/// the difference is taken off (and the entry keeps its own landings), so a landing is never
+/// counted in flight again. A difference that cannot be (more than in flight, or behind: an
+/// entry that expired, a put whose answer was lost) starts both counts again from the
+/// replica's.
 pub(super) const SYNC: &str = r"
 local cutoff, replica = ARGV[1], ARGV[2]
 local now, keep = tonumber(ARGV[3]), tonumber(ARGV[4])
+local wrap = 4294967296
 local stale_total, out = {}, {}
 for k = 1, (#KEYS - 1) / 2 do
   local pool, demand = KEYS[2 * k], KEYS[2 * k + 1]
   stale_total[#stale_total + 1] = purge(pool, KEYS[1], cutoff)
-  redis.call('HSET', demand, replica, ARGV[3] .. ',' .. ARGV[3 + 2 * k] .. ',' .. ARGV[4 + 2 * k])
+  local own, landed = tonumber(ARGV[3 + 3 * k]), tonumber(ARGV[4 + 3 * k])
+  local mine = redis.call('HGET', demand, replica)
+  local here = mine and tonumber(string.match(mine, ',([^,]+)$'))
+  if here then
+    local ahead = (here - landed) % wrap
+    if ahead <= own then own, landed = own - ahead, here end
+  end
+  redis.call('HSET', demand, replica,
+    ARGV[3] .. ',' .. ARGV[2 + 3 * k] .. ',' .. own .. ',' .. landed)
   local total, replicas, flying = 0, 0, 0
   local all = redis.call('HGETALL', demand)
   for i = 1, #all, 2 do
-    local at, rate, n = string.match(all[i + 1], '^([^,]+),([^,]+),(.+)$')
+    local at, rate, n = string.match(all[i + 1], '^([^,]+),([^,]+),([^,]+),')
     if at and tonumber(at) >= now - keep then
       total = total + tonumber(rate)
       flying = flying + tonumber(n)
@@ -256,15 +278,16 @@ local have = redis.call('ZCARD', KEYS[1])
 local mine
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do
-  local at, rate, n = string.match(all[i + 1], '^([^,]+),([^,]+),(.+)$')
+  local at, rate, n, landed = string.match(all[i + 1], '^([^,]+),([^,]+),([^,]+),([^,]+)$')
   if at and tonumber(at) >= now - keep then
     have = have + tonumber(n)
-    if all[i] == ARGV[1] then mine = {at, rate, tonumber(n)} end
+    if all[i] == ARGV[1] then mine = {at, rate, tonumber(n), landed} end
   end
 end
 local grant = math.max(0, math.min(want, limit - have))
 if grant > 0 and mine then
-  redis.call('HSET', KEYS[2], ARGV[1], mine[1] .. ',' .. mine[2] .. ',' .. (mine[3] + grant))
+  redis.call('HSET', KEYS[2], ARGV[1],
+    mine[1] .. ',' .. mine[2] .. ',' .. (mine[3] + grant) .. ',' .. mine[4])
 end
 return grant
 ";

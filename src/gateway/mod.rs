@@ -21,7 +21,7 @@ use crate::limiter::{Budget, Budgets, Inbound, InboundLimiter, Priority};
 use crate::metrics::{Fetch, Metrics, Waste};
 use crate::model::{parse_request, BadInput, EmbedRequest, Operation, URL_VALIDITY_SECS};
 use crate::pool::{pool_key, Pool, PoolKey, PooledUrl};
-use crate::refill::{reclaim, Demand, Seen, Sessions, Tracked};
+use crate::refill::{reclaim, Demand, Landed, Seen, Sessions, Tracked};
 use crate::shared::{Coordination, Limits, Placed, PoolStore, Sharing, Status};
 use crate::telemetry::bursts::Bursts;
 use crate::tenant::{Tenant, TenantId, Tenants};
@@ -439,9 +439,9 @@ impl Gateway {
             .await
     }
 
-    /// Pools a fetched URL that nobody waits for (see `PoolStore::put`); false when it was
-    /// wasted instead (counted).
-    async fn store(&self, tenant: TenantId, key: &PoolKey, f: Fetched) -> bool {
+    /// Pools a fetched URL that nobody waits for (see `PoolStore::put`; a prefetch's own URL is
+    /// a `landing`); not pooled when it was wasted instead (counted).
+    async fn store(&self, tenant: TenantId, key: &PoolKey, f: Fetched, landing: bool) -> Landed {
         let fetched_for = f.fetched_for;
         let url = PooledUrl {
             url: f.url,
@@ -459,14 +459,19 @@ impl Gateway {
                 self.clock.now_ms(),
                 self.min_remaining_ms(),
                 self.settings.pool.max_urls_per_key,
+                landing,
             )
             .await;
-        match placed {
+        let pooled = match placed.placed {
             Placed::Pooled => true,
             Placed::Wasted(why) => {
                 self.metrics.wasted(why, fetched_for, 1);
                 false
             }
+        };
+        Landed {
+            pooled,
+            shared: placed.sent,
         }
     }
 
@@ -664,7 +669,7 @@ impl Gateway {
                     Ok(Ok(f)) => self.metrics.wasted(Waste::Expired, f.fetched_for, 1),
                     _ => {
                         if let Some(f) = reclaim(rx, t) {
-                            self.store(t.tenant, &t.key, f).await;
+                            self.store(t.tenant, &t.key, f, false).await;
                         }
                     }
                 }

@@ -301,7 +301,7 @@ impl Gateway {
             if budget.try_acquire(t.tenant, priority).is_err() {
                 break;
             }
-            t.in_flight.fetch_add(1, Ordering::SeqCst);
+            t.in_flight.start();
             let gw = self.clone();
             let t = t.clone();
             let budget = budget.clone();
@@ -327,7 +327,7 @@ impl Gateway {
     ) {
         loop {
             if self.fleet_budget(budget, t.tenant, priority).await.is_err() {
-                t.in_flight.fetch_sub(1, Ordering::SeqCst);
+                t.in_flight.end();
                 t.release_unserved_waiters();
                 return;
             }
@@ -336,7 +336,7 @@ impl Gateway {
             let upstream = self.upstreams.of(&t.request);
             let wait = Duration::from_millis(upstream.settings().timeout_ms);
             let Some(slot) = upstream.slot(tokio::time::Instant::now() + wait).await else {
-                t.in_flight.fetch_sub(1, Ordering::SeqCst);
+                t.in_flight.end();
                 t.release_unserved_waiters();
                 budget.refund(t.tenant);
                 return;
@@ -351,18 +351,18 @@ impl Gateway {
             match result {
                 Ok(f) => {
                     t.prefetch_succeeded();
-                    if t.land(f, |f| self.store(t.tenant, &t.key, f)).await {
+                    if t.land(f, |f| self.store(t.tenant, &t.key, f, true)).await {
                         t.stocked(self.clock.now_ms());
                     }
                 }
                 Err(UpstreamError::Throttled) => {
-                    t.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    t.in_flight.end();
                     t.release_unserved_waiters();
                     budget.on_throttle();
                     return;
                 }
                 Err(e) => {
-                    t.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    t.in_flight.end();
                     t.release_unserved_waiters();
                     t.prefetch_failed(self.clock.now_ms());
                     tracing::warn!(key = %t.key, tenant = %self.tenants.get(t.tenant).id, error = %e, "prefetch failed; backing off");
@@ -392,7 +392,7 @@ impl Gateway {
                     budget.refund(t.tenant);
                     return;
                 }
-                t.in_flight.fetch_add(1, Ordering::SeqCst);
+                t.in_flight.start();
                 continue;
             }
             // Below the needed depth: top up at Prefetch priority. Between it and the surplus
@@ -403,7 +403,7 @@ impl Gateway {
             let planner = self.planner(now);
             let shown = self.demand.shown(t, now);
             let (target, next) = planner.target(t, self.demand.rate(t, now), &shown);
-            let have = self.pool.len(&t.key) + t.in_flight.load(Ordering::SeqCst);
+            let have = self.pool.len(&t.key) + t.in_flight.get();
             let (limit, next_priority) = if have < target {
                 (target, Priority::Prefetch)
             } else {
@@ -412,7 +412,7 @@ impl Gateway {
             if have >= limit || budget.try_acquire(t.tenant, next_priority).is_err() {
                 return;
             }
-            t.in_flight.fetch_add(1, Ordering::SeqCst);
+            t.in_flight.start();
             priority = next_priority;
             reason = next;
         }

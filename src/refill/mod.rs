@@ -28,7 +28,9 @@ use crate::metrics::Fetch;
 pub use demand::Demand;
 pub use planner::{KeyView, Planner, Report, Want};
 pub use sessions::{Predicted, Seen, Sessions};
-pub use tracked::{reclaim, Evidence, Planned, Shown, Tracked, HISTORY_HALF_LIFE_SECS};
+pub use tracked::{
+    reclaim, Evidence, InFlight, Landed, Planned, Shown, Tracked, HISTORY_HALF_LIFE_SECS,
+};
 
 /// Evidence still to settle: each event adds one, decaying as e^(-age / tau) after it, so the
 /// value is the share of the events' outcomes that has not had time to show yet. The session

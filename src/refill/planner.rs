@@ -1,8 +1,6 @@
 //! The planner's arithmetic, pure over what it is given: how many prefetches one key needs now,
 //! single node or as this replica's share of the fleet's deficit.
 
-use std::sync::atomic::Ordering;
-
 use rand::Rng;
 
 use super::{Demand, Reason, Shown, Tracked};
@@ -14,6 +12,10 @@ pub struct Report {
     pub rate: f64,
     /// Its prefetches in flight.
     pub in_flight: usize,
+    /// Its prefetches that ended by sending their URL to the shared pool, so far (wrapping): the
+    /// shared pool counts the ones it received, so it can tell which of `in_flight` are there
+    /// already (see `InFlight::report`).
+    pub landed: u32,
 }
 
 /// The fleet's view of one key after a sync.
@@ -125,7 +127,7 @@ impl Planner<'_> {
         fleet: Option<(f64, KeyView)>,
         rng: &mut impl Rng,
     ) -> Want {
-        let in_flight = t.in_flight.load(Ordering::SeqCst);
+        let in_flight = t.in_flight.get();
         match fleet {
             None => {
                 let (target, stock, reason, probability) = self.depths(t, own, shown);
@@ -240,7 +242,9 @@ mod tests {
     #[test]
     fn a_single_node_fetches_its_target_less_what_it_holds_and_has_in_flight() {
         let (d, t) = pinned(30);
-        t.in_flight.store(5, Ordering::SeqCst);
+        for _ in 0..5 {
+            t.in_flight.start();
+        }
         let w = want(
             &planner(&d),
             &t,

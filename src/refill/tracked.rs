@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -166,6 +166,62 @@ pub struct Planned {
     pub at_ms: u64,
 }
 
+/// A key's prefetches in flight on this replica, and how many of those that ended did so by
+/// sending their URL to the shared pool (its landings), in one atomic word: a prefetch that
+/// lands leaves the first count and joins the second at once, so a sync reads both as of one
+/// instant (see [`InFlight::report`]).
+#[derive(Debug, Default)]
+pub struct InFlight(AtomicU64);
+
+/// The low half of [`InFlight`]'s word counts prefetches in flight, the high half landings.
+const IN_FLIGHT_BITS: u32 = 32;
+
+impl InFlight {
+    /// How many prefetches are in flight.
+    pub fn get(&self) -> usize {
+        (self.0.load(Ordering::SeqCst) & u64::from(u32::MAX)) as usize
+    }
+
+    /// A prefetch started.
+    pub fn start(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A prefetch ended without sending a URL to the shared pool (it failed, a waiter took its
+    /// URL, or the URL stayed with this replica).
+    pub fn end(&self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// A prefetch ended by sending its URL to the shared pool (whatever the answer: a put whose
+    /// outcome is unknown may have been counted there).
+    pub fn end_in_shared_pool(&self) {
+        // One more landing (high half, wrapping), one fewer in flight (low half): adding
+        // 2^32 − 1 does both, the low half's borrow cancelling against the high half's carry.
+        self.0
+            .fetch_add((1 << IN_FLIGHT_BITS) - 1, Ordering::SeqCst);
+    }
+
+    /// Prefetches in flight and landings so far (wrapping at 2^32), as of one instant: what a
+    /// sync reports, so the shared pool can tell the landings it has already counted from the
+    /// ones still to come (`cluster::scripts::SYNC`).
+    pub fn report(&self) -> (usize, u32) {
+        let word = self.0.load(Ordering::SeqCst);
+        (
+            (word & u64::from(u32::MAX)) as usize,
+            (word >> IN_FLIGHT_BITS) as u32,
+        )
+    }
+}
+
+/// What storing a prefetch's URL did: whether it is pooled, and whether it was sent to the shared
+/// pool (where this replica's landing is counted, see [`InFlight`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Landed {
+    pub pooled: bool,
+    pub shared: bool,
+}
+
 /// One tracked key: what to fetch for it, how much it is asked for, and who waits on it.
 pub struct Tracked {
     pub key: PoolKey,
@@ -175,7 +231,7 @@ pub struct Tracked {
     /// computed once here, not on every request the learner sees.
     pub(super) object: Arc<str>,
     pub(super) state: Mutex<DemandState>,
-    pub in_flight: AtomicUsize,
+    pub in_flight: InFlight,
     waiters: Mutex<VecDeque<oneshot::Sender<Fetched>>>,
     /// (consecutive prefetch failures, no prefetch before this instant in ms)
     backoff: Mutex<(u32, u64)>,
@@ -203,7 +259,7 @@ impl Tracked {
                 history: 0.0,
                 history_since_ms: None,
             }),
-            in_flight: AtomicUsize::new(0),
+            in_flight: InFlight::default(),
             waiters: Mutex::new(VecDeque::new()),
             backoff: Mutex::new((0, 0)),
         }
@@ -362,7 +418,7 @@ impl Tracked {
     pub fn try_join(&self) -> Option<oneshot::Receiver<Fetched>> {
         let mut waiters = self.waiters.lock();
         waiters.retain(|w| !w.is_closed());
-        if waiters.len() >= self.in_flight.load(Ordering::SeqCst) {
+        if waiters.len() >= self.in_flight.get() {
             return None;
         }
         let (tx, rx) = oneshot::channel();
@@ -373,7 +429,7 @@ impl Tracked {
     /// After a prefetch failed: release the waiters no prefetch in flight can serve any more, so
     /// they fetch for themselves now instead of waiting out their join timeout.
     pub fn release_unserved_waiters(&self) {
-        let in_flight = self.in_flight.load(Ordering::SeqCst);
+        let in_flight = self.in_flight.get();
         let mut waiters = self.waiters.lock();
         while waiters.len() > in_flight {
             // Dropping the sender wakes its receiver with an error.
@@ -406,18 +462,22 @@ impl Tracked {
     /// arriving meanwhile joins it (and is released to take the URL from the pool once it is
     /// stored) instead of missing and calling QuickSight. Returns what `store` returned; false
     /// when a waiter took the URL.
-    pub async fn land<F: Future<Output = bool>>(
+    pub async fn land<F: Future<Output = Landed>>(
         &self,
         fetched: Fetched,
         store: impl FnOnce(Fetched) -> F,
     ) -> bool {
-        let stored = match self.deliver(fetched) {
+        let landed = match self.deliver(fetched) {
             Some(f) => store(f).await,
-            None => false,
+            None => Landed::default(),
         };
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if landed.shared {
+            self.in_flight.end_in_shared_pool();
+        } else {
+            self.in_flight.end();
+        }
         self.release_unserved_waiters();
-        stored
+        landed.pooled
     }
 
     /// Whether a hint, a warm pin or a session prediction keeps this key alive regardless of
@@ -454,10 +514,10 @@ mod tests {
     #[test]
     fn a_waiter_on_a_failed_prefetch_is_released_at_once() {
         let t = tracked();
-        t.in_flight.fetch_add(1, Ordering::SeqCst);
+        t.in_flight.start();
         let mut rx = t.try_join().expect("one prefetch in flight to claim");
         assert!(t.try_join().is_none(), "only one waiter per prefetch");
-        t.in_flight.fetch_sub(1, Ordering::SeqCst); // the prefetch failed
+        t.in_flight.end(); // the prefetch failed
         t.release_unserved_waiters();
         assert!(matches!(
             rx.try_recv(),
@@ -479,13 +539,18 @@ mod tests {
     #[tokio::test]
     async fn a_request_arriving_while_a_prefetch_is_stored_waits_for_it_instead_of_missing() {
         let t = tracked();
-        t.in_flight.fetch_add(1, Ordering::SeqCst);
+        t.in_flight.start();
         let mut arrived = None;
         let stored = t
             .land(fetched("u"), |f| {
                 assert_eq!(f.url, "u", "nobody waited: the URL goes to the pool");
                 arrived = t.try_join();
-                async { true }
+                async {
+                    Landed {
+                        pooled: true,
+                        shared: false,
+                    }
+                }
             })
             .await;
         assert!(stored);
@@ -494,7 +559,7 @@ mod tests {
             matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Closed)),
             "released once stored, to take the URL from the pool"
         );
-        assert_eq!(t.in_flight.load(Ordering::SeqCst), 0);
+        assert_eq!(t.in_flight.get(), 0);
         assert!(t.try_join().is_none(), "nothing left in flight to join");
     }
 
@@ -502,7 +567,7 @@ mod tests {
     #[tokio::test]
     async fn a_landing_url_goes_to_its_waiter_not_the_pool() {
         let t = tracked();
-        t.in_flight.fetch_add(1, Ordering::SeqCst);
+        t.in_flight.start();
         let mut rx = t.try_join().unwrap();
         let stored = t
             .land(fetched("u"), |_| async {
@@ -511,7 +576,28 @@ mod tests {
             .await;
         assert!(!stored);
         assert_eq!(rx.try_recv().unwrap().url, "u");
-        assert_eq!(t.in_flight.load(Ordering::SeqCst), 0);
+        assert_eq!(t.in_flight.get(), 0);
+    }
+
+    /// A landing leaves the prefetches in flight and joins the landings in one step, and the
+    /// landings wrap without touching the count in flight.
+    #[test]
+    fn a_landing_moves_from_in_flight_to_landed_at_once() {
+        let f = InFlight::default();
+        for _ in 0..3 {
+            f.start();
+        }
+        f.end_in_shared_pool();
+        f.end();
+        assert_eq!(f.report(), (1, 1));
+        assert_eq!(f.get(), 1);
+        let f = InFlight(AtomicU64::new((u64::from(u32::MAX) << IN_FLIGHT_BITS) | 2));
+        f.end_in_shared_pool();
+        assert_eq!(
+            f.report(),
+            (1, 0),
+            "the landings wrapped, one still in flight"
+        );
     }
 
     #[test]

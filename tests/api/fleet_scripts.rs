@@ -89,7 +89,7 @@ fn url(i: usize, issued_at_ms: u64) -> PooledUrl {
 }
 
 async fn put(f: &Fleet, tenants: &Tenants, k: &PoolKey, u: &PooledUrl, now: u64) -> Stored {
-    f.put(tenants.get(0), k, u, now, MIN_REMAINING_MS, 10)
+    f.put(tenants.get(0), k, u, now, MIN_REMAINING_MS, 10, false)
         .await
         .unwrap()
 }
@@ -504,7 +504,7 @@ async fn a_hit_over_the_limit_takes_nothing() {
     let t = tenants.get(0);
     for i in 0..4 {
         assert_eq!(
-            f.put(t, &key(7), &url(i, now), now, MIN_REMAINING_MS, 10)
+            f.put(t, &key(7), &url(i, now), now, MIN_REMAINING_MS, 10, false)
                 .await
                 .unwrap(),
             Stored::Yes
@@ -830,4 +830,104 @@ async fn the_views_stream_keeps_a_bounded_tail_that_each_replica_reads_in_order(
         .map(|i| format!("batch-{i:05}"))
         .collect();
     assert_eq!(read, expected);
+}
+
+/// One sync of `k` reporting `in_flight` prefetches and `landed` landings so far; the fleet's
+/// prefetches in flight for `k` as Redis now counts them.
+async fn sync_in_flight(
+    f: &Fleet,
+    tenants: &Tenants,
+    k: &PoolKey,
+    in_flight: usize,
+    landed: u32,
+    now: u64,
+) -> usize {
+    let own = embedgate::refill::Report {
+        rate: 1.0,
+        in_flight,
+        landed,
+    };
+    let views = f
+        .sync(tenants.get(0), &[(k, own)], now, MIN_REMAINING_MS, 10_000)
+        .await
+        .unwrap();
+    views[0].in_flight
+}
+
+/// A replica reads its prefetches in flight, then syncs them; a prefetch that lands in between
+/// (its put reaches Redis before the sync does) was still counted in flight by the replica. The
+/// sync must not count it again: while it did, the key's fleet-wide limit held one slot too many
+/// until the next sync, for every landing that raced a sync (on a busy machine, up to a tick's
+/// worth of prefetches), and the other replicas fetched that much less.
+#[tokio::test]
+async fn a_landing_that_reaches_redis_before_the_sync_counting_it_is_counted_once() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let t = tenants.get(0);
+    let k = key(1);
+    let now = clock.now_ms();
+    assert_eq!(sync_in_flight(&f, &tenants, &k, 0, 0, now).await, 0);
+    assert_eq!(f.claim(t, &k, 4, 10, now, 10_000).await.unwrap(), 4);
+    // Read by the replica: four in flight, none landed. Then two land before the sync arrives.
+    for i in 0..2 {
+        let stored = f
+            .put(t, &k, &url(i, now), now, MIN_REMAINING_MS, 10, true)
+            .await
+            .unwrap();
+        assert_eq!(stored, Stored::Yes);
+    }
+    assert_eq!(
+        sync_in_flight(&f, &tenants, &k, 4, 0, now).await,
+        2,
+        "the two landed are in the pool, not in flight"
+    );
+    // The limit counts the pool and what is really in flight: 2 + 2 of 6.
+    assert_eq!(f.claim(t, &k, 5, 6, now, 10_000).await.unwrap(), 2);
+    // The replica has seen them land since, and started the two it was granted; a later
+    // landing arrives after the sync, as usual.
+    assert_eq!(sync_in_flight(&f, &tenants, &k, 4, 2, now).await, 4);
+    f.put(t, &k, &url(2, now), now, MIN_REMAINING_MS, 10, true)
+        .await
+        .unwrap();
+    assert_eq!(sync_in_flight(&f, &tenants, &k, 3, 3, now).await, 3);
+    // A URL that is not a landing (a waiter's, given back) counts nothing.
+    f.put(t, &k, &url(3, now), now, MIN_REMAINING_MS, 10, false)
+        .await
+        .unwrap();
+    assert_eq!(sync_in_flight(&f, &tenants, &k, 3, 3, now).await, 3);
+}
+
+/// Landings the shared pool cannot account for (more than the replica has in flight, or fewer
+/// than the replica has seen: an entry that expired, a put whose answer was lost) do not make
+/// the count wrong for good: the sync starts again from the replica's own.
+#[tokio::test]
+async fn landings_out_of_step_start_the_count_again_from_the_replica() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let t = tenants.get(0);
+    let k = key(1);
+    let now = clock.now_ms();
+    assert_eq!(sync_in_flight(&f, &tenants, &k, 1, 0, now).await, 1);
+    for i in 0..3 {
+        f.put(t, &k, &url(i, now), now, MIN_REMAINING_MS, 10, true)
+            .await
+            .unwrap();
+    }
+    // Three landed here, but the replica had one in flight: trust the replica.
+    assert_eq!(sync_in_flight(&f, &tenants, &k, 2, 0, now).await, 2);
+    // The replica has seen 7 land, Redis 0 (its entry was recreated): trust the replica, and
+    // from then on the two agree again.
+    assert_eq!(sync_in_flight(&f, &tenants, &k, 2, 7, now).await, 2);
+    f.put(t, &k, &url(4, now), now, MIN_REMAINING_MS, 10, true)
+        .await
+        .unwrap();
+    assert_eq!(sync_in_flight(&f, &tenants, &k, 2, 7, now).await, 1);
+    // Landings wrap at 2^32 on both sides.
+    assert_eq!(sync_in_flight(&f, &tenants, &k, 1, u32::MAX, now).await, 1);
+    f.put(t, &k, &url(5, now), now, MIN_REMAINING_MS, 10, true)
+        .await
+        .unwrap();
+    assert_eq!(sync_in_flight(&f, &tenants, &k, 1, u32::MAX, now).await, 0);
 }
