@@ -14,7 +14,7 @@ use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::Error;
 
-use crate::telemetry::request::{self, RequestFields};
+use crate::telemetry::request::{self, RequestFields, RequestId};
 
 /// Middleware (`App::wrap_fn`): handles `req` in a fresh request context. `fixed` are the
 /// listener's routes without parameters, each its own pattern: a request for one of them is
@@ -29,7 +29,7 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
 {
     let fields = RequestFields {
-        id: new_request_id(),
+        id: RequestId::new(),
         method: method_name(req.method()),
         route: route_of(&req, fixed),
     };
@@ -65,12 +65,8 @@ fn method_name(method: &Method) -> Cow<'static, str> {
 
 /// The id of the request being handled: its context's (so every log line of the request carries
 /// it), or a fresh one where no context was set.
-pub(super) fn request_id() -> String {
-    request::id().unwrap_or_else(new_request_id)
-}
-
-fn new_request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+pub(super) fn request_id() -> RequestId {
+    request::id().unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -104,5 +104,5 @@ pub(super) async fn hints(
     let accepted = gw.hint(tenant, &requests);
     HttpResponse::Accepted()
         .insert_header((super::REQUEST_ID, request_id.as_str()))
-        .json(json!({"Accepted": accepted, "Dropped": requests.len() - accepted, "RequestId": request_id}))
+        .json(json!({"Accepted": accepted, "Dropped": requests.len() - accepted, "RequestId": request_id.as_str()}))
 }

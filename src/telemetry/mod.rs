@@ -536,7 +536,7 @@ mod tests {
 
     fn dashboard_request(id: &str) -> request::RequestFields {
         request::RequestFields {
-            id: id.to_owned(),
+            id: request::RequestId::named(id),
             method: "POST".into(),
             route: "/v1/embed-url/dashboard".into(),
         }
