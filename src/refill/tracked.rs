@@ -196,8 +196,8 @@ impl InFlight {
     /// A prefetch ended by sending its URL to the shared pool (whatever the answer: a put whose
     /// outcome is unknown may have been counted there).
     pub fn end_in_shared_pool(&self) {
-        // One more landing (high half, wrapping), one fewer in flight (low half): adding
-        // 2^32 − 1 does both, the low half's borrow cancelling against the high half's carry.
+        // Adding 2^32 − 1 is adding 2^32 (one more landing in the high half, wrapping) and
+        // taking 1 (one fewer in flight in the low half, which counts this prefetch).
         self.0
             .fetch_add((1 << IN_FLIGHT_BITS) - 1, Ordering::SeqCst);
     }

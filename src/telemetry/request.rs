@@ -52,6 +52,7 @@ impl RequestId {
     }
 }
 
+/// A fresh id: an id has no neutral value.
 impl Default for RequestId {
     fn default() -> Self {
         Self::new()

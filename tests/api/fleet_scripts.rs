@@ -854,6 +854,13 @@ async fn sync_in_flight(
     views[0].in_flight
 }
 
+/// Prefetch URL `i` landing in the shared pool: a put counted as the replica's landing.
+async fn land(f: &Fleet, t: &Tenant, k: &PoolKey, i: usize, now: u64) -> Stored {
+    f.put(t, k, &url(i, now), now, MIN_REMAINING_MS, 10, true)
+        .await
+        .unwrap()
+}
+
 /// A replica reads its prefetches in flight, then syncs them; a prefetch that lands in between
 /// (its put reaches Redis before the sync does) was still counted in flight by the replica. The
 /// sync must not count it again: while it did, the key's fleet-wide limit held one slot too many
@@ -871,11 +878,7 @@ async fn a_landing_that_reaches_redis_before_the_sync_counting_it_is_counted_onc
     assert_eq!(f.claim(t, &k, 4, 10, now, 10_000).await.unwrap(), 4);
     // Read by the replica: four in flight, none landed. Then two land before the sync arrives.
     for i in 0..2 {
-        let stored = f
-            .put(t, &k, &url(i, now), now, MIN_REMAINING_MS, 10, true)
-            .await
-            .unwrap();
-        assert_eq!(stored, Stored::Yes);
+        assert_eq!(land(&f, t, &k, i, now).await, Stored::Yes);
     }
     assert_eq!(
         sync_in_flight(&f, &tenants, &k, 4, 0, now).await,
@@ -887,9 +890,7 @@ async fn a_landing_that_reaches_redis_before_the_sync_counting_it_is_counted_onc
     // The replica has seen them land since, and started the two it was granted; a later
     // landing arrives after the sync, as usual.
     assert_eq!(sync_in_flight(&f, &tenants, &k, 4, 2, now).await, 4);
-    f.put(t, &k, &url(2, now), now, MIN_REMAINING_MS, 10, true)
-        .await
-        .unwrap();
+    land(&f, t, &k, 2, now).await;
     assert_eq!(sync_in_flight(&f, &tenants, &k, 3, 3, now).await, 3);
     // A URL that is not a landing (a waiter's, given back) counts nothing.
     f.put(t, &k, &url(3, now), now, MIN_REMAINING_MS, 10, false)
@@ -911,23 +912,17 @@ async fn landings_out_of_step_start_the_count_again_from_the_replica() {
     let now = clock.now_ms();
     assert_eq!(sync_in_flight(&f, &tenants, &k, 1, 0, now).await, 1);
     for i in 0..3 {
-        f.put(t, &k, &url(i, now), now, MIN_REMAINING_MS, 10, true)
-            .await
-            .unwrap();
+        land(&f, t, &k, i, now).await;
     }
     // Three landed here, but the replica had one in flight: trust the replica.
     assert_eq!(sync_in_flight(&f, &tenants, &k, 2, 0, now).await, 2);
     // The replica has seen 7 land, Redis 0 (its entry was recreated): trust the replica, and
     // from then on the two agree again.
     assert_eq!(sync_in_flight(&f, &tenants, &k, 2, 7, now).await, 2);
-    f.put(t, &k, &url(4, now), now, MIN_REMAINING_MS, 10, true)
-        .await
-        .unwrap();
+    land(&f, t, &k, 4, now).await;
     assert_eq!(sync_in_flight(&f, &tenants, &k, 2, 7, now).await, 1);
     // Landings wrap at 2^32 on both sides.
     assert_eq!(sync_in_flight(&f, &tenants, &k, 1, u32::MAX, now).await, 1);
-    f.put(t, &k, &url(5, now), now, MIN_REMAINING_MS, 10, true)
-        .await
-        .unwrap();
+    land(&f, t, &k, 5, now).await;
     assert_eq!(sync_in_flight(&f, &tenants, &k, 1, u32::MAX, now).await, 0);
 }
