@@ -160,6 +160,14 @@ by_reason = {r: metric_sum(m, "embedgate_urls_fetched_total", reason=r)
 expired = metric_sum(m, "embedgate_urls_wasted_total")
 wasted_by_reason = {r: metric_sum(m, "embedgate_urls_wasted_total", fetched_for=r) for r in by_reason}
 left = float(e["POOL_LEFT"]) if e.get("POOL_LEFT") else metric_sum(m, "embedgate_pool_urls")
+# A fleet's Redis errors by operation (each one may have sent its replica to degraded mode, with
+# its pool and limits local until Redis answers again): what to look at first in an odd run.
+redis_errors = {}
+for line in m.splitlines():
+    mm = re.match(r'^embedgate_redis_errors_total\{(.*)\} ([0-9.eE+-]+)$', line)
+    if mm:
+        op = dict(re.findall(r'(\w+)="([^"]*)"', mm.group(1))).get("op", "?")
+        redis_errors[op] = redis_errors.get(op, 0.0) + float(mm.group(2))
 throttled_names = ("ThrottlingException", "upstream_throttled")
 def throttling(errs): return sum(v for k, v in errs.items() if k in throttled_names)
 knobs = (["GATEWAY_SET"] if e["GATEWAY_SET"] else []) + ["REPLICAS", "SEED", "TENANTS", "BUDGET", "LATENCY_MS", "LATENCY_P99_MS"] + (
@@ -169,7 +177,7 @@ knobs = (["GATEWAY_SET"] if e["GATEWAY_SET"] else []) + ["REPLICAS", "SEED", "TE
     ["KEYS", "ZIPF_S", "BASE_RATE", "BURST_RATE", "BASE_SECS", "BURST_SECS", "TAIL_SECS"])
 G = {**g, "hit_ratio": hits / max(1, hits + misses), "urls_fetched": fetched, "fetched_by_reason": by_reason,
      "urls_expired_unused": expired, "wasted_by_reason": wasted_by_reason, "urls_left_in_pool": left, "waste_ratio_expired": expired / max(1, fetched),
-     "waste_ratio_incl_leftover": (expired + left) / max(1, fetched),
+     "waste_ratio_incl_leftover": (expired + left) / max(1, fetched), "redis_errors": redis_errors,
      "upstream_calls": gl["calls"], "upstream_throttled": gl["throttled"],
      "upstream_calls_per_url": gl["calls"] / max(1, g["ok"]), "throttling_errors_to_callers": throttling(g["errors"])}
 D = None
@@ -224,7 +232,7 @@ Knobs: {", ".join(f"{k.lower()}={e[k]}" for k in knobs)}.
 | latency p50 / p99 / p99.9 | {G['p50_ms']:.1f} / {G['p99_ms']:.1f} / {G['p999_ms']:.1f} ms | {f"{D['p50_ms']:.1f} / {D['p99_ms']:.1f} / {D['p999_ms']:.1f} ms" if D else "—"} |
 | errors (all phases) | {errs(G['errors'])} | {errs(D['errors']) if D else "—"} |
 | hints sent (not counted as views) | {G['hints_sent']} ({G['hints_failed']} not taken) | — |
-
+{f"| Redis errors by operation (all replicas) | {', '.join(f'{k} {v:.0f}' for k, v in sorted(redis_errors.items()) if v) or 'none'} | — |" + chr(10) if int(e["REPLICAS"]) > 1 else ""}
 By phase (through embedgate: requests, from the pool, p50 / p99, errors, then within the phase:
 upstream calls per URL handed out, URLs fetched, URLs that expired unused (fetched in it or
 before); straight: p50 / p99, errors):
