@@ -73,26 +73,14 @@ pub(super) async fn read_body(
         )
         .field(Some("Content-Type".into())));
     }
-    read_bounded(req, payload, limits)
-        .await
-        .map_err(|e| match e {
-            BodyError::TooLarge => Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the body must not exceed {} bytes", limits.max),
-            ),
-            BodyError::Unreadable(why) => {
-                Problem::new(StatusCode::BAD_REQUEST, "unreadable_body", why)
-            }
-            BodyError::TimedOut => Problem::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                format!(
-                    "the body did not arrive within {} ms (api.body_timeout_ms)",
-                    limits.timeout.as_millis()
-                ),
-            ),
-        })
+    read_bounded(req, payload, limits).await.map_err(|e| {
+        let (status, code) = match e {
+            BodyError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            BodyError::Unreadable(_) => (StatusCode::BAD_REQUEST, "unreadable_body"),
+            BodyError::TimedOut => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+        };
+        Problem::new(status, code, e.message(limits))
+    })
 }
 
 /// Reads and drops the body of a request refused before its body was needed (bad key, over
@@ -130,6 +118,20 @@ pub(super) enum BodyError {
     /// Not all there within the timeout. The rest is left unread, so actix closes the
     /// connection after the answer: a client trickling a body cannot hold it open.
     TimedOut,
+}
+
+impl BodyError {
+    /// What the client is told, naming the bound it crossed: both listeners answer with it.
+    pub(super) fn message(self, limits: BodyLimits) -> String {
+        match self {
+            BodyError::TooLarge => format!("the body must not exceed {} bytes", limits.max),
+            BodyError::Unreadable(why) => why,
+            BodyError::TimedOut => format!(
+                "the body did not arrive within {} ms (api.body_timeout_ms)",
+                limits.timeout.as_millis()
+            ),
+        }
+    }
 }
 
 /// Reads at most `limits.max` bytes of body, refusing a larger declared or actual length, and

@@ -71,7 +71,8 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
         )
         .response(&request_id);
     };
-    let body = match read_bounded(&req, payload, BodyLimits::of(&gw)).await {
+    let limits = BodyLimits::of(&gw);
+    let body = match read_bounded(&req, payload, limits).await {
         Ok(b) => b,
         Err(e) => {
             // Not signed for yet: an unauthenticated request, counted as one, so a flood of
@@ -81,25 +82,15 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
                 return throttled.response(&request_id);
             }
             let e = match e {
-                BodyError::TooLarge => AwsError::new(
-                    413,
-                    "RequestEntityTooLargeException",
-                    format!(
-                        "the body must not exceed {} bytes",
-                        gw.settings().api.max_body_bytes
-                    ),
-                ),
+                BodyError::TooLarge => {
+                    AwsError::new(413, "RequestEntityTooLargeException", e.message(limits))
+                }
                 BodyError::Unreadable(why) => AwsError::serialization(why),
                 // The code AWS front ends answer a body that never came with, which the SDKs
                 // retry as transient.
-                BodyError::TimedOut => AwsError::new(
-                    408,
-                    "RequestTimeoutException",
-                    format!(
-                        "the body did not arrive within {} ms",
-                        gw.settings().api.body_timeout_ms
-                    ),
-                ),
+                BodyError::TimedOut => {
+                    AwsError::new(408, "RequestTimeoutException", e.message(limits))
+                }
             };
             observe(&gw, Protocol::Quicksight, None, Outcome::Invalid, started);
             return e.response(&request_id);
