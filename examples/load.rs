@@ -716,11 +716,20 @@ async fn scenario(args: &[String]) -> serde_json::Value {
     };
     let mut v = summarize(&done, elapsed, Some(burst_phase));
     v["mode"] = json!(mode);
+    // Each phase's length: from its start to the next one's, the last to the end of the run
+    // (when the fleet's counters were last read), so its calls read as a rate against the budget.
+    let mut bounds = vec![Duration::ZERO];
+    bounds.extend(phase_starts(&plan));
+    bounds.push(elapsed.max(bounds.last().copied().unwrap_or_default()));
     if let Some(phases) = v["phases"].as_array_mut() {
-        for (p, (from, to)) in phases
+        for (i, (p, (from, to))) in phases
             .iter_mut()
             .zip(counters.iter().zip(counters.iter().skip(1)))
+            .enumerate()
         {
+            if let (Some(a), Some(b)) = (bounds.get(i), bounds.get(i + 1)) {
+                p["secs"] = json!(b.saturating_sub(*a).as_secs_f64());
+            }
             p["upstream_calls"] = json!(to.upstream_calls - from.upstream_calls);
             p["urls_fetched"] = json!(to.urls_fetched - from.urls_fetched);
             p["urls_expired"] = json!(to.urls_expired - from.urls_expired);

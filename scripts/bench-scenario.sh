@@ -193,8 +193,9 @@ def fleet(p):
     # Upstream calls per URL handed out, URLs fetched, URLs that expired unused, within the phase
     # (read from the gateways' metrics as it started and ended).
     if "upstream_calls" not in p:
-        return "— | — | — |"
-    return f"{p['upstream_calls'] / max(1, p['ok']):.2f} | {p['urls_fetched']:.0f} | {p['urls_expired']:.0f} |"
+        return "— | — | — | — |"
+    rate = f"{p['upstream_calls'] / p['secs']:.1f}" if p.get("secs") else "—"
+    return f"{p['upstream_calls'] / max(1, p['ok']):.2f} | {rate} | {p['urls_fetched']:.0f} | {p['urls_expired']:.0f} |"
 rows = "\n".join(
     f"| {names[i] if i < len(names) else i} | {p['requests']} | {pct(p)} | {p['p50_ms']:.1f} / {p['p99_ms']:.1f} ms | {errs(p['errors'])} | {fleet(p)}"
     + (f" {D['phases'][i]['p50_ms']:.1f} / {D['phases'][i]['p99_ms']:.1f} ms | {errs(D['phases'][i]['errors'])} |" if D and i < len(D['phases']) else " — | — |")
@@ -234,11 +235,13 @@ Knobs: {", ".join(f"{k.lower()}={e[k]}" for k in knobs)}.
 | hints sent (not counted as views) | {G['hints_sent']} ({G['hints_failed']} not taken) | — |
 {f"| Redis errors by operation (all replicas) | {', '.join(f'{k} {v:.0f}' for k, v in sorted(redis_errors.items()) if v) or 'none'} | — |" + chr(10) if int(e["REPLICAS"]) > 1 else ""}
 By phase (through embedgate: requests, from the pool, p50 / p99, errors, then within the phase:
-upstream calls per URL handed out, URLs fetched, URLs that expired unused (fetched in it or
-before); straight: p50 / p99, errors):
+upstream calls per URL handed out, upstream calls a second against the budget of {e['BUDGET']}/s (a
+burst drained of stock while calls run well below the budget: the gateway was short of CPU or of
+demand it could foresee), URLs fetched, URLs that expired unused (fetched in it or before);
+straight: p50 / p99, errors):
 
-| phase | requests | from the pool | p50 / p99 | errors | calls per URL | fetched | expired | direct p50 / p99 | direct errors |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| phase | requests | from the pool | p50 / p99 | errors | calls per URL | calls/s | fetched | expired | direct p50 / p99 | direct errors |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
 {kind_table}
 {G['distinct_keys']} distinct keys were asked for.
