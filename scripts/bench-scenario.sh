@@ -190,8 +190,8 @@ json.dump(r, open(f"bench-results/scenario-{e['NAME']}.json", "w"), indent=2)
 errs = lambda x: ", ".join(f"{k} {v}" for k, v in x.items()) or "none"
 pct = lambda p: f"{p['from_pool'] / max(1, p['requests']):.1%}"
 def fleet(p):
-    # Upstream calls per URL handed out, URLs fetched, URLs that expired unused, within the phase
-    # (read from the gateways' metrics as it started and ended).
+    # Upstream calls per URL handed out and a second, URLs fetched, URLs that expired unused,
+    # within the phase (read from the gateways' metrics as it started and ended).
     if "upstream_calls" not in p:
         return "— | — | — | — |"
     rate = f"{p['upstream_calls'] / p['secs']:.1f}" if p.get("secs") else "—"
@@ -236,8 +236,8 @@ Knobs: {", ".join(f"{k.lower()}={e[k]}" for k in knobs)}.
 {f"| Redis errors by operation (all replicas) | {', '.join(f'{k} {v:.0f}' for k, v in sorted(redis_errors.items()) if v) or 'none'} | — |" + chr(10) if int(e["REPLICAS"]) > 1 else ""}
 By phase (through embedgate: requests, from the pool, p50 / p99, errors, then within the phase:
 upstream calls per URL handed out, upstream calls a second against the budget of {e['BUDGET']}/s (a
-burst drained of stock while calls run well below the budget: the gateway was short of CPU or of
-demand it could foresee), URLs fetched, URLs that expired unused (fetched in it or before);
+burst that drains the stock while calls run well below the budget: the gateway was short of CPU
+or of upstream concurrency), URLs fetched, URLs that expired unused (fetched in it or before);
 straight: p50 / p99, errors):
 
 | phase | requests | from the pool | p50 / p99 | errors | calls per URL | calls/s | fetched | expired | direct p50 / p99 | direct errors |
