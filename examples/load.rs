@@ -656,6 +656,7 @@ async fn scenario(args: &[String]) -> serde_json::Value {
         Scenario::Zipf(z) => (zipf_schedule(z), z.burst_phase),
         Scenario::Sessions(x) => (x.schedule(), 2),
     };
+    let starts = phase_starts(&plan);
     // The fleet's counters at each phase's start and at the end, when its metrics are read.
     let mut counters: Vec<Counters> = vec![];
     let (done, elapsed) = match mode.as_str() {
@@ -673,7 +674,7 @@ async fn scenario(args: &[String]) -> serde_json::Value {
                 tokio::spawn(scrape_at_phase_starts(
                     http.clone(),
                     admins.clone(),
-                    phase_starts(&plan),
+                    starts.clone(),
                     start,
                 ))
             });
@@ -719,7 +720,7 @@ async fn scenario(args: &[String]) -> serde_json::Value {
     // Each phase's length: from its start to the next one's, the last to the end of the run
     // (when the fleet's counters were last read), so its calls read as a rate against the budget.
     let mut bounds = vec![Duration::ZERO];
-    bounds.extend(phase_starts(&plan));
+    bounds.extend(starts);
     bounds.push(elapsed.max(bounds.last().copied().unwrap_or_default()));
     if let Some(phases) = v["phases"].as_array_mut() {
         for (i, (p, (from, to))) in phases

@@ -137,16 +137,14 @@ python3 - "$work" <<'PY'
 import json, os, re, sys
 w = sys.argv[1]
 e = os.environ
-def metric_sum(text, name, **labels):
-    total = 0.0
+def series(text, name):
+    """Each sample of metric `name` in a scrape: (its labels, its value)."""
     for line in text.splitlines():
         m = re.match(rf'^{name}(?:{{(.*)}})? ([0-9.eE+-]+|NaN)$', line)
-        if not m:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m.group(2))
-    return total
+        if m:
+            yield dict(re.findall(r'(\w+)="([^"]*)"', m.group(1) or "")), float(m.group(2))
+def metric_sum(text, name, **labels):
+    return sum(v for have, v in series(text, name) if all(have.get(k) == x for k, x in labels.items()))
 g = json.load(open(f"{w}/gateway.json")); d = json.load(open(f"{w}/direct.json"))
 gl = json.load(open(f"{w}/gateway.ledger")); dl = json.load(open(f"{w}/direct.ledger"))
 m = open(f"{w}/gateway.metrics").read()
@@ -163,11 +161,9 @@ left = float(e["POOL_LEFT"]) if e.get("POOL_LEFT") else metric_sum(m, "embedgate
 # A fleet's Redis errors by operation (each one may have sent its replica to degraded mode, with
 # its pool and limits local until Redis answers again): what to look at first in an odd run.
 redis_errors = {}
-for line in m.splitlines():
-    mm = re.match(r'^embedgate_redis_errors_total\{(.*)\} ([0-9.eE+-]+)$', line)
-    if mm:
-        op = dict(re.findall(r'(\w+)="([^"]*)"', mm.group(1))).get("op", "?")
-        redis_errors[op] = redis_errors.get(op, 0.0) + float(mm.group(2))
+for have, v in series(m, "embedgate_redis_errors_total"):
+    op = have.get("op", "?")
+    redis_errors[op] = redis_errors.get(op, 0.0) + v
 throttled_names = ("ThrottlingException", "upstream_throttled")
 def throttling(errs): return sum(v for k, v in errs.items() if k in throttled_names)
 knobs = (["GATEWAY_SET"] if e["GATEWAY_SET"] else []) + ["REPLICAS", "SEED", "TENANTS", "BUDGET", "LATENCY_MS", "LATENCY_P99_MS"] + (
