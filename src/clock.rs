@@ -62,6 +62,12 @@ impl Clock {
         }
     }
 
+    /// Whether the clock runs by itself at the pace of elapsed time, so that moving otherwise is
+    /// a step: not a manual clock, which moves only when a test advances it.
+    pub fn counts_elapsed_time(&self) -> bool {
+        !matches!(self, Clock::Manual(_))
+    }
+
     /// Moves a manual clock forward; the system clock cannot be moved.
     pub fn advance(&self, ms: u64) {
         if let Clock::Manual(t) = self {

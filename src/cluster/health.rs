@@ -19,10 +19,16 @@ impl Fleet {
         }
         // A connection Redis dropped (a restart) fails one command before it reconnects: a
         // second try at once spares the replica a whole heartbeat interval in degraded mode.
-        let (live, offset) = match self.beat().await {
+        let (live, offset, clock_against_elapsed) = match self.beat().await {
             Ok(beat) => beat,
             Err(_) => self.beat().await?,
         };
+        // Before the offset's verdict, which may clear `clock_off`: a step is judged from here
+        // (a test's manual clock only moves in steps: none is judged).
+        if self.clock.counts_elapsed_time() {
+            self.clock_at_beat
+                .store(clock_against_elapsed, Ordering::Relaxed);
+        }
         self.check_clock(offset);
         self.live_replicas.store(live.max(1), Ordering::Relaxed);
         self.metrics.fleet_replicas.set(live.max(1) as i64);
@@ -51,9 +57,11 @@ impl Fleet {
         Ok(live)
     }
 
-    /// One heartbeat call: the live replicas and Redis's clock minus this replica's (ms).
-    async fn beat(&self) -> Result<(usize, i64), Down> {
+    /// One heartbeat call: the live replicas, Redis's clock minus this replica's (ms), and this
+    /// replica's clock against its elapsed time when it was read for the call.
+    async fn beat(&self) -> Result<(usize, i64, i64), Down> {
         let sent = std::time::Instant::now();
+        let clock_against_elapsed = self.clock_against_elapsed();
         let now_ms = self.clock.now_ms();
         let dead_after = 3 * self.settings.heartbeat_ms.max(1000);
         let mut inv = self.scripts.heartbeat.prepare_invoke();
@@ -66,7 +74,11 @@ impl Fleet {
             .await?;
         // Redis read its clock about half-way through the round trip.
         let midway = now_ms as i64 + (sent.elapsed().as_millis() / 2) as i64;
-        Ok((live, secs * 1000 + micros / 1000 - midway))
+        Ok((
+            live,
+            secs * 1000 + micros / 1000 - midway,
+            clock_against_elapsed,
+        ))
     }
 
     /// Records Redis's clock minus this replica's, and stops (or resumes) sharing when it crosses

@@ -31,7 +31,9 @@
 //!   by more than `redis.max_clock_offset_ms` stops using the shared state (degraded, reason
 //!   `clock`) until it is back within the bound. So any two sharing replicas disagree by at most
 //!   twice the bound, and a shared URL is handed out only with `min_remaining` plus that much left
-//!   by the taker's clock: its true validity left is at least `min_remaining`.
+//!   by the taker's clock: its true validity left is at least `min_remaining`. Between
+//!   heartbeats, every call that would use Redis first compares the replica's clock with its
+//!   elapsed time since the last one: a step past the bound stops sharing at once.
 //! - **Bounded degradation.** Every command is bounded by `redis.timeout_ms`. The first failure
 //!   puts the replica in degraded mode: it stops calling Redis and serves from its local pool and
 //!   limits. The heartbeat keeps probing and rejoins when Redis answers again.
@@ -52,7 +54,7 @@ mod pool;
 mod scripts;
 pub mod views;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -190,9 +192,14 @@ pub struct Fleet {
     cluster: RwLock<Option<ClusterConnection>>,
     /// Redis failed or timed out; the heartbeat clears it.
     degraded: AtomicBool,
-    /// This replica's clock is off Redis's by more than the bound; the heartbeat re-measures.
+    /// This replica's clock is off Redis's by more than the bound, or has stepped by more than
+    /// it since the heartbeat measured it; the heartbeat re-measures.
     clock_off: AtomicBool,
     clock: crate::clock::Clock,
+    /// The replica's clock minus [`Fleet::started`]'s elapsed time (ms) when the last heartbeat
+    /// measured it against Redis's; `i64::MIN` before the first, and for a manual clock.
+    clock_at_beat: AtomicI64,
+    started: std::time::Instant,
     live_replicas: AtomicUsize,
     /// Per tenant: the instant (ms) before which the tenant is known to be over its limit, so
     /// rejections need no Redis round trip (the local fast path).
@@ -246,6 +253,8 @@ impl Fleet {
             degraded: AtomicBool::new(false),
             clock_off: AtomicBool::new(false),
             clock,
+            clock_at_beat: AtomicI64::new(i64::MIN),
+            started: std::time::Instant::now(),
             live_replicas: AtomicUsize::new(1),
             over_until: (0..tenants).map(|_| AtomicU64::new(0)).collect(),
             epochs: (0..tenants).map(|_| RwLock::new(String::new())).collect(),
@@ -309,7 +318,40 @@ impl Fleet {
 
     /// Whether this replica currently uses Redis.
     pub fn healthy(&self) -> bool {
-        !self.degraded.load(Ordering::Relaxed) && !self.clock_off.load(Ordering::Relaxed)
+        !self.degraded.load(Ordering::Relaxed)
+            && !self.clock_off.load(Ordering::Relaxed)
+            && !self.clock_stepped()
+    }
+
+    /// The replica's clock minus the time elapsed since it started (ms): constant while the
+    /// clock runs at the pace of elapsed time, moved by a step.
+    pub(super) fn clock_against_elapsed(&self) -> i64 {
+        self.clock.now_ms() as i64 - self.started.elapsed().as_millis() as i64
+    }
+
+    /// Whether this replica's clock has stepped by more than `redis.max_clock_offset_ms` since
+    /// the last heartbeat measured it against Redis's (its wall clock was found ahead, or its
+    /// machine slept): the heartbeat's measurement no longer holds, so it stops sharing at once
+    /// (`clock_off`), before any call carries the stepped clock to Redis, until the next
+    /// heartbeat measures it again. Calls judged by a clock minutes ahead would purge the shared
+    /// pool's URLs as expired.
+    fn clock_stepped(&self) -> bool {
+        let at_beat = self.clock_at_beat.load(Ordering::Relaxed);
+        if at_beat == i64::MIN {
+            return false;
+        }
+        let step_ms = self.clock_against_elapsed() - at_beat;
+        if step_ms.unsigned_abs() <= self.settings.max_clock_offset_ms {
+            return false;
+        }
+        if !self.clock_off.swap(true, Ordering::SeqCst) {
+            tracing::warn!(
+                step_ms,
+                bound_ms = self.settings.max_clock_offset_ms,
+                "this replica's clock stepped by more than redis.max_clock_offset_ms since the heartbeat measured it: serving from the local pool and limits until the next heartbeat finds it within the bound of Redis's"
+            );
+        }
+        true
     }
 
     /// Why this replica is not using Redis: `redis` (unreachable, failing or slow) or `clock`

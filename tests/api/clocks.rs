@@ -112,3 +112,55 @@ async fn replicas_30_seconds_off_never_hand_out_a_stale_url() {
 async fn replicas_120_seconds_off_never_hand_out_a_stale_url() {
     skewed_fleet_never_hands_out_a_stale_url([120_000, 0, -120_000]).await;
 }
+
+/// A replica whose clock steps ten minutes forward between two heartbeats (its wall clock was
+/// found ahead, or its machine slept) stops sharing before its next call reaches Redis. Judged
+/// by its stepped clock, the shared pool's URLs would all be expired: it would purge the fleet's
+/// stock as waste. It serves on from its own pool and QuickSight, and the next heartbeat that
+/// finds its clock back within the bound lets it rejoin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_whose_clock_steps_between_heartbeats_stops_sharing_before_its_next_call() {
+    let redis = RedisServer::start();
+    let body = dash("sales-2024", "alice");
+    let stepping = Clock::skewed(0);
+    let fleet = spawn_fleet_with_clocks(vec![Clock::System, stepping.clone()], |s| {
+        s.redis.url = Some(redis.url());
+        s.redis.timeout_ms = 2_000;
+        // Long enough that no heartbeat comes between the step and the next request.
+        s.redis.heartbeat_ms = 10_000;
+        s.tenants[0].warm = vec![warm(body.clone(), 6)];
+    })
+    .await;
+    let stocked = eventually(Duration::from_secs(20), || {
+        std::future::ready(redis.shared_stock("alpha") >= 6)
+    })
+    .await;
+    assert!(stocked, "the warm key was stocked in Redis");
+    stepping.set_skew(600_000);
+    let o = fleet.embed(1, "alpha", &body).await;
+    assert_eq!(
+        o.status, 200,
+        "the stepped replica still serves: {}",
+        o.body
+    );
+    let expired = fleet
+        .metric_total("embedgate_urls_wasted_total", "reason=\"expired\"")
+        .await;
+    assert_eq!(
+        expired, 0.0,
+        "no shared URL was purged by the stepped replica's clock"
+    );
+    assert_eq!(fleet.readiness_json(1).await["reason"], "clock");
+    for _ in 0..3 {
+        let o = fleet.embed(0, "alpha", &body).await;
+        assert_eq!(o.body["Source"], "pool", "{}", o.body);
+    }
+    // Stepped back: the next heartbeat finds the clock within the bound again.
+    stepping.set_skew(0);
+    let rejoined = eventually(Duration::from_secs(15), || async {
+        fleet.readiness_json(1).await["reason"].is_null()
+    })
+    .await;
+    assert!(rejoined, "{}", fleet.readiness_json(1).await);
+    fleet.stop().await;
+}

@@ -345,24 +345,6 @@ async fn the_shared_pool_keeps_each_tenants_bound() {
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 
-/// URLs in the shared pool for `tenant`, read straight from Redis.
-fn shared_stock(redis: &RedisServer, tenant: &str) -> usize {
-    let keys = redis
-        .cli(&[
-            "--scan",
-            "--pattern",
-            &format!("embedgate:{{t:{tenant}}}:p3:*"),
-        ])
-        .unwrap_or_default();
-    keys.lines()
-        .filter_map(|k| {
-            redis
-                .cli(&["ZCARD", k])
-                .and_then(|n| n.parse::<usize>().ok())
-        })
-        .sum()
-}
-
 /// Redis round trips of operation `op` so far, over the fleet.
 async fn round_trips(fleet: &TestFleet, op: &str) -> f64 {
     fleet
@@ -386,7 +368,7 @@ async fn a_pool_hit_in_a_fleet_is_one_redis_round_trip() {
     })
     .await;
     let stocked = eventually(Duration::from_secs(20), || {
-        std::future::ready(shared_stock(&redis, "alpha") >= 40)
+        std::future::ready(redis.shared_stock("alpha") >= 40)
     })
     .await;
     assert!(stocked, "the warm key was stocked in Redis");

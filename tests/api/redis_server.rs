@@ -140,6 +140,23 @@ impl RedisServer {
         }
     }
 
+    /// URLs in the shared pool for `tenant`, read straight from Redis.
+    pub fn shared_stock(&self, tenant: &str) -> usize {
+        let keys = self
+            .cli(&[
+                "--scan",
+                "--pattern",
+                &format!("embedgate:{{t:{tenant}}}:p3:*"),
+            ])
+            .unwrap_or_default();
+        keys.lines()
+            .filter_map(|k| {
+                self.cli(&["ZCARD", k])
+                    .and_then(|n| n.parse::<usize>().ok())
+            })
+            .sum()
+    }
+
     /// Runs `redis-cli` against this server; its trimmed output, `None` if it failed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
         if TcpStream::connect(("127.0.0.1", self.port)).is_err() {
