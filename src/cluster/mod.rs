@@ -345,6 +345,7 @@ impl Fleet {
             return false;
         }
         if !self.clock_off.swap(true, Ordering::SeqCst) {
+            self.metrics.redis_degraded.set(1);
             tracing::warn!(
                 step_ms,
                 bound_ms = self.settings.max_clock_offset_ms,

@@ -151,6 +151,7 @@ async fn a_replica_whose_clock_steps_between_heartbeats_stops_sharing_before_its
         "no shared URL was purged by the stepped replica's clock"
     );
     assert_eq!(fleet.readiness_json(1).await["reason"], "clock");
+    assert_eq!(fleet.metric(1, "embedgate_redis_degraded").await, 1.0);
     for _ in 0..3 {
         let o = fleet.embed(0, "alpha", &body).await;
         assert_eq!(o.body["Source"], "pool", "{}", o.body);

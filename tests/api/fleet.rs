@@ -304,23 +304,7 @@ async fn the_shared_pool_keeps_each_tenants_bound() {
         })
         .await,
     );
-    let zcards = |tenant: &str| {
-        let keys = redis
-            .cli(&[
-                "--scan",
-                "--pattern",
-                &format!("embedgate:{{t:{tenant}}}:p3:*"),
-            ])
-            .unwrap_or_default();
-        keys.lines()
-            .map(|k| {
-                redis
-                    .cli(&["ZCARD", k])
-                    .and_then(|n| n.parse::<usize>().ok())
-                    .unwrap_or(0)
-            })
-            .sum::<usize>()
-    };
+    let zcards = |tenant: &str| redis.shared_stock(tenant);
     let filled = eventually(Duration::from_secs(10), || {
         std::future::ready(zcards("alpha") >= 8 && zcards("beta") >= 5)
     })
