@@ -95,6 +95,16 @@ impl Faked {
         writeln!(f, "{offset}").unwrap();
     }
 
+    /// One GetDashboardEmbedUrl request for alice's sales dashboard, as tenant alpha.
+    async fn embed(&self, http: &reqwest::Client) -> reqwest::Response {
+        http.post(format!("{}/v1/embed-url/dashboard", self.base))
+            .bearer_auth("alpha-key")
+            .json(&dash("sales-2024", "alice"))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Waits until the pool holds at least `urls` URLs; false after 30 s.
     async fn stocked(&self, http: &reqwest::Client, urls: u64) -> bool {
         eventually(Duration::from_secs(30), || async {
@@ -130,7 +140,6 @@ async fn a_wall_clock_step_back_cannot_make_a_pooled_url_look_fresher() {
     s.tenants[0].warm = vec![warm(dash("sales-2024", "alice"), 4)];
     let gateway = Faked::start(s, "+60s");
     let http = http();
-    let base = &gateway.base;
     // Stocked while the wall clock runs 60 s ahead.
     assert!(gateway.stocked(&http, 4).await, "the warm key was stocked");
     // The step back. The stocked URLs now carry dates 60 s in the wall clock's future; nobody
@@ -142,13 +151,7 @@ async fn a_wall_clock_step_back_cannot_make_a_pooled_url_look_fresher() {
     let mut served = 0;
     for i in 0..12u32 {
         tokio::time::sleep_until((started + Duration::from_millis(250) * i).into()).await;
-        let r = http
-            .post(format!("{base}/v1/embed-url/dashboard"))
-            .bearer_auth("alpha-key")
-            .json(&dash("sales-2024", "alice"))
-            .send()
-            .await
-            .unwrap();
+        let r = gateway.embed(&http).await;
         let body: serde_json::Value = r.json().await.unwrap();
         if let Some(u) = body["EmbedUrl"].as_str() {
             assert_eq!(http.get(u).send().await.unwrap().status(), 200, "{u}");
@@ -179,14 +182,7 @@ async fn a_wall_clock_found_ahead_ages_the_pooled_urls_by_as_much() {
     let http = http();
     assert!(gateway.stocked(&http, 4).await, "the warm key was stocked");
     let expired = || async {
-        let text = http
-            .get(format!("{}/metrics", gateway.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = get_text(&http, &format!("{}/metrics", gateway.admin)).await;
         metric_total(&text, "embedgate_urls_wasted_total", "reason=\"expired\"")
     };
     assert_eq!(expired().await, 0.0);
@@ -201,14 +197,7 @@ async fn a_wall_clock_found_ahead_ages_the_pooled_urls_by_as_much() {
         expired().await
     );
     // It goes on serving, from URLs fetched after the jump.
-    let r = http
-        .post(format!("{}/v1/embed-url/dashboard", gateway.base))
-        .bearer_auth("alpha-key")
-        .json(&dash("sales-2024", "alice"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(gateway.embed(&http).await.status(), 200);
     let log = std::fs::read_to_string(&gateway.log).unwrap();
     assert!(
         log.contains("the wall clock was found ahead of the gateway's clock"),
