@@ -142,11 +142,22 @@ impl RedisServer {
 
     /// URLs in the shared pool for `tenant`, read straight from Redis.
     pub fn shared_stock(&self, tenant: &str) -> usize {
+        self.shared_stock_matching(tenant, "*")
+    }
+
+    /// URLs in the shared pool for `tenant`'s pool key `key` (in any epoch), read straight from
+    /// Redis.
+    pub fn shared_stock_of(&self, tenant: &str, key: &embedgate::pool::PoolKey) -> usize {
+        self.shared_stock_matching(tenant, &format!("*:{key}"))
+    }
+
+    /// URLs in `tenant`'s shared pool keys whose part after `p3:` matches `pattern`.
+    fn shared_stock_matching(&self, tenant: &str, pattern: &str) -> usize {
         let keys = self
             .cli(&[
                 "--scan",
                 "--pattern",
-                &format!("embedgate:{{t:{tenant}}}:p3:*"),
+                &format!("embedgate:{{t:{tenant}}}:p3:{pattern}"),
             ])
             .unwrap_or_default();
         keys.lines()

@@ -326,19 +326,28 @@ impl TestApp {
 
     /// The pool key the gateway uses for `body` (a GetDashboardEmbedUrl body) of tenant `index`.
     pub fn key_of(&self, index: usize, body: &serde_json::Value) -> embedgate::pool::PoolKey {
-        let gw = &self.app.gateway;
-        let tenant = gw.tenants().get(index);
-        let op = embedgate::model::Operation::GetDashboardEmbedUrl;
-        let parsed =
-            embedgate::model::parse_request(op, body.to_string().as_bytes()).expect("a valid body");
-        let req = gw.admit(tenant, parsed).expect("an admitted request");
-        gw.key_for(tenant, &req)
+        key_of(&self.app, index, body)
     }
 
     pub async fn stop(self) {
         self.app.stop().await;
         self.sim.stop().await;
     }
+}
+
+/// The pool key `app` files a GetDashboardEmbedUrl `body` of its `index`th tenant under.
+pub fn key_of(
+    app: &Application,
+    index: usize,
+    body: &serde_json::Value,
+) -> embedgate::pool::PoolKey {
+    let gw = &app.gateway;
+    let tenant = gw.tenants().get(index);
+    let op = embedgate::model::Operation::GetDashboardEmbedUrl;
+    let parsed =
+        embedgate::model::parse_request(op, body.to_string().as_bytes()).expect("a valid body");
+    let req = gw.admit(tenant, parsed).expect("an admitted request");
+    gw.key_for(tenant, &req)
 }
 
 /// A GetDashboardEmbedUrl body for a registered user.
