@@ -214,10 +214,14 @@ async fn a_view_shared_by_another_replica_never_stocks_what_this_ones_policy_ref
         stocked,
         "replica 1 learned the shared paths and stocks what it may"
     );
-    // Counted as its call starts; pooled a put later.
-    let put = r#"embedgate_redis_duration_seconds_count{op="put"}"#;
+    // Counted as its call starts; pooled a put later (waited for by its key: replica 1 may put
+    // other keys meanwhile).
+    let next = key_of(&fleet.replicas[1], 0, &dash("sales-2024", allowed));
     assert!(
-        fleet.metric_reaches(1, put, 1.0).await,
+        eventually(Duration::from_secs(20), || async {
+            redis.shared_stock_of("alpha", &next) >= 1
+        })
+        .await,
         "replica 1 put the follower into the shared pool"
     );
     let o = fleet.embed(1, "alpha", &dash("sales-2024", allowed)).await;
