@@ -351,9 +351,9 @@ impl Gateway {
             match result {
                 Ok(f) => {
                     t.prefetch_succeeded();
-                    if t.land(f, |f| self.store(t.tenant, &t.key, f, true)).await {
-                        t.stocked(self.clock.now_ms());
-                    }
+                    let now = self.clock.now_ms();
+                    t.land(f, now, |f| self.store(t.tenant, &t.key, f, true))
+                        .await;
                 }
                 Err(UpstreamError::Throttled) => {
                     t.in_flight.end();

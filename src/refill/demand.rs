@@ -597,6 +597,43 @@ mod tests {
         assert!(t.pinned(p + 400));
     }
 
+    /// In a fleet, another replica may take a prefetch's URL the moment its put has run in
+    /// Redis, and this replica's next sync may run before the put's answer is back: the pin
+    /// counts as stocked from the moment the URL is sent, so that sync ends it instead of
+    /// keeping it and stocking the key again for a request already served.
+    #[tokio::test]
+    async fn a_prediction_whose_url_is_taken_before_its_put_answers_ends_at_that_sync() {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
+        let now = 1_000_000;
+        assert!(d.predict(&key(), 0, &req(), 0.8, Reason::Follower, now + 240_000, now));
+        let t = d.find(&key()).unwrap();
+        t.in_flight.start();
+        let fetched = crate::upstream::Fetched {
+            url: "u".into(),
+            sent_at_ms: now,
+            anonymous_user_arn: None,
+            fetched_for: crate::metrics::Fetch::Follower,
+        };
+        let pooled = t
+            .land(fetched, now + 10, |_| {
+                // The put has run in Redis; another replica has taken the URL; this
+                // replica's sync finds the key empty, its prefetch landed.
+                d.settle_pin(&t, 0, now + 20);
+                async {
+                    crate::refill::Landed {
+                        pooled: true,
+                        shared: true,
+                    }
+                }
+            })
+            .await;
+        assert!(pooled);
+        assert!(
+            !t.pinned(now + 30),
+            "the predicted request was served: nothing is stocked again for it"
+        );
+    }
+
     #[test]
     fn the_rate_estimate_converges_on_a_steady_stream() {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);

@@ -462,13 +462,24 @@ impl Tracked {
     /// arriving meanwhile joins it (and is released to take the URL from the pool once it is
     /// stored) instead of missing and calling QuickSight. Returns what `store` returned; false
     /// when a waiter took the URL.
+    ///
+    /// A hinted or predicted key counts as stocked ([`Tracked::stocked`]) before `store` runs:
+    /// in a fleet the URL is in the shared pool, and may be taken by another replica, from the
+    /// moment the put runs in Redis, and a sync of this replica's may find the key empty before
+    /// the put's answer is back. Marked only afterwards, that sync would keep the pin and stock
+    /// the key again for a request already served. (A URL the store wastes instead, expired or
+    /// over the tenant's bound, then ends the pin at the next sync too: its request misses.)
     pub async fn land<F: Future<Output = Landed>>(
         &self,
         fetched: Fetched,
+        now_ms: u64,
         store: impl FnOnce(Fetched) -> F,
     ) -> bool {
         let landed = match self.deliver(fetched) {
-            Some(f) => store(f).await,
+            Some(f) => {
+                self.stocked(now_ms);
+                store(f).await
+            }
             None => Landed::default(),
         };
         if landed.shared {
@@ -542,7 +553,7 @@ mod tests {
         t.in_flight.start();
         let mut arrived = None;
         let stored = t
-            .land(fetched("u"), |f| {
+            .land(fetched("u"), 0, |f| {
                 assert_eq!(f.url, "u", "nobody waited: the URL goes to the pool");
                 arrived = t.try_join();
                 async {
@@ -570,7 +581,7 @@ mod tests {
         t.in_flight.start();
         let mut rx = t.try_join().unwrap();
         let stored = t
-            .land(fetched("u"), |_| async {
+            .land(fetched("u"), 0, |_| async {
                 panic!("a URL with a waiter is not stored")
             })
             .await;
