@@ -16,6 +16,7 @@
 //! - [`api`]       the native HTTP API, the QuickSight-compatible listener and the admin listener.
 //! - [`credentials`] tenants' SigV4 access keys: secrets derived from the master key (HKDF).
 //! - [`startup`]   the composition root: builds everything and binds the listeners.
+//! - [`tasks`]     the gateway's long-running tasks, watched: one that stops fails the process.
 //! - [`metrics`]   every Prometheus metric, registered once, with typed labels.
 //! - [`clock`]     the one clock every time-based decision reads.
 //! - [`sigv4`]     SigV4 verification (the simulator's callers, the compatible listener's tenants).
@@ -47,6 +48,7 @@ pub mod shared;
 pub mod sigv4;
 pub mod sim;
 pub mod startup;
+pub mod tasks;
 pub mod telemetry;
 pub mod tenant;
 pub mod top;

@@ -278,7 +278,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         compat = app.compat_addr.map(|a| a.to_string()),
         "embedgate serving"
     );
-    app.run_until(shutdown_signal()).await;
+    app.run_until(shutdown_signal()).await?;
     tracing::info!("embedgate stopped");
     Ok(())
 }
@@ -351,10 +351,10 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         sim.embed_base.trim_start_matches("https://")
     );
     println!("Open the EmbedUrl it returns once (a second use is refused); Ctrl-C stops.");
-    app.run_until(shutdown_signal()).await;
+    let ran = app.run_until(shutdown_signal()).await;
     portal.stop().await;
     sim.stop().await;
-    Ok(())
+    ran
 }
 
 async fn run_sim(args: SimArgs) -> anyhow::Result<()> {

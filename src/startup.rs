@@ -15,6 +15,7 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::model::parse_tagged;
 use crate::shared::Sharing;
+use crate::tasks::{Health, Tasks};
 use crate::upstream::Upstreams;
 
 /// A running gateway.
@@ -27,7 +28,7 @@ pub struct Application {
     api: actix_web::dev::ServerHandle,
     admin: actix_web::dev::ServerHandle,
     compat: Option<actix_web::dev::ServerHandle>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Tasks,
     stop: watch::Sender<bool>,
 }
 
@@ -95,6 +96,9 @@ impl Application {
 
         let data = web::Data::from(gateway.clone());
         let api_data = data.clone();
+        let mut tasks = Tasks::default();
+        let health = web::Data::from(tasks.health());
+        let api_health = health.clone();
         let compat = match compat_listener {
             Some(l) => {
                 let compat_data = data.clone();
@@ -105,6 +109,7 @@ impl Application {
                         .configure(crate::api::compat_routes)
                 })
                 .listen(l)?
+                .disable_signals()
                 .shutdown_timeout(10);
                 if let Some(w) = settings.workers {
                     server = server.workers(w.max(1));
@@ -118,6 +123,7 @@ impl Application {
         let mut api = HttpServer::new(move || {
             App::new()
                 .app_data(api_data.clone())
+                .app_data(api_health.clone())
                 .app_data(canned.clone())
                 .wrap_fn(|req, srv| {
                     crate::api::in_request_context(req, srv, &crate::api::NATIVE_ROUTES)
@@ -125,13 +131,18 @@ impl Application {
                 .configure(crate::api::routes)
         })
         .listen(listener)?
+        // Signals stop the gateway through `run_until` alone: a listener that stopped on its
+        // own would read as a failed task.
+        .disable_signals()
         .shutdown_timeout(10);
         let admin = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(health.clone())
                 .configure(crate::api::admin_routes)
         })
         .listen(admin_listener)?
+        .disable_signals()
         .workers(1)
         .shutdown_timeout(2);
         if let Some(w) = settings.workers {
@@ -142,44 +153,33 @@ impl Application {
         let (api_handle, admin_handle) = (api.handle(), admin.handle());
 
         let (stop, stopped) = watch::channel(false);
-        let mut tasks = vec![
-            tokio::spawn(async move {
-                let _ = api.await;
-            }),
-            tokio::spawn(async move {
-                let _ = admin.await;
-            }),
-        ];
-        if let Some(compat) = compat {
-            tasks.push(tokio::spawn(async move {
-                let _ = compat.await;
-            }));
-        }
-        let mut rx = stopped.clone();
-        let refiller = gateway.clone();
-        tasks.push(tokio::spawn(async move {
-            refiller
-                .run_refiller(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await;
-        }));
-        let mut rx = stopped.clone();
-        tasks.push(tokio::spawn(crate::api::report_throttled(
-            gateway.clone(),
+        let until_stopped = || {
+            let mut rx = stopped.clone();
             async move {
                 let _ = rx.wait_for(|s| *s).await;
-            },
-        )));
+            }
+        };
+        tasks.spawn("api listener", async move {
+            let _ = api.await;
+        });
+        tasks.spawn("admin listener", async move {
+            let _ = admin.await;
+        });
+        if let Some(compat) = compat {
+            tasks.spawn("compat listener", async move {
+                let _ = compat.await;
+            });
+        }
+        tasks.spawn("refiller", gateway.clone().run_refiller(until_stopped()));
+        tasks.spawn(
+            "throttled-request report",
+            crate::api::report_throttled(gateway.clone(), until_stopped()),
+        );
         if let Some(fleet) = fleet {
-            let mut rx = stopped.clone();
-            tasks.push(tokio::spawn(async move {
-                fleet
-                    .run(async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    })
-                    .await;
-            }));
+            let shutdown = until_stopped();
+            tasks.spawn("fleet heartbeat", async move {
+                fleet.run(shutdown).await;
+            });
         }
         Ok(Application {
             addr,
@@ -197,21 +197,41 @@ impl Application {
     /// Stops gracefully: no new connections, in-flight requests finish (bounded), background
     /// tasks end.
     pub async fn stop(self) {
+        self.tasks.health().stopping();
         self.api.stop(true).await;
         if let Some(c) = &self.compat {
             c.stop(true).await;
         }
         self.admin.stop(true).await;
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
+        self.tasks.join().await;
     }
 
-    /// Runs until `shutdown` resolves, then stops gracefully.
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) {
-        shutdown.await;
+    /// Whether every task still runs (what `/healthz` answers from).
+    pub fn health(&self) -> Arc<Health> {
+        self.tasks.health()
+    }
+
+    /// Runs until `shutdown` resolves or one of the gateway's tasks stops unexpectedly, then
+    /// stops gracefully.
+    ///
+    /// # Errors
+    /// A task stopped (its name and how; see [`crate::tasks`]): the process should exit with
+    /// an error, so that whatever supervises it starts a new one.
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let health = self.health();
+        let failed = tokio::select! {
+            _ = shutdown => None,
+            f = health.failed() => Some(f),
+        };
         self.stop().await;
+        match failed {
+            None => Ok(()),
+            Some(f) => Err(anyhow::anyhow!("stopped because a task failed: {f}")),
+        }
     }
 }
 
@@ -244,4 +264,84 @@ fn pin_warm_keys(gw: &Gateway) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// GET `url` from a blocking thread: its status and body.
+    async fn get(url: String) -> (u16, String) {
+        tokio::task::spawn_blocking(move || crate::http1::get(&url, Duration::from_secs(10)))
+            .await
+            .expect("the request's thread")
+            .expect("an answer")
+    }
+
+    /// The failure path end to end, on a real gateway (its simulator, listeners on port 0): a
+    /// task that panics turns both listeners' `/healthz` to 503 naming it, and ends the run
+    /// with an error after a graceful stop. (The gateway's own tasks have no way to be made to
+    /// panic from outside; the test adds one beside them.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_task_makes_the_gateway_unhealthy_and_ends_its_run_with_the_failure() {
+        let any = "127.0.0.1:0".parse().unwrap();
+        let sim = crate::sim::SimServer::start(crate::dev::sim_settings(any, None)).unwrap();
+        let settings = crate::dev::settings(any, any, &sim.endpoint, "eg_test_key");
+        let mut app = Application::start(settings, Clock::System).await.unwrap();
+        let (api, admin) = (app.addr, app.admin_addr);
+        for at in [api, admin] {
+            assert_eq!(
+                get(format!("http://{at}/healthz")).await,
+                (200, "ok".into())
+            );
+        }
+        app.tasks.spawn("refiller", async {
+            tokio::task::yield_now().await;
+            panic!("a bug in the planner");
+        });
+        let failed = tokio::time::timeout(Duration::from_secs(10), app.health().failed())
+            .await
+            .unwrap();
+        assert_eq!(failed, "refiller panicked: a bug in the planner");
+        for at in [api, admin] {
+            let (status, body) = get(format!("http://{at}/healthz")).await;
+            assert_eq!(status, 503, "{body}");
+            assert_eq!(body, "failed: refiller panicked: a bug in the planner");
+        }
+        // A run started (or going on) when a task fails ends with it: no signal is waited for.
+        let ran = tokio::time::timeout(
+            Duration::from_secs(30),
+            app.run_until(std::future::pending()),
+        )
+        .await
+        .expect("the run ends");
+        let err = ran.expect_err("the run ends with the failure").to_string();
+        assert!(
+            err.contains("refiller panicked: a bug in the planner"),
+            "{err}"
+        );
+        assert!(
+            std::net::TcpStream::connect(api).is_err(),
+            "the gateway stopped listening"
+        );
+        sim.stop().await;
+    }
+
+    /// A gateway asked to stop is no failure, though every task ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gateway_asked_to_stop_ends_its_run_without_error() {
+        let any = "127.0.0.1:0".parse().unwrap();
+        let sim = crate::sim::SimServer::start(crate::dev::sim_settings(any, None)).unwrap();
+        let settings = crate::dev::settings(any, any, &sim.endpoint, "eg_test_key");
+        let app = Application::start(settings, Clock::System).await.unwrap();
+        let health = app.health();
+        let ran = app.run_until(tokio::time::sleep(Duration::from_millis(200)));
+        tokio::time::timeout(Duration::from_secs(30), ran)
+            .await
+            .expect("the run ends")
+            .unwrap();
+        assert_eq!(health.failure(), None);
+        sim.stop().await;
+    }
 }

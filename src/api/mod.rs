@@ -26,6 +26,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use crate::gateway::Gateway;
+use crate::tasks::Health;
 pub use auth::Canned;
 pub use context::in_request_context;
 pub use embed::report_throttled;
@@ -88,8 +89,15 @@ async fn openapi() -> HttpResponse {
         .body(OPENAPI)
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain").body("ok")
+/// Live while every task of the gateway runs; once one has stopped (see [`crate::tasks`]) the
+/// process is shutting down, and a liveness probe should see it.
+async fn healthz(health: web::Data<Health>) -> HttpResponse {
+    match health.failure() {
+        None => HttpResponse::Ok().content_type("text/plain").body("ok"),
+        Some(f) => HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(format!("failed: {f}")),
+    }
 }
 
 /// Ready while the process serves. In cluster mode a replica that lost Redis still serves (from
