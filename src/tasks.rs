@@ -4,7 +4,7 @@
 //! still answers every request, from upstream, with nothing prefetched, purged or planned, and
 //! looks healthy while it does. So such an end is a failure of the whole process, said once at
 //! `error` with the task's name and its panic message, shown by `/healthz` (503, so a liveness
-//! probe restarts it), and ending the run ([`crate::startup::Application::run_until`] returns
+//! probe restarts it), and ending the run (`Application::run_until` returns
 //! it, and `embedgate serve` exits with status 1 after a graceful stop). Crash-only: a task is
 //! never restarted in place, since whatever state its panic left half-changed would stay.
 //!
