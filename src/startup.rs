@@ -96,9 +96,7 @@ impl Application {
 
         let data = web::Data::from(gateway.clone());
         let api_data = data.clone();
-        let mut tasks = Tasks::default();
-        let health = web::Data::from(tasks.health());
-        let api_health = health.clone();
+        let mut tasks = Tasks::new(gateway.health().clone());
         let compat = match compat_listener {
             Some(l) => {
                 let compat_data = data.clone();
@@ -123,7 +121,6 @@ impl Application {
         let mut api = HttpServer::new(move || {
             App::new()
                 .app_data(api_data.clone())
-                .app_data(api_health.clone())
                 .app_data(canned.clone())
                 .wrap_fn(|req, srv| {
                     crate::api::in_request_context(req, srv, &crate::api::NATIVE_ROUTES)
@@ -138,7 +135,6 @@ impl Application {
         let admin = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
-                .app_data(health.clone())
                 .configure(crate::api::admin_routes)
         })
         .listen(admin_listener)?

@@ -6,7 +6,9 @@
 //! `error` with the task's name and its panic message, shown by `/healthz` (503, so a liveness
 //! probe restarts it), and ending the run (`Application::run_until` returns
 //! it, and `embedgate serve` exits with status 1 after a graceful stop). Crash-only: a task is
-//! never restarted in place, since whatever state its panic left half-changed would stay.
+//! never restarted in place, since whatever state its panic left half-changed would stay. The
+//! refiller's prefetches, each a short task of its own, are watched for panics the same way
+//! ([`Health::spawn_short`]).
 //!
 //! Not here: the HTTP workers' own panics, which actix-web contains to the request (the worker
 //! is replaced).
@@ -77,7 +79,41 @@ impl Health {
     }
 }
 
-/// The tasks a gateway started, and its [`Health`].
+impl Health {
+    /// Runs a short-lived `task` (one prefetch) on the runtime; if it panics before
+    /// [`Health::stopping`], the process has failed: a prefetch that died midway leaves its
+    /// key counted in flight for good, never restocked, its requests waiting on it.
+    pub fn spawn_short(
+        self: &Arc<Self>,
+        name: &'static str,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        self.watch(name, task, false);
+    }
+
+    /// Runs `task`, and watches how it ends: a panic is a failure, and so is any end when
+    /// `runs_until_stopped`.
+    fn watch(
+        self: &Arc<Self>,
+        name: &'static str,
+        task: impl Future<Output = ()> + Send + 'static,
+        runs_until_stopped: bool,
+    ) -> JoinHandle<()> {
+        let health = self.clone();
+        let inner = tokio::spawn(task);
+        tokio::spawn(async move {
+            let how = match inner.await {
+                Ok(()) if !runs_until_stopped => return,
+                Ok(()) => "ended".to_string(),
+                Err(e) if e.is_panic() => format!("panicked: {}", panic_message(e.into_panic())),
+                Err(_) => "was cancelled".to_string(),
+            };
+            health.ended(name, how);
+        })
+    }
+}
+
+/// The long-running tasks a gateway started, and its [`Health`].
 #[derive(Default)]
 pub struct Tasks {
     health: Arc<Health>,
@@ -85,6 +121,14 @@ pub struct Tasks {
 }
 
 impl Tasks {
+    /// No tasks yet; their ends are reported to `health`.
+    pub fn new(health: Arc<Health>) -> Tasks {
+        Tasks {
+            health,
+            handles: vec![],
+        }
+    }
+
     pub fn health(&self) -> Arc<Health> {
         self.health.clone()
     }
@@ -92,16 +136,8 @@ impl Tasks {
     /// Runs `task` on the runtime; if it ends or panics before [`Health::stopping`], the
     /// process has failed (see the module docs).
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
-        let health = self.health.clone();
-        let inner = tokio::spawn(task);
-        self.handles.push(tokio::spawn(async move {
-            let how = match inner.await {
-                Ok(()) => "ended".to_string(),
-                Err(e) if e.is_panic() => format!("panicked: {}", panic_message(e.into_panic())),
-                Err(_) => "was cancelled".to_string(),
-            };
-            health.ended(name, how);
-        }));
+        let handle = self.health.watch(name, task, true);
+        self.handles.push(handle);
     }
 
     /// Waits for every task to end (after [`Health::stopping`] and whatever makes them end).
@@ -187,6 +223,21 @@ mod tests {
         let _ = stop.send(true);
         within(tasks.join()).await;
         assert_eq!(health.failure(), None);
+    }
+
+    #[tokio::test]
+    async fn a_short_task_fails_the_process_only_by_panicking() {
+        let health = Arc::new(Health::default());
+        // How `spawn_short` watches it, with the watcher's handle to wait on.
+        within(health.watch("prefetch", async {}, false))
+            .await
+            .unwrap();
+        assert_eq!(health.failure(), None, "a prefetch that ends is no failure");
+        health.spawn_short("prefetch", async { panic!("a bug in a prefetch") });
+        assert_eq!(
+            within(health.failed()).await,
+            "prefetch panicked: a bug in a prefetch"
+        );
     }
 
     #[tokio::test]

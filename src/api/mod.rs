@@ -26,7 +26,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use crate::gateway::Gateway;
-use crate::tasks::Health;
 pub use auth::Canned;
 pub use context::in_request_context;
 pub use embed::report_throttled;
@@ -91,8 +90,8 @@ async fn openapi() -> HttpResponse {
 
 /// Live while every task of the gateway runs; once one has stopped (see [`crate::tasks`]) the
 /// process is shutting down, and a liveness probe should see it.
-async fn healthz(health: web::Data<Health>) -> HttpResponse {
-    match health.failure() {
+async fn healthz(gw: web::Data<Gateway>) -> HttpResponse {
+    match gw.health().failure() {
         None => HttpResponse::Ok().content_type("text/plain").body("ok"),
         Some(f) => HttpResponse::ServiceUnavailable()
             .content_type("text/plain")

@@ -23,6 +23,7 @@ use crate::model::{parse_request, BadInput, EmbedRequest, Operation, URL_VALIDIT
 use crate::pool::{pool_key, Pool, PoolKey, PooledUrl};
 use crate::refill::{reclaim, Demand, Landed, Seen, Sessions, Tracked};
 use crate::shared::{Coordination, Limits, Placed, PoolStore, Sharing, Status};
+use crate::tasks::Health;
 use crate::telemetry::bursts::Bursts;
 use crate::tenant::{Tenant, TenantId, Tenants};
 use crate::upstream::{Fetched, Upstream, UpstreamError, Upstreams};
@@ -165,6 +166,8 @@ pub struct Gateway {
     /// A fleet replica's session views not yet sent to the fleet (oldest first; see
     /// `cluster::views::MAX_UNSENT_VIEWS`).
     views_unsent: parking_lot::Mutex<std::collections::VecDeque<(Arc<Tracked>, u64)>>,
+    /// Whether every task the gateway runs still runs (see `tasks`).
+    health: Arc<Health>,
 }
 
 impl Gateway {
@@ -197,6 +200,7 @@ impl Gateway {
             }
         }
         Gateway {
+            health: Arc::default(),
             recent: recent::Recent::new(),
             throttled_lines: Bursts::new(tenants.all().len() + 1, THROTTLED_REPORT_MS),
             views_unsent: parking_lot::Mutex::default(),
@@ -312,6 +316,11 @@ impl Gateway {
             .map(|i| self.sessions.users(i))
             .sum();
         (self.sessions.dropped(), users)
+    }
+
+    /// Whether every task of the gateway still runs: what `/healthz` answers from.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// Keys whose demand this replica tracks for `tenant`.

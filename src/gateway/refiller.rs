@@ -305,7 +305,8 @@ impl Gateway {
             let gw = self.clone();
             let t = t.clone();
             let budget = budget.clone();
-            tokio::spawn(async move {
+            let health = self.health().clone();
+            health.spawn_short("prefetch", async move {
                 gw.prefetch(&t, &budget, priority, reason, fleet).await;
                 drop(permit);
             });
