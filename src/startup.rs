@@ -292,18 +292,18 @@ mod tests {
                 (200, "ok".into())
             );
         }
-        app.tasks.spawn("refiller", async {
+        app.tasks.spawn("test task", async {
             tokio::task::yield_now().await;
             panic!("a bug in the planner");
         });
         let failed = tokio::time::timeout(Duration::from_secs(10), app.health().failed())
             .await
             .unwrap();
-        assert_eq!(failed, "refiller panicked: a bug in the planner");
+        assert_eq!(failed, "test task panicked: a bug in the planner");
         for at in [api, admin] {
             let (status, body) = get(format!("http://{at}/healthz")).await;
             assert_eq!(status, 503, "{body}");
-            assert_eq!(body, "failed: refiller panicked: a bug in the planner");
+            assert_eq!(body, "failed: test task panicked: a bug in the planner");
         }
         // A run started (or going on) when a task fails ends with it: no signal is waited for.
         let ran = tokio::time::timeout(
@@ -314,7 +314,7 @@ mod tests {
         .expect("the run ends");
         let err = ran.expect_err("the run ends with the failure").to_string();
         assert!(
-            err.contains("refiller panicked: a bug in the planner"),
+            err.contains("test task panicked: a bug in the planner"),
             "{err}"
         );
         assert!(

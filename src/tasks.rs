@@ -10,8 +10,8 @@
 //! refiller's prefetches, each a short task of its own, are watched for panics the same way
 //! ([`Health::spawn_short`]).
 //!
-//! Not here: the HTTP workers' own panics, which actix-web contains to the request (the worker
-//! is replaced).
+//! Not here: a panic in a request's handler, which actix-web meets by dropping that request's
+//! connection (actix/actix-web#1501) while its worker goes on; no task of the gateway is lost.
 
 use std::any::Any;
 use std::future::Future;
