@@ -131,10 +131,7 @@ async fn a_replica_whose_clock_steps_between_heartbeats_stops_sharing_before_its
         s.tenants[0].warm = vec![warm(body.clone(), 6)];
     })
     .await;
-    let stocked = eventually(Duration::from_secs(20), || {
-        std::future::ready(redis.shared_stock("alpha") >= 6)
-    })
-    .await;
+    let stocked = redis.shared_stock_reaches("alpha", None, 6).await;
     assert!(stocked, "the warm key was stocked in Redis");
     stepping.set_skew(600_000);
     let o = fleet.embed(1, "alpha", &body).await;

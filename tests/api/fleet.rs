@@ -351,10 +351,7 @@ async fn a_pool_hit_in_a_fleet_is_one_redis_round_trip() {
         s.tenants[0].warm = vec![warm(body.clone(), 40)];
     })
     .await;
-    let stocked = eventually(Duration::from_secs(20), || {
-        std::future::ready(redis.shared_stock("alpha") >= 40)
-    })
-    .await;
+    let stocked = redis.shared_stock_reaches("alpha", None, 40).await;
     assert!(stocked, "the warm key was stocked in Redis");
     let ops = ["hit", "take", "inbound"];
     let mut before = vec![];

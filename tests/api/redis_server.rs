@@ -145,10 +145,19 @@ impl RedisServer {
         self.shared_stock_matching(tenant, "*")
     }
 
-    /// URLs in the shared pool for `tenant`'s pool key `key` (in any epoch), read straight from
-    /// Redis.
-    pub fn shared_stock_of(&self, tenant: &str, key: &embedgate::pool::PoolKey) -> usize {
-        self.shared_stock_matching(tenant, &format!("*:{key}"))
+    /// Whether the shared pool holds `at_least` URLs for `tenant` (for its pool key `key` alone,
+    /// in any epoch, when given) within 20 s: a busy machine can delay a fetch and its put.
+    pub async fn shared_stock_reaches(
+        &self,
+        tenant: &str,
+        key: Option<&embedgate::pool::PoolKey>,
+        at_least: usize,
+    ) -> bool {
+        let pattern = key.map_or("*".to_string(), |k| format!("*:{k}"));
+        crate::helpers::eventually(Duration::from_secs(20), || {
+            std::future::ready(self.shared_stock_matching(tenant, &pattern) >= at_least)
+        })
+        .await
     }
 
     /// URLs in `tenant`'s shared pool keys whose part after `p3:` matches `pattern`.

@@ -136,10 +136,7 @@ async fn a_fleet_learns_paths_from_the_views_every_replica_saw() {
     // other keys meanwhile, such as the newcomer's sales-2024, asked once.)
     let finance = key_of(&fleet.replicas[0], 0, &dash("finance", newcomer));
     assert!(
-        eventually(Duration::from_secs(20), || async {
-            redis.shared_stock_of("alpha", &finance) >= 1
-        })
-        .await,
+        redis.shared_stock_reaches("alpha", Some(&finance), 1).await,
         "replica 0 put the newcomer's finance into the shared pool"
     );
     let o = fleet.embed(1, "alpha", &dash("finance", newcomer)).await;
@@ -218,10 +215,7 @@ async fn a_view_shared_by_another_replica_never_stocks_what_this_ones_policy_ref
     // other keys meanwhile).
     let next = key_of(&fleet.replicas[1], 0, &dash("sales-2024", allowed));
     assert!(
-        eventually(Duration::from_secs(20), || async {
-            redis.shared_stock_of("alpha", &next) >= 1
-        })
-        .await,
+        redis.shared_stock_reaches("alpha", Some(&next), 1).await,
         "replica 1 put the follower into the shared pool"
     );
     let o = fleet.embed(1, "alpha", &dash("sales-2024", allowed)).await;
