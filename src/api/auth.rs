@@ -52,7 +52,7 @@ pub(super) async fn read_body(
     req: &HttpRequest,
     payload: web::Payload,
     limits: BodyLimits,
-) -> Result<web::BytesMut, Problem> {
+) -> Result<web::Bytes, Problem> {
     // `application/json`, with or without parameters (`; charset=utf-8`); nothing else, and not
     // a missing type either: a body the client did not declare as JSON is not parsed as JSON.
     let is_json = req
@@ -140,7 +140,7 @@ pub(super) async fn read_bounded(
     req: &HttpRequest,
     mut payload: web::Payload,
     limits: BodyLimits,
-) -> Result<web::BytesMut, BodyError> {
+) -> Result<web::Bytes, BodyError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -150,15 +150,26 @@ pub(super) async fn read_bounded(
         return Err(BodyError::TooLarge);
     }
     let read = async {
-        let mut body = web::BytesMut::new();
+        // A body that arrives in one chunk (a request's usual few hundred bytes) is that chunk,
+        // not a copy of it.
+        let mut first: Option<web::Bytes> = None;
+        let mut joined = web::BytesMut::new();
         while let Some(chunk) = payload.next().await {
             let chunk = chunk.map_err(|e| BodyError::Unreadable(e.to_string()))?;
-            if body.len() + chunk.len() > limits.max {
+            let read = first.as_ref().map_or(0, web::Bytes::len) + joined.len();
+            if read + chunk.len() > limits.max {
                 return Err(BodyError::TooLarge);
             }
-            body.extend_from_slice(&chunk);
+            if read == 0 && first.is_none() {
+                first = Some(chunk);
+            } else {
+                if let Some(f) = first.take() {
+                    joined.extend_from_slice(&f);
+                }
+                joined.extend_from_slice(&chunk);
+            }
         }
-        Ok(body)
+        Ok(first.unwrap_or_else(|| joined.freeze()))
     };
     tokio::time::timeout(limits.timeout, read)
         .await

@@ -699,6 +699,37 @@ async fn a_body_that_does_not_arrive_is_not_waited_for() {
     app.stop().await;
 }
 
+/// A body that arrives in pieces (a slow client, a proxy that forwards as it reads) is read
+/// whole: the gateway answers the request the pieces make, not the first of them.
+#[tokio::test]
+async fn a_body_sent_in_pieces_is_read_whole() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app(|s| s.refill.enabled = false).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    for user in ["alice", "bob"] {
+        let body = dash("sales-2024", user).to_string();
+        let head = format!(
+            "POST /v1/embed-url/dashboard HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            app.keys["alpha"],
+            body.len()
+        );
+        let (a, b) = body.split_at(10);
+        let (b, c) = b.split_at(b.len() / 2);
+        for piece in [head.as_str(), a, b, c] {
+            stream.write_all(piece.as_bytes()).await.unwrap();
+            stream.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, head) = read_answer(&mut stream, &mut buf).await;
+        assert_eq!(status, 200, "{head}");
+    }
+    let ledger = app.sim.sim.ledger();
+    assert_eq!(ledger.calls, 2, "one call for each whole request");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn refusals_keep_the_clients_connection_open() {
     // A refused request's body is left unread by the handler (a bad key or a tenant over its
