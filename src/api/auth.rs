@@ -229,8 +229,7 @@ impl Canned {
     ) -> [(header::HeaderName, HeaderValue); 2] {
         let left = match remaining {
             0 => seconds(reset_secs).1,
-            _ => HeaderValue::try_from(format!("\"tenant\";r={remaining};t={reset_secs}"))
-                .expect("digits and ASCII"),
+            _ => rate_limit(remaining, reset_secs),
         };
         [
             (RATELIMIT_POLICY, self.tenants[tenant.index].policy.clone()),
@@ -292,10 +291,19 @@ fn seconds(secs: u64) -> (HeaderValue, HeaderValue) {
 }
 
 fn build_seconds(secs: u64) -> (HeaderValue, HeaderValue) {
-    (
-        HeaderValue::from(secs),
-        HeaderValue::try_from(format!("\"tenant\";r=0;t={secs}")).expect("digits and ASCII"),
-    )
+    (HeaderValue::from(secs), rate_limit(0, secs))
+}
+
+/// `RateLimit: "tenant";r=<remaining>;t=<reset_secs>`, written on the stack and copied once
+/// into the header (a `format!` then a `HeaderValue` from its `String` cost two allocations).
+fn rate_limit(remaining: u32, reset_secs: u64) -> HeaderValue {
+    use std::io::Write as _;
+    // 14 bytes of text, at most 10 digits for a u32 and 20 for a u64.
+    let mut buf = [0u8; 48];
+    let mut out = &mut buf[..];
+    write!(out, "\"tenant\";r={remaining};t={reset_secs}").expect("fits in 48 bytes");
+    let len = 48 - out.len();
+    HeaderValue::from_bytes(&buf[..len]).expect("digits and ASCII")
 }
 
 /// The problem document of a tenant over its inbound rate (headers apart: [`Canned::limited`]).
@@ -341,5 +349,15 @@ mod tests {
         }
         assert_eq!(retry_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_secs(Duration::from_millis(1_001)), 2);
+    }
+
+    #[test]
+    fn the_rate_limit_header_holds_any_count_and_reset() {
+        for (remaining, reset) in [(1, 0), (7, 60), (u32::MAX, u64::MAX)] {
+            assert_eq!(
+                rate_limit(remaining, reset).to_str().unwrap(),
+                format!("\"tenant\";r={remaining};t={reset}")
+            );
+        }
     }
 }

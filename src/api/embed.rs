@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -136,6 +135,27 @@ pub async fn report_throttled(gw: Arc<Gateway>, shutdown: impl Future<Output = (
     report(true);
 }
 
+/// `at_ms` (Unix milliseconds) as RFC 3339 (`2026-12-04T19:05:00.123Z`), written into `buf`;
+/// empty if it is out of range.
+fn rfc3339(at_ms: u64, buf: &mut [u8; 40]) -> &str {
+    let Ok(at) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
+    else {
+        return "";
+    };
+    let mut out = &mut buf[..];
+    // The longest RFC 3339 text `time` writes (nanoseconds, four-digit year) is 30 bytes. What
+    // was written is read from the space left: `format_into`'s count of bytes falls short when
+    // it writes the fraction of a second.
+    if at
+        .format_into(&mut out, &time::format_description::well_known::Rfc3339)
+        .is_err()
+    {
+        return "";
+    }
+    let len = 40 - out.len();
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+}
+
 /// The answer to an embed-URL request: `EmbedUrl`, `ExpiresAt`, `Source`, `RequestId` and, for
 /// an anonymous user, `AnonymousUserArn`.
 fn answer(served: &Served, expires_at: &str, request_id: &str) -> Vec<u8> {
@@ -223,15 +243,8 @@ async fn embed(
                 served.source.outcome(),
                 started,
             );
-            let expires = time::OffsetDateTime::from_unix_timestamp_nanos(
-                i128::from(served.expires_at_ms) * 1_000_000,
-            )
-            .ok()
-            .and_then(|t| {
-                t.format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            })
-            .unwrap_or_default();
+            let mut stamp = [0u8; 40];
+            let expires = rfc3339(served.expires_at_ms, &mut stamp);
             let remaining = served.remaining;
             let reset = ((f64::from(tenant.burst) - f64::from(remaining)) / tenant.rate_per_sec)
                 .ceil() as u64;
@@ -241,11 +254,8 @@ async fn embed(
             for pair in canned.rate_limit_headers(tenant, remaining, reset) {
                 resp.insert_header(pair);
             }
-            resp.insert_header(header::ContentType::json()).body(answer(
-                &served,
-                &expires,
-                &request_id,
-            ))
+            resp.insert_header(super::problem::JSON)
+                .body(answer(&served, expires, &request_id))
         }
         Err(Failed {
             error: ServeError::Limited { retry_after },
@@ -255,5 +265,29 @@ async fn embed(
             observe(&gw, Protocol::Native, Some(tenant), Outcome::Error, started);
             serve_failure(e).response(&request_id)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn an_expiry_reads_as_time_writes_it(at_ms in 0u64..=253_402_300_799_999) {
+            let mut buf = [0u8; 40];
+            let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
+                .unwrap();
+            prop_assert_eq!(
+                rfc3339(at_ms, &mut buf),
+                at.format(&time::format_description::well_known::Rfc3339).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn an_expiry_out_of_range_is_empty() {
+        assert_eq!(rfc3339(u64::MAX, &mut [0u8; 40]), "");
     }
 }

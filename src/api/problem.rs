@@ -78,6 +78,11 @@ pub(super) const PROBLEM_JSON: (header::HeaderName, HeaderValue) = (
     header::CONTENT_TYPE,
     HeaderValue::from_static("application/problem+json"),
 );
+/// `Content-Type` of an answer.
+pub(super) const JSON: (header::HeaderName, HeaderValue) = (
+    header::CONTENT_TYPE,
+    HeaderValue::from_static("application/json"),
+);
 /// No answer of the native API may be cached: each carries a one-time URL or a refusal of now.
 pub(super) const NO_STORE: (header::HeaderName, HeaderValue) =
     (header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
