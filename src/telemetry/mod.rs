@@ -22,7 +22,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFi
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{fmt, EnvFilter};
 
-use crate::wire::json::push_json_str;
+use crate::wire::json::{push_json_fmt, push_json_str};
 
 pub mod batch;
 pub mod bursts;
@@ -206,7 +206,13 @@ where
         // Events bridged from the `log` crate carry their real target in `log.*` fields.
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        let mut line = String::with_capacity(256);
+        // Each thread keeps its line's buffer between lines (taken, so a line logged while one
+        // is written gets a buffer of its own).
+        thread_local! {
+            static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        let mut line = LINE.with_borrow_mut(std::mem::take);
+        line.clear();
         line.push_str("{\"timestamp\":\"");
         timestamp(&mut line);
         line.push_str("\",\"level\":\"");
@@ -236,7 +242,12 @@ where
             }
         }
         line.push_str("}\n");
-        writer.write_str(&line)
+        let written = writer.write_str(&line);
+        // An outsized line's buffer is not kept.
+        if line.capacity() <= 4096 {
+            LINE.with_borrow_mut(|kept| *kept = line);
+        }
+        written
     }
 }
 
@@ -355,12 +366,12 @@ impl Visit for Members<'_> {
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         if self.key(field) {
-            push_json_str(self.out, &value.to_string());
+            push_json_fmt(self.out, format_args!("{value}"));
         }
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if self.key(field) {
-            push_json_str(self.out, &format!("{value:?}"));
+            push_json_fmt(self.out, format_args!("{value:?}"));
         }
     }
 }

@@ -83,6 +83,22 @@ pub fn push_json_str(out: &mut String, s: &str) {
     }
 }
 
+/// Appends the text of `args` as a JSON string, written in place: a `format!` first would cost
+/// an allocation per value (each log line's message is one).
+pub fn push_json_fmt(out: &mut String, args: std::fmt::Arguments<'_>) {
+    let start = out.len();
+    out.push('"');
+    // Writing into a `String` cannot fail.
+    let _ = out.write_fmt(args);
+    if plain(&out[start + 1..]) {
+        out.push('"');
+    } else {
+        let raw = out.split_off(start + 1);
+        out.truncate(start);
+        push_json_str(out, &raw);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +149,16 @@ mod tests {
             prop_assert_eq!(back["N"].as_u64(), Some(n));
             let expected = format!("{{\"Value\":{},\"N\":{n}}}", serde_json::to_string(&s).unwrap());
             prop_assert_eq!(String::from_utf8(body).unwrap(), expected);
+        }
+
+        #[test]
+        fn formatted_text_is_written_as_serde_json_writes_the_string(
+            before in any::<String>(),
+            s in any::<String>(),
+        ) {
+            let mut out = before.clone();
+            push_json_fmt(&mut out, format_args!("{s}"));
+            prop_assert_eq!(out, format!("{before}{}", serde_json::to_string(&s).unwrap()));
         }
     }
 }
