@@ -36,17 +36,12 @@ gateway_config() { lib config gateway "$bin" "$work/gateway.toml" "$1" "$gw_port
 # pool_urls: the URLs in the gateway's pool.
 pool_urls() { admin_json "$admin_port" /state 'j["pool"]["urls"]'; }
 
-# filled: lets the simulator answer until the gateway's pool holds KEYS x DEPTH URLs (or five
+# filled: lets the simulator answer until the gateway's pool holds KEYS x DEPTH URLs (or ten
 # minutes pass), then makes it hold every call again, so only pool hits are measured.
 filled() {
-  local target=$((KEYS * DEPTH)) urls=0
+  local urls
   sim_hangs 0.0
-  for _ in $(seq 1200); do
-    kill -0 "$gw_pid" 2>/dev/null || { echo "bench-gateway: the gateway exited:" >&2; cat "$work/gateway.toml.err" >&2; exit 1; }
-    urls=$(pool_urls 2>/dev/null || echo 0)
-    [ "$urls" -ge "$target" ] && break
-    sleep 0.25
-  done
+  urls=$(pooled "$admin_port" "$gw_pid" $((KEYS * DEPTH)) "$work/gateway.toml.err")
   echo "pool holds $urls URLs; the simulator now holds every call"
   sim_hangs 1.0
 }

@@ -48,6 +48,20 @@ stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 # admin_json PORT PATH EXPR: evaluates a Python expression over the admin endpoint's JSON (as j).
 admin_json() { curl -s "http://127.0.0.1:$1$2" | python3 -c "import json,sys; j=json.load(sys.stdin); print($3)"; }
 
+# pooled ADMIN_PORT PID TARGET ERR_FILE: waits until the gateway (PID, admin on ADMIN_PORT) pools
+# TARGET URLs or ten minutes pass, and prints how many it holds; stops the bench, showing
+# ERR_FILE, if the gateway exits.
+pooled() {
+  local urls=0
+  for _ in $(seq 2400); do
+    kill -0 "$2" 2>/dev/null || { echo "the gateway exited:" >&2; cat "$4" >&2; exit 1; }
+    urls=$(admin_json "$1" /state 'j["pool"]["urls"]' 2>/dev/null || echo 0)
+    [ "$urls" -ge "$3" ] && break
+    sleep 0.25
+  done
+  echo "$urls"
+}
+
 # hit_script KEYS FILE: a wrk script that asks the bench tenant for its KEYS warm keys in turn
 # (the keys benchlib.py's gateway config warms) and prints p99.9.
 hit_script() {
