@@ -19,6 +19,7 @@ ROUNDS=${ROUNDS:-6}
 KEYS=${KEYS:-300}
 DEPTH=${DEPTH:-1000}
 DURATION=${DURATION:-2s}
+CONNECTIONS=64
 PATH_KIND=${PATH_KIND:-hit}
 command -v wrk >/dev/null || { echo "bench-ab: wrk is required (apt-get install wrk)" >&2; exit 1; }
 BENCH_BUILT=1 BENCH_BIN=$A source scripts/bench-lib.sh
@@ -44,22 +45,20 @@ if [ "$PATH_KIND" = reject ]; then
   sed 's/bench-key/abuser-key/' "$work/hit.lua" >"$work/reject.lua"
   script=$work/reject.lua
 fi
-for who in A B; do wrk -t1 -c64 -d1s -s "$script" "http://127.0.0.1:${port[$who]}" >/dev/null; done
+for who in A B; do wrk -t1 -c"$CONNECTIONS" -d1s -s "$script" "http://127.0.0.1:${port[$who]}" >/dev/null; done
 
 : >"$work/rounds"
 for r in $(seq "$ROUNDS"); do
   for who in A B; do
-    t0=$(awk '{print $14 + $15}' "/proc/${pid[$who]}/stat")
-    wrk -t1 -c64 -d"$DURATION" -s "$script" "http://127.0.0.1:${port[$who]}" >"$work/wrk"
-    t1=$(awk '{print $14 + $15}' "/proc/${pid[$who]}/stat")
-    if grep -qE "Non-2xx|Socket errors" "$work/wrk" && [ "$PATH_KIND" = hit ]; then
+    round "$who.$r" "${pid[$who]}" "$script" "${port[$who]}"
+    if grep -qE "Non-2xx|Socket errors" "$work/$who.$r" && [ "$PATH_KIND" = hit ]; then
       echo "bench-ab: round $r of $who met more than pool hits (the pool ran dry?): raise KEYS" >&2
-      cat "$work/wrk" >&2
+      cat "$work/$who.$r" >&2
       exit 1
     fi
-    read -r rps _ <<<"$(lib wrk "$work/wrk")"
-    n=$(sed -n 's/ *\([0-9]*\) requests in.*/\1/p' "$work/wrk")
-    echo "$r $who $rps $n $((t1 - t0)) $(getconf CLK_TCK)" >>"$work/rounds"
+    read -r rps _ <<<"$(lib wrk "$work/$who.$r")"
+    n=$(sed -n 's/ *\([0-9]*\) requests in.*/\1/p' "$work/$who.$r")
+    echo "$r $who $rps $n $(cat "$work/$who.$r.cpu") $(getconf CLK_TCK)" >>"$work/rounds"
   done
 done
 

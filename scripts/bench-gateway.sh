@@ -72,15 +72,6 @@ $examples/bare "127.0.0.1:$bare_port" "$hit_size" >"$work/bare.out" &
 bare=$!; pids+=("$bare"); wait_for "$work/bare.out" "listening on"
 $examples/bare "127.0.0.1:$bare429_port" "$reject_size" 429 >"$work/bare429.out" &
 bare429=$!; pids+=("$bare429"); wait_for "$work/bare429.out" "listening on"
-# cpu_ticks PID: the process's user + system CPU time so far, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# round NAME PID SCRIPT PORT: one wrk run against PORT, its output in $work/NAME, and the CPU
-# ticks the server process PID spent during it in $work/NAME.cpu.
-round() {
-  local t0; t0=$(cpu_ticks "$2")
-  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$3" "http://127.0.0.1:$4" >"$work/$1" 2>&1
-  echo $(( $(cpu_ticks "$2") - t0 )) >"$work/$1.cpu"
-}
 need=$((KEYS * DEPTH / 2))
 for i in $(seq "$RUNS"); do
   topped_up "$(pool_urls)" "$need" "the pool" filled

@@ -62,6 +62,18 @@ pooled() {
   echo "$urls"
 }
 
+# cpu_ticks PID: the process's user + system CPU time so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# round NAME PID SCRIPT PORT: one wrk run (CONNECTIONS connections for DURATION, the caller's)
+# against PORT, its output in $work/NAME, and the CPU ticks the server process PID spent during
+# it in $work/NAME.cpu.
+round() {
+  local t0; t0=$(cpu_ticks "$2")
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$3" "http://127.0.0.1:$4" >"$work/$1" 2>&1
+  echo $(( $(cpu_ticks "$2") - t0 )) >"$work/$1.cpu"
+}
+
 # hit_script KEYS FILE: a wrk script that asks the bench tenant for its KEYS warm keys in turn
 # (the keys benchlib.py's gateway config warms) and prints p99.9.
 hit_script() {

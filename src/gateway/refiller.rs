@@ -305,8 +305,7 @@ impl Gateway {
             let gw = self.clone();
             let t = t.clone();
             let budget = budget.clone();
-            let health = self.health().clone();
-            health.spawn_short("prefetch", async move {
+            self.health().spawn_short("prefetch", async move {
                 gw.prefetch(&t, &budget, priority, reason, fleet).await;
                 drop(permit);
             });
