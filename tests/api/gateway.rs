@@ -730,6 +730,39 @@ async fn a_body_sent_in_pieces_is_read_whole() {
     app.stop().await;
 }
 
+/// A body sent without a declared length (chunked) is held to `api.max_body_bytes` as it
+/// arrives: over the bound it is refused with 413 and nothing goes upstream.
+#[tokio::test]
+async fn a_chunked_body_over_the_bound_is_refused_as_it_arrives() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app(|s| {
+        s.api.max_body_bytes = 1024;
+        s.refill.enabled = false;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/embed-url/dashboard HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        app.keys["alpha"]
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // A valid request padded past the bound with spaces, in two chunks of 800 bytes.
+    let body = format!("{:<1600}", dash("sales-2024", "alice").to_string());
+    for piece in [&body[..800], &body[800..]] {
+        let chunk = format!("{:x}\r\n{piece}\r\n", piece.len());
+        stream.write_all(chunk.as_bytes()).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let (status, head) = read_answer(&mut stream, &mut buf).await;
+    assert_eq!(status, 413, "{head}");
+    assert_eq!(app.sim.sim.ledger().calls, 0, "nothing went upstream");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn refusals_keep_the_clients_connection_open() {
     // A refused request's body is left unread by the handler (a bad key or a tenant over its
