@@ -241,7 +241,8 @@ impl Budget {
 /// Budgets per (account, region), created on first use.
 pub struct Budgets {
     weights: Vec<f64>,
-    map: Mutex<HashMap<(String, String), Arc<Budget>>>,
+    /// By region, then account: looked up with borrowed names (a prefetch and a miss each ask).
+    map: Mutex<HashMap<String, HashMap<String, Arc<Budget>>>>,
     metrics: Arc<Metrics>,
     clock: Clock,
 }
@@ -272,23 +273,30 @@ impl Budgets {
     /// upstream's rate, burst and AIMD settings.
     pub fn get(&self, account: &str, upstream: &UpstreamSettings) -> Arc<Budget> {
         let mut map = self.map.lock();
-        map.entry((account.to_string(), upstream.region.clone()))
-            .or_insert_with(|| {
-                Arc::new(Budget::new(
-                    account,
-                    &upstream.region,
-                    upstream,
-                    self.weights.clone(),
-                    self.metrics.clone(),
-                    self.clock.clone(),
-                ))
-            })
-            .clone()
+        if let Some(b) = map.get(&upstream.region).and_then(|r| r.get(account)) {
+            return b.clone();
+        }
+        let b = Arc::new(Budget::new(
+            account,
+            &upstream.region,
+            upstream,
+            self.weights.clone(),
+            self.metrics.clone(),
+            self.clock.clone(),
+        ));
+        map.entry(upstream.region.clone())
+            .or_default()
+            .insert(account.to_string(), b.clone());
+        b
     }
 
     /// Every budget, for the admin state view.
     pub fn all(&self) -> Vec<Arc<Budget>> {
-        self.map.lock().values().cloned().collect()
+        self.map
+            .lock()
+            .values()
+            .flat_map(|r| r.values().cloned())
+            .collect()
     }
 }
 
@@ -464,5 +472,49 @@ mod tests {
         assert_eq!(got[1], 50, "every request of the light tenant got through");
         assert!(got[0] >= 40, "the heavy tenant used the rest: {}", got[0]);
         assert!(got[0] + got[1] <= 10 + 100 + 1, "the budget held: {got:?}");
+    }
+
+    #[test]
+    fn each_account_and_region_has_one_budget_of_its_own() {
+        let budgets = Budgets {
+            weights: vec![1.0],
+            map: Mutex::new(HashMap::new()),
+            metrics: Arc::new(Metrics::new()),
+            clock: Clock::manual(),
+        };
+        let region = |r: &str| UpstreamSettings {
+            region: r.into(),
+            ..UpstreamSettings::default()
+        };
+        let a = budgets.get("111122223333", &region("us-east-1"));
+        assert!(Arc::ptr_eq(
+            &a,
+            &budgets.get("111122223333", &region("us-east-1"))
+        ));
+        let other_region = budgets.get("111122223333", &region("eu-west-1"));
+        let other_account = budgets.get("444455556666", &region("us-east-1"));
+        assert!(!Arc::ptr_eq(&a, &other_region) && !Arc::ptr_eq(&a, &other_account));
+        assert_eq!(
+            (other_region.account(), other_region.region()),
+            ("111122223333", "eu-west-1")
+        );
+        // A call spent in one leaves the others' tokens alone.
+        let before = other_account.tokens();
+        assert!(a.try_acquire(0, Priority::Miss).is_ok());
+        assert_eq!(other_account.tokens(), before);
+        let mut all: Vec<_> = budgets
+            .all()
+            .iter()
+            .map(|b| (b.account().to_string(), b.region().to_string()))
+            .collect();
+        all.sort();
+        assert_eq!(
+            all,
+            [
+                ("111122223333".into(), "eu-west-1".into()),
+                ("111122223333".into(), "us-east-1".into()),
+                ("444455556666".into(), "us-east-1".into())
+            ]
+        );
     }
 }
