@@ -15,6 +15,13 @@ use crate::tenant::TenantId;
 /// had its chance (see [`Recurrence::settled`]) before the kind's recurrence is trusted.
 const MIN_SETTLED_KEYS: f64 = 20.0;
 
+/// Steps of a run whose recurrence is learned: how often a key asked once is asked again within
+/// a URL's usable life, and how often a key asked twice, or three times, is asked once more.
+const STEPS: usize = 3;
+
+/// Per kind (without, with a registered user), per step (see [`STEPS`]).
+type Kinds = [[Recurrence; STEPS]; 2];
+
 /// How often a tenant's keys of one kind, asked for once, are asked for again within a URL's
 /// usable life, counted as the evidence comes in.
 ///
@@ -78,11 +85,11 @@ struct Counts {
     /// Hint slots held per tenant.
     hints: Vec<AtomicUsize>,
     /// Per tenant, for keys without and with a registered user: how often a key asked for once
-    /// is asked for again within a URL's usable life.
-    recurrence: Vec<parking_lot::Mutex<[Recurrence; 2]>>,
+    /// (twice, three times) is asked for again within a URL's usable life.
+    recurrence: Vec<parking_lot::Mutex<Kinds>>,
     /// The same over every tenant: what a tenant's first keys are judged by until its own are
     /// known (see [`Demand::kind_recurrence`]).
-    all_tenants: parking_lot::Mutex<[Recurrence; 2]>,
+    all_tenants: parking_lot::Mutex<Kinds>,
 }
 
 impl Counts {
@@ -158,9 +165,9 @@ impl Demand {
         usize::from(t.request.user_arn().is_some())
     }
 
-    /// The recurrence counts of `t`'s kind for its tenant.
-    fn kind_of(&self, t: &Tracked) -> Recurrence {
-        self.counts.recurrence[t.tenant].lock()[Self::kind(t)]
+    /// The recurrence counts of `t`'s kind for its tenant, at `step`.
+    fn kind_of(&self, t: &Tracked, step: usize) -> Recurrence {
+        self.counts.recurrence[t.tenant].lock()[Self::kind(t)][step]
     }
 
     /// The probability, learned per tenant and separately for keys with and without a
@@ -168,7 +175,7 @@ impl Demand {
     /// usable life (see [`Recurrence`]). A shared anonymous dashboard's key recurs; a
     /// registered user's view of one dashboard mostly does not.
     pub fn recurrence(&self, t: &Tracked, now_ms: u64) -> f64 {
-        self.kind_of(t).probability(now_ms, self.life_secs())
+        self.kind_of(t, 0).probability(now_ms, self.life_secs())
     }
 
     /// The recurrence of `t`'s kind: its tenant's own ([`Demand::recurrence`]) once
@@ -182,14 +189,16 @@ impl Demand {
     /// keys of the kind have shown so far: one half before any evidence (the prediction bar, so
     /// the very first request is stocked), within seconds below it if the first keys do not come
     /// back, and near one if they come back at once. `first_ms`: when `t`'s single request came.
-    fn kind_recurrence(&self, t: &Tracked, first_ms: u64, now_ms: u64) -> f64 {
+    /// (At a later `step`, the same for a key asked `step + 1` times, its last request at
+    /// `first_ms`: see [`Demand::shown`].)
+    fn kind_recurrence(&self, t: &Tracked, step: usize, first_ms: u64, now_ms: u64) -> f64 {
         let life = self.life_secs();
-        let own = self.kind_of(t);
+        let own = self.kind_of(t, step);
         let settled = own.settled(now_ms, life);
         if settled >= MIN_SETTLED_KEYS {
             return own.probability(now_ms, life);
         }
-        let all = self.counts.all_tenants.lock()[Self::kind(t)];
+        let all = self.counts.all_tenants.lock()[Self::kind(t)][step];
         if all.settled(now_ms, life) < MIN_SETTLED_KEYS {
             return all.probability_without(first_ms, now_ms, life);
         }
@@ -247,17 +256,22 @@ impl Demand {
         if recorded.released_hint {
             self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
         }
-        if recorded.first || recorded.recurred {
+        // The n-th request of a run recurs step n - 2 and starts step n - 1.
+        let n = recorded.arrivals as usize;
+        if n <= STEPS {
             let kind = Self::kind(&t);
-            let count = |r: &mut Recurrence| {
-                if recorded.recurred {
+            let count = |steps: &mut [Recurrence; STEPS]| {
+                if let Some(r) = n.checked_sub(2).map(|i| &mut steps[i]) {
                     r.recurred += 1.0;
-                } else {
-                    r.first(now_ms, self.life_secs());
                 }
+                steps[n - 1].first(now_ms, self.life_secs());
             };
             count(&mut self.counts.recurrence[t.tenant].lock()[kind]);
             count(&mut self.counts.all_tenants.lock()[kind]);
+        } else if n == STEPS + 1 {
+            let kind = Self::kind(&t);
+            self.counts.recurrence[t.tenant].lock()[kind][STEPS - 1].recurred += 1.0;
+            self.counts.all_tenants.lock()[kind][STEPS - 1].recurred += 1.0;
         }
         Some(t)
     }
@@ -366,7 +380,26 @@ impl Demand {
     }
 
     /// What `t`'s requests have shown this replica (see [`Tracked::shown`]).
+    ///
+    /// With sessions learned, a registered user's key asked twice or three times in its current
+    /// run is judged by its kind first: if its tenant's keys asked as often are asked once more
+    /// within a usable life less often than `refill.predict_min_probability`, its requests show
+    /// nothing of their own. A user's views come in sessions, and two views of one dashboard
+    /// half a minute apart read, as a Poisson key's, as a stream all but certain to go on; in a
+    /// portal whose users open a few dashboards and leave, they are one session's revisits,
+    /// which the session learner predicts (see `sessions`), and a URL stocked on that reading
+    /// mostly expires. Where a tenant's registered keys are streams (one QuickSight user behind
+    /// many viewers, a wall display), its keys asked twice go on, and are stocked as before.
     pub fn shown(&self, t: &Tracked, now_ms: u64) -> Shown {
+        let (arrivals, last_ms) = t.run();
+        let revisits = self.settings.sessions
+            && t.request.user_arn().is_some()
+            && (2..=STEPS as u32).contains(&arrivals)
+            && self.kind_recurrence(t, arrivals as usize - 1, last_ms, now_ms)
+                < self.settings.predict_min_probability;
+        if revisits {
+            return Shown::default();
+        }
         t.shown(now_ms, self.tau_secs, self.life_ms)
     }
 
@@ -449,7 +482,7 @@ impl Demand {
             .first_arrival_ms
             .filter(|&first| s.arrivals == 1 && now_ms.saturating_sub(first) <= self.life_ms);
         drop(s);
-        single_and_fresh.map(|first_ms| self.kind_recurrence(t, first_ms, now_ms))
+        single_and_fresh.map(|first_ms| self.kind_recurrence(t, 0, first_ms, now_ms))
     }
 
     /// How many URLs `t` may hold when the upstream budget has room to spare: `surplus_secs` of
@@ -552,6 +585,69 @@ mod tests {
     /// The key's target at `at` with its own estimates, a 0.1 s lead and 60 s kept in reserve.
     fn target_at(d: &Demand, t: &Tracked, at: u64, max_per_key: usize) -> (usize, Reason) {
         d.target(t, d.rate(t, at), &d.shown(t, at), at, 0.1, 60, max_per_key)
+    }
+
+    /// User `user`'s view of dashboard "d".
+    fn registered(user: usize) -> (PoolKey, EmbedRequest) {
+        let mut r = DashboardEmbedRequest::new("111122223333", "d", IdentityType::Quicksight);
+        r.user_arn = Some(format!(
+            "arn:aws:quicksight:us-east-1:111122223333:user/default/u{user}"
+        ));
+        r.namespace = Some("default".into());
+        let req = EmbedRequest::Dashboard(r);
+        (crate::pool::pool_key("t", "us-east-1", &req), req)
+    }
+
+    /// A portal whose users open a dashboard twice in a session and leave: once its tenant's
+    /// keys have shown that, a user's second view half a minute after the first is not taken for
+    /// a stream (a URL stocked for it would mostly expire; the session learner predicts such
+    /// revisits). Where the tenant's registered keys asked twice go on (many viewers behind
+    /// one QuickSight user), the same two requests are stocked as a stream, as they are
+    /// without sessions learned, and a key asked more often than the learned steps is judged
+    /// by its own requests alone.
+    #[test]
+    fn a_second_view_is_a_stream_only_where_the_tenants_keys_asked_twice_go_on() {
+        // 30 users: two views each, 20 s apart (and `more` views beyond), then silence.
+        let portal = |settings: &RefillSettings, more: u64| {
+            let d = Demand::new(settings, vec![(10, 1000)]);
+            let mut now = 1_000_000;
+            for user in 0..30 {
+                let (key, req) = registered(user);
+                for i in 0..2 + more {
+                    d.record(&key, 0, &req, now + i * 20_000);
+                }
+                now += 1_000;
+            }
+            (d, now + 600_000)
+        };
+        let asked_twice = |d: &Demand, now: u64, user: usize| {
+            let (key, req) = registered(user);
+            d.record(&key, 0, &req, now);
+            let t = d.record(&key, 0, &req, now + 20_000).expect("tracked");
+            let at = now + 20_500;
+            (target_at(d, &t, at, 10), d.shown(&t, at).probability(239.9))
+        };
+        let (d, now) = portal(&RefillSettings::default(), 0);
+        let ((depth, _), p) = asked_twice(&d, now, 100);
+        assert_eq!((depth, p), (0, 0.0), "a session's revisit: nothing stocked");
+        // Asked on: its fourth request is judged by its own evidence.
+        let (key, req) = registered(100);
+        d.record(&key, 0, &req, now + 40_000);
+        let t = d.record(&key, 0, &req, now + 60_000).expect("tracked");
+        let (depth, reason) = target_at(&d, &t, now + 60_500, 10);
+        assert!(depth >= 1 && reason == Reason::Prefetch);
+
+        let (d, now) = portal(&RefillSettings::default(), 3);
+        let ((depth, reason), p) = asked_twice(&d, now, 100);
+        assert!(depth >= 1 && reason == Reason::Prefetch && p > 0.9, "{p}");
+
+        let without = RefillSettings {
+            sessions: false,
+            ..RefillSettings::default()
+        };
+        let (d, now) = portal(&without, 0);
+        let ((depth, reason), _) = asked_twice(&d, now, 100);
+        assert!(depth >= 1 && reason == Reason::Prefetch);
     }
 
     /// In a fleet the request a hint or prediction announced mostly reaches another replica.
@@ -968,7 +1064,7 @@ mod tests {
             "one request after the silence is no stream"
         );
         assert_eq!(target_at(&d, &t, at, 100).0, 0, "so nothing is stocked");
-        let kind = d.kind_of(&t);
+        let kind = d.kind_of(&t, 0);
         assert_eq!(
             (kind.firsts, kind.recurred),
             (32.0, 0.0),
@@ -977,7 +1073,7 @@ mod tests {
         // Asked again within the life: a stream, and a recurrence of the kind.
         d.record(&key(), 0, &req(), today + 2_000);
         assert_eq!(target_at(&d, &t, today + 2_500, 100).0, 1);
-        assert_eq!(d.kind_of(&t).recurred, 1.0);
+        assert_eq!(d.kind_of(&t, 0).recurred, 1.0);
     }
 
     #[test]
@@ -988,7 +1084,7 @@ mod tests {
         let now = 1_000_000;
         // Tenant 1's first request of the kind: not taken as the start of a stream.
         let t = d.record(&key_n(1), 1, &request_n(1), now).unwrap();
-        let p = d.kind_recurrence(&t, now, now);
+        let p = d.kind_recurrence(&t, 0, now, now);
         assert!(p < 0.1, "{p}");
         assert_eq!(target_at(&d, &t, now + 500, 100).0, 0);
         // Tenant 1's own keys recur; from its 20th settled key on they alone count.
@@ -1000,7 +1096,7 @@ mod tests {
         }
         at += 240_000;
         let t = d.record(&key_n(300), 1, &request_n(300), at).unwrap();
-        let p = d.kind_recurrence(&t, at, at);
+        let p = d.kind_recurrence(&t, 0, at, at);
         assert!(p > 0.9, "{p}");
         assert_eq!(target_at(&d, &t, at + 500, 100).0, 1);
     }

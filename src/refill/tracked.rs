@@ -147,10 +147,10 @@ impl Shown {
 pub(super) struct Recorded {
     /// The request released a hint slot its tenant held.
     pub released_hint: bool,
-    /// It was the key's first request.
-    pub first: bool,
-    /// It was the key's second, within a URL's usable life of the first.
-    pub recurred: bool,
+    /// The request's place in the key's current run: 1 for its first request (also the first
+    /// after more than a usable life of silence), 2 for the next, which came within a usable
+    /// life of it, and so on (saturating).
+    pub arrivals: u32,
 }
 
 /// The planner's last decision for a key, as `/state` shows it.
@@ -266,9 +266,9 @@ impl Tracked {
     }
 
     /// Counts one request. A hint or a session prediction announced one request: this is it, so
-    /// both end here (the key keeps what its own rate earns). Says whether it was the key's
-    /// first request, or its second within `life_ms` of the first (its tenant's recurrence
-    /// counts both, see `Demand::record`), and whether it released a hint slot.
+    /// both end here (the key keeps what its own rate earns). Says which request of the key's
+    /// current run it was (its tenant's recurrence counts the first few, see `Demand::record`),
+    /// and whether it released a hint slot.
     ///
     /// A request after more than `life_ms` of silence is a first request again: the key's
     /// earlier requests say nothing about whether this one starts a stream (a portal user's view
@@ -292,13 +292,11 @@ impl Tracked {
             s.history_since_ms = Some(now_ms);
         }
         s.last_ms = now_ms;
-        let first = *s.first_arrival_ms.get_or_insert(now_ms);
+        s.first_arrival_ms.get_or_insert(now_ms);
         s.arrivals = s.arrivals.saturating_add(1);
-        let recurred = s.arrivals == 2 && now_ms.saturating_sub(first) <= life_ms;
         Recorded {
             released_hint: s.end_announcement(now_ms),
-            first: s.arrivals == 1,
-            recurred,
+            arrivals: s.arrivals,
         }
     }
 
@@ -349,6 +347,13 @@ impl Tracked {
             Some((until, p, why)) if until > now_ms => Some((p, why)),
             _ => None,
         }
+    }
+
+    /// The requests of the key's current run so far and when the last came (`(0, 0)` for a
+    /// key never asked for).
+    pub fn run(&self) -> (u32, u64) {
+        let s = self.state.lock();
+        (s.arrivals, s.last_ms)
     }
 
     /// Estimated arrivals per second. Bias-corrected for keys younger than τ, and never computed
