@@ -256,22 +256,22 @@ impl Demand {
         if recorded.released_hint {
             self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
         }
-        // The n-th request of a run recurs step n - 2 and starts step n - 1.
+        // The n-th request of a run recurs step n - 2 and starts step n - 1 (of those learned).
         let n = recorded.arrivals as usize;
-        if n <= STEPS {
+        let recurs = n.checked_sub(2).filter(|&i| i < STEPS);
+        let starts = n.checked_sub(1).filter(|&i| i < STEPS);
+        if recurs.is_some() || starts.is_some() {
             let kind = Self::kind(&t);
             let count = |steps: &mut [Recurrence; STEPS]| {
-                if let Some(r) = n.checked_sub(2).map(|i| &mut steps[i]) {
-                    r.recurred += 1.0;
+                if let Some(i) = recurs {
+                    steps[i].recurred += 1.0;
                 }
-                steps[n - 1].first(now_ms, self.life_secs());
+                if let Some(i) = starts {
+                    steps[i].first(now_ms, self.life_secs());
+                }
             };
             count(&mut self.counts.recurrence[t.tenant].lock()[kind]);
             count(&mut self.counts.all_tenants.lock()[kind]);
-        } else if n == STEPS + 1 {
-            let kind = Self::kind(&t);
-            self.counts.recurrence[t.tenant].lock()[kind][STEPS - 1].recurred += 1.0;
-            self.counts.all_tenants.lock()[kind][STEPS - 1].recurred += 1.0;
         }
         Some(t)
     }
