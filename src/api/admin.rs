@@ -76,6 +76,7 @@ pub(super) async fn state(gw: web::Data<Gateway>, q: web::Query<StateQuery>) -> 
             "burst": t.burst,
             // Key ids are not secret (their secrets are derived, never shown).
             "access_key_ids": gw.settings().tenants[t.index].access_key_ids,
+            "recurrence": recurrence(&gw.learned(t.index)),
         })).collect::<Vec<_>>(),
         "compat": {
             "listen": gw.settings().compat_listen,
@@ -83,4 +84,25 @@ pub(super) async fn state(gw: web::Data<Gateway>, q: web::Query<StateQuery>) -> 
             "access_keys": gw.access_keys().len(),
         },
     }))
+}
+
+/// A tenant's learned recurrences: per kind, for a key asked once, twice and three times, the
+/// probability that it is asked once more within a URL's usable life, how many of the tenant's
+/// own keys that rests on, and whose evidence it is.
+fn recurrence(learned: &crate::refill::LearnedKinds) -> serde_json::Value {
+    let kind = |steps: &[crate::refill::Learned]| {
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                json!({
+                    "asked": i + 1,
+                    "probability": l.probability,
+                    "settled_keys": l.settled,
+                    "source": l.source.as_str(),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    json!({"anonymous": kind(&learned[0]), "registered_user": kind(&learned[1])})
 }

@@ -296,6 +296,11 @@ impl Gateway {
         self.demand.len()
     }
 
+    /// What `tenant`'s keys are judged by now (see [`Demand::learned`]).
+    pub fn learned(&self, tenant: TenantId) -> crate::refill::LearnedKinds {
+        self.demand.learned(tenant, self.clock.now_ms())
+    }
+
     /// The `limit` tracked keys the planner last found most likely to be asked for, with its
     /// decision for each (keys it has not looked at yet are left out).
     pub fn planned_keys(&self, limit: usize) -> Vec<(Arc<Tracked>, crate::refill::Planned)> {

@@ -78,6 +78,42 @@ impl Recurrence {
     }
 }
 
+/// Whose evidence a learned recurrence rests on (see [`Demand::kind_recurrence`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The tenant's own: at least [`MIN_SETTLED_KEYS`] of its keys have settled.
+    Tenant,
+    /// The tenant's settled keys topped up to [`MIN_SETTLED_KEYS`] with every tenant's.
+    ToppedUp,
+    /// Every tenant's, while too few of those have settled as well.
+    AllTenants,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Tenant => "tenant",
+            Source::ToppedUp => "topped_up",
+            Source::AllTenants => "all_tenants",
+        }
+    }
+}
+
+/// How often a tenant's keys of one kind, asked a given number of times, are asked once more
+/// within a URL's usable life, as the planner judges it now.
+#[derive(Debug, Clone, Copy)]
+pub struct Learned {
+    pub probability: f64,
+    /// The tenant's own keys whose chance to recur has passed (fractional: see
+    /// [`Recurrence`]).
+    pub settled: f64,
+    pub source: Source,
+}
+
+/// [`Learned`] per kind (without, with a registered user), for a key asked once, twice and
+/// three times.
+pub type LearnedKinds = [[Learned; STEPS]; 2];
+
 /// Per-tenant counters shared with the cache's eviction listener.
 struct Counts {
     /// Keys tracked per tenant (warm keys not included).
@@ -192,18 +228,60 @@ impl Demand {
     /// (At a later `step`, the same for a key asked `step + 1` times, its last request at
     /// `first_ms`: see [`Demand::shown`].)
     fn kind_recurrence(&self, t: &Tracked, step: usize, first_ms: u64, now_ms: u64) -> f64 {
+        self.judged(t.tenant, Self::kind(t), step, Some(first_ms), now_ms)
+            .probability
+    }
+
+    /// What `tenant`'s keys of `kind` (0 without, 1 with a registered user) asked `step + 1`
+    /// times are judged by (see [`Demand::kind_recurrence`]); `judged`: the key's last request,
+    /// left out of every tenant's evidence while that is all there is.
+    fn judged(
+        &self,
+        tenant: TenantId,
+        kind: usize,
+        step: usize,
+        judged: Option<u64>,
+        now_ms: u64,
+    ) -> Learned {
         let life = self.life_secs();
-        let own = self.kind_of(t, step);
+        let own = self.counts.recurrence[tenant].lock()[kind][step];
         let settled = own.settled(now_ms, life);
         if settled >= MIN_SETTLED_KEYS {
-            return own.probability(now_ms, life);
+            let probability = own.probability(now_ms, life);
+            return Learned {
+                probability,
+                settled,
+                source: Source::Tenant,
+            };
         }
-        let all = self.counts.all_tenants.lock()[Self::kind(t)][step];
+        let all = self.counts.all_tenants.lock()[kind][step];
         if all.settled(now_ms, life) < MIN_SETTLED_KEYS {
-            return all.probability_without(first_ms, now_ms, life);
+            let probability = match judged {
+                Some(first_ms) => all.probability_without(first_ms, now_ms, life),
+                None => all.probability(now_ms, life),
+            };
+            return Learned {
+                probability,
+                settled,
+                source: Source::AllTenants,
+            };
         }
         let borrowed = (MIN_SETTLED_KEYS - settled) * all.probability(now_ms, life);
-        ((own.recurred + borrowed + 1.0) / (MIN_SETTLED_KEYS + 2.0)).min(1.0)
+        let probability = ((own.recurred + borrowed + 1.0) / (MIN_SETTLED_KEYS + 2.0)).min(1.0);
+        Learned {
+            probability,
+            settled,
+            source: Source::ToppedUp,
+        }
+    }
+
+    /// What `tenant`'s keys are judged by now, without and with a registered user, for a key
+    /// asked once, twice and three times (what `/state` shows: the planner's `first` reason and
+    /// the revisit rule of [`Demand::shown`] read these).
+    pub fn learned(&self, tenant: TenantId, now_ms: u64) -> LearnedKinds {
+        std::array::from_fn(|kind| {
+            std::array::from_fn(|step| self.judged(tenant, kind, step, None, now_ms))
+        })
     }
 
     /// The tracked entry for `key`, if any.
@@ -1045,6 +1123,40 @@ mod tests {
             (1, Reason::Prefetch),
             "a second view is"
         );
+    }
+
+    #[test]
+    fn what_a_tenants_keys_are_judged_by_is_shown_with_whose_evidence_it_is() {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100), (10, 100)]);
+        let fresh = d.learned(1, 0);
+        assert_eq!(fresh[0][0].source, Source::AllTenants, "nothing seen yet");
+        assert_eq!(
+            fresh[0][0].probability, 0.5,
+            "Laplace's rule before any evidence"
+        );
+        // Tenant 0: 30 anonymous keys asked once and never again, their first life over.
+        asked_once(&d, 0, 30);
+        let now = 1_000_000;
+        let zero = d.learned(0, now);
+        let once = zero[0][0];
+        assert_eq!(once.source, Source::Tenant, "30 settled keys of its own");
+        assert!((once.settled - 30.0).abs() < 0.01, "{once:?}");
+        assert!(once.probability < 0.05, "none came back: {once:?}");
+        assert_eq!(
+            zero[1][0].source,
+            Source::AllTenants,
+            "no registered keys seen"
+        );
+        assert_eq!(zero[0][1].source, Source::AllTenants, "no key asked twice");
+        // Tenant 1 has seen nothing of its own: judged by every tenant's keys, which it shows.
+        let one = d.learned(1, now)[0][0];
+        assert_eq!(one.source, Source::ToppedUp);
+        assert_eq!(one.settled, 0.0);
+        assert!(one.probability < 0.1, "{one:?}");
+        // It is what the planner reads: a first request of tenant 1 is judged by it.
+        let t = d.record(&key(), 1, &req(), now).unwrap();
+        let judged = d.by_kind(&t, now + 1).unwrap();
+        assert!((judged - d.learned(1, now + 1)[0][0].probability).abs() < 0.01);
     }
 
     #[test]

@@ -25,7 +25,7 @@ mod tracked;
 
 use crate::metrics::Fetch;
 
-pub use demand::Demand;
+pub use demand::{Demand, Learned, LearnedKinds, Source};
 pub use planner::{KeyView, Planner, Report, Want};
 pub use sessions::{Predicted, Seen, Sessions};
 pub use tracked::{

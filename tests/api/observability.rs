@@ -531,3 +531,55 @@ async fn a_stocked_url_nobody_asks_for_is_wasted_under_the_reason_it_was_fetched
     }
     app.stop().await;
 }
+
+/// Why a tenant's first views are or are not stocked can be read in `/state`: per tenant and
+/// kind, how often its keys asked once (twice, three times) are asked again within a URL's usable
+/// life, how many of its own keys that rests on, and whose evidence it is.
+#[tokio::test]
+async fn state_shows_what_each_tenants_keys_are_judged_by_and_whose_evidence_it_is() {
+    let clock = embedgate::clock::Clock::manual();
+    let app = spawn_app_with(clock.clone(), |s| s.refill.sessions = false).await;
+    // 25 of alpha's users each open sales-2024 once, and none comes back within the life.
+    for i in 0..25 {
+        let body = dash("sales-2024", &format!("user-{i:04}"));
+        let answer = app.embed_json("alpha", "dashboard", &body).await;
+        assert!(answer["EmbedUrl"].is_string(), "{answer}");
+    }
+    clock.advance(241_000);
+    let state: Value = app
+        .http
+        .get(format!("{}/state", app.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tenant = |id: &str| {
+        state["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {state}"))["recurrence"]
+            .clone()
+    };
+    let alpha = tenant("alpha");
+    for kind in ["anonymous", "registered_user"] {
+        let steps = alpha[kind].as_array().unwrap();
+        let asked: Vec<_> = steps.iter().map(|s| s["asked"].as_u64().unwrap()).collect();
+        assert_eq!(asked, [1, 2, 3], "{alpha}");
+    }
+    let first = &alpha["registered_user"][0];
+    assert_eq!(first["source"], "tenant", "{first}");
+    let settled = first["settled_keys"].as_f64().unwrap();
+    assert!((24.0..=25.0).contains(&settled), "{first}");
+    assert!(first["probability"].as_f64().unwrap() < 0.1, "{first}");
+    assert_eq!(alpha["anonymous"][0]["source"], "all_tenants", "{alpha}");
+    // beta has no keys of its own: judged by every tenant's, and it says so.
+    let beta = tenant("beta")["registered_user"][0].clone();
+    assert_eq!(beta["source"], "topped_up", "{beta}");
+    assert_eq!(beta["settled_keys"], 0.0, "{beta}");
+    assert!(beta["probability"].as_f64().unwrap() < 0.15, "{beta}");
+    app.stop().await;
+}
