@@ -109,17 +109,6 @@ fn eu_dash(user: &str) -> Value {
     })
 }
 
-async fn state(app: &TestApp) -> Value {
-    app.http
-        .get(format!("{}/state", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn two_accounts_in_two_regions_each_through_its_assumed_role() {
     // No prefetching: every URL below is fetched for its request, so the counts are exact.
@@ -150,7 +139,7 @@ async fn two_accounts_in_two_regions_each_through_its_assumed_role() {
     assert_eq!(ledger.issued_by_scope[&format!("{EU}/eu-west-1")], 2);
     assert!(ledger.roles_assumed >= 2, "each upstream assumed its role");
     assert_eq!(ledger.unauthenticated, 0);
-    let st = state(&app).await;
+    let st = app.state(20).await;
     let ups = st["upstreams"].as_array().unwrap();
     assert_eq!(ups.len(), 2);
     assert!(ups
@@ -382,7 +371,7 @@ async fn roles_that_cannot_be_assumed_fail_naming_their_upstream_while_the_other
         s.tenants[0].policy.accounts.push("777788889999".into());
     })
     .await;
-    let st = state(&app).await;
+    let st = app.state(20).await;
     let errors: Vec<(String, Option<String>)> = st["upstreams"]
         .as_array()
         .unwrap()

@@ -546,15 +546,7 @@ async fn state_shows_what_each_tenants_keys_are_judged_by_and_whose_evidence_it_
         assert!(answer["EmbedUrl"].is_string(), "{answer}");
     }
     clock.advance(241_000);
-    let state: Value = app
-        .http
-        .get(format!("{}/state", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = app.state(20).await;
     let tenant = |id: &str| {
         state["tenants"]
             .as_array()

@@ -300,18 +300,22 @@ impl TestApp {
         get_text(&self.http, &format!("{}/metrics", self.admin)).await
     }
 
-    /// `key`'s entry among the planner's keys in `GET /state` (probability, target, stock,
-    /// reason); panics, showing the state, when the key is not listed.
-    pub async fn planned(&self, key: &embedgate::pool::PoolKey) -> serde_json::Value {
-        let state: serde_json::Value = self
-            .http
-            .get(format!("{}/state?keys=1000", self.admin))
+    /// `GET /state` on the admin listener, listing up to `keys` of the planner's keys.
+    pub async fn state(&self, keys: usize) -> serde_json::Value {
+        self.http
+            .get(format!("{}/state?keys={keys}", self.admin))
             .send()
             .await
             .expect("admin answers")
             .json()
             .await
-            .expect("JSON");
+            .expect("JSON")
+    }
+
+    /// `key`'s entry among the planner's keys in `GET /state` (probability, target, stock,
+    /// reason); panics, showing the state, when the key is not listed.
+    pub async fn planned(&self, key: &embedgate::pool::PoolKey) -> serde_json::Value {
+        let state = self.state(1000).await;
         state["demand"]["keys"]
             .as_array()
             .and_then(|keys| keys.iter().find(|k| k["key"] == key.as_str()))
