@@ -25,6 +25,7 @@ pub mod domain;
 pub mod names;
 pub mod parse;
 mod request;
+pub(crate) mod shape;
 pub mod validate;
 
 use std::fmt;

@@ -3,6 +3,7 @@
 
 use serde::de::DeserializeOwned;
 
+use super::shape::{not_an_object, objects_in_place, objects_in_place_value};
 use super::{EmbedRequest, Operation};
 
 /// A request body that is not a valid request: which member, and what is wrong.
@@ -58,6 +59,18 @@ pub fn parse_strict<
             let syntax =
                 !matches!(inner.classify(), serde_json::error::Category::Data) || path == ".";
             let text = inner.to_string();
+            if text.contains(", expected struct ") {
+                // serde names the Rust type, and for an array the count of its fields in order.
+                return Err(not_an_object((path != ".").then_some(path)));
+            }
+            if syntax && path != "." && text.starts_with("expected value") {
+                // A value of the wrong JSON type where a string enum is read (`"IdentityType": 5`).
+                return Err(BadInput {
+                    code: "invalid_type",
+                    detail: format!("{path}: invalid type, expected a string"),
+                    field: Some(path),
+                });
+            }
             if syntax && !text.starts_with("missing field") {
                 Err(BadInput {
                     code: "invalid_json",
@@ -77,6 +90,7 @@ pub fn parse_strict<
                     field: Some(field),
                 })
             } else {
+                let text = text.replace("expected i64", "expected an integer");
                 let detail = format!("{path}: {}", text.split(" at line").next().unwrap_or(&text));
                 Err(BadInput {
                     code: "invalid_type",
@@ -115,9 +129,20 @@ fn member_path(path: &serde_ignored::Path<'_>) -> String {
 pub fn parse_request(op: Operation, body: &[u8]) -> Result<EmbedRequest, BadInput> {
     // A valid body (the common case) is parsed once without tracking member paths, which only a
     // problem needs; a body that fails is parsed again with them, to name the member.
-    match parse_valid(op, body) {
-        Some(req) => Ok(req),
-        None => parse_tracked(op, body),
+    let req = match parse_valid(op, body) {
+        Some(req) => req,
+        None => parse_tracked(op, body)?,
+    };
+    request_objects_in_place(body, &req)?;
+    Ok(req)
+}
+
+/// [`objects_in_place`] for a request of any operation.
+fn request_objects_in_place(body: &[u8], req: &EmbedRequest) -> Result<(), BadInput> {
+    match req {
+        EmbedRequest::Dashboard(r) => objects_in_place(body, r),
+        EmbedRequest::Anonymous(r) => objects_in_place(body, r),
+        EmbedRequest::Registered(r) => objects_in_place(body, r),
     }
 }
 
@@ -168,16 +193,17 @@ fn parse_valid(op: Operation, body: &[u8]) -> Option<EmbedRequest> {
 /// # Errors
 /// See [`parse_strict`].
 pub fn parse_value(op: Operation, value: serde_json::Value) -> Result<EmbedRequest, BadInput> {
+    fn parse<T: DeserializeOwned + serde::Serialize>(
+        value: &serde_json::Value,
+    ) -> Result<T, BadInput> {
+        let parsed = parse_strict(value, Unknown::Refuse)?;
+        objects_in_place_value(value, &parsed)?;
+        Ok(parsed)
+    }
     Ok(match op {
-        Operation::GetDashboardEmbedUrl => {
-            EmbedRequest::Dashboard(parse_strict(value, Unknown::Refuse)?)
-        }
-        Operation::GenerateEmbedUrlForAnonymousUser => {
-            EmbedRequest::Anonymous(parse_strict(value, Unknown::Refuse)?)
-        }
-        Operation::GenerateEmbedUrlForRegisteredUser => {
-            EmbedRequest::Registered(parse_strict(value, Unknown::Refuse)?)
-        }
+        Operation::GetDashboardEmbedUrl => EmbedRequest::Dashboard(parse(&value)?),
+        Operation::GenerateEmbedUrlForAnonymousUser => EmbedRequest::Anonymous(parse(&value)?),
+        Operation::GenerateEmbedUrlForRegisteredUser => EmbedRequest::Registered(parse(&value)?),
     })
 }
 
@@ -299,5 +325,80 @@ mod tests {
             e.field.as_deref(),
             Some("ExperienceConfiguration.Dashboard.Nope")
         );
+    }
+
+    #[test]
+    fn a_structure_is_read_only_from_an_object_and_problems_name_no_rust_type() {
+        use Operation::*;
+        let dashboard =
+            r#"{"UserArn":"a","ExperienceConfiguration":{"Dashboard":{"InitialDashboardId":"d","#;
+        let cases: &[(Operation, String, &str, Option<&str>)] = &[
+            (GetDashboardEmbedUrl, r#"["111122223333","d","ANONYMOUS"]"#.into(), "invalid_json", None),
+            (GetDashboardEmbedUrl, r#"["d"]"#.into(), "invalid_json", None),
+            (
+                GenerateEmbedUrlForRegisteredUser,
+                r#"{"UserArn":"a","ExperienceConfiguration":{"QuickChat":[]}}"#.into(),
+                "invalid_type",
+                Some("ExperienceConfiguration.QuickChat"),
+            ),
+            (
+                GenerateEmbedUrlForRegisteredUser,
+                r#"{"UserArn":"a","ExperienceConfiguration":[{"InitialDashboardId":"d"}]}"#.into(),
+                "invalid_type",
+                Some("ExperienceConfiguration"),
+            ),
+            (
+                GenerateEmbedUrlForRegisteredUser,
+                format!(r#"{dashboard}"FeatureConfigurations":{{"SharedView":[true]}}}}}}}}"#),
+                "invalid_type",
+                Some("ExperienceConfiguration.Dashboard.FeatureConfigurations.SharedView"),
+            ),
+            (
+                GenerateEmbedUrlForRegisteredUser,
+                format!(r#"{dashboard}"FeatureConfigurations":{{"SharedView":"on"}}}}}}}}"#),
+                "invalid_type",
+                Some("ExperienceConfiguration.Dashboard.FeatureConfigurations.SharedView"),
+            ),
+            (
+                GenerateEmbedUrlForAnonymousUser,
+                r#"{"Namespace":"default","AuthorizedResourceArns":[],"ExperienceConfiguration":{"Dashboard":{"InitialDashboardId":"d"}},"SessionTags":[{"Key":"k","Value":"v"},["k2","v2"]]}"#.into(),
+                "invalid_type",
+                Some("SessionTags[1]"),
+            ),
+            (
+                GetDashboardEmbedUrl,
+                r#"{"DashboardId":"d","IdentityType":5}"#.into(),
+                "invalid_type",
+                Some("IdentityType"),
+            ),
+            (
+                GetDashboardEmbedUrl,
+                r#"{"DashboardId":"d","IdentityType":"IAM","SessionLifetimeInMinutes":15.5}"#.into(),
+                "invalid_type",
+                Some("SessionLifetimeInMinutes"),
+            ),
+        ];
+        for (op, body, code, field) in cases {
+            let e = parse_request(*op, body.as_bytes()).unwrap_err();
+            assert_eq!(
+                (e.code, e.field.as_deref()),
+                (*code, *field),
+                "{body}: {e:?}"
+            );
+            for rust in ["struct", "i64", "elements", "Request"] {
+                assert!(!e.detail.contains(rust), "{body}: {}", e.detail);
+            }
+            // Hints and warm keys read their requests from JSON values: the same rule.
+            let value: serde_json::Value = serde_json::from_str(body).unwrap();
+            let by_value = parse_value(*op, value).unwrap_err();
+            assert_eq!(
+                (by_value.code, by_value.field.as_deref()),
+                (*code, *field),
+                "{body}"
+            );
+        }
+        // Lists stay lists, and a body without any array is not looked at twice.
+        let fine = r#"{"Namespace":"default","AuthorizedResourceArns":["arn:aws:quicksight:us-east-1:111122223333:dashboard/d"],"ExperienceConfiguration":{"Dashboard":{"InitialDashboardId":"d","EnabledFeatures":["SHARED_VIEW"]}},"SessionTags":[{"Key":"k","Value":"v"}],"AllowedDomains":["https://a.example"]}"#;
+        assert!(parse_request(GenerateEmbedUrlForAnonymousUser, fine.as_bytes()).is_ok());
     }
 }

@@ -14,6 +14,7 @@ use std::borrow::Cow;
 use percent_encoding::percent_decode_str;
 
 use crate::model::parse::{parse_strict, Unknown};
+use crate::model::shape::objects_in_place;
 use crate::model::{DashboardEmbedRequest, EmbedRequest, IdentityType, Operation};
 pub use error::AwsError;
 
@@ -121,7 +122,7 @@ fn not_a_member(field: &str) -> AwsError {
 }
 
 /// Parses a JSON body with the crate's strict parser.
-fn parse_body<T: serde::de::DeserializeOwned>(
+fn parse_body<T: serde::de::DeserializeOwned + serde::Serialize>(
     body: &[u8],
     unknown: Unknown,
 ) -> Result<T, AwsError> {
@@ -135,6 +136,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(
     de.end().map_err(|e| {
         AwsError::serialization(format!("trailing data after the JSON object: {e}"))
     })?;
+    objects_in_place(body, &parsed).map_err(AwsError::from_bad_input)?;
     Ok(parsed)
 }
 
@@ -224,6 +226,22 @@ mod tests {
         );
         assert!(route("GET", "/accounts/1/embed-url/anonymous-user").is_none());
         assert!(route("POST", "/accounts/1/dashboards").is_none());
+    }
+
+    #[test]
+    fn a_structure_sent_as_an_array_is_refused_as_quicksight_refuses_it() {
+        let call = || route("POST", "/accounts/111122223333/embed-url/registered-user").unwrap();
+        let body = br#"{"UserArn":"arn:aws:quicksight:us-east-1:111122223333:user/default/a","ExperienceConfiguration":{"QuickChat":[]}}"#;
+        for unknown in [Unknown::Refuse, Unknown::Ignore] {
+            let e = parse_call(call(), "", body, unknown).unwrap_err();
+            assert_eq!(e.code, "SerializationException", "{unknown:?}");
+            assert!(e.message.contains("QuickChat"), "{}", e.message);
+        }
+        let whole = br#"["arn:aws:quicksight:us-east-1:111122223333:user/default/a"]"#;
+        let e = parse_call(call(), "", whole, Unknown::Ignore).unwrap_err();
+        assert_eq!(e.code, "SerializationException");
+        let fine = br#"{"UserArn":"arn:aws:quicksight:us-east-1:111122223333:user/default/a","ExperienceConfiguration":{"QuickChat":{}},"AllowedDomains":["https://a.example"]}"#;
+        assert!(parse_call(call(), "", fine, Unknown::Refuse).is_ok());
     }
 
     #[test]

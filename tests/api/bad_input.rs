@@ -107,6 +107,42 @@ fn cases() -> Vec<Case> {
         },
         raw("not JSON", b"{DashboardId:", 400, "invalid_json"),
         raw("a JSON array", b"[]", 400, "invalid_json"),
+        // serde reads a structure from an array of its members in order; QuickSight does not.
+        raw(
+            "the request's members in order as an array",
+            br#"["111122223333","sales-2024","ANONYMOUS",null,null,null,null,null,null,null,null]"#,
+            400,
+            "invalid_json",
+        ),
+        case(
+            "an experience as an array",
+            r,
+            reg(|v| v["ExperienceConfiguration"] = json!({"QuickChat": []})),
+            400,
+            "invalid_type",
+            Some("ExperienceConfiguration.QuickChat"),
+        ),
+        case(
+            "a session tag as an array",
+            a,
+            anon(|v| {
+                v["SessionTags"] = json!([{"Key": "tenant", "Value": "alpha"}, ["region", "eu"]])
+            }),
+            400,
+            "invalid_type",
+            Some("SessionTags[1]"),
+        ),
+        case(
+            "a feature switch as an empty array",
+            r,
+            reg(|v| {
+                v["ExperienceConfiguration"]["Dashboard"]["FeatureConfigurations"] =
+                    json!({"SharedView": []})
+            }),
+            400,
+            "invalid_type",
+            Some("ExperienceConfiguration.Dashboard.FeatureConfigurations.SharedView"),
+        ),
         raw(
             "trailing data",
             br#"{"DashboardId":"d","IdentityType":"IAM"} x"#,
