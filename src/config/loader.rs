@@ -49,7 +49,7 @@ pub fn load_files<T: Serialize + DeserializeOwned + Default, P: AsRef<Path>>(
         top_level.iter().any(|k| k.eq_ignore_ascii_case(first))
     });
     figment = figment.merge(env);
-    figment.extract().map_err(|e| {
+    let invalid = |e: figment::Error| {
         let mut msgs = Vec::new();
         for err in e {
             let key = err.path.join(".");
@@ -60,7 +60,16 @@ pub fn load_files<T: Serialize + DeserializeOwned + Default, P: AsRef<Path>>(
             }
         }
         anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
-    })
+    };
+    let settings: T = figment.extract().map_err(invalid)?;
+    // serde's derived structures also read a table from an array of its values in order:
+    // `pool = [5]` would set `pool.min_remaining_secs` to 5. Refused, naming the key.
+    let merged: serde_json::Value = figment.extract().map_err(invalid)?;
+    if let Err(b) = crate::model::shape::objects_in_place_value(&merged, &settings) {
+        let key = b.field.unwrap_or_default();
+        anyhow::bail!("invalid configuration: {key}: must be a table, not an array");
+    }
+    Ok(settings)
 }
 
 /// The environment variable holding the master key (it wins over `master_key_file`).

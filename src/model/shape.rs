@@ -1,16 +1,17 @@
-//! A structure is read only from a JSON object.
+//! A structure is read only from a JSON object (or a TOML table).
 //!
-//! serde's derived structures also read one from a JSON array of its members in order: a whole
+//! serde's derived structures also read one from an array of its members in order: a whole
 //! GetDashboardEmbedUrl body as `["111122223333","d","ANONYMOUS"]`, `"QuickChat": []`, a session
-//! tag as `["k","v"]`. QuickSight refuses those, and so must every reader of a request here. A
-//! body that parsed is compared, shape against shape, with what it was parsed into written back
-//! as JSON: wherever that has an object, the body must have one. A body with no array in it is
-//! not read again; one with arrays is walked once, keeping only where its objects and arrays
-//! stand (by the hash of their member paths), and only a suspect one is read into trees that can
-//! name the member. `cargo bench --bench micro -- "request parse"`: an anonymous request's body
-//! with three session tags parses in 4.3 µs with the check, 1.7 µs without it (and 7.8 µs when
-//! both sides were read as `serde_json::Value`s); a body is parsed once and its admission
-//! remembered, so a pool hit does not pay it again.
+//! tag as `["k","v"]`, a config's `pool = [5]` as `pool.min_remaining_secs = 5`. QuickSight
+//! refuses those, and so must every reader of a request or a config here. What was parsed is
+//! compared, shape against shape, with what it was parsed into written back as JSON: wherever
+//! that has an object, the input must have one. A body with no array in it is not read again;
+//! one with arrays is walked once, keeping only where its objects and arrays stand (by the hash
+//! of their member paths), and only a suspect one is read into trees that can name the member.
+//! `cargo bench --bench micro -- "request parse"`: an anonymous request's body with three
+//! session tags parses in 4.3 µs with the check, 1.7 µs without it (7.8 µs when both sides were
+//! read as `serde_json::Value`s); a body is parsed once and its admission remembered, so a pool
+//! hit does not pay it again.
 
 use std::borrow::Cow;
 use std::fmt;

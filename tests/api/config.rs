@@ -80,6 +80,18 @@ fn invalid_configs_refuse_to_start_naming_the_key() {
         "[knobs]\nerror_rate = 2.0\n",
         "error_rate",
     );
+    // A table given as an array of its values in order (serde would read `pool = [5]` as
+    // `min_remaining_secs = 5`), at the top and inside a tenant.
+    refuses(
+        &["serve", "--config"],
+        "pool = [5]\n",
+        "pool: must be a table, not an array",
+    );
+    refuses(
+        &["serve", "--config"],
+        "[[tenants]]\nid = \"a\"\napi_key_sha256 = []\npolicy = [[\"111122223333\"]]\n",
+        "tenants[0].policy: must be a table, not an array",
+    );
     // Several upstreams: each names its account, ids are unique, role settings need a role,
     // and the single [upstream] table is not mixed in.
     let up =
