@@ -13,6 +13,7 @@ use super::problem::{bad_input, refusal, Problem};
 use crate::gateway::Gateway;
 use crate::limiter::Inbound;
 use crate::model::parse_tagged;
+use crate::model::shape::repeated_member;
 
 /// `POST /v1/hints`: `{"Requests": [{"Operation": "...", ...body}, ...]}`. All requests are
 /// checked first; only if every one is valid and allowed is any hint recorded.
@@ -39,6 +40,14 @@ pub(super) async fn hints(
         Err(p) => return p.response(&request_id),
     };
     let parsed: Result<Vec<_>, Problem> = (|| {
+        if let Ok(Some(member)) = repeated_member(&bytes) {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("{member} is given twice"),
+            )
+            .field(Some(member)));
+        }
         let doc: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
             Problem::new(
                 StatusCode::BAD_REQUEST,

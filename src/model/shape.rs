@@ -19,6 +19,33 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::BadInput;
 
+/// A JSON walker's visits of scalars, which it passes over.
+macro_rules! scalars_say_nothing {
+    () => {
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    };
+}
+
 /// A member (or the body) that must be a JSON object and is not.
 pub(super) fn not_an_object(field: Option<String>) -> BadInput {
     match field {
@@ -153,27 +180,7 @@ impl<'de> DeserializeSeed<'de> for Walker<'_> {
 impl<'de> Visitor<'de> for Walker<'_> {
     type Value = ();
 
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JSON")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
+    scalars_say_nothing!();
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
         self.record(true);
         for i in 0u64.. {
@@ -230,5 +237,72 @@ impl Visitor<'_> for MemberOf<'_> {
             parent => format!("{parent}.{s}"),
         });
         Ok((fnv(self.path, s.as_bytes()), name))
+    }
+}
+
+/// The first member given twice in one object of the JSON `body`, as its path
+/// (`Requests[2].DashboardId`). serde's derived structures refuse a repeated member, but a
+/// `serde_json::Value` keeps the last one silently: a body read as a value (hints) is checked
+/// with this first.
+///
+/// # Errors
+/// `body` is not JSON.
+pub(crate) fn repeated_member(body: &[u8]) -> Result<Option<String>, serde_json::Error> {
+    let mut found = None;
+    Repeats {
+        at: String::new(),
+        found: &mut found,
+    }
+    .deserialize(&mut serde_json::Deserializer::from_slice(body))?;
+    Ok(found)
+}
+
+/// Looks for a repeated member below `at`, keeping the first in `found`.
+struct Repeats<'f> {
+    at: String,
+    found: &'f mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for Repeats<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Repeats<'_> {
+    type Value = ();
+
+    scalars_say_nothing!();
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        for i in 0usize.. {
+            let item = Repeats {
+                at: format!("{}[{i}]", self.at),
+                found: &mut *self.found,
+            };
+            if seq.next_element_seed(item)?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen: Vec<String> = Vec::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let at = if self.at.is_empty() {
+                name.clone()
+            } else {
+                format!("{}.{name}", self.at)
+            };
+            if seen.contains(&name) && self.found.is_none() {
+                *self.found = Some(at.clone());
+            }
+            seen.push(name);
+            map.next_value_seed(Repeats {
+                at,
+                found: &mut *self.found,
+            })?;
+        }
+        Ok(())
     }
 }

@@ -426,6 +426,19 @@ fn cases() -> Vec<Case> {
             "invalid_parameter",
             Some("Requests[0].Operation"),
         ),
+        // A JSON value keeps a repeated member's last value silently; a hint is refused as an
+        // embed request is.
+        Case {
+            body: br#"{"Requests": [{"Operation": "GetDashboardEmbedUrl", "DashboardId": "sales-2024", "IdentityType": "ANONYMOUS", "DashboardId": "finance"}]}"#.to_vec(),
+            ..case(
+                "hint with a member given twice",
+                "../hints",
+                Value::Null,
+                400,
+                "invalid_json",
+                Some("Requests[0].DashboardId"),
+            )
+        },
         case(
             "hint with an invalid member",
             "../hints",
