@@ -48,6 +48,10 @@ pub fn load_files<T: Serialize + DeserializeOwned + Default, P: AsRef<Path>>(
         let first = first.split("__").next().unwrap_or_default();
         top_level.iter().any(|k| k.eq_ignore_ascii_case(first))
     });
+    let vars: Vec<(String, String)> = env
+        .iter()
+        .map(|(key, value)| (key.as_str().to_owned(), value))
+        .collect();
     figment = figment.merge(env);
     let invalid = |e: figment::Error| {
         let mut msgs = Vec::new();
@@ -61,7 +65,23 @@ pub fn load_files<T: Serialize + DeserializeOwned + Default, P: AsRef<Path>>(
         }
         anyhow::anyhow!("invalid configuration: {}", msgs.join("; "))
     };
-    let settings: T = figment.extract().map_err(invalid)?;
+    // figment reads a variable's text as a number, a boolean or a list where it looks like one, so
+    // `EMBEDGATE_UPSTREAM__ACCOUNT=111122223333` would be refused as "found unsigned int" (and
+    // `…=011122223333` shown without its zero). Where the key is text, its text is taken as
+    // written: one key at a time, as serde stops at the first error.
+    let mut verbatim: Vec<&str> = Vec::new();
+    let settings: T = loop {
+        match figment.extract() {
+            Ok(settings) => break settings,
+            Err(e) => match text_read_as_other(&e, &vars, &verbatim) {
+                Some((key, text)) => {
+                    verbatim.push(key);
+                    figment = figment.merge(Serialized::default(key, text.trim()));
+                }
+                None => return Err(invalid(e)),
+            },
+        }
+    };
     // serde's derived structures also read a table from an array of its values in order:
     // `pool = [5]` would set `pool.min_remaining_secs` to 5. Refused, naming the key.
     let merged: serde_json::Value = figment.extract().map_err(invalid)?;
@@ -70,6 +90,25 @@ pub fn load_files<T: Serialize + DeserializeOwned + Default, P: AsRef<Path>>(
         anyhow::bail!("invalid configuration: {key}: must be a table, not an array");
     }
     Ok(settings)
+}
+
+/// The variable (its dotted key and text) whose text figment read as a number, a boolean or a list
+/// where its key wants text, unless it is already taken `verbatim`.
+fn text_read_as_other<'v>(
+    e: &figment::Error,
+    vars: &'v [(String, String)],
+    verbatim: &[&str],
+) -> Option<(&'v str, &'v str)> {
+    let figment::error::Kind::InvalidType(_, expected) = &e.kind else {
+        return None;
+    };
+    if expected != "a string" {
+        return None;
+    }
+    let path = e.path.join(".");
+    vars.iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(&path) && !verbatim.contains(&key.as_str()))
+        .map(|(key, text)| (key.as_str(), text.as_str()))
 }
 
 /// The environment variable holding the master key (it wins over `master_key_file`).
@@ -134,6 +173,42 @@ mod tests {
             ("eu-west-1", 777)
         );
         assert_eq!(s.tenants.len(), 1);
+    }
+
+    #[test]
+    fn a_variable_for_a_text_key_is_taken_as_written_even_when_it_looks_like_a_number() {
+        let path = write("digits", "[upstream]\nregion = \"eu-west-1\"\n");
+        for (key, value) in [
+            ("EGTEST_DIGITS_UPSTREAM__ACCOUNT", "011122223333"),
+            ("EGTEST_DIGITS_UPSTREAM__SESSION_NAME", "007"),
+            ("EGTEST_DIGITS_UPSTREAM__ACCESS_KEY_ID", "true"),
+            ("EGTEST_DIGITS_REDIS__PREFIX", "2024"),
+            ("EGTEST_DIGITS_UPSTREAM__TIMEOUT_MS", "999"),
+        ] {
+            std::env::set_var(key, value);
+        }
+        let s: Settings = load(Some(&path), "EGTEST_DIGITS_").unwrap();
+        assert_eq!(s.upstream.account.as_deref(), Some("011122223333"));
+        assert_eq!(s.upstream.session_name.as_deref(), Some("007"));
+        assert_eq!(s.upstream.access_key_id.as_deref(), Some("true"));
+        assert_eq!(s.redis.prefix, "2024");
+        assert_eq!(
+            s.upstream.timeout_ms, 999,
+            "a number key still reads a number"
+        );
+
+        // A number key given text is still refused naming it, and so is a number in a file
+        // where the key wants text: TOML has types of its own.
+        std::env::set_var("EGTEST_SOON_UPSTREAM__TIMEOUT_MS", "soon");
+        let err = load::<Settings>(None, "EGTEST_SOON_")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream.timeout_ms"), "{err}");
+        let path = write("number", "[upstream]\naccount = 111122223333\n");
+        let err = load::<Settings>(Some(&path), "EGTEST_NUMBER_")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream.account"), "{err}");
     }
 
     #[test]
