@@ -201,20 +201,10 @@ impl Demand {
         usize::from(t.request.user_arn().is_some())
     }
 
-    /// The recurrence counts of `t`'s kind for its tenant, at `step`.
-    fn kind_of(&self, t: &Tracked, step: usize) -> Recurrence {
-        self.counts.recurrence[t.tenant].lock()[Self::kind(t)][step]
-    }
-
-    /// The probability, learned per tenant and separately for keys with and without a
-    /// registered user, that a key like `t` asked for once is asked for again within a URL's
-    /// usable life (see [`Recurrence`]). A shared anonymous dashboard's key recurs; a
-    /// registered user's view of one dashboard mostly does not.
-    pub fn recurrence(&self, t: &Tracked, now_ms: u64) -> f64 {
-        self.kind_of(t, 0).probability(now_ms, self.life_secs())
-    }
-
-    /// The recurrence of `t`'s kind: its tenant's own ([`Demand::recurrence`]) once
+    /// The recurrence of `t`'s kind: the probability, learned per tenant and separately for keys
+    /// with and without a registered user, that a key like `t` asked for once is asked for again
+    /// within a URL's usable life (see [`Recurrence`]; a shared anonymous dashboard's key recurs,
+    /// a registered user's view of one dashboard mostly does not). Its tenant's own once
     /// [`MIN_SETTLED_KEYS`] of its keys have settled. Before that, the tenant's settled keys are
     /// topped up to that many with keys that recur as every tenant's do, if those are known: a
     /// tenant's first minute is judged by what the gateway has seen of keys of the kind, not taken
@@ -986,14 +976,14 @@ mod tests {
         // Two minutes on, half the first key's life: both tenants' own keys are known.
         now += 120_000;
         assert!(
-            d.recurrence(&of(0), now) > 0.9,
+            first_step(&d, &of(0), now) > 0.9,
             "{}",
-            d.recurrence(&of(0), now)
+            first_step(&d, &of(0), now)
         );
         assert!(
-            d.recurrence(&of(100), now) < 0.1,
+            first_step(&d, &of(100), now) < 0.1,
             "{}",
-            d.recurrence(&of(100), now)
+            first_step(&d, &of(100), now)
         );
         let target = |i: usize, tenant| {
             let t = d.record(&key_n(i), tenant, &request_n(i), now).unwrap();
@@ -1028,7 +1018,7 @@ mod tests {
         let now = 1_000_000;
         let d = three_in_five(&RefillSettings::default());
         let t = d.record(&key(), 0, &req(), now).unwrap();
-        let p = d.recurrence(&t, now);
+        let p = first_step(&d, &t, now);
         assert!((0.55..0.65).contains(&p), "{p}");
         assert_eq!(target_at(&d, &t, now + 500, 100), (1, Reason::First));
         let d = three_in_five(&RefillSettings {
@@ -1097,7 +1087,7 @@ mod tests {
         now += 10_000;
         // A minute in, long before the first key's four-minute life is over.
         let t = d.record(&key(), 0, &req(), now).unwrap();
-        let p = d.recurrence(&t, now);
+        let p = first_step(&d, &t, now);
         assert!(p < 0.15, "5 of 100 came back: {p}");
         assert_eq!(
             target_at(&d, &t, now + 500, 100).0,
@@ -1176,7 +1166,7 @@ mod tests {
             "one request after the silence is no stream"
         );
         assert_eq!(target_at(&d, &t, at, 100).0, 0, "so nothing is stocked");
-        let kind = d.kind_of(&t, 0);
+        let kind = kind_of(&d, &t);
         assert_eq!(
             (kind.firsts, kind.recurred),
             (32.0, 0.0),
@@ -1185,7 +1175,7 @@ mod tests {
         // Asked again within the life: a stream, and a recurrence of the kind.
         d.record(&key(), 0, &req(), today + 2_000);
         assert_eq!(target_at(&d, &t, today + 2_500, 100).0, 1);
-        assert_eq!(d.kind_of(&t, 0).recurred, 1.0);
+        assert_eq!(kind_of(&d, &t).recurred, 1.0);
     }
 
     #[test]
@@ -1273,6 +1263,17 @@ mod tests {
         for i in 0..n {
             d.record(&key_n(100 + i), tenant, &request_n(100 + i), 0);
         }
+    }
+
+    /// The recurrence counts of `t`'s kind for its tenant, for keys asked for once.
+    fn kind_of(d: &Demand, t: &Tracked) -> Recurrence {
+        d.counts.recurrence[t.tenant].lock()[Demand::kind(t)][0]
+    }
+
+    /// What `t`'s tenant's keys of its kind asked for once are judged by now (what `/state`
+    /// shows and the `first` reason reads).
+    fn first_step(d: &Demand, t: &Tracked, now_ms: u64) -> f64 {
+        d.learned(t.tenant, now_ms)[Demand::kind(t)][0].probability
     }
 
     fn key_n(i: usize) -> PoolKey {
