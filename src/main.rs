@@ -60,24 +60,23 @@ enum Command {
 
 #[derive(Args)]
 struct DevArgs {
-    /// Gateway address [default: 127.0.0.1:8080].
+    /// Gateway address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Admin address (/metrics) [default: 127.0.0.1:9464].
+    /// Admin address (/metrics).
     #[arg(long, default_value = "127.0.0.1:9464")]
     admin_listen: SocketAddr,
-    /// Simulator address [default: 127.0.0.1:4599].
+    /// Simulator address.
     #[arg(long, default_value = "127.0.0.1:4599")]
     sim_listen: SocketAddr,
-    /// QuickSight-compatible listener (drop-in mode) [default: 127.0.0.1:8081].
+    /// QuickSight-compatible listener (drop-in mode).
     #[arg(long, default_value = "127.0.0.1:8081")]
     compat_listen: SocketAddr,
-    /// The demo portal (a page that embeds dashboards with the QuickSight embedding SDK)
-    /// [default: 127.0.0.1:8082].
+    /// The demo portal (a page that embeds dashboards with the QuickSight embedding SDK).
     #[arg(long, default_value = "127.0.0.1:8082")]
     demo_listen: SocketAddr,
     /// The simulator's HTTPS listener for embed pages (self-signed certificate; the embedding
-    /// SDK needs https:// URLs) [default: 127.0.0.1:4600].
+    /// SDK needs https:// URLs).
     #[arg(long, default_value = "127.0.0.1:4600")]
     sim_tls_listen: SocketAddr,
     /// Demo tenant API key [default: a new random key each start].
