@@ -3,7 +3,9 @@
 
 use serde::de::DeserializeOwned;
 
-use super::shape::{not_an_object, objects_in_place, objects_in_place_value};
+use super::shape::{
+    array_read_as_structure, not_an_object, objects_in_place, objects_in_place_value,
+};
 use super::{EmbedRequest, Operation};
 
 /// A request body that is not a valid request: which member, and what is wrong.
@@ -25,6 +27,8 @@ pub enum Unknown {
 
 /// Parses a body with QuickSight's member names: wrong types and missing required members are
 /// refused, and unknown ones too unless `unknown` is [`Unknown::Ignore`], naming the member.
+/// `input`: the body as a JSON value, asked for only when it fails to parse (to tell an array
+/// standing for a structure from a list).
 ///
 /// # Errors
 /// The first problem found.
@@ -35,6 +39,7 @@ pub fn parse_strict<
 >(
     de: D,
     unknown: Unknown,
+    input: impl FnOnce() -> Option<serde_json::Value>,
 ) -> Result<T, BadInput> {
     let mut found = Vec::new();
     let mut record = |path: serde_ignored::Path<'_>| {
@@ -54,6 +59,18 @@ pub fn parse_strict<
             None => Ok(v),
         },
         Err(e) => {
+            let data = e.inner().classify() == serde_json::error::Category::Data;
+            let in_array = e
+                .path()
+                .iter()
+                .any(|s| matches!(s, serde_path_to_error::Segment::Seq { .. }));
+            if data && in_array {
+                if let Some(member) =
+                    input().and_then(|v| array_read_as_structure::<T>(&v, e.path()))
+                {
+                    return Err(not_an_object(member));
+                }
+            }
             let path = e.path().to_string();
             let inner = e.into_inner();
             let syntax =
@@ -149,15 +166,16 @@ fn request_objects_in_place(body: &[u8], req: &EmbedRequest) -> Result<(), BadIn
 /// [`parse_request`] tracking member paths throughout, so that a problem names its member.
 fn parse_tracked(op: Operation, body: &[u8]) -> Result<EmbedRequest, BadInput> {
     let de = &mut serde_json::Deserializer::from_slice(body);
+    let input = || serde_json::from_slice(body).ok();
     let req = match op {
         Operation::GetDashboardEmbedUrl => {
-            EmbedRequest::Dashboard(parse_strict(&mut *de, Unknown::Refuse)?)
+            EmbedRequest::Dashboard(parse_strict(&mut *de, Unknown::Refuse, input)?)
         }
         Operation::GenerateEmbedUrlForAnonymousUser => {
-            EmbedRequest::Anonymous(parse_strict(&mut *de, Unknown::Refuse)?)
+            EmbedRequest::Anonymous(parse_strict(&mut *de, Unknown::Refuse, input)?)
         }
         Operation::GenerateEmbedUrlForRegisteredUser => {
-            EmbedRequest::Registered(parse_strict(&mut *de, Unknown::Refuse)?)
+            EmbedRequest::Registered(parse_strict(&mut *de, Unknown::Refuse, input)?)
         }
     };
     de.end().map_err(|e| BadInput {
@@ -196,7 +214,7 @@ pub fn parse_value(op: Operation, value: serde_json::Value) -> Result<EmbedReque
     fn parse<T: DeserializeOwned + serde::Serialize>(
         value: &serde_json::Value,
     ) -> Result<T, BadInput> {
-        let parsed = parse_strict(value, Unknown::Refuse)?;
+        let parsed = parse_strict(value, Unknown::Refuse, || Some(value.clone()))?;
         objects_in_place_value(value, &parsed)?;
         Ok(parsed)
     }
@@ -332,9 +350,53 @@ mod tests {
         use Operation::*;
         let dashboard =
             r#"{"UserArn":"a","ExperienceConfiguration":{"Dashboard":{"InitialDashboardId":"d","#;
+        let anonymous = r#"{"Namespace":"default","AuthorizedResourceArns":[],"#;
+        let experience = r#""ExperienceConfiguration":{"Dashboard":{"InitialDashboardId":"d"}}"#;
         let cases: &[(Operation, String, &str, Option<&str>)] = &[
             (GetDashboardEmbedUrl, r#"["111122223333","d","ANONYMOUS"]"#.into(), "invalid_json", None),
             (GetDashboardEmbedUrl, r#"["d"]"#.into(), "invalid_json", None),
+            // Where the array's members fail to read as the structure's members in order, the
+            // problem is still the array, not a member `[1]` nobody named.
+            (GetDashboardEmbedUrl, r#"["111122223333",5]"#.into(), "invalid_json", None),
+            (GetDashboardEmbedUrl, "[null]".into(), "invalid_json", None),
+            (GetDashboardEmbedUrl, "[[]]".into(), "invalid_json", None),
+            (
+                GenerateEmbedUrlForAnonymousUser,
+                format!(r#"{anonymous}"ExperienceConfiguration":[{{"Dashboard":{{"InitialDashboardId":"d"}}}}]}}"#),
+                "invalid_type",
+                Some("ExperienceConfiguration"),
+            ),
+            (
+                GenerateEmbedUrlForAnonymousUser,
+                format!(r#"{anonymous}"ExperienceConfiguration":[5]}}"#),
+                "invalid_type",
+                Some("ExperienceConfiguration"),
+            ),
+            (
+                GenerateEmbedUrlForAnonymousUser,
+                format!(r#"{anonymous}"ExperienceConfiguration":{{"Dashboard":[5]}}}}"#),
+                "invalid_type",
+                Some("ExperienceConfiguration.Dashboard"),
+            ),
+            (
+                GenerateEmbedUrlForAnonymousUser,
+                format!(r#"{anonymous}{experience},"SessionTags":[[5]]}}"#),
+                "invalid_type",
+                Some("SessionTags[0]"),
+            ),
+            // A list's own members are named as before.
+            (
+                GenerateEmbedUrlForAnonymousUser,
+                format!(r#"{anonymous}{experience},"SessionTags":[{{"Key":5,"Value":"v"}}]}}"#),
+                "invalid_type",
+                Some("SessionTags[0].Key"),
+            ),
+            (
+                GenerateEmbedUrlForAnonymousUser,
+                format!(r#"{{"Namespace":"default","AuthorizedResourceArns":["a",5],{experience}}}"#),
+                "invalid_type",
+                Some("AuthorizedResourceArns[1]"),
+            ),
             (
                 GenerateEmbedUrlForRegisteredUser,
                 r#"{"UserArn":"a","ExperienceConfiguration":{"QuickChat":[]}}"#.into(),

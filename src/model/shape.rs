@@ -89,6 +89,83 @@ pub(crate) fn objects_in_place_value<T: serde::Serialize>(
     check(|named| containers(value, named), parsed)
 }
 
+/// Where reading `input` as a `T` failed inside an array that stands where `T` has a structure:
+/// that member (`Some(None)`: the body itself), the outermost such. serde then reports a problem
+/// with a member `[1]` the client never named, or with a member of the structure the array's
+/// items were taken for (`ExperienceConfiguration[0].InitialDashboardId is required`). Whether
+/// `T` has a structure or a list there is asked of `T` itself: with an empty object in the
+/// array's place, a list is refused right there as a map; a structure is not. Only a failed
+/// reading comes here.
+pub(crate) fn array_read_as_structure<T: serde::de::DeserializeOwned>(
+    input: &serde_json::Value,
+    failed_at: &serde_path_to_error::Path,
+) -> Option<Option<String>> {
+    use serde_path_to_error::Segment;
+    let mut node = input;
+    let mut at: Vec<&Segment> = Vec::new();
+    for segment in failed_at {
+        match (segment, node) {
+            (Segment::Seq { index }, serde_json::Value::Array(items)) => {
+                if !list_at::<T>(input, &at) {
+                    let name = member_name(&at);
+                    return Some((!name.is_empty()).then_some(name));
+                }
+                node = items.get(*index)?;
+            }
+            (Segment::Map { key }, serde_json::Value::Object(members)) => {
+                node = members.get(key)?;
+            }
+            _ => return None,
+        }
+        at.push(segment);
+    }
+    None
+}
+
+/// Whether `T` reads a list at `at` in `input` (asked with an empty object there).
+fn list_at<T: serde::de::DeserializeOwned>(
+    input: &serde_json::Value,
+    at: &[&serde_path_to_error::Segment],
+) -> bool {
+    use serde_path_to_error::Segment;
+    let mut probe = input.clone();
+    let mut node = &mut probe;
+    for segment in at {
+        node = match (segment, node) {
+            (Segment::Seq { index }, serde_json::Value::Array(items)) => &mut items[*index],
+            (Segment::Map { key }, serde_json::Value::Object(members)) => &mut members[key],
+            _ => return false,
+        };
+    }
+    *node = serde_json::Value::Object(serde_json::Map::new());
+    match serde_path_to_error::deserialize::<_, T>(probe) {
+        Ok(_) => false,
+        Err(e) => {
+            member_name(&e.path().iter().collect::<Vec<_>>()) == member_name(at)
+                && e.inner().to_string().starts_with("invalid type: map")
+        }
+    }
+}
+
+/// `A.B[2].C` for a path's segments (empty for the whole body).
+fn member_name(at: &[&serde_path_to_error::Segment]) -> String {
+    use serde_path_to_error::Segment;
+    let mut name = String::new();
+    for segment in at {
+        match segment {
+            Segment::Seq { index } => name.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !name.is_empty() {
+                    name.push('.');
+                }
+                name.push_str(key);
+            }
+            Segment::Unknown => name.push('?'),
+        }
+    }
+    name
+}
+
 /// Where the input (walked by `input`, keeping names or not) has an array and `parsed` an
 /// object: first by the hashes of their paths, and only if some match, by their names (which
 /// also settles a collision of hashes).

@@ -132,7 +132,8 @@ fn parse_body<T: serde::de::DeserializeOwned + serde::Serialize>(
         body
     };
     let de = &mut serde_json::Deserializer::from_slice(body);
-    let parsed = parse_strict(&mut *de, unknown).map_err(AwsError::from_bad_input)?;
+    let input = || serde_json::from_slice(body).ok();
+    let parsed = parse_strict(&mut *de, unknown, input).map_err(AwsError::from_bad_input)?;
     de.end().map_err(|e| {
         AwsError::serialization(format!("trailing data after the JSON object: {e}"))
     })?;
