@@ -78,7 +78,7 @@ pub fn load_files<T: Serialize + DeserializeOwned + Default, P: AsRef<Path>>(
                     verbatim.push(key);
                     figment = figment.merge(Serialized::default(key, text.trim()));
                 }
-                None => return Err(invalid(e)),
+                None => return Err(array_for_table::<T>(&figment).unwrap_or_else(|| invalid(e))),
             },
         }
     };
@@ -90,6 +90,19 @@ pub fn load_files<T: Serialize + DeserializeOwned + Default, P: AsRef<Path>>(
         anyhow::bail!("invalid configuration: {key}: must be a table, not an array");
     }
     Ok(settings)
+}
+
+/// A table written as an array whose values do not read as the table's keys in order
+/// (`pool = ["x"]`): serde then names a key `pool.0`, which is not one; the table is named. Asked
+/// only when the settings failed to load.
+fn array_for_table<T: DeserializeOwned>(figment: &Figment) -> Option<anyhow::Error> {
+    let merged: serde_json::Value = figment.extract().ok()?;
+    let failed = serde_path_to_error::deserialize::<_, T>(&merged).err()?;
+    let key = crate::model::shape::array_read_as_structure::<T>(&merged, failed.path())?;
+    Some(anyhow::anyhow!(
+        "invalid configuration: {}: must be a table, not an array",
+        key.unwrap_or_default()
+    ))
 }
 
 /// The variable (its dotted key and text) whose text figment read as a number, a boolean or a list
@@ -209,6 +222,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("upstream.account"), "{err}");
+    }
+
+    #[test]
+    fn a_table_written_as_an_array_is_named_whatever_its_values() {
+        for (i, (text, key)) in [
+            ("pool = [5]", "pool"),
+            ("pool = [\"x\"]", "pool"),
+            ("pool = [5, \"x\"]", "pool"),
+            ("pool = [[5]]", "pool"),
+            (
+                "[[tenants]]\nid = \"a\"\napi_key_sha256 = []\npolicy = [[5]]",
+                "tenants[0].policy",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let path = write(&format!("array-{i}"), &format!("{text}\n"));
+            let err = load::<Settings>(Some(&path), "EGTEST_ARRAY_")
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!("invalid configuration: {key}: must be a table, not an array"),
+                "{text}"
+            );
+        }
+        // A list's own values are named as before.
+        let path = write("list", "[redis]\ncluster_urls = [5]\n");
+        let err = load::<Settings>(Some(&path), "EGTEST_LIST_")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("redis.cluster_urls.0"), "{err}");
     }
 
     #[test]
