@@ -151,8 +151,20 @@ fn parse_dashboard_query(
     // IdentityType is a placeholder until `creds-type` is read; a missing one is refused below.
     let mut r = DashboardEmbedRequest::new(account, dashboard, IdentityType::Iam);
     let mut identity = None;
+    let mut seen: Vec<&str> = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        // A member given twice is refused, as in a body: which one counts would be a guess (the
+        // signature covers both). Only `additional-dashboard-ids` is a list.
+        if k != "additional-dashboard-ids" {
+            if seen.contains(&k) {
+                return Err(AwsError::invalid(format!(
+                    "1 validation error detected: query parameter '{}' is given more than once",
+                    decode(k)
+                )));
+            }
+            seen.push(k);
+        }
         let v = decode(v).into_owned();
         let boolean = |member: &str, v: &str| match v {
             "true" => Ok(Some(true)),
@@ -276,6 +288,47 @@ mod tests {
         let e = parse_call(dash(), "creds-type=IAM&colour=red", b"", Unknown::Refuse).unwrap_err();
         assert!(e.message.contains("colour"), "{}", e.message);
         assert!(parse_call(dash(), "creds-type=IAM&colour=red", b"", Unknown::Ignore).is_ok());
+    }
+
+    #[test]
+    fn a_query_parameter_given_twice_is_refused_and_a_list_may_repeat() {
+        let dash = || route("GET", "/accounts/111122223333/dashboards/d/embed-url").unwrap();
+        let arn = |u: &str| {
+            format!("arn%3Aaws%3Aquicksight%3Aus-east-1%3A111122223333%3Auser%2Fdefault%2F{u}")
+        };
+        for query in [
+            format!(
+                "creds-type=QUICKSIGHT&user-arn={}&user-arn={}",
+                arn("a"),
+                arn("b")
+            ),
+            "creds-type=IAM&creds-type=ANONYMOUS".to_string(),
+            "creds-type=IAM&session-lifetime=60&session-lifetime=600".to_string(),
+        ] {
+            for unknown in [Unknown::Refuse, Unknown::Ignore] {
+                let e = parse_call(dash(), &query, b"", unknown).unwrap_err();
+                assert_eq!(e.code, "InvalidParameterValueException", "{query}");
+                assert!(
+                    e.message.contains("more than once"),
+                    "{query}: {}",
+                    e.message
+                );
+            }
+        }
+        let r = parse_call(
+            dash(),
+            "creds-type=IAM&additional-dashboard-ids=b&additional-dashboard-ids=c",
+            b"",
+            Unknown::Refuse,
+        )
+        .unwrap();
+        let EmbedRequest::Dashboard(d) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            d.additional_dashboard_ids,
+            Some(vec!["b".into(), "c".into()])
+        );
     }
 
     #[test]
