@@ -17,6 +17,7 @@ impl Settings {
                 Err(format!("{key}: must be a positive number"))
             }
         };
+        let rate = |key: &str, v: f64| rate(key, v);
         if !self.upstreams.is_empty() && self.upstream != super::UpstreamSettings::default() {
             return Err(
                 "upstream: set either [upstream] (one upstream) or [[upstreams]], not both".into(),
@@ -85,8 +86,13 @@ impl Settings {
             return Err("refill.predict_min_probability: must be above 0 and at most 1".into());
         }
         positive("refill.demand_half_life_secs", r.demand_half_life_secs)?;
-        if !(r.surplus_secs >= 0.0 && r.surplus_secs.is_finite()) {
-            return Err("refill.surplus_secs: must be a number of seconds, 0 or more".into());
+        for (key, secs) in [
+            ("refill.surplus_secs", r.surplus_secs),
+            ("refill.safety_secs", r.safety_secs),
+        ] {
+            if !(secs >= 0.0 && secs.is_finite()) {
+                return Err(format!("{key}: must be a number of seconds, 0 or more"));
+            }
         }
         if r.tick_ms == 0 || r.concurrency == 0 {
             return Err("refill.tick_ms and refill.concurrency: must be at least 1".into());
@@ -134,10 +140,13 @@ impl Settings {
                 "log_flush_ms: must be at most {MAX_LOG_FLUSH_MS} (a crash loses up to this long of log lines)"
             ));
         }
-        positive(
+        rate(
             "api.unauthenticated_rate_per_sec",
             self.api.unauthenticated_rate_per_sec,
         )?;
+        if self.api.max_hints_per_call == 0 {
+            return Err("api.max_hints_per_call: must be at least 1".into());
+        }
         if self.api.unauthenticated_burst == 0 {
             return Err("api.unauthenticated_burst: must be at least 1".into());
         }
@@ -204,7 +213,7 @@ impl Settings {
                     ));
                 }
             }
-            positive(&k("rate_per_sec"), t.rate_per_sec)?;
+            rate(&k("rate_per_sec"), t.rate_per_sec)?;
             positive(&k("upstream_weight"), t.upstream_weight)?;
             if t.burst == 0 {
                 return Err(format!("{}: must be at least 1", k("burst")));
@@ -259,14 +268,25 @@ impl Settings {
 }
 
 /// The checks of one upstream table, its keys prefixed with `at`.
+/// The slowest and fastest rates (per second) a limit may be set to: one call in about eleven
+/// days, a million a second. Outside them a limit's period is not a duration the limiters can
+/// hold: 1e-300 stopped the gateway at start, and above a billion a second the period rounded
+/// to zero nanoseconds and the tenant was silently held to one request a second.
+const RATES: (f64, f64) = (1e-6, 1e6);
+
+/// `v` is a rate within [`RATES`].
+fn rate(key: &str, v: f64) -> Result<(), String> {
+    if (RATES.0..=RATES.1).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}: must be a rate per second from {} to {}",
+            RATES.0, RATES.1
+        ))
+    }
+}
+
 fn check_upstream(at: &str, u: &super::UpstreamSettings) -> Result<(), String> {
-    let positive = |key: &str, v: f64| {
-        if v > 0.0 && v.is_finite() {
-            Ok(())
-        } else {
-            Err(format!("{at}.{key}: must be a positive number"))
-        }
-    };
     if u.id.is_empty()
         || !u
             .id
@@ -285,8 +305,9 @@ fn check_upstream(at: &str, u: &super::UpstreamSettings) -> Result<(), String> {
     if u.region.is_empty() {
         return Err(format!("{at}.region: must not be empty"));
     }
-    positive("rate_per_sec", u.rate_per_sec)?;
-    positive("min_rate_per_sec", u.min_rate_per_sec)?;
+    rate(&format!("{at}.rate_per_sec"), u.rate_per_sec)?;
+    rate(&format!("{at}.min_rate_per_sec"), u.min_rate_per_sec)?;
+    rate(&format!("{at}.recovery_per_sec"), u.recovery_per_sec)?;
     if u.min_rate_per_sec > u.rate_per_sec {
         return Err(format!(
             "{at}.min_rate_per_sec: must not exceed {at}.rate_per_sec"
@@ -372,4 +393,75 @@ pub fn check_access_key_id(id: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TenantSettings;
+
+    fn with_tenant() -> Settings {
+        let mut s = Settings::default();
+        let tenant: TenantSettings =
+            toml::from_str("id = \"a\"\napi_key_sha256 = []\naccess_key_ids = []\n").unwrap();
+        s.tenants.push(TenantSettings {
+            api_key_sha256: vec!["0".repeat(64)],
+            ..tenant
+        });
+        s
+    }
+
+    #[test]
+    fn limits_and_durations_a_limiter_cannot_hold_are_refused_naming_the_key() {
+        assert_eq!(with_tenant().validate(), Ok(()));
+        type Set = fn(&mut Settings, f64);
+        let cases: &[(&str, Set, &[f64])] = &[
+            (
+                "tenants[0].rate_per_sec",
+                |s, v| s.tenants[0].rate_per_sec = v,
+                &[1e-300, 1e10, f64::NAN, f64::INFINITY],
+            ),
+            (
+                "api.unauthenticated_rate_per_sec",
+                |s, v| s.api.unauthenticated_rate_per_sec = v,
+                &[1e-300, 1e12],
+            ),
+            (
+                "upstream.rate_per_sec",
+                |s, v| s.upstream.rate_per_sec = v,
+                &[1e12],
+            ),
+            (
+                "upstream.recovery_per_sec",
+                |s, v| s.upstream.recovery_per_sec = v,
+                &[-1.0, 0.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY],
+            ),
+            (
+                "refill.safety_secs",
+                |s, v| s.refill.safety_secs = v,
+                &[-1.0, f64::NAN, f64::INFINITY],
+            ),
+        ];
+        for (key, set, values) in cases {
+            for v in *values {
+                let mut s = with_tenant();
+                set(&mut s, *v);
+                let e = s.validate().unwrap_err();
+                assert!(e.starts_with(&format!("{key}: ")), "{key} = {v}: {e}");
+            }
+        }
+        // The ends of the range hold: one request in a thousand seconds (what the benchmarks
+        // give a tenant that must stay refused) and a million a second.
+        for v in [0.001, 1e6] {
+            let mut s = with_tenant();
+            s.tenants[0].rate_per_sec = v;
+            assert_eq!(s.validate(), Ok(()), "{v}");
+        }
+        let mut s = with_tenant();
+        s.api.max_hints_per_call = 0;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .starts_with("api.max_hints_per_call: "));
+    }
 }
