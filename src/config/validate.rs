@@ -94,9 +94,18 @@ impl Settings {
                 return Err(format!("{key}: must be a number of seconds, 0 or more"));
             }
         }
-        if r.tick_ms == 0 || r.concurrency == 0 {
-            return Err("refill.tick_ms and refill.concurrency: must be at least 1".into());
-        }
+        // Upper bounds a sane deployment never nears: past them, timers and sums of these
+        // overflow (a tick of 2^63 ms, a heartbeat tripled) or a library refuses them at start
+        // (tokio's semaphores, moka's idle time of at most 1,000 years).
+        within("refill.tick_ms", r.tick_ms, 1, MINUTE_MS)?;
+        within(
+            "refill.concurrency",
+            r.concurrency as u64,
+            1,
+            MAX_CONCURRENCY,
+        )?;
+        within("refill.idle_forget_secs", r.idle_forget_secs, 1, MONTH_SECS)?;
+        within("refill.hint_ttl_secs", r.hint_ttl_secs, 0, DAY_SECS)?;
         let redis = &self.redis;
         if redis.url.is_some() && !redis.cluster_urls.is_empty() {
             return Err("redis.url and redis.cluster_urls: set one or the other, not both".into());
@@ -119,9 +128,8 @@ impl Settings {
                 ));
             }
         }
-        if redis.timeout_ms == 0 || redis.heartbeat_ms == 0 {
-            return Err("redis.timeout_ms and redis.heartbeat_ms: must be at least 1".into());
-        }
+        within("redis.timeout_ms", redis.timeout_ms, 1, MINUTE_MS)?;
+        within("redis.heartbeat_ms", redis.heartbeat_ms, 1, MINUTE_MS)?;
         if redis.prefix.contains(['{', '}']) {
             return Err(
                 "redis.prefix: must not contain '{' or '}' (Redis Cluster hash tags)".into(),
@@ -269,10 +277,26 @@ impl Settings {
 
 /// The checks of one upstream table, its keys prefixed with `at`.
 /// The slowest and fastest rates (per second) a limit may be set to: one call in about eleven
-/// days, a million a second. Outside them a limit's period is not a duration the limiters can
-/// hold: 1e-300 stopped the gateway at start, and above a billion a second the period rounded
-/// to zero nanoseconds and the tenant was silently held to one request a second.
-const RATES: (f64, f64) = (1e-6, 1e6);
+/// days, a billion a second (a period of one nanosecond, the limiters' resolution). Outside them
+/// a limit's period is not a duration the limiters can hold: 1e-300 stopped the gateway at
+/// start, and above a billion a second the period rounded to zero and the tenant was silently
+/// held to one request a second.
+const RATES: (f64, f64) = (1e-6, 1e9);
+
+const MINUTE_MS: u64 = 60_000;
+const DAY_SECS: u64 = 86_400;
+const MONTH_SECS: u64 = 30 * DAY_SECS;
+/// Most calls or prefetches in flight at once.
+const MAX_CONCURRENCY: u64 = 100_000;
+
+/// `v` is from `lo` to `hi`.
+fn within(key: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{key}: must be from {lo} to {hi}"))
+    }
+}
 
 /// `v` is a rate within [`RATES`].
 fn rate(key: &str, v: f64) -> Result<(), String> {
@@ -326,6 +350,12 @@ fn check_upstream(at: &str, u: &super::UpstreamSettings) -> Result<(), String> {
             "{at}.burst, {at}.max_concurrency and {at}.timeout_ms: must be at least 1"
         ));
     }
+    within(
+        &format!("{at}.max_concurrency"),
+        u.max_concurrency as u64,
+        1,
+        MAX_CONCURRENCY,
+    )?;
     if u.access_key_id.is_some() != u.secret_access_key.is_some() {
         return Err(format!(
             "{at}.access_key_id and {at}.secret_access_key: set both or neither"
@@ -451,11 +481,56 @@ mod tests {
             }
         }
         // The ends of the range hold: one request in a thousand seconds (what the benchmarks
-        // give a tenant that must stay refused) and a million a second.
-        for v in [0.001, 1e6] {
+        // give a tenant that must stay refused) and a billion a second (their unlimited one).
+        for v in [0.001, 1e9] {
             let mut s = with_tenant();
             s.tenants[0].rate_per_sec = v;
             assert_eq!(s.validate(), Ok(()), "{v}");
+        }
+        type SetInt = fn(&mut Settings, u64);
+        let ints: &[(&str, SetInt, &[u64])] = &[
+            ("refill.tick_ms", |s, v| s.refill.tick_ms = v, &[0, 1 << 63]),
+            (
+                "refill.concurrency",
+                |s, v| s.refill.concurrency = v as usize,
+                &[0, 1 << 62],
+            ),
+            (
+                "upstream.max_concurrency",
+                |s, v| s.upstream.max_concurrency = v as usize,
+                &[1 << 62],
+            ),
+            (
+                "refill.idle_forget_secs",
+                |s, v| s.refill.idle_forget_secs = v,
+                &[0, 1 << 62],
+            ),
+            (
+                "refill.hint_ttl_secs",
+                |s, v| s.refill.hint_ttl_secs = v,
+                &[1 << 60],
+            ),
+            (
+                "redis.timeout_ms",
+                |s, v| s.redis.timeout_ms = v,
+                &[0, 1 << 62],
+            ),
+            (
+                "redis.heartbeat_ms",
+                |s, v| s.redis.heartbeat_ms = v,
+                &[0, 1 << 63],
+            ),
+        ];
+        for (key, set, values) in ints {
+            for v in *values {
+                let mut s = with_tenant();
+                set(&mut s, *v);
+                let e = s.validate().unwrap_err();
+                assert!(
+                    e.starts_with(&format!("{key}: must be from ")),
+                    "{key} = {v}: {e}"
+                );
+            }
         }
         let mut s = with_tenant();
         s.api.max_hints_per_call = 0;
