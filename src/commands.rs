@@ -71,15 +71,14 @@ pub struct CheckArgs {
     pub config: Vec<PathBuf>,
 }
 
-/// Loads and validates settings as `serve` would (files, `EMBEDGATE_…` variables, the master
-/// key) and says what they describe, without binding anything.
-pub fn check_config(args: CheckArgs) -> anyhow::Result<()> {
+/// Loads and checks settings as `serve` would (files, `EMBEDGATE_…` variables, the master key,
+/// every tenant's warm keys against its policy) and says what they describe, without binding or
+/// calling anything.
+pub async fn check_config(args: CheckArgs) -> anyhow::Result<()> {
     let mut settings: Settings = embedgate::config::loader::load_files(&args.config, "EMBEDGATE_")?;
     settings.master_key =
         embedgate::config::loader::load_master_key(settings.master_key_file.as_deref())?;
-    settings
-        .validate()
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    embedgate::startup::check(&settings).await?;
     println!(
         "ok: {} tenant(s), {} upstream(s), listen {}, admin {}, compatible listener {}, {}",
         settings.tenants.len(),

@@ -230,7 +230,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::TenantCredentials(args) => commands::tenant_credentials(args),
-            Command::CheckConfig(args) => commands::check_config(args),
+            Command::CheckConfig(args) => commands::check_config(args).await,
             Command::Probe(args) => commands::probe(args),
             Command::Top(args) => commands::top(args),
         }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::cluster::Fleet;
 use crate::config::Settings;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Refusal};
 use crate::metrics::Metrics;
 use crate::model::parse_tagged;
 use crate::shared::Sharing;
@@ -231,8 +231,40 @@ impl Application {
     }
 }
 
-/// Pins every tenant's configured warm keys, checking each like a request.
+/// Checks `settings` as [`Application::start`] does before it binds anything: valid, and every
+/// tenant's warm keys admitted like requests, by a gateway of their own that calls nothing (an
+/// upstream's client makes no call until asked, and its credentials are resolved then). What
+/// `embedgate check-config` runs.
+///
+/// # Errors
+/// Invalid settings (naming the key) or a warm key its tenant's policy refuses.
+pub async fn check(settings: &Settings) -> anyhow::Result<()> {
+    settings
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let metrics = Arc::new(Metrics::new());
+    let upstreams = Upstreams::new(settings, metrics.clone()).await;
+    let gateway = Gateway::new(
+        settings.clone(),
+        upstreams,
+        Clock::System,
+        metrics,
+        Sharing::local(),
+    );
+    warm_keys(&gateway).map(drop)
+}
+
+/// Pins every tenant's configured warm keys.
 fn pin_warm_keys(gw: &Gateway) -> anyhow::Result<()> {
+    for (tenant, req, depth) in warm_keys(gw)? {
+        gw.pin_warm(gw.tenants().get(tenant), &req, depth);
+    }
+    Ok(())
+}
+
+/// Every tenant's configured warm keys (tenant, request, depth), each checked like a request.
+fn warm_keys(gw: &Gateway) -> anyhow::Result<Vec<(usize, crate::model::EmbedRequest, usize)>> {
+    let mut keys = Vec::new();
     for (i, t) in gw.settings().tenants.iter().enumerate() {
         let tenant = gw.tenants().get(i);
         for (j, entry) in t.warm.iter().enumerate() {
@@ -253,13 +285,17 @@ fn pin_warm_keys(gw: &Gateway) -> anyhow::Result<()> {
             let req = parse_tagged(obj).map_err(|b| {
                 anyhow::anyhow!("{at}.{}: {}", b.field.unwrap_or_default(), b.detail)
             })?;
-            let req = gw
-                .admit(tenant, req)
-                .map_err(|r| anyhow::anyhow!("{at}: {r:?}"))?;
-            gw.pin_warm(tenant, &req, depth);
+            let req = gw.admit(tenant, req).map_err(|r| {
+                let (field, why) = match r {
+                    Refusal::Invalid(b) => (b.field.unwrap_or_default(), b.detail),
+                    Refusal::Denied { field, rule } => (field, rule),
+                };
+                anyhow::anyhow!("{at}.{field}: {why}")
+            })?;
+            keys.push((i, req, depth));
         }
     }
-    Ok(())
+    Ok(keys)
 }
 
 #[cfg(test)]

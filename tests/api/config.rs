@@ -80,6 +80,20 @@ fn invalid_configs_refuse_to_start_naming_the_key() {
         "[knobs]\nerror_rate = 2.0\n",
         "error_rate",
     );
+    // A warm key its tenant's policy refuses, named to the member, by check-config as by serve.
+    let warm = format!(
+        "[[tenants]]\nid = \"a\"\napi_key_sha256 = [\"{}\"]\ndefault_account = \"111122223333\"\n\
+         warm = [{{ Operation = \"GetDashboardEmbedUrl\", DashboardId = \"d\", IdentityType = \"IAM\" }}]\n\
+         [tenants.policy]\ndashboards = [\"*\"]\nidentity_types = [\"ANONYMOUS\"]\n",
+        "0".repeat(64)
+    );
+    for command in ["serve", "check-config"] {
+        refuses(
+            &[command, "--config"],
+            &warm,
+            "tenants[0].warm[0].IdentityType: identity type IAM is not allowed",
+        );
+    }
     // A table given as an array of its values in order (serde would read `pool = [5]` as
     // `min_remaining_secs = 5`), at the top and inside a tenant.
     refuses(
