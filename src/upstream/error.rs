@@ -99,10 +99,10 @@ pub(super) fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
             if e.is_timeout() {
                 UpstreamError::Timeout
             } else {
-                UpstreamError::Unavailable(format!(
-                    "connection failed: {:?}",
-                    e.as_connector_error().map(|c| c.to_string())
-                ))
+                UpstreamError::Unavailable(match e.as_connector_error() {
+                    Some(c) => format!("connection failed: {c}"),
+                    None => "connection failed".to_string(),
+                })
             }
         }
         SdkError::ServiceError(e) => {
