@@ -34,6 +34,7 @@ fn status(name: &str) -> u16 {
         "UNAUTHORIZED" => 401,
         "FORBIDDEN" => 403,
         "NOT_FOUND" => 404,
+        "METHOD_NOT_ALLOWED" => 405,
         "REQUEST_TIMEOUT" => 408,
         "CONFLICT" => 409,
         "PAYLOAD_TOO_LARGE" => 413,

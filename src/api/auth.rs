@@ -15,7 +15,8 @@ use crate::tenant::Tenant;
 /// The tenant the `Authorization: Bearer` key belongs to.
 pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a Tenant, Problem> {
     let realm = "Bearer realm=\"embedgate\"";
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+    let mut sent = req.headers().get_all(header::AUTHORIZATION);
+    let Some(value) = sent.next() else {
         return Err(Problem::new(
             StatusCode::UNAUTHORIZED,
             "missing_api_key",
@@ -24,6 +25,19 @@ pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a
         .field(Some("Authorization".into()))
         .header(header::WWW_AUTHENTICATE, realm.into()));
     };
+    if sent.next().is_some() {
+        // Which of several keys counts would be a guess (a proxy may read another one).
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "send one Authorization header, not several",
+        )
+        .field(Some("Authorization".into()))
+        .header(
+            header::WWW_AUTHENTICATE,
+            format!("{realm}, error=\"invalid_request\""),
+        ));
+    }
     let key = value
         .to_str()
         .ok()

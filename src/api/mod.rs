@@ -111,12 +111,26 @@ async fn readyz(gw: web::Data<Gateway>) -> HttpResponse {
     }))
 }
 
+/// No route: `405` with `Allow` for a path of the API asked with another method, else `404`.
 async fn not_found(req: HttpRequest) -> HttpResponse {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no route for {} {}", req.method(), req.path()),
-    )
+    let allowed = match req.path() {
+        DASHBOARD | ANONYMOUS | REGISTERED | HINTS => Some("POST"),
+        HEALTHZ | READYZ | OPENAPI_JSON => Some("GET"),
+        _ => None,
+    };
+    match allowed {
+        Some(allow) => Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{} takes {allow}, not {}", req.path(), req.method()),
+        )
+        .header(actix_web::http::header::ALLOW, allow.into()),
+        None => Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no route for {} {}", req.method(), req.path()),
+        ),
+    }
     .response(&context::request_id())
 }
 

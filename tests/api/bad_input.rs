@@ -495,3 +495,79 @@ async fn every_malformed_request_gets_a_precise_4xx_and_changes_nothing() {
     assert_eq!(app.app.gateway.tracked_keys(), 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_path_asked_with_another_method_is_405_naming_the_one_it_takes() {
+    let app = spawn_app(|_| {}).await;
+    for (method, path, allow) in [
+        (
+            reqwest::Method::GET,
+            "/v1/embed-url/dashboard",
+            Some("POST"),
+        ),
+        (reqwest::Method::PUT, "/v1/hints", Some("POST")),
+        (reqwest::Method::POST, "/healthz", Some("GET")),
+        (reqwest::Method::DELETE, "/openapi.json", Some("GET")),
+        (reqwest::Method::GET, "/v1/embed-url/dashboards", None),
+    ] {
+        let resp = app
+            .http
+            .request(method.clone(), format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let allowed = resp
+            .headers()
+            .get("allow")
+            .map(|a| a.to_str().unwrap().to_string());
+        let p: Value = resp.json().await.unwrap();
+        match allow {
+            Some(allow) => {
+                assert_eq!(
+                    (status, p["code"].as_str()),
+                    (405, Some("method_not_allowed")),
+                    "{method} {path}: {p}"
+                );
+                assert_eq!(allowed.as_deref(), Some(allow), "{method} {path}");
+            }
+            None => assert_eq!(
+                (status, p["code"].as_str()),
+                (404, Some("not_found")),
+                "{method} {path}: {p}"
+            ),
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn two_api_keys_in_one_request_are_refused_whichever_comes_first() {
+    let app = spawn_app(|_| {}).await;
+    let body = json!({"AwsAccountId": "111122223333", "DashboardId": "sales-2024", "IdentityType": "ANONYMOUS"});
+    for keys in [
+        ["Bearer alpha-key", "Bearer wrong"],
+        ["Bearer wrong", "Bearer alpha-key"],
+        ["Bearer alpha-key", "Bearer alpha-key"],
+    ] {
+        let resp = app
+            .http
+            .post(format!("{}/v1/embed-url/dashboard", app.base))
+            .header("Content-Type", "application/json")
+            .header("Authorization", keys[0])
+            .header("Authorization", keys[1])
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 401, "{keys:?}");
+        let p: Value = resp.json().await.unwrap();
+        assert_eq!(
+            (p["code"].as_str(), p["field"].as_str()),
+            (Some("invalid_api_key"), Some("Authorization")),
+            "{keys:?}: {p}"
+        );
+    }
+    assert_eq!(app.sim.sim.ledger().calls, 0);
+    app.stop().await;
+}
