@@ -107,8 +107,8 @@ pub fn parse_strict<
                     field: Some(field),
                 })
             } else {
-                let text = text.replace("expected i64", "expected an integer");
-                let detail = format!("{path}: {}", text.split(" at line").next().unwrap_or(&text));
+                let text = text.split(" at line").next().unwrap_or(&text);
+                let detail = format!("{path}: {}", in_json_terms(text));
                 Err(BadInput {
                     code: "invalid_type",
                     detail,
@@ -117,6 +117,50 @@ pub fn parse_strict<
             }
         }
     }
+}
+
+/// serde's words for a problem in JSON's: `sequence` and `map` are an array and an object,
+/// `integer `5`` and `floating point `1.5`` are numbers, Rust's integer types are whole numbers;
+/// an echoed string is cut at 64 characters (it can be as long as the body) and an unknown
+/// enum value lists the values there are.
+fn in_json_terms(text: &str) -> String {
+    use std::sync::LazyLock;
+    static VARIANT: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"^unknown variant `(.*)`, expected (?:one of )?(.*)$")
+            .expect("a pattern")
+    });
+    static WORDS: LazyLock<[(regex::Regex, &str); 9]> = LazyLock::new(|| {
+        let r = |p: &str| regex::Regex::new(p).expect("a pattern");
+        [
+            (r(r"\ba sequence\b"), "an array"),
+            (r(r"\bsequence\b"), "array"),
+            (r(r"\ba map\b"), "an object"),
+            (r(r"\bmap\b"), "object"),
+            (r(r"(?:integer|floating point) `([^`]*)`"), "number $1"),
+            (r(r"boolean `([^`]*)`"), "$1"),
+            (
+                r(r"expected (?:u8|u16|u32|u64|usize)\b"),
+                "expected a whole number, 0 or more",
+            ),
+            (
+                r(r"expected (?:i8|i16|i32|i64|isize)\b"),
+                "expected a whole number",
+            ),
+            (r(r"expected f(?:32|64)\b"), "expected a number"),
+        ]
+    });
+    static LONG: LazyLock<regex::Regex> =
+        LazyLock::new(|| regex::Regex::new(r#"string "(.{64}).+""#).expect("a pattern"));
+    if let Some(c) = VARIANT.captures(text) {
+        let cut: String = c[1].chars().take(64).collect();
+        return format!("{cut:?} is not one of {}", c[2].replace('`', ""));
+    }
+    let mut out = text.to_string();
+    for (pattern, with) in WORDS.iter() {
+        out = pattern.replace_all(&out, *with).into_owned();
+    }
+    out = LONG.replace(&out, "string \"$1…\"").into_owned();
+    out.replace('`', "")
 }
 
 /// `A.B[2].C`: a member path as the API documents it (Option and newtype layers left out).
@@ -343,6 +387,54 @@ mod tests {
             e.field.as_deref(),
             Some("ExperienceConfiguration.Dashboard.Nope")
         );
+    }
+
+    #[test]
+    fn a_wrong_type_is_told_in_json_terms() {
+        let long = "x".repeat(600);
+        for (body, detail) in [
+            (
+                r#"{"DashboardId":"d","IdentityType":"IAM","AdditionalDashboardIds":{}}"#
+                    .to_string(),
+                "AdditionalDashboardIds: invalid type: object, expected an array",
+            ),
+            (
+                r#"{"DashboardId":[],"IdentityType":"IAM"}"#.into(),
+                "DashboardId: invalid type: array, expected a string",
+            ),
+            (
+                r#"{"DashboardId":1.5,"IdentityType":"IAM"}"#.into(),
+                "DashboardId: invalid type: number 1.5, expected a string",
+            ),
+            (
+                r#"{"DashboardId":"d","IdentityType":"IAM","UndoRedoDisabled":5}"#.into(),
+                "UndoRedoDisabled: invalid type: number 5, expected a boolean",
+            ),
+            (
+                r#"{"DashboardId":true,"IdentityType":"IAM"}"#.into(),
+                "DashboardId: invalid type: true, expected a string",
+            ),
+            (
+                r#"{"DashboardId":"d","IdentityType":"IAM","SessionLifetimeInMinutes":1.5}"#.into(),
+                "SessionLifetimeInMinutes: invalid type: number 1.5, expected a whole number",
+            ),
+            (
+                r#"{"DashboardId":"d","IdentityType":"ROOT"}"#.into(),
+                r#"IdentityType: "ROOT" is not one of IAM, QUICKSIGHT, ANONYMOUS"#,
+            ),
+            (
+                format!(
+                    r#"{{"DashboardId":"d","IdentityType":"IAM","AdditionalDashboardIds":"{long}"}}"#
+                ),
+                &format!(
+                    r#"AdditionalDashboardIds: invalid type: string "{}…", expected an array"#,
+                    "x".repeat(64)
+                ),
+            ),
+        ] {
+            let e = parse_request(Operation::GetDashboardEmbedUrl, body.as_bytes()).unwrap_err();
+            assert_eq!(e.detail, detail, "{body}");
+        }
     }
 
     #[test]
