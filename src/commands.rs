@@ -101,14 +101,25 @@ pub async fn check_config(args: CheckArgs) -> anyhow::Result<()> {
 pub struct ProbeArgs {
     /// An `http://host:port/path` URL (a container health check: `http://127.0.0.1:8080/healthz`).
     pub url: String,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 2.0)]
+    /// Give up after this many seconds (0.1 to 3600).
+    #[arg(long, default_value_t = 2.0, value_parser = seconds)]
     pub timeout_secs: f64,
+}
+
+/// A number of seconds from 0.1 to 3600 (a flag's; `inf` or `nan` would stop the command with a
+/// panic, and a negative or zero wait means nothing).
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.1..=3600.0).contains(&s) => Ok(s),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds from 0.1 to 3600"
+        )),
+    }
 }
 
 /// GETs `url` and succeeds on a 2xx answer: a health check for images without a shell or curl.
 pub fn probe(args: ProbeArgs) -> anyhow::Result<()> {
-    let timeout = Duration::from_secs_f64(args.timeout_secs.max(0.1));
+    let timeout = Duration::from_secs_f64(args.timeout_secs);
     let (status, _) = embedgate::http1::get(&args.url, timeout)?;
     if (200..300).contains(&status) {
         Ok(())
@@ -122,8 +133,8 @@ pub struct TopArgs {
     /// The gateway's admin listener.
     #[arg(long, default_value = "http://127.0.0.1:9464")]
     pub admin: String,
-    /// Seconds between refreshes.
-    #[arg(long, default_value_t = 1.0)]
+    /// Seconds between refreshes (0.1 to 3600).
+    #[arg(long, default_value_t = 1.0, value_parser = seconds)]
     pub interval_secs: f64,
     /// Print one screen (two scrapes one interval apart) and exit, without clearing the terminal.
     #[arg(long)]
@@ -132,7 +143,7 @@ pub struct TopArgs {
 
 /// A terminal view of one gateway, refreshed every interval, from `/metrics` and `/state`.
 pub fn top(args: TopArgs) -> anyhow::Result<()> {
-    let interval = Duration::from_secs_f64(args.interval_secs.max(0.1));
+    let interval = Duration::from_secs_f64(args.interval_secs);
     let admin = args.admin.trim_end_matches('/').to_string();
     let scrape = || -> anyhow::Result<embedgate::top::Scrape> {
         let (status, metrics) =

@@ -491,3 +491,30 @@ fn a_gateway_stopped_by_sigterm_has_written_every_request_line() {
         "{lines:#?}"
     );
 }
+
+/// A flag's seconds outside their range are a usage error naming the range (`inf` stopped
+/// `probe` and `top` with a panic; 0 or a negative wait was quietly taken as 0.1 s).
+#[test]
+fn a_flags_seconds_outside_their_range_are_a_usage_error() {
+    for (command, flag, rest) in [
+        ("probe", "--timeout-secs", "http://127.0.0.1:9/healthz"),
+        ("top", "--interval-secs", "--once"),
+    ] {
+        for value in ["inf", "nan", "0", "-1"] {
+            let out = bin()
+                .args([command, rest, &format!("{flag}={value}")])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command} {flag}={value}: {stderr}"
+            );
+            assert!(
+                stderr.contains("not a number of seconds from 0.1 to 3600"),
+                "{command} {flag}={value}: {stderr}"
+            );
+        }
+    }
+}
