@@ -128,6 +128,9 @@ impl Default for ApiSettings {
     }
 }
 
+/// The most HTTP worker threads a listener may have (actix-web's own limit; it panics above).
+pub const MAX_WORKERS: usize = 512;
+
 /// One QuickSight upstream: an account (or, for the single `[upstream]` table, every account the
 /// tenants name) in one region, with its credentials, client bounds and call budget.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

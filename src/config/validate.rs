@@ -138,6 +138,12 @@ impl Settings {
         if !self.debug.clock_offset_secs.is_finite() {
             return Err("debug.clock_offset_secs: must be a number of seconds".into());
         }
+        if self
+            .workers
+            .is_some_and(|w| !(1..=super::MAX_WORKERS).contains(&w))
+        {
+            return Err(format!("workers: must be from 1 to {}", super::MAX_WORKERS));
+        }
         if let Some(f) = &self.log_format {
             if f != "json" && f != "pretty" {
                 return Err(format!("log_format: {f:?} is not \"json\" or \"pretty\""));
@@ -531,6 +537,14 @@ mod tests {
                     "{key} = {v}: {e}"
                 );
             }
+        }
+        for workers in [0, 513] {
+            let mut s = with_tenant();
+            s.workers = Some(workers);
+            assert!(s
+                .validate()
+                .unwrap_err()
+                .starts_with("workers: must be from 1 to 512"));
         }
         let mut s = with_tenant();
         s.api.max_hints_per_call = 0;

@@ -101,25 +101,29 @@ impl Knobs {
         };
         frac("error_rate", self.error_rate)?;
         frac("hang_rate", self.hang_rate)?;
-        if !(self.latency_ms >= 0.0 && self.latency_ms.is_finite()) {
-            return Err("latency_ms must be a non-negative number".into());
+        let latency = |p: f64| (0.0..=MAX_LATENCY_MS).contains(&p);
+        if !latency(self.latency_ms) {
+            return Err(format!(
+                "latency_ms must be from 0 to {MAX_LATENCY_MS} (an hour)"
+            ));
         }
-        if self
-            .latency_p99_ms
-            .is_some_and(|p| !(p >= 0.0 && p.is_finite()))
-        {
-            return Err("latency_p99_ms must be a non-negative number".into());
+        if self.latency_p99_ms.is_some_and(|p| !latency(p)) {
+            return Err(format!(
+                "latency_p99_ms must be from 0 to {MAX_LATENCY_MS} (an hour)"
+            ));
         }
         if self.throttle_rps == Some(0) {
             return Err("throttle_rps must be at least 1 (omit it to disable throttling)".into());
         }
-        if !self.clock_offset_secs.is_finite() {
-            return Err("clock_offset_secs must be a number".into());
+        if !(-MAX_CLOCK_OFFSET_SECS..=MAX_CLOCK_OFFSET_SECS).contains(&self.clock_offset_secs) {
+            return Err(format!(
+                "clock_offset_secs must be a number of seconds from -{MAX_CLOCK_OFFSET_SECS} to {MAX_CLOCK_OFFSET_SECS} (ten years)"
+            ));
         }
         Ok(())
     }
 
-    /// One latency sample.
+    /// One latency sample, at most [`MAX_LATENCY_MS`] (a log-normal's tail has no end).
     pub fn sample_latency(&self, rng: &mut impl rand::Rng) -> std::time::Duration {
         use rand_distr::Distribution;
         let median = self.latency_ms;
@@ -133,9 +137,14 @@ impl Knobs {
             }
             _ => median,
         };
-        std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+        std::time::Duration::from_secs_f64(ms.clamp(0.0, MAX_LATENCY_MS) / 1000.0)
     }
 }
+
+/// The longest latency a knob may ask for, or a sample take, in milliseconds (an hour).
+pub const MAX_LATENCY_MS: f64 = 3_600_000.0;
+/// The largest shift of the simulator's clock, in seconds (ten years).
+pub const MAX_CLOCK_OFFSET_SECS: f64 = 315_360_000.0;
 
 #[cfg(test)]
 mod tests {
@@ -162,6 +171,34 @@ mod tests {
         assert!(Knobs::default()
             .merged(&serde_json::json!({"throttle_rps": 0}))
             .is_err());
+        // Values whose delays no clock can hold (they stopped a call with a panic).
+        for (knob, v) in [
+            ("latency_ms", 1e300),
+            ("latency_p99_ms", 1e300),
+            ("clock_offset_secs", 1e300),
+            ("clock_offset_secs", -1e300),
+        ] {
+            let e = Knobs::default()
+                .merged(&serde_json::json!({ knob: v }))
+                .unwrap_err();
+            assert!(
+                e.starts_with(&format!("{knob} must be")),
+                "{knob} = {v}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_latency_sample_stays_within_an_hour_however_long_the_tail() {
+        let k = Knobs {
+            latency_ms: 0.001,
+            latency_p99_ms: Some(MAX_LATENCY_MS),
+            ..Knobs::default()
+        };
+        let mut rng = rand::rng();
+        for _ in 0..10_000 {
+            assert!(k.sample_latency(&mut rng).as_secs_f64() <= MAX_LATENCY_MS / 1000.0);
+        }
     }
 
     #[test]
