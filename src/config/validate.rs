@@ -164,6 +164,11 @@ impl Settings {
         if self.api.unauthenticated_burst == 0 {
             return Err("api.unauthenticated_burst: must be at least 1".into());
         }
+        refill_time(
+            "api.unauthenticated_burst",
+            self.api.unauthenticated_burst,
+            self.api.unauthenticated_rate_per_sec,
+        )?;
         if self.api.miss_timeout_ms == 0 || self.api.max_body_bytes == 0 {
             return Err("api.miss_timeout_ms and api.max_body_bytes: must be at least 1".into());
         }
@@ -232,6 +237,7 @@ impl Settings {
             if t.burst == 0 {
                 return Err(format!("{}: must be at least 1", k("burst")));
             }
+            refill_time(&k("burst"), t.burst, t.rate_per_sec)?;
             for a in t.policy.accounts.iter().chain(t.default_account.iter()) {
                 if a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(format!(
@@ -301,6 +307,22 @@ fn within(key: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{key}: must be from {lo} to {hi}"))
+    }
+}
+
+/// The longest a full burst may take to refill at its rate, in seconds (ten years): the
+/// limiters count in nanoseconds, and a period times a burst past 2^64 ns overflowed at start
+/// (rate_per_sec = 0.000001 with burst = 4294967295).
+const MAX_REFILL_SECS: f64 = 315_360_000.0;
+
+/// A `burst` at `rate` per second refills within [`MAX_REFILL_SECS`].
+fn refill_time(key: &str, burst: u32, rate: f64) -> Result<(), String> {
+    if f64::from(burst) / rate <= MAX_REFILL_SECS {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}: a full burst refills in burst / rate_per_sec seconds, which must be at most {MAX_REFILL_SECS} (ten years)"
+        ))
     }
 }
 
@@ -538,6 +560,21 @@ mod tests {
                 );
             }
         }
+        let mut s = with_tenant();
+        (s.tenants[0].rate_per_sec, s.tenants[0].burst) = (1e-6, u32::MAX);
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .starts_with("tenants[0].burst: a full burst refills"));
+        let mut s = with_tenant();
+        (
+            s.api.unauthenticated_rate_per_sec,
+            s.api.unauthenticated_burst,
+        ) = (0.001, 1_000_000);
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .starts_with("api.unauthenticated_burst: "));
         for workers in [0, 513] {
             let mut s = with_tenant();
             s.workers = Some(workers);
