@@ -144,6 +144,9 @@ impl Settings {
         {
             return Err(format!("workers: must be from 1 to {}", super::MAX_WORKERS));
         }
+        if let Some(level) = &self.log_level {
+            crate::telemetry::check_level(level).map_err(|e| format!("log_level: {e}"))?;
+        }
         if let Some(f) = &self.log_format {
             if f != "json" && f != "pretty" {
                 return Err(format!("log_format: {f:?} is not \"json\" or \"pretty\""));
@@ -575,6 +578,24 @@ mod tests {
             .validate()
             .unwrap_err()
             .starts_with("api.unauthenticated_burst: "));
+        for bad in ["infp", "", "debug,embedgate=loud", "info,[=debug"] {
+            let mut s = with_tenant();
+            s.log_level = Some(bad.into());
+            assert!(
+                s.validate().unwrap_err().starts_with("log_level: "),
+                "{bad:?}"
+            );
+        }
+        for good in [
+            "info",
+            "WARN",
+            "debug,hyper=info",
+            "embedgate::api=trace,warn",
+        ] {
+            let mut s = with_tenant();
+            s.log_level = Some(good.into());
+            assert_eq!(s.validate(), Ok(()), "{good:?}");
+        }
         for workers in [0, 513] {
             let mut s = with_tenant();
             s.workers = Some(workers);

@@ -60,10 +60,44 @@ pub fn filter(level: &str) -> EnvFilter {
         .unwrap_or_else(|_| EnvFilter::new(format!("info,{}", caps.join(","))))
 }
 
-fn configured_level(default_level: &str) -> String {
-    std::env::var("EMBEDGATE_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| default_level.to_string())
+/// Whether `level` is a filter to log with: comma-separated directives, each a level (`off`,
+/// `error`, `warn`, `info`, `debug`, `trace`) or `target=level`. A bare word that is not a level
+/// is a valid `EnvFilter` directive (every level of that target only), so a typo such as
+/// `log_level = "infp"` silenced every other line; a directive that did not parse sent the whole
+/// filter back to `info` without a word.
+///
+/// # Errors
+/// The first directive that is neither, or why the list does not parse.
+pub fn check_level(level: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    for directive in level.split(',').map(str::trim) {
+        let named = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(named)) {
+            return Err(format!(
+                "{directive:?} is not a level (off, error, warn, info, debug, trace) or target=level"
+            ));
+        }
+    }
+    EnvFilter::try_new(level)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// The filter to log with: `EMBEDGATE_LOG`, else `RUST_LOG`, else `default_level`; and, when the
+/// variable is not one ([`check_level`]), what to say about it once logging is up.
+fn configured_level(default_level: &str) -> (String, Option<String>) {
+    for var in ["EMBEDGATE_LOG", "RUST_LOG"] {
+        if let Ok(level) = std::env::var(var) {
+            return match check_level(&level) {
+                Ok(()) => (level, None),
+                Err(why) => (
+                    default_level.to_string(),
+                    Some(format!("{var} ignored ({why}); logging at {default_level}")),
+                ),
+            };
+        }
+    }
+    (default_level.to_string(), None)
 }
 
 /// How long a line below `warn` may wait in its batch unless the configuration says otherwise.
@@ -75,9 +109,16 @@ static STDERR: OnceLock<Batched<std::io::Stderr>> = OnceLock::new();
 /// Installs the global subscriber once, writing to stderr: lines below `warn` in batches written
 /// at least every `flush` (each as it is logged when `flush` is zero). Later calls do nothing.
 pub fn init(format: LogFormat, default_level: &str, flush: Duration) {
-    let level = configured_level(default_level);
+    let (level, ignored) = configured_level(default_level);
+    init_batched(format, &level, flush);
+    if let Some(why) = ignored {
+        tracing::warn!("{why}");
+    }
+}
+
+fn init_batched(format: LogFormat, level: &str, flush: Duration) {
     if flush.is_zero() {
-        return init_with_writer(format, &level, std::io::stderr);
+        return init_with_writer(format, level, std::io::stderr);
     }
     let batched = STDERR.get_or_init(|| {
         let previous = std::panic::take_hook();
@@ -90,7 +131,7 @@ pub fn init(format: LogFormat, default_level: &str, flush: Duration) {
         }));
         Batched::new(std::io::stderr(), flush)
     });
-    init_with_writer(format, &level, batched.clone());
+    init_with_writer(format, level, batched.clone());
 }
 
 /// Writes every line still waiting in a batch: call before the process ends.

@@ -162,7 +162,13 @@ fn a_replica_with_a_wrong_clock_on_purpose_starts_only_with_unsafe_test() {
 /// Starts the binary, waits (at most 30 s) for a line containing `ready` on stdout or stderr,
 /// then kills it.
 fn starts(args: &[&str], ready: &str) {
+    starts_with(args, &[], ready)
+}
+
+/// [`starts`] with environment variables `env`.
+fn starts_with(args: &[&str], env: &[(&str, &str)], ready: &str) {
     let mut child = sandboxed(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -199,6 +205,23 @@ fn starts(args: &[&str], ready: &str) {
     assert!(
         found,
         "{args:?} did not report {ready:?}; it printed: {seen:#?}"
+    );
+}
+
+/// A log filter in the environment that is not one is said to be ignored, and the process logs
+/// at its configured level (`EMBEDGATE_LOG=infp` was read as "every level of target infp" and
+/// silenced every other line); in the config file it refuses to start.
+#[test]
+fn a_log_filter_that_is_not_one_is_named_not_followed() {
+    starts_with(
+        &["serve", "--config", "config/embedgate.example.toml"],
+        &[("EMBEDGATE_LOG", "infp")],
+        "EMBEDGATE_LOG ignored (\\\"infp\\\" is not a level",
+    );
+    refuses(
+        &["serve", "--config"],
+        "log_level = \"infp\"\n",
+        "log_level: \"infp\" is not a level",
     );
 }
 
