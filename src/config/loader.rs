@@ -147,6 +147,11 @@ mod tests {
     use super::*;
     use crate::config::Settings;
 
+    /// Why settings from `file` and variables with `prefix` do not load.
+    fn refusal(file: Option<&std::path::Path>, prefix: &str) -> String {
+        load::<Settings>(file, prefix).unwrap_err().to_string()
+    }
+
     fn write(name: &str, text: &str) -> std::path::PathBuf {
         let path =
             std::env::temp_dir().join(format!("embedgate-{name}-{}.toml", std::process::id()));
@@ -213,14 +218,10 @@ mod tests {
         // A number key given text is still refused naming it, and so is a number in a file
         // where the key wants text: TOML has types of its own.
         std::env::set_var("EGTEST_SOON_UPSTREAM__TIMEOUT_MS", "soon");
-        let err = load::<Settings>(None, "EGTEST_SOON_")
-            .unwrap_err()
-            .to_string();
+        let err = refusal(None, "EGTEST_SOON_");
         assert!(err.contains("upstream.timeout_ms"), "{err}");
         let path = write("number", "[upstream]\naccount = 111122223333\n");
-        let err = load::<Settings>(Some(&path), "EGTEST_NUMBER_")
-            .unwrap_err()
-            .to_string();
+        let err = refusal(Some(&path), "EGTEST_NUMBER_");
         assert!(err.contains("upstream.account"), "{err}");
     }
 
@@ -240,9 +241,7 @@ mod tests {
         .enumerate()
         {
             let path = write(&format!("array-{i}"), &format!("{text}\n"));
-            let err = load::<Settings>(Some(&path), "EGTEST_ARRAY_")
-                .unwrap_err()
-                .to_string();
+            let err = refusal(Some(&path), "EGTEST_ARRAY_");
             assert_eq!(
                 err,
                 format!("invalid configuration: {key}: must be a table, not an array"),
@@ -251,23 +250,17 @@ mod tests {
         }
         // A list's own values are named as before.
         let path = write("list", "[redis]\ncluster_urls = [5]\n");
-        let err = load::<Settings>(Some(&path), "EGTEST_LIST_")
-            .unwrap_err()
-            .to_string();
+        let err = refusal(Some(&path), "EGTEST_LIST_");
         assert!(err.contains("redis.cluster_urls.0"), "{err}");
     }
 
     #[test]
     fn an_unknown_or_mistyped_key_is_named_in_the_error() {
         let path = write("unknown", "[pool]\nmax_urlz = 5\n");
-        let err = load::<Settings>(Some(&path), "EGTEST_UNKNOWN_")
-            .unwrap_err()
-            .to_string();
+        let err = refusal(Some(&path), "EGTEST_UNKNOWN_");
         assert!(err.contains("max_urlz"), "{err}");
         let path = write("mistyped", "[upstream]\ntimeout_ms = \"soon\"\n");
-        let err = load::<Settings>(Some(&path), "EGTEST_MISTYPED_")
-            .unwrap_err()
-            .to_string();
+        let err = refusal(Some(&path), "EGTEST_MISTYPED_");
         assert!(err.contains("upstream.timeout_ms"), "{err}");
     }
 }

@@ -472,6 +472,13 @@ mod tests {
         s
     }
 
+    /// Why a valid table changed by `change` is refused.
+    fn refusal(change: impl FnOnce(&mut Settings)) -> String {
+        let mut s = with_tenant();
+        change(&mut s);
+        s.validate().unwrap_err()
+    }
+
     #[test]
     fn limits_and_durations_a_limiter_cannot_hold_are_refused_naming_the_key() {
         assert_eq!(with_tenant().validate(), Ok(()));
@@ -505,9 +512,7 @@ mod tests {
         ];
         for (key, set, values) in cases {
             for v in *values {
-                let mut s = with_tenant();
-                set(&mut s, *v);
-                let e = s.validate().unwrap_err();
+                let e = refusal(|s| set(s, *v));
                 assert!(e.starts_with(&format!("{key}: ")), "{key} = {v}: {e}");
             }
         }
@@ -554,37 +559,26 @@ mod tests {
         ];
         for (key, set, values) in ints {
             for v in *values {
-                let mut s = with_tenant();
-                set(&mut s, *v);
-                let e = s.validate().unwrap_err();
+                let e = refusal(|s| set(s, *v));
                 assert!(
                     e.starts_with(&format!("{key}: must be from ")),
                     "{key} = {v}: {e}"
                 );
             }
         }
-        let mut s = with_tenant();
-        (s.tenants[0].rate_per_sec, s.tenants[0].burst) = (1e-6, u32::MAX);
-        assert!(s
-            .validate()
-            .unwrap_err()
-            .starts_with("tenants[0].burst: a full burst refills"));
-        let mut s = with_tenant();
-        (
-            s.api.unauthenticated_rate_per_sec,
-            s.api.unauthenticated_burst,
-        ) = (0.001, 1_000_000);
-        assert!(s
-            .validate()
-            .unwrap_err()
-            .starts_with("api.unauthenticated_burst: "));
+        let e = refusal(|s| (s.tenants[0].rate_per_sec, s.tenants[0].burst) = (1e-6, u32::MAX));
+        assert!(
+            e.starts_with("tenants[0].burst: a full burst refills"),
+            "{e}"
+        );
+        let e = refusal(|s| {
+            let api = &mut s.api;
+            (api.unauthenticated_rate_per_sec, api.unauthenticated_burst) = (0.001, 1_000_000);
+        });
+        assert!(e.starts_with("api.unauthenticated_burst: "), "{e}");
         for bad in ["infp", "", "debug,embedgate=loud", "info,[=debug"] {
-            let mut s = with_tenant();
-            s.log_level = Some(bad.into());
-            assert!(
-                s.validate().unwrap_err().starts_with("log_level: "),
-                "{bad:?}"
-            );
+            let e = refusal(|s| s.log_level = Some(bad.into()));
+            assert!(e.starts_with("log_level: "), "{bad:?}: {e}");
         }
         for good in [
             "info",
@@ -597,18 +591,10 @@ mod tests {
             assert_eq!(s.validate(), Ok(()), "{good:?}");
         }
         for workers in [0, 513] {
-            let mut s = with_tenant();
-            s.workers = Some(workers);
-            assert!(s
-                .validate()
-                .unwrap_err()
-                .starts_with("workers: must be from 1 to 512"));
+            let e = refusal(|s| s.workers = Some(workers));
+            assert!(e.starts_with("workers: must be from 1 to 512"), "{e}");
         }
-        let mut s = with_tenant();
-        s.api.max_hints_per_call = 0;
-        assert!(s
-            .validate()
-            .unwrap_err()
-            .starts_with("api.max_hints_per_call: "));
+        let e = refusal(|s| s.api.max_hints_per_call = 0);
+        assert!(e.starts_with("api.max_hints_per_call: "), "{e}");
     }
 }
