@@ -144,6 +144,19 @@ impl Settings {
         {
             return Err(format!("workers: must be from 1 to {}", super::MAX_WORKERS));
         }
+        let listeners = [
+            Some(("listen", self.listen)),
+            Some(("admin_listen", self.admin_listen)),
+            self.compat_listen.map(|a| ("compat_listen", a)),
+        ];
+        let listeners: Vec<_> = listeners.into_iter().flatten().collect();
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| overlap(*a, *addr)) {
+                return Err(format!(
+                    "{key}: {addr} is also {other}'s port (one of them would not bind)"
+                ));
+            }
+        }
         if let Some(level) = &self.log_level {
             crate::telemetry::check_level(level).map_err(|e| format!("log_level: {e}"))?;
         }
@@ -303,6 +316,14 @@ const DAY_SECS: u64 = 86_400;
 const MONTH_SECS: u64 = 30 * DAY_SECS;
 /// Most calls or prefetches in flight at once.
 const MAX_CONCURRENCY: u64 = 100_000;
+
+/// Whether two listeners would claim the same socket: the same port (not 0, which asks for any
+/// free one) on the same address, or on any address where one of them is the wildcard.
+fn overlap(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
 
 /// `v` is from `lo` to `hi`.
 fn within(key: &str, v: u64, lo: u64, hi: u64) -> Result<(), String> {
@@ -589,6 +610,31 @@ mod tests {
             let mut s = with_tenant();
             s.log_level = Some(good.into());
             assert_eq!(s.validate(), Ok(()), "{good:?}");
+        }
+        for (listen, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+        ] {
+            let e = refusal(|s| {
+                (s.listen, s.admin_listen) = (listen.parse().unwrap(), admin.parse().unwrap())
+            });
+            assert!(
+                e.starts_with("admin_listen: 127.0.0.1:8080 is also listen's port"),
+                "{e}"
+            );
+        }
+        let e = refusal(|s| s.compat_listen = Some(s.admin_listen));
+        assert!(
+            e.starts_with("compat_listen: 127.0.0.1:9464 is also admin_listen's port"),
+            "{e}"
+        );
+        for (listen, admin) in [
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("127.0.0.1:8080", "127.0.0.2:8080"),
+        ] {
+            let mut s = with_tenant();
+            (s.listen, s.admin_listen) = (listen.parse().unwrap(), admin.parse().unwrap());
+            assert_eq!(s.validate(), Ok(()), "{listen} {admin}");
         }
         for workers in [0, 513] {
             let e = refusal(|s| s.workers = Some(workers));
