@@ -122,7 +122,8 @@ pub fn parse_strict<
 /// serde's words for a problem in JSON's: `sequence` and `map` are an array and an object,
 /// `integer `5`` and `floating point `1.5`` are numbers, Rust's integer types are whole numbers;
 /// an echoed string is cut at 64 characters (it can be as long as the body) and an unknown
-/// enum value lists the values there are.
+/// enum value lists the values there are. Only serde's own words are rewritten: the patterns are
+/// anchored where serde puts them, so an echoed string saying `map` stays as sent.
 fn in_json_terms(text: &str) -> String {
     use std::sync::LazyLock;
     static VARIANT: LazyLock<regex::Regex> = LazyLock::new(|| {
@@ -132,12 +133,18 @@ fn in_json_terms(text: &str) -> String {
     static WORDS: LazyLock<[(regex::Regex, &str); 9]> = LazyLock::new(|| {
         let r = |p: &str| regex::Regex::new(p).expect("a pattern");
         [
-            (r(r"\ba sequence\b"), "an array"),
-            (r(r"\bsequence\b"), "array"),
-            (r(r"\ba map\b"), "an object"),
-            (r(r"\bmap\b"), "object"),
-            (r(r"(?:integer|floating point) `([^`]*)`"), "number $1"),
-            (r(r"boolean `([^`]*)`"), "$1"),
+            (r(r"^invalid type: sequence,"), "invalid type: array,"),
+            (r(r"^invalid type: map,"), "invalid type: object,"),
+            (r(r"expected a sequence$"), "expected an array"),
+            (r(r"expected a map$"), "expected an object"),
+            (
+                r(r"^invalid (type|value): (?:integer|floating point) `([^`]*)`,"),
+                "invalid $1: number $2,",
+            ),
+            (
+                r(r"^invalid (type|value): boolean `([^`]*)`,"),
+                "invalid $1: $2,",
+            ),
             (
                 r(r"expected (?:u8|u16|u32|u64|usize)\b"),
                 "expected a whole number, 0 or more",
@@ -149,8 +156,9 @@ fn in_json_terms(text: &str) -> String {
             (r(r"expected f(?:32|64)\b"), "expected a number"),
         ]
     });
-    static LONG: LazyLock<regex::Regex> =
-        LazyLock::new(|| regex::Regex::new(r#"string "(.{64}).+""#).expect("a pattern"));
+    static LONG: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r#"^invalid (type|value): string "(.{64}).+","#).expect("a pattern")
+    });
     if let Some(c) = VARIANT.captures(text) {
         let cut: String = c[1].chars().take(64).collect();
         return format!("{cut:?} is not one of {}", c[2].replace('`', ""));
@@ -159,8 +167,8 @@ fn in_json_terms(text: &str) -> String {
     for (pattern, with) in WORDS.iter() {
         out = pattern.replace_all(&out, *with).into_owned();
     }
-    out = LONG.replace(&out, "string \"$1…\"").into_owned();
-    out.replace('`', "")
+    LONG.replace(&out, "invalid $1: string \"$2…\",")
+        .into_owned()
 }
 
 /// `A.B[2].C`: a member path as the API documents it (Option and newtype layers left out).
@@ -417,6 +425,11 @@ mod tests {
             (
                 r#"{"DashboardId":"d","IdentityType":"IAM","SessionLifetimeInMinutes":1.5}"#.into(),
                 "SessionLifetimeInMinutes: invalid type: number 1.5, expected a whole number",
+            ),
+            (
+                r#"{"DashboardId":"d","IdentityType":"IAM","AdditionalDashboardIds":"a map `x`"}"#
+                    .into(),
+                r#"AdditionalDashboardIds: invalid type: string "a map `x`", expected an array"#,
             ),
             (
                 r#"{"DashboardId":"d","IdentityType":"ROOT"}"#.into(),
