@@ -216,6 +216,10 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => run_serve(args).await,
             Command::Dev(args) => run_dev(args).await,
             Command::HashKey { key } => {
+                if let Some(key) = &key {
+                    embedgate::tenant::check_api_key(key)
+                        .map_err(|why| anyhow::anyhow!("hash-key: {why}"))?;
+                }
                 let generated = key.is_none();
                 let key = key.unwrap_or_else(embedgate::dev::new_api_key);
                 if generated {
@@ -283,6 +287,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    if let Some(key) = &args.api_key {
+        embedgate::tenant::check_api_key(key)
+            .map_err(|why| anyhow::anyhow!("--api-key (or EMBEDGATE_DEV_API_KEY): {why}"))?;
+    }
     if args.print_config {
         let key = args.api_key.unwrap_or_else(embedgate::dev::new_api_key);
         let endpoint = format!("http://{}", args.sim_listen);

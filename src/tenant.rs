@@ -18,6 +18,21 @@ pub fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
 
+/// Whether `key` can be presented as an API key: not empty (no key authenticates) and without
+/// surrounding whitespace (a presented key is trimmed, so such a key could never match).
+///
+/// # Errors
+/// Why it cannot.
+pub fn check_api_key(key: &str) -> Result<(), &'static str> {
+    if key.is_empty() {
+        Err("an API key must not be empty")
+    } else if key.trim() != key {
+        Err("an API key must not start or end with whitespace (a presented key is trimmed)")
+    } else {
+        Ok(())
+    }
+}
+
 /// Index of a tenant in the table; stable for the life of the process.
 pub type TenantId = usize;
 
@@ -100,6 +115,10 @@ impl Tenants {
 
     /// The tenant an API key belongs to, if any.
     pub fn authenticate(&self, api_key: &str) -> Option<&Tenant> {
+        // No key is a key: a header without one (`Bearer`, `Basic …`) reads as "".
+        if api_key.is_empty() {
+            return None;
+        }
         let presented = hash_key(api_key);
         let (stored, index) = self.by_key_hash.get_key_value(&presented)?;
         bool::from(stored.ct_eq(&presented)).then(|| &self.tenants[*index])
@@ -121,7 +140,11 @@ mod tests {
     use crate::model::{DashboardEmbedRequest, IdentityType};
 
     fn tenant(policy: PolicySettings) -> Tenants {
-        Tenants::new(&[TenantSettings {
+        Tenants::new(&[acme(policy)])
+    }
+
+    fn acme(policy: PolicySettings) -> TenantSettings {
+        TenantSettings {
             id: "acme".into(),
             api_key_sha256: vec![hex::encode(hash_key("k1"))],
             access_key_ids: vec![],
@@ -134,7 +157,7 @@ mod tests {
             max_tracked_keys: 100,
             policy,
             warm: vec![],
-        }])
+        }
     }
 
     fn req(identity: IdentityType, user: Option<&str>) -> EmbedRequest {
@@ -151,6 +174,16 @@ mod tests {
         assert_eq!(t.authenticate("k1").map(|t| t.id.as_str()), Some("acme"));
         assert!(t.authenticate("k2").is_none());
         assert!(t.authenticate("").is_none());
+    }
+
+    #[test]
+    fn no_key_authenticates_even_where_the_empty_keys_hash_is_listed() {
+        let mut settings = acme(PolicySettings::default());
+        settings.api_key_sha256 = vec![hex::encode(hash_key(""))];
+        assert!(Tenants::new(&[settings]).authenticate("").is_none());
+        assert!(check_api_key("").is_err());
+        assert!(check_api_key(" k ").is_err());
+        assert!(check_api_key("k").is_ok());
     }
 
     #[test]

@@ -241,6 +241,12 @@ impl Settings {
                 }
             }
             for h in &t.api_key_sha256 {
+                if h.eq_ignore_ascii_case(EMPTY_KEY_SHA256) {
+                    return Err(format!(
+                        "{}: {h:?} is the hash of an empty key, which never authenticates",
+                        k("api_key_sha256")
+                    ));
+                }
                 if h.len() != 64 || hex::decode(h).is_err() {
                     return Err(format!(
                         "{}: {h:?} is not a hex SHA-256 (64 hex digits)",
@@ -316,6 +322,10 @@ const DAY_SECS: u64 = 86_400;
 const MONTH_SECS: u64 = 30 * DAY_SECS;
 /// Most calls or prefetches in flight at once.
 const MAX_CONCURRENCY: u64 = 100_000;
+
+/// SHA-256 of the empty string: listed as a key's hash, it would let any request without a
+/// key in (a missing `Bearer` token reads as ""), so it is refused.
+const EMPTY_KEY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 /// Whether two listeners would claim the same socket: the same port (not 0, which asks for any
 /// free one) on the same address, or on any address where one of them is the wildcard.
@@ -636,6 +646,8 @@ mod tests {
             (s.listen, s.admin_listen) = (listen.parse().unwrap(), admin.parse().unwrap());
             assert_eq!(s.validate(), Ok(()), "{listen} {admin}");
         }
+        let e = refusal(|s| s.tenants[0].api_key_sha256 = vec![EMPTY_KEY_SHA256.to_uppercase()]);
+        assert!(e.starts_with("tenants[0].api_key_sha256: "), "{e}");
         for workers in [0, 513] {
             let e = refusal(|s| s.workers = Some(workers));
             assert!(e.starts_with("workers: must be from 1 to 512"), "{e}");

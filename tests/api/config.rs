@@ -541,3 +541,33 @@ fn a_flags_seconds_outside_their_range_are_a_usage_error() {
         }
     }
 }
+
+/// An API key that could never be presented is refused where it is made: empty (no key
+/// authenticates; `EMBEDGATE_DEV_API_KEY=` made the demo tenant's key empty, and then any request
+/// whose `Authorization` carried no key was served as it) or with surrounding whitespace (a
+/// presented key is trimmed).
+#[test]
+fn an_api_key_that_could_never_be_presented_is_refused_where_it_is_made() {
+    for key in ["", " padded "] {
+        let out = bin().args(["hash-key", key]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "hash-key {key:?} printed a hash");
+        assert!(stderr.contains("hash-key: an API key must not"), "{stderr}");
+        let out = bin()
+            .args(["dev", "--print-config"])
+            .env("EMBEDGATE_DEV_API_KEY", key)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "dev took the key {key:?}");
+        assert!(
+            stderr.contains("EMBEDGATE_DEV_API_KEY): an API key must not"),
+            "{stderr}"
+        );
+    }
+    refuses(
+        &["serve", "--config"],
+        "[[tenants]]\nid = \"a\"\napi_key_sha256 = [\"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\"]\n",
+        "is the hash of an empty key",
+    );
+}
