@@ -41,9 +41,11 @@ pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a
     let key = value
         .to_str()
         .ok()
+        // The scheme's name is case-insensitive (RFC 9110 §11.1).
         .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
+            v.get(..7)
+                .filter(|scheme| scheme.eq_ignore_ascii_case("bearer "))
+                .map(|_| &v[7..])
         })
         .map(str::trim)
         .unwrap_or_default();

@@ -571,3 +571,31 @@ async fn two_api_keys_in_one_request_are_refused_whichever_comes_first() {
     assert_eq!(app.sim.sim.ledger().calls, 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case_and_nothing_else_is_a_key() {
+    let app = spawn_app(|_| {}).await;
+    let body = json!({"AwsAccountId": "111122223333", "DashboardId": "sales-2024", "IdentityType": "ANONYMOUS"});
+    let status = |auth: &'static str| {
+        let req = app
+            .http
+            .post(format!("{}/v1/embed-url/dashboard", app.base))
+            .header("Content-Type", "application/json")
+            .header("Authorization", auth)
+            .body(body.to_string());
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    for auth in ["Bearer alpha-key", "bearer alpha-key", "BEARER alpha-key"] {
+        assert_ne!(status(auth).await, 401, "{auth}");
+    }
+    for auth in [
+        "Bearer",
+        "Bearer ",
+        "Basic alpha-key",
+        "alpha-key",
+        "Bearer  wrong",
+    ] {
+        assert_eq!(status(auth).await, 401, "{auth}");
+    }
+    app.stop().await;
+}
