@@ -17,7 +17,6 @@ impl Settings {
                 Err(format!("{key}: must be a positive number"))
             }
         };
-        let rate = |key: &str, v: f64| rate(key, v);
         if !self.upstreams.is_empty() && self.upstream != super::UpstreamSettings::default() {
             return Err(
                 "upstream: set either [upstream] (one upstream) or [[upstreams]], not both".into(),
