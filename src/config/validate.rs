@@ -206,6 +206,7 @@ impl Settings {
                 super::loader::MASTER_KEY_ENV
             ));
         }
+        let empty_key = empty_key_sha256();
         for (i, t) in self.tenants.iter().enumerate() {
             let k = |f: &str| format!("tenants[{i}].{f}");
             if t.id.is_empty()
@@ -240,7 +241,7 @@ impl Settings {
                 }
             }
             for h in &t.api_key_sha256 {
-                if h.eq_ignore_ascii_case(EMPTY_KEY_SHA256) {
+                if h.eq_ignore_ascii_case(&empty_key) {
                     return Err(format!(
                         "{}: {h:?} is the hash of an empty key, which never authenticates",
                         k("api_key_sha256")
@@ -322,9 +323,11 @@ const MONTH_SECS: u64 = 30 * DAY_SECS;
 /// Most calls or prefetches in flight at once.
 const MAX_CONCURRENCY: u64 = 100_000;
 
-/// SHA-256 of the empty string: listed as a key's hash, it would let any request without a
-/// key in (a missing `Bearer` token reads as ""), so it is refused.
-const EMPTY_KEY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+/// The hash of the empty key: listed as a key's hash, it would let any request without a key
+/// in (a missing `Bearer` token reads as ""), so it is refused.
+fn empty_key_sha256() -> String {
+    hex::encode(crate::tenant::hash_key(""))
+}
 
 /// Whether two listeners would claim the same socket: the same port (not 0, which asks for any
 /// free one) on the same address, or on any address where one of them is the wildcard.
@@ -645,7 +648,7 @@ mod tests {
             (s.listen, s.admin_listen) = (listen.parse().unwrap(), admin.parse().unwrap());
             assert_eq!(s.validate(), Ok(()), "{listen} {admin}");
         }
-        let e = refusal(|s| s.tenants[0].api_key_sha256 = vec![EMPTY_KEY_SHA256.to_uppercase()]);
+        let e = refusal(|s| s.tenants[0].api_key_sha256 = vec![empty_key_sha256().to_uppercase()]);
         assert!(e.starts_with("tenants[0].api_key_sha256: "), "{e}");
         for workers in [0, 513] {
             let e = refusal(|s| s.workers = Some(workers));

@@ -149,19 +149,14 @@ fn list_at<T: serde::de::DeserializeOwned>(
 
 /// `A.B[2].C` for a path's segments (empty for the whole body).
 fn member_name(at: &[&serde_path_to_error::Segment]) -> String {
-    use serde_path_to_error::Segment;
+    // As serde_path_to_error writes a whole path (each segment's own text, `.` before a member),
+    // which has no way to write a part of one.
     let mut name = String::new();
     for segment in at {
-        match segment {
-            Segment::Seq { index } => name.push_str(&format!("[{index}]")),
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                if !name.is_empty() {
-                    name.push('.');
-                }
-                name.push_str(key);
-            }
-            Segment::Unknown => name.push('?'),
+        if !name.is_empty() && !matches!(segment, serde_path_to_error::Segment::Seq { .. }) {
+            name.push('.');
         }
+        name.push_str(&segment.to_string());
     }
     name
 }
