@@ -323,10 +323,12 @@ const MONTH_SECS: u64 = 30 * DAY_SECS;
 /// Most calls or prefetches in flight at once.
 const MAX_CONCURRENCY: u64 = 100_000;
 
-/// The hash of the empty key: listed as a key's hash, it would let any request without a key
-/// in (a missing `Bearer` token reads as ""), so it is refused.
+/// The hash of the empty key (SHA-256, as `tenant::hash_key` makes it; `config` cannot import
+/// `tenant`, which reads it): listed as a key's hash, it would let any request without a key in
+/// (a missing `Bearer` token reads as ""), so it is refused.
 fn empty_key_sha256() -> String {
-    hex::encode(crate::tenant::hash_key(""))
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b""))
 }
 
 /// Whether two listeners would claim the same socket: the same port (not 0, which asks for any
