@@ -89,6 +89,30 @@ pub(super) async fn read_body(
         )
         .field(Some("Content-Type".into())));
     }
+    // No content coding but `identity`: request bodies are not decompressed (a gzipped body
+    // read as JSON would fail at its first byte, naming nothing the client can fix). RFC 7694:
+    // 415, with the codings accepted in `Accept-Encoding`.
+    let encoding = req
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?"))
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|c| !c.is_empty() && !c.eq_ignore_ascii_case("identity"));
+    if let Some(coding) = encoding {
+        let detail = format!(
+            "request bodies are not decompressed: send the body without a Content-Encoding, not {:?}",
+            coding.chars().take(64).collect::<String>()
+        );
+        discard_body(req, payload, limits).await;
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            detail,
+        )
+        .field(Some("Content-Encoding".into()))
+        .header(header::ACCEPT_ENCODING, "identity".into()));
+    }
     read_bounded(req, payload, limits).await.map_err(|e| {
         let (status, code) = match e {
             BodyError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),

@@ -476,6 +476,49 @@ async fn a_body_must_be_declared_as_json() {
 }
 
 #[tokio::test]
+async fn a_compressed_body_is_refused_naming_its_encoding_not_read_as_json() {
+    // embedgate does not decompress request bodies: a gzipped JSON body read as JSON would be
+    // "invalid_json at line 1 column 1", which names nothing the client can fix.
+    let app = spawn_app(|s| s.refill.enabled = false).await;
+    let body = dash("sales-2024", "alice").to_string();
+    // (Content-Encoding, the coding a refusal names)
+    for (encoding, refused) in [
+        (Some("gzip"), Some("gzip")),
+        (Some("br"), Some("br")),
+        (Some("identity, gzip"), Some("gzip")),
+        (Some(""), None),
+        (Some("identity"), None),
+        (Some("Identity"), None),
+        (None, None),
+    ] {
+        let mut r = app
+            .http
+            .post(format!("{}/v1/embed-url/dashboard", app.base))
+            .bearer_auth(&app.keys["alpha"])
+            .header("content-type", "application/json")
+            .body(body.clone());
+        if let Some(e) = encoding {
+            r = r.header("content-encoding", e);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            if refused.is_some() { 415 } else { 200 },
+            "{encoding:?}"
+        );
+        if let Some(coding) = refused {
+            assert_eq!(r.headers()["accept-encoding"], "identity", "{encoding:?}");
+            let p: Value = r.json().await.unwrap();
+            assert_eq!(p["code"], "unsupported_media_type", "{p}");
+            assert_eq!(p["field"], "Content-Encoding", "{p}");
+            let detail = p["detail"].as_str().unwrap();
+            assert!(detail.contains(&format!("{coding:?}")), "{detail}");
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
 async fn refused_requests_count_against_the_tenants_rate() {
     let app = spawn_app(|s| {
         s.refill.enabled = false;
