@@ -99,6 +99,7 @@ async fn sdk() -> HttpResponse {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Pick {
     dashboard: String,
     /// A registered viewer's name, or empty for an anonymous one.
@@ -107,13 +108,29 @@ struct Pick {
 
 /// The portal's backend: checks the pick against what it offers, builds the request and asks the
 /// gateway, passing its answer (URL or problem) through.
-async fn embed_url(portal: web::Data<Portal>, pick: web::Json<Pick>) -> HttpResponse {
+async fn embed_url(portal: web::Data<Portal>, body: web::Bytes) -> HttpResponse {
+    let refuse = |detail: String| HttpResponse::BadRequest().json(json!({ "detail": detail }));
+    let pick: Pick = match serde_json::from_slice(&body) {
+        Ok(pick) => pick,
+        Err(e) => {
+            return refuse(format!(
+                "the body must be a JSON object {{\"dashboard\": …, \"viewer\": …}}: {e}"
+            ))
+        }
+    };
     let s = &portal.settings;
-    if !s.dashboards.contains(&pick.dashboard)
-        || !(pick.viewer.is_empty() || s.viewers.contains(&pick.viewer))
-    {
-        return HttpResponse::BadRequest()
-            .json(json!({"detail": "not a dashboard or viewer this portal offers"}));
+    let cut = |v: &str| v.chars().take(64).collect::<String>();
+    if !s.dashboards.contains(&pick.dashboard) {
+        return refuse(format!(
+            "dashboard: {:?} is not one this portal offers",
+            cut(&pick.dashboard)
+        ));
+    }
+    if !(pick.viewer.is_empty() || s.viewers.contains(&pick.viewer)) {
+        return refuse(format!(
+            "viewer: {:?} is not one this portal offers (empty for an anonymous viewer)",
+            cut(&pick.viewer)
+        ));
     }
     let (path, body) = if pick.viewer.is_empty() {
         (

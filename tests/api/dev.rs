@@ -132,3 +132,56 @@ async fn embedgate_dev_prints_a_curl_that_returns_a_redeemable_url() {
     assert_eq!(page.status(), 200);
     drop(child);
 }
+
+#[tokio::test]
+async fn the_demo_portals_backend_answers_bad_input_in_json_naming_the_member() {
+    // No gateway behind it: a pick the portal refuses never reaches one.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let gateway = format!("http://{}", gone.local_addr().unwrap());
+    drop(gone);
+    let settings = embedgate::dev::portal_settings(
+        "127.0.0.1:0".parse().unwrap(),
+        &gateway,
+        "k".repeat(32).as_str(),
+    );
+    let portal = embedgate::demo::DemoPortal::start(settings).unwrap();
+    let url = format!("http://{}/api/embed-url", portal.addr);
+    let client = http();
+    for (body, status, names) in [
+        (r#"{"dashboard": "sales-2024"}"#, 400, "viewer"),
+        (r#"{"dashboard": 5, "viewer": ""}"#, 400, "dashboard"),
+        (
+            r#"{"dashboard": "sales-2024", "viewer": "", "x": 1}"#,
+            400,
+            "x",
+        ),
+        (r#"[]"#, 400, "object"),
+        (r#"{"dashboard": "nope", "viewer": ""}"#, 400, "dashboard"),
+        (
+            r#"{"dashboard": "sales-2024", "viewer": "mallory"}"#,
+            400,
+            "viewer",
+        ),
+        (
+            r#"{"dashboard": "sales-2024", "viewer": "alice"}"#,
+            502,
+            "gateway",
+        ),
+    ] {
+        let r = client
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{body}");
+        let answer: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{body}: not JSON: {e}"));
+        let detail = answer["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(names), "{body}: {answer}");
+    }
+    portal.stop().await;
+}
