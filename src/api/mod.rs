@@ -40,9 +40,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(ANONYMOUS, web::post().to(embed::anonymous))
         .route(REGISTERED, web::post().to(embed::registered))
         .route(HINTS, web::post().to(hints::hints))
+        // Every GET route answers HEAD too (RFC 9110; actix sends the headers without the body).
         .route(HEALTHZ, web::get().to(healthz))
+        .route(HEALTHZ, web::head().to(healthz))
         .route(READYZ, web::get().to(readyz))
+        .route(READYZ, web::head().to(readyz))
         .route(OPENAPI_JSON, web::get().to(openapi))
+        .route(OPENAPI_JSON, web::head().to(openapi))
         .default_service(web::to(not_found));
 }
 
@@ -75,8 +79,11 @@ pub fn compat_routes(cfg: &mut web::ServiceConfig) {
 /// Routes of the admin listener.
 pub fn admin_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/metrics", web::get().to(admin::metrics))
+        .route("/metrics", web::head().to(admin::metrics))
         .route("/state", web::get().to(admin::state))
-        .route("/healthz", web::get().to(healthz));
+        .route("/state", web::head().to(admin::state))
+        .route("/healthz", web::get().to(healthz))
+        .route("/healthz", web::head().to(healthz));
 }
 
 /// The OpenAPI 3.1 document of the native and admin APIs (`docs/openapi.json`).
@@ -115,7 +122,7 @@ async fn readyz(gw: web::Data<Gateway>) -> HttpResponse {
 async fn not_found(req: HttpRequest) -> HttpResponse {
     let allowed = match req.path() {
         DASHBOARD | ANONYMOUS | REGISTERED | HINTS => Some("POST"),
-        HEALTHZ | READYZ | OPENAPI_JSON => Some("GET"),
+        HEALTHZ | READYZ | OPENAPI_JSON => Some("GET, HEAD"),
         _ => None,
     };
     match allowed {

@@ -506,8 +506,8 @@ async fn a_path_asked_with_another_method_is_405_naming_the_one_it_takes() {
             Some("POST"),
         ),
         (reqwest::Method::PUT, "/v1/hints", Some("POST")),
-        (reqwest::Method::POST, "/healthz", Some("GET")),
-        (reqwest::Method::DELETE, "/openapi.json", Some("GET")),
+        (reqwest::Method::POST, "/healthz", Some("GET, HEAD")),
+        (reqwest::Method::DELETE, "/openapi.json", Some("GET, HEAD")),
         (reqwest::Method::GET, "/v1/embed-url/dashboards", None),
     ] {
         let resp = app
@@ -537,6 +537,38 @@ async fn a_path_asked_with_another_method_is_405_naming_the_one_it_takes() {
                 "{method} {path}: {p}"
             ),
         }
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn every_get_route_answers_head_with_gets_headers_and_no_body() {
+    // RFC 9110: a server that answers GET answers HEAD (load balancers and uptime checks send
+    // it to /healthz).
+    let app = spawn_app(|_| {}).await;
+    let paths = [
+        (&app.base, "/healthz"),
+        (&app.base, "/readyz"),
+        (&app.base, "/openapi.json"),
+        (&app.admin, "/healthz"),
+        (&app.admin, "/metrics"),
+        (&app.admin, "/state"),
+    ];
+    for (base, path) in paths {
+        let url = format!("{base}{path}");
+        let get = app.http.get(&url).send().await.unwrap();
+        let head = app.http.head(&url).send().await.unwrap();
+        assert_eq!(head.status(), 200, "HEAD {url}");
+        assert_eq!(head.status(), get.status(), "HEAD {url}");
+        assert_eq!(
+            head.headers().get("content-type"),
+            get.headers().get("content-type"),
+            "HEAD {url}"
+        );
+        assert!(
+            head.bytes().await.unwrap().is_empty(),
+            "HEAD {url} sent a body"
+        );
     }
     app.stop().await;
 }

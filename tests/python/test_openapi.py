@@ -92,7 +92,7 @@ tenant = ["demo"]
 
     def test_schemathesis_finds_no_server_error_and_only_documented_responses_on_the_native_api(self):
         out = self.schemathesis(self.base, "--exclude-path-regex", "^/(metrics|state)$")
-        self.assertIn("Tested: 7", out)  # every native operation, /healthz to /v1/hints
+        self.assertIn("Tested: 10", out)  # every native operation, /healthz to /v1/hints, HEAD too
         # The documented examples were served, so success bodies were checked too.
         served = sum(
             metric(self.admin, f'embedgate_requests_total{{outcome="{o}",protocol="native",tenant="demo"}}')
@@ -102,7 +102,7 @@ tenant = ["demo"]
 
     def test_schemathesis_on_the_admin_listener(self):
         out = self.schemathesis(self.admin, "--include-path-regex", "^/(metrics|state|healthz)$")
-        self.assertIn("Tested: 3", out)
+        self.assertIn("Tested: 6", out)  # GET and HEAD of each
 
 
 if __name__ == "__main__":
