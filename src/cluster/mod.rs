@@ -184,6 +184,8 @@ fn refuses_command(e: &redis::RedisError) -> bool {
 /// This replica's handle on the shared state.
 pub struct Fleet {
     settings: RedisSettings,
+    /// The CAs of `redis.tls_ca_file` (PEM), read once at start.
+    tls_roots: Option<Vec<u8>>,
     /// Identifies this replica in demand estimates and heartbeats.
     replica: String,
     /// A standalone Redis's connections (shared, and one per calling thread).
@@ -221,6 +223,14 @@ pub struct Fleet {
     timeout: Duration,
 }
 
+/// Trust exactly the CAs of `pem` for the Redis server's certificate (no client certificate).
+fn certificates(pem: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    }
+}
+
 /// How long a TCP connect to Redis may take: the command timeout, but at least 200 ms (a
 /// connect is a round trip more than a command, and a 50 ms command timeout is common).
 fn connect_timeout(timeout: Duration) -> Duration {
@@ -245,6 +255,12 @@ impl Fleet {
         clock: crate::clock::Clock,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Fleet>> {
+        // rustls picks its crypto provider from its crate features unless one is installed for
+        // the process, and this dependency tree enables two (ring, and aws-lc through the AWS
+        // SDK), so the Redis client's TLS configuration would panic at `rediss://`. Ring, as the
+        // simulator's TLS listener uses; a provider already installed is kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let roots = settings.trusted_roots().map_err(anyhow::Error::msg)?;
         let timeout = Duration::from_millis(settings.timeout_ms);
         let mut fleet = Fleet {
             replica: uuid::Uuid::new_v4().simple().to_string(),
@@ -270,10 +286,14 @@ impl Fleet {
             metrics,
             timeout,
             settings: settings.clone(),
+            tls_roots: roots,
         };
         if let Some(url) = &settings.url {
-            let client =
-                redis::Client::open(url.as_str()).map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+            let client = match &fleet.tls_roots {
+                Some(pem) => redis::Client::build_with_tls(url.as_str(), certificates(pem)),
+                None => redis::Client::open(url.as_str()),
+            }
+            .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(connect_timeout(timeout)))
                 .set_response_timeout(Some(timeout))
@@ -296,10 +316,15 @@ impl Fleet {
     }
 
     fn cluster_client(&self) -> anyhow::Result<redis::cluster::ClusterClient> {
-        redis::cluster::ClusterClientBuilder::new(self.settings.cluster_urls.clone())
-            .connection_timeout(connect_timeout(self.timeout))
-            .response_timeout(self.timeout)
-            .retries(1)
+        let mut builder =
+            redis::cluster::ClusterClientBuilder::new(self.settings.cluster_urls.clone())
+                .connection_timeout(connect_timeout(self.timeout))
+                .response_timeout(self.timeout)
+                .retries(1);
+        if let Some(pem) = &self.tls_roots {
+            builder = builder.certs(certificates(pem));
+        }
+        builder
             .build()
             .map_err(|e| anyhow::anyhow!("redis.cluster_urls: {e}"))
     }

@@ -115,7 +115,8 @@ fn text_read_as_other<'v>(
     let figment::error::Kind::InvalidType(_, expected) = &e.kind else {
         return None;
     };
-    if expected != "a string" {
+    // `PathBuf` says "path string".
+    if expected != "a string" && expected != "path string" {
         return None;
     }
     let path = e.path.join(".");
@@ -201,6 +202,7 @@ mod tests {
             ("EGTEST_DIGITS_UPSTREAM__SESSION_NAME", "007"),
             ("EGTEST_DIGITS_UPSTREAM__ACCESS_KEY_ID", "true"),
             ("EGTEST_DIGITS_REDIS__PREFIX", "2024"),
+            ("EGTEST_DIGITS_REDIS__TLS_CA_FILE", "2025"),
             ("EGTEST_DIGITS_UPSTREAM__TIMEOUT_MS", "999"),
         ] {
             std::env::set_var(key, value);
@@ -210,6 +212,11 @@ mod tests {
         assert_eq!(s.upstream.session_name.as_deref(), Some("007"));
         assert_eq!(s.upstream.access_key_id.as_deref(), Some("true"));
         assert_eq!(s.redis.prefix, "2024");
+        assert_eq!(
+            s.redis.tls_ca_file,
+            Some("2025".into()),
+            "a path is text too"
+        );
         assert_eq!(
             s.upstream.timeout_ms, 999,
             "a number key still reads a number"

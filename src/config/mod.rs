@@ -293,6 +293,11 @@ pub struct RedisSettings {
     pub url: Option<String>,
     /// Seed nodes of a Redis Cluster (same URL forms); the rest of the cluster is discovered.
     pub cluster_urls: Vec<String>,
+    /// For `rediss://`: a PEM file of the certificate authorities to trust for the Redis
+    /// server's certificate, instead of the system's roots (a self-hosted Redis with a private
+    /// CA). Unset: the system's roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured), which
+    /// trust ElastiCache's and MemoryDB's certificates.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Prefix of every key the gateway writes, so several fleets can share one Redis.
     pub prefix: String,
     /// Longest any Redis command may take before this replica stops using Redis and serves from
@@ -311,6 +316,7 @@ impl Default for RedisSettings {
         RedisSettings {
             url: None,
             cluster_urls: vec![],
+            tls_ca_file: None,
             prefix: "embedgate:".into(),
             timeout_ms: 50,
             heartbeat_ms: 500,
@@ -333,5 +339,46 @@ impl Settings {
 impl RedisSettings {
     pub fn enabled(&self) -> bool {
         self.url.is_some() || !self.cluster_urls.is_empty()
+    }
+
+    /// The URLs in effect, each with the key it is set under.
+    pub fn urls(&self) -> impl Iterator<Item = (String, &str)> {
+        let single = self
+            .url
+            .iter()
+            .map(|u| ("redis.url".to_string(), u.as_str()));
+        let cluster = self
+            .cluster_urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (format!("redis.cluster_urls[{i}]"), u.as_str()));
+        single.chain(cluster)
+    }
+
+    /// The certificate authorities of `tls_ca_file` (PEM), checked: every certificate in it
+    /// parses and is a usable trust anchor, and there is at least one.
+    ///
+    /// # Errors
+    /// Names `redis.tls_ca_file` and what is wrong with it.
+    pub fn trusted_roots(&self) -> Result<Option<Vec<u8>>, String> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let Some(path) = &self.tls_ca_file else {
+            return Ok(None);
+        };
+        let at = |e: &dyn std::fmt::Display| format!("redis.tls_ca_file: {}: {e}", path.display());
+        let pem = std::fs::read(path).map_err(|e| at(&e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| at(&format_args!("not a PEM certificate ({e})")))?;
+            roots
+                .add(cert)
+                .map_err(|e| at(&format_args!("not a usable CA certificate ({e})")))?;
+        }
+        if roots.is_empty() {
+            return Err(at(
+                &"holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            ));
+        }
+        Ok(Some(pem))
     }
 }

@@ -109,24 +109,28 @@ impl Settings {
         if redis.url.is_some() && !redis.cluster_urls.is_empty() {
             return Err("redis.url and redis.cluster_urls: set one or the other, not both".into());
         }
-        for (key, u) in redis
-            .url
-            .iter()
-            .map(|u| ("redis.url".to_string(), u))
-            .chain(
-                redis
-                    .cluster_urls
-                    .iter()
-                    .enumerate()
-                    .map(|(i, u)| (format!("redis.cluster_urls[{i}]"), u)),
-            )
-        {
+        for (key, u) in redis.urls() {
             if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
                 return Err(format!(
                     "{key}: must start with redis:// or rediss:// (TLS)"
                 ));
             }
+            // What the client will make of it, so a URL `serve` would refuse is refused here
+            // (the client's words name no part of the URL, so no password is echoed).
+            if u.contains('#') {
+                return Err(format!(
+                    "{key}: a URL fragment (#insecure) is not supported: the server's certificate is always verified; trust its CA with redis.tls_ca_file"
+                ));
+            }
+            redis::IntoConnectionInfo::into_connection_info(u)
+                .map_err(|e| format!("{key}: {e}"))?;
+            if redis.tls_ca_file.is_some() && !u.starts_with("rediss://") {
+                return Err(format!(
+                    "{key}: redis.tls_ca_file is set, so the URL must be rediss:// (TLS)"
+                ));
+            }
         }
+        redis.trusted_roots()?;
         within("redis.timeout_ms", redis.timeout_ms, 1, MINUTE_MS)?;
         within("redis.heartbeat_ms", redis.heartbeat_ms, 1, MINUTE_MS)?;
         if redis.prefix.contains(['{', '}']) {
@@ -658,5 +662,77 @@ mod tests {
         }
         let e = refusal(|s| s.api.max_hints_per_call = 0);
         assert!(e.starts_with("api.max_hints_per_call: "), "{e}");
+    }
+
+    #[test]
+    fn a_redis_url_or_ca_file_serve_would_refuse_is_refused_naming_the_key() {
+        let dir = std::env::temp_dir().join(format!("embedgate-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let ca = write(
+            "ca.pem",
+            &rcgen::generate_simple_self_signed(vec!["redis.internal".into()])
+                .unwrap()
+                .cert
+                .pem(),
+        );
+        let not_pem = write("notes.txt", "trust me\n");
+        let broken = write(
+            "broken.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        );
+        let missing = dir.join("missing.pem");
+        // (redis.url, or the cluster's seeds when it has a comma; redis.tls_ca_file; the refusal)
+        let cases: [(&str, Option<&std::path::PathBuf>, &str); 8] = [
+            ("redis://:pw@127.0.0.1:99999/0", None, "redis.url: "),
+            ("redis://127.0.0.1:6379/zz", None, "redis.url: "),
+            (
+                "rediss://127.0.0.1:6379/#insecure",
+                None,
+                "redis.url: a URL fragment (#insecure) is not supported",
+            ),
+            ("redis://a:1,redis://", None, "redis.cluster_urls[1]: "),
+            (
+                "redis://127.0.0.1:6379",
+                Some(&ca),
+                "redis.url: redis.tls_ca_file is set, so the URL must be rediss://",
+            ),
+            (
+                "rediss://127.0.0.1:6379",
+                Some(&missing),
+                "redis.tls_ca_file: ",
+            ),
+            (
+                "rediss://127.0.0.1:6379",
+                Some(&not_pem),
+                "redis.tls_ca_file: ",
+            ),
+            (
+                "rediss://127.0.0.1:6379",
+                Some(&broken),
+                "redis.tls_ca_file: ",
+            ),
+        ];
+        for (urls, ca, starts) in cases {
+            let e = refusal(|s| {
+                if urls.contains(',') {
+                    s.redis.cluster_urls = urls.split(',').map(String::from).collect();
+                } else {
+                    s.redis.url = Some(urls.into());
+                }
+                s.redis.tls_ca_file = ca.cloned();
+            });
+            assert!(e.starts_with(starts), "{urls}: {e}");
+            assert!(!e.contains("pw"), "a password is never echoed: {e}");
+        }
+        let mut s = with_tenant();
+        s.redis.url = Some("rediss://:pw@127.0.0.1:6379/1".into());
+        s.redis.tls_ca_file = Some(ca);
+        assert_eq!(s.validate(), Ok(()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

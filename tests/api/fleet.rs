@@ -51,6 +51,29 @@ async fn three_replicas_on_one_redis_hand_out_urls_exactly_once() {
     exactly_once_across_three_replicas(6_000, on_redis(redis.url())).await;
 }
 
+/// Redis over TLS (`rediss://`, as ElastiCache and MemoryDB with encryption in transit are
+/// reached), its certificate trusted through `redis.tls_ca_file`: the fleet shares pool and
+/// limits through it and hands out each URL once. A replica that does not trust the
+/// certificate (the system's roots do not hold it) does not use that Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_redis_over_tls_hands_out_urls_exactly_once_and_trusts_only_its_ca() {
+    let (redis, tls_port, cert) = RedisServer::start_tls();
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let over_tls = |s: &mut Settings| {
+        s.redis.url = Some(url.clone());
+        s.redis.tls_ca_file = Some(cert.clone());
+    };
+    exactly_once_across_three_replicas(1_500, over_tls).await;
+    assert!(
+        redis.shared_stock_reaches("alpha", None, 1).await,
+        "the replicas pooled through the TLS port"
+    );
+
+    let untrusting = spawn_fleet(1, on_redis(url.clone())).await;
+    assert_eq!(untrusting.readiness(0).await, "degraded");
+    untrusting.stop().await;
+}
+
 /// The load-sized run (`scripts/soak.sh`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "soak: load-sized, run by scripts/soak.sh"]

@@ -52,6 +52,34 @@ impl RedisServer {
         s
     }
 
+    /// A standalone server that also takes TLS clients on a second port, with a fresh
+    /// self-signed certificate for 127.0.0.1; returns the server, its TLS port and the path of
+    /// the certificate (PEM) a client must trust. The plain port stays for [`Self::cli`].
+    pub fn start_tls() -> (RedisServer, u16, PathBuf) {
+        let mut s = Self::spawn_stopped(free_port(false), false, None);
+        let tls_port = free_port(false);
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        let cert = s.dir.join("redis.crt");
+        let key = s.dir.join("redis.key");
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+        let path = |p: &PathBuf| p.to_str().unwrap().to_string();
+        s.extra = vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            path(&cert),
+            "--tls-key-file".into(),
+            path(&key),
+            "--tls-ca-cert-file".into(),
+            path(&cert),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ];
+        s.restart();
+        (s, tls_port, cert)
+    }
+
     fn spawn(port: u16, cluster: bool, password: Option<String>) -> RedisServer {
         let mut s = Self::spawn_stopped(port, cluster, password);
         s.restart();
