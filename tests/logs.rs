@@ -6,6 +6,9 @@
 #[allow(dead_code, unused_imports)]
 #[path = "api/helpers/mod.rs"]
 mod helpers;
+#[allow(dead_code)]
+#[path = "api/redis_server.rs"]
+mod redis_server;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -254,4 +257,68 @@ async fn a_flood_of_throttled_requests_is_one_line_and_a_count_at_info() {
             "{tenant}: the report counts every other refusal"
         );
     }
+}
+
+/// A Redis whose ACL refuses a command the pool's scripts need (`+@all -@dangerous`, a common
+/// hardening, refuses `INFO`, with which the fence reads Redis's `run_id`) can never share the
+/// pool: the replica serves on its own and says once, naming the command, why. It did not
+/// notice before its first pool call, so it announced "rejoined the fleet" at every heartbeat
+/// and failed again at once: two lines a heartbeat, forever, none naming what to grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_refuses_a_command_the_fence_needs_is_one_warning_naming_it() {
+    let capture = capture();
+    let redis = redis_server::RedisServer::start();
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "app",
+        "on",
+        ">app-pw",
+        "~*",
+        "&*",
+        "+@all",
+        "-@dangerous",
+    ];
+    assert_eq!(redis.cli(&acl).as_deref(), Some("OK"));
+    let url = format!("redis://app:app-pw@127.0.0.1:{}", redis.port);
+    let fleet = spawn_fleet(1, |s| {
+        s.redis.url = Some(url.clone());
+        s.redis.heartbeat_ms = 100;
+        s.redis.timeout_ms = 2_000;
+    })
+    .await;
+    for i in 0..20 {
+        let r = fleet.embed(i, "alpha", &dash("finance", "alice")).await;
+        assert_eq!(r.status, 200, "served on its own: {}", r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(fleet.readiness(0).await, "degraded");
+    fleet.stop().await;
+
+    let lines: Vec<String> = capture
+        .lines()
+        .into_iter()
+        .filter(|l| {
+            l["target"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("embedgate::cluster")
+                && ["WARN", "INFO", "ERROR"].contains(&l["level"].as_str().unwrap_or_default())
+        })
+        .map(|l| l.to_string())
+        .collect();
+    assert!(
+        !lines.iter().any(|l| l.contains("rejoined")),
+        "never joined, so never rejoined: {lines:#?}"
+    );
+    assert!(
+        lines.len() <= 2,
+        "a warning, not one per heartbeat: {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("INFO") && l.contains("ACL")),
+        "the warning names the command and the ACL: {lines:#?}"
+    );
 }

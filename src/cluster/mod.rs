@@ -310,7 +310,7 @@ impl Fleet {
             fleet.connect_cluster().await;
         }
         if fleet.heartbeat().await.is_err() {
-            tracing::warn!("Redis is unreachable at start-up: serving from the local pool and limits until it answers");
+            tracing::warn!("Redis cannot be used at start-up: serving from the local pool and limits until it can");
         }
         Ok(fleet)
     }
@@ -550,6 +550,7 @@ impl Fleet {
             if !self.degraded.swap(true, Ordering::SeqCst) {
                 self.metrics.redis_degraded.set(1);
                 match e {
+                    Some(e) if refuses_command(&e) => tracing::warn!(op, error = %e, "Redis refuses a command embedgate needs (its ACL, or a Redis without it): serving from the local pool and limits until it is granted"),
                     Some(e) => tracing::warn!(op, error = %e, "Redis failed: serving from the local pool and limits until it answers"),
                     None => tracing::warn!(op, timeout_ms = self.timeout.as_millis() as u64, "Redis did not answer in time: serving from the local pool and limits until it answers"),
                 }

@@ -342,8 +342,17 @@ return {1, 0}
 
 /// Announces a replica and counts the live ones; returns `{live, redis_secs, redis_micros}` (the
 /// server's clock, to measure this replica's offset). ARGV: replica, now_ms, dead_after_ms.
+///
+/// First it reads `INFO server` as the pool scripts' fence does: a Redis whose ACL refuses it
+/// (`-@dangerous` does) can never share the pool, and a heartbeat that passed would rejoin the
+/// fleet only for the next pool call to fail. Redis's own refusal inside a script names the
+/// script, not the command, so this one says which and why (`NOPERM …`).
 pub(super) const HEARTBEAT: &str = r"
 redis.replicate_commands()
+local info = redis.pcall('INFO', 'server')
+if type(info) == 'table' and info.err then
+  return redis.error_reply('NOPERM the ACL refuses INFO, which the pool fence needs to tell a restarted Redis (grant +info)')
+end
 local now, dead = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - dead))
