@@ -50,7 +50,8 @@ pub(super) struct Connections {
     config: ConnectionManagerConfig,
     /// Bounds one background open; a failed one is tried again this long after.
     open_timeout: Duration,
-    shared: ConnectionManager,
+    /// The shared connection, and when [`Connections::reconnect`] last replaced it.
+    shared: Mutex<(ConnectionManager, Option<Instant>)>,
     /// Bumped by [`Connections::reopen_all`]; a thread's connection from an older one is dropped.
     generation: AtomicU64,
 }
@@ -69,14 +70,32 @@ impl Connections {
             client,
             config,
             open_timeout,
-            shared,
+            shared: Mutex::new((shared, None)),
             generation: AtomicU64::new(0),
         })
     }
 
     /// The heartbeat's connection.
     pub(super) fn shared(&self) -> ConnectionManager {
-        self.shared.clone()
+        self.shared.lock().0.clone()
+    }
+
+    /// Replaces every connection, the shared one too, so the next command connects anew and
+    /// resolves the server's name again: for a server that answers but is not the one the name
+    /// points at any more (a primary demoted to a replica behind a failover endpoint keeps its
+    /// clients' connections, and a connection manager only reconnects when its connection
+    /// breaks). At most once per `open_timeout`, so the calls of a busy moment make one.
+    pub(super) fn reconnect(&self) {
+        let mut shared = self.shared.lock();
+        if shared.1.is_some_and(|at| at.elapsed() < self.open_timeout) {
+            return;
+        }
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(fresh) => *shared = (fresh, Some(Instant::now())),
+            Err(e) => tracing::debug!(error = %e, "cannot make a new Redis connection"),
+        }
+        drop(shared);
+        self.reopen_all();
     }
 
     /// This thread's own connection if it is open; otherwise the shared one, while this thread's
@@ -121,7 +140,7 @@ impl Connections {
                 }
             }
         }
-        self.shared.clone()
+        self.shared()
     }
 
     /// Drops every thread's connection; each opens a new one after its next command.

@@ -176,6 +176,12 @@ fn not_run(e: &redis::RedisError) -> Option<NotRun> {
     }
 }
 
+/// A write refused because the server is a replica: `READONLY`, or a Redis 6 script's error
+/// quoting it.
+fn answered_by_a_replica(e: &redis::RedisError) -> bool {
+    e.code() == Some("READONLY") || e.detail().unwrap_or_default().contains("READONLY")
+}
+
 /// Redis answered that it does not run the command (its ACL, or a command it does not have).
 fn refuses_command(e: &redis::RedisError) -> bool {
     e.code() == Some("NOPERM") || e.detail().unwrap_or_default().contains("unknown command")
@@ -547,6 +553,13 @@ impl Fleet {
     ) -> Result<T, Down> {
         result.map_err(|e| {
             self.metrics.redis_errors.with_label_values(&[op]).inc();
+            // A replica answering where a primary was: the name behind `redis.url` has moved
+            // (a failover), but these connections stay with the old server until replaced.
+            if let (Some(e), Some(conns)) = (&e, &self.single) {
+                if answered_by_a_replica(e) {
+                    conns.reconnect();
+                }
+            }
             if !self.degraded.swap(true, Ordering::SeqCst) {
                 self.metrics.redis_degraded.set(1);
                 match e {

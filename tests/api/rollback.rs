@@ -203,3 +203,45 @@ async fn a_failover_to_a_replica_that_stopped_replicating_hands_nothing_out_twic
     assert_no_resurrection(fleet, &stale, &after, &all).await;
     drop(endpoint);
 }
+
+/// A failover behind a DNS name (ElastiCache's or MemoryDB's primary endpoint, a name a Sentinel
+/// setup moves): the name moves to the promoted replica while the old primary stays up as a
+/// replica of it, keeping the connections clients had, on which every write is refused with
+/// READONLY. The fleet follows the name to the new primary instead of staying degraded on the
+/// old one until it restarts, and hands nothing out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_behind_a_name_that_leaves_the_old_primary_up_is_followed_to_the_new_one() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let endpoint = Endpoint::start(primary.port).await;
+    let fleet = fleet_on(format!("redis://127.0.0.1:{}", endpoint.port)).await;
+    let k = keys();
+    let mut all = fleet.drive(1_000, 48, &k).await;
+    until("the replica caught up", || {
+        let done = info_field(&primary, "replication", "master_repl_offset");
+        done.is_some() && done == info_field(&replica, "replication", "slave_repl_offset")
+    })
+    .await;
+    // The failover: the replica is promoted, the old primary follows it, the name moves.
+    assert_eq!(
+        replica.cli(&["REPLICAOF", "NO", "ONE"]).as_deref(),
+        Some("OK")
+    );
+    assert_eq!(
+        primary
+            .cli(&["REPLICAOF", "127.0.0.1", &replica.port.to_string()])
+            .as_deref(),
+        Some("OK")
+    );
+    endpoint.retarget(replica.port);
+    all.extend(fleet.drive(500, 48, &k).await);
+    fleet.all_ready(Duration::from_secs(20)).await;
+    all.extend(fleet.drive(1_000, 48, &k).await);
+    until("the fleet pools in the new primary", || {
+        !pooled_urls(&replica).is_empty()
+    })
+    .await;
+    assert_exactly_once(&fleet, &all).await;
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+    drop(endpoint);
+}

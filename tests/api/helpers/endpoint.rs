@@ -55,6 +55,12 @@ impl Endpoint {
         self.accepted.load(Ordering::SeqCst)
     }
 
+    /// Points new connections at another server and leaves the open ones with the old one, as
+    /// a DNS name that moves does (a client's open connections stay where they were).
+    pub fn retarget(&self, backend: u16) {
+        self.backend.store(backend, Ordering::SeqCst);
+    }
+
     /// Points the endpoint at another server and drops every connection to the old one.
     pub fn switch(&self, backend: u16) {
         self.backend.store(backend, Ordering::SeqCst);
