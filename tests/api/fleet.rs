@@ -311,6 +311,60 @@ async fn a_replica_started_while_redis_is_down_serves_and_joins_later() {
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 
+/// Redis closes a connection idle longer than its `timeout` (self-hosted set-ups set one; some
+/// managed services close idle connections after minutes). A worker's own connection that sat
+/// idle while the heartbeat kept the shared one busy is closed under it: its next request must
+/// not send the replica into degraded mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_redis_closed_for_idleness_does_not_degrade_the_replica() {
+    let redis = RedisServer::start_with(&["--timeout", "1"]);
+    let fleet = spawn_fleet(1, |s| {
+        s.redis.url = Some(redis.url());
+        s.redis.timeout_ms = 2_000;
+        s.redis.heartbeat_ms = 200;
+    })
+    .await;
+    let burst = |n: usize| {
+        let fleet = &fleet;
+        async move {
+            futures::stream::iter(0..n)
+                .map(|i| async move { fleet.embed(i, "alpha", &dash("finance", "alice")).await })
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await
+        }
+    };
+    burst(40).await;
+    assert_eq!(fleet.readiness(0).await, "ready");
+    // Longer than Redis's idle timeout (checked about every second).
+    let received = || {
+        redis
+            .cli(&["INFO", "stats"])
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("total_connections_received:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let before = received();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for r in burst(40).await {
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(
+        fleet.metric_sum("embedgate_redis_errors_total").await,
+        0.0,
+        "no Redis call failed"
+    );
+    // One of them is the `redis-cli` that asks; the others are the replica's, made again.
+    let after = received();
+    assert!(
+        after > before + 1,
+        "Redis closed idle connections and the replica opened new ones: {before} -> {after}"
+    );
+    fleet.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_shared_pool_keeps_each_tenants_bound() {
     let redis = RedisServer::start();
