@@ -94,6 +94,7 @@ impl Application {
             None => None,
         };
 
+        let keep_alive = std::time::Duration::from_secs(settings.api.keep_alive_secs);
         let data = web::Data::from(gateway.clone());
         let api_data = data.clone();
         let mut tasks = Tasks::new(gateway.health().clone());
@@ -107,6 +108,7 @@ impl Application {
                         .configure(crate::api::compat_routes)
                 })
                 .listen(l)?
+                .keep_alive(keep_alive)
                 .disable_signals()
                 .shutdown_timeout(10);
                 if let Some(w) = settings.workers {
@@ -128,6 +130,7 @@ impl Application {
                 .configure(crate::api::routes)
         })
         .listen(listener)?
+        .keep_alive(keep_alive)
         // Signals stop the gateway through `run_until` alone: a listener that stopped on its
         // own would read as a failed task.
         .disable_signals()
@@ -138,6 +141,7 @@ impl Application {
                 .configure(crate::api::admin_routes)
         })
         .listen(admin_listener)?
+        .keep_alive(keep_alive)
         .disable_signals()
         .workers(1)
         .shutdown_timeout(2);

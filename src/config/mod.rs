@@ -113,6 +113,11 @@ pub struct ApiSettings {
     pub unauthenticated_rate_per_sec: f64,
     /// Burst above that rate.
     pub unauthenticated_burst: u32,
+    /// How long an idle client connection is kept open (every listener). Above the idle timeout
+    /// of whatever keeps connections to the gateway (an AWS ALB's is 60 s, Google Cloud's load
+    /// balancers' 600 s), so the client closes first and never sends a request on a connection
+    /// the gateway is closing.
+    pub keep_alive_secs: u64,
 }
 
 impl Default for ApiSettings {
@@ -124,6 +129,7 @@ impl Default for ApiSettings {
             max_hints_per_call: 50,
             unauthenticated_rate_per_sec: 20.0,
             unauthenticated_burst: 100,
+            keep_alive_secs: 75,
         }
     }
 }

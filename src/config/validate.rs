@@ -191,6 +191,9 @@ impl Settings {
         if self.api.miss_timeout_ms == 0 || self.api.max_body_bytes == 0 {
             return Err("api.miss_timeout_ms and api.max_body_bytes: must be at least 1".into());
         }
+        // 0 closes a connection after each answer; an hour is past any load balancer's idle
+        // timeout (Google Cloud's, the longest, is 600 s).
+        within("api.keep_alive_secs", self.api.keep_alive_secs, 0, 3_600)?;
         if !(1..=600_000).contains(&self.api.body_timeout_ms) {
             return Err("api.body_timeout_ms: must be from 1 to 600000 (10 minutes)".into());
         }
@@ -660,6 +663,11 @@ mod tests {
             let e = refusal(|s| s.workers = Some(workers));
             assert!(e.starts_with("workers: must be from 1 to 512"), "{e}");
         }
+        let e = refusal(|s| s.api.keep_alive_secs = 3_601);
+        assert!(
+            e.starts_with("api.keep_alive_secs: must be from 0 to 3600"),
+            "{e}"
+        );
         let e = refusal(|s| s.api.max_hints_per_call = 0);
         assert!(e.starts_with("api.max_hints_per_call: "), "{e}");
     }

@@ -699,6 +699,54 @@ async fn a_body_that_does_not_arrive_is_not_waited_for() {
     app.stop().await;
 }
 
+/// A load balancer or a portal's HTTP client keeps idle connections to the gateway open and
+/// sends the next request on one whenever it likes, up to its own idle timeout (60 s for an AWS
+/// ALB). A gateway that closes an idle connection sooner (actix-web's default is 5 s) races it:
+/// a request sent as the connection closes is lost (a 502 at the ALB; a POST many clients will
+/// not resend). The gateway keeps an idle connection `api.keep_alive_secs` (75 s, as nginx), so
+/// the client's timeout ends first; set lower, it closes one idle that long.
+#[tokio::test]
+async fn an_idle_connection_is_kept_longer_than_a_load_balancer_keeps_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn healthz(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> u16 {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+            .await
+            .unwrap();
+        read_answer(stream, buf).await.0
+    }
+    let app = spawn_app(|s| s.refill.enabled = false).await;
+    let short = spawn_app(|s| {
+        s.refill.enabled = false;
+        s.api.keep_alive_secs = 1;
+    })
+    .await;
+    let mut kept = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let mut closed = tokio::net::TcpStream::connect(short.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    assert_eq!(healthz(&mut kept, &mut a).await, 200);
+    assert_eq!(healthz(&mut closed, &mut b).await, 200);
+    // Idle past actix-web's default of 5 s.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        healthz(&mut kept, &mut a).await,
+        200,
+        "the idle connection is still served"
+    );
+    let mut rest = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), closed.read(&mut rest))
+        .await
+        .expect("the short keep-alive closed the idle connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed, not answered");
+    app.stop().await;
+    short.stop().await;
+}
+
 /// A body that arrives in pieces (a slow client, a proxy that forwards as it reads) is read
 /// whole: the gateway answers the request the pieces make, not the first of them.
 #[tokio::test]
