@@ -204,6 +204,11 @@ class Kubernetes(unittest.TestCase):
         self.assertEqual(c["securityContext"]["capabilities"]["drop"], ["ALL"])
         self.assertEqual(c["livenessProbe"]["httpGet"]["path"], "/healthz")
         self.assertEqual(c["readinessProbe"]["httpGet"]["path"], "/readyz")
+        # Serving goes on while the endpoint removal propagates; the sleep and the graceful
+        # stop (up to 10 s for requests in flight) fit the grace period.
+        sleep = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        self.assertGreaterEqual(sleep, 5)
+        self.assertLess(sleep + 10, pod["terminationGracePeriodSeconds"])
         self.assertIn("memory", c["resources"]["limits"])
         # The admin port is not in the portals' Service and only reachable from inside.
         api = find(docs, "Service", "embedgate")
