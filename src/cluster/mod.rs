@@ -553,10 +553,18 @@ impl Fleet {
     ) -> Result<T, Down> {
         result.map_err(|e| {
             self.metrics.redis_errors.with_label_values(&[op]).inc();
-            // A replica answering where a primary was: the name behind `redis.url` has moved
-            // (a failover), but these connections stay with the old server until replaced.
-            if let (Some(e), Some(conns)) = (&e, &self.single) {
-                if answered_by_a_replica(e) {
+            // The name behind `redis.url` may have moved (a failover) while these connections
+            // stay with the old server until replaced: one that answers as a replica, or one
+            // that does not answer the heartbeat at all (a host gone without a reset leaves its
+            // connections open and silent until the kernel gives up, about 15 minutes later).
+            // A heartbeat is the only call a degraded replica makes, so a slow Redis costs at
+            // most a new connection per open timeout.
+            if let Some(conns) = &self.single {
+                let moved = match &e {
+                    Some(e) => answered_by_a_replica(e) || (op == "heartbeat" && e.is_timeout()),
+                    None => op == "heartbeat",
+                };
+                if moved {
                     conns.reconnect();
                 }
             }

@@ -245,3 +245,39 @@ async fn a_failover_behind_a_name_that_leaves_the_old_primary_up_is_followed_to_
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
     drop(endpoint);
 }
+
+/// A failover after the primary's host vanished without a word (a crash or a partition: no
+/// reset ever comes, so the connections clients had stay open and silent until the kernel gives
+/// up on them, about 15 minutes): the name moves to the promoted replica. Every call on the old
+/// connections times out; the fleet replaces them, follows the name to the new primary and
+/// rejoins within seconds, handing nothing out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_from_a_primary_that_went_silent_is_followed_to_the_new_one() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let endpoint = Endpoint::start(primary.port).await;
+    let fleet = fleet_on(format!("redis://127.0.0.1:{}", endpoint.port)).await;
+    let k = keys();
+    let mut all = fleet.drive(1_000, 48, &k).await;
+    until("the replica caught up", || {
+        let done = info_field(&primary, "replication", "master_repl_offset");
+        done.is_some() && done == info_field(&replica, "replication", "slave_repl_offset")
+    })
+    .await;
+    endpoint.blackhole_open_connections();
+    endpoint.retarget(replica.port);
+    assert_eq!(
+        replica.cli(&["REPLICAOF", "NO", "ONE"]).as_deref(),
+        Some("OK")
+    );
+    all.extend(fleet.drive(500, 48, &k).await);
+    fleet.all_ready(Duration::from_secs(20)).await;
+    all.extend(fleet.drive(1_000, 48, &k).await);
+    until("the fleet pools in the new primary", || {
+        !pooled_urls(&replica).is_empty()
+    })
+    .await;
+    assert_exactly_once(&fleet, &all).await;
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+    drop(endpoint);
+}

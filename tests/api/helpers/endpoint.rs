@@ -15,6 +15,8 @@ pub struct Endpoint {
     pub port: u16,
     backend: Arc<AtomicU16>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// One per open connection: sending on it blackholes that connection.
+    freezes: Arc<Mutex<Vec<tokio::sync::oneshot::Sender<()>>>>,
     accept: JoinHandle<()>,
     accepted: Arc<AtomicUsize>,
 }
@@ -25,17 +27,26 @@ impl Endpoint {
         let port = listener.local_addr().unwrap().port();
         let backend = Arc::new(AtomicU16::new(backend));
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let freezes: Arc<Mutex<Vec<tokio::sync::oneshot::Sender<()>>>> = Arc::default();
         let accepted = Arc::new(AtomicUsize::new(0));
         let accept = {
             let (backend, connections) = (backend.clone(), connections.clone());
-            let accepted = accepted.clone();
+            let (accepted, freezes) = (accepted.clone(), freezes.clone());
             tokio::spawn(async move {
                 while let Ok((mut client, _)) = listener.accept().await {
                     accepted.fetch_add(1, Ordering::SeqCst);
                     let to = backend.load(Ordering::SeqCst);
+                    let (freeze, frozen) = tokio::sync::oneshot::channel();
+                    freezes.lock().push(freeze);
                     connections.lock().push(tokio::spawn(async move {
                         if let Ok(mut server) = TcpStream::connect(("127.0.0.1", to)).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                Ok(()) = frozen => {
+                                    // Both ends stay open and nothing is forwarded any more.
+                                    std::future::pending::<()>().await;
+                                }
+                            }
                         }
                     }));
                 }
@@ -45,6 +56,7 @@ impl Endpoint {
             port,
             backend,
             connections,
+            freezes,
             accept,
             accepted,
         }
@@ -59,6 +71,15 @@ impl Endpoint {
     /// a DNS name that moves does (a client's open connections stay where they were).
     pub fn retarget(&self, backend: u16) {
         self.backend.store(backend, Ordering::SeqCst);
+    }
+
+    /// Blackholes every connection open now: they stay open and carry nothing either way, as
+    /// when the server's host is gone without a word (a crash, a partition) and no reset comes.
+    /// Connections opened later are forwarded as usual.
+    pub fn blackhole_open_connections(&self) {
+        for f in self.freezes.lock().drain(..) {
+            let _ = f.send(());
+        }
     }
 
     /// Points the endpoint at another server and drops every connection to the old one.
