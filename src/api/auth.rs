@@ -102,7 +102,7 @@ pub(super) async fn read_body(
     if let Some(coding) = encoding {
         let detail = format!(
             "request bodies are not decompressed: send the body without a Content-Encoding, not {:?}",
-            coding.chars().take(64).collect::<String>()
+            crate::model::excerpt(coding)
         );
         discard_body(req, payload, limits).await;
         return Err(Problem::new(

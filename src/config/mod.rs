@@ -137,6 +137,18 @@ impl Default for ApiSettings {
 /// The most HTTP worker threads a listener may have (actix-web's own limit; it panics above).
 pub const MAX_WORKERS: usize = 512;
 
+/// A listener's `workers` setting is unset or from 1 to [`MAX_WORKERS`] (the gateway's and the
+/// simulator's).
+///
+/// # Errors
+/// Names `workers` and the range.
+pub fn check_workers(workers: Option<usize>) -> Result<(), String> {
+    if workers.is_some_and(|w| !(1..=MAX_WORKERS).contains(&w)) {
+        return Err(format!("workers: must be from 1 to {MAX_WORKERS}"));
+    }
+    Ok(())
+}
+
 /// One QuickSight upstream: an account (or, for the single `[upstream]` table, every account the
 /// tenants name) in one region, with its credentials, client bounds and call budget.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -141,12 +141,7 @@ impl Settings {
         if !self.debug.clock_offset_secs.is_finite() {
             return Err("debug.clock_offset_secs: must be a number of seconds".into());
         }
-        if self
-            .workers
-            .is_some_and(|w| !(1..=super::MAX_WORKERS).contains(&w))
-        {
-            return Err(format!("workers: must be from 1 to {}", super::MAX_WORKERS));
-        }
+        super::check_workers(self.workers)?;
         let listeners = [
             Some(("listen", self.listen)),
             Some(("admin_listen", self.admin_listen)),

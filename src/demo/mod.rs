@@ -119,17 +119,16 @@ async fn embed_url(portal: web::Data<Portal>, body: web::Bytes) -> HttpResponse 
         }
     };
     let s = &portal.settings;
-    let cut = |v: &str| v.chars().take(64).collect::<String>();
     if !s.dashboards.contains(&pick.dashboard) {
         return refuse(format!(
             "dashboard: {:?} is not one this portal offers",
-            cut(&pick.dashboard)
+            crate::model::excerpt(&pick.dashboard)
         ));
     }
     if !(pick.viewer.is_empty() || s.viewers.contains(&pick.viewer)) {
         return refuse(format!(
             "viewer: {:?} is not one this portal offers (empty for an anonymous viewer)",
-            cut(&pick.viewer)
+            crate::model::excerpt(&pick.viewer)
         ));
     }
     let (path, body) = if pick.viewer.is_empty() {

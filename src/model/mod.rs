@@ -32,7 +32,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-pub use parse::{parse_request, parse_tagged, parse_value, BadInput};
+pub use parse::{excerpt, parse_request, parse_tagged, parse_value, BadInput};
 pub use request::{EmbedRequest, Experience};
 pub use validate::{Violation, ViolationKind};
 

@@ -119,6 +119,14 @@ pub fn parse_strict<
     }
 }
 
+/// The most characters of a value a problem echoes: a value can be as long as the body.
+const ECHO_CHARS: usize = 64;
+
+/// At most [`ECHO_CHARS`] characters of `value`, for a problem that names it.
+pub fn excerpt(value: &str) -> String {
+    value.chars().take(ECHO_CHARS).collect()
+}
+
 /// serde's words for a problem in JSON's: `sequence` and `map` are an array and an object,
 /// `integer `5`` and `floating point `1.5`` are numbers, Rust's integer types are whole numbers;
 /// an echoed string is cut at 64 characters (it can be as long as the body) and an unknown
@@ -157,11 +165,17 @@ fn in_json_terms(text: &str) -> String {
         ]
     });
     static LONG: LazyLock<regex::Regex> = LazyLock::new(|| {
-        regex::Regex::new(r#"^invalid (type|value): string "(.{64}).+","#).expect("a pattern")
+        regex::Regex::new(&format!(
+            r#"^invalid (type|value): string "(.{{{ECHO_CHARS}}}).+","#
+        ))
+        .expect("a pattern")
     });
     if let Some(c) = VARIANT.captures(text) {
-        let cut: String = c[1].chars().take(64).collect();
-        return format!("{cut:?} is not one of {}", c[2].replace('`', ""));
+        return format!(
+            "{:?} is not one of {}",
+            excerpt(&c[1]),
+            c[2].replace('`', "")
+        );
     }
     let mut out = text.to_string();
     for (pattern, with) in WORDS.iter() {

@@ -143,15 +143,7 @@ impl SimSettings {
         if self.max_tracked_urls == 0 {
             return Err("max_tracked_urls: must be at least 1".into());
         }
-        if self
-            .workers
-            .is_some_and(|w| !(1..=crate::config::MAX_WORKERS).contains(&w))
-        {
-            return Err(format!(
-                "workers: must be from 1 to {}",
-                crate::config::MAX_WORKERS
-            ));
-        }
+        crate::config::check_workers(self.workers)?;
         for (i, a) in self.accounts.iter().enumerate() {
             if a.id.len() != 12 || !a.id.bytes().all(|b| b.is_ascii_digit()) {
                 return Err(format!("accounts[{i}].id: must be exactly 12 digits"));
