@@ -14,14 +14,15 @@ impl Fleet {
     /// # Errors
     /// Redis is not usable.
     pub async fn heartbeat(&self) -> Result<usize, Down> {
-        if self.single.is_none() && self.cluster.read().is_none() {
-            self.connect_cluster().await;
-        }
+        self.connect_cluster_if_none().await;
         // A connection Redis dropped (a restart) fails one command before it reconnects: a
         // second try at once spares the replica a whole heartbeat interval in degraded mode.
         let (live, offset, clock_against_elapsed) = match self.beat().await {
             Ok(beat) => beat,
-            Err(_) => self.beat().await?,
+            Err(_) => {
+                self.connect_cluster_if_none().await;
+                self.beat().await?
+            }
         };
         // Before the offset's verdict, which may clear `clock_off`: a step is judged from here
         // (a test's manual clock only moves in steps: none is judged).
@@ -55,6 +56,14 @@ impl Fleet {
         }
         self.metrics.redis_degraded.set(i64::from(!self.healthy()));
         Ok(live)
+    }
+
+    /// Connects to the Redis Cluster when it is the one in use and there is no connection (at
+    /// start-up it could not be reached, or a failed heartbeat dropped the connection).
+    async fn connect_cluster_if_none(&self) {
+        if self.single.is_none() && self.cluster.read().is_none() {
+            self.connect_cluster().await;
+        }
     }
 
     /// One heartbeat call: the live replicas, Redis's clock minus this replica's (ms), and this

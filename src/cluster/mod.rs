@@ -182,6 +182,15 @@ fn answered_by_a_replica(e: &redis::RedisError) -> bool {
     e.code() == Some("READONLY") || e.detail().unwrap_or_default().contains("READONLY")
 }
 
+/// A Redis Cluster's answer that the slot's primary is elsewhere or not there right now: the
+/// client's map of slots, or the cluster, is mid-failover.
+fn cluster_in_flux(e: &redis::RedisError) -> bool {
+    matches!(
+        e.code(),
+        Some("MOVED" | "ASK" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN")
+    )
+}
+
 /// Redis answered that it does not run the command (its ACL, or a command it does not have).
 fn refuses_command(e: &redis::RedisError) -> bool {
     e.code() == Some("NOPERM") || e.detail().unwrap_or_default().contains("unknown command")
@@ -196,8 +205,8 @@ pub struct Fleet {
     replica: String,
     /// A standalone Redis's connections (shared, and one per calling thread).
     single: Option<Connections>,
-    /// A Redis Cluster's one connection, which routes by slot.
-    cluster: RwLock<Option<ClusterConnection>>,
+    /// A Redis Cluster's one connection, which routes by slot, and when it was made.
+    cluster: RwLock<Option<(ClusterConnection, std::time::Instant)>>,
     /// Redis failed or timed out; the heartbeat clears it.
     degraded: AtomicBool,
     /// This replica's clock is off Redis's by more than the bound, or has stepped by more than
@@ -247,6 +256,16 @@ fn connect_timeout(timeout: Duration) -> Duration {
 /// tried again later: the command timeout, but at least 500 ms.
 fn open_timeout(timeout: Duration) -> Duration {
     timeout.max(Duration::from_millis(500))
+}
+
+/// How long making a Redis Cluster connection may take before it is given up and tried again
+/// at the next heartbeat: it connects to every seed at once and waits for the slowest (a silent
+/// node takes a connect and a check timeout), reads the map of slots, then connects to the
+/// primaries: three rounds of a connect and a command. Bounded by one command timeout, a seed
+/// that had gone silent made every attempt fail, and the replica never rejoined the cluster
+/// while that node stayed silent.
+fn cluster_open_timeout(timeout: Duration) -> Duration {
+    3 * (connect_timeout(timeout) + timeout)
 }
 
 impl Fleet {
@@ -335,13 +354,26 @@ impl Fleet {
             .map_err(|e| anyhow::anyhow!("redis.cluster_urls: {e}"))
     }
 
+    /// Drops the Cluster connection unless it was made less than an open timeout ago; the
+    /// heartbeat makes a new one.
+    fn drop_cluster(&self) {
+        let mut cluster = self.cluster.write();
+        let bound = cluster_open_timeout(self.timeout);
+        if cluster
+            .as_ref()
+            .is_some_and(|(_, made)| made.elapsed() >= bound)
+        {
+            *cluster = None;
+        }
+    }
+
     pub(super) async fn connect_cluster(&self) {
         let Ok(client) = self.cluster_client() else {
             return;
         };
-        let bound = open_timeout(self.timeout);
+        let bound = cluster_open_timeout(self.timeout);
         match tokio::time::timeout(bound, client.get_async_connection()).await {
-            Ok(Ok(c)) => *self.cluster.write() = Some(c),
+            Ok(Ok(c)) => *self.cluster.write() = Some((c, std::time::Instant::now())),
             Ok(Err(e)) => tracing::debug!(error = %e, "cannot connect to the Redis Cluster"),
             Err(_) => tracing::debug!("connecting to the Redis Cluster timed out"),
         }
@@ -529,7 +561,7 @@ impl Fleet {
             };
             invoke(request, &mut c, self.timeout).await
         } else {
-            let cluster = self.cluster.read().clone();
+            let cluster = self.cluster.read().as_ref().map(|(c, _)| c.clone());
             match cluster {
                 Some(mut c) => invoke(request, &mut c, self.timeout).await,
                 None => Err(None),
@@ -559,14 +591,26 @@ impl Fleet {
             // connections open and silent until the kernel gives up, about 15 minutes later).
             // A heartbeat is the only call a degraded replica makes, so a slow Redis costs at
             // most a new connection per open timeout.
-            if let Some(conns) = &self.single {
-                let moved = match &e {
-                    Some(e) => answered_by_a_replica(e) || (op == "heartbeat" && e.is_timeout()),
-                    None => op == "heartbeat",
-                };
-                if moved {
-                    conns.reconnect();
+            //
+            // A Redis Cluster's connection follows a failover by refreshing its map of slots,
+            // but one whose refresh met the failed primary before its replica took over can be
+            // left with every command timing out after the cluster has recovered (seen in
+            // `rollback::a_cluster_failover_…`): the heartbeat then makes a new one from the
+            // seed URLs, which reads the cluster's map afresh.
+            let moved = match &e {
+                Some(e) => answered_by_a_replica(e) || (op == "heartbeat" && e.is_timeout()),
+                None => op == "heartbeat",
+            };
+            match &self.single {
+                Some(conns) if moved => conns.reconnect(),
+                None if op == "heartbeat"
+                    && e.as_ref().is_none_or(|e| {
+                        moved || e.code().is_none() || cluster_in_flux(e)
+                    }) =>
+                {
+                    self.drop_cluster()
                 }
+                _ => {}
             }
             if !self.degraded.swap(true, Ordering::SeqCst) {
                 self.metrics.redis_degraded.set(1);

@@ -15,6 +15,8 @@ pub struct RedisServer {
     password: Option<String>,
     /// Further `redis-server` arguments (memory limits, replication).
     extra: Vec<String>,
+    /// Stopped by [`Self::freeze`]: `redis-cli` would wait on it forever.
+    frozen: bool,
     child: Option<Child>,
 }
 
@@ -96,6 +98,7 @@ impl RedisServer {
             cluster,
             password,
             extra: vec![],
+            frozen: false,
             child: None,
         }
     }
@@ -121,10 +124,25 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server without a word (SIGSTOP): its clients' connections stay open and
+    /// nothing answers on them, as when its host crashes or is partitioned away. A drop still
+    /// kills it.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+        if let Some(c) = &self.child {
+            let stopped = Command::new("kill")
+                .args(["-STOP", &c.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(stopped.success(), "SIGSTOP reached redis-server");
+        }
+    }
+
     /// Starts the server again on the same port and waits until it answers. It saves nothing on
     /// its own, but loads the snapshot a `SAVE` left in its directory, as a restart does.
     pub fn restart(&mut self) {
         self.kill();
+        self.frozen = false;
         let port = self.port.to_string();
         let mut args = vec![
             "--port",
@@ -207,7 +225,7 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server; its trimmed output, `None` if it failed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        if TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        if self.frozen || TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             return None;
         }
         let mut cmd = Command::new("redis-cli");
@@ -236,8 +254,32 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(masters: usize) -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..masters)
-            .map(|_| RedisServer::spawn(free_port(true), true, None))
+        Self::create(masters, 0, &[])
+    }
+
+    /// A cluster of `masters` primaries, each with one replica that takes over within about a
+    /// second of its primary failing (`cluster-node-timeout` 1000 ms).
+    pub fn start_replicated(masters: usize) -> RedisCluster {
+        let cluster = Self::create(masters, 1, &["--cluster-node-timeout", "1000"]);
+        let until = Instant::now() + Duration::from_secs(20);
+        while !cluster.nodes.iter().all(|n| {
+            n.cli(&["INFO", "replication"])
+                .is_some_and(|i| i.contains("role:master") || i.contains("master_link_status:up"))
+        }) {
+            assert!(Instant::now() < until, "the replicas did not sync");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    fn create(masters: usize, replicas: usize, extra: &[&str]) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
+            .map(|_| {
+                let mut n = RedisServer::spawn_stopped(free_port(true), true, None);
+                n.extra = extra.iter().map(|a| a.to_string()).collect();
+                n.restart();
+                n
+            })
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
@@ -246,7 +288,7 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli runs");
         assert!(
@@ -267,5 +309,29 @@ impl RedisCluster {
 
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The node that is primary for `key`'s slot now, by its own word.
+    pub fn primary_of(&self, key: &str) -> Option<usize> {
+        let slot: u16 = self
+            .nodes
+            .iter()
+            .find_map(|n| n.cli(&["CLUSTER", "KEYSLOT", key]))?
+            .parse()
+            .ok()?;
+        self.nodes.iter().position(|n| {
+            // This node's own line of CLUSTER NODES: id addr flags primary ping pong epoch
+            // link slot-range…
+            let nodes = n.cli(&["CLUSTER", "NODES"]).unwrap_or_default();
+            let Some(me) = nodes.lines().find(|l| l.contains("myself")) else {
+                return false;
+            };
+            let fields: Vec<&str> = me.split_whitespace().collect();
+            fields.get(2).is_some_and(|f| f.contains("master"))
+                && fields.iter().skip(8).any(|range| {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+                })
+        })
     }
 }

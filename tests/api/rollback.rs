@@ -1,8 +1,9 @@
 //! Exactly once when Redis comes back with an older data set: a restart from a snapshot taken
-//! mid-run, a failover to a replica that had stopped replicating, a flush, and eviction under a
-//! memory limit. Each test drives three replicas, checks that the old data set really held URLs
-//! that were handed out after it was copied (so a gateway that trusted it would hand them out
-//! twice), and then opens every URL handed out at the simulator: each opens exactly once.
+//! mid-run, a failover to a replica that had stopped replicating, a flush, eviction under a
+//! memory limit, failovers behind a name and a Redis Cluster's own failover. Each test drives
+//! three replicas, checks that the old data set really held URLs that were handed out after it
+//! was copied (so a gateway that trusted it would hand them out twice), and then opens every URL
+//! handed out at the simulator: each opens exactly once.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,7 +11,8 @@ use std::time::Duration;
 
 use crate::helpers::*;
 use crate::helpers::{assert_exactly_once, keys, roomy, spawn_fleet, Outcome, TestFleet};
-use crate::redis_server::RedisServer;
+use crate::redis_server::{RedisCluster, RedisServer};
+use embedgate::config::Settings;
 
 /// Every URL in the shared pool of this Redis, whatever its epoch.
 fn pooled_urls(redis: &RedisServer) -> HashSet<String> {
@@ -41,10 +43,15 @@ fn urls(outcomes: &[Outcome]) -> HashSet<String> {
 
 /// Three replicas on `url`, each tenant key kept 16 deep, so the pool always holds URLs.
 async fn fleet_on(url: String) -> Arc<TestFleet> {
+    fleet_with(move |s| s.redis.url = Some(url.clone())).await
+}
+
+/// Three replicas on the Redis `redis` sets, each tenant key kept 16 deep.
+async fn fleet_with(redis: impl Fn(&mut Settings) + Send + Sync + 'static) -> Arc<TestFleet> {
     Arc::new(
         spawn_fleet(3, move |s| {
             roomy(s);
-            s.redis.url = Some(url.clone());
+            redis(s);
             s.tenants[0].warm = keys().into_iter().map(|k| warm(k, 16)).collect();
         })
         .await,
@@ -265,4 +272,67 @@ async fn a_failover_behind_a_name_that_leaves_the_old_primary_up_is_followed_to_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failover_from_a_primary_that_went_silent_is_followed_to_the_new_one() {
     a_failover_is_followed_to_the_new_primary(OldPrimary::Silent).await;
+}
+
+/// How a Redis Cluster primary fails.
+enum Failure {
+    /// It crashes: its clients' connections are reset.
+    Crash,
+    /// Its host goes silent (a partition, a hung machine): the connections stay open and
+    /// nothing answers on them.
+    Silence,
+}
+
+/// On a Redis Cluster whose primaries each have a replica, the primary holding the tenant's pool
+/// fails and its replica takes over (the cluster's own failover, as ElastiCache's cluster mode
+/// and MemoryDB do it): the fleet finds the new primary and rejoins within seconds, and hands
+/// nothing out twice (the promoted replica is another process: a new epoch).
+async fn a_cluster_failover_is_followed_to_the_promoted_replica(failure: Failure) {
+    let mut cluster = RedisCluster::start_replicated(3);
+    let urls = cluster.urls();
+    let fleet = fleet_with(move |s| s.redis.cluster_urls = urls.clone()).await;
+    let k = keys();
+    let mut all = fleet.drive(1_000, 48, &k).await;
+    let tenant_key = "embedgate:{t:alpha}:fence";
+    let old = cluster
+        .primary_of(tenant_key)
+        .expect("a primary holds the tenant's slot");
+    let fences = fleet.metric_sum("embedgate_redis_fences_total").await;
+    match failure {
+        Failure::Crash => cluster.nodes[old].kill(),
+        Failure::Silence => cluster.nodes[old].freeze(),
+    }
+    all.extend(fleet.drive(500, 48, &k).await);
+    until("a replica took over the tenant's slot", || {
+        cluster.primary_of(tenant_key).is_some_and(|n| n != old)
+    })
+    .await;
+    fleet.all_ready(Duration::from_secs(20)).await;
+    all.extend(fleet.drive(1_000, 48, &k).await);
+    let new = cluster.primary_of(tenant_key).unwrap();
+    until("the fleet pools in the promoted replica", || {
+        !pooled_urls(&cluster.nodes[new]).is_empty()
+    })
+    .await;
+    assert!(
+        fleet.metric_sum("embedgate_redis_fences_total").await > fences,
+        "the replicas moved to a new fencing epoch on the promoted replica"
+    );
+    assert_eq!(
+        fleet.metric_sum("embedgate_redis_degraded").await,
+        0.0,
+        "every replica shares again"
+    );
+    assert_exactly_once(&fleet, &all).await;
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_failover_after_a_primary_crashed_is_followed_to_the_promoted_replica() {
+    a_cluster_failover_is_followed_to_the_promoted_replica(Failure::Crash).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_failover_after_a_primary_went_silent_is_followed_to_the_promoted_replica() {
+    a_cluster_failover_is_followed_to_the_promoted_replica(Failure::Silence).await;
 }
