@@ -74,6 +74,25 @@ async fn a_fleet_on_redis_over_tls_hands_out_urls_exactly_once_and_trusts_only_i
     untrusting.stop().await;
 }
 
+/// A Redis Cluster over TLS (ElastiCache's cluster mode and MemoryDB with encryption in transit):
+/// the seeds' certificate trust carries to the nodes the cluster's map names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_a_redis_cluster_over_tls_hands_out_urls_exactly_once() {
+    let (cluster, cert) = RedisCluster::start_tls(3);
+    let urls = cluster.urls();
+    exactly_once_across_three_replicas(1_500, move |s| {
+        s.redis.cluster_urls = urls.clone();
+        s.redis.tls_ca_file = Some(cert.clone());
+    })
+    .await;
+    let keys: usize = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| n.cli(&["DBSIZE"]).and_then(|d| d.parse::<usize>().ok()))
+        .sum();
+    assert!(keys > 0, "the replicas wrote to the cluster");
+}
+
 /// The load-sized run (`scripts/soak.sh`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "soak: load-sized, run by scripts/soak.sh"]

@@ -6,9 +6,27 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A fresh self-signed certificate for 127.0.0.1 and its key, in PEM.
+struct Certified {
+    cert: String,
+    key: String,
+}
+
+impl Certified {
+    fn new() -> Certified {
+        let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        Certified {
+            cert: c.cert.pem(),
+            key: c.key_pair.serialize_pem(),
+        }
+    }
+}
+
 /// One `redis-server`, killed on drop.
 pub struct RedisServer {
     pub port: u16,
+    /// The port of its TLS clients, when it takes them.
+    tls_port: Option<u16>,
     dir: PathBuf,
     cluster: bool,
     /// `requirepass`, when the server demands AUTH.
@@ -60,13 +78,20 @@ impl RedisServer {
     pub fn start_tls() -> (RedisServer, u16, PathBuf) {
         let mut s = Self::spawn_stopped(free_port(false), false, None);
         let tls_port = free_port(false);
-        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
-        let cert = s.dir.join("redis.crt");
-        let key = s.dir.join("redis.key");
-        std::fs::write(&cert, certified.cert.pem()).unwrap();
-        std::fs::write(&key, certified.key_pair.serialize_pem()).unwrap();
+        let cert = s.take_tls(tls_port, &Certified::new());
+        s.restart();
+        (s, tls_port, cert)
+    }
+
+    /// Has the server take TLS clients on `tls_port` with `certified`'s certificate (written to
+    /// its directory) when it next starts; returns the certificate's path.
+    fn take_tls(&mut self, tls_port: u16, certified: &Certified) -> PathBuf {
+        let cert = self.dir.join("redis.crt");
+        let key = self.dir.join("redis.key");
+        std::fs::write(&cert, &certified.cert).unwrap();
+        std::fs::write(&key, &certified.key).unwrap();
         let path = |p: &PathBuf| p.to_str().unwrap().to_string();
-        s.extra = vec![
+        self.extra.extend([
             "--tls-port".into(),
             tls_port.to_string(),
             "--tls-cert-file".into(),
@@ -77,9 +102,9 @@ impl RedisServer {
             path(&cert),
             "--tls-auth-clients".into(),
             "no".into(),
-        ];
-        s.restart();
-        (s, tls_port, cert)
+        ]);
+        self.tls_port = Some(tls_port);
+        cert
     }
 
     fn spawn(port: u16, cluster: bool, password: Option<String>) -> RedisServer {
@@ -99,6 +124,7 @@ impl RedisServer {
             password,
             extra: vec![],
             frozen: false,
+            tls_port: None,
             child: None,
         }
     }
@@ -254,13 +280,24 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start(masters: usize) -> RedisCluster {
-        Self::create(masters, 0, &[])
+        Self::create(masters, 0, &[], None)
+    }
+
+    /// A cluster of `masters` primaries whose clients and nodes talk TLS (`tls-cluster yes`:
+    /// a client that asks over TLS is given the nodes' TLS ports), with one fresh self-signed
+    /// certificate for 127.0.0.1; returns the cluster and the path of the certificate a client
+    /// must trust. [`RedisCluster::urls`] are `rediss://` seeds.
+    pub fn start_tls(masters: usize) -> (RedisCluster, PathBuf) {
+        let certified = Certified::new();
+        let cluster = Self::create(masters, 0, &["--tls-cluster", "yes"], Some(&certified));
+        let cert = cluster.nodes[0].dir.join("redis.crt");
+        (cluster, cert)
     }
 
     /// A cluster of `masters` primaries, each with one replica that takes over within about a
     /// second of its primary failing (`cluster-node-timeout` 1000 ms).
     pub fn start_replicated(masters: usize) -> RedisCluster {
-        let cluster = Self::create(masters, 1, &["--cluster-node-timeout", "1000"]);
+        let cluster = Self::create(masters, 1, &["--cluster-node-timeout", "1000"], None);
         let until = Instant::now() + Duration::from_secs(20);
         while !cluster.nodes.iter().all(|n| {
             n.cli(&["INFO", "replication"])
@@ -272,20 +309,34 @@ impl RedisCluster {
         cluster
     }
 
-    fn create(masters: usize, replicas: usize, extra: &[&str]) -> RedisCluster {
+    /// With `tls`, the nodes' cluster bus runs on their TLS ports (+10000).
+    fn create(
+        masters: usize,
+        replicas: usize,
+        extra: &[&str],
+        tls: Option<&Certified>,
+    ) -> RedisCluster {
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| {
-                let mut n = RedisServer::spawn_stopped(free_port(true), true, None);
+                let mut n = RedisServer::spawn_stopped(free_port(tls.is_none()), true, None);
                 n.extra = extra.iter().map(|a| a.to_string()).collect();
+                if let Some(certified) = tls {
+                    n.take_tls(free_port(true), certified);
+                }
                 n.restart();
                 n
             })
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
+            .map(|n| format!("127.0.0.1:{}", n.tls_port.unwrap_or(n.port)))
             .collect();
-        let out = Command::new("redis-cli")
+        let mut create = Command::new("redis-cli");
+        if tls.is_some() {
+            let cert = nodes[0].dir.join("redis.crt");
+            create.args(["--tls", "--cacert", cert.to_str().unwrap()]);
+        }
+        let out = create
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -308,7 +359,13 @@ impl RedisCluster {
     }
 
     pub fn urls(&self) -> Vec<String> {
-        self.nodes.iter().map(RedisServer::url).collect()
+        self.nodes
+            .iter()
+            .map(|n| match n.tls_port {
+                Some(port) => format!("rediss://127.0.0.1:{port}"),
+                None => n.url(),
+            })
+            .collect()
     }
 
     /// The node that is primary for `key`'s slot now, by its own word.
