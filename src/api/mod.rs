@@ -83,7 +83,8 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
         .route("/state", web::get().to(admin::state))
         .route("/state", web::head().to(admin::state))
         .route("/healthz", web::get().to(healthz))
-        .route("/healthz", web::head().to(healthz));
+        .route("/healthz", web::head().to(healthz))
+        .default_service(web::to(admin_not_found));
 }
 
 /// The OpenAPI 3.1 document of the native and admin APIs (`docs/openapi.json`).
@@ -118,13 +119,28 @@ async fn readyz(gw: web::Data<Gateway>) -> HttpResponse {
     }))
 }
 
-/// No route: `405` with `Allow` for a path of the API asked with another method, else `404`.
+/// No route on the native listener: see [`no_route`].
 async fn not_found(req: HttpRequest) -> HttpResponse {
     let allowed = match req.path() {
         DASHBOARD | ANONYMOUS | REGISTERED | HINTS => Some("POST"),
         HEALTHZ | READYZ | OPENAPI_JSON => Some("GET, HEAD"),
         _ => None,
     };
+    no_route(&req, allowed)
+}
+
+/// No route on the admin listener: see [`no_route`].
+async fn admin_not_found(req: HttpRequest) -> HttpResponse {
+    let allowed = match req.path() {
+        "/metrics" | "/state" | "/healthz" => Some("GET, HEAD"),
+        _ => None,
+    };
+    no_route(&req, allowed)
+}
+
+/// `405` with `Allow` for a path asked with a method it does not take (`allowed`), else `404`,
+/// both as problems naming the method and path.
+fn no_route(req: &HttpRequest, allowed: Option<&str>) -> HttpResponse {
     match allowed {
         Some(allow) => Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -498,21 +498,39 @@ async fn every_malformed_request_gets_a_precise_4xx_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_path_asked_with_another_method_is_405_naming_the_one_it_takes() {
+    // On the admin listener too: a scraper or operator with a typo gets the same JSON problem.
     let app = spawn_app(|_| {}).await;
-    for (method, path, allow) in [
+    let (native, admin) = (&app.base, &app.admin);
+    for (method, base, path, allow) in [
         (
             reqwest::Method::GET,
+            native,
             "/v1/embed-url/dashboard",
             Some("POST"),
         ),
-        (reqwest::Method::PUT, "/v1/hints", Some("POST")),
-        (reqwest::Method::POST, "/healthz", Some("GET, HEAD")),
-        (reqwest::Method::DELETE, "/openapi.json", Some("GET, HEAD")),
-        (reqwest::Method::GET, "/v1/embed-url/dashboards", None),
+        (reqwest::Method::PUT, native, "/v1/hints", Some("POST")),
+        (reqwest::Method::POST, native, "/healthz", Some("GET, HEAD")),
+        (
+            reqwest::Method::DELETE,
+            native,
+            "/openapi.json",
+            Some("GET, HEAD"),
+        ),
+        (
+            reqwest::Method::GET,
+            native,
+            "/v1/embed-url/dashboards",
+            None,
+        ),
+        (reqwest::Method::POST, admin, "/metrics", Some("GET, HEAD")),
+        (reqwest::Method::DELETE, admin, "/state", Some("GET, HEAD")),
+        (reqwest::Method::PUT, admin, "/healthz", Some("GET, HEAD")),
+        (reqwest::Method::GET, admin, "/metric", None),
+        (reqwest::Method::GET, admin, "/readyz", None),
     ] {
         let resp = app
             .http
-            .request(method.clone(), format!("{}{path}", app.base))
+            .request(method.clone(), format!("{base}{path}"))
             .send()
             .await
             .unwrap();
