@@ -21,6 +21,14 @@ use time::{
 const AMZ_DATE: &[FormatItem<'static>] =
     format_description!("[year][month][day]T[hour][minute][second]Z");
 
+/// Headers the verification reads, each of which a request may carry at most once.
+const ONCE: [&str; 4] = [
+    "Authorization",
+    "X-Amz-Date",
+    "X-Amz-Security-Token",
+    "Host",
+];
+
 /// Why a request's signature was refused, with the code and status AWS uses for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
@@ -181,6 +189,21 @@ impl Verifier<'_> {
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| *v)
         };
+        // A header the verification reads, sent twice, is refused rather than one of its values
+        // picked: a proxy in front that reads the other would act on an identity, date or host
+        // the signature never vouched for.
+        for name in ONCE {
+            let times = req
+                .headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .count();
+            if times > 1 {
+                return Err(AuthError::Incomplete(format!(
+                    "The {name} header must be sent once, not {times} times."
+                )));
+            }
+        }
         let auth = parse_authorization(header("authorization").ok_or(AuthError::Missing)?)?;
         let amz_date = header("x-amz-date").ok_or_else(|| {
             AuthError::Incomplete(
@@ -423,6 +446,34 @@ mod tests {
         let earlier = at - Duration::from_secs(901);
         let err = verify(&signed("secret", at, PATH), &format!("/{PATH}"), earlier).unwrap_err();
         assert!(err.message().starts_with("Signature not yet current"));
+    }
+
+    #[test]
+    fn a_header_the_signature_rests_on_sent_twice_is_refused_whichever_copy_is_valid() {
+        let now = SystemTime::now();
+        let good = signed("secret", now, PATH);
+        let other = signed("other", now, PATH);
+        for name in ["authorization", "x-amz-date", "host"] {
+            let copy = |h: &[(String, String)]| {
+                h.iter()
+                    .find(|(k, _)| k == name)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{name} signed"))
+            };
+            let mut first_valid = good.clone();
+            first_valid.push(copy(&other));
+            let mut second_valid = other.clone();
+            second_valid.push(copy(&good));
+            for h in [first_valid, second_valid] {
+                let err = verify(&h, &format!("/{PATH}"), now).unwrap_err();
+                assert_eq!(err.code(), "IncompleteSignatureException", "{name}");
+                assert!(
+                    err.message().to_ascii_lowercase().contains(name),
+                    "{}",
+                    err.message()
+                );
+            }
+        }
     }
 
     #[test]
