@@ -368,6 +368,60 @@ impl RedisCluster {
             .collect()
     }
 
+    /// The slot `key` hashes to.
+    pub fn slot_of(&self, key: &str) -> String {
+        self.nodes[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .expect("CLUSTER KEYSLOT")
+    }
+
+    fn id(&self, node: usize) -> String {
+        self.nodes[node]
+            .cli(&["CLUSTER", "MYID"])
+            .expect("CLUSTER MYID")
+    }
+
+    /// Starts moving `slot` from node `from` to node `to`, as an online resharding does: `to`
+    /// imports it and `from` migrates it, so a key `from` no longer has is asked for at `to`
+    /// (`ASK`), and a call over keys split between them is told to try again (`TRYAGAIN`).
+    pub fn start_moving(&self, slot: &str, from: usize, to: usize) {
+        let (from_id, to_id) = (self.id(from), self.id(to));
+        let ok = |n: usize, args: &[&str]| {
+            assert_eq!(self.nodes[n].cli(args).as_deref(), Some("OK"), "{args:?}");
+        };
+        ok(to, &["CLUSTER", "SETSLOT", slot, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", slot, "MIGRATING", &to_id]);
+    }
+
+    /// Moves up to `count` of `slot`'s keys from node `from` to node `to` (`MIGRATE`: each key
+    /// leaves `from` as it arrives at `to`); returns how many moved.
+    pub fn migrate_keys(&self, slot: &str, from: usize, to: usize, count: usize) -> usize {
+        let keys = self.nodes[from]
+            .cli(&["CLUSTER", "GETKEYSINSLOT", slot, &count.to_string()])
+            .unwrap_or_default();
+        let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+        if keys.is_empty() {
+            return 0;
+        }
+        let port = self.nodes[to].port.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(&keys);
+        let answer = self.nodes[from].cli(&args);
+        assert!(
+            matches!(answer.as_deref(), Some("OK" | "NOKEY")),
+            "MIGRATE: {answer:?}"
+        );
+        keys.len()
+    }
+
+    /// Ends a move: every node hands `slot` to node `to`.
+    pub fn finish_moving(&self, slot: &str, to: usize) {
+        let to_id = self.id(to);
+        for n in &self.nodes {
+            n.cli(&["CLUSTER", "SETSLOT", slot, "NODE", &to_id]);
+        }
+    }
+
     /// The node that is primary for `key`'s slot now, by its own word.
     pub fn primary_of(&self, key: &str) -> Option<usize> {
         let slot: u16 = self

@@ -1,9 +1,10 @@
 //! Exactly once when Redis comes back with an older data set: a restart from a snapshot taken
 //! mid-run, a failover to a replica that had stopped replicating, a flush, eviction under a
-//! memory limit, failovers behind a name and a Redis Cluster's own failover. Each test drives
-//! three replicas, checks that the old data set really held URLs that were handed out after it
-//! was copied (so a gateway that trusted it would hand them out twice), and then opens every URL
-//! handed out at the simulator: each opens exactly once.
+//! memory limit, failovers behind a name, a Redis Cluster's own failover and a resharding that
+//! moves the tenant's slot. Each test drives three replicas, checks that the old data set really
+//! held URLs that were handed out after it was copied (so a gateway that trusted it would hand
+//! them out twice), and then opens every URL handed out at the simulator: each opens exactly
+//! once.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -335,4 +336,56 @@ async fn a_cluster_failover_after_a_primary_crashed_is_followed_to_the_promoted_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_failover_after_a_primary_went_silent_is_followed_to_the_promoted_replica() {
     a_cluster_failover_is_followed_to_the_promoted_replica(Failure::Silence).await;
+}
+
+/// An online resharding (ElastiCache's, or `redis-cli --cluster reshard`) moves the tenant's slot
+/// to another primary while the fleet hands out URLs: calls meet `ASK` and `TRYAGAIN` while the
+/// slot's keys are split between the two, the moved keys arrive at a server of another `run_id`
+/// (a new epoch: what was pooled is abandoned, never read twice), and the fleet goes on sharing
+/// on the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_resharding_that_moves_the_tenants_slot_mid_run_hands_nothing_out_twice() {
+    let cluster = RedisCluster::start(3);
+    let urls = cluster.urls();
+    let fleet = fleet_with(move |s| s.redis.cluster_urls = urls.clone()).await;
+    let k = keys();
+    let mut all = fleet.drive(1_000, 48, &k).await;
+    let tenant_key = "embedgate:{t:alpha}:fence";
+    let from = cluster
+        .primary_of(tenant_key)
+        .expect("a primary holds the tenant's slot");
+    let to = (from + 1) % cluster.nodes.len();
+    let slot = cluster.slot_of(tenant_key);
+    cluster.start_moving(&slot, from, to);
+    all.extend(fleet.drive(300, 48, &k).await);
+    // A few keys at a time, with traffic between, so calls meet the slot split every way.
+    let mut moved = 0;
+    loop {
+        let n = cluster.migrate_keys(&slot, from, to, 3);
+        moved += n;
+        all.extend(fleet.drive(100, 48, &k).await);
+        if n == 0 {
+            break;
+        }
+    }
+    cluster.finish_moving(&slot, to);
+    assert!(moved > 0, "the tenant's keys moved");
+    assert_eq!(cluster.primary_of(tenant_key), Some(to), "the slot moved");
+    fleet.all_ready(Duration::from_secs(20)).await;
+    all.extend(fleet.drive(1_000, 48, &k).await);
+    until("the fleet pools in the new primary", || {
+        !pooled_urls(&cluster.nodes[to]).is_empty()
+    })
+    .await;
+    assert_eq!(
+        fleet.metric_sum("embedgate_redis_degraded").await,
+        0.0,
+        "every replica shares again"
+    );
+    eprintln!(
+        "{} URLs handed out across the move of {moved} keys",
+        all.len()
+    );
+    assert_exactly_once(&fleet, &all).await;
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
