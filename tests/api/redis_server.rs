@@ -422,6 +422,24 @@ impl RedisCluster {
         }
     }
 
+    /// The nodes that are primaries now, by their own word.
+    pub fn primaries(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&n| {
+                self.nodes[n]
+                    .cli(&["INFO", "replication"])
+                    .is_some_and(|i| i.contains("role:master"))
+            })
+            .collect()
+    }
+
+    /// Moves `slot` with its keys from node `from` to node `to` at once.
+    pub fn move_slot(&self, slot: &str, from: usize, to: usize) {
+        self.start_moving(slot, from, to);
+        while self.migrate_keys(slot, from, to, 100) > 0 {}
+        self.finish_moving(slot, to);
+    }
+
     /// The node that is primary for `key`'s slot now, by its own word.
     pub fn primary_of(&self, key: &str) -> Option<usize> {
         let slot: u16 = self

@@ -288,7 +288,13 @@ enum Failure {
 /// fails and its replica takes over (the cluster's own failover, as ElastiCache's cluster mode
 /// and MemoryDB do it): the fleet finds the new primary and rejoins within seconds, and hands
 /// nothing out twice (the promoted replica is another process: a new epoch).
-async fn a_cluster_failover_is_followed_to_the_promoted_replica(failure: Failure) {
+///
+/// With `heartbeat_elsewhere`, the fleet's heartbeat key lives on another primary, which stays
+/// up: the heartbeat goes on succeeding while every call for the tenant fails.
+async fn a_cluster_failover_is_followed_to_the_promoted_replica(
+    failure: Failure,
+    heartbeat_elsewhere: bool,
+) {
     let mut cluster = RedisCluster::start_replicated(3);
     let urls = cluster.urls();
     let fleet = fleet_with(move |s| s.redis.cluster_urls = urls.clone()).await;
@@ -298,6 +304,12 @@ async fn a_cluster_failover_is_followed_to_the_promoted_replica(failure: Failure
     let old = cluster
         .primary_of(tenant_key)
         .expect("a primary holds the tenant's slot");
+    if heartbeat_elsewhere {
+        let heartbeat = cluster.slot_of("embedgate:{replicas}");
+        let other = cluster.primaries().into_iter().find(|&n| n != old).unwrap();
+        cluster.move_slot(&heartbeat, old, other);
+        assert_eq!(cluster.primary_of("embedgate:{replicas}"), Some(other));
+    }
     let fences = fleet.metric_sum("embedgate_redis_fences_total").await;
     match failure {
         Failure::Crash => cluster.nodes[old].kill(),
@@ -330,12 +342,22 @@ async fn a_cluster_failover_is_followed_to_the_promoted_replica(failure: Failure
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_failover_after_a_primary_crashed_is_followed_to_the_promoted_replica() {
-    a_cluster_failover_is_followed_to_the_promoted_replica(Failure::Crash).await;
+    a_cluster_failover_is_followed_to_the_promoted_replica(Failure::Crash, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_failover_after_a_primary_went_silent_is_followed_to_the_promoted_replica() {
-    a_cluster_failover_is_followed_to_the_promoted_replica(Failure::Silence).await;
+    a_cluster_failover_is_followed_to_the_promoted_replica(Failure::Silence, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_failover_of_the_tenants_primary_alone_is_followed_to_the_promoted_replica() {
+    a_cluster_failover_is_followed_to_the_promoted_replica(Failure::Crash, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_failover_after_the_tenants_primary_alone_went_silent_is_followed() {
+    a_cluster_failover_is_followed_to_the_promoted_replica(Failure::Silence, true).await;
 }
 
 /// An online resharding (ElastiCache's, or `redis-cli --cluster reshard`) moves the tenant's slot
