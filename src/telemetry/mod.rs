@@ -52,9 +52,21 @@ const CAPPED: &[&str] = &[
     "reqwest",
 ];
 
-/// The filter for `level` (an `EnvFilter` directive string), with the capped crates at `info`.
+/// The Redis client, which warns on every attempt while a node is down (about a hundred lines a
+/// second over three replicas during a Redis Cluster failover); the fleet's own warnings say
+/// when a replica stops and starts sharing. Kept at `error` unless the filter names it.
+const CHATTY: &str = "redis";
+
+/// The filter for `level` (an `EnvFilter` directive string), with the capped crates at `info`
+/// and the Redis client at `error` unless `level` names it.
 pub fn filter(level: &str) -> EnvFilter {
-    let caps: Vec<String> = CAPPED.iter().map(|c| format!("{c}=info")).collect();
+    let mut caps: Vec<String> = CAPPED.iter().map(|c| format!("{c}=info")).collect();
+    let names_it = level
+        .split(',')
+        .any(|d| d.split(['=', '[']).next() == Some(CHATTY));
+    if !names_it {
+        caps.push(format!("{CHATTY}=error"));
+    }
     let directives = format!("{level},{}", caps.join(","));
     EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| EnvFilter::new(format!("info,{}", caps.join(","))))
@@ -792,5 +804,18 @@ mod tests {
             assert!(f.contains(&format!("{c}=info")), "{c} capped: {f}");
         }
         assert!(f.split(',').any(|d| d == "trace"), "{f}");
+    }
+
+    #[test]
+    fn the_redis_clients_retry_warnings_are_off_unless_the_filter_names_it() {
+        let has = |level: &str, directive: &str| {
+            filter(level).to_string().split(',').any(|d| d == directive)
+        };
+        assert!(has("info", "redis=error"));
+        assert!(has("debug,embedgate=trace", "redis=error"));
+        assert!(!has("info,redis=warn", "redis=error"));
+        assert!(has("info,redis=warn", "redis=warn"));
+        // A target that only starts with the name is another crate.
+        assert!(has("info,redis_extra=debug", "redis=error"));
     }
 }
