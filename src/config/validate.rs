@@ -122,13 +122,34 @@ impl Settings {
                     "{key}: a URL fragment (#insecure) is not supported: the server's certificate is always verified; trust its CA with redis.tls_ca_file"
                 ));
             }
-            redis::IntoConnectionInfo::into_connection_info(u)
+            let info = redis::IntoConnectionInfo::into_connection_info(u)
                 .map_err(|e| format!("{key}: {e}"))?;
+            if !redis.cluster_urls.is_empty() && info.redis_settings().db() != 0 {
+                return Err(format!(
+                    "{key}: a Redis Cluster has only database 0; drop the /{} from the URL",
+                    info.redis_settings().db()
+                ));
+            }
             if redis.tls_ca_file.is_some() && !u.starts_with("rediss://") {
                 return Err(format!(
                     "{key}: redis.tls_ca_file is set, so the URL must be rediss:// (TLS)"
                 ));
             }
+        }
+        if !redis.cluster_urls.is_empty() {
+            // The seeds together, as the client takes them (one TLS mode, user and password for
+            // all); it reads them without connecting.
+            redis::cluster::ClusterClientBuilder::new(redis.cluster_urls.clone())
+                .build()
+                .map_err(|e| {
+                    // Its words ("Cannot use different password among initial nodes. -
+                    // InvalidClientConfig") name no value, so no password is echoed.
+                    let e = e.to_string();
+                    format!(
+                        "redis.cluster_urls: {}",
+                        e.split(" - ").next().unwrap_or(&e)
+                    )
+                })?;
         }
         redis.trusted_roots()?;
         within("redis.timeout_ms", redis.timeout_ms, 1, MINUTE_MS)?;
@@ -690,7 +711,22 @@ mod tests {
         );
         let missing = dir.join("missing.pem");
         // (redis.url, or the cluster's seeds when it has a comma; redis.tls_ca_file; the refusal)
-        let cases: [(&str, Option<&std::path::PathBuf>, &str); 8] = [
+        let cases: [(&str, Option<&std::path::PathBuf>, &str); 11] = [
+            (
+                "redis://a:1,rediss://b:2",
+                None,
+                "redis.cluster_urls: Cannot use different TLS modes",
+            ),
+            (
+                "redis://:pw@a:1,redis://b:2",
+                None,
+                "redis.cluster_urls: Cannot use different password",
+            ),
+            (
+                "redis://a:1/3,redis://b:2/3",
+                None,
+                "redis.cluster_urls[0]: a Redis Cluster has only database 0",
+            ),
             ("redis://:pw@127.0.0.1:99999/0", None, "redis.url: "),
             ("redis://127.0.0.1:6379/zz", None, "redis.url: "),
             (
