@@ -415,8 +415,27 @@ fn check_upstream(at: &str, u: &super::UpstreamSettings) -> Result<(), String> {
             return Err(format!("{at}.account: must be a 12-digit AWS account id"));
         }
     }
-    if u.region.is_empty() {
-        return Err(format!("{at}.region: must not be empty"));
+    if !is_region(&u.region) {
+        return Err(format!(
+            "{at}.region: must be an AWS region code such as us-east-1 (lower-case words and a number, joined by '-')"
+        ));
+    }
+    if let Some(endpoint) = &u.endpoint_url {
+        // The SDK takes any string and fails each call as a connection failure, which read as
+        // "QuickSight is unavailable" on every request.
+        let ok = url::Url::parse(endpoint).is_ok_and(|e| {
+            matches!(e.scheme(), "http" | "https")
+                && e.host().is_some()
+                && e.username().is_empty()
+                && e.password().is_none()
+                && e.query().is_none()
+                && e.fragment().is_none()
+        });
+        if !ok {
+            return Err(format!(
+                "{at}.endpoint_url: must be an http:// or https:// URL with a host and no credentials, query or fragment"
+            ));
+        }
     }
     rate(&format!("{at}.rate_per_sec"), u.rate_per_sec)?;
     rate(&format!("{at}.min_rate_per_sec"), u.min_rate_per_sec)?;
@@ -484,6 +503,22 @@ fn check_upstream(at: &str, u: &super::UpstreamSettings) -> Result<(), String> {
     Ok(())
 }
 
+/// An AWS region code: two or more lower-case words, then a number, joined by `-` (`us-east-1`,
+/// `us-gov-west-1`, `ap-southeast-3`, `us-isob-east-1`).
+fn is_region(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    let Some((number, words)) = parts.split_last() else {
+        return false;
+    };
+    words.len() >= 2
+        && words
+            .iter()
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+        && !number.is_empty()
+        && number.len() <= 2
+        && number.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// Shortest master key accepted, in bytes.
 pub const MIN_MASTER_KEY_BYTES: usize = 32;
 
@@ -535,6 +570,49 @@ mod tests {
         let mut s = with_tenant();
         change(&mut s);
         s.validate().unwrap_err()
+    }
+
+    #[test]
+    fn an_upstream_region_or_endpoint_the_sdk_cannot_use_is_refused_naming_the_key() {
+        // Each passed check-config, and serve then answered every miss 503 "QuickSight is
+        // unavailable" (a connection failure to a string that is no endpoint).
+        for (region, endpoint, starts) in [
+            ("us east 1", None, "upstream.region: "),
+            ("US-EAST-1", None, "upstream.region: "),
+            ("us-east", None, "upstream.region: "),
+            ("", None, "upstream.region: "),
+            ("us-east-1", Some("not a url"), "upstream.endpoint_url: "),
+            ("us-east-1", Some("ftp://x"), "upstream.endpoint_url: "),
+            ("us-east-1", Some("http://"), "upstream.endpoint_url: "),
+            (
+                "us-east-1",
+                Some("https://user:pw@quicksight.example"),
+                "upstream.endpoint_url: ",
+            ),
+        ] {
+            let e = refusal(|s| {
+                s.upstream.region = region.into();
+                s.upstream.endpoint_url = endpoint.map(String::from);
+            });
+            assert!(e.starts_with(starts), "{region} {endpoint:?}: {e}");
+            assert!(!e.contains("pw"), "a password is never echoed: {e}");
+        }
+        for (region, endpoint) in [
+            ("us-east-1", None),
+            ("us-gov-west-1", None),
+            ("ap-southeast-3", None),
+            ("us-isob-east-1", None),
+            ("eu-west-1", Some("http://127.0.0.1:4599")),
+            (
+                "us-east-1",
+                Some("https://quicksight.us-east-1.amazonaws.com/"),
+            ),
+        ] {
+            let mut s = with_tenant();
+            s.upstream.region = region.into();
+            s.upstream.endpoint_url = endpoint.map(String::from);
+            assert_eq!(s.validate(), Ok(()), "{region} {endpoint:?}");
+        }
     }
 
     #[test]
