@@ -51,6 +51,44 @@ async fn three_replicas_on_one_redis_hand_out_urls_exactly_once() {
     exactly_once_across_three_replicas(6_000, on_redis(redis.url())).await;
 }
 
+/// RESP3 (`?protocol=resp3`, which some client set-ups and proxies ask for): the scripts'
+/// answers and the commands' replies (maps, verbatim strings) read the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_speaking_resp3_hand_out_urls_exactly_once() {
+    let redis = RedisServer::start();
+    let url = format!("{}?protocol=resp3", redis.url());
+    let fleet = Arc::new(
+        spawn_fleet(3, |s| {
+            roomy(s);
+            s.redis.url = Some(url.clone());
+        })
+        .await,
+    );
+    let outcomes = fleet.drive(1_500, 48, &keys()).await;
+    let clients = redis.cli(&["CLIENT", "LIST"]).unwrap_or_default();
+    assert!(
+        clients.lines().any(|c| c.contains("resp=3")),
+        "the replicas speak RESP3: {clients}"
+    );
+    assert!(
+        !clients
+            .lines()
+            .any(|c| c.contains("resp=2") && !c.contains("cmd=client")),
+        "no replica speaks RESP2: {clients}"
+    );
+    assert_exactly_once(&fleet, &outcomes).await;
+    assert!(
+        redis.shared_stock_reaches("alpha", None, 1).await,
+        "the replicas pooled in Redis"
+    );
+    assert_eq!(
+        fleet.metric_sum("embedgate_redis_degraded").await,
+        0.0,
+        "no replica fell back to local state"
+    );
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
 /// Redis over TLS (`rediss://`, as ElastiCache and MemoryDB with encryption in transit are
 /// reached), its certificate trusted through `redis.tls_ca_file`: the fleet shares pool and
 /// limits through it and hands out each URL once. A replica that does not trust the
