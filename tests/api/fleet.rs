@@ -51,6 +51,51 @@ async fn three_replicas_on_one_redis_hand_out_urls_exactly_once() {
     exactly_once_across_three_replicas(6_000, on_redis(redis.url())).await;
 }
 
+/// A Redis user confined to the fleet's keys (`~<prefix>*`) and without `@dangerous` but `INFO`,
+/// as a hardened or shared Redis is set up: every key the fleet touches lies under its prefix,
+/// so the fleet shares through it with nothing refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_user_confined_to_the_prefix_serves_the_whole_fleet() {
+    let redis = RedisServer::start();
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "fleet",
+        "on",
+        ">secret",
+        "~fleet-b:*",
+        "+@all",
+        "-@dangerous",
+        "+info",
+    ];
+    assert_eq!(redis.cli(&acl).as_deref(), Some("OK"));
+    let url = format!("redis://fleet:secret@127.0.0.1:{}", redis.port);
+    let fleet = Arc::new(
+        spawn_fleet(3, |s| {
+            roomy(s);
+            s.redis.url = Some(url.clone());
+            s.redis.prefix = "fleet-b:".into();
+        })
+        .await,
+    );
+    for i in 0..3 {
+        assert_eq!(fleet.readiness(i).await, "ready");
+    }
+    let outcomes = fleet.drive(1_500, 48, &keys()).await;
+    assert_exactly_once(&fleet, &outcomes).await;
+    assert_eq!(
+        fleet.metric_sum("embedgate_redis_errors_total").await,
+        0.0,
+        "Redis refused nothing"
+    );
+    let keys = redis.cli(&["--scan"]).unwrap_or_default();
+    assert!(
+        !keys.is_empty() && keys.lines().all(|k| k.starts_with("fleet-b:")),
+        "every key under the prefix: {keys}"
+    );
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
 /// RESP3 (`?protocol=resp3`, which some client set-ups and proxies ask for): the scripts'
 /// answers and the commands' replies (maps, verbatim strings) read the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
