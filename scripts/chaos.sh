@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The chaos run: at least a million hand-outs (EMBEDGATE_CHAOS_HANDOUTS, default 1,000,000) over
-# three replicas while Redis is killed, rolled back to a snapshot, paused and flushed on a
-# schedule; every URL opened at the simulator. Writes bench-results/chaos.{json,md} and fails on
-# any URL handed out twice or opened late. Release build (the first one takes several minutes).
+# The chaos runs: at least a million hand-outs each (EMBEDGATE_CHAOS_HANDOUTS, default 1,000,000)
+# over three replicas, every URL opened at the simulator. On one Redis: killed, rolled back to a
+# snapshot, paused and flushed on a schedule. On a Redis Cluster with a replica per primary: the
+# tenant's primary crashes and comes back, goes silent and comes back, and the tenant's slot
+# moves to another primary. Writes bench-results/chaos.{json,md} and chaos-cluster.{json,md} and
+# fails on any URL handed out twice or opened late. Release build (the first one takes several
+# minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo test --release --test api -- --ignored --nocapture --test-threads 1 soak_chaos
-cat bench-results/chaos.md
+cat bench-results/chaos.md bench-results/chaos-cluster.md

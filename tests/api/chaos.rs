@@ -1,9 +1,12 @@
-//! The chaos run (`scripts/chaos.sh`, not part of the suite): at least a million hand-outs over
-//! three replicas while Redis is killed and restarted empty, snapshotted and later restarted from
-//! the snapshot (a rollback), paused past the replicas' timeout, and flushed, on a fixed schedule.
-//! Every URL is opened at the simulator right after its phase. The report (duplicates, late
-//! openings, least validity left, answers by code, hand-out latency) goes to
-//! `bench-results/chaos.{json,md}`; the run fails on any duplicate or late opening.
+//! The chaos runs (`scripts/chaos.sh`, not part of the suite): at least a million hand-outs over
+//! three replicas, on a fixed schedule of faults, each URL opened at the simulator right after
+//! its phase. On one Redis: killed and restarted empty, snapshotted and later restarted from the
+//! snapshot (a rollback), paused past the replicas' timeout, and flushed. On a Redis Cluster with
+//! a replica per primary: the tenant's primary crashes (its replica takes over) and comes back as
+//! a replica, goes silent and comes back, and the tenant's slot moves to another primary under
+//! traffic. The report (duplicates, late openings, least validity left, answers by code,
+//! hand-out latency) goes to `bench-results/chaos.{json,md}` and `chaos-cluster.{json,md}`; a run
+//! fails on any duplicate or late opening.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -11,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 use crate::helpers::{keys, roomy, spawn_fleet, Outcome};
-use crate::redis_server::RedisServer;
+use crate::redis_server::{RedisCluster, RedisServer};
+use embedgate::config::Settings;
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -20,20 +24,97 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// What is done to Redis before each phase, in turn.
+/// What is done to one Redis before each phase, in turn.
 const SCHEDULE: [&str; 6] = ["none", "kill", "snapshot", "rollback", "pause", "flush"];
+
+/// What is done to a Redis Cluster before each phase, in turn.
+const CLUSTER_SCHEDULE: [&str; 6] = ["none", "crash", "rejoin", "silence", "resume", "move"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "chaos: load-sized, run by scripts/chaos.sh"]
 async fn soak_chaos_hands_out_every_url_exactly_once_while_redis_misbehaves() {
-    let total = env_usize("EMBEDGATE_CHAOS_HANDOUTS", 1_000_000);
-    let phase_size = env_usize("EMBEDGATE_CHAOS_PHASE", 25_000);
     let mut redis = RedisServer::start();
     let url = redis.url();
+    let fault = move |fault: &str| match fault {
+        "kill" => {
+            redis.forget_snapshot();
+            redis.kill();
+            redis.restart();
+        }
+        "snapshot" => assert_eq!(redis.cli(&["SAVE"]).as_deref(), Some("OK")),
+        "rollback" => {
+            redis.kill();
+            redis.restart();
+        }
+        "pause" => {
+            redis.cli(&["CLIENT", "PAUSE", "300"]);
+        }
+        "flush" => {
+            redis.cli(&["FLUSHALL"]);
+        }
+        _ => {}
+    };
+    chaos(
+        "chaos",
+        &SCHEDULE,
+        move |s| s.redis.url = Some(url.clone()),
+        fault,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: load-sized, run by scripts/chaos.sh"]
+async fn soak_chaos_on_a_redis_cluster_hands_out_every_url_exactly_once_through_failovers() {
+    let mut cluster = RedisCluster::start_replicated(3);
+    let urls = cluster.urls();
+    let tenant_key = "embedgate:{t:alpha}:fence";
+    let primary = |c: &RedisCluster| c.primary_of(tenant_key).expect("the slot has a primary");
+    // The node the last crash or silence took down, to bring back in the next phase.
+    let mut down = None;
+    let fault = move |fault: &str| match fault {
+        "crash" => {
+            let n = primary(&cluster);
+            cluster.nodes[n].kill();
+            down = Some(n);
+        }
+        "silence" => {
+            let n = primary(&cluster);
+            cluster.nodes[n].freeze();
+            down = Some(n);
+        }
+        // The old primary comes back and, finding its replica promoted, follows it.
+        "rejoin" => cluster.nodes[down.take().expect("a node is down")].restart(),
+        "resume" => cluster.nodes[down.take().expect("a node is down")].thaw(),
+        "move" => {
+            let from = primary(&cluster);
+            let to = cluster
+                .primaries()
+                .into_iter()
+                .find(|&n| n != from)
+                .unwrap();
+            cluster.move_slot(&cluster.slot_of(tenant_key), from, to);
+        }
+        _ => {}
+    };
+    let seeds = move |s: &mut Settings| s.redis.cluster_urls = urls.clone();
+    chaos("chaos-cluster", &CLUSTER_SCHEDULE, seeds, fault).await;
+}
+
+/// Drives the fleet phase after phase, applying `fault` with the schedule's next fault before
+/// each, and writes the report as `bench-results/<name>.{json,md}`.
+async fn chaos(
+    name: &str,
+    schedule: &'static [&'static str],
+    redis: impl Fn(&mut Settings) + Send + Sync + 'static,
+    mut fault: impl FnMut(&str),
+) {
+    let total = env_usize("EMBEDGATE_CHAOS_HANDOUTS", 1_000_000);
+    let phase_size = env_usize("EMBEDGATE_CHAOS_PHASE", 25_000);
     let fleet = Arc::new(
         spawn_fleet(3, move |s| {
             roomy(s);
-            s.redis.url = Some(url.clone());
+            redis(s);
             // Production's timeout: a pause or a kill really sends replicas into degraded mode.
             s.redis.timeout_ms = 50;
             s.tenants[0].warm = keys().into_iter().map(|k| warm(k, 16)).collect();
@@ -49,26 +130,8 @@ async fn soak_chaos_hands_out_every_url_exactly_once_while_redis_misbehaves() {
     let mut latencies_us: Vec<u64> = Vec::with_capacity(total);
     let mut longest_phase = Duration::ZERO;
     while done < total {
-        let fault = SCHEDULE[phase % SCHEDULE.len()];
-        match fault {
-            "kill" => {
-                redis.forget_snapshot();
-                redis.kill();
-                redis.restart();
-            }
-            "snapshot" => assert_eq!(redis.cli(&["SAVE"]).as_deref(), Some("OK")),
-            "rollback" => {
-                redis.kill();
-                redis.restart();
-            }
-            "pause" => {
-                redis.cli(&["CLIENT", "PAUSE", "300"]);
-            }
-            "flush" => {
-                redis.cli(&["FLUSHALL"]);
-            }
-            _ => {}
-        }
+        let this = schedule[phase % schedule.len()];
+        fault(this);
         let phase_started = Instant::now();
         let outcomes: Vec<Outcome> = fleet.drive(phase_size.min(total - done), 64, &k).await;
         let mut fresh = vec![];
@@ -97,7 +160,7 @@ async fn soak_chaos_hands_out_every_url_exactly_once_while_redis_misbehaves() {
         done += outcomes.len();
         phase += 1;
         eprintln!(
-            "phase {phase} after {fault}: {done} of {total} handed out, {duplicates} duplicates"
+            "phase {phase} after {this}: {done} of {total} handed out, {duplicates} duplicates"
         );
     }
     let ledger = fleet.sim.sim.ledger();
@@ -106,7 +169,7 @@ async fn soak_chaos_hands_out_every_url_exactly_once_while_redis_misbehaves() {
     let report = serde_json::json!({
         "handouts": done,
         "phases": phase,
-        "schedule": SCHEDULE,
+        "schedule": schedule,
         "seconds": started.elapsed().as_secs_f64(),
         "duplicates_seen_by_client": duplicates,
         "double_redemptions": ledger.double_redemptions,
@@ -122,21 +185,21 @@ async fn soak_chaos_hands_out_every_url_exactly_once_while_redis_misbehaves() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
-        dir.join("chaos.json"),
+        dir.join(format!("{name}.json")),
         serde_json::to_string_pretty(&report).unwrap(),
     )
     .unwrap();
     std::fs::write(
-        dir.join("chaos.md"),
+        dir.join(format!("{name}.md")),
         format!(
-            "# Chaos run\n\n{done} hand-outs over 3 replicas in {phase} phases of {phase_size} \
+            "# Chaos run ({name})\n\n{done} hand-outs over 3 replicas in {phase} phases of {phase_size} \
              (faults in turn: {}), {:.0} s.\n\n| figure | value |\n| --- | --- |\n\
              | URLs handed out twice (client) | {duplicates} |\n| double openings (simulator) | {} |\n\
              | late openings | {} |\n| URLs that did not open | {not_opened} |\n\
              | least validity left at opening | {} ms (promised {min_remaining_ms} ms at hand-out; \
              opened within {} ms) |\n| hand-out latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |\n\
              | answers by code | {by_code:?} |\n| fencing epochs started | {} |\n",
-            SCHEDULE.join(", "),
+            schedule.join(", "),
             started.elapsed().as_secs_f64(),
             ledger.double_redemptions,
             ledger.late_redemptions,

@@ -164,6 +164,18 @@ impl RedisServer {
         }
     }
 
+    /// Lets a server [`Self::freeze`] stopped go on (SIGCONT).
+    pub fn thaw(&mut self) {
+        if let Some(c) = &self.child {
+            let resumed = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(resumed.success(), "SIGCONT reached redis-server");
+        }
+        self.frozen = false;
+    }
+
     /// Starts the server again on the same port and waits until it answers. It saves nothing on
     /// its own, but loads the snapshot a `SAVE` left in its directory, as a restart does.
     pub fn restart(&mut self) {
