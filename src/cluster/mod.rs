@@ -354,7 +354,7 @@ impl Fleet {
             .map_err(|e| anyhow::anyhow!("redis.cluster_urls: {e}"))
     }
 
-    /// Drops the Cluster connection unless it was made less than an open timeout ago; the
+    /// Drops the Cluster connection unless it was made less than a Cluster open timeout ago; the
     /// heartbeat makes a new one.
     fn drop_cluster(&self) {
         let mut cluster = self.cluster.write();

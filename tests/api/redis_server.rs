@@ -154,26 +154,24 @@ impl RedisServer {
     /// nothing answers on them, as when its host crashes or is partitioned away. A drop still
     /// kills it.
     pub fn freeze(&mut self) {
+        self.signal("STOP");
         self.frozen = true;
-        if let Some(c) = &self.child {
-            let stopped = Command::new("kill")
-                .args(["-STOP", &c.id().to_string()])
-                .status()
-                .expect("kill runs");
-            assert!(stopped.success(), "SIGSTOP reached redis-server");
-        }
     }
 
     /// Lets a server [`Self::freeze`] stopped go on (SIGCONT).
     pub fn thaw(&mut self) {
+        self.signal("CONT");
+        self.frozen = false;
+    }
+
+    fn signal(&self, name: &str) {
         if let Some(c) = &self.child {
-            let resumed = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
+            let sent = Command::new("kill")
+                .args([&format!("-{name}"), &c.id().to_string()])
                 .status()
                 .expect("kill runs");
-            assert!(resumed.success(), "SIGCONT reached redis-server");
+            assert!(sent.success(), "SIG{name} reached redis-server");
         }
-        self.frozen = false;
     }
 
     /// Starts the server again on the same port and waits until it answers. It saves nothing on
@@ -432,6 +430,14 @@ impl RedisCluster {
         for n in &self.nodes {
             n.cli(&["CLUSTER", "SETSLOT", slot, "NODE", &to_id]);
         }
+    }
+
+    /// Keys held over all nodes.
+    pub fn keys(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.cli(&["DBSIZE"]).and_then(|d| d.parse::<usize>().ok()))
+            .sum()
     }
 
     /// The nodes that are primaries now, by their own word.

@@ -323,20 +323,26 @@ async fn a_cluster_failover_is_followed_to_the_promoted_replica(
     fleet.all_ready(Duration::from_secs(20)).await;
     all.extend(fleet.drive(1_000, 48, &k).await);
     let new = cluster.primary_of(tenant_key).unwrap();
-    until("the fleet pools in the promoted replica", || {
-        !pooled_urls(&cluster.nodes[new]).is_empty()
-    })
-    .await;
     assert!(
         fleet.metric_sum("embedgate_redis_fences_total").await > fences,
         "the replicas moved to a new fencing epoch on the promoted replica"
     );
+    assert_shares_again_at(fleet, &cluster.nodes[new], &all).await;
+}
+
+/// The checks after a Cluster event: the fleet pools at `node` (the tenant's primary now), every
+/// replica shares, and every URL opens exactly once.
+async fn assert_shares_again_at(fleet: Arc<TestFleet>, node: &RedisServer, all: &[Outcome]) {
+    until("the fleet pools in the tenant's new primary", || {
+        !pooled_urls(node).is_empty()
+    })
+    .await;
     assert_eq!(
         fleet.metric_sum("embedgate_redis_degraded").await,
         0.0,
         "every replica shares again"
     );
-    assert_exactly_once(&fleet, &all).await;
+    assert_exactly_once(&fleet, all).await;
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 
@@ -395,19 +401,9 @@ async fn a_resharding_that_moves_the_tenants_slot_mid_run_hands_nothing_out_twic
     assert_eq!(cluster.primary_of(tenant_key), Some(to), "the slot moved");
     fleet.all_ready(Duration::from_secs(20)).await;
     all.extend(fleet.drive(1_000, 48, &k).await);
-    until("the fleet pools in the new primary", || {
-        !pooled_urls(&cluster.nodes[to]).is_empty()
-    })
-    .await;
-    assert_eq!(
-        fleet.metric_sum("embedgate_redis_degraded").await,
-        0.0,
-        "every replica shares again"
-    );
     eprintln!(
         "{} URLs handed out across the move of {moved} keys",
         all.len()
     );
-    assert_exactly_once(&fleet, &all).await;
-    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+    assert_shares_again_at(fleet, &cluster.nodes[to], &all).await;
 }
