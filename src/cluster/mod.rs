@@ -585,33 +585,7 @@ impl Fleet {
     ) -> Result<T, Down> {
         result.map_err(|e| {
             self.metrics.redis_errors.with_label_values(&[op]).inc();
-            // The name behind `redis.url` may have moved (a failover) while these connections
-            // stay with the old server until replaced: one that answers as a replica, or one
-            // that does not answer the heartbeat at all (a host gone without a reset leaves its
-            // connections open and silent until the kernel gives up, about 15 minutes later).
-            // A heartbeat is the only call a degraded replica makes, so a slow Redis costs at
-            // most a new connection per open timeout.
-            //
-            // A Redis Cluster's connection follows a failover by refreshing its map of slots,
-            // but one whose refresh met the failed primary before its replica took over can be
-            // left with every command timing out after the cluster has recovered (seen in
-            // `rollback::a_cluster_failover_…`): the heartbeat then makes a new one from the
-            // seed URLs, which reads the cluster's map afresh.
-            let moved = match &e {
-                Some(e) => answered_by_a_replica(e) || (op == "heartbeat" && e.is_timeout()),
-                None => op == "heartbeat",
-            };
-            match &self.single {
-                Some(conns) if moved => conns.reconnect(),
-                None if op == "heartbeat"
-                    && e.as_ref().is_none_or(|e| {
-                        moved || e.code().is_none() || cluster_in_flux(e)
-                    }) =>
-                {
-                    self.drop_cluster()
-                }
-                _ => {}
-            }
+            self.replace_connections_after(op, e.as_ref());
             if !self.degraded.swap(true, Ordering::SeqCst) {
                 self.metrics.redis_degraded.set(1);
                 match e {
@@ -622,6 +596,42 @@ impl Fleet {
             }
             Down::Unknown
         })
+    }
+
+    /// Replaces the connections a failed call suggests lead to the wrong server.
+    ///
+    /// The name behind `redis.url` may have moved (a failover) while these connections stay with
+    /// the old server until replaced: one that answers as a replica, or one that does not answer
+    /// the heartbeat at all (a host gone without a reset leaves its connections open and silent
+    /// until the kernel gives up, about 15 minutes later). A heartbeat is the only call a
+    /// degraded replica makes, so a slow Redis costs at most a new connection per open timeout.
+    ///
+    /// A Redis Cluster's connection follows a failover by refreshing its map of slots, but one
+    /// whose refresh met the failed primary before its replica took over can be left with every
+    /// command timing out after the cluster has recovered (seen in `rollback::a_cluster_failover_…`):
+    /// a heartbeat that fails without a refusal of Redis's own (a timeout, an I/O error, the
+    /// cluster mid-failover, a replica's answer) drops it, and the heartbeat makes a new one from
+    /// the seed URLs, which reads the cluster's map afresh.
+    fn replace_connections_after(&self, op: &str, e: Option<&redis::RedisError>) {
+        let heartbeat = op == "heartbeat";
+        match &self.single {
+            Some(conns) => {
+                let moved = e.map_or(heartbeat, |e| {
+                    answered_by_a_replica(e) || (heartbeat && e.is_timeout())
+                });
+                if moved {
+                    conns.reconnect();
+                }
+            }
+            None => {
+                let lost = e.is_none_or(|e| {
+                    e.code().is_none() || cluster_in_flux(e) || answered_by_a_replica(e)
+                });
+                if heartbeat && lost {
+                    self.drop_cluster();
+                }
+            }
+        }
     }
 }
 
