@@ -608,10 +608,12 @@ impl Fleet {
     ///
     /// A Redis Cluster's connection follows a failover by refreshing its map of slots, but one
     /// whose refresh met the failed primary before its replica took over can be left with every
-    /// command timing out after the cluster has recovered (seen in `rollback::a_cluster_failover_…`):
-    /// a heartbeat that fails without a refusal of Redis's own (a timeout, an I/O error, the
-    /// cluster mid-failover, a replica's answer) drops it, and the heartbeat makes a new one from
-    /// the seed URLs, which reads the cluster's map afresh.
+    /// command timing out after the cluster has recovered (seen in `rollback::a_cluster_failover_…`),
+    /// for every slot or only for the failed primary's, while the heartbeat's node answers: any
+    /// call that fails without a refusal of Redis's own (a timeout, an I/O error, the cluster
+    /// mid-failover, a replica's answer) drops it, and the next heartbeat makes a new one from
+    /// the seed URLs, which reads the cluster's map afresh. The call has sent the replica to its
+    /// local pool already, so until then nothing else is sent.
     fn replace_connections_after(&self, op: &str, e: Option<&redis::RedisError>) {
         let heartbeat = op == "heartbeat";
         match &self.single {
@@ -627,7 +629,7 @@ impl Fleet {
                 let lost = e.is_none_or(|e| {
                     e.code().is_none() || cluster_in_flux(e) || answered_by_a_replica(e)
                 });
-                if heartbeat && lost {
+                if lost {
                     self.drop_cluster();
                 }
             }
