@@ -15,7 +15,13 @@
 # Redis has a host of its own: both pools' hits then get the same CPU, and the shared ones pay
 # what the round trip costs the gateway, not Redis's own work. (Unpinned, Redis competes with
 # the gateway and wrk for the same two cores.)
-# Writes bench-results/redis.{md,json} (redis-pinned.{md,json} with PIN=1). Needs wrk and
+# LINK=1 puts Redis in a network namespace of its own behind a veth pair (MTU 1500), as when
+# Redis is another host on an Ethernet network, its packets crossing a device between network
+# stacks instead of the loopback's shortcut. LINK_DELAY=0.25ms
+# also delays each packet by that much each way (netem; a kernel without sch_netem refuses it).
+# Needs root and iproute2's `ip` and `tc`.
+# Writes bench-results/redis.{md,json} (redis-pinned.{md,json} with PIN=1; -link added with
+# LINK=1). Needs wrk and
 # redis-server (scripts/setup.sh installs redis-server; apt-get install wrk). Knobs: KEYS,
 # DEPTH, RUNS, DURATION, CONNECTIONS, PIN, GATEWAY_LOG (the gateways' log level; unset: their
 # default, info, a line per request).
@@ -27,7 +33,7 @@ if [ "$PIN" = 1 ] && [ -z "${BENCH_PINNED:-}" ]; then
   [ "$(nproc --all)" -ge 2 ] || { echo "bench-redis: PIN=1 needs two CPUs" >&2; exit 1; }
   exec env BENCH_PINNED=1 taskset -c 0 bash "$0" "$@"
 fi
-redis_cpu_prefix=(); out=redis
+redis_cpu_prefix=(); redis_flags=(); out=redis
 [ "$PIN" = 1 ] && { redis_cpu_prefix=(taskset -c 1); out=redis-pinned; }
 KEYS=${KEYS:-400}
 DEPTH=${DEPTH:-1000}
@@ -37,12 +43,39 @@ CONNECTIONS=${CONNECTIONS:-64}
 command -v wrk >/dev/null || { echo "bench-redis: wrk is required (apt-get install wrk)" >&2; exit 1; }
 command -v redis-server >/dev/null || { echo "bench-redis: redis-server is required (scripts/setup.sh installs it)" >&2; exit 1; }
 source scripts/bench-lib.sh
+LINK_DELAY=${LINK_DELAY:-}
+LINK=${LINK:-0}
+[ -n "$LINK_DELAY" ] && LINK=1
+redis_host=127.0.0.1
+if [ "$LINK" = 1 ]; then
+  [ "$(id -u)" = 0 ] && command -v ip >/dev/null && command -v tc >/dev/null ||
+    { echo "bench-redis: LINK=1 needs root, ip and tc (iproute2)" >&2; exit 1; }
+  # The namespace, its veth pair and the addresses, unique to this run.
+  ns=egbench$$; veth=egb$$; subnet=$((($$ % 250) + 1))
+  redis_host=10.213.$subnet.2
+  ip netns add "$ns"
+  # Deleting the namespace deletes its end of the veth pair, and with it the other end.
+  trap 'cleanup; ip netns del "$ns" 2>/dev/null || true' EXIT
+  ip link add "${veth}h" type veth peer name "${veth}r"
+  ip link set "${veth}r" netns "$ns"
+  ip addr add "10.213.$subnet.1/30" dev "${veth}h" && ip link set "${veth}h" up
+  ip netns exec "$ns" ip addr add "$redis_host/30" dev "${veth}r"
+  ip netns exec "$ns" ip link set "${veth}r" up && ip netns exec "$ns" ip link set lo up
+  if [ -n "$LINK_DELAY" ]; then
+    tc qdisc add dev "${veth}h" root netem delay "$LINK_DELAY"
+    ip netns exec "$ns" tc qdisc add dev "${veth}r" root netem delay "$LINK_DELAY"
+  fi
+  redis_cpu_prefix=(ip netns exec "$ns" "${redis_cpu_prefix[@]}")
+  # Reached from outside its namespace, a Redis without a password refuses all but the loopback.
+  redis_flags=(--protected-mode no)
+  out=$out-link
+fi
 target=$((KEYS * DEPTH))
 
 rport=$(free_port)
-"${redis_cpu_prefix[@]}" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >"$work/redis.out" 2>&1 &
+"${redis_cpu_prefix[@]}" redis-server --port "$rport" --bind "$redis_host" --save '' --appendonly no --dir "$work" "${redis_flags[@]}" >"$work/redis.out" 2>&1 &
 redis_pid=$!; pids+=("$redis_pid"); wait_for "$work/redis.out" "Ready to accept connections"
-rcli() { redis-cli -p "$rport" "$@"; }
+rcli() { redis-cli -h "$redis_host" -p "$rport" "$@"; }
 
 # shared_urls: the bench tenant's URLs in the shared pool (its count key, one per epoch).
 shared_urls() {
@@ -78,7 +111,7 @@ filled() {
   port=$(free_port); admin=$(free_port)
   start_sim "sim-$mode"
   if [ "$mode" = redis ]; then
-    lib config gateway "$bin" "$work/$mode.toml" "$sim_url" "$port" "$admin" "$KEYS" "$DEPTH" "redis://127.0.0.1:$rport"
+    lib config gateway "$bin" "$work/$mode.toml" "$sim_url" "$port" "$admin" "$KEYS" "$DEPTH" "redis://$redis_host:$rport"
   else
     lib config gateway "$bin" "$work/$mode.toml" "$sim_url" "$port" "$admin" "$KEYS" "$DEPTH"
   fi
@@ -152,7 +185,7 @@ mkdir -p "bench-results/raw-$out"
 # and wrk's outputs, for a second look.
 cp "$work"/*.toml "$work"/local.* "$work"/redis.* "bench-results/raw-$out/" 2>/dev/null || true
 for f in "$work"/*.err; do tail -c 1000000 "$f" >"bench-results/raw-$out/$(basename "$f")"; done
-export redis_bytes_per_url redis_member_chars out PIN gw_cpu redis_cpu script_usec KEYS DEPTH RUNS DURATION CONNECTIONS target local_fill_secs redis_fill_secs hits others redis_requests degraded \
+export redis_bytes_per_url redis_member_chars out PIN LINK LINK_DELAY gw_cpu redis_cpu script_usec KEYS DEPTH RUNS DURATION CONNECTIONS target local_fill_secs redis_fill_secs hits others redis_requests degraded \
   local_rps local_p50 local_p99 local_p999 local_bad redis_rps redis_p50 redis_p99 redis_p999 redis_bad ratios
 python3 - <<'PY'
 import json, os, platform
@@ -176,13 +209,16 @@ r = {
   "shared_runs_cpu_secs": {"gateway": round(f("gw_cpu"), 2), "redis_server": round(f("redis_cpu"), 2),
                            "redis_usec_per_script_call": float(e["script_usec"] or 0)},
   "settings": {"keys": int(e["KEYS"]), "depth": int(e["DEPTH"]), "runs": int(e["RUNS"]), "duration": e["DURATION"],
-               "connections": int(e["CONNECTIONS"]), "pinned": e["PIN"] == "1", "cores": os.cpu_count(), "machine": platform.processor() or platform.machine()},
+               "connections": int(e["CONNECTIONS"]), "pinned": e["PIN"] == "1", "link": e["LINK"] == "1", "link_delay": e["LINK_DELAY"], "cores": os.cpu_count(), "machine": platform.processor() or platform.machine()},
 }
 json.dump(r, open(f"bench-results/{e['out']}.json", "w"), indent=2)
 fl, rt = r["fill"], r["redis_round_trips"]
 row = lambda name, x: f"| {name} | {x['rps']:,.0f} | {x['p50_ms']:.2f} ms | {x['p99_ms']:.2f} ms | {x['p999_ms']:.2f} ms | {x['non_2xx']} |"
 where = ("Redis on CPU 1; the gateways, simulators and wrk on CPU 0 (`PIN=1`)." if r["settings"]["pinned"]
          else "Redis, the gateways, the simulators and wrk share all cores.")
+if r["settings"]["link"]:
+    where += " Redis in a network namespace of its own behind a veth pair, MTU 1500 (`LINK=1`)"
+    where += f", each packet delayed {r['settings']['link_delay']} each way." if r["settings"]["link_delay"] else "."
 md = f"""## Cluster mode against a single node
 
 {where}

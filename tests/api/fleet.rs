@@ -124,6 +124,57 @@ async fn three_replicas_speaking_resp3_hand_out_urls_exactly_once() {
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 
+/// Every connection a replica opens to Redis, standalone or a Cluster's node, sends each command
+/// at once (`TCP_NODELAY`). With Nagle's algorithm, the Redis client's default, a command written
+/// while an earlier one on the pipelined connection is unacknowledged waits for that ACK, up to a
+/// round trip across a network. (The loopback's round trip is too short to show it, so the
+/// option itself is what is checked.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_connection_to_redis_sends_each_command_at_once() {
+    let redis = RedisServer::start();
+    let fleet = hands_out_exactly_once(600, on_redis(redis.url())).await;
+    assert_sent_at_once(&[redis.port], "a standalone Redis");
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+
+    let cluster = RedisCluster::start(3);
+    let urls = cluster.urls();
+    let fleet = hands_out_exactly_once(600, move |s| s.redis.cluster_urls = urls.clone()).await;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    assert_sent_at_once(&ports, "a Redis Cluster's nodes");
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
+/// Every TCP connection of this process to one of `ports`, the replicas' and nobody else's (each
+/// test's Redis has ports of its own), has `TCP_NODELAY`.
+fn assert_sent_at_once(ports: &[u16], what: &str) {
+    let mut connections = 0;
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: the descriptor is only asked about, by two system calls; one another thread
+        // closes meanwhile fails them (or names another socket, which its peer tells apart).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&fd);
+        let Some(peer) = socket.peer_addr().ok().and_then(|a| a.as_socket()) else {
+            continue;
+        };
+        if peer.ip().is_loopback() && ports.contains(&peer.port()) {
+            connections += 1;
+            assert_eq!(
+                socket.tcp_nodelay().ok(),
+                Some(true),
+                "a connection to {what} ({peer}) waits on Nagle's algorithm"
+            );
+        }
+    }
+    // Three replicas: a shared connection each at least, and the workers' own.
+    assert!(
+        connections >= 3,
+        "{connections} connections to {what} found"
+    );
+}
+
 /// Redis over TLS (`rediss://`, as ElastiCache and MemoryDB with encryption in transit are
 /// reached), its certificate trusted through `redis.tls_ca_file`: the fleet shares pool and
 /// limits through it and hands out each URL once. A replica that does not trust the
