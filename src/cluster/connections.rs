@@ -10,10 +10,16 @@
 //! degraded spell, every thread's connection is dropped and reopened the same way: one that died
 //! with Redis would otherwise fail once more on each thread, each time sending the replica back
 //! to degraded mode, and the heartbeat has just proven the shared one.
+//!
+//! A thread's connection can sit idle for as long as the thread serves nothing from Redis (a
+//! quiet night), and a connection Redis closed under it (its `timeout`, a `CLIENT KILL`, a
+//! middlebox's idle limit in between) fails the next command sent on it. So the heartbeat pings
+//! every thread's connection ([`Connections::check_threads`]): the ping keeps it in use, and one
+//! that fails is closed and reopened like a new one instead of failing a request's command.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -54,6 +60,8 @@ pub(super) struct Connections {
     shared: Mutex<(ConnectionManager, Option<Instant>)>,
     /// Bumped by [`Connections::reopen_all`]; a thread's connection from an older one is dropped.
     generation: AtomicU64,
+    /// Every thread's connection of the current generation, for [`Connections::check_threads`].
+    threads: Mutex<Vec<(u64, Weak<Mutex<Own>>)>>,
 }
 
 impl Connections {
@@ -72,6 +80,7 @@ impl Connections {
             open_timeout,
             shared: Mutex::new((shared, None)),
             generation: AtomicU64::new(0),
+            threads: Mutex::new(Vec::new()),
         })
     }
 
@@ -121,6 +130,9 @@ impl Connections {
                 generation,
                 own: own.clone(),
             });
+            let mut threads = self.threads.lock();
+            threads.retain(|(g, t)| *g == generation && t.strong_count() > 0);
+            threads.push((generation, Arc::downgrade(&own)));
             own
         });
         let mut state = own.lock();
@@ -146,6 +158,46 @@ impl Connections {
     /// Drops every thread's connection; each opens a new one after its next command.
     pub(super) fn reopen_all(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Pings every thread's open connection, all at once, each for at most `timeout`. One that
+    /// does not answer (Redis closed it, or it broke) is closed: that thread's next command goes
+    /// on the shared connection while a new one opens. Any answer of Redis's, a refusal too (an
+    /// ACL without `PING`), proves the connection.
+    pub(super) async fn check_threads(&self, timeout: Duration) {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let open: Vec<_> = self
+            .threads
+            .lock()
+            .iter()
+            .filter(|(g, _)| *g == generation)
+            .filter_map(|(_, t)| t.upgrade())
+            .filter_map(|own| {
+                let c = match &*own.lock() {
+                    Own::Open(c) => c.clone(),
+                    _ => return None,
+                };
+                Some((own, c))
+            })
+            .collect();
+        let pings = open.into_iter().map(|(own, mut c)| async move {
+            let ping = redis::cmd("PING");
+            let answered =
+                match tokio::time::timeout(timeout, ping.query_async::<redis::Value>(&mut c)).await
+                {
+                    Ok(Ok(_)) => true,
+                    Ok(Err(e)) => e.code().is_some(),
+                    Err(_) => false,
+                };
+            if !answered {
+                tracing::debug!("a thread's Redis connection did not answer a ping: reopening it");
+                let mut state = own.lock();
+                if matches!(*state, Own::Open(_)) {
+                    *state = Own::Closed(None);
+                }
+            }
+        });
+        futures::future::join_all(pings).await;
     }
 }
 

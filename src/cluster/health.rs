@@ -54,6 +54,9 @@ impl Fleet {
         if self.functions() == Functions::Unknown {
             self.load_library(Route::Shared).await;
         }
+        if let (Some(conns), true) = (&self.single, self.healthy()) {
+            conns.check_threads(self.timeout).await;
+        }
         self.metrics.redis_degraded.set(i64::from(!self.healthy()));
         Ok(live)
     }

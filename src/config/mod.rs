@@ -321,7 +321,8 @@ pub struct RedisSettings {
     /// Longest any Redis command may take before this replica stops using Redis and serves from
     /// its local pool and limits (degraded mode).
     pub timeout_ms: u64,
-    /// How often a replica announces itself and, while degraded, tries Redis again.
+    /// How often a replica announces itself, pings its threads' connections (keep it below a
+    /// Redis `timeout` that closes idle clients) and, while degraded, tries Redis again.
     pub heartbeat_ms: u64,
     /// Largest difference between a replica's clock and Redis's at which the replica still
     /// shares the pool. Shared URLs are handed out only with twice this much validity left on top

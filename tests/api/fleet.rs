@@ -144,6 +144,71 @@ async fn every_connection_to_redis_sends_each_command_at_once() {
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 
+/// A Redis that closes idle clients (`timeout`, which some operators set to reap leaked
+/// connections): a worker's connection that sat idle through a quiet spell is closed by Redis,
+/// and the first requests after it must not fail a Redis call (each failure sends the replica to
+/// its local pool and limits until the next heartbeat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_redis_closed_while_idle_fail_no_call() {
+    let redis = RedisServer::start_with(&["--timeout", "1"]);
+    quiet_spell_fails_no_call(on_redis(redis.url())).await;
+}
+
+/// The same on a Redis Cluster whose nodes close idle clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_a_redis_cluster_closed_while_idle_fail_no_call() {
+    let cluster = RedisCluster::start(3);
+    for node in &cluster.nodes {
+        assert_eq!(
+            node.cli(&["CONFIG", "SET", "timeout", "1"]).as_deref(),
+            Some("OK")
+        );
+    }
+    let urls = cluster.urls();
+    quiet_spell_fails_no_call(move |s| s.redis.cluster_urls = urls.clone()).await;
+}
+
+/// Three replicas on the Redis `redis` sets hand out URLs before and after three seconds without
+/// a request, exactly once, and no Redis call fails after the quiet spell.
+async fn quiet_spell_fails_no_call(redis: impl Fn(&mut Settings)) {
+    let fleet = Arc::new(
+        spawn_fleet(3, |s| {
+            roomy(s);
+            redis(s);
+            // As in `hands_out_exactly_once`: a slow call on a busy machine is not what is tested.
+            s.redis.timeout_ms = 2_000;
+        })
+        .await,
+    );
+    fleet.all_ready(Duration::from_secs(20)).await;
+    let failed = || async {
+        let mut n = 0.0;
+        for op in embedgate::metrics::REDIS_OPERATIONS {
+            n += fleet
+                .metric_total("embedgate_redis_errors_total", &format!("op=\"{op}\""))
+                .await;
+        }
+        n
+    };
+    let mut all = fleet.drive(600, 96, &keys()).await;
+    let before = failed().await;
+    // Quiet: no requests for three times Redis's idle timeout.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    all.extend(fleet.drive(600, 96, &keys()).await);
+    assert_exactly_once(&fleet, &all).await;
+    assert_eq!(
+        failed().await - before,
+        0.0,
+        "a Redis call failed after the quiet spell"
+    );
+    assert_eq!(
+        fleet.metric_sum("embedgate_redis_degraded").await,
+        0.0,
+        "no replica fell back to local state"
+    );
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
 /// Every TCP connection of this process to one of `ports`, the replicas' and nobody else's (each
 /// test's Redis has ports of its own), has `TCP_NODELAY`.
 fn assert_sent_at_once(ports: &[u16], what: &str) {
