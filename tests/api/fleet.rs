@@ -20,9 +20,8 @@ async fn exactly_once_across_three_replicas(total: usize, redis: impl Fn(&mut Se
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 
-/// Three replicas on the Redis `redis` sets hand out `total` URLs to 96 clients exactly once,
-/// none of them falling back to local state; the fleet is left running.
-async fn hands_out_exactly_once(total: usize, redis: impl Fn(&mut Settings)) -> Arc<TestFleet> {
+/// Three replicas on the Redis `redis` sets, each ready (sharing through it).
+async fn three_sharing(redis: impl Fn(&mut Settings)) -> Arc<TestFleet> {
     let fleet = Arc::new(
         spawn_fleet(3, |s| {
             roomy(s);
@@ -37,6 +36,13 @@ async fn hands_out_exactly_once(total: usize, redis: impl Fn(&mut Settings)) -> 
     for i in 0..3 {
         assert_eq!(fleet.readiness(i).await, "ready");
     }
+    fleet
+}
+
+/// Three replicas on the Redis `redis` sets hand out `total` URLs to 96 clients exactly once,
+/// none of them falling back to local state; the fleet is left running.
+async fn hands_out_exactly_once(total: usize, redis: impl Fn(&mut Settings)) -> Arc<TestFleet> {
+    let fleet = three_sharing(redis).await;
     let outcomes = fleet.drive(total, 96, &keys()).await;
     assert_exactly_once(&fleet, &outcomes).await;
     let pooled = outcomes
@@ -171,16 +177,7 @@ async fn connections_a_redis_cluster_closed_while_idle_fail_no_call() {
 /// Three replicas on the Redis `redis` sets hand out URLs before and after three seconds without
 /// a request, exactly once, and no Redis call fails after the quiet spell.
 async fn quiet_spell_fails_no_call(redis: impl Fn(&mut Settings)) {
-    let fleet = Arc::new(
-        spawn_fleet(3, |s| {
-            roomy(s);
-            redis(s);
-            // As in `hands_out_exactly_once`: a slow call on a busy machine is not what is tested.
-            s.redis.timeout_ms = 2_000;
-        })
-        .await,
-    );
-    fleet.all_ready(Duration::from_secs(20)).await;
+    let fleet = three_sharing(redis).await;
     let failed = || async {
         let mut n = 0.0;
         for op in embedgate::metrics::REDIS_OPERATIONS {
