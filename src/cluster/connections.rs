@@ -14,8 +14,9 @@
 //! A thread's connection can sit idle for as long as the thread serves nothing from Redis (a
 //! quiet night), and a connection Redis closed under it (its `timeout`, a `CLIENT KILL`, a
 //! middlebox's idle limit in between) fails the next command sent on it. So the heartbeat pings
-//! every thread's connection ([`Connections::check_threads`]): the ping keeps it in use, and one
-//! that fails is closed and reopened like a new one instead of failing a request's command.
+//! each thread's connection that sat idle since the last heartbeat
+//! ([`Connections::check_threads`]): the ping keeps it in use, and one that fails is closed and
+//! reopened like a new one instead of failing a request's command.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,7 +48,8 @@ enum Own {
     /// Not open; the last attempt failed at this instant (`None`: never tried).
     Closed(Option<Instant>),
     Opening,
-    Open(ConnectionManager),
+    /// Open; whether a command was sent on it since the last [`Connections::check_threads`].
+    Open(ConnectionManager, bool),
 }
 
 pub(super) struct Connections {
@@ -136,8 +138,11 @@ impl Connections {
             own
         });
         let mut state = own.lock();
-        match &*state {
-            Own::Open(c) => return c.clone(),
+        match &mut *state {
+            Own::Open(c, used) => {
+                *used = true;
+                return c.clone();
+            }
             Own::Opening => {}
             Own::Closed(failed) => {
                 let due = failed.is_none_or(|at| at.elapsed() >= self.open_timeout);
@@ -160,10 +165,12 @@ impl Connections {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Pings every thread's open connection, all at once, each for at most `timeout`. One that
-    /// does not answer (Redis closed it, or it broke) is closed: that thread's next command goes
-    /// on the shared connection while a new one opens. Any answer of Redis's, a refusal too (an
-    /// ACL without `PING`), proves the connection.
+    /// Pings every thread's open connection that no command used since the last call, all at
+    /// once, each for at most `timeout` (one in use needs no ping to stay open, and a ping on a
+    /// busy thread would only wait behind its work). One that does not answer (Redis closed it,
+    /// or it broke) is closed: that thread's next command goes on the shared connection while a
+    /// new one opens. Any answer of Redis's, a refusal too (an ACL without `PING`), proves the
+    /// connection.
     pub(super) async fn check_threads(&self, timeout: Duration) {
         let generation = self.generation.load(Ordering::SeqCst);
         let open: Vec<_> = self
@@ -173,8 +180,12 @@ impl Connections {
             .filter(|(g, _)| *g == generation)
             .filter_map(|(_, t)| t.upgrade())
             .filter_map(|own| {
-                let c = match &*own.lock() {
-                    Own::Open(c) => c.clone(),
+                let c = match &mut *own.lock() {
+                    Own::Open(_, used @ true) => {
+                        *used = false;
+                        return None;
+                    }
+                    Own::Open(c, false) => c.clone(),
                     _ => return None,
                 };
                 Some((own, c))
@@ -192,7 +203,7 @@ impl Connections {
             if !answered {
                 tracing::debug!("a thread's Redis connection did not answer a ping: reopening it");
                 let mut state = own.lock();
-                if matches!(*state, Own::Open(_)) {
+                if matches!(*state, Own::Open(..)) {
                     *state = Own::Closed(None);
                 }
             }
@@ -211,7 +222,7 @@ async fn open(
 ) {
     let opened = tokio::time::timeout(bound, ConnectionManager::new_with_config(client, config));
     *own.lock() = match opened.await {
-        Ok(Ok(c)) => Own::Open(c),
+        Ok(Ok(c)) => Own::Open(c, false),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "cannot open this thread's Redis connection");
             Own::Closed(Some(Instant::now()))

@@ -321,7 +321,7 @@ pub struct RedisSettings {
     /// Longest any Redis command may take before this replica stops using Redis and serves from
     /// its local pool and limits (degraded mode).
     pub timeout_ms: u64,
-    /// How often a replica announces itself, pings its threads' connections (keep it below a
+    /// How often a replica announces itself, pings its threads' idle connections (keep it below a
     /// Redis `timeout` that closes idle clients) and, while degraded, tries Redis again.
     pub heartbeat_ms: u64,
     /// Largest difference between a replica's clock and Redis's at which the replica still
