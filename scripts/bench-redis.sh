@@ -17,14 +17,13 @@
 # the gateway and wrk for the same two cores.)
 # LINK=1 puts Redis in a network namespace of its own behind a veth pair (MTU 1500), as when
 # Redis is another host on an Ethernet network, its packets crossing a device between network
-# stacks instead of the loopback's shortcut. LINK_DELAY=0.25ms
-# also delays each packet by that much each way (netem; a kernel without sch_netem refuses it).
-# Needs root and iproute2's `ip` and `tc`.
+# stacks instead of the loopback's shortcut. LINK_DELAY=0.25ms also delays each packet by that
+# much each way (netem; a kernel without sch_netem refuses it). Both need root and iproute2's
+# `ip` and `tc`.
 # Writes bench-results/redis.{md,json} (redis-pinned.{md,json} with PIN=1; -link added with
-# LINK=1). Needs wrk and
-# redis-server (scripts/setup.sh installs redis-server; apt-get install wrk). Knobs: KEYS,
-# DEPTH, RUNS, DURATION, CONNECTIONS, PIN, GATEWAY_LOG (the gateways' log level; unset: their
-# default, info, a line per request).
+# LINK=1). Needs wrk and redis-server (scripts/setup.sh installs redis-server; apt-get install
+# wrk). Knobs: KEYS, DEPTH, RUNS, DURATION, CONNECTIONS, PIN, LINK, LINK_DELAY, GATEWAY_LOG (the
+# gateways' log level; unset: their default, info, a line per request).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIN=${PIN:-0}
