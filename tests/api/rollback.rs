@@ -323,27 +323,55 @@ async fn a_cluster_failover_is_followed_to_the_promoted_replica(
     fleet.all_ready(Duration::from_secs(20)).await;
     all.extend(fleet.drive(1_000, 48, &k).await);
     let new = cluster.primary_of(tenant_key).unwrap();
+    let fleet = assert_shares_again_at(fleet, &cluster.nodes[new], all).await;
+    // Once sharing steadily, the fleet has called the promoted replica: a new epoch. (Right
+    // after a quick round of requests served locally it may not have yet.)
     assert!(
         fleet.metric_sum("embedgate_redis_fences_total").await > fences,
         "the replicas moved to a new fencing epoch on the promoted replica"
     );
-    assert_shares_again_at(fleet, &cluster.nodes[new], &all).await;
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 
 /// The checks after a Cluster event: the fleet pools at `node` (the tenant's primary now), every
-/// replica shares, and every URL opens exactly once.
-async fn assert_shares_again_at(fleet: Arc<TestFleet>, node: &RedisServer, all: &[Outcome]) {
+/// replica shares, and every URL opens exactly once; the fleet is left running.
+async fn assert_shares_again_at(
+    fleet: Arc<TestFleet>,
+    node: &RedisServer,
+    mut all: Vec<Outcome>,
+) -> Arc<TestFleet> {
     until("the fleet pools in the tenant's new primary", || {
         !pooled_urls(node).is_empty()
     })
     .await;
-    assert_eq!(
-        fleet.metric_sum("embedgate_redis_degraded").await,
-        0.0,
-        "every replica shares again"
-    );
-    assert_exactly_once(&fleet, all).await;
-    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+    all.extend(shares_steadily(&fleet).await);
+    assert_exactly_once(&fleet, &all).await;
+    fleet
+}
+
+/// Requests flow through every replica, in rounds, until all of them have stayed sharing
+/// through a whole second of requests, for up to 20 s; returns the outcomes. A connection that
+/// fails every call for the tenant's slot sends its replica back to the local pool at its first
+/// request after each rejoin, so such a replica never lets a second pass; a busy machine's slow
+/// call starts a spell only now and then (a single reading of the replicas' state could meet
+/// one, with nothing wrong).
+async fn shares_steadily(fleet: &Arc<TestFleet>) -> Vec<Outcome> {
+    let k = keys();
+    let mut outcomes = vec![];
+    let mut steady_since: Option<std::time::Instant> = None;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(20) {
+        outcomes.extend(fleet.drive(60, 12, &k).await);
+        if fleet.metric_sum("embedgate_redis_degraded").await == 0.0 {
+            let since = *steady_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= Duration::from_secs(1) {
+                return outcomes;
+            }
+        } else {
+            steady_since = None;
+        }
+    }
+    panic!("the replicas never stayed sharing through a second of requests in 20 s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -405,5 +433,6 @@ async fn a_resharding_that_moves_the_tenants_slot_mid_run_hands_nothing_out_twic
         "{} URLs handed out across the move of {moved} keys",
         all.len()
     );
-    assert_shares_again_at(fleet, &cluster.nodes[to], &all).await;
+    let fleet = assert_shares_again_at(fleet, &cluster.nodes[to], all).await;
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
