@@ -1,5 +1,6 @@
-//! Connections to a standalone Redis: one shared connection (the heartbeat's, and every thread's
-//! while its own is opening) and one per thread that calls Redis.
+//! Connections to a standalone Redis (or to the primary the Sentinels named last): one shared
+//! connection (the heartbeat's, and every thread's while its own is opening) and one per thread
+//! that calls Redis.
 //!
 //! Each actix worker is a single-threaded runtime: a connection opened there is driven on the
 //! same thread, so a command needs no wake-up of another thread on the way out and none on the
@@ -54,41 +55,84 @@ enum Own {
 
 pub(super) struct Connections {
     id: u64,
-    client: redis::Client,
     config: ConnectionManagerConfig,
     /// Bounds one background open; a failed one is tried again this long after.
     open_timeout: Duration,
-    /// The shared connection, and when [`Connections::reconnect`] last replaced it.
-    shared: Mutex<(ConnectionManager, Option<Instant>)>,
+    shared: Mutex<Shared>,
     /// Bumped by [`Connections::reopen_all`]; a thread's connection from an older one is dropped.
     generation: AtomicU64,
     /// Every thread's connection of the current generation, for [`Connections::check_threads`].
     threads: Mutex<Vec<(u64, Weak<Mutex<Own>>)>>,
 }
 
+/// The server the connections go to, and the shared connection.
+struct Shared {
+    /// `None` until Sentinel names a primary.
+    client: Option<redis::Client>,
+    conn: Option<ConnectionManager>,
+    /// When [`Connections::reconnect`] or [`Connections::retarget`] last replaced `conn`.
+    replaced: Option<Instant>,
+}
+
 impl Connections {
+    /// Connections to the server of `client`; `None`: to the server [`Connections::retarget`]
+    /// names later (nothing is sent until then).
+    ///
     /// # Errors
     /// The client cannot make a connection manager (not for a client that parsed).
     pub(super) fn new(
-        client: redis::Client,
+        client: Option<redis::Client>,
         config: ConnectionManagerConfig,
         open_timeout: Duration,
     ) -> redis::RedisResult<Connections> {
-        let shared = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        let conn = client
+            .as_ref()
+            .map(|c| ConnectionManager::new_lazy_with_config(c.clone(), config.clone()))
+            .transpose()?;
         Ok(Connections {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            client,
             config,
             open_timeout,
-            shared: Mutex::new((shared, None)),
+            shared: Mutex::new(Shared {
+                client,
+                conn,
+                replaced: None,
+            }),
             generation: AtomicU64::new(0),
             threads: Mutex::new(Vec::new()),
         })
     }
 
-    /// The heartbeat's connection.
-    pub(super) fn shared(&self) -> ConnectionManager {
-        self.shared.lock().0.clone()
+    /// The heartbeat's connection (`None`: no server yet).
+    pub(super) fn shared(&self) -> Option<ConnectionManager> {
+        self.shared.lock().conn.clone()
+    }
+
+    /// The address the connections go to (`None`: no server yet).
+    pub(super) fn target(&self) -> Option<redis::ConnectionAddr> {
+        let shared = self.shared.lock();
+        shared
+            .client
+            .as_ref()
+            .map(|c| c.get_connection_info().addr().clone())
+    }
+
+    /// Moves every connection to the server of `client` (Sentinel named another primary): the
+    /// shared one is replaced and every thread's is reopened.
+    pub(super) fn retarget(&self, client: redis::Client) {
+        let mut shared = self.shared.lock();
+        match ConnectionManager::new_lazy_with_config(client.clone(), self.config.clone()) {
+            Ok(fresh) => {
+                *shared = Shared {
+                    client: Some(client),
+                    conn: Some(fresh),
+                    replaced: Some(Instant::now()),
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot make a new Redis connection"),
+        }
+        drop(shared);
+        self.reopen_all();
     }
 
     /// Replaces every connection, the shared one too, so the next command connects anew and
@@ -98,11 +142,20 @@ impl Connections {
     /// breaks). At most once per `open_timeout`, so the calls of a busy moment make one.
     pub(super) fn reconnect(&self) {
         let mut shared = self.shared.lock();
-        if shared.1.is_some_and(|at| at.elapsed() < self.open_timeout) {
+        if shared
+            .replaced
+            .is_some_and(|at| at.elapsed() < self.open_timeout)
+        {
             return;
         }
-        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
-            Ok(fresh) => *shared = (fresh, Some(Instant::now())),
+        let Some(client) = shared.client.clone() else {
+            return;
+        };
+        match ConnectionManager::new_lazy_with_config(client, self.config.clone()) {
+            Ok(fresh) => {
+                shared.conn = Some(fresh);
+                shared.replaced = Some(Instant::now());
+            }
             Err(e) => tracing::debug!(error = %e, "cannot make a new Redis connection"),
         }
         drop(shared);
@@ -111,7 +164,7 @@ impl Connections {
 
     /// This thread's own connection if it is open; otherwise the shared one, while this thread's
     /// is opened in the background (when the thread runs a Tokio runtime).
-    pub(super) fn for_this_thread(&self) -> ConnectionManager {
+    pub(super) fn for_this_thread(&self) -> Option<ConnectionManager> {
         let generation = self.generation.load(Ordering::SeqCst);
         let own = PER_THREAD.with(|conns| {
             let mut conns = conns.borrow_mut();
@@ -141,15 +194,18 @@ impl Connections {
         match &mut *state {
             Own::Open(c, used) => {
                 *used = true;
-                return c.clone();
+                return Some(c.clone());
             }
             Own::Opening => {}
             Own::Closed(failed) => {
                 let due = failed.is_none_or(|at| at.elapsed() >= self.open_timeout);
-                if let (true, Ok(rt)) = (due, tokio::runtime::Handle::try_current()) {
+                let client = self.shared.lock().client.clone();
+                if let (true, Ok(rt), Some(client)) =
+                    (due, tokio::runtime::Handle::try_current(), client)
+                {
                     *state = Own::Opening;
                     rt.spawn(open(
-                        self.client.clone(),
+                        client,
                         self.config.clone(),
                         self.open_timeout,
                         own.clone(),

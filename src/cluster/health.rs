@@ -5,7 +5,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Down, Fleet, Functions, Request, Route};
+use super::{connect_timeout, Down, Fleet, Functions, Request, Route};
+
+/// How long asking the Sentinels for the primary may take: a Sentinel's connect and answer,
+/// then a connect to the server it names and its answer to `ROLE`.
+fn sentinel_timeout(timeout: Duration) -> Duration {
+    2 * (connect_timeout(timeout) + timeout)
+}
 
 impl Fleet {
     /// Announces this replica and counts the live ones; rejoins after a degraded spell when
@@ -15,12 +21,17 @@ impl Fleet {
     /// Redis is not usable.
     pub async fn heartbeat(&self) -> Result<usize, Down> {
         self.connect_cluster_if_none().await;
+        if self.single.as_ref().is_some_and(|c| c.target().is_none()) {
+            self.follow_sentinels().await;
+        }
         // A connection Redis dropped (a restart) fails one command before it reconnects: a
         // second try at once spares the replica a whole heartbeat interval in degraded mode.
+        // With Sentinel, the second try goes to the primary the Sentinels name now.
         let (live, offset, clock_against_elapsed) = match self.beat().await {
             Ok(beat) => beat,
             Err(_) => {
                 self.connect_cluster_if_none().await;
+                self.follow_sentinels().await;
                 self.beat().await?
             }
         };
@@ -66,6 +77,22 @@ impl Fleet {
     async fn connect_cluster_if_none(&self) {
         if self.single.is_none() && self.cluster.read().is_none() {
             self.connect_cluster().await;
+        }
+    }
+
+    /// With Sentinel: asks the Sentinels which server is the primary, and moves the connections
+    /// to it when it is not the one they go to.
+    async fn follow_sentinels(&self) {
+        let (Some(sentinels), Some(conns)) = (&self.sentinels, &self.single) else {
+            return;
+        };
+        let Some(client) = sentinels.primary(sentinel_timeout(self.timeout)).await else {
+            return;
+        };
+        let primary = client.get_connection_info().addr().clone();
+        if conns.target().as_ref() != Some(&primary) {
+            tracing::info!(%primary, "the Sentinels name a primary: connecting to it");
+            conns.retarget(client);
         }
     }
 

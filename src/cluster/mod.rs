@@ -43,8 +43,9 @@
 //!
 //! Files: [`keys`] (the key layout), [`scripts`] (the Lua), [`pool`] (take, put, sync, claim),
 //! [`limits`] (inbound limit, upstream budget), [`health`] (heartbeat, clock offset, rejoin),
-//! [`connections`] (a standalone Redis's shared and per-thread connections); this one holds the
-//! connections and the degraded state.
+//! [`connections`] (a standalone Redis's shared and per-thread connections), [`sentinel`] (which
+//! server a Sentinel set-up's primary is); this one holds the connections and the degraded
+//! state.
 
 mod connections;
 mod health;
@@ -52,6 +53,7 @@ mod keys;
 mod limits;
 mod pool;
 mod scripts;
+mod sentinel;
 pub mod views;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -203,8 +205,11 @@ pub struct Fleet {
     tls_roots: Option<Vec<u8>>,
     /// Identifies this replica in demand estimates and heartbeats.
     replica: String,
-    /// A standalone Redis's connections (shared, and one per calling thread).
+    /// A standalone Redis's connections (shared, and one per calling thread); with Sentinel, to
+    /// the primary it last named.
     single: Option<Connections>,
+    /// The Sentinels to ask for the primary (Sentinel mode).
+    sentinels: Option<sentinel::Sentinels>,
     /// A Redis Cluster's one connection, which routes by slot, and when it was made.
     cluster: RwLock<Option<(ClusterConnection, std::time::Instant)>>,
     /// Redis failed or timed out; the heartbeat clears it.
@@ -278,8 +283,9 @@ fn cluster_open_timeout(timeout: Duration) -> Duration {
 }
 
 impl Fleet {
-    /// Connects (lazily for a standalone Redis; a Cluster is tried once now and again on every
-    /// heartbeat). A replica that cannot reach Redis starts degraded and rejoins later.
+    /// Connects (lazily for a standalone Redis; a Cluster, or the Sentinels, are tried once now
+    /// and again on every heartbeat). A replica that cannot reach Redis starts degraded and
+    /// rejoins later.
     ///
     /// # Errors
     /// A URL that cannot be parsed.
@@ -299,6 +305,7 @@ impl Fleet {
         let mut fleet = Fleet {
             replica: uuid::Uuid::new_v4().simple().to_string(),
             single: None,
+            sentinels: None,
             cluster: RwLock::new(None),
             degraded: AtomicBool::new(false),
             clock_off: AtomicBool::new(false),
@@ -322,15 +329,25 @@ impl Fleet {
             settings: settings.clone(),
             tls_roots: roots,
         };
-        if let Some(url) = &settings.url {
-            let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
-                .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?
-                .set_tcp_settings(tcp_settings());
-            let client = match &fleet.tls_roots {
-                Some(pem) => redis::Client::build_with_tls(info, certificates(pem)),
-                None => redis::Client::open(info),
+        let certs = fleet.tls_roots.as_deref().map(certificates);
+        fleet.sentinels = sentinel::Sentinels::new(settings, certs.as_ref(), &tcp_settings())
+            .map_err(anyhow::Error::msg)?;
+        let client = match &settings.url {
+            Some(url) => {
+                let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?
+                    .set_tcp_settings(tcp_settings());
+                let client = match certs {
+                    Some(certs) => redis::Client::build_with_tls(info, certs),
+                    None => redis::Client::open(info),
+                }
+                .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+                Some(client)
             }
-            .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+            // Sentinel names the primary at the first heartbeat.
+            None => None,
+        };
+        if client.is_some() || fleet.sentinels.is_some() {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(connect_timeout(timeout)))
                 .set_response_timeout(Some(timeout))
@@ -341,7 +358,7 @@ impl Fleet {
             fleet.single = Some(conns);
         }
         let fleet = Arc::new(fleet);
-        if settings.url.is_none() {
+        if fleet.single.is_none() {
             // Validate the seed URLs now, so a typo fails start-up rather than degrading.
             fleet.cluster_client()?;
             fleet.connect_cluster().await;
@@ -568,11 +585,14 @@ impl Fleet {
     ) -> Result<T, Option<redis::RedisError>> {
         let started = std::time::Instant::now();
         let result = if let Some(conns) = &self.single {
-            let mut c = match route {
+            let c = match route {
                 Route::ThisThread => conns.for_this_thread(),
                 Route::Shared => conns.shared(),
             };
-            invoke(request, &mut c, self.timeout).await
+            match c {
+                Some(mut c) => invoke(request, &mut c, self.timeout).await,
+                None => Err(None),
+            }
         } else {
             let cluster = self.cluster.read().as_ref().map(|(c, _)| c.clone());
             match cluster {

@@ -311,6 +311,14 @@ pub struct RedisSettings {
     pub url: Option<String>,
     /// Seed nodes of a Redis Cluster (same URL forms); the rest of the cluster is discovered.
     pub cluster_urls: Vec<String>,
+    /// Redis Sentinels (same URL forms, each with the Sentinel's own `user:pass@` if it takes
+    /// AUTH), asked which server is the primary of `sentinel_master`: at start, and whenever
+    /// the primary fails a heartbeat.
+    pub sentinel_urls: Vec<String>,
+    /// With `sentinel_urls`: the name the Sentinels monitor the primary under (`mymaster`), or a
+    /// URL whose host is that name and which says how to reach the primary they name: its
+    /// `user:pass@`, database, and `rediss://` for TLS (`rediss://embedgate:pw@mymaster/0`).
+    pub sentinel_master: Option<String>,
     /// For `rediss://`: a PEM file of the certificate authorities to trust for the Redis
     /// server's certificate, instead of the system's roots (a self-hosted Redis with a private
     /// CA). Unset: the system's roots (`SSL_CERT_FILE` and `SSL_CERT_DIR` are honoured), which
@@ -335,6 +343,8 @@ impl Default for RedisSettings {
         RedisSettings {
             url: None,
             cluster_urls: vec![],
+            sentinel_urls: vec![],
+            sentinel_master: None,
             tls_ca_file: None,
             prefix: "embedgate:".into(),
             timeout_ms: 50,
@@ -342,6 +352,17 @@ impl Default for RedisSettings {
             max_clock_offset_ms: 1_000,
         }
     }
+}
+
+/// The primary a Redis Sentinel set-up names, from `redis.sentinel_master`.
+#[derive(Debug, Clone)]
+pub struct SentinelPrimary {
+    /// The name the Sentinels monitor it under.
+    pub name: String,
+    /// Reached over TLS (`rediss://`).
+    pub tls: bool,
+    /// User, password and database.
+    pub login: redis::RedisConnectionInfo,
 }
 
 impl Settings {
@@ -357,7 +378,7 @@ impl Settings {
 
 impl RedisSettings {
     pub fn enabled(&self) -> bool {
-        self.url.is_some() || !self.cluster_urls.is_empty()
+        self.url.is_some() || !self.cluster_urls.is_empty() || !self.sentinel_urls.is_empty()
     }
 
     /// The URLs in effect, each with the key it is set under.
@@ -371,7 +392,63 @@ impl RedisSettings {
             .iter()
             .enumerate()
             .map(|(i, u)| (format!("redis.cluster_urls[{i}]"), u.as_str()));
-        single.chain(cluster)
+        let sentinels = self
+            .sentinel_urls
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (format!("redis.sentinel_urls[{i}]"), u.as_str()));
+        let master = self
+            .sentinel_master
+            .iter()
+            .filter(|m| m.contains("://"))
+            .map(|u| ("redis.sentinel_master".to_string(), u.as_str()));
+        single.chain(cluster).chain(sentinels).chain(master)
+    }
+
+    /// The primary `sentinel_master` names: the name the Sentinels know it by, and how to reach
+    /// the server they name (login, database; TLS for `rediss://`). A bare name: plain TCP, no
+    /// login, database 0.
+    ///
+    /// # Errors
+    /// Names `redis.sentinel_master` and what is wrong with it.
+    pub fn sentinel_primary(&self) -> Result<Option<SentinelPrimary>, String> {
+        let Some(master) = &self.sentinel_master else {
+            return Ok(None);
+        };
+        if !master.contains("://") {
+            let bad = |c: char| c.is_whitespace() || c.is_control() || "/@:#?".contains(c);
+            if master.is_empty() || master.contains(bad) {
+                return Err(format!(
+                    "redis.sentinel_master: {master:?} is not a name a Sentinel monitors (no spaces, '/', '@', ':', '#' or '?'; for a login, give a URL: redis://user:pass@mymaster/0)"
+                ));
+            }
+            return Ok(Some(SentinelPrimary {
+                name: master.clone(),
+                tls: false,
+                login: redis::RedisConnectionInfo::default(),
+            }));
+        }
+        let info = redis::IntoConnectionInfo::into_connection_info(master.as_str())
+            .map_err(|e| format!("redis.sentinel_master: {e}"))?;
+        let (name, tls) = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, _) => (host.clone(), false),
+            redis::ConnectionAddr::TcpTls { host, .. } => (host.clone(), true),
+            _ => {
+                return Err(
+                    "redis.sentinel_master: must start with redis:// or rediss:// (TLS)".into(),
+                )
+            }
+        };
+        if url::Url::parse(master).is_ok_and(|u| u.port().is_some()) {
+            return Err(format!(
+                "redis.sentinel_master: the Sentinels give the primary's address; name it without a port (rediss://user:pass@{name}/0)"
+            ));
+        }
+        Ok(Some(SentinelPrimary {
+            name,
+            tls,
+            login: info.redis_settings().clone(),
+        }))
     }
 
     /// The certificate authorities of `tls_ca_file` (PEM), checked: every certificate in it

@@ -106,9 +106,29 @@ impl Settings {
         within("refill.idle_forget_secs", r.idle_forget_secs, 1, MONTH_SECS)?;
         within("refill.hint_ttl_secs", r.hint_ttl_secs, 0, DAY_SECS)?;
         let redis = &self.redis;
-        if redis.url.is_some() && !redis.cluster_urls.is_empty() {
-            return Err("redis.url and redis.cluster_urls: set one or the other, not both".into());
+        let modes = [
+            ("redis.url", redis.url.is_some()),
+            ("redis.cluster_urls", !redis.cluster_urls.is_empty()),
+            ("redis.sentinel_urls", !redis.sentinel_urls.is_empty()),
+        ];
+        let set: Vec<&str> = modes.iter().filter(|m| m.1).map(|m| m.0).collect();
+        if let [first, second, ..] = set[..] {
+            return Err(format!("{first} and {second}: set one of them, not both"));
         }
+        match (redis.sentinel_urls.is_empty(), &redis.sentinel_master) {
+            (false, None) => {
+                return Err(
+                    "redis.sentinel_master: required with redis.sentinel_urls: the name the Sentinels monitor the primary under".into(),
+                )
+            }
+            (true, Some(_)) => {
+                return Err(
+                    "redis.sentinel_master: set only with redis.sentinel_urls (the Sentinels to ask)".into(),
+                )
+            }
+            _ => {}
+        }
+        let primary = redis.sentinel_primary()?;
         for (key, u) in redis.urls() {
             if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
                 return Err(format!(
@@ -135,6 +155,11 @@ impl Settings {
                     "{key}: redis.tls_ca_file is set, so the URL must be rediss:// (TLS)"
                 ));
             }
+        }
+        if redis.tls_ca_file.is_some() && primary.as_ref().is_some_and(|p| !p.tls) {
+            return Err(
+                "redis.sentinel_master: redis.tls_ca_file is set, so give the primary as rediss://<name> (TLS)".into(),
+            );
         }
         if !redis.cluster_urls.is_empty() {
             // The seeds together, as the client takes them (one TLS mode, user and password for
@@ -848,8 +873,98 @@ mod tests {
         }
         let mut s = with_tenant();
         s.redis.url = Some("rediss://:pw@127.0.0.1:6379/1".into());
+        s.redis.tls_ca_file = Some(ca.clone());
+        assert_eq!(s.validate(), Ok(()));
+        // Sentinel: (redis.sentinel_urls, redis.sentinel_master, redis.tls_ca_file, the refusal)
+        let sentinel_cases: [(&str, Option<&str>, Option<&std::path::PathBuf>, &str); 9] = [
+            (
+                "redis://s1:26379",
+                None,
+                None,
+                "redis.sentinel_master: required",
+            ),
+            (
+                "",
+                Some("mymaster"),
+                None,
+                "redis.sentinel_master: set only with",
+            ),
+            (
+                "redis://s1:26379",
+                Some("my master"),
+                None,
+                "redis.sentinel_master: \"my master\" is not a name",
+            ),
+            (
+                "redis://s1:26379",
+                Some("redis://:pw@mymaster:6380/0"),
+                None,
+                "redis.sentinel_master: the Sentinels give the primary's address",
+            ),
+            (
+                "redis://s1:26379",
+                Some("redis://:pw@mymaster/zz"),
+                None,
+                "redis.sentinel_master: ",
+            ),
+            (
+                "redis://s1:26379",
+                Some("mymaster"),
+                Some(&ca),
+                "redis.sentinel_urls[0]: redis.tls_ca_file is set",
+            ),
+            (
+                "rediss://s1:26379",
+                Some("mymaster"),
+                Some(&ca),
+                "redis.sentinel_master: redis.tls_ca_file is set, so give the primary as rediss://",
+            ),
+            (
+                "redis://:pw@s1:26379,redis://s2:99999",
+                Some("mymaster"),
+                None,
+                "redis.sentinel_urls[1]: ",
+            ),
+            (
+                "rediss://s1:26379#insecure",
+                Some("mymaster"),
+                None,
+                "redis.sentinel_urls[0]: a URL fragment",
+            ),
+        ];
+        for (urls, master, ca, starts) in sentinel_cases {
+            let e = refusal(|s| {
+                s.redis.sentinel_urls = urls
+                    .split(',')
+                    .filter(|u| !u.is_empty())
+                    .map(String::from)
+                    .collect();
+                s.redis.sentinel_master = master.map(String::from);
+                s.redis.tls_ca_file = ca.cloned();
+            });
+            assert!(e.starts_with(starts), "{urls} {master:?}: {e}");
+            assert!(!e.contains("pw"), "a password is never echoed: {e}");
+        }
+        let e = refusal(|s| {
+            s.redis.url = Some("redis://a:1".into());
+            s.redis.sentinel_urls = vec!["redis://s1:26379".into()];
+            s.redis.sentinel_master = Some("mymaster".into());
+        });
+        assert_eq!(
+            e,
+            "redis.url and redis.sentinel_urls: set one of them, not both"
+        );
+        let mut s = with_tenant();
+        s.redis.sentinel_urls = vec!["rediss://:pw@s1:26379".into(), "rediss://s2:26379".into()];
+        s.redis.sentinel_master = Some("rediss://embedgate:pw@mymaster/2".into());
         s.redis.tls_ca_file = Some(ca);
         assert_eq!(s.validate(), Ok(()));
+        let primary = s.redis.sentinel_primary().unwrap().unwrap();
+        assert_eq!(
+            (primary.name.as_str(), primary.tls, primary.login.db()),
+            ("mymaster", true, 2)
+        );
+        assert_eq!(primary.login.username(), Some("embedgate"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use embedgate::config::Settings;
 
 use crate::helpers::*;
-use crate::redis_server::{RedisCluster, RedisServer};
+use crate::redis_server::{RedisCluster, RedisSentinel, RedisServer};
 
 /// `total` requests from 96 concurrent clients over three replicas: every answer is a 200 with a
 /// distinct URL that opens exactly once. How much of it the shared pool served depends on the
@@ -272,6 +272,53 @@ async fn a_fleet_on_a_redis_cluster_over_tls_hands_out_urls_exactly_once() {
     })
     .await;
     assert!(cluster.keys() > 0, "the replicas wrote to the cluster");
+}
+
+/// Redis Sentinel (`redis.sentinel_urls`), each side with its own password, as a self-hosted
+/// highly available Redis is set up: the replicas log in to the Sentinel with its password, to
+/// the primary it names with the primary's, and share pool and limits through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_redis_sentinel_with_passwords_hands_out_urls_exactly_once() {
+    let primary = RedisServer::start_with_password("primary-secret");
+    let sentinel =
+        RedisSentinel::start_with_passwords(primary.port, "primary-secret", "sentinel-secret");
+    let url = sentinel.url();
+    exactly_once_across_three_replicas(1_500, move |s| {
+        s.redis.sentinel_urls = vec![url.clone()];
+        s.redis.sentinel_master = Some("redis://:primary-secret@mymaster".into());
+    })
+    .await;
+    assert!(
+        primary.shared_stock_reaches("alpha", None, 1).await,
+        "the replicas pooled in the primary the Sentinel names"
+    );
+}
+
+/// A replica whose Sentinels cannot be reached at start serves from its own pool and joins the
+/// primary they name once they answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_started_while_the_sentinels_are_down_serves_and_joins_later() {
+    let primary = RedisServer::start();
+    let port = RedisSentinel::free_port();
+    let fleet = Arc::new(
+        spawn_fleet(1, move |s| {
+            s.redis.sentinel_urls = vec![format!("redis://127.0.0.1:{port}")];
+            s.redis.sentinel_master = Some("mymaster".into());
+        })
+        .await,
+    );
+    assert_eq!(fleet.readiness(0).await, "degraded");
+    let first = fleet.embed(0, "alpha", &dash("finance", "alice")).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let _sentinel = RedisSentinel::start_on(port, primary.port);
+    fleet.all_ready(Duration::from_secs(10)).await;
+    let next = fleet.drive(200, 8, &keys()).await;
+    assert_exactly_once(&fleet, &next).await;
+    assert!(
+        primary.shared_stock_reaches("alpha", None, 1).await,
+        "the replica pooled in the primary the Sentinel names"
+    );
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 
 /// The load-sized run (`scripts/soak.sh`).

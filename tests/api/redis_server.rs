@@ -264,21 +264,147 @@ impl RedisServer {
         if self.frozen || TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             return None;
         }
-        let mut cmd = Command::new("redis-cli");
-        cmd.args(["-p", &self.port.to_string()]);
-        if let Some(p) = &self.password {
-            cmd.args(["--no-auth-warning", "-a", p]);
-        }
-        let out = cmd.args(args).output().ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        cli(self.port, self.password.as_deref(), args)
     }
+}
+
+/// Runs `redis-cli` against the server on `port`, logging in with `password`; its trimmed
+/// output, `None` if it failed.
+fn cli(port: u16, password: Option<&str>, args: &[&str]) -> Option<String> {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-p", &port.to_string()]);
+    if let Some(p) = password {
+        cmd.args(["--no-auth-warning", "-a", p]);
+    }
+    let out = cmd.args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One Redis Sentinel that monitors a primary as `mymaster`, alone (quorum 1), judging it down
+/// after half a second without an answer; killed on drop.
+pub struct RedisSentinel {
+    pub port: u16,
+    /// `requirepass`, when it demands AUTH.
+    password: Option<String>,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl RedisSentinel {
+    pub fn start(primary: u16) -> RedisSentinel {
+        Self::spawn(free_port(false), primary, None)
+    }
+
+    /// On `port`, a port free now (a Sentinel that starts after its clients).
+    pub fn start_on(port: u16, primary: u16) -> RedisSentinel {
+        Self::spawn(port, primary, None)
+    }
+
+    /// One that logs in to the primary with `primary_password` and takes AUTH `own_password`.
+    pub fn start_with_passwords(
+        primary: u16,
+        primary_password: &str,
+        own_password: &str,
+    ) -> RedisSentinel {
+        Self::spawn(
+            free_port(false),
+            primary,
+            Some((primary_password.to_string(), own_password.to_string())),
+        )
+    }
+
+    /// A port for [`Self::start_on`].
+    pub fn free_port() -> u16 {
+        free_port(false)
+    }
+
+    fn spawn(port: u16, primary: u16, passwords: Option<(String, String)>) -> RedisSentinel {
+        let dir =
+            std::env::temp_dir().join(format!("embedgate-sentinel-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Sentinel rewrites its configuration file as it learns, so it gets one of its own.
+        let conf = dir.join("sentinel.conf");
+        let mut text = format!(
+            "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
+             sentinel monitor mymaster 127.0.0.1 {primary} 1\n\
+             sentinel down-after-milliseconds mymaster 500\n\
+             sentinel failover-timeout mymaster 2000\n",
+            dir = dir.display()
+        );
+        if let Some((to_primary, own)) = &passwords {
+            text.push_str(&format!(
+                "sentinel auth-pass mymaster {to_primary}\nrequirepass {own}\n"
+            ));
+        }
+        std::fs::write(&conf, text).unwrap();
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (run scripts/setup.sh)");
+        let sentinel = RedisSentinel {
+            port,
+            password: passwords.map(|p| p.1),
+            dir,
+            child,
+        };
+        let until = Instant::now() + Duration::from_secs(10);
+        while sentinel.primary_port() != Some(primary) {
+            assert!(
+                Instant::now() < until,
+                "the Sentinel on port {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sentinel
+    }
+
+    /// The URL a client uses, with the password when it takes AUTH.
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The port of the server the Sentinel names as `mymaster`'s primary now.
+    pub fn primary_port(&self) -> Option<u16> {
+        self.cli(&["SENTINEL", "get-master-addr-by-name", "mymaster"])?
+            .lines()
+            .nth(1)
+            .and_then(|p| p.trim().parse().ok())
+    }
+
+    /// Has the Sentinel fail the primary over to its replica now (`SENTINEL FAILOVER`, as an
+    /// operator does for maintenance): the old primary stays up as a replica of the new one.
+    pub fn fail_over(&self) {
+        assert_eq!(
+            self.cli(&["SENTINEL", "FAILOVER", "mymaster"]).as_deref(),
+            Some("OK")
+        );
+    }
+
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        cli(self.port, self.password.as_deref(), args)
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

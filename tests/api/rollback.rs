@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::helpers::*;
 use crate::helpers::{assert_exactly_once, keys, roomy, spawn_fleet, Outcome, TestFleet};
-use crate::redis_server::{RedisCluster, RedisServer};
+use crate::redis_server::{RedisCluster, RedisSentinel, RedisServer};
 use embedgate::config::Settings;
 
 /// Every URL in the shared pool of this Redis, whatever its epoch.
@@ -167,6 +167,15 @@ async fn eviction_under_a_memory_limit_hands_nothing_out_twice() {
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 
+/// Waits until `replica` holds everything `primary` has written.
+async fn caught_up(primary: &RedisServer, replica: &RedisServer) {
+    until("the replica caught up", || {
+        let done = info_field(primary, "replication", "master_repl_offset");
+        done.is_some() && done == info_field(replica, "replication", "slave_repl_offset")
+    })
+    .await;
+}
+
 fn info_field(redis: &RedisServer, section: &str, field: &str) -> Option<String> {
     redis.cli(&["INFO", section])?.lines().find_map(|l| {
         l.strip_prefix(&format!("{field}:"))
@@ -183,11 +192,7 @@ async fn a_failover_to_a_replica_that_stopped_replicating_hands_nothing_out_twic
     let k = keys();
     let mut all = fleet.drive(1_500, 48, &k).await;
     until("the pool is stocked", || pooled_urls(&primary).len() >= 32).await;
-    until("the replica caught up", || {
-        let done = info_field(&primary, "replication", "master_repl_offset");
-        done.is_some() && done == info_field(&replica, "replication", "slave_repl_offset")
-    })
-    .await;
+    caught_up(&primary, &replica).await;
     // The replica loses its primary (it keeps its data set, which stops moving)…
     let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -233,11 +238,7 @@ async fn a_failover_is_followed_to_the_new_primary(old: OldPrimary) {
     let fleet = fleet_on(format!("redis://127.0.0.1:{}", endpoint.port)).await;
     let k = keys();
     let mut all = fleet.drive(1_000, 48, &k).await;
-    until("the replica caught up", || {
-        let done = info_field(&primary, "replication", "master_repl_offset");
-        done.is_some() && done == info_field(&replica, "replication", "slave_repl_offset")
-    })
-    .await;
+    caught_up(&primary, &replica).await;
     if matches!(old, OldPrimary::Silent) {
         endpoint.blackhole_open_connections();
     }
@@ -273,6 +274,96 @@ async fn a_failover_behind_a_name_that_leaves_the_old_primary_up_is_followed_to_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failover_from_a_primary_that_went_silent_is_followed_to_the_new_one() {
     a_failover_is_followed_to_the_new_primary(OldPrimary::Silent).await;
+}
+
+/// Why a Sentinel fails the primary over.
+enum SentinelFailover {
+    /// The primary crashed.
+    Crash,
+    /// The primary's host went silent; the first Sentinel listed is a host that takes
+    /// connections and never answers (a Sentinel on a hung machine).
+    Silence,
+    /// An operator's failover (`SENTINEL FAILOVER`, for maintenance): the old primary stays up
+    /// as a replica of the new one and refuses every write (`READONLY`).
+    Manual,
+}
+
+/// A fleet on Redis Sentinel (`redis.sentinel_urls`) goes through a failover and the Sentinel
+/// promotes the replica, at another address. The fleet asks the Sentinels when its heartbeat
+/// fails, follows them to the promoted replica and shares again within seconds (a new epoch
+/// there: it is another process), and hands nothing out twice.
+async fn a_sentinel_failover_is_followed_to_the_promoted_replica(failure: SentinelFailover) {
+    let mut primary = RedisServer::start();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let sentinel = RedisSentinel::start(primary.port);
+    // Connections to it are taken by the kernel and never read.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut sentinels = vec![sentinel.url()];
+    let silent_sentinel = matches!(failure, SentinelFailover::Silence);
+    if silent_sentinel {
+        sentinels.insert(0, format!("redis://{}", hung.local_addr().unwrap()));
+    }
+    let fleet = fleet_with(move |s| {
+        s.redis.sentinel_urls = sentinels.clone();
+        s.redis.sentinel_master = Some("mymaster".into());
+        if silent_sentinel {
+            // The default: a lookup may take 0.5 s, as long as the client library waits on the
+            // hung Sentinel's answer before giving up on it. Asked one after the other, the
+            // Sentinels would never name the primary in time.
+            s.redis.timeout_ms = 50;
+        }
+    })
+    .await;
+    let k = keys();
+    let mut all = fleet.drive(1_000, 48, &k).await;
+    until("the fleet pools in the primary", || {
+        !pooled_urls(&primary).is_empty()
+    })
+    .await;
+    caught_up(&primary, &replica).await;
+    let fences = fleet.metric_sum("embedgate_redis_fences_total").await;
+    match failure {
+        SentinelFailover::Crash => primary.kill(),
+        SentinelFailover::Silence => primary.freeze(),
+        SentinelFailover::Manual => sentinel.fail_over(),
+    }
+    all.extend(fleet.drive(500, 48, &k).await);
+    until("the Sentinel promoted the replica", || {
+        sentinel.primary_port() == Some(replica.port)
+    })
+    .await;
+    if matches!(failure, SentinelFailover::Manual) {
+        // The old primary takes writes until the Sentinel makes it a replica of the new one,
+        // about 8 s later (it waits that long on a server that still calls itself primary).
+        until("the old primary is a replica", || {
+            info_field(&primary, "replication", "role").as_deref() == Some("slave")
+        })
+        .await;
+    }
+    fleet.all_ready(Duration::from_secs(20)).await;
+    all.extend(fleet.drive(1_000, 48, &k).await);
+    let fleet = assert_shares_again_at(fleet, &replica, all).await;
+    assert!(
+        fleet.metric_sum("embedgate_redis_fences_total").await > fences,
+        "the replicas moved to a new fencing epoch on the promoted replica"
+    );
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+    drop(hung);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sentinel_failover_after_the_primary_crashed_is_followed_to_the_promoted_replica() {
+    a_sentinel_failover_is_followed_to_the_promoted_replica(SentinelFailover::Crash).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sentinel_failover_after_the_primary_went_silent_is_followed_past_a_hung_sentinel() {
+    a_sentinel_failover_is_followed_to_the_promoted_replica(SentinelFailover::Silence).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sentinel_failover_that_leaves_the_old_primary_up_is_followed_to_the_new_one() {
+    a_sentinel_failover_is_followed_to_the_promoted_replica(SentinelFailover::Manual).await;
 }
 
 /// How a Redis Cluster primary fails.
