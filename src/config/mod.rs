@@ -418,8 +418,8 @@ impl RedisSettings {
         if !master.contains("://") {
             let bad = |c: char| c.is_whitespace() || c.is_control() || "/@:#?".contains(c);
             if master.is_empty() || master.contains(bad) {
-                return Err(format!(
-                    "redis.sentinel_master: {master:?} is not a name a Sentinel monitors (no spaces, '/', '@', ':', '#' or '?'; for a login, give a URL: redis://user:pass@mymaster/0)"
+                return Err(String::from(
+                    "redis.sentinel_master: not a name a Sentinel monitors (no spaces, '/', '@', ':', '#' or '?'; for a login, give a URL: redis://user:pass@mymaster/0)"
                 ));
             }
             return Ok(Some(SentinelPrimary {

@@ -891,9 +891,9 @@ mod tests {
             ),
             (
                 "redis://s1:26379",
-                Some("my master"),
+                Some("redis//:pw@mymaster"),
                 None,
-                "redis.sentinel_master: \"my master\" is not a name",
+                "redis.sentinel_master: not a name",
             ),
             (
                 "redis://s1:26379",
