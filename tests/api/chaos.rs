@@ -4,9 +4,11 @@
 //! snapshot (a rollback), paused past the replicas' timeout, and flushed. On a Redis Cluster with
 //! a replica per primary: the tenant's primary crashes (its replica takes over) and comes back as
 //! a replica, goes silent and comes back, and the tenant's slot moves to another primary under
-//! traffic. The report (duplicates, late openings, least validity left, answers by code,
-//! hand-out latency) goes to `bench-results/chaos.{json,md}` and `chaos-cluster.{json,md}`; a run
-//! fails on any duplicate or late opening.
+//! traffic. On a primary and a replica under a Sentinel: the primary crashes (the Sentinel
+//! promotes the replica) and comes back as a replica, goes silent and comes back, and an
+//! operator fails it over. The report (duplicates, late openings, least validity left, answers by
+//! code, hand-out latency) goes to `bench-results/chaos.{json,md}`, `chaos-cluster.{json,md}` and
+//! `chaos-sentinel.{json,md}`; a run fails on any duplicate or late opening.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::*;
 use crate::helpers::{keys, roomy, spawn_fleet, Outcome};
-use crate::redis_server::{RedisCluster, RedisServer};
+use crate::redis_server::{RedisCluster, RedisSentinel, RedisServer};
 use embedgate::config::Settings;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -29,6 +31,9 @@ const SCHEDULE: [&str; 6] = ["none", "kill", "snapshot", "rollback", "pause", "f
 
 /// What is done to a Redis Cluster before each phase, in turn.
 const CLUSTER_SCHEDULE: [&str; 6] = ["none", "crash", "rejoin", "silence", "resume", "move"];
+
+/// What is done to a Sentinel set-up before each phase, in turn.
+const SENTINEL_SCHEDULE: [&str; 6] = ["none", "crash", "rejoin", "silence", "resume", "failover"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "chaos: load-sized, run by scripts/chaos.sh"]
@@ -99,6 +104,52 @@ async fn soak_chaos_on_a_redis_cluster_hands_out_every_url_exactly_once_through_
     };
     let seeds = move |s: &mut Settings| s.redis.cluster_urls = urls.clone();
     chaos("chaos-cluster", &CLUSTER_SCHEDULE, seeds, fault).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "chaos: load-sized, run by scripts/chaos.sh"]
+async fn soak_chaos_on_redis_sentinel_hands_out_every_url_exactly_once_through_failovers() {
+    let first = RedisServer::start();
+    let second = RedisServer::start_with(&["--replicaof", "127.0.0.1", &first.port.to_string()]);
+    let sentinel = RedisSentinel::start(first.port);
+    let url = sentinel.url();
+    let mut nodes = [first, second];
+    let primary = |nodes: &[RedisServer], s: &RedisSentinel| {
+        let port = s.primary_port();
+        nodes
+            .iter()
+            .position(|n| Some(n.port) == port)
+            .expect("the Sentinel names one of the servers")
+    };
+    // The server the last crash or silence took down, to bring back in the next phase.
+    let mut down = None;
+    let mut refused = 0;
+    let fault = move |fault: &str| match fault {
+        "crash" => {
+            let n = primary(&nodes, &sentinel);
+            nodes[n].kill();
+            down = Some(n);
+        }
+        "silence" => {
+            let n = primary(&nodes, &sentinel);
+            nodes[n].freeze();
+            down = Some(n);
+        }
+        // The old primary comes back and the Sentinel makes it a replica of the new one.
+        "rejoin" => nodes[down.take().expect("a server is down")].restart(),
+        "resume" => nodes[down.take().expect("a server is down")].thaw(),
+        // An operator's failover, which the Sentinel refuses without a replica fit to promote.
+        "failover" if !sentinel.fail_over() => {
+            refused += 1;
+            eprintln!("the Sentinel refused failover {refused}: no replica fit to promote");
+        }
+        _ => {}
+    };
+    let sentinels = move |s: &mut Settings| {
+        s.redis.sentinel_urls = vec![url.clone()];
+        s.redis.sentinel_master = Some("mymaster".into());
+    };
+    chaos("chaos-sentinel", &SENTINEL_SCHEDULE, sentinels, fault).await;
 }
 
 /// Drives the fleet phase after phase, applying `fault` with the schedule's next fault before

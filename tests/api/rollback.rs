@@ -325,7 +325,7 @@ async fn a_sentinel_failover_is_followed_to_the_promoted_replica(failure: Sentin
     match failure {
         SentinelFailover::Crash => primary.kill(),
         SentinelFailover::Silence => primary.freeze(),
-        SentinelFailover::Manual => sentinel.fail_over(),
+        SentinelFailover::Manual => assert!(sentinel.fail_over(), "the Sentinel fails over"),
     }
     all.extend(fleet.drive(500, 48, &k).await);
     until("the Sentinel promoted the replica", || {
