@@ -21,7 +21,10 @@ impl Fleet {
     /// Redis is not usable.
     pub async fn heartbeat(&self) -> Result<usize, Down> {
         self.connect_cluster_if_none().await;
-        if self.single.as_ref().is_some_and(|c| c.target().is_none()) {
+        // With Sentinel and no primary yet (they could not be reached), ask them first, once per
+        // heartbeat.
+        let asked = self.single.as_ref().is_some_and(|c| c.target().is_none());
+        if asked {
             self.follow_sentinels().await;
         }
         // A connection Redis dropped (a restart) fails one command before it reconnects: a
@@ -31,7 +34,9 @@ impl Fleet {
             Ok(beat) => beat,
             Err(_) => {
                 self.connect_cluster_if_none().await;
-                self.follow_sentinels().await;
+                if !asked {
+                    self.follow_sentinels().await;
+                }
                 self.beat().await?
             }
         };

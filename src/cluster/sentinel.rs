@@ -9,6 +9,7 @@
 //! Between failures nothing is asked: a lookup opens a connection to the server a Sentinel names
 //! to check its role, too much for every heartbeat of every replica.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
@@ -22,6 +23,8 @@ pub(super) struct Sentinels {
     clients: Vec<tokio::sync::Mutex<SentinelClient>>,
     /// The primary's name.
     name: String,
+    /// The last lookup found no primary (logged once per streak).
+    failing: AtomicBool,
 }
 
 impl Sentinels {
@@ -80,6 +83,7 @@ impl Sentinels {
         Ok(Some(Sentinels {
             clients,
             name: primary.name,
+            failing: AtomicBool::new(false),
         }))
     }
 
@@ -96,16 +100,22 @@ impl Sentinels {
                 c.async_get_client().await
             })
         });
-        match tokio::time::timeout(bound, futures::future::select_ok(asks)).await {
-            Ok(Ok((client, _))) => Some(client),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, primary = %self.name, "no Sentinel names a primary that answers");
-                None
+        let why = match tokio::time::timeout(bound, futures::future::select_ok(asks)).await {
+            Ok(Ok((client, _))) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(primary = %self.name, "a Sentinel names a primary again");
+                }
+                return Some(client);
             }
-            Err(_) => {
-                tracing::debug!(primary = %self.name, "no Sentinel named a primary in time");
-                None
-            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", bound.as_millis()),
+        };
+        // Once per streak: the heartbeat asks again every `redis.heartbeat_ms` meanwhile.
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(primary = %self.name, error = %why, "no Sentinel names a primary that answers as one (unreachable Sentinels, a name they do not monitor, or a failover under way): serving from the local pool and limits until one does");
+        } else {
+            tracing::debug!(primary = %self.name, error = %why, "no Sentinel names a primary yet");
         }
+        None
     }
 }

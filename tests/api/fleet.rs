@@ -130,8 +130,8 @@ async fn three_replicas_speaking_resp3_hand_out_urls_exactly_once() {
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 
-/// Every connection a replica opens to Redis, standalone or a Cluster's node, sends each command
-/// at once (`TCP_NODELAY`). With Nagle's algorithm, the Redis client's default, a command written
+/// Every connection a replica opens to Redis, standalone, a Cluster's node or the primary a
+/// Sentinel names, sends each command at once (`TCP_NODELAY`). With Nagle's algorithm, the Redis client's default, a command written
 /// while an earlier one on the pipelined connection is unacknowledged waits for that ACK, up to a
 /// round trip across a network. (The loopback's round trip is too short to show it, so the
 /// option itself is what is checked.)
@@ -147,6 +147,17 @@ async fn every_connection_to_redis_sends_each_command_at_once() {
     let fleet = hands_out_exactly_once(600, move |s| s.redis.cluster_urls = urls.clone()).await;
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     assert_sent_at_once(&ports, "a Redis Cluster's nodes");
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+
+    let primary = RedisServer::start();
+    let sentinel = RedisSentinel::start(primary.port);
+    let url = sentinel.url();
+    let fleet = hands_out_exactly_once(600, move |s| {
+        s.redis.sentinel_urls = vec![url.clone()];
+        s.redis.sentinel_master = Some("mymaster".into());
+    })
+    .await;
+    assert_sent_at_once(&[primary.port], "the primary a Sentinel names");
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 
