@@ -150,7 +150,10 @@ impl Settings {
                     info.redis_settings().db()
                 ));
             }
-            if redis.tls_ca_file.is_some() && !u.starts_with("rediss://") {
+            // The CAs are for the servers that hold the data; Sentinels may be reached over
+            // TLS or not.
+            let sentinel = key.starts_with("redis.sentinel_urls");
+            if redis.tls_ca_file.is_some() && !sentinel && !u.starts_with("rediss://") {
                 return Err(format!(
                     "{key}: redis.tls_ca_file is set, so the URL must be rediss:// (TLS)"
                 ));
@@ -909,9 +912,9 @@ mod tests {
             ),
             (
                 "redis://s1:26379",
-                Some("mymaster"),
+                Some("redis://mymaster"),
                 Some(&ca),
-                "redis.sentinel_urls[0]: redis.tls_ca_file is set",
+                "redis.sentinel_master: redis.tls_ca_file is set, so the URL must be rediss://",
             ),
             (
                 "rediss://s1:26379",
@@ -955,7 +958,7 @@ mod tests {
             "redis.url and redis.sentinel_urls: set one of them, not both"
         );
         let mut s = with_tenant();
-        s.redis.sentinel_urls = vec!["rediss://:pw@s1:26379".into(), "rediss://s2:26379".into()];
+        s.redis.sentinel_urls = vec!["rediss://:pw@s1:26379".into(), "redis://s2:26379".into()];
         s.redis.sentinel_master = Some("rediss://embedgate:pw@mymaster/2".into());
         s.redis.tls_ca_file = Some(ca);
         assert_eq!(s.validate(), Ok(()));

@@ -305,6 +305,25 @@ async fn a_fleet_on_redis_sentinel_with_passwords_hands_out_urls_exactly_once() 
     );
 }
 
+/// The primary a Sentinel names reached over TLS (`rediss://` in `redis.sentinel_master`), its
+/// certificate trusted through `redis.tls_ca_file`, the Sentinel itself in plain TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_redis_sentinel_reaches_the_primary_over_tls() {
+    let (primary, _, cert) = RedisServer::start_tls();
+    let sentinel = RedisSentinel::start_tls(&primary);
+    let url = sentinel.url();
+    exactly_once_across_three_replicas(1_500, move |s| {
+        s.redis.sentinel_urls = vec![url.clone()];
+        s.redis.sentinel_master = Some("rediss://mymaster".into());
+        s.redis.tls_ca_file = Some(cert.clone());
+    })
+    .await;
+    assert!(
+        primary.shared_stock_reaches("alpha", None, 1).await,
+        "the replicas pooled in the primary the Sentinel names, over TLS"
+    );
+}
+
 /// A replica whose Sentinels cannot be reached at start serves from its own pool and joins the
 /// primary they name once they answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -301,12 +301,25 @@ pub struct RedisSentinel {
 
 impl RedisSentinel {
     pub fn start(primary: u16) -> RedisSentinel {
-        Self::spawn(free_port(false), primary, None)
+        Self::spawn(free_port(false), primary, None, "")
     }
 
     /// On `port`, a port free now (a Sentinel that starts after its clients).
     pub fn start_on(port: u16, primary: u16) -> RedisSentinel {
-        Self::spawn(port, primary, None)
+        Self::spawn(port, primary, None, "")
+    }
+
+    /// One that monitors `server`'s TLS port over TLS (it trusts `server`'s certificate and shows
+    /// it as its own), and so names that port; its own clients connect in plain TCP.
+    pub fn start_tls(server: &RedisServer) -> RedisSentinel {
+        let (cert, key) = (server.dir.join("redis.crt"), server.dir.join("redis.key"));
+        let tls = format!(
+            "tls-replication yes\ntls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {cert}\n",
+            cert = cert.display(),
+            key = key.display()
+        );
+        let port = server.tls_port.expect("the server takes TLS clients");
+        Self::spawn(free_port(false), port, None, &tls)
     }
 
     /// One that logs in to the primary with `primary_password` and takes AUTH `own_password`.
@@ -319,6 +332,7 @@ impl RedisSentinel {
             free_port(false),
             primary,
             Some((primary_password.to_string(), own_password.to_string())),
+            "",
         )
     }
 
@@ -327,7 +341,13 @@ impl RedisSentinel {
         free_port(false)
     }
 
-    fn spawn(port: u16, primary: u16, passwords: Option<(String, String)>) -> RedisSentinel {
+    /// `more`: further lines of its configuration.
+    fn spawn(
+        port: u16,
+        primary: u16,
+        passwords: Option<(String, String)>,
+        more: &str,
+    ) -> RedisSentinel {
         let dir =
             std::env::temp_dir().join(format!("embedgate-sentinel-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -345,6 +365,7 @@ impl RedisSentinel {
                 "sentinel auth-pass mymaster {to_primary}\nrequirepass {own}\n"
             ));
         }
+        text.push_str(more);
         std::fs::write(&conf, text).unwrap();
         let child = Command::new("redis-server")
             .arg(&conf)
