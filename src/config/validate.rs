@@ -144,6 +144,13 @@ impl Settings {
             }
             let info = redis::IntoConnectionInfo::into_connection_info(u)
                 .map_err(|e| format!("{key}: {e}"))?;
+            if key.starts_with("redis.sentinel_urls") && info.redis_settings().db() != 0 {
+                return Err(format!(
+                    "{key}: a Sentinel has no databases; drop the /{} (the primary's database goes in redis.sentinel_master: redis://mymaster/{})",
+                    info.redis_settings().db(),
+                    info.redis_settings().db()
+                ));
+            }
             if !redis.cluster_urls.is_empty() && info.redis_settings().db() != 0 {
                 return Err(format!(
                     "{key}: a Redis Cluster has only database 0; drop the /{} from the URL",
@@ -879,7 +886,13 @@ mod tests {
         s.redis.tls_ca_file = Some(ca.clone());
         assert_eq!(s.validate(), Ok(()));
         // Sentinel: (redis.sentinel_urls, redis.sentinel_master, redis.tls_ca_file, the refusal)
-        let sentinel_cases: [(&str, Option<&str>, Option<&std::path::PathBuf>, &str); 9] = [
+        let sentinel_cases: [(&str, Option<&str>, Option<&std::path::PathBuf>, &str); 10] = [
+            (
+                "redis://s1:26379/2",
+                Some("mymaster"),
+                None,
+                "redis.sentinel_urls[0]: a Sentinel has no databases; drop the /2",
+            ),
             (
                 "redis://s1:26379",
                 None,
