@@ -88,10 +88,26 @@ impl Fleet {
     /// With Sentinel: asks the Sentinels which server is the primary, and moves the connections
     /// to it when it is not the one they go to.
     async fn follow_sentinels(&self) {
-        let (Some(sentinels), Some(conns)) = (&self.sentinels, &self.single) else {
-            return;
-        };
-        let Some(client) = sentinels.primary(sentinel_timeout(self.timeout)).await else {
+        if let Some(sentinels) = &self.sentinels {
+            let primary = sentinels.primary(sentinel_timeout(self.timeout)).await;
+            self.move_to(primary);
+        }
+    }
+
+    /// With Sentinel: asks the Sentinel that announced a new primary which server it is, and
+    /// moves the connections to it.
+    async fn follow_announcement(&self) {
+        if let Some(sentinels) = &self.sentinels {
+            let primary = sentinels
+                .announced_primary(sentinel_timeout(self.timeout))
+                .await;
+            self.move_to(primary);
+        }
+    }
+
+    /// Moves the connections to the server of `client` when it is not the one they go to.
+    fn move_to(&self, client: Option<redis::Client>) {
+        let (Some(client), Some(conns)) = (client, &self.single) else {
             return;
         };
         let primary = client.get_connection_info().addr().clone();
@@ -148,14 +164,28 @@ impl Fleet {
         }
     }
 
-    /// Heartbeats every `redis.heartbeat_ms` until `shutdown` resolves.
+    /// Heartbeats every `redis.heartbeat_ms` until `shutdown` resolves; with Sentinel, follows
+    /// each new primary a Sentinel announces meanwhile.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(self.settings.heartbeat_ms));
+        let beat_every = Duration::from_millis(self.settings.heartbeat_ms);
+        let mut tick = tokio::time::interval(beat_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
+        let switched = tokio::sync::Notify::new();
+        let watch = async {
+            match &self.sentinels {
+                Some(s) => {
+                    let bound = sentinel_timeout(self.timeout);
+                    s.watch(&switched, beat_every, bound).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(shutdown, watch);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = &mut watch => {}
+                _ = switched.notified() => self.follow_announcement().await,
                 _ = tick.tick() => { let _ = self.heartbeat().await; }
             }
         }

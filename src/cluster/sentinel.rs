@@ -6,11 +6,19 @@
 //! Sentinel at once, each bounded: a Sentinel on the failed primary's host is often gone with it,
 //! and the first Sentinel to name a server that answers as a primary is followed.
 //!
-//! Between failures nothing is asked: a lookup opens a connection to the server a Sentinel names
-//! to check its role, too much for every heartbeat of every replica.
+//! Between failures nothing is asked (a lookup opens a connection to the server a Sentinel names
+//! to check its role, too much for every heartbeat of every replica); instead the replica listens
+//! to every Sentinel's `+switch-master` announcements ([`Sentinels::watch`]) and asks the one that
+//! announced a new primary for this name. An operator's failover leaves the old primary up and
+//! taking writes until the Sentinels make it a replica, seconds later (or never, while it is cut
+//! off from them but not from the replicas): without the announcement the fleet would go on
+//! writing to it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Notify;
 
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{ConnectionAddr, IntoConnectionInfo, TlsMode};
@@ -21,6 +29,11 @@ use crate::config::RedisSettings;
 /// connection).
 pub(super) struct Sentinels {
     clients: Vec<tokio::sync::Mutex<SentinelClient>>,
+    /// The same Sentinels, for their announcements.
+    announcers: Vec<redis::Client>,
+    /// The Sentinel that last announced a new primary for this name (`usize::MAX`: none since
+    /// it was asked).
+    announced: AtomicUsize,
     /// The primary's name.
     name: String,
     /// The last lookup found no primary (logged once per streak).
@@ -38,6 +51,7 @@ impl Sentinels {
         let Some(primary) = settings.sentinel_primary()? else {
             return Ok(None);
         };
+        let mut announcers = vec![];
         let clients = settings
             .sentinel_urls
             .iter()
@@ -46,6 +60,16 @@ impl Sentinels {
                 let at = |e: &dyn std::fmt::Display| format!("redis.sentinel_urls[{i}]: {e}");
                 let info = url.as_str().into_connection_info().map_err(|e| at(&e))?;
                 let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+                let announcer = info.clone().set_tcp_settings(tcp.clone());
+                announcers.push(
+                    match (tls, certificates) {
+                        (true, Some(certs)) => {
+                            redis::Client::build_with_tls(announcer, certs.clone())
+                        }
+                        _ => redis::Client::open(announcer),
+                    }
+                    .map_err(|e| at(&e))?,
+                );
                 let mut b = SentinelClientBuilder::new(
                     [info.addr().clone()],
                     &primary.name,
@@ -82,19 +106,75 @@ impl Sentinels {
             .collect::<Result<_, _>>()?;
         Ok(Some(Sentinels {
             clients,
+            announcers,
+            announced: AtomicUsize::new(usize::MAX),
             name: primary.name,
             failing: AtomicBool::new(false),
         }))
+    }
+
+    /// Listens to every Sentinel's `+switch-master` announcements for as long as it is polled,
+    /// and wakes `switched` when one announces a new primary for this name. A Sentinel that
+    /// cannot be reached, or drops the subscription, is subscribed to again `retry` later.
+    pub(super) async fn watch(&self, switched: &Notify, retry: Duration, bound: Duration) {
+        let each = (0..self.announcers.len()).map(|i| self.listen(i, switched, retry, bound));
+        futures::future::join_all(each).await;
+        // Each listens for ever; with none, neither does this end.
+        std::future::pending::<()>().await;
+    }
+
+    async fn listen(&self, i: usize, switched: &Notify, retry: Duration, bound: Duration) {
+        loop {
+            let subscribed = async {
+                let mut pubsub = self.announcers[i].get_async_pubsub().await?;
+                pubsub.subscribe("+switch-master").await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            match tokio::time::timeout(bound, subscribed).await {
+                Ok(Ok(mut pubsub)) => {
+                    let mut messages = pubsub.on_message();
+                    // "<name> <old ip> <old port> <new ip> <new port>"
+                    while let Some(m) = messages.next().await {
+                        let said: String = m.get_payload().unwrap_or_default();
+                        if said.split(' ').next() == Some(self.name.as_str()) {
+                            tracing::info!(primary = %self.name, announced = %said, "a Sentinel announces a new primary");
+                            self.announced.store(i, Ordering::Relaxed);
+                            switched.notify_one();
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cannot subscribe to a Sentinel's announcements")
+                }
+                Err(_) => tracing::debug!("subscribing to a Sentinel's announcements timed out"),
+            }
+            tokio::time::sleep(retry).await;
+        }
+    }
+
+    /// The primary the Sentinel that last announced one names (see [`Sentinels::primary`]);
+    /// `None`: none announced one since, or it names none now.
+    pub(super) async fn announced_primary(&self, bound: Duration) -> Option<redis::Client> {
+        let i = self.announced.swap(usize::MAX, Ordering::Relaxed);
+        self.ask(self.clients.get(i..=i)?, bound).await
     }
 
     /// Asks every Sentinel at once which server is the primary; the first to name one that
     /// answers as a primary (a Sentinel checks its `ROLE`) wins. `None`: none did within `bound`
     /// (the Sentinels are unreachable, or mid-failover with no primary yet).
     pub(super) async fn primary(&self, bound: Duration) -> Option<redis::Client> {
-        if self.clients.is_empty() {
+        self.ask(&self.clients, bound).await
+    }
+
+    async fn ask(
+        &self,
+        clients: &[tokio::sync::Mutex<SentinelClient>],
+        bound: Duration,
+    ) -> Option<redis::Client> {
+        if clients.is_empty() {
             return None;
         }
-        let asks = self.clients.iter().map(|c| {
+        let asks = clients.iter().map(|c| {
             Box::pin(async move {
                 let mut c = c.lock().await;
                 c.async_get_client().await

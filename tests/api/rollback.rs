@@ -286,6 +286,10 @@ enum SentinelFailover {
     /// An operator's failover (`SENTINEL FAILOVER`, for maintenance): the old primary stays up
     /// as a replica of the new one and refuses every write (`READONLY`).
     Manual,
+    /// An operator's failover whose old primary the Sentinel cannot make a replica (as when it
+    /// is cut off from the Sentinels but not from the fleet): it stays a primary and takes every
+    /// write, so only the Sentinel's announcement tells the fleet to move.
+    Stranded,
 }
 
 /// A fleet on Redis Sentinel (`redis.sentinel_urls`) goes through a failover and the Sentinel
@@ -293,7 +297,19 @@ enum SentinelFailover {
 /// fails, follows them to the promoted replica and shares again within seconds (a new epoch
 /// there: it is another process), and hands nothing out twice.
 async fn a_sentinel_failover_is_followed_to_the_promoted_replica(failure: SentinelFailover) {
-    let mut primary = RedisServer::start();
+    let stranded = matches!(failure, SentinelFailover::Stranded);
+    let mut primary = if stranded {
+        RedisServer::start_with(&[
+            "--rename-command",
+            "REPLICAOF",
+            "",
+            "--rename-command",
+            "SLAVEOF",
+            "",
+        ])
+    } else {
+        RedisServer::start()
+    };
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
     let sentinel = RedisSentinel::start(primary.port);
     // Connections to it are taken by the kernel and never read.
@@ -325,20 +341,21 @@ async fn a_sentinel_failover_is_followed_to_the_promoted_replica(failure: Sentin
     match failure {
         SentinelFailover::Crash => primary.kill(),
         SentinelFailover::Silence => primary.freeze(),
-        SentinelFailover::Manual => assert!(sentinel.fail_over(), "the Sentinel fails over"),
+        SentinelFailover::Manual | SentinelFailover::Stranded => {
+            assert!(sentinel.fail_over(), "the Sentinel fails over");
+        }
     }
     all.extend(fleet.drive(500, 48, &k).await);
     until("the Sentinel promoted the replica", || {
         sentinel.primary_port() == Some(replica.port)
     })
     .await;
-    if matches!(failure, SentinelFailover::Manual) {
-        // The old primary takes writes until the Sentinel makes it a replica of the new one,
-        // about 8 s later (it waits that long on a server that still calls itself primary).
-        until("the old primary is a replica", || {
-            info_field(&primary, "replication", "role").as_deref() == Some("slave")
-        })
-        .await;
+    if stranded {
+        assert_eq!(
+            info_field(&primary, "replication", "role").as_deref(),
+            Some("master"),
+            "the old primary is still a primary"
+        );
     }
     fleet.all_ready(Duration::from_secs(20)).await;
     all.extend(fleet.drive(1_000, 48, &k).await);
@@ -364,6 +381,11 @@ async fn a_sentinel_failover_after_the_primary_went_silent_is_followed_past_a_hu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sentinel_failover_that_leaves_the_old_primary_up_is_followed_to_the_new_one() {
     a_sentinel_failover_is_followed_to_the_promoted_replica(SentinelFailover::Manual).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sentinel_failover_whose_old_primary_stays_a_primary_is_followed_on_the_announcement() {
+    a_sentinel_failover_is_followed_to_the_promoted_replica(SentinelFailover::Stranded).await;
 }
 
 /// How a Redis Cluster primary fails.
