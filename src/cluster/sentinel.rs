@@ -192,7 +192,7 @@ impl Sentinels {
         };
         // Once per streak: the heartbeat asks again every `redis.heartbeat_ms` meanwhile.
         if !self.failing.swap(true, Ordering::Relaxed) {
-            tracing::warn!(primary = %self.name, error = %why, "no Sentinel names a primary that answers as one (unreachable Sentinels, a name they do not monitor, or a failover under way): serving from the local pool and limits until one does");
+            tracing::warn!(primary = %self.name, error = %why, "no Sentinel names a primary that answers as one (unreachable Sentinels, a name they do not monitor, or a failover under way): this replica stays with the server it has (none before the first: its local pool and limits) and asks again at its next failed heartbeat");
         } else {
             tracing::debug!(primary = %self.name, error = %why, "no Sentinel names a primary yet");
         }
