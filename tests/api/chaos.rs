@@ -145,10 +145,7 @@ async fn soak_chaos_on_redis_sentinel_hands_out_every_url_exactly_once_through_f
         }
         _ => {}
     };
-    let sentinels = move |s: &mut Settings| {
-        s.redis.sentinel_urls = vec![url.clone()];
-        s.redis.sentinel_master = Some("mymaster".into());
-    };
+    let sentinels = on_sentinels(vec![url], "mymaster");
     chaos("chaos-sentinel", &SENTINEL_SCHEDULE, sentinels, fault).await;
 }
 

@@ -151,12 +151,8 @@ async fn every_connection_to_redis_sends_each_command_at_once() {
 
     let primary = RedisServer::start();
     let sentinel = RedisSentinel::start(primary.port);
-    let url = sentinel.url();
-    let fleet = hands_out_exactly_once(600, move |s| {
-        s.redis.sentinel_urls = vec![url.clone()];
-        s.redis.sentinel_master = Some("mymaster".into());
-    })
-    .await;
+    let on = on_sentinels(vec![sentinel.url()], "mymaster");
+    let fleet = hands_out_exactly_once(600, on).await;
     assert_sent_at_once(&[primary.port], "the primary a Sentinel names");
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
@@ -293,12 +289,8 @@ async fn a_fleet_on_redis_sentinel_with_passwords_hands_out_urls_exactly_once() 
     let primary = RedisServer::start_with_password("primary-secret");
     let sentinel =
         RedisSentinel::start_with_passwords(primary.port, "primary-secret", "sentinel-secret");
-    let url = sentinel.url();
-    exactly_once_across_three_replicas(1_500, move |s| {
-        s.redis.sentinel_urls = vec![url.clone()];
-        s.redis.sentinel_master = Some("redis://:primary-secret@mymaster".into());
-    })
-    .await;
+    let on = on_sentinels(vec![sentinel.url()], "redis://:primary-secret@mymaster");
+    exactly_once_across_three_replicas(1_500, on).await;
     assert!(
         primary.shared_stock_reaches("alpha", None, 1).await,
         "the replicas pooled in the primary the Sentinel names"
@@ -311,10 +303,9 @@ async fn a_fleet_on_redis_sentinel_with_passwords_hands_out_urls_exactly_once() 
 async fn a_fleet_on_redis_sentinel_reaches_the_primary_over_tls() {
     let (primary, _, cert) = RedisServer::start_tls();
     let sentinel = RedisSentinel::start_tls(&primary);
-    let url = sentinel.url();
+    let on = on_sentinels(vec![sentinel.url()], "rediss://mymaster");
     exactly_once_across_three_replicas(1_500, move |s| {
-        s.redis.sentinel_urls = vec![url.clone()];
-        s.redis.sentinel_master = Some("rediss://mymaster".into());
+        on(s);
         s.redis.tls_ca_file = Some(cert.clone());
     })
     .await;
@@ -330,13 +321,8 @@ async fn a_fleet_on_redis_sentinel_reaches_the_primary_over_tls() {
 async fn a_replica_started_while_the_sentinels_are_down_serves_and_joins_later() {
     let primary = RedisServer::start();
     let port = RedisSentinel::free_port();
-    let fleet = Arc::new(
-        spawn_fleet(1, move |s| {
-            s.redis.sentinel_urls = vec![format!("redis://127.0.0.1:{port}")];
-            s.redis.sentinel_master = Some("mymaster".into());
-        })
-        .await,
-    );
+    let on = on_sentinels(vec![format!("redis://127.0.0.1:{port}")], "mymaster");
+    let fleet = Arc::new(spawn_fleet(1, on).await);
     assert_eq!(fleet.readiness(0).await, "degraded");
     let first = fleet.embed(0, "alpha", &dash("finance", "alice")).await;
     assert_eq!(first.status, 200, "{}", first.body);

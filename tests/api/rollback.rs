@@ -319,9 +319,9 @@ async fn a_sentinel_failover_is_followed_to_the_promoted_replica(failure: Sentin
     if silent_sentinel {
         sentinels.insert(0, format!("redis://{}", hung.local_addr().unwrap()));
     }
+    let on = on_sentinels(sentinels, "mymaster");
     let fleet = fleet_with(move |s| {
-        s.redis.sentinel_urls = sentinels.clone();
-        s.redis.sentinel_master = Some("mymaster".into());
+        on(s);
         if silent_sentinel {
             // The default: a lookup may take 0.5 s, as long as the client library waits on the
             // hung Sentinel's answer before giving up on it. Asked one after the other, the

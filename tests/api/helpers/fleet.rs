@@ -54,6 +54,15 @@ pub fn on_redis(url: String) -> impl Fn(&mut Settings) {
     move |s: &mut Settings| s.redis.url = Some(url.clone())
 }
 
+/// Settings for the primary the Sentinels at `urls` name as `master` (`redis.sentinel_master`).
+pub fn on_sentinels(urls: Vec<String>, master: &str) -> impl Fn(&mut Settings) {
+    let master = master.to_string();
+    move |s: &mut Settings| {
+        s.redis.sentinel_urls = urls.clone();
+        s.redis.sentinel_master = Some(master.clone());
+    }
+}
+
 impl TestFleet {
     fn base(&self, i: usize) -> String {
         format!("http://{}", self.replicas[i % self.replicas.len()].addr)
