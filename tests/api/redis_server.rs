@@ -1,5 +1,6 @@
-//! Real `redis-server` processes for the cluster-mode tests, on ephemeral loopback ports, so tests
-//! can run in parallel and kill and restart their Redis. `scripts/setup.sh` installs Redis.
+//! Real `redis-server` processes for the cluster-mode tests (standalone, Cluster nodes, and
+//! Sentinels), on ephemeral loopback ports, so tests can run in parallel and kill and restart
+//! their Redis. `scripts/setup.sh` installs Redis.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

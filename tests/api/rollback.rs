@@ -293,9 +293,9 @@ enum SentinelFailover {
 }
 
 /// A fleet on Redis Sentinel (`redis.sentinel_urls`) goes through a failover and the Sentinel
-/// promotes the replica, at another address. The fleet asks the Sentinels when its heartbeat
-/// fails, follows them to the promoted replica and shares again within seconds (a new epoch
-/// there: it is another process), and hands nothing out twice.
+/// promotes the replica, at another address. The fleet follows the Sentinel's announcement, or
+/// asks the Sentinels when its heartbeat fails, to the promoted replica and shares again within
+/// seconds (a new epoch there: it is another process), and hands nothing out twice.
 async fn a_sentinel_failover_is_followed_to_the_promoted_replica(failure: SentinelFailover) {
     let stranded = matches!(failure, SentinelFailover::Stranded);
     let mut primary = if stranded {
