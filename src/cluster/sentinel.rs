@@ -124,6 +124,7 @@ impl Sentinels {
     }
 
     async fn listen(&self, i: usize, switched: &Notify, retry: Duration, bound: Duration) {
+        let mut refusal_told = false;
         loop {
             let subscribed = async {
                 let mut pubsub = self.announcers[i].get_async_pubsub().await?;
@@ -142,6 +143,12 @@ impl Sentinels {
                             switched.notify_one();
                         }
                     }
+                }
+                // Told once: an ACL that denies it does not change by itself.
+                Ok(Err(e)) if e.code().is_some() && !refusal_told => {
+                    refusal_told = true;
+                    let sentinel = self.announcers[i].get_connection_info().addr();
+                    tracing::warn!(error = %e, %sentinel, "a Sentinel refuses to send its announcements (SUBSCRIBE to +switch-master): this replica follows a failover it announces only when a heartbeat on the old primary fails");
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "cannot subscribe to a Sentinel's announcements")

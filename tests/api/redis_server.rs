@@ -305,6 +305,12 @@ impl RedisSentinel {
         Self::spawn(free_port(false), primary, None, "")
     }
 
+    /// One whose clients may not subscribe to its announcements (an ACL without `SUBSCRIBE`).
+    pub fn start_unheard(primary: u16) -> RedisSentinel {
+        let deaf = "user default on nopass ~* &* +@all -subscribe -psubscribe\n";
+        Self::spawn(free_port(false), primary, None, deaf)
+    }
+
     /// On `port`, a port free now (a Sentinel that starts after its clients).
     pub fn start_on(port: u16, primary: u16) -> RedisSentinel {
         Self::spawn(port, primary, None, "")

@@ -280,6 +280,9 @@ async fn a_failover_from_a_primary_that_went_silent_is_followed_to_the_new_one()
 enum SentinelFailover {
     /// The primary crashed.
     Crash,
+    /// The primary crashed, and the fleet cannot hear the Sentinel's announcements (its user may
+    /// not `SUBSCRIBE`): only a failed heartbeat's lookup finds the promoted replica.
+    CrashUnheard,
     /// The primary's host went silent; the first Sentinel listed is a host that takes
     /// connections and never answers (a Sentinel on a hung machine).
     Silence,
@@ -311,7 +314,11 @@ async fn a_sentinel_failover_is_followed_to_the_promoted_replica(failure: Sentin
         RedisServer::start()
     };
     let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
-    let sentinel = RedisSentinel::start(primary.port);
+    let sentinel = if matches!(failure, SentinelFailover::CrashUnheard) {
+        RedisSentinel::start_unheard(primary.port)
+    } else {
+        RedisSentinel::start(primary.port)
+    };
     // Connections to it are taken by the kernel and never read.
     let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut sentinels = vec![sentinel.url()];
@@ -339,7 +346,7 @@ async fn a_sentinel_failover_is_followed_to_the_promoted_replica(failure: Sentin
     caught_up(&primary, &replica).await;
     let fences = fleet.metric_sum("embedgate_redis_fences_total").await;
     match failure {
-        SentinelFailover::Crash => primary.kill(),
+        SentinelFailover::Crash | SentinelFailover::CrashUnheard => primary.kill(),
         SentinelFailover::Silence => primary.freeze(),
         SentinelFailover::Manual | SentinelFailover::Stranded => {
             assert!(sentinel.fail_over(), "the Sentinel fails over");
@@ -371,6 +378,11 @@ async fn a_sentinel_failover_is_followed_to_the_promoted_replica(failure: Sentin
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sentinel_failover_after_the_primary_crashed_is_followed_to_the_promoted_replica() {
     a_sentinel_failover_is_followed_to_the_promoted_replica(SentinelFailover::Crash).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unheard_sentinel_failover_is_followed_on_a_failed_heartbeat() {
+    a_sentinel_failover_is_followed_to_the_promoted_replica(SentinelFailover::CrashUnheard).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
