@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::sentinel::Ask;
 use super::{connect_timeout, Down, Fleet, Functions, Request, Route};
 
 /// How long asking the Sentinels for the primary may take: a Sentinel's connect and answer,
@@ -25,7 +26,7 @@ impl Fleet {
         // heartbeat.
         let asked = self.single.as_ref().is_some_and(|c| c.target().is_none());
         if asked {
-            self.follow_sentinels().await;
+            self.follow_sentinels(Ask::All).await;
         }
         // A connection Redis dropped (a restart) fails one command before it reconnects: a
         // second try at once spares the replica a whole heartbeat interval in degraded mode.
@@ -35,7 +36,7 @@ impl Fleet {
             Err(_) => {
                 self.connect_cluster_if_none().await;
                 if !asked {
-                    self.follow_sentinels().await;
+                    self.follow_sentinels(Ask::All).await;
                 }
                 self.beat().await?
             }
@@ -85,29 +86,16 @@ impl Fleet {
         }
     }
 
-    /// With Sentinel: asks the Sentinels which server is the primary, and moves the connections
-    /// to it when it is not the one they go to.
-    async fn follow_sentinels(&self) {
-        if let Some(sentinels) = &self.sentinels {
-            let primary = sentinels.primary(sentinel_timeout(self.timeout)).await;
-            self.move_to(primary);
-        }
-    }
-
-    /// With Sentinel: asks the Sentinel that announced a new primary which server it is, and
-    /// moves the connections to it.
-    async fn follow_announcement(&self) {
-        if let Some(sentinels) = &self.sentinels {
-            let primary = sentinels
-                .announced_primary(sentinel_timeout(self.timeout))
-                .await;
-            self.move_to(primary);
-        }
-    }
-
-    /// Moves the connections to the server of `client` when it is not the one they go to.
-    fn move_to(&self, client: Option<redis::Client>) {
-        let (Some(client), Some(conns)) = (client, &self.single) else {
+    /// With Sentinel: asks `whom` which server is the primary, and moves the connections to it
+    /// when it is not the one they go to.
+    async fn follow_sentinels(&self, whom: Ask) {
+        let (Some(sentinels), Some(conns)) = (&self.sentinels, &self.single) else {
+            return;
+        };
+        let Some(client) = sentinels
+            .primary(whom, sentinel_timeout(self.timeout))
+            .await
+        else {
             return;
         };
         let primary = client.get_connection_info().addr().clone();
@@ -185,7 +173,7 @@ impl Fleet {
             tokio::select! {
                 _ = &mut shutdown => break,
                 _ = &mut watch => {}
-                _ = switched.notified() => self.follow_announcement().await,
+                _ = switched.notified() => self.follow_sentinels(Ask::Announcer).await,
                 _ = tick.tick() => { let _ = self.heartbeat().await; }
             }
         }

@@ -25,6 +25,15 @@ use redis::{ConnectionAddr, IntoConnectionInfo, TlsMode};
 
 use crate::config::RedisSettings;
 
+/// Which Sentinels [`Sentinels::primary`] asks.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Ask {
+    /// Every one (a heartbeat on the primary failed, or there is none yet).
+    All,
+    /// The one that last announced a new primary.
+    Announcer,
+}
+
 /// The Sentinels of `redis.sentinel_urls`, each with its own client (its login, its cached
 /// connection).
 pub(super) struct Sentinels {
@@ -51,8 +60,7 @@ impl Sentinels {
         let Some(primary) = settings.sentinel_primary()? else {
             return Ok(None);
         };
-        let mut announcers = vec![];
-        let clients = settings
+        let (clients, announcers) = settings
             .sentinel_urls
             .iter()
             .enumerate()
@@ -61,15 +69,11 @@ impl Sentinels {
                 let info = url.as_str().into_connection_info().map_err(|e| at(&e))?;
                 let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
                 let announcer = info.clone().set_tcp_settings(tcp.clone());
-                announcers.push(
-                    match (tls, certificates) {
-                        (true, Some(certs)) => {
-                            redis::Client::build_with_tls(announcer, certs.clone())
-                        }
-                        _ => redis::Client::open(announcer),
-                    }
-                    .map_err(|e| at(&e))?,
-                );
+                let announcer = match (tls, certificates) {
+                    (true, Some(certs)) => redis::Client::build_with_tls(announcer, certs.clone()),
+                    _ => redis::Client::open(announcer),
+                }
+                .map_err(|e| at(&e))?;
                 let mut b = SentinelClientBuilder::new(
                     [info.addr().clone()],
                     &primary.name,
@@ -101,9 +105,12 @@ impl Sentinels {
                         b = b.set_client_to_redis_certificates(certs.clone());
                     }
                 }
-                b.build().map(tokio::sync::Mutex::new).map_err(|e| at(&e))
+                let client = b.build().map_err(|e| at(&e))?;
+                Ok((tokio::sync::Mutex::new(client), announcer))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, String>>()?
+            .into_iter()
+            .unzip();
         Ok(Some(Sentinels {
             clients,
             announcers,
@@ -159,25 +166,18 @@ impl Sentinels {
         }
     }
 
-    /// The primary the Sentinel that last announced one names (see [`Sentinels::primary`]);
-    /// `None`: none announced one since, or it names none now.
-    pub(super) async fn announced_primary(&self, bound: Duration) -> Option<redis::Client> {
-        let i = self.announced.swap(usize::MAX, Ordering::Relaxed);
-        self.ask(self.clients.get(i..=i)?, bound).await
-    }
-
-    /// Asks every Sentinel at once which server is the primary; the first to name one that
+    /// Asks `whom` which server is the primary, every one at once; the first to name one that
     /// answers as a primary (a Sentinel checks its `ROLE`) wins. `None`: none did within `bound`
-    /// (the Sentinels are unreachable, or mid-failover with no primary yet).
-    pub(super) async fn primary(&self, bound: Duration) -> Option<redis::Client> {
-        self.ask(&self.clients, bound).await
-    }
-
-    async fn ask(
-        &self,
-        clients: &[tokio::sync::Mutex<SentinelClient>],
-        bound: Duration,
-    ) -> Option<redis::Client> {
+    /// (the Sentinels are unreachable, or mid-failover with no primary yet), or no Sentinel
+    /// announced one since the last [`Ask::Announcer`].
+    pub(super) async fn primary(&self, whom: Ask, bound: Duration) -> Option<redis::Client> {
+        let clients = match whom {
+            Ask::All => &self.clients[..],
+            Ask::Announcer => {
+                let i = self.announced.swap(usize::MAX, Ordering::Relaxed);
+                self.clients.get(i..=i)?
+            }
+        };
         if clients.is_empty() {
             return None;
         }

@@ -144,22 +144,20 @@ impl Settings {
             }
             let info = redis::IntoConnectionInfo::into_connection_info(u)
                 .map_err(|e| format!("{key}: {e}"))?;
-            if key.starts_with("redis.sentinel_urls") && info.redis_settings().db() != 0 {
+            let sentinel = key.starts_with("redis.sentinel_urls");
+            let db = info.redis_settings().db();
+            if sentinel && db != 0 {
                 return Err(format!(
-                    "{key}: a Sentinel has no databases; drop the /{} (the primary's database goes in redis.sentinel_master: redis://mymaster/{})",
-                    info.redis_settings().db(),
-                    info.redis_settings().db()
+                    "{key}: a Sentinel has no databases; drop the /{db} (the primary's database goes in redis.sentinel_master: redis://mymaster/{db})"
                 ));
             }
-            if !redis.cluster_urls.is_empty() && info.redis_settings().db() != 0 {
+            if !redis.cluster_urls.is_empty() && db != 0 {
                 return Err(format!(
-                    "{key}: a Redis Cluster has only database 0; drop the /{} from the URL",
-                    info.redis_settings().db()
+                    "{key}: a Redis Cluster has only database 0; drop the /{db} from the URL"
                 ));
             }
             // The CAs are for the servers that hold the data; Sentinels may be reached over
             // TLS or not.
-            let sentinel = key.starts_with("redis.sentinel_urls");
             if redis.tls_ca_file.is_some() && !sentinel && !u.starts_with("rediss://") {
                 return Err(format!(
                     "{key}: redis.tls_ca_file is set, so the URL must be rediss:// (TLS)"
