@@ -315,18 +315,20 @@ async fn a_fleet_on_redis_sentinel_reaches_the_primary_over_tls() {
     );
 }
 
-/// A replica whose Sentinels cannot be reached at start serves from its own pool and joins the
-/// primary they name once they answer.
+/// A replica whose Sentinels do not answer at start (stopped: they take connections and say
+/// nothing) serves from its own pool and joins the primary they name once they answer. (Not a
+/// port left free for a Sentinel to take later: another test's server could take it meanwhile.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_started_while_the_sentinels_are_down_serves_and_joins_later() {
     let primary = RedisServer::start();
-    let port = RedisSentinel::free_port();
-    let on = on_sentinels(vec![format!("redis://127.0.0.1:{port}")], "mymaster");
+    let sentinel = RedisSentinel::start(primary.port);
+    sentinel.freeze();
+    let on = on_sentinels(vec![sentinel.url()], "mymaster");
     let fleet = Arc::new(spawn_fleet(1, on).await);
     assert_eq!(fleet.readiness(0).await, "degraded");
     let first = fleet.embed(0, "alpha", &dash("finance", "alice")).await;
     assert_eq!(first.status, 200, "{}", first.body);
-    let _sentinel = RedisSentinel::start_on(port, primary.port);
+    sentinel.thaw();
     fleet.all_ready(Duration::from_secs(10)).await;
     let next = fleet.drive(200, 8, &keys()).await;
     assert_exactly_once(&fleet, &next).await;

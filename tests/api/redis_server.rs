@@ -167,11 +167,7 @@ impl RedisServer {
 
     fn signal(&self, name: &str) {
         if let Some(c) = &self.child {
-            let sent = Command::new("kill")
-                .args([&format!("-{name}"), &c.id().to_string()])
-                .status()
-                .expect("kill runs");
-            assert!(sent.success(), "SIG{name} reached redis-server");
+            signal(c, name);
         }
     }
 
@@ -269,6 +265,15 @@ impl RedisServer {
     }
 }
 
+/// Sends SIG`name` to `child`.
+fn signal(child: &Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "SIG{name} reached redis-server");
+}
+
 /// Runs `redis-cli` against the server on `port`, logging in with `password`; its trimmed
 /// output, `None` if it failed.
 fn cli(port: u16, password: Option<&str>, args: &[&str]) -> Option<String> {
@@ -311,9 +316,15 @@ impl RedisSentinel {
         Self::spawn(free_port(false), primary, None, deaf)
     }
 
-    /// On `port`, a port free now (a Sentinel that starts after its clients).
-    pub fn start_on(port: u16, primary: u16) -> RedisSentinel {
-        Self::spawn(port, primary, None, "")
+    /// Stops the Sentinel without a word (SIGSTOP): it takes connections and answers nothing.
+    /// A drop still kills it.
+    pub fn freeze(&self) {
+        signal(&self.child, "STOP");
+    }
+
+    /// Lets a Sentinel [`Self::freeze`] stopped go on (SIGCONT).
+    pub fn thaw(&self) {
+        signal(&self.child, "CONT");
     }
 
     /// One that monitors `server`'s TLS port over TLS (it trusts `server`'s certificate and shows
@@ -341,11 +352,6 @@ impl RedisSentinel {
             Some((primary_password.to_string(), own_password.to_string())),
             "",
         )
-    }
-
-    /// A port for [`Self::start_on`].
-    pub fn free_port() -> u16 {
-        free_port(false)
     }
 
     /// `more`: further lines of its configuration.
