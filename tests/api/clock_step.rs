@@ -10,7 +10,6 @@
 //!   for that much older. A gateway that counted only elapsed time would not.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,14 +19,6 @@ const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1
 const MIN_REMAINING_SECS: u64 = 285;
 /// How long the client may take to open a URL after receiving it.
 const OPENING_MS: u64 = 2_000;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Killed(Child);
 
@@ -41,6 +32,8 @@ impl Drop for Killed {
 /// `embedgate serve` under libfaketime, its wall clock offset by what `set_offset` last wrote.
 struct Faked {
     _gateway: Killed,
+    /// Its listeners' ports, held from other tests' servers.
+    _ports: [HeldPort; 2],
     base: String,
     admin: String,
     dir: std::path::PathBuf,
@@ -56,7 +49,8 @@ impl Faked {
             std::path::Path::new(LIBFAKETIME).exists(),
             "libfaketime is installed (scripts/setup.sh installs Debian's faketime)"
         );
-        let (port, admin_port) = (free_port(), free_port());
+        let ports = [free_port(false), free_port(false)];
+        let (port, admin_port) = (ports[0].port, ports[1].port);
         s.listen = format!("127.0.0.1:{port}").parse().unwrap();
         s.admin_listen = format!("127.0.0.1:{admin_port}").parse().unwrap();
         let dir =
@@ -80,6 +74,7 @@ impl Faked {
                     .spawn()
                     .expect("embedgate serve starts"),
             ),
+            _ports: ports,
             base: format!("http://127.0.0.1:{port}"),
             admin: format!("http://127.0.0.1:{admin_port}"),
             dir,

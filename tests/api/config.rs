@@ -1,6 +1,7 @@
 //! `embedgate serve` and `embedgate sim` with config files: the shipped examples load, and an
 //! invalid file refuses to start with a message naming the key.
 
+use crate::helpers::free_port;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
@@ -449,11 +450,8 @@ fn settings_in(v: &serde_json::Value, out: &mut Vec<String>) {
 /// before it exits, however long the interval.
 #[test]
 fn a_gateway_stopped_by_sigterm_has_written_every_request_line() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let held = free_port(false);
+    let port = held.port;
     let mut child = bin()
         .args(["serve", "--config", "config/embedgate.example.toml"])
         .env("EMBEDGATE_LISTEN", format!("127.0.0.1:{port}"))

@@ -334,11 +334,8 @@ async fn a_real_prometheus_scrapes_the_gateway_and_answers_the_hit_ratio() {
         dir.join("alerts.yml"),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let held = free_port(false);
+    let port = held.port;
     let mut prom = Command::new("prometheus")
         .arg(format!(
             "--config.file={}",

@@ -2,10 +2,13 @@
 //! Sentinels), on ephemeral loopback ports, so tests can run in parallel and kill and restart
 //! their Redis. `scripts/setup.sh` installs Redis.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::helpers::{free_port, HeldPort};
 
 /// A fresh self-signed certificate for 127.0.0.1 and its key, in PEM.
 struct Certified {
@@ -26,8 +29,9 @@ impl Certified {
 /// One `redis-server`, killed on drop.
 pub struct RedisServer {
     pub port: u16,
-    /// The port of its TLS clients, when it takes them.
-    tls_port: Option<u16>,
+    held: HeldPort,
+    /// Its TLS clients' port and certificate, when it takes them.
+    tls: Option<Tls>,
     dir: PathBuf,
     cluster: bool,
     /// `requirepass`, when the server demands AUTH.
@@ -36,22 +40,60 @@ pub struct RedisServer {
     extra: Vec<String>,
     /// Stopped by [`Self::freeze`]: `redis-cli` would wait on it forever.
     frozen: bool,
+    /// Whether it has run: a restart comes up on the same ports, a first start may move.
+    started: bool,
     child: Option<Child>,
 }
 
-/// A loopback port free right now (and, for cluster nodes, its bus port +10000 too).
-fn free_port(with_bus: bool) -> u16 {
+struct Tls {
+    port: HeldPort,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// A directory of its own for each server this test binary starts.
+fn server_dir(kind: &str) -> PathBuf {
+    static SERVERS: AtomicUsize = AtomicUsize::new(0);
+    let n = SERVERS.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("embedgate-{kind}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// How a server's start went.
+enum Start {
+    /// It answers, and it is the process just started.
+    Up,
+    /// It exited: its port was taken.
+    Exited,
+}
+
+/// Waits until the server on `port` is the process `child` (`INFO server`'s `process_id`), or
+/// `child` exits (a Redis that cannot bind its port exits at once): a port another process took
+/// may answer in its place, even as a Redis, and a test must not go on against that one.
+fn wait_for_own(child: &mut Child, port: u16, password: Option<&str>, what: &str) -> Start {
+    let own = format!("process_id:{}", child.id());
+    let until = Instant::now() + Duration::from_secs(10);
     loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = l.local_addr().unwrap().port();
-        if !with_bus {
-            return port;
+        if child.try_wait().expect("wait on redis-server").is_some() {
+            return Start::Exited;
         }
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
+        let up = TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && cli(port, password, &["INFO", "server"])
+                .is_some_and(|info| info.lines().any(|l| l.trim() == own));
+        if up {
+            return Start::Up;
         }
+        assert!(
+            Instant::now() < until,
+            "{what} on port {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// How many times a first start may find its port taken and move to another.
+const STARTS: usize = 5;
 
 impl RedisServer {
     /// A standalone server without persistence.
@@ -78,54 +120,49 @@ impl RedisServer {
     /// the certificate (PEM) a client must trust. The plain port stays for [`Self::cli`].
     pub fn start_tls() -> (RedisServer, u16, PathBuf) {
         let mut s = Self::spawn_stopped(free_port(false), false, None);
-        let tls_port = free_port(false);
-        let cert = s.take_tls(tls_port, &Certified::new());
+        let cert = s.take_tls(free_port(false), &Certified::new());
         s.restart();
+        let tls_port = s.tls_port().unwrap();
         (s, tls_port, cert)
     }
 
-    /// Has the server take TLS clients on `tls_port` with `certified`'s certificate (written to
-    /// its directory) when it next starts; returns the certificate's path.
-    fn take_tls(&mut self, tls_port: u16, certified: &Certified) -> PathBuf {
+    /// Has the server take TLS clients on `port` with `certified`'s certificate (written to its
+    /// directory) when it next starts; returns the certificate's path.
+    fn take_tls(&mut self, port: HeldPort, certified: &Certified) -> PathBuf {
         let cert = self.dir.join("redis.crt");
         let key = self.dir.join("redis.key");
         std::fs::write(&cert, &certified.cert).unwrap();
         std::fs::write(&key, &certified.key).unwrap();
-        let path = |p: &PathBuf| p.to_str().unwrap().to_string();
-        self.extra.extend([
-            "--tls-port".into(),
-            tls_port.to_string(),
-            "--tls-cert-file".into(),
-            path(&cert),
-            "--tls-key-file".into(),
-            path(&key),
-            "--tls-ca-cert-file".into(),
-            path(&cert),
-            "--tls-auth-clients".into(),
-            "no".into(),
-        ]);
-        self.tls_port = Some(tls_port);
+        self.tls = Some(Tls {
+            port,
+            cert: cert.clone(),
+            key,
+        });
         cert
     }
 
-    fn spawn(port: u16, cluster: bool, password: Option<String>) -> RedisServer {
+    /// The port of its TLS clients, when it takes them.
+    pub fn tls_port(&self) -> Option<u16> {
+        self.tls.as_ref().map(|t| t.port.port)
+    }
+
+    fn spawn(port: HeldPort, cluster: bool, password: Option<String>) -> RedisServer {
         let mut s = Self::spawn_stopped(port, cluster, password);
         s.restart();
         s
     }
 
-    fn spawn_stopped(port: u16, cluster: bool, password: Option<String>) -> RedisServer {
-        let dir =
-            std::env::temp_dir().join(format!("embedgate-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    fn spawn_stopped(port: HeldPort, cluster: bool, password: Option<String>) -> RedisServer {
         RedisServer {
-            port,
-            dir,
+            port: port.port,
+            held: port,
+            dir: server_dir("redis"),
             cluster,
             password,
             extra: vec![],
             frozen: false,
-            tls_port: None,
+            started: false,
+            tls: None,
             child: None,
         }
     }
@@ -172,11 +209,41 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port and waits until it answers. It saves nothing on
-    /// its own, but loads the snapshot a `SAVE` left in its directory, as a restart does.
+    /// its own, but loads the snapshot a `SAVE` left in its directory, as a restart does. A
+    /// first start whose port was taken meanwhile moves to another; a restart waits for its own
+    /// (its clients know no other) and fails the test if it stays taken.
     pub fn restart(&mut self) {
         self.kill();
         self.frozen = false;
+        let until = Instant::now() + Duration::from_secs(10);
+        for tries in 1.. {
+            if let Start::Up = self.launch() {
+                self.started = true;
+                return;
+            }
+            if self.started {
+                assert!(
+                    Instant::now() < until,
+                    "redis-server could not bind port {} again: another process took it while \
+                     the server was down",
+                    self.port
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            } else {
+                assert!(tries < STARTS, "redis-server exited at start {tries} times");
+                self.held = self.held.another();
+                self.port = self.held.port;
+                if let Some(tls) = &mut self.tls {
+                    tls.port = tls.port.another();
+                }
+            }
+        }
+    }
+
+    /// Starts the process once and waits until it answers, or exits.
+    fn launch(&mut self) -> Start {
         let port = self.port.to_string();
+        let tls_port = self.tls_port().map(|p| p.to_string());
         let mut args = vec![
             "--port",
             &port,
@@ -200,6 +267,21 @@ impl RedisServer {
         if let Some(p) = &self.password {
             args.extend(["--requirepass", p.as_str()]);
         }
+        if let (Some(tls), Some(tls_port)) = (&self.tls, &tls_port) {
+            let (cert, key) = (tls.cert.to_str().unwrap(), tls.key.to_str().unwrap());
+            args.extend([
+                "--tls-port",
+                tls_port,
+                "--tls-cert-file",
+                cert,
+                "--tls-key-file",
+                key,
+                "--tls-ca-cert-file",
+                cert,
+                "--tls-auth-clients",
+                "no",
+            ]);
+        }
         args.extend(self.extra.iter().map(String::as_str));
         let child = Command::new("redis-server")
             .args(&args)
@@ -208,15 +290,13 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (run scripts/setup.sh)");
-        self.child = Some(child);
-        let until = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]).as_deref() != Some("PONG") {
-            assert!(
-                Instant::now() < until,
-                "redis-server on port {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        // Held here until it is known up, so that a failing test still kills it.
+        let child = self.child.insert(child);
+        let started = wait_for_own(child, self.port, self.password.as_deref(), "redis-server");
+        if let Start::Exited = started {
+            self.child = None;
         }
+        started
     }
 
     /// URLs in the shared pool for `tenant`, read straight from Redis.
@@ -299,6 +379,7 @@ impl Drop for RedisServer {
 /// after half a second without an answer; killed on drop.
 pub struct RedisSentinel {
     pub port: u16,
+    _held: HeldPort,
     /// `requirepass`, when it demands AUTH.
     password: Option<String>,
     dir: PathBuf,
@@ -307,13 +388,13 @@ pub struct RedisSentinel {
 
 impl RedisSentinel {
     pub fn start(primary: u16) -> RedisSentinel {
-        Self::spawn(free_port(false), primary, None, "")
+        Self::spawn(primary, None, "")
     }
 
     /// One whose clients may not subscribe to its announcements (an ACL without `SUBSCRIBE`).
     pub fn start_unheard(primary: u16) -> RedisSentinel {
         let deaf = "user default on nopass ~* &* +@all -subscribe -psubscribe\n";
-        Self::spawn(free_port(false), primary, None, deaf)
+        Self::spawn(primary, None, deaf)
     }
 
     /// Stops the Sentinel without a word (SIGSTOP): it takes connections and answers nothing.
@@ -336,8 +417,8 @@ impl RedisSentinel {
             cert = cert.display(),
             key = key.display()
         );
-        let port = server.tls_port.expect("the server takes TLS clients");
-        Self::spawn(free_port(false), port, None, &tls)
+        let port = server.tls_port().expect("the server takes TLS clients");
+        Self::spawn(port, None, &tls)
     }
 
     /// One that logs in to the primary with `primary_password` and takes AUTH `own_password`.
@@ -347,7 +428,6 @@ impl RedisSentinel {
         own_password: &str,
     ) -> RedisSentinel {
         Self::spawn(
-            free_port(false),
             primary,
             Some((primary_password.to_string(), own_password.to_string())),
             "",
@@ -355,54 +435,60 @@ impl RedisSentinel {
     }
 
     /// `more`: further lines of its configuration.
-    fn spawn(
-        port: u16,
-        primary: u16,
-        passwords: Option<(String, String)>,
-        more: &str,
-    ) -> RedisSentinel {
-        let dir =
-            std::env::temp_dir().join(format!("embedgate-sentinel-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // Sentinel rewrites its configuration file as it learns, so it gets one of its own.
-        let conf = dir.join("sentinel.conf");
-        let mut text = format!(
-            "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
-             sentinel monitor mymaster 127.0.0.1 {primary} 1\n\
-             sentinel down-after-milliseconds mymaster 500\n\
-             sentinel failover-timeout mymaster 2000\n",
-            dir = dir.display()
-        );
-        if let Some((to_primary, own)) = &passwords {
-            text.push_str(&format!(
-                "sentinel auth-pass mymaster {to_primary}\nrequirepass {own}\n"
-            ));
-        }
-        text.push_str(more);
-        std::fs::write(&conf, text).unwrap();
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (run scripts/setup.sh)");
-        let sentinel = RedisSentinel {
-            port,
-            password: passwords.map(|p| p.1),
-            dir,
-            child,
-        };
-        let until = Instant::now() + Duration::from_secs(10);
-        while sentinel.primary_port() != Some(primary) {
-            assert!(
-                Instant::now() < until,
-                "the Sentinel on port {port} did not start"
+    fn spawn(primary: u16, passwords: Option<(String, String)>, more: &str) -> RedisSentinel {
+        let own_password = passwords.as_ref().map(|p| p.1.clone());
+        for _ in 0..STARTS {
+            let held = free_port(false);
+            let port = held.port;
+            let dir = server_dir("sentinel");
+            // Sentinel rewrites its configuration file as it learns, so it gets one of its own.
+            let conf = dir.join("sentinel.conf");
+            let mut text = format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
+                 sentinel monitor mymaster 127.0.0.1 {primary} 1\n\
+                 sentinel down-after-milliseconds mymaster 500\n\
+                 sentinel failover-timeout mymaster 2000\n",
+                dir = dir.display()
             );
-            std::thread::sleep(Duration::from_millis(20));
+            if let Some((to_primary, own)) = &passwords {
+                text.push_str(&format!(
+                    "sentinel auth-pass mymaster {to_primary}\nrequirepass {own}\n"
+                ));
+            }
+            text.push_str(more);
+            std::fs::write(&conf, text).unwrap();
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (run scripts/setup.sh)");
+            let mut sentinel = RedisSentinel {
+                port,
+                _held: held,
+                password: own_password.clone(),
+                dir,
+                child,
+            };
+            let (password, what) = (sentinel.password.clone(), "the Sentinel");
+            if let Start::Exited =
+                wait_for_own(&mut sentinel.child, port, password.as_deref(), what)
+            {
+                continue;
+            }
+            let until = Instant::now() + Duration::from_secs(10);
+            while sentinel.primary_port() != Some(primary) {
+                assert!(
+                    Instant::now() < until,
+                    "the Sentinel on port {port} did not name its primary"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return sentinel;
         }
-        sentinel
+        panic!("the Sentinel exited at start {STARTS} times")
     }
 
     /// The URL a client uses, with the password when it takes AUTH.
@@ -497,7 +583,7 @@ impl RedisCluster {
             .collect();
         let addrs: Vec<String> = nodes
             .iter()
-            .map(|n| format!("127.0.0.1:{}", n.tls_port.unwrap_or(n.port)))
+            .map(|n| format!("127.0.0.1:{}", n.tls_port().unwrap_or(n.port)))
             .collect();
         let mut create = Command::new("redis-cli");
         if tls.is_some() {
@@ -529,7 +615,7 @@ impl RedisCluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .map(|n| match n.tls_port {
+            .map(|n| match n.tls_port() {
                 Some(port) => format!("rediss://127.0.0.1:{port}"),
                 None => n.url(),
             })

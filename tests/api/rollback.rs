@@ -194,12 +194,8 @@ async fn a_failover_to_a_replica_that_stopped_replicating_hands_nothing_out_twic
     until("the pool is stocked", || pooled_urls(&primary).len() >= 32).await;
     caught_up(&primary, &replica).await;
     // The replica loses its primary (it keeps its data set, which stops moving)…
-    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    replica.cli(&["REPLICAOF", "127.0.0.1", &nowhere.to_string()]);
+    let nowhere = free_port(false);
+    replica.cli(&["REPLICAOF", "127.0.0.1", &nowhere.port.to_string()]);
     let stale = pooled_urls(&replica);
     // …while the fleet goes on handing out URLs from the primary…
     let after = fleet.drive(1_500, 48, &k).await;

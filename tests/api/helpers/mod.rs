@@ -4,12 +4,14 @@
 
 mod endpoint;
 mod fleet;
+mod ports;
 
 use std::future::Future;
 use std::time::Duration;
 
 pub use endpoint::Endpoint;
 pub use fleet::*;
+pub use ports::{free_port, HeldPort};
 
 use aws_sdk_quicksight::config::{BehaviorVersion, Credentials, Region};
 use aws_smithy_types::retry::RetryConfig;
