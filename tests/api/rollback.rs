@@ -557,3 +557,58 @@ async fn a_resharding_that_moves_the_tenants_slot_mid_run_hands_nothing_out_twic
     let fleet = assert_shares_again_at(fleet, &cluster.nodes[to], all).await;
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
+
+/// A Redis out of memory that evicts nothing (`noeviction`, the policy when none is set) refuses
+/// every pool, limiter and fence script with `OOM`: the replicas serve on their own meanwhile,
+/// every answer a 200, and rejoin when its limit is raised, and nothing is handed out twice:
+/// `functions` false has the scripts run as scripts (a Redis whose ACL denies FUNCTION), which
+/// run until their first write and fail there.
+async fn a_full_redis_that_evicts_nothing(functions: bool) {
+    let mut args = vec!["--maxmemory-policy", "noeviction"];
+    let login = ["--user", "app", "on", ">pw", "~*", "&*", "+@all"];
+    args.extend(login);
+    if !functions {
+        args.push("-function");
+    }
+    let redis = RedisServer::start_with(&args);
+    let fleet = fleet_on(format!("redis://app:pw@127.0.0.1:{}", redis.port)).await;
+    let k = keys();
+    let mut all = fleet.drive(1_000, 48, &k).await;
+    until("the pool is stocked", || pooled_urls(&redis).len() >= 32).await;
+    let used: u64 = info_field(&redis, "memory", "used_memory")
+        .and_then(|n| n.parse().ok())
+        .expect("INFO memory");
+    let limit = (used / 2).to_string();
+    assert_eq!(
+        redis
+            .cli(&["CONFIG", "SET", "maxmemory", &limit])
+            .as_deref(),
+        Some("OK")
+    );
+    all.extend(fleet.drive(1_500, 48, &k).await);
+    for i in 0..3 {
+        assert_eq!(
+            fleet.readiness(i).await,
+            "degraded",
+            "replica {i} met the full Redis"
+        );
+    }
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "maxmemory", "0"]).as_deref(),
+        Some("OK")
+    );
+    fleet.all_ready(Duration::from_secs(20)).await;
+    all.extend(fleet.drive(1_000, 48, &k).await);
+    assert_exactly_once(&fleet, &all).await;
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_redis_that_evicts_nothing_is_served_around_and_rejoined() {
+    a_full_redis_that_evicts_nothing(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_redis_that_evicts_nothing_is_served_around_and_rejoined_by_scripts() {
+    a_full_redis_that_evicts_nothing(false).await;
+}
