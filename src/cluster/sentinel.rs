@@ -199,7 +199,7 @@ impl Sentinels {
         };
         // Once per streak: the heartbeat asks again every `redis.heartbeat_ms` meanwhile.
         if !self.failing.swap(true, Ordering::Relaxed) {
-            tracing::warn!(primary = %self.name, error = %why, "no Sentinel names a primary that answers as one (unreachable Sentinels, a name they do not monitor, or a failover under way): this replica stays with the server it has (none before the first: its local pool and limits) and asks again at its next failed heartbeat");
+            tracing::warn!(primary = %self.name, error = %why, "no Sentinel names a primary that answers as one (unreachable Sentinels, a name they do not monitor, a failover under way, or a primary this replica cannot log in to or whose certificate it refuses: see error): this replica stays with the server it has (none before the first: its local pool and limits) and asks again at its next failed heartbeat");
         } else {
             tracing::debug!(primary = %self.name, error = %why, "no Sentinel names a primary yet");
         }

@@ -297,12 +297,18 @@ async fn a_fleet_on_redis_sentinel_with_passwords_hands_out_urls_exactly_once() 
     );
 }
 
-/// The primary a Sentinel names reached over TLS (`rediss://` in `redis.sentinel_master`), its
-/// certificate trusted through `redis.tls_ca_file`, the Sentinel itself in plain TCP.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_fleet_on_redis_sentinel_reaches_the_primary_over_tls() {
-    let (primary, _, cert) = RedisServer::start_tls();
-    let sentinel = RedisSentinel::start_tls(&primary);
+/// The primary a Sentinel names (at `host`) reached over TLS (`rediss://` in
+/// `redis.sentinel_master`), its certificate, for `host` alone, trusted through
+/// `redis.tls_ca_file`; the Sentinel itself in plain TCP.
+async fn a_fleet_on_redis_sentinel_reaches_the_primary_over_tls_at(host: &str) {
+    let (primary, _, cert) = RedisServer::start_tls_for(host);
+    let sentinel = RedisSentinel::start_tls(&primary, host);
+    let named = sentinel.primary_addr().map(|a| a.0);
+    assert_eq!(
+        named.as_deref(),
+        Some(host),
+        "the Sentinel names the primary"
+    );
     let on = on_sentinels(vec![sentinel.url()], "rediss://mymaster");
     exactly_once_across_three_replicas(1_500, move |s| {
         on(s);
@@ -313,6 +319,18 @@ async fn a_fleet_on_redis_sentinel_reaches_the_primary_over_tls() {
         primary.shared_stock_reaches("alpha", None, 1).await,
         "the replicas pooled in the primary the Sentinel names, over TLS"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_redis_sentinel_reaches_the_primary_over_tls() {
+    a_fleet_on_redis_sentinel_reaches_the_primary_over_tls_at("127.0.0.1").await;
+}
+
+/// Sentinels that announce host names (`announce-hostnames`): the primary's certificate is
+/// checked against the name they give.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_redis_sentinel_reaches_the_primary_over_tls_by_its_host_name() {
+    a_fleet_on_redis_sentinel_reaches_the_primary_over_tls_at("localhost").await;
 }
 
 /// A replica whose Sentinels do not answer at start (stopped: they take connections and say

@@ -10,15 +10,21 @@ use std::time::{Duration, Instant};
 
 use crate::helpers::{free_port, HeldPort};
 
-/// A fresh self-signed certificate for 127.0.0.1 and its key, in PEM.
+/// A fresh self-signed certificate and its key, in PEM.
 struct Certified {
     cert: String,
     key: String,
 }
 
 impl Certified {
+    /// For 127.0.0.1.
     fn new() -> Certified {
-        let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+        Self::for_name(LOOPBACK)
+    }
+
+    /// For `name` alone (an address or a host name).
+    fn for_name(name: &str) -> Certified {
+        let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
         Certified {
             cert: c.cert.pem(),
             key: c.key_pair.serialize_pem(),
@@ -95,6 +101,9 @@ fn wait_for_own(child: &mut Child, port: u16, password: Option<&str>, what: &str
 /// How many times a first start may find its port taken and move to another.
 const STARTS: usize = 5;
 
+/// Where every server listens.
+const LOOPBACK: &str = "127.0.0.1";
+
 impl RedisServer {
     /// A standalone server without persistence.
     pub fn start() -> RedisServer {
@@ -119,8 +128,14 @@ impl RedisServer {
     /// self-signed certificate for 127.0.0.1; returns the server, its TLS port and the path of
     /// the certificate (PEM) a client must trust. The plain port stays for [`Self::cli`].
     pub fn start_tls() -> (RedisServer, u16, PathBuf) {
+        Self::start_tls_for(LOOPBACK)
+    }
+
+    /// As [`Self::start_tls`], its certificate for `name` alone (`localhost`: a client that
+    /// checks it against the address it connected to, not the name it was given, fails).
+    pub fn start_tls_for(name: &str) -> (RedisServer, u16, PathBuf) {
         let mut s = Self::spawn_stopped(free_port(false), false, None);
-        let cert = s.take_tls(free_port(false), &Certified::new());
+        let cert = s.take_tls(free_port(false), &Certified::for_name(name));
         s.restart();
         let tls_port = s.tls_port().unwrap();
         (s, tls_port, cert)
@@ -388,13 +403,13 @@ pub struct RedisSentinel {
 
 impl RedisSentinel {
     pub fn start(primary: u16) -> RedisSentinel {
-        Self::spawn(primary, None, "")
+        Self::spawn((LOOPBACK, primary), None, "")
     }
 
     /// One whose clients may not subscribe to its announcements (an ACL without `SUBSCRIBE`).
     pub fn start_unheard(primary: u16) -> RedisSentinel {
         let deaf = "user default on nopass ~* &* +@all -subscribe -psubscribe\n";
-        Self::spawn(primary, None, deaf)
+        Self::spawn((LOOPBACK, primary), None, deaf)
     }
 
     /// Stops the Sentinel without a word (SIGSTOP): it takes connections and answers nothing.
@@ -409,8 +424,10 @@ impl RedisSentinel {
     }
 
     /// One that monitors `server`'s TLS port over TLS (it trusts `server`'s certificate and shows
-    /// it as its own), and so names that port; its own clients connect in plain TCP.
-    pub fn start_tls(server: &RedisServer) -> RedisSentinel {
+    /// it as its own), and so names that port, at `host`; its own clients connect in plain TCP.
+    /// A host name (`localhost`) is announced as such (`announce-hostnames`), as Sentinels in
+    /// front of TLS primaries are set up so that clients can check the certificate's name.
+    pub fn start_tls(server: &RedisServer, host: &str) -> RedisSentinel {
         let (cert, key) = (server.dir.join("redis.crt"), server.dir.join("redis.key"));
         let tls = format!(
             "tls-replication yes\ntls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {cert}\n",
@@ -418,7 +435,7 @@ impl RedisSentinel {
             key = key.display()
         );
         let port = server.tls_port().expect("the server takes TLS clients");
-        Self::spawn(port, None, &tls)
+        Self::spawn((host, port), None, &tls)
     }
 
     /// One that logs in to the primary with `primary_password` and takes AUTH `own_password`.
@@ -428,14 +445,24 @@ impl RedisSentinel {
         own_password: &str,
     ) -> RedisSentinel {
         Self::spawn(
-            primary,
+            (LOOPBACK, primary),
             Some((primary_password.to_string(), own_password.to_string())),
             "",
         )
     }
 
-    /// `more`: further lines of its configuration.
-    fn spawn(primary: u16, passwords: Option<(String, String)>, more: &str) -> RedisSentinel {
+    /// `primary`: its host and port. `more`: further lines of its configuration.
+    fn spawn(
+        (host, primary): (&str, u16),
+        passwords: Option<(String, String)>,
+        more: &str,
+    ) -> RedisSentinel {
+        let names = if host.parse::<std::net::IpAddr>().is_ok() {
+            ""
+        } else {
+            // Read before the monitor line, which names the primary by it.
+            "sentinel resolve-hostnames yes\nsentinel announce-hostnames yes\n"
+        };
         let own_password = passwords.as_ref().map(|p| p.1.clone());
         for _ in 0..STARTS {
             let held = free_port(false);
@@ -444,8 +471,8 @@ impl RedisSentinel {
             // Sentinel rewrites its configuration file as it learns, so it gets one of its own.
             let conf = dir.join("sentinel.conf");
             let mut text = format!(
-                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n\
-                 sentinel monitor mymaster 127.0.0.1 {primary} 1\n\
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {dir}\n{names}\
+                 sentinel monitor mymaster {host} {primary} 1\n\
                  sentinel down-after-milliseconds mymaster 500\n\
                  sentinel failover-timeout mymaster 2000\n",
                 dir = dir.display()
@@ -501,10 +528,14 @@ impl RedisSentinel {
 
     /// The port of the server the Sentinel names as `mymaster`'s primary now.
     pub fn primary_port(&self) -> Option<u16> {
-        self.cli(&["SENTINEL", "get-master-addr-by-name", "mymaster"])?
-            .lines()
-            .nth(1)
-            .and_then(|p| p.trim().parse().ok())
+        self.primary_addr()?.1.parse().ok()
+    }
+
+    /// The host and port the Sentinel names as `mymaster`'s primary now, as it gives them.
+    pub fn primary_addr(&self) -> Option<(String, String)> {
+        let addr = self.cli(&["SENTINEL", "get-master-addr-by-name", "mymaster"])?;
+        let mut lines = addr.lines().map(|l| l.trim().to_string());
+        Some((lines.next()?, lines.next()?))
     }
 
     /// Has the Sentinel fail the primary over to its replica now (`SENTINEL FAILOVER`, as an
