@@ -49,8 +49,16 @@ async fn fleet_on(url: String) -> Arc<TestFleet> {
 
 /// Three replicas on the Redis `redis` sets, each tenant key kept 16 deep.
 async fn fleet_with(redis: impl Fn(&mut Settings) + Send + Sync + 'static) -> Arc<TestFleet> {
+    fleet_of(3, redis).await
+}
+
+/// `replicas` replicas on the Redis `redis` sets, each tenant key kept 16 deep.
+async fn fleet_of(
+    replicas: usize,
+    redis: impl Fn(&mut Settings) + Send + Sync + 'static,
+) -> Arc<TestFleet> {
     Arc::new(
-        spawn_fleet(3, move |s| {
+        spawn_fleet(replicas, move |s| {
             roomy(s);
             redis(s);
             s.tenants[0].warm = keys().into_iter().map(|k| warm(k, 16)).collect();
@@ -597,8 +605,14 @@ async fn a_full_redis_that_evicts_nothing(functions: bool) {
         redis.cli(&["CONFIG", "SET", "maxmemory", "0"]).as_deref(),
         Some("OK")
     );
+    rejoined_exactly_once(fleet, all, 1_000).await;
+}
+
+/// Waits until every replica shares again, has them hand out `requests` more URLs, and checks
+/// that each of `all` and those opens exactly once.
+async fn rejoined_exactly_once(fleet: Arc<TestFleet>, mut all: Vec<Outcome>, requests: usize) {
     fleet.all_ready(Duration::from_secs(20)).await;
-    all.extend(fleet.drive(1_000, 48, &k).await);
+    all.extend(fleet.drive(requests, 48, &keys()).await);
     assert_exactly_once(&fleet, &all).await;
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
@@ -611,4 +625,65 @@ async fn a_full_redis_that_evicts_nothing_is_served_around_and_rejoined() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_redis_that_evicts_nothing_is_served_around_and_rejoined_by_scripts() {
     a_full_redis_that_evicts_nothing(false).await;
+}
+
+/// A managed Redis pauses its clients' writes for a moment in maintenance and failovers
+/// (`CLIENT PAUSE … WRITE`): reads and pings go on while every pool, limiter and fence script
+/// waits. The replicas' calls time out and they serve on their own, a call they gave up on may
+/// still run when the pause ends (a put lands a URL its replica dropped, a take pops one nobody
+/// gets), and nothing is handed out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pause_of_writes_mid_run_hands_nothing_out_twice() {
+    let redis = RedisServer::start();
+    let fleet = fleet_on(redis.url()).await;
+    let k = keys();
+    let mut all = fleet.drive(1_000, 48, &k).await;
+    until("the pool is stocked", || pooled_urls(&redis).len() >= 32).await;
+    // Longer than `redis.timeout_ms` (2 s here), so that calls are given up on and run later.
+    let paused = redis.cli(&["CLIENT", "PAUSE", "5000", "WRITE"]);
+    assert_eq!(paused.as_deref(), Some("OK"));
+    all.extend(fleet.drive(3_000, 48, &k).await);
+    assert!(
+        fleet.metric_total("embedgate_redis_errors_total", "").await > 0.0,
+        "the replicas' calls met the pause"
+    );
+    rejoined_exactly_once(fleet, all, 1_000).await;
+}
+
+/// A put whose answer never comes back (the write ran, the reply was lost) may have pooled its
+/// URL in Redis, where a later take finds it: the replica drops such a URL as waste
+/// (`unconfirmed`) and never keeps it in its own pool, which would hand it out a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_url_whose_put_went_unanswered_is_never_kept_locally() {
+    let redis = RedisServer::start();
+    let endpoint = Endpoint::start(redis.port).await;
+    let url = format!("redis://127.0.0.1:{}", endpoint.port);
+    let fleet = fleet_of(1, move |s| s.redis.url = Some(url.clone())).await;
+    let k = keys();
+    until("the pool is stocked", || redis.shared_stock("alpha") >= 32).await;
+    // Refills under way when the answers stop: QuickSight answers them half a second later,
+    // and their puts run in Redis unanswered.
+    let sim = &fleet.sim.sim;
+    sim.update_knobs(&serde_json::json!({"latency_ms": 500}))
+        .unwrap();
+    let mut all = fleet.drive(200, 16, &k).await;
+    endpoint.lose_replies(true);
+    let stocked = redis.shared_stock("alpha");
+    until("unanswered puts pooled URLs in Redis", || {
+        redis.shared_stock("alpha") > stocked
+    })
+    .await;
+    all.extend(fleet.drive(100, 16, &k).await);
+    let unconfirmed = fleet
+        .metric_total("embedgate_urls_wasted_total", "reason=\"unconfirmed\"")
+        .await;
+    assert!(
+        unconfirmed > 0.0,
+        "the unanswered puts were counted as waste"
+    );
+    endpoint.lose_replies(false);
+    sim.update_knobs(&serde_json::json!({"latency_ms": 0}))
+        .unwrap();
+    // Enough to take every URL pooled here and in Redis, several times over.
+    rejoined_exactly_once(fleet, all, 3_000).await;
 }

@@ -1,10 +1,11 @@
 //! A TCP forwarder for tests that need to see or cut the connections between a client and a
 //! server.
 
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -19,6 +20,34 @@ pub struct Endpoint {
     freezes: Arc<Mutex<Vec<tokio::sync::oneshot::Sender<()>>>>,
     accept: JoinHandle<()>,
     accepted: Arc<AtomicUsize>,
+    /// While set, what servers send is read and dropped.
+    losing: Arc<AtomicBool>,
+}
+
+/// Forwards `client` to `server` and back; while `losing` is set, what the server sends is read
+/// and dropped.
+async fn forward(client: TcpStream, server: TcpStream, losing: &AtomicBool) {
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    let requests = tokio::io::copy(&mut from_client, &mut to_server);
+    let replies = async {
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) if !losing.load(Ordering::SeqCst) => {
+                    if to_client.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::select! {
+        _ = requests => {}
+        _ = replies => {}
+    }
 }
 
 impl Endpoint {
@@ -29,19 +58,22 @@ impl Endpoint {
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let freezes: Arc<Mutex<Vec<tokio::sync::oneshot::Sender<()>>>> = Arc::default();
         let accepted = Arc::new(AtomicUsize::new(0));
+        let losing = Arc::new(AtomicBool::new(false));
         let accept = {
             let (backend, connections) = (backend.clone(), connections.clone());
             let (accepted, freezes) = (accepted.clone(), freezes.clone());
+            let losing = losing.clone();
             tokio::spawn(async move {
-                while let Ok((mut client, _)) = listener.accept().await {
+                while let Ok((client, _)) = listener.accept().await {
                     accepted.fetch_add(1, Ordering::SeqCst);
                     let to = backend.load(Ordering::SeqCst);
                     let (freeze, frozen) = tokio::sync::oneshot::channel();
                     freezes.lock().push(freeze);
+                    let losing = losing.clone();
                     connections.lock().push(tokio::spawn(async move {
-                        if let Ok(mut server) = TcpStream::connect(("127.0.0.1", to)).await {
+                        if let Ok(server) = TcpStream::connect(("127.0.0.1", to)).await {
                             tokio::select! {
-                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                _ = forward(client, server, &losing) => {}
                                 Ok(()) = frozen => {
                                     // Both ends stay open and nothing is forwarded any more.
                                     std::future::pending::<()>().await;
@@ -59,7 +91,16 @@ impl Endpoint {
             freezes,
             accept,
             accepted,
+            losing,
         }
+    }
+
+    /// From now on (`true`) every server's answers on every connection, open or opened later,
+    /// are dropped while the clients' requests still reach it: each command runs and its reply
+    /// is lost, as when a connection breaks after the server has acted. `false` forwards answers
+    /// again.
+    pub fn lose_replies(&self, losing: bool) {
+        self.losing.store(losing, Ordering::SeqCst);
     }
 
     /// Connections accepted so far.

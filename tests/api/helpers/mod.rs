@@ -368,13 +368,14 @@ pub fn warm(mut body: serde_json::Value, depth: u32) -> serde_json::Value {
     body
 }
 
-/// The sum of a metric's samples that carry `label` (`reason="expired"`), 0 when none.
+/// The sum of a metric's samples that carry `label` (`reason="expired"`; `""`: all of them), 0
+/// when none.
 pub fn metric_total(text: &str, name: &str, label: &str) -> f64 {
     text.lines()
         .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
         .filter_map(|rest| {
             let (labels, value) = rest.split_once("} ")?;
-            labels.split(',').any(|l| l == label).then_some(value)
+            (label.is_empty() || labels.split(',').any(|l| l == label)).then_some(value)
         })
         .filter_map(|v| v.trim().parse::<f64>().ok())
         .sum()
