@@ -1,9 +1,10 @@
 //! `embedgate serve` and `embedgate sim` with config files: the shipped examples load, and an
 //! invalid file refuses to start with a message naming the key.
 
-use crate::helpers::free_port;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+
+use crate::helpers::free_port;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_embedgate"));

@@ -5,7 +5,8 @@
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
-use std::sync::Mutex;
+
+use parking_lot::Mutex;
 
 /// Ports held by a [`HeldPort`] now.
 static HELD: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
@@ -39,7 +40,7 @@ impl HeldPort {
 
 impl Drop for HeldPort {
     fn drop(&mut self) {
-        let mut held = HELD.lock().unwrap();
+        let mut held = HELD.lock();
         for p in self.all() {
             held.remove(&p);
         }
@@ -53,7 +54,7 @@ pub fn free_port(with_bus: bool) -> HeldPort {
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
         let port = l.local_addr().unwrap().port();
-        let mut held = HELD.lock().unwrap();
+        let mut held = HELD.lock();
         let bus_free = || {
             port < u16::MAX - BUS_OFFSET
                 && !held.contains(&(port + BUS_OFFSET))
