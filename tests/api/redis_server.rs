@@ -499,9 +499,8 @@ impl RedisSentinel {
                 dir,
                 child,
             };
-            let (password, what) = (sentinel.password.clone(), "the Sentinel");
-            if let Start::Exited =
-                wait_for_own(&mut sentinel.child, port, password.as_deref(), what)
+            let password = sentinel.password.as_deref();
+            if let Start::Exited = wait_for_own(&mut sentinel.child, port, password, "the Sentinel")
             {
                 continue;
             }

@@ -44,7 +44,7 @@ fn urls(outcomes: &[Outcome]) -> HashSet<String> {
 
 /// Three replicas on `url`, each tenant key kept 16 deep, so the pool always holds URLs.
 async fn fleet_on(url: String) -> Arc<TestFleet> {
-    fleet_with(move |s| s.redis.url = Some(url.clone())).await
+    fleet_with(on_redis(url)).await
 }
 
 /// Three replicas on the Redis `redis` sets, each tenant key kept 16 deep.
@@ -658,7 +658,7 @@ async fn a_url_whose_put_went_unanswered_is_never_kept_locally() {
     let redis = RedisServer::start();
     let endpoint = Endpoint::start(redis.port).await;
     let url = format!("redis://127.0.0.1:{}", endpoint.port);
-    let fleet = fleet_of(1, move |s| s.redis.url = Some(url.clone())).await;
+    let fleet = fleet_of(1, on_redis(url)).await;
     let k = keys();
     until("the pool is stocked", || redis.shared_stock("alpha") >= 32).await;
     // Refills under way when the answers stop: QuickSight answers them half a second later,
