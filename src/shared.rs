@@ -12,7 +12,10 @@
 //!   nothing pooled locally is ever shared (or handed out twice).
 //! - A URL whose shared put has an unknown outcome (timeout, broken connection) is dropped and
 //!   counted as waste: it may be in Redis already, and keeping a copy could hand it out twice.
-//! - A limit check Redis cannot answer falls back to this replica's own limiter.
+//! - A limit check Redis cannot answer falls back to this replica's own limiter, at its part of
+//!   the fleet-wide limit: `1/N` of each tenant's limit and of each upstream budget, `N` the
+//!   live replicas it last saw (see [`Limits::part`]), so that replicas cut off from Redis
+//!   together stay within the limits they shared.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +23,7 @@ use std::time::Duration;
 pub use crate::cluster::views::{MAX_BATCH_VIEWS, MAX_UNSENT_VIEWS};
 pub use crate::cluster::Down;
 use crate::cluster::{Fleet, Stored};
-use crate::limiter::{Budget, Inbound, InboundLimiter, Priority};
+use crate::limiter::{Budget, Inbound, InboundLimiter, Parts, Priority};
 use crate::metrics::Waste;
 use crate::pool::{Pool, PoolKey, PooledUrl};
 use crate::refill::{KeyView, Report, Tracked};
@@ -185,8 +188,30 @@ pub enum Limits {
 }
 
 impl Limits {
+    /// How many parts a fleet-wide limit is divided into for this replica's own limiter: 1 on a
+    /// single node and in a healthy fleet (where Redis counts fleet-wide and the local limiter
+    /// is the whole limit), the live replicas at the last heartbeat while this replica does not
+    /// share. A replica that has never reached Redis knows of no other and takes the whole.
+    pub fn part(&self) -> usize {
+        match self {
+            Limits::Local => 1,
+            Limits::Fleet(fleet) => part_of(fleet),
+        }
+    }
+
+    /// [`Limits::part`] as the upstream budgets read it, at each refill.
+    pub fn budget_parts(&self) -> Parts {
+        match self {
+            Limits::Local => Arc::new(|| 1),
+            Limits::Fleet(fleet) => {
+                let fleet = fleet.clone();
+                Arc::new(move || part_of(&fleet))
+            }
+        }
+    }
+
     /// Counts one request of `tenant`: fleet-wide while Redis is usable, by this replica's
-    /// limiter otherwise.
+    /// limiter at its part of the limit otherwise.
     pub async fn inbound(&self, local: &InboundLimiter, tenant: &Tenant, now_ms: u64) -> Inbound {
         if let Limits::Fleet(fleet) = self {
             if fleet.healthy() {
@@ -195,7 +220,7 @@ impl Limits {
                 }
             }
         }
-        local.check(tenant.index)
+        local.check_part(tenant.index, self.part())
     }
 
     /// A request's count as far as it is decided before its body is read: `None` in a healthy
@@ -207,12 +232,13 @@ impl Limits {
                 return fleet.known_over(tenant, now_ms);
             }
         }
-        Some(local.check(tenant.index))
+        Some(local.check_part(tenant.index, self.part()))
     }
 
     /// The fleet-wide half of an upstream budget check, after this replica's `try_acquire`
-    /// succeeded: gives the local call back when the fleet has no room. On a single node (or
-    /// while degraded) the local budget is the whole budget.
+    /// succeeded: gives the local call back when the fleet has no room. On a single node the
+    /// local budget is the whole budget, and while degraded this replica's part of it (see
+    /// [`Limits::part`]).
     pub async fn budget(
         &self,
         budget: &Budget,
@@ -246,6 +272,15 @@ impl Limits {
             }
             Ok(Ok(())) | Err(_) => Ok(()),
         }
+    }
+}
+
+/// See [`Limits::part`].
+fn part_of(fleet: &Fleet) -> usize {
+    if fleet.healthy() {
+        1
+    } else {
+        fleet.replicas()
     }
 }
 

@@ -49,7 +49,7 @@ pub(super) async fn state(gw: web::Data<Gateway>, q: web::Query<StateQuery>) -> 
     let budgets: Vec<_> = gw
         .budgets()
         .iter()
-        .map(|b| json!({"account": b.account(), "region": b.region(), "rate_per_sec": b.rate(), "tokens": b.tokens()}))
+        .map(|b| json!({"account": b.account(), "region": b.region(), "rate_per_sec": b.rate(), "tokens": b.tokens(), "share": b.share()}))
         .collect();
     HttpResponse::Ok().json(json!({
         "mode": gw.sharing().mode,

@@ -188,7 +188,12 @@ impl Gateway {
         let ids: Vec<&str> = tenants.all().iter().map(|t| t.id.as_str()).collect();
         let upstream_ids: Vec<&str> = upstreams.all().iter().map(Upstream::id).collect();
         metrics.init_labels(&ids, &upstream_ids);
-        let budgets = Budgets::new(&tenants, metrics.clone(), clock.clone());
+        let budgets = Budgets::new(
+            &tenants,
+            sharing.limits.budget_parts(),
+            metrics.clone(),
+            clock.clone(),
+        );
         for u in upstreams.all() {
             match u.account() {
                 Some(account) => drop(budgets.get(account, u.settings())),

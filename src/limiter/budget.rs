@@ -22,11 +22,19 @@ struct BucketState {
     /// Clock readings (ms).
     last: u64,
     last_cut: Option<u64>,
+    /// The parts the budget is divided into ([`Parts`]) at the last refill: this replica's
+    /// bucket runs at `rate / parts` and holds at most `burst / parts`.
+    parts: f64,
 }
 
 /// A copy of a [`Budget`]'s bucket to plan calls on (see [`Budget::plan`]); time stands still
 /// in it.
 pub struct Tentative(BucketState);
+
+/// How many parts a budget is divided into right now, one per replica spending it: 1 on a single node and in a fleet
+/// that shares it through Redis (the fleet-wide bucket there is the budget), the live replicas
+/// this one last saw while it does not share (each then keeps to its part on its own).
+pub type Parts = Arc<dyn Fn() -> usize + Send + Sync>;
 
 /// The upstream budget of one AWS account and region.
 pub struct Budget {
@@ -38,6 +46,7 @@ pub struct Budget {
     /// Each tenant's fraction of the budget (weights normalised).
     weights: Vec<f64>,
     state: Mutex<BucketState>,
+    parts: Parts,
     metrics: Arc<Metrics>,
     clock: Clock,
 }
@@ -48,6 +57,7 @@ impl Budget {
         region: &str,
         settings: &UpstreamSettings,
         weights: Vec<f64>,
+        parts: Parts,
         metrics: Arc<Metrics>,
         clock: Clock,
     ) -> Self {
@@ -67,8 +77,10 @@ impl Budget {
                 shares: weights.iter().map(|w| (burst * w).max(1.0)).collect(),
                 last: clock.now_ms(),
                 last_cut: None,
+                parts: 1.0,
             }),
             weights,
+            parts,
             settings: settings.clone(),
             metrics,
             clock,
@@ -90,10 +102,18 @@ impl Budget {
                 .with_label_values(&[&self.account, &self.region])
                 .set(s.rate);
         }
-        s.tokens = (s.tokens + s.rate * dt).min(self.burst);
+        s.parts = (self.parts)().max(1) as f64;
+        let rate = s.rate / s.parts;
+        s.tokens = (s.tokens + rate * dt).min(self.cap(s.parts, 1.0));
         for (share, w) in s.shares.iter_mut().zip(&self.weights) {
-            *share = (*share + s.rate * w * dt).min((self.burst * w).max(1.0));
+            *share = (*share + rate * w * dt).min(self.cap(s.parts, *w));
         }
+    }
+
+    /// The most a bucket divided into `parts` holds for a fraction `w` of the budget (1: the
+    /// whole bucket, a tenant's weight: its fair share), at least one call.
+    fn cap(&self, parts: f64, w: f64) -> f64 {
+        (self.burst * w / parts).max(1.0)
     }
 
     /// Takes one call from the budget.
@@ -116,7 +136,7 @@ impl Budget {
         priority: Priority,
     ) -> Result<(), Duration> {
         let within_share = Self::within_share(s, tenant);
-        let floor = self.floor_for(within_share, priority);
+        let floor = self.floor_for(within_share, priority) / s.parts;
         if s.tokens >= 1.0 + floor {
             s.tokens -= 1.0;
             if let Some(t) = s.shares.get_mut(tenant) {
@@ -124,13 +144,14 @@ impl Budget {
             }
             return Ok(());
         }
+        let rate = s.rate / s.parts;
         let missing = 1.0 + floor - s.tokens;
-        let global_wait = missing / s.rate;
+        let global_wait = missing / rate;
         let share_wait = s
             .shares
             .get(tenant)
             .zip(self.weights.get(tenant))
-            .map_or(global_wait, |(t, w)| (1.0 - t).max(0.0) / (s.rate * w));
+            .map_or(global_wait, |(t, w)| (1.0 - t).max(0.0) / (rate * w));
         let wait = if within_share {
             global_wait
         } else {
@@ -143,9 +164,10 @@ impl Budget {
     /// fleet-wide budget refused it).
     pub fn refund(&self, tenant: TenantId) {
         let mut s = self.state.lock();
-        s.tokens = (s.tokens + 1.0).min(self.burst);
+        s.tokens = (s.tokens + 1.0).min(self.cap(s.parts, 1.0));
+        let parts = s.parts;
         if let Some((t, w)) = s.shares.get_mut(tenant).zip(self.weights.get(tenant)) {
-            *t = (*t + 1.0).min((self.burst * w).max(1.0));
+            *t = (*t + 1.0).min(self.cap(parts, *w));
         }
     }
 
@@ -236,6 +258,11 @@ impl Budget {
         self.refill(&mut s, self.clock.now_ms());
         s.tokens
     }
+
+    /// The fraction of the budget this replica may spend on its own now (see [`Parts`]).
+    pub fn share(&self) -> f64 {
+        1.0 / (self.parts)().max(1) as f64
+    }
 }
 
 /// Budgets per (account, region), created on first use.
@@ -243,12 +270,14 @@ pub struct Budgets {
     weights: Vec<f64>,
     /// By region, then account: looked up with borrowed names (a prefetch and a miss each ask).
     map: Mutex<HashMap<String, HashMap<String, Arc<Budget>>>>,
+    parts: Parts,
     metrics: Arc<Metrics>,
     clock: Clock,
 }
 
 impl Budgets {
-    pub fn new(tenants: &Tenants, metrics: Arc<Metrics>, clock: Clock) -> Self {
+    /// Each budget divided into `parts` (see [`Parts`]).
+    pub fn new(tenants: &Tenants, parts: Parts, metrics: Arc<Metrics>, clock: Clock) -> Self {
         let total: f64 = tenants.all().iter().map(|t| t.upstream_weight).sum();
         let weights = tenants
             .all()
@@ -264,6 +293,7 @@ impl Budgets {
         Budgets {
             weights,
             map: Mutex::new(HashMap::new()),
+            parts,
             metrics,
             clock,
         }
@@ -281,6 +311,7 @@ impl Budgets {
             &upstream.region,
             upstream,
             self.weights.clone(),
+            self.parts.clone(),
             self.metrics.clone(),
             self.clock.clone(),
         ));
@@ -314,6 +345,10 @@ mod tests {
     use super::*;
 
     fn budget(weights: Vec<f64>) -> (Budget, Clock) {
+        budget_in_parts(weights, Arc::new(|| 1))
+    }
+
+    fn budget_in_parts(weights: Vec<f64>, parts: Parts) -> (Budget, Clock) {
         let settings = UpstreamSettings {
             rate_per_sec: 10.0,
             burst: 10,
@@ -325,10 +360,51 @@ mod tests {
             "us-east-1",
             &settings,
             weights,
+            parts,
             Arc::new(Metrics::new()),
             clock.clone(),
         );
         (b, clock)
+    }
+
+    /// A replica that stops sharing the budget through Redis keeps to its part of it (a third,
+    /// of three live replicas): three such replicas together stay within the account's budget,
+    /// where each used to spend all of it. Sharing again, it may spend the whole bucket, which
+    /// Redis's fleet-wide bucket then bounds.
+    #[test]
+    fn a_replica_that_stops_sharing_spends_its_part_of_the_budget() {
+        let replicas = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let parts = replicas.clone();
+        let (b, clock) = budget_in_parts(
+            vec![1.0],
+            Arc::new(move || parts.load(std::sync::atomic::Ordering::Relaxed)),
+        );
+        let drain = |priority| {
+            let mut granted = 0;
+            while b.try_acquire(0, priority).is_ok() {
+                granted += 1;
+            }
+            granted
+        };
+        replicas.store(3, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(drain(Priority::Miss), 3, "a third of the burst of 10");
+        // Ten seconds at a third of 10 calls/s, the bucket never holding more than its part.
+        let mut granted = 0;
+        for _ in 0..100 {
+            clock.advance(100);
+            granted += drain(Priority::Miss);
+        }
+        assert!((32..=34).contains(&granted), "{granted} calls in 10 s");
+        assert!((b.share() - 1.0 / 3.0).abs() < 1e-9);
+        // Prefetch still leaves its part of the miss reserve.
+        clock.advance(10_000);
+        assert_eq!(drain(Priority::Prefetch), 2);
+        assert_eq!(drain(Priority::Miss), 1);
+
+        replicas.store(1, std::sync::atomic::Ordering::Relaxed);
+        clock.advance(10_000);
+        assert_eq!(drain(Priority::Miss), 10, "the whole bucket again");
+        assert_eq!(b.share(), 1.0);
     }
 
     #[test]
@@ -479,6 +555,7 @@ mod tests {
         let budgets = Budgets {
             weights: vec![1.0],
             map: Mutex::new(HashMap::new()),
+            parts: Arc::new(|| 1),
             metrics: Arc::new(Metrics::new()),
             clock: Clock::manual(),
         };

@@ -13,7 +13,7 @@ mod inbound;
 
 use std::time::Duration;
 
-pub use budget::{Budget, Budgets, Tentative};
+pub use budget::{Budget, Budgets, Parts, Tentative};
 pub use inbound::InboundLimiter;
 
 /// The outcome of an inbound check, with what the IETF RateLimit headers need.

@@ -484,18 +484,10 @@ async fn a_tenant_limit_holds_across_the_fleet() {
         })
         .await,
     );
-    let run = Duration::from_secs(4);
     let started = Instant::now();
     let body = dash("sales-2024", "alice");
-    let outcomes: Vec<Outcome> = futures::stream::iter(0..)
-        .take_while(|_| futures::future::ready(started.elapsed() < run))
-        .map(|i| {
-            let fleet = fleet.clone();
-            let body = body.clone();
-            async move { fleet.embed(i, "alpha", &body).await }
-        })
-        .buffer_unordered(48)
-        .collect()
+    let outcomes = fleet
+        .drive_for(Duration::from_secs(4), 48, |_| body.clone())
         .await;
     let elapsed = started.elapsed().as_secs_f64();
     let accepted = outcomes.iter().filter(|o| o.status == 200).count();
@@ -572,6 +564,123 @@ async fn with_redis_killed_replicas_serve_on_their_own_and_rejoin_when_it_return
         "replicas write to Redis again"
     );
     assert_exactly_once(&fleet, &outcomes).await;
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
+/// Three replicas that have seen each other, then lost Redis: each keeps to its third of the
+/// limits they shared (`Limits::part`).
+async fn three_cut_off_from_redis(
+    customize: impl Fn(&mut Settings),
+) -> (Arc<TestFleet>, RedisServer) {
+    let mut redis = RedisServer::start();
+    let fleet = Arc::new(
+        spawn_fleet(3, |s| {
+            s.redis.url = Some(redis.url());
+            customize(s);
+        })
+        .await,
+    );
+    let seen = eventually(Duration::from_secs(10), || async {
+        for i in 0..3 {
+            if fleet.metric(i, "embedgate_fleet_replicas").await != 3.0 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(seen, "every replica counted three live replicas");
+    redis.kill();
+    let degraded = eventually(Duration::from_secs(10), || async {
+        fleet.metric_sum("embedgate_redis_degraded").await == 3.0
+    })
+    .await;
+    assert!(degraded, "every replica serves on its own");
+    (fleet, redis)
+}
+
+/// A tenant's limit holds across a fleet cut off from Redis: each replica allows a third of
+/// the rate and burst. Before, each allowed the whole, so the fleet let a tenant send three
+/// times its rate for as long as Redis was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_cut_off_from_redis_keeps_to_each_tenants_limit() {
+    const RATE: f64 = 30.0;
+    const BURST: u32 = 15;
+    let (fleet, _redis) = three_cut_off_from_redis(|s| {
+        roomy(s);
+        s.redis.timeout_ms = 50;
+        s.tenants[0].rate_per_sec = RATE;
+        s.tenants[0].burst = BURST;
+    })
+    .await;
+    let started = Instant::now();
+    let body = dash("sales-2024", "alice");
+    let outcomes = fleet
+        .drive_for(Duration::from_secs(3), 16, |_| body.clone())
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let admitted = outcomes.iter().filter(|o| o.status != 429).count();
+    let refused = outcomes.len() - admitted;
+    eprintln!(
+        "admitted {admitted} in {elapsed:.2} s over three degraded replicas (limit {RATE}/s, burst {BURST}), {refused} refused"
+    );
+    assert!(refused > 0, "the tenant really was over its limit");
+    // Each replica's part: a burst of 5 and 10/s. A request counted just as the run ended may
+    // be answered after it: one per replica.
+    let bound = f64::from(BURST) + RATE * elapsed + 3.0;
+    assert!(
+        admitted as f64 <= bound,
+        "admitted {admitted} across 3 degraded replicas; their parts of one limit allow at most {bound:.0}"
+    );
+    assert!(
+        admitted > BURST as usize,
+        "the replicas' parts together still admit more than one burst"
+    );
+    assert_eq!(fleet.metric_sum("embedgate_redis_degraded").await, 3.0);
+    Arc::try_unwrap(fleet).ok().unwrap().stop().await;
+}
+
+/// The account's upstream budget holds across a fleet cut off from Redis: each replica calls
+/// QuickSight at a third of it. Before, each spent the whole budget, and only QuickSight's
+/// throttling held the fleet back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_cut_off_from_redis_keeps_to_the_accounts_budget() {
+    const RATE: f64 = 12.0;
+    const BURST: u32 = 12;
+    let (fleet, _redis) = three_cut_off_from_redis(|s| {
+        s.redis.timeout_ms = 50;
+        s.upstream.rate_per_sec = RATE;
+        s.upstream.burst = BURST;
+        s.api.miss_timeout_ms = 500;
+    })
+    .await;
+    let before = fleet.sim.sim.ledger().calls;
+    let started = Instant::now();
+    // Every request a key of its own: each is a miss that needs a call.
+    let outcomes = fleet
+        .drive_for(Duration::from_secs(3), 24, |i| {
+            dash("sales-2024", &format!("user-{:04}", i % 1000))
+        })
+        .await;
+    // Calls started in the run have ended (the simulator answers at once).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let calls = fleet.sim.sim.ledger().calls - before;
+    let served = outcomes.iter().filter(|o| o.status == 200).count();
+    let short = outcomes
+        .iter()
+        .filter(|o| o.body["code"] == "upstream_budget_exhausted")
+        .count();
+    eprintln!(
+        "{calls} QuickSight calls in {elapsed:.2} s from three degraded replicas (budget {RATE}/s, burst {BURST}); {served} served, {short} refused for the budget"
+    );
+    assert!(short > 0, "the fleet really was short of budget");
+    let bound = f64::from(BURST) + RATE * elapsed + 3.0;
+    assert!(
+        calls as f64 <= bound,
+        "{calls} calls from 3 degraded replicas; their parts of one budget allow at most {bound:.0}"
+    );
+    assert!(served > 0, "misses were served within the budget");
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 

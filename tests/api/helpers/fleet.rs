@@ -110,6 +110,27 @@ impl TestFleet {
             .await
     }
 
+    /// Requests as `alpha` for `run`, `clients` at a time, spread round-robin over the
+    /// replicas, the `i`th with `body(i)`.
+    pub async fn drive_for(
+        self: &Arc<Self>,
+        run: Duration,
+        clients: usize,
+        body: impl Fn(usize) -> Value,
+    ) -> Vec<Outcome> {
+        let started = Instant::now();
+        futures::stream::iter(0..)
+            .take_while(|_| futures::future::ready(started.elapsed() < run))
+            .map(|i| {
+                let fleet = self.clone();
+                let body = body(i);
+                async move { fleet.embed(i, "alpha", &body).await }
+            })
+            .buffer_unordered(clients)
+            .collect()
+            .await
+    }
+
     async fn get_json(&self, url: String) -> Value {
         self.http
             .get(url)
