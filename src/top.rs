@@ -197,7 +197,8 @@ pub fn render(prev: &Scrape, cur: &Scrape, secs: f64, source: &str) -> String {
             .iter()
             .filter(|b| b["region"] == upstream["region"])
             .filter(|b| upstream["account"].is_null() || b["account"] == upstream["account"])
-            .filter_map(|b| b["rate_per_sec"].as_f64())
+            // What this replica may spend: its share of the rate (all of it but while degraded).
+            .filter_map(|b| Some(b["rate_per_sec"].as_f64()? * b["share"].as_f64().unwrap_or(1.0)))
             .sum();
         let _ = writeln!(
             out,
@@ -237,7 +238,8 @@ pub fn render(prev: &Scrape, cur: &Scrape, secs: f64, source: &str) -> String {
     if cur.sum("embedgate_redis_degraded", &[]) > 0.0 {
         let _ = writeln!(
             out,
-            "\nDEGRADED: this replica serves from its local pool and limits (Redis unusable)"
+            "\nDEGRADED: this replica serves from its local pool, on 1/{} of each tenant's limit and budget (Redis unusable)",
+            state["replicas"].as_u64().unwrap_or(1).max(1)
         );
     }
     out
@@ -286,6 +288,28 @@ mod tests {
         // that fetched nothing is left out.
         assert!(
             screen.contains("stocked, unused since start  follower 45% of 200\n"),
+            "{screen}"
+        );
+    }
+
+    /// A fleet replica cut off from Redis spends its part of the budget: the screen shows that
+    /// part, and says what the replica keeps to.
+    #[test]
+    fn a_degraded_replica_shows_its_part_of_the_budget() {
+        let metrics = "embedgate_redis_degraded 1\n\
+             embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"ok\",upstream=\"us\"} 3\n";
+        let state = json!({
+            "mode": "degraded", "replicas": 3,
+            "upstreams": [{"id": "us", "region": "us-east-1"}],
+            "budgets": [{"region": "us-east-1", "rate_per_sec": 9.0, "share": 1.0 / 3.0}],
+            "tenants": [],
+        });
+        let cur = Scrape::parse(metrics, state);
+        let screen = render(&cur, &cur, 1.0, "test");
+        let us = screen.lines().find(|l| l.starts_with("us ")).unwrap();
+        assert!(us.ends_with(" 3.0/s"), "{us}");
+        assert!(
+            screen.contains("on 1/3 of each tenant's limit and budget"),
             "{screen}"
         );
     }
