@@ -31,9 +31,10 @@ struct BucketState {
 /// in it.
 pub struct Tentative(BucketState);
 
-/// How many parts a budget is divided into right now, one per replica spending it: 1 on a single node and in a fleet
-/// that shares it through Redis (the fleet-wide bucket there is the budget), the live replicas
-/// this one last saw while it does not share (each then keeps to its part on its own).
+/// How many parts a budget is divided into right now, one per replica spending it on its own:
+/// 1 on a single node and in a fleet that shares it through Redis (the fleet-wide bucket there
+/// is the budget); the live replicas this one last saw while it does not share (each then keeps
+/// to its part).
 pub type Parts = Arc<dyn Fn() -> usize + Send + Sync>;
 
 /// The upstream budget of one AWS account and region.

@@ -7,6 +7,8 @@
 //!   a contended budget by weight, and callers waiting on a miss go before prefetch. governor's
 //!   quotas are fixed at construction, so this bucket is our own: a few lines of arithmetic
 //!   under one lock per account.
+//! - A fleet replica cut off from Redis runs both at its part of the fleet-wide limit, `1/N`
+//!   for `N` live replicas (see `shared::Limits::part`), so that the fleet stays within it.
 
 mod budget;
 mod inbound;
