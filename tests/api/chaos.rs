@@ -10,7 +10,8 @@
 //! code, hand-out latency) goes to `bench-results/chaos.{json,md}`, `chaos-cluster.{json,md}` and
 //! `chaos-sentinel.{json,md}`; a run fails on any duplicate or late opening.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -172,7 +173,8 @@ async fn chaos(
     let min_remaining_ms = fleet.replicas[0].gateway.settings().pool.min_remaining_secs * 1000;
     let k = keys();
     let started = Instant::now();
-    let mut seen: HashSet<String> = HashSet::with_capacity(total);
+    // Each URL handed out, with where it came from: a duplicate names both hand-outs.
+    let mut seen: HashMap<String, String> = HashMap::with_capacity(total);
     let (mut duplicates, mut not_opened, mut done, mut phase) = (0u64, 0u64, 0usize, 0usize);
     let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
     let mut latencies_us: Vec<u64> = Vec::with_capacity(total);
@@ -187,10 +189,27 @@ async fn chaos(
             latencies_us.push(o.elapsed.as_micros() as u64);
             let code = match o.body["EmbedUrl"].as_str() {
                 Some(u) if o.status == 200 => {
-                    if seen.insert(u.to_string()) {
-                        fresh.push(u.to_string());
-                    } else {
-                        duplicates += 1;
+                    let from = format!(
+                        "phase {} after {this}, replica {}, source {}, request {}, {} ms",
+                        phase + 1,
+                        o.replica,
+                        o.body["Source"],
+                        o.body["RequestId"],
+                        o.elapsed.as_millis()
+                    );
+                    match seen.entry(u.to_string()) {
+                        Entry::Vacant(v) => {
+                            v.insert(from);
+                            fresh.push(u.to_string());
+                        }
+                        Entry::Occupied(first) => {
+                            duplicates += 1;
+                            eprintln!(
+                                "DUPLICATE code {}…: first {}; again {from}",
+                                u.split("code=").nth(1).unwrap_or(u).get(..16).unwrap_or(u),
+                                first.get()
+                            );
+                        }
                     }
                     "200".to_string()
                 }

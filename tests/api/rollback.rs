@@ -114,19 +114,8 @@ async fn a_restart_from_a_snapshot_taken_mid_run_hands_nothing_out_twice() {
     redis.restart();
     fleet.all_ready(Duration::from_secs(20)).await;
     all.extend(fleet.drive(1_500, 48, &k).await);
-    all.extend(after_clone(&after));
+    all.extend(after.clone());
     assert_no_resurrection(fleet, &snapshot, &after, &all).await;
-}
-
-/// Outcomes are not `Clone`; the checks need the phase twice.
-fn after_clone(o: &[Outcome]) -> Vec<Outcome> {
-    o.iter()
-        .map(|o| Outcome {
-            status: o.status,
-            body: o.body.clone(),
-            elapsed: o.elapsed,
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -216,7 +205,7 @@ async fn a_failover_to_a_replica_that_stopped_replicating_hands_nothing_out_twic
     endpoint.switch(replica.port);
     fleet.all_ready(Duration::from_secs(20)).await;
     all.extend(fleet.drive(1_500, 48, &k).await);
-    all.extend(after_clone(&after));
+    all.extend(after.clone());
     assert_no_resurrection(fleet, &stale, &after, &all).await;
     drop(endpoint);
 }

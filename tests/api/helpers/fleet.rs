@@ -25,10 +25,13 @@ pub struct TestFleet {
 }
 
 /// One request's outcome as a client saw it.
+#[derive(Clone)]
 pub struct Outcome {
     pub status: u16,
     pub body: Value,
     pub elapsed: Duration,
+    /// The replica that answered.
+    pub replica: usize,
 }
 
 pub async fn spawn_fleet(n: usize, customize: impl Fn(&mut Settings)) -> TestFleet {
@@ -89,6 +92,7 @@ impl TestFleet {
             status,
             body,
             elapsed: started.elapsed(),
+            replica: i % self.replicas.len(),
         }
     }
 
