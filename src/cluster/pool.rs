@@ -13,15 +13,28 @@ use crate::pool::{issued_cutoff, PoolKey, PooledUrl};
 use crate::refill::{KeyView, Report};
 use crate::tenant::Tenant;
 
+/// What a pool script does when Redis answers that the tenant's epoch is not the one this
+/// replica knew (a new data set, or another replica started the epoch first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnNewEpoch {
+    /// Learn the epoch and send the call once more in it.
+    SendAgain,
+    /// Learn the epoch and give the call up as of unknown outcome (see [`Fleet::put`]), unless
+    /// it was sent in no epoch at all: a replica that knew none yet, whose call no fence lets
+    /// run.
+    GiveUp,
+}
+
 impl Fleet {
-    /// Runs a pool script behind the tenant's fence: with the epoch this replica knows, and once
-    /// more with the current one if Redis says it has changed (a new data set, or another
-    /// replica started the epoch first). `build` adds the body's keys and arguments for an epoch.
+    /// Runs a pool script behind the tenant's fence, with the epoch this replica knows; when
+    /// Redis says it has changed, learns the current one and, as `on_new` says, sends the call
+    /// once more in it. `build` adds the body's keys and arguments for an epoch.
     pub(super) async fn pool_script<T: FromRedisValue>(
         &self,
         op: &'static str,
         tenant: &Tenant,
         script: &Fenced,
+        on_new: OnNewEpoch,
         build: impl Fn(&mut Call, &str),
     ) -> Result<T, Down> {
         for _ in 0..2 {
@@ -39,6 +52,10 @@ impl Fleet {
                         .and_then(|v| String::from_redis_value(v).ok())
                         .ok_or(Down::Unknown)?;
                     self.new_epoch(tenant, &epoch, current);
+                    // A call sent in no epoch (this replica knew none yet) ran nowhere.
+                    if on_new == OnNewEpoch::GiveUp && !epoch.is_empty() {
+                        return Err(Down::Unknown);
+                    }
                 }
             }
         }
@@ -98,13 +115,19 @@ impl Fleet {
     ) -> Result<Option<PooledUrl>, Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
         let (stale, member, issued): (String, String, u64) = self
-            .pool_script("take", tenant, &self.scripts.take, |call, epoch| {
-                call.key(self.pool_key(tenant, epoch, key))
-                    .key(self.count_key(tenant, epoch))
-                    .key(self.call_key(tenant, id))
-                    .arg(cutoff)
-                    .arg(self.remember_ms());
-            })
+            .pool_script(
+                "take",
+                tenant,
+                &self.scripts.take,
+                OnNewEpoch::SendAgain,
+                |call, epoch| {
+                    call.key(self.pool_key(tenant, epoch, key))
+                        .key(self.count_key(tenant, epoch))
+                        .key(self.call_key(tenant, id))
+                        .arg(cutoff)
+                        .arg(self.remember_ms());
+                },
+            )
             .await?;
         self.count_stale(&stale);
         if member.is_empty() {
@@ -152,18 +175,24 @@ impl Fleet {
     ) -> Result<(Inbound, Option<PooledUrl>), Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
         let (allowed, n, stale, member, issued): (u8, u32, String, String, u64) = self
-            .pool_script("hit", tenant, &self.scripts.hit, |call, epoch| {
-                call.key(self.pool_key(tenant, epoch, key))
-                    .key(self.count_key(tenant, epoch))
-                    .key(self.call_key(tenant, id))
-                    .key(self.limit_key(tenant))
-                    .arg(cutoff)
-                    .arg(self.remember_ms())
-                    .arg(now_ms)
-                    .arg(format!("{:.6}", 1000.0 / tenant.rate_per_sec))
-                    .arg(tenant.burst)
-                    .arg(self.max_late_ms());
-            })
+            .pool_script(
+                "hit",
+                tenant,
+                &self.scripts.hit,
+                OnNewEpoch::SendAgain,
+                |call, epoch| {
+                    call.key(self.pool_key(tenant, epoch, key))
+                        .key(self.count_key(tenant, epoch))
+                        .key(self.call_key(tenant, id))
+                        .key(self.limit_key(tenant))
+                        .arg(cutoff)
+                        .arg(self.remember_ms())
+                        .arg(now_ms)
+                        .arg(format!("{:.6}", 1000.0 / tenant.rate_per_sec))
+                        .arg(tenant.burst)
+                        .arg(self.max_late_ms());
+                },
+            )
             .await?;
         self.count_stale(&stale);
         if allowed == 0 {
@@ -232,6 +261,17 @@ impl Fleet {
     /// prefetch's own URL) is counted as one of this replica's prefetches landed, whether the
     /// URL is stored or not (see `scripts::SYNC`).
     ///
+    /// A put sent in a known epoch that meets a new one is not sent again in it: its outcome is
+    /// unknown. A Redis Cluster connection sends a command again when the first send got no
+    /// answer, so the answer naming the new epoch may be the second send's, from the server
+    /// that took the tenant's slot over, while the first send ran on the old server and pooled
+    /// the URL in the old epoch. Put in the new epoch too, the URL would be in two pools, and a
+    /// server that comes back with its data and its `run_id` (a primary that went silent and
+    /// resumes before it learns it was replaced, a partition that heals) hands out the old
+    /// epoch's URLs to replicas it still answers. A standalone connection never sends a command
+    /// twice, so there the answer is certain; the rule is the same for both, at the cost of the
+    /// URLs of the puts in flight when an epoch changes (`unconfirmed` waste).
+    ///
     /// # Errors
     /// `Down::Unknown`: the URL may be in Redis already, so the caller must drop it.
     #[allow(clippy::too_many_arguments)]
@@ -248,20 +288,26 @@ impl Fleet {
         let ttl = (url.expires_at_ms() + 1000).saturating_sub(now_ms).max(1);
         let cutoff = issued_cutoff(now_ms, min_remaining_ms);
         let (stale, stored): (String, u8) = self
-            .pool_script("put", tenant, &self.scripts.put, |call, epoch| {
-                call.key(self.pool_key(tenant, epoch, key))
-                    .key(self.count_key(tenant, epoch))
-                    .key(self.demand_key(tenant, key))
-                    .arg(url.issued_at_ms)
-                    .arg(url.encode())
-                    .arg(cutoff)
-                    .arg(max_per_key)
-                    .arg(tenant.max_pooled_urls)
-                    .arg(ttl)
-                    .arg(&self.replica)
-                    .arg(url.fetched_for.code().to_string())
-                    .arg(u8::from(landing));
-            })
+            .pool_script(
+                "put",
+                tenant,
+                &self.scripts.put,
+                OnNewEpoch::GiveUp,
+                |call, epoch| {
+                    call.key(self.pool_key(tenant, epoch, key))
+                        .key(self.count_key(tenant, epoch))
+                        .key(self.demand_key(tenant, key))
+                        .arg(url.issued_at_ms)
+                        .arg(url.encode())
+                        .arg(cutoff)
+                        .arg(max_per_key)
+                        .arg(tenant.max_pooled_urls)
+                        .arg(ttl)
+                        .arg(&self.replica)
+                        .arg(url.fetched_for.code().to_string())
+                        .arg(u8::from(landing));
+                },
+            )
             .await?;
         self.count_stale(&stale);
         Ok(if stored == 1 {
@@ -286,19 +332,25 @@ impl Fleet {
     ) -> Result<Vec<KeyView>, Down> {
         let cutoff = issued_cutoff(now_ms, min_remaining_ms);
         let (stale, views): (String, Vec<(usize, String, usize, usize)>) = self
-            .pool_script("sync", tenant, &self.scripts.sync, |call, epoch| {
-                call.key(self.count_key(tenant, epoch));
-                for (key, _) in keys {
-                    call.key(self.pool_key(tenant, epoch, key))
-                        .key(self.demand_key(tenant, key));
-                }
-                call.arg(cutoff).arg(&self.replica).arg(now_ms).arg(keep_ms);
-                for (_, own) in keys {
-                    call.arg(format!("{:.6}", own.rate))
-                        .arg(own.in_flight)
-                        .arg(own.landed);
-                }
-            })
+            .pool_script(
+                "sync",
+                tenant,
+                &self.scripts.sync,
+                OnNewEpoch::SendAgain,
+                |call, epoch| {
+                    call.key(self.count_key(tenant, epoch));
+                    for (key, _) in keys {
+                        call.key(self.pool_key(tenant, epoch, key))
+                            .key(self.demand_key(tenant, key));
+                    }
+                    call.arg(cutoff).arg(&self.replica).arg(now_ms).arg(keep_ms);
+                    for (_, own) in keys {
+                        call.arg(format!("{:.6}", own.rate))
+                            .arg(own.in_flight)
+                            .arg(own.landed);
+                    }
+                },
+            )
             .await?;
         self.count_stale(&stale);
         Ok(views
@@ -326,15 +378,21 @@ impl Fleet {
         now_ms: u64,
         keep_ms: u64,
     ) -> Result<usize, Down> {
-        self.pool_script("claim", tenant, &self.scripts.claim, |call, epoch| {
-            call.key(self.pool_key(tenant, epoch, key))
-                .key(self.demand_key(tenant, key))
-                .arg(&self.replica)
-                .arg(now_ms)
-                .arg(keep_ms)
-                .arg(want)
-                .arg(limit);
-        })
+        self.pool_script(
+            "claim",
+            tenant,
+            &self.scripts.claim,
+            OnNewEpoch::SendAgain,
+            |call, epoch| {
+                call.key(self.pool_key(tenant, epoch, key))
+                    .key(self.demand_key(tenant, key))
+                    .arg(&self.replica)
+                    .arg(now_ms)
+                    .arg(keep_ms)
+                    .arg(want)
+                    .arg(limit);
+            },
+        )
         .await
     }
 

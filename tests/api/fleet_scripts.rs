@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use embedgate::clock::Clock;
-use embedgate::cluster::{Fleet, Stored};
+use embedgate::cluster::{Down, Fleet, Stored};
 use embedgate::config::RedisSettings;
 use embedgate::limiter::Inbound;
 use embedgate::metrics::{Fetch, Metrics};
@@ -184,6 +184,58 @@ async fn a_put_sent_twice_counts_once_and_its_url_is_taken_once() {
             Stored::Yes
         );
     }
+}
+
+/// A put sent in the epoch the replica knows that meets a new one is dropped as of unknown
+/// outcome, not sent again in the new epoch (`Fleet::put`). On a Redis Cluster the answer naming
+/// the new epoch may be a re-send's, from the server that took the tenant's slot over, while the
+/// first send pooled the URL on the old server: pooled in the new epoch as well, the URL would
+/// be in two pools, and the old server, resuming with its data, would hand it out again. (A
+/// fresh replica's first put, sent in no epoch, ran nowhere and is sent again.)
+#[tokio::test]
+async fn a_put_that_meets_a_new_epoch_is_dropped_not_pooled_in_it() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let now = clock.now_ms();
+    let t = tenants.get(0);
+    assert_eq!(
+        put(&f, &tenants, &key(1), &url(1, now), now).await,
+        Stored::Yes,
+        "the first put learns the epoch and is stored in it"
+    );
+    // The tenant's data set is now another server's: its fence names another run_id.
+    assert_eq!(
+        redis
+            .cli(&[
+                "SET",
+                "embedgate:{t:t}:f",
+                "0123456789abcdef:0123456789abcdef"
+            ])
+            .as_deref(),
+        Some("OK")
+    );
+    let second = f
+        .put(t, &key(2), &url(2, now), now, MIN_REMAINING_MS, 10, false)
+        .await;
+    assert!(
+        matches!(second, Err(Down::Unknown)),
+        "a put that met a new epoch is of unknown outcome: {second:?}"
+    );
+    assert!(
+        f.take(t, &key(2), now, MIN_REMAINING_MS)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing was pooled in the new epoch"
+    );
+    assert_eq!(
+        put(&f, &tenants, &key(3), &url(3, now), now).await,
+        Stored::Yes,
+        "the next put, in the epoch now known, is stored"
+    );
+    let taken = f.take(t, &key(3), now, MIN_REMAINING_MS).await.unwrap();
+    assert_eq!(taken.map(|u| u.url), Some(url(3, now).url));
 }
 
 #[tokio::test]
