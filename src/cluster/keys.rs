@@ -11,6 +11,9 @@
 //! - `P{t:<tenant>}:n3:<epoch>`: the tenant's pooled URLs (its fleet-wide bound), as a sorted
 //!   set of each member's digest and reason scored like the pool, so expiry and retries cannot
 //!   make it drift. (`n:` held the digests alone.)
+//! - `P{t:<tenant>}:s3:<epoch>`: every URL pooled in the epoch that could still be handed out,
+//!   by the same member as the count and scored like it, so a put the connection sends again
+//!   after its URL was taken cannot pool it a second time.
 //! - `P{t:<tenant>}:tk:<id>`: on a Redis Cluster, the answer to one take (or hit: limit verdict
 //!   and take), kept for the re-send window so a re-sent call repeats it.
 //! - `P{t:<tenant>}:d2:<key>`: each replica's demand for the key: `ms,rate,in_flight,landed`
@@ -34,6 +37,8 @@ const POOL: &str = ":p3:";
 const COUNT: &str = ":n3:";
 /// The infix of a key's demand hash (see the layout above).
 const DEMAND: &str = ":d2:";
+/// The infix of a tenant's record of the URLs it pooled (see the layout above).
+const POOLED: &str = ":s3:";
 
 impl Fleet {
     pub(super) fn key(&self, tag: &str, rest: &str) -> String {
@@ -61,6 +66,11 @@ impl Fleet {
     /// The tenant's count of pooled URLs in `epoch`.
     pub(super) fn count_key(&self, tenant: &Tenant, epoch: &str) -> String {
         self.tenant_key(tenant, &[COUNT, epoch])
+    }
+
+    /// The tenant's record of the URLs pooled in `epoch`.
+    pub(super) fn pooled_key(&self, tenant: &Tenant, epoch: &str) -> String {
+        self.tenant_key(tenant, &[POOLED, epoch])
     }
 
     /// The replicas' demand reports and prefetches in flight for `key`.

@@ -297,6 +297,7 @@ impl Fleet {
                     call.key(self.pool_key(tenant, epoch, key))
                         .key(self.count_key(tenant, epoch))
                         .key(self.demand_key(tenant, key))
+                        .key(self.pooled_key(tenant, epoch))
                         .arg(url.issued_at_ms)
                         .arg(url.encode())
                         .arg(cutoff)

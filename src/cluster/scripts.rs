@@ -187,12 +187,19 @@ end
 return {1, remaining, stale, member, tonumber(issued)}
 ";
 
-/// Adds one URL unless the key or the tenant is full; a landing (a prefetch's own URL) counts
-/// as one of this replica's prefetches landed: one fewer in flight, one more landed (see
-/// [`SYNC`]). KEYS: pool, count, demand. ARGV: issued_ms, url, cutoff_ms, max_per_key,
-/// tenant_cap, ttl_ms, replica, reason (its character), landing (1 or 0). Returns
-/// `{stale, stored}`.
+/// Adds one URL unless the key or the tenant is full, or it was pooled once already (a put sent
+/// again: it answers as stored and changes nothing); a landing (a prefetch's own URL) counts as
+/// one of this replica's prefetches landed: one fewer in flight, one more landed (see [`SYNC`]).
+/// KEYS: pool, count, demand, pooled (the tenant's record of the URLs it pooled, scored like
+/// the count). ARGV: issued_ms, url, cutoff_ms, max_per_key, tenant_cap, ttl_ms, replica, reason
+/// (its character), landing (1 or 0). Returns `{stale, stored}`.
 pub(super) const PUT: &str = r"
+local d = digest(ARGV[2]) .. ARGV[8]
+-- Each URL enters the pool once: a put sent again (a Cluster connection re-sends a command whose
+-- answer did not come in time) after its URL was pooled, and perhaps taken and handed out
+-- already, adds nothing. The record of pooled URLs is trimmed by time like the count.
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[3])
+if redis.call('ZSCORE', KEYS[4], d) then return {'', 1} end
 local entry = ARGV[9] == '1' and redis.call('HGET', KEYS[3], ARGV[7])
 if entry then
   local at, rate, n, landed = string.match(entry, '^([^,]+),([^,]+),([^,]+),([^,]+)$')
@@ -207,11 +214,11 @@ if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4])
     or redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
   return {stale, 0}
 end
-local d = digest(ARGV[2]) .. ARGV[8]
 redis.call('ZADD', KEYS[1], ARGV[1], d .. ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[1], d)
+redis.call('ZADD', KEYS[4], ARGV[1], d)
 local ttl = tonumber(ARGV[6])
-for i = 1, 2 do
+for _, i in ipairs({1, 2, 4}) do
   if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
 end
 return {stale, 1}
