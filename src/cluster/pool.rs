@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use redis::FromRedisValue;
 
-use super::scripts::Fenced;
+use super::scripts::{Fenced, OnNewEpoch};
 use super::{Call, Down, Fleet, Stored};
 use crate::limiter::Inbound;
 use crate::metrics::{Fetch, Tally, Waste};
@@ -13,28 +13,16 @@ use crate::pool::{issued_cutoff, PoolKey, PooledUrl};
 use crate::refill::{KeyView, Report};
 use crate::tenant::Tenant;
 
-/// What a pool script does when Redis answers that the tenant's epoch is not the one this
-/// replica knew (a new data set, or another replica started the epoch first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum OnNewEpoch {
-    /// Learn the epoch and send the call once more in it.
-    SendAgain,
-    /// Learn the epoch and give the call up as of unknown outcome (see [`Fleet::put`]), unless
-    /// it was sent in no epoch at all: a replica that knew none yet, whose call no fence lets
-    /// run.
-    GiveUp,
-}
-
 impl Fleet {
     /// Runs a pool script behind the tenant's fence, with the epoch this replica knows; when
-    /// Redis says it has changed, learns the current one and, as `on_new` says, sends the call
-    /// once more in it. `build` adds the body's keys and arguments for an epoch.
+    /// Redis says it has changed, learns the current one and, as the script's
+    /// [`OnNewEpoch`] says, sends the call once more in it. `build` adds the body's keys and
+    /// arguments for an epoch.
     pub(super) async fn pool_script<T: FromRedisValue>(
         &self,
         op: &'static str,
         tenant: &Tenant,
         script: &Fenced,
-        on_new: OnNewEpoch,
         build: impl Fn(&mut Call, &str),
     ) -> Result<T, Down> {
         for _ in 0..2 {
@@ -53,7 +41,7 @@ impl Fleet {
                         .ok_or(Down::Unknown)?;
                     self.new_epoch(tenant, &epoch, current);
                     // A call sent in no epoch (this replica knew none yet) ran nowhere.
-                    if on_new == OnNewEpoch::GiveUp && !epoch.is_empty() {
+                    if script.on_new_epoch == OnNewEpoch::GiveUp && !epoch.is_empty() {
                         return Err(Down::Unknown);
                     }
                 }
@@ -115,19 +103,13 @@ impl Fleet {
     ) -> Result<Option<PooledUrl>, Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
         let (stale, member, issued): (String, String, u64) = self
-            .pool_script(
-                "take",
-                tenant,
-                &self.scripts.take,
-                OnNewEpoch::SendAgain,
-                |call, epoch| {
-                    call.key(self.pool_key(tenant, epoch, key))
-                        .key(self.count_key(tenant, epoch))
-                        .key(self.call_key(tenant, id))
-                        .arg(cutoff)
-                        .arg(self.remember_ms());
-                },
-            )
+            .pool_script("take", tenant, &self.scripts.take, |call, epoch| {
+                call.key(self.pool_key(tenant, epoch, key))
+                    .key(self.count_key(tenant, epoch))
+                    .key(self.call_key(tenant, id))
+                    .arg(cutoff)
+                    .arg(self.remember_ms());
+            })
             .await?;
         self.count_stale(&stale);
         if member.is_empty() {
@@ -175,24 +157,18 @@ impl Fleet {
     ) -> Result<(Inbound, Option<PooledUrl>), Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
         let (allowed, n, stale, member, issued): (u8, u32, String, String, u64) = self
-            .pool_script(
-                "hit",
-                tenant,
-                &self.scripts.hit,
-                OnNewEpoch::SendAgain,
-                |call, epoch| {
-                    call.key(self.pool_key(tenant, epoch, key))
-                        .key(self.count_key(tenant, epoch))
-                        .key(self.call_key(tenant, id))
-                        .key(self.limit_key(tenant))
-                        .arg(cutoff)
-                        .arg(self.remember_ms())
-                        .arg(now_ms)
-                        .arg(format!("{:.6}", 1000.0 / tenant.rate_per_sec))
-                        .arg(tenant.burst)
-                        .arg(self.max_late_ms());
-                },
-            )
+            .pool_script("hit", tenant, &self.scripts.hit, |call, epoch| {
+                call.key(self.pool_key(tenant, epoch, key))
+                    .key(self.count_key(tenant, epoch))
+                    .key(self.call_key(tenant, id))
+                    .key(self.limit_key(tenant))
+                    .arg(cutoff)
+                    .arg(self.remember_ms())
+                    .arg(now_ms)
+                    .arg(format!("{:.6}", 1000.0 / tenant.rate_per_sec))
+                    .arg(tenant.burst)
+                    .arg(self.max_late_ms());
+            })
             .await?;
         self.count_stale(&stale);
         if allowed == 0 {
@@ -288,27 +264,21 @@ impl Fleet {
         let ttl = (url.expires_at_ms() + 1000).saturating_sub(now_ms).max(1);
         let cutoff = issued_cutoff(now_ms, min_remaining_ms);
         let (stale, stored): (String, u8) = self
-            .pool_script(
-                "put",
-                tenant,
-                &self.scripts.put,
-                OnNewEpoch::GiveUp,
-                |call, epoch| {
-                    call.key(self.pool_key(tenant, epoch, key))
-                        .key(self.count_key(tenant, epoch))
-                        .key(self.demand_key(tenant, key))
-                        .key(self.pooled_key(tenant, epoch))
-                        .arg(url.issued_at_ms)
-                        .arg(url.encode())
-                        .arg(cutoff)
-                        .arg(max_per_key)
-                        .arg(tenant.max_pooled_urls)
-                        .arg(ttl)
-                        .arg(&self.replica)
-                        .arg(url.fetched_for.code().to_string())
-                        .arg(u8::from(landing));
-                },
-            )
+            .pool_script("put", tenant, &self.scripts.put, |call, epoch| {
+                call.key(self.pool_key(tenant, epoch, key))
+                    .key(self.count_key(tenant, epoch))
+                    .key(self.demand_key(tenant, key))
+                    .key(self.pooled_key(tenant, epoch))
+                    .arg(url.issued_at_ms)
+                    .arg(url.encode())
+                    .arg(cutoff)
+                    .arg(max_per_key)
+                    .arg(tenant.max_pooled_urls)
+                    .arg(ttl)
+                    .arg(&self.replica)
+                    .arg(url.fetched_for.code().to_string())
+                    .arg(u8::from(landing));
+            })
             .await?;
         self.count_stale(&stale);
         Ok(if stored == 1 {
@@ -333,25 +303,19 @@ impl Fleet {
     ) -> Result<Vec<KeyView>, Down> {
         let cutoff = issued_cutoff(now_ms, min_remaining_ms);
         let (stale, views): (String, Vec<(usize, String, usize, usize)>) = self
-            .pool_script(
-                "sync",
-                tenant,
-                &self.scripts.sync,
-                OnNewEpoch::SendAgain,
-                |call, epoch| {
-                    call.key(self.count_key(tenant, epoch));
-                    for (key, _) in keys {
-                        call.key(self.pool_key(tenant, epoch, key))
-                            .key(self.demand_key(tenant, key));
-                    }
-                    call.arg(cutoff).arg(&self.replica).arg(now_ms).arg(keep_ms);
-                    for (_, own) in keys {
-                        call.arg(format!("{:.6}", own.rate))
-                            .arg(own.in_flight)
-                            .arg(own.landed);
-                    }
-                },
-            )
+            .pool_script("sync", tenant, &self.scripts.sync, |call, epoch| {
+                call.key(self.count_key(tenant, epoch));
+                for (key, _) in keys {
+                    call.key(self.pool_key(tenant, epoch, key))
+                        .key(self.demand_key(tenant, key));
+                }
+                call.arg(cutoff).arg(&self.replica).arg(now_ms).arg(keep_ms);
+                for (_, own) in keys {
+                    call.arg(format!("{:.6}", own.rate))
+                        .arg(own.in_flight)
+                        .arg(own.landed);
+                }
+            })
             .await?;
         self.count_stale(&stale);
         Ok(views
@@ -379,21 +343,15 @@ impl Fleet {
         now_ms: u64,
         keep_ms: u64,
     ) -> Result<usize, Down> {
-        self.pool_script(
-            "claim",
-            tenant,
-            &self.scripts.claim,
-            OnNewEpoch::SendAgain,
-            |call, epoch| {
-                call.key(self.pool_key(tenant, epoch, key))
-                    .key(self.demand_key(tenant, key))
-                    .arg(&self.replica)
-                    .arg(now_ms)
-                    .arg(keep_ms)
-                    .arg(want)
-                    .arg(limit);
-            },
-        )
+        self.pool_script("claim", tenant, &self.scripts.claim, |call, epoch| {
+            call.key(self.pool_key(tenant, epoch, key))
+                .key(self.demand_key(tenant, key))
+                .arg(&self.replica)
+                .arg(now_ms)
+                .arg(keep_ms)
+                .arg(want)
+                .arg(limit);
+        })
         .await
     }
 

@@ -432,12 +432,26 @@ fn library() -> (String, String) {
     (name, code)
 }
 
+/// What a pool script does when Redis answers that the tenant's epoch is not the one this
+/// replica knew (a new data set, or another replica started the epoch first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnNewEpoch {
+    /// Learn the epoch and send the call once more in it.
+    SendAgain,
+    /// Learn the epoch and give the call up as of unknown outcome (see `Fleet::put`), unless
+    /// it was sent in no epoch at all: a replica that knew none yet, whose call no fence lets
+    /// run.
+    GiveUp,
+}
+
 /// A pool script in both forms.
 pub(super) struct Fenced {
     /// The script form (`EVALSHA`).
     pub(super) script: Script,
     /// The library's function (`FCALL`).
     pub(super) function: String,
+    /// What a call does when it meets a new epoch.
+    pub(super) on_new_epoch: OnNewEpoch,
 }
 
 pub(super) struct Scripts {
@@ -465,12 +479,17 @@ impl Scripts {
             Fenced {
                 script: fenced_script(body),
                 function: format!("{name}_{op}"),
+                on_new_epoch: OnNewEpoch::SendAgain,
             }
         };
         Scripts {
             take: fenced("take"),
             hit: fenced("hit"),
-            put: fenced("put"),
+            // Not sent again in a new epoch: see `Fleet::put`.
+            put: Fenced {
+                on_new_epoch: OnNewEpoch::GiveUp,
+                ..fenced("put")
+            },
             claim: fenced("claim"),
             sync: fenced("sync"),
             gcra: limiter(GCRA),
