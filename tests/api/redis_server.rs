@@ -358,6 +358,29 @@ impl RedisServer {
         }
         cli(self.port, self.password.as_deref(), args)
     }
+
+    /// One field of a section of `INFO` (`("replication", "role")`), if the server answers.
+    pub fn info(&self, section: &str, field: &str) -> Option<String> {
+        self.cli(&["INFO", section])?.lines().find_map(|l| {
+            l.strip_prefix(&format!("{field}:"))
+                .map(|v| v.trim().to_string())
+        })
+    }
+
+    /// Waits, up to 20 s, until this replica has its copy of `primary`'s data set and holds
+    /// everything `primary` has written.
+    pub async fn caught_up_with(&self, primary: &RedisServer) {
+        let done = || {
+            let written = primary.info("replication", "master_repl_offset");
+            self.info("replication", "master_link_status").as_deref() == Some("up")
+                && written.is_some()
+                && written == self.info("replication", "slave_repl_offset")
+        };
+        let held =
+            crate::helpers::eventually(Duration::from_secs(20), || std::future::ready(done()))
+                .await;
+        assert!(held, "timed out waiting: the replica caught up");
+    }
 }
 
 /// Sends SIG`name` to `child`.

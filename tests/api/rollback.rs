@@ -164,22 +164,6 @@ async fn eviction_under_a_memory_limit_hands_nothing_out_twice() {
     Arc::try_unwrap(fleet).ok().unwrap().stop().await;
 }
 
-/// Waits until `replica` holds everything `primary` has written.
-async fn caught_up(primary: &RedisServer, replica: &RedisServer) {
-    until("the replica caught up", || {
-        let done = info_field(primary, "replication", "master_repl_offset");
-        done.is_some() && done == info_field(replica, "replication", "slave_repl_offset")
-    })
-    .await;
-}
-
-fn info_field(redis: &RedisServer, section: &str, field: &str) -> Option<String> {
-    redis.cli(&["INFO", section])?.lines().find_map(|l| {
-        l.strip_prefix(&format!("{field}:"))
-            .map(|v| v.trim().to_string())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failover_to_a_replica_that_stopped_replicating_hands_nothing_out_twice() {
     let mut primary = RedisServer::start();
@@ -189,7 +173,7 @@ async fn a_failover_to_a_replica_that_stopped_replicating_hands_nothing_out_twic
     let k = keys();
     let mut all = fleet.drive(1_500, 48, &k).await;
     until("the pool is stocked", || pooled_urls(&primary).len() >= 32).await;
-    caught_up(&primary, &replica).await;
+    replica.caught_up_with(&primary).await;
     // The replica loses its primary (it keeps its data set, which stops moving)…
     let nowhere = free_port(false);
     replica.cli(&["REPLICAOF", "127.0.0.1", &nowhere.port.to_string()]);
@@ -231,7 +215,7 @@ async fn a_failover_is_followed_to_the_new_primary(old: OldPrimary) {
     let fleet = fleet_on(format!("redis://127.0.0.1:{}", endpoint.port)).await;
     let k = keys();
     let mut all = fleet.drive(1_000, 48, &k).await;
-    caught_up(&primary, &replica).await;
+    replica.caught_up_with(&primary).await;
     if matches!(old, OldPrimary::Silent) {
         endpoint.blackhole_open_connections();
     }
@@ -336,7 +320,7 @@ async fn a_sentinel_failover_is_followed_to_the_promoted_replica(failure: Sentin
         !pooled_urls(&primary).is_empty()
     })
     .await;
-    caught_up(&primary, &replica).await;
+    replica.caught_up_with(&primary).await;
     let fences = fleet.metric_sum("embedgate_redis_fences_total").await;
     match failure {
         SentinelFailover::Crash | SentinelFailover::CrashUnheard => primary.kill(),
@@ -352,7 +336,7 @@ async fn a_sentinel_failover_is_followed_to_the_promoted_replica(failure: Sentin
     .await;
     if stranded {
         assert_eq!(
-            info_field(&primary, "replication", "role").as_deref(),
+            primary.info("replication", "role").as_deref(),
             Some("master"),
             "the old primary is still a primary"
         );
@@ -572,7 +556,8 @@ async fn a_full_redis_that_evicts_nothing(functions: bool) {
     let k = keys();
     let mut all = fleet.drive(1_000, 48, &k).await;
     until("the pool is stocked", || pooled_urls(&redis).len() >= 32).await;
-    let used: u64 = info_field(&redis, "memory", "used_memory")
+    let used: u64 = redis
+        .info("memory", "used_memory")
         .and_then(|n| n.parse().ok())
         .expect("INFO memory");
     let limit = (used / 2).to_string();
