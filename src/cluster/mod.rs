@@ -12,19 +12,22 @@
 //! - **Exactly once when Redis comes back older.** A restart from a snapshot, a failover to a
 //!   replica that lagged, or a restored backup brings back URLs that were popped (and handed out)
 //!   after the data set was copied. Persistence settings cannot rule that out, so every pooled
-//!   URL lives under a *fencing epoch*: each tenant's fence key holds `<run_id>:<epoch>`, where
-//!   `run_id` is the Redis server process that started the epoch. Every script that reads or
-//!   writes the pool first compares the fence with the server's own `run_id` (`INFO server`, in
-//!   the same script, so atomically with the pop) and with the epoch the replica expects. A data
-//!   set loaded or promoted by another process carries a foreign `run_id`: the script starts a
+//!   URL lives under a *fencing epoch*: each tenant's fence key holds `<data set>:<epoch>`, where
+//!   the data set is the Redis server process that started the epoch (`run_id`) and the history
+//!   of its data (`master_replid`, which a promotion renews and a full copy from a primary
+//!   replaces). Every script that reads or writes the pool first compares the fence with the
+//!   server's own (`INFO server` and `INFO replication`, in the same script, so atomically with
+//!   the pop) and with the epoch the replica expects. A data set loaded or promoted by another
+//!   process, or copied in full from another server, is another data set: the script starts a
 //!   new epoch, and the pool keys of the old one (their names carry the epoch) are never read
 //!   again and expire. A replica whose epoch is out of date is told the current one and retries
 //!   once. No extra round trip on the hit path. As the library's functions (Redis 7) the
-//!   scripts read `INFO server` once per Redis process and keep the `run_id` in the library's
-//!   state, which cannot outlive the process; as scripts (Redis 6, or `FUNCTION` denied), on
-//!   every call (about 4.6 µs of Redis time). Not covered: an operator loading an older dump
-//!   into the *same* running process (`DEBUG RELOAD` of an old file), which no restart,
-//!   failover or managed restore does.
+//!   scripts read the data set once per loaded library and keep it in the library's state,
+//!   which cannot outlive the process and is loaded afresh with a full copy (a fence naming
+//!   another data set is judged against it read again); as scripts (Redis 6, or `FUNCTION`
+//!   denied), on every call. Not covered: an operator loading an older dump
+//!   into the *same* running process (`DEBUG RELOAD` of an old file) or writing an old backup's
+//!   keys back into it (`RESTORE`), which no restart, failover or managed restore does.
 //! - **Clocks that cannot make a URL look fresher.** URLs in the shared pool are dated by the
 //!   replica that fetched them and judged by the one that takes them. Every heartbeat measures
 //!   this replica's clock against Redis's `TIME` (compensating half the round trip); a replica off

@@ -3,33 +3,46 @@
 //! except the heartbeat (to measure clock offsets).
 //!
 //! Each pool script exists in two forms with the same keys, arguments and result: a function of
-//! one library (Redis 7 `FUNCTION LOAD`, called with `FCALL`), which reads the server's `run_id`
-//! once per Redis process and keeps it, and a script (`EVALSHA`) that reads it on every call, for
-//! a Redis without functions (6.x, or one whose ACL refuses `FUNCTION`).
+//! one library (Redis 7 `FUNCTION LOAD`, called with `FCALL`), which reads which data set the
+//! server holds (its `run_id` and replication id) once per loaded library and keeps it, and a
+//! script (`EVALSHA`) that reads it on every call, for a Redis without functions (6.x, or one
+//! whose ACL refuses `FUNCTION`).
 
 use redis::Script;
 use sha2::{Digest, Sha256};
 
-/// The fence every pool script passes first. `fence(keys, args, run)`: keys[1] is the tenant's
-/// fence, args[1] the epoch the replica expects, args[2] a fresh epoch to start if the data set
-/// is not this server process's (`run`, its `run_id`). Returns the current epoch when it is not
-/// the expected one (the script then returns `{current_epoch}` and does nothing else; otherwise
-/// the body's result comes back as `{'', result}`). The body sees its own keys from keys[2] and
-/// its own arguments from args[3].
+/// The fence every pool script passes first. `fence(keys, args, run, reread)`: keys[1] is the
+/// tenant's fence, args[1] the epoch the replica expects, args[2] a fresh epoch to start if the
+/// fence names another data set than this server's (`run`, as `server_run` names it). When the
+/// fence does not name `run` and `reread` is given (`run` was kept from an earlier call), the
+/// server's data set is read afresh before it is judged. Returns the current epoch when it is
+/// not the expected one (the script then returns `{current_epoch}` and does nothing else;
+/// otherwise the body's result comes back as `{'', result}`), and the data set judged by. The
+/// body sees its own keys from keys[2] and its own arguments from args[3].
+///
+/// `server_run` names the data set by the server process (`run_id`) and the history of its data
+/// (`master_replid`: new when the server is promoted, its primary's after it takes a full copy
+/// from one). The process alone is not enough: a primary that resyncs from the replica promoted
+/// in its place, and is promoted back, holds that replica's older copy under its own `run_id`.
+/// A primary whose replicas have all been gone for `repl-backlog-ttl` takes a new replication
+/// id over the same data: a new epoch once. A service whose `INFO` shows no replication id is
+/// judged by the process alone.
 pub(super) const FENCE_LIB: &str = r"
-local function server_run() return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') end
-local function fence(keys, args, run)
+local function server_run()
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  return run .. (string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or '')
+end
+local function fence(keys, args, run, reread)
   local held = redis.call('GET', keys[1])
-  local epoch
-  if held then
-    local r, e = string.match(held, '^(%x+):(.+)$')
-    if r == run then epoch = e end
-  end
-  if not epoch then
+  local r, epoch
+  if held then r, epoch = string.match(held, '^(%x+):(.+)$') end
+  if r ~= run and reread then run = reread() end
+  if r ~= run then
     epoch = args[2]
     redis.call('SET', keys[1], run .. ':' .. epoch)
   end
-  if epoch ~= args[1] then return epoch end
+  if epoch ~= args[1] then return epoch, run end
+  return nil, run
 end
 ";
 
@@ -394,7 +407,7 @@ fn limiter(body: &str) -> Script {
     Script::new(&format!("{LIMIT_LIB}\n{body}"))
 }
 
-/// A pool script in its script form: the fence with the `run_id` read now, then `body` with its
+/// A pool script in its script form: the fence with the server's data set read now, then `body` with its
 /// keys and arguments shifted past the fence's, its result wrapped as `{'', result}`.
 fn fenced_script(body: &str) -> Script {
     Script::new(&format!(
@@ -413,13 +426,15 @@ const POOL_SCRIPTS: [(&str, &str); 5] = [
 
 /// The library of the pool scripts' functions: `(name, code)`. The name carries a digest of the
 /// code, so replicas of two releases sharing a Redis load two libraries side by side instead of
-/// replacing each other's. The server's `run_id` is read on a function's first call after the
-/// library was loaded and kept in the library's state, which lives in the server process's Lua
-/// engine: it cannot outlive the process, so a data set loaded or promoted by another process
-/// is seen as one, as by the script form.
+/// replacing each other's. The server's data set (`server_run`) is read on a function's first
+/// call after the library was loaded and kept in the library's state, which lives in the server
+/// process's Lua engine. That state cannot outlive the process, and a replica's full copy of its
+/// primary's data set loads the primary's library afresh (a partial one continues a history the
+/// replica already had), so a data set loaded, copied or promoted is seen as one, as by the
+/// script form (`fleet_scripts::a_primary_promoted_again_after_resyncing_…`).
 fn library() -> (String, String) {
     let mut code = format!(
-        "#!lua name=LIBRARY\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal run\nlocal function fenced(body)\n  return function(keys, args)\n    if not run then run = server_run() end\n    local current = fence(keys, args, run)\n    if current then return {{current}} end\n    return {{'', body({{unpack(keys, 2)}}, {{unpack(args, 3)}})}}\n  end\nend\n"
+        "#!lua name=LIBRARY\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal run\nlocal function fenced(body)\n  return function(keys, args)\n    local current\n    current, run = fence(keys, args, run or server_run(), server_run)\n    if current then return {{current}} end\n    return {{'', body({{unpack(keys, 2)}}, {{unpack(args, 3)}})}}\n  end\nend\n"
     );
     for (op, body) in POOL_SCRIPTS {
         code.push_str(&format!(

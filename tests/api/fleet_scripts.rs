@@ -19,6 +19,19 @@ use crate::redis_server::{RedisCluster, RedisServer};
 
 const MIN_REMAINING_MS: u64 = 60_000;
 
+/// A Redis user `scripts` (password `pw`) whose ACL refuses `FUNCTION`, as Redis 6 has none: the
+/// pool scripts reach it as scripts.
+const NO_FUNCTIONS: [&str; 8] = [
+    "--user",
+    "scripts",
+    "on",
+    ">pw",
+    "~*",
+    "&*",
+    "+@all",
+    "-function",
+];
+
 async fn fleet(redis: &RedisServer, clock: &Clock) -> (Arc<Fleet>, Tenants, Arc<Metrics>) {
     fleet_with(redis, clock, |_| {}).await
 }
@@ -43,6 +56,15 @@ async fn fleet_on_cluster(
 ) -> (Arc<Fleet>, Tenants, Arc<Metrics>) {
     let settings = RedisSettings {
         cluster_urls: cluster.urls(),
+        ..RedisSettings::default()
+    };
+    fleet_on(settings, clock, |_| {}).await
+}
+
+/// [`fleet`] on the Redis at `url` (another user's login, say).
+async fn fleet_at(url: String, clock: &Clock) -> (Arc<Fleet>, Tenants, Arc<Metrics>) {
+    let settings = RedisSettings {
+        url: Some(url),
         ..RedisSettings::default()
     };
     fleet_on(settings, clock, |_| {}).await
@@ -246,7 +268,7 @@ async fn a_put_that_meets_a_new_epoch_is_dropped_not_pooled_in_it() {
         redis
             .cli(&[
                 "SET",
-                "embedgate:{t:t}:f",
+                "embedgate:{t:t}:f2",
                 "0123456789abcdef:0123456789abcdef"
             ])
             .as_deref(),
@@ -282,20 +304,139 @@ async fn a_restart_from_a_snapshot_moves_the_fence_and_nothing_pooled_before_com
     restart_from_a_snapshot_hands_nothing_out_again(&mut redis, url).await;
 }
 
+/// A failover and back: the primary hands out a URL its replica has not heard of being taken;
+/// the replica is promoted before any of the tenant's calls reach it, the old primary resyncs
+/// from it as its replica (taking the copy in which the URL is still pooled) and is promoted
+/// again. Its `run_id` never changed, but its data set is another server's older copy. (Before
+/// the fence named the replication id too, the URL was handed out again.)
+#[tokio::test]
+async fn a_primary_promoted_again_after_resyncing_from_its_replica_hands_nothing_out_again() {
+    promoted_back_after_a_full_resync_hands_nothing_out_again(&[], |port| {
+        format!("redis://127.0.0.1:{port}")
+    })
+    .await;
+}
+
+/// The same with the scripts in their script form, which read the data set on every call.
+#[tokio::test]
+async fn where_redis_refuses_functions_a_primary_promoted_back_hands_nothing_out_again() {
+    promoted_back_after_a_full_resync_hands_nothing_out_again(&NO_FUNCTIONS, |port| {
+        format!("redis://scripts:pw@127.0.0.1:{port}")
+    })
+    .await;
+}
+
+/// A primary sends a replica its copy at once instead of waiting for more replicas to ask
+/// (`repl-diskless-sync-delay`, 5 s by default).
+const PROMPT_COPIES: [&str; 2] = ["--repl-diskless-sync-delay", "0"];
+
+/// A Redis started (with `extra`) as `primary`'s replica, once it holds the primary's copy.
+async fn replica_of(primary: &RedisServer, extra: &[&str]) -> RedisServer {
+    let port = primary.port.to_string();
+    let replica = RedisServer::start_with(
+        &[extra, &PROMPT_COPIES, &["--replicaof", "127.0.0.1", &port]].concat(),
+    );
+    replica.caught_up_with(primary).await;
+    replica
+}
+
+async fn promoted_back_after_a_full_resync_hands_nothing_out_again(
+    extra: &[&str],
+    url_of: impl Fn(u16) -> String,
+) {
+    let a = RedisServer::start_with(&[extra, &PROMPT_COPIES].concat());
+    let b = replica_of(&a, extra).await;
+    // The real clock: the resync takes a moment, and a manual clock left behind would stop the
+    // heartbeat from rejoining.
+    let clock = Clock::skewed(0);
+    let (f, tenants, metrics) = fleet_at(url_of(a.port), &clock).await;
+    let now = clock.now_ms();
+    let t = tenants.get(0);
+    assert_eq!(
+        put(&f, &tenants, &key(1), &url(1, now), now).await,
+        Stored::Yes
+    );
+    b.caught_up_with(&a).await;
+    // The replica is promoted (the primary went silent for the Sentinels, say)…
+    assert_eq!(b.cli(&["REPLICAOF", "NO", "ONE"]).as_deref(), Some("OK"));
+    // …while the fleet, still on the primary, hands the URL out.
+    let taken = f.take(t, &key(1), now, MIN_REMAINING_MS).await.unwrap();
+    assert_eq!(taken.map(|u| u.url), Some(url(1, now).url));
+    // The old primary comes back as the new one's replica and copies its data set in full (it
+    // wrote what the new one never had), then is promoted back.
+    let new_primary = b.port.to_string();
+    assert_eq!(
+        a.cli(&["REPLICAOF", "127.0.0.1", &new_primary]).as_deref(),
+        Some("OK")
+    );
+    a.caught_up_with(&b).await;
+    assert_eq!(a.cli(&["REPLICAOF", "NO", "ONE"]).as_deref(), Some("OK"));
+    assert_eq!(
+        a.cli(&["EXISTS", &redis_key_like(&a, ":p3:")]).as_deref(),
+        Some("1"),
+        "the copy brought the URL back"
+    );
+    let again = f.take(t, &key(1), now, MIN_REMAINING_MS).await;
+    assert!(
+        matches!(again, Ok(None)),
+        "a URL handed out is never handed out again: {again:?}"
+    );
+    assert_eq!(metrics.redis_fences.get(), 1, "a new epoch");
+}
+
+/// A primary whose replicas have all been gone for `repl-backlog-ttl` frees its backlog and takes
+/// a new replication id, with the same data. The functions keep the data set they read first,
+/// the scripts read it on every call: replicas of each kind sharing the Redis (one whose ACL
+/// refuses `FUNCTION`) must agree on one epoch, not start a new one over each other's at every
+/// call, abandoning the tenant's pool each time.
+#[tokio::test]
+async fn functions_and_scripts_agree_on_the_epoch_when_the_replication_id_moves_alone() {
+    let a = RedisServer::start_with(&[&NO_FUNCTIONS[..], &PROMPT_COPIES].concat());
+    let b = replica_of(&a, &[]).await;
+    let clock = Clock::skewed(0);
+    let (functions, tenants, by_functions) = fleet_at(a.url(), &clock).await;
+    let scripts_url = format!("redis://scripts:pw@127.0.0.1:{}", a.port);
+    let (scripts, _, by_scripts) = fleet_at(scripts_url, &clock).await;
+    let t = tenants.get(0);
+    let now = clock.now_ms();
+    for f in [&functions, &scripts] {
+        assert!(f.take(t, &key(1), now, MIN_REMAINING_MS).await.is_ok());
+    }
+    b.caught_up_with(&a).await;
+    let before = a.cli(&["INFO", "replication"]).unwrap_or_default();
+    let replid = |info: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("master_replid:"))
+            .map(str::to_string)
+    };
+    drop(b);
+    a.cli(&["CONFIG", "SET", "repl-backlog-ttl", "1"]);
+    let moved = eventually(Duration::from_secs(20), || {
+        let now = a.cli(&["INFO", "replication"]).unwrap_or_default();
+        std::future::ready(replid(&now) != replid(&before))
+    })
+    .await;
+    assert!(moved, "the replication id moved");
+    let fences = || by_functions.redis_fences.get() + by_scripts.redis_fences.get();
+    let moved_at = fences();
+    for round in 0..5 {
+        for f in [&scripts, &functions] {
+            let taken = f.take(t, &key(1), now, MIN_REMAINING_MS).await;
+            assert!(taken.is_ok(), "round {round}: {taken:?}");
+        }
+    }
+    assert!(
+        fences() - moved_at <= 2,
+        "one new epoch, learned by each kind of replica once: {} epoch changes",
+        fences() - moved_at
+    );
+}
+
 #[tokio::test]
 async fn where_redis_refuses_functions_the_scripts_keep_the_fence() {
     // A Redis whose ACL denies FUNCTION (as Redis 6 has none): the pool scripts run as scripts,
-    // which read the run_id on every call, and the fence holds the same way.
-    let mut redis = RedisServer::start_with(&[
-        "--user",
-        "scripts",
-        "on",
-        ">pw",
-        "~*",
-        "&*",
-        "+@all",
-        "-function",
-    ]);
+    // which read the server's data set on every call, and the fence holds the same way.
+    let mut redis = RedisServer::start_with(&NO_FUNCTIONS);
     let url = format!("redis://scripts:pw@127.0.0.1:{}", redis.port);
     restart_from_a_snapshot_hands_nothing_out_again(&mut redis, url).await;
     assert_eq!(fcalls(&redis), 0, "no function was called");
@@ -305,11 +446,8 @@ async fn where_redis_refuses_functions_the_scripts_keep_the_fence() {
 async fn a_redis_that_stops_taking_functions_gets_the_scripts_without_degrading() {
     let redis = RedisServer::start_with(&["--user", "app", "on", ">pw", "~*", "&*", "+@all"]);
     let clock = Clock::manual();
-    let settings = RedisSettings {
-        url: Some(format!("redis://app:pw@127.0.0.1:{}", redis.port)),
-        ..RedisSettings::default()
-    };
-    let (f, tenants, _) = fleet_on(settings, &clock, |_| {}).await;
+    let (f, tenants, _) =
+        fleet_at(format!("redis://app:pw@127.0.0.1:{}", redis.port), &clock).await;
     let now = clock.now_ms();
     let t = tenants.get(0);
     let (k, first) = two_pooled_one_hit(&f, &tenants, now).await;
@@ -336,11 +474,7 @@ async fn a_redis_that_stops_taking_functions_gets_the_scripts_without_degrading(
 /// Redis restarts from it.
 async fn restart_from_a_snapshot_hands_nothing_out_again(redis: &mut RedisServer, at: String) {
     let clock = Clock::manual();
-    let settings = RedisSettings {
-        url: Some(at),
-        ..RedisSettings::default()
-    };
-    let (f, tenants, metrics) = fleet_on(settings, &clock, |_| {}).await;
+    let (f, tenants, metrics) = fleet_at(at, &clock).await;
     let now = clock.now_ms();
     let t = tenants.get(0);
     assert_eq!(
