@@ -3,9 +3,9 @@
 //!
 //! # Layout (prefix `P`, default `embedgate:`)
 //! - `P{t:<tenant>}:f2`: the tenant's fence, `<data set>:<epoch>`, the data set being the
-//!   server's `run_id` and replication id (see `scripts::FENCE_LIB`). (`:f` held `<run_id>:<epoch>`:
-//!   each release keeps its own fence and so its own epochs, instead of the two starting a new
-//!   epoch over each other's at every call while a fleet is upgraded.)
+//!   server's `run_id` and replication id (see `scripts::FENCE_LIB`). (`:f` held
+//!   `<run_id>:<epoch>`: each release keeps its own fence and so its own epochs, instead of the
+//!   two starting a new epoch over each other's at every call while a fleet is upgraded.)
 //! - `P{t:<tenant>}:p3:<epoch>:<key>`: sorted set of pooled URLs, each a 16-hex-digit digest of
 //!   the URL, a character naming why it was fetched, then the URL, scored by the ms their
 //!   request was sent. (`p:` held bare URLs, `p2:` the digest and the URL; each new name keeps

@@ -25,9 +25,9 @@
 //!   scripts read the data set once per loaded library and keep it in the library's state,
 //!   which cannot outlive the process and is loaded afresh with a full copy (a fence naming
 //!   another data set is judged against it read again); as scripts (Redis 6, or `FUNCTION`
-//!   denied), on every call. Not covered: an operator loading an older dump
-//!   into the *same* running process (`DEBUG RELOAD` of an old file) or writing an old backup's
-//!   keys back into it (`RESTORE`), which no restart, failover or managed restore does.
+//!   denied), on every call. Not covered: an operator loading an older dump into the *same*
+//!   running process (`DEBUG RELOAD` of an old file) or writing an old backup's keys back into
+//!   it (`RESTORE`), which no restart, failover or managed restore does.
 //! - **Clocks that cannot make a URL look fresher.** URLs in the shared pool are dated by the
 //!   replica that fetched them and judged by the one that takes them. Every heartbeat measures
 //!   this replica's clock against Redis's `TIME` (compensating half the round trip); a replica off

@@ -407,8 +407,8 @@ fn limiter(body: &str) -> Script {
     Script::new(&format!("{LIMIT_LIB}\n{body}"))
 }
 
-/// A pool script in its script form: the fence with the server's data set read now, then `body` with its
-/// keys and arguments shifted past the fence's, its result wrapped as `{'', result}`.
+/// A pool script in its script form: the fence with the server's data set read now, then `body`
+/// with its keys and arguments shifted past the fence's, its result wrapped as `{'', result}`.
 fn fenced_script(body: &str) -> Script {
     Script::new(&format!(
         "redis.replicate_commands()\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal current = fence(KEYS, ARGV, server_run())\nif current then return {{current}} end\nlocal KEYS, ARGV = {{unpack(KEYS, 2)}}, {{unpack(ARGV, 3)}}\nreturn {{'', (function()\n{body}\nend)()}}\n"
