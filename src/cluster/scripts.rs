@@ -25,12 +25,13 @@ use sha2::{Digest, Sha256};
 /// from one). The process alone is not enough: a primary that resyncs from the replica promoted
 /// in its place, and is promoted back, holds that replica's older copy under its own `run_id`.
 /// A primary whose replicas have all been gone for `repl-backlog-ttl` takes a new replication
-/// id over the same data: a new epoch once. A service whose `INFO` shows no replication id is
-/// judged by the process alone.
+/// id over the same data: a new epoch once. A service whose `INFO` shows no replication id, or
+/// refuses the section, is judged by the process alone.
 pub(super) const FENCE_LIB: &str = r"
 local function server_run()
   local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-  return run .. (string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)') or '')
+  local replication = redis.pcall('INFO', 'replication')
+  return run .. (type(replication) == 'string' and string.match(replication, 'master_replid:(%x+)') or '')
 end
 local function fence(keys, args, run, reread)
   local held = redis.call('GET', keys[1])
