@@ -116,6 +116,11 @@ async fn put(f: &Fleet, tenants: &Tenants, k: &PoolKey, u: &PooledUrl, now: u64)
         .unwrap()
 }
 
+/// One fleet take of a URL for `k` at `now`; Redis must answer.
+async fn take(f: &Fleet, t: &Tenant, k: &PoolKey, now: u64) -> Option<PooledUrl> {
+    f.take(t, k, now, MIN_REMAINING_MS).await.unwrap()
+}
+
 /// One fleet hit (inbound limit and take in one call) on `k` at `now`, sent once under `id`.
 async fn hit(
     f: &Fleet,
@@ -192,13 +197,9 @@ async fn a_put_sent_twice_counts_once_and_its_url_is_taken_once() {
     assert_eq!(put(&f, &tenants, &key(7), &u, now).await, Stored::Yes);
     assert_eq!(put(&f, &tenants, &key(7), &u, now).await, Stored::Yes);
     let t = tenants.get(0);
-    let got = f.take(t, &key(7), now, MIN_REMAINING_MS).await.unwrap();
+    let got = take(&f, t, &key(7), now).await;
     assert_eq!(got.map(|g| g.url), Some(u.url));
-    assert!(f
-        .take(t, &key(7), now, MIN_REMAINING_MS)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(take(&f, t, &key(7), now).await.is_none());
     // The count is empty again: three more fit under the bound of 3.
     for i in 10..13 {
         assert_eq!(
@@ -222,7 +223,7 @@ async fn a_put_sent_again_after_its_url_was_taken_does_not_pool_it_again() {
     let t = tenants.get(0);
     let u = url(7, now);
     assert_eq!(put(&f, &tenants, &key(7), &u, now).await, Stored::Yes);
-    let taken = f.take(t, &key(7), now, MIN_REMAINING_MS).await.unwrap();
+    let taken = take(&f, t, &key(7), now).await;
     assert_eq!(taken.map(|g| g.url), Some(u.url.clone()));
     assert_eq!(
         put(&f, &tenants, &key(7), &u, now).await,
@@ -230,10 +231,7 @@ async fn a_put_sent_again_after_its_url_was_taken_does_not_pool_it_again() {
         "the put sent again answers as the first did"
     );
     assert!(
-        f.take(t, &key(7), now, MIN_REMAINING_MS)
-            .await
-            .unwrap()
-            .is_none(),
+        take(&f, t, &key(7), now).await.is_none(),
         "a URL handed out is never pooled again"
     );
     // Another URL for the same key is pooled as usual.
@@ -241,7 +239,7 @@ async fn a_put_sent_again_after_its_url_was_taken_does_not_pool_it_again() {
         put(&f, &tenants, &key(7), &url(8, now), now).await,
         Stored::Yes
     );
-    let next = f.take(t, &key(7), now, MIN_REMAINING_MS).await.unwrap();
+    let next = take(&f, t, &key(7), now).await;
     assert_eq!(next.map(|g| g.url), Some(url(8, now).url));
 }
 
@@ -282,10 +280,7 @@ async fn a_put_that_meets_a_new_epoch_is_dropped_not_pooled_in_it() {
         "a put that met a new epoch is of unknown outcome: {second:?}"
     );
     assert!(
-        f.take(t, &key(2), now, MIN_REMAINING_MS)
-            .await
-            .unwrap()
-            .is_none(),
+        take(&f, t, &key(2), now).await.is_none(),
         "nothing was pooled in the new epoch"
     );
     assert_eq!(
@@ -293,7 +288,7 @@ async fn a_put_that_meets_a_new_epoch_is_dropped_not_pooled_in_it() {
         Stored::Yes,
         "the next put, in the epoch now known, is stored"
     );
-    let taken = f.take(t, &key(3), now, MIN_REMAINING_MS).await.unwrap();
+    let taken = take(&f, t, &key(3), now).await;
     assert_eq!(taken.map(|u| u.url), Some(url(3, now).url));
 }
 
@@ -360,7 +355,7 @@ async fn promoted_back_after_a_full_resync_hands_nothing_out_again(
     // The replica is promoted (the primary went silent for the Sentinels, say)…
     assert_eq!(b.cli(&["REPLICAOF", "NO", "ONE"]).as_deref(), Some("OK"));
     // …while the fleet, still on the primary, hands the URL out.
-    let taken = f.take(t, &key(1), now, MIN_REMAINING_MS).await.unwrap();
+    let taken = take(&f, t, &key(1), now).await;
     assert_eq!(taken.map(|u| u.url), Some(url(1, now).url));
     // The old primary comes back as the new one's replica and copies its data set in full (it
     // wrote what the new one never had), then is promoted back.
@@ -477,7 +472,7 @@ async fn restart_from_a_snapshot_hands_nothing_out_again(redis: &mut RedisServer
         Stored::Yes
     );
     assert_eq!(redis.cli(&["SAVE"]).as_deref(), Some("OK"));
-    let taken = f.take(t, &key(1), now, MIN_REMAINING_MS).await.unwrap();
+    let taken = take(&f, t, &key(1), now).await;
     assert!(taken.is_some(), "handed out after the snapshot");
     redis.kill();
     redis.restart();
@@ -493,10 +488,7 @@ async fn restart_from_a_snapshot_hands_nothing_out_again(redis: &mut RedisServer
         "the snapshot brought the URL back"
     );
     assert!(
-        f.take(t, &key(1), now, MIN_REMAINING_MS)
-            .await
-            .unwrap()
-            .is_none(),
+        take(&f, t, &key(1), now).await.is_none(),
         "a URL from before the restart is never handed out again"
     );
     assert_eq!(metrics.redis_fences.get(), 1);
