@@ -48,14 +48,18 @@ pub enum Waste {
     Overflow,
     /// A shared put whose outcome is unknown: dropped, since it may be in Redis already.
     Unconfirmed,
+    /// Delivered to a request that was dropped before it could answer (its client reset the
+    /// connection while it waited on a prefetch), with nobody else waiting for it.
+    Cancelled,
 }
 
 impl Waste {
-    pub const ALL: [Waste; 4] = [
+    pub const ALL: [Waste; 5] = [
         Waste::Expired,
         Waste::Evicted,
         Waste::Overflow,
         Waste::Unconfirmed,
+        Waste::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +68,7 @@ impl Waste {
             Waste::Evicted => "evicted",
             Waste::Overflow => "overflow",
             Waste::Unconfirmed => "unconfirmed",
+            Waste::Cancelled => "cancelled",
         }
     }
 }
@@ -200,10 +205,13 @@ pub enum Outcome {
     Invalid,
     Unauthenticated,
     Error,
+    /// Dropped before it had its answer: its client reset the connection (actix-web then drops
+    /// the handler), or the gateway stopped before it finished.
+    Cancelled,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Hit,
         Outcome::Miss,
         Outcome::Throttled,
@@ -211,6 +219,7 @@ impl Outcome {
         Outcome::Invalid,
         Outcome::Unauthenticated,
         Outcome::Error,
+        Outcome::Cancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -222,6 +231,7 @@ impl Outcome {
             Outcome::Invalid => "invalid",
             Outcome::Unauthenticated => "unauthenticated",
             Outcome::Error => "error",
+            Outcome::Cancelled => "cancelled",
         }
     }
 }
@@ -298,7 +308,7 @@ impl Metrics {
         Metrics {
             requests: counter_vec(
                 "embedgate_requests_total",
-                "Embed-URL requests by tenant, outcome (hit, miss, throttled, denied, invalid, unauthenticated, error) and protocol (native, quicksight).",
+                "Embed-URL requests by tenant, outcome (hit, miss, throttled, denied, invalid, unauthenticated, error, cancelled: the client went away before the answer) and protocol (native, quicksight).",
                 &["tenant", "outcome", "protocol"],
             ),
             request_duration: reg(
@@ -319,7 +329,7 @@ impl Metrics {
             ),
             wasted: counter_vec(
                 "embedgate_urls_wasted_total",
-                "URLs fetched but never handed out, by reason (expired, evicted, overflow, unconfirmed: a Redis write whose outcome is unknown, dropped so it can never be handed out twice) and by why each was fetched (fetched_for: the reasons of embedgate_urls_fetched_total).",
+                "URLs fetched but never handed out, by reason (expired, evicted, overflow, unconfirmed: a Redis write whose outcome is unknown, dropped so it can never be handed out twice; cancelled: delivered to a request whose client went away) and by why each was fetched (fetched_for: the reasons of embedgate_urls_fetched_total).",
                 &["reason", "fetched_for"],
             ),
             remaining_validity: reg(
@@ -335,7 +345,7 @@ impl Metrics {
             ),
             upstream_calls: counter_vec(
                 "embedgate_upstream_calls_total",
-                "QuickSight calls by operation, upstream and result (ok, throttled, rejected, error, timeout).",
+                "QuickSight calls by operation, upstream and result (ok, throttled, rejected, error, timeout, cancelled: dropped by its caller before it ended).",
                 &["operation", "upstream", "result"],
             ),
             upstream_duration: reg(
@@ -543,7 +553,14 @@ impl Metrics {
             for upstream in upstreams {
                 self.upstream_duration
                     .with_label_values(&[op.as_str(), upstream]);
-                for result in ["ok", "throttled", "rejected", "error", "timeout"] {
+                for result in [
+                    "ok",
+                    "throttled",
+                    "rejected",
+                    "error",
+                    "timeout",
+                    "cancelled",
+                ] {
                     self.upstream_calls
                         .with_label_values(&[op.as_str(), upstream, result]);
                 }

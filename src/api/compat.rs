@@ -9,14 +9,14 @@
 //! signature (failures share the unauthenticated limit) → tenant limit → parse strictly → admit
 //! → serve. Nothing but the limiter is touched before a request is admitted.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::auth::{read_bounded, BodyError, BodyLimits};
 use super::context::request_id;
-use super::embed::observe;
+use super::embed::Watch;
 use crate::gateway::{Failed, Gate, Gateway, Refusal, ServeError};
 use crate::limiter::Inbound;
 use crate::metrics::{Outcome, Protocol};
@@ -61,7 +61,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>) -> HttpResponse {
-    let started = Instant::now();
     let request_id = request_id();
     let Some(call) = wire::route(req.method().as_str(), req.uri().path()) else {
         return AwsError::new(
@@ -71,6 +70,7 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
         )
         .response(&request_id);
     };
+    let watch = Watch::new(&gw, Protocol::Quicksight);
     let limits = BodyLimits::of(&gw);
     let body = match read_bounded(&req, payload, limits).await {
         Ok(b) => b,
@@ -78,7 +78,7 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
             // Not signed for yet: an unauthenticated request, counted as one, so a flood of
             // unreadable bodies is throttled like a flood of bad signatures.
             if let Some(throttled) = limit_unauthenticated(&gw) {
-                observe(&gw, Protocol::Quicksight, None, Outcome::Throttled, started);
+                watch.observe(Outcome::Throttled);
                 return throttled.response(&request_id);
             }
             let e = match e {
@@ -92,7 +92,7 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
                     AwsError::new(408, "RequestTimeoutException", e.message(limits))
                 }
             };
-            observe(&gw, Protocol::Quicksight, None, Outcome::Invalid, started);
+            watch.observe(Outcome::Invalid);
             return e.response(&request_id);
         }
     };
@@ -104,11 +104,12 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
                 Some(throttled) => (Outcome::Throttled, throttled),
             };
             tracing::debug!(code = e.code, "compatible listener refused a signature");
-            observe(&gw, Protocol::Quicksight, None, outcome, started);
+            watch.observe(outcome);
             return e.response(&request_id);
         }
     };
-    let outcome = |o| observe(&gw, Protocol::Quicksight, Some(tenant), o, started);
+    watch.tenant(tenant);
+    let outcome = |o| watch.observe(o);
     let throttled = |retry_after: Duration| {
         outcome(Outcome::Throttled);
         gw.metrics()

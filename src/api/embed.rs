@@ -1,6 +1,7 @@
 //! The three embed-URL endpoints: authenticate, count against the tenant's limit, read and
 //! parse the body, admit, serve, and answer with the URL and the rate-limit headers.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,11 +63,61 @@ pub(super) async fn registered(
     .await
 }
 
+/// One embed-URL request being handled, whose outcome is recorded exactly once: by
+/// [`Watch::observe`], or as `cancelled` when the handler is dropped before that. actix-web drops
+/// a handler whose client resets the connection, and one still running when the gateway stops;
+/// without this, a client that gives up on a slow miss would leave neither a line nor a count,
+/// and the metrics would miss requests exactly when answers are slow.
+pub(super) struct Watch<'a> {
+    gw: &'a Gateway,
+    protocol: Protocol,
+    started: Instant,
+    tenant: Cell<Option<&'a Tenant>>,
+    observed: Cell<bool>,
+}
+
+impl<'a> Watch<'a> {
+    pub(super) fn new(gw: &'a Gateway, protocol: Protocol) -> Self {
+        Watch {
+            gw,
+            protocol,
+            started: Instant::now(),
+            tenant: Cell::new(None),
+            observed: Cell::new(false),
+        }
+    }
+
+    /// The tenant the request was authenticated to.
+    pub(super) fn tenant(&self, tenant: &'a Tenant) {
+        self.tenant.set(Some(tenant));
+    }
+
+    /// Records the request's outcome (see [`observe`]).
+    pub(super) fn observe(&self, outcome: Outcome) {
+        self.observed.set(true);
+        observe(
+            self.gw,
+            self.protocol,
+            self.tenant.get(),
+            outcome,
+            self.started,
+        );
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        if !self.observed.get() {
+            self.observe(Outcome::Cancelled);
+        }
+    }
+}
+
 /// Records a request's outcome: its `embed-url request` line (never the URL) and its metrics. A
 /// throttled request's line is written at `info` only when it is the first of its sender's
 /// burst, else at `debug`, and counted into the report [`report_throttled`] writes (see
 /// `telemetry::bursts`).
-pub(super) fn observe(
+fn observe(
     gw: &Gateway,
     protocol: Protocol,
     tenant: Option<&Tenant>,
@@ -175,7 +226,7 @@ async fn embed(
     canned: &Canned,
     op: Operation,
 ) -> HttpResponse {
-    let started = Instant::now();
+    let watch = Watch::new(&gw, Protocol::Native);
     let request_id = request_id();
     let tenant = match authenticate(&gw, &req) {
         Ok(t) => t,
@@ -186,24 +237,19 @@ async fn embed(
             } else {
                 Outcome::Unauthenticated
             };
-            observe(&gw, Protocol::Native, None, outcome, started);
+            watch.observe(outcome);
             discard_body(&req, body, BodyLimits::of(&gw)).await;
             return p.response(&request_id);
         }
     };
+    watch.tenant(tenant);
     // The limit comes before the body is read or checked wherever it can be decided locally:
     // every authenticated request counts, so a tenant cannot make the gateway parse and validate
     // for free. In a fleet the count travels with the pool take, in one Redis round trip, and a
     // tenant known to be over its limit is refused here without one. Nothing else is touched
     // before the request is admitted.
     let throttled = |retry_after| {
-        observe(
-            &gw,
-            Protocol::Native,
-            Some(tenant),
-            Outcome::Throttled,
-            started,
-        );
+        watch.observe(Outcome::Throttled);
         gw.metrics()
             .inbound_rejected(Some((tenant.index, tenant.id.as_str())));
         canned.limited(tenant, retry_after, &request_id)
@@ -230,19 +276,13 @@ async fn embed(
             } else {
                 Outcome::Invalid
             };
-            observe(&gw, Protocol::Native, Some(tenant), outcome, started);
+            watch.observe(outcome);
             return p.response(&request_id);
         }
     };
     match gw.serve(tenant, &request, gate).await {
         Ok(served) => {
-            observe(
-                &gw,
-                Protocol::Native,
-                Some(tenant),
-                served.source.outcome(),
-                started,
-            );
+            watch.observe(served.source.outcome());
             let mut stamp = [0u8; 40];
             let expires = rfc3339(served.expires_at_ms, &mut stamp);
             let remaining = served.remaining;
@@ -262,7 +302,7 @@ async fn embed(
             ..
         }) => throttled(retry_after),
         Err(e) => {
-            observe(&gw, Protocol::Native, Some(tenant), Outcome::Error, started);
+            watch.observe(Outcome::Error);
             serve_failure(e).response(&request_id)
         }
     }

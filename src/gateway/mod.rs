@@ -21,7 +21,7 @@ use crate::limiter::{Budget, Budgets, Inbound, InboundLimiter, Priority};
 use crate::metrics::{Fetch, Metrics, Waste};
 use crate::model::{parse_request, BadInput, EmbedRequest, Operation, URL_VALIDITY_SECS};
 use crate::pool::{pool_key, Pool, PoolKey, PooledUrl};
-use crate::refill::{reclaim, Demand, Landed, Seen, Sessions, Tracked};
+use crate::refill::{Demand, Landed, Seen, Sessions, Tracked};
 use crate::shared::{Coordination, Limits, Placed, PoolStore, Sharing, Status};
 use crate::tasks::Health;
 use crate::telemetry::bursts::Bursts;
@@ -680,14 +680,17 @@ impl Gateway {
     ) -> Result<Served, ServeError> {
         // 1. Claim a prefetch already in flight for this key, if an unclaimed one exists.
         if let Some(t) = tracked {
-            if let Some(mut rx) = t.try_join() {
+            // Dropped while it waits (its client reset the connection), this request passes a
+            // URL delivered to it meanwhile to the next waiter, or counts it as waste.
+            let cancelled = |f: Fetched| self.metrics.wasted(Waste::Cancelled, f.fetched_for, 1);
+            if let Some(mut joined) = t.try_join(cancelled) {
                 let timeout = self.upstreams.of(req).settings().timeout_ms;
                 let until = deadline.min(Instant::now() + Duration::from_millis(timeout));
-                match tokio::time::timeout_at(until, &mut rx).await {
-                    Ok(Ok(f)) if self.fresh(&f) => return Ok(self.served(f, Source::Pool)),
-                    Ok(Ok(f)) => self.metrics.wasted(Waste::Expired, f.fetched_for, 1),
-                    _ => {
-                        if let Some(f) = reclaim(rx, t) {
+                match joined.wait_until(until).await {
+                    Some(f) if self.fresh(&f) => return Ok(self.served(f, Source::Pool)),
+                    Some(f) => self.metrics.wasted(Waste::Expired, f.fetched_for, 1),
+                    None => {
+                        if let Some(f) = joined.give_up() {
                             self.store(t.tenant, &t.key, f, false).await;
                         }
                     }

@@ -29,7 +29,7 @@ pub use demand::{Demand, Learned, LearnedKinds, Source};
 pub use planner::{KeyView, Planner, Report, Want};
 pub use sessions::{Predicted, Seen, Sessions};
 pub use tracked::{
-    reclaim, Evidence, InFlight, Landed, Planned, Shown, Tracked, HISTORY_HALF_LIFE_SECS,
+    Evidence, InFlight, Joined, Landed, Planned, Shown, Tracked, HISTORY_HALF_LIFE_SECS,
 };
 
 /// Evidence still to settle: each event adds one, decaying as e^(-age / tau) after it, so the

@@ -420,7 +420,9 @@ impl Tracked {
     }
 
     /// Claims the URL of a prefetch in flight, if one is not already claimed by another waiter.
-    pub fn try_join(&self) -> Option<oneshot::Receiver<Fetched>> {
+    /// `lost` receives the URL if the claim is dropped after the URL was delivered to it and no
+    /// other waiter takes it (see [`Joined`]).
+    pub fn try_join<L: FnOnce(Fetched)>(&self, lost: L) -> Option<Joined<'_, L>> {
         let mut waiters = self.waiters.lock();
         waiters.retain(|w| !w.is_closed());
         if waiters.len() >= self.in_flight.get() {
@@ -428,7 +430,11 @@ impl Tracked {
         }
         let (tx, rx) = oneshot::channel();
         waiters.push_back(tx);
-        Some(rx)
+        Some(Joined {
+            rx: Some(rx),
+            tracked: self,
+            lost: Some(lost),
+        })
     }
 
     /// After a prefetch failed: release the waiters no prefetch in flight can serve any more, so
@@ -446,9 +452,9 @@ impl Tracked {
     /// then pools it).
     ///
     /// # Guarantees
-    /// A oneshot sender delivers at most once, and a waiter that gives up reclaims anything sent
-    /// to it (see [`reclaim`]), so the URL ends in exactly one place: a waiter, the pool, or the
-    /// waste counter.
+    /// A oneshot sender delivers at most once, and a waiter that gives up, or is dropped,
+    /// reclaims anything sent to it (see [`Joined`]), so the URL ends in exactly one place: a
+    /// waiter, the pool, or the waste counter.
     #[must_use = "a URL nobody waits for must be pooled"]
     pub fn deliver(&self, mut fetched: Fetched) -> Option<Fetched> {
         loop {
@@ -504,18 +510,72 @@ impl Tracked {
     }
 }
 
-/// A waiter giving up: close its receiver and pass on anything delivered meanwhile (to another
-/// waiter, or back to the caller to pool).
-#[must_use = "a URL nobody waits for must be pooled"]
-pub fn reclaim(mut rx: oneshot::Receiver<Fetched>, tracked: &Tracked) -> Option<Fetched> {
-    rx.close();
-    rx.try_recv().ok().and_then(|f| tracked.deliver(f))
+/// A request's claim on the URL of a prefetch in flight ([`Tracked::try_join`]). The URL
+/// delivered to it ends in exactly one place however the request ends: received
+/// ([`Joined::wait_until`]); passed on when the request gives up waiting ([`Joined::give_up`]:
+/// to another waiter, or back to the caller to pool); or, when the request is dropped while it
+/// waits, to another waiter or else to `lost`. A request is dropped mid-wait when its client
+/// resets the connection (actix-web then drops the handler): without this, a URL delivered in
+/// the instant before would go with it, neither handed out nor counted.
+pub struct Joined<'a, L: FnOnce(Fetched)> {
+    rx: Option<oneshot::Receiver<Fetched>>,
+    tracked: &'a Tracked,
+    lost: Option<L>,
+}
+
+impl<L: FnOnce(Fetched)> Joined<'_, L> {
+    /// The prefetch's URL, or `None` when `until` passed first or the prefetch failed.
+    pub async fn wait_until(&mut self, until: tokio::time::Instant) -> Option<Fetched> {
+        let rx = self.rx.as_mut()?;
+        match tokio::time::timeout_at(until, rx).await {
+            Ok(Ok(f)) => {
+                self.rx = None;
+                Some(f)
+            }
+            _ => None,
+        }
+    }
+
+    /// Stops waiting: closes the claim and passes on anything delivered meanwhile, to another
+    /// waiter or back to the caller to pool.
+    #[must_use = "a URL nobody waits for must be pooled"]
+    pub fn give_up(mut self) -> Option<Fetched> {
+        self.reclaim()
+    }
+
+    fn reclaim(&mut self) -> Option<Fetched> {
+        let mut rx = self.rx.take()?;
+        rx.close();
+        rx.try_recv().ok().and_then(|f| self.tracked.deliver(f))
+    }
+}
+
+#[cfg(test)]
+impl<L: FnOnce(Fetched)> Joined<'_, L> {
+    fn try_recv(&mut self) -> Result<Fetched, oneshot::error::TryRecvError> {
+        self.rx.as_mut().expect("still waiting").try_recv()
+    }
+}
+
+impl<L: FnOnce(Fetched)> Drop for Joined<'_, L> {
+    fn drop(&mut self) {
+        if let Some(f) = self.reclaim() {
+            if let Some(lost) = self.lost.take() {
+                lost(f);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::{DashboardEmbedRequest, IdentityType};
+
+    /// A claim whose URL, if lost, is a failure of the test.
+    fn keep(f: Fetched) {
+        panic!("{} was lost", f.url)
+    }
 
     fn tracked() -> Tracked {
         let req = EmbedRequest::Dashboard(DashboardEmbedRequest::new(
@@ -531,8 +591,8 @@ mod tests {
     fn a_waiter_on_a_failed_prefetch_is_released_at_once() {
         let t = tracked();
         t.in_flight.start();
-        let mut rx = t.try_join().expect("one prefetch in flight to claim");
-        assert!(t.try_join().is_none(), "only one waiter per prefetch");
+        let mut rx = t.try_join(keep).expect("one prefetch in flight to claim");
+        assert!(t.try_join(keep).is_none(), "only one waiter per prefetch");
         t.in_flight.end(); // the prefetch failed
         t.release_unserved_waiters();
         assert!(matches!(
@@ -560,7 +620,7 @@ mod tests {
         let stored = t
             .land(fetched("u"), 0, |f| {
                 assert_eq!(f.url, "u", "nobody waited: the URL goes to the pool");
-                arrived = t.try_join();
+                arrived = t.try_join(keep);
                 async {
                     Landed {
                         pooled: true,
@@ -576,7 +636,7 @@ mod tests {
             "released once stored, to take the URL from the pool"
         );
         assert_eq!(t.in_flight.get(), 0);
-        assert!(t.try_join().is_none(), "nothing left in flight to join");
+        assert!(t.try_join(keep).is_none(), "nothing left in flight to join");
     }
 
     /// A waiter gets the landing URL and nothing is stored.
@@ -584,7 +644,7 @@ mod tests {
     async fn a_landing_url_goes_to_its_waiter_not_the_pool() {
         let t = tracked();
         t.in_flight.start();
-        let mut rx = t.try_join().unwrap();
+        let mut rx = t.try_join(keep).unwrap();
         let stored = t
             .land(fetched("u"), 0, |_| async {
                 panic!("a URL with a waiter is not stored")
@@ -593,6 +653,35 @@ mod tests {
         assert!(!stored);
         assert_eq!(rx.try_recv().unwrap().url, "u");
         assert_eq!(t.in_flight.get(), 0);
+    }
+
+    /// A request dropped while it waits (its client reset the connection) after the URL was
+    /// delivered to it passes the URL on: to the next waiter, else to `lost`, where the gateway
+    /// counts it as waste. Nothing is lost uncounted, and nothing is passed on twice.
+    #[test]
+    fn a_claim_dropped_after_its_url_was_delivered_passes_the_url_on() {
+        let t = tracked();
+        t.in_flight.start();
+        t.in_flight.start();
+        let first = t.try_join(keep).unwrap();
+        let mut second = t.try_join(keep).unwrap();
+        assert!(t.deliver(fetched("u")).is_none(), "delivered to the first");
+        drop(first);
+        assert_eq!(second.try_recv().unwrap().url, "u", "passed to the next");
+
+        let lost = std::cell::RefCell::new(vec![]);
+        let only = t
+            .try_join(|f: Fetched| lost.borrow_mut().push(f.url))
+            .unwrap();
+        assert!(t.deliver(fetched("v")).is_none());
+        drop(only);
+        assert_eq!(*lost.borrow(), ["v"], "nobody else waits: counted as lost");
+
+        // Dropped before anything was delivered: nothing to pass on, and the next URL is the
+        // caller's to pool.
+        let before = t.try_join(keep).unwrap();
+        drop(before);
+        assert_eq!(t.deliver(fetched("w")).map(|f| f.url).as_deref(), Some("w"));
     }
 
     /// A landing leaves the prefetches in flight and joins the landings in one step, and the

@@ -192,16 +192,10 @@ impl Upstream {
         req: &EmbedRequest,
         clock: &crate::clock::Clock,
     ) -> Result<Fetched, UpstreamError> {
-        let op = req.operation().as_str();
         let sent_at_ms = clock.now_ms();
-        let started = Instant::now();
-        self.metrics.upstream_in_flight.inc();
+        let mut calling = Calling::start(&self.metrics, req.operation().as_str(), self.id());
         let result = self.call(req).await;
-        self.metrics.upstream_in_flight.dec();
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[op, self.id()])
-            .observe(started.elapsed().as_secs_f64());
+        let ended = Instant::now();
         let result = result.and_then(|(url, anonymous_user_arn)| {
             // The SDK fills a missing required EmbedUrl with "" rather than failing; an ARN with
             // a space could not be pooled (nor is it an ARN).
@@ -220,14 +214,13 @@ impl Upstream {
                 ))
             }
         });
-        let label = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.label(),
-        };
-        self.metrics
-            .upstream_calls
-            .with_label_values(&[op, self.id(), label])
-            .inc();
+        calling.ended = Some((
+            ended,
+            match &result {
+                Ok(_) => "ok",
+                Err(e) => e.label(),
+            },
+        ));
         result
     }
 
@@ -466,5 +459,48 @@ impl Upstreams {
                 ),
             }
         }
+    }
+}
+
+/// One QuickSight call, in `embedgate_upstream_in_flight` until it ends and then counted in
+/// `embedgate_upstream_calls_total` and the duration histogram. A call its caller drops before
+/// it ends (a miss whose deadline came first, a request whose client reset the connection) is
+/// counted as `cancelled`: it was sent, may have cost a call of the account's quota and minted
+/// a URL nobody received, and it leaves the gauge as an ended call does. (The gauge used to
+/// keep every such call in flight for good.)
+struct Calling<'a> {
+    metrics: &'a Metrics,
+    op: &'static str,
+    upstream: &'a str,
+    started: Instant,
+    /// When the answer came, and the call's result label.
+    ended: Option<(Instant, &'static str)>,
+}
+
+impl<'a> Calling<'a> {
+    fn start(metrics: &'a Metrics, op: &'static str, upstream: &'a str) -> Self {
+        metrics.upstream_in_flight.inc();
+        Calling {
+            metrics,
+            op,
+            upstream,
+            started: Instant::now(),
+            ended: None,
+        }
+    }
+}
+
+impl Drop for Calling<'_> {
+    fn drop(&mut self) {
+        let (ended, result) = self.ended.unwrap_or((Instant::now(), "cancelled"));
+        self.metrics.upstream_in_flight.dec();
+        self.metrics
+            .upstream_duration
+            .with_label_values(&[self.op, self.upstream])
+            .observe(ended.duration_since(self.started).as_secs_f64());
+        self.metrics
+            .upstream_calls
+            .with_label_values(&[self.op, self.upstream, result])
+            .inc();
     }
 }

@@ -572,3 +572,66 @@ async fn state_shows_what_each_tenants_keys_are_judged_by_and_whose_evidence_it_
     assert!(beta["probability"].as_f64().unwrap() < 0.15, "{beta}");
     app.stop().await;
 }
+
+/// A client that resets its connection while its request waits on QuickSight (actix-web then
+/// drops the request's handler) is counted as `cancelled`, with its wait in the latency
+/// histogram, and so is the QuickSight call dropped with it. Before, the request vanished from
+/// the metrics (exactly when misses are slow) and the call stayed in flight for good.
+#[tokio::test]
+async fn a_request_whose_client_resets_the_connection_is_counted_as_cancelled() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app(|s| s.refill.enabled = false).await;
+    app.sim
+        .sim
+        .update_knobs(&json!({"hang_rate": 1.0}))
+        .unwrap();
+    let body = dash("sales-2024", "alice").to_string();
+    let request = format!(
+        "POST /v1/embed-url/dashboard HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        app.keys["alpha"],
+        body.len()
+    );
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let waiting = eventually(Duration::from_secs(10), || async {
+        metric(&app.metrics().await, "embedgate_upstream_in_flight") >= 1.0
+    })
+    .await;
+    assert!(waiting, "the request waits on the held QuickSight call");
+    // A reset, not a close: SO_LINGER 0.
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+    let cancelled =
+        "embedgate_requests_total{outcome=\"cancelled\",protocol=\"native\",tenant=\"alpha\"}";
+    let counted = eventually(Duration::from_secs(10), || async {
+        metric(&app.metrics().await, cancelled) == 1.0
+    })
+    .await;
+    let m = app.metrics().await;
+    assert!(counted, "{cancelled}: {}", metric(&m, cancelled));
+    assert_eq!(
+        metric(
+            &m,
+            "embedgate_request_duration_seconds_count{outcome=\"cancelled\",protocol=\"native\"}"
+        ),
+        1.0
+    );
+    // The QuickSight call it waited on was dropped with it: no longer in flight, and counted.
+    assert_eq!(metric(&m, "embedgate_upstream_in_flight"), 0.0);
+    assert_eq!(
+        metric(
+            &m,
+            "embedgate_upstream_calls_total{operation=\"GetDashboardEmbedUrl\",result=\"cancelled\",upstream=\"default\"}"
+        ),
+        1.0
+    );
+    for outcome in ["miss", "error"] {
+        let sample = format!(
+            "embedgate_requests_total{{outcome=\"{outcome}\",protocol=\"native\",tenant=\"alpha\"}}"
+        );
+        assert_eq!(metric(&m, &sample), 0.0, "{sample}");
+    }
+    app.stop().await;
+}
