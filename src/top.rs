@@ -139,12 +139,13 @@ pub fn render(prev: &Scrape, cur: &Scrape, secs: f64, source: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "refused/s   throttled {:>6.1}  denied {:>6.1}  invalid {:>6.1}  unauthenticated {:>5.1}  error {:>5.1}",
+        "refused/s   throttled {:>6.1}  denied {:>6.1}  invalid {:>6.1}  unauthenticated {:>5.1}  error {:>5.1}  cancelled {:>5.1}",
         r(req, &[("outcome", "throttled")]),
         r(req, &[("outcome", "denied")]),
         r(req, &[("outcome", "invalid")]),
         r(req, &[("outcome", "unauthenticated")]),
         r(req, &[("outcome", "error")]),
+        r(req, &[("outcome", "cancelled")]),
     );
     let fetched = r("embedgate_urls_fetched_total", &[]);
     let wasted = r("embedgate_urls_wasted_total", &[]);
