@@ -64,7 +64,8 @@ pub(super) async fn registered(
 }
 
 /// One embed-URL request being handled, whose outcome is recorded exactly once: by
-/// [`Watch::observe`], or as `cancelled` when the handler is dropped before that. actix-web drops
+/// [`Watch::observe`], or as `cancelled` when the handler is dropped before that (`error` if it
+/// is dropped by its own panic). actix-web drops
 /// a handler whose client resets the connection, and one still running when the gateway stops;
 /// without this, a client that gives up on a slow miss would leave neither a line nor a count,
 /// and the metrics would miss requests exactly when answers are slow.
@@ -108,7 +109,12 @@ impl<'a> Watch<'a> {
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
         if !self.observed.get() {
-            self.observe(Outcome::Cancelled);
+            // A handler that panicked failed; it was not cancelled.
+            self.observe(if std::thread::panicking() {
+                Outcome::Error
+            } else {
+                Outcome::Cancelled
+            });
         }
     }
 }
