@@ -578,3 +578,40 @@ async fn signatures_aws_would_refuse_are_refused_before_anything_upstream() {
     );
     app.stop().await;
 }
+
+/// A drop-in request whose client resets the connection while the gateway waits on QuickSight
+/// is counted as `cancelled` under its tenant, as a native one is
+/// (`observability::a_request_whose_client_resets_the_connection_is_counted_as_cancelled`).
+#[tokio::test]
+async fn a_drop_in_request_whose_client_resets_the_connection_is_counted_as_cancelled() {
+    let app = spawn_app(|s| {
+        with_compat(s);
+        s.refill.enabled = false;
+    })
+    .await;
+    app.sim
+        .sim
+        .update_knobs(&json!({"hang_rate": 1.0}))
+        .unwrap();
+    let base = app.compat.clone().unwrap();
+    let (url, headers) = signed(
+        &base,
+        ALPHA_KEY,
+        &secret("alpha", ALPHA_KEY),
+        "quicksight",
+        "us-east-1",
+        SystemTime::now(),
+    );
+    let target = url.trim_start_matches(&base);
+    let host = base.trim_start_matches("http://");
+    let mut request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n");
+    for (k, v) in &headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    let cancelled =
+        "embedgate_requests_total{outcome=\"cancelled\",protocol=\"quicksight\",tenant=\"alpha\"}";
+    let m = reset_while_quicksight_answers(&app, host, &request, cancelled).await;
+    assert_eq!(metric(&m, "embedgate_upstream_in_flight"), 0.0);
+    app.stop().await;
+}

@@ -579,7 +579,6 @@ async fn state_shows_what_each_tenants_keys_are_judged_by_and_whose_evidence_it_
 /// the metrics (exactly when misses are slow) and the call stayed in flight for good.
 #[tokio::test]
 async fn a_request_whose_client_resets_the_connection_is_counted_as_cancelled() {
-    use tokio::io::AsyncWriteExt;
     let app = spawn_app(|s| s.refill.enabled = false).await;
     app.sim
         .sim
@@ -592,25 +591,10 @@ async fn a_request_whose_client_resets_the_connection_is_counted_as_cancelled() 
         app.keys["alpha"],
         body.len()
     );
-    let addr = app.base.trim_start_matches("http://").to_string();
-    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let waiting = eventually(Duration::from_secs(10), || async {
-        metric(&app.metrics().await, "embedgate_upstream_in_flight") >= 1.0
-    })
-    .await;
-    assert!(waiting, "the request waits on the held QuickSight call");
-    // A reset, not a close: SO_LINGER 0.
-    stream.set_zero_linger().unwrap();
-    drop(stream);
     let cancelled =
         "embedgate_requests_total{outcome=\"cancelled\",protocol=\"native\",tenant=\"alpha\"}";
-    let counted = eventually(Duration::from_secs(10), || async {
-        metric(&app.metrics().await, cancelled) == 1.0
-    })
-    .await;
-    let m = app.metrics().await;
-    assert!(counted, "{cancelled}: {}", metric(&m, cancelled));
+    let addr = app.base.trim_start_matches("http://");
+    let m = reset_while_quicksight_answers(&app, addr, &request, cancelled).await;
     assert_eq!(
         metric(
             &m,

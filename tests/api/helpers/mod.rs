@@ -412,3 +412,32 @@ pub async fn send_and_stall(addr: &str, request: &str) -> (String, std::time::Du
         started.elapsed(),
     )
 }
+
+/// Sends `request` to the gateway at `addr` (`host:port`), waits until the QuickSight call it
+/// causes is in flight, then resets the connection (`SO_LINGER` 0), as a client that gives up
+/// does, and waits until `counted` (a request counter's sample) reaches 1. Returns the metrics
+/// scraped then.
+pub async fn reset_while_quicksight_answers(
+    app: &TestApp,
+    addr: &str,
+    request: &str,
+    counted: &str,
+) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let waiting = eventually(Duration::from_secs(10), || async {
+        metric(&app.metrics().await, "embedgate_upstream_in_flight") >= 1.0
+    })
+    .await;
+    assert!(waiting, "the request waits on the held QuickSight call");
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+    let reached = eventually(Duration::from_secs(10), || async {
+        metric(&app.metrics().await, counted) == 1.0
+    })
+    .await;
+    let m = app.metrics().await;
+    assert!(reached, "{counted}: {}", metric(&m, counted));
+    m
+}
