@@ -587,6 +587,8 @@ async fn a_drop_in_request_whose_client_resets_the_connection_is_counted_as_canc
     let app = spawn_app(|s| {
         with_compat(s);
         s.refill.enabled = false;
+        s.upstream.timeout_ms = 60_000;
+        s.api.miss_timeout_ms = 90_000;
     })
     .await;
     app.sim
