@@ -635,12 +635,30 @@ async fn a_url_whose_put_went_unanswered_is_never_kept_locally() {
     let fleet = fleet_of(1, on_redis(url)).await;
     let k = keys();
     until("the pool is stocked", || redis.shared_stock("alpha") >= 32).await;
-    // Refills under way when the answers stop: QuickSight answers them half a second later,
-    // and their puts run in Redis unanswered.
+    // Refills under way when the answers stop: QuickSight answers them later, and their puts
+    // run in Redis unanswered.
     let sim = &fleet.sim.sim;
     sim.update_knobs(&serde_json::json!({"latency_ms": 500}))
         .unwrap();
     let mut all = fleet.drive(200, 16, &k).await;
+    // On a busy machine the refills can all have landed by the time the drive returns, and then
+    // no put is left to go unanswered: take a few more URLs until a refill is seen in flight
+    // (QuickSight now holds each for a second, well within the 2 s Redis timeout that would make
+    // the replica stop putting), and stop the answers then.
+    sim.update_knobs(&serde_json::json!({"latency_ms": 1000}))
+        .unwrap();
+    let mut refilling = false;
+    for _ in 0..20 {
+        all.extend(fleet.drive(8, 8, &k).await);
+        refilling = eventually(Duration::from_millis(500), || async {
+            fleet.metric(0, "embedgate_upstream_in_flight").await >= 1.0
+        })
+        .await;
+        if refilling {
+            break;
+        }
+    }
+    assert!(refilling, "refills under way");
     endpoint.lose_replies(true);
     let stocked = redis.shared_stock("alpha");
     until("unanswered puts pooled URLs in Redis", || {
@@ -648,13 +666,15 @@ async fn a_url_whose_put_went_unanswered_is_never_kept_locally() {
     })
     .await;
     all.extend(fleet.drive(100, 16, &k).await);
-    let unconfirmed = fleet
-        .metric_total("embedgate_urls_wasted_total", "reason=\"unconfirmed\"")
-        .await;
-    assert!(
-        unconfirmed > 0.0,
-        "the unanswered puts were counted as waste"
-    );
+    // Each is counted when its call times out (`redis.timeout_ms` after it was sent).
+    let counted = eventually(Duration::from_secs(20), || async {
+        fleet
+            .metric_total("embedgate_urls_wasted_total", "reason=\"unconfirmed\"")
+            .await
+            > 0.0
+    })
+    .await;
+    assert!(counted, "the unanswered puts were counted as waste");
     endpoint.lose_replies(false);
     sim.update_knobs(&serde_json::json!({"latency_ms": 0}))
         .unwrap();
