@@ -584,17 +584,7 @@ async fn signatures_aws_would_refuse_are_refused_before_anything_upstream() {
 /// (`observability::a_request_whose_client_resets_the_connection_is_counted_as_cancelled`).
 #[tokio::test]
 async fn a_drop_in_request_whose_client_resets_the_connection_is_counted_as_cancelled() {
-    let app = spawn_app(|s| {
-        with_compat(s);
-        s.refill.enabled = false;
-        s.upstream.timeout_ms = 60_000;
-        s.api.miss_timeout_ms = 90_000;
-    })
-    .await;
-    app.sim
-        .sim
-        .update_knobs(&json!({"hang_rate": 1.0}))
-        .unwrap();
+    let app = app_whose_quicksight_holds_every_call(with_compat).await;
     let base = app.compat.clone().unwrap();
     let (url, headers) = signed(
         &base,

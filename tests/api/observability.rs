@@ -579,17 +579,7 @@ async fn state_shows_what_each_tenants_keys_are_judged_by_and_whose_evidence_it_
 /// the metrics (exactly when misses are slow) and the call stayed in flight for good.
 #[tokio::test]
 async fn a_request_whose_client_resets_the_connection_is_counted_as_cancelled() {
-    let app = spawn_app(|s| {
-        s.refill.enabled = false;
-        // Far beyond the moments a busy machine takes to see the call in flight and reset.
-        s.upstream.timeout_ms = 60_000;
-        s.api.miss_timeout_ms = 90_000;
-    })
-    .await;
-    app.sim
-        .sim
-        .update_knobs(&json!({"hang_rate": 1.0}))
-        .unwrap();
+    let app = app_whose_quicksight_holds_every_call(|_| {}).await;
     let body = dash("sales-2024", "alice").to_string();
     let request = format!(
         "POST /v1/embed-url/dashboard HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\

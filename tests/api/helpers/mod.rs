@@ -413,6 +413,26 @@ pub async fn send_and_stall(addr: &str, request: &str) -> (String, std::time::Du
     )
 }
 
+/// A gateway without refills whose simulator holds every call, and whose calls and misses wait
+/// for it far beyond the moments a busy machine takes to see a call in flight and reset its
+/// connection (`reset_while_quicksight_answers`).
+pub async fn app_whose_quicksight_holds_every_call(
+    customize: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let app = spawn_app(|s| {
+        s.refill.enabled = false;
+        s.upstream.timeout_ms = 60_000;
+        s.api.miss_timeout_ms = 90_000;
+        customize(s);
+    })
+    .await;
+    app.sim
+        .sim
+        .update_knobs(&serde_json::json!({"hang_rate": 1.0}))
+        .unwrap();
+    app
+}
+
 /// Sends `request` to the gateway at `addr` (`host:port`), waits until the QuickSight call it
 /// causes is in flight, then resets the connection (`SO_LINGER` 0), as a client that gives up
 /// does, and waits until `counted` (a request counter's sample) reaches 1. Returns the metrics
