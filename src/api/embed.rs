@@ -65,10 +65,10 @@ pub(super) async fn registered(
 
 /// One embed-URL request being handled, whose outcome is recorded exactly once: by
 /// [`Watch::observe`], or as `cancelled` when the handler is dropped before that (`error` if it
-/// is dropped by its own panic). actix-web drops
-/// a handler whose client resets the connection, and one still running when the gateway stops;
-/// without this, a client that gives up on a slow miss would leave neither a line nor a count,
-/// and the metrics would miss requests exactly when answers are slow.
+/// is dropped by its own panic). actix-web drops a handler whose client resets the connection,
+/// and one still running when the gateway stops; without this, a client that gives up on a slow
+/// miss would leave neither a line nor a count, and the metrics would miss requests exactly when
+/// answers are slow.
 pub(super) struct Watch<'a> {
     gw: &'a Gateway,
     protocol: Protocol,
@@ -93,15 +93,39 @@ impl<'a> Watch<'a> {
         self.tenant.set(Some(tenant));
     }
 
-    /// Records the request's outcome (see [`observe`]).
+    /// Records the request's outcome: its `embed-url request` line (never the URL) and its
+    /// metrics. A throttled request's line is written at `info` only when it is the first of its
+    /// sender's burst, else at `debug`, and counted into the report [`report_throttled`] writes
+    /// (see `telemetry::bursts`).
     pub(super) fn observe(&self, outcome: Outcome) {
         self.observed.set(true);
-        observe(
-            self.gw,
-            self.protocol,
-            self.tenant.get(),
+        let (gw, protocol, tenant) = (self.gw, self.protocol, self.tenant.get());
+        let seconds = self.started.elapsed().as_secs_f64();
+        macro_rules! outcome_line {
+            ($level:ident) => {
+                tracing::$level!(
+                    tenant = tenant.map_or("-", |t| t.id.as_str()),
+                    outcome = outcome.as_str(),
+                    protocol = protocol.as_str(),
+                    elapsed_ms = seconds * 1000.0,
+                    "embed-url request"
+                )
+            };
+        }
+        let in_full = outcome != Outcome::Throttled || {
+            let slot = tenant.map_or(gw.unauthenticated_slot(), |t| t.index);
+            gw.throttled_lines().note(slot, gw.clock().now_ms()) == bursts::Line::First
+        };
+        if in_full {
+            outcome_line!(info);
+        } else {
+            outcome_line!(debug);
+        }
+        gw.metrics().request(
+            protocol,
+            tenant.map(|t| (t.index, t.id.as_str())),
             outcome,
-            self.started,
+            seconds,
         );
     }
 }
@@ -117,46 +141,6 @@ impl Drop for Watch<'_> {
             });
         }
     }
-}
-
-/// Records a request's outcome: its `embed-url request` line (never the URL) and its metrics. A
-/// throttled request's line is written at `info` only when it is the first of its sender's
-/// burst, else at `debug`, and counted into the report [`report_throttled`] writes (see
-/// `telemetry::bursts`).
-fn observe(
-    gw: &Gateway,
-    protocol: Protocol,
-    tenant: Option<&Tenant>,
-    outcome: Outcome,
-    started: Instant,
-) {
-    let seconds = started.elapsed().as_secs_f64();
-    macro_rules! outcome_line {
-        ($level:ident) => {
-            tracing::$level!(
-                tenant = tenant.map_or("-", |t| t.id.as_str()),
-                outcome = outcome.as_str(),
-                protocol = protocol.as_str(),
-                elapsed_ms = seconds * 1000.0,
-                "embed-url request"
-            )
-        };
-    }
-    let in_full = outcome != Outcome::Throttled || {
-        let slot = tenant.map_or(gw.unauthenticated_slot(), |t| t.index);
-        gw.throttled_lines().note(slot, gw.clock().now_ms()) == bursts::Line::First
-    };
-    if in_full {
-        outcome_line!(info);
-    } else {
-        outcome_line!(debug);
-    }
-    gw.metrics().request(
-        protocol,
-        tenant.map(|t| (t.index, t.id.as_str())),
-        outcome,
-        seconds,
-    );
 }
 
 /// Writes, every second until `shutdown` resolves, one `embed-url requests throttled` line for

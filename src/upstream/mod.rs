@@ -194,9 +194,7 @@ impl Upstream {
     ) -> Result<Fetched, UpstreamError> {
         let sent_at_ms = clock.now_ms();
         let mut calling = Calling::start(&self.metrics, req.operation().as_str(), self.id());
-        let result = self.call(req).await;
-        let ended = Instant::now();
-        let result = result.and_then(|(url, anonymous_user_arn)| {
+        let result = self.call(req).await.and_then(|(url, anonymous_user_arn)| {
             // The SDK fills a missing required EmbedUrl with "" rather than failing; an ARN with
             // a space could not be pooled (nor is it an ARN).
             let anonymous_user_arn =
@@ -214,13 +212,10 @@ impl Upstream {
                 ))
             }
         });
-        calling.ended = Some((
-            ended,
-            match &result {
-                Ok(_) => "ok",
-                Err(e) => e.label(),
-            },
-        ));
+        calling.result = Some(match &result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        });
         result
     }
 
@@ -473,8 +468,8 @@ struct Calling<'a> {
     op: &'static str,
     upstream: &'a str,
     started: Instant,
-    /// When the answer came, and the call's result label.
-    ended: Option<(Instant, &'static str)>,
+    /// The call's result label, once it has one.
+    result: Option<&'static str>,
 }
 
 impl<'a> Calling<'a> {
@@ -485,22 +480,21 @@ impl<'a> Calling<'a> {
             op,
             upstream,
             started: Instant::now(),
-            ended: None,
+            result: None,
         }
     }
 }
 
 impl Drop for Calling<'_> {
     fn drop(&mut self) {
-        let (ended, result) = self.ended.unwrap_or((Instant::now(), "cancelled"));
         self.metrics.upstream_in_flight.dec();
         self.metrics
             .upstream_duration
             .with_label_values(&[self.op, self.upstream])
-            .observe(ended.duration_since(self.started).as_secs_f64());
+            .observe(self.started.elapsed().as_secs_f64());
         self.metrics
             .upstream_calls
-            .with_label_values(&[self.op, self.upstream, result])
+            .with_label_values(&[self.op, self.upstream, self.result.unwrap_or("cancelled")])
             .inc();
     }
 }
