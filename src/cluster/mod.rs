@@ -25,9 +25,13 @@
 //!   scripts read the data set once per loaded library and keep it in the library's state,
 //!   which cannot outlive the process and is loaded afresh with a full copy (a fence naming
 //!   another data set is judged against it read again); as scripts (Redis 6, or `FUNCTION`
-//!   denied), on every call. Not covered: an operator loading an older dump into the *same*
-//!   running process (`DEBUG RELOAD` of an old file) or writing an old backup's keys back into
-//!   it (`RESTORE`), which no restart, failover or managed restore does.
+//!   denied), on every call. An older copy written back into the *same* running process (an
+//!   old dump loaded with `DEBUG RELOAD`, an old backup's keys replayed with `RESTORE`) keeps
+//!   the process and its history; the fence's *serial* tells it: every call that pops URLs
+//!   counts it up, each replica sends the highest it has seen in the epoch, and a fence found
+//!   behind it starts a new epoch (`scripts::FENCE_LIB`). A fence that names an epoch the
+//!   replica left is sent the serial the replica remembers for it, so a copy from before a flush
+//!   is caught the same way.
 //! - **Clocks that cannot make a URL look fresher.** URLs in the shared pool are dated by the
 //!   replica that fetched them and judged by the one that takes them. Every heartbeat measures
 //!   this replica's clock against Redis's `TIME` (compensating half the round trip); a replica off
@@ -229,8 +233,8 @@ pub struct Fleet {
     /// Per tenant: the instant (ms) before which the tenant is known to be over its limit, so
     /// rejections need no Redis round trip (the local fast path).
     over_until: Vec<AtomicU64>,
-    /// Per tenant: the fencing epoch this replica last saw (empty: none yet).
-    epochs: Vec<RwLock<String>>,
+    /// Per tenant: the fencing epoch this replica last saw, and how far its serial had come.
+    epochs: Vec<RwLock<pool::Known>>,
     /// Where the last read of the fleet's session views ended (`views`).
     views_read: tokio::sync::Mutex<views::ViewsRead>,
     scripts: Scripts,
@@ -317,7 +321,7 @@ impl Fleet {
             started: std::time::Instant::now(),
             live_replicas: AtomicUsize::new(1),
             over_until: (0..tenants).map(|_| AtomicU64::new(0)).collect(),
-            epochs: (0..tenants).map(|_| RwLock::new(String::new())).collect(),
+            epochs: (0..tenants).map(|_| RwLock::default()).collect(),
             views_read: tokio::sync::Mutex::new(Default::default()),
             scripts: Scripts::new(),
             functions: AtomicU8::new(Functions::Unknown as u8),

@@ -1,6 +1,7 @@
 //! The shared pool: take, put, and the per-tick demand sync and prefetch claims, each one
 //! fenced script.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use redis::FromRedisValue;
@@ -14,10 +15,10 @@ use crate::refill::{KeyView, Report};
 use crate::tenant::Tenant;
 
 impl Fleet {
-    /// Runs a pool script behind the tenant's fence, with the epoch this replica knows; when
-    /// Redis says it has changed, learns the current one and, as the script's
-    /// [`OnNewEpoch`] says, sends the call once more in it. `build` adds the body's keys and
-    /// arguments for an epoch.
+    /// Runs a pool script behind the tenant's fence, with the epoch this replica knows and the
+    /// highest serial it has seen in it; when Redis says the epoch has changed, learns the
+    /// current one and, as the script's [`OnNewEpoch`] says, sends the call once more in it.
+    /// `build` adds the body's keys and arguments for an epoch.
     pub(super) async fn pool_script<T: FromRedisValue>(
         &self,
         op: &'static str,
@@ -25,14 +26,26 @@ impl Fleet {
         script: &Fenced,
         build: impl Fn(&mut Call, &str),
     ) -> Result<T, Down> {
-        for _ in 0..2 {
-            let epoch = self.epochs[tenant.index].read().clone();
+        // A third send: the second may meet a fence gone back to an epoch this replica left,
+        // whose serial it remembers (see `Known::learn`), and start a new one there.
+        for _ in 0..3 {
+            let (epoch, seen) = {
+                let known = self.epochs[tenant.index].read();
+                (known.epoch.clone(), known.serial)
+            };
             let mut call = Call::default();
-            call.key(self.fence_key(tenant)).arg(&epoch).arg(call_id());
+            call.key(self.fence_key(tenant))
+                .arg(&epoch)
+                .arg(call_id())
+                .arg(seen);
             build(&mut call, &epoch);
             let reply: Vec<redis::Value> = self.fenced(op, script, &call).await?;
-            match <[redis::Value; 2]>::try_from(reply) {
-                Ok([_, result]) => return T::from_redis_value(result).map_err(|_| Down::Unknown),
+            match <[redis::Value; 3]>::try_from(reply) {
+                Ok([_, result, serial]) => {
+                    let serial = u64::from_redis_value(serial).map_err(|_| Down::Unknown)?;
+                    self.epochs[tenant.index].write().saw(&epoch, serial);
+                    return T::from_redis_value(result).map_err(|_| Down::Unknown);
+                }
                 Err(reply) => {
                     let current = reply
                         .into_iter()
@@ -52,21 +65,22 @@ impl Fleet {
     }
 
     /// Records the tenant's current epoch. A change from a known one means Redis came back with
-    /// another data set (restart, failover, restore, flush or eviction of the fence): everything
-    /// pooled before stays in the old epoch's keys, never read again.
+    /// another data set (restart, failover, restore, flush or eviction of the fence, an older
+    /// copy written back): everything pooled before stays in the old epoch's keys, never read
+    /// again.
     pub(super) fn new_epoch(&self, tenant: &Tenant, seen: &str, current: String) {
         let mut known = self.epochs[tenant.index].write();
-        if *known == current {
+        if known.epoch == current {
             return;
         }
-        if !seen.is_empty() && *known == seen {
+        if !seen.is_empty() && known.epoch == seen {
             self.metrics.redis_fences.inc();
             tracing::warn!(
                 tenant = %tenant.id,
                 "the shared pool's data set changed (Redis restarted, failed over, was restored or flushed): URLs pooled before are discarded"
             );
         }
-        *known = current;
+        known.learn(current);
     }
 
     /// Pops the URL for `key` with the least remaining validity that still has `min_remaining_ms`
@@ -379,4 +393,45 @@ fn call_id() -> String {
         .rev()
         .map(|i| char::from(HEX[((n >> (i * 4)) & 0xf) as usize]))
         .collect()
+}
+
+/// What a replica knows of a tenant's fence (see `scripts::FENCE_LIB`).
+#[derive(Debug, Default)]
+pub(super) struct Known {
+    /// The epoch it last saw (empty: none yet).
+    epoch: String,
+    /// The highest serial it has seen in that epoch: a fence behind it went back in time.
+    serial: u64,
+    /// The last epochs it left, each with the serial it had seen there. Redis never goes back to
+    /// an epoch except with an older copy of its data set, so a fence that names one again is
+    /// sent the serial remembered for it, and starts a new epoch if it is behind that.
+    left: VecDeque<(String, u64)>,
+}
+
+/// How many left epochs a replica remembers per tenant.
+const LEFT_EPOCHS: usize = 8;
+
+impl Known {
+    /// A call in `epoch` found the fence at `serial`.
+    fn saw(&mut self, epoch: &str, serial: u64) {
+        if self.epoch == epoch {
+            self.serial = self.serial.max(serial);
+        }
+    }
+
+    /// Moves to the `current` epoch, remembering the one left.
+    fn learn(&mut self, current: String) {
+        let back = self.left.iter().position(|(e, _)| *e == current);
+        let serial = back
+            .and_then(|i| self.left.remove(i))
+            .map_or(0, |(_, serial)| serial);
+        let left = std::mem::replace(&mut self.epoch, current);
+        let left_at = std::mem::replace(&mut self.serial, serial);
+        if !left.is_empty() {
+            if self.left.len() == LEFT_EPOCHS {
+                self.left.pop_front();
+            }
+            self.left.push_back((left, left_at));
+        }
+    }
 }

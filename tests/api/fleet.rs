@@ -55,6 +55,13 @@ async fn hands_out_exactly_once(total: usize, redis: impl Fn(&mut Settings)) -> 
         0.0,
         "no replica fell back to local state"
     );
+    // Concurrent takes from three replicas count the fence's serial up out of order: none may
+    // read as Redis going back to an older copy.
+    assert_eq!(
+        fleet.metric_sum("embedgate_redis_fences_total").await,
+        0.0,
+        "no replica saw the data set change"
+    );
     fleet
 }
 

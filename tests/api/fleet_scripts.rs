@@ -266,8 +266,8 @@ async fn a_put_that_meets_a_new_epoch_is_dropped_not_pooled_in_it() {
         redis
             .cli(&[
                 "SET",
-                "embedgate:{t:t}:f2",
-                "0123456789abcdef:0123456789abcdef"
+                "embedgate:{t:t}:f3",
+                "0123456789abcdef:0123456789abcdef:0"
             ])
             .as_deref(),
         Some("OK")
@@ -297,6 +297,98 @@ async fn a_restart_from_a_snapshot_moves_the_fence_and_nothing_pooled_before_com
     let mut redis = RedisServer::start();
     let url = redis.url();
     restart_from_a_snapshot_hands_nothing_out_again(&mut redis, url).await;
+}
+
+/// A server started with `DEBUG` allowed (`DEBUG RELOAD` loads its dump file into the running
+/// process), with `extra` arguments.
+fn debuggable(extra: &[&str]) -> RedisServer {
+    RedisServer::start_with(&[&["--enable-debug-command", "yes"][..], extra].concat())
+}
+
+/// An older dump loaded into the process that handed the URL out (`DEBUG RELOAD` of the file
+/// saved before the take): the same `run_id` and replication id, but the fence's serial went
+/// back with the data. (Before the serial, the URL was handed out again.)
+#[tokio::test]
+async fn an_older_dump_loaded_into_the_same_process_hands_nothing_out_again() {
+    let redis = debuggable(&[]);
+    older_dump_hands_nothing_out_again(&redis, redis.url()).await;
+}
+
+/// The same with the scripts in their script form.
+#[tokio::test]
+async fn where_redis_refuses_functions_an_older_dump_hands_nothing_out_again() {
+    let redis = debuggable(&NO_FUNCTIONS);
+    let at = format!("redis://scripts:pw@127.0.0.1:{}", redis.port);
+    older_dump_hands_nothing_out_again(&redis, at).await;
+}
+
+async fn older_dump_hands_nothing_out_again(redis: &RedisServer, at: String) {
+    let clock = Clock::manual();
+    let (f, tenants, metrics) = fleet_at(at, &clock).await;
+    let now = clock.now_ms();
+    let t = tenants.get(0);
+    let first = saved_then_taken(redis, &f, &tenants, now).await;
+    assert_eq!(
+        redis.cli(&["DEBUG", "RELOAD", "NOSAVE"]).as_deref(),
+        Some("OK")
+    );
+    assert_eq!(
+        redis
+            .cli(&["ZCARD", &redis_key_like(redis, ":p3:")])
+            .as_deref(),
+        Some("2"),
+        "the dump brought the URL back"
+    );
+    let again = take(&f, t, &key(1), now).await;
+    assert!(
+        again.is_none(),
+        "nothing pooled before the reload is handed out again: {again:?} (first {})",
+        first.url
+    );
+    assert_eq!(metrics.redis_fences.get(), 1);
+}
+
+/// Pools two URLs for `key(1)`, saves the dump, then takes the first: the URL the dump still
+/// holds and must never be handed out again.
+async fn saved_then_taken(
+    redis: &RedisServer,
+    f: &Fleet,
+    tenants: &Tenants,
+    now: u64,
+) -> PooledUrl {
+    for i in 1..=2 {
+        let u = url(i, now + i as u64);
+        assert_eq!(put(f, tenants, &key(1), &u, now).await, Stored::Yes);
+    }
+    assert_eq!(redis.cli(&["SAVE"]).as_deref(), Some("OK"));
+    take(f, tenants.get(0), &key(1), now)
+        .await
+        .expect("a URL after the save")
+}
+
+/// A dump saved in an epoch this replica has since left (a flush started another) loaded back:
+/// the fence names the old epoch again, with the serial it had when the dump was saved, behind
+/// the one the replica remembers for it.
+#[tokio::test]
+async fn a_dump_from_before_a_flush_loaded_back_hands_nothing_out_again() {
+    let redis = debuggable(&[]);
+    let clock = Clock::manual();
+    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let now = clock.now_ms();
+    let t = tenants.get(0);
+    let first = saved_then_taken(&redis, &f, &tenants, now).await;
+    assert_eq!(redis.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
+    assert!(take(&f, t, &key(1), now).await.is_none(), "a new epoch");
+    assert_eq!(
+        redis.cli(&["DEBUG", "RELOAD", "NOSAVE"]).as_deref(),
+        Some("OK")
+    );
+    let again = take(&f, t, &key(1), now).await;
+    assert!(
+        again.is_none(),
+        "the epoch left is not taken up again: {again:?} (first {})",
+        first.url
+    );
 }
 
 /// A failover and back: the primary hands out a URL its replica has not heard of being taken;

@@ -118,6 +118,90 @@ async fn a_restart_from_a_snapshot_taken_mid_run_hands_nothing_out_twice() {
     assert_no_resurrection(fleet, &snapshot, &after, &all).await;
 }
 
+/// Drives three replicas on `redis`, makes a copy of the data set once the pool is stocked
+/// (`copy`), drives them again, writes the copy back into the same running server (`restore`),
+/// drives them once more, and makes the shared checks: the process and its replication id never
+/// changed, so only the fence's serial can tell.
+async fn copy_written_back_hands_nothing_out_twice<C>(
+    redis: &RedisServer,
+    copy: impl AsyncFnOnce() -> C,
+    restore: impl AsyncFnOnce(C),
+) {
+    let fleet = fleet_on(redis.url()).await;
+    let k = keys();
+    let mut all = fleet.drive(1_500, 48, &k).await;
+    until("the pool is stocked", || pooled_urls(redis).len() >= 32).await;
+    let data_set = (
+        redis.info("server", "run_id"),
+        redis.info("replication", "master_replid"),
+    );
+    let snapshot = pooled_urls(redis);
+    let copied = copy().await;
+    let after = fleet.drive(1_500, 48, &k).await;
+    restore(copied).await;
+    let same = (
+        redis.info("server", "run_id"),
+        redis.info("replication", "master_replid"),
+    );
+    assert_eq!(same, data_set, "the same process and history");
+    all.extend(fleet.drive(1_500, 48, &k).await);
+    all.extend(after.clone());
+    assert_no_resurrection(fleet, &snapshot, &after, &all).await;
+}
+
+/// An older dump loaded into the running process (`DEBUG RELOAD` of the file saved before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_older_dump_reloaded_into_the_running_redis_hands_nothing_out_twice() {
+    let redis = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let cli = |args: &[&str]| assert_eq!(redis.cli(args).as_deref(), Some("OK"));
+    copy_written_back_hands_nothing_out_twice(
+        &redis,
+        async || cli(&["SAVE"]),
+        async |()| cli(&["DEBUG", "RELOAD", "NOSAVE"]),
+    )
+    .await;
+}
+
+/// An old backup's keys written back into the live server (`RESTORE … REPLACE`, as a migration
+/// tool replaying a dump does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_old_backup_restored_key_by_key_into_the_running_redis_hands_nothing_out_twice() {
+    let redis = RedisServer::start();
+    let conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let dump = async || {
+        let mut conn = conn.clone();
+        let names: Vec<String> = redis::cmd("KEYS")
+            .arg("embedgate:{t:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut backup = Vec::new();
+        for name in names {
+            let cmd = redis::cmd("DUMP").arg(&name).clone();
+            let dump: Vec<u8> = cmd.query_async(&mut conn).await.unwrap();
+            backup.push((name, dump));
+        }
+        backup
+    };
+    let restore = async |backup: Vec<(String, Vec<u8>)>| {
+        let mut conn = conn.clone();
+        for (name, dump) in backup {
+            let cmd = redis::cmd("RESTORE")
+                .arg(name)
+                .arg(0)
+                .arg(dump)
+                .arg("REPLACE")
+                .clone();
+            let () = cmd.query_async(&mut conn).await.unwrap();
+        }
+    };
+    copy_written_back_hands_nothing_out_twice(&redis, dump, restore).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flushall_mid_run_hands_nothing_out_twice() {
     let redis = RedisServer::start();
