@@ -2,11 +2,13 @@
 //! Redis Cluster.
 //!
 //! # Layout (prefix `P`, default `embedgate:`)
-//! - `P{t:<tenant>}:f3`: the tenant's fence, `<data set>:<epoch>:<serial>`, the data set being
-//!   the server's `run_id` and replication id, the serial the count of calls that popped URLs in
-//!   the epoch (see `scripts::FENCE_LIB`). (`:f` held `<run_id>:<epoch>`, `:f2`
-//!   `<data set>:<epoch>`: each release keeps its own fence and so its own epochs, instead of
-//!   the two starting a new epoch over each other's at every call while a fleet is upgraded.)
+//! - `P{t:<tenant>}:f2`: the tenant's fence, `<data set>:<epoch>`, the data set being the
+//!   server's `run_id` and replication id (see `scripts::FENCE_LIB`). (`:f` held
+//!   `<run_id>:<epoch>`: each release keeps its own fence and so its own epochs, instead of the
+//!   two starting a new epoch over each other's at every call while a fleet is upgraded.)
+//! - `P{t:<tenant>}:serial`: how many calls have popped the tenant's URLs, an integer that only
+//!   grows while the data set is the same; one that went back is an older copy of it (see
+//!   `scripts::FENCE_LIB`).
 //! - `P{t:<tenant>}:p3:<epoch>:<key>`: sorted set of pooled URLs, each a 16-hex-digit digest of
 //!   the URL, a character naming why it was fetched, then the URL, scored by the ms their
 //!   request was sent. (`p:` held bare URLs, `p2:` the digest and the URL; each new name keeps
@@ -59,7 +61,12 @@ impl Fleet {
 
     /// The tenant's fence: `<data set>:<epoch>`.
     pub(super) fn fence_key(&self, tenant: &Tenant) -> String {
-        self.tenant_key(tenant, &[":f3"])
+        self.tenant_key(tenant, &[":f2"])
+    }
+
+    /// The tenant's serial: how many calls have popped its URLs.
+    pub(super) fn serial_key(&self, tenant: &Tenant) -> String {
+        self.tenant_key(tenant, &[":serial"])
     }
 
     /// The sorted set of `key`'s pooled URLs in `epoch`.

@@ -27,8 +27,8 @@
 //!   another data set is judged against it read again); as scripts (Redis 6, or `FUNCTION`
 //!   denied), on every call. An older copy written back into the *same* running process (an
 //!   old dump loaded with `DEBUG RELOAD`, an old backup's keys replayed with `RESTORE`) keeps
-//!   the process and its history; the fence's *serial* tells it: every call that pops URLs
-//!   counts it up, each replica sends the highest it has seen in the epoch, and a fence found
+//!   the process and its history; the tenant's *serial* tells it: every call that pops URLs
+//!   counts it up, each replica sends the highest it has seen in its epoch, and a serial found
 //!   behind it starts a new epoch (`scripts::FENCE_LIB`). A fence that names an epoch the
 //!   replica left is sent the serial the replica remembers for it, so a copy from before a flush
 //!   is caught the same way.

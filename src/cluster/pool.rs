@@ -35,6 +35,7 @@ impl Fleet {
             };
             let mut call = Call::default();
             call.key(self.fence_key(tenant))
+                .key(self.serial_key(tenant))
                 .arg(&epoch)
                 .arg(call_id())
                 .arg(seen);

@@ -12,13 +12,13 @@ use redis::Script;
 use sha2::{Digest, Sha256};
 
 /// The fence every pool script passes first. `fence(keys, args, run, reread, bump)`: keys[1] is
-/// the tenant's fence, args[1] the epoch the replica expects, args[2] a fresh epoch to start if
-/// the fence names another data set than this server's (`run`, as `server_run` names it), args[3]
-/// the highest serial the replica has seen in its epoch. When the fence does not name `run` and
-/// `reread` is given (`run` was kept from an earlier call), the server's data set is read afresh
-/// before it is judged. Returns the current epoch when it is not the expected one (the script
-/// then returns `{current_epoch}` and does nothing else; otherwise the body's result comes back
-/// as `{'', result, serial}`), the data set judged by, and the epoch's serial.
+/// the tenant's fence, keys[2] its serial, args[1] the epoch the replica expects, args[2] a fresh
+/// epoch to start if the fence names another data set than this server's (`run`, as `server_run`
+/// names it), args[3] the highest serial the replica has seen in its epoch. When the fence does
+/// not name `run` and `reread` is given (`run` was kept from an earlier call), the server's data
+/// set is read afresh before it is judged. Returns the current epoch when it is not the expected
+/// one (the script then returns `{current_epoch}` and does nothing else; otherwise the body's
+/// result comes back as `{'', result, serial}`), the data set judged by, and the serial.
 ///
 /// `server_run` names the data set by the server process (`run_id`) and the history of its data
 /// (`master_replid`: new when the server is promoted, its primary's after it takes a full copy
@@ -29,12 +29,12 @@ use sha2::{Digest, Sha256};
 /// refuses the section, is judged by the process alone.
 ///
 /// Neither names a data set written back into the same running process (an older dump loaded
-/// with `DEBUG RELOAD`, an old backup's keys replayed with `RESTORE`): the fence's *serial* does.
-/// Every call that pops URLs (`bump`: take and hit) counts one up in the fence itself, which an
-/// older copy of the data set holds with the older count; each replica sends the highest serial
-/// it has seen in the epoch, and a fence behind it went back in time, so a new epoch starts
-/// there and nothing pooled in the old one is read again. Every pool call reads the serial, so a
-/// replica that syncs a tenant each tick knows it to within a tick.
+/// with `DEBUG RELOAD`, an old backup's keys replayed with `RESTORE`): the tenant's *serial*
+/// does. Every call that pops URLs (`bump`: take and hit) counts it up, and an older copy of the
+/// data set holds it with the older count; each replica sends the highest serial it has seen in
+/// its epoch, and a serial behind that went back in time, so a new epoch starts there and
+/// nothing pooled in the old one is read again. Every pool call reads the serial, so a replica
+/// that syncs a tenant each tick knows it to within a tick.
 pub(super) const FENCE_LIB: &str = r"
 local function server_run()
   local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
@@ -44,18 +44,23 @@ end
 local function fence(keys, args, run, reread, bump)
   local held = redis.call('GET', keys[1])
   local r, epoch, serial
-  if held then r, epoch, serial = string.match(held, '^(%x+):([^:]+):(%d+)$') end
+  if held then r, epoch = string.match(held, '^(%x+):(.+)$') end
   if r ~= run and reread then run = reread() end
-  if r ~= run or (epoch == args[1] and tonumber(serial) < tonumber(args[3])) then
-    epoch, serial = args[2], '0'
-    redis.call('SET', keys[1], run .. ':' .. epoch .. ':0')
+  if r == run and epoch == args[1] then
+    if bump then
+      serial = redis.call('INCR', keys[2]) - 1
+    else
+      serial = tonumber(redis.call('GET', keys[2]) or 0)
+    end
+    -- Behind what the replica has seen: the data set went back in time.
+    if serial < tonumber(args[3]) then r = nil end
+  end
+  if r ~= run then
+    epoch = args[2]
+    redis.call('SET', keys[1], run .. ':' .. epoch)
   end
   if epoch ~= args[1] then return epoch, run, 0 end
-  serial = tonumber(serial)
-  if bump then
-    serial = serial + 1
-    redis.call('SET', keys[1], string.format('%s:%s:%.0f', run, epoch, serial))
-  end
+  if bump then serial = serial + 1 end
   return nil, run, serial
 end
 ";
@@ -426,12 +431,12 @@ fn limiter(body: &str) -> Script {
 /// `{'', result, serial}`.
 fn fenced_script(body: &str, bump: bool) -> Script {
     Script::new(&format!(
-        "redis.replicate_commands()\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal current, _, serial = fence(KEYS, ARGV, server_run(), nil, {bump})\nif current then return {{current}} end\nlocal KEYS, ARGV = {{unpack(KEYS, 2)}}, {{unpack(ARGV, 4)}}\nreturn {{'', (function()\n{body}\nend)(), serial}}\n"
+        "redis.replicate_commands()\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal current, _, serial = fence(KEYS, ARGV, server_run(), nil, {bump})\nif current then return {{current}} end\nlocal KEYS, ARGV = {{unpack(KEYS, 3)}}, {{unpack(ARGV, 4)}}\nreturn {{'', (function()\n{body}\nend)(), serial}}\n"
     ))
 }
 
 /// The pool scripts, by the operation name their function carries, and whether they pop URLs
-/// (and so count the fence's serial up; see [`FENCE_LIB`]).
+/// (and so count the tenant's serial up; see [`FENCE_LIB`]).
 const POOL_SCRIPTS: [(&str, &str, bool); 5] = [
     ("take", TAKE, true),
     ("hit", HIT, true),
@@ -450,7 +455,7 @@ const POOL_SCRIPTS: [(&str, &str, bool); 5] = [
 /// script form (`fleet_scripts::a_primary_promoted_again_after_resyncing_…`).
 fn library() -> (String, String) {
     let mut code = format!(
-        "#!lua name=LIBRARY\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal run\nlocal function fenced(body, bump)\n  return function(keys, args)\n    local current, serial\n    current, run, serial = fence(keys, args, run or server_run(), server_run, bump)\n    if current then return {{current}} end\n    return {{'', body({{unpack(keys, 2)}}, {{unpack(args, 4)}}), serial}}\n  end\nend\n"
+        "#!lua name=LIBRARY\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal run\nlocal function fenced(body, bump)\n  return function(keys, args)\n    local current, serial\n    current, run, serial = fence(keys, args, run or server_run(), server_run, bump)\n    if current then return {{current}} end\n    return {{'', body({{unpack(keys, 3)}}, {{unpack(args, 4)}}), serial}}\n  end\nend\n"
     );
     for (op, body, bump) in POOL_SCRIPTS {
         code.push_str(&format!(

@@ -55,7 +55,7 @@ async fn hands_out_exactly_once(total: usize, redis: impl Fn(&mut Settings)) -> 
         0.0,
         "no replica fell back to local state"
     );
-    // Concurrent takes from three replicas count the fence's serial up out of order: none may
+    // Concurrent takes from three replicas count the tenant's serial up out of order: none may
     // read as Redis going back to an older copy.
     assert_eq!(
         fleet.metric_sum("embedgate_redis_fences_total").await,

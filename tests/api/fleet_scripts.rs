@@ -266,8 +266,8 @@ async fn a_put_that_meets_a_new_epoch_is_dropped_not_pooled_in_it() {
         redis
             .cli(&[
                 "SET",
-                "embedgate:{t:t}:f3",
-                "0123456789abcdef:0123456789abcdef:0"
+                "embedgate:{t:t}:f2",
+                "0123456789abcdef:0123456789abcdef"
             ])
             .as_deref(),
         Some("OK")
@@ -306,7 +306,7 @@ fn debuggable(extra: &[&str]) -> RedisServer {
 }
 
 /// An older dump loaded into the process that handed the URL out (`DEBUG RELOAD` of the file
-/// saved before the take): the same `run_id` and replication id, but the fence's serial went
+/// saved before the take): the same `run_id` and replication id, but the tenant's serial went
 /// back with the data. (Before the serial, the URL was handed out again.)
 #[tokio::test]
 async fn an_older_dump_loaded_into_the_same_process_hands_nothing_out_again() {

@@ -121,7 +121,7 @@ async fn a_restart_from_a_snapshot_taken_mid_run_hands_nothing_out_twice() {
 /// Drives three replicas on `redis`, makes a copy of the data set once the pool is stocked
 /// (`copy`), drives them again, writes the copy back into the same running server (`restore`),
 /// drives them once more, and makes the shared checks: the process and its replication id never
-/// changed, so only the fence's serial can tell.
+/// changed, so only the tenant's serial can tell.
 async fn copy_written_back_hands_nothing_out_twice<C>(
     redis: &RedisServer,
     copy: impl AsyncFnOnce() -> C,
