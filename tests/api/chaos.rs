@@ -1,7 +1,8 @@
 //! The chaos runs (`scripts/chaos.sh`, not part of the suite): at least a million hand-outs over
 //! three replicas, on a fixed schedule of faults, each URL opened at the simulator right after
 //! its phase. On one Redis: killed and restarted empty, snapshotted and later restarted from the
-//! snapshot (a rollback), paused past the replicas' timeout, and flushed. On a Redis Cluster with
+//! snapshot (a rollback), snapshotted and later made to load the snapshot while it runs (a
+//! rollback in the same process), paused past the replicas' timeout, and flushed. On a Redis Cluster with
 //! a replica per primary: the tenant's primary crashes (its replica takes over) and comes back as
 //! a replica, goes silent and comes back, and the tenant's slot moves to another primary under
 //! traffic. On a primary and a replica under a Sentinel: the primary crashes (the Sentinel
@@ -28,7 +29,9 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 /// What is done to one Redis before each phase, in turn.
-const SCHEDULE: [&str; 6] = ["none", "kill", "snapshot", "rollback", "pause", "flush"];
+const SCHEDULE: [&str; 8] = [
+    "none", "kill", "snapshot", "rollback", "snapshot", "reload", "pause", "flush",
+];
 
 /// What is done to a Redis Cluster before each phase, in turn.
 const CLUSTER_SCHEDULE: [&str; 6] = ["none", "crash", "rejoin", "silence", "resume", "move"];
@@ -39,7 +42,8 @@ const SENTINEL_SCHEDULE: [&str; 6] = ["none", "crash", "rejoin", "silence", "res
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "chaos: load-sized, run by scripts/chaos.sh"]
 async fn soak_chaos_hands_out_every_url_exactly_once_while_redis_misbehaves() {
-    let mut redis = RedisServer::start();
+    // `DEBUG RELOAD` loads the snapshot into the running process.
+    let mut redis = RedisServer::start_with(&["--enable-debug-command", "yes"]);
     let url = redis.url();
     let fault = move |fault: &str| match fault {
         "kill" => {
@@ -52,6 +56,10 @@ async fn soak_chaos_hands_out_every_url_exactly_once_while_redis_misbehaves() {
             redis.kill();
             redis.restart();
         }
+        "reload" => assert_eq!(
+            redis.cli(&["DEBUG", "RELOAD", "NOSAVE"]).as_deref(),
+            Some("OK")
+        ),
         "pause" => {
             redis.cli(&["CLIENT", "PAUSE", "300"]);
         }
