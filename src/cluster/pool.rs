@@ -436,3 +436,51 @@ impl Known {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_answer_from_an_epoch_left_does_not_raise_the_current_one() {
+        let mut k = Known::default();
+        k.learn("e".into());
+        k.saw("e", 5);
+        k.learn("f".into());
+        // A call sent in `e` answered after the move: `f`'s serial is another count.
+        k.saw("e", 500);
+        assert_eq!((k.epoch.as_str(), k.serial), ("f", 0));
+        k.saw("f", 3);
+        k.saw("f", 2);
+        assert_eq!(
+            k.serial, 3,
+            "the highest seen, whatever order the answers come in"
+        );
+    }
+
+    #[test]
+    fn an_epoch_named_again_is_sent_the_serial_seen_there() {
+        let mut k = Known::default();
+        k.learn("e".into());
+        k.saw("e", 7);
+        k.learn("f".into());
+        k.saw("f", 2);
+        k.learn("e".into());
+        assert_eq!((k.epoch.as_str(), k.serial), ("e", 7));
+        k.learn("f".into());
+        assert_eq!(k.serial, 2);
+    }
+
+    #[test]
+    fn the_epochs_left_are_bounded() {
+        let mut k = Known::default();
+        for i in 0..3 * LEFT_EPOCHS {
+            k.learn(i.to_string());
+            k.saw(&i.to_string(), 1);
+        }
+        assert_eq!(k.left.len(), LEFT_EPOCHS);
+        // The oldest are forgotten: named again, they are sent nothing to be behind.
+        k.learn("0".into());
+        assert_eq!(k.serial, 0);
+    }
+}
