@@ -401,11 +401,11 @@ fn call_id() -> String {
 pub(super) struct Known {
     /// The epoch it last saw (empty: none yet).
     epoch: String,
-    /// The highest serial it has seen in that epoch: a fence behind it went back in time.
+    /// The highest serial it has seen in that epoch: a serial behind it went back in time.
     serial: u64,
     /// The last epochs it left, each with the serial it had seen there. Redis never goes back to
     /// an epoch except with an older copy of its data set, so a fence that names one again is
-    /// sent the serial remembered for it, and starts a new epoch if it is behind that.
+    /// sent the serial remembered for it, and starts a new epoch if the serial is behind that.
     left: VecDeque<(String, u64)>,
 }
 
@@ -413,7 +413,7 @@ pub(super) struct Known {
 const LEFT_EPOCHS: usize = 8;
 
 impl Known {
-    /// A call in `epoch` found the fence at `serial`.
+    /// A call in `epoch` found the tenant's serial at `serial`.
     fn saw(&mut self, epoch: &str, serial: u64) {
         if self.epoch == epoch {
             self.serial = self.serial.max(serial);
