@@ -2,11 +2,11 @@
 //! three replicas, on a fixed schedule of faults, each URL opened at the simulator right after
 //! its phase. On one Redis: killed and restarted empty, snapshotted and later restarted from the
 //! snapshot (a rollback), snapshotted and later made to load the snapshot while it runs (a
-//! rollback in the same process), paused past the replicas' timeout, and flushed. On a Redis Cluster with
-//! a replica per primary: the tenant's primary crashes (its replica takes over) and comes back as
-//! a replica, goes silent and comes back, and the tenant's slot moves to another primary under
-//! traffic. On a primary and a replica under a Sentinel: the primary crashes (the Sentinel
-//! promotes the replica) and comes back as a replica, goes silent and comes back, and an
+//! rollback in the same process), paused past the replicas' timeout, and flushed. On a Redis
+//! Cluster with a replica per primary: the tenant's primary crashes (its replica takes over) and
+//! comes back as a replica, goes silent and comes back, and the tenant's slot moves to another
+//! primary under traffic. On a primary and a replica under a Sentinel: the primary crashes (the
+//! Sentinel promotes the replica) and comes back as a replica, goes silent and comes back, and an
 //! operator fails it over. The report (duplicates, late openings, least validity left, answers by
 //! code, hand-out latency) goes to `bench-results/chaos.{json,md}`, `chaos-cluster.{json,md}` and
 //! `chaos-sentinel.{json,md}`; a run fails on any duplicate or late opening.
