@@ -8,7 +8,9 @@
 //! - **Exactly once across replicas.** A URL enters Redis by one `ZADD` and leaves by one
 //!   `ZPOPMIN` (or a purge), each inside a Lua script, so two replicas can never pop the same
 //!   member. A put whose outcome is unknown (timeout, broken connection) is *dropped* and counted
-//!   as waste (`unconfirmed`), never kept locally: it may be in Redis already.
+//!   as waste (`unconfirmed`), never kept locally: it may be in Redis already. A take or hit
+//!   whose caller stops waiting (a timeout, a request dropped with its client) is never sent
+//!   again; its reply is still read, and what it popped counted as waste (`cancelled`).
 //! - **Exactly once when Redis comes back older.** A restart from a snapshot, a failover to a
 //!   replica that lagged, or a restored backup brings back URLs that were popped (and handed out)
 //!   after the data set was copied. Persistence settings cannot rule that out, so every pooled
@@ -63,6 +65,7 @@ mod scripts;
 mod sentinel;
 pub mod views;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +79,7 @@ use redis::{Cmd, FromRedisValue, ScriptInvocation, ToRedisArgs};
 use crate::config::RedisSettings;
 use crate::metrics::{Metrics, REDIS_OPERATIONS};
 use connections::Connections;
+use pool::Pops;
 use scripts::{Fenced, Scripts};
 
 /// Which connection a standalone Redis's command goes on (a Cluster has one).
@@ -117,10 +121,15 @@ pub(super) enum Functions {
 }
 
 /// A command for Redis: a script (`EVALSHA`, loaded when Redis lacks it), or a plain command
-/// (`FCALL` of the library's function, `FUNCTION LOAD`).
+/// (`FCALL` of the library's function, `EVALSHA` of a pool script, `FUNCTION LOAD`).
 pub(super) enum Request<'a> {
     Script(ScriptInvocation<'a>),
     Command(Cmd),
+    /// A pool script that pops URLs (take, hit). When its caller stops waiting for the reply
+    /// (the command timed out, or the request was dropped because its client went away), the
+    /// wait goes on in a task of its own, which counts what the reply removed from the pool as
+    /// waste: a popped URL nobody was handed is not lost uncounted.
+    Pop(Cmd, Pops, &'a Arc<Metrics>),
 }
 
 /// A pool script's keys and arguments, gathered before its form is chosen
@@ -142,38 +151,50 @@ impl Call {
         self
     }
 
-    fn request<'a>(&self, fenced: &'a Fenced, functions: Functions) -> Request<'a> {
-        if functions == Functions::Loaded {
+    /// The call as the library's function (`FCALL`) or as the script (`EVALSHA`).
+    fn request<'a>(
+        &self,
+        fenced: &Fenced,
+        functions: Functions,
+        metrics: &'a Arc<Metrics>,
+    ) -> Request<'a> {
+        let mut cmd = if functions == Functions::Loaded {
             let mut cmd = redis::cmd("FCALL");
-            cmd.arg(&fenced.function).arg(self.keys.len());
-            for part in self.keys.iter().chain(&self.args) {
-                cmd.arg(part.as_slice());
-            }
-            Request::Command(cmd)
+            cmd.arg(&fenced.function);
+            cmd
         } else {
-            let mut inv = fenced.script.prepare_invoke();
-            for key in &self.keys {
-                inv.key(key.as_slice());
-            }
-            for arg in &self.args {
-                inv.arg(arg.as_slice());
-            }
-            Request::Script(inv)
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(&fenced.sha);
+            cmd
+        };
+        cmd.arg(self.keys.len());
+        for part in self.keys.iter().chain(&self.args) {
+            cmd.arg(part.as_slice());
+        }
+        match fenced.pops {
+            Some(pops) => Request::Pop(cmd, pops, metrics),
+            None => Request::Command(cmd),
         }
     }
 }
 
-/// Why Redis answered a function call without running it.
+/// Why Redis answered a pool script's call without running it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NotRun {
     /// The function does not exist: Redis lost the library.
     Missing,
     /// `FCALL` does not exist (a Redis 6 promoted under the fleet) or the ACL denies it now.
     Refused,
+    /// The script form: Redis does not have the script (`NOSCRIPT`: restarted, or flushed its
+    /// scripts).
+    NoScript,
 }
 
-fn not_run(e: &redis::RedisError) -> Option<NotRun> {
-    if e.detail()
+fn not_run(e: &redis::RedisError, functions: Functions) -> Option<NotRun> {
+    if functions != Functions::Loaded {
+        (e.code() == Some("NOSCRIPT")).then_some(NotRun::NoScript)
+    } else if e
+        .detail()
         .unwrap_or_default()
         .contains("Function not found")
     {
@@ -357,7 +378,10 @@ impl Fleet {
         if client.is_some() || fleet.sentinels.is_some() {
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(connect_timeout(timeout)))
-                .set_response_timeout(Some(timeout))
+                // Each call is bounded by `timeout` here (`invoke`); the connection's own bound
+                // only ends the wait of a take or hit given up on (`Watched`), which goes on
+                // reading the reply to count what it popped.
+                .set_response_timeout(Some(ABANDONED_WAIT))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(settings.heartbeat_ms));
             let conns = Connections::new(client, config, open_timeout(timeout))
@@ -492,9 +516,9 @@ impl Fleet {
     }
 
     /// Runs a pool script with the timeout, as the library's function when Redis has it loaded,
-    /// tripping degraded mode on failure. A function call Redis answered without running it
-    /// ([`NotRun`]) is sent once more: after the library is loaded again if Redis lost it, as a
-    /// script if Redis refuses functions now.
+    /// tripping degraded mode on failure. A call Redis answered without running it ([`NotRun`])
+    /// is sent again: after the library is loaded again if Redis lost it, as a script if Redis
+    /// refuses functions now, after the script is loaded if Redis does not have it.
     async fn fenced<T: FromRedisValue>(
         &self,
         op: &'static str,
@@ -504,22 +528,40 @@ impl Fleet {
         if !self.healthy() {
             return Err(Down::NotSent);
         }
-        let reloads = self.reloads.load(Ordering::Acquire);
-        let request = call.request(fenced, self.functions());
-        let result = match self.send_raw(Route::ThisThread, op, &request).await {
-            Err(Some(e)) if matches!(request, Request::Command(_)) && not_run(&e).is_some() => {
-                if not_run(&e) == Some(NotRun::Missing) {
+        // At most three sends: a function Redis refuses now is sent as a script, which a
+        // Redis that never ran it answers `NOSCRIPT` to before it is loaded.
+        let mut sends = 0;
+        let result = loop {
+            let reloads = self.reloads.load(Ordering::Acquire);
+            let functions = self.functions();
+            let request = call.request(fenced, functions, &self.metrics);
+            let result = self.send_raw(Route::ThisThread, op, request).await;
+            sends += 1;
+            let why = match &result {
+                Err(Some(e)) if sends < 3 => not_run(e, functions),
+                _ => None,
+            };
+            match why {
+                None => break result,
+                Some(NotRun::Missing) => {
                     tracing::info!(op, "Redis lost the pool scripts' library: loading it again");
                     self.reload_library(reloads).await;
-                } else {
-                    tracing::info!(op, error = %e, "Redis refused the pool script's function: running the pool scripts as scripts");
+                }
+                Some(NotRun::Refused) => {
+                    let error = result.err().flatten().map(|e| e.to_string());
+                    tracing::info!(op, error, "Redis refused the pool script's function: running the pool scripts as scripts");
                     self.functions
                         .store(Functions::Refused as u8, Ordering::Relaxed);
                 }
-                let again = call.request(fenced, self.functions());
-                self.send_raw(Route::ThisThread, op, &again).await
+                Some(NotRun::NoScript) => {
+                    let mut load = redis::cmd("SCRIPT");
+                    load.arg("LOAD").arg(&fenced.code);
+                    // A failure here shows in the call sent next.
+                    let _: Result<String, _> = self
+                        .send_raw(Route::ThisThread, "load", Request::Command(load))
+                        .await;
+                }
             }
-            result => result,
         };
         self.settle(op, result)
     }
@@ -555,7 +597,7 @@ impl Fleet {
         let mut load = redis::cmd("FUNCTION");
         load.arg("LOAD").arg("REPLACE").arg(&self.scripts.library);
         let state = match self
-            .send_raw::<String>(route, "load", &Request::Command(load))
+            .send_raw::<String>(route, "load", Request::Command(load))
             .await
         {
             Ok(_) => Functions::Loaded,
@@ -578,7 +620,7 @@ impl Fleet {
         op: &'static str,
         request: Request<'_>,
     ) -> Result<T, Down> {
-        let result = self.send_raw(route, op, &request).await;
+        let result = self.send_raw(route, op, request).await;
         self.settle(op, result)
     }
 
@@ -588,7 +630,7 @@ impl Fleet {
         &self,
         route: Route,
         op: &'static str,
-        request: &Request<'_>,
+        request: Request<'_>,
     ) -> Result<T, Option<redis::RedisError>> {
         let started = std::time::Instant::now();
         let result = if let Some(conns) = &self.single {
@@ -597,13 +639,13 @@ impl Fleet {
                 Route::Shared => conns.shared(),
             };
             match c {
-                Some(mut c) => invoke(request, &mut c, self.timeout).await,
+                Some(c) => invoke(request, c, self.timeout).await,
                 None => Err(None),
             }
         } else {
             let cluster = self.cluster.read().as_ref().map(|(c, _)| c.clone());
             match cluster {
-                Some(mut c) => invoke(request, &mut c, self.timeout).await,
+                Some(c) => invoke(request, c, self.timeout).await,
                 None => Err(None),
             }
         };
@@ -677,20 +719,76 @@ impl Fleet {
     }
 }
 
-async fn invoke<T: FromRedisValue, C: ConnectionLike + Send>(
-    request: &Request<'_>,
-    conn: &mut C,
+async fn invoke<T: FromRedisValue, C: ConnectionLike + Send + 'static>(
+    request: Request<'_>,
+    mut conn: C,
     timeout: Duration,
 ) -> Result<T, Option<redis::RedisError>> {
     let sent = async {
         match request {
-            Request::Script(invocation) => invocation.invoke_async(conn).await,
-            Request::Command(cmd) => cmd.query_async(conn).await,
+            Request::Script(invocation) => invocation.invoke_async(&mut conn).await,
+            Request::Command(cmd) => cmd.query_async(&mut conn).await,
+            Request::Pop(cmd, pops, metrics) => {
+                let reply: Reply =
+                    Box::pin(async move { cmd.query_async::<redis::Value>(&mut conn).await });
+                let reply = Watched {
+                    reply: Some(reply),
+                    pops,
+                    metrics,
+                }
+                .await?;
+                T::from_redis_value(reply).map_err(redis::RedisError::from)
+            }
         }
     };
     match tokio::time::timeout(timeout, sent).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Some(e)),
         Err(_) => Err(None),
+    }
+}
+
+/// How long a reply nobody waits for any more is still awaited, to count what it popped.
+const ABANDONED_WAIT: Duration = Duration::from_secs(60);
+
+type Reply = std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<redis::Value>> + Send>>;
+
+/// The reply of a call that pops URLs (see [`Request::Pop`]). Dropped before the reply came, it
+/// leaves the wait to a task of its own, which counts what the reply removed from the pool as
+/// waste if it comes within [`ABANDONED_WAIT`].
+struct Watched<'a> {
+    reply: Option<Reply>,
+    pops: Pops,
+    metrics: &'a Arc<Metrics>,
+}
+
+impl Future for Watched<'_> {
+    type Output = redis::RedisResult<redis::Value>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let reply = self.reply.as_mut().expect("polled after it was answered");
+        let answered = std::task::ready!(reply.as_mut().poll(cx));
+        self.reply = None;
+        std::task::Poll::Ready(answered)
+    }
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        let Some(reply) = self.reply.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (pops, metrics) = (self.pops, self.metrics.clone());
+        runtime.spawn(async move {
+            if let Ok(Ok(reply)) = tokio::time::timeout(ABANDONED_WAIT, reply).await {
+                pops.count_abandoned(&metrics, reply);
+            }
+        });
     }
 }

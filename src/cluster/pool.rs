@@ -9,7 +9,7 @@ use redis::FromRedisValue;
 use super::scripts::{Fenced, OnNewEpoch};
 use super::{Call, Down, Fleet, Stored};
 use crate::limiter::Inbound;
-use crate::metrics::{Fetch, Tally, Waste};
+use crate::metrics::{Fetch, Metrics, Tally, Waste};
 use crate::pool::{issued_cutoff, PoolKey, PooledUrl};
 use crate::refill::{KeyView, Report};
 use crate::tenant::Tenant;
@@ -88,8 +88,9 @@ impl Fleet {
     /// (plus the clock margin) left; stale ones met on the way are purged and counted as waste.
     ///
     /// # Errors
-    /// Redis is not usable; a URL popped by a command whose reply never came is lost (never
-    /// handed out twice).
+    /// Redis is not usable. A URL popped by a command given up on is never handed out: it is
+    /// counted as waste when the reply comes (see `Request::Pop`), lost uncounted if it never
+    /// does.
     pub async fn take(
         &self,
         tenant: &Tenant,
@@ -138,8 +139,8 @@ impl Fleet {
     /// known to be over its limit is refused locally, without a round trip.
     ///
     /// # Errors
-    /// Redis is not usable. The request may have been counted, and a URL popped by a command
-    /// whose reply never came is lost (never handed out twice).
+    /// Redis is not usable. The request may have been counted; a URL popped by a command given
+    /// up on is handled as [`Fleet::take`]'s.
     pub async fn inbound_take(
         &self,
         tenant: &Tenant,
@@ -372,12 +373,68 @@ impl Fleet {
 
     /// Counts the stale URLs a script removed, given as their reasons' characters.
     pub(super) fn count_stale(&self, stale: &str) {
-        // Members carry a reason only this release writes (`scripts::POOL_LIB`).
-        let tally: Tally = stale
-            .chars()
-            .map(|c| Fetch::from_code(c).unwrap_or(Fetch::Prefetch))
-            .collect();
-        self.metrics.wasted_tally(Waste::Expired, &tally);
+        count_stale(&self.metrics, stale);
+    }
+}
+
+/// Counts the stale URLs a pool script purged: `stale` holds the reason each was fetched for,
+/// one character each.
+fn count_stale(metrics: &Metrics, stale: &str) {
+    // Members carry a reason only this release writes (`scripts::POOL_LIB`).
+    let tally: Tally = stale
+        .chars()
+        .map(|c| Fetch::from_code(c).unwrap_or(Fetch::Prefetch))
+        .collect();
+    metrics.wasted_tally(Waste::Expired, &tally);
+}
+
+/// Where the result of a pool script that pops URLs holds the stale URLs it purged and the URL
+/// it popped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pops {
+    stale: usize,
+    member: usize,
+}
+
+impl Pops {
+    /// `scripts::TAKE`: `{stale, member, issued_ms}`.
+    pub(super) const TAKE: Pops = Pops {
+        stale: 0,
+        member: 1,
+    };
+    /// `scripts::HIT`: `{allowed, remaining, stale, member, issued_ms}`.
+    pub(super) const HIT: Pops = Pops {
+        stale: 2,
+        member: 3,
+    };
+
+    /// Counts what a pool script's `reply` removed from the pool when nobody waited for it any
+    /// more (its request was dropped, or the command timed out): the stale URLs as expired, the
+    /// URL it popped as `cancelled` (nobody was handed it). A reply that names a new epoch ran
+    /// nothing.
+    pub(super) fn count_abandoned(self, metrics: &Metrics, reply: redis::Value) {
+        let Ok(Ok([_, result, _])) =
+            Vec::<redis::Value>::from_redis_value(reply).map(<[redis::Value; 3]>::try_from)
+        else {
+            return;
+        };
+        let Ok(mut result) = Vec::<redis::Value>::from_redis_value(result) else {
+            return;
+        };
+        let mut text = |i: usize| {
+            let v = std::mem::replace(result.get_mut(i)?, redis::Value::Nil);
+            String::from_redis_value(v).ok()
+        };
+        let (stale, member) = (text(self.stale), text(self.member));
+        count_stale(metrics, stale.as_deref().unwrap_or_default());
+        let popped = member.as_deref().and_then(|m| m.get(DIGEST_LEN..));
+        if let Some(c) = popped.and_then(|rest| rest.chars().next()) {
+            metrics.wasted(
+                Waste::Cancelled,
+                Fetch::from_code(c).unwrap_or(Fetch::Prefetch),
+                1,
+            );
+        }
     }
 }
 
@@ -440,6 +497,56 @@ impl Known {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reply nobody waited for any more: the URL a take or hit popped is counted as
+    /// `cancelled` under the reason it was fetched for, the stale URLs it purged as expired; a
+    /// refused hit, an empty key and a reply naming a new epoch count nothing.
+    #[test]
+    fn a_reply_nobody_waited_for_counts_what_it_removed() {
+        use redis::Value;
+        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let member = |f: Fetch| text(&format!("{}{}https://u", "0".repeat(DIGEST_LEN), f.code()));
+        let fenced =
+            |result: Vec<Value>| Value::Array(vec![text(""), Value::Array(result), Value::Int(9)]);
+        let m = Metrics::new();
+        let wasted = |why: Waste, f: Fetch| {
+            m.wasted
+                .with_label_values(&[why.as_str(), f.as_str()])
+                .get()
+        };
+
+        let hit = vec![
+            Value::Int(1),
+            Value::Int(3),
+            text("pw"),
+            member(Fetch::Follower),
+            Value::Int(5),
+        ];
+        Pops::HIT.count_abandoned(&m, fenced(hit));
+        let take = vec![text(""), member(Fetch::Hint), Value::Int(5)];
+        Pops::TAKE.count_abandoned(&m, fenced(take));
+        assert_eq!(wasted(Waste::Cancelled, Fetch::Follower), 1);
+        assert_eq!(wasted(Waste::Cancelled, Fetch::Hint), 1);
+        assert_eq!(wasted(Waste::Expired, Fetch::Prefetch), 1);
+        assert_eq!(wasted(Waste::Expired, Fetch::Warm), 1);
+
+        let refused = vec![
+            Value::Int(0),
+            Value::Int(250),
+            text(""),
+            text(""),
+            Value::Int(0),
+        ];
+        Pops::HIT.count_abandoned(&m, fenced(refused));
+        let empty = vec![text(""), text(""), Value::Int(0)];
+        Pops::TAKE.count_abandoned(&m, fenced(empty));
+        Pops::TAKE.count_abandoned(&m, Value::Array(vec![text("run:epoch")]));
+        let counted: u64 = Waste::ALL
+            .into_iter()
+            .flat_map(|w| Fetch::ALL.map(|f| wasted(w, f)))
+            .sum();
+        assert_eq!(counted, 4, "nothing more counted");
+    }
 
     #[test]
     fn a_late_answer_from_an_epoch_left_does_not_raise_the_current_one() {

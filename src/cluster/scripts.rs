@@ -11,6 +11,8 @@
 use redis::Script;
 use sha2::{Digest, Sha256};
 
+use super::pool::Pops;
+
 /// The fence every pool script passes first. `fence(keys, args, run, reread, bump)`: keys[1] is
 /// the tenant's fence, keys[2] its serial, args[1] the epoch the replica expects, args[2] a fresh
 /// epoch to start if the fence names another data set than this server's (`run`, as `server_run`
@@ -429,10 +431,10 @@ fn limiter(body: &str) -> Script {
 /// A pool script in its script form: the fence with the server's data set read now, then `body`
 /// with its keys and arguments shifted past the fence's, its result wrapped as
 /// `{'', result, serial}`.
-fn fenced_script(body: &str, bump: bool) -> Script {
-    Script::new(&format!(
+fn fenced_script(body: &str, bump: bool) -> String {
+    format!(
         "redis.replicate_commands()\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal current, _, serial = fence(KEYS, ARGV, server_run(), nil, {bump})\nif current then return {{current}} end\nlocal KEYS, ARGV = {{unpack(KEYS, 3)}}, {{unpack(ARGV, 4)}}\nreturn {{'', (function()\n{body}\nend)(), serial}}\n"
-    ))
+    )
 }
 
 /// The pool scripts, by the operation name their function carries, and whether they pop URLs
@@ -480,14 +482,20 @@ pub(super) enum OnNewEpoch {
     GiveUp,
 }
 
-/// A pool script in both forms.
+/// A pool script in both forms. Both are sent as plain commands, so that a call that pops URLs
+/// can be left to finish on its own when its caller stops waiting (see `Request::Pop`).
 pub(super) struct Fenced {
-    /// The script form (`EVALSHA`).
-    pub(super) script: Script,
+    /// The script form's code (`SCRIPT LOAD`, when Redis answers `NOSCRIPT`) and its SHA-1
+    /// (`EVALSHA`).
+    pub(super) code: String,
+    pub(super) sha: String,
     /// The library's function (`FCALL`).
     pub(super) function: String,
     /// What a call does when it meets a new epoch.
     pub(super) on_new_epoch: OnNewEpoch,
+    /// Where the reply of a script that pops URLs (take, hit) holds what it removed from the
+    /// pool; `None` for the others.
+    pub(super) pops: Option<Pops>,
 }
 
 pub(super) struct Scripts {
@@ -512,15 +520,24 @@ impl Scripts {
                 .iter()
                 .find(|(o, _, _)| *o == op)
                 .expect("a pool script");
+            let code = fenced_script(body, *bump);
             Fenced {
-                script: fenced_script(body, *bump),
+                sha: Script::new(&code).get_hash().to_owned(),
+                code,
                 function: format!("{name}_{op}"),
                 on_new_epoch: OnNewEpoch::SendAgain,
+                pops: None,
             }
         };
         Scripts {
-            take: fenced("take"),
-            hit: fenced("hit"),
+            take: Fenced {
+                pops: Some(Pops::TAKE),
+                ..fenced("take")
+            },
+            hit: Fenced {
+                pops: Some(Pops::HIT),
+                ..fenced("hit")
+            },
             // Not sent again in a new epoch: see `Fleet::put`.
             put: Fenced {
                 on_new_epoch: OnNewEpoch::GiveUp,

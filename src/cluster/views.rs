@@ -55,7 +55,7 @@ impl Fleet {
             .arg(TTL_MS);
         let request = Request::Script(inv);
         match self
-            .send_raw::<(String, Vec<String>)>(Route::ThisThread, "views", &request)
+            .send_raw::<(String, Vec<String>)>(Route::ThisThread, "views", request)
             .await
         {
             Ok((last, batches)) => {

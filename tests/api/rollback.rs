@@ -765,3 +765,108 @@ async fn a_url_whose_put_went_unanswered_is_never_kept_locally() {
     // Enough to take every URL pooled here and in Redis, several times over.
     rejoined_exactly_once(fleet, all, 3_000).await;
 }
+
+const CANCELLED: &str = "reason=\"cancelled\"";
+
+/// The URLs the shared pool held (`before`) that are neither pooled now nor among `handed`
+/// were popped for nobody: the replicas count each as waste (`cancelled`), none uncounted.
+async fn assert_popped_for_nobody_counted(
+    fleet: &TestFleet,
+    redis: &RedisServer,
+    before: &HashSet<String>,
+    handed: &[Outcome],
+    cancelled_before: f64,
+) {
+    let handed = urls(handed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = pooled_urls(redis);
+        let lost = before
+            .iter()
+            .filter(|u| !now.contains(*u) && !handed.contains(*u))
+            .count();
+        let counted = fleet
+            .metric_total("embedgate_urls_wasted_total", CANCELLED)
+            .await
+            - cancelled_before;
+        if lost > 0 && lost as f64 == counted {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{lost} URLs were popped for nobody and {counted} counted as waste"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One replica whose shared pool is stocked: the Redis, the fleet, the URLs pooled and the URLs
+/// counted as `cancelled` waste so far.
+async fn one_replica_stocked() -> (RedisServer, Arc<TestFleet>, HashSet<String>, f64) {
+    let redis = RedisServer::start();
+    let fleet = fleet_of(1, on_redis(redis.url())).await;
+    until("the pool is stocked", || pooled_urls(&redis).len() >= 60).await;
+    let before = pooled_urls(&redis);
+    let cancelled = fleet
+        .metric_total("embedgate_urls_wasted_total", CANCELLED)
+        .await;
+    (redis, fleet, before, cancelled)
+}
+
+/// A take or hit that Redis runs after the replica gave up on it (the command timed out while
+/// a managed Redis paused its clients' writes) pops a URL nobody is handed: the replica keeps
+/// waiting for the late reply and counts the URL as waste, instead of losing it uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_url_popped_by_a_call_given_up_on_is_counted_as_waste() {
+    let (redis, fleet, before, cancelled) = one_replica_stocked().await;
+    // Longer than `redis.timeout_ms` (2 s): the hits in flight are given up on and run later.
+    let paused = redis.cli(&["CLIENT", "PAUSE", "3000", "WRITE"]);
+    assert_eq!(paused.as_deref(), Some("OK"));
+    let handed = fleet.drive(32, 16, &keys()).await;
+    assert!(
+        fleet.metric_total("embedgate_redis_errors_total", "").await > 0.0,
+        "the hits timed out"
+    );
+    fleet.all_ready(Duration::from_secs(20)).await;
+    assert_popped_for_nobody_counted(&fleet, &redis, &before, &handed, cancelled).await;
+    rejoined_exactly_once(fleet, handed, 200).await;
+}
+
+/// A hit whose client resets the connection while Redis holds the call (actix-web drops the
+/// request's handler) pops a URL nobody is handed: it is counted as waste, not lost uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_url_popped_for_a_request_whose_client_reset_the_connection_is_counted_as_waste() {
+    use tokio::io::AsyncWriteExt;
+    let (redis, fleet, before, cancelled) = one_replica_stocked().await;
+    // Shorter than `redis.timeout_ms` (2 s): the hit waits, and is not given up on.
+    let paused = redis.cli(&["CLIENT", "PAUSE", "1500", "WRITE"]);
+    assert_eq!(paused.as_deref(), Some("OK"));
+    let body = keys()[0].to_string();
+    let request = format!(
+        "POST /v1/embed-url/dashboard HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alpha-key\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(fleet.replicas[0].addr)
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+    let dropped = fleet
+        .metric_reaches(
+            0,
+            "embedgate_requests_total{outcome=\"cancelled\",protocol=\"native\",tenant=\"alpha\"}",
+            1.0,
+        )
+        .await;
+    assert!(dropped, "the request was dropped while Redis held its hit");
+    assert_eq!(
+        fleet.metric_total("embedgate_redis_errors_total", "").await,
+        0.0,
+        "no call timed out"
+    );
+    assert_popped_for_nobody_counted(&fleet, &redis, &before, &[], cancelled).await;
+    rejoined_exactly_once(fleet, vec![], 200).await;
+}
