@@ -10,7 +10,8 @@
 //!   member. A put whose outcome is unknown (timeout, broken connection) is *dropped* and counted
 //!   as waste (`unconfirmed`), never kept locally: it may be in Redis already. A take or hit
 //!   whose caller stops waiting (a timeout, a request dropped with its client) is never sent
-//!   again; its reply is still read, and what it popped counted as waste (`cancelled`).
+//!   again; its reply is still read, and what it popped counted as waste (`cancelled`), except
+//!   after a timeout on a Redis Cluster, whose client gives the reply up at the same moment.
 //! - **Exactly once when Redis comes back older.** A restart from a snapshot, a failover to a
 //!   replica that lagged, or a restored backup brings back URLs that were popped (and handed out)
 //!   after the data set was copied. Persistence settings cannot rule that out, so every pooled
