@@ -130,31 +130,32 @@ pub fn render(prev: &Scrape, cur: &Scrape, secs: f64, source: &str) -> String {
     let served = hits + misses;
     let _ = writeln!(
         out,
-        "requests/s  hit {hits:>8.1}  miss {misses:>7.1}  hit ratio {}",
+        "requests/s  hit {hits:>8.1}  miss {misses:>7.1}  hit ratio {}  error {:>5.1}  cancelled {:>5.1}",
         if served > 0.0 {
             format!("{:.1}%", 100.0 * hits / served)
         } else {
             "-".into()
-        }
+        },
+        r(req, &[("outcome", "error")]),
+        r(req, &[("outcome", "cancelled")]),
     );
     let _ = writeln!(
         out,
-        "refused/s   throttled {:>6.1}  denied {:>6.1}  invalid {:>6.1}  unauthenticated {:>5.1}  error {:>5.1}  cancelled {:>5.1}",
+        "refused/s   throttled {:>6.1}  denied {:>6.1}  invalid {:>6.1}  unauthenticated {:>5.1}",
         r(req, &[("outcome", "throttled")]),
         r(req, &[("outcome", "denied")]),
         r(req, &[("outcome", "invalid")]),
         r(req, &[("outcome", "unauthenticated")]),
-        r(req, &[("outcome", "error")]),
-        r(req, &[("outcome", "cancelled")]),
     );
     let fetched = r("embedgate_urls_fetched_total", &[]);
     let wasted = r("embedgate_urls_wasted_total", &[]);
     let _ = writeln!(
         out,
-        "pool        {} URLs, {} keys  fetched/s {fetched:.1}  wasted/s {wasted:.1} (expired {:.1})",
+        "pool        {} URLs, {} keys  fetched/s {fetched:.1}  wasted/s {wasted:.1} (expired {:.1}, cancelled {:.1})",
         cur.sum("embedgate_pool_urls", &[]),
         cur.sum("embedgate_pool_keys", &[]),
         r("embedgate_urls_wasted_total", &[("reason", "expired")]),
+        r("embedgate_urls_wasted_total", &[("reason", "cancelled")]),
     );
     let unused = unused_by_reason(cur);
     if !unused.is_empty() {
@@ -255,13 +256,15 @@ mod tests {
         let metrics = format!(
             "# HELP x\nembedgate_requests_total{{outcome=\"hit\",protocol=\"native\",tenant=\"acme\"}} {hits}\n\
              embedgate_requests_total{{outcome=\"miss\",protocol=\"native\",tenant=\"acme\"}} 10\n\
+             embedgate_requests_total{{outcome=\"cancelled\",protocol=\"native\",tenant=\"acme\"}} {rejected}\n\
              embedgate_inbound_rejections_total{{tenant=\"acme\"}} {rejected}\n\
              embedgate_upstream_calls_total{{operation=\"GetDashboardEmbedUrl\",result=\"ok\",upstream=\"us\"}} {calls}\n\
              embedgate_pool_urls 42\n\
              embedgate_urls_fetched_total{{reason=\"follower\"}} 200\n\
              embedgate_urls_fetched_total{{reason=\"hint\"}} 0\n\
              embedgate_urls_wasted_total{{fetched_for=\"follower\",reason=\"expired\"}} 80\n\
-             embedgate_urls_wasted_total{{fetched_for=\"follower\",reason=\"evicted\"}} 10\n"
+             embedgate_urls_wasted_total{{fetched_for=\"follower\",reason=\"evicted\"}} 10\n\
+             embedgate_urls_wasted_total{{fetched_for=\"hint\",reason=\"cancelled\"}} {rejected}\n"
         );
         let state = json!({
             "mode": "single", "replicas": 1,
@@ -277,6 +280,11 @@ mod tests {
         let screen = render(&scrape(0, 0, 0), &scrape(90, 4, 20), 2.0, "test");
         assert!(screen.contains("hit     45.0"), "{screen}");
         assert!(screen.contains("hit ratio 100.0%"), "{screen}");
+        // A request its client gave up on was not refused; its URL, if one was popped, is waste.
+        assert!(screen.contains("cancelled   2.0\n"), "{screen}");
+        let refused = screen.lines().find(|l| l.starts_with("refused/s")).unwrap();
+        assert!(!refused.contains("cancelled"), "{refused}");
+        assert!(screen.contains("(expired 0.0, cancelled 2.0)"), "{screen}");
         assert!(screen.contains("42 URLs"), "{screen}");
         let acme = screen.lines().find(|l| l.starts_with("acme")).unwrap();
         assert_eq!(
