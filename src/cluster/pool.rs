@@ -209,10 +209,7 @@ impl Fleet {
         issued_ms: u64,
         now_ms: u64,
     ) -> Result<PooledUrl, Down> {
-        let code = member
-            .get(DIGEST_LEN..)
-            .and_then(|rest| rest.chars().next());
-        let Some(fetched_for) = code.and_then(Fetch::from_code) else {
+        let Some(fetched_for) = fetched_for(&member) else {
             return Err(Down::Unknown);
         };
         member.drain(..=DIGEST_LEN);
@@ -418,24 +415,28 @@ impl Pops {
         else {
             return;
         };
-        let Ok(mut result) = Vec::<redis::Value>::from_redis_value(result) else {
+        let Ok(result) = Vec::<redis::Value>::from_redis_value(result) else {
             return;
         };
-        let mut text = |i: usize| {
-            let v = std::mem::replace(result.get_mut(i)?, redis::Value::Nil);
-            String::from_redis_value(v).ok()
-        };
+        let text = |i: usize| String::from_redis_value_ref(result.get(i)?).ok();
         let (stale, member) = (text(self.stale), text(self.member));
         count_stale(metrics, stale.as_deref().unwrap_or_default());
-        let popped = member.as_deref().and_then(|m| m.get(DIGEST_LEN..));
-        if let Some(c) = popped.and_then(|rest| rest.chars().next()) {
-            metrics.wasted(
-                Waste::Cancelled,
-                Fetch::from_code(c).unwrap_or(Fetch::Prefetch),
-                1,
-            );
+        // An empty member: the call popped nothing.
+        if let Some(member) = member.filter(|m| m.len() > DIGEST_LEN) {
+            // Members carry a reason only this release writes (`scripts::POOL_LIB`).
+            let reason = fetched_for(&member).unwrap_or(Fetch::Prefetch);
+            metrics.wasted(Waste::Cancelled, reason, 1);
         }
     }
+}
+
+/// The reason a pooled member's URL was fetched for: the character after its digest. `None`
+/// for a member this release did not write.
+fn fetched_for(member: &str) -> Option<Fetch> {
+    member
+        .get(DIGEST_LEN..)
+        .and_then(|rest| rest.chars().next())
+        .and_then(Fetch::from_code)
 }
 
 /// The length of the digest that starts every pooled member (`scripts::POOL_LIB`); the
