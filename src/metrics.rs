@@ -420,7 +420,7 @@ impl Metrics {
                 &r,
                 IntCounter::new(
                     "embedgate_redis_fences_total",
-                    "Times this replica found that a tenant's shared pool came back as another data set (Redis restarted, failed over, was restored or flushed) and moved to a new fencing epoch, discarding what was pooled before.",
+                    "Times this replica found that a tenant's shared pool came back as another data set (Redis restarted, failed over, was restored or flushed, or loaded the pool scripts' library anew) and moved to a new fencing epoch, discarding what was pooled before.",
                 )
                 .expect("valid metric"),
             ),

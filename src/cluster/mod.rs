@@ -34,7 +34,9 @@
 //!   counts it up, each replica sends the highest it has seen in its epoch, and a serial found
 //!   behind it starts a new epoch (`scripts::FENCE_LIB`). A fence that names an epoch the
 //!   replica left is sent the serial the replica remembers for it, so a copy from before a flush
-//!   is caught the same way.
+//!   is caught the same way. As functions, the loaded library remembers the serials too, so a
+//!   replica that has seen none is judged by it; a library loaded anew (`DEBUG RELOAD` loads
+//!   it from the dump) trusts no fence it has not seen, and starts a new epoch.
 //! - **Clocks that cannot make a URL look fresher.** URLs in the shared pool are dated by the
 //!   replica that fetched them and judged by the one that takes them. Every heartbeat measures
 //!   this replica's clock against Redis's `TIME` (compensating half the round trip); a replica off
@@ -591,17 +593,23 @@ impl Fleet {
         }
     }
 
-    /// Loads the pool scripts' library (`FUNCTION LOAD REPLACE`; on a Cluster, on every
-    /// primary). Redis refusing it (6.x has no functions; an ACL may deny `FUNCTION`) leaves the
+    /// Loads the pool scripts' library (`FUNCTION LOAD`; on a Cluster, on every primary) unless
+    /// Redis has it. Never `REPLACE`: the loaded library's memory of each tenant's serial is what
+    /// judges a fence for a replica that has seen none (`scripts::FENCE_LIB`), and a replica
+    /// starting must not wipe it. The name is the code's digest, so a library of that name is
+    /// this code. Redis refusing it (6.x has no functions; an ACL may deny `FUNCTION`) leaves the
     /// scripts in use; a failure to reach Redis changes nothing.
     pub(super) async fn load_library(&self, route: Route) {
         let mut load = redis::cmd("FUNCTION");
-        load.arg("LOAD").arg("REPLACE").arg(&self.scripts.library);
+        load.arg("LOAD").arg(&self.scripts.library);
         let state = match self
             .send_raw::<String>(route, "load", Request::Command(load))
             .await
         {
             Ok(_) => Functions::Loaded,
+            Err(Some(e)) if e.detail().is_some_and(|d| d.contains("already exists")) => {
+                Functions::Loaded
+            }
             Err(Some(e)) if e.code().is_some() => {
                 if self.functions() != Functions::Refused {
                     tracing::info!(error = %e, "Redis does not take the pool scripts as functions: running them as scripts (each reads INFO server)");

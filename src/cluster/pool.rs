@@ -78,7 +78,7 @@ impl Fleet {
             self.metrics.redis_fences.inc();
             tracing::warn!(
                 tenant = %tenant.id,
-                "the shared pool's data set changed (Redis restarted, failed over, was restored or flushed): URLs pooled before are discarded"
+                "the shared pool's data set changed (Redis restarted, failed over, was restored or flushed, or loaded the pool scripts' library anew): URLs pooled before are discarded"
             );
         }
         known.learn(current);

@@ -13,14 +13,16 @@ use sha2::{Digest, Sha256};
 
 use super::pool::Pops;
 
-/// The fence every pool script passes first. `fence(keys, args, run, reread, bump)`: keys[1] is
-/// the tenant's fence, keys[2] its serial, args[1] the epoch the replica expects, args[2] a fresh
-/// epoch to start if the fence names another data set than this server's (`run`, as `server_run`
-/// names it), args[3] the highest serial the replica has seen in its epoch. When the fence does
-/// not name `run` and `reread` is given (`run` was kept from an earlier call), the server's data
-/// set is read afresh before it is judged. Returns the current epoch when it is not the expected
-/// one (the script then returns `{current_epoch}` and does nothing else; otherwise the body's
-/// result comes back as `{'', result, serial}`), the data set judged by, and the serial.
+/// The fence every pool script passes first. `fence(keys, args, run, reread, bump, seen)`:
+/// keys[1] is the tenant's fence, keys[2] its serial, args[1] the epoch the replica expects,
+/// args[2] a fresh epoch to start if the fence names another data set than this server's
+/// (`run`, as `server_run` names it), args[3] the highest serial the replica has seen in its
+/// epoch. When the fence does not name `run` and `reread` is given (`run` was kept from an
+/// earlier call), the server's data set is read afresh before it is judged. `seen` is the
+/// loaded library's memory of serials (below; `nil` in the script form). Returns the current
+/// epoch when it is not the expected one (the script then returns `{current_epoch}` and does
+/// nothing else; otherwise the body's result comes back as `{'', result, serial}`), the data
+/// set judged by, and the serial.
 ///
 /// `server_run` names the data set by the server process (`run_id`) and the history of its data
 /// (`master_replid`: new when the server is promoted, its primary's after it takes a full copy
@@ -33,36 +35,78 @@ use super::pool::Pops;
 /// Neither names a data set written back into the same running process (an older dump loaded
 /// with `DEBUG RELOAD`, an old backup's keys replayed with `RESTORE`): the tenant's *serial*
 /// does. Every call that pops URLs (`bump`: take and hit) counts it up, and an older copy of the
-/// data set holds it with the older count; each replica sends the highest serial it has seen in
-/// its epoch, and a serial behind that went back in time, so a new epoch starts there and
-/// nothing pooled in the old one is read again. Every pool call reads the serial, so a replica
-/// that syncs a tenant each tick knows it to within a tick.
+/// data set holds it with the older count, so a serial behind one seen before went back in
+/// time: a new epoch starts there and nothing pooled in the old one is read again. Two memories
+/// hold what was seen:
+/// - each replica sends the highest serial it has seen in its epoch (every pool call reads the
+///   serial, so a replica that syncs a tenant each tick knows it to within a tick);
+/// - the loaded library (functions only) keeps, per tenant, the highest serial any call has
+///   found in each of its last 8 epochs, so a replica that has made no call
+///   since, or started since, is judged by it too. That memory lives in the server's Lua engine,
+///   outside the data set: `RESTORE` leaves it, while `DEBUG RELOAD` (and a restart, a full
+///   copy from a primary, `FUNCTION RESTORE`) loads the library afresh from the data set,
+///   without it. So a fence the library has no memory of was written before it was loaded, by a
+///   data set that may be an older copy, and is not trusted: the library's first call for each
+///   tenant starts a new epoch there, unless it started the fence itself.
 pub(super) const FENCE_LIB: &str = r"
 local function server_run()
   local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
   local replication = redis.pcall('INFO', 'replication')
   return run .. (type(replication) == 'string' and string.match(replication, 'master_replid:(%x+)') or '')
 end
-local function fence(keys, args, run, reread, bump)
+-- The serial the library remembers for the tenant's epoch: -1 if it has no memory of the
+-- tenant (the fence was written before it was loaded), 0 if none of this epoch.
+local function recalled(seen, key, epoch)
+  local mine = seen[key]
+  if not mine then return -1 end
+  for i = #mine, 1, -1 do
+    if mine[i][1] == epoch then return mine[i][2] end
+  end
+  return 0
+end
+local function remember(seen, key, epoch, serial)
+  local mine = seen[key]
+  if not mine then mine = {}; seen[key] = mine end
+  for i = #mine, 1, -1 do
+    if mine[i][1] == epoch then
+      if serial > mine[i][2] then mine[i][2] = serial end
+      return
+    end
+  end
+  if #mine == 8 then table.remove(mine, 1) end
+  mine[#mine + 1] = {epoch, serial}
+end
+local function fence(keys, args, run, reread, bump, seen)
   local held = redis.call('GET', keys[1])
   local r, epoch, serial
   if held then r, epoch = string.match(held, '^(%x+):(.+)$') end
   if r ~= run and reread then run = reread() end
-  if r == run and epoch == args[1] then
-    if bump then
+  if r == run then
+    if bump and epoch == args[1] then
       serial = redis.call('INCR', keys[2]) - 1
     else
       serial = tonumber(redis.call('GET', keys[2]) or 0)
     end
-    -- Behind what the replica has seen: the data set went back in time.
-    if serial < tonumber(args[3]) then r = nil end
+    -- Behind what the replica or the library has seen: the data set went back in time.
+    if epoch == args[1] and serial < tonumber(args[3]) then r = nil end
+    if seen then
+      local known = recalled(seen, keys[2], epoch)
+      if serial < known then r = nil end
+      -- Not trusted, but remembered: a copy from this epoch written back later is behind it.
+      if known < 0 then r = nil; remember(seen, keys[2], epoch, serial) end
+    end
   end
   if r ~= run then
     epoch = args[2]
     redis.call('SET', keys[1], run .. ':' .. epoch)
+    -- The serial exists from the epoch's start: a copy of the data set made before its first
+    -- pop holds it (at the count then), so writing the copy back takes the serial back too.
+    serial = redis.call('INCRBY', keys[2], 0)
+  elseif bump and epoch == args[1] then
+    serial = serial + 1
   end
+  if seen then remember(seen, keys[2], epoch, serial) end
   if epoch ~= args[1] then return epoch, run, 0 end
-  if bump then serial = serial + 1 end
   return nil, run, serial
 end
 ";
@@ -457,7 +501,7 @@ const POOL_SCRIPTS: [(&str, &str, bool); 5] = [
 /// script form (`fleet_scripts::a_primary_promoted_again_after_resyncing_…`).
 fn library() -> (String, String) {
     let mut code = format!(
-        "#!lua name=LIBRARY\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal run\nlocal function fenced(body, bump)\n  return function(keys, args)\n    local current, serial\n    current, run, serial = fence(keys, args, run or server_run(), server_run, bump)\n    if current then return {{current}} end\n    return {{'', body({{unpack(keys, 3)}}, {{unpack(args, 4)}}), serial}}\n  end\nend\n"
+        "#!lua name=LIBRARY\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal run\nlocal seen = {{}}\nlocal function fenced(body, bump)\n  return function(keys, args)\n    local current, serial\n    current, run, serial = fence(keys, args, run or server_run(), server_run, bump, seen)\n    if current then return {{current}} end\n    return {{'', body({{unpack(keys, 3)}}, {{unpack(args, 4)}}), serial}}\n  end\nend\n"
     );
     for (op, body, bump) in POOL_SCRIPTS {
         code.push_str(&format!(

@@ -366,6 +366,131 @@ async fn saved_then_taken(
         .expect("a URL after the save")
 }
 
+/// A replica started after an older dump was loaded into the running server (the one that
+/// handed the URL out is gone): no replica has seen the serial the dump is behind, so only the
+/// server can tell. `DEBUG RELOAD` loads the functions afresh from the dump, and a library that
+/// has not seen a tenant's fence yet does not trust it. (Before, the URL was handed out again.)
+#[tokio::test]
+async fn a_replica_started_after_an_older_dump_was_loaded_hands_nothing_out_again() {
+    let redis = debuggable(&[]);
+    a_new_replica_after_a_copy_written_back_hands_nothing_out_again(
+        &redis,
+        async || (),
+        async |()| {
+            let reloaded = redis.cli(&["DEBUG", "RELOAD", "NOSAVE"]);
+            assert_eq!(reloaded.as_deref(), Some("OK"));
+        },
+    )
+    .await;
+}
+
+/// The same with an old backup's keys restored (`RESTORE … REPLACE`): the library lives on,
+/// and remembers the serial it last saw.
+#[tokio::test]
+async fn a_replica_started_after_an_old_backup_was_restored_hands_nothing_out_again() {
+    let redis = RedisServer::start();
+    a_new_replica_after_a_copy_written_back_hands_nothing_out_again(
+        &redis,
+        async || redis.backup("embedgate:*").await,
+        async |copy| redis.restore(copy).await,
+    )
+    .await;
+}
+
+/// A replica that starts (a rolling deploy, a restart) loads the library only if Redis lacks
+/// it: replacing it would wipe the library's memory of the serials, and the library would then
+/// start a new epoch and abandon the fleet's shared pool at every start.
+#[tokio::test]
+async fn a_replica_starting_keeps_the_shared_pool() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let now = clock.now_ms();
+    let (a, tenants, a_metrics) = fleet(&redis, &clock).await;
+    for i in 1..=2 {
+        let u = url(i, now + i as u64);
+        assert_eq!(put(&a, &tenants, &key(1), &u, now).await, Stored::Yes);
+    }
+    let first = take(&a, tenants.get(0), &key(1), now).await;
+    let (b, tenants, b_metrics) = fleet(&redis, &clock).await;
+    let fcalled = fcalls(&redis);
+    let second = take(&b, tenants.get(0), &key(1), now).await;
+    assert!(fcalls(&redis) > fcalled, "the library found loaded is used");
+    assert!(first.is_some() && second.is_some(), "{first:?} {second:?}");
+    assert_ne!(first, second);
+    assert_eq!(calls(&redis, "function|load"), 2, "both replicas asked");
+    let fences = (a_metrics.redis_fences.get(), b_metrics.redis_fences.get());
+    assert_eq!(fences, (0, 0), "no new epoch");
+}
+
+/// A backup made before the tenant's first take, restored key by key under the replica that
+/// took since, with the scripts in their script form (no library to remember): the serial was
+/// created with the epoch, so the backup holds it and writing it back takes it back. (Before,
+/// the serial was created by the first take, the backup had none, the newer one stayed, and the
+/// URL was handed out again.)
+#[tokio::test]
+async fn where_redis_refuses_functions_a_backup_from_before_the_first_take_restored_hands_nothing_out_again(
+) {
+    let redis = RedisServer::start_with(&NO_FUNCTIONS);
+    let at = format!("redis://scripts:pw@127.0.0.1:{}", redis.port);
+    let clock = Clock::manual();
+    let (f, tenants, metrics) = fleet_at(at, &clock).await;
+    let now = clock.now_ms();
+    for i in 1..=2 {
+        let u = url(i, now + i as u64);
+        assert_eq!(put(&f, &tenants, &key(1), &u, now).await, Stored::Yes);
+    }
+    let copy = redis.backup("embedgate:*").await;
+    let first = take(&f, tenants.get(0), &key(1), now).await.unwrap();
+    redis.restore(copy).await;
+    let back = redis.cli(&["ZCARD", &redis_key_like(&redis, ":p3:")]);
+    assert_eq!(
+        back.as_deref(),
+        Some("2"),
+        "the backup brought the URL back"
+    );
+    let again = take(&f, tenants.get(0), &key(1), now).await;
+    assert!(
+        again.is_none(),
+        "nothing pooled before the backup is handed out again: {again:?} (first {})",
+        first.url
+    );
+    assert_eq!(metrics.redis_fences.get(), 1);
+}
+
+/// Pools two URLs and saves a copy (`SAVE`, then `copy`), takes one, writes the copy back
+/// (`restore`) and asks a replica started since: the URL taken is pooled again in Redis, and
+/// must not be handed out.
+async fn a_new_replica_after_a_copy_written_back_hands_nothing_out_again<C>(
+    redis: &RedisServer,
+    copy: impl AsyncFnOnce() -> C,
+    restore: impl AsyncFnOnce(C),
+) {
+    let clock = Clock::manual();
+    let now = clock.now_ms();
+    let (first, copied) = {
+        let (f, tenants, _) = fleet(redis, &clock).await;
+        for i in 1..=2 {
+            let u = url(i, now + i as u64);
+            assert_eq!(put(&f, &tenants, &key(1), &u, now).await, Stored::Yes);
+        }
+        assert_eq!(redis.cli(&["SAVE"]).as_deref(), Some("OK"));
+        let copied = copy().await;
+        let first = take(&f, tenants.get(0), &key(1), now).await;
+        (first.expect("a URL after the copy"), copied)
+    };
+    restore(copied).await;
+    let pool = redis_key_like(redis, ":p3:");
+    let back = redis.cli(&["ZCARD", &pool]);
+    assert_eq!(back.as_deref(), Some("2"), "the copy brought the URL back");
+    let (f, tenants, _) = fleet(redis, &clock).await;
+    let again = take(&f, tenants.get(0), &key(1), now).await;
+    assert!(
+        again.is_none(),
+        "nothing pooled before the copy is handed out again: {again:?} (first {})",
+        first.url
+    );
+}
+
 /// A dump saved in an epoch this replica has since left (a flush started another) loaded back:
 /// the fence names the old epoch again, with the serial it had when the dump was saved, behind
 /// the one the replica remembers for it.
@@ -607,7 +732,7 @@ fn calls(redis: &RedisServer, command: &str) -> u64 {
 async fn the_pool_scripts_run_as_functions_and_a_lost_library_is_loaded_again() {
     let redis = RedisServer::start();
     let clock = Clock::manual();
-    let (f, tenants, _) = fleet(&redis, &clock).await;
+    let (f, tenants, metrics) = fleet(&redis, &clock).await;
     let now = clock.now_ms();
     let t = tenants.get(0);
     let (k, first) = two_pooled_one_hit(&f, &tenants, now).await;
@@ -624,14 +749,17 @@ async fn the_pool_scripts_run_as_functions_and_a_lost_library_is_loaded_again() 
         "the library is loaded"
     );
     // The library disappears (FUNCTION FLUSH; the same for a new primary that never had it)
-    // under a burst of calls: the library is loaded again once, and nothing degrades.
+    // under a burst of calls: the library is loaded again once, and nothing degrades. The
+    // library loaded again has no memory of the tenant's serial, so it cannot tell this from an
+    // older dump loaded (`DEBUG RELOAD` loads the library afresh too): it starts a new epoch,
+    // and the URL still pooled is abandoned, never handed out.
     assert_eq!(redis.cli(&["FUNCTION", "FLUSH"]).as_deref(), Some("OK"));
     let loads = calls(&redis, "function|load");
     let ids: Vec<String> = (0..32).map(|i| format!("burst-{i}")).collect();
     let burst = futures::future::join_all(ids.iter().map(|id| hit(&f, t, &k, now, id))).await;
     let second: Vec<_> = burst.into_iter().filter_map(|(_, u)| u).collect();
-    assert_eq!(second.len(), 1, "the other URL, handed out once");
-    assert!(Some(&second[0]) != first.as_ref());
+    assert_eq!(second, vec![], "a new epoch: nothing pooled before");
+    assert_eq!(metrics.redis_fences.get(), 1, "the fence moved once");
     assert!(f.healthy(), "a lost library is not a Redis failure");
     assert_eq!(
         calls(&redis, "function|load"),

@@ -347,6 +347,30 @@ impl RedisServer {
             .and_then(|n| n.parse::<usize>().ok())
             .unwrap_or(0)
     }
+    /// A copy of every key matching `pattern` (`DUMP`), as a backup tool makes one.
+    pub async fn backup(&self, pattern: &str) -> Vec<(String, Vec<u8>)> {
+        let conn = redis::Client::open(self.url()).unwrap();
+        let mut conn = conn.get_multiplexed_async_connection().await.unwrap();
+        let names = self.cli(&["--scan", "--pattern", pattern]);
+        let mut copy = Vec::new();
+        for name in names.unwrap_or_default().lines() {
+            let dump = redis::cmd("DUMP").arg(name).query_async(&mut conn).await;
+            copy.push((name.to_string(), dump.unwrap()));
+        }
+        copy
+    }
+
+    /// Writes a [`RedisServer::backup`] back into the running server key by key
+    /// (`RESTORE … REPLACE`, as a migration tool replaying a dump does).
+    pub async fn restore(&self, copy: Vec<(String, Vec<u8>)>) {
+        let conn = redis::Client::open(self.url()).unwrap();
+        let mut conn = conn.get_multiplexed_async_connection().await.unwrap();
+        for (name, dump) in copy {
+            let mut restore = redis::cmd("RESTORE");
+            restore.arg(name).arg(0).arg(dump).arg("REPLACE");
+            let () = restore.query_async(&mut conn).await.unwrap();
+        }
+    }
 
     /// Runs `redis-cli` against this server; its trimmed output, `None` if it failed.
     pub fn cli(&self, args: &[&str]) -> Option<String> {

@@ -167,39 +167,12 @@ async fn an_older_dump_reloaded_into_the_running_redis_hands_nothing_out_twice()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_old_backup_restored_key_by_key_into_the_running_redis_hands_nothing_out_twice() {
     let redis = RedisServer::start();
-    let conn = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let dump = async || {
-        let mut conn = conn.clone();
-        let names: Vec<String> = redis::cmd("KEYS")
-            .arg("embedgate:{t:*")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let mut backup = Vec::new();
-        for name in names {
-            let cmd = redis::cmd("DUMP").arg(&name).clone();
-            let dump: Vec<u8> = cmd.query_async(&mut conn).await.unwrap();
-            backup.push((name, dump));
-        }
-        backup
-    };
-    let restore = async |backup: Vec<(String, Vec<u8>)>| {
-        let mut conn = conn.clone();
-        for (name, dump) in backup {
-            let cmd = redis::cmd("RESTORE")
-                .arg(name)
-                .arg(0)
-                .arg(dump)
-                .arg("REPLACE")
-                .clone();
-            let () = cmd.query_async(&mut conn).await.unwrap();
-        }
-    };
-    copy_written_back_hands_nothing_out_twice(&redis, dump, restore).await;
+    copy_written_back_hands_nothing_out_twice(
+        &redis,
+        async || redis.backup("embedgate:{t:*").await,
+        async |copy| redis.restore(copy).await,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
