@@ -805,6 +805,39 @@ async fn pool_two(f: &Fleet, tenants: &Tenants, k: &PoolKey, now: u64) {
     }
 }
 
+/// On a Redis Cluster a replica starting loads the library on every primary, and keeps what the
+/// primaries have: one primary without it (a shard added, or `FUNCTION FLUSH`) gets it, the
+/// others answer that they have it, and the replica calls the functions, in the same epoch.
+#[tokio::test]
+async fn on_a_redis_cluster_a_replica_starting_keeps_the_shared_pool() {
+    let cluster = RedisCluster::start(3);
+    let clock = Clock::manual();
+    let now = clock.now_ms();
+    let (a, tenants, a_metrics) = fleet_on_cluster(&cluster, &clock).await;
+    let k = key(5);
+    pool_two(&a, &tenants, &k, now).await;
+    let first = take(&a, tenants.get(0), &k, now).await;
+    let keys = |n: &RedisServer| n.cli(&["DBSIZE"]).unwrap_or_default().trim().to_string();
+    let other = cluster.nodes.iter().find(|n| keys(n) == "0");
+    let other = other.expect("a primary without the tenant's keys");
+    assert_eq!(other.cli(&["FUNCTION", "FLUSH"]).as_deref(), Some("OK"));
+    let (b, tenants, b_metrics) = fleet_on_cluster(&cluster, &clock).await;
+    let fcalled: u64 = cluster.nodes.iter().map(fcalls).sum();
+    let second = take(&b, tenants.get(0), &k, now).await;
+    assert!(first.is_some() && second.is_some(), "{first:?} {second:?}");
+    assert_ne!(first, second);
+    assert!(cluster.nodes.iter().map(fcalls).sum::<u64>() > fcalled);
+    for node in &cluster.nodes {
+        let listed = node.cli(&["FUNCTION", "LIST"]).unwrap_or_default();
+        assert!(
+            listed.contains("embedgate_"),
+            "the library is on every primary"
+        );
+    }
+    let fences = (a_metrics.redis_fences.get(), b_metrics.redis_fences.get());
+    assert_eq!(fences, (0, 0), "no new epoch");
+}
+
 #[tokio::test]
 async fn a_take_sent_twice_returns_the_same_url_instead_of_losing_one() {
     let cluster = RedisCluster::start(3);
