@@ -54,27 +54,27 @@ local function server_run()
   local replication = redis.pcall('INFO', 'replication')
   return run .. (type(replication) == 'string' and string.match(replication, 'master_replid:(%x+)') or '')
 end
--- The serial the library remembers for the tenant's epoch: -1 if it has no memory of the
--- tenant (the fence was written before it was loaded), 0 if none of this epoch.
-local function recalled(seen, key, epoch)
+-- Judges the serial found in the tenant's epoch against the library's memory: true if the
+-- library saw a later one in that epoch, or has no memory of the tenant (the fence was written
+-- before it was loaded). Unless the serial is behind, remembers `stored` (the serial as the call
+-- leaves it). Memory of the tenant's last 8 epochs is kept.
+local function went_back(seen, key, epoch, serial, stored)
   local mine = seen[key]
-  if not mine then return -1 end
-  for i = #mine, 1, -1 do
-    if mine[i][1] == epoch then return mine[i][2] end
+  if not mine then
+    seen[key] = {{epoch, stored}}
+    return true
   end
-  return 0
-end
-local function remember(seen, key, epoch, serial)
-  local mine = seen[key]
-  if not mine then mine = {}; seen[key] = mine end
   for i = #mine, 1, -1 do
-    if mine[i][1] == epoch then
-      if serial > mine[i][2] then mine[i][2] = serial end
-      return
+    local e = mine[i]
+    if e[1] == epoch then
+      if serial < e[2] then return true end
+      e[2] = stored
+      return false
     end
   end
   if #mine == 8 then table.remove(mine, 1) end
-  mine[#mine + 1] = {epoch, serial}
+  mine[#mine + 1] = {epoch, stored}
+  return false
 end
 local function fence(keys, args, run, reread, bump, seen)
   local held = redis.call('GET', keys[1])
@@ -82,18 +82,18 @@ local function fence(keys, args, run, reread, bump, seen)
   if held then r, epoch = string.match(held, '^(%x+):(.+)$') end
   if r ~= run and reread then run = reread() end
   if r == run then
-    if bump and epoch == args[1] then
+    local bumped = bump and epoch == args[1]
+    if bumped then
       serial = redis.call('INCR', keys[2]) - 1
     else
       serial = tonumber(redis.call('GET', keys[2]) or 0)
     end
-    -- Behind what the replica or the library has seen: the data set went back in time.
+    -- Behind what the replica or the library has seen: the data set went back in time. (A fence
+    -- the library has no memory of is not trusted, but remembered: a copy from this epoch
+    -- written back later is behind it.)
     if epoch == args[1] and serial < tonumber(args[3]) then r = nil end
-    if seen then
-      local known = recalled(seen, keys[2], epoch)
-      if serial < known then r = nil end
-      -- Not trusted, but remembered: a copy from this epoch written back later is behind it.
-      if known < 0 then r = nil; remember(seen, keys[2], epoch, serial) end
+    if seen and went_back(seen, keys[2], epoch, serial, bumped and serial + 1 or serial) then
+      r = nil
     end
   end
   if r ~= run then
@@ -102,10 +102,10 @@ local function fence(keys, args, run, reread, bump, seen)
     -- The serial exists from the epoch's start: a copy of the data set made before its first
     -- pop holds it (at the count then), so writing the copy back takes the serial back too.
     serial = redis.call('INCRBY', keys[2], 0)
+    if seen then went_back(seen, keys[2], epoch, serial, serial) end
   elseif bump and epoch == args[1] then
     serial = serial + 1
   end
-  if seen then remember(seen, keys[2], epoch, serial) end
   if epoch ~= args[1] then return epoch, run, 0 end
   return nil, run, serial
 end
