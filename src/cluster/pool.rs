@@ -468,7 +468,7 @@ pub(super) struct Known {
 }
 
 /// How many left epochs a replica remembers per tenant.
-const LEFT_EPOCHS: usize = 8;
+pub(super) const LEFT_EPOCHS: usize = 8;
 
 impl Known {
     /// A call in `epoch` found the tenant's serial at `serial`.

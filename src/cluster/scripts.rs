@@ -11,7 +11,7 @@
 use redis::Script;
 use sha2::{Digest, Sha256};
 
-use super::pool::Pops;
+use super::pool::{Pops, LEFT_EPOCHS};
 
 /// The fence every pool script passes first. `fence(keys, args, run, reread, bump, seen)`:
 /// keys[1] is the tenant's fence, keys[2] its serial, args[1] the epoch the replica expects,
@@ -41,11 +41,11 @@ use super::pool::Pops;
 /// - each replica sends the highest serial it has seen in its epoch (every pool call reads the
 ///   serial, so a replica that syncs a tenant each tick knows it to within a tick);
 /// - the loaded library (functions only) keeps, per tenant, the highest serial any call has
-///   found in each of its last 8 epochs, so a replica that has made no call
-///   since, or started since, is judged by it too. That memory lives in the server's Lua engine,
-///   outside the data set: `RESTORE` leaves it, while `DEBUG RELOAD` (and a restart, a full
-///   copy from a primary, `FUNCTION RESTORE`) loads the library afresh from the data set,
-///   without it. So a fence the library has no memory of was written before it was loaded, by a
+///   found in each of its last `pool::LEFT_EPOCHS` epochs (as many as a replica remembers), so
+///   a replica that has made no call since, or started since, is judged by it too. That memory
+///   lives in the server's Lua engine, outside the data set: `RESTORE` leaves it, while `DEBUG
+///   RELOAD` (and a restart, a full copy from a primary, `FUNCTION RESTORE`) loads the library
+///   afresh from the data set, without it. So a fence the library has no memory of was written before it was loaded, by a
 ///   data set that may be an older copy, and is not trusted: the library's first call for each
 ///   tenant starts a new epoch there, unless it started the fence itself.
 pub(super) const FENCE_LIB: &str = r"
@@ -57,7 +57,7 @@ end
 -- Judges the serial found in the tenant's epoch against the library's memory: true if the
 -- library saw a later one in that epoch, or has no memory of the tenant (the fence was written
 -- before it was loaded). Unless the serial is behind, remembers `stored` (the serial as the call
--- leaves it). Memory of the tenant's last 8 epochs is kept.
+-- leaves it). Memory of the tenant's last LEFT_EPOCHS epochs is kept.
 local function went_back(seen, key, epoch, serial, stored)
   local mine = seen[key]
   if not mine then
@@ -72,7 +72,7 @@ local function went_back(seen, key, epoch, serial, stored)
       return false
     end
   end
-  if #mine == 8 then table.remove(mine, 1) end
+  if #mine == LEFT_EPOCHS then table.remove(mine, 1) end
   mine[#mine + 1] = {epoch, stored}
   return false
 end
@@ -81,8 +81,8 @@ local function fence(keys, args, run, reread, bump, seen)
   local r, epoch, serial
   if held then r, epoch = string.match(held, '^(%x+):(.+)$') end
   if r ~= run and reread then run = reread() end
+  local bumped = bump and epoch == args[1]
   if r == run then
-    local bumped = bump and epoch == args[1]
     if bumped then
       serial = redis.call('INCR', keys[2]) - 1
     else
@@ -103,7 +103,7 @@ local function fence(keys, args, run, reread, bump, seen)
     -- pop holds it (at the count then), so writing the copy back takes the serial back too.
     serial = redis.call('INCRBY', keys[2], 0)
     if seen then went_back(seen, keys[2], epoch, serial, serial) end
-  elseif bump and epoch == args[1] then
+  elseif bumped then
     serial = serial + 1
   end
   if epoch ~= args[1] then return epoch, run, 0 end
@@ -477,7 +477,7 @@ fn limiter(body: &str) -> Script {
 /// `{'', result, serial}`.
 fn fenced_script(body: &str, bump: bool) -> String {
     format!(
-        "redis.replicate_commands()\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal current, _, serial = fence(KEYS, ARGV, server_run(), nil, {bump})\nif current then return {{current}} end\nlocal KEYS, ARGV = {{unpack(KEYS, 3)}}, {{unpack(ARGV, 4)}}\nreturn {{'', (function()\n{body}\nend)(), serial}}\n"
+        "redis.replicate_commands()\nlocal LEFT_EPOCHS = {LEFT_EPOCHS}\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal current, _, serial = fence(KEYS, ARGV, server_run(), nil, {bump})\nif current then return {{current}} end\nlocal KEYS, ARGV = {{unpack(KEYS, 3)}}, {{unpack(ARGV, 4)}}\nreturn {{'', (function()\n{body}\nend)(), serial}}\n"
     )
 }
 
@@ -501,7 +501,7 @@ const POOL_SCRIPTS: [(&str, &str, bool); 5] = [
 /// script form (`fleet_scripts::a_primary_promoted_again_after_resyncing_…`).
 fn library() -> (String, String) {
     let mut code = format!(
-        "#!lua name=LIBRARY\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal run\nlocal seen = {{}}\nlocal function fenced(body, bump)\n  return function(keys, args)\n    local current, serial\n    current, run, serial = fence(keys, args, run or server_run(), server_run, bump, seen)\n    if current then return {{current}} end\n    return {{'', body({{unpack(keys, 3)}}, {{unpack(args, 4)}}), serial}}\n  end\nend\n"
+        "#!lua name=LIBRARY\nlocal LEFT_EPOCHS = {LEFT_EPOCHS}\n{FENCE_LIB}\n{POOL_LIB}\n{LIMIT_LIB}\nlocal run\nlocal seen = {{}}\nlocal function fenced(body, bump)\n  return function(keys, args)\n    local current, serial\n    current, run, serial = fence(keys, args, run or server_run(), server_run, bump, seen)\n    if current then return {{current}} end\n    return {{'', body({{unpack(keys, 3)}}, {{unpack(args, 4)}}), serial}}\n  end\nend\n"
     );
     for (op, body, bump) in POOL_SCRIPTS {
         code.push_str(&format!(
