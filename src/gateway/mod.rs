@@ -5,6 +5,7 @@
 //! Owns the order of the hot path and the miss path's bounds. HTTP concerns (status codes,
 //! headers, problem documents) live in `api`; the wiring lives in `startup`.
 
+mod call;
 mod recent;
 mod refiller;
 
@@ -18,7 +19,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::credentials::AccessKeys;
 use crate::limiter::{Budget, Budgets, Inbound, InboundLimiter, Priority};
-use crate::metrics::{Fetch, Metrics, Waste};
+use crate::metrics::{Metrics, Waste};
 use crate::model::{parse_request, BadInput, EmbedRequest, Operation, URL_VALIDITY_SECS};
 use crate::pool::{pool_key, Pool, PoolKey, PooledUrl};
 use crate::refill::{Demand, Landed, Seen, Sessions, Tracked};
@@ -626,7 +627,7 @@ impl Gateway {
     /// The tenant is over its limit ([`ServeError::Limited`], only with [`Gate::WithTake`]), or
     /// no URL within the miss timeout; see [`ServeError`].
     pub async fn serve(
-        &self,
+        self: &Arc<Self>,
         tenant: &Tenant,
         admitted: &Admitted,
         gate: Gate,
@@ -659,7 +660,7 @@ impl Gateway {
             });
         }
         let deadline = Instant::now() + Duration::from_millis(self.settings.api.miss_timeout_ms);
-        self.miss(tenant, req, tracked.as_deref(), deadline)
+        self.miss(tenant, admitted, tracked.as_ref(), deadline)
             .await
             .map(|served| Served {
                 remaining,
@@ -672,12 +673,13 @@ impl Gateway {
     }
 
     async fn miss(
-        &self,
+        self: &Arc<Self>,
         tenant: &Tenant,
-        req: &EmbedRequest,
-        tracked: Option<&Tracked>,
+        admitted: &Admitted,
+        tracked: Option<&Arc<Tracked>>,
         deadline: Instant,
     ) -> Result<Served, ServeError> {
+        let req = &admitted.request;
         // 1. Claim a prefetch already in flight for this key, if an unclaimed one exists.
         if let Some(t) = tracked {
             // Dropped while it waits (its client reset the connection), this request passes a
@@ -725,30 +727,26 @@ impl Gateway {
                 Err(wait) => return Err(ServeError::BudgetExhausted { retry_after: wait }),
             }
         }
-        let Some(_permit) = upstream.slot(deadline).await else {
+        let Some(slot) = upstream.slot(deadline).await else {
             return Err(ServeError::Busy);
         };
-        let fetched = match tokio::time::timeout_at(deadline, self.fetch(req)).await {
-            Ok(r) => r,
-            Err(_) => Err(UpstreamError::Timeout),
-        };
-        match fetched {
-            Ok(f) if self.fresh(&f) => {
-                self.metrics.fetched(Fetch::Miss);
-                Ok(self.served(f, Source::Upstream))
-            }
-            Ok(_) => {
+        // The call is a task of its own: a request that stops waiting (its client gone, or the
+        // deadline passed) leaves it to land its URL for the key (see `call`).
+        let mut call = self.call(tenant.index, &admitted.key, req, tracked, slot);
+        match call.wait_until(deadline).await {
+            Some(Ok(f)) if self.fresh(&f) => Ok(self.served(f, Source::Upstream)),
+            Some(Ok(f)) => {
                 // Settings keep the miss timeout below the usable life, so only a call that
                 // outlived it lands here; its URL would be handed out with too little left.
-                self.metrics.fetched(Fetch::Miss);
-                self.metrics.wasted(Waste::Expired, Fetch::Miss, 1);
+                self.metrics.wasted(Waste::Expired, f.fetched_for, 1);
                 Err(UpstreamError::Timeout.into())
             }
-            Err(UpstreamError::Throttled) => {
+            Some(Err(UpstreamError::Throttled)) => {
                 budget.on_throttle();
                 Err(UpstreamError::Throttled.into())
             }
-            Err(e) => Err(e.into()),
+            Some(Err(e)) => Err(e.into()),
+            None => Err(UpstreamError::Timeout.into()),
         }
     }
 

@@ -22,7 +22,7 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::UpstreamSettings;
 use crate::metrics::{Fetch, Metrics};
@@ -49,7 +49,7 @@ pub struct Upstream {
     settings: UpstreamSettings,
     /// Calls in flight to this upstream (misses and prefetches): one slow upstream cannot take
     /// the others' slots.
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     /// Prefetches in flight for this upstream (`refill.concurrency` each): one hanging upstream
     /// holds only its own.
     prefetches: Arc<Semaphore>,
@@ -112,7 +112,7 @@ impl Upstream {
         }
         Upstream {
             client: aws_sdk_quicksight::Client::new(&config),
-            slots: Semaphore::new(settings.max_concurrency),
+            slots: Arc::new(Semaphore::new(settings.max_concurrency)),
             prefetches: Arc::new(Semaphore::new(prefetch_concurrency)),
             settings: settings.clone(),
             role,
@@ -138,9 +138,10 @@ impl Upstream {
         &self.settings
     }
 
-    /// A slot for one call, waited for until `deadline`.
-    pub async fn slot(&self, deadline: tokio::time::Instant) -> Option<SemaphorePermit<'_>> {
-        tokio::time::timeout_at(deadline, self.slots.acquire())
+    /// A slot for one call, waited for until `deadline`; it can move into the task that makes
+    /// the call.
+    pub async fn slot(&self, deadline: tokio::time::Instant) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned())
             .await
             .ok()
             .and_then(Result::ok)
@@ -458,11 +459,11 @@ impl Upstreams {
 }
 
 /// One QuickSight call, in `embedgate_upstream_in_flight` until it ends and then counted in
-/// `embedgate_upstream_calls_total` and the duration histogram. A call its caller drops before
-/// it ends (a miss whose deadline came first, a request whose client reset the connection) is
-/// counted as `cancelled`: it was sent, may have cost a call of the account's quota and minted
-/// a URL nobody received, and it leaves the gauge as an ended call does. (The gauge used to
-/// keep every such call in flight for good.)
+/// `embedgate_upstream_calls_total` and the duration histogram. A call dropped before it ends
+/// (the gateway stopping; a miss whose caller stops waiting is not dropped, see `gateway::call`)
+/// is counted as `cancelled`: it was sent, may have cost a call of the account's quota and
+/// minted a URL nobody received, and it leaves the gauge as an ended call does. (The gauge used
+/// to keep every such call in flight for good.)
 struct Calling<'a> {
     metrics: &'a Metrics,
     op: &'static str,

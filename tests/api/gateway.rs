@@ -628,6 +628,91 @@ async fn shutdown_lets_in_flight_requests_finish() {
     sim.stop().await;
 }
 
+/// A miss whose caller stops waiting at the miss deadline leaves its QuickSight call running:
+/// the URL it brings back goes into the pool, and the next request for the key is served from
+/// it, with one QuickSight call for both and the URL opened once. Before, the call was dropped
+/// with the request and the next request asked QuickSight again.
+#[tokio::test]
+async fn a_miss_that_outlives_its_deadline_pools_its_url_for_the_next_request() {
+    let app = spawn_app(|s| {
+        s.refill.enabled = false;
+        s.api.miss_timeout_ms = 300;
+    })
+    .await;
+    let sim = &app.sim.sim;
+    // Far beyond the deadline, so the caller's 504 comes first however busy the machine is.
+    sim.update_knobs(&json!({"latency_ms": 1_500})).unwrap();
+    let body = dash("sales-2024", "alice");
+    let r = app.embed("alpha", "dashboard", &body).await;
+    assert_eq!(r.status(), 504);
+    let gw = app.app.gateway.clone();
+    let key = app.key_of(0, &body);
+    assert!(
+        app.eventually(10, || gw.pool().len(&key) == 1).await,
+        "the call went on, and its URL was pooled"
+    );
+    let served: Value = app.embed_json("alpha", "dashboard", &body).await;
+    assert_eq!(served["Source"], "pool", "{served}");
+    assert_eq!(
+        sim.ledger().calls,
+        1,
+        "one QuickSight call for both requests"
+    );
+    let url = served["EmbedUrl"].as_str().unwrap();
+    assert_eq!(http().get(url).send().await.unwrap().status(), 200);
+    let ledger = sim.ledger();
+    assert_eq!((ledger.redeemed, ledger.double_redemptions), (1, 0));
+    let m = app.metrics().await;
+    assert_eq!(
+        metric_total(&m, "embedgate_urls_fetched_total", "reason=\"miss\""),
+        1.0,
+        "the call's URL is counted fetched once"
+    );
+    app.stop().await;
+}
+
+/// A client that gives up on a slow miss and asks again at once (a portal's timeout and retry)
+/// is answered by the QuickSight call its first request started, which goes on without it: the
+/// retry waits for that call instead of starting another, and gets its URL.
+#[tokio::test]
+async fn a_client_that_resets_and_asks_again_gets_the_url_its_first_request_waited_for() {
+    let app = spawn_app(|s| {
+        // The key is tracked, but the planner stocks nothing for it, whenever it ticks: no
+        // prediction or rate is ever that likely.
+        s.refill.min_probability = 1.0;
+        s.refill.predict_min_probability = 1.0;
+        s.refill.sessions = false;
+        s.upstream.timeout_ms = 30_000;
+        s.api.miss_timeout_ms = 40_000;
+    })
+    .await;
+    let sim = &app.sim.sim;
+    // Long enough for the client to see the call in flight and reset before it is answered.
+    sim.update_knobs(&json!({"latency_ms": 5_000})).unwrap();
+    let body = dash("sales-2024", "alice");
+    let m = reset_native_request_while_quicksight_answers(&app, &body).await;
+    assert_eq!(
+        metric(&m, "embedgate_upstream_in_flight"),
+        1.0,
+        "the call outlived its client"
+    );
+    let served: Value = app.embed_json("alpha", "dashboard", &body).await;
+    assert_eq!(served["Source"], "pool", "{served}");
+    assert_eq!(sim.ledger().calls, 1, "the retry made no call of its own");
+    let url = served["EmbedUrl"].as_str().unwrap();
+    assert_eq!(http().get(url).send().await.unwrap().status(), 200);
+    let ledger = sim.ledger();
+    assert_eq!((ledger.redeemed, ledger.double_redemptions), (1, 0));
+    let m = app.metrics().await;
+    assert_eq!(metric(&m, "embedgate_upstream_in_flight"), 0.0);
+    assert_eq!(
+        metric(&m, "embedgate_pool_urls"),
+        0.0,
+        "nothing left pooled"
+    );
+    app.stop().await;
+}
+
 /// Reads one HTTP/1.1 answer (headers and a `content-length` body) from `stream`: (status, head).
 async fn read_answer(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> (u16, String) {
     use tokio::io::AsyncReadExt;

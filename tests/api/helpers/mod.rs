@@ -433,6 +433,26 @@ pub async fn app_whose_quicksight_holds_every_call(
     app
 }
 
+/// [`reset_while_quicksight_answers`] for a native dashboard request of tenant `alpha`: sends
+/// `body`, resets the connection while its QuickSight call is in flight, and waits until the
+/// request is counted as `cancelled`.
+pub async fn reset_native_request_while_quicksight_answers(
+    app: &TestApp,
+    body: &serde_json::Value,
+) -> String {
+    let body = body.to_string();
+    let request = format!(
+        "POST /v1/embed-url/dashboard HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        app.keys["alpha"],
+        body.len()
+    );
+    let cancelled =
+        "embedgate_requests_total{outcome=\"cancelled\",protocol=\"native\",tenant=\"alpha\"}";
+    let addr = app.base.trim_start_matches("http://");
+    reset_while_quicksight_answers(app, addr, &request, cancelled).await
+}
+
 /// Sends `request` to the gateway at `addr` (`host:port`), waits until the QuickSight call it
 /// causes is in flight, then resets the connection (`SO_LINGER` 0), as a client that gives up
 /// does, and waits until `counted` (a request counter's sample) reaches 1. Returns the metrics
