@@ -10,7 +10,9 @@
 //!     several gateway URLs (replicas of one fleet), the calls go to them in turn, as a load
 //!     balancer without affinity spreads a portal's requests: a user's views land on any replica.
 //!     Given the gateways' admin URLs, their metrics are read as each phase starts and at the
-//!     end, so each phase reports the upstream calls, URLs fetched and URLs expired within it
+//!     end, so each phase reports the upstream calls, URLs fetched and URLs expired within it.
+//!     With `CLIENT_TIMEOUT_MS` set, a portal with a short timeout: each view's call to the
+//!     gateway is given up after that long and sent again, at most `CLIENT_RETRIES` (1) times
 //! ```
 //! Prints one JSON object on stdout.
 
@@ -476,6 +478,26 @@ fn http_client() -> reqwest::Client {
         .expect("HTTP client")
 }
 
+/// An impatient portal (`CLIENT_TIMEOUT_MS`, unset: none): a view's call to the gateway is given
+/// up after that long and sent again, at most `CLIENT_RETRIES` (1) times, as a portal's backend
+/// with a short timeout and a retry does; the view's latency runs from its first send.
+struct Impatience {
+    timeout: Option<Duration>,
+    retries: u32,
+    /// Calls given up and sent again, over the run.
+    resent: std::sync::atomic::AtomicU64,
+}
+
+static IMPATIENCE: std::sync::LazyLock<Impatience> = std::sync::LazyLock::new(|| {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    Impatience {
+        timeout: var("CLIENT_TIMEOUT_MS")
+            .map(|v| Duration::from_millis(v.parse().expect("CLIENT_TIMEOUT_MS: milliseconds"))),
+        retries: var("CLIENT_RETRIES").map_or(1, |v| v.parse().expect("CLIENT_RETRIES: a count")),
+        resent: std::sync::atomic::AtomicU64::new(0),
+    }
+});
+
 /// One call to the gateway: a view (`/v1/embed-url/dashboard`) or a hint (`/v1/hints`).
 async fn gateway_call(http: &reqwest::Client, base: &str, call: Call) -> (String, bool) {
     let api_key = format!("tenant-{}-key", tenant_of(call));
@@ -487,9 +509,24 @@ async fn gateway_call(http: &reqwest::Client, base: &str, call: Call) -> (String
         }
         _ => (format!("{base}/v1/embed-url/dashboard"), body(call)),
     };
-    let r = match http.post(url).bearer_auth(api_key).json(&body).send().await {
-        Ok(r) => r,
-        Err(e) => return (format!("transport: {e}"), false),
+    let impatience = &*IMPATIENCE;
+    let mut tries = 0;
+    let r = loop {
+        let mut send = http.post(&url).bearer_auth(&api_key).json(&body);
+        if let (Some(t), false) = (impatience.timeout, matches!(call, Call::Hint { .. })) {
+            send = send.timeout(t);
+        }
+        match send.send().await {
+            Ok(r) => break r,
+            Err(e) if e.is_timeout() && tries < impatience.retries => {
+                tries += 1;
+                impatience
+                    .resent
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) if e.is_timeout() => return ("client_timeout".into(), false),
+            Err(e) => return (format!("transport: {e}"), false),
+        }
     };
     let status = r.status();
     let v: serde_json::Value = r.json().await.unwrap_or_default();
@@ -717,6 +754,10 @@ async fn scenario(args: &[String]) -> serde_json::Value {
     };
     let mut v = summarize(&done, elapsed, Some(burst_phase));
     v["mode"] = json!(mode);
+    if let Some(t) = IMPATIENCE.timeout.filter(|_| mode == "gateway") {
+        v["client_timeout_ms"] = json!(t.as_millis() as u64);
+        v["client_resent"] = json!(IMPATIENCE.resent.load(std::sync::atomic::Ordering::Relaxed));
+    }
     // Each phase's length: from its start to the next one's, the last to the end of the run
     // (when the fleet's counters were last read), so its calls read as a rate against the budget.
     let mut bounds = vec![Duration::ZERO];

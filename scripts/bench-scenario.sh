@@ -24,6 +24,9 @@
 # throttles the account above BUDGET calls/s; the gateway's upstream budget is BUDGET too. Run 1:
 # through the gateway. Run 2 (skipped with DIRECT=0): a fresh simulator called directly with the
 # AWS SDK and its default retries (what a portal without embedgate gets).
+# CLIENT_TIMEOUT_MS (unset: none): an impatient portal; each view's call to the gateway is given up
+# after that long and sent again, at most CLIENT_RETRIES (1) times (a view's latency runs from its
+# first send; one that runs out of tries is a `client_timeout` error).
 # GATEWAY_SET: gateway settings to change, space-separated section.key=value (value read as JSON),
 # e.g. GATEWAY_SET='refill.predict_min_probability=0.7'; TAG names such a run's files.
 # Writes bench-results/scenario-<shape>.md and .json (scenario-<shape>-<N>replicas.* for a fleet,
@@ -229,7 +232,7 @@ Knobs: {", ".join(f"{k.lower()}={e[k]}" for k in knobs)}.
 | latency p50 / p99 / p99.9 | {G['p50_ms']:.1f} / {G['p99_ms']:.1f} / {G['p999_ms']:.1f} ms | {f"{D['p50_ms']:.1f} / {D['p99_ms']:.1f} / {D['p999_ms']:.1f} ms" if D else "—"} |
 | errors (all phases) | {errs(G['errors'])} | {errs(D['errors']) if D else "—"} |
 | hints sent (not counted as views) | {G['hints_sent']} ({G['hints_failed']} not taken) | — |
-{f"| Redis errors by operation (all replicas) | {', '.join(f'{k} {v:.0f}' for k, v in sorted(redis_errors.items()) if v) or 'none'} | — |" + chr(10) if int(e["REPLICAS"]) > 1 else ""}
+{f"| calls given up by the client after {G['client_timeout_ms']} ms and sent again | {G['client_resent']} | — |" + chr(10) if 'client_timeout_ms' in G else ""}{f"| Redis errors by operation (all replicas) | {', '.join(f'{k} {v:.0f}' for k, v in sorted(redis_errors.items()) if v) or 'none'} | — |" + chr(10) if int(e["REPLICAS"]) > 1 else ""}
 By phase (through embedgate: requests, from the pool, p50 / p99, errors, then within the phase:
 upstream calls per URL handed out, upstream calls a second against the budget of {e['BUDGET']}/s (a
 burst that drains the stock while calls run well below the budget: the gateway was short of CPU

@@ -109,6 +109,7 @@ impl Application {
                 })
                 .listen(l)?
                 .keep_alive(keep_alive)
+                .h1_allow_half_closed(false)
                 .disable_signals()
                 .shutdown_timeout(10);
                 if let Some(w) = settings.workers {
@@ -131,6 +132,12 @@ impl Application {
         })
         .listen(listener)?
         .keep_alive(keep_alive)
+        // A client that closes its connection while its request waits (a portal's timeout:
+        // most HTTP clients close normally, not with a reset) is gone: its handler is dropped,
+        // and a miss's QuickSight call lands its URL for the key (`gateway::call`). Allowed to
+        // half-close, it was kept waiting, and the URL was written to a closed socket and lost,
+        // counted as served. No HTTP client we know of half-closes and then waits for a reply.
+        .h1_allow_half_closed(false)
         // Signals stop the gateway through `run_until` alone: a listener that stopped on its
         // own would read as a failed task.
         .disable_signals()

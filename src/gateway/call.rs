@@ -145,7 +145,8 @@ impl Drop for MissCall {
             t.in_flight.start();
         }
         rx.close();
-        if let Ok(answer) = rx.try_recv() {
+        // Outside a runtime (the process is ending) there is nowhere to land it.
+        if let (Ok(answer), Ok(_)) = (rx.try_recv(), tokio::runtime::Handle::try_current()) {
             let landing = self.landing.clone();
             self.landing
                 .gateway

@@ -579,11 +579,12 @@ async fn signatures_aws_would_refuse_are_refused_before_anything_upstream() {
     app.stop().await;
 }
 
-/// A drop-in request whose client resets the connection while the gateway waits on QuickSight
-/// is counted as `cancelled` under its tenant, as a native one is
+/// A drop-in request whose client gives up while the gateway waits on QuickSight, closing its
+/// connection normally as an AWS SDK does at its timeout, is counted as `cancelled` under its
+/// tenant, as a native one is
 /// (`observability::a_request_whose_client_resets_the_connection_is_counted_as_cancelled`).
 #[tokio::test]
-async fn a_drop_in_request_whose_client_resets_the_connection_is_counted_as_cancelled() {
+async fn a_drop_in_request_whose_client_closes_the_connection_is_counted_as_cancelled() {
     let app = app_whose_quicksight_holds_every_call(with_compat).await;
     let base = app.compat.clone().unwrap();
     let (url, headers) = signed(
@@ -603,7 +604,7 @@ async fn a_drop_in_request_whose_client_resets_the_connection_is_counted_as_canc
     request.push_str("\r\n");
     let cancelled =
         "embedgate_requests_total{outcome=\"cancelled\",protocol=\"quicksight\",tenant=\"alpha\"}";
-    let m = reset_while_quicksight_answers(&app, host, &request, cancelled).await;
+    let m = give_up_while_quicksight_answers(&app, host, &request, cancelled, GiveUp::Close).await;
     // Its QuickSight call goes on, as a native request's does.
     assert_eq!(metric(&m, "embedgate_upstream_in_flight"), 1.0);
     app.stop().await;

@@ -676,6 +676,19 @@ async fn a_miss_that_outlives_its_deadline_pools_its_url_for_the_next_request() 
 /// retry waits for that call instead of starting another, and gets its URL.
 #[tokio::test]
 async fn a_client_that_resets_and_asks_again_gets_the_url_its_first_request_waited_for() {
+    gives_up_and_asks_again(GiveUp::Reset).await;
+}
+
+/// The same for a client that closes its connection normally (a FIN, as most HTTP clients do at
+/// their timeout). Before, the gateway took that for a half-close, kept the request waiting and
+/// wrote its URL to the closed socket: lost, counted as served, and the retry asked QuickSight
+/// again.
+#[tokio::test]
+async fn a_client_that_closes_and_asks_again_gets_the_url_its_first_request_waited_for() {
+    gives_up_and_asks_again(GiveUp::Close).await;
+}
+
+async fn gives_up_and_asks_again(how: GiveUp) {
     let app = spawn_app(|s| {
         // The key is tracked, but the planner stocks nothing for it, whenever it ticks: no
         // prediction or rate is ever that likely.
@@ -690,7 +703,7 @@ async fn a_client_that_resets_and_asks_again_gets_the_url_its_first_request_wait
     // Long enough for the client to see the call in flight and reset before it is answered.
     sim.update_knobs(&json!({"latency_ms": 5_000})).unwrap();
     let body = dash("sales-2024", "alice");
-    let m = reset_native_request_while_quicksight_answers(&app, &body).await;
+    let m = give_up_native_request_while_quicksight_answers(&app, &body, how).await;
     assert_eq!(
         metric(&m, "embedgate_upstream_in_flight"),
         1.0,

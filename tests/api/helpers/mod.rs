@@ -415,7 +415,7 @@ pub async fn send_and_stall(addr: &str, request: &str) -> (String, std::time::Du
 
 /// A gateway without refills whose simulator holds every call, and whose calls and misses wait
 /// for it far beyond the moments a busy machine takes to see a call in flight and reset its
-/// connection (`reset_while_quicksight_answers`).
+/// connection (`give_up_while_quicksight_answers`).
 pub async fn app_whose_quicksight_holds_every_call(
     customize: impl FnOnce(&mut Settings),
 ) -> TestApp {
@@ -433,12 +433,21 @@ pub async fn app_whose_quicksight_holds_every_call(
     app
 }
 
-/// [`reset_while_quicksight_answers`] for a native dashboard request of tenant `alpha`: sends
+/// [`give_up_while_quicksight_answers`] for a native dashboard request of tenant `alpha`: sends
 /// `body`, resets the connection while its QuickSight call is in flight, and waits until the
 /// request is counted as `cancelled`.
 pub async fn reset_native_request_while_quicksight_answers(
     app: &TestApp,
     body: &serde_json::Value,
+) -> String {
+    give_up_native_request_while_quicksight_answers(app, body, GiveUp::Reset).await
+}
+
+/// [`reset_native_request_while_quicksight_answers`], the client giving up as `how` says.
+pub async fn give_up_native_request_while_quicksight_answers(
+    app: &TestApp,
+    body: &serde_json::Value,
+    how: GiveUp,
 ) -> String {
     let body = body.to_string();
     let request = format!(
@@ -450,18 +459,26 @@ pub async fn reset_native_request_while_quicksight_answers(
     let cancelled =
         "embedgate_requests_total{outcome=\"cancelled\",protocol=\"native\",tenant=\"alpha\"}";
     let addr = app.base.trim_start_matches("http://");
-    reset_while_quicksight_answers(app, addr, &request, cancelled).await
+    give_up_while_quicksight_answers(app, addr, &request, cancelled, how).await
+}
+
+/// How a client gives up on a request: by resetting the connection (`SO_LINGER` 0), or by
+/// closing it normally (a FIN), as most HTTP clients do at their timeout.
+#[derive(Debug, Clone, Copy)]
+pub enum GiveUp {
+    Reset,
+    Close,
 }
 
 /// Sends `request` to the gateway at `addr` (`host:port`), waits until the QuickSight call it
-/// causes is in flight, then resets the connection (`SO_LINGER` 0), as a client that gives up
-/// does, and waits until `counted` (a request counter's sample) reaches 1. Returns the metrics
-/// scraped then.
-pub async fn reset_while_quicksight_answers(
+/// causes is in flight, then gives up as `how` says, as a client at its timeout does, and waits
+/// until `counted` (a request counter's sample) reaches 1. Returns the metrics scraped then.
+pub async fn give_up_while_quicksight_answers(
     app: &TestApp,
     addr: &str,
     request: &str,
     counted: &str,
+    how: GiveUp,
 ) -> String {
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -471,7 +488,9 @@ pub async fn reset_while_quicksight_answers(
     })
     .await;
     assert!(waiting, "the request waits on the held QuickSight call");
-    stream.set_zero_linger().unwrap();
+    if let GiveUp::Reset = how {
+        stream.set_zero_linger().unwrap();
+    }
     drop(stream);
     let reached = eventually(Duration::from_secs(10), || async {
         metric(&app.metrics().await, counted) == 1.0
