@@ -682,8 +682,8 @@ impl Gateway {
         let req = &admitted.request;
         // 1. Claim a prefetch already in flight for this key, if an unclaimed one exists.
         if let Some(t) = tracked {
-            // Dropped while it waits (its client reset the connection), this request passes a
-            // URL delivered to it meanwhile to the next waiter, or counts it as waste.
+            // Dropped while it waits (its client closed or reset the connection), this request
+            // passes a URL delivered to it meanwhile to the next waiter, or counts it as waste.
             let cancelled = |f: Fetched| self.metrics.wasted(Waste::Cancelled, f.fetched_for, 1);
             if let Some(mut joined) = t.try_join(cancelled) {
                 let timeout = self.upstreams.of(req).settings().timeout_ms;

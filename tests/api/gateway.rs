@@ -637,11 +637,12 @@ async fn a_miss_that_outlives_its_deadline_pools_its_url_for_the_next_request() 
     let app = spawn_app(|s| {
         s.refill.enabled = false;
         s.api.miss_timeout_ms = 300;
+        s.upstream.timeout_ms = 10_000;
     })
     .await;
     let sim = &app.sim.sim;
     // Far beyond the deadline, so the caller's 504 comes first however busy the machine is.
-    sim.update_knobs(&json!({"latency_ms": 1_500})).unwrap();
+    sim.update_knobs(&json!({"latency_ms": 3_000})).unwrap();
     let body = dash("sales-2024", "alice");
     let r = app.embed("alpha", "dashboard", &body).await;
     assert_eq!(r.status(), 504);
