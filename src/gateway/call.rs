@@ -70,8 +70,11 @@ impl Gateway {
             let gw = &task.gateway;
             let answer = gw.fetch(&task.request).await;
             drop(slot);
-            if answer.is_ok() {
-                gw.metrics.fetched(Fetch::Miss);
+            // What the call tells the gateway is recorded here, whoever takes the answer.
+            match &answer {
+                Ok(_) => gw.metrics.fetched(Fetch::Miss),
+                Err(UpstreamError::Throttled) => gw.budget_for(&task.request).on_throttle(),
+                Err(_) => {}
             }
             // A closed channel: the request stopped waiting first, and left the answer here.
             if let Err(answer) = tx.send(answer) {
@@ -108,10 +111,6 @@ impl Landing {
             },
             Ok(f) => {
                 gw.metrics.wasted(Waste::Expired, f.fetched_for, 1);
-                end();
-            }
-            Err(UpstreamError::Throttled) => {
-                gw.budget_for(&self.request).on_throttle();
                 end();
             }
             Err(_) => end(),

@@ -741,10 +741,7 @@ impl Gateway {
                 self.metrics.wasted(Waste::Expired, f.fetched_for, 1);
                 Err(UpstreamError::Timeout.into())
             }
-            Some(Err(UpstreamError::Throttled)) => {
-                budget.on_throttle();
-                Err(UpstreamError::Throttled.into())
-            }
+            // A throttle has slowed the budget already, in the call's task.
             Some(Err(e)) => Err(e.into()),
             None => Err(UpstreamError::Timeout.into()),
         }

@@ -581,7 +581,8 @@ async fn state_shows_what_each_tenants_keys_are_judged_by_and_whose_evidence_it_
 #[tokio::test]
 async fn a_request_whose_client_resets_the_connection_is_counted_as_cancelled() {
     let app = app_whose_quicksight_holds_every_call(|_| {}).await;
-    let m = reset_native_request_while_quicksight_answers(&app, &dash("sales-2024", "alice")).await;
+    let body = dash("sales-2024", "alice");
+    let m = give_up_native_request_while_quicksight_answers(&app, &body, GiveUp::Reset).await;
     assert_eq!(
         metric(
             &m,

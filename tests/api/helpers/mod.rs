@@ -434,16 +434,8 @@ pub async fn app_whose_quicksight_holds_every_call(
 }
 
 /// [`give_up_while_quicksight_answers`] for a native dashboard request of tenant `alpha`: sends
-/// `body`, resets the connection while its QuickSight call is in flight, and waits until the
+/// `body`, gives up as `how` says while its QuickSight call is in flight, and waits until the
 /// request is counted as `cancelled`.
-pub async fn reset_native_request_while_quicksight_answers(
-    app: &TestApp,
-    body: &serde_json::Value,
-) -> String {
-    give_up_native_request_while_quicksight_answers(app, body, GiveUp::Reset).await
-}
-
-/// [`reset_native_request_while_quicksight_answers`], the client giving up as `how` says.
 pub async fn give_up_native_request_while_quicksight_answers(
     app: &TestApp,
     body: &serde_json::Value,
