@@ -683,9 +683,12 @@ impl Gateway {
         // 1. Claim a prefetch already in flight for this key, if an unclaimed one exists.
         if let Some(t) = tracked {
             // Dropped while it waits (its client closed or reset the connection), this request
-            // passes a URL delivered to it meanwhile to the next waiter, or counts it as waste.
-            let cancelled = |f: Fetched| self.metrics.wasted(Waste::Cancelled, f.fetched_for, 1);
-            if let Some(mut joined) = t.try_join(cancelled) {
+            // passes a URL delivered to it meanwhile to the next waiter, or lands it for the key.
+            let lost = {
+                let (gw, t) = (self.clone(), t.clone());
+                move |f: Fetched| gw.abandoned(t, f)
+            };
+            if let Some(mut joined) = t.try_join(lost) {
                 let timeout = self.upstreams.of(req).settings().timeout_ms;
                 let until = deadline.min(Instant::now() + Duration::from_millis(timeout));
                 match joined.wait_until(until).await {

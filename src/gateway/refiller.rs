@@ -327,8 +327,7 @@ impl Gateway {
     ) {
         loop {
             if self.fleet_budget(budget, t.tenant, priority).await.is_err() {
-                t.in_flight.end();
-                t.release_unserved_waiters();
+                t.ended_without_url();
                 return;
             }
             // The upstream's own bound on calls in flight, shared with misses: a slow upstream
@@ -336,8 +335,7 @@ impl Gateway {
             let upstream = self.upstreams.of(&t.request);
             let wait = Duration::from_millis(upstream.settings().timeout_ms);
             let Some(slot) = upstream.slot(tokio::time::Instant::now() + wait).await else {
-                t.in_flight.end();
-                t.release_unserved_waiters();
+                t.ended_without_url();
                 budget.refund(t.tenant);
                 return;
             };
@@ -356,14 +354,12 @@ impl Gateway {
                         .await;
                 }
                 Err(UpstreamError::Throttled) => {
-                    t.in_flight.end();
-                    t.release_unserved_waiters();
+                    t.ended_without_url();
                     budget.on_throttle();
                     return;
                 }
                 Err(e) => {
-                    t.in_flight.end();
-                    t.release_unserved_waiters();
+                    t.ended_without_url();
                     t.prefetch_failed(self.clock.now_ms());
                     tracing::warn!(key = %t.key, tenant = %self.tenants.get(t.tenant).id, error = %e, "prefetch failed; backing off");
                     return;

@@ -437,9 +437,17 @@ impl Tracked {
         })
     }
 
+    /// A fetch counted in flight for the key ended with no URL to land (it failed, was
+    /// throttled, or came back too late to hand out): it leaves the count, and the waiters no
+    /// fetch in flight can serve any more are released.
+    pub fn ended_without_url(&self) {
+        self.in_flight.end();
+        self.release_unserved_waiters();
+    }
+
     /// After a prefetch failed: release the waiters no prefetch in flight can serve any more, so
     /// they fetch for themselves now instead of waiting out their join timeout.
-    pub fn release_unserved_waiters(&self) {
+    fn release_unserved_waiters(&self) {
         let in_flight = self.in_flight.get();
         let mut waiters = self.waiters.lock();
         while waiters.len() > in_flight {
@@ -514,9 +522,10 @@ impl Tracked {
 /// delivered to it ends in exactly one place however the request ends: received
 /// ([`Joined::wait_until`]); passed on when the request gives up waiting ([`Joined::give_up`]:
 /// to another waiter, or back to the caller to pool); or, when the request is dropped while it
-/// waits, to another waiter or else to `lost`. A request is dropped mid-wait when its client
-/// resets the connection (actix-web then drops the handler): without this, a URL delivered in
-/// the instant before would go with it, neither handed out nor counted.
+/// waits, to another waiter or else to `lost` (the gateway lands it for the key). A request is
+/// dropped mid-wait when its client closes or resets the connection (actix-web then drops the
+/// handler): without this, a URL delivered in the instant before would go with it, neither
+/// handed out nor counted.
 pub struct Joined<'a, L: FnOnce(Fetched)> {
     rx: Option<oneshot::Receiver<Fetched>>,
     tracked: &'a Tracked,
@@ -593,8 +602,7 @@ mod tests {
         t.in_flight.start();
         let mut rx = t.try_join(keep).expect("one prefetch in flight to claim");
         assert!(t.try_join(keep).is_none(), "only one waiter per prefetch");
-        t.in_flight.end(); // the prefetch failed
-        t.release_unserved_waiters();
+        t.ended_without_url(); // the prefetch failed
         assert!(matches!(
             rx.try_recv(),
             Err(oneshot::error::TryRecvError::Closed)
@@ -657,7 +665,7 @@ mod tests {
 
     /// A request dropped while it waits (its client reset the connection) after the URL was
     /// delivered to it passes the URL on: to the next waiter, else to `lost`, where the gateway
-    /// counts it as waste. Nothing is lost uncounted, and nothing is passed on twice.
+    /// lands it for the key. Nothing is lost unseen, and nothing is passed on twice.
     #[test]
     fn a_claim_dropped_after_its_url_was_delivered_passes_the_url_on() {
         let t = tracked();
