@@ -1034,3 +1034,65 @@ async fn a_redis_that_refuses_the_views_stream_leaves_the_rest_shared() {
     );
     fleet.stop().await;
 }
+
+/// [`gateway::every_url_quicksight_mints_ends_in_one_place_while_clients_give_up_at_random`]
+/// through two replicas on one Redis: every URL QuickSight minted is handed out once, counted as
+/// waste by one replica (a URL a hit popped for a client already gone among it), or still in
+/// the shared pool. The abandoned calls' URLs land there as a prefetch's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_url_minted_for_a_fleet_ends_in_one_place_while_clients_give_up_at_random() {
+    let redis = RedisServer::start();
+    let bodies = keys();
+    let warm_keys: Vec<Value> = bodies[..2].iter().map(|b| warm(b.clone(), 2)).collect();
+    let fleet = spawn_fleet(2, |s| {
+        on_redis(redis.url())(s);
+        s.redis.timeout_ms = 2_000; // not a degraded-mode test
+        s.upstream.timeout_ms = 20_000;
+        s.upstream.max_concurrency = 8;
+        s.refill.concurrency = 4;
+        s.tenants[0].warm = warm_keys.clone();
+    })
+    .await;
+    fleet.all_ready(Duration::from_secs(20)).await;
+    fleet
+        .sim
+        .sim
+        .update_knobs(&serde_json::json!({"latency_ms": 60.0, "latency_p99_ms": 250.0}))
+        .unwrap();
+    let addrs: Vec<String> = fleet.replicas.iter().map(|r| r.addr.to_string()).collect();
+    let (received, given_up) = clients_that_give_up_at_random(&addrs, "alpha-key", &bodies).await;
+    assert!(given_up > 100, "clients gave up {given_up} times");
+    assert!(received.len() > 100, "{} URLs received", received.len());
+
+    let in_redis = || {
+        let count = "local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
+                     n = n + redis.call('ZCARD', k) end return n";
+        redis
+            .cli(&["EVAL", count, "0", "*}:p3:*"])
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .expect("Redis counts its pooled URLs")
+    };
+    let balance = || async {
+        Balance {
+            minted: fleet.sim.sim.ledger().issued_total as f64,
+            handed_out: fleet
+                .metric_total("embedgate_requests_total", "outcome=\"hit\"")
+                .await
+                + fleet
+                    .metric_total("embedgate_requests_total", "outcome=\"miss\"")
+                    .await,
+            wasted: fleet.metric_total("embedgate_urls_wasted_total", "").await,
+            pooled: in_redis() + fleet.metric_sum("embedgate_pool_urls").await,
+            in_flight: fleet.metric_sum("embedgate_upstream_in_flight").await,
+        }
+    };
+    assert_every_url_ends_in_one_place(balance, &received, given_up).await;
+    let statuses = fleet.redeem(&received).await;
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every URL received opens"
+    );
+    let ledger = fleet.sim.sim.ledger();
+    assert_eq!((ledger.double_redemptions, ledger.late_redemptions), (0, 0));
+    fleet.stop().await;
+}

@@ -983,3 +983,49 @@ async fn an_idle_upstream_connection_is_closed_before_the_front_end_would_close_
     );
     sim.stop().await;
 }
+
+/// Clients that give up at random moments (a portal's backend at its timeout, closing or
+/// resetting the connection: while the request waits for the budget, for a prefetch it joined,
+/// for its own QuickSight call, or as the answer is written) leave every URL QuickSight minted in
+/// exactly one place: handed out (counted `hit` or `miss`), counted as waste, or still pooled.
+/// A URL landed for the key after its request left and also handed to that request would count
+/// twice; one thrown away with a request that left would not count at all. Every URL a client
+/// did receive is distinct and opens once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_url_quicksight_mints_ends_in_one_place_while_clients_give_up_at_random() {
+    let keys = [
+        ("sales-2024", "alice"),
+        ("sales-2024", "bob"),
+        ("finance", "alice"),
+        ("ops-overview", "carol"),
+        ("finance", "carol"),
+        ("ops-overview", "bob"),
+    ];
+    let app = spawn_app(|s| {
+        s.upstream.timeout_ms = 20_000;
+        s.upstream.max_concurrency = 8; // some misses wait for a slot
+        s.refill.concurrency = 4;
+        // Prefetches in flight for half the keys, for misses to join.
+        s.tenants[0].warm = keys[..3].iter().map(|(d, u)| warm(dash(d, u), 2)).collect();
+    })
+    .await;
+    app.sim
+        .sim
+        .update_knobs(&json!({"latency_ms": 60.0, "latency_p99_ms": 250.0}))
+        .unwrap();
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let bodies: Vec<Value> = keys.iter().map(|(d, u)| dash(d, u)).collect();
+    let (received, given_up) = clients_that_give_up_at_random(&[addr], "alpha-key", &bodies).await;
+    assert!(given_up > 100, "clients gave up {given_up} times");
+    assert!(received.len() > 100, "{} URLs received", received.len());
+
+    let balance = || async { Balance::of(&app.metrics().await, app.sim.sim.ledger().issued_total) };
+    assert_every_url_ends_in_one_place(balance, &received, given_up).await;
+    let http = http();
+    for url in &received {
+        assert_eq!(http.get(url).send().await.unwrap().status(), 200);
+    }
+    let ledger = app.sim.sim.ledger();
+    assert_eq!((ledger.double_redemptions, ledger.late_redemptions), (0, 0));
+    app.stop().await;
+}

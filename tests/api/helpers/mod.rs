@@ -492,3 +492,136 @@ pub async fn give_up_while_quicksight_answers(
     assert!(reached, "{counted}: {}", metric(&m, counted));
     m
 }
+
+/// 24 clients, each sending 25 GetDashboardEmbedUrl requests of tenant alpha (`api_key`), their
+/// bodies picked at random from `bodies`, to the gateways at `addrs` (`host:port`) in turn, one
+/// connection a request. Half the requests are given up after up to 150 ms, as a portal's
+/// backend gives up at its timeout: by closing the connection, or by resetting it. Seeded: the
+/// same choices every run. Returns the URLs received and how many requests were given up.
+pub async fn clients_that_give_up_at_random(
+    addrs: &[String],
+    api_key: &str,
+    bodies: &[serde_json::Value],
+) -> (Vec<String>, u32) {
+    use rand::{Rng, SeedableRng};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let clients = (0..24u64).map(|c| {
+        let (addrs, api_key, bodies) = (addrs.to_vec(), api_key.to_string(), bodies.to_vec());
+        tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(c);
+            let (mut received, mut given_up) = (vec![], 0u32);
+            for i in 0..25 {
+                let body = bodies[rng.random_range(0..bodies.len())].to_string();
+                let request = format!(
+                    "POST /v1/embed-url/dashboard HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \
+                     {api_key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let addr = &addrs[(c as usize + i) % addrs.len()];
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                stream.write_all(request.as_bytes()).await.unwrap();
+                let patience = if rng.random_bool(0.5) {
+                    Duration::from_millis(rng.random_range(0..150))
+                } else {
+                    Duration::from_secs(30)
+                };
+                let mut answer = Vec::new();
+                match tokio::time::timeout(patience, stream.read_to_end(&mut answer)).await {
+                    Ok(read) => {
+                        read.unwrap();
+                        let text = String::from_utf8_lossy(&answer);
+                        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+                        let parsed: serde_json::Value =
+                            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+                        if let Some(url) = parsed["EmbedUrl"].as_str() {
+                            received.push(url.to_string());
+                        }
+                    }
+                    Err(_) => {
+                        given_up += 1;
+                        if rng.random_bool(0.5) {
+                            stream.set_zero_linger().unwrap();
+                        }
+                    }
+                }
+            }
+            (received, given_up)
+        })
+    });
+    let (mut received, mut given_up) = (vec![], 0);
+    for client in futures::future::join_all(clients).await {
+        let (urls, gave_up) = client.unwrap();
+        received.extend(urls);
+        given_up += gave_up;
+    }
+    (received, given_up)
+}
+
+/// What became of the URLs QuickSight minted, as the gateways count them.
+pub struct Balance {
+    pub minted: f64,
+    /// Requests answered with a URL (`hit` and `miss`).
+    pub handed_out: f64,
+    pub wasted: f64,
+    pub pooled: f64,
+    /// QuickSight calls still in flight.
+    pub in_flight: f64,
+}
+
+impl Balance {
+    /// The counts of one gateway's metrics `text` (its local pool) and the simulator's ledger.
+    pub fn of(text: &str, minted: u64) -> Balance {
+        Balance {
+            minted: minted as f64,
+            handed_out: metric_total(text, "embedgate_requests_total", "outcome=\"hit\"")
+                + metric_total(text, "embedgate_requests_total", "outcome=\"miss\""),
+            wasted: metric_total(text, "embedgate_urls_wasted_total", ""),
+            pooled: metric(text, "embedgate_pool_urls"),
+            in_flight: metric(text, "embedgate_upstream_in_flight"),
+        }
+    }
+}
+
+/// Once no call is in flight (and every landing is done, within 20 s), every URL minted is
+/// handed out, wasted or pooled, and none of them twice: `read` gives the counts. `received`:
+/// the URLs clients got, which must be distinct.
+pub async fn assert_every_url_ends_in_one_place<F, Fut>(
+    mut read: F,
+    received: &[String],
+    given_up: u32,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Balance>,
+{
+    let settled = eventually(Duration::from_secs(20), || {
+        let b = read();
+        async move {
+            let b = b.await;
+            b.in_flight == 0.0 && b.minted == b.handed_out + b.wasted + b.pooled
+        }
+    })
+    .await;
+    let b = read().await;
+    assert!(
+        settled,
+        "minted {} = handed out {} + wasted {} + pooled {} ({} calls in flight; {given_up} \
+         requests given up)",
+        b.minted, b.handed_out, b.wasted, b.pooled, b.in_flight
+    );
+    eprintln!(
+        "{} URLs minted: {} handed out ({} received), {} wasted, {} pooled; {given_up} requests \
+         given up",
+        b.minted,
+        b.handed_out,
+        received.len(),
+        b.wasted,
+        b.pooled
+    );
+    let distinct: std::collections::HashSet<&String> = received.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        received.len(),
+        "every URL received is distinct"
+    );
+}
