@@ -691,14 +691,15 @@ impl Gateway {
             if let Some(mut joined) = t.try_join(lost) {
                 let timeout = self.upstreams.of(req).settings().timeout_ms;
                 let until = deadline.min(Instant::now() + Duration::from_millis(timeout));
-                match joined.wait_until(until).await {
+                let got = match joined.wait_until(until).await {
+                    Some(f) => Some(f),
+                    // Delivered in the instant `until` passed: this request waited for it.
+                    None => joined.give_up(),
+                };
+                match got {
                     Some(f) if self.fresh(&f) => return Ok(self.served(f, Source::Pool)),
                     Some(f) => self.metrics.wasted(Waste::Expired, f.fetched_for, 1),
-                    None => {
-                        if let Some(f) = joined.give_up() {
-                            self.store(t.tenant, &t.key, f, false).await;
-                        }
-                    }
+                    None => {}
                 }
                 // The prefetch may have landed in the pool while we waited.
                 if let Some(u) = self.take(tenant, &t.key).await {

@@ -520,8 +520,8 @@ impl Tracked {
 
 /// A request's claim on the URL of a prefetch in flight ([`Tracked::try_join`]). The URL
 /// delivered to it ends in exactly one place however the request ends: received
-/// ([`Joined::wait_until`]); passed on when the request gives up waiting ([`Joined::give_up`]:
-/// to another waiter, or back to the caller to pool); or, when the request is dropped while it
+/// ([`Joined::wait_until`]), also in the instant its deadline passes ([`Joined::give_up`]);
+/// or, when the request is dropped while it
 /// waits, to another waiter or else to `lost` (the gateway lands it for the key). A request is
 /// dropped mid-wait when its client closes or resets the connection (actix-web then drops the
 /// handler): without this, a URL delivered in the instant before would go with it, neither
@@ -545,11 +545,14 @@ impl<L: FnOnce(Fetched)> Joined<'_, L> {
         }
     }
 
-    /// Stops waiting: closes the claim and passes on anything delivered meanwhile, to another
-    /// waiter or back to the caller to pool.
-    #[must_use = "a URL nobody waits for must be pooled"]
+    /// Stops waiting (the caller's deadline passed): closes the claim and returns the URL
+    /// delivered in the instant before, if one was. The caller waited for it: it is the caller's
+    /// to hand out (or to count, if it is no longer fresh).
+    #[must_use = "a URL delivered to this claim must be handed out or counted"]
     pub fn give_up(mut self) -> Option<Fetched> {
-        self.reclaim()
+        let mut rx = self.rx.take()?;
+        rx.close();
+        rx.try_recv().ok()
     }
 
     fn reclaim(&mut self) -> Option<Fetched> {
@@ -690,6 +693,33 @@ mod tests {
         let before = t.try_join(keep).unwrap();
         drop(before);
         assert_eq!(t.deliver(fetched("w")).map(|f| f.url).as_deref(), Some("w"));
+    }
+
+    /// A request whose deadline passes in the instant a URL is delivered to it keeps that URL
+    /// (it is the one that waited), and a claim given up before anything came takes nothing
+    /// from the next URL, which goes to the next waiter.
+    #[test]
+    fn a_claim_given_up_keeps_the_url_delivered_in_the_instant_before() {
+        let t = tracked();
+        t.in_flight.start();
+        t.in_flight.start();
+        let first = t.try_join(keep).unwrap();
+        let mut second = t.try_join(keep).unwrap();
+        assert!(t.deliver(fetched("u")).is_none(), "delivered to the first");
+        assert_eq!(first.give_up().map(|f| f.url).as_deref(), Some("u"));
+        assert!(
+            matches!(second.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
+            "not passed on: the first kept it"
+        );
+
+        let early = t.try_join(keep).unwrap();
+        assert!(early.give_up().is_none(), "nothing delivered yet");
+        assert!(t.deliver(fetched("v")).is_none());
+        assert_eq!(
+            second.try_recv().unwrap().url,
+            "v",
+            "the next URL to the next waiter"
+        );
     }
 
     /// A landing leaves the prefetches in flight and joins the landings in one step, and the
