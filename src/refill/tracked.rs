@@ -686,7 +686,7 @@ mod tests {
             .unwrap();
         assert!(t.deliver(fetched("v")).is_none());
         drop(only);
-        assert_eq!(*lost.borrow(), ["v"], "nobody else waits: counted as lost");
+        assert_eq!(*lost.borrow(), ["v"], "nobody else waits: handed to lost");
 
         // Dropped before anything was delivered: nothing to pass on, and the next URL is the
         // caller's to pool.
