@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The chaos runs: at least a million hand-outs each (EMBEDGATE_CHAOS_HANDOUTS, default 1,000,000)
-# over three replicas, every URL opened at the simulator. On one Redis: killed, rolled back to a
+# The chaos runs: a million requests each (EMBEDGATE_CHAOS_HANDOUTS, default 1,000,000) over
+# three replicas, one in ten given up by its client after up to 49 ms, every URL received opened
+# at the simulator. On one Redis: killed, rolled back to a
 # snapshot, paused and flushed on a schedule. On a Redis Cluster with a replica per primary: the
 # tenant's primary crashes and comes back, goes silent and comes back, and the tenant's slot
 # moves to another primary. On a primary and a replica under a Sentinel: the primary crashes and

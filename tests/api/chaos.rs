@@ -1,4 +1,4 @@
-//! The chaos runs (`scripts/chaos.sh`, not part of the suite): at least a million hand-outs over
+//! The chaos runs (`scripts/chaos.sh`, not part of the suite): a million requests each over
 //! three replicas, on a fixed schedule of faults, each URL opened at the simulator right after
 //! its phase. On one Redis: killed and restarted empty, snapshotted and later restarted from the
 //! snapshot (a rollback), snapshotted and later made to load the snapshot while it runs (a
@@ -7,9 +7,11 @@
 //! comes back as a replica, goes silent and comes back, and the tenant's slot moves to another
 //! primary under traffic. On a primary and a replica under a Sentinel: the primary crashes (the
 //! Sentinel promotes the replica) and comes back as a replica, goes silent and comes back, and an
-//! operator fails it over. The report (duplicates, late openings, least validity left, answers by
-//! code, hand-out latency) goes to `bench-results/chaos.{json,md}`, `chaos-cluster.{json,md}` and
-//! `chaos-sentinel.{json,md}`; a run fails on any duplicate or late opening.
+//! operator fails it over. One request in ten is given up by its client (its connection
+//! closed) after up to 49 ms, as a portal's backend at its timeout. The report (duplicates, late
+//! openings, least validity left, answers by code, requests given up, hand-out latency) goes to
+//! `bench-results/chaos.{json,md}`, `chaos-cluster.{json,md}` and `chaos-sentinel.{json,md}`; a
+//! run fails on any duplicate or late opening.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::helpers::*;
-use crate::helpers::{keys, roomy, spawn_fleet, Outcome};
+use crate::helpers::{keys, roomy, spawn_fleet};
 use crate::redis_server::{RedisCluster, RedisSentinel, RedisServer};
 use embedgate::config::Settings;
 
@@ -27,6 +29,11 @@ fn env_usize(name: &str, default: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
+
+/// One request in this many is given up by its client after 0–49 ms (see
+/// `TestFleet::drive_giving_up`): what it would have been handed lands for its key, or is
+/// counted as waste, under the same faults.
+const GIVE_UP_EVERY: usize = 10;
 
 /// What is done to one Redis before each phase, in turn.
 const SCHEDULE: [&str; 8] = [
@@ -184,6 +191,7 @@ async fn chaos(
     // Each URL handed out, with where it came from: a duplicate names both hand-outs.
     let mut seen: HashMap<String, String> = HashMap::with_capacity(total);
     let (mut duplicates, mut not_opened, mut done, mut phase) = (0u64, 0u64, 0usize, 0usize);
+    let mut given_up = 0u64;
     let mut by_code: BTreeMap<String, u64> = BTreeMap::new();
     let mut latencies_us: Vec<u64> = Vec::with_capacity(total);
     let mut longest_phase = Duration::ZERO;
@@ -191,9 +199,12 @@ async fn chaos(
         let this = schedule[phase % schedule.len()];
         fault(this);
         let phase_started = Instant::now();
-        let outcomes: Vec<Outcome> = fleet.drive(phase_size.min(total - done), 64, &k).await;
+        let outcomes = fleet
+            .drive_giving_up(phase_size.min(total - done), 64, &k, GIVE_UP_EVERY)
+            .await;
+        given_up += outcomes.iter().filter(|o| o.is_none()).count() as u64;
         let mut fresh = vec![];
-        for o in &outcomes {
+        for o in outcomes.iter().flatten() {
             latencies_us.push(o.elapsed.as_micros() as u64);
             let code = match o.body["EmbedUrl"].as_str() {
                 Some(u) if o.status == 200 => {
@@ -235,14 +246,15 @@ async fn chaos(
         done += outcomes.len();
         phase += 1;
         eprintln!(
-            "phase {phase} after {this}: {done} of {total} handed out, {duplicates} duplicates"
+            "phase {phase} after {this}: {done} of {total} requests, {duplicates} duplicates"
         );
     }
     let ledger = fleet.sim.sim.ledger();
     latencies_us.sort_unstable();
     let p = |q: f64| latencies_us[((latencies_us.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
     let report = serde_json::json!({
-        "handouts": done,
+        "requests": done,
+        "given_up_by_client": given_up,
         "phases": phase,
         "schedule": schedule,
         "seconds": started.elapsed().as_secs_f64(),
@@ -256,6 +268,12 @@ async fn chaos(
         "handout_latency_ms": {"p50": p(0.5), "p99": p(0.99), "max": p(1.0)},
         "fences": fleet.metric_sum("embedgate_redis_fences_total").await,
         "upstream_calls": ledger.calls,
+        "urls_wasted_by_reason": {
+            "cancelled": fleet.metric_total("embedgate_urls_wasted_total", "reason=\"cancelled\"").await,
+            "unconfirmed": fleet.metric_total("embedgate_urls_wasted_total", "reason=\"unconfirmed\"").await,
+            "expired": fleet.metric_total("embedgate_urls_wasted_total", "reason=\"expired\"").await,
+        },
+        "requests_cancelled": fleet.metric_total("embedgate_requests_total", "outcome=\"cancelled\"").await,
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results");
     std::fs::create_dir_all(&dir).unwrap();
@@ -267,13 +285,17 @@ async fn chaos(
     std::fs::write(
         dir.join(format!("{name}.md")),
         format!(
-            "# Chaos run ({name})\n\n{done} hand-outs over 3 replicas in {phase} phases of {phase_size} \
+            "# Chaos run ({name})\n\n{done} requests ({given_up} given up by their clients) over 3 \
+             replicas in {phase} phases of {phase_size} \
              (faults in turn: {}), {:.0} s.\n\n| figure | value |\n| --- | --- |\n\
              | URLs handed out twice (client) | {duplicates} |\n| double openings (simulator) | {} |\n\
              | late openings | {} |\n| URLs that did not open | {not_opened} |\n\
              | least validity left at opening | {} ms (promised {min_remaining_ms} ms at hand-out; \
              opened within {} ms) |\n| hand-out latency p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |\n\
-             | answers by code | {by_code:?} |\n| fencing epochs started | {} |\n",
+             | answers by code | {by_code:?} |\n| fencing epochs started | {} |\n\
+             | requests counted `cancelled` (their client left first) | {} |\n\
+             | URLs wasted: popped for a client gone (`cancelled`), outcome unknown \
+             (`unconfirmed`), `expired` | {} / {} / {} |\n",
             schedule.join(", "),
             started.elapsed().as_secs_f64(),
             ledger.double_redemptions,
@@ -284,6 +306,10 @@ async fn chaos(
             p(0.99),
             p(1.0),
             report["fences"],
+            report["requests_cancelled"],
+            report["urls_wasted_by_reason"]["cancelled"],
+            report["urls_wasted_by_reason"]["unconfirmed"],
+            report["urls_wasted_by_reason"]["expired"],
         ),
     )
     .unwrap();

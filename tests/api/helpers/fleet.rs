@@ -77,23 +77,45 @@ impl TestFleet {
 
     /// One GetDashboardEmbedUrl request as `tenant` to replica `i` (mod the fleet size).
     pub async fn embed(&self, i: usize, tenant: &str, body: &Value) -> Outcome {
+        self.embed_within(i, tenant, body, None)
+            .await
+            .expect("replica answers")
+    }
+
+    /// [`TestFleet::embed`], given up (its connection closed, as a client at its timeout does)
+    /// when `patience` passes first: `None` then.
+    pub async fn embed_within(
+        &self,
+        i: usize,
+        tenant: &str,
+        body: &Value,
+        patience: Option<Duration>,
+    ) -> Option<Outcome> {
         let started = Instant::now();
-        let r = self
+        let mut request = self
             .http
             .post(format!("{}/v1/embed-url/dashboard", self.base(i)))
             .bearer_auth(format!("{tenant}-key"))
-            .json(body)
-            .send()
-            .await
-            .expect("replica answers");
-        let status = r.status().as_u16();
-        let body = r.json().await.expect("a JSON answer");
-        Outcome {
+            .json(body);
+        if let Some(p) = patience {
+            request = request.timeout(p);
+        }
+        let answer = async {
+            let r = request.send().await?;
+            let status = r.status().as_u16();
+            Ok::<_, reqwest::Error>((status, r.json::<Value>().await?))
+        };
+        let (status, body) = match answer.await {
+            Ok(answer) => answer,
+            Err(e) if patience.is_some() && e.is_timeout() => return None,
+            Err(e) => panic!("replica answers: {e}"),
+        };
+        Some(Outcome {
             status,
             body,
             elapsed: started.elapsed(),
             replica: i % self.replicas.len(),
-        }
+        })
     }
 
     /// `total` requests over `keys`, `clients` at a time, spread round-robin over the replicas.
@@ -108,6 +130,29 @@ impl TestFleet {
                 let fleet = self.clone();
                 let body = keys[i % keys.len()].clone();
                 async move { fleet.embed(i, "alpha", &body).await }
+            })
+            .buffer_unordered(clients)
+            .collect()
+            .await
+    }
+
+    /// [`TestFleet::drive`], with every `every`th request given up after 0–49 ms (`None` in its
+    /// place), as a portal's backend gives up at its timeout: while the request waits for its
+    /// Redis call, for a prefetch or QuickSight, or as its answer is written.
+    pub async fn drive_giving_up(
+        self: &Arc<Self>,
+        total: usize,
+        clients: usize,
+        keys: &[Value],
+        every: usize,
+    ) -> Vec<Option<Outcome>> {
+        futures::stream::iter(0..total)
+            .map(|i| {
+                let fleet = self.clone();
+                let body = keys[i % keys.len()].clone();
+                let patience =
+                    (i % every == 0).then(|| Duration::from_millis((i / every % 50) as u64));
+                async move { fleet.embed_within(i, "alpha", &body, patience).await }
             })
             .buffer_unordered(clients)
             .collect()
