@@ -1,9 +1,10 @@
 //! A miss's own QuickSight call, which outlives the request that made it.
 //!
 //! The call runs as a task of its own and hands its answer to the request through a oneshot. A
-//! request that stops waiting (its client reset the connection, and actix-web dropped the
-//! handler; or the miss deadline passed) leaves the call running to the upstream's own timeout,
-//! and its URL goes where a prefetch's goes: to a request waiting on the key, else into the pool.
+//! request that stops waiting (its client closed or reset the connection, and actix-web dropped
+//! the handler; or the miss deadline passed) leaves the call running to the upstream's own
+//! timeout, and its URL goes where a prefetch's goes: to a request waiting on the key, else into
+//! the pool.
 //! Dropping the call with its request instead threw away a URL QuickSight had been asked for and
 //! the budget spent on it, and the client's retry, typically at once, asked again.
 //!
@@ -13,6 +14,9 @@
 //! holds the answer then (the task, whose send fails on a closed channel, or the request, which
 //! takes back what was sent before it closed). A URL that reached no client is pooled at most
 //! once and never handed to two requests.
+//!
+//! A prefetch's URL delivered to a request that is dropped before it runs again lands the same
+//! way ([`Gateway::abandoned`]), unless another request waits on the prefetch and takes it.
 
 use std::sync::Arc;
 

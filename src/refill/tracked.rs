@@ -521,11 +521,10 @@ impl Tracked {
 /// A request's claim on the URL of a prefetch in flight ([`Tracked::try_join`]). The URL
 /// delivered to it ends in exactly one place however the request ends: received
 /// ([`Joined::wait_until`]), also in the instant its deadline passes ([`Joined::give_up`]);
-/// or, when the request is dropped while it
-/// waits, to another waiter or else to `lost` (the gateway lands it for the key). A request is
-/// dropped mid-wait when its client closes or resets the connection (actix-web then drops the
-/// handler): without this, a URL delivered in the instant before would go with it, neither
-/// handed out nor counted.
+/// or, when the request is dropped while it waits, to another waiter or else to `lost` (the
+/// gateway lands it for the key). A request is dropped mid-wait when its client closes or
+/// resets the connection (actix-web then drops the handler): without this, a URL delivered in
+/// the instant before would go with it, neither handed out nor counted.
 pub struct Joined<'a, L: FnOnce(Fetched)> {
     rx: Option<oneshot::Receiver<Fetched>>,
     tracked: &'a Tracked,
@@ -666,17 +665,27 @@ mod tests {
         assert_eq!(t.in_flight.get(), 0);
     }
 
+    /// A claim whose URL, if lost, fails the test.
+    type Kept<'a> = Joined<'a, fn(Fetched)>;
+
+    /// Two prefetches in flight for `t`, a waiter on each, and the URL `url` delivered to the
+    /// first.
+    fn two_waiters_the_first_with<'a>(t: &'a Tracked, url: &str) -> (Kept<'a>, Kept<'a>) {
+        t.in_flight.start();
+        t.in_flight.start();
+        let first = t.try_join(keep as fn(Fetched)).unwrap();
+        let second = t.try_join(keep as fn(Fetched)).unwrap();
+        assert!(t.deliver(fetched(url)).is_none(), "delivered to the first");
+        (first, second)
+    }
+
     /// A request dropped while it waits (its client reset the connection) after the URL was
     /// delivered to it passes the URL on: to the next waiter, else to `lost`, where the gateway
     /// lands it for the key. Nothing is lost unseen, and nothing is passed on twice.
     #[test]
     fn a_claim_dropped_after_its_url_was_delivered_passes_the_url_on() {
         let t = tracked();
-        t.in_flight.start();
-        t.in_flight.start();
-        let first = t.try_join(keep).unwrap();
-        let mut second = t.try_join(keep).unwrap();
-        assert!(t.deliver(fetched("u")).is_none(), "delivered to the first");
+        let (first, mut second) = two_waiters_the_first_with(&t, "u");
         drop(first);
         assert_eq!(second.try_recv().unwrap().url, "u", "passed to the next");
 
@@ -701,11 +710,7 @@ mod tests {
     #[test]
     fn a_claim_given_up_keeps_the_url_delivered_in_the_instant_before() {
         let t = tracked();
-        t.in_flight.start();
-        t.in_flight.start();
-        let first = t.try_join(keep).unwrap();
-        let mut second = t.try_join(keep).unwrap();
-        assert!(t.deliver(fetched("u")).is_none(), "delivered to the first");
+        let (first, mut second) = two_waiters_the_first_with(&t, "u");
         assert_eq!(first.give_up().map(|f| f.url).as_deref(), Some("u"));
         assert!(
             matches!(second.try_recv(), Err(oneshot::error::TryRecvError::Empty)),
