@@ -691,12 +691,9 @@ impl Gateway {
             if let Some(mut joined) = t.try_join(lost) {
                 let timeout = self.upstreams.of(req).settings().timeout_ms;
                 let until = deadline.min(Instant::now() + Duration::from_millis(timeout));
-                let got = match joined.wait_until(until).await {
-                    Some(f) => Some(f),
-                    // Delivered in the instant `until` passed: this request waited for it.
-                    None => joined.give_up(),
-                };
-                match got {
+                let got = joined.wait_until(until).await;
+                // A URL delivered in the instant `until` passed is this request's: it waited.
+                match got.or_else(|| joined.give_up()) {
                     Some(f) if self.fresh(&f) => return Ok(self.served(f, Source::Pool)),
                     Some(f) => self.metrics.wasted(Waste::Expired, f.fetched_for, 1),
                     None => {}

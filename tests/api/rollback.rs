@@ -822,12 +822,7 @@ async fn a_url_popped_for_a_request_whose_client_reset_the_connection_is_counted
     // client resets the connection) well before the call could time out.
     let paused = redis.cli(&["CLIENT", "PAUSE", "1500", "WRITE"]);
     assert_eq!(paused.as_deref(), Some("OK"));
-    let body = keys()[0].to_string();
-    let request = format!(
-        "POST /v1/embed-url/dashboard HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alpha-key\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = native_request("alpha-key", &keys()[0].to_string());
     let mut stream = tokio::net::TcpStream::connect(fleet.replicas[0].addr)
         .await
         .unwrap();

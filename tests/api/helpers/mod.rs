@@ -441,17 +441,22 @@ pub async fn give_up_native_request_while_quicksight_answers(
     body: &serde_json::Value,
     how: GiveUp,
 ) -> String {
-    let body = body.to_string();
-    let request = format!(
-        "POST /v1/embed-url/dashboard HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        app.keys["alpha"],
-        body.len()
-    );
+    let request = native_request(&app.keys["alpha"], &body.to_string());
     let cancelled =
         "embedgate_requests_total{outcome=\"cancelled\",protocol=\"native\",tenant=\"alpha\"}";
     let addr = app.base.trim_start_matches("http://");
     give_up_while_quicksight_answers(app, addr, &request, cancelled, how).await
+}
+
+/// A native GetDashboardEmbedUrl request for a raw connection: `body` with `api_key`, the
+/// connection closed by the gateway after its answer (so a client can read to the end).
+pub fn native_request(api_key: &str, body: &str) -> String {
+    format!(
+        "POST /v1/embed-url/dashboard HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api_key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n\
+         {body}",
+        body.len()
+    )
 }
 
 /// How a client gives up on a request: by resetting the connection (`SO_LINGER` 0), or by
@@ -512,12 +517,7 @@ pub async fn clients_that_give_up_at_random(
             let (mut received, mut given_up) = (vec![], 0u32);
             for i in 0..25 {
                 let body = bodies[rng.random_range(0..bodies.len())].to_string();
-                let request = format!(
-                    "POST /v1/embed-url/dashboard HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \
-                     {api_key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-                     Connection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                let request = native_request(&api_key, &body);
                 let addr = &addrs[(c as usize + i) % addrs.len()];
                 let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
                 stream.write_all(request.as_bytes()).await.unwrap();
