@@ -389,13 +389,23 @@ impl RedisServer {
     }
 
     /// Waits, up to 20 s, until this replica has its copy of `primary`'s data set and holds
-    /// everything `primary` has written.
+    /// everything `primary` had written when the wait began. (Not "as much as `primary` holds
+    /// now": a fleet writes on, and on a busy machine its next write often lands between the
+    /// two servers' answers, so the offsets were seldom seen equal and the wait timed out.)
     pub async fn caught_up_with(&self, primary: &RedisServer) {
-        let done = || {
-            let written = primary.info("replication", "master_repl_offset");
-            self.info("replication", "master_link_status").as_deref() == Some("up")
-                && written.is_some()
-                && written == self.info("replication", "slave_repl_offset")
+        let offset = |server: &RedisServer, field: &str| {
+            server
+                .info("replication", field)
+                .and_then(|o| o.parse::<u64>().ok())
+        };
+        // Read once, at the primary's first answer.
+        let mut written = None;
+        let mut done = || {
+            written = written.or_else(|| offset(primary, "master_repl_offset"));
+            written.is_some_and(|written| {
+                self.info("replication", "master_link_status").as_deref() == Some("up")
+                    && offset(self, "slave_repl_offset").is_some_and(|held| held >= written)
+            })
         };
         let held =
             crate::helpers::eventually(Duration::from_secs(20), || std::future::ready(done()))
