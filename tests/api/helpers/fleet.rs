@@ -125,15 +125,11 @@ impl TestFleet {
         clients: usize,
         keys: &[Value],
     ) -> Vec<Outcome> {
-        futures::stream::iter(0..total)
-            .map(|i| {
-                let fleet = self.clone();
-                let body = keys[i % keys.len()].clone();
-                async move { fleet.embed(i, "alpha", &body).await }
-            })
-            .buffer_unordered(clients)
-            .collect()
+        self.drive_with(total, clients, keys, |_| None)
             .await
+            .into_iter()
+            .map(|o| o.expect("a patient request is answered"))
+            .collect()
     }
 
     /// [`TestFleet::drive`], with every `every`th request given up after 0–49 ms (`None` in its
@@ -146,12 +142,25 @@ impl TestFleet {
         keys: &[Value],
         every: usize,
     ) -> Vec<Option<Outcome>> {
+        self.drive_with(total, clients, keys, |i| {
+            (i % every == 0).then(|| Duration::from_millis((i / every % 50) as u64))
+        })
+        .await
+    }
+
+    /// The `i`th of `total` requests over `keys` given up when `patience(i)` passes.
+    async fn drive_with(
+        self: &Arc<Self>,
+        total: usize,
+        clients: usize,
+        keys: &[Value],
+        patience: impl Fn(usize) -> Option<Duration>,
+    ) -> Vec<Option<Outcome>> {
         futures::stream::iter(0..total)
             .map(|i| {
                 let fleet = self.clone();
                 let body = keys[i % keys.len()].clone();
-                let patience =
-                    (i % every == 0).then(|| Duration::from_millis((i / every % 50) as u64));
+                let patience = patience(i);
                 async move { fleet.embed_within(i, "alpha", &body, patience).await }
             })
             .buffer_unordered(clients)
