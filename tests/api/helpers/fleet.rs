@@ -148,7 +148,8 @@ impl TestFleet {
         .await
     }
 
-    /// The `i`th of `total` requests over `keys` given up when `patience(i)` passes.
+    /// [`TestFleet::drive`], the `i`th request given up when `patience(i)` passes (`None`: never;
+    /// `None` in its place when it was given up).
     async fn drive_with(
         self: &Arc<Self>,
         total: usize,
