@@ -50,12 +50,8 @@ for who in A B; do wrk -t1 -c"$CONNECTIONS" -d1s -s "$script" "http://127.0.0.1:
 
 # pool_urls WHO: the URLs in WHO's pool.
 pool_urls() { admin_json "${admin[$1]}" /state 'j["pool"]["urls"]'; }
-# fill WHO: lets the simulator answer until WHO's pool is full, then holds every call again.
-fill() {
-  sim_hangs 0.0
-  pooled "${admin[$1]}" "${pid[$1]}" $((KEYS * DEPTH)) "$work/$1.err" >/dev/null
-  sim_hangs 1.0
-}
+# fill WHO: refills WHO's pool (see `refilled`).
+fill() { refilled "${admin[$1]}" "${pid[$1]}" "$work/$1.err" >/dev/null; }
 declare -A need=([A]=$((KEYS * DEPTH / 2)) [B]=$((KEYS * DEPTH / 2)))
 : >"$work/rounds"
 for r in $(seq "$ROUNDS"); do

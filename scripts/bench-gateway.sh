@@ -40,10 +40,8 @@ pool_urls() { admin_json "$admin_port" /state 'j["pool"]["urls"]'; }
 # minutes pass), then makes it hold every call again, so only pool hits are measured.
 filled() {
   local urls
-  sim_hangs 0.0
-  urls=$(pooled "$admin_port" "$gw_pid" $((KEYS * DEPTH)) "$work/gateway.toml.err")
+  urls=$(refilled "$admin_port" "$gw_pid" "$work/gateway.toml.err")
   echo "pool holds $urls URLs; the simulator now holds every call"
-  sim_hangs 1.0
 }
 
 # filled_gateway: starts a simulator and a gateway and fills the pool.

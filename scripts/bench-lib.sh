@@ -101,6 +101,15 @@ sim_hangs() {
     -d "{\"hang_rate\": $1, \"hang_ms\": 3600000}" >/dev/null
 }
 
+# refilled ADMIN_PORT PID ERR_FILE: lets the simulator (the last one started) answer until the
+# gateway (PID, admin on ADMIN_PORT) pools KEYS x DEPTH URLs (see `pooled`), then makes it hold
+# every call again, so only pool hits are measured; prints how many URLs the pool holds.
+refilled() {
+  sim_hangs 0.0
+  pooled "$1" "$2" $((KEYS * DEPTH)) "$3"
+  sim_hangs 1.0
+}
+
 # only_hits FILE URLS WHAT: stops the bench unless the wrk run in FILE met only pool hits (no
 # socket errors, timeouts or non-2xx: else the pool ran dry and the run measured the held
 # simulator) and left at least KEYS URLs (URLS) in the pool (else some key may have run dry, and
