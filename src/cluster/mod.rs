@@ -10,8 +10,9 @@
 //!   member. A put whose outcome is unknown (timeout, broken connection) is *dropped* and counted
 //!   as waste (`unconfirmed`), never kept locally: it may be in Redis already. A take or hit
 //!   whose caller stops waiting (a timeout, a request dropped with its client) is never sent
-//!   again; its reply is still read, and what it popped counted as waste (`cancelled`), except
-//!   after a timeout on a Redis Cluster, whose client gives the reply up at the same moment.
+//!   again; its reply is still read, and what it popped counted as waste (`cancelled`). A Redis
+//!   Cluster's client gives the reply up at the timeout; there the answer Redis keeps under the
+//!   call's id (for the client's own re-send) is read instead, once the call has run.
 //! - **Exactly once when Redis comes back older.** A restart from a snapshot, a failover to a
 //!   replica that lagged, or a restored backup brings back URLs that were popped (and handed out)
 //!   after the data set was copied. Persistence settings cannot rule that out, so every pooled
@@ -61,6 +62,7 @@
 
 mod connections;
 mod health;
+mod kept;
 mod keys;
 mod limits;
 mod pool;
@@ -82,6 +84,7 @@ use redis::{Cmd, FromRedisValue, ScriptInvocation, ToRedisArgs};
 use crate::config::RedisSettings;
 use crate::metrics::{Metrics, REDIS_OPERATIONS};
 use connections::Connections;
+use kept::KeptAnswers;
 use pool::Pops;
 use scripts::{Fenced, Scripts};
 
@@ -131,8 +134,17 @@ pub(super) enum Request<'a> {
     /// A pool script that pops URLs (take, hit). When its caller stops waiting for the reply
     /// (the command timed out, or the request was dropped because its client went away), the
     /// wait goes on in a task of its own, which counts what the reply removed from the pool as
-    /// waste: a popped URL nobody was handed is not lost uncounted.
-    Pop(Cmd, Pops, &'a Arc<Metrics>),
+    /// waste: a popped URL nobody was handed is not lost uncounted. Where Redis keeps the call's
+    /// answer (a Redis Cluster's, whose client gives a reply up at the timeout: `kept`), the
+    /// answer of a call whose reply never comes is looked for there instead.
+    Pop(Cmd, Pops, &'a Arc<Metrics>, Option<Kept<'a>>),
+}
+
+/// Where Redis keeps a take's or hit's answer for a re-send of the call (a Redis Cluster's; see
+/// `Fleet::remember_ms`), and who looks for it when the reply never came.
+pub(super) struct Kept<'a> {
+    key: Vec<u8>,
+    answers: &'a Arc<KeptAnswers>,
 }
 
 /// A pool script's keys and arguments, gathered before its form is chosen
@@ -154,12 +166,14 @@ impl Call {
         self
     }
 
-    /// The call as the library's function (`FCALL`) or as the script (`EVALSHA`).
+    /// The call as the library's function (`FCALL`) or as the script (`EVALSHA`). `kept`: who
+    /// looks for a popping call's answer where Redis keeps it (a Redis Cluster).
     fn request<'a>(
         &self,
         fenced: &Fenced,
         functions: Functions,
         metrics: &'a Arc<Metrics>,
+        kept: Option<&'a Arc<KeptAnswers>>,
     ) -> Request<'a> {
         let mut cmd = if functions == Functions::Loaded {
             let mut cmd = redis::cmd("FCALL");
@@ -175,7 +189,13 @@ impl Call {
             cmd.arg(part.as_slice());
         }
         match fenced.pops {
-            Some(pops) => Request::Pop(cmd, pops, metrics),
+            Some(pops) => {
+                let kept = kept.and_then(|answers| {
+                    let key = self.keys.get(pops.call_key())?.clone();
+                    Some(Kept { key, answers })
+                });
+                Request::Pop(cmd, pops, metrics, kept)
+            }
             None => Request::Command(cmd),
         }
     }
@@ -243,6 +263,8 @@ pub struct Fleet {
     sentinels: Option<sentinel::Sentinels>,
     /// A Redis Cluster's one connection, which routes by slot, and when it was made.
     cluster: RwLock<Option<(ClusterConnection, std::time::Instant)>>,
+    /// On a Redis Cluster: the takes and hits given up on, whose answers are looked for.
+    kept: Option<Arc<KeptAnswers>>,
     /// Redis failed or timed out; the heartbeat clears it.
     degraded: AtomicBool,
     /// This replica's clock is off Redis's by more than the bound, or has stepped by more than
@@ -338,6 +360,7 @@ impl Fleet {
             single: None,
             sentinels: None,
             cluster: RwLock::new(None),
+            kept: None,
             degraded: AtomicBool::new(false),
             clock_off: AtomicBool::new(false),
             clock,
@@ -391,6 +414,9 @@ impl Fleet {
                 .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
             fleet.single = Some(conns);
         }
+        fleet.kept = fleet
+            .kept_every()
+            .map(|every| KeptAnswers::new(every, fleet.metrics.clone()));
         let fleet = Arc::new(fleet);
         if fleet.single.is_none() {
             // Validate the seed URLs now, so a typo fails start-up rather than degrading.
@@ -437,7 +463,12 @@ impl Fleet {
         };
         let bound = cluster_open_timeout(self.timeout);
         match tokio::time::timeout(bound, client.get_async_connection()).await {
-            Ok(Ok(c)) => *self.cluster.write() = Some((c, std::time::Instant::now())),
+            Ok(Ok(c)) => {
+                if let Some(kept) = &self.kept {
+                    kept.connected(c.clone());
+                }
+                *self.cluster.write() = Some((c, std::time::Instant::now()));
+            }
             Ok(Err(e)) => tracing::debug!(error = %e, "cannot connect to the Redis Cluster"),
             Err(_) => tracing::debug!("connecting to the Redis Cluster timed out"),
         }
@@ -537,7 +568,7 @@ impl Fleet {
         let result = loop {
             let reloads = self.reloads.load(Ordering::Acquire);
             let functions = self.functions();
-            let request = call.request(fenced, functions, &self.metrics);
+            let request = call.request(fenced, functions, &self.metrics, self.kept.as_ref());
             let result = self.send_raw(Route::ThisThread, op, request).await;
             sends += 1;
             let why = match &result {
@@ -737,13 +768,14 @@ async fn invoke<T: FromRedisValue, C: ConnectionLike + Send + 'static>(
         match request {
             Request::Script(invocation) => invocation.invoke_async(&mut conn).await,
             Request::Command(cmd) => cmd.query_async(&mut conn).await,
-            Request::Pop(cmd, pops, metrics) => {
+            Request::Pop(cmd, pops, metrics, kept) => {
                 let reply: Reply =
                     Box::pin(async move { cmd.query_async::<redis::Value>(&mut conn).await });
                 let reply = Watched {
                     reply: Some(reply),
                     pops,
                     metrics,
+                    kept,
                 }
                 .await?;
                 T::from_redis_value(reply).map_err(redis::RedisError::from)
@@ -764,11 +796,14 @@ type Reply = std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<redis::Val
 
 /// The reply of a call that pops URLs (see [`Request::Pop`]). Dropped before the reply came, it
 /// leaves the wait to a task of its own, which counts what the reply removed from the pool as
-/// waste if it comes within [`ABANDONED_WAIT`].
+/// waste if it comes within [`ABANDONED_WAIT`]. A reply the connection gave up on (a Redis
+/// Cluster's, at its timeout) is looked for where Redis keeps the call's answer, when it does
+/// (`kept`).
 struct Watched<'a> {
     reply: Option<Reply>,
     pops: Pops,
     metrics: &'a Arc<Metrics>,
+    kept: Option<Kept<'a>>,
 }
 
 impl Future for Watched<'_> {
@@ -781,6 +816,11 @@ impl Future for Watched<'_> {
         let reply = self.reply.as_mut().expect("polled after it was answered");
         let answered = std::task::ready!(reply.as_mut().poll(cx));
         self.reply = None;
+        if let (Err(e), Some(kept)) = (&answered, self.kept.take()) {
+            if unanswered(e) {
+                kept.answers.look_for(kept.key, self.pops);
+            }
+        }
         std::task::Poll::Ready(answered)
     }
 }
@@ -793,11 +833,25 @@ impl Drop for Watched<'_> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (pops, metrics) = (self.pops, self.metrics.clone());
+        let pops = self.pops;
+        let metrics = self.metrics.clone();
+        let kept = self.kept.take().map(|k| (k.key, k.answers.clone()));
         runtime.spawn(async move {
-            if let Ok(Ok(reply)) = tokio::time::timeout(ABANDONED_WAIT, reply).await {
-                pops.count_abandoned(&metrics, reply);
+            match tokio::time::timeout(ABANDONED_WAIT, reply).await {
+                Ok(Ok(reply)) => pops.count_abandoned(&metrics, reply),
+                Ok(Err(e)) if unanswered(&e) => {
+                    if let Some((key, answers)) = kept {
+                        answers.look_for(key, pops);
+                    }
+                }
+                _ => {}
             }
         });
     }
+}
+
+/// Whether a call's error says only that no reply came (a timeout, a broken connection), not
+/// that Redis refused the call.
+fn unanswered(e: &redis::RedisError) -> bool {
+    e.code().is_none()
 }

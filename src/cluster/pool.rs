@@ -89,8 +89,8 @@ impl Fleet {
     ///
     /// # Errors
     /// Redis is not usable. A URL popped by a command given up on is never handed out: it is
-    /// counted as waste when the reply comes (see `Request::Pop`), lost uncounted if it never
-    /// does.
+    /// counted as waste when the reply comes, or from the answer a Redis Cluster keeps for the
+    /// call (see `Request::Pop`); lost uncounted if neither is read.
     pub async fn take(
         &self,
         tenant: &Tenant,
@@ -236,6 +236,15 @@ impl Fleet {
             0
         } else {
             self.resend_window_ms()
+        }
+    }
+
+    /// Where a take's or hit's answer is kept (a Redis Cluster), how often the answers of calls
+    /// given up on are read (`kept`): half the time one is kept.
+    pub(super) fn kept_every(&self) -> Option<Duration> {
+        match self.remember_ms() {
+            0 => None,
+            ms => Some(Duration::from_millis(ms / 2)),
         }
     }
 
@@ -405,6 +414,12 @@ impl Pops {
         member: 3,
     };
 
+    /// The index of the call's id among a fenced call's keys (the fence, the serial, then the
+    /// script's: pool, count, call id), where a Redis Cluster keeps its answer.
+    pub(super) fn call_key(self) -> usize {
+        4
+    }
+
     /// Counts what a pool script's `reply` removed from the pool when nobody waited for it any
     /// more (its request was dropped, or the command timed out): the stale URLs as expired, the
     /// URL it popped as `cancelled` (nobody was handed it). A reply that names a new epoch ran
@@ -421,12 +436,26 @@ impl Pops {
         let text = |i: usize| String::from_redis_value_ref(result.get(i)?).ok();
         let (stale, member) = (text(self.stale), text(self.member));
         count_stale(metrics, stale.as_deref().unwrap_or_default());
-        // An empty member: the call popped nothing.
-        if let Some(member) = member.filter(|m| m.len() > DIGEST_LEN) {
-            // Members carry a reason only this release writes (`scripts::POOL_LIB`).
-            let reason = fetched_for(&member).unwrap_or(Fetch::Prefetch);
-            metrics.wasted(Waste::Cancelled, reason, 1);
+        count_popped(metrics, member.as_deref().unwrap_or_default());
+    }
+
+    /// Counts the URL a call nobody waited for popped, from the answer Redis kept for it
+    /// (`scripts::TAKE`'s `issued:member`, `scripts::HIT`'s `allowed,remaining,issued:member`).
+    /// The stale URLs it purged are not in it: they leave the count uncounted.
+    pub(super) fn count_remembered(self, metrics: &Metrics, answer: &str) {
+        if let Some((_, member)) = answer.split_once(':') {
+            count_popped(metrics, member);
         }
+    }
+}
+
+/// Counts a URL popped for nobody as `cancelled` waste; an empty member: the call popped
+/// nothing.
+fn count_popped(metrics: &Metrics, member: &str) {
+    if member.len() > DIGEST_LEN {
+        // Members carry a reason only this release writes (`scripts::POOL_LIB`).
+        let reason = fetched_for(member).unwrap_or(Fetch::Prefetch);
+        metrics.wasted(Waste::Cancelled, reason, 1);
     }
 }
 
@@ -547,6 +576,33 @@ mod tests {
             .flat_map(|w| Fetch::ALL.map(|f| wasted(w, f)))
             .sum();
         assert_eq!(counted, 4, "nothing more counted");
+    }
+
+    /// The answer a Redis Cluster keeps for a call given up on, as `scripts::TAKE` and
+    /// `scripts::HIT` write it: the URL the call popped is counted as `cancelled` under its
+    /// reason (the URL's own colons notwithstanding); a refused hit and an empty key count
+    /// nothing.
+    #[test]
+    fn a_kept_answer_counts_the_url_its_call_popped() {
+        let m = Metrics::new();
+        let member = |f: Fetch| format!("{}{}https://u:443/x", "0".repeat(DIGEST_LEN), f.code());
+        Pops::TAKE.count_remembered(&m, &format!("1700000000000:{}", member(Fetch::Hint)));
+        Pops::HIT.count_remembered(&m, &format!("1,4,1700000000000:{}", member(Fetch::Miss)));
+        Pops::HIT.count_remembered(&m, "0,250,0:");
+        Pops::HIT.count_remembered(&m, "1,4,0:");
+        let wasted = |f: Fetch| {
+            m.wasted
+                .with_label_values(&[Waste::Cancelled.as_str(), f.as_str()])
+                .get()
+        };
+        assert_eq!((wasted(Fetch::Hint), wasted(Fetch::Miss)), (1, 1));
+        let counted: u64 = Waste::ALL
+            .into_iter()
+            .flat_map(|w| {
+                Fetch::ALL.map(|f| m.wasted.with_label_values(&[w.as_str(), f.as_str()]).get())
+            })
+            .sum();
+        assert_eq!(counted, 2, "nothing more counted");
     }
 
     #[test]

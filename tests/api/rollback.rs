@@ -785,12 +785,19 @@ async fn assert_popped_for_nobody_counted(
 async fn one_replica_stocked() -> (RedisServer, Arc<TestFleet>, HashSet<String>, f64) {
     let redis = RedisServer::start();
     let fleet = fleet_of(1, on_redis(redis.url())).await;
-    until("the pool is stocked", || pooled_urls(&redis).len() >= 60).await;
-    let before = pooled_urls(&redis);
+    let (before, cancelled) = stocked(&fleet, &redis).await;
+    (redis, fleet, before, cancelled)
+}
+
+/// Waits until `redis` (the server holding the tenant's keys) pools 60 URLs; returns them and
+/// the URLs counted as `cancelled` waste so far.
+async fn stocked(fleet: &TestFleet, redis: &RedisServer) -> (HashSet<String>, f64) {
+    until("the pool is stocked", || pooled_urls(redis).len() >= 60).await;
+    let before = pooled_urls(redis);
     let cancelled = fleet
         .metric_total("embedgate_urls_wasted_total", CANCELLED)
         .await;
-    (redis, fleet, before, cancelled)
+    (before, cancelled)
 }
 
 /// A take or hit that Redis runs after the replica gave up on it (the command timed out while
@@ -799,6 +806,34 @@ async fn one_replica_stocked() -> (RedisServer, Arc<TestFleet>, HashSet<String>,
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_url_popped_by_a_call_given_up_on_is_counted_as_waste() {
     let (redis, fleet, before, cancelled) = one_replica_stocked().await;
+    calls_given_up_on_count_what_they_popped(fleet, &redis, before, cancelled).await;
+}
+
+/// The same on a Redis Cluster, whose client gives the reply up at the timeout: the replica
+/// reads the call's answer, which Redis keeps under the call's id for a re-send, once the call
+/// has run, and counts the URL it popped as waste.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_redis_cluster_a_url_popped_by_a_call_given_up_on_is_counted_as_waste() {
+    let cluster = RedisCluster::start(3);
+    let urls = cluster.urls();
+    let fleet = fleet_of(1, move |s| s.redis.cluster_urls = urls.clone()).await;
+    let primary = cluster
+        .primary_of("embedgate:{t:alpha}:fence")
+        .expect("a primary holds the tenant's slot");
+    let redis = &cluster.nodes[primary];
+    let (before, cancelled) = stocked(&fleet, redis).await;
+    calls_given_up_on_count_what_they_popped(fleet, redis, before, cancelled).await;
+}
+
+/// Pauses `redis`'s writes past the replicas' timeout while hits are sent: each URL the hits
+/// given up on popped when the pause ended is counted as `cancelled` waste, and nothing is
+/// handed out twice.
+async fn calls_given_up_on_count_what_they_popped(
+    fleet: Arc<TestFleet>,
+    redis: &RedisServer,
+    before: HashSet<String>,
+    cancelled: f64,
+) {
     // Longer than `redis.timeout_ms` (2 s): the hits in flight are given up on and run later.
     let paused = redis.cli(&["CLIENT", "PAUSE", "3000", "WRITE"]);
     assert_eq!(paused.as_deref(), Some("OK"));
@@ -808,7 +843,7 @@ async fn a_url_popped_by_a_call_given_up_on_is_counted_as_waste() {
         "the hits timed out"
     );
     fleet.all_ready(Duration::from_secs(20)).await;
-    assert_popped_for_nobody_counted(&fleet, &redis, &before, &handed, cancelled).await;
+    assert_popped_for_nobody_counted(&fleet, redis, &before, &handed, cancelled).await;
     rejoined_exactly_once(fleet, handed, 200).await;
 }
 

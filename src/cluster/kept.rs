@@ -1,0 +1,171 @@
+//! The answers a Redis Cluster keeps for the takes and hits a replica gave up on.
+//!
+//! A Redis Cluster's client gives a reply up at `redis.timeout_ms`, so a take or hit that runs
+//! after that (a node that paused its clients' writes runs it when the pause ends) pops a URL
+//! whose reply nobody reads. Redis keeps each such call's answer under the call's id for the
+//! re-send window (`Fleet::remember_ms`), so the replica reads it there instead: every call
+//! given up on waits here, and one task reads all their keys (an `MGET` per [`KEYS_PER_READ`])
+//! every half of the time an answer is kept, so that one read falls within it however late the
+//! call runs. An answer found is counted (the URL it popped as `cancelled` waste) and
+//! forgotten; a call whose answer is not found within [`ABANDONED_WAIT`] is forgotten
+//! uncounted. What waits is bounded ([`MAX_WAITING`]), and the reads cost a command per
+//! interval and thousand calls given up on, also while the replica is degraded.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::cluster_async::ClusterConnection;
+use tokio::time::Instant;
+
+use super::pool::Pops;
+use super::ABANDONED_WAIT;
+use crate::metrics::Metrics;
+
+/// Calls given up on waiting for their answer at once; a call beyond it is not looked for.
+const MAX_WAITING: usize = 10_000;
+
+/// Keys read in one `MGET`.
+const KEYS_PER_READ: usize = 1_000;
+
+/// The calls given up on whose answers are looked for (see the module's documentation).
+pub(super) struct KeptAnswers {
+    /// How often the answers are read: half the time Redis keeps one.
+    every: Duration,
+    metrics: Arc<Metrics>,
+    /// The replica's latest Cluster connection.
+    conn: Mutex<Option<ClusterConnection>>,
+    waiting: Mutex<Vec<Waiting>>,
+    /// A task reads the answers (it stops when nothing waits).
+    reading: AtomicBool,
+}
+
+/// A call given up on: where its answer is kept, where the answer holds the URL it popped, and
+/// until when it is looked for.
+struct Waiting {
+    key: Vec<u8>,
+    pops: Pops,
+    until: Instant,
+}
+
+impl KeptAnswers {
+    pub(super) fn new(every: Duration, metrics: Arc<Metrics>) -> Arc<KeptAnswers> {
+        Arc::new(KeptAnswers {
+            every,
+            metrics,
+            conn: Mutex::new(None),
+            waiting: Mutex::new(Vec::new()),
+            reading: AtomicBool::new(false),
+        })
+    }
+
+    /// The connection to read on from now on.
+    pub(super) fn connected(&self, conn: ClusterConnection) {
+        *self.conn.lock() = Some(conn);
+    }
+
+    /// Looks for the answer of a call given up on, kept under `key`. Called within the runtime.
+    pub(super) fn look_for(self: &Arc<Self>, key: Vec<u8>, pops: Pops) {
+        let mut waiting = self.waiting.lock();
+        if waiting.len() >= MAX_WAITING {
+            return;
+        }
+        waiting.push(Waiting {
+            key,
+            pops,
+            until: Instant::now() + ABANDONED_WAIT,
+        });
+        // Under the lock: the reader stops only while it holds it and finds nothing waiting.
+        if !self.reading.swap(true, Ordering::SeqCst) {
+            tokio::spawn(self.clone().read());
+        }
+    }
+
+    async fn read(self: Arc<Self>) {
+        loop {
+            let next = Instant::now() + self.every;
+            let keys: Vec<Vec<u8>> = self.waiting.lock().iter().map(|w| w.key.clone()).collect();
+            let conn = self.conn.lock().clone();
+            if let Some(mut conn) = conn {
+                let mut answers = Vec::with_capacity(keys.len());
+                for chunk in keys.chunks(KEYS_PER_READ) {
+                    let mut mget = redis::cmd("MGET");
+                    for key in chunk {
+                        mget.arg(key.as_slice());
+                    }
+                    let read = mget.query_async::<Vec<Option<String>>>(&mut conn);
+                    match tokio::time::timeout_at(next, read).await {
+                        Ok(Ok(read)) if read.len() == chunk.len() => answers.extend(read),
+                        _ => answers.extend(std::iter::repeat_n(None, chunk.len())),
+                    }
+                }
+                self.found(&answers);
+            }
+            tokio::time::sleep_until(next).await;
+            let mut waiting = self.waiting.lock();
+            let now = Instant::now();
+            waiting.retain(|w| w.until > now);
+            if waiting.is_empty() {
+                self.reading.store(false, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+
+    /// Counts and forgets the calls whose answers were read: `answers[i]` is the answer of the
+    /// call waiting `i`th when they were read (only this task removes calls, and new ones are
+    /// appended, so the places are still theirs).
+    fn found(&self, answers: &[Option<String>]) {
+        let mut waiting = self.waiting.lock();
+        let mut i = 0;
+        waiting.retain(|w| {
+            let answer = answers.get(i).and_then(Option::as_deref);
+            i += 1;
+            match answer {
+                Some(answer) => {
+                    w.pops.count_remembered(&self.metrics, answer);
+                    false
+                }
+                None => true,
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Fetch, Waste};
+
+    /// An answer read is counted once and its call forgotten; the calls whose answers were not
+    /// there yet, and a call appended while the answers were read, go on waiting.
+    #[test]
+    fn an_answer_read_is_counted_once_and_the_others_wait_on() {
+        let kept = KeptAnswers::new(Duration::from_millis(500), Arc::new(Metrics::new()));
+        let member = format!("{}{}https://u", "0".repeat(16), Fetch::Hint.code());
+        let wait = |key: &str| Waiting {
+            key: key.into(),
+            pops: Pops::TAKE,
+            until: Instant::now() + ABANDONED_WAIT,
+        };
+        kept.waiting
+            .lock()
+            .extend([wait("a"), wait("b"), wait("c")]);
+        let answers = [None, Some(format!("1700000000000:{member}")), None];
+        // Appended after the read: the answers do not reach it.
+        kept.waiting.lock().push(wait("d"));
+        kept.found(&answers);
+        // The next read: nothing there for the calls left.
+        kept.found(&[None, None, None]);
+        let left: Vec<Vec<u8>> = kept.waiting.lock().iter().map(|w| w.key.clone()).collect();
+        let left: Vec<&[u8]> = left.iter().map(Vec::as_slice).collect();
+        assert_eq!(left, [&b"a"[..], b"c", b"d"]);
+        let counted = kept
+            .metrics
+            .wasted
+            .with_label_values(&[Waste::Cancelled.as_str(), Fetch::Hint.as_str()])
+            .get();
+        assert_eq!(counted, 1);
+    }
+}
