@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use redis::cluster_async::ClusterConnection;
 use tokio::time::Instant;
 
-use super::pool::Pops;
+use super::pool::count_kept;
 use super::ABANDONED_WAIT;
 use crate::metrics::Metrics;
 
@@ -41,11 +41,9 @@ pub(super) struct KeptAnswers {
     reading: AtomicBool,
 }
 
-/// A call given up on: where its answer is kept, where the answer holds the URL it popped, and
-/// until when it is looked for.
+/// A call given up on: where its answer is kept, and until when it is looked for.
 struct Waiting {
     key: Vec<u8>,
-    pops: Pops,
     until: Instant,
 }
 
@@ -66,14 +64,13 @@ impl KeptAnswers {
     }
 
     /// Looks for the answer of a call given up on, kept under `key`. Called within the runtime.
-    pub(super) fn look_for(self: &Arc<Self>, key: Vec<u8>, pops: Pops) {
+    pub(super) fn look_for(self: &Arc<Self>, key: Vec<u8>) {
         let mut waiting = self.waiting.lock();
         if waiting.len() >= MAX_WAITING {
             return;
         }
         waiting.push(Waiting {
             key,
-            pops,
             until: Instant::now() + ABANDONED_WAIT,
         });
         // Under the lock: the reader stops only while it holds it and finds nothing waiting.
@@ -117,19 +114,16 @@ impl KeptAnswers {
     /// call waiting `i`th when they were read (only this task removes calls, and new ones are
     /// appended, so the places are still theirs).
     fn found(&self, answers: &[Option<String>]) {
-        let mut waiting = self.waiting.lock();
-        let mut i = 0;
-        waiting.retain(|w| {
-            let answer = answers.get(i).and_then(Option::as_deref);
-            i += 1;
-            match answer {
+        let mut answers = answers.iter();
+        self.waiting
+            .lock()
+            .retain(|_| match answers.next().and_then(Option::as_deref) {
                 Some(answer) => {
-                    w.pops.count_remembered(&self.metrics, answer);
+                    count_kept(&self.metrics, answer);
                     false
                 }
                 None => true,
-            }
-        });
+            });
     }
 }
 
@@ -146,7 +140,6 @@ mod tests {
         let member = format!("{}{}https://u", "0".repeat(16), Fetch::Hint.code());
         let wait = |key: &str| Waiting {
             key: key.into(),
-            pops: Pops::TAKE,
             until: Instant::now() + ABANDONED_WAIT,
         };
         kept.waiting

@@ -191,7 +191,7 @@ impl Call {
         match fenced.pops {
             Some(pops) => {
                 let kept = kept.and_then(|answers| {
-                    let key = self.keys.get(pops.call_key())?.clone();
+                    let key = self.keys.get(Pops::CALL_KEY)?.clone();
                     Some(Kept { key, answers })
                 });
                 Request::Pop(cmd, pops, metrics, kept)
@@ -818,7 +818,7 @@ impl Future for Watched<'_> {
         self.reply = None;
         if let (Err(e), Some(kept)) = (&answered, self.kept.take()) {
             if unanswered(e) {
-                kept.answers.look_for(kept.key, self.pops);
+                kept.answers.look_for(kept.key);
             }
         }
         std::task::Poll::Ready(answered)
@@ -841,7 +841,7 @@ impl Drop for Watched<'_> {
                 Ok(Ok(reply)) => pops.count_abandoned(&metrics, reply),
                 Ok(Err(e)) if unanswered(&e) => {
                     if let Some((key, answers)) = kept {
-                        answers.look_for(key, pops);
+                        answers.look_for(key);
                     }
                 }
                 _ => {}

@@ -416,9 +416,7 @@ impl Pops {
 
     /// The index of the call's id among a fenced call's keys (the fence, the serial, then the
     /// script's: pool, count, call id), where a Redis Cluster keeps its answer.
-    pub(super) fn call_key(self) -> usize {
-        4
-    }
+    pub(super) const CALL_KEY: usize = 4;
 
     /// Counts what a pool script's `reply` removed from the pool when nobody waited for it any
     /// more (its request was dropped, or the command timed out): the stale URLs as expired, the
@@ -438,14 +436,14 @@ impl Pops {
         count_stale(metrics, stale.as_deref().unwrap_or_default());
         count_popped(metrics, member.as_deref().unwrap_or_default());
     }
+}
 
-    /// Counts the URL a call nobody waited for popped, from the answer Redis kept for it
-    /// (`scripts::TAKE`'s `issued:member`, `scripts::HIT`'s `allowed,remaining,issued:member`).
-    /// The stale URLs it purged are not in it: they leave the count uncounted.
-    pub(super) fn count_remembered(self, metrics: &Metrics, answer: &str) {
-        if let Some((_, member)) = answer.split_once(':') {
-            count_popped(metrics, member);
-        }
+/// Counts the URL a take or hit nobody waited for popped, from the answer Redis kept for it
+/// (`scripts::TAKE`'s `issued:member`, `scripts::HIT`'s `allowed,remaining,issued:member`).
+/// The stale URLs it purged are not in it: they leave the count uncounted.
+pub(super) fn count_kept(metrics: &Metrics, answer: &str) {
+    if let Some((_, member)) = answer.split_once(':') {
+        count_popped(metrics, member);
     }
 }
 
@@ -586,10 +584,10 @@ mod tests {
     fn a_kept_answer_counts_the_url_its_call_popped() {
         let m = Metrics::new();
         let member = |f: Fetch| format!("{}{}https://u:443/x", "0".repeat(DIGEST_LEN), f.code());
-        Pops::TAKE.count_remembered(&m, &format!("1700000000000:{}", member(Fetch::Hint)));
-        Pops::HIT.count_remembered(&m, &format!("1,4,1700000000000:{}", member(Fetch::Miss)));
-        Pops::HIT.count_remembered(&m, "0,250,0:");
-        Pops::HIT.count_remembered(&m, "1,4,0:");
+        count_kept(&m, &format!("1700000000000:{}", member(Fetch::Hint)));
+        count_kept(&m, &format!("1,4,1700000000000:{}", member(Fetch::Miss)));
+        count_kept(&m, "0,250,0:");
+        count_kept(&m, "1,4,0:");
         let wasted = |f: Fetch| {
             m.wasted
                 .with_label_values(&[Waste::Cancelled.as_str(), f.as_str()])
