@@ -6,8 +6,8 @@
 //! re-send window (`Fleet::remember_ms`), so the replica reads it there instead: every call
 //! given up on waits here, and one task reads all their keys (an `MGET` per [`KEYS_PER_READ`])
 //! every half of the time an answer is kept, so that one read falls within it however late the
-//! call runs. An answer found is counted (the URL it popped as `cancelled` waste) and
-//! forgotten; a call whose answer is not found within [`ABANDONED_WAIT`] is forgotten
+//! call runs. An answer found is counted (the URL it popped as `cancelled` waste, the stale
+//! URLs it purged as `expired`) and forgotten; a call whose answer is not found within [`ABANDONED_WAIT`] is forgotten
 //! uncounted. What waits is bounded ([`MAX_WAITING`]), and the reads cost a command per
 //! interval and thousand calls given up on, also while the replica is degraded.
 
@@ -145,7 +145,7 @@ mod tests {
         kept.waiting
             .lock()
             .extend([wait("a"), wait("b"), wait("c")]);
-        let answers = [None, Some(format!("1700000000000:{member}")), None];
+        let answers = [None, Some(format!(",1700000000000:{member}")), None];
         // Appended after the read: the answers do not reach it.
         kept.waiting.lock().push(wait("d"));
         kept.found(&answers);

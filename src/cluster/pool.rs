@@ -438,11 +438,13 @@ impl Pops {
     }
 }
 
-/// Counts the URL a take or hit nobody waited for popped, from the answer Redis kept for it
-/// (`scripts::TAKE`'s `issued:member`, `scripts::HIT`'s `allowed,remaining,issued:member`).
-/// The stale URLs it purged are not in it: they leave the count uncounted.
+/// Counts what a take or hit nobody waited for removed from the pool, from the answer Redis
+/// kept for it (`scripts::TAKE`'s `stale,issued:member`, `scripts::HIT`'s
+/// `allowed,remaining,stale,issued:member`): the stale URLs as expired, the URL it popped as
+/// `cancelled`.
 pub(super) fn count_kept(metrics: &Metrics, answer: &str) {
-    if let Some((_, member)) = answer.split_once(':') {
+    if let Some((head, member)) = answer.split_once(':') {
+        count_stale(metrics, head.rsplit(',').nth(1).unwrap_or_default());
         count_popped(metrics, member);
     }
 }
@@ -578,29 +580,33 @@ mod tests {
 
     /// The answer a Redis Cluster keeps for a call given up on, as `scripts::TAKE` and
     /// `scripts::HIT` write it: the URL the call popped is counted as `cancelled` under its
-    /// reason (the URL's own colons notwithstanding); a refused hit and an empty key count
-    /// nothing.
+    /// reason (the URL's own colons notwithstanding), the stale URLs it purged as expired under
+    /// theirs; a refused hit and an empty key count nothing.
     #[test]
-    fn a_kept_answer_counts_the_url_its_call_popped() {
+    fn a_kept_answer_counts_what_its_call_removed() {
         let m = Metrics::new();
         let member = |f: Fetch| format!("{}{}https://u:443/x", "0".repeat(DIGEST_LEN), f.code());
-        count_kept(&m, &format!("1700000000000:{}", member(Fetch::Hint)));
-        count_kept(&m, &format!("1,4,1700000000000:{}", member(Fetch::Miss)));
-        count_kept(&m, "0,250,0:");
-        count_kept(&m, "1,4,0:");
-        let wasted = |f: Fetch| {
+        count_kept(&m, &format!(",1700000000000:{}", member(Fetch::Hint)));
+        count_kept(&m, &format!("1,4,pw,1700000000000:{}", member(Fetch::Miss)));
+        count_kept(&m, "0,250,,0:");
+        count_kept(&m, "1,4,,0:");
+        // A take that found only stale URLs.
+        count_kept(&m, "h,0:");
+        let wasted = |why: Waste, f: Fetch| {
             m.wasted
-                .with_label_values(&[Waste::Cancelled.as_str(), f.as_str()])
+                .with_label_values(&[why.as_str(), f.as_str()])
                 .get()
         };
-        assert_eq!((wasted(Fetch::Hint), wasted(Fetch::Miss)), (1, 1));
+        assert_eq!(wasted(Waste::Cancelled, Fetch::Hint), 1);
+        assert_eq!(wasted(Waste::Cancelled, Fetch::Miss), 1);
+        assert_eq!(wasted(Waste::Expired, Fetch::Prefetch), 1);
+        assert_eq!(wasted(Waste::Expired, Fetch::Warm), 1);
+        assert_eq!(wasted(Waste::Expired, Fetch::Hint), 1);
         let counted: u64 = Waste::ALL
             .into_iter()
-            .flat_map(|w| {
-                Fetch::ALL.map(|f| m.wasted.with_label_values(&[w.as_str(), f.as_str()]).get())
-            })
+            .flat_map(|w| Fetch::ALL.map(|f| wasted(w, f)))
             .sum();
-        assert_eq!(counted, 2, "nothing more counted");
+        assert_eq!(counted, 5, "nothing more counted");
     }
 
     #[test]

@@ -189,8 +189,10 @@ end
 
 /// Removes the stale URLs of a key, pops the one with the least remaining validity, and keeps
 /// the tenant's count in step. Idempotent per take when `remember_ms` is not 0: the answer is
-/// remembered under the take's id that long, so the same call sent again (a client retry after
-/// a lost reply) returns the same URL instead of popping, and losing, another. KEYS: pool,
+/// remembered under the take's id that long (`stale,issued_ms:member`, when the take removed
+/// anything), so the same call sent again (a client retry after a lost reply) returns the same
+/// URL instead of popping, and losing, another, and the replica can read what a take whose
+/// reply it gave up on removed (`cluster::kept`). KEYS: pool,
 /// count, take id. ARGV: cutoff_ms, remember_ms. Returns `{stale, member, issued_ms}` (member
 /// `""` when empty).
 pub(super) const TAKE: &str = r"
@@ -198,8 +200,8 @@ local remember = tonumber(ARGV[2])
 if remember > 0 then
   local prior = redis.call('GET', KEYS[3])
   if prior then
-    local issued, member = string.match(prior, '^(%d+):(.*)$')
-    return {'', member, tonumber(issued)}
+    local stale, issued, member = string.match(prior, '^(%a*),(%d+):(.*)$')
+    return {stale, member, tonumber(issued)}
   end
 end
 local stale = purge(KEYS[1], KEYS[2], ARGV[1])
@@ -207,15 +209,19 @@ local got = redis.call('ZPOPMIN', KEYS[1])
 if #got > 0 then
   redis.call('ZREM', KEYS[2], counted(got[1]))
   local issued = string.format('%.0f', tonumber(got[2]))
-  if remember > 0 then redis.call('SET', KEYS[3], issued .. ':' .. got[1], 'PX', remember) end
+  if remember > 0 then
+    redis.call('SET', KEYS[3], stale .. ',' .. issued .. ':' .. got[1], 'PX', remember)
+  end
   return {stale, got[1], tonumber(issued)}
 end
+if remember > 0 and stale ~= '' then redis.call('SET', KEYS[3], stale .. ',0:', 'PX', remember) end
 return {stale, '', 0}
 ";
 
 /// The hit path's one round trip: counts the request against the tenant's inbound GCRA (as
 /// [`GCRA`] with no reserve) and, only when it is admitted, does [`TAKE`]. When `remember_ms`
-/// is not 0 the answer, a refusal included, is remembered under the call's id like TAKE's, so
+/// is not 0 the answer, a refusal included, is remembered under the call's id like TAKE's
+/// (`allowed,remaining or retry_after_ms,stale,issued_ms:member`), so
 /// the same call sent again neither counts the request twice nor pops a second URL. KEYS: pool,
 /// count, call id, the tenant's limit. ARGV: cutoff_ms, remember_ms, now_ms, interval_ms,
 /// burst, max_late_ms. A call that arrives late (see [`LIMIT_LIB`]) is judged at the latest
@@ -227,8 +233,8 @@ local remember = tonumber(ARGV[2])
 if remember > 0 then
   local prior = redis.call('GET', KEYS[3])
   if prior then
-    local a, n, issued, member = string.match(prior, '^(%d),(%d+),(%d+):(.*)$')
-    return {tonumber(a), tonumber(n), '', member, tonumber(issued)}
+    local a, n, stale, issued, member = string.match(prior, '^(%d),(%d+),(%a*),(%d+):(.*)$')
+    return {tonumber(a), tonumber(n), stale, member, tonumber(issued)}
   end
 end
 local now, interval, burst = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -241,7 +247,7 @@ tat = limit_tat(tat, now, interval * burst)
 local new_tat = tat + interval
 if new_tat - now > interval * burst then
   local retry = math.max(1, math.ceil(new_tat - now - interval * burst))
-  if remember > 0 then redis.call('SET', KEYS[3], '0,' .. retry .. ',0:', 'PX', remember) end
+  if remember > 0 then redis.call('SET', KEYS[3], '0,' .. retry .. ',,0:', 'PX', remember) end
   return {0, retry, '', '', 0}
 end
 limit_write(KEYS[4], new_tat, now)
@@ -260,7 +266,8 @@ if #got > 0 then
   issued, member = string.format('%.0f', tonumber(got[2])), got[1]
 end
 if remember > 0 then
-  redis.call('SET', KEYS[3], '1,' .. remaining .. ',' .. issued .. ':' .. member, 'PX', remember)
+  local kept = '1,' .. remaining .. ',' .. stale .. ',' .. issued .. ':' .. member
+  redis.call('SET', KEYS[3], kept, 'PX', remember)
 end
 return {1, remaining, stale, member, tonumber(issued)}
 ";

@@ -875,6 +875,39 @@ async fn a_take_sent_twice_returns_the_same_url_instead_of_losing_one() {
     );
 }
 
+/// A Redis Cluster keeps a take's answer under its id with all the take removed from the pool:
+/// the URL it popped and the reasons of the stale URLs it purged on the way, so that a replica
+/// that gave the reply up counts both from it (`cluster::kept`).
+#[tokio::test]
+async fn a_take_keeps_what_it_removed_under_its_id() {
+    let cluster = RedisCluster::start(3);
+    let clock = Clock::manual();
+    let (f, tenants, _) = fleet_on_cluster(&cluster, &clock).await;
+    let now = clock.now_ms();
+    let t = tenants.get(0);
+    let k = key(5);
+    // Fresh when pooled; the first is stale by the take, 50 s later.
+    let (old, new) = (url(0, now - 200_000), url(1, now));
+    for u in [&old, &new] {
+        assert_eq!(put(&f, &tenants, &k, u, now).await, Stored::Yes);
+    }
+    let got = f
+        .take_once(t, &k, now + 50_000, MIN_REMAINING_MS, "a1")
+        .await;
+    assert_eq!(got.unwrap().map(|u| u.url), Some(new.url.clone()));
+    let id = format!("embedgate:{{t:{}}}:tk:a1", t.id);
+    let kept = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| n.cli(&["GET", &id]))
+        .find(|a| a.contains("https://"))
+        .expect("the take's answer is kept under its id");
+    assert!(
+        kept.starts_with("p,") && kept.ends_with(&new.url),
+        "the stale URL's reason, then the URL popped: {kept}"
+    );
+}
+
 #[tokio::test]
 async fn an_anonymous_url_keeps_its_anonymous_user_arn_through_redis() {
     let redis = RedisServer::start();
