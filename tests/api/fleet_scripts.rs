@@ -805,6 +805,15 @@ async fn pool_two(f: &Fleet, tenants: &Tenants, k: &PoolKey, now: u64) {
     }
 }
 
+/// One replica on a fresh three-primary Redis Cluster, its clock manual: the cluster, the
+/// replica, its tenants and the clock's time.
+async fn one_on_a_cluster() -> (RedisCluster, Arc<Fleet>, Tenants, u64) {
+    let cluster = RedisCluster::start(3);
+    let clock = Clock::manual();
+    let (f, tenants, _) = fleet_on_cluster(&cluster, &clock).await;
+    (cluster, f, tenants, clock.now_ms())
+}
+
 /// On a Redis Cluster a replica starting loads the library on every primary, and keeps what the
 /// primaries have: one primary without it (a shard added, or `FUNCTION FLUSH`) gets it, the
 /// others answer that they have it, and the replica calls the functions, in the same epoch.
@@ -840,10 +849,7 @@ async fn on_a_redis_cluster_a_replica_starting_keeps_the_shared_pool() {
 
 #[tokio::test]
 async fn a_take_sent_twice_returns_the_same_url_instead_of_losing_one() {
-    let cluster = RedisCluster::start(3);
-    let clock = Clock::manual();
-    let (f, tenants, _) = fleet_on_cluster(&cluster, &clock).await;
-    let now = clock.now_ms();
+    let (cluster, f, tenants, now) = one_on_a_cluster().await;
     let t = tenants.get(0);
     let k = key(5);
     pool_two(&f, &tenants, &k, now).await;
@@ -880,10 +886,7 @@ async fn a_take_sent_twice_returns_the_same_url_instead_of_losing_one() {
 /// that gave the reply up counts both from it (`cluster::kept`).
 #[tokio::test]
 async fn a_take_keeps_what_it_removed_under_its_id() {
-    let cluster = RedisCluster::start(3);
-    let clock = Clock::manual();
-    let (f, tenants, _) = fleet_on_cluster(&cluster, &clock).await;
-    let now = clock.now_ms();
+    let (cluster, f, tenants, now) = one_on_a_cluster().await;
     let t = tenants.get(0);
     let k = key(5);
     // Fresh when pooled; the first is stale by the take, 50 s later.
@@ -931,10 +934,7 @@ async fn an_anonymous_url_keeps_its_anonymous_user_arn_through_redis() {
 
 #[tokio::test]
 async fn a_hit_sent_twice_counts_once_and_returns_the_same_url() {
-    let cluster = RedisCluster::start(3);
-    let clock = Clock::manual();
-    let (f, tenants, _) = fleet_on_cluster(&cluster, &clock).await;
-    let now = clock.now_ms();
+    let (_cluster, f, tenants, now) = one_on_a_cluster().await;
     let t = tenants.get(0);
     let k = key(6);
     pool_two(&f, &tenants, &k, now).await;
