@@ -7,9 +7,10 @@
 //! given up on waits here, and one task reads all their keys (an `MGET` per [`KEYS_PER_READ`])
 //! every half of the time an answer is kept, so that one read falls within it however late the
 //! call runs. An answer found is counted (the URL it popped as `cancelled` waste, the stale
-//! URLs it purged as `expired`) and forgotten; a call whose answer is not found within [`ABANDONED_WAIT`] is forgotten
-//! uncounted. What waits is bounded ([`MAX_WAITING`]), and the reads cost a command per
-//! interval and thousand calls given up on, also while the replica is degraded.
+//! URLs it purged as `expired`) and forgotten; a call whose answer is not found within
+//! [`ABANDONED_WAIT`] is forgotten uncounted. What waits is bounded ([`MAX_WAITING`]), and the
+//! reads cost a command per interval and thousand calls given up on, also while the replica is
+//! degraded.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
