@@ -12,7 +12,6 @@
 //! reads cost a command per interval and thousand calls given up on, also while the replica is
 //! degraded.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,13 +36,19 @@ pub(super) struct KeptAnswers {
     metrics: Arc<Metrics>,
     /// The replica's latest Cluster connection.
     conn: Mutex<Option<ClusterConnection>>,
-    waiting: Mutex<Vec<Waiting>>,
-    /// A task reads the answers (it stops when nothing waits).
-    reading: AtomicBool,
+    waiting: Mutex<Waiting>,
+}
+
+/// The calls given up on, and whether a task reads their answers (it stops when none is left;
+/// only one may run: each reads answers by their calls' places).
+#[derive(Default)]
+struct Waiting {
+    calls: Vec<Call>,
+    reading: bool,
 }
 
 /// A call given up on: where its answer is kept, and until when it is looked for.
-struct Waiting {
+struct Call {
     key: Vec<u8>,
     until: Instant,
 }
@@ -54,8 +59,7 @@ impl KeptAnswers {
             every,
             metrics,
             conn: Mutex::new(None),
-            waiting: Mutex::new(Vec::new()),
-            reading: AtomicBool::new(false),
+            waiting: Mutex::default(),
         })
     }
 
@@ -67,15 +71,15 @@ impl KeptAnswers {
     /// Looks for the answer of a call given up on, kept under `key`. Called within the runtime.
     pub(super) fn look_for(self: &Arc<Self>, key: Vec<u8>) {
         let mut waiting = self.waiting.lock();
-        if waiting.len() >= MAX_WAITING {
+        if waiting.calls.len() >= MAX_WAITING {
             return;
         }
-        waiting.push(Waiting {
+        waiting.calls.push(Call {
             key,
             until: Instant::now() + ABANDONED_WAIT,
         });
-        // Under the lock: the reader stops only while it holds it and finds nothing waiting.
-        if !self.reading.swap(true, Ordering::SeqCst) {
+        if !waiting.reading {
+            waiting.reading = true;
             tokio::spawn(self.clone().read());
         }
     }
@@ -83,7 +87,13 @@ impl KeptAnswers {
     async fn read(self: Arc<Self>) {
         loop {
             let next = Instant::now() + self.every;
-            let keys: Vec<Vec<u8>> = self.waiting.lock().iter().map(|w| w.key.clone()).collect();
+            let keys: Vec<Vec<u8>> = self
+                .waiting
+                .lock()
+                .calls
+                .iter()
+                .map(|c| c.key.clone())
+                .collect();
             let conn = self.conn.lock().clone();
             if let Some(mut conn) = conn {
                 let mut answers = Vec::with_capacity(keys.len());
@@ -103,9 +113,9 @@ impl KeptAnswers {
             tokio::time::sleep_until(next).await;
             let mut waiting = self.waiting.lock();
             let now = Instant::now();
-            waiting.retain(|w| w.until > now);
-            if waiting.is_empty() {
-                self.reading.store(false, Ordering::SeqCst);
+            waiting.calls.retain(|c| c.until > now);
+            if waiting.calls.is_empty() {
+                waiting.reading = false;
                 return;
             }
         }
@@ -118,6 +128,7 @@ impl KeptAnswers {
         let mut answers = answers.iter();
         self.waiting
             .lock()
+            .calls
             .retain(|_| match answers.next().and_then(Option::as_deref) {
                 Some(answer) => {
                     count_kept(&self.metrics, answer);
@@ -139,20 +150,27 @@ mod tests {
     fn an_answer_read_is_counted_once_and_the_others_wait_on() {
         let kept = KeptAnswers::new(Duration::from_millis(500), Arc::new(Metrics::new()));
         let member = format!("{}{}https://u", "0".repeat(16), Fetch::Hint.code());
-        let wait = |key: &str| Waiting {
+        let wait = |key: &str| Call {
             key: key.into(),
             until: Instant::now() + ABANDONED_WAIT,
         };
         kept.waiting
             .lock()
+            .calls
             .extend([wait("a"), wait("b"), wait("c")]);
         let answers = [None, Some(format!(",1700000000000:{member}")), None];
         // Appended after the read: the answers do not reach it.
-        kept.waiting.lock().push(wait("d"));
+        kept.waiting.lock().calls.push(wait("d"));
         kept.found(&answers);
         // The next read: nothing there for the calls left.
         kept.found(&[None, None, None]);
-        let left: Vec<Vec<u8>> = kept.waiting.lock().iter().map(|w| w.key.clone()).collect();
+        let left: Vec<Vec<u8>> = kept
+            .waiting
+            .lock()
+            .calls
+            .iter()
+            .map(|c| c.key.clone())
+            .collect();
         let left: Vec<&[u8]> = left.iter().map(Vec::as_slice).collect();
         assert_eq!(left, [&b"a"[..], b"c", b"d"]);
         let counted = kept

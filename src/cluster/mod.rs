@@ -137,14 +137,24 @@ pub(super) enum Request<'a> {
     /// waste: a popped URL nobody was handed is not lost uncounted. Where Redis keeps the call's
     /// answer (a Redis Cluster's, whose client gives a reply up at the timeout: `kept`), the
     /// answer of a call whose reply never comes is looked for there instead.
-    Pop(Cmd, Pops, &'a Arc<Metrics>, Option<Kept<'a>>),
+    Pop(Cmd, Pops, &'a Arc<Metrics>, Option<Kept>),
 }
 
 /// Where Redis keeps a take's or hit's answer for a re-send of the call (a Redis Cluster's; see
 /// `Fleet::remember_ms`), and who looks for it when the reply never came.
-pub(super) struct Kept<'a> {
+pub(super) struct Kept {
     key: Vec<u8>,
-    answers: &'a Arc<KeptAnswers>,
+    answers: Arc<KeptAnswers>,
+}
+
+impl Kept {
+    /// Has the answer looked for if the call failed only for want of a reply (a timeout, a
+    /// broken connection), not because Redis refused it.
+    fn after(self, e: &redis::RedisError) {
+        if e.code().is_none() {
+            self.answers.look_for(self.key);
+        }
+    }
 }
 
 /// A pool script's keys and arguments, gathered before its form is chosen
@@ -192,6 +202,7 @@ impl Call {
             Some(pops) => {
                 let kept = kept.and_then(|answers| {
                     let key = self.keys.get(Pops::CALL_KEY)?.clone();
+                    let answers = answers.clone();
                     Some(Kept { key, answers })
                 });
                 Request::Pop(cmd, pops, metrics, kept)
@@ -803,7 +814,7 @@ struct Watched<'a> {
     reply: Option<Reply>,
     pops: Pops,
     metrics: &'a Arc<Metrics>,
-    kept: Option<Kept<'a>>,
+    kept: Option<Kept>,
 }
 
 impl Future for Watched<'_> {
@@ -817,9 +828,7 @@ impl Future for Watched<'_> {
         let answered = std::task::ready!(reply.as_mut().poll(cx));
         self.reply = None;
         if let (Err(e), Some(kept)) = (&answered, self.kept.take()) {
-            if unanswered(e) {
-                kept.answers.look_for(kept.key);
-            }
+            kept.after(e);
         }
         std::task::Poll::Ready(answered)
     }
@@ -835,23 +844,13 @@ impl Drop for Watched<'_> {
         };
         let pops = self.pops;
         let metrics = self.metrics.clone();
-        let kept = self.kept.take().map(|k| (k.key, k.answers.clone()));
+        let kept = self.kept.take();
         runtime.spawn(async move {
             match tokio::time::timeout(ABANDONED_WAIT, reply).await {
                 Ok(Ok(reply)) => pops.count_abandoned(&metrics, reply),
-                Ok(Err(e)) if unanswered(&e) => {
-                    if let Some((key, answers)) = kept {
-                        answers.look_for(key);
-                    }
-                }
-                _ => {}
+                Ok(Err(e)) => kept.into_iter().for_each(|k| k.after(&e)),
+                Err(_) => {}
             }
         });
     }
-}
-
-/// Whether a call's error says only that no reply came (a timeout, a broken connection), not
-/// that Redis refused the call.
-fn unanswered(e: &redis::RedisError) -> bool {
-    e.code().is_none()
 }
