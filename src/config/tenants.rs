@@ -100,8 +100,9 @@ pub struct PolicySettings {
     /// `ExecutiveSummary`, `DataQnA`, `GenerativeAuthoring`, `DataStories`.
     pub denied_features: Vec<String>,
     /// Origin patterns (`https://app.example.com`, `https://*.example.com`, `http://localhost`).
-    /// Set: every request must send `AllowedDomains`, each entry within a pattern (so
-    /// GetDashboardEmbedUrl, which cannot restrict domains, is refused). Empty: no restriction.
+    /// `AllowedDomains` replaces the account's static allow list, so empty: a request may not
+    /// send it. Set: every request must send it, each entry within a pattern (so
+    /// GetDashboardEmbedUrl, which cannot restrict domains, is refused).
     pub allowed_domains: Vec<String>,
     /// Upstream ids (`[[upstreams]]`) the tenant may use. Empty: every upstream serving one of
     /// its accounts.

@@ -71,8 +71,9 @@ pub struct Policy {
     required_session_tags: Vec<String>,
     experiences: Vec<ExperienceKind>,
     denied_features: Vec<Feature>,
-    /// `None`: no restriction beyond QuickSight's own rules and the account's static list.
-    allowed_domains: Option<Vec<Origin>>,
+    /// Empty: the tenant may name no domain, so its URLs open only on the account's static allow
+    /// list (`AllowedDomains` would replace that list, not narrow it).
+    allowed_domains: Vec<Origin>,
     /// Upstream ids; empty: any upstream serving one of `accounts`.
     upstreams: Vec<String>,
 }
@@ -113,12 +114,11 @@ impl Policy {
                 .iter()
                 .filter_map(|f| Feature::parse(f))
                 .collect(),
-            allowed_domains: (!p.allowed_domains.is_empty()).then(|| {
-                p.allowed_domains
-                    .iter()
-                    .filter_map(|d| Origin::parse(d).ok())
-                    .collect()
-            }),
+            allowed_domains: p
+                .allowed_domains
+                .iter()
+                .filter_map(|d| Origin::parse(d).ok())
+                .collect(),
             upstreams: p.upstreams.clone(),
         }
     }
@@ -144,7 +144,7 @@ impl Policy {
             EmbedRequest::Anonymous(r) => Some(r.allowed_domains.is_some()),
             EmbedRequest::Registered(r) => Some(r.allowed_domains.is_some()),
         };
-        if self.allowed_domains.is_some() && domains_sent != Some(true) {
+        if !self.allowed_domains.is_empty() && domains_sent != Some(true) {
             // Without AllowedDomains the URL opens on any domain of the account's static allow
             // list, which this tenant's list does not bound.
             let (field, rule) = match domains_sent {
@@ -186,9 +186,8 @@ impl Policy {
                 .iter()
                 .find(|(k, _)| *k == tag.key)
                 .is_some_and(|(_, values)| values.iter().any(|m| m.matches(&tag.value))),
-            Grant::Domain(d) => self.allowed_domains.as_ref().is_none_or(|allowed| {
-                Origin::parse(d).is_ok_and(|requested| allowed.iter().any(|p| p.allows(&requested)))
-            }),
+            Grant::Domain(d) => Origin::parse(d)
+                .is_ok_and(|requested| self.allowed_domains.iter().any(|p| p.allows(&requested))),
             Grant::Feature(f) => !self.denied_features.contains(&f),
             Grant::Resource(_) => false,
         };
@@ -217,6 +216,10 @@ impl Policy {
             Grant::Tag(tag) => format!(
                 "tag {:?} with this value is not allowed for this tenant",
                 tag.key
+            ),
+            Grant::Domain(d) if self.allowed_domains.is_empty() => format!(
+                "domain {d:?} is not allowed for this tenant: its policy lists no allowed_domains, \
+                 and AllowedDomains would replace the account's own allow list"
             ),
             Grant::Domain(d) => format!("domain {d:?} is not allowed for this tenant"),
             Grant::Feature(f) => {

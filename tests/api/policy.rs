@@ -33,7 +33,15 @@ pub fn endpoint(op: Operation) -> &'static str {
     }
 }
 
-/// A policy that allows everything the kitchen sink asks for.
+/// The domains the kitchen sink names in `AllowedDomains`.
+const SINK_DOMAINS: [&str; 3] = [
+    "https://app.example.com",
+    "https://*.example.org",
+    "http://localhost:3000",
+];
+
+/// A policy that allows everything the kitchen sink asks for: `alpha` every request that names
+/// no domain, `beta` (the same policy, listing the kitchen sink's domains) every one that does.
 fn permissive(s: &mut Settings) {
     s.refill.enabled = false;
     let p = &mut s.tenants[0].policy;
@@ -54,13 +62,25 @@ fn permissive(s: &mut Settings) {
         ("region".to_string(), vec!["*".to_string()]),
     ]
     .into();
+    let mut fenced = p.clone();
+    fenced.allowed_domains = SINK_DOMAINS.map(String::from).to_vec();
+    s.tenants[1].policy = fenced;
+}
+
+/// The tenant of [`permissive`] that may send `body`.
+fn sink_tenant(body: &Value) -> &'static str {
+    if body.get("AllowedDomains").is_some() {
+        "beta"
+    } else {
+        "alpha"
+    }
 }
 
 #[tokio::test]
 async fn every_member_of_every_operation_reaches_quicksight_intact() {
     let app = spawn_app(permissive).await;
     for (name, op, body) in kitchen_sink() {
-        let r = app.embed("alpha", endpoint(op), &body).await;
+        let r = app.embed(sink_tenant(&body), endpoint(op), &body).await;
         let status = r.status();
         let answer: Value = r.json().await.unwrap();
         assert_eq!(status, 200, "{name}: {answer}");
@@ -306,9 +326,68 @@ async fn authorized_resource_arns_are_checked_in_full() {
     app.stop().await;
 }
 
+/// `AllowedDomains` replaces the account's static allow list for the URL (AWS: "overrides the
+/// static domains that are configured in the Manage QuickSight menu ... it allows only the domains
+/// that you include"), so a tenant whose policy lists no domains could otherwise move its URLs to
+/// any site, one the operator's account-wide list keeps out.
+#[tokio::test]
+async fn a_tenant_whose_policy_lists_no_domains_cannot_name_one() {
+    let app = spawn_app(|s| s.refill.enabled = false).await;
+    let own = json!([dashboard_arn("sales-2024")]);
+    for domains in [
+        json!(["https://evil.example"]),
+        json!(["https://*.example.com"]),
+        json!(["http://localhost"]),
+    ] {
+        let p = refused(
+            &app,
+            "anonymous-user",
+            anon(own.clone(), Some(domains.clone())),
+            403,
+            "AllowedDomains[0]",
+        )
+        .await;
+        assert_eq!(p["code"], "forbidden_by_policy", "{domains} → {p}");
+        assert!(
+            p["detail"].as_str().unwrap().contains("allowed_domains"),
+            "the refusal names the policy setting that would allow it: {p}"
+        );
+    }
+    refused(
+        &app,
+        "registered-user",
+        json!({
+            "UserArn": user_arn("alice"),
+            "ExperienceConfiguration": {"Dashboard": {"InitialDashboardId": "sales-2024"}},
+            "AllowedDomains": ["https://evil.example"],
+        }),
+        403,
+        "AllowedDomains[0]",
+    )
+    .await;
+    // Without the member the URL opens on the account's own list: allowed.
+    let r = app.embed("alpha", "anonymous-user", &anon(own, None)).await;
+    assert_eq!(r.status(), 200);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn allowed_domains_follow_awss_rules_and_the_tenants_list() {
-    let app = spawn_app(|s| s.refill.enabled = false).await;
+    // A tenant whose policy lists domains: every entry must be valid by AWS's rules (400) and
+    // within the list (403), and a request that names none (or cannot, as GetDashboardEmbedUrl)
+    // is refused.
+    let app = spawn_app(|s| {
+        s.refill.enabled = false;
+        s.tenants[0].policy.allowed_domains = [
+            "https://*.alpha.example",
+            "https://www.アマゾンドメイン.jp",
+            "http://localhost",
+            "https://*.amazon.com",
+        ]
+        .map(String::from)
+        .to_vec();
+    })
+    .await;
     let own = json!([dashboard_arn("sales-2024")]);
     for bad in [
         "http://localhost.evil.example",
@@ -330,6 +409,7 @@ async fn allowed_domains_follow_awss_rules_and_the_tenants_list() {
         "https://www.アマゾンドメイン.jp",
         "http://localhost",
         "https://*.sapp.amazon.com",
+        "https://portal.alpha.example",
     ] {
         let r = app
             .embed(
@@ -340,15 +420,6 @@ async fn allowed_domains_follow_awss_rules_and_the_tenants_list() {
             .await;
         assert_eq!(r.status(), 200, "{good}");
     }
-    app.stop().await;
-
-    // A tenant whose policy lists domains: every entry must be within them, and a request that
-    // names none (or cannot, as GetDashboardEmbedUrl) is refused.
-    let app = spawn_app(|s| {
-        s.refill.enabled = false;
-        s.tenants[0].policy.allowed_domains = vec!["https://*.alpha.example".into()];
-    })
-    .await;
     refused(
         &app,
         "anonymous-user",
@@ -379,14 +450,6 @@ async fn allowed_domains_follow_awss_rules_and_the_tenants_list() {
         "Operation",
     )
     .await;
-    let r = app
-        .embed(
-            "alpha",
-            "anonymous-user",
-            &anon(own, Some(json!(["https://portal.alpha.example"]))),
-        )
-        .await;
-    assert_eq!(r.status(), 200);
     app.stop().await;
 }
 

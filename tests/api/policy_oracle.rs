@@ -9,7 +9,7 @@
 //! `Deny` (outside the policy) or `Bad` (invalid). A request is Bad if any part is, else Deny if
 //! any part is, else Fine; the few rules that combine parts (duplicate tag keys, the initial
 //! dashboard's ARN, a namespace that must match the user ARN's, the required tag, a tenant whose
-//! policy lists allowed domains) are written out in the generator.
+//! policy lists allowed domains, and one whose policy lists none) are written out in the generator.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -257,6 +257,11 @@ fn domains(g: &mut Gen, body: &mut Value, fenced: bool) {
             g.mark(Deny, "fenced tenant must send AllowedDomains");
         }
         return;
+    }
+    if !fenced {
+        // AllowedDomains replaces the account's static allow list, so a tenant whose policy
+        // lists no domains may not name any.
+        g.mark(Deny, "domains from a tenant whose policy lists none");
     }
     let n = 1 + g.pick(4);
     if n > 3 {

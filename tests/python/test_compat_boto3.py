@@ -23,7 +23,37 @@ from harness import ACCOUNT, BIN, ROOT, get_json, metric, start_gateway, start_s
 MASTER = "python-compat-test-master-key-0123456789"
 
 
-def config(sim_endpoint, acme_ids, slow_ids, sink_ids):
+# The kitchen sink's AllowedDomains: a tenant may name only domains its policy lists, so the
+# requests that name them go to `sink-domains`, the others to `sink`.
+SINK_DOMAINS = '["https://app.example.com", "https://*.example.org", "http://localhost:3000"]'
+
+
+def sink_tenant(tenant, ids, domains):
+    return f"""
+[[tenants]]
+id = "{tenant}"
+api_key_sha256 = []
+access_key_ids = {ids}
+default_account = "{ACCOUNT}"
+max_tracked_keys = 0
+
+[tenants.policy]
+dashboards = ["*"]
+topics = ["*"]
+themes = ["*"]
+namespaces = ["default"]
+identity_types = ["QUICKSIGHT", "ANONYMOUS"]
+user_arns = ["arn:aws:quicksight:*:{ACCOUNT}:user/default/*"]
+experiences = ["Dashboard", "DashboardVisual", "QuickSightConsole", "QSearchBar", "GenerativeQnA", "QuickChat"]
+allowed_domains = {domains}
+
+[tenants.policy.session_tags]
+tenant = ["sink"]
+region = ["*"]
+"""
+
+
+def config(sim_endpoint, acme_ids, slow_ids, sink_ids, fenced_ids):
     ids = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"
     return f"""
 listen = "127.0.0.1:0"
@@ -54,26 +84,9 @@ user_arns = ["arn:aws:quicksight:*:{ACCOUNT}:user/default/*"]
 tenant = ["acme"]
 
 # Every member of every operation: a wide policy, and no demand tracking, so the refiller never
-# calls QuickSight for this tenant while the test reads what QuickSight last received.
-[[tenants]]
-id = "sink"
-api_key_sha256 = []
-access_key_ids = {ids(sink_ids)}
-default_account = "{ACCOUNT}"
-max_tracked_keys = 0
-
-[tenants.policy]
-dashboards = ["*"]
-topics = ["*"]
-themes = ["*"]
-namespaces = ["default"]
-identity_types = ["QUICKSIGHT", "ANONYMOUS"]
-user_arns = ["arn:aws:quicksight:*:{ACCOUNT}:user/default/*"]
-experiences = ["Dashboard", "DashboardVisual", "QuickSightConsole", "QSearchBar", "GenerativeQnA", "QuickChat"]
-
-[tenants.policy.session_tags]
-tenant = ["sink"]
-region = ["*"]
+# calls QuickSight for these tenants while the test reads what QuickSight last received.
+{sink_tenant("sink", ids(sink_ids), "[]")}
+{sink_tenant("sink-domains", ids(fenced_ids), SINK_DOMAINS)}
 
 [[tenants]]
 id = "slow"
@@ -101,10 +114,14 @@ class DropInWithBoto3(unittest.TestCase):
         # acme: rotation), added to the config.
         with open(path, "w", encoding="utf-8") as f:
             f.write(config(
-                cls.sim_endpoint, ["EGPLACEHOLDER0000001"], ["EGPLACEHOLDER0000002"], ["EGPLACEHOLDER0000003"]
+                cls.sim_endpoint,
+                ["EGPLACEHOLDER0000001"],
+                ["EGPLACEHOLDER0000002"],
+                ["EGPLACEHOLDER0000003"],
+                ["EGPLACEHOLDER0000004"],
             ))
         cls.creds = {}
-        for tenant, n in (("acme", 2), ("slow", 1), ("sink", 1)):
+        for tenant, n in (("acme", 2), ("slow", 1), ("sink", 1), ("sink-domains", 1)):
             for _ in range(n):
                 out = subprocess.run(
                     [BIN, "tenant-credentials", "--config", path, tenant],
@@ -122,6 +139,7 @@ class DropInWithBoto3(unittest.TestCase):
                 [k for k, _ in cls.creds["acme"]],
                 [k for k, _ in cls.creds["slow"]],
                 [k for k, _ in cls.creds["sink"]],
+                [k for k, _ in cls.creds["sink-domains"]],
             ))
         cls.gateway, fields = start_gateway(path, env)
         cls.endpoint = "http://" + fields["compat"]
@@ -166,14 +184,14 @@ class DropInWithBoto3(unittest.TestCase):
         # nothing taken yet; tenant sink's requests create no demand).
         with open(os.path.join(ROOT, "tests", "fixtures", "kitchen-sink.json"), encoding="utf-8") as f:
             cases = json.load(f)
-        qs = self.client(tenant="sink")
-        methods = {
-            "GetDashboardEmbedUrl": qs.get_dashboard_embed_url,
-            "GenerateEmbedUrlForAnonymousUser": qs.generate_embed_url_for_anonymous_user,
-            "GenerateEmbedUrlForRegisteredUser": qs.generate_embed_url_for_registered_user,
-        }
         for case in cases:
             body = json.loads(json.dumps(case["Body"]).replace('"Value": "alpha"', '"Value": "sink"'))
+            qs = self.client(tenant="sink-domains" if "AllowedDomains" in body else "sink")
+            methods = {
+                "GetDashboardEmbedUrl": qs.get_dashboard_embed_url,
+                "GenerateEmbedUrlForAnonymousUser": qs.generate_embed_url_for_anonymous_user,
+                "GenerateEmbedUrlForRegisteredUser": qs.generate_embed_url_for_registered_user,
+            }
             with self.subTest(case["Name"]):
                 out = methods[case["Operation"]](**body)
                 self.assertTrue(out["EmbedUrl"].startswith("http"))
