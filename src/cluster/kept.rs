@@ -87,13 +87,7 @@ impl KeptAnswers {
     async fn read(self: Arc<Self>) {
         loop {
             let next = Instant::now() + self.every;
-            let keys: Vec<Vec<u8>> = self
-                .waiting
-                .lock()
-                .calls
-                .iter()
-                .map(|c| c.key.clone())
-                .collect();
+            let keys = self.waiting_keys();
             let conn = self.conn.lock().clone();
             if let Some(mut conn) = conn {
                 let mut answers = Vec::with_capacity(keys.len());
@@ -119,6 +113,12 @@ impl KeptAnswers {
                 return;
             }
         }
+    }
+
+    /// The keys of the calls waiting, in their places.
+    fn waiting_keys(&self) -> Vec<Vec<u8>> {
+        let waiting = self.waiting.lock();
+        waiting.calls.iter().map(|c| c.key.clone()).collect()
     }
 
     /// Counts and forgets the calls whose answers were read: `answers[i]` is the answer of the
@@ -164,13 +164,7 @@ mod tests {
         kept.found(&answers);
         // The next read: nothing there for the calls left.
         kept.found(&[None, None, None]);
-        let left: Vec<Vec<u8>> = kept
-            .waiting
-            .lock()
-            .calls
-            .iter()
-            .map(|c| c.key.clone())
-            .collect();
+        let left = kept.waiting_keys();
         let left: Vec<&[u8]> = left.iter().map(Vec::as_slice).collect();
         assert_eq!(left, [&b"a"[..], b"c", b"d"]);
         let counted = kept
