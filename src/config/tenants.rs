@@ -89,7 +89,8 @@ pub struct PolicySettings {
     pub user_arns: Vec<String>,
     /// Session tag key → allowed value patterns. A tag whose key is not listed is refused.
     pub session_tags: BTreeMap<String, Vec<String>>,
-    /// Session tag keys every anonymous request must carry (row-level security).
+    /// Session tag keys every anonymous request must carry (row-level security); set, an
+    /// anonymous GetDashboardEmbedUrl, which carries no tags, is refused.
     pub required_session_tags: Vec<String>,
     /// Experiences: `Dashboard` (also GetDashboardEmbedUrl), `DashboardVisual`,
     /// `QuickSightConsole`, `QSearchBar`, `GenerativeQnA`, `QuickChat`. Default: dashboards and

@@ -153,16 +153,33 @@ impl Policy {
             };
             return deny(At(field, None), rule.to_string());
         }
-        if let EmbedRequest::Anonymous(r) = req {
-            let tags = r.session_tags.as_deref().unwrap_or(&[]);
-            for key in &self.required_session_tags {
-                if !tags.iter().any(|t| &t.key == key) {
+        match req {
+            EmbedRequest::Anonymous(r) => {
+                let tags = r.session_tags.as_deref().unwrap_or(&[]);
+                for key in &self.required_session_tags {
+                    if !tags.iter().any(|t| &t.key == key) {
+                        return deny(
+                            At("SessionTags", None),
+                            format!("must include the tag {key:?}"),
+                        );
+                    }
+                }
+            }
+            // An anonymous GetDashboardEmbedUrl session carries no session tags (tag-based
+            // row-level security works only for GenerateEmbedUrlForAnonymousUser).
+            EmbedRequest::Dashboard(r) if r.identity_type == IdentityType::Anonymous => {
+                if let Some(key) = self.required_session_tags.first() {
                     return deny(
-                        At("SessionTags", None),
-                        format!("must include the tag {key:?}"),
+                        At("IdentityType", None),
+                        format!(
+                            "ANONYMOUS through GetDashboardEmbedUrl carries no session tags, and \
+                             this tenant's policy requires the tag {key:?}: use \
+                             GenerateEmbedUrlForAnonymousUser"
+                        ),
                     );
                 }
             }
+            EmbedRequest::Dashboard(_) | EmbedRequest::Registered(_) => {}
         }
         Ok(())
     }

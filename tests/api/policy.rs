@@ -453,6 +453,49 @@ async fn allowed_domains_follow_awss_rules_and_the_tenants_list() {
     app.stop().await;
 }
 
+/// Tag-based row-level security works only for GenerateEmbedUrlForAnonymousUser: an anonymous
+/// GetDashboardEmbedUrl session carries no tags at all, so a tenant whose data is separated by
+/// the tags its policy requires must not get one.
+#[tokio::test]
+async fn required_session_tags_cannot_be_escaped_through_anonymous_get_dashboard_embed_url() {
+    let app = spawn_app(|s| {
+        s.refill.enabled = false;
+        s.tenants[0].policy.required_session_tags = vec!["tenant".into()];
+    })
+    .await;
+    let p = refused(
+        &app,
+        "dashboard",
+        json!({"DashboardId": "sales-2024", "IdentityType": "ANONYMOUS"}),
+        403,
+        "IdentityType",
+    )
+    .await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("\"tenant\""),
+        "the refusal names the tag the policy requires: {p}"
+    );
+    // The operation that carries the tags, and registered users (whose data is separated by
+    // user-based rules, not tags), are unaffected; so is a tenant that requires no tag.
+    let tagged = anon(json!([dashboard_arn("sales-2024")]), None);
+    assert_eq!(
+        app.embed("alpha", "anonymous-user", &tagged).await.status(),
+        200
+    );
+    assert_eq!(
+        app.embed("alpha", "dashboard", &dash("sales-2024", "alice"))
+            .await
+            .status(),
+        200
+    );
+    let anonymous = json!({"DashboardId": "sales-2024", "IdentityType": "ANONYMOUS"});
+    assert_eq!(
+        app.embed("beta", "dashboard", &anonymous).await.status(),
+        200
+    );
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_denied_feature_cannot_be_enabled_anywhere() {
     let app = spawn_app(|s| {

@@ -8,8 +8,9 @@
 //! Every value the generator draws from is labelled in the tables below with its class: `Fine`,
 //! `Deny` (outside the policy) or `Bad` (invalid). A request is Bad if any part is, else Deny if
 //! any part is, else Fine; the few rules that combine parts (duplicate tag keys, the initial
-//! dashboard's ARN, a namespace that must match the user ARN's, the required tag, a tenant whose
-//! policy lists allowed domains, and one whose policy lists none) are written out in the generator.
+//! dashboard's ARN, a namespace that must match the user ARN's, the required tag (which an
+//! anonymous GetDashboardEmbedUrl cannot carry), a tenant whose policy lists allowed domains, and
+//! one whose policy lists none) are written out in the generator.
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -20,8 +21,9 @@ use embedgate::config::PolicySettings;
 
 const OTHER_ACCOUNT: &str = "444455556666";
 
-/// The policy both oracle tenants share; `fenced` also lists allowed domains.
-fn policy(fenced: bool) -> PolicySettings {
+/// The policy the oracle tenants share; `fenced` also lists allowed domains, `tagged` requires
+/// the `tenant` session tag.
+fn policy(fenced: bool, tagged: bool) -> PolicySettings {
     PolicySettings {
         dashboards: vec!["sales-2024".into(), "d-00*".into()],
         topics: vec!["t-ok*".into()],
@@ -35,7 +37,11 @@ fn policy(fenced: bool) -> PolicySettings {
             ),
         ]
         .into(),
-        required_session_tags: vec!["tenant".into()],
+        required_session_tags: if tagged {
+            vec!["tenant".into()]
+        } else {
+            vec![]
+        },
         experiences: ["Dashboard", "DashboardVisual", "QSearchBar", "QuickChat"]
             .map(String::from)
             .to_vec(),
@@ -288,7 +294,7 @@ fn domains(g: &mut Gen, body: &mut Value, fenced: bool) {
     body["AllowedDomains"] = json!(list);
 }
 
-fn get_dashboard_embed_url(g: &mut Gen, fenced: bool) -> Value {
+fn get_dashboard_embed_url(g: &mut Gen, fenced: bool, tagged: bool) -> Value {
     let mut body = json!({});
     let acct = account(g, &mut body);
     lifetime(g, &mut body);
@@ -304,6 +310,12 @@ fn get_dashboard_embed_url(g: &mut Gen, fenced: bool) -> Value {
         ("IAM", Deny, "IAM not allowed"),
     ]);
     body["IdentityType"] = json!(identity);
+    if identity == "ANONYMOUS" && tagged {
+        g.mark(
+            Deny,
+            "anonymous GetDashboardEmbedUrl carries no required tag",
+        );
+    }
     // Omitted, the namespace is `default`, which this tenant may not use.
     let ns = g.one(&[
         (None, Deny, "namespace omitted: default"),
@@ -348,7 +360,7 @@ fn get_dashboard_embed_url(g: &mut Gen, fenced: bool) -> Value {
     body
 }
 
-fn anonymous(g: &mut Gen, fenced: bool) -> Value {
+fn anonymous(g: &mut Gen, fenced: bool, tagged: bool) -> Value {
     let mut body = json!({});
     let acct = account(g, &mut body);
     lifetime(g, &mut body);
@@ -363,9 +375,10 @@ fn anonymous(g: &mut Gen, fenced: bool) -> Value {
     if let Some(ns) = ns {
         body["Namespace"] = json!(ns);
     }
-    // Session tags, duplicates included; the policy requires the `tenant` key.
+    // Session tags, duplicates included; a tagged tenant's policy requires the `tenant` key.
     match g.pick(10) {
-        0 => g.mark(Deny, "required tag missing (no tags)"),
+        0 if tagged => g.mark(Deny, "required tag missing (no tags)"),
+        0 => {}
         1 => {
             g.mark(Bad, "SessionTags must list 1-50");
             body["SessionTags"] = json!([]);
@@ -396,7 +409,7 @@ fn anonymous(g: &mut Gen, fenced: bool) -> Value {
                 keys.push(k);
                 tags.push(json!({"Key": k, "Value": v}));
             }
-            if !keys.contains(&"tenant") {
+            if tagged && !keys.contains(&"tenant") {
                 g.mark(Deny, "required tag missing");
             }
             body["SessionTags"] = json!(tags);
@@ -565,11 +578,14 @@ fn case(bytes: Vec<u8>) -> (&'static str, &'static str, Value, u16, Vec<&'static
         class: Fine,
         why: vec![],
     };
-    let fenced = g.pick(4) == 0;
-    let tenant = if fenced { "fenced" } else { "open" };
+    let (tenant, fenced, tagged) = match g.pick(4) {
+        0 => ("fenced", true, true),
+        1 => ("untagged", false, false),
+        _ => ("open", false, true),
+    };
     let (kind, body) = match g.pick(3) {
-        0 => ("dashboard", get_dashboard_embed_url(&mut g, fenced)),
-        1 => ("anonymous-user", anonymous(&mut g, fenced)),
+        0 => ("dashboard", get_dashboard_embed_url(&mut g, fenced, tagged)),
+        1 => ("anonymous-user", anonymous(&mut g, fenced, tagged)),
         _ => ("registered-user", registered(&mut g, fenced)),
     };
     let status = match g.class {
@@ -597,10 +613,12 @@ fn the_gateway_decides_every_generated_request_as_the_policy_oracle_does() {
         s.upstream.rate_per_sec = 1_000_000.0;
         s.upstream.burst = 100_000;
         let mut open = tenant("open", "open-key");
-        open.policy = policy(false);
+        open.policy = policy(false, true);
         let mut fenced = tenant("fenced", "fenced-key");
-        fenced.policy = policy(true);
-        s.tenants = vec![open, fenced];
+        fenced.policy = policy(true, true);
+        let mut untagged = tenant("untagged", "untagged-key");
+        untagged.policy = policy(false, false);
+        s.tenants = vec![open, fenced, untagged];
     }));
     let mut runner = TestRunner::new(Config {
         cases,
