@@ -89,6 +89,10 @@ pub struct PolicySettings {
     pub user_arns: Vec<String>,
     /// Session tag key → allowed value patterns. A tag whose key is not listed is refused.
     pub session_tags: BTreeMap<String, Vec<String>>,
+    /// Session tag key → how the datasets' tag rule reads its value (QuickSight's
+    /// `TagMultiValueDelimiter` and `MatchAllValue`). Required for a key whose patterns have a
+    /// wildcard other than a bare `*`: without it such a pattern cannot bound what a value grants.
+    pub session_tag_rules: BTreeMap<String, TagRule>,
     /// Session tag keys every anonymous request must carry (row-level security); set, an
     /// anonymous GetDashboardEmbedUrl, which carries no tags, is refused.
     pub required_session_tags: Vec<String>,
@@ -121,6 +125,7 @@ impl Default for PolicySettings {
             identity_types: vec![IdentityType::Quicksight, IdentityType::Anonymous],
             user_arns: vec![],
             session_tags: BTreeMap::new(),
+            session_tag_rules: BTreeMap::new(),
             required_session_tags: vec![],
             experiences: vec!["Dashboard".into(), "DashboardVisual".into()],
             denied_features: vec![],
@@ -128,4 +133,17 @@ impl Default for PolicySettings {
             upstreams: vec![],
         }
     }
+}
+
+/// How QuickSight reads one session tag's value: the tag rule (`RowLevelPermissionTagRule`) of
+/// the datasets the tag filters, which the gateway cannot read and the operator declares.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TagRule {
+    /// The rule's `TagMultiValueDelimiter`: a value is split on it, and each part is a value the
+    /// session may see, so each must be allowed. Empty: the rule has none.
+    pub multi_value_delimiter: String,
+    /// The rule's `MatchAllValue`: a value (or part) equal to it lets the session see every value,
+    /// so it is allowed only by a bare `*` pattern or one equal to it. Empty: the rule has none.
+    pub match_all_value: String,
 }

@@ -1,6 +1,6 @@
 //! Checks on loaded settings that serde cannot make: ranges, cross-field rules, unique ids.
 
-use super::Settings;
+use super::{PolicySettings, Settings};
 use crate::model::domain::Origin;
 use crate::model::names::{ExperienceKind, Feature};
 
@@ -350,6 +350,7 @@ impl Settings {
                     return Err(format!("{}: {d:?} {rule}", k("policy.allowed_domains")));
                 }
             }
+            check_tag_rules(p).map_err(|(at, rule)| format!("{}: {rule}", k(&at)))?;
             for h in &t.api_key_sha256 {
                 let owner = key_owner.entry(h.to_ascii_lowercase()).or_insert(&t.id);
                 if let Some(other) = Some(*owner).filter(|o| *o != &t.id) {
@@ -578,6 +579,48 @@ pub fn check_access_key_id(id: &str) -> Result<(), String> {
         return Err(format!(
             "{id:?} must be 16 to 128 upper-case letters and digits (`embedgate tenant-credentials` makes one)"
         ));
+    }
+    Ok(())
+}
+
+/// A policy's session tag patterns against the tag rules it declares: a pattern with a wildcard
+/// other than a bare `*` needs its key's rule, since QuickSight may read one value as several or
+/// as every value. Returns the setting at fault and the rule it breaks.
+fn check_tag_rules(p: &PolicySettings) -> Result<(), (String, String)> {
+    for (key, patterns) in &p.session_tags {
+        if patterns.iter().any(|v| v == "*") || p.session_tag_rules.contains_key(key) {
+            continue;
+        }
+        if let Some(v) = patterns.iter().find(|v| v.contains(['*', '?'])) {
+            return Err((
+                format!("policy.session_tags.{key}"),
+                format!(
+                    "{v:?} has a wildcard, and QuickSight may read one value as several (the \
+                     datasets' TagMultiValueDelimiter) or as every value (their MatchAllValue), \
+                     which the pattern would not bound: declare the datasets' tag rule as \
+                     policy.session_tag_rules.{key} = {{ multi_value_delimiter = \"...\", \
+                     match_all_value = \"...\" }} (empty where the rule has none)"
+                ),
+            ));
+        }
+    }
+    for (key, rule) in &p.session_tag_rules {
+        let at = format!("policy.session_tag_rules.{key}");
+        if !p.session_tags.contains_key(key) {
+            return Err((at, "names a tag policy.session_tags does not allow".into()));
+        }
+        if rule.multi_value_delimiter.chars().count() > 10 {
+            return Err((
+                format!("{at}.multi_value_delimiter"),
+                "must be at most 10 characters (QuickSight's TagMultiValueDelimiter)".into(),
+            ));
+        }
+        if rule.match_all_value.chars().count() > 256 {
+            return Err((
+                format!("{at}.match_all_value"),
+                "must be at most 256 characters (a session tag value's limit)".into(),
+            ));
+        }
     }
     Ok(())
 }

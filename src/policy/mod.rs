@@ -13,7 +13,7 @@ mod walk;
 
 use wildmatch::WildMatch;
 
-use crate::config::PolicySettings;
+use crate::config::{PolicySettings, TagRule};
 use crate::model::domain::Origin;
 pub use crate::model::names::{ExperienceKind, Feature};
 use crate::model::*;
@@ -67,7 +67,7 @@ pub struct Policy {
     namespaces: Vec<String>,
     identity_types: Vec<IdentityType>,
     user_arns: Vec<WildMatch>,
-    session_tags: Vec<(String, Vec<WildMatch>)>,
+    session_tags: Vec<TagValues>,
     required_session_tags: Vec<String>,
     experiences: Vec<ExperienceKind>,
     denied_features: Vec<Feature>,
@@ -101,7 +101,7 @@ impl Policy {
             session_tags: p
                 .session_tags
                 .iter()
-                .map(|(k, vs)| (k.clone(), patterns(vs)))
+                .map(|(key, values)| TagValues::new(key, values, p.session_tag_rules.get(key)))
                 .collect(),
             required_session_tags: p.required_session_tags.clone(),
             experiences: p
@@ -201,8 +201,8 @@ impl Policy {
             Grant::Tag(tag) => self
                 .session_tags
                 .iter()
-                .find(|(k, _)| *k == tag.key)
-                .is_some_and(|(_, values)| values.iter().any(|m| m.matches(&tag.value))),
+                .find(|t| t.key == tag.key)
+                .is_some_and(|t| t.allows(&tag.value)),
             Grant::Domain(d) => Origin::parse(d)
                 .is_ok_and(|requested| self.allowed_domains.iter().any(|p| p.allows(&requested))),
             Grant::Feature(f) => !self.denied_features.contains(&f),
@@ -250,6 +250,48 @@ impl Policy {
             }
         };
         deny(at, rule)
+    }
+}
+
+/// The values one session tag may take, read as the datasets' tag rule reads them.
+#[derive(Debug)]
+struct TagValues {
+    key: String,
+    patterns: Vec<WildMatch>,
+    /// The patterns as written: a match-all value is allowed only by a bare `*` or itself.
+    written: Vec<String>,
+    /// The rule's `TagMultiValueDelimiter`, if any.
+    delimiter: Option<String>,
+    /// The rule's `MatchAllValue`, if any.
+    match_all: Option<String>,
+}
+
+impl TagValues {
+    fn new(key: &str, values: &[String], rule: Option<&TagRule>) -> Self {
+        let set = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+        TagValues {
+            key: key.to_string(),
+            patterns: patterns(values),
+            written: values.to_vec(),
+            delimiter: rule.and_then(|r| set(&r.multi_value_delimiter)),
+            match_all: rule.and_then(|r| set(&r.match_all_value)),
+        }
+    }
+
+    /// Whether a value is allowed: each value QuickSight reads in it (one per part between
+    /// delimiters) must match a pattern, and the match-all value must be allowed as written.
+    fn allows(&self, value: &str) -> bool {
+        let part = |part: &str| {
+            if self.match_all.as_deref() == Some(part) {
+                self.written.iter().any(|w| w == "*" || w == part)
+            } else {
+                self.patterns.iter().any(|m| m.matches(part))
+            }
+        };
+        match &self.delimiter {
+            Some(d) => value.split(d.as_str()).all(part),
+            None => part(value),
+        }
     }
 }
 

@@ -428,16 +428,21 @@ fn long_flags(help: &str) -> Vec<String> {
 }
 
 /// Every key of a settings tree, tables included. Members spelled as QuickSight spells them (a
-/// warm entry's request) are QuickSight's, documented by its API, and left out, as are the keys
-/// of a policy's `session_tags` (the tenant's own tag keys).
+/// warm entry's request) are QuickSight's, documented by its API, and left out, as are the tag
+/// keys of a policy's `session_tags` and `session_tag_rules` (the tenant's own).
 fn settings_in(v: &serde_json::Value, out: &mut Vec<String>) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, v) in m {
                 if !k.starts_with(|c: char| c.is_ascii_uppercase()) {
                     out.push(k.clone());
-                    if k != "session_tags" {
-                        settings_in(v, out);
+                    match (k.as_str(), v) {
+                        ("session_tags", _) => {}
+                        // Keyed by tag: the members of each rule are settings.
+                        ("session_tag_rules", serde_json::Value::Object(rules)) => {
+                            rules.values().for_each(|r| settings_in(r, out))
+                        }
+                        _ => settings_in(v, out),
                     }
                 }
             }

@@ -134,6 +134,15 @@ async fn refused(app: &TestApp, kind: &str, body: Value, status: u16, field: &st
     p
 }
 
+/// A gateway without the refiller whose tenant `alpha` has its policy changed by `change`.
+async fn with_policy(change: impl FnOnce(&mut PolicySettings)) -> TestApp {
+    spawn_app(|s| {
+        s.refill.enabled = false;
+        change(&mut s.tenants[0].policy);
+    })
+    .await
+}
+
 fn anon(arns: Value, domains: Option<Value>) -> Value {
     let mut b = json!({
         "Namespace": "default",
@@ -149,9 +158,7 @@ fn anon(arns: Value, domains: Option<Value>) -> Value {
 
 #[tokio::test]
 async fn an_omitted_namespace_is_default_and_a_user_arns_namespace_must_match() {
-    let app = spawn_app(|s| {
-        s.refill.enabled = false;
-        let p = &mut s.tenants[0].policy;
+    let app = with_policy(|p| {
         p.namespaces = vec!["acme".into()];
         p.user_arns = vec![format!("arn:aws:quicksight:*:{ACCOUNT}:user/acme/*")];
     })
@@ -257,11 +264,7 @@ async fn the_same_body_from_another_tenant_is_judged_by_its_own_policy() {
 
 #[tokio::test]
 async fn get_dashboard_embed_url_is_the_dashboard_experience() {
-    let app = spawn_app(|s| {
-        s.refill.enabled = false;
-        s.tenants[0].policy.experiences = vec!["DashboardVisual".into()];
-    })
-    .await;
+    let app = with_policy(|p| p.experiences = vec!["DashboardVisual".into()]).await;
     let p = refused(
         &app,
         "dashboard",
@@ -376,9 +379,8 @@ async fn allowed_domains_follow_awss_rules_and_the_tenants_list() {
     // A tenant whose policy lists domains: every entry must be valid by AWS's rules (400) and
     // within the list (403), and a request that names none (or cannot, as GetDashboardEmbedUrl)
     // is refused.
-    let app = spawn_app(|s| {
-        s.refill.enabled = false;
-        s.tenants[0].policy.allowed_domains = [
+    let app = with_policy(|p| {
+        p.allowed_domains = [
             "https://*.alpha.example",
             "https://www.アマゾンドメイン.jp",
             "http://localhost",
@@ -458,11 +460,7 @@ async fn allowed_domains_follow_awss_rules_and_the_tenants_list() {
 /// the tags its policy requires must not get one.
 #[tokio::test]
 async fn required_session_tags_cannot_be_escaped_through_anonymous_get_dashboard_embed_url() {
-    let app = spawn_app(|s| {
-        s.refill.enabled = false;
-        s.tenants[0].policy.required_session_tags = vec!["tenant".into()];
-    })
-    .await;
+    let app = with_policy(|p| p.required_session_tags = vec!["tenant".into()]).await;
     let p = refused(
         &app,
         "dashboard",
@@ -494,6 +492,85 @@ async fn required_session_tags_cannot_be_escaped_through_anonymous_get_dashboard
         200
     );
     app.stop().await;
+}
+
+/// QuickSight reads a session tag's value through the dataset's tag rule: split on its
+/// `TagMultiValueDelimiter` (each part a value the session may see) and, equal to its
+/// `MatchAllValue`, as every value. A pattern with a wildcard bounds the value as the gateway
+/// reads it, so `alpha-*` would vouch for `alpha-1,beta` (two values, one another tenant's) and
+/// `e*` for a match-all `everywhere`: the gateway must read values as QuickSight does.
+#[tokio::test]
+async fn a_session_tag_value_is_checked_as_the_datasets_tag_rule_reads_it() {
+    use embedgate::config::TagRule;
+    let partial = |s: &mut Settings| {
+        s.refill.enabled = false;
+        s.tenants[0].policy.session_tags = [
+            ("tenant".to_string(), vec!["alpha-*".to_string()]),
+            (
+                "region".to_string(),
+                vec!["e*".to_string(), "us".to_string()],
+            ),
+        ]
+        .into();
+    };
+    // Without the rule a partial wildcard cannot be judged: refused at start, naming the tag and
+    // the setting that declares the rule.
+    let mut s = gateway_settings("http://127.0.0.1:1");
+    partial(&mut s);
+    let err = s.validate().unwrap_err();
+    assert!(
+        err.contains("policy.session_tags.region") && err.contains("session_tag_rules"),
+        "{err}"
+    );
+
+    let app = spawn_app(|s| {
+        partial(s);
+        let rule = |delimiter: &str, all: &str| TagRule {
+            multi_value_delimiter: delimiter.into(),
+            match_all_value: all.into(),
+        };
+        s.tenants[0].policy.session_tag_rules = [
+            ("tenant".to_string(), rule(",", "")),
+            ("region".to_string(), rule("|", "everywhere")),
+        ]
+        .into();
+    })
+    .await;
+    let tagged = |tenant: &str, region: &str| {
+        let mut body = anon(json!([dashboard_arn("sales-2024")]), None);
+        body["SessionTags"] =
+            json!([{"Key": "tenant", "Value": tenant}, {"Key": "region", "Value": region}]);
+        body
+    };
+    for (tenant, region) in [
+        ("alpha-1", "eu"),
+        ("alpha-1,alpha-2", "eu|us"),
+        ("alpha-1", "east"),
+    ] {
+        let r = app
+            .embed("alpha", "anonymous-user", &tagged(tenant, region))
+            .await;
+        assert_eq!(r.status(), 200, "{tenant} {region}");
+    }
+    for (tenant, region, field) in [
+        ("alpha-1,beta", "eu", "SessionTags[0]"),
+        ("beta,alpha-1", "eu", "SessionTags[0]"),
+        ("alpha-1", "everywhere", "SessionTags[1]"),
+        ("alpha-1", "eu|everywhere", "SessionTags[1]"),
+        ("alpha-1", "eu|ap", "SessionTags[1]"),
+    ] {
+        let p = refused(&app, "anonymous-user", tagged(tenant, region), 403, field).await;
+        assert!(
+            !p.to_string().contains("beta") && !p.to_string().contains("everywhere"),
+            "tag values are sensitive: {p}"
+        );
+    }
+    app.stop().await;
+
+    // A bare `*` allows any value, several and all included: it needs no rule.
+    let mut s = gateway_settings("http://127.0.0.1:1");
+    s.tenants[0].policy.session_tags = [("region".to_string(), vec!["*".to_string()])].into();
+    s.validate().unwrap();
 }
 
 #[tokio::test]
@@ -731,11 +808,7 @@ async fn a_refusal_of_the_gateways_own_credentials_is_a_502_that_names_nothing()
 async fn quicksights_access_denied_for_the_gateways_principal_is_a_502() {
     // The simulator refuses this key for the demo account with an AccessDeniedException whose
     // message names the IAM user and access key, as AWS's do.
-    let app = spawn_app(|s| {
-        s.refill.enabled = false;
-        s.tenants[0].policy.accounts = vec![ACCOUNT.into(), "777788889999".into()];
-    })
-    .await;
+    let app = with_policy(|p| p.accounts = vec![ACCOUNT.into(), "777788889999".into()]).await;
     app.sim
         .sim
         .restrict_key(embedgate::sim::DEFAULT_ACCESS_KEY_ID, &["777788889999"]);
