@@ -17,7 +17,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
-use embedgate::config::PolicySettings;
+use embedgate::config::{PolicySettings, TagRule};
 
 const OTHER_ACCOUNT: &str = "444455556666";
 
@@ -35,7 +35,17 @@ fn policy(fenced: bool, tagged: bool) -> PolicySettings {
                 "region".to_string(),
                 vec!["eu".to_string(), "us".to_string()],
             ),
+            ("store".to_string(), vec!["s-*".to_string()]),
         ]
+        .into(),
+        // The datasets read `store` as a list split on `,`, and `ALL` as every store.
+        session_tag_rules: [(
+            "store".to_string(),
+            TagRule {
+                multi_value_delimiter: ",".into(),
+                match_all_value: "ALL".into(),
+            },
+        )]
         .into(),
         required_session_tags: if tagged {
             vec!["tenant".into()]
@@ -389,6 +399,14 @@ fn anonymous(g: &mut Gen, fenced: bool, tagged: bool) -> Value {
                 (("tenant", "oracle"), Fine, ""),
                 (("region", "eu"), Fine, ""),
                 (("region", "us"), Fine, ""),
+                (("store", "s-1"), Fine, ""),
+                (("store", "s-1,s-22"), Fine, ""),
+                (
+                    ("store", "s-1,t-9"),
+                    Deny,
+                    "a store in the list not allowed",
+                ),
+                (("store", "ALL"), Deny, "the match-all store value"),
                 (("tenant", "other"), Deny, "tag value not allowed"),
                 (("dept", "x"), Deny, "tag key not allowed"),
                 (("tenant", ""), Bad, "empty tag value"),
