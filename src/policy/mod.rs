@@ -258,35 +258,34 @@ impl Policy {
 struct TagValues {
     key: String,
     patterns: Vec<WildMatch>,
-    /// The patterns as written: a match-all value is allowed only by a bare `*` or itself.
-    written: Vec<String>,
     /// The rule's `TagMultiValueDelimiter`, if any.
     delimiter: Option<String>,
-    /// The rule's `MatchAllValue`, if any.
-    match_all: Option<String>,
+    /// The rule's `MatchAllValue`, if any, and whether a pattern allows it: a bare `*` or one
+    /// written as the value itself (a wildcard that happens to match it does not).
+    match_all: Option<(String, bool)>,
 }
 
 impl TagValues {
     fn new(key: &str, values: &[String], rule: Option<&TagRule>) -> Self {
         let set = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+        let match_all = rule.and_then(|r| set(&r.match_all_value)).map(|all| {
+            let allowed = values.iter().any(|v| v == "*" || *v == all);
+            (all, allowed)
+        });
         TagValues {
             key: key.to_string(),
             patterns: patterns(values),
-            written: values.to_vec(),
             delimiter: rule.and_then(|r| set(&r.multi_value_delimiter)),
-            match_all: rule.and_then(|r| set(&r.match_all_value)),
+            match_all,
         }
     }
 
     /// Whether a value is allowed: each value QuickSight reads in it (one per part between
     /// delimiters) must match a pattern, and the match-all value must be allowed as written.
     fn allows(&self, value: &str) -> bool {
-        let part = |part: &str| {
-            if self.match_all.as_deref() == Some(part) {
-                self.written.iter().any(|w| w == "*" || w == part)
-            } else {
-                self.patterns.iter().any(|m| m.matches(part))
-            }
+        let part = |part: &str| match &self.match_all {
+            Some((all, allowed)) if all == part => *allowed,
+            _ => self.patterns.iter().any(|m| m.matches(part)),
         };
         match &self.delimiter {
             Some(d) => value.split(d.as_str()).all(part),
