@@ -93,8 +93,9 @@ pub struct PolicySettings {
     /// `TagMultiValueDelimiter` and `MatchAllValue`). Required for a key whose patterns have a
     /// wildcard other than a bare `*`: without it such a pattern cannot bound what a value grants.
     pub session_tag_rules: BTreeMap<String, TagRule>,
-    /// Session tag keys every anonymous request must carry (row-level security); set, an
-    /// anonymous GetDashboardEmbedUrl, which carries no tags, is refused.
+    /// Session tag keys (each one of `session_tags`) every anonymous request must carry
+    /// (row-level security); set, an anonymous GetDashboardEmbedUrl, which carries no tags, is
+    /// refused.
     pub required_session_tags: Vec<String>,
     /// Experiences: `Dashboard` (also GetDashboardEmbedUrl), `DashboardVisual`,
     /// `QuickSightConsole`, `QSearchBar`, `GenerativeQnA`, `QuickChat`. Default: dashboards and

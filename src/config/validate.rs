@@ -350,7 +350,7 @@ impl Settings {
                     return Err(format!("{}: {d:?} {rule}", k("policy.allowed_domains")));
                 }
             }
-            check_tag_rules(p).map_err(|(at, rule)| format!("{}: {rule}", k(&at)))?;
+            check_session_tags(p).map_err(|(at, rule)| format!("{}: {rule}", k(&at)))?;
             for h in &t.api_key_sha256 {
                 let owner = key_owner.entry(h.to_ascii_lowercase()).or_insert(&t.id);
                 if let Some(other) = Some(*owner).filter(|o| *o != &t.id) {
@@ -583,10 +583,20 @@ pub fn check_access_key_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A policy's session tag patterns against the tag rules it declares: a pattern with a wildcard
-/// other than a bare `*` needs its key's rule, since QuickSight may read one value as several or
-/// as every value. Returns the setting at fault and the rule it breaks.
-fn check_tag_rules(p: &PolicySettings) -> Result<(), (String, String)> {
+/// A policy's session tag settings: a required tag must be one the policy allows, and a pattern
+/// with a wildcard other than a bare `*` needs its key's rule, since QuickSight may read one value
+/// as several or as every value. Returns the setting at fault and the rule it breaks.
+fn check_session_tags(p: &PolicySettings) -> Result<(), (String, String)> {
+    if let Some(key) = p
+        .required_session_tags
+        .iter()
+        .find(|k| !p.session_tags.contains_key(*k))
+    {
+        return Err((
+            "policy.required_session_tags".into(),
+            format!("{key:?} is not a key of policy.session_tags, so no request could carry it"),
+        ));
+    }
     for (key, patterns) in &p.session_tags {
         if patterns.iter().any(|v| v == "*") || p.session_tag_rules.contains_key(key) {
             continue;
@@ -646,6 +656,57 @@ mod tests {
         let mut s = with_tenant();
         change(&mut s);
         s.validate().unwrap_err()
+    }
+
+    /// Session tag settings that no request could meet, or that cannot bound what a value
+    /// grants, are refused at start naming the setting (before, a required tag the policy did
+    /// not allow made every anonymous request a 403).
+    #[test]
+    fn session_tag_settings_no_request_could_meet_are_refused_naming_the_key() {
+        use crate::config::TagRule;
+        let tags = |s: &mut Settings| {
+            let p = &mut s.tenants[0].policy;
+            p.session_tags = [("tenant".to_string(), vec!["a-*".to_string()])].into();
+            p.session_tag_rules = [("tenant".to_string(), TagRule::default())].into();
+            p.required_session_tags = vec!["tenant".into()];
+        };
+        let mut s = with_tenant();
+        tags(&mut s);
+        assert_eq!(s.validate(), Ok(()));
+        type Change = fn(&mut PolicySettings);
+        let cases: &[(Change, &str)] = &[
+            (
+                |p| p.required_session_tags = vec!["tenant".into(), "tenent".into()],
+                "tenants[0].policy.required_session_tags: \"tenent\"",
+            ),
+            (
+                |p| p.session_tag_rules.clear(),
+                "tenants[0].policy.session_tags.tenant: \"a-*\" has a wildcard",
+            ),
+            (
+                |p| {
+                    p.session_tag_rules
+                        .insert("region".into(), TagRule::default());
+                },
+                "tenants[0].policy.session_tag_rules.region: ",
+            ),
+            (
+                |p| {
+                    p.session_tag_rules
+                        .get_mut("tenant")
+                        .unwrap()
+                        .multi_value_delimiter = "-".repeat(11)
+                },
+                "tenants[0].policy.session_tag_rules.tenant.multi_value_delimiter: ",
+            ),
+        ];
+        for (change, starts) in cases {
+            let e = refusal(|s| {
+                tags(s);
+                change(&mut s.tenants[0].policy);
+            });
+            assert!(e.starts_with(starts), "{e}");
+        }
     }
 
     #[test]
