@@ -206,16 +206,15 @@ if remember > 0 then
 end
 local stale = purge(KEYS[1], KEYS[2], ARGV[1])
 local got = redis.call('ZPOPMIN', KEYS[1])
+local issued, member = '0', ''
 if #got > 0 then
   redis.call('ZREM', KEYS[2], counted(got[1]))
-  local issued = string.format('%.0f', tonumber(got[2]))
-  if remember > 0 then
-    redis.call('SET', KEYS[3], stale .. ',' .. issued .. ':' .. got[1], 'PX', remember)
-  end
-  return {stale, got[1], tonumber(issued)}
+  issued, member = string.format('%.0f', tonumber(got[2])), got[1]
 end
-if remember > 0 and stale ~= '' then redis.call('SET', KEYS[3], stale .. ',0:', 'PX', remember) end
-return {stale, '', 0}
+if remember > 0 and (member ~= '' or stale ~= '') then
+  redis.call('SET', KEYS[3], stale .. ',' .. issued .. ':' .. member, 'PX', remember)
+end
+return {stale, member, tonumber(issued)}
 ";
 
 /// The hit path's one round trip: counts the request against the tenant's inbound GCRA (as
