@@ -6,12 +6,16 @@
 //!
 //! # The degraded-mode rule, once
 //! A `Fleet` implementation uses Redis while the fleet is healthy (Redis answers in time and
-//! this replica's clock agrees with it) and this replica's own state otherwise. Three
+//! this replica's clock agrees with it) and this replica's own state otherwise. Four
 //! consequences, each written here and nowhere else:
 //! - URLs fetched while degraded stay in this replica's pool, which `take` drains first, so
 //!   nothing pooled locally is ever shared (or handed out twice).
 //! - A URL whose shared put has an unknown outcome (timeout, broken connection) is dropped and
 //!   counted as waste: it may be in Redis already, and keeping a copy could hand it out twice.
+//! - A URL that a shared take or hit popped for nobody (the call timed out, or its request was
+//!   dropped with its client, and Redis ran it anyway) is this replica's alone: it lands in this
+//!   replica's pool for its key ([`PoolStore::land_orphans_in`]), as on a single node the URL of
+//!   a request whose client left goes to the next request for its key.
 //! - A limit check Redis cannot answer falls back to this replica's own limiter, at its part of
 //!   the fleet-wide limit: `1/N` of each tenant's limit and of each upstream budget, `N` the
 //!   live replicas it last saw (see [`Limits::part`]), so that replicas cut off from Redis
@@ -126,6 +130,19 @@ impl PoolStore {
             .inbound_take(tenant, key, now_ms, min_remaining_ms)
             .await
             .ok()
+    }
+
+    /// Has a URL that a shared take or hit popped for nobody land in `local`, dated by the
+    /// margin a shared URL is handed out with (see `cluster::orphans`). Nothing to do on a
+    /// single node, whose takes cannot be left halfway.
+    pub fn land_orphans_in(&self, local: &Arc<Pool>) {
+        if let PoolStore::Fleet(fleet) = self {
+            let local = local.clone();
+            fleet.land_orphans_in(Box::new(move |tenant, key, url| {
+                // The local pool counts what it cannot keep itself.
+                let _ = local.put(key, tenant, url);
+            }));
+        }
     }
 
     /// Pools a URL nobody waits for: in the shared pool while it is usable, in this replica's

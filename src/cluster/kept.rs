@@ -6,11 +6,11 @@
 //! re-send window (`Fleet::remember_ms`), so the replica reads it there instead: every call
 //! given up on waits here, and one task reads all their keys (an `MGET` per [`KEYS_PER_READ`])
 //! every half of the time an answer is kept, so that one read falls within it however late the
-//! call runs. An answer found is counted (the URL it popped as `cancelled` waste, the stale
-//! URLs it purged as `expired`) and forgotten; a call whose answer is not found within
-//! [`ABANDONED_WAIT`] is forgotten uncounted. What waits is bounded ([`MAX_WAITING`]), and the
-//! reads cost a command per interval and thousand calls given up on, also while the replica is
-//! degraded.
+//! call runs. An answer found is landed (the URL it popped in this replica's own pool for its
+//! key, see `orphans`; the stale URLs it purged counted as `expired`) and forgotten; a call
+//! whose answer is not found within [`ABANDONED_WAIT`] is forgotten uncounted. What waits is
+//! bounded ([`MAX_WAITING`]), and the reads cost a command per interval and thousand calls given
+//! up on, also while the replica is degraded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +19,8 @@ use parking_lot::Mutex;
 use redis::cluster_async::ClusterConnection;
 use tokio::time::Instant;
 
-use super::pool::count_kept;
+use super::orphans::{Orphans, Whose};
 use super::ABANDONED_WAIT;
-use crate::metrics::Metrics;
 
 /// Calls given up on waiting for their answer at once; a call beyond it is not looked for.
 const MAX_WAITING: usize = 10_000;
@@ -33,7 +32,7 @@ const KEYS_PER_READ: usize = 1_000;
 pub(super) struct KeptAnswers {
     /// How often the answers are read: half the time Redis keeps one.
     every: Duration,
-    metrics: Arc<Metrics>,
+    orphans: Arc<Orphans>,
     /// The replica's latest Cluster connection.
     conn: Mutex<Option<ClusterConnection>>,
     waiting: Mutex<Waiting>,
@@ -47,17 +46,19 @@ struct Waiting {
     reading: bool,
 }
 
-/// A call given up on: where its answer is kept, and until when it is looked for.
+/// A call given up on: where its answer is kept, until when it is looked for, and whose URL it
+/// takes.
 struct Call {
     key: Vec<u8>,
     until: Instant,
+    whose: Option<Whose>,
 }
 
 impl KeptAnswers {
-    pub(super) fn new(every: Duration, metrics: Arc<Metrics>) -> Arc<KeptAnswers> {
+    pub(super) fn new(every: Duration, orphans: Arc<Orphans>) -> Arc<KeptAnswers> {
         Arc::new(KeptAnswers {
             every,
-            metrics,
+            orphans,
             conn: Mutex::new(None),
             waiting: Mutex::default(),
         })
@@ -68,8 +69,9 @@ impl KeptAnswers {
         *self.conn.lock() = Some(conn);
     }
 
-    /// Looks for the answer of a call given up on, kept under `key`. Called within the runtime.
-    pub(super) fn look_for(self: &Arc<Self>, key: Vec<u8>) {
+    /// Looks for the answer of a call given up on, kept under `key`, that takes `whose` URL.
+    /// Called within the runtime.
+    pub(super) fn look_for(self: &Arc<Self>, key: Vec<u8>, whose: Option<Whose>) {
         let mut waiting = self.waiting.lock();
         if waiting.calls.len() >= MAX_WAITING {
             return;
@@ -77,6 +79,7 @@ impl KeptAnswers {
         waiting.calls.push(Call {
             key,
             until: Instant::now() + ABANDONED_WAIT,
+            whose,
         });
         if !waiting.reading {
             waiting.reading = true;
@@ -121,7 +124,7 @@ impl KeptAnswers {
         waiting.calls.iter().map(|c| c.key.clone()).collect()
     }
 
-    /// Counts and forgets the calls whose answers were read: `answers[i]` is the answer of the
+    /// Lands and forgets the calls whose answers were read: `answers[i]` is the answer of the
     /// call waiting `i`th when they were read (only this task removes calls, and new ones are
     /// appended, so the places are still theirs).
     fn found(&self, answers: &[Option<String>]) {
@@ -129,9 +132,9 @@ impl KeptAnswers {
         self.waiting
             .lock()
             .calls
-            .retain(|_| match answers.next().and_then(Option::as_deref) {
+            .retain(|call| match answers.next().and_then(Option::as_deref) {
                 Some(answer) => {
-                    count_kept(&self.metrics, answer);
+                    self.orphans.kept(call.whose.as_ref(), answer);
                     false
                 }
                 None => true,
@@ -142,17 +145,30 @@ impl KeptAnswers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::{Fetch, Waste};
+    use crate::metrics::{Fetch, Metrics};
+    use crate::pool::PoolKey;
 
-    /// An answer read is counted once and its call forgotten; the calls whose answers were not
-    /// there yet, and a call appended while the answers were read, go on waiting.
+    /// An answer read is landed once, for its call's key, and its call forgotten; the calls
+    /// whose answers were not there yet, and a call appended while the answers were read, go on
+    /// waiting.
     #[test]
-    fn an_answer_read_is_counted_once_and_the_others_wait_on() {
-        let kept = KeptAnswers::new(Duration::from_millis(500), Arc::new(Metrics::new()));
+    fn an_answer_read_is_landed_once_and_the_others_wait_on() {
+        let orphans = Orphans::new(Arc::new(Metrics::new()), 0);
+        let landed = Arc::new(Mutex::new(Vec::new()));
+        let into = landed.clone();
+        orphans.land_in(Box::new(move |tenant, key: &PoolKey, url| {
+            into.lock()
+                .push((tenant, key.as_str().to_string(), url.url));
+        }));
+        let kept = KeptAnswers::new(Duration::from_millis(500), orphans);
         let member = format!("{}{}https://u", "0".repeat(16), Fetch::Hint.code());
         let wait = |key: &str| Call {
             key: key.into(),
             until: Instant::now() + ABANDONED_WAIT,
+            whose: Some(Whose {
+                tenant: 1,
+                key: PoolKey(format!("pool-{key}").into()),
+            }),
         };
         kept.waiting
             .lock()
@@ -167,11 +183,9 @@ mod tests {
         let left = kept.waiting_keys();
         let left: Vec<&[u8]> = left.iter().map(Vec::as_slice).collect();
         assert_eq!(left, [&b"a"[..], b"c", b"d"]);
-        let counted = kept
-            .metrics
-            .wasted
-            .with_label_values(&[Waste::Cancelled.as_str(), Fetch::Hint.as_str()])
-            .get();
-        assert_eq!(counted, 1);
+        assert_eq!(
+            *landed.lock(),
+            [(1, "pool-b".to_string(), "https://u".to_string())]
+        );
     }
 }

@@ -10,9 +10,10 @@
 //!   member. A put whose outcome is unknown (timeout, broken connection) is *dropped* and counted
 //!   as waste (`unconfirmed`), never kept locally: it may be in Redis already. A take or hit
 //!   whose caller stops waiting (a timeout, a request dropped with its client) is never sent
-//!   again; its reply is still read, and what it popped counted as waste (`cancelled`). A Redis
-//!   Cluster's client gives the reply up at the timeout; there the answer Redis keeps under the
-//!   call's id (for the client's own re-send) is read instead, once the call has run.
+//!   again; its reply is still read, and the URL it popped, which only this replica has, lands
+//!   in this replica's own pool for its key (`orphans`). A Redis Cluster's client gives the
+//!   reply up at the timeout; there the answer Redis keeps under the call's id (for the
+//!   client's own re-send) is read instead, once the call has run.
 //! - **Exactly once when Redis comes back older.** A restart from a snapshot, a failover to a
 //!   replica that lagged, or a restored backup brings back URLs that were popped (and handed out)
 //!   after the data set was copied. Persistence settings cannot rule that out, so every pooled
@@ -57,14 +58,16 @@
 //! Files: [`keys`] (the key layout), [`scripts`] (the Lua), [`pool`] (take, put, sync, claim),
 //! [`limits`] (inbound limit, upstream budget), [`health`] (heartbeat, clock offset, rejoin),
 //! [`connections`] (a standalone Redis's shared and per-thread connections), [`sentinel`] (which
-//! server a Sentinel set-up's primary is); this one holds the connections and the degraded
-//! state.
+//! server a Sentinel set-up's primary is), [`kept`] (the answers a Redis Cluster keeps for calls
+//! given up on), [`orphans`] (where a URL popped for nobody lands); this one holds the
+//! connections and the degraded state.
 
 mod connections;
 mod health;
 mod kept;
 mod keys;
 mod limits;
+mod orphans;
 mod pool;
 mod scripts;
 mod sentinel;
@@ -85,6 +88,8 @@ use crate::config::RedisSettings;
 use crate::metrics::{Metrics, REDIS_OPERATIONS};
 use connections::Connections;
 use kept::KeptAnswers;
+pub use orphans::Land;
+use orphans::{Orphans, Whose};
 use pool::Pops;
 use scripts::{Fenced, Scripts};
 
@@ -133,11 +138,21 @@ pub(super) enum Request<'a> {
     Command(Cmd),
     /// A pool script that pops URLs (take, hit). When its caller stops waiting for the reply
     /// (the command timed out, or the request was dropped because its client went away), the
-    /// wait goes on in a task of its own, which counts what the reply removed from the pool as
-    /// waste: a popped URL nobody was handed is not lost uncounted. Where Redis keeps the call's
-    /// answer (a Redis Cluster's, whose client gives a reply up at the timeout: `kept`), the
-    /// answer of a call whose reply never comes is looked for there instead.
-    Pop(Cmd, Pops, &'a Arc<Metrics>, Option<Kept>),
+    /// wait goes on in a task of its own, which lands the URL the reply popped in this
+    /// replica's own pool and counts the stale URLs it purged (`orphans`): a popped URL nobody
+    /// was handed is not lost. Where Redis keeps the call's answer (a Redis Cluster's, whose
+    /// client gives a reply up at the timeout: `kept`), the answer of a call whose reply never
+    /// comes is looked for there instead.
+    Pop(Cmd, Popping<'a>),
+}
+
+/// What becomes of a popping call's reply when nobody waits for it (see [`Request::Pop`]).
+pub(super) struct Popping<'a> {
+    pops: Pops,
+    /// The key its URLs are taken for (set by `Call::popping_for`).
+    whose: Option<Whose>,
+    orphans: &'a Arc<Orphans>,
+    kept: Option<Kept>,
 }
 
 /// Where Redis keeps a take's or hit's answer for a re-send of the call (a Redis Cluster's; see
@@ -150,9 +165,9 @@ pub(super) struct Kept {
 impl Kept {
     /// Has the answer looked for if the call failed only for want of a reply (a timeout, a
     /// broken connection), not because Redis refused it.
-    fn after(self, e: &redis::RedisError) {
+    fn after(self, e: &redis::RedisError, whose: Option<Whose>) {
         if e.code().is_none() {
-            self.answers.look_for(self.key);
+            self.answers.look_for(self.key, whose);
         }
     }
 }
@@ -163,6 +178,7 @@ impl Kept {
 pub(super) struct Call {
     keys: Vec<Vec<u8>>,
     args: Vec<Vec<u8>>,
+    whose: Option<Whose>,
 }
 
 impl Call {
@@ -176,13 +192,27 @@ impl Call {
         self
     }
 
-    /// The call as the library's function (`FCALL`) or as the script (`EVALSHA`). `kept`: who
-    /// looks for a popping call's answer where Redis keeps it (a Redis Cluster).
+    /// A take or hit for `tenant`'s `key`: where a URL it pops for nobody lands (`orphans`).
+    pub(super) fn popping_for(
+        &mut self,
+        tenant: crate::tenant::TenantId,
+        key: &crate::pool::PoolKey,
+    ) -> &mut Call {
+        self.whose = Some(Whose {
+            tenant,
+            key: key.clone(),
+        });
+        self
+    }
+
+    /// The call as the library's function (`FCALL`) or as the script (`EVALSHA`). `orphans`:
+    /// where a URL it pops for nobody lands; `kept`: who looks for a popping call's answer where
+    /// Redis keeps it (a Redis Cluster).
     fn request<'a>(
         &self,
         fenced: &Fenced,
         functions: Functions,
-        metrics: &'a Arc<Metrics>,
+        orphans: &'a Arc<Orphans>,
         kept: Option<&'a Arc<KeptAnswers>>,
     ) -> Request<'a> {
         let mut cmd = if functions == Functions::Loaded {
@@ -205,7 +235,15 @@ impl Call {
                     let answers = answers.clone();
                     Some(Kept { key, answers })
                 });
-                Request::Pop(cmd, pops, metrics, kept)
+                Request::Pop(
+                    cmd,
+                    Popping {
+                        pops,
+                        whose: self.whose.clone(),
+                        orphans,
+                        kept,
+                    },
+                )
             }
             None => Request::Command(cmd),
         }
@@ -276,6 +314,8 @@ pub struct Fleet {
     cluster: RwLock<Option<(ClusterConnection, std::time::Instant)>>,
     /// On a Redis Cluster: the takes and hits given up on, whose answers are looked for.
     kept: Option<Arc<KeptAnswers>>,
+    /// Where the URLs that takes and hits popped for nobody land.
+    orphans: Arc<Orphans>,
     /// Redis failed or timed out; the heartbeat clears it.
     degraded: AtomicBool,
     /// This replica's clock is off Redis's by more than the bound, or has stepped by more than
@@ -372,6 +412,7 @@ impl Fleet {
             sentinels: None,
             cluster: RwLock::new(None),
             kept: None,
+            orphans: Orphans::new(metrics.clone(), 2 * settings.max_clock_offset_ms),
             degraded: AtomicBool::new(false),
             clock_off: AtomicBool::new(false),
             clock,
@@ -427,7 +468,7 @@ impl Fleet {
         }
         fleet.kept = fleet
             .kept_every()
-            .map(|every| KeptAnswers::new(every, fleet.metrics.clone()));
+            .map(|every| KeptAnswers::new(every, fleet.orphans.clone()));
         let fleet = Arc::new(fleet);
         if fleet.single.is_none() {
             // Validate the seed URLs now, so a typo fails start-up rather than degrading.
@@ -542,6 +583,12 @@ impl Fleet {
         min_remaining_ms + 2 * self.settings.max_clock_offset_ms
     }
 
+    /// Where a URL that a take or hit popped for nobody lands from now on: this replica's own
+    /// pool (see `orphans`). Until it is given, such a URL is counted as waste.
+    pub fn land_orphans_in(&self, land: Land) {
+        self.orphans.land_in(land);
+    }
+
     /// Live replicas at the last heartbeat (this one included).
     pub fn replicas(&self) -> usize {
         self.live_replicas.load(Ordering::Relaxed)
@@ -579,7 +626,7 @@ impl Fleet {
         let result = loop {
             let reloads = self.reloads.load(Ordering::Acquire);
             let functions = self.functions();
-            let request = call.request(fenced, functions, &self.metrics, self.kept.as_ref());
+            let request = call.request(fenced, functions, &self.orphans, self.kept.as_ref());
             let result = self.send_raw(Route::ThisThread, op, request).await;
             sends += 1;
             let why = match &result {
@@ -779,14 +826,12 @@ async fn invoke<T: FromRedisValue, C: ConnectionLike + Send + 'static>(
         match request {
             Request::Script(invocation) => invocation.invoke_async(&mut conn).await,
             Request::Command(cmd) => cmd.query_async(&mut conn).await,
-            Request::Pop(cmd, pops, metrics, kept) => {
+            Request::Pop(cmd, popping) => {
                 let reply: Reply =
                     Box::pin(async move { cmd.query_async::<redis::Value>(&mut conn).await });
                 let reply = Watched {
                     reply: Some(reply),
-                    pops,
-                    metrics,
-                    kept,
+                    popping,
                 }
                 .await?;
                 T::from_redis_value(reply).map_err(redis::RedisError::from)
@@ -800,21 +845,18 @@ async fn invoke<T: FromRedisValue, C: ConnectionLike + Send + 'static>(
     }
 }
 
-/// How long a reply nobody waits for any more is still awaited, to count what it popped.
+/// How long a reply nobody waits for any more is still awaited, to land what it popped.
 const ABANDONED_WAIT: Duration = Duration::from_secs(60);
 
 type Reply = std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<redis::Value>> + Send>>;
 
 /// The reply of a call that pops URLs (see [`Request::Pop`]). Dropped before the reply came, it
-/// leaves the wait to a task of its own, which counts what the reply removed from the pool as
-/// waste if it comes within [`ABANDONED_WAIT`]. A reply the connection gave up on (a Redis
-/// Cluster's, at its timeout) is looked for where Redis keeps the call's answer, when it does
-/// (`kept`).
+/// leaves the wait to a task of its own, which lands what the reply popped (`orphans`) if it
+/// comes within [`ABANDONED_WAIT`]. A reply the connection gave up on (a Redis Cluster's, at
+/// its timeout) is looked for where Redis keeps the call's answer, when it does (`kept`).
 struct Watched<'a> {
     reply: Option<Reply>,
-    pops: Pops,
-    metrics: &'a Arc<Metrics>,
-    kept: Option<Kept>,
+    popping: Popping<'a>,
 }
 
 impl Future for Watched<'_> {
@@ -827,8 +869,8 @@ impl Future for Watched<'_> {
         let reply = self.reply.as_mut().expect("polled after it was answered");
         let answered = std::task::ready!(reply.as_mut().poll(cx));
         self.reply = None;
-        if let (Err(e), Some(kept)) = (&answered, self.kept.take()) {
-            kept.after(e);
+        if let (Err(e), Some(kept)) = (&answered, self.popping.kept.take()) {
+            kept.after(e, self.popping.whose.take());
         }
         std::task::Poll::Ready(answered)
     }
@@ -842,13 +884,18 @@ impl Drop for Watched<'_> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let pops = self.pops;
-        let metrics = self.metrics.clone();
-        let kept = self.kept.take();
+        let pops = self.popping.pops;
+        let whose = self.popping.whose.take();
+        let orphans = self.popping.orphans.clone();
+        let kept = self.popping.kept.take();
         runtime.spawn(async move {
             match tokio::time::timeout(ABANDONED_WAIT, reply).await {
-                Ok(Ok(reply)) => pops.count_abandoned(&metrics, reply),
-                Ok(Err(e)) => kept.into_iter().for_each(|k| k.after(&e)),
+                Ok(Ok(reply)) => orphans.abandoned(pops, whose.as_ref(), reply),
+                Ok(Err(e)) => {
+                    if let Some(kept) = kept {
+                        kept.after(&e, whose);
+                    }
+                }
                 Err(_) => {}
             }
         });

@@ -88,9 +88,10 @@ impl Fleet {
     /// (plus the clock margin) left; stale ones met on the way are purged and counted as waste.
     ///
     /// # Errors
-    /// Redis is not usable. A URL popped by a command given up on is never handed out: it is
-    /// counted as waste when the reply comes, or from the answer a Redis Cluster keeps for the
-    /// call (see `Request::Pop`); lost uncounted if neither is read.
+    /// Redis is not usable. A URL popped by a command given up on is never handed out by this
+    /// call: it lands in this replica's own pool when the reply comes, or from the answer a
+    /// Redis Cluster keeps for the call (see `Request::Pop` and `orphans`); lost uncounted if
+    /// neither is read.
     pub async fn take(
         &self,
         tenant: &Tenant,
@@ -123,6 +124,7 @@ impl Fleet {
                 call.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
                     .key(self.call_key(tenant, id))
+                    .popping_for(tenant.index, key)
                     .arg(cutoff)
                     .arg(self.remember_ms());
             })
@@ -177,6 +179,7 @@ impl Fleet {
                 call.key(self.pool_key(tenant, epoch, key))
                     .key(self.count_key(tenant, epoch))
                     .key(self.call_key(tenant, id))
+                    .popping_for(tenant.index, key)
                     .key(self.limit_key(tenant))
                     .arg(cutoff)
                     .arg(self.remember_ms())
@@ -385,7 +388,7 @@ impl Fleet {
 
 /// Counts the stale URLs a pool script purged: `stale` holds the reason each was fetched for,
 /// one character each.
-fn count_stale(metrics: &Metrics, stale: &str) {
+pub(super) fn count_stale(metrics: &Metrics, stale: &str) {
     // Members carry a reason only this release writes (`scripts::POOL_LIB`).
     let tally: Tally = stale
         .chars()
@@ -394,12 +397,13 @@ fn count_stale(metrics: &Metrics, stale: &str) {
     metrics.wasted_tally(Waste::Expired, &tally);
 }
 
-/// Where the result of a pool script that pops URLs holds the stale URLs it purged and the URL
-/// it popped.
+/// Where the result of a pool script that pops URLs holds the stale URLs it purged, the URL it
+/// popped and when that URL's request was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Pops {
-    stale: usize,
-    member: usize,
+    pub(super) stale: usize,
+    pub(super) member: usize,
+    pub(super) issued: usize,
 }
 
 impl Pops {
@@ -407,61 +411,23 @@ impl Pops {
     pub(super) const TAKE: Pops = Pops {
         stale: 0,
         member: 1,
+        issued: 2,
     };
     /// `scripts::HIT`: `{allowed, remaining, stale, member, issued_ms}`.
     pub(super) const HIT: Pops = Pops {
         stale: 2,
         member: 3,
+        issued: 4,
     };
 
     /// The index of the call's id among a fenced call's keys (the fence, the serial, then the
     /// script's: pool, count, call id), where a Redis Cluster keeps its answer.
     pub(super) const CALL_KEY: usize = 4;
-
-    /// Counts what a pool script's `reply` removed from the pool when nobody waited for it any
-    /// more (its request was dropped, or the command timed out): the stale URLs as expired, the
-    /// URL it popped as `cancelled` (nobody was handed it). A reply that names a new epoch ran
-    /// nothing.
-    pub(super) fn count_abandoned(self, metrics: &Metrics, reply: redis::Value) {
-        let Ok(Ok([_, result, _])) =
-            Vec::<redis::Value>::from_redis_value(reply).map(<[redis::Value; 3]>::try_from)
-        else {
-            return;
-        };
-        let Ok(result) = Vec::<redis::Value>::from_redis_value(result) else {
-            return;
-        };
-        let text = |i: usize| String::from_redis_value_ref(result.get(i)?).ok();
-        let (stale, member) = (text(self.stale), text(self.member));
-        count_stale(metrics, stale.as_deref().unwrap_or_default());
-        count_popped(metrics, member.as_deref().unwrap_or_default());
-    }
-}
-
-/// Counts what a take or hit nobody waited for removed from the pool, from the answer Redis
-/// kept for it (`scripts::TAKE`'s `stale,issued:member`, `scripts::HIT`'s
-/// `allowed,remaining,stale,issued:member`): the stale URLs as expired, the URL it popped as
-/// `cancelled`.
-pub(super) fn count_kept(metrics: &Metrics, answer: &str) {
-    if let Some((head, member)) = answer.split_once(':') {
-        count_stale(metrics, head.rsplit(',').nth(1).unwrap_or_default());
-        count_popped(metrics, member);
-    }
-}
-
-/// Counts a URL popped for nobody as `cancelled` waste; an empty member: the call popped
-/// nothing.
-fn count_popped(metrics: &Metrics, member: &str) {
-    if member.len() > DIGEST_LEN {
-        // Members carry a reason only this release writes (`scripts::POOL_LIB`).
-        let reason = fetched_for(member).unwrap_or(Fetch::Prefetch);
-        metrics.wasted(Waste::Cancelled, reason, 1);
-    }
 }
 
 /// The reason a pooled member's URL was fetched for: the character after its digest. `None`
 /// for a member this release did not write.
-fn fetched_for(member: &str) -> Option<Fetch> {
+pub(super) fn fetched_for(member: &str) -> Option<Fetch> {
     member
         .get(DIGEST_LEN..)
         .and_then(|rest| rest.chars().next())
@@ -470,7 +436,7 @@ fn fetched_for(member: &str) -> Option<Fetch> {
 
 /// The length of the digest that starts every pooled member (`scripts::POOL_LIB`); the
 /// character after it names the reason the URL was fetched for.
-const DIGEST_LEN: usize = 16;
+pub(super) const DIGEST_LEN: usize = 16;
 
 /// 16 random hex digits: the id of one take or hit (the key its answer is remembered under),
 /// or a fresh epoch. Built on every hit, so without `format!`.
@@ -527,87 +493,6 @@ impl Known {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A reply nobody waited for any more: the URL a take or hit popped is counted as
-    /// `cancelled` under the reason it was fetched for, the stale URLs it purged as expired; a
-    /// refused hit, an empty key and a reply naming a new epoch count nothing.
-    #[test]
-    fn a_reply_nobody_waited_for_counts_what_it_removed() {
-        use redis::Value;
-        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let member = |f: Fetch| text(&format!("{}{}https://u", "0".repeat(DIGEST_LEN), f.code()));
-        let fenced =
-            |result: Vec<Value>| Value::Array(vec![text(""), Value::Array(result), Value::Int(9)]);
-        let m = Metrics::new();
-        let wasted = |why: Waste, f: Fetch| {
-            m.wasted
-                .with_label_values(&[why.as_str(), f.as_str()])
-                .get()
-        };
-
-        let hit = vec![
-            Value::Int(1),
-            Value::Int(3),
-            text("pw"),
-            member(Fetch::Follower),
-            Value::Int(5),
-        ];
-        Pops::HIT.count_abandoned(&m, fenced(hit));
-        let take = vec![text(""), member(Fetch::Hint), Value::Int(5)];
-        Pops::TAKE.count_abandoned(&m, fenced(take));
-        assert_eq!(wasted(Waste::Cancelled, Fetch::Follower), 1);
-        assert_eq!(wasted(Waste::Cancelled, Fetch::Hint), 1);
-        assert_eq!(wasted(Waste::Expired, Fetch::Prefetch), 1);
-        assert_eq!(wasted(Waste::Expired, Fetch::Warm), 1);
-
-        let refused = vec![
-            Value::Int(0),
-            Value::Int(250),
-            text(""),
-            text(""),
-            Value::Int(0),
-        ];
-        Pops::HIT.count_abandoned(&m, fenced(refused));
-        let empty = vec![text(""), text(""), Value::Int(0)];
-        Pops::TAKE.count_abandoned(&m, fenced(empty));
-        Pops::TAKE.count_abandoned(&m, Value::Array(vec![text("run:epoch")]));
-        let counted: u64 = Waste::ALL
-            .into_iter()
-            .flat_map(|w| Fetch::ALL.map(|f| wasted(w, f)))
-            .sum();
-        assert_eq!(counted, 4, "nothing more counted");
-    }
-
-    /// The answer a Redis Cluster keeps for a call given up on, as `scripts::TAKE` and
-    /// `scripts::HIT` write it: the URL the call popped is counted as `cancelled` under its
-    /// reason (the URL's own colons notwithstanding), the stale URLs it purged as expired under
-    /// theirs; a refused hit and an empty key count nothing.
-    #[test]
-    fn a_kept_answer_counts_what_its_call_removed() {
-        let m = Metrics::new();
-        let member = |f: Fetch| format!("{}{}https://u:443/x", "0".repeat(DIGEST_LEN), f.code());
-        count_kept(&m, &format!(",1700000000000:{}", member(Fetch::Hint)));
-        count_kept(&m, &format!("1,4,pw,1700000000000:{}", member(Fetch::Miss)));
-        count_kept(&m, "0,250,,0:");
-        count_kept(&m, "1,4,,0:");
-        // A take that found only stale URLs.
-        count_kept(&m, "h,0:");
-        let wasted = |why: Waste, f: Fetch| {
-            m.wasted
-                .with_label_values(&[why.as_str(), f.as_str()])
-                .get()
-        };
-        assert_eq!(wasted(Waste::Cancelled, Fetch::Hint), 1);
-        assert_eq!(wasted(Waste::Cancelled, Fetch::Miss), 1);
-        assert_eq!(wasted(Waste::Expired, Fetch::Prefetch), 1);
-        assert_eq!(wasted(Waste::Expired, Fetch::Warm), 1);
-        assert_eq!(wasted(Waste::Expired, Fetch::Hint), 1);
-        let counted: u64 = Waste::ALL
-            .into_iter()
-            .flat_map(|w| Fetch::ALL.map(|f| wasted(w, f)))
-            .sum();
-        assert_eq!(counted, 5, "nothing more counted");
-    }
 
     #[test]
     fn a_late_answer_from_an_epoch_left_does_not_raise_the_current_one() {

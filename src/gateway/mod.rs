@@ -143,7 +143,7 @@ pub struct Gateway {
     tenants: Tenants,
     /// Tenants' SigV4 access keys (the compatible listener).
     access_keys: AccessKeys,
-    pool: Pool,
+    pool: Arc<Pool>,
     inbound: InboundLimiter,
     budgets: Budgets,
     upstreams: Upstreams,
@@ -205,12 +205,19 @@ impl Gateway {
                 }
             }
         }
+        let pool = Arc::new(Pool::new(
+            &settings.pool,
+            caps,
+            clock.clone(),
+            metrics.clone(),
+        ));
+        sharing.store.land_orphans_in(&pool);
         Gateway {
             health: Arc::default(),
             recent: recent::Recent::new(),
             throttled_lines: Bursts::new(tenants.all().len() + 1, THROTTLED_REPORT_MS),
             views_unsent: parking_lot::Mutex::default(),
-            pool: Pool::new(&settings.pool, caps, clock.clone(), metrics.clone()),
+            pool,
             inbound: InboundLimiter::new(
                 &tenants,
                 (

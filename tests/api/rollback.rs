@@ -748,36 +748,52 @@ async fn a_url_whose_put_went_unanswered_is_never_kept_locally() {
 
 const CANCELLED: &str = "reason=\"cancelled\"";
 
-/// The URLs the shared pool held (`before`) that are neither pooled now nor among `handed`
-/// were popped for nobody: the replicas count each as waste (`cancelled`), none uncounted.
-async fn assert_popped_for_nobody_counted(
-    fleet: &TestFleet,
+/// The URLs the shared pool held (`before`) that are neither pooled now nor among `handed` were
+/// popped for nobody: each lands in the replica's own pool for its key, and the next requests
+/// for the keys are handed them (none counted as waste, none lost). Returns those requests'
+/// outcomes, for the exactly-once check.
+async fn assert_popped_for_nobody_handed_out_next(
+    fleet: &Arc<TestFleet>,
     redis: &RedisServer,
     before: &HashSet<String>,
     handed: &[Outcome],
     cancelled_before: f64,
-) {
+) -> Vec<Outcome> {
     let handed = urls(handed);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    let popped = || {
         let now = pooled_urls(redis);
-        let lost = before
+        before
             .iter()
             .filter(|u| !now.contains(*u) && !handed.contains(*u))
-            .count();
-        let counted = fleet
-            .metric_total("embedgate_urls_wasted_total", CANCELLED)
-            .await
-            - cancelled_before;
-        if lost > 0 && lost as f64 == counted {
-            return;
+            .collect::<HashSet<_>>()
+    };
+    // The calls given up on run together as the pause ends.
+    until("calls popped URLs for nobody", || !popped().is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.all_ready(Duration::from_secs(20)).await;
+    let popped = popped();
+    let mut next = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        next.extend(fleet.drive(8, 4, &keys()).await);
+        let given = urls(&next);
+        let waiting = popped.iter().filter(|u| !given.contains(**u)).count();
+        if waiting == 0 {
+            break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "{lost} URLs were popped for nobody and {counted} counted as waste"
+            "{waiting} of the {} URLs popped for nobody were not handed out next",
+            popped.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let counted = fleet
+        .metric_total("embedgate_urls_wasted_total", CANCELLED)
+        .await
+        - cancelled_before;
+    assert_eq!(counted, 0.0, "no URL popped for nobody is counted as waste");
+    next
 }
 
 /// One replica whose shared pool is stocked: the Redis, the fleet, the URLs pooled and the URLs
@@ -802,18 +818,20 @@ async fn stocked(fleet: &TestFleet, redis: &RedisServer) -> (HashSet<String>, f6
 
 /// A take or hit that Redis runs after the replica gave up on it (the command timed out while
 /// a managed Redis paused its clients' writes) pops a URL nobody is handed: the replica keeps
-/// waiting for the late reply and counts the URL as waste, instead of losing it uncounted.
+/// waiting for the late reply and lands the URL in its own pool, where the next request for its
+/// key takes it, instead of losing it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_url_popped_by_a_call_given_up_on_is_counted_as_waste() {
+async fn a_url_popped_by_a_call_given_up_on_goes_to_the_next_request_for_its_key() {
     let (redis, fleet, before, cancelled) = one_replica_stocked().await;
-    calls_given_up_on_count_what_they_popped(fleet, &redis, before, cancelled).await;
+    calls_given_up_on_land_what_they_popped(fleet, &redis, before, cancelled).await;
 }
 
 /// The same on a Redis Cluster, whose client gives the reply up at the timeout: the replica
 /// reads the call's answer, which Redis keeps under the call's id for a re-send, once the call
-/// has run, and counts the URL it popped as waste.
+/// has run, and lands the URL it popped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn on_a_redis_cluster_a_url_popped_by_a_call_given_up_on_is_counted_as_waste() {
+async fn on_a_redis_cluster_a_url_popped_by_a_call_given_up_on_goes_to_the_next_request_for_its_key(
+) {
     let cluster = RedisCluster::start(3);
     let urls = cluster.urls();
     let fleet = fleet_of(1, move |s| s.redis.cluster_urls = urls.clone()).await;
@@ -822,13 +840,13 @@ async fn on_a_redis_cluster_a_url_popped_by_a_call_given_up_on_is_counted_as_was
         .expect("a primary holds the tenant's slot");
     let redis = &cluster.nodes[primary];
     let (before, cancelled) = stocked(&fleet, redis).await;
-    calls_given_up_on_count_what_they_popped(fleet, redis, before, cancelled).await;
+    calls_given_up_on_land_what_they_popped(fleet, redis, before, cancelled).await;
 }
 
 /// Pauses `redis`'s writes past the replicas' timeout while hits are sent: each URL the hits
-/// given up on popped when the pause ended is counted as `cancelled` waste, and nothing is
+/// given up on popped when the pause ended goes to a later request for its key, and nothing is
 /// handed out twice.
-async fn calls_given_up_on_count_what_they_popped(
+async fn calls_given_up_on_land_what_they_popped(
     fleet: Arc<TestFleet>,
     redis: &RedisServer,
     before: HashSet<String>,
@@ -842,15 +860,19 @@ async fn calls_given_up_on_count_what_they_popped(
         fleet.metric_total("embedgate_redis_errors_total", "").await > 0.0,
         "the hits timed out"
     );
-    fleet.all_ready(Duration::from_secs(20)).await;
-    assert_popped_for_nobody_counted(&fleet, redis, &before, &handed, cancelled).await;
-    rejoined_exactly_once(fleet, handed, 200).await;
+    let mut all = handed.clone();
+    all.extend(
+        assert_popped_for_nobody_handed_out_next(&fleet, redis, &before, &handed, cancelled).await,
+    );
+    rejoined_exactly_once(fleet, all, 200).await;
 }
 
 /// A hit whose client resets the connection while Redis holds the call (actix-web drops the
-/// request's handler) pops a URL nobody is handed: it is counted as waste, not lost uncounted.
+/// request's handler) pops a URL nobody is handed: it goes to the next request for its key, as
+/// on a single node, not lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_url_popped_for_a_request_whose_client_reset_the_connection_is_counted_as_waste() {
+async fn a_url_popped_for_a_request_whose_client_reset_the_connection_goes_to_the_next_request_for_its_key(
+) {
     use tokio::io::AsyncWriteExt;
     let (redis, fleet, before, cancelled) = one_replica_stocked().await;
     // Shorter than `redis.timeout_ms` (2 s): the hit waits, and its request is dropped (its
@@ -873,6 +895,7 @@ async fn a_url_popped_for_a_request_whose_client_reset_the_connection_is_counted
         )
         .await;
     assert!(dropped, "the request was dropped while Redis held its hit");
-    assert_popped_for_nobody_counted(&fleet, &redis, &before, &[], cancelled).await;
-    rejoined_exactly_once(fleet, vec![], 200).await;
+    let next =
+        assert_popped_for_nobody_handed_out_next(&fleet, &redis, &before, &[], cancelled).await;
+    rejoined_exactly_once(fleet, next, 200).await;
 }
