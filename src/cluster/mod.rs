@@ -149,8 +149,9 @@ pub(super) enum Request<'a> {
 /// What becomes of a popping call's reply when nobody waits for it (see [`Request::Pop`]).
 pub(super) struct Popping<'a> {
     pops: Pops,
-    /// The key its URLs are taken for (set by `Call::popping_for`).
-    whose: Option<Whose>,
+    /// The key its URLs are taken for (set by `Call::popping_for`), copied only when nobody
+    /// waits for the reply.
+    whose: Option<&'a Whose>,
     orphans: &'a Arc<Orphans>,
     kept: Option<Kept>,
 }
@@ -209,7 +210,7 @@ impl Call {
     /// where a URL it pops for nobody lands; `kept`: who looks for a popping call's answer where
     /// Redis keeps it (a Redis Cluster).
     fn request<'a>(
-        &self,
+        &'a self,
         fenced: &Fenced,
         functions: Functions,
         orphans: &'a Arc<Orphans>,
@@ -239,7 +240,7 @@ impl Call {
                     cmd,
                     Popping {
                         pops,
-                        whose: self.whose.clone(),
+                        whose: self.whose.as_ref(),
                         orphans,
                         kept,
                     },
@@ -870,7 +871,7 @@ impl Future for Watched<'_> {
         let answered = std::task::ready!(reply.as_mut().poll(cx));
         self.reply = None;
         if let (Err(e), Some(kept)) = (&answered, self.popping.kept.take()) {
-            kept.after(e, self.popping.whose.take());
+            kept.after(e, self.popping.whose.cloned());
         }
         std::task::Poll::Ready(answered)
     }
@@ -885,7 +886,7 @@ impl Drop for Watched<'_> {
             return;
         };
         let pops = self.popping.pops;
-        let whose = self.popping.whose.take();
+        let whose = self.popping.whose.cloned();
         let orphans = self.popping.orphans.clone();
         let kept = self.popping.kept.take();
         runtime.spawn(async move {
