@@ -111,10 +111,12 @@ impl Planner<'_> {
     /// What this replica should start for `t` now. Single node (`fleet` is `None`): the target
     /// and surplus depth against `local_pooled`, the URLs in this replica's pool. Fleet: this
     /// replica's part of the fleet's deficits, i.e. the targets for the summed demand minus the
-    /// shared pool and every replica's prefetches in flight, times this replica's fraction of the
-    /// demand, rounded at random (`rng`), so that over the fleet the expected number of fetches
-    /// is the deficit itself: no N-fold over-fetching, and no key starved by rounding down on
-    /// every replica. Prefetches in flight count against the needed part first.
+    /// shared pool, every replica's prefetches in flight and this replica's own pool (what it
+    /// kept while degraded, or a URL a take popped for nobody: its requests take those first),
+    /// times this replica's fraction of the demand, rounded at random (`rng`), so that over the
+    /// fleet the expected number of fetches is the deficit itself: no N-fold over-fetching, and
+    /// no key starved by rounding down on every replica. Prefetches in flight count against the
+    /// needed part first.
     /// `own` is this replica's rate estimate, `shown` what the key's requests showed it (whose
     /// rate alone sizes the surplus stock); in a fleet, `fleet` is the rate this replica
     /// published and the fleet's view of the key.
@@ -162,8 +164,9 @@ impl Planner<'_> {
                     let n = exact.floor();
                     (n + f64::from(u8::from(rng.random::<f64>() < exact - n))) as usize
                 };
-                // This replica's own prefetches are in the fleet's count as of the sync.
-                let have = view.pooled + view.in_flight;
+                // This replica's own prefetches are in the fleet's count as of the sync; its own
+                // pool is not (no other replica can take from it).
+                let have = view.pooled + view.in_flight + local_pooled;
                 Want {
                     needed: part(target.saturating_sub(have)),
                     extra: part(stock.saturating_sub(have.max(target))),
@@ -284,6 +287,24 @@ mod tests {
         // At the target, nobody fetches.
         let w = want(&p, &t, 1.0, 0, Some((1.0, view(25, 3.0, 3, 5))), &mut rng);
         assert_eq!(w.needed + w.extra, 0);
+    }
+
+    /// A replica's own pool (kept while degraded, or a URL a take popped for nobody) serves its
+    /// next requests before the shared pool: it counts against the fleet's deficit as this
+    /// replica sees it, so a replica back from a degraded spell does not stock the shared pool
+    /// as deep again on top of what it holds.
+    #[test]
+    fn a_replicas_own_pool_counts_against_the_fleets_deficit() {
+        let (d, t) = pinned(30);
+        let p = planner(&d);
+        let mut rng = StdRng::seed_from_u64(7);
+        // 6 pooled and 3 in flight fleet-wide, all the demand this replica's.
+        let bare = want(&p, &t, 7.0, 0, Some((7.0, view(6, 7.0, 1, 3))), &mut rng);
+        assert_eq!(bare.needed, 21);
+        let holding = want(&p, &t, 7.0, 10, Some((7.0, view(6, 7.0, 1, 3))), &mut rng);
+        assert_eq!(holding.needed, 11);
+        let full = want(&p, &t, 7.0, 21, Some((7.0, view(6, 7.0, 1, 3))), &mut rng);
+        assert_eq!(full.needed + full.extra, 0);
     }
 
     #[test]
