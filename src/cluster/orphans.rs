@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use redis::FromRedisValue;
 
-use super::pool::{count_stale, fetched_for, Pops, DIGEST_LEN};
+use super::pool::{count_stale, decode_member, Pops};
 use crate::metrics::{Fetch, Metrics, Waste};
 use crate::pool::{PoolKey, PooledUrl};
 use crate::tenant::TenantId;
@@ -96,29 +96,26 @@ impl Orphans {
     /// popped nothing).
     fn popped(&self, whose: Option<&Whose>, stale: &str, member: &str, issued_ms: u64) {
         count_stale(&self.metrics, stale);
-        if member.len() <= DIGEST_LEN {
+        if member.is_empty() {
             return;
         }
+        let dated = issued_ms.saturating_sub(self.margin_ms);
         // Members carry a reason only this release writes (`scripts::POOL_LIB`); one written
         // by an older release is not handed out here either (see `Fleet::handed_out`).
-        let (Some(fetched_for), Some(url)) = (fetched_for(member), member.get(DIGEST_LEN + 1..))
-        else {
+        let Some(url) = decode_member(member.to_string(), dated) else {
             self.metrics.wasted(Waste::Cancelled, Fetch::Prefetch, 1);
             return;
         };
         match (whose, self.land.get()) {
-            (Some(whose), Some(land)) => {
-                let dated = issued_ms.saturating_sub(self.margin_ms);
-                let url = PooledUrl::decode(url.to_string(), dated, fetched_for);
-                land(whose.tenant, &whose.key, url);
-            }
-            _ => self.metrics.wasted(Waste::Cancelled, fetched_for, 1),
+            (Some(whose), Some(land)) => land(whose.tenant, &whose.key, url),
+            _ => self.metrics.wasted(Waste::Cancelled, url.fetched_for, 1),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::pool::DIGEST_LEN;
     use super::*;
     use parking_lot::Mutex;
 

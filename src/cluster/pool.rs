@@ -121,10 +121,7 @@ impl Fleet {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
         let (stale, member, issued): (String, String, u64) = self
             .pool_script("take", tenant, &self.scripts.take, |call, epoch| {
-                call.key(self.pool_key(tenant, epoch, key))
-                    .key(self.count_key(tenant, epoch))
-                    .key(self.call_key(tenant, id))
-                    .popping_for(tenant.index, key)
+                self.popping(call, tenant, epoch, key, id)
                     .arg(cutoff)
                     .arg(self.remember_ms());
             })
@@ -176,10 +173,7 @@ impl Fleet {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
         let (allowed, n, stale, member, issued): (u8, u32, String, String, u64) = self
             .pool_script("hit", tenant, &self.scripts.hit, |call, epoch| {
-                call.key(self.pool_key(tenant, epoch, key))
-                    .key(self.count_key(tenant, epoch))
-                    .key(self.call_key(tenant, id))
-                    .popping_for(tenant.index, key)
+                self.popping(call, tenant, epoch, key, id)
                     .key(self.limit_key(tenant))
                     .arg(cutoff)
                     .arg(self.remember_ms())
@@ -204,19 +198,25 @@ impl Fleet {
         Ok((admitted, Some(self.handed_out(member, issued, now_ms)?)))
     }
 
-    /// A URL popped from the shared pool (its member: the digest, the reason it was fetched
-    /// for, then the URL), its remaining validity observed.
-    fn handed_out(
+    /// The keys a take or hit starts with after the fence's (its pool, the tenant's count, the
+    /// call's id: [`Pops::CALL_KEY`] counts on this order), and whose URL it takes.
+    fn popping<'c>(
         &self,
-        mut member: String,
-        issued_ms: u64,
-        now_ms: u64,
-    ) -> Result<PooledUrl, Down> {
-        let Some(fetched_for) = fetched_for(&member) else {
-            return Err(Down::Unknown);
-        };
-        member.drain(..=DIGEST_LEN);
-        let u = PooledUrl::decode(member, issued_ms, fetched_for);
+        call: &'c mut Call,
+        tenant: &Tenant,
+        epoch: &str,
+        key: &PoolKey,
+        id: &str,
+    ) -> &'c mut Call {
+        call.key(self.pool_key(tenant, epoch, key))
+            .key(self.count_key(tenant, epoch))
+            .key(self.call_key(tenant, id))
+            .popping_for(tenant.index, key)
+    }
+
+    /// A URL popped from the shared pool, its remaining validity observed.
+    fn handed_out(&self, member: String, issued_ms: u64, now_ms: u64) -> Result<PooledUrl, Down> {
+        let u = decode_member(member, issued_ms).ok_or(Down::Unknown)?;
         self.metrics
             .remaining_validity
             .observe(u.expires_at_ms().saturating_sub(now_ms) as f64 / 1000.0);
@@ -425,9 +425,17 @@ impl Pops {
     pub(super) const CALL_KEY: usize = 4;
 }
 
+/// The URL a pooled member holds (the digest, the reason it was fetched for, then the URL),
+/// dated `issued_ms`. `None` for a member this release did not write (it has no reason).
+pub(super) fn decode_member(mut member: String, issued_ms: u64) -> Option<PooledUrl> {
+    let fetched_for = fetched_for(&member)?;
+    member.drain(..=DIGEST_LEN);
+    Some(PooledUrl::decode(member, issued_ms, fetched_for))
+}
+
 /// The reason a pooled member's URL was fetched for: the character after its digest. `None`
 /// for a member this release did not write.
-pub(super) fn fetched_for(member: &str) -> Option<Fetch> {
+fn fetched_for(member: &str) -> Option<Fetch> {
     member
         .get(DIGEST_LEN..)
         .and_then(|rest| rest.chars().next())

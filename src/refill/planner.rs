@@ -298,12 +298,12 @@ mod tests {
         let (d, t) = pinned(30);
         let p = planner(&d);
         let mut rng = StdRng::seed_from_u64(7);
-        // 6 pooled and 3 in flight fleet-wide, all the demand this replica's.
-        let bare = want(&p, &t, 7.0, 0, Some((7.0, view(6, 7.0, 1, 3))), &mut rng);
-        assert_eq!(bare.needed, 21);
-        let holding = want(&p, &t, 7.0, 10, Some((7.0, view(6, 7.0, 1, 3))), &mut rng);
-        assert_eq!(holding.needed, 11);
-        let full = want(&p, &t, 7.0, 21, Some((7.0, view(6, 7.0, 1, 3))), &mut rng);
+        // 6 pooled and 3 in flight fleet-wide, all the demand this replica's; `own` pooled here.
+        let mut holding =
+            |own: usize| want(&p, &t, 7.0, own, Some((7.0, view(6, 7.0, 1, 3))), &mut rng);
+        assert_eq!(holding(0).needed, 21);
+        assert_eq!(holding(10).needed, 11);
+        let full = holding(21);
         assert_eq!(full.needed + full.extra, 0);
     }
 
