@@ -55,7 +55,7 @@ pub fn tenant_credentials(args: CredentialArgs) -> anyhow::Result<()> {
     if new || !tenant.access_key_ids.contains(&key_id) {
         println!();
         println!(
-            "Add the key id to tenant {:?} and restart (or roll) the gateway:",
+            "Add the key id to tenant {:?}; a running gateway picks up the changed file (or SIGHUP):",
             tenant.id
         );
         println!("  access_key_ids = [{listed}]");

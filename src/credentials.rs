@@ -75,6 +75,18 @@ impl AccessKeys {
         self.by_id.get(key_id).map(|(t, s)| (*t, s))
     }
 
+    /// The key ids of tenant `tenant`, sorted.
+    pub fn ids_of(&self, tenant: TenantId) -> Vec<&str> {
+        let mut ids: Vec<&str> = self
+            .by_id
+            .iter()
+            .filter(|(_, (t, _))| *t == tenant)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }

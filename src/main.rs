@@ -281,9 +281,56 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         compat = app.compat_addr.map(|a| a.to_string()),
         "embedgate serving"
     );
+    reload_tenants(app.gateway.clone(), args.config.clone());
     app.run_until(shutdown_signal()).await?;
     tracing::info!("embedgate stopped");
     Ok(())
+}
+
+/// How often the config files are read to see whether they changed.
+const RELOAD_CHECK: Duration = Duration::from_secs(5);
+
+/// Puts the tenants' new keys and rules in force (see `Gateway::reload`) when the config files'
+/// contents change (read every [`RELOAD_CHECK`]: a Kubernetes ConfigMap or Secret is updated in
+/// the running pod, whose image has no shell to send a signal from) and on each `SIGHUP`; what it
+/// did, or why it changed nothing, is logged.
+fn reload_tenants(gateway: std::sync::Arc<embedgate::gateway::Gateway>, config: Vec<PathBuf>) {
+    let paths = config.clone();
+    let contents = move || -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for path in &config {
+            std::fs::read(path).ok().hash(&mut h);
+        }
+        h.finish()
+    };
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut seen = contents();
+        let mut every = tokio::time::interval(RELOAD_CHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            #[cfg(unix)]
+            let signalled = async {
+                match hup.as_mut() {
+                    Some(h) => drop(h.recv().await),
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let signalled = std::future::pending::<()>();
+            let forced = tokio::select! {
+                _ = signalled => true,
+                _ = every.tick() => false,
+            };
+            let now = contents();
+            if forced || now != seen {
+                seen = now;
+                let _ = gateway.reload_files(&paths);
+            }
+        }
+    });
 }
 
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {

@@ -261,6 +261,11 @@ pub struct Metrics {
     /// `embedgate_admission_memo_total{result="hit"}` and `{result="miss"}`.
     pub memo_hits: IntCounter,
     pub memo_misses: IntCounter,
+    /// `embedgate_config_reloads_total{result="applied"}` and `{result="refused"}`.
+    pub reloads_applied: IntCounter,
+    pub reloads_refused: IntCounter,
+    /// `embedgate_config_last_reload_successful`: 0 after a refused reload until one is applied.
+    pub reload_successful: IntGauge,
     /// The per-request series, resolved once by `init_labels` (see [`Metrics::request`]).
     series: std::sync::OnceLock<RequestSeries>,
 }
@@ -303,6 +308,11 @@ impl Metrics {
         let memo = counter_vec(
             "embedgate_admission_memo_total",
             "Native API requests admitted from memory (result=hit: the same bytes from the same tenant for the same operation were admitted recently) or worked out and remembered (result=miss).",
+            &["result"],
+        );
+        let reloads = counter_vec(
+            "embedgate_config_reloads_total",
+            "Reloads of the tenant table (SIGHUP): result=applied (keys and rules in force from the next request) or refused (invalid, or changing what needs a restart; nothing changed, the log says why).",
             &["result"],
         );
         Metrics {
@@ -434,6 +444,20 @@ impl Metrics {
             ),
             memo_hits: memo.with_label_values(&["hit"]),
             memo_misses: memo.with_label_values(&["miss"]),
+            reload_successful: {
+                let g = reg(
+                    &r,
+                    IntGauge::new(
+                        "embedgate_config_last_reload_successful",
+                        "1 while the tenant table's last reload was applied (or none was tried since start), 0 after a refused one: the gateway runs on the tenants' previous keys and rules.",
+                    )
+                    .expect("valid metric"),
+                );
+                g.set(1);
+                g
+            },
+            reloads_applied: reloads.with_label_values(&["applied"]),
+            reloads_refused: reloads.with_label_values(&["refused"]),
             registry: r,
             series: std::sync::OnceLock::new(),
         }

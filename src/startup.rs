@@ -11,9 +11,8 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::cluster::Fleet;
 use crate::config::Settings;
-use crate::gateway::{Gateway, Refusal};
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::model::parse_tagged;
 use crate::shared::Sharing;
 use crate::tasks::{Health, Tasks};
 use crate::upstream::Upstreams;
@@ -262,51 +261,19 @@ pub async fn check(settings: &Settings) -> anyhow::Result<()> {
         metrics,
         Sharing::local(),
     );
-    warm_keys(&gateway).map(drop)
+    gateway
+        .warm_keys(&settings.tenants, &gateway.rules_in_force())
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Pins every tenant's configured warm keys.
 fn pin_warm_keys(gw: &Gateway) -> anyhow::Result<()> {
-    for (tenant, req, depth) in warm_keys(gw)? {
+    let warm = gw.warm_keys(&gw.settings().tenants, &gw.rules_in_force());
+    for (tenant, req, depth) in warm.map_err(|e| anyhow::anyhow!(e))? {
         gw.pin_warm(gw.tenants().get(tenant), &req, depth);
     }
     Ok(())
-}
-
-/// Every tenant's configured warm keys (tenant, request, depth), each checked like a request.
-fn warm_keys(gw: &Gateway) -> anyhow::Result<Vec<(usize, crate::model::EmbedRequest, usize)>> {
-    let mut keys = Vec::new();
-    for (i, t) in gw.settings().tenants.iter().enumerate() {
-        let tenant = gw.tenants().get(i);
-        for (j, entry) in t.warm.iter().enumerate() {
-            let at = format!("tenants[{i}].warm[{j}]");
-            let mut obj = entry
-                .as_object()
-                .cloned()
-                .ok_or_else(|| anyhow::anyhow!("{at}: must be a table"))?;
-            let depth = match obj.remove("Depth") {
-                None => 1,
-                Some(d) => d
-                    .as_u64()
-                    .filter(|d| (1..=1000).contains(d))
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("{at}.Depth: must be an integer from 1 to 1000")
-                    })? as usize,
-            };
-            let req = parse_tagged(obj).map_err(|b| {
-                anyhow::anyhow!("{at}.{}: {}", b.field.unwrap_or_default(), b.detail)
-            })?;
-            let req = gw.admit(tenant, req).map_err(|r| {
-                let (field, why) = match r {
-                    Refusal::Invalid(b) => (b.field.unwrap_or_default(), b.detail),
-                    Refusal::Denied { field, rule } => (field, rule),
-                };
-                anyhow::anyhow!("{at}.{field}: {why}")
-            })?;
-            keys.push((i, req, depth));
-        }
-    }
-    Ok(keys)
 }
 
 #[cfg(test)]

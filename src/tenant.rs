@@ -3,9 +3,17 @@
 //!
 //! API keys are stored only as SHA-256 hashes. A presented key is hashed, looked up by hash (which
 //! reveals nothing useful about any key), and the stored hash is compared again in constant time.
+//!
+//! A tenant's API keys and its rules (policy and default account) can be replaced while the
+//! gateway runs ([`Tenants::reload`]); its index, id and quotas stay for the life of the process.
+//! Each set of rules carries a generation, so what was admitted under earlier rules can tell
+//! (see `gateway::recent`).
 
+use arc_swap::{ArcSwap, Guard};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 use crate::config::TenantSettings;
@@ -41,23 +49,35 @@ pub type TenantId = usize;
 pub struct Tenant {
     pub index: TenantId,
     pub id: String,
-    pub default_account: Option<String>,
     pub upstream_weight: f64,
     pub max_pooled_urls: usize,
     pub max_hints: usize,
     pub max_tracked_keys: usize,
     pub rate_per_sec: f64,
     pub burst: u32,
-    policy: Policy,
+    rules: ArcSwap<Rules>,
 }
 
-impl Tenant {
-    /// The AWS accounts this tenant may use.
+/// What a tenant may ask for: its policy and the account an omitted `AwsAccountId` means. One
+/// request is admitted under one set of rules, read once (see [`Tenant::rules`]).
+#[derive(Debug)]
+pub struct Rules {
+    /// Account used when a request omits `AwsAccountId`.
+    pub default_account: Option<String>,
+    policy: Policy,
+    /// The policy's settings, to tell whether a reload changed them.
+    source: serde_json::Value,
+    /// Which set of rules this is: every set the table builds has a generation of its own.
+    pub generation: u64,
+}
+
+impl Rules {
+    /// The AWS accounts these rules allow.
     pub fn accounts(&self) -> &[String] {
         self.policy.accounts()
     }
 
-    /// Checks a resolved, validated request against the tenant's policy.
+    /// Checks a resolved, validated request against the policy.
     ///
     /// # Errors
     /// The first member the policy does not allow.
@@ -65,9 +85,30 @@ impl Tenant {
         self.policy.authorize(req)
     }
 
-    /// Whether the tenant may use the upstream named `id`.
+    /// Whether the upstream named `id` may be used.
     pub fn may_use_upstream(&self, id: &str) -> bool {
         self.policy.allows_upstream(id)
+    }
+}
+
+impl Tenant {
+    /// The tenant's rules now. A request is admitted under the set it read once: a reload
+    /// between two reads would otherwise mix two policies in one decision.
+    pub fn rules(&self) -> Guard<Arc<Rules>> {
+        self.rules.load()
+    }
+
+    /// [`Tenant::rules`], to keep.
+    pub fn rules_full(&self) -> Arc<Rules> {
+        self.rules.load_full()
+    }
+
+    /// Checks a resolved, validated request against the tenant's policy now.
+    ///
+    /// # Errors
+    /// The first member the policy does not allow.
+    pub fn authorize(&self, req: &EmbedRequest) -> Result<(), Denied> {
+        self.rules().authorize(req)
     }
 }
 
@@ -75,42 +116,106 @@ impl Tenant {
 #[derive(Debug, Default)]
 pub struct Tenants {
     tenants: Vec<Tenant>,
-    by_key_hash: HashMap<[u8; 32], TenantId>,
+    by_key_hash: ArcSwap<HashMap<[u8; 32], TenantId>>,
+    /// The last generation given to a set of rules.
+    generations: AtomicU64,
+}
+
+/// Every API key hash of `settings`, with its tenant's index.
+fn key_hashes(settings: &[TenantSettings]) -> HashMap<[u8; 32], TenantId> {
+    let mut by_key_hash = HashMap::new();
+    for (index, t) in settings.iter().enumerate() {
+        for h in &t.api_key_sha256 {
+            if let Ok(bytes) = hex::decode(h) {
+                if let Ok(hash) = <[u8; 32]>::try_from(bytes.as_slice()) {
+                    by_key_hash.insert(hash, index);
+                }
+            }
+        }
+    }
+    by_key_hash
 }
 
 impl Tenants {
     /// Builds the table from validated settings (see [`crate::config::Settings::validate`]).
     pub fn new(settings: &[TenantSettings]) -> Self {
-        let mut by_key_hash = HashMap::new();
+        let generations = AtomicU64::new(0);
         let tenants = settings
             .iter()
             .enumerate()
-            .map(|(index, t)| {
-                for h in &t.api_key_sha256 {
-                    if let Ok(bytes) = hex::decode(h) {
-                        if let Ok(hash) = <[u8; 32]>::try_from(bytes.as_slice()) {
-                            by_key_hash.insert(hash, index);
-                        }
-                    }
-                }
-                Tenant {
-                    index,
-                    id: t.id.clone(),
-                    default_account: t.default_account.clone(),
-                    upstream_weight: t.upstream_weight,
-                    max_pooled_urls: t.max_pooled_urls,
-                    max_hints: t.max_hints,
-                    max_tracked_keys: t.max_tracked_keys,
-                    rate_per_sec: t.rate_per_sec,
-                    burst: t.burst,
-                    policy: Policy::new(&t.policy, t.default_account.as_ref()),
-                }
+            .map(|(index, t)| Tenant {
+                index,
+                id: t.id.clone(),
+                upstream_weight: t.upstream_weight,
+                max_pooled_urls: t.max_pooled_urls,
+                max_hints: t.max_hints,
+                max_tracked_keys: t.max_tracked_keys,
+                rate_per_sec: t.rate_per_sec,
+                burst: t.burst,
+                rules: ArcSwap::from_pointee(Self::rules_of(t, &generations)),
             })
             .collect();
         Tenants {
             tenants,
-            by_key_hash,
+            by_key_hash: ArcSwap::from_pointee(key_hashes(settings)),
+            generations,
         }
+    }
+
+    fn rules_of(t: &TenantSettings, generations: &AtomicU64) -> Rules {
+        Rules {
+            default_account: t.default_account.clone(),
+            policy: Policy::new(&t.policy, t.default_account.as_ref()),
+            source: serde_json::to_value(&t.policy).unwrap_or_default(),
+            generation: generations.fetch_add(1, Ordering::Relaxed) + 1,
+        }
+    }
+
+    /// The rules `settings` give each tenant, in the table's order, not yet in force (see
+    /// [`Tenants::put_in_force`]). `settings` must list the table's tenants in its order
+    /// (`gateway::reload` checks).
+    pub fn rules_for(&self, settings: &[TenantSettings]) -> Vec<Arc<Rules>> {
+        settings
+            .iter()
+            .map(|t| Arc::new(Self::rules_of(t, &self.generations)))
+            .collect()
+    }
+
+    /// Puts `settings`' API keys and `rules` (from [`Tenants::rules_for`] on the same
+    /// settings) in force. A tenant whose rules did not change keeps its generation, so what
+    /// was admitted for it stays admitted. Returns the ids of the tenants whose rules changed,
+    /// and of those whose API keys did.
+    pub fn put_in_force(
+        &self,
+        settings: &[TenantSettings],
+        rules: Vec<Arc<Rules>>,
+    ) -> (Vec<String>, Vec<String>) {
+        let mut rules_changed = Vec::new();
+        for (tenant, new) in self.tenants.iter().zip(rules) {
+            let old = tenant.rules();
+            if old.default_account != new.default_account || old.source != new.source {
+                tenant.rules.store(new);
+                rules_changed.push(tenant.id.clone());
+            }
+        }
+        let new = key_hashes(settings);
+        let old = self.by_key_hash.swap(Arc::new(new.clone()));
+        let keys_of = |map: &HashMap<[u8; 32], TenantId>, index: TenantId| {
+            let mut keys: Vec<[u8; 32]> = map
+                .iter()
+                .filter(|(_, i)| **i == index)
+                .map(|(k, _)| *k)
+                .collect();
+            keys.sort_unstable();
+            keys
+        };
+        let keys_changed = self
+            .tenants
+            .iter()
+            .filter(|t| keys_of(&old, t.index) != keys_of(&new, t.index))
+            .map(|t| t.id.clone())
+            .collect();
+        (rules_changed, keys_changed)
     }
 
     /// The tenant an API key belongs to, if any.
@@ -120,7 +225,8 @@ impl Tenants {
             return None;
         }
         let presented = hash_key(api_key);
-        let (stored, index) = self.by_key_hash.get_key_value(&presented)?;
+        let by_key_hash = self.by_key_hash.load();
+        let (stored, index) = by_key_hash.get_key_value(&presented)?;
         bool::from(stored.ct_eq(&presented)).then(|| &self.tenants[*index])
     }
 
@@ -184,6 +290,32 @@ mod tests {
         assert!(check_api_key("").is_err());
         assert!(check_api_key(" k ").is_err());
         assert!(check_api_key("k").is_ok());
+    }
+
+    /// A reload gives new rules a new generation only where they changed, so what was
+    /// admitted for the other tenants stays admitted; keys are swapped whole.
+    #[test]
+    fn a_reload_renews_the_generation_of_changed_rules_only() {
+        let mut beta = acme(PolicySettings::default());
+        beta.id = "beta".into();
+        beta.api_key_sha256 = vec![hex::encode(hash_key("b1"))];
+        let mut settings = vec![acme(PolicySettings::default()), beta];
+        let t = Tenants::new(&settings);
+        let before = [t.get(0).rules().generation, t.get(1).rules().generation];
+        settings[0].policy.dashboards = vec!["sales-*".into()];
+        settings[1].api_key_sha256 = vec![hex::encode(hash_key("b2"))];
+        let rules = t.rules_for(&settings);
+        assert_eq!(t.get(0).rules().generation, before[0], "not yet in force");
+        let (rules_changed, keys_changed) = t.put_in_force(&settings, rules);
+        assert_eq!(
+            (rules_changed, keys_changed),
+            (vec!["acme".into()], vec!["beta".into()])
+        );
+        assert!(t.get(0).rules().generation > before[1]);
+        assert_eq!(t.get(1).rules().generation, before[1]);
+        assert!(t.authenticate("b1").is_none());
+        assert_eq!(t.authenticate("b2").map(|t| t.index), Some(1));
+        assert_eq!(t.authenticate("k1").map(|t| t.index), Some(0));
     }
 
     #[test]

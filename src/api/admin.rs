@@ -51,6 +51,7 @@ pub(super) async fn state(gw: web::Data<Gateway>, q: web::Query<StateQuery>) -> 
         .iter()
         .map(|b| json!({"account": b.account(), "region": b.region(), "rate_per_sec": b.rate(), "tokens": b.tokens(), "share": b.share()}))
         .collect();
+    let access_keys = gw.access_keys();
     HttpResponse::Ok().json(json!({
         "mode": gw.sharing().mode,
         "replicas": gw.sharing().replicas,
@@ -75,13 +76,13 @@ pub(super) async fn state(gw: web::Data<Gateway>, q: web::Query<StateQuery>) -> 
             "rate_per_sec": t.rate_per_sec,
             "burst": t.burst,
             // Key ids are not secret (their secrets are derived, never shown).
-            "access_key_ids": gw.settings().tenants[t.index].access_key_ids,
+            "access_key_ids": access_keys.ids_of(t.index),
             "recurrence": recurrence(&gw.learned(t.index)),
         })).collect::<Vec<_>>(),
         "compat": {
             "listen": gw.settings().compat_listen,
             "regions": gw.upstreams().regions(),
-            "access_keys": gw.access_keys().len(),
+            "access_keys": access_keys.len(),
         },
     }))
 }

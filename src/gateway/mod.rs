@@ -8,6 +8,9 @@
 mod call;
 mod recent;
 mod refiller;
+mod reload;
+
+pub use reload::Reloaded;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::config::Settings;
+use crate::config::{Settings, TenantSettings};
 use crate::credentials::AccessKeys;
 use crate::limiter::{Budget, Budgets, Inbound, InboundLimiter, Priority};
 use crate::metrics::{Metrics, Waste};
@@ -26,7 +29,7 @@ use crate::refill::{Demand, Landed, Seen, Sessions, Tracked};
 use crate::shared::{Coordination, Limits, Placed, PoolStore, Sharing, Status};
 use crate::tasks::Health;
 use crate::telemetry::bursts::Bursts;
-use crate::tenant::{Tenant, TenantId, Tenants};
+use crate::tenant::{Rules, Tenant, TenantId, Tenants};
 use crate::upstream::{Fetched, Upstream, UpstreamError, Upstreams};
 
 /// How often a burst of throttled requests from one tenant (or from clients without a valid key)
@@ -142,7 +145,7 @@ pub struct Gateway {
     settings: Settings,
     tenants: Tenants,
     /// Tenants' SigV4 access keys (the compatible listener).
-    access_keys: AccessKeys,
+    access_keys: arc_swap::ArcSwap<AccessKeys>,
     pool: Arc<Pool>,
     inbound: InboundLimiter,
     budgets: Budgets,
@@ -169,6 +172,10 @@ pub struct Gateway {
     views_unsent: parking_lot::Mutex<std::collections::VecDeque<(Arc<Tracked>, u64)>>,
     /// Whether every task the gateway runs still runs (see `tasks`).
     health: Arc<Health>,
+    /// Each tenant's rules' generation as the refiller last saw it (see `reload`).
+    rules_seen: parking_lot::Mutex<Vec<u64>>,
+    /// Held by a reload while it runs.
+    reloading: parking_lot::Mutex<()>,
 }
 
 impl Gateway {
@@ -199,8 +206,12 @@ impl Gateway {
             match u.account() {
                 Some(account) => drop(budgets.get(account, u.settings())),
                 None => {
-                    for account in tenants.all().iter().flat_map(|t| t.accounts()) {
-                        budgets.get(account, u.settings());
+                    for account in tenants
+                        .all()
+                        .iter()
+                        .flat_map(|t| t.rules().accounts().to_vec())
+                    {
+                        budgets.get(&account, u.settings());
                     }
                 }
             }
@@ -214,6 +225,10 @@ impl Gateway {
         sharing.store.land_orphans_in(&pool);
         Gateway {
             health: Arc::default(),
+            reloading: parking_lot::Mutex::default(),
+            rules_seen: parking_lot::Mutex::new(
+                tenants.all().iter().map(|t| t.rules().generation).collect(),
+            ),
             recent: recent::Recent::new(),
             throttled_lines: Bursts::new(tenants.all().len() + 1, THROTTLED_REPORT_MS),
             views_unsent: parking_lot::Mutex::default(),
@@ -237,7 +252,10 @@ impl Gateway {
                 settings.refill.demand_half_life_secs,
             ),
             lead_secs: std::sync::atomic::AtomicU64::new(0.1f64.to_bits()),
-            access_keys: AccessKeys::new(&settings.tenants, settings.master_key.as_ref()),
+            access_keys: arc_swap::ArcSwap::from_pointee(AccessKeys::new(
+                &settings.tenants,
+                settings.master_key.as_ref(),
+            )),
             tenants,
             upstreams,
             store: sharing.store,
@@ -249,6 +267,8 @@ impl Gateway {
         }
     }
 
+    /// The settings the gateway started with. Its tenants' keys and rules are those at start:
+    /// a reload puts others in force ([`Gateway::tenants`], [`Gateway::access_keys`]).
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -259,8 +279,8 @@ impl Gateway {
     }
 
     /// Tenants' SigV4 access keys, with their derived secrets.
-    pub fn access_keys(&self) -> &AccessKeys {
-        &self.access_keys
+    pub fn access_keys(&self) -> arc_swap::Guard<Arc<AccessKeys>> {
+        self.access_keys.load()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -373,6 +393,53 @@ impl Gateway {
     /// Whether session learning and prediction run.
     fn sessions_on(&self) -> bool {
         self.settings.refill.enabled && self.settings.refill.sessions
+    }
+
+    /// Each tenant's rules in force.
+    pub fn rules_in_force(&self) -> Vec<Arc<Rules>> {
+        self.tenants.all().iter().map(|t| t.rules_full()).collect()
+    }
+
+    /// Every tenant's configured warm keys in `tenants` (tenant, request, depth), each checked
+    /// like a request under the tenant's `rules` (those in force, or a reload's).
+    ///
+    /// # Errors
+    /// The first entry that is not a valid request its tenant's rules admit, named by its path
+    /// (`tenants[0].warm[1].DashboardId: …`).
+    pub fn warm_keys(
+        &self,
+        tenants: &[TenantSettings],
+        rules: &[Arc<Rules>],
+    ) -> Result<Vec<(TenantId, EmbedRequest, usize)>, String> {
+        let mut keys = Vec::new();
+        for (i, t) in tenants.iter().enumerate() {
+            for (j, entry) in t.warm.iter().enumerate() {
+                let at = format!("tenants[{i}].warm[{j}]");
+                let mut obj = entry
+                    .as_object()
+                    .cloned()
+                    .ok_or_else(|| format!("{at}: must be a table"))?;
+                let depth = match obj.remove("Depth") {
+                    None => 1,
+                    Some(d) => d
+                        .as_u64()
+                        .filter(|d| (1..=1000).contains(d))
+                        .ok_or_else(|| format!("{at}.Depth: must be an integer from 1 to 1000"))?
+                        as usize,
+                };
+                let req = crate::model::parse_tagged(obj)
+                    .map_err(|b| format!("{at}.{}: {}", b.field.unwrap_or_default(), b.detail))?;
+                let req = self.admit_under(&rules[i], req).map_err(|r| {
+                    let (field, why) = match r {
+                        Refusal::Invalid(b) => (b.field.unwrap_or_default(), b.detail),
+                        Refusal::Denied { field, rule } => (field, rule),
+                    };
+                    format!("{at}.{field}: {why}")
+                })?;
+                keys.push((i, req, depth));
+            }
+        }
+        Ok(keys)
     }
 
     /// Keeps an admitted request's key stocked `depth` deep for as long as the process runs.
@@ -524,9 +591,19 @@ impl Gateway {
     ///
     /// # Errors
     /// The invalid or forbidden member.
-    pub fn admit(&self, tenant: &Tenant, mut req: EmbedRequest) -> Result<EmbedRequest, Refusal> {
+    pub fn admit(&self, tenant: &Tenant, req: EmbedRequest) -> Result<EmbedRequest, Refusal> {
+        self.admit_under(&tenant.rules(), req)
+    }
+
+    /// [`Gateway::admit`] under the given rules (a tenant's now, or a reload's before they are
+    /// in force).
+    pub(crate) fn admit_under(
+        &self,
+        rules: &Rules,
+        mut req: EmbedRequest,
+    ) -> Result<EmbedRequest, Refusal> {
         if req.aws_account_id().is_empty() {
-            match &tenant.default_account {
+            match &rules.default_account {
                 Some(a) => req.set_aws_account_id(a.clone()),
                 None => {
                     return Err(Refusal::Invalid(BadInput {
@@ -571,11 +648,11 @@ impl Gateway {
         };
         req.set_region(upstream.region().to_string());
         req.check_region(upstream.region()).map_err(invalid)?;
-        tenant.authorize(&req).map_err(|d| Refusal::Denied {
+        rules.authorize(&req).map_err(|d| Refusal::Denied {
             field: d.field,
             rule: d.rule,
         })?;
-        if !tenant.may_use_upstream(upstream.id()) {
+        if !rules.may_use_upstream(upstream.id()) {
             return Err(Refusal::Denied {
                 field: region_field.into(),
                 rule: format!(
@@ -599,13 +676,16 @@ impl Gateway {
         op: Operation,
         body: &[u8],
     ) -> Result<Arc<Admitted>, Refusal> {
-        if let Some(known) = self.recent.get(tenant.index, op, body) {
+        // One read of the rules: what is remembered is what they admitted.
+        let rules = tenant.rules();
+        if let Some(known) = self.recent.get(tenant.index, rules.generation, op, body) {
             self.metrics.memo_hits.inc();
             return Ok(known);
         }
         let request = parse_request(op, body).map_err(Refusal::Invalid)?;
-        let admitted = Arc::new(self.keyed(tenant, self.admit(tenant, request)?));
-        self.recent.put(tenant.index, op, body, admitted.clone());
+        let admitted = Arc::new(self.keyed(tenant, self.admit_under(&rules, request)?));
+        self.recent
+            .put(tenant.index, rules.generation, op, body, admitted.clone());
         self.metrics.memo_misses.inc();
         Ok(admitted)
     }

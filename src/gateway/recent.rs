@@ -3,8 +3,10 @@
 //! A portal asks for the same user and dashboard with the same bytes again and again (that is
 //! what makes a pool worth having), and parsing, resolving defaults, validating, authorizing and
 //! hashing the request into its pool key were the larger part of a pool hit's own work. Admission
-//! depends only on the tenant, the operation, the body and the configuration, which does not
-//! change while the gateway runs, so the same bytes admitted again give the same request and key.
+//! depends only on the tenant, the operation, the body and the tenant's rules, so the same bytes
+//! admitted again under the same rules give the same request and key. Each entry names the
+//! generation of the rules it was admitted under (`tenant::Rules`), and is found only under that
+//! generation: once a reload puts other rules in force, every body is admitted afresh.
 //!
 //! A body is recognised only by an exact match of tenant, operation and every byte. Only
 //! admitted bodies are remembered (a refused one takes the full path each time, so its problem
@@ -31,6 +33,8 @@ pub(super) const MAX_BODY: usize = 1024;
 
 struct Entry {
     tenant: TenantId,
+    /// The generation of the rules it was admitted under.
+    rules: u64,
     op: Operation,
     body: Box<[u8]>,
     admitted: Arc<Admitted>,
@@ -66,10 +70,12 @@ impl Recent {
         [first, second]
     }
 
-    /// What admitting exactly `body` as `op` for `tenant` produced, if it was remembered.
+    /// What admitting exactly `body` as `op` for `tenant` under the rules of generation `rules`
+    /// produced, if it was remembered.
     pub(super) fn get(
         &self,
         tenant: TenantId,
+        rules: u64,
         op: Operation,
         body: &[u8],
     ) -> Option<Arc<Admitted>> {
@@ -77,15 +83,19 @@ impl Recent {
             self.slots[i]
                 .lock()
                 .as_ref()
-                .filter(|e| e.tenant == tenant && e.op == op && *e.body == *body)
+                .filter(|e| {
+                    e.tenant == tenant && e.rules == rules && e.op == op && *e.body == *body
+                })
                 .map(|e| e.admitted.clone())
         })
     }
 
-    /// Remembers that `body` as `op` for `tenant` was admitted as `admitted`.
+    /// Remembers that `body` as `op` for `tenant` was admitted as `admitted` under the rules of
+    /// generation `rules`.
     pub(super) fn put(
         &self,
         tenant: TenantId,
+        rules: u64,
         op: Operation,
         body: &[u8],
         admitted: Arc<Admitted>,
@@ -100,6 +110,7 @@ impl Recent {
         let at = if age(b) < age(a) { b } else { a };
         *self.slots[at].lock() = Some(Entry {
             tenant,
+            rules,
             op,
             body: body.into(),
             admitted,
@@ -127,25 +138,29 @@ mod tests {
     }
 
     #[test]
-    fn only_the_same_tenant_operation_and_bytes_find_what_was_admitted() {
+    fn only_the_same_tenant_rules_operation_and_bytes_find_what_was_admitted() {
         let recent = Recent::new();
         let op = Operation::GetDashboardEmbedUrl;
         let body = br#"{"DashboardId":"d","IdentityType":"QUICKSIGHT"}"#;
-        recent.put(0, op, body, admitted("d"));
-        let found = recent.get(0, op, body).expect("remembered");
+        recent.put(0, 1, op, body, admitted("d"));
+        let found = recent.get(0, 1, op, body).expect("remembered");
         assert_eq!(found.key.as_str(), "d");
-        assert!(recent.get(1, op, body).is_none(), "another tenant");
+        assert!(recent.get(1, 1, op, body).is_none(), "another tenant");
+        assert!(
+            recent.get(0, 2, op, body).is_none(),
+            "rules of another generation"
+        );
         assert!(
             recent
-                .get(0, Operation::GenerateEmbedUrlForRegisteredUser, body)
+                .get(0, 1, Operation::GenerateEmbedUrlForRegisteredUser, body)
                 .is_none(),
             "another operation"
         );
         let mut other = body.to_vec();
         other[16] = b'e';
-        assert!(recent.get(0, op, &other).is_none(), "one byte differs");
+        assert!(recent.get(0, 1, op, &other).is_none(), "one byte differs");
         assert!(
-            recent.get(0, op, &body[..body.len() - 1]).is_none(),
+            recent.get(0, 1, op, &body[..body.len() - 1]).is_none(),
             "a prefix"
         );
     }
@@ -155,14 +170,14 @@ mod tests {
         let recent = Recent::new();
         let op = Operation::GetDashboardEmbedUrl;
         let large = vec![b' '; MAX_BODY + 1];
-        recent.put(0, op, &large, admitted("d"));
-        assert!(recent.get(0, op, &large).is_none());
+        recent.put(0, 1, op, &large, admitted("d"));
+        assert!(recent.get(0, 1, op, &large).is_none());
         for i in 0..SLOTS * 4 {
-            recent.put(0, op, format!("{i}").as_bytes(), admitted("d"));
+            recent.put(0, 1, op, format!("{i}").as_bytes(), admitted("d"));
         }
         assert_eq!(recent.slots.len(), SLOTS);
         let kept = (0..SLOTS * 4)
-            .filter(|i| recent.get(0, op, format!("{i}").as_bytes()).is_some())
+            .filter(|i| recent.get(0, 1, op, format!("{i}").as_bytes()).is_some())
             .count();
         assert!(kept <= SLOTS, "{kept} remembered");
     }
@@ -178,14 +193,14 @@ mod tests {
             .collect();
         for _ in 0..3 {
             for b in &bodies {
-                if recent.get(0, op, b.as_bytes()).is_none() {
-                    recent.put(0, op, b.as_bytes(), admitted("d"));
+                if recent.get(0, 1, op, b.as_bytes()).is_none() {
+                    recent.put(0, 1, op, b.as_bytes(), admitted("d"));
                 }
             }
         }
         let kept = bodies
             .iter()
-            .filter(|b| recent.get(0, op, b.as_bytes()).is_some())
+            .filter(|b| recent.get(0, 1, op, b.as_bytes()).is_some())
             .count();
         assert!(kept >= 597, "{kept} of 600 remembered");
     }

@@ -53,7 +53,7 @@ impl Gateway {
                 self.learn_shared_views(views, now).await;
             }
         }
-        let tracked = self.demand.sweep(now);
+        let tracked = self.forget_refused(self.demand.sweep(now));
         self.metrics.tracked_keys.set(tracked.len() as i64);
         let own: Vec<f64> = tracked.iter().map(|t| self.demand.rate(t, now)).collect();
         let shown: Vec<_> = tracked.iter().map(|t| self.demand.shown(t, now)).collect();

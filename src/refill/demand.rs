@@ -595,6 +595,11 @@ impl Demand {
         all
     }
 
+    /// Forgets a tracked key as if it had gone idle (a warm key stays: it is pinned).
+    pub fn forget(&self, key: &PoolKey) {
+        self.keys.invalidate(key);
+    }
+
     /// Every tracked key, warm keys first (no side effects; for views such as `/state`).
     pub fn all(&self) -> Vec<Arc<Tracked>> {
         let mut all: Vec<Arc<Tracked>> = self.warm.read().values().cloned().collect();

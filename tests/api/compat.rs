@@ -609,3 +609,52 @@ async fn a_drop_in_request_whose_client_closes_the_connection_is_counted_as_canc
     assert_eq!(metric(&m, "embedgate_upstream_in_flight"), 1.0);
     app.stop().await;
 }
+
+/// Access key ids are reloaded with the tenant table: a key id removed from a tenant is refused
+/// at once (as AWS refuses an unknown key), one added signs for it, with the same master key.
+#[tokio::test]
+async fn an_access_key_removed_by_a_reload_is_refused_and_one_added_signs() {
+    let app = spawn_app(|s| {
+        with_compat(s);
+        s.refill.enabled = false;
+    })
+    .await;
+    const ROTATED: &str = "EGALPHA0000000000002";
+    let ask = |key_id: &'static str| {
+        let qs = client(&app, key_id, "alpha", 1);
+        async move {
+            qs.get_dashboard_embed_url()
+                .aws_account_id(ACCOUNT)
+                .dashboard_id("sales-2024")
+                .identity_type(EmbeddingIdentityType::Anonymous)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    e.into_service_error()
+                        .code()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+        }
+    };
+    assert_eq!(ask(ALPHA_KEY).await, Ok(()));
+    assert_eq!(
+        ask(ROTATED).await,
+        Err("UnrecognizedClientException".into())
+    );
+    let mut s = app.app.gateway.settings().clone();
+    s.tenants[0].access_key_ids = vec![ROTATED.into()];
+    let reloaded = app.app.gateway.reload(s).expect("a valid reload");
+    assert_eq!(reloaded.access_keys, 2);
+    assert_eq!(
+        ask(ALPHA_KEY).await,
+        Err("UnrecognizedClientException".into()),
+        "the removed key id"
+    );
+    assert_eq!(ask(ROTATED).await, Ok(()), "the added key id");
+    let state = app.state(0).await;
+    assert_eq!(state["tenants"][0]["access_key_ids"], json!([ROTATED]));
+    assert_eq!(state["compat"]["access_keys"], 2);
+    app.stop().await;
+}

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::helpers::free_port;
+use crate::helpers::{free_port, Lines};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_embedgate"));
@@ -175,33 +175,14 @@ fn starts_with(args: &[&str], env: &[(&str, &str)], ready: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let err = BufReader::new(child.stderr.take().unwrap());
-    let tx2 = tx.clone();
-    std::thread::spawn(move || {
-        out.lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(tx.send(l)))
-    });
-    std::thread::spawn(move || {
-        err.lines()
-            .map_while(Result::ok)
-            .for_each(|l| drop(tx2.send(l)))
-    });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let lines = Lines::of(vec![
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ]);
     let mut seen = Vec::new();
-    let mut found = false;
-    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains(ready) => {
-                found = true;
-                break;
-            }
-            Ok(line) => seen.push(line),
-            Err(_) => break,
-        }
-    }
+    let found = lines
+        .wait_for(ready, std::time::Duration::from_secs(30), &mut seen)
+        .is_some();
     let _ = child.kill();
     let _ = child.wait();
     assert!(

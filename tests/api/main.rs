@@ -17,6 +17,7 @@ mod observability;
 mod policy;
 mod policy_oracle;
 mod redis_server;
+mod reload;
 mod rollback;
 mod sessions;
 mod simulator;

@@ -625,3 +625,43 @@ pub async fn assert_every_url_ends_in_one_place<F, Fut>(
         "every URL received is distinct"
     );
 }
+
+/// The lines a child process writes, read on threads of their own as they come.
+pub struct Lines(std::sync::mpsc::Receiver<String>);
+
+impl Lines {
+    /// Reads `streams` (a child's stdout, stderr) into one sequence of lines.
+    pub fn of(streams: Vec<Box<dyn std::io::Read + Send>>) -> Lines {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        for stream in streams {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                    .for_each(|l| drop(tx.send(l)))
+            });
+        }
+        Lines(rx)
+    }
+
+    /// The next line containing `needle`, waited for at most `within`; the lines passed over
+    /// are added to `seen`. Blocks its thread.
+    pub fn wait_for(
+        &self,
+        needle: &str,
+        within: Duration,
+        seen: &mut Vec<String>,
+    ) -> Option<String> {
+        let deadline = std::time::Instant::now() + within;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.0.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Some(line),
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,285 @@
+//! Reloading the tenant table while the gateway runs (`embedgate serve` does when its config
+//! files change, and on `SIGHUP`): new API keys, access key ids and rules (policy, default
+//! account) for the tenants it has.
+//!
+//! What a reload may change is what a request reads as it arrives: a tenant's keys and rules.
+//! Everything else was built into the running gateway at start (listeners, Redis, upstreams and
+//! their budgets, pool and planner bounds, each tenant's quotas and warm keys, the tenants
+//! themselves, whose index every per-tenant table uses), so a reload that changes any of it is
+//! refused whole, naming the settings, and nothing changes: a restart applies them. So is an
+//! invalid one, and one under whose rules a tenant's own warm key would be refused (as at
+//! start). The master key is read once, at start.
+//!
+//! # Guarantees
+//! - From the first request that reads the new table on, it is authenticated by the new keys
+//!   and admitted under the new rules, also where the same bytes were admitted a moment before:
+//!   what `recent` remembers is found only under the rules it was admitted under.
+//! - A key tracked for its demand that its tenant's new rules refuse is forgotten at the
+//!   refiller's next tick (`Gateway::forget_refused`), so QuickSight is not asked for it again;
+//!   a prefetch already in flight for it finishes, and its URL, like any URL already pooled for
+//!   the key, is never handed out (every request is admitted first) and expires as waste.
+//! - A request admitted before the reload completes under the rules it was admitted with.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::Gateway;
+use crate::config::Settings;
+use crate::credentials::AccessKeys;
+use crate::refill::Tracked;
+
+/// What a reload put in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The tenants whose rules changed.
+    pub rules_changed: Vec<String>,
+    /// The tenants whose API keys changed.
+    pub keys_changed: Vec<String>,
+    /// API keys and access key ids now in force, over every tenant.
+    pub api_keys: usize,
+    pub access_keys: usize,
+}
+
+/// The members of a tenant's settings a reload may change.
+const RELOADABLE: [&str; 4] = [
+    "api_key_sha256",
+    "access_key_ids",
+    "default_account",
+    "policy",
+];
+
+impl Gateway {
+    /// Puts the tenants' keys and rules of `new` in force, if nothing else differs from the
+    /// running settings and `new` is valid (see the module's documentation).
+    ///
+    /// # Errors
+    /// Why nothing was changed: the settings that need a restart, the invalid key, or the warm
+    /// key the new rules refuse.
+    pub fn reload(&self, new: Settings) -> Result<Reloaded, String> {
+        // One at a time: each puts a whole table in force, never keys of one and rules of another.
+        let _one = self.reloading.lock();
+        let result = self.try_reload(new);
+        self.metrics
+            .reload_successful
+            .set(i64::from(result.is_ok()));
+        match &result {
+            Ok(_) => self.metrics.reloads_applied.inc(),
+            Err(_) => self.metrics.reloads_refused.inc(),
+        }
+        result
+    }
+
+    /// [`Gateway::reload`] from the settings files `paths` (and the `EMBEDGATE_…` variables),
+    /// read as at start; what `embedgate serve` runs when they change and on `SIGHUP`. Logs
+    /// what it did.
+    pub fn reload_files(&self, paths: &[PathBuf]) -> Result<Reloaded, String> {
+        let result = crate::config::loader::load_files(paths, "EMBEDGATE_")
+            .map_err(|e| {
+                self.metrics.reloads_refused.inc();
+                self.metrics.reload_successful.set(0);
+                format!("{e:#}")
+            })
+            .and_then(|new| self.reload(new));
+        match &result {
+            Ok(r) => tracing::info!(
+                rules_changed = %r.rules_changed.join(","),
+                keys_changed = %r.keys_changed.join(","),
+                api_keys = r.api_keys,
+                access_keys = r.access_keys,
+                "tenant table reloaded"
+            ),
+            Err(e) => tracing::warn!(error = %e, "tenant table not reloaded: nothing changed"),
+        }
+        result
+    }
+
+    fn try_reload(&self, new: Settings) -> Result<Reloaded, String> {
+        let differ = needs_restart(&self.settings, &new);
+        if !differ.is_empty() {
+            return Err(format!(
+                "changes that need a restart: {}",
+                differ.join(", ")
+            ));
+        }
+        new.validate()
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+        let rules = self.tenants.rules_for(&new.tenants);
+        self.warm_keys(&new.tenants, &rules)
+            .map_err(|e| format!("a warm key its tenant's new rules refuse: {e}"))?;
+        let access_keys = AccessKeys::new(&new.tenants, self.settings.master_key.as_ref());
+        let counts = (
+            new.tenants.iter().map(|t| t.api_key_sha256.len()).sum(),
+            access_keys.len(),
+        );
+        self.access_keys.store(Arc::new(access_keys));
+        let (rules_changed, keys_changed) = self.tenants.put_in_force(&new.tenants, rules);
+        Ok(Reloaded {
+            rules_changed,
+            keys_changed,
+            api_keys: counts.0,
+            access_keys: counts.1,
+        })
+    }
+}
+
+impl Gateway {
+    /// `tracked` less the keys whose tenant's rules changed since the last call and now refuse
+    /// their request, which are forgotten (see the module's documentation). Called by the
+    /// refiller each tick, before it plans.
+    pub(super) fn forget_refused(&self, tracked: Vec<Arc<Tracked>>) -> Vec<Arc<Tracked>> {
+        let changed: Vec<bool> = {
+            let mut seen = self.rules_seen.lock();
+            self.tenants
+                .all()
+                .iter()
+                .zip(seen.iter_mut())
+                .map(|(t, seen)| {
+                    let now = t.rules().generation;
+                    std::mem::replace(seen, now) != now
+                })
+                .collect()
+        };
+        if !changed.contains(&true) {
+            return tracked;
+        }
+        tracked
+            .into_iter()
+            .filter(|t| {
+                if !changed[t.tenant] {
+                    return true;
+                }
+                let rules = self.tenants.get(t.tenant).rules();
+                let allowed = rules.authorize(&t.request).is_ok()
+                    && rules.may_use_upstream(self.upstreams.of(&t.request).id());
+                if !allowed {
+                    self.demand.forget(&t.key);
+                }
+                allowed
+            })
+            .collect()
+    }
+}
+
+/// The settings `new` changes that only a restart applies: paths such as `listen`,
+/// `tenants[0].rate_per_sec` (never values: some are secrets).
+fn needs_restart(running: &Settings, new: &Settings) -> Vec<String> {
+    let ids = |s: &Settings| s.tenants.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+    let (was, now) = (ids(running), ids(new));
+    let mut differ = Vec::new();
+    if was != now {
+        differ.push(format!(
+            "tenants: the same tenants in the same order ({} now, {} in the file)",
+            was.join(", "),
+            now.join(", ")
+        ));
+    }
+    let fixed = |s: &Settings| {
+        let mut v = serde_json::to_value(s).unwrap_or_default();
+        if let Some(tenants) = v.get_mut("tenants").and_then(Value::as_array_mut) {
+            for t in tenants.iter_mut().filter_map(Value::as_object_mut) {
+                for member in RELOADABLE {
+                    t.remove(member);
+                }
+            }
+        }
+        v
+    };
+    if was == now {
+        paths_that_differ("", &fixed(running), &fixed(new), &mut differ);
+    } else {
+        let (mut a, mut b) = (fixed(running), fixed(new));
+        for v in [&mut a, &mut b] {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("tenants");
+            }
+        }
+        paths_that_differ("", &a, &b, &mut differ);
+    }
+    differ
+}
+
+/// Appends the paths at which `a` and `b` differ, down to the members that do.
+fn paths_that_differ(at: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut names: Vec<&String> = x.keys().chain(y.keys()).collect();
+            names.sort();
+            names.dedup();
+            for name in names {
+                let path = if at.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{at}.{name}")
+                };
+                let none = Value::Null;
+                paths_that_differ(
+                    &path,
+                    x.get(name).unwrap_or(&none),
+                    y.get(name).unwrap_or(&none),
+                    out,
+                );
+            }
+        }
+        // A list of tables (tenants, upstreams) is named per entry; a list of values whole.
+        (Value::Array(x), Value::Array(y))
+            if x.len() == y.len() && x.iter().all(Value::is_object) =>
+        {
+            for (i, (a, b)) in x.iter().zip(y).enumerate() {
+                paths_that_differ(&format!("{at}[{i}]"), a, b, out);
+            }
+        }
+        _ if a != b => out.push(at.to_string()),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        crate::dev::settings(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            "http://127.0.0.1:1",
+            "k",
+        )
+    }
+
+    #[test]
+    fn only_keys_and_rules_may_change_and_every_other_change_is_named_by_its_path() {
+        let running = settings();
+        let mut new = running.clone();
+        new.tenants[0].api_key_sha256 = vec!["00".repeat(32)];
+        new.tenants[0].access_key_ids = vec!["EGAAAAAAAAAAAAAAAAAA".into()];
+        new.tenants[0].default_account = Some("999999999999".into());
+        new.tenants[0].policy.dashboards = vec!["sales-*".into()];
+        assert!(needs_restart(&running, &new).is_empty());
+        new.tenants[0].burst = 1;
+        new.pool.min_remaining_secs = 90;
+        new.upstream.secret_access_key = Some(crate::config::Secret::new("other"));
+        new.tenants[0].warm = vec![serde_json::json!({"DashboardId": "d"})];
+        assert_eq!(
+            needs_restart(&running, &new),
+            [
+                "pool.min_remaining_secs",
+                "tenants[0].burst",
+                "tenants[0].warm",
+                "upstream.secret_access_key",
+            ],
+            "paths, never values"
+        );
+        let mut other = running.clone();
+        other.tenants[0].id = "other".into();
+        other.listen = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(
+            needs_restart(&running, &other),
+            [
+                "tenants: the same tenants in the same order (demo now, other in the file)",
+                "listen"
+            ]
+        );
+    }
+}

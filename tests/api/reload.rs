@@ -1,0 +1,322 @@
+//! Reloading the tenant table while the gateway runs (`SIGHUP`, `Gateway::reload`): keys and
+//! rules change for the next request, whatever was admitted or tracked under the old rules; a
+//! reload that would change anything else, or is invalid, changes nothing and says why.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+use embedgate::config::Settings;
+
+/// The running gateway's settings, changed by `change`, as a reloaded file would give them.
+fn edited(app: &TestApp, change: impl FnOnce(&mut Settings)) -> Settings {
+    let mut s = app.app.gateway.settings().clone();
+    change(&mut s);
+    s
+}
+
+/// The status and problem `code`/`field` of `body` sent as `tenant`.
+async fn answer(app: &TestApp, tenant: &str, body: &serde_json::Value) -> (u16, String, String) {
+    let r = app.embed(tenant, "dashboard", body).await;
+    let status = r.status().as_u16();
+    let v: serde_json::Value = r.json().await.unwrap();
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    (status, text("code"), text("field"))
+}
+
+/// What the memo of admitted bodies must not outlive: the exact bytes admitted a moment ago, for
+/// a dashboard the new policy leaves out, are refused once the policy is reloaded, with
+/// QuickSight never called for them.
+#[tokio::test]
+async fn a_tightened_policy_refuses_the_very_bytes_it_admitted_before() {
+    let app = spawn_app(|s| s.refill.enabled = false).await;
+    let sales = dash("sales-2024", "alice");
+    for _ in 0..3 {
+        assert_eq!(answer(&app, "alpha", &sales).await.0, 200);
+    }
+    let changed = app
+        .app
+        .gateway
+        .reload(edited(&app, |s| {
+            s.tenants[0].policy.dashboards = vec!["finance*".into()]
+        }))
+        .expect("a valid reload is applied");
+    assert_eq!(changed.rules_changed, vec!["alpha".to_string()]);
+    let calls = app.sim.sim.ledger().calls;
+    assert_eq!(
+        answer(&app, "alpha", &sales).await,
+        (403, "forbidden_by_policy".into(), "DashboardId".into()),
+        "the same bytes, admitted three times before the reload"
+    );
+    assert_eq!(app.sim.sim.ledger().calls, calls, "QuickSight not called");
+    assert_eq!(
+        answer(&app, "alpha", &dash("finance", "alice")).await.0,
+        200
+    );
+    assert_eq!(
+        answer(&app, "beta", &sales).await.0,
+        200,
+        "another tenant's rules did not change"
+    );
+    app.stop().await;
+}
+
+/// Rotation and revocation without a restart: a key removed from a tenant no longer
+/// authenticates on the next request, a key added does, and the other tenants' keys go on.
+#[tokio::test]
+async fn a_key_removed_by_a_reload_stops_authenticating_and_a_key_added_starts() {
+    let app = spawn_app(|s| s.refill.enabled = false).await;
+    let body = dash("sales-2024", "alice");
+    assert_eq!(answer(&app, "alpha", &body).await.0, 200);
+    let new_key = "alpha-rotated-key";
+    app.app
+        .gateway
+        .reload(edited(&app, |s| {
+            s.tenants[0].api_key_sha256 = vec![hex::encode(embedgate::tenant::hash_key(new_key))]
+        }))
+        .expect("a valid reload is applied");
+    assert_eq!(
+        answer(&app, "alpha", &body).await.0,
+        401,
+        "the removed key is refused"
+    );
+    let r = app
+        .http
+        .post(format!("{}/v1/embed-url/dashboard", app.base))
+        .bearer_auth(new_key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the added key authenticates alpha");
+    assert_eq!(answer(&app, "beta", &body).await.0, 200);
+    app.stop().await;
+}
+
+/// A reload that would change something only a restart applies (a quota, a warm key, the
+/// tenants themselves, a process setting), or that is invalid, or whose policy refuses one of
+/// the tenant's own warm keys, is refused whole: the answer names what, and the old keys and
+/// rules stay in force.
+#[tokio::test]
+async fn a_reload_that_needs_a_restart_or_is_invalid_changes_nothing_and_names_why() {
+    let app = spawn_app(|s| {
+        s.refill.enabled = false;
+        s.tenants[1].warm = vec![warm(dash("sales-2024", "bob"), 1)];
+    })
+    .await;
+    let tightened = |s: &mut Settings| s.tenants[0].policy.dashboards = vec!["finance*".into()];
+    type Change = Box<dyn Fn(&mut Settings)>;
+    let cases: Vec<(&str, Change)> = vec![
+        (
+            "tenants[0].rate_per_sec",
+            Box::new(|s| s.tenants[0].rate_per_sec = 1.0),
+        ),
+        ("tenants[1].warm", Box::new(|s| s.tenants[1].warm.clear())),
+        (
+            "tenants: the same tenants in the same order",
+            Box::new(|s| {
+                s.tenants.pop();
+            }),
+        ),
+        (
+            "tenants: the same tenants in the same order",
+            Box::new(|s| s.tenants.swap(0, 1)),
+        ),
+        (
+            "pool.min_remaining_secs",
+            Box::new(|s| s.pool.min_remaining_secs = 90),
+        ),
+        (
+            "tenants[1].warm[0]",
+            Box::new(|s| s.tenants[1].policy.dashboards = vec!["finance*".into()]),
+        ),
+        (
+            "tenants[0].policy.experiences",
+            Box::new(|s| s.tenants[0].policy.experiences = vec!["Dashbord".into()]),
+        ),
+    ];
+    let sales = dash("sales-2024", "alice");
+    for (needle, change) in cases {
+        let err = app
+            .app
+            .gateway
+            .reload(edited(&app, |s| {
+                tightened(s);
+                change(s);
+            }))
+            .expect_err(needle);
+        assert!(err.contains(needle), "{needle:?} named in {err:?}");
+        assert_eq!(
+            answer(&app, "alpha", &sales).await.0,
+            200,
+            "{needle}: the old policy still in force"
+        );
+    }
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(&m, "embedgate_config_reloads_total{result=\"refused\"}"),
+        7.0
+    );
+    assert_eq!(
+        metric(&m, "embedgate_config_reloads_total{result=\"applied\"}"),
+        0.0
+    );
+    assert_eq!(metric(&m, "embedgate_config_last_reload_successful"), 0.0);
+    app.app
+        .gateway
+        .reload(edited(&app, tightened))
+        .expect("the change alone is applied");
+    let m = app.metrics().await;
+    assert_eq!(metric(&m, "embedgate_config_last_reload_successful"), 1.0);
+    app.stop().await;
+}
+
+/// A key tracked for its demand that the reloaded policy refuses is forgotten, and QuickSight is
+/// not asked for it again: before, the refiller went on stocking it for the demand its requests
+/// had shown under the old policy.
+#[tokio::test]
+async fn a_key_the_reloaded_policy_refuses_is_no_longer_prefetched() {
+    let app = spawn_app(|s| {
+        // Stocking a busy key takes a while: five calls a second, two at a time.
+        s.upstream.rate_per_sec = 5.0;
+        s.upstream.burst = 10;
+        s.refill.concurrency = 2;
+    })
+    .await;
+    let body = dash("sales-2024", "alice");
+    let key = app.key_of(0, &body);
+    // A busy key: its answers do not matter (most miss and wait on the small budget).
+    futures::future::join_all((0..20).map(|_| app.embed("alpha", "dashboard", &body))).await;
+    assert!(
+        app.eventually(10, || app.app.gateway.pool().len(&key) >= 1)
+            .await,
+        "the busy key is being stocked: {}",
+        app.state(10).await
+    );
+    app.app
+        .gateway
+        .reload(edited(&app, |s| {
+            s.tenants[0].policy.dashboards = vec!["finance-*".into()]
+        }))
+        .expect("a valid reload is applied");
+    let forgotten = eventually(Duration::from_secs(10), || async {
+        let state = app.state(1000).await;
+        !state["demand"]["keys"]
+            .as_array()
+            .is_some_and(|keys| keys.iter().any(|k| k["key"] == key.as_str()))
+    })
+    .await;
+    assert!(forgotten, "the refused key is no longer tracked");
+    let calls = app.sim.sim.ledger().calls;
+    // Long enough for ten more prefetches at the upstream's rate, had stocking gone on.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let more = app.sim.sim.ledger().calls - calls;
+    assert!(
+        more <= 2,
+        "{more} calls after the key was forgotten: at most the two prefetches already in flight"
+    );
+    assert_eq!(
+        answer(&app, "alpha", &body).await.0,
+        403,
+        "and its stock is not handed out"
+    );
+    app.stop().await;
+}
+
+/// End to end: `embedgate serve` rereads its config file when it changes (as the kubelet
+/// updates a mounted ConfigMap or Secret) and on `SIGHUP`, logs what it applied, and the key the
+/// new file no longer lists is refused; a file it cannot apply is logged and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_config_file_or_sighup_reloads_the_tenant_table() {
+    let sim = spawn_sim();
+    let dir = std::env::temp_dir().join(format!("embedgate-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    let file = |key: &str, listen: &str| {
+        format!(
+            r#"
+listen = "{listen}"
+admin_listen = "127.0.0.1:0"
+[upstream]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+access_key_id = "{access}"
+secret_access_key = "{secret}"
+[[tenants]]
+id = "acme"
+api_key_sha256 = ["{hash}"]
+default_account = "{ACCOUNT}"
+policy = {{ dashboards = ["*"], namespaces = ["default"] }}
+"#,
+            endpoint = sim.endpoint,
+            access = embedgate::sim::DEFAULT_ACCESS_KEY_ID,
+            secret = embedgate::sim::DEFAULT_SECRET_ACCESS_KEY,
+            hash = hex::encode(embedgate::tenant::hash_key(key)),
+        )
+    };
+    // As the kubelet updates a mounted file: the new contents whole, never half written.
+    let write = |contents: String| {
+        let next = dir.join("next.toml");
+        std::fs::write(&next, contents).unwrap();
+        std::fs::rename(&next, &path).unwrap();
+    };
+    write(file("first-key", "127.0.0.1:0"));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_embedgate"))
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .env("EMBEDGATE_LOG", "info")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = Lines::of(vec![Box::new(child.stderr.take().unwrap())]);
+    let wait_for = |needle: &str| -> String {
+        tokio::task::block_in_place(|| {
+            lines
+                .wait_for(needle, Duration::from_secs(30), &mut Vec::new())
+                .unwrap_or_else(|| panic!("no line with {needle:?}"))
+        })
+    };
+    let serving = wait_for("embedgate serving");
+    let addr = serde_json::from_str::<serde_json::Value>(&serving).unwrap()["fields"]["listen"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| panic!("{serving}"));
+    let http = reqwest::Client::new();
+    let ask = |key: &'static str| {
+        http.post(format!("http://{addr}/v1/embed-url/dashboard"))
+            .bearer_auth(key)
+            .json(&json!({"DashboardId": "sales-2024", "IdentityType": "ANONYMOUS"}))
+            .send()
+    };
+    let status = |r: reqwest::Result<reqwest::Response>| r.unwrap().status().as_u16();
+    assert_eq!(status(ask("first-key").await), 200);
+    let hup = || {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    };
+    write(file("second-key", "127.0.0.1:0"));
+    let applied = wait_for("tenant table reloaded");
+    assert!(applied.contains("acme"), "{applied}");
+    assert_eq!(status(ask("first-key").await), 401);
+    assert_eq!(status(ask("second-key").await), 200);
+    // A file the gateway cannot apply without a restart is refused; the keys in force stay.
+    write(file("third-key", "127.0.0.1:1"));
+    let refused = wait_for("tenant table not reloaded");
+    assert!(refused.contains("listen"), "{refused}");
+    assert_eq!(status(ask("second-key").await), 200);
+    assert_eq!(status(ask("third-key").await), 401);
+    // The signal rereads the files whether or not they changed.
+    assert!(hup());
+    let again = wait_for("tenant table not reloaded");
+    assert!(again.contains("listen"), "{again}");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(dir);
+    sim.stop().await;
+}
