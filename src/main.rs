@@ -245,6 +245,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Read before the files are loaded: a change made while the gateway starts is reloaded.
+    let loaded = config_contents(&args.config);
     let mut settings: Settings = embedgate::config::loader::load_files(&args.config, "EMBEDGATE_")?;
     settings.master_key =
         embedgate::config::loader::load_master_key(settings.master_key_file.as_deref())?;
@@ -281,7 +283,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         compat = app.compat_addr.map(|a| a.to_string()),
         "embedgate serving"
     );
-    reload_tenants(app.gateway.clone(), args.config.clone());
+    reload_tenants(app.gateway.clone(), args.config, loaded);
     app.run_until(shutdown_signal()).await?;
     tracing::info!("embedgate stopped");
     Ok(())
@@ -290,42 +292,59 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 /// How often the config files are read to see whether they changed.
 const RELOAD_CHECK: Duration = Duration::from_secs(5);
 
+/// A digest of the config files' contents (a missing file reads as none).
+fn config_contents(paths: &[PathBuf]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for path in paths {
+        std::fs::read(path).ok().hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Puts the tenants' new keys and rules in force (see `Gateway::reload`) when the config files'
-/// contents change (read every [`RELOAD_CHECK`]: a Kubernetes ConfigMap or Secret is updated in
-/// the running pod, whose image has no shell to send a signal from) and on each `SIGHUP`; what it
-/// did, or why it changed nothing, is logged.
-fn reload_tenants(gateway: std::sync::Arc<embedgate::gateway::Gateway>, config: Vec<PathBuf>) {
-    let paths = config.clone();
-    let contents = move || -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        for path in &config {
-            std::fs::read(path).ok().hash(&mut h);
-        }
-        h.finish()
-    };
+/// contents differ from `loaded` (read every [`RELOAD_CHECK`]: a Kubernetes ConfigMap or Secret
+/// is updated in the running pod, whose image has no shell to send a signal from) and on each
+/// `SIGHUP`; what it did, or why it changed nothing, is logged.
+fn reload_tenants(
+    gateway: std::sync::Arc<embedgate::gateway::Gateway>,
+    paths: Vec<PathBuf>,
+    loaded: u64,
+) {
     tokio::spawn(async move {
         #[cfg(unix)]
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut seen = contents();
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP: the config files are reloaded only when they change");
+                None
+            }
+        };
+        let mut seen = loaded;
         let mut every = tokio::time::interval(RELOAD_CHECK);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             #[cfg(unix)]
             let signalled = async {
                 match hup.as_mut() {
-                    Some(h) => drop(h.recv().await),
+                    Some(h) => h.recv().await.is_some(),
                     None => std::future::pending().await,
                 }
             };
             #[cfg(not(unix))]
-            let signalled = std::future::pending::<()>();
-            let forced = tokio::select! {
-                _ = signalled => true,
-                _ = every.tick() => false,
+            let signalled = std::future::pending::<bool>();
+            // Some(true): a signal; Some(false): no more signals will come; None: time to look.
+            let woken = tokio::select! {
+                s = signalled => Some(s),
+                _ = every.tick() => None,
             };
-            let now = contents();
-            if forced || now != seen {
+            #[cfg(unix)]
+            if woken == Some(false) {
+                hup = None;
+                continue;
+            }
+            let now = config_contents(&paths);
+            if woken.is_some() || now != seen {
                 seen = now;
                 let _ = gateway.reload_files(&paths);
             }

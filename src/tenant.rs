@@ -5,9 +5,9 @@
 //! reveals nothing useful about any key), and the stored hash is compared again in constant time.
 //!
 //! A tenant's API keys and its rules (policy and default account) can be replaced while the
-//! gateway runs ([`Tenants::reload`]); its index, id and quotas stay for the life of the process.
-//! Each set of rules carries a generation, so what was admitted under earlier rules can tell
-//! (see `gateway::recent`).
+//! gateway runs ([`Tenants::put_in_force`]); its index, id and quotas stay for the life of the
+//! process. Each set of rules carries a generation, so what was admitted under earlier rules can
+//! tell (see `gateway::recent`).
 
 use arc_swap::{ArcSwap, Guard};
 use sha2::{Digest, Sha256};
