@@ -648,7 +648,22 @@ impl Gateway {
         };
         req.set_region(upstream.region().to_string());
         req.check_region(upstream.region()).map_err(invalid)?;
-        rules.authorize(&req).map_err(|d| Refusal::Denied {
+        Self::allowed_under(rules, &req, upstream, region_field)?;
+        Ok(req)
+    }
+
+    /// The policy's part of admission: whether `rules` allow a resolved, validated request,
+    /// and the `upstream` it routes to (refused naming `region_field`).
+    ///
+    /// # Errors
+    /// The member the rules do not allow.
+    fn allowed_under(
+        rules: &Rules,
+        req: &EmbedRequest,
+        upstream: &Upstream,
+        region_field: &str,
+    ) -> Result<(), Refusal> {
+        rules.authorize(req).map_err(|d| Refusal::Denied {
             field: d.field,
             rule: d.rule,
         })?;
@@ -661,7 +676,7 @@ impl Gateway {
                 ),
             });
         }
-        Ok(req)
+        Ok(())
     }
 
     /// Parses a native API body as `op` and admits it for `tenant` (see [`Gateway::admit`]),

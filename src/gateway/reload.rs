@@ -58,30 +58,18 @@ impl Gateway {
     /// Why nothing was changed: the settings that need a restart, the invalid key, or the warm
     /// key the new rules refuse.
     pub fn reload(&self, new: Settings) -> Result<Reloaded, String> {
-        // One at a time: each puts a whole table in force, never keys of one and rules of another.
-        let _one = self.reloading.lock();
-        let result = self.try_reload(new);
-        self.metrics
-            .reload_successful
-            .set(i64::from(result.is_ok()));
-        match &result {
-            Ok(_) => self.metrics.reloads_applied.inc(),
-            Err(_) => self.metrics.reloads_refused.inc(),
-        }
-        result
+        self.counted(self.try_reload(new))
     }
 
     /// [`Gateway::reload`] from the settings files `paths` (and the `EMBEDGATE_…` variables),
     /// read as at start; what `embedgate serve` runs when they change and on `SIGHUP`. Logs
     /// what it did.
     pub fn reload_files(&self, paths: &[PathBuf]) -> Result<Reloaded, String> {
-        let result = crate::config::loader::load_files(paths, "EMBEDGATE_")
-            .map_err(|e| {
-                self.metrics.reloads_refused.inc();
-                self.metrics.reload_successful.set(0);
-                format!("{e:#}")
-            })
-            .and_then(|new| self.reload(new));
+        let result = self.counted(
+            crate::config::loader::load_files(paths, "EMBEDGATE_")
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|new| self.try_reload(new)),
+        );
         match &result {
             Ok(r) => tracing::info!(
                 rules_changed = %r.rules_changed.join(","),
@@ -95,7 +83,21 @@ impl Gateway {
         result
     }
 
+    /// Counts a reload's outcome in the metrics.
+    fn counted(&self, result: Result<Reloaded, String>) -> Result<Reloaded, String> {
+        self.metrics
+            .reload_successful
+            .set(i64::from(result.is_ok()));
+        match &result {
+            Ok(_) => self.metrics.reloads_applied.inc(),
+            Err(_) => self.metrics.reloads_refused.inc(),
+        }
+        result
+    }
+
     fn try_reload(&self, new: Settings) -> Result<Reloaded, String> {
+        // One at a time: each puts a whole table in force, never keys of one and rules of another.
+        let _one = self.reloading.lock();
         let differ = needs_restart(&self.settings, &new);
         if !differ.is_empty() {
             return Err(format!(
@@ -151,8 +153,8 @@ impl Gateway {
                     return true;
                 }
                 let rules = self.tenants.get(t.tenant).rules();
-                let allowed = rules.authorize(&t.request).is_ok()
-                    && rules.may_use_upstream(self.upstreams.of(&t.request).id());
+                let upstream = self.upstreams.of(&t.request);
+                let allowed = Self::allowed_under(&rules, &t.request, upstream, "Region").is_ok();
                 if !allowed {
                     self.demand.forget(&t.key);
                 }
@@ -175,9 +177,14 @@ fn needs_restart(running: &Settings, new: &Settings) -> Vec<String> {
             now.join(", ")
         ));
     }
+    // The reloadable members left out; the tenants left out whole when they are not the same.
     let fixed = |s: &Settings| {
         let mut v = serde_json::to_value(s).unwrap_or_default();
-        if let Some(tenants) = v.get_mut("tenants").and_then(Value::as_array_mut) {
+        if was != now {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("tenants");
+            }
+        } else if let Some(tenants) = v.get_mut("tenants").and_then(Value::as_array_mut) {
             for t in tenants.iter_mut().filter_map(Value::as_object_mut) {
                 for member in RELOADABLE {
                     t.remove(member);
@@ -186,17 +193,7 @@ fn needs_restart(running: &Settings, new: &Settings) -> Vec<String> {
         }
         v
     };
-    if was == now {
-        paths_that_differ("", &fixed(running), &fixed(new), &mut differ);
-    } else {
-        let (mut a, mut b) = (fixed(running), fixed(new));
-        for v in [&mut a, &mut b] {
-            if let Some(o) = v.as_object_mut() {
-                o.remove("tenants");
-            }
-        }
-        paths_that_differ("", &a, &b, &mut differ);
-    }
+    paths_that_differ("", &fixed(running), &fixed(new), &mut differ);
     differ
 }
 

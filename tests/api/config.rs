@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::helpers::{free_port, Lines};
+use crate::helpers::{free_port, serve_command, Lines};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_embedgate"));
@@ -439,15 +439,11 @@ fn settings_in(v: &serde_json::Value, out: &mut Vec<String>) {
 fn a_gateway_stopped_by_sigterm_has_written_every_request_line() {
     let held = free_port(false);
     let port = held.port;
-    let mut child = bin()
-        .args(["serve", "--config", "config/embedgate.example.toml"])
+    let mut child = serve_command("config/embedgate.example.toml")
         .env("EMBEDGATE_LISTEN", format!("127.0.0.1:{port}"))
         .env("EMBEDGATE_ADMIN_LISTEN", "127.0.0.1:0")
         .env("EMBEDGATE_LOG_FLUSH_MS", "10000")
         .env("EMBEDGATE_LOG", "info")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     const REQUESTS: usize = 20;

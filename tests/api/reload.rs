@@ -2,7 +2,7 @@
 //! rules change for the next request, whatever was admitted or tracked under the old rules; a
 //! reload that would change anything else, or is invalid, changes nothing and says why.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
@@ -263,12 +263,8 @@ policy = {{ dashboards = ["*"], namespaces = ["default"] }}
         std::fs::rename(&next, &path).unwrap();
     };
     write(file("first-key", "127.0.0.1:0"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_embedgate"))
-        .args(["serve", "--config", path.to_str().unwrap()])
+    let mut child = serve_command(path.to_str().unwrap())
         .env("EMBEDGATE_LOG", "info")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let lines = Lines::of(vec![Box::new(child.stderr.take().unwrap())]);

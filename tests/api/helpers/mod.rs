@@ -665,3 +665,16 @@ impl Lines {
         None
     }
 }
+
+/// `embedgate serve --config <config>` (relative to the crate's root), never asking EC2 for
+/// credentials, its stdout dropped and its stderr (the log) piped.
+pub fn serve_command(config: &str) -> std::process::Command {
+    use std::process::Stdio;
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_embedgate"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["serve", "--config", config])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    c
+}
