@@ -351,6 +351,7 @@ impl Settings {
                 }
             }
             check_session_tags(p).map_err(|(at, rule)| format!("{}: {rule}", k(&at)))?;
+            check_reach(t, &self.upstreams()).map_err(|(at, rule)| format!("{}: {rule}", k(at)))?;
             for h in &t.api_key_sha256 {
                 let owner = key_owner.entry(h.to_ascii_lowercase()).or_insert(&t.id);
                 if let Some(other) = Some(*owner).filter(|o| *o != &t.id) {
@@ -583,6 +584,66 @@ pub fn check_access_key_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// What a tenant's settings name outside its own table: each namespace is one QuickSight could
+/// read, each upstream is configured and serves one of the tenant's accounts, and each of those
+/// accounts (the default one included) is served by an upstream the tenant may use. A slip in any
+/// of them only narrows what the tenant may do, so nothing else would say so: every request it
+/// touches would be refused at run time, with nothing at start saying why.
+fn check_reach(
+    t: &super::TenantSettings,
+    upstreams: &[&super::UpstreamSettings],
+) -> Result<(), (&'static str, String)> {
+    let p = &t.policy;
+    use crate::model::validate::{is_namespace, NAMESPACE_RULE};
+    if let Some(ns) = p.namespaces.iter().find(|ns| !is_namespace(ns)) {
+        return Err(("policy.namespaces", format!("{ns:?} {NAMESPACE_RULE}")));
+    }
+    let accounts: Vec<&String> = if p.accounts.is_empty() {
+        t.default_account.iter().collect()
+    } else {
+        p.accounts.iter().collect()
+    };
+    if let Some(a) = t.default_account.as_ref().filter(|a| !accounts.contains(a)) {
+        return Err((
+            "default_account",
+            format!(
+                "{a:?} is not one of policy.accounts, so every request that omits AwsAccountId would be refused"
+            ),
+        ));
+    }
+    for id in &p.upstreams {
+        let Some(u) = upstreams.iter().find(|u| &u.id == id) else {
+            let ids: Vec<&str> = upstreams.iter().map(|u| u.id.as_str()).collect();
+            return Err((
+                "policy.upstreams",
+                format!(
+                    "{id:?} is not the id of an upstream (configured: {})",
+                    ids.join(", ")
+                ),
+            ));
+        };
+        if let Some(a) = u.account.as_ref().filter(|a| !accounts.contains(a)) {
+            return Err((
+                "policy.upstreams",
+                format!("{id:?} serves account {a}, which the tenant may not use"),
+            ));
+        }
+    }
+    for a in accounts {
+        let reaches = |u: &&super::UpstreamSettings| {
+            u.account.as_ref().is_none_or(|x| x == a)
+                && (p.upstreams.is_empty() || p.upstreams.contains(&u.id))
+        };
+        if !upstreams.iter().any(reaches) {
+            return Err((
+                "policy.accounts",
+                format!("{a:?} is served by no upstream the tenant may use"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A policy's session tag settings: a required tag must be one the policy allows, and a pattern
 /// with a wildcard other than a bare `*` needs its key's rule, since QuickSight may read one value
 /// as several or as every value. Returns the setting at fault and the rule it breaks.
@@ -707,6 +768,89 @@ mod tests {
             });
             assert!(e.starts_with(starts), "{e}");
         }
+    }
+
+    /// A namespace, upstream or account a tenant names but cannot reach is refused at start
+    /// naming the setting. Each passed before, and every request it touched was refused at run
+    /// time (a 403 or a 400) with nothing at start saying why.
+    #[test]
+    fn a_policy_naming_what_the_tenant_cannot_reach_is_refused_naming_the_key() {
+        use crate::config::UpstreamSettings;
+        const US: &str = "111122223333";
+        const EU: &str = "222233334444";
+        let two = |s: &mut Settings| {
+            let up = |id: &str, account: &str, region: &str| UpstreamSettings {
+                id: id.into(),
+                account: Some(account.into()),
+                region: region.into(),
+                ..UpstreamSettings::default()
+            };
+            s.upstreams = vec![up("us", US, "us-east-1"), up("eu", EU, "eu-west-1")];
+            let t = &mut s.tenants[0];
+            t.default_account = Some(US.into());
+            t.policy.accounts = vec![US.into(), EU.into()];
+            t.policy.upstreams = vec!["us".into(), "eu".into()];
+            t.policy.namespaces = vec!["default".into(), "acme.eu_1-x".into()];
+        };
+        let mut s = with_tenant();
+        two(&mut s);
+        assert_eq!(s.validate(), Ok(()));
+        type Change = fn(&mut TenantSettings);
+        let cases: &[(Change, &str)] = &[
+            (
+                |t| t.policy.namespaces.push("acme eu".into()),
+                "tenants[0].policy.namespaces: \"acme eu\" must be 1-64 characters",
+            ),
+            (
+                |t| t.policy.namespaces.push(String::new()),
+                "tenants[0].policy.namespaces: \"\" must be",
+            ),
+            (
+                |t| t.policy.namespaces.push("n".repeat(65)),
+                "tenants[0].policy.namespaces: ",
+            ),
+            (
+                |t| t.policy.upstreams = vec!["us".into(), "eu-prod".into()],
+                "tenants[0].policy.upstreams: \"eu-prod\" is not the id of an upstream (configured: us, eu)",
+            ),
+            (
+                |t| t.policy.accounts = vec![US.into()],
+                "tenants[0].policy.upstreams: \"eu\" serves account 222233334444, which the tenant may not use",
+            ),
+            (
+                |t| t.policy.upstreams = vec!["us".into()],
+                "tenants[0].policy.accounts: \"222233334444\" is served by no upstream the tenant may use",
+            ),
+            (
+                |t| t.policy.accounts.push("999988887777".into()),
+                "tenants[0].policy.accounts: \"999988887777\" is served by no upstream",
+            ),
+            (
+                |t| t.default_account = Some("999988887777".into()),
+                "tenants[0].default_account: \"999988887777\" is not one of policy.accounts",
+            ),
+            (
+                |t| {
+                    t.policy.accounts.clear();
+                    t.policy.upstreams = vec!["us".into()];
+                    t.default_account = Some(EU.into());
+                },
+                "tenants[0].policy.upstreams: \"us\" serves account 111122223333",
+            ),
+        ];
+        for (change, starts) in cases {
+            let e = refusal(|s| {
+                two(s);
+                change(&mut s.tenants[0]);
+            });
+            assert!(e.starts_with(starts), "{e}");
+        }
+        // The single [upstream] table serves every account; without policy.accounts the
+        // default account is the tenant's one.
+        let mut s = with_tenant();
+        s.tenants[0].default_account = Some(EU.into());
+        s.tenants[0].policy.upstreams = vec!["default".into()];
+        assert_eq!(s.validate(), Ok(()));
     }
 
     #[test]

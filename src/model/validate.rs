@@ -98,14 +98,15 @@ pub(crate) fn is_namespace(ns: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// What [`is_namespace`] asks, as an error says it.
+pub(crate) const NAMESPACE_RULE: &str =
+    "must be 1-64 characters of letters, digits, '.', '_' and '-'";
+
 fn check_namespace(field: &str, ns: &str) -> Result<(), Violation> {
     if is_namespace(ns) {
         Ok(())
     } else {
-        Err(Violation::invalid(
-            field,
-            "must be 1-64 characters of letters, digits, '.', '_' and '-'",
-        ))
+        Err(Violation::invalid(field, NAMESPACE_RULE))
     }
 }
 

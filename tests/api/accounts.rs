@@ -152,9 +152,19 @@ async fn two_accounts_in_two_regions_each_through_its_assumed_role() {
 async fn a_tenant_reaches_only_the_accounts_regions_and_upstreams_its_policy_names() {
     let app = spawn_app_on(two_region_sim(), Clock::System, |s| {
         two_upstreams(s, None);
+        // The US account is served in eu-west-1 too, by an upstream gamma may not use.
+        let us_in_eu = upstream(
+            s,
+            "us-in-eu",
+            US,
+            "eu-west-1",
+            &format!("arn:aws:iam::{US}:role/embed-us"),
+        );
+        s.upstreams.push(us_in_eu);
         let mut only_us = s.tenants[0].clone();
         only_us.id = "gamma".into();
         only_us.api_key_sha256 = vec![hex::encode(embedgate::tenant::hash_key("gamma-key"))];
+        only_us.policy.accounts = vec![US.into()];
         only_us.policy.upstreams = vec!["us".into()];
         s.tenants.push(only_us);
     })
@@ -167,16 +177,23 @@ async fn a_tenant_reaches_only_the_accounts_regions_and_upstreams_its_policy_nam
         (Some(403), Some("AwsAccountId")),
         "{p}"
     );
-    // gamma may use both accounts but only the `us` upstream.
-    let p = app
-        .embed_json("gamma", "dashboard", &eu_dash("alice"))
-        .await;
+    // gamma may use the US account through the `us` upstream only, not in eu-west-1.
+    let mut us_in_eu = dash("sales-2024", "alice");
+    us_in_eu["Region"] = json!("eu-west-1");
+    let p = app.embed_json("gamma", "dashboard", &us_in_eu).await;
     assert_eq!(
-        (p["status"].as_u64(), p["code"].as_str()),
-        (Some(403), Some("forbidden_by_policy")),
+        (
+            p["status"].as_u64(),
+            p["code"].as_str(),
+            p["field"].as_str()
+        ),
+        (Some(403), Some("forbidden_by_policy"), Some("Region")),
         "{p}"
     );
-    assert!(p["detail"].as_str().unwrap().contains("upstream eu"), "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("upstream us-in-eu"),
+        "{p}"
+    );
     // An account no upstream serves, and a region the account is not served in: 400s.
     let mut nowhere = dash("sales-2024", "alice");
     nowhere["AwsAccountId"] = json!("999988887777");

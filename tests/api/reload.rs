@@ -136,6 +136,10 @@ async fn a_reload_that_needs_a_restart_or_is_invalid_changes_nothing_and_names_w
             "tenants[0].policy.experiences",
             Box::new(|s| s.tenants[0].policy.experiences = vec!["Dashbord".into()]),
         ),
+        (
+            "tenants[0].policy.upstreams: \"defualt\" is not the id of an upstream",
+            Box::new(|s| s.tenants[0].policy.upstreams = vec!["defualt".into()]),
+        ),
     ];
     let sales = dash("sales-2024", "alice");
     for (needle, change) in cases {
@@ -157,7 +161,7 @@ async fn a_reload_that_needs_a_restart_or_is_invalid_changes_nothing_and_names_w
     let m = app.metrics().await;
     assert_eq!(
         metric(&m, "embedgate_config_reloads_total{result=\"refused\"}"),
-        7.0
+        8.0
     );
     assert_eq!(
         metric(&m, "embedgate_config_reloads_total{result=\"applied\"}"),
