@@ -240,6 +240,16 @@ impl Limits {
         local.check_part(tenant.index, self.part())
     }
 
+    /// Puts `tenant`'s limit, which a reload changed, in force from its next request on: in
+    /// this replica's limiter and, in a fleet, in place of a refusal remembered under the old
+    /// limit (Redis reads each request's limit from the request's replica).
+    pub fn limit_changed(&self, local: &InboundLimiter, tenant: &Tenant) {
+        local.set(tenant.index, tenant.limit());
+        if let Limits::Fleet(fleet) = self {
+            fleet.forget_over(tenant);
+        }
+    }
+
     /// A request's count as far as it is decided before its body is read: `None` in a healthy
     /// fleet, where it is counted together with the pool take (see [`PoolStore::inbound_take`]),
     /// unless the tenant is known to be over its limit; this replica's limiter otherwise.

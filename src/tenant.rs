@@ -4,10 +4,10 @@
 //! API keys are stored only as SHA-256 hashes. A presented key is hashed, looked up by hash (which
 //! reveals nothing useful about any key), and the stored hash is compared again in constant time.
 //!
-//! A tenant's API keys and its rules (policy and default account) can be replaced while the
-//! gateway runs ([`Tenants::put_in_force`]); its index, id and quotas stay for the life of the
-//! process. Each set of rules carries a generation, so what was admitted under earlier rules can
-//! tell (see `gateway::recent`).
+//! A tenant's API keys, its rules (policy and default account) and its inbound limit can be
+//! replaced while the gateway runs ([`Tenants::put_in_force`]); its index, id and other quotas
+//! stay for the life of the process. Each set of rules carries a generation, so what was
+//! admitted under earlier rules can tell (see `gateway::recent`).
 
 use arc_swap::{ArcSwap, Guard};
 use sha2::{Digest, Sha256};
@@ -53,9 +53,29 @@ pub struct Tenant {
     pub max_pooled_urls: usize,
     pub max_hints: usize,
     pub max_tracked_keys: usize,
+    limit: ArcSwap<Limit>,
+    rules: ArcSwap<Rules>,
+}
+
+/// A tenant's inbound limit: requests per second, and the burst above that rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
     pub rate_per_sec: f64,
     pub burst: u32,
-    rules: ArcSwap<Rules>,
+}
+
+impl Limit {
+    fn of(t: &TenantSettings) -> Limit {
+        Limit {
+            rate_per_sec: t.rate_per_sec,
+            burst: t.burst,
+        }
+    }
+
+    /// The seconds a full burst takes to come back (at least one): `RateLimit-Policy`'s window.
+    pub fn window_secs(&self) -> u64 {
+        (f64::from(self.burst) / self.rate_per_sec).ceil().max(1.0) as u64
+    }
 }
 
 /// What a tenant may ask for: its policy and the account an omitted `AwsAccountId` means. One
@@ -92,6 +112,11 @@ impl Rules {
 }
 
 impl Tenant {
+    /// The tenant's inbound limit now.
+    pub fn limit(&self) -> Limit {
+        **self.limit.load()
+    }
+
     /// The tenant's rules now. A request is admitted under the set it read once: a reload
     /// between two reads would otherwise mix two policies in one decision.
     pub fn rules(&self) -> Guard<Arc<Rules>> {
@@ -110,6 +135,15 @@ impl Tenant {
     pub fn authorize(&self, req: &EmbedRequest) -> Result<(), Denied> {
         self.rules().authorize(req)
     }
+}
+
+/// The tenants whose keys, rules or inbound limit a reload changed (see
+/// [`Tenants::put_in_force`]), each list in the table's order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    pub rules: Vec<TenantId>,
+    pub keys: Vec<TenantId>,
+    pub limits: Vec<TenantId>,
 }
 
 /// The tenant table.
@@ -150,8 +184,7 @@ impl Tenants {
                 max_pooled_urls: t.max_pooled_urls,
                 max_hints: t.max_hints,
                 max_tracked_keys: t.max_tracked_keys,
-                rate_per_sec: t.rate_per_sec,
-                burst: t.burst,
+                limit: ArcSwap::from_pointee(Limit::of(t)),
                 rules: ArcSwap::from_pointee(Self::rules_of(t, &generations)),
             })
             .collect();
@@ -181,21 +214,21 @@ impl Tenants {
             .collect()
     }
 
-    /// Puts `settings`' API keys and `rules` (from [`Tenants::rules_for`] on the same
-    /// settings) in force. A tenant whose rules did not change keeps its generation, so what
-    /// was admitted for it stays admitted. Returns the ids of the tenants whose rules changed,
-    /// and of those whose API keys did.
-    pub fn put_in_force(
-        &self,
-        settings: &[TenantSettings],
-        rules: Vec<Arc<Rules>>,
-    ) -> (Vec<String>, Vec<String>) {
-        let mut rules_changed = Vec::new();
-        for (tenant, new) in self.tenants.iter().zip(rules) {
+    /// Puts `settings`' API keys, inbound limits and `rules` (from [`Tenants::rules_for`] on
+    /// the same settings) in force. A tenant whose rules did not change keeps its generation, so
+    /// what was admitted for it stays admitted. Returns which tenants changed.
+    pub fn put_in_force(&self, settings: &[TenantSettings], rules: Vec<Arc<Rules>>) -> Changed {
+        let mut changed = Changed::default();
+        for ((tenant, new), t) in self.tenants.iter().zip(rules).zip(settings) {
             let old = tenant.rules();
             if old.default_account != new.default_account || old.source != new.source {
                 tenant.rules.store(new);
-                rules_changed.push(tenant.id.clone());
+                changed.rules.push(tenant.index);
+            }
+            let limit = Limit::of(t);
+            if tenant.limit() != limit {
+                tenant.limit.store(Arc::new(limit));
+                changed.limits.push(tenant.index);
             }
         }
         let new = key_hashes(settings);
@@ -209,13 +242,13 @@ impl Tenants {
             keys.sort_unstable();
             keys
         };
-        let keys_changed = self
+        changed.keys = self
             .tenants
             .iter()
             .filter(|t| keys_of(&old, t.index) != keys_of(&new, t.index))
-            .map(|t| t.id.clone())
+            .map(|t| t.index)
             .collect();
-        (rules_changed, keys_changed)
+        changed
     }
 
     /// The tenant an API key belongs to, if any.
@@ -295,7 +328,7 @@ mod tests {
     /// A reload gives new rules a new generation only where they changed, so what was
     /// admitted for the other tenants stays admitted; keys are swapped whole.
     #[test]
-    fn a_reload_renews_the_generation_of_changed_rules_only() {
+    fn a_reload_renews_the_generation_of_changed_rules_only_and_swaps_changed_limits() {
         let mut beta = acme(PolicySettings::default());
         beta.id = "beta".into();
         beta.api_key_sha256 = vec![hex::encode(hash_key("b1"))];
@@ -304,12 +337,24 @@ mod tests {
         let before = [t.get(0).rules().generation, t.get(1).rules().generation];
         settings[0].policy.dashboards = vec!["sales-*".into()];
         settings[1].api_key_sha256 = vec![hex::encode(hash_key("b2"))];
+        settings[1].burst = 3;
         let rules = t.rules_for(&settings);
         assert_eq!(t.get(0).rules().generation, before[0], "not yet in force");
-        let (rules_changed, keys_changed) = t.put_in_force(&settings, rules);
         assert_eq!(
-            (rules_changed, keys_changed),
-            (vec!["acme".into()], vec!["beta".into()])
+            t.put_in_force(&settings, rules),
+            Changed {
+                rules: vec![0],
+                keys: vec![1],
+                limits: vec![1],
+            }
+        );
+        assert_eq!(t.get(0).limit().burst, 10);
+        assert_eq!(
+            t.get(1).limit(),
+            Limit {
+                rate_per_sec: 10.0,
+                burst: 3
+            }
         );
         assert!(t.get(0).rules().generation > before[1]);
         assert_eq!(t.get(1).rules().generation, before[1]);

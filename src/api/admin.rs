@@ -73,8 +73,8 @@ pub(super) async fn state(gw: web::Data<Gateway>, q: web::Query<StateQuery>) -> 
         })).collect::<Vec<_>>(),
         "tenants": gw.tenants().all().iter().map(|t| json!({
             "id": t.id,
-            "rate_per_sec": t.rate_per_sec,
-            "burst": t.burst,
+            "rate_per_sec": t.limit().rate_per_sec,
+            "burst": t.limit().burst,
             // Key ids are not secret (their secrets are derived, never shown).
             "access_key_ids": access_keys.ids_of(t.index),
             "recurrence": recurrence(&gw.learned(t.index)),

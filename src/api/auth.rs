@@ -1,16 +1,18 @@
 //! Who is asking and how much they may: API-key authentication (bad keys share one limit),
 //! the tenant's inbound limit with its `RateLimit` headers, and the bounded JSON body.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
+use arc_swap::{ArcSwap, Guard};
 use futures::StreamExt;
 
 use super::problem::Problem;
 use crate::gateway::Gateway;
-use crate::tenant::Tenant;
+use crate::tenant::{Limit, Tenant};
 
 /// The tenant the `Authorization: Bearer` key belongs to.
 pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a Tenant, Problem> {
@@ -216,15 +218,19 @@ pub(super) async fn read_bounded(
         .unwrap_or(Err(BodyError::TimedOut))
 }
 
-/// The parts of a tenant's answers that never change, built once at start and shared by the
-/// workers: its `RateLimit-Policy` header and its 429's problem document around the request id.
-/// A flood over a tenant's limit is the case that must cost least, and building the document and
-/// headers again for every refused request was most of the 429 handler's own work.
+/// The parts of a tenant's answers that change only with its inbound limit, built once per limit
+/// and shared by the workers: its `RateLimit-Policy` header and its 429's problem document
+/// around the request id. A flood over a tenant's limit is the case that must cost least, and
+/// building the document and headers again for every refused request was most of the 429
+/// handler's own work. A reload that changes the limit is met by the next answer, which builds
+/// the parts again.
 pub struct Canned {
-    tenants: Vec<CannedTenant>,
+    tenants: Vec<ArcSwap<CannedTenant>>,
 }
 
 struct CannedTenant {
+    /// The limit the parts say.
+    limit: Limit,
     policy: HeaderValue,
     /// The 429 document before and after its request id (a JSON string, quotes included).
     limited: (Vec<u8>, Vec<u8>),
@@ -234,29 +240,51 @@ struct CannedTenant {
 /// `"\u0001"`, which nothing else in a document contains.
 const MARK: &str = "\u{1}";
 
+impl CannedTenant {
+    fn new(limit: Limit) -> CannedTenant {
+        let policy = HeaderValue::try_from(format!(
+            "\"tenant\";q={};w={}",
+            limit.burst,
+            limit.window_secs()
+        ))
+        .expect("digits and ASCII");
+        let doc = tenant_limited(limit).body(MARK);
+        let mark = serde_json::to_vec(MARK).expect("a string serialises");
+        let at = doc
+            .windows(mark.len())
+            .position(|w| w == mark.as_slice())
+            .expect("the document carries its request id");
+        CannedTenant {
+            limit,
+            policy,
+            limited: (doc[..at].to_vec(), doc[at + mark.len()..].to_vec()),
+        }
+    }
+}
+
 impl Canned {
     pub fn new(gw: &Gateway) -> Canned {
         let tenants = gw
             .tenants()
             .all()
             .iter()
-            .map(|t| {
-                let (quota, window) = gw.rate_policy(t);
-                let policy = HeaderValue::try_from(format!("\"tenant\";q={quota};w={window}"))
-                    .expect("digits and ASCII");
-                let doc = tenant_limited(t).body(MARK);
-                let mark = serde_json::to_vec(MARK).expect("a string serialises");
-                let at = doc
-                    .windows(mark.len())
-                    .position(|w| w == mark.as_slice())
-                    .expect("the document carries its request id");
-                CannedTenant {
-                    policy,
-                    limited: (doc[..at].to_vec(), doc[at + mark.len()..].to_vec()),
-                }
-            })
+            .map(|t| ArcSwap::from_pointee(CannedTenant::new(t.limit())))
             .collect();
         Canned { tenants }
+    }
+
+    /// `tenant`'s parts for its limit now.
+    fn of(&self, tenant: &Tenant) -> Guard<Arc<CannedTenant>> {
+        let limit = tenant.limit();
+        let slot = &self.tenants[tenant.index];
+        let canned = slot.load();
+        if canned.limit == limit {
+            return canned;
+        }
+        // Every use compares, so parts stored by a thread that read an older limit are built
+        // again by the next.
+        slot.store(Arc::new(CannedTenant::new(limit)));
+        slot.load()
     }
 
     /// `RateLimit-Policy` and `RateLimit` for `tenant` with `remaining` requests left, the window
@@ -272,7 +300,7 @@ impl Canned {
             _ => rate_limit(remaining, reset_secs),
         };
         [
-            (RATELIMIT_POLICY, self.tenants[tenant.index].policy.clone()),
+            (RATELIMIT_POLICY, self.of(tenant).policy.clone()),
             (RATELIMIT, left),
         ]
     }
@@ -286,7 +314,8 @@ impl Canned {
         request_id: &str,
     ) -> HttpResponse {
         let secs = retry_secs(retry_after);
-        let (head, tail) = &self.tenants[tenant.index].limited;
+        let canned = self.of(tenant);
+        let (head, tail) = &canned.limited;
         let mut body = Vec::with_capacity(head.len() + request_id.len() + 2 + tail.len());
         body.extend_from_slice(head);
         serde_json::to_writer(&mut body, request_id).expect("a string serialises");
@@ -296,7 +325,7 @@ impl Canned {
         resp.insert_header(super::problem::PROBLEM_JSON)
             .insert_header(super::problem::NO_STORE)
             .insert_header((header::RETRY_AFTER, retry))
-            .insert_header((RATELIMIT_POLICY, self.tenants[tenant.index].policy.clone()))
+            .insert_header((RATELIMIT_POLICY, canned.policy.clone()))
             .insert_header((RATELIMIT, left));
         if let Ok(id) = HeaderValue::from_str(request_id) {
             resp.insert_header((super::REQUEST_ID, id));
@@ -347,13 +376,13 @@ fn rate_limit(remaining: u32, reset_secs: u64) -> HeaderValue {
 }
 
 /// The problem document of a tenant over its inbound rate (headers apart: [`Canned::limited`]).
-fn tenant_limited(tenant: &Tenant) -> Problem {
+fn tenant_limited(limit: Limit) -> Problem {
     Problem::new(
         StatusCode::TOO_MANY_REQUESTS,
         "rate_limited",
         format!(
             "this tenant is over its rate of {} requests/s",
-            tenant.rate_per_sec
+            limit.rate_per_sec
         ),
     )
 }

@@ -116,7 +116,7 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
             .inbound_rejected(Some((tenant.index, tenant.id.as_str())));
         AwsError::throttling(format!(
             "Rate exceeded: this tenant is over its rate of {} requests/s",
-            tenant.rate_per_sec
+            tenant.limit().rate_per_sec
         ))
         .retry_after_ms(retry_after.as_millis().max(1) as u64)
         .response(&request_id)

@@ -276,7 +276,8 @@ async fn embed(
             let mut stamp = [0u8; 40];
             let expires = rfc3339(served.expires_at_ms, &mut stamp);
             let remaining = served.remaining;
-            let reset = ((f64::from(tenant.burst) - f64::from(remaining)) / tenant.rate_per_sec)
+            let limit = tenant.limit();
+            let reset = ((f64::from(limit.burst) - f64::from(remaining)) / limit.rate_per_sec)
                 .ceil() as u64;
             let mut resp = HttpResponse::Ok();
             resp.insert_header(super::problem::NO_STORE)

@@ -19,13 +19,14 @@ impl Fleet {
             return Ok(refused);
         }
         let key = self.limit_key(tenant);
+        let limit = tenant.limit();
         let verdict = self
             .gcra(
                 "inbound",
                 key,
                 now_ms,
-                1000.0 / tenant.rate_per_sec,
-                tenant.burst,
+                1000.0 / limit.rate_per_sec,
+                limit.burst,
                 0.0,
             )
             .await?;
@@ -39,6 +40,12 @@ impl Fleet {
         (over > now_ms).then(|| Inbound::Limited {
             retry_after: Duration::from_millis(over - now_ms),
         })
+    }
+
+    /// Forgets that `tenant` is over its limit (a reload changed the limit, so a refusal
+    /// remembered under the old one says nothing of the new).
+    pub fn forget_over(&self, tenant: &Tenant) {
+        self.over_until[tenant.index].store(0, Ordering::Relaxed);
     }
 
     /// Remembers a refusal until its `Retry-After`, for [`Fleet::known_over`].

@@ -171,6 +171,7 @@ impl Fleet {
         id: &str,
     ) -> Result<(Inbound, Option<PooledUrl>), Down> {
         let cutoff = issued_cutoff(now_ms, self.shared_min_remaining(min_remaining_ms));
+        let limit = tenant.limit();
         let (allowed, n, stale, member, issued): (u8, u32, String, String, u64) = self
             .pool_script("hit", tenant, &self.scripts.hit, |call, epoch| {
                 self.popping(call, tenant, epoch, key, id)
@@ -178,8 +179,8 @@ impl Fleet {
                     .arg(cutoff)
                     .arg(self.remember_ms())
                     .arg(now_ms)
-                    .arg(format!("{:.6}", 1000.0 / tenant.rate_per_sec))
-                    .arg(tenant.burst)
+                    .arg(format!("{:.6}", 1000.0 / limit.rate_per_sec))
+                    .arg(limit.burst)
                     .arg(self.max_late_ms());
             })
             .await?;

@@ -267,8 +267,8 @@ impl Gateway {
         }
     }
 
-    /// The settings the gateway started with. Its tenants' keys and rules are those at start:
-    /// a reload puts others in force ([`Gateway::tenants`], [`Gateway::access_keys`]).
+    /// The settings the gateway started with. Its tenants' keys, rules and limits are those at
+    /// start: a reload puts others in force ([`Gateway::tenants`], [`Gateway::access_keys`]).
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -364,11 +364,6 @@ impl Gateway {
     /// Keys whose demand this replica tracks for `tenant`.
     pub fn tracked_by(&self, tenant: TenantId) -> usize {
         self.demand.tracked_by(tenant)
-    }
-
-    /// `(quota, window seconds)` of the tenant's inbound limit, for `RateLimit-Policy`.
-    pub fn rate_policy(&self, tenant: &Tenant) -> (u32, u64) {
-        self.inbound.policy(tenant.index)
     }
 
     /// Records admitted requests as hints: their keys are kept stocked for a while. Returns how

@@ -1,14 +1,14 @@
 //! Reloading the tenant table while the gateway runs (`embedgate serve` does when its config
-//! files change, and on `SIGHUP`): new API keys, access key ids and rules (policy, default
-//! account) for the tenants it has.
+//! files change, and on `SIGHUP`): new API keys, access key ids, rules (policy, default
+//! account) and inbound limits (`rate_per_sec`, `burst`) for the tenants it has.
 //!
-//! What a reload may change is what a request reads as it arrives: a tenant's keys and rules.
-//! Everything else was built into the running gateway at start (listeners, Redis, upstreams and
-//! their budgets, pool and planner bounds, each tenant's quotas and warm keys, the tenants
-//! themselves, whose index every per-tenant table uses), so a reload that changes any of it is
-//! refused whole, naming the settings, and nothing changes: a restart applies them. So is an
-//! invalid one, and one under whose rules a tenant's own warm key would be refused (as at
-//! start). The master key is read once, at start.
+//! What a reload may change is what a request reads as it arrives: a tenant's keys, rules and
+//! limit. Everything else was built into the running gateway at start (listeners, Redis,
+//! upstreams and their budgets, pool and planner bounds, each tenant's other quotas and warm
+//! keys, the tenants themselves, whose index every per-tenant table uses), so a reload that
+//! changes any of it is refused whole, naming the settings, and nothing changes: a restart
+//! applies them. So is an invalid one, and one under whose rules a tenant's own warm key would
+//! be refused (as at start). The master key is read once, at start.
 //!
 //! # Guarantees
 //! - From the first request that reads the new table on, it is authenticated by the new keys
@@ -19,6 +19,10 @@
 //!   a prefetch already in flight for it finishes, and its URL, like any URL already pooled for
 //!   the key, is never handed out (every request is admitted first) and expires as waste.
 //! - A request admitted before the reload completes under the rules it was admitted with.
+//! - A changed limit counts from the tenant's next request, against a limiter that starts
+//!   afresh (locally; in a fleet Redis holds one state per tenant and each request carries its
+//!   replica's limit): the tenant may send one full burst of the new limit at once. Its
+//!   `RateLimit-Policy` and 429 document follow.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,22 +41,26 @@ pub struct Reloaded {
     pub rules_changed: Vec<String>,
     /// The tenants whose API keys changed.
     pub keys_changed: Vec<String>,
+    /// The tenants whose inbound limit changed.
+    pub limits_changed: Vec<String>,
     /// API keys and access key ids now in force, over every tenant.
     pub api_keys: usize,
     pub access_keys: usize,
 }
 
 /// The members of a tenant's settings a reload may change.
-const RELOADABLE: [&str; 4] = [
+const RELOADABLE: [&str; 6] = [
     "api_key_sha256",
     "access_key_ids",
     "default_account",
     "policy",
+    "rate_per_sec",
+    "burst",
 ];
 
 impl Gateway {
-    /// Puts the tenants' keys and rules of `new` in force, if nothing else differs from the
-    /// running settings and `new` is valid (see the module's documentation).
+    /// Puts the tenants' keys, rules and limits of `new` in force, if nothing else differs from
+    /// the running settings and `new` is valid (see the module's documentation).
     ///
     /// # Errors
     /// Why nothing was changed: the settings that need a restart, the invalid key, or the warm
@@ -74,6 +82,7 @@ impl Gateway {
             Ok(r) => tracing::info!(
                 rules_changed = %r.rules_changed.join(","),
                 keys_changed = %r.keys_changed.join(","),
+                limits_changed = %r.limits_changed.join(","),
                 api_keys = r.api_keys,
                 access_keys = r.access_keys,
                 "tenant table reloaded"
@@ -116,10 +125,20 @@ impl Gateway {
             access_keys.len(),
         );
         self.access_keys.store(Arc::new(access_keys));
-        let (rules_changed, keys_changed) = self.tenants.put_in_force(&new.tenants, rules);
+        let changed = self.tenants.put_in_force(&new.tenants, rules);
+        for &t in &changed.limits {
+            self.limits
+                .limit_changed(&self.inbound, self.tenants.get(t));
+        }
+        let ids = |list: &[usize]| {
+            list.iter()
+                .map(|&t| self.tenants.get(t).id.clone())
+                .collect()
+        };
         Ok(Reloaded {
-            rules_changed,
-            keys_changed,
+            rules_changed: ids(&changed.rules),
+            keys_changed: ids(&changed.keys),
+            limits_changed: ids(&changed.limits),
             api_keys: counts.0,
             access_keys: counts.1,
         })
@@ -165,7 +184,7 @@ impl Gateway {
 }
 
 /// The settings `new` changes that only a restart applies: paths such as `listen`,
-/// `tenants[0].rate_per_sec` (never values: some are secrets).
+/// `tenants[0].max_pooled_urls` (never values: some are secrets).
 fn needs_restart(running: &Settings, new: &Settings) -> Vec<String> {
     let ids = |s: &Settings| s.tenants.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
     let (was, now) = (ids(running), ids(new));
@@ -246,15 +265,17 @@ mod tests {
     }
 
     #[test]
-    fn only_keys_and_rules_may_change_and_every_other_change_is_named_by_its_path() {
+    fn only_keys_rules_and_limits_may_change_and_every_other_change_is_named_by_its_path() {
         let running = settings();
         let mut new = running.clone();
         new.tenants[0].api_key_sha256 = vec!["00".repeat(32)];
         new.tenants[0].access_key_ids = vec!["EGAAAAAAAAAAAAAAAAAA".into()];
         new.tenants[0].default_account = Some("999999999999".into());
         new.tenants[0].policy.dashboards = vec!["sales-*".into()];
-        assert!(needs_restart(&running, &new).is_empty());
+        new.tenants[0].rate_per_sec = 1.0;
         new.tenants[0].burst = 1;
+        assert!(needs_restart(&running, &new).is_empty());
+        new.tenants[0].max_pooled_urls = 1;
         new.pool.min_remaining_secs = 90;
         new.upstream.secret_access_key = Some(crate::config::Secret::new("other"));
         new.tenants[0].warm = vec![serde_json::json!({"DashboardId": "d"})];
@@ -262,7 +283,7 @@ mod tests {
             needs_restart(&running, &new),
             [
                 "pool.min_remaining_secs",
-                "tenants[0].burst",
+                "tenants[0].max_pooled_urls",
                 "tenants[0].warm",
                 "upstream.secret_access_key",
             ],

@@ -2,7 +2,10 @@
 //! without a valid API key. Time comes from the crate's clock.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use governor::clock::Clock as _;
 use governor::middleware::StateInformationMiddleware;
@@ -11,15 +14,20 @@ use governor::{Quota, RateLimiter};
 
 use super::Inbound;
 use crate::clock::Clock;
-use crate::tenant::{TenantId, Tenants};
+use crate::tenant::{Limit, TenantId, Tenants};
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, Clock, StateInformationMiddleware>;
 
+/// One tenant's limiter, with the limit it was built for.
+struct Limiter {
+    limit: Limit,
+    gcra: Gcra,
+}
+
 /// One GCRA limiter per tenant.
 pub struct InboundLimiter {
-    limiters: Vec<Gcra>,
-    /// Each tenant's (rate per second, burst).
-    limits: Vec<(f64, u32)>,
+    /// Each tenant's, replaced whole when a reload changes its limit ([`InboundLimiter::set`]).
+    limiters: Vec<ArcSwap<Limiter>>,
     /// The limiters of a replica that keeps to its part of each tenant's limit: `(n, one per
     /// tenant at 1/n of its rate and burst)`, built when first needed and again when `n`
     /// changes (see [`InboundLimiter::check_part`]).
@@ -27,8 +35,6 @@ pub struct InboundLimiter {
     /// One limit shared by every request without a valid API key.
     unauthenticated: Gcra,
     clock: Clock,
-    /// (quota, window seconds) per tenant, for `RateLimit-Policy`.
-    policies: Vec<(u32, u64)>,
 }
 
 fn gcra(rate_per_sec: f64, burst: u32, clock: &Clock) -> Gcra {
@@ -39,6 +45,11 @@ fn gcra(rate_per_sec: f64, burst: u32, clock: &Clock) -> Gcra {
         .allow_burst(burst);
     RateLimiter::direct_with_clock(quota, clock.clone())
         .with_middleware::<StateInformationMiddleware>()
+}
+
+/// A limiter for one `n`th of `limit` (at least one request of burst).
+fn part_of(limit: Limit, n: usize, clock: &Clock) -> Gcra {
+    gcra(limit.rate_per_sec / n as f64, limit.burst / n as u32, clock)
 }
 
 /// A limiter's answer as an [`Inbound`].
@@ -63,22 +74,37 @@ impl InboundLimiter {
     /// Per-tenant limits from the table, and the shared limit for requests without a valid key
     /// (`unauthenticated` = (rate per second, burst)).
     pub fn new(tenants: &Tenants, unauthenticated: (f64, u32), clock: &Clock) -> Self {
-        let mut limiters = Vec::new();
-        let mut policies = Vec::new();
-        let mut limits = Vec::new();
-        for t in tenants.all() {
-            limiters.push(gcra(t.rate_per_sec, t.burst, clock));
-            limits.push((t.rate_per_sec, t.burst));
-            let window = (f64::from(t.burst) / t.rate_per_sec).ceil().max(1.0) as u64;
-            policies.push((t.burst, window));
-        }
+        let limiters = tenants
+            .all()
+            .iter()
+            .map(|t| ArcSwap::from_pointee(Self::limiter(t.limit(), clock)))
+            .collect();
         InboundLimiter {
             limiters,
-            limits,
             parts: parking_lot::RwLock::new(None),
             unauthenticated: gcra(unauthenticated.0, unauthenticated.1, clock),
             clock: clock.clone(),
-            policies,
+        }
+    }
+
+    fn limiter(limit: Limit, clock: &Clock) -> Limiter {
+        Limiter {
+            limit,
+            gcra: gcra(limit.rate_per_sec, limit.burst, clock),
+        }
+    }
+
+    /// Puts `tenant`'s new `limit` in force (a reload changed it), from its next request on.
+    /// Its limiter, and its part when one is kept, start afresh: the state of a GCRA under
+    /// one limit does not carry over to another, so the tenant may send one full burst of the
+    /// new limit at once.
+    pub fn set(&self, tenant: TenantId, limit: Limit) {
+        if self.limiters[tenant].load().limit == limit {
+            return;
+        }
+        self.limiters[tenant].store(Arc::new(Self::limiter(limit, &self.clock)));
+        if let Some((n, parts)) = &mut *self.parts.write() {
+            parts[tenant] = part_of(limit, *n, &self.clock);
         }
     }
 
@@ -92,7 +118,7 @@ impl InboundLimiter {
 
     /// Counts one request of `tenant` against its limit.
     pub fn check(&self, tenant: TenantId) -> Inbound {
-        verdict(self.limiters[tenant].check(), &self.clock)
+        verdict(self.limiters[tenant].load().gcra.check(), &self.clock)
     }
 
     /// Counts one request of `tenant` against one `n`th of its limit (`1/n` of its rate and of
@@ -111,19 +137,14 @@ impl InboundLimiter {
         let mut parts = self.parts.write();
         if parts.as_ref().is_none_or(|(built, _)| *built != n) {
             let each = self
-                .limits
+                .limiters
                 .iter()
-                .map(|&(rate, burst)| gcra(rate / n as f64, burst / n as u32, &self.clock))
+                .map(|l| part_of(l.load().limit, n, &self.clock))
                 .collect();
             *parts = Some((n, each));
         }
         let (_, each) = parts.as_ref().expect("built above");
         verdict(each[tenant].check(), &self.clock)
-    }
-
-    /// `(quota, window seconds)` of the tenant's policy.
-    pub fn policy(&self, tenant: TenantId) -> (u32, u64) {
-        self.policies[tenant]
     }
 }
 
@@ -179,6 +200,41 @@ mod tests {
             allowed(&limiter, 4),
             7,
             "a quarter of the burst, rounded down"
+        );
+    }
+
+    /// A limit a reload changed counts from the next request, the replica's part of it too,
+    /// and a limit set again unchanged keeps its limiter's state.
+    #[test]
+    fn a_changed_limit_counts_from_the_next_request_and_its_part_follows() {
+        let (limiter, clock) = limiter(30.0, 30);
+        assert_eq!(allowed(&limiter, 3), 10);
+        assert_eq!(allowed(&limiter, 1), 30);
+        let same = Limit {
+            rate_per_sec: 30.0,
+            burst: 30,
+        };
+        limiter.set(0, same);
+        assert_eq!(
+            allowed(&limiter, 1),
+            0,
+            "an unchanged limit keeps its state"
+        );
+        limiter.set(
+            0,
+            Limit {
+                rate_per_sec: 4.0,
+                burst: 8,
+            },
+        );
+        assert_eq!(allowed(&limiter, 1), 8, "a full burst of the new limit");
+        assert_eq!(allowed(&limiter, 3), 2, "a third of the new burst");
+        clock.advance(1_000);
+        assert_eq!(allowed(&limiter, 1), 4, "the new rate");
+        assert_eq!(
+            allowed(&limiter, 2),
+            4,
+            "half of the new burst, the fleet now two"
         );
     }
 

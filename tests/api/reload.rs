@@ -1,5 +1,5 @@
-//! Reloading the tenant table while the gateway runs (`SIGHUP`, `Gateway::reload`): keys and
-//! rules change for the next request, whatever was admitted or tracked under the old rules; a
+//! Reloading the tenant table while the gateway runs (`SIGHUP`, `Gateway::reload`): keys, rules
+//! and inbound limits change for the next request, whatever was admitted or tracked under the old rules; a
 //! reload that would change anything else, or is invalid, changes nothing and says why.
 
 use std::process::Command;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::helpers::*;
+use crate::redis_server::RedisServer;
 use embedgate::config::Settings;
 
 /// The running gateway's settings, changed by `change`, as a reloaded file would give them.
@@ -110,8 +111,8 @@ async fn a_reload_that_needs_a_restart_or_is_invalid_changes_nothing_and_names_w
     type Change = Box<dyn Fn(&mut Settings)>;
     let cases: Vec<(&str, Change)> = vec![
         (
-            "tenants[0].rate_per_sec",
-            Box::new(|s| s.tenants[0].rate_per_sec = 1.0),
+            "tenants[0].max_pooled_urls",
+            Box::new(|s| s.tenants[0].max_pooled_urls = 1),
         ),
         ("tenants[1].warm", Box::new(|s| s.tenants[1].warm.clear())),
         (
@@ -319,4 +320,121 @@ policy = {{ dashboards = ["*"], namespaces = ["default"] }}
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(dir);
     sim.stop().await;
+}
+
+/// Raising or lowering a tenant's inbound limit needs no restart: the new limit counts from the
+/// tenant's next request (a full burst of it), its `RateLimit-Policy` and 429 document say the
+/// new figures, and another tenant's limiter keeps its state.
+#[tokio::test]
+async fn a_reloaded_limit_counts_from_the_next_request_and_its_answers_say_it() {
+    let app = spawn_app(|s| {
+        s.refill.enabled = false;
+        s.tenants[0].rate_per_sec = 0.001;
+        s.tenants[0].burst = 2;
+        s.tenants[1].rate_per_sec = 0.001;
+        s.tenants[1].burst = 100;
+    })
+    .await;
+    let body = dash("sales-2024", "alice");
+    // The statuses of `n` requests of `tenant`, and the last answer's RateLimit headers and
+    // problem detail.
+    let send = |tenant: &'static str, n: usize| {
+        let app = &app;
+        let body = &body;
+        async move {
+            let mut statuses = vec![];
+            let mut last = (String::new(), String::new(), String::new());
+            for _ in 0..n {
+                let r = app.embed(tenant, "dashboard", body).await;
+                statuses.push(r.status().as_u16());
+                let h = |k: &str| r.headers()[k].to_str().unwrap().to_string();
+                let (policy, left) = (h("ratelimit-policy"), h("ratelimit"));
+                let v: serde_json::Value = r.json().await.unwrap();
+                last = (policy, left, v["detail"].as_str().unwrap_or("").into());
+            }
+            (statuses, last)
+        }
+    };
+    let (statuses, (policy, _, detail)) = send("alpha", 3).await;
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(policy, "\"tenant\";q=2;w=2000");
+    assert_eq!(detail, "this tenant is over its rate of 0.001 requests/s");
+    let (_, (_, beta_left, _)) = send("beta", 3).await;
+    assert_eq!(beta_left, "\"tenant\";r=97;t=3000");
+
+    let changed = app
+        .app
+        .gateway
+        .reload(edited(&app, |s| {
+            s.tenants[0].rate_per_sec = 0.002;
+            s.tenants[0].burst = 5;
+        }))
+        .expect("a limit may change without a restart");
+    assert_eq!(changed.limits_changed, vec!["alpha".to_string()]);
+    assert!(changed.rules_changed.is_empty());
+    let (statuses, (policy, left, detail)) = send("alpha", 6).await;
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429], "a burst of five");
+    assert_eq!(policy, "\"tenant\";q=5;w=2500");
+    assert!(left.starts_with("\"tenant\";r=0;t="), "{left}");
+    assert_eq!(detail, "this tenant is over its rate of 0.002 requests/s");
+    let (_, (_, beta_left, _)) = send("beta", 1).await;
+    assert_eq!(
+        beta_left, "\"tenant\";r=96;t=4000",
+        "beta's limiter kept its state"
+    );
+    let state = app.state(0).await;
+    assert_eq!(
+        (
+            state["tenants"][0]["rate_per_sec"].as_f64(),
+            state["tenants"][0]["burst"].as_u64()
+        ),
+        (Some(0.002), Some(5))
+    );
+
+    app.app
+        .gateway
+        .reload(edited(&app, |s| s.tenants[0].burst = 1))
+        .expect("lowered");
+    let (statuses, (policy, _, _)) = send("alpha", 2).await;
+    assert_eq!(statuses, [200, 429], "a burst of one");
+    assert_eq!(policy, "\"tenant\";q=1;w=1000");
+    app.stop().await;
+}
+
+/// In a fleet the limit Redis counts is the one each request carries from its replica, so a
+/// limit reloaded on every replica holds fleet-wide from the next request; a replica that had
+/// refused the tenant under the old limit does not go on refusing it from memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limit_reloaded_on_every_replica_holds_fleet_wide() {
+    let redis = RedisServer::start();
+    let fleet = spawn_fleet(2, |s| {
+        s.redis.url = Some(redis.url());
+        s.redis.timeout_ms = 2_000;
+        s.refill.enabled = false;
+        s.tenants[0].rate_per_sec = 0.001;
+        s.tenants[0].burst = 2;
+    })
+    .await;
+    let body = dash("sales-2024", "alice");
+    let mut statuses = vec![];
+    for i in 0..3 {
+        statuses.push(fleet.embed(i, "alpha", &body).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 429], "a burst of two, fleet-wide");
+    for replica in &fleet.replicas {
+        let mut s = replica.gateway.settings().clone();
+        s.tenants[0].burst = 6;
+        replica.gateway.reload(s).expect("a limit may change");
+    }
+    // The replica that refused first (replica 0 took the third request: 2 % 2), then both.
+    let mut statuses = vec![];
+    for i in 0..6 {
+        statuses.push(fleet.embed(i, "alpha", &body).await.status);
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 429, 429],
+        "four more: six in the fleet's burst, two of them taken"
+    );
+    fleet.stop().await;
 }
