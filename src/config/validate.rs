@@ -263,6 +263,7 @@ impl Settings {
             ));
         }
         let empty_key = empty_key_sha256();
+        let upstreams = self.upstreams();
         for (i, t) in self.tenants.iter().enumerate() {
             let k = |f: &str| format!("tenants[{i}].{f}");
             if t.id.is_empty()
@@ -351,7 +352,7 @@ impl Settings {
                 }
             }
             check_session_tags(p).map_err(|(at, rule)| format!("{}: {rule}", k(&at)))?;
-            check_reach(t, &self.upstreams()).map_err(|(at, rule)| format!("{}: {rule}", k(at)))?;
+            check_reach(t, &upstreams).map_err(|(at, rule)| format!("{}: {rule}", k(at)))?;
             for h in &t.api_key_sha256 {
                 let owner = key_owner.entry(h.to_ascii_lowercase()).or_insert(&t.id);
                 if let Some(other) = Some(*owner).filter(|o| *o != &t.id) {
@@ -593,15 +594,16 @@ fn check_reach(
     t: &super::TenantSettings,
     upstreams: &[&super::UpstreamSettings],
 ) -> Result<(), (&'static str, String)> {
-    let p = &t.policy;
     use crate::model::validate::{is_namespace, NAMESPACE_RULE};
+    let p = &t.policy;
     if let Some(ns) = p.namespaces.iter().find(|ns| !is_namespace(ns)) {
         return Err(("policy.namespaces", format!("{ns:?} {NAMESPACE_RULE}")));
     }
-    let accounts: Vec<&String> = if p.accounts.is_empty() {
-        t.default_account.iter().collect()
+    // The accounts the tenant may use, and the setting that names them.
+    let (accounts, named_by): (Vec<&String>, _) = if p.accounts.is_empty() {
+        (t.default_account.iter().collect(), "default_account")
     } else {
-        p.accounts.iter().collect()
+        (p.accounts.iter().collect(), "policy.accounts")
     };
     if let Some(a) = t.default_account.as_ref().filter(|a| !accounts.contains(a)) {
         return Err((
@@ -636,7 +638,7 @@ fn check_reach(
         };
         if !upstreams.iter().any(reaches) {
             return Err((
-                "policy.accounts",
+                named_by,
                 format!("{a:?} is served by no upstream the tenant may use"),
             ));
         }
@@ -836,6 +838,14 @@ mod tests {
                     t.default_account = Some(EU.into());
                 },
                 "tenants[0].policy.upstreams: \"us\" serves account 111122223333",
+            ),
+            (
+                |t| {
+                    t.policy.accounts.clear();
+                    t.policy.upstreams.clear();
+                    t.default_account = Some("999988887777".into());
+                },
+                "tenants[0].default_account: \"999988887777\" is served by no upstream",
             ),
         ];
         for (change, starts) in cases {
