@@ -287,22 +287,24 @@ impl Canned {
         slot.load()
     }
 
-    /// `RateLimit-Policy` and `RateLimit` for `tenant` with `remaining` requests left, the window
-    /// full again in `reset_secs`.
+    /// `RateLimit-Policy` and `RateLimit` for `tenant` with `remaining` requests left, the
+    /// window full again once the rest of the burst has come back at the tenant's rate.
     pub(super) fn rate_limit_headers(
         &self,
         tenant: &Tenant,
         remaining: u32,
-        reset_secs: u64,
     ) -> [(header::HeaderName, HeaderValue); 2] {
+        let canned = self.of(tenant);
+        let Limit {
+            rate_per_sec,
+            burst,
+        } = canned.limit;
+        let reset_secs = ((f64::from(burst) - f64::from(remaining)) / rate_per_sec).ceil() as u64;
         let left = match remaining {
             0 => seconds(reset_secs).1,
             _ => rate_limit(remaining, reset_secs),
         };
-        [
-            (RATELIMIT_POLICY, self.of(tenant).policy.clone()),
-            (RATELIMIT, left),
-        ]
+        [(RATELIMIT_POLICY, canned.policy.clone()), (RATELIMIT, left)]
     }
 
     /// 429 for a tenant over its inbound rate (`tenant_limited`'s document), with `Retry-After`

@@ -275,14 +275,10 @@ async fn embed(
             watch.observe(served.source.outcome());
             let mut stamp = [0u8; 40];
             let expires = rfc3339(served.expires_at_ms, &mut stamp);
-            let remaining = served.remaining;
-            let limit = tenant.limit();
-            let reset = ((f64::from(limit.burst) - f64::from(remaining)) / limit.rate_per_sec)
-                .ceil() as u64;
             let mut resp = HttpResponse::Ok();
             resp.insert_header(super::problem::NO_STORE)
                 .insert_header((super::REQUEST_ID, request_id.as_str()));
-            for pair in canned.rate_limit_headers(tenant, remaining, reset) {
+            for pair in canned.rate_limit_headers(tenant, served.remaining) {
                 resp.insert_header(pair);
             }
             resp.insert_header(super::problem::JSON)
