@@ -312,7 +312,7 @@ impl Metrics {
         );
         let reloads = counter_vec(
             "embedgate_config_reloads_total",
-            "Reloads of the tenant table (SIGHUP): result=applied (keys, rules and limits in force from the next request) or refused (invalid, or changing what needs a restart; nothing changed, the log says why).",
+            "Reloads of the tenant table (SIGHUP): result=applied (keys, rules, limits, quotas and warm keys in force from the next request) or refused (invalid, or changing what needs a restart; nothing changed, the log says why).",
             &["result"],
         );
         Metrics {
@@ -449,7 +449,7 @@ impl Metrics {
                     &r,
                     IntGauge::new(
                         "embedgate_config_last_reload_successful",
-                        "1 while the tenant table's last reload was applied (or none was tried since start), 0 after a refused one: the gateway runs on the tenants' previous keys, rules and limits.",
+                        "1 while the tenant table's last reload was applied (or none was tried since start), 0 after a refused one: the gateway runs on the tenants' previous keys, rules, limits, quotas and warm keys.",
                     )
                     .expect("valid metric"),
                 );

@@ -270,9 +270,7 @@ pub async fn check(settings: &Settings) -> anyhow::Result<()> {
 /// Pins every tenant's configured warm keys.
 fn pin_warm_keys(gw: &Gateway) -> anyhow::Result<()> {
     let warm = gw.warm_keys(&gw.settings().tenants, &gw.rules_in_force());
-    for (tenant, req, depth) in warm.map_err(|e| anyhow::anyhow!(e))? {
-        gw.pin_warm(gw.tenants().get(tenant), &req, depth);
-    }
+    gw.set_warm_keys(&warm.map_err(|e| anyhow::anyhow!(e))?);
     Ok(())
 }
 

@@ -4,9 +4,9 @@
 //! API keys are stored only as SHA-256 hashes. A presented key is hashed, looked up by hash (which
 //! reveals nothing useful about any key), and the stored hash is compared again in constant time.
 //!
-//! A tenant's API keys, its rules (policy and default account) and its inbound limit can be
-//! replaced while the gateway runs ([`Tenants::put_in_force`]); its index, id and other quotas
-//! stay for the life of the process. Each set of rules carries a generation, so what was
+//! A tenant's API keys, its rules (policy and default account), its inbound limit and its quotas
+//! can be replaced while the gateway runs ([`Tenants::put_in_force`]); its index and id stay for
+//! the life of the process. Each set of rules carries a generation, so what was
 //! admitted under earlier rules can tell (see `gateway::recent`).
 
 use arc_swap::{ArcSwap, Guard};
@@ -49,10 +49,7 @@ pub type TenantId = usize;
 pub struct Tenant {
     pub index: TenantId,
     pub id: String,
-    pub upstream_weight: f64,
-    pub max_pooled_urls: usize,
-    pub max_hints: usize,
-    pub max_tracked_keys: usize,
+    quotas: ArcSwap<Quotas>,
     limit: ArcSwap<Limit>,
     rules: ArcSwap<Rules>,
 }
@@ -75,6 +72,27 @@ impl Limit {
     /// The seconds a full burst takes to come back (at least one): `RateLimit-Policy`'s window.
     pub fn window_secs(&self) -> u64 {
         (f64::from(self.burst) / self.rate_per_sec).ceil().max(1.0) as u64
+    }
+}
+
+/// How much of the gateway a tenant may hold: its share of a contended upstream budget and
+/// its bounds on pooled URLs, hints and tracked keys.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quotas {
+    pub upstream_weight: f64,
+    pub max_pooled_urls: usize,
+    pub max_hints: usize,
+    pub max_tracked_keys: usize,
+}
+
+impl Quotas {
+    fn of(t: &TenantSettings) -> Quotas {
+        Quotas {
+            upstream_weight: t.upstream_weight,
+            max_pooled_urls: t.max_pooled_urls,
+            max_hints: t.max_hints,
+            max_tracked_keys: t.max_tracked_keys,
+        }
     }
 }
 
@@ -117,6 +135,11 @@ impl Tenant {
         **self.limit.load()
     }
 
+    /// The tenant's quotas now.
+    pub fn quotas(&self) -> Quotas {
+        **self.quotas.load()
+    }
+
     /// The tenant's rules now. A request is admitted under the set it read once: a reload
     /// between two reads would otherwise mix two policies in one decision.
     pub fn rules(&self) -> Guard<Arc<Rules>> {
@@ -137,13 +160,14 @@ impl Tenant {
     }
 }
 
-/// The tenants whose keys, rules or inbound limit a reload changed (see
+/// The tenants whose keys, rules, inbound limit or quotas a reload changed (see
 /// [`Tenants::put_in_force`]), each list in the table's order.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changed {
     pub rules: Vec<TenantId>,
     pub keys: Vec<TenantId>,
     pub limits: Vec<TenantId>,
+    pub quotas: Vec<TenantId>,
 }
 
 /// The tenant table.
@@ -180,10 +204,7 @@ impl Tenants {
             .map(|(index, t)| Tenant {
                 index,
                 id: t.id.clone(),
-                upstream_weight: t.upstream_weight,
-                max_pooled_urls: t.max_pooled_urls,
-                max_hints: t.max_hints,
-                max_tracked_keys: t.max_tracked_keys,
+                quotas: ArcSwap::from_pointee(Quotas::of(t)),
                 limit: ArcSwap::from_pointee(Limit::of(t)),
                 rules: ArcSwap::from_pointee(Self::rules_of(t, &generations)),
             })
@@ -214,7 +235,7 @@ impl Tenants {
             .collect()
     }
 
-    /// Puts `settings`' API keys, inbound limits and `rules` (from [`Tenants::rules_for`] on
+    /// Puts `settings`' API keys, inbound limits, quotas and `rules` (from [`Tenants::rules_for`] on
     /// the same settings) in force. A tenant whose rules did not change keeps its generation, so
     /// what was admitted for it stays admitted. Returns which tenants changed.
     pub fn put_in_force(&self, settings: &[TenantSettings], rules: Vec<Arc<Rules>>) -> Changed {
@@ -229,6 +250,11 @@ impl Tenants {
             if tenant.limit() != limit {
                 tenant.limit.store(Arc::new(limit));
                 changed.limits.push(tenant.index);
+            }
+            let quotas = Quotas::of(t);
+            if tenant.quotas() != quotas {
+                tenant.quotas.store(Arc::new(quotas));
+                changed.quotas.push(tenant.index);
             }
         }
         let new = key_hashes(settings);
@@ -328,7 +354,7 @@ mod tests {
     /// A reload gives new rules a new generation only where they changed, so what was
     /// admitted for the other tenants stays admitted; keys are swapped whole.
     #[test]
-    fn a_reload_renews_the_generation_of_changed_rules_only_and_swaps_changed_limits() {
+    fn a_reload_renews_the_generation_of_changed_rules_only_and_swaps_changed_limits_and_quotas() {
         let mut beta = acme(PolicySettings::default());
         beta.id = "beta".into();
         beta.api_key_sha256 = vec![hex::encode(hash_key("b1"))];
@@ -338,6 +364,7 @@ mod tests {
         settings[0].policy.dashboards = vec!["sales-*".into()];
         settings[1].api_key_sha256 = vec![hex::encode(hash_key("b2"))];
         settings[1].burst = 3;
+        settings[0].max_hints = 4;
         let rules = t.rules_for(&settings);
         assert_eq!(t.get(0).rules().generation, before[0], "not yet in force");
         assert_eq!(
@@ -346,9 +373,12 @@ mod tests {
                 rules: vec![0],
                 keys: vec![1],
                 limits: vec![1],
+                quotas: vec![0],
             }
         );
         assert_eq!(t.get(0).limit().burst, 10);
+        assert_eq!(t.get(0).quotas().max_hints, 4);
+        assert_eq!(t.get(1).quotas().max_hints, 10);
         assert_eq!(
             t.get(1).limit(),
             Limit {

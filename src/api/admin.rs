@@ -75,6 +75,10 @@ pub(super) async fn state(gw: web::Data<Gateway>, q: web::Query<StateQuery>) -> 
             "id": t.id,
             "rate_per_sec": t.limit().rate_per_sec,
             "burst": t.limit().burst,
+            "upstream_weight": t.quotas().upstream_weight,
+            "max_pooled_urls": t.quotas().max_pooled_urls,
+            "max_hints": t.quotas().max_hints,
+            "max_tracked_keys": t.quotas().max_tracked_keys,
             // Key ids are not secret (their secrets are derived, never shown).
             "access_key_ids": access_keys.ids_of(t.index),
             "recurrence": recurrence(&gw.learned(t.index)),

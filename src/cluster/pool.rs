@@ -299,7 +299,7 @@ impl Fleet {
                     .arg(url.encode())
                     .arg(cutoff)
                     .arg(max_per_key)
-                    .arg(tenant.max_pooled_urls)
+                    .arg(tenant.quotas().max_pooled_urls)
                     .arg(ttl)
                     .arg(&self.replica)
                     .arg(url.fetched_for.code().to_string())

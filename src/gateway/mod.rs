@@ -187,11 +187,15 @@ impl Gateway {
         sharing: Sharing,
     ) -> Self {
         let tenants = Tenants::new(&settings.tenants);
-        let caps = tenants.all().iter().map(|t| t.max_pooled_urls).collect();
+        let caps = tenants
+            .all()
+            .iter()
+            .map(|t| t.quotas().max_pooled_urls)
+            .collect();
         let demand_caps = tenants
             .all()
             .iter()
-            .map(|t| (t.max_hints, t.max_tracked_keys))
+            .map(|t| (t.quotas().max_hints, t.quotas().max_tracked_keys))
             .collect();
         let ids: Vec<&str> = tenants.all().iter().map(|t| t.id.as_str()).collect();
         let upstream_ids: Vec<&str> = upstreams.all().iter().map(Upstream::id).collect();
@@ -267,8 +271,9 @@ impl Gateway {
         }
     }
 
-    /// The settings the gateway started with. Its tenants' keys, rules and limits are those at
-    /// start: a reload puts others in force ([`Gateway::tenants`], [`Gateway::access_keys`]).
+    /// The settings the gateway started with. Its tenants' keys, rules, limits, quotas and warm
+    /// keys are those at start: a reload puts others in force ([`Gateway::tenants`],
+    /// [`Gateway::access_keys`]; warm keys are kept by the demand table).
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
@@ -437,11 +442,24 @@ impl Gateway {
         Ok(keys)
     }
 
-    /// Keeps an admitted request's key stocked `depth` deep for as long as the process runs.
-    pub fn pin_warm(&self, tenant: &Tenant, request: &EmbedRequest, depth: usize) {
-        let key = self.key_for(tenant, request);
-        self.demand
-            .pin(&key, tenant.index, request, depth, self.clock.now_ms());
+    /// Makes `warm` (from [`Gateway::warm_keys`]) every tenant's warm keys: each kept stocked
+    /// at least its depth deep while it is configured (see [`Demand::set_warm`]). Returns the
+    /// tenants whose warm keys changed.
+    pub fn set_warm_keys(&self, warm: &[(TenantId, EmbedRequest, usize)]) -> Vec<TenantId> {
+        let now = self.clock.now_ms();
+        self.tenants
+            .all()
+            .iter()
+            .filter(|tenant| {
+                let keys: Vec<_> = warm
+                    .iter()
+                    .filter(|(t, ..)| *t == tenant.index)
+                    .map(|(_, req, depth)| (self.key_for(tenant, req), req, *depth))
+                    .collect();
+                self.demand.set_warm(tenant.index, &keys, now)
+            })
+            .map(|t| t.index)
+            .collect()
     }
 
     fn min_remaining_ms(&self) -> u64 {

@@ -1,14 +1,14 @@
 //! Reloading the tenant table while the gateway runs (`embedgate serve` does when its config
 //! files change, and on `SIGHUP`): new API keys, access key ids, rules (policy, default
-//! account) and inbound limits (`rate_per_sec`, `burst`) for the tenants it has.
+//! account), inbound limits (`rate_per_sec`, `burst`), quotas (`upstream_weight`, `max_…`)
+//! and warm keys for the tenants it has.
 //!
-//! What a reload may change is what a request reads as it arrives: a tenant's keys, rules and
-//! limit. Everything else was built into the running gateway at start (listeners, Redis,
-//! upstreams and their budgets, pool and planner bounds, each tenant's other quotas and warm
-//! keys, the tenants themselves, whose index every per-tenant table uses), so a reload that
-//! changes any of it is refused whole, naming the settings, and nothing changes: a restart
-//! applies them. So is an invalid one, and one under whose rules a tenant's own warm key would
-//! be refused (as at start). The master key is read once, at start.
+//! What a reload may change is every setting of a tenant but its id. Everything else was built
+//! into the running gateway at start (listeners, Redis, upstreams and their budgets, pool and
+//! planner bounds, the tenants themselves, whose index every per-tenant table uses), so a
+//! reload that changes any of it is refused whole, naming the settings, and nothing changes: a
+//! restart applies them. So is an invalid one, and one under whose rules a tenant's own warm key
+//! would be refused (as at start). The master key is read once, at start.
 //!
 //! # Guarantees
 //! - From the first request that reads the new table on, it is authenticated by the new keys
@@ -23,6 +23,10 @@
 //!   afresh (locally; in a fleet Redis holds one state per tenant and each request carries its
 //!   replica's limit): the tenant may send one full burst of the new limit at once. Its
 //!   `RateLimit-Policy` and 429 document follow.
+//! - A changed quota bounds what the tenant adds from then on; nothing held beyond a lowered
+//!   one is dropped (see `Pool::set_cap`, `Demand::set_caps`). A changed weight divides every
+//!   upstream budget anew.
+//! - The warm keys listed replace the tenant's (see `Demand::set_warm`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,24 +47,34 @@ pub struct Reloaded {
     pub keys_changed: Vec<String>,
     /// The tenants whose inbound limit changed.
     pub limits_changed: Vec<String>,
+    /// The tenants whose quotas (`upstream_weight`, `max_…`) changed.
+    pub quotas_changed: Vec<String>,
+    /// The tenants whose warm keys changed (added, removed, or another depth).
+    pub warm_changed: Vec<String>,
     /// API keys and access key ids now in force, over every tenant.
     pub api_keys: usize,
     pub access_keys: usize,
 }
 
 /// The members of a tenant's settings a reload may change.
-const RELOADABLE: [&str; 6] = [
+const RELOADABLE: [&str; 11] = [
     "api_key_sha256",
     "access_key_ids",
     "default_account",
     "policy",
     "rate_per_sec",
     "burst",
+    "upstream_weight",
+    "max_pooled_urls",
+    "max_hints",
+    "max_tracked_keys",
+    "warm",
 ];
 
 impl Gateway {
-    /// Puts the tenants' keys, rules and limits of `new` in force, if nothing else differs from
-    /// the running settings and `new` is valid (see the module's documentation).
+    /// Puts the tenants' keys, rules, limits, quotas and warm keys of `new` in force, if nothing
+    /// else differs from the running settings and `new` is valid (see the module's
+    /// documentation).
     ///
     /// # Errors
     /// Why nothing was changed: the settings that need a restart, the invalid key, or the warm
@@ -83,6 +97,8 @@ impl Gateway {
                 rules_changed = %r.rules_changed.join(","),
                 keys_changed = %r.keys_changed.join(","),
                 limits_changed = %r.limits_changed.join(","),
+                quotas_changed = %r.quotas_changed.join(","),
+                warm_changed = %r.warm_changed.join(","),
                 api_keys = r.api_keys,
                 access_keys = r.access_keys,
                 "tenant table reloaded"
@@ -117,7 +133,8 @@ impl Gateway {
         new.validate()
             .map_err(|e| format!("invalid configuration: {e}"))?;
         let rules = self.tenants.rules_for(&new.tenants);
-        self.warm_keys(&new.tenants, &rules)
+        let warm = self
+            .warm_keys(&new.tenants, &rules)
             .map_err(|e| format!("a warm key its tenant's new rules refuse: {e}"))?;
         let access_keys = AccessKeys::new(&new.tenants, self.settings.master_key.as_ref());
         let counts = (
@@ -130,6 +147,15 @@ impl Gateway {
             self.limits
                 .limit_changed(&self.inbound, self.tenants.get(t));
         }
+        for &t in &changed.quotas {
+            let q = self.tenants.get(t).quotas();
+            self.pool.set_cap(t, q.max_pooled_urls);
+            self.demand.set_caps(t, q.max_hints, q.max_tracked_keys);
+        }
+        if !changed.quotas.is_empty() {
+            self.budgets.set_weights(&self.tenants);
+        }
+        let warm_changed = self.set_warm_keys(&warm);
         let ids = |list: &[usize]| {
             list.iter()
                 .map(|&t| self.tenants.get(t).id.clone())
@@ -139,6 +165,8 @@ impl Gateway {
             rules_changed: ids(&changed.rules),
             keys_changed: ids(&changed.keys),
             limits_changed: ids(&changed.limits),
+            quotas_changed: ids(&changed.quotas),
+            warm_changed: ids(&warm_changed),
             api_keys: counts.0,
             access_keys: counts.1,
         })
@@ -265,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn only_keys_rules_and_limits_may_change_and_every_other_change_is_named_by_its_path() {
+    fn only_keys_rules_limits_and_quotas_may_change_and_every_other_change_is_named_by_its_path() {
         let running = settings();
         let mut new = running.clone();
         new.tenants[0].api_key_sha256 = vec!["00".repeat(32)];
@@ -274,17 +302,20 @@ mod tests {
         new.tenants[0].policy.dashboards = vec!["sales-*".into()];
         new.tenants[0].rate_per_sec = 1.0;
         new.tenants[0].burst = 1;
-        assert!(needs_restart(&running, &new).is_empty());
+        new.tenants[0].upstream_weight = 3.0;
         new.tenants[0].max_pooled_urls = 1;
+        new.tenants[0].max_hints = 2;
+        new.tenants[0].max_tracked_keys = 3;
+        new.tenants[0].warm = vec![serde_json::json!({"DashboardId": "d"})];
+        assert!(needs_restart(&running, &new).is_empty());
+        new.pool.max_urls = 1;
         new.pool.min_remaining_secs = 90;
         new.upstream.secret_access_key = Some(crate::config::Secret::new("other"));
-        new.tenants[0].warm = vec![serde_json::json!({"DashboardId": "d"})];
         assert_eq!(
             needs_restart(&running, &new),
             [
+                "pool.max_urls",
                 "pool.min_remaining_secs",
-                "tenants[0].max_pooled_urls",
-                "tenants[0].warm",
                 "upstream.secret_access_key",
             ],
             "paths, never values"

@@ -19,6 +19,9 @@ struct BucketState {
     tokens: f64,
     /// Per-tenant fair-share buckets.
     shares: Vec<f64>,
+    /// Each tenant's fraction of the budget (weights normalised; a reload may change them:
+    /// [`Budgets::set_weights`]).
+    weights: Vec<f64>,
     /// Clock readings (ms).
     last: u64,
     last_cut: Option<u64>,
@@ -44,8 +47,6 @@ pub struct Budget {
     max_rate: f64,
     burst: f64,
     settings: UpstreamSettings,
-    /// Each tenant's fraction of the budget (weights normalised).
-    weights: Vec<f64>,
     state: Mutex<BucketState>,
     parts: Parts,
     metrics: Arc<Metrics>,
@@ -76,11 +77,11 @@ impl Budget {
                 rate: settings.rate_per_sec,
                 tokens: burst,
                 shares: weights.iter().map(|w| (burst * w).max(1.0)).collect(),
+                weights,
                 last: clock.now_ms(),
                 last_cut: None,
                 parts: 1.0,
             }),
-            weights,
             parts,
             settings: settings.clone(),
             metrics,
@@ -106,8 +107,12 @@ impl Budget {
         s.parts = (self.parts)().max(1) as f64;
         let rate = s.rate / s.parts;
         s.tokens = (s.tokens + rate * dt).min(self.cap(s.parts, 1.0));
-        for (share, w) in s.shares.iter_mut().zip(&self.weights) {
-            *share = (*share + rate * w * dt).min(self.cap(s.parts, *w));
+        let parts = s.parts;
+        let BucketState {
+            shares, weights, ..
+        } = s;
+        for (share, w) in shares.iter_mut().zip(weights.iter()) {
+            *share = (*share + rate * w * dt).min(self.cap(parts, *w));
         }
     }
 
@@ -151,7 +156,7 @@ impl Budget {
         let share_wait = s
             .shares
             .get(tenant)
-            .zip(self.weights.get(tenant))
+            .zip(s.weights.get(tenant))
             .map_or(global_wait, |(t, w)| (1.0 - t).max(0.0) / (rate * w));
         let wait = if within_share {
             global_wait
@@ -167,8 +172,9 @@ impl Budget {
         let mut s = self.state.lock();
         s.tokens = (s.tokens + 1.0).min(self.cap(s.parts, 1.0));
         let parts = s.parts;
-        if let Some((t, w)) = s.shares.get_mut(tenant).zip(self.weights.get(tenant)) {
-            *t = (*t + 1.0).min(self.cap(parts, *w));
+        let w = s.weights.get(tenant).copied().unwrap_or(0.0);
+        if let Some(t) = s.shares.get_mut(tenant) {
+            *t = (*t + 1.0).min(self.cap(parts, w));
         }
     }
 
@@ -227,7 +233,27 @@ impl Budget {
 
     /// `tenant`'s fraction of the budget under contention (its weight, normalised).
     pub fn weight(&self, tenant: TenantId) -> f64 {
-        self.weights.get(tenant).copied().unwrap_or(0.0)
+        self.state
+            .lock()
+            .weights
+            .get(tenant)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// Divides the budget by `weights` from now on; each tenant's share keeps what it holds,
+    /// up to its new cap.
+    fn set_weights(&self, weights: &[f64]) {
+        let mut s = self.state.lock();
+        self.refill(&mut s, self.clock.now_ms());
+        let parts = s.parts;
+        s.weights = weights.to_vec();
+        let BucketState {
+            shares, weights, ..
+        } = &mut *s;
+        for (share, w) in shares.iter_mut().zip(weights.iter()) {
+            *share = share.min(self.cap(parts, *w));
+        }
     }
 
     /// QuickSight answered ThrottlingException: cut the rate (at most once a second) and drain.
@@ -268,7 +294,8 @@ impl Budget {
 
 /// Budgets per (account, region), created on first use.
 pub struct Budgets {
-    weights: Vec<f64>,
+    /// Each tenant's normalised weight, for budgets created from now on.
+    weights: Mutex<Vec<f64>>,
     /// By region, then account: looked up with borrowed names (a prefetch and a miss each ask).
     map: Mutex<HashMap<String, HashMap<String, Arc<Budget>>>>,
     parts: Parts,
@@ -279,24 +306,33 @@ pub struct Budgets {
 impl Budgets {
     /// Each budget divided into `parts` (see [`Parts`]).
     pub fn new(tenants: &Tenants, parts: Parts, metrics: Arc<Metrics>, clock: Clock) -> Self {
-        let total: f64 = tenants.all().iter().map(|t| t.upstream_weight).sum();
-        let weights = tenants
-            .all()
-            .iter()
-            .map(|t| {
-                if total > 0.0 {
-                    t.upstream_weight / total
-                } else {
-                    0.0
-                }
-            })
-            .collect();
         Budgets {
-            weights,
+            weights: Mutex::new(Self::weights_of(tenants)),
             map: Mutex::new(HashMap::new()),
             parts,
             metrics,
             clock,
+        }
+    }
+
+    /// Each tenant's `upstream_weight` over the sum of all of them.
+    fn weights_of(tenants: &Tenants) -> Vec<f64> {
+        let weight = |t: &crate::tenant::Tenant| t.quotas().upstream_weight;
+        let total: f64 = tenants.all().iter().map(weight).sum();
+        tenants
+            .all()
+            .iter()
+            .map(|t| if total > 0.0 { weight(t) / total } else { 0.0 })
+            .collect()
+    }
+
+    /// Divides every budget, and those created from now on, by the tenants' weights now (after
+    /// a reload changed one).
+    pub fn set_weights(&self, tenants: &Tenants) {
+        let weights = Self::weights_of(tenants);
+        *self.weights.lock() = weights.clone();
+        for b in self.all() {
+            b.set_weights(&weights);
         }
     }
 
@@ -311,7 +347,7 @@ impl Budgets {
             account,
             &upstream.region,
             upstream,
-            self.weights.clone(),
+            self.weights.lock().clone(),
             self.parts.clone(),
             self.metrics.clone(),
             self.clock.clone(),
@@ -532,6 +568,35 @@ mod tests {
         assert_eq!(b.rate(), 10.0);
     }
 
+    /// A reload that changes the tenants' weights divides a contended budget by the new ones
+    /// from then on.
+    #[test]
+    fn changed_weights_divide_the_contended_budget_from_then_on() {
+        let (b, clock) = budget(vec![0.5, 0.5]);
+        // Both tenants ask every 10 ms for ten seconds, the order alternating.
+        let hammer = |b: &Budget| {
+            let mut got = [0u32; 2];
+            for step in 0..1000 {
+                for t in [step % 2, 1 - step % 2] {
+                    if b.try_acquire(t, Priority::Miss).is_ok() {
+                        got[t] += 1;
+                    }
+                }
+                clock.advance(10);
+            }
+            got
+        };
+        let even = hammer(&b);
+        b.set_weights(&[0.9, 0.1]);
+        assert_eq!(b.weight(0), 0.9);
+        let uneven = hammer(&b);
+        assert!(even[0].abs_diff(even[1]) <= 5, "{even:?}");
+        assert!(
+            (85..=95).contains(&uneven[0]) && (5..=15).contains(&uneven[1]),
+            "nine tenths and one tenth of the 100 calls the ten seconds allow: {uneven:?}"
+        );
+    }
+
     #[test]
     fn a_tenant_over_its_share_cannot_starve_another_under_contention() {
         let (b, clock) = budget(vec![0.5, 0.5]);
@@ -554,7 +619,7 @@ mod tests {
     #[test]
     fn each_account_and_region_has_one_budget_of_its_own() {
         let budgets = Budgets {
-            weights: vec![1.0],
+            weights: Mutex::new(vec![1.0]),
             map: Mutex::new(HashMap::new()),
             parts: Arc::new(|| 1),
             metrics: Arc::new(Metrics::new()),

@@ -136,7 +136,8 @@ pub struct Pool {
     min_remaining_ms: u64,
     max_urls: usize,
     max_per_key: usize,
-    tenant_caps: Vec<usize>,
+    /// Each tenant's `max_pooled_urls` (a reload may change it: [`Pool::set_cap`]).
+    tenant_caps: Vec<AtomicUsize>,
     counts: Arc<Counts>,
     metrics: Arc<Metrics>,
 }
@@ -180,9 +181,17 @@ impl Pool {
             min_remaining_ms: settings.min_remaining_secs * 1000,
             max_urls: settings.max_urls,
             max_per_key: settings.max_urls_per_key,
-            tenant_caps,
+            tenant_caps: tenant_caps.into_iter().map(AtomicUsize::new).collect(),
             counts,
             metrics,
+        }
+    }
+
+    /// Bounds the URLs pooled for `tenant` at `cap` from now on. URLs already pooled beyond a
+    /// lowered cap stay and are handed out; no URL is added for the tenant until it is below.
+    pub fn set_cap(&self, tenant: TenantId, cap: usize) {
+        if let Some(c) = self.tenant_caps.get(tenant) {
+            c.store(cap, Ordering::Relaxed);
         }
     }
 
@@ -241,7 +250,7 @@ impl Pool {
         let tenant_count = self.counts.per_tenant.get(tenant);
         let over_tenant = tenant_count
             .zip(self.tenant_caps.get(tenant))
-            .is_some_and(|(c, cap)| c.load(Ordering::Relaxed) >= *cap);
+            .is_some_and(|(c, cap)| c.load(Ordering::Relaxed) >= cap.load(Ordering::Relaxed));
         if over_tenant || self.counts.total.load(Ordering::Relaxed) >= self.max_urls {
             self.metrics.wasted(Waste::Overflow, fetched_for, 1);
             return Err(Refused::Full);
@@ -446,6 +455,38 @@ mod tests {
             p.put(&key("t0-x"), 0, url(9, now)),
             Err(Refused::Full),
             "tenant 0 is capped at 3"
+        );
+    }
+
+    /// A reloaded `max_pooled_urls` bounds the tenant's next puts; what it pooled beyond a
+    /// lowered cap is still handed out, and puts wait until the tenant is below it.
+    #[test]
+    fn a_changed_tenant_cap_bounds_the_next_puts() {
+        let clock = Clock::manual();
+        let now = clock.now_ms();
+        let (p, _) = pool(clock);
+        let put = |i: u64| p.put(&key(&format!("t0-{i}")), 0, url(i, now));
+        for i in 0..3 {
+            put(i).unwrap();
+        }
+        assert_eq!(put(3), Err(Refused::Full));
+        p.set_cap(0, 5);
+        assert_eq!(
+            [put(3), put(4), put(5)],
+            [Ok(()), Ok(()), Err(Refused::Full)]
+        );
+        p.set_cap(0, 2);
+        assert_eq!(put(6), Err(Refused::Full));
+        for i in 0..3 {
+            assert!(p.take(&key(&format!("t0-{i}"))).is_some(), "pooled before");
+        }
+        assert_eq!(put(6), Err(Refused::Full), "two left, at the cap");
+        assert!(p.take(&key("t0-3")).is_some());
+        assert_eq!(put(6), Ok(()));
+        assert_eq!(
+            p.put(&key("t1"), 1, url(7, now)),
+            Ok(()),
+            "tenant 1 unchanged"
         );
     }
 

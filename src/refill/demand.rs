@@ -140,7 +140,7 @@ impl Counts {
 }
 
 /// Every tracked key, bounded per tenant and in total, forgetting idle ones; warm keys are
-/// pinned for the life of the process.
+/// pinned for as long as they are configured.
 ///
 /// # Bounds
 /// A tenant tracks at most its `max_tracked_keys` keys: a request for a new key beyond that is
@@ -153,8 +153,10 @@ pub struct Demand {
     settings: RefillSettings,
     tau_secs: f64,
     counts: Arc<Counts>,
-    hint_caps: Vec<usize>,
-    tracked_caps: Vec<usize>,
+    /// Each tenant's `max_hints` and `max_tracked_keys` (a reload may change them:
+    /// [`Demand::set_caps`]).
+    hint_caps: Vec<AtomicUsize>,
+    tracked_caps: Vec<AtomicUsize>,
     /// A URL's usable life, ms (300 s less `pool.min_remaining_secs`).
     life_ms: u64,
 }
@@ -180,9 +182,23 @@ impl Demand {
             tau_secs: settings.demand_half_life_secs / std::f64::consts::LN_2,
             settings: settings.clone(),
             counts,
-            hint_caps: caps.iter().map(|c| c.0).collect(),
-            tracked_caps: caps.iter().map(|c| c.1).collect(),
+            hint_caps: caps.iter().map(|c| AtomicUsize::new(c.0)).collect(),
+            tracked_caps: caps.iter().map(|c| AtomicUsize::new(c.1)).collect(),
             life_ms: (URL_VALIDITY_SECS - 60) * 1000,
+        }
+    }
+
+    /// Bounds `tenant`'s hinted keys at `hints` and its tracked keys at `tracked` from now on.
+    /// Keys already hinted or tracked beyond a lowered bound stay until their hint expires or
+    /// they go idle; no new one is taken for the tenant until it is below.
+    pub fn set_caps(&self, tenant: TenantId, hints: usize, tracked: usize) {
+        if let Some((h, t)) = self
+            .hint_caps
+            .get(tenant)
+            .zip(self.tracked_caps.get(tenant))
+        {
+            h.store(hints, Ordering::SeqCst);
+            t.store(tracked, Ordering::SeqCst);
         }
     }
 
@@ -294,7 +310,7 @@ impl Demand {
             return Some(t);
         }
         let n = &self.counts.tracked[tenant];
-        if n.fetch_add(1, Ordering::SeqCst) >= self.tracked_caps[tenant] {
+        if n.fetch_add(1, Ordering::SeqCst) >= self.tracked_caps[tenant].load(Ordering::SeqCst) {
             n.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
@@ -352,7 +368,11 @@ impl Demand {
         let t = match self.find(key) {
             Some(t) => t,
             // Refuse before creating anything: a refused hint must not cost a tracked key.
-            None if slots.load(Ordering::SeqCst) >= self.hint_caps[tenant] => return false,
+            None if slots.load(Ordering::SeqCst)
+                >= self.hint_caps[tenant].load(Ordering::SeqCst) =>
+            {
+                return false
+            }
             None => match self.tracked(key, tenant, req, now_ms) {
                 Some(t) => t,
                 None => return false,
@@ -360,7 +380,8 @@ impl Demand {
         };
         let mut s = t.state.lock();
         if !s.hint_counted {
-            if slots.fetch_add(1, Ordering::SeqCst) >= self.hint_caps[tenant] {
+            if slots.fetch_add(1, Ordering::SeqCst) >= self.hint_caps[tenant].load(Ordering::SeqCst)
+            {
                 slots.fetch_sub(1, Ordering::SeqCst);
                 return false;
             }
@@ -426,20 +447,44 @@ impl Demand {
         }
     }
 
-    /// Keeps `key` at least `depth` deep for as long as the process runs (never forgotten or
-    /// evicted, and not counted against the tenant's `max_tracked_keys`).
-    pub fn pin(
+    /// Makes `warm` (key, request, depth) `tenant`'s warm keys from now on (at start, and
+    /// again on each reload): each key listed is kept at least `depth` deep while it is listed,
+    /// never forgotten or evicted, and not counted against the tenant's `max_tracked_keys` (a
+    /// key pinned already keeps its state); a key of the tenant's no longer listed is unpinned
+    /// and tracked again from its next request, like any other. Returns whether anything
+    /// changed.
+    pub fn set_warm(
         &self,
-        key: &PoolKey,
         tenant: TenantId,
-        req: &EmbedRequest,
-        depth: usize,
+        warm: &[(PoolKey, &EmbedRequest, usize)],
         now_ms: u64,
-    ) {
-        let t = Arc::new(Tracked::new(key.clone(), tenant, req.clone(), now_ms));
-        t.state.lock().warm_depth = depth;
-        self.warm.write().insert(key.clone(), t);
-        self.keys.invalidate(key);
+    ) -> bool {
+        let mut changed = false;
+        let mut pinned = self.warm.write();
+        pinned.retain(|key, t| {
+            let keep = t.tenant != tenant || warm.iter().any(|(k, ..)| k == key);
+            if !keep {
+                t.state.lock().warm_depth = 0;
+                changed = true;
+            }
+            keep
+        });
+        for (key, req, depth) in warm {
+            match pinned.get(key) {
+                Some(t) => {
+                    let mut s = t.state.lock();
+                    changed |= std::mem::replace(&mut s.warm_depth, *depth) != *depth;
+                }
+                None => {
+                    let t = Arc::new(Tracked::new(key.clone(), tenant, (*req).clone(), now_ms));
+                    t.state.lock().warm_depth = *depth;
+                    pinned.insert(key.clone(), t);
+                    self.keys.invalidate(key);
+                    changed = true;
+                }
+            }
+        }
+        changed
     }
 
     /// This replica's estimate of `t`'s request rate, per second.
@@ -1336,6 +1381,38 @@ mod tests {
         assert_eq!(d.hints_held_by(0), 1);
     }
 
+    /// Reloaded `max_hints` and `max_tracked_keys` bound the tenant's next hints and keys;
+    /// what it holds beyond a lowered bound stays until it expires or goes idle.
+    #[test]
+    fn changed_caps_bound_the_next_hints_and_tracked_keys() {
+        let d = Demand::new(&RefillSettings::default(), vec![(1, 2), (1, 2)]);
+        assert!(d.hint(&key_n(0), 0, &request_n(0), 0));
+        assert!(!d.hint(&key_n(1), 0, &request_n(1), 0), "over max_hints");
+        d.set_caps(0, 3, 3);
+        assert!(d.hint(&key_n(1), 0, &request_n(1), 0));
+        assert!(d.record(&key_n(2), 0, &request_n(2), 0).is_some());
+        assert!(
+            d.record(&key_n(3), 0, &request_n(3), 0).is_none(),
+            "3 tracked"
+        );
+        d.set_caps(0, 1, 1);
+        assert!(d.find(&key_n(1)).is_some(), "tracked before: kept");
+        assert!(!d.hint(&key_n(4), 0, &request_n(4), 0));
+        d.keys.invalidate(&key_n(1));
+        d.keys.invalidate(&key_n(2));
+        d.keys.run_pending_tasks();
+        assert_eq!((d.tracked_by(0), d.hints_held_by(0)), (1, 1));
+        assert!(
+            d.record(&key_n(4), 0, &request_n(4), 0).is_none(),
+            "at the cap"
+        );
+        d.keys.invalidate(&key_n(0));
+        d.keys.run_pending_tasks();
+        assert!(d.record(&key_n(4), 0, &request_n(4), 0).is_some());
+        assert!(d.hint(&key_n(5), 1, &request_n(5), 0), "tenant 1 unchanged");
+        assert!(!d.hint(&key_n(6), 1, &request_n(6), 0));
+    }
+
     #[test]
     fn a_hint_ends_with_the_request_it_announced() {
         let d = Demand::new(&RefillSettings::default(), vec![(1, 100)]);
@@ -1367,7 +1444,7 @@ mod tests {
             ..RefillSettings::default()
         };
         let d = Demand::new(&settings, vec![(10, 1)]);
-        d.pin(&key_n(0), 0, &request_n(0), 4, 0);
+        assert!(d.set_warm(0, &[(key_n(0), &request_n(0), 4)], 0));
         for i in 1..100 {
             let _ = d.record(&key_n(i), 0, &request_n(i), 0);
         }
@@ -1378,5 +1455,37 @@ mod tests {
             .expect("still tracked");
         assert!(warm.pinned(10_000_000));
         assert_eq!(d.tracked_by(0), 1);
+    }
+
+    /// A reload's warm keys replace the tenant's: a key kept keeps its state at its new depth,
+    /// a key dropped is unpinned and tracked again like any other, other tenants' stay.
+    #[test]
+    fn a_tenants_warm_keys_are_replaced_whole_and_others_stay() {
+        let d = Demand::new(&RefillSettings::default(), vec![(10, 100), (10, 100)]);
+        let (r0, r1, r2) = (request_n(0), request_n(1), request_n(2));
+        assert!(d.set_warm(0, &[(key_n(0), &r0, 4), (key_n(1), &r1, 2)], 0));
+        assert!(d.set_warm(1, &[(key_n(2), &r2, 1)], 0));
+        let kept = d.find(&key_n(0)).unwrap();
+        let dropped = d.find(&key_n(1)).unwrap();
+        assert!(
+            !d.set_warm(0, &[(key_n(0), &r0, 4), (key_n(1), &r1, 2)], 5),
+            "the same"
+        );
+        assert!(d.set_warm(0, &[(key_n(0), &r0, 6)], 10));
+        assert!(
+            Arc::ptr_eq(&kept, &d.find(&key_n(0)).unwrap()),
+            "its state kept"
+        );
+        assert_eq!(kept.state.lock().warm_depth, 6);
+        assert!(!dropped.pinned(10), "unpinned");
+        assert!(d.find(&key_n(1)).is_none(), "no longer tracked");
+        assert!(
+            d.record(&key_n(1), 0, &r1, 20).is_some(),
+            "tracked again, counted"
+        );
+        assert_eq!(d.tracked_by(0), 1);
+        assert!(d.find(&key_n(2)).unwrap().pinned(20), "tenant 1's stays");
+        let warm: Vec<_> = d.sweep(30).into_iter().filter(|t| t.pinned(30)).collect();
+        assert_eq!(warm.len(), 2);
     }
 }

@@ -205,7 +205,7 @@ mod tests {
     fn pinned(depth: usize) -> (Demand, std::sync::Arc<Tracked>) {
         let d = Demand::new(&RefillSettings::default(), vec![(10, 100)]);
         let (key, req) = anonymous();
-        d.pin(&key, 0, &req, depth, 1_000);
+        d.set_warm(0, &[(key, &req, depth)], 1_000);
         let t = d.sweep(1_000).into_iter().next().expect("the warm key");
         (d, t)
     }

@@ -1,6 +1,7 @@
-//! Reloading the tenant table while the gateway runs (`SIGHUP`, `Gateway::reload`): keys, rules
-//! and inbound limits change for the next request, whatever was admitted or tracked under the old rules; a
-//! reload that would change anything else, or is invalid, changes nothing and says why.
+//! Reloading the tenant table while the gateway runs (`SIGHUP`, `Gateway::reload`): keys, rules,
+//! inbound limits, quotas and warm keys change for the next request, whatever was admitted or
+//! tracked under the old rules; a reload that would change anything else, or is invalid, changes
+//! nothing and says why.
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,12 +11,21 @@ use serde_json::json;
 use crate::helpers::*;
 use crate::redis_server::RedisServer;
 use embedgate::config::Settings;
+use embedgate::gateway::Reloaded;
 
 /// The running gateway's settings, changed by `change`, as a reloaded file would give them.
 fn edited(app: &TestApp, change: impl FnOnce(&mut Settings)) -> Settings {
     let mut s = app.app.gateway.settings().clone();
     change(&mut s);
     s
+}
+
+/// Reloads `app` with its settings changed by `change`, which must be applied.
+fn applied(app: &TestApp, change: impl FnOnce(&mut Settings)) -> Reloaded {
+    app.app
+        .gateway
+        .reload(edited(app, change))
+        .expect("a valid reload is applied")
 }
 
 /// The status and problem `code`/`field` of `body` sent as `tenant`.
@@ -37,13 +47,9 @@ async fn a_tightened_policy_refuses_the_very_bytes_it_admitted_before() {
     for _ in 0..3 {
         assert_eq!(answer(&app, "alpha", &sales).await.0, 200);
     }
-    let changed = app
-        .app
-        .gateway
-        .reload(edited(&app, |s| {
-            s.tenants[0].policy.dashboards = vec!["finance*".into()]
-        }))
-        .expect("a valid reload is applied");
+    let changed = applied(&app, |s| {
+        s.tenants[0].policy.dashboards = vec!["finance*".into()]
+    });
     assert_eq!(changed.rules_changed, vec!["alpha".to_string()]);
     let calls = app.sim.sim.ledger().calls;
     assert_eq!(
@@ -72,12 +78,9 @@ async fn a_key_removed_by_a_reload_stops_authenticating_and_a_key_added_starts()
     let body = dash("sales-2024", "alice");
     assert_eq!(answer(&app, "alpha", &body).await.0, 200);
     let new_key = "alpha-rotated-key";
-    app.app
-        .gateway
-        .reload(edited(&app, |s| {
-            s.tenants[0].api_key_sha256 = vec![hex::encode(embedgate::tenant::hash_key(new_key))]
-        }))
-        .expect("a valid reload is applied");
+    applied(&app, |s| {
+        s.tenants[0].api_key_sha256 = vec![hex::encode(embedgate::tenant::hash_key(new_key))]
+    });
     assert_eq!(
         answer(&app, "alpha", &body).await.0,
         401,
@@ -96,10 +99,9 @@ async fn a_key_removed_by_a_reload_stops_authenticating_and_a_key_added_starts()
     app.stop().await;
 }
 
-/// A reload that would change something only a restart applies (a quota, a warm key, the
-/// tenants themselves, a process setting), or that is invalid, or whose policy refuses one of
-/// the tenant's own warm keys, is refused whole: the answer names what, and the old keys and
-/// rules stay in force.
+/// A reload that would change something only a restart applies (the tenants themselves, a
+/// process setting), or that is invalid, or whose policy refuses one of the tenant's own warm
+/// keys, is refused whole: the answer names what, and the old keys and rules stay in force.
 #[tokio::test]
 async fn a_reload_that_needs_a_restart_or_is_invalid_changes_nothing_and_names_why() {
     let app = spawn_app(|s| {
@@ -111,10 +113,10 @@ async fn a_reload_that_needs_a_restart_or_is_invalid_changes_nothing_and_names_w
     type Change = Box<dyn Fn(&mut Settings)>;
     let cases: Vec<(&str, Change)> = vec![
         (
-            "tenants[0].max_pooled_urls",
-            Box::new(|s| s.tenants[0].max_pooled_urls = 1),
+            "upstream.rate_per_sec",
+            Box::new(|s| s.upstream.rate_per_sec = 1.0),
         ),
-        ("tenants[1].warm", Box::new(|s| s.tenants[1].warm.clear())),
+        ("pool.max_urls", Box::new(|s| s.pool.max_urls = 10)),
         (
             "tenants: the same tenants in the same order",
             Box::new(|s| {
@@ -132,6 +134,10 @@ async fn a_reload_that_needs_a_restart_or_is_invalid_changes_nothing_and_names_w
         (
             "tenants[1].warm[0]",
             Box::new(|s| s.tenants[1].policy.dashboards = vec!["finance*".into()]),
+        ),
+        (
+            "tenants[0].warm[0].DashboardId",
+            Box::new(|s| s.tenants[0].warm = vec![warm(dash("sales-2024", "alice"), 1)]),
         ),
         (
             "tenants[0].policy.experiences",
@@ -162,19 +168,95 @@ async fn a_reload_that_needs_a_restart_or_is_invalid_changes_nothing_and_names_w
     let m = app.metrics().await;
     assert_eq!(
         metric(&m, "embedgate_config_reloads_total{result=\"refused\"}"),
-        8.0
+        9.0
     );
     assert_eq!(
         metric(&m, "embedgate_config_reloads_total{result=\"applied\"}"),
         0.0
     );
     assert_eq!(metric(&m, "embedgate_config_last_reload_successful"), 0.0);
-    app.app
-        .gateway
-        .reload(edited(&app, tightened))
-        .expect("the change alone is applied");
+    applied(&app, tightened);
     let m = app.metrics().await;
     assert_eq!(metric(&m, "embedgate_config_last_reload_successful"), 1.0);
+    app.stop().await;
+}
+
+/// A tenant's quotas and warm keys change with a reload: a raised `max_hints` takes hints it
+/// dropped before and holds at the new figure, a raised `max_pooled_urls` lets a new warm key be
+/// stocked to its depth beside what is pooled, a warm key dropped is no longer kept, and
+/// `/state` says the new figures.
+#[tokio::test]
+async fn a_reload_changes_a_tenants_quotas_and_warm_keys_without_a_restart() {
+    let (old, new) = (dash("sales-2024", "alice"), dash("finance", "alice"));
+    let app = spawn_app(|s| {
+        s.tenants[0].max_hints = 1;
+        s.tenants[0].max_pooled_urls = 2;
+        s.tenants[0].warm = vec![warm(old.clone(), 2)];
+    })
+    .await;
+    let (old_key, new_key) = (app.key_of(0, &old), app.key_of(0, &new));
+    let pooled = |key| app.app.gateway.pool().len(key);
+    assert!(
+        app.eventually(10, || pooled(&old_key) == 2).await,
+        "the warm key is stocked: {}",
+        app.state(10).await
+    );
+    let client = &app;
+    let accepted = |dashboard: &'static str| async move {
+        let r = client.hint("alpha", &dash(dashboard, "bob")).await;
+        r.json::<serde_json::Value>().await.unwrap()["Accepted"].as_u64()
+    };
+    assert_eq!(accepted("finance-1").await, Some(1));
+    assert_eq!(accepted("finance-2").await, Some(0), "over max_hints");
+
+    let changed = applied(&app, |s| {
+        s.tenants[0].max_hints = 3;
+        s.tenants[0].max_pooled_urls = 10;
+        s.tenants[0].upstream_weight = 2.0;
+        s.tenants[0].warm = vec![warm(new.clone(), 3)];
+    });
+    assert_eq!(
+        (changed.quotas_changed, changed.warm_changed),
+        (vec!["alpha".to_string()], vec!["alpha".to_string()])
+    );
+    assert_eq!(accepted("finance-2").await, Some(1), "the raised max_hints");
+    assert_eq!(accepted("finance-3").await, Some(1));
+    assert_eq!(
+        accepted("finance-4").await,
+        Some(0),
+        "held at the new figure"
+    );
+    assert!(
+        app.eventually(10, || pooled(&new_key) == 3).await,
+        "the new warm key is stocked beside the 2 URLs pooled before: {}",
+        app.state(10).await
+    );
+    assert_eq!(pooled(&old_key), 2, "what was pooled stays");
+    let state = app.state(1000).await;
+    let listed = |key: &embedgate::pool::PoolKey| {
+        state["demand"]["keys"]
+            .as_array()
+            .is_some_and(|keys| keys.iter().any(|k| k["key"] == key.as_str()))
+    };
+    assert!(
+        !listed(&old_key),
+        "the dropped warm key is no longer kept: {state}"
+    );
+    assert_eq!(app.planned(&new_key).await["reason"], "warm");
+    let alpha = &state["tenants"][0];
+    assert_eq!(
+        [
+            &alpha["max_hints"],
+            &alpha["max_pooled_urls"],
+            &alpha["upstream_weight"]
+        ],
+        [&json!(3), &json!(10), &json!(2.0)]
+    );
+    assert_eq!(
+        state["tenants"][1]["max_hints"],
+        json!(app.app.gateway.settings().tenants[1].max_hints),
+        "beta unchanged"
+    );
     app.stop().await;
 }
 
@@ -200,12 +282,9 @@ async fn a_key_the_reloaded_policy_refuses_is_no_longer_prefetched() {
         "the busy key is being stocked: {}",
         app.state(10).await
     );
-    app.app
-        .gateway
-        .reload(edited(&app, |s| {
-            s.tenants[0].policy.dashboards = vec!["finance-*".into()]
-        }))
-        .expect("a valid reload is applied");
+    applied(&app, |s| {
+        s.tenants[0].policy.dashboards = vec!["finance-*".into()]
+    });
     let forgotten = eventually(Duration::from_secs(10), || async {
         let state = app.state(1000).await;
         !state["demand"]["keys"]
@@ -362,14 +441,10 @@ async fn a_reloaded_limit_counts_from_the_next_request_and_its_answers_say_it() 
     let (_, (_, beta_left, _)) = send("beta", 3).await;
     assert_eq!(beta_left, "\"tenant\";r=97;t=3000");
 
-    let changed = app
-        .app
-        .gateway
-        .reload(edited(&app, |s| {
-            s.tenants[0].rate_per_sec = 0.002;
-            s.tenants[0].burst = 5;
-        }))
-        .expect("a limit may change without a restart");
+    let changed = applied(&app, |s| {
+        s.tenants[0].rate_per_sec = 0.002;
+        s.tenants[0].burst = 5;
+    });
     assert_eq!(changed.limits_changed, vec!["alpha".to_string()]);
     assert!(changed.rules_changed.is_empty());
     let (statuses, (policy, left, detail)) = send("alpha", 6).await;
@@ -391,10 +466,7 @@ async fn a_reloaded_limit_counts_from_the_next_request_and_its_answers_say_it() 
         (Some(0.002), Some(5))
     );
 
-    app.app
-        .gateway
-        .reload(edited(&app, |s| s.tenants[0].burst = 1))
-        .expect("lowered");
+    applied(&app, |s| s.tenants[0].burst = 1);
     let (statuses, (policy, _, _)) = send("alpha", 2).await;
     assert_eq!(statuses, [200, 429], "a burst of one");
     assert_eq!(policy, "\"tenant\";q=1;w=1000");
