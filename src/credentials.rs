@@ -45,23 +45,24 @@ pub fn derive_secret(master: &Secret, tenant: &str, key_id: &str) -> Secret {
     Secret::new(base64::engine::general_purpose::STANDARD.encode(okm))
 }
 
-/// Every tenant access key the compatible listener accepts, with its derived secret, built once
-/// at start-up (no derivation per request).
+/// Every tenant access key the compatible listener accepts, with its derived secret, built at
+/// start-up and on each reload (no derivation per request).
 #[derive(Debug, Default)]
 pub struct AccessKeys {
     by_id: HashMap<String, (TenantId, Secret)>,
 }
 
 impl AccessKeys {
-    /// Derives the secret of every configured key id (none without a master key).
-    pub fn new(tenants: &[TenantSettings], master: Option<&Secret>) -> Self {
+    /// Derives the secret of every configured key id (none without a master key); `slots` holds
+    /// each tenant's index, in the same order.
+    pub fn new(tenants: &[TenantSettings], slots: &[TenantId], master: Option<&Secret>) -> Self {
         let Some(master) = master else {
             return AccessKeys::default();
         };
         let by_id = tenants
             .iter()
-            .enumerate()
-            .flat_map(|(index, t)| {
+            .zip(slots)
+            .flat_map(|(t, &index)| {
                 t.access_key_ids
                     .iter()
                     .map(move |id| (id.clone(), (index, derive_secret(master, &t.id, id))))

@@ -41,6 +41,7 @@ pub mod http1;
 pub mod limiter;
 pub mod metrics;
 pub mod model;
+pub mod per_tenant;
 pub mod policy;
 pub mod pool;
 pub mod refill;

@@ -302,11 +302,11 @@ fn config_contents(paths: &[PathBuf]) -> u64 {
     h.finish()
 }
 
-/// Puts the tenants' new keys, rules, limits, quotas and warm keys in force (see
-/// `Gateway::reload`) when the config files' contents differ from `loaded` (read every
-/// [`RELOAD_CHECK`]: a Kubernetes ConfigMap or Secret is updated in the running pod, whose image
-/// has no shell to send a signal from) and on each `SIGHUP`; what it did, or why it changed
-/// nothing, is logged.
+/// Adds and removes tenants and puts their new keys, rules, limits, quotas and warm keys in
+/// force (see `Gateway::reload`) when the config files' contents differ from `loaded` (read
+/// every [`RELOAD_CHECK`]: a Kubernetes ConfigMap or Secret is updated in the running pod, whose
+/// image has no shell to send a signal from) and on each `SIGHUP`; what it did, or why it
+/// changed nothing, is logged.
 fn reload_tenants(
     gateway: std::sync::Arc<embedgate::gateway::Gateway>,
     paths: Vec<PathBuf>,

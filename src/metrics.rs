@@ -312,7 +312,7 @@ impl Metrics {
         );
         let reloads = counter_vec(
             "embedgate_config_reloads_total",
-            "Reloads of the tenant table (SIGHUP): result=applied (keys, rules, limits, quotas and warm keys in force from the next request) or refused (invalid, or changing what needs a restart; nothing changed, the log says why).",
+            "Reloads of the tenant table (SIGHUP): result=applied (tenants added and removed, keys, rules, limits, quotas and warm keys in force from the next request) or refused (invalid, or changing what needs a restart; nothing changed, the log says why).",
             &["result"],
         );
         Metrics {

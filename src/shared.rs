@@ -454,8 +454,7 @@ impl Coordination {
             return Ok(vec![]);
         }
         let by_id: std::collections::HashMap<&str, TenantId> = tenants
-            .all()
-            .iter()
+            .present()
             .map(|t| (t.id.as_str(), t.index))
             .collect();
         Ok(batches

@@ -4,20 +4,22 @@
 //! API keys are stored only as SHA-256 hashes. A presented key is hashed, looked up by hash (which
 //! reveals nothing useful about any key), and the stored hash is compared again in constant time.
 //!
-//! A tenant's API keys, its rules (policy and default account), its inbound limit and its quotas
-//! can be replaced while the gateway runs ([`Tenants::put_in_force`]); its index and id stay for
-//! the life of the process. Each set of rules carries a generation, so what was
+//! While the gateway runs a reload may add and remove tenants and replace a tenant's API keys,
+//! rules (policy and default account), inbound limit and quotas ([`Tenants::put_in_force`]); a
+//! tenant's index and id stay for the life of the process, and every per-tenant table grows
+//! with the tenants ([`PerTenant`]). Each set of rules carries a generation, so what was
 //! admitted under earlier rules can tell (see `gateway::recent`).
 
 use arc_swap::{ArcSwap, Guard};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 use crate::config::TenantSettings;
 use crate::model::EmbedRequest;
+pub use crate::per_tenant::PerTenant;
 pub use crate::policy::Denied;
 use crate::policy::Policy;
 
@@ -49,6 +51,8 @@ pub type TenantId = usize;
 pub struct Tenant {
     pub index: TenantId,
     pub id: String,
+    /// Whether the table last loaded lists the tenant (see [`Tenants`]).
+    present: AtomicBool,
     quotas: ArcSwap<Quotas>,
     limit: ArcSwap<Limit>,
     rules: ArcSwap<Rules>,
@@ -130,6 +134,12 @@ impl Rules {
 }
 
 impl Tenant {
+    /// Whether the tenant is in force: listed by the table last loaded. A tenant a reload
+    /// removed is not (no key reaches it, its rules allow nothing).
+    pub fn present(&self) -> bool {
+        self.present.load(Ordering::Relaxed)
+    }
+
     /// The tenant's inbound limit now.
     pub fn limit(&self) -> Limit {
         **self.limit.load()
@@ -160,29 +170,35 @@ impl Tenant {
     }
 }
 
-/// The tenants whose keys, rules, inbound limit or quotas a reload changed (see
-/// [`Tenants::put_in_force`]), each list in the table's order.
+/// What a reload changed (see [`Tenants::put_in_force`]), each list in index order.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changed {
+    /// The tenants whose rules, keys, inbound limit or quotas changed (a tenant added or
+    /// removed is among those its addition or removal changed).
     pub rules: Vec<TenantId>,
     pub keys: Vec<TenantId>,
     pub limits: Vec<TenantId>,
     pub quotas: Vec<TenantId>,
+    /// The tenants the new table lists that the old did not, and the reverse.
+    pub added: Vec<TenantId>,
+    pub removed: Vec<TenantId>,
 }
 
-/// The tenant table.
-#[derive(Debug, Default)]
+/// The tenant table: every tenant the gateway has run with, by index. A tenant removed by a
+/// reload keeps its index (no key reaches it, its rules allow nothing), so that every
+/// per-tenant table stays valid and a tenant added again with the same id is the same tenant.
+#[derive(Debug)]
 pub struct Tenants {
-    tenants: Vec<Tenant>,
+    tenants: PerTenant<Tenant>,
     by_key_hash: ArcSwap<HashMap<[u8; 32], TenantId>>,
     /// The last generation given to a set of rules.
     generations: AtomicU64,
 }
 
-/// Every API key hash of `settings`, with its tenant's index.
-fn key_hashes(settings: &[TenantSettings]) -> HashMap<[u8; 32], TenantId> {
+/// Every API key hash of `settings`, with its tenant's index (`slots`, in the same order).
+fn key_hashes(settings: &[TenantSettings], slots: &[TenantId]) -> HashMap<[u8; 32], TenantId> {
     let mut by_key_hash = HashMap::new();
-    for (index, t) in settings.iter().enumerate() {
+    for (&index, t) in slots.iter().zip(settings) {
         for h in &t.api_key_sha256 {
             if let Ok(bytes) = hex::decode(h) {
                 if let Ok(hash) = <[u8; 32]>::try_from(bytes.as_slice()) {
@@ -198,20 +214,18 @@ impl Tenants {
     /// Builds the table from validated settings (see [`crate::config::Settings::validate`]).
     pub fn new(settings: &[TenantSettings]) -> Self {
         let generations = AtomicU64::new(0);
-        let tenants = settings
-            .iter()
-            .enumerate()
-            .map(|(index, t)| Tenant {
-                index,
-                id: t.id.clone(),
-                quotas: ArcSwap::from_pointee(Quotas::of(t)),
-                limit: ArcSwap::from_pointee(Limit::of(t)),
-                rules: ArcSwap::from_pointee(Self::rules_of(t, &generations)),
-            })
-            .collect();
+        let tenants = PerTenant::new(settings.iter().enumerate().map(|(index, t)| Tenant {
+            index,
+            id: t.id.clone(),
+            present: AtomicBool::new(true),
+            quotas: ArcSwap::from_pointee(Quotas::of(t)),
+            limit: ArcSwap::from_pointee(Limit::of(t)),
+            rules: ArcSwap::from_pointee(Self::rules_of(t, &generations)),
+        }));
+        let slots: Vec<TenantId> = (0..settings.len()).collect();
         Tenants {
             tenants,
-            by_key_hash: ArcSwap::from_pointee(key_hashes(settings)),
+            by_key_hash: ArcSwap::from_pointee(key_hashes(settings, &slots)),
             generations,
         }
     }
@@ -225,9 +239,18 @@ impl Tenants {
         }
     }
 
-    /// The rules `settings` give each tenant, in the table's order, not yet in force (see
-    /// [`Tenants::put_in_force`]). `settings` must list the table's tenants in its order
-    /// (`gateway::reload` checks).
+    /// Rules that allow nothing: a removed tenant's, and an added one's until it is in force.
+    fn none_allowed(&self) -> Arc<Rules> {
+        Arc::new(Rules {
+            default_account: None,
+            policy: Policy::new(&crate::config::PolicySettings::default(), None),
+            source: serde_json::Value::Null,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
+        })
+    }
+
+    /// The rules `settings` give each tenant, in `settings`' order, not yet in force (see
+    /// [`Tenants::put_in_force`]).
     pub fn rules_for(&self, settings: &[TenantSettings]) -> Vec<Arc<Rules>> {
         settings
             .iter()
@@ -235,29 +258,82 @@ impl Tenants {
             .collect()
     }
 
-    /// Puts `settings`' API keys, inbound limits, quotas and `rules` (from [`Tenants::rules_for`] on
-    /// the same settings) in force. A tenant whose rules did not change keeps its generation, so
-    /// what was admitted for it stays admitted. Returns which tenants changed.
-    pub fn put_in_force(&self, settings: &[TenantSettings], rules: Vec<Arc<Rules>>) -> Changed {
+    /// The index of each of `settings`' tenants: its own for an id the table has, the next
+    /// ones, in order, for ids it has not (which [`Tenants::add`] adds at them).
+    pub fn slots_for(&self, settings: &[TenantSettings]) -> Vec<TenantId> {
+        let mut next = self.len();
+        settings
+            .iter()
+            .map(|t| {
+                self.all().find(|known| known.id == t.id).map_or_else(
+                    || {
+                        next += 1;
+                        next - 1
+                    },
+                    |known| known.index,
+                )
+            })
+            .collect()
+    }
+
+    /// Adds `settings`' tenant at `index` (the next, from [`Tenants::slots_for`]), not yet
+    /// present: no key reaches it and its rules allow nothing until [`Tenants::put_in_force`]
+    /// puts it in force.
+    pub fn add(&self, index: TenantId, settings: &TenantSettings) {
+        debug_assert_eq!(index, self.len(), "added at the next index");
+        self.tenants.grow_to(index, |index| Tenant {
+            index,
+            id: settings.id.clone(),
+            present: AtomicBool::new(false),
+            quotas: ArcSwap::from_pointee(Quotas::of(settings)),
+            limit: ArcSwap::from_pointee(Limit::of(settings)),
+            rules: ArcSwap::new(self.none_allowed()),
+        });
+    }
+
+    /// Puts `settings`' tenants in force at their indexes `slots` (from
+    /// [`Tenants::slots_for`], each added): their API keys, inbound limits, quotas and `rules`
+    /// (from [`Tenants::rules_for`] on the same settings). A tenant whose rules did not change
+    /// keeps its generation, so what was admitted for it stays admitted. A present tenant
+    /// `settings` does not list is removed: its keys go, its rules allow nothing. Returns what
+    /// changed.
+    pub fn put_in_force(
+        &self,
+        settings: &[TenantSettings],
+        slots: &[TenantId],
+        rules: Vec<Arc<Rules>>,
+    ) -> Changed {
         let mut changed = Changed::default();
-        for ((tenant, new), t) in self.tenants.iter().zip(rules).zip(settings) {
+        for ((&index, new), t) in slots.iter().zip(rules).zip(settings) {
+            let tenant = &self.tenants[index];
+            let was_present = tenant.present.swap(true, Ordering::SeqCst);
+            if !was_present {
+                changed.added.push(index);
+            }
             let old = tenant.rules();
             if old.default_account != new.default_account || old.source != new.source {
                 tenant.rules.store(new);
-                changed.rules.push(tenant.index);
+                changed.rules.push(index);
             }
             let limit = Limit::of(t);
-            if tenant.limit() != limit {
+            if tenant.limit() != limit || !was_present {
                 tenant.limit.store(Arc::new(limit));
-                changed.limits.push(tenant.index);
+                changed.limits.push(index);
             }
             let quotas = Quotas::of(t);
-            if tenant.quotas() != quotas {
+            if tenant.quotas() != quotas || !was_present {
                 tenant.quotas.store(Arc::new(quotas));
-                changed.quotas.push(tenant.index);
+                changed.quotas.push(index);
             }
         }
-        let new = key_hashes(settings);
+        for tenant in self.all().filter(|t| !slots.contains(&t.index)) {
+            if tenant.present.swap(false, Ordering::SeqCst) {
+                tenant.rules.store(self.none_allowed());
+                changed.rules.push(tenant.index);
+                changed.removed.push(tenant.index);
+            }
+        }
+        let new = key_hashes(settings, slots);
         let old = self.by_key_hash.swap(Arc::new(new.clone()));
         let keys_of = |map: &HashMap<[u8; 32], TenantId>, index: TenantId| {
             let mut keys: Vec<[u8; 32]> = map
@@ -269,11 +345,18 @@ impl Tenants {
             keys
         };
         changed.keys = self
-            .tenants
-            .iter()
+            .all()
             .filter(|t| keys_of(&old, t.index) != keys_of(&new, t.index))
             .map(|t| t.index)
             .collect();
+        for list in [
+            &mut changed.rules,
+            &mut changed.limits,
+            &mut changed.quotas,
+            &mut changed.added,
+        ] {
+            list.sort_unstable();
+        }
         changed
     }
 
@@ -293,8 +376,24 @@ impl Tenants {
         &self.tenants[id]
     }
 
-    pub fn all(&self) -> &[Tenant] {
-        &self.tenants
+    /// Every tenant the gateway has run with, removed ones too (see [`Tenant::present`]), in
+    /// index order.
+    pub fn all(&self) -> impl Iterator<Item = &Tenant> {
+        self.tenants.iter()
+    }
+
+    /// The tenants in force: those the last table loaded lists.
+    pub fn present(&self) -> impl Iterator<Item = &Tenant> {
+        self.all().filter(|t| t.present())
+    }
+
+    /// How many tenants the gateway has run with (the next index).
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
     }
 }
 
@@ -368,12 +467,13 @@ mod tests {
         let rules = t.rules_for(&settings);
         assert_eq!(t.get(0).rules().generation, before[0], "not yet in force");
         assert_eq!(
-            t.put_in_force(&settings, rules),
+            t.put_in_force(&settings, &[0, 1], rules),
             Changed {
                 rules: vec![0],
                 keys: vec![1],
                 limits: vec![1],
                 quotas: vec![0],
+                ..Changed::default()
             }
         );
         assert_eq!(t.get(0).limit().burst, 10);
@@ -391,6 +491,67 @@ mod tests {
         assert!(t.authenticate("b1").is_none());
         assert_eq!(t.authenticate("b2").map(|t| t.index), Some(1));
         assert_eq!(t.authenticate("k1").map(|t| t.index), Some(0));
+    }
+
+    /// A tenant is known by its id: a reload that lists a new id adds it at the next index, one
+    /// that no longer lists an id removes it (its keys stop, its rules allow nothing) and keeps
+    /// its index, and the same id listed again is the same tenant, whatever the order.
+    #[test]
+    fn a_reload_adds_and_removes_tenants_by_id_and_indexes_never_move() {
+        let anonymous = req(IdentityType::Anonymous, None);
+        let with_key = |id: &str, key: &str| TenantSettings {
+            id: id.into(),
+            api_key_sha256: vec![hex::encode(hash_key(key))],
+            ..acme(PolicySettings {
+                dashboards: vec!["*".into()],
+                namespaces: vec!["default".into()],
+                identity_types: vec![IdentityType::Anonymous],
+                ..PolicySettings::default()
+            })
+        };
+        let t = Tenants::new(&[with_key("acme", "k1"), with_key("beta", "b1")]);
+        assert!(t.get(1).authorize(&anonymous).is_ok());
+        let reload = |settings: &[TenantSettings]| {
+            let slots = t.slots_for(settings);
+            for (&index, s) in slots.iter().zip(settings) {
+                if index >= t.len() {
+                    t.add(index, s);
+                }
+            }
+            (
+                slots.clone(),
+                t.put_in_force(settings, &slots, t.rules_for(settings)),
+            )
+        };
+        let added_gamma = [with_key("gamma", "g1"), with_key("acme", "k1")];
+        let (slots, changed) = reload(&added_gamma);
+        assert_eq!(slots, [2, 0]);
+        assert_eq!(
+            (changed.added, changed.removed, changed.keys),
+            (vec![2], vec![1], vec![1, 2])
+        );
+        assert_eq!(changed.limits, vec![2], "an added tenant's limit is new");
+        assert_eq!(
+            t.authenticate("g1").map(|t| (t.index, t.id.as_str())),
+            Some((2, "gamma"))
+        );
+        assert!(t.authenticate("b1").is_none(), "beta's key stopped");
+        assert!(!t.get(1).present());
+        assert!(
+            t.get(1).authorize(&anonymous).is_err(),
+            "its rules allow nothing"
+        );
+        assert!(t.get(0).authorize(&anonymous).is_ok());
+        assert_eq!(
+            t.present().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            ["acme", "gamma"]
+        );
+        let (slots, changed) = reload(&[with_key("beta", "b2"), with_key("acme", "k1")]);
+        assert_eq!(slots, [1, 0], "beta comes back as itself");
+        assert_eq!((changed.added, changed.removed), (vec![1], vec![2]));
+        assert_eq!(t.authenticate("b2").map(|t| t.index), Some(1));
+        assert!(t.get(1).authorize(&anonymous).is_ok(), "its rules again");
+        assert_eq!(t.len(), 3);
     }
 
     #[test]

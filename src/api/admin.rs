@@ -71,7 +71,7 @@ pub(super) async fn state(gw: web::Data<Gateway>, q: web::Query<StateQuery>) -> 
             "role_arn": u.settings().role_arn,
             "role_error": u.role_error(),
         })).collect::<Vec<_>>(),
-        "tenants": gw.tenants().all().iter().map(|t| json!({
+        "tenants": gw.tenants().present().map(|t| json!({
             "id": t.id,
             "rate_per_sec": t.limit().rate_per_sec,
             "burst": t.limit().burst,

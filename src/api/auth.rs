@@ -12,7 +12,7 @@ use futures::StreamExt;
 
 use super::problem::Problem;
 use crate::gateway::Gateway;
-use crate::tenant::{Limit, Tenant};
+use crate::tenant::{Limit, PerTenant, Tenant};
 
 /// The tenant the `Authorization: Bearer` key belongs to.
 pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a Tenant, Problem> {
@@ -225,7 +225,7 @@ pub(super) async fn read_bounded(
 /// handler's own work. A reload that changes the limit is met by the next answer, which builds
 /// the parts again.
 pub struct Canned {
-    tenants: Vec<ArcSwap<CannedTenant>>,
+    tenants: PerTenant<ArcSwap<CannedTenant>>,
 }
 
 struct CannedTenant {
@@ -264,19 +264,21 @@ impl CannedTenant {
 
 impl Canned {
     pub fn new(gw: &Gateway) -> Canned {
-        let tenants = gw
-            .tenants()
-            .all()
-            .iter()
-            .map(|t| ArcSwap::from_pointee(CannedTenant::new(t.limit())))
-            .collect();
+        let tenants = PerTenant::new(
+            gw.tenants()
+                .all()
+                .map(|t| ArcSwap::from_pointee(CannedTenant::new(t.limit()))),
+        );
         Canned { tenants }
     }
 
     /// `tenant`'s parts for its limit now.
     fn of(&self, tenant: &Tenant) -> Guard<Arc<CannedTenant>> {
         let limit = tenant.limit();
-        let slot = &self.tenants[tenant.index];
+        // A tenant a reload added has its parts made on its first answer.
+        let slot = self.tenants.grow_to(tenant.index, |_| {
+            ArcSwap::from_pointee(CannedTenant::new(limit))
+        });
         let canned = slot.load();
         if canned.limit == limit {
             return canned;

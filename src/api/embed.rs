@@ -113,7 +113,7 @@ impl<'a> Watch<'a> {
             };
         }
         let in_full = outcome != Outcome::Throttled || {
-            let slot = tenant.map_or(gw.unauthenticated_slot(), |t| t.index);
+            let slot = Gateway::throttled_slot(tenant);
             gw.throttled_lines().note(slot, gw.clock().now_ms()) == bursts::Line::First
         };
         if in_full {
@@ -150,11 +150,7 @@ impl Drop for Watch<'_> {
 pub async fn report_throttled(gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) {
     let report = |all| {
         for r in gw.throttled_lines().due(gw.clock().now_ms(), all) {
-            let tenant = if r.source == gw.unauthenticated_slot() {
-                "-"
-            } else {
-                gw.tenants().get(r.source).id.as_str()
-            };
+            let tenant = gw.throttled_source(r.source).map_or("-", |t| t.id.as_str());
             tracing::info!(
                 tenant,
                 outcome = Outcome::Throttled.as_str(),

@@ -62,7 +62,7 @@ impl Fleet {
             // library again.
             self.reset_functions();
             if self.degraded.swap(false, Ordering::SeqCst) {
-                for t in &self.over_until {
+                for t in self.over_until.iter() {
                     t.store(0, Ordering::Relaxed);
                 }
                 tracing::info!(replicas = live, "Redis answers again: rejoined the fleet");

@@ -36,7 +36,7 @@ impl Fleet {
 
     /// The refusal of a tenant known to be over its limit: the local fast path, no round trip.
     pub fn known_over(&self, tenant: &Tenant, now_ms: u64) -> Option<Inbound> {
-        let over = self.over_until[tenant.index].load(Ordering::Relaxed);
+        let over = self.over_until.at(tenant.index).load(Ordering::Relaxed);
         (over > now_ms).then(|| Inbound::Limited {
             retry_after: Duration::from_millis(over - now_ms),
         })
@@ -45,13 +45,14 @@ impl Fleet {
     /// Forgets that `tenant` is over its limit (a reload changed the limit, so a refusal
     /// remembered under the old one says nothing of the new).
     pub fn forget_over(&self, tenant: &Tenant) {
-        self.over_until[tenant.index].store(0, Ordering::Relaxed);
+        self.over_until.at(tenant.index).store(0, Ordering::Relaxed);
     }
 
     /// Remembers a refusal until its `Retry-After`, for [`Fleet::known_over`].
     pub(super) fn note_verdict(&self, tenant: &Tenant, now_ms: u64, verdict: Inbound) {
         if let Inbound::Limited { retry_after } = verdict {
-            self.over_until[tenant.index]
+            self.over_until
+                .at(tenant.index)
                 .store(now_ms + retry_after.as_millis() as u64, Ordering::Relaxed);
         }
     }

@@ -86,6 +86,7 @@ use redis::{Cmd, FromRedisValue, ScriptInvocation, ToRedisArgs};
 
 use crate::config::RedisSettings;
 use crate::metrics::{Metrics, REDIS_OPERATIONS};
+use crate::per_tenant::PerTenant;
 use connections::Connections;
 use kept::KeptAnswers;
 pub use orphans::Land;
@@ -330,9 +331,9 @@ pub struct Fleet {
     live_replicas: AtomicUsize,
     /// Per tenant: the instant (ms) before which the tenant is known to be over its limit, so
     /// rejections need no Redis round trip (the local fast path).
-    over_until: Vec<AtomicU64>,
+    over_until: PerTenant<AtomicU64>,
     /// Per tenant: the fencing epoch this replica last saw, and how far its serial had come.
-    epochs: Vec<RwLock<pool::Known>>,
+    epochs: PerTenant<RwLock<pool::Known>>,
     /// Where the last read of the fleet's session views ended (`views`).
     views_read: tokio::sync::Mutex<views::ViewsRead>,
     scripts: Scripts,
@@ -420,8 +421,8 @@ impl Fleet {
             clock_at_beat: AtomicI64::new(i64::MIN),
             started: std::time::Instant::now(),
             live_replicas: AtomicUsize::new(1),
-            over_until: (0..tenants).map(|_| AtomicU64::new(0)).collect(),
-            epochs: (0..tenants).map(|_| RwLock::default()).collect(),
+            over_until: PerTenant::new((0..tenants).map(|_| AtomicU64::new(0))),
+            epochs: PerTenant::new((0..tenants).map(|_| RwLock::default())),
             views_read: tokio::sync::Mutex::new(Default::default()),
             scripts: Scripts::new(),
             functions: AtomicU8::new(Functions::Unknown as u8),

@@ -30,7 +30,7 @@ impl Fleet {
         // whose serial it remembers (see `Known::learn`), and start a new one there.
         for _ in 0..3 {
             let (epoch, seen) = {
-                let known = self.epochs[tenant.index].read();
+                let known = self.epochs.at(tenant.index).read();
                 (known.epoch.clone(), known.serial)
             };
             let mut call = Call::default();
@@ -44,7 +44,7 @@ impl Fleet {
             match <[redis::Value; 3]>::try_from(reply) {
                 Ok([_, result, serial]) => {
                     let serial = u64::from_redis_value(serial).map_err(|_| Down::Unknown)?;
-                    self.epochs[tenant.index].write().saw(&epoch, serial);
+                    self.epochs.at(tenant.index).write().saw(&epoch, serial);
                     return T::from_redis_value(result).map_err(|_| Down::Unknown);
                 }
                 Err(reply) => {
@@ -70,7 +70,7 @@ impl Fleet {
     /// copy written back): everything pooled before stays in the old epoch's keys, never read
     /// again.
     pub(super) fn new_epoch(&self, tenant: &Tenant, seen: &str, current: String) {
-        let mut known = self.epochs[tenant.index].write();
+        let mut known = self.epochs.at(tenant.index).write();
         if known.epoch == current {
             return;
         }

@@ -187,17 +187,12 @@ impl Gateway {
         sharing: Sharing,
     ) -> Self {
         let tenants = Tenants::new(&settings.tenants);
-        let caps = tenants
-            .all()
-            .iter()
-            .map(|t| t.quotas().max_pooled_urls)
-            .collect();
+        let caps = tenants.all().map(|t| t.quotas().max_pooled_urls).collect();
         let demand_caps = tenants
             .all()
-            .iter()
             .map(|t| (t.quotas().max_hints, t.quotas().max_tracked_keys))
             .collect();
-        let ids: Vec<&str> = tenants.all().iter().map(|t| t.id.as_str()).collect();
+        let ids: Vec<&str> = tenants.all().map(|t| t.id.as_str()).collect();
         let upstream_ids: Vec<&str> = upstreams.all().iter().map(Upstream::id).collect();
         metrics.init_labels(&ids, &upstream_ids);
         let budgets = Budgets::new(
@@ -210,11 +205,7 @@ impl Gateway {
             match u.account() {
                 Some(account) => drop(budgets.get(account, u.settings())),
                 None => {
-                    for account in tenants
-                        .all()
-                        .iter()
-                        .flat_map(|t| t.rules().accounts().to_vec())
-                    {
+                    for account in tenants.all().flat_map(|t| t.rules().accounts().to_vec()) {
                         budgets.get(&account, u.settings());
                     }
                 }
@@ -231,10 +222,10 @@ impl Gateway {
             health: Arc::default(),
             reloading: parking_lot::Mutex::default(),
             rules_seen: parking_lot::Mutex::new(
-                tenants.all().iter().map(|t| t.rules().generation).collect(),
+                tenants.all().map(|t| t.rules().generation).collect(),
             ),
             recent: recent::Recent::new(),
-            throttled_lines: Bursts::new(tenants.all().len() + 1, THROTTLED_REPORT_MS),
+            throttled_lines: Bursts::new(tenants.len() + 1, THROTTLED_REPORT_MS),
             views_unsent: parking_lot::Mutex::default(),
             pool,
             inbound: InboundLimiter::new(
@@ -258,6 +249,7 @@ impl Gateway {
             lead_secs: std::sync::atomic::AtomicU64::new(0.1f64.to_bits()),
             access_keys: arc_swap::ArcSwap::from_pointee(AccessKeys::new(
                 &settings.tenants,
+                &(0..settings.tenants.len()).collect::<Vec<_>>(),
                 settings.master_key.as_ref(),
             )),
             tenants,
@@ -296,16 +288,22 @@ impl Gateway {
         &self.clock
     }
 
-    /// Which throttled requests are logged in full and which counted into a report: one slot per
-    /// tenant (its index), then one for clients without a valid key
-    /// ([`Gateway::unauthenticated_slot`]).
+    /// Which throttled requests are logged in full and which counted into a report: one slot for
+    /// clients without a valid key, then one per tenant ([`Gateway::throttled_slot`]).
     pub fn throttled_lines(&self) -> &Bursts {
         &self.throttled_lines
     }
 
-    /// The slot of [`Gateway::throttled_lines`] for clients without a valid key.
-    pub fn unauthenticated_slot(&self) -> usize {
-        self.tenants.all().len()
+    /// The slot of [`Gateway::throttled_lines`] for `tenant`'s requests (`None`: clients
+    /// without a valid key), and the reverse.
+    pub fn throttled_slot(tenant: Option<&Tenant>) -> usize {
+        tenant.map_or(0, |t| t.index + 1)
+    }
+
+    /// The tenant of a slot of [`Gateway::throttled_lines`] (`None`: clients without a valid
+    /// key).
+    pub fn throttled_source(&self, slot: usize) -> Option<&Tenant> {
+        slot.checked_sub(1).map(|t| self.tenants.get(t))
     }
 
     /// This replica's local pool (in a fleet, URLs live in Redis and this holds none).
@@ -355,7 +353,7 @@ impl Gateway {
 
     /// Session events dropped because the learner's queue was full, and users it knows now.
     pub fn session_stats(&self) -> (u64, usize) {
-        let users = (0..self.tenants.all().len())
+        let users = (0..self.tenants.len())
             .map(|i| self.sessions.users(i))
             .sum();
         (self.sessions.dropped(), users)
@@ -397,7 +395,7 @@ impl Gateway {
 
     /// Each tenant's rules in force.
     pub fn rules_in_force(&self) -> Vec<Arc<Rules>> {
-        self.tenants.all().iter().map(|t| t.rules_full()).collect()
+        self.tenants.all().map(|t| t.rules_full()).collect()
     }
 
     /// Every tenant's configured warm keys in `tenants` (tenant, request, depth), each checked
@@ -442,14 +440,14 @@ impl Gateway {
         Ok(keys)
     }
 
-    /// Makes `warm` (from [`Gateway::warm_keys`]) every tenant's warm keys: each kept stocked
-    /// at least its depth deep while it is configured (see [`Demand::set_warm`]). Returns the
-    /// tenants whose warm keys changed.
+    /// Makes `warm` ((tenant index, request, depth), from [`Gateway::warm_keys`]) every
+    /// tenant's warm keys: each kept stocked at least its depth deep while it is configured
+    /// (see [`Demand::set_warm`]); a tenant with none listed has none. Returns the tenants whose
+    /// warm keys changed.
     pub fn set_warm_keys(&self, warm: &[(TenantId, EmbedRequest, usize)]) -> Vec<TenantId> {
         let now = self.clock.now_ms();
         self.tenants
             .all()
-            .iter()
             .filter(|tenant| {
                 let keys: Vec<_> = warm
                     .iter()

@@ -1,14 +1,15 @@
 //! Reloading the tenant table while the gateway runs (`embedgate serve` does when its config
-//! files change, and on `SIGHUP`): new API keys, access key ids, rules (policy, default
-//! account), inbound limits (`rate_per_sec`, `burst`), quotas (`upstream_weight`, `max_…`)
-//! and warm keys for the tenants it has.
+//! files change, and on `SIGHUP`): tenants added and removed, and for each tenant its API keys,
+//! access key ids, rules (policy, default account), inbound limit (`rate_per_sec`, `burst`),
+//! quotas (`upstream_weight`, `max_…`) and warm keys.
 //!
-//! What a reload may change is every setting of a tenant but its id. Everything else was built
-//! into the running gateway at start (listeners, Redis, upstreams and their budgets, pool and
-//! planner bounds, the tenants themselves, whose index every per-tenant table uses), so a
-//! reload that changes any of it is refused whole, naming the settings, and nothing changes: a
-//! restart applies them. So is an invalid one, and one under whose rules a tenant's own warm key
-//! would be refused (as at start). The master key is read once, at start.
+//! A tenant is known by its id: an id the gateway has not run with is added, one the new table
+//! does not list is removed, the order does not matter. Everything outside the tenant table was
+//! built into the running gateway at start (listeners, Redis, upstreams and their budgets, pool
+//! and planner bounds), so a reload that changes any of it is refused whole, naming the
+//! settings, and nothing changes: a restart applies them. So is an invalid one, and one under
+//! whose rules a tenant's own warm key would be refused (as at start). The master key is read
+//! once, at start.
 //!
 //! # Guarantees
 //! - From the first request that reads the new table on, it is authenticated by the new keys
@@ -27,6 +28,13 @@
 //!   one is dropped (see `Pool::set_cap`, `Demand::set_caps`). A changed weight divides every
 //!   upstream budget anew.
 //! - The warm keys listed replace the tenant's (see `Demand::set_warm`).
+//! - A tenant added has its limiter and bounds before its keys are put in force, so its first
+//!   request finds every per-tenant table ready (the others make its entries on first use:
+//!   `PerTenant`). A tenant removed keeps its index: its keys stop authenticating from the next
+//!   request, its rules allow nothing (so its tracked keys are forgotten as above and its
+//!   predictions refused), its warm keys are unpinned and its weight no longer divides the
+//!   budgets; what is pooled for it expires as waste. Listed again, it is the same tenant, at
+//!   its old index, under the new settings.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +45,7 @@ use super::Gateway;
 use crate::config::Settings;
 use crate::credentials::AccessKeys;
 use crate::refill::Tracked;
+use crate::tenant::TenantId;
 
 /// What a reload put in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,25 +60,13 @@ pub struct Reloaded {
     pub quotas_changed: Vec<String>,
     /// The tenants whose warm keys changed (added, removed, or another depth).
     pub warm_changed: Vec<String>,
+    /// The tenants the new table adds, and those it no longer lists.
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
     /// API keys and access key ids now in force, over every tenant.
     pub api_keys: usize,
     pub access_keys: usize,
 }
-
-/// The members of a tenant's settings a reload may change.
-const RELOADABLE: [&str; 11] = [
-    "api_key_sha256",
-    "access_key_ids",
-    "default_account",
-    "policy",
-    "rate_per_sec",
-    "burst",
-    "upstream_weight",
-    "max_pooled_urls",
-    "max_hints",
-    "max_tracked_keys",
-    "warm",
-];
 
 impl Gateway {
     /// Puts the tenants' keys, rules, limits, quotas and warm keys of `new` in force, if nothing
@@ -99,6 +96,8 @@ impl Gateway {
                 limits_changed = %r.limits_changed.join(","),
                 quotas_changed = %r.quotas_changed.join(","),
                 warm_changed = %r.warm_changed.join(","),
+                added = %r.added.join(","),
+                removed = %r.removed.join(","),
                 api_keys = r.api_keys,
                 access_keys = r.access_keys,
                 "tenant table reloaded"
@@ -136,25 +135,36 @@ impl Gateway {
         let warm = self
             .warm_keys(&new.tenants, &rules)
             .map_err(|e| format!("a warm key its tenant's new rules refuse: {e}"))?;
-        let access_keys = AccessKeys::new(&new.tenants, self.settings.master_key.as_ref());
+        let slots = self.tenants.slots_for(&new.tenants);
+        // An added tenant has its limiter and bounds before any key can reach it; the other
+        // per-tenant tables make its entries as it first uses them.
+        for (&index, t) in slots.iter().zip(&new.tenants) {
+            if index >= self.tenants.len() {
+                self.tenants.add(index, t);
+                self.put_limit_in_force(index);
+                self.put_quotas_in_force(index);
+            }
+        }
+        let changed = self.tenants.put_in_force(&new.tenants, &slots, rules);
+        for &t in &changed.limits {
+            self.put_limit_in_force(t);
+        }
+        for &t in &changed.quotas {
+            self.put_quotas_in_force(t);
+        }
+        if !changed.quotas.is_empty() || !changed.removed.is_empty() {
+            self.budgets.set_weights(&self.tenants);
+        }
+        let access_keys = AccessKeys::new(&new.tenants, &slots, self.settings.master_key.as_ref());
         let counts = (
             new.tenants.iter().map(|t| t.api_key_sha256.len()).sum(),
             access_keys.len(),
         );
         self.access_keys.store(Arc::new(access_keys));
-        let changed = self.tenants.put_in_force(&new.tenants, rules);
-        for &t in &changed.limits {
-            self.limits
-                .limit_changed(&self.inbound, self.tenants.get(t));
-        }
-        for &t in &changed.quotas {
-            let q = self.tenants.get(t).quotas();
-            self.pool.set_cap(t, q.max_pooled_urls);
-            self.demand.set_caps(t, q.max_hints, q.max_tracked_keys);
-        }
-        if !changed.quotas.is_empty() {
-            self.budgets.set_weights(&self.tenants);
-        }
+        let warm: Vec<_> = warm
+            .into_iter()
+            .map(|(at, request, depth)| (slots[at], request, depth))
+            .collect();
         let warm_changed = self.set_warm_keys(&warm);
         let ids = |list: &[usize]| {
             list.iter()
@@ -167,6 +177,8 @@ impl Gateway {
             limits_changed: ids(&changed.limits),
             quotas_changed: ids(&changed.quotas),
             warm_changed: ids(&warm_changed),
+            added: ids(&changed.added),
+            removed: ids(&changed.removed),
             api_keys: counts.0,
             access_keys: counts.1,
         })
@@ -174,15 +186,29 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Puts tenant `t`'s inbound limit in force in the limiters.
+    fn put_limit_in_force(&self, t: TenantId) {
+        self.limits
+            .limit_changed(&self.inbound, self.tenants.get(t));
+    }
+
+    /// Puts tenant `t`'s bounds in force in the pool and the demand table.
+    fn put_quotas_in_force(&self, t: TenantId) {
+        let q = self.tenants.get(t).quotas();
+        self.pool.set_cap(t, q.max_pooled_urls);
+        self.demand.set_caps(t, q.max_hints, q.max_tracked_keys);
+    }
+
     /// `tracked` less the keys whose tenant's rules changed since the last call and now refuse
     /// their request, which are forgotten (see the module's documentation). Called by the
     /// refiller each tick, before it plans.
     pub(super) fn forget_refused(&self, tracked: Vec<Arc<Tracked>>) -> Vec<Arc<Tracked>> {
         let changed: Vec<bool> = {
             let mut seen = self.rules_seen.lock();
+            // A tenant added since the last call has been seen at no generation.
+            seen.resize(self.tenants.len(), 0);
             self.tenants
                 .all()
-                .iter()
                 .zip(seen.iter_mut())
                 .map(|(t, seen)| {
                     let now = t.rules().generation;
@@ -212,34 +238,17 @@ impl Gateway {
 }
 
 /// The settings `new` changes that only a restart applies: paths such as `listen`,
-/// `tenants[0].max_pooled_urls` (never values: some are secrets).
+/// `upstream.rate_per_sec` (never values: some are secrets). Every setting of the tenants may
+/// change (a tenant is known by its id: a new id is added, an id no longer listed removed).
 fn needs_restart(running: &Settings, new: &Settings) -> Vec<String> {
-    let ids = |s: &Settings| s.tenants.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
-    let (was, now) = (ids(running), ids(new));
-    let mut differ = Vec::new();
-    if was != now {
-        differ.push(format!(
-            "tenants: the same tenants in the same order ({} now, {} in the file)",
-            was.join(", "),
-            now.join(", ")
-        ));
-    }
-    // The reloadable members left out; the tenants left out whole when they are not the same.
     let fixed = |s: &Settings| {
         let mut v = serde_json::to_value(s).unwrap_or_default();
-        if was != now {
-            if let Some(o) = v.as_object_mut() {
-                o.remove("tenants");
-            }
-        } else if let Some(tenants) = v.get_mut("tenants").and_then(Value::as_array_mut) {
-            for t in tenants.iter_mut().filter_map(Value::as_object_mut) {
-                for member in RELOADABLE {
-                    t.remove(member);
-                }
-            }
+        if let Some(o) = v.as_object_mut() {
+            o.remove("tenants");
         }
         v
     };
+    let mut differ = Vec::new();
     paths_that_differ("", &fixed(running), &fixed(new), &mut differ);
     differ
 }
@@ -293,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn only_keys_rules_limits_and_quotas_may_change_and_every_other_change_is_named_by_its_path() {
+    fn any_tenant_setting_may_change_and_every_other_change_is_named_by_its_path() {
         let running = settings();
         let mut new = running.clone();
         new.tenants[0].api_key_sha256 = vec!["00".repeat(32)];
@@ -322,13 +331,12 @@ mod tests {
         );
         let mut other = running.clone();
         other.tenants[0].id = "other".into();
-        other.listen = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(
-            needs_restart(&running, &other),
-            [
-                "tenants: the same tenants in the same order (demo now, other in the file)",
-                "listen"
-            ]
+        other.tenants.push(running.tenants[0].clone());
+        assert!(
+            needs_restart(&running, &other).is_empty(),
+            "tenants added, renamed"
         );
+        other.listen = "127.0.0.1:1".parse().unwrap();
+        assert_eq!(needs_restart(&running, &other), ["listen"]);
     }
 }

@@ -241,8 +241,8 @@ impl Budget {
             .unwrap_or(0.0)
     }
 
-    /// Divides the budget by `weights` from now on; each tenant's share keeps what it holds,
-    /// up to its new cap.
+    /// Divides the budget by `weights` from now on (one per tenant, a tenant added last); each
+    /// tenant's share keeps what it holds, up to its new cap, and an added tenant's starts full.
     fn set_weights(&self, weights: &[f64]) {
         let mut s = self.state.lock();
         self.refill(&mut s, self.clock.now_ms());
@@ -251,6 +251,12 @@ impl Budget {
         let BucketState {
             shares, weights, ..
         } = &mut *s;
+        let known = shares.len();
+        shares.extend(
+            weights[known.min(weights.len())..]
+                .iter()
+                .map(|w| self.cap(parts, *w)),
+        );
         for (share, w) in shares.iter_mut().zip(weights.iter()) {
             *share = share.min(self.cap(parts, *w));
         }
@@ -315,19 +321,25 @@ impl Budgets {
         }
     }
 
-    /// Each tenant's `upstream_weight` over the sum of all of them.
+    /// Each tenant's `upstream_weight` over the sum of all of them (0 for a tenant a reload
+    /// removed).
     fn weights_of(tenants: &Tenants) -> Vec<f64> {
-        let weight = |t: &crate::tenant::Tenant| t.quotas().upstream_weight;
-        let total: f64 = tenants.all().iter().map(weight).sum();
+        let weight = |t: &crate::tenant::Tenant| {
+            if t.present() {
+                t.quotas().upstream_weight
+            } else {
+                0.0
+            }
+        };
+        let total: f64 = tenants.all().map(weight).sum();
         tenants
             .all()
-            .iter()
             .map(|t| if total > 0.0 { weight(t) / total } else { 0.0 })
             .collect()
     }
 
     /// Divides every budget, and those created from now on, by the tenants' weights now (after
-    /// a reload changed one).
+    /// a reload changed one, or added or removed a tenant).
     pub fn set_weights(&self, tenants: &Tenants) {
         let weights = Self::weights_of(tenants);
         *self.weights.lock() = weights.clone();

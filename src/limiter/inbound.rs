@@ -14,7 +14,7 @@ use governor::{Quota, RateLimiter};
 
 use super::Inbound;
 use crate::clock::Clock;
-use crate::tenant::{Limit, TenantId, Tenants};
+use crate::tenant::{Limit, PerTenant, TenantId, Tenants};
 
 type Gcra = RateLimiter<NotKeyed, InMemoryState, Clock, StateInformationMiddleware>;
 
@@ -26,8 +26,9 @@ struct Limiter {
 
 /// One GCRA limiter per tenant.
 pub struct InboundLimiter {
-    /// Each tenant's, replaced whole when a reload changes its limit ([`InboundLimiter::set`]).
-    limiters: Vec<ArcSwap<Limiter>>,
+    /// Each tenant's, replaced whole when a reload changes its limit, made when a reload adds
+    /// the tenant ([`InboundLimiter::set`]).
+    limiters: PerTenant<ArcSwap<Limiter>>,
     /// The limiters of a replica that keeps to its part of each tenant's limit: `(n, one per
     /// tenant at 1/n of its rate and burst)`, built when first needed and again when `n`
     /// changes (see [`InboundLimiter::check_part`]).
@@ -74,11 +75,11 @@ impl InboundLimiter {
     /// Per-tenant limits from the table, and the shared limit for requests without a valid key
     /// (`unauthenticated` = (rate per second, burst)).
     pub fn new(tenants: &Tenants, unauthenticated: (f64, u32), clock: &Clock) -> Self {
-        let limiters = tenants
-            .all()
-            .iter()
-            .map(|t| ArcSwap::from_pointee(Self::limiter(t.limit(), clock)))
-            .collect();
+        let limiters = PerTenant::new(
+            tenants
+                .all()
+                .map(|t| ArcSwap::from_pointee(Self::limiter(t.limit(), clock))),
+        );
         InboundLimiter {
             limiters,
             parts: parking_lot::RwLock::new(None),
@@ -98,13 +99,19 @@ impl InboundLimiter {
     /// Its limiter, and its part when one is kept, start afresh: the state of a GCRA under
     /// one limit does not carry over to another, so the tenant may send one full burst of the
     /// new limit at once.
+    /// A tenant a reload added gets its limiter here, before any request of its.
     pub fn set(&self, tenant: TenantId, limit: Limit) {
-        if self.limiters[tenant].load().limit == limit {
+        let slot = self.limiters.grow_to(tenant, |_| {
+            ArcSwap::from_pointee(Self::limiter(limit, &self.clock))
+        });
+        if slot.load().limit == limit {
             return;
         }
-        self.limiters[tenant].store(Arc::new(Self::limiter(limit, &self.clock)));
+        slot.store(Arc::new(Self::limiter(limit, &self.clock)));
         if let Some((n, parts)) = &mut *self.parts.write() {
-            parts[tenant] = part_of(limit, *n, &self.clock);
+            if let Some(part) = parts.get_mut(tenant) {
+                *part = part_of(limit, *n, &self.clock);
+            }
         }
     }
 
@@ -130,12 +137,16 @@ impl InboundLimiter {
             return self.check(tenant);
         }
         if let Some((built, parts)) = &*self.parts.read() {
-            if *built == n {
-                return verdict(parts[tenant].check(), &self.clock);
+            if let Some(part) = parts.get(tenant).filter(|_| *built == n) {
+                return verdict(part.check(), &self.clock);
             }
         }
         let mut parts = self.parts.write();
-        if parts.as_ref().is_none_or(|(built, _)| *built != n) {
+        // Built again when `n` changes, and when a reload added a tenant since.
+        if parts
+            .as_ref()
+            .is_none_or(|(built, each)| *built != n || each.len() <= tenant)
+        {
             let each = self
                 .limiters
                 .iter()

@@ -25,7 +25,7 @@ use crate::clock::Clock;
 use crate::config::PoolSettings;
 use crate::metrics::{Fetch, Metrics, Tally, Waste};
 use crate::model::URL_VALIDITY_SECS;
-use crate::tenant::TenantId;
+use crate::tenant::{PerTenant, TenantId};
 
 const VALIDITY_MS: u64 = URL_VALIDITY_SECS * 1000;
 
@@ -117,7 +117,7 @@ struct SlotInner {
 
 struct Counts {
     total: AtomicUsize,
-    per_tenant: Vec<AtomicUsize>,
+    per_tenant: PerTenant<AtomicUsize>,
 }
 
 impl Counts {
@@ -137,7 +137,7 @@ pub struct Pool {
     max_urls: usize,
     max_per_key: usize,
     /// Each tenant's `max_pooled_urls` (a reload may change it: [`Pool::set_cap`]).
-    tenant_caps: Vec<AtomicUsize>,
+    tenant_caps: PerTenant<AtomicUsize>,
     counts: Arc<Counts>,
     metrics: Arc<Metrics>,
 }
@@ -152,7 +152,7 @@ impl Pool {
     ) -> Self {
         let counts = Arc::new(Counts {
             total: AtomicUsize::new(0),
-            per_tenant: tenant_caps.iter().map(|_| AtomicUsize::new(0)).collect(),
+            per_tenant: PerTenant::new(tenant_caps.iter().map(|_| AtomicUsize::new(0))),
         });
         let listener_counts = counts.clone();
         let listener_metrics = metrics.clone();
@@ -181,7 +181,7 @@ impl Pool {
             min_remaining_ms: settings.min_remaining_secs * 1000,
             max_urls: settings.max_urls,
             max_per_key: settings.max_urls_per_key,
-            tenant_caps: tenant_caps.into_iter().map(AtomicUsize::new).collect(),
+            tenant_caps: PerTenant::new(tenant_caps.into_iter().map(AtomicUsize::new)),
             counts,
             metrics,
         }
@@ -189,10 +189,11 @@ impl Pool {
 
     /// Bounds the URLs pooled for `tenant` at `cap` from now on. URLs already pooled beyond a
     /// lowered cap stay and are handed out; no URL is added for the tenant until it is below.
+    /// A tenant a reload added has no URL pooled and no cap until this sets one.
     pub fn set_cap(&self, tenant: TenantId, cap: usize) {
-        if let Some(c) = self.tenant_caps.get(tenant) {
-            c.store(cap, Ordering::Relaxed);
-        }
+        self.tenant_caps
+            .grow_to(tenant, |_| AtomicUsize::new(cap))
+            .store(cap, Ordering::Relaxed);
     }
 
     pub fn clock(&self) -> &Clock {
@@ -247,10 +248,11 @@ impl Pool {
             self.metrics.wasted(Waste::Expired, fetched_for, 1);
             return Err(Refused::Stale);
         }
-        let tenant_count = self.counts.per_tenant.get(tenant);
-        let over_tenant = tenant_count
-            .zip(self.tenant_caps.get(tenant))
-            .is_some_and(|(c, cap)| c.load(Ordering::Relaxed) >= cap.load(Ordering::Relaxed));
+        let tenant_count = self.counts.per_tenant.at(tenant);
+        let over_tenant = self
+            .tenant_caps
+            .get(tenant)
+            .is_some_and(|cap| tenant_count.load(Ordering::Relaxed) >= cap.load(Ordering::Relaxed));
         if over_tenant || self.counts.total.load(Ordering::Relaxed) >= self.max_urls {
             self.metrics.wasted(Waste::Overflow, fetched_for, 1);
             return Err(Refused::Full);
@@ -280,9 +282,7 @@ impl Pool {
             inner.urls.insert(pos, url);
             drop(inner);
             self.counts.total.fetch_add(1, Ordering::Relaxed);
-            if let Some(c) = tenant_count {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
+            tenant_count.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         self.metrics.wasted(Waste::Overflow, fetched_for, 1);

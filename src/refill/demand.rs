@@ -9,7 +9,7 @@ use super::{Pending, Reason, Shown, Tracked};
 use crate::config::RefillSettings;
 use crate::model::{EmbedRequest, URL_VALIDITY_SECS};
 use crate::pool::PoolKey;
-use crate::tenant::TenantId;
+use crate::tenant::{PerTenant, TenantId};
 
 /// Keys of a kind (per tenant, with or without a registered user) whose recurrence must have
 /// had its chance (see [`Recurrence::settled`]) before the kind's recurrence is trusted.
@@ -117,12 +117,12 @@ pub type LearnedKinds = [[Learned; STEPS]; 2];
 /// Per-tenant counters shared with the cache's eviction listener.
 struct Counts {
     /// Keys tracked per tenant (warm keys not included).
-    tracked: Vec<AtomicUsize>,
+    tracked: PerTenant<AtomicUsize>,
     /// Hint slots held per tenant.
-    hints: Vec<AtomicUsize>,
+    hints: PerTenant<AtomicUsize>,
     /// Per tenant, for keys without and with a registered user: how often a key asked for once
     /// (twice, three times) is asked for again within a URL's usable life.
-    recurrence: Vec<parking_lot::Mutex<Kinds>>,
+    recurrence: PerTenant<parking_lot::Mutex<Kinds>>,
     /// The same over every tenant: what a tenant's first keys are judged by until its own are
     /// known (see [`Demand::kind_recurrence`]).
     all_tenants: parking_lot::Mutex<Kinds>,
@@ -131,10 +131,10 @@ struct Counts {
 impl Counts {
     /// A key leaves: give back its tracked slot and, if it holds one, its hint slot.
     fn forget(&self, t: &Tracked) {
-        self.tracked[t.tenant].fetch_sub(1, Ordering::SeqCst);
+        self.tracked.at(t.tenant).fetch_sub(1, Ordering::SeqCst);
         let mut s = t.state.lock();
         if std::mem::take(&mut s.hint_counted) {
-            self.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
+            self.hints.at(t.tenant).fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -155,8 +155,8 @@ pub struct Demand {
     counts: Arc<Counts>,
     /// Each tenant's `max_hints` and `max_tracked_keys` (a reload may change them:
     /// [`Demand::set_caps`]).
-    hint_caps: Vec<AtomicUsize>,
-    tracked_caps: Vec<AtomicUsize>,
+    hint_caps: PerTenant<AtomicUsize>,
+    tracked_caps: PerTenant<AtomicUsize>,
     /// A URL's usable life, ms (300 s less `pool.min_remaining_secs`).
     life_ms: u64,
 }
@@ -165,9 +165,9 @@ impl Demand {
     /// `caps` holds each tenant's (max_hints, max_tracked_keys).
     pub fn new(settings: &RefillSettings, caps: Vec<(usize, usize)>) -> Self {
         let counts = Arc::new(Counts {
-            tracked: caps.iter().map(|_| AtomicUsize::new(0)).collect(),
-            hints: caps.iter().map(|_| AtomicUsize::new(0)).collect(),
-            recurrence: caps.iter().map(|_| Default::default()).collect(),
+            tracked: PerTenant::new(caps.iter().map(|_| AtomicUsize::new(0))),
+            hints: PerTenant::new(caps.iter().map(|_| AtomicUsize::new(0))),
+            recurrence: PerTenant::new(caps.iter().map(|_| Default::default())),
             all_tenants: Default::default(),
         });
         let listener = counts.clone();
@@ -182,8 +182,8 @@ impl Demand {
             tau_secs: settings.demand_half_life_secs / std::f64::consts::LN_2,
             settings: settings.clone(),
             counts,
-            hint_caps: caps.iter().map(|c| AtomicUsize::new(c.0)).collect(),
-            tracked_caps: caps.iter().map(|c| AtomicUsize::new(c.1)).collect(),
+            hint_caps: PerTenant::new(caps.iter().map(|c| AtomicUsize::new(c.0))),
+            tracked_caps: PerTenant::new(caps.iter().map(|c| AtomicUsize::new(c.1))),
             life_ms: (URL_VALIDITY_SECS - 60) * 1000,
         }
     }
@@ -250,7 +250,7 @@ impl Demand {
         now_ms: u64,
     ) -> Learned {
         let life = self.life_secs();
-        let own = self.counts.recurrence[tenant].lock()[kind][step];
+        let own = self.counts.recurrence.at(tenant).lock()[kind][step];
         let settled = own.settled(now_ms, life);
         if settled >= MIN_SETTLED_KEYS {
             let probability = own.probability(now_ms, life);
@@ -309,8 +309,8 @@ impl Demand {
         if let Some(t) = self.find(key) {
             return Some(t);
         }
-        let n = &self.counts.tracked[tenant];
-        if n.fetch_add(1, Ordering::SeqCst) >= self.tracked_caps[tenant].load(Ordering::SeqCst) {
+        let n = &self.counts.tracked.at(tenant);
+        if n.fetch_add(1, Ordering::SeqCst) >= self.tracked_caps.at(tenant).load(Ordering::SeqCst) {
             n.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
@@ -338,7 +338,10 @@ impl Demand {
         let t = self.tracked(key, tenant, req, now_ms)?;
         let recorded = t.record(now_ms, self.tau_secs, self.life_ms);
         if recorded.released_hint {
-            self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
+            self.counts
+                .hints
+                .at(t.tenant)
+                .fetch_sub(1, Ordering::SeqCst);
         }
         // The n-th request of a run recurs step n - 2 and starts step n - 1 (of those learned).
         let n = recorded.arrivals as usize;
@@ -354,7 +357,7 @@ impl Demand {
                     steps[i].first(now_ms, self.life_secs());
                 }
             };
-            count(&mut self.counts.recurrence[t.tenant].lock()[kind]);
+            count(&mut self.counts.recurrence.at(t.tenant).lock()[kind]);
             count(&mut self.counts.all_tenants.lock()[kind]);
         }
         Some(t)
@@ -364,12 +367,12 @@ impl Demand {
     /// already has `max_hints` keys hinted or tracks `max_tracked_keys` keys: the hint is
     /// dropped and creates nothing.
     pub fn hint(&self, key: &PoolKey, tenant: TenantId, req: &EmbedRequest, now_ms: u64) -> bool {
-        let slots = &self.counts.hints[tenant];
+        let slots = &self.counts.hints.at(tenant);
         let t = match self.find(key) {
             Some(t) => t,
             // Refuse before creating anything: a refused hint must not cost a tracked key.
             None if slots.load(Ordering::SeqCst)
-                >= self.hint_caps[tenant].load(Ordering::SeqCst) =>
+                >= self.hint_caps.at(tenant).load(Ordering::SeqCst) =>
             {
                 return false
             }
@@ -380,7 +383,8 @@ impl Demand {
         };
         let mut s = t.state.lock();
         if !s.hint_counted {
-            if slots.fetch_add(1, Ordering::SeqCst) >= self.hint_caps[tenant].load(Ordering::SeqCst)
+            if slots.fetch_add(1, Ordering::SeqCst)
+                >= self.hint_caps.at(tenant).load(Ordering::SeqCst)
             {
                 slots.fetch_sub(1, Ordering::SeqCst);
                 return false;
@@ -443,7 +447,10 @@ impl Demand {
     /// stocked has been taken (see [`Tracked::settle_pin`]), releasing its hint slot.
     pub fn settle_pin(&self, t: &Tracked, fleet_stock: usize, now_ms: u64) {
         if t.settle_pin(fleet_stock, now_ms) {
-            self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
+            self.counts
+                .hints
+                .at(t.tenant)
+                .fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -634,7 +641,10 @@ impl Demand {
             let mut s = t.state.lock();
             if s.hint_counted && s.hinted_until_ms <= now_ms {
                 s.hint_counted = false;
-                self.counts.hints[t.tenant].fetch_sub(1, Ordering::SeqCst);
+                self.counts
+                    .hints
+                    .at(t.tenant)
+                    .fetch_sub(1, Ordering::SeqCst);
             }
         }
         all
@@ -662,12 +672,12 @@ impl Demand {
 
     /// Keys `tenant` tracks now (warm keys not included).
     pub fn tracked_by(&self, tenant: TenantId) -> usize {
-        self.counts.tracked[tenant].load(Ordering::SeqCst)
+        self.counts.tracked.at(tenant).load(Ordering::SeqCst)
     }
 
     /// Hint slots `tenant` holds now.
     pub fn hints_held_by(&self, tenant: TenantId) -> usize {
-        self.counts.hints[tenant].load(Ordering::SeqCst)
+        self.counts.hints.at(tenant).load(Ordering::SeqCst)
     }
 }
 
@@ -1317,7 +1327,7 @@ mod tests {
 
     /// The recurrence counts of `t`'s kind for its tenant, for keys asked for once.
     fn kind_of(d: &Demand, t: &Tracked) -> Recurrence {
-        d.counts.recurrence[t.tenant].lock()[Demand::kind(t)][0]
+        d.counts.recurrence.at(t.tenant).lock()[Demand::kind(t)][0]
     }
 
     /// What `t`'s tenant's keys of its kind asked for once are judged by now (what `/state`

@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 
 use super::{Pending, Reason, Tracked};
 use crate::model::{EmbedRequest, Operation, URL_VALIDITY_SECS};
-use crate::tenant::TenantId;
+use crate::tenant::{PerTenant, TenantId};
 
 /// Most events waiting for the planner's next tick.
 pub const MAX_EVENTS: usize = 65_536;
@@ -167,7 +167,7 @@ impl Book {
 
 /// The per-tenant session learner (see the module docs).
 pub struct Sessions {
-    books: Vec<Mutex<Book>>,
+    books: PerTenant<Mutex<Book>>,
     events: Mutex<VecDeque<(Arc<Tracked>, u64, Seen)>>,
     dropped: std::sync::atomic::AtomicU64,
     /// A URL's usable life: the follower window, the session gap and the prediction horizon.
@@ -220,7 +220,7 @@ impl Sessions {
         demand_half_life_secs: f64,
     ) -> Self {
         Sessions {
-            books: (0..tenants).map(|_| Mutex::new(Book::default())).collect(),
+            books: PerTenant::new((0..tenants).map(|_| Mutex::new(Book::default()))),
             events: Mutex::new(VecDeque::new()),
             dropped: Default::default(),
             life_ms: URL_VALIDITY_SECS.saturating_sub(min_remaining_secs) * 1000,
@@ -257,7 +257,7 @@ impl Sessions {
 
     /// Users known for `tenant` now.
     pub fn users(&self, tenant: TenantId) -> usize {
-        self.books[tenant].lock().users.len()
+        self.books.at(tenant).lock().users.len()
     }
 
     /// Learns from the queued events and returns what they and the returning users predict.
@@ -276,7 +276,7 @@ impl Sessions {
         let events: Vec<_> = std::mem::take(&mut *self.events.lock()).into();
         let mut out = vec![];
         for (t, at_ms, seen) in events {
-            let mut book = self.books[t.tenant].lock();
+            let mut book = self.books.at(t.tenant).lock();
             if seen == Seen::View {
                 self.learn(&mut book, &t, at_ms);
                 if let Some(views) = views.as_deref_mut() {
@@ -303,7 +303,7 @@ impl Sessions {
         views.sort_by_key(|(_, at_ms)| *at_ms);
         for (t, at_ms) in views {
             if t.request.user_arn().is_some() {
-                self.learn(&mut self.books[t.tenant].lock(), &t, at_ms);
+                self.learn(&mut self.books.at(t.tenant).lock(), &t, at_ms);
             }
         }
     }

@@ -12,14 +12,16 @@
 //! without a refusal; the next refusal is logged in full again. Every refusal is still counted
 //! in the metrics, and logged in full at `debug`.
 //!
-//! Bounded: one slot per source, fixed at start-up. Lock-free: a refusal is two atomic
-//! operations.
+//! Bounded: one slot per source (a tenant's is made when a reload adds it). Lock-free: a
+//! refusal is two atomic operations.
 //!
 //! # Concurrency
 //! A refusal racing with [`Bursts::due`] may be counted into the next report instead of the one
 //! being taken; none is lost or counted twice (the count is only ever taken by a swap).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::per_tenant::PerTenant;
 
 /// What to do with one refusal's line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,25 +53,23 @@ struct Slot {
 
 /// Per-source bursts of refusals (see the module's documentation).
 pub struct Bursts {
-    slots: Box<[Slot]>,
+    slots: PerTenant<Slot>,
     every_ms: u64,
 }
 
 impl Bursts {
-    /// `sources` slots; reports at most once per `every_ms` for each.
+    /// `sources` slots to begin with (more are made for sources numbered beyond them); reports
+    /// at most once per `every_ms` for each.
     pub fn new(sources: usize, every_ms: u64) -> Self {
         Bursts {
-            slots: (0..sources).map(|_| Slot::default()).collect(),
+            slots: PerTenant::new((0..sources).map(|_| Slot::default())),
             every_ms: every_ms.max(1),
         }
     }
 
-    /// Notes one refusal from `source` at `now_ms`. A source out of range is counted nowhere
-    /// and logged in full.
+    /// Notes one refusal from `source` at `now_ms`.
     pub fn note(&self, source: usize, now_ms: u64) -> Line {
-        let Some(slot) = self.slots.get(source) else {
-            return Line::First;
-        };
+        let slot = self.slots.at(source);
         let since = slot.since_ms.load(Ordering::Acquire);
         if since == 0
             && slot

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::helpers::*;
 use crate::redis_server::RedisServer;
-use embedgate::config::Settings;
+use embedgate::config::{Settings, TenantSettings};
 use embedgate::gateway::Reloaded;
 
 /// The running gateway's settings, changed by `change`, as a reloaded file would give them.
@@ -30,7 +30,19 @@ fn applied(app: &TestApp, change: impl FnOnce(&mut Settings)) -> Reloaded {
 
 /// The status and problem `code`/`field` of `body` sent as `tenant`.
 async fn answer(app: &TestApp, tenant: &str, body: &serde_json::Value) -> (u16, String, String) {
-    let r = app.embed(tenant, "dashboard", body).await;
+    answer_as(app, &app.keys[tenant], body).await
+}
+
+/// The status and problem `code`/`field` of `body` sent with API key `key`.
+async fn answer_as(app: &TestApp, key: &str, body: &serde_json::Value) -> (u16, String, String) {
+    let r = app
+        .http
+        .post(format!("{}/v1/embed-url/dashboard", app.base))
+        .bearer_auth(key)
+        .json(body)
+        .send()
+        .await
+        .expect("gateway answers");
     let status = r.status().as_u16();
     let v: serde_json::Value = r.json().await.unwrap();
     let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
@@ -86,22 +98,18 @@ async fn a_key_removed_by_a_reload_stops_authenticating_and_a_key_added_starts()
         401,
         "the removed key is refused"
     );
-    let r = app
-        .http
-        .post(format!("{}/v1/embed-url/dashboard", app.base))
-        .bearer_auth(new_key)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "the added key authenticates alpha");
+    assert_eq!(
+        answer_as(&app, new_key, &body).await.0,
+        200,
+        "the added key authenticates alpha"
+    );
     assert_eq!(answer(&app, "beta", &body).await.0, 200);
     app.stop().await;
 }
 
-/// A reload that would change something only a restart applies (the tenants themselves, a
-/// process setting), or that is invalid, or whose policy refuses one of the tenant's own warm
-/// keys, is refused whole: the answer names what, and the old keys and rules stay in force.
+/// A reload that would change something only a restart applies (a process setting), or that is
+/// invalid, or whose policy refuses one of the tenant's own warm keys, is refused whole: the
+/// answer names what, and the old keys and rules stay in force.
 #[tokio::test]
 async fn a_reload_that_needs_a_restart_or_is_invalid_changes_nothing_and_names_why() {
     let app = spawn_app(|s| {
@@ -118,15 +126,10 @@ async fn a_reload_that_needs_a_restart_or_is_invalid_changes_nothing_and_names_w
         ),
         ("pool.max_urls", Box::new(|s| s.pool.max_urls = 10)),
         (
-            "tenants: the same tenants in the same order",
-            Box::new(|s| {
-                s.tenants.pop();
-            }),
+            "listen",
+            Box::new(|s| s.listen = "127.0.0.1:1".parse().unwrap()),
         ),
-        (
-            "tenants: the same tenants in the same order",
-            Box::new(|s| s.tenants.swap(0, 1)),
-        ),
+        ("refill.tick_ms", Box::new(|s| s.refill.tick_ms = 50)),
         (
             "pool.min_remaining_secs",
             Box::new(|s| s.pool.min_remaining_secs = 90),
@@ -257,6 +260,78 @@ async fn a_reload_changes_a_tenants_quotas_and_warm_keys_without_a_restart() {
         json!(app.app.gateway.settings().tenants[1].max_hints),
         "beta unchanged"
     );
+    app.stop().await;
+}
+
+/// Tenants come and go with a reload. One added authenticates with its key from the next
+/// request and is served under its own limit, with its warm key stocked; one removed is refused
+/// from the next request, and its warm key is no longer kept; listed again, it is the same
+/// tenant. The tenant listed throughout goes on untouched, and the file's order does not matter.
+#[tokio::test]
+async fn a_reload_adds_and_removes_tenants_by_id() {
+    let (alice, bob, carol) = (
+        dash("sales-2024", "alice"),
+        dash("sales-2024", "bob"),
+        dash("sales-2024", "carol"),
+    );
+    let app = spawn_app(|s| s.tenants[1].warm = vec![warm(bob.clone(), 1)]).await;
+    let beta_warm = app.key_of(1, &bob);
+    assert!(
+        app.eventually(10, || app.app.gateway.pool().len(&beta_warm) == 1)
+            .await
+    );
+    let beta = app.app.gateway.settings().tenants[1].clone();
+    let gamma = TenantSettings {
+        rate_per_sec: 0.001,
+        burst: 2,
+        warm: vec![warm(carol.clone(), 2)],
+        ..tenant("gamma", "gamma-key")
+    };
+    let mut file = edited(&app, |s| {
+        s.tenants.remove(1);
+        s.tenants.insert(0, gamma.clone());
+    });
+    let changed = app.app.gateway.reload(file.clone()).unwrap();
+    assert_eq!(
+        (changed.added, changed.removed),
+        (vec!["gamma".to_string()], vec!["beta".to_string()])
+    );
+    assert_eq!(answer(&app, "beta", &alice).await.0, 401, "beta removed");
+    let mut gamma_answers = vec![];
+    for _ in 0..3 {
+        gamma_answers.push(answer_as(&app, "gamma-key", &alice).await.0);
+    }
+    assert_eq!(gamma_answers, [200, 200, 429], "gamma's own burst of 2");
+    assert_eq!(answer(&app, "alpha", &alice).await.0, 200);
+    let gamma_warm = app.key_of(2, &carol);
+    assert!(
+        app.eventually(10, || app.app.gateway.pool().len(&gamma_warm) == 2)
+            .await,
+        "gamma's warm key is stocked: {}",
+        app.state(10).await
+    );
+    let state = app.state(1000).await;
+    let ids: Vec<&str> = state["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["alpha", "gamma"]);
+    assert!(
+        !state["demand"]["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["key"] == beta_warm.as_str()),
+        "beta's warm key is no longer kept: {state}"
+    );
+
+    file.tenants.push(beta);
+    let changed = app.app.gateway.reload(file).unwrap();
+    assert_eq!(changed.added, vec!["beta".to_string()]);
+    assert_eq!(answer(&app, "beta", &alice).await.0, 200, "beta is back");
+    assert_eq!(app.app.gateway.tenants().get(1).id, "beta", "as itself");
     app.stop().await;
 }
 
@@ -508,5 +583,67 @@ async fn a_limit_reloaded_on_every_replica_holds_fleet_wide() {
         [200, 200, 200, 200, 429, 429],
         "four more: six in the fleet's burst, two of them taken"
     );
+    fleet.stop().await;
+}
+
+/// In a fleet, a tenant added on every replica shares the fleet's pool and limit as one the
+/// replicas started with: its warm key is stocked in Redis, its URLs are handed out by either
+/// replica, each once, and its burst holds fleet-wide; removed on every replica, it is refused
+/// by each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_added_on_every_replica_shares_the_fleets_pool_and_limit() {
+    let redis = RedisServer::start();
+    let fleet = spawn_fleet(2, |s| {
+        s.redis.url = Some(redis.url());
+        s.redis.timeout_ms = 2_000;
+    })
+    .await;
+    let body = dash("sales-2024", "alice");
+    let gamma = TenantSettings {
+        rate_per_sec: 0.001,
+        burst: 4,
+        warm: vec![warm(body.clone(), 3)],
+        ..tenant("gamma", "gamma-key")
+    };
+    let reload_every_replica = |change: &dyn Fn(&mut Settings)| {
+        for replica in &fleet.replicas {
+            let mut s = replica.gateway.settings().clone();
+            change(&mut s);
+            replica
+                .gateway
+                .reload(s)
+                .expect("a valid reload is applied");
+        }
+    };
+    reload_every_replica(&|s| s.tenants.push(gamma.clone()));
+    assert!(
+        redis.shared_stock_reaches("gamma", None, 3).await,
+        "gamma's warm key is stocked in Redis"
+    );
+    let mut answers = vec![];
+    for i in 0..5 {
+        answers.push(fleet.embed(i, "gamma", &body).await);
+    }
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 429],
+        "a burst of four, fleet-wide"
+    );
+    let urls: std::collections::HashSet<&str> = answers[..4]
+        .iter()
+        .map(|a| a.body["EmbedUrl"].as_str().expect("a URL"))
+        .collect();
+    assert_eq!(urls.len(), 4, "each URL handed out once");
+
+    reload_every_replica(&|_| {});
+    for i in 0..2 {
+        assert_eq!(
+            fleet.embed(i, "gamma", &body).await.status,
+            401,
+            "replica {i}"
+        );
+    }
+    assert_eq!(fleet.embed(0, "alpha", &body).await.status, 200);
     fleet.stop().await;
 }
