@@ -7,6 +7,8 @@ use prometheus::{
     IntGauge, Opts, Registry, TextEncoder,
 };
 
+use crate::per_tenant::PerTenant;
+
 /// Buckets from 100 µs (a pool hit) to 10 s (a slow upstream call).
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -276,14 +278,26 @@ pub struct Metrics {
 struct RequestSeries {
     /// By protocol and outcome (`protocol × Outcome::ALL.len() + outcome`).
     durations: Vec<Histogram>,
-    /// By tenant slot (0 is `-`, 1 + the tenant's index), then as `durations`.
-    counts: Vec<IntCounter>,
+    /// By tenant slot (0 is `-`, 1 + the tenant's index), then as `durations`; a slot is added
+    /// for each tenant a reload adds ([`Metrics::add_tenant`]).
+    counts: PerTenant<Box<[IntCounter]>>,
     /// `embedgate_inbound_rejections_total` by tenant slot.
-    rejections: Vec<IntCounter>,
+    rejections: PerTenant<IntCounter>,
 }
 
 impl RequestSeries {
-    const PER_SLOT: usize = Protocol::ALL.len() * Outcome::ALL.len();
+    /// Tenant `id`'s counters (`-` for requests without a valid key), as `counts` holds them.
+    fn counts_of(m: &Metrics, id: &str) -> Box<[IntCounter]> {
+        Protocol::ALL
+            .into_iter()
+            .flat_map(|protocol| {
+                Outcome::ALL.into_iter().map(move |outcome| {
+                    m.requests
+                        .with_label_values(&[id, outcome.as_str(), protocol.as_str()])
+                })
+            })
+            .collect()
+    }
 
     fn index(protocol: Protocol, outcome: Outcome) -> usize {
         protocol as usize * Outcome::ALL.len() + outcome as usize
@@ -495,9 +509,13 @@ impl Metrics {
     ) {
         let at = RequestSeries::index(protocol, outcome);
         let slot = tenant.map_or(0, |(index, _)| index + 1);
-        match self.series.get() {
-            Some(s) if slot * RequestSeries::PER_SLOT < s.counts.len() => {
-                s.counts[slot * RequestSeries::PER_SLOT + at].inc();
+        match self
+            .series
+            .get()
+            .and_then(|s| Some((s.counts.get(slot)?, s)))
+        {
+            Some((counts, s)) => {
+                counts[at].inc();
                 s.durations[at].observe(seconds);
             }
             // Before `init_labels`, or a tenant it was not told of: by label.
@@ -532,32 +550,23 @@ impl Metrics {
         let slots: Vec<&str> = std::iter::once("-")
             .chain(tenants.iter().copied())
             .collect();
-        let mut durations = Vec::new();
-        let mut counts = vec![None; slots.len() * RequestSeries::PER_SLOT];
-        for protocol in Protocol::ALL {
-            for outcome in Outcome::ALL {
-                let at = RequestSeries::index(protocol, outcome);
-                durations.push(
+        let durations = Protocol::ALL
+            .into_iter()
+            .flat_map(|protocol| {
+                Outcome::ALL.into_iter().map(move |outcome| {
                     self.request_duration
-                        .with_label_values(&[outcome.as_str(), protocol.as_str()]),
-                );
-                for (slot, tenant) in slots.iter().enumerate() {
-                    counts[slot * RequestSeries::PER_SLOT + at] =
-                        Some(self.requests.with_label_values(&[
-                            tenant,
-                            outcome.as_str(),
-                            protocol.as_str(),
-                        ]));
-                }
-            }
-        }
+                        .with_label_values(&[outcome.as_str(), protocol.as_str()])
+                })
+            })
+            .collect();
         let _ = self.series.set(RequestSeries {
             durations,
-            counts: counts.into_iter().flatten().collect(),
-            rejections: slots
-                .iter()
-                .map(|t| self.inbound_rejections.with_label_values(&[t]))
-                .collect(),
+            counts: PerTenant::new(slots.iter().map(|t| RequestSeries::counts_of(self, t))),
+            rejections: PerTenant::new(
+                slots
+                    .iter()
+                    .map(|t| self.inbound_rejections.with_label_values(&[t])),
+            ),
         });
         for reason in Fetch::ALL {
             self.fetched.with_label_values(&[reason.as_str()]);
@@ -589,6 +598,20 @@ impl Metrics {
                         .with_label_values(&[op.as_str(), upstream, result]);
                 }
             }
+        }
+    }
+
+    /// Resolves the series of tenant `id`, at `index`, that a reload added (after
+    /// [`Metrics::init_labels`], which resolved those of the tenants at start), so they exist at
+    /// 0 before its first request and count it as they count the others'.
+    pub fn add_tenant(&self, index: usize, id: &str) {
+        let slot = index + 1;
+        // Added in index order; a slot out of order counts by label, as before init_labels.
+        if let Some(s) = self.series.get().filter(|s| s.counts.len() == slot) {
+            s.counts
+                .grow_to(slot, |_| RequestSeries::counts_of(self, id));
+            s.rejections
+                .grow_to(slot, |_| self.inbound_rejections.with_label_values(&[id]));
         }
     }
 
@@ -624,6 +647,27 @@ mod tests {
         m.inbound_rejected(Some((0, "acme")));
         // A tenant `init_labels` was not told of still counts, by label.
         m.request(Protocol::Native, Some((7, "late")), Outcome::Miss, 0.2);
+        // One a reload added counts in series of its own from its first request.
+        m.add_tenant(2, "added");
+        assert!(
+            m.render().contains(r#"tenant="added""#),
+            "its series exist at 0 before its first request"
+        );
+        let added = || {
+            m.requests
+                .with_label_values(&["added", "throttled", "native"])
+                .get()
+        };
+        assert_eq!(added(), 0);
+        m.request(
+            Protocol::Native,
+            Some((2, "added")),
+            Outcome::Throttled,
+            0.001,
+        );
+        m.inbound_rejected(Some((2, "added")));
+        assert_eq!(added(), 1);
+        assert_eq!(m.inbound_rejections.with_label_values(&["added"]).get(), 1);
         let count = |labels: &[&str]| m.requests.with_label_values(labels).get();
         assert_eq!(count(&["globex", "hit", "quicksight"]), 1);
         assert_eq!(count(&["globex", "hit", "native"]), 0);
@@ -640,5 +684,6 @@ mod tests {
         assert_eq!(observed("hit", "quicksight"), 1);
         assert_eq!(observed("miss", "native"), 1);
         assert_eq!(observed("hit", "native"), 0);
+        assert_eq!(observed("throttled", "native"), 1);
     }
 }

@@ -141,6 +141,7 @@ impl Gateway {
         for (&index, t) in slots.iter().zip(&new.tenants) {
             if index >= self.tenants.len() {
                 self.tenants.add(index, t);
+                self.metrics.add_tenant(index, &t.id);
                 self.put_limit_in_force(index);
                 self.put_quotas_in_force(index);
             }
