@@ -32,8 +32,9 @@
 //!   request finds every per-tenant table ready (the others make its entries on first use:
 //!   `PerTenant`). A tenant removed keeps its index: its keys stop authenticating from the next
 //!   request, its rules allow nothing (so its tracked keys are forgotten as above and its
-//!   predictions refused), its warm keys are unpinned and its weight no longer divides the
-//!   budgets; what is pooled for it expires as waste. Listed again, it is the same tenant, at
+//!   predictions refused), its warm keys are unpinned, what the session learner knew of its
+//!   users is forgotten and its weight no longer divides the budgets; what is pooled for it
+//!   expires as waste. Listed again, it is the same tenant, at
 //!   its old index, under the new settings.
 
 use std::path::PathBuf;
@@ -152,6 +153,9 @@ impl Gateway {
         }
         for &t in &changed.quotas {
             self.put_quotas_in_force(t);
+        }
+        for &t in &changed.removed {
+            self.sessions.forget_tenant(t);
         }
         if !changed.quotas.is_empty() || !changed.removed.is_empty() {
             self.budgets.set_weights(&self.tenants);

@@ -260,6 +260,12 @@ impl Sessions {
         self.books.at(tenant).lock().users.len()
     }
 
+    /// Forgets everything learned of `tenant`'s users and paths (a reload removed it): no user
+    /// of a tenant the gateway no longer serves is kept.
+    pub fn forget_tenant(&self, tenant: TenantId) {
+        *self.books.at(tenant).lock() = Book::default();
+    }
+
     /// Learns from the queued events and returns what they and the returning users predict.
     pub fn drain(&self, now_ms: u64) -> Vec<Predicted> {
         self.drain_sharing(now_ms, None)
@@ -572,6 +578,22 @@ mod tests {
             );
             proptest::prop_assert!((a - b).abs() <= 1e-9 * b.max(1.0), "{} against {}", a, b);
         }
+    }
+
+    /// A tenant a reload removed leaves nothing of its users behind; the others keep theirs.
+    #[test]
+    fn a_removed_tenants_users_are_forgotten() {
+        let s = Sessions::new(2, 60, 0.5, 100, 30.0);
+        let of_tenant = |tenant: TenantId, user: &str| {
+            let v = view(user, "home");
+            Arc::new(Tracked::new(v.key.clone(), tenant, v.request.clone(), 0))
+        };
+        s.observe(&of_tenant(0, "alice"), 1_000, Seen::View);
+        s.observe(&of_tenant(1, "bob"), 1_000, Seen::View);
+        s.drain(2_000);
+        assert_eq!((s.users(0), s.users(1)), (1, 1));
+        s.forget_tenant(1);
+        assert_eq!((s.users(0), s.users(1)), (1, 0));
     }
 
     /// Views another replica saw teach the paths as this replica's own do; they predict
