@@ -34,8 +34,8 @@
 //!   request, its rules allow nothing (so its tracked keys are forgotten as above and its
 //!   predictions refused), its warm keys are unpinned, what the session learner knew of its
 //!   users is forgotten and its weight no longer divides the budgets; what is pooled for it
-//!   expires as waste. Listed again, it is the same tenant, at
-//!   its old index, under the new settings.
+//!   expires as waste. Listed again, it is the same tenant, at its old index, under the new
+//!   settings.
 
 use std::path::PathBuf;
 use std::sync::Arc;
