@@ -20,6 +20,19 @@ fn edited(app: &TestApp, change: impl FnOnce(&mut Settings)) -> Settings {
     s
 }
 
+/// Reloads every replica of `fleet` with its start settings changed by `change`, which must be
+/// applied.
+fn reload_every_replica(fleet: &TestFleet, change: impl Fn(&mut Settings)) {
+    for replica in &fleet.replicas {
+        let mut s = replica.gateway.settings().clone();
+        change(&mut s);
+        replica
+            .gateway
+            .reload(s)
+            .expect("a valid reload is applied");
+    }
+}
+
 /// Reloads `app` with its settings changed by `change`, which must be applied.
 fn applied(app: &TestApp, change: impl FnOnce(&mut Settings)) -> Reloaded {
     app.app
@@ -568,11 +581,7 @@ async fn a_limit_reloaded_on_every_replica_holds_fleet_wide() {
         statuses.push(fleet.embed(i, "alpha", &body).await.status);
     }
     assert_eq!(statuses, [200, 200, 429], "a burst of two, fleet-wide");
-    for replica in &fleet.replicas {
-        let mut s = replica.gateway.settings().clone();
-        s.tenants[0].burst = 6;
-        replica.gateway.reload(s).expect("a limit may change");
-    }
+    reload_every_replica(&fleet, |s| s.tenants[0].burst = 6);
     // The replica that refused first (replica 0 took the third request: 2 % 2), then both.
     let mut statuses = vec![];
     for i in 0..6 {
@@ -605,17 +614,7 @@ async fn a_tenant_added_on_every_replica_shares_the_fleets_pool_and_limit() {
         warm: vec![warm(body.clone(), 3)],
         ..tenant("gamma", "gamma-key")
     };
-    let reload_every_replica = |change: &dyn Fn(&mut Settings)| {
-        for replica in &fleet.replicas {
-            let mut s = replica.gateway.settings().clone();
-            change(&mut s);
-            replica
-                .gateway
-                .reload(s)
-                .expect("a valid reload is applied");
-        }
-    };
-    reload_every_replica(&|s| s.tenants.push(gamma.clone()));
+    reload_every_replica(&fleet, |s| s.tenants.push(gamma.clone()));
     assert!(
         redis.shared_stock_reaches("gamma", None, 3).await,
         "gamma's warm key is stocked in Redis"
@@ -636,7 +635,7 @@ async fn a_tenant_added_on_every_replica_shares_the_fleets_pool_and_limit() {
         .collect();
     assert_eq!(urls.len(), 4, "each URL handed out once");
 
-    reload_every_replica(&|_| {});
+    reload_every_replica(&fleet, |_| {});
     for i in 0..2 {
         assert_eq!(
             fleet.embed(i, "gamma", &body).await.status,
