@@ -286,15 +286,19 @@ struct RequestSeries {
 }
 
 impl RequestSeries {
-    /// Tenant `id`'s counters (`-` for requests without a valid key), as `counts` holds them.
-    fn counts_of(m: &Metrics, id: &str) -> Box<[IntCounter]> {
+    /// Every protocol and outcome, in the order of [`RequestSeries::index`].
+    fn label_sets() -> impl Iterator<Item = (Protocol, Outcome)> {
         Protocol::ALL
             .into_iter()
-            .flat_map(|protocol| {
-                Outcome::ALL.into_iter().map(move |outcome| {
-                    m.requests
-                        .with_label_values(&[id, outcome.as_str(), protocol.as_str()])
-                })
+            .flat_map(|protocol| Outcome::ALL.into_iter().map(move |o| (protocol, o)))
+    }
+
+    /// Tenant `id`'s counters (`-` for requests without a valid key), as `counts` holds them.
+    fn counts_of(m: &Metrics, id: &str) -> Box<[IntCounter]> {
+        Self::label_sets()
+            .map(|(protocol, outcome)| {
+                m.requests
+                    .with_label_values(&[id, outcome.as_str(), protocol.as_str()])
             })
             .collect()
     }
@@ -550,13 +554,10 @@ impl Metrics {
         let slots: Vec<&str> = std::iter::once("-")
             .chain(tenants.iter().copied())
             .collect();
-        let durations = Protocol::ALL
-            .into_iter()
-            .flat_map(|protocol| {
-                Outcome::ALL.into_iter().map(move |outcome| {
-                    self.request_duration
-                        .with_label_values(&[outcome.as_str(), protocol.as_str()])
-                })
+        let durations = RequestSeries::label_sets()
+            .map(|(protocol, outcome)| {
+                self.request_duration
+                    .with_label_values(&[outcome.as_str(), protocol.as_str()])
             })
             .collect();
         let _ = self.series.set(RequestSeries {
