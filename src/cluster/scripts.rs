@@ -162,8 +162,13 @@ end
 /// - Only up to `max_late` (ms) late, though: a `seen` further ahead than any call can be late
 ///   came from a clock that was ahead (a step before the heartbeat caught it). Trusting it would
 ///   stop the limiter's time, and a TAT that far ahead would refuse everyone until the real clock
-///   caught up. Such a call is judged by its own clock, and a TAT further ahead than one full
-///   burst (impossible on one clock) is forgotten: at most one burst more is admitted, once.
+///   caught up. Such a call is judged by its own clock, and a TAT it finds further ahead than
+///   one full burst is forgotten: at most one burst more is admitted, once.
+/// - Each call carries its replica's limit, and the limit may differ between calls (a reload
+///   changed it; while a fleet reloads, replicas disagree). The state carries over: a TAT
+///   further ahead than the call's full burst, on a clock it trusts, was counted under a limit
+///   whose burst spans more, and the call finds the limiter full. So a lowered limit gives no
+///   fresh burst, and a replica on a lower limit never resets what one on a higher limit counted.
 pub(super) const LIMIT_LIB: &str = r"
 local function limit_read(key)
   local v = redis.call('GET', key)
@@ -177,9 +182,16 @@ local function limit_now(now, seen, max_late)
   if seen > now and seen - now <= max_late then return seen end
   return now
 end
--- The TAT to start from at `now`, for a limiter whose full burst spans `window` ms.
-local function limit_tat(tat, now, window)
-  if not tat or tat < now or tat > now + window then return now end
+-- The TAT to start from at `now`, for a limiter whose full burst spans `window` ms. A TAT
+-- further ahead was counted under a limit whose burst spans more (a reload lowered it, or the
+-- replica that counted it has not reloaded yet): the limiter is full. But one written by a clock
+-- that was ahead (`seen` later than `now`: `limit_now` did not trust it) is forgotten.
+local function limit_tat(tat, seen, now, window)
+  if not tat or tat < now then return now end
+  if tat > now + window then
+    if seen > now then return now end
+    return now + window
+  end
   return tat
 end
 local function limit_write(key, tat, now)
@@ -242,7 +254,7 @@ local tat, seen = limit_read(KEYS[4])
 local late = limit_now(now, seen, tonumber(ARGV[6])) - now
 now = now + late
 local cutoff = late == 0 and ARGV[1] or string.format('%.0f', tonumber(ARGV[1]) + late)
-tat = limit_tat(tat, now, interval * burst)
+tat = limit_tat(tat, seen, now, interval * burst)
 local new_tat = tat + interval
 if new_tat - now > interval * burst then
   local retry = math.max(1, math.ceil(new_tat - now - interval * burst))
@@ -391,7 +403,7 @@ local now, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
 local burst, reserve = tonumber(ARGV[3]), tonumber(ARGV[4])
 local tat, seen = limit_read(KEYS[1])
 now = limit_now(now, seen, tonumber(ARGV[5]))
-tat = limit_tat(tat, now, interval * burst)
+tat = limit_tat(tat, seen, now, interval * burst)
 local new_tat = tat + interval
 local limit = interval * (burst - reserve)
 if new_tat - now > limit then
@@ -415,8 +427,8 @@ local sint, sburst = tonumber(ARGV[5]), tonumber(ARGV[6])
 local tat, seen = limit_read(KEYS[1])
 local stat, sseen = limit_read(KEYS[2])
 now = limit_now(now, math.max(seen, sseen), tonumber(ARGV[7]))
-tat = limit_tat(tat, now, interval * burst)
-stat = limit_tat(stat, now, sint * sburst)
+tat = limit_tat(tat, seen, now, interval * burst)
+stat = limit_tat(stat, sseen, now, sint * sburst)
 local within = stat + sint - now <= sint * sburst
 if not within then reserve = math.max(reserve, 0.5 * burst) end
 local new_tat = tat + interval

@@ -48,9 +48,50 @@ fn gcra(rate_per_sec: f64, burst: u32, clock: &Clock) -> Gcra {
         .with_middleware::<StateInformationMiddleware>()
 }
 
-/// A limiter for one `n`th of `limit` (at least one request of burst).
+/// One `n`th of `limit` (at least one request of burst).
+fn part(limit: Limit, n: usize) -> Limit {
+    Limit {
+        rate_per_sec: limit.rate_per_sec / n as f64,
+        burst: (limit.burst / n as u32).max(1),
+    }
+}
+
+/// A limiter for one `n`th of `limit`.
 fn part_of(limit: Limit, n: usize, clock: &Clock) -> Gcra {
-    gcra(limit.rate_per_sec / n as f64, limit.burst / n as u32, clock)
+    let part = part(limit, n);
+    gcra(part.rate_per_sec, part.burst, clock)
+}
+
+/// A limiter for `new` that carries on from `old`, a limiter for `was` being replaced: its
+/// theoretical arrival time (how far ahead of now the requests counted so far reach) is kept,
+/// and brought within the new limit's full burst when the new burst spans less time. So a
+/// tenant that used its burst does not get a fresh one from a changed limit: lowered, it is
+/// refused until its requests fall within the new limit; raised, it has the room the new limit
+/// adds. This is what Redis does with a fleet's shared limit (`cluster::scripts`), so a reload
+/// counts the same on one node and in a fleet.
+///
+/// `old`'s state is read by counting one request on it, which is never served: `old` is
+/// dropped.
+fn carried_over(old: &Gcra, was: Limit, new: Limit, clock: &Clock) -> Gcra {
+    let interval = 1.0 / was.rate_per_sec;
+    let burst = f64::from(was.burst.max(1));
+    let ahead_secs = match old.check() {
+        Ok(snapshot) => interval * (burst - f64::from(snapshot.remaining_burst_capacity()) - 1.0),
+        Err(not_until) => {
+            not_until.wait_time_from(clock.now()).as_secs_f64() + interval * (burst - 1.0)
+        }
+    };
+    let fresh = gcra(new.rate_per_sec, new.burst, clock);
+    // Whole requests of the new limit that span that time, rounded up (never more room than
+    // the kept arrival time gives); a hair under a whole one is that one.
+    let counted = (ahead_secs * new.rate_per_sec - 1e-6)
+        .ceil()
+        .clamp(0.0, f64::from(new.burst.max(1))) as u32;
+    if let Some(n) = NonZeroU32::new(counted) {
+        // At most the new burst on a fresh limiter: always has the capacity, always allowed.
+        let _ = fresh.check_n(n);
+    }
+    fresh
 }
 
 /// A limiter's answer as an [`Inbound`].
@@ -96,21 +137,26 @@ impl InboundLimiter {
     }
 
     /// Puts `tenant`'s new `limit` in force (a reload changed it), from its next request on.
-    /// Its limiter, and its part when one is kept, start afresh: the state of a GCRA under
-    /// one limit does not carry over to another, so the tenant may send one full burst of the
-    /// new limit at once.
+    /// Its limiter, and its part when one is kept, carry on from the old limit's state (see
+    /// [`carried_over`]): a tenant that used its burst under the old limit does not get a
+    /// fresh one.
     /// A tenant a reload added gets its limiter here, before any request of its.
     pub fn set(&self, tenant: TenantId, limit: Limit) {
         let slot = self.limiters.grow_to(tenant, |_| {
             ArcSwap::from_pointee(Self::limiter(limit, &self.clock))
         });
-        if slot.load().limit == limit {
+        let old = slot.load_full();
+        if old.limit == limit {
             return;
         }
-        slot.store(Arc::new(Self::limiter(limit, &self.clock)));
+        slot.store(Arc::new(Limiter {
+            limit,
+            gcra: carried_over(&old.gcra, old.limit, limit, &self.clock),
+        }));
         if let Some((n, parts)) = &mut *self.parts.write() {
-            if let Some(part) = parts.get_mut(tenant) {
-                *part = part_of(limit, *n, &self.clock);
+            if let Some(kept) = parts.get_mut(tenant) {
+                let (was, new) = (part(old.limit, *n), part(limit, *n));
+                *kept = carried_over(kept, was, new, &self.clock);
             }
         }
     }
@@ -214,39 +260,57 @@ mod tests {
         );
     }
 
-    /// A limit a reload changed counts from the next request, the replica's part of it too,
-    /// and a limit set again unchanged keeps its limiter's state.
+    fn limit(rate_per_sec: f64, burst: u32) -> Limit {
+        Limit {
+            rate_per_sec,
+            burst,
+        }
+    }
+
+    /// A limit a reload changed counts from the next request and carries on from what the
+    /// tenant used under the old one, its part too: raised, the tenant has the room the new
+    /// limit adds; lowered, no fresh burst. A limit set again unchanged keeps its state.
     #[test]
-    fn a_changed_limit_counts_from_the_next_request_and_its_part_follows() {
+    fn a_changed_limit_carries_on_from_what_the_old_one_counted_and_its_part_follows() {
         let (limiter, clock) = limiter(30.0, 30);
         assert_eq!(allowed(&limiter, 3), 10);
         assert_eq!(allowed(&limiter, 1), 30);
-        let same = Limit {
-            rate_per_sec: 30.0,
-            burst: 30,
-        };
-        limiter.set(0, same);
+        limiter.set(0, limit(30.0, 30));
         assert_eq!(
             allowed(&limiter, 1),
             0,
             "an unchanged limit keeps its state"
         );
-        limiter.set(
+        // A second's worth of requests counted, against a burst that now spans two.
+        limiter.set(0, limit(4.0, 8));
+        assert_eq!(allowed(&limiter, 1), 4, "the room the new burst adds");
+        assert_eq!(
+            allowed(&limiter, 3),
             0,
-            Limit {
-                rate_per_sec: 4.0,
-                burst: 8,
-            },
+            "the part had used its second too, and a third of the new burst spans 1.5 s"
         );
-        assert_eq!(allowed(&limiter, 1), 8, "a full burst of the new limit");
-        assert_eq!(allowed(&limiter, 3), 2, "a third of the new burst");
         clock.advance(1_000);
         assert_eq!(allowed(&limiter, 1), 4, "the new rate");
+        limiter.set(0, limit(1.0, 2));
         assert_eq!(
-            allowed(&limiter, 2),
-            4,
-            "half of the new burst, the fleet now two"
+            allowed(&limiter, 1),
+            0,
+            "no fresh burst from a lowered limit"
         );
+        clock.advance(1_000);
+        assert_eq!(allowed(&limiter, 1), 1, "the lowered rate");
+    }
+
+    /// Half a burst used is half a second's worth at 10/s, which a burst of 20 leaves 1.5 s of
+    /// room beside.
+    #[test]
+    fn a_part_used_burst_carries_over_as_the_time_it_spans() {
+        let (limiter, _) = limiter(10.0, 10);
+        for _ in 0..5 {
+            limiter.check(0);
+        }
+        limiter.set(0, limit(10.0, 20));
+        assert_eq!(allowed(&limiter, 1), 15);
     }
 
     /// A part is at least one request, however many replicas share a small burst.

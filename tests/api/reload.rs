@@ -490,8 +490,9 @@ policy = {{ dashboards = ["*"], namespaces = ["default"] }}
 }
 
 /// Raising or lowering a tenant's inbound limit needs no restart: the new limit counts from the
-/// tenant's next request (a full burst of it), its `RateLimit-Policy` and 429 document say the
-/// new figures, and another tenant's limiter keeps its state.
+/// tenant's next request, carrying on from what the old one counted (raised, the room it adds;
+/// lowered, no fresh burst, as a fleet's shared limit counts), its `RateLimit-Policy` and 429
+/// document say the new figures, and another tenant's limiter keeps its state.
 #[tokio::test]
 async fn a_reloaded_limit_counts_from_the_next_request_and_its_answers_say_it() {
     let app = spawn_app(|s| {
@@ -535,8 +536,13 @@ async fn a_reloaded_limit_counts_from_the_next_request_and_its_answers_say_it() 
     });
     assert_eq!(changed.limits_changed, vec!["alpha".to_string()]);
     assert!(changed.rules_changed.is_empty());
-    let (statuses, (policy, left, detail)) = send("alpha", 6).await;
-    assert_eq!(statuses, [200, 200, 200, 200, 200, 429], "a burst of five");
+    // Alpha's two requests reach 2,000 s ahead; the new burst spans 2,500 s, one request more.
+    let (statuses, (policy, left, detail)) = send("alpha", 3).await;
+    assert_eq!(
+        statuses,
+        [200, 429, 429],
+        "the room the new limit adds, not a fresh burst"
+    );
     assert_eq!(policy, "\"tenant\";q=5;w=2500");
     assert!(left.starts_with("\"tenant\";r=0;t="), "{left}");
     assert_eq!(detail, "this tenant is over its rate of 0.002 requests/s");
@@ -556,7 +562,7 @@ async fn a_reloaded_limit_counts_from_the_next_request_and_its_answers_say_it() 
 
     applied(&app, |s| s.tenants[0].burst = 1);
     let (statuses, (policy, _, _)) = send("alpha", 2).await;
-    assert_eq!(statuses, [200, 429], "a burst of one");
+    assert_eq!(statuses, [429, 429], "no fresh burst from a lowered limit");
     assert_eq!(policy, "\"tenant\";q=1;w=1000");
     app.stop().await;
 }
@@ -592,6 +598,51 @@ async fn a_limit_reloaded_on_every_replica_holds_fleet_wide() {
         [200, 200, 200, 200, 429, 429],
         "four more: six in the fleet's burst, two of them taken"
     );
+    fleet.stop().await;
+}
+
+/// While a fleet reloads, replicas disagree on a tenant's limit (a ConfigMap reaches each pod in
+/// its own time). Redis keeps one state per tenant and counts each request at its replica's
+/// limit, so a request through a replica already on a lowered limit must find the tenant's
+/// burst used, not start it afresh: before, each one did, and the replica still on the old
+/// limit then admitted a whole burst more after it, request after request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_limit_lowered_on_one_replica_first_gives_the_fleet_no_fresh_burst() {
+    let redis = RedisServer::start();
+    let fleet = spawn_fleet(2, |s| {
+        s.redis.url = Some(redis.url());
+        s.redis.timeout_ms = 2_000;
+        s.refill.enabled = false;
+        s.tenants[0].rate_per_sec = 0.001;
+        s.tenants[0].burst = 4;
+    })
+    .await;
+    let body = dash("sales-2024", "alice");
+    let mut statuses = vec![];
+    for _ in 0..4 {
+        statuses.push(fleet.embed(0, "alpha", &body).await.status);
+    }
+    assert_eq!(statuses, [200; 4], "the burst of four, used");
+    let mut lowered = fleet.replicas[1].gateway.settings().clone();
+    lowered.tenants[0].burst = 2;
+    fleet.replicas[1]
+        .gateway
+        .reload(lowered)
+        .expect("a valid reload is applied");
+    let mut statuses = vec![];
+    for i in 0..10 {
+        statuses.push(fleet.embed(i, "alpha", &body).await.status);
+    }
+    assert_eq!(
+        statuses, [429; 10],
+        "neither replica admits more than the burst the fleet used"
+    );
+    reload_every_replica(&fleet, |s| s.tenants[0].burst = 2);
+    let mut statuses = vec![];
+    for i in 0..4 {
+        statuses.push(fleet.embed(i, "alpha", &body).await.status);
+    }
+    assert_eq!(statuses, [429; 4], "nor once both are on the lowered limit");
     fleet.stop().await;
 }
 
