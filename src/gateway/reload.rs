@@ -157,6 +157,9 @@ impl Gateway {
         for &t in &changed.removed {
             self.sessions.forget_tenant(t);
         }
+        for &t in &changed.added {
+            self.sessions.serve_tenant(t);
+        }
         if !changed.quotas.is_empty() || !changed.removed.is_empty() {
             self.budgets.set_weights(&self.tenants);
         }

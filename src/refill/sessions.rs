@@ -140,6 +140,9 @@ impl Rate {
 
 #[derive(Default)]
 struct Book {
+    /// The tenant was removed by a reload: nothing more is learned of it, and nothing
+    /// predicted, until a reload lists it again ([`Sessions::forget_tenant`]).
+    removed: bool,
     users: HashMap<Arc<str>, User>,
     objects: HashMap<Arc<str>, Object>,
     /// Session starts by users already known when they started.
@@ -260,10 +263,21 @@ impl Sessions {
         self.books.at(tenant).lock().users.len()
     }
 
-    /// Forgets everything learned of `tenant`'s users and paths (a reload removed it): no user
-    /// of a tenant the gateway no longer serves is kept.
+    /// Forgets everything learned of `tenant`'s users and paths (a reload removed it), and
+    /// learns nothing more of it until [`Sessions::serve_tenant`]: no user of a tenant the
+    /// gateway no longer serves is kept, also from the events queued before the reload (drained
+    /// at the next tick), requests admitted before it and still running, or views of replicas
+    /// that have not reloaded yet.
     pub fn forget_tenant(&self, tenant: TenantId) {
-        *self.books.at(tenant).lock() = Book::default();
+        *self.books.at(tenant).lock() = Book {
+            removed: true,
+            ..Book::default()
+        };
+    }
+
+    /// Learns of `tenant` again (a reload listed it again after removing it).
+    pub fn serve_tenant(&self, tenant: TenantId) {
+        self.books.at(tenant).lock().removed = false;
     }
 
     /// Learns from the queued events and returns what they and the returning users predict.
@@ -283,6 +297,9 @@ impl Sessions {
         let mut out = vec![];
         for (t, at_ms, seen) in events {
             let mut book = self.books.at(t.tenant).lock();
+            if book.removed {
+                continue;
+            }
             if seen == Seen::View {
                 self.learn(&mut book, &t, at_ms);
                 if let Some(views) = views.as_deref_mut() {
@@ -315,7 +332,7 @@ impl Sessions {
     }
 
     fn learn(&self, book: &mut Book, t: &Arc<Tracked>, at_ms: u64) {
-        let Some(user) = t.request.user_arn() else {
+        let Some(user) = t.request.user_arn().filter(|_| !book.removed) else {
             return;
         };
         let object = t.object.clone();
@@ -580,7 +597,8 @@ mod tests {
         }
     }
 
-    /// A tenant a reload removed leaves nothing of its users behind; the others keep theirs.
+    /// A tenant a reload removed leaves nothing of its users behind, and none comes back until
+    /// it is listed again; the others keep theirs.
     #[test]
     fn a_removed_tenants_users_are_forgotten() {
         let s = Sessions::new(2, 60, 0.5, 100, 30.0);
@@ -592,8 +610,19 @@ mod tests {
         s.observe(&of_tenant(1, "bob"), 1_000, Seen::View);
         s.drain(2_000);
         assert_eq!((s.users(0), s.users(1)), (1, 1));
+        s.observe(&of_tenant(1, "carol"), 2_500, Seen::View);
         s.forget_tenant(1);
         assert_eq!((s.users(0), s.users(1)), (1, 0));
+        // Queued before the reload, seen by a replica that has not reloaded yet, or sent by a
+        // request admitted before it: none comes back.
+        s.learn_shared(vec![(of_tenant(1, "dave"), 2_600)]);
+        s.observe(&of_tenant(1, "erin"), 2_700, Seen::View);
+        s.drain(3_000);
+        assert_eq!((s.users(0), s.users(1)), (1, 0));
+        s.serve_tenant(1);
+        s.observe(&of_tenant(1, "bob"), 4_000, Seen::View);
+        s.drain(5_000);
+        assert_eq!(s.users(1), 1, "listed again, its users are learned again");
     }
 
     /// Views another replica saw teach the paths as this replica's own do; they predict
