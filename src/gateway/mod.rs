@@ -295,7 +295,7 @@ impl Gateway {
     }
 
     /// The slot of [`Gateway::throttled_lines`] for `tenant`'s requests (`None`: clients
-    /// without a valid key), and the reverse.
+    /// without a valid key); [`Gateway::throttled_source`] reads a slot back.
     pub fn throttled_slot(tenant: Option<&Tenant>) -> usize {
         tenant.map_or(0, |t| t.index + 1)
     }

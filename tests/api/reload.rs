@@ -348,6 +348,80 @@ async fn a_reload_adds_and_removes_tenants_by_id() {
     app.stop().await;
 }
 
+/// Requests keep arriving while reloads add tenants, one new one each time, and remove the one
+/// before: each request meets one table or the next, never a tenant whose key authenticates
+/// before its limiter and bounds exist (that request would find no limiter and fail). Every
+/// answer is 200 (the tenant is in force) or 401 (not yet, or no longer), and the tenant that
+/// stays is never disturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_during_reloads_that_add_and_remove_tenants_meet_one_table_or_the_next() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let app = spawn_app(|s| {
+        s.refill.enabled = false;
+        s.api.unauthenticated_rate_per_sec = 1e6;
+        s.api.unauthenticated_burst = 1_000_000;
+    })
+    .await;
+    let latest = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    let body = dash("sales-2024", "alice");
+    // Each client's answers: (sent by the tenant that stays?, status) → how many.
+    let client = |id: usize| {
+        let (app, latest, done, body) = (&app, &latest, &done, &body);
+        async move {
+            let mut seen = BTreeMap::<(bool, u16), usize>::new();
+            let mut n = 0;
+            while !done.load(Ordering::SeqCst) {
+                n += 1;
+                let stays = (n + id) % 4 == 0;
+                let key = if stays {
+                    app.keys["alpha"].clone()
+                } else {
+                    // The tenant in force, or the one being added.
+                    format!("gamma{}-key", latest.load(Ordering::SeqCst) + n % 2)
+                };
+                let r = app
+                    .http
+                    .post(format!("{}/v1/embed-url/dashboard", app.base))
+                    .bearer_auth(&key)
+                    .json(body)
+                    .send()
+                    .await
+                    .expect("the gateway answers every request");
+                *seen.entry((stays, r.status().as_u16())).or_default() += 1;
+            }
+            seen
+        }
+    };
+    let reloads = async {
+        for i in 1..=20 {
+            let gamma = tenant(&format!("gamma{i}"), &format!("gamma{i}-key"));
+            let changed = applied(&app, |s| s.tenants.push(gamma));
+            assert_eq!(changed.added, vec![format!("gamma{i}")]);
+            latest.store(i, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        done.store(true, Ordering::SeqCst);
+    };
+    let ((), a, b, c, d) = tokio::join!(reloads, client(0), client(1), client(2), client(3));
+    let mut seen = BTreeMap::<(bool, u16), usize>::new();
+    for (k, n) in [a, b, c, d].into_iter().flatten() {
+        *seen.entry(k).or_default() += n;
+    }
+    assert!(
+        seen.keys()
+            .all(|&(stays, status)| status == 200 || (!stays && status == 401)),
+        "answers (the tenant that stays?, status) → count: {seen:?}"
+    );
+    assert!(
+        seen.get(&(false, 200)).is_some_and(|&n| n >= 20),
+        "the tenants added were served: {seen:?}"
+    );
+    assert_eq!(app.state(0).await["tenants"].as_array().unwrap().len(), 3);
+    app.stop().await;
+}
+
 /// A key tracked for its demand that the reloaded policy refuses is forgotten, and QuickSight is
 /// not asked for it again: before, the refiller went on stocking it for the demand its requests
 /// had shown under the old policy.
