@@ -641,34 +641,45 @@ async fn a_reloaded_limit_counts_from_the_next_request_and_its_answers_say_it() 
     app.stop().await;
 }
 
+/// Two replicas on `redis` whose tenant alpha may send `burst` requests (and one more every
+/// 1,000 s), nothing prefetched.
+async fn alpha_limited_fleet(redis: &RedisServer, burst: u32) -> TestFleet {
+    spawn_fleet(2, |s| {
+        s.redis.url = Some(redis.url());
+        s.redis.timeout_ms = 2_000;
+        s.refill.enabled = false;
+        s.tenants[0].rate_per_sec = 0.001;
+        s.tenants[0].burst = burst;
+    })
+    .await
+}
+
+/// The statuses of alpha's requests sent through `replicas` in turn.
+async fn alpha_statuses(fleet: &TestFleet, replicas: impl IntoIterator<Item = usize>) -> Vec<u16> {
+    let body = dash("sales-2024", "alice");
+    let mut statuses = vec![];
+    for i in replicas {
+        statuses.push(fleet.embed(i, "alpha", &body).await.status);
+    }
+    statuses
+}
+
 /// In a fleet the limit Redis counts is the one each request carries from its replica, so a
 /// limit reloaded on every replica holds fleet-wide from the next request; a replica that had
 /// refused the tenant under the old limit does not go on refusing it from memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_limit_reloaded_on_every_replica_holds_fleet_wide() {
     let redis = RedisServer::start();
-    let fleet = spawn_fleet(2, |s| {
-        s.redis.url = Some(redis.url());
-        s.redis.timeout_ms = 2_000;
-        s.refill.enabled = false;
-        s.tenants[0].rate_per_sec = 0.001;
-        s.tenants[0].burst = 2;
-    })
-    .await;
-    let body = dash("sales-2024", "alice");
-    let mut statuses = vec![];
-    for i in 0..3 {
-        statuses.push(fleet.embed(i, "alpha", &body).await.status);
-    }
-    assert_eq!(statuses, [200, 200, 429], "a burst of two, fleet-wide");
+    let fleet = alpha_limited_fleet(&redis, 2).await;
+    assert_eq!(
+        alpha_statuses(&fleet, 0..3).await,
+        [200, 200, 429],
+        "a burst of two, fleet-wide"
+    );
     reload_every_replica(&fleet, |s| s.tenants[0].burst = 6);
     // The replica that refused first (replica 0 took the third request: 2 % 2), then both.
-    let mut statuses = vec![];
-    for i in 0..6 {
-        statuses.push(fleet.embed(i, "alpha", &body).await.status);
-    }
     assert_eq!(
-        statuses,
+        alpha_statuses(&fleet, 0..6).await,
         [200, 200, 200, 200, 429, 429],
         "four more: six in the fleet's burst, two of them taken"
     );
@@ -683,40 +694,29 @@ async fn a_limit_reloaded_on_every_replica_holds_fleet_wide() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_limit_lowered_on_one_replica_first_gives_the_fleet_no_fresh_burst() {
     let redis = RedisServer::start();
-    let fleet = spawn_fleet(2, |s| {
-        s.redis.url = Some(redis.url());
-        s.redis.timeout_ms = 2_000;
-        s.refill.enabled = false;
-        s.tenants[0].rate_per_sec = 0.001;
-        s.tenants[0].burst = 4;
-    })
-    .await;
-    let body = dash("sales-2024", "alice");
-    let mut statuses = vec![];
-    for _ in 0..4 {
-        statuses.push(fleet.embed(0, "alpha", &body).await.status);
-    }
-    assert_eq!(statuses, [200; 4], "the burst of four, used");
+    let fleet = alpha_limited_fleet(&redis, 4).await;
+    assert_eq!(
+        alpha_statuses(&fleet, [0; 4]).await,
+        [200; 4],
+        "the burst of four, used"
+    );
     let mut lowered = fleet.replicas[1].gateway.settings().clone();
     lowered.tenants[0].burst = 2;
     fleet.replicas[1]
         .gateway
         .reload(lowered)
         .expect("a valid reload is applied");
-    let mut statuses = vec![];
-    for i in 0..10 {
-        statuses.push(fleet.embed(i, "alpha", &body).await.status);
-    }
     assert_eq!(
-        statuses, [429; 10],
+        alpha_statuses(&fleet, 0..10).await,
+        [429; 10],
         "neither replica admits more than the burst the fleet used"
     );
     reload_every_replica(&fleet, |s| s.tenants[0].burst = 2);
-    let mut statuses = vec![];
-    for i in 0..4 {
-        statuses.push(fleet.embed(i, "alpha", &body).await.status);
-    }
-    assert_eq!(statuses, [429; 4], "nor once both are on the lowered limit");
+    assert_eq!(
+        alpha_statuses(&fleet, 0..4).await,
+        [429; 4],
+        "nor once both are on the lowered limit"
+    );
     fleet.stop().await;
 }
 
