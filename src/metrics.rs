@@ -1,10 +1,11 @@
 //! Every metric embedgate exports, registered once in its own registry. Labels are bounded:
 //! tenant ids come from config (unauthenticated requests use `-`), operations and outcomes are
-//! closed sets, accounts come from the tenants' policies. No URL, code or key ever becomes a label.
+//! closed sets, accounts come from the tenants' policies, and the tenant table's digest is shown
+//! for the table in force only. No URL, code or key ever becomes a label.
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::per_tenant::PerTenant;
@@ -268,6 +269,8 @@ pub struct Metrics {
     pub reloads_refused: IntCounter,
     /// `embedgate_config_last_reload_successful`: 0 after a refused reload until one is applied.
     pub reload_successful: IntGauge,
+    /// `embedgate_tenant_table_info{digest}`: 1 for the digest of the tenant table in force.
+    tenant_table: IntGaugeVec,
     /// The per-request series, resolved once by `init_labels` (see [`Metrics::request`]).
     series: std::sync::OnceLock<RequestSeries>,
 }
@@ -476,9 +479,26 @@ impl Metrics {
             },
             reloads_applied: reloads.with_label_values(&["applied"]),
             reloads_refused: reloads.with_label_values(&["refused"]),
+            tenant_table: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "embedgate_tenant_table_info",
+                        "1, labelled with the digest of the tenant table in force (set at start and by each applied reload): replicas that show different digests run different tenant tables.",
+                    ),
+                    &["digest"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
             series: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Shows `digest` as the tenant table in force, in place of the one before.
+    pub fn tenant_table_in_force(&self, digest: &str) {
+        self.tenant_table.reset();
+        self.tenant_table.with_label_values(&[digest]).set(1);
     }
 
     /// Counts `n` URLs fetched for `fetched_for` that will never be handed out.

@@ -71,6 +71,7 @@ pub(super) async fn state(gw: web::Data<Gateway>, q: web::Query<StateQuery>) -> 
             "role_arn": u.settings().role_arn,
             "role_error": u.role_error(),
         })).collect::<Vec<_>>(),
+        "tenant_table": {"digest": gw.tenant_table_digest()},
         "tenants": gw.tenants().present().map(|t| json!({
             "id": t.id,
             "rate_per_sec": t.limit().rate_per_sec,

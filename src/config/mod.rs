@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 pub use secret::Secret;
-pub use tenants::{PolicySettings, TagRule, TenantSettings};
+pub use tenants::{table_digest, PolicySettings, TagRule, TenantSettings};
 pub use validate::{check_access_key_id, check_master_key, MIN_MASTER_KEY_BYTES};
 
 /// Everything `embedgate serve` needs.

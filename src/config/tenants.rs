@@ -148,3 +148,74 @@ pub struct TagRule {
     /// so it is allowed only by a bare `*` pattern or one equal to it. Empty: the rule has none.
     pub match_all_value: String,
 }
+
+/// The digest of a tenant table: the first 16 hex digits of the SHA-256 of its tenants as JSON,
+/// sorted by id. Two tables that say the same of every tenant have the same digest, in
+/// whatever order their files list the tenants (which does not matter to the gateway either);
+/// a change to any setting of any tenant changes it. It shows which table a replica runs
+/// (`/state`, `embedgate_tenant_table_info`), so that replicas on different tables (a reload
+/// one of them refused, or has not made yet) can be told. It reveals nothing of the keys: the
+/// table holds only their hashes.
+pub fn table_digest(tenants: &[TenantSettings]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&TenantSettings> = tenants.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let json = serde_json::to_vec(&sorted).expect("tenant settings serialise");
+    hex::encode(&Sha256::digest(&json)[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> Vec<TenantSettings> {
+        #[derive(Deserialize)]
+        struct File {
+            tenants: Vec<TenantSettings>,
+        }
+        toml::from_str::<File>(text).expect("a valid table").tenants
+    }
+
+    const TWO: &str = r#"
+[[tenants]]
+id = "acme"
+api_key_sha256 = ["aa"]
+rate_per_sec = 5.0
+
+[[tenants]]
+id = "globex"
+api_key_sha256 = ["bb"]
+"#;
+
+    /// The same tenants in another order have the same digest; any setting changed, a tenant
+    /// added or one removed changes it.
+    #[test]
+    fn a_tables_digest_follows_what_it_says_not_the_order_it_says_it_in() {
+        let two = table(TWO);
+        let digest = table_digest(&two);
+        assert_eq!(digest.len(), 16);
+        let mut swapped = two.clone();
+        swapped.reverse();
+        assert_eq!(table_digest(&swapped), digest);
+        let mut faster = two.clone();
+        faster[0].rate_per_sec = 6.0;
+        let mut rekeyed = two.clone();
+        rekeyed[1].api_key_sha256.push("cc".into());
+        let others = [
+            table_digest(&faster),
+            table_digest(&rekeyed),
+            table_digest(&two[..1]),
+            table_digest(&[]),
+        ];
+        for other in &others {
+            assert_ne!(other, &digest);
+        }
+        assert_eq!(
+            others
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len(),
+            4
+        );
+    }
+}

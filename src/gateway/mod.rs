@@ -174,8 +174,9 @@ pub struct Gateway {
     health: Arc<Health>,
     /// Each tenant's rules' generation as the refiller last saw it (see `reload`).
     rules_seen: parking_lot::Mutex<Vec<u64>>,
-    /// Held by a reload while it runs.
-    reloading: parking_lot::Mutex<()>,
+    /// The digest of the tenant table in force (`config::table_digest`), held by a reload
+    /// while it runs.
+    reloading: parking_lot::Mutex<String>,
 }
 
 impl Gateway {
@@ -218,9 +219,11 @@ impl Gateway {
             metrics.clone(),
         ));
         sharing.store.land_orphans_in(&pool);
+        let digest = crate::config::table_digest(&settings.tenants);
+        metrics.tenant_table_in_force(&digest);
         Gateway {
             health: Arc::default(),
-            reloading: parking_lot::Mutex::default(),
+            reloading: parking_lot::Mutex::new(digest),
             rules_seen: parking_lot::Mutex::new(
                 tenants.all().map(|t| t.rules().generation).collect(),
             ),
@@ -268,6 +271,12 @@ impl Gateway {
     /// [`Gateway::access_keys`]; warm keys are kept by the demand table).
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The digest of the tenant table in force (`config::table_digest`): the start settings'
+    /// until a reload is applied.
+    pub fn tenant_table_digest(&self) -> String {
+        self.reloading.lock().clone()
     }
 
     /// The tenant table: authentication and quotas.

@@ -20,10 +20,11 @@
 //!   a prefetch already in flight for it finishes, and its URL, like any URL already pooled for
 //!   the key, is never handed out (every request is admitted first) and expires as waste.
 //! - A request admitted before the reload completes under the rules it was admitted with.
-//! - A changed limit counts from the tenant's next request, against a limiter that starts
-//!   afresh (locally; in a fleet Redis holds one state per tenant and each request carries its
-//!   replica's limit): the tenant may send one full burst of the new limit at once. Its
-//!   `RateLimit-Policy` and 429 document follow.
+//! - A changed limit counts from the tenant's next request, carrying on from what the old one
+//!   counted (`InboundLimiter::set`; in a fleet Redis holds one state per tenant and each
+//!   request carries its replica's limit, see `cluster::scripts::LIMIT_LIB`): a lowered limit
+//!   gives no fresh burst, and replicas that disagree while a fleet reloads admit no more than
+//!   the higher limit. Its `RateLimit-Policy` and 429 document follow.
 //! - A changed quota bounds what the tenant adds from then on; nothing held beyond a lowered
 //!   one is dropped (see `Pool::set_cap`, `Demand::set_caps`). A changed weight divides every
 //!   upstream budget anew.
@@ -33,9 +34,12 @@
 //!   `PerTenant`). A tenant removed keeps its index: its keys stop authenticating from the next
 //!   request, its rules allow nothing (so its tracked keys are forgotten as above and its
 //!   predictions refused), its warm keys are unpinned, what the session learner knew of its
-//!   users is forgotten and its weight no longer divides the budgets; what is pooled for it
-//!   expires as waste. Listed again, it is the same tenant, at its old index, under the new
-//!   settings.
+//!   users is forgotten and nothing more is learned of them (`Sessions::forget_tenant`), and
+//!   its weight no longer divides the budgets; what is pooled for it expires as waste. Listed
+//!   again, it is the same tenant, at its old index, under the new settings.
+//! - The table in force is known by its digest (`config::table_digest`, shown in `/state` and
+//!   `embedgate_tenant_table_info`), replaced by each reload applied, so replicas of a fleet on
+//!   different tables can be told apart.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,6 +55,8 @@ use crate::tenant::TenantId;
 /// What a reload put in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reloaded {
+    /// The digest of the tenant table now in force (`config::table_digest`).
+    pub digest: String,
     /// The tenants whose rules changed.
     pub rules_changed: Vec<String>,
     /// The tenants whose API keys changed.
@@ -99,6 +105,7 @@ impl Gateway {
                 warm_changed = %r.warm_changed.join(","),
                 added = %r.added.join(","),
                 removed = %r.removed.join(","),
+                digest = %r.digest,
                 api_keys = r.api_keys,
                 access_keys = r.access_keys,
                 "tenant table reloaded"
@@ -122,7 +129,7 @@ impl Gateway {
 
     fn try_reload(&self, new: Settings) -> Result<Reloaded, String> {
         // One at a time: each puts a whole table in force, never keys of one and rules of another.
-        let _one = self.reloading.lock();
+        let mut in_force = self.reloading.lock();
         let differ = needs_restart(&self.settings, &new);
         if !differ.is_empty() {
             return Err(format!(
@@ -179,7 +186,10 @@ impl Gateway {
                 .map(|&t| self.tenants.get(t).id.clone())
                 .collect()
         };
+        *in_force = crate::config::table_digest(&new.tenants);
+        self.metrics.tenant_table_in_force(&in_force);
         Ok(Reloaded {
+            digest: in_force.clone(),
             rules_changed: ids(&changed.rules),
             keys_changed: ids(&changed.keys),
             limits_changed: ids(&changed.limits),

@@ -607,3 +607,59 @@ async fn a_request_whose_client_resets_the_connection_is_counted_as_cancelled() 
     }
     app.stop().await;
 }
+
+/// The shipped alert for replicas on different tenant tables, run by `promtool test rules` on
+/// scraped series: two replicas of one job on different digests for ten minutes fire it for that
+/// job; replicas that agree (another job's) never do, nor does a disagreement shorter than that.
+#[test]
+fn the_shipped_rules_alert_when_replicas_run_different_tenant_tables() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = std::env::temp_dir().join(format!("embedgate-rules-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        format!("{root}/deploy/prometheus/alerts.yml"),
+        dir.join("alerts.yml"),
+    )
+    .unwrap();
+    let series = |job: &str, instance: &str, digest: &str| {
+        format!(
+            "      - series: 'embedgate_tenant_table_info{{job=\"{job}\",instance=\"{instance}\",digest=\"{digest}\"}}'\n        values: '1x30'\n"
+        )
+    };
+    let test = format!(
+        r#"rule_files: [alerts.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+{}{}{}{}    alert_rule_test:
+      - eval_time: 9m
+        alertname: EmbedgateReplicasDisagreeOnTenants
+      - eval_time: 15m
+        alertname: EmbedgateReplicasDisagreeOnTenants
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              job: portal
+            exp_annotations:
+              summary: "embedgate replicas of portal run 2 different tenant tables"
+              description: "Their embedgate_tenant_table_info digests differ: some replica has not picked up a change of the tenant table (or refused it: see EmbedgateConfigNotReloaded), so a tenant's keys, rules and limits depend on the replica its request reaches. /state shows each replica's digest."
+"#,
+        series("portal", "a:9464", "1111222233334444"),
+        series("portal", "b:9464", "5555666677778888"),
+        series("agreed", "c:9464", "1111222233334444"),
+        series("agreed", "d:9464", "1111222233334444"),
+    );
+    std::fs::write(dir.join("test.yml"), test).unwrap();
+    let out = promtool()
+        .args(["test", "rules", dir.join("test.yml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "promtool test rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

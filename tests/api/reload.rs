@@ -771,3 +771,53 @@ async fn a_tenant_added_on_every_replica_shares_the_fleets_pool_and_limit() {
     assert_eq!(fleet.embed(0, "alpha", &body).await.status, 200);
     fleet.stop().await;
 }
+
+/// Which tenant table a replica runs is shown by its digest, in `/state` and as
+/// `embedgate_tenant_table_info{digest}` (one series, the table in force): the same tenants
+/// listed in another order keep it, an applied change replaces it, a refused reload leaves it.
+#[tokio::test]
+async fn the_tenant_table_in_force_is_shown_by_its_digest() {
+    let app = spawn_app(|s| s.refill.enabled = false).await;
+    let shown = || async {
+        let digest = app.state(0).await["tenant_table"]["digest"]
+            .as_str()
+            .expect("/state shows the digest")
+            .to_string();
+        let series: Vec<String> = app
+            .metrics()
+            .await
+            .lines()
+            .filter(|l| l.starts_with("embedgate_tenant_table_info"))
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            series,
+            [format!(
+                "embedgate_tenant_table_info{{digest=\"{digest}\"}} 1"
+            )]
+        );
+        digest
+    };
+    let start = shown().await;
+    assert_eq!(
+        start,
+        embedgate::config::table_digest(&app.app.gateway.settings().tenants)
+    );
+    let reordered = applied(&app, |s| s.tenants.reverse());
+    assert_eq!(reordered.digest, start, "the same tenants in another order");
+    assert_eq!(shown().await, start);
+    let changed = applied(&app, |s| s.tenants[1].rate_per_sec = 7.0);
+    assert_ne!(changed.digest, start);
+    assert_eq!(shown().await, changed.digest);
+    let refused = app.app.gateway.reload(edited(&app, |s| {
+        s.tenants[1].rate_per_sec = 8.0;
+        s.pool.max_urls = 10;
+    }));
+    assert!(refused.is_err());
+    assert_eq!(
+        shown().await,
+        changed.digest,
+        "a refused reload changes nothing"
+    );
+    app.stop().await;
+}
