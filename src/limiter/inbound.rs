@@ -188,15 +188,27 @@ impl InboundLimiter {
             }
         }
         let mut parts = self.parts.write();
-        // Built again when `n` changes, and when a reload added a tenant since.
+        // Built again when `n` changes, and when a reload added a tenant since; a tenant's part
+        // carries on from the one before, if it had one (a fresh burst for every tenant each
+        // time the fleet's size changed or a tenant was added would let the fleet past them).
         if parts
             .as_ref()
             .is_none_or(|(built, each)| *built != n || each.len() <= tenant)
         {
+            let before = parts.take();
             let each = self
                 .limiters
                 .iter()
-                .map(|l| part_of(l.load().limit, n, &self.clock))
+                .enumerate()
+                .map(|(t, l)| {
+                    let limit = l.load().limit;
+                    match before.as_ref().and_then(|(m, old)| Some((*m, old.get(t)?))) {
+                        Some((m, old)) => {
+                            carried_over(old, part(limit, m), part(limit, n), &self.clock)
+                        }
+                        None => part_of(limit, n, &self.clock),
+                    }
+                })
                 .collect();
             *parts = Some((n, each));
         }
@@ -258,6 +270,12 @@ mod tests {
             7,
             "a quarter of the burst, rounded down"
         );
+        // It shrank back to three with that quarter used: the third carries on from it (seven
+        // requests at 7.5/s reach 0.93 s ahead, of the 1 s a third's burst spans), where a fresh
+        // third would allow ten more at once.
+        assert_eq!(allowed(&limiter, 3), 0, "no fresh third of the burst");
+        clock.advance(100);
+        assert_eq!(allowed(&limiter, 3), 1, "a third of the rate");
     }
 
     fn limit(rate_per_sec: f64, burst: u32) -> Limit {
@@ -311,6 +329,24 @@ mod tests {
         }
         limiter.set(0, limit(10.0, 20));
         assert_eq!(allowed(&limiter, 1), 15);
+    }
+
+    /// A tenant a reload adds while the replica keeps to its part gets its own part, and the
+    /// others' parts carry on: before, every tenant's was built afresh.
+    #[test]
+    fn a_tenant_added_while_degraded_leaves_the_others_parts_as_they_were() {
+        let (limiter, _) = limiter(30.0, 30);
+        assert_eq!(allowed(&limiter, 3), 10);
+        limiter.set(1, limit(3.0, 3));
+        assert!(matches!(
+            limiter.check_part(1, 3),
+            Inbound::Allowed { remaining: 0 }
+        ));
+        assert_eq!(
+            allowed(&limiter, 3),
+            0,
+            "the first tenant's part is still used"
+        );
     }
 
     /// A part is at least one request, however many replicas share a small burst.
