@@ -271,6 +271,9 @@ pub struct Metrics {
     pub reload_successful: IntGauge,
     /// `embedgate_tenant_table_info{digest}`: 1 for the digest of the tenant table in force.
     tenant_table: IntGaugeVec,
+    /// Tenants a reload removed: their series are left out of the exposition (see
+    /// [`Metrics::tenant_removed`]).
+    removed_tenants: parking_lot::RwLock<std::collections::HashSet<String>>,
     /// The per-request series, resolved once by `init_labels` (see [`Metrics::request`]).
     series: std::sync::OnceLock<RequestSeries>,
 }
@@ -491,6 +494,7 @@ impl Metrics {
                 .expect("valid metric"),
             ),
             registry: r,
+            removed_tenants: parking_lot::RwLock::default(),
             series: std::sync::OnceLock::new(),
         }
     }
@@ -636,10 +640,35 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Leaves tenant `id`'s series (those labelled `tenant`) out of the exposition from now on:
+    /// a reload removed it. Its counters go on existing, so that the labels a scrape sees are
+    /// the tenants in force however many came and went, and the tenant's series come back with
+    /// their counts carried on if a reload lists it again ([`Metrics::tenant_listed`]).
+    pub fn tenant_removed(&self, id: &str) {
+        self.removed_tenants.write().insert(id.to_string());
+    }
+
+    /// Exports tenant `id`'s series again (a reload listed it).
+    pub fn tenant_listed(&self, id: &str) {
+        self.removed_tenants.write().remove(id);
+    }
+
+    /// The Prometheus text exposition of every metric (but the series of removed tenants).
     pub fn render(&self) -> String {
+        let mut families = self.registry.gather();
+        let removed = self.removed_tenants.read();
+        if !removed.is_empty() {
+            for family in &mut families {
+                family.mut_metric().retain(|m| {
+                    !m.get_label()
+                        .iter()
+                        .any(|l| l.name() == "tenant" && removed.contains(l.value()))
+                });
+            }
+            families.retain(|f| !f.get_metric().is_empty());
+        }
         let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 }

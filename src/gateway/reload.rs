@@ -163,9 +163,11 @@ impl Gateway {
         }
         for &t in &changed.removed {
             self.sessions.forget_tenant(t);
+            self.metrics.tenant_removed(&self.tenants.get(t).id);
         }
         for &t in &changed.added {
             self.sessions.serve_tenant(t);
+            self.metrics.tenant_listed(&self.tenants.get(t).id);
         }
         if !changed.quotas.is_empty() || !changed.removed.is_empty() {
             self.budgets.set_weights(&self.tenants);

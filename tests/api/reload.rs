@@ -293,6 +293,7 @@ async fn a_reload_adds_and_removes_tenants_by_id() {
         app.eventually(10, || app.app.gateway.pool().len(&beta_warm) == 1)
             .await
     );
+    assert_eq!(answer(&app, "beta", &alice).await.0, 200);
     let beta = app.app.gateway.settings().tenants[1].clone();
     let gamma = TenantSettings {
         rate_per_sec: 0.001,
@@ -340,11 +341,31 @@ async fn a_reload_adds_and_removes_tenants_by_id() {
         "beta's warm key is no longer kept: {state}"
     );
 
+    let scrape = app.metrics().await;
+    assert!(
+        !scrape.contains("tenant=\"beta\"") && scrape.contains("tenant=\"gamma\""),
+        "the series a scrape sees are the tenants in force: {scrape}"
+    );
+
     file.tenants.push(beta);
     let changed = app.app.gateway.reload(file).unwrap();
     assert_eq!(changed.added, vec!["beta".to_string()]);
     assert_eq!(answer(&app, "beta", &alice).await.0, 200, "beta is back");
     assert_eq!(app.app.gateway.tenants().get(1).id, "beta", "as itself");
+    // Served (hit or miss) to beta: one before its removal, one since.
+    let served = |scrape: &str| -> u64 {
+        scrape
+            .lines()
+            .filter(|l| l.starts_with("embedgate_requests_total{") && l.contains("tenant=\"beta\""))
+            .filter(|l| l.contains("outcome=\"hit\"") || l.contains("outcome=\"miss\""))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        served(&app.metrics().await),
+        2,
+        "its series are exported again, its counts carried on"
+    );
     app.stop().await;
 }
 
