@@ -121,9 +121,10 @@ pub fn render(prev: &Scrape, cur: &Scrape, secs: f64, source: &str) -> String {
     let state = &cur.state;
     let _ = writeln!(
         out,
-        "embedgate top · {source} · mode {} · replicas {} · every {secs:.1}s",
+        "embedgate top · {source} · mode {} · replicas {} · tenant table {} · every {secs:.1}s",
         state["mode"].as_str().unwrap_or("?"),
-        state["replicas"]
+        state["replicas"],
+        state["tenant_table"]["digest"].as_str().unwrap_or("?"),
     );
     let hits = r(req, &[("outcome", "hit")]);
     let misses = r(req, &[("outcome", "miss")]);
@@ -268,6 +269,7 @@ mod tests {
         );
         let state = json!({
             "mode": "single", "replicas": 1,
+            "tenant_table": {"digest": "0123456789abcdef"},
             "upstreams": [{"id": "us", "region": "us-east-1"}],
             "budgets": [{"region": "us-east-1", "rate_per_sec": 8.5}],
             "tenants": [{"id": "acme", "rate_per_sec": 50.0}],
@@ -278,6 +280,10 @@ mod tests {
     #[test]
     fn rates_come_from_two_scrapes_and_every_tenant_and_upstream_has_a_row() {
         let screen = render(&scrape(0, 0, 0), &scrape(90, 4, 20), 2.0, "test");
+        assert!(
+            screen.starts_with("embedgate top · test · mode single · replicas 1 · tenant table 0123456789abcdef · every 2.0s\n"),
+            "{screen}"
+        );
         assert!(screen.contains("hit     45.0"), "{screen}");
         assert!(screen.contains("hit ratio 100.0%"), "{screen}");
         // A request its client gave up on was not refused; its URL, if one was popped, is waste.

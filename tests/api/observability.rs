@@ -442,6 +442,11 @@ async fn embedgate_top_shows_the_traffic_of_the_last_interval_per_tenant() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(screen.contains("mode single"), "{screen}");
+    let digest = embedgate::config::table_digest(&app.app.gateway.settings().tenants);
+    assert!(
+        screen.contains(&format!("tenant table {digest}")),
+        "{screen}"
+    );
     let row = |name: &str| -> Vec<f64> {
         screen
             .lines()
