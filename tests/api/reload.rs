@@ -842,3 +842,61 @@ async fn the_tenant_table_in_force_is_shown_by_its_digest() {
     );
     app.stop().await;
 }
+
+/// The same at realistic concurrency: four clients flood a tenant (20/s, burst 40) through both
+/// replicas of a fleet in which one replica has reloaded a burst of 8. Whatever the interleaving,
+/// the fleet admits no more than the higher limit allows over the flood: its burst plus its
+/// rate for the time the flood lasted. (Before, each request through the lowered replica reset
+/// the shared state, and a five-second flood got about 3,600 requests admitted against 140.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_through_a_fleet_mid_reload_gets_no_more_than_the_higher_limit_allows() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let redis = RedisServer::start();
+    let fleet = spawn_fleet(2, |s| {
+        s.redis.url = Some(redis.url());
+        s.redis.timeout_ms = 2_000;
+        s.refill.enabled = false;
+        s.tenants[0].rate_per_sec = 20.0;
+        s.tenants[0].burst = 40;
+        s.upstream.rate_per_sec = 1000.0;
+        s.upstream.burst = 1000;
+    })
+    .await;
+    let mut lowered = fleet.replicas[1].gateway.settings().clone();
+    lowered.tenants[0].burst = 8;
+    fleet.replicas[1]
+        .gateway
+        .reload(lowered)
+        .expect("a valid reload is applied");
+    let body = dash("sales-2024", "alice");
+    let (admitted, sent) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let until = started + Duration::from_secs(2);
+    let client = |c: usize| {
+        let (fleet, body, admitted, sent) = (&fleet, &body, &admitted, &sent);
+        async move {
+            let mut i = c;
+            while std::time::Instant::now() < until {
+                i += 1;
+                let status = fleet.embed(i, "alpha", body).await.status;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if status != 429 {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    tokio::join!(client(0), client(1), client(2), client(3));
+    let lasted = started.elapsed().as_secs_f64();
+    let (admitted, sent) = (admitted.into_inner(), sent.into_inner());
+    let allowed = 40.0 + 20.0 * lasted;
+    assert!(
+        admitted as f64 <= allowed + 1.0,
+        "{admitted} of {sent} requests admitted in {lasted:.2} s, where the higher limit allows {allowed:.0}"
+    );
+    assert!(
+        admitted >= 40 && sent > admitted,
+        "the flood used the burst and went past it: {admitted} of {sent}"
+    );
+    fleet.stop().await;
+}
