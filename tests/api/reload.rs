@@ -20,16 +20,22 @@ fn edited(app: &TestApp, change: impl FnOnce(&mut Settings)) -> Settings {
     s
 }
 
-/// Reloads every replica of `fleet` with its start settings changed by `change`, which must be
+/// Reloads replica `i` of `fleet` with its start settings changed by `change`, which must be
 /// applied.
+fn reload_replica(fleet: &TestFleet, i: usize, change: impl FnOnce(&mut Settings)) {
+    let replica = &fleet.replicas[i];
+    let mut s = replica.gateway.settings().clone();
+    change(&mut s);
+    replica
+        .gateway
+        .reload(s)
+        .expect("a valid reload is applied");
+}
+
+/// Reloads every replica of `fleet` with its start settings changed by `change`.
 fn reload_every_replica(fleet: &TestFleet, change: impl Fn(&mut Settings)) {
-    for replica in &fleet.replicas {
-        let mut s = replica.gateway.settings().clone();
-        change(&mut s);
-        replica
-            .gateway
-            .reload(s)
-            .expect("a valid reload is applied");
+    for i in 0..fleet.replicas.len() {
+        reload_replica(fleet, i, &change);
     }
 }
 
@@ -662,15 +668,17 @@ async fn a_reloaded_limit_counts_from_the_next_request_and_its_answers_say_it() 
     app.stop().await;
 }
 
-/// Two replicas on `redis` whose tenant alpha may send `burst` requests (and one more every
-/// 1,000 s), nothing prefetched.
-async fn alpha_limited_fleet(redis: &RedisServer, burst: u32) -> TestFleet {
+/// Two replicas on `redis` whose tenant alpha is limited to `rate_per_sec` and `burst`, nothing
+/// prefetched, and an upstream budget no request waits on.
+async fn alpha_limited_fleet(redis: &RedisServer, rate_per_sec: f64, burst: u32) -> TestFleet {
     spawn_fleet(2, |s| {
         s.redis.url = Some(redis.url());
         s.redis.timeout_ms = 2_000;
         s.refill.enabled = false;
-        s.tenants[0].rate_per_sec = 0.001;
+        s.tenants[0].rate_per_sec = rate_per_sec;
         s.tenants[0].burst = burst;
+        s.upstream.rate_per_sec = 1000.0;
+        s.upstream.burst = 1000;
     })
     .await
 }
@@ -691,7 +699,7 @@ async fn alpha_statuses(fleet: &TestFleet, replicas: impl IntoIterator<Item = us
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_limit_reloaded_on_every_replica_holds_fleet_wide() {
     let redis = RedisServer::start();
-    let fleet = alpha_limited_fleet(&redis, 2).await;
+    let fleet = alpha_limited_fleet(&redis, 0.001, 2).await;
     assert_eq!(
         alpha_statuses(&fleet, 0..3).await,
         [200, 200, 429],
@@ -715,18 +723,13 @@ async fn a_limit_reloaded_on_every_replica_holds_fleet_wide() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_limit_lowered_on_one_replica_first_gives_the_fleet_no_fresh_burst() {
     let redis = RedisServer::start();
-    let fleet = alpha_limited_fleet(&redis, 4).await;
+    let fleet = alpha_limited_fleet(&redis, 0.001, 4).await;
     assert_eq!(
         alpha_statuses(&fleet, [0; 4]).await,
         [200; 4],
         "the burst of four, used"
     );
-    let mut lowered = fleet.replicas[1].gateway.settings().clone();
-    lowered.tenants[0].burst = 2;
-    fleet.replicas[1]
-        .gateway
-        .reload(lowered)
-        .expect("a valid reload is applied");
+    reload_replica(&fleet, 1, |s| s.tenants[0].burst = 2);
     assert_eq!(
         alpha_statuses(&fleet, 0..10).await,
         [429; 10],
@@ -737,6 +740,50 @@ async fn a_limit_lowered_on_one_replica_first_gives_the_fleet_no_fresh_burst() {
         alpha_statuses(&fleet, 0..4).await,
         [429; 4],
         "nor once both are on the lowered limit"
+    );
+    fleet.stop().await;
+}
+
+/// The same at realistic concurrency: four clients flood a tenant (20/s, burst 40) through both
+/// replicas of a fleet in which one replica has reloaded a burst of 8. Whatever the interleaving,
+/// the fleet admits no more than the higher limit allows over the flood: its burst plus its
+/// rate for the time the flood lasted. (Before, each request through the lowered replica reset
+/// the shared state, and a five-second flood got about 3,600 requests admitted against 140.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_through_a_fleet_mid_reload_gets_no_more_than_the_higher_limit_allows() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let redis = RedisServer::start();
+    let fleet = alpha_limited_fleet(&redis, 20.0, 40).await;
+    reload_replica(&fleet, 1, |s| s.tenants[0].burst = 8);
+    let body = dash("sales-2024", "alice");
+    let (admitted, sent) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let until = started + Duration::from_secs(2);
+    let client = |c: usize| {
+        let (fleet, body, admitted, sent) = (&fleet, &body, &admitted, &sent);
+        async move {
+            let mut i = c;
+            while std::time::Instant::now() < until {
+                i += 1;
+                let status = fleet.embed(i, "alpha", body).await.status;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if status != 429 {
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    tokio::join!(client(0), client(1), client(2), client(3));
+    let lasted = started.elapsed().as_secs_f64();
+    let (admitted, sent) = (admitted.into_inner(), sent.into_inner());
+    let allowed = 40.0 + 20.0 * lasted;
+    assert!(
+        admitted as f64 <= allowed + 1.0,
+        "{admitted} of {sent} requests admitted in {lasted:.2} s, where the higher limit allows {allowed:.0}"
+    );
+    assert!(
+        admitted >= 40 && sent > admitted,
+        "the flood used the burst and went past it: {admitted} of {sent}"
     );
     fleet.stop().await;
 }
@@ -841,62 +888,4 @@ async fn the_tenant_table_in_force_is_shown_by_its_digest() {
         "a refused reload changes nothing"
     );
     app.stop().await;
-}
-
-/// The same at realistic concurrency: four clients flood a tenant (20/s, burst 40) through both
-/// replicas of a fleet in which one replica has reloaded a burst of 8. Whatever the interleaving,
-/// the fleet admits no more than the higher limit allows over the flood: its burst plus its
-/// rate for the time the flood lasted. (Before, each request through the lowered replica reset
-/// the shared state, and a five-second flood got about 3,600 requests admitted against 140.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_flood_through_a_fleet_mid_reload_gets_no_more_than_the_higher_limit_allows() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let redis = RedisServer::start();
-    let fleet = spawn_fleet(2, |s| {
-        s.redis.url = Some(redis.url());
-        s.redis.timeout_ms = 2_000;
-        s.refill.enabled = false;
-        s.tenants[0].rate_per_sec = 20.0;
-        s.tenants[0].burst = 40;
-        s.upstream.rate_per_sec = 1000.0;
-        s.upstream.burst = 1000;
-    })
-    .await;
-    let mut lowered = fleet.replicas[1].gateway.settings().clone();
-    lowered.tenants[0].burst = 8;
-    fleet.replicas[1]
-        .gateway
-        .reload(lowered)
-        .expect("a valid reload is applied");
-    let body = dash("sales-2024", "alice");
-    let (admitted, sent) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let started = std::time::Instant::now();
-    let until = started + Duration::from_secs(2);
-    let client = |c: usize| {
-        let (fleet, body, admitted, sent) = (&fleet, &body, &admitted, &sent);
-        async move {
-            let mut i = c;
-            while std::time::Instant::now() < until {
-                i += 1;
-                let status = fleet.embed(i, "alpha", body).await.status;
-                sent.fetch_add(1, Ordering::Relaxed);
-                if status != 429 {
-                    admitted.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    };
-    tokio::join!(client(0), client(1), client(2), client(3));
-    let lasted = started.elapsed().as_secs_f64();
-    let (admitted, sent) = (admitted.into_inner(), sent.into_inner());
-    let allowed = 40.0 + 20.0 * lasted;
-    assert!(
-        admitted as f64 <= allowed + 1.0,
-        "{admitted} of {sent} requests admitted in {lasted:.2} s, where the higher limit allows {allowed:.0}"
-    );
-    assert!(
-        admitted >= 40 && sent > admitted,
-        "the flood used the burst and went past it: {admitted} of {sent}"
-    );
-    fleet.stop().await;
 }
