@@ -80,8 +80,9 @@ pub async fn check_config(args: CheckArgs) -> anyhow::Result<()> {
         embedgate::config::loader::load_master_key(settings.master_key_file.as_deref())?;
     embedgate::startup::check(&settings).await?;
     println!(
-        "ok: {} tenant(s), {} upstream(s), listen {}, admin {}, compatible listener {}, {}",
+        "ok: {} tenant(s) (tenant table {}), {} upstream(s), listen {}, admin {}, compatible listener {}, {}",
         settings.tenants.len(),
+        embedgate::config::table_digest(&settings.tenants),
         settings.upstreams().len(),
         settings.listen,
         settings.admin_listen,

@@ -572,6 +572,21 @@ policy = {{ dashboards = ["*"], namespaces = ["default"] }}
     write(file("second-key", "127.0.0.1:0"));
     let applied = wait_for("tenant table reloaded");
     assert!(applied.contains("acme"), "{applied}");
+    // The digest it now runs is the one `check-config` gives the file: how an operator tells
+    // that a change has reached a replica.
+    let digest = serde_json::from_str::<serde_json::Value>(&applied).unwrap()["fields"]["digest"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| panic!("{applied}"));
+    let checked = Command::new(env!("CARGO_BIN_EXE_embedgate"))
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let checked = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        checked.contains(&format!("(tenant table {digest})")),
+        "{checked}"
+    );
     assert_eq!(status(ask("first-key").await), 401);
     assert_eq!(status(ask("second-key").await), 200);
     // A file the gateway cannot apply without a restart is refused; the keys in force stay.
