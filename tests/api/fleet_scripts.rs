@@ -1184,6 +1184,33 @@ async fn a_budget_call_that_reaches_redis_late_is_not_refused() {
     );
 }
 
+/// Each replica cuts its upstream budget's rate on its own ThrottlingExceptions (and recovers on
+/// its own), so replicas send one account's shared budget different rates, and a replica that
+/// recovered sends a burst that spans less time than a throttled one's. Whatever rate each call
+/// carries, one instant's calls get one burst: before, a call at the higher rate found the
+/// throttled replica's TAT beyond its burst and reset it, and each replica then had a burst
+/// again, exactly after QuickSight had asked the fleet to slow down.
+#[tokio::test]
+async fn replicas_whose_budgets_were_cut_apart_share_one_burst() {
+    let redis = RedisServer::start();
+    let clock = Clock::manual();
+    let (f, tenants, _) = strict_fleet(&redis, &clock).await;
+    let t = tenants.get(0);
+    let now = clock.now_ms();
+    let budget = |rate| f.budget("111122223333", "us-east-1", t, 1.0, rate, 5, 0.0, now);
+    let mut throttled = vec![];
+    for _ in 0..5 {
+        throttled.push(budget(50.0).await.unwrap().is_ok());
+    }
+    assert_eq!(throttled, [true; 5], "the cut replica's burst");
+    let mut after = vec![];
+    for i in 0..10 {
+        let rate = if i % 2 == 0 { 100.0 } else { 50.0 };
+        after.push(budget(rate).await.unwrap().is_ok());
+    }
+    assert_eq!(after, [false; 10], "no call at either rate gets more");
+}
+
 #[tokio::test]
 async fn a_replica_clock_that_was_minutes_ahead_does_not_lock_the_tenant_out() {
     // One call from a replica whose clock had stepped 10 minutes ahead (before its heartbeat
