@@ -392,10 +392,12 @@ async fn requests_during_reloads_that_add_and_remove_tenants_meet_one_table_or_t
     .await;
     let latest = AtomicUsize::new(0);
     let done = AtomicBool::new(false);
+    // Answers received, over all clients: each reload waits for a few, however slow the machine.
+    let answered = AtomicUsize::new(0);
     let body = dash("sales-2024", "alice");
     // Each client's answers: (sent by the tenant that stays?, status) → how many.
     let client = |id: usize| {
-        let (app, latest, done, body) = (&app, &latest, &done, &body);
+        let (app, latest, done, answered, body) = (&app, &latest, &done, &answered, &body);
         async move {
             let mut seen = BTreeMap::<(bool, u16), usize>::new();
             let mut n = 0;
@@ -417,6 +419,7 @@ async fn requests_during_reloads_that_add_and_remove_tenants_meet_one_table_or_t
                     .await
                     .expect("the gateway answers every request");
                 *seen.entry((stays, r.status().as_u16())).or_default() += 1;
+                answered.fetch_add(1, Ordering::SeqCst);
             }
             seen
         }
@@ -427,7 +430,15 @@ async fn requests_during_reloads_that_add_and_remove_tenants_meet_one_table_or_t
             let changed = applied(&app, |s| s.tenants.push(gamma));
             assert_eq!(changed.added, vec![format!("gamma{i}")]);
             latest.store(i, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            let before = answered.load(Ordering::SeqCst);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while answered.load(Ordering::SeqCst) < before + 12 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the clients stalled"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
         done.store(true, Ordering::SeqCst);
     };
