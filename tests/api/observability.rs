@@ -20,6 +20,18 @@ fn promtool() -> Command {
     Command::new("promtool")
 }
 
+/// Runs `promtool` with `args` and asserts that it passes, showing what it printed if not.
+fn promtool_passes(args: &[&str]) {
+    let out = promtool().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Puts `n` real simulator URLs into the pool for `body` of tenant 0, so hits are deterministic.
 async fn fill(app: &TestApp, body: &Value, n: usize) {
     let gw = &app.app.gateway;
@@ -187,19 +199,11 @@ async fn promtool_accepts_a_real_scrape_and_the_shipped_rules() {
         String::from_utf8_lossy(&out.stderr)
     );
     let root = env!("CARGO_MANIFEST_DIR");
-    let out = promtool()
-        .args([
-            "check",
-            "rules",
-            &format!("{root}/deploy/prometheus/alerts.yml"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check rules: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    promtool_passes(&[
+        "check",
+        "rules",
+        &format!("{root}/deploy/prometheus/alerts.yml"),
+    ]);
     // Every query of the shipped dashboard parses: checked as the recording rules of a group.
     let dashboard: Value = serde_json::from_str(
         &std::fs::read_to_string(format!("{root}/deploy/grafana/embedgate.json")).unwrap(),
@@ -228,30 +232,13 @@ async fn promtool_accepts_a_real_scrape_and_the_shipped_rules() {
         format!("groups:\n- name: dashboard\n  rules:\n{rules}"),
     )
     .unwrap();
-    let out = promtool()
-        .args(["check", "rules", file.to_str().unwrap()])
-        .output()
-        .unwrap();
+    promtool_passes(&["check", "rules", file.to_str().unwrap()]);
     let _ = std::fs::remove_file(&file);
-    assert!(
-        out.status.success(),
-        "promtool check rules on the dashboard's queries: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = promtool()
-        .args([
-            "check",
-            "config",
-            &format!("{root}/deploy/prometheus/prometheus.yml"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check config: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    promtool_passes(&[
+        "check",
+        "config",
+        &format!("{root}/deploy/prometheus/prometheus.yml"),
+    ]);
     app.stop().await;
 }
 
@@ -656,15 +643,6 @@ tests:
         series("agreed", "d:9464", "1111222233334444"),
     );
     std::fs::write(dir.join("test.yml"), test).unwrap();
-    let out = promtool()
-        .args(["test", "rules", dir.join("test.yml").to_str().unwrap()])
-        .output()
-        .unwrap();
+    promtool_passes(&["test", "rules", dir.join("test.yml").to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "promtool test rules: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
