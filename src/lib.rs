@@ -16,6 +16,7 @@
 //! - [`api`]       the native HTTP API, the QuickSight-compatible listener and the admin listener.
 //! - [`credentials`] tenants' SigV4 access keys: secrets derived from the master key (HKDF).
 //! - [`startup`]   the composition root: builds everything and binds the listeners.
+//! - [`tls`]       HTTPS on the API and compatible listeners: the certificate, reloaded when renewed.
 //! - [`tasks`]     the gateway's long-running tasks, watched: one that stops fails the process.
 //! - [`metrics`]   every Prometheus metric, registered once, with typed labels.
 //! - [`clock`]     the one clock every time-based decision reads.
@@ -52,6 +53,7 @@ pub mod startup;
 pub mod tasks;
 pub mod telemetry;
 pub mod tenant;
+pub mod tls;
 pub mod top;
 pub mod upstream;
 pub mod wire;

@@ -281,9 +281,10 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         listen = %app.addr,
         admin = %app.admin_addr,
         compat = app.compat_addr.map(|a| a.to_string()),
+        https = app.tls.is_some(),
         "embedgate serving"
     );
-    reload_tenants(app.gateway.clone(), args.config, loaded);
+    reload_on_change(app.gateway.clone(), app.tls.clone(), args.config, loaded);
     app.run_until(shutdown_signal()).await?;
     tracing::info!("embedgate stopped");
     Ok(())
@@ -306,9 +307,11 @@ fn config_contents(paths: &[PathBuf]) -> u64 {
 /// force (see `Gateway::reload`) when the config files' contents differ from `loaded` (read
 /// every [`RELOAD_CHECK`]: a Kubernetes ConfigMap or Secret is updated in the running pod, whose
 /// image has no shell to send a signal from) and on each `SIGHUP`; what it did, or why it
-/// changed nothing, is logged.
-fn reload_tenants(
+/// changed nothing, is logged. The listeners' certificate is read again on the same beat when
+/// its files changed, and on each `SIGHUP` (`ListenerTls::reload`).
+fn reload_on_change(
     gateway: std::sync::Arc<embedgate::gateway::Gateway>,
+    tls: Option<std::sync::Arc<embedgate::tls::ListenerTls>>,
     paths: Vec<PathBuf>,
     loaded: u64,
 ) {
@@ -343,6 +346,9 @@ fn reload_tenants(
             if woken == Some(false) {
                 hup = None;
                 continue;
+            }
+            if let Some(tls) = &tls {
+                let _ = tls.reload(woken.is_some());
             }
             let now = config_contents(&paths);
             if woken.is_some() || now != seen {

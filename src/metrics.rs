@@ -271,6 +271,12 @@ pub struct Metrics {
     pub reload_successful: IntGauge,
     /// `embedgate_tenant_table_info{digest}`: 1 for the digest of the tenant table in force.
     tenant_table: IntGaugeVec,
+    /// `embedgate_tls_certificate_expiry_timestamp_seconds`: the served certificate's
+    /// `notAfter` (0 without TLS).
+    pub tls_not_after: IntGauge,
+    /// `embedgate_tls_reloads_total{result="applied"}` and `{result="refused"}`.
+    pub tls_reloads_applied: IntCounter,
+    pub tls_reloads_refused: IntCounter,
     /// Tenants a reload removed: their series are left out of the exposition (see
     /// [`Metrics::tenant_removed`]).
     removed_tenants: parking_lot::RwLock<std::collections::HashSet<String>>,
@@ -337,6 +343,11 @@ impl Metrics {
         let reloads = counter_vec(
             "embedgate_config_reloads_total",
             "Reloads of the tenant table (SIGHUP): result=applied (tenants added and removed, keys, rules, limits, quotas and warm keys in force from the next request) or refused (invalid, or changing what needs a restart; nothing changed, the log says why).",
+            &["result"],
+        );
+        let tls_reloads = counter_vec(
+            "embedgate_tls_reloads_total",
+            "Certificates read again because their files changed (tls.cert_file, tls.key_file) or on SIGHUP: result=applied (served to new connections) or refused (not loadable; the certificate in force stays, the log says why).",
             &["result"],
         );
         Metrics {
@@ -493,6 +504,16 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            tls_not_after: reg(
+                &r,
+                IntGauge::new(
+                    "embedgate_tls_certificate_expiry_timestamp_seconds",
+                    "When the certificate the API and compatible listeners serve expires (its notAfter, Unix seconds); 0 without TLS.",
+                )
+                .expect("valid metric"),
+            ),
+            tls_reloads_applied: tls_reloads.with_label_values(&["applied"]),
+            tls_reloads_refused: tls_reloads.with_label_values(&["refused"]),
             registry: r,
             removed_tenants: parking_lot::RwLock::default(),
             series: std::sync::OnceLock::new(),

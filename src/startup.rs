@@ -15,6 +15,7 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::shared::Sharing;
 use crate::tasks::{Health, Tasks};
+use crate::tls::ListenerTls;
 use crate::upstream::Upstreams;
 
 /// A running gateway.
@@ -24,6 +25,9 @@ pub struct Application {
     /// The QuickSight-compatible listener's address, when `compat_listen` is set.
     pub compat_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
+    /// The certificate the API and compatible listeners serve, when `[tls]` is set: what the
+    /// reload watch reads again (`ListenerTls::reload`).
+    pub tls: Option<Arc<ListenerTls>>,
     api: actix_web::dev::ServerHandle,
     admin: actix_web::dev::ServerHandle,
     compat: Option<actix_web::dev::ServerHandle>,
@@ -42,6 +46,12 @@ impl Application {
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let metrics = Arc::new(Metrics::new());
+        let tls = ListenerTls::new(&settings.tls, metrics.clone())
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let tls_config = match &tls {
+            Some(t) => Some(t.server_config()?),
+            None => None,
+        };
         let upstreams = Upstreams::new(&settings, metrics.clone()).await;
         upstreams.check_roles().await;
         let fleet = if settings.redis.enabled() {
@@ -100,13 +110,16 @@ impl Application {
         let compat = match compat_listener {
             Some(l) => {
                 let compat_data = data.clone();
-                let mut server = HttpServer::new(move || {
+                let server = HttpServer::new(move || {
                     App::new()
                         .app_data(compat_data.clone())
                         .wrap_fn(|req, srv| crate::api::in_request_context(req, srv, &[]))
                         .configure(crate::api::compat_routes)
-                })
-                .listen(l)?
+                });
+                let mut server = match &tls_config {
+                    Some(c) => server.listen_rustls_0_23(l, c.clone())?,
+                    None => server.listen(l)?,
+                }
                 .keep_alive(keep_alive)
                 .h1_allow_half_closed(false)
                 .disable_signals()
@@ -120,7 +133,7 @@ impl Application {
         };
         let compat_handle = compat.as_ref().map(|s| s.handle());
         let canned = web::Data::new(crate::api::Canned::new(&gateway));
-        let mut api = HttpServer::new(move || {
+        let api = HttpServer::new(move || {
             App::new()
                 .app_data(api_data.clone())
                 .app_data(canned.clone())
@@ -128,8 +141,11 @@ impl Application {
                     crate::api::in_request_context(req, srv, &crate::api::NATIVE_ROUTES)
                 })
                 .configure(crate::api::routes)
-        })
-        .listen(listener)?
+        });
+        let mut api = match tls_config {
+            Some(c) => api.listen_rustls_0_23(listener, c)?,
+            None => api.listen(listener)?,
+        }
         .keep_alive(keep_alive)
         // A client that closes its connection while its request waits (a portal's timeout:
         // most HTTP clients close normally, not with a reset) is gone: its handler is dropped,
@@ -192,6 +208,7 @@ impl Application {
             admin_addr,
             compat_addr,
             gateway,
+            tls,
             api: api_handle,
             admin: admin_handle,
             compat: compat_handle,
@@ -241,7 +258,8 @@ impl Application {
     }
 }
 
-/// Checks `settings` as [`Application::start`] does before it binds anything: valid, and every
+/// Checks `settings` as [`Application::start`] does before it binds anything: valid, the
+/// listeners' certificate and key loadable (`[tls]`), and every
 /// tenant's warm keys admitted like requests, by a gateway of their own that calls nothing (an
 /// upstream's client makes no call until asked, and its credentials are resolved then). What
 /// `embedgate check-config` runs.
@@ -252,6 +270,7 @@ pub async fn check(settings: &Settings) -> anyhow::Result<()> {
     settings
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    crate::tls::load(&settings.tls).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let metrics = Arc::new(Metrics::new());
     let upstreams = Upstreams::new(settings, metrics.clone()).await;
     let gateway = Gateway::new(

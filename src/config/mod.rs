@@ -47,6 +47,8 @@ pub struct Settings {
     /// How long a log line below `warn` may wait in its thread's batch, in ms (default 100; 0
     /// writes each line as it is logged). `warn` and `error` lines are written at once.
     pub log_flush_ms: Option<u64>,
+    /// HTTPS on the native API and compatible listeners (unset: plain HTTP).
+    pub tls: TlsSettings,
     pub api: ApiSettings,
     /// The single upstream (one region, every account): kept for configs written before
     /// `[[upstreams]]`. Set one or the other.
@@ -83,6 +85,7 @@ impl Default for Settings {
             log_format: None,
             log_level: None,
             log_flush_ms: None,
+            tls: TlsSettings::default(),
             api: ApiSettings::default(),
             upstream: UpstreamSettings::default(),
             upstreams: vec![],
@@ -91,6 +94,40 @@ impl Default for Settings {
             redis: RedisSettings::default(),
             debug: DebugSettings::default(),
             tenants: vec![],
+        }
+    }
+}
+
+/// HTTPS on the native API listener (`listen`) and the compatible listener (`compat_listen`);
+/// the admin listener stays plain HTTP (keep it private). Both files or neither: with neither
+/// the listeners speak plain HTTP. Read at start and again whenever their contents change (see
+/// `tls::ListenerTls`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file of the server's certificate, then the intermediate certificates of its chain.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM file of the certificate's private key (PKCS #8, PKCS #1 or SEC1).
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+impl TlsSettings {
+    /// Checks what can be checked without reading the files: both or neither. (The files are
+    /// read at start and by `check-config` (`tls::load`), not by a reload of the tenant
+    /// table, which a renewal caught half copied must not hold up.)
+    ///
+    /// # Errors
+    /// The key that is missing.
+    pub fn check(&self) -> Result<(), String> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => Err(
+                "tls.key_file: required with tls.cert_file (the certificate's private key)".into(),
+            ),
+            (None, Some(_)) => Err(
+                "tls.cert_file: required with tls.key_file (the certificate the key belongs to)"
+                    .into(),
+            ),
+            _ => Ok(()),
         }
     }
 }

@@ -185,6 +185,7 @@ impl Settings {
                 })?;
         }
         redis.trusted_roots()?;
+        self.tls.check()?;
         within("redis.timeout_ms", redis.timeout_ms, 1, MINUTE_MS)?;
         within("redis.heartbeat_ms", redis.heartbeat_ms, 1, MINUTE_MS)?;
         if redis.prefix.contains(['{', '}']) {

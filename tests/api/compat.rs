@@ -7,10 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_quicksight::error::ProvideErrorMetadata;
-use aws_sdk_quicksight::types::{
-    AnonymousUserDashboardEmbeddingConfiguration, AnonymousUserEmbeddingExperienceConfiguration,
-    EmbeddingIdentityType, SessionTag,
-};
+use aws_sdk_quicksight::types::EmbeddingIdentityType;
 use aws_smithy_types::retry::RetryConfig;
 use embedgate::clock::Clock;
 use embedgate::config::{Secret, Settings};
@@ -83,28 +80,8 @@ async fn the_rust_sdk_gets_a_pooled_url_and_typed_refusals_with_no_upstream_call
     );
     let qs = client(&app, ALPHA_KEY, "alpha", 1);
 
-    let out = qs
-        .generate_embed_url_for_anonymous_user()
-        .aws_account_id(ACCOUNT)
-        .namespace("default")
-        .authorized_resource_arns(dashboard_arn("sales-2024"))
-        .experience_configuration(
-            AnonymousUserEmbeddingExperienceConfiguration::builder()
-                .dashboard(
-                    AnonymousUserDashboardEmbeddingConfiguration::builder()
-                        .initial_dashboard_id("sales-2024")
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .session_tags(
-            SessionTag::builder()
-                .key("tenant")
-                .value("alpha")
-                .build()
-                .unwrap(),
-        )
+    let out = sdk_anonymous(&qs, ACCOUNT, "sales-2024")
+        .session_tags(tenant_tag("alpha"))
         .send()
         .await
         .expect("a URL through the compatible listener");

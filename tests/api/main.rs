@@ -21,3 +21,4 @@ mod reload;
 mod rollback;
 mod sessions;
 mod simulator;
+mod tls;

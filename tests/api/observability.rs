@@ -605,14 +605,6 @@ async fn a_request_whose_client_resets_the_connection_is_counted_as_cancelled() 
 /// job; replicas that agree (another job's) never do, nor does a disagreement shorter than that.
 #[test]
 fn the_shipped_rules_alert_when_replicas_run_different_tenant_tables() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let dir = std::env::temp_dir().join(format!("embedgate-rules-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(
-        format!("{root}/deploy/prometheus/alerts.yml"),
-        dir.join("alerts.yml"),
-    )
-    .unwrap();
     let series = |job: &str, instance: &str, digest: &str| {
         format!(
             "      - series: 'embedgate_tenant_table_info{{job=\"{job}\",instance=\"{instance}\",digest=\"{digest}\"}}'\n        values: '1x30'\n"
@@ -642,7 +634,60 @@ tests:
         series("agreed", "c:9464", "1111222233334444"),
         series("agreed", "d:9464", "1111222233334444"),
     );
+    shipped_rules_pass("tables", &test);
+}
+
+/// Runs `promtool test rules` on `test` (a unit test file whose `rule_files` is `alerts.yml`)
+/// beside a copy of the shipped rules; `name` keeps concurrent tests' files apart.
+fn shipped_rules_pass(name: &str, test: &str) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = std::env::temp_dir().join(format!("embedgate-rules-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        format!("{root}/deploy/prometheus/alerts.yml"),
+        dir.join("alerts.yml"),
+    )
+    .unwrap();
     std::fs::write(dir.join("test.yml"), test).unwrap();
     promtool_passes(&["test", "rules", dir.join("test.yml").to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The certificate alert, run by `promtool test rules`: a replica whose served certificate
+/// expires within 14 days fires it after 10 minutes; one with a month left, and one without
+/// TLS (the gauge at 0), never do.
+#[test]
+fn the_shipped_rules_alert_before_the_served_certificate_expires() {
+    let series = |instance: &str, expiry: u64| {
+        format!(
+            "      - series: 'embedgate_tls_certificate_expiry_timestamp_seconds{{job=\"portal\",instance=\"{instance}\"}}'\n        values: '{expiry}x30'\n"
+        )
+    };
+    // promtool's clock starts at 0: "expires in 10 days" is a value of 10 days.
+    let day = 86_400;
+    let test = format!(
+        r#"rule_files: [alerts.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+{}{}{}    alert_rule_test:
+      - eval_time: 9m
+        alertname: EmbedgateTlsCertificateExpiresSoon
+      - eval_time: 15m
+        alertname: EmbedgateTlsCertificateExpiresSoon
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              job: portal
+              instance: a:9464
+            exp_annotations:
+              summary: "embedgate a:9464's certificate expires in 9d 23h 45m 0s"
+              description: "The certificate of its HTTPS listeners (tls.cert_file) has not been renewed, or its renewal has not reached the replica: the log line \"TLS certificate not reloaded\" says why a renewed pair was refused. Clients refuse the certificate once it has expired."
+"#,
+        series("a:9464", 10 * day),
+        series("b:9464", 30 * day),
+        series("c:9464", 0),
+    );
+    shipped_rules_pass("certificate", &test);
 }

@@ -518,49 +518,13 @@ async fn a_changed_config_file_or_sighup_reloads_the_tenant_table() {
     let dir = std::env::temp_dir().join(format!("embedgate-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("gateway.toml");
-    let file = |key: &str, listen: &str| {
-        format!(
-            r#"
-listen = "{listen}"
-admin_listen = "127.0.0.1:0"
-[upstream]
-region = "us-east-1"
-endpoint_url = "{endpoint}"
-access_key_id = "{access}"
-secret_access_key = "{secret}"
-[[tenants]]
-id = "acme"
-api_key_sha256 = ["{hash}"]
-default_account = "{ACCOUNT}"
-policy = {{ dashboards = ["*"], namespaces = ["default"] }}
-"#,
-            endpoint = sim.endpoint,
-            access = embedgate::sim::DEFAULT_ACCESS_KEY_ID,
-            secret = embedgate::sim::DEFAULT_SECRET_ACCESS_KEY,
-            hash = hex::encode(embedgate::tenant::hash_key(key)),
-        )
-    };
-    // As the kubelet updates a mounted file: the new contents whole, never half written.
-    let write = |contents: String| {
-        let next = dir.join("next.toml");
-        std::fs::write(&next, contents).unwrap();
-        std::fs::rename(&next, &path).unwrap();
-    };
+    let file = |key: &str, listen: &str| served_config(&sim, listen, "", key);
+    let write = |contents: String| replace_file(&path, &contents);
     write(file("first-key", "127.0.0.1:0"));
-    let mut child = serve_command(path.to_str().unwrap())
-        .env("EMBEDGATE_LOG", "info")
-        .spawn()
-        .unwrap();
-    let lines = Lines::of(vec![Box::new(child.stderr.take().unwrap())]);
-    let wait_for = |needle: &str| -> String {
-        tokio::task::block_in_place(|| {
-            lines
-                .wait_for(needle, Duration::from_secs(30), &mut Vec::new())
-                .unwrap_or_else(|| panic!("no line with {needle:?}"))
-        })
-    };
+    let gateway = Served::start(&path);
+    let wait_for = |needle: &str| gateway.wait_for(needle);
     let serving = wait_for("embedgate serving");
-    let addr = serde_json::from_str::<serde_json::Value>(&serving).unwrap()["fields"]["listen"]
+    let addr = log_field(&serving, "listen")
         .as_str()
         .map(String::from)
         .unwrap_or_else(|| panic!("{serving}"));
@@ -573,19 +537,12 @@ policy = {{ dashboards = ["*"], namespaces = ["default"] }}
     };
     let status = |r: reqwest::Result<reqwest::Response>| r.unwrap().status().as_u16();
     assert_eq!(status(ask("first-key").await), 200);
-    let hup = || {
-        Command::new("kill")
-            .args(["-HUP", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    };
     write(file("second-key", "127.0.0.1:0"));
     let applied = wait_for("tenant table reloaded");
     assert!(applied.contains("acme"), "{applied}");
     // The digest it now runs is the one `check-config` gives the file: how an operator tells
     // that a change has reached a replica.
-    let digest = serde_json::from_str::<serde_json::Value>(&applied).unwrap()["fields"]["digest"]
+    let digest = log_field(&applied, "digest")
         .as_str()
         .map(String::from)
         .unwrap_or_else(|| panic!("{applied}"));
@@ -607,11 +564,10 @@ policy = {{ dashboards = ["*"], namespaces = ["default"] }}
     assert_eq!(status(ask("second-key").await), 200);
     assert_eq!(status(ask("third-key").await), 401);
     // The signal rereads the files whether or not they changed.
-    assert!(hup());
+    gateway.hup();
     let again = wait_for("tenant table not reloaded");
     assert!(again.contains("listen"), "{again}");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(gateway);
     let _ = std::fs::remove_dir_all(dir);
     sim.stop().await;
 }

@@ -26,26 +26,6 @@ fn get(client: &Client, dashboard: &str, identity: EmbeddingIdentityType) -> aws
         .identity_type(identity)
 }
 
-fn anonymous(client: &Client, account: &str, dashboard: &str) -> aws_sdk_quicksight::operation::generate_embed_url_for_anonymous_user::builders::GenerateEmbedUrlForAnonymousUserFluentBuilder{
-    client
-        .generate_embed_url_for_anonymous_user()
-        .aws_account_id(account)
-        .namespace("default")
-        .authorized_resource_arns(format!(
-            "arn:aws:quicksight:us-east-1:{account}:dashboard/{dashboard}"
-        ))
-        .experience_configuration(
-            AnonymousUserEmbeddingExperienceConfiguration::builder()
-                .dashboard(
-                    AnonymousUserDashboardEmbeddingConfiguration::builder()
-                        .initial_dashboard_id(dashboard)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-}
-
 fn registered(client: &Client, user: &str, dashboard: &str) -> aws_sdk_quicksight::operation::generate_embed_url_for_registered_user::builders::GenerateEmbedUrlForRegisteredUserFluentBuilder{
     client
         .generate_embed_url_for_registered_user()
@@ -100,7 +80,7 @@ async fn all_three_operations_answer_the_rust_sdk_with_parsed_responses() {
         .expect("anonymous GetDashboardEmbedUrl with additional dashboards succeeds");
     assert_embed_url(out.embed_url().unwrap(), &sim, "/dashboards/sales-2024");
 
-    let out = anonymous(&client, ACCOUNT, "demo")
+    let out = sdk_anonymous(&client, ACCOUNT, "demo")
         .session_tags(
             SessionTag::builder()
                 .key("tenant")
@@ -280,18 +260,18 @@ async fn generate_operations_report_their_modelled_errors_as_typed_variants() {
         "empty experience: {e:?}"
     );
 
-    let e = service_err(anonymous(&c, "777788889999", "sales-2024").send().await);
+    let e = service_err(sdk_anonymous(&c, "777788889999", "sales-2024").send().await);
     assert!(
         matches!(e, AnonErr::UnsupportedPricingPlanException(_)),
         "{e:?}"
     );
-    let e = service_err(anonymous(&c, "444455556666", "sales-2024").send().await);
+    let e = service_err(sdk_anonymous(&c, "444455556666", "sales-2024").send().await);
     assert!(
         matches!(e, AnonErr::UnsupportedUserEditionException(_)),
         "{e:?}"
     );
     let e = service_err(
-        anonymous(&c, ACCOUNT, "sales-2024")
+        sdk_anonymous(&c, ACCOUNT, "sales-2024")
             .authorized_resource_arns("arn:aws:quicksight:us-east-1:111122223333:dashboard/nope")
             .send()
             .await,
@@ -329,7 +309,7 @@ async fn generate_operations_report_their_modelled_errors_as_typed_variants() {
         })
         .collect();
     let e = service_err(
-        anonymous(&c, ACCOUNT, "sales-2024")
+        sdk_anonymous(&c, ACCOUNT, "sales-2024")
             .set_session_tags(Some(tags))
             .send()
             .await,
@@ -339,7 +319,7 @@ async fn generate_operations_report_their_modelled_errors_as_typed_variants() {
         "51 tags: {e:?}"
     );
     sim.sim.update_knobs(&json!({"throttle_next": 1})).unwrap();
-    let e = service_err(anonymous(&c, ACCOUNT, "sales-2024").send().await);
+    let e = service_err(sdk_anonymous(&c, ACCOUNT, "sales-2024").send().await);
     assert!(matches!(e, AnonErr::ThrottlingException(_)), "{e:?}");
     sim.sim.update_knobs(&json!({"fail_next": 1})).unwrap();
     let e = service_err(registered(&c, "alice", "sales-2024").send().await);
@@ -554,7 +534,7 @@ async fn calls_above_the_throttle_rate_get_throttling_exceptions() {
     // Throttling is per account: another account's call gets past the throttle to its own
     // (pricing-plan) answer.
     let e = service_err(
-        anonymous(&client, "777788889999", "sales-2024")
+        sdk_anonymous(&client, "777788889999", "sales-2024")
             .send()
             .await,
     );

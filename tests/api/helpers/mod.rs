@@ -59,6 +59,16 @@ impl Default for Sdk<'_> {
 
 impl Sdk<'_> {
     pub fn client(self, endpoint: &str) -> aws_sdk_quicksight::Client {
+        self.client_with(endpoint, None)
+    }
+
+    /// [`Sdk::client`] through `http` (an HTTPS client that trusts a test CA, say) instead of
+    /// the SDK's default HTTP client.
+    pub fn client_with(
+        self,
+        endpoint: &str,
+        http: Option<aws_smithy_runtime_api::client::http::SharedHttpClient>,
+    ) -> aws_sdk_quicksight::Client {
         let mut timeouts = TimeoutConfig::builder();
         if let Some(t) = self.timeout {
             timeouts = timeouts.operation_timeout(t);
@@ -75,10 +85,43 @@ impl Sdk<'_> {
             ))
             .endpoint_url(endpoint)
             .retry_config(self.retry)
-            .timeout_config(timeouts.build())
-            .build();
+            .timeout_config(timeouts.build());
+        let conf = match http {
+            Some(h) => conf.http_client(h),
+            None => conf,
+        }
+        .build();
         aws_sdk_quicksight::Client::from_conf(conf)
     }
+}
+
+/// An SDK call for an anonymous view of `dashboard` of `account` (us-east-1), in the default
+/// namespace, the dashboard its only authorized resource.
+pub fn sdk_anonymous(
+    client: &aws_sdk_quicksight::Client,
+    account: &str,
+    dashboard: &str,
+) -> aws_sdk_quicksight::operation::generate_embed_url_for_anonymous_user::builders::GenerateEmbedUrlForAnonymousUserFluentBuilder{
+    use aws_sdk_quicksight::types::{
+        AnonymousUserDashboardEmbeddingConfiguration, AnonymousUserEmbeddingExperienceConfiguration,
+    };
+    client
+        .generate_embed_url_for_anonymous_user()
+        .aws_account_id(account)
+        .namespace("default")
+        .authorized_resource_arns(format!(
+            "arn:aws:quicksight:us-east-1:{account}:dashboard/{dashboard}"
+        ))
+        .experience_configuration(
+            AnonymousUserEmbeddingExperienceConfiguration::builder()
+                .dashboard(
+                    AnonymousUserDashboardEmbeddingConfiguration::builder()
+                        .initial_dashboard_id(dashboard)
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
 }
 
 /// `Sdk::default().client(endpoint)`.
@@ -664,6 +707,100 @@ impl Lines {
         }
         None
     }
+}
+
+/// A gateway process, `embedgate serve --config <config>` logging at `info`, its log read as it
+/// comes; killed when dropped.
+pub struct Served {
+    child: std::process::Child,
+    lines: Lines,
+}
+
+impl Served {
+    pub fn start(config: &std::path::Path) -> Served {
+        let mut child = serve_command(config.to_str().unwrap())
+            .env("EMBEDGATE_LOG", "info")
+            .spawn()
+            .unwrap();
+        let lines = Lines::of(vec![Box::new(child.stderr.take().unwrap())]);
+        Served { child, lines }
+    }
+
+    /// The next log line containing `needle`, waited for at most 30 s (panics after). Blocks
+    /// its thread: call it from a multi-threaded runtime.
+    pub fn wait_for(&self, needle: &str) -> String {
+        tokio::task::block_in_place(|| {
+            self.lines
+                .wait_for(needle, Duration::from_secs(30), &mut Vec::new())
+                .unwrap_or_else(|| panic!("no line with {needle:?}"))
+        })
+    }
+
+    /// Sends it `SIGHUP`.
+    pub fn hup(&self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A field of a JSON log line (`fields.<name>`).
+pub fn log_field(line: &str, name: &str) -> serde_json::Value {
+    serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+        ["fields"][name]
+        .clone()
+}
+
+/// A config file for [`Served`]: the native API on `listen`, the admin listener on port 0,
+/// `tables` (tables of settings such as `[tls]`), the simulator `sim` as the upstream, and one
+/// tenant, `acme`, with `api_key`, allowed every dashboard in the default namespace.
+pub fn served_config(sim: &SimServer, listen: &str, tables: &str, api_key: &str) -> String {
+    format!(
+        r#"
+listen = "{listen}"
+admin_listen = "127.0.0.1:0"
+{tables}
+[upstream]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+access_key_id = "{access}"
+secret_access_key = "{secret}"
+[[tenants]]
+id = "acme"
+api_key_sha256 = ["{hash}"]
+default_account = "{ACCOUNT}"
+policy = {{ dashboards = ["*"], namespaces = ["default"] }}
+"#,
+        endpoint = sim.endpoint,
+        access = sim::DEFAULT_ACCESS_KEY_ID,
+        secret = sim::DEFAULT_SECRET_ACCESS_KEY,
+        hash = hex::encode(embedgate::tenant::hash_key(api_key)),
+    )
+}
+
+/// The session tag `tenant` = `value`, as the SDK sends it.
+pub fn tenant_tag(value: &str) -> aws_sdk_quicksight::types::SessionTag {
+    aws_sdk_quicksight::types::SessionTag::builder()
+        .key("tenant")
+        .value(value)
+        .build()
+        .unwrap()
+}
+
+/// Replaces `path`'s contents whole, as the kubelet updates a mounted file (never half written).
+pub fn replace_file(path: &std::path::Path, contents: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, contents).unwrap();
+    std::fs::rename(&next, path).unwrap();
 }
 
 /// `embedgate serve --config <config>` (relative to the crate's root), never asking EC2 for

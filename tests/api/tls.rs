@@ -1,0 +1,239 @@
+//! HTTPS on the native API and compatible listeners (`[tls]`): clients that trust only the
+//! issuing CA get URLs through both (the chain's intermediate served with the certificate), a
+//! plain-HTTP request is not answered, and a certificate renewed in place reaches new
+//! connections without a restart while a half-written renewal is refused.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use embedgate::config::{Secret, TlsSettings};
+use embedgate::credentials::derive_secret;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use serde_json::json;
+
+use crate::helpers::*;
+
+/// A root CA, an intermediate it signed, and a certificate for 127.0.0.1 the intermediate
+/// signed: what a client trusts, and what the gateway's two files hold.
+struct Issued {
+    root_pem: String,
+    /// The certificate, then the intermediate.
+    chain_pem: String,
+    key_pem: String,
+    not_after: i64,
+}
+
+fn ca(name: &str) -> CertificateParams {
+    let mut p = CertificateParams::new(vec![]).unwrap();
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, name.to_string());
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p
+}
+
+fn issue(not_after: i64) -> Issued {
+    let root_key = KeyPair::generate().unwrap();
+    let root = ca("test root").self_signed(&root_key).unwrap();
+    let mid_key = KeyPair::generate().unwrap();
+    let mid = ca("test intermediate")
+        .signed_by(&mid_key, &root, &root_key)
+        .unwrap();
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    params.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &mid, &mid_key).unwrap();
+    Issued {
+        root_pem: root.pem(),
+        chain_pem: format!("{}{}", cert.pem(), mid.pem()),
+        key_pem: key.serialize_pem(),
+        not_after,
+    }
+}
+
+/// 2031-01-01 and a day later.
+const NOT_AFTER: i64 = 1_924_992_000;
+
+/// A directory of its own with `issued`'s two files in it: (cert_file, key_file).
+fn files(name: &str, issued: &Issued) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("embedgate-tls-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    replace_file(&cert, &issued.chain_pem);
+    replace_file(&key, &issued.key_pem);
+    (cert, key)
+}
+
+/// A client that trusts `root_pem` and nothing else. A new client has no connection and no TLS
+/// session to resume, so its first request sees the certificate served at that moment.
+fn trusting(root_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(root_pem.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn embed(http: &reqwest::Client, base: &str, key: &str) -> reqwest::Result<u16> {
+    let r = http
+        .post(format!("{base}/v1/embed-url/dashboard"))
+        .bearer_auth(key)
+        .json(&json!({"DashboardId": "sales-2024", "IdentityType": "ANONYMOUS"}))
+        .send()
+        .await?;
+    Ok(r.status().as_u16())
+}
+
+const MASTER: &str = "tls-tests-master-key-0123456789abcdef0";
+const ALPHA_KEY: &str = "EGALPHATLS0000000001";
+
+#[tokio::test]
+async fn the_api_and_the_drop_in_listener_serve_https_to_clients_that_trust_the_issuer() {
+    let issued = issue(NOT_AFTER);
+    let (cert_file, key_file) = files("serve", &issued);
+    let app = spawn_app(|s| {
+        s.tls = TlsSettings {
+            cert_file: Some(cert_file),
+            key_file: Some(key_file),
+        };
+        s.compat_listen = Some("127.0.0.1:0".parse().unwrap());
+        s.master_key = Some(Secret::new(MASTER));
+        s.tenants[0].access_key_ids = vec![ALPHA_KEY.into()];
+    })
+    .await;
+    let https = format!("https://{}", app.app.addr);
+    let http = trusting(&issued.root_pem);
+
+    // The native API: a client that trusts only the root gets a URL (the intermediate came
+    // with the certificate).
+    let r = http
+        .post(format!("{https}/v1/embed-url/dashboard"))
+        .bearer_auth("alpha-key")
+        .json(&json!({"DashboardId": "sales-2024", "IdentityType": "ANONYMOUS"}))
+        .send()
+        .await
+        .expect("an HTTPS answer");
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["EmbedUrl"].as_str().is_some(), "{body}");
+
+    // Plain HTTP on the same port gets no answer: no URL or key ever crosses it in clear.
+    let plain = app
+        .http
+        .post(format!("http://{}/v1/embed-url/dashboard", app.app.addr))
+        .bearer_auth("alpha-key")
+        .json(&json!({"DashboardId": "sales-2024", "IdentityType": "ANONYMOUS"}))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    // Nor does a client that does not trust the issuer.
+    let stranger = trusting(&issue(NOT_AFTER).root_pem);
+    assert!(embed(&stranger, &https, "alpha-key").await.is_err());
+
+    // Drop-in mode: the official Rust SDK over HTTPS, trusting only the root.
+    let compat = format!("https://{}", app.app.compat_addr.unwrap());
+    let tls = aws_smithy_http_client::tls::TlsContext::builder()
+        .with_trust_store(
+            aws_smithy_http_client::tls::TrustStore::empty()
+                .with_pem_certificate(issued.root_pem.as_bytes()),
+        )
+        .build()
+        .unwrap();
+    let client = aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
+        ))
+        .tls_context(tls)
+        .build_https();
+    let secret = derive_secret(&Secret::new(MASTER), "alpha", ALPHA_KEY);
+    let qs = Sdk {
+        access_key: ALPHA_KEY,
+        secret: secret.expose(),
+        ..Sdk::default()
+    }
+    .client_with(&compat, Some(client));
+    let out = sdk_anonymous(&qs, ACCOUNT, "sales-2024")
+        .session_tags(tenant_tag("alpha"))
+        .send()
+        .await
+        .expect("a URL through the compatible listener over HTTPS");
+    assert!(out.embed_url().starts_with("http"), "{out:?}");
+
+    // The admin listener stays plain HTTP, and shows when the certificate expires.
+    let metrics = get_text(&app.http, &format!("{}/metrics", app.admin)).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "embedgate_tls_certificate_expiry_timestamp_seconds"
+        ),
+        issued.not_after as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_reaches_new_connections_without_a_restart() {
+    let sim = spawn_sim();
+    let first = issue(NOT_AFTER);
+    let renewed = issue(NOT_AFTER + 86_400);
+    let (cert_file, key_file) = files("renew", &first);
+    let config = cert_file.with_file_name("gateway.toml");
+    std::fs::write(
+        &config,
+        served_config(
+            &sim,
+            "127.0.0.1:0",
+            &format!(
+                "[tls]\ncert_file = {:?}\nkey_file = {:?}",
+                cert_file.display().to_string(),
+                key_file.display().to_string()
+            ),
+            "acme-key",
+        ),
+    )
+    .unwrap();
+    let gateway = Served::start(&config);
+    let serving = gateway.wait_for("embedgate serving");
+    assert_eq!(log_field(&serving, "https"), json!(true), "{serving}");
+    let https = format!(
+        "https://{}",
+        log_field(&serving, "listen").as_str().unwrap()
+    );
+    // A client of its own for each request: one that resumed its TLS session would not be
+    // shown a certificate at all.
+    let old = || trusting(&first.root_pem);
+    let new = || trusting(&renewed.root_pem);
+    assert_eq!(embed(&old(), &https, "acme-key").await.unwrap(), 200);
+    assert!(embed(&new(), &https, "acme-key").await.is_err());
+
+    // Caught between two copies: the renewed chain beside the old key. Refused; the
+    // certificate in force stays.
+    replace_file(&cert_file, &renewed.chain_pem);
+    gateway.hup();
+    let refused = gateway.wait_for("TLS certificate not reloaded");
+    assert!(refused.contains("tls.key_file"), "{refused}");
+    // What `check-config` says of the files as they are (a restart now would not start).
+    let checked = Command::new(env!("CARGO_BIN_EXE_embedgate"))
+        .args(["check-config", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        !checked.status.success()
+            && said.contains("tls.key_file")
+            && said.contains("not the private key of the certificate in tls.cert_file"),
+        "{said}"
+    );
+    assert_eq!(embed(&old(), &https, "acme-key").await.unwrap(), 200);
+
+    // The key follows; no signal this time: the files are watched.
+    replace_file(&key_file, &renewed.key_pem);
+    let reloaded = gateway.wait_for("TLS certificate reloaded");
+    assert!(reloaded.contains("2031-01-02"), "{reloaded}");
+    assert_eq!(embed(&new(), &https, "acme-key").await.unwrap(), 200);
+    assert!(
+        embed(&old(), &https, "acme-key").await.is_err(),
+        "a new connection still got the old certificate"
+    );
+}
