@@ -150,18 +150,32 @@ pub struct TagRule {
 }
 
 /// The digest of a tenant table: the first 16 hex digits of the SHA-256 of its tenants as JSON,
-/// sorted by id. Two tables that say the same of every tenant have the same digest, in
-/// whatever order their files list the tenants (which does not matter to the gateway either);
-/// a change to any setting of any tenant changes it. It shows which table a replica runs
+/// every list sorted (the tenants, and each list in them). Two tables that say the same of every tenant
+/// have the same digest, in whatever order their files list the tenants, a tenant's keys, its
+/// policy's patterns or its warm keys (none of which the gateway reads in order: each list is
+/// a set); a change to any setting of any tenant changes it. It shows which table a replica runs
 /// (`/state`, `embedgate_tenant_table_info`), so that replicas on different tables (a reload
 /// one of them refused, or has not made yet) can be told. It reveals nothing of the keys: the
 /// table holds only their hashes.
 pub fn table_digest(tenants: &[TenantSettings]) -> String {
     use sha2::{Digest, Sha256};
-    let mut sorted: Vec<&TenantSettings> = tenants.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let json = serde_json::to_vec(&sorted).expect("tenant settings serialise");
+    let mut table = serde_json::to_value(tenants).expect("tenant settings serialise");
+    sort_lists(&mut table);
+    let json = serde_json::to_vec(&table).expect("JSON serialises");
     hex::encode(&Sha256::digest(&json)[..8])
+}
+
+/// Sorts every list in `v`, inside out, by its members' JSON (a table's keys are already in
+/// order: `serde_json`'s maps are sorted).
+fn sort_lists(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Array(list) => {
+            list.iter_mut().for_each(sort_lists);
+            list.sort_by_cached_key(|m| m.to_string());
+        }
+        serde_json::Value::Object(map) => map.values_mut().for_each(sort_lists),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +211,25 @@ api_key_sha256 = ["bb"]
         let mut swapped = two.clone();
         swapped.reverse();
         assert_eq!(table_digest(&swapped), digest);
+        // Nor does the order of a tenant's keys, patterns or warm keys (each list a set).
+        let listed = |keys: &str, dashboards: &str, warm: &str| {
+            table_digest(&table(&format!(
+                "[[tenants]]\nid = \"acme\"\napi_key_sha256 = [{keys}]\npolicy = {{ dashboards = [{dashboards}] }}\nwarm = [{warm}]\n"
+            )))
+        };
+        let (a, b) = (
+            r#"{ DashboardId = "a", Depth = 1 }"#,
+            r#"{ DashboardId = "b", Depth = 2 }"#,
+        );
+        let once = listed(r#""aa", "bb""#, r#""x-*", "y""#, &format!("{a}, {b}"));
+        assert_eq!(
+            listed(r#""bb", "aa""#, r#""y", "x-*""#, &format!("{b}, {a}")),
+            once
+        );
+        assert_ne!(
+            listed(r#""bb", "cc""#, r#""y", "x-*""#, &format!("{b}, {a}")),
+            once
+        );
         let mut faster = two.clone();
         faster[0].rate_per_sec = 6.0;
         let mut rekeyed = two.clone();
