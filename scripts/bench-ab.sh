@@ -9,7 +9,10 @@
 # machine, bare actix-web itself moves by a third between runs). PATH_KIND=reject measures the
 # 429 path instead (a tenant over its limit). Prints each round's requests/s and the server's CPU
 # per request (`/proc/<pid>/stat`), then the medians and the median of B - A over the rounds.
-# Knobs: ROUNDS (default 6), KEYS (300), DEPTH (1000, at most 1000), DURATION (2s), PATH_KIND.
+# Knobs: ROUNDS (default 6), KEYS (300), DEPTH (1000, at most 1000), DURATION (2s), PATH_KIND,
+# TLS_B (1: gateway B serves HTTPS, `[tls]` with a self-signed certificate openssl makes, and
+# wrk reaches it over HTTPS on connections it keeps open: with the same build twice, what TLS
+# costs a request).
 # Before each round of hits a pool that round could drain is topped up (the simulator answers
 # again until it is full); a round that meets anything but pool hits stops the run.
 set -euo pipefail
@@ -27,10 +30,18 @@ BENCH_BUILT=1 BENCH_BIN=$A source scripts/bench-lib.sh
 
 start_sim sim
 declare -A pid port admin
+declare -A scheme=([A]=http [B]=http)
 for who in A B; do
   build=${!who}
   port[$who]=$(free_port); admin[$who]=$(free_port)
   lib config gateway "$build" "$work/$who.toml" "$sim_url" "${port[$who]}" "${admin[$who]}" "$KEYS" "$DEPTH"
+  if [ "$who" = B ] && [ -n "${TLS_B:-}" ]; then
+    command -v openssl >/dev/null || { echo "bench-ab: TLS_B needs openssl (apt-get install openssl)" >&2; exit 1; }
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
+      -addext subjectAltName=IP:127.0.0.1 -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
+    printf '\n[tls]\ncert_file = "%s"\nkey_file = "%s"\n' "$work/tls.crt" "$work/tls.key" >>"$work/B.toml"
+    scheme[B]=https
+  fi
   env -u EMBEDGATE_LOG -u RUST_LOG "$build" serve --config "$work/$who.toml" 2>"$work/$who.err" &
   pid[$who]=$!; pids+=("${pid[$who]}")
 done
@@ -46,7 +57,7 @@ if [ "$PATH_KIND" = reject ]; then
   sed 's/bench-key/abuser-key/' "$work/hit.lua" >"$work/reject.lua"
   script=$work/reject.lua
 fi
-for who in A B; do wrk -t1 -c"$CONNECTIONS" -d1s -s "$script" "http://127.0.0.1:${port[$who]}" >/dev/null; done
+for who in A B; do wrk -t1 -c"$CONNECTIONS" -d1s -s "$script" "${scheme[$who]}://127.0.0.1:${port[$who]}" >/dev/null; done
 
 # pool_urls WHO: the URLs in WHO's pool.
 pool_urls() { admin_json "${admin[$1]}" /state 'j["pool"]["urls"]'; }
@@ -59,7 +70,7 @@ for r in $(seq "$ROUNDS"); do
     if [ "$PATH_KIND" = hit ]; then
       topped_up "$(pool_urls "$who")" "${need[$who]}" "gateway $who's pool" fill "$who"
     fi
-    round "$who.$r" "${pid[$who]}" "$script" "${port[$who]}"
+    round "$who.$r" "${pid[$who]}" "$script" "${port[$who]}" "${scheme[$who]}"
     if [ "$PATH_KIND" = hit ]; then
       only_hits "$work/$who.$r" "$(pool_urls "$who")" "round $r of $who"
       need[$who]=$(next_need "$work/$who.$r")

@@ -65,12 +65,12 @@ pooled() {
 # cpu_ticks PID: the process's user + system CPU time so far, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# round NAME PID SCRIPT PORT: one wrk run (CONNECTIONS connections for DURATION, the caller's)
-# against PORT, its output in $work/NAME, and the CPU ticks the server process PID spent during
-# it in $work/NAME.cpu.
+# round NAME PID SCRIPT PORT [SCHEME]: one wrk run (CONNECTIONS connections for DURATION, the
+# caller's) against PORT over SCHEME (http, or https), its output in $work/NAME, and the CPU
+# ticks the server process PID spent during it in $work/NAME.cpu.
 round() {
   local t0; t0=$(cpu_ticks "$2")
-  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$3" "http://127.0.0.1:$4" >"$work/$1" 2>&1
+  wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency -s "$3" "${5:-http}://127.0.0.1:$4" >"$work/$1" 2>&1
   echo $(( $(cpu_ticks "$2") - t0 )) >"$work/$1.cpu"
 }
 
