@@ -6,7 +6,8 @@
 # redis-server/redis-cli (the cluster-mode tests start their own servers and a Redis Cluster) and
 # Debian's faketime (libfaketime: the clock-step test fakes the gateway process's wall clock), and
 # the AWS SDK for JavaScript v3 from npm (the drop-in test; Node.js from Debian if missing), and
-# Debian's chromium with Playwright for Python (the demo portal's browser test).
+# Debian's chromium with Playwright for Python (the demo portal's browser test), and the openssl
+# command (certificates for the TLS overlay's test and `scripts/bench-ab.sh`'s TLS_B).
 # Safe to run repeatedly; on Debian it may call apt-get (as root) for packages the tests use.
 set -euo pipefail
 
@@ -20,6 +21,7 @@ if ! have redis-server || ! have redis-cli; then need_apt+=(redis-server); fi
 if [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ]; then need_apt+=(faketime); fi
 if ! have node || ! have npm; then need_apt+=(nodejs npm); fi
 if ! have chromium; then need_apt+=(chromium); fi
+if ! have openssl; then need_apt+=(openssl); fi
 
 if ((${#need_apt[@]})); then
   if have apt-get; then

@@ -7,7 +7,7 @@ the binary, without a container engine or a cluster (neither runs here).
 - Compose: every mounted file exists, the gateways' merged config is valid, Prometheus scrapes
   each gateway.
 - Kubernetes: yamllint; kubernetes-validate --strict on every built resource of the base and of
-  the fleet overlay (built here by a small subset of kustomize: resources, namespace, labels,
+  the fleet and TLS overlays (built here by a small subset of kustomize: resources, namespace, labels,
   configMapGenerator, replicas, JSON 6902 patches); the security settings, probes and admin-port
   policy; the PrometheusRule equals the shipped rules.
 """
@@ -160,6 +160,9 @@ def apply_op(doc, op):
             node.append(copy.deepcopy(op["value"]))
         else:
             node.insert(int(last), copy.deepcopy(op["value"]))
+    elif op["op"] == "replace" and isinstance(node, list):
+        assert int(last) < len(node), op["path"]
+        node[int(last)] = copy.deepcopy(op["value"])
     elif op["op"] in ("add", "replace"):
         if op["op"] == "replace":
             assert last in node, op["path"]
@@ -178,7 +181,7 @@ class Kubernetes(unittest.TestCase):
         self.assertEqual(out.returncode, 0, out.stdout)
 
     def validate(self, docs):
-        crds = {"ServiceMonitor", "PrometheusRule"}
+        crds = {"ServiceMonitor", "PrometheusRule", "Certificate"}
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
             yaml.safe_dump_all([d for d in docs if d["kind"] not in crds], f)
         out = run("kubernetes-validate", "--strict", "--quiet", f.name, check=False)
@@ -187,7 +190,8 @@ class Kubernetes(unittest.TestCase):
         self.assertNotIn("ERROR", out.stdout)
         for d in docs:
             if d["kind"] in crds:
-                self.assertEqual(d["apiVersion"], "monitoring.coreos.com/v1")
+                group = "cert-manager.io/v1" if d["kind"] == "Certificate" else "monitoring.coreos.com/v1"
+                self.assertEqual(d["apiVersion"], group)
                 self.assertIn("spec", d)
 
     def test_the_base_is_valid_locked_down_and_probed(self):
@@ -242,6 +246,48 @@ class Kubernetes(unittest.TestCase):
         env = find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
         self.assertIn("EMBEDGATE_REDIS__URL", [e["name"] for e in env])
         self.assertIn("redis-url", find(docs, "Secret")["stringData"])
+
+    def test_the_tls_overlay_serves_https_from_the_secret_cert_manager_renews(self):
+        docs = kustomize(os.path.join(DEPLOY, "k8s", "overlays", "tls"))
+        self.validate(docs)
+        certificate = find(docs, "Certificate")
+        self.assertEqual(certificate["metadata"]["namespace"], "embedgate")
+        pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        # The Secret cert-manager writes is mounted whole (no subPath: the kubelet updates it in
+        # the running pod) where the settings read it.
+        volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == certificate["spec"]["secretName"])
+        mount = next(m for m in c["volumeMounts"] if m["name"] == volume["name"])
+        self.assertNotIn("subPath", mount)
+        self.assertEqual(env["EMBEDGATE_TLS__CERT_FILE"], mount["mountPath"] + "/tls.crt")
+        self.assertEqual(env["EMBEDGATE_TLS__KEY_FILE"], mount["mountPath"] + "/tls.key")
+        self.assertEqual(c["livenessProbe"]["httpGet"]["scheme"], "HTTPS")
+        self.assertEqual(c["readinessProbe"]["httpGet"]["scheme"], "HTTPS")
+        api = find(docs, "Service", "embedgate")
+        self.assertEqual(api["spec"]["ports"][0], {"name": "https", "port": 443, "targetPort": "http"})
+        # The settings the pod runs with, the certificate's files where the variables say, pass
+        # check-config; a key that is not the certificate's does not.
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = os.path.join(tmp, "embedgate.toml")
+            tenants = os.path.join(tmp, "tenants.toml")
+            with open(settings, "w") as f:
+                f.write(find(docs, "ConfigMap")["data"]["embedgate.toml"])
+            with open(tenants, "w") as f:
+                f.write('[[tenants]]\nid = "acme"\napi_key_sha256 = ["' + "0" * 64 + '"]\n')
+            for name in ("ours", "other"):
+                run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-days", "2", "-subj", "/CN=embedgate.embedgate.svc",
+                    "-keyout", os.path.join(tmp, name + ".key"), "-out", os.path.join(tmp, name + ".crt"))
+            tls_env = dict(os.environ)
+            tls_env["EMBEDGATE_TLS__CERT_FILE"] = os.path.join(tmp, "ours.crt")
+            tls_env["EMBEDGATE_TLS__KEY_FILE"] = os.path.join(tmp, "ours.key")
+            out = run(BIN, "check-config", "--config", settings, "--config", tenants, env=tls_env, check=False)
+            self.assertIn("ok:", out.stdout, out.stderr)
+            tls_env["EMBEDGATE_TLS__KEY_FILE"] = os.path.join(tmp, "other.key")
+            out = run(BIN, "check-config", "--config", settings, "--config", tenants, env=tls_env, check=False)
+            self.assertNotEqual(out.returncode, 0)
+            self.assertIn("tls.key_file", out.stderr)
 
 
 if __name__ == "__main__":
