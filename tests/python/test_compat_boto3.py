@@ -16,7 +16,7 @@ import urllib.request
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, SSLError
 
 from harness import ACCOUNT, BIN, ROOT, get_json, metric, start_gateway, start_sim, stop, upstream_table, user_arn, wait_for
 
@@ -274,6 +274,69 @@ class DropInWithBoto3(unittest.TestCase):
             ["node", "--test", "compat.test.mjs"], cwd=node_dir, env=env, capture_output=True, text=True, timeout=300
         )
         self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
+
+
+class DropInOverHttps(unittest.TestCase):
+    """`[tls]` on: boto3 pointed at https://, trusting the gateway's CA with `verify=`, gets a
+    URL; with only the system's roots it refuses the certificate."""
+
+    def test_boto3_verifies_the_gateways_certificate_and_gets_a_url(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            cert, key = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                 "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                 "-keyout", key, "-out", cert],
+                capture_output=True, check=True,
+            )
+            sim, sim_endpoint = start_sim()
+            env = dict(os.environ, EMBEDGATE_MASTER_KEY=MASTER)
+            path = os.path.join(tmp, "embedgate.toml")
+            table = lambda key_id: f"""
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+compat_listen = "127.0.0.1:0"
+log_format = "json"
+[tls]
+cert_file = "{cert}"
+key_file = "{key}"
+{upstream_table(sim_endpoint)}
+[[tenants]]
+id = "acme"
+api_key_sha256 = []
+access_key_ids = ["{key_id}"]
+default_account = "{ACCOUNT}"
+[tenants.policy]
+dashboards = ["*"]
+namespaces = ["default"]
+user_arns = ["arn:aws:quicksight:*:{ACCOUNT}:user/default/*"]
+"""
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(table("EGPLACEHOLDER0000001"))
+            out = subprocess.run([BIN, "tenant-credentials", "--config", path, "acme"],
+                                 env=env, capture_output=True, text=True, check=True).stdout
+            fields = dict(line.split(":", 1) for line in out.splitlines() if line.startswith(("access key id", "secret access key")))
+            key_id, secret = fields["access key id"].strip(), fields["secret access key"].strip()
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(table(key_id))
+            gateway, served = start_gateway(path, env)
+            try:
+                client = lambda verify: boto3.client(
+                    "quicksight", region_name="us-east-1", endpoint_url="https://" + served["compat"],
+                    aws_access_key_id=key_id, aws_secret_access_key=secret, verify=verify,
+                    config=Config(retries={"max_attempts": 1}),
+                )
+                resp = client(cert).get_dashboard_embed_url(
+                    AwsAccountId=ACCOUNT, DashboardId="sales-2024", IdentityType="QUICKSIGHT", UserArn=user_arn("alice")
+                )
+                self.assertEqual(resp["Status"], 200)
+                self.assertTrue(resp["EmbedUrl"].startswith("http"))
+                with self.assertRaises(SSLError):
+                    client(True).get_dashboard_embed_url(
+                        AwsAccountId=ACCOUNT, DashboardId="sales-2024", IdentityType="QUICKSIGHT", UserArn=user_arn("alice")
+                    )
+            finally:
+                stop(gateway, sim)
 
 
 if __name__ == "__main__":
