@@ -246,7 +246,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
     // Read before the files are loaded: a change made while the gateway starts is reloaded.
-    let loaded = config_contents(&args.config);
+    let loaded = embedgate::config::loader::contents(&args.config);
     let mut settings: Settings = embedgate::config::loader::load_files(&args.config, "EMBEDGATE_")?;
     settings.master_key =
         embedgate::config::loader::load_master_key(settings.master_key_file.as_deref())?;
@@ -292,16 +292,6 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// How often the config files are read to see whether they changed.
 const RELOAD_CHECK: Duration = Duration::from_secs(5);
-
-/// A digest of the config files' contents (a missing file reads as none).
-fn config_contents(paths: &[PathBuf]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for path in paths {
-        std::fs::read(path).ok().hash(&mut h);
-    }
-    h.finish()
-}
 
 /// Adds and removes tenants and puts their new keys, rules, limits, quotas and warm keys in
 /// force (see `Gateway::reload`) when the config files' contents differ from `loaded` (read
@@ -350,7 +340,7 @@ fn reload_on_change(
             if let Some(tls) = &tls {
                 let _ = tls.reload(woken.is_some());
             }
-            let now = config_contents(&paths);
+            let now = embedgate::config::loader::contents(&paths);
             if woken.is_some() || now != seen {
                 seen = now;
                 let _ = gateway.reload_files(&paths);

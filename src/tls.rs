@@ -110,16 +110,6 @@ pub struct ListenerTls {
     metrics: Arc<Metrics>,
 }
 
-/// A digest of the files' contents (a missing file reads as none).
-fn contents(paths: [&Path; 2]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for path in paths {
-        std::fs::read(path).ok().hash(&mut h);
-    }
-    h.finish()
-}
-
 /// Logs a certificate put in force (a warning when it is near or past its expiry) and shows
 /// its expiry in the metrics.
 fn in_force(cert: &Certificate, metrics: &Metrics, what: &str) {
@@ -153,7 +143,7 @@ impl ListenerTls {
         let (Some(cert_file), Some(key_file)) = (&settings.cert_file, &settings.key_file) else {
             return load(settings).map(|_| None);
         };
-        let seen = contents([cert_file, key_file]);
+        let seen = crate::config::loader::contents(&[cert_file, key_file]);
         let cert = load_files(cert_file, key_file)?;
         in_force(&cert, &metrics, "TLS certificate loaded");
         Ok(Some(Arc::new(ListenerTls {
@@ -187,7 +177,7 @@ impl ListenerTls {
     /// was read anew, else whether it was put in force (or why not: the certificate in force
     /// stays). Logs and counts what it did.
     pub fn reload(&self, always: bool) -> Option<Result<(), String>> {
-        let now = contents([&self.cert_file, &self.key_file]);
+        let now = crate::config::loader::contents(&[&self.cert_file, &self.key_file]);
         {
             let mut seen = self.seen.lock();
             if !always && *seen == now {

@@ -128,6 +128,17 @@ fn text_read_as_other<'v>(
 /// The environment variable holding the master key (it wins over `master_key_file`).
 pub const MASTER_KEY_ENV: &str = "EMBEDGATE_MASTER_KEY";
 
+/// A digest of files' contents (a missing or unreadable file reads as none): what the reload
+/// watch compares to see whether they changed.
+pub fn contents<P: AsRef<Path>>(paths: &[P]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for path in paths {
+        std::fs::read(path).ok().hash(&mut h);
+    }
+    h.finish()
+}
+
 /// Reads the master key from `EMBEDGATE_MASTER_KEY`, else from `file` (surrounding whitespace
 /// trimmed), else none.
 ///
