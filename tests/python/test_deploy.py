@@ -171,6 +171,18 @@ def apply_op(doc, op):
         raise AssertionError(f"unsupported patch op {op['op']}")
 
 
+def pod_config(docs, tmp):
+    """Writes the ConfigMap's settings and a tenant table in the Secret's shape into tmp: their
+    paths, for `--config`."""
+    settings = os.path.join(tmp, "embedgate.toml")
+    tenants = os.path.join(tmp, "tenants.toml")
+    with open(settings, "w") as f:
+        f.write(find(docs, "ConfigMap")["data"]["embedgate.toml"])
+    with open(tenants, "w") as f:
+        f.write('[[tenants]]\nid = "acme"\napi_key_sha256 = ["' + "0" * 64 + '"]\n')
+    return settings, tenants
+
+
 def find(docs, kind, name=None):
     return next(d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name))
 
@@ -228,12 +240,7 @@ class Kubernetes(unittest.TestCase):
         self.assertEqual(find(docs, "PrometheusRule")["spec"], shipped)
         # The ConfigMap's settings plus a tenant table in the Secret's shape are valid.
         with tempfile.TemporaryDirectory() as tmp:
-            settings = os.path.join(tmp, "embedgate.toml")
-            tenants = os.path.join(tmp, "tenants.toml")
-            with open(settings, "w") as f:
-                f.write(find(docs, "ConfigMap")["data"]["embedgate.toml"])
-            with open(tenants, "w") as f:
-                f.write('[[tenants]]\nid = "acme"\napi_key_sha256 = ["' + "0" * 64 + '"]\n')
+            settings, tenants = pod_config(docs, tmp)
             args = c["args"]
             self.assertEqual(args[:1], ["serve"])
             self.assertIn("ok:", run(BIN, "check-config", "--config", settings, "--config", tenants).stdout)
@@ -269,12 +276,7 @@ class Kubernetes(unittest.TestCase):
         # The settings the pod runs with, the certificate's files where the variables say, pass
         # check-config; a key that is not the certificate's does not.
         with tempfile.TemporaryDirectory() as tmp:
-            settings = os.path.join(tmp, "embedgate.toml")
-            tenants = os.path.join(tmp, "tenants.toml")
-            with open(settings, "w") as f:
-                f.write(find(docs, "ConfigMap")["data"]["embedgate.toml"])
-            with open(tenants, "w") as f:
-                f.write('[[tenants]]\nid = "acme"\napi_key_sha256 = ["' + "0" * 64 + '"]\n')
+            settings, tenants = pod_config(docs, tmp)
             for name in ("ours", "other"):
                 run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-days", "2", "-subj", "/CN=embedgate.embedgate.svc",
