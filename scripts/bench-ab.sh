@@ -39,10 +39,11 @@ for who in A B; do
     command -v openssl >/dev/null || { echo "bench-ab: TLS_B needs openssl (apt-get install openssl)" >&2; exit 1; }
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
       -addext subjectAltName=IP:127.0.0.1 -keyout "$work/tls.key" -out "$work/tls.crt" 2>/dev/null
-    printf '\n[tls]\ncert_file = "%s"\nkey_file = "%s"\n' "$work/tls.crt" "$work/tls.key" >>"$work/B.toml"
     scheme[B]=https
   fi
-  env -u EMBEDGATE_LOG -u RUST_LOG "$build" serve --config "$work/$who.toml" 2>"$work/$who.err" &
+  tls=()
+  [ "${scheme[$who]}" = https ] && tls=(EMBEDGATE_TLS__CERT_FILE="$work/tls.crt" EMBEDGATE_TLS__KEY_FILE="$work/tls.key")
+  env -u EMBEDGATE_LOG -u RUST_LOG "${tls[@]}" "$build" serve --config "$work/$who.toml" 2>"$work/$who.err" &
   pid[$who]=$!; pids+=("${pid[$who]}")
 done
 for who in A B; do
