@@ -78,7 +78,7 @@ fn load_files(cert_file: &Path, key_file: &Path) -> Result<Certificate, String> 
     let pem = std::fs::read(key_file).map_err(|e| key_at(&e))?;
     let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         key_at(&format_args!(
-            "holds no PEM private key (-----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY): {e}"
+            "holds no PEM private key (-----BEGIN PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY; an ENCRYPTED PRIVATE KEY is not read: the gateway has no passphrase): {e}"
         ))
     })?;
     let provider = provider();
@@ -89,7 +89,7 @@ fn load_files(cert_file: &Path, key_file: &Path) -> Result<Certificate, String> 
     let certified = CertifiedKey::new(chain, signing);
     certified.keys_match().map_err(|e| {
         key_at(&format_args!(
-            "not the private key of the certificate in tls.cert_file ({e})"
+            "not the private key of the certificate in tls.cert_file, whose first certificate must be the server's own, its intermediates after it ({e})"
         ))
     })?;
     Ok(Certificate {
@@ -272,7 +272,7 @@ mod tests {
     fn files_that_do_not_make_a_certificate_and_its_key_are_refused_naming_the_key() {
         let d = dir("refused");
         let (cert, key) = certificate("gateway.internal", YEAR_2030);
-        let (_, other_key) = certificate("gateway.internal", YEAR_2030);
+        let (other_cert, other_key) = certificate("gateway.internal", YEAR_2030);
         let file = |name: &str, text: &str| {
             let p = d.join(name);
             write(&p, text);
@@ -287,6 +287,11 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
         );
         let missing = d.join("missing.pem");
+        let encrypted = file(
+            "encrypted.key",
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        );
+        let reversed = file("reversed.crt", &format!("{other_cert}{cert}"));
         let only = |cert: Option<&Path>, key: Option<&Path>| TlsSettings {
             cert_file: cert.map(Into::into),
             key_file: key.map(Into::into),
@@ -331,6 +336,16 @@ mod tests {
                 settings(&cert_file, &other_key),
                 "tls.key_file: ",
                 "not the private key of the certificate in tls.cert_file",
+            ),
+            (
+                settings(&cert_file, &encrypted),
+                "tls.key_file: ",
+                "an ENCRYPTED PRIVATE KEY is not read",
+            ),
+            (
+                settings(&reversed, &key_file),
+                "tls.key_file: ",
+                "first certificate must be the server's own",
             ),
         ] {
             let e = load(&s).unwrap_err();
