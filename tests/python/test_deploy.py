@@ -65,18 +65,25 @@ class Container(unittest.TestCase):
             self.assertIn("ok:", run(binary, "check-config", "--config", config).stdout)
 
             # The HEALTHCHECK's command, against the binary serving the shipped config (ports
-            # moved to ephemeral ones through the environment, as an operator can).
-            env = dict(os.environ, EMBEDGATE_LISTEN="127.0.0.1:0", EMBEDGATE_ADMIN_LISTEN="127.0.0.1:0")
-            proc, fields = start_gateway(config, env=env, binary=binary)
-            try:
-                health = re.search(r'"probe", "(http://127\.0\.0\.1:8080/healthz)"', dockerfile)
-                self.assertIsNotNone(health, "HEALTHCHECK probes /healthz")
-                url = health.group(1).replace("127.0.0.1:8080", fields["listen"])
-                self.assertEqual(run(binary, "probe", url, check=False).returncode, 0)
-                bad = run(binary, "probe", url.replace("/healthz", "/nope"), check=False)
-                self.assertNotEqual(bad.returncode, 0)
-            finally:
-                stop(proc)
+            # moved to ephemeral ones through the environment, as an operator can), with and
+            # without HTTPS on the API: it probes the admin listener, plain HTTP either way.
+            health = re.search(r'"probe", "(http://127\.0\.0\.1:9464/healthz)"', dockerfile)
+            self.assertIsNotNone(health, "HEALTHCHECK probes the admin listener's /healthz")
+            cert, key = os.path.join(out, "tls.crt"), os.path.join(out, "tls.key")
+            run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-days", "2", "-subj", "/CN=localhost", "-keyout", key, "-out", cert)
+            plain = dict(os.environ, EMBEDGATE_LISTEN="127.0.0.1:0", EMBEDGATE_ADMIN_LISTEN="127.0.0.1:0")
+            https = dict(plain, EMBEDGATE_TLS__CERT_FILE=cert, EMBEDGATE_TLS__KEY_FILE=key)
+            for env in (plain, https):
+                proc, fields = start_gateway(config, env=env, binary=binary)
+                try:
+                    self.assertEqual(fields.get("https", False), env is https)
+                    url = health.group(1).replace("127.0.0.1:9464", fields["admin"])
+                    self.assertEqual(run(binary, "probe", url, check=False).returncode, 0)
+                    bad = run(binary, "probe", url.replace("/healthz", "/nope"), check=False)
+                    self.assertNotEqual(bad.returncode, 0)
+                finally:
+                    stop(proc)
 
 
 def load_all(path):
