@@ -140,8 +140,9 @@ impl ListenerTls {
     /// # Errors
     /// As [`load`].
     pub fn new(settings: &TlsSettings, metrics: Arc<Metrics>) -> Result<Option<Arc<Self>>, String> {
+        settings.check()?;
         let (Some(cert_file), Some(key_file)) = (&settings.cert_file, &settings.key_file) else {
-            return load(settings).map(|_| None);
+            return Ok(None);
         };
         let seen = crate::config::loader::contents(&[cert_file, key_file]);
         let cert = load_files(cert_file, key_file)?;

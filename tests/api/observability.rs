@@ -606,18 +606,20 @@ async fn a_request_whose_client_resets_the_connection_is_counted_as_cancelled() 
 #[test]
 fn the_shipped_rules_alert_when_replicas_run_different_tenant_tables() {
     let series = |job: &str, instance: &str, digest: &str| {
-        format!(
-            "      - series: 'embedgate_tenant_table_info{{job=\"{job}\",instance=\"{instance}\",digest=\"{digest}\"}}'\n        values: '1x30'\n"
+        (
+            format!("embedgate_tenant_table_info{{job=\"{job}\",instance=\"{instance}\",digest=\"{digest}\"}}"),
+            "1x30".to_string(),
         )
     };
-    let test = format!(
-        r#"rule_files: [alerts.yml]
-evaluation_interval: 1m
-tests:
-  - interval: 1m
-    input_series:
-{}{}{}{}    alert_rule_test:
-      - eval_time: 9m
+    shipped_rules_pass(
+        "tables",
+        &[
+            series("portal", "a:9464", "1111222233334444"),
+            series("portal", "b:9464", "5555666677778888"),
+            series("agreed", "c:9464", "1111222233334444"),
+            series("agreed", "d:9464", "1111222233334444"),
+        ],
+        r#"      - eval_time: 9m
         alertname: EmbedgateReplicasDisagreeOnTenants
       - eval_time: 15m
         alertname: EmbedgateReplicasDisagreeOnTenants
@@ -629,17 +631,20 @@ tests:
               summary: "embedgate replicas of portal run 2 different tenant tables"
               description: "Their embedgate_tenant_table_info digests differ: some replica has not picked up a change of the tenant table (or refused it: see EmbedgateConfigNotReloaded), so a tenant's keys, rules and limits depend on the replica its request reaches. /state shows each replica's digest."
 "#,
-        series("portal", "a:9464", "1111222233334444"),
-        series("portal", "b:9464", "5555666677778888"),
-        series("agreed", "c:9464", "1111222233334444"),
-        series("agreed", "d:9464", "1111222233334444"),
     );
-    shipped_rules_pass("tables", &test);
 }
 
-/// Runs `promtool test rules` on `test` (a unit test file whose `rule_files` is `alerts.yml`)
-/// beside a copy of the shipped rules; `name` keeps concurrent tests' files apart.
-fn shipped_rules_pass(name: &str, test: &str) {
+/// Runs `promtool test rules` beside a copy of the shipped rules: one test group evaluated every
+/// minute, fed `input_series` (each a series and its values in promtool's notation) and checked
+/// by `alert_rule_test` (its entries, as YAML); `name` keeps concurrent tests' files apart.
+fn shipped_rules_pass(name: &str, input_series: &[(String, String)], alert_rule_test: &str) {
+    let series: String = input_series
+        .iter()
+        .map(|(series, values)| format!("      - series: '{series}'\n        values: '{values}'\n"))
+        .collect();
+    let test = format!(
+        "rule_files: [alerts.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n{series}    alert_rule_test:\n{alert_rule_test}"
+    );
     let root = env!("CARGO_MANIFEST_DIR");
     let dir = std::env::temp_dir().join(format!("embedgate-rules-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -648,7 +653,7 @@ fn shipped_rules_pass(name: &str, test: &str) {
         dir.join("alerts.yml"),
     )
     .unwrap();
-    std::fs::write(dir.join("test.yml"), test).unwrap();
+    std::fs::write(dir.join("test.yml"), &test).unwrap();
     promtool_passes(&["test", "rules", dir.join("test.yml").to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -659,20 +664,21 @@ fn shipped_rules_pass(name: &str, test: &str) {
 #[test]
 fn the_shipped_rules_alert_before_the_served_certificate_expires() {
     let series = |instance: &str, expiry: u64| {
-        format!(
-            "      - series: 'embedgate_tls_certificate_expiry_timestamp_seconds{{job=\"portal\",instance=\"{instance}\"}}'\n        values: '{expiry}x30'\n"
+        (
+            format!("embedgate_tls_certificate_expiry_timestamp_seconds{{job=\"portal\",instance=\"{instance}\"}}"),
+            format!("{expiry}x30"),
         )
     };
     // promtool's clock starts at 0: "expires in 10 days" is a value of 10 days.
     let day = 86_400;
-    let test = format!(
-        r#"rule_files: [alerts.yml]
-evaluation_interval: 1m
-tests:
-  - interval: 1m
-    input_series:
-{}{}{}    alert_rule_test:
-      - eval_time: 9m
+    shipped_rules_pass(
+        "certificate",
+        &[
+            series("a:9464", 10 * day),
+            series("b:9464", 30 * day),
+            series("c:9464", 0),
+        ],
+        r#"      - eval_time: 9m
         alertname: EmbedgateTlsCertificateExpiresSoon
       - eval_time: 15m
         alertname: EmbedgateTlsCertificateExpiresSoon
@@ -685,9 +691,5 @@ tests:
               summary: "embedgate a:9464's certificate expires in 9d 23h 45m 0s"
               description: "The certificate of its HTTPS listeners (tls.cert_file) has not been renewed, or its renewal has not reached the replica: the log line \"TLS certificate not reloaded\" says why a renewed pair was refused. Clients refuse the certificate once it has expired."
 "#,
-        series("a:9464", 10 * day),
-        series("b:9464", 30 * day),
-        series("c:9464", 0),
     );
-    shipped_rules_pass("certificate", &test);
 }
