@@ -147,6 +147,7 @@ fn tenants(n: usize) -> Tenants {
             id: format!("t{i}"),
             api_key_sha256: vec![hex::encode(hash_key(&format!("key-{i}")))],
             access_key_ids: vec![],
+            client_certificate_names: vec![],
             default_account: Some("111122223333".into()),
             rate_per_sec: 1e9,
             burst: 1_000_000,

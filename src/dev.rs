@@ -45,6 +45,7 @@ pub fn settings(
         id: DEMO_TENANT.into(),
         api_key_sha256: vec![hex::encode(hash_key(api_key))],
         access_key_ids: vec![],
+        client_certificate_names: vec![],
         default_account: Some(sim::DEFAULT_ACCOUNT_ID.into()),
         rate_per_sec: 50.0,
         burst: 100,

@@ -277,6 +277,9 @@ pub struct Metrics {
     /// `embedgate_tls_reloads_total{result="applied"}` and `{result="refused"}`.
     pub tls_reloads_applied: IntCounter,
     pub tls_reloads_refused: IntCounter,
+    /// `embedgate_tls_client_certificates_refused_total{reason}`: client certificates the
+    /// listeners refused in the handshake (`tls.client_ca_file`).
+    pub tls_clients_refused: IntCounterVec,
     /// Tenants a reload removed: their series are left out of the exposition (see
     /// [`Metrics::tenant_removed`]).
     removed_tenants: parking_lot::RwLock<std::collections::HashSet<String>>,
@@ -514,6 +517,11 @@ impl Metrics {
             ),
             tls_reloads_applied: tls_reloads.with_label_values(&["applied"]),
             tls_reloads_refused: tls_reloads.with_label_values(&["refused"]),
+            tls_clients_refused: counter_vec(
+                "embedgate_tls_client_certificates_refused_total",
+                "Client certificates refused in the TLS handshake (tls.client_ca_file) by reason: unknown_issuer (no authority of tls.client_ca_file issued it), expired, not_yet_valid, revoked (tls.client_crl_file), wrong_purpose (not for client authentication), invalid (anything else). A client that sends none is refused without being counted.",
+                &["reason"],
+            ),
             registry: r,
             removed_tenants: parking_lot::RwLock::default(),
             series: std::sync::OnceLock::new(),

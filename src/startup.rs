@@ -117,7 +117,12 @@ impl Application {
                         .configure(crate::api::compat_routes)
                 });
                 let mut server = match &tls_config {
-                    Some(c) => server.listen_rustls_0_23(l, c.clone())?,
+                    Some(c) => server
+                        // Each connection's client certificate names, if it presented one
+                        // (`tls.client_ca_file`): what `client_certificate_names` are checked
+                        // against.
+                        .on_connect(crate::tls::on_connect)
+                        .listen_rustls_0_23(l, c.clone())?,
                     None => server.listen(l)?,
                 }
                 .keep_alive(keep_alive)
@@ -143,7 +148,9 @@ impl Application {
                 .configure(crate::api::routes)
         });
         let mut api = match tls_config {
-            Some(c) => api.listen_rustls_0_23(listener, c)?,
+            Some(c) => api
+                .on_connect(crate::tls::on_connect)
+                .listen_rustls_0_23(listener, c)?,
             None => api.listen(listener)?,
         }
         .keep_alive(keep_alive)

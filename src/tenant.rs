@@ -56,6 +56,8 @@ pub struct Tenant {
     quotas: ArcSwap<Quotas>,
     limit: ArcSwap<Limit>,
     rules: ArcSwap<Rules>,
+    /// The client certificate names its keys are accepted with (empty: any).
+    client_names: ArcSwap<Vec<String>>,
 }
 
 /// A tenant's inbound limit: requests per second, and the burst above that rate.
@@ -161,6 +163,15 @@ impl Tenant {
         self.rules.load_full()
     }
 
+    /// Whether the tenant's keys are accepted over a connection whose client certificate
+    /// names `presented` (read only when needed; `None`: no client certificate): always when the tenant lists no
+    /// `client_certificate_names`, else when the certificate names one of them.
+    pub fn accepts_client<'a>(&self, presented: impl FnOnce() -> Option<&'a [String]>) -> bool {
+        let wanted = self.client_names.load();
+        wanted.is_empty()
+            || presented().is_some_and(|names| names.iter().any(|n| wanted.contains(n)))
+    }
+
     /// Checks a resolved, validated request against the tenant's policy now.
     ///
     /// # Errors
@@ -221,6 +232,7 @@ impl Tenants {
             quotas: ArcSwap::from_pointee(Quotas::of(t)),
             limit: ArcSwap::from_pointee(Limit::of(t)),
             rules: ArcSwap::from_pointee(Self::rules_of(t, &generations)),
+            client_names: ArcSwap::from_pointee(t.client_certificate_names.clone()),
         }));
         let slots: Vec<TenantId> = (0..settings.len()).collect();
         Tenants {
@@ -288,12 +300,14 @@ impl Tenants {
             quotas: ArcSwap::from_pointee(Quotas::of(settings)),
             limit: ArcSwap::from_pointee(Limit::of(settings)),
             rules: ArcSwap::new(self.none_allowed()),
+            client_names: ArcSwap::from_pointee(settings.client_certificate_names.clone()),
         });
     }
 
     /// Puts `settings`' tenants in force at their indexes `slots` (from
     /// [`Tenants::slots_for`], each added): their API keys, inbound limits, quotas and `rules`
-    /// (from [`Tenants::rules_for`] on the same settings). A tenant whose rules did not change
+    /// (from [`Tenants::rules_for`] on the same settings) and client certificate names (a
+    /// change of which is a change of its keys). A tenant whose rules did not change
     /// keeps its generation, so what was admitted for it stays admitted. A present tenant
     /// `settings` does not list is removed: its keys go, its rules allow nothing. Returns what
     /// changed.
@@ -304,6 +318,7 @@ impl Tenants {
         rules: Vec<Arc<Rules>>,
     ) -> Changed {
         let mut changed = Changed::default();
+        let mut names_changed = vec![];
         for ((&index, new), t) in slots.iter().zip(rules).zip(settings) {
             let tenant = &self.tenants[index];
             let was_present = tenant.present.swap(true, Ordering::SeqCst);
@@ -324,6 +339,12 @@ impl Tenants {
             if tenant.quotas() != quotas || !was_present {
                 tenant.quotas.store(Arc::new(quotas));
                 changed.quotas.push(index);
+            }
+            if **tenant.client_names.load() != t.client_certificate_names {
+                tenant
+                    .client_names
+                    .store(Arc::new(t.client_certificate_names.clone()));
+                names_changed.push(index);
             }
         }
         for tenant in self.all().filter(|t| !slots.contains(&t.index)) {
@@ -346,7 +367,9 @@ impl Tenants {
         };
         changed.keys = self
             .all()
-            .filter(|t| keys_of(&old, t.index) != keys_of(&new, t.index))
+            .filter(|t| {
+                keys_of(&old, t.index) != keys_of(&new, t.index) || names_changed.contains(&t.index)
+            })
             .map(|t| t.index)
             .collect();
         for list in [
@@ -412,6 +435,7 @@ mod tests {
             id: "acme".into(),
             api_key_sha256: vec![hex::encode(hash_key("k1"))],
             access_key_ids: vec![],
+            client_certificate_names: vec![],
             default_account: Some("111122223333".into()),
             rate_per_sec: 10.0,
             burst: 10,
@@ -491,6 +515,35 @@ mod tests {
         assert!(t.authenticate("b1").is_none());
         assert_eq!(t.authenticate("b2").map(|t| t.index), Some(1));
         assert_eq!(t.authenticate("k1").map(|t| t.index), Some(0));
+    }
+
+    /// A tenant's keys are accepted only with a client certificate that names one of its
+    /// `client_certificate_names`, when it lists any; a reload that changes the names puts them
+    /// in force and reports the change as one of its keys'.
+    #[test]
+    fn a_tenants_keys_are_accepted_only_with_the_client_certificates_it_names() {
+        let mut acme = acme(PolicySettings::default());
+        let t = Tenants::new(std::slice::from_ref(&acme));
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let portal = names(&["portal.acme.example", "acme portal"]);
+        let other = names(&["portal.beta.example"]);
+        let tenant = t.get(0);
+        assert!(
+            tenant.accepts_client(|| None),
+            "no names listed: any client"
+        );
+        acme.client_certificate_names = names(&["portal.acme.example"]);
+        let changed = t.put_in_force(
+            std::slice::from_ref(&acme),
+            &[0],
+            t.rules_for(std::slice::from_ref(&acme)),
+        );
+        assert_eq!(changed.keys, vec![0], "the names are part of its keys");
+        assert!(changed.rules.is_empty(), "{changed:?}");
+        assert!(tenant.accepts_client(|| Some(&portal)));
+        assert!(!tenant.accepts_client(|| Some(&other)));
+        assert!(!tenant.accepts_client(|| None), "no client certificate");
+        assert!(!tenant.accepts_client(|| Some(&[])));
     }
 
     /// A tenant is known by its id: a reload that lists a new id adds it at the next index, one

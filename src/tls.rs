@@ -10,6 +10,14 @@
 //! between two copies) is refused: the certificate in force stays, the log says why, and the
 //! next change is tried again. Each certificate's expiry is a metric, and one that has expired
 //! or expires within [`EXPIRY_WARNING`] is logged as a warning when it is loaded.
+//!
+//! With `tls.client_ca_file` the listeners ask every client for a certificate and accept only
+//! one that an authority of that file issued, for client authentication, valid now and not
+//! revoked by a list of `tls.client_crl_file` (mutual TLS): a connection without one never
+//! reaches the request path. The authorities and lists are read and reloaded with the
+//! certificate, as one set: a set any file of which does not load is refused whole. The
+//! authorities' names are not sent to clients as hints (clients present the certificate they
+//! were given; the names would tell anyone who connects which authorities the gateway trusts).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,9 +25,14 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{
+    pem::PemObject, CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime,
+};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::config::TlsSettings;
 use crate::metrics::Metrics;
@@ -51,9 +64,78 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn load(settings: &TlsSettings) -> Result<Option<Certificate>, String> {
     settings.check()?;
     match (&settings.cert_file, &settings.key_file) {
-        (Some(cert), Some(key)) => load_files(cert, key).map(Some),
+        (Some(cert), Some(key)) => {
+            let cert = load_files(cert, key)?;
+            if let Some(cas) = &settings.client_ca_file {
+                load_clients(cas, settings.client_crl_file.as_deref())?;
+            }
+            Ok(Some(cert))
+        }
         _ => Ok(None),
     }
+}
+
+/// What [`read_pem`] reads: its name and its PEM label.
+type Pem = (&'static str, &'static str);
+const CERTIFICATE: Pem = ("certificate", "CERTIFICATE");
+
+/// Every PEM `what` in `path`, at least one; or why not, naming the setting `key`.
+fn read_pem<T: PemObject>(key: &str, path: &Path, (what, label): Pem) -> Result<Vec<T>, String> {
+    let at = |e: &dyn std::fmt::Display| format!("{key}: {}: {e}", path.display());
+    let pem = std::fs::read(path).map_err(|e| at(&e))?;
+    let all = T::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| at(&format_args!("not a PEM {what} ({e})")))?;
+    if all.is_empty() {
+        return Err(at(&format_args!(
+            "holds no PEM {what} (-----BEGIN {label}-----)"
+        )));
+    }
+    Ok(all)
+}
+
+/// A verifier of client certificates against the authorities in `ca_file` and the revocation
+/// lists in `crl_file`.
+fn load_clients(
+    ca_file: &Path,
+    crl_file: Option<&Path>,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let ca_at =
+        |e: &dyn std::fmt::Display| format!("tls.client_ca_file: {}: {e}", ca_file.display());
+    let cas: Vec<CertificateDer> = read_pem("tls.client_ca_file", ca_file, CERTIFICATE)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, ca) in cas.into_iter().enumerate() {
+        roots.add(ca).map_err(|e| {
+            ca_at(&format_args!(
+                "certificate {} is not a usable certificate authority ({e})",
+                i + 1
+            ))
+        })?;
+    }
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        // Lists cover the authorities they come from; a certificate from another is not refused
+        // for want of one.
+        .allow_unknown_revocation_status()
+        .clear_root_hint_subjects();
+    if let Some(crl_file) = crl_file {
+        let crl_at =
+            |e: &dyn std::fmt::Display| format!("tls.client_crl_file: {}: {e}", crl_file.display());
+        let crls: Vec<CertificateRevocationListDer> = read_pem(
+            "tls.client_crl_file",
+            crl_file,
+            ("revocation list", "X509 CRL"),
+        )?;
+        verifier = verifier.with_crls(crls);
+        return verifier.build().map_err(|e| match e {
+            rustls::server::VerifierBuilderError::InvalidCrl(e) => {
+                crl_at(&format_args!("not a usable revocation list ({e:?})"))
+            }
+            e => ca_at(&format_args!("cannot verify client certificates ({e})")),
+        });
+    }
+    verifier
+        .build()
+        .map_err(|e| ca_at(&format_args!("cannot verify client certificates ({e})")))
 }
 
 fn load_files(cert_file: &Path, key_file: &Path) -> Result<Certificate, String> {
@@ -62,15 +144,8 @@ fn load_files(cert_file: &Path, key_file: &Path) -> Result<Certificate, String> 
     };
     let cert_at = |e: &dyn std::fmt::Display| at("tls.cert_file", cert_file, e);
     let key_at = |e: &dyn std::fmt::Display| at("tls.key_file", key_file, e);
-    let pem = std::fs::read(cert_file).map_err(|e| cert_at(&e))?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| cert_at(&format_args!("not a PEM certificate ({e})")))?;
-    let Some(leaf) = chain.first() else {
-        return Err(cert_at(
-            &"holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-        ));
-    };
+    let chain: Vec<CertificateDer> = read_pem("tls.cert_file", cert_file, CERTIFICATE)?;
+    let leaf = &chain[0];
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|e| cert_at(&format_args!("not an X.509 certificate ({e})")))?;
     let not_after = parsed.validity().not_after.timestamp();
@@ -99,13 +174,15 @@ fn load_files(cert_file: &Path, key_file: &Path) -> Result<Certificate, String> 
     })
 }
 
-/// The certificate the HTTPS listeners serve, replaced when its files change.
+/// The certificate the HTTPS listeners serve, and the authorities of the client certificates
+/// they accept, replaced when their files change.
 pub struct ListenerTls {
-    cert_file: PathBuf,
-    key_file: PathBuf,
+    settings: TlsSettings,
     current: ArcSwap<Certificate>,
+    /// With `tls.client_ca_file`: the client certificates accepted.
+    clients: Option<Arc<Clients>>,
     /// A digest of the files' contents as last read (loaded or refused), so an unchanged or
-    /// already refused pair is not loaded (or logged) again on every look.
+    /// already refused set is not loaded (or logged) again on every look.
     seen: Mutex<u64>,
     metrics: Arc<Metrics>,
 }
@@ -134,6 +211,33 @@ fn in_force(cert: &Certificate, metrics: &Metrics, what: &str) {
     }
 }
 
+/// The files `settings` names, in a fixed order (their contents' digest tells a change).
+fn files(settings: &TlsSettings) -> Vec<&Path> {
+    [
+        &settings.cert_file,
+        &settings.key_file,
+        &settings.client_ca_file,
+        &settings.client_crl_file,
+    ]
+    .into_iter()
+    .flatten()
+    .map(PathBuf::as_path)
+    .collect()
+}
+
+/// What one read of the files holds: the certificate, and the client verifier when asked for.
+type Loaded = (Certificate, Option<Arc<dyn ClientCertVerifier>>);
+
+/// Reads every file `settings` names (TLS on: both the certificate and its key named).
+fn load_all(settings: &TlsSettings, cert_file: &Path, key_file: &Path) -> Result<Loaded, String> {
+    let cert = load_files(cert_file, key_file)?;
+    let clients = match &settings.client_ca_file {
+        Some(cas) => Some(load_clients(cas, settings.client_crl_file.as_deref())?),
+        None => None,
+    };
+    Ok((cert, clients))
+}
+
 impl ListenerTls {
     /// The listeners' TLS as `settings` configures it: `None` when TLS is off.
     ///
@@ -144,28 +248,43 @@ impl ListenerTls {
         let (Some(cert_file), Some(key_file)) = (&settings.cert_file, &settings.key_file) else {
             return Ok(None);
         };
-        let seen = crate::config::loader::contents(&[cert_file, key_file]);
-        let cert = load_files(cert_file, key_file)?;
+        let seen = crate::config::loader::contents(&files(settings));
+        let (cert, clients) = load_all(settings, cert_file, key_file)?;
         in_force(&cert, &metrics, "TLS certificate loaded");
+        let clients = clients.map(|verifier| {
+            tracing::info!(client_ca_file = %settings.client_ca_file.as_deref().unwrap_or(Path::new("")).display(), "client certificates required");
+            Arc::new(Clients {
+                current: ArcSwap::from_pointee(verifier),
+                metrics: metrics.clone(),
+            })
+        });
         Ok(Some(Arc::new(ListenerTls {
-            cert_file: cert_file.clone(),
-            key_file: key_file.clone(),
+            settings: settings.clone(),
             current: ArcSwap::from_pointee(cert),
+            clients,
             seen: Mutex::new(seen),
             metrics,
         })))
     }
 
     /// A server configuration that serves the certificate in force, whichever it is when a
-    /// connection is set up.
+    /// connection is set up, and asks for a client certificate when `tls.client_ca_file` is set.
     ///
     /// # Errors
     /// The provider refuses the protocol versions (it does not: ring has both).
     pub fn server_config(self: &Arc<Self>) -> anyhow::Result<rustls::ServerConfig> {
-        Ok(rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone()))
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?;
+        let builder = match &self.clients {
+            Some(clients) => builder.with_client_cert_verifier(clients.clone()),
+            None => builder.with_no_client_auth(),
+        };
+        Ok(builder.with_cert_resolver(self.clone()))
+    }
+
+    /// Whether connections must present a client certificate (`tls.client_ca_file`).
+    pub fn requires_client_certificates(&self) -> bool {
+        self.clients.is_some()
     }
 
     /// The certificate in force.
@@ -174,11 +293,11 @@ impl ListenerTls {
     }
 
     /// Reads the files again and, if their contents changed since they were last read (or
-    /// `always`, on `SIGHUP`), puts the certificate they hold in force: `None` when nothing
-    /// was read anew, else whether it was put in force (or why not: the certificate in force
-    /// stays). Logs and counts what it did.
+    /// `always`, on `SIGHUP`), puts the certificate and client authorities they hold in force:
+    /// `None` when nothing was read anew, else whether they were put in force (or why not: the
+    /// ones in force stay). Logs and counts what it did.
     pub fn reload(&self, always: bool) -> Option<Result<(), String>> {
-        let now = crate::config::loader::contents(&[&self.cert_file, &self.key_file]);
+        let now = crate::config::loader::contents(&files(&self.settings));
         {
             let mut seen = self.seen.lock();
             if !always && *seen == now {
@@ -186,11 +305,17 @@ impl ListenerTls {
             }
             *seen = now;
         }
-        let result = load_files(&self.cert_file, &self.key_file);
-        Some(match result {
-            Ok(cert) => {
+        let (Some(cert_file), Some(key_file)) = (&self.settings.cert_file, &self.settings.key_file)
+        else {
+            unreachable!("built only with both files");
+        };
+        Some(match load_all(&self.settings, cert_file, key_file) {
+            Ok((cert, clients)) => {
                 in_force(&cert, &self.metrics, "TLS certificate reloaded");
                 self.current.store(Arc::new(cert));
+                if let (Some(slot), Some(verifier)) = (&self.clients, clients) {
+                    slot.current.store(Arc::new(verifier));
+                }
                 self.metrics.tls_reloads_applied.inc();
                 Ok(())
             }
@@ -206,11 +331,150 @@ impl ListenerTls {
 impl std::fmt::Debug for ListenerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListenerTls")
-            .field("cert_file", &self.cert_file)
-            .field("key_file", &self.key_file)
+            .field("settings", &self.settings)
             .field("subject", &self.current.load().subject)
             .finish_non_exhaustive()
     }
+}
+
+/// The client certificate verifier in force, replaced by a reload.
+struct Clients {
+    current: ArcSwap<Arc<dyn ClientCertVerifier>>,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients")
+            .field("current", &self.current.load())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The metric's label for why a client certificate was refused.
+fn refusal(e: &rustls::Error) -> &'static str {
+    match e {
+        rustls::Error::InvalidCertificate(e) => match e {
+            CertificateError::UnknownIssuer => "unknown_issuer",
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired",
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "not_yet_valid"
+            }
+            CertificateError::Revoked => "revoked",
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "wrong_purpose"
+            }
+            _ => "invalid",
+        },
+        _ => "invalid",
+    }
+}
+
+impl ClientCertVerifier for Clients {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints (see the module's documentation).
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .current
+            .load()
+            .verify_client_cert(end_entity, intermediates, now);
+        if let Err(e) = &verified {
+            self.metrics
+                .tls_clients_refused
+                .with_label_values(&[refusal(e)])
+                .inc();
+        }
+        verified
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.current
+            .load()
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.current.load().supported_verify_schemes()
+    }
+}
+
+/// The names of a connection's client certificate, verified in its handshake: its DNS and URI
+/// subject alternative names and its subject's common names. Read once per connection (see
+/// [`on_connect`]) and kept with it, for each request's tenant to check
+/// (`client_certificate_names`).
+#[derive(Debug, Clone)]
+pub struct ClientNames(pub Arc<[String]>);
+
+/// For `HttpServer::on_connect` on the HTTPS listeners: keeps the names of the connection's
+/// client certificate, if it presented one, with the connection.
+pub fn on_connect(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    type Stream = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+    let Some(stream) = conn.downcast_ref::<Stream>() else {
+        return;
+    };
+    let (_, session) = stream.get_ref();
+    if let Some(leaf) = session.peer_certificates().and_then(<[_]>::first) {
+        ext.insert(ClientNames(names(leaf).into()));
+    }
+}
+
+/// A certificate's DNS and URI subject alternative names and its subject's common names.
+fn names(cert: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+        return vec![];
+    };
+    let mut names: Vec<String> = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .into_iter()
+        .flat_map(|san| san.value.general_names.iter())
+        .filter_map(|n| match n {
+            GeneralName::DNSName(n) | GeneralName::URI(n) => Some(n.to_string()),
+            _ => None,
+        })
+        .collect();
+    names.extend(
+        parsed
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .map(str::to_string),
+    );
+    names
 }
 
 impl ResolvesServerCert for ListenerTls {
@@ -244,6 +508,7 @@ mod tests {
         TlsSettings {
             cert_file: Some(cert.into()),
             key_file: Some(key.into()),
+            ..TlsSettings::default()
         }
     }
 
@@ -269,6 +534,9 @@ mod tests {
         assert!(load(&TlsSettings::default()).unwrap().is_none(), "TLS off");
     }
 
+    /// Files that do not make a certificate and its key, or client authorities and revocation
+    /// lists, are refused naming the key; so are a list without authorities, and authorities
+    /// without HTTPS (by the settings' own check).
     #[test]
     fn files_that_do_not_make_a_certificate_and_its_key_are_refused_naming_the_key() {
         let d = dir("refused");
@@ -293,9 +561,23 @@ mod tests {
             "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n",
         );
         let reversed = file("reversed.crt", &format!("{other_cert}{cert}"));
+        let (ca, _) = certificate("portal authority", YEAR_2030);
+        let ca_file = file("ca.pem", &ca);
+        let broken_crl = file(
+            "broken.crl",
+            "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+        );
+        // Client authorities (mutual TLS) and their revocation lists.
+        let with = |ca: Option<&Path>, crl: Option<&Path>| TlsSettings {
+            client_ca_file: ca.map(Into::into),
+            client_crl_file: crl.map(Into::into),
+            ..settings(&cert_file, &key_file)
+        };
+        assert!(load(&with(Some(&ca_file), None)).is_ok());
         let only = |cert: Option<&Path>, key: Option<&Path>| TlsSettings {
             cert_file: cert.map(Into::into),
             key_file: key.map(Into::into),
+            ..TlsSettings::default()
         };
         for (s, starts, says) in [
             (
@@ -347,6 +629,39 @@ mod tests {
                 settings(&reversed, &key_file),
                 "tls.key_file: ",
                 "first certificate must be the server's own",
+            ),
+            (
+                with(Some(&missing), None),
+                "tls.client_ca_file: ",
+                "No such file",
+            ),
+            (
+                with(Some(&notes), None),
+                "tls.client_ca_file: ",
+                "holds no PEM certificate",
+            ),
+            (
+                with(Some(&ca_file), Some(&notes)),
+                "tls.client_crl_file: ",
+                "holds no PEM revocation list",
+            ),
+            (
+                with(Some(&ca_file), Some(&broken_crl)),
+                "tls.client_crl_file: ",
+                "not a usable revocation list",
+            ),
+            (
+                with(None, Some(&broken_crl)),
+                "tls.client_crl_file: needs tls.client_ca_file",
+                "",
+            ),
+            (
+                TlsSettings {
+                    client_ca_file: Some(ca_file.clone()),
+                    ..TlsSettings::default()
+                },
+                "tls.client_ca_file: needs tls.cert_file and tls.key_file",
+                "",
             ),
         ] {
             let e = load(&s).unwrap_err();
@@ -404,5 +719,37 @@ mod tests {
             ),
             (1, 2)
         );
+    }
+
+    /// A client certificate's names are its DNS and URI alternative names and its common name:
+    /// what `client_certificate_names` are matched against.
+    #[test]
+    fn a_client_certificates_names_are_its_alternative_names_and_common_name() {
+        let mut params = rcgen::CertificateParams::new(vec!["portal.acme.example".into()]).unwrap();
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://acme.example/portal".try_into().unwrap(),
+        ));
+        params.subject_alt_names.push(rcgen::SanType::Rfc822Name(
+            "ops@acme.example".try_into().unwrap(),
+        ));
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "acme portal");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Acme");
+        let cert = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        assert_eq!(
+            names(cert.der()),
+            [
+                "portal.acme.example",
+                "spiffe://acme.example/portal",
+                "acme portal"
+            ]
+        );
+        assert!(names(b"not a certificate").is_empty());
     }
 }

@@ -13,8 +13,10 @@ use futures::StreamExt;
 use super::problem::Problem;
 use crate::gateway::Gateway;
 use crate::tenant::{Limit, PerTenant, Tenant};
+use crate::tls::ClientNames;
 
-/// The tenant the `Authorization: Bearer` key belongs to.
+/// The tenant the `Authorization: Bearer` key belongs to, if the connection's client
+/// certificate is one the tenant accepts (`client_certificate_names`).
 pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a Tenant, Problem> {
     let realm = "Bearer realm=\"embedgate\"";
     let mut sent = req.headers().get_all(header::AUTHORIZATION);
@@ -51,7 +53,7 @@ pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a
         })
         .map(str::trim)
         .unwrap_or_default();
-    gw.tenants().authenticate(key).ok_or_else(|| {
+    let tenant = gw.tenants().authenticate(key).ok_or_else(|| {
         Problem::new(
             StatusCode::UNAUTHORIZED,
             "invalid_api_key",
@@ -62,7 +64,21 @@ pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a
             header::WWW_AUTHENTICATE,
             format!("{realm}, error=\"invalid_token\""),
         )
-    })
+    })?;
+    let names = req.conn_data::<ClientNames>();
+    if !tenant.accepts_client(|| names.map(|n| &*n.0)) {
+        return Err(client_not_accepted());
+    }
+    Ok(tenant)
+}
+
+/// A valid key over a connection whose client certificate its tenant does not list.
+fn client_not_accepted() -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "client_certificate_not_allowed",
+        "this API key is accepted only over a connection whose client certificate names one of its tenant's client_certificate_names",
+    )
 }
 
 /// Reads the body, refusing more than `max` bytes and non-JSON content types.

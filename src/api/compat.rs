@@ -23,6 +23,7 @@ use crate::metrics::{Outcome, Protocol};
 use crate::model::parse::Unknown;
 use crate::sigv4::{AuthError, Incoming, KeyInfo, Verifier};
 use crate::tenant::Tenant;
+use crate::tls::ClientNames;
 use crate::upstream::{Fault, UpstreamError};
 use crate::wire::{self, AwsError};
 
@@ -100,7 +101,7 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
         Ok(v) => v,
         Err(e) => {
             let (outcome, e) = match limit_unauthenticated(&gw) {
-                None => (Outcome::Unauthenticated, AwsError::from_auth(&e)),
+                None => (Outcome::Unauthenticated, e),
                 Some(throttled) => (Outcome::Throttled, throttled),
             };
             tracing::debug!(code = e.code, "compatible listener refused a signature");
@@ -175,8 +176,26 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
     }
 }
 
-/// The tenant whose access key signed the request, and the region it signed for.
+/// The tenant whose access key signed the request, and the region it signed for, if the
+/// connection's client certificate is one the tenant accepts (`client_certificate_names`).
 fn verify<'a>(
+    gw: &'a Gateway,
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<(&'a Tenant, String), AwsError> {
+    let (tenant, region) = verify_signature(gw, req, body).map_err(|e| AwsError::from_auth(&e))?;
+    let names = req.conn_data::<ClientNames>();
+    if !tenant.accepts_client(|| names.map(|n| &*n.0)) {
+        return Err(AwsError::new(
+            403,
+            "AccessDeniedException",
+            "this access key is accepted only over a connection whose client certificate names one of its tenant's client_certificate_names",
+        ));
+    }
+    Ok((tenant, region))
+}
+
+fn verify_signature<'a>(
     gw: &'a Gateway,
     req: &HttpRequest,
     body: &[u8],

@@ -109,6 +109,13 @@ pub struct TlsSettings {
     pub cert_file: Option<std::path::PathBuf>,
     /// PEM file of the certificate's private key (PKCS #8, PKCS #1 or SEC1).
     pub key_file: Option<std::path::PathBuf>,
+    /// PEM file of the certificate authorities whose client certificates the listeners accept.
+    /// Set, every connection must present a client certificate one of them issued (mutual
+    /// TLS); unset, none is asked for.
+    pub client_ca_file: Option<std::path::PathBuf>,
+    /// PEM file of certificate revocation lists from those authorities: a client certificate
+    /// one of them revokes is refused. Needs `client_ca_file`.
+    pub client_crl_file: Option<std::path::PathBuf>,
 }
 
 impl TlsSettings {
@@ -125,6 +132,14 @@ impl TlsSettings {
             ),
             (None, Some(_)) => Err(
                 "tls.cert_file: required with tls.key_file (the certificate the key belongs to)"
+                    .into(),
+            ),
+            (None, None) if self.client_ca_file.is_some() => Err(
+                "tls.client_ca_file: needs tls.cert_file and tls.key_file (client certificates are asked for over HTTPS only)"
+                    .into(),
+            ),
+            _ if self.client_crl_file.is_some() && self.client_ca_file.is_none() => Err(
+                "tls.client_crl_file: needs tls.client_ca_file (the authorities whose revocations it lists)"
                     .into(),
             ),
             _ => Ok(()),

@@ -18,6 +18,14 @@ pub struct TenantSettings {
     /// secrets are derived from the master key; `embedgate tenant-credentials` makes one.
     #[serde(default)]
     pub access_key_ids: Vec<String>,
+    /// With `tls.client_ca_file`: the client certificates the tenant's keys are accepted with.
+    /// Set, a request with one of its API keys or access key ids is accepted only over a
+    /// connection whose client certificate names one of these (a DNS or URI subject
+    /// alternative name, or the subject's common name), so a key alone, leaked or stolen, is
+    /// not enough. Empty: any client certificate the authorities issued. (Left out of the
+    /// serialised table when empty, so the table's digest is what it was before this setting.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_certificate_names: Vec<String>,
     /// Account used when a request omits `AwsAccountId`.
     #[serde(default)]
     pub default_account: Option<String>,

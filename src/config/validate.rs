@@ -298,6 +298,20 @@ impl Settings {
                     ));
                 }
             }
+            if !t.client_certificate_names.is_empty() && self.tls.client_ca_file.is_none() {
+                return Err(format!(
+                    "{}: needs tls.client_ca_file (the names are read from the client certificates it verifies)",
+                    k("client_certificate_names")
+                ));
+            }
+            for name in &t.client_certificate_names {
+                if name.is_empty() || name.trim() != name {
+                    return Err(format!(
+                        "{}: {name:?} must not be empty or start or end with whitespace",
+                        k("client_certificate_names")
+                    ));
+                }
+            }
             for h in &t.api_key_sha256 {
                 if h.eq_ignore_ascii_case(&empty_key) {
                     return Err(format!(
@@ -720,6 +734,37 @@ mod tests {
         let mut s = with_tenant();
         change(&mut s);
         s.validate().unwrap_err()
+    }
+
+    /// A tenant bound to client certificate names needs the authorities that verify them, and
+    /// names a certificate can carry.
+    #[test]
+    fn client_certificate_names_need_client_authorities_and_real_names() {
+        let e = refusal(|s| s.tenants[0].client_certificate_names = vec!["portal".into()]);
+        assert!(
+            e.starts_with("tenants[0].client_certificate_names: needs tls.client_ca_file"),
+            "{e}"
+        );
+        let with_cas = |s: &mut Settings| {
+            s.tls.cert_file = Some("tls.crt".into());
+            s.tls.key_file = Some("tls.key".into());
+            s.tls.client_ca_file = Some("clients.pem".into());
+        };
+        for bad in ["", " portal"] {
+            let e = refusal(|s| {
+                with_cas(s);
+                s.tenants[0].client_certificate_names = vec![bad.into()];
+            });
+            assert!(
+                e.starts_with("tenants[0].client_certificate_names: ")
+                    && e.contains("must not be empty"),
+                "{e}"
+            );
+        }
+        let mut s = with_tenant();
+        with_cas(&mut s);
+        s.tenants[0].client_certificate_names = vec!["portal.acme.example".into()];
+        s.validate().unwrap();
     }
 
     /// Session tag settings that no request could meet, or that cannot bound what a value

@@ -227,6 +227,7 @@ mod tests {
             id: "acme".into(),
             api_key_sha256: vec![],
             access_key_ids: vec![],
+            client_certificate_names: vec![],
             default_account: None,
             rate_per_sec,
             burst,

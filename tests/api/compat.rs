@@ -351,45 +351,6 @@ async fn a_body_that_does_not_arrive_is_not_waited_for_before_its_signature() {
     app.stop().await;
 }
 
-/// Signs a GetDashboardEmbedUrl request as the SDKs do, with any key, service, region and time.
-fn signed(
-    base: &str,
-    key_id: &str,
-    secret: &str,
-    service: &str,
-    region: &str,
-    at: SystemTime,
-) -> (String, Vec<(String, String)>) {
-    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-    use aws_sigv4::sign::v4;
-    let path = format!("/accounts/{ACCOUNT}/dashboards/sales-2024/embed-url?creds-type=ANONYMOUS");
-    let url = format!("{base}{path}");
-    let host = base.trim_start_matches("http://").to_string();
-    let identity = aws_credential_types::Credentials::new(key_id, secret, None, None, "t").into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(region)
-        .name(service)
-        .time(at)
-        .settings(SigningSettings::default())
-        .build()
-        .unwrap()
-        .into();
-    let req = SignableRequest::new(
-        "GET",
-        url.as_str(),
-        [("host", host.as_str())].into_iter(),
-        SignableBody::Bytes(b""),
-    )
-    .unwrap();
-    let (instructions, _) = sign(req, &params).unwrap().into_parts();
-    let headers = instructions
-        .headers()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    (url, headers)
-}
-
 async fn send(url: &str, headers: &[(String, String)]) -> (u16, String, String, String) {
     let mut req = http().get(url);
     for (k, v) in headers {

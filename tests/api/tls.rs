@@ -1,7 +1,9 @@
 //! HTTPS on the native API and compatible listeners (`[tls]`): clients that trust only the
 //! issuing CA get URLs through both (the chain's intermediate served with the certificate), a
 //! plain-HTTP request is not answered, and a certificate renewed in place reaches new
-//! connections without a restart while a half-written renewal is refused.
+//! connections without a restart while a half-written renewal is refused. With client
+//! authorities (`tls.client_ca_file`) only clients holding a certificate one of them issued are
+//! served, and a tenant's keys only with the certificates it names.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -65,15 +67,81 @@ fn files(name: &str, issued: &Issued) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// A client certificate authority (`tls.client_ca_file`), as an operator runs one for its
+/// portals.
+struct Authority {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Authority {
+    fn new(name: &str) -> Authority {
+        let key = KeyPair::generate().unwrap();
+        let cert = ca(name).self_signed(&key).unwrap();
+        Authority { cert, key }
+    }
+
+    /// A client certificate for `name` (its DNS name), with its key: one PEM, as a client
+    /// presents it.
+    fn issue(&self, name: &str, serial: u64) -> String {
+        self.issue_for(name, serial, rcgen::ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// [`Authority::issue`] for another use.
+    fn issue_for(&self, name: &str, serial: u64, usage: rcgen::ExtendedKeyUsagePurpose) -> String {
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.serial_number = Some(serial.into());
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+
+    /// A revocation list of the certificates with these serial numbers.
+    fn revoking(&self, serials: &[u64]) -> String {
+        let now = time::OffsetDateTime::now_utc();
+        rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(7),
+            crl_number: (serials.len() as u64 + 1).into(),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|&s| rcgen::RevokedCertParams {
+                    serial_number: s.into(),
+                    revocation_time: now - time::Duration::minutes(5),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.cert, &self.key)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+}
+
+/// A client that trusts `root_pem` and nothing else, presenting `identity` (a client
+/// certificate and its key) when given one.
+fn presenting(root_pem: &str, identity: Option<&str>) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(root_pem.as_bytes()).unwrap())
+        .timeout(Duration::from_secs(30));
+    match identity {
+        Some(pem) => builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap()),
+        None => builder,
+    }
+    .build()
+    .unwrap()
+}
+
 /// A client that trusts `root_pem` and nothing else. A new client has no connection and no TLS
 /// session to resume, so its first request sees the certificate served at that moment.
 fn trusting(root_pem: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(root_pem.as_bytes()).unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    presenting(root_pem, None)
 }
 
 async fn embed(http: &reqwest::Client, base: &str, key: &str) -> reqwest::Result<u16> {
@@ -97,6 +165,7 @@ async fn the_api_and_the_drop_in_listener_serve_https_to_clients_that_trust_the_
         s.tls = TlsSettings {
             cert_file: Some(cert_file),
             key_file: Some(key_file),
+            ..TlsSettings::default()
         };
         s.compat_listen = Some("127.0.0.1:0".parse().unwrap());
         s.master_key = Some(Secret::new(MASTER));
@@ -235,5 +304,149 @@ async fn a_renewed_certificate_reaches_new_connections_without_a_restart() {
     assert!(
         embed(&old(), &https, "acme-key").await.is_err(),
         "a new connection still got the old certificate"
+    );
+}
+
+/// Mutual TLS: with `tls.client_ca_file` a client without a certificate, or with one another
+/// authority issued or its authority revoked, is refused in the handshake (counted by reason);
+/// a tenant that lists `client_certificate_names` is served only over connections whose
+/// certificate names one of them, on both listeners, so its key alone is not enough; a tenant
+/// that lists none is served with any certificate the authority issued. A revocation list
+/// renewed in place reaches new connections without a restart.
+#[tokio::test]
+async fn only_clients_the_authority_certified_are_served_and_a_tenants_keys_only_with_its_names() {
+    let issued = issue(NOT_AFTER);
+    let (cert_file, key_file) = files("clients", &issued);
+    let (ca_file, crl_file) = (
+        cert_file.with_file_name("clients.pem"),
+        cert_file.with_file_name("clients.crl"),
+    );
+    let portals = Authority::new("portal authority");
+    replace_file(&ca_file, &portals.cert.pem());
+    replace_file(&crl_file, &portals.revoking(&[]));
+    let (portal_a, portal_b) = (
+        portals.issue("portal-a.example", 1),
+        portals.issue("portal-b.example", 2),
+    );
+    let stranger = Authority::new("another authority").issue("portal-a.example", 1);
+    let server_only = portals.issue_for(
+        "portal-a.example",
+        3,
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let app = spawn_app(|s| {
+        s.tls = TlsSettings {
+            cert_file: Some(cert_file),
+            key_file: Some(key_file),
+            client_ca_file: Some(ca_file),
+            client_crl_file: Some(crl_file.clone()),
+        };
+        s.compat_listen = Some("127.0.0.1:0".parse().unwrap());
+        s.master_key = Some(Secret::new(MASTER));
+        s.tenants[0].access_key_ids = vec![ALPHA_KEY.into()];
+        s.tenants[0].client_certificate_names = vec!["portal-a.example".into()];
+    })
+    .await;
+    let https = format!("https://{}", app.app.addr);
+    let with = |identity: Option<&str>| presenting(&issued.root_pem, identity);
+
+    // No client certificate, one another authority issued, or one the authority issued for
+    // servers only: no answer at all.
+    assert!(embed(&with(None), &https, "alpha-key").await.is_err());
+    assert!(embed(&with(None), &https, "beta-key").await.is_err());
+    assert!(embed(&with(Some(&stranger)), &https, "alpha-key")
+        .await
+        .is_err());
+    assert!(embed(&with(Some(&server_only)), &https, "alpha-key")
+        .await
+        .is_err());
+
+    // The certificate alpha names: served. Another of the authority's: alpha's key is refused,
+    // beta's (no names listed) served.
+    assert_eq!(
+        embed(&with(Some(&portal_a)), &https, "alpha-key")
+            .await
+            .unwrap(),
+        200
+    );
+    let b = with(Some(&portal_b));
+    assert_eq!(embed(&b, &https, "beta-key").await.unwrap(), 200);
+    let r = b
+        .post(format!("{https}/v1/embed-url/dashboard"))
+        .bearer_auth("alpha-key")
+        .json(&json!({"DashboardId": "sales-2024", "IdentityType": "ANONYMOUS"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["code"], "client_certificate_not_allowed", "{p}");
+
+    // The compatible listener: alpha's access key signs as well from either portal, and is
+    // served only from the one alpha names.
+    let compat = format!("https://{}", app.app.compat_addr.unwrap());
+    let secret = derive_secret(&Secret::new(MASTER), "alpha", ALPHA_KEY);
+    let drop_in = |client: &reqwest::Client| {
+        let (url, headers) = signed(
+            &compat,
+            ALPHA_KEY,
+            secret.expose(),
+            "quicksight",
+            "us-east-1",
+            std::time::SystemTime::now(),
+        );
+        let mut req = client.get(url);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let code = r
+                .headers()
+                .get("x-amzn-ErrorType")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.status().as_u16(), code)
+        }
+    };
+    assert_eq!(drop_in(&with(Some(&portal_a))).await, (200, None));
+    assert_eq!(
+        drop_in(&b).await,
+        (403, Some("AccessDeniedException".to_string()))
+    );
+
+    // portal-a's certificate revoked: the renewed list reaches new connections.
+    replace_file(&crl_file, &portals.revoking(&[1]));
+    let tls = app.app.tls.as_ref().unwrap();
+    assert_eq!(tls.reload(false), Some(Ok(())));
+    assert!(embed(&with(Some(&portal_a)), &https, "alpha-key")
+        .await
+        .is_err());
+    assert_eq!(embed(&b, &https, "beta-key").await.unwrap(), 200);
+
+    let metrics = get_text(&app.http, &format!("{}/metrics", app.admin)).await;
+    let refused = |reason: &str| {
+        metric(
+            &metrics,
+            &format!("embedgate_tls_client_certificates_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(
+        (
+            refused("unknown_issuer"),
+            refused("wrong_purpose"),
+            refused("revoked")
+        ),
+        (1.0, 1.0, 1.0)
+    );
+    let unauthenticated = |protocol: &str| {
+        metric(
+            &metrics,
+            &format!("embedgate_requests_total{{outcome=\"unauthenticated\",protocol=\"{protocol}\",tenant=\"-\"}}"),
+        )
+    };
+    assert_eq!(
+        (unauthenticated("native"), unauthenticated("quicksight")),
+        (1.0, 1.0),
+        "a key refused for its client certificate counts as unauthenticated"
     );
 }

@@ -276,23 +276,33 @@ class DropInWithBoto3(unittest.TestCase):
         self.assertEqual(run.returncode, 0, run.stdout + run.stderr)
 
 
+def openssl(*args):
+    subprocess.run(["openssl", *args], capture_output=True, check=True)
+
+
+def ec_certificate(tmp, name, subj, *extra):
+    """A P-256 key and a certificate for it in `tmp` (`name`.crt, `name`.key): self-signed, or
+    signed by the authority `extra` names (`-CA`, `-CAkey`)."""
+    cert, key = os.path.join(tmp, name + ".crt"), os.path.join(tmp, name + ".key")
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", subj, "-keyout", key, "-out", cert, *extra)
+    return cert, key
+
+
 class DropInOverHttps(unittest.TestCase):
     """`[tls]` on: boto3 pointed at https://, trusting the gateway's CA with `verify=`, gets a
-    URL; with only the system's roots it refuses the certificate."""
+    URL; with only the system's roots it refuses the certificate. With client authorities
+    (`tls.client_ca_file`) boto3 presents its portal's certificate with `client_cert=`."""
 
-    def test_boto3_verifies_the_gateways_certificate_and_gets_a_url(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            cert, key = os.path.join(tmp, "tls.crt"), os.path.join(tmp, "tls.key")
-            subprocess.run(
-                ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                 "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                 "-keyout", key, "-out", cert],
-                capture_output=True, check=True,
-            )
-            sim, sim_endpoint = start_sim()
-            env = dict(os.environ, EMBEDGATE_MASTER_KEY=MASTER)
-            path = os.path.join(tmp, "embedgate.toml")
-            table = lambda key_id: f"""
+    def serve(self, tmp, tls_extra="", tenant_extra=""):
+        """The simulator and a gateway serving HTTPS with a self-signed certificate (`tls.crt`
+        in `tmp`), its `[tls]` and tenant tables extended: the processes, the addresses served,
+        and tenant acme's access key id and secret."""
+        cert, key = ec_certificate(tmp, "tls", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1")
+        sim, sim_endpoint = start_sim()
+        env = dict(os.environ, EMBEDGATE_MASTER_KEY=MASTER)
+        path = os.path.join(tmp, "embedgate.toml")
+        table = lambda key_id: f"""
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 compat_listen = "127.0.0.1:0"
@@ -300,41 +310,77 @@ log_format = "json"
 [tls]
 cert_file = "{cert}"
 key_file = "{key}"
+{tls_extra}
 {upstream_table(sim_endpoint)}
 [[tenants]]
 id = "acme"
 api_key_sha256 = []
 access_key_ids = ["{key_id}"]
 default_account = "{ACCOUNT}"
+{tenant_extra}
 [tenants.policy]
 dashboards = ["*"]
 namespaces = ["default"]
 user_arns = ["arn:aws:quicksight:*:{ACCOUNT}:user/default/*"]
 """
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(table("EGPLACEHOLDER0000001"))
-            out = subprocess.run([BIN, "tenant-credentials", "--config", path, "acme"],
-                                 env=env, capture_output=True, text=True, check=True).stdout
-            fields = dict(line.split(":", 1) for line in out.splitlines() if line.startswith(("access key id", "secret access key")))
-            key_id, secret = fields["access key id"].strip(), fields["secret access key"].strip()
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(table(key_id))
-            gateway, served = start_gateway(path, env)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(table("EGPLACEHOLDER0000001"))
+        out = subprocess.run([BIN, "tenant-credentials", "--config", path, "acme"],
+                             env=env, capture_output=True, text=True, check=True).stdout
+        fields = dict(line.split(":", 1) for line in out.splitlines() if line.startswith(("access key id", "secret access key")))
+        key_id, secret = fields["access key id"].strip(), fields["secret access key"].strip()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(table(key_id))
+        gateway, served = start_gateway(path, env)
+        return sim, gateway, served, key_id, secret
+
+    def client(self, served, key_id, secret, verify, client_cert=None):
+        return boto3.client(
+            "quicksight", region_name="us-east-1", endpoint_url="https://" + served["compat"],
+            aws_access_key_id=key_id, aws_secret_access_key=secret, verify=verify,
+            config=Config(retries={"max_attempts": 1}, client_cert=client_cert),
+        )
+
+    @staticmethod
+    def embed(client):
+        return client.get_dashboard_embed_url(
+            AwsAccountId=ACCOUNT, DashboardId="sales-2024", IdentityType="QUICKSIGHT", UserArn=user_arn("alice")
+        )
+
+    def test_boto3_verifies_the_gateways_certificate_and_gets_a_url(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            sim, gateway, served, key_id, secret = self.serve(tmp)
             try:
-                client = lambda verify: boto3.client(
-                    "quicksight", region_name="us-east-1", endpoint_url="https://" + served["compat"],
-                    aws_access_key_id=key_id, aws_secret_access_key=secret, verify=verify,
-                    config=Config(retries={"max_attempts": 1}),
-                )
-                resp = client(cert).get_dashboard_embed_url(
-                    AwsAccountId=ACCOUNT, DashboardId="sales-2024", IdentityType="QUICKSIGHT", UserArn=user_arn("alice")
-                )
+                resp = self.embed(self.client(served, key_id, secret, os.path.join(tmp, "tls.crt")))
                 self.assertEqual(resp["Status"], 200)
                 self.assertTrue(resp["EmbedUrl"].startswith("http"))
                 with self.assertRaises(SSLError):
-                    client(True).get_dashboard_embed_url(
-                        AwsAccountId=ACCOUNT, DashboardId="sales-2024", IdentityType="QUICKSIGHT", UserArn=user_arn("alice")
-                    )
+                    self.embed(self.client(served, key_id, secret, True))
+            finally:
+                stop(gateway, sim)
+
+    def test_boto3_presents_its_portals_client_certificate_and_only_that_one_is_served(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            ca, ca_key = ec_certificate(tmp, "portals", "/CN=portal authority")
+            portal = lambda name: ec_certificate(
+                tmp, name, "/CN=" + name, "-CA", ca, "-CAkey", ca_key,
+                "-addext", "basicConstraints=critical,CA:FALSE", "-addext", "extendedKeyUsage=clientAuth"
+            )
+            acme, other = portal("portal.acme.example"), portal("portal.beta.example")
+            sim, gateway, served, key_id, secret = self.serve(
+                tmp, tls_extra=f'client_ca_file = "{ca}"',
+                tenant_extra='client_certificate_names = ["portal.acme.example"]',
+            )
+            try:
+                verify = os.path.join(tmp, "tls.crt")
+                resp = self.embed(self.client(served, key_id, secret, verify, client_cert=acme))
+                self.assertEqual(resp["Status"], 200)
+                with self.assertRaises(ClientError) as refused:
+                    self.embed(self.client(served, key_id, secret, verify, client_cert=other))
+                self.assertEqual(refused.exception.response["Error"]["Code"], "AccessDeniedException")
+                # Without one the handshake is refused (TLS 1.3's alert: certificate required).
+                with self.assertRaisesRegex(SSLError, "CERTIFICATE_REQUIRED"):
+                    self.embed(self.client(served, key_id, secret, verify))
             finally:
                 stop(gateway, sim)
 

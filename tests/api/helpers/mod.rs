@@ -197,6 +197,7 @@ pub fn tenant(id: &str, key: &str) -> TenantSettings {
         id: id.into(),
         api_key_sha256: vec![hex::encode(embedgate::tenant::hash_key(key))],
         access_key_ids: vec![],
+        client_certificate_names: vec![],
         default_account: Some(ACCOUNT.into()),
         rate_per_sec: 100_000.0,
         burst: 100_000,
@@ -814,4 +815,47 @@ pub fn serve_command(config: &str) -> std::process::Command {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     c
+}
+
+/// Signs a GetDashboardEmbedUrl request for `base` (`http://` or `https://` and the address) as
+/// the SDKs do, with any key, service, region and time: its URL and headers.
+pub fn signed(
+    base: &str,
+    key_id: &str,
+    secret: &str,
+    service: &str,
+    region: &str,
+    at: std::time::SystemTime,
+) -> (String, Vec<(String, String)>) {
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    use aws_sigv4::sign::v4;
+    let path = format!("/accounts/{ACCOUNT}/dashboards/sales-2024/embed-url?creds-type=ANONYMOUS");
+    let url = format!("{base}{path}");
+    let host = base
+        .split_once("://")
+        .map_or(base, |(_, host)| host)
+        .to_string();
+    let identity = aws_credential_types::Credentials::new(key_id, secret, None, None, "t").into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(at)
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let req = SignableRequest::new(
+        "GET",
+        url.as_str(),
+        [("host", host.as_str())].into_iter(),
+        SignableBody::Bytes(b""),
+    )
+    .unwrap();
+    let (instructions, _) = sign(req, &params).unwrap().into_parts();
+    let headers = instructions
+        .headers()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    (url, headers)
 }
