@@ -15,7 +15,9 @@
 //! one that an authority of that file issued, for client authentication, valid now and not
 //! revoked by a list of `tls.client_crl_file` (mutual TLS): a connection without one never
 //! reaches the request path. The authorities and lists are read and reloaded with the
-//! certificate, as one set: a set any file of which does not load is refused whole. The
+//! certificate, as one set: a set any file of which does not load is refused whole, and a set
+//! put in force forgets every TLS session clients could resume (resuming skips the client
+//! certificate's check, so a revoked certificate would get past it). The
 //! authorities' names are not sent to clients as hints (clients present the certificate they
 //! were given; the names would tell anyone who connects which authorities the gateway trusts).
 
@@ -181,6 +183,8 @@ pub struct ListenerTls {
     current: ArcSwap<Certificate>,
     /// With `tls.client_ca_file`: the client certificates accepted.
     clients: Option<Arc<Clients>>,
+    /// The TLS sessions clients may resume, forgotten whenever a reload is put in force.
+    sessions: Arc<Sessions>,
     /// A digest of the files' contents as last read (loaded or refused), so an unchanged or
     /// already refused set is not loaded (or logged) again on every look.
     seen: Mutex<u64>,
@@ -262,6 +266,7 @@ impl ListenerTls {
             settings: settings.clone(),
             current: ArcSwap::from_pointee(cert),
             clients,
+            sessions: Arc::new(Sessions::new()),
             seen: Mutex::new(seen),
             metrics,
         })))
@@ -279,7 +284,9 @@ impl ListenerTls {
             Some(clients) => builder.with_client_cert_verifier(clients.clone()),
             None => builder.with_no_client_auth(),
         };
-        Ok(builder.with_cert_resolver(self.clone()))
+        let mut config = builder.with_cert_resolver(self.clone());
+        config.session_storage = self.sessions.clone();
+        Ok(config)
     }
 
     /// Whether connections must present a client certificate (`tls.client_ca_file`).
@@ -316,6 +323,9 @@ impl ListenerTls {
                 if let (Some(slot), Some(verifier)) = (&self.clients, clients) {
                     slot.current.store(Arc::new(verifier));
                 }
+                // A resumed session skips the client certificate's verification: one set up
+                // before a revocation would get past it.
+                self.sessions.forget();
                 self.metrics.tls_reloads_applied.inc();
                 Ok(())
             }
@@ -334,6 +344,48 @@ impl std::fmt::Debug for ListenerTls {
             .field("settings", &self.settings)
             .field("subject", &self.current.load().subject)
             .finish_non_exhaustive()
+    }
+}
+
+/// The sessions clients may resume (rustls' own cache, of its default size), forgotten by
+/// [`Sessions::forget`]. Resuming a session skips the client certificate's verification (the
+/// certificate comes from the session), so a session set up under the authorities and
+/// revocation lists before a reload must not be resumed after it.
+#[derive(Debug)]
+struct Sessions(ArcSwap<Arc<rustls::server::ServerSessionMemoryCache>>);
+
+impl Sessions {
+    const SIZE: usize = 256;
+
+    fn new() -> Sessions {
+        Sessions(ArcSwap::from_pointee(
+            rustls::server::ServerSessionMemoryCache::new(Self::SIZE),
+        ))
+    }
+
+    fn forget(&self) {
+        self.0
+            .store(Arc::new(rustls::server::ServerSessionMemoryCache::new(
+                Self::SIZE,
+            )));
+    }
+}
+
+impl rustls::server::StoresServerSessions for Sessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.0.load().put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.load().get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.load().take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        self.0.load().can_cache()
     }
 }
 

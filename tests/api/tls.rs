@@ -414,13 +414,31 @@ async fn only_clients_the_authority_certified_are_served_and_a_tenants_keys_only
         (403, Some("AccessDeniedException".to_string()))
     );
 
-    // portal-a's certificate revoked: the renewed list reaches new connections.
+    // portal-a's certificate revoked: the renewed list reaches new connections, also those of
+    // a client that would resume a TLS session it set up before (each of its requests on a
+    // new connection), whose certificate would otherwise not be checked again.
+    let resuming = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(issued.root_pem.as_bytes()).unwrap())
+        .identity(reqwest::Identity::from_pem(portal_a.as_bytes()).unwrap())
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        assert_eq!(embed(&resuming, &https, "alpha-key").await.unwrap(), 200);
+    }
     replace_file(&crl_file, &portals.revoking(&[1]));
     let tls = app.app.tls.as_ref().unwrap();
     assert_eq!(tls.reload(false), Some(Ok(())));
     assert!(embed(&with(Some(&portal_a)), &https, "alpha-key")
         .await
         .is_err());
+    let resumed = embed(&resuming, &https, "alpha-key").await;
+    assert!(
+        resumed.is_err(),
+        "a resumed session was served: {resumed:?}"
+    );
     assert_eq!(embed(&b, &https, "beta-key").await.unwrap(), 200);
 
     let metrics = get_text(&app.http, &format!("{}/metrics", app.admin)).await;
@@ -436,7 +454,8 @@ async fn only_clients_the_authority_certified_are_served_and_a_tenants_keys_only
             refused("wrong_purpose"),
             refused("revoked")
         ),
-        (1.0, 1.0, 1.0)
+        (1.0, 1.0, 2.0),
+        "the revoked certificate refused twice: a new session and one that would have resumed"
     );
     let unauthenticated = |protocol: &str| {
         metric(
