@@ -280,6 +280,9 @@ pub struct Metrics {
     /// `embedgate_tls_client_certificates_refused_total{reason}`: client certificates the
     /// listeners refused in the handshake (`tls.client_ca_file`).
     pub tls_clients_refused: IntCounterVec,
+    /// `embedgate_client_certificate_mismatches_total{tenant}`: a tenant's valid key presented
+    /// over a connection whose client certificate the tenant does not list.
+    client_mismatches: IntCounterVec,
     /// Tenants a reload removed: their series are left out of the exposition (see
     /// [`Metrics::tenant_removed`]).
     removed_tenants: parking_lot::RwLock<std::collections::HashSet<String>>,
@@ -522,6 +525,11 @@ impl Metrics {
                 "Client certificates refused in the TLS handshake (tls.client_ca_file) by reason: unknown_issuer (no authority of tls.client_ca_file issued it), expired, not_yet_valid, revoked (tls.client_crl_file), wrong_purpose (not for client authentication), invalid (anything else). A client that sends none is refused without being counted.",
                 &["reason"],
             ),
+            client_mismatches: counter_vec(
+                "embedgate_client_certificate_mismatches_total",
+                "Requests with a tenant's valid API key or access key over a connection whose client certificate the tenant does not list in client_certificate_names (refused: 403 client_certificate_not_allowed or AccessDeniedException). Anything but 0 means a tenant's key is used from somewhere it was not given to.",
+                &["tenant"],
+            ),
             registry: r,
             removed_tenants: parking_lot::RwLock::default(),
             series: std::sync::OnceLock::new(),
@@ -598,6 +606,17 @@ impl Metrics {
                 .with_label_values(&[tenant.map_or("-", |(_, id)| id)])
                 .inc(),
         }
+    }
+
+    /// Counts one request with `tenant`'s key refused for its connection's client certificate.
+    pub fn client_certificate_mismatch(&self, tenant: &str) {
+        self.client_mismatches.with_label_values(&[tenant]).inc();
+    }
+
+    /// Shows `tenant`'s count of client certificate mismatches from 0 (it lists
+    /// `client_certificate_names`), so that the first mismatch is an increase an alert sees.
+    pub fn watch_client_certificates(&self, tenant: &str) {
+        self.client_mismatches.with_label_values(&[tenant]);
     }
 
     /// Creates every label combination that is known up front (tenants, upstream ids), so a

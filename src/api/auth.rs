@@ -67,6 +67,7 @@ pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a
     })?;
     let names = req.conn_data::<ClientNames>();
     if !tenant.accepts_client(|| names.map(|n| &*n.0)) {
+        gw.metrics().client_certificate_mismatch(&tenant.id);
         return Err(client_not_accepted());
     }
     Ok(tenant)

@@ -186,6 +186,7 @@ fn verify<'a>(
     let (tenant, region) = verify_signature(gw, req, body).map_err(|e| AwsError::from_auth(&e))?;
     let names = req.conn_data::<ClientNames>();
     if !tenant.accepts_client(|| names.map(|n| &*n.0)) {
+        gw.metrics().client_certificate_mismatch(&tenant.id);
         return Err(AwsError::new(
             403,
             "AccessDeniedException",

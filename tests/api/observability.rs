@@ -658,6 +658,38 @@ fn shipped_rules_pass(name: &str, input_series: &[(String, String)], alert_rule_
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The key-misuse alert, run by `promtool test rules`: the first refusal of a tenant's key for
+/// its client certificate fires it at once (the series starts at 0 for a tenant that lists
+/// names); a tenant with none refused never does, and it resolves 10 minutes after the last.
+#[test]
+fn the_shipped_rules_alert_when_a_tenants_key_comes_from_a_client_it_does_not_list() {
+    let series = |tenant: &str, values: &str| {
+        (
+            format!("embedgate_client_certificate_mismatches_total{{job=\"portal\",instance=\"a:9464\",tenant=\"{tenant}\"}}"),
+            values.to_string(),
+        )
+    };
+    shipped_rules_pass(
+        "mismatch",
+        &[series("acme", "0 0 0 1 1 1x20"), series("globex", "0x25")],
+        r#"      - eval_time: 2m
+        alertname: EmbedgateTenantKeyUsedFromUnlistedClient
+      - eval_time: 4m
+        alertname: EmbedgateTenantKeyUsedFromUnlistedClient
+        exp_alerts:
+          - exp_labels:
+              severity: warning
+              job: portal
+              tenant: acme
+            exp_annotations:
+              summary: "tenant acme's key was used from a client it does not list"
+              description: "A valid API key or access key of the tenant came over a connection whose client certificate is not one of its client_certificate_names, and was refused. The key has reached somewhere it was not given to (another portal, a developer's machine, an attacker): find where, and rotate it."
+      - eval_time: 20m
+        alertname: EmbedgateTenantKeyUsedFromUnlistedClient
+"#,
+    );
+}
+
 /// The certificate alert, run by `promtool test rules`: a replica whose served certificate
 /// expires within 14 days fires it after 10 minutes; one with a month left, and one without
 /// TLS (the gauge at 0), never do.

@@ -468,4 +468,12 @@ async fn only_clients_the_authority_certified_are_served_and_a_tenants_keys_only
         (1.0, 1.0),
         "a key refused for its client certificate counts as unauthenticated"
     );
+    assert_eq!(
+        metric(
+            &metrics,
+            "embedgate_client_certificate_mismatches_total{tenant=\"alpha\"}"
+        ),
+        2.0,
+        "and as a mismatch of the tenant whose key it was, on either listener"
+    );
 }
