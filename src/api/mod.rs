@@ -84,6 +84,10 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
         .route("/state", web::head().to(admin::state))
         .route("/healthz", web::get().to(healthz))
         .route("/healthz", web::head().to(healthz))
+        // Also here for probes that cannot reach the API listener: with client certificates
+        // required (`tls.client_ca_file`) the kubelet's, which presents none.
+        .route("/readyz", web::get().to(readyz))
+        .route("/readyz", web::head().to(readyz))
         .default_service(web::to(admin_not_found));
 }
 
@@ -132,7 +136,7 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
 /// No route on the admin listener: see [`no_route`].
 async fn admin_not_found(req: HttpRequest) -> HttpResponse {
     let allowed = match req.path() {
-        "/metrics" | "/state" | "/healthz" => Some("GET, HEAD"),
+        "/metrics" | "/state" | "/healthz" | "/readyz" => Some("GET, HEAD"),
         _ => None,
     };
     no_route(&req, allowed)

@@ -526,7 +526,8 @@ async fn a_path_asked_with_another_method_is_405_naming_the_one_it_takes() {
         (reqwest::Method::DELETE, admin, "/state", Some("GET, HEAD")),
         (reqwest::Method::PUT, admin, "/healthz", Some("GET, HEAD")),
         (reqwest::Method::GET, admin, "/metric", None),
-        (reqwest::Method::GET, admin, "/readyz", None),
+        (reqwest::Method::POST, admin, "/readyz", Some("GET, HEAD")),
+        (reqwest::Method::GET, admin, "/openapi.json", None),
     ] {
         let resp = app
             .http
@@ -569,6 +570,7 @@ async fn every_get_route_answers_head_with_gets_headers_and_no_body() {
         (&app.base, "/readyz"),
         (&app.base, "/openapi.json"),
         (&app.admin, "/healthz"),
+        (&app.admin, "/readyz"),
         (&app.admin, "/metrics"),
         (&app.admin, "/state"),
     ];

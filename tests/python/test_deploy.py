@@ -7,7 +7,7 @@ the binary, without a container engine or a cluster (neither runs here).
 - Compose: every mounted file exists, the gateways' merged config is valid, Prometheus scrapes
   each gateway.
 - Kubernetes: yamllint; kubernetes-validate --strict on every built resource of the base and of
-  the fleet and TLS overlays (built here by a small subset of kustomize: resources, namespace, labels,
+  the fleet, TLS and mutual-TLS overlays (built here by a small subset of kustomize: resources, namespace, labels,
   configMapGenerator, replicas, JSON 6902 patches); the security settings, probes and admin-port
   policy; the PrometheusRule equals the shipped rules.
 """
@@ -190,6 +190,13 @@ def pod_config(docs, tmp):
     return settings, tenants
 
 
+def self_signed(tmp, name, subject="/CN=embedgate.embedgate.svc"):
+    """A P-256 key and a self-signed certificate in tmp: name.key, name.crt."""
+    run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-days", "2", "-subj", subject,
+        "-keyout", os.path.join(tmp, name + ".key"), "-out", os.path.join(tmp, name + ".crt"))
+
+
 def find(docs, kind, name=None):
     return next(d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name))
 
@@ -285,9 +292,7 @@ class Kubernetes(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             settings, tenants = pod_config(docs, tmp)
             for name in ("ours", "other"):
-                run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-days", "2", "-subj", "/CN=embedgate.embedgate.svc",
-                    "-keyout", os.path.join(tmp, name + ".key"), "-out", os.path.join(tmp, name + ".crt"))
+                self_signed(tmp, name)
             tls_env = dict(os.environ)
             tls_env["EMBEDGATE_TLS__CERT_FILE"] = os.path.join(tmp, "ours.crt")
             tls_env["EMBEDGATE_TLS__KEY_FILE"] = os.path.join(tmp, "ours.key")
@@ -297,6 +302,39 @@ class Kubernetes(unittest.TestCase):
             out = run(BIN, "check-config", "--config", settings, "--config", tenants, env=tls_env, check=False)
             self.assertNotEqual(out.returncode, 0)
             self.assertIn("tls.key_file", out.stderr)
+
+    def test_the_mtls_overlay_requires_client_certificates_and_probes_the_admin_port(self):
+        docs = kustomize(os.path.join(DEPLOY, "k8s", "overlays", "mtls"))
+        self.validate(docs)
+        pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        # The tls overlay's settings, and the authority's Secret mounted whole where the
+        # setting reads it (no subPath: a renewed authority or list reaches the running pod).
+        self.assertIn("EMBEDGATE_TLS__CERT_FILE", env)
+        volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "embedgate-client-ca")
+        mount = next(m for m in c["volumeMounts"] if m["name"] == volume["name"])
+        self.assertNotIn("subPath", mount)
+        self.assertEqual(env["EMBEDGATE_TLS__CLIENT_CA_FILE"], mount["mountPath"] + "/ca.crt")
+        # The kubelet presents no client certificate: its probes go to the admin port, over HTTP.
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            self.assertEqual(c[probe]["httpGet"], {"path": path, "port": "admin"})
+        self.assertIn("admin", ports)
+        with tempfile.TemporaryDirectory() as tmp:
+            settings, tenants = pod_config(docs, tmp)
+            self_signed(tmp, "server")
+            self_signed(tmp, "portals", "/CN=portal authority")
+            mtls_env = dict(os.environ)
+            mtls_env["EMBEDGATE_TLS__CERT_FILE"] = os.path.join(tmp, "server.crt")
+            mtls_env["EMBEDGATE_TLS__KEY_FILE"] = os.path.join(tmp, "server.key")
+            mtls_env["EMBEDGATE_TLS__CLIENT_CA_FILE"] = os.path.join(tmp, "portals.crt")
+            out = run(BIN, "check-config", "--config", settings, "--config", tenants, env=mtls_env, check=False)
+            self.assertIn("ok:", out.stdout, out.stderr)
+            mtls_env["EMBEDGATE_TLS__CLIENT_CA_FILE"] = os.path.join(tmp, "portals.key")
+            out = run(BIN, "check-config", "--config", settings, "--config", tenants, env=mtls_env, check=False)
+            self.assertNotEqual(out.returncode, 0)
+            self.assertIn("tls.client_ca_file", out.stderr)
 
 
 if __name__ == "__main__":
