@@ -163,9 +163,14 @@ impl Tenant {
         self.rules.load_full()
     }
 
+    /// The client certificate names its keys are accepted with now (empty: any).
+    pub fn client_certificate_names(&self) -> Guard<Arc<Vec<String>>> {
+        self.client_names.load()
+    }
+
     /// Whether the tenant's keys are accepted over a connection whose client certificate
-    /// names `presented` (read only when needed; `None`: no client certificate): always when the tenant lists no
-    /// `client_certificate_names`, else when the certificate names one of them.
+    /// names `presented` (read only when needed; `None`: no client certificate): always when
+    /// the tenant lists no `client_certificate_names`, else when the certificate names one.
     pub fn accepts_client<'a>(&self, presented: impl FnOnce() -> Option<&'a [String]>) -> bool {
         let wanted = self.client_names.load();
         wanted.is_empty()

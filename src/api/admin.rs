@@ -82,6 +82,7 @@ pub(super) async fn state(gw: web::Data<Gateway>, q: web::Query<StateQuery>) -> 
             "max_tracked_keys": t.quotas().max_tracked_keys,
             // Key ids are not secret (their secrets are derived, never shown).
             "access_key_ids": access_keys.ids_of(t.index),
+            "client_certificate_names": t.client_certificate_names().as_slice(),
             "recurrence": recurrence(&gw.learned(t.index)),
         })).collect::<Vec<_>>(),
         "compat": {
