@@ -62,7 +62,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 ///
 /// # Errors
 /// Which key is wrong and why: one file without the other, a file that cannot be read, holds
-/// no PEM certificate (or key), or a key that is not the certificate's.
+/// no PEM certificate (or key, or revocation list), a key that is not the certificate's, or
+/// client authorities or lists that do not make a verifier.
 pub fn load(settings: &TlsSettings) -> Result<Option<Certificate>, String> {
     settings.check()?;
     match (&settings.cert_file, &settings.key_file) {
@@ -120,24 +121,20 @@ fn load_clients(
         .allow_unknown_revocation_status()
         .clear_root_hint_subjects();
     if let Some(crl_file) = crl_file {
-        let crl_at =
-            |e: &dyn std::fmt::Display| format!("tls.client_crl_file: {}: {e}", crl_file.display());
         let crls: Vec<CertificateRevocationListDer> = read_pem(
             "tls.client_crl_file",
             crl_file,
             ("revocation list", "X509 CRL"),
         )?;
         verifier = verifier.with_crls(crls);
-        return verifier.build().map_err(|e| match e {
-            rustls::server::VerifierBuilderError::InvalidCrl(e) => {
-                crl_at(&format_args!("not a usable revocation list ({e:?})"))
-            }
-            e => ca_at(&format_args!("cannot verify client certificates ({e})")),
-        });
     }
-    verifier
-        .build()
-        .map_err(|e| ca_at(&format_args!("cannot verify client certificates ({e})")))
+    verifier.build().map_err(|e| match (e, crl_file) {
+        (rustls::server::VerifierBuilderError::InvalidCrl(e), Some(crl_file)) => format!(
+            "tls.client_crl_file: {}: not a usable revocation list ({e:?})",
+            crl_file.display()
+        ),
+        (e, _) => ca_at(&format_args!("cannot verify client certificates ({e})")),
+    })
 }
 
 fn load_files(cert_file: &Path, key_file: &Path) -> Result<Certificate, String> {
