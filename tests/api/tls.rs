@@ -350,15 +350,7 @@ async fn only_clients_the_authority_certified_are_served_and_a_tenants_keys_only
     let https = format!("https://{}", app.app.addr);
     let with = |identity: Option<&str>| presenting(&issued.root_pem, identity);
 
-    let state: serde_json::Value = app
-        .http
-        .get(format!("{}/state", app.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = app.state(0).await;
     assert_eq!(
         (
             &state["tenants"][0]["client_certificate_names"],

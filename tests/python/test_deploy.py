@@ -293,15 +293,21 @@ class Kubernetes(unittest.TestCase):
             settings, tenants = pod_config(docs, tmp)
             for name in ("ours", "other"):
                 self_signed(tmp, name)
-            tls_env = dict(os.environ)
-            tls_env["EMBEDGATE_TLS__CERT_FILE"] = os.path.join(tmp, "ours.crt")
-            tls_env["EMBEDGATE_TLS__KEY_FILE"] = os.path.join(tmp, "ours.key")
-            out = run(BIN, "check-config", "--config", settings, "--config", tenants, env=tls_env, check=False)
+            files = lambda **names: {f"EMBEDGATE_TLS__{k.upper()}": os.path.join(tmp, v) for k, v in names.items()}
+            self.assert_check_config(settings, tenants, files(cert_file="ours.crt", key_file="ours.key"))
+            self.assert_check_config(settings, tenants, files(cert_file="ours.crt", key_file="other.key"),
+                                     refused="tls.key_file")
+
+    def assert_check_config(self, settings, tenants, tls_env, refused=None):
+        """`check-config` on the pod's settings with `tls_env` added: passes, or, given `refused`,
+        fails naming it."""
+        out = run(BIN, "check-config", "--config", settings, "--config", tenants,
+                  env=dict(os.environ, **tls_env), check=False)
+        if refused is None:
             self.assertIn("ok:", out.stdout, out.stderr)
-            tls_env["EMBEDGATE_TLS__KEY_FILE"] = os.path.join(tmp, "other.key")
-            out = run(BIN, "check-config", "--config", settings, "--config", tenants, env=tls_env, check=False)
+        else:
             self.assertNotEqual(out.returncode, 0)
-            self.assertIn("tls.key_file", out.stderr)
+            self.assertIn(refused, out.stderr)
 
     def test_the_mtls_overlay_requires_client_certificates_and_probes_the_admin_port(self):
         docs = kustomize(os.path.join(DEPLOY, "k8s", "overlays", "mtls"))
@@ -325,16 +331,12 @@ class Kubernetes(unittest.TestCase):
             settings, tenants = pod_config(docs, tmp)
             self_signed(tmp, "server")
             self_signed(tmp, "portals", "/CN=portal authority")
-            mtls_env = dict(os.environ)
-            mtls_env["EMBEDGATE_TLS__CERT_FILE"] = os.path.join(tmp, "server.crt")
-            mtls_env["EMBEDGATE_TLS__KEY_FILE"] = os.path.join(tmp, "server.key")
-            mtls_env["EMBEDGATE_TLS__CLIENT_CA_FILE"] = os.path.join(tmp, "portals.crt")
-            out = run(BIN, "check-config", "--config", settings, "--config", tenants, env=mtls_env, check=False)
-            self.assertIn("ok:", out.stdout, out.stderr)
-            mtls_env["EMBEDGATE_TLS__CLIENT_CA_FILE"] = os.path.join(tmp, "portals.key")
-            out = run(BIN, "check-config", "--config", settings, "--config", tenants, env=mtls_env, check=False)
-            self.assertNotEqual(out.returncode, 0)
-            self.assertIn("tls.client_ca_file", out.stderr)
+            files = lambda ca: {
+                f"EMBEDGATE_TLS__{k}": os.path.join(tmp, v)
+                for k, v in (("CERT_FILE", "server.crt"), ("KEY_FILE", "server.key"), ("CLIENT_CA_FILE", ca))
+            }
+            self.assert_check_config(settings, tenants, files("portals.crt"))
+            self.assert_check_config(settings, tenants, files("portals.key"), refused="tls.client_ca_file")
 
 
 if __name__ == "__main__":
