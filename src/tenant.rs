@@ -58,6 +58,9 @@ pub struct Tenant {
     rules: ArcSwap<Rules>,
     /// The client certificate names its keys are accepted with (empty: any).
     client_names: ArcSwap<Vec<String>>,
+    /// Whether `client_names` lists any: what every request reads first, so that a tenant
+    /// that lists none pays one relaxed load for the check.
+    binds_clients: AtomicBool,
 }
 
 /// A tenant's inbound limit: requests per second, and the burst above that rate.
@@ -172,6 +175,9 @@ impl Tenant {
     /// names `presented` (read only when needed; `None`: no client certificate): always when
     /// the tenant lists no `client_certificate_names`, else when the certificate names one.
     pub fn accepts_client<'a>(&self, presented: impl FnOnce() -> Option<&'a [String]>) -> bool {
+        if !self.binds_clients.load(Ordering::Acquire) {
+            return true;
+        }
         let wanted = self.client_names.load();
         wanted.is_empty()
             || presented().is_some_and(|names| names.iter().any(|n| wanted.contains(n)))
@@ -238,6 +244,7 @@ impl Tenants {
             limit: ArcSwap::from_pointee(Limit::of(t)),
             rules: ArcSwap::from_pointee(Self::rules_of(t, &generations)),
             client_names: ArcSwap::from_pointee(t.client_certificate_names.clone()),
+            binds_clients: AtomicBool::new(!t.client_certificate_names.is_empty()),
         }));
         let slots: Vec<TenantId> = (0..settings.len()).collect();
         Tenants {
@@ -306,6 +313,7 @@ impl Tenants {
             limit: ArcSwap::from_pointee(Limit::of(settings)),
             rules: ArcSwap::new(self.none_allowed()),
             client_names: ArcSwap::from_pointee(settings.client_certificate_names.clone()),
+            binds_clients: AtomicBool::new(!settings.client_certificate_names.is_empty()),
         });
     }
 
@@ -346,9 +354,18 @@ impl Tenants {
                 changed.quotas.push(index);
             }
             if **tenant.client_names.load() != t.client_certificate_names {
+                // The names before the flag that says to read them, and the flag down before
+                // the names go.
+                let binds = !t.client_certificate_names.is_empty();
+                if !binds {
+                    tenant.binds_clients.store(false, Ordering::Release);
+                }
                 tenant
                     .client_names
                     .store(Arc::new(t.client_certificate_names.clone()));
+                if binds {
+                    tenant.binds_clients.store(true, Ordering::Release);
+                }
                 names_changed.push(index);
             }
         }
@@ -549,6 +566,14 @@ mod tests {
         assert!(!tenant.accepts_client(|| Some(&other)));
         assert!(!tenant.accepts_client(|| None), "no client certificate");
         assert!(!tenant.accepts_client(|| Some(&[])));
+        acme.client_certificate_names.clear();
+        let changed = t.put_in_force(
+            std::slice::from_ref(&acme),
+            &[0],
+            t.rules_for(std::slice::from_ref(&acme)),
+        );
+        assert_eq!(changed.keys, vec![0]);
+        assert!(tenant.accepts_client(|| Some(&other)), "names removed: any");
     }
 
     /// A tenant is known by its id: a reload that lists a new id adds it at the next index, one
