@@ -353,7 +353,7 @@ impl Metrics {
         );
         let tls_reloads = counter_vec(
             "embedgate_tls_reloads_total",
-            "Certificates read again because their files changed (tls.cert_file, tls.key_file) or on SIGHUP: result=applied (served to new connections) or refused (not loadable; the certificate in force stays, the log says why).",
+            "Certificates read again because their files changed (tls.cert_file, tls.key_file, tls.client_ca_file, tls.client_crl_file) or on SIGHUP: result=applied (served to, and checking, new connections) or refused (not loadable; the ones in force stay, the log says why).",
             &["result"],
         );
         Metrics {

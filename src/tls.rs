@@ -319,6 +319,7 @@ impl ListenerTls {
                 self.current.store(Arc::new(cert));
                 if let (Some(slot), Some(verifier)) = (&self.clients, clients) {
                     slot.current.store(Arc::new(verifier));
+                    tracing::info!("TLS client authorities and revocation lists reloaded");
                 }
                 // A resumed session skips the client certificate's verification: one set up
                 // before a revocation would get past it.
