@@ -527,7 +527,7 @@ impl Metrics {
             ),
             client_mismatches: counter_vec(
                 "embedgate_client_certificate_mismatches_total",
-                "Requests with a tenant's valid API key or access key over a connection whose client certificate the tenant does not list in client_certificate_names (refused: 403 client_certificate_not_allowed or AccessDeniedException). Anything but 0 means a tenant's key is used from somewhere it was not given to.",
+                "Requests with a tenant's valid API key or access key over a connection whose client certificate the tenant does not list in client_certificate_names (refused: 403 client_certificate_not_allowed or AccessDeniedException). Anything but 0 means a tenant's key is used from somewhere it was not given to (0 for every tenant from the start).",
                 &["tenant"],
             ),
             registry: r,
@@ -613,12 +613,6 @@ impl Metrics {
         self.client_mismatches.with_label_values(&[tenant]).inc();
     }
 
-    /// Shows `tenant`'s count of client certificate mismatches from 0 (it lists
-    /// `client_certificate_names`), so that the first mismatch is an increase an alert sees.
-    pub fn watch_client_certificates(&self, tenant: &str) {
-        self.client_mismatches.with_label_values(&[tenant]);
-    }
-
     /// Creates every label combination that is known up front (tenants, upstream ids), so a
     /// series exists at 0 before its first event.
     /// `tenants` in the order of their indexes.
@@ -643,6 +637,10 @@ impl Metrics {
         });
         for reason in Fetch::ALL {
             self.fetched.with_label_values(&[reason.as_str()]);
+        }
+        // From 0, so that a tenant's first mismatch is an increase an alert sees.
+        for t in tenants {
+            self.client_mismatches.with_label_values(&[t]);
         }
         for reason in Waste::ALL {
             for fetched_for in Fetch::ALL {
@@ -686,6 +684,7 @@ impl Metrics {
             s.rejections
                 .grow_to(slot, |_| self.inbound_rejections.with_label_values(&[id]));
         }
+        self.client_mismatches.with_label_values(&[id]);
     }
 
     /// Leaves tenant `id`'s series (those labelled `tenant`) out of the exposition from now on:

@@ -179,16 +179,6 @@ pub struct Gateway {
     reloading: parking_lot::Mutex<String>,
 }
 
-/// Shows the client certificate mismatches of each tenant of `tenants` that lists
-/// `client_certificate_names` from 0 (see `Metrics::watch_client_certificates`).
-fn watch_client_certificates(metrics: &Metrics, tenants: &[crate::config::TenantSettings]) {
-    for t in tenants {
-        if !t.client_certificate_names.is_empty() {
-            metrics.watch_client_certificates(&t.id);
-        }
-    }
-}
-
 impl Gateway {
     pub fn new(
         settings: Settings,
@@ -206,7 +196,6 @@ impl Gateway {
         let ids: Vec<&str> = tenants.all().map(|t| t.id.as_str()).collect();
         let upstream_ids: Vec<&str> = upstreams.all().iter().map(Upstream::id).collect();
         metrics.init_labels(&ids, &upstream_ids);
-        watch_client_certificates(&metrics, &settings.tenants);
         let budgets = Budgets::new(
             &tenants,
             sharing.limits.budget_parts(),

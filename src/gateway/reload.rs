@@ -155,7 +155,6 @@ impl Gateway {
             }
         }
         let changed = self.tenants.put_in_force(&new.tenants, &slots, rules);
-        super::watch_client_certificates(&self.metrics, &new.tenants);
         for &t in &changed.limits {
             self.put_limit_in_force(t);
         }
