@@ -53,24 +53,27 @@ pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a
         })
         .map(str::trim)
         .unwrap_or_default();
-    let tenant = gw.tenants().authenticate(key).ok_or_else(|| {
-        Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_api_key",
-            "the API key is not valid",
-        )
-        .field(Some("Authorization".into()))
-        .header(
-            header::WWW_AUTHENTICATE,
-            format!("{realm}, error=\"invalid_token\""),
-        )
-    })?;
+    let tenant = gw.tenants().authenticate(key).ok_or_else(key_not_valid)?;
     let names = req.conn_data::<ClientNames>();
     if !tenant.accepts_client(|| names.map(|n| &*n.0)) {
         gw.metrics().client_certificate_mismatch(&tenant.id);
         return Err(client_not_accepted());
     }
     Ok(tenant)
+}
+
+/// A key no tenant in force has.
+pub(super) fn key_not_valid() -> Problem {
+    Problem::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_api_key",
+        "the API key is not valid",
+    )
+    .field(Some("Authorization".into()))
+    .header(
+        header::WWW_AUTHENTICATE,
+        "Bearer realm=\"embedgate\", error=\"invalid_token\"".into(),
+    )
 }
 
 /// A valid key over a connection whose client certificate its tenant does not list.

@@ -10,7 +10,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::auth::{
-    authenticate, discard_body, limit_unauthenticated, read_body, BodyLimits, Canned,
+    authenticate, discard_body, key_not_valid, limit_unauthenticated, read_body, BodyLimits, Canned,
 };
 use super::context::request_id;
 use super::problem::{refusal, serve_failure};
@@ -251,6 +251,12 @@ async fn embed(
     };
     let request = match admitted {
         Ok(r) => r,
+        // Removed by a reload between authenticating this request and admitting it (its rules
+        // now allow nothing): the answer any later request with its key gets.
+        Err(_) if !tenant.present() => {
+            watch.observe(Outcome::Unauthenticated);
+            return key_not_valid().response(&request_id);
+        }
         Err(p) => {
             if gate == Gate::WithTake {
                 if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {
