@@ -65,17 +65,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// no PEM certificate (or key, or revocation list), a key that is not the certificate's, or
 /// client authorities or lists that do not make a verifier.
 pub fn load(settings: &TlsSettings) -> Result<Option<Certificate>, String> {
-    settings.check()?;
-    match (&settings.cert_file, &settings.key_file) {
-        (Some(cert), Some(key)) => {
-            let cert = load_files(cert, key)?;
-            if let Some(cas) = &settings.client_ca_file {
-                load_clients(cas, settings.client_crl_file.as_deref())?;
-            }
-            Ok(Some(cert))
-        }
-        _ => Ok(None),
-    }
+    Ok(load_all(settings)?.map(|(cert, _)| cert))
 }
 
 /// What [`read_pem`] reads: its name and its PEM label.
@@ -229,14 +219,18 @@ fn files(settings: &TlsSettings) -> Vec<&Path> {
 /// What one read of the files holds: the certificate, and the client verifier when asked for.
 type Loaded = (Certificate, Option<Arc<dyn ClientCertVerifier>>);
 
-/// Reads every file `settings` names (TLS on: both the certificate and its key named).
-fn load_all(settings: &TlsSettings, cert_file: &Path, key_file: &Path) -> Result<Loaded, String> {
+/// Reads every file `settings` names: `None` when TLS is off.
+fn load_all(settings: &TlsSettings) -> Result<Option<Loaded>, String> {
+    settings.check()?;
+    let (Some(cert_file), Some(key_file)) = (&settings.cert_file, &settings.key_file) else {
+        return Ok(None);
+    };
     let cert = load_files(cert_file, key_file)?;
     let clients = match &settings.client_ca_file {
         Some(cas) => Some(load_clients(cas, settings.client_crl_file.as_deref())?),
         None => None,
     };
-    Ok((cert, clients))
+    Ok(Some((cert, clients)))
 }
 
 impl ListenerTls {
@@ -245,12 +239,10 @@ impl ListenerTls {
     /// # Errors
     /// As [`load`].
     pub fn new(settings: &TlsSettings, metrics: Arc<Metrics>) -> Result<Option<Arc<Self>>, String> {
-        settings.check()?;
-        let (Some(cert_file), Some(key_file)) = (&settings.cert_file, &settings.key_file) else {
+        let seen = crate::config::loader::contents(&files(settings));
+        let Some((cert, clients)) = load_all(settings)? else {
             return Ok(None);
         };
-        let seen = crate::config::loader::contents(&files(settings));
-        let (cert, clients) = load_all(settings, cert_file, key_file)?;
         in_force(&cert, &metrics, "TLS certificate loaded");
         let clients = clients.map(|verifier| {
             tracing::info!(client_ca_file = %settings.client_ca_file.as_deref().unwrap_or(Path::new("")).display(), "client certificates required");
@@ -309,11 +301,9 @@ impl ListenerTls {
             }
             *seen = now;
         }
-        let (Some(cert_file), Some(key_file)) = (&self.settings.cert_file, &self.settings.key_file)
-        else {
-            unreachable!("built only with both files");
-        };
-        Some(match load_all(&self.settings, cert_file, key_file) {
+        // Built only with TLS on, so the files always make a set (`Some`).
+        let loaded = load_all(&self.settings).transpose()?;
+        Some(match loaded {
             Ok((cert, clients)) => {
                 in_force(&cert, &self.metrics, "TLS certificate reloaded");
                 self.current.store(Arc::new(cert));
