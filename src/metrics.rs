@@ -522,7 +522,7 @@ impl Metrics {
             tls_reloads_refused: tls_reloads.with_label_values(&["refused"]),
             tls_clients_refused: counter_vec(
                 "embedgate_tls_client_certificates_refused_total",
-                "Client certificates refused in the TLS handshake (tls.client_ca_file) by reason: unknown_issuer (no authority of tls.client_ca_file issued it), expired, not_yet_valid, revoked (tls.client_crl_file), wrong_purpose (not for client authentication), invalid (anything else). A client that sends none is refused without being counted.",
+                "Client certificates refused in the TLS handshake (tls.client_ca_file), or on a connection already open when a reload or the certificate's expiry refused it (once per connection, then closed), by reason: unknown_issuer (no authority of tls.client_ca_file issued it), expired, not_yet_valid, revoked (tls.client_crl_file), wrong_purpose (not for client authentication), invalid (anything else). A client that sends none is refused without being counted.",
                 &["reason"],
             ),
             client_mismatches: counter_vec(

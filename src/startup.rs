@@ -5,6 +5,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
+use actix_web::dev::Extensions;
 use actix_web::{web, App, HttpServer};
 use tokio::sync::watch;
 
@@ -48,8 +49,15 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let tls = ListenerTls::new(&settings.tls, metrics.clone())
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        // The server configuration, and what keeps each connection's client certificate.
         let tls_config = match &tls {
-            Some(t) => Some(t.server_config()?),
+            Some(t) => {
+                let config = t.server_config()?;
+                let t = t.clone();
+                let on_connect =
+                    move |conn: &dyn std::any::Any, ext: &mut Extensions| t.on_connect(conn, ext);
+                Some((config, on_connect))
+            }
             None => None,
         };
         let upstreams = Upstreams::new(&settings, metrics.clone()).await;
@@ -117,11 +125,11 @@ impl Application {
                         .configure(crate::api::compat_routes)
                 });
                 let mut server = match &tls_config {
-                    Some(c) => server
-                        // Each connection's client certificate names, if it presented one
+                    Some((c, on_connect)) => server
+                        // Each connection's client certificate, if it presented one
                         // (`tls.client_ca_file`): what `client_certificate_names` are checked
-                        // against.
-                        .on_connect(crate::tls::on_connect)
+                        // against, and what is verified again after a reload.
+                        .on_connect(on_connect.clone())
                         .listen_rustls_0_23(l, c.clone())?,
                     None => server.listen(l)?,
                 }
@@ -148,9 +156,7 @@ impl Application {
                 .configure(crate::api::routes)
         });
         let mut api = match tls_config {
-            Some(c) => api
-                .on_connect(crate::tls::on_connect)
-                .listen_rustls_0_23(listener, c)?,
+            Some((c, on_connect)) => api.on_connect(on_connect).listen_rustls_0_23(listener, c)?,
             None => api.listen(listener)?,
         }
         .keep_alive(keep_alive)

@@ -17,12 +17,18 @@
 //! reaches the request path. The authorities and lists are read and reloaded with the
 //! certificate, as one set: a set any file of which does not load is refused whole, and a set
 //! put in force forgets every TLS session clients could resume (resuming skips the client
-//! certificate's check, so a revoked certificate would get past it). The
+//! certificate's check, so a revoked certificate would get past it). A connection already open
+//! keeps its client certificate ([`ClientCertificate`]): at its first request, and at its next
+//! request after each set put in force, the certificate is verified again against the set in
+//! force, and from the moment it (or an intermediate it was presented with) expires it is
+//! refused; a refused connection is answered 403 and closed. So a revocation, or an authority
+//! removed, reaches the connections already open, not only new ones. The
 //! authorities' names are not sent to clients as hints (clients present the certificate they
 //! were given; the names would tell anyone who connects which authorities the gateway trusts).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -248,6 +254,7 @@ impl ListenerTls {
             tracing::info!(client_ca_file = %settings.client_ca_file.as_deref().unwrap_or(Path::new("")).display(), "client certificates required");
             Arc::new(Clients {
                 current: ArcSwap::from_pointee(verifier),
+                generation: AtomicU64::new(0),
                 metrics: metrics.clone(),
             })
         });
@@ -309,6 +316,9 @@ impl ListenerTls {
                 self.current.store(Arc::new(cert));
                 if let (Some(slot), Some(verifier)) = (&self.clients, clients) {
                     slot.current.store(Arc::new(verifier));
+                    // After the store: a connection that reads the new generation verifies
+                    // against this verifier (or a later one).
+                    slot.generation.fetch_add(1, Ordering::Release);
                     tracing::info!("TLS client authorities and revocation lists reloaded");
                 }
                 // A resumed session skips the client certificate's verification: one set up
@@ -380,6 +390,9 @@ impl rustls::server::StoresServerSessions for Sessions {
 /// The client certificate verifier in force, replaced by a reload.
 struct Clients {
     current: ArcSwap<Arc<dyn ClientCertVerifier>>,
+    /// How many verifiers were put in force after the first: what a connection's certificate
+    /// was last verified under ([`ClientCertificate::checked`]).
+    generation: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -470,23 +483,128 @@ impl ClientCertVerifier for Clients {
     }
 }
 
-/// The names of a connection's client certificate, verified in its handshake: its DNS and URI
-/// subject alternative names and its subject's common names. Read once per connection (see
-/// [`on_connect`]) and kept with it, for each request's tenant to check
-/// (`client_certificate_names`).
-#[derive(Debug, Clone)]
-pub struct ClientNames(pub Arc<[String]>);
+/// A connection's client certificate, verified in its handshake and kept with the connection
+/// (see [`ListenerTls::on_connect`]): its names, for each request's tenant to check
+/// (`client_certificate_names`), and its chain, verified again by [`ClientCertificate::check`]
+/// whenever the authorities and revocation lists in force have changed since it last was.
+pub struct ClientCertificate {
+    names: Box<[String]>,
+    /// The certificate, then the intermediates the client presented with it.
+    chain: Box<[CertificateDer<'static>]>,
+    /// The earliest `notAfter` of the chain, in seconds since the Unix epoch.
+    not_after: i64,
+    clients: Arc<Clients>,
+    /// The generation of [`Clients`] the chain was last verified under; none at first (the
+    /// handshake's verification may have run under the verifier before a reload that
+    /// completed before this connection was handed over).
+    checked: AtomicU64,
+    /// Why the certificate was refused, once it is: a connection is not accepted again.
+    refused: OnceLock<&'static str>,
+}
 
-/// For `HttpServer::on_connect` on the HTTPS listeners: keeps the names of the connection's
-/// client certificate, if it presented one, with the connection.
-pub fn on_connect(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
-    type Stream = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
-    let Some(stream) = conn.downcast_ref::<Stream>() else {
-        return;
-    };
-    let (_, session) = stream.get_ref();
-    if let Some(leaf) = session.peer_certificates().and_then(<[_]>::first) {
-        ext.insert(ClientNames(names(leaf).into()));
+impl std::fmt::Debug for ClientCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertificate")
+            .field("names", &self.names)
+            .field("not_after", &self.not_after)
+            .field("refused", &self.refused.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCertificate {
+    /// Never a generation of [`Clients`].
+    const UNCHECKED: u64 = u64::MAX;
+
+    /// A connection's client certificate `chain` (the certificate first), to be checked under
+    /// `clients` from the connection's first request on.
+    fn new(chain: &[CertificateDer<'_>], clients: Arc<Clients>) -> ClientCertificate {
+        let not_after = chain
+            .iter()
+            .filter_map(|c| x509_parser::parse_x509_certificate(c).ok())
+            .map(|(_, parsed)| parsed.validity().not_after.timestamp())
+            .min()
+            .unwrap_or(i64::MIN);
+        ClientCertificate {
+            names: chain.first().map(|c| names(c)).unwrap_or_default().into(),
+            chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+            not_after,
+            clients,
+            checked: AtomicU64::new(Self::UNCHECKED),
+            refused: OnceLock::new(),
+        }
+    }
+
+    /// Its DNS and URI subject alternative names and its subject's common names.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether the connection's certificate is still accepted: not expired, and, when the
+    /// authorities or revocation lists have changed since it was last verified, verified again
+    /// under those in force. `Err` names why not (a label of
+    /// `embedgate_tls_client_certificates_refused_total`, counted the first time); a certificate
+    /// refused stays refused for the life of its connection.
+    pub fn check(&self) -> Result<(), &'static str> {
+        if let Some(reason) = self.refused.get() {
+            return Err(reason);
+        }
+        let now = UnixTime::now();
+        if i64::try_from(now.as_secs()).unwrap_or(i64::MAX) > self.not_after {
+            return Err(self.refuse("expired"));
+        }
+        let generation = self.clients.generation.load(Ordering::Acquire);
+        if self.checked.load(Ordering::Relaxed) == generation {
+            return Ok(());
+        }
+        let (leaf, intermediates) = self
+            .chain
+            .split_first()
+            .expect("a connection's client certificate chain is never empty");
+        match self
+            .clients
+            .current
+            .load()
+            .verify_client_cert(leaf, intermediates, now)
+        {
+            Ok(_) => {
+                self.checked.store(generation, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(self.refuse(refusal(&e))),
+        }
+    }
+
+    /// Whether [`ClientCertificate::check`] has refused it.
+    pub fn refused(&self) -> bool {
+        self.refused.get().is_some()
+    }
+
+    fn refuse(&self, reason: &'static str) -> &'static str {
+        if self.refused.set(reason).is_ok() {
+            self.clients
+                .metrics
+                .tls_clients_refused
+                .with_label_values(&[reason])
+                .inc();
+        }
+        self.refused.get().copied().unwrap_or(reason)
+    }
+}
+
+impl ListenerTls {
+    /// For `HttpServer::on_connect` on the HTTPS listeners: keeps the connection's client
+    /// certificate, if it presented one (`tls.client_ca_file`), with the connection.
+    pub fn on_connect(&self, conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+        type Stream = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+        let (Some(clients), Some(stream)) = (&self.clients, conn.downcast_ref::<Stream>()) else {
+            return;
+        };
+        let (_, session) = stream.get_ref();
+        let Some(chain) = session.peer_certificates().filter(|c| !c.is_empty()) else {
+            return;
+        };
+        ext.insert(ClientCertificate::new(chain, clients.clone()));
     }
 }
 
@@ -763,6 +881,104 @@ mod tests {
 
     /// A client certificate's names are its DNS and URI alternative names and its common name:
     /// what `client_certificate_names` are matched against.
+    /// A connection's certificate is checked under the authorities and lists in force at its
+    /// requests, not only in its handshake: one revoked by a reload after the connection was
+    /// set up is refused at its next request, as is one whose handshake ran under the list
+    /// before a reload that completed before the connection was handed over; one that has
+    /// expired is refused without a reload. Each is counted once, and stays refused.
+    #[test]
+    fn a_connections_certificate_is_refused_once_revoked_or_expired_under_the_lists_in_force() {
+        let d = dir("open-connections");
+        let (cert, key) = certificate("gateway.internal", YEAR_2030);
+        let (cert_file, key_file) = (d.join("tls.crt"), d.join("tls.key"));
+        let (ca_file, crl_file) = (d.join("clients.pem"), d.join("clients.crl"));
+        write(&cert_file, &cert);
+        write(&key_file, &key);
+        let mut ca = rcgen::CertificateParams::new(vec![]).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let issue = |serial: u64, not_after: i64| {
+            let mut p = rcgen::CertificateParams::new(vec!["portal.example".into()]).unwrap();
+            p.serial_number = Some(serial.into());
+            p.not_after = time::OffsetDateTime::from_unix_timestamp(not_after).unwrap();
+            p.distinguished_name = rcgen::DistinguishedName::new();
+            let key = rcgen::KeyPair::generate().unwrap();
+            p.signed_by(&key, &ca, &ca_key).unwrap().der().clone()
+        };
+        let revoking = |serials: &[u64]| {
+            let now = time::OffsetDateTime::now_utc();
+            rcgen::CertificateRevocationListParams {
+                this_update: now - time::Duration::hours(1),
+                next_update: now + time::Duration::days(7),
+                crl_number: (serials.len() as u64 + 1).into(),
+                issuing_distribution_point: None,
+                revoked_certs: serials
+                    .iter()
+                    .map(|&s| rcgen::RevokedCertParams {
+                        serial_number: s.into(),
+                        revocation_time: now - time::Duration::minutes(5),
+                        reason_code: None,
+                        invalidity_date: None,
+                    })
+                    .collect(),
+                key_identifier_method: rcgen::KeyIdMethod::Sha256,
+            }
+            .signed_by(&ca, &ca_key)
+            .unwrap()
+            .pem()
+            .unwrap()
+        };
+        write(&ca_file, &ca.pem());
+        write(&crl_file, &revoking(&[]));
+        let metrics = Arc::new(Metrics::new());
+        let tls = ListenerTls::new(
+            &TlsSettings {
+                client_ca_file: Some(ca_file),
+                client_crl_file: Some(crl_file.clone()),
+                ..settings(&cert_file, &key_file)
+            },
+            metrics.clone(),
+        )
+        .unwrap()
+        .unwrap();
+        let clients = tls.clients.clone().unwrap();
+        let refused = |reason: &str| {
+            metrics
+                .tls_clients_refused
+                .with_label_values(&[reason])
+                .get()
+        };
+        let (portal, other) = (issue(1, YEAR_2030), issue(2, YEAR_2030));
+        let open = ClientCertificate::new(std::slice::from_ref(&portal), clients.clone());
+        let kept = ClientCertificate::new(&[other], clients.clone());
+        assert_eq!(
+            (open.check(), open.check(), kept.check()),
+            (Ok(()), Ok(()), Ok(()))
+        );
+        assert_eq!(open.names(), ["portal.example"]);
+
+        write(&crl_file, &revoking(&[1]));
+        assert_eq!(tls.reload(false), Some(Ok(())));
+        // Handed over after the reload, its handshake verified before it.
+        let late = ClientCertificate::new(&[portal], clients.clone());
+        assert_eq!(
+            (open.check(), late.check()),
+            (Err("revoked"), Err("revoked"))
+        );
+        assert_eq!(kept.check(), Ok(()), "another certificate of the authority");
+        assert_eq!(open.check(), Err("revoked"), "stays refused");
+        assert!(open.refused() && !kept.refused());
+        assert_eq!(refused("revoked"), 2, "once per connection");
+
+        let expired = ClientCertificate::new(&[issue(3, 1_700_000_000)], clients);
+        assert_eq!(
+            (expired.check(), expired.check()),
+            (Err("expired"), Err("expired"))
+        );
+        assert_eq!(refused("expired"), 1);
+    }
+
     #[test]
     fn a_client_certificates_names_are_its_alternative_names_and_common_name() {
         let mut params = rcgen::CertificateParams::new(vec!["portal.acme.example".into()]).unwrap();

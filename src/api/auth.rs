@@ -13,11 +13,12 @@ use futures::StreamExt;
 use super::problem::Problem;
 use crate::gateway::Gateway;
 use crate::tenant::{Limit, PerTenant, Tenant};
-use crate::tls::ClientNames;
+use crate::tls::ClientCertificate;
 
 /// The tenant the `Authorization: Bearer` key belongs to, if the connection's client
-/// certificate is one the tenant accepts (`client_certificate_names`).
+/// certificate is still accepted and is one the tenant accepts (`client_certificate_names`).
 pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a Tenant, Problem> {
+    let cert = client_certificate(req).map_err(certificate_refused)?;
     let realm = "Bearer realm=\"embedgate\"";
     let mut sent = req.headers().get_all(header::AUTHORIZATION);
     let Some(value) = sent.next() else {
@@ -54,12 +55,51 @@ pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a
         .map(str::trim)
         .unwrap_or_default();
     let tenant = gw.tenants().authenticate(key).ok_or_else(key_not_valid)?;
-    let names = req.conn_data::<ClientNames>();
-    if !tenant.accepts_client(|| names.map(|n| &*n.0)) {
+    if !tenant.accepts_client(|| cert.map(ClientCertificate::names)) {
         gw.metrics().client_certificate_mismatch(&tenant.id);
         return Err(client_not_accepted());
     }
     Ok(tenant)
+}
+
+/// The connection's client certificate, if it presented one (`tls.client_ca_file`), while it
+/// is accepted; else why it no longer is (revoked or its authority removed by a reload,
+/// expired: see `ClientCertificate::check`).
+pub(super) fn client_certificate(
+    req: &HttpRequest,
+) -> Result<Option<&ClientCertificate>, &'static str> {
+    match req.conn_data::<ClientCertificate>() {
+        Some(cert) => cert.check().map(|()| Some(cert)),
+        None => Ok(None),
+    }
+}
+
+/// `resp`, closing its connection when the connection's client certificate was refused: every
+/// request on it would be, and a new connection with that certificate is refused in its
+/// handshake.
+pub(super) fn closing_if_refused(req: &HttpRequest, mut resp: HttpResponse) -> HttpResponse {
+    if req
+        .conn_data::<ClientCertificate>()
+        .is_some_and(ClientCertificate::refused)
+    {
+        resp.head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+    }
+    resp
+}
+
+/// The detail of a refusal of a connection's client certificate, for either listener.
+pub(super) fn certificate_refused_detail(reason: &str) -> String {
+    format!("the client certificate of this connection is no longer accepted ({reason}): it is closed; connect again with a certificate the gateway accepts")
+}
+
+/// A connection whose client certificate is no longer accepted.
+fn certificate_refused(reason: &'static str) -> Problem {
+    Problem::new(
+        StatusCode::FORBIDDEN,
+        "client_certificate_refused",
+        certificate_refused_detail(reason),
+    )
 }
 
 /// A key no tenant in force has.

@@ -14,7 +14,10 @@ use std::time::{Duration, SystemTime};
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use super::auth::{read_bounded, BodyError, BodyLimits};
+use super::auth::{
+    certificate_refused_detail, client_certificate, closing_if_refused, read_bounded, BodyError,
+    BodyLimits,
+};
 use super::context::request_id;
 use super::embed::Watch;
 use crate::gateway::{Failed, Gate, Gateway, Refusal, ServeError};
@@ -23,7 +26,7 @@ use crate::metrics::{Outcome, Protocol};
 use crate::model::parse::Unknown;
 use crate::sigv4::{AuthError, Incoming, KeyInfo, Verifier};
 use crate::tenant::Tenant;
-use crate::tls::ClientNames;
+use crate::tls::ClientCertificate;
 use crate::upstream::{Fault, UpstreamError};
 use crate::wire::{self, AwsError};
 
@@ -106,7 +109,7 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
             };
             tracing::debug!(code = e.code, "compatible listener refused a signature");
             watch.observe(outcome);
-            return e.response(&request_id);
+            return closing_if_refused(&req, e.response(&request_id));
         }
     };
     watch.tenant(tenant);
@@ -182,15 +185,22 @@ async fn handle(req: HttpRequest, payload: web::Payload, gw: web::Data<Gateway>)
 }
 
 /// The tenant whose access key signed the request, and the region it signed for, if the
-/// connection's client certificate is one the tenant accepts (`client_certificate_names`).
+/// connection's client certificate is still accepted and is one the tenant accepts
+/// (`client_certificate_names`).
 fn verify<'a>(
     gw: &'a Gateway,
     req: &HttpRequest,
     body: &[u8],
 ) -> Result<(&'a Tenant, String), AwsError> {
+    let cert = client_certificate(req).map_err(|reason| {
+        AwsError::new(
+            403,
+            "AccessDeniedException",
+            certificate_refused_detail(reason),
+        )
+    })?;
     let (tenant, region) = verify_signature(gw, req, body).map_err(|e| AwsError::from_auth(&e))?;
-    let names = req.conn_data::<ClientNames>();
-    if !tenant.accepts_client(|| names.map(|n| &*n.0)) {
+    if !tenant.accepts_client(|| cert.map(ClientCertificate::names)) {
         gw.metrics().client_certificate_mismatch(&tenant.id);
         return Err(AwsError::new(
             403,

@@ -10,7 +10,8 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::auth::{
-    authenticate, discard_body, key_not_valid, limit_unauthenticated, read_body, BodyLimits, Canned,
+    authenticate, closing_if_refused, discard_body, key_not_valid, limit_unauthenticated,
+    read_body, BodyLimits, Canned,
 };
 use super::context::request_id;
 use super::problem::{refusal, serve_failure};
@@ -225,7 +226,7 @@ async fn embed(
             };
             watch.observe(outcome);
             discard_body(&req, body, BodyLimits::of(&gw)).await;
-            return p.response(&request_id);
+            return closing_if_refused(&req, p.response(&request_id));
         }
     };
     watch.tenant(tenant);

@@ -6,7 +6,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::auth::{
-    authenticate, discard_body, limit_unauthenticated, read_body, BodyLimits, Canned,
+    authenticate, closing_if_refused, discard_body, limit_unauthenticated, read_body, BodyLimits,
+    Canned,
 };
 use super::context::request_id;
 use super::problem::{bad_input, refusal, Problem};
@@ -28,7 +29,7 @@ pub(super) async fn hints(
         Ok(t) => t,
         Err(p) => {
             discard_body(&req, body, BodyLimits::of(&gw)).await;
-            return limit_unauthenticated(&gw, p).response(&request_id);
+            return closing_if_refused(&req, limit_unauthenticated(&gw, p).response(&request_id));
         }
     };
     if let Inbound::Limited { retry_after } = gw.check_inbound(tenant).await {

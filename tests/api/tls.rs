@@ -89,9 +89,24 @@ impl Authority {
 
     /// [`Authority::issue`] for another use.
     fn issue_for(&self, name: &str, serial: u64, usage: rcgen::ExtendedKeyUsagePurpose) -> String {
+        self.issue_with(name, serial, |p| p.extended_key_usages = vec![usage])
+    }
+
+    /// [`Authority::issue`], valid until `not_after`.
+    fn issue_until(&self, name: &str, serial: u64, not_after: time::OffsetDateTime) -> String {
+        self.issue_with(name, serial, |p| p.not_after = not_after)
+    }
+
+    fn issue_with(
+        &self,
+        name: &str,
+        serial: u64,
+        change: impl FnOnce(&mut CertificateParams),
+    ) -> String {
         let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
         params.serial_number = Some(serial.into());
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        change(&mut params);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         format!("{}{}", cert.pem(), key.serialize_pem())
@@ -123,6 +138,51 @@ impl Authority {
     }
 }
 
+/// A server certificate, and a portal authority (`tls.client_ca_file`) with a revocation list
+/// that revokes nothing yet and two portals' certificates, serials 1 and 2.
+struct Mutual {
+    issued: Issued,
+    tls: TlsSettings,
+    crl_file: PathBuf,
+    portals: Authority,
+    portal_a: String,
+    portal_b: String,
+}
+
+fn mutual(name: &str) -> Mutual {
+    let issued = issue(NOT_AFTER);
+    let (cert_file, key_file) = files(name, &issued);
+    let (ca_file, crl_file) = (
+        cert_file.with_file_name("clients.pem"),
+        cert_file.with_file_name("clients.crl"),
+    );
+    let portals = Authority::new("portal authority");
+    replace_file(&ca_file, &portals.cert.pem());
+    replace_file(&crl_file, &portals.revoking(&[]));
+    Mutual {
+        issued,
+        tls: TlsSettings {
+            cert_file: Some(cert_file),
+            key_file: Some(key_file),
+            client_ca_file: Some(ca_file),
+            client_crl_file: Some(crl_file.clone()),
+        },
+        crl_file,
+        portal_a: portals.issue("portal-a.example", 1),
+        portal_b: portals.issue("portal-b.example", 2),
+        portals,
+    }
+}
+
+/// Mutual TLS as `tls` sets it, and the compatible listener, where alpha signs with
+/// [`ALPHA_KEY`].
+fn serve_mutual(s: &mut embedgate::config::Settings, tls: TlsSettings) {
+    s.tls = tls;
+    s.compat_listen = Some("127.0.0.1:0".parse().unwrap());
+    s.master_key = Some(Secret::new(MASTER));
+    s.tenants[0].access_key_ids = vec![ALPHA_KEY.into()];
+}
+
 /// A client that trusts `root_pem` and nothing else, presenting `identity` (a client
 /// certificate and its key) when given one.
 fn presenting(root_pem: &str, identity: Option<&str>) -> reqwest::Client {
@@ -152,6 +212,46 @@ async fn embed(http: &reqwest::Client, base: &str, key: &str) -> reqwest::Result
         .send()
         .await?;
     Ok(r.status().as_u16())
+}
+
+/// A GetDashboardEmbedUrl signed with alpha's access key, sent to the compatible listener at
+/// `compat`: its status, `x-amzn-ErrorType` and `Connection` header.
+async fn drop_in(
+    client: &reqwest::Client,
+    compat: &str,
+) -> reqwest::Result<(u16, Option<String>, Option<String>)> {
+    let secret = derive_secret(&Secret::new(MASTER), "alpha", ALPHA_KEY);
+    let (url, headers) = signed(
+        compat,
+        ALPHA_KEY,
+        secret.expose(),
+        "quicksight",
+        "us-east-1",
+        std::time::SystemTime::now(),
+    );
+    let mut req = client.get(url);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    let r = req.send().await?;
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    Ok((
+        r.status().as_u16(),
+        header("x-amzn-ErrorType"),
+        header("connection"),
+    ))
+}
+
+/// `embedgate_tls_client_certificates_refused_total` for `reason` in a scrape.
+fn refusals(metrics: &str, reason: &str) -> f64 {
+    metric(
+        metrics,
+        &format!("embedgate_tls_client_certificates_refused_total{{reason=\"{reason}\"}}"),
+    )
 }
 
 const MASTER: &str = "tls-tests-master-key-0123456789abcdef0";
@@ -315,19 +415,14 @@ async fn a_renewed_certificate_reaches_new_connections_without_a_restart() {
 /// renewed in place reaches new connections without a restart.
 #[tokio::test]
 async fn only_clients_the_authority_certified_are_served_and_a_tenants_keys_only_with_its_names() {
-    let issued = issue(NOT_AFTER);
-    let (cert_file, key_file) = files("clients", &issued);
-    let (ca_file, crl_file) = (
-        cert_file.with_file_name("clients.pem"),
-        cert_file.with_file_name("clients.crl"),
-    );
-    let portals = Authority::new("portal authority");
-    replace_file(&ca_file, &portals.cert.pem());
-    replace_file(&crl_file, &portals.revoking(&[]));
-    let (portal_a, portal_b) = (
-        portals.issue("portal-a.example", 1),
-        portals.issue("portal-b.example", 2),
-    );
+    let Mutual {
+        issued,
+        tls,
+        crl_file,
+        portals,
+        portal_a,
+        portal_b,
+    } = mutual("clients");
     let stranger = Authority::new("another authority").issue("portal-a.example", 1);
     let server_only = portals.issue_for(
         "portal-a.example",
@@ -335,15 +430,7 @@ async fn only_clients_the_authority_certified_are_served_and_a_tenants_keys_only
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
     );
     let app = spawn_app(|s| {
-        s.tls = TlsSettings {
-            cert_file: Some(cert_file),
-            key_file: Some(key_file),
-            client_ca_file: Some(ca_file),
-            client_crl_file: Some(crl_file.clone()),
-        };
-        s.compat_listen = Some("127.0.0.1:0".parse().unwrap());
-        s.master_key = Some(Secret::new(MASTER));
-        s.tenants[0].access_key_ids = vec![ALPHA_KEY.into()];
+        serve_mutual(s, tls);
         s.tenants[0].client_certificate_names = vec!["portal-a.example".into()];
     })
     .await;
@@ -405,32 +492,16 @@ async fn only_clients_the_authority_certified_are_served_and_a_tenants_keys_only
     // The compatible listener: alpha's access key signs as well from either portal, and is
     // served only from the one alpha names.
     let compat = format!("https://{}", app.app.compat_addr.unwrap());
-    let secret = derive_secret(&Secret::new(MASTER), "alpha", ALPHA_KEY);
-    let drop_in = |client: &reqwest::Client| {
-        let (url, headers) = signed(
-            &compat,
-            ALPHA_KEY,
-            secret.expose(),
-            "quicksight",
-            "us-east-1",
-            std::time::SystemTime::now(),
-        );
-        let mut req = client.get(url);
-        for (k, v) in headers {
-            req = req.header(k, v);
-        }
-        async move {
-            let r = req.send().await.unwrap();
-            let code = r
-                .headers()
-                .get("x-amzn-ErrorType")
-                .map(|v| v.to_str().unwrap().to_string());
-            (r.status().as_u16(), code)
-        }
-    };
-    assert_eq!(drop_in(&with(Some(&portal_a))).await, (200, None));
+    let status_and_error = |(status, error, _): (u16, Option<String>, _)| (status, error);
     assert_eq!(
-        drop_in(&b).await,
+        drop_in(&with(Some(&portal_a)), &compat)
+            .await
+            .map(status_and_error)
+            .unwrap(),
+        (200, None)
+    );
+    assert_eq!(
+        drop_in(&b, &compat).await.map(status_and_error).unwrap(),
         (403, Some("AccessDeniedException".to_string()))
     );
 
@@ -462,12 +533,7 @@ async fn only_clients_the_authority_certified_are_served_and_a_tenants_keys_only
     assert_eq!(embed(&b, &https, "beta-key").await.unwrap(), 200);
 
     let metrics = get_text(&app.http, &format!("{}/metrics", app.admin)).await;
-    let refused = |reason: &str| {
-        metric(
-            &metrics,
-            &format!("embedgate_tls_client_certificates_refused_total{{reason=\"{reason}\"}}"),
-        )
-    };
+    let refused = |reason| refusals(&metrics, reason);
     assert_eq!(
         (
             refused("unknown_issuer"),
@@ -495,5 +561,112 @@ async fn only_clients_the_authority_certified_are_served_and_a_tenants_keys_only
         ),
         2.0,
         "and as a mismatch of the tenant whose key it was, on either listener"
+    );
+}
+
+/// A connection set up before its client certificate was revoked, or before it expired, is not
+/// served past either: a portal (or whoever holds its key and certificate) that keeps its
+/// connection open is refused at its next request (403 `client_certificate_refused` on the
+/// native API, `AccessDeniedException` on the compatible listener) and the connection is
+/// closed, while connections whose certificates are still good carry on across the reload.
+#[tokio::test]
+async fn a_connection_open_when_its_certificate_is_revoked_or_expires_is_refused_and_closed() {
+    let Mutual {
+        issued,
+        tls,
+        crl_file,
+        portals,
+        portal_a,
+        portal_b,
+    } = mutual("open-connections");
+    // x509 times are whole seconds: expires between 2 and 3 seconds from now.
+    let expires_at = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap()
+        + time::Duration::seconds(3);
+    let short_lived = portals.issue_until("portal-c.example", 3, expires_at);
+    let app = spawn_app(|s| serve_mutual(s, tls)).await;
+    let https = format!("https://{}", app.app.addr);
+    let compat = format!("https://{}", app.app.compat_addr.unwrap());
+    // Each client keeps its one connection open between requests (reqwest's pool).
+    let with = |identity: &str| presenting(&issued.root_pem, Some(identity));
+    let (a, b, c, a_compat) = (
+        with(&portal_a),
+        with(&portal_b),
+        with(&short_lived),
+        with(&portal_a),
+    );
+    /// The status, problem code and `Connection` header of a native request.
+    async fn native(
+        http: &reqwest::Client,
+        base: &str,
+    ) -> reqwest::Result<(u16, String, Option<String>)> {
+        let r = http
+            .post(format!("{base}/v1/embed-url/dashboard"))
+            .bearer_auth("alpha-key")
+            .json(&json!({"DashboardId": "sales-2024", "IdentityType": "ANONYMOUS"}))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let connection = r
+            .headers()
+            .get("connection")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body: serde_json::Value = r.json().await?;
+        Ok((
+            status,
+            body["code"].as_str().unwrap_or_default().to_string(),
+            connection,
+        ))
+    }
+
+    for client in [&a, &b, &c] {
+        assert_eq!(native(client, &https).await.unwrap().0, 200);
+    }
+    assert_eq!(drop_in(&a_compat, &compat).await.unwrap().0, 200);
+
+    // portal-a revoked and the list reloaded: its open connections are refused at their next
+    // request and closed; portal-b's carries on.
+    replace_file(&crl_file, &portals.revoking(&[1]));
+    assert_eq!(app.app.tls.as_ref().unwrap().reload(false), Some(Ok(())));
+    assert_eq!(
+        native(&a, &https).await.unwrap(),
+        (
+            403,
+            "client_certificate_refused".to_string(),
+            Some("close".to_string())
+        )
+    );
+    assert_eq!(
+        drop_in(&a_compat, &compat).await.unwrap(),
+        (
+            403,
+            Some("AccessDeniedException".to_string()),
+            Some("close".to_string())
+        )
+    );
+    assert_eq!(native(&b, &https).await.unwrap().0, 200);
+    // Closed: the client's next request needs a new connection, refused in its handshake.
+    assert!(native(&a, &https).await.is_err());
+
+    // portal-c's certificate expires while its connection is open.
+    let wait = (expires_at - time::OffsetDateTime::now_utc()) + time::Duration::milliseconds(1_100);
+    tokio::time::sleep(wait.try_into().unwrap_or_default()).await;
+    assert_eq!(
+        native(&c, &https).await.unwrap(),
+        (
+            403,
+            "client_certificate_refused".to_string(),
+            Some("close".to_string())
+        )
+    );
+    assert_eq!(native(&b, &https).await.unwrap().0, 200);
+
+    let metrics = get_text(&app.http, &format!("{}/metrics", app.admin)).await;
+    let refused = |reason| refusals(&metrics, reason);
+    assert_eq!(
+        (refused("revoked"), refused("expired")),
+        (3.0, 1.0),
+        "each connection refused once: portal-a's two open ones and its new one; portal-c's"
     );
 }
