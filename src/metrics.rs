@@ -527,7 +527,7 @@ impl Metrics {
             ),
             client_mismatches: counter_vec(
                 "embedgate_client_certificate_mismatches_total",
-                "Requests with a tenant's valid API key or access key over a connection whose client certificate the tenant does not list in client_certificate_names (refused: 403 client_certificate_not_allowed or AccessDeniedException). Anything but 0 means a tenant's key is used from somewhere it was not given to (0 for every tenant from the start).",
+                "Requests with a tenant's valid API key or access key from a client whose certificate (the connection's, or one a trusted proxy forwarded in api.client_cert_header) the tenant does not list in client_certificate_names (refused: 403 client_certificate_not_allowed or AccessDeniedException). Anything but 0 means a tenant's key is used from somewhere it was not given to (0 for every tenant from the start).",
                 &["tenant"],
             ),
             registry: r,

@@ -12,6 +12,7 @@
 
 use arc_swap::{ArcSwap, Guard};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -171,10 +172,13 @@ impl Tenant {
         self.client_names.load()
     }
 
-    /// Whether the tenant's keys are accepted over a connection whose client certificate
-    /// names `presented` (read only when needed; `None`: no client certificate): always when
-    /// the tenant lists no `client_certificate_names`, else when the certificate names one.
-    pub fn accepts_client<'a>(&self, presented: impl FnOnce() -> Option<&'a [String]>) -> bool {
+    /// Whether the tenant's keys are accepted from a client whose certificate names
+    /// `presented` (read only when needed; `None`: no client certificate): always when the
+    /// tenant lists no `client_certificate_names`, else when the certificate names one.
+    pub fn accepts_client<'a>(
+        &self,
+        presented: impl FnOnce() -> Option<Cow<'a, [String]>>,
+    ) -> bool {
         if !self.binds_clients.load(Ordering::Acquire) {
             return true;
         }
@@ -562,10 +566,10 @@ mod tests {
         );
         assert_eq!(changed.keys, vec![0], "the names are part of its keys");
         assert!(changed.rules.is_empty(), "{changed:?}");
-        assert!(tenant.accepts_client(|| Some(&portal)));
-        assert!(!tenant.accepts_client(|| Some(&other)));
+        assert!(tenant.accepts_client(|| Some(Cow::Borrowed(&portal[..]))));
+        assert!(!tenant.accepts_client(|| Some(Cow::Borrowed(&other[..]))));
         assert!(!tenant.accepts_client(|| None), "no client certificate");
-        assert!(!tenant.accepts_client(|| Some(&[])));
+        assert!(!tenant.accepts_client(|| Some(Cow::Borrowed(&[][..]))));
         acme.client_certificate_names.clear();
         let changed = t.put_in_force(
             std::slice::from_ref(&acme),
@@ -573,7 +577,10 @@ mod tests {
             t.rules_for(std::slice::from_ref(&acme)),
         );
         assert_eq!(changed.keys, vec![0]);
-        assert!(tenant.accepts_client(|| Some(&other)), "names removed: any");
+        assert!(
+            tenant.accepts_client(|| Some(Cow::Borrowed(&other[..]))),
+            "names removed: any"
+        );
     }
 
     /// A tenant is known by its id: a reload that lists a new id adds it at the next index, one

@@ -1,6 +1,7 @@
 //! Who is asking and how much they may: API-key authentication (bad keys share one limit),
 //! the tenant's inbound limit with its `RateLimit` headers, and the bounded JSON body.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,11 +56,25 @@ pub(super) fn authenticate<'a>(gw: &'a Gateway, req: &HttpRequest) -> Result<&'a
         .map(str::trim)
         .unwrap_or_default();
     let tenant = gw.tenants().authenticate(key).ok_or_else(key_not_valid)?;
-    if !tenant.accepts_client(|| cert.map(ClientCertificate::names)) {
+    if !tenant.accepts_client(|| presented_names(gw, req, cert)) {
         gw.metrics().client_certificate_mismatch(&tenant.id);
         return Err(client_not_accepted());
     }
     Ok(tenant)
+}
+
+/// The names of the client certificate `req` came with: the connection's own `cert`
+/// (`tls.client_ca_file`), or the one a trusted proxy in front of the gateway verified and
+/// forwarded (`api.client_cert_header`); `None` without either.
+pub(super) fn presented_names<'r>(
+    gw: &Gateway,
+    req: &HttpRequest,
+    cert: Option<&'r ClientCertificate>,
+) -> Option<Cow<'r, [String]>> {
+    match cert {
+        Some(cert) => Some(Cow::Borrowed(cert.names())),
+        None => super::forwarded::names(&gw.settings().api, req).map(Cow::Owned),
+    }
 }
 
 /// The connection's client certificate, if it presented one (`tls.client_ca_file`), while it
@@ -121,7 +136,7 @@ fn client_not_accepted() -> Problem {
     Problem::new(
         StatusCode::FORBIDDEN,
         "client_certificate_not_allowed",
-        "this API key is accepted only over a connection whose client certificate names one of its tenant's client_certificate_names",
+        "this API key is accepted only from a client whose certificate names one of its tenant's client_certificate_names",
     )
 }
 

@@ -15,8 +15,8 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::auth::{
-    certificate_refused_detail, client_certificate, closing_if_refused, read_bounded, BodyError,
-    BodyLimits,
+    certificate_refused_detail, client_certificate, closing_if_refused, presented_names,
+    read_bounded, BodyError, BodyLimits,
 };
 use super::context::request_id;
 use super::embed::Watch;
@@ -26,7 +26,6 @@ use crate::metrics::{Outcome, Protocol};
 use crate::model::parse::Unknown;
 use crate::sigv4::{AuthError, Incoming, KeyInfo, Verifier};
 use crate::tenant::Tenant;
-use crate::tls::ClientCertificate;
 use crate::upstream::{Fault, UpstreamError};
 use crate::wire::{self, AwsError};
 
@@ -200,12 +199,12 @@ fn verify<'a>(
         )
     })?;
     let (tenant, region) = verify_signature(gw, req, body).map_err(|e| AwsError::from_auth(&e))?;
-    if !tenant.accepts_client(|| cert.map(ClientCertificate::names)) {
+    if !tenant.accepts_client(|| presented_names(gw, req, cert)) {
         gw.metrics().client_certificate_mismatch(&tenant.id);
         return Err(AwsError::new(
             403,
             "AccessDeniedException",
-            "this access key is accepted only over a connection whose client certificate names one of its tenant's client_certificate_names",
+            "this access key is accepted only from a client whose certificate names one of its tenant's client_certificate_names",
         ));
     }
     Ok((tenant, region))

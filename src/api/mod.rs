@@ -15,6 +15,7 @@ mod auth;
 mod compat;
 mod context;
 mod embed;
+mod forwarded;
 mod hints;
 mod problem;
 

@@ -170,6 +170,30 @@ pub struct ApiSettings {
     /// balancers' 600 s), so the client closes first and never sends a request on a connection
     /// the gateway is closing.
     pub keep_alive_secs: u64,
+    /// The request header in which a proxy in front of the gateway, which verified the client's
+    /// certificate itself, forwards the certificate's names (Envoy's `x-forwarded-client-cert`
+    /// format): what `client_certificate_names` are checked against when the gateway does not
+    /// verify client certificates itself. Read only from [`ApiSettings::client_cert_proxies`].
+    pub client_cert_header: Option<String>,
+    /// The addresses (`10.0.0.7`, `::1`) or networks (`10.0.0.0/8`) of the proxies trusted to
+    /// set [`ApiSettings::client_cert_header`]; from any other peer it is ignored.
+    pub client_cert_proxies: Vec<String>,
+}
+
+impl ApiSettings {
+    /// The networks of [`ApiSettings::client_cert_proxies`], each checked by `validate`.
+    pub fn client_cert_proxy_nets(&self) -> impl Iterator<Item = ipnet::IpNet> + '_ {
+        self.client_cert_proxies.iter().filter_map(|p| proxy_net(p))
+    }
+}
+
+/// An address (a network of one) or a network, as `api.client_cert_proxies` lists them.
+pub fn proxy_net(text: &str) -> Option<ipnet::IpNet> {
+    text.parse().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 impl Default for ApiSettings {
@@ -182,6 +206,8 @@ impl Default for ApiSettings {
             unauthenticated_rate_per_sec: 20.0,
             unauthenticated_burst: 100,
             keep_alive_secs: 75,
+            client_cert_header: None,
+            client_cert_proxies: vec![],
         }
     }
 }

@@ -247,6 +247,7 @@ impl Settings {
         if !(1..=600_000).contains(&self.api.body_timeout_ms) {
             return Err("api.body_timeout_ms: must be from 1 to 600000 (10 minutes)".into());
         }
+        self.check_forwarded_certificates()?;
         let mut seen = std::collections::HashSet::new();
         let mut key_owner = std::collections::HashMap::new();
         let mut access_key_owner = std::collections::HashMap::new();
@@ -298,9 +299,12 @@ impl Settings {
                     ));
                 }
             }
-            if !t.client_certificate_names.is_empty() && self.tls.client_ca_file.is_none() {
+            if !t.client_certificate_names.is_empty()
+                && self.tls.client_ca_file.is_none()
+                && self.api.client_cert_header.is_none()
+            {
                 return Err(format!(
-                    "{}: needs tls.client_ca_file (the names are read from the client certificates it verifies)",
+                    "{}: needs tls.client_ca_file (the names are read from the client certificates it verifies) or api.client_cert_header (read from a proxy that verifies them)",
                     k("client_certificate_names")
                 ));
             }
@@ -713,6 +717,37 @@ fn check_session_tags(p: &PolicySettings) -> Result<(), (String, String)> {
     Ok(())
 }
 
+impl Settings {
+    /// `api.client_cert_header` and `api.client_cert_proxies` go together, name a header and
+    /// addresses, and are not set beside the gateway's own client certificates.
+    fn check_forwarded_certificates(&self) -> Result<(), String> {
+        let api = &self.api;
+        for proxy in &api.client_cert_proxies {
+            if super::proxy_net(proxy).is_none() {
+                return Err(format!(
+                    "api.client_cert_proxies: {proxy:?} is not an address or a network (10.0.0.7, 10.0.0.0/8, ::1)"
+                ));
+            }
+        }
+        match &api.client_cert_header {
+            None if !api.client_cert_proxies.is_empty() => Err(
+                "api.client_cert_proxies: needs api.client_cert_header (the header those proxies set)".into(),
+            ),
+            None => Ok(()),
+            Some(h) if http::HeaderName::from_bytes(h.as_bytes()).is_err() => Err(format!(
+                "api.client_cert_header: {h:?} is not an HTTP header name"
+            )),
+            Some(_) if api.client_cert_proxies.is_empty() => Err(
+                "api.client_cert_header: needs api.client_cert_proxies (the addresses of the proxies trusted to set it; from any other peer it could be forged)".into(),
+            ),
+            Some(_) if self.tls.client_ca_file.is_some() => Err(
+                "api.client_cert_header: not with tls.client_ca_file: the gateway verifies client certificates itself, or a proxy in front of it does, not both".into(),
+            ),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -764,6 +799,60 @@ mod tests {
         let mut s = with_tenant();
         with_cas(&mut s);
         s.tenants[0].client_certificate_names = vec!["portal.acme.example".into()];
+        s.validate().unwrap();
+    }
+
+    /// A proxy's forwarded names need the header and the proxies trusted to set it, real
+    /// addresses, and no client authorities of the gateway's own beside them; with them a
+    /// tenant may list names without `tls.client_ca_file`.
+    #[test]
+    fn forwarded_client_certificates_need_a_header_and_the_proxies_that_set_it() {
+        let forwarding = |s: &mut Settings| {
+            s.api.client_cert_header = Some("x-forwarded-client-cert".into());
+            s.api.client_cert_proxies = vec!["10.0.0.0/8".into(), "::1".into()];
+        };
+        type Change = fn(&mut Settings);
+        let cases: [(Change, &str); 5] = [
+            (
+                |s| s.api.client_cert_proxies = vec!["10.0.0.1".into()],
+                "api.client_cert_proxies: needs api.client_cert_header",
+            ),
+            (
+                |s| s.api.client_cert_header = Some("x-forwarded-client-cert".into()),
+                "api.client_cert_header: needs api.client_cert_proxies",
+            ),
+            (
+                |s| {
+                    s.api.client_cert_header = Some("x forwarded".into());
+                    s.api.client_cert_proxies = vec!["10.0.0.1".into()];
+                },
+                "api.client_cert_header: \"x forwarded\" is not an HTTP header name",
+            ),
+            (
+                |s| {
+                    s.api.client_cert_header = Some("x-forwarded-client-cert".into());
+                    s.api.client_cert_proxies = vec!["10.0.0.0/33".into()];
+                },
+                "api.client_cert_proxies: \"10.0.0.0/33\" is not an address or a network",
+            ),
+            (
+                |s| {
+                    s.api.client_cert_header = Some("x-forwarded-client-cert".into());
+                    s.api.client_cert_proxies = vec!["10.0.0.1".into()];
+                    s.tls.cert_file = Some("tls.crt".into());
+                    s.tls.key_file = Some("tls.key".into());
+                    s.tls.client_ca_file = Some("clients.pem".into());
+                },
+                "api.client_cert_header: not with tls.client_ca_file",
+            ),
+        ];
+        for (change, expected) in cases {
+            let e = refusal(change);
+            assert!(e.starts_with(expected), "{e}");
+        }
+        let mut s = with_tenant();
+        forwarding(&mut s);
+        s.tenants[0].client_certificate_names = vec!["spiffe://acme.example/portal".into()];
         s.validate().unwrap();
     }
 

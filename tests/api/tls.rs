@@ -670,3 +670,101 @@ async fn a_connection_open_when_its_certificate_is_revoked_or_expires_is_refused
         "each connection refused once: portal-a's two open ones and its new one; portal-c's"
     );
 }
+
+/// Behind a proxy that terminates mutual TLS itself (a service mesh sidecar, an ingress), a
+/// tenant's keys are bound to the names the proxy forwards in `api.client_cert_header`
+/// (Envoy's `x-forwarded-client-cert`): only the element the proxy next to the gateway added
+/// counts, on both listeners, and the header is ignored from a peer not listed in
+/// `api.client_cert_proxies`, where anyone could have written it.
+#[tokio::test]
+async fn behind_a_trusted_proxy_a_tenants_keys_are_served_only_with_the_names_it_forwards() {
+    const XFCC: &str = "x-forwarded-client-cert";
+    let forwarding = |proxies: &[&str]| {
+        let proxies: Vec<String> = proxies.iter().map(|p| p.to_string()).collect();
+        move |s: &mut embedgate::config::Settings| {
+            s.api.client_cert_header = Some(XFCC.into());
+            s.api.client_cert_proxies = proxies;
+            s.compat_listen = Some("127.0.0.1:0".parse().unwrap());
+            s.master_key = Some(Secret::new(MASTER));
+            s.tenants[0].access_key_ids = vec![ALPHA_KEY.into()];
+            s.tenants[0].client_certificate_names = vec!["spiffe://acme.example/portal".into()];
+        }
+    };
+    let app = spawn_app(forwarding(&["127.0.0.1", "::1"])).await;
+    let native = |app: &TestApp, key: &'static str, xfcc: Option<&'static str>| {
+        let mut req = app
+            .http
+            .post(format!("http://{}/v1/embed-url/dashboard", app.app.addr))
+            .bearer_auth(key)
+            .json(&json!({"DashboardId": "sales-2024", "IdentityType": "ANONYMOUS"}));
+        if let Some(v) = xfcc {
+            req = req.header(XFCC, v);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap();
+            (
+                status,
+                body["code"].as_str().unwrap_or_default().to_string(),
+            )
+        }
+    };
+    let served = (200, String::new());
+    let refused = (403, "client_certificate_not_allowed".to_string());
+    let portal = "By=spiffe://cluster.local/ns/embedgate/sa/embedgate;Hash=0a1b;Subject=\"CN=portal,O=Acme\";URI=spiffe://acme.example/portal";
+    assert_eq!(native(&app, "alpha-key", Some(portal)).await, served);
+    for other in [
+        "URI=spiffe://beta.example/portal",
+        // The nearer proxy's element is the last: an earlier one claiming alpha's portal is
+        // what a client wrote, or what a proxy further away saw.
+        "URI=spiffe://acme.example/portal,URI=spiffe://beta.example/portal",
+        "Subject=\"CN=spiffe://acme.example/portal\"",
+    ] {
+        assert_eq!(
+            native(&app, "alpha-key", Some(other)).await,
+            refused,
+            "{other}"
+        );
+    }
+    assert_eq!(native(&app, "alpha-key", None).await, refused);
+    assert_eq!(
+        native(&app, "beta-key", None).await,
+        served,
+        "beta lists no names"
+    );
+
+    // The compatible listener reads the same header.
+    let compat = format!("http://{}", app.app.compat_addr.unwrap());
+    let secret = derive_secret(&Secret::new(MASTER), "alpha", ALPHA_KEY);
+    for (xfcc, expected) in [(portal, 200), ("URI=spiffe://beta.example/portal", 403)] {
+        let (url, headers) = signed(
+            &compat,
+            ALPHA_KEY,
+            secret.expose(),
+            "quicksight",
+            "us-east-1",
+            std::time::SystemTime::now(),
+        );
+        let mut req = app.http.get(url).header(XFCC, xfcc);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), expected, "{xfcc}");
+    }
+    let metrics = get_text(&app.http, &format!("{}/metrics", app.admin)).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "embedgate_client_certificate_mismatches_total{tenant=\"alpha\"}"
+        ),
+        5.0,
+        "four refusals on the native API, one on the compatible listener"
+    );
+
+    // From a peer that is not a listed proxy, the header is anyone's word: no names.
+    let elsewhere = spawn_app(forwarding(&["192.0.2.0/24"])).await;
+    assert_eq!(native(&elsewhere, "alpha-key", Some(portal)).await, refused);
+    assert_eq!(native(&elsewhere, "beta-key", Some(portal)).await, served);
+}
