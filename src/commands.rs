@@ -79,8 +79,20 @@ pub async fn check_config(args: CheckArgs) -> anyhow::Result<()> {
     settings.master_key =
         embedgate::config::loader::load_master_key(settings.master_key_file.as_deref())?;
     embedgate::startup::check(&settings).await?;
+    // Who vouches for client certificates, when anyone does.
+    let clients = match (
+        &settings.tls.client_ca_file,
+        &settings.api.client_cert_header,
+    ) {
+        (Some(_), _) => ", client certificates verified (tls.client_ca_file)".to_string(),
+        (None, Some(header)) => format!(
+            ", client certificate names read from {header} sent by {}",
+            settings.api.client_cert_proxies.join(", ")
+        ),
+        (None, None) => String::new(),
+    };
     println!(
-        "ok: {} tenant(s) (tenant table {}), {} upstream(s), listen {}, admin {}, compatible listener {}, {}",
+        "ok: {} tenant(s) (tenant table {}), {} upstream(s), listen {}, admin {}, compatible listener {}, {}{clients}",
         settings.tenants.len(),
         embedgate::config::table_digest(&settings.tenants),
         settings.upstreams().len(),

@@ -552,3 +552,43 @@ fn an_api_key_that_could_never_be_presented_is_refused_where_it_is_made() {
         "is the hash of an empty key",
     );
 }
+
+/// The proxy settings for forwarded client certificates come from the environment as a
+/// Kubernetes manifest would set them (a list in one variable), `check-config` says who vouches
+/// for client certificates, and one setting without the other is refused naming it.
+#[test]
+fn check_config_says_which_proxies_forward_client_certificates() {
+    let check = |env: &[(&str, &str)]| {
+        sandboxed(&["check-config", "--config", "config/embedgate.example.toml"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let header = (
+        "EMBEDGATE_API__CLIENT_CERT_HEADER",
+        "x-forwarded-client-cert",
+    );
+    let out = check(&[
+        header,
+        (
+            "EMBEDGATE_API__CLIENT_CERT_PROXIES",
+            "[\"127.0.0.1\", \"10.0.0.0/8\"]",
+        ),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && stdout.contains(
+                ", client certificate names read from x-forwarded-client-cert sent by 127.0.0.1, 10.0.0.0/8"
+            ),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = check(&[header]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("api.client_cert_header: needs api.client_cert_proxies"),
+        "{stderr}"
+    );
+}
