@@ -9,11 +9,13 @@
 //! proxy next to the gateway added, about the client it verified (earlier elements came from
 //! further away, and a client may have written them). Its `URI` and `DNS` pairs (the
 //! certificate's URI and DNS subject alternative names; a certificate may have several) are
-//! the names. And the header is read only from a peer whose address is in
-//! `api.client_cert_proxies`: from anywhere else it could be forged, so a request from another
-//! peer presents no names at all.
+//! the names. The whole header must be well formed, or it presents no names: a proxy that
+//! appends its element to one a client sent (Envoy's `APPEND_FORWARD`) appends it after text
+//! the client chose, and a client that left a quote open there would otherwise have the
+//! proxy's comma read as part of its own value, and its own pairs as the last element's.
+//! And the header is read only from a peer whose address is in `api.client_cert_proxies`: from
+//! anywhere else it could be forged, so a request from another peer presents no names at all.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 
 use actix_web::HttpRequest;
@@ -46,60 +48,70 @@ fn trusted(api: &ApiSettings, peer: IpAddr) -> bool {
     api.client_cert_proxy_nets().any(|net| net.contains(&peer))
 }
 
-/// The `URI` and `DNS` values of the last element of an `x-forwarded-client-cert` value.
+/// The `URI` and `DNS` values of the last element of an `x-forwarded-client-cert` value; none
+/// when the value is not well formed.
 fn last_element_names(value: &str) -> Vec<String> {
-    let element = split_unquoted(value, ',').pop().unwrap_or_default();
-    split_unquoted(element, ';')
-        .into_iter()
-        .filter_map(|pair| pair.split_once('='))
-        .filter(|(key, _)| {
-            let key = key.trim();
-            key.eq_ignore_ascii_case("URI") || key.eq_ignore_ascii_case("DNS")
-        })
-        .map(|(_, v)| unquote(v.trim()).into_owned())
+    let Some(elements) = parse(value) else {
+        return vec![];
+    };
+    let last = elements.last().map(Vec::as_slice).unwrap_or_default();
+    last.iter()
+        .filter(|(key, _)| key.eq_ignore_ascii_case("URI") || key.eq_ignore_ascii_case("DNS"))
+        .map(|(_, value)| value.clone())
         .filter(|v| !v.is_empty())
         .collect()
 }
 
-/// `text` split at each `sep` outside double quotes (a `\` within quotes escapes the next
-/// character).
-fn split_unquoted(text: &str, sep: char) -> Vec<&str> {
-    let mut parts = vec![];
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, c) in text.char_indices() {
-        match c {
-            _ if escaped => escaped = false,
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            c if c == sep && !quoted => {
-                parts.push(&text[start..i]);
-                start = i + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    parts.push(&text[start..]);
-    parts
-}
+/// One element: its `Key=Value` pairs, values unquoted.
+type Element<'a> = Vec<(&'a str, String)>;
 
-/// A value without its double quotes and with `\"` and `\\` read as the character escaped; a
-/// value without quotes as it is.
-fn unquote(value: &str) -> Cow<'_, str> {
-    match value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-        Some(inner) if inner.contains('\\') => {
-            let mut out = String::with_capacity(inner.len());
-            let mut chars = inner.chars();
-            while let Some(c) = chars.next() {
-                out.push(if c == '\\' {
-                    chars.next().unwrap_or('\\')
-                } else {
-                    c
-                });
-            }
-            Cow::Owned(out)
+/// The elements of `value`, or `None` unless every element is `Key=Value` pairs separated by
+/// semicolons, keys of letters, a value either bare (no comma, semicolon or quote) or quoted
+/// (a `\` escaping the next character) and followed by a separator or the end; elements
+/// separated by commas, with optional spaces around them.
+fn parse(value: &str) -> Option<Vec<Element<'_>>> {
+    let mut elements = vec![vec![]];
+    let mut rest = value.trim_start_matches([' ', '\t']);
+    loop {
+        let (key, after) = rest.split_once('=')?;
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return None;
         }
-        Some(inner) => Cow::Borrowed(inner),
-        None => Cow::Borrowed(value),
+        let (pair_value, after) = match after.strip_prefix('"') {
+            Some(quoted) => {
+                let mut unquoted = String::new();
+                let mut chars = quoted.char_indices();
+                let end = loop {
+                    match chars.next()? {
+                        (_, '\\') => unquoted.push(chars.next()?.1),
+                        (i, '"') => break i,
+                        (_, c) => unquoted.push(c),
+                    }
+                };
+                (unquoted, &quoted[end + 1..])
+            }
+            None => {
+                let end = after.find([',', ';', '"']).unwrap_or(after.len());
+                if after[end..].starts_with('"') {
+                    return None;
+                }
+                (
+                    after[..end].trim_end_matches([' ', '\t']).to_string(),
+                    &after[end..],
+                )
+            }
+        };
+        elements.last_mut()?.push((key, pair_value));
+        let after = after.trim_start_matches([' ', '\t']);
+        rest = match after.chars().next() {
+            None => return Some(elements),
+            Some(';') => &after[1..],
+            Some(',') => {
+                elements.push(vec![]);
+                after[1..].trim_start_matches([' ', '\t'])
+            }
+            Some(_) => return None,
+        };
     }
 }
 
@@ -134,11 +146,68 @@ mod tests {
             ),
             ["spiffe://acme/portal", "odd\"name;x"]
         );
-        // Keys in any case, spaces around pairs.
+        // Keys in any case, spaces around elements (a list joined from several lines).
         assert_eq!(
-            last_element_names(" uri=spiffe://acme/portal ; dns=portal.acme.example "),
+            last_element_names(
+                "URI=spiffe://beta/portal, uri=spiffe://acme/portal;dns=portal.acme.example "
+            ),
             ["spiffe://acme/portal", "portal.acme.example"]
         );
+    }
+
+    /// A client's own header, forwarded with the proxy's element appended after it: however
+    /// it is written, the names are the proxy's element's or none, never the client's.
+    #[test]
+    fn a_client_written_prefix_cannot_become_the_last_element() {
+        let proxy = "By=spiffe://mesh/gateway;Subject=\"CN=a \\\"b\\\"\";URI=spiffe://real/client";
+        for prefix in [
+            "URI=spiffe://victim;X=\"",
+            "URI=spiffe://victim;X=\"\\",
+            "URI=\"spiffe://victim",
+            "URI=spiffe://victim;X=\"a\"b",
+            "URI=spiffe://victim,X",
+        ] {
+            let names = last_element_names(&format!("{prefix},{proxy}"));
+            assert!(
+                names.is_empty() || names == ["spiffe://real/client"],
+                "{prefix}: {names:?}"
+            );
+        }
+        for bare_proxy in [
+            "By=a;URI=spiffe://real/client",
+            "By=a;Subject=\"\";URI=spiffe://real/client",
+        ] {
+            let names = last_element_names(&format!("URI=spiffe://victim;X=\",{bare_proxy}"));
+            assert!(names.is_empty(), "{bare_proxy}: {names:?}");
+        }
+        assert_eq!(
+            last_element_names(&format!("URI=spiffe://victim,{proxy}")),
+            ["spiffe://real/client"]
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever a client writes before the proxy's element (pieces of names, separators,
+        /// quotes and escapes in any order), the names read are that element's, or none.
+        #[test]
+        fn any_prefix_yields_the_proxys_names_or_none(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "URI=spiffe://victim", "DNS=victim", "X=", "Subject=", "a", " ", ";", ",",
+                    "\"", "\\", "=",
+                ]),
+                0..12,
+            ),
+            subject in "[A-Za-z=,; \"\\\\]{0,12}",
+        ) {
+            let escaped = subject.replace('\\', "\\\\").replace('"', "\\\"");
+            let proxy = format!("By=spiffe://mesh/gateway;Subject=\"{escaped}\";URI=spiffe://real/client;DNS=real.example");
+            let names = last_element_names(&format!("{},{proxy}", pieces.concat()));
+            proptest::prop_assert!(
+                names.is_empty() || names == ["spiffe://real/client", "real.example"],
+                "{:?}", names
+            );
+        }
     }
 
     #[test]
@@ -150,6 +219,12 @@ mod tests {
             "URI=spiffe://acme/portal,",
             "Subject=\"CN=portal.acme.example\"",
             "URI",
+            // Not well formed: nothing is read.
+            "URI=spiffe://acme/portal;Subject=\"CN=x",
+            "URI=spiffe://acme/portal;Subject=\"CN=x\"y",
+            "URI=spiffe://acme/po\"rtal",
+            "=spiffe://acme/portal",
+            "U-RI=spiffe://acme/portal",
         ] {
             assert!(last_element_names(value).is_empty(), "{value:?}");
         }
