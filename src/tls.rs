@@ -879,8 +879,6 @@ mod tests {
         );
     }
 
-    /// A client certificate's names are its DNS and URI alternative names and its common name:
-    /// what `client_certificate_names` are matched against.
     /// A connection's certificate is checked under the authorities and lists in force at its
     /// requests, not only in its handshake: one revoked by a reload after the connection was
     /// set up is refused at its next request, as is one whose handshake ran under the list
@@ -979,6 +977,8 @@ mod tests {
         assert_eq!(refused("expired"), 1);
     }
 
+    /// A client certificate's names are its DNS and URI alternative names and its common name:
+    /// what `client_certificate_names` are matched against.
     #[test]
     fn a_client_certificates_names_are_its_alternative_names_and_common_name() {
         let mut params = rcgen::CertificateParams::new(vec!["portal.acme.example".into()]).unwrap();
