@@ -587,6 +587,14 @@ impl ClientCertificate {
                 .tls_clients_refused
                 .with_label_values(&[reason])
                 .inc();
+            // Once per connection, and only for one open when its certificate stopped being
+            // accepted (a new one is refused in its handshake): who was cut off, for the
+            // operator who revoked it.
+            tracing::warn!(
+                reason,
+                names = ?self.names,
+                "client certificate of an open connection refused: the connection is closed"
+            );
         }
         self.refused.get().copied().unwrap_or(reason)
     }
