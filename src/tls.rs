@@ -519,14 +519,20 @@ impl ClientCertificate {
     /// A connection's client certificate `chain` (the certificate first), to be checked under
     /// `clients` from the connection's first request on.
     fn new(chain: &[CertificateDer<'_>], clients: Arc<Clients>) -> ClientCertificate {
-        let not_after = chain
+        // Each certificate parsed once: the names from the first, the expiry from all.
+        let parsed: Vec<_> = chain
             .iter()
-            .filter_map(|c| x509_parser::parse_x509_certificate(c).ok())
-            .map(|(_, parsed)| parsed.validity().not_after.timestamp())
+            .map(|c| x509_parser::parse_x509_certificate(c).ok().map(|(_, p)| p))
+            .collect();
+        let not_after = parsed
+            .iter()
+            .flatten()
+            .map(|p| p.validity().not_after.timestamp())
             .min()
             .unwrap_or(i64::MIN);
+        let names = parsed.first().and_then(Option::as_ref).map(names_of);
         ClientCertificate {
-            names: chain.first().map(|c| names(c)).unwrap_or_default().into(),
+            names: names.unwrap_or_default().into(),
             chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
             not_after,
             clients,
@@ -617,11 +623,16 @@ impl ListenerTls {
 }
 
 /// A certificate's DNS and URI subject alternative names and its subject's common names.
+#[cfg(test)]
 fn names(cert: &[u8]) -> Vec<String> {
+    x509_parser::parse_x509_certificate(cert)
+        .map(|(_, parsed)| names_of(&parsed))
+        .unwrap_or_default()
+}
+
+/// [`names`] of a parsed certificate.
+fn names_of(parsed: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String> {
     use x509_parser::extensions::GeneralName;
-    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
-        return vec![];
-    };
     let mut names: Vec<String> = parsed
         .subject_alternative_name()
         .ok()
