@@ -3,11 +3,13 @@
 profiled under one kind of load (see scripts/profile-hit.sh) and prints each stage's share of the
 gateway's samples and, given the CPU a request costs, its microseconds a request.
 
-Each sample goes to the first stage, in the order below, that a frame of its stack names (so an
+A sample of a thread other than actix-web's workers goes to the background threads (the
+refiller's work on demand and the pool, the log writer's batches: not a request's). A worker's
+sample goes to the first stage, in the order below, that a frame of its stack names (so an
 allocation or a histogram update inside the pool's take counts as the take, and the handler's
-own code is what no more specific stage claims); a sample with none goes to the background
-threads when its thread is not an actix-web worker, to the kernel when its innermost frame is
-the kernel's, and otherwise to actix-web, tokio and the allocator outside the handler.
+own code is what no more specific stage claims); one with none goes to the kernel when its
+innermost frame is the kernel's, and otherwise to actix-web, tokio and the allocator outside
+the handler.
 
 Usage: profile-stages.py CPU_US_PER_REQUEST < perf-script-output
 """
@@ -60,12 +62,12 @@ def path_of(sym):
 
 def stage_of(comm, frames):
     """The stage of one sample: `frames` innermost first, as (ip, symbol)."""
+    if not comm.startswith("actix-server"):
+        return BACKGROUND
     paths = [path_of(sym) for _, sym in frames]
     for stage, patterns in STAGES:
         if any(p in path for path in paths for p in patterns):
             return stage
-    if not comm.startswith("actix-server"):
-        return BACKGROUND
     if frames and frames[0][0] >= 0xFFFF000000000000:
         return KERNEL
     return FRAMEWORK
