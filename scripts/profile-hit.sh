@@ -40,21 +40,20 @@ if [ "$KIND" = reject ]; then
   done
 fi
 
-# measured NAME [perf args...]: fills the pool, then one wrk run of SECS seconds into
-# $work/NAME, while the command given (if any) runs beside it; prints the gateway's CPU per
-# request over the run, in microseconds.
+# measured NAME [COMMAND...]: fills the pool, then one round of wrk (bench-lib's `round`, SECS
+# seconds) into $work/NAME, COMMAND (if any) running beside it; prints the gateway's CPU per
+# request over the round, in microseconds.
+CONNECTIONS=64
+DURATION=${SECS}s
 measured() {
-  local name=$1 t0 t1 served; shift
+  local name=$1 beside="" served; shift
   refilled "$admin_port" "$gw_pid" "$work/gateway.toml.err" >/dev/null
-  t0=$(cpu_ticks "$gw_pid")
-  wrk -t1 -c64 -d"${SECS}s" -s "$work/hit.lua" "http://127.0.0.1:$port" >"$work/$name" 2>&1 &
-  local w=$!
-  if [ $# -gt 0 ]; then "$@"; fi
-  wait "$w"
-  t1=$(cpu_ticks "$gw_pid")
+  if [ $# -gt 0 ]; then "$@" & beside=$!; fi
+  round "$name" "$gw_pid" "$work/hit.lua" "$port"
+  if [ -n "$beside" ]; then wait "$beside"; fi
   [ "$KIND" = reject ] || only_hits "$work/$name" "$(admin_json "$admin_port" /state 'j["pool"]["urls"]')" "the $name run"
   served=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$work/$name")
-  python3 -c "print(round(($t1 - $t0) / $(getconf CLK_TCK) * 1e6 / max($served, 1), 2))"
+  python3 -c "print(round($(cat "$work/$name.cpu") / $(getconf CLK_TCK) * 1e6 / max($served, 1), 2))"
 }
 
 cpu_us=$(measured plain)
